@@ -1,0 +1,153 @@
+//! Upstreams: the things a mounted path hands a request to.
+//!
+//! PHP (FastCGI to php-fpm), Python (the worker protocol to `polyhost-python`),
+//! static files and, later, HTTP proxying are peers behind one [`Upstream`]
+//! trait. The router picks an upstream by host and longest mount prefix and
+//! calls [`Upstream::handle`]; the upstream owns everything after that.
+//!
+//! Invariant: an upstream never sees a hyper type; requests and responses are
+//! plain `http` types with boxed bodies ([`RequestBody`], [`ResponseBody`]).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use http::{Request, Response, StatusCode};
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Empty, Full};
+
+use crate::config::SiteConfig;
+
+/// Any error a body stream can carry.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Body of a request as an upstream receives it.
+pub type RequestBody = UnsyncBoxBody<Bytes, BoxError>;
+/// Body of a response as an upstream produces it.
+pub type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// Scheme the client used to reach polyhost.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scheme {
+    Http,
+    Https,
+}
+
+impl Scheme {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+}
+
+/// What the router knows about a request besides the request itself.
+#[derive(Clone, Debug)]
+pub struct RequestContext {
+    /// The site the request was routed to.
+    pub site: Arc<SiteConfig>,
+    /// The client's address (the real client once trusted proxies are handled).
+    pub client: SocketAddr,
+    /// The local address the connection was accepted on.
+    pub local: SocketAddr,
+    pub scheme: Scheme,
+    /// The host name as the client sent it, lower-cased, without port or trailing dot.
+    pub host: String,
+    /// The mount prefix that matched, without trailing slash ("" for `/`).
+    /// Becomes SCRIPT_NAME for Python apps.
+    pub mount_prefix: String,
+}
+
+/// Why an upstream could not produce a response. The router maps each kind
+/// to a status in one place ([`UpstreamError::status`]).
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// The client asked for something it may not have (traversal, dotfile, ...).
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    /// Nothing there.
+    #[error("not found")]
+    NotFound,
+    /// The method is not allowed for this resource.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// The request body was larger than the site allows.
+    #[error("request body larger than {limit} bytes")]
+    BodyTooLarge { limit: u64 },
+    /// The client sent something malformed.
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// The site's runtime is not available (starting failed, crash loop, stopped).
+    #[error("site unavailable: {0}")]
+    Unavailable(String),
+    /// The request waited too long for a free worker.
+    #[error("queue timeout after {0:?}")]
+    QueueTimeout(std::time::Duration),
+    /// The runtime did not answer in time.
+    #[error("upstream timeout after {0:?}")]
+    Timeout(std::time::Duration),
+    /// The runtime broke the connection or answered garbage.
+    #[error("bad gateway: {0}")]
+    BadGateway(String),
+    /// Our own fault.
+    #[error("internal error: {0}")]
+    Internal(String),
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl UpstreamError {
+    /// The one place that maps an upstream failure to an HTTP status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            UpstreamError::Forbidden(_) => StatusCode::FORBIDDEN,
+            UpstreamError::NotFound => StatusCode::NOT_FOUND,
+            UpstreamError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            UpstreamError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            UpstreamError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            UpstreamError::Unavailable(_) | UpstreamError::QueueTimeout(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            UpstreamError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            UpstreamError::BadGateway(_) => StatusCode::BAD_GATEWAY,
+            UpstreamError::Internal(_) | UpstreamError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+/// One kind of backend a mount can point at.
+pub trait Upstream: Send + Sync + 'static {
+    /// Short name for logs and status ("static", "php", "python").
+    fn kind(&self) -> &'static str;
+
+    /// Produce the response for one request. `ctx.mount_prefix` is the mount
+    /// that matched; the request URI is the client's, unchanged.
+    fn handle<'a>(
+        &'a self,
+        req: Request<RequestBody>,
+        ctx: &'a RequestContext,
+    ) -> BoxFuture<'a, Result<Response<ResponseBody>, UpstreamError>>;
+}
+
+/// A body with nothing in it.
+pub fn empty_body() -> ResponseBody {
+    Empty::<Bytes>::new().map_err(|never| match never {}).boxed_unsync()
+}
+
+/// A body holding `bytes` whole.
+pub fn full_body(bytes: impl Into<Bytes>) -> ResponseBody {
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
+}
+
+/// A short plain-text response, used for errors the router or an upstream answers itself.
+pub fn plain_response(status: StatusCode, text: &str) -> Response<ResponseBody> {
+    let mut body = String::with_capacity(text.len() + 1);
+    body.push_str(text);
+    body.push('\n');
+    Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .header(http::header::CONTENT_LENGTH, body.len())
+        .body(full_body(body))
+        .expect("static headers are valid")
+}
