@@ -1,0 +1,52 @@
+//! Configuration: files in, validated values out.
+//!
+//! `polyhost.toml` (+ `include`d fragments + `POLYHOST_*` env, via figment)
+//! gives the [`ServerConfig`]; each `vhosts_dir/<site>.toml` gives one
+//! [`SiteConfig`]. Raw serde structs (`raw`) are validated once into typed
+//! values (`types`, `site`, `server`); the rest of polyhost never sees a raw
+//! string. A load reports every error, each naming file and key ([`ConfigErrors`]).
+//!
+//! Invariant: [`load`] either returns a complete, consistent [`Config`] or
+//! errors; there is no half-loaded state. Reload builds a new `Config` and
+//! compares it with the old one.
+
+mod error;
+mod raw;
+mod server;
+mod site;
+mod types;
+mod vhosts;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+pub use error::{ConfigError, ConfigErrors, Source};
+pub use server::{AdminConfig, ServerConfig, DEFAULT_INCLUDE, DEFAULT_LISTEN};
+pub use site::{
+    IniValue, Limits, PhpConfig, PhpMode, PythonConfig, SiteConfig, StartPolicy, StaticConfig,
+    DEFAULT_BODY_LIMIT,
+};
+pub use types::{parse_duration, parse_size, HostPattern, Scalar, SiteName};
+
+/// Everything polyhost serves, validated.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub sites: BTreeMap<SiteName, Arc<SiteConfig>>,
+}
+
+/// Loads and validates the main file, its fragments, the environment and
+/// every vhost file. All errors of all files are returned together.
+pub fn load(main: &Path) -> Result<Config, ConfigErrors> {
+    let mut errors = ConfigErrors::default();
+    let server = server::load_server(main, &mut errors);
+    let sites = match &server {
+        Some(s) => vhosts::load_sites(&s.vhosts_dir, &s.base_dir, &mut errors),
+        None => BTreeMap::new(),
+    };
+    match server {
+        Some(server) if errors.is_empty() => Ok(Config { server, sites }),
+        _ => Err(errors),
+    }
+}

@@ -1,0 +1,172 @@
+//! The server-wide configuration: `polyhost.toml`, the fragments it
+//! `include`s, and `POLYHOST_*` environment overrides, layered with figment
+//! (main file, then fragments in name order, then the environment).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+
+use super::error::{ConfigError, ConfigErrors, FileErrors, Source};
+use super::raw::RawServer;
+use super::types::parse_duration;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServerConfig {
+    /// The main file as given on the command line.
+    pub main_file: PathBuf,
+    /// Directory relative paths are resolved against (the main file's).
+    pub base_dir: PathBuf,
+    pub listen: Vec<SocketAddr>,
+    pub vhosts_dir: PathBuf,
+    /// Fragment files merged into this config, in merge order.
+    pub fragments: Vec<PathBuf>,
+    pub state_dir: PathBuf,
+    pub log_dir: PathBuf,
+    pub default_user: Option<String>,
+    pub default_group: Option<String>,
+    pub shutdown_timeout: Duration,
+    pub log_level: String,
+    pub admin: AdminConfig,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct AdminConfig {
+    pub socket: PathBuf,
+    /// Group allowed to open the socket besides root.
+    pub group: Option<String>,
+}
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_INCLUDE: &str = "conf.d/*.toml";
+
+/// Loads the main file with its fragments and env overrides. Returns the
+/// validated server config, or every error found.
+pub(crate) fn load_server(main: &Path, errors: &mut ConfigErrors) -> Option<ServerConfig> {
+    if !main.is_file() {
+        errors.push(ConfigError {
+            source: Source::File(main.to_path_buf()),
+            key: String::new(),
+            message: "cannot read the main configuration file (does it exist? pass another with --config)".into(),
+        });
+        return None;
+    }
+    let base_dir = main.parent().map(Path::to_path_buf).unwrap_or_default();
+    let env = || Env::prefixed("POLYHOST_").split("__");
+    // The include pattern decides which fragments exist, so read it first.
+    let include: Vec<String> = Figment::new()
+        .merge(Toml::file_exact(main))
+        .merge(env())
+        .extract_inner::<super::raw::OneOrMany>("include")
+        .map(|i| i.into_vec())
+        .unwrap_or_else(|_| vec![DEFAULT_INCLUDE.to_owned()]);
+    let fragments = find_fragments(&base_dir, &include, main, errors);
+    let mut figment = Figment::new().merge(Toml::file_exact(main));
+    for f in &fragments {
+        figment = figment.merge(Toml::file_exact(f));
+    }
+    let raw: RawServer = match figment.merge(env()).extract() {
+        Ok(raw) => raw,
+        Err(e) => {
+            for e in e {
+                errors.push(figment_error(main, &e));
+            }
+            return None;
+        }
+    };
+    validate_server(raw, main, base_dir, fragments, errors)
+}
+
+fn find_fragments(base: &Path, include: &[String], main: &Path, errors: &mut ConfigErrors) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for pattern in include {
+        let full = base.join(pattern);
+        match glob::glob(&full.to_string_lossy()) {
+            Ok(paths) => {
+                let mut found: Vec<PathBuf> = paths.filter_map(Result::ok).filter(|p| p.is_file()).collect();
+                found.sort();
+                out.extend(found);
+            }
+            Err(e) => errors.push(ConfigError::in_file(main, "include", format!("{pattern:?} is not a glob pattern: {e}"))),
+        }
+    }
+    out
+}
+
+fn figment_error(main: &Path, e: &figment::Error) -> ConfigError {
+    let source = match e.metadata.as_ref().and_then(|m| m.source.as_ref()) {
+        Some(figment::Source::File(p)) => Source::File(relative_to_cwd(p)),
+        Some(_) | None => match &e.metadata {
+            Some(m) if m.name.contains("environment") => {
+                Source::Env(format!("POLYHOST_{}", e.path.join("__").to_ascii_uppercase()))
+            }
+            _ => Source::File(main.to_path_buf()),
+        },
+    };
+    ConfigError {
+        source,
+        key: e.path.join("."),
+        message: e.kind.to_string(),
+    }
+}
+
+/// figment reports absolute paths; show them as the user would write them.
+fn relative_to_cwd(p: &Path) -> PathBuf {
+    std::env::current_dir()
+        .ok()
+        .and_then(|cwd| p.strip_prefix(cwd).ok().map(Path::to_path_buf))
+        .unwrap_or_else(|| p.to_path_buf())
+}
+
+fn validate_server(
+    raw: RawServer,
+    main: &Path,
+    base_dir: PathBuf,
+    fragments: Vec<PathBuf>,
+    errors: &mut ConfigErrors,
+) -> Option<ServerConfig> {
+    let before = errors.len();
+    let mut errs = FileErrors { file: main, errors };
+    let abs = |p: &str| {
+        let p = Path::new(p);
+        if p.is_absolute() { p.to_path_buf() } else { base_dir.join(p) }
+    };
+    let mut listen = Vec::new();
+    for (i, addr) in raw.listen.unwrap_or_else(|| vec![DEFAULT_LISTEN.into()]).iter().enumerate() {
+        match addr.parse::<SocketAddr>() {
+            Ok(a) => listen.push(a),
+            Err(_) => errs.add(&format!("listen[{i}]"), format!("{addr:?} is not an address:port (e.g. \"127.0.0.1:8080\" or \"[::]:80\")")),
+        }
+    }
+    let state_dir = abs(raw.state_dir.as_deref().unwrap_or("/run/polyhost"));
+    let log_dir = abs(raw.log_dir.as_deref().unwrap_or("/var/log/polyhost"));
+    let admin = raw.admin.unwrap_or_default();
+    let socket = admin.socket.map(|s| abs(&s)).unwrap_or_else(|| state_dir.join("admin.sock"));
+    let shutdown_timeout = raw
+        .shutdown_timeout
+        .and_then(|v| errs.check("shutdown_timeout", parse_duration(&v)))
+        .unwrap_or(Duration::from_secs(30));
+    let log_level = raw.log_level.unwrap_or_else(|| "info".into());
+    if log_level.parse::<tracing_subscriber::filter::EnvFilter>().is_err() {
+        errs.add("log_level", format!("{log_level:?} is not a log level (e.g. \"info\", \"debug\", \"polyhost=debug\")"));
+    }
+    if errors.len() > before {
+        return None;
+    }
+    Some(ServerConfig {
+        main_file: main.to_path_buf(),
+        vhosts_dir: abs(raw.vhosts_dir.as_deref().unwrap_or("vhosts")),
+        base_dir: base_dir.clone(),
+        listen,
+        fragments,
+        state_dir,
+        log_dir,
+        default_user: raw.default_user,
+        default_group: raw.default_group,
+        shutdown_timeout,
+        log_level,
+        admin: super::server::AdminConfig { socket, group: admin.group },
+    })
+}

@@ -1,0 +1,399 @@
+//! A site as the rest of polyhost sees it: validated, typed, with defaults
+//! applied. Built from a [`RawSite`] by [`validate_site`], which reports every
+//! bad key of the file rather than stopping at the first.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::error::FileErrors;
+use super::raw::{RawLimits, RawPhp, RawPython, RawSite, RawStatic};
+use super::types::{
+    parse_cores, parse_count, parse_duration, parse_mount, parse_size, HostPattern, Scalar,
+    SiteName,
+};
+
+/// Default request body limit when `limits.body` is not set.
+pub const DEFAULT_BODY_LIMIT: u64 = 100 << 20;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct SiteConfig {
+    pub name: SiteName,
+    /// The vhost file this site came from.
+    pub file: PathBuf,
+    pub hosts: Vec<HostPattern>,
+    /// Receives requests whose host matches no site.
+    pub default: bool,
+    /// Absolute document root.
+    pub root: Option<PathBuf>,
+    pub user: Option<String>,
+    pub group: Option<String>,
+    pub limits: Limits,
+    /// Extra environment for every process of the site.
+    pub env: BTreeMap<String, String>,
+    pub static_files: StaticConfig,
+    pub php: Option<PhpConfig>,
+    pub python: Option<PythonConfig>,
+}
+
+impl SiteConfig {
+    /// "php", "python", "php+python" or "static": for status and logs.
+    pub fn runtime_label(&self) -> &'static str {
+        match (&self.php, &self.python) {
+            (Some(_), Some(_)) => "php+python",
+            (Some(_), None) => "php",
+            (None, Some(_)) => "python",
+            (None, None) => "static",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Limits {
+    /// Memory for all of the site's processes together (cgroup), bytes.
+    pub memory: Option<u64>,
+    /// Processes and threads of the site together (cgroup pids).
+    pub processes: Option<u64>,
+    /// CPU in cores (cgroup cpu quota).
+    pub cpu: Option<f64>,
+    /// Largest request body accepted, bytes.
+    pub body: u64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct StaticConfig {
+    /// Files tried, in order, for a request naming a directory.
+    pub index: Vec<String>,
+    /// Path prefixes served as static files from `root` even when a runtime
+    /// is mounted above them (e.g. `/static` under a Python app at `/`).
+    pub paths: Vec<String>,
+    /// `Cache-Control: max-age` for static responses; none when unset.
+    pub cache_max_age: Option<Duration>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PhpMode {
+    Static,
+    Dynamic,
+    OnDemand,
+}
+
+impl PhpMode {
+    pub fn as_fpm(self) -> &'static str {
+        match self {
+            PhpMode::Static => "static",
+            PhpMode::Dynamic => "dynamic",
+            PhpMode::OnDemand => "ondemand",
+        }
+    }
+}
+
+/// When a runtime's processes are started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartPolicy {
+    /// When polyhost starts (or the site is added).
+    Eager,
+    /// On the site's first request.
+    OnDemand,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum IniValue {
+    Flag(bool),
+    Value(String),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct PhpConfig {
+    /// php-fpm binary; `None` means the newest `php-fpm*` found at start.
+    pub fpm: Option<PathBuf>,
+    pub mode: PhpMode,
+    pub start: StartPolicy,
+    pub max_children: u64,
+    pub max_requests: u64,
+    pub idle_timeout: Duration,
+    pub request_timeout: Duration,
+    pub startup_timeout: Duration,
+    /// Script that handles paths matching no file (e.g. `index.php`).
+    pub front_controller: Option<String>,
+    /// `None`: the site's root plus its tmp dir.
+    pub open_basedir: Option<Vec<PathBuf>>,
+    pub ini: BTreeMap<String, IniValue>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct PythonConfig {
+    pub module: String,
+    pub callable: String,
+    pub path: Vec<PathBuf>,
+    pub home: Option<PathBuf>,
+    /// Mount prefix without trailing slash ("" for `/`).
+    pub mount: String,
+    pub processes: u64,
+    pub threads: u64,
+    pub start: StartPolicy,
+    pub queue_timeout: Duration,
+    pub request_timeout: Duration,
+    pub startup_timeout: Duration,
+    pub max_requests: Option<u64>,
+    pub memory_per_process: Option<u64>,
+    pub idle_timeout: Option<Duration>,
+    pub worker: Option<PathBuf>,
+    pub env: BTreeMap<String, String>,
+}
+
+/// Validates one parsed vhost file. `base` is the directory relative paths
+/// are resolved against (the main config file's directory).
+pub(crate) fn validate_site(
+    name: SiteName,
+    file: &Path,
+    raw: RawSite,
+    base: &Path,
+    errs: &mut FileErrors<'_>,
+) -> Option<SiteConfig> {
+    let before = errs.errors.len();
+    let hosts = validate_hosts(raw.hosts, errs);
+    let default = raw.default.unwrap_or(false);
+    if hosts.is_empty() && !default && errs.errors.len() == before {
+        errs.add("hosts", "a site needs at least one host name (e.g. hosts = [\"example.test\"]) or default = true");
+    }
+    let root = raw.root.map(|r| absolute(base, &r));
+    let limits = validate_limits(raw.limits.unwrap_or_default(), errs);
+    let env = validate_env("env", raw.env.unwrap_or_default(), errs);
+    let static_files = validate_static(raw.static_files.unwrap_or_default(), errs);
+    let php = raw.php.map(|p| validate_php(p, base, errs));
+    let python = raw.python.map(|p| validate_python(p, base, errs));
+    if root.is_none() && python.as_ref().is_none_or(|p| p.as_ref().is_none_or(|p| !p.mount.is_empty())) {
+        errs.add("root", "missing: static and PHP sites need a document root (e.g. root = \"/srv/www/example\")");
+    }
+    if let (Some(_), Some(py)) = (&php, &python) {
+        if py.as_ref().is_some_and(|p| p.mount.is_empty()) {
+            errs.add("python.mount", "a site with [php] cannot also mount Python at \"/\"; mount it at a prefix such as \"/app\"");
+        }
+    }
+    if errs.errors.len() > before {
+        return None;
+    }
+    Some(SiteConfig {
+        name,
+        file: file.to_path_buf(),
+        hosts,
+        default,
+        root,
+        user: raw.user,
+        group: raw.group,
+        limits,
+        env,
+        static_files,
+        php: php.flatten(),
+        python: python.flatten(),
+    })
+}
+
+fn absolute(base: &Path, p: &str) -> PathBuf {
+    let p = Path::new(p);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
+}
+
+fn validate_hosts(raw: Option<Vec<String>>, errs: &mut FileErrors<'_>) -> Vec<HostPattern> {
+    let mut out = Vec::new();
+    for (i, h) in raw.unwrap_or_default().iter().enumerate() {
+        if let Some(p) = errs.check(&format!("hosts[{i}]"), HostPattern::parse(h)) {
+            if out.contains(&p) {
+                errs.add(&format!("hosts[{i}]"), format!("{h:?} is listed twice"));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+fn opt<T>(
+    errs: &mut FileErrors<'_>,
+    key: &str,
+    v: Option<Scalar>,
+    parse: impl Fn(&Scalar) -> Result<T, String>,
+) -> Option<T> {
+    v.and_then(|v| errs.check(key, parse(&v)))
+}
+
+fn validate_limits(raw: RawLimits, errs: &mut FileErrors<'_>) -> Limits {
+    Limits {
+        memory: opt(errs, "limits.memory", raw.memory, parse_size),
+        processes: opt(errs, "limits.processes", raw.processes, |v| parse_count(v, 1, 1 << 22)),
+        cpu: opt(errs, "limits.cpu", raw.cpu, parse_cores),
+        body: opt(errs, "limits.body", raw.body, parse_size).unwrap_or(DEFAULT_BODY_LIMIT),
+    }
+}
+
+fn validate_env(
+    key: &str,
+    raw: BTreeMap<String, String>,
+    errs: &mut FileErrors<'_>,
+) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for (k, v) in raw {
+        let name_ok = !k.is_empty()
+            && !k.starts_with(|c: char| c.is_ascii_digit())
+            && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !name_ok {
+            errs.add(&format!("{key}.{k}"), format!("{k:?} is not an environment variable name (letters, digits, _)"));
+        } else if v.contains('\0') {
+            errs.add(&format!("{key}.{k}"), "value contains a NUL byte");
+        } else {
+            out.insert(k, v);
+        }
+    }
+    out
+}
+
+fn validate_static(raw: RawStatic, errs: &mut FileErrors<'_>) -> StaticConfig {
+    let index = raw
+        .index
+        .unwrap_or_else(|| vec!["index.html".into(), "index.htm".into()]);
+    for (i, name) in index.iter().enumerate() {
+        if name.is_empty() || name.contains(['/', '\\', '\0']) || name.starts_with('.') {
+            errs.add(&format!("static.index[{i}]"), format!("{name:?} is not a file name (no slashes, not a dotfile)"));
+        }
+    }
+    let paths = raw
+        .paths
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| errs.check(&format!("static.paths[{i}]"), parse_mount(p)))
+        .collect();
+    StaticConfig {
+        index,
+        paths,
+        cache_max_age: opt(errs, "static.cache_max_age", raw.cache_max_age, parse_duration),
+    }
+}
+
+fn validate_start(key: &str, raw: Option<String>, default: StartPolicy, errs: &mut FileErrors<'_>) -> StartPolicy {
+    match raw.as_deref() {
+        None => default,
+        Some("eager") => StartPolicy::Eager,
+        Some("on_demand") => StartPolicy::OnDemand,
+        Some(other) => {
+            errs.add(key, format!("{other:?} is not a start policy (expected \"eager\" or \"on_demand\")"));
+            default
+        }
+    }
+}
+
+fn validate_php(raw: RawPhp, base: &Path, errs: &mut FileErrors<'_>) -> Option<PhpConfig> {
+    let before = errs.errors.len();
+    let mode = match raw.mode.as_deref() {
+        None | Some("ondemand") => PhpMode::OnDemand,
+        Some("static") => PhpMode::Static,
+        Some("dynamic") => PhpMode::Dynamic,
+        Some(other) => {
+            errs.add("php.mode", format!("{other:?} is not a pool mode (expected \"static\", \"dynamic\" or \"ondemand\")"));
+            PhpMode::OnDemand
+        }
+    };
+    let mut ini = BTreeMap::new();
+    for (k, v) in raw.ini.unwrap_or_default() {
+        let key = format!("php.ini.{k}");
+        if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+            errs.add(&key, format!("{k:?} is not a php.ini directive name"));
+            continue;
+        }
+        let value = match v {
+            Scalar::Bool(b) => IniValue::Flag(b),
+            Scalar::Int(i) => IniValue::Value(i.to_string()),
+            Scalar::Float(x) => IniValue::Value(x.to_string()),
+            Scalar::Text(s) if s.contains(['\n', '\r', '\0']) => {
+                errs.add(&key, "value must be on one line");
+                continue;
+            }
+            Scalar::Text(s) => IniValue::Value(s),
+        };
+        ini.insert(k, value);
+    }
+    let front_controller = raw.front_controller.filter(|fc| {
+        let ok = fc.ends_with(".php") && !fc.split('/').any(|s| s == ".." || s.is_empty()) && !fc.starts_with('/');
+        if !ok {
+            errs.add("php.front_controller", format!("{fc:?} is not a PHP script path relative to the root (e.g. \"index.php\")"));
+        }
+        ok
+    });
+    let config = PhpConfig {
+        fpm: raw.fpm.map(|f| absolute(base, &f)),
+        mode,
+        start: validate_start("php.start", raw.start, StartPolicy::Eager, errs),
+        max_children: opt(errs, "php.max_children", raw.max_children, |v| parse_count(v, 1, 10_000)).unwrap_or(5),
+        max_requests: opt(errs, "php.max_requests", raw.max_requests, |v| parse_count(v, 0, u32::MAX as u64)).unwrap_or(500),
+        idle_timeout: opt(errs, "php.idle_timeout", raw.idle_timeout, parse_duration).unwrap_or(Duration::from_secs(10)),
+        request_timeout: opt(errs, "php.request_timeout", raw.request_timeout, parse_duration).unwrap_or(Duration::from_secs(60)),
+        startup_timeout: opt(errs, "php.startup_timeout", raw.startup_timeout, parse_duration).unwrap_or(Duration::from_secs(10)),
+        front_controller,
+        open_basedir: raw.open_basedir.map(|v| v.iter().map(|p| absolute(base, p)).collect()),
+        ini,
+    };
+    (errs.errors.len() == before).then_some(config)
+}
+
+fn validate_python(raw: RawPython, base: &Path, errs: &mut FileErrors<'_>) -> Option<PythonConfig> {
+    let before = errs.errors.len();
+    let (module, callable) = match raw.app.as_deref() {
+        None => {
+            errs.add("python.app", "missing: name the WSGI application, e.g. app = \"mysite.wsgi:application\"");
+            (String::new(), String::new())
+        }
+        Some(app) => match parse_app(app) {
+            Ok(pair) => pair,
+            Err(msg) => {
+                errs.add("python.app", msg);
+                (String::new(), String::new())
+            }
+        },
+    };
+    let mount = raw
+        .mount
+        .map(|m| errs.check("python.mount", parse_mount(&m)).unwrap_or_default())
+        .unwrap_or_default();
+    let config = PythonConfig {
+        module,
+        callable,
+        path: raw.path.unwrap_or_default().iter().map(|p| absolute(base, p)).collect(),
+        home: raw.home.map(|h| absolute(base, &h)),
+        mount,
+        processes: opt(errs, "python.processes", raw.processes, |v| parse_count(v, 1, 256)).unwrap_or(1),
+        threads: opt(errs, "python.threads", raw.threads, |v| parse_count(v, 1, 1024)).unwrap_or(4),
+        start: StartPolicy::OnDemand,
+        queue_timeout: opt(errs, "python.queue_timeout", raw.queue_timeout, parse_duration).unwrap_or(Duration::from_secs(30)),
+        request_timeout: opt(errs, "python.request_timeout", raw.request_timeout, parse_duration).unwrap_or(Duration::from_secs(60)),
+        startup_timeout: opt(errs, "python.startup_timeout", raw.startup_timeout, parse_duration).unwrap_or(Duration::from_secs(30)),
+        max_requests: opt(errs, "python.max_requests", raw.max_requests, |v| parse_count(v, 1, u64::MAX >> 1)),
+        memory_per_process: opt(errs, "python.memory_per_process", raw.memory_per_process, parse_size),
+        idle_timeout: opt(errs, "python.idle_timeout", raw.idle_timeout, parse_duration).filter(|d| !d.is_zero()),
+        worker: raw.worker.map(|w| absolute(base, &w)),
+        env: validate_env("python.env", raw.env.unwrap_or_default(), errs),
+    };
+    (errs.errors.len() == before).then_some(config)
+}
+
+/// Splits `package.module:callable` (callable defaults to `application`).
+fn parse_app(app: &str) -> Result<(String, String), String> {
+    let (module, callable) = app.split_once(':').unwrap_or((app, "application"));
+    let ident = |s: &str| {
+        !s.is_empty()
+            && s.split('.').all(|part| {
+                !part.is_empty()
+                    && !part.starts_with(|c: char| c.is_ascii_digit())
+                    && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            })
+    };
+    if ident(module) && ident(callable) {
+        Ok((module.to_owned(), callable.to_owned()))
+    } else {
+        Err(format!("{app:?} is not a WSGI application reference (expected \"package.module:callable\")"))
+    }
+}
