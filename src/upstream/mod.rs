@@ -151,3 +151,4 @@ pub fn plain_response(status: StatusCode, text: &str) -> Response<ResponseBody> 
         .body(full_body(body))
         .expect("static headers are valid")
 }
+pub mod static_files;

@@ -1,0 +1,182 @@
+//! Per-site logs written by the router: the access log (combined log format
+//! plus the request time in seconds) and the site's error log (the same file
+//! the site's runtimes write their stderr to).
+//!
+//! Lines go into a buffered writer behind a mutex; a background task flushes
+//! every half second, so a log line costs a memory copy on the hot path, not
+//! a system call.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, SystemTime};
+
+/// One append-only log file.
+pub struct LogFile {
+    path: PathBuf,
+    out: Mutex<BufWriter<File>>,
+}
+
+impl LogFile {
+    pub fn open(path: &Path) -> std::io::Result<Arc<LogFile>> {
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let log = Arc::new(LogFile { path: path.to_path_buf(), out: Mutex::new(BufWriter::with_capacity(64 << 10, file)) });
+        spawn_flusher(Arc::downgrade(&log));
+        Ok(log)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends one line (a newline is added).
+    pub fn line(&self, line: &str) {
+        let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
+        // A full disk must not take the router down; the write error is dropped.
+        let _ = out.write_all(line.as_bytes()).and_then(|_| out.write_all(b"\n"));
+    }
+
+    pub fn flush(&self) {
+        let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = out.flush();
+    }
+}
+
+impl Drop for LogFile {
+    fn drop(&mut self) {
+        if let Ok(out) = self.out.get_mut() {
+            let _ = out.flush();
+        }
+    }
+}
+
+fn spawn_flusher(log: Weak<LogFile>) {
+    let Ok(handle) = tokio::runtime::Handle::try_current() else { return };
+    handle.spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tick.tick().await;
+            match log.upgrade() {
+                Some(log) => log.flush(),
+                None => return,
+            }
+        }
+    });
+}
+
+/// A site's two log files.
+pub struct SiteLogs {
+    pub access: Arc<LogFile>,
+    pub error: Arc<LogFile>,
+}
+
+impl SiteLogs {
+    /// Opens `<log_dir>/<site>.access.log` and `<log_dir>/<site>.error.log`.
+    pub fn open(log_dir: &Path, site: &str) -> std::io::Result<SiteLogs> {
+        Ok(SiteLogs {
+            access: LogFile::open(&log_dir.join(format!("{site}.access.log")))?,
+            error: LogFile::open(&log_dir.join(format!("{site}.error.log")))?,
+        })
+    }
+
+    /// Writes a timestamped line to the site's error log.
+    pub fn error(&self, message: &str) {
+        let now = humantime::format_rfc3339_seconds(SystemTime::now());
+        self.error.line(&format!("[{now}] polyhost: {message}"));
+    }
+}
+
+/// What one access log line records.
+pub struct AccessRecord<'a> {
+    pub client: std::net::IpAddr,
+    pub method: &'a str,
+    pub target: &'a str,
+    pub version: http::Version,
+    pub status: u16,
+    pub bytes: u64,
+    pub referer: Option<&'a str>,
+    pub user_agent: Option<&'a str>,
+    pub duration: Duration,
+}
+
+/// Formats a record in combined log format followed by the request time:
+/// `1.2.3.4 - - [25/Nov/2026:18:16:52 +0000] "GET / HTTP/1.1" 200 13 "-" "curl/8" 0.000123`
+pub fn format_combined(r: &AccessRecord<'_>, now: SystemTime) -> String {
+    let version = match r.version {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_2 => "HTTP/2.0",
+        http::Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/1.1",
+    };
+    format!(
+        "{} - - [{}] \"{} {} {}\" {} {} \"{}\" \"{}\" {:.6}",
+        r.client,
+        clf_time(now),
+        r.method,
+        escape(r.target),
+        version,
+        r.status,
+        r.bytes,
+        escape(r.referer.unwrap_or("-")),
+        escape(r.user_agent.unwrap_or("-")),
+        r.duration.as_secs_f64()
+    )
+}
+
+/// `25/Nov/2026:18:16:52 +0000`, from the RFC 3339 form humantime gives.
+fn clf_time(now: SystemTime) -> String {
+    let iso = humantime::format_rfc3339_seconds(now).to_string(); // 2026-11-25T18:16:52Z
+    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    let month = iso.get(5..7).and_then(|m| m.parse::<usize>().ok()).unwrap_or(1);
+    format!(
+        "{}/{}/{}:{} +0000",
+        iso.get(8..10).unwrap_or("01"),
+        MONTHS[(month.clamp(1, 12)) - 1],
+        iso.get(0..4).unwrap_or("1970"),
+        iso.get(11..19).unwrap_or("00:00:00")
+    )
+}
+
+/// Escapes quotes, backslashes and control bytes so one request is one line.
+fn escape(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.bytes().any(|b| b == b'"' || b == b'\\' || b.is_ascii_control()) {
+        return s.into();
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_ascii_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn combined_format() {
+        let r = AccessRecord {
+            client: "10.0.0.1".parse().unwrap(),
+            method: "GET",
+            target: "/a?b=\"c\"",
+            version: http::Version::HTTP_11,
+            status: 200,
+            bytes: 13,
+            referer: None,
+            user_agent: Some("curl/8.0"),
+            duration: Duration::from_micros(1500),
+        };
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_630_612); // 2026-11-25T18:16:52Z
+        assert_eq!(
+            format_combined(&r, t),
+            "10.0.0.1 - - [25/Nov/2026:18:16:52 +0000] \"GET /a?b=\\\"c\\\" HTTP/1.1\" 200 13 \"-\" \"curl/8.0\" 0.001500"
+        );
+    }
+}

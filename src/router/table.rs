@@ -1,0 +1,38 @@
+//! The routing table: an immutable snapshot of every site's hosts, mounts
+//! and logs. The router reads it once per request (`ArcSwap::load`), never
+//! locks; a reload swaps in a whole new table atomically, so no request sees
+//! half of one.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use super::access_log::SiteLogs;
+use super::mount::MountTable;
+use super::vhost::VhostTable;
+use crate::config::SiteConfig;
+
+/// Everything the router needs to serve one site.
+pub struct SiteRoute {
+    pub config: Arc<SiteConfig>,
+    pub mounts: MountTable,
+    pub logs: Arc<SiteLogs>,
+}
+
+#[derive(Default)]
+pub struct RoutingTable {
+    pub vhosts: VhostTable<SiteRoute>,
+}
+
+impl RoutingTable {
+    pub fn new(sites: impl IntoIterator<Item = Arc<SiteRoute>>) -> Self {
+        let mut vhosts = VhostTable::default();
+        for site in sites {
+            vhosts.insert(&site.config.hosts, site.config.default, site.clone());
+        }
+        RoutingTable { vhosts }
+    }
+}
+
+/// The shared, swappable table.
+pub type SharedTable = Arc<ArcSwap<RoutingTable>>;
