@@ -67,7 +67,8 @@ pub(crate) fn load_server(main: &Path, errors: &mut ConfigErrors) -> Option<Serv
     for f in &fragments {
         figment = figment.merge(Toml::file_exact(f));
     }
-    let raw: RawServer = match figment.merge(env()).extract() {
+    let figment = figment.merge(env());
+    let raw: RawServer = match figment.extract() {
         Ok(raw) => raw,
         Err(e) => {
             for e in e {
@@ -76,7 +77,27 @@ pub(crate) fn load_server(main: &Path, errors: &mut ConfigErrors) -> Option<Serv
             return None;
         }
     };
-    validate_server(raw, main, base_dir, fragments, errors)
+    let before = errors.len();
+    let config = validate_server(raw, main, base_dir, fragments, errors);
+    // Validation names the main file; point each error at the layer that set the key.
+    for e in &mut errors.0[before..] {
+        let top = e.key.split(['.', '[']).next().unwrap_or_default();
+        if let Some(meta) = figment.find_metadata(top) {
+            e.source = metadata_source(meta, &e.key, main);
+        }
+    }
+    config
+}
+
+fn metadata_source(meta: &figment::Metadata, key: &str, main: &Path) -> Source {
+    match &meta.source {
+        Some(figment::Source::File(p)) => Source::File(relative_to_cwd(p)),
+        _ if meta.name.contains("environment") => {
+            let top = key.split(['.', '[']).next().unwrap_or_default();
+            Source::Env(format!("POLYHOST_{}", top.to_ascii_uppercase()))
+        }
+        _ => Source::File(main.to_path_buf()),
+    }
 }
 
 fn find_fragments(base: &Path, include: &[String], main: &Path, errors: &mut ConfigErrors) -> Vec<PathBuf> {
@@ -96,14 +117,12 @@ fn find_fragments(base: &Path, include: &[String], main: &Path, errors: &mut Con
 }
 
 fn figment_error(main: &Path, e: &figment::Error) -> ConfigError {
-    let source = match e.metadata.as_ref().and_then(|m| m.source.as_ref()) {
-        Some(figment::Source::File(p)) => Source::File(relative_to_cwd(p)),
-        Some(_) | None => match &e.metadata {
-            Some(m) if m.name.contains("environment") => {
-                Source::Env(format!("POLYHOST_{}", e.path.join("__").to_ascii_uppercase()))
-            }
-            _ => Source::File(main.to_path_buf()),
-        },
+    let source = match &e.metadata {
+        Some(meta) if meta.name.contains("environment") => {
+            Source::Env(format!("POLYHOST_{}", e.path.join("__").to_ascii_uppercase()))
+        }
+        Some(meta) => metadata_source(meta, &e.path.join("."), main),
+        None => Source::File(main.to_path_buf()),
     };
     ConfigError {
         source,

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# End-to-end: the real release binary serves the repository's own demo
+# configuration (polyhost.toml + vhosts/) on an ephemeral port; every demo
+# site answers; SIGTERM stops it with exit 0.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+bin=./target/release/polyhost
+[[ -x $bin ]] || cargo build --release --bin polyhost
+
+work=$(mktemp -d)
+log="$work/polyhost.log"
+pid=""
+cleanup() {
+    [[ -n $pid ]] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+"$bin" check --config polyhost.toml
+
+POLYHOST_LISTEN='["127.0.0.1:0"]' POLYHOST_STATE_DIR="$work/state" POLYHOST_LOG_DIR="$work/log" \
+    POLYHOST_ADMIN__SOCKET="$work/state/admin.sock" "$bin" serve --config polyhost.toml 2>"$log" &
+pid=$!
+
+port=""
+for _ in $(seq 1 100); do
+    port=$(grep -o 'listening addr=127.0.0.1:[0-9]*' "$log" | head -1 | cut -d: -f2 || true)
+    [[ -n $port ]] && break
+    kill -0 "$pid" 2>/dev/null || { cat "$log"; echo "demo: polyhost exited early" >&2; exit 1; }
+    sleep 0.1
+done
+[[ -n $port ]] || { cat "$log"; echo "demo: polyhost did not start listening" >&2; exit 1; }
+
+fetch() { # host path expected-status expected-substring
+    local out status
+    out=$(curl -s -o "$work/body" -w '%{http_code}' -H "Host: $1" "http://127.0.0.1:$port$2")
+    status=$out
+    if [[ $status != "$3" ]] || ! grep -q -- "$4" "$work/body"; then
+        echo "demo: GET $1$2 gave $status, wanted $3 with '$4'" >&2
+        cat "$work/body" >&2; cat "$log" >&2
+        exit 1
+    fi
+    echo "ok  $1$2 -> $status"
+}
+fetch static.localhost / 200 "polyhost static demo"
+fetch unknown.example /css/site.css 200 "font-family"
+
+kill -TERM "$pid"
+status=0
+wait "$pid" || status=$?
+pid=""
+[[ $status -eq 0 ]] || { cat "$log"; echo "demo: exit status $status after SIGTERM" >&2; exit 1; }
+grep -q '"GET / HTTP/1.1" 200' "$work/log/static-demo.access.log" || { echo "demo: no access log line" >&2; exit 1; }
+echo "demo: ok"

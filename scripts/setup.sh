@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs what polyhost and its tests need and is missing, then builds.
+# Safe to run again: it only installs what is absent.
+#   php8.2-fpm       the PHP runtime (one pool per PHP site)
+#   python3-dev      Debian's CPython 3.11 with libpython, linked by polyhost-python
+#   python3-venv     virtualenvs for Python sites and the tests
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PACKAGES=(php8.2-fpm php8.2-cli python3-dev python3-venv curl procps)
+missing=()
+for p in "${PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    echo "setup: installing ${missing[*]}"
+    if [[ $EUID -eq 0 ]]; then
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    else
+        sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    fi
+fi
+
+if ! command -v cargo >/dev/null; then
+    echo "setup: cargo not found; install Rust from https://rustup.rs and run again" >&2
+    exit 2
+fi
+echo "setup: building"
+cargo build --release --workspace --bins
