@@ -161,9 +161,10 @@ pub(crate) fn validate_site(
     let limits = validate_limits(raw.limits.unwrap_or_default(), errs);
     let env = validate_env("env", raw.env.unwrap_or_default(), errs);
     let static_files = validate_static(raw.static_files.unwrap_or_default(), errs);
+    let python_at_root = raw.python.as_ref().is_some_and(|p| p.mount.as_deref().is_none_or(|m| m.trim_end_matches('/').is_empty()));
     let php = raw.php.map(|p| validate_php(p, base, errs));
     let python = raw.python.map(|p| validate_python(p, base, errs));
-    if root.is_none() && python.as_ref().is_none_or(|p| p.as_ref().is_none_or(|p| !p.mount.is_empty())) {
+    if root.is_none() && !python_at_root {
         errs.add("root", "missing: static and PHP sites need a document root (e.g. root = \"/srv/www/example\")");
     }
     if let (Some(_), Some(py)) = (&php, &python) {

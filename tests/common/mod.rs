@@ -1,0 +1,217 @@
+//! Test support shared by the integration tests: temporary server configs,
+//! an in-process server on an ephemeral port, the real binary, and HTTP
+//! clients (hyper for well-formed requests, raw TCP for malformed ones).
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+/// A server configuration in a temp dir: `polyhost.toml`, `vhosts/`, dirs.
+pub struct TestConfig {
+    pub dir: tempfile::TempDir,
+}
+
+impl TestConfig {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("vhosts")).unwrap();
+        let t = TestConfig { dir };
+        t.write("polyhost.toml", "listen = [\"127.0.0.1:0\"]\nstate_dir = \"state\"\nlog_dir = \"log\"\nshutdown_timeout = \"5s\"\n");
+        t
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn main(&self) -> PathBuf {
+        self.dir.path().join("polyhost.toml")
+    }
+
+    /// Writes a file relative to the config dir, creating parents.
+    pub fn write(&self, rel: &str, content: &str) -> PathBuf {
+        let p = self.dir.path().join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, content).unwrap();
+        p
+    }
+
+    /// A static site `name` with `hosts` whose index.html says `name`.
+    pub fn static_site(&self, name: &str, hosts: &[&str], extra: &str) {
+        let hosts: Vec<String> = hosts.iter().map(|h| format!("{h:?}")).collect();
+        self.write(&format!("www/{name}/index.html"), &format!("site {name}\n"));
+        self.write(
+            &format!("vhosts/{name}.toml"),
+            &format!("hosts = [{}]\nroot = \"www/{name}\"\n{extra}\n", hosts.join(", ")),
+        );
+    }
+
+    pub fn load(&self) -> polyhost::config::Config {
+        polyhost::config::load(&self.main()).unwrap_or_else(|e| panic!("config errors:\n{e}"))
+    }
+}
+
+/// polyhost served in-process on an ephemeral port.
+pub struct InProcess {
+    pub addr: SocketAddr,
+    pub shutdown: CancellationToken,
+    pub task: tokio::task::JoinHandle<Result<(), polyhost::app::ServeError>>,
+}
+
+impl InProcess {
+    pub async fn start(cfg: &TestConfig) -> Self {
+        let config = cfg.load();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(polyhost::app::serve(config, vec![listener], shutdown.clone()));
+        InProcess { addr, shutdown, task }
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+/// The real `polyhost` binary, stopped with SIGTERM when dropped.
+pub struct Binary {
+    pub child: tokio::process::Child,
+    pub addr: SocketAddr,
+    pub log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Binary {
+    /// Starts `polyhost serve --config main` and waits for its listening line.
+    pub async fn start(main: &Path, env: &[(&str, &str)]) -> Self {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_polyhost"));
+        cmd.arg("serve").arg("--config").arg(main).envs(env.iter().copied());
+        cmd.stderr(Stdio::piped()).stdout(Stdio::null()).kill_on_drop(true);
+        let mut child = cmd.spawn().expect("spawn polyhost");
+        let stderr = child.stderr.take().unwrap();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let sink = log.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(rest) = line.split("listening addr=").nth(1) {
+                    let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_owned());
+                }
+                sink.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+        let addr = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| panic!("polyhost did not start; log:\n{}", log.lock().unwrap()));
+        Binary { child, addr: addr.parse().unwrap(), log }
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// SIGTERM, then the exit status.
+    pub async fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().unwrap() as i32;
+        // SAFETY-free: kill(2) through nix.
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM).unwrap();
+        tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await.expect("exit after SIGTERM").unwrap()
+    }
+}
+
+/// A parsed response.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Resp {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// A keep-alive HTTP/1.1 client connection (hyper).
+pub struct Client {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr) -> Self {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
+        tokio::spawn(conn);
+        Client { sender }
+    }
+
+    pub async fn send(&mut self, req: http::Request<Full<Bytes>>) -> Resp {
+        self.sender.ready().await.unwrap();
+        let resp = self.sender.send_request(req).await.unwrap();
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        Resp { status: parts.status.as_u16(), headers: parts.headers, body }
+    }
+
+    pub async fn get(&mut self, host: &str, path: &str) -> Resp {
+        self.send(request("GET", host, path)).await
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.sender.is_closed()
+    }
+}
+
+pub fn request(method: &str, host: &str, path: &str) -> http::Request<Full<Bytes>> {
+    http::Request::builder().method(method).uri(path).header("host", host).body(Full::new(Bytes::new())).unwrap()
+}
+
+/// One request on a fresh connection.
+pub async fn get(addr: SocketAddr, host: &str, path: &str) -> Resp {
+    Client::connect(addr).await.get(host, path).await
+}
+
+/// Sends raw bytes and reads until the server closes (or 10 s pass).
+pub async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Status code of the first response in a raw reply.
+pub fn raw_status(reply: &str) -> u16 {
+    reply.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+/// Retries `f` until it returns true or `timeout` passes.
+pub async fn eventually<F, Fut>(timeout: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}

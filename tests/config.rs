@@ -1,0 +1,219 @@
+//! Configuration loading: valid sets load into the expected values; every
+//! kind of error is reported with file, key and what was expected, all in
+//! one pass; environment overrides apply.
+
+mod common;
+
+use std::process::Command;
+
+use common::TestConfig;
+use expect_test::{expect, Expect};
+
+/// Loads the config and compares the error report with `want`.
+fn check_errors(cfg: &TestConfig, want: Expect) {
+    let errors = polyhost::config::load(&cfg.main()).expect_err("config should be invalid");
+    let text = errors.to_string().replace(&cfg.path().display().to_string(), "$DIR");
+    want.assert_eq(&text);
+}
+
+#[test]
+fn valid_example_set_loads_into_typed_values() {
+    let cfg = TestConfig::new();
+    cfg.write("conf.d/10-users.toml", "default_user = \"www-data\"\n");
+    cfg.write("www/shop/index.php", "<?php echo 1;");
+    cfg.write(
+        "vhosts/shop.toml",
+        r#"
+hosts = ["shop.test", "*.shop.test"]
+root = "www/shop"
+user = "shop"
+[limits]
+memory = "512M"
+processes = 64
+cpu = 1.5
+body = "20M"
+[php]
+mode = "static"
+max_children = 8
+front_controller = "index.php"
+[php.ini]
+memory_limit = "128M"
+display_errors = false
+[python]
+app = "shop.wsgi"
+mount = "/api/"
+threads = 8
+queue_timeout = "5s"
+[python.env]
+DJANGO_SETTINGS_MODULE = "shop.settings"
+"#,
+    );
+    cfg.static_site("blog", &["blog.test"], "default = true");
+    let config = cfg.load();
+    assert_eq!(config.server.default_user.as_deref(), Some("www-data"), "fragment merged");
+    assert_eq!(config.sites.len(), 2);
+    let shop = config.sites.values().find(|s| s.name.as_str() == "shop").unwrap();
+    assert_eq!(shop.limits.memory, Some(512 << 20));
+    assert_eq!(shop.limits.body, 20 << 20);
+    assert_eq!(shop.limits.cpu, Some(1.5));
+    assert_eq!(shop.root.as_deref(), Some(cfg.path().join("www/shop").as_path()));
+    let php = shop.php.as_ref().unwrap();
+    assert_eq!(php.mode, polyhost::config::PhpMode::Static);
+    assert_eq!(php.max_children, 8);
+    assert_eq!(php.ini.get("display_errors"), Some(&polyhost::config::IniValue::Flag(false)));
+    let py = shop.python.as_ref().unwrap();
+    assert_eq!((py.module.as_str(), py.callable.as_str()), ("shop.wsgi", "application"));
+    assert_eq!(py.mount, "/api");
+    assert_eq!(py.threads, 8);
+    assert_eq!(py.processes, 1, "default");
+    assert_eq!(py.queue_timeout, std::time::Duration::from_secs(5));
+    assert_eq!(shop.runtime_label(), "php+python");
+}
+
+#[test]
+fn every_error_of_every_file_in_one_pass() {
+    let cfg = TestConfig::new();
+    cfg.write("vhosts/shop.toml", "hosts = [\"shop.test\"]\nroot = \"/srv\"\n[limits]\nmemory = \"12 potatoes\"\ncpu = 0\nprocesses = \"many\"\n");
+    cfg.write("vhosts/blog.toml", "hosts = [\"blog.test\"]\nroot = \"/srv\"\nlimitz = 1\n");
+    cfg.write("vhosts/Bad_Name.toml", "hosts = [\"x.test\"]\nroot = \"/srv\"\n");
+    cfg.write("vhosts/syntax.toml", "hosts = [\"y.test\"\n");
+    cfg.write("vhosts/types.toml", "hosts = 5\n");
+    cfg.write("vhosts/py.toml", "hosts = [\"py.test\", \"bad host\"]\n[python]\napp = \"not a module\"\nthreads = 0\nrequest_timeout = \"soon\"\n");
+    cfg.write("vhosts/php.toml", "hosts = [\"php.test\"]\n[php]\nmode = \"turbo\"\nfront_controller = \"../x.php\"\n");
+    check_errors(
+        &cfg,
+        expect![[r#"
+            $DIR/vhosts/Bad_Name.toml: "Bad_Name" is not a valid site name (the file name without .toml must match [a-z0-9][a-z0-9-]*, at most 48 characters)
+            $DIR/vhosts/blog.toml: limitz: unknown field `limitz`, expected one of `hosts`, `default`, `root`, `user`, `group`, `limits`, `env`, `static`, `php`, `python` (line 3, column 1)
+            $DIR/vhosts/php.toml: php.mode: "turbo" is not a pool mode (expected "static", "dynamic" or "ondemand")
+            $DIR/vhosts/php.toml: php.front_controller: "../x.php" is not a PHP script path relative to the root (e.g. "index.php")
+            $DIR/vhosts/php.toml: root: missing: static and PHP sites need a document root (e.g. root = "/srv/www/example")
+            $DIR/vhosts/py.toml: hosts[1]: "bad host" is not a host name: expected a host name such as "example.test" or "*.example.test" (no port, no scheme)
+            $DIR/vhosts/py.toml: python.app: "not a module" is not a WSGI application reference (expected "package.module:callable")
+            $DIR/vhosts/py.toml: python.threads: 0 is not a whole number between 1 and 1024
+            $DIR/vhosts/py.toml: python.request_timeout: "soon" is not a duration (e.g. "30s", "5m", "250ms")
+            $DIR/vhosts/shop.toml: limits.memory: "12 potatoes" is not a size (e.g. "512M")
+            $DIR/vhosts/shop.toml: limits.processes: "many" is not a whole number between 1 and 4194304
+            $DIR/vhosts/shop.toml: limits.cpu: 0 is not a number of CPU cores (e.g. 1 or 0.5)
+            $DIR/vhosts/syntax.toml: unclosed array, expected `]` (line 1, column 18)
+            $DIR/vhosts/types.toml: hosts: invalid type: integer `5`, expected a sequence (line 1, column 9)"#]],
+    );
+}
+
+#[test]
+fn a_host_claimed_twice_names_both_files() {
+    let cfg = TestConfig::new();
+    cfg.static_site("alpha", &["shared.test", "a.test"], "default = true");
+    cfg.static_site("beta", &["SHARED.test."], "default = true");
+    check_errors(
+        &cfg,
+        expect![[r#"
+            $DIR/vhosts/beta.toml: hosts[0]: shared.test is already claimed by $DIR/vhosts/alpha.toml
+            $DIR/vhosts/beta.toml: default: only one site can be the default; $DIR/vhosts/alpha.toml is too"#]],
+    );
+}
+
+#[test]
+fn main_file_errors_name_the_file_and_key() {
+    let cfg = TestConfig::new();
+    cfg.write("polyhost.toml", "listen = [\"localhost\"]\nlisen = 1\n");
+    check_errors(
+        &cfg,
+        expect![[r#"$DIR/polyhost.toml: lisen: unknown field: found `lisen`, expected `one of `listen`, `vhosts_dir`, `include`, `state_dir`, `log_dir`, `default_user`, `default_group`, `shutdown_timeout`, `log_level`, `admin``"#]],
+    );
+    cfg.write("polyhost.toml", "listen = [\"localhost\"]\nshutdown_timeout = \"forever\"\n");
+    check_errors(
+        &cfg,
+        expect![[r#"
+            $DIR/polyhost.toml: listen[0]: "localhost" is not an address:port (e.g. "127.0.0.1:8080" or "[::]:80")
+            $DIR/polyhost.toml: shutdown_timeout: "forever" is not a duration (e.g. "30s", "5m", "250ms")"#]],
+    );
+}
+
+#[test]
+fn fragment_errors_name_the_fragment() {
+    let cfg = TestConfig::new();
+    cfg.write("conf.d/50-bad.toml", "log_level = \"[[[\"\n");
+    check_errors(
+        &cfg,
+        expect![[r#"$DIR/conf.d/50-bad.toml: log_level: "[[[" is not a log level (e.g. "info", "debug", "polyhost=debug")"#]],
+    );
+}
+
+fn polyhost_check(cfg: &TestConfig, env: &[(&str, &str)]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_polyhost"))
+        .args(["check", "--config"])
+        .arg(cfg.main())
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn environment_overrides_apply_and_are_named_in_errors() {
+    let cfg = TestConfig::new();
+    cfg.static_site("a", &["a.test"], "");
+    let (code, _, stderr) = polyhost_check(&cfg, &[("POLYHOST_LISTEN", "[\"nope\"]")]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("environment variable POLYHOST_LISTEN: listen[0]: \"nope\" is not an address:port"), "{stderr}");
+    let (code, _, stderr) = polyhost_check(&cfg, &[("POLYHOST_ADMIN__SOKET", "/x")]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("POLYHOST_ADMIN__SOKET: admin.soket: unknown field"), "{stderr}");
+    // A valid override: vhosts_dir pointing at an empty dir loads zero sites.
+    std::fs::create_dir_all(cfg.path().join("empty")).unwrap();
+    let (code, stdout, stderr) = polyhost_check(&cfg, &[("POLYHOST_VHOSTS_DIR", "empty")]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("(0 site(s))"), "{stdout}");
+    let (code, stdout, _) = polyhost_check(&cfg, &[]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("(1 site(s))"), "{stdout}");
+}
+
+#[test]
+fn check_reports_a_missing_document_root() {
+    let cfg = TestConfig::new();
+    cfg.write("vhosts/gone.toml", "hosts = [\"gone.test\"]\nroot = \"www/gone\"\n");
+    let (code, _, stderr) = polyhost_check(&cfg, &[]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("vhosts/gone.toml: root: "), "{stderr}");
+    assert!(stderr.contains("No such file or directory"), "{stderr}");
+}
+
+#[test]
+fn repository_config_passes_check_and_a_broken_copy_fails_with_file_and_key() {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new(env!("CARGO_BIN_EXE_polyhost"))
+        .args(["check", "--config"])
+        .arg(repo.join("polyhost.toml"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // A copy of the repository's configuration with one vhost file broken.
+    let copy = tempfile::tempdir().unwrap();
+    for dir in ["vhosts", "conf.d"] {
+        std::fs::create_dir_all(copy.path().join(dir)).unwrap();
+        for entry in std::fs::read_dir(repo.join(dir)).unwrap() {
+            let p = entry.unwrap().path();
+            std::fs::copy(&p, copy.path().join(dir).join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    std::fs::copy(repo.join("polyhost.toml"), copy.path().join("polyhost.toml")).unwrap();
+    std::os::unix::fs::symlink(repo.join("demo"), copy.path().join("demo")).unwrap();
+    let broken = copy.path().join("vhosts/static-demo.toml");
+    let text = std::fs::read_to_string(&broken).unwrap();
+    std::fs::write(&broken, format!("{text}\n[limits]\nmemory = \"lots\"\n")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_polyhost"))
+        .args(["check", "--config"])
+        .arg(copy.path().join("polyhost.toml"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr.contains("vhosts/static-demo.toml: limits.memory: \"lots\" is not a size"), "{stderr}");
+}
