@@ -1,0 +1,128 @@
+//! Routing, in process: `app::serve` on a listener bound to port 0, with
+//! static sites whose index page names the site, so each answer shows which
+//! site served it.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{get, raw, raw_status, Client, InProcess, TestConfig};
+
+fn sites() -> TestConfig {
+    let cfg = TestConfig::new();
+    cfg.static_site("exact", &["example.test", "www.example.test"], "");
+    cfg.static_site("wild", &["*.example.test"], "");
+    cfg.static_site("deep", &["*.api.example.test"], "");
+    cfg.static_site("fallback", &["fallback.test"], "default = true");
+    cfg
+}
+
+#[tokio::test]
+async fn host_matching_exact_then_longest_wildcard_then_default() {
+    let cfg = sites();
+    let server = InProcess::start(&cfg).await;
+    let cases = [
+        ("example.test", "site exact"),
+        ("WWW.Example.TEST:8080", "site exact"),
+        ("example.test.", "site exact"),
+        ("shop.example.test", "site wild"),
+        ("a.b.example.test", "site wild"),
+        ("v1.api.example.test", "site deep"),
+        ("unknown.test", "site fallback"),
+        ("127.0.0.1", "site fallback"),
+    ];
+    for (host, want) in cases {
+        let resp = get(server.addr, host, "/").await;
+        assert_eq!(resp.status, 200, "{host}");
+        assert_eq!(resp.text().trim(), want, "{host}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_host_without_default_site_is_421() {
+    let cfg = TestConfig::new();
+    cfg.static_site("only", &["only.test"], "");
+    let server = InProcess::start(&cfg).await;
+    let resp = get(server.addr, "other.test", "/").await;
+    assert_eq!(resp.status, 421);
+    assert!(resp.text().contains("no site"), "{}", resp.text());
+    assert_eq!(resp.header("content-type"), Some("text/plain; charset=utf-8"));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn http10_without_host_goes_to_default_and_http11_without_host_is_400() {
+    let cfg = sites();
+    let server = InProcess::start(&cfg).await;
+    let reply = raw(server.addr, b"GET / HTTP/1.0\r\n\r\n").await;
+    assert_eq!(raw_status(&reply), 200, "{reply}");
+    assert!(reply.contains("site fallback"), "{reply}");
+    let reply = raw(server.addr, b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n").await;
+    assert_eq!(raw_status(&reply), 400, "{reply}");
+    let reply = raw(server.addr, b"GET / HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\nConnection: close\r\n\r\n").await;
+    assert_eq!(raw_status(&reply), 400, "two Host headers: {reply}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn keep_alive_connection_serves_many_requests_and_sites() {
+    let cfg = sites();
+    let server = InProcess::start(&cfg).await;
+    let mut client = Client::connect(server.addr).await;
+    for i in 0..20 {
+        let host = if i % 2 == 0 { "example.test" } else { "x.example.test" };
+        let resp = client.get(host, "/").await;
+        assert_eq!(resp.status, 200);
+        assert!(!client.is_closed());
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn access_log_records_requests_in_combined_format() {
+    let cfg = sites();
+    let server = InProcess::start(&cfg).await;
+    let mut c = Client::connect(server.addr).await;
+    let req = http::Request::builder()
+        .uri("/missing?q=1")
+        .header("host", "example.test")
+        .header("user-agent", "polyhost-test/1")
+        .header("referer", "http://ref.test/")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    assert_eq!(c.send(req).await.status, 404);
+    let log = cfg.path().join("log/exact.access.log");
+    let found = common::eventually(Duration::from_secs(5), || async {
+        std::fs::read_to_string(&log).unwrap_or_default().contains(
+            "\"GET /missing?q=1 HTTP/1.1\" 404 10 \"http://ref.test/\" \"polyhost-test/1\"",
+        )
+    })
+    .await;
+    assert!(found, "access log: {}", std::fs::read_to_string(&log).unwrap_or_default());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn body_larger_than_the_site_limit_is_413_before_reading() {
+    let cfg = TestConfig::new();
+    cfg.static_site("small", &["small.test"], "[limits]\nbody = \"1K\"");
+    let server = InProcess::start(&cfg).await;
+    let reply = raw(
+        server.addr,
+        b"POST / HTTP/1.1\r\nHost: small.test\r\nContent-Length: 5000000\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(raw_status(&reply), 413, "{reply}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn graceful_stop_finishes_then_refuses_new_connections() {
+    let cfg = sites();
+    let server = InProcess::start(&cfg).await;
+    let addr = server.addr;
+    assert_eq!(get(addr, "example.test", "/").await.status, 200);
+    server.stop().await;
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "listener closed after stop");
+}
