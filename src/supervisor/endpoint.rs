@@ -1,0 +1,91 @@
+//! Endpoints and leases: how upstreams use a running process group.
+//!
+//! An [`Endpoint`] is one ready process's socket with its in-flight and
+//! served counters. A [`Lease`] is one request's use of an endpoint: taken
+//! from the least-busy endpoint, released on drop. The supervisor reads the
+//! counters to drain a process before stopping it, to recycle after
+//! `max_requests`, and to find idle groups.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+#[derive(Debug)]
+pub struct Endpoint {
+    /// Unique within the group (never reused).
+    pub id: u64,
+    pub pid: i32,
+    pub socket: PathBuf,
+    inflight: AtomicUsize,
+    served: AtomicU64,
+}
+
+impl Endpoint {
+    pub fn new(id: u64, pid: i32, socket: PathBuf) -> Self {
+        Endpoint { id, pid, socket, inflight: AtomicUsize::new(0), served: AtomicU64::new(0) }
+    }
+    pub fn inflight(&self) -> usize {
+        self.inflight.load(Ordering::Acquire)
+    }
+    pub fn served(&self) -> u64 {
+        self.served.load(Ordering::Relaxed)
+    }
+}
+
+/// Time of the last request start or end, as milliseconds since `epoch`.
+#[derive(Debug)]
+pub struct Activity {
+    epoch: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    pub fn new() -> Self {
+        Activity { epoch: Instant::now(), last_ms: AtomicU64::new(0) }
+    }
+    pub fn touch(&self) {
+        self.last_ms.store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+    pub fn idle_for(&self) -> std::time::Duration {
+        let last = self.last_ms.load(Ordering::Relaxed);
+        self.epoch.elapsed().saturating_sub(std::time::Duration::from_millis(last))
+    }
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// One request's use of an endpoint.
+#[derive(Debug)]
+pub struct Lease {
+    endpoint: Arc<Endpoint>,
+    activity: Arc<Activity>,
+}
+
+impl Lease {
+    pub(crate) fn take(endpoint: Arc<Endpoint>, activity: Arc<Activity>) -> Self {
+        endpoint.inflight.fetch_add(1, Ordering::AcqRel);
+        activity.touch();
+        Lease { endpoint, activity }
+    }
+    pub fn endpoint(&self) -> &Arc<Endpoint> {
+        &self.endpoint
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.endpoint.served.fetch_add(1, Ordering::Relaxed);
+        self.endpoint.inflight.fetch_sub(1, Ordering::AcqRel);
+        self.activity.touch();
+    }
+}
+
+/// The least-busy endpoint (ties: the first).
+pub fn least_busy(endpoints: &[Arc<Endpoint>]) -> Option<&Arc<Endpoint>> {
+    endpoints.iter().min_by_key(|e| e.inflight())
+}

@@ -1,0 +1,753 @@
+//! A site process group: the processes of one runtime of one site, as one
+//! actor task.
+//!
+//! # Lifecycle
+//!
+//! ```text
+//!            Start (first request, or eager)          all slots ready
+//!   Idle ───────────────────────────────► Starting ─────────────────► Running
+//!    ▲                                        │  crash: restart after backoff │
+//!    │ idle_timeout (scale to zero)            ▼                               │
+//!    └──────────────────────────────────── Running ◄───────────────────────────┘
+//!   crash loop (RestartPolicy) → Failed: requests get 503; a Start after the
+//!   backoff cap (or a restart/reload) tries again.     Stop → Stopped (final).
+//! ```
+//!
+//! Each process has a slot. A slot's process is started (confined by
+//! `isolation`), becomes ready when its socket accepts a connection, and is
+//! published as an [`Endpoint`] in the group's [`Snapshot`]. Recycling
+//! (max_requests, memory, a stuck request, a restart) starts the replacement
+//! first, publishes it, then drains the old process (waits for its in-flight
+//! requests, bounded by `drain_timeout`) and stops it. Stopping is SIGTERM to
+//! the process group, SIGKILL to it and its cgroup after the grace period.
+//!
+//! Invariants: a process is only ever published once its socket accepts; a
+//! process that is no longer published gets no new leases; every process the
+//! group started is stopped (and reaped) when the group stops or is dropped.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::ExitStatus;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::endpoint::{least_busy, Activity, Endpoint, Lease};
+use super::launcher::{Launcher, Lifecycle};
+use super::policy::{Restart, RestartPolicy, RestartTracker};
+use crate::isolation::{self, Rlimits, SiteCgroup, SiteIdentity, SpawnSpec};
+use crate::upstream::UpstreamError;
+
+/// How long a stopped process gets between SIGTERM and SIGKILL.
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
+const TICK: Duration = Duration::from_millis(500);
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GroupState {
+    /// No process: not started yet, or scaled to zero.
+    Idle,
+    Starting,
+    Running,
+    /// Crash loop or start failure; requests get 503.
+    Failed(String),
+    /// Stopped for good (site removed or polyhost stopping).
+    Stopped,
+}
+
+impl GroupState {
+    pub fn label(&self) -> &'static str {
+        match self {
+            GroupState::Idle => "idle",
+            GroupState::Starting => "starting",
+            GroupState::Running => "running",
+            GroupState::Failed(_) => "failed",
+            GroupState::Stopped => "stopped",
+        }
+    }
+}
+
+/// What the group publishes; upstreams and status read it.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    pub state: GroupState,
+    pub generation: u64,
+    /// Ready processes that take new requests.
+    pub endpoints: Vec<Arc<Endpoint>>,
+    /// Every live process (ready, starting or draining).
+    pub pids: Vec<i32>,
+    pub restarts: u64,
+    pub oom_kills: u64,
+    pub last_error: Option<String>,
+}
+
+/// Everything a group needs to start its processes.
+pub struct GroupSpec {
+    pub site: String,
+    pub generation: u64,
+    pub launcher: Arc<dyn Launcher>,
+    pub identity: Option<SiteIdentity>,
+    /// The site's cgroup; each process gets a child cgroup of it.
+    pub cgroup: Option<SiteCgroup>,
+    /// stdout/stderr of the processes.
+    pub error_log: PathBuf,
+    /// Directory for the processes' sockets (owned by the site user).
+    pub socket_dir: PathBuf,
+    pub rlimits: Rlimits,
+    pub policy: RestartPolicy,
+}
+
+enum Cmd {
+    Start,
+    Recycle { endpoint: u64, reason: String },
+    RestartAll,
+    Stop(oneshot::Sender<()>),
+}
+
+enum Event {
+    Ready { id: u64 },
+    NotReady { id: u64, why: String },
+    Exited { id: u64, status: std::io::Result<ExitStatus> },
+    Stopped { id: u64 },
+    Drained { id: u64 },
+}
+
+/// The handle upstreams, the supervisor and status use. Cloning is cheap.
+#[derive(Clone)]
+pub struct GroupHandle {
+    pub site: Arc<str>,
+    pub runtime: &'static str,
+    tx: mpsc::UnboundedSender<Cmd>,
+    snapshot: watch::Receiver<Arc<Snapshot>>,
+    activity: Arc<Activity>,
+    startup_timeout: Duration,
+}
+
+impl GroupHandle {
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.borrow().clone()
+    }
+
+    /// A lease on the least-busy ready process, starting the group if it is
+    /// idle and waiting (up to the startup timeout) for a process to be ready.
+    pub async fn lease(&self) -> Result<Lease, UpstreamError> {
+        self.activity.touch();
+        let current = self.snapshot();
+        if let Some(e) = least_busy(&current.endpoints) {
+            return Ok(Lease::take(e.clone(), self.activity.clone()));
+        }
+        if matches!(current.state, GroupState::Idle | GroupState::Failed(_)) {
+            let _ = self.tx.send(Cmd::Start);
+        }
+        let mut rx = self.snapshot.clone();
+        let waited = tokio::time::timeout(
+            self.startup_timeout,
+            rx.wait_for(|s| !s.endpoints.is_empty() || matches!(s.state, GroupState::Failed(_) | GroupState::Stopped)),
+        )
+        .await;
+        let snap = match waited {
+            Ok(Ok(s)) => s.clone(),
+            Ok(Err(_)) => return Err(UpstreamError::Unavailable(format!("{} {} is stopped", self.site, self.runtime))),
+            Err(_) => {
+                return Err(UpstreamError::Unavailable(format!(
+                    "{} {} did not become ready within {:?}",
+                    self.site, self.runtime, self.startup_timeout
+                )))
+            }
+        };
+        match least_busy(&snap.endpoints) {
+            Some(e) => Ok(Lease::take(e.clone(), self.activity.clone())),
+            None => Err(UpstreamError::Unavailable(match &snap.state {
+                GroupState::Failed(why) => format!("{} {} failed: {why}", self.site, self.runtime),
+                _ => format!("{} {} is stopped", self.site, self.runtime),
+            })),
+        }
+    }
+
+    /// Starts the group now (eager start) without waiting.
+    pub fn start(&self) {
+        let _ = self.tx.send(Cmd::Start);
+    }
+
+    /// Replaces one process gracefully (new one first, then drain the old).
+    pub fn recycle(&self, endpoint: u64, reason: impl Into<String>) {
+        let _ = self.tx.send(Cmd::Recycle { endpoint, reason: reason.into() });
+    }
+
+    /// Replaces every process gracefully (rolling restart).
+    pub fn restart(&self) {
+        let _ = self.tx.send(Cmd::RestartAll);
+    }
+
+    /// Drains and stops every process; returns when they are gone.
+    pub async fn stop(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Cmd::Stop(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+/// Starts the group's actor task and returns its handle. Must be called
+/// from the tokio runtime (processes are forked from its worker threads).
+pub fn spawn_group(spec: GroupSpec) -> GroupHandle {
+    let lifecycle = spec.launcher.lifecycle();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let initial = Arc::new(Snapshot {
+        state: GroupState::Idle,
+        generation: spec.generation,
+        endpoints: Vec::new(),
+        pids: Vec::new(),
+        restarts: 0,
+        oom_kills: 0,
+        last_error: None,
+    });
+    let (snap_tx, snap_rx) = watch::channel(initial);
+    let activity = Arc::new(Activity::new());
+    let handle = GroupHandle {
+        site: spec.site.clone().into(),
+        runtime: spec.launcher.runtime(),
+        tx: tx.clone(),
+        snapshot: snap_rx,
+        activity: activity.clone(),
+        startup_timeout: lifecycle.startup_timeout,
+    };
+    let eager = lifecycle.eager;
+    let actor = Actor {
+        trackers: (0..lifecycle.processes).map(|_| RestartTracker::new(spec.policy.clone())).collect(),
+        slots: (0..lifecycle.processes).map(|_| Slot::Empty).collect(),
+        lifecycle,
+        spec,
+        procs: HashMap::new(),
+        next_id: 1,
+        state: GroupState::Idle,
+        restarts: 0,
+        oom_kills: 0,
+        oom_seen: 0,
+        last_error: None,
+        failed_at: None,
+        events: events_tx,
+        snap: snap_tx,
+        activity,
+    };
+    tokio::spawn(actor.run(rx, events_rx));
+    if eager {
+        handle.start();
+    }
+    handle
+}
+
+/// One process slot.
+enum Slot {
+    Empty,
+    /// Waiting to restart after a crash.
+    Backoff { until: Instant },
+    /// Holds the id of the current process (starting or ready).
+    Proc(u64),
+}
+
+struct Proc {
+    slot: usize,
+    endpoint: Arc<Endpoint>,
+    started: Instant,
+    ready: bool,
+    /// Replaced and no longer published; stopped once idle.
+    draining: bool,
+    /// We asked it to stop; its exit is not a crash.
+    stopping: bool,
+    stop: Option<oneshot::Sender<Duration>>,
+    /// The process that this one replaces, drained once this one is ready.
+    replaces: Option<u64>,
+}
+
+struct Actor {
+    spec: GroupSpec,
+    lifecycle: Lifecycle,
+    slots: Vec<Slot>,
+    trackers: Vec<RestartTracker>,
+    procs: HashMap<u64, Proc>,
+    next_id: u64,
+    state: GroupState,
+    restarts: u64,
+    oom_kills: u64,
+    oom_seen: u64,
+    last_error: Option<String>,
+    failed_at: Option<Instant>,
+    events: mpsc::UnboundedSender<Event>,
+    snap: watch::Sender<Arc<Snapshot>>,
+    activity: Arc<Activity>,
+}
+
+impl Actor {
+    async fn run(mut self, mut cmds: mpsc::UnboundedReceiver<Cmd>, mut events: mpsc::UnboundedReceiver<Event>) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                cmd = cmds.recv() => match cmd {
+                    Some(Cmd::Start) => self.start(),
+                    Some(Cmd::Recycle { endpoint, reason }) => self.recycle(endpoint, &reason),
+                    Some(Cmd::RestartAll) => self.restart_all(),
+                    Some(Cmd::Stop(reply)) => {
+                        self.stop_all(&mut events).await;
+                        let _ = reply.send(());
+                        return;
+                    }
+                    None => {
+                        self.stop_all(&mut events).await;
+                        return;
+                    }
+                },
+                Some(ev) = events.recv() => self.on_event(ev),
+                _ = tick.tick() => self.on_tick(),
+            }
+            self.publish();
+        }
+    }
+
+    fn site(&self) -> &str {
+        &self.spec.site
+    }
+
+    fn runtime(&self) -> &'static str {
+        self.spec.launcher.runtime()
+    }
+
+    fn start(&mut self) {
+        match &self.state {
+            GroupState::Idle => {}
+            GroupState::Failed(_) => {
+                // A request after a crash loop tries again, at most once per backoff cap.
+                if self.failed_at.is_some_and(|t| t.elapsed() < self.spec.policy.max) {
+                    return;
+                }
+                self.trackers.iter_mut().for_each(RestartTracker::reset);
+            }
+            _ => return,
+        }
+        if let Err(e) = self.spec.launcher.prepare() {
+            self.fail(format!("cannot prepare the {} runtime: {e}", self.runtime()));
+            return;
+        }
+        self.state = GroupState::Starting;
+        for slot in 0..self.slots.len() {
+            if matches!(self.slots[slot], Slot::Empty | Slot::Backoff { .. }) {
+                self.start_slot(slot, None);
+            }
+        }
+    }
+
+    fn fail(&mut self, why: String) {
+        tracing::error!(site = %self.site(), runtime = self.runtime(), reason = %why, "site failed; its requests get 503");
+        self.last_error = Some(why.clone());
+        self.state = GroupState::Failed(why);
+        self.failed_at = Some(Instant::now());
+        for slot in &mut self.slots {
+            if matches!(slot, Slot::Backoff { .. }) {
+                *slot = Slot::Empty;
+            }
+        }
+        let ids: Vec<u64> = self.procs.keys().copied().collect();
+        for id in ids {
+            self.stop_proc(id, STOP_GRACE);
+        }
+    }
+
+    /// Starts a process in `slot`; `replaces` is drained once it is ready.
+    fn start_slot(&mut self, slot: usize, replaces: Option<u64>) {
+        let id = self.next_id;
+        self.next_id += 1;
+        let socket = self.spec.socket_dir.join(format!("{}-{}-{}.sock", self.runtime(), self.spec.generation, id));
+        let _ = std::fs::remove_file(&socket);
+        let cmd = self.spec.launcher.command(&socket);
+        let cgroup = match &self.spec.cgroup {
+            Some(cg) => match cg.child(&format!("{}-{id}", self.runtime())) {
+                Ok(child) => Some(child),
+                Err(e) => {
+                    self.crash_slot(slot, Instant::now(), format!("cannot create the process cgroup: {e}"));
+                    return;
+                }
+            },
+            None => None,
+        };
+        let spawn_spec = SpawnSpec {
+            program: cmd.program.clone(),
+            args: cmd.args,
+            env: cmd.env,
+            cwd: cmd.cwd,
+            identity: self.spec.identity.clone(),
+            rlimits: self.spec.rlimits,
+            cgroup: cgroup.as_ref(),
+            log: Some(self.spec.error_log.clone()),
+        };
+        let process = match isolation::spawn(&spawn_spec) {
+            Ok(p) => p,
+            Err(e) => {
+                if let Some(cg) = cgroup {
+                    let _ = cg.remove();
+                }
+                self.crash_slot(slot, Instant::now(), format!("cannot start {}: {e}", cmd.program.display()));
+                return;
+            }
+        };
+        let pid = process.pid();
+        tracing::info!(site = %self.site(), runtime = self.runtime(), pid, generation = self.spec.generation, "started");
+        let endpoint = Arc::new(Endpoint::new(id, pid, socket.clone()));
+        let (stop_tx, stop_rx) = oneshot::channel();
+        tokio::spawn(watch_process(id, process, stop_rx, self.events.clone()));
+        tokio::spawn(wait_ready(id, socket, self.lifecycle.startup_timeout, self.events.clone()));
+        self.procs.insert(
+            id,
+            Proc { slot, endpoint, started: Instant::now(), ready: false, draining: false, stopping: false, stop: Some(stop_tx), replaces },
+        );
+        self.slots[slot] = Slot::Proc(id);
+    }
+
+    fn on_event(&mut self, ev: Event) {
+        match ev {
+            Event::Ready { id } => self.on_ready(id),
+            Event::NotReady { id, why } => {
+                let Some(p) = self.procs.get(&id) else { return };
+                if p.stopping {
+                    return;
+                }
+                tracing::warn!(site = %self.site(), runtime = self.runtime(), pid = p.endpoint.pid, reason = %why, "not ready; stopping it");
+                let (slot, started, replaces) = (p.slot, p.started, p.replaces);
+                self.stop_proc(id, Duration::from_secs(1));
+                self.crashed(id, replaces, slot, started, why);
+            }
+            Event::Exited { id, status } => self.on_exit(id, status),
+            Event::Stopped { id } => {
+                if let Some(p) = self.procs.remove(&id) {
+                    let _ = std::fs::remove_file(&p.endpoint.socket);
+                    tracing::info!(site = %self.site(), runtime = self.runtime(), pid = p.endpoint.pid, "stopped");
+                    if matches!(self.slots[p.slot], Slot::Proc(cur) if cur == id) {
+                        self.slots[p.slot] = Slot::Empty;
+                    }
+                }
+                self.settle_state();
+            }
+            Event::Drained { id } => self.stop_proc(id, STOP_GRACE),
+        }
+    }
+
+    fn on_ready(&mut self, id: u64) {
+        let Some(p) = self.procs.get_mut(&id) else { return };
+        if p.stopping {
+            return;
+        }
+        p.ready = true;
+        let (pid, replaces) = (p.endpoint.pid, p.replaces.take());
+        tracing::info!(site = %self.site(), runtime = self.runtime(), pid, "ready");
+        if let Some(old) = replaces {
+            self.drain(old);
+        }
+        self.settle_state();
+    }
+
+    fn on_exit(&mut self, id: u64, status: std::io::Result<ExitStatus>) {
+        let Some(p) = self.procs.remove(&id) else { return };
+        let _ = std::fs::remove_file(&p.endpoint.socket);
+        let status_text = match &status {
+            Ok(s) => describe_status(s),
+            Err(e) => format!("wait failed: {e}"),
+        };
+        if p.stopping || p.draining {
+            tracing::info!(site = %self.site(), runtime = self.runtime(), pid = p.endpoint.pid, status = %status_text, "stopped");
+            if matches!(self.slots[p.slot], Slot::Proc(cur) if cur == id) {
+                self.slots[p.slot] = Slot::Empty;
+            }
+            self.settle_state();
+            return;
+        }
+        let oom = self.check_oom();
+        let reason = if oom { format!("OOM-killed ({status_text})") } else { format!("exited unexpectedly: {status_text}") };
+        tracing::warn!(site = %self.site(), runtime = self.runtime(), pid = p.endpoint.pid, reason = %reason, "crashed");
+        self.crashed(id, p.replaces, p.slot, p.started, reason);
+        self.settle_state();
+    }
+
+    /// Records a crash of process `id` in `slot`: a replacement that failed
+    /// gives the slot back to the process it was replacing.
+    fn crashed(&mut self, id: u64, replaces: Option<u64>, slot: usize, started: Instant, reason: String) {
+        if let Some(old) = replaces.filter(|old| self.procs.contains_key(old)) {
+            self.last_error = Some(reason);
+            self.restarts += 1;
+            self.slots[slot] = Slot::Proc(old);
+            return;
+        }
+        if matches!(self.slots[slot], Slot::Proc(cur) if cur == id) {
+            self.crash_slot(slot, started, reason);
+        }
+    }
+
+    /// Counts new OOM kills in the site's cgroup; true when there were some.
+    fn check_oom(&mut self) -> bool {
+        let Some(cg) = &self.spec.cgroup else { return false };
+        let Ok(usage) = cg.usage() else { return false };
+        if usage.oom_kills > self.oom_seen {
+            self.oom_kills += usage.oom_kills - self.oom_seen;
+            self.oom_seen = usage.oom_kills;
+            return true;
+        }
+        false
+    }
+
+    /// A slot's process crashed or could not start: back off, or give up.
+    fn crash_slot(&mut self, slot: usize, started: Instant, reason: String) {
+        self.last_error = Some(reason.clone());
+        self.restarts += 1;
+        match self.trackers[slot].crashed(started, Instant::now()) {
+            Restart::After(delay) => {
+                tracing::info!(site = %self.site(), runtime = self.runtime(), ?delay, "restarting after backoff");
+                self.slots[slot] = Slot::Backoff { until: Instant::now() + delay };
+            }
+            Restart::GiveUp => {
+                self.slots[slot] = Slot::Empty;
+                self.fail(format!("crash loop: {reason}"));
+            }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        let now = Instant::now();
+        if matches!(self.state, GroupState::Starting | GroupState::Running) {
+            for slot in 0..self.slots.len() {
+                if matches!(self.slots[slot], Slot::Backoff { until } if until <= now) {
+                    self.start_slot(slot, None);
+                }
+            }
+        }
+        self.check_oom();
+        self.check_recycling();
+        self.check_idle();
+    }
+
+    fn check_recycling(&mut self) {
+        let mut due = Vec::new();
+        for (id, p) in &self.procs {
+            if !p.ready || p.draining || p.stopping || self.has_replacement(*id) {
+                continue;
+            }
+            if let Some(max) = self.lifecycle.max_requests {
+                if p.endpoint.served() >= max {
+                    due.push((*id, format!("served {} requests (max_requests {max})", p.endpoint.served())));
+                    continue;
+                }
+            }
+            if let Some(limit) = self.lifecycle.memory_per_process {
+                if let Some(rss) = rss_bytes(p.endpoint.pid) {
+                    if rss > limit {
+                        due.push((*id, format!("RSS {} MiB above memory_per_process {} MiB", rss >> 20, limit >> 20)));
+                    }
+                }
+            }
+        }
+        for (id, reason) in due {
+            self.recycle(id, &reason);
+        }
+    }
+
+    fn has_replacement(&self, id: u64) -> bool {
+        self.procs.values().any(|p| p.replaces == Some(id))
+    }
+
+    fn check_idle(&mut self) {
+        let Some(idle) = self.lifecycle.idle_timeout else { return };
+        if self.state != GroupState::Running || self.activity.idle_for() < idle {
+            return;
+        }
+        if self.procs.values().any(|p| p.endpoint.inflight() > 0) {
+            return;
+        }
+        tracing::info!(site = %self.site(), runtime = self.runtime(), ?idle, "no requests for idle_timeout; scaling to zero");
+        let ids: Vec<u64> = self.procs.keys().copied().collect();
+        for id in ids {
+            self.stop_proc(id, STOP_GRACE);
+        }
+        self.state = GroupState::Idle;
+    }
+
+    fn recycle(&mut self, id: u64, reason: &str) {
+        let Some(p) = self.procs.get(&id) else { return };
+        if p.draining || p.stopping || self.has_replacement(id) {
+            return;
+        }
+        tracing::info!(site = %self.site(), runtime = self.runtime(), pid = p.endpoint.pid, reason, "recycling");
+        let slot = p.slot;
+        self.start_slot(slot, Some(id));
+    }
+
+    fn restart_all(&mut self) {
+        self.trackers.iter_mut().for_each(RestartTracker::reset);
+        match self.state {
+            GroupState::Running | GroupState::Starting => {
+                let ids: Vec<u64> = self.procs.iter().filter(|(_, p)| !p.draining && !p.stopping).map(|(id, _)| *id).collect();
+                for id in ids {
+                    self.recycle(id, "restart requested");
+                }
+            }
+            GroupState::Failed(_) => {
+                self.failed_at = None;
+                self.start();
+            }
+            GroupState::Idle | GroupState::Stopped => {}
+        }
+    }
+
+    /// Unpublishes a process and stops it once its in-flight requests end.
+    fn drain(&mut self, id: u64) {
+        let Some(p) = self.procs.get_mut(&id) else { return };
+        p.draining = true;
+        let endpoint = p.endpoint.clone();
+        let events = self.events.clone();
+        let timeout = self.lifecycle.drain_timeout;
+        tokio::spawn(async move {
+            let deadline = Instant::now() + timeout;
+            while endpoint.inflight() > 0 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let _ = events.send(Event::Drained { id });
+        });
+    }
+
+    fn stop_proc(&mut self, id: u64, grace: Duration) {
+        if let Some(p) = self.procs.get_mut(&id) {
+            p.stopping = true;
+            if let Some(stop) = p.stop.take() {
+                let _ = stop.send(grace);
+            }
+        }
+    }
+
+    async fn stop_all(&mut self, events: &mut mpsc::UnboundedReceiver<Event>) {
+        let ids: Vec<u64> = self.procs.keys().copied().collect();
+        for id in &ids {
+            self.drain(*id);
+        }
+        while !self.procs.is_empty() {
+            match events.recv().await {
+                Some(Event::Drained { id }) => self.stop_proc(id, STOP_GRACE),
+                Some(Event::Exited { id, .. }) | Some(Event::Stopped { id }) => {
+                    if let Some(p) = self.procs.remove(&id) {
+                        let _ = std::fs::remove_file(&p.endpoint.socket);
+                        tracing::info!(site = %self.site(), runtime = self.runtime(), pid = p.endpoint.pid, "stopped");
+                    }
+                }
+                Some(_) => {}
+                None => break,
+            }
+            self.publish_with(GroupState::Stopped);
+        }
+        self.state = GroupState::Stopped;
+        self.publish();
+    }
+
+    /// Derives Starting/Running from the slots after a change.
+    fn settle_state(&mut self) {
+        if matches!(self.state, GroupState::Failed(_) | GroupState::Stopped | GroupState::Idle) {
+            return;
+        }
+        let ready = self.procs.values().filter(|p| p.ready && !p.draining && !p.stopping).count();
+        self.state = if ready >= self.slots.len() { GroupState::Running } else { GroupState::Starting };
+        if ready > 0 && self.state == GroupState::Starting {
+            // Some processes serve while others (re)start.
+            self.state = GroupState::Running;
+        }
+    }
+
+    fn publish(&self) {
+        self.publish_with(self.state.clone());
+    }
+
+    fn publish_with(&self, state: GroupState) {
+        let mut endpoints: Vec<Arc<Endpoint>> = self
+            .procs
+            .values()
+            .filter(|p| p.ready && !p.draining && !p.stopping)
+            .map(|p| p.endpoint.clone())
+            .collect();
+        endpoints.sort_by_key(|e| e.id);
+        let mut pids: Vec<i32> = self.procs.values().map(|p| p.endpoint.pid).collect();
+        pids.sort_unstable();
+        let snap = Snapshot {
+            state,
+            generation: self.spec.generation,
+            endpoints,
+            pids,
+            restarts: self.restarts,
+            oom_kills: self.oom_kills,
+            last_error: self.last_error.clone(),
+        };
+        self.snap.send_replace(Arc::new(snap));
+    }
+}
+
+/// Owns a process: reports its exit, or stops it when asked.
+async fn watch_process(
+    id: u64,
+    mut process: isolation::SiteProcess,
+    stop: oneshot::Receiver<Duration>,
+    events: mpsc::UnboundedSender<Event>,
+) {
+    tokio::select! {
+        status = process.wait() => {
+            // The leader is gone; end whatever is left of its group and cgroup.
+            let _ = process.stop(Duration::from_millis(0)).await;
+            if let Some(cg) = process.cgroup() { let _ = cg.remove(); }
+            let _ = events.send(Event::Exited { id, status });
+        }
+        grace = stop => {
+            let grace = grace.unwrap_or(STOP_GRACE);
+            if let Err(e) = process.stop(grace).await {
+                tracing::warn!(pid = process.pid(), error = %e, "stopping a process failed");
+            }
+            if let Some(cg) = process.cgroup() { let _ = cg.remove(); }
+            let _ = events.send(Event::Stopped { id });
+        }
+    }
+}
+
+/// Polls the socket until it accepts a connection.
+async fn wait_ready(id: u64, socket: PathBuf, timeout: Duration, events: mpsc::UnboundedSender<Event>) {
+    let deadline = Instant::now() + timeout;
+    let mut delay = Duration::from_millis(2);
+    loop {
+        if tokio::net::UnixStream::connect(&socket).await.is_ok() {
+            let _ = events.send(Event::Ready { id });
+            return;
+        }
+        if Instant::now() >= deadline || events.is_closed() {
+            let _ = events.send(Event::NotReady { id, why: format!("did not accept connections on {} within {timeout:?}", socket.display()) });
+            return;
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_millis(50));
+    }
+}
+
+/// "exit status 3" / "killed by signal 9 (SIGKILL)".
+pub fn describe_status(s: &ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (s.code(), s.signal()) {
+        (Some(code), _) => format!("exit status {code}"),
+        (None, Some(sig)) => {
+            let name = nix::sys::signal::Signal::try_from(sig).map(|s| s.as_str()).unwrap_or("?");
+            format!("killed by signal {sig} ({name})")
+        }
+        _ => "unknown status".into(),
+    }
+}
+
+/// Resident set size of one process, from `/proc/<pid>/statm`. Read by hand:
+/// one small file per check is cheaper than refreshing a process table.
+pub fn rss_bytes(pid: i32) -> Option<u64> {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * page_size())
+}
+
+fn page_size() -> u64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok().flatten().map_or(4096, |p| p as u64)
+}
