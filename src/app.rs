@@ -18,16 +18,24 @@ pub enum ServeError {
     #[error("{0}")]
     Config(#[from] ConfigErrors),
     #[error("cannot create {path}: {source}")]
-    Dir { path: String, source: std::io::Error },
+    Dir {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot listen on {addr}: {source} (is another server using the port?)")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// Binds every configured listen address.
 pub async fn bind(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, ServeError> {
     let mut out = Vec::with_capacity(addrs.len());
     for &addr in addrs {
-        let l = TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, source })?;
+        let l = TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServeError::Bind { addr, source })?;
         out.push(l);
     }
     Ok(out)
@@ -35,9 +43,16 @@ pub async fn bind(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, ServeError> 
 
 /// Serves `config` on `listeners` until `shutdown` is cancelled, then lets
 /// in-flight requests finish within the configured shutdown timeout.
-pub async fn serve(config: Config, listeners: Vec<TcpListener>, shutdown: CancellationToken) -> Result<(), ServeError> {
+pub async fn serve(
+    config: Config,
+    listeners: Vec<TcpListener>,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
     for dir in [&config.server.state_dir, &config.server.log_dir] {
-        std::fs::create_dir_all(dir).map_err(|source| ServeError::Dir { path: dir.display().to_string(), source })?;
+        std::fs::create_dir_all(dir).map_err(|source| ServeError::Dir {
+            path: dir.display().to_string(),
+            source,
+        })?;
     }
     let mut errors = ConfigErrors::default();
     let mut routes = Vec::new();

@@ -14,8 +14,16 @@ pub fn check(main: &Path) -> Result<String, ConfigErrors> {
         if let Some(root) = &site.root {
             match std::fs::metadata(root) {
                 Ok(m) if m.is_dir() => {}
-                Ok(_) => errors.push(ConfigError::in_file(&site.file, "root", format!("{} is not a directory", root.display()))),
-                Err(e) => errors.push(ConfigError::in_file(&site.file, "root", format!("{}: {e}", root.display()))),
+                Ok(_) => errors.push(ConfigError::in_file(
+                    &site.file,
+                    "root",
+                    format!("{} is not a directory", root.display()),
+                )),
+                Err(e) => errors.push(ConfigError::in_file(
+                    &site.file,
+                    "root",
+                    format!("{}: {e}", root.display()),
+                )),
             }
         }
     }

@@ -11,7 +11,11 @@ use tokio_util::sync::CancellationToken;
 use crate::config;
 
 #[derive(Parser, Debug)]
-#[command(name = "polyhost", version, about = "Hosting supervisor: PHP and Python sites behind one router")]
+#[command(
+    name = "polyhost",
+    version,
+    about = "Hosting supervisor: PHP and Python sites behind one router"
+)]
 pub struct Cli {
     /// Main configuration file.
     #[arg(long, short, global = true, default_value = "polyhost.toml")]
@@ -44,7 +48,11 @@ fn check(path: &Path) -> ExitCode {
         }
         Err(errors) => {
             eprintln!("{errors}");
-            eprintln!("polyhost check: {} error(s) in {}", errors.len(), path.display());
+            eprintln!(
+                "polyhost check: {} error(s) in {}",
+                errors.len(),
+                path.display()
+            );
             ExitCode::from(1)
         }
     }
@@ -55,12 +63,18 @@ fn serve(path: &Path) -> ExitCode {
         Ok(c) => c,
         Err(errors) => {
             eprintln!("{errors}");
-            eprintln!("polyhost: not starting: {} error(s) in the configuration", errors.len());
+            eprintln!(
+                "polyhost: not starting: {} error(s) in the configuration",
+                errors.len()
+            );
             return ExitCode::from(1);
         }
     };
     init_logging(&config.server.log_level);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("polyhost: cannot start the async runtime: {e}");
@@ -97,7 +111,10 @@ fn init_logging(level: &str) {
 /// Cancels `shutdown` on SIGTERM or SIGINT.
 async fn stop_on_signal(shutdown: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot install signal handlers; stop polyhost with SIGKILL");
         return;
     };

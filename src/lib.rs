@@ -12,12 +12,16 @@
 //! - [`sites`]: a site's config → its mounts (upstreams) and logs.
 //! - [`router`]: listeners, hyper connections, host and mount routing, access log.
 //! - [`upstream`]: the [`upstream::Upstream`] trait and its implementations.
+//! - [`supervisor`]: site process groups: start, watch, restart, recycle, scale to zero.
+//! - [`isolation`]: the only module that forks, drops privileges and writes cgroups.
 //!
 //! See `docs/architecture.md` for the code map and its invariants.
 pub mod app;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod isolation;
 pub mod router;
 pub mod sites;
+pub mod supervisor;
 pub mod upstream;

@@ -12,7 +12,9 @@ use expect_test::{expect, Expect};
 /// Loads the config and compares the error report with `want`.
 fn check_errors(cfg: &TestConfig, want: Expect) {
     let errors = polyhost::config::load(&cfg.main()).expect_err("config should be invalid");
-    let text = errors.to_string().replace(&cfg.path().display().to_string(), "$DIR");
+    let text = errors
+        .to_string()
+        .replace(&cfg.path().display().to_string(), "$DIR");
     want.assert_eq(&text);
 }
 
@@ -50,19 +52,36 @@ DJANGO_SETTINGS_MODULE = "shop.settings"
     );
     cfg.static_site("blog", &["blog.test"], "default = true");
     let config = cfg.load();
-    assert_eq!(config.server.default_user.as_deref(), Some("www-data"), "fragment merged");
+    assert_eq!(
+        config.server.default_user.as_deref(),
+        Some("www-data"),
+        "fragment merged"
+    );
     assert_eq!(config.sites.len(), 2);
-    let shop = config.sites.values().find(|s| s.name.as_str() == "shop").unwrap();
+    let shop = config
+        .sites
+        .values()
+        .find(|s| s.name.as_str() == "shop")
+        .unwrap();
     assert_eq!(shop.limits.memory, Some(512 << 20));
     assert_eq!(shop.limits.body, 20 << 20);
     assert_eq!(shop.limits.cpu, Some(1.5));
-    assert_eq!(shop.root.as_deref(), Some(cfg.path().join("www/shop").as_path()));
+    assert_eq!(
+        shop.root.as_deref(),
+        Some(cfg.path().join("www/shop").as_path())
+    );
     let php = shop.php.as_ref().unwrap();
     assert_eq!(php.mode, polyhost::config::PhpMode::Static);
     assert_eq!(php.max_children, 8);
-    assert_eq!(php.ini.get("display_errors"), Some(&polyhost::config::IniValue::Flag(false)));
+    assert_eq!(
+        php.ini.get("display_errors"),
+        Some(&polyhost::config::IniValue::Flag(false))
+    );
     let py = shop.python.as_ref().unwrap();
-    assert_eq!((py.module.as_str(), py.callable.as_str()), ("shop.wsgi", "application"));
+    assert_eq!(
+        (py.module.as_str(), py.callable.as_str()),
+        ("shop.wsgi", "application")
+    );
     assert_eq!(py.mount, "/api");
     assert_eq!(py.threads, 8);
     assert_eq!(py.processes, 1, "default");
@@ -74,12 +93,21 @@ DJANGO_SETTINGS_MODULE = "shop.settings"
 fn every_error_of_every_file_in_one_pass() {
     let cfg = TestConfig::new();
     cfg.write("vhosts/shop.toml", "hosts = [\"shop.test\"]\nroot = \"/srv\"\n[limits]\nmemory = \"12 potatoes\"\ncpu = 0\nprocesses = \"many\"\n");
-    cfg.write("vhosts/blog.toml", "hosts = [\"blog.test\"]\nroot = \"/srv\"\nlimitz = 1\n");
-    cfg.write("vhosts/Bad_Name.toml", "hosts = [\"x.test\"]\nroot = \"/srv\"\n");
+    cfg.write(
+        "vhosts/blog.toml",
+        "hosts = [\"blog.test\"]\nroot = \"/srv\"\nlimitz = 1\n",
+    );
+    cfg.write(
+        "vhosts/Bad_Name.toml",
+        "hosts = [\"x.test\"]\nroot = \"/srv\"\n",
+    );
     cfg.write("vhosts/syntax.toml", "hosts = [\"y.test\"\n");
     cfg.write("vhosts/types.toml", "hosts = 5\n");
     cfg.write("vhosts/py.toml", "hosts = [\"py.test\", \"bad host\"]\n[python]\napp = \"not a module\"\nthreads = 0\nrequest_timeout = \"soon\"\n");
-    cfg.write("vhosts/php.toml", "hosts = [\"php.test\"]\n[php]\nmode = \"turbo\"\nfront_controller = \"../x.php\"\n");
+    cfg.write(
+        "vhosts/php.toml",
+        "hosts = [\"php.test\"]\n[php]\nmode = \"turbo\"\nfront_controller = \"../x.php\"\n",
+    );
     check_errors(
         &cfg,
         expect![[r#"
@@ -119,9 +147,14 @@ fn main_file_errors_name_the_file_and_key() {
     cfg.write("polyhost.toml", "listen = [\"localhost\"]\nlisen = 1\n");
     check_errors(
         &cfg,
-        expect![[r#"$DIR/polyhost.toml: lisen: unknown field: found `lisen`, expected `one of `listen`, `vhosts_dir`, `include`, `state_dir`, `log_dir`, `default_user`, `default_group`, `shutdown_timeout`, `log_level`, `admin``"#]],
+        expect![[
+            r#"$DIR/polyhost.toml: lisen: unknown field: found `lisen`, expected `one of `listen`, `vhosts_dir`, `include`, `state_dir`, `log_dir`, `default_user`, `default_group`, `shutdown_timeout`, `log_level`, `admin``"#
+        ]],
     );
-    cfg.write("polyhost.toml", "listen = [\"localhost\"]\nshutdown_timeout = \"forever\"\n");
+    cfg.write(
+        "polyhost.toml",
+        "listen = [\"localhost\"]\nshutdown_timeout = \"forever\"\n",
+    );
     check_errors(
         &cfg,
         expect![[r#"
@@ -136,7 +169,9 @@ fn fragment_errors_name_the_fragment() {
     cfg.write("conf.d/50-bad.toml", "log_level = \"[[[\"\n");
     check_errors(
         &cfg,
-        expect![[r#"$DIR/conf.d/50-bad.toml: log_level: "[[[" is not a log level (e.g. "info", "debug", "polyhost=debug")"#]],
+        expect![[
+            r#"$DIR/conf.d/50-bad.toml: log_level: "[[[" is not a log level (e.g. "info", "debug", "polyhost=debug")"#
+        ]],
     );
 }
 
@@ -160,10 +195,18 @@ fn environment_overrides_apply_and_are_named_in_errors() {
     cfg.static_site("a", &["a.test"], "");
     let (code, _, stderr) = polyhost_check(&cfg, &[("POLYHOST_LISTEN", "[\"nope\"]")]);
     assert_eq!(code, 1);
-    assert!(stderr.contains("environment variable POLYHOST_LISTEN: listen[0]: \"nope\" is not an address:port"), "{stderr}");
+    assert!(
+        stderr.contains(
+            "environment variable POLYHOST_LISTEN: listen[0]: \"nope\" is not an address:port"
+        ),
+        "{stderr}"
+    );
     let (code, _, stderr) = polyhost_check(&cfg, &[("POLYHOST_ADMIN__SOKET", "/x")]);
     assert_eq!(code, 1);
-    assert!(stderr.contains("POLYHOST_ADMIN__SOKET: admin.soket: unknown field"), "{stderr}");
+    assert!(
+        stderr.contains("POLYHOST_ADMIN__SOKET: admin.soket: unknown field"),
+        "{stderr}"
+    );
     // A valid override: vhosts_dir pointing at an empty dir loads zero sites.
     std::fs::create_dir_all(cfg.path().join("empty")).unwrap();
     let (code, stdout, stderr) = polyhost_check(&cfg, &[("POLYHOST_VHOSTS_DIR", "empty")]);
@@ -177,7 +220,10 @@ fn environment_overrides_apply_and_are_named_in_errors() {
 #[test]
 fn check_reports_a_missing_document_root() {
     let cfg = TestConfig::new();
-    cfg.write("vhosts/gone.toml", "hosts = [\"gone.test\"]\nroot = \"www/gone\"\n");
+    cfg.write(
+        "vhosts/gone.toml",
+        "hosts = [\"gone.test\"]\nroot = \"www/gone\"\n",
+    );
     let (code, _, stderr) = polyhost_check(&cfg, &[]);
     assert_eq!(code, 1);
     assert!(stderr.contains("vhosts/gone.toml: root: "), "{stderr}");
@@ -192,7 +238,11 @@ fn repository_config_passes_check_and_a_broken_copy_fails_with_file_and_key() {
         .arg(repo.join("polyhost.toml"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // A copy of the repository's configuration with one vhost file broken.
     let copy = tempfile::tempdir().unwrap();
@@ -203,7 +253,11 @@ fn repository_config_passes_check_and_a_broken_copy_fails_with_file_and_key() {
             std::fs::copy(&p, copy.path().join(dir).join(p.file_name().unwrap())).unwrap();
         }
     }
-    std::fs::copy(repo.join("polyhost.toml"), copy.path().join("polyhost.toml")).unwrap();
+    std::fs::copy(
+        repo.join("polyhost.toml"),
+        copy.path().join("polyhost.toml"),
+    )
+    .unwrap();
     std::os::unix::fs::symlink(repo.join("demo"), copy.path().join("demo")).unwrap();
     let broken = copy.path().join("vhosts/static-demo.toml");
     let text = std::fs::read_to_string(&broken).unwrap();
@@ -215,5 +269,8 @@ fn repository_config_passes_check_and_a_broken_copy_fails_with_file_and_key() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr.contains("vhosts/static-demo.toml: limits.memory: \"lots\" is not a size"), "{stderr}");
+    assert!(
+        stderr.contains("vhosts/static-demo.toml: limits.memory: \"lots\" is not a size"),
+        "{stderr}"
+    );
 }

@@ -47,7 +47,10 @@ async fn unknown_host_without_default_site_is_421() {
     let resp = get(server.addr, "other.test", "/").await;
     assert_eq!(resp.status, 421);
     assert!(resp.text().contains("no site"), "{}", resp.text());
-    assert_eq!(resp.header("content-type"), Some("text/plain; charset=utf-8"));
+    assert_eq!(
+        resp.header("content-type"),
+        Some("text/plain; charset=utf-8")
+    );
     server.stop().await;
 }
 
@@ -60,7 +63,11 @@ async fn http10_without_host_goes_to_default_and_http11_without_host_is_400() {
     assert!(reply.contains("site fallback"), "{reply}");
     let reply = raw(server.addr, b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n").await;
     assert_eq!(raw_status(&reply), 400, "{reply}");
-    let reply = raw(server.addr, b"GET / HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\nConnection: close\r\n\r\n").await;
+    let reply = raw(
+        server.addr,
+        b"GET / HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
     assert_eq!(raw_status(&reply), 400, "two Host headers: {reply}");
     server.stop().await;
 }
@@ -71,7 +78,11 @@ async fn keep_alive_connection_serves_many_requests_and_sites() {
     let server = InProcess::start(&cfg).await;
     let mut client = Client::connect(server.addr).await;
     for i in 0..20 {
-        let host = if i % 2 == 0 { "example.test" } else { "x.example.test" };
+        let host = if i % 2 == 0 {
+            "example.test"
+        } else {
+            "x.example.test"
+        };
         let resp = client.get(host, "/").await;
         assert_eq!(resp.status, 200);
         assert!(!client.is_closed());
@@ -99,7 +110,11 @@ async fn access_log_records_requests_in_combined_format() {
         )
     })
     .await;
-    assert!(found, "access log: {}", std::fs::read_to_string(&log).unwrap_or_default());
+    assert!(
+        found,
+        "access log: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
     server.stop().await;
 }
 
@@ -124,5 +139,8 @@ async fn graceful_stop_finishes_then_refuses_new_connections() {
     let addr = server.addr;
     assert_eq!(get(addr, "example.test", "/").await.status, 200);
     server.stop().await;
-    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "listener closed after stop");
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "listener closed after stop"
+    );
 }

@@ -93,7 +93,8 @@ pub(crate) struct FileErrors<'a> {
 
 impl FileErrors<'_> {
     pub fn add(&mut self, key: &str, message: impl Into<String>) {
-        self.errors.push(ConfigError::in_file(self.file, key, message));
+        self.errors
+            .push(ConfigError::in_file(self.file, key, message));
     }
 
     /// Records the error of `result` under `key`, yielding the value on success.

@@ -100,17 +100,29 @@ fn metadata_source(meta: &figment::Metadata, key: &str, main: &Path) -> Source {
     }
 }
 
-fn find_fragments(base: &Path, include: &[String], main: &Path, errors: &mut ConfigErrors) -> Vec<PathBuf> {
+fn find_fragments(
+    base: &Path,
+    include: &[String],
+    main: &Path,
+    errors: &mut ConfigErrors,
+) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for pattern in include {
         let full = base.join(pattern);
         match glob::glob(&full.to_string_lossy()) {
             Ok(paths) => {
-                let mut found: Vec<PathBuf> = paths.filter_map(Result::ok).filter(|p| p.is_file()).collect();
+                let mut found: Vec<PathBuf> = paths
+                    .filter_map(Result::ok)
+                    .filter(|p| p.is_file())
+                    .collect();
                 found.sort();
                 out.extend(found);
             }
-            Err(e) => errors.push(ConfigError::in_file(main, "include", format!("{pattern:?} is not a glob pattern: {e}"))),
+            Err(e) => errors.push(ConfigError::in_file(
+                main,
+                "include",
+                format!("{pattern:?} is not a glob pattern: {e}"),
+            )),
         }
     }
     out
@@ -118,9 +130,10 @@ fn find_fragments(base: &Path, include: &[String], main: &Path, errors: &mut Con
 
 fn figment_error(main: &Path, e: &figment::Error) -> ConfigError {
     let source = match &e.metadata {
-        Some(meta) if meta.name.contains("environment") => {
-            Source::Env(format!("POLYHOST_{}", e.path.join("__").to_ascii_uppercase()))
-        }
+        Some(meta) if meta.name.contains("environment") => Source::Env(format!(
+            "POLYHOST_{}",
+            e.path.join("__").to_ascii_uppercase()
+        )),
         Some(meta) => metadata_source(meta, &e.path.join("."), main),
         None => Source::File(main.to_path_buf()),
     };
@@ -150,26 +163,49 @@ fn validate_server(
     let mut errs = FileErrors { file: main, errors };
     let abs = |p: &str| {
         let p = Path::new(p);
-        if p.is_absolute() { p.to_path_buf() } else { base_dir.join(p) }
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            base_dir.join(p)
+        }
     };
     let mut listen = Vec::new();
-    for (i, addr) in raw.listen.unwrap_or_else(|| vec![DEFAULT_LISTEN.into()]).iter().enumerate() {
+    for (i, addr) in raw
+        .listen
+        .unwrap_or_else(|| vec![DEFAULT_LISTEN.into()])
+        .iter()
+        .enumerate()
+    {
         match addr.parse::<SocketAddr>() {
             Ok(a) => listen.push(a),
-            Err(_) => errs.add(&format!("listen[{i}]"), format!("{addr:?} is not an address:port (e.g. \"127.0.0.1:8080\" or \"[::]:80\")")),
+            Err(_) => errs.add(
+                &format!("listen[{i}]"),
+                format!("{addr:?} is not an address:port (e.g. \"127.0.0.1:8080\" or \"[::]:80\")"),
+            ),
         }
     }
     let state_dir = abs(raw.state_dir.as_deref().unwrap_or("/run/polyhost"));
     let log_dir = abs(raw.log_dir.as_deref().unwrap_or("/var/log/polyhost"));
     let admin = raw.admin.unwrap_or_default();
-    let socket = admin.socket.map(|s| abs(&s)).unwrap_or_else(|| state_dir.join("admin.sock"));
+    let socket = admin
+        .socket
+        .map(|s| abs(&s))
+        .unwrap_or_else(|| state_dir.join("admin.sock"));
     let shutdown_timeout = raw
         .shutdown_timeout
         .and_then(|v| errs.check("shutdown_timeout", parse_duration(&v)))
         .unwrap_or(Duration::from_secs(30));
     let log_level = raw.log_level.unwrap_or_else(|| "info".into());
-    if log_level.parse::<tracing_subscriber::filter::EnvFilter>().is_err() {
-        errs.add("log_level", format!("{log_level:?} is not a log level (e.g. \"info\", \"debug\", \"polyhost=debug\")"));
+    if log_level
+        .parse::<tracing_subscriber::filter::EnvFilter>()
+        .is_err()
+    {
+        errs.add(
+            "log_level",
+            format!(
+                "{log_level:?} is not a log level (e.g. \"info\", \"debug\", \"polyhost=debug\")"
+            ),
+        );
     }
     if errors.len() > before {
         return None;
@@ -186,6 +222,9 @@ fn validate_server(
         default_group: raw.default_group,
         shutdown_timeout,
         log_level,
-        admin: super::server::AdminConfig { socket, group: admin.group },
+        admin: super::server::AdminConfig {
+            socket,
+            group: admin.group,
+        },
     })
 }

@@ -161,11 +161,18 @@ pub(crate) fn validate_site(
     let limits = validate_limits(raw.limits.unwrap_or_default(), errs);
     let env = validate_env("env", raw.env.unwrap_or_default(), errs);
     let static_files = validate_static(raw.static_files.unwrap_or_default(), errs);
-    let python_at_root = raw.python.as_ref().is_some_and(|p| p.mount.as_deref().is_none_or(|m| m.trim_end_matches('/').is_empty()));
+    let python_at_root = raw.python.as_ref().is_some_and(|p| {
+        p.mount
+            .as_deref()
+            .is_none_or(|m| m.trim_end_matches('/').is_empty())
+    });
     let php = raw.php.map(|p| validate_php(p, base, errs));
     let python = raw.python.map(|p| validate_python(p, base, errs));
     if root.is_none() && !python_at_root {
-        errs.add("root", "missing: static and PHP sites need a document root (e.g. root = \"/srv/www/example\")");
+        errs.add(
+            "root",
+            "missing: static and PHP sites need a document root (e.g. root = \"/srv/www/example\")",
+        );
     }
     if let (Some(_), Some(py)) = (&php, &python) {
         if py.as_ref().is_some_and(|p| p.mount.is_empty()) {
@@ -226,7 +233,9 @@ fn opt<T>(
 fn validate_limits(raw: RawLimits, errs: &mut FileErrors<'_>) -> Limits {
     Limits {
         memory: opt(errs, "limits.memory", raw.memory, parse_size),
-        processes: opt(errs, "limits.processes", raw.processes, |v| parse_count(v, 1, 1 << 22)),
+        processes: opt(errs, "limits.processes", raw.processes, |v| {
+            parse_count(v, 1, 1 << 22)
+        }),
         cpu: opt(errs, "limits.cpu", raw.cpu, parse_cores),
         body: opt(errs, "limits.body", raw.body, parse_size).unwrap_or(DEFAULT_BODY_LIMIT),
     }
@@ -243,7 +252,10 @@ fn validate_env(
             && !k.starts_with(|c: char| c.is_ascii_digit())
             && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !name_ok {
-            errs.add(&format!("{key}.{k}"), format!("{k:?} is not an environment variable name (letters, digits, _)"));
+            errs.add(
+                &format!("{key}.{k}"),
+                format!("{k:?} is not an environment variable name (letters, digits, _)"),
+            );
         } else if v.contains('\0') {
             errs.add(&format!("{key}.{k}"), "value contains a NUL byte");
         } else {
@@ -259,7 +271,10 @@ fn validate_static(raw: RawStatic, errs: &mut FileErrors<'_>) -> StaticConfig {
         .unwrap_or_else(|| vec!["index.html".into(), "index.htm".into()]);
     for (i, name) in index.iter().enumerate() {
         if name.is_empty() || name.contains(['/', '\\', '\0']) || name.starts_with('.') {
-            errs.add(&format!("static.index[{i}]"), format!("{name:?} is not a file name (no slashes, not a dotfile)"));
+            errs.add(
+                &format!("static.index[{i}]"),
+                format!("{name:?} is not a file name (no slashes, not a dotfile)"),
+            );
         }
     }
     let paths = raw
@@ -272,17 +287,30 @@ fn validate_static(raw: RawStatic, errs: &mut FileErrors<'_>) -> StaticConfig {
     StaticConfig {
         index,
         paths,
-        cache_max_age: opt(errs, "static.cache_max_age", raw.cache_max_age, parse_duration),
+        cache_max_age: opt(
+            errs,
+            "static.cache_max_age",
+            raw.cache_max_age,
+            parse_duration,
+        ),
     }
 }
 
-fn validate_start(key: &str, raw: Option<String>, default: StartPolicy, errs: &mut FileErrors<'_>) -> StartPolicy {
+fn validate_start(
+    key: &str,
+    raw: Option<String>,
+    default: StartPolicy,
+    errs: &mut FileErrors<'_>,
+) -> StartPolicy {
     match raw.as_deref() {
         None => default,
         Some("eager") => StartPolicy::Eager,
         Some("on_demand") => StartPolicy::OnDemand,
         Some(other) => {
-            errs.add(key, format!("{other:?} is not a start policy (expected \"eager\" or \"on_demand\")"));
+            errs.add(
+                key,
+                format!("{other:?} is not a start policy (expected \"eager\" or \"on_demand\")"),
+            );
             default
         }
     }
@@ -302,7 +330,11 @@ fn validate_php(raw: RawPhp, base: &Path, errs: &mut FileErrors<'_>) -> Option<P
     let mut ini = BTreeMap::new();
     for (k, v) in raw.ini.unwrap_or_default() {
         let key = format!("php.ini.{k}");
-        if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+        if k.is_empty()
+            || !k
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        {
             errs.add(&key, format!("{k:?} is not a php.ini directive name"));
             continue;
         }
@@ -319,9 +351,16 @@ fn validate_php(raw: RawPhp, base: &Path, errs: &mut FileErrors<'_>) -> Option<P
         ini.insert(k, value);
     }
     let front_controller = raw.front_controller.filter(|fc| {
-        let ok = fc.ends_with(".php") && !fc.split('/').any(|s| s == ".." || s.is_empty()) && !fc.starts_with('/');
+        let ok = fc.ends_with(".php")
+            && !fc.split('/').any(|s| s == ".." || s.is_empty())
+            && !fc.starts_with('/');
         if !ok {
-            errs.add("php.front_controller", format!("{fc:?} is not a PHP script path relative to the root (e.g. \"index.php\")"));
+            errs.add(
+                "php.front_controller",
+                format!(
+                    "{fc:?} is not a PHP script path relative to the root (e.g. \"index.php\")"
+                ),
+            );
         }
         ok
     });
@@ -329,13 +368,34 @@ fn validate_php(raw: RawPhp, base: &Path, errs: &mut FileErrors<'_>) -> Option<P
         fpm: raw.fpm.map(|f| absolute(base, &f)),
         mode,
         start: validate_start("php.start", raw.start, StartPolicy::Eager, errs),
-        max_children: opt(errs, "php.max_children", raw.max_children, |v| parse_count(v, 1, 10_000)).unwrap_or(5),
-        max_requests: opt(errs, "php.max_requests", raw.max_requests, |v| parse_count(v, 0, u32::MAX as u64)).unwrap_or(500),
-        idle_timeout: opt(errs, "php.idle_timeout", raw.idle_timeout, parse_duration).unwrap_or(Duration::from_secs(10)),
-        request_timeout: opt(errs, "php.request_timeout", raw.request_timeout, parse_duration).unwrap_or(Duration::from_secs(60)),
-        startup_timeout: opt(errs, "php.startup_timeout", raw.startup_timeout, parse_duration).unwrap_or(Duration::from_secs(10)),
+        max_children: opt(errs, "php.max_children", raw.max_children, |v| {
+            parse_count(v, 1, 10_000)
+        })
+        .unwrap_or(5),
+        max_requests: opt(errs, "php.max_requests", raw.max_requests, |v| {
+            parse_count(v, 0, u32::MAX as u64)
+        })
+        .unwrap_or(500),
+        idle_timeout: opt(errs, "php.idle_timeout", raw.idle_timeout, parse_duration)
+            .unwrap_or(Duration::from_secs(10)),
+        request_timeout: opt(
+            errs,
+            "php.request_timeout",
+            raw.request_timeout,
+            parse_duration,
+        )
+        .unwrap_or(Duration::from_secs(60)),
+        startup_timeout: opt(
+            errs,
+            "php.startup_timeout",
+            raw.startup_timeout,
+            parse_duration,
+        )
+        .unwrap_or(Duration::from_secs(10)),
         front_controller,
-        open_basedir: raw.open_basedir.map(|v| v.iter().map(|p| absolute(base, p)).collect()),
+        open_basedir: raw
+            .open_basedir
+            .map(|v| v.iter().map(|p| absolute(base, p)).collect()),
         ini,
     };
     (errs.errors.len() == before).then_some(config)
@@ -345,7 +405,10 @@ fn validate_python(raw: RawPython, base: &Path, errs: &mut FileErrors<'_>) -> Op
     let before = errs.errors.len();
     let (module, callable) = match raw.app.as_deref() {
         None => {
-            errs.add("python.app", "missing: name the WSGI application, e.g. app = \"mysite.wsgi:application\"");
+            errs.add(
+                "python.app",
+                "missing: name the WSGI application, e.g. app = \"mysite.wsgi:application\"",
+            );
             (String::new(), String::new())
         }
         Some(app) => match parse_app(app) {
@@ -358,23 +421,68 @@ fn validate_python(raw: RawPython, base: &Path, errs: &mut FileErrors<'_>) -> Op
     };
     let mount = raw
         .mount
-        .map(|m| errs.check("python.mount", parse_mount(&m)).unwrap_or_default())
+        .map(|m| {
+            errs.check("python.mount", parse_mount(&m))
+                .unwrap_or_default()
+        })
         .unwrap_or_default();
     let config = PythonConfig {
         module,
         callable,
-        path: raw.path.unwrap_or_default().iter().map(|p| absolute(base, p)).collect(),
+        path: raw
+            .path
+            .unwrap_or_default()
+            .iter()
+            .map(|p| absolute(base, p))
+            .collect(),
         home: raw.home.map(|h| absolute(base, &h)),
         mount,
-        processes: opt(errs, "python.processes", raw.processes, |v| parse_count(v, 1, 256)).unwrap_or(1),
-        threads: opt(errs, "python.threads", raw.threads, |v| parse_count(v, 1, 1024)).unwrap_or(4),
+        processes: opt(errs, "python.processes", raw.processes, |v| {
+            parse_count(v, 1, 256)
+        })
+        .unwrap_or(1),
+        threads: opt(errs, "python.threads", raw.threads, |v| {
+            parse_count(v, 1, 1024)
+        })
+        .unwrap_or(4),
         start: StartPolicy::OnDemand,
-        queue_timeout: opt(errs, "python.queue_timeout", raw.queue_timeout, parse_duration).unwrap_or(Duration::from_secs(30)),
-        request_timeout: opt(errs, "python.request_timeout", raw.request_timeout, parse_duration).unwrap_or(Duration::from_secs(60)),
-        startup_timeout: opt(errs, "python.startup_timeout", raw.startup_timeout, parse_duration).unwrap_or(Duration::from_secs(30)),
-        max_requests: opt(errs, "python.max_requests", raw.max_requests, |v| parse_count(v, 1, u64::MAX >> 1)),
-        memory_per_process: opt(errs, "python.memory_per_process", raw.memory_per_process, parse_size),
-        idle_timeout: opt(errs, "python.idle_timeout", raw.idle_timeout, parse_duration).filter(|d| !d.is_zero()),
+        queue_timeout: opt(
+            errs,
+            "python.queue_timeout",
+            raw.queue_timeout,
+            parse_duration,
+        )
+        .unwrap_or(Duration::from_secs(30)),
+        request_timeout: opt(
+            errs,
+            "python.request_timeout",
+            raw.request_timeout,
+            parse_duration,
+        )
+        .unwrap_or(Duration::from_secs(60)),
+        startup_timeout: opt(
+            errs,
+            "python.startup_timeout",
+            raw.startup_timeout,
+            parse_duration,
+        )
+        .unwrap_or(Duration::from_secs(30)),
+        max_requests: opt(errs, "python.max_requests", raw.max_requests, |v| {
+            parse_count(v, 1, u64::MAX >> 1)
+        }),
+        memory_per_process: opt(
+            errs,
+            "python.memory_per_process",
+            raw.memory_per_process,
+            parse_size,
+        ),
+        idle_timeout: opt(
+            errs,
+            "python.idle_timeout",
+            raw.idle_timeout,
+            parse_duration,
+        )
+        .filter(|d| !d.is_zero()),
         worker: raw.worker.map(|w| absolute(base, &w)),
         env: validate_env("python.env", raw.env.unwrap_or_default(), errs),
     };
@@ -395,6 +503,8 @@ fn parse_app(app: &str) -> Result<(String, String), String> {
     if ident(module) && ident(callable) {
         Ok((module.to_owned(), callable.to_owned()))
     } else {
-        Err(format!("{app:?} is not a WSGI application reference (expected \"package.module:callable\")"))
+        Err(format!(
+            "{app:?} is not a WSGI application reference (expected \"package.module:callable\")"
+        ))
     }
 }

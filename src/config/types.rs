@@ -85,7 +85,9 @@ impl HostPattern {
         for label in name.split('.') {
             let ok = !label.is_empty()
                 && label.len() <= 63
-                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
                 && !label.starts_with('-')
                 && !label.ends_with('-');
             if !ok {
@@ -207,8 +209,14 @@ mod tests {
             (text("1.5 GiB"), Ok(3 << 29)),
             (text("64k"), Ok(64 << 10)),
             (Scalar::Int(100), Ok(100)),
-            (text("12 potatoes"), Err("\"12 potatoes\" is not a size (e.g. \"512M\")".to_string())),
-            (Scalar::Int(-1), Err("-1 is not a size (e.g. \"512M\")".to_string())),
+            (
+                text("12 potatoes"),
+                Err("\"12 potatoes\" is not a size (e.g. \"512M\")".to_string()),
+            ),
+            (
+                Scalar::Int(-1),
+                Err("-1 is not a size (e.g. \"512M\")".to_string()),
+            ),
         ];
         for (input, want) in cases {
             assert_eq!(parse_size(&input), want, "{input:?}");
@@ -218,9 +226,14 @@ mod tests {
     #[test]
     fn durations() {
         assert_eq!(parse_duration(&text("30s")), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_duration(&text("250ms")), Ok(Duration::from_millis(250)));
+        assert_eq!(
+            parse_duration(&text("250ms")),
+            Ok(Duration::from_millis(250))
+        );
         assert_eq!(parse_duration(&Scalar::Int(5)), Ok(Duration::from_secs(5)));
-        assert!(parse_duration(&text("soon")).unwrap_err().contains("is not a duration"));
+        assert!(parse_duration(&text("soon"))
+            .unwrap_err()
+            .contains("is not a duration"));
     }
 
     #[test]
@@ -233,12 +246,24 @@ mod tests {
 
     #[test]
     fn host_patterns() {
-        assert_eq!(HostPattern::parse("Example.Test."), Ok(HostPattern::Exact("example.test".into())));
+        assert_eq!(
+            HostPattern::parse("Example.Test."),
+            Ok(HostPattern::Exact("example.test".into()))
+        );
         assert_eq!(
             HostPattern::parse("*.example.test"),
             Ok(HostPattern::Wildcard("example.test".into()))
         );
-        for bad in ["", "*", "a..b", "exa mple.test", "example.test:80", "http://x", "a.*.b", "-a.test"] {
+        for bad in [
+            "",
+            "*",
+            "a..b",
+            "exa mple.test",
+            "example.test:80",
+            "http://x",
+            "a.*.b",
+            "-a.test",
+        ] {
             assert!(HostPattern::parse(bad).is_err(), "{bad}");
         }
     }

@@ -30,7 +30,11 @@ fn vhost_files(dir: &Path, errors: &mut ConfigErrors) -> Vec<PathBuf> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) => {
-            errors.push(ConfigError::in_file(dir, "", format!("cannot read the vhosts directory: {e} (set vhosts_dir in polyhost.toml)")));
+            errors.push(ConfigError::in_file(
+                dir,
+                "",
+                format!("cannot read the vhosts directory: {e} (set vhosts_dir in polyhost.toml)"),
+            ));
             return Vec::new();
         }
     };
@@ -45,7 +49,10 @@ fn vhost_files(dir: &Path, errors: &mut ConfigErrors) -> Vec<PathBuf> {
 
 /// Parses and validates one vhost file; errors go into `errors`.
 pub(crate) fn load_site(file: &Path, base: &Path, errors: &mut ConfigErrors) -> Option<SiteConfig> {
-    let stem = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let stem = file
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let name = match SiteName::parse(&stem) {
         Ok(n) => n,
         Err(msg) => {
@@ -73,7 +80,8 @@ pub(crate) fn load_site(file: &Path, base: &Path, errors: &mut ConfigErrors) -> 
 
 /// Deserialises a vhost file, naming the key at fault and the line/column.
 fn parse_raw(text: &str) -> Result<RawSite, (String, String)> {
-    let de = toml::de::Deserializer::parse(text).map_err(|e| (String::new(), describe(text, &e)))?;
+    let de =
+        toml::de::Deserializer::parse(text).map_err(|e| (String::new(), describe(text, &e)))?;
     serde_path_to_error::deserialize(de).map_err(|e| {
         let key = e.path().to_string();
         let key = if key == "." { String::new() } else { key };
@@ -86,7 +94,11 @@ fn describe(text: &str, e: &toml::de::Error) -> String {
     match e.span() {
         Some(span) => {
             let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
-            let col = span.start - text[..span.start.min(text.len())].rfind('\n').map_or(0, |i| i + 1) + 1;
+            let col = span.start
+                - text[..span.start.min(text.len())]
+                    .rfind('\n')
+                    .map_or(0, |i| i + 1)
+                + 1;
             format!("{msg} (line {line}, column {col})")
         }
         None => msg,
@@ -111,7 +123,10 @@ fn check_across_sites(sites: &BTreeMap<SiteName, Arc<SiteConfig>>, errors: &mut 
                 Some(first) => errors.push(ConfigError::in_file(
                     &site.file,
                     "default",
-                    format!("only one site can be the default; {} is too", first.file.display()),
+                    format!(
+                        "only one site can be the default; {} is too",
+                        first.file.display()
+                    ),
                 )),
                 None => default = Some(site),
             }

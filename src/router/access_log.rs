@@ -21,7 +21,10 @@ pub struct LogFile {
 impl LogFile {
     pub fn open(path: &Path) -> std::io::Result<Arc<LogFile>> {
         let file = OpenOptions::new().create(true).append(true).open(path)?;
-        let log = Arc::new(LogFile { path: path.to_path_buf(), out: Mutex::new(BufWriter::with_capacity(64 << 10, file)) });
+        let log = Arc::new(LogFile {
+            path: path.to_path_buf(),
+            out: Mutex::new(BufWriter::with_capacity(64 << 10, file)),
+        });
         spawn_flusher(Arc::downgrade(&log));
         Ok(log)
     }
@@ -34,7 +37,9 @@ impl LogFile {
     pub fn line(&self, line: &str) {
         let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
         // A full disk must not take the router down; the write error is dropped.
-        let _ = out.write_all(line.as_bytes()).and_then(|_| out.write_all(b"\n"));
+        let _ = out
+            .write_all(line.as_bytes())
+            .and_then(|_| out.write_all(b"\n"));
     }
 
     pub fn flush(&self) {
@@ -52,7 +57,9 @@ impl Drop for LogFile {
 }
 
 fn spawn_flusher(log: Weak<LogFile>) {
-    let Ok(handle) = tokio::runtime::Handle::try_current() else { return };
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
     handle.spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         loop {
@@ -128,8 +135,13 @@ pub fn format_combined(r: &AccessRecord<'_>, now: SystemTime) -> String {
 /// `25/Nov/2026:18:16:52 +0000`, from the RFC 3339 form humantime gives.
 fn clf_time(now: SystemTime) -> String {
     let iso = humantime::format_rfc3339_seconds(now).to_string(); // 2026-11-25T18:16:52Z
-    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
-    let month = iso.get(5..7).and_then(|m| m.parse::<usize>().ok()).unwrap_or(1);
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let month = iso
+        .get(5..7)
+        .and_then(|m| m.parse::<usize>().ok())
+        .unwrap_or(1);
     format!(
         "{}/{}/{}:{} +0000",
         iso.get(8..10).unwrap_or("01"),
@@ -141,7 +153,10 @@ fn clf_time(now: SystemTime) -> String {
 
 /// Escapes quotes, backslashes and control bytes so one request is one line.
 fn escape(s: &str) -> std::borrow::Cow<'_, str> {
-    if !s.bytes().any(|b| b == b'"' || b == b'\\' || b.is_ascii_control()) {
+    if !s
+        .bytes()
+        .any(|b| b == b'"' || b == b'\\' || b.is_ascii_control())
+    {
         return s.into();
     }
     let mut out = String::with_capacity(s.len() + 8);

@@ -22,17 +22,32 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Serves every listener until `shutdown` fires, then waits up to `grace`
 /// for in-flight requests to finish.
-pub async fn serve(listeners: Vec<TcpListener>, table: SharedTable, shutdown: CancellationToken, grace: Duration) {
+pub async fn serve(
+    listeners: Vec<TcpListener>,
+    table: SharedTable,
+    shutdown: CancellationToken,
+    grace: Duration,
+) {
     let mut loops = Vec::new();
     for listener in listeners {
-        loops.push(tokio::spawn(accept_loop(listener, table.clone(), shutdown.clone(), grace)));
+        loops.push(tokio::spawn(accept_loop(
+            listener,
+            table.clone(),
+            shutdown.clone(),
+            grace,
+        )));
     }
     for l in loops {
         let _ = l.await;
     }
 }
 
-async fn accept_loop(listener: TcpListener, table: SharedTable, shutdown: CancellationToken, grace: Duration) {
+async fn accept_loop(
+    listener: TcpListener,
+    table: SharedTable,
+    shutdown: CancellationToken,
+    grace: Duration,
+) {
     let graceful = GracefulShutdown::new();
     loop {
         let accepted = tokio::select! {
@@ -45,7 +60,11 @@ async fn accept_loop(listener: TcpListener, table: SharedTable, shutdown: Cancel
                     Ok(a) => a,
                     Err(_) => continue,
                 };
-                let conn = ConnInfo { client, local, scheme: Scheme::Http };
+                let conn = ConnInfo {
+                    client,
+                    local,
+                    scheme: Scheme::Http,
+                };
                 serve_connection(stream, conn, table.clone(), &graceful);
             }
             Err(e) => {
@@ -56,12 +75,23 @@ async fn accept_loop(listener: TcpListener, table: SharedTable, shutdown: Cancel
         }
     }
     drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
-        tracing::warn!(?grace, "connections still open after the shutdown grace period; closing them");
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            ?grace,
+            "connections still open after the shutdown grace period; closing them"
+        );
     }
 }
 
-fn serve_connection(stream: TcpStream, conn: ConnInfo, table: SharedTable, graceful: &GracefulShutdown) {
+fn serve_connection(
+    stream: TcpStream,
+    conn: ConnInfo,
+    table: SharedTable,
+    graceful: &GracefulShutdown,
+) {
     let _ = stream.set_nodelay(true);
     let service = service_fn(move |req| {
         let table = table.load_full();
@@ -79,4 +109,3 @@ fn serve_connection(stream: TcpStream, conn: ConnInfo, table: SharedTable, grace
         }
     });
 }
-

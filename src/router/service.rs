@@ -32,7 +32,11 @@ pub struct ConnInfo {
 pub const RESERVED_HEADER_PREFIX: &str = "x-polyhost-";
 
 /// Serves one request against the current routing table.
-pub async fn handle<B>(req: Request<B>, conn: ConnInfo, table: Arc<RoutingTable>) -> Response<ResponseBody>
+pub async fn handle<B>(
+    req: Request<B>,
+    conn: ConnInfo,
+    table: Arc<RoutingTable>,
+) -> Response<ResponseBody>
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
@@ -43,7 +47,10 @@ where
         return plain_response(StatusCode::BAD_REQUEST, "missing or invalid Host header");
     }
     let Some(site) = table.vhosts.lookup(host.as_deref()) else {
-        return plain_response(StatusCode::MISDIRECTED_REQUEST, "no site is configured for this host name");
+        return plain_response(
+            StatusCode::MISDIRECTED_REQUEST,
+            "no site is configured for this host name",
+        );
     };
     let site = site.clone();
     let log = LogFacts::of(&req, conn.client, &site);
@@ -51,7 +58,12 @@ where
     log.wrap(response, start, site.logs.clone())
 }
 
-async fn route<B>(mut req: Request<B>, conn: ConnInfo, host: String, site: &SiteRoute) -> Response<ResponseBody>
+async fn route<B>(
+    mut req: Request<B>,
+    conn: ConnInfo,
+    host: String,
+    site: &SiteRoute,
+) -> Response<ResponseBody>
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
@@ -75,7 +87,10 @@ where
     let (parts, body) = req.into_parts();
     let body = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX)).boxed_unsync();
     let head = Request::from_parts(parts.clone(), ());
-    match upstream.handle(Request::from_parts(parts, body), &ctx).await {
+    match upstream
+        .handle(Request::from_parts(parts, body), &ctx)
+        .await
+    {
         Ok(resp) => resp,
         Err(e) => error_response(e, site, &head),
     }
@@ -95,7 +110,12 @@ fn request_host<B>(req: &Request<B>) -> Option<String> {
 }
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {
-    headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
 }
 
 fn strip_reserved(headers: &mut HeaderMap) {
@@ -111,15 +131,21 @@ fn strip_reserved(headers: &mut HeaderMap) {
 
 /// Maps an upstream failure to its response, logging server-side faults to
 /// the site's error log.
-fn error_response<B>(e: UpstreamError, site: &SiteRoute, req: &Request<B>) -> Response<ResponseBody> {
+fn error_response<B>(
+    e: UpstreamError,
+    site: &SiteRoute,
+    req: &Request<B>,
+) -> Response<ResponseBody> {
     let status = e.status();
     if status.is_server_error() {
-        site.logs.error(&format!("{} {}: {status}: {e}", req.method(), req.uri()));
+        site.logs
+            .error(&format!("{} {}: {status}: {e}", req.method(), req.uri()));
         tracing::warn!(site = %site.config.name, method = %req.method(), uri = %req.uri(), %status, error = %e, "request failed");
     }
     let mut resp = plain_response(status, status.canonical_reason().unwrap_or("error"));
     if matches!(e, UpstreamError::MethodNotAllowed) {
-        resp.headers_mut().insert(header::ALLOW, http::HeaderValue::from_static("GET, HEAD"));
+        resp.headers_mut()
+            .insert(header::ALLOW, http::HeaderValue::from_static("GET, HEAD"));
     }
     resp
 }
@@ -137,11 +163,19 @@ struct LogFacts {
 
 impl LogFacts {
     fn of<B>(req: &Request<B>, client: SocketAddr, _site: &SiteRoute) -> Self {
-        let header = |name| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let header = |name| {
+            req.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
         LogFacts {
             client: client.ip(),
             method: req.method().clone(),
-            target: req.uri().path_and_query().map_or_else(|| req.uri().to_string(), |pq| pq.to_string()),
+            target: req
+                .uri()
+                .path_and_query()
+                .map_or_else(|| req.uri().to_string(), |pq| pq.to_string()),
             version: req.version(),
             referer: header(header::REFERER),
             user_agent: header(header::USER_AGENT),
@@ -150,10 +184,19 @@ impl LogFacts {
 
     /// Wraps the response body so the line is written when the body is done
     /// (or dropped by a client that went away), with the bytes really sent.
-    fn wrap(self, resp: Response<ResponseBody>, start: Instant, logs: Arc<SiteLogs>) -> Response<ResponseBody> {
+    fn wrap(
+        self,
+        resp: Response<ResponseBody>,
+        start: Instant,
+        logs: Arc<SiteLogs>,
+    ) -> Response<ResponseBody> {
         let status = resp.status().as_u16();
         let (parts, body) = resp.into_parts();
-        let body = LoggedBody { inner: body, bytes: 0, pending: Some((self, status, start, logs)) };
+        let body = LoggedBody {
+            inner: body,
+            bytes: 0,
+            pending: Some((self, status, start, logs)),
+        };
         Response::from_parts(parts, body.boxed_unsync())
     }
 }
@@ -178,7 +221,8 @@ impl LoggedBody {
                 user_agent: facts.user_agent.as_deref(),
                 duration: start.elapsed(),
             };
-            logs.access.line(&format_combined(&record, SystemTime::now()));
+            logs.access
+                .line(&format_combined(&record, SystemTime::now()));
         }
     }
 }
@@ -187,7 +231,10 @@ impl Body for LoggedBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {

@@ -17,7 +17,11 @@ pub struct VhostTable<T> {
 
 impl<T> Default for VhostTable<T> {
     fn default() -> Self {
-        VhostTable { exact: HashMap::new(), wildcard: HashMap::new(), default: None }
+        VhostTable {
+            exact: HashMap::new(),
+            wildcard: HashMap::new(),
+            default: None,
+        }
     }
 }
 
@@ -39,7 +43,9 @@ impl<T> VhostTable<T> {
     /// Finds the site for a normalised host (see [`normalize_host`]); `None`
     /// host (HTTP/1.0 without Host) goes to the default site.
     pub fn lookup(&self, host: Option<&str>) -> Option<&Arc<T>> {
-        let Some(host) = host else { return self.default.as_ref() };
+        let Some(host) = host else {
+            return self.default.as_ref();
+        };
         if let Some(site) = self.exact.get(host) {
             return Some(site);
         }
@@ -72,7 +78,11 @@ pub fn normalize_host(raw: &str) -> Option<String> {
         }
     };
     let host = host.strip_suffix('.').unwrap_or(host);
-    if host.is_empty() || host.bytes().any(|b| b.is_ascii_whitespace() || b == b'/' || b == b'@') {
+    if host.is_empty()
+        || host
+            .bytes()
+            .any(|b| b.is_ascii_whitespace() || b == b'/' || b == b'@')
+    {
         return None;
     }
     Some(host.to_ascii_lowercase())
@@ -85,7 +95,11 @@ mod tests {
     fn table() -> VhostTable<&'static str> {
         let mut t = VhostTable::default();
         let p = |s: &str| HostPattern::parse(s).unwrap();
-        t.insert(&[p("example.test"), p("www.example.test")], false, Arc::new("exact"));
+        t.insert(
+            &[p("example.test"), p("www.example.test")],
+            false,
+            Arc::new("exact"),
+        );
         t.insert(&[p("*.example.test")], false, Arc::new("wild"));
         t.insert(&[p("*.deep.example.test")], false, Arc::new("deepwild"));
         t.insert(&[p("fallback.test")], true, Arc::new("default"));
@@ -115,14 +129,21 @@ mod tests {
     #[test]
     fn no_default() {
         let mut t: VhostTable<&str> = VhostTable::default();
-        t.insert(&[HostPattern::parse("a.test").unwrap()], false, Arc::new("a"));
+        t.insert(
+            &[HostPattern::parse("a.test").unwrap()],
+            false,
+            Arc::new("a"),
+        );
         assert!(t.lookup(Some("b.test")).is_none());
         assert!(t.lookup(None).is_none());
     }
 
     #[test]
     fn normalisation() {
-        assert_eq!(normalize_host("Example.TEST:443").as_deref(), Some("example.test"));
+        assert_eq!(
+            normalize_host("Example.TEST:443").as_deref(),
+            Some("example.test")
+        );
         assert_eq!(normalize_host("[::1]:8080").as_deref(), Some("[::1]"));
         assert_eq!(normalize_host("a.test:x"), None);
         assert_eq!(normalize_host(""), None);

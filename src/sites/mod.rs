@@ -17,12 +17,18 @@ pub fn build_site(site: &Arc<SiteConfig>, log_dir: &Path) -> Result<SiteRoute, C
     let mut errors = ConfigErrors::default();
     let mounts = build_mounts(site, &mut errors);
     let logs = SiteLogs::open(log_dir, site.name.as_str()).map_err(|e| {
-        errors.push(ConfigError::in_file(&site.file, "", format!("cannot open the site's logs in {}: {e}", log_dir.display())));
+        errors.push(ConfigError::in_file(
+            &site.file,
+            "",
+            format!("cannot open the site's logs in {}: {e}", log_dir.display()),
+        ));
     });
     match (mounts, logs) {
-        (Some(mounts), Ok(logs)) if errors.is_empty() => {
-            Ok(SiteRoute { config: site.clone(), mounts, logs: Arc::new(logs) })
-        }
+        (Some(mounts), Ok(logs)) if errors.is_empty() => Ok(SiteRoute {
+            config: site.clone(),
+            mounts,
+            logs: Arc::new(logs),
+        }),
         _ => Err(errors),
     }
 }
@@ -40,7 +46,11 @@ fn build_mounts(site: &Arc<SiteConfig>, errors: &mut ConfigErrors) -> Option<Mou
                 }
             }
             Err(e) => {
-                errors.push(ConfigError::in_file(&site.file, "root", format!("{}: {e}", root.display())));
+                errors.push(ConfigError::in_file(
+                    &site.file,
+                    "root",
+                    format!("{}: {e}", root.display()),
+                ));
                 return None;
             }
         }
@@ -49,5 +59,8 @@ fn build_mounts(site: &Arc<SiteConfig>, errors: &mut ConfigErrors) -> Option<Mou
 }
 
 fn static_upstream(root: &Path, site: &SiteConfig) -> std::io::Result<Arc<dyn Upstream>> {
-    Ok(Arc::new(crate::upstream::static_files::StaticFiles::new(root, &site.static_files)?))
+    Ok(Arc::new(crate::upstream::static_files::StaticFiles::new(
+        root,
+        &site.static_files,
+    )?))
 }

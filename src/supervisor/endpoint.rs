@@ -23,7 +23,13 @@ pub struct Endpoint {
 
 impl Endpoint {
     pub fn new(id: u64, pid: i32, socket: PathBuf) -> Self {
-        Endpoint { id, pid, socket, inflight: AtomicUsize::new(0), served: AtomicU64::new(0) }
+        Endpoint {
+            id,
+            pid,
+            socket,
+            inflight: AtomicUsize::new(0),
+            served: AtomicU64::new(0),
+        }
     }
     pub fn inflight(&self) -> usize {
         self.inflight.load(Ordering::Acquire)
@@ -42,14 +48,20 @@ pub struct Activity {
 
 impl Activity {
     pub fn new() -> Self {
-        Activity { epoch: Instant::now(), last_ms: AtomicU64::new(0) }
+        Activity {
+            epoch: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
     }
     pub fn touch(&self) {
-        self.last_ms.store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.last_ms
+            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
     pub fn idle_for(&self) -> std::time::Duration {
         let last = self.last_ms.load(Ordering::Relaxed);
-        self.epoch.elapsed().saturating_sub(std::time::Duration::from_millis(last))
+        self.epoch
+            .elapsed()
+            .saturating_sub(std::time::Duration::from_millis(last))
     }
 }
 

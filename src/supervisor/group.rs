@@ -105,11 +105,23 @@ enum Cmd {
 }
 
 enum Event {
-    Ready { id: u64 },
-    NotReady { id: u64, why: String },
-    Exited { id: u64, status: std::io::Result<ExitStatus> },
-    Stopped { id: u64 },
-    Drained { id: u64 },
+    Ready {
+        id: u64,
+    },
+    NotReady {
+        id: u64,
+        why: String,
+    },
+    Exited {
+        id: u64,
+        status: std::io::Result<ExitStatus>,
+    },
+    Stopped {
+        id: u64,
+    },
+    Drained {
+        id: u64,
+    },
 }
 
 /// The handle upstreams, the supervisor and status use. Cloning is cheap.
@@ -142,12 +154,20 @@ impl GroupHandle {
         let mut rx = self.snapshot.clone();
         let waited = tokio::time::timeout(
             self.startup_timeout,
-            rx.wait_for(|s| !s.endpoints.is_empty() || matches!(s.state, GroupState::Failed(_) | GroupState::Stopped)),
+            rx.wait_for(|s| {
+                !s.endpoints.is_empty()
+                    || matches!(s.state, GroupState::Failed(_) | GroupState::Stopped)
+            }),
         )
         .await;
         let snap = match waited {
             Ok(Ok(s)) => s.clone(),
-            Ok(Err(_)) => return Err(UpstreamError::Unavailable(format!("{} {} is stopped", self.site, self.runtime))),
+            Ok(Err(_)) => {
+                return Err(UpstreamError::Unavailable(format!(
+                    "{} {} is stopped",
+                    self.site, self.runtime
+                )))
+            }
             Err(_) => {
                 return Err(UpstreamError::Unavailable(format!(
                     "{} {} did not become ready within {:?}",
@@ -171,7 +191,10 @@ impl GroupHandle {
 
     /// Replaces one process gracefully (new one first, then drain the old).
     pub fn recycle(&self, endpoint: u64, reason: impl Into<String>) {
-        let _ = self.tx.send(Cmd::Recycle { endpoint, reason: reason.into() });
+        let _ = self.tx.send(Cmd::Recycle {
+            endpoint,
+            reason: reason.into(),
+        });
     }
 
     /// Replaces every process gracefully (rolling restart).
@@ -215,7 +238,9 @@ pub fn spawn_group(spec: GroupSpec) -> GroupHandle {
     };
     let eager = lifecycle.eager;
     let actor = Actor {
-        trackers: (0..lifecycle.processes).map(|_| RestartTracker::new(spec.policy.clone())).collect(),
+        trackers: (0..lifecycle.processes)
+            .map(|_| RestartTracker::new(spec.policy.clone()))
+            .collect(),
         slots: (0..lifecycle.processes).map(|_| Slot::Empty).collect(),
         lifecycle,
         spec,
@@ -242,7 +267,9 @@ pub fn spawn_group(spec: GroupSpec) -> GroupHandle {
 enum Slot {
     Empty,
     /// Waiting to restart after a crash.
-    Backoff { until: Instant },
+    Backoff {
+        until: Instant,
+    },
     /// Holds the id of the current process (starting or ready).
     Proc(u64),
 }
@@ -280,7 +307,11 @@ struct Actor {
 }
 
 impl Actor {
-    async fn run(mut self, mut cmds: mpsc::UnboundedReceiver<Cmd>, mut events: mpsc::UnboundedReceiver<Event>) {
+    async fn run(
+        mut self,
+        mut cmds: mpsc::UnboundedReceiver<Cmd>,
+        mut events: mpsc::UnboundedReceiver<Event>,
+    ) {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -319,7 +350,10 @@ impl Actor {
             GroupState::Idle => {}
             GroupState::Failed(_) => {
                 // A request after a crash loop tries again, at most once per backoff cap.
-                if self.failed_at.is_some_and(|t| t.elapsed() < self.spec.policy.max) {
+                if self
+                    .failed_at
+                    .is_some_and(|t| t.elapsed() < self.spec.policy.max)
+                {
                     return;
                 }
                 self.trackers.iter_mut().for_each(RestartTracker::reset);
@@ -327,7 +361,10 @@ impl Actor {
             _ => return,
         }
         if let Err(e) = self.spec.launcher.prepare() {
-            self.fail(format!("cannot prepare the {} runtime: {e}", self.runtime()));
+            self.fail(format!(
+                "cannot prepare the {} runtime: {e}",
+                self.runtime()
+            ));
             return;
         }
         self.state = GroupState::Starting;
@@ -358,14 +395,23 @@ impl Actor {
     fn start_slot(&mut self, slot: usize, replaces: Option<u64>) {
         let id = self.next_id;
         self.next_id += 1;
-        let socket = self.spec.socket_dir.join(format!("{}-{}-{}.sock", self.runtime(), self.spec.generation, id));
+        let socket = self.spec.socket_dir.join(format!(
+            "{}-{}-{}.sock",
+            self.runtime(),
+            self.spec.generation,
+            id
+        ));
         let _ = std::fs::remove_file(&socket);
         let cmd = self.spec.launcher.command(&socket);
         let cgroup = match &self.spec.cgroup {
             Some(cg) => match cg.child(&format!("{}-{id}", self.runtime())) {
                 Ok(child) => Some(child),
                 Err(e) => {
-                    self.crash_slot(slot, Instant::now(), format!("cannot create the process cgroup: {e}"));
+                    self.crash_slot(
+                        slot,
+                        Instant::now(),
+                        format!("cannot create the process cgroup: {e}"),
+                    );
                     return;
                 }
             },
@@ -387,7 +433,11 @@ impl Actor {
                 if let Some(cg) = cgroup {
                     let _ = cg.remove();
                 }
-                self.crash_slot(slot, Instant::now(), format!("cannot start {}: {e}", cmd.program.display()));
+                self.crash_slot(
+                    slot,
+                    Instant::now(),
+                    format!("cannot start {}: {e}", cmd.program.display()),
+                );
                 return;
             }
         };
@@ -396,10 +446,24 @@ impl Actor {
         let endpoint = Arc::new(Endpoint::new(id, pid, socket.clone()));
         let (stop_tx, stop_rx) = oneshot::channel();
         tokio::spawn(watch_process(id, process, stop_rx, self.events.clone()));
-        tokio::spawn(wait_ready(id, socket, self.lifecycle.startup_timeout, self.events.clone()));
+        tokio::spawn(wait_ready(
+            id,
+            socket,
+            self.lifecycle.startup_timeout,
+            self.events.clone(),
+        ));
         self.procs.insert(
             id,
-            Proc { slot, endpoint, started: Instant::now(), ready: false, draining: false, stopping: false, stop: Some(stop_tx), replaces },
+            Proc {
+                slot,
+                endpoint,
+                started: Instant::now(),
+                ready: false,
+                draining: false,
+                stopping: false,
+                stop: Some(stop_tx),
+                replaces,
+            },
         );
         self.slots[slot] = Slot::Proc(id);
     }
@@ -433,7 +497,9 @@ impl Actor {
     }
 
     fn on_ready(&mut self, id: u64) {
-        let Some(p) = self.procs.get_mut(&id) else { return };
+        let Some(p) = self.procs.get_mut(&id) else {
+            return;
+        };
         if p.stopping {
             return;
         }
@@ -447,7 +513,9 @@ impl Actor {
     }
 
     fn on_exit(&mut self, id: u64, status: std::io::Result<ExitStatus>) {
-        let Some(p) = self.procs.remove(&id) else { return };
+        let Some(p) = self.procs.remove(&id) else {
+            return;
+        };
         let _ = std::fs::remove_file(&p.endpoint.socket);
         let status_text = match &status {
             Ok(s) => describe_status(s),
@@ -462,7 +530,11 @@ impl Actor {
             return;
         }
         let oom = self.check_oom();
-        let reason = if oom { format!("OOM-killed ({status_text})") } else { format!("exited unexpectedly: {status_text}") };
+        let reason = if oom {
+            format!("OOM-killed ({status_text})")
+        } else {
+            format!("exited unexpectedly: {status_text}")
+        };
         tracing::warn!(site = %self.site(), runtime = self.runtime(), pid = p.endpoint.pid, reason = %reason, "crashed");
         self.crashed(id, p.replaces, p.slot, p.started, reason);
         self.settle_state();
@@ -470,7 +542,14 @@ impl Actor {
 
     /// Records a crash of process `id` in `slot`: a replacement that failed
     /// gives the slot back to the process it was replacing.
-    fn crashed(&mut self, id: u64, replaces: Option<u64>, slot: usize, started: Instant, reason: String) {
+    fn crashed(
+        &mut self,
+        id: u64,
+        replaces: Option<u64>,
+        slot: usize,
+        started: Instant,
+        reason: String,
+    ) {
         if let Some(old) = replaces.filter(|old| self.procs.contains_key(old)) {
             self.last_error = Some(reason);
             self.restarts += 1;
@@ -484,7 +563,9 @@ impl Actor {
 
     /// Counts new OOM kills in the site's cgroup; true when there were some.
     fn check_oom(&mut self) -> bool {
-        let Some(cg) = &self.spec.cgroup else { return false };
+        let Some(cg) = &self.spec.cgroup else {
+            return false;
+        };
         let Ok(usage) = cg.usage() else { return false };
         if usage.oom_kills > self.oom_seen {
             self.oom_kills += usage.oom_kills - self.oom_seen;
@@ -501,7 +582,9 @@ impl Actor {
         match self.trackers[slot].crashed(started, Instant::now()) {
             Restart::After(delay) => {
                 tracing::info!(site = %self.site(), runtime = self.runtime(), ?delay, "restarting after backoff");
-                self.slots[slot] = Slot::Backoff { until: Instant::now() + delay };
+                self.slots[slot] = Slot::Backoff {
+                    until: Instant::now() + delay,
+                };
             }
             Restart::GiveUp => {
                 self.slots[slot] = Slot::Empty;
@@ -532,14 +615,27 @@ impl Actor {
             }
             if let Some(max) = self.lifecycle.max_requests {
                 if p.endpoint.served() >= max {
-                    due.push((*id, format!("served {} requests (max_requests {max})", p.endpoint.served())));
+                    due.push((
+                        *id,
+                        format!(
+                            "served {} requests (max_requests {max})",
+                            p.endpoint.served()
+                        ),
+                    ));
                     continue;
                 }
             }
             if let Some(limit) = self.lifecycle.memory_per_process {
                 if let Some(rss) = rss_bytes(p.endpoint.pid) {
                     if rss > limit {
-                        due.push((*id, format!("RSS {} MiB above memory_per_process {} MiB", rss >> 20, limit >> 20)));
+                        due.push((
+                            *id,
+                            format!(
+                                "RSS {} MiB above memory_per_process {} MiB",
+                                rss >> 20,
+                                limit >> 20
+                            ),
+                        ));
                     }
                 }
             }
@@ -554,7 +650,9 @@ impl Actor {
     }
 
     fn check_idle(&mut self) {
-        let Some(idle) = self.lifecycle.idle_timeout else { return };
+        let Some(idle) = self.lifecycle.idle_timeout else {
+            return;
+        };
         if self.state != GroupState::Running || self.activity.idle_for() < idle {
             return;
         }
@@ -583,7 +681,12 @@ impl Actor {
         self.trackers.iter_mut().for_each(RestartTracker::reset);
         match self.state {
             GroupState::Running | GroupState::Starting => {
-                let ids: Vec<u64> = self.procs.iter().filter(|(_, p)| !p.draining && !p.stopping).map(|(id, _)| *id).collect();
+                let ids: Vec<u64> = self
+                    .procs
+                    .iter()
+                    .filter(|(_, p)| !p.draining && !p.stopping)
+                    .map(|(id, _)| *id)
+                    .collect();
                 for id in ids {
                     self.recycle(id, "restart requested");
                 }
@@ -598,7 +701,9 @@ impl Actor {
 
     /// Unpublishes a process and stops it once its in-flight requests end.
     fn drain(&mut self, id: u64) {
-        let Some(p) = self.procs.get_mut(&id) else { return };
+        let Some(p) = self.procs.get_mut(&id) else {
+            return;
+        };
         p.draining = true;
         let endpoint = p.endpoint.clone();
         let events = self.events.clone();
@@ -646,11 +751,22 @@ impl Actor {
 
     /// Derives Starting/Running from the slots after a change.
     fn settle_state(&mut self) {
-        if matches!(self.state, GroupState::Failed(_) | GroupState::Stopped | GroupState::Idle) {
+        if matches!(
+            self.state,
+            GroupState::Failed(_) | GroupState::Stopped | GroupState::Idle
+        ) {
             return;
         }
-        let ready = self.procs.values().filter(|p| p.ready && !p.draining && !p.stopping).count();
-        self.state = if ready >= self.slots.len() { GroupState::Running } else { GroupState::Starting };
+        let ready = self
+            .procs
+            .values()
+            .filter(|p| p.ready && !p.draining && !p.stopping)
+            .count();
+        self.state = if ready >= self.slots.len() {
+            GroupState::Running
+        } else {
+            GroupState::Starting
+        };
         if ready > 0 && self.state == GroupState::Starting {
             // Some processes serve while others (re)start.
             self.state = GroupState::Running;
@@ -710,7 +826,12 @@ async fn watch_process(
 }
 
 /// Polls the socket until it accepts a connection.
-async fn wait_ready(id: u64, socket: PathBuf, timeout: Duration, events: mpsc::UnboundedSender<Event>) {
+async fn wait_ready(
+    id: u64,
+    socket: PathBuf,
+    timeout: Duration,
+    events: mpsc::UnboundedSender<Event>,
+) {
     let deadline = Instant::now() + timeout;
     let mut delay = Duration::from_millis(2);
     loop {
@@ -719,7 +840,13 @@ async fn wait_ready(id: u64, socket: PathBuf, timeout: Duration, events: mpsc::U
             return;
         }
         if Instant::now() >= deadline || events.is_closed() {
-            let _ = events.send(Event::NotReady { id, why: format!("did not accept connections on {} within {timeout:?}", socket.display()) });
+            let _ = events.send(Event::NotReady {
+                id,
+                why: format!(
+                    "did not accept connections on {} within {timeout:?}",
+                    socket.display()
+                ),
+            });
             return;
         }
         tokio::time::sleep(delay).await;
@@ -733,7 +860,9 @@ pub fn describe_status(s: &ExitStatus) -> String {
     match (s.code(), s.signal()) {
         (Some(code), _) => format!("exit status {code}"),
         (None, Some(sig)) => {
-            let name = nix::sys::signal::Signal::try_from(sig).map(|s| s.as_str()).unwrap_or("?");
+            let name = nix::sys::signal::Signal::try_from(sig)
+                .map(|s| s.as_str())
+                .unwrap_or("?");
             format!("killed by signal {sig} ({name})")
         }
         _ => "unknown status".into(),
@@ -749,5 +878,8 @@ pub fn rss_bytes(pid: i32) -> Option<u64> {
 }
 
 fn page_size() -> u64 {
-    nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok().flatten().map_or(4096, |p| p as u64)
+    nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .map_or(4096, |p| p as u64)
 }

@@ -51,7 +51,11 @@ pub struct RestartTracker {
 
 impl RestartTracker {
     pub fn new(policy: RestartPolicy) -> Self {
-        RestartTracker { policy, consecutive: 0, recent: VecDeque::new() }
+        RestartTracker {
+            policy,
+            consecutive: 0,
+            recent: VecDeque::new(),
+        }
     }
 
     /// Records a crash of a process that started at `started` and ended at `now`.
@@ -60,7 +64,11 @@ impl RestartTracker {
             self.consecutive = 0;
         }
         self.recent.push_back(now);
-        while self.recent.front().is_some_and(|t| now.duration_since(*t) > self.policy.window) {
+        while self
+            .recent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > self.policy.window)
+        {
             self.recent.pop_front();
         }
         if self.recent.len() >= self.policy.crash_loop_limit {
@@ -68,7 +76,12 @@ impl RestartTracker {
         }
         let factor = 2u32.saturating_pow(self.consecutive.min(16));
         self.consecutive += 1;
-        Restart::After(self.policy.initial.saturating_mul(factor).min(self.policy.max))
+        Restart::After(
+            self.policy
+                .initial
+                .saturating_mul(factor)
+                .min(self.policy.max),
+        )
     }
 
     /// Forgets the history (after an explicit restart or reload).
@@ -94,13 +107,27 @@ mod tests {
 
     #[test]
     fn backoff_doubles_up_to_the_cap() {
-        let mut t = RestartTracker::new(RestartPolicy { crash_loop_limit: 100, ..policy() });
+        let mut t = RestartTracker::new(RestartPolicy {
+            crash_loop_limit: 100,
+            ..policy()
+        });
         let start = Instant::now();
         let delays: Vec<_> = (0..7)
             .map(|i| t.crashed(start, start + Duration::from_millis(i * 10)))
             .collect();
         let ms = |m| Restart::After(Duration::from_millis(m));
-        assert_eq!(delays, vec![ms(100), ms(200), ms(400), ms(800), ms(1600), ms(2000), ms(2000)]);
+        assert_eq!(
+            delays,
+            vec![
+                ms(100),
+                ms(200),
+                ms(400),
+                ms(800),
+                ms(1600),
+                ms(2000),
+                ms(2000)
+            ]
+        );
     }
 
     #[test]
@@ -108,9 +135,15 @@ mod tests {
         let mut t = RestartTracker::new(policy());
         let t0 = Instant::now();
         t.crashed(t0, t0 + Duration::from_secs(1));
-        assert_eq!(t.crashed(t0, t0 + Duration::from_secs(2)), Restart::After(Duration::from_millis(200)));
+        assert_eq!(
+            t.crashed(t0, t0 + Duration::from_secs(2)),
+            Restart::After(Duration::from_millis(200))
+        );
         let started = t0 + Duration::from_secs(3);
-        assert_eq!(t.crashed(started, started + Duration::from_secs(11)), Restart::After(Duration::from_millis(100)));
+        assert_eq!(
+            t.crashed(started, started + Duration::from_secs(11)),
+            Restart::After(Duration::from_millis(100))
+        );
     }
 
     #[test]
@@ -118,11 +151,17 @@ mod tests {
         let mut t = RestartTracker::new(policy());
         let t0 = Instant::now();
         for i in 0..4 {
-            assert!(matches!(t.crashed(t0, t0 + Duration::from_secs(i)), Restart::After(_)));
+            assert!(matches!(
+                t.crashed(t0, t0 + Duration::from_secs(i)),
+                Restart::After(_)
+            ));
         }
         assert_eq!(t.crashed(t0, t0 + Duration::from_secs(5)), Restart::GiveUp);
         t.reset();
-        assert!(matches!(t.crashed(t0, t0 + Duration::from_secs(6)), Restart::After(_)));
+        assert!(matches!(
+            t.crashed(t0, t0 + Duration::from_secs(6)),
+            Restart::After(_)
+        ));
     }
 
     #[test]
@@ -131,7 +170,13 @@ mod tests {
         let t0 = Instant::now();
         for i in 0..20 {
             let now = t0 + Duration::from_secs(i * 20);
-            assert!(matches!(t.crashed(now, now + Duration::from_secs(1)), Restart::After(_)), "crash {i}");
+            assert!(
+                matches!(
+                    t.crashed(now, now + Duration::from_secs(1)),
+                    Restart::After(_)
+                ),
+                "crash {i}"
+            );
         }
     }
 }

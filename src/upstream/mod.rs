@@ -131,12 +131,16 @@ pub trait Upstream: Send + Sync + 'static {
 
 /// A body with nothing in it.
 pub fn empty_body() -> ResponseBody {
-    Empty::<Bytes>::new().map_err(|never| match never {}).boxed_unsync()
+    Empty::<Bytes>::new()
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 /// A body holding `bytes` whole.
 pub fn full_body(bytes: impl Into<Bytes>) -> ResponseBody {
-    Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 /// A short plain-text response, used for errors the router or an upstream answers itself.

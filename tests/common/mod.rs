@@ -50,7 +50,10 @@ impl TestConfig {
         self.write(&format!("www/{name}/index.html"), &format!("site {name}\n"));
         self.write(
             &format!("vhosts/{name}.toml"),
-            &format!("hosts = [{}]\nroot = \"www/{name}\"\n{extra}\n", hosts.join(", ")),
+            &format!(
+                "hosts = [{}]\nroot = \"www/{name}\"\n{extra}\n",
+                hosts.join(", ")
+            ),
         );
     }
 
@@ -72,8 +75,16 @@ impl InProcess {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(polyhost::app::serve(config, vec![listener], shutdown.clone()));
-        InProcess { addr, shutdown, task }
+        let task = tokio::spawn(polyhost::app::serve(
+            config,
+            vec![listener],
+            shutdown.clone(),
+        ));
+        InProcess {
+            addr,
+            shutdown,
+            task,
+        }
     }
 
     pub async fn stop(self) {
@@ -93,8 +104,13 @@ impl Binary {
     /// Starts `polyhost serve --config main` and waits for its listening line.
     pub async fn start(main: &Path, env: &[(&str, &str)]) -> Self {
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_polyhost"));
-        cmd.arg("serve").arg("--config").arg(main).envs(env.iter().copied());
-        cmd.stderr(Stdio::piped()).stdout(Stdio::null()).kill_on_drop(true);
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(main)
+            .envs(env.iter().copied());
+        cmd.stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .kill_on_drop(true);
         let mut child = cmd.spawn().expect("spawn polyhost");
         let stderr = child.stderr.take().unwrap();
         let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
@@ -114,7 +130,11 @@ impl Binary {
             .ok()
             .flatten()
             .unwrap_or_else(|| panic!("polyhost did not start; log:\n{}", log.lock().unwrap()));
-        Binary { child, addr: addr.parse().unwrap(), log }
+        Binary {
+            child,
+            addr: addr.parse().unwrap(),
+            log,
+        }
     }
 
     pub fn log(&self) -> String {
@@ -125,8 +145,15 @@ impl Binary {
     pub async fn terminate(mut self) -> std::process::ExitStatus {
         let pid = self.child.id().unwrap() as i32;
         // SAFETY-free: kill(2) through nix.
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM).unwrap();
-        tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await.expect("exit after SIGTERM").unwrap()
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        tokio::time::timeout(Duration::from_secs(20), self.child.wait())
+            .await
+            .expect("exit after SIGTERM")
+            .unwrap()
     }
 }
 
@@ -155,7 +182,10 @@ pub struct Client {
 impl Client {
     pub async fn connect(addr: SocketAddr) -> Self {
         let stream = TcpStream::connect(addr).await.unwrap();
-        let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
+        let (sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .unwrap();
         tokio::spawn(conn);
         Client { sender }
     }
@@ -165,7 +195,11 @@ impl Client {
         let resp = self.sender.send_request(req).await.unwrap();
         let (parts, body) = resp.into_parts();
         let body = body.collect().await.unwrap().to_bytes();
-        Resp { status: parts.status.as_u16(), headers: parts.headers, body }
+        Resp {
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body,
+        }
     }
 
     pub async fn get(&mut self, host: &str, path: &str) -> Resp {
@@ -178,7 +212,12 @@ impl Client {
 }
 
 pub fn request(method: &str, host: &str, path: &str) -> http::Request<Full<Bytes>> {
-    http::Request::builder().method(method).uri(path).header("host", host).body(Full::new(Bytes::new())).unwrap()
+    http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", host)
+        .body(Full::new(Bytes::new()))
+        .unwrap()
 }
 
 /// One request on a fresh connection.
@@ -197,7 +236,11 @@ pub async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
 
 /// Status code of the first response in a raw reply.
 pub fn raw_status(reply: &str) -> u16 {
-    reply.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+    reply
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Retries `f` until it returns true or `timeout` passes.

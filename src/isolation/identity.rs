@@ -1,0 +1,148 @@
+//! Site identities: which Unix user and group a site's processes run as.
+//!
+//! Owns the resolution of user and group names into ids and the rule that a
+//! site never runs as root: a [`SiteIdentity`] can only be built by
+//! [`SiteIdentity::resolve`] or [`SiteIdentity::current`], and both refuse
+//! uid 0 and gid 0. [`crate::isolation::spawn`] relies on that invariant.
+
+use std::path::PathBuf;
+
+use nix::unistd::{Gid, Group, Uid, User};
+
+/// The Unix user and group a site runs as. Never root (uid 0 or gid 0).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SiteIdentity {
+    /// The user name, as resolved.
+    pub user: String,
+    pub uid: u32,
+    /// The primary group the processes run with (the only group they have).
+    pub gid: u32,
+    /// The user's home directory from the password database.
+    pub home: PathBuf,
+}
+
+/// Why a site identity could not be resolved.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("user `{0}` does not exist: create it (e.g. `useradd --system {0}`) or fix the site's `user`")]
+    NoSuchUser(String),
+    #[error("group `{0}` does not exist: create it or fix the site's `group`")]
+    NoSuchGroup(String),
+    #[error(
+        "user `{0}` has uid 0: polyhost refuses to run a site as root; give the site its own user"
+    )]
+    RootUser(String),
+    #[error("group `{0}` has gid 0: polyhost refuses to run a site as root; give the site its own group")]
+    RootGroup(String),
+    #[error("looking up `{name}` in the user/group database failed: {source}")]
+    Lookup {
+        name: String,
+        #[source]
+        source: nix::Error,
+    },
+}
+
+impl SiteIdentity {
+    /// Resolves `user` (and `group`, or else the user's primary group).
+    ///
+    /// Refuses uid 0 and gid 0, whatever the names are.
+    pub fn resolve(user: &str, group: Option<&str>) -> Result<SiteIdentity, IdentityError> {
+        let u = User::from_name(user)
+            .map_err(|source| IdentityError::Lookup {
+                name: user.to_owned(),
+                source,
+            })?
+            .ok_or_else(|| IdentityError::NoSuchUser(user.to_owned()))?;
+        if u.uid.is_root() {
+            return Err(IdentityError::RootUser(user.to_owned()));
+        }
+        let (gid, group_name) = match group {
+            Some(name) => {
+                let g = Group::from_name(name)
+                    .map_err(|source| IdentityError::Lookup {
+                        name: name.to_owned(),
+                        source,
+                    })?
+                    .ok_or_else(|| IdentityError::NoSuchGroup(name.to_owned()))?;
+                (g.gid, name.to_owned())
+            }
+            None => (u.gid, format!("{} (primary group of {user})", u.gid)),
+        };
+        if gid.as_raw() == 0 {
+            return Err(IdentityError::RootGroup(group_name));
+        }
+        Ok(SiteIdentity {
+            user: u.name,
+            uid: u.uid.as_raw(),
+            gid: gid.as_raw(),
+            home: u.dir,
+        })
+    }
+
+    /// The identity polyhost itself runs as, for when it is not root: sites
+    /// then run as the invoking user (the caller should warn once that sites
+    /// are not separated from each other). Refuses root like [`resolve`](Self::resolve).
+    pub fn current() -> Result<SiteIdentity, IdentityError> {
+        let uid = Uid::effective();
+        let gid = Gid::effective();
+        let name = uid.to_string();
+        let u = User::from_uid(uid)
+            .map_err(|source| IdentityError::Lookup {
+                name: name.clone(),
+                source,
+            })?
+            .ok_or_else(|| IdentityError::NoSuchUser(name.clone()))?;
+        if uid.is_root() {
+            return Err(IdentityError::RootUser(u.name));
+        }
+        if gid.as_raw() == 0 {
+            return Err(IdentityError::RootGroup(gid.to_string()));
+        }
+        Ok(SiteIdentity {
+            user: u.name,
+            uid: uid.as_raw(),
+            gid: gid.as_raw(),
+            home: u.dir,
+        })
+    }
+}
+
+/// Whether polyhost runs as root (effective uid 0), i.e. can switch users
+/// and own cgroups. When it cannot, sites run as [`SiteIdentity::current`].
+pub fn running_as_root() -> bool {
+    Uid::effective().is_root()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_user_is_refused() {
+        let err = SiteIdentity::resolve("root", None).unwrap_err();
+        assert!(matches!(err, IdentityError::RootUser(_)), "{err}");
+        assert!(err.to_string().contains("refuses to run a site as root"));
+    }
+
+    #[test]
+    fn missing_user_and_group_are_named() {
+        let err = SiteIdentity::resolve("polyhost-no-such-user-x", None).unwrap_err();
+        assert!(matches!(err, IdentityError::NoSuchUser(ref n) if n == "polyhost-no-such-user-x"));
+        let err = SiteIdentity::resolve("nobody", Some("polyhost-no-such-group-x")).unwrap_err();
+        assert!(matches!(err, IdentityError::NoSuchGroup(_)), "{err}");
+    }
+
+    #[test]
+    fn gid_zero_is_refused() {
+        let err = SiteIdentity::resolve("nobody", Some("root")).unwrap_err();
+        assert!(matches!(err, IdentityError::RootGroup(_)), "{err}");
+    }
+
+    #[test]
+    fn nobody_resolves() {
+        let id = SiteIdentity::resolve("nobody", None).unwrap();
+        assert_eq!(id.user, "nobody");
+        assert_ne!(id.uid, 0);
+        assert_ne!(id.gid, 0);
+    }
+}

@@ -1,0 +1,30 @@
+//! Isolation: the only module that forks, drops privileges and writes cgroup
+//! files.
+//!
+//! **Architecture Invariant:** only `isolation` calls `fork`/`setuid`/`setgid`/
+//! `setgroups`/`prctl` or writes under `/sys/fs/cgroup`; it is the only
+//! module with `unsafe` code, and every block carries a `// SAFETY:` comment.
+//!
+//! # Layout
+//! - [`identity`]: who a site runs as ([`SiteIdentity`]); never root.
+//! - [`cgroup`]: one interface ([`CgroupRoot`], [`SiteCgroup`]) over cgroup v2
+//!   and v1, or the "unavailable" fallback; limits and usage.
+//! - [`spawn`](mod@spawn): starting a site process ([`SpawnSpec`] → [`spawn()`]),
+//!   the child's fixed, fail-closed setup order.
+//! - [`process`]: a running [`SiteProcess`] (wait, stop, kill on drop) and
+//!   the reaping of orphans (the subreaper).
+//!
+//! The child setup order, the cgroup layout and the fallback are described in
+//! `docs/isolation.md`.
+
+pub mod cgroup;
+pub mod identity;
+pub mod process;
+pub mod spawn;
+
+pub use cgroup::{CgroupError, CgroupKind, CgroupRoot, Limits, SiteCgroup, Usage};
+pub use identity::{running_as_root, IdentityError, SiteIdentity};
+pub use process::{
+    pause_reaper, reap_orphans, set_child_subreaper, ReaperPause, SiteProcess, StopError,
+};
+pub use spawn::{spawn, Rlimits, SpawnError, SpawnSpec};

@@ -1,0 +1,459 @@
+//! Starting a site process: the only place polyhost forks, joins a child
+//! to a cgroup and drops privileges.
+//!
+//! Everything the child does between `fork` and `exec` is prepared in the
+//! parent (C strings, file descriptors, ids); the child runs only
+//! async-signal-safe system calls, in this fixed order, and fails closed
+//! (any failure ends the child before `exec`; [`spawn`] returns
+//! [`SpawnError::Setup`] naming the step):
+//!
+//! 1. join the site cgroup (write `0` to the pre-opened `cgroup.procs` of
+//!    every hierarchy): the cgroup holds the process before any site code runs;
+//! 2. `setsid`: a new session and process group, so the whole group can be
+//!    signalled; the pid is also the process-group id;
+//! 3. `setgroups([gid])` → `setgid` → `setuid`, then check that `setuid(0)` fails;
+//! 4. `PR_SET_PDEATHSIG(SIGKILL)` (after `setuid`, which clears it), then
+//!    check the parent is still there;
+//! 5. `PR_SET_NO_NEW_PRIVS`;
+//! 6. rlimits: `RLIMIT_NOFILE`, `RLIMIT_NPROC` (fallback process limit),
+//!    `RLIMIT_CORE` = 0 (never `RLIMIT_AS`: it breaks threaded Python);
+//! 7. mark every fd ≥ 3 close-on-exec (`close_range(CLOSE_RANGE_CLOEXEC)`);
+//! 8. `chdir` (as the site user: a directory it cannot enter fails the start).
+//!
+//! stdin is `/dev/null`; stdout and stderr go to a log file the parent opens
+//! in append mode. The environment is exactly [`SpawnSpec::env`].
+//!
+//! **Call [`spawn`] from a long-lived thread** (a tokio runtime worker, never
+//! `spawn_blocking`): the kernel sends the parent-death signal when the
+//! *thread* that forked exits, so a child forked from a short-lived thread is
+//! SIGKILLed when that thread ends. A tokio runtime must be running (the exit
+//! is watched by tokio's process driver).
+
+use std::ffi::CString;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use nix::fcntl::OFlag;
+use nix::unistd::{getegid, geteuid, getpid};
+
+use super::cgroup::SiteCgroup;
+use super::identity::SiteIdentity;
+use super::process::{register, SiteProcess};
+
+/// Per-process resource limits set by rlimit in the child. Core dumps are
+/// always off (`RLIMIT_CORE` = 0).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rlimits {
+    /// `RLIMIT_NOFILE` (soft and hard). Can only be lowered below what
+    /// polyhost has: it is set after the privilege drop.
+    pub nofile: u64,
+    /// `RLIMIT_NPROC`: counts all processes of the site user; the fallback
+    /// process limit when there is no pids cgroup.
+    pub nproc: Option<u64>,
+}
+
+impl Default for Rlimits {
+    fn default() -> Self {
+        Rlimits {
+            nofile: 4096,
+            nproc: None,
+        }
+    }
+}
+
+/// What to start and how to confine it.
+#[derive(Clone, Debug)]
+pub struct SpawnSpec<'a> {
+    /// Absolute path of the program (no `PATH` search).
+    pub program: PathBuf,
+    /// Arguments after `argv[0]` (other users can read them in `/proc`: no secrets).
+    pub args: Vec<String>,
+    /// The whole environment of the child: nothing is inherited.
+    pub env: Vec<(String, String)>,
+    /// Working directory, entered as the site user.
+    pub cwd: PathBuf,
+    /// Who to run as. Required when polyhost is root; when it is not, it may
+    /// be `None` or [`SiteIdentity::current`].
+    pub identity: Option<SiteIdentity>,
+    pub rlimits: Rlimits,
+    /// The cgroup to join. The process owns it from then on: stopping the
+    /// process kills everything in it (see [`SiteCgroup::child`]).
+    pub cgroup: Option<&'a SiteCgroup>,
+    /// stdout and stderr, opened by polyhost in append mode (created 0640).
+    /// `None`: `/dev/null`.
+    pub log: Option<PathBuf>,
+}
+
+impl<'a> SpawnSpec<'a> {
+    /// A spec with no arguments, an empty environment, cwd `/`, no identity,
+    /// default rlimits, no cgroup and no log.
+    pub fn new(program: impl Into<PathBuf>) -> Self {
+        SpawnSpec {
+            program: program.into(),
+            args: Vec::new(),
+            env: Vec::new(),
+            cwd: PathBuf::from("/"),
+            identity: None,
+            rlimits: Rlimits::default(),
+            cgroup: None,
+            log: None,
+        }
+    }
+}
+
+/// Why a site process could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("program `{}` must be an absolute path", .0.display())]
+    NotAbsolute(PathBuf),
+    #[error("polyhost runs as root and refuses to start `{}` without a site user", .0.display())]
+    RootWithoutIdentity(PathBuf),
+    #[error("cannot run as `{user}`: polyhost is not root (run it as root, or let sites run as the invoking user)")]
+    CannotSwitchUser { user: String },
+    #[error("{what} contains a NUL byte")]
+    Nul { what: &'static str },
+    #[error("cannot open {what} {}: {source}", path.display())]
+    Open {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("starting `{}` failed at step `{step}`: {source}", program.display())]
+    Setup {
+        program: PathBuf,
+        step: &'static str,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// The child's steps, in order; the failing one is reported to the parent
+/// as one byte over a close-on-exec pipe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+enum Step {
+    JoinCgroup = 1,
+    Setsid,
+    Setgroups,
+    Setgid,
+    Setuid,
+    VerifyDrop,
+    Pdeathsig,
+    ParentGone,
+    NoNewPrivs,
+    RlimitNofile,
+    RlimitNproc,
+    RlimitCore,
+    CloseFds,
+    Chdir,
+}
+
+impl Step {
+    const ALL: [Step; 14] = [
+        Step::JoinCgroup,
+        Step::Setsid,
+        Step::Setgroups,
+        Step::Setgid,
+        Step::Setuid,
+        Step::VerifyDrop,
+        Step::Pdeathsig,
+        Step::ParentGone,
+        Step::NoNewPrivs,
+        Step::RlimitNofile,
+        Step::RlimitNproc,
+        Step::RlimitCore,
+        Step::CloseFds,
+        Step::Chdir,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Step::JoinCgroup => "join cgroup",
+            Step::Setsid => "setsid",
+            Step::Setgroups => "setgroups",
+            Step::Setgid => "setgid",
+            Step::Setuid => "setuid",
+            Step::VerifyDrop => "verify privilege drop",
+            Step::Pdeathsig => "set parent-death signal",
+            Step::ParentGone => "parent exited",
+            Step::NoNewPrivs => "set no_new_privs",
+            Step::RlimitNofile => "RLIMIT_NOFILE",
+            Step::RlimitNproc => "RLIMIT_NPROC",
+            Step::RlimitCore => "RLIMIT_CORE",
+            Step::CloseFds => "close fds",
+            Step::Chdir => "chdir",
+        }
+    }
+
+    fn from_byte(b: u8) -> Option<Step> {
+        Step::ALL.into_iter().find(|s| *s as u8 == b)
+    }
+}
+
+/// Everything the child needs, prepared in the parent (no allocation after fork).
+struct ChildPlan {
+    cgroup_fds: Vec<RawFd>,
+    report_fd: RawFd,
+    /// `(uid, gid)` to switch to; `None` when no switch is needed.
+    switch: Option<(libc::uid_t, libc::gid_t)>,
+    nofile: libc::rlim_t,
+    nproc: Option<libc::rlim_t>,
+    cwd: CString,
+    parent: libc::pid_t,
+}
+
+impl ChildPlan {
+    /// Runs in the forked child. Async-signal-safe system calls only, no
+    /// allocation, no locks.
+    fn run(&self) -> io::Result<()> {
+        // SAFETY: all calls below are async-signal-safe system calls on
+        // values prepared before the fork (fds that are open in the child,
+        // a valid NUL-terminated path, plain integers); none allocates.
+        unsafe {
+            for &fd in &self.cgroup_fds {
+                if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(self.fail(Step::JoinCgroup));
+                }
+            }
+            if libc::setsid() < 0 {
+                return Err(self.fail(Step::Setsid));
+            }
+            if let Some((uid, gid)) = self.switch {
+                if libc::setgroups(1, &gid) != 0 {
+                    return Err(self.fail(Step::Setgroups));
+                }
+                if libc::setgid(gid) != 0 {
+                    return Err(self.fail(Step::Setgid));
+                }
+                if libc::setuid(uid) != 0 {
+                    return Err(self.fail(Step::Setuid));
+                }
+                if libc::setuid(0) == 0 {
+                    return Err(self.fail_with(Step::VerifyDrop, libc::EPERM));
+                }
+            }
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
+                return Err(self.fail(Step::Pdeathsig));
+            }
+            if libc::getppid() != self.parent {
+                return Err(self.fail_with(Step::ParentGone, libc::ESRCH));
+            }
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1 as libc::c_ulong, 0, 0, 0) != 0 {
+                return Err(self.fail(Step::NoNewPrivs));
+            }
+            let limit = |n| libc::rlimit {
+                rlim_cur: n,
+                rlim_max: n,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit(self.nofile)) != 0 {
+                return Err(self.fail(Step::RlimitNofile));
+            }
+            if let Some(n) = self.nproc {
+                if libc::setrlimit(libc::RLIMIT_NPROC, &limit(n)) != 0 {
+                    return Err(self.fail(Step::RlimitNproc));
+                }
+            }
+            if libc::setrlimit(libc::RLIMIT_CORE, &limit(0)) != 0 {
+                return Err(self.fail(Step::RlimitCore));
+            }
+            // CLOEXEC rather than close: std's own error pipe must survive
+            // until exec. Kernels before 5.11 lack close_range: mark one by one.
+            if libc::syscall(
+                libc::SYS_close_range,
+                3 as libc::c_uint,
+                libc::c_uint::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            ) != 0
+            {
+                for fd in 3..self.nofile.min(1 << 20) as libc::c_int {
+                    libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+                }
+            }
+            if libc::chdir(self.cwd.as_ptr()) != 0 {
+                return Err(self.fail(Step::Chdir));
+            }
+        }
+        Ok(())
+    }
+
+    fn fail(&self, step: Step) -> io::Error {
+        // Read errno first: the report write may change it.
+        let err = io::Error::last_os_error();
+        self.report(step);
+        err
+    }
+
+    fn fail_with(&self, step: Step, errno: i32) -> io::Error {
+        self.report(step);
+        io::Error::from_raw_os_error(errno)
+    }
+
+    fn report(&self, step: Step) {
+        let byte = [step as u8];
+        // SAFETY: write(2) of one byte from a stack buffer to an fd we own;
+        // async-signal-safe. Its result does not matter: the parent falls
+        // back to "exec" when the byte is missing.
+        unsafe { libc::write(self.report_fd, byte.as_ptr().cast(), 1) };
+    }
+}
+
+/// Starts a site process as described by `spec` (see the module docs for
+/// what happens in the child, and why it must be called from a long-lived
+/// thread inside a tokio runtime).
+pub fn spawn(spec: &SpawnSpec<'_>) -> Result<SiteProcess, SpawnError> {
+    if !spec.program.is_absolute() {
+        return Err(SpawnError::NotAbsolute(spec.program.clone()));
+    }
+    let euid = geteuid();
+    let switch = match &spec.identity {
+        None if euid.is_root() => {
+            return Err(SpawnError::RootWithoutIdentity(spec.program.clone()))
+        }
+        None => None,
+        Some(id) if euid.is_root() => Some((id.uid, id.gid)),
+        Some(id) if id.uid == euid.as_raw() && id.gid == getegid().as_raw() => None,
+        Some(id) => {
+            return Err(SpawnError::CannotSwitchUser {
+                user: id.user.clone(),
+            })
+        }
+    };
+
+    // cgroup.procs of each hierarchy, opened close-on-exec by std.
+    let cgroup_files: Vec<OwnedFd> = match spec.cgroup {
+        Some(cgroup) => cgroup
+            .procs_files()
+            .into_iter()
+            .map(|path| {
+                OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map(OwnedFd::from)
+                    .map_err(|source| SpawnError::Open {
+                        what: "cgroup",
+                        path,
+                        source,
+                    })
+            })
+            .collect::<Result<_, _>>()?,
+        None => Vec::new(),
+    };
+    let (report_read, report_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
+        .map_err(|e| SpawnError::Open {
+            what: "pipe",
+            path: PathBuf::from("pipe2"),
+            source: e.into(),
+        })?;
+    let plan = ChildPlan {
+        cgroup_fds: cgroup_files.iter().map(|f| f.as_raw_fd()).collect(),
+        report_fd: report_write.as_raw_fd(),
+        switch,
+        nofile: spec.rlimits.nofile as libc::rlim_t,
+        nproc: spec.rlimits.nproc.map(|n| n as libc::rlim_t),
+        cwd: CString::new(spec.cwd.as_os_str().as_bytes()).map_err(|_| SpawnError::Nul {
+            what: "working directory",
+        })?,
+        parent: getpid().as_raw(),
+    };
+    let log = open_log(spec.log.as_deref())?;
+    let log2 = log.try_clone().map_err(|source| SpawnError::Open {
+        what: "log",
+        path: spec.log.clone().unwrap_or_default(),
+        source,
+    })?;
+
+    let mut cmd = tokio::process::Command::new(&spec.program);
+    cmd.args(&spec.args)
+        .env_clear()
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2)
+        .kill_on_drop(false);
+    // SAFETY: `ChildPlan::run` only makes async-signal-safe system calls on
+    // data prepared above, which the closure owns; it neither allocates nor
+    // takes locks, so it is sound between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || plan.run());
+    }
+    let result = cmd.spawn();
+    // The child has its copies (close-on-exec); drop ours so a read ends.
+    drop(report_write);
+    drop(cgroup_files);
+    match result {
+        Ok(child) => {
+            let pid = child
+                .id()
+                .expect("a freshly spawned child has not been reaped") as i32;
+            register(pid);
+            tracing::debug!(pid, program = %spec.program.display(), "site process started");
+            Ok(SiteProcess::new(pid, child, spec.cgroup.cloned()))
+        }
+        Err(source) => {
+            let mut byte = [0u8; 1];
+            let step = match File::from(report_read).read(&mut byte) {
+                Ok(1) => Step::from_byte(byte[0]).map_or("unknown", Step::name),
+                _ => "exec",
+            };
+            Err(SpawnError::Setup {
+                program: spec.program.clone(),
+                step,
+                source,
+            })
+        }
+    }
+}
+
+fn open_log(path: Option<&Path>) -> Result<File, SpawnError> {
+    let (path, result) = match path {
+        Some(path) => (
+            path,
+            OpenOptions::new()
+                .append(true)
+                .create(true)
+                .mode(0o640)
+                .open(path),
+        ),
+        None => (
+            Path::new("/dev/null"),
+            OpenOptions::new().write(true).open("/dev/null"),
+        ),
+    };
+    result.map_err(|source| SpawnError::Open {
+        what: "log",
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_round_trip_through_their_byte() {
+        for step in Step::ALL {
+            assert_eq!(Step::from_byte(step as u8), Some(step));
+        }
+        assert_eq!(Step::from_byte(0), None);
+    }
+
+    #[test]
+    fn relative_programs_are_refused() {
+        let err = spawn(&SpawnSpec::new("sh")).unwrap_err();
+        assert!(matches!(err, SpawnError::NotAbsolute(_)), "{err}");
+    }
+}

@@ -1,0 +1,220 @@
+//! The supervisor: starts, watches and stops every process that runs a
+//! site's code, one [`group`] per site and runtime, confined by
+//! [`crate::isolation`] (site user, site cgroup with the site's limits).
+//!
+//! Invariants: polyhost never runs site code as root; every process the
+//! supervisor starts lives in its site's cgroup (where cgroups exist) and is
+//! stopped when its group stops; a failure of one site never touches another.
+
+pub mod endpoint;
+pub mod group;
+pub mod launcher;
+pub mod policy;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Once;
+
+pub use endpoint::{Endpoint, Lease};
+pub use group::{spawn_group, GroupHandle, GroupSpec, GroupState, Snapshot};
+pub use launcher::{Command, Launcher, Lifecycle};
+pub use policy::{RestartPolicy, RestartTracker};
+
+use crate::config::{ServerConfig, SiteConfig};
+use crate::isolation::{self, CgroupRoot, Rlimits, SiteCgroup, SiteIdentity};
+
+/// Why a site's processes cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SiteSetupError {
+    #[error("user: {0}")]
+    Identity(#[from] isolation::IdentityError),
+    #[error("a site needs a `user` (or a server-wide default_user) when polyhost runs as root")]
+    NoUser,
+    #[error("cannot prepare {}: {source}", path.display())]
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("limits: {0}")]
+    Cgroup(#[from] isolation::CgroupError),
+}
+
+/// Server-wide supervision state: the cgroup root and the state directory.
+pub struct Supervisor {
+    cgroups: CgroupRoot,
+    state_dir: PathBuf,
+    log_dir: PathBuf,
+    default_user: Option<String>,
+    default_group: Option<String>,
+}
+
+/// What every process of one site shares.
+#[derive(Clone)]
+pub struct SiteContext {
+    pub identity: Option<SiteIdentity>,
+    pub cgroup: Option<SiteCgroup>,
+    /// `<state_dir>/sites/<site>`: sockets and generated files, owned by the site user, 0750.
+    pub dir: PathBuf,
+    pub error_log: PathBuf,
+}
+
+impl Supervisor {
+    /// Detects cgroups, becomes the subreaper of site processes and removes
+    /// what a previous polyhost (killed with SIGKILL) left behind.
+    pub fn new(server: &ServerConfig) -> Supervisor {
+        if let Err(e) = isolation::set_child_subreaper() {
+            tracing::warn!(error = %e, "cannot become a child subreaper; orphaned site processes go to init");
+        }
+        let cgroups = CgroupRoot::detect("polyhost");
+        tracing::info!(cgroups = %cgroups.describe(), "resource limits");
+        match cgroups.cleanup_stale(&[]) {
+            Ok(removed) if !removed.is_empty() => {
+                tracing::info!(?removed, "removed cgroups left by a previous run")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot clean up stale cgroups"),
+        }
+        remove_stale_sockets(&server.state_dir.join("sites"));
+        Supervisor {
+            cgroups,
+            state_dir: server.state_dir.clone(),
+            log_dir: server.log_dir.clone(),
+            default_user: server.default_user.clone(),
+            default_group: server.default_group.clone(),
+        }
+    }
+
+    pub fn cgroups(&self) -> &CgroupRoot {
+        &self.cgroups
+    }
+
+    /// Resolves who a site runs as (never root).
+    pub fn identity(&self, site: &SiteConfig) -> Result<Option<SiteIdentity>, SiteSetupError> {
+        site_identity(
+            site,
+            self.default_user.as_deref(),
+            self.default_group.as_deref(),
+        )
+    }
+
+    /// Prepares what the site's processes share: identity, cgroup with the
+    /// site's limits, the site's state directory.
+    pub fn site_context(&self, site: &SiteConfig) -> Result<SiteContext, SiteSetupError> {
+        let identity = self.identity(site)?;
+        let dir = self.state_dir.join("sites").join(site.name.as_str());
+        prepare_site_dir(&dir, identity.as_ref())?;
+        let cgroup = if self.cgroups.is_available() {
+            let limits = isolation::Limits {
+                memory: site.limits.memory,
+                processes: site.limits.processes,
+                cpu: site.limits.cpu,
+            };
+            Some(self.cgroups.site(site.name.as_str(), &limits)?)
+        } else {
+            None
+        };
+        let error_log = self.log_dir.join(format!("{}.error.log", site.name));
+        Ok(SiteContext {
+            identity,
+            cgroup,
+            dir,
+            error_log,
+        })
+    }
+
+    /// Starts a process group for one runtime of a site.
+    pub fn spawn_group(
+        &self,
+        site: &SiteConfig,
+        ctx: &SiteContext,
+        launcher: std::sync::Arc<dyn Launcher>,
+        generation: u64,
+    ) -> GroupHandle {
+        let rlimits = Rlimits {
+            nofile: 8192,
+            nproc: if ctx.cgroup.is_none() {
+                site.limits.processes
+            } else {
+                None
+            },
+        };
+        spawn_group(GroupSpec {
+            site: site.name.to_string(),
+            generation,
+            launcher,
+            identity: ctx.identity.clone(),
+            cgroup: ctx.cgroup.clone(),
+            error_log: ctx.error_log.clone(),
+            socket_dir: ctx.dir.clone(),
+            rlimits,
+            policy: RestartPolicy::default(),
+        })
+    }
+
+    /// Removes a site's cgroup after its groups stopped.
+    pub fn remove_site(&self, ctx: &SiteContext) {
+        if let Some(cg) = &ctx.cgroup {
+            if let Err(e) = cg.remove() {
+                tracing::warn!(cgroup = cg.name(), error = %e, "cannot remove a site cgroup");
+            }
+        }
+    }
+}
+
+/// Who a site runs as: its `user`, else `default_user`; when polyhost is not
+/// root, the invoking user (with a warning, once).
+pub fn site_identity(
+    site: &SiteConfig,
+    default_user: Option<&str>,
+    default_group: Option<&str>,
+) -> Result<Option<SiteIdentity>, SiteSetupError> {
+    if !isolation::running_as_root() {
+        static WARN: Once = Once::new();
+        WARN.call_once(|| tracing::warn!("polyhost is not running as root: every site runs as the invoking user, without separation"));
+        return Ok(Some(SiteIdentity::current()?));
+    }
+    let user = site
+        .user
+        .as_deref()
+        .or(default_user)
+        .ok_or(SiteSetupError::NoUser)?;
+    let group = site.group.as_deref().or(if site.user.is_some() {
+        None
+    } else {
+        default_group
+    });
+    Ok(Some(SiteIdentity::resolve(user, group)?))
+}
+
+/// `<state_dir>/sites/<site>`: mode 0750, owned by the site user and group,
+/// so polyhost (root) and the site can use its sockets and no other site can.
+fn prepare_site_dir(dir: &Path, identity: Option<&SiteIdentity>) -> Result<(), SiteSetupError> {
+    let err = |source| SiteSetupError::Dir {
+        path: dir.to_path_buf(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(err)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750)).map_err(err)?;
+    if let (Some(id), true) = (identity, isolation::running_as_root()) {
+        std::os::unix::fs::chown(dir, Some(id.uid), Some(id.gid)).map_err(err)?;
+    }
+    Ok(())
+}
+
+/// Sockets of a previous run (killed with SIGKILL) would make a new process
+/// fail to bind; remove them before anything starts.
+fn remove_stale_sockets(sites_dir: &Path) {
+    let Ok(sites) = std::fs::read_dir(sites_dir) else {
+        return;
+    };
+    for site in sites.filter_map(Result::ok) {
+        let Ok(files) = std::fs::read_dir(site.path()) else {
+            continue;
+        };
+        for f in files.filter_map(Result::ok) {
+            if f.path().extension().is_some_and(|e| e == "sock") {
+                let _ = std::fs::remove_file(f.path());
+            }
+        }
+    }
+}
