@@ -18,6 +18,10 @@ use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Empty, Full};
 
 use crate::config::SiteConfig;
 
+pub mod static_files;
+
+pub use static_files::StaticFiles;
+
 /// Any error a body stream can carry.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Body of a request as an upstream receives it.
