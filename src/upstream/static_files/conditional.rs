@@ -312,7 +312,8 @@ mod tests {
         let after = "Wed, 15 Nov 2023 00:00:00 GMT";
         let future = "Fri, 01 Jan 9999 00:00:00 GMT";
         let get = Method::GET;
-        let cases: Vec<(Method, Vec<(&str, &str)>, Decision)> = vec![
+        type Case<'a> = (Method, Vec<(&'a str, &'a str)>, Decision);
+        let cases: Vec<Case> = vec![
             (get.clone(), vec![], Full),
             (get.clone(), vec![("if-none-match", &etag)], NotModified),
             (get.clone(), vec![("if-none-match", &weak)], NotModified),

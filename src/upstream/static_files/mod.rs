@@ -90,7 +90,7 @@ impl StaticFiles {
             })??;
         match found {
             Found::Redirect => Ok(redirect_to_slash(req.uri())),
-            Found::File(file) => Ok(self.respond(req.method(), req.headers(), file)),
+            Found::File(file) => Ok(self.respond(req.method(), req.headers(), *file)),
         }
     }
 
@@ -184,7 +184,7 @@ impl From<ResolveError> for UpstreamError {
 }
 
 enum Found {
-    File(OpenFile),
+    File(Box<OpenFile>),
     /// A directory asked for without its trailing slash.
     Redirect,
 }
@@ -192,10 +192,10 @@ enum Found {
 /// Blocking: path → open file, trying the index names for a directory.
 fn lookup(root: &DocRoot, path: &str, index: &[String]) -> Result<Found, ResolveError> {
     match root.resolve(path)? {
-        Resolved::File(file) => Ok(Found::File(file)),
+        Resolved::File(file) => Ok(Found::File(Box::new(file))),
         Resolved::Dir(dir) if !dir.has_trailing_slash() => Ok(Found::Redirect),
         Resolved::Dir(dir) => match root.open_index(&dir, index)? {
-            Some(file) => Ok(Found::File(file)),
+            Some(file) => Ok(Found::File(Box::new(file))),
             None => Err(ResolveError::Forbidden("directory has no index file")),
         },
     }
