@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -18,7 +18,13 @@ use polyhost::upstream::{empty_body, RequestContext, Scheme, StaticFiles, Upstre
 
 const DIGITS: &str = "0123456789abcdefghij";
 
+/// Tests run one at a time: the streaming test measures the process's RSS,
+/// which another test's activity (a failing test printing a backtrace loads
+/// debug info: tens of MiB) would disturb.
+static SERIAL: Mutex<()> = Mutex::new(());
+
 struct Site {
+    _serial: MutexGuard<'static, ()>,
     _tmp: tempfile::TempDir,
     root: PathBuf,
     files: StaticFiles,
@@ -49,6 +55,9 @@ fn write(path: &Path, contents: &str) {
 /// tmp/site is the root; tmp/other-site and tmp/etc hold what traversal
 /// attempts and escaping symlinks would reach.
 fn site() -> Site {
+    let serial = SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("site");
     let other = tmp.path().join("other-site");
@@ -112,6 +121,7 @@ fn site() -> Site {
         mount_prefix: String::new(),
     };
     Site {
+        _serial: serial,
         _tmp: tmp,
         root,
         files,
