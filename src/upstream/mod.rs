@@ -18,10 +18,6 @@ use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Empty, Full};
 
 use crate::config::SiteConfig;
 
-pub mod static_files;
-
-pub use static_files::StaticFiles;
-
 /// Any error a body stream can carry.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Body of a request as an upstream receives it.
@@ -155,3 +151,4 @@ pub fn plain_response(status: StatusCode, text: &str) -> Response<ResponseBody> 
         .body(full_body(body))
         .expect("static headers are valid")
 }
+pub mod static_files;

@@ -13,8 +13,8 @@
 //! - Opening and `fstat` run on the blocking pool; file bytes are read in
 //!   chunks of at most [`body::CHUNK`], so a large file costs no more
 //!   memory than a small one.
-//! - Failures leave as [`UpstreamError`]; 301/304/405/412/416 are ordinary
-//!   protocol answers and are built here.
+//! - Failures (403, 404, 405, I/O) leave as [`UpstreamError`]; 301, 304,
+//!   412 and 416 are ordinary protocol answers and are built here.
 //!
 //! The query string never takes part in the lookup.
 
@@ -74,12 +74,8 @@ impl StaticFiles {
     ) -> Result<Response<ResponseBody>, UpstreamError> {
         let method = req.method();
         if method != Method::GET && method != Method::HEAD {
-            // A 405 must name the allowed methods (RFC 9110 §15.5.6), which
-            // `UpstreamError::MethodNotAllowed` has no room for.
-            let mut res = plain_response(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
-            res.headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-            return Ok(res);
+            // The router's error mapping adds `Allow: GET, HEAD`.
+            return Err(UpstreamError::MethodNotAllowed);
         }
         let (root, index) = (self.root.clone(), Arc::clone(&self.index));
         let path = req.uri().path().to_owned();
