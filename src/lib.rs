@@ -11,6 +11,7 @@
 //! - [`config`]: files → validated, typed configuration; all errors at once.
 //! - [`sites`]: a site's config → its mounts (upstreams) and logs.
 //! - [`router`]: listeners, hyper connections, host and mount routing, access log.
+//! - [`docroot`]: resolving request paths beneath a document root (openat2), for every runtime.
 //! - [`upstream`]: the [`upstream::Upstream`] trait and its implementations.
 //! - [`supervisor`]: site process groups: start, watch, restart, recycle, scale to zero.
 //! - [`isolation`]: the only module that forks, drops privileges and writes cgroups.
@@ -20,6 +21,7 @@ pub mod app;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod docroot;
 pub mod isolation;
 pub mod router;
 pub mod sites;

@@ -1,17 +1,156 @@
-//! Placeholder: replaced by the static-files branch.
+//! Static files: the [`Upstream`] that answers from a site's document root
+//! in the router process itself.
+//!
+//! Owns: method check (GET and HEAD only), path → file through
+//! [`DocRoot`] (index files, the trailing-slash redirect), `Content-Type`,
+//! validators and caching headers, conditional and range requests
+//! ([`conditional`]), and streaming the bytes ([`body`]).
+//!
+//! Invariants:
+//! - Every file served was opened through [`DocRoot`] (so `openat2` with
+//!   `RESOLVE_BENEATH`); the response describes that open file's `fstat`,
+//!   never a second lookup of the path.
+//! - Opening and `fstat` run on the blocking pool; file bytes are read in
+//!   chunks of at most [`body::CHUNK`], so a large file costs no more
+//!   memory than a small one.
+//! - Failures (403, 404, 405, I/O) leave as [`UpstreamError`]; 301, 304,
+//!   412 and 416 are ordinary protocol answers and are built here.
+//!
+//! The query string never takes part in the lookup.
+
+#![forbid(unsafe_code)]
+
+mod body;
+mod conditional;
+
+use std::io;
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::future::BoxFuture;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 
-use super::{RequestBody, RequestContext, ResponseBody, Upstream, UpstreamError};
+use super::{
+    empty_body, plain_response, RequestBody, RequestContext, ResponseBody, Upstream, UpstreamError,
+};
 use crate::config::StaticConfig;
+use crate::docroot::{DocRoot, OpenFile, ResolveError, Resolved};
+use conditional::{Decision, Validators};
 
-pub struct StaticFiles;
+pub use body::CHUNK;
+
+/// Serves files from one document root.
+#[derive(Clone, Debug)]
+pub struct StaticFiles {
+    root: DocRoot,
+    index: Arc<[String]>,
+    cache_control: Option<HeaderValue>,
+}
 
 impl StaticFiles {
-    pub fn new(root: &Path, _cfg: &StaticConfig) -> std::io::Result<Self> {
-        std::fs::metadata(root)?;
-        Ok(StaticFiles)
+    /// Opens `root` and takes the index names and cache lifetime from `cfg`.
+    pub fn new(root: &Path, cfg: &StaticConfig) -> io::Result<StaticFiles> {
+        Ok(StaticFiles::with_docroot(DocRoot::open(root)?, cfg))
+    }
+
+    /// Serves from an already opened root (shared with the site's PHP upstream, say).
+    pub fn with_docroot(root: DocRoot, cfg: &StaticConfig) -> StaticFiles {
+        StaticFiles {
+            root,
+            index: cfg.index.clone().into(),
+            cache_control: cfg.cache_max_age.map(cache_control),
+        }
+    }
+
+    /// The document root files are served from.
+    pub fn docroot(&self) -> &DocRoot {
+        &self.root
+    }
+
+    async fn serve(
+        &self,
+        req: Request<RequestBody>,
+    ) -> Result<Response<ResponseBody>, UpstreamError> {
+        let method = req.method();
+        if method != Method::GET && method != Method::HEAD {
+            // The router's error mapping adds `Allow: GET, HEAD`.
+            return Err(UpstreamError::MethodNotAllowed);
+        }
+        let (root, index) = (self.root.clone(), Arc::clone(&self.index));
+        let path = req.uri().path().to_owned();
+        let found = tokio::task::spawn_blocking(move || lookup(&root, &path, &index))
+            .await
+            .map_err(|e| {
+                UpstreamError::Internal(format!("static file lookup task failed: {e}"))
+            })??;
+        match found {
+            Found::Redirect => Ok(redirect_to_slash(req.uri())),
+            Found::File(file) => Ok(self.respond(req.method(), req.headers(), *file)),
+        }
+    }
+
+    fn respond(
+        &self,
+        method: &Method,
+        headers: &http::HeaderMap,
+        file: OpenFile,
+    ) -> Response<ResponseBody> {
+        let v = Validators::from_metadata(file.metadata());
+        let decision = conditional::decide(method, headers, &v);
+        let mut res = Response::new(empty_body());
+        let h = res.headers_mut();
+        if let Ok(etag) = HeaderValue::from_str(&v.etag) {
+            h.insert(header::ETAG, etag);
+        }
+        if let Some(lm) = v.last_modified {
+            if let Ok(lm) = HeaderValue::from_str(&httpdate::fmt_http_date(lm)) {
+                h.insert(header::LAST_MODIFIED, lm);
+            }
+        }
+        if let Some(cc) = &self.cache_control {
+            h.insert(header::CACHE_CONTROL, cc.clone());
+        }
+        let (start, len) = match decision {
+            Decision::NotModified => {
+                *res.status_mut() = StatusCode::NOT_MODIFIED;
+                return res;
+            }
+            Decision::PreconditionFailed => {
+                return plain_response(StatusCode::PRECONDITION_FAILED, "precondition failed");
+            }
+            Decision::Unsatisfiable => {
+                let mut res =
+                    plain_response(StatusCode::RANGE_NOT_SATISFIABLE, "range not satisfiable");
+                let h = res.headers_mut();
+                h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+                h.insert(
+                    header::CONTENT_RANGE,
+                    header_value(format!("bytes */{}", v.len)),
+                );
+                return res;
+            }
+            Decision::Full => (0, v.len),
+            Decision::Partial { start, end } => {
+                *res.status_mut() = StatusCode::PARTIAL_CONTENT;
+                let range = format!("bytes {start}-{end}/{}", v.len);
+                res.headers_mut()
+                    .insert(header::CONTENT_RANGE, header_value(range));
+                (start, end - start + 1)
+            }
+        };
+        let h = res.headers_mut();
+        h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+        h.insert(header::CONTENT_TYPE, content_type(file.rel_path()));
+        h.insert(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        if method == Method::GET && len > 0 {
+            *res.body_mut() = body::file_body(file.into_file(), start, len);
+        }
+        res
     }
 }
 
@@ -19,11 +158,84 @@ impl Upstream for StaticFiles {
     fn kind(&self) -> &'static str {
         "static"
     }
+
     fn handle<'a>(
         &'a self,
-        _req: http::Request<RequestBody>,
+        req: Request<RequestBody>,
         _ctx: &'a RequestContext,
-    ) -> BoxFuture<'a, Result<http::Response<ResponseBody>, UpstreamError>> {
-        Box::pin(async { Err(UpstreamError::NotFound) })
+    ) -> BoxFuture<'a, Result<Response<ResponseBody>, UpstreamError>> {
+        Box::pin(self.serve(req))
     }
+}
+
+impl From<ResolveError> for UpstreamError {
+    fn from(e: ResolveError) -> Self {
+        match e {
+            ResolveError::BadRequest(why) => UpstreamError::BadRequest(why.to_owned()),
+            ResolveError::Forbidden(why) => UpstreamError::Forbidden(why.to_owned()),
+            ResolveError::NotFound => UpstreamError::NotFound,
+            ResolveError::Io(e) => UpstreamError::Io(e),
+        }
+    }
+}
+
+enum Found {
+    File(Box<OpenFile>),
+    /// A directory asked for without its trailing slash.
+    Redirect,
+}
+
+/// Blocking: path → open file, trying the index names for a directory.
+fn lookup(root: &DocRoot, path: &str, index: &[String]) -> Result<Found, ResolveError> {
+    match root.resolve(path)? {
+        Resolved::File(file) => Ok(Found::File(Box::new(file))),
+        Resolved::Dir(dir) if !dir.has_trailing_slash() => Ok(Found::Redirect),
+        Resolved::Dir(dir) => match root.open_index(&dir, index)? {
+            Some(file) => Ok(Found::File(Box::new(file))),
+            None => Err(ResolveError::Forbidden("directory has no index file")),
+        },
+    }
+}
+
+/// 301 to the same path with a trailing slash, query kept. Leading slashes
+/// are collapsed so `//evil.example/dir` cannot become a protocol-relative
+/// redirect off the site.
+fn redirect_to_slash(uri: &http::Uri) -> Response<ResponseBody> {
+    let mut location = format!("/{}/", uri.path().trim_start_matches('/'));
+    if let Some(q) = uri.query() {
+        location.push('?');
+        location.push_str(q);
+    }
+    let mut res = plain_response(StatusCode::MOVED_PERMANENTLY, "moved permanently");
+    res.headers_mut()
+        .insert(header::LOCATION, header_value(location));
+    res
+}
+
+/// Types a browser reads as text get `charset=utf-8`.
+fn content_type(rel: &str) -> HeaderValue {
+    let mime = mime_guess::from_path(rel)
+        .first_raw()
+        .unwrap_or("application/octet-stream");
+    let texty = mime.starts_with("text/")
+        || matches!(
+            mime,
+            "application/javascript" | "application/json" | "application/xml" | "image/svg+xml"
+        );
+    if texty {
+        header_value(format!("{mime}; charset=utf-8"))
+    } else {
+        HeaderValue::from_static(mime)
+    }
+}
+
+fn cache_control(max_age: Duration) -> HeaderValue {
+    header_value(format!("max-age={}", max_age.as_secs()))
+}
+
+/// Values built here from a request URI's path and query or from numbers
+/// are always valid header values; should one not be, an empty value is
+/// sent rather than a panic.
+fn header_value(s: String) -> HeaderValue {
+    HeaderValue::try_from(s).unwrap_or_else(|_| HeaderValue::from_static(""))
 }

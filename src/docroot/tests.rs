@@ -1,0 +1,266 @@
+//! Decoding rules as a table, and the resolver against real files.
+
+use std::fs;
+use std::os::unix::fs::symlink;
+
+use super::*;
+
+#[derive(Debug)]
+enum Want {
+    /// Decodes to this relative path (trailing slash flag).
+    Ok(&'static str, bool),
+    Forbidden,
+    NotFound,
+    BadRequest,
+}
+
+fn check(raw: &str, want: Want) {
+    let got = decode(raw);
+    let ok = match (&got, &want) {
+        (Ok(rel), Want::Ok(path, slash)) => rel.as_str() == *path && rel.trailing_slash() == *slash,
+        (Err(ResolveError::Forbidden(_)), Want::Forbidden) => true,
+        (Err(ResolveError::NotFound), Want::NotFound) => true,
+        (Err(ResolveError::BadRequest(_)), Want::BadRequest) => true,
+        _ => false,
+    };
+    assert!(ok, "decode({raw:?}) = {got:?}, want {want:?}");
+}
+
+#[test]
+fn decoding_table() {
+    use Want::*;
+    let cases = [
+        ("/", Ok("", true)),
+        ("/index.html", Ok("index.html", false)),
+        ("/a/b/", Ok("a/b", true)),
+        ("//a///b", Ok("a/b", false)),
+        ("/hello%20world.txt", Ok("hello world.txt", false)),
+        ("/caf%C3%A9", Ok("café", false)),
+        ("/%zz", Ok("%zz", false)),
+        // Double-encoded: decoded once only, to a literal (nonexistent) name.
+        ("/%252e%252e/etc/passwd", Ok("%2e%2e/etc/passwd", false)),
+        ("/a%252fb", Ok("a%2fb", false)),
+        // Traversal, raw and encoded, any case.
+        ("/../etc/passwd", Forbidden),
+        ("/a/../../etc/passwd", Forbidden),
+        ("/%2e%2e/%2e%2e/etc/passwd", Forbidden),
+        ("/%2E%2e/x", Forbidden),
+        ("/.%2e/x", Forbidden),
+        ("/a/..", Forbidden),
+        ("/./x", Forbidden),
+        ("/%2e/x", Forbidden),
+        ("/a/.", Forbidden),
+        // Encoded slashes are refused, not interpreted.
+        ("/a/%2f..%2f..%2fetc/passwd", Forbidden),
+        ("/a%2Fb", Forbidden),
+        // Backslashes, raw or encoded.
+        ("/..\\..\\etc\\passwd", Forbidden),
+        ("/%5c..%5cetc", Forbidden),
+        ("/a\\b", Forbidden),
+        // NUL.
+        ("/a%00.txt", Forbidden),
+        ("/%00", Forbidden),
+        // Dotfiles are not found; a traversal after one is still forbidden.
+        ("/.env", NotFound),
+        ("/.git/config", NotFound),
+        ("/sub/.htaccess", NotFound),
+        ("/%2egit/config", NotFound),
+        ("/...", NotFound),
+        ("/.git/../x", Forbidden),
+        // .well-known is served, but only at the top and not its dotfiles.
+        (
+            "/.well-known/acme-challenge/tok",
+            Ok(".well-known/acme-challenge/tok", false),
+        ),
+        ("/.well-known/", Ok(".well-known", true)),
+        ("/a/.well-known/x", NotFound),
+        ("/.well-known/.secret", NotFound),
+        // Malformed.
+        ("", BadRequest),
+        ("*", BadRequest),
+        ("a/b", BadRequest),
+        ("/%ff%fe", BadRequest),
+    ];
+    for (raw, want) in cases {
+        check(raw, want);
+    }
+}
+
+#[test]
+fn check_relative_applies_the_same_rules() {
+    assert_eq!(check_relative("index.php").unwrap().as_str(), "index.php");
+    assert_eq!(
+        check_relative("/sub/app.php").unwrap().as_str(),
+        "sub/app.php"
+    );
+    assert!(matches!(
+        check_relative("../x.php"),
+        Err(ResolveError::Forbidden(_))
+    ));
+    assert!(matches!(
+        check_relative("a/.hidden.php"),
+        Err(ResolveError::NotFound)
+    ));
+    assert!(matches!(
+        check_relative("a\0.php"),
+        Err(ResolveError::Forbidden(_))
+    ));
+    // Already decoded: a `%` is a literal character.
+    assert_eq!(check_relative("%2e%2e/x").unwrap().as_str(), "%2e%2e/x");
+}
+
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    outside: PathBuf,
+}
+
+fn fixture() -> Fixture {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("site");
+    let outside = tmp.path().join("other-site");
+    fs::create_dir_all(root.join("dir/sub")).unwrap();
+    fs::create_dir_all(outside.join("private")).unwrap();
+    fs::write(root.join("a.txt"), "inside").unwrap();
+    fs::write(root.join("dir/index.html"), "<p>index</p>").unwrap();
+    fs::write(outside.join("secret.txt"), "SECRET").unwrap();
+    fs::write(outside.join("private/key.txt"), "SECRET").unwrap();
+    symlink(outside.join("secret.txt"), root.join("escape.txt")).unwrap();
+    symlink(outside.join("private"), root.join("escape-dir")).unwrap();
+    symlink("../../a.txt", root.join("dir/sub/up.txt")).unwrap();
+    symlink(
+        "../../../other-site/secret.txt",
+        root.join("dir/sub/rel-escape.txt"),
+    )
+    .unwrap();
+    symlink("/proc/self/root/etc/passwd", root.join("magic")).unwrap();
+    Fixture {
+        _tmp: tmp,
+        root,
+        outside,
+    }
+}
+
+fn read(f: OpenFile) -> String {
+    fs::read_to_string(format!("/proc/self/fd/{}", {
+        use std::os::fd::AsRawFd;
+        f.file().as_raw_fd()
+    }))
+    .unwrap()
+}
+
+#[test]
+fn resolves_files_and_directories() {
+    let fx = fixture();
+    let root = DocRoot::open(&fx.root).unwrap();
+    match root.resolve("/a.txt").unwrap() {
+        Resolved::File(f) => {
+            assert_eq!(f.rel_path(), "a.txt");
+            assert_eq!(f.path(), fx.root.join("a.txt"));
+            assert_eq!(read(f), "inside");
+        }
+        other => panic!("{other:?}"),
+    }
+    match root.resolve("/dir").unwrap() {
+        Resolved::Dir(d) => {
+            assert!(!d.has_trailing_slash());
+            let idx = root
+                .open_index(&d, &["index.htm".into(), "index.html".into()])
+                .unwrap()
+                .unwrap();
+            assert_eq!(idx.rel_path(), "dir/index.html");
+        }
+        other => panic!("{other:?}"),
+    }
+    match root.resolve("/").unwrap() {
+        Resolved::Dir(d) => {
+            assert!(d.has_trailing_slash());
+            assert!(root
+                .open_index(&d, &["index.html".into()])
+                .unwrap()
+                .is_none());
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        root.resolve("/a.txt/"),
+        Err(ResolveError::NotFound)
+    ));
+    assert!(matches!(
+        root.resolve("/missing"),
+        Err(ResolveError::NotFound)
+    ));
+    assert!(matches!(
+        root.resolve("/a.txt/x"),
+        Err(ResolveError::NotFound)
+    ));
+}
+
+#[test]
+fn symlinks_may_not_leave_the_root() {
+    let fx = fixture();
+    let root = DocRoot::open(&fx.root).unwrap();
+    for path in [
+        "/escape.txt",
+        "/escape-dir/key.txt",
+        "/dir/sub/rel-escape.txt",
+        "/magic",
+    ] {
+        match root.resolve(path) {
+            Err(ResolveError::Forbidden(_)) => {}
+            other => panic!("{path}: {other:?}"),
+        }
+    }
+    match root.resolve("/dir/sub/up.txt").unwrap() {
+        Resolved::File(f) => assert_eq!(read(f), "inside"),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        root.resolve_relative("escape.txt"),
+        Err(ResolveError::Forbidden(_))
+    ));
+    assert!(fx.outside.join("secret.txt").exists());
+}
+
+#[test]
+fn special_files_are_refused_without_blocking() {
+    let fx = fixture();
+    nix::unistd::mkfifo(
+        &fx.root.join("fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o644),
+    )
+    .unwrap();
+    let root = DocRoot::open(&fx.root).unwrap();
+    assert!(matches!(
+        root.resolve("/fifo"),
+        Err(ResolveError::Forbidden(_))
+    ));
+    let sock = std::os::unix::net::UnixListener::bind(fx.root.join("sock")).unwrap();
+    assert!(matches!(
+        root.resolve("/sock"),
+        Err(ResolveError::Forbidden(_))
+    ));
+    drop(sock);
+}
+
+#[test]
+fn resolve_relative_gives_the_script_path() {
+    let fx = fixture();
+    let root = DocRoot::open(&fx.root).unwrap();
+    let f = root.resolve_relative("dir/index.html").unwrap();
+    assert_eq!(f.path(), fx.root.join("dir/index.html"));
+    assert!(f.metadata().is_file());
+    assert!(matches!(
+        root.resolve_relative("dir"),
+        Err(ResolveError::NotFound)
+    ));
+}
+
+#[test]
+fn open_fails_for_a_missing_root() {
+    let err = DocRoot::open(Path::new("/nonexistent/polyhost-root")).unwrap_err();
+    assert!(
+        err.to_string().contains("/nonexistent/polyhost-root"),
+        "{err}"
+    );
+}
