@@ -1,0 +1,125 @@
+//! End to end: the real `polyhost` binary, started on an ephemeral port,
+//! serving two sites on different host names, refusing traversal over a real
+//! socket, and stopping gracefully on SIGTERM with a request in flight.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{get, raw, raw_status, Binary, TestConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[tokio::test]
+async fn real_binary_serves_two_sites_by_host_name() {
+    let cfg = TestConfig::new();
+    cfg.static_site("alpha", &["alpha.test"], "");
+    cfg.static_site("beta", &["beta.test", "*.beta.test"], "");
+    cfg.write("www/alpha/secret/.env", "TOKEN=alpha-secret");
+    cfg.write("www/beta/private.txt", "beta-private");
+    let bin = Binary::start(&cfg.main(), &[]).await;
+
+    let a = get(bin.addr, "alpha.test", "/").await;
+    assert_eq!(
+        (a.status, a.text().trim()),
+        (200, "site alpha"),
+        "{}",
+        bin.log()
+    );
+    let b = get(bin.addr, "www.beta.test", "/").await;
+    assert_eq!((b.status, b.text().trim()), (200, "site beta"));
+    assert_eq!(get(bin.addr, "gamma.test", "/").await.status, 421);
+
+    // Traversal over a real socket: alpha cannot reach beta's files, nor dotfiles.
+    for target in [
+        "/../beta/private.txt",
+        "/%2e%2e/beta/private.txt",
+        "/..%2fbeta%2fprivate.txt",
+        "/secret/.env",
+    ] {
+        let req = format!("GET {target} HTTP/1.1\r\nHost: alpha.test\r\nConnection: close\r\n\r\n");
+        let reply = raw(bin.addr, req.as_bytes()).await;
+        let status = raw_status(&reply);
+        assert!(matches!(status, 400 | 403 | 404), "{target}: {reply}");
+        assert!(
+            !reply.contains("beta-private") && !reply.contains("alpha-secret"),
+            "{target}: {reply}"
+        );
+    }
+
+    let status = bin.terminate().await;
+    assert!(status.success(), "exit status {status:?}");
+    let access = std::fs::read_to_string(cfg.path().join("log/alpha.access.log")).unwrap();
+    assert!(access.contains("\"GET / HTTP/1.1\" 200 11"), "{access}");
+}
+
+#[tokio::test]
+async fn sigterm_lets_an_in_flight_download_finish_then_exits_zero() {
+    let cfg = TestConfig::new();
+    cfg.static_site("big", &["big.test"], "");
+    let file = std::fs::File::create(cfg.path().join("www/big/big.bin")).unwrap();
+    let size: u64 = 64 << 20;
+    file.set_len(size).unwrap();
+    let bin = Binary::start(&cfg.main(), &[]).await;
+
+    let mut s = tokio::net::TcpStream::connect(bin.addr).await.unwrap();
+    s.write_all(b"GET /big.bin HTTP/1.1\r\nHost: big.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 64 << 10];
+    let first = s.read(&mut buf).await.unwrap();
+    assert!(first > 0);
+    let head_end = buf[..first]
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("head in first read")
+        + 4;
+    let mut body = (first - head_end) as u64;
+
+    // Stop while the download is in flight, then read the rest slowly.
+    let terminate = tokio::spawn(bin.terminate());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A new connection is refused once the listener is closed.
+    assert!(
+        common::eventually(Duration::from_secs(5), || async {
+            tokio::net::TcpStream::connect(s.peer_addr().unwrap())
+                .await
+                .is_err()
+        })
+        .await
+    );
+    loop {
+        let n = s.read(&mut buf).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        body += n as u64;
+        if body >= size {
+            break;
+        }
+    }
+    assert_eq!(body, size, "the in-flight download completed");
+    let status = terminate.await.unwrap();
+    assert!(status.success(), "exit status {status:?}");
+}
+
+#[tokio::test]
+async fn invalid_configuration_refuses_to_start_with_file_and_key() {
+    let cfg = TestConfig::new();
+    cfg.write(
+        "vhosts/bad.toml",
+        "hosts = [\"bad.test\"]\nroot = \"www\"\n[limits]\nbody = \"huge\"\n",
+    );
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_polyhost"))
+        .arg("serve")
+        .arg("--config")
+        .arg(cfg.main())
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("vhosts/bad.toml: limits.body: \"huge\" is not a size"),
+        "{stderr}"
+    );
+}
