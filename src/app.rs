@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, ConfigErrors};
 use crate::router::{self, RoutingTable};
 use crate::sites;
+use crate::supervisor::Supervisor;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -54,18 +55,22 @@ pub async fn serve(
             source,
         })?;
     }
+    let supervisor = Supervisor::new(&config.server);
     let mut errors = ConfigErrors::default();
-    let mut routes = Vec::new();
+    let mut built = Vec::new();
     for site in config.sites.values() {
-        match sites::build_site(site, &config.server.log_dir) {
-            Ok(route) => routes.push(Arc::new(route)),
+        match sites::build_site(site, &config.server.log_dir, &supervisor, 1) {
+            Ok(s) => built.push(s),
             Err(e) => errors.0.extend(e.0),
         }
     }
     if !errors.is_empty() {
+        stop_sites(&built, &supervisor).await;
         return Err(errors.into());
     }
-    let table = Arc::new(ArcSwap::from_pointee(RoutingTable::new(routes)));
+    let table = Arc::new(ArcSwap::from_pointee(RoutingTable::new(
+        built.iter().map(|s| s.route.clone()),
+    )));
     for l in &listeners {
         if let Ok(addr) = l.local_addr() {
             tracing::info!(%addr, "listening");
@@ -73,6 +78,13 @@ pub async fn serve(
     }
     tracing::info!(sites = config.sites.len(), "serving");
     router::server::serve(listeners, table, shutdown, config.server.shutdown_timeout).await;
+    stop_sites(&built, &supervisor).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Stops every site's processes (in parallel) and removes polyhost's cgroups.
+async fn stop_sites(sites: &[sites::Site], supervisor: &Supervisor) {
+    futures_util::future::join_all(sites.iter().map(|s| s.stop(supervisor))).await;
+    supervisor.shutdown();
 }

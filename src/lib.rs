@@ -24,6 +24,7 @@ pub mod config;
 pub mod docroot;
 pub mod isolation;
 pub mod router;
+pub mod runtime;
 pub mod sites;
 pub mod supervisor;
 pub mod upstream;

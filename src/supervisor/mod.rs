@@ -65,7 +65,9 @@ impl Supervisor {
         if let Err(e) = isolation::set_child_subreaper() {
             tracing::warn!(error = %e, "cannot become a child subreaper; orphaned site processes go to init");
         }
-        let cgroups = CgroupRoot::detect("polyhost");
+        let state_dir =
+            std::fs::canonicalize(&server.state_dir).unwrap_or_else(|_| server.state_dir.clone());
+        let cgroups = CgroupRoot::detect(&cgroup_parent_name(&state_dir));
         tracing::info!(cgroups = %cgroups.describe(), "resource limits");
         match cgroups.cleanup_stale(&[]) {
             Ok(removed) if !removed.is_empty() => {
@@ -151,6 +153,15 @@ impl Supervisor {
         })
     }
 
+    /// Removes polyhost's cgroups once every site has stopped.
+    pub fn shutdown(&self) {
+        if self.cgroups.is_available() {
+            if let Err(e) = self.cgroups.remove_all() {
+                tracing::warn!(error = %e, "cannot remove polyhost's cgroups");
+            }
+        }
+    }
+
     /// Removes a site's cgroup after its groups stopped.
     pub fn remove_site(&self, ctx: &SiteContext) {
         if let Some(cg) = &ctx.cgroup {
@@ -159,6 +170,18 @@ impl Supervisor {
             }
         }
     }
+}
+
+/// The parent cgroup of this polyhost's sites: `polyhost-<hash of state_dir>`,
+/// so that two polyhost instances (each has its own state_dir) never clean up
+/// each other's sites, while a restart of the same instance finds what its
+/// predecessor left. FNV-1a by hand: stable across Rust versions, 6 lines.
+pub fn cgroup_parent_name(state_dir: &Path) -> String {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in state_dir.as_os_str().as_encoded_bytes() {
+        h = (h ^ u32::from(*b)).wrapping_mul(0x0100_0193);
+    }
+    format!("polyhost-{h:08x}")
 }
 
 /// Who a site runs as: its `user`, else `default_user`; when polyhost is not

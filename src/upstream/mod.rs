@@ -155,4 +155,6 @@ pub fn plain_response(status: StatusCode, text: &str) -> Response<ResponseBody> 
         .body(full_body(body))
         .expect("static headers are valid")
 }
+pub mod python;
+pub mod spool;
 pub mod static_files;

@@ -1,0 +1,104 @@
+//! The `polyhost-python` launcher: the command line, environment and
+//! lifecycle of a Python site's worker processes (see
+//! `runtimes/python/README.md` for the worker's side).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::config::{PythonConfig, SiteConfig};
+use crate::supervisor::{Command, Launcher, Lifecycle};
+
+pub struct PythonLauncher {
+    site: String,
+    config: PythonConfig,
+    worker: PathBuf,
+    cwd: PathBuf,
+    env: Vec<(String, String)>,
+}
+
+impl PythonLauncher {
+    pub fn new(site: &SiteConfig, config: &PythonConfig, home: Option<&Path>) -> Self {
+        let mut env: Vec<(String, String)> = vec![
+            ("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()),
+            ("LANG".into(), "C.UTF-8".into()),
+            ("PYTHONUNBUFFERED".into(), "1".into()),
+        ];
+        if let Some(home) = home {
+            env.push(("HOME".into(), home.display().to_string()));
+        }
+        for (k, v) in site.env.iter().chain(config.env.iter()) {
+            env.retain(|(ek, _)| ek != k);
+            env.push((k.clone(), v.clone()));
+        }
+        PythonLauncher {
+            site: site.name.to_string(),
+            worker: config.worker.clone().unwrap_or_else(default_worker),
+            cwd: site
+                .root
+                .clone()
+                .or_else(|| config.path.first().cloned())
+                .unwrap_or_else(|| PathBuf::from("/")),
+            config: config.clone(),
+            env,
+        }
+    }
+
+    pub fn worker(&self) -> &Path {
+        &self.worker
+    }
+}
+
+/// `polyhost-python` next to the running `polyhost` binary.
+pub fn default_worker() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|d| d.join("polyhost-python")))
+        .unwrap_or_else(|| PathBuf::from("/usr/local/bin/polyhost-python"))
+}
+
+impl Launcher for PythonLauncher {
+    fn runtime(&self) -> &'static str {
+        "python"
+    }
+
+    fn lifecycle(&self) -> Lifecycle {
+        Lifecycle {
+            processes: self.config.processes as usize,
+            startup_timeout: self.config.startup_timeout,
+            idle_timeout: self.config.idle_timeout,
+            max_requests: self.config.max_requests,
+            memory_per_process: self.config.memory_per_process,
+            drain_timeout: self.config.request_timeout + Duration::from_secs(1),
+            eager: false,
+        }
+    }
+
+    fn command(&self, socket: &Path) -> Command {
+        let mut args = vec![
+            "--socket".to_owned(),
+            socket.display().to_string(),
+            "--app".to_owned(),
+            format!("{}:{}", self.config.module, self.config.callable),
+            "--threads".to_owned(),
+            self.config.threads.to_string(),
+            "--site".to_owned(),
+            self.site.clone(),
+            "--processes-hint".to_owned(),
+            self.config.processes.to_string(),
+        ];
+        for p in &self.config.path {
+            args.push("--path".into());
+            args.push(p.display().to_string());
+        }
+        if let Some(home) = &self.config.home {
+            args.push("--home".into());
+            args.push(home.display().to_string());
+        }
+        Command {
+            program: self.worker.clone(),
+            args,
+            env: self.env.clone(),
+            cwd: self.cwd.clone(),
+        }
+    }
+}
