@@ -264,12 +264,7 @@ impl State {
     fn send_head(&mut self, mut p: Pending, body: WorkerBody) -> PyResult<()> {
         self.sent = true;
         let body = match body {
-            WorkerBody::Full(Some(b)) if self.head_request => {
-                if !p.headers.contains_key(CONTENT_LENGTH) {
-                    p.headers.insert(CONTENT_LENGTH, HeaderValue::from(b.len()));
-                }
-                WorkerBody::Empty
-            }
+            WorkerBody::Full(Some(b)) => WorkerBody::Full(Some(fit_length(&mut p.headers, b)?)),
             b => b,
         };
         let head = Head {
@@ -286,6 +281,27 @@ impl State {
                 Err(ClientDisconnected::new_err("the client went away"))
             }
         }
+    }
+}
+
+/// Makes a whole body and the app's Content-Length agree (hyper frames the
+/// response by the body's length): a longer body is cut to the header, a
+/// shorter one is an error of the app.
+fn fit_length(headers: &mut HeaderMap, body: Bytes) -> PyResult<Bytes> {
+    let Some(value) = headers.get(CONTENT_LENGTH) else {
+        return Ok(body);
+    };
+    let declared = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok());
+    match declared {
+        Some(n) if n == body.len() => Ok(body),
+        Some(n) if n < body.len() => Ok(body.slice(..n)),
+        _ => Err(PyValueError::new_err(format!(
+            "Content-Length is {value:?} but the body has {} bytes",
+            body.len()
+        ))),
     }
 }
 
