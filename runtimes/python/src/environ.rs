@@ -116,7 +116,8 @@ pub fn build<'py>(
     let path = parts.uri.path();
     let script_name = header(parts, H_SCRIPT_NAME).unwrap_or(b"");
     let script_name = script_name.strip_suffix(b"/").unwrap_or(script_name);
-    let decoded = percent_encoding::percent_decode(path.as_bytes()).collect::<Vec<u8>>();
+    let decoded: std::borrow::Cow<'_, [u8]> =
+        percent_encoding::percent_decode(path.as_bytes()).into();
     if !script_name.is_empty() {
         env.set_item(intern!(py, "SCRIPT_NAME"), latin1(py, script_name))?;
     }

@@ -39,6 +39,9 @@ pub fn initialize(home: Option<&Path>, paths: &[PathBuf]) -> Result<(), StartErr
         let mut config = config.assume_init();
         config.install_signal_handlers = 0;
         config.parse_argv = 0;
+        // print() from the app lands in the error log at once, and nothing is
+        // lost when the worker exits without finalising Python.
+        config.buffered_stdio = 0;
         let status =
             ffi::PyConfig_SetBytesString(&mut config, &mut config.executable, exe_c.as_ptr());
         if ffi::PyStatus_Exception(status) != 0 {
