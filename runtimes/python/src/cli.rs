@@ -1,0 +1,170 @@
+//! Command-line interface: the flags the supervisor passes, parsed and checked
+//! into a [`Config`]. Nothing else in the crate looks at `argv`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// `polyhost-python`: the polyhost worker that embeds CPython and serves one WSGI app.
+#[derive(Debug, Parser)]
+#[command(name = "polyhost-python", version, about)]
+pub struct Args {
+    /// Unix socket to listen on (a stale socket file there is replaced).
+    #[arg(long, value_name = "PATH", required_unless_present = "check")]
+    pub socket: Option<PathBuf>,
+
+    /// The WSGI application, as `package.module:callable` (callable defaults to `application`).
+    #[arg(long, value_name = "MODULE[:CALLABLE]")]
+    pub app: String,
+
+    /// Directory prepended to `sys.path` (repeatable; kept in the given order).
+    #[arg(long = "path", value_name = "DIR")]
+    pub paths: Vec<PathBuf>,
+
+    /// A virtualenv made by the same interpreter the worker links against.
+    #[arg(long, value_name = "VENV_DIR")]
+    pub home: Option<PathBuf>,
+
+    /// Python threads serving requests.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub threads: u16,
+
+    /// The site's name (used in log lines only).
+    #[arg(long, value_name = "NAME")]
+    pub site: Option<String>,
+
+    /// How many workers the supervisor runs for this site (sets `wsgi.multiprocess`).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub processes_hint: u32,
+
+    /// Seconds to let in-flight requests finish after SIGTERM/SIGINT.
+    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    pub graceful_timeout: u64,
+
+    /// Import the app and exit: 0 if it imports, 3 (with the traceback) if not.
+    #[arg(long)]
+    pub check: bool,
+}
+
+/// Which callable to serve: `module` is imported, `attr` is a dotted path inside it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppSpec {
+    pub module: String,
+    pub attr: String,
+}
+
+impl AppSpec {
+    /// Parses `package.module[:callable]`; the callable defaults to `application`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (module, attr) = match s.split_once(':') {
+            Some((m, a)) => (m.trim(), a.trim()),
+            None => (s.trim(), "application"),
+        };
+        let valid = |p: &str| {
+            !p.is_empty()
+                && p.split('.').all(|part| {
+                    !part.is_empty()
+                        && !part.starts_with(|c: char| c.is_ascii_digit())
+                        && part.chars().all(|c| c == '_' || c.is_alphanumeric())
+                })
+        };
+        if !valid(module) {
+            return Err(format!(
+                "--app {s:?}: expected `package.module:callable`, the module part {module:?} is not a dotted Python name"
+            ));
+        }
+        if !valid(attr) {
+            return Err(format!(
+                "--app {s:?}: expected `package.module:callable`, the callable part {attr:?} is not a Python name"
+            ));
+        }
+        Ok(Self {
+            module: module.to_owned(),
+            attr: attr.to_owned(),
+        })
+    }
+}
+
+/// Validated settings for one worker process.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub socket: Option<PathBuf>,
+    pub app: AppSpec,
+    pub paths: Vec<PathBuf>,
+    pub home: Option<PathBuf>,
+    pub threads: usize,
+    pub site: Option<String>,
+    pub multiprocess: bool,
+    pub graceful_timeout: Duration,
+    pub check: bool,
+}
+
+impl TryFrom<Args> for Config {
+    type Error = String;
+
+    fn try_from(a: Args) -> Result<Self, String> {
+        Ok(Self {
+            socket: a.socket,
+            app: AppSpec::parse(&a.app)?,
+            paths: a.paths,
+            home: a.home,
+            threads: usize::from(a.threads),
+            site: a.site,
+            multiprocess: a.processes_hint > 1,
+            graceful_timeout: Duration::from_secs(a.graceful_timeout),
+            check: a.check,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn app_spec() {
+        let check = |s: &str, want: Option<(&str, &str)>| {
+            let got = AppSpec::parse(s).ok();
+            let want = want.map(|(m, a)| AppSpec {
+                module: m.into(),
+                attr: a.into(),
+            });
+            assert_eq!(got, want, "{s}");
+        };
+        check("pkg.mod:app", Some(("pkg.mod", "app")));
+        check("pkg.mod", Some(("pkg.mod", "application")));
+        check("mod:obj.wsgi", Some(("mod", "obj.wsgi")));
+        check("", None);
+        check("a..b:app", None);
+        check("a:", None);
+        check("1a:app", None);
+        check("a-b:app", None);
+    }
+
+    #[test]
+    fn cli_parses() {
+        let a = Args::try_parse_from([
+            "polyhost-python",
+            "--socket",
+            "/tmp/s",
+            "--app",
+            "m",
+            "--path",
+            "/a",
+            "--path",
+            "/b",
+            "--threads",
+            "2",
+            "--processes-hint",
+            "3",
+        ])
+        .unwrap();
+        let c = Config::try_from(a).unwrap();
+        assert_eq!(c.paths, vec![PathBuf::from("/a"), PathBuf::from("/b")]);
+        assert_eq!(c.threads, 2);
+        assert!(c.multiprocess);
+        assert!(Args::try_parse_from(["polyhost-python", "--app", "m"]).is_err());
+        assert!(Args::try_parse_from(["polyhost-python", "--check", "--app", "m"]).is_ok());
+    }
+}

@@ -1,0 +1,126 @@
+"""Unvalidated WSGI test app: environ dump, faults, slow paths, fast file path."""
+import json
+import os
+import time
+
+HEADERS = [("Content-Type", "text/plain")]
+MARKER_DIR = os.environ.get("MARKER_DIR", "/tmp")
+
+
+def env(environ, start_response):
+    start_response("200 OK", [("Content-Type", "application/json")])
+    data = {k: v for k, v in environ.items() if isinstance(v, (str, bool, int))}
+    data["wsgi.version"] = list(environ["wsgi.version"])
+    return [json.dumps(data).encode()]
+
+
+def error(environ, start_response):
+    raise RuntimeError("boom-before-start")
+
+
+def bad_status(environ, start_response):
+    start_response("twohundred", HEADERS)
+    return [b"never"]
+
+
+def non_bytes(environ, start_response):
+    start_response("200 OK", HEADERS)
+    return ["a str, not bytes"]
+
+
+def bad_header(environ, start_response):
+    start_response("200 OK", [("X-Euro", "\u20ac")])
+    return [b"never"]
+
+
+def second_call(environ, start_response):
+    start_response("200 OK", HEADERS)
+    start_response("200 OK", HEADERS)
+    return [b"never"]
+
+
+def midstream(environ, start_response):
+    start_response("200 OK", HEADERS)
+
+    def gen():
+        yield b"first chunk"
+        raise RuntimeError("boom-midstream")
+
+    return gen()
+
+
+def sleep(environ, start_response):
+    open(os.path.join(MARKER_DIR, "started"), "w").close()
+    time.sleep(float(environ["QUERY_STRING"] or "1"))
+    start_response("200 OK", HEADERS)
+    return [b"slept"]
+
+
+class SlowStream:
+    def __init__(self):
+        self.i = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        self.i += 1
+        if self.i > 2000:
+            raise StopIteration
+        if self.i > 1:
+            time.sleep(0.01)
+        return b"x" * 1024
+
+    def close(self):
+        with open(os.path.join(MARKER_DIR, "closed"), "w") as f:
+            f.write(str(self.i))
+
+
+def slowstream(environ, start_response):
+    start_response("200 OK", HEADERS)
+    return SlowStream()
+
+
+def fastfile(environ, start_response):
+    path = os.path.join(MARKER_DIR, "data.bin")
+    f = open(path, "rb")
+    skip = int(environ["QUERY_STRING"] or "0")
+    if skip:
+        f.read(skip)
+    start_response("200 OK", [("Content-Type", "application/octet-stream")])
+    return environ["wsgi.file_wrapper"](f)
+
+
+def head_gen(environ, start_response):
+    start_response("200 OK", HEADERS)
+    yield b"body that HEAD must not send"
+
+
+def echo(environ, start_response):
+    body = environ["wsgi.input"].read()
+    start_response("200 OK", HEADERS)
+    return [body]
+
+
+ROUTES = {
+    "/env": env,
+    "/error": error,
+    "/bad_status": bad_status,
+    "/non_bytes": non_bytes,
+    "/bad_header": bad_header,
+    "/second_call": second_call,
+    "/midstream": midstream,
+    "/sleep": sleep,
+    "/slowstream": slowstream,
+    "/fastfile": fastfile,
+    "/head_gen": head_gen,
+    "/echo": echo,
+}
+
+
+def application(environ, start_response):
+    route = ROUTES.get(environ["PATH_INFO"])
+    if route is None:
+        start_response("404 Not Found", HEADERS)
+        return [b"no route " + environ["PATH_INFO"].encode("latin-1")]
+    return route(environ, start_response)

@@ -1,0 +1,209 @@
+//! Test harness: starts the real `polyhost-python` binary on a temp socket,
+//! waits until the socket is connectable (retrying, never sleeping a fixed
+//! time), and speaks HTTP/1.1 to it with hyper's client connection API.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use tokio::net::UnixStream;
+
+pub type ClientBody = BoxBody<Bytes, Infallible>;
+
+pub fn apps_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/apps")
+}
+
+pub fn full(b: impl Into<Bytes>) -> ClientBody {
+    Full::new(b.into()).boxed()
+}
+
+pub fn empty() -> ClientBody {
+    Empty::new().boxed()
+}
+
+/// A running worker; killed (and its stderr shown on failure) when dropped.
+pub struct Worker {
+    pub child: Child,
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub stderr_path: PathBuf,
+}
+
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+impl Worker {
+    /// Spawns the worker with `--socket` in a fresh temp dir and `--path tests/apps`.
+    pub fn spawn(app: &str, extra: &[&str]) -> Worker {
+        Self::spawn_in(tempfile::tempdir().unwrap(), app, extra)
+    }
+
+    /// Spawns with the socket at `dir/worker.sock`.
+    pub fn spawn_in(dir: tempfile::TempDir, app: &str, extra: &[&str]) -> Worker {
+        let socket = dir.path().join("worker.sock");
+        let stderr_path = dir.path().join("stderr.log");
+        let stderr = std::fs::File::create(&stderr_path).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_polyhost-python"))
+            .env_clear()
+            .env("MARKER_DIR", dir.path())
+            .current_dir(dir.path())
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--app")
+            .arg(app)
+            .arg("--path")
+            .arg(apps_dir())
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        Worker {
+            child,
+            dir,
+            socket,
+            stderr_path,
+        }
+    }
+
+    /// Spawns and waits until ready.
+    pub async fn start(app: &str, extra: &[&str]) -> Worker {
+        let mut w = Self::spawn(app, extra);
+        w.wait_ready().await;
+        w
+    }
+
+    pub async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if UnixStream::connect(&self.socket).await.is_ok() {
+                return;
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!(
+                    "worker exited with {status} before it was ready:\n{}",
+                    self.stderr()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "worker not ready after 30 s:\n{}",
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    pub fn marker(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Waits for the process to exit by itself.
+    pub async fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "worker did not exit:\n{}",
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn signal(&self, sig: i32) {
+        let pid = i32::try_from(self.child.id()).unwrap();
+        // SAFETY: sending a signal to our own child process.
+        assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
+    }
+
+    /// Opens a new HTTP/1.1 connection to the worker.
+    pub async fn connect(&self) -> SendRequest<ClientBody> {
+        let stream = UnixStream::connect(&self.socket).await.unwrap();
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        sender
+    }
+
+    /// One request on a new connection.
+    pub async fn send(&self, req: Request<ClientBody>) -> Reply {
+        let mut sender = self.connect().await;
+        send_on(&mut sender, req).await
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        self.send(request("GET", path).body(empty()).unwrap()).await
+    }
+
+    /// Fails if the error log shows a validator complaint or a traceback.
+    pub fn assert_clean_log(&self) {
+        let log = self.stderr();
+        for bad in [
+            "AssertionError",
+            "Warning",
+            "Traceback",
+            "Exception ignored",
+        ] {
+            assert!(!log.contains(bad), "stderr mentions {bad}:\n{log}");
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- worker stderr ---\n{}", self.stderr());
+        }
+    }
+}
+
+pub fn request(method: &str, path: &str) -> http::request::Builder {
+    Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "example.test")
+}
+
+pub async fn send_on(sender: &mut SendRequest<ClientBody>, req: Request<ClientBody>) -> Reply {
+    sender.ready().await.unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
