@@ -507,6 +507,10 @@ async fn dropping_a_site_process_kills_its_group_and_cgroup() {
     s.cgroup = Some(&site);
     let process = isolation::spawn(&s).unwrap();
     let escaped = read_pid_line(&log).await;
+    eventually("the grandchild has its own session", || {
+        session_of(escaped) == Some(escaped)
+    })
+    .await;
     drop(process);
     assert_eq!(site.procs().unwrap(), Vec::<i32>::new());
     assert!(!alive(escaped));
@@ -587,13 +591,21 @@ async fn v2_join_kill_and_remove_on_the_real_unified_hierarchy() {
     s.cgroup = Some(&site);
     let mut process = isolation::spawn(&s).unwrap();
     let escaped = read_pid_line(&log).await;
+    eventually("the grandchild has its own session", || {
+        session_of(escaped) == Some(escaped)
+    })
+    .await;
     eventually("both processes are in the v2 cgroup", || {
         let procs = site.procs().unwrap();
         procs.contains(&process.pid()) && procs.contains(&escaped)
     })
     .await;
     process.stop(Duration::from_millis(200)).await.unwrap();
-    assert!(!alive(escaped));
+    assert!(
+        !alive(escaped),
+        "{:?}",
+        std::fs::read_to_string(format!("/proc/{escaped}/stat"))
+    );
     site.remove().unwrap();
     for dir in site.dirs() {
         assert!(!dir.exists());

@@ -164,7 +164,11 @@ impl SiteProcess {
     /// Returns the leader's exit status.
     pub async fn stop(&mut self, grace: Duration) -> Result<ExitStatus, StopError> {
         let pid = self.pid;
+        // Members our group signals kill leave the cgroup at once; note them
+        // first so that those reparented to us are reaped too.
+        let mut known = BTreeSet::new();
         if self.status.is_none() {
+            self.note_members(&mut known);
             let _ = self.signal_group(Signal::SIGTERM);
             if let Ok(status) = tokio::time::timeout(grace, self.child.wait()).await {
                 let status = status.map_err(|source| StopError::Wait { pid, source })?;
@@ -172,11 +176,12 @@ impl SiteProcess {
             }
         }
         // Members that ignored SIGTERM, or outlived a leader that exited.
+        self.note_members(&mut known);
         let _ = self.signal_group(Signal::SIGKILL);
         if let Some(cgroup) = self.cgroup.clone() {
             tokio::task::spawn_blocking(move || {
-                let seen = cgroup.kill_all()?;
-                reap_adopted(&seen);
+                known.extend(cgroup.kill_all()?);
+                reap_adopted(&known.into_iter().collect::<Vec<_>>());
                 Ok::<_, CgroupError>(())
             })
             .await
@@ -198,6 +203,16 @@ impl SiteProcess {
         self.finished = true;
         Ok(status)
     }
+
+    /// Adds the processes now in our cgroup to `known`.
+    fn note_members(&self, known: &mut BTreeSet<i32>) {
+        if let Some(cgroup) = &self.cgroup {
+            match cgroup.procs() {
+                Ok(procs) => known.extend(procs),
+                Err(e) => tracing::warn!(pid = self.pid, error = %e, "cannot list the cgroup"),
+            }
+        }
+    }
 }
 
 impl Drop for SiteProcess {
@@ -207,12 +222,17 @@ impl Drop for SiteProcess {
         }
         // Once the leader was reaped its pgid may in theory be reused; without
         // a cgroup there is nothing safe left to kill then.
+        let mut known = BTreeSet::new();
         if self.status.is_none() {
+            self.note_members(&mut known);
             let _ = self.signal_group(Signal::SIGKILL);
         }
         if let Some(cgroup) = &self.cgroup {
             match cgroup.kill_all() {
-                Ok(seen) => reap_adopted(&seen),
+                Ok(seen) => {
+                    known.extend(seen);
+                    reap_adopted(&known.into_iter().collect::<Vec<_>>());
+                }
                 Err(e) => {
                     tracing::error!(pid = self.pid, error = %e, "could not kill a dropped site process's cgroup")
                 }
