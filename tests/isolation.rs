@@ -611,3 +611,116 @@ async fn v2_join_kill_and_remove_on_the_real_unified_hierarchy() {
         assert!(!dir.exists());
     }
 }
+
+#[tokio::test]
+async fn limits_are_written_to_the_detected_hierarchy() {
+    require_root();
+    let root = TestRoot::new();
+    let limits = Limits {
+        memory: Some(128 << 20),
+        processes: Some(33),
+        cpu: Some(0.5),
+    };
+    let site = root.0.site("limits", &limits).unwrap();
+    let read = |dir: &Path, file: &str| std::fs::read_to_string(dir.join(file)).unwrap();
+    match root.0.kind() {
+        CgroupKind::V1 { pids, cpu, .. } => {
+            let memory = site.dirs()[0];
+            assert_eq!(read(memory, "memory.limit_in_bytes").trim(), "134217728");
+            if memory.join("memory.memsw.limit_in_bytes").exists() {
+                assert_eq!(
+                    read(memory, "memory.memsw.limit_in_bytes").trim(),
+                    "134217728"
+                );
+            }
+            let pids = pids.as_ref().expect("pids hierarchy").join("limits");
+            assert_eq!(read(&pids, "pids.max").trim(), "33");
+            let cpu = cpu.as_ref().expect("cpu hierarchy").join("limits");
+            assert_eq!(read(&cpu, "cpu.cfs_quota_us").trim(), "50000");
+            assert_eq!(read(&cpu, "cpu.cfs_period_us").trim(), "100000");
+        }
+        CgroupKind::V2 { dir } => {
+            let dir = dir.join("limits");
+            assert_eq!(read(&dir, "memory.max").trim(), "134217728");
+            assert_eq!(read(&dir, "pids.max").trim(), "33");
+            assert_eq!(read(&dir, "cpu.max").trim(), "50000 100000");
+        }
+        CgroupKind::Unavailable { reason } => panic!("no cgroups: {reason}"),
+    }
+    let usage = site.usage().unwrap();
+    assert_eq!(usage.memory_limit, Some(128 << 20));
+    assert_eq!(usage.pids_current, Some(0));
+    assert_eq!(usage.oom_kills, 0);
+
+    // Reusing the cgroup with no limits lifts them.
+    let site = root.0.site("limits", &Limits::default()).unwrap();
+    assert_eq!(site.usage().unwrap().memory_limit, None);
+}
+
+#[tokio::test]
+async fn workers_in_sub_cgroups_stop_alone_and_count_for_the_site() {
+    require_root();
+    let user = TestUser::new();
+    let root = TestRoot::new();
+    let site = root
+        .0
+        .site(
+            "workers",
+            &Limits {
+                processes: Some(50),
+                ..Limits::default()
+            },
+        )
+        .unwrap();
+    let (w1, w2) = (site.child("w1").unwrap(), site.child("w2").unwrap());
+    assert_eq!(w1.name(), "workers/w1");
+    let dir = log_dir();
+    let start = |cg, log: &str| {
+        let mut s = spec(&user, &dir.path().join(log), "/bin/sleep", &["1000"]);
+        s.cgroup = Some(cg);
+        isolation::spawn(&s).unwrap()
+    };
+    let mut p1 = start(&w1, "1.log");
+    let mut p2 = start(&w2, "2.log");
+    assert_eq!(site.procs().unwrap().len(), 2);
+    assert_eq!(site.usage().unwrap().pids_current, Some(2));
+
+    p1.stop(Duration::from_millis(200)).await.unwrap();
+    assert_eq!(w1.procs().unwrap(), Vec::<i32>::new());
+    assert_eq!(w2.procs().unwrap(), vec![p2.pid()]);
+    assert!(alive(p2.pid()));
+    p2.stop(Duration::from_millis(200)).await.unwrap();
+    site.remove().unwrap();
+    for dir in w1.dirs().into_iter().chain(site.dirs()) {
+        assert!(!dir.exists(), "{}", dir.display());
+    }
+}
+
+#[tokio::test]
+async fn session_rss_measures_the_process_tree_for_the_fallback() {
+    require_root();
+    let user = TestUser::new();
+    let dir = log_dir();
+    let log = dir.path().join("log");
+    let mut process = isolation::spawn(&spec(
+        &user,
+        &log,
+        "/usr/bin/python3.11",
+        &[
+            "-c",
+            "import sys, time; x = b'a' * (64 << 20); print('ready', flush=True); time.sleep(1000)",
+        ],
+    ))
+    .unwrap();
+    eventually("the allocation is done", || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("ready")
+    })
+    .await;
+    let rss = process.session_rss();
+    assert!(rss >= 64 << 20, "rss = {rss}");
+    assert!(rss < 256 << 20, "rss = {rss}");
+    process.stop(Duration::from_millis(200)).await.unwrap();
+    assert_eq!(process.session_rss(), 0);
+}
