@@ -724,3 +724,48 @@ async fn session_rss_measures_the_process_tree_for_the_fallback() {
     process.stop(Duration::from_millis(200)).await.unwrap();
     assert_eq!(process.session_rss(), 0);
 }
+
+#[tokio::test]
+async fn child_gets_rlimits_no_new_privs_and_its_own_session() {
+    require_root();
+    let user = TestUser::new();
+    let dir = log_dir();
+    let log = dir.path().join("log");
+    let mut s = spec(
+        &user,
+        &log,
+        "/bin/sh",
+        &[
+            "-c",
+            "ulimit -n; ulimit -p; ulimit -c; grep -E '^(NoNewPrivs|CapEff)' /proc/self/status; \
+             cut -d' ' -f6 /proc/$$/stat; echo $$; pwd",
+        ],
+    );
+    s.rlimits = isolation::Rlimits {
+        nofile: 256,
+        nproc: Some(77),
+    };
+    s.cwd = PathBuf::from("/tmp");
+    let (status, out) = run(&s).await;
+    assert!(status.success(), "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[..3], ["256", "77", "0"], "{out}");
+    assert_eq!(lines[3], "CapEff:\t0000000000000000", "{out}");
+    assert_eq!(lines[4], "NoNewPrivs:\t1", "{out}");
+    assert_eq!(lines[5], lines[6], "session id = pid: {out}");
+    assert_eq!(lines[7], "/tmp");
+}
+
+#[tokio::test]
+async fn log_symlinks_are_not_followed() {
+    require_root();
+    let user = TestUser::new();
+    let dir = log_dir();
+    let target = dir.path().join("precious");
+    std::fs::write(&target, "keep me\n").unwrap();
+    let link = dir.path().join("site.log");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let err = isolation::spawn(&spec(&user, &link, "/bin/echo", &["pwned"])).unwrap_err();
+    assert!(matches!(err, SpawnError::Open { what: "log", .. }), "{err}");
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep me\n");
+}
