@@ -3,7 +3,7 @@
 //! Owns the resolution of user and group names into ids and the rule that a
 //! site never runs as root: a [`SiteIdentity`] can only be built by
 //! [`SiteIdentity::resolve`] or [`SiteIdentity::current`], and both refuse
-//! uid 0 and gid 0. [`crate::isolation::spawn`] relies on that invariant.
+//! uid 0 and gid 0. [`spawn()`](crate::isolation::spawn()) relies on that invariant.
 
 use std::path::PathBuf;
 

@@ -18,11 +18,11 @@
 //! A `waitpid(-1)` reaper would steal exit statuses from tokio (which waits
 //! for the children it spawned by pid) and from any helper run with
 //! `std::process::Command`. So:
-//! - children started by [`crate::isolation::spawn`] are in a registry and
+//! - children started by [`spawn()`](crate::isolation::spawn()) are in a registry and
 //!   are only ever waited for by tokio;
 //! - when a cgroup is killed ([`SiteProcess::stop`], drop, [`SiteCgroup::remove`]),
 //!   every pid seen in it that is not registered is waited for by pid once it
-//!   has become polyhost's child ([`reap_adopted`]): it was a site process,
+//!   has become polyhost's child (`reap_adopted`): it was a site process,
 //!   so it cannot be anybody else's helper;
 //! - orphans that exit on their own while their site runs are reaped by
 //!   [`reap_orphans`], which the supervisor calls periodically: it waits for
@@ -164,7 +164,11 @@ impl SiteProcess {
     /// Returns the leader's exit status.
     pub async fn stop(&mut self, grace: Duration) -> Result<ExitStatus, StopError> {
         let pid = self.pid;
+        // Members our group signals kill leave the cgroup at once; note them
+        // first so that those reparented to us are reaped too.
+        let mut known = BTreeSet::new();
         if self.status.is_none() {
+            self.note_members(&mut known);
             let _ = self.signal_group(Signal::SIGTERM);
             if let Ok(status) = tokio::time::timeout(grace, self.child.wait()).await {
                 let status = status.map_err(|source| StopError::Wait { pid, source })?;
@@ -172,11 +176,12 @@ impl SiteProcess {
             }
         }
         // Members that ignored SIGTERM, or outlived a leader that exited.
+        self.note_members(&mut known);
         let _ = self.signal_group(Signal::SIGKILL);
         if let Some(cgroup) = self.cgroup.clone() {
             tokio::task::spawn_blocking(move || {
-                let seen = cgroup.kill_all()?;
-                reap_adopted(&seen);
+                known.extend(cgroup.kill_all()?);
+                reap_adopted(&known.into_iter().collect::<Vec<_>>());
                 Ok::<_, CgroupError>(())
             })
             .await
@@ -198,6 +203,25 @@ impl SiteProcess {
         self.finished = true;
         Ok(status)
     }
+
+    /// Resident memory of the process's session in bytes: the sum of the RSS
+    /// of every process whose session is this one (a `setsid` escapee is not
+    /// counted). The memory measure of the no-cgroup fallback, to be polled by
+    /// the supervisor; shared pages are counted once per process, so it
+    /// over-counts forked children (php-fpm) rather than under-counts.
+    pub fn session_rss(&self) -> u64 {
+        session_rss(self.pid)
+    }
+
+    /// Adds the processes now in our cgroup to `known`.
+    fn note_members(&self, known: &mut BTreeSet<i32>) {
+        if let Some(cgroup) = &self.cgroup {
+            match cgroup.procs() {
+                Ok(procs) => known.extend(procs),
+                Err(e) => tracing::warn!(pid = self.pid, error = %e, "cannot list the cgroup"),
+            }
+        }
+    }
 }
 
 impl Drop for SiteProcess {
@@ -207,12 +231,17 @@ impl Drop for SiteProcess {
         }
         // Once the leader was reaped its pgid may in theory be reused; without
         // a cgroup there is nothing safe left to kill then.
+        let mut known = BTreeSet::new();
         if self.status.is_none() {
+            self.note_members(&mut known);
             let _ = self.signal_group(Signal::SIGKILL);
         }
         if let Some(cgroup) = &self.cgroup {
             match cgroup.kill_all() {
-                Ok(seen) => reap_adopted(&seen),
+                Ok(seen) => {
+                    known.extend(seen);
+                    reap_adopted(&known.into_iter().collect::<Vec<_>>());
+                }
                 Err(e) => {
                     tracing::error!(pid = self.pid, error = %e, "could not kill a dropped site process's cgroup")
                 }
@@ -252,6 +281,27 @@ fn proc_state(pid: i32) -> Option<(char, i32)> {
     let state = fields.next()?.chars().next()?;
     let ppid = fields.next()?.parse().ok()?;
     Some((state, ppid))
+}
+
+fn session_rss(sid: i32) -> u64 {
+    // SAFETY: sysconf with a constant name has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(0) as u64;
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let rest = &stat[stat.rfind(')')? + 1..];
+            // state ppid pgrp session ... rss is field 24 (the 22nd after the name).
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let session: i32 = fields.get(3)?.parse().ok()?;
+            (session == sid).then(|| fields.get(21)?.parse::<u64>().ok())?
+        })
+        .sum::<u64>()
+        * page
 }
 
 /// Waits (by pid, bounded) for killed site processes in `seen` that were

@@ -361,7 +361,7 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<SiteProcess, SpawnError> {
         cgroup_fds: cgroup_files.iter().map(|f| f.as_raw_fd()).collect(),
         report_fd: report_write.as_raw_fd(),
         switch,
-        nofile: spec.rlimits.nofile as libc::rlim_t,
+        nofile: nofile_within_hard_limit(spec.rlimits.nofile),
         nproc: spec.rlimits.nproc.map(|n| n as libc::rlim_t),
         cwd: CString::new(spec.cwd.as_os_str().as_bytes()).map_err(|_| SpawnError::Nul {
             what: "working directory",
@@ -417,14 +417,33 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<SiteProcess, SpawnError> {
     }
 }
 
+/// The child can only lower `RLIMIT_NOFILE` (it is set after the privilege
+/// drop): ask for at most what polyhost's hard limit allows.
+fn nofile_within_hard_limit(wanted: u64) -> libc::rlim_t {
+    match nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE) {
+        Ok((_, hard)) if hard < wanted => {
+            tracing::warn!(
+                wanted,
+                hard,
+                "RLIMIT_NOFILE for a site is above polyhost's own hard limit; using the hard limit"
+            );
+            hard as libc::rlim_t
+        }
+        _ => wanted as libc::rlim_t,
+    }
+}
+
 fn open_log(path: Option<&Path>) -> Result<File, SpawnError> {
     let (path, result) = match path {
         Some(path) => (
             path,
+            // O_NOFOLLOW: a site must not redirect root's open with a symlink.
+            // The log directory itself must not be writable by the site.
             OpenOptions::new()
                 .append(true)
                 .create(true)
                 .mode(0o640)
+                .custom_flags(libc::O_NOFOLLOW)
                 .open(path),
         ),
         None => (

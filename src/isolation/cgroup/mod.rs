@@ -600,6 +600,23 @@ mod tests {
     }
 
     #[test]
+    fn unavailable_says_why_and_refuses_sites() {
+        let root = CgroupRoot::detect("../escape");
+        assert!(!root.is_available());
+        assert!(
+            matches!(root.kind(), CgroupKind::Unavailable { reason } if reason.contains("../escape"))
+        );
+        assert!(
+            root.describe().starts_with("no cgroups ("),
+            "{}",
+            root.describe()
+        );
+        let err = root.site("blog", &Limits::default()).unwrap_err();
+        assert!(matches!(err, CgroupError::Unavailable(_)), "{err}");
+        assert_eq!(root.cleanup_stale(&[]).unwrap(), Vec::<String>::new());
+    }
+
+    #[test]
     fn keyed_values() {
         let events = "low 0\nhigh 3\nmax 7\noom 2\noom_kill 1\noom_group_kill 0\n";
         assert_eq!(keyed_value(events, "oom_kill"), Some(1));
