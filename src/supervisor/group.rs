@@ -133,6 +133,7 @@ pub struct GroupHandle {
     snapshot: watch::Receiver<Arc<Snapshot>>,
     activity: Arc<Activity>,
     startup_timeout: Duration,
+    max_requests: Option<u64>,
 }
 
 impl GroupHandle {
@@ -181,6 +182,25 @@ impl GroupHandle {
                 GroupState::Failed(why) => format!("{} {} failed: {why}", self.site, self.runtime),
                 _ => format!("{} {} is stopped", self.site, self.runtime),
             })),
+        }
+    }
+
+    /// Ends a request's lease; a process that reached `max_requests` is
+    /// recycled right away rather than at the next periodic check.
+    pub fn release(&self, lease: Lease) {
+        let endpoint = lease.endpoint().clone();
+        drop(lease);
+        if self
+            .max_requests
+            .is_some_and(|max| endpoint.served() == max)
+        {
+            self.recycle(
+                endpoint.id,
+                format!(
+                    "served {max} requests (max_requests)",
+                    max = endpoint.served()
+                ),
+            );
         }
     }
 
@@ -235,6 +255,7 @@ pub fn spawn_group(spec: GroupSpec) -> GroupHandle {
         snapshot: snap_rx,
         activity: activity.clone(),
         startup_timeout: lifecycle.startup_timeout,
+        max_requests: lifecycle.max_requests,
     };
     let eager = lifecycle.eager;
     let actor = Actor {

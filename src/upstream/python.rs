@@ -109,7 +109,15 @@ impl PythonUpstream {
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         let (tx, rx) = mpsc::channel(PUMP_FRAMES);
-        tokio::spawn(pump(body, tx, sender, lease, permit, self.pool.clone()));
+        tokio::spawn(pump(
+            body,
+            tx,
+            sender,
+            lease,
+            permit,
+            self.pool.clone(),
+            self.group.clone(),
+        ));
         let stream =
             futures_util::stream::unfold(
                 rx,
@@ -153,6 +161,7 @@ async fn pump(
     lease: Lease,
     permit: OwnedSemaphorePermit,
     pool: Arc<ConnPool>,
+    group: GroupHandle,
 ) {
     let complete = loop {
         match body.frame().await {
@@ -172,7 +181,7 @@ async fn pump(
     if complete {
         pool.put(lease.endpoint().id, sender);
     }
-    drop(lease);
+    group.release(lease);
 }
 
 /// Keep-alive connections per worker endpoint.

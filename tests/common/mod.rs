@@ -258,3 +258,92 @@ where
     }
     false
 }
+
+/// A Unix user created for a test, deleted on drop.
+pub struct TestUser {
+    pub name: String,
+    pub uid: u32,
+}
+
+impl TestUser {
+    pub fn new() -> TestUser {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "polyhost-e{}-{}",
+            std::process::id() % 100_000,
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        let _pause = polyhost::isolation::pause_reaper();
+        let out = std::process::Command::new("useradd")
+            .args([
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                &name,
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "useradd: {out:?}");
+        let uid = nix::unistd::User::from_name(&name)
+            .unwrap()
+            .unwrap()
+            .uid
+            .as_raw();
+        TestUser { name, uid }
+    }
+}
+
+impl Drop for TestUser {
+    fn drop(&mut self) {
+        let _pause = polyhost::isolation::pause_reaper();
+        let _ = std::process::Command::new("userdel")
+            .arg(&self.name)
+            .output();
+    }
+}
+
+/// Makes the temp config dir readable by site users (temp dirs are 0700).
+pub fn open_up(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// The `polyhost-python` worker built next to the `polyhost` binary.
+pub fn python_worker() -> PathBuf {
+    let w = Path::new(env!("CARGO_BIN_EXE_polyhost")).with_file_name("polyhost-python");
+    if !w.exists() {
+        let status = std::process::Command::new(env!("CARGO"))
+            .args(["build", "-p", "polyhost-python"])
+            .status()
+            .unwrap();
+        assert!(status.success(), "building polyhost-python");
+    }
+    w
+}
+
+/// Processes owned by `uid`, from /proc.
+pub fn pids_of_uid(uid: u32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().filter_map(Result::ok) {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+            continue;
+        };
+        let real_uid = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|u| u.parse::<u32>().ok());
+        let zombie = status
+            .lines()
+            .any(|l| l.starts_with("State:") && l.contains('Z'));
+        if real_uid == Some(uid) && !zombie {
+            out.push(pid);
+        }
+    }
+    out
+}

@@ -1,0 +1,196 @@
+//! Python sites end to end, in process: real `polyhost-python` workers under
+//! real test users in real cgroups, behind the router. Covers the supervisor
+//! through its first runtime: on-demand start, crash → 502 → restart,
+//! queue_timeout, request_timeout with recycling, max_requests recycling
+//! without failed requests, scale to zero, and separation of two sites.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{get, open_up, pids_of_uid, python_worker, InProcess, TestConfig, TestUser};
+
+fn python_site(cfg: &TestConfig, name: &str, user: &TestUser, python: &str) {
+    cfg.write("apps/pyapp.py", include_str!("apps/pyapp.py"));
+    cfg.write(&format!("www/{name}/static.txt"), "static file\n");
+    cfg.write(
+        &format!("vhosts/{name}.toml"),
+        &format!(
+            "hosts = [\"{name}.test\"]\nroot = \"www/{name}\"\nuser = \"{}\"\n[python]\napp = \"pyapp\"\npath = [\"apps\"]\nworker = \"{}\"\n{python}\n",
+            user.name,
+            python_worker().display()
+        ),
+    );
+    open_up(cfg.path());
+}
+
+fn field<'a>(text: &'a str, key: &str) -> &'a str {
+    text.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
+        .unwrap_or("")
+}
+
+#[tokio::test]
+async fn python_app_served_at_root_and_at_a_mount_with_script_name() {
+    let cfg = TestConfig::new();
+    let user = TestUser::new();
+    python_site(&cfg, "py", &user, "threads = 2");
+    let u2 = TestUser::new();
+    python_site(&cfg, "mounted", &u2, "mount = \"/app\"");
+    let server = InProcess::start(&cfg).await;
+
+    let r = get(server.addr, "py.test", "/hello").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(field(&r.text(), "script"), "");
+    assert_eq!(field(&r.text(), "path"), "/hello");
+    assert_eq!(field(&r.text(), "uid"), user.uid.to_string());
+    assert_eq!(field(&r.text(), "remote"), "127.0.0.1");
+    assert_eq!(field(&r.text(), "host"), "py.test");
+
+    let r = get(server.addr, "mounted.test", "/app/x/y").await;
+    assert_eq!(
+        (field(&r.text(), "script"), field(&r.text(), "path")),
+        ("/app", "/x/y"),
+        "{}",
+        r.text()
+    );
+    // Outside the mount: the site's static files.
+    let r = get(server.addr, "mounted.test", "/static.txt").await;
+    assert_eq!((r.status, r.text().as_str()), (200, "static file\n"));
+    server.stop().await;
+    assert!(
+        pids_of_uid(user.uid).is_empty() && pids_of_uid(u2.uid).is_empty(),
+        "no worker survives the stop"
+    );
+}
+
+#[tokio::test]
+async fn a_crash_gives_502_for_its_request_and_the_next_request_succeeds() {
+    let cfg = TestConfig::new();
+    let user = TestUser::new();
+    python_site(&cfg, "crashy", &user, "");
+    let server = InProcess::start(&cfg).await;
+    let first = get(server.addr, "crashy.test", "/").await;
+    assert_eq!(first.status, 200);
+    let crash = get(server.addr, "crashy.test", "/crash").await;
+    assert_eq!(crash.status, 502, "{}", crash.text());
+    let ok = common::eventually(Duration::from_secs(10), || async {
+        get(server.addr, "crashy.test", "/").await.status == 200
+    })
+    .await;
+    assert!(ok, "the worker was restarted");
+    let again = get(server.addr, "crashy.test", "/").await;
+    assert_ne!(
+        field(&again.text(), "pid"),
+        field(&first.text(), "pid"),
+        "a new process"
+    );
+    let log = std::fs::read_to_string(cfg.path().join("log/crashy.error.log")).unwrap();
+    assert!(log.contains("502"), "{log}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn queue_timeout_gives_503_and_request_timeout_gives_504_and_replaces_the_worker() {
+    let cfg = TestConfig::new();
+    let user = TestUser::new();
+    python_site(
+        &cfg,
+        "busy",
+        &user,
+        "threads = 1\nqueue_timeout = \"1s\"\nrequest_timeout = \"2s\"",
+    );
+    let server = InProcess::start(&cfg).await;
+    let first = get(server.addr, "busy.test", "/").await;
+    let addr = server.addr;
+    // One slow request holds the only thread; the next waits 1 s in the queue → 503.
+    let slow = tokio::spawn(async move { get(addr, "busy.test", "/slow?s=1.8").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t = Instant::now();
+    let queued = get(server.addr, "busy.test", "/").await;
+    assert_eq!(queued.status, 503, "{}", queued.text());
+    assert!(
+        t.elapsed() >= Duration::from_millis(900),
+        "waited the queue_timeout"
+    );
+    assert_eq!(slow.await.unwrap().status, 200);
+
+    // A request past request_timeout → 504, and its process is replaced.
+    let stuck = get(server.addr, "busy.test", "/slow?s=30").await;
+    assert_eq!(stuck.status, 504);
+    let replaced = common::eventually(Duration::from_secs(15), || async {
+        let r = get(addr, "busy.test", "/").await;
+        r.status == 200 && field(&r.text(), "pid") != field(&first.text(), "pid")
+    })
+    .await;
+    assert!(replaced, "the stuck worker was replaced");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn max_requests_recycles_without_a_failed_request() {
+    let cfg = TestConfig::new();
+    let user = TestUser::new();
+    python_site(
+        &cfg,
+        "recycled",
+        &user,
+        "processes = 2\nthreads = 2\nmax_requests = 10",
+    );
+    let server = InProcess::start(&cfg).await;
+    // A steady stream of requests until several generations of workers served.
+    let mut pids = std::collections::HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut served = 0;
+    while pids.len() < 5 && Instant::now() < deadline {
+        let r = get(server.addr, "recycled.test", "/").await;
+        assert_eq!(r.status, 200, "request {served} failed: {}", r.text());
+        pids.insert(field(&r.text(), "pid").to_owned());
+        served += 1;
+    }
+    assert!(
+        pids.len() >= 5,
+        "workers were recycled: {pids:?} after {served} requests"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn idle_site_scales_to_zero_and_the_next_request_starts_it() {
+    let cfg = TestConfig::new();
+    let user = TestUser::new();
+    python_site(&cfg, "sleepy", &user, "idle_timeout = \"1s\"");
+    let server = InProcess::start(&cfg).await;
+    assert!(
+        pids_of_uid(user.uid).is_empty(),
+        "started on demand, not before"
+    );
+    assert_eq!(get(server.addr, "sleepy.test", "/").await.status, 200);
+    assert!(!pids_of_uid(user.uid).is_empty());
+    let zero = common::eventually(Duration::from_secs(10), || async {
+        pids_of_uid(user.uid).is_empty()
+    })
+    .await;
+    assert!(zero, "no process after idle_timeout");
+    let r = get(server.addr, "sleepy.test", "/").await;
+    assert_eq!(r.status, 200, "served after scale to zero");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn two_sites_run_as_their_own_users_and_cannot_read_each_others_files() {
+    let cfg = TestConfig::new();
+    let (ua, ub) = (TestUser::new(), TestUser::new());
+    python_site(&cfg, "site-a", &ua, "");
+    python_site(&cfg, "site-b", &ub, "");
+    let secret = cfg.write("www/site-b/secret.txt", "b's secret");
+    std::os::unix::fs::chown(&secret, Some(ub.uid), None).unwrap();
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let server = InProcess::start(&cfg).await;
+    let path = format!("/read?f={}", secret.display());
+    let a = get(server.addr, "site-a.test", &path).await;
+    assert_eq!(a.text(), "denied: PermissionError");
+    let b = get(server.addr, "site-b.test", &path).await;
+    assert_eq!(b.text(), "b's secret");
+    server.stop().await;
+}
