@@ -4,7 +4,9 @@
 
 use std::path::Path;
 
-use crate::config::{self, ConfigError, ConfigErrors};
+use crate::config::{self, ConfigError, ConfigErrors, ServerConfig, SiteConfig};
+use crate::runtime::python::default_worker;
+use crate::supervisor::site_identity;
 
 /// Returns a one-line summary on success, or every error found.
 pub fn check(main: &Path) -> Result<String, ConfigErrors> {
@@ -27,6 +29,9 @@ pub fn check(main: &Path) -> Result<String, ConfigErrors> {
             }
         }
     }
+    for site in config.sites.values() {
+        check_runtimes(site, &config.server, &mut errors);
+    }
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -35,4 +40,33 @@ pub fn check(main: &Path) -> Result<String, ConfigErrors> {
         main.display(),
         config.sites.len()
     ))
+}
+
+/// A site with a runtime needs a user it may run as, and its worker binary.
+fn check_runtimes(site: &SiteConfig, server: &ServerConfig, errors: &mut ConfigErrors) {
+    if site.php.is_none() && site.python.is_none() {
+        return;
+    }
+    if let Err(e) = site_identity(
+        site,
+        server.default_user.as_deref(),
+        server.default_group.as_deref(),
+    ) {
+        errors.push(ConfigError::in_file(&site.file, "user", e.to_string()));
+    }
+    if let Some(py) = &site.python {
+        let worker = py.worker.clone().unwrap_or_else(default_worker);
+        if !is_executable(&worker) {
+            errors.push(ConfigError::in_file(
+                &site.file,
+                "python.worker",
+                format!("{} is not an executable file (build it with `cargo build --release -p polyhost-python`)", worker.display()),
+            ));
+        }
+    }
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }

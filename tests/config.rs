@@ -274,3 +274,25 @@ fn repository_config_passes_check_and_a_broken_copy_fails_with_file_and_key() {
         "{stderr}"
     );
 }
+
+#[test]
+fn check_reports_a_missing_site_user_and_a_missing_worker() {
+    let cfg = TestConfig::new();
+    cfg.write("www/py/x", "");
+    cfg.write(
+        "vhosts/py.toml",
+        "hosts = [\"py.test\"]\nroot = \"www/py\"\nuser = \"polyhost-no-such-user\"\n[python]\napp = \"x\"\nworker = \"/nonexistent/polyhost-python\"\n",
+    );
+    let (code, _, stderr) = polyhost_check(&cfg, &[]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("/nonexistent/polyhost-python is not an executable file"),
+        "{stderr}"
+    );
+    if nix::unistd::geteuid().is_root() {
+        assert!(
+            stderr.contains("vhosts/py.toml: user: user `polyhost-no-such-user` does not exist"),
+            "{stderr}"
+        );
+    }
+}

@@ -26,7 +26,7 @@ use crate::isolation::{self, CgroupRoot, Rlimits, SiteCgroup, SiteIdentity};
 /// Why a site's processes cannot be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum SiteSetupError {
-    #[error("user: {0}")]
+    #[error("{0}")]
     Identity(#[from] isolation::IdentityError),
     #[error("a site needs a `user` (or a server-wide default_user) when polyhost runs as root")]
     NoUser,
