@@ -55,6 +55,7 @@ where
     let site = site.clone();
     let log = LogFacts::of(&req, conn.client, &site);
     let response = route(req, conn, host.unwrap_or_default(), &site).await;
+    site.stats.record(response.status().as_u16());
     log.wrap(response, start, site.logs.clone())
 }
 

@@ -425,7 +425,11 @@ impl Actor {
         let _ = std::fs::remove_file(&socket);
         let cmd = self.spec.launcher.command(&socket);
         let cgroup = match &self.spec.cgroup {
-            Some(cg) => match cg.child(&format!("{}-{id}", self.runtime())) {
+            Some(cg) => match cg.child(&format!(
+                "{}-g{}-{id}",
+                self.runtime(),
+                self.spec.generation
+            )) {
                 Ok(child) => Some(child),
                 Err(e) => {
                     self.crash_slot(
