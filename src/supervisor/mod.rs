@@ -77,6 +77,7 @@ impl Supervisor {
             Err(e) => tracing::warn!(error = %e, "cannot clean up stale cgroups"),
         }
         remove_stale_sockets(&server.state_dir.join("sites"));
+        spawn_orphan_reaper();
         Supervisor {
             cgroups,
             state_dir: server.state_dir.clone(),
@@ -222,6 +223,28 @@ fn prepare_site_dir(dir: &Path, identity: Option<&SiteIdentity>) -> Result<(), S
         std::os::unix::fs::chown(dir, Some(id.uid), Some(id.gid)).map_err(err)?;
     }
     Ok(())
+}
+
+/// Site processes whose parent died are reparented to polyhost (the
+/// subreaper); collect their exit statuses so no zombie stays.
+fn spawn_orphan_reaper() {
+    static STARTED: Once = Once::new();
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    STARTED.call_once(|| {
+        rt.spawn(reap_forever());
+    });
+}
+
+async fn reap_forever() {
+    {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            let _ = tokio::task::spawn_blocking(isolation::reap_orphans).await;
+        }
+    }
 }
 
 /// Sockets of a previous run (killed with SIGKILL) would make a new process

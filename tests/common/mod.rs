@@ -65,6 +65,7 @@ impl TestConfig {
 /// polyhost served in-process on an ephemeral port.
 pub struct InProcess {
     pub addr: SocketAddr,
+    pub server: std::sync::Arc<polyhost::app::Server>,
     pub shutdown: CancellationToken,
     pub task: tokio::task::JoinHandle<Result<(), polyhost::app::ServeError>>,
 }
@@ -75,16 +76,30 @@ impl InProcess {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(polyhost::app::serve(
-            config,
+        let server = polyhost::app::Server::start(config)
+            .await
+            .unwrap_or_else(|e| panic!("start: {e}"));
+        let task = tokio::spawn(polyhost::app::serve_with(
+            server.clone(),
             vec![listener],
             shutdown.clone(),
         ));
         InProcess {
             addr,
+            server,
             shutdown,
             task,
         }
+    }
+
+    /// The status of one site.
+    pub async fn site(&self, name: &str) -> polyhost::app::status::SiteStatus {
+        let status = self.server.status().await;
+        status
+            .sites
+            .into_iter()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("no site {name}"))
     }
 
     pub async fn stop(self) {
