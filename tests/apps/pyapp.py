@@ -9,6 +9,9 @@ def application(environ, start_response):
     qs = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""))
     if path == "/crash":
         os._exit(1)
+    if path == "/segv":
+        import ctypes
+        ctypes.string_at(0)
     if path == "/slow":
         time.sleep(float(qs.get("s", ["1"])[0]))
     if path == "/read":
