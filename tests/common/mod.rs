@@ -325,17 +325,30 @@ pub fn open_up(dir: &Path) {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
 
-/// The `polyhost-python` worker built next to the `polyhost` binary.
+/// The `polyhost-python` worker built next to the `polyhost` binary, copied
+/// once per test process to a directory every site user can traverse (the
+/// checkout may live where they cannot, e.g. under /root).
 pub fn python_worker() -> PathBuf {
-    let w = Path::new(env!("CARGO_BIN_EXE_polyhost")).with_file_name("polyhost-python");
-    if !w.exists() {
-        let status = std::process::Command::new(env!("CARGO"))
-            .args(["build", "-p", "polyhost-python"])
-            .status()
-            .unwrap();
-        assert!(status.success(), "building polyhost-python");
-    }
-    w
+    static COPY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    COPY.get_or_init(|| {
+        use std::os::unix::fs::PermissionsExt;
+        let built = Path::new(env!("CARGO_BIN_EXE_polyhost")).with_file_name("polyhost-python");
+        if !built.exists() {
+            let status = std::process::Command::new(env!("CARGO"))
+                .args(["build", "-p", "polyhost-python"])
+                .status()
+                .unwrap();
+            assert!(status.success(), "building polyhost-python");
+        }
+        let dir = std::env::temp_dir().join(format!("polyhost-test-worker-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let copy = dir.join("polyhost-python");
+        std::fs::copy(&built, &copy).unwrap();
+        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+        copy
+    })
+    .clone()
 }
 
 /// Processes owned by `uid`, from /proc.
