@@ -56,14 +56,22 @@ pub fn run(
             e,
         )
     };
-    let called = Bound::new(py, Input::new(body, ctx.handle.clone()))
-        .and_then(|input| environ::build(py, &ctx.template, &parts, input))
+    let input = match Bound::new(py, Input::new(body, ctx.handle.clone())) {
+        Ok(input) => input,
+        Err(e) => {
+            log(e);
+            sr.get().fail();
+            return;
+        }
+    };
+    let called = environ::build(py, &ctx.template, &parts, input.clone())
         .and_then(|env| ctx.app.bind(py).call1((env, &sr)));
     let iterable = match called {
         Ok(it) => it,
         Err(e) => {
             log(e);
             sr.get().fail();
+            input.get().release();
             return;
         }
     };
@@ -88,6 +96,7 @@ pub fn run(
             sr.get().fail();
         }
     }
+    input.get().release();
 }
 
 fn close(iterable: &Bound<'_, PyAny>) -> PyResult<()> {

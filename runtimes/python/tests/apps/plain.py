@@ -1,6 +1,7 @@
 """Unvalidated WSGI test app: environ dump, faults, slow paths, fast file path."""
 import json
 import os
+import sys
 import time
 
 HEADERS = [("Content-Type", "text/plain")]
@@ -47,6 +48,31 @@ def midstream(environ, start_response):
         raise RuntimeError("boom-midstream")
 
     return gen()
+
+
+def excinfo_late(environ, start_response):
+    start_response("200 OK", HEADERS)
+
+    def gen():
+        yield b"headers are out"
+        try:
+            raise KeyError("late-failure")
+        except KeyError:
+            # PEP 3333: with the headers sent, this must re-raise.
+            start_response("500 Internal Server Error", HEADERS, sys.exc_info())
+        yield b"never sent"
+
+    return gen()
+
+
+def keep_environ(environ, start_response):
+    # Keeps the environ (and wsgi.input) alive past the response.
+    KEPT.append(environ)
+    start_response("200 OK", HEADERS)
+    return [b"kept"]
+
+
+KEPT = []
 
 
 def sleep(environ, start_response):
@@ -115,6 +141,8 @@ ROUTES = {
     "/fastfile": fastfile,
     "/head_gen": head_gen,
     "/echo": echo,
+    "/excinfo_late": excinfo_late,
+    "/keep_environ": keep_environ,
 }
 
 
