@@ -14,6 +14,8 @@
 //! - [`file_wrapper`]: `wsgi.file_wrapper` and its fast path.
 //! - [`errors`]: error types, exit codes, `wsgi.errors`, app error logging.
 
+#![deny(unsafe_code)]
+
 pub mod cli;
 pub mod environ;
 pub mod errors;
