@@ -285,6 +285,24 @@ async fn error_mid_stream_aborts_the_response() {
 }
 
 #[tokio::test]
+async fn input_readline_limits_readlines_and_iteration() {
+    let w = Worker::start("plain", &["--threads", "1"]).await;
+    let body = "abcdef\nline2\nline3\nline4\nline5";
+    let pieces: Vec<Result<Frame<Bytes>, Infallible>> = body
+        .as_bytes()
+        .chunks(4)
+        .map(|c| Ok(Frame::data(Bytes::copy_from_slice(c))))
+        .collect();
+    let chunked = StreamBody::new(stream::iter(pieces)).boxed();
+    for b in [full(body), chunked] {
+        let r = w.send(request("POST", "/lines").body(b).unwrap()).await;
+        // readline(3), readline(), readlines(1) takes one line, iteration
+        // takes the other three (the last without a newline), then EOF.
+        assert_eq!(r.text(), "abc|def\n|1|3||", "{}", w.stderr());
+    }
+}
+
+#[tokio::test]
 async fn exc_info_after_headers_reraises_and_aborts() {
     let w = Worker::start("plain", &["--threads", "1"]).await;
     let mut conn = w.connect().await;

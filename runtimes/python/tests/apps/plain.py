@@ -75,6 +75,17 @@ def keep_environ(environ, start_response):
 KEPT = []
 
 
+def lines(environ, start_response):
+    inp = environ["wsgi.input"]
+    first = inp.readline(3)
+    rest_of_first = inp.readline()
+    two = inp.readlines(1)
+    remaining = list(inp)
+    start_response("200 OK", HEADERS)
+    out = [first, rest_of_first, b"%d" % len(two), b"%d" % len(remaining), inp.read(), inp.read(5)]
+    return [b"|".join(out)]
+
+
 def sleep(environ, start_response):
     open(os.path.join(MARKER_DIR, "started"), "w").close()
     time.sleep(float(environ["QUERY_STRING"] or "1"))
@@ -143,6 +154,7 @@ ROUTES = {
     "/echo": echo,
     "/excinfo_late": excinfo_late,
     "/keep_environ": keep_environ,
+    "/lines": lines,
 }
 
 
