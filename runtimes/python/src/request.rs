@@ -60,7 +60,7 @@ pub fn run(
         Ok(input) => input,
         Err(e) => {
             log(e);
-            sr.get().fail();
+            sr.get().fail(py);
             return;
         }
     };
@@ -70,7 +70,7 @@ pub fn run(
         Ok(it) => it,
         Err(e) => {
             log(e);
-            sr.get().fail();
+            sr.get().fail(py);
             input.get().release();
             return;
         }
@@ -81,7 +81,7 @@ pub fn run(
         (Ok(()), Ok(())) => {
             if let Err(e) = sr.get().finish() {
                 log(e);
-                sr.get().fail();
+                sr.get().fail(py);
             }
         }
         (Err(e), closed) => {
@@ -89,11 +89,11 @@ pub fn run(
             if let Err(e) = closed {
                 log(e);
             }
-            sr.get().fail();
+            sr.get().fail(py);
         }
         (Ok(()), Err(e)) => {
             log(e);
-            sr.get().fail();
+            sr.get().fail(py);
         }
     }
     input.get().release();

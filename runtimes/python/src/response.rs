@@ -145,11 +145,6 @@ impl StartResponse {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Whether the status line went out (errors can then only abort the stream).
-    pub fn headers_sent(&self) -> bool {
-        self.lock().sent
-    }
-
     /// Sends one body chunk, sending the headers first if needed.
     /// Empty chunks send nothing (and do not trigger the headers).
     pub fn send_chunk(&self, py: Python<'_>, data: &[u8]) -> PyResult<()> {
@@ -222,16 +217,23 @@ impl StartResponse {
         Ok(())
     }
 
-    /// Ends the response after an error: a 500 if nothing was sent, else an aborted stream.
-    pub fn fail(&self) {
-        let mut st = self.lock();
-        if !st.sent {
-            st.sent = true;
-            if let Some(tx) = st.head_tx.take() {
-                let _ = tx.send(Head::error(StatusCode::INTERNAL_SERVER_ERROR));
+    /// Ends the response after an error: a 500 if nothing was sent, else an
+    /// aborted stream (the abort waits for room in the channel: a stream that
+    /// just ended would look complete to the router).
+    pub fn fail(&self, py: Python<'_>) {
+        let tx = {
+            let mut st = self.lock();
+            if !st.sent {
+                st.sent = true;
+                if let Some(tx) = st.head_tx.take() {
+                    let _ = tx.send(Head::error(StatusCode::INTERNAL_SERVER_ERROR));
+                }
+                return;
             }
-        } else if let Some(tx) = st.body_tx.take() {
-            let _ = tx.try_send(Err(Aborted));
+            st.body_tx.take()
+        };
+        if let Some(tx) = tx {
+            let _ = py.detach(|| tx.blocking_send(Err(Aborted)));
         }
     }
 }
