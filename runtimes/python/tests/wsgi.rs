@@ -303,6 +303,32 @@ async fn input_readline_limits_readlines_and_iteration() {
 }
 
 #[tokio::test]
+async fn wsgi_errors_reason_phrase_and_content_length() {
+    let w = Worker::start("plain", &["--threads", "1"]).await;
+    let r = w.get("/log_errors").await;
+    assert_eq!(r.status.as_u16(), 299);
+    // The body is cut to the app's Content-Length.
+    assert_eq!(r.text(), "abc");
+    let log = w.stderr();
+    assert!(log.contains("to-the-error-log\nline-a\nline-b\n"), "{log}");
+    // A body shorter than its Content-Length is an app error: 500, no bad framing.
+    let mut conn = w.connect().await;
+    let r = send_on(
+        &mut conn,
+        request("GET", "/short_body").body(empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(w.stderr().contains("Content-Length"), "{}", w.stderr());
+    let r = send_on(
+        &mut conn,
+        request("POST", "/echo").body(full("ok")).unwrap(),
+    )
+    .await;
+    assert_eq!(r.text(), "ok");
+}
+
+#[tokio::test]
 async fn exc_info_after_headers_reraises_and_aborts() {
     let w = Worker::start("plain", &["--threads", "1"]).await;
     let mut conn = w.connect().await;

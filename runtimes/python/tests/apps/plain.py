@@ -86,6 +86,20 @@ def lines(environ, start_response):
     return [b"|".join(out)]
 
 
+def log_errors(environ, start_response):
+    errors = environ["wsgi.errors"]
+    errors.write("to-the-error-log\n")
+    errors.writelines(["line-a\n", "line-b\n"])
+    errors.flush()
+    start_response("299 Quite Fine", [("Content-Length", "3")])
+    return [b"abcdef"]
+
+
+def short_body(environ, start_response):
+    start_response("200 OK", [("Content-Length", "10")])
+    return [b"abc"]
+
+
 def sleep(environ, start_response):
     open(os.path.join(MARKER_DIR, "started"), "w").close()
     time.sleep(float(environ["QUERY_STRING"] or "1"))
@@ -155,6 +169,8 @@ ROUTES = {
     "/excinfo_late": excinfo_late,
     "/keep_environ": keep_environ,
     "/lines": lines,
+    "/log_errors": log_errors,
+    "/short_body": short_body,
 }
 
 
