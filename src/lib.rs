@@ -11,6 +11,7 @@
 //! - [`config`]: files → validated, typed configuration; all errors at once.
 //! - [`sites`]: a site's config → its mounts (upstreams) and logs.
 //! - [`router`]: listeners, hyper connections, host and mount routing, access log.
+//! - [`runtime`]: what a site's runtime needs to start (php-fpm pool config).
 //! - [`upstream`]: the [`upstream::Upstream`] trait and its implementations.
 //!
 //! See `docs/architecture.md` for the code map and its invariants.
@@ -19,5 +20,6 @@ pub mod check;
 pub mod cli;
 pub mod config;
 pub mod router;
+pub mod runtime;
 pub mod sites;
 pub mod upstream;

@@ -151,4 +151,5 @@ pub fn plain_response(status: StatusCode, text: &str) -> Response<ResponseBody> 
         .body(full_body(body))
         .expect("static headers are valid")
 }
+pub mod php;
 pub mod static_files;

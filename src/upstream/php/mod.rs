@@ -1,0 +1,303 @@
+//! The PHP upstream: decides which requests run a PHP script and speaks
+//! FastCGI to the site's php-fpm pool over its Unix socket.
+//!
+//! # Layout
+//! - [`script`]: request path → script / static file / nothing (openat2, beneath the root).
+//! - [`params`]: the FastCGI parameters (as nginx's `fastcgi_params`).
+//! - `fcgi`: the FastCGI record layer (why by hand: see its module doc).
+//! - `cgi`: CGI response headers → status and headers.
+//! - `pool`: keep-alive connections, at most `max_children`.
+//! - `exchange`: one request/response as a task, streaming both ways.
+//!
+//! Invariants:
+//! - PHP source is never served: only `script` decides what is static, and a
+//!   `*.php` name (any case) never is.
+//! - The site's process lifecycle is not ours: [`RuntimeHandle::ready`] gives
+//!   the socket (starting the runtime if needed); we only connect.
+//! - No input from php-fpm or the client panics; php-fpm faults are
+//!   502 (broken/garbage), 504 (timeout), 503 (no free connection in time).
+
+mod cgi;
+mod exchange;
+mod fcgi;
+pub mod params;
+mod pool;
+pub mod script;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use futures_util::future::BoxFuture;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body::Body;
+use http_body_util::BodyExt;
+use tokio::net::UnixStream;
+
+use self::exchange::Exchange;
+use self::pool::ConnPool;
+use self::script::Target;
+use super::{empty_body, RequestBody, RequestContext, ResponseBody, Upstream, UpstreamError};
+use crate::config::{PhpConfig, SiteConfig};
+
+/// A site's runtime (php-fpm pool or Python workers) as an upstream sees it.
+/// The supervisor implements it.
+pub trait RuntimeHandle: Send + Sync + 'static {
+    /// Waits until the site's runtime is ready (starting it if it is stopped or scaled to zero,
+    /// bounded by the startup timeout) and returns the Unix socket to connect to.
+    fn ready(&self) -> BoxFuture<'_, Result<PathBuf, UpstreamError>>;
+    /// Reports that a request finished (for idle tracking / recycling). May be a no-op.
+    fn request_done(&self) {}
+}
+
+/// Where PHP's stderr lines (FastCGI `STDERR` records: `error_log()`,
+/// warnings when `log_errors` is on) go: the site's error log.
+pub type ErrorSink = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// FastCGI to one site's php-fpm pool, with the site's static files beside it.
+pub struct PhpUpstream {
+    root: PathBuf,
+    /// `root` as a string for SCRIPT_FILENAME/DOCUMENT_ROOT (checked UTF-8).
+    root_str: String,
+    php: PhpConfig,
+    body_limit: u64,
+    runtime: Arc<dyn RuntimeHandle>,
+    static_files: Arc<dyn Upstream>,
+    errors: ErrorSink,
+    pool: Arc<ConnPool>,
+}
+
+impl PhpUpstream {
+    /// Fails when the site has no `[php]` section or no UTF-8 document root.
+    pub fn new(
+        site: &SiteConfig,
+        runtime: Arc<dyn RuntimeHandle>,
+        static_files: Arc<dyn Upstream>,
+        errors: ErrorSink,
+    ) -> Result<Self, String> {
+        let php = site
+            .php
+            .clone()
+            .ok_or_else(|| format!("site {} has no [php] section", site.name))?;
+        let root = site
+            .root
+            .clone()
+            .ok_or_else(|| format!("site {}: PHP needs a document root", site.name))?;
+        let root_str = root
+            .to_str()
+            .ok_or_else(|| {
+                format!(
+                    "site {}: document root {} is not UTF-8",
+                    site.name,
+                    root.display()
+                )
+            })?
+            .trim_end_matches('/')
+            .to_owned();
+        let max = usize::try_from(php.max_children).unwrap_or(usize::MAX);
+        Ok(PhpUpstream {
+            pool: ConnPool::new(max, php.idle_timeout),
+            root,
+            root_str,
+            body_limit: site.limits.body,
+            php,
+            runtime,
+            static_files,
+            errors,
+        })
+    }
+
+    /// Closes kept-alive connections (call when the pool stops or restarts).
+    pub fn close_idle(&self) {
+        self.pool.close_idle();
+    }
+
+    /// Idle kept-alive connections (status, tests).
+    pub fn idle_connections(&self) -> usize {
+        self.pool.idle_count()
+    }
+
+    async fn serve(
+        &self,
+        req: Request<RequestBody>,
+        ctx: &RequestContext,
+    ) -> Result<Response<ResponseBody>, UpstreamError> {
+        let root = self.root.clone();
+        let path = req.uri().path().to_owned();
+        let fc = self.php.front_controller.clone();
+        let target =
+            tokio::task::spawn_blocking(move || script::resolve(&root, &path, fc.as_deref()))
+                .await
+                .map_err(|e| UpstreamError::Internal(format!("resolving the script: {e}")))??;
+        match target {
+            Target::Static => self.static_files.handle(req, ctx).await,
+            Target::NotFound => Err(UpstreamError::NotFound),
+            Target::AddSlash => {
+                let mut loc = format!("{}/", req.uri().path());
+                if let Some(q) = req.uri().query() {
+                    loc.push('?');
+                    loc.push_str(q);
+                }
+                Response::builder()
+                    .status(StatusCode::MOVED_PERMANENTLY)
+                    .header(header::LOCATION, loc)
+                    .body(empty_body())
+                    .map_err(|e| UpstreamError::Internal(e.to_string()))
+            }
+            Target::Script { script_name, .. } => {
+                let filename = format!("{}{}", self.root_str, script_name);
+                self.run(req, ctx, &filename, &script_name).await
+            }
+        }
+    }
+
+    async fn run(
+        &self,
+        req: Request<RequestBody>,
+        ctx: &RequestContext,
+        filename: &str,
+        script_name: &str,
+    ) -> Result<Response<ResponseBody>, UpstreamError> {
+        let timeout = self.php.request_timeout;
+        let start = Instant::now();
+        let (parts, body) = req.into_parts();
+        let content_length = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+            .or_else(|| body.size_hint().exact());
+        let script = params::ScriptParams {
+            filename,
+            script_name,
+            document_root: &self.root_str,
+        };
+        let list = params::build(&parts, ctx, &script, content_length);
+        let mut request_head = BytesMut::new();
+        fcgi::begin_request(&mut request_head);
+        fcgi::stream_records(
+            &mut request_head,
+            fcgi::PARAMS,
+            &fcgi::encode_params(list.iter().map(|(k, v)| (&k[..], &v[..]))),
+        );
+        fcgi::end_stream(&mut request_head, fcgi::PARAMS);
+
+        let permit = tokio::time::timeout(timeout, self.pool.permit())
+            .await
+            .map_err(|_| UpstreamError::QueueTimeout(timeout))?
+            .ok_or_else(|| UpstreamError::Internal("connection pool closed".into()))?;
+        let startup = self.php.startup_timeout;
+        let socket = tokio::time::timeout(startup, self.runtime.ready())
+            .await
+            .map_err(|_| {
+                UpstreamError::Unavailable(format!("php-fpm not ready after {startup:?}"))
+            })??;
+        let remaining = |start: Instant| timeout.saturating_sub(start.elapsed());
+        let stream = match self.pool.take(&socket) {
+            Some(s) => s,
+            None => tokio::time::timeout(remaining(start), UnixStream::connect(&socket))
+                .await
+                .map_err(|_| UpstreamError::Timeout(timeout))?
+                .map_err(|e| {
+                    UpstreamError::BadGateway(format!(
+                        "cannot connect to php-fpm at {}: {e}",
+                        socket.display()
+                    ))
+                })?,
+        };
+        let exchange = Exchange {
+            pool: self.pool.clone(),
+            socket,
+            runtime: self.runtime.clone(),
+            errors: self.errors.clone(),
+            read_timeout: timeout,
+            body_limit: self.body_limit,
+            head_only: parts.method == Method::HEAD,
+        };
+        let (head_rx, body, task) = exchange.spawn(stream, permit, request_head, body);
+        let head = match tokio::time::timeout(remaining(start), head_rx).await {
+            Ok(Ok(head)) => head?,
+            Ok(Err(_)) => {
+                return Err(UpstreamError::Internal(
+                    "the FastCGI exchange ended without an answer".into(),
+                ))
+            }
+            Err(_) => {
+                task.abort();
+                return Err(UpstreamError::Timeout(timeout));
+            }
+        };
+        let mut resp = Response::new(if parts.method == Method::HEAD {
+            empty_body()
+        } else {
+            body.boxed_unsync()
+        });
+        *resp.status_mut() = head.status;
+        *resp.headers_mut() = head.headers;
+        Ok(resp)
+    }
+}
+
+impl Upstream for PhpUpstream {
+    fn kind(&self) -> &'static str {
+        "php"
+    }
+
+    fn handle<'a>(
+        &'a self,
+        req: Request<RequestBody>,
+        ctx: &'a RequestContext,
+    ) -> BoxFuture<'a, Result<Response<ResponseBody>, UpstreamError>> {
+        Box::pin(self.serve(req, ctx))
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests_support {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use crate::config::*;
+
+    /// A PHP site with defaults, for unit tests.
+    pub fn site(root: &str) -> SiteConfig {
+        SiteConfig {
+            name: SiteName::parse("blog").unwrap(),
+            file: "/etc/polyhost/vhosts/blog.toml".into(),
+            hosts: vec![HostPattern::parse("blog.test").unwrap()],
+            default: false,
+            root: Some(root.into()),
+            user: Some("blog".into()),
+            group: Some("blog".into()),
+            limits: Limits {
+                memory: None,
+                processes: None,
+                cpu: None,
+                body: DEFAULT_BODY_LIMIT,
+            },
+            env: BTreeMap::from([("APP_ENV".to_owned(), "prod".to_owned())]),
+            static_files: StaticConfig {
+                index: vec!["index.html".into()],
+                paths: vec![],
+                cache_max_age: None,
+            },
+            php: Some(PhpConfig {
+                fpm: None,
+                mode: PhpMode::Dynamic,
+                start: StartPolicy::OnDemand,
+                max_children: 8,
+                max_requests: 500,
+                idle_timeout: Duration::from_secs(10),
+                request_timeout: Duration::from_secs(60),
+                startup_timeout: Duration::from_secs(10),
+                front_controller: Some("index.php".into()),
+                open_basedir: None,
+                ini: BTreeMap::from([
+                    ("memory_limit".to_owned(), IniValue::Value("128M".into())),
+                    ("display_errors".to_owned(), IniValue::Flag(false)),
+                ]),
+            }),
+            python: None,
+        }
+    }
+}
