@@ -495,3 +495,63 @@ async fn php_fpm_killed_mid_request_gives_502_not_a_hang() {
     let err = h.get("/x.php").await.unwrap_err();
     assert_eq!(err.status(), StatusCode::BAD_GATEWAY, "{err}");
 }
+
+#[tokio::test]
+async fn request_timeout_gives_504_and_frees_the_connection() {
+    let h = harness(SiteOptions {
+        request_timeout: Duration::from_secs(1),
+        max_children: 1,
+        ..Default::default()
+    });
+    let start = Instant::now();
+    let err = h.get("/sleep.php").await.unwrap_err();
+    assert_eq!(err.status(), StatusCode::GATEWAY_TIMEOUT, "{err}");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        start.elapsed()
+    );
+    // The only permit came back; php-fpm itself ends the stuck worker
+    // (request_terminate_timeout), so the next request gets a child.
+    let (status, _, body) = h.get("/x.php").await.unwrap();
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"x ran"[..]));
+}
+
+#[tokio::test]
+async fn at_most_max_children_connections_and_503_when_none_is_free() {
+    let h = harness(SiteOptions {
+        request_timeout: Duration::from_secs(1),
+        max_children: 2,
+        ..Default::default()
+    });
+    let results = futures_util::future::join_all((0..8).map(|_| h.get("/x.php"))).await;
+    for r in results {
+        let (status, _, body) = r.unwrap();
+        assert_eq!((status, &body[..]), (StatusCode::OK, &b"x ran"[..]));
+    }
+    let idle = h.upstream.idle_connections();
+    assert!(
+        (1..=2).contains(&idle),
+        "{idle} idle connections for max_children = 2"
+    );
+
+    // Two responses whose bodies nobody reads hold both connections.
+    let ctx = h.ctx();
+    let a = h
+        .upstream
+        .handle(Request::get("/big.php").body(body("")).unwrap(), &ctx)
+        .await
+        .unwrap();
+    let b = h
+        .upstream
+        .handle(Request::get("/big.php").body(body("")).unwrap(), &ctx)
+        .await
+        .unwrap();
+    let err = h.get("/x.php").await.unwrap_err();
+    assert_eq!(err.status(), StatusCode::SERVICE_UNAVAILABLE, "{err}");
+    // A client that goes away half-way frees its connection (discarded, not reused).
+    drop((a, b));
+    let (status, _, _) = h.get("/x.php").await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert!(h.upstream.idle_connections() <= 2);
+}

@@ -38,18 +38,9 @@ use tokio::net::UnixStream;
 use self::exchange::Exchange;
 use self::pool::ConnPool;
 use self::script::Target;
+pub use super::RuntimeHandle;
 use super::{empty_body, RequestBody, RequestContext, ResponseBody, Upstream, UpstreamError};
 use crate::config::{PhpConfig, SiteConfig};
-
-/// A site's runtime (php-fpm pool or Python workers) as an upstream sees it.
-/// The supervisor implements it.
-pub trait RuntimeHandle: Send + Sync + 'static {
-    /// Waits until the site's runtime is ready (starting it if it is stopped or scaled to zero,
-    /// bounded by the startup timeout) and returns the Unix socket to connect to.
-    fn ready(&self) -> BoxFuture<'_, Result<PathBuf, UpstreamError>>;
-    /// Reports that a request finished (for idle tracking / recycling). May be a no-op.
-    fn request_done(&self) {}
-}
 
 /// Where PHP's stderr lines (FastCGI `STDERR` records: `error_log()`,
 /// warnings when `log_errors` is on) go: the site's error log.
