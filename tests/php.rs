@@ -555,3 +555,49 @@ async fn at_most_max_children_connections_and_503_when_none_is_free() {
     assert_eq!(status, StatusCode::OK);
     assert!(h.upstream.idle_connections() <= 2);
 }
+
+/// A body in pieces, with no length known up front (like HTTP/1.1 chunked).
+fn chunked(parts: &[&str]) -> RequestBody {
+    let frames: Vec<Result<http_body::Frame<Bytes>, BoxError>> = parts
+        .iter()
+        .map(|p| Ok(http_body::Frame::data(Bytes::copy_from_slice(p.as_bytes()))))
+        .collect();
+    StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync()
+}
+
+#[tokio::test]
+async fn bodies_without_a_length_and_over_the_limit() {
+    let h = harness(SiteOptions::default());
+    let req = Request::post("/info.php")
+        .header("host", "site.test")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(chunked(&["a=1&", "b=", "2"]))
+        .unwrap();
+    let v = h.json(req).await;
+    assert_eq!(
+        v["post"],
+        serde_json::json!({"a": "1", "b": "2"}),
+        "a chunked body reaches PHP whole"
+    );
+
+    // The router wraps bodies in `Limited`; an overrun is a 413 whether or
+    // not the length was declared.
+    for declared in [false, true] {
+        let limited =
+            http_body_util::Limited::new(chunked(&["a=1&", "b=2222222222"]), 8).boxed_unsync();
+        let mut req =
+            Request::post("/info.php").header("content-type", "application/x-www-form-urlencoded");
+        if declared {
+            req = req.header("content-length", "16");
+        }
+        let err = h.send(req.body(limited).unwrap()).await.unwrap_err();
+        assert_eq!(
+            err.status(),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "declared {declared}: {err}"
+        );
+    }
+    // The pool is fine afterwards.
+    let (status, _, _) = h.get("/x.php").await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+}

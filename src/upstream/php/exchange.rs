@@ -55,6 +55,8 @@ pub struct Exchange {
     pub body_limit: u64,
     /// HEAD: read the response to the end but forward no body.
     pub head_only: bool,
+    /// Prefix of the stderr lines in the error log (the script's URL path).
+    pub tag: String,
 }
 
 /// Releases the permit and reports the request done, however the task ends.
@@ -132,7 +134,7 @@ impl Exchange {
                 while let Some(rec) = dec.next().map_err(|e| UpstreamError::BadGateway(format!("php-fpm: {e}")))? {
                     match rec {
                         Record::Stdout(data) => out.stdout(data).await?,
-                        Record::Stderr(data) => log_stderr(&self.errors, &data),
+                        Record::Stderr(data) => log_stderr(&self.errors, &self.tag, &data),
                         Record::End(_) => {}
                     }
                 }
@@ -267,7 +269,7 @@ async fn write_request(
     wr.flush().await.map_err(WriteFail::Io)
 }
 
-fn body_error(e: BoxError, limit: u64) -> UpstreamError {
+pub(super) fn body_error(e: BoxError, limit: u64) -> UpstreamError {
     if e.downcast_ref::<http_body_util::LengthLimitError>()
         .is_some()
     {
@@ -277,10 +279,10 @@ fn body_error(e: BoxError, limit: u64) -> UpstreamError {
     }
 }
 
-fn log_stderr(sink: &ErrorSink, data: &[u8]) {
+fn log_stderr(sink: &ErrorSink, tag: &str, data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     for line in text.lines().map(str::trim_end).filter(|l| !l.is_empty()) {
-        sink(line);
+        sink(&format!("php {tag}: {line}"));
     }
 }
 

@@ -23,6 +23,7 @@ mod fcgi;
 pub mod params;
 mod pool;
 pub mod script;
+mod spool;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -152,12 +153,18 @@ impl PhpUpstream {
     ) -> Result<Response<ResponseBody>, UpstreamError> {
         let timeout = self.php.request_timeout;
         let start = Instant::now();
-        let (parts, body) = req.into_parts();
-        let content_length = parts
+        let (parts, mut body) = req.into_parts();
+        let mut content_length = parts
             .headers
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
             .or_else(|| body.size_hint().exact());
+        if content_length.is_none() && !body.is_end_stream() {
+            let limit = self.body_limit;
+            let (spooled, len) = spool::spool(body, |e| exchange::body_error(e, limit)).await?;
+            body = spooled;
+            content_length = Some(len);
+        }
         let script = params::ScriptParams {
             filename,
             script_name,
@@ -204,6 +211,7 @@ impl PhpUpstream {
             read_timeout: timeout,
             body_limit: self.body_limit,
             head_only: parts.method == Method::HEAD,
+            tag: script_name.to_owned(),
         };
         let (head_rx, body, task) = exchange.spawn(stream, permit, request_head, body);
         let head = match tokio::time::timeout(remaining(start), head_rx).await {
