@@ -47,7 +47,6 @@ const READ_CHUNK: usize = 64 * 1024;
 pub struct Exchange {
     pub pool: Arc<ConnPool>,
     pub socket: PathBuf,
-    pub runtime: Arc<dyn RuntimeHandle>,
     pub errors: ErrorSink,
     /// Longest wait for one read from php-fpm.
     pub read_timeout: Duration,
@@ -59,10 +58,21 @@ pub struct Exchange {
     pub tag: String,
 }
 
-/// Releases the permit and reports the request done, however the task ends.
-struct Finish {
+/// Releases the permit and reports the request done, however the request
+/// ends: made right after a successful `RuntimeHandle::ready`, so each
+/// `ready` is paired with exactly one `request_done`.
+pub struct Finish {
     runtime: Arc<dyn RuntimeHandle>,
     _permit: OwnedSemaphorePermit,
+}
+
+impl Finish {
+    pub fn new(runtime: Arc<dyn RuntimeHandle>, permit: OwnedSemaphorePermit) -> Self {
+        Finish {
+            runtime,
+            _permit: permit,
+        }
+    }
 }
 
 impl Drop for Finish {
@@ -88,7 +98,7 @@ impl Exchange {
     pub fn spawn(
         self,
         stream: UnixStream,
-        permit: OwnedSemaphorePermit,
+        finish: Finish,
         request_head: BytesMut,
         body: RequestBody,
     ) -> (
@@ -98,10 +108,6 @@ impl Exchange {
     ) {
         let (head_tx, head_rx) = oneshot::channel();
         let (chunk_tx, chunk_rx) = mpsc::channel(CHANNEL_CHUNKS);
-        let finish = Finish {
-            runtime: self.runtime.clone(),
-            _permit: permit,
-        };
         let task = tokio::spawn(async move {
             let _finish = finish;
             self.run(stream, request_head, body, head_tx, chunk_tx)

@@ -190,6 +190,7 @@ impl PhpUpstream {
             .map_err(|_| {
                 UpstreamError::Unavailable(format!("php-fpm not ready after {startup:?}"))
             })??;
+        let finish = exchange::Finish::new(self.runtime.clone(), permit);
         let remaining = |start: Instant| timeout.saturating_sub(start.elapsed());
         let stream = match self.pool.take(&socket) {
             Some(s) => s,
@@ -206,14 +207,13 @@ impl PhpUpstream {
         let exchange = Exchange {
             pool: self.pool.clone(),
             socket,
-            runtime: self.runtime.clone(),
             errors: self.errors.clone(),
             read_timeout: timeout,
             body_limit: self.body_limit,
             head_only: parts.method == Method::HEAD,
             tag: script_name.to_owned(),
         };
-        let (head_rx, body, task) = exchange.spawn(stream, permit, request_head, body);
+        let (head_rx, body, task) = exchange.spawn(stream, finish, request_head, body);
         let head = match tokio::time::timeout(remaining(start), head_rx).await {
             Ok(Ok(head)) => head?,
             Ok(Err(_)) => {

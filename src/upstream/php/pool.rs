@@ -13,6 +13,7 @@
 
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -30,6 +31,7 @@ pub struct ConnPool {
     permits: Arc<Semaphore>,
     idle: Mutex<Vec<Idle>>,
     idle_timeout: Duration,
+    reaper_running: AtomicBool,
 }
 
 impl ConnPool {
@@ -38,6 +40,7 @@ impl ConnPool {
             permits: Arc::new(Semaphore::new(max.max(1))),
             idle: Mutex::new(Vec::new()),
             idle_timeout,
+            reaper_running: AtomicBool::new(false),
         })
     }
 
@@ -64,16 +67,35 @@ impl ConnPool {
             stream,
             since: Instant::now(),
         });
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            let pool = Arc::downgrade(self);
-            let after = self.idle_timeout;
-            rt.spawn(async move {
-                tokio::time::sleep(after).await;
-                if let Some(pool) = pool.upgrade() {
-                    pool.reap();
-                }
-            });
+        self.start_reaper();
+    }
+
+    /// One reaper task per pool while it has idle connections: closes them
+    /// after `idle_timeout`, so ondemand php-fpm children can exit.
+    fn start_reaper(self: &Arc<Self>) {
+        if self.reaper_running.swap(true, Ordering::AcqRel) {
+            return;
         }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            self.reaper_running.store(false, Ordering::Release);
+            return;
+        };
+        let pool = Arc::downgrade(self);
+        let every = self.idle_timeout.max(Duration::from_millis(100));
+        rt.spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(pool) = pool.upgrade() else { return };
+                pool.reap();
+                if pool.idle_count() == 0 {
+                    pool.reaper_running.store(false, Ordering::Release);
+                    // A put may have raced with the store: look again.
+                    if pool.idle_count() == 0 || pool.reaper_running.swap(true, Ordering::AcqRel) {
+                        return;
+                    }
+                }
+            }
+        });
     }
 
     /// Closes idle connections that have been idle for `idle_timeout`.
@@ -109,4 +131,43 @@ fn is_open(stream: &UnixStream) -> bool {
         ),
         Err(nix::errno::Errno::EAGAIN)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn dead_and_foreign_connections_are_not_reused_and_idle_ones_are_reaped() {
+        let pool = ConnPool::new(4, Duration::from_millis(50));
+        let (alive, _alive_peer) = UnixStream::pair().unwrap();
+        let (dead, dead_peer) = UnixStream::pair().unwrap();
+        let (chatty, chatty_peer) = UnixStream::pair().unwrap();
+        chatty_peer.try_write(b"x").unwrap();
+        pool.put("/s".into(), alive);
+        pool.put("/s".into(), chatty);
+        pool.put("/s".into(), dead);
+        drop(dead_peer);
+        // Newest first: `dead` (peer closed) and `chatty` (unexpected bytes) are dropped.
+        let got = pool.take(Path::new("/s")).expect("the live connection");
+        assert_eq!(pool.idle_count(), 0);
+        pool.put("/s".into(), got);
+        assert!(pool.take(Path::new("/new-generation.sock")).is_none());
+        assert_eq!(
+            pool.idle_count(),
+            0,
+            "connections to an older socket are dropped"
+        );
+
+        let (c, _peer) = UnixStream::pair().unwrap();
+        pool.put("/s".into(), c);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while pool.idle_count() > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "idle connection never reaped"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
 }
