@@ -519,8 +519,10 @@ async fn request_timeout_gives_504_and_frees_the_connection() {
 
 #[tokio::test]
 async fn at_most_max_children_connections_and_503_when_none_is_free() {
+    // Not shorter: a dynamic pool starts with one child and php-fpm adds
+    // the second up to a second later, on its maintenance tick.
     let h = harness(SiteOptions {
-        request_timeout: Duration::from_secs(1),
+        request_timeout: Duration::from_secs(3),
         max_children: 2,
         ..Default::default()
     });
@@ -600,4 +602,33 @@ async fn bodies_without_a_length_and_over_the_limit() {
     // The pool is fine afterwards.
     let (status, _, _) = h.get("/x.php").await.unwrap();
     assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn workers_recycled_after_max_requests_do_not_fail_requests() {
+    // Each child exits after 2 requests and closes its kept-alive connection;
+    // the pool must notice instead of sending the next request into it.
+    let h = harness(SiteOptions {
+        max_children: 1,
+        max_requests: 2,
+        ..Default::default()
+    });
+    for i in 0..40 {
+        let req = if i % 3 == 0 {
+            // A POST is never sent on a kept-alive connection (it could not be retried).
+            Request::post("/x.php").body(body("a=1")).unwrap()
+        } else {
+            Request::get("/x.php").body(body("")).unwrap()
+        };
+        let (status, _, body) = h
+            .send(req)
+            .await
+            .unwrap_or_else(|e| panic!("request {i}: {e}"));
+        assert_eq!(
+            (status, &body[..]),
+            (StatusCode::OK, &b"x ran"[..]),
+            "request {i}"
+        );
+    }
+    assert!(h.upstream.idle_connections() <= 1);
 }

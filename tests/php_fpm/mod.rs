@@ -80,6 +80,7 @@ pub struct SiteOptions {
     pub max_children: u64,
     pub request_timeout: Duration,
     pub env: Vec<(String, String)>,
+    pub max_requests: u64,
 }
 
 impl Default for SiteOptions {
@@ -89,6 +90,7 @@ impl Default for SiteOptions {
             max_children: 4,
             request_timeout: Duration::from_secs(30),
             env: vec![],
+            max_requests: 500,
         }
     }
 }
@@ -148,7 +150,7 @@ impl FpmSite {
                 mode: PhpMode::Dynamic,
                 start: StartPolicy::Eager,
                 max_children: opts.max_children,
-                max_requests: 500,
+                max_requests: opts.max_requests,
                 idle_timeout: Duration::from_secs(10),
                 request_timeout: opts.request_timeout,
                 startup_timeout: Duration::from_secs(10),

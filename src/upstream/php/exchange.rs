@@ -92,15 +92,35 @@ enum WriteFail {
     Io(std::io::Error),
 }
 
+/// The request body as the exchange gets it.
+pub enum Input {
+    /// Held whole (empty or small): can be sent again on a fresh connection.
+    Replayable(Bytes),
+    /// Streamed from the client once; never retried.
+    Stream(RequestBody),
+}
+
+/// How one attempt on one connection ended.
+enum Attempt {
+    /// Response read to `FCGI_END_REQUEST`; the connection, if reusable.
+    Done(Option<UnixStream>),
+    /// The connection failed before php-fpm sent a single record: on a
+    /// kept-alive connection that is a child that exited (pm.max_requests)
+    /// just as we reused it, and the request was not processed.
+    Stale(UpstreamError),
+    Failed(UpstreamError),
+}
+
 impl Exchange {
     /// Runs the exchange; the head arrives on the returned oneshot, the body
-    /// in the returned [`ChannelBody`].
+    /// in the returned [`ChannelBody`]. `reused`: `stream` came from the pool.
     pub fn spawn(
         self,
         stream: UnixStream,
+        reused: bool,
         finish: Finish,
-        request_head: BytesMut,
-        body: RequestBody,
+        request_head: Bytes,
+        input: Input,
     ) -> (
         oneshot::Receiver<HeadResult>,
         ChannelBody,
@@ -110,7 +130,7 @@ impl Exchange {
         let (chunk_tx, chunk_rx) = mpsc::channel(CHANNEL_CHUNKS);
         let task = tokio::spawn(async move {
             let _finish = finish;
-            self.run(stream, request_head, body, head_tx, chunk_tx)
+            self.run(stream, reused, request_head, input, head_tx, chunk_tx)
                 .await;
         });
         (head_rx, ChannelBody { rx: chunk_rx }, task)
@@ -118,9 +138,10 @@ impl Exchange {
 
     async fn run(
         self,
-        stream: UnixStream,
-        request_head: BytesMut,
-        body: RequestBody,
+        mut stream: UnixStream,
+        mut reused: bool,
+        request_head: Bytes,
+        input: Input,
         head_tx: oneshot::Sender<HeadResult>,
         chunk_tx: mpsc::Sender<Result<Bytes, BoxError>>,
     ) {
@@ -130,14 +151,56 @@ impl Exchange {
             header_buf: BytesMut::new(),
             head_only: self.head_only,
         };
+        let (replay, mut streamed) = match input {
+            Input::Replayable(b) => (Some(b), None),
+            Input::Stream(body) => (None, Some(body)),
+        };
+        loop {
+            let body = match (&replay, streamed.take()) {
+                (Some(b), _) => full(b.clone()),
+                (None, Some(body)) => body,
+                (None, None) => full(Bytes::new()), // unreachable: a stream is never retried
+            };
+            match self.attempt(stream, &request_head, body, &mut out).await {
+                Attempt::Done(conn) => {
+                    if let Some(conn) = conn {
+                        self.pool.put(self.socket, conn);
+                    }
+                    return; // dropping `chunk_tx` ends the body
+                }
+                Attempt::Stale(e) if reused && replay.is_some() => {
+                    match tokio::time::timeout(self.read_timeout, UnixStream::connect(&self.socket))
+                        .await
+                    {
+                        Ok(Ok(fresh)) => {
+                            stream = fresh;
+                            reused = false;
+                        }
+                        _ => return out.fail(e).await,
+                    }
+                }
+                Attempt::Stale(e) | Attempt::Failed(e) => return out.fail(e).await,
+            }
+        }
+    }
+
+    async fn attempt(
+        &self,
+        stream: UnixStream,
+        request_head: &[u8],
+        body: RequestBody,
+        out: &mut Output,
+    ) -> Attempt {
         let (mut rd, mut wr) = stream.into_split();
         let mut dec = Decoder::default();
         let mut written: Option<Result<(), WriteFail>> = None;
+        let mut records = 0usize;
         let outcome: Result<(), UpstreamError> = async {
             let writer = write_request(&mut wr, request_head, body, self.body_limit);
             tokio::pin!(writer);
             loop {
                 while let Some(rec) = dec.next().map_err(|e| UpstreamError::BadGateway(format!("php-fpm: {e}")))? {
+                    records += 1;
                     match rec {
                         Record::Stdout(data) => out.stdout(data).await?,
                         Record::Stderr(data) => log_stderr(&self.errors, &self.tag, &data),
@@ -176,24 +239,26 @@ impl Exchange {
         }
         .await;
         match outcome {
-            Ok(()) => {
-                if out.head_tx.is_some() {
-                    out.fail(UpstreamError::BadGateway(
-                        "php-fpm ended the response before its headers were complete".into(),
-                    ))
-                    .await;
-                    return;
-                }
-                if matches!(written, Some(Ok(()))) {
-                    if let Ok(stream) = rd.reunite(wr) {
-                        self.pool.put(self.socket, stream);
-                    }
-                }
-                // Dropping `chunk_tx` ends the body.
+            Ok(()) if out.head_tx.is_some() => Attempt::Failed(UpstreamError::BadGateway(
+                "php-fpm ended the response before its headers were complete".into(),
+            )),
+            Ok(()) => Attempt::Done(if matches!(written, Some(Ok(()))) {
+                rd.reunite(wr).ok()
+            } else {
+                None
+            }),
+            Err(e @ UpstreamError::BadGateway(_)) if records == 0 && dec.is_empty() => {
+                Attempt::Stale(e)
             }
-            Err(e) => out.fail(e).await,
+            Err(e) => Attempt::Failed(e),
         }
     }
+}
+
+fn full(b: Bytes) -> RequestBody {
+    http_body_util::Full::new(b)
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 /// The response side of the exchange.
@@ -255,11 +320,11 @@ impl Output {
 
 async fn write_request(
     wr: &mut OwnedWriteHalf,
-    head: BytesMut,
+    head: &[u8],
     mut body: RequestBody,
     limit: u64,
 ) -> Result<(), WriteFail> {
-    wr.write_all(&head).await.map_err(WriteFail::Io)?;
+    wr.write_all(head).await.map_err(WriteFail::Io)?;
     let mut buf = BytesMut::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| WriteFail::Body(body_error(e, limit)))?;

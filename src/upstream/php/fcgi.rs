@@ -133,6 +133,11 @@ impl Decoder {
         &mut self.buf
     }
 
+    /// True when no byte of a record is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
     /// True once `FCGI_END_REQUEST` was decoded.
     pub fn is_done(&self) -> bool {
         self.done

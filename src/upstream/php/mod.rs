@@ -8,6 +8,10 @@
 //! - `cgi`: CGI response headers → status and headers.
 //! - `pool`: keep-alive connections, at most `max_children`.
 //! - `exchange`: one request/response as a task, streaming both ways.
+//! - `spool`: bodies of unknown length go to an unnamed temp file first.
+//!
+//! The whole request path is looked up beneath the document root (the mount
+//! prefix is not stripped), as the static files are.
 //!
 //! Invariants:
 //! - PHP source is never served: only `script` decides what is static, and a
@@ -16,6 +20,7 @@
 //!   the socket (starting the runtime if needed); we only connect.
 //! - No input from php-fpm or the client panics; php-fpm faults are
 //!   502 (broken/garbage), 504 (timeout), 503 (no free connection in time).
+#![forbid(unsafe_code)]
 
 mod cgi;
 mod exchange;
@@ -29,19 +34,24 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use futures_util::future::BoxFuture;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body::Body;
 use http_body_util::BodyExt;
 use tokio::net::UnixStream;
 
-use self::exchange::Exchange;
+use self::exchange::{Exchange, Input};
 use self::pool::ConnPool;
 use self::script::Target;
 pub use super::RuntimeHandle;
 use super::{empty_body, RequestBody, RequestContext, ResponseBody, Upstream, UpstreamError};
 use crate::config::{PhpConfig, SiteConfig};
+
+/// Bodies of idempotent requests up to this size are read whole before the
+/// request goes out, so it can be sent again when a kept-alive connection
+/// turns out to be closed; larger ones stream on a fresh connection.
+const REPLAY_MAX: u64 = 64 * 1024;
 
 /// Where PHP's stderr lines (FastCGI `STDERR` records: `error_log()`,
 /// warnings when `log_errors` is on) go: the site's error log.
@@ -165,6 +175,21 @@ impl PhpUpstream {
             body = spooled;
             content_length = Some(len);
         }
+        let input = if !parts.method.is_idempotent() {
+            Input::Stream(body)
+        } else if body.is_end_stream() {
+            Input::Replayable(Bytes::new())
+        } else if content_length.is_some_and(|n| n <= REPLAY_MAX) {
+            let limit = self.body_limit;
+            let bytes = body
+                .collect()
+                .await
+                .map_err(|e| exchange::body_error(e, limit))?
+                .to_bytes();
+            Input::Replayable(bytes)
+        } else {
+            Input::Stream(body)
+        };
         let script = params::ScriptParams {
             filename,
             script_name,
@@ -192,17 +217,26 @@ impl PhpUpstream {
             })??;
         let finish = exchange::Finish::new(self.runtime.clone(), permit);
         let remaining = |start: Instant| timeout.saturating_sub(start.elapsed());
-        let stream = match self.pool.take(&socket) {
-            Some(s) => s,
-            None => tokio::time::timeout(remaining(start), UnixStream::connect(&socket))
-                .await
-                .map_err(|_| UpstreamError::Timeout(timeout))?
-                .map_err(|e| {
-                    UpstreamError::BadGateway(format!(
-                        "cannot connect to php-fpm at {}: {e}",
-                        socket.display()
-                    ))
-                })?,
+        // A kept-alive connection is used only for a request that can be
+        // sent again (see `exchange::Attempt::Stale`): idempotent, body held
+        // whole. Anything else gets a fresh connection (closing an idle one
+        // so the bound holds): a POST must never run twice.
+        let idle = self.pool.take(&socket);
+        let reused = idle.is_some() && matches!(input, Input::Replayable(_));
+        let stream = match idle {
+            Some(s) if reused => s,
+            idle => {
+                drop(idle); // closed before connecting: it pins a php-fpm child
+                tokio::time::timeout(remaining(start), UnixStream::connect(&socket))
+                    .await
+                    .map_err(|_| UpstreamError::Timeout(timeout))?
+                    .map_err(|e| {
+                        UpstreamError::BadGateway(format!(
+                            "cannot connect to php-fpm at {}: {e}",
+                            socket.display()
+                        ))
+                    })?
+            }
         };
         let exchange = Exchange {
             pool: self.pool.clone(),
@@ -213,7 +247,8 @@ impl PhpUpstream {
             head_only: parts.method == Method::HEAD,
             tag: script_name.to_owned(),
         };
-        let (head_rx, body, task) = exchange.spawn(stream, finish, request_head, body);
+        let (head_rx, body, task) =
+            exchange.spawn(stream, reused, finish, request_head.freeze(), input);
         let head = match tokio::time::timeout(remaining(start), head_rx).await {
             Ok(Ok(head)) => head?,
             Ok(Err(_)) => {
