@@ -15,6 +15,11 @@
 //! - A failure before the head is an [`UpstreamError`] (502/504/4xx); after
 //!   it, an error in the body stream, so the client sees a truncated
 //!   response, never a silently short "complete" one.
+//! - A request is sent twice only when it is replayable (idempotent method,
+//!   body held whole), it went out on a kept-alive connection, and that
+//!   connection failed before php-fpm sent a single record: then the child
+//!   had exited (pm.max_requests) and never saw it. The retry uses a fresh
+//!   connection and happens at most once.
 //! - The semaphore permit and `RuntimeHandle::request_done` are tied to the
 //!   task's [`Finish`] guard, so they are released however the task ends.
 
