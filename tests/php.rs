@@ -632,3 +632,41 @@ async fn workers_recycled_after_max_requests_do_not_fail_requests() {
     }
     assert!(h.upstream.idle_connections() <= 1);
 }
+
+#[tokio::test]
+async fn socket_permissions_and_a_master_started_as_root() {
+    use std::os::unix::fs::MetadataExt;
+    for master_as_root in [false, true] {
+        let h = harness(SiteOptions {
+            master_as_root,
+            ..Default::default()
+        });
+        let user = &h.fpm.user;
+        let sock = std::fs::metadata(h.fpm.socket()).unwrap();
+        assert_eq!(
+            (sock.uid(), sock.gid(), sock.mode() & 0o777),
+            (user.uid, user.gid, 0o660),
+            "socket (master as root: {master_as_root})"
+        );
+        let dir = std::fs::metadata(&h.fpm.paths.site_dir).unwrap();
+        assert_eq!(
+            (dir.uid(), dir.gid(), dir.mode() & 0o777),
+            (user.uid, user.gid, 0o750),
+            "socket dir"
+        );
+        let conf = std::fs::metadata(&h.fpm.paths.config).unwrap();
+        assert_eq!(
+            (conf.uid(), conf.gid(), conf.mode() & 0o777),
+            (0, user.gid, 0o640),
+            "config file"
+        );
+        let v = h
+            .json(Request::get("/info.php").body(body("")).unwrap())
+            .await;
+        assert_eq!(
+            v["user"],
+            user.name.as_str(),
+            "PHP runs as the site user (master as root: {master_as_root})"
+        );
+    }
+}

@@ -20,7 +20,10 @@ use polyhost::config::{
 };
 use polyhost::runtime::php::{pool_config, PhpPoolPaths, PoolOptions};
 
-pub const FPM: &str = "/usr/sbin/php-fpm8.2";
+/// The php-fpm polyhost would pick on this machine (CI installs php8.2-fpm).
+pub fn fpm_binary() -> PathBuf {
+    polyhost::runtime::php::find_fpm_binary().expect("no /usr/sbin/php-fpm* (install php8.2-fpm)")
+}
 
 /// useradd/userdel take a lock on /etc/passwd; tests in this binary run in
 /// parallel threads, so they take turns.
@@ -81,6 +84,9 @@ pub struct SiteOptions {
     pub request_timeout: Duration,
     pub env: Vec<(String, String)>,
     pub max_requests: u64,
+    /// Start the master as root with `user`/`group` in the pool (php-fpm
+    /// drops privileges itself) instead of as the site user.
+    pub master_as_root: bool,
 }
 
 impl Default for SiteOptions {
@@ -91,6 +97,7 @@ impl Default for SiteOptions {
             request_timeout: Duration::from_secs(30),
             env: vec![],
             max_requests: 500,
+            master_as_root: false,
         }
     }
 }
@@ -146,7 +153,7 @@ impl FpmSite {
                 cache_max_age: None,
             },
             php: Some(PhpConfig {
-                fpm: Some(FPM.into()),
+                fpm: Some(fpm_binary()),
                 mode: PhpMode::Dynamic,
                 start: StartPolicy::Eager,
                 max_children: opts.max_children,
@@ -175,7 +182,7 @@ impl FpmSite {
             &site,
             &PoolOptions {
                 paths: &paths,
-                master_as_root: false,
+                master_as_root: opts.master_as_root,
                 php_error_log: None,
             },
         )
@@ -184,14 +191,16 @@ impl FpmSite {
         let ini = dir.path().join("php.ini");
         std::fs::write(&ini, "; empty: defaults plus the pool's php_admin values\n").unwrap();
         std::fs::set_permissions(&ini, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let master = Command::new(FPM)
+        let mut command = Command::new(fpm_binary());
+        if !opts.master_as_root {
+            command.uid(user.uid).gid(user.gid);
+        }
+        let master = command
             .arg("--nodaemonize")
             .arg("--fpm-config")
             .arg(&paths.config)
             .arg("-c")
             .arg(&ini)
-            .uid(user.uid)
-            .gid(user.gid)
             .process_group(0)
             .current_dir("/")
             .env_clear()
