@@ -1,6 +1,16 @@
-//! The command line: `serve`, `check`, `--version`. Parses arguments, sets
-//! up logging and calls the library; exit codes are part of the contract
-//! with hosting panels (0 done, 1 refused or invalid, 2 cannot run).
+//! The command line: `serve`, `check`, and the admin commands (`status`,
+//! `reload`, `restart`, `stop`, `start`) that are clients of the admin API.
+//! Parses arguments, sets up logging and calls the library; exit codes are
+//! part of the contract with hosting panels and scripts:
+//!
+//! - 0: done;
+//! - 1: refused or invalid (the reason on stderr; for a reload, every
+//!   configuration error as `FILE: KEY: MESSAGE`, one per line; also when the
+//!   caller may not use the admin socket);
+//! - 2: cannot run, or polyhost is not reachable.
+
+mod control;
+mod render;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -20,6 +30,9 @@ pub struct Cli {
     /// Main configuration file.
     #[arg(long, short, global = true, default_value = "polyhost.toml")]
     pub config: PathBuf,
+    /// Admin socket to talk to (default: `[admin] socket` of --config).
+    #[arg(long, global = true)]
+    pub socket: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -30,14 +43,37 @@ pub enum Command {
     Serve,
     /// Validate the configuration and every vhost file; print all errors.
     Check,
+    /// Show every site (or one) of the running polyhost.
+    Status {
+        /// Only this site, in detail.
+        site: Option<String>,
+        /// Print the admin API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-read the configuration and apply the difference; on any error
+    /// nothing changes and every error is printed (exit 1).
+    Reload,
+    /// Replace a site's processes, new ones first (no request fails).
+    Restart { site: String },
+    /// Stop a site's processes; its requests get 503 until `start`.
+    Stop { site: String },
+    /// Start a site stopped with `stop`.
+    Start { site: String },
 }
 
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Check => check(&cli.config),
-        Command::Serve => serve(&cli.config),
-    }
+    let action = match cli.command {
+        Command::Check => return check(&cli.config),
+        Command::Serve => return serve(&cli.config),
+        Command::Status { site, json } => control::Action::Status { site, json },
+        Command::Reload => control::Action::Reload,
+        Command::Restart { site } => control::Action::Site("restart", site),
+        Command::Stop { site } => control::Action::Site("stop", site),
+        Command::Start { site } => control::Action::Site("start", site),
+    };
+    control::run(&cli.config, cli.socket.as_deref(), action)
 }
 
 fn check(path: &Path) -> ExitCode {
@@ -81,19 +117,25 @@ fn serve(path: &Path) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let result = runtime.block_on(async move {
+    let result: anyhow::Result<()> = runtime.block_on(async move {
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));
         let listeners = crate::app::bind(&config.server.listen).await?;
+        // Before any site starts: a second polyhost on the same socket stops here.
+        let admin = crate::admin::bind(&config.server).await?;
         let server = crate::app::Server::start(config).await?;
+        let admin = crate::admin::serve(admin, server.clone(), shutdown.clone());
         tokio::spawn(reload_on_sighup(server.clone()));
-        crate::app::serve_with(server, listeners, shutdown).await
+        crate::app::serve_with(server, listeners, shutdown.clone()).await?;
+        shutdown.cancel();
+        let _ = admin.await;
+        Ok(())
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e}");
-            eprintln!("polyhost: {e}");
+            tracing::error!("{e:#}");
+            eprintln!("polyhost: {e:#}");
             ExitCode::from(1)
         }
     }

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::status::{ServerStatus, SiteStatus};
 use super::ServeError;
@@ -48,7 +48,7 @@ pub enum ControlError {
 }
 
 /// What a reload did.
-#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct ReloadReport {
     pub added: Vec<String>,
     pub removed: Vec<String>,
@@ -336,7 +336,7 @@ impl Server {
     pub async fn status(&self) -> ServerStatus {
         let state = self.state.lock().await;
         ServerStatus {
-            version: env!("CARGO_PKG_VERSION"),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
             pid: std::process::id(),
             uptime_seconds: self.started.elapsed().as_secs(),
             limits_backend: self.supervisor.cgroups().describe(),
@@ -344,6 +344,34 @@ impl Server {
             reloads_failed: self.reloads_failed.load(Ordering::Relaxed),
             sites: state.sites.values().map(site_status).collect(),
         }
+    }
+
+    /// Status of one site, or [`ControlError::NoSuchSite`].
+    pub async fn site_status(&self, name: &str) -> Result<SiteStatus, ControlError> {
+        let state = self.state.lock().await;
+        find(&state, name).map(site_status)
+    }
+
+    /// What a metrics scrape shows: the status plus each site's live handles.
+    pub async fn metrics_view(&self) -> crate::metrics::View {
+        let status = self.status().await;
+        let state = self.state.lock().await;
+        let sites = status
+            .sites
+            .iter()
+            .map(|s| {
+                let entry = SiteName::parse(&s.name)
+                    .ok()
+                    .and_then(|n| state.sites.get(&n));
+                crate::metrics::SiteView {
+                    stats: entry.map(|e| e.stats.clone()).unwrap_or_default(),
+                    threads: entry
+                        .and_then(|e| e.runtimes.python.as_ref())
+                        .map(|py| py.threads()),
+                }
+            })
+            .collect();
+        crate::metrics::View { status, sites }
     }
 
     /// Stops every site's processes and removes polyhost's cgroups.
@@ -388,7 +416,7 @@ fn build_entry(
         None => sites::open_logs(site, log_dir)?,
     };
     let stats = previous.map(|p| p.stats.clone()).unwrap_or_default();
-    let runtimes = Arc::new(sites::build_runtimes(site, supervisor, generation)?);
+    let runtimes = Arc::new(sites::build_runtimes(site, supervisor, generation, &stats)?);
     match sites::build_route(site, &runtimes, logs.clone(), stats.clone()) {
         Ok(route) => Ok(SiteEntry {
             config: site.clone(),
@@ -452,7 +480,7 @@ fn site_status(e: &SiteEntry) -> SiteStatus {
     SiteStatus {
         name: e.config.name.to_string(),
         state,
-        runtime: e.config.runtime_label(),
+        runtime: e.config.runtime_label().to_owned(),
         hosts: e.config.hosts.iter().map(|h| h.to_string()).collect(),
         generation: e.runtimes.generation,
         processes: pids.len(),
@@ -463,8 +491,8 @@ fn site_status(e: &SiteEntry) -> SiteStatus {
             .limits
             .memory
             .or(usage.and_then(|u| u.memory_limit)),
-        requests: e.stats.requests.load(Ordering::Relaxed),
-        responses_5xx: e.stats.responses_5xx.load(Ordering::Relaxed),
+        requests: e.stats.requests(),
+        responses_5xx: e.stats.responses_5xx(),
         restarts: snaps.iter().map(|s| s.restarts).sum(),
         oom_kills: snaps
             .iter()

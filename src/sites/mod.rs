@@ -30,8 +30,12 @@ pub struct Runtimes {
 }
 
 impl Runtimes {
-    /// Drains and stops every process of this generation.
+    /// Drains and stops every process of this generation. Requests already
+    /// routed here but not yet on a worker (queued) are served first.
     pub async fn stop(&self) {
+        if let Some(py) = &self.python {
+            py.settle().await;
+        }
         futures_util::future::join_all(self.groups.iter().map(|g| g.stop())).await;
     }
 
@@ -66,6 +70,7 @@ pub fn build_runtimes(
     site: &Arc<SiteConfig>,
     supervisor: &Supervisor,
     generation: u64,
+    stats: &Arc<SiteStats>,
 ) -> Result<Runtimes, ConfigErrors> {
     let mut rt = Runtimes {
         generation,
@@ -83,7 +88,11 @@ pub fn build_runtimes(
         let home = ctx.identity.as_ref().map(|i| i.home.clone());
         let launcher = Arc::new(PythonLauncher::new(site, py, home.as_deref()));
         let group = supervisor.spawn_group(site, &ctx, launcher, generation);
-        rt.python = Some(Arc::new(PythonUpstream::new(group.clone(), py)));
+        rt.python = Some(Arc::new(PythonUpstream::new(
+            group.clone(),
+            py,
+            stats.clone(),
+        )));
         rt.groups.push(group);
     }
     rt.context = Some(ctx);
