@@ -115,6 +115,9 @@ enum Event {
     Exited {
         id: u64,
         status: std::io::Result<ExitStatus>,
+        /// OOM kills counted in the process's own cgroup (read before it is
+        /// removed; cgroup v1 counts a kill only where the victim was).
+        oom_kills: u64,
     },
     Stopped {
         id: u64,
@@ -506,7 +509,11 @@ impl Actor {
                 self.stop_proc(id, Duration::from_secs(1));
                 self.crashed(id, replaces, slot, started, why);
             }
-            Event::Exited { id, status } => self.on_exit(id, status),
+            Event::Exited {
+                id,
+                status,
+                oom_kills,
+            } => self.on_exit(id, status, oom_kills),
             Event::Stopped { id } => {
                 if let Some(p) = self.procs.remove(&id) {
                     let _ = std::fs::remove_file(&p.endpoint.socket);
@@ -537,7 +544,7 @@ impl Actor {
         self.settle_state();
     }
 
-    fn on_exit(&mut self, id: u64, status: std::io::Result<ExitStatus>) {
+    fn on_exit(&mut self, id: u64, status: std::io::Result<ExitStatus>, own_ooms: u64) {
         let Some(p) = self.procs.remove(&id) else {
             return;
         };
@@ -554,7 +561,13 @@ impl Actor {
             self.settle_state();
             return;
         }
-        let oom = self.check_oom();
+        // v2 counts the kill in the site's cgroup too (hierarchical events);
+        // v1 only in the process's own: count it once.
+        let mut oom = self.check_oom();
+        if !oom && own_ooms > 0 {
+            self.oom_kills += own_ooms;
+            oom = true;
+        }
         let reason = if oom {
             format!("OOM-killed ({status_text})")
         } else {
@@ -836,8 +849,12 @@ async fn watch_process(
         status = process.wait() => {
             // The leader is gone; end whatever is left of its group and cgroup.
             let _ = process.stop(Duration::from_millis(0)).await;
+            let oom_kills = process
+                .cgroup()
+                .and_then(|cg| cg.usage().ok())
+                .map_or(0, |u| u.oom_kills);
             if let Some(cg) = process.cgroup() { let _ = cg.remove(); }
-            let _ = events.send(Event::Exited { id, status });
+            let _ = events.send(Event::Exited { id, status, oom_kills });
         }
         grace = stop => {
             let grace = grace.unwrap_or(STOP_GRACE);
