@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
 use crate::config;
@@ -119,13 +120,16 @@ fn serve(path: &Path) -> ExitCode {
     };
     let result: anyhow::Result<()> = runtime.block_on(async move {
         let shutdown = CancellationToken::new();
-        tokio::spawn(stop_on_signal(shutdown.clone()));
+        // Installed before anything is bound or started: a signal during
+        // start-up must not kill polyhost with the default action.
+        let signals = Signals::install()?;
+        tokio::spawn(stop_on_signal(signals.term, signals.int, shutdown.clone()));
         let listeners = crate::app::bind(&config.server.listen).await?;
         // Before any site starts: a second polyhost on the same socket stops here.
         let admin = crate::admin::bind(&config.server).await?;
         let server = crate::app::Server::start(config).await?;
         let admin = crate::admin::serve(admin, server.clone(), shutdown.clone());
-        tokio::spawn(reload_on_sighup(server.clone()));
+        tokio::spawn(reload_on_sighup(signals.hup, server.clone()));
         crate::app::serve_with(server, listeners, shutdown.clone()).await?;
         shutdown.cancel();
         let _ = admin.await;
@@ -152,14 +156,29 @@ fn init_logging(level: &str) {
         .try_init();
 }
 
+/// The signals `polyhost serve` handles.
+struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        let install = |kind: SignalKind, name: &str| {
+            signal(kind).map_err(|e| anyhow::anyhow!("cannot install the {name} handler: {e}"))
+        };
+        Ok(Signals {
+            term: install(SignalKind::terminate(), "SIGTERM")?,
+            int: install(SignalKind::interrupt(), "SIGINT")?,
+            hup: install(SignalKind::hangup(), "SIGHUP")?,
+        })
+    }
+}
+
 /// Reloads the configuration on every SIGHUP (errors are logged; the running
 /// configuration stays).
-async fn reload_on_sighup(server: std::sync::Arc<crate::app::Server>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        tracing::error!("cannot install the SIGHUP handler; reload through the admin API");
-        return;
-    };
+async fn reload_on_sighup(mut hup: Signal, server: std::sync::Arc<crate::app::Server>) {
     while hup.recv().await.is_some() {
         tracing::info!("SIGHUP: reloading the configuration");
         let _ = server.reload().await;
@@ -167,15 +186,7 @@ async fn reload_on_sighup(server: std::sync::Arc<crate::app::Server>) {
 }
 
 /// Cancels `shutdown` on SIGTERM or SIGINT.
-async fn stop_on_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop polyhost with SIGKILL");
-        return;
-    };
+async fn stop_on_signal(mut term: Signal, mut int: Signal, shutdown: CancellationToken) {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: stopping, letting in-flight requests finish"),
         _ = int.recv() => tracing::info!("SIGINT: stopping, letting in-flight requests finish"),
