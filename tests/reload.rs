@@ -47,7 +47,10 @@ async fn reload_under_load_adds_removes_changes_and_refuses_without_one_failed_r
         write(&cfg, name, user);
     }
     let py = std::fs::read_to_string(cfg.path().join("vhosts/py.toml")).unwrap();
-    cfg.write("vhosts/py.toml", &format!("{py}processes = 2\nthreads = 1\n"));
+    cfg.write(
+        "vhosts/py.toml",
+        &format!("{py}processes = 2\nthreads = 1\n"),
+    );
     cfg.static_site("gone", &["gone.test"], "");
     let served = Served::start(&cfg).await;
     let addr = served.addr;

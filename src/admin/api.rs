@@ -167,18 +167,28 @@ async fn site_action(server: &Server, name: &str, action: &str) -> Resp {
             "started: its processes start now or on the first request",
         ),
     };
-    match result {
-        Ok(()) => json(
-            StatusCode::OK,
-            &ActionDone {
-                site: name.to_owned(),
-                action: action.to_owned(),
-                message: message.to_owned(),
-                status: server.site_status(name).await.ok(),
-            },
-        ),
-        Err(e) => control_error(e),
+    if let Err(e) = result {
+        return control_error(e);
     }
+    let status = server.site_status(name).await.ok();
+    let state = status.as_ref().map_or("", |s| s.state.as_str());
+    let message = match (action, state) {
+        ("restart", "static") => "a static site has no processes; nothing to restart",
+        ("restart", "idle") => "no processes running (idle); the next request starts new ones",
+        ("restart", "stopped") => {
+            "stopped by the operator; nothing to restart (start it with `polyhost start SITE`)"
+        }
+        _ => message,
+    };
+    json(
+        StatusCode::OK,
+        &ActionDone {
+            site: name.to_owned(),
+            action: action.to_owned(),
+            message: message.to_owned(),
+            status,
+        },
+    )
 }
 
 fn control_error(e: ControlError) -> Resp {

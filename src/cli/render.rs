@@ -19,7 +19,8 @@ pub fn status_table(s: &ServerStatus) -> String {
         s.version,
         s.pid,
         duration(s.uptime_seconds),
-        s.limits_backend,
+        // "cgroup v1 (memory at /sys/...)": the paths are for `status --json`.
+        s.limits_backend.split(" (").next().unwrap_or_default(),
         s.reloads,
         s.reloads_failed
     );
@@ -258,7 +259,7 @@ mod tests {
             version: "0.1.0".into(),
             pid: 1234,
             uptime_seconds: 11_540,
-            limits_backend: "cgroup v1".into(),
+            limits_backend: "cgroup v1 (memory at /sys/fs/cgroup/memory/polyhost-1)".into(),
             reloads: 3,
             reloads_failed: 1,
             sites: vec![blog, shop, www, site("sleepy", "idle", "python")],
