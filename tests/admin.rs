@@ -434,3 +434,18 @@ fn admin_listen_without_a_token_is_a_config_error() {
         $DIR/polyhost.toml: admin.token: required when admin.listen is set: a long random string that clients send as `Authorization: Bearer TOKEN`"#]]
     .assert_eq(&errors);
 }
+
+#[tokio::test]
+async fn nothing_is_started_once_shutdown_began() {
+    let cfg = TestConfig::new();
+    cfg.static_site("www", &["www.test"], "");
+    let served = Served::start(&cfg).await;
+    served.server.shutdown().await;
+    cfg.static_site("late", &["late.test"], "");
+    let (status, body) = served.api("POST", "/v1/reload").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("shutting down"), "{body}");
+    let r = cli(&served.socket, &["start", "www"], None).await;
+    assert_eq!(r.code, 1, "{r:?}");
+    served.stop().await;
+}

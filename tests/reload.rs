@@ -150,6 +150,13 @@ async fn reload_under_load_adds_removes_changes_and_refuses_without_one_failed_r
     let names: Vec<&str> = status.sites.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["added", "plain", "py", "stay"]);
     served.stop().await;
+    for user in &users {
+        assert!(
+            common::pids_of_uid(user.uid).is_empty(),
+            "no worker of {} survives",
+            user.name
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

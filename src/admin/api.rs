@@ -197,6 +197,10 @@ fn control_error(e: ControlError) -> Resp {
             StatusCode::NOT_FOUND,
             format!("no site named {name:?}; `polyhost status` lists the sites"),
         ),
+        ControlError::ShuttingDown => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "polyhost is shutting down; try again once it runs again",
+        ),
         ControlError::Config(errors) => config_errors(
             errors,
             "the configuration is invalid; nothing changed and the running sites keep serving. Fix these and reload again",

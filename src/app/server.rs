@@ -45,6 +45,9 @@ pub enum ControlError {
     Setup(ConfigErrors),
     #[error("no site named {0:?}")]
     NoSuchSite(String),
+    /// polyhost is stopping; nothing more is started.
+    #[error("polyhost is shutting down")]
+    ShuttingDown,
 }
 
 /// What a reload did.
@@ -73,6 +76,9 @@ struct SiteEntry {
 struct State {
     config: Config,
     sites: BTreeMap<SiteName, SiteEntry>,
+    /// Set by [`Server::shutdown`]: control operations are refused from then
+    /// on, so nothing is started after the sites were stopped.
+    stopped: bool,
 }
 
 pub struct Server {
@@ -125,7 +131,11 @@ impl Server {
             table,
             shutdown_timeout: config.server.shutdown_timeout,
             supervisor,
-            state: tokio::sync::Mutex::new(State { config, sites }),
+            state: tokio::sync::Mutex::new(State {
+                config,
+                sites,
+                stopped: false,
+            }),
             generation: AtomicU64::new(1),
             reloads: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
@@ -161,8 +171,10 @@ impl Server {
     }
 
     async fn reload_inner(&self) -> Result<ReloadReport, ControlError> {
+        // Read the files under the lock: of two reloads, the later one applies
+        // the later files.
+        let mut state = self.lock_running().await?;
         let new = config::load(&self.main).map_err(ControlError::Config)?;
-        let mut state = self.state.lock().await;
         let mut report = ReloadReport::default();
         if new.server != state.config.server {
             report.warnings.push("server settings (listen, state_dir, log_dir, admin, ...) take effect when polyhost is restarted".into());
@@ -278,7 +290,7 @@ impl Server {
 
     /// Replaces every process of a site, new ones first (no request fails).
     pub async fn restart_site(&self, name: &str) -> Result<(), ControlError> {
-        let state = self.state.lock().await;
+        let state = self.lock_running().await?;
         let entry = find(&state, name)?;
         for g in &entry.runtimes.groups {
             g.restart();
@@ -289,7 +301,7 @@ impl Server {
 
     /// Stops a site's processes; its requests get 503 until it is started.
     pub async fn stop_site(&self, name: &str) -> Result<(), ControlError> {
-        let mut state = self.state.lock().await;
+        let mut state = self.lock_running().await?;
         let key = find(&state, name)?.config.name.clone();
         let entry = state.sites.get_mut(&key).expect("found above");
         if entry.disabled {
@@ -305,7 +317,7 @@ impl Server {
 
     /// Starts a site stopped with [`stop_site`](Self::stop_site).
     pub async fn start_site(&self, name: &str) -> Result<(), ControlError> {
-        let mut state = self.state.lock().await;
+        let mut state = self.lock_running().await?;
         let key = find(&state, name)?.config.name.clone();
         let log_dir = state.config.server.log_dir.clone();
         let entry = state.sites.get(&key).expect("found above");
@@ -325,6 +337,15 @@ impl Server {
         self.swap_table(&state);
         tracing::info!(site = name, "started by the operator");
         Ok(())
+    }
+
+    /// The state, unless polyhost is shutting down.
+    async fn lock_running(&self) -> Result<tokio::sync::MutexGuard<'_, State>, ControlError> {
+        let state = self.state.lock().await;
+        if state.stopped {
+            return Err(ControlError::ShuttingDown);
+        }
+        Ok(state)
     }
 
     fn swap_table(&self, state: &State) {
@@ -376,7 +397,8 @@ impl Server {
 
     /// Stops every site's processes and removes polyhost's cgroups.
     pub async fn shutdown(&self) {
-        let state = self.state.lock().await;
+        let mut state = self.state.lock().await;
+        state.stopped = true;
         futures_util::future::join_all(state.sites.values().map(|e| e.runtimes.stop())).await;
         self.supervisor.shutdown();
     }
