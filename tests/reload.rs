@@ -288,3 +288,50 @@ async fn sighup_reloads_the_real_binary_and_the_cli_finds_its_socket_from_the_co
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_generation_that_cannot_start_refuses_the_reload_and_the_old_one_serves_on() {
+    let cfg = TestConfig::new();
+    let user = TestUser::new();
+    python_site(&cfg, "py", &user, "1", "");
+    let served = Served::start(&cfg).await;
+    wait_serving(served.addr, "py.test").await;
+    let before = served.site("py").await;
+
+    let load = Load::start(served.addr, &["py.test"], 4);
+    load.wait_for(100).await;
+    let py = std::fs::read_to_string(cfg.path().join("vhosts/py.toml")).unwrap();
+    cfg.write(
+        "vhosts/py.toml",
+        &py.replace("app = \"versioned\"", "app = \"no_such_module\"")
+            .replace("APP_VERSION = \"1\"", "APP_VERSION = \"2\""),
+    );
+    let r = cli(&served.socket, &["reload"], None).await;
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr.contains("vhosts/py.toml: site py: its new processes did not become ready, so it keeps its running ones"),
+        "{r:?}"
+    );
+    load.wait_for(100).await;
+    let seen = load.stop().await;
+    let failed = failures(&["py.test".to_owned()], &seen, &["py.test"]);
+    assert!(failed.is_empty(), "{:?}", &failed[..failed.len().min(5)]);
+    assert!(seen.iter().flatten().all(|s| version(&s.body) == "1"));
+
+    let after = served.site("py").await;
+    assert_eq!(
+        (after.generation, &after.pids),
+        (before.generation, &before.pids)
+    );
+    let only_old = eventually(Duration::from_secs(10), || async {
+        common::pids_of_uid(user.uid) == before.pids
+    })
+    .await;
+    assert!(
+        only_old,
+        "the failed generation's processes are gone: {:?}",
+        common::pids_of_uid(user.uid)
+    );
+    assert_eq!(served.status().await.reloads_failed, 1);
+    served.stop().await;
+}

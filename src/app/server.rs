@@ -238,7 +238,9 @@ impl Server {
             .map(|n| n.to_string())
             .collect();
 
-        // Traffic moves only to ready processes: warm up new generations of running sites.
+        // Traffic moves only to ready processes: warm up new generations of
+        // running sites; one that does not become ready refuses the reload
+        // (its old generation keeps serving).
         let warm: Vec<_> = report
             .restarted
             .iter()
@@ -252,11 +254,30 @@ impl Server {
                     .iter()
                     .any(|g| g.snapshot().state == GroupState::Running);
                 was_running
-                    .then(|| next.get(&name).map(|e| e.runtimes.clone()))
+                    .then(|| {
+                        next.get(&name)
+                            .map(|e| (e.config.clone(), e.runtimes.clone()))
+                    })
                     .flatten()
             })
             .collect();
-        futures_util::future::join_all(warm.iter().map(|rt| rt.warm_up())).await;
+        let warmed = futures_util::future::join_all(warm.iter().map(|(site, rt)| async move {
+            rt.warm_up().await.map_err(|why| {
+                config::ConfigError::in_file(
+                    &site.file,
+                    "",
+                    format!("site {}: its new processes did not become ready, so it keeps its running ones: {why}", site.name),
+                )
+            })
+        }))
+        .await;
+        let errors = ConfigErrors(warmed.into_iter().filter_map(Result::err).collect());
+        if !errors.is_empty() {
+            for rt in fresh {
+                rt.stop().await;
+            }
+            return Err(ControlError::Setup(errors));
+        }
 
         self.table.store(Arc::new(RoutingTable::new(
             next.values().map(|e| e.route.clone()),

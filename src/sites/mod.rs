@@ -41,13 +41,26 @@ impl Runtimes {
 
     /// Starts every group and waits (each up to its startup timeout) until
     /// it serves; used so a reload moves traffic only to a ready generation.
-    pub async fn warm_up(&self) {
-        futures_util::future::join_all(self.groups.iter().map(|g| async move {
-            if let Err(e) = g.lease().await {
-                tracing::warn!(site = %g.site, runtime = g.runtime, error = %e, "new generation not ready; switching anyway");
-            }
+    /// The error says why a group did not become ready.
+    pub async fn warm_up(&self) -> Result<(), String> {
+        let results = futures_util::future::join_all(self.groups.iter().map(|g| async move {
+            g.lease().await.map(drop).map_err(|e| {
+                let why = g.snapshot().last_error.clone();
+                format!(
+                    "{} {e}{}",
+                    g.runtime,
+                    why.map(|w| format!(" (last error: {w})"))
+                        .unwrap_or_default()
+                )
+            })
         }))
         .await;
+        let errors: Vec<String> = results.into_iter().filter_map(Result::err).collect();
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join("; "))
+        }
     }
 }
 
