@@ -266,7 +266,7 @@ impl Server {
                 config::ConfigError::in_file(
                     &site.file,
                     "",
-                    format!("site {}: its new processes did not become ready, so it keeps its running ones: {why}", site.name),
+                    format!("site {}: its new processes did not become ready, so it keeps its running ones: {why} (the site's error log has their output)", site.name),
                 )
             })
         }))

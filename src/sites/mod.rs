@@ -45,13 +45,11 @@ impl Runtimes {
     pub async fn warm_up(&self) -> Result<(), String> {
         let results = futures_util::future::join_all(self.groups.iter().map(|g| async move {
             g.lease().await.map(drop).map_err(|e| {
-                let why = g.snapshot().last_error.clone();
-                format!(
-                    "{} {e}{}",
-                    g.runtime,
-                    why.map(|w| format!(" (last error: {w})"))
-                        .unwrap_or_default()
-                )
+                let e = e.to_string();
+                match g.snapshot().last_error.clone() {
+                    Some(last) if !e.contains(&last) => format!("{e} (last error: {last})"),
+                    _ => e,
+                }
             })
         }))
         .await;
