@@ -449,3 +449,56 @@ async fn nothing_is_started_once_shutdown_began() {
     assert_eq!(r.code, 1, "{r:?}");
     served.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_and_metrics_answer_while_a_reload_waits_for_a_slow_start() {
+    let cfg = TestConfig::new();
+    let user = TestUser::new();
+    python_site(&cfg, "py", &user, "1", "");
+    let served = Served::start(&cfg).await;
+    assert_eq!(get(served.addr, "py.test", "/").await.status, 200);
+    let before = served.site("py").await;
+    let py = std::fs::read_to_string(cfg.path().join("vhosts/py.toml")).unwrap();
+    cfg.write(
+        "vhosts/py.toml",
+        &py.replace(
+            "APP_VERSION = \"1\"",
+            "APP_VERSION = \"2\", IMPORT_DELAY = \"3\"",
+        ),
+    );
+    let socket = served.socket.clone();
+    let reload = tokio::spawn(async move { cli(&socket, &["reload"], None).await });
+    // The reload holds the control lock while the new generation imports.
+    let started = eventually(Duration::from_secs(5), || async {
+        common::pids_of_uid(user.uid).len() == 2
+    })
+    .await;
+    assert!(started, "the new generation is starting");
+    let t = std::time::Instant::now();
+    let during = served.site("py").await;
+    let (code, metrics) = served.api("GET", "/metrics").await;
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "answered in {:?}",
+        t.elapsed()
+    );
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains("polyhost_processes{site=\"py\"} 1"),
+        "{metrics}"
+    );
+    assert_eq!(
+        during.generation, before.generation,
+        "the old generation serves"
+    );
+    assert!(!reload.is_finished(), "the reload was still waiting");
+    let r = reload.await.unwrap();
+    assert_eq!(r.code, 0, "{r:?}");
+    let after = served.site("py").await;
+    assert!(after.generation > before.generation);
+    assert!(get(served.addr, "py.test", "/")
+        .await
+        .text()
+        .starts_with("version=2"));
+    served.stop().await;
+}

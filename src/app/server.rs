@@ -63,6 +63,7 @@ pub struct ReloadReport {
     pub warnings: Vec<String>,
 }
 
+#[derive(Clone)]
 struct SiteEntry {
     config: Arc<SiteConfig>,
     route: Arc<SiteRoute>,
@@ -87,6 +88,9 @@ pub struct Server {
     table: SharedTable,
     supervisor: Supervisor,
     state: tokio::sync::Mutex<State>,
+    /// The sites as last published with the routing table: status and
+    /// metrics read it without the lock, so they answer during a long reload.
+    published: ArcSwap<BTreeMap<SiteName, SiteEntry>>,
     generation: AtomicU64,
     reloads: AtomicU64,
     reloads_failed: AtomicU64,
@@ -125,7 +129,9 @@ impl Server {
             sites.values().map(|e| e.route.clone()),
         )));
         tracing::info!(sites = sites.len(), "serving");
+        let published = ArcSwap::from_pointee(sites.clone());
         Ok(Arc::new(Server {
+            published,
             main: config.server.main_file.clone(),
             started: Instant::now(),
             table,
@@ -189,7 +195,7 @@ impl Server {
             let planned = match old {
                 Some(old) if old.config == *site => {
                     report.unchanged += 1;
-                    Ok(old.clone_entry())
+                    Ok(old.clone())
                 }
                 Some(old) if old.disabled => {
                     report.rerouted.push(name.to_string());
@@ -279,11 +285,9 @@ impl Server {
             return Err(ControlError::Setup(errors));
         }
 
-        self.table.store(Arc::new(RoutingTable::new(
-            next.values().map(|e| e.route.clone()),
-        )));
         let old_sites = std::mem::replace(&mut state.sites, next);
         state.config = new;
+        self.swap_table(&state);
         for (name, old) in old_sites {
             let keep = state
                 .sites
@@ -369,14 +373,21 @@ impl Server {
         Ok(state)
     }
 
+    /// Publishes `state.sites`: one atomic swap of the routing table, then
+    /// of what status reads.
     fn swap_table(&self, state: &State) {
         self.table.store(Arc::new(RoutingTable::new(
             state.sites.values().map(|e| e.route.clone()),
         )));
+        self.published.store(Arc::new(state.sites.clone()));
     }
 
+    /// Never waits for a control operation in progress.
     pub async fn status(&self) -> ServerStatus {
-        let state = self.state.lock().await;
+        self.status_of(&self.published.load())
+    }
+
+    fn status_of(&self, sites: &BTreeMap<SiteName, SiteEntry>) -> ServerStatus {
         ServerStatus {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             pid: std::process::id(),
@@ -384,36 +395,34 @@ impl Server {
             limits_backend: self.supervisor.cgroups().describe(),
             reloads: self.reloads.load(Ordering::Relaxed),
             reloads_failed: self.reloads_failed.load(Ordering::Relaxed),
-            sites: state.sites.values().map(site_status).collect(),
+            sites: sites.values().map(site_status).collect(),
         }
     }
 
-    /// Status of one site, or [`ControlError::NoSuchSite`].
+    /// Status of one site, or [`ControlError::NoSuchSite`]; never waits.
     pub async fn site_status(&self, name: &str) -> Result<SiteStatus, ControlError> {
-        let state = self.state.lock().await;
-        find(&state, name).map(site_status)
+        SiteName::parse(name)
+            .ok()
+            .and_then(|n| self.published.load().get(&n).map(site_status))
+            .ok_or_else(|| ControlError::NoSuchSite(name.to_owned()))
     }
 
-    /// What a metrics scrape shows: the status plus each site's live handles.
+    /// What a metrics scrape shows: the status plus each site's live
+    /// handles, from one published snapshot; never waits.
     pub async fn metrics_view(&self) -> crate::metrics::View {
-        let status = self.status().await;
-        let state = self.state.lock().await;
-        let sites = status
-            .sites
-            .iter()
-            .map(|s| {
-                let entry = SiteName::parse(&s.name)
-                    .ok()
-                    .and_then(|n| state.sites.get(&n));
-                crate::metrics::SiteView {
-                    stats: entry.map(|e| e.stats.clone()).unwrap_or_default(),
-                    threads: entry
-                        .and_then(|e| e.runtimes.python.as_ref())
-                        .map(|py| py.threads()),
-                }
+        let sites = self.published.load_full();
+        let status = self.status_of(&sites);
+        let views = sites
+            .values()
+            .map(|e| crate::metrics::SiteView {
+                stats: e.stats.clone(),
+                threads: e.runtimes.python.as_ref().map(|py| py.threads()),
             })
             .collect();
-        crate::metrics::View { status, sites }
+        crate::metrics::View {
+            status,
+            sites: views,
+        }
     }
 
     /// Stops every site's processes and removes polyhost's cgroups.
@@ -422,19 +431,6 @@ impl Server {
         state.stopped = true;
         futures_util::future::join_all(state.sites.values().map(|e| e.runtimes.stop())).await;
         self.supervisor.shutdown();
-    }
-}
-
-impl SiteEntry {
-    fn clone_entry(&self) -> SiteEntry {
-        SiteEntry {
-            config: self.config.clone(),
-            route: self.route.clone(),
-            runtimes: self.runtimes.clone(),
-            logs: self.logs.clone(),
-            stats: self.stats.clone(),
-            disabled: self.disabled,
-        }
     }
 }
 

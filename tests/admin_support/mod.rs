@@ -18,9 +18,11 @@ use tokio_util::sync::CancellationToken;
 use crate::common::{open_up, python_worker, TestConfig, TestUser};
 
 /// A WSGI app whose answer names its version (env `APP_VERSION`) and pid;
-/// `/crash` exits, `/hog?mb=N` allocates N MiB.
+/// `/crash` exits, `/hog?mb=N` allocates N MiB; env `IMPORT_DELAY` slows
+/// its import (a slow start) by that many seconds.
 pub const VERSIONED_APP: &str = r#"
-import os, urllib.parse
+import os, time, urllib.parse
+time.sleep(float(os.environ.get("IMPORT_DELAY", "0")))
 def application(environ, start_response):
     path = environ.get("PATH_INFO", "")
     qs = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""))
