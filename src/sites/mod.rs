@@ -96,6 +96,7 @@ pub fn build_runtimes(
         .site_context(site)
         .map_err(|e| one_error(site, "user", e.to_string()))?;
     if let Some(py) = &site.python {
+        warn_thread_overallocation(site, py);
         let home = ctx.identity.as_ref().map(|i| i.home.clone());
         let launcher = Arc::new(PythonLauncher::new(site, py, home.as_deref()));
         let group = supervisor.spawn_group(site, &ctx, launcher, generation);
@@ -189,5 +190,24 @@ impl Upstream for Disabled {
                 ctx.site.name
             )))
         })
+    }
+}
+
+/// More threads than the site's CPU limit can keep busy is the classic
+/// mod_wsgi over-allocation: memory and queueing without throughput. Python
+/// threads overlap only while they wait on I/O, so allow a generous ratio.
+fn warn_thread_overallocation(site: &SiteConfig, py: &crate::config::PythonConfig) {
+    const THREADS_PER_CORE: f64 = 16.0;
+    if let Some(cores) = site.limits.cpu {
+        let threads = (py.processes * py.threads) as f64;
+        if threads > cores.max(1.0) * THREADS_PER_CORE {
+            tracing::warn!(
+                site = %site.name,
+                threads = py.threads,
+                processes = py.processes,
+                cpu = cores,
+                "python.threads × processes is far above what limits.cpu can use; fewer threads cost less memory and queue more honestly"
+            );
+        }
     }
 }
