@@ -122,8 +122,12 @@ async fn status_shows_a_crash_an_oom_kill_and_a_site_scaled_to_zero() {
 
     assert_eq!(get(addr, "crashy.test", "/").await.status, 200);
     assert_eq!(get(addr, "crashy.test", "/crash").await.status, 502);
+    let restarted = eventually(Duration::from_secs(10), || async {
+        served.site("crashy").await.restarts >= 1
+    })
+    .await;
     let crashy = served.site("crashy").await;
-    assert!(crashy.restarts >= 1, "{crashy:?}");
+    assert!(restarted, "{crashy:?}");
     let err = crashy.last_error.unwrap_or_default();
     assert!(err.contains("exited unexpectedly: exit status 3"), "{err}");
 
