@@ -22,7 +22,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub use error::{ConfigError, ConfigErrors, Source};
-pub use server::{AdminConfig, ServerConfig, DEFAULT_INCLUDE, DEFAULT_LISTEN};
+pub use server::{AdminConfig, AdminToken, ServerConfig, DEFAULT_INCLUDE, DEFAULT_LISTEN};
 pub use site::{
     IniValue, Limits, PhpConfig, PhpMode, PythonConfig, SiteConfig, StartPolicy, StaticConfig,
     DEFAULT_BODY_LIMIT,
@@ -47,6 +47,17 @@ pub fn load(main: &Path) -> Result<Config, ConfigErrors> {
     };
     match server {
         Some(server) if errors.is_empty() => Ok(Config { server, sites }),
+        _ => Err(errors),
+    }
+}
+
+/// Loads only the server-wide part (main file, fragments, env), not the
+/// vhost files: what a client of the admin API needs to find the socket,
+/// even while a vhost file is invalid.
+pub fn load_server(main: &Path) -> Result<ServerConfig, ConfigErrors> {
+    let mut errors = ConfigErrors::default();
+    match server::load_server(main, &mut errors) {
+        Some(server) if errors.is_empty() => Ok(server),
         _ => Err(errors),
     }
 }

@@ -25,6 +25,7 @@ pub struct RawServer {
     pub shutdown_timeout: Option<Scalar>,
     pub log_level: Option<String>,
     pub admin: Option<RawAdmin>,
+    pub metrics: Option<RawMetrics>,
 }
 
 #[derive(Debug, Deserialize, Clone)]
@@ -48,6 +49,14 @@ impl OneOrMany {
 pub struct RawAdmin {
     pub socket: Option<String>,
     pub group: Option<String>,
+    pub listen: Option<String>,
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    pub listen: Option<String>,
 }
 
 /// One `vhosts/<site>.toml` file.

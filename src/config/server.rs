@@ -30,6 +30,8 @@ pub struct ServerConfig {
     pub shutdown_timeout: Duration,
     pub log_level: String,
     pub admin: AdminConfig,
+    /// `[metrics] listen`: a TCP address serving only `/metrics`.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -37,6 +39,20 @@ pub struct AdminConfig {
     pub socket: PathBuf,
     /// Group allowed to open the socket besides root.
     pub group: Option<String>,
+    /// Optional TCP address of the admin API; never without `token`.
+    pub listen: Option<SocketAddr>,
+    /// Bearer token required on `listen`.
+    pub token: Option<AdminToken>,
+}
+
+/// The admin API's bearer token; never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken(pub String);
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(***)")
+    }
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -200,6 +216,30 @@ fn validate_server(
         .socket
         .map(|s| abs(&s))
         .unwrap_or_else(|| state_dir.join("admin.sock"));
+    let mut tcp = |key: &str, addr: Option<&String>| {
+        addr.and_then(|a| match a.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                errs.add(
+                    key,
+                    format!("{a:?} is not an address:port (e.g. \"127.0.0.1:9090\")"),
+                );
+                None
+            }
+        })
+    };
+    let admin_listen = tcp("admin.listen", admin.listen.as_ref());
+    let metrics_listen = tcp(
+        "metrics.listen",
+        raw.metrics.as_ref().and_then(|m| m.listen.as_ref()),
+    );
+    let token = admin.token.filter(|t| !t.trim().is_empty()).map(AdminToken);
+    if admin.listen.is_some() && token.is_none() {
+        errs.add(
+            "admin.token",
+            "required when admin.listen is set: a long random string that clients send as `Authorization: Bearer TOKEN`",
+        );
+    }
     let shutdown_timeout = raw
         .shutdown_timeout
         .and_then(|v| errs.check("shutdown_timeout", parse_duration(&v)))
@@ -234,6 +274,9 @@ fn validate_server(
         admin: super::server::AdminConfig {
             socket,
             group: admin.group,
+            listen: admin_listen,
+            token,
         },
+        metrics_listen,
     })
 }

@@ -103,7 +103,9 @@ fn serve_connection(
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .serve_connection(TokioIo::new(stream), service);
     let watched = graceful.watch(http);
+    let open = crate::metrics::connection_opened(); // metrics: dropped when the connection ends
     tokio::spawn(async move {
+        let _open = open;
         if let Err(e) = watched.await {
             tracing::debug!(client = %conn.client, error = %e, "connection ended with an error");
         }

@@ -54,8 +54,11 @@ where
     };
     let site = site.clone();
     let log = LogFacts::of(&req, conn.client, &site);
+    let in_flight = site.stats.begin(); // metrics
     let response = route(req, conn, host.unwrap_or_default(), &site).await;
-    site.stats.record(response.status().as_u16());
+    site.stats
+        .record(response.status().as_u16(), start.elapsed()); // metrics
+    drop(in_flight); // metrics
     log.wrap(response, start, site.logs.clone())
 }
 

@@ -3,7 +3,6 @@
 //! locks; a reload swaps in a whole new table atomically, so no request sees
 //! half of one.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -12,6 +11,7 @@ use super::access_log::SiteLogs;
 use super::mount::MountTable;
 use super::vhost::VhostTable;
 use crate::config::SiteConfig;
+pub use crate::metrics::SiteStats;
 
 /// Everything the router needs to serve one site.
 pub struct SiteRoute {
@@ -20,22 +20,6 @@ pub struct SiteRoute {
     pub logs: Arc<SiteLogs>,
     /// Counters that outlive reloads of the site (shared between routes).
     pub stats: Arc<SiteStats>,
-}
-
-/// Per-site request counters, read by status.
-#[derive(Debug, Default)]
-pub struct SiteStats {
-    pub requests: AtomicU64,
-    pub responses_5xx: AtomicU64,
-}
-
-impl SiteStats {
-    pub fn record(&self, status: u16) {
-        self.requests.fetch_add(1, Ordering::Relaxed);
-        if status >= 500 {
-            self.responses_5xx.fetch_add(1, Ordering::Relaxed);
-        }
-    }
 }
 
 #[derive(Default)]

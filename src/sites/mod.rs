@@ -35,20 +35,35 @@ pub struct Runtimes {
 }
 
 impl Runtimes {
-    /// Drains and stops every process of this generation.
+    /// Drains and stops every process of this generation. Requests already
+    /// routed here but not yet on a worker (queued) are served first.
     pub async fn stop(&self) {
+        if let Some(py) = &self.python {
+            py.settle().await;
+        }
         futures_util::future::join_all(self.groups.iter().map(|g| g.stop())).await;
     }
 
     /// Starts every group and waits (each up to its startup timeout) until
     /// it serves; used so a reload moves traffic only to a ready generation.
-    pub async fn warm_up(&self) {
-        futures_util::future::join_all(self.groups.iter().map(|g| async move {
-            if let Err(e) = g.lease().await {
-                tracing::warn!(site = %g.site, runtime = g.runtime, error = %e, "new generation not ready; switching anyway");
-            }
+    /// The error says why a group did not become ready.
+    pub async fn warm_up(&self) -> Result<(), String> {
+        let results = futures_util::future::join_all(self.groups.iter().map(|g| async move {
+            g.lease().await.map(drop).map_err(|e| {
+                let e = e.to_string();
+                match g.snapshot().last_error.clone() {
+                    Some(last) if !e.contains(&last) => format!("{e} (last error: {last})"),
+                    _ => e,
+                }
+            })
         }))
         .await;
+        let errors: Vec<String> = results.into_iter().filter_map(Result::err).collect();
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join("; "))
+        }
     }
 }
 
@@ -71,6 +86,7 @@ pub fn build_runtimes(
     site: &Arc<SiteConfig>,
     supervisor: &Supervisor,
     generation: u64,
+    stats: &Arc<SiteStats>,
 ) -> Result<Runtimes, ConfigErrors> {
     let mut rt = Runtimes {
         generation,
@@ -103,7 +119,11 @@ pub fn build_runtimes(
         let home = ctx.identity.as_ref().map(|i| i.home.clone());
         let launcher = Arc::new(PythonLauncher::new(site, py, home.as_deref()));
         let group = supervisor.spawn_group(site, &ctx, launcher, generation);
-        rt.python = Some(Arc::new(PythonUpstream::new(group.clone(), py)));
+        rt.python = Some(Arc::new(PythonUpstream::new(
+            group.clone(),
+            py,
+            stats.clone(),
+        )));
         rt.groups.push(group);
     }
     rt.context = Some(ctx);

@@ -609,7 +609,10 @@ impl Actor {
         let Some(p) = self.procs.remove(&id) else {
             return;
         };
-        let oom = oom_kills > p.oom_seen;
+        // A kill the periodic check already counted is still this exit's reason.
+        let sigkilled =
+            matches!(&status, Ok(s) if std::os::unix::process::ExitStatusExt::signal(s) == Some(9));
+        let oom = oom_kills > p.oom_seen || (sigkilled && oom_kills > 0);
         self.oom_kills += oom_kills.saturating_sub(p.oom_seen);
         let _ = std::fs::remove_file(&p.endpoint.socket);
         let status_text = match &status {

@@ -12,8 +12,9 @@
 //! is slow.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -28,6 +29,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use super::spool::spool;
 use super::{BoxError, RequestBody, RequestContext, ResponseBody, Upstream, UpstreamError};
 use crate::config::PythonConfig;
+use crate::metrics::SiteStats;
 use crate::supervisor::{GroupHandle, Lease};
 
 /// Frames buffered between a worker and a slow client (≈ 2 MiB at 64 KiB frames).
@@ -38,18 +40,26 @@ pub struct PythonUpstream {
     queue_timeout: Duration,
     request_timeout: Duration,
     admission: Arc<Semaphore>,
+    capacity: usize,
+    /// Requests admitted to this upstream that hold no lease yet (spooling,
+    /// queued, waiting for a worker): stopping waits for them.
+    waiting: AtomicUsize,
     pool: Arc<ConnPool>,
+    stats: Arc<SiteStats>,
 }
 
 impl PythonUpstream {
-    pub fn new(group: GroupHandle, config: &PythonConfig) -> Self {
+    pub fn new(group: GroupHandle, config: &PythonConfig, stats: Arc<SiteStats>) -> Self {
         let capacity = (config.processes * config.threads) as usize;
         PythonUpstream {
             group,
             queue_timeout: config.queue_timeout,
             request_timeout: config.request_timeout,
             admission: Arc::new(Semaphore::new(capacity)),
+            capacity,
+            waiting: AtomicUsize::new(0),
             pool: Arc::new(ConnPool::default()),
+            stats,
         }
     }
 
@@ -57,20 +67,48 @@ impl PythonUpstream {
         &self.group
     }
 
+    /// Worker threads in use and in total (admission permits).
+    pub fn threads(&self) -> (u64, u64) {
+        let busy = self
+            .capacity
+            .saturating_sub(self.admission.available_permits());
+        (busy as u64, self.capacity as u64)
+    }
+
+    /// Waits until no request is between admission and its lease (bounded by
+    /// the queue timeout), so that stopping the workers afterwards fails no
+    /// request that was routed here before a reload swapped the table.
+    pub async fn settle(&self) {
+        let deadline = Instant::now() + self.queue_timeout + Duration::from_secs(1);
+        let mut quiet = 0;
+        while quiet < 2 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(25)).await;
+            quiet = if self.waiting.load(Ordering::Acquire) == 0 {
+                quiet + 1
+            } else {
+                0
+            };
+        }
+    }
+
     async fn serve(
         &self,
         req: Request<RequestBody>,
         ctx: &RequestContext,
     ) -> Result<Response<ResponseBody>, UpstreamError> {
+        let waiting = Waiting::enter(&self.waiting);
         let limit = ctx.site.limits.body;
         let (parts, body) = req.into_parts();
         let body = spool(body, limit).await?;
+        let queued = Instant::now();
         let permit =
-            tokio::time::timeout(self.queue_timeout, self.admission.clone().acquire_owned())
-                .await
-                .map_err(|_| UpstreamError::QueueTimeout(self.queue_timeout))?
-                .map_err(|_| UpstreamError::Unavailable("site is stopping".into()))?;
+            tokio::time::timeout(self.queue_timeout, self.admission.clone().acquire_owned()).await;
+        self.stats.queued(queued.elapsed());
+        let permit = permit
+            .map_err(|_| UpstreamError::QueueTimeout(self.queue_timeout))?
+            .map_err(|_| UpstreamError::Unavailable("site is stopping".into()))?;
         let lease = self.group.lease().await?;
+        drop(waiting);
         let mut sender = self.pool.get(&lease).await?;
 
         let mut head = Request::builder()
@@ -149,6 +187,22 @@ impl Upstream for PythonUpstream {
                 e => e,
             })
         })
+    }
+}
+
+/// Counts a request in [`PythonUpstream::waiting`] while it lives.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn enter(counter: &'a AtomicUsize) -> Self {
+        counter.fetch_add(1, Ordering::AcqRel);
+        Waiting(counter)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
