@@ -42,13 +42,24 @@ pub async fn bind(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, ServeError> 
     Ok(out)
 }
 
+/// Binds the plain (`listen`) and TLS (`tls_listen`) addresses.
+pub async fn bind_all(
+    server: &crate::config::ServerConfig,
+) -> Result<router::Listeners, ServeError> {
+    Ok(router::Listeners {
+        http: bind(&server.listen).await?,
+        https: bind(&server.front.tls_listen).await?,
+    })
+}
+
 /// Serves `config` on `listeners` until `shutdown` is cancelled, then lets
 /// in-flight requests finish within the configured shutdown timeout.
 pub async fn serve(
     config: Config,
-    listeners: Vec<TcpListener>,
+    listeners: impl Into<router::Listeners>,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
+    let listeners = listeners.into();
     for dir in [&config.server.state_dir, &config.server.log_dir] {
         std::fs::create_dir_all(dir).map_err(|source| ServeError::Dir {
             path: dir.display().to_string(),
@@ -71,13 +82,25 @@ pub async fn serve(
     let table = Arc::new(ArcSwap::from_pointee(RoutingTable::new(
         built.iter().map(|s| s.route.clone()),
     )));
-    for l in &listeners {
+    for l in &listeners.http {
         if let Ok(addr) = l.local_addr() {
             tracing::info!(%addr, "listening");
         }
     }
+    for l in &listeners.https {
+        if let Ok(addr) = l.local_addr() {
+            tracing::info!(%addr, "listening (TLS)");
+        }
+    }
     tracing::info!(sites = config.sites.len(), "serving");
-    router::server::serve(listeners, table, shutdown, config.server.shutdown_timeout).await;
+    router::server::serve(
+        listeners,
+        table,
+        shutdown,
+        config.server.front.clone(),
+        config.server.shutdown_timeout,
+    )
+    .await;
     stop_sites(&built, &supervisor).await;
     tracing::info!("stopped");
     Ok(())

@@ -84,7 +84,7 @@ fn serve(path: &Path) -> ExitCode {
     let result = runtime.block_on(async move {
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));
-        let listeners = crate::app::bind(&config.server.listen).await?;
+        let listeners = crate::app::bind_all(&config.server).await?;
         crate::app::serve(config, listeners, shutdown).await
     });
     match result {

@@ -25,6 +25,11 @@ pub struct RawServer {
     pub shutdown_timeout: Option<Scalar>,
     pub log_level: Option<String>,
     pub admin: Option<RawAdmin>,
+    // The front door (see `config::front`).
+    pub tls_listen: Option<Vec<String>>,
+    pub h2c: Option<bool>,
+    pub trusted_proxies: Option<Vec<String>>,
+    pub limits: Option<super::front::RawServerLimits>,
 }
 
 #[derive(Debug, Deserialize, Clone)]
@@ -65,6 +70,7 @@ pub struct RawSite {
     pub static_files: Option<RawStatic>,
     pub php: Option<RawPhp>,
     pub python: Option<RawPython>,
+    pub tls: Option<super::tls::RawTls>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -30,6 +30,8 @@ pub struct ServerConfig {
     pub shutdown_timeout: Duration,
     pub log_level: String,
     pub admin: AdminConfig,
+    /// TLS listeners, h2c, trusted proxies, connection and request limits.
+    pub front: super::front::FrontConfig,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -195,6 +197,13 @@ fn validate_server(
         .shutdown_timeout
         .and_then(|v| errs.check("shutdown_timeout", parse_duration(&v)))
         .unwrap_or(Duration::from_secs(30));
+    let front = super::front::validate_front(
+        raw.tls_listen,
+        raw.h2c,
+        raw.trusted_proxies,
+        raw.limits,
+        &mut errs,
+    );
     let log_level = raw.log_level.unwrap_or_else(|| "info".into());
     if log_level
         .parse::<tracing_subscriber::filter::EnvFilter>()
@@ -226,5 +235,6 @@ fn validate_server(
             socket,
             group: admin.group,
         },
+        front,
     })
 }

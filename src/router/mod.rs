@@ -6,12 +6,16 @@
 //! ([`table::RoutingTable`]) swapped atomically on reload.
 
 pub mod access_log;
+pub mod conn;
 pub mod mount;
+pub mod proxy;
 pub mod server;
 pub mod service;
 pub mod table;
+pub mod tls;
 pub mod vhost;
 
 pub use access_log::SiteLogs;
 pub use mount::MountTable;
+pub use server::Listeners;
 pub use table::{RoutingTable, SharedTable, SiteRoute};
