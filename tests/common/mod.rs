@@ -347,3 +347,6 @@ pub fn pids_of_uid(uid: u32) -> Vec<i32> {
     }
     out
 }
+
+// Front-door helpers (TLS, HTTP/2, test upstreams, swappable routing table).
+pub mod front;
