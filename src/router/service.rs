@@ -69,7 +69,13 @@ where
     }
     if let Err(why) = proxy::check_framing(req.headers()) {
         tracing::info!(client = %conn.client, reason = why, "ambiguous request framing: 400");
-        return plain_response(StatusCode::BAD_REQUEST, why);
+        let mut resp = plain_response(StatusCode::BAD_REQUEST, why);
+        if req.version() < Version::HTTP_2 {
+            // What follows on this connection cannot be trusted to be a request.
+            resp.headers_mut()
+                .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+        }
+        return resp;
     }
     let Some((host, authority)) = request_host(&req) else {
         if req.version() >= Version::HTTP_11 {

@@ -142,7 +142,8 @@ pub fn served_cert(s: &TlsStream<TcpStream>) -> Vec<u8> {
     s.get_ref().1.peer_certificates().unwrap()[0].to_vec()
 }
 
-/// An HTTP/2 client connection over any stream.
+/// An HTTP/2 client connection over any stream; clones share the connection.
+#[derive(Clone)]
 pub struct H2 {
     sender: hyper::client::conn::http2::SendRequest<Full<Bytes>>,
 }
