@@ -53,7 +53,7 @@ pub struct ServerLimits {
 
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(75);
-pub const DEFAULT_MAX_HEADER_SIZE: usize = 16 << 10;
+pub const DEFAULT_MAX_HEADER_SIZE: usize = 32 << 10;
 /// hyper's HTTP/1 reader cannot go below this.
 const MIN_HEADER_SIZE: usize = 8 << 10;
 
