@@ -544,3 +544,65 @@ async fn hop_by_hop_and_forwarded_headers_from_untrusted_and_trusted_peers() {
         front.stop().await;
     }
 }
+
+/// A Python site whose "worker" is `tests/apps/fakeworker.py`: raw HTTP on
+/// the worker socket, through the real Python upstream.
+fn fake_python_site(cfg: &TestConfig, user: &common::TestUser, extra: &str) {
+    let worker = cfg.write("apps/fakeworker.py", include_str!("apps/fakeworker.py"));
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&worker, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    cfg.write("www/py/index.html", "static\n");
+    cfg.write(
+        "vhosts/py.toml",
+        &format!(
+            "hosts = [\"py.test\"]\nroot = \"www/py\"\nuser = \"{}\"\n{extra}\n[python]\napp = \"fake\"\nworker = \"{}\"\n",
+            user.name,
+            worker.display()
+        ),
+    );
+    common::open_up(cfg.path());
+}
+
+#[tokio::test]
+async fn through_the_python_upstream_bad_response_heads_never_reach_the_client_and_limits_hold() {
+    let cfg = TestConfig::new();
+    let user = common::TestUser::new();
+    fake_python_site(&cfg, &user, "[limits]\nbody = \"1K\"");
+    let server = common::InProcess::start(&cfg).await;
+    let addr = server.addr;
+
+    // What the worker receives: hop-by-hop headers gone, forwarded headers replaced.
+    let reply = raw(
+        addr,
+        b"GET /echo HTTP/1.1\r\nHost: py.test\r\nConnection: close, x-secret\r\nX-Secret: 1\r\nTE: trailers\r\nX-Forwarded-For: 6.6.6.6\r\nX-Polyhost-Scheme: https\r\n\r\n",
+    )
+    .await;
+    assert_eq!(raw_status(&reply), 200, "{reply}");
+    let lower = reply.to_ascii_lowercase();
+    assert!(!lower.contains("x-secret"), "{reply}");
+    assert!(!lower.contains("te: trailers"), "{reply}");
+    assert!(!lower.contains("6.6.6.6"), "{reply}");
+    assert!(lower.contains("x-polyhost-scheme: http\r\n"), "{reply}");
+    assert!(lower.contains("x-forwarded-for: 127.0.0.1"), "{reply}");
+
+    // A folded header line or a bare CR in a value from the upstream: 502,
+    // and nothing of it reaches the client.
+    for path in ["/fold", "/cr"] {
+        let reply = raw(
+            addr,
+            format!("GET {path} HTTP/1.1\r\nHost: py.test\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await;
+        assert_eq!(raw_status(&reply), 502, "{path}: {reply}");
+        assert!(!reply.contains("evil"), "{path}: {reply}");
+    }
+
+    // A chunked body beyond limits.body, through the real upstream: 413.
+    let reply = raw(addr, &chunked("POST", "py.test", "/echo", 4000)).await;
+    assert_eq!(raw_status(&reply), 413, "{reply}");
+    let reply = raw(addr, &chunked("POST", "py.test", "/echo", 500)).await;
+    assert_eq!(raw_status(&reply), 200, "{reply}");
+    server.stop().await;
+}
