@@ -297,3 +297,26 @@ async fn check_names_the_site_file_and_key_of_a_bad_certificate_pair() {
     assert!(line("garbage").contains(": tls.cert: "), "{stderr}");
     assert!(!stderr.contains("vhosts/good.toml"), "{stderr}");
 }
+
+#[tokio::test]
+async fn idle_http2_connections_close_after_keepalive_timeout_not_header_timeout() {
+    let (cfg, _) = sites();
+    cfg.main_extra("[limits]\nheader_timeout = \"1s\"\nkeepalive_timeout = \"3s\"");
+    let front = Front::start(&cfg, vec![]).await;
+    let tls = tls_connect(front.https, "alpha.test", &["h2"])
+        .await
+        .unwrap();
+    // The client pings while idle: frames between requests are no request head.
+    let mut h2 = H2::handshake_pinging(tls, Duration::from_millis(300)).await;
+    assert_eq!(h2.get("https://alpha.test/").await.status, 200);
+    // Past header_timeout, with pings in between: still open.
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    assert!(!h2.is_closed());
+    assert_eq!(h2.get("https://alpha.test/").await.status, 200);
+    let idle = std::time::Instant::now();
+    let closed = common::eventually(Duration::from_secs(8), || async { h2.is_closed() }).await;
+    assert!(closed, "idle HTTP/2 connection closed");
+    let took = idle.elapsed();
+    assert!(took >= Duration::from_millis(2500), "{took:?}");
+    front.stop().await;
+}

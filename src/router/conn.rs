@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -120,6 +120,9 @@ pub struct Activity {
     head_started: AtomicU64,
     /// When the last request finished (ms since start).
     idle_since: AtomicU64,
+    /// HTTP/2: bytes arrive between requests (WINDOW_UPDATE, PING), so they
+    /// do not start a head; only the first request is due within the header timeout.
+    multiplexed: AtomicBool,
     changed: Notify,
 }
 
@@ -140,6 +143,7 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             head_started: AtomicU64::new(0),
             idle_since: AtomicU64::new(0),
+            multiplexed: AtomicBool::new(false),
             changed: Notify::new(),
         })
     }
@@ -152,7 +156,15 @@ impl Activity {
         self.start + Duration::from_millis(ms)
     }
 
+    /// The connection speaks HTTP/2 (see [`Activity::multiplexed`]).
+    pub fn set_multiplexed(&self) {
+        self.multiplexed.store(true, Ordering::Release);
+    }
+
     fn bytes_read(&self) {
+        if self.multiplexed.load(Ordering::Relaxed) {
+            return;
+        }
         if self.in_flight.load(Ordering::Acquire) == 0
             && self.head_started.load(Ordering::Acquire) == NONE
         {
@@ -346,5 +358,13 @@ mod tests {
         assert_eq!(a.deadline(h, k).unwrap().1, Expiry::Idle);
         a.bytes_read();
         assert_eq!(a.deadline(h, k).unwrap().1, Expiry::Header);
+        drop(a.request_started());
+        a.set_multiplexed();
+        a.bytes_read();
+        assert_eq!(
+            a.deadline(h, k).unwrap().1,
+            Expiry::Idle,
+            "HTTP/2 frames between requests"
+        );
     }
 }

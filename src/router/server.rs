@@ -66,6 +66,7 @@ struct Shared {
     tracker: TaskTracker,
     refused_log: Throttle,
     timeout_log: Throttle,
+    malformed_log: Throttle,
 }
 
 /// Serves every listener until `shutdown` fires, then waits up to `grace`
@@ -108,6 +109,7 @@ pub async fn serve(
         tracker: TaskTracker::new(),
         refused_log: Throttle::new(),
         timeout_log: Throttle::new(),
+        malformed_log: Throttle::new(),
     });
     let mut loops = Vec::new();
     for l in listeners.http {
@@ -223,6 +225,7 @@ async fn connection(
     match handshake {
         Ok(Ok(tls)) => {
             let proto = if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                activity.set_multiplexed();
                 Proto::Http2
             } else {
                 Proto::Http1
@@ -356,12 +359,14 @@ fn log_connection_error(
 ) {
     match e.downcast_ref::<hyper::Error>() {
         Some(h) if h.is_parse_too_large() => {
-            if let Some(left_out) = shared.timeout_log.allow() {
+            if let Some(left_out) = shared.malformed_log.allow() {
                 tracing::info!(client = %conn.client, also = left_out, "request head larger than max_header_size or more than max_headers fields: 431");
             }
         }
         Some(h) if h.is_parse() => {
-            tracing::info!(client = %conn.client, error = %h, "malformed request: 400");
+            if let Some(left_out) = shared.malformed_log.allow() {
+                tracing::info!(client = %conn.client, also = left_out, error = %h, "malformed request: 400");
+            }
         }
         _ => tracing::debug!(client = %conn.client, error = %e, "connection ended with an error"),
     }

@@ -175,6 +175,27 @@ impl H2 {
         }
     }
 
+    /// Like [`H2::handshake`], with the client pinging every `every` even when idle.
+    pub async fn handshake_pinging<S>(stream: S, every: std::time::Duration) -> H2
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (sender, conn) =
+            hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .timer(hyper_util::rt::TokioTimer::new())
+                .keep_alive_interval(every)
+                .keep_alive_while_idle(true)
+                .handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        H2 { sender }
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.sender.is_closed()
+    }
+
     /// GET `url` (absolute: the authority routes it).
     pub async fn get(&mut self, url: &str) -> Resp {
         let req = http::Request::builder()
