@@ -606,3 +606,50 @@ async fn through_the_python_upstream_bad_response_heads_never_reach_the_client_a
     assert_eq!(raw_status(&reply), 200, "{reply}");
     server.stop().await;
 }
+
+#[test]
+fn front_door_keys_are_validated_naming_file_and_key() {
+    let cfg = TestConfig::new();
+    site(&cfg);
+    cfg.main_extra(
+        "tls_listen = [\"nowhere\"]\ntrusted_proxies = [\"10.0.0.0/33\", \"192.0.2.1\"]\n[limits]\nmax_header_size = \"1K\"\nheader_timeout = \"soon\"\nh2_max_streams = 0\nkeepalive_timeout = 0",
+    );
+    let errors = polyhost::config::load(&cfg.main()).unwrap_err().to_string();
+    for key in [
+        "polyhost.toml: tls_listen[0]: ",
+        "polyhost.toml: trusted_proxies[0]: ",
+        "polyhost.toml: limits.max_header_size: ",
+        "polyhost.toml: limits.header_timeout: ",
+        "polyhost.toml: limits.h2_max_streams: ",
+        "polyhost.toml: limits.keepalive_timeout: ",
+    ] {
+        assert!(errors.contains(key), "{key} missing in:\n{errors}");
+    }
+    assert!(!errors.contains("trusted_proxies[1]"), "{errors}");
+
+    // The documented defaults.
+    let cfg = TestConfig::new();
+    site(&cfg);
+    let limits = cfg.load().server.front.limits;
+    assert_eq!(limits, polyhost::config::ServerLimits::default());
+    assert_eq!(
+        (limits.header_timeout, limits.keepalive_timeout),
+        (Duration::from_secs(10), Duration::from_secs(75))
+    );
+    assert_eq!(
+        (
+            limits.max_header_size,
+            limits.max_headers,
+            limits.max_uri_length
+        ),
+        (32 << 10, 100, 8192)
+    );
+    assert_eq!(
+        (
+            limits.max_connections,
+            limits.max_connections_per_ip,
+            limits.h2_max_streams
+        ),
+        (10_000, 256, 128)
+    );
+}
