@@ -23,9 +23,26 @@ if ((${#missing[@]})); then
     fi
 fi
 
+# The demo's sites run as this user when polyhost runs as root.
+if [[ $EUID -eq 0 ]] && ! id polyhost-demo >/dev/null 2>&1; then
+    echo "setup: creating the user polyhost-demo for the demo sites"
+    useradd --system --no-create-home --shell /usr/sbin/nologin polyhost-demo
+fi
+
 if ! command -v cargo >/dev/null; then
     echo "setup: cargo not found; install Rust from https://rustup.rs and run again" >&2
     exit 2
 fi
+# A virtualenv with real frameworks for the Python tests (Flask, Django),
+# made by the interpreter polyhost-python links against, in a place site
+# users can read.
+TEST_VENV=${POLYHOST_TEST_VENV:-/var/tmp/polyhost-test-venv}
+if [[ ! -x $TEST_VENV/bin/python ]] || ! "$TEST_VENV/bin/python" -c "import flask, django" 2>/dev/null; then
+    echo "setup: creating the test virtualenv $TEST_VENV (flask, django)"
+    /usr/bin/python3.11 -m venv "$TEST_VENV"
+    "$TEST_VENV/bin/pip" install -q --disable-pip-version-check "flask>=3,<4" "django>=5,<6"
+    chmod -R a+rX "$TEST_VENV"
+fi
+
 echo "setup: building"
 cargo build --release --workspace --bins

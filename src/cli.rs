@@ -85,7 +85,9 @@ fn serve(path: &Path) -> ExitCode {
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));
         let listeners = crate::app::bind_all(&config.server).await?;
-        crate::app::serve(config, listeners, shutdown).await
+        let server = crate::app::Server::start(config).await?;
+        tokio::spawn(reload_on_sighup(server.clone()));
+        crate::app::serve_with(server, listeners, shutdown).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -106,6 +108,20 @@ fn init_logging(level: &str) {
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+/// Reloads the configuration on every SIGHUP (errors are logged; the running
+/// configuration stays).
+async fn reload_on_sighup(server: std::sync::Arc<crate::app::Server>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::error!("cannot install the SIGHUP handler; reload through the admin API");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading the configuration");
+        let _ = server.reload().await;
+    }
 }
 
 /// Cancels `shutdown` on SIGTERM or SIGINT.

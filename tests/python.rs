@@ -194,3 +194,66 @@ async fn two_sites_run_as_their_own_users_and_cannot_read_each_others_files() {
     assert_eq!(b.text(), "b's secret");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_segfault_or_a_sigkilled_worker_gives_502_and_the_next_request_succeeds() {
+    let cfg = TestConfig::new();
+    let user = TestUser::new();
+    python_site(&cfg, "fragile", &user, "threads = 2");
+    let server = InProcess::start(&cfg).await;
+    assert_eq!(get(server.addr, "fragile.test", "/").await.status, 200);
+    let segv = get(server.addr, "fragile.test", "/segv").await;
+    assert_eq!(segv.status, 502, "{}", segv.text());
+    let back = common::eventually(Duration::from_secs(10), || async {
+        get(server.addr, "fragile.test", "/").await.status == 200
+    })
+    .await;
+    assert!(back, "served again after the segfault");
+
+    // SIGKILL the worker while it serves a slow request.
+    let pid: i32 = field(&get(server.addr, "fragile.test", "/").await.text(), "pid")
+        .parse()
+        .unwrap();
+    let addr = server.addr;
+    let slow = tokio::spawn(async move { get(addr, "fragile.test", "/slow?s=5").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    assert_eq!(slow.await.unwrap().status, 502);
+    let back = common::eventually(Duration::from_secs(10), || async {
+        get(server.addr, "fragile.test", "/").await.status == 200
+    })
+    .await;
+    assert!(back, "served again after SIGKILL");
+    let status = server.site("fragile").await;
+    assert!(status.restarts >= 2, "{status:?}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn slow_requests_on_one_site_do_not_block_another_site() {
+    let cfg = TestConfig::new();
+    let (ua, ub) = (TestUser::new(), TestUser::new());
+    python_site(&cfg, "slow", &ua, "threads = 2");
+    python_site(&cfg, "fast", &ub, "");
+    let server = InProcess::start(&cfg).await;
+    assert_eq!(get(server.addr, "fast.test", "/").await.status, 200);
+    let addr = server.addr;
+    let slow: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(async move { get(addr, "slow.test", "/slow?s=3").await }))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let t = Instant::now();
+    assert_eq!(get(server.addr, "fast.test", "/").await.status, 200);
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "the third site answered while the first was busy"
+    );
+    for s in slow {
+        assert_eq!(s.await.unwrap().status, 200);
+    }
+    server.stop().await;
+}

@@ -226,15 +226,15 @@ async fn h2c_only_when_configured() {
 }
 
 #[tokio::test]
-async fn tls_through_app_serve_with_tls_listeners() {
+async fn polyhost_reload_serves_a_renewed_certificate_without_dropping_connections() {
     let (cfg, certs) = sites();
-    let config = cfg.load();
+    let server = polyhost::app::Server::start(cfg.load()).await.unwrap();
     let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let https = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = https.local_addr().unwrap();
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let task = tokio::spawn(polyhost::app::serve(
-        config,
+    let task = tokio::spawn(polyhost::app::serve_with(
+        server.clone(),
         polyhost::router::Listeners {
             http: vec![http],
             https: vec![https],
@@ -243,8 +243,34 @@ async fn tls_through_app_serve_with_tls_listeners() {
     ));
     let tls = tls_connect(addr, "x.wild.test", &["h2"]).await.unwrap();
     assert!(served_cert(&tls) == certs.wild.der);
-    let mut h2 = H2::handshake(tls).await;
-    assert_eq!(h2.get("https://x.wild.test/").await.status, 200);
+    let mut old = H2::handshake(tls).await;
+    assert_eq!(old.get("https://x.wild.test/").await.status, 200);
+
+    // A renewed certificate whose key does not match yet: the reload is refused.
+    let renewed = self_signed(&["*.wild.test"]);
+    cfg.write("certs/wild.pem", &renewed.cert_pem);
+    let refused = server.reload().await;
+    assert!(refused.is_err(), "mismatched pair must refuse the reload");
+    let tls = tls_connect(addr, "x.wild.test", &[]).await.unwrap();
+    assert!(
+        served_cert(&tls) == certs.wild.der,
+        "still the old certificate"
+    );
+
+    cfg.write("certs/wild.key", &renewed.key_pem);
+    server.reload().await.unwrap();
+    let tls = tls_connect(addr, "x.wild.test", &["h2"]).await.unwrap();
+    assert!(
+        served_cert(&tls) == renewed.der,
+        "new connections: the renewed certificate"
+    );
+    let mut new = H2::handshake(tls).await;
+    assert_eq!(new.get("https://x.wild.test/").await.status, 200);
+    assert_eq!(
+        old.get("https://x.wild.test/").await.status,
+        200,
+        "old connection kept"
+    );
     shutdown.cancel();
     task.await.unwrap().unwrap();
 }

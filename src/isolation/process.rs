@@ -283,6 +283,16 @@ fn proc_state(pid: i32) -> Option<(char, i32)> {
     Some((state, ppid))
 }
 
+/// The session id of a process, from `/proc/<pid>/stat`.
+fn proc_session(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..]
+        .split_whitespace()
+        .nth(3)?
+        .parse()
+        .ok()
+}
+
 fn session_rss(sid: i32) -> u64 {
     // SAFETY: sysconf with a constant name has no preconditions.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(0) as u64;
@@ -341,6 +351,10 @@ pub fn reap_orphans() -> usize {
         return 0;
     };
     let me = std::process::id() as i32;
+    // Site processes run in sessions of their own (setsid); children polyhost
+    // starts otherwise (tokio::process) share its session and are left to
+    // whoever waits for them.
+    let my_session = nix::unistd::getsid(None).map_or(-1, Pid::as_raw);
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return 0;
     };
@@ -353,7 +367,9 @@ pub fn reap_orphans() -> usize {
         else {
             continue;
         };
-        if matches!(proc_state(pid), Some(('Z', ppid)) if ppid == me) && !is_registered(pid) {
+        let orphan = matches!(proc_state(pid), Some(('Z', ppid)) if ppid == me)
+            && proc_session(pid).is_some_and(|sid| sid != my_session);
+        if orphan && !is_registered(pid) {
             if let Ok(status) = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)) {
                 if status != WaitStatus::StillAlive {
                     tracing::debug!(pid, ?status, "reaped an orphaned site process");

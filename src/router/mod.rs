@@ -18,4 +18,4 @@ pub mod vhost;
 pub use access_log::SiteLogs;
 pub use mount::MountTable;
 pub use server::Listeners;
-pub use table::{RoutingTable, SharedTable, SiteRoute};
+pub use table::{RoutingTable, SharedTable, SiteRoute, SiteStats};

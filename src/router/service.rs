@@ -129,6 +129,7 @@ where
         ));
         tracing::warn!(site = %site.config.name, headers = ?dropped, "dropped response headers with CR, LF or NUL in their value");
     }
+    site.stats.record(response.status().as_u16());
     log.wrap(response, start, site.logs.clone())
 }
 

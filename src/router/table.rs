@@ -3,6 +3,7 @@
 //! locks; a reload swaps in a whole new table atomically, so no request sees
 //! half of one.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -18,6 +19,24 @@ pub struct SiteRoute {
     pub config: Arc<SiteConfig>,
     pub mounts: MountTable,
     pub logs: Arc<SiteLogs>,
+    /// Counters that outlive reloads of the site (shared between routes).
+    pub stats: Arc<SiteStats>,
+}
+
+/// Per-site request counters, read by status.
+#[derive(Debug, Default)]
+pub struct SiteStats {
+    pub requests: AtomicU64,
+    pub responses_5xx: AtomicU64,
+}
+
+impl SiteStats {
+    pub fn record(&self, status: u16) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        if status >= 500 {
+            self.responses_5xx.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 #[derive(Default)]

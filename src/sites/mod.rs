@@ -1,6 +1,10 @@
 //! Sites: turns a validated [`SiteConfig`] into what the router serves — its
-//! mounts (upstreams) and its log files — and starts the process groups of
-//! its runtimes through the supervisor.
+//! mounts (upstreams) and logs ([`SiteRoute`]) — and the process groups of
+//! its runtimes ([`Runtimes`]).
+//!
+//! Routes and runtimes are built separately so that a reload can rebuild a
+//! site's routes (hosts, static settings) while keeping its processes, and
+//! give a site whose runtime settings changed a new generation of processes.
 //!
 //! Invariant: building a site has no effect on other sites; a failure names
 //! the site's file and key.
@@ -8,96 +12,182 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use futures_util::future::BoxFuture;
+
 use crate::config::{ConfigError, ConfigErrors, SiteConfig};
-use crate::router::{MountTable, SiteLogs, SiteRoute};
+use crate::router::{MountTable, SiteLogs, SiteRoute, SiteStats};
 use crate::runtime::python::PythonLauncher;
 use crate::supervisor::{GroupHandle, SiteContext, Supervisor};
 use crate::upstream::python::PythonUpstream;
-use crate::upstream::Upstream;
+use crate::upstream::{RequestBody, RequestContext, ResponseBody, Upstream, UpstreamError};
 
-/// A site being served: its routes, and the process groups to stop with it.
-pub struct Site {
-    pub route: Arc<SiteRoute>,
+/// The processes of one generation of a site, and the upstreams that use them.
+pub struct Runtimes {
+    pub generation: u64,
     pub groups: Vec<GroupHandle>,
+    pub python: Option<Arc<PythonUpstream>>,
     pub context: Option<SiteContext>,
 }
 
-impl Site {
-    /// Drains and stops every process of the site.
-    pub async fn stop(&self, supervisor: &Supervisor) {
-        for g in &self.groups {
-            g.stop().await;
-        }
-        if let Some(ctx) = &self.context {
-            supervisor.remove_site(ctx);
-        }
+impl Runtimes {
+    /// Drains and stops every process of this generation.
+    pub async fn stop(&self) {
+        futures_util::future::join_all(self.groups.iter().map(|g| g.stop())).await;
+    }
+
+    /// Starts every group and waits (each up to its startup timeout) until
+    /// it serves; used so a reload moves traffic only to a ready generation.
+    pub async fn warm_up(&self) {
+        futures_util::future::join_all(self.groups.iter().map(|g| async move {
+            if let Err(e) = g.lease().await {
+                tracing::warn!(site = %g.site, runtime = g.runtime, error = %e, "new generation not ready; switching anyway");
+            }
+        }))
+        .await;
     }
 }
 
-/// Builds one site: its logs, its runtimes' process groups, its mounts.
-pub fn build_site(
+/// True when `a` and `b` can share processes: every setting a runtime
+/// process sees is the same.
+pub fn same_runtime(a: &SiteConfig, b: &SiteConfig) -> bool {
+    a.php == b.php
+        && a.python == b.python
+        && a.user == b.user
+        && a.group == b.group
+        && a.env == b.env
+        && a.root == b.root
+        && a.limits.memory == b.limits.memory
+        && a.limits.processes == b.limits.processes
+        && a.limits.cpu == b.limits.cpu
+}
+
+/// Starts the process groups of a site's runtimes (none for a static site).
+pub fn build_runtimes(
     site: &Arc<SiteConfig>,
-    log_dir: &Path,
     supervisor: &Supervisor,
     generation: u64,
-) -> Result<Site, ConfigErrors> {
-    let mut errors = ConfigErrors::default();
-    let err =
-        |key: &str, msg: String| ConfigErrors(vec![ConfigError::in_file(&site.file, key, msg)]);
-    let logs = SiteLogs::open(log_dir, site.name.as_str()).map_err(|e| {
-        err(
-            "",
-            format!("cannot open the site's logs in {}: {e}", log_dir.display()),
-        )
-    })?;
+) -> Result<Runtimes, ConfigErrors> {
+    let mut rt = Runtimes {
+        generation,
+        groups: Vec::new(),
+        python: None,
+        context: None,
+    };
+    if site.php.is_none() && site.python.is_none() {
+        return Ok(rt);
+    }
+    let ctx = supervisor
+        .site_context(site)
+        .map_err(|e| one_error(site, "user", e.to_string()))?;
+    if let Some(py) = &site.python {
+        warn_thread_overallocation(site, py);
+        let home = ctx.identity.as_ref().map(|i| i.home.clone());
+        let launcher = Arc::new(PythonLauncher::new(site, py, home.as_deref()));
+        let group = supervisor.spawn_group(site, &ctx, launcher, generation);
+        rt.python = Some(Arc::new(PythonUpstream::new(group.clone(), py)));
+        rt.groups.push(group);
+    }
+    rt.context = Some(ctx);
+    Ok(rt)
+}
+
+/// Builds the routes of a site over its runtimes.
+pub fn build_route(
+    site: &Arc<SiteConfig>,
+    runtimes: &Runtimes,
+    logs: Arc<SiteLogs>,
+    stats: Arc<SiteStats>,
+) -> Result<SiteRoute, ConfigErrors> {
     let mut mounts: Vec<(String, Arc<dyn Upstream>)> = Vec::new();
-    let mut groups = Vec::new();
-    let mut context = None;
-    if site.php.is_some() || site.python.is_some() {
-        let ctx = supervisor
-            .site_context(site)
-            .map_err(|e| err("user", e.to_string()))?;
-        if let Some(py) = &site.python {
-            let home = ctx.identity.as_ref().map(|i| i.home.clone());
-            let launcher = Arc::new(PythonLauncher::new(site, py, home.as_deref()));
-            let group = supervisor.spawn_group(site, &ctx, launcher, generation);
-            mounts.push((
-                py.mount.clone(),
-                Arc::new(PythonUpstream::new(group.clone(), py)),
-            ));
-            groups.push(group);
-        }
-        context = Some(ctx);
+    if let (Some(py), Some(up)) = (&site.python, &runtimes.python) {
+        mounts.push((py.mount.clone(), up.clone()));
     }
     if let Some(root) = &site.root {
-        match crate::upstream::static_files::StaticFiles::new(root, &site.static_files) {
-            Ok(up) => {
-                let up: Arc<dyn Upstream> = Arc::new(up);
-                for p in &site.static_files.paths {
-                    mounts.push((p.clone(), up.clone()));
-                }
-                if site.python.as_ref().is_none_or(|py| !py.mount.is_empty()) {
-                    mounts.push((String::new(), up));
-                }
-            }
-            Err(e) => errors.push(ConfigError::in_file(
-                &site.file,
-                "root",
-                format!("{}: {e}", root.display()),
-            )),
+        let up: Arc<dyn Upstream> = Arc::new(
+            crate::upstream::static_files::StaticFiles::new(root, &site.static_files)
+                .map_err(|e| one_error(site, "root", format!("{}: {e}", root.display())))?,
+        );
+        for p in &site.static_files.paths {
+            mounts.push((p.clone(), up.clone()));
+        }
+        if site.python.as_ref().is_none_or(|py| !py.mount.is_empty()) {
+            mounts.push((String::new(), up));
         }
     }
-    if !errors.is_empty() {
-        return Err(errors);
-    }
-    let route = Arc::new(SiteRoute {
+    Ok(SiteRoute {
         config: site.clone(),
         mounts: MountTable::new(mounts),
-        logs: Arc::new(logs),
-    });
-    Ok(Site {
-        route,
-        groups,
-        context,
+        logs,
+        stats,
     })
+}
+
+/// A route that answers 503 for everything: a site stopped by the operator.
+pub fn disabled_route(
+    site: &Arc<SiteConfig>,
+    logs: Arc<SiteLogs>,
+    stats: Arc<SiteStats>,
+) -> SiteRoute {
+    SiteRoute {
+        config: site.clone(),
+        mounts: MountTable::new(vec![(String::new(), Arc::new(Disabled))]),
+        logs,
+        stats,
+    }
+}
+
+/// Opens a site's log files.
+pub fn open_logs(site: &SiteConfig, log_dir: &Path) -> Result<Arc<SiteLogs>, ConfigErrors> {
+    SiteLogs::open(log_dir, site.name.as_str())
+        .map(Arc::new)
+        .map_err(|e| {
+            one_error(
+                site,
+                "",
+                format!("cannot open the site's logs in {}: {e}", log_dir.display()),
+            )
+        })
+}
+
+fn one_error(site: &SiteConfig, key: &str, msg: String) -> ConfigErrors {
+    ConfigErrors(vec![ConfigError::in_file(&site.file, key, msg)])
+}
+
+struct Disabled;
+
+impl Upstream for Disabled {
+    fn kind(&self) -> &'static str {
+        "disabled"
+    }
+    fn handle<'a>(
+        &'a self,
+        _req: http::Request<RequestBody>,
+        ctx: &'a RequestContext,
+    ) -> BoxFuture<'a, Result<http::Response<ResponseBody>, UpstreamError>> {
+        Box::pin(async move {
+            Err(UpstreamError::Unavailable(format!(
+                "site {} is stopped by the operator",
+                ctx.site.name
+            )))
+        })
+    }
+}
+
+/// More threads than the site's CPU limit can keep busy is the classic
+/// mod_wsgi over-allocation: memory and queueing without throughput. Python
+/// threads overlap only while they wait on I/O, so allow a generous ratio.
+fn warn_thread_overallocation(site: &SiteConfig, py: &crate::config::PythonConfig) {
+    const THREADS_PER_CORE: f64 = 16.0;
+    if let Some(cores) = site.limits.cpu {
+        let threads = (py.processes * py.threads) as f64;
+        if threads > cores.max(1.0) * THREADS_PER_CORE {
+            tracing::warn!(
+                site = %site.name,
+                threads = py.threads,
+                processes = py.processes,
+                cpu = cores,
+                "python.threads × processes is far above what limits.cpu can use; fewer threads cost less memory and queue more honestly"
+            );
+        }
+    }
 }

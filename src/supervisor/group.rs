@@ -112,9 +112,11 @@ enum Event {
         id: u64,
         why: String,
     },
+    /// `oom_kills`: counted in the process's cgroup, read before it was removed.
     Exited {
         id: u64,
         status: std::io::Result<ExitStatus>,
+        oom_kills: u64,
     },
     Stopped {
         id: u64,
@@ -270,7 +272,6 @@ pub fn spawn_group(spec: GroupSpec) -> GroupHandle {
         state: GroupState::Idle,
         restarts: 0,
         oom_kills: 0,
-        oom_seen: 0,
         last_error: None,
         failed_at: None,
         events: events_tx,
@@ -307,6 +308,10 @@ struct Proc {
     stop: Option<oneshot::Sender<Duration>>,
     /// The process that this one replaces, drained once this one is ready.
     replaces: Option<u64>,
+    /// The process's own cgroup (a child of the site's).
+    cgroup: Option<SiteCgroup>,
+    /// OOM kills already counted from that cgroup.
+    oom_seen: u64,
 }
 
 struct Actor {
@@ -319,7 +324,6 @@ struct Actor {
     state: GroupState,
     restarts: u64,
     oom_kills: u64,
-    oom_seen: u64,
     last_error: Option<String>,
     failed_at: Option<Instant>,
     events: mpsc::UnboundedSender<Event>,
@@ -390,9 +394,18 @@ impl Actor {
         }
         self.state = GroupState::Starting;
         for slot in 0..self.slots.len() {
-            if matches!(self.slots[slot], Slot::Empty | Slot::Backoff { .. }) {
+            if self.slot_needs_process(slot) {
                 self.start_slot(slot, None);
             }
+        }
+    }
+
+    /// A slot is free when it holds nothing, waits for a backoff, or holds a
+    /// process that is being stopped (scaled to zero a moment ago).
+    fn slot_needs_process(&self, slot: usize) -> bool {
+        match self.slots[slot] {
+            Slot::Empty | Slot::Backoff { .. } => true,
+            Slot::Proc(id) => self.procs.get(&id).is_none_or(|p| p.stopping),
         }
     }
 
@@ -424,8 +437,13 @@ impl Actor {
         ));
         let _ = std::fs::remove_file(&socket);
         let cmd = self.spec.launcher.command(&socket);
+        tracing::debug!(site = %self.site(), program = %cmd.program.display(), args = ?cmd.args, cwd = %cmd.cwd.display(), "starting");
         let cgroup = match &self.spec.cgroup {
-            Some(cg) => match cg.child(&format!("{}-{id}", self.runtime())) {
+            Some(cg) => match cg.child(&format!(
+                "{}-g{}-{id}",
+                self.runtime(),
+                self.spec.generation
+            )) {
                 Ok(child) => Some(child),
                 Err(e) => {
                     self.crash_slot(
@@ -484,6 +502,8 @@ impl Actor {
                 stopping: false,
                 stop: Some(stop_tx),
                 replaces,
+                cgroup,
+                oom_seen: 0,
             },
         );
         self.slots[slot] = Slot::Proc(id);
@@ -502,7 +522,11 @@ impl Actor {
                 self.stop_proc(id, Duration::from_secs(1));
                 self.crashed(id, replaces, slot, started, why);
             }
-            Event::Exited { id, status } => self.on_exit(id, status),
+            Event::Exited {
+                id,
+                status,
+                oom_kills,
+            } => self.on_exit(id, status, oom_kills),
             Event::Stopped { id } => {
                 if let Some(p) = self.procs.remove(&id) {
                     let _ = std::fs::remove_file(&p.endpoint.socket);
@@ -533,10 +557,12 @@ impl Actor {
         self.settle_state();
     }
 
-    fn on_exit(&mut self, id: u64, status: std::io::Result<ExitStatus>) {
+    fn on_exit(&mut self, id: u64, status: std::io::Result<ExitStatus>, oom_kills: u64) {
         let Some(p) = self.procs.remove(&id) else {
             return;
         };
+        let oom = oom_kills > p.oom_seen;
+        self.oom_kills += oom_kills.saturating_sub(p.oom_seen);
         let _ = std::fs::remove_file(&p.endpoint.socket);
         let status_text = match &status {
             Ok(s) => describe_status(s),
@@ -550,7 +576,6 @@ impl Actor {
             self.settle_state();
             return;
         }
-        let oom = self.check_oom();
         let reason = if oom {
             format!("OOM-killed ({status_text})")
         } else {
@@ -582,18 +607,22 @@ impl Actor {
         }
     }
 
-    /// Counts new OOM kills in the site's cgroup; true when there were some.
-    fn check_oom(&mut self) -> bool {
-        let Some(cg) = &self.spec.cgroup else {
-            return false;
-        };
-        let Ok(usage) = cg.usage() else { return false };
-        if usage.oom_kills > self.oom_seen {
-            self.oom_kills += usage.oom_kills - self.oom_seen;
-            self.oom_seen = usage.oom_kills;
-            return true;
+    /// Counts new OOM kills in the processes' cgroups (a kill is counted in
+    /// the victim's own cgroup; cgroup v1 does not propagate it upwards).
+    fn check_oom(&mut self) {
+        let site = self.spec.site.clone();
+        let runtime = self.runtime();
+        for p in self.procs.values_mut() {
+            let Some(usage) = p.cgroup.as_ref().and_then(|cg| cg.usage().ok()) else {
+                continue;
+            };
+            if usage.oom_kills > p.oom_seen {
+                self.oom_kills += usage.oom_kills - p.oom_seen;
+                p.oom_seen = usage.oom_kills;
+                tracing::warn!(site = %site, runtime, pid = p.endpoint.pid, oom_kills = usage.oom_kills, "OOM-killed a process of the site (limits.memory)");
+                self.last_error = Some("a process was OOM-killed (limits.memory)".into());
+            }
         }
-        false
     }
 
     /// A slot's process crashed or could not start: back off, or give up.
@@ -618,7 +647,16 @@ impl Actor {
         let now = Instant::now();
         if matches!(self.state, GroupState::Starting | GroupState::Running) {
             for slot in 0..self.slots.len() {
-                if matches!(self.slots[slot], Slot::Backoff { until } if until <= now) {
+                let due = match self.slots[slot] {
+                    Slot::Backoff { until } => until <= now,
+                    // Self-healing: a slot left without a live process is refilled.
+                    Slot::Empty => true,
+                    Slot::Proc(id) => self
+                        .procs
+                        .get(&id)
+                        .is_none_or(|p| p.stopping && !p.draining),
+                };
+                if due {
                     self.start_slot(slot, None);
                 }
             }
@@ -832,8 +870,9 @@ async fn watch_process(
         status = process.wait() => {
             // The leader is gone; end whatever is left of its group and cgroup.
             let _ = process.stop(Duration::from_millis(0)).await;
+            let oom_kills = process.cgroup().and_then(|cg| cg.usage().ok()).map_or(0, |u| u.oom_kills);
             if let Some(cg) = process.cgroup() { let _ = cg.remove(); }
-            let _ = events.send(Event::Exited { id, status });
+            let _ = events.send(Event::Exited { id, status, oom_kills });
         }
         grace = stop => {
             let grace = grace.unwrap_or(STOP_GRACE);

@@ -76,7 +76,9 @@ impl Supervisor {
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "cannot clean up stale cgroups"),
         }
+        prepare_state_dir(&server.state_dir);
         remove_stale_sockets(&server.state_dir.join("sites"));
+        spawn_orphan_reaper();
         Supervisor {
             cgroups,
             state_dir: server.state_dir.clone(),
@@ -222,6 +224,43 @@ fn prepare_site_dir(dir: &Path, identity: Option<&SiteIdentity>) -> Result<(), S
         std::os::unix::fs::chown(dir, Some(id.uid), Some(id.gid)).map_err(err)?;
     }
     Ok(())
+}
+
+/// Site processes whose parent died are reparented to polyhost (the
+/// subreaper); collect their exit statuses so no zombie stays.
+fn spawn_orphan_reaper() {
+    static STARTED: Once = Once::new();
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    STARTED.call_once(|| {
+        rt.spawn(reap_forever());
+    });
+}
+
+async fn reap_forever() {
+    {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            let _ = tokio::task::spawn_blocking(isolation::reap_orphans).await;
+        }
+    }
+}
+
+/// `state_dir` and `state_dir/sites` are 0711: site users can traverse them
+/// to reach their own directory, but cannot list other sites.
+fn prepare_state_dir(state_dir: &Path) {
+    let sites = state_dir.join("sites");
+    if let Err(e) = std::fs::create_dir_all(&sites) {
+        tracing::warn!(dir = %sites.display(), error = %e, "cannot create the sites state directory");
+        return;
+    }
+    for dir in [state_dir, sites.as_path()] {
+        if let Err(e) = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711)) {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot set permissions");
+        }
+    }
 }
 
 /// Sockets of a previous run (killed with SIGKILL) would make a new process

@@ -359,11 +359,16 @@ impl Front {
                     logs: Arc::new(
                         SiteLogs::open(&config.server.log_dir, site.name.as_str()).unwrap(),
                     ),
+                    stats: Default::default(),
                 }),
                 None => {
-                    polyhost::sites::build_site(site, &config.server.log_dir, supervisor, 1)
-                        .unwrap()
-                        .route
+                    // Static sites, as `serve` builds them (no processes).
+                    let logs = polyhost::sites::open_logs(site, &config.server.log_dir).unwrap();
+                    let runtimes = polyhost::sites::build_runtimes(site, supervisor, 1).unwrap();
+                    Arc::new(
+                        polyhost::sites::build_route(site, &runtimes, logs, Default::default())
+                            .unwrap(),
+                    )
                 }
             };
             routes.push(route);
