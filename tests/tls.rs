@@ -52,6 +52,9 @@ async fn sni_picks_the_site_certificate_and_unknown_names_get_the_default_site_c
         // A site without [tls]: the default site's certificate, the site's content.
         ("plain.test", &certs.fallback, "site plain"),
     ];
+    // No SNI at all (a client connecting by address): the default site's certificate.
+    let tls = tls_connect(front.https, "127.0.0.1", &[]).await.unwrap();
+    assert!(served_cert(&tls) == certs.fallback.der, "no SNI");
     for (sni, cert, body) in cases {
         let tls = tls_connect(front.https, sni, &["http/1.1"]).await.unwrap();
         assert!(served_cert(&tls) == cert.der, "{sni}: wrong certificate");
@@ -326,23 +329,39 @@ async fn check_names_the_site_file_and_key_of_a_bad_certificate_pair() {
 
 #[tokio::test]
 async fn idle_http2_connections_close_after_keepalive_timeout_not_header_timeout() {
-    let (cfg, _) = sites();
-    cfg.main_extra("[limits]\nheader_timeout = \"1s\"\nkeepalive_timeout = \"3s\"");
-    let front = Front::start(&cfg, vec![]).await;
-    let tls = tls_connect(front.https, "alpha.test", &["h2"])
-        .await
-        .unwrap();
-    // The client pings while idle: frames between requests are no request head.
-    let mut h2 = H2::handshake_pinging(tls, Duration::from_millis(300)).await;
-    assert_eq!(h2.get("https://alpha.test/").await.status, 200);
-    // Past header_timeout, with pings in between: still open.
-    tokio::time::sleep(Duration::from_millis(1800)).await;
-    assert!(!h2.is_closed());
-    assert_eq!(h2.get("https://alpha.test/").await.status, 200);
-    let idle = std::time::Instant::now();
-    let closed = common::eventually(Duration::from_secs(8), || async { h2.is_closed() }).await;
-    assert!(closed, "idle HTTP/2 connection closed");
-    let took = idle.elapsed();
-    assert!(took >= Duration::from_millis(2500), "{took:?}");
-    front.stop().await;
+    for h2c in [false, true] {
+        let (cfg, _) = sites();
+        cfg.main_extra(&format!(
+            "h2c = {h2c}\n[limits]\nheader_timeout = \"1s\"\nkeepalive_timeout = \"3s\""
+        ));
+        let front = Front::start(&cfg, vec![]).await;
+        // The client pings while idle: frames between requests are no request head.
+        let every = Duration::from_millis(300);
+        let (mut h2, url) = if h2c {
+            let tcp = tokio::net::TcpStream::connect(front.http).await.unwrap();
+            (
+                H2::handshake_pinging(tcp, every).await,
+                "http://plain.test/",
+            )
+        } else {
+            let tls = tls_connect(front.https, "alpha.test", &["h2"])
+                .await
+                .unwrap();
+            (
+                H2::handshake_pinging(tls, every).await,
+                "https://alpha.test/",
+            )
+        };
+        assert_eq!(h2.get(url).await.status, 200);
+        // Past header_timeout, with pings in between: still open.
+        tokio::time::sleep(Duration::from_millis(1800)).await;
+        assert!(!h2.is_closed(), "h2c={h2c}");
+        assert_eq!(h2.get(url).await.status, 200);
+        let idle = std::time::Instant::now();
+        let closed = common::eventually(Duration::from_secs(8), || async { h2.is_closed() }).await;
+        assert!(closed, "h2c={h2c}: idle HTTP/2 connection closed");
+        let took = idle.elapsed();
+        assert!(took >= Duration::from_millis(2500), "h2c={h2c}: {took:?}");
+        front.stop().await;
+    }
 }

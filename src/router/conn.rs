@@ -218,11 +218,27 @@ impl Drop for RequestGuard {
 pub struct TrackedIo<I> {
     inner: I,
     activity: Arc<Activity>,
+    /// h2c: look at the first bytes for the HTTP/2 preface.
+    sniff: bool,
 }
+
+/// How a cleartext HTTP/2 (prior knowledge) connection starts.
+const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2.0";
 
 impl<I> TrackedIo<I> {
     pub fn new(inner: I, activity: Arc<Activity>) -> Self {
-        TrackedIo { inner, activity }
+        TrackedIo {
+            inner,
+            activity,
+            sniff: false,
+        }
+    }
+
+    /// Marks the connection multiplexed if it starts with the HTTP/2 preface
+    /// (for plain listeners with `h2c = true`).
+    pub fn sniff_h2c(mut self) -> Self {
+        self.sniff = true;
+        self
     }
 }
 
@@ -235,6 +251,12 @@ impl<I: AsyncRead + Unpin> AsyncRead for TrackedIo<I> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            if self.sniff {
+                self.sniff = false;
+                if buf.filled()[before..].starts_with(H2_PREFACE_START) {
+                    self.activity.set_multiplexed();
+                }
+            }
             self.activity.bytes_read();
         }
         polled

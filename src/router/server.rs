@@ -211,12 +211,11 @@ async fn connection(
     let io = TrackedIo::new(stream, activity.clone());
     let limits = &shared.options.front.limits;
     let Some(acceptor) = tls else {
-        let proto = if shared.options.front.h2c {
-            Proto::Auto
-        } else {
-            Proto::Http1
-        };
-        return drive(io, conn, proto, activity, shared).await;
+        if shared.options.front.h2c {
+            let io = io.sniff_h2c();
+            return drive(io, conn, Proto::Auto, activity, shared).await;
+        }
+        return drive(io, conn, Proto::Http1, activity, shared).await;
     };
     let handshake = tokio::select! {
         r = tokio::time::timeout(limits.header_timeout, acceptor.accept(io)) => r,
