@@ -541,6 +541,19 @@ async fn hop_by_hop_and_forwarded_headers_from_untrusted_and_trusted_peers() {
             );
         }
         assert_eq!(r.header("x-kept"), Some("1"));
+        // The access log names the real client too.
+        let log = cfg.path().join("log/app.access.log");
+        let logged = common::eventually(Duration::from_secs(5), || async {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .starts_with(&format!("{client} - - ["))
+        })
+        .await;
+        assert!(
+            logged,
+            "{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
         front.stop().await;
     }
 }
