@@ -156,7 +156,8 @@ impl Activity {
         self.start + Duration::from_millis(ms)
     }
 
-    /// The connection speaks HTTP/2 (see [`Activity::multiplexed`]).
+    /// The connection speaks HTTP/2: bytes between requests (pings, window
+    /// updates) do not start a request head.
     pub fn set_multiplexed(&self) {
         self.multiplexed.store(true, Ordering::Release);
     }
