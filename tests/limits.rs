@@ -625,7 +625,7 @@ fn front_door_keys_are_validated_naming_file_and_key() {
     let cfg = TestConfig::new();
     site(&cfg);
     cfg.main_extra(
-        "tls_listen = [\"nowhere\"]\ntrusted_proxies = [\"10.0.0.0/33\", \"192.0.2.1\"]\n[limits]\nmax_header_size = \"1K\"\nheader_timeout = \"soon\"\nh2_max_streams = 0\nkeepalive_timeout = 0",
+        "tls_listen = [\"nowhere\"]\ntrusted_proxies = [\"10.0.0.0/33\", \"192.0.2.1\"]\n[limits]\nmax_header_size = \"1K\"\nheader_timeout = \"soon\"\nh2_max_streams = 0\nkeepalive_timeout = 0\nbody_timeout = \"x\"",
     );
     let errors = polyhost::config::load(&cfg.main()).unwrap_err().to_string();
     for key in [
@@ -635,6 +635,7 @@ fn front_door_keys_are_validated_naming_file_and_key() {
         "polyhost.toml: limits.header_timeout: ",
         "polyhost.toml: limits.h2_max_streams: ",
         "polyhost.toml: limits.keepalive_timeout: ",
+        "polyhost.toml: limits.body_timeout: ",
     ] {
         assert!(errors.contains(key), "{key} missing in:\n{errors}");
     }
@@ -646,8 +647,16 @@ fn front_door_keys_are_validated_naming_file_and_key() {
     let limits = cfg.load().server.front.limits;
     assert_eq!(limits, polyhost::config::ServerLimits::default());
     assert_eq!(
-        (limits.header_timeout, limits.keepalive_timeout),
-        (Duration::from_secs(10), Duration::from_secs(75))
+        (
+            limits.header_timeout,
+            limits.keepalive_timeout,
+            limits.body_timeout
+        ),
+        (
+            Duration::from_secs(10),
+            Duration::from_secs(75),
+            Duration::from_secs(60)
+        )
     );
     assert_eq!(
         (
@@ -665,4 +674,47 @@ fn front_door_keys_are_validated_naming_file_and_key() {
         ),
         (10_000, 256, 128)
     );
+}
+
+#[tokio::test]
+async fn a_stalled_request_body_is_408_after_body_timeout() {
+    let cfg = TestConfig::new();
+    cfg.static_site("app", &["app.test"], "");
+    site(&cfg);
+    cfg.main_extra("[limits]\nbody_timeout = \"1s\"");
+    let echo: Arc<dyn polyhost::upstream::Upstream> = Arc::new(Echo::default());
+    let front = Front::start(&cfg, vec![("app", echo)]).await;
+    // Ten bytes of a hundred, then nothing.
+    let mut s = tokio::net::TcpStream::connect(front.http).await.unwrap();
+    s.write_all(b"POST / HTTP/1.1\r\nHost: app.test\r\nContent-Length: 100\r\n\r\n0123456789")
+        .await
+        .unwrap();
+    let start = Instant::now();
+    let mut reply = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(6), s.read_to_end(&mut reply)).await;
+    let reply = String::from_utf8_lossy(&reply);
+    assert_eq!(raw_status(&reply), 408, "{reply}");
+    assert!(
+        start.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        start.elapsed()
+    );
+    // A body that keeps coming, slower than the timeout in total, is fine.
+    let mut s = tokio::net::TcpStream::connect(front.http).await.unwrap();
+    s.write_all(
+        b"POST / HTTP/1.1\r\nHost: app.test\r\nContent-Length: 6\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    for b in b"abcdef" {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        s.write_all(&[*b]).await.unwrap();
+    }
+    let mut reply = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(6), s.read_to_end(&mut reply)).await;
+    let reply = String::from_utf8_lossy(&reply);
+    assert_eq!(raw_status(&reply), 200, "{reply}");
+    assert!(reply.contains("body-bytes: 6\n"), "{reply}");
+    still_serving(front.http).await;
+    front.stop().await;
 }

@@ -37,6 +37,8 @@ pub struct ServerLimits {
     pub header_timeout: Duration,
     /// An idle keep-alive connection (no request in flight) is closed after this.
     pub keepalive_timeout: Duration,
+    /// Longest wait for the next bytes of a request body an upstream reads.
+    pub body_timeout: Duration,
     /// Largest request head (request line + headers), bytes.
     pub max_header_size: usize,
     /// Most header fields in one request.
@@ -62,6 +64,7 @@ impl Default for ServerLimits {
         ServerLimits {
             header_timeout: DEFAULT_HEADER_TIMEOUT,
             keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
+            body_timeout: Duration::from_secs(60),
             max_header_size: DEFAULT_MAX_HEADER_SIZE,
             max_headers: 100,
             max_uri_length: 8192,
@@ -132,6 +135,7 @@ impl std::fmt::Display for IpCidr {
 pub struct RawServerLimits {
     pub header_timeout: Option<Scalar>,
     pub keepalive_timeout: Option<Scalar>,
+    pub body_timeout: Option<Scalar>,
     pub max_header_size: Option<Scalar>,
     pub max_headers: Option<Scalar>,
     pub max_uri_length: Option<Scalar>,
@@ -184,6 +188,7 @@ pub(crate) fn validate_front(
         raw.keepalive_timeout,
         &mut l.keepalive_timeout,
     );
+    dur("limits.body_timeout", raw.body_timeout, &mut l.body_timeout);
     let count = |errs: &mut FileErrors<'_>, key: &str, v: Option<Scalar>, min, max| {
         v.and_then(|v| errs.check(key, parse_count(&v, min, max)))
     };

@@ -2,12 +2,13 @@
 //! limit, upstream, error mapping, access log. This is the only place that
 //! turns an [`UpstreamError`] into a response.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::{header, HeaderMap, Request, Response, StatusCode, Version};
@@ -120,7 +121,7 @@ where
     let host = host.unwrap_or_default();
     let mut response = match https_redirect(&req, &conn, &host, &site, options) {
         Some(r) => r,
-        None => route(req, conn, host, &site).await,
+        None => route(req, conn, host, &site, options).await,
     };
     let dropped = proxy::sanitize_response(response.headers_mut());
     if !dropped.is_empty() {
@@ -163,12 +164,14 @@ async fn route<B>(
     conn: ConnInfo,
     host: String,
     site: &SiteRoute,
+    options: &Options,
 ) -> Response<ResponseBody>
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
     let limit = site.config.limits.body;
+    let body_timeout = options.front.limits.body_timeout;
     if content_length(req.headers()).is_some_and(|len| len > limit) {
         tracing::info!(client = %conn.client, site = %site.config.name, limit, "request body above limits.body (Content-Length): 413");
         return error_response(UpstreamError::BodyTooLarge { limit }, site, &req);
@@ -188,12 +191,16 @@ where
     };
     let (parts, body) = req.into_parts();
     let over_limit = Arc::new(AtomicBool::new(false));
+    let timed_out = Arc::new(AtomicBool::new(false));
     let body = LimitedBody {
         inner: Box::pin(Limited::new(
             body,
             usize::try_from(limit).unwrap_or(usize::MAX),
         )),
         over_limit: over_limit.clone(),
+        timed_out: timed_out.clone(),
+        timeout: body_timeout,
+        timer: None,
     }
     .boxed_unsync();
     let head = Request::from_parts(parts.clone(), ());
@@ -206,16 +213,25 @@ where
             tracing::info!(client = %conn.client, site = %site.config.name, limit, "request body above limits.body (while streaming): 413");
             error_response(UpstreamError::BodyTooLarge { limit }, site, &head)
         }
+        Err(_) if timed_out.load(Ordering::Acquire) => {
+            tracing::info!(client = %conn.client, site = %site.config.name, timeout = ?body_timeout, "request body stalled longer than body_timeout: 408");
+            error_response(UpstreamError::RequestTimeout(body_timeout), site, &head)
+        }
         Err(e) => error_response(e, site, &head),
     }
 }
 
-/// The request body as upstreams read it: at most `limits.body` bytes; going
-/// over is remembered, so whatever error the upstream makes of it, the
-/// client gets 413.
+/// The request body as upstreams read it: at most `limits.body` bytes, and
+/// no wait longer than `body_timeout` for the next bytes (a slow upload
+/// cannot hold a connection forever). Either failure is remembered, so
+/// whatever error the upstream makes of it, the client gets 413 or 408.
 struct LimitedBody<B> {
     inner: Pin<Box<Limited<B>>>,
     over_limit: Arc<AtomicBool>,
+    timed_out: Arc<AtomicBool>,
+    timeout: Duration,
+    /// Armed while the body is waiting for the client.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<B> Body for LimitedBody<B>
@@ -231,10 +247,23 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let polled = self.inner.as_mut().poll_frame(cx);
-        if let Poll::Ready(Some(Err(e))) = &polled {
-            if e.is::<LengthLimitError>() {
+        match &polled {
+            Poll::Pending => {
+                let timeout = self.timeout;
+                let timer = self
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                if timer.as_mut().poll(cx).is_ready() {
+                    self.timed_out.store(true, Ordering::Release);
+                    return Poll::Ready(Some(Err(
+                        "request body: no data within body_timeout".into()
+                    )));
+                }
+            }
+            Poll::Ready(Some(Err(e))) if e.is::<LengthLimitError>() => {
                 self.over_limit.store(true, Ordering::Release);
             }
+            Poll::Ready(_) => self.timer = None,
         }
         polled
     }
