@@ -418,6 +418,7 @@ fn disabled_entry(site: &Arc<SiteConfig>, old: &SiteEntry) -> SiteEntry {
             generation: old.runtimes.generation,
             groups: Vec::new(),
             python: None,
+            php: None,
             context: old.runtimes.context.clone(),
         }),
         logs: old.logs.clone(),

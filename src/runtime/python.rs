@@ -73,7 +73,7 @@ impl Launcher for PythonLauncher {
         }
     }
 
-    fn command(&self, socket: &Path) -> Command {
+    fn command(&self, socket: &Path) -> std::io::Result<Command> {
         let mut args = vec![
             "--socket".to_owned(),
             socket.display().to_string(),
@@ -94,11 +94,11 @@ impl Launcher for PythonLauncher {
             args.push("--home".into());
             args.push(home.display().to_string());
         }
-        Command {
+        Ok(Command {
             program: self.worker.clone(),
             args,
             env: self.env.clone(),
             cwd: self.cwd.clone(),
-        }
+        })
     }
 }

@@ -16,8 +16,10 @@ use futures_util::future::BoxFuture;
 
 use crate::config::{ConfigError, ConfigErrors, SiteConfig};
 use crate::router::{MountTable, SiteLogs, SiteRoute, SiteStats};
+use crate::runtime::php::PhpLauncher;
 use crate::runtime::python::PythonLauncher;
 use crate::supervisor::{GroupHandle, SiteContext, Supervisor};
+use crate::upstream::php::{ErrorSink, PhpUpstream};
 use crate::upstream::python::PythonUpstream;
 use crate::upstream::{RequestBody, RequestContext, ResponseBody, Upstream, UpstreamError};
 
@@ -26,6 +28,9 @@ pub struct Runtimes {
     pub generation: u64,
     pub groups: Vec<GroupHandle>,
     pub python: Option<Arc<PythonUpstream>>,
+    /// The php-fpm pool's group (the PHP upstream is built with the route,
+    /// because it also needs the site's static upstream).
+    pub php: Option<GroupHandle>,
     pub context: Option<SiteContext>,
 }
 
@@ -71,6 +76,7 @@ pub fn build_runtimes(
         generation,
         groups: Vec::new(),
         python: None,
+        php: None,
         context: None,
     };
     if site.php.is_none() && site.python.is_none() {
@@ -79,6 +85,19 @@ pub fn build_runtimes(
     let ctx = supervisor
         .site_context(site)
         .map_err(|e| one_error(site, "user", e.to_string()))?;
+    if site.php.is_some() {
+        let launcher = PhpLauncher::new(site, supervisor.state_dir(), ctx.identity.clone())
+            .ok_or_else(|| {
+                one_error(
+                    site,
+                    "php.fpm",
+                    "no php-fpm binary found in /usr/sbin (install php8.2-fpm, or name one with php.fpm)".into(),
+                )
+            })?;
+        let group = supervisor.spawn_group(site, &ctx, Arc::new(launcher), generation);
+        rt.php = Some(group.clone());
+        rt.groups.push(group);
+    }
     if let Some(py) = &site.python {
         warn_thread_overallocation(site, py);
         let home = ctx.identity.as_ref().map(|i| i.home.clone());
@@ -110,8 +129,19 @@ pub fn build_route(
         for p in &site.static_files.paths {
             mounts.push((p.clone(), up.clone()));
         }
+        let root_upstream = match &runtimes.php {
+            Some(group) => {
+                let sink_logs = logs.clone();
+                let sink: ErrorSink =
+                    Arc::new(move |line: &str| sink_logs.runtime_line("php", line));
+                let php = PhpUpstream::new(site, Arc::new(group.clone()), up, sink)
+                    .map_err(|e| one_error(site, "php", e))?;
+                Arc::new(php) as Arc<dyn Upstream>
+            }
+            None => up,
+        };
         if site.python.as_ref().is_none_or(|py| !py.mount.is_empty()) {
-            mounts.push((String::new(), up));
+            mounts.push((String::new(), root_upstream));
         }
     }
     Ok(SiteRoute {

@@ -37,7 +37,7 @@ use super::endpoint::{least_busy, Activity, Endpoint, Lease};
 use super::launcher::{Launcher, Lifecycle};
 use super::policy::{Restart, RestartPolicy, RestartTracker};
 use crate::isolation::{self, Rlimits, SiteCgroup, SiteIdentity, SpawnSpec};
-use crate::upstream::UpstreamError;
+use crate::upstream::{RuntimeHandle, RuntimeLease, UpstreamError};
 
 /// How long a stopped process gets between SIGTERM and SIGKILL.
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
@@ -229,6 +229,38 @@ impl GroupHandle {
         let (tx, rx) = oneshot::channel();
         if self.tx.send(Cmd::Stop(tx)).is_ok() {
             let _ = rx.await;
+        }
+    }
+}
+
+/// Upstreams that only need "a ready socket for this request" (PHP) use the
+/// group through the [`RuntimeHandle`] seam; the lease is released (and
+/// `max_requests` checked) when the request's [`RuntimeLease`] drops.
+impl RuntimeHandle for GroupHandle {
+    fn ready(&self) -> futures_util::future::BoxFuture<'_, Result<RuntimeLease, UpstreamError>> {
+        Box::pin(async move {
+            let lease = self.lease().await?;
+            let socket = lease.endpoint().socket.clone();
+            Ok(RuntimeLease::new(
+                socket,
+                ReleaseOnDrop {
+                    group: self.clone(),
+                    lease: Some(lease),
+                },
+            ))
+        })
+    }
+}
+
+struct ReleaseOnDrop {
+    group: GroupHandle,
+    lease: Option<Lease>,
+}
+
+impl Drop for ReleaseOnDrop {
+    fn drop(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            self.group.release(lease);
         }
     }
 }
@@ -436,7 +468,17 @@ impl Actor {
             id
         ));
         let _ = std::fs::remove_file(&socket);
-        let cmd = self.spec.launcher.command(&socket);
+        let cmd = match self.spec.launcher.command(&socket) {
+            Ok(cmd) => cmd,
+            Err(e) => {
+                self.crash_slot(
+                    slot,
+                    Instant::now(),
+                    format!("cannot prepare the {} process: {e}", self.runtime()),
+                );
+                return;
+            }
+        };
         tracing::debug!(site = %self.site(), program = %cmd.program.display(), args = ?cmd.args, cwd = %cmd.cwd.display(), "starting");
         let cgroup = match &self.spec.cgroup {
             Some(cg) => match cg.child(&format!(
@@ -517,8 +559,14 @@ impl Actor {
                 if p.stopping {
                     return;
                 }
+                let mut why = why;
+                if let Some(own) = self.spec.launcher.diagnose(&p.endpoint.socket) {
+                    why = format!("{why}; {} said: {own}", self.runtime());
+                }
                 tracing::warn!(site = %self.site(), runtime = self.runtime(), pid = p.endpoint.pid, reason = %why, "not ready; stopping it");
+                let pid = p.endpoint.pid;
                 let (slot, started, replaces) = (p.slot, p.started, p.replaces);
+                self.note_in_error_log(pid, &why);
                 self.stop_proc(id, Duration::from_secs(1));
                 self.crashed(id, replaces, slot, started, why);
             }
@@ -576,14 +624,37 @@ impl Actor {
             self.settle_state();
             return;
         }
-        let reason = if oom {
+        let mut reason = if oom {
             format!("OOM-killed ({status_text})")
         } else {
             format!("exited unexpectedly: {status_text}")
         };
+        if let Some(own) = self.spec.launcher.diagnose(&p.endpoint.socket) {
+            reason = format!("{reason}; {} said: {own}", self.runtime());
+        }
         tracing::warn!(site = %self.site(), runtime = self.runtime(), pid = p.endpoint.pid, reason = %reason, "crashed");
+        self.note_in_error_log(p.endpoint.pid, &reason);
         self.crashed(id, p.replaces, p.slot, p.started, reason);
         self.settle_state();
+    }
+
+    /// Tells the site's owner, in the site's error log, why a process ended.
+    fn note_in_error_log(&self, pid: i32, reason: &str) {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let line = format!(
+            "[{}] polyhost: {} process {pid} failed: {reason}\n",
+            humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
+            self.runtime()
+        );
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&self.spec.error_log);
+        if let Ok(mut f) = file {
+            let _ = f.write_all(line.as_bytes());
+        }
     }
 
     /// Records a crash of process `id` in `slot`: a replacement that failed

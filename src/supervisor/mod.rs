@@ -88,6 +88,10 @@ impl Supervisor {
         }
     }
 
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
     pub fn cgroups(&self) -> &CgroupRoot {
         &self.cgroups
     }

@@ -137,11 +137,27 @@ pub trait Upstream: Send + Sync + 'static {
 /// sees it: something that can be made ready and then listens on a Unix
 /// socket. The supervisor implements it; upstreams only connect.
 pub trait RuntimeHandle: Send + Sync + 'static {
-    /// Waits until the site's runtime is ready (starting it if it is stopped or scaled to zero,
-    /// bounded by the startup timeout) and returns the Unix socket to connect to.
-    fn ready(&self) -> BoxFuture<'_, Result<std::path::PathBuf, UpstreamError>>;
-    /// Reports that a request finished (for idle tracking / recycling). May be a no-op.
-    fn request_done(&self) {}
+    /// Waits until the site's runtime is ready (starting it if it is stopped
+    /// or scaled to zero, bounded by the startup timeout) and returns a lease
+    /// on one of its sockets, held for the whole request.
+    fn ready(&self) -> BoxFuture<'_, Result<RuntimeLease, UpstreamError>>;
+}
+
+/// One request's use of a runtime: the socket to connect to, and a guard
+/// whose drop tells the supervisor the request is done (in-flight counting
+/// for draining, idle tracking and recycling).
+pub struct RuntimeLease {
+    pub socket: std::path::PathBuf,
+    _guard: Box<dyn Send + Sync>,
+}
+
+impl RuntimeLease {
+    pub fn new(socket: std::path::PathBuf, guard: impl Send + Sync + 'static) -> Self {
+        RuntimeLease {
+            socket,
+            _guard: Box::new(guard),
+        }
+    }
 }
 
 /// A body with nothing in it.

@@ -72,6 +72,7 @@ pub struct InProcess {
 
 impl InProcess {
     pub async fn start(cfg: &TestConfig) -> Self {
+        init_logging();
         let config = cfg.load();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -422,6 +423,17 @@ pub fn pids_of_uid(uid: u32) -> Vec<i32> {
         }
     }
     out
+}
+
+/// polyhost's log into the test's captured output (shown when a test fails).
+pub fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "polyhost=info".into()),
+        )
+        .with_test_writer()
+        .try_init();
 }
 
 // Front-door helpers (TLS, HTTP/2, test upstreams, swappable routing table).

@@ -44,8 +44,8 @@ use tokio::net::UnixStream;
 use self::exchange::{Exchange, Input};
 use self::pool::ConnPool;
 use self::script::Target;
-pub use super::RuntimeHandle;
 use super::{empty_body, RequestBody, RequestContext, ResponseBody, Upstream, UpstreamError};
+pub use super::{RuntimeHandle, RuntimeLease};
 use crate::config::{PhpConfig, SiteConfig};
 
 /// Bodies of idempotent requests up to this size are read whole before the
@@ -99,7 +99,11 @@ impl PhpUpstream {
             .to_owned();
         let max = usize::try_from(php.max_children).unwrap_or(usize::MAX);
         Ok(PhpUpstream {
-            pool: ConnPool::new(max, php.idle_timeout),
+            pool: ConnPool::new(
+                max,
+                php.idle_timeout,
+                php.mode == crate::config::PhpMode::Static,
+            ),
             root,
             root_str,
             body_limit: site.limits.body,
@@ -210,12 +214,13 @@ impl PhpUpstream {
             .map_err(|_| UpstreamError::QueueTimeout(timeout))?
             .ok_or_else(|| UpstreamError::Internal("connection pool closed".into()))?;
         let startup = self.php.startup_timeout;
-        let socket = tokio::time::timeout(startup, self.runtime.ready())
+        let lease = tokio::time::timeout(startup, self.runtime.ready())
             .await
             .map_err(|_| {
                 UpstreamError::Unavailable(format!("php-fpm not ready after {startup:?}"))
             })??;
-        let finish = exchange::Finish::new(self.runtime.clone(), permit);
+        let socket = lease.socket.clone();
+        let finish = exchange::Finish::new(lease, permit);
         let remaining = |start: Instant| timeout.saturating_sub(start.elapsed());
         // A kept-alive connection is used only for a request that can be
         // sent again (see `exchange::Attempt::Stale`): idempotent, body held
@@ -353,8 +358,8 @@ mod tests {
     struct Fixed(PathBuf);
 
     impl RuntimeHandle for Fixed {
-        fn ready(&self) -> BoxFuture<'_, Result<PathBuf, UpstreamError>> {
-            Box::pin(async move { Ok(self.0.clone()) })
+        fn ready(&self) -> BoxFuture<'_, Result<crate::upstream::RuntimeLease, UpstreamError>> {
+            Box::pin(async move { Ok(crate::upstream::RuntimeLease::new(self.0.clone(), ())) })
         }
     }
 
