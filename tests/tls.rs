@@ -365,3 +365,37 @@ async fn idle_http2_connections_close_after_keepalive_timeout_not_header_timeout
         front.stop().await;
     }
 }
+
+#[tokio::test]
+async fn the_binary_serves_tls_listen_addresses() {
+    let (cfg, certs) = sites();
+    cfg.main_extra("tls_listen = [\"127.0.0.1:0\"]");
+    let bin = common::Binary::start(&cfg.main(), &[]).await;
+    let mut tls_addr = None;
+    let found = common::eventually(Duration::from_secs(10), || {
+        let log = bin.log();
+        tls_addr = log
+            .split("listening (TLS) addr=")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|a| a.parse::<std::net::SocketAddr>().ok());
+        let done = tls_addr.is_some();
+        async move { done }
+    })
+    .await;
+    assert!(found, "no TLS listener in the log:\n{}", bin.log());
+    let addr = tls_addr.unwrap();
+    let tls = tls_connect(addr, "alpha.test", &["h2"]).await.unwrap();
+    assert!(served_cert(&tls) == certs.alpha.der);
+    let mut h2 = H2::handshake(tls).await;
+    let r = h2.get("https://alpha.test/").await;
+    assert_eq!((r.status, r.text().trim()), (200, "site alpha"));
+    // Plain HTTP to a TLS site: redirected to the TLS port.
+    let r = common::get(bin.addr, "alpha.test", "/x").await;
+    assert_eq!(r.status, 301);
+    assert_eq!(
+        r.header("location"),
+        Some(format!("https://alpha.test:{}/x", addr.port()).as_str())
+    );
+    assert!(bin.terminate().await.success());
+}
