@@ -124,7 +124,7 @@ fn serve(path: &Path) -> ExitCode {
         // start-up must not kill polyhost with the default action.
         let signals = Signals::install()?;
         tokio::spawn(stop_on_signal(signals.term, signals.int, shutdown.clone()));
-        let listeners = crate::app::bind(&config.server.listen).await?;
+        let listeners = crate::app::bind_all(&config.server).await?;
         // Before any site starts: a second polyhost on the same socket stops here.
         let admin = crate::admin::bind(&config.server).await?;
         let server = crate::app::Server::start(config).await?;

@@ -26,6 +26,11 @@ pub struct RawServer {
     pub log_level: Option<String>,
     pub admin: Option<RawAdmin>,
     pub metrics: Option<RawMetrics>,
+    // The front door (see `config::front`).
+    pub tls_listen: Option<Vec<String>>,
+    pub h2c: Option<bool>,
+    pub trusted_proxies: Option<Vec<String>>,
+    pub limits: Option<super::front::RawServerLimits>,
 }
 
 #[derive(Debug, Deserialize, Clone)]
@@ -74,6 +79,7 @@ pub struct RawSite {
     pub static_files: Option<RawStatic>,
     pub php: Option<RawPhp>,
     pub python: Option<RawPython>,
+    pub tls: Option<super::tls::RawTls>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -32,6 +32,8 @@ pub struct ServerConfig {
     pub admin: AdminConfig,
     /// `[metrics] listen`: a TCP address serving only `/metrics`.
     pub metrics_listen: Option<SocketAddr>,
+    /// TLS listeners, h2c, trusted proxies, connection and request limits.
+    pub front: super::front::FrontConfig,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -244,6 +246,13 @@ fn validate_server(
         .shutdown_timeout
         .and_then(|v| errs.check("shutdown_timeout", parse_duration(&v)))
         .unwrap_or(Duration::from_secs(30));
+    let front = super::front::validate_front(
+        raw.tls_listen,
+        raw.h2c,
+        raw.trusted_proxies,
+        raw.limits,
+        &mut errs,
+    );
     let log_level = raw.log_level.unwrap_or_else(|| "info".into());
     if log_level
         .parse::<tracing_subscriber::filter::EnvFilter>()
@@ -278,5 +287,6 @@ fn validate_server(
             token,
         },
         metrics_listen,
+        front,
     })
 }

@@ -9,6 +9,7 @@ use arc_swap::ArcSwap;
 
 use super::access_log::SiteLogs;
 use super::mount::MountTable;
+use super::tls::SiteCerts;
 use super::vhost::VhostTable;
 use crate::config::SiteConfig;
 pub use crate::metrics::SiteStats;
@@ -25,15 +26,20 @@ pub struct SiteRoute {
 #[derive(Default)]
 pub struct RoutingTable {
     pub vhosts: VhostTable<SiteRoute>,
+    /// Certificates by site, read from disk when this table was built: a new
+    /// table means new certificates for new TLS handshakes.
+    pub certs: SiteCerts,
 }
 
 impl RoutingTable {
     pub fn new(sites: impl IntoIterator<Item = Arc<SiteRoute>>) -> Self {
+        let sites: Vec<Arc<SiteRoute>> = sites.into_iter().collect();
         let mut vhosts = VhostTable::default();
-        for site in sites {
+        for site in &sites {
             vhosts.insert(&site.config.hosts, site.config.default, site.clone());
         }
-        RoutingTable { vhosts }
+        let certs = SiteCerts::load(&sites);
+        RoutingTable { vhosts, certs }
     }
 }
 

@@ -77,6 +77,9 @@ pub enum UpstreamError {
     /// The client sent something malformed.
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// The client stopped sending the request body (`limits.body_timeout`).
+    #[error("request body timed out after {0:?}")]
+    RequestTimeout(std::time::Duration),
     /// The site's runtime is not available (starting failed, crash loop, stopped).
     #[error("site unavailable: {0}")]
     Unavailable(String),
@@ -105,6 +108,7 @@ impl UpstreamError {
             UpstreamError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             UpstreamError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             UpstreamError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            UpstreamError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             UpstreamError::Unavailable(_) | UpstreamError::QueueTimeout(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }

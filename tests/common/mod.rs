@@ -435,3 +435,45 @@ pub fn init_logging() {
         .with_test_writer()
         .try_init();
 }
+
+// Front-door helpers (TLS, HTTP/2, test upstreams, swappable routing table).
+pub mod front;
+
+/// A TCP connection from a chosen loopback address (e.g. "127.0.0.2"), so a
+/// test can be a different client IP than its attackers.
+pub async fn connect_from(src: &str, addr: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(SocketAddr::new(src.parse().unwrap(), 0))
+        .unwrap();
+    socket.connect(addr).await.unwrap()
+}
+
+/// Sends raw bytes on `s` and reads until the server closes (or `limit` passes).
+pub async fn raw_on(mut s: TcpStream, bytes: &[u8], limit: Duration) -> String {
+    s.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(limit, s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// One GET on a fresh connection from `src`.
+pub async fn get_from(src: &str, addr: SocketAddr, host: &str, path: &str) -> Resp {
+    let stream = connect_from(src, addr).await;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    sender.ready().await.unwrap();
+    let resp = sender
+        .send_request(request("GET", host, path))
+        .await
+        .unwrap();
+    let (parts, body) = resp.into_parts();
+    Resp {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body: body.collect().await.unwrap().to_bytes(),
+    }
+}

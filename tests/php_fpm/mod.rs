@@ -179,6 +179,7 @@ impl FpmSite {
                 .collect(),
             }),
             python: None,
+            tls: None,
         };
         paths.create_dirs(user.uid, user.gid).unwrap();
         let text = pool_config(

@@ -337,6 +337,7 @@ pub(crate) mod tests_support {
                 ]),
             }),
             python: None,
+            tls: None,
         }
     }
 }
