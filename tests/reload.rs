@@ -23,12 +23,24 @@ fn python_v1(cfg: &TestConfig, name: &str, user: &TestUser) {
     python_site(cfg, name, user, "1", "");
 }
 
-/// The sites that serve throughout; one line per site (a PHP site joins
-/// the mix here once PHP sites are wired up).
+fn php_site(cfg: &TestConfig, name: &str, user: &TestUser) {
+    cfg.write(&format!("www/{name}/index.php"), "<?php echo 'php ok';");
+    cfg.write(
+        &format!("vhosts/{name}.toml"),
+        &format!(
+            "hosts = [\"{name}.test\"]\nroot = \"www/{name}\"\nuser = \"{}\"\n[php]\nmax_children = 4\n",
+            user.name
+        ),
+    );
+    common::open_up(cfg.path());
+}
+
+/// The sites that serve throughout; one line per site.
 const MIX: &[(&str, SiteWriter)] = &[
     ("plain", static_site),
     ("stay", python_v1),
     ("py", python_v1),
+    ("blog", php_site),
 ];
 
 async fn wait_serving(addr: std::net::SocketAddr, host: &str) {
@@ -59,6 +71,8 @@ async fn reload_under_load_adds_removes_changes_and_refuses_without_one_failed_r
     }
     let stay_pids = served.site("stay").await.pids;
     assert!(!stay_pids.is_empty());
+    let php_pids = served.site("blog").await.pids;
+    assert!(!php_pids.is_empty());
 
     let mut hosts: Vec<String> = MIX.iter().map(|(n, _)| format!("{n}.test")).collect();
     hosts.extend(["gone.test".into(), "added.test".into()]);
@@ -147,8 +161,13 @@ async fn reload_under_load_adds_removes_changes_and_refuses_without_one_failed_r
         stay_pids,
         "unchanged site kept its workers"
     );
+    assert_eq!(
+        served.site("blog").await.pids,
+        php_pids,
+        "unchanged PHP site kept its php-fpm master"
+    );
     let names: Vec<&str> = status.sites.iter().map(|s| s.name.as_str()).collect();
-    assert_eq!(names, ["added", "plain", "py", "stay"]);
+    assert_eq!(names, ["added", "blog", "plain", "py", "stay"]);
     served.stop().await;
     for user in &users {
         assert!(
