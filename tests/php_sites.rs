@@ -247,3 +247,98 @@ async fn an_ondemand_pool_serves_concurrent_requests_without_waiting_on_idle_con
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_pool_that_cannot_start_reports_php_fpm_own_error_and_only_its_site_gets_503() {
+    let cfg = TestConfig::new();
+    let (ua, ub) = (TestUser::new(), TestUser::new());
+    // A real php-fpm that fails at start: pointed at a configuration file that does not exist.
+    let wrapper = cfg.write(
+        "bin/php-fpm-broken",
+        &format!(
+            "#!/bin/sh\nexec {} \"$@\" -y /nonexistent-dir/php-fpm.conf\n",
+            polyhost::runtime::php::find_fpm_binary().unwrap().display()
+        ),
+    );
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    php_site(
+        &cfg,
+        "broken",
+        &ua,
+        &format!("fpm = \"{}\"\nstartup_timeout = \"2s\"", wrapper.display()),
+    );
+    php_site(&cfg, "fine", &ub, "");
+    let server = InProcess::start(&cfg).await;
+    let r = get(server.addr, "broken.test", "/").await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(
+        get(server.addr, "fine.test", "/").await.status,
+        200,
+        "the other site is served"
+    );
+    let log = cfg.path().join("log/broken.error.log");
+    let found = common::eventually(Duration::from_secs(10), || async {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("failed to open configuration file '/nonexistent-dir/php-fpm.conf'")
+    })
+    .await;
+    assert!(
+        found,
+        "php-fpm's own message in the site's error log: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let status = server.site("broken").await;
+    assert!(
+        status
+            .last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("exit status"),
+        "{status:?}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn after_sigkill_of_polyhost_no_php_fpm_survives_the_next_start() {
+    let cfg = TestConfig::new();
+    let user = TestUser::new();
+    php_site(&cfg, "pool", &user, "mode = \"static\"");
+    let bin = common::Binary::start(&cfg.main(), &[]).await;
+    assert_eq!(
+        get(bin.addr, "pool.test", "/").await.status,
+        200,
+        "{}",
+        bin.log()
+    );
+    assert!(
+        common::pids_of_uid(user.uid).len() >= 5,
+        "master and 4 children"
+    );
+    let mut child = bin.child;
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+    // The master dies with polyhost (parent-death signal); php-fpm's children
+    // may outlive it, but the next start removes whatever is left in the
+    // site's cgroup before it starts anything.
+    let master_gone = common::eventually(Duration::from_secs(5), || async {
+        common::pids_of_uid(user.uid).len() < 5
+    })
+    .await;
+    assert!(master_gone);
+    let bin = common::Binary::start(&cfg.main(), &[]).await;
+    let r = get(bin.addr, "pool.test", "/").await;
+    assert_eq!(r.status, 200, "{}", bin.log());
+    let pids = common::pids_of_uid(user.uid);
+    assert_eq!(pids.len(), 5, "only the new pool's processes: {pids:?}");
+    assert!(bin.terminate().await.success());
+    assert!(
+        common::pids_of_uid(user.uid).is_empty(),
+        "nothing survives a clean stop"
+    );
+}
