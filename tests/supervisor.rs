@@ -168,7 +168,7 @@ async fn a_fork_bomb_is_held_by_the_process_limit() {
 }
 
 #[tokio::test]
-async fn a_crash_loop_marks_the_site_failed_and_its_requests_get_503() {
+async fn an_app_that_fails_to_import_gives_500_is_retried_with_backoff_then_marked_failed() {
     let cfg = TestConfig::new();
     let (user, calm) = (TestUser::new(), TestUser::new());
     site(&cfg, "broken", &user, "broken", "");
@@ -181,7 +181,7 @@ async fn a_crash_loop_marks_the_site_failed_and_its_requests_get_503() {
     .unwrap();
     let server = InProcess::start(&cfg).await;
     let first = get(server.addr, "broken.test", "/").await;
-    assert_eq!(first.status, 503, "{}", first.text());
+    assert_eq!(first.status, 500, "an application error: {}", first.text());
     let failed = common::eventually(Duration::from_secs(20), || async {
         let _ = get(server.addr, "broken.test", "/").await;
         server.site("broken").await.state == "failed"
@@ -199,10 +199,10 @@ async fn a_crash_loop_marks_the_site_failed_and_its_requests_get_503() {
         "{status:?}"
     );
     let t = std::time::Instant::now();
-    assert_eq!(get(server.addr, "broken.test", "/").await.status, 503);
+    assert_eq!(get(server.addr, "broken.test", "/").await.status, 500);
     assert!(
         t.elapsed() < Duration::from_secs(1),
-        "a failed site answers 503 at once"
+        "a failed site answers at once"
     );
     assert!(pids_of_uid(user.uid).is_empty(), "no process spinning");
     let log = std::fs::read_to_string(cfg.path().join("log/broken.error.log")).unwrap();

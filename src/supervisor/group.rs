@@ -79,6 +79,9 @@ pub struct Snapshot {
     pub restarts: u64,
     pub oom_kills: u64,
     pub last_error: Option<String>,
+    /// Set while the application itself is broken (its last process failed
+    /// to load it); cleared when a process becomes ready.
+    pub app_error: Option<String>,
 }
 
 /// Everything a group needs to start its processes.
@@ -159,6 +162,7 @@ impl GroupHandle {
             self.startup_timeout,
             rx.wait_for(|s| {
                 !s.endpoints.is_empty()
+                    || s.app_error.is_some()
                     || matches!(s.state, GroupState::Failed(_) | GroupState::Stopped)
             }),
         )
@@ -180,6 +184,12 @@ impl GroupHandle {
         };
         match least_busy(&snap.endpoints) {
             Some(e) => Ok(Lease::take(e.clone(), self.activity.clone())),
+            None if snap.app_error.is_some() => Err(UpstreamError::AppFailed(format!(
+                "{} {}: {}",
+                self.site,
+                self.runtime,
+                snap.app_error.as_deref().unwrap_or_default()
+            ))),
             None => Err(UpstreamError::Unavailable(match &snap.state {
                 GroupState::Failed(why) => format!("{} {} failed: {why}", self.site, self.runtime),
                 _ => format!("{} {} is stopped", self.site, self.runtime),
@@ -279,6 +289,7 @@ pub fn spawn_group(spec: GroupSpec) -> GroupHandle {
         restarts: 0,
         oom_kills: 0,
         last_error: None,
+        app_error: None,
     });
     let (snap_tx, snap_rx) = watch::channel(initial);
     let activity = Arc::new(Activity::new());
@@ -305,6 +316,7 @@ pub fn spawn_group(spec: GroupSpec) -> GroupHandle {
         restarts: 0,
         oom_kills: 0,
         last_error: None,
+        app_error: None,
         failed_at: None,
         events: events_tx,
         snap: snap_tx,
@@ -357,6 +369,7 @@ struct Actor {
     restarts: u64,
     oom_kills: u64,
     last_error: Option<String>,
+    app_error: Option<String>,
     failed_at: Option<Instant>,
     events: mpsc::UnboundedSender<Event>,
     snap: watch::Sender<Arc<Snapshot>>,
@@ -597,6 +610,7 @@ impl Actor {
             return;
         }
         p.ready = true;
+        self.app_error = None;
         let (pid, replaces) = (p.endpoint.pid, p.replaces.take());
         tracing::info!(site = %self.site(), runtime = self.runtime(), pid, "ready");
         if let Some(old) = replaces {
@@ -626,6 +640,13 @@ impl Actor {
             }
             self.settle_state();
             return;
+        }
+        if let Ok(st) = &status {
+            if self.spec.launcher.app_error(st) && !p.ready {
+                self.app_error = Some(format!(
+                    "the application failed to load ({status_text}); the traceback is in the site's error log"
+                ));
+            }
         }
         let mut reason = if oom {
             format!("OOM-killed ({status_text})")
@@ -928,6 +949,7 @@ impl Actor {
             restarts: self.restarts,
             oom_kills: self.oom_kills,
             last_error: self.last_error.clone(),
+            app_error: self.app_error.clone(),
         };
         self.snap.send_replace(Arc::new(snap));
     }

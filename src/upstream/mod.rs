@@ -92,6 +92,10 @@ pub enum UpstreamError {
     /// The runtime broke the connection or answered garbage.
     #[error("bad gateway: {0}")]
     BadGateway(String),
+    /// The site's application is broken (e.g. its WSGI app fails to import):
+    /// the site owner's fault, answered like an application exception.
+    #[error("application error: {0}")]
+    AppFailed(String),
     /// Our own fault.
     #[error("internal error: {0}")]
     Internal(String),
@@ -114,7 +118,9 @@ impl UpstreamError {
             }
             UpstreamError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             UpstreamError::BadGateway(_) => StatusCode::BAD_GATEWAY,
-            UpstreamError::Internal(_) | UpstreamError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            UpstreamError::AppFailed(_) | UpstreamError::Internal(_) | UpstreamError::Io(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         }
     }
 }
