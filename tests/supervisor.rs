@@ -285,3 +285,54 @@ async fn sigkill_of_polyhost_leaves_no_site_process_and_the_next_start_is_clean(
     assert!(bin.terminate().await.success());
     assert!(pids_of_uid(user.uid).is_empty());
 }
+
+#[tokio::test]
+async fn without_cgroups_memory_is_enforced_by_rss_polling() {
+    let cfg = TestConfig::new();
+    let main = std::fs::read_to_string(cfg.main()).unwrap();
+    cfg.write("polyhost.toml", &format!("{main}cgroups = \"off\"\n"));
+    let (hog, calm) = (TestUser::new(), TestUser::new());
+    site(
+        &cfg,
+        "hog",
+        &hog,
+        "pyapp:isolation_app",
+        "[limits]\nmemory = \"96M\"",
+    );
+    site(&cfg, "calm", &calm, "pyapp:isolation_app", "");
+    let server = InProcess::start(&cfg).await;
+    let status = server.server.status().await;
+    assert!(
+        status.limits_backend.contains("RSS polling"),
+        "{}",
+        status.limits_backend
+    );
+    let first = get(server.addr, "hog.test", "/").await.text();
+    let _ = get(server.addr, "hog.test", "/alloc?mb=200").await;
+    let killed = common::eventually(Duration::from_secs(10), || async {
+        server.site("hog").await.oom_kills >= 1
+    })
+    .await;
+    let hog_status = server.site("hog").await;
+    assert!(killed, "{hog_status:?}");
+    assert!(
+        hog_status
+            .last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("above limits.memory"),
+        "{hog_status:?}"
+    );
+    assert_eq!(
+        get(server.addr, "calm.test", "/").await.status,
+        200,
+        "the other site keeps answering"
+    );
+    let back = common::eventually(Duration::from_secs(10), || async {
+        let r = get(server.addr, "hog.test", "/").await;
+        r.status == 200 && r.text() != first
+    })
+    .await;
+    assert!(back, "a new process serves the site");
+    server.stop().await;
+}

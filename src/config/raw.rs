@@ -24,6 +24,7 @@ pub struct RawServer {
     pub default_group: Option<String>,
     pub shutdown_timeout: Option<Scalar>,
     pub log_level: Option<String>,
+    pub cgroups: Option<String>,
     pub admin: Option<RawAdmin>,
     pub metrics: Option<RawMetrics>,
     // The front door (see `config::front`).

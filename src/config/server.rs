@@ -29,6 +29,8 @@ pub struct ServerConfig {
     pub default_group: Option<String>,
     pub shutdown_timeout: Duration,
     pub log_level: String,
+    /// Use cgroups for site limits when the host offers them (`true`), or never.
+    pub cgroups: bool,
     pub admin: AdminConfig,
     /// `[metrics] listen`: a TCP address serving only `/metrics`.
     pub metrics_listen: Option<SocketAddr>,
@@ -253,6 +255,17 @@ fn validate_server(
         raw.limits,
         &mut errs,
     );
+    let cgroups = match raw.cgroups.as_deref() {
+        None | Some("auto") => true,
+        Some("off") => false,
+        Some(other) => {
+            errs.add(
+                "cgroups",
+                format!("{other:?} is not a cgroups mode (expected \"auto\" or \"off\")"),
+            );
+            true
+        }
+    };
     let log_level = raw.log_level.unwrap_or_else(|| "info".into());
     if log_level
         .parse::<tracing_subscriber::filter::EnvFilter>()
@@ -280,6 +293,7 @@ fn validate_server(
         default_group: raw.default_group,
         shutdown_timeout,
         log_level,
+        cgroups,
         admin: super::server::AdminConfig {
             socket,
             group: admin.group,

@@ -96,6 +96,9 @@ pub struct GroupSpec {
     pub error_log: PathBuf,
     /// Directory for the processes' sockets (owned by the site user).
     pub socket_dir: PathBuf,
+    /// The site's memory limit when no cgroup enforces it: the group polls
+    /// the RSS of its processes' sessions and kills the largest above it.
+    pub memory_limit: Option<u64>,
     pub rlimits: Rlimits,
     pub policy: RestartPolicy,
 }
@@ -720,6 +723,40 @@ impl Actor {
         }
     }
 
+    /// The fallback for `limits.memory` on hosts without cgroups: the sum of
+    /// the sessions' RSS (a process and everything it forked) above the limit
+    /// kills the largest session, as the kernel's OOM killer would in a cgroup.
+    fn check_memory_without_cgroup(&mut self) {
+        let Some(limit) = self.spec.memory_limit else {
+            return;
+        };
+        let sizes: Vec<(u64, u64)> = self
+            .procs
+            .iter()
+            .filter(|(_, p)| !p.stopping)
+            .map(|(id, p)| (*id, crate::isolation::session_rss(p.endpoint.pid)))
+            .collect();
+        let total: u64 = sizes.iter().map(|(_, rss)| rss).sum();
+        if total <= limit {
+            return;
+        }
+        let Some(&(id, rss)) = sizes.iter().max_by_key(|(_, rss)| *rss) else {
+            return;
+        };
+        let pid = self.procs[&id].endpoint.pid;
+        let reason = format!(
+            "killed: the site uses {} MiB, above limits.memory {} MiB (RSS polling: no cgroups); this process used {} MiB",
+            total >> 20,
+            limit >> 20,
+            rss >> 20
+        );
+        tracing::warn!(site = %self.site(), runtime = self.runtime(), pid, reason = %reason, "OOM-killed");
+        self.note_in_error_log(pid, &reason);
+        self.oom_kills += 1;
+        self.last_error = Some(reason);
+        self.stop_proc(id, Duration::ZERO);
+    }
+
     /// A slot's process crashed or could not start: back off, or give up.
     fn crash_slot(&mut self, slot: usize, started: Instant, reason: String) {
         self.last_error = Some(reason.clone());
@@ -757,6 +794,7 @@ impl Actor {
             }
         }
         self.check_oom();
+        self.check_memory_without_cgroup();
         self.check_recycling();
         self.check_idle();
     }
