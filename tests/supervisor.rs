@@ -6,27 +6,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{get, open_up, pids_of_uid, python_worker, Binary, InProcess, TestConfig, TestUser};
+use common::{field, get, pids_of_uid, Binary, InProcess, TestConfig, TestUser};
 
 fn site(cfg: &TestConfig, name: &str, user: &TestUser, app: &str, extra: &str) {
-    cfg.write("apps/pyapp.py", include_str!("apps/pyapp.py"));
-    cfg.write("apps/broken.py", include_str!("apps/broken.py"));
-    cfg.write(&format!("www/{name}/index.html"), "static\n");
-    cfg.write(
-        &format!("vhosts/{name}.toml"),
-        &format!(
-            "hosts = [\"{name}.test\"]\nroot = \"www/{name}\"\nuser = \"{}\"\n{extra}\n[python]\napp = \"{app}\"\npath = [\"apps\"]\nworker = \"{}\"\n",
-            user.name,
-            python_worker().display()
-        ),
-    );
-    open_up(cfg.path());
-}
-
-fn field<'a>(text: &'a str, key: &str) -> &'a str {
-    text.split_whitespace()
-        .find_map(|kv| kv.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
-        .unwrap_or("")
+    common::python_test_site(cfg, name, user, app, extra, "");
 }
 
 #[tokio::test]

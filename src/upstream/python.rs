@@ -144,8 +144,7 @@ impl PythonUpstream {
                 return Err(UpstreamError::Timeout(self.request_timeout));
             }
         };
-        let (mut parts, body) = resp.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
+        let (parts, body) = resp.into_parts();
         let (tx, rx) = mpsc::channel(PUMP_FRAMES);
         tokio::spawn(pump(
             body,
@@ -295,44 +294,14 @@ impl ConnPool {
     }
 }
 
-/// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
-
-fn is_hop_by_hop(name: &HeaderName, connection: &HeaderMap) -> bool {
-    HOP_BY_HOP.contains(&name.as_str())
-        || connection.get_all(header::CONNECTION).iter().any(|v| {
-            v.to_str().is_ok_and(|v| {
-                v.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case(name.as_str()))
-            })
-        })
-}
-
+/// Copies the client's headers for the worker. The router has already
+/// removed hop-by-hop headers (`router::proxy`), and removes them from the
+/// worker's response too; Content-Length is set from the spooled body.
 fn copy_end_to_end(from: &HeaderMap, to: &mut HeaderMap) {
     for (name, value) in from {
-        if !is_hop_by_hop(name, from) && name != header::CONTENT_LENGTH {
+        if name != header::CONTENT_LENGTH {
             to.append(name.clone(), value.clone());
         }
-    }
-}
-
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let names: Vec<HeaderName> = headers
-        .keys()
-        .filter(|n| is_hop_by_hop(n, headers))
-        .cloned()
-        .collect();
-    for n in names {
-        headers.remove(n);
     }
 }
 

@@ -477,3 +477,35 @@ pub async fn get_from(src: &str, addr: SocketAddr, host: &str, path: &str) -> Re
         body: body.collect().await.unwrap().to_bytes(),
     }
 }
+
+/// A Python site running one of the test apps of `tests/apps/` as `user`.
+/// `site_extra` goes before `[python]` (e.g. a `[limits]` table),
+/// `python_extra` into it (e.g. `threads = 2`).
+pub fn python_test_site(
+    cfg: &TestConfig,
+    name: &str,
+    user: &TestUser,
+    app: &str,
+    site_extra: &str,
+    python_extra: &str,
+) {
+    cfg.write("apps/pyapp.py", include_str!("../apps/pyapp.py"));
+    cfg.write("apps/broken.py", include_str!("../apps/broken.py"));
+    cfg.write(&format!("www/{name}/static.txt"), "static file\n");
+    cfg.write(
+        &format!("vhosts/{name}.toml"),
+        &format!(
+            "hosts = [\"{name}.test\"]\nroot = \"www/{name}\"\nuser = \"{}\"\n{site_extra}\n[python]\napp = \"{app}\"\npath = [\"apps\"]\nworker = \"{}\"\n{python_extra}\n",
+            user.name,
+            python_worker().display()
+        ),
+    );
+    open_up(cfg.path());
+}
+
+/// The value of `key=value` in a whitespace-separated probe answer.
+pub fn field<'a>(text: &'a str, key: &str) -> &'a str {
+    text.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
+        .unwrap_or("")
+}

@@ -41,6 +41,7 @@ use super::cgi::{self, CgiHead};
 use super::fcgi::{self, Decoder, Record};
 use super::pool::ConnPool;
 use super::ErrorSink;
+use crate::upstream::spool::body_error;
 use crate::upstream::RuntimeLease;
 use crate::upstream::{BoxError, RequestBody, UpstreamError};
 
@@ -336,16 +337,6 @@ async fn write_request(
     fcgi::end_stream(&mut buf, fcgi::STDIN);
     wr.write_all(&buf).await.map_err(WriteFail::Io)?;
     wr.flush().await.map_err(WriteFail::Io)
-}
-
-pub(super) fn body_error(e: BoxError, limit: u64) -> UpstreamError {
-    if e.downcast_ref::<http_body_util::LengthLimitError>()
-        .is_some()
-    {
-        UpstreamError::BodyTooLarge { limit }
-    } else {
-        UpstreamError::BadRequest(format!("reading the request body: {e}"))
-    }
 }
 
 fn log_stderr(sink: &ErrorSink, tag: &str, data: &[u8]) {

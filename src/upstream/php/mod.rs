@@ -28,7 +28,6 @@ mod fcgi;
 pub mod params;
 mod pool;
 pub mod script;
-mod spool;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -47,6 +46,7 @@ use self::script::Target;
 use super::{empty_body, RequestBody, RequestContext, ResponseBody, Upstream, UpstreamError};
 pub use super::{RuntimeHandle, RuntimeLease};
 use crate::config::{PhpConfig, SiteConfig};
+use crate::upstream::spool::body_error;
 
 /// Bodies of idempotent requests up to this size are read whole before the
 /// request goes out, so it can be sent again when a kept-alive connection
@@ -175,9 +175,11 @@ impl PhpUpstream {
             .or_else(|| body.size_hint().exact());
         if content_length.is_none() && !body.is_end_stream() {
             let limit = self.body_limit;
-            let (spooled, len) = spool::spool(body, |e| exchange::body_error(e, limit)).await?;
-            body = spooled;
-            content_length = Some(len);
+            // PHP reads exactly CONTENT_LENGTH bytes: a body of unknown
+            // length is read whole first (memory, then an unnamed temp file).
+            let spooled = crate::upstream::spool::spool(body, limit).await?;
+            content_length = Some(spooled.len());
+            body = spooled.into_body();
         }
         let input = if !parts.method.is_idempotent() {
             Input::Stream(body)
@@ -188,7 +190,7 @@ impl PhpUpstream {
             let bytes = body
                 .collect()
                 .await
-                .map_err(|e| exchange::body_error(e, limit))?
+                .map_err(|e| body_error(e, limit))?
                 .to_bytes();
             Input::Replayable(bytes)
         } else {
