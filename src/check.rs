@@ -14,18 +14,8 @@ pub fn check(main: &Path) -> Result<String, ConfigErrors> {
     let mut errors = ConfigErrors::default();
     for site in config.sites.values() {
         if let Some(root) = &site.root {
-            match std::fs::metadata(root) {
-                Ok(m) if m.is_dir() => {}
-                Ok(_) => errors.push(ConfigError::in_file(
-                    &site.file,
-                    "root",
-                    format!("{} is not a directory", root.display()),
-                )),
-                Err(e) => errors.push(ConfigError::in_file(
-                    &site.file,
-                    "root",
-                    format!("{}: {e}", root.display()),
-                )),
+            if let Err(e) = crate::docroot::open_root_dir(root) {
+                errors.push(ConfigError::in_file(&site.file, "root", e.to_string()));
             }
         }
     }
@@ -51,6 +41,7 @@ fn check_runtimes(site: &SiteConfig, server: &ServerConfig, errors: &mut ConfigE
         site,
         server.default_user.as_deref(),
         server.default_group.as_deref(),
+        server.admin.group.as_deref(),
     ) {
         errors.push(ConfigError::in_file(&site.file, "user", e.to_string()));
     }

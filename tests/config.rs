@@ -119,7 +119,7 @@ fn every_error_of_every_file_in_one_pass() {
             $DIR/vhosts/py.toml: hosts[1]: "bad host" is not a host name: expected a host name such as "example.test" or "*.example.test" (no port, no scheme)
             $DIR/vhosts/py.toml: python.app: "not a module" is not a WSGI application reference (expected "package.module:callable")
             $DIR/vhosts/py.toml: python.threads: 0 is not a whole number between 1 and 1024
-            $DIR/vhosts/py.toml: python.request_timeout: "soon" is not a duration (e.g. "30s", "5m", "250ms")
+            $DIR/vhosts/py.toml: python.request_timeout: "soon" is not a duration (e.g. "30s", "5m", "250ms"; at most a year)
             $DIR/vhosts/shop.toml: limits.memory: "12 potatoes" is not a size (e.g. "512M")
             $DIR/vhosts/shop.toml: limits.processes: "many" is not a whole number between 1 and 4194304
             $DIR/vhosts/shop.toml: limits.cpu: 0 is not a number of CPU cores (e.g. 1 or 0.5)
@@ -157,7 +157,7 @@ fn main_file_errors_name_the_file_and_key() {
         &cfg,
         expect![[r#"
             $DIR/polyhost.toml: listen[0]: "localhost" is not an address:port (e.g. "127.0.0.1:8080" or "[::]:80")
-            $DIR/polyhost.toml: shutdown_timeout: "forever" is not a duration (e.g. "30s", "5m", "250ms")"#]],
+            $DIR/polyhost.toml: shutdown_timeout: "forever" is not a duration (e.g. "30s", "5m", "250ms"; at most a year)"#]],
     );
 }
 
@@ -293,4 +293,50 @@ fn check_reports_a_missing_site_user_and_a_missing_worker() {
             "{stderr}"
         );
     }
+}
+
+#[test]
+fn a_document_root_reached_through_a_symlink_is_refused() {
+    // A site owner who controls the parent of their root could otherwise
+    // point the root at `/` and have polyhost (root) serve /etc/shadow.
+    let cfg = TestConfig::new();
+    std::fs::create_dir_all(cfg.path().join("real")).unwrap();
+    std::os::unix::fs::symlink(cfg.path().join("real"), cfg.path().join("www")).unwrap();
+    cfg.write(
+        "vhosts/linked.toml",
+        "hosts = [\"linked.test\"]\nroot = \"www\"\n",
+    );
+    let (code, _, stderr) = polyhost_check(&cfg, &[]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("vhosts/linked.toml: root: cannot open document root"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("contains a symlink"), "{stderr}");
+}
+
+#[test]
+fn a_site_may_not_run_in_a_privileged_group_or_the_admin_group() {
+    if !nix::unistd::geteuid().is_root() {
+        return; // the group rule applies when polyhost runs as root (CI does)
+    }
+    let cfg = TestConfig::new();
+    cfg.write("polyhost.toml", "listen = [\"127.0.0.1:0\"]\nstate_dir = \"state\"\nlog_dir = \"log\"\n[admin]\ngroup = \"operator\"\n");
+    cfg.write("www/a/x", "");
+    for (name, group) in [("disky", "disk"), ("admin-like", "operator")] {
+        cfg.write(
+            &format!("vhosts/{name}.toml"),
+            &format!("hosts = [\"{name}.test\"]\nroot = \"www/a\"\nuser = \"nobody\"\ngroup = \"{group}\"\n[python]\napp = \"x\"\nworker = \"/bin/true\"\n"),
+        );
+    }
+    let (code, _, stderr) = polyhost_check(&cfg, &[]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("vhosts/disky.toml: user: group `disk` grants more than a site may have"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("vhosts/admin-like.toml: user: group `operator` grants more"),
+        "{stderr}"
+    );
 }

@@ -474,7 +474,16 @@ async fn hop_by_hop_and_forwarded_headers_from_untrusted_and_trusted_peers() {
         let req = http::Request::builder()
             .uri("/")
             .header("host", "app.test")
-            .header("connection", "x-secret")
+            // From an untrusted peer, naming the forwarded headers in
+            // Connection must not remove the ones the router sets.
+            .header(
+                "connection",
+                if trusted {
+                    "x-secret"
+                } else {
+                    "x-secret, x-forwarded-for, x-forwarded-proto"
+                },
+            )
             .header("x-secret", "1")
             .header("keep-alive", "timeout=5")
             .header("te", "trailers")
@@ -716,5 +725,38 @@ async fn a_stalled_request_body_is_408_after_body_timeout() {
     assert_eq!(raw_status(&reply), 200, "{reply}");
     assert!(reply.contains("body-bytes: 6\n"), "{reply}");
     still_serving(front.http).await;
+    front.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_closed_after_the_send_timeout() {
+    let cfg = TestConfig::new();
+    site(&cfg);
+    let big = std::fs::File::create(cfg.path().join("www/www/big.bin")).unwrap();
+    big.set_len(64 << 20).unwrap();
+    cfg.main_extra("[limits]\nmax_connections = 1\nsend_timeout = \"1s\"");
+    let front = Front::start(&cfg, vec![]).await;
+    // Ask for a large file and never read: the response fills the socket buffers.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stalled = socket.connect(front.http).await.unwrap();
+    stalled
+        .write_all(b"GET /big.bin HTTP/1.1\r\nHost: www.test\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        refused(connect_from("127.0.0.2", front.http).await).await,
+        "the only slot is taken"
+    );
+    let freed = common::eventually(Duration::from_secs(10), || async {
+        !refused(connect_from("127.0.0.2", front.http).await).await
+    })
+    .await;
+    assert!(
+        freed,
+        "the stalled connection was closed after send_timeout"
+    );
+    drop(stalled);
     front.stop().await;
 }

@@ -342,3 +342,32 @@ async fn after_sigkill_of_polyhost_no_php_fpm_survives_the_next_start() {
         "nothing survives a clean stop"
     );
 }
+
+#[tokio::test]
+async fn static_paths_on_a_php_site_never_serve_php_source() {
+    let cfg = TestConfig::new();
+    let user = TestUser::new();
+    php_site(&cfg, "wp", &user, "");
+    let vhost = std::fs::read_to_string(cfg.path().join("vhosts/wp.toml")).unwrap();
+    cfg.write(
+        "vhosts/wp.toml",
+        &vhost.replace("[php]", "[static]\npaths = [\"/wp-content\"]\n\n[php]"),
+    );
+    cfg.write(
+        "www/wp/wp-content/plugins/x/settings.php",
+        "<?php $db_password = 'hunter2'; echo 'ran';",
+    );
+    cfg.write("www/wp/wp-content/style.css", "a{}\n");
+    open_up(cfg.path());
+    let server = InProcess::start(&cfg).await;
+    let r = get(server.addr, "wp.test", "/wp-content/plugins/x/settings.php").await;
+    assert!(
+        !r.text().contains("hunter2"),
+        "PHP source served: {}",
+        r.text()
+    );
+    assert_eq!((r.status, r.text().as_str()), (200, "ran"));
+    let css = get(server.addr, "wp.test", "/wp-content/style.css").await;
+    assert_eq!((css.status, css.text().as_str()), (200, "a{}\n"));
+    server.stop().await;
+}

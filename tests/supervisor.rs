@@ -319,3 +319,35 @@ async fn without_cgroups_memory_is_enforced_by_rss_polling() {
     assert!(back, "a new process serves the site");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_site_removed_and_added_back_at_once_is_not_killed_by_the_old_cleanup() {
+    let cfg = TestConfig::new();
+    let user = TestUser::new();
+    site(&cfg, "flip", &user, "pyapp:isolation_app", "");
+    let server = InProcess::start(&cfg).await;
+    assert_eq!(get(server.addr, "flip.test", "/").await.status, 200);
+    let vhost = cfg.path().join("vhosts/flip.toml");
+    let text = std::fs::read_to_string(&vhost).unwrap();
+    std::fs::remove_file(&vhost).unwrap();
+    server.server.reload().await.unwrap();
+    std::fs::write(&vhost, text).unwrap();
+    server.server.reload().await.unwrap();
+    let first = get(server.addr, "flip.test", "/").await;
+    assert_eq!(first.status, 200);
+    // Let the removed generation stop and its cleanup run, then check that
+    // the new generation still serves from the same process.
+    let old_gone = common::eventually(Duration::from_secs(15), || async {
+        common::pids_of_uid(user.uid).len() == 1
+    })
+    .await;
+    assert!(old_gone, "{:?}", common::pids_of_uid(user.uid));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let again = get(server.addr, "flip.test", "/").await;
+    assert_eq!(
+        (again.status, again.text()),
+        (200, first.text()),
+        "same process, not killed"
+    );
+    server.stop().await;
+}

@@ -297,16 +297,15 @@ impl Server {
                 continue;
             }
             let removed = !state.sites.contains_key(&name);
-            let supervisor_ctx = old.runtimes.context.clone();
             let runtimes = old.runtimes.clone();
-            let cleanup = removed.then_some(supervisor_ctx).flatten();
-            let cgroups_available = self.supervisor.cgroups().is_available();
+            let remover = match (&old.runtimes.context, removed) {
+                (Some(ctx), true) => Some(self.supervisor.cgroup_remover(ctx, name.as_str())),
+                _ => None,
+            };
             tokio::spawn(async move {
                 runtimes.stop().await;
-                if let (Some(ctx), true) = (cleanup, cgroups_available) {
-                    if let Some(cg) = &ctx.cgroup {
-                        let _ = cg.remove();
-                    }
+                if let Some(remove) = remover {
+                    let _ = tokio::task::spawn_blocking(remove).await;
                 }
             });
         }

@@ -39,6 +39,8 @@ pub struct ServerLimits {
     pub keepalive_timeout: Duration,
     /// Longest wait for the next bytes of a request body an upstream reads.
     pub body_timeout: Duration,
+    /// Longest time a client may take none of a response (it stopped reading).
+    pub send_timeout: Duration,
     /// Largest request head (request line + headers), bytes.
     pub max_header_size: usize,
     /// Most header fields in one request.
@@ -65,6 +67,7 @@ impl Default for ServerLimits {
             header_timeout: DEFAULT_HEADER_TIMEOUT,
             keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
             body_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(60),
             max_header_size: DEFAULT_MAX_HEADER_SIZE,
             max_headers: 100,
             max_uri_length: 8192,
@@ -136,6 +139,7 @@ pub struct RawServerLimits {
     pub header_timeout: Option<Scalar>,
     pub keepalive_timeout: Option<Scalar>,
     pub body_timeout: Option<Scalar>,
+    pub send_timeout: Option<Scalar>,
     pub max_header_size: Option<Scalar>,
     pub max_headers: Option<Scalar>,
     pub max_uri_length: Option<Scalar>,
@@ -189,6 +193,7 @@ pub(crate) fn validate_front(
         &mut l.keepalive_timeout,
     );
     dur("limits.body_timeout", raw.body_timeout, &mut l.body_timeout);
+    dur("limits.send_timeout", raw.send_timeout, &mut l.send_timeout);
     let count = |errs: &mut FileErrors<'_>, key: &str, v: Option<Scalar>, min, max| {
         v.and_then(|v| errs.check(key, parse_count(&v, min, max)))
     };

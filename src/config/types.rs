@@ -145,14 +145,22 @@ pub fn parse_size(v: &Scalar) -> Result<u64, String> {
 /// Parses a duration: an integer number of seconds or a string such as
 /// `"30s"`, `"5m"`, `"1h 30m"`, `"250ms"` (humantime syntax).
 pub fn parse_duration(v: &Scalar) -> Result<Duration, String> {
-    let bad = || format!("{v} is not a duration (e.g. \"30s\", \"5m\", \"250ms\")");
-    match v {
-        Scalar::Int(i) if *i >= 0 => Ok(Duration::from_secs(*i as u64)),
-        Scalar::Float(x) if *x >= 0.0 && x.is_finite() => Ok(Duration::from_secs_f64(*x)),
-        Scalar::Text(s) => humantime::parse_duration(s.trim()).map_err(|_| bad()),
-        _ => Err(bad()),
+    let bad = || format!("{v} is not a duration (e.g. \"30s\", \"5m\", \"250ms\"; at most a year)");
+    let d = match v {
+        Scalar::Int(i) if *i >= 0 => Duration::from_secs(*i as u64),
+        Scalar::Float(x) => Duration::try_from_secs_f64(*x).map_err(|_| bad())?,
+        Scalar::Text(s) => humantime::parse_duration(s.trim()).map_err(|_| bad())?,
+        _ => return Err(bad()),
+    };
+    // Durations are added to clocks later; a year is beyond any sane timeout.
+    if d > MAX_DURATION {
+        return Err(bad());
     }
+    Ok(d)
 }
+
+/// The longest duration any key accepts.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Parses a CPU limit in cores (`1`, `0.5`, `"1.5"`): must be > 0 and at most 1024.
 pub fn parse_cores(v: &Scalar) -> Result<f64, String> {

@@ -32,7 +32,6 @@ mod path;
 use std::fs::{File, Metadata};
 use std::io;
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -162,23 +161,34 @@ impl OpenFile {
     }
 }
 
+/// Opens a document root directory (`O_PATH | O_DIRECTORY`) without
+/// following any symlink on the way (`RESOLVE_NO_SYMLINKS`). The path comes
+/// from configuration, but its last components usually belong to the site
+/// owner (`/home/alice/public_html`): a symlink there would move the fence
+/// `RESOLVE_BENEATH` builds to wherever it points (`/`), and polyhost reads
+/// as root. So a root with a symlink in its path is refused; configure the
+/// real path.
+pub fn open_root_dir(root: &Path) -> io::Result<OwnedFd> {
+    use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag, AT_FDCWD};
+    let how = OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    openat2(AT_FDCWD, root, how).map_err(|e| {
+        let why = match e {
+            nix::errno::Errno::ELOOP => "its path contains a symlink (refused: a site owner could point it anywhere; configure the real path)".to_owned(),
+            e => io::Error::from(e).to_string(),
+        };
+        io::Error::other(format!("cannot open document root {}: {why}", root.display()))
+    })
+}
+
 impl DocRoot {
-    /// Opens `root` (`O_PATH | O_DIRECTORY`). The root path itself is trusted
-    /// (it comes from configuration); everything beneath it is not.
+    /// Opens `root` (see [`open_root_dir`]); everything beneath it is
+    /// resolved with `RESOLVE_BENEATH`.
     pub fn open(root: &Path) -> io::Result<DocRoot> {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
-            .open(root)
-            .map_err(|e| {
-                io::Error::new(
-                    e.kind(),
-                    format!("cannot open document root {}: {e}", root.display()),
-                )
-            })?;
         Ok(DocRoot {
             inner: Arc::new(Inner {
-                fd: OwnedFd::from(file),
+                fd: open_root_dir(root)?,
                 path: root.to_path_buf(),
             }),
         })

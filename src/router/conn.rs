@@ -78,9 +78,17 @@ impl ConnLimiter {
     }
 }
 
+/// The unit a per-client limit counts: an IPv4 address, or an IPv6 /64
+/// (one subscriber usually holds a whole /64, so counting /128s would let one
+/// client take every connection).
 fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(
+                u128::from(v6) & !((1u128 << 64) - 1),
+            )),
+        },
         v4 => v4,
     }
 }
@@ -123,6 +131,9 @@ pub struct Activity {
     /// HTTP/2: bytes arrive between requests (WINDOW_UPDATE, PING), so they
     /// do not start a head; only the first request is due within the header timeout.
     multiplexed: AtomicBool,
+    /// Since when a write to the client has been waiting (ms since start);
+    /// `NONE` while writes make progress.
+    write_blocked: AtomicU64,
     changed: Notify,
 }
 
@@ -133,6 +144,9 @@ pub enum Expiry {
     Header,
     /// Nothing in flight for the keep-alive timeout: close it gracefully.
     Idle,
+    /// The client took nothing of the response for the send timeout (it
+    /// stopped reading): close the connection.
+    Send,
 }
 
 impl Activity {
@@ -144,6 +158,7 @@ impl Activity {
             head_started: AtomicU64::new(0),
             idle_since: AtomicU64::new(0),
             multiplexed: AtomicBool::new(false),
+            write_blocked: AtomicU64::new(NONE),
             changed: Notify::new(),
         })
     }
@@ -183,10 +198,35 @@ impl Activity {
         RequestGuard(self.clone())
     }
 
-    /// The next deadline and what it means; `None`: a request is in flight.
-    pub fn deadline(&self, header: Duration, keepalive: Duration) -> Option<(Instant, Expiry)> {
+    /// A write to the client could not proceed (its receive window is full).
+    fn write_pending(&self) {
+        if self.write_blocked.load(Ordering::Relaxed) == NONE {
+            self.write_blocked.store(self.now_ms(), Ordering::Release);
+            self.changed.notify_one();
+        }
+    }
+
+    /// A write to the client made progress.
+    fn write_progress(&self) {
+        if self.write_blocked.load(Ordering::Relaxed) != NONE {
+            self.write_blocked.store(NONE, Ordering::Release);
+        }
+    }
+
+    /// The next deadline and what it means. While a request is in flight the
+    /// only deadline is the send timeout, and only while the client takes
+    /// nothing (a long poll waiting for its answer has none).
+    pub fn deadline(
+        &self,
+        header: Duration,
+        keepalive: Duration,
+        send: Duration,
+    ) -> Option<(Instant, Expiry)> {
         if self.in_flight.load(Ordering::Acquire) > 0 {
-            return None;
+            return match self.write_blocked.load(Ordering::Acquire) {
+                NONE => None,
+                t => Some((self.at(t) + send, Expiry::Send)),
+            };
         }
         match self.head_started.load(Ordering::Acquire) {
             NONE => Some((
@@ -243,6 +283,16 @@ impl<I> TrackedIo<I> {
     }
 }
 
+impl<I> TrackedIo<I> {
+    fn note_write(&self, polled: &Poll<io::Result<usize>>) {
+        match polled {
+            Poll::Pending => self.activity.write_pending(),
+            Poll::Ready(Ok(n)) if *n > 0 => self.activity.write_progress(),
+            Poll::Ready(_) => {}
+        }
+    }
+}
+
 impl<I: AsyncRead + Unpin> AsyncRead for TrackedIo<I> {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -270,7 +320,9 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for TrackedIo<I> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.note_write(&polled);
+        polled
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -286,7 +338,9 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for TrackedIo<I> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.note_write(&polled);
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -340,6 +394,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn ipv6_clients_are_counted_per_64() {
+        let l = ConnLimiter::new(100, 2);
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        let _p1 = l.try_acquire(a, false).unwrap();
+        let _p2 = l.try_acquire(b, false).unwrap();
+        assert_eq!(
+            l.try_acquire("2001:db8:1:2::77".parse().unwrap(), false)
+                .err(),
+            Some(Refusal::PerIp)
+        );
+        assert!(
+            l.try_acquire(other, false).is_ok(),
+            "another /64 is another client"
+        );
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(canonical(mapped), "192.0.2.7".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
     fn limiter_counts_total_and_per_ip() {
         let l = ConnLimiter::new(3, 2);
         let a: IpAddr = "192.0.2.1".parse().unwrap();
@@ -371,21 +446,30 @@ mod tests {
         let a = Activity::new();
         let (h, k) = (Duration::from_secs(10), Duration::from_secs(75));
         assert_eq!(
-            a.deadline(h, k).unwrap().1,
+            a.deadline(h, k, Duration::from_secs(60)).unwrap().1,
             Expiry::Header,
             "first head is due"
         );
         let g = a.request_started();
-        assert!(a.deadline(h, k).is_none(), "nothing while in flight");
+        assert!(
+            a.deadline(h, k, Duration::from_secs(60)).is_none(),
+            "nothing while in flight"
+        );
         drop(g);
-        assert_eq!(a.deadline(h, k).unwrap().1, Expiry::Idle);
+        assert_eq!(
+            a.deadline(h, k, Duration::from_secs(60)).unwrap().1,
+            Expiry::Idle
+        );
         a.bytes_read();
-        assert_eq!(a.deadline(h, k).unwrap().1, Expiry::Header);
+        assert_eq!(
+            a.deadline(h, k, Duration::from_secs(60)).unwrap().1,
+            Expiry::Header
+        );
         drop(a.request_started());
         a.set_multiplexed();
         a.bytes_read();
         assert_eq!(
-            a.deadline(h, k).unwrap().1,
+            a.deadline(h, k, Duration::from_secs(60)).unwrap().1,
             Expiry::Idle,
             "HTTP/2 frames between requests"
         );

@@ -296,7 +296,11 @@ where
         let next = match closing_since {
             Some(t) => Some(t + limits.header_timeout),
             None => activity
-                .deadline(limits.header_timeout, limits.keepalive_timeout)
+                .deadline(
+                    limits.header_timeout,
+                    limits.keepalive_timeout,
+                    limits.send_timeout,
+                )
                 .map(|(t, _)| t),
         };
         let sleep = async move {
@@ -323,7 +327,11 @@ where
                 if closing_since.is_some_and(|t| now >= t + limits.header_timeout) {
                     return; // asked to close and did not: drop it
                 }
-                match activity.deadline(limits.header_timeout, limits.keepalive_timeout) {
+                match activity.deadline(limits.header_timeout, limits.keepalive_timeout, limits.send_timeout) {
+                    Some((t, Expiry::Send)) if now >= t => {
+                        tracing::info!(client = %conn.client, timeout = ?limits.send_timeout, "closing connection: the client took nothing of the response within send_timeout");
+                        return;
+                    }
                     Some((t, Expiry::Header)) if now >= t => {
                         if let Some(left_out) = shared.timeout_log.allow() {
                             tracing::info!(client = %conn.client, also_closed = left_out, timeout = ?limits.header_timeout, "closing connection: no complete request head within header_timeout");

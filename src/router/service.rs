@@ -110,6 +110,9 @@ where
         );
     };
     let site = site.clone();
+    // Hop-by-hop first: a client's `Connection: x-forwarded-for` must not
+    // remove the forwarded headers the router sets next.
+    proxy::strip_hop_by_hop(req.headers_mut());
     let (client, scheme) =
         proxy::resolve_forwarded(req.headers_mut(), conn.client, conn.scheme, &options.front);
     let conn = ConnInfo {
@@ -180,7 +183,6 @@ where
         return error_response(UpstreamError::BodyTooLarge { limit }, site, &req);
     }
     strip_reserved(req.headers_mut());
-    proxy::strip_hop_by_hop(req.headers_mut());
     let Some((prefix, upstream)) = site.mounts.lookup(req.uri().path()) else {
         return error_response(UpstreamError::NotFound, site, &req);
     };

@@ -146,9 +146,6 @@ pub fn build_route(
             crate::upstream::static_files::StaticFiles::new(root, &site.static_files)
                 .map_err(|e| one_error(site, "root", format!("{}: {e}", root.display())))?,
         );
-        for p in &site.static_files.paths {
-            mounts.push((p.clone(), up.clone()));
-        }
         let root_upstream = match &runtimes.php {
             Some(group) => {
                 let sink_logs = logs.clone();
@@ -160,6 +157,12 @@ pub fn build_route(
             }
             None => up,
         };
+        // On a PHP site every path of the root goes through the PHP
+        // upstream, which serves static files itself and alone decides what
+        // a `.php` file is: a static mount must never hand out PHP source.
+        for p in &site.static_files.paths {
+            mounts.push((p.clone(), root_upstream.clone()));
+        }
         if site.python.as_ref().is_none_or(|py| !py.mount.is_empty()) {
             mounts.push((String::new(), root_upstream));
         }

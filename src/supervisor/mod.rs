@@ -30,6 +30,8 @@ pub enum SiteSetupError {
     Identity(#[from] isolation::IdentityError),
     #[error("a site needs a `user` (or a server-wide default_user) when polyhost runs as root")]
     NoUser,
+    #[error("group `{0}` grants more than a site may have (or is polyhost's admin group): give the site a group of its own")]
+    PrivilegedGroup(String),
     #[error("cannot prepare {}: {source}", path.display())]
     Dir {
         path: PathBuf,
@@ -42,10 +44,14 @@ pub enum SiteSetupError {
 /// Server-wide supervision state: the cgroup root and the state directory.
 pub struct Supervisor {
     cgroups: CgroupRoot,
+    /// How many times each site's context was set up: a removal of a site's
+    /// cgroup only happens if the site was not set up again meanwhile.
+    epochs: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, u64>>>,
     state_dir: PathBuf,
     log_dir: PathBuf,
     default_user: Option<String>,
     default_group: Option<String>,
+    admin_group: Option<String>,
 }
 
 /// What every process of one site shares.
@@ -56,6 +62,8 @@ pub struct SiteContext {
     /// `<state_dir>/sites/<site>`: sockets and generated files, owned by the site user, 0750.
     pub dir: PathBuf,
     pub error_log: PathBuf,
+    /// Which set-up of the site this is (see [`Supervisor::cgroup_remover`]).
+    pub epoch: u64,
 }
 
 impl Supervisor {
@@ -85,10 +93,12 @@ impl Supervisor {
         spawn_orphan_reaper();
         Supervisor {
             cgroups,
+            epochs: Default::default(),
             state_dir: server.state_dir.clone(),
             log_dir: server.log_dir.clone(),
             default_user: server.default_user.clone(),
             default_group: server.default_group.clone(),
+            admin_group: server.admin.group.clone(),
         }
     }
 
@@ -106,6 +116,7 @@ impl Supervisor {
             site,
             self.default_user.as_deref(),
             self.default_group.as_deref(),
+            self.admin_group.as_deref(),
         )
     }
 
@@ -115,6 +126,13 @@ impl Supervisor {
         let identity = self.identity(site)?;
         let dir = self.state_dir.join("sites").join(site.name.as_str());
         prepare_site_dir(&dir, identity.as_ref())?;
+        // Counted and created under one lock, so that a pending removal of
+        // this site's cgroup (site removed a moment ago) either runs first or
+        // sees the new epoch and leaves the cgroup alone.
+        let mut epochs = self.epochs.lock().unwrap_or_else(|p| p.into_inner());
+        let epoch = epochs.entry(site.name.to_string()).or_insert(0);
+        *epoch += 1;
+        let epoch = *epoch;
         let cgroup = if self.cgroups.is_available() {
             let limits = isolation::Limits {
                 memory: site.limits.memory,
@@ -125,12 +143,14 @@ impl Supervisor {
         } else {
             None
         };
+        drop(epochs);
         let error_log = self.log_dir.join(format!("{}.error.log", site.name));
         Ok(SiteContext {
             identity,
             cgroup,
             dir,
             error_log,
+            epoch,
         })
     }
 
@@ -178,9 +198,19 @@ impl Supervisor {
         }
     }
 
-    /// Removes a site's cgroup after its groups stopped.
-    pub fn remove_site(&self, ctx: &SiteContext) {
-        if let Some(cg) = &ctx.cgroup {
+    /// What removes a removed site's cgroup once its processes stopped —
+    /// unless the site was set up again in the meantime (removed and re-added
+    /// within a drain period): then the cgroup belongs to the new set-up.
+    /// Blocking (killing and removing cgroups waits for the kernel).
+    pub fn cgroup_remover(&self, ctx: &SiteContext, site: &str) -> impl FnOnce() + Send + 'static {
+        let epochs = self.epochs.clone();
+        let (cgroup, epoch, site) = (ctx.cgroup.clone(), ctx.epoch, site.to_owned());
+        move || {
+            let Some(cg) = cgroup else { return };
+            let epochs = epochs.lock().unwrap_or_else(|p| p.into_inner());
+            if epochs.get(&site) != Some(&epoch) {
+                return;
+            }
             if let Err(e) = cg.remove() {
                 tracing::warn!(cgroup = cg.name(), error = %e, "cannot remove a site cgroup");
             }
@@ -206,6 +236,7 @@ pub fn site_identity(
     site: &SiteConfig,
     default_user: Option<&str>,
     default_group: Option<&str>,
+    admin_group: Option<&str>,
 ) -> Result<Option<SiteIdentity>, SiteSetupError> {
     if !isolation::running_as_root() {
         static WARN: Once = Once::new();
@@ -222,7 +253,43 @@ pub fn site_identity(
     } else {
         default_group
     });
-    Ok(Some(SiteIdentity::resolve(user, group)?))
+    let identity = SiteIdentity::resolve(user, group)?;
+    refuse_privileged_group(&identity, admin_group)?;
+    Ok(Some(identity))
+}
+
+/// Groups that grant power beyond a site: membership would let site code
+/// read disks or shadow passwords, drive Docker, or use polyhost's admin
+/// socket (its `[admin] group`, checked by peer credentials).
+const PRIVILEGED_GROUPS: &[&str] = &[
+    "root",
+    "sudo",
+    "wheel",
+    "adm",
+    "admin",
+    "disk",
+    "kmem",
+    "shadow",
+    "docker",
+    "lxd",
+    "libvirt",
+    "systemd-journal",
+    "staff",
+    "tty",
+];
+
+fn refuse_privileged_group(
+    identity: &SiteIdentity,
+    admin_group: Option<&str>,
+) -> Result<(), SiteSetupError> {
+    for name in PRIVILEGED_GROUPS.iter().copied().chain(admin_group) {
+        if let Ok(Some(g)) = nix::unistd::Group::from_name(name) {
+            if g.gid.as_raw() == identity.gid {
+                return Err(SiteSetupError::PrivilegedGroup(name.to_owned()));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `<state_dir>/sites/<site>`: mode 0750, owned by the site user and group,

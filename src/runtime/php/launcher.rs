@@ -116,8 +116,66 @@ impl Launcher for PhpLauncher {
     }
 
     fn diagnose(&self, _socket: &Path) -> Option<String> {
-        let log = std::fs::read_to_string(&self.paths.fpm_log).ok()?;
+        let owner = self.identity.as_ref().map(|i| i.uid);
+        let log = read_site_log_tail(&self.paths.fpm_log, owner, 4096)?;
         let tail: Vec<&str> = log.lines().rev().take(3).collect();
         (!tail.is_empty()).then(|| tail.into_iter().rev().collect::<Vec<_>>().join(" | "))
+    }
+}
+
+/// The last `max` bytes of a log file the site user writes, read by root
+/// without trusting it: the last component is not followed if it is a
+/// symlink (`/etc/shadow`), must be a regular file (not a FIFO that would
+/// block, not `/dev/zero`) and, when `owner` is given, belong to the site
+/// user. The directories above it are root's or the site's own.
+pub fn read_site_log_tail(path: &Path, owner: Option<u32>, max: u64) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .ok()?;
+    let meta = file.metadata().ok()?;
+    if !meta.is_file() || owner.is_some_and(|uid| meta.uid() != uid) {
+        return None;
+    }
+    file.seek(SeekFrom::Start(meta.len().saturating_sub(max)))
+        .ok()?;
+    let mut buf = Vec::with_capacity(max as usize);
+    file.take(max).read_to_end(&mut buf).ok()?;
+    Some(String::from_utf8_lossy(&buf).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::read_site_log_tail;
+
+    #[test]
+    fn site_log_tails_are_read_without_trusting_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("php-fpm.log");
+        std::fs::write(&log, format!("{}last line\n", "x".repeat(10_000))).unwrap();
+        let tail = read_site_log_tail(&log, None, 64).unwrap();
+        assert!(
+            tail.len() <= 64 && tail.ends_with("last line\n"),
+            "{tail:?}"
+        );
+        // A symlink planted by the site owner is not followed.
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "root's secret").unwrap();
+        let link = dir.path().join("link.log");
+        std::os::unix::fs::symlink(&secret, &link).unwrap();
+        assert_eq!(read_site_log_tail(&link, None, 64), None);
+        // A FIFO does not block, a device is not read.
+        let fifo = dir.path().join("fifo.log");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        assert_eq!(read_site_log_tail(&fifo, None, 64), None);
+        assert_eq!(
+            read_site_log_tail(std::path::Path::new("/dev/zero"), None, 64),
+            None
+        );
+        // A file of another owner is not read.
+        assert_eq!(read_site_log_tail(&log, Some(4242), 64), None);
     }
 }

@@ -75,19 +75,27 @@ impl PhpPoolPaths {
 
     /// Creates the directories with the owners and modes of the module doc
     /// (must run as root). Idempotent.
+    ///
+    /// `sites/` and `sites/<site>` sit in root-owned directories, so their
+    /// paths can be used as they are. `tmp` and `sessions` sit in the
+    /// site-owned `sites/<site>`, where the site user could have replaced
+    /// them with symlinks (to make root chown `/etc`): they are created and
+    /// changed only through descriptors opened with `O_NOFOLLOW` relative
+    /// to the site directory, and refused when they are not directories.
     pub fn create_dirs(&self, uid: u32, gid: u32) -> std::io::Result<()> {
         use std::os::unix::fs::{chown, PermissionsExt};
         let sites = self.config.parent().unwrap_or(Path::new("/"));
         std::fs::create_dir_all(sites)?;
         std::fs::set_permissions(sites, std::fs::Permissions::from_mode(0o711))?;
-        for (dir, mode) in [
-            (&self.site_dir, 0o750),
-            (&self.tmp, 0o700),
-            (&self.sessions, 0o700),
-        ] {
-            std::fs::create_dir_all(dir)?;
-            chown(dir, Some(uid), Some(gid))?;
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))?;
+        std::fs::create_dir_all(&self.site_dir)?;
+        chown(&self.site_dir, Some(uid), Some(gid))?;
+        std::fs::set_permissions(&self.site_dir, std::fs::Permissions::from_mode(0o750))?;
+        let site_dir = std::fs::File::open(&self.site_dir)?;
+        for dir in [&self.tmp, &self.sessions] {
+            let name = dir
+                .file_name()
+                .ok_or_else(|| std::io::Error::other("a site directory without a name"))?;
+            ensure_owned_dir(&site_dir, Path::new(name), uid, gid, 0o700)?;
         }
         Ok(())
     }
@@ -101,6 +109,39 @@ impl PhpPoolPaths {
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o640))?;
         std::fs::rename(&tmp, &self.config)
     }
+}
+
+/// Creates `parent/name` if missing and gives it `uid:gid` and `mode`, never
+/// following a symlink at `name` (a site user may have planted one).
+fn ensure_owned_dir(
+    parent: &std::fs::File,
+    name: &Path,
+    uid: u32,
+    gid: u32,
+    mode: u32,
+) -> std::io::Result<()> {
+    use nix::fcntl::{openat, OFlag};
+    use nix::sys::stat::{fchmod, mkdirat, Mode};
+    let perms = Mode::from_bits_truncate(mode);
+    match mkdirat(parent, name, perms) {
+        Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let dir = openat(
+        parent,
+        name,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| {
+        std::io::Error::other(format!(
+            "{} is not a plain directory ({e}); refusing to touch it",
+            name.display()
+        ))
+    })?;
+    nix::unistd::fchown(&dir, Some(uid.into()), Some(gid.into()))?;
+    fchmod(&dir, perms)?;
+    Ok(())
 }
 
 /// What the config of one pool depends on besides the site.
@@ -545,5 +586,30 @@ mod tests {
         assert_eq!(pick(&["php-fpm8.2.bak", "php8.2"]), None);
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(find_fpm_in(dir.path()), None);
+    }
+
+    #[test]
+    fn create_dirs_refuses_a_site_planted_symlink_and_leaves_its_target_alone() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let state = tempfile::tempdir().unwrap();
+        let victim = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(victim.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let before = std::fs::metadata(victim.path()).unwrap();
+        let paths = PhpPoolPaths::new(state.path(), &SiteName::parse("blog").unwrap());
+        let (uid, gid) = (
+            nix::unistd::getuid().as_raw(),
+            nix::unistd::getgid().as_raw(),
+        );
+        paths.create_dirs(uid, gid).unwrap();
+        // The site owner swaps its tmp dir for a symlink to a directory of someone else.
+        std::fs::remove_dir(&paths.tmp).unwrap();
+        std::os::unix::fs::symlink(victim.path(), &paths.tmp).unwrap();
+        let err = paths.create_dirs(4242, 4242).unwrap_err();
+        assert!(err.to_string().contains("not a plain directory"), "{err}");
+        let after = std::fs::metadata(victim.path()).unwrap();
+        assert_eq!(
+            (after.uid(), after.gid(), after.mode()),
+            (before.uid(), before.gid(), before.mode())
+        );
     }
 }

@@ -119,12 +119,7 @@ enum Kind {
 }
 
 fn open_dir(root: &Path) -> std::io::Result<OwnedFd> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
-        .open(root)?;
-    Ok(OwnedFd::from(dir))
+    crate::docroot::open_root_dir(root)
 }
 
 /// `Ok(None)`: nothing there (or a file where a directory was needed).
