@@ -17,16 +17,19 @@ pub struct Endpoint {
     pub id: u64,
     pub pid: i32,
     pub socket: PathBuf,
+    /// The user the process runs as: whoever answers on `socket` must be it.
+    pub uid: Option<u32>,
     inflight: AtomicUsize,
     served: AtomicU64,
 }
 
 impl Endpoint {
-    pub fn new(id: u64, pid: i32, socket: PathBuf) -> Self {
+    pub fn new(id: u64, pid: i32, socket: PathBuf, uid: Option<u32>) -> Self {
         Endpoint {
             id,
             pid,
             socket,
+            uid,
             inflight: AtomicUsize::new(0),
             served: AtomicU64::new(0),
         }

@@ -254,13 +254,15 @@ impl RuntimeHandle for GroupHandle {
         Box::pin(async move {
             let lease = self.lease().await?;
             let socket = lease.endpoint().socket.clone();
+            let uid = lease.endpoint().uid;
             Ok(RuntimeLease::new(
                 socket,
                 ReleaseOnDrop {
                     group: self.clone(),
                     lease: Some(lease),
                 },
-            ))
+            )
+            .with_peer_uid(uid))
         })
     }
 }
@@ -540,7 +542,8 @@ impl Actor {
         };
         let pid = process.pid();
         tracing::info!(site = %self.site(), runtime = self.runtime(), pid, generation = self.spec.generation, "started");
-        let endpoint = Arc::new(Endpoint::new(id, pid, socket.clone()));
+        let uid = self.spec.identity.as_ref().map(|i| i.uid);
+        let endpoint = Arc::new(Endpoint::new(id, pid, socket.clone(), uid));
         let (stop_tx, stop_rx) = oneshot::channel();
         tokio::spawn(watch_process(id, process, stop_rx, self.events.clone()));
         tokio::spawn(wait_ready(

@@ -154,6 +154,8 @@ pub trait RuntimeHandle: Send + Sync + 'static {
 /// for draining, idle tracking and recycling).
 pub struct RuntimeLease {
     pub socket: std::path::PathBuf,
+    /// The user the process behind `socket` must run as (see [`connect_runtime`]).
+    pub peer_uid: Option<u32>,
     _guard: Box<dyn Send + Sync>,
 }
 
@@ -161,9 +163,40 @@ impl RuntimeLease {
     pub fn new(socket: std::path::PathBuf, guard: impl Send + Sync + 'static) -> Self {
         RuntimeLease {
             socket,
+            peer_uid: None,
             _guard: Box::new(guard),
         }
     }
+
+    /// Requires the process behind the socket to run as `uid`.
+    pub fn with_peer_uid(mut self, uid: Option<u32>) -> Self {
+        self.peer_uid = uid;
+        self
+    }
+}
+
+/// Connects to a runtime's Unix socket and, when `uid` is given, checks
+/// that the process listening on it runs as that user. Sockets live in
+/// site-owned directories: without this check a site could swap its socket
+/// for a link to another site's pool and have the router talk to that.
+pub async fn connect_runtime(
+    socket: &std::path::Path,
+    uid: Option<u32>,
+) -> std::io::Result<tokio::net::UnixStream> {
+    let stream = tokio::net::UnixStream::connect(socket).await?;
+    if let Some(uid) = uid {
+        let peer = stream.peer_cred()?.uid();
+        if peer != uid {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!(
+                    "{} is served by uid {peer}, not the site's uid {uid}",
+                    socket.display()
+                ),
+            ));
+        }
+    }
+    Ok(stream)
 }
 
 /// A body with nothing in it.
@@ -196,3 +229,21 @@ pub mod php;
 pub mod python;
 pub mod spool;
 pub mod static_files;
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test]
+    async fn a_runtime_socket_served_by_another_user_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let _listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let me = nix::unistd::geteuid().as_raw();
+        assert!(super::connect_runtime(&path, Some(me)).await.is_ok());
+        assert!(super::connect_runtime(&path, None).await.is_ok());
+        let err = super::connect_runtime(&path, Some(me + 4242))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied);
+        assert!(err.to_string().contains("not the site's uid"), "{err}");
+    }
+}

@@ -263,7 +263,7 @@ impl ConnPool {
                 None => break,
             }
         }
-        let stream = tokio::net::UnixStream::connect(&endpoint.socket)
+        let stream = super::connect_runtime(&endpoint.socket, endpoint.uid)
             .await
             .map_err(|e| {
                 UpstreamError::BadGateway(format!(

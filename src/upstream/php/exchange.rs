@@ -54,6 +54,8 @@ const READ_CHUNK: usize = 64 * 1024;
 pub struct Exchange {
     pub pool: Arc<ConnPool>,
     pub socket: PathBuf,
+    /// The user php-fpm must run as (checked on every connect).
+    pub peer_uid: Option<u32>,
     pub errors: ErrorSink,
     /// Longest wait for one read from php-fpm.
     pub read_timeout: Duration,
@@ -168,8 +170,11 @@ impl Exchange {
                     return; // dropping `chunk_tx` ends the body
                 }
                 Attempt::Stale(e) if reused && replay.is_some() => {
-                    match tokio::time::timeout(self.read_timeout, UnixStream::connect(&self.socket))
-                        .await
+                    match tokio::time::timeout(
+                        self.read_timeout,
+                        crate::upstream::connect_runtime(&self.socket, self.peer_uid),
+                    )
+                    .await
                     {
                         Ok(Ok(fresh)) => {
                             stream = fresh;

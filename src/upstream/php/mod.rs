@@ -38,7 +38,6 @@ use futures_util::future::BoxFuture;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body::Body;
 use http_body_util::BodyExt;
-use tokio::net::UnixStream;
 
 use self::exchange::{Exchange, Input};
 use self::pool::ConnPool;
@@ -222,6 +221,7 @@ impl PhpUpstream {
                 UpstreamError::Unavailable(format!("php-fpm not ready after {startup:?}"))
             })??;
         let socket = lease.socket.clone();
+        let peer_uid = lease.peer_uid;
         let finish = exchange::Finish::new(lease, permit);
         let remaining = |start: Instant| timeout.saturating_sub(start.elapsed());
         // A kept-alive connection is used only for a request that can be
@@ -234,20 +234,24 @@ impl PhpUpstream {
             Some(s) if reused => s,
             idle => {
                 drop(idle); // closed before connecting: it pins a php-fpm child
-                tokio::time::timeout(remaining(start), UnixStream::connect(&socket))
-                    .await
-                    .map_err(|_| UpstreamError::Timeout(timeout))?
-                    .map_err(|e| {
-                        UpstreamError::BadGateway(format!(
-                            "cannot connect to php-fpm at {}: {e}",
-                            socket.display()
-                        ))
-                    })?
+                tokio::time::timeout(
+                    remaining(start),
+                    crate::upstream::connect_runtime(&socket, peer_uid),
+                )
+                .await
+                .map_err(|_| UpstreamError::Timeout(timeout))?
+                .map_err(|e| {
+                    UpstreamError::BadGateway(format!(
+                        "cannot connect to php-fpm at {}: {e}",
+                        socket.display()
+                    ))
+                })?
             }
         };
         let exchange = Exchange {
             pool: self.pool.clone(),
             socket,
+            peer_uid,
             errors: self.errors.clone(),
             read_timeout: timeout,
             body_limit: self.body_limit,
