@@ -32,6 +32,9 @@ use crate::config::PythonConfig;
 use crate::metrics::SiteStats;
 use crate::supervisor::{GroupHandle, Lease};
 
+/// Responses up to this size (with a Content-Length) are read whole at once.
+const INLINE_MAX: u64 = 256 << 10;
+
 /// Frames buffered between a worker and a slow client (≈ 2 MiB at 64 KiB frames).
 const PUMP_FRAMES: usize = 32;
 
@@ -145,6 +148,34 @@ impl PythonUpstream {
             }
         };
         let (parts, body) = resp.into_parts();
+        // A response of known, small size is read here at once: the worker
+        // is released without a pump task and a channel hop per request.
+        if http_body::Body::size_hint(&body)
+            .exact()
+            .is_some_and(|n| n <= INLINE_MAX)
+        {
+            let read = tokio::time::timeout(self.request_timeout, body.collect()).await;
+            let bytes = match read {
+                Ok(Ok(collected)) => collected.to_bytes(),
+                Ok(Err(e)) => {
+                    return Err(UpstreamError::BadGateway(format!(
+                        "worker pid {} broke off its response: {e}",
+                        lease.endpoint().pid
+                    )))
+                }
+                Err(_) => {
+                    self.group.recycle(
+                        lease.endpoint().id,
+                        "a response body stalled past request_timeout",
+                    );
+                    return Err(UpstreamError::Timeout(self.request_timeout));
+                }
+            };
+            drop(permit);
+            self.pool.put(lease.endpoint().id, sender);
+            self.group.release(lease);
+            return Ok(Response::from_parts(parts, super::full_body(bytes)));
+        }
         let (tx, rx) = mpsc::channel(PUMP_FRAMES);
         tokio::spawn(pump(
             body,
