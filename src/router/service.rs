@@ -208,7 +208,10 @@ where
         timer: None,
     }
     .boxed_unsync();
-    let head = Request::from_parts(parts.clone(), ());
+    // For error messages only: the method and target, not a copy of every header.
+    let mut head = Request::new(());
+    *head.method_mut() = parts.method.clone();
+    *head.uri_mut() = parts.uri.clone();
     match upstream
         .handle(Request::from_parts(parts, body), &ctx)
         .await
