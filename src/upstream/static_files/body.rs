@@ -17,6 +17,18 @@ use crate::upstream::{BoxError, ResponseBody};
 /// Largest chunk read and sent at once.
 pub const CHUNK: u64 = 128 * 1024;
 
+/// Bodies up to this size are read at once, without the blocking pool.
+const SMALL: u64 = 64 * 1024;
+
+/// A body that fails at once (the connection is cut rather than a short
+/// body passed off as complete).
+fn error_body(e: io::Error) -> ResponseBody {
+    StreamBody::new(stream::once(async move {
+        Err::<Frame<Bytes>, BoxError>(e.into())
+    }))
+    .boxed_unsync()
+}
+
 struct State {
     file: Arc<File>,
     offset: u64,
@@ -27,6 +39,17 @@ struct State {
 /// is being sent, the body ends with an error (the connection is cut rather
 /// than a short body passed off as complete); growth past `len` is not sent.
 pub fn file_body(file: File, start: u64, len: u64) -> ResponseBody {
+    if len <= SMALL {
+        // One short pread on the async thread: no blocking-pool hop for small files.
+        return match read_chunk(&file, start, len as usize) {
+            Ok(buf) if buf.len() as u64 == len => crate::upstream::full_body(buf),
+            Ok(_) => error_body(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "file shrank while it was being sent",
+            )),
+            Err(e) => error_body(e),
+        };
+    }
     let state = State {
         file: Arc::new(file),
         offset: start,
