@@ -289,8 +289,10 @@ def start(name, argv, cwd=None, as_user=False, env=None):
     if as_user:
         pw = pwd.getpwnam(USER)
         kw = dict(user=pw.pw_uid, group=pw.pw_gid, extra_groups=[])
-    e = dict(os.environ)
-    e.pop("PYTHONPATH", None)
+    # A clean-ish environment: polyhost reads every POLYHOST_* variable as
+    # configuration (an unknown one is an error), Python ones change the apps.
+    e = {k: v for k, v in os.environ.items()
+         if not k.startswith(("POLYHOST_", "PYTHON", "BENCH_", "VIRTUAL_ENV"))}
     if env:
         e.update(env)
     p = subprocess.Popen(argv, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
@@ -615,7 +617,9 @@ def run_density(args, extra):
     d["reload_s"] = reload_s
     d["reload_line"] = line[-300:]
     # Cold first byte: sites never touched (scaled to zero / not started).
-    for key, host, path in [("cold_python", "py-0500.bench", "/"), ("cold_php", "php-0501.bench", "/hello.php")]:
+    half = n // 2 - (n // 2) % 2  # an even index: a Python site; the next one is PHP
+    for key, host, path in [("cold_python", f"py-{half:04d}.bench", "/"),
+                            ("cold_php", f"php-{half + 1:04d}.bench", "/hello.php")]:
         try:
             ms, status, body = first_byte_ms(P_DENSITY, host, path)
             d[key] = dict(ms=ms, status=status, ok=status == 200 and body == b"Hello, World!",

@@ -38,7 +38,7 @@ if ((${#missing[@]})); then
     [[ -n $policy_added ]] && rm -f /usr/sbin/policy-rc.d
 fi
 
-VENV=${POLYHOST_BENCH_VENV:-/var/tmp/polyhost-bench-venv}
+VENV=${BENCH_VENV_DIR:-/var/tmp/polyhost-bench-venv}
 if [[ ! -x $VENV/bin/granian || ! -x $VENV/bin/gunicorn ]]; then
     echo "bench: creating $VENV (granian, gunicorn)"
     /usr/bin/python3.11 -m venv "$VENV"
@@ -55,8 +55,13 @@ echo "bench: building polyhost (release)"
 
 id polyhost-bench >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin polyhost-bench
 
-# 10,000 idle connections and 1,000 long polls need file descriptors.
-ulimit -n 65536
+# 10,000 idle connections and 1,000 long polls need file descriptors: as
+# many as we may have (raising the hard limit needs CAP_SYS_RESOURCE, which a
+# container may not grant; 20,000 is enough).
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+if (($(ulimit -n) < 12000)); then
+    echo "bench: warning: only $(ulimit -n) file descriptors; the 10,000-connection test will fail" >&2
+fi
 
 TREE=$(mktemp -d /tmp/polyhost-bench.XXXXXX)
 chmod 755 "$TREE"
@@ -71,7 +76,7 @@ cleanup() {
             kill -KILL -- "-$pid" 2>/dev/null || true
         fi
     done <"$PIDFILE"
-    if [[ -z ${POLYHOST_BENCH_KEEP:-} ]]; then rm -rf "$TREE"; else echo "bench: kept $TREE"; fi
+    if [[ -z ${BENCH_KEEP:-} ]]; then rm -rf "$TREE"; else echo "bench: kept $TREE"; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
