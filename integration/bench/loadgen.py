@@ -172,6 +172,9 @@ async def long_polls(port, host, path, clients, timeout):
     results = await asyncio.gather(*(timed() for _ in range(clients)))
     counts, spans = {}, {}
     for outcome, at in results:
+        if outcome == "200":
+            # Which round of the long poll it finished in.
+            outcome = f"200 @~{round(at / 5) * 5:.0f}s"
         counts[outcome] = counts.get(outcome, 0) + 1
         lo, hi = spans.get(outcome, (at, at))
         spans[outcome] = (min(lo, at), max(hi, at))
