@@ -4,6 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
-./target/release/polyhost check --config polyhost.toml
-echo "demo: serving on http://127.0.0.1:8080/  (try: curl -H 'Host: static.localhost' http://127.0.0.1:8080/)"
-exec ./target/release/polyhost serve --config polyhost.toml
+source scripts/lib.sh
+demo_location
+"$DEMO_BIN/polyhost" check --config "$DEMO_CONFIG"
+echo "demo: serving on http://127.0.0.1:8080/"
+echo "      curl -H 'Host: static.localhost' http://127.0.0.1:8080/"
+echo "      curl -H 'Host: python.localhost' http://127.0.0.1:8080/"
+exec "$DEMO_BIN/polyhost" serve --config "$DEMO_CONFIG"

@@ -23,6 +23,12 @@ if ((${#missing[@]})); then
     fi
 fi
 
+# The demo's sites run as this user when polyhost runs as root.
+if [[ $EUID -eq 0 ]] && ! id polyhost-demo >/dev/null 2>&1; then
+    echo "setup: creating the user polyhost-demo for the demo sites"
+    useradd --system --no-create-home --shell /usr/sbin/nologin polyhost-demo
+fi
+
 if ! command -v cargo >/dev/null; then
     echo "setup: cargo not found; install Rust from https://rustup.rs and run again" >&2
     exit 2

@@ -12,6 +12,7 @@
 //! - [`sites`]: a site's config → its mounts (upstreams) and logs.
 //! - [`router`]: listeners, hyper connections, host and mount routing, access log.
 //! - [`docroot`]: resolving request paths beneath a document root (openat2), for every runtime.
+//! - [`runtime`]: launchers: how each language's processes are started (php-fpm, polyhost-python).
 //! - [`upstream`]: the [`upstream::Upstream`] trait and its implementations.
 //! - [`supervisor`]: site process groups: start, watch, restart, recycle, scale to zero.
 //! - [`isolation`]: the only module that forks, drops privileges and writes cgroups.

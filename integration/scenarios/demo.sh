@@ -4,22 +4,27 @@
 # site answers; SIGTERM stops it with exit 0.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-bin=./target/release/polyhost
-[[ -x $bin ]] || cargo build --release --bin polyhost
+[[ -x target/release/polyhost && -x target/release/polyhost-python ]] || cargo build --release --workspace --bins
+source scripts/lib.sh
+POLYHOST_DEMO_STAGE=$(mktemp -d /var/tmp/polyhost-demo-XXXX)
+demo_location
+bin=$DEMO_BIN/polyhost
+config=$DEMO_CONFIG
 
 work=$(mktemp -d)
+chmod 755 "$work" # site users traverse it to reach their sockets in state/
 log="$work/polyhost.log"
 pid=""
 cleanup() {
     [[ -n $pid ]] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
-    rm -rf "$work"
+    rm -rf "$work" "$POLYHOST_DEMO_STAGE"
 }
 trap cleanup EXIT
 
-"$bin" check --config polyhost.toml
+"$bin" check --config "$config"
 
 POLYHOST_LISTEN='["127.0.0.1:0"]' POLYHOST_STATE_DIR="$work/state" POLYHOST_LOG_DIR="$work/log" \
-    POLYHOST_ADMIN__SOCKET="$work/state/admin.sock" "$bin" serve --config polyhost.toml 2>"$log" &
+    POLYHOST_ADMIN__SOCKET="$work/state/admin.sock" "$bin" serve --config "$config" 2>"$log" &
 pid=$!
 
 port=""
@@ -44,6 +49,7 @@ fetch() { # host path expected-status expected-substring
 }
 fetch static.localhost / 200 "polyhost static demo"
 fetch unknown.example /css/site.css 200 "font-family"
+fetch python.localhost /hello 200 "polyhost Python demo"
 
 kill -TERM "$pid"
 status=0

@@ -161,6 +161,15 @@ fn validate_server(
 ) -> Option<ServerConfig> {
     let before = errors.len();
     let mut errs = FileErrors { file: main, errors };
+    // Runtime paths are absolute (processes run elsewhere); the vhosts
+    // directory keeps the form the user gave, so messages name
+    // `vhosts/shop.toml` rather than a long absolute path.
+    let display_base = base_dir.clone();
+    let base_dir = if base_dir.as_os_str().is_empty() {
+        std::env::current_dir().unwrap_or(base_dir)
+    } else {
+        std::path::absolute(&base_dir).unwrap_or(base_dir)
+    };
     let abs = |p: &str| {
         let p = Path::new(p);
         if p.is_absolute() {
@@ -212,7 +221,7 @@ fn validate_server(
     }
     Some(ServerConfig {
         main_file: main.to_path_buf(),
-        vhosts_dir: abs(raw.vhosts_dir.as_deref().unwrap_or("vhosts")),
+        vhosts_dir: display_base.join(raw.vhosts_dir.as_deref().unwrap_or("vhosts")),
         base_dir: base_dir.clone(),
         listen,
         fragments,

@@ -1,4 +1,7 @@
-//! Runtimes: how each language's processes are launched (the supervisor's
-//! [`crate::supervisor::Launcher`] for php-fpm and polyhost-python).
+//! Runtimes: what each language's processes are and need before they start
+//! (generated configuration, command lines): the supervisor's
+//! [`crate::supervisor::Launcher`]s for php-fpm and polyhost-python.
+//! Starting, watching and stopping processes is the supervisor's job.
 
+pub mod php;
 pub mod python;

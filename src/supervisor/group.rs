@@ -394,9 +394,18 @@ impl Actor {
         }
         self.state = GroupState::Starting;
         for slot in 0..self.slots.len() {
-            if matches!(self.slots[slot], Slot::Empty | Slot::Backoff { .. }) {
+            if self.slot_needs_process(slot) {
                 self.start_slot(slot, None);
             }
+        }
+    }
+
+    /// A slot is free when it holds nothing, waits for a backoff, or holds a
+    /// process that is being stopped (scaled to zero a moment ago).
+    fn slot_needs_process(&self, slot: usize) -> bool {
+        match self.slots[slot] {
+            Slot::Empty | Slot::Backoff { .. } => true,
+            Slot::Proc(id) => self.procs.get(&id).is_none_or(|p| p.stopping),
         }
     }
 
@@ -428,6 +437,7 @@ impl Actor {
         ));
         let _ = std::fs::remove_file(&socket);
         let cmd = self.spec.launcher.command(&socket);
+        tracing::debug!(site = %self.site(), program = %cmd.program.display(), args = ?cmd.args, cwd = %cmd.cwd.display(), "starting");
         let cgroup = match &self.spec.cgroup {
             Some(cg) => match cg.child(&format!(
                 "{}-g{}-{id}",
@@ -637,7 +647,16 @@ impl Actor {
         let now = Instant::now();
         if matches!(self.state, GroupState::Starting | GroupState::Running) {
             for slot in 0..self.slots.len() {
-                if matches!(self.slots[slot], Slot::Backoff { until } if until <= now) {
+                let due = match self.slots[slot] {
+                    Slot::Backoff { until } => until <= now,
+                    // Self-healing: a slot left without a live process is refilled.
+                    Slot::Empty => true,
+                    Slot::Proc(id) => self
+                        .procs
+                        .get(&id)
+                        .is_none_or(|p| p.stopping && !p.draining),
+                };
+                if due {
                     self.start_slot(slot, None);
                 }
             }

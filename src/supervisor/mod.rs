@@ -76,6 +76,7 @@ impl Supervisor {
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "cannot clean up stale cgroups"),
         }
+        prepare_state_dir(&server.state_dir);
         remove_stale_sockets(&server.state_dir.join("sites"));
         spawn_orphan_reaper();
         Supervisor {
@@ -243,6 +244,21 @@ async fn reap_forever() {
         loop {
             tick.tick().await;
             let _ = tokio::task::spawn_blocking(isolation::reap_orphans).await;
+        }
+    }
+}
+
+/// `state_dir` and `state_dir/sites` are 0711: site users can traverse them
+/// to reach their own directory, but cannot list other sites.
+fn prepare_state_dir(state_dir: &Path) {
+    let sites = state_dir.join("sites");
+    if let Err(e) = std::fs::create_dir_all(&sites) {
+        tracing::warn!(dir = %sites.display(), error = %e, "cannot create the sites state directory");
+        return;
+    }
+    for dir in [state_dir, sites.as_path()] {
+        if let Err(e) = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711)) {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot set permissions");
         }
     }
 }

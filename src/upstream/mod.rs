@@ -129,6 +129,17 @@ pub trait Upstream: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Response<ResponseBody>, UpstreamError>>;
 }
 
+/// A site's runtime (its php-fpm pool or its Python workers) as an upstream
+/// sees it: something that can be made ready and then listens on a Unix
+/// socket. The supervisor implements it; upstreams only connect.
+pub trait RuntimeHandle: Send + Sync + 'static {
+    /// Waits until the site's runtime is ready (starting it if it is stopped or scaled to zero,
+    /// bounded by the startup timeout) and returns the Unix socket to connect to.
+    fn ready(&self) -> BoxFuture<'_, Result<std::path::PathBuf, UpstreamError>>;
+    /// Reports that a request finished (for idle tracking / recycling). May be a no-op.
+    fn request_done(&self) {}
+}
+
 /// A body with nothing in it.
 pub fn empty_body() -> ResponseBody {
     Empty::<Bytes>::new()
@@ -155,6 +166,7 @@ pub fn plain_response(status: StatusCode, text: &str) -> Response<ResponseBody> 
         .body(full_body(body))
         .expect("static headers are valid")
 }
+pub mod php;
 pub mod python;
 pub mod spool;
 pub mod static_files;

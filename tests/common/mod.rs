@@ -102,10 +102,58 @@ impl InProcess {
             .unwrap_or_else(|| panic!("no site {name}"))
     }
 
+    /// Stops the server, then checks its hygiene: no socket and no cgroup
+    /// of this server is left behind.
     pub async fn stop(self) {
+        let state_dir = self.server.config().await.server.state_dir;
         self.shutdown.cancel();
         self.task.await.unwrap().unwrap();
+        check_hygiene(&state_dir);
     }
+}
+
+/// After a server stopped: no socket in its state dir, no cgroup of its.
+pub fn check_hygiene(state_dir: &Path) {
+    let sites = state_dir.join("sites");
+    for site in std::fs::read_dir(&sites)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+    {
+        for f in std::fs::read_dir(site.path())
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+        {
+            assert!(
+                f.path().extension().is_none_or(|e| e != "sock"),
+                "socket left behind: {}",
+                f.path().display()
+            );
+        }
+    }
+    let canonical = std::fs::canonicalize(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
+    let name = polyhost::supervisor::cgroup_parent_name(&canonical);
+    let leftover = find_dir(Path::new("/sys/fs/cgroup"), &name, 6);
+    assert!(leftover.is_none(), "cgroup left behind: {leftover:?}");
+}
+
+fn find_dir(dir: &Path, name: &str, depth: usize) -> Option<PathBuf> {
+    if depth == 0 {
+        return None;
+    }
+    for e in std::fs::read_dir(dir).ok()?.filter_map(Result::ok) {
+        if !e.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        if e.file_name().to_str() == Some(name) {
+            return Some(e.path());
+        }
+        if let Some(found) = find_dir(&e.path(), name, depth - 1) {
+            return Some(found);
+        }
+    }
+    None
 }
 
 /// The real `polyhost` binary, stopped with SIGTERM when dropped.
@@ -325,17 +373,30 @@ pub fn open_up(dir: &Path) {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
 
-/// The `polyhost-python` worker built next to the `polyhost` binary.
+/// The `polyhost-python` worker built next to the `polyhost` binary, copied
+/// once per test process to a directory every site user can traverse (the
+/// checkout may live where they cannot, e.g. under /root).
 pub fn python_worker() -> PathBuf {
-    let w = Path::new(env!("CARGO_BIN_EXE_polyhost")).with_file_name("polyhost-python");
-    if !w.exists() {
-        let status = std::process::Command::new(env!("CARGO"))
-            .args(["build", "-p", "polyhost-python"])
-            .status()
-            .unwrap();
-        assert!(status.success(), "building polyhost-python");
-    }
-    w
+    static COPY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    COPY.get_or_init(|| {
+        use std::os::unix::fs::PermissionsExt;
+        let built = Path::new(env!("CARGO_BIN_EXE_polyhost")).with_file_name("polyhost-python");
+        if !built.exists() {
+            let status = std::process::Command::new(env!("CARGO"))
+                .args(["build", "-p", "polyhost-python"])
+                .status()
+                .unwrap();
+            assert!(status.success(), "building polyhost-python");
+        }
+        let dir = std::env::temp_dir().join(format!("polyhost-test-worker-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let copy = dir.join("polyhost-python");
+        std::fs::copy(&built, &copy).unwrap();
+        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+        copy
+    })
+    .clone()
 }
 
 /// Processes owned by `uid`, from /proc.

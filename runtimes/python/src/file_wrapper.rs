@@ -52,6 +52,7 @@ impl FileWrapper {
 
 impl FileWrapper {
     /// The underlying regular file and its current position, if there is one.
+    #[allow(unsafe_code)] // dup(2) of the app's descriptor.
     fn real_file(&self, py: Python<'_>) -> Option<(File, u64)> {
         let f = self.filelike.bind(py);
         let fd: i32 = f.call_method0("fileno").ok()?.extract().ok()?;

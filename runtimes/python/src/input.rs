@@ -14,6 +14,10 @@ use tokio::runtime::Handle;
 
 use crate::errors::ClientDisconnected;
 
+/// How much of an unread request body is read and thrown away after the
+/// response; past this the connection is closed instead.
+const DRAIN_LIMIT: u64 = 64 * 1024 * 1024;
+
 /// The request body as seen by the application.
 #[pyclass(frozen, module = "polyhost")]
 pub struct Input {
@@ -37,6 +41,30 @@ impl Input {
                 buf: Bytes::new(),
                 handle,
             }),
+        }
+    }
+
+    /// Lets go of the request body once the response is done, even if the app
+    /// keeps the environ alive. A body the app did not read is drained on the
+    /// tokio side (up to [`DRAIN_LIMIT`]), so the router gets the response and
+    /// the connection stays usable instead of being reset.
+    pub fn release(&self) {
+        let Ok(mut st) = self.state.try_lock() else {
+            return;
+        };
+        st.buf = Bytes::new();
+        if let Some(mut body) = st.body.take() {
+            st.handle.spawn(async move {
+                let mut drained = 0u64;
+                while let Some(Ok(frame)) = body.frame().await {
+                    if let Some(data) = frame.data_ref() {
+                        drained += data.len() as u64;
+                        if drained > DRAIN_LIMIT {
+                            return;
+                        }
+                    }
+                }
+            });
         }
     }
 

@@ -21,6 +21,7 @@ const BUILT_EXECUTABLE: Option<&str> = option_env!("POLYHOST_PYTHON_EXECUTABLE")
 /// With `home`, `PyConfig.executable` is `<home>/bin/python`, which makes
 /// `sys.prefix` and site-packages the virtualenv's (`PYTHONHOME` would break start-up).
 /// Python's own signal handlers are not installed: tokio owns SIGTERM/SIGINT.
+#[allow(unsafe_code)] // PyConfig initialisation and PyEval_SaveThread are FFI only.
 pub fn initialize(home: Option<&Path>, paths: &[PathBuf]) -> Result<(), StartError> {
     let executable: PathBuf = match home {
         Some(h) => h.join("bin").join("python"),
@@ -71,6 +72,7 @@ pub fn initialize(home: Option<&Path>, paths: &[PathBuf]) -> Result<(), StartErr
     .map_err(|e| StartError::Init(format!("cannot set up sys: {e}")))
 }
 
+#[allow(unsafe_code)] // reading PyStatus.err_msg.
 fn status_message(status: ffi::PyStatus) -> String {
     if status.err_msg.is_null() {
         return format!(

@@ -14,6 +14,8 @@
 //! - [`file_wrapper`]: `wsgi.file_wrapper` and its fast path.
 //! - [`errors`]: error types, exit codes, `wsgi.errors`, app error logging.
 
+#![deny(unsafe_code)]
+
 pub mod cli;
 pub mod environ;
 pub mod errors;
@@ -79,8 +81,9 @@ fn start(config: Config) -> Result<(), StartError> {
     });
     let pool = pool::Pool::start(config.threads).map_err(StartError::Runtime)?;
     runtime.block_on(async {
+        let stop = server::stop_signal().map_err(StartError::Runtime)?;
         let listener = server::bind(socket)?;
-        server::serve(listener, ctx, pool, config.graceful_timeout)
+        server::serve(listener, ctx, pool, config.graceful_timeout, stop)
             .await
             .map_err(StartError::Runtime)
     })

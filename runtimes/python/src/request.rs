@@ -56,14 +56,22 @@ pub fn run(
             e,
         )
     };
-    let called = Bound::new(py, Input::new(body, ctx.handle.clone()))
-        .and_then(|input| environ::build(py, &ctx.template, &parts, input))
+    let input = match Bound::new(py, Input::new(body, ctx.handle.clone())) {
+        Ok(input) => input,
+        Err(e) => {
+            log(e);
+            sr.get().fail(py);
+            return;
+        }
+    };
+    let called = environ::build(py, &ctx.template, &parts, input.clone())
         .and_then(|env| ctx.app.bind(py).call1((env, &sr)));
     let iterable = match called {
         Ok(it) => it,
         Err(e) => {
             log(e);
-            sr.get().fail();
+            sr.get().fail(py);
+            input.get().release();
             return;
         }
     };
@@ -73,7 +81,7 @@ pub fn run(
         (Ok(()), Ok(())) => {
             if let Err(e) = sr.get().finish() {
                 log(e);
-                sr.get().fail();
+                sr.get().fail(py);
             }
         }
         (Err(e), closed) => {
@@ -81,13 +89,14 @@ pub fn run(
             if let Err(e) = closed {
                 log(e);
             }
-            sr.get().fail();
+            sr.get().fail(py);
         }
         (Ok(()), Err(e)) => {
             log(e);
-            sr.get().fail();
+            sr.get().fail(py);
         }
     }
+    input.get().release();
 }
 
 fn close(iterable: &Bound<'_, PyAny>) -> PyResult<()> {

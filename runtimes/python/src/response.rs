@@ -145,11 +145,6 @@ impl StartResponse {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Whether the status line went out (errors can then only abort the stream).
-    pub fn headers_sent(&self) -> bool {
-        self.lock().sent
-    }
-
     /// Sends one body chunk, sending the headers first if needed.
     /// Empty chunks send nothing (and do not trigger the headers).
     pub fn send_chunk(&self, py: Python<'_>, data: &[u8]) -> PyResult<()> {
@@ -222,16 +217,23 @@ impl StartResponse {
         Ok(())
     }
 
-    /// Ends the response after an error: a 500 if nothing was sent, else an aborted stream.
-    pub fn fail(&self) {
-        let mut st = self.lock();
-        if !st.sent {
-            st.sent = true;
-            if let Some(tx) = st.head_tx.take() {
-                let _ = tx.send(Head::error(StatusCode::INTERNAL_SERVER_ERROR));
+    /// Ends the response after an error: a 500 if nothing was sent, else an
+    /// aborted stream (the abort waits for room in the channel: a stream that
+    /// just ended would look complete to the router).
+    pub fn fail(&self, py: Python<'_>) {
+        let tx = {
+            let mut st = self.lock();
+            if !st.sent {
+                st.sent = true;
+                if let Some(tx) = st.head_tx.take() {
+                    let _ = tx.send(Head::error(StatusCode::INTERNAL_SERVER_ERROR));
+                }
+                return;
             }
-        } else if let Some(tx) = st.body_tx.take() {
-            let _ = tx.try_send(Err(Aborted));
+            st.body_tx.take()
+        };
+        if let Some(tx) = tx {
+            let _ = py.detach(|| tx.blocking_send(Err(Aborted)));
         }
     }
 }
@@ -239,7 +241,10 @@ impl StartResponse {
 impl State {
     fn take_pending(&mut self) -> PyResult<Pending> {
         self.pending.take().ok_or_else(|| {
-            PyRuntimeError::new_err("the application sent a body before calling start_response()")
+            PyRuntimeError::new_err(
+                "the application did not call start_response() before its first body chunk \
+                 (or before the end of its body)",
+            )
         })
     }
 
@@ -288,9 +293,13 @@ impl State {
 /// response by the body's length): a longer body is cut to the header, a
 /// shorter one is an error of the app.
 fn fit_length(headers: &mut HeaderMap, body: Bytes) -> PyResult<Bytes> {
-    let Some(value) = headers.get(CONTENT_LENGTH) else {
+    let mut values = headers.get_all(CONTENT_LENGTH).iter();
+    let Some(value) = values.next() else {
         return Ok(body);
     };
+    if values.next().is_some() {
+        return Err(PyValueError::new_err("more than one Content-Length header"));
+    }
     let declared = value
         .to_str()
         .ok()
@@ -384,29 +393,33 @@ fn parse_status(
         PyTypeError::new_err(format!("status must be a str, not {}", type_name(status)))
     })?;
     let raw = latin1(s, "status")?;
-    let bad = || {
+    parse_status_line(&raw).ok_or_else(|| {
         PyValueError::new_err(format!(
             "invalid status {:?}: expected e.g. \"200 OK\"",
             String::from_utf8_lossy(&raw)
         ))
-    };
+    })
+}
+
+/// `NNN` or `NNN reason`; the reason is kept only when it is not the standard one.
+fn parse_status_line(raw: &[u8]) -> Option<(StatusCode, Option<hyper::ext::ReasonPhrase>)> {
     let (code, rest) = raw.split_at(raw.len().min(3));
     if code.len() != 3 || !code.iter().all(u8::is_ascii_digit) {
-        return Err(bad());
+        return None;
     }
-    let status = StatusCode::from_bytes(code).map_err(|_| bad())?;
+    let status = StatusCode::from_bytes(code).ok()?;
     let reason = match rest {
         [] => None,
         [b' ', reason @ ..] => {
             if status.canonical_reason().map(str::as_bytes) == Some(reason) {
                 None
             } else {
-                Some(hyper::ext::ReasonPhrase::try_from(reason.to_vec()).map_err(|_| bad())?)
+                Some(hyper::ext::ReasonPhrase::try_from(reason.to_vec()).ok()?)
             }
         }
-        _ => return Err(bad()),
+        _ => return None,
     };
-    Ok((status, reason))
+    Some((status, reason))
 }
 
 /// Hop-by-hop headers belong to the connection, which hyper owns.
@@ -453,4 +466,52 @@ fn parse_headers(headers: &Bound<'_, PyAny>) -> PyResult<HeaderMap> {
         }
     }
     Ok(map)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_lines() {
+        let check = |raw: &str, want: Option<(u16, Option<&str>)>| {
+            let got = parse_status_line(raw.as_bytes()).map(|(s, r)| {
+                (
+                    s.as_u16(),
+                    r.map(|r| String::from_utf8_lossy(r.as_bytes()).into_owned()),
+                )
+            });
+            let want = want.map(|(s, r)| (s, r.map(str::to_owned)));
+            assert_eq!(got, want, "{raw:?}");
+        };
+        check("200 OK", Some((200, None)));
+        check("200", Some((200, None)));
+        check("404 Not Found", Some((404, None)));
+        check("200 Fine Thanks", Some((200, Some("Fine Thanks"))));
+        check("299 Custom", Some((299, Some("Custom"))));
+        check("twohundred", None);
+        check("20", None);
+        check("200OK", None);
+        check("099 Low", None);
+        check("200 bad\r\nInjected: 1", None);
+    }
+
+    #[test]
+    fn content_length_fits_the_body() {
+        let mut h = HeaderMap::new();
+        assert_eq!(
+            fit_length(&mut h, Bytes::from_static(b"abc")).unwrap(),
+            "abc"
+        );
+        h.insert(CONTENT_LENGTH, HeaderValue::from(2));
+        assert_eq!(
+            fit_length(&mut h, Bytes::from_static(b"abc")).unwrap(),
+            "ab"
+        );
+        h.insert(CONTENT_LENGTH, HeaderValue::from(3));
+        assert_eq!(
+            fit_length(&mut h, Bytes::from_static(b"abc")).unwrap(),
+            "abc"
+        );
+    }
 }

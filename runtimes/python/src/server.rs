@@ -4,6 +4,7 @@
 //! requests finish within the deadline).
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -84,15 +85,29 @@ async fn handle(
     })
 }
 
-/// Serves until SIGTERM/SIGINT, then drains within `graceful_timeout`.
+/// Installs the SIGTERM/SIGINT handlers now (before the socket is bound, so
+/// a stop request right after "ready" is never lost) and returns the future
+/// that completes on the first of them.
+pub fn stop_signal() -> std::io::Result<impl Future<Output = ()>> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
+}
+
+/// Serves until `stop` completes, then drains within `graceful_timeout`.
 pub async fn serve(
     listener: Listener,
     ctx: Arc<AppContext>,
     pool: Pool,
     graceful_timeout: Duration,
+    stop: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
+    tokio::pin!(stop);
     let graceful = GracefulShutdown::new();
     let mut http = http1::Builder::new();
     http.keep_alive(true);
@@ -115,8 +130,7 @@ pub async fn serve(
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
-            _ = term.recv() => break,
-            _ = int.recv() => break,
+            _ = &mut stop => break,
         }
     }
     listener.remove_file();

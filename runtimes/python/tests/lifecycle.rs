@@ -89,6 +89,34 @@ async fn sigterm_lets_the_in_flight_request_finish() {
 }
 
 #[tokio::test]
+async fn graceful_timeout_bounds_the_drain() {
+    let mut w = Worker::start("plain", &["--graceful-timeout", "1"]).await;
+    let mut conn = w.connect().await;
+    conn.ready().await.unwrap();
+    let pending =
+        tokio::spawn(conn.send_request(request("GET", "/sleep?30").body(empty()).unwrap()));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !w.marker("started").exists() {
+        assert!(Instant::now() < deadline, "request never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let t0 = Instant::now();
+    w.signal(libc::SIGTERM);
+    let status = w.wait_exit(Duration::from_secs(10)).await;
+    assert_eq!(status.code(), Some(0), "{}", w.stderr());
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t0.elapsed()
+    );
+    assert!(w.stderr().contains("still running"), "{}", w.stderr());
+    assert!(
+        pending.await.unwrap().is_err(),
+        "the cut request must not look complete"
+    );
+}
+
+#[tokio::test]
 async fn sigint_on_an_idle_worker_exits_0() {
     let mut w = Worker::start("plain", &[]).await;
     let _idle = w.connect().await;

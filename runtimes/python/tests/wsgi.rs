@@ -285,6 +285,114 @@ async fn error_mid_stream_aborts_the_response() {
 }
 
 #[tokio::test]
+async fn input_readline_limits_readlines_and_iteration() {
+    let w = Worker::start("plain", &["--threads", "1"]).await;
+    let body = "abcdef\nline2\nline3\nline4\nline5";
+    let pieces: Vec<Result<Frame<Bytes>, Infallible>> = body
+        .as_bytes()
+        .chunks(4)
+        .map(|c| Ok(Frame::data(Bytes::copy_from_slice(c))))
+        .collect();
+    let chunked = StreamBody::new(stream::iter(pieces)).boxed();
+    for b in [full(body), chunked] {
+        let r = w.send(request("POST", "/lines").body(b).unwrap()).await;
+        // readline(3), readline(), readlines(1) takes one line, iteration
+        // takes the other three (the last without a newline), then EOF.
+        assert_eq!(r.text(), "abc|def\n|1|3||", "{}", w.stderr());
+    }
+}
+
+#[tokio::test]
+async fn wsgi_errors_reason_phrase_and_content_length() {
+    let w = Worker::start("plain", &["--threads", "1"]).await;
+    let r = w.get("/log_errors").await;
+    assert_eq!(r.status.as_u16(), 299);
+    // The body is cut to the app's Content-Length.
+    assert_eq!(r.text(), "abc");
+    let log = w.stderr();
+    assert!(log.contains("to-the-error-log\nline-a\nline-b\n"), "{log}");
+    // A body shorter than its Content-Length is an app error: 500, no bad framing.
+    let mut conn = w.connect().await;
+    let r = send_on(
+        &mut conn,
+        request("GET", "/short_body").body(empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(w.stderr().contains("Content-Length"), "{}", w.stderr());
+    let r = send_on(
+        &mut conn,
+        request("POST", "/echo").body(full("ok")).unwrap(),
+    )
+    .await;
+    assert_eq!(r.text(), "ok");
+}
+
+#[tokio::test]
+async fn exc_info_after_headers_reraises_and_aborts() {
+    let w = Worker::start("plain", &["--threads", "1"]).await;
+    let mut conn = w.connect().await;
+    conn.ready().await.unwrap();
+    match conn
+        .send_request(request("GET", "/excinfo_late").body(empty()).unwrap())
+        .await
+    {
+        Ok(resp) => {
+            assert_eq!(resp.status(), StatusCode::OK);
+            assert!(
+                resp.into_body().collect().await.is_err(),
+                "must not end cleanly"
+            );
+        }
+        Err(e) => assert!(e.is_incomplete_message(), "{e}"),
+    }
+    let log = w.stderr();
+    assert!(log.contains("KeyError: 'late-failure'"), "{log}");
+    assert!(!log.contains("never sent"));
+}
+
+/// Raw HTTP/1.1 on one connection, so only the worker's behaviour is tested:
+/// the app answers without reading the body (and keeps the environ); the
+/// worker must drain the body and keep the connection usable.
+#[tokio::test]
+async fn unread_body_and_kept_environ_do_not_stall_keep_alive() {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let w = Worker::start("plain", &["--threads", "1"]).await;
+    let stream = tokio::net::UnixStream::connect(&w.socket).await.unwrap();
+    let (rd, mut wr) = stream.into_split();
+    let mut rd = BufReader::new(rd);
+    let mut exchange = async |path: &str, body: &[u8]| -> String {
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        );
+        wr.write_all(head.as_bytes()).await.unwrap();
+        wr.write_all(body).await.unwrap();
+        let mut len = 0;
+        loop {
+            let mut line = String::new();
+            rd.read_line(&mut line).await.unwrap();
+            if line == "\r\n" {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap();
+            }
+        }
+        let mut buf = vec![0; len];
+        rd.read_exact(&mut buf).await.unwrap();
+        String::from_utf8(buf).unwrap()
+    };
+    for i in 1..=3 {
+        assert_eq!(
+            exchange("/keep_environ", &vec![b'z'; 100_000 * i]).await,
+            "kept"
+        );
+    }
+    assert_eq!(exchange("/echo", b"next").await, "next");
+}
+
+#[tokio::test]
 async fn file_wrapper_fast_path_serves_from_the_current_position() {
     let w = Worker::start("plain", &[]).await;
     let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 31 % 251) as u8).collect();

@@ -1,6 +1,7 @@
 """Unvalidated WSGI test app: environ dump, faults, slow paths, fast file path."""
 import json
 import os
+import sys
 import time
 
 HEADERS = [("Content-Type", "text/plain")]
@@ -47,6 +48,56 @@ def midstream(environ, start_response):
         raise RuntimeError("boom-midstream")
 
     return gen()
+
+
+def excinfo_late(environ, start_response):
+    start_response("200 OK", HEADERS)
+
+    def gen():
+        yield b"headers are out"
+        try:
+            raise KeyError("late-failure")
+        except KeyError:
+            # PEP 3333: with the headers sent, this must re-raise.
+            start_response("500 Internal Server Error", HEADERS, sys.exc_info())
+        yield b"never sent"
+
+    return gen()
+
+
+def keep_environ(environ, start_response):
+    # Keeps the environ (and wsgi.input) alive past the response.
+    KEPT.append(environ)
+    start_response("200 OK", HEADERS)
+    return [b"kept"]
+
+
+KEPT = []
+
+
+def lines(environ, start_response):
+    inp = environ["wsgi.input"]
+    first = inp.readline(3)
+    rest_of_first = inp.readline()
+    two = inp.readlines(1)
+    remaining = list(inp)
+    start_response("200 OK", HEADERS)
+    out = [first, rest_of_first, b"%d" % len(two), b"%d" % len(remaining), inp.read(), inp.read(5)]
+    return [b"|".join(out)]
+
+
+def log_errors(environ, start_response):
+    errors = environ["wsgi.errors"]
+    errors.write("to-the-error-log\n")
+    errors.writelines(["line-a\n", "line-b\n"])
+    errors.flush()
+    start_response("299 Quite Fine", [("Content-Length", "3")])
+    return [b"abcdef"]
+
+
+def short_body(environ, start_response):
+    start_response("200 OK", [("Content-Length", "10")])
+    return [b"abc"]
 
 
 def sleep(environ, start_response):
@@ -115,6 +166,11 @@ ROUTES = {
     "/fastfile": fastfile,
     "/head_gen": head_gen,
     "/echo": echo,
+    "/excinfo_late": excinfo_late,
+    "/keep_environ": keep_environ,
+    "/lines": lines,
+    "/log_errors": log_errors,
+    "/short_body": short_body,
 }
 
 

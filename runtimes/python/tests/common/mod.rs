@@ -61,7 +61,17 @@ impl Worker {
         let socket = dir.path().join("worker.sock");
         let stderr_path = dir.path().join("stderr.log");
         let stderr = std::fs::File::create(&stderr_path).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_polyhost-python"))
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_polyhost-python"));
+        // SAFETY: prctl is async-signal-safe; it only asks the kernel to kill
+        // the worker if the test thread that spawned it dies (no orphans when
+        // a test run is killed).
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = cmd
             .env_clear()
             .env("MARKER_DIR", dir.path())
             .current_dir(dir.path())

@@ -1,0 +1,549 @@
+//! The php-fpm configuration of one site: a `[global]` section and one pool
+//! `[<site>]`, generated from the validated [`SiteConfig`], plus the site's
+//! per-site paths ([`PhpPoolPaths`]) and the php-fpm binary lookup.
+//!
+//! # Files and permissions (why they are what they are)
+//!
+//! ```text
+//! <state>/sites/                       root:root      0711  (traversable, not listable)
+//! <state>/sites/<site>.php-fpm.conf    root:<group>   0640  (the master, running as the
+//!                                                             site user, reads it; it can
+//!                                                             hold env secrets; the site
+//!                                                             cannot rewrite it)
+//! <state>/sites/<site>/                <user>:<group> 0750  (socket dir)
+//! <state>/sites/<site>/php.sock        <user>:<group> 0660  (listen.owner/group/mode)
+//! <state>/sites/<site>/php-fpm.log     master's error_log, written by the master
+//! <state>/sites/<site>/php-fpm.pid
+//! <state>/sites/<site>/tmp/            <user>:<group> 0700  (upload_tmp_dir, sys_temp_dir)
+//! <state>/sites/<site>/sessions/       <user>:<group> 0700  (session.save_path)
+//! ```
+//!
+//! polyhost runs as root and connects to the socket whatever its mode. Another
+//! site's user is neither the socket's owner nor (with one group per site) in
+//! its group, and cannot even traverse the 0750 directory, so it can neither
+//! connect to this pool (and run code as this site) nor read its sessions.
+//! This relies on every site having its own group.
+//!
+//! Invariants:
+//! - Every value written into the file is either a number we computed or a
+//!   single-quoted INI raw string; anything that could end the string or the
+//!   line (`'`, CR, LF, NUL) is refused with an error naming the key, so a vhost
+//!   file cannot add config lines. Keys are checked against `[A-Za-z0-9._-]`.
+//! - `[php.ini]` entries cannot override the directives this module owns
+//!   (`open_basedir`, `cgi.fix_pathinfo`, the tmp/session/error-log paths).
+//! - `user`/`group` lines are written only when the master is started as root.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::config::{IniValue, PhpMode, SiteConfig, SiteName};
+
+/// Per-site paths of a php-fpm pool under polyhost's state directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PhpPoolPaths {
+    /// `<state>/sites/<site>`: the socket dir, owned by the site user, 0750.
+    pub site_dir: PathBuf,
+    /// `<site_dir>/php.sock`: the pool's FastCGI socket.
+    pub socket: PathBuf,
+    /// `<state>/sites/<site>.php-fpm.conf`: the generated config (root-owned).
+    pub config: PathBuf,
+    /// `<site_dir>/php-fpm.pid`.
+    pub pid: PathBuf,
+    /// `<site_dir>/php-fpm.log`: the master's own error log.
+    pub fpm_log: PathBuf,
+    /// `<site_dir>/tmp`: uploads and temp files.
+    pub tmp: PathBuf,
+    /// `<site_dir>/sessions`: PHP session files.
+    pub sessions: PathBuf,
+}
+
+impl PhpPoolPaths {
+    pub fn new(state_dir: &Path, site: &SiteName) -> Self {
+        let sites = state_dir.join("sites");
+        let site_dir = sites.join(site.as_str());
+        PhpPoolPaths {
+            socket: site_dir.join("php.sock"),
+            config: sites.join(format!("{site}.php-fpm.conf")),
+            pid: site_dir.join("php-fpm.pid"),
+            fpm_log: site_dir.join("php-fpm.log"),
+            tmp: site_dir.join("tmp"),
+            sessions: site_dir.join("sessions"),
+            site_dir,
+        }
+    }
+
+    /// Creates the directories with the owners and modes of the module doc
+    /// (must run as root). Idempotent.
+    pub fn create_dirs(&self, uid: u32, gid: u32) -> std::io::Result<()> {
+        use std::os::unix::fs::{chown, PermissionsExt};
+        let sites = self.config.parent().unwrap_or(Path::new("/"));
+        std::fs::create_dir_all(sites)?;
+        std::fs::set_permissions(sites, std::fs::Permissions::from_mode(0o711))?;
+        for (dir, mode) in [
+            (&self.site_dir, 0o750),
+            (&self.tmp, 0o700),
+            (&self.sessions, 0o700),
+        ] {
+            std::fs::create_dir_all(dir)?;
+            chown(dir, Some(uid), Some(gid))?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))?;
+        }
+        Ok(())
+    }
+
+    /// Writes `text` as the config file, root-owned, readable by the site's group.
+    pub fn write_config(&self, text: &str, gid: u32) -> std::io::Result<()> {
+        use std::os::unix::fs::{chown, PermissionsExt};
+        let tmp = self.config.with_extension("conf.new");
+        std::fs::write(&tmp, text)?;
+        chown(&tmp, Some(0), Some(gid))?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o640))?;
+        std::fs::rename(&tmp, &self.config)
+    }
+}
+
+/// What the config of one pool depends on besides the site.
+#[derive(Clone, Debug)]
+pub struct PoolOptions<'a> {
+    pub paths: &'a PhpPoolPaths,
+    /// The master is started as root: write `user`/`group` so php-fpm drops
+    /// to the site user itself. `false` (polyhost's way): the master already
+    /// runs as the site user and the lines are omitted.
+    pub master_as_root: bool,
+    /// `php_admin_value[error_log]`: PHP's error log file. `None` leaves it
+    /// unset, so PHP sends its messages as FastCGI stderr, which the router
+    /// writes to the site's error log.
+    pub php_error_log: Option<PathBuf>,
+}
+
+/// A value that cannot go into the config.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("site {site}: {key}: {message}")]
+pub struct PoolConfigError {
+    pub site: String,
+    pub key: String,
+    pub message: String,
+}
+
+/// Directives this module sets; `[php.ini]` may not override them.
+const RESERVED_INI: &[&str] = &[
+    "open_basedir",
+    "cgi.fix_pathinfo",
+    "upload_tmp_dir",
+    "session.save_path",
+    "sys_temp_dir",
+    "error_log",
+];
+
+/// Generates the php-fpm config text for one site.
+pub fn pool_config(site: &SiteConfig, opts: &PoolOptions<'_>) -> Result<String, PoolConfigError> {
+    let err = |key: &str, message: String| PoolConfigError {
+        site: site.name.to_string(),
+        key: key.to_owned(),
+        message,
+    };
+    let php = site
+        .php
+        .as_ref()
+        .ok_or_else(|| err("php", "the site has no [php] section".into()))?;
+    let root = site
+        .root
+        .as_ref()
+        .ok_or_else(|| err("root", "PHP needs a document root".into()))?;
+    let q = |key: &str, v: &str| quote(v).map_err(|m| err(key, m));
+    let qp = |key: &str, p: &Path| match p.to_str() {
+        Some(s) => quote(s).map_err(|m| err(key, m)),
+        None => Err(err(key, format!("{} is not UTF-8", p.display()))),
+    };
+    let paths = opts.paths;
+    let mut c = String::new();
+    let mut line = |s: String| {
+        c.push_str(&s);
+        c.push('\n');
+    };
+    line(format!(
+        "; Generated by polyhost for site {} from {}. Do not edit.",
+        site.name,
+        site.file.display()
+    ));
+    line("[global]".into());
+    line(format!("pid = {}", qp("pid", &paths.pid)?));
+    line(format!("error_log = {}", qp("error_log", &paths.fpm_log)?));
+    line("daemonize = no".into());
+    line(String::new());
+    line(format!("[{}]", site.name));
+    line(format!("listen = {}", qp("listen", &paths.socket)?));
+    if let Some(user) = &site.user {
+        line(format!("listen.owner = {}", q("user", user)?));
+    }
+    if let Some(group) = &site.group {
+        line(format!("listen.group = {}", q("group", group)?));
+    }
+    line("listen.mode = 0660".into());
+    if opts.master_as_root {
+        let user = site.user.as_ref().ok_or_else(|| {
+            err(
+                "user",
+                "php-fpm started as root needs the site's user".into(),
+            )
+        })?;
+        line(format!("user = {}", q("user", user)?));
+        if let Some(group) = &site.group {
+            line(format!("group = {}", q("group", group)?));
+        }
+    }
+    line(format!("chdir = {}", qp("root", root)?));
+    let max = php.max_children.max(1);
+    line(format!("pm = {}", php.mode.as_fpm()));
+    line(format!("pm.max_children = {max}"));
+    if php.mode == PhpMode::Dynamic {
+        let (start, min_spare, max_spare) = spare_servers(max);
+        line(format!("pm.start_servers = {start}"));
+        line(format!("pm.min_spare_servers = {min_spare}"));
+        line(format!("pm.max_spare_servers = {max_spare}"));
+    }
+    line(format!("pm.max_requests = {}", php.max_requests));
+    line(format!(
+        "pm.process_idle_timeout = {}s",
+        secs(php.idle_timeout)
+    ));
+    line(format!(
+        "request_terminate_timeout = {}s",
+        secs(php.request_timeout)
+    ));
+    line("clear_env = yes".into());
+    if !site.env.contains_key("PATH") {
+        line("env[PATH] = '/usr/local/bin:/usr/bin:/bin'".into());
+    }
+    for (k, v) in &site.env {
+        let key = format!("env.{k}");
+        if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(err(&key, "not an environment variable name".into()));
+        }
+        line(format!("env[{k}] = {}", q(&key, v)?));
+    }
+    line("catch_workers_output = yes".into());
+    line("decorate_workers_output = no".into());
+    line("security.limit_extensions = .php".into());
+    let basedir = match &php.open_basedir {
+        Some(dirs) => dirs.clone(),
+        None => vec![root.clone(), paths.tmp.clone(), paths.sessions.clone()],
+    };
+    let mut joined = String::new();
+    for (i, d) in basedir.iter().enumerate() {
+        let s = d
+            .to_str()
+            .ok_or_else(|| err("php.open_basedir", format!("{} is not UTF-8", d.display())))?;
+        if s.contains(':') {
+            return Err(err(
+                "php.open_basedir",
+                format!("{s:?} contains ':', the open_basedir separator"),
+            ));
+        }
+        if i > 0 {
+            joined.push(':');
+        }
+        joined.push_str(s);
+    }
+    line(format!(
+        "php_admin_value[open_basedir] = {}",
+        q("php.open_basedir", &joined)?
+    ));
+    line(format!(
+        "php_admin_value[upload_tmp_dir] = {}",
+        qp("tmp", &paths.tmp)?
+    ));
+    line(format!(
+        "php_admin_value[sys_temp_dir] = {}",
+        qp("tmp", &paths.tmp)?
+    ));
+    line(format!(
+        "php_admin_value[session.save_path] = {}",
+        qp("sessions", &paths.sessions)?
+    ));
+    line("php_admin_value[cgi.fix_pathinfo] = 0".into());
+    if let Some(log) = &opts.php_error_log {
+        line(format!(
+            "php_admin_value[error_log] = {}",
+            qp("php_error_log", log)?
+        ));
+    }
+    for (k, v) in &php.ini {
+        let key = format!("php.ini.{k}");
+        if k.is_empty()
+            || !k
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        {
+            return Err(err(&key, "not a php.ini directive name".into()));
+        }
+        if RESERVED_INI.contains(&k.as_str()) {
+            return Err(err(
+                &key,
+                "set by polyhost (use php.open_basedir for open_basedir)".into(),
+            ));
+        }
+        match v {
+            IniValue::Flag(b) => line(format!(
+                "php_admin_flag[{k}] = {}",
+                if *b { "on" } else { "off" }
+            )),
+            IniValue::Value(s) => line(format!("php_admin_value[{k}] = {}", q(&key, s)?)),
+        }
+    }
+    Ok(c)
+}
+
+/// php-fpm's dynamic mode: (start, min spare, max spare) for `max` children,
+/// satisfying 1 <= min <= start <= max spare <= max.
+fn spare_servers(max: u64) -> (u64, u64, u64) {
+    let min_spare = (max / 4).max(1);
+    let max_spare = (max / 2).max(min_spare);
+    (
+        min_spare + (max_spare - min_spare) / 2,
+        min_spare,
+        max_spare,
+    )
+}
+
+fn secs(d: Duration) -> u64 {
+    (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
+}
+
+/// An INI raw string: single quotes, no escapes, no `${}` expansion. What
+/// cannot be written that way is refused.
+fn quote(v: &str) -> Result<String, String> {
+    if let Some(c) = v.chars().find(|c| matches!(c, '\'' | '\n' | '\r' | '\0')) {
+        return Err(format!(
+            "{v:?}: the character {c:?} is not allowed in a php-fpm config value"
+        ));
+    }
+    let mut s = String::with_capacity(v.len() + 2);
+    let _ = write!(s, "'{v}'");
+    Ok(s)
+}
+
+/// The newest `php-fpm*` binary in `/usr/sbin` (`php-fpm8.3` before
+/// `php-fpm8.2`, a versioned one before a plain `php-fpm`).
+pub fn find_fpm_binary() -> Option<PathBuf> {
+    find_fpm_in(Path::new("/usr/sbin"))
+}
+
+/// [`find_fpm_binary`] in another directory (tests).
+pub fn find_fpm_in(dir: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let names = std::fs::read_dir(dir).ok()?.filter_map(|e| {
+        let e = e.ok()?;
+        let meta = std::fs::metadata(e.path()).ok()?;
+        (meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+            .then(|| e.file_name().into_string().ok())?
+    });
+    newest_fpm(names).map(|n| dir.join(n))
+}
+
+fn newest_fpm(names: impl Iterator<Item = String>) -> Option<String> {
+    names
+        .filter_map(|n| {
+            let v = n.strip_prefix("php-fpm")?;
+            let version: Option<Vec<u32>> = if v.is_empty() {
+                Some(vec![])
+            } else {
+                v.split('.').map(|p| p.parse().ok()).collect()
+            };
+            Some((version?, n))
+        })
+        .max()
+        .map(|(_, n)| n)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use expect_test::expect;
+
+    use super::*;
+    use crate::config::IniValue;
+    use crate::upstream::php::tests_support::site;
+
+    fn paths() -> PhpPoolPaths {
+        PhpPoolPaths::new(
+            Path::new("/run/polyhost"),
+            &SiteName::parse("blog").unwrap(),
+        )
+    }
+
+    #[test]
+    fn snapshot_of_a_dynamic_pool() {
+        let paths = paths();
+        let opts = PoolOptions {
+            paths: &paths,
+            master_as_root: false,
+            php_error_log: Some("/run/polyhost/sites/blog/php-error.log".into()),
+        };
+        let text = pool_config(&site("/srv/www/blog"), &opts).unwrap();
+        expect![[r#"
+            ; Generated by polyhost for site blog from /etc/polyhost/vhosts/blog.toml. Do not edit.
+            [global]
+            pid = '/run/polyhost/sites/blog/php-fpm.pid'
+            error_log = '/run/polyhost/sites/blog/php-fpm.log'
+            daemonize = no
+
+            [blog]
+            listen = '/run/polyhost/sites/blog/php.sock'
+            listen.owner = 'blog'
+            listen.group = 'blog'
+            listen.mode = 0660
+            chdir = '/srv/www/blog'
+            pm = dynamic
+            pm.max_children = 8
+            pm.start_servers = 3
+            pm.min_spare_servers = 2
+            pm.max_spare_servers = 4
+            pm.max_requests = 500
+            pm.process_idle_timeout = 10s
+            request_terminate_timeout = 60s
+            clear_env = yes
+            env[PATH] = '/usr/local/bin:/usr/bin:/bin'
+            env[APP_ENV] = 'prod'
+            catch_workers_output = yes
+            decorate_workers_output = no
+            security.limit_extensions = .php
+            php_admin_value[open_basedir] = '/srv/www/blog:/run/polyhost/sites/blog/tmp:/run/polyhost/sites/blog/sessions'
+            php_admin_value[upload_tmp_dir] = '/run/polyhost/sites/blog/tmp'
+            php_admin_value[sys_temp_dir] = '/run/polyhost/sites/blog/tmp'
+            php_admin_value[session.save_path] = '/run/polyhost/sites/blog/sessions'
+            php_admin_value[cgi.fix_pathinfo] = 0
+            php_admin_value[error_log] = '/run/polyhost/sites/blog/php-error.log'
+            php_admin_flag[display_errors] = off
+            php_admin_value[memory_limit] = '128M'
+        "#]]
+        .assert_eq(&text);
+    }
+
+    #[test]
+    fn user_lines_only_for_a_root_master_and_modes() {
+        let paths = paths();
+        let mut s = site("/srv/www/blog");
+        let php = s.php.as_mut().unwrap();
+        php.mode = PhpMode::OnDemand;
+        php.request_timeout = Duration::from_millis(1500);
+        let root = PoolOptions {
+            paths: &paths,
+            master_as_root: true,
+            php_error_log: None,
+        };
+        let text = pool_config(&s, &root).unwrap();
+        assert!(text.contains("\nuser = 'blog'\ngroup = 'blog'\n"), "{text}");
+        assert!(
+            text.contains("\npm = ondemand\n") && !text.contains("spare"),
+            "{text}"
+        );
+        assert!(text.contains("request_terminate_timeout = 2s"), "{text}");
+        assert!(!text.contains("[error_log]"), "{text}");
+        let as_user = PoolOptions {
+            master_as_root: false,
+            ..root.clone()
+        };
+        assert!(!pool_config(&s, &as_user).unwrap().contains("\nuser ="));
+        s.user = None;
+        assert_eq!(pool_config(&s, &root).unwrap_err().key, "user");
+    }
+
+    #[test]
+    fn spare_servers_are_consistent() {
+        for max in 1..200 {
+            let (start, min, max_spare) = spare_servers(max);
+            assert!(
+                1 <= min && min <= start && start <= max_spare && max_spare <= max,
+                "{max}"
+            );
+        }
+    }
+
+    #[test]
+    fn injection_attempts_are_rejected() {
+        let paths = paths();
+        let opts = PoolOptions {
+            paths: &paths,
+            master_as_root: false,
+            php_error_log: None,
+        };
+        let check = |edit: &dyn Fn(&mut SiteConfig), key: &str| {
+            let mut s = site("/srv/www/blog");
+            edit(&mut s);
+            match pool_config(&s, &opts) {
+                Err(e) => assert_eq!(e.key, key, "{e}"),
+                Ok(text) => panic!("accepted:\n{text}"),
+            }
+        };
+        let ini = |k: &str, v: &str| {
+            let (k, v) = (k.to_owned(), v.to_owned());
+            move |s: &mut SiteConfig| {
+                s.php
+                    .as_mut()
+                    .unwrap()
+                    .ini
+                    .insert(k.clone(), IniValue::Value(v.clone()));
+            }
+        };
+        check(
+            &ini("memory_limit", "1G\nphp_admin_value[open_basedir] = /"),
+            "php.ini.memory_limit",
+        );
+        check(&ini("memory_limit", "1G'\n[evil]"), "php.ini.memory_limit");
+        check(&ini("memory_limit", "1G\r"), "php.ini.memory_limit");
+        check(
+            &ini("x] = 1\nuser = root\n;[", "v"),
+            "php.ini.x] = 1\nuser = root\n;[",
+        );
+        check(&ini("open_basedir", "/"), "php.ini.open_basedir");
+        check(&ini("cgi.fix_pathinfo", "1"), "php.ini.cgi.fix_pathinfo");
+        check(
+            &|s| drop(s.env.insert("A".into(), "x\nuser = root".into())),
+            "env.A",
+        );
+        check(
+            &|s| drop(s.env.insert("A]=1\nx[".into(), "v".into())),
+            "env.A]=1\nx[",
+        );
+        check(&|s| s.user = Some("blog'\nuser = root".into()), "user");
+        check(&|s| s.group = Some("g\n".into()), "group");
+        check(&|s| s.root = Some("/srv/it's".into()), "root");
+        check(
+            &|s| s.php.as_mut().unwrap().open_basedir = Some(vec!["/a:/".into()]),
+            "php.open_basedir",
+        );
+        // Quotes, dollars and semicolons are plain characters inside a raw string.
+        let mut s = site("/srv/www/blog");
+        s.env
+            .insert("DB_PASSWORD".into(), "p$a\"ss;w=rd ${HOME}".into());
+        let text = pool_config(&s, &opts).unwrap();
+        assert!(
+            text.contains("env[DB_PASSWORD] = 'p$a\"ss;w=rd ${HOME}'\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn newest_fpm_binary() {
+        let pick = |names: &[&str]| newest_fpm(names.iter().map(|s| s.to_string()));
+        assert_eq!(
+            pick(&["php-fpm8.2", "php-fpm8.3", "php"]).as_deref(),
+            Some("php-fpm8.3")
+        );
+        assert_eq!(
+            pick(&["php-fpm8.10", "php-fpm8.9"]).as_deref(),
+            Some("php-fpm8.10")
+        );
+        assert_eq!(
+            pick(&["php-fpm", "php-fpm7.4"]).as_deref(),
+            Some("php-fpm7.4")
+        );
+        assert_eq!(pick(&["php-fpm"]).as_deref(), Some("php-fpm"));
+        assert_eq!(pick(&["php-fpm8.2.bak", "php8.2"]), None);
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(find_fpm_in(dir.path()), None);
+    }
+}

@@ -1,0 +1,380 @@
+//! One FastCGI request/response over one connection, run as its own task so
+//! the response body can stream to the client after `handle` returned.
+//!
+//! The task writes the request (params, then the body as STDIN records, as
+//! it arrives from the client) while it reads php-fpm's records, so a script
+//! that answers before it has read its input cannot deadlock us. It sends the
+//! parsed CGI head over a oneshot, then body chunks over a bounded channel
+//! (backpressure: a slow client slows the reads from php-fpm; memory stays at
+//! a few records).
+//!
+//! Invariants:
+//! - The connection goes back to the pool only when `FCGI_END_REQUEST` was
+//!   read and the whole request had been written; on any other end (error,
+//!   timeout, client gone, task aborted) it is dropped.
+//! - A failure before the head is an [`UpstreamError`] (502/504/4xx); after
+//!   it, an error in the body stream, so the client sees a truncated
+//!   response, never a silently short "complete" one.
+//! - A request is sent twice only when it is replayable (idempotent method,
+//!   body held whole), it went out on a kept-alive connection, and that
+//!   connection failed before php-fpm sent a single record: then the child
+//!   had exited (pm.max_requests) and never saw it. The retry uses a fresh
+//!   connection and happens at most once.
+//! - The semaphore permit and `RuntimeHandle::request_done` are tied to the
+//!   task's [`Finish`] guard, so they are released however the task ends.
+
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http_body::{Body, Frame};
+use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::net::UnixStream;
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
+
+use super::cgi::{self, CgiHead};
+use super::fcgi::{self, Decoder, Record};
+use super::pool::ConnPool;
+use super::{ErrorSink, RuntimeHandle};
+use crate::upstream::{BoxError, RequestBody, UpstreamError};
+
+/// Body chunks in flight between the exchange task and the client.
+const CHANNEL_CHUNKS: usize = 4;
+/// Read size from php-fpm.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Everything the task needs besides the connection.
+pub struct Exchange {
+    pub pool: Arc<ConnPool>,
+    pub socket: PathBuf,
+    pub errors: ErrorSink,
+    /// Longest wait for one read from php-fpm.
+    pub read_timeout: Duration,
+    /// Limit the router put on the body (for the 413 message).
+    pub body_limit: u64,
+    /// HEAD: read the response to the end but forward no body.
+    pub head_only: bool,
+    /// Prefix of the stderr lines in the error log (the script's URL path).
+    pub tag: String,
+}
+
+/// Releases the permit and reports the request done, however the request
+/// ends: made right after a successful `RuntimeHandle::ready`, so each
+/// `ready` is paired with exactly one `request_done`.
+pub struct Finish {
+    runtime: Arc<dyn RuntimeHandle>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Finish {
+    pub fn new(runtime: Arc<dyn RuntimeHandle>, permit: OwnedSemaphorePermit) -> Self {
+        Finish {
+            runtime,
+            _permit: permit,
+        }
+    }
+}
+
+impl Drop for Finish {
+    fn drop(&mut self) {
+        self.runtime.request_done();
+    }
+}
+
+/// What the task hands back to `handle`.
+pub type HeadResult = Result<CgiHead, UpstreamError>;
+
+/// Why writing the request stopped.
+enum WriteFail {
+    /// The client's body failed (too large, client gone, malformed).
+    Body(UpstreamError),
+    /// php-fpm's side of the socket failed.
+    Io(std::io::Error),
+}
+
+/// The request body as the exchange gets it.
+pub enum Input {
+    /// Held whole (empty or small): can be sent again on a fresh connection.
+    Replayable(Bytes),
+    /// Streamed from the client once; never retried.
+    Stream(RequestBody),
+}
+
+/// How one attempt on one connection ended.
+enum Attempt {
+    /// Response read to `FCGI_END_REQUEST`; the connection, if reusable.
+    Done(Option<UnixStream>),
+    /// The connection failed before php-fpm sent a single record: on a
+    /// kept-alive connection that is a child that exited (pm.max_requests)
+    /// just as we reused it, and the request was not processed.
+    Stale(UpstreamError),
+    Failed(UpstreamError),
+}
+
+impl Exchange {
+    /// Runs the exchange; the head arrives on the returned oneshot, the body
+    /// in the returned [`ChannelBody`]. `reused`: `stream` came from the pool.
+    pub fn spawn(
+        self,
+        stream: UnixStream,
+        reused: bool,
+        finish: Finish,
+        request_head: Bytes,
+        input: Input,
+    ) -> (
+        oneshot::Receiver<HeadResult>,
+        ChannelBody,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let (head_tx, head_rx) = oneshot::channel();
+        let (chunk_tx, chunk_rx) = mpsc::channel(CHANNEL_CHUNKS);
+        let task = tokio::spawn(async move {
+            let _finish = finish;
+            self.run(stream, reused, request_head, input, head_tx, chunk_tx)
+                .await;
+        });
+        (head_rx, ChannelBody { rx: chunk_rx }, task)
+    }
+
+    async fn run(
+        self,
+        mut stream: UnixStream,
+        mut reused: bool,
+        request_head: Bytes,
+        input: Input,
+        head_tx: oneshot::Sender<HeadResult>,
+        chunk_tx: mpsc::Sender<Result<Bytes, BoxError>>,
+    ) {
+        let mut out = Output {
+            head_tx: Some(head_tx),
+            chunk_tx,
+            header_buf: BytesMut::new(),
+            head_only: self.head_only,
+        };
+        let (replay, mut streamed) = match input {
+            Input::Replayable(b) => (Some(b), None),
+            Input::Stream(body) => (None, Some(body)),
+        };
+        loop {
+            let body = match (&replay, streamed.take()) {
+                (Some(b), _) => full(b.clone()),
+                (None, Some(body)) => body,
+                (None, None) => full(Bytes::new()), // unreachable: a stream is never retried
+            };
+            match self.attempt(stream, &request_head, body, &mut out).await {
+                Attempt::Done(conn) => {
+                    if let Some(conn) = conn {
+                        self.pool.put(self.socket, conn);
+                    }
+                    return; // dropping `chunk_tx` ends the body
+                }
+                Attempt::Stale(e) if reused && replay.is_some() => {
+                    match tokio::time::timeout(self.read_timeout, UnixStream::connect(&self.socket))
+                        .await
+                    {
+                        Ok(Ok(fresh)) => {
+                            stream = fresh;
+                            reused = false;
+                        }
+                        _ => return out.fail(e).await,
+                    }
+                }
+                Attempt::Stale(e) | Attempt::Failed(e) => return out.fail(e).await,
+            }
+        }
+    }
+
+    async fn attempt(
+        &self,
+        stream: UnixStream,
+        request_head: &[u8],
+        body: RequestBody,
+        out: &mut Output,
+    ) -> Attempt {
+        let (mut rd, mut wr) = stream.into_split();
+        let mut dec = Decoder::default();
+        let mut written: Option<Result<(), WriteFail>> = None;
+        let mut records = 0usize;
+        let outcome: Result<(), UpstreamError> = async {
+            let writer = write_request(&mut wr, request_head, body, self.body_limit);
+            tokio::pin!(writer);
+            loop {
+                while let Some(rec) = dec.next().map_err(|e| UpstreamError::BadGateway(format!("php-fpm: {e}")))? {
+                    records += 1;
+                    match rec {
+                        Record::Stdout(data) => out.stdout(data).await?,
+                        Record::Stderr(data) => log_stderr(&self.errors, &self.tag, &data),
+                        Record::End(_) => {}
+                    }
+                }
+                if dec.is_done() {
+                    return Ok(());
+                }
+                dec.buffer().reserve(READ_CHUNK);
+                tokio::select! {
+                    w = &mut writer, if written.is_none() => {
+                        if let Err(WriteFail::Body(e)) = w {
+                            return Err(e);
+                        }
+                        // An I/O error writing means php-fpm stopped reading:
+                        // its answer (or the end of file) tells the rest.
+                        written = Some(w);
+                    }
+                    r = tokio::time::timeout(self.read_timeout, rd.read_buf(dec.buffer())) => match r {
+                        Err(_) => return Err(UpstreamError::Timeout(self.read_timeout)),
+                        Ok(Err(e)) => return Err(UpstreamError::BadGateway(format!("reading from php-fpm: {e}"))),
+                        Ok(Ok(0)) => {
+                            let write = match &written {
+                                Some(Err(WriteFail::Io(e))) => format!(" (writing the request: {e})"),
+                                _ => String::new(),
+                            };
+                            return Err(UpstreamError::BadGateway(format!(
+                                "php-fpm closed the connection before the end of the response (worker crashed or killed?){write}"
+                            )));
+                        }
+                        Ok(Ok(_)) => {}
+                    },
+                }
+            }
+        }
+        .await;
+        match outcome {
+            Ok(()) if out.head_tx.is_some() => Attempt::Failed(UpstreamError::BadGateway(
+                "php-fpm ended the response before its headers were complete".into(),
+            )),
+            Ok(()) => Attempt::Done(if matches!(written, Some(Ok(()))) {
+                rd.reunite(wr).ok()
+            } else {
+                None
+            }),
+            Err(e @ UpstreamError::BadGateway(_)) if records == 0 && dec.is_empty() => {
+                Attempt::Stale(e)
+            }
+            Err(e) => Attempt::Failed(e),
+        }
+    }
+}
+
+fn full(b: Bytes) -> RequestBody {
+    http_body_util::Full::new(b)
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// The response side of the exchange.
+struct Output {
+    head_tx: Option<oneshot::Sender<HeadResult>>,
+    chunk_tx: mpsc::Sender<Result<Bytes, BoxError>>,
+    header_buf: BytesMut,
+    head_only: bool,
+}
+
+impl Output {
+    async fn stdout(&mut self, data: Bytes) -> Result<(), UpstreamError> {
+        if self.head_tx.is_none() {
+            return self.forward(data).await;
+        }
+        self.header_buf.extend_from_slice(&data);
+        let Some((end, body_at)) = cgi::split_head(&self.header_buf) else {
+            if self.header_buf.len() > cgi::MAX_HEADER_BYTES {
+                return Err(UpstreamError::BadGateway(
+                    "php-fpm sent more than 128 KiB of headers".into(),
+                ));
+            }
+            return Ok(());
+        };
+        let head = cgi::parse_head(&self.header_buf[..end])
+            .map_err(|e| UpstreamError::BadGateway(format!("bad CGI headers from PHP: {e}")))?;
+        let rest = self.header_buf.split_off(body_at).freeze();
+        self.header_buf = BytesMut::new();
+        if let Some(tx) = self.head_tx.take() {
+            if tx.send(Ok(head)).is_err() {
+                return Err(UpstreamError::Internal("request abandoned".into()));
+            }
+        }
+        self.forward(rest).await
+    }
+
+    async fn forward(&mut self, data: Bytes) -> Result<(), UpstreamError> {
+        if self.head_only || data.is_empty() {
+            return Ok(());
+        }
+        self.chunk_tx
+            .send(Ok(data))
+            .await
+            .map_err(|_| UpstreamError::Internal("client went away".into()))
+    }
+
+    /// Reports `e` to whoever waits: the head receiver or the body.
+    async fn fail(mut self, e: UpstreamError) {
+        match self.head_tx.take() {
+            Some(tx) => {
+                let _ = tx.send(Err(e));
+            }
+            None => {
+                let _ = self.chunk_tx.send(Err(Box::new(e))).await;
+            }
+        }
+    }
+}
+
+async fn write_request(
+    wr: &mut OwnedWriteHalf,
+    head: &[u8],
+    mut body: RequestBody,
+    limit: u64,
+) -> Result<(), WriteFail> {
+    wr.write_all(head).await.map_err(WriteFail::Io)?;
+    let mut buf = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| WriteFail::Body(body_error(e, limit)))?;
+        if let Ok(data) = frame.into_data() {
+            buf.clear();
+            fcgi::stream_records(&mut buf, fcgi::STDIN, &data);
+            wr.write_all(&buf).await.map_err(WriteFail::Io)?;
+        }
+    }
+    buf.clear();
+    fcgi::end_stream(&mut buf, fcgi::STDIN);
+    wr.write_all(&buf).await.map_err(WriteFail::Io)?;
+    wr.flush().await.map_err(WriteFail::Io)
+}
+
+pub(super) fn body_error(e: BoxError, limit: u64) -> UpstreamError {
+    if e.downcast_ref::<http_body_util::LengthLimitError>()
+        .is_some()
+    {
+        UpstreamError::BodyTooLarge { limit }
+    } else {
+        UpstreamError::BadRequest(format!("reading the request body: {e}"))
+    }
+}
+
+fn log_stderr(sink: &ErrorSink, tag: &str, data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    for line in text.lines().map(str::trim_end).filter(|l| !l.is_empty()) {
+        sink(&format!("php {tag}: {line}"));
+    }
+}
+
+/// A response body fed by the exchange task.
+pub struct ChannelBody {
+    rx: mpsc::Receiver<Result<Bytes, BoxError>>,
+}
+
+impl Body for ChannelBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.rx.poll_recv(cx).map(|o| o.map(|r| r.map(Frame::data)))
+    }
+}

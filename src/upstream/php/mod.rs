@@ -1,0 +1,494 @@
+//! The PHP upstream: decides which requests run a PHP script and speaks
+//! FastCGI to the site's php-fpm pool over its Unix socket.
+//!
+//! # Layout
+//! - [`script`]: request path → script / static file / nothing (openat2, beneath the root).
+//! - [`params`]: the FastCGI parameters (as nginx's `fastcgi_params`).
+//! - `fcgi`: the FastCGI record layer (why by hand: see its module doc).
+//! - `cgi`: CGI response headers → status and headers.
+//! - `pool`: keep-alive connections, at most `max_children`.
+//! - `exchange`: one request/response as a task, streaming both ways.
+//! - `spool`: bodies of unknown length go to an unnamed temp file first.
+//!
+//! The whole request path is looked up beneath the document root (the mount
+//! prefix is not stripped), as the static files are.
+//!
+//! Invariants:
+//! - PHP source is never served: only `script` decides what is static, and a
+//!   `*.php` name (any case) never is.
+//! - The site's process lifecycle is not ours: [`RuntimeHandle::ready`] gives
+//!   the socket (starting the runtime if needed); we only connect.
+//! - No input from php-fpm or the client panics; php-fpm faults are
+//!   502 (broken/garbage), 504 (timeout), 503 (no free connection in time).
+#![forbid(unsafe_code)]
+
+mod cgi;
+mod exchange;
+mod fcgi;
+pub mod params;
+mod pool;
+pub mod script;
+mod spool;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::future::BoxFuture;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body::Body;
+use http_body_util::BodyExt;
+use tokio::net::UnixStream;
+
+use self::exchange::{Exchange, Input};
+use self::pool::ConnPool;
+use self::script::Target;
+pub use super::RuntimeHandle;
+use super::{empty_body, RequestBody, RequestContext, ResponseBody, Upstream, UpstreamError};
+use crate::config::{PhpConfig, SiteConfig};
+
+/// Bodies of idempotent requests up to this size are read whole before the
+/// request goes out, so it can be sent again when a kept-alive connection
+/// turns out to be closed; larger ones stream on a fresh connection.
+const REPLAY_MAX: u64 = 64 * 1024;
+
+/// Where PHP's stderr lines (FastCGI `STDERR` records: `error_log()`,
+/// warnings when `log_errors` is on) go: the site's error log.
+pub type ErrorSink = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// FastCGI to one site's php-fpm pool, with the site's static files beside it.
+pub struct PhpUpstream {
+    root: PathBuf,
+    /// `root` as a string for SCRIPT_FILENAME/DOCUMENT_ROOT (checked UTF-8).
+    root_str: String,
+    php: PhpConfig,
+    body_limit: u64,
+    runtime: Arc<dyn RuntimeHandle>,
+    static_files: Arc<dyn Upstream>,
+    errors: ErrorSink,
+    pool: Arc<ConnPool>,
+}
+
+impl PhpUpstream {
+    /// Fails when the site has no `[php]` section or no UTF-8 document root.
+    pub fn new(
+        site: &SiteConfig,
+        runtime: Arc<dyn RuntimeHandle>,
+        static_files: Arc<dyn Upstream>,
+        errors: ErrorSink,
+    ) -> Result<Self, String> {
+        let php = site
+            .php
+            .clone()
+            .ok_or_else(|| format!("site {} has no [php] section", site.name))?;
+        let root = site
+            .root
+            .clone()
+            .ok_or_else(|| format!("site {}: PHP needs a document root", site.name))?;
+        let root_str = root
+            .to_str()
+            .ok_or_else(|| {
+                format!(
+                    "site {}: document root {} is not UTF-8",
+                    site.name,
+                    root.display()
+                )
+            })?
+            .trim_end_matches('/')
+            .to_owned();
+        let max = usize::try_from(php.max_children).unwrap_or(usize::MAX);
+        Ok(PhpUpstream {
+            pool: ConnPool::new(max, php.idle_timeout),
+            root,
+            root_str,
+            body_limit: site.limits.body,
+            php,
+            runtime,
+            static_files,
+            errors,
+        })
+    }
+
+    /// Closes kept-alive connections (call when the pool stops or restarts).
+    pub fn close_idle(&self) {
+        self.pool.close_idle();
+    }
+
+    /// Idle kept-alive connections (status, tests).
+    pub fn idle_connections(&self) -> usize {
+        self.pool.idle_count()
+    }
+
+    async fn serve(
+        &self,
+        req: Request<RequestBody>,
+        ctx: &RequestContext,
+    ) -> Result<Response<ResponseBody>, UpstreamError> {
+        let root = self.root.clone();
+        let path = req.uri().path().to_owned();
+        let fc = self.php.front_controller.clone();
+        let target =
+            tokio::task::spawn_blocking(move || script::resolve(&root, &path, fc.as_deref()))
+                .await
+                .map_err(|e| UpstreamError::Internal(format!("resolving the script: {e}")))??;
+        match target {
+            Target::Static => self.static_files.handle(req, ctx).await,
+            Target::NotFound => Err(UpstreamError::NotFound),
+            Target::AddSlash => {
+                let mut loc = format!("{}/", req.uri().path());
+                if let Some(q) = req.uri().query() {
+                    loc.push('?');
+                    loc.push_str(q);
+                }
+                Response::builder()
+                    .status(StatusCode::MOVED_PERMANENTLY)
+                    .header(header::LOCATION, loc)
+                    .body(empty_body())
+                    .map_err(|e| UpstreamError::Internal(e.to_string()))
+            }
+            Target::Script { script_name, .. } => {
+                let filename = format!("{}{}", self.root_str, script_name);
+                self.run(req, ctx, &filename, &script_name).await
+            }
+        }
+    }
+
+    async fn run(
+        &self,
+        req: Request<RequestBody>,
+        ctx: &RequestContext,
+        filename: &str,
+        script_name: &str,
+    ) -> Result<Response<ResponseBody>, UpstreamError> {
+        let timeout = self.php.request_timeout;
+        let start = Instant::now();
+        let (parts, mut body) = req.into_parts();
+        let mut content_length = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+            .or_else(|| body.size_hint().exact());
+        if content_length.is_none() && !body.is_end_stream() {
+            let limit = self.body_limit;
+            let (spooled, len) = spool::spool(body, |e| exchange::body_error(e, limit)).await?;
+            body = spooled;
+            content_length = Some(len);
+        }
+        let input = if !parts.method.is_idempotent() {
+            Input::Stream(body)
+        } else if body.is_end_stream() {
+            Input::Replayable(Bytes::new())
+        } else if content_length.is_some_and(|n| n <= REPLAY_MAX) {
+            let limit = self.body_limit;
+            let bytes = body
+                .collect()
+                .await
+                .map_err(|e| exchange::body_error(e, limit))?
+                .to_bytes();
+            Input::Replayable(bytes)
+        } else {
+            Input::Stream(body)
+        };
+        let script = params::ScriptParams {
+            filename,
+            script_name,
+            document_root: &self.root_str,
+        };
+        let list = params::build(&parts, ctx, &script, content_length);
+        let mut request_head = BytesMut::new();
+        fcgi::begin_request(&mut request_head);
+        fcgi::stream_records(
+            &mut request_head,
+            fcgi::PARAMS,
+            &fcgi::encode_params(list.iter().map(|(k, v)| (&k[..], &v[..]))),
+        );
+        fcgi::end_stream(&mut request_head, fcgi::PARAMS);
+
+        let permit = tokio::time::timeout(timeout, self.pool.permit())
+            .await
+            .map_err(|_| UpstreamError::QueueTimeout(timeout))?
+            .ok_or_else(|| UpstreamError::Internal("connection pool closed".into()))?;
+        let startup = self.php.startup_timeout;
+        let socket = tokio::time::timeout(startup, self.runtime.ready())
+            .await
+            .map_err(|_| {
+                UpstreamError::Unavailable(format!("php-fpm not ready after {startup:?}"))
+            })??;
+        let finish = exchange::Finish::new(self.runtime.clone(), permit);
+        let remaining = |start: Instant| timeout.saturating_sub(start.elapsed());
+        // A kept-alive connection is used only for a request that can be
+        // sent again (see `exchange::Attempt::Stale`): idempotent, body held
+        // whole. Anything else gets a fresh connection (closing an idle one
+        // so the bound holds): a POST must never run twice.
+        let idle = self.pool.take(&socket);
+        let reused = idle.is_some() && matches!(input, Input::Replayable(_));
+        let stream = match idle {
+            Some(s) if reused => s,
+            idle => {
+                drop(idle); // closed before connecting: it pins a php-fpm child
+                tokio::time::timeout(remaining(start), UnixStream::connect(&socket))
+                    .await
+                    .map_err(|_| UpstreamError::Timeout(timeout))?
+                    .map_err(|e| {
+                        UpstreamError::BadGateway(format!(
+                            "cannot connect to php-fpm at {}: {e}",
+                            socket.display()
+                        ))
+                    })?
+            }
+        };
+        let exchange = Exchange {
+            pool: self.pool.clone(),
+            socket,
+            errors: self.errors.clone(),
+            read_timeout: timeout,
+            body_limit: self.body_limit,
+            head_only: parts.method == Method::HEAD,
+            tag: script_name.to_owned(),
+        };
+        let (head_rx, body, task) =
+            exchange.spawn(stream, reused, finish, request_head.freeze(), input);
+        let head = match tokio::time::timeout(remaining(start), head_rx).await {
+            Ok(Ok(head)) => head?,
+            Ok(Err(_)) => {
+                return Err(UpstreamError::Internal(
+                    "the FastCGI exchange ended without an answer".into(),
+                ))
+            }
+            Err(_) => {
+                task.abort();
+                return Err(UpstreamError::Timeout(timeout));
+            }
+        };
+        let mut resp = Response::new(if parts.method == Method::HEAD {
+            empty_body()
+        } else {
+            body.boxed_unsync()
+        });
+        *resp.status_mut() = head.status;
+        *resp.headers_mut() = head.headers;
+        Ok(resp)
+    }
+}
+
+impl Upstream for PhpUpstream {
+    fn kind(&self) -> &'static str {
+        "php"
+    }
+
+    fn handle<'a>(
+        &'a self,
+        req: Request<RequestBody>,
+        ctx: &'a RequestContext,
+    ) -> BoxFuture<'a, Result<Response<ResponseBody>, UpstreamError>> {
+        Box::pin(self.serve(req, ctx))
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests_support {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use crate::config::*;
+
+    /// A PHP site with defaults, for unit tests.
+    pub fn site(root: &str) -> SiteConfig {
+        SiteConfig {
+            name: SiteName::parse("blog").unwrap(),
+            file: "/etc/polyhost/vhosts/blog.toml".into(),
+            hosts: vec![HostPattern::parse("blog.test").unwrap()],
+            default: false,
+            root: Some(root.into()),
+            user: Some("blog".into()),
+            group: Some("blog".into()),
+            limits: Limits {
+                memory: None,
+                processes: None,
+                cpu: None,
+                body: DEFAULT_BODY_LIMIT,
+            },
+            env: BTreeMap::from([("APP_ENV".to_owned(), "prod".to_owned())]),
+            static_files: StaticConfig {
+                index: vec!["index.html".into()],
+                paths: vec![],
+                cache_max_age: None,
+            },
+            php: Some(PhpConfig {
+                fpm: None,
+                mode: PhpMode::Dynamic,
+                start: StartPolicy::OnDemand,
+                max_children: 8,
+                max_requests: 500,
+                idle_timeout: Duration::from_secs(10),
+                request_timeout: Duration::from_secs(60),
+                startup_timeout: Duration::from_secs(10),
+                front_controller: Some("index.php".into()),
+                open_basedir: None,
+                ini: BTreeMap::from([
+                    ("memory_limit".to_owned(), IniValue::Value("128M".into())),
+                    ("display_errors".to_owned(), IniValue::Flag(false)),
+                ]),
+            }),
+            python: None,
+        }
+    }
+}
+
+/// The upstream against a fake FastCGI server that misbehaves in the ways a
+/// real php-fpm rarely does (garbage, truncation, silence).
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::UnixListener;
+
+    use super::*;
+    use crate::upstream::{full_body, Scheme};
+
+    struct Fixed(PathBuf);
+
+    impl RuntimeHandle for Fixed {
+        fn ready(&self) -> BoxFuture<'_, Result<PathBuf, UpstreamError>> {
+            Box::pin(async move { Ok(self.0.clone()) })
+        }
+    }
+
+    struct NoStatic;
+
+    impl Upstream for NoStatic {
+        fn kind(&self) -> &'static str {
+            "static"
+        }
+        fn handle<'a>(
+            &'a self,
+            _: Request<RequestBody>,
+            _: &'a RequestContext,
+        ) -> BoxFuture<'a, Result<Response<ResponseBody>, UpstreamError>> {
+            Box::pin(async { Ok(Response::new(full_body("static"))) })
+        }
+    }
+
+    fn record(kind: u8, content: &[u8]) -> Vec<u8> {
+        let mut v = vec![1, kind, 0, 1];
+        v.extend_from_slice(&(content.len() as u16).to_be_bytes());
+        v.extend_from_slice(&[0, 0]);
+        v.extend_from_slice(content);
+        v
+    }
+
+    fn end() -> Vec<u8> {
+        record(fcgi::END_REQUEST, &[0; 8])
+    }
+
+    /// Serves one connection: reads the request up to the end of STDIN,
+    /// writes `answer`, then closes (or, with `hold`, keeps it open).
+    async fn fake_fpm(socket: &Path, answer: Vec<u8>, hold: bool) {
+        let listener = UnixListener::bind(socket).unwrap();
+        tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut seen = Vec::new();
+            let stdin_end = [1, fcgi::STDIN, 0, 1, 0, 0, 0, 0];
+            while !seen.windows(8).any(|w| w == stdin_end) {
+                let mut buf = [0u8; 4096];
+                match conn.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => seen.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = conn.write_all(&answer).await;
+            if hold {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            }
+        });
+    }
+
+    /// One case: what the fake server answers → the status the client sees,
+    /// and whether the body ends cleanly.
+    async fn check(answer: Vec<u8>, hold: bool, want: Result<(u16, bool), u16>) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::write(root.join("a.php"), "<?php").unwrap();
+        let socket = dir.path().join("php.sock");
+        fake_fpm(&socket, answer.clone(), hold).await;
+        let mut site = tests_support::site(root.to_str().unwrap());
+        site.php.as_mut().unwrap().request_timeout = Duration::from_millis(300);
+        let up = PhpUpstream::new(
+            &site,
+            Arc::new(Fixed(socket)),
+            Arc::new(NoStatic),
+            Arc::new(|_: &str| {}),
+        )
+        .unwrap();
+        let ctx = RequestContext {
+            site: Arc::new(site),
+            client: "127.0.0.1:1".parse().unwrap(),
+            local: "127.0.0.1:2".parse().unwrap(),
+            scheme: Scheme::Http,
+            host: "blog.test".into(),
+            mount_prefix: String::new(),
+        };
+        let req = Request::get("/a.php").body(full_body("")).unwrap();
+        let got = match up.handle(req, &ctx).await {
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                Ok((status, resp.into_body().collect().await.is_ok()))
+            }
+            Err(e) => Err(e.status().as_u16()),
+        };
+        assert_eq!(got, want, "answer {:?}", String::from_utf8_lossy(&answer));
+    }
+
+    #[tokio::test]
+    async fn misbehaving_fastcgi_servers() {
+        let ok = [record(fcgi::STDOUT, b"Status: 201\r\n\r\nhi"), end()].concat();
+        check(ok, false, Ok((201, true))).await;
+        check(b"HTTP/1.1 200 OK\r\n\r\n".to_vec(), false, Err(502)).await;
+        check(vec![], false, Err(502)).await;
+        check(
+            [record(fcgi::STDOUT, b"no end of headers"), end()].concat(),
+            false,
+            Err(502),
+        )
+        .await;
+        check(
+            [record(fcgi::STDOUT, b"Status: 99\r\n\r\n"), end()].concat(),
+            false,
+            Err(502),
+        )
+        .await;
+        check(
+            [record(fcgi::STDOUT, b"X: 1\r\n\r\n")[..12].to_vec()].concat(),
+            false,
+            Err(502),
+        )
+        .await;
+        check(record(fcgi::PARAMS, b""), false, Err(502)).await;
+        check(
+            record(fcgi::END_REQUEST, &[0, 0, 0, 0, 3, 0, 0, 0]),
+            false,
+            Err(502),
+        )
+        .await;
+        // Silence: 504 after request_timeout.
+        check(vec![], true, Err(504)).await;
+        // Head, then the connection drops: the body fails rather than ending short.
+        check(
+            record(fcgi::STDOUT, b"X: 1\r\n\r\npart"),
+            false,
+            Ok((200, false)),
+        )
+        .await;
+        // Head, then silence: the body fails after the read timeout.
+        check(
+            record(fcgi::STDOUT, b"X: 1\r\n\r\npart"),
+            true,
+            Ok((200, false)),
+        )
+        .await;
+    }
+}

@@ -1,0 +1,173 @@
+//! Keep-alive FastCGI connections to one site's php-fpm socket.
+//!
+//! Invariants:
+//! - At most `max_children` connections exist at once (idle + in use): a
+//!   request holds a [`Semaphore`] permit for as long as its connection is in
+//!   use, and a new connection is opened only when no idle one is left.
+//!   php-fpm ties one child to each open connection, so more would starve it.
+//! - A connection goes back to the pool only after its response was read to
+//!   `FCGI_END_REQUEST` and its request was written whole (the exchange
+//!   decides); an idle connection is dropped when the peer closed it, when
+//!   it belongs to an older socket path (a new runtime generation), or when
+//!   it has been idle for `idle_timeout` (so ondemand children can exit).
+
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::socket::{recv, MsgFlags};
+use tokio::net::UnixStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+struct Idle {
+    path: PathBuf,
+    stream: UnixStream,
+    since: Instant,
+}
+
+pub struct ConnPool {
+    permits: Arc<Semaphore>,
+    idle: Mutex<Vec<Idle>>,
+    idle_timeout: Duration,
+    reaper_running: AtomicBool,
+}
+
+impl ConnPool {
+    pub fn new(max: usize, idle_timeout: Duration) -> Arc<Self> {
+        Arc::new(ConnPool {
+            permits: Arc::new(Semaphore::new(max.max(1))),
+            idle: Mutex::new(Vec::new()),
+            idle_timeout,
+            reaper_running: AtomicBool::new(false),
+        })
+    }
+
+    /// Waits for the right to use one connection.
+    pub async fn permit(&self) -> Option<OwnedSemaphorePermit> {
+        self.permits.clone().acquire_owned().await.ok()
+    }
+
+    /// An idle, still-open connection to `path`, newest first.
+    pub fn take(&self, path: &Path) -> Option<UnixStream> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(c) = idle.pop() {
+            if c.path == path && c.since.elapsed() < self.idle_timeout && is_open(&c.stream) {
+                return Some(c.stream);
+            }
+        }
+        None
+    }
+
+    /// Returns a connection whose last exchange completed cleanly.
+    pub fn put(self: &Arc<Self>, path: PathBuf, stream: UnixStream) {
+        self.lock().push(Idle {
+            path,
+            stream,
+            since: Instant::now(),
+        });
+        self.start_reaper();
+    }
+
+    /// One reaper task per pool while it has idle connections: closes them
+    /// after `idle_timeout`, so ondemand php-fpm children can exit.
+    fn start_reaper(self: &Arc<Self>) {
+        if self.reaper_running.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            self.reaper_running.store(false, Ordering::Release);
+            return;
+        };
+        let pool = Arc::downgrade(self);
+        let every = self.idle_timeout.max(Duration::from_millis(100));
+        rt.spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(pool) = pool.upgrade() else { return };
+                pool.reap();
+                if pool.idle_count() == 0 {
+                    pool.reaper_running.store(false, Ordering::Release);
+                    // A put may have raced with the store: look again.
+                    if pool.idle_count() == 0 || pool.reaper_running.swap(true, Ordering::AcqRel) {
+                        return;
+                    }
+                }
+            }
+        });
+    }
+
+    /// Closes idle connections that have been idle for `idle_timeout`.
+    pub fn reap(&self) {
+        self.lock()
+            .retain(|c| c.since.elapsed() < self.idle_timeout);
+    }
+
+    /// Closes every idle connection (runtime stopping or restarting).
+    pub fn close_idle(&self) {
+        self.lock().clear();
+    }
+
+    /// Number of idle connections (for status and tests).
+    pub fn idle_count(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A kept-alive connection has nothing to read between requests: data or
+/// end of file means php-fpm closed it (child recycled) or broke protocol.
+fn is_open(stream: &UnixStream) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(
+        recv(
+            stream.as_raw_fd(),
+            &mut byte,
+            MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT
+        ),
+        Err(nix::errno::Errno::EAGAIN)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn dead_and_foreign_connections_are_not_reused_and_idle_ones_are_reaped() {
+        let pool = ConnPool::new(4, Duration::from_millis(50));
+        let (alive, _alive_peer) = UnixStream::pair().unwrap();
+        let (dead, dead_peer) = UnixStream::pair().unwrap();
+        let (chatty, chatty_peer) = UnixStream::pair().unwrap();
+        chatty_peer.try_write(b"x").unwrap();
+        pool.put("/s".into(), alive);
+        pool.put("/s".into(), chatty);
+        pool.put("/s".into(), dead);
+        drop(dead_peer);
+        // Newest first: `dead` (peer closed) and `chatty` (unexpected bytes) are dropped.
+        let got = pool.take(Path::new("/s")).expect("the live connection");
+        assert_eq!(pool.idle_count(), 0);
+        pool.put("/s".into(), got);
+        assert!(pool.take(Path::new("/new-generation.sock")).is_none());
+        assert_eq!(
+            pool.idle_count(),
+            0,
+            "connections to an older socket are dropped"
+        );
+
+        let (c, _peer) = UnixStream::pair().unwrap();
+        pool.put("/s".into(), c);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while pool.idle_count() > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "idle connection never reaped"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
