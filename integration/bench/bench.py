@@ -446,6 +446,24 @@ def cpu_seconds(pid):
         return 0.0
 
 
+def ctx_switches(pid):
+    """Voluntary + involuntary context switches of every thread of `pid`."""
+    total = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0
+    for t in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{t}/status") as f:
+                for line in f:
+                    if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                        total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
 def cmdline(pid):
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
@@ -491,7 +509,9 @@ def system_pids(system, kind, arg):
 
 
 def cpu_snapshot(parts):
-    return {k: sum(cpu_seconds(p) for p in pids) for k, pids in parts.items()}
+    snap = {k: sum(cpu_seconds(p) for p in pids) for k, pids in parts.items()}
+    snap["_ctxsw"] = sum(ctx_switches(p) for pids in parts.values() for p in pids)
+    return snap
 
 
 def loadavg():
@@ -580,7 +600,8 @@ def run_throughput(args, results, notes):
                 r = wrk(*t[s], conns, args.duration)
                 after = cpu_snapshot(parts)
                 if r and r["requests"]:
-                    r["cpu_us"] = {k: (after[k] - before[k]) * 1e6 / r["requests"] for k in after}
+                    r["cpu_us"] = {k: (after[k] - before[k]) * 1e6 / r["requests"] for k in after if k != "_ctxsw"}
+                    r["ctxsw"] = (after["_ctxsw"] - before["_ctxsw"]) / r["requests"]
                 log(f"bench: {name} rep {rep + 1} {s}: "
                     + (f"{r['rps']:.0f} req/s p50 {r['p50'] / 1000:.2f} ms p99 {r['p99'] / 1000:.2f} ms errors {r['errors']}"
                        if r else "wrk failed"))
@@ -746,8 +767,8 @@ def report(args, results, notes, extra, meta):
     L.append("- versions: " + "; ".join(f"{k} {v}" for k, v in meta["versions"].items()))
     L.append("")
     L.append("## Throughput (wrk)\n")
-    L.append("| workload | system | req/s median | min–max | p50 ms | p99 ms | errors | server CPU µs/req | polyhost/this |")
-    L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    L.append("| workload | system | req/s median | min–max | p50 ms | p99 ms | errors | server CPU µs/req | ctx switches/req | polyhost/this |")
+    L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     medians = {}
     for name, kind, arg, _, conns in WORKLOADS:
         for s in targets(kind, arg):
@@ -755,11 +776,11 @@ def report(args, results, notes, extra, meta):
             if not r:
                 continue
             if "pending" in r:
-                L.append(f"| {name} (c={conns}) | {s} | pending | | | | | | |")
+                L.append(f"| {name} (c={conns}) | {s} | pending | | | | | | | |")
                 continue
             runs = [x for x in r["runs"] if x]
             if not runs:
-                L.append(f"| {name} (c={conns}) | {s} | wrk failed | | | | | | |")
+                L.append(f"| {name} (c={conns}) | {s} | wrk failed | | | | | | | |")
                 continue
             rps = [x["rps"] for x in runs]
             med = statistics.median(rps)
@@ -773,7 +794,8 @@ def report(args, results, notes, extra, meta):
                 if len(c) > 1:
                     cpu += " (" + " + ".join(f"{k} {v:.0f}" for k, v in c.items()) + ")"
             L.append(f"| {name} (c={conns}) | {s} | {fmt_rps(med)} | {fmt_rps(min(rps))}–{fmt_rps(max(rps))} | "
-                     f"{mid['p50'] / 1000:.2f} | {mid['p99'] / 1000:.2f} | {errs} | {cpu} | RATIO:{name}:{s} |")
+                     f"{mid['p50'] / 1000:.2f} | {mid['p99'] / 1000:.2f} | {errs} | {cpu} | "
+                     f"{mid.get('ctxsw', 0):.1f} | RATIO:{name}:{s} |")
     text = "\n".join(L)
 
     def sub(m):
