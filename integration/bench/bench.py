@@ -998,15 +998,16 @@ def main():
     finally:
         stop_all()
     meta["load_end"] = loadavg()
-    text = report(args, results, notes, extra, meta)
     outdir = os.path.join(HERE, "results")
     os.makedirs(outdir, exist_ok=True)
+    # The raw numbers first, so a bug in the report loses nothing.
+    with open(os.path.join(outdir, f"{stamp}{'-quick' if q else ''}.json"), "w") as f:
+        json.dump({"results": {f"{k[0]}|{k[1]}": v for k, v in results.items()}, "extra": extra, "meta": meta,
+                   "args": vars(args)}, f, indent=1, default=str)
+    text = report(args, results, notes, extra, meta)
     path = os.path.join(outdir, f"{stamp}{'-quick' if q else ''}.md")
     with open(path, "w") as f:
         f.write(text + "\n")
-    with open(os.path.join(outdir, f"{stamp}{'-quick' if q else ''}.json"), "w") as f:
-        json.dump({"results": {f"{k[0]}|{k[1]}": v for k, v in results.items()}, "extra": extra, "meta": meta},
-                  f, indent=1, default=str)
     print()
     print(text)
     print(f"\nbench: report written to {path}")
