@@ -10,4 +10,5 @@ demo_location
 echo "demo: serving on http://127.0.0.1:8080/"
 echo "      curl -H 'Host: static.localhost' http://127.0.0.1:8080/"
 echo "      curl -H 'Host: python.localhost' http://127.0.0.1:8080/"
+echo "      curl -H 'Host: php.localhost' http://127.0.0.1:8080/"
 exec "$DEMO_BIN/polyhost" serve --config "$DEMO_CONFIG"

@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PACKAGES=(php8.2-fpm php8.2-cli python3-dev python3-venv curl procps)
+PACKAGES=(php8.2-fpm php8.2-cli php8.2-sqlite3 adminer python3-dev python3-venv curl procps)
 missing=()
 for p in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

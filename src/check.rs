@@ -54,6 +54,21 @@ fn check_runtimes(site: &SiteConfig, server: &ServerConfig, errors: &mut ConfigE
     ) {
         errors.push(ConfigError::in_file(&site.file, "user", e.to_string()));
     }
+    if let Some(php) = &site.php {
+        match php.fpm.clone().or_else(crate::runtime::php::find_fpm_binary) {
+            Some(fpm) if is_executable(&fpm) => {}
+            Some(fpm) => errors.push(ConfigError::in_file(
+                &site.file,
+                "php.fpm",
+                format!("site {} wants php-fpm at {}, which is not an executable file", site.name, fpm.display()),
+            )),
+            None => errors.push(ConfigError::in_file(
+                &site.file,
+                "php.fpm",
+                format!("site {} wants php-fpm, but no php-fpm* binary is in /usr/sbin (install php8.2-fpm, or set php.fpm)", site.name),
+            )),
+        }
+    }
     if let Some(py) = &site.python {
         let worker = py.worker.clone().unwrap_or_else(default_worker);
         if !is_executable(&worker) {

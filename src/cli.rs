@@ -1,11 +1,22 @@
-//! The command line: `serve`, `check`, `--version`. Parses arguments, sets
-//! up logging and calls the library; exit codes are part of the contract
-//! with hosting panels (0 done, 1 refused or invalid, 2 cannot run).
+//! The command line: `serve`, `check`, and the admin commands (`status`,
+//! `reload`, `restart`, `stop`, `start`) that are clients of the admin API.
+//! Parses arguments, sets up logging and calls the library; exit codes are
+//! part of the contract with hosting panels and scripts:
+//!
+//! - 0: done;
+//! - 1: refused or invalid (the reason on stderr; for a reload, every
+//!   configuration error as `FILE: KEY: MESSAGE`, one per line; also when the
+//!   caller may not use the admin socket);
+//! - 2: cannot run, or polyhost is not reachable.
+
+mod control;
+mod render;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
 use crate::config;
@@ -20,6 +31,9 @@ pub struct Cli {
     /// Main configuration file.
     #[arg(long, short, global = true, default_value = "polyhost.toml")]
     pub config: PathBuf,
+    /// Admin socket to talk to (default: `[admin] socket` of --config).
+    #[arg(long, global = true)]
+    pub socket: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -30,14 +44,37 @@ pub enum Command {
     Serve,
     /// Validate the configuration and every vhost file; print all errors.
     Check,
+    /// Show every site (or one) of the running polyhost.
+    Status {
+        /// Only this site, in detail.
+        site: Option<String>,
+        /// Print the admin API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-read the configuration and apply the difference; on any error
+    /// nothing changes and every error is printed (exit 1).
+    Reload,
+    /// Replace a site's processes, new ones first (no request fails).
+    Restart { site: String },
+    /// Stop a site's processes; its requests get 503 until `start`.
+    Stop { site: String },
+    /// Start a site stopped with `stop`.
+    Start { site: String },
 }
 
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Check => check(&cli.config),
-        Command::Serve => serve(&cli.config),
-    }
+    let action = match cli.command {
+        Command::Check => return check(&cli.config),
+        Command::Serve => return serve(&cli.config),
+        Command::Status { site, json } => control::Action::Status { site, json },
+        Command::Reload => control::Action::Reload,
+        Command::Restart { site } => control::Action::Site("restart", site),
+        Command::Stop { site } => control::Action::Site("stop", site),
+        Command::Start { site } => control::Action::Site("start", site),
+    };
+    control::run(&cli.config, cli.socket.as_deref(), action)
 }
 
 fn check(path: &Path) -> ExitCode {
@@ -81,19 +118,28 @@ fn serve(path: &Path) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let result = runtime.block_on(async move {
+    let result: anyhow::Result<()> = runtime.block_on(async move {
         let shutdown = CancellationToken::new();
-        tokio::spawn(stop_on_signal(shutdown.clone()));
-        let listeners = crate::app::bind(&config.server.listen).await?;
+        // Installed before anything is bound or started: a signal during
+        // start-up must not kill polyhost with the default action.
+        let signals = Signals::install()?;
+        tokio::spawn(stop_on_signal(signals.term, signals.int, shutdown.clone()));
+        let listeners = crate::app::bind_all(&config.server).await?;
+        // Before any site starts: a second polyhost on the same socket stops here.
+        let admin = crate::admin::bind(&config.server).await?;
         let server = crate::app::Server::start(config).await?;
-        tokio::spawn(reload_on_sighup(server.clone()));
-        crate::app::serve_with(server, listeners, shutdown).await
+        let admin = crate::admin::serve(admin, server.clone(), shutdown.clone());
+        tokio::spawn(reload_on_sighup(signals.hup, server.clone()));
+        crate::app::serve_with(server, listeners, shutdown.clone()).await?;
+        shutdown.cancel();
+        let _ = admin.await;
+        Ok(())
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e}");
-            eprintln!("polyhost: {e}");
+            tracing::error!("{e:#}");
+            eprintln!("polyhost: {e:#}");
             ExitCode::from(1)
         }
     }
@@ -110,14 +156,29 @@ fn init_logging(level: &str) {
         .try_init();
 }
 
+/// The signals `polyhost serve` handles.
+struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        let install = |kind: SignalKind, name: &str| {
+            signal(kind).map_err(|e| anyhow::anyhow!("cannot install the {name} handler: {e}"))
+        };
+        Ok(Signals {
+            term: install(SignalKind::terminate(), "SIGTERM")?,
+            int: install(SignalKind::interrupt(), "SIGINT")?,
+            hup: install(SignalKind::hangup(), "SIGHUP")?,
+        })
+    }
+}
+
 /// Reloads the configuration on every SIGHUP (errors are logged; the running
 /// configuration stays).
-async fn reload_on_sighup(server: std::sync::Arc<crate::app::Server>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        tracing::error!("cannot install the SIGHUP handler; reload through the admin API");
-        return;
-    };
+async fn reload_on_sighup(mut hup: Signal, server: std::sync::Arc<crate::app::Server>) {
     while hup.recv().await.is_some() {
         tracing::info!("SIGHUP: reloading the configuration");
         let _ = server.reload().await;
@@ -125,15 +186,7 @@ async fn reload_on_sighup(server: std::sync::Arc<crate::app::Server>) {
 }
 
 /// Cancels `shutdown` on SIGTERM or SIGINT.
-async fn stop_on_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop polyhost with SIGKILL");
-        return;
-    };
+async fn stop_on_signal(mut term: Signal, mut int: Signal, shutdown: CancellationToken) {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: stopping, letting in-flight requests finish"),
         _ = int.recv() => tracing::info!("SIGINT: stopping, letting in-flight requests finish"),

@@ -5,7 +5,9 @@
 //!
 //! # Layout
 //!
-//! - [`cli`]: argument parsing and exit codes; thin.
+//! - [`cli`]: argument parsing, exit codes, the admin API client commands.
+//! - [`admin`]: the admin API (Unix socket, optional TCP) and its client.
+//! - [`metrics`]: per-site and server metrics, the Prometheus scrape.
 //! - [`app`]: `serve` as a library call (used by the binary and the tests).
 //! - [`check`]: `polyhost check`.
 //! - [`config`]: files → validated, typed configuration; all errors at once.
@@ -18,12 +20,14 @@
 //! - [`isolation`]: the only module that forks, drops privileges and writes cgroups.
 //!
 //! See `docs/architecture.md` for the code map and its invariants.
+pub mod admin;
 pub mod app;
 pub mod check;
 pub mod cli;
 pub mod config;
 pub mod docroot;
 pub mod isolation;
+pub mod metrics;
 pub mod router;
 pub mod runtime;
 pub mod sites;

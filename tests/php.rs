@@ -14,7 +14,7 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, StreamBody};
-use polyhost::upstream::php::{ErrorSink, PhpUpstream, RuntimeHandle};
+use polyhost::upstream::php::{ErrorSink, PhpUpstream, RuntimeHandle, RuntimeLease};
 use polyhost::upstream::{
     full_body, BoxError, RequestBody, RequestContext, ResponseBody, Scheme, Upstream, UpstreamError,
 };
@@ -72,15 +72,26 @@ struct Harness {
 /// The supervisor's part, reduced to "the socket is there".
 struct TestRuntime {
     socket: PathBuf,
-    done: AtomicUsize,
+    done: Arc<AtomicUsize>,
+}
+
+/// Counts finished requests when a lease is dropped.
+struct CountOnDrop(Arc<AtomicUsize>);
+
+impl Drop for CountOnDrop {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
 }
 
 impl RuntimeHandle for TestRuntime {
-    fn ready(&self) -> BoxFuture<'_, Result<PathBuf, UpstreamError>> {
-        Box::pin(async move { Ok(self.socket.clone()) })
-    }
-    fn request_done(&self) {
-        self.done.fetch_add(1, Ordering::SeqCst);
+    fn ready(&self) -> BoxFuture<'_, Result<RuntimeLease, UpstreamError>> {
+        Box::pin(async move {
+            Ok(RuntimeLease::new(
+                self.socket.clone(),
+                CountOnDrop(self.done.clone()),
+            ))
+        })
     }
 }
 
@@ -106,7 +117,7 @@ fn harness(opts: SiteOptions) -> Harness {
     let fpm = FpmSite::start(&files, opts);
     let runtime = Arc::new(TestRuntime {
         socket: fpm.socket().to_owned(),
-        done: AtomicUsize::new(0),
+        done: Arc::new(AtomicUsize::new(0)),
     });
     let errors = Arc::new(Mutex::new(Vec::new()));
     let sink_errors = errors.clone();

@@ -8,26 +8,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{get, open_up, pids_of_uid, python_worker, InProcess, TestConfig, TestUser};
+use common::{field, get, pids_of_uid, InProcess, TestConfig, TestUser};
 
 fn python_site(cfg: &TestConfig, name: &str, user: &TestUser, python: &str) {
-    cfg.write("apps/pyapp.py", include_str!("apps/pyapp.py"));
-    cfg.write(&format!("www/{name}/static.txt"), "static file\n");
-    cfg.write(
-        &format!("vhosts/{name}.toml"),
-        &format!(
-            "hosts = [\"{name}.test\"]\nroot = \"www/{name}\"\nuser = \"{}\"\n[python]\napp = \"pyapp\"\npath = [\"apps\"]\nworker = \"{}\"\n{python}\n",
-            user.name,
-            python_worker().display()
-        ),
-    );
-    open_up(cfg.path());
-}
-
-fn field<'a>(text: &'a str, key: &str) -> &'a str {
-    text.split_whitespace()
-        .find_map(|kv| kv.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
-        .unwrap_or("")
+    common::python_test_site(cfg, name, user, "pyapp", "", python);
 }
 
 #[tokio::test]

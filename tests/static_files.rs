@@ -112,6 +112,7 @@ fn site() -> Site {
         static_files: cfg,
         php: None,
         python: None,
+        tls: None,
     };
     let ctx = RequestContext {
         site: Arc::new(config),

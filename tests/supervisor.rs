@@ -6,27 +6,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{get, open_up, pids_of_uid, python_worker, Binary, InProcess, TestConfig, TestUser};
+use common::{field, get, pids_of_uid, Binary, InProcess, TestConfig, TestUser};
 
 fn site(cfg: &TestConfig, name: &str, user: &TestUser, app: &str, extra: &str) {
-    cfg.write("apps/pyapp.py", include_str!("apps/pyapp.py"));
-    cfg.write("apps/broken.py", include_str!("apps/broken.py"));
-    cfg.write(&format!("www/{name}/index.html"), "static\n");
-    cfg.write(
-        &format!("vhosts/{name}.toml"),
-        &format!(
-            "hosts = [\"{name}.test\"]\nroot = \"www/{name}\"\nuser = \"{}\"\n{extra}\n[python]\napp = \"{app}\"\npath = [\"apps\"]\nworker = \"{}\"\n",
-            user.name,
-            python_worker().display()
-        ),
-    );
-    open_up(cfg.path());
-}
-
-fn field<'a>(text: &'a str, key: &str) -> &'a str {
-    text.split_whitespace()
-        .find_map(|kv| kv.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
-        .unwrap_or("")
+    common::python_test_site(cfg, name, user, app, extra, "");
 }
 
 #[tokio::test]
@@ -168,7 +151,7 @@ async fn a_fork_bomb_is_held_by_the_process_limit() {
 }
 
 #[tokio::test]
-async fn a_crash_loop_marks_the_site_failed_and_its_requests_get_503() {
+async fn an_app_that_fails_to_import_gives_500_is_retried_with_backoff_then_marked_failed() {
     let cfg = TestConfig::new();
     let (user, calm) = (TestUser::new(), TestUser::new());
     site(&cfg, "broken", &user, "broken", "");
@@ -181,7 +164,7 @@ async fn a_crash_loop_marks_the_site_failed_and_its_requests_get_503() {
     .unwrap();
     let server = InProcess::start(&cfg).await;
     let first = get(server.addr, "broken.test", "/").await;
-    assert_eq!(first.status, 503, "{}", first.text());
+    assert_eq!(first.status, 500, "an application error: {}", first.text());
     let failed = common::eventually(Duration::from_secs(20), || async {
         let _ = get(server.addr, "broken.test", "/").await;
         server.site("broken").await.state == "failed"
@@ -199,10 +182,10 @@ async fn a_crash_loop_marks_the_site_failed_and_its_requests_get_503() {
         "{status:?}"
     );
     let t = std::time::Instant::now();
-    assert_eq!(get(server.addr, "broken.test", "/").await.status, 503);
+    assert_eq!(get(server.addr, "broken.test", "/").await.status, 500);
     assert!(
         t.elapsed() < Duration::from_secs(1),
-        "a failed site answers 503 at once"
+        "a failed site answers at once"
     );
     assert!(pids_of_uid(user.uid).is_empty(), "no process spinning");
     let log = std::fs::read_to_string(cfg.path().join("log/broken.error.log")).unwrap();
@@ -284,4 +267,55 @@ async fn sigkill_of_polyhost_leaves_no_site_process_and_the_next_start_is_clean(
     assert_eq!(r.status, 200, "{}", bin.log());
     assert!(bin.terminate().await.success());
     assert!(pids_of_uid(user.uid).is_empty());
+}
+
+#[tokio::test]
+async fn without_cgroups_memory_is_enforced_by_rss_polling() {
+    let cfg = TestConfig::new();
+    let main = std::fs::read_to_string(cfg.main()).unwrap();
+    cfg.write("polyhost.toml", &format!("{main}cgroups = \"off\"\n"));
+    let (hog, calm) = (TestUser::new(), TestUser::new());
+    site(
+        &cfg,
+        "hog",
+        &hog,
+        "pyapp:isolation_app",
+        "[limits]\nmemory = \"96M\"",
+    );
+    site(&cfg, "calm", &calm, "pyapp:isolation_app", "");
+    let server = InProcess::start(&cfg).await;
+    let status = server.server.status().await;
+    assert!(
+        status.limits_backend.contains("RSS polling"),
+        "{}",
+        status.limits_backend
+    );
+    let first = get(server.addr, "hog.test", "/").await.text();
+    let _ = get(server.addr, "hog.test", "/alloc?mb=200").await;
+    let killed = common::eventually(Duration::from_secs(10), || async {
+        server.site("hog").await.oom_kills >= 1
+    })
+    .await;
+    let hog_status = server.site("hog").await;
+    assert!(killed, "{hog_status:?}");
+    assert!(
+        hog_status
+            .last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("above limits.memory"),
+        "{hog_status:?}"
+    );
+    assert_eq!(
+        get(server.addr, "calm.test", "/").await.status,
+        200,
+        "the other site keeps answering"
+    );
+    let back = common::eventually(Duration::from_secs(10), || async {
+        let r = get(server.addr, "hog.test", "/").await;
+        r.status == 200 && r.text() != first
+    })
+    .await;
+    assert!(back, "a new process serves the site");
+    server.stop().await;
 }

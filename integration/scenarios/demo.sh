@@ -50,6 +50,9 @@ fetch() { # host path expected-status expected-substring
 fetch static.localhost / 200 "polyhost static demo"
 fetch unknown.example /css/site.css 200 "font-family"
 fetch python.localhost /hello 200 "polyhost Python demo"
+fetch php.localhost / 200 "polyhost PHP demo"
+fetch php.localhost /about 200 "REQUEST_URI=/about"
+fetch php.localhost /hello.txt 200 "static file next to PHP"
 
 kill -TERM "$pid"
 status=0

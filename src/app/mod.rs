@@ -53,12 +53,22 @@ pub async fn bind(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, ServeError> 
     Ok(out)
 }
 
+/// Binds the plain (`listen`) and TLS (`tls_listen`) addresses.
+pub async fn bind_all(
+    server: &crate::config::ServerConfig,
+) -> Result<crate::router::Listeners, ServeError> {
+    Ok(crate::router::Listeners {
+        http: bind(&server.listen).await?,
+        https: bind(&server.front.tls_listen).await?,
+    })
+}
+
 /// Serves `config` on `listeners` until `shutdown` is cancelled, then lets
 /// in-flight requests finish within the configured shutdown timeout and
 /// stops every site's processes.
 pub async fn serve(
     config: Config,
-    listeners: Vec<TcpListener>,
+    listeners: impl Into<crate::router::Listeners>,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
     let server = Server::start(config).await?;
@@ -69,16 +79,24 @@ pub async fn serve(
 /// or to hand it to the admin API).
 pub async fn serve_with(
     server: Arc<Server>,
-    listeners: Vec<TcpListener>,
+    listeners: impl Into<crate::router::Listeners>,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
-    for l in &listeners {
+    let listeners = listeners.into();
+    for l in &listeners.http {
         if let Ok(addr) = l.local_addr() {
             tracing::info!(%addr, "listening");
         }
     }
+    for l in &listeners.https {
+        if let Ok(addr) = l.local_addr() {
+            tracing::info!(%addr, "listening (TLS)");
+        }
+    }
     let grace = server.shutdown_timeout();
-    crate::router::server::serve(listeners, server.table(), shutdown, grace).await;
+    // Front-door settings (TLS, limits, trusted proxies) are fixed at start.
+    let front = server.config().await.server.front;
+    crate::router::server::serve(listeners, server.table(), shutdown, front, grace).await;
     server.shutdown().await;
     tracing::info!("stopped");
     Ok(())

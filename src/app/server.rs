@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::status::{ServerStatus, SiteStatus};
 use super::ServeError;
@@ -45,10 +45,13 @@ pub enum ControlError {
     Setup(ConfigErrors),
     #[error("no site named {0:?}")]
     NoSuchSite(String),
+    /// polyhost is stopping; nothing more is started.
+    #[error("polyhost is shutting down")]
+    ShuttingDown,
 }
 
 /// What a reload did.
-#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct ReloadReport {
     pub added: Vec<String>,
     pub removed: Vec<String>,
@@ -60,6 +63,7 @@ pub struct ReloadReport {
     pub warnings: Vec<String>,
 }
 
+#[derive(Clone)]
 struct SiteEntry {
     config: Arc<SiteConfig>,
     route: Arc<SiteRoute>,
@@ -73,6 +77,9 @@ struct SiteEntry {
 struct State {
     config: Config,
     sites: BTreeMap<SiteName, SiteEntry>,
+    /// Set by [`Server::shutdown`]: control operations are refused from then
+    /// on, so nothing is started after the sites were stopped.
+    stopped: bool,
 }
 
 pub struct Server {
@@ -81,6 +88,9 @@ pub struct Server {
     table: SharedTable,
     supervisor: Supervisor,
     state: tokio::sync::Mutex<State>,
+    /// The sites as last published with the routing table: status and
+    /// metrics read it without the lock, so they answer during a long reload.
+    published: ArcSwap<BTreeMap<SiteName, SiteEntry>>,
     generation: AtomicU64,
     reloads: AtomicU64,
     reloads_failed: AtomicU64,
@@ -119,13 +129,19 @@ impl Server {
             sites.values().map(|e| e.route.clone()),
         )));
         tracing::info!(sites = sites.len(), "serving");
+        let published = ArcSwap::from_pointee(sites.clone());
         Ok(Arc::new(Server {
+            published,
             main: config.server.main_file.clone(),
             started: Instant::now(),
             table,
             shutdown_timeout: config.server.shutdown_timeout,
             supervisor,
-            state: tokio::sync::Mutex::new(State { config, sites }),
+            state: tokio::sync::Mutex::new(State {
+                config,
+                sites,
+                stopped: false,
+            }),
             generation: AtomicU64::new(1),
             reloads: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
@@ -161,8 +177,10 @@ impl Server {
     }
 
     async fn reload_inner(&self) -> Result<ReloadReport, ControlError> {
+        // Read the files under the lock: of two reloads, the later one applies
+        // the later files.
+        let mut state = self.lock_running().await?;
         let new = config::load(&self.main).map_err(ControlError::Config)?;
-        let mut state = self.state.lock().await;
         let mut report = ReloadReport::default();
         if new.server != state.config.server {
             report.warnings.push("server settings (listen, state_dir, log_dir, admin, ...) take effect when polyhost is restarted".into());
@@ -177,7 +195,7 @@ impl Server {
             let planned = match old {
                 Some(old) if old.config == *site => {
                     report.unchanged += 1;
-                    Ok(old.clone_entry())
+                    Ok(old.clone())
                 }
                 Some(old) if old.disabled => {
                     report.rerouted.push(name.to_string());
@@ -226,7 +244,9 @@ impl Server {
             .map(|n| n.to_string())
             .collect();
 
-        // Traffic moves only to ready processes: warm up new generations of running sites.
+        // Traffic moves only to ready processes: warm up new generations of
+        // running sites; one that does not become ready refuses the reload
+        // (its old generation keeps serving).
         let warm: Vec<_> = report
             .restarted
             .iter()
@@ -240,17 +260,34 @@ impl Server {
                     .iter()
                     .any(|g| g.snapshot().state == GroupState::Running);
                 was_running
-                    .then(|| next.get(&name).map(|e| e.runtimes.clone()))
+                    .then(|| {
+                        next.get(&name)
+                            .map(|e| (e.config.clone(), e.runtimes.clone()))
+                    })
                     .flatten()
             })
             .collect();
-        futures_util::future::join_all(warm.iter().map(|rt| rt.warm_up())).await;
+        let warmed = futures_util::future::join_all(warm.iter().map(|(site, rt)| async move {
+            rt.warm_up().await.map_err(|why| {
+                config::ConfigError::in_file(
+                    &site.file,
+                    "",
+                    format!("site {}: its new processes did not become ready, so it keeps its running ones: {why} (the site's error log has their output)", site.name),
+                )
+            })
+        }))
+        .await;
+        let errors = ConfigErrors(warmed.into_iter().filter_map(Result::err).collect());
+        if !errors.is_empty() {
+            for rt in fresh {
+                rt.stop().await;
+            }
+            return Err(ControlError::Setup(errors));
+        }
 
-        self.table.store(Arc::new(RoutingTable::new(
-            next.values().map(|e| e.route.clone()),
-        )));
         let old_sites = std::mem::replace(&mut state.sites, next);
         state.config = new;
+        self.swap_table(&state);
         for (name, old) in old_sites {
             let keep = state
                 .sites
@@ -278,7 +315,7 @@ impl Server {
 
     /// Replaces every process of a site, new ones first (no request fails).
     pub async fn restart_site(&self, name: &str) -> Result<(), ControlError> {
-        let state = self.state.lock().await;
+        let state = self.lock_running().await?;
         let entry = find(&state, name)?;
         for g in &entry.runtimes.groups {
             g.restart();
@@ -289,7 +326,7 @@ impl Server {
 
     /// Stops a site's processes; its requests get 503 until it is started.
     pub async fn stop_site(&self, name: &str) -> Result<(), ControlError> {
-        let mut state = self.state.lock().await;
+        let mut state = self.lock_running().await?;
         let key = find(&state, name)?.config.name.clone();
         let entry = state.sites.get_mut(&key).expect("found above");
         if entry.disabled {
@@ -305,7 +342,7 @@ impl Server {
 
     /// Starts a site stopped with [`stop_site`](Self::stop_site).
     pub async fn start_site(&self, name: &str) -> Result<(), ControlError> {
-        let mut state = self.state.lock().await;
+        let mut state = self.lock_running().await?;
         let key = find(&state, name)?.config.name.clone();
         let log_dir = state.config.server.log_dir.clone();
         let entry = state.sites.get(&key).expect("found above");
@@ -327,43 +364,73 @@ impl Server {
         Ok(())
     }
 
+    /// The state, unless polyhost is shutting down.
+    async fn lock_running(&self) -> Result<tokio::sync::MutexGuard<'_, State>, ControlError> {
+        let state = self.state.lock().await;
+        if state.stopped {
+            return Err(ControlError::ShuttingDown);
+        }
+        Ok(state)
+    }
+
+    /// Publishes `state.sites`: one atomic swap of the routing table, then
+    /// of what status reads.
     fn swap_table(&self, state: &State) {
         self.table.store(Arc::new(RoutingTable::new(
             state.sites.values().map(|e| e.route.clone()),
         )));
+        self.published.store(Arc::new(state.sites.clone()));
     }
 
+    /// Never waits for a control operation in progress.
     pub async fn status(&self) -> ServerStatus {
-        let state = self.state.lock().await;
+        self.status_of(&self.published.load())
+    }
+
+    fn status_of(&self, sites: &BTreeMap<SiteName, SiteEntry>) -> ServerStatus {
         ServerStatus {
-            version: env!("CARGO_PKG_VERSION"),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
             pid: std::process::id(),
             uptime_seconds: self.started.elapsed().as_secs(),
             limits_backend: self.supervisor.cgroups().describe(),
             reloads: self.reloads.load(Ordering::Relaxed),
             reloads_failed: self.reloads_failed.load(Ordering::Relaxed),
-            sites: state.sites.values().map(site_status).collect(),
+            sites: sites.values().map(site_status).collect(),
+        }
+    }
+
+    /// Status of one site, or [`ControlError::NoSuchSite`]; never waits.
+    pub async fn site_status(&self, name: &str) -> Result<SiteStatus, ControlError> {
+        SiteName::parse(name)
+            .ok()
+            .and_then(|n| self.published.load().get(&n).map(site_status))
+            .ok_or_else(|| ControlError::NoSuchSite(name.to_owned()))
+    }
+
+    /// What a metrics scrape shows: the status plus each site's live
+    /// handles, from one published snapshot; never waits.
+    pub async fn metrics_view(&self) -> crate::metrics::View {
+        let sites = self.published.load_full();
+        let status = self.status_of(&sites);
+        let views = sites
+            .values()
+            .map(|e| crate::metrics::SiteView {
+                stats: e.stats.clone(),
+                threads: e.runtimes.python.as_ref().map(|py| py.threads()),
+            })
+            .collect();
+        crate::metrics::View {
+            status,
+            sites: views,
         }
     }
 
     /// Stops every site's processes and removes polyhost's cgroups.
     pub async fn shutdown(&self) {
-        let state = self.state.lock().await;
+        let mut state = self.state.lock().await;
+        state.stopped = true;
         futures_util::future::join_all(state.sites.values().map(|e| e.runtimes.stop())).await;
         self.supervisor.shutdown();
-    }
-}
-
-impl SiteEntry {
-    fn clone_entry(&self) -> SiteEntry {
-        SiteEntry {
-            config: self.config.clone(),
-            route: self.route.clone(),
-            runtimes: self.runtimes.clone(),
-            logs: self.logs.clone(),
-            stats: self.stats.clone(),
-            disabled: self.disabled,
-        }
     }
 }
 
@@ -388,7 +455,7 @@ fn build_entry(
         None => sites::open_logs(site, log_dir)?,
     };
     let stats = previous.map(|p| p.stats.clone()).unwrap_or_default();
-    let runtimes = Arc::new(sites::build_runtimes(site, supervisor, generation)?);
+    let runtimes = Arc::new(sites::build_runtimes(site, supervisor, generation, &stats)?);
     match sites::build_route(site, &runtimes, logs.clone(), stats.clone()) {
         Ok(route) => Ok(SiteEntry {
             config: site.clone(),
@@ -418,6 +485,7 @@ fn disabled_entry(site: &Arc<SiteConfig>, old: &SiteEntry) -> SiteEntry {
             generation: old.runtimes.generation,
             groups: Vec::new(),
             python: None,
+            php: None,
             context: old.runtimes.context.clone(),
         }),
         logs: old.logs.clone(),
@@ -452,7 +520,7 @@ fn site_status(e: &SiteEntry) -> SiteStatus {
     SiteStatus {
         name: e.config.name.to_string(),
         state,
-        runtime: e.config.runtime_label(),
+        runtime: e.config.runtime_label().to_owned(),
         hosts: e.config.hosts.iter().map(|h| h.to_string()).collect(),
         generation: e.runtimes.generation,
         processes: pids.len(),
@@ -463,8 +531,8 @@ fn site_status(e: &SiteEntry) -> SiteStatus {
             .limits
             .memory
             .or(usage.and_then(|u| u.memory_limit)),
-        requests: e.stats.requests.load(Ordering::Relaxed),
-        responses_5xx: e.stats.responses_5xx.load(Ordering::Relaxed),
+        requests: e.stats.requests(),
+        responses_5xx: e.stats.responses_5xx(),
         restarts: snaps.iter().map(|s| s.restarts).sum(),
         oom_kills: snaps
             .iter()

@@ -1,11 +1,11 @@
 //! Status as values: what `polyhost status` prints and the admin API
 //! returns as JSON.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct ServerStatus {
-    pub version: &'static str,
+    pub version: String,
     pub pid: u32,
     pub uptime_seconds: u64,
     /// How resource limits are enforced: cgroup v2, v1, or the rlimit fallback.
@@ -15,13 +15,13 @@ pub struct ServerStatus {
     pub sites: Vec<SiteStatus>,
 }
 
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct SiteStatus {
     pub name: String,
     /// `static`, `running`, `idle` (scaled to zero or not started yet),
     /// `starting`, `failed`, `stopped` (by the operator).
     pub state: String,
-    pub runtime: &'static str,
+    pub runtime: String,
     pub hosts: Vec<String>,
     pub generation: u64,
     pub pids: Vec<i32>,

@@ -11,9 +11,11 @@
 //! compares it with the old one.
 
 mod error;
+mod front;
 mod raw;
 mod server;
 mod site;
+mod tls;
 mod types;
 mod vhosts;
 
@@ -22,11 +24,13 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub use error::{ConfigError, ConfigErrors, Source};
-pub use server::{AdminConfig, ServerConfig, DEFAULT_INCLUDE, DEFAULT_LISTEN};
+pub use front::{FrontConfig, IpCidr, ServerLimits};
+pub use server::{AdminConfig, AdminToken, ServerConfig, DEFAULT_INCLUDE, DEFAULT_LISTEN};
 pub use site::{
     IniValue, Limits, PhpConfig, PhpMode, PythonConfig, SiteConfig, StartPolicy, StaticConfig,
     DEFAULT_BODY_LIMIT,
 };
+pub use tls::{crypto_provider, load_certified_key, SiteTls, TlsKey};
 pub use types::{parse_duration, parse_size, HostPattern, Scalar, SiteName};
 
 /// Everything polyhost serves, validated.
@@ -47,6 +51,17 @@ pub fn load(main: &Path) -> Result<Config, ConfigErrors> {
     };
     match server {
         Some(server) if errors.is_empty() => Ok(Config { server, sites }),
+        _ => Err(errors),
+    }
+}
+
+/// Loads only the server-wide part (main file, fragments, env), not the
+/// vhost files: what a client of the admin API needs to find the socket,
+/// even while a vhost file is invalid.
+pub fn load_server(main: &Path) -> Result<ServerConfig, ConfigErrors> {
+    let mut errors = ConfigErrors::default();
+    match server::load_server(main, &mut errors) {
+        Some(server) if errors.is_empty() => Ok(server),
         _ => Err(errors),
     }
 }

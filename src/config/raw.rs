@@ -24,7 +24,14 @@ pub struct RawServer {
     pub default_group: Option<String>,
     pub shutdown_timeout: Option<Scalar>,
     pub log_level: Option<String>,
+    pub cgroups: Option<String>,
     pub admin: Option<RawAdmin>,
+    pub metrics: Option<RawMetrics>,
+    // The front door (see `config::front`).
+    pub tls_listen: Option<Vec<String>>,
+    pub h2c: Option<bool>,
+    pub trusted_proxies: Option<Vec<String>>,
+    pub limits: Option<super::front::RawServerLimits>,
 }
 
 #[derive(Debug, Deserialize, Clone)]
@@ -48,6 +55,14 @@ impl OneOrMany {
 pub struct RawAdmin {
     pub socket: Option<String>,
     pub group: Option<String>,
+    pub listen: Option<String>,
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    pub listen: Option<String>,
 }
 
 /// One `vhosts/<site>.toml` file.
@@ -65,6 +80,7 @@ pub struct RawSite {
     pub static_files: Option<RawStatic>,
     pub php: Option<RawPhp>,
     pub python: Option<RawPython>,
+    pub tls: Option<super::tls::RawTls>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -29,7 +29,13 @@ pub struct ServerConfig {
     pub default_group: Option<String>,
     pub shutdown_timeout: Duration,
     pub log_level: String,
+    /// Use cgroups for site limits when the host offers them (`true`), or never.
+    pub cgroups: bool,
     pub admin: AdminConfig,
+    /// `[metrics] listen`: a TCP address serving only `/metrics`.
+    pub metrics_listen: Option<SocketAddr>,
+    /// TLS listeners, h2c, trusted proxies, connection and request limits.
+    pub front: super::front::FrontConfig,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -37,6 +43,20 @@ pub struct AdminConfig {
     pub socket: PathBuf,
     /// Group allowed to open the socket besides root.
     pub group: Option<String>,
+    /// Optional TCP address of the admin API; never without `token`.
+    pub listen: Option<SocketAddr>,
+    /// Bearer token required on `listen`.
+    pub token: Option<AdminToken>,
+}
+
+/// The admin API's bearer token; never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken(pub String);
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(***)")
+    }
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -200,10 +220,52 @@ fn validate_server(
         .socket
         .map(|s| abs(&s))
         .unwrap_or_else(|| state_dir.join("admin.sock"));
+    let mut tcp = |key: &str, addr: Option<&String>| {
+        addr.and_then(|a| match a.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                errs.add(
+                    key,
+                    format!("{a:?} is not an address:port (e.g. \"127.0.0.1:9090\")"),
+                );
+                None
+            }
+        })
+    };
+    let admin_listen = tcp("admin.listen", admin.listen.as_ref());
+    let metrics_listen = tcp(
+        "metrics.listen",
+        raw.metrics.as_ref().and_then(|m| m.listen.as_ref()),
+    );
+    let token = admin.token.filter(|t| !t.trim().is_empty()).map(AdminToken);
+    if admin.listen.is_some() && token.is_none() {
+        errs.add(
+            "admin.token",
+            "required when admin.listen is set: a long random string that clients send as `Authorization: Bearer TOKEN`",
+        );
+    }
     let shutdown_timeout = raw
         .shutdown_timeout
         .and_then(|v| errs.check("shutdown_timeout", parse_duration(&v)))
         .unwrap_or(Duration::from_secs(30));
+    let front = super::front::validate_front(
+        raw.tls_listen,
+        raw.h2c,
+        raw.trusted_proxies,
+        raw.limits,
+        &mut errs,
+    );
+    let cgroups = match raw.cgroups.as_deref() {
+        None | Some("auto") => true,
+        Some("off") => false,
+        Some(other) => {
+            errs.add(
+                "cgroups",
+                format!("{other:?} is not a cgroups mode (expected \"auto\" or \"off\")"),
+            );
+            true
+        }
+    };
     let log_level = raw.log_level.unwrap_or_else(|| "info".into());
     if log_level
         .parse::<tracing_subscriber::filter::EnvFilter>()
@@ -231,9 +293,14 @@ fn validate_server(
         default_group: raw.default_group,
         shutdown_timeout,
         log_level,
+        cgroups,
         admin: super::server::AdminConfig {
             socket,
             group: admin.group,
+            listen: admin_listen,
+            token,
         },
+        metrics_listen,
+        front,
     })
 }

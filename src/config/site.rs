@@ -34,6 +34,8 @@ pub struct SiteConfig {
     pub static_files: StaticConfig,
     pub php: Option<PhpConfig>,
     pub python: Option<PythonConfig>,
+    /// `[tls]`: the site's certificate (served by SNI) and HTTP→HTTPS redirect.
+    pub tls: Option<super::tls::SiteTls>,
 }
 
 impl SiteConfig {
@@ -168,6 +170,9 @@ pub(crate) fn validate_site(
     });
     let php = raw.php.map(|p| validate_php(p, base, errs));
     let python = raw.python.map(|p| validate_python(p, base, errs));
+    let tls = raw
+        .tls
+        .and_then(|t| super::tls::validate_tls(t, base, errs));
     if root.is_none() && !python_at_root {
         errs.add(
             "root",
@@ -195,6 +200,7 @@ pub(crate) fn validate_site(
         static_files,
         php: php.flatten(),
         python: python.flatten(),
+        tls,
     })
 }
 

@@ -25,6 +25,7 @@ pub mod spawn;
 pub use cgroup::{CgroupError, CgroupKind, CgroupRoot, Limits, SiteCgroup, Usage};
 pub use identity::{running_as_root, IdentityError, SiteIdentity};
 pub use process::{
-    pause_reaper, reap_orphans, set_child_subreaper, ReaperPause, SiteProcess, StopError,
+    pause_reaper, reap_orphans, session_rss, set_child_subreaper, ReaperPause, SiteProcess,
+    StopError,
 };
 pub use spawn::{spawn, Rlimits, SpawnError, SpawnSpec};

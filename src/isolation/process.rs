@@ -293,7 +293,9 @@ fn proc_session(pid: i32) -> Option<i32> {
         .ok()
 }
 
-fn session_rss(sid: i32) -> u64 {
+/// Resident memory of every process in session `sid` (a site process and
+/// what it forked): the memory measure when there are no cgroups.
+pub fn session_rss(sid: i32) -> u64 {
     // SAFETY: sysconf with a constant name has no preconditions.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(0) as u64;
     let Ok(entries) = std::fs::read_dir("/proc") else {

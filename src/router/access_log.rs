@@ -87,6 +87,12 @@ impl SiteLogs {
         })
     }
 
+    /// Writes a line a runtime reported (e.g. PHP's stderr) to the error log.
+    pub fn runtime_line(&self, runtime: &str, message: &str) {
+        let now = humantime::format_rfc3339_seconds(SystemTime::now());
+        self.error.line(&format!("[{now}] {runtime}: {message}"));
+    }
+
     /// Writes a timestamped line to the site's error log.
     pub fn error(&self, message: &str) {
         let now = humantime::format_rfc3339_seconds(SystemTime::now());

@@ -1,17 +1,31 @@
-//! The front router: accepts connections, maps each request to a site by
-//! host and to an upstream by longest mount prefix, writes the access log.
+//! The front router: accepts connections (plain and TLS, HTTP/1.1 and
+//! HTTP/2), holds them to the front-door limits, maps each request to a site
+//! by host and to an upstream by longest mount prefix, keeps proxy headers
+//! honest both ways, writes the access log.
+//!
+//! - [`server`]: listeners, admission, connections, shutdown.
+//! - [`conn`]: connection limits and each connection's header/keep-alive clocks.
+//! - [`tls`]: rustls configuration; certificates by SNI from the current table.
+//! - [`service`]: one request, the only place errors become statuses.
+//! - [`proxy`]: framing checks, hop-by-hop and forwarded headers, response header checks.
+//! - [`table`], [`vhost`], [`mount`]: the routing snapshot and its lookups.
+//! - [`access_log`]: per-site access and error logs.
 //!
 //! Invariant: only `router` knows hyper's server types; upstreams get plain
 //! `http` requests. The routing table is an immutable snapshot
 //! ([`table::RoutingTable`]) swapped atomically on reload.
 
 pub mod access_log;
+pub mod conn;
 pub mod mount;
+pub mod proxy;
 pub mod server;
 pub mod service;
 pub mod table;
+pub mod tls;
 pub mod vhost;
 
 pub use access_log::SiteLogs;
 pub use mount::MountTable;
+pub use server::Listeners;
 pub use table::{RoutingTable, SharedTable, SiteRoute, SiteStats};

@@ -2,20 +2,24 @@
 //! limit, upstream, error mapping, access log. This is the only place that
 //! turns an [`UpstreamError`] into a response.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::{header, HeaderMap, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use super::access_log::{format_combined, AccessRecord, SiteLogs};
+use super::proxy;
 use super::table::{RoutingTable, SiteRoute};
 use super::vhost::normalize_host;
+use crate::config::FrontConfig;
 use crate::upstream::{
     plain_response, BoxError, RequestContext, ResponseBody, Scheme, UpstreamError,
 };
@@ -28,24 +32,77 @@ pub struct ConnInfo {
     pub scheme: Scheme,
 }
 
+/// Server-wide settings a request is checked against.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    pub front: FrontConfig,
+    /// Port of the first TLS listener, for HTTP → HTTPS redirects; `None`: no TLS.
+    pub https_port: Option<u16>,
+}
+
 /// Headers that carry router→runtime metadata; never accepted from clients.
 pub const RESERVED_HEADER_PREFIX: &str = "x-polyhost-";
 
 /// Serves one request against the current routing table.
 pub async fn handle<B>(
-    req: Request<B>,
+    mut req: Request<B>,
     conn: ConnInfo,
     table: Arc<RoutingTable>,
+    options: &Options,
 ) -> Response<ResponseBody>
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
     let start = Instant::now();
-    let host = request_host(&req);
-    if host.is_none() && req.version() >= Version::HTTP_11 {
-        return plain_response(StatusCode::BAD_REQUEST, "missing or invalid Host header");
+    let limits = &options.front.limits;
+    let target_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+    if target_len > limits.max_uri_length {
+        tracing::info!(client = %conn.client, length = target_len, limit = limits.max_uri_length, "request target longer than max_uri_length: 414");
+        return plain_response(StatusCode::URI_TOO_LONG, "request target too long");
     }
+    if req.headers().len() > limits.max_headers {
+        tracing::info!(client = %conn.client, headers = req.headers().len(), limit = limits.max_headers, "more than max_headers header fields: 431");
+        return plain_response(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "too many header fields",
+        );
+    }
+    if let Err(why) = proxy::check_framing(req.headers()) {
+        tracing::info!(client = %conn.client, reason = why, "ambiguous request framing: 400");
+        let mut resp = plain_response(StatusCode::BAD_REQUEST, why);
+        if req.version() < Version::HTTP_2 {
+            // What follows on this connection cannot be trusted to be a request.
+            resp.headers_mut()
+                .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+        }
+        return resp;
+    }
+    let Some((host, authority)) = request_host(&req) else {
+        if req.version() >= Version::HTTP_11 {
+            return plain_response(StatusCode::BAD_REQUEST, "missing or invalid Host header");
+        }
+        return serve_site(req, conn, None, table, options, start).await;
+    };
+    // The app sees the host that was routed on, whatever the client sent.
+    if let Ok(v) = http::HeaderValue::from_str(&authority) {
+        req.headers_mut().insert(header::HOST, v);
+    }
+    serve_site(req, conn, Some(host), table, options, start).await
+}
+
+async fn serve_site<B>(
+    mut req: Request<B>,
+    conn: ConnInfo,
+    host: Option<String>,
+    table: Arc<RoutingTable>,
+    options: &Options,
+    start: Instant,
+) -> Response<ResponseBody>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
     let Some(site) = table.vhosts.lookup(host.as_deref()) else {
         return plain_response(
             StatusCode::MISDIRECTED_REQUEST,
@@ -53,10 +110,56 @@ where
         );
     };
     let site = site.clone();
+    let (client, scheme) =
+        proxy::resolve_forwarded(req.headers_mut(), conn.client, conn.scheme, &options.front);
+    let conn = ConnInfo {
+        client,
+        scheme,
+        ..conn
+    };
     let log = LogFacts::of(&req, conn.client, &site);
-    let response = route(req, conn, host.unwrap_or_default(), &site).await;
-    site.stats.record(response.status().as_u16());
+    let host = host.unwrap_or_default();
+    let in_flight = site.stats.begin(); // metrics
+    let mut response = match https_redirect(&req, &conn, &host, &site, options) {
+        Some(r) => r,
+        None => route(req, conn, host, &site, options).await,
+    };
+    site.stats
+        .record(response.status().as_u16(), start.elapsed()); // metrics
+    drop(in_flight); // metrics
+    let dropped = proxy::sanitize_response(response.headers_mut());
+    if !dropped.is_empty() {
+        site.logs.error(&format!(
+            "dropped response headers with CR, LF or NUL in their value: {dropped:?}"
+        ));
+        tracing::warn!(site = %site.config.name, headers = ?dropped, "dropped response headers with CR, LF or NUL in their value");
+    }
     log.wrap(response, start, site.logs.clone())
+}
+
+/// `301` to `https://` for a site with `tls.redirect_http` reached over plain HTTP.
+fn https_redirect<B>(
+    req: &Request<B>,
+    conn: &ConnInfo,
+    host: &str,
+    site: &SiteRoute,
+    options: &Options,
+) -> Option<Response<ResponseBody>> {
+    let port = options.https_port?;
+    let tls = site.config.tls.as_ref()?;
+    if !tls.redirect_http || conn.scheme == Scheme::Https || host.is_empty() {
+        return None;
+    }
+    let path = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    let location = if port == 443 {
+        format!("https://{host}{path}")
+    } else {
+        format!("https://{host}:{port}{path}")
+    };
+    let value = http::HeaderValue::from_str(&location).ok()?;
+    let mut resp = plain_response(StatusCode::MOVED_PERMANENTLY, "moved to https");
+    resp.headers_mut().insert(header::LOCATION, value);
+    Some(resp)
 }
 
 async fn route<B>(
@@ -64,16 +167,20 @@ async fn route<B>(
     conn: ConnInfo,
     host: String,
     site: &SiteRoute,
+    options: &Options,
 ) -> Response<ResponseBody>
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
     let limit = site.config.limits.body;
+    let body_timeout = options.front.limits.body_timeout;
     if content_length(req.headers()).is_some_and(|len| len > limit) {
+        tracing::info!(client = %conn.client, site = %site.config.name, limit, "request body above limits.body (Content-Length): 413");
         return error_response(UpstreamError::BodyTooLarge { limit }, site, &req);
     }
     strip_reserved(req.headers_mut());
+    proxy::strip_hop_by_hop(req.headers_mut());
     let Some((prefix, upstream)) = site.mounts.lookup(req.uri().path()) else {
         return error_response(UpstreamError::NotFound, site, &req);
     };
@@ -86,28 +193,106 @@ where
         mount_prefix: prefix.to_owned(),
     };
     let (parts, body) = req.into_parts();
-    let body = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX)).boxed_unsync();
+    let over_limit = Arc::new(AtomicBool::new(false));
+    let timed_out = Arc::new(AtomicBool::new(false));
+    let body = LimitedBody {
+        inner: Box::pin(Limited::new(
+            body,
+            usize::try_from(limit).unwrap_or(usize::MAX),
+        )),
+        over_limit: over_limit.clone(),
+        timed_out: timed_out.clone(),
+        timeout: body_timeout,
+        timer: None,
+    }
+    .boxed_unsync();
     let head = Request::from_parts(parts.clone(), ());
     match upstream
         .handle(Request::from_parts(parts, body), &ctx)
         .await
     {
         Ok(resp) => resp,
+        Err(_) if over_limit.load(Ordering::Acquire) => {
+            tracing::info!(client = %conn.client, site = %site.config.name, limit, "request body above limits.body (while streaming): 413");
+            error_response(UpstreamError::BodyTooLarge { limit }, site, &head)
+        }
+        Err(_) if timed_out.load(Ordering::Acquire) => {
+            tracing::info!(client = %conn.client, site = %site.config.name, timeout = ?body_timeout, "request body stalled longer than body_timeout: 408");
+            error_response(UpstreamError::RequestTimeout(body_timeout), site, &head)
+        }
         Err(e) => error_response(e, site, &head),
     }
 }
 
-/// The authority of the URI (HTTP/2, absolute-form) or the Host header.
-fn request_host<B>(req: &Request<B>) -> Option<String> {
+/// The request body as upstreams read it: at most `limits.body` bytes, and
+/// no wait longer than `body_timeout` for the next bytes (a slow upload
+/// cannot hold a connection forever). Either failure is remembered, so
+/// whatever error the upstream makes of it, the client gets 413 or 408.
+struct LimitedBody<B> {
+    inner: Pin<Box<Limited<B>>>,
+    over_limit: Arc<AtomicBool>,
+    timed_out: Arc<AtomicBool>,
+    timeout: Duration,
+    /// Armed while the body is waiting for the client.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<B> Body for LimitedBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = self.inner.as_mut().poll_frame(cx);
+        match &polled {
+            Poll::Pending => {
+                let timeout = self.timeout;
+                let timer = self
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                if timer.as_mut().poll(cx).is_ready() {
+                    self.timed_out.store(true, Ordering::Release);
+                    return Poll::Ready(Some(Err(
+                        "request body: no data within body_timeout".into()
+                    )));
+                }
+            }
+            Poll::Ready(Some(Err(e))) if e.is::<LengthLimitError>() => {
+                self.over_limit.store(true, Ordering::Release);
+            }
+            Poll::Ready(_) => self.timer = None,
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The authority of the URI (HTTP/2, absolute-form) or the Host header:
+/// normalised for routing, and as sent.
+fn request_host<B>(req: &Request<B>) -> Option<(String, String)> {
     if let Some(auth) = req.uri().authority() {
-        return normalize_host(auth.as_str());
+        return normalize_host(auth.as_str()).map(|h| (h, auth.as_str().to_owned()));
     }
     let mut hosts = req.headers().get_all(header::HOST).iter();
     let first = hosts.next()?;
     if hosts.next().is_some() {
         return None; // two Host headers: refuse rather than guess
     }
-    normalize_host(first.to_str().ok()?)
+    let raw = first.to_str().ok()?;
+    normalize_host(raw).map(|h| (h, raw.trim().to_owned()))
 }
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {

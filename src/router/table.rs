@@ -3,15 +3,16 @@
 //! locks; a reload swaps in a whole new table atomically, so no request sees
 //! half of one.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
 use super::access_log::SiteLogs;
 use super::mount::MountTable;
+use super::tls::SiteCerts;
 use super::vhost::VhostTable;
 use crate::config::SiteConfig;
+pub use crate::metrics::SiteStats;
 
 /// Everything the router needs to serve one site.
 pub struct SiteRoute {
@@ -22,34 +23,23 @@ pub struct SiteRoute {
     pub stats: Arc<SiteStats>,
 }
 
-/// Per-site request counters, read by status.
-#[derive(Debug, Default)]
-pub struct SiteStats {
-    pub requests: AtomicU64,
-    pub responses_5xx: AtomicU64,
-}
-
-impl SiteStats {
-    pub fn record(&self, status: u16) {
-        self.requests.fetch_add(1, Ordering::Relaxed);
-        if status >= 500 {
-            self.responses_5xx.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-}
-
 #[derive(Default)]
 pub struct RoutingTable {
     pub vhosts: VhostTable<SiteRoute>,
+    /// Certificates by site, read from disk when this table was built: a new
+    /// table means new certificates for new TLS handshakes.
+    pub certs: SiteCerts,
 }
 
 impl RoutingTable {
     pub fn new(sites: impl IntoIterator<Item = Arc<SiteRoute>>) -> Self {
+        let sites: Vec<Arc<SiteRoute>> = sites.into_iter().collect();
         let mut vhosts = VhostTable::default();
-        for site in sites {
+        for site in &sites {
             vhosts.insert(&site.config.hosts, site.config.default, site.clone());
         }
-        RoutingTable { vhosts }
+        let certs = SiteCerts::load(&sites);
+        RoutingTable { vhosts, certs }
     }
 }
 

@@ -56,7 +56,14 @@ pub fn default_worker() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/usr/local/bin/polyhost-python"))
 }
 
+/// `polyhost-python` exits with 3 when the application cannot be imported.
+pub const EXIT_APP_IMPORT_FAILED: i32 = 3;
+
 impl Launcher for PythonLauncher {
+    fn app_error(&self, status: &std::process::ExitStatus) -> bool {
+        status.code() == Some(EXIT_APP_IMPORT_FAILED)
+    }
+
     fn runtime(&self) -> &'static str {
         "python"
     }
@@ -73,7 +80,7 @@ impl Launcher for PythonLauncher {
         }
     }
 
-    fn command(&self, socket: &Path) -> Command {
+    fn command(&self, socket: &Path) -> std::io::Result<Command> {
         let mut args = vec![
             "--socket".to_owned(),
             socket.display().to_string(),
@@ -94,11 +101,11 @@ impl Launcher for PythonLauncher {
             args.push("--home".into());
             args.push(home.display().to_string());
         }
-        Command {
+        Ok(Command {
             program: self.worker.clone(),
             args,
             env: self.env.clone(),
             cwd: self.cwd.clone(),
-        }
+        })
     }
 }

@@ -16,8 +16,10 @@ use futures_util::future::BoxFuture;
 
 use crate::config::{ConfigError, ConfigErrors, SiteConfig};
 use crate::router::{MountTable, SiteLogs, SiteRoute, SiteStats};
+use crate::runtime::php::PhpLauncher;
 use crate::runtime::python::PythonLauncher;
 use crate::supervisor::{GroupHandle, SiteContext, Supervisor};
+use crate::upstream::php::{ErrorSink, PhpUpstream};
 use crate::upstream::python::PythonUpstream;
 use crate::upstream::{RequestBody, RequestContext, ResponseBody, Upstream, UpstreamError};
 
@@ -26,24 +28,42 @@ pub struct Runtimes {
     pub generation: u64,
     pub groups: Vec<GroupHandle>,
     pub python: Option<Arc<PythonUpstream>>,
+    /// The php-fpm pool's group (the PHP upstream is built with the route,
+    /// because it also needs the site's static upstream).
+    pub php: Option<GroupHandle>,
     pub context: Option<SiteContext>,
 }
 
 impl Runtimes {
-    /// Drains and stops every process of this generation.
+    /// Drains and stops every process of this generation. Requests already
+    /// routed here but not yet on a worker (queued) are served first.
     pub async fn stop(&self) {
+        if let Some(py) = &self.python {
+            py.settle().await;
+        }
         futures_util::future::join_all(self.groups.iter().map(|g| g.stop())).await;
     }
 
     /// Starts every group and waits (each up to its startup timeout) until
     /// it serves; used so a reload moves traffic only to a ready generation.
-    pub async fn warm_up(&self) {
-        futures_util::future::join_all(self.groups.iter().map(|g| async move {
-            if let Err(e) = g.lease().await {
-                tracing::warn!(site = %g.site, runtime = g.runtime, error = %e, "new generation not ready; switching anyway");
-            }
+    /// The error says why a group did not become ready.
+    pub async fn warm_up(&self) -> Result<(), String> {
+        let results = futures_util::future::join_all(self.groups.iter().map(|g| async move {
+            g.lease().await.map(drop).map_err(|e| {
+                let e = e.to_string();
+                match g.snapshot().last_error.clone() {
+                    Some(last) if !e.contains(&last) => format!("{e} (last error: {last})"),
+                    _ => e,
+                }
+            })
         }))
         .await;
+        let errors: Vec<String> = results.into_iter().filter_map(Result::err).collect();
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join("; "))
+        }
     }
 }
 
@@ -66,11 +86,13 @@ pub fn build_runtimes(
     site: &Arc<SiteConfig>,
     supervisor: &Supervisor,
     generation: u64,
+    stats: &Arc<SiteStats>,
 ) -> Result<Runtimes, ConfigErrors> {
     let mut rt = Runtimes {
         generation,
         groups: Vec::new(),
         python: None,
+        php: None,
         context: None,
     };
     if site.php.is_none() && site.python.is_none() {
@@ -79,12 +101,29 @@ pub fn build_runtimes(
     let ctx = supervisor
         .site_context(site)
         .map_err(|e| one_error(site, "user", e.to_string()))?;
+    if site.php.is_some() {
+        let launcher = PhpLauncher::new(site, supervisor.state_dir(), ctx.identity.clone())
+            .ok_or_else(|| {
+                one_error(
+                    site,
+                    "php.fpm",
+                    "no php-fpm binary found in /usr/sbin (install php8.2-fpm, or name one with php.fpm)".into(),
+                )
+            })?;
+        let group = supervisor.spawn_group(site, &ctx, Arc::new(launcher), generation);
+        rt.php = Some(group.clone());
+        rt.groups.push(group);
+    }
     if let Some(py) = &site.python {
         warn_thread_overallocation(site, py);
         let home = ctx.identity.as_ref().map(|i| i.home.clone());
         let launcher = Arc::new(PythonLauncher::new(site, py, home.as_deref()));
         let group = supervisor.spawn_group(site, &ctx, launcher, generation);
-        rt.python = Some(Arc::new(PythonUpstream::new(group.clone(), py)));
+        rt.python = Some(Arc::new(PythonUpstream::new(
+            group.clone(),
+            py,
+            stats.clone(),
+        )));
         rt.groups.push(group);
     }
     rt.context = Some(ctx);
@@ -110,8 +149,19 @@ pub fn build_route(
         for p in &site.static_files.paths {
             mounts.push((p.clone(), up.clone()));
         }
+        let root_upstream = match &runtimes.php {
+            Some(group) => {
+                let sink_logs = logs.clone();
+                let sink: ErrorSink =
+                    Arc::new(move |line: &str| sink_logs.runtime_line("php", line));
+                let php = PhpUpstream::new(site, Arc::new(group.clone()), up, sink)
+                    .map_err(|e| one_error(site, "php", e))?;
+                Arc::new(php) as Arc<dyn Upstream>
+            }
+            None => up,
+        };
         if site.python.as_ref().is_none_or(|py| !py.mount.is_empty()) {
-            mounts.push((String::new(), up));
+            mounts.push((String::new(), root_upstream));
         }
     }
     Ok(SiteRoute {

@@ -37,7 +37,7 @@ use super::endpoint::{least_busy, Activity, Endpoint, Lease};
 use super::launcher::{Launcher, Lifecycle};
 use super::policy::{Restart, RestartPolicy, RestartTracker};
 use crate::isolation::{self, Rlimits, SiteCgroup, SiteIdentity, SpawnSpec};
-use crate::upstream::UpstreamError;
+use crate::upstream::{RuntimeHandle, RuntimeLease, UpstreamError};
 
 /// How long a stopped process gets between SIGTERM and SIGKILL.
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
@@ -79,6 +79,9 @@ pub struct Snapshot {
     pub restarts: u64,
     pub oom_kills: u64,
     pub last_error: Option<String>,
+    /// Set while the application itself is broken (its last process failed
+    /// to load it); cleared when a process becomes ready.
+    pub app_error: Option<String>,
 }
 
 /// Everything a group needs to start its processes.
@@ -93,6 +96,9 @@ pub struct GroupSpec {
     pub error_log: PathBuf,
     /// Directory for the processes' sockets (owned by the site user).
     pub socket_dir: PathBuf,
+    /// The site's memory limit when no cgroup enforces it: the group polls
+    /// the RSS of its processes' sessions and kills the largest above it.
+    pub memory_limit: Option<u64>,
     pub rlimits: Rlimits,
     pub policy: RestartPolicy,
 }
@@ -159,6 +165,7 @@ impl GroupHandle {
             self.startup_timeout,
             rx.wait_for(|s| {
                 !s.endpoints.is_empty()
+                    || s.app_error.is_some()
                     || matches!(s.state, GroupState::Failed(_) | GroupState::Stopped)
             }),
         )
@@ -180,6 +187,12 @@ impl GroupHandle {
         };
         match least_busy(&snap.endpoints) {
             Some(e) => Ok(Lease::take(e.clone(), self.activity.clone())),
+            None if snap.app_error.is_some() => Err(UpstreamError::AppFailed(format!(
+                "{} {}: {}",
+                self.site,
+                self.runtime,
+                snap.app_error.as_deref().unwrap_or_default()
+            ))),
             None => Err(UpstreamError::Unavailable(match &snap.state {
                 GroupState::Failed(why) => format!("{} {} failed: {why}", self.site, self.runtime),
                 _ => format!("{} {} is stopped", self.site, self.runtime),
@@ -233,6 +246,38 @@ impl GroupHandle {
     }
 }
 
+/// Upstreams that only need "a ready socket for this request" (PHP) use the
+/// group through the [`RuntimeHandle`] seam; the lease is released (and
+/// `max_requests` checked) when the request's [`RuntimeLease`] drops.
+impl RuntimeHandle for GroupHandle {
+    fn ready(&self) -> futures_util::future::BoxFuture<'_, Result<RuntimeLease, UpstreamError>> {
+        Box::pin(async move {
+            let lease = self.lease().await?;
+            let socket = lease.endpoint().socket.clone();
+            Ok(RuntimeLease::new(
+                socket,
+                ReleaseOnDrop {
+                    group: self.clone(),
+                    lease: Some(lease),
+                },
+            ))
+        })
+    }
+}
+
+struct ReleaseOnDrop {
+    group: GroupHandle,
+    lease: Option<Lease>,
+}
+
+impl Drop for ReleaseOnDrop {
+    fn drop(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            self.group.release(lease);
+        }
+    }
+}
+
 /// Starts the group's actor task and returns its handle. Must be called
 /// from the tokio runtime (processes are forked from its worker threads).
 pub fn spawn_group(spec: GroupSpec) -> GroupHandle {
@@ -247,6 +292,7 @@ pub fn spawn_group(spec: GroupSpec) -> GroupHandle {
         restarts: 0,
         oom_kills: 0,
         last_error: None,
+        app_error: None,
     });
     let (snap_tx, snap_rx) = watch::channel(initial);
     let activity = Arc::new(Activity::new());
@@ -273,6 +319,7 @@ pub fn spawn_group(spec: GroupSpec) -> GroupHandle {
         restarts: 0,
         oom_kills: 0,
         last_error: None,
+        app_error: None,
         failed_at: None,
         events: events_tx,
         snap: snap_tx,
@@ -325,6 +372,7 @@ struct Actor {
     restarts: u64,
     oom_kills: u64,
     last_error: Option<String>,
+    app_error: Option<String>,
     failed_at: Option<Instant>,
     events: mpsc::UnboundedSender<Event>,
     snap: watch::Sender<Arc<Snapshot>>,
@@ -436,7 +484,17 @@ impl Actor {
             id
         ));
         let _ = std::fs::remove_file(&socket);
-        let cmd = self.spec.launcher.command(&socket);
+        let cmd = match self.spec.launcher.command(&socket) {
+            Ok(cmd) => cmd,
+            Err(e) => {
+                self.crash_slot(
+                    slot,
+                    Instant::now(),
+                    format!("cannot prepare the {} process: {e}", self.runtime()),
+                );
+                return;
+            }
+        };
         tracing::debug!(site = %self.site(), program = %cmd.program.display(), args = ?cmd.args, cwd = %cmd.cwd.display(), "starting");
         let cgroup = match &self.spec.cgroup {
             Some(cg) => match cg.child(&format!(
@@ -517,8 +575,14 @@ impl Actor {
                 if p.stopping {
                     return;
                 }
+                let mut why = why;
+                if let Some(own) = self.spec.launcher.diagnose(&p.endpoint.socket) {
+                    why = format!("{why}; {} said: {own}", self.runtime());
+                }
                 tracing::warn!(site = %self.site(), runtime = self.runtime(), pid = p.endpoint.pid, reason = %why, "not ready; stopping it");
+                let pid = p.endpoint.pid;
                 let (slot, started, replaces) = (p.slot, p.started, p.replaces);
+                self.note_in_error_log(pid, &why);
                 self.stop_proc(id, Duration::from_secs(1));
                 self.crashed(id, replaces, slot, started, why);
             }
@@ -549,6 +613,7 @@ impl Actor {
             return;
         }
         p.ready = true;
+        self.app_error = None;
         let (pid, replaces) = (p.endpoint.pid, p.replaces.take());
         tracing::info!(site = %self.site(), runtime = self.runtime(), pid, "ready");
         if let Some(old) = replaces {
@@ -561,7 +626,10 @@ impl Actor {
         let Some(p) = self.procs.remove(&id) else {
             return;
         };
-        let oom = oom_kills > p.oom_seen;
+        // A kill the periodic check already counted is still this exit's reason.
+        let sigkilled =
+            matches!(&status, Ok(s) if std::os::unix::process::ExitStatusExt::signal(s) == Some(9));
+        let oom = oom_kills > p.oom_seen || (sigkilled && oom_kills > 0);
         self.oom_kills += oom_kills.saturating_sub(p.oom_seen);
         let _ = std::fs::remove_file(&p.endpoint.socket);
         let status_text = match &status {
@@ -576,14 +644,44 @@ impl Actor {
             self.settle_state();
             return;
         }
-        let reason = if oom {
+        if let Ok(st) = &status {
+            if self.spec.launcher.app_error(st) && !p.ready {
+                self.app_error = Some(format!(
+                    "the application failed to load ({status_text}); the traceback is in the site's error log"
+                ));
+            }
+        }
+        let mut reason = if oom {
             format!("OOM-killed ({status_text})")
         } else {
             format!("exited unexpectedly: {status_text}")
         };
+        if let Some(own) = self.spec.launcher.diagnose(&p.endpoint.socket) {
+            reason = format!("{reason}; {} said: {own}", self.runtime());
+        }
         tracing::warn!(site = %self.site(), runtime = self.runtime(), pid = p.endpoint.pid, reason = %reason, "crashed");
+        self.note_in_error_log(p.endpoint.pid, &reason);
         self.crashed(id, p.replaces, p.slot, p.started, reason);
         self.settle_state();
+    }
+
+    /// Tells the site's owner, in the site's error log, why a process ended.
+    fn note_in_error_log(&self, pid: i32, reason: &str) {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let line = format!(
+            "[{}] polyhost: {} process {pid} failed: {reason}\n",
+            humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
+            self.runtime()
+        );
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&self.spec.error_log);
+        if let Ok(mut f) = file {
+            let _ = f.write_all(line.as_bytes());
+        }
     }
 
     /// Records a crash of process `id` in `slot`: a replacement that failed
@@ -625,6 +723,40 @@ impl Actor {
         }
     }
 
+    /// The fallback for `limits.memory` on hosts without cgroups: the sum of
+    /// the sessions' RSS (a process and everything it forked) above the limit
+    /// kills the largest session, as the kernel's OOM killer would in a cgroup.
+    fn check_memory_without_cgroup(&mut self) {
+        let Some(limit) = self.spec.memory_limit else {
+            return;
+        };
+        let sizes: Vec<(u64, u64)> = self
+            .procs
+            .iter()
+            .filter(|(_, p)| !p.stopping)
+            .map(|(id, p)| (*id, crate::isolation::session_rss(p.endpoint.pid)))
+            .collect();
+        let total: u64 = sizes.iter().map(|(_, rss)| rss).sum();
+        if total <= limit {
+            return;
+        }
+        let Some(&(id, rss)) = sizes.iter().max_by_key(|(_, rss)| *rss) else {
+            return;
+        };
+        let pid = self.procs[&id].endpoint.pid;
+        let reason = format!(
+            "killed: the site uses {} MiB, above limits.memory {} MiB (RSS polling: no cgroups); this process used {} MiB",
+            total >> 20,
+            limit >> 20,
+            rss >> 20
+        );
+        tracing::warn!(site = %self.site(), runtime = self.runtime(), pid, reason = %reason, "OOM-killed");
+        self.note_in_error_log(pid, &reason);
+        self.oom_kills += 1;
+        self.last_error = Some(reason);
+        self.stop_proc(id, Duration::ZERO);
+    }
+
     /// A slot's process crashed or could not start: back off, or give up.
     fn crash_slot(&mut self, slot: usize, started: Instant, reason: String) {
         self.last_error = Some(reason.clone());
@@ -662,6 +794,7 @@ impl Actor {
             }
         }
         self.check_oom();
+        self.check_memory_without_cgroup();
         self.check_recycling();
         self.check_idle();
     }
@@ -854,6 +987,7 @@ impl Actor {
             restarts: self.restarts,
             oom_kills: self.oom_kills,
             last_error: self.last_error.clone(),
+            app_error: self.app_error.clone(),
         };
         self.snap.send_replace(Arc::new(snap));
     }

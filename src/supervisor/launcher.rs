@@ -46,6 +46,19 @@ pub trait Launcher: Send + Sync + 'static {
         Ok(())
     }
 
-    /// The command for a process that must listen on `socket`.
-    fn command(&self, socket: &Path) -> Command;
+    /// The command for a process that must listen on `socket` (may write
+    /// per-process files, such as a generated config naming the socket).
+    fn command(&self, socket: &Path) -> io::Result<Command>;
+
+    /// True when a process ended because the site's application is broken
+    /// (not the runtime): its requests then get 500, not 503.
+    fn app_error(&self, _status: &std::process::ExitStatus) -> bool {
+        false
+    }
+
+    /// What the runtime itself logged about a failure (e.g. the tail of
+    /// php-fpm's own log), added to the crash reason. Runs as root in polyhost.
+    fn diagnose(&self, _socket: &Path) -> Option<String> {
+        None
+    }
 }

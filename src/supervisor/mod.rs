@@ -67,7 +67,11 @@ impl Supervisor {
         }
         let state_dir =
             std::fs::canonicalize(&server.state_dir).unwrap_or_else(|_| server.state_dir.clone());
-        let cgroups = CgroupRoot::detect(&cgroup_parent_name(&state_dir));
+        let cgroups = if server.cgroups {
+            CgroupRoot::detect(&cgroup_parent_name(&state_dir))
+        } else {
+            CgroupRoot::disabled("turned off by cgroups = \"off\"")
+        };
         tracing::info!(cgroups = %cgroups.describe(), "resource limits");
         match cgroups.cleanup_stale(&[]) {
             Ok(removed) if !removed.is_empty() => {
@@ -86,6 +90,10 @@ impl Supervisor {
             default_user: server.default_user.clone(),
             default_group: server.default_group.clone(),
         }
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
     }
 
     pub fn cgroups(&self) -> &CgroupRoot {
@@ -150,6 +158,12 @@ impl Supervisor {
             cgroup: ctx.cgroup.clone(),
             error_log: ctx.error_log.clone(),
             socket_dir: ctx.dir.clone(),
+            // Without a cgroup, the site's memory limit is enforced by polling RSS.
+            memory_limit: if ctx.cgroup.is_none() {
+                site.limits.memory
+            } else {
+                None
+            },
             rlimits,
             policy: RestartPolicy::default(),
         })

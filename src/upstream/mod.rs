@@ -77,6 +77,9 @@ pub enum UpstreamError {
     /// The client sent something malformed.
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// The client stopped sending the request body (`limits.body_timeout`).
+    #[error("request body timed out after {0:?}")]
+    RequestTimeout(std::time::Duration),
     /// The site's runtime is not available (starting failed, crash loop, stopped).
     #[error("site unavailable: {0}")]
     Unavailable(String),
@@ -89,6 +92,10 @@ pub enum UpstreamError {
     /// The runtime broke the connection or answered garbage.
     #[error("bad gateway: {0}")]
     BadGateway(String),
+    /// The site's application is broken (e.g. its WSGI app fails to import):
+    /// the site owner's fault, answered like an application exception.
+    #[error("application error: {0}")]
+    AppFailed(String),
     /// Our own fault.
     #[error("internal error: {0}")]
     Internal(String),
@@ -105,12 +112,15 @@ impl UpstreamError {
             UpstreamError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             UpstreamError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             UpstreamError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            UpstreamError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             UpstreamError::Unavailable(_) | UpstreamError::QueueTimeout(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             UpstreamError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             UpstreamError::BadGateway(_) => StatusCode::BAD_GATEWAY,
-            UpstreamError::Internal(_) | UpstreamError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            UpstreamError::AppFailed(_) | UpstreamError::Internal(_) | UpstreamError::Io(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         }
     }
 }
@@ -133,11 +143,27 @@ pub trait Upstream: Send + Sync + 'static {
 /// sees it: something that can be made ready and then listens on a Unix
 /// socket. The supervisor implements it; upstreams only connect.
 pub trait RuntimeHandle: Send + Sync + 'static {
-    /// Waits until the site's runtime is ready (starting it if it is stopped or scaled to zero,
-    /// bounded by the startup timeout) and returns the Unix socket to connect to.
-    fn ready(&self) -> BoxFuture<'_, Result<std::path::PathBuf, UpstreamError>>;
-    /// Reports that a request finished (for idle tracking / recycling). May be a no-op.
-    fn request_done(&self) {}
+    /// Waits until the site's runtime is ready (starting it if it is stopped
+    /// or scaled to zero, bounded by the startup timeout) and returns a lease
+    /// on one of its sockets, held for the whole request.
+    fn ready(&self) -> BoxFuture<'_, Result<RuntimeLease, UpstreamError>>;
+}
+
+/// One request's use of a runtime: the socket to connect to, and a guard
+/// whose drop tells the supervisor the request is done (in-flight counting
+/// for draining, idle tracking and recycling).
+pub struct RuntimeLease {
+    pub socket: std::path::PathBuf,
+    _guard: Box<dyn Send + Sync>,
+}
+
+impl RuntimeLease {
+    pub fn new(socket: std::path::PathBuf, guard: impl Send + Sync + 'static) -> Self {
+        RuntimeLease {
+            socket,
+            _guard: Box::new(guard),
+        }
+    }
 }
 
 /// A body with nothing in it.

@@ -12,8 +12,9 @@
 //! is slow.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -28,6 +29,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use super::spool::spool;
 use super::{BoxError, RequestBody, RequestContext, ResponseBody, Upstream, UpstreamError};
 use crate::config::PythonConfig;
+use crate::metrics::SiteStats;
 use crate::supervisor::{GroupHandle, Lease};
 
 /// Frames buffered between a worker and a slow client (≈ 2 MiB at 64 KiB frames).
@@ -38,18 +40,26 @@ pub struct PythonUpstream {
     queue_timeout: Duration,
     request_timeout: Duration,
     admission: Arc<Semaphore>,
+    capacity: usize,
+    /// Requests admitted to this upstream that hold no lease yet (spooling,
+    /// queued, waiting for a worker): stopping waits for them.
+    waiting: AtomicUsize,
     pool: Arc<ConnPool>,
+    stats: Arc<SiteStats>,
 }
 
 impl PythonUpstream {
-    pub fn new(group: GroupHandle, config: &PythonConfig) -> Self {
+    pub fn new(group: GroupHandle, config: &PythonConfig, stats: Arc<SiteStats>) -> Self {
         let capacity = (config.processes * config.threads) as usize;
         PythonUpstream {
             group,
             queue_timeout: config.queue_timeout,
             request_timeout: config.request_timeout,
             admission: Arc::new(Semaphore::new(capacity)),
+            capacity,
+            waiting: AtomicUsize::new(0),
             pool: Arc::new(ConnPool::default()),
+            stats,
         }
     }
 
@@ -57,20 +67,48 @@ impl PythonUpstream {
         &self.group
     }
 
+    /// Worker threads in use and in total (admission permits).
+    pub fn threads(&self) -> (u64, u64) {
+        let busy = self
+            .capacity
+            .saturating_sub(self.admission.available_permits());
+        (busy as u64, self.capacity as u64)
+    }
+
+    /// Waits until no request is between admission and its lease (bounded by
+    /// the queue timeout), so that stopping the workers afterwards fails no
+    /// request that was routed here before a reload swapped the table.
+    pub async fn settle(&self) {
+        let deadline = Instant::now() + self.queue_timeout + Duration::from_secs(1);
+        let mut quiet = 0;
+        while quiet < 2 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(25)).await;
+            quiet = if self.waiting.load(Ordering::Acquire) == 0 {
+                quiet + 1
+            } else {
+                0
+            };
+        }
+    }
+
     async fn serve(
         &self,
         req: Request<RequestBody>,
         ctx: &RequestContext,
     ) -> Result<Response<ResponseBody>, UpstreamError> {
+        let waiting = Waiting::enter(&self.waiting);
         let limit = ctx.site.limits.body;
         let (parts, body) = req.into_parts();
         let body = spool(body, limit).await?;
+        let queued = Instant::now();
         let permit =
-            tokio::time::timeout(self.queue_timeout, self.admission.clone().acquire_owned())
-                .await
-                .map_err(|_| UpstreamError::QueueTimeout(self.queue_timeout))?
-                .map_err(|_| UpstreamError::Unavailable("site is stopping".into()))?;
+            tokio::time::timeout(self.queue_timeout, self.admission.clone().acquire_owned()).await;
+        self.stats.queued(queued.elapsed());
+        let permit = permit
+            .map_err(|_| UpstreamError::QueueTimeout(self.queue_timeout))?
+            .map_err(|_| UpstreamError::Unavailable("site is stopping".into()))?;
         let lease = self.group.lease().await?;
+        drop(waiting);
         let mut sender = self.pool.get(&lease).await?;
 
         let mut head = Request::builder()
@@ -106,8 +144,7 @@ impl PythonUpstream {
                 return Err(UpstreamError::Timeout(self.request_timeout));
             }
         };
-        let (mut parts, body) = resp.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
+        let (parts, body) = resp.into_parts();
         let (tx, rx) = mpsc::channel(PUMP_FRAMES);
         tokio::spawn(pump(
             body,
@@ -149,6 +186,22 @@ impl Upstream for PythonUpstream {
                 e => e,
             })
         })
+    }
+}
+
+/// Counts a request in [`PythonUpstream::waiting`] while it lives.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn enter(counter: &'a AtomicUsize) -> Self {
+        counter.fetch_add(1, Ordering::AcqRel);
+        Waiting(counter)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -241,44 +294,14 @@ impl ConnPool {
     }
 }
 
-/// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
-
-fn is_hop_by_hop(name: &HeaderName, connection: &HeaderMap) -> bool {
-    HOP_BY_HOP.contains(&name.as_str())
-        || connection.get_all(header::CONNECTION).iter().any(|v| {
-            v.to_str().is_ok_and(|v| {
-                v.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case(name.as_str()))
-            })
-        })
-}
-
+/// Copies the client's headers for the worker. The router has already
+/// removed hop-by-hop headers (`router::proxy`), and removes them from the
+/// worker's response too; Content-Length is set from the spooled body.
 fn copy_end_to_end(from: &HeaderMap, to: &mut HeaderMap) {
     for (name, value) in from {
-        if !is_hop_by_hop(name, from) && name != header::CONTENT_LENGTH {
+        if name != header::CONTENT_LENGTH {
             to.append(name.clone(), value.clone());
         }
-    }
-}
-
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let names: Vec<HeaderName> = headers
-        .keys()
-        .filter(|n| is_hop_by_hop(n, headers))
-        .cloned()
-        .collect();
-    for n in names {
-        headers.remove(n);
     }
 }
 

@@ -72,6 +72,7 @@ pub struct InProcess {
 
 impl InProcess {
     pub async fn start(cfg: &TestConfig) -> Self {
+        init_logging();
         let config = cfg.load();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -422,4 +423,89 @@ pub fn pids_of_uid(uid: u32) -> Vec<i32> {
         }
     }
     out
+}
+
+/// polyhost's log into the test's captured output (shown when a test fails).
+pub fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "polyhost=info".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+// Front-door helpers (TLS, HTTP/2, test upstreams, swappable routing table).
+pub mod front;
+
+/// A TCP connection from a chosen loopback address (e.g. "127.0.0.2"), so a
+/// test can be a different client IP than its attackers.
+pub async fn connect_from(src: &str, addr: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(SocketAddr::new(src.parse().unwrap(), 0))
+        .unwrap();
+    socket.connect(addr).await.unwrap()
+}
+
+/// Sends raw bytes on `s` and reads until the server closes (or `limit` passes).
+pub async fn raw_on(mut s: TcpStream, bytes: &[u8], limit: Duration) -> String {
+    s.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(limit, s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// One GET on a fresh connection from `src`.
+pub async fn get_from(src: &str, addr: SocketAddr, host: &str, path: &str) -> Resp {
+    let stream = connect_from(src, addr).await;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    sender.ready().await.unwrap();
+    let resp = sender
+        .send_request(request("GET", host, path))
+        .await
+        .unwrap();
+    let (parts, body) = resp.into_parts();
+    Resp {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body: body.collect().await.unwrap().to_bytes(),
+    }
+}
+
+/// A Python site running one of the test apps of `tests/apps/` as `user`.
+/// `site_extra` goes before `[python]` (e.g. a `[limits]` table),
+/// `python_extra` into it (e.g. `threads = 2`).
+pub fn python_test_site(
+    cfg: &TestConfig,
+    name: &str,
+    user: &TestUser,
+    app: &str,
+    site_extra: &str,
+    python_extra: &str,
+) {
+    cfg.write("apps/pyapp.py", include_str!("../apps/pyapp.py"));
+    cfg.write("apps/broken.py", include_str!("../apps/broken.py"));
+    cfg.write(&format!("www/{name}/static.txt"), "static file\n");
+    cfg.write(
+        &format!("vhosts/{name}.toml"),
+        &format!(
+            "hosts = [\"{name}.test\"]\nroot = \"www/{name}\"\nuser = \"{}\"\n{site_extra}\n[python]\napp = \"{app}\"\npath = [\"apps\"]\nworker = \"{}\"\n{python_extra}\n",
+            user.name,
+            python_worker().display()
+        ),
+    );
+    open_up(cfg.path());
+}
+
+/// The value of `key=value` in a whitespace-separated probe answer.
+pub fn field<'a>(text: &'a str, key: &str) -> &'a str {
+    text.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
+        .unwrap_or("")
 }

@@ -87,6 +87,8 @@ pub struct SiteOptions {
     /// Start the master as root with `user`/`group` in the pool (php-fpm
     /// drops privileges itself) instead of as the site user.
     pub master_as_root: bool,
+    /// The pool's process manager; keep-alive to php-fpm is used with `Static` only.
+    pub mode: PhpMode,
 }
 
 impl Default for SiteOptions {
@@ -98,6 +100,7 @@ impl Default for SiteOptions {
             env: vec![],
             max_requests: 500,
             master_as_root: false,
+            mode: PhpMode::Static,
         }
     }
 }
@@ -154,7 +157,7 @@ impl FpmSite {
             },
             php: Some(PhpConfig {
                 fpm: Some(fpm_binary()),
-                mode: PhpMode::Dynamic,
+                mode: opts.mode,
                 start: StartPolicy::Eager,
                 max_children: opts.max_children,
                 max_requests: opts.max_requests,
@@ -176,6 +179,7 @@ impl FpmSite {
                 .collect(),
             }),
             python: None,
+            tls: None,
         };
         paths.create_dirs(user.uid, user.gid).unwrap();
         let text = pool_config(

@@ -125,6 +125,15 @@ impl CgroupRoot {
         CgroupRoot { kind }
     }
 
+    /// No cgroups, by the operator's choice (`cgroups = "off"`).
+    pub fn disabled(reason: &str) -> CgroupRoot {
+        CgroupRoot {
+            kind: CgroupKind::Unavailable {
+                reason: reason.to_owned(),
+            },
+        }
+    }
+
     fn try_detect(parent_name: &str) -> std::result::Result<CgroupKind, String> {
         check_name(parent_name).map_err(|e| e.to_string())?;
         let (members, mounts) =

@@ -1,8 +1,10 @@
 //! php-fpm for one site: the generated pool config ([`pool_config()`]), the
 //! per-site paths ([`PhpPoolPaths`]) and which php-fpm binary to run
 //! ([`find_fpm_binary`]).
-#![forbid(unsafe_code)]
+mod launcher;
 mod pool_config;
+
+pub use launcher::PhpLauncher;
 
 pub use pool_config::{
     find_fpm_binary, find_fpm_in, pool_config, PhpPoolPaths, PoolConfigError, PoolOptions,

@@ -20,7 +20,7 @@
 //!   connection failed before php-fpm sent a single record: then the child
 //!   had exited (pm.max_requests) and never saw it. The retry uses a fresh
 //!   connection and happens at most once.
-//! - The semaphore permit and `RuntimeHandle::request_done` are tied to the
+//! - The semaphore permit and the `RuntimeLease` are tied to the
 //!   task's [`Finish`] guard, so they are released however the task ends.
 
 use std::path::PathBuf;
@@ -40,7 +40,9 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 use super::cgi::{self, CgiHead};
 use super::fcgi::{self, Decoder, Record};
 use super::pool::ConnPool;
-use super::{ErrorSink, RuntimeHandle};
+use super::ErrorSink;
+use crate::upstream::spool::body_error;
+use crate::upstream::RuntimeLease;
 use crate::upstream::{BoxError, RequestBody, UpstreamError};
 
 /// Body chunks in flight between the exchange task and the client.
@@ -63,26 +65,18 @@ pub struct Exchange {
     pub tag: String,
 }
 
-/// Releases the permit and reports the request done, however the request
-/// ends: made right after a successful `RuntimeHandle::ready`, so each
-/// `ready` is paired with exactly one `request_done`.
+/// Releases the permit and the runtime lease, however the request ends.
 pub struct Finish {
-    runtime: Arc<dyn RuntimeHandle>,
+    _lease: RuntimeLease,
     _permit: OwnedSemaphorePermit,
 }
 
 impl Finish {
-    pub fn new(runtime: Arc<dyn RuntimeHandle>, permit: OwnedSemaphorePermit) -> Self {
+    pub fn new(lease: RuntimeLease, permit: OwnedSemaphorePermit) -> Self {
         Finish {
-            runtime,
+            _lease: lease,
             _permit: permit,
         }
-    }
-}
-
-impl Drop for Finish {
-    fn drop(&mut self) {
-        self.runtime.request_done();
     }
 }
 
@@ -343,16 +337,6 @@ async fn write_request(
     fcgi::end_stream(&mut buf, fcgi::STDIN);
     wr.write_all(&buf).await.map_err(WriteFail::Io)?;
     wr.flush().await.map_err(WriteFail::Io)
-}
-
-pub(super) fn body_error(e: BoxError, limit: u64) -> UpstreamError {
-    if e.downcast_ref::<http_body_util::LengthLimitError>()
-        .is_some()
-    {
-        UpstreamError::BodyTooLarge { limit }
-    } else {
-        UpstreamError::BadRequest(format!("reading the request body: {e}"))
-    }
 }
 
 fn log_stderr(sink: &ErrorSink, tag: &str, data: &[u8]) {

@@ -28,7 +28,6 @@ mod fcgi;
 pub mod params;
 mod pool;
 pub mod script;
-mod spool;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -44,9 +43,10 @@ use tokio::net::UnixStream;
 use self::exchange::{Exchange, Input};
 use self::pool::ConnPool;
 use self::script::Target;
-pub use super::RuntimeHandle;
 use super::{empty_body, RequestBody, RequestContext, ResponseBody, Upstream, UpstreamError};
+pub use super::{RuntimeHandle, RuntimeLease};
 use crate::config::{PhpConfig, SiteConfig};
+use crate::upstream::spool::body_error;
 
 /// Bodies of idempotent requests up to this size are read whole before the
 /// request goes out, so it can be sent again when a kept-alive connection
@@ -99,7 +99,11 @@ impl PhpUpstream {
             .to_owned();
         let max = usize::try_from(php.max_children).unwrap_or(usize::MAX);
         Ok(PhpUpstream {
-            pool: ConnPool::new(max, php.idle_timeout),
+            pool: ConnPool::new(
+                max,
+                php.idle_timeout,
+                php.mode == crate::config::PhpMode::Static,
+            ),
             root,
             root_str,
             body_limit: site.limits.body,
@@ -171,9 +175,11 @@ impl PhpUpstream {
             .or_else(|| body.size_hint().exact());
         if content_length.is_none() && !body.is_end_stream() {
             let limit = self.body_limit;
-            let (spooled, len) = spool::spool(body, |e| exchange::body_error(e, limit)).await?;
-            body = spooled;
-            content_length = Some(len);
+            // PHP reads exactly CONTENT_LENGTH bytes: a body of unknown
+            // length is read whole first (memory, then an unnamed temp file).
+            let spooled = crate::upstream::spool::spool(body, limit).await?;
+            content_length = Some(spooled.len());
+            body = spooled.into_body();
         }
         let input = if !parts.method.is_idempotent() {
             Input::Stream(body)
@@ -184,7 +190,7 @@ impl PhpUpstream {
             let bytes = body
                 .collect()
                 .await
-                .map_err(|e| exchange::body_error(e, limit))?
+                .map_err(|e| body_error(e, limit))?
                 .to_bytes();
             Input::Replayable(bytes)
         } else {
@@ -210,12 +216,13 @@ impl PhpUpstream {
             .map_err(|_| UpstreamError::QueueTimeout(timeout))?
             .ok_or_else(|| UpstreamError::Internal("connection pool closed".into()))?;
         let startup = self.php.startup_timeout;
-        let socket = tokio::time::timeout(startup, self.runtime.ready())
+        let lease = tokio::time::timeout(startup, self.runtime.ready())
             .await
             .map_err(|_| {
                 UpstreamError::Unavailable(format!("php-fpm not ready after {startup:?}"))
             })??;
-        let finish = exchange::Finish::new(self.runtime.clone(), permit);
+        let socket = lease.socket.clone();
+        let finish = exchange::Finish::new(lease, permit);
         let remaining = |start: Instant| timeout.saturating_sub(start.elapsed());
         // A kept-alive connection is used only for a request that can be
         // sent again (see `exchange::Attempt::Stale`): idempotent, body held
@@ -332,6 +339,7 @@ pub(crate) mod tests_support {
                 ]),
             }),
             python: None,
+            tls: None,
         }
     }
 }
@@ -352,8 +360,8 @@ mod tests {
     struct Fixed(PathBuf);
 
     impl RuntimeHandle for Fixed {
-        fn ready(&self) -> BoxFuture<'_, Result<PathBuf, UpstreamError>> {
-            Box::pin(async move { Ok(self.0.clone()) })
+        fn ready(&self) -> BoxFuture<'_, Result<crate::upstream::RuntimeLease, UpstreamError>> {
+            Box::pin(async move { Ok(crate::upstream::RuntimeLease::new(self.0.clone(), ())) })
         }
     }
 

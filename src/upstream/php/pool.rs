@@ -32,15 +32,23 @@ pub struct ConnPool {
     idle: Mutex<Vec<Idle>>,
     idle_timeout: Duration,
     reaper_running: AtomicBool,
+    keep_alive: bool,
 }
 
 impl ConnPool {
-    pub fn new(max: usize, idle_timeout: Duration) -> Arc<Self> {
+    /// `keep_alive`: keep connections open between requests. Only safe with
+    /// `pm = static`: php-fpm counts a child waiting on a kept-alive
+    /// connection as idle, so `ondemand` and `dynamic` pools do not spawn
+    /// children for new connections while such children exist, and requests
+    /// wait until the router closes idle connections (measured: every
+    /// concurrent request beyond the first waited 2 × idle_timeout).
+    pub fn new(max: usize, idle_timeout: Duration, keep_alive: bool) -> Arc<Self> {
         Arc::new(ConnPool {
             permits: Arc::new(Semaphore::new(max.max(1))),
             idle: Mutex::new(Vec::new()),
             idle_timeout,
             reaper_running: AtomicBool::new(false),
+            keep_alive,
         })
     }
 
@@ -62,6 +70,9 @@ impl ConnPool {
 
     /// Returns a connection whose last exchange completed cleanly.
     pub fn put(self: &Arc<Self>, path: PathBuf, stream: UnixStream) {
+        if !self.keep_alive {
+            return; // closed: the php-fpm child is free for the next connection
+        }
         self.lock().push(Idle {
             path,
             stream,
@@ -139,7 +150,7 @@ mod tests {
 
     #[tokio::test]
     async fn dead_and_foreign_connections_are_not_reused_and_idle_ones_are_reaped() {
-        let pool = ConnPool::new(4, Duration::from_millis(50));
+        let pool = ConnPool::new(4, Duration::from_millis(50), true);
         let (alive, _alive_peer) = UnixStream::pair().unwrap();
         let (dead, dead_peer) = UnixStream::pair().unwrap();
         let (chatty, chatty_peer) = UnixStream::pair().unwrap();

@@ -1,0 +1,323 @@
+//! What the admin commands print: the status table (made to be read at
+//! 3 a.m.: one line per site, failures and their reason visible), one site
+//! in detail, a reload report, a refusal. Pure functions, snapshot-tested.
+
+use std::fmt::Write;
+
+use crate::admin::api::ErrorBody;
+use crate::app::status::{ServerStatus, SiteStatus};
+use crate::app::ReloadReport;
+
+/// Longest last error shown in the table; `polyhost status SITE` shows all of it.
+const LAST_ERROR_WIDTH: usize = 60;
+
+pub fn status_table(s: &ServerStatus) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "polyhost {} (pid {}), up {}, limits: {}, reloads: {} ok, {} refused",
+        s.version,
+        s.pid,
+        duration(s.uptime_seconds),
+        // "cgroup v1 (memory at /sys/...)": the paths are for `status --json`.
+        s.limits_backend.split(" (").next().unwrap_or_default(),
+        s.reloads,
+        s.reloads_failed
+    );
+    if s.sites.is_empty() {
+        out.push_str("no sites (add files to vhosts_dir, then `polyhost reload`)\n");
+        return out;
+    }
+    let header = [
+        "SITE",
+        "STATE",
+        "RUNTIME",
+        "PROCS",
+        "MEMORY",
+        "REQUESTS",
+        "5XX",
+        "RESTARTS",
+        "OOM",
+        "LAST ERROR",
+    ];
+    let rows: Vec<[String; 10]> = s
+        .sites
+        .iter()
+        .map(|site| {
+            [
+                site.name.clone(),
+                site.state.clone(),
+                site.runtime.clone(),
+                site.processes.to_string(),
+                memory(site),
+                site.requests.to_string(),
+                site.responses_5xx.to_string(),
+                site.restarts.to_string(),
+                site.oom_kills.to_string(),
+                site.last_error
+                    .as_deref()
+                    .map_or_else(|| "-".to_owned(), |e| truncate(e, LAST_ERROR_WIDTH)),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |out: &mut String, cells: &[&str]| {
+        let mut l = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            let numeric = (3..9).contains(&i) && i != 4;
+            if i + 1 == cells.len() {
+                l.push_str(cell);
+            } else if numeric {
+                let _ = write!(l, "{cell:>w$}  ", w = widths[i]);
+            } else {
+                let _ = write!(l, "{cell:<w$}  ", w = widths[i]);
+            }
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    };
+    line(&mut out, &header);
+    for row in &rows {
+        line(&mut out, &row.each_ref().map(String::as_str));
+    }
+    let attention: Vec<&str> = s
+        .sites
+        .iter()
+        .filter(|site| matches!(site.state.as_str(), "failed" | "stopped"))
+        .map(|site| site.name.as_str())
+        .collect();
+    if !attention.is_empty() {
+        let _ = writeln!(
+            out,
+            "attention: {} (details: polyhost status SITE)",
+            attention.join(", ")
+        );
+    }
+    out
+}
+
+pub fn site_detail(s: &SiteStatus) -> String {
+    let mut out = String::new();
+    let pids: Vec<String> = s.pids.iter().map(i32::to_string).collect();
+    let rows = [
+        ("site", s.name.clone()),
+        ("state", s.state.clone()),
+        ("runtime", s.runtime.clone()),
+        ("hosts", s.hosts.join(", ")),
+        ("generation", s.generation.to_string()),
+        (
+            "processes",
+            if pids.is_empty() {
+                "0".to_owned()
+            } else {
+                format!("{} (pids {})", s.processes, pids.join(", "))
+            },
+        ),
+        ("memory", memory(s)),
+        (
+            "requests",
+            format!("{} ({} answered 5xx)", s.requests, s.responses_5xx),
+        ),
+        ("restarts", s.restarts.to_string()),
+        ("oom kills", s.oom_kills.to_string()),
+        (
+            "last error",
+            s.last_error.clone().unwrap_or_else(|| "-".into()),
+        ),
+    ];
+    for (k, v) in rows {
+        let _ = writeln!(out, "{k:<11}{v}");
+    }
+    out
+}
+
+pub fn reload_report(r: &ReloadReport) -> String {
+    let part = |n: &str, sites: &[String]| {
+        if sites.is_empty() {
+            format!("0 {n}")
+        } else {
+            format!("{} {n} ({})", sites.len(), sites.join(", "))
+        }
+    };
+    format!(
+        "reloaded: {}, {}, {}, {}, {} unchanged\n",
+        part("added", &r.added),
+        part("removed", &r.removed),
+        part("restarted", &r.restarted),
+        part("rerouted", &r.rerouted),
+        r.unchanged
+    )
+}
+
+/// A refusal for stderr: each configuration error on its own line
+/// (`FILE: KEY: MESSAGE`), then what was refused and why.
+pub fn refusal(cmd: &str, body: &ErrorBody) -> String {
+    let mut out = String::new();
+    for e in &body.errors {
+        let _ = writeln!(out, "{e}");
+    }
+    let _ = writeln!(out, "polyhost {cmd}: refused: {}", body.error);
+    out
+}
+
+fn memory(s: &SiteStatus) -> String {
+    match (s.memory_bytes, s.memory_limit_bytes) {
+        (None, None) => "-".into(),
+        (Some(used), None) => bytes(used),
+        (None, Some(limit)) => format!("-/{}", bytes(limit)),
+        (Some(used), Some(limit)) => format!("{}/{}", bytes(used), bytes(limit)),
+    }
+}
+
+/// `512M`, `1.5G`, `34.1M`, `812K`, `100B`.
+fn bytes(n: u64) -> String {
+    const UNITS: [(&str, u64); 4] = [
+        ("T", 1 << 40),
+        ("G", 1 << 30),
+        ("M", 1 << 20),
+        ("K", 1 << 10),
+    ];
+    for (unit, size) in UNITS {
+        if n >= size {
+            let v = n as f64 / size as f64;
+            return if (v - v.round()).abs() < 0.05 {
+                format!("{}{unit}", v.round())
+            } else {
+                format!("{v:.1}{unit}")
+            };
+        }
+    }
+    format!("{n}B")
+}
+
+/// `45s`, `12m`, `3h12m`, `4d3h`.
+fn duration(secs: u64) -> String {
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m", s / 60),
+        s if s < 86400 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        s => format!("{}d{}h", s / 86400, s % 86400 / 3600),
+    }
+}
+
+fn truncate(s: &str, width: usize) -> String {
+    let one_line = s.replace('\n', " ");
+    if one_line.chars().count() <= width {
+        one_line
+    } else {
+        let cut: String = one_line.chars().take(width - 1).collect();
+        format!("{cut}…")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use expect_test::expect;
+
+    fn site(name: &str, state: &str, runtime: &str) -> SiteStatus {
+        SiteStatus {
+            name: name.into(),
+            state: state.into(),
+            runtime: runtime.into(),
+            hosts: vec![format!("{name}.example")],
+            generation: 1,
+            pids: vec![],
+            processes: 0,
+            memory_bytes: None,
+            memory_limit_bytes: None,
+            requests: 0,
+            responses_5xx: 0,
+            restarts: 0,
+            oom_kills: 0,
+            last_error: None,
+        }
+    }
+
+    fn server() -> ServerStatus {
+        let mut shop = site("shop", "running", "python");
+        shop.pids = vec![4242, 4250];
+        shop.processes = 2;
+        shop.memory_bytes = Some(35_756_032);
+        shop.memory_limit_bytes = Some(512 << 20);
+        shop.requests = 120_345;
+        shop.responses_5xx = 12;
+        shop.restarts = 1;
+        let mut blog = site("blog", "failed", "python");
+        blog.restarts = 6;
+        blog.oom_kills = 2;
+        blog.memory_limit_bytes = Some(256 << 20);
+        blog.last_error = Some("crash loop: OOM-killed (killed by signal 9 (SIGKILL)) after the app allocated too much".into());
+        let mut www = site("www", "static", "static");
+        www.requests = 9;
+        ServerStatus {
+            version: "0.1.0".into(),
+            pid: 1234,
+            uptime_seconds: 11_540,
+            limits_backend: "cgroup v1 (memory at /sys/fs/cgroup/memory/polyhost-1)".into(),
+            reloads: 3,
+            reloads_failed: 1,
+            sites: vec![blog, shop, www, site("sleepy", "idle", "python")],
+        }
+    }
+
+    #[test]
+    fn status_table_for_a_bad_night() {
+        expect![[r#"
+            polyhost 0.1.0 (pid 1234), up 3h12m, limits: cgroup v1, reloads: 3 ok, 1 refused
+            SITE    STATE    RUNTIME  PROCS  MEMORY      REQUESTS  5XX  RESTARTS  OOM  LAST ERROR
+            blog    failed   python       0  -/256M             0    0         6    2  crash loop: OOM-killed (killed by signal 9 (SIGKILL)) after…
+            shop    running  python       2  34.1M/512M    120345   12         1    0  -
+            www     static   static       0  -                  9    0         0    0  -
+            sleepy  idle     python       0  -                  0    0         0    0  -
+            attention: blog (details: polyhost status SITE)
+        "#]]
+        .assert_eq(&status_table(&server()));
+    }
+
+    #[test]
+    fn one_site_in_detail() {
+        expect![[r#"
+            site       shop
+            state      running
+            runtime    python
+            hosts      shop.example
+            generation 1
+            processes  2 (pids 4242, 4250)
+            memory     34.1M/512M
+            requests   120345 (12 answered 5xx)
+            restarts   1
+            oom kills  0
+            last error -
+        "#]]
+        .assert_eq(&site_detail(&server().sites[1]));
+    }
+
+    #[test]
+    fn no_sites() {
+        let mut s = server();
+        s.sites.clear();
+        expect![[r#"
+            polyhost 0.1.0 (pid 1234), up 3h12m, limits: cgroup v1, reloads: 3 ok, 1 refused
+            no sites (add files to vhosts_dir, then `polyhost reload`)
+        "#]]
+        .assert_eq(&status_table(&s));
+    }
+
+    #[test]
+    fn sizes_and_durations() {
+        let got: Vec<String> = [0, 100, 2048, 35_756_032, 512 << 20, 3 << 29]
+            .map(bytes)
+            .into();
+        assert_eq!(got, ["0B", "100B", "2K", "34.1M", "512M", "1.5G"]);
+        assert_eq!(
+            [5, 125, 11_540, 200_000].map(duration),
+            ["5s", "2m", "3h12m", "2d7h"]
+        );
+    }
+}

@@ -1,0 +1,393 @@
+//! What one connection may cost: admission against `max_connections` and
+//! `max_connections_per_ip` ([`ConnLimiter`]), and the two clocks of a
+//! connection ([`Activity`]): a request head must arrive within
+//! `header_timeout` of its first byte (or of accept), and a connection with
+//! no request in flight is closed after `keepalive_timeout`.
+//!
+//! Both are cheap: a few atomics per connection, one timer in the
+//! connection's own task, no thread.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
+
+/// Why a connection was refused right after accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    Total,
+    PerIp,
+}
+
+/// Counts open connections, in total and per client address.
+pub struct ConnLimiter {
+    max_total: usize,
+    max_per_ip: usize,
+    total: AtomicUsize,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl ConnLimiter {
+    pub fn new(max_total: usize, max_per_ip: usize) -> Arc<Self> {
+        Arc::new(ConnLimiter {
+            max_total,
+            max_per_ip,
+            total: AtomicUsize::new(0),
+            per_ip: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Admits a connection from `ip`; `exempt_per_ip` for trusted proxies,
+    /// which carry many clients' connections.
+    pub fn try_acquire(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        exempt_per_ip: bool,
+    ) -> Result<ConnPermit, Refusal> {
+        let ip = canonical(ip);
+        if self.total.fetch_add(1, Ordering::AcqRel) >= self.max_total {
+            self.total.fetch_sub(1, Ordering::AcqRel);
+            return Err(Refusal::Total);
+        }
+        let mut per_ip = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        let n = per_ip.entry(ip).or_insert(0);
+        if *n >= self.max_per_ip && !exempt_per_ip {
+            if *n == 0 {
+                per_ip.remove(&ip);
+            }
+            drop(per_ip);
+            self.total.fetch_sub(1, Ordering::AcqRel);
+            return Err(Refusal::PerIp);
+        }
+        *n += 1;
+        Ok(ConnPermit {
+            limiter: self.clone(),
+            ip,
+        })
+    }
+
+    pub fn open(&self) -> usize {
+        self.total.load(Ordering::Acquire)
+    }
+}
+
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// One admitted connection; released on drop.
+pub struct ConnPermit {
+    limiter: Arc<ConnLimiter>,
+    ip: IpAddr,
+}
+
+impl Drop for ConnPermit {
+    fn drop(&mut self) {
+        let mut per_ip = self
+            .limiter
+            .per_ip
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = per_ip.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
+        drop(per_ip);
+        self.limiter.total.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+const NONE: u64 = u64::MAX;
+
+/// The state of one connection's clocks, shared by its I/O (bytes read),
+/// its service (requests in flight) and its watcher (the deadlines).
+pub struct Activity {
+    start: Instant,
+    in_flight: AtomicUsize,
+    /// When the first byte of the next request head arrived (ms since start).
+    head_started: AtomicU64,
+    /// When the last request finished (ms since start).
+    idle_since: AtomicU64,
+    /// HTTP/2: bytes arrive between requests (WINDOW_UPDATE, PING), so they
+    /// do not start a head; only the first request is due within the header timeout.
+    multiplexed: AtomicBool,
+    changed: Notify,
+}
+
+/// What the watcher should do when its deadline passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    /// The request head did not arrive in time: close the connection.
+    Header,
+    /// Nothing in flight for the keep-alive timeout: close it gracefully.
+    Idle,
+}
+
+impl Activity {
+    /// A new connection: its first request head is due within the header timeout.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Activity {
+            start: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            head_started: AtomicU64::new(0),
+            idle_since: AtomicU64::new(0),
+            multiplexed: AtomicBool::new(false),
+            changed: Notify::new(),
+        })
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(NONE - 1)
+    }
+
+    fn at(&self, ms: u64) -> Instant {
+        self.start + Duration::from_millis(ms)
+    }
+
+    /// The connection speaks HTTP/2: bytes between requests (pings, window
+    /// updates) do not start a request head.
+    pub fn set_multiplexed(&self) {
+        self.multiplexed.store(true, Ordering::Release);
+    }
+
+    fn bytes_read(&self) {
+        if self.multiplexed.load(Ordering::Relaxed) {
+            return;
+        }
+        if self.in_flight.load(Ordering::Acquire) == 0
+            && self.head_started.load(Ordering::Acquire) == NONE
+        {
+            self.head_started.store(self.now_ms(), Ordering::Release);
+            self.changed.notify_one();
+        }
+    }
+
+    /// A request head was parsed; the guard ends the request when dropped
+    /// (with the response body, or when the client goes away).
+    pub fn request_started(self: &Arc<Self>) -> RequestGuard {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.head_started.store(NONE, Ordering::Release);
+        self.changed.notify_one();
+        RequestGuard(self.clone())
+    }
+
+    /// The next deadline and what it means; `None`: a request is in flight.
+    pub fn deadline(&self, header: Duration, keepalive: Duration) -> Option<(Instant, Expiry)> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        match self.head_started.load(Ordering::Acquire) {
+            NONE => Some((
+                self.at(self.idle_since.load(Ordering::Acquire)) + keepalive,
+                Expiry::Idle,
+            )),
+            t => Some((self.at(t) + header, Expiry::Header)),
+        }
+    }
+
+    /// Resolves when the state changed (a deadline may have moved).
+    pub async fn changed(&self) {
+        self.changed.notified().await;
+    }
+}
+
+/// A request in flight on a connection.
+pub struct RequestGuard(Arc<Activity>);
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        let a = &self.0;
+        a.idle_since.store(a.now_ms(), Ordering::Release);
+        a.in_flight.fetch_sub(1, Ordering::AcqRel);
+        a.changed.notify_one();
+    }
+}
+
+/// A connection's I/O that tells its [`Activity`] when bytes arrive.
+pub struct TrackedIo<I> {
+    inner: I,
+    activity: Arc<Activity>,
+    /// h2c: look at the first bytes for the HTTP/2 preface.
+    sniff: bool,
+}
+
+/// How a cleartext HTTP/2 (prior knowledge) connection starts.
+const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2.0";
+
+impl<I> TrackedIo<I> {
+    pub fn new(inner: I, activity: Arc<Activity>) -> Self {
+        TrackedIo {
+            inner,
+            activity,
+            sniff: false,
+        }
+    }
+
+    /// Marks the connection multiplexed if it starts with the HTTP/2 preface
+    /// (for plain listeners with `h2c = true`).
+    pub fn sniff_h2c(mut self) -> Self {
+        self.sniff = true;
+        self
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for TrackedIo<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            if self.sniff {
+                self.sniff = false;
+                if buf.filled()[before..].starts_with(H2_PREFACE_START) {
+                    self.activity.set_multiplexed();
+                }
+            }
+            self.activity.bytes_read();
+        }
+        polled
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for TrackedIo<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+impl Default for Throttle {
+    fn default() -> Self {
+        Throttle::new()
+    }
+}
+
+/// Logs an event at most once per second, counting what it left out, so a
+/// flood of refused connections costs no flood of log lines.
+pub struct Throttle {
+    last: AtomicU64,
+    suppressed: AtomicU64,
+    start: Instant,
+}
+
+impl Throttle {
+    pub fn new() -> Self {
+        Throttle {
+            last: AtomicU64::new(0),
+            suppressed: AtomicU64::new(0),
+            start: Instant::now(),
+        }
+    }
+
+    /// `Some(n)`: log now, `n` events were left out since the last line.
+    pub fn allow(&self) -> Option<u64> {
+        let now = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX) + 1000;
+        let last = self.last.load(Ordering::Acquire);
+        if now.saturating_sub(last) >= 1000
+            && self
+                .last
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            Some(self.suppressed.swap(0, Ordering::AcqRel))
+        } else {
+            self.suppressed.fetch_add(1, Ordering::AcqRel);
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limiter_counts_total_and_per_ip() {
+        let l = ConnLimiter::new(3, 2);
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let p1 = l.try_acquire(a, false).unwrap();
+        let _p2 = l.try_acquire(a, false).unwrap();
+        assert_eq!(l.try_acquire(a, false).err(), Some(Refusal::PerIp));
+        let _p3 = l.try_acquire(b, false).unwrap();
+        assert_eq!(l.try_acquire(b, false).err(), Some(Refusal::Total));
+        drop(p1);
+        assert_eq!(l.open(), 2);
+        let _p4 = l
+            .try_acquire("::ffff:192.0.2.1".parse().unwrap(), false)
+            .unwrap();
+        assert_eq!(l.try_acquire(a, true).err(), Some(Refusal::Total));
+    }
+
+    #[test]
+    fn exempt_peers_skip_the_per_ip_limit() {
+        let l = ConnLimiter::new(10, 1);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let _p = l.try_acquire(a, true).unwrap();
+        let _q = l.try_acquire(a, true).unwrap();
+        assert!(l.try_acquire(a, false).is_err());
+    }
+
+    #[test]
+    fn deadlines_follow_the_connection_state() {
+        let a = Activity::new();
+        let (h, k) = (Duration::from_secs(10), Duration::from_secs(75));
+        assert_eq!(
+            a.deadline(h, k).unwrap().1,
+            Expiry::Header,
+            "first head is due"
+        );
+        let g = a.request_started();
+        assert!(a.deadline(h, k).is_none(), "nothing while in flight");
+        drop(g);
+        assert_eq!(a.deadline(h, k).unwrap().1, Expiry::Idle);
+        a.bytes_read();
+        assert_eq!(a.deadline(h, k).unwrap().1, Expiry::Header);
+        drop(a.request_started());
+        a.set_multiplexed();
+        a.bytes_read();
+        assert_eq!(
+            a.deadline(h, k).unwrap().1,
+            Expiry::Idle,
+            "HTTP/2 frames between requests"
+        );
+    }
+}

@@ -1,0 +1,303 @@
+//! Proxy hygiene at the edge, both ways: message framing that could smuggle
+//! a second request (conflicting `Content-Length`, `Content-Length` with
+//! `Transfer-Encoding`), hop-by-hop headers (RFC 9110 §7.6.1), the
+//! `X-Forwarded-*`/`Forwarded` headers (believed only from
+//! `trusted_proxies`, otherwise replaced by what polyhost saw), and response
+//! header values that could split a response.
+
+use std::net::{IpAddr, SocketAddr};
+
+use http::header::{self, HeaderName, HeaderValue};
+use http::HeaderMap;
+
+use crate::config::FrontConfig;
+use crate::upstream::Scheme;
+
+/// Headers that describe one connection, not the message.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Client-supplied proxy headers; only a trusted proxy may set them.
+const FORWARDED: [&str; 6] = [
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-real-ip",
+];
+
+/// Refuses requests whose body length is ambiguous (a smuggling vector
+/// through any proxy in front of or behind polyhost).
+pub fn check_framing(headers: &HeaderMap) -> Result<(), &'static str> {
+    let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
+    if let Some(first) = lengths.next() {
+        if lengths.next().is_some() {
+            return Err("more than one Content-Length header");
+        }
+        let v = first.as_bytes();
+        if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
+            return Err("Content-Length is not a number");
+        }
+        if headers.contains_key(header::TRANSFER_ENCODING) {
+            return Err("both Content-Length and Transfer-Encoding");
+        }
+    }
+    Ok(())
+}
+
+/// Removes hop-by-hop headers and the headers `Connection` names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let mut named: Vec<HeaderName> = Vec::new();
+    for v in headers.get_all(header::CONNECTION) {
+        if let Ok(v) = v.to_str() {
+            named.extend(
+                v.split(',')
+                    .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok()),
+            );
+        }
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    for name in named {
+        // Connection may not remove end-to-end framing we rely on.
+        if name != header::CONTENT_LENGTH && name != header::HOST {
+            headers.remove(name);
+        }
+    }
+}
+
+/// Cleans a response before it reaches the client: hop-by-hop headers go,
+/// and so does any value with CR, LF or NUL (hyper writes values as they
+/// are). Returns the names of dropped unsafe headers, for the log.
+pub fn sanitize_response(headers: &mut HeaderMap) -> Vec<HeaderName> {
+    strip_hop_by_hop(headers);
+    let bad: Vec<HeaderName> = headers
+        .iter()
+        .filter(|(_, v)| v.as_bytes().iter().any(|&b| matches!(b, b'\r' | b'\n' | 0)))
+        .map(|(k, _)| k.clone())
+        .collect();
+    for k in &bad {
+        headers.remove(k);
+    }
+    bad
+}
+
+/// The client and scheme a request really comes from: the peer itself, or,
+/// when the peer is a trusted proxy, what its `X-Forwarded-For` /
+/// `X-Forwarded-Proto` (or `Forwarded`) say. Afterwards the request carries
+/// exactly one `X-Forwarded-For` and `X-Forwarded-Proto`, with those values,
+/// and no other proxy headers.
+pub fn resolve_forwarded(
+    headers: &mut HeaderMap,
+    peer: SocketAddr,
+    scheme: Scheme,
+    front: &FrontConfig,
+) -> (SocketAddr, Scheme) {
+    let (client, scheme) = if front.is_trusted_proxy(peer.ip()) {
+        from_proxy_headers(headers, peer, scheme, front)
+    } else {
+        (peer, scheme)
+    };
+    for name in FORWARDED {
+        headers.remove(name);
+    }
+    if let Ok(v) = HeaderValue::from_str(&client.ip().to_string()) {
+        headers.insert("x-forwarded-for", v);
+    }
+    headers.insert(
+        "x-forwarded-proto",
+        HeaderValue::from_static(scheme.as_str()),
+    );
+    (client, scheme)
+}
+
+fn from_proxy_headers(
+    headers: &HeaderMap,
+    peer: SocketAddr,
+    scheme: Scheme,
+    front: &FrontConfig,
+) -> (SocketAddr, Scheme) {
+    let values = |name: &str| -> Vec<String> {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect()
+    };
+    let mut hops: Vec<(Option<IpAddr>, Option<String>)> = Vec::new();
+    let xff = values("x-forwarded-for");
+    if !xff.is_empty() {
+        let protos = values("x-forwarded-proto");
+        hops = xff.iter().map(|f| (parse_node(f), None)).collect();
+        if let (Some(last), Some(p)) = (hops.last_mut(), protos.last()) {
+            last.1 = Some(p.clone());
+        }
+    } else {
+        for element in values("forwarded") {
+            let mut node = (None, None);
+            for pair in element.split(';') {
+                let Some((k, v)) = pair.split_once('=') else {
+                    continue;
+                };
+                let v = v.trim().trim_matches('"');
+                match k.trim().to_ascii_lowercase().as_str() {
+                    "for" => node.0 = parse_node(v),
+                    "proto" => node.1 = Some(v.to_owned()),
+                    _ => {}
+                }
+            }
+            hops.push(node);
+        }
+    }
+    // The nearest hop's scheme is what our trusted proxy saw.
+    let scheme = match hops
+        .iter()
+        .rev()
+        .find_map(|h| h.1.as_deref())
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        Some("https") => Scheme::Https,
+        Some("http") => Scheme::Http,
+        _ => scheme,
+    };
+    // Right to left: skip our own trusted proxies; the first other address
+    // is the client. Stop at anything unparsable.
+    let mut client = peer.ip();
+    for (ip, _) in hops.iter().rev() {
+        let Some(ip) = ip else { break };
+        client = *ip;
+        if !front.is_trusted_proxy(*ip) {
+            break;
+        }
+    }
+    let port = if client == peer.ip() { peer.port() } else { 0 };
+    (SocketAddr::new(client, port), scheme)
+}
+
+/// `1.2.3.4`, `1.2.3.4:80`, `[2001:db8::1]`, `[2001:db8::1]:80`, `2001:db8::1`.
+fn parse_node(s: &str) -> Option<IpAddr> {
+    let s = s.trim().trim_matches('"');
+    s.parse::<IpAddr>()
+        .ok()
+        .or_else(|| s.parse::<SocketAddr>().ok().map(|a| a.ip()))
+        .or_else(|| {
+            s.strip_prefix('[')
+                .and_then(|r| r.split_once(']'))
+                .and_then(|(ip, _)| ip.parse().ok())
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::IpCidr;
+
+    fn front(trusted: &[&str]) -> FrontConfig {
+        FrontConfig {
+            trusted_proxies: trusted.iter().map(|t| IpCidr::parse(t).unwrap()).collect(),
+            ..FrontConfig::default()
+        }
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    fn check(trusted: &[&str], peer: &str, pairs: &[(&str, &str)], want: (&str, Scheme)) {
+        let mut h = headers(pairs);
+        let peer: SocketAddr = format!("{peer}:5000").parse().unwrap();
+        let (client, scheme) = resolve_forwarded(&mut h, peer, Scheme::Http, &front(trusted));
+        assert_eq!(
+            (client.ip().to_string().as_str(), scheme),
+            want,
+            "{pairs:?}"
+        );
+        assert_eq!(h.get("x-forwarded-for").unwrap(), want.0);
+        assert_eq!(h.get("x-forwarded-proto").unwrap(), want.1.as_str());
+        assert!(h.get("forwarded").is_none() && h.get("x-real-ip").is_none());
+    }
+
+    #[test]
+    fn forwarded_headers_only_from_trusted_proxies() {
+        use Scheme::*;
+        let spoof = [
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-proto", "https"),
+            ("x-real-ip", "6.6.6.6"),
+        ];
+        check(&[], "192.0.2.9", &spoof, ("192.0.2.9", Http));
+        check(&["10.0.0.0/8"], "192.0.2.9", &spoof, ("192.0.2.9", Http));
+        check(&["10.0.0.0/8"], "10.0.0.1", &spoof, ("6.6.6.6", Https));
+        // The client's own claim sits left of the real client: ignored.
+        check(
+            &["10.0.0.0/8"],
+            "10.0.0.1",
+            &[("x-forwarded-for", "6.6.6.6, 198.51.100.7, 10.0.0.2")],
+            ("198.51.100.7", Http),
+        );
+        check(
+            &["10.0.0.1"],
+            "10.0.0.1",
+            &[("forwarded", "for=\"[2001:db8::7]:4711\";proto=https")],
+            ("2001:db8::7", Https),
+        );
+        check(
+            &["10.0.0.1"],
+            "10.0.0.1",
+            &[("x-forwarded-for", "garbage")],
+            ("10.0.0.1", Http),
+        );
+    }
+
+    #[test]
+    fn framing() {
+        assert!(check_framing(&headers(&[("content-length", "5")])).is_ok());
+        assert!(check_framing(&headers(&[
+            ("content-length", "5"),
+            ("content-length", "5")
+        ]))
+        .is_err());
+        assert!(check_framing(&headers(&[("content-length", "+5")])).is_err());
+        assert!(check_framing(&headers(&[
+            ("content-length", "5"),
+            ("transfer-encoding", "chunked")
+        ]))
+        .is_err());
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_go() {
+        let mut h = headers(&[
+            ("connection", "keep-alive, x-secret"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("te", "trailers"),
+            ("upgrade", "h2c"),
+            ("x-kept", "1"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-kept"]);
+    }
+}

@@ -1,0 +1,720 @@
+//! Limits that hold against hostile clients, each triggered by a real client
+//! over a socket: head size and field count (431), target length (414), body
+//! size while streaming (413), header and keep-alive timeouts, connection
+//! limits (total and per IP), HTTP/2 streams per connection, a slowloris
+//! run; request smuggling attempts; hop-by-hop and forwarded-header rules.
+//! After each, polyhost still serves a normal client.
+
+mod common;
+
+use std::sync::atomic::Ordering::SeqCst;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::front::{self_signed, tls_connect, Echo, Front, H2};
+use common::{connect_from, get, get_from, raw, raw_on, raw_status, Client, TestConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn site(cfg: &TestConfig) {
+    cfg.static_site("www", &["www.test"], "");
+}
+
+async fn still_serving(addr: std::net::SocketAddr) {
+    let r = get(addr, "www.test", "/").await;
+    assert_eq!((r.status, r.text().trim()), (200, "site www"));
+}
+
+#[tokio::test]
+async fn oversized_heads_are_431_long_targets_414_and_others_are_still_served() {
+    let cfg = TestConfig::new();
+    site(&cfg);
+    cfg.main_extra("[limits]\nmax_header_size = \"8K\"\nmax_headers = 20\nmax_uri_length = 1024");
+    let front = Front::start(&cfg, vec![]).await;
+    let addr = front.http;
+
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: www.test\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
+        "a".repeat(10_000)
+    );
+    assert_eq!(
+        raw_status(&raw(addr, big.as_bytes()).await),
+        431,
+        "head larger than max_header_size"
+    );
+
+    let mut many = String::from("GET / HTTP/1.1\r\nHost: www.test\r\nConnection: close\r\n");
+    for i in 0..30 {
+        many.push_str(&format!("X-H{i}: {i}\r\n"));
+    }
+    many.push_str("\r\n");
+    assert_eq!(
+        raw_status(&raw(addr, many.as_bytes()).await),
+        431,
+        "more than max_headers"
+    );
+
+    let long = format!(
+        "GET /{} HTTP/1.1\r\nHost: www.test\r\nConnection: close\r\n\r\n",
+        "x".repeat(2000)
+    );
+    assert_eq!(
+        raw_status(&raw(addr, long.as_bytes()).await),
+        414,
+        "target longer than max_uri_length"
+    );
+    let ok = format!(
+        "GET /{} HTTP/1.1\r\nHost: www.test\r\nConnection: close\r\n\r\n",
+        "x".repeat(900)
+    );
+    assert_eq!(
+        raw_status(&raw(addr, ok.as_bytes()).await),
+        404,
+        "below the limit: routed"
+    );
+
+    // The same limits over HTTP/2.
+    cfg.tls_site("sec", &["sec.test"], "", "", &self_signed(&["sec.test"]));
+    front.reload(&cfg);
+    let tls = tls_connect(front.https, "sec.test", &["h2"]).await.unwrap();
+    let mut h2 = H2::handshake(tls).await;
+    let r = h2
+        .get(&format!("https://sec.test/{}", "x".repeat(2000)))
+        .await;
+    assert_eq!(r.status, 414);
+    let mut req = http::Request::builder().uri("https://sec.test/");
+    for i in 0..30 {
+        req = req.header(format!("x-h{i}"), "v");
+    }
+    let r = h2
+        .send(req.body(http_body_util::Full::new(Bytes::new())).unwrap())
+        .await;
+    assert_eq!(r.status, 431);
+    let r = h2.get("https://sec.test/").await;
+    assert_eq!(r.status, 200, "the HTTP/2 connection still serves");
+
+    still_serving(addr).await;
+    front.stop().await;
+}
+
+fn chunked(method: &str, host: &str, path: &str, total: usize) -> Vec<u8> {
+    let mut out = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    )
+    .into_bytes();
+    let mut left = total;
+    while left > 0 {
+        let n = left.min(300);
+        out.extend_from_slice(format!("{n:x}\r\n").as_bytes());
+        out.extend(std::iter::repeat_n(b'b', n));
+        out.extend_from_slice(b"\r\n");
+        left -= n;
+    }
+    out.extend_from_slice(b"0\r\n\r\n");
+    out
+}
+
+#[tokio::test]
+async fn chunked_bodies_beyond_the_site_limit_are_413_and_static_files_ignore_bodies() {
+    let cfg = TestConfig::new();
+    cfg.static_site("app", &["app.test"], "[limits]\nbody = \"1K\"");
+    cfg.static_site("www", &["www.test"], "[limits]\nbody = \"1K\"");
+    let echo: Arc<dyn polyhost::upstream::Upstream> = Arc::new(Echo::default());
+    let front = Front::start(&cfg, vec![("app", echo)]).await;
+
+    let reply = raw(front.http, &chunked("POST", "app.test", "/", 5000)).await;
+    assert_eq!(raw_status(&reply), 413, "{reply}");
+    let reply = raw(front.http, &chunked("POST", "app.test", "/", 1000)).await;
+    assert_eq!(raw_status(&reply), 200, "{reply}");
+    assert!(reply.contains("body-bytes: 1000\n"), "{reply}");
+    // Content-Length above the limit: 413 before reading.
+    let reply = raw(
+        front.http,
+        b"POST / HTTP/1.1\r\nHost: app.test\r\nContent-Length: 2000\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(raw_status(&reply), 413, "{reply}");
+    // Static files never read the body.
+    let reply = raw(front.http, &chunked("GET", "www.test", "/", 5000)).await;
+    assert_eq!(raw_status(&reply), 200, "{reply}");
+    front.stop().await;
+}
+
+/// Waits for the server to close `s`; returns how long that took.
+async fn closed_after(s: &mut tokio::net::TcpStream, limit: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(limit.saturating_sub(start.elapsed()), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(start.elapsed()),
+            Ok(Ok(_)) => continue,
+            Err(_) => return None,
+        }
+    }
+}
+
+#[tokio::test]
+async fn header_timeout_closes_slow_heads_and_keepalive_timeout_closes_idle_connections() {
+    let cfg = TestConfig::new();
+    site(&cfg);
+    cfg.main_extra("[limits]\nheader_timeout = \"1s\"\nkeepalive_timeout = \"3s\"");
+    let front = Front::start(&cfg, vec![]).await;
+    let addr = front.http;
+
+    // Nothing sent at all: the first head is due within header_timeout.
+    let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // Half a head, then silence.
+    let mut partial = tokio::net::TcpStream::connect(addr).await.unwrap();
+    partial
+        .write_all(b"GET / HTTP/1.1\r\nHost: www")
+        .await
+        .unwrap();
+    for s in [&mut silent, &mut partial] {
+        let took = closed_after(s, Duration::from_secs(5))
+            .await
+            .expect("closed");
+        assert!(took < Duration::from_secs(3), "{took:?}");
+    }
+
+    // A served keep-alive connection, then idle: closed after keepalive_timeout,
+    // not after header_timeout.
+    let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+    idle.write_all(b"GET / HTTP/1.1\r\nHost: www.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let n = idle.read(&mut buf).await.unwrap();
+    assert_eq!(raw_status(&String::from_utf8_lossy(&buf[..n])), 200);
+    let took = closed_after(&mut idle, Duration::from_secs(8))
+        .await
+        .expect("closed when idle");
+    assert!(
+        took >= Duration::from_millis(2500) && took < Duration::from_secs(6),
+        "{took:?}"
+    );
+
+    // A connection that keeps sending requests is not idle.
+    let mut client = Client::connect(addr).await;
+    for _ in 0..8 {
+        assert_eq!(client.get("www.test", "/").await.status, 200);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(!client.is_closed());
+    still_serving(addr).await;
+    front.stop().await;
+}
+
+/// Is `s` refused: a 503 or a close, right away?
+async fn refused(s: tokio::net::TcpStream) -> bool {
+    let reply = raw_on(
+        s,
+        b"GET / HTTP/1.1\r\nHost: www.test\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(3),
+    )
+    .await;
+    reply.is_empty() || raw_status(&reply) == 503
+}
+
+#[tokio::test]
+async fn connections_beyond_the_per_ip_limit_are_refused_and_other_clients_served() {
+    let cfg = TestConfig::new();
+    site(&cfg);
+    cfg.main_extra("[limits]\nmax_connections_per_ip = 4");
+    let front = Front::start(&cfg, vec![]).await;
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(connect_from("127.0.0.1", front.http).await);
+    }
+    assert!(
+        refused(connect_from("127.0.0.1", front.http).await).await,
+        "fifth from one IP"
+    );
+    let r = get_from("127.0.0.2", front.http, "www.test", "/").await;
+    assert_eq!(r.status, 200, "another client is served");
+    drop(held);
+    let ok = common::eventually(Duration::from_secs(5), || async {
+        let s = connect_from("127.0.0.1", front.http).await;
+        !refused(s).await
+    })
+    .await;
+    assert!(ok, "served again once its connections closed");
+    front.stop().await;
+}
+
+#[tokio::test]
+async fn connections_beyond_max_connections_are_refused_until_one_closes() {
+    let cfg = TestConfig::new();
+    site(&cfg);
+    cfg.main_extra("[limits]\nmax_connections = 4");
+    let front = Front::start(&cfg, vec![]).await;
+    let mut held = Vec::new();
+    for i in 1..=4 {
+        held.push(connect_from(&format!("127.0.0.{i}"), front.http).await);
+    }
+    assert!(refused(connect_from("127.0.0.9", front.http).await).await);
+    held.pop();
+    let ok = common::eventually(Duration::from_secs(5), || async {
+        !refused(connect_from("127.0.0.9", front.http).await).await
+    })
+    .await;
+    assert!(ok, "served once a connection closed");
+    front.stop().await;
+}
+
+#[tokio::test]
+async fn http2_streams_per_connection_are_bounded() {
+    let cfg = TestConfig::new();
+    cfg.tls_site("app", &["app.test"], "", "", &self_signed(&["app.test"]));
+    cfg.main_extra("[limits]\nh2_max_streams = 2");
+    let echo = Arc::new(Echo::default());
+    let up: Arc<dyn polyhost::upstream::Upstream> = echo.clone();
+    let front = Front::start(&cfg, vec![("app", up)]).await;
+    let tls = tls_connect(front.https, "app.test", &["h2"]).await.unwrap();
+    let mut h2 = H2::handshake(tls).await;
+    assert_eq!(
+        h2.get("https://app.test/").await.status,
+        200,
+        "settings exchanged"
+    );
+    let mut tasks = Vec::new();
+    for _ in 0..5 {
+        let mut c = h2.clone();
+        tasks.push(tokio::spawn(async move {
+            c.get("https://app.test/hold").await.status
+        }));
+    }
+    assert!(
+        common::eventually(Duration::from_secs(5), || async {
+            echo.in_flight.load(SeqCst) == 2
+        })
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(echo.in_flight.load(SeqCst), 2, "a third stream waits");
+    let done = common::eventually(Duration::from_secs(10), || async {
+        echo.release.notify_waiters();
+        tasks.iter().all(|t| t.is_finished())
+    })
+    .await;
+    assert!(done);
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    assert_eq!(echo.max_in_flight.load(SeqCst), 2);
+    front.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slowloris_run_does_not_stop_a_normal_client() {
+    let cfg = TestConfig::new();
+    site(&cfg);
+    // Defaults: header_timeout 10 s, 256 connections per IP.
+    let front = Front::start(&cfg, vec![]).await;
+    let addr = front.http;
+    let start = Instant::now();
+    let mut attackers = Vec::new();
+    for _ in 0..300 {
+        attackers.push(tokio::spawn(async move {
+            let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+                return true;
+            };
+            if s.write_all(b"GET / HTTP/1.1\r\nHost: www.test\r\n")
+                .await
+                .is_err()
+            {
+                return true;
+            }
+            let mut buf = [0u8; 256];
+            while start.elapsed() < Duration::from_secs(14) {
+                // One header byte a second; stop once the server closed us.
+                match tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf)).await {
+                    Ok(Ok(0)) | Ok(Err(_)) => return true,
+                    Ok(Ok(_)) => return true, // a 503 refusal
+                    Err(_) => {}
+                }
+                if s.write_all(b"X").await.is_err() {
+                    return true;
+                }
+            }
+            false
+        }));
+    }
+    let mut served = 0;
+    while start.elapsed() < Duration::from_secs(12) {
+        let t = Instant::now();
+        let r = tokio::time::timeout(
+            Duration::from_secs(3),
+            get_from("127.0.0.2", addr, "www.test", "/"),
+        )
+        .await
+        .expect("a normal client is served promptly during the attack");
+        assert_eq!(r.status, 200);
+        assert!(t.elapsed() < Duration::from_secs(3));
+        served += 1;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(served >= 15, "{served}");
+    let mut closed = 0;
+    for a in attackers {
+        if a.await.unwrap() {
+            closed += 1;
+        }
+    }
+    assert_eq!(
+        closed, 300,
+        "every slow connection was refused or closed by header_timeout"
+    );
+    still_serving(addr).await;
+    front.stop().await;
+}
+
+#[tokio::test]
+async fn request_smuggling_attempts_are_rejected() {
+    let cfg = TestConfig::new();
+    site(&cfg);
+    let front = Front::start(&cfg, vec![]).await;
+    let cases: &[(&str, &[u8])] = &[
+        (
+            "two different Content-Length",
+            b"POST / HTTP/1.1\r\nHost: www.test\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+        ),
+        (
+            "Content-Length list",
+            b"POST / HTTP/1.1\r\nHost: www.test\r\nContent-Length: 5, 6\r\n\r\nhello!",
+        ),
+        (
+            "signed Content-Length",
+            b"POST / HTTP/1.1\r\nHost: www.test\r\nContent-Length: +5\r\n\r\nhello",
+        ),
+        (
+            "obs-fold",
+            b"GET / HTTP/1.1\r\nHost: www.test\r\nX-Folded: a\r\n b\r\n\r\n",
+        ),
+        (
+            "space before colon",
+            b"GET / HTTP/1.1\r\nHost: www.test\r\nTransfer-Encoding : chunked\r\n\r\n",
+        ),
+        (
+            "unknown transfer coding",
+            b"POST / HTTP/1.1\r\nHost: www.test\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n",
+        ),
+        (
+            "chunked not last",
+            b"POST / HTTP/1.1\r\nHost: www.test\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n",
+        ),
+        (
+            "Transfer-Encoding in HTTP/1.0",
+            b"POST / HTTP/1.0\r\nHost: www.test\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        ),
+    ];
+    for (what, bytes) in cases {
+        let reply = raw(front.http, bytes).await;
+        assert_eq!(raw_status(&reply), 400, "{what}: {reply}");
+        assert_eq!(
+            reply.matches("HTTP/1.").count(),
+            1,
+            "{what}: one response, then close: {reply}"
+        );
+    }
+    // Content-Length with Transfer-Encoding: hyper drops the Content-Length,
+    // reads the body as chunked and closes the connection after answering
+    // (RFC 9112 §6.3), so the request hidden in the body is never served.
+    let both: &[&[u8]] = &[
+        b"POST / HTTP/1.1\r\nHost: www.test\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: www.test\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: www.test\r\nTransfer-Encoding: chunked\r\nContent-Length: 40\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: www.test\r\n\r\n",
+    ];
+    for bytes in both {
+        let reply = raw(front.http, bytes).await;
+        assert_eq!(
+            reply.matches("HTTP/1.").count(),
+            1,
+            "one response, then close: {reply}"
+        );
+        assert!(reply.contains("connection: close"), "{reply}");
+    }
+    // Two equal Content-Length headers are one unambiguous length.
+    let reply = raw(
+        front.http,
+        b"GET / HTTP/1.1\r\nHost: www.test\r\nContent-Length: 5\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+    )
+    .await;
+    assert_eq!(
+        (raw_status(&reply), reply.matches("HTTP/1.").count()),
+        (200, 1),
+        "{reply}"
+    );
+    still_serving(front.http).await;
+    front.stop().await;
+}
+
+fn lines(text: &str) -> Vec<&str> {
+    text.lines().collect()
+}
+
+#[tokio::test]
+async fn hop_by_hop_and_forwarded_headers_from_untrusted_and_trusted_peers() {
+    for trusted in [false, true] {
+        let cfg = TestConfig::new();
+        cfg.static_site("app", &["app.test"], "");
+        if trusted {
+            cfg.main_extra("trusted_proxies = [\"127.0.0.0/8\"]");
+        }
+        let echo: Arc<dyn polyhost::upstream::Upstream> = Arc::new(Echo {
+            respond_with: vec![
+                ("connection", "x-up-private"),
+                ("x-up-private", "1"),
+                ("keep-alive", "timeout=99"),
+                ("proxy-connection", "keep-alive"),
+                ("x-kept", "1"),
+            ],
+            ..Echo::default()
+        });
+        let front = Front::start(&cfg, vec![("app", echo)]).await;
+        let mut c = Client::connect(front.http).await;
+        let req = http::Request::builder()
+            .uri("/")
+            .header("host", "app.test")
+            .header("connection", "x-secret")
+            .header("x-secret", "1")
+            .header("keep-alive", "timeout=5")
+            .header("te", "trailers")
+            .header("proxy-connection", "keep-alive")
+            .header("x-forwarded-for", "6.6.6.6")
+            .header("x-forwarded-proto", "https")
+            .header("x-forwarded-host", "evil.test")
+            .header("forwarded", "for=7.7.7.7;proto=https")
+            .header("x-real-ip", "6.6.6.6")
+            .header("x-polyhost-scheme", "https")
+            .header("x-end-to-end", "kept")
+            .body(http_body_util::Full::new(Bytes::new()))
+            .unwrap();
+        let r = c.send(req).await;
+        assert_eq!(r.status, 200);
+        let text = r.text();
+        let seen = lines(&text);
+        for gone in [
+            "x-secret: 1",
+            "keep-alive: timeout=5",
+            "te: trailers",
+            "proxy-connection: keep-alive",
+            "x-forwarded-host: evil.test",
+            "forwarded: for=7.7.7.7;proto=https",
+            "x-real-ip: 6.6.6.6",
+            "x-polyhost-scheme: https",
+        ] {
+            assert!(
+                !seen.contains(&gone),
+                "trusted={trusted}: {gone} reached the app:\n{text}"
+            );
+        }
+        assert!(!text.contains("\nconnection:"), "{text}");
+        assert!(seen.contains(&"x-end-to-end: kept"), "{text}");
+        assert!(seen.contains(&"host: app.test"), "{text}");
+        let (client, scheme) = if trusted {
+            ("6.6.6.6", "https")
+        } else {
+            ("127.0.0.1", "http")
+        };
+        assert!(
+            seen.contains(&format!("client: {client}").as_str()),
+            "trusted={trusted}:\n{text}"
+        );
+        assert!(
+            seen.contains(&format!("scheme: {scheme}").as_str()),
+            "trusted={trusted}:\n{text}"
+        );
+        assert!(
+            seen.contains(&format!("x-forwarded-for: {client}").as_str()),
+            "{text}"
+        );
+        assert!(
+            seen.contains(&format!("x-forwarded-proto: {scheme}").as_str()),
+            "{text}"
+        );
+        assert_eq!(text.matches("x-forwarded-for:").count(), 1, "{text}");
+        // The response: hop-by-hop headers from the upstream do not reach the client.
+        for gone in ["x-up-private", "keep-alive", "proxy-connection"] {
+            assert!(
+                r.header(gone).is_none(),
+                "{gone} reached the client: {:?}",
+                r.headers
+            );
+        }
+        assert_eq!(r.header("x-kept"), Some("1"));
+        // The access log names the real client too.
+        let log = cfg.path().join("log/app.access.log");
+        let logged = common::eventually(Duration::from_secs(5), || async {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .starts_with(&format!("{client} - - ["))
+        })
+        .await;
+        assert!(
+            logged,
+            "{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        front.stop().await;
+    }
+}
+
+/// A Python site whose "worker" is `tests/apps/fakeworker.py`: raw HTTP on
+/// the worker socket, through the real Python upstream.
+fn fake_python_site(cfg: &TestConfig, user: &common::TestUser, extra: &str) {
+    let worker = cfg.write("apps/fakeworker.py", include_str!("apps/fakeworker.py"));
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&worker, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    cfg.write("www/py/index.html", "static\n");
+    cfg.write(
+        "vhosts/py.toml",
+        &format!(
+            "hosts = [\"py.test\"]\nroot = \"www/py\"\nuser = \"{}\"\n{extra}\n[python]\napp = \"fake\"\nworker = \"{}\"\n",
+            user.name,
+            worker.display()
+        ),
+    );
+    common::open_up(cfg.path());
+}
+
+#[tokio::test]
+async fn through_the_python_upstream_bad_response_heads_never_reach_the_client_and_limits_hold() {
+    let cfg = TestConfig::new();
+    let user = common::TestUser::new();
+    fake_python_site(&cfg, &user, "[limits]\nbody = \"1K\"");
+    let server = common::InProcess::start(&cfg).await;
+    let addr = server.addr;
+
+    // What the worker receives: hop-by-hop headers gone, forwarded headers replaced.
+    let reply = raw(
+        addr,
+        b"GET /echo HTTP/1.1\r\nHost: py.test\r\nConnection: close, x-secret\r\nX-Secret: 1\r\nTE: trailers\r\nX-Forwarded-For: 6.6.6.6\r\nX-Polyhost-Scheme: https\r\n\r\n",
+    )
+    .await;
+    assert_eq!(raw_status(&reply), 200, "{reply}");
+    let lower = reply.to_ascii_lowercase();
+    assert!(!lower.contains("x-secret"), "{reply}");
+    assert!(!lower.contains("te: trailers"), "{reply}");
+    assert!(!lower.contains("6.6.6.6"), "{reply}");
+    assert!(lower.contains("x-polyhost-scheme: http\r\n"), "{reply}");
+    assert!(lower.contains("x-forwarded-for: 127.0.0.1"), "{reply}");
+
+    // A folded header line or a bare CR in a value from the upstream: 502,
+    // and nothing of it reaches the client.
+    for path in ["/fold", "/cr"] {
+        let reply = raw(
+            addr,
+            format!("GET {path} HTTP/1.1\r\nHost: py.test\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await;
+        assert_eq!(raw_status(&reply), 502, "{path}: {reply}");
+        assert!(!reply.contains("evil"), "{path}: {reply}");
+    }
+
+    // A chunked body beyond limits.body, through the real upstream: 413.
+    let reply = raw(addr, &chunked("POST", "py.test", "/echo", 4000)).await;
+    assert_eq!(raw_status(&reply), 413, "{reply}");
+    let reply = raw(addr, &chunked("POST", "py.test", "/echo", 500)).await;
+    assert_eq!(raw_status(&reply), 200, "{reply}");
+    server.stop().await;
+}
+
+#[test]
+fn front_door_keys_are_validated_naming_file_and_key() {
+    let cfg = TestConfig::new();
+    site(&cfg);
+    cfg.main_extra(
+        "tls_listen = [\"nowhere\"]\ntrusted_proxies = [\"10.0.0.0/33\", \"192.0.2.1\"]\n[limits]\nmax_header_size = \"1K\"\nheader_timeout = \"soon\"\nh2_max_streams = 0\nkeepalive_timeout = 0\nbody_timeout = \"x\"",
+    );
+    let errors = polyhost::config::load(&cfg.main()).unwrap_err().to_string();
+    for key in [
+        "polyhost.toml: tls_listen[0]: ",
+        "polyhost.toml: trusted_proxies[0]: ",
+        "polyhost.toml: limits.max_header_size: ",
+        "polyhost.toml: limits.header_timeout: ",
+        "polyhost.toml: limits.h2_max_streams: ",
+        "polyhost.toml: limits.keepalive_timeout: ",
+        "polyhost.toml: limits.body_timeout: ",
+    ] {
+        assert!(errors.contains(key), "{key} missing in:\n{errors}");
+    }
+    assert!(!errors.contains("trusted_proxies[1]"), "{errors}");
+
+    // The documented defaults.
+    let cfg = TestConfig::new();
+    site(&cfg);
+    let limits = cfg.load().server.front.limits;
+    assert_eq!(limits, polyhost::config::ServerLimits::default());
+    assert_eq!(
+        (
+            limits.header_timeout,
+            limits.keepalive_timeout,
+            limits.body_timeout
+        ),
+        (
+            Duration::from_secs(10),
+            Duration::from_secs(75),
+            Duration::from_secs(60)
+        )
+    );
+    assert_eq!(
+        (
+            limits.max_header_size,
+            limits.max_headers,
+            limits.max_uri_length
+        ),
+        (32 << 10, 100, 8192)
+    );
+    assert_eq!(
+        (
+            limits.max_connections,
+            limits.max_connections_per_ip,
+            limits.h2_max_streams
+        ),
+        (10_000, 256, 128)
+    );
+}
+
+#[tokio::test]
+async fn a_stalled_request_body_is_408_after_body_timeout() {
+    let cfg = TestConfig::new();
+    cfg.static_site("app", &["app.test"], "");
+    site(&cfg);
+    cfg.main_extra("[limits]\nbody_timeout = \"1s\"");
+    let echo: Arc<dyn polyhost::upstream::Upstream> = Arc::new(Echo::default());
+    let front = Front::start(&cfg, vec![("app", echo)]).await;
+    // Ten bytes of a hundred, then nothing.
+    let mut s = tokio::net::TcpStream::connect(front.http).await.unwrap();
+    s.write_all(b"POST / HTTP/1.1\r\nHost: app.test\r\nContent-Length: 100\r\n\r\n0123456789")
+        .await
+        .unwrap();
+    let start = Instant::now();
+    let mut reply = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(6), s.read_to_end(&mut reply)).await;
+    let reply = String::from_utf8_lossy(&reply);
+    assert_eq!(raw_status(&reply), 408, "{reply}");
+    assert!(
+        start.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        start.elapsed()
+    );
+    // A body that keeps coming, slower than the timeout in total, is fine.
+    let mut s = tokio::net::TcpStream::connect(front.http).await.unwrap();
+    s.write_all(
+        b"POST / HTTP/1.1\r\nHost: app.test\r\nContent-Length: 6\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    for b in b"abcdef" {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        s.write_all(&[*b]).await.unwrap();
+    }
+    let mut reply = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(6), s.read_to_end(&mut reply)).await;
+    let reply = String::from_utf8_lossy(&reply);
+    assert_eq!(raw_status(&reply), 200, "{reply}");
+    assert!(reply.contains("body-bytes: 6\n"), "{reply}");
+    still_serving(front.http).await;
+    front.stop().await;
+}

@@ -1,0 +1,344 @@
+//! PHP sites end to end, in process: real php-fpm pools started by the
+//! supervisor as the sites' users, behind the router. Covers the pool's
+//! lifecycle (start, SIGKILL → 502 for in-flight requests only → back),
+//! separation of two PHP sites, PHP beside Python in one polyhost, and a
+//! real PHP application from Debian's packages (Adminer).
+
+mod common;
+
+use std::time::Duration;
+
+use common::{get, open_up, python_worker, InProcess, TestConfig, TestUser};
+
+fn php_site(cfg: &TestConfig, name: &str, user: &TestUser, extra: &str) {
+    cfg.write(
+        &format!("www/{name}/index.php"),
+        "<?php echo 'user=' . posix_getpwuid(posix_geteuid())['name'] . ' pid=' . getmypid();",
+    );
+    cfg.write(
+        &format!("www/{name}/read.php"),
+        "<?php $d = @file_get_contents($_GET['f']); echo $d === false ? 'denied' : $d;",
+    );
+    cfg.write(
+        &format!("www/{name}/slow.php"),
+        "<?php sleep((int)$_GET['s']); echo 'slept';",
+    );
+    cfg.write(&format!("www/{name}/style.css"), "body{}\n");
+    cfg.write(
+        &format!("vhosts/{name}.toml"),
+        &format!("hosts = [\"{name}.test\"]\nroot = \"www/{name}\"\nuser = \"{}\"\n[php]\nmax_children = 4\n{extra}\n", user.name),
+    );
+    open_up(cfg.path());
+}
+
+#[tokio::test]
+async fn php_sites_run_on_their_own_pools_as_their_own_users() {
+    let cfg = TestConfig::new();
+    let (ua, ub) = (TestUser::new(), TestUser::new());
+    php_site(&cfg, "php-a", &ua, "");
+    php_site(&cfg, "php-b", &ub, "");
+    // php-a may not read php-b's 0600 file (and open_basedir keeps it in its root anyway).
+    let secret = cfg.write("www/php-b/secret.txt", "b's secret");
+    std::os::unix::fs::chown(&secret, Some(ub.uid), None).unwrap();
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let server = InProcess::start(&cfg).await;
+
+    let a = get(server.addr, "php-a.test", "/").await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert!(
+        a.text().starts_with(&format!("user={} ", ua.name)),
+        "{}",
+        a.text()
+    );
+    let b = get(server.addr, "php-b.test", "/index.php").await;
+    assert!(
+        b.text().starts_with(&format!("user={} ", ub.name)),
+        "{}",
+        b.text()
+    );
+    let css = get(server.addr, "php-a.test", "/style.css").await;
+    assert_eq!(
+        (css.status, css.text().as_str()),
+        (200, "body{}\n"),
+        "static next to PHP"
+    );
+
+    let path = format!("/read.php?f={}", secret.display());
+    assert_eq!(get(server.addr, "php-a.test", &path).await.text(), "denied");
+    assert_eq!(
+        get(server.addr, "php-b.test", &path).await.text(),
+        "b's secret"
+    );
+    // The master runs as the site user too: no root process in the site.
+    let status = server.site("php-a").await;
+    assert_eq!(status.runtime, "php");
+    let master = status.pids[0];
+    let uid = std::fs::read_to_string(format!("/proc/{master}/status")).unwrap();
+    assert!(
+        uid.lines()
+            .any(|l| l.starts_with("Uid:") && l.contains(&ua.uid.to_string())),
+        "{uid}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn sigkill_of_php_fpm_fails_only_in_flight_requests_and_the_pool_comes_back() {
+    let cfg = TestConfig::new();
+    let (ua, ub) = (TestUser::new(), TestUser::new());
+    php_site(&cfg, "victim", &ua, "");
+    php_site(&cfg, "bystander", &ub, "");
+    let server = InProcess::start(&cfg).await;
+    assert_eq!(get(server.addr, "victim.test", "/").await.status, 200);
+    let addr = server.addr;
+    // Steady traffic on the other site throughout.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    let bystander = tokio::spawn(async move {
+        let (mut ok, mut failed) = (0, 0);
+        while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+            if get(addr, "bystander.test", "/").await.status == 200 {
+                ok += 1
+            } else {
+                failed += 1
+            }
+        }
+        (ok, failed)
+    });
+    let in_flight = tokio::spawn(async move { get(addr, "victim.test", "/slow.php?s=5").await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let master = server.site("victim").await.pids[0];
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(master),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let r = in_flight.await.unwrap();
+    assert_eq!(r.status, 502, "the in-flight request fails: {}", r.text());
+    let back = common::eventually(Duration::from_secs(10), || async {
+        get(addr, "victim.test", "/").await.status == 200
+    })
+    .await;
+    assert!(back, "the pool is back");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = bystander.await.unwrap();
+    assert!(
+        ok > 10 && failed == 0,
+        "the other site was served throughout: {ok} ok, {failed} failed"
+    );
+    assert!(server.site("victim").await.restarts >= 1);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn php_and_python_sites_in_one_polyhost() {
+    let cfg = TestConfig::new();
+    let (ua, ub) = (TestUser::new(), TestUser::new());
+    php_site(&cfg, "blog", &ua, "");
+    cfg.write("apps/pyapp.py", include_str!("apps/pyapp.py"));
+    cfg.write(
+        "vhosts/shop.toml",
+        &format!(
+            "hosts = [\"shop.test\"]\nroot = \"www/blog\"\nuser = \"{}\"\n[python]\napp = \"pyapp\"\npath = [\"apps\"]\nworker = \"{}\"\n",
+            ub.name,
+            python_worker().display()
+        ),
+    );
+    open_up(cfg.path());
+    let server = InProcess::start(&cfg).await;
+    let addr = server.addr;
+    let tasks: Vec<_> = (0..20)
+        .map(|i| {
+            tokio::spawn(async move {
+                let host = if i % 2 == 0 { "blog.test" } else { "shop.test" };
+                get(addr, host, "/").await
+            })
+        })
+        .collect();
+    for (i, t) in tasks.into_iter().enumerate() {
+        let r = t.await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        let want = if i % 2 == 0 { "user=" } else { "pid=" };
+        assert!(r.text().starts_with(want), "{}", r.text());
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn adminer_from_debian_renders_its_main_pages() {
+    let adminer = std::path::Path::new("/usr/share/adminer");
+    assert!(
+        adminer.join("adminer/index.php").exists(),
+        "Debian's adminer package is missing: run ./scripts/setup.sh"
+    );
+    let cfg = TestConfig::new();
+    let user = TestUser::new();
+    php_site(&cfg, "dbadmin", &user, "");
+    // Install the application (the whole package tree) into the site's document root.
+    let status = std::process::Command::new("cp")
+        .arg("-r")
+        .arg(adminer)
+        .arg(cfg.path().join("www/dbadmin/adm"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    open_up(cfg.path());
+    let _ = std::process::Command::new("chmod")
+        .args(["-R", "a+rX"])
+        .arg(cfg.path().join("www"))
+        .status();
+    let server = InProcess::start(&cfg).await;
+    let login = get(server.addr, "dbadmin.test", "/adm/adminer/").await;
+    assert_eq!(login.status, 200, "{}", login.text());
+    assert!(
+        login.text().contains("Login - Adminer"),
+        "{}",
+        &login.text()[..login.text().len().min(500)]
+    );
+    let css = get(
+        server.addr,
+        "dbadmin.test",
+        "/adm/adminer/static/default.css",
+    )
+    .await;
+    assert_eq!(css.status, 200);
+    assert_eq!(css.header("content-type"), Some("text/css; charset=utf-8"));
+    // Its second application, Adminer Editor, from the same package.
+    let editor = get(server.addr, "dbadmin.test", "/adm/editor/").await;
+    assert_eq!(editor.status, 200, "{}", editor.text());
+    assert!(editor.text().contains("Editor"), "{}", editor.text());
+    // A database login attempt is answered by the application (SQLite without a password is refused by Adminer itself).
+    let refused = get(
+        server.addr,
+        "dbadmin.test",
+        "/adm/adminer/?sqlite=&username=",
+    )
+    .await;
+    assert!(refused.text().contains("Adminer"), "{}", refused.text());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_ondemand_pool_serves_concurrent_requests_without_waiting_on_idle_connections() {
+    // php-fpm counts a child held by a kept-alive connection as idle and then
+    // spawns no more: with keep-alive, concurrent requests waited 2 × idle_timeout.
+    let cfg = TestConfig::new();
+    let user = TestUser::new();
+    php_site(
+        &cfg,
+        "ondemand",
+        &user,
+        "mode = \"ondemand\"\nidle_timeout = \"10s\"",
+    );
+    let server = InProcess::start(&cfg).await;
+    assert_eq!(get(server.addr, "ondemand.test", "/").await.status, 200);
+    let addr = server.addr;
+    let t = std::time::Instant::now();
+    let tasks: Vec<_> = (0..8)
+        .map(|_| tokio::spawn(async move { get(addr, "ondemand.test", "/").await.status }))
+        .collect();
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), 200);
+    }
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "concurrent requests took {:?}",
+        t.elapsed()
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_pool_that_cannot_start_reports_php_fpm_own_error_and_only_its_site_gets_503() {
+    let cfg = TestConfig::new();
+    let (ua, ub) = (TestUser::new(), TestUser::new());
+    // A real php-fpm that fails at start: pointed at a configuration file that does not exist.
+    let wrapper = cfg.write(
+        "bin/php-fpm-broken",
+        &format!(
+            "#!/bin/sh\nexec {} \"$@\" -y /nonexistent-dir/php-fpm.conf\n",
+            polyhost::runtime::php::find_fpm_binary().unwrap().display()
+        ),
+    );
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    php_site(
+        &cfg,
+        "broken",
+        &ua,
+        &format!("fpm = \"{}\"\nstartup_timeout = \"2s\"", wrapper.display()),
+    );
+    php_site(&cfg, "fine", &ub, "");
+    let server = InProcess::start(&cfg).await;
+    let r = get(server.addr, "broken.test", "/").await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(
+        get(server.addr, "fine.test", "/").await.status,
+        200,
+        "the other site is served"
+    );
+    let log = cfg.path().join("log/broken.error.log");
+    let found = common::eventually(Duration::from_secs(10), || async {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("failed to open configuration file '/nonexistent-dir/php-fpm.conf'")
+    })
+    .await;
+    assert!(
+        found,
+        "php-fpm's own message in the site's error log: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let status = server.site("broken").await;
+    assert!(
+        status
+            .last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("exit status"),
+        "{status:?}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn after_sigkill_of_polyhost_no_php_fpm_survives_the_next_start() {
+    let cfg = TestConfig::new();
+    let user = TestUser::new();
+    php_site(&cfg, "pool", &user, "mode = \"static\"");
+    let bin = common::Binary::start(&cfg.main(), &[]).await;
+    assert_eq!(
+        get(bin.addr, "pool.test", "/").await.status,
+        200,
+        "{}",
+        bin.log()
+    );
+    assert!(
+        common::pids_of_uid(user.uid).len() >= 5,
+        "master and 4 children"
+    );
+    let mut child = bin.child;
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+    // The master dies with polyhost (parent-death signal); php-fpm's children
+    // may outlive it, but the next start removes whatever is left in the
+    // site's cgroup before it starts anything.
+    let master_gone = common::eventually(Duration::from_secs(5), || async {
+        common::pids_of_uid(user.uid).len() < 5
+    })
+    .await;
+    assert!(master_gone);
+    let bin = common::Binary::start(&cfg.main(), &[]).await;
+    let r = get(bin.addr, "pool.test", "/").await;
+    assert_eq!(r.status, 200, "{}", bin.log());
+    let pids = common::pids_of_uid(user.uid);
+    assert_eq!(pids.len(), 5, "only the new pool's processes: {pids:?}");
+    assert!(bin.terminate().await.success());
+    assert!(
+        common::pids_of_uid(user.uid).is_empty(),
+        "nothing survives a clean stop"
+    );
+}
