@@ -104,6 +104,12 @@ shutdown_timeout = "5s"
 
 [admin]
 socket = "state/admin.sock"
+
+# Every client of the benchmark is 127.0.0.1: the per-address limit (default
+# 256) would refuse the 10,000 idle connections and the 1,000 long polls.
+[limits]
+max_connections = 15000
+max_connections_per_ip = 15000
 """)
 
 
@@ -694,11 +700,22 @@ def run_density(args, extra):
     site = os.path.join(TREE, "density/vhosts/py-0000.toml")
     with open(site, "a") as f:
         f.write('\n[python.env]\nBENCH_CHANGED = "1"\n')
+    conf = os.path.join(TREE, "density/polyhost.toml")
     t = time.perf_counter()
-    os.kill(p.pid, signal.SIGHUP)
+    cli = subprocess.run([f"{BIN}/polyhost", "reload", "--config", conf], capture_output=True, text=True)
     reload_s = None
     line = ""
-    while time.perf_counter() - t < 30:
+    if cli.returncode == 0:
+        reload_s = time.perf_counter() - t
+        line = "`polyhost reload`: " + " ".join((cli.stdout + cli.stderr).split())
+        d["reload_how"] = "polyhost reload (CLI, until it returns)"
+    else:
+        # No CLI (or it failed): SIGHUP, then wait for the "reloaded" log line.
+        notes_cli = (cli.stderr or cli.stdout).strip()[:200]
+        d["reload_how"] = f"SIGHUP until the `reloaded` line (the CLI failed: {notes_cli})"
+        t = time.perf_counter()
+        os.kill(p.pid, signal.SIGHUP)
+    while reload_s is None and time.perf_counter() - t < 30:
         with open(errfile, "rb") as f:
             text = f.read()
         if text.count(b"reloaded") > seen or text.count(b"reload refused") > 0:
@@ -869,7 +886,7 @@ def report(args, results, notes, extra, meta):
             L.append(f"- start until listening: {d['startup_s']:.2f} s")
             L.append(f"- polyhost RSS, all idle: {d['rss_idle_kib'] / 1024:.1f} MiB; child processes: "
                      f"{d['children_idle']} ({d['children_rss_kib'] / 1024:.1f} MiB)")
-            L.append(f"- reload (SIGHUP, one site changed) until the `reloaded` line: "
+            L.append(f"- reload with one site changed, {d.get('reload_how', '')}: "
                      + (f"{d['reload_s'] * 1000:.0f} ms" if d["reload_s"] is not None else "no reloaded line in 30 s"))
             L.append(f"  - `{d['reload_line'].strip()}`")
             for k, label in [("cold_python", "Python hello"), ("cold_php", "PHP hello")]:
