@@ -368,8 +368,13 @@ def http_get(port, host, path, timeout=10):
             if not chunk:
                 break
             data += chunk
+    return split_response(data)
+
+
+def split_response(data):
+    """A whole HTTP/1.1 response → (status, decoded body)."""
     head, _, body = data.partition(b"\r\n\r\n")
-    status = int(head.split(b" ", 2)[1])
+    status = int(head.split(b" ", 2)[1]) if head else 0
     if b"transfer-encoding: chunked" in head.lower():
         out, rest = b"", body
         while rest:
@@ -395,8 +400,8 @@ def first_byte_ms(port, host, path):
             if not c:
                 break
             data += c
-    status = int(data.split(b" ", 2)[1]) if data else 0
-    return ms, status, data.partition(b"\r\n\r\n")[2]
+    status, body = split_response(data)
+    return ms, status, body
 
 
 def wait_port(port, seconds=30):
