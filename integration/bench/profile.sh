@@ -118,6 +118,7 @@ PID=
 sleep 1
 echo
 echo "profile: $WORKLOAD, $requests requests under callgrind"
+shopt -s nullglob
 # The workers dump their counts when they exit (on polyhost's SIGTERM).
 for _ in $(seq 100); do pgrep -u polyhost-bench -f "$TREE/out" >/dev/null || break; sleep 0.3; done
 for f in "$TREE"/out/callgrind.*; do
