@@ -11,6 +11,7 @@
 # callgrind (through the site's `worker` key and a wrapper script).
 #
 #   integration/bench/profile.sh [wsgi-hello|wsgi-64k|static-13b|static-1mib] [seconds]
+#   NATIVE_WORKER=1 integration/bench/profile.sh wsgi-hello   # worker natively, sampled by perf too
 #
 # Run integration/bench/run.sh once first (it installs wrk and builds).
 set -euo pipefail
@@ -53,6 +54,7 @@ cat >"$TREE/worker.sh" <<EOF
 exec valgrind --tool=callgrind --callgrind-out-file=$TREE/out/callgrind.%p --dump-instr=no --vgdb=no $BIN/polyhost-python "\$@"
 EOF
 chmod 755 "$TREE/worker.sh"
+[[ -n ${NATIVE_WORKER:-} ]] && printf '#!/bin/sh\nexec %s "$@"\n' "$BIN/polyhost-python" >"$TREE/worker.sh"
 for app in hello big; do
     cat >"$TREE/vhosts/$app.toml" <<EOF
 hosts = ["$app.bench"]
@@ -99,6 +101,11 @@ wrk -t1 -c8 -d3s -H "Host: $HOST" "http://127.0.0.1:$PORT$URLPATH" >/dev/null
 # start-up and warm-up are in the counts; they are few next to the run.)
 perf record -q -e cpu-clock -g -p "$PID" -o "$TREE/perf.data" -- sleep "$SECONDS_" 2>/dev/null &
 PERF=$!
+if [[ -n ${NATIVE_WORKER:-} ]]; then
+    WPIDS=$(pgrep -d, -u polyhost-bench -f "$BIN/polyhost-python" || true)
+    perf record -q -e cpu-clock -g -p "$WPIDS" -o "$TREE/perf-worker.data" -- sleep "$SECONDS_" 2>/dev/null &
+    WPERF=$!
+fi
 wrk -t1 -c8 -d"${SECONDS_}s" -H "Host: $HOST" "http://127.0.0.1:$PORT$URLPATH" | tee "$TREE/wrk.txt"
 if [[ -n ${PERF:-} ]]; then
     wait "$PERF" || true
@@ -110,6 +117,15 @@ if [[ -n ${PERF:-} ]]; then
     head -45 "$TREE/perf-sym.txt"
     mkdir -p "$HERE/results"
     cp "$TREE/perf-sym.txt" "$HERE/results/$(date +%Y%m%d-%H%M%S)-$WORKLOAD-router-perf.txt"
+fi
+if [[ -n ${WPERF:-} ]]; then
+    wait "$WPERF" || true
+    echo
+    echo "== workers (perf, cpu-clock samples, self time): by object, then the top symbols"
+    perf report -i "$TREE/perf-worker.data" --no-children --sort dso --stdio 2>/dev/null | grep -E '^ +[0-9]' | cut -c1-90 | head -8 || true
+    perf report -i "$TREE/perf-worker.data" --no-children --sort symbol --stdio 2>/dev/null | grep -E '^ +[0-9]' | cut -c1-150 >"$TREE/perf-wsym.txt" || true
+    head -40 "$TREE/perf-wsym.txt"
+    cp "$TREE/perf-wsym.txt" "$HERE/results/$(date +%Y%m%d-%H%M%S)-$WORKLOAD-worker-perf.txt"
 fi
 requests=$(awk '/requests in/ {print $1}' "$TREE/wrk.txt")
 kill -TERM "$PID"
