@@ -10,7 +10,7 @@
 # works without hardware counters), and for wsgi-* the *worker* runs under
 # callgrind (through the site's `worker` key and a wrapper script).
 #
-#   integration/bench/profile.sh [wsgi-hello|wsgi-64k|static-13b|static-1mib] [seconds]
+#   integration/bench/profile.sh [wsgi-hello|wsgi-64k|static-13b|static-1mib|php-hello|php-info] [seconds]
 #   NATIVE_WORKER=1 integration/bench/profile.sh wsgi-hello   # worker natively, sampled by perf too
 #
 # Run integration/bench/run.sh once first (it installs wrk and builds).
@@ -27,13 +27,16 @@ case $WORKLOAD in
     wsgi-64k) HOST=big.bench; URLPATH=/ ;;
     static-13b) HOST=static.bench; URLPATH=/13b.txt ;;
     static-1mib) HOST=static.bench; URLPATH=/1mib.bin ;;
+    php-hello) HOST=php.bench; URLPATH=/hello.php ;;
+    php-info) HOST=php.bench; URLPATH=/phpinfo.php ;;
     *) echo "unknown workload $WORKLOAD" >&2; exit 2 ;;
 esac
 
 id polyhost-bench >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin polyhost-bench
 TREE=$(mktemp -d /tmp/polyhost-profile.XXXXXX)
 chmod 755 "$TREE"
-mkdir -p "$TREE"/{apps,static,vhosts,state,log,out}
+mkdir -p "$TREE"/{apps,static,php,vhosts,state,log,out}
+cp "$HERE"/apps/*.php "$TREE/php/"
 chmod 1777 "$TREE/out"
 cp "$HERE"/apps/*.py "$TREE/apps/"
 printf 'Hello, World!' >"$TREE/static/13b.txt"
@@ -68,6 +71,15 @@ startup_timeout = "120s"
 worker = "$TREE/worker.sh"
 EOF
 done
+cat >"$TREE/vhosts/php.toml" <<EOF
+hosts = ["php.bench"]
+root = "$TREE/php"
+user = "polyhost-bench"
+[php]
+mode = "static"
+max_children = 8
+max_requests = 0
+EOF
 cat >"$TREE/vhosts/static.toml" <<EOF
 hosts = ["static.bench"]
 root = "$TREE/static"
