@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# polyhost side by side with its peers (issue 8).
+#
+#   integration/bench/run.sh [--quick] [--only throughput,latency,idle,longpoll,density]
+#
+# Installs what is missing (Debian: apache2, libapache2-mod-wsgi-py3, nginx,
+# php8.2-fpm, wrk; PyPI into a venv: granian, gunicorn), builds polyhost in
+# release, creates the user polyhost-bench, then runs bench.py: every system
+# on its own loopback port with the same process × thread counts, the
+# workloads interleaved, a Markdown report in integration/bench/results/.
+# Everything it starts is stopped by PID on exit. Needs root.
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+
+if [[ $EUID -ne 0 ]]; then
+    echo "bench: run as root (it starts Apache/nginx/php-fpm and polyhost's site users)" >&2
+    exit 2
+fi
+
+PACKAGES=(apache2 libapache2-mod-wsgi-py3 nginx php8.2-fpm wrk python3-dev python3-venv curl procps)
+missing=()
+for p in "${PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    echo "bench: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    # Packages must not start their system services: we run private instances.
+    policy_added=
+    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+        chmod +x /usr/sbin/policy-rc.d
+        policy_added=1
+    fi
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    [[ -n $policy_added ]] && rm -f /usr/sbin/policy-rc.d
+fi
+
+VENV=${BENCH_VENV_DIR:-/var/tmp/polyhost-bench-venv}
+if [[ ! -x $VENV/bin/granian || ! -x $VENV/bin/gunicorn ]]; then
+    echo "bench: creating $VENV (granian, gunicorn)"
+    /usr/bin/python3.11 -m venv "$VENV"
+    "$VENV/bin/pip" install -q --disable-pip-version-check granian gunicorn
+fi
+chmod -R a+rX "$VENV"
+
+if ! command -v cargo >/dev/null; then
+    echo "bench: cargo not found; install Rust from https://rustup.rs and run again" >&2
+    exit 2
+fi
+echo "bench: building polyhost (release)"
+(cd "$REPO" && cargo build --release --workspace --bins)
+
+id polyhost-bench >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin polyhost-bench
+
+# 10,000 idle connections and 1,000 long polls need file descriptors: as
+# many as we may have (raising the hard limit needs CAP_SYS_RESOURCE, which a
+# container may not grant; 20,000 is enough).
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+if (($(ulimit -n) < 12000)); then
+    echo "bench: warning: only $(ulimit -n) file descriptors; the 10,000-connection test will fail" >&2
+fi
+
+TREE=$(mktemp -d /tmp/polyhost-bench.XXXXXX)
+chmod 755 "$TREE"
+PIDFILE=$TREE/pids
+: >"$PIDFILE"
+cleanup() {
+    # bench.py stops what it started; this catches what it could not (killed, crashed).
+    while read -r pid; do
+        if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; then
+            kill -TERM "$pid" 2>/dev/null || true
+            for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+            kill -KILL -- "-$pid" 2>/dev/null || true
+        fi
+    done <"$PIDFILE"
+    if [[ -z ${BENCH_KEEP:-} ]]; then rm -rf "$TREE"; else echo "bench: kept $TREE"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+echo "bench: tree $TREE; load average $(cut -d' ' -f1-3 /proc/loadavg)"
+BENCH_REPO=$REPO BENCH_VENV=$VENV BENCH_TREE=$TREE BENCH_PIDFILE=$PIDFILE \
+    /usr/bin/python3.11 "$HERE/bench.py" "$@"
