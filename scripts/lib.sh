@@ -8,7 +8,7 @@ demo_location() {
     DEMO_CONFIG=polyhost.toml
     DEMO_BIN=./target/release
     if [[ $EUID -eq 0 ]] && ! runuser -u polyhost-demo -- test -r demo/python/app.py -a -x target/release/polyhost-python 2>/dev/null; then
-        local stage=${POLYHOST_DEMO_STAGE:-/var/lib/polyhost-demo}
+        local stage=${DEMO_STAGE_DIR:-/var/lib/polyhost-demo}
         echo "demo: polyhost-demo cannot read $(pwd); serving a copy from $stage" >&2
         mkdir -p "$stage/bin"
         cp -r polyhost.toml conf.d vhosts demo "$stage/"

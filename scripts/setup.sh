@@ -36,7 +36,7 @@ fi
 # A virtualenv with real frameworks for the Python tests (Flask, Django),
 # made by the interpreter polyhost-python links against, in a place site
 # users can read.
-TEST_VENV=${POLYHOST_TEST_VENV:-/var/tmp/polyhost-test-venv}
+TEST_VENV=${TEST_PYTHON_VENV:-/var/tmp/polyhost-test-venv}
 if [[ ! -x $TEST_VENV/bin/python ]] || ! "$TEST_VENV/bin/python" -c "import flask, django" 2>/dev/null; then
     echo "setup: creating the test virtualenv $TEST_VENV (flask, django)"
     /usr/bin/python3.11 -m venv "$TEST_VENV"

@@ -1,5 +1,5 @@
 //! Real frameworks from PyPI (a virtualenv made by `scripts/setup.sh`, at
-//! `$POLYHOST_TEST_VENV`, default `/var/tmp/polyhost-test-venv`): Flask and
+//! `$TEST_PYTHON_VENV`, default `/var/tmp/polyhost-test-venv`): Flask and
 //! Django, mounted at `/` and at `/app`; their URL builders must produce
 //! prefixed URLs (SCRIPT_NAME is right).
 
@@ -8,7 +8,7 @@ mod common;
 use common::{get, open_up, python_worker, InProcess, TestConfig, TestUser};
 
 fn venv() -> std::path::PathBuf {
-    let v = std::env::var_os("POLYHOST_TEST_VENV").map_or_else(
+    let v = std::env::var_os("TEST_PYTHON_VENV").map_or_else(
         || "/var/tmp/polyhost-test-venv".into(),
         std::path::PathBuf::from,
     );

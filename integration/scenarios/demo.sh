@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 [[ -x target/release/polyhost && -x target/release/polyhost-python ]] || cargo build --release --workspace --bins
 source scripts/lib.sh
-POLYHOST_DEMO_STAGE=$(mktemp -d /var/tmp/polyhost-demo-XXXX)
+DEMO_STAGE_DIR=$(mktemp -d /var/tmp/polyhost-demo-XXXX)
 demo_location
 bin=$DEMO_BIN/polyhost
 config=$DEMO_CONFIG
@@ -17,7 +17,7 @@ log="$work/polyhost.log"
 pid=""
 cleanup() {
     [[ -n $pid ]] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
-    rm -rf "$work" "$POLYHOST_DEMO_STAGE"
+    rm -rf "$work" "$DEMO_STAGE_DIR"
 }
 trap cleanup EXIT
 
