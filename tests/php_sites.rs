@@ -334,8 +334,30 @@ async fn after_sigkill_of_polyhost_no_php_fpm_survives_the_next_start() {
     let bin = common::Binary::start(&cfg.main(), &[]).await;
     let r = get(bin.addr, "pool.test", "/").await;
     assert_eq!(r.status, 200, "{}", bin.log());
+    // The new pool (a master and its 4 static children) comes up; nothing
+    // else of the site's user is left: every process descends from the new polyhost.
+    let full = common::eventually(Duration::from_secs(10), || async {
+        common::pids_of_uid(user.uid).len() == 5
+    })
+    .await;
     let pids = common::pids_of_uid(user.uid);
-    assert_eq!(pids.len(), 5, "only the new pool's processes: {pids:?}");
+    assert!(full, "only the new pool's processes: {pids:?}");
+    let polyhost = bin.child.id().unwrap() as i32;
+    let parent = |pid: i32| -> i32 {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("PPid:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    for pid in &pids {
+        let p = parent(*pid);
+        assert!(
+            p == polyhost || parent(p) == polyhost,
+            "pid {pid} (parent {p}) is not of the new pool"
+        );
+    }
     assert!(bin.terminate().await.success());
     assert!(
         common::pids_of_uid(user.uid).is_empty(),
