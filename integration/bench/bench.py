@@ -404,6 +404,14 @@ def first_byte_ms(port, host, path):
     return ms, status, body
 
 
+def port_answers(port):
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
 def wait_port(port, seconds=30):
     deadline = time.time() + seconds
     while time.time() < deadline:
@@ -993,6 +1001,12 @@ def main():
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_signal)
+    busy = [port for port in [P_POLYHOST, P_DENSITY, P_APACHE_PHP, P_NGINX_PHP, P_NGINX_STATIC]
+            + [WSGI_PORTS[s] + i for s in WSGI_PORTS for i in range(3)] if port_answers(port)]
+    if busy:
+        # Another run (or anything else) on our ports would split or steal the
+        # load (granian binds with SO_REUSEPORT): refuse rather than mismeasure.
+        sys.exit(f"bench: ports {busy} are already in use (another benchmark running?); not starting")
     try:
         make_tree()
         poly = start_systems()
