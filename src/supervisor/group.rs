@@ -33,56 +33,16 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::endpoint::{least_busy, Activity, Endpoint, Lease};
+use super::endpoint::{Activity, Endpoint};
+pub use super::handle::{GroupHandle, GroupState, Snapshot};
 use super::launcher::{Launcher, Lifecycle};
 use super::policy::{Restart, RestartPolicy, RestartTracker};
+use super::watch::{describe_status, rss_bytes, wait_ready, watch_process};
 use crate::isolation::{self, Rlimits, SiteCgroup, SiteIdentity, SpawnSpec};
-use crate::upstream::{RuntimeHandle, RuntimeLease, UpstreamError};
 
 /// How long a stopped process gets between SIGTERM and SIGKILL.
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
 const TICK: Duration = Duration::from_millis(500);
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum GroupState {
-    /// No process: not started yet, or scaled to zero.
-    Idle,
-    Starting,
-    Running,
-    /// Crash loop or start failure; requests get 503.
-    Failed(String),
-    /// Stopped for good (site removed or polyhost stopping).
-    Stopped,
-}
-
-impl GroupState {
-    pub fn label(&self) -> &'static str {
-        match self {
-            GroupState::Idle => "idle",
-            GroupState::Starting => "starting",
-            GroupState::Running => "running",
-            GroupState::Failed(_) => "failed",
-            GroupState::Stopped => "stopped",
-        }
-    }
-}
-
-/// What the group publishes; upstreams and status read it.
-#[derive(Clone, Debug)]
-pub struct Snapshot {
-    pub state: GroupState,
-    pub generation: u64,
-    /// Ready processes that take new requests.
-    pub endpoints: Vec<Arc<Endpoint>>,
-    /// Every live process (ready, starting or draining).
-    pub pids: Vec<i32>,
-    pub restarts: u64,
-    pub oom_kills: u64,
-    pub last_error: Option<String>,
-    /// Set while the application itself is broken (its last process failed
-    /// to load it); cleared when a process becomes ready.
-    pub app_error: Option<String>,
-}
 
 /// Everything a group needs to start its processes.
 pub struct GroupSpec {
@@ -103,14 +63,14 @@ pub struct GroupSpec {
     pub policy: RestartPolicy,
 }
 
-enum Cmd {
+pub(super) enum Cmd {
     Start,
     Recycle { endpoint: u64, reason: String },
     RestartAll,
     Stop(oneshot::Sender<()>),
 }
 
-enum Event {
+pub(super) enum Event {
     Ready {
         id: u64,
     },
@@ -130,154 +90,6 @@ enum Event {
     Drained {
         id: u64,
     },
-}
-
-/// The handle upstreams, the supervisor and status use. Cloning is cheap.
-#[derive(Clone)]
-pub struct GroupHandle {
-    pub site: Arc<str>,
-    pub runtime: &'static str,
-    tx: mpsc::UnboundedSender<Cmd>,
-    snapshot: watch::Receiver<Arc<Snapshot>>,
-    activity: Arc<Activity>,
-    startup_timeout: Duration,
-    max_requests: Option<u64>,
-}
-
-impl GroupHandle {
-    pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.snapshot.borrow().clone()
-    }
-
-    /// A lease on the least-busy ready process, starting the group if it is
-    /// idle and waiting (up to the startup timeout) for a process to be ready.
-    pub async fn lease(&self) -> Result<Lease, UpstreamError> {
-        self.activity.touch();
-        let current = self.snapshot();
-        if let Some(e) = least_busy(&current.endpoints) {
-            return Ok(Lease::take(e.clone(), self.activity.clone()));
-        }
-        if matches!(current.state, GroupState::Idle | GroupState::Failed(_)) {
-            let _ = self.tx.send(Cmd::Start);
-        }
-        let mut rx = self.snapshot.clone();
-        let waited = tokio::time::timeout(
-            self.startup_timeout,
-            rx.wait_for(|s| {
-                !s.endpoints.is_empty()
-                    || s.app_error.is_some()
-                    || matches!(s.state, GroupState::Failed(_) | GroupState::Stopped)
-            }),
-        )
-        .await;
-        let snap = match waited {
-            Ok(Ok(s)) => s.clone(),
-            Ok(Err(_)) => {
-                return Err(UpstreamError::Unavailable(format!(
-                    "{} {} is stopped",
-                    self.site, self.runtime
-                )))
-            }
-            Err(_) => {
-                return Err(UpstreamError::Unavailable(format!(
-                    "{} {} did not become ready within {:?}",
-                    self.site, self.runtime, self.startup_timeout
-                )))
-            }
-        };
-        match least_busy(&snap.endpoints) {
-            Some(e) => Ok(Lease::take(e.clone(), self.activity.clone())),
-            None if snap.app_error.is_some() => Err(UpstreamError::AppFailed(format!(
-                "{} {}: {}",
-                self.site,
-                self.runtime,
-                snap.app_error.as_deref().unwrap_or_default()
-            ))),
-            None => Err(UpstreamError::Unavailable(match &snap.state {
-                GroupState::Failed(why) => format!("{} {} failed: {why}", self.site, self.runtime),
-                _ => format!("{} {} is stopped", self.site, self.runtime),
-            })),
-        }
-    }
-
-    /// Ends a request's lease; a process that reached `max_requests` is
-    /// recycled right away rather than at the next periodic check.
-    pub fn release(&self, lease: Lease) {
-        let endpoint = lease.endpoint().clone();
-        drop(lease);
-        if self
-            .max_requests
-            .is_some_and(|max| endpoint.served() == max)
-        {
-            self.recycle(
-                endpoint.id,
-                format!(
-                    "served {max} requests (max_requests)",
-                    max = endpoint.served()
-                ),
-            );
-        }
-    }
-
-    /// Starts the group now (eager start) without waiting.
-    pub fn start(&self) {
-        let _ = self.tx.send(Cmd::Start);
-    }
-
-    /// Replaces one process gracefully (new one first, then drain the old).
-    pub fn recycle(&self, endpoint: u64, reason: impl Into<String>) {
-        let _ = self.tx.send(Cmd::Recycle {
-            endpoint,
-            reason: reason.into(),
-        });
-    }
-
-    /// Replaces every process gracefully (rolling restart).
-    pub fn restart(&self) {
-        let _ = self.tx.send(Cmd::RestartAll);
-    }
-
-    /// Drains and stops every process; returns when they are gone.
-    pub async fn stop(&self) {
-        let (tx, rx) = oneshot::channel();
-        if self.tx.send(Cmd::Stop(tx)).is_ok() {
-            let _ = rx.await;
-        }
-    }
-}
-
-/// Upstreams that only need "a ready socket for this request" (PHP) use the
-/// group through the [`RuntimeHandle`] seam; the lease is released (and
-/// `max_requests` checked) when the request's [`RuntimeLease`] drops.
-impl RuntimeHandle for GroupHandle {
-    fn ready(&self) -> futures_util::future::BoxFuture<'_, Result<RuntimeLease, UpstreamError>> {
-        Box::pin(async move {
-            let lease = self.lease().await?;
-            let socket = lease.endpoint().socket.clone();
-            let uid = lease.endpoint().uid;
-            Ok(RuntimeLease::new(
-                socket,
-                ReleaseOnDrop {
-                    group: self.clone(),
-                    lease: Some(lease),
-                },
-            )
-            .with_peer_uid(uid))
-        })
-    }
-}
-
-struct ReleaseOnDrop {
-    group: GroupHandle,
-    lease: Option<Lease>,
-}
-
-impl Drop for ReleaseOnDrop {
-    fn drop(&mut self) {
-        if let Some(lease) = self.lease.take() {
-            self.group.release(lease);
-        }
-    }
 }
 
 /// Starts the group's actor task and returns its handle. Must be called
@@ -994,89 +806,4 @@ impl Actor {
         };
         self.snap.send_replace(Arc::new(snap));
     }
-}
-
-/// Owns a process: reports its exit, or stops it when asked.
-async fn watch_process(
-    id: u64,
-    mut process: isolation::SiteProcess,
-    stop: oneshot::Receiver<Duration>,
-    events: mpsc::UnboundedSender<Event>,
-) {
-    tokio::select! {
-        status = process.wait() => {
-            // The leader is gone; end whatever is left of its group and cgroup.
-            let _ = process.stop(Duration::from_millis(0)).await;
-            let oom_kills = process.cgroup().and_then(|cg| cg.usage().ok()).map_or(0, |u| u.oom_kills);
-            if let Some(cg) = process.cgroup() { let _ = cg.remove(); }
-            let _ = events.send(Event::Exited { id, status, oom_kills });
-        }
-        grace = stop => {
-            let grace = grace.unwrap_or(STOP_GRACE);
-            if let Err(e) = process.stop(grace).await {
-                tracing::warn!(pid = process.pid(), error = %e, "stopping a process failed");
-            }
-            if let Some(cg) = process.cgroup() { let _ = cg.remove(); }
-            let _ = events.send(Event::Stopped { id });
-        }
-    }
-}
-
-/// Polls the socket until it accepts a connection.
-async fn wait_ready(
-    id: u64,
-    socket: PathBuf,
-    timeout: Duration,
-    events: mpsc::UnboundedSender<Event>,
-) {
-    let deadline = Instant::now() + timeout;
-    let mut delay = Duration::from_millis(2);
-    loop {
-        if tokio::net::UnixStream::connect(&socket).await.is_ok() {
-            let _ = events.send(Event::Ready { id });
-            return;
-        }
-        if Instant::now() >= deadline || events.is_closed() {
-            let _ = events.send(Event::NotReady {
-                id,
-                why: format!(
-                    "did not accept connections on {} within {timeout:?}",
-                    socket.display()
-                ),
-            });
-            return;
-        }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_millis(50));
-    }
-}
-
-/// "exit status 3" / "killed by signal 9 (SIGKILL)".
-pub fn describe_status(s: &ExitStatus) -> String {
-    use std::os::unix::process::ExitStatusExt;
-    match (s.code(), s.signal()) {
-        (Some(code), _) => format!("exit status {code}"),
-        (None, Some(sig)) => {
-            let name = nix::sys::signal::Signal::try_from(sig)
-                .map(|s| s.as_str())
-                .unwrap_or("?");
-            format!("killed by signal {sig} ({name})")
-        }
-        _ => "unknown status".into(),
-    }
-}
-
-/// Resident set size of one process, from `/proc/<pid>/statm`. Read by hand:
-/// one small file per check is cheaper than refreshing a process table.
-pub fn rss_bytes(pid: i32) -> Option<u64> {
-    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages * page_size())
-}
-
-fn page_size() -> u64 {
-    nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
-        .ok()
-        .flatten()
-        .map_or(4096, |p| p as u64)
 }

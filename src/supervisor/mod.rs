@@ -8,8 +8,10 @@
 
 pub mod endpoint;
 pub mod group;
+pub mod handle;
 pub mod launcher;
 pub mod policy;
+pub mod watch;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
