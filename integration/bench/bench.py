@@ -39,19 +39,21 @@ FPM = shutil.which("php-fpm8.2") or "/usr/sbin/php-fpm8.2"
 PHP_CHILDREN = 8
 PROCS, THREADS = 2, 15
 
-# Ports (loopback). polyhost routes by Host on one port.
-P_POLYHOST = 18080
-P_DENSITY = 18090
+# Ports (loopback). polyhost routes by Host on one port. BENCH_PORT_OFFSET
+# shifts all of them, so A/B runs from two worktrees do not collide.
+PORT_OFFSET = int(os.environ.get("BENCH_PORT_OFFSET", "0"))
+P_POLYHOST = 18080 + PORT_OFFSET
+P_DENSITY = 18090 + PORT_OFFSET
 WSGI_APPS = ["hello", "big", "sleep"]
 WSGI_PORTS = {  # system -> first port; hello, big, sleep follow
-    "granian": 18111,
-    "granian-default": 18121,
-    "gunicorn": 18131,
-    "apache-wsgi": 18141,
+    "granian": 18111 + PORT_OFFSET,
+    "granian-default": 18121 + PORT_OFFSET,
+    "gunicorn": 18131 + PORT_OFFSET,
+    "apache-wsgi": 18141 + PORT_OFFSET,
 }
-P_APACHE_PHP = 18151
-P_NGINX_PHP = 18161
-P_NGINX_STATIC = 18162
+P_APACHE_PHP = 18151 + PORT_OFFSET
+P_NGINX_PHP = 18161 + PORT_OFFSET
+P_NGINX_STATIC = 18162 + PORT_OFFSET
 
 started = []  # (name, Popen)
 log = print
@@ -333,7 +335,16 @@ def stop_all():
     started.clear()
 
 
-def start_systems():
+def start_systems(peers=True):
+    """Starts polyhost, and the peers unless `peers` is false (A/B runs)."""
+    if peers:
+        start_peers()
+    polyhost_main_sites()
+    return start("polyhost", [f"{BIN}/polyhost", "serve", "--config", os.path.join(TREE, "polyhost/polyhost.toml")],
+                 cwd=os.path.join(TREE, "polyhost"))
+
+
+def start_peers():
     venv_bin = os.path.join(VENV, "bin")
     apps = os.path.join(TREE, "apps")
     for i, app in enumerate(WSGI_APPS):
@@ -351,9 +362,6 @@ def start_systems():
     start("php-fpm", [FPM, "--nodaemonize", "--fpm-config", fpm_config()])
     start("apache", ["/usr/sbin/apache2", "-f", apache_config(), "-DFOREGROUND"])
     start("nginx", ["/usr/sbin/nginx", "-c", nginx_config(), "-p", os.path.join(TREE, "nginx")])
-    polyhost_main_sites()
-    return start("polyhost", [f"{BIN}/polyhost", "serve", "--config", os.path.join(TREE, "polyhost/polyhost.toml")],
-                 cwd=os.path.join(TREE, "polyhost"))
 
 
 # ---------------------------------------------------------------- probes
@@ -601,9 +609,16 @@ def verify(t, check):
     return bad
 
 
+def chosen(args, t):
+    """The targets of the systems this run measures (`--systems`)."""
+    return {s: v for s, v in t.items() if args.systems is None or s in args.systems}
+
+
 def run_throughput(args, results, notes):
     for name, kind, arg, check, conns in WORKLOADS:
-        t = targets(kind, arg)
+        if args.workloads and not any(w.lower() in name.lower() for w in args.workloads):
+            continue
+        t = chosen(args, targets(kind, arg))
         bad = verify(t, check)
         for s, why in bad.items():
             notes.append(f"{name}: {s} not measured ({why})")
@@ -631,7 +646,7 @@ def run_latency(args, results, notes):
     for name, kind, arg, check in [("latency WSGI hello @%d/s", "wsgi", 0, check_hello),
                                    ("latency PHP hello @%d/s", "php", "/hello.php", check_hello)]:
         name = name % args.rate
-        t = targets(kind, arg)
+        t = chosen(args, targets(kind, arg))
         bad = verify(t, check)
         for s, why in bad.items():
             notes.append(f"{name}: {s} not measured ({why})")
@@ -668,10 +683,10 @@ def run_idle(args, polyhost_pid, extra):
 
 def run_longpoll(args, extra):
     clients, secs = (args.poll_clients, args.poll_seconds)
-    systems = {"polyhost": (P_POLYHOST, "sleep.bench"),
-               "granian": (WSGI_PORTS["granian"] + 2, "localhost"),
-               "apache-wsgi": (WSGI_PORTS["apache-wsgi"] + 2, "localhost"),
-               "gunicorn": (WSGI_PORTS["gunicorn"] + 2, "localhost")}
+    systems = chosen(args, {"polyhost": (P_POLYHOST, "sleep.bench"),
+                            "granian": (WSGI_PORTS["granian"] + 2, "localhost"),
+                            "apache-wsgi": (WSGI_PORTS["apache-wsgi"] + 2, "localhost"),
+                            "gunicorn": (WSGI_PORTS["gunicorn"] + 2, "localhost")})
     out = {}
     for s, (port, host) in systems.items():
         # Warm: every process and thread started (no scale-from-zero in the numbers).
@@ -974,10 +989,19 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--only", default="throughput,latency,idle,longpoll,density",
                     help="comma-separated parts to run")
+    ap.add_argument("--systems", default=None,
+                    help="comma-separated systems to measure (e.g. polyhost, for an A/B of two builds); default all")
+    ap.add_argument("--workloads", default=None,
+                    help="comma-separated substrings of workload names (e.g. 'WSGI hello,PHP'); default all")
+    ap.add_argument("--reps", type=int, default=None, help="repetitions (default 3, 1 with --quick)")
+    ap.add_argument("--duration", type=int, default=None, help="seconds per wrk run (default 10, 2 with --quick)")
     args = ap.parse_args()
+    args.systems = set(args.systems.split(",")) if args.systems else None
+    args.workloads = args.workloads.split(",") if args.workloads else None
+    reps, duration = args.reps, args.duration
     q = args.quick
-    args.reps = 1 if q else 3
-    args.duration = 2 if q else 10
+    args.reps = reps or (1 if q else 3)
+    args.duration = duration or (2 if q else 10)
     args.warmup = 1 if q else 3
     args.rate = 1000
     args.lat_duration = 3 if q else 15
@@ -1009,9 +1033,10 @@ def main():
         sys.exit(f"bench: ports {busy} are already in use (another benchmark running?); not starting")
     try:
         make_tree()
-        poly = start_systems()
-        ports = [P_POLYHOST, P_APACHE_PHP, P_NGINX_PHP, P_NGINX_STATIC] + [
-            WSGI_PORTS[s] + i for s in WSGI_PORTS for i in range(3)]
+        peers = args.systems is None or bool(args.systems - {"polyhost"})
+        poly = start_systems(peers)
+        ports = [P_POLYHOST] + ([P_APACHE_PHP, P_NGINX_PHP, P_NGINX_STATIC] + [
+            WSGI_PORTS[s] + i for s in WSGI_PORTS for i in range(3)] if peers else [])
         for port in ports:
             if not wait_port(port, 30):
                 notes.append(f"port {port} did not open in 30 s")
