@@ -33,7 +33,9 @@ TREE = os.environ["BENCH_TREE"]
 PIDFILE = os.environ.get("BENCH_PIDFILE", os.path.join(TREE, "pids"))
 USER = "polyhost-bench"
 HERE = os.path.dirname(os.path.abspath(__file__))
-BIN = os.path.join(REPO, "target/release")
+# BENCH_BIN_DIR: measure other binaries than this tree's release build
+# (A/B of two builds: `cp target/release/polyhost* /tmp/a/` before a change).
+BIN = os.environ.get("BENCH_BIN_DIR") or os.path.join(REPO, "target/release")
 FPM = shutil.which("php-fpm8.2") or "/usr/sbin/php-fpm8.2"
 
 PHP_CHILDREN = 8

@@ -5,7 +5,8 @@
 //! admission (at most processes × threads requests at the workers; the rest
 //! wait up to `queue_timeout`, then 503) → a lease on the least-busy ready
 //! worker (starting the site if it is scaled to zero) → a pooled keep-alive
-//! connection → the request, with metadata in `x-polyhost-*` headers → the
+//! connection (driven in the request's own task, `wire`) → the request,
+//! with metadata in `x-polyhost-*` headers → the
 //! response head within `request_timeout` (else 504, and the stuck worker is
 //! recycled) → the body pumped by a task into a bounded buffer, so the worker
 //! is released as soon as it has written (up to ~2 MiB) even if the client
@@ -18,19 +19,20 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
-use http::header::{self, HeaderName, HeaderValue};
-use http::{HeaderMap, Request, Response};
+use http::{Request, Response};
 use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+
+use wire::{Framing, WireError, WorkerConn};
 
 use super::spool::spool;
 use super::{BoxError, RequestBody, RequestContext, ResponseBody, Upstream, UpstreamError};
 use crate::config::PythonConfig;
 use crate::metrics::SiteStats;
 use crate::supervisor::{GroupHandle, Lease};
+
+mod wire;
 
 /// Responses up to this size (with a Content-Length) are read whole at once.
 const INLINE_MAX: u64 = 256 << 10;
@@ -112,30 +114,27 @@ impl PythonUpstream {
             .map_err(|_| UpstreamError::Unavailable("site is stopping".into()))?;
         let lease = self.group.lease().await?;
         drop(waiting);
-        let mut sender = self.pool.get(&lease).await?;
+        let mut conn = self.pool.get(&lease).await?;
 
-        let mut head = Request::builder()
-            .method(parts.method.clone())
-            .uri(parts.uri.path_and_query().map_or("/", |pq| pq.as_str()));
-        if let Some(h) = head.headers_mut() {
-            copy_end_to_end(&parts.headers, h);
-            add_metadata(h, ctx);
-            h.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-        }
-        let upstream_req = head
-            .body(body.into_body())
-            .map_err(|e| UpstreamError::BadRequest(e.to_string()))?;
-
-        let sent =
-            tokio::time::timeout(self.request_timeout, sender.send_request(upstream_req)).await;
-        let resp = match sent {
-            Ok(Ok(resp)) => resp,
-            Ok(Err(e)) => {
-                return Err(UpstreamError::BadGateway(format!(
-                    "worker pid {} broke the connection: {e}",
-                    lease.endpoint().pid
-                )))
-            }
+        let head_request = parts.method == http::Method::HEAD;
+        let request_head = wire::encode_head(
+            &parts,
+            &wire::Metadata {
+                remote_addr: ctx.client,
+                scheme: ctx.scheme.as_str(),
+                script_name: &ctx.mount_prefix,
+                server_name: &ctx.host,
+                server_port: ctx.local.port(),
+            },
+            body.len(),
+        );
+        let exchange = async {
+            conn.send(request_head, body).await?;
+            conn.read_head(head_request).await
+        };
+        let head = match tokio::time::timeout(self.request_timeout, exchange).await {
+            Ok(Ok(head)) => head,
+            Ok(Err(e)) => return Err(self.broken(&lease, "broke the connection", e)),
             Err(_) => {
                 self.group.recycle(
                     lease.endpoint().id,
@@ -147,22 +146,17 @@ impl PythonUpstream {
                 return Err(UpstreamError::Timeout(self.request_timeout));
             }
         };
-        let (parts, body) = resp.into_parts();
+        let mut response = Response::new(());
+        *response.status_mut() = head.status;
+        *response.headers_mut() = head.headers;
+        let (parts, ()) = response.into_parts();
         // A response of known, small size is read here at once: the worker
         // is released without a pump task and a channel hop per request.
-        if http_body::Body::size_hint(&body)
-            .exact()
-            .is_some_and(|n| n <= INLINE_MAX)
-        {
-            let read = tokio::time::timeout(self.request_timeout, body.collect()).await;
+        if let Some(len) = head.framing.exact_len().filter(|&n| n <= INLINE_MAX) {
+            let read = tokio::time::timeout(self.request_timeout, conn.read_exact_body(len)).await;
             let bytes = match read {
-                Ok(Ok(collected)) => collected.to_bytes(),
-                Ok(Err(e)) => {
-                    return Err(UpstreamError::BadGateway(format!(
-                        "worker pid {} broke off its response: {e}",
-                        lease.endpoint().pid
-                    )))
-                }
+                Ok(Ok(bytes)) => bytes,
+                Ok(Err(e)) => return Err(self.broken(&lease, "broke off its response", e)),
                 Err(_) => {
                     self.group.recycle(
                         lease.endpoint().id,
@@ -172,15 +166,15 @@ impl PythonUpstream {
                 }
             };
             drop(permit);
-            self.pool.put(lease.endpoint().id, sender);
+            self.pool.put(lease.endpoint().id, conn);
             self.group.release(lease);
             return Ok(Response::from_parts(parts, super::full_body(bytes)));
         }
         let (tx, rx) = mpsc::channel(PUMP_FRAMES);
         tokio::spawn(pump(
-            body,
+            conn,
+            head.framing,
             tx,
-            sender,
             lease,
             permit,
             self.pool.clone(),
@@ -195,6 +189,10 @@ impl PythonUpstream {
             parts,
             StreamBody::new(stream).boxed_unsync(),
         ))
+    }
+
+    fn broken(&self, lease: &Lease, what: &str, e: WireError) -> UpstreamError {
+        UpstreamError::BadGateway(format!("worker pid {} {what}: {e}", lease.endpoint().pid))
     }
 }
 
@@ -239,31 +237,31 @@ impl Drop for Waiting<'_> {
 /// Reads the worker's response into the client's buffer; returns the
 /// connection to the pool when the response was read to the end.
 async fn pump(
-    mut body: hyper::body::Incoming,
+    mut conn: WorkerConn,
+    mut framing: Framing,
     tx: mpsc::Sender<Result<Frame<Bytes>, BoxError>>,
-    sender: SendRequest<RequestBody>,
     lease: Lease,
     permit: OwnedSemaphorePermit,
     pool: Arc<ConnPool>,
     group: GroupHandle,
 ) {
     let complete = loop {
-        match body.frame().await {
-            Some(Ok(frame)) => {
-                if tx.send(Ok(frame)).await.is_err() {
+        match conn.next_data(&mut framing).await {
+            Ok(Some(data)) => {
+                if tx.send(Ok(Frame::data(data))).await.is_err() {
                     break false; // the client went away; the connection is dropped
                 }
             }
-            Some(Err(e)) => {
+            Ok(None) => break true,
+            Err(e) => {
                 let _ = tx.send(Err(Box::new(e))).await;
                 break false;
             }
-            None => break true,
         }
     };
     drop(permit);
     if complete {
-        pool.put(lease.endpoint().id, sender);
+        pool.put(lease.endpoint().id, conn);
     }
     group.release(lease);
 }
@@ -271,25 +269,33 @@ async fn pump(
 /// Keep-alive connections per worker endpoint.
 #[derive(Default)]
 struct ConnPool {
-    idle: Mutex<HashMap<u64, Vec<SendRequest<RequestBody>>>>,
+    idle: Mutex<PoolState>,
 }
 
+#[derive(Default)]
+struct PoolState {
+    by_endpoint: HashMap<u64, Vec<WorkerConn>>,
+    /// Returns since the last sweep of dead connections.
+    puts: u32,
+}
+
+/// Idle connections kept per endpoint (more than a worker's threads is waste).
+const IDLE_PER_ENDPOINT: usize = 64;
+/// Every this many returns, connections the workers closed are dropped
+/// (endpoints of recycled processes never come back).
+const SWEEP_EVERY: u32 = 1024;
+
 impl ConnPool {
-    async fn get(&self, lease: &Lease) -> Result<SendRequest<RequestBody>, UpstreamError> {
+    async fn get(&self, lease: &Lease) -> Result<WorkerConn, UpstreamError> {
         let endpoint = lease.endpoint();
         loop {
             let pooled = self
-                .idle
                 .lock()
-                .unwrap_or_else(|p| p.into_inner())
+                .by_endpoint
                 .get_mut(&endpoint.id)
                 .and_then(Vec::pop);
             match pooled {
-                Some(mut s) if !s.is_closed() => {
-                    if s.ready().await.is_ok() {
-                        return Ok(s);
-                    }
-                }
+                Some(conn) if conn.is_reusable() => return Ok(conn),
                 Some(_) => continue,
                 None => break,
             }
@@ -303,48 +309,29 @@ impl ConnPool {
                     endpoint.socket.display()
                 ))
             })?;
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| UpstreamError::BadGateway(format!("worker handshake failed: {e}")))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(sender)
+        Ok(WorkerConn::new(stream))
     }
 
-    fn put(&self, endpoint: u64, sender: SendRequest<RequestBody>) {
-        if sender.is_closed() {
+    fn put(&self, endpoint: u64, conn: WorkerConn) {
+        if !conn.is_reusable() {
             return;
         }
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        idle.retain(|_, v| {
-            v.retain(|s| !s.is_closed());
-            !v.is_empty()
-        });
-        idle.entry(endpoint).or_default().push(sender);
-    }
-}
-
-/// Copies the client's headers for the worker. The router has already
-/// removed hop-by-hop headers (`router::proxy`), and removes them from the
-/// worker's response too; Content-Length is set from the spooled body.
-fn copy_end_to_end(from: &HeaderMap, to: &mut HeaderMap) {
-    for (name, value) in from {
-        if name != header::CONTENT_LENGTH {
-            to.append(name.clone(), value.clone());
+        let mut state = self.lock();
+        state.puts += 1;
+        if state.puts >= SWEEP_EVERY {
+            state.puts = 0;
+            state.by_endpoint.retain(|_, conns| {
+                conns.retain(WorkerConn::is_reusable);
+                !conns.is_empty()
+            });
+        }
+        let conns = state.by_endpoint.entry(endpoint).or_default();
+        if conns.len() < IDLE_PER_ENDPOINT {
+            conns.push(conn);
         }
     }
-}
 
-fn add_metadata(h: &mut HeaderMap, ctx: &RequestContext) {
-    let mut put = |name: &'static str, value: String| {
-        if let Ok(v) = HeaderValue::try_from(value) {
-            h.insert(HeaderName::from_static(name), v);
-        }
-    };
-    put("x-polyhost-remote-addr", ctx.client.to_string());
-    put("x-polyhost-scheme", ctx.scheme.as_str().to_owned());
-    put("x-polyhost-script-name", ctx.mount_prefix.clone());
-    put("x-polyhost-server-name", ctx.host.clone());
-    put("x-polyhost-server-port", ctx.local.port().to_string());
+    fn lock(&self) -> std::sync::MutexGuard<'_, PoolState> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }

@@ -1,0 +1,653 @@
+//! The router's end of one connection to a `polyhost-python` worker: HTTP/1.1
+//! over a Unix socket, driven in the request's own task.
+//!
+//! Why not hyper's client: it runs every connection in a task of its own, so
+//! each request crossed from the client's task to that task and back (two
+//! wake-ups, often across threads) — the largest router cost of a small
+//! Python response (see `docs/performance.md`). The worker is ours and the
+//! exchange is narrow: one request at a time, a `Content-Length` request body
+//! (bodies are spooled first), a `Content-Length` or chunked response. Heads
+//! are parsed by `httparse`; chunk sizes by `httparse::parse_chunk_size`.
+//!
+//! Invariant: nothing from the worker is trusted (site code writes its
+//! response headers). Heads are bounded ([`MAX_HEAD`], [`MAX_HEADERS`]),
+//! every name and value is validated into `http` types, and any framing
+//! error poisons the connection: it is never reused.
+
+use std::io;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::StatusCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+
+use crate::upstream::spool::Spooled;
+
+/// Largest response head accepted from a worker.
+pub const MAX_HEAD: usize = 64 << 10;
+/// Most response header fields accepted from a worker.
+pub const MAX_HEADERS: usize = 128;
+/// Request bodies up to this size go out in the same write as the head.
+const COALESCE_BODY: usize = 64 << 10;
+/// How much the read buffer grows by when it needs room.
+const READ_CHUNK: usize = 16 << 10;
+/// Largest trailer section of a chunked response (trailers are dropped).
+const MAX_TRAILERS: usize = 16 << 10;
+
+/// Why an exchange with a worker failed. Every variant means the worker
+/// broke the protocol or the connection: a 502 for the request.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("the worker closed the connection {0}")]
+    Closed(&'static str),
+    #[error("the worker sent an invalid response: {0}")]
+    Invalid(String),
+}
+
+/// How the body of a response is delimited, and how much of it is left.
+#[derive(Debug)]
+pub enum Framing {
+    /// No body (HEAD, 204, 304) or a body read to its end.
+    Done,
+    /// `Content-Length`: this many bytes are still to come.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked(Chunk),
+    /// Neither: the body ends when the worker closes the connection.
+    UntilClose,
+}
+
+/// Where a chunked body is.
+#[derive(Debug)]
+pub enum Chunk {
+    /// Before a chunk-size line.
+    Size,
+    /// Inside a chunk's data, this many bytes left.
+    Data(u64),
+    /// After a chunk's data, before its CRLF.
+    DataEnd,
+    /// After the last chunk, in the (ignored) trailer section.
+    Trailers { seen: usize },
+}
+
+impl Framing {
+    /// The body's exact length, when the head says it.
+    pub fn exact_len(&self) -> Option<u64> {
+        match self {
+            Framing::Done => Some(0),
+            Framing::Length(n) => Some(*n),
+            Framing::Chunked(_) | Framing::UntilClose => None,
+        }
+    }
+}
+
+/// A response head from a worker.
+pub struct ResponseHead {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub framing: Framing,
+}
+
+/// One keep-alive connection to a worker.
+pub struct WorkerConn {
+    stream: UnixStream,
+    /// Bytes read from the worker and not consumed yet.
+    buf: BytesMut,
+    /// False once the connection cannot carry another request (the worker
+    /// said `Connection: close`, framing by close, or any error).
+    reusable: bool,
+    /// Whether the response being read leaves the connection reusable once
+    /// its body has been read to the end.
+    keep_alive_after: bool,
+}
+
+impl WorkerConn {
+    pub fn new(stream: UnixStream) -> Self {
+        WorkerConn {
+            stream,
+            buf: BytesMut::new(),
+            reusable: true,
+            keep_alive_after: false,
+        }
+    }
+
+    /// Whether the connection can take another request: it ended its last
+    /// response cleanly, and the worker neither closed it nor sent anything
+    /// unasked since (checked without blocking).
+    pub fn is_reusable(&self) -> bool {
+        if !self.reusable || !self.buf.is_empty() {
+            return false;
+        }
+        // A real peek, not tokio's `try_read`: that answers from the
+        // reactor's readiness cache, which may not have seen the close yet.
+        use nix::sys::socket::{recv, MsgFlags};
+        use std::os::fd::AsRawFd;
+        let mut probe = [0u8; 1];
+        let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
+        matches!(
+            recv(self.stream.as_raw_fd(), &mut probe, flags),
+            Err(nix::errno::Errno::EAGAIN)
+        )
+    }
+
+    /// Sends a request: `head` (see [`encode_head`]) and its body.
+    pub async fn send(&mut self, mut head: Vec<u8>, body: Spooled) -> Result<(), WireError> {
+        self.reusable = false; // until the response has been read to its end
+        match body {
+            Spooled::Memory(bytes) if bytes.len() <= COALESCE_BODY => {
+                head.extend_from_slice(&bytes);
+                self.stream.write_all(&head).await?;
+            }
+            Spooled::Memory(bytes) => {
+                self.stream.write_all(&head).await?;
+                self.stream.write_all(&bytes).await?;
+            }
+            Spooled::File { mut file, len } => {
+                self.stream.write_all(&head).await?;
+                let copied = tokio::io::copy(&mut file, &mut self.stream).await?;
+                if copied != len {
+                    return Err(WireError::Io(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("spooled request body shrank from {len} to {copied} bytes"),
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the response head. `head_request`: the request was HEAD, so
+    /// the response has no body whatever its headers say.
+    pub async fn read_head(&mut self, head_request: bool) -> Result<ResponseHead, WireError> {
+        loop {
+            if let Some(head) = self.parse_head(head_request)? {
+                if head.status.is_informational() {
+                    continue; // 100 Continue and friends: the real head follows
+                }
+                return Ok(head);
+            }
+            if self.buf.len() >= MAX_HEAD {
+                return Err(WireError::Invalid(format!(
+                    "response head larger than {} KiB",
+                    MAX_HEAD >> 10
+                )));
+            }
+            if self.fill().await? == 0 {
+                return Err(WireError::Closed(if self.buf.is_empty() {
+                    "without answering"
+                } else {
+                    "in the middle of the response head"
+                }));
+            }
+        }
+    }
+
+    /// Reads a whole body of known length `len` (the caller bounds it).
+    pub async fn read_exact_body(&mut self, len: u64) -> Result<Bytes, WireError> {
+        let len = usize::try_from(len).map_err(|_| WireError::Invalid("body too long".into()))?;
+        if self.buf.len() < len {
+            self.buf.reserve(len - self.buf.len());
+        }
+        while self.buf.len() < len {
+            if self.stream.read_buf(&mut self.buf).await? == 0 {
+                return Err(WireError::Closed("in the middle of the response body"));
+            }
+        }
+        self.reusable = self.keep_alive_after;
+        Ok(self.buf.split_to(len).freeze())
+    }
+
+    /// The next piece of the body; `None` at its end. Marks the connection
+    /// reusable when a body with a defined end was read to that end.
+    pub async fn next_data(&mut self, framing: &mut Framing) -> Result<Option<Bytes>, WireError> {
+        let result = self.next_data_inner(framing).await;
+        match (&result, &*framing) {
+            (Ok(None), Framing::Done) => self.reusable = self.keep_alive_after,
+            (Err(_), _) => self.reusable = false,
+            _ => {}
+        }
+        result
+    }
+
+    async fn next_data_inner(&mut self, framing: &mut Framing) -> Result<Option<Bytes>, WireError> {
+        loop {
+            match framing {
+                Framing::Done => return Ok(None),
+                Framing::Length(0) => *framing = Framing::Done,
+                Framing::Length(left) => {
+                    let data = self.take_data(left).await?;
+                    return Ok(Some(data));
+                }
+                Framing::UntilClose => {
+                    if self.buf.is_empty() && self.fill().await? == 0 {
+                        self.keep_alive_after = false;
+                        *framing = Framing::Done;
+                        return Ok(None);
+                    }
+                    return Ok(Some(self.buf.split().freeze()));
+                }
+                Framing::Chunked(chunk) => {
+                    if let Some(data) = self.next_chunked(chunk).await? {
+                        return Ok(Some(data));
+                    }
+                    *framing = Framing::Done;
+                }
+            }
+        }
+    }
+
+    /// Advances a chunked body; `Some(data)` for a piece of chunk data,
+    /// `None` once the body (and its trailers) ended.
+    async fn next_chunked(&mut self, chunk: &mut Chunk) -> Result<Option<Bytes>, WireError> {
+        loop {
+            match chunk {
+                Chunk::Size => match httparse::parse_chunk_size(&self.buf) {
+                    Ok(httparse::Status::Complete((used, size))) => {
+                        self.buf.advance(used);
+                        *chunk = if size == 0 {
+                            Chunk::Trailers { seen: 0 }
+                        } else {
+                            Chunk::Data(size)
+                        };
+                    }
+                    Ok(httparse::Status::Partial) => self.need_more("in a chunk size").await?,
+                    Err(_) => return Err(WireError::Invalid("bad chunk size line".into())),
+                },
+                Chunk::Data(left) => {
+                    let data = self.take_data(left).await?;
+                    if *left == 0 {
+                        *chunk = Chunk::DataEnd;
+                    }
+                    return Ok(Some(data));
+                }
+                Chunk::DataEnd => {
+                    if self.buf.len() < 2 {
+                        self.need_more("after chunk data").await?;
+                    } else if &self.buf[..2] == b"\r\n" {
+                        self.buf.advance(2);
+                        *chunk = Chunk::Size;
+                    } else {
+                        return Err(WireError::Invalid("chunk data not followed by CRLF".into()));
+                    }
+                }
+                Chunk::Trailers { seen } => match memchr_crlf(&self.buf) {
+                    Some(0) => {
+                        self.buf.advance(2);
+                        return Ok(None);
+                    }
+                    Some(line) => {
+                        *seen += line + 2;
+                        self.buf.advance(line + 2);
+                    }
+                    None if *seen + self.buf.len() > MAX_TRAILERS => {
+                        return Err(WireError::Invalid("trailers too large".into()))
+                    }
+                    None => self.need_more("in the trailers").await?,
+                },
+            }
+        }
+    }
+
+    /// Up to `*left` bytes of body data (at least one), `*left` reduced.
+    async fn take_data(&mut self, left: &mut u64) -> Result<Bytes, WireError> {
+        if self.buf.is_empty() {
+            self.need_more("in the middle of the response body").await?;
+        }
+        let n = self
+            .buf
+            .len()
+            .min(usize::try_from(*left).unwrap_or(usize::MAX));
+        *left -= n as u64;
+        Ok(self.buf.split_to(n).freeze())
+    }
+
+    async fn need_more(&mut self, where_: &'static str) -> Result<(), WireError> {
+        if self.fill().await? == 0 {
+            return Err(WireError::Closed(where_));
+        }
+        Ok(())
+    }
+
+    async fn fill(&mut self) -> io::Result<usize> {
+        if self.buf.capacity() - self.buf.len() < 1024 {
+            self.buf.reserve(READ_CHUNK);
+        }
+        self.stream.read_buf(&mut self.buf).await
+    }
+
+    fn parse_head(&mut self, head_request: bool) -> Result<Option<ResponseHead>, WireError> {
+        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut fields);
+        let used = match response.parse(&self.buf) {
+            Ok(httparse::Status::Complete(used)) => used,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(e) => return Err(WireError::Invalid(format!("response head: {e}"))),
+        };
+        let invalid = |what: String| WireError::Invalid(what);
+        let code = response.code.unwrap_or(0);
+        let status = StatusCode::from_u16(code)
+            .map_err(|_| invalid(format!("status {code} is not a valid status")))?;
+        let mut meta = HeadMeta::new(response.version == Some(1));
+        let mut headers = HeaderMap::with_capacity(response.headers.len());
+        for field in response.headers.iter() {
+            let name = HeaderName::from_bytes(field.name.as_bytes())
+                .map_err(|_| invalid(format!("header name {:?}", field.name)))?;
+            let value = HeaderValue::from_bytes(field.value)
+                .map_err(|_| invalid(format!("value of header {name}")))?;
+            meta.note(&name, &value)?;
+            headers.append(name, value);
+        }
+        self.buf.advance(used);
+        let no_body = head_request
+            || status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED;
+        let framing = if no_body {
+            Framing::Done
+        } else if meta.chunked {
+            Framing::Chunked(Chunk::Size)
+        } else if meta.other_coding {
+            Framing::UntilClose // RFC 9112 §6.3: read until close
+        } else if let Some(len) = meta.length {
+            Framing::Length(len)
+        } else {
+            Framing::UntilClose
+        };
+        self.keep_alive_after = meta.keep_alive
+            && !matches!(framing, Framing::UntilClose)
+            && !status.is_informational();
+        Ok(Some(ResponseHead {
+            status,
+            headers,
+            framing,
+        }))
+    }
+}
+
+/// What the framing-relevant headers of a response say.
+struct HeadMeta {
+    length: Option<u64>,
+    chunked: bool,
+    /// A transfer coding other than a final `chunked`.
+    other_coding: bool,
+    keep_alive: bool,
+}
+
+impl HeadMeta {
+    fn new(http11: bool) -> Self {
+        HeadMeta {
+            length: None,
+            chunked: false,
+            other_coding: false,
+            keep_alive: http11,
+        }
+    }
+
+    fn note(&mut self, name: &HeaderName, value: &HeaderValue) -> Result<(), WireError> {
+        let text = || value.to_str().unwrap_or("").trim().to_ascii_lowercase();
+        if name == header::CONTENT_LENGTH {
+            let len: u64 = text()
+                .parse()
+                .map_err(|_| WireError::Invalid(format!("Content-Length {value:?}")))?;
+            if self.length.is_some_and(|l| l != len) {
+                return Err(WireError::Invalid("conflicting Content-Length".into()));
+            }
+            self.length = Some(len);
+        } else if name == header::TRANSFER_ENCODING {
+            let codings = text();
+            let last = codings.rsplit(',').next().unwrap_or("").trim();
+            self.chunked = last == "chunked";
+            self.other_coding = !self.chunked;
+        } else if name == header::CONNECTION {
+            let tokens = text();
+            if tokens.split(',').any(|t| t.trim() == "close") {
+                self.keep_alive = false;
+            } else if tokens.split(',').any(|t| t.trim() == "keep-alive") {
+                self.keep_alive = true;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn memchr_crlf(buf: &[u8]) -> Option<usize> {
+    buf.windows(2).position(|w| w == b"\r\n")
+}
+
+/// What the router adds to every request for the worker (WSGI's
+/// REMOTE_ADDR, url_scheme, SCRIPT_NAME, SERVER_NAME, SERVER_PORT).
+pub struct Metadata<'a> {
+    pub remote_addr: std::net::SocketAddr,
+    pub scheme: &'a str,
+    pub script_name: &'a str,
+    pub server_name: &'a str,
+    pub server_port: u16,
+}
+
+/// Encodes a request head for the worker: the client's method, path and
+/// end-to-end headers (the router has removed hop-by-hop ones), the
+/// metadata (any client-sent `x-polyhost-*` header is dropped: only the
+/// router speaks for the client), and the spooled body's length.
+pub fn encode_head(
+    parts: &http::request::Parts,
+    meta: &Metadata<'_>,
+    content_length: u64,
+) -> Vec<u8> {
+    use std::io::Write;
+    let mut out = Vec::with_capacity(512);
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(
+        parts
+            .uri
+            .path_and_query()
+            .map_or("/", |pq| pq.as_str())
+            .as_bytes(),
+    );
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in &parts.headers {
+        if name == header::CONTENT_LENGTH || name.as_str().starts_with("x-polyhost-") {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let _ = write!(out, "x-polyhost-remote-addr: {}\r\n", meta.remote_addr);
+    let _ = write!(out, "x-polyhost-scheme: {}\r\n", meta.scheme);
+    for (name, value) in [
+        ("x-polyhost-script-name", meta.script_name),
+        ("x-polyhost-server-name", meta.server_name),
+    ] {
+        // Both come from validated configuration and the Host header; a
+        // value that could split the head is left out rather than sent.
+        if HeaderValue::from_str(value).is_ok() {
+            let _ = write!(out, "{name}: {value}\r\n");
+        }
+    }
+    let _ = write!(
+        out,
+        "x-polyhost-server-port: {}\r\ncontent-length: {content_length}\r\n\r\n",
+        meta.server_port
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connection whose worker end is a script of raw bytes.
+    async fn conn_answering(raw: &'static [u8]) -> WorkerConn {
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        tokio::spawn(async move {
+            theirs.write_all(raw).await.unwrap();
+            // Keep the worker end open (a keep-alive worker does).
+            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+        });
+        WorkerConn::new(ours)
+    }
+
+    async fn whole_body(conn: &mut WorkerConn, mut framing: Framing) -> Vec<u8> {
+        let mut out = Vec::new();
+        while let Some(data) = conn.next_data(&mut framing).await.unwrap() {
+            out.extend_from_slice(&data);
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn a_content_length_response_is_read_and_the_connection_reused() {
+        let mut conn = conn_answering(
+            b"HTTP/1.1 201 Created\r\nContent-Type: text/plain\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\nContent-Length: 5\r\n\r\nhello",
+        )
+        .await;
+        let head = conn.read_head(false).await.unwrap();
+        assert_eq!(head.status, StatusCode::CREATED);
+        assert_eq!(head.headers.get_all("set-cookie").iter().count(), 2);
+        assert_eq!(head.framing.exact_len(), Some(5));
+        assert_eq!(&conn.read_exact_body(5).await.unwrap()[..], b"hello");
+        assert!(conn.is_reusable());
+    }
+
+    #[tokio::test]
+    async fn a_chunked_response_is_decoded_across_reads_with_trailers() {
+        let mut conn = conn_answering(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n7\r\n, world\r\n0\r\nX-Trailer: t\r\n\r\n",
+        )
+        .await;
+        let head = conn.read_head(false).await.unwrap();
+        assert!(matches!(head.framing, Framing::Chunked(_)));
+        assert_eq!(whole_body(&mut conn, head.framing).await, b"hello, world");
+        assert!(conn.is_reusable());
+    }
+
+    #[tokio::test]
+    async fn connection_close_or_a_body_until_close_is_not_reused() {
+        let mut conn =
+            conn_answering(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok")
+                .await;
+        let head = conn.read_head(false).await.unwrap();
+        conn.read_exact_body(head.framing.exact_len().unwrap())
+            .await
+            .unwrap();
+        assert!(!conn.is_reusable());
+
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        theirs
+            .write_all(b"HTTP/1.1 200 OK\r\n\r\nuntil close")
+            .await
+            .unwrap();
+        drop(theirs);
+        let mut conn = WorkerConn::new(ours);
+        let head = conn.read_head(false).await.unwrap();
+        assert_eq!(whole_body(&mut conn, head.framing).await, b"until close");
+        assert!(!conn.is_reusable());
+    }
+
+    #[tokio::test]
+    async fn head_requests_and_204_have_no_body_whatever_the_headers_say() {
+        let mut conn = conn_answering(b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n").await;
+        let head = conn.read_head(true).await.unwrap();
+        assert_eq!(head.framing.exact_len(), Some(0));
+        assert_eq!(head.headers["content-length"], "99");
+        conn.read_exact_body(0).await.unwrap();
+        assert!(conn.is_reusable());
+    }
+
+    #[tokio::test]
+    async fn an_informational_head_is_skipped() {
+        let mut conn = conn_answering(
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+        )
+        .await;
+        assert_eq!(conn.read_head(false).await.unwrap().status, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn garbage_from_the_worker_is_an_error_and_poisons_the_connection() {
+        for raw in [
+            &b"NOT HTTP\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: nope\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nX-Bad: a\x01b\r\n\r\n",
+            b"HTTP/1.1 999999 Nope\r\n\r\n",
+        ] {
+            let mut conn = conn_answering(raw).await;
+            assert!(
+                matches!(conn.read_head(false).await, Err(WireError::Invalid(_))),
+                "{:?}",
+                String::from_utf8_lossy(raw)
+            );
+            assert!(!conn.is_reusable());
+        }
+        let mut conn =
+            conn_answering(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n").await;
+        let head = conn.read_head(false).await.unwrap();
+        let mut framing = head.framing;
+        assert!(conn.next_data(&mut framing).await.is_err());
+        assert!(!conn.is_reusable());
+    }
+
+    #[tokio::test]
+    async fn an_endless_head_is_refused_at_the_limit() {
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        tokio::spawn(async move {
+            let _ = theirs.write_all(b"HTTP/1.1 200 OK\r\n").await;
+            let line = b"X-Filler: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n";
+            while theirs.write_all(line).await.is_ok() {}
+        });
+        let mut conn = WorkerConn::new(ours);
+        let err = conn.read_head(false).await.err().unwrap();
+        assert!(
+            err.to_string().contains("larger than") || err.to_string().contains("header"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_worker_that_closes_without_answering_is_reported_so() {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        drop(theirs);
+        let mut conn = WorkerConn::new(ours);
+        assert!(!conn.is_reusable());
+        let err = conn.read_head(false).await.err().unwrap();
+        assert_eq!(
+            err.to_string(),
+            "the worker closed the connection without answering"
+        );
+    }
+
+    #[test]
+    fn the_request_head_carries_metadata_and_drops_client_sent_metadata() {
+        let (parts, ()) = http::Request::post("http://example.test/app/x?y=1")
+            .header("host", "example.test")
+            .header("x-polyhost-remote-addr", "6.6.6.6:1")
+            .header("X-Polyhost-Anything", "spoof")
+            .header("content-length", "999")
+            .header("accept", "a")
+            .header("accept", "b")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let meta = Metadata {
+            remote_addr: "127.0.0.1:4242".parse().unwrap(),
+            scheme: "https",
+            script_name: "/app",
+            server_name: "example.test",
+            server_port: 443,
+        };
+        let head = String::from_utf8(encode_head(&parts, &meta, 3)).unwrap();
+        assert_eq!(
+            head,
+            "POST /app/x?y=1 HTTP/1.1\r\nhost: example.test\r\naccept: a\r\naccept: b\r\n\
+             x-polyhost-remote-addr: 127.0.0.1:4242\r\nx-polyhost-scheme: https\r\n\
+             x-polyhost-script-name: /app\r\nx-polyhost-server-name: example.test\r\n\
+             x-polyhost-server-port: 443\r\ncontent-length: 3\r\n\r\n"
+        );
+    }
+}
