@@ -64,10 +64,12 @@ impl Hasher for FastHasher {
     }
 }
 
+/// `HTTP_*` key strings by field name as sent.
+type KeyCache = HashMap<Box<[u8]>, Py<PyString>, BuildHasherDefault<FastHasher>>;
+
 thread_local! {
-    /// `HTTP_*` keys by field name as sent, so common fields cost no allocation.
-    static KEYS: RefCell<HashMap<Box<[u8]>, Py<PyString>, BuildHasherDefault<FastHasher>>> =
-        RefCell::new(HashMap::default());
+    /// Per thread, so common fields cost no allocation and no lock.
+    static KEYS: RefCell<KeyCache> = RefCell::new(HashMap::default());
 }
 const MAX_CACHED_KEYS: usize = 512;
 
