@@ -64,36 +64,91 @@ impl Hasher for FastHasher {
     }
 }
 
-/// `HTTP_*` key strings by field name as sent.
-type KeyCache = HashMap<Box<[u8]>, Py<PyString>, BuildHasherDefault<FastHasher>>;
+/// The last string made for a key; the next request often repeats it
+/// (host, scheme, client address, user agent), and `str` is immutable.
+#[derive(Default)]
+struct Last(Option<(Box<[u8]>, Py<PyString>)>);
 
-thread_local! {
-    /// Per thread, so common fields cost no allocation and no lock.
-    static KEYS: RefCell<KeyCache> = RefCell::new(HashMap::default());
+/// Values longer than this are not remembered.
+const MAX_REMEMBERED: usize = 256;
+
+impl Last {
+    fn get<'py>(&mut self, py: Python<'py>, b: &[u8]) -> Bound<'py, PyString> {
+        if let Some((bytes, s)) = &self.0 {
+            if **bytes == *b {
+                return s.bind(py).clone();
+            }
+        }
+        let s = latin1(py, b);
+        if b.len() <= MAX_REMEMBERED {
+            self.0 = Some((b.into(), s.clone().unbind()));
+        }
+        s
+    }
 }
+
+/// An `HTTP_*` key and the field's last value.
+struct Field {
+    key: Py<PyString>,
+    last: Last,
+}
+
+/// Per-thread strings: keys by field name as sent, and the CGI values.
+#[derive(Default)]
+struct Cache {
+    fields: HashMap<Box<[u8]>, Field, BuildHasherDefault<FastHasher>>,
+    script_name: Last,
+    path_info: Last,
+    query: Last,
+    uri: Last,
+    remote_ip: Last,
+    remote_port: Last,
+    server_name: Last,
+    server_port: Last,
+}
+
+/// Field names remembered per thread (others are built per request).
 const MAX_CACHED_KEYS: usize = 512;
 
+thread_local! {
+    /// Per thread, so the strings cost no lock; only touched by [`build`].
+    static CACHE: RefCell<Cache> = RefCell::new(Cache::default());
+}
+
 fn http_key<'py>(py: Python<'py>, name: &[u8]) -> Bound<'py, PyString> {
-    KEYS.with(|k| {
-        if let Some(key) = k.borrow().get(name) {
-            return key.bind(py).clone();
+    let mut s = String::with_capacity(5 + name.len());
+    s.push_str("HTTP_");
+    s.extend(name.iter().map(|&c| {
+        if c == b'-' {
+            '_'
+        } else {
+            char::from(c.to_ascii_uppercase())
         }
-        let mut s = String::with_capacity(5 + name.len());
-        s.push_str("HTTP_");
-        s.extend(name.iter().map(|&c| {
-            if c == b'-' {
-                '_'
-            } else {
-                char::from(c.to_ascii_uppercase())
-            }
-        }));
-        let key = PyString::intern(py, &s);
-        let mut k = k.borrow_mut();
-        if k.len() < MAX_CACHED_KEYS {
-            k.insert(name.into(), key.clone().unbind());
-        }
-        key
-    })
+    }));
+    PyString::intern(py, &s)
+}
+
+/// The key and value strings of one field (`value` already joined).
+fn field<'py>(
+    py: Python<'py>,
+    cache: &mut Cache,
+    name: &[u8],
+    value: &[u8],
+) -> (Bound<'py, PyString>, Bound<'py, PyString>) {
+    if let Some(f) = cache.fields.get_mut(name) {
+        return (f.key.bind(py).clone(), f.last.get(py, value));
+    }
+    let key = http_key(py, name);
+    if cache.fields.len() >= MAX_CACHED_KEYS {
+        return (key, latin1(py, value));
+    }
+    let mut f = Field {
+        key: key.clone().unbind(),
+        last: Last::default(),
+    };
+    let value = f.last.get(py, value);
+    cache.fields.insert(name.into(), f);
+    (key, value)
 }
 
 /// Splits `IP:PORT` / `[IPv6]:PORT`.
@@ -225,6 +280,16 @@ pub fn build<'py>(
     buf: &[u8],
     head: &RequestHead,
 ) -> PyResult<Environ<'py>> {
+    CACHE.with(|c| build_with(py, &mut c.borrow_mut(), template, buf, head))
+}
+
+fn build_with<'py>(
+    py: Python<'py>,
+    cache: &mut Cache,
+    template: &Py<PyDict>,
+    buf: &[u8],
+    head: &RequestHead,
+) -> PyResult<Environ<'py>> {
     let env = template.bind(py).copy()?;
     let method = method(py, &buf[head.method.clone()]);
     env.set_item(intern!(py, "REQUEST_METHOD"), &method)?;
@@ -235,16 +300,19 @@ pub fn build<'py>(
     let script_name = script_name.strip_suffix(b"/").unwrap_or(script_name);
     let decoded: std::borrow::Cow<'_, [u8]> = percent_encoding::percent_decode(path).into();
     if !script_name.is_empty() {
-        env.set_item(intern!(py, "SCRIPT_NAME"), latin1(py, script_name))?;
+        env.set_item(
+            intern!(py, "SCRIPT_NAME"),
+            cache.script_name.get(py, script_name),
+        )?;
     }
     env.set_item(
         intern!(py, "PATH_INFO"),
-        latin1(py, path_info(&decoded, script_name)),
+        cache.path_info.get(py, path_info(&decoded, script_name)),
     )?;
     if let Some(q) = query {
-        env.set_item(intern!(py, "QUERY_STRING"), latin1(py, q))?;
+        env.set_item(intern!(py, "QUERY_STRING"), cache.query.get(py, q))?;
     }
-    let uri = latin1(py, request_uri);
+    let uri = cache.uri.get(py, request_uri);
     env.set_item(intern!(py, "REQUEST_URI"), &uri)?;
     let protocol = if head.http10 {
         intern!(py, "HTTP/1.0")
@@ -267,8 +335,14 @@ pub fn build<'py>(
     }
 
     let (remote_ip, remote_port) = split_addr(m.remote_addr.unwrap_or(b"127.0.0.1:0"));
-    env.set_item(intern!(py, "REMOTE_ADDR"), latin1(py, remote_ip))?;
-    env.set_item(intern!(py, "REMOTE_PORT"), latin1(py, remote_port))?;
+    env.set_item(
+        intern!(py, "REMOTE_ADDR"),
+        cache.remote_ip.get(py, remote_ip),
+    )?;
+    env.set_item(
+        intern!(py, "REMOTE_PORT"),
+        cache.remote_port.get(py, remote_port),
+    )?;
 
     // SERVER_NAME/PORT: the router's, else the Host header, else defaults.
     let host = m.host.map(split_host);
@@ -278,8 +352,14 @@ pub fn build<'py>(
         .server_port
         .or(host.and_then(|h| h.1))
         .unwrap_or(default_port);
-    env.set_item(intern!(py, "SERVER_NAME"), latin1(py, server_name))?;
-    env.set_item(intern!(py, "SERVER_PORT"), latin1(py, server_port))?;
+    env.set_item(
+        intern!(py, "SERVER_NAME"),
+        cache.server_name.get(py, server_name),
+    )?;
+    env.set_item(
+        intern!(py, "SERVER_PORT"),
+        cache.server_port.get(py, server_port),
+    )?;
 
     let fields = &head.headers;
     for (i, (n, v)) in fields.iter().enumerate() {
@@ -299,27 +379,30 @@ pub fn build<'py>(
             continue; // joined at its first occurrence
         }
         let mut repeats = fields[i + 1..].iter().filter(|f| same(f)).peekable();
-        let value = if repeats.peek().is_none() {
-            latin1(py, &buf[v.clone()])
+        let joined;
+        let value: &[u8] = if repeats.peek().is_none() {
+            &buf[v.clone()]
         } else {
             let sep: &[u8] = if name.eq_ignore_ascii_case(b"cookie") {
                 b"; "
             } else {
                 b","
             };
-            let mut joined = buf[v.clone()].to_vec();
+            let mut all = buf[v.clone()].to_vec();
             for (_, v) in repeats {
-                joined.extend_from_slice(sep);
-                joined.extend_from_slice(&buf[v.clone()]);
+                all.extend_from_slice(sep);
+                all.extend_from_slice(&buf[v.clone()]);
             }
-            latin1(py, &joined)
+            joined = all;
+            &joined
         };
         if name.eq_ignore_ascii_case(b"content-type") {
-            env.set_item(intern!(py, "CONTENT_TYPE"), value)?;
+            env.set_item(intern!(py, "CONTENT_TYPE"), latin1(py, value))?;
         } else if name.eq_ignore_ascii_case(b"content-length") {
-            env.set_item(intern!(py, "CONTENT_LENGTH"), value)?;
+            env.set_item(intern!(py, "CONTENT_LENGTH"), latin1(py, value))?;
         } else {
-            env.set_item(http_key(py, name), value)?;
+            let (key, value) = field(py, cache, name, value);
+            env.set_item(key, value)?;
         }
     }
     Ok(Environ {

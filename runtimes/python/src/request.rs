@@ -154,10 +154,11 @@ pub fn run<'py>(py: Python<'py>, ctx: &AppContext, ex: Exchange, stopping: bool)
 }
 
 fn close_iterable(iterable: &Bound<'_, PyAny>) -> PyResult<()> {
-    let py = iterable.py();
-    let name = pyo3::intern!(py, "close");
-    if iterable.hasattr(name)? {
-        iterable.call_method0(name)?;
+    if iterable.is_exact_instance_of::<PyList>() || iterable.is_exact_instance_of::<PyTuple>() {
+        return Ok(()); // nothing to close
+    }
+    if let Some(close) = iterable.getattr_opt(pyo3::intern!(iterable.py(), "close"))? {
+        close.call0()?;
     }
     Ok(())
 }

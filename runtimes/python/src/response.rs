@@ -9,6 +9,7 @@
 //! announced, or the connection is closed (`Aborted`) so the router sees a
 //! broken body. The state lock is never held while taking the GIL.
 
+use std::borrow::Cow;
 use std::io::{self, IoSlice};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -426,16 +427,18 @@ pub fn type_name(obj: &Bound<'_, PyAny>) -> String {
 }
 
 /// A str's bytes as latin-1 (PEP 3333 "native strings"), or a ValueError.
-fn latin1(s: &Bound<'_, PyString>, what: &str) -> PyResult<Vec<u8>> {
+/// ASCII text (nearly all) is borrowed, not copied.
+fn latin1<'a>(s: &'a Bound<'_, PyString>, what: &str) -> PyResult<Cow<'a, [u8]>> {
     if let Ok(text) = s.to_str() {
         if text.is_ascii() {
-            return Ok(text.as_bytes().to_vec());
+            return Ok(Cow::Borrowed(text.as_bytes()));
         }
     }
     let s = s.to_cow()?;
     s.chars()
         .map(|c| u8::try_from(u32::from(c)).ok())
         .collect::<Option<Vec<u8>>>()
+        .map(Cow::Owned)
         .ok_or_else(|| PyValueError::new_err(format!("{what} {s:?} is not latin-1")))
 }
 

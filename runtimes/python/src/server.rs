@@ -433,16 +433,18 @@ fn write_response(stream: &Stream, out: &[u8], body: &[&[u8]], body_len: usize) 
         let joined = body.concat();
         return write_response(stream, out, &[&joined], body_len);
     }
-    let mut pieces = Vec::with_capacity(1 + body.len());
-    pieces.push(IoSlice::new(out));
+    let mut pieces = [IoSlice::new(&[]); MAX_PIECES + 1];
+    pieces[0] = IoSlice::new(out);
+    let mut n = 1;
     let mut left = body_len;
     for b in body {
         if left == 0 {
             break;
         }
         let take = b.len().min(left);
-        pieces.push(IoSlice::new(&b[..take]));
+        pieces[n] = IoSlice::new(&b[..take]);
+        n += 1;
         left -= take;
     }
-    stream.write_all(&mut pieces)
+    stream.write_all(&mut pieces[..n])
 }

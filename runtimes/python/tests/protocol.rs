@@ -130,16 +130,26 @@ async fn streamed_bodies_are_chunked_for_http11_and_close_delimited_for_http10()
     assert!(!r.head.contains("transfer-encoding"), "{}", r.head);
     assert!(r.head.contains("connection: close\r\n"), "{}", r.head);
     assert_eq!(&r.body[..], b"chunk0\nchunk1\nchunk2\n");
-    // HTTP/1.0 keep-alive, asked for, with a known length.
+    w.assert_clean_log();
+
+    // HTTP/1.0 keep-alive, asked for, with a known length (a list body).
+    let w = Worker::start("plain", &[]).await;
     let mut c = RawConn::connect(&w).await;
-    for _ in 0..2 {
-        c.send(b"GET /plain HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
-            .await;
+    for body in ["one", "two"] {
+        let req = format!(
+            "POST /echo HTTP/1.0\r\nConnection: keep-alive\r\nContent-Length: 3\r\n\r\n{body}"
+        );
+        c.send(req.as_bytes()).await;
         let r = c.read_response(false).await;
         assert!(r.head.contains("connection: keep-alive\r\n"), "{}", r.head);
-        assert_eq!(&r.body[..], b"hello world");
+        assert_eq!(r.body, body.as_bytes());
     }
-    w.assert_clean_log();
+    // Without asking, HTTP/1.0 closes after the response.
+    c.send(b"POST /echo HTTP/1.0\r\nContent-Length: 3\r\n\r\nend")
+        .await;
+    let r = c.read_response(false).await;
+    assert!(r.head.contains("connection: close\r\n"), "{}", r.head);
+    assert!(c.closed().await);
 }
 
 #[tokio::test]
@@ -169,7 +179,7 @@ async fn connection_close_and_bad_requests_end_the_connection() {
     let mut c = RawConn::connect(&w).await;
     let mut huge = b"GET / HTTP/1.1\r\nx-big: ".to_vec();
     huge.resize(2 << 20, b'a');
-    c.send(&huge).await;
+    c.send_some(&huge).await;
     assert_eq!(c.read_response(false).await.status, 431);
     // The worker serves on.
     assert_eq!(w.get("/env").await.status, StatusCode::OK);

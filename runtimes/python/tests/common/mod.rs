@@ -249,6 +249,12 @@ impl RawConn {
         self.stream.write_all(bytes).await.unwrap();
     }
 
+    /// Sends what the worker may refuse half-way (it answers, then closes).
+    pub async fn send_some(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        let _ = self.stream.write_all(bytes).await;
+    }
+
     /// Reads more bytes into the buffer; false at EOF (or a reset).
     async fn fill(&mut self) -> bool {
         use tokio::io::AsyncReadExt;
