@@ -8,6 +8,7 @@
 //! - [`signals`]: SIGTERM/SIGINT, turned into a wake-up of the main thread.
 //! - [`server`]: the listener, the shared epoll set, the Python threads that
 //!   wait in it and serve what wakes them, idle connections, graceful stop.
+//! - [`pacer`]: how many of those threads wait for requests at once.
 //! - [`conn`]: one router connection: socket, read buffer, head reads, writes.
 //! - [`head`]: the request head, parsed by `httparse`.
 //! - [`body`]: the request body's framing (Content-Length, chunked).
@@ -30,6 +31,7 @@ pub mod file_wrapper;
 pub mod head;
 pub mod input;
 pub mod interpreter;
+pub mod pacer;
 pub mod request;
 pub mod response;
 pub mod server;

@@ -36,6 +36,7 @@ use pyo3::prelude::*;
 
 use crate::conn::{Conn, HeadRead, ReadBuf, Stream};
 use crate::errors::StartError;
+use crate::pacer::Pacer;
 use crate::request::{self, AppContext, Done, Exchange, Finish};
 
 /// The listener's epoll token; connections count from 1.
@@ -132,6 +133,7 @@ pub struct Server {
     table: Mutex<Table>,
     drained: Condvar,
     stopping: AtomicBool,
+    pacer: Pacer,
 }
 
 /// A connection owned by a thread; dropping it counts the connection as
@@ -174,7 +176,11 @@ impl Server {
             }),
             drained: Condvar::new(),
             stopping: AtomicBool::new(false),
+            pacer: Pacer::new(threads),
         }));
+        std::thread::Builder::new()
+            .name("polyhost-pacer".into())
+            .spawn(move || server.pacer.watch())?;
         let ctx = Arc::new(ctx);
         for i in 0..threads {
             let ctx = ctx.clone();
@@ -242,7 +248,10 @@ impl Server {
             let (mut conn, busy) = match again.take() {
                 Some(owned) => owned,
                 None => {
-                    match self.epoll.wait(&mut events, EpollTimeout::NONE) {
+                    self.pacer.start_listening();
+                    let waited = self.epoll.wait(&mut events, EpollTimeout::NONE);
+                    self.pacer.stop_listening();
+                    match waited {
                         Ok(1) => {}
                         Ok(_) | Err(Errno::EINTR) => continue,
                         Err(e) => {

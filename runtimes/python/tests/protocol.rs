@@ -238,3 +238,27 @@ async fn sigterm_closes_idle_connections_and_finishes_the_busy_one() {
     assert_eq!(status.code(), Some(0), "{}", w.stderr());
     assert!(!w.socket.exists());
 }
+
+/// More blocking requests than threads listen eagerly (two): the benched
+/// threads are called up within milliseconds, so all of them overlap.
+#[tokio::test]
+async fn blocking_requests_overlap_on_all_threads() {
+    let w = Worker::start("plain", &["--threads", "6"]).await;
+    let mut conns = Vec::new();
+    for _ in 0..6 {
+        conns.push(w.connect().await);
+    }
+    let t0 = Instant::now();
+    let replies = futures_util::future::join_all(
+        conns
+            .iter_mut()
+            .map(|c| send_on(c, request("GET", "/sleep?1.0").body(empty()).unwrap())),
+    )
+    .await;
+    let took = t0.elapsed().as_secs_f64();
+    assert!(replies.iter().all(|r| r.status == StatusCode::OK));
+    assert!(
+        took < 1.8,
+        "six 1 s requests on six threads took {took:.2}s"
+    );
+}
