@@ -1,20 +1,20 @@
-//! The WSGI `environ` of one request (PEP 3333): CGI variables from the request
-//! line, `HTTP_*` from the headers, the router's reserved `x-polyhost-*`
-//! headers, and the `wsgi.*` keys. Constant keys live in a template dict that
-//! is copied per request.
+//! The WSGI `environ` of one request (PEP 3333), built straight from the
+//! parsed head: CGI variables from the request line, `HTTP_*` from the
+//! fields, the router's reserved `x-polyhost-*` fields, and the `wsgi.*`
+//! keys. Constant keys live in a template dict that is copied per request;
+//! `HTTP_*` key strings are interned once per thread and field name.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
-use http::header::{HeaderName, CONTENT_LENGTH, CONTENT_TYPE, COOKIE, HOST};
-use http::request::Parts;
-use http::Version;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyString, PyTuple};
 use pyo3::{intern, Py};
 
 use crate::errors::ErrorStream;
 use crate::file_wrapper::FileWrapper;
+use crate::head::RequestHead;
 use crate::input::Input;
 
 pub const H_REMOTE_ADDR: &str = "x-polyhost-remote-addr";
@@ -22,7 +22,7 @@ pub const H_SCHEME: &str = "x-polyhost-scheme";
 pub const H_SCRIPT_NAME: &str = "x-polyhost-script-name";
 pub const H_SERVER_NAME: &str = "x-polyhost-server-name";
 pub const H_SERVER_PORT: &str = "x-polyhost-server-port";
-const RESERVED_PREFIX: &str = "x-polyhost-";
+const RESERVED_PREFIX: &[u8] = b"x-polyhost-";
 
 /// The keys that are the same for every request of this process.
 pub fn template(py: Python<'_>, multithread: bool, multiprocess: bool) -> PyResult<Py<PyDict>> {
@@ -40,44 +40,115 @@ pub fn template(py: Python<'_>, multithread: bool, multiprocess: bool) -> PyResu
 }
 
 /// Bytes as a latin-1 `str` (PEP 3333 native strings).
-fn latin1<'py>(py: Python<'py>, b: &[u8]) -> Bound<'py, PyString> {
+pub fn latin1<'py>(py: Python<'py>, b: &[u8]) -> Bound<'py, PyString> {
     match std::str::from_utf8(b) {
         Ok(s) if b.is_ascii() => PyString::new(py, s),
         _ => PyString::new(py, &b.iter().map(|&c| char::from(c)).collect::<String>()),
     }
 }
 
-fn header<'a>(parts: &'a Parts, name: &str) -> Option<&'a [u8]> {
-    parts.headers.get(name).map(|v| v.as_bytes())
+/// A multiplicative hash for short keys: the cache is per thread and keyed
+/// by names the router sends, so flooding is not a concern.
+#[derive(Default)]
+struct FastHasher(u64);
+
+impl Hasher for FastHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+    }
 }
 
-thread_local! {
-    /// `HTTP_*` keys by header name, so common headers cost no allocation.
-    static KEYS: RefCell<HashMap<HeaderName, Py<PyString>>> = RefCell::new(HashMap::new());
+/// The last string made for a key; the next request often repeats it
+/// (host, scheme, client address, user agent), and `str` is immutable.
+#[derive(Default)]
+struct Last(Option<(Box<[u8]>, Py<PyString>)>);
+
+/// Values longer than this are not remembered.
+const MAX_REMEMBERED: usize = 256;
+
+impl Last {
+    fn get<'py>(&mut self, py: Python<'py>, b: &[u8]) -> Bound<'py, PyString> {
+        if let Some((bytes, s)) = &self.0 {
+            if **bytes == *b {
+                return s.bind(py).clone();
+            }
+        }
+        let s = latin1(py, b);
+        if b.len() <= MAX_REMEMBERED {
+            self.0 = Some((b.into(), s.clone().unbind()));
+        }
+        s
+    }
 }
+
+/// An `HTTP_*` key and the field's last value.
+struct Field {
+    key: Py<PyString>,
+    last: Last,
+}
+
+/// Per-thread strings: keys by field name as sent, and the CGI values.
+#[derive(Default)]
+struct Cache {
+    fields: HashMap<Box<[u8]>, Field, BuildHasherDefault<FastHasher>>,
+    script_name: Last,
+    path_info: Last,
+    query: Last,
+    uri: Last,
+    remote_ip: Last,
+    remote_port: Last,
+    server_name: Last,
+    server_port: Last,
+}
+
+/// Field names remembered per thread (others are built per request).
 const MAX_CACHED_KEYS: usize = 512;
 
-fn http_key<'py>(py: Python<'py>, name: &HeaderName) -> Bound<'py, PyString> {
-    KEYS.with(|k| {
-        if let Some(key) = k.borrow().get(name) {
-            return key.bind(py).clone();
+thread_local! {
+    /// Per thread, so the strings cost no lock; only touched by [`build`].
+    static CACHE: RefCell<Cache> = RefCell::new(Cache::default());
+}
+
+fn http_key<'py>(py: Python<'py>, name: &[u8]) -> Bound<'py, PyString> {
+    let mut s = String::with_capacity(5 + name.len());
+    s.push_str("HTTP_");
+    s.extend(name.iter().map(|&c| {
+        if c == b'-' {
+            '_'
+        } else {
+            char::from(c.to_ascii_uppercase())
         }
-        let mut s = String::with_capacity(5 + name.as_str().len());
-        s.push_str("HTTP_");
-        s.extend(name.as_str().chars().map(|c| {
-            if c == '-' {
-                '_'
-            } else {
-                c.to_ascii_uppercase()
-            }
-        }));
-        let key = PyString::intern(py, &s);
-        let mut k = k.borrow_mut();
-        if k.len() < MAX_CACHED_KEYS {
-            k.insert(name.clone(), key.clone().unbind());
-        }
-        key
-    })
+    }));
+    PyString::intern(py, &s)
+}
+
+/// The key and value strings of one field (`value` already joined).
+fn field<'py>(
+    py: Python<'py>,
+    cache: &mut Cache,
+    name: &[u8],
+    value: &[u8],
+) -> (Bound<'py, PyString>, Bound<'py, PyString>) {
+    if let Some(f) = cache.fields.get_mut(name) {
+        return (f.key.bind(py).clone(), f.last.get(py, value));
+    }
+    let key = http_key(py, name);
+    if cache.fields.len() >= MAX_CACHED_KEYS {
+        return (key, latin1(py, value));
+    }
+    let mut f = Field {
+        key: key.clone().unbind(),
+        last: Last::default(),
+    };
+    let value = f.last.get(py, value);
+    cache.fields.insert(name.into(), f);
+    (key, value)
 }
 
 /// Splits `IP:PORT` / `[IPv6]:PORT`.
@@ -103,43 +174,154 @@ fn path_info<'a>(decoded: &'a [u8], script_name: &[u8]) -> &'a [u8] {
     }
 }
 
-/// Builds the environ for one request.
+/// The request target split as hyper's `Uri` would: path, query, and the
+/// path with query (`REQUEST_URI`).
+fn split_target(t: &[u8]) -> (&[u8], Option<&[u8]>, &[u8]) {
+    let t = t.split(|&b| b == b'#').next().unwrap_or(t);
+    let pq: &[u8] = if t.starts_with(b"/") {
+        t
+    } else if let Some(i) = t.windows(3).position(|w| w == b"://") {
+        // absolute-form: drop scheme and authority.
+        let rest = &t[i + 3..];
+        match rest.iter().position(|&b| b == b'/' || b == b'?') {
+            Some(j) => &rest[j..],
+            None => b"",
+        }
+    } else {
+        // `*` (OPTIONS) or authority-form (CONNECT).
+        return (t, None, t);
+    };
+    let (path, query) = match pq.iter().position(|&b| b == b'?') {
+        Some(i) => (&pq[..i], Some(&pq[i + 1..])),
+        None => (pq, None),
+    };
+    let path: &[u8] = if path.is_empty() { b"/" } else { path };
+    let request_uri = if pq.is_empty() || pq.starts_with(b"?") {
+        path
+    } else {
+        pq
+    };
+    (path, query, request_uri)
+}
+
+/// The values the worker reads out of the fields before building `HTTP_*`.
+#[derive(Default)]
+struct Meta<'b> {
+    host: Option<&'b [u8]>,
+    remote_addr: Option<&'b [u8]>,
+    scheme: Option<&'b [u8]>,
+    script_name: Option<&'b [u8]>,
+    server_name: Option<&'b [u8]>,
+    server_port: Option<&'b [u8]>,
+}
+
+fn meta<'b>(buf: &'b [u8], head: &RequestHead) -> Meta<'b> {
+    let mut m = Meta::default();
+    for (n, v) in &head.headers {
+        let name = &buf[n.clone()];
+        let value = Some(&buf[v.clone()]);
+        let slot = if name.eq_ignore_ascii_case(b"host") {
+            &mut m.host
+        } else if name.len() > RESERVED_PREFIX.len()
+            && name[..RESERVED_PREFIX.len()].eq_ignore_ascii_case(RESERVED_PREFIX)
+        {
+            let rest = &name[RESERVED_PREFIX.len()..];
+            let key =
+                |full: &str| rest.eq_ignore_ascii_case(&full.as_bytes()[RESERVED_PREFIX.len()..]);
+            if key(H_REMOTE_ADDR) {
+                &mut m.remote_addr
+            } else if key(H_SCHEME) {
+                &mut m.scheme
+            } else if key(H_SCRIPT_NAME) {
+                &mut m.script_name
+            } else if key(H_SERVER_NAME) {
+                &mut m.server_name
+            } else if key(H_SERVER_PORT) {
+                &mut m.server_port
+            } else {
+                continue;
+            }
+        } else {
+            continue;
+        };
+        if slot.is_none() {
+            *slot = value;
+        }
+    }
+    m
+}
+
+fn method<'py>(py: Python<'py>, m: &[u8]) -> Bound<'py, PyString> {
+    match m {
+        b"GET" => intern!(py, "GET").clone(),
+        b"POST" => intern!(py, "POST").clone(),
+        b"HEAD" => intern!(py, "HEAD").clone(),
+        b"PUT" => intern!(py, "PUT").clone(),
+        b"DELETE" => intern!(py, "DELETE").clone(),
+        b"PATCH" => intern!(py, "PATCH").clone(),
+        b"OPTIONS" => intern!(py, "OPTIONS").clone(),
+        _ => latin1(py, m),
+    }
+}
+
+/// The environ of one request, with `REQUEST_METHOD` and `REQUEST_URI`
+/// (for the error log, which must not trust an environ the app may change).
+pub struct Environ<'py> {
+    pub dict: Bound<'py, PyDict>,
+    pub method: Bound<'py, PyString>,
+    pub uri: Bound<'py, PyString>,
+}
+
+/// Builds the environ for one request whose head was parsed from `buf`;
+/// the caller adds `wsgi.input` ([`set_input`]).
 pub fn build<'py>(
     py: Python<'py>,
     template: &Py<PyDict>,
-    parts: &Parts,
-    input: Bound<'py, Input>,
-) -> PyResult<Bound<'py, PyDict>> {
-    let env = template.bind(py).copy()?;
-    env.set_item(intern!(py, "REQUEST_METHOD"), parts.method.as_str())?;
+    buf: &[u8],
+    head: &RequestHead,
+) -> PyResult<Environ<'py>> {
+    CACHE.with(|c| build_with(py, &mut c.borrow_mut(), template, buf, head))
+}
 
-    let path = parts.uri.path();
-    let script_name = header(parts, H_SCRIPT_NAME).unwrap_or(b"");
+fn build_with<'py>(
+    py: Python<'py>,
+    cache: &mut Cache,
+    template: &Py<PyDict>,
+    buf: &[u8],
+    head: &RequestHead,
+) -> PyResult<Environ<'py>> {
+    let env = template.bind(py).copy()?;
+    let method = method(py, &buf[head.method.clone()]);
+    env.set_item(intern!(py, "REQUEST_METHOD"), &method)?;
+
+    let (path, query, request_uri) = split_target(&buf[head.target.clone()]);
+    let m = meta(buf, head);
+    let script_name = m.script_name.unwrap_or(b"");
     let script_name = script_name.strip_suffix(b"/").unwrap_or(script_name);
-    let decoded: std::borrow::Cow<'_, [u8]> =
-        percent_encoding::percent_decode(path.as_bytes()).into();
+    let decoded: std::borrow::Cow<'_, [u8]> = percent_encoding::percent_decode(path).into();
     if !script_name.is_empty() {
-        env.set_item(intern!(py, "SCRIPT_NAME"), latin1(py, script_name))?;
+        env.set_item(
+            intern!(py, "SCRIPT_NAME"),
+            cache.script_name.get(py, script_name),
+        )?;
     }
     env.set_item(
         intern!(py, "PATH_INFO"),
-        latin1(py, path_info(&decoded, script_name)),
+        cache.path_info.get(py, path_info(&decoded, script_name)),
     )?;
-    if let Some(q) = parts.uri.query() {
-        env.set_item(intern!(py, "QUERY_STRING"), q)?;
+    if let Some(q) = query {
+        env.set_item(intern!(py, "QUERY_STRING"), cache.query.get(py, q))?;
     }
-    let request_uri = parts.uri.path_and_query().map_or(path, |pq| pq.as_str());
-    env.set_item(intern!(py, "REQUEST_URI"), request_uri)?;
-    let protocol = match parts.version {
-        Version::HTTP_10 => intern!(py, "HTTP/1.0"),
-        Version::HTTP_2 => intern!(py, "HTTP/2"),
-        Version::HTTP_3 => intern!(py, "HTTP/3"),
-        Version::HTTP_09 => intern!(py, "HTTP/0.9"),
-        _ => intern!(py, "HTTP/1.1"),
+    let uri = cache.uri.get(py, request_uri);
+    env.set_item(intern!(py, "REQUEST_URI"), &uri)?;
+    let protocol = if head.http10 {
+        intern!(py, "HTTP/1.0")
+    } else {
+        intern!(py, "HTTP/1.1")
     };
     env.set_item(intern!(py, "SERVER_PROTOCOL"), protocol)?;
 
-    let https = header(parts, H_SCHEME) == Some(b"https");
+    let https = m.scheme == Some(b"https");
     env.set_item(
         intern!(py, "wsgi.url_scheme"),
         if https {
@@ -152,54 +334,86 @@ pub fn build<'py>(
         env.set_item(intern!(py, "HTTPS"), intern!(py, "on"))?;
     }
 
-    let (remote_ip, remote_port) =
-        split_addr(header(parts, H_REMOTE_ADDR).unwrap_or(b"127.0.0.1:0"));
-    env.set_item(intern!(py, "REMOTE_ADDR"), latin1(py, remote_ip))?;
-    env.set_item(intern!(py, "REMOTE_PORT"), latin1(py, remote_port))?;
+    let (remote_ip, remote_port) = split_addr(m.remote_addr.unwrap_or(b"127.0.0.1:0"));
+    env.set_item(
+        intern!(py, "REMOTE_ADDR"),
+        cache.remote_ip.get(py, remote_ip),
+    )?;
+    env.set_item(
+        intern!(py, "REMOTE_PORT"),
+        cache.remote_port.get(py, remote_port),
+    )?;
 
     // SERVER_NAME/PORT: the router's, else the Host header, else defaults.
-    let host = header(parts, HOST.as_str()).map(split_host);
-    let server_name = header(parts, H_SERVER_NAME)
-        .or(host.map(|h| h.0))
-        .unwrap_or(b"localhost");
+    let host = m.host.map(split_host);
+    let server_name = m.server_name.or(host.map(|h| h.0)).unwrap_or(b"localhost");
     let default_port: &[u8] = if https { b"443" } else { b"80" };
-    let server_port = header(parts, H_SERVER_PORT)
+    let server_port = m
+        .server_port
         .or(host.and_then(|h| h.1))
         .unwrap_or(default_port);
-    env.set_item(intern!(py, "SERVER_NAME"), latin1(py, server_name))?;
-    env.set_item(intern!(py, "SERVER_PORT"), latin1(py, server_port))?;
+    env.set_item(
+        intern!(py, "SERVER_NAME"),
+        cache.server_name.get(py, server_name),
+    )?;
+    env.set_item(
+        intern!(py, "SERVER_PORT"),
+        cache.server_port.get(py, server_port),
+    )?;
 
-    for name in parts.headers.keys() {
-        let n = name.as_str();
-        if n.starts_with(RESERVED_PREFIX) || n.contains('_') {
+    let fields = &head.headers;
+    for (i, (n, v)) in fields.iter().enumerate() {
+        let name = &buf[n.clone()];
+        if name.contains(&b'_')
+            || (name.len() >= RESERVED_PREFIX.len()
+                && name[..RESERVED_PREFIX.len()].eq_ignore_ascii_case(RESERVED_PREFIX))
+        {
             // Reserved for the router; underscores would let a client forge
             // `HTTP_X_FOO` with `x_foo` (Apache and nginx drop them too).
             continue;
         }
-        let mut values = parts.headers.get_all(name).iter();
-        let Some(first) = values.next() else { continue };
-        let value = match values.next() {
-            None => latin1(py, first.as_bytes()),
-            Some(second) => {
-                let sep: &[u8] = if *name == COOKIE { b"; " } else { b"," };
-                let mut joined = first.as_bytes().to_vec();
-                for v in std::iter::once(second).chain(values) {
-                    joined.extend_from_slice(sep);
-                    joined.extend_from_slice(v.as_bytes());
-                }
-                latin1(py, &joined)
-            }
+        let same = |(m, _): &(std::ops::Range<usize>, std::ops::Range<usize>)| {
+            buf[m.clone()].eq_ignore_ascii_case(name)
         };
-        if *name == CONTENT_TYPE {
-            env.set_item(intern!(py, "CONTENT_TYPE"), value)?;
-        } else if *name == CONTENT_LENGTH {
-            env.set_item(intern!(py, "CONTENT_LENGTH"), value)?;
+        if fields[..i].iter().any(same) {
+            continue; // joined at its first occurrence
+        }
+        let mut repeats = fields[i + 1..].iter().filter(|f| same(f)).peekable();
+        let joined;
+        let value: &[u8] = if repeats.peek().is_none() {
+            &buf[v.clone()]
         } else {
-            env.set_item(http_key(py, name), value)?;
+            let sep: &[u8] = if name.eq_ignore_ascii_case(b"cookie") {
+                b"; "
+            } else {
+                b","
+            };
+            let mut all = buf[v.clone()].to_vec();
+            for (_, v) in repeats {
+                all.extend_from_slice(sep);
+                all.extend_from_slice(&buf[v.clone()]);
+            }
+            joined = all;
+            &joined
+        };
+        if name.eq_ignore_ascii_case(b"content-type") {
+            env.set_item(intern!(py, "CONTENT_TYPE"), latin1(py, value))?;
+        } else if name.eq_ignore_ascii_case(b"content-length") {
+            env.set_item(intern!(py, "CONTENT_LENGTH"), latin1(py, value))?;
+        } else {
+            let (key, value) = field(py, cache, name, value);
+            env.set_item(key, value)?;
         }
     }
-    env.set_item(intern!(py, "wsgi.input"), input)?;
-    Ok(env)
+    Ok(Environ {
+        dict: env,
+        method,
+        uri,
+    })
+}
+
+pub fn set_input(env: &Bound<'_, PyDict>, input: Bound<'_, Input>) -> PyResult<()> {
+    env.set_item(intern!(env.py(), "wsgi.input"), input)
 }
 
 /// Splits a Host header into name and optional port.
@@ -232,6 +446,25 @@ mod tests {
         );
         assert_eq!(split_host(b"[::1]:81"), (&b"[::1]"[..], Some(&b"81"[..])));
         assert_eq!(split_host(b"example.test"), (&b"example.test"[..], None));
+    }
+
+    #[test]
+    fn targets() {
+        let check = |t: &str, want: (&str, Option<&str>, &str)| {
+            let (p, q, u) = split_target(t.as_bytes());
+            let got = (
+                std::str::from_utf8(p).unwrap(),
+                q.map(|q| std::str::from_utf8(q).unwrap()),
+                std::str::from_utf8(u).unwrap(),
+            );
+            assert_eq!(got, want, "{t}");
+        };
+        check("/a/b?x=1", ("/a/b", Some("x=1"), "/a/b?x=1"));
+        check("/a?", ("/a", Some(""), "/a?"));
+        check("/", ("/", None, "/"));
+        check("http://h:80/p?q", ("/p", Some("q"), "/p?q"));
+        check("http://h", ("/", None, "/"));
+        check("*", ("*", None, "*"));
     }
 
     #[test]

@@ -19,7 +19,8 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot start the async runtime: {0}")]
+    /// Signal handlers, the epoll set or the serving threads could not be set up.
+    #[error("cannot start serving: {0}")]
     Runtime(#[source] std::io::Error),
 }
 

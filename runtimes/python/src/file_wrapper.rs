@@ -1,19 +1,20 @@
 //! `wsgi.file_wrapper`: wraps a file-like object as an iterable of blocks, and
-//! the fast path for real files: the worker reads the file itself, in large
-//! blocks, without the GIL, from the file's current position.
+//! the fast path for real files: after the head, the kernel copies the file
+//! to the socket (`sendfile`), from the file's current position, without the
+//! GIL.
 
 use std::fs::File;
+use std::io::IoSlice;
 use std::os::fd::{FromRawFd, OwnedFd};
-use std::os::unix::fs::FileExt;
 
-use bytes::BytesMut;
+use nix::errno::Errno;
 use pyo3::prelude::*;
 
 use crate::errors::ClientDisconnected;
-use crate::response::{Aborted, StartResponse};
+use crate::response::StartResponse;
 
-/// Block size of the fast path.
-const FAST_BLOCK: usize = 256 * 1024;
+/// Bytes per `sendfile` call (the GIL stays released across calls).
+const SENDFILE_BLOCK: usize = 1 << 20;
 
 #[pyclass(frozen, module = "polyhost")]
 pub struct FileWrapper {
@@ -71,8 +72,9 @@ impl FileWrapper {
     }
 }
 
-/// Serves `wrapper` by reading its file directly. Returns `Ok(false)` when the
-/// wrapped object is not a real file (then iterate it like any iterable).
+/// Serves `wrapper` by sending its file directly. Returns `Ok(false)` when
+/// the wrapped object is not a real file, or the response is already
+/// streaming (then iterate it like any iterable).
 pub fn try_fast_path(
     py: Python<'_>,
     wrapper: &Bound<'_, FileWrapper>,
@@ -83,33 +85,42 @@ pub fn try_fast_path(
     };
     let file_len = file.metadata().map(|m| m.len()).unwrap_or(0);
     let remaining = file_len.saturating_sub(pos);
-    let (tx, app_len) = sr.start_file(remaining)?;
-    let Some(tx) = tx else {
-        return Ok(true);
+    let Some(start) = sr.start_file(remaining)? else {
+        return Ok(false);
     };
-    let mut left = app_len.map_or(remaining, |l| l.min(remaining));
     let sent = py.detach(move || -> std::io::Result<bool> {
-        let mut offset = pos;
+        start
+            .stream
+            .responded
+            .store(true, std::sync::atomic::Ordering::Release);
+        start.stream.write_all(&mut [IoSlice::new(&start.head)])?;
+        let mut offset = i64::try_from(pos).unwrap_or(i64::MAX);
+        let mut left = start.send;
         while left > 0 {
-            let want = FAST_BLOCK.min(usize::try_from(left).unwrap_or(FAST_BLOCK));
-            let mut buf = BytesMut::zeroed(want);
-            let n = file.read_at(&mut buf, offset)?;
-            if n == 0 {
-                // The file shrank under us: the promised length cannot be met.
-                let _ = tx.blocking_send(Err(Aborted));
-                return Ok(true);
+            let want = usize::try_from(left)
+                .unwrap_or(usize::MAX)
+                .min(SENDFILE_BLOCK);
+            match nix::sys::sendfile::sendfile(&start.stream.sock, &file, Some(&mut offset), want) {
+                // The file shrank under us: the announced length cannot be met.
+                Ok(0) => return Ok(false),
+                Ok(n) => left -= n as u64,
+                Err(Errno::EINTR) => {}
+                Err(e) => return Err(e.into()),
             }
-            buf.truncate(n);
-            if tx.blocking_send(Ok(buf.freeze())).is_err() {
-                return Ok(false);
-            }
-            offset += n as u64;
-            left -= n as u64;
         }
-        Ok(true)
-    })?;
-    if !sent {
-        return Err(ClientDisconnected::new_err("the client went away"));
+        Ok(!start.short)
+    });
+    match sent {
+        Ok(true) => Ok(true),
+        Ok(false) => {
+            sr.abort();
+            Ok(true)
+        }
+        Err(e) => {
+            sr.abort();
+            Err(ClientDisconnected::new_err(format!(
+                "the client went away: {e}"
+            )))
+        }
     }
-    Ok(true)
 }

@@ -20,7 +20,7 @@ const BUILT_EXECUTABLE: Option<&str> = option_env!("POLYHOST_PYTHON_EXECUTABLE")
 ///
 /// With `home`, `PyConfig.executable` is `<home>/bin/python`, which makes
 /// `sys.prefix` and site-packages the virtualenv's (`PYTHONHOME` would break start-up).
-/// Python's own signal handlers are not installed: tokio owns SIGTERM/SIGINT.
+/// Python's own signal handlers are not installed: `signals` owns SIGTERM/SIGINT.
 #[allow(unsafe_code)] // PyConfig initialisation and PyEval_SaveThread are FFI only.
 pub fn initialize(home: Option<&Path>, paths: &[PathBuf]) -> Result<(), StartError> {
     let executable: PathBuf = match home {

@@ -5,29 +5,38 @@
 //! # Layout
 //! - [`cli`]: the command line, validated into [`cli::Config`].
 //! - [`interpreter`]: CPython initialisation (venv, `sys.path`), GIL release, app import.
-//! - [`server`]: tokio accept loop, hyper connections, graceful stop.
-//! - [`pool`]: the Python threads that run requests with the GIL.
+//! - [`signals`]: SIGTERM/SIGINT, turned into a wake-up of the main thread.
+//! - [`server`]: the listener, the shared epoll set, the Python threads that
+//!   wait in it and serve what wakes them, idle connections, graceful stop.
+//! - [`pacer`]: how many of those threads wait for requests at once.
+//! - [`conn`]: one router connection: socket, read buffer, head reads, writes.
+//! - [`head`]: the request head, parsed by `httparse`.
+//! - [`body`]: the request body's framing (Content-Length, chunked).
 //! - [`request`]: one request on a Python thread, from environ to `close()`.
 //! - [`environ`]: the WSGI environ and the reserved `x-polyhost-*` headers.
-//! - [`input`]: `wsgi.input`, streaming the request body.
-//! - [`response`]: `start_response`, `write`, the response head and body.
-//! - [`file_wrapper`]: `wsgi.file_wrapper` and its fast path.
+//! - [`input`]: `wsgi.input` over the request body.
+//! - [`response`]: `start_response`, `write`, and how the response reaches the socket.
+//! - [`wire`]: the bytes of a response head, chunk framing, the worker's own pages.
+//! - [`file_wrapper`]: `wsgi.file_wrapper` and its `sendfile` fast path.
 //! - [`errors`]: error types, exit codes, `wsgi.errors`, app error logging.
 
 #![deny(unsafe_code)]
 
+pub mod body;
 pub mod cli;
+pub mod conn;
 pub mod environ;
 pub mod errors;
 pub mod file_wrapper;
+pub mod head;
 pub mod input;
 pub mod interpreter;
-pub mod pool;
+pub mod pacer;
 pub mod request;
 pub mod response;
 pub mod server;
-
-use std::sync::Arc;
+pub mod signals;
+pub mod wire;
 
 use clap::Parser;
 use pyo3::prelude::*;
@@ -67,24 +76,21 @@ fn start(config: Config) -> Result<(), StartError> {
     let template =
         Python::attach(|py| environ::template(py, config.threads > 1, config.multiprocess))
             .map_err(|e| StartError::Init(format!("cannot build the WSGI environ: {e}")))?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("polyhost-io")
-        .enable_all()
-        .build()
-        .map_err(StartError::Runtime)?;
-    let ctx = Arc::new(request::AppContext {
+    let stop = signals::install().map_err(StartError::Runtime)?;
+    let listener = server::bind(socket)?;
+    let ctx = request::AppContext {
         app,
         template,
-        handle: runtime.handle().clone(),
         site: config.site.clone(),
-    });
-    let pool = pool::Pool::start(config.threads).map_err(StartError::Runtime)?;
-    runtime.block_on(async {
-        let stop = server::stop_signal().map_err(StartError::Runtime)?;
-        let listener = server::bind(socket)?;
-        server::serve(listener, ctx, pool, config.graceful_timeout, stop)
-            .await
-            .map_err(StartError::Runtime)
-    })
+    };
+    let server =
+        server::Server::start(listener, config.threads, ctx).map_err(StartError::Runtime)?;
+    stop.wait().map_err(StartError::Runtime)?;
+    if !server.stop(config.graceful_timeout) {
+        eprintln!(
+            "polyhost-python: requests still running after {}s; exiting anyway",
+            config.graceful_timeout.as_secs()
+        );
+    }
+    Ok(())
 }

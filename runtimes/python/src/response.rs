@@ -1,125 +1,96 @@
-//! The response side of WSGI: `start_response` and `write()` (PEP 3333 rules),
-//! the head handed back to tokio, and the body that hyper streams to the router.
+//! The response side of WSGI: `start_response` and `write()` (PEP 3333
+//! rules), and the response's way to the socket: streamed chunks are written
+//! as they come (GIL released), a list body is handed to the request runner
+//! for one write of head and body after the app is done.
 //!
-//! Headers are sent with the first non-empty body chunk (or at the end of the
-//! body), never earlier, so `start_response(..., exc_info)` can still replace them.
+//! Invariants: headers go out with the first non-empty body chunk (or at the
+//! end of the body), never earlier, so `start_response(..., exc_info)` can
+//! still replace them. Once a head is out, the body is framed exactly as
+//! announced, or the connection is closed (`Aborted`) so the router sees a
+//! broken body. The state lock is never held while taking the GIL.
 
-use std::pin::Pin;
-use std::sync::{Mutex, MutexGuard};
-use std::task::{Context, Poll};
+use std::borrow::Cow;
+use std::io::{self, IoSlice};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH};
-use http::{HeaderMap, StatusCode};
-use hyper::body::{Frame, SizeHint};
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString, PyTuple};
-use tokio::sync::{mpsc, oneshot};
 
+use crate::conn::Stream;
 use crate::errors::ClientDisconnected;
+use crate::wire::{self, FieldError, Framing, Pending};
 
-/// Chunks in flight between a Python thread and hyper before the thread waits.
-const STREAM_DEPTH: usize = 8;
-
-/// The stream was cut short (the app failed after the headers went out).
-#[derive(Debug, thiserror::Error)]
-#[error("the application failed after the response headers were sent")]
-pub struct Aborted;
-
-/// The sending half of a streamed body.
-pub type BodySender = mpsc::Sender<Result<Bytes, Aborted>>;
-
-/// Status line and headers, with the body that follows them.
-pub struct Head {
-    pub status: StatusCode,
-    /// Only when the app's reason phrase differs from the standard one.
-    pub reason: Option<hyper::ext::ReasonPhrase>,
-    pub headers: HeaderMap,
-    pub body: WorkerBody,
-}
-
-impl Head {
-    pub fn into_response(self) -> http::Response<WorkerBody> {
-        let mut resp = http::Response::new(self.body);
-        *resp.status_mut() = self.status;
-        *resp.headers_mut() = self.headers;
-        if let Some(r) = self.reason {
-            resp.extensions_mut().insert(r);
-        }
-        resp
-    }
-
-    /// The response for a failure before the app's headers went out.
-    pub fn error(status: StatusCode) -> Self {
-        let text = status.canonical_reason().unwrap_or("Error");
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            http::header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        Self {
-            status,
-            reason: None,
-            headers,
-            body: WorkerBody::Full(Some(Bytes::from(format!("{text}\n")))),
-        }
-    }
-}
-
-/// A response body: nothing, one buffer, or chunks streamed from a Python thread.
-pub enum WorkerBody {
-    Empty,
-    Full(Option<Bytes>),
-    Stream(mpsc::Receiver<Result<Bytes, Aborted>>),
-}
-
-impl hyper::body::Body for WorkerBody {
-    type Data = Bytes;
-    type Error = Aborted;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Aborted>>> {
-        match self.get_mut() {
-            WorkerBody::Empty => Poll::Ready(None),
-            WorkerBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            WorkerBody::Stream(rx) => rx.poll_recv(cx).map(|o| o.map(|r| r.map(Frame::data))),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            WorkerBody::Empty | WorkerBody::Full(None) => true,
-            WorkerBody::Full(Some(b)) => b.is_empty(),
-            WorkerBody::Stream(_) => false,
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            WorkerBody::Empty | WorkerBody::Full(None) => SizeHint::with_exact(0),
-            WorkerBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
-            WorkerBody::Stream(_) => SizeHint::default(),
-        }
-    }
-}
-
-/// What `start_response` recorded and has not yet sent.
-struct Pending {
-    status: StatusCode,
-    reason: Option<hyper::ext::ReasonPhrase>,
-    headers: HeaderMap,
+enum Phase {
+    /// Nothing sent yet.
+    Open,
+    /// The head went out; body bytes follow as framed.
+    Streaming {
+        framing: Framing,
+        declared: u64,
+        sent: u64,
+    },
+    /// Head (and whole body) are left to the runner's final write.
+    Committed,
+    Ended,
+    /// Cut short after the head: the connection must close.
+    Aborted,
 }
 
 struct State {
     pending: Option<Pending>,
-    /// The head went to tokio (or the request is gone).
-    sent: bool,
-    head_tx: Option<oneshot::Sender<Head>>,
-    body_tx: Option<BodySender>,
+    phase: Phase,
+    /// `None` once the request is over.
+    stream: Option<Arc<Stream>>,
     head_request: bool,
+    http10: bool,
+    /// The connection closes after this response.
+    close: bool,
+    /// Bytes for the runner to write when the app is done.
+    out: Vec<u8>,
+    /// Bytes of the list body to write after `out`.
+    body_len: usize,
+}
+
+/// What is left to do on the socket once the app is done.
+pub struct End {
+    pub out: Vec<u8>,
+    pub body_len: usize,
+    pub close: bool,
+}
+
+/// A failure to send, turned into a Python exception by the caller.
+enum SendError {
+    NotStarted,
+    App(String),
+    Gone(Option<io::Error>),
+}
+
+impl From<SendError> for PyErr {
+    fn from(e: SendError) -> PyErr {
+        match e {
+            SendError::NotStarted => PyRuntimeError::new_err(
+                "the application did not call start_response() before its first body chunk \
+                 (or before the end of its body)",
+            ),
+            SendError::App(msg) => PyValueError::new_err(msg),
+            SendError::Gone(Some(e)) => {
+                ClientDisconnected::new_err(format!("the client went away: {e}"))
+            }
+            SendError::Gone(None) => ClientDisconnected::new_err("the client went away"),
+        }
+    }
+}
+
+/// A file body to send after the head: see [`StartResponse::start_file`].
+pub struct FileStart {
+    pub stream: Arc<Stream>,
+    pub head: Vec<u8>,
+    /// Bytes of the file to send (0 for HEAD or a bodiless status).
+    pub send: u64,
+    /// The announced length exceeds what the file holds.
+    pub short: bool,
 }
 
 /// The `start_response` callable of one request; `write` is its bound method.
@@ -128,15 +99,118 @@ pub struct StartResponse {
     state: Mutex<State>,
 }
 
+fn length_mismatch(declared: u64, actual: u64) -> SendError {
+    SendError::App(format!(
+        "Content-Length is {declared} but the body has {actual} bytes"
+    ))
+}
+
+impl State {
+    fn take_pending(&mut self) -> Result<Pending, SendError> {
+        self.pending.take().ok_or(SendError::NotStarted)
+    }
+
+    /// The framing for a body of `known` bytes (`None`: streamed, unknown).
+    fn framing(&mut self, p: &Pending, known: Option<u64>) -> Result<Framing, SendError> {
+        let app = p.content_length().map_err(SendError::App)?;
+        if p.bodiless() {
+            return Ok(Framing::None(if p.status == 304 { app } else { None }));
+        }
+        let framing = match (app, known) {
+            (Some(n), _) => Framing::Length(n),
+            (None, Some(n)) => Framing::Length(n),
+            (None, None) if self.http10 => Framing::Close,
+            (None, None) => Framing::Chunked,
+        };
+        Ok(match framing {
+            Framing::Length(n) if self.head_request => Framing::None(Some(n)),
+            _ if self.head_request => Framing::None(None),
+            f => f,
+        })
+    }
+
+    fn encode(&mut self, p: &Pending, framing: Framing, out: &mut Vec<u8>) {
+        if framing == Framing::Close {
+            self.close = true;
+        }
+        wire::encode_head(out, p, framing, self.close, self.http10);
+    }
+
+    /// Writes one chunk, sending the head first if needed. Runs without the GIL.
+    fn stream_chunk(&mut self, data: &[u8]) -> Result<(), SendError> {
+        let mut head = Vec::new();
+        if let Phase::Open = self.phase {
+            let p = self.take_pending()?;
+            let framing = self.framing(&p, None)?;
+            let declared = match framing {
+                Framing::Length(n) => n,
+                _ => 0,
+            };
+            self.encode(&p, framing, &mut head);
+            self.phase = Phase::Streaming {
+                framing,
+                declared,
+                sent: 0,
+            };
+        }
+        let Phase::Streaming {
+            framing,
+            declared,
+            sent,
+        } = &mut self.phase
+        else {
+            return Err(SendError::Gone(None));
+        };
+        let prefix = wire::chunk_prefix(data.len());
+        let mut parts = [
+            IoSlice::new(&head),
+            IoSlice::new(&[]),
+            IoSlice::new(&[]),
+            IoSlice::new(&[]),
+        ];
+        match *framing {
+            Framing::Length(_) => {
+                // A longer body is cut to the announced length.
+                let room = usize::try_from(*declared - *sent).unwrap_or(usize::MAX);
+                let take = data.len().min(room);
+                parts[1] = IoSlice::new(&data[..take]);
+                *sent += take as u64;
+            }
+            Framing::Chunked => {
+                parts[1] = IoSlice::new(prefix.as_bytes());
+                parts[2] = IoSlice::new(data);
+                parts[3] = IoSlice::new(wire::CHUNK_END);
+            }
+            Framing::Close => parts[1] = IoSlice::new(data),
+            Framing::None(_) => {}
+        }
+        if parts.iter().all(|p| p.is_empty()) {
+            return Ok(());
+        }
+        let Some(stream) = &self.stream else {
+            return Err(SendError::Gone(None));
+        };
+        stream.responded.store(true, Ordering::Release);
+        stream.write_all(&mut parts).map_err(|e| {
+            self.phase = Phase::Aborted;
+            SendError::Gone(Some(e))
+        })
+    }
+}
+
 impl StartResponse {
-    pub fn new(head_tx: oneshot::Sender<Head>, head_request: bool) -> Self {
+    /// `close`: the connection closes after this response, whatever the app does.
+    pub fn new(stream: Arc<Stream>, head_request: bool, http10: bool, close: bool) -> Self {
         Self {
             state: Mutex::new(State {
                 pending: None,
-                sent: false,
-                head_tx: Some(head_tx),
-                body_tx: None,
+                phase: Phase::Open,
+                stream: Some(stream),
                 head_request,
+                http10,
+                close,
+                out: Vec::new(),
+                body_len: 0,
             }),
         }
     }
@@ -145,172 +219,149 @@ impl StartResponse {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Sends one body chunk, sending the headers first if needed.
-    /// Empty chunks send nothing (and do not trigger the headers).
+    /// Sends one body chunk (the GIL released), with the headers first if
+    /// needed. Empty chunks send nothing (and do not trigger the headers).
     pub fn send_chunk(&self, py: Python<'_>, data: &[u8]) -> PyResult<()> {
         if data.is_empty() {
             return Ok(());
         }
-        let tx = {
-            let mut st = self.lock();
-            if !st.sent {
-                st.start_stream(None)?;
-            }
-            if st.head_request {
-                return Ok(());
-            }
-            match &st.body_tx {
-                Some(tx) => tx.clone(),
-                None => return Err(ClientDisconnected::new_err("the client went away")),
-            }
-        };
-        let chunk = Bytes::copy_from_slice(data);
-        py.detach(|| tx.blocking_send(Ok(chunk)))
-            .map_err(|_| ClientDisconnected::new_err("the client went away"))
+        py.detach(|| self.lock().stream_chunk(data))
+            .map_err(PyErr::from)
     }
 
-    /// Sends a whole body at once (a list or tuple response): one write with a
-    /// Content-Length when nothing was streamed yet.
-    pub fn send_full(&self, py: Python<'_>, body: Bytes) -> PyResult<()> {
+    /// A whole body (a list or tuple response). If nothing was sent yet, the
+    /// head is prepared for one write of head and body by the runner and this
+    /// returns `Ok(true)`; the runner then writes the first
+    /// [`End::body_len`] bytes of `items`. Otherwise the items are streamed.
+    pub fn send_full(&self, py: Python<'_>, items: &[&[u8]]) -> PyResult<bool> {
         {
             let mut st = self.lock();
-            if !st.sent {
+            if let Phase::Open = st.phase {
+                let total: u64 = items.iter().map(|i| i.len() as u64).sum();
                 let p = st.take_pending()?;
-                return st.send_head(p, WorkerBody::Full(Some(body)));
+                let framing = st.framing(&p, Some(total))?;
+                let body_len = match framing {
+                    Framing::Length(n) if n > total => return Err(length_mismatch(n, total).into()),
+                    // A longer body is cut to the app's Content-Length.
+                    Framing::Length(n) => n,
+                    // HEAD announces the app's length, whatever the body.
+                    _ => 0,
+                };
+                let mut out = std::mem::take(&mut st.out);
+                st.encode(&p, framing, &mut out);
+                st.out = out;
+                st.body_len = body_len as usize;
+                st.phase = Phase::Committed;
+                return Ok(true);
             }
         }
-        self.send_chunk(py, &body)
-    }
-
-    /// Sends the headers for a body that will be streamed, with
-    /// `Content-Length: fallback_len` if the app set none. Returns the channel
-    /// for the chunks (`None` for HEAD or a vanished client) and the app's
-    /// Content-Length, if any.
-    pub fn start_file(&self, fallback_len: u64) -> PyResult<(Option<BodySender>, Option<u64>)> {
-        let mut st = self.lock();
-        if st.sent {
-            return Ok((st.body_tx.clone(), None));
+        for item in items {
+            self.send_chunk(py, item)?;
         }
-        let app_len = st.pending.as_ref().and_then(|p| {
-            p.headers
-                .get(CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-        });
-        st.start_stream(Some(fallback_len))?;
-        let tx = if st.head_request {
-            None
-        } else {
-            st.body_tx.clone()
-        };
-        Ok((tx, app_len))
+        Ok(false)
     }
 
-    /// Ends the response normally: sends the headers if no chunk did, closes the stream.
+    /// Prepares the head for a file body of `remaining` bytes (the app's
+    /// Content-Length, if any, wins). `None` if the response is already
+    /// streaming: then the file goes as ordinary chunks.
+    pub fn start_file(&self, remaining: u64) -> PyResult<Option<FileStart>> {
+        let mut st = self.lock();
+        match st.phase {
+            Phase::Open => {}
+            Phase::Streaming { .. } => return Ok(None),
+            _ => return Err(SendError::Gone(None).into()),
+        }
+        let p = st.take_pending()?;
+        let framing = st.framing(&p, Some(remaining))?;
+        let (send, short) = match framing {
+            Framing::Length(n) => (n.min(remaining), n > remaining),
+            _ => (0, false),
+        };
+        let mut head = Vec::with_capacity(256);
+        st.encode(&p, framing, &mut head);
+        let Some(stream) = st.stream.clone() else {
+            return Err(SendError::Gone(None).into());
+        };
+        st.phase = if short { Phase::Aborted } else { Phase::Ended };
+        Ok(Some(FileStart {
+            stream,
+            head,
+            send,
+            short,
+        }))
+    }
+
+    /// Marks a file body as cut short (the connection closes).
+    pub fn abort(&self) {
+        self.lock().phase = Phase::Aborted;
+    }
+
+    /// Ends the response normally: prepares the head if no chunk sent it,
+    /// or the end of a chunked body.
     pub fn finish(&self) -> PyResult<()> {
         let mut st = self.lock();
-        if !st.sent {
-            let p = st.take_pending()?;
-            st.send_head(p, WorkerBody::Empty)?;
+        match st.phase {
+            Phase::Open => {
+                let p = st.take_pending()?;
+                let framing = st.framing(&p, Some(0))?;
+                if let Framing::Length(n) = framing {
+                    if n > 0 {
+                        return Err(length_mismatch(n, 0).into());
+                    }
+                }
+                let mut out = std::mem::take(&mut st.out);
+                st.encode(&p, framing, &mut out);
+                st.out = out;
+                st.phase = Phase::Ended;
+            }
+            Phase::Streaming {
+                framing,
+                declared,
+                sent,
+            } => {
+                match framing {
+                    Framing::Chunked => st.out.extend_from_slice(wire::LAST_CHUNK),
+                    Framing::Length(_) if sent < declared => {
+                        return Err(length_mismatch(declared, sent).into())
+                    }
+                    _ => {}
+                }
+                st.phase = Phase::Ended;
+            }
+            Phase::Committed | Phase::Ended | Phase::Aborted => {}
         }
-        st.body_tx = None;
         Ok(())
     }
 
-    /// Ends the response after an error: a 500 if nothing was sent, else an
-    /// aborted stream (the abort waits for room in the channel: a stream that
-    /// just ended would look complete to the router).
-    pub fn fail(&self, py: Python<'_>) {
-        let tx = {
-            let mut st = self.lock();
-            if !st.sent {
-                st.sent = true;
-                if let Some(tx) = st.head_tx.take() {
-                    let _ = tx.send(Head::error(StatusCode::INTERNAL_SERVER_ERROR));
-                }
-                return;
+    /// Ends the response after an error: a 500 if nothing was sent, else the
+    /// connection is closed mid-body.
+    pub fn fail(&self) {
+        let mut st = self.lock();
+        match st.phase {
+            Phase::Open => {
+                st.pending = None;
+                let close = st.close;
+                st.out = wire::error_page(500, close);
+                st.phase = Phase::Ended;
             }
-            st.body_tx.take()
-        };
-        if let Some(tx) = tx {
-            let _ = py.detach(|| tx.blocking_send(Err(Aborted)));
+            Phase::Streaming { .. } => st.phase = Phase::Aborted,
+            Phase::Committed | Phase::Ended | Phase::Aborted => {}
         }
     }
-}
 
-impl State {
-    fn take_pending(&mut self) -> PyResult<Pending> {
-        self.pending.take().ok_or_else(|| {
-            PyRuntimeError::new_err(
-                "the application did not call start_response() before its first body chunk \
-                 (or before the end of its body)",
-            )
-        })
-    }
-
-    /// Sends the head with a streamed body (`Content-Length: len` unless set).
-    fn start_stream(&mut self, len: Option<u64>) -> PyResult<()> {
-        let mut p = self.take_pending()?;
-        if let Some(len) = len {
-            if !p.headers.contains_key(CONTENT_LENGTH) {
-                p.headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
-            }
+    /// Ends the request: the app's `write` can no longer reach the socket.
+    pub fn end(&self) -> End {
+        let mut st = self.lock();
+        st.stream = None;
+        let close = st.close || matches!(st.phase, Phase::Aborted | Phase::Open);
+        if !matches!(st.phase, Phase::Aborted) {
+            st.phase = Phase::Ended;
         }
-        let body = if self.head_request {
-            WorkerBody::Empty
-        } else {
-            let (tx, rx) = mpsc::channel(STREAM_DEPTH);
-            self.body_tx = Some(tx);
-            WorkerBody::Stream(rx)
-        };
-        self.send_head(p, body)
-    }
-
-    fn send_head(&mut self, mut p: Pending, body: WorkerBody) -> PyResult<()> {
-        self.sent = true;
-        let body = match body {
-            WorkerBody::Full(Some(b)) => WorkerBody::Full(Some(fit_length(&mut p.headers, b)?)),
-            b => b,
-        };
-        let head = Head {
-            status: p.status,
-            reason: p.reason,
-            headers: p.headers,
-            body,
-        };
-        let delivered = self.head_tx.take().is_some_and(|tx| tx.send(head).is_ok());
-        match delivered {
-            true => Ok(()),
-            false => {
-                self.body_tx = None;
-                Err(ClientDisconnected::new_err("the client went away"))
-            }
+        End {
+            out: std::mem::take(&mut st.out),
+            body_len: st.body_len,
+            close,
         }
-    }
-}
-
-/// Makes a whole body and the app's Content-Length agree (hyper frames the
-/// response by the body's length): a longer body is cut to the header, a
-/// shorter one is an error of the app.
-fn fit_length(headers: &mut HeaderMap, body: Bytes) -> PyResult<Bytes> {
-    let mut values = headers.get_all(CONTENT_LENGTH).iter();
-    let Some(value) = values.next() else {
-        return Ok(body);
-    };
-    if values.next().is_some() {
-        return Err(PyValueError::new_err("more than one Content-Length header"));
-    }
-    let declared = value
-        .to_str()
-        .ok()
-        .and_then(|v| v.trim().parse::<usize>().ok());
-    match declared {
-        Some(n) if n == body.len() => Ok(body),
-        Some(n) if n < body.len() => Ok(body.slice(..n)),
-        _ => Err(PyValueError::new_err(format!(
-            "Content-Length is {value:?} but the body has {} bytes",
-            body.len()
-        ))),
     }
 }
 
@@ -326,16 +377,16 @@ impl StartResponse {
     ) -> PyResult<Bound<'py, PyAny>> {
         let exc_info = exc_info.filter(|e| !e.is_none());
         {
-            let this = slf.get();
-            let st = this.lock();
+            let st = slf.get().lock();
+            let sent = !matches!(st.phase, Phase::Open);
             match exc_info {
-                Some(info) if st.sent => {
+                Some(info) if sent => {
                     // PEP 3333: headers already sent, so re-raise the original exception.
                     let value = info.cast::<PyTuple>()?.get_item(1)?;
                     return Err(PyErr::from_value(value));
                 }
                 Some(_) => {}
-                None if st.sent || st.pending.is_some() => {
+                None if sent || st.pending.is_some() => {
                     return Err(PyRuntimeError::new_err(
                         "start_response() called a second time without exc_info",
                     ));
@@ -343,13 +394,8 @@ impl StartResponse {
                 None => {}
             }
         }
-        let (status, reason) = parse_status(status)?;
-        let headers = parse_headers(headers)?;
-        slf.get().lock().pending = Some(Pending {
-            status,
-            reason,
-            headers,
-        });
+        let pending = parse_start(status, headers)?;
+        slf.get().lock().pending = Some(pending);
         slf.getattr(pyo3::intern!(slf.py(), "write"))
     }
 
@@ -361,10 +407,13 @@ impl StartResponse {
                 type_name(data)
             ))
         })?;
-        if self.lock().pending.is_none() && !self.lock().sent {
-            return Err(PyRuntimeError::new_err(
-                "write() called before start_response()",
-            ));
+        {
+            let st = self.lock();
+            if st.pending.is_none() && matches!(st.phase, Phase::Open) {
+                return Err(PyRuntimeError::new_err(
+                    "write() called before start_response()",
+                ));
+            }
         }
         self.send_chunk(py, data.as_bytes())
     }
@@ -378,60 +427,38 @@ pub fn type_name(obj: &Bound<'_, PyAny>) -> String {
 }
 
 /// A str's bytes as latin-1 (PEP 3333 "native strings"), or a ValueError.
-fn latin1(s: &Bound<'_, PyString>, what: &str) -> PyResult<Vec<u8>> {
+/// ASCII text (nearly all) is borrowed, not copied.
+fn latin1<'a>(s: &'a Bound<'_, PyString>, what: &str) -> PyResult<Cow<'a, [u8]>> {
+    if let Ok(text) = s.to_str() {
+        if text.is_ascii() {
+            return Ok(Cow::Borrowed(text.as_bytes()));
+        }
+    }
     let s = s.to_cow()?;
     s.chars()
         .map(|c| u8::try_from(u32::from(c)).ok())
         .collect::<Option<Vec<u8>>>()
+        .map(Cow::Owned)
         .ok_or_else(|| PyValueError::new_err(format!("{what} {s:?} is not latin-1")))
 }
 
-fn parse_status(
-    status: &Bound<'_, PyAny>,
-) -> PyResult<(StatusCode, Option<hyper::ext::ReasonPhrase>)> {
+fn parse_start(status: &Bound<'_, PyAny>, headers: &Bound<'_, PyAny>) -> PyResult<Pending> {
     let s = status.cast::<PyString>().map_err(|_| {
         PyTypeError::new_err(format!("status must be a str, not {}", type_name(status)))
     })?;
     let raw = latin1(s, "status")?;
-    parse_status_line(&raw).ok_or_else(|| {
+    let (status, reason) = wire::parse_status_line(&raw).ok_or_else(|| {
         PyValueError::new_err(format!(
             "invalid status {:?}: expected e.g. \"200 OK\"",
             String::from_utf8_lossy(&raw)
         ))
-    })
-}
-
-/// `NNN` or `NNN reason`; the reason is kept only when it is not the standard one.
-fn parse_status_line(raw: &[u8]) -> Option<(StatusCode, Option<hyper::ext::ReasonPhrase>)> {
-    let (code, rest) = raw.split_at(raw.len().min(3));
-    if code.len() != 3 || !code.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    let status = StatusCode::from_bytes(code).ok()?;
-    let reason = match rest {
-        [] => None,
-        [b' ', reason @ ..] => {
-            if status.canonical_reason().map(str::as_bytes) == Some(reason) {
-                None
-            } else {
-                Some(hyper::ext::ReasonPhrase::try_from(reason.to_vec()).ok()?)
-            }
-        }
-        _ => return None,
+    })?;
+    let mut p = Pending {
+        status,
+        reason,
+        lines: Vec::with_capacity(128),
+        lengths: Vec::new(),
     };
-    Some((status, reason))
-}
-
-/// Hop-by-hop headers belong to the connection, which hyper owns.
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection" | "keep-alive" | "transfer-encoding"
-    )
-}
-
-fn parse_headers(headers: &Bound<'_, PyAny>) -> PyResult<HeaderMap> {
-    let mut map = HeaderMap::new();
     for item in headers.try_iter()? {
         let item = item?;
         let pair = item.cast::<PyTuple>().map_err(|_| {
@@ -451,67 +478,18 @@ fn parse_headers(headers: &Bound<'_, PyAny>) -> PyResult<HeaderMap> {
                 "response header names and values must be str",
             ));
         };
-        let name_b = latin1(name, "header name")?;
-        let name = HeaderName::from_bytes(&name_b).map_err(|_| {
-            PyValueError::new_err(format!(
+        let name = latin1(name, "header name")?;
+        let value = latin1(value, "header value")?;
+        wire::add_field(&mut p, &name, &value).map_err(|e| match e {
+            FieldError::Name => PyValueError::new_err(format!(
                 "invalid header name {:?}",
-                String::from_utf8_lossy(&name_b)
-            ))
+                String::from_utf8_lossy(&name)
+            )),
+            FieldError::Value => PyValueError::new_err(format!(
+                "invalid value for header {}",
+                String::from_utf8_lossy(&name)
+            )),
         })?;
-        let value_b = latin1(value, "header value")?;
-        let value = HeaderValue::from_bytes(&value_b)
-            .map_err(|_| PyValueError::new_err(format!("invalid value for header {name}")))?;
-        if !is_hop_by_hop(&name) {
-            map.append(name, value);
-        }
     }
-    Ok(map)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn status_lines() {
-        let check = |raw: &str, want: Option<(u16, Option<&str>)>| {
-            let got = parse_status_line(raw.as_bytes()).map(|(s, r)| {
-                (
-                    s.as_u16(),
-                    r.map(|r| String::from_utf8_lossy(r.as_bytes()).into_owned()),
-                )
-            });
-            let want = want.map(|(s, r)| (s, r.map(str::to_owned)));
-            assert_eq!(got, want, "{raw:?}");
-        };
-        check("200 OK", Some((200, None)));
-        check("200", Some((200, None)));
-        check("404 Not Found", Some((404, None)));
-        check("200 Fine Thanks", Some((200, Some("Fine Thanks"))));
-        check("299 Custom", Some((299, Some("Custom"))));
-        check("twohundred", None);
-        check("20", None);
-        check("200OK", None);
-        check("099 Low", None);
-        check("200 bad\r\nInjected: 1", None);
-    }
-
-    #[test]
-    fn content_length_fits_the_body() {
-        let mut h = HeaderMap::new();
-        assert_eq!(
-            fit_length(&mut h, Bytes::from_static(b"abc")).unwrap(),
-            "abc"
-        );
-        h.insert(CONTENT_LENGTH, HeaderValue::from(2));
-        assert_eq!(
-            fit_length(&mut h, Bytes::from_static(b"abc")).unwrap(),
-            "ab"
-        );
-        h.insert(CONTENT_LENGTH, HeaderValue::from(3));
-        assert_eq!(
-            fit_length(&mut h, Bytes::from_static(b"abc")).unwrap(),
-            "abc"
-        );
-    }
+    Ok(p)
 }

@@ -1,29 +1,58 @@
-//! The tokio side: the accept loop on the Unix socket, hyper HTTP/1.1
-//! connections, hand-off of each request to the Python pool, and the graceful
-//! stop on SIGTERM/SIGINT (stop accepting, remove the socket, let in-flight
-//! requests finish within the deadline).
+//! The serving loop: one epoll set shared by the `--threads` Python threads,
+//! the listening socket, the table of idle connections, and the graceful stop.
+//!
+//! Each thread waits in `epoll_wait(maxevents = 1)` with the GIL released;
+//! the kernel wakes one waiter per event (most recent waiter first), so the
+//! thread woken for a connection reads the request and serves it itself: no
+//! hand-off between threads. The listener and every connection are
+//! registered `EPOLLONESHOT`: an event goes to exactly one thread, which
+//! owns the connection until it re-arms it (idle again) or closes it.
+//!
+//! Invariants:
+//! - A connection is either in the table (idle, armed) or owned by exactly
+//!   one thread (counted in `busy`); it is re-armed only while in the table,
+//!   under the table lock, so no event can find it missing.
+//! - More connections than threads are fine: a request waits unread in its
+//!   socket until a thread is free, and an idle connection holds no thread.
+//! - Stopping: accepting stops and the socket file goes first, idle
+//!   connections are closed, connections in use close after their response;
+//!   [`Server::stop`] returns once none is in use, or at the deadline.
 
-use std::convert::Infallible;
-use std::future::Future;
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::io::{self, IoSlice};
+use std::net::Shutdown;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::net::UnixListener;
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
-use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::UnixListener;
-use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::oneshot;
+use nix::errno::Errno;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use pyo3::prelude::*;
 
+use crate::conn::{Conn, HeadRead, ReadBuf, Stream};
 use crate::errors::StartError;
-use crate::pool::{Job, Pool};
-use crate::request::{self, AppContext};
-use crate::response::{Head, WorkerBody};
+use crate::pacer::Pacer;
+use crate::request::{self, AppContext, Done, Exchange, Finish};
+
+/// The listener's epoll token; connections count from 1.
+const LISTENER: u64 = 0;
+/// How much of an unread request body is read and thrown away after the
+/// response; past this the connection is closed instead.
+const DRAIN_LIMIT: u64 = 64 * 1024 * 1024;
+/// A list body larger than this is written before the thread waits for the
+/// next request, so an idle thread never keeps a big response alive.
+const HOLD_LIMIT: usize = 1 << 20;
+/// writev takes at most IOV_MAX (1024) pieces; a body in more is joined.
+const MAX_PIECES: usize = 64;
+
+fn conn_events() -> EpollFlags {
+    EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLONESHOT
+}
 
 /// A bound listening socket and the identity of its file (to remove only ours).
 pub struct Listener {
@@ -32,7 +61,7 @@ pub struct Listener {
     ino: Option<(u64, u64)>,
 }
 
-/// Removes a stale socket at `path` and binds a new one. Must run inside the runtime.
+/// Removes a stale socket at `path` and binds a new one (non-blocking).
 pub fn bind(path: &Path) -> Result<Listener, StartError> {
     let err = |source| StartError::Listen {
         path: path.display().to_string(),
@@ -41,14 +70,15 @@ pub fn bind(path: &Path) -> Result<Listener, StartError> {
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path).map_err(err)?,
         Ok(_) => {
-            return Err(err(std::io::Error::new(
-                std::io::ErrorKind::AlreadyExists,
+            return Err(err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
                 "a file that is not a socket is in the way; remove it",
             )))
         }
         Err(_) => {}
     }
     let listener = UnixListener::bind(path).map_err(err)?;
+    listener.set_nonblocking(true).map_err(err)?;
     let ino = std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()));
     Ok(Listener {
         listener,
@@ -68,81 +98,362 @@ impl Listener {
     }
 }
 
-async fn handle(
-    ctx: Arc<AppContext>,
-    pool: Pool,
-    req: Request<Incoming>,
-) -> Result<Response<WorkerBody>, Infallible> {
-    let (parts, body) = req.into_parts();
-    let (tx, rx) = oneshot::channel();
-    let job: Job = Box::new(move |py| request::run(py, &ctx, parts, body, tx));
-    if pool.submit(job).is_err() {
-        return Ok(Head::error(StatusCode::SERVICE_UNAVAILABLE).into_response());
-    }
-    Ok(match rx.await {
-        Ok(head) => head.into_response(),
-        Err(_) => Head::error(StatusCode::INTERNAL_SERVER_ERROR).into_response(),
-    })
-}
+/// Tokens are sequential and never reused; this spreads them for the table.
+#[derive(Default)]
+struct TokenHasher(u64);
 
-/// Installs the SIGTERM/SIGINT handlers now (before the socket is bound, so
-/// a stop request right after "ready" is never lost) and returns the future
-/// that completes on the first of them.
-pub fn stop_signal() -> std::io::Result<impl Future<Output = ()>> {
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    Ok(async move {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
+impl Hasher for TokenHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | u64::from(b);
         }
-    })
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+
+    fn finish(&self) -> u64 {
+        self.0.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+    }
 }
 
-/// Serves until `stop` completes, then drains within `graceful_timeout`.
-pub async fn serve(
-    listener: Listener,
-    ctx: Arc<AppContext>,
-    pool: Pool,
-    graceful_timeout: Duration,
-    stop: impl Future<Output = ()>,
-) -> std::io::Result<()> {
-    tokio::pin!(stop);
-    let graceful = GracefulShutdown::new();
-    let mut http = http1::Builder::new();
-    http.keep_alive(true);
-    loop {
-        tokio::select! {
-            accepted = listener.listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    let (ctx, pool) = (ctx.clone(), pool.clone());
-                    let service = service_fn(move |req| handle(ctx.clone(), pool.clone(), req));
-                    let conn = http.serve_connection(TokioIo::new(stream), service);
-                    let conn = graceful.watch(conn);
-                    tokio::spawn(async move {
-                        // A connection error concerns one router connection only.
-                        let _ = conn.await;
-                    });
+struct Table {
+    /// Idle connections, armed in the epoll set.
+    idle: HashMap<u64, Conn, BuildHasherDefault<TokenHasher>>,
+    next_token: u64,
+    /// Connections owned by a thread.
+    busy: usize,
+}
+
+/// The shared state of the serving threads. Lives for the whole process.
+pub struct Server {
+    epoll: Epoll,
+    listener: Mutex<Option<Listener>>,
+    table: Mutex<Table>,
+    drained: Condvar,
+    stopping: AtomicBool,
+    pacer: Pacer,
+}
+
+/// A connection owned by a thread; dropping it counts the connection as
+/// no longer in use.
+pub struct InFlight(&'static Server);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut t = self.0.lock();
+        t.busy -= 1;
+        if t.busy == 0 && self.0.stopping() {
+            self.0.drained.notify_all();
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Server {
+    /// Starts serving `listener` on `threads` Python threads.
+    pub fn start(
+        listener: Listener,
+        threads: usize,
+        ctx: AppContext,
+    ) -> io::Result<&'static Server> {
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+        epoll.add(
+            &listener.listener,
+            EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLONESHOT, LISTENER),
+        )?;
+        let server: &'static Server = Box::leak(Box::new(Server {
+            epoll,
+            listener: Mutex::new(Some(listener)),
+            table: Mutex::new(Table {
+                idle: HashMap::default(),
+                next_token: LISTENER + 1,
+                busy: 0,
+            }),
+            drained: Condvar::new(),
+            stopping: AtomicBool::new(false),
+            pacer: Pacer::new(threads),
+        }));
+        std::thread::Builder::new()
+            .name("polyhost-pacer".into())
+            .spawn(move || server.pacer.watch())?;
+        let ctx = Arc::new(ctx);
+        for i in 0..threads {
+            let ctx = ctx.clone();
+            std::thread::Builder::new()
+                .name(format!("python-{i}"))
+                .spawn(move || server.thread_main(&ctx))?;
+        }
+        Ok(server)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Table> {
+        lock(&self.table)
+    }
+
+    fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    /// A serving thread: attached to the interpreter for good, detached
+    /// while it waits and while it writes.
+    fn thread_main(&'static self, ctx: &AppContext) {
+        Python::attach(|py| {
+            let mut done: Option<Done<'_>> = None;
+            loop {
+                let ex = match done.take() {
+                    None => py.detach(|| self.next_exchange(None)),
+                    Some(Done { finish, items }) => {
+                        let slices: Vec<&[u8]> = items.iter().map(|b| b.as_bytes()).collect();
+                        if finish.body_len > HOLD_LIMIT {
+                            let again = py.detach(|| self.complete(finish, &slices));
+                            drop(slices);
+                            drop(items);
+                            py.detach(|| self.next_exchange(again))
+                        } else {
+                            // One release of the GIL for the write and the wait.
+                            let ex = py.detach(|| {
+                                let again = self.complete(finish, &slices);
+                                self.next_exchange(again)
+                            });
+                            drop(slices);
+                            drop(items);
+                            ex
+                        }
+                    }
+                };
+                let stopping = self.stopping();
+                // A bug in our own request code must not take a serving thread
+                // down; the connection is dropped (closed) with the panic.
+                match std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    request::run(py, ctx, ex, stopping)
+                })) {
+                    Ok(d) => done = Some(d),
+                    Err(_) => eprintln!(
+                        "polyhost-python: internal error while serving a request (see above)"
+                    ),
                 }
+            }
+        })
+    }
+
+    /// Waits for the next request (or serves `again`'s buffered one first).
+    fn next_exchange(&'static self, mut again: Option<(Conn, InFlight)>) -> Exchange {
+        let mut events = [EpollEvent::empty()];
+        loop {
+            let (mut conn, busy) = match again.take() {
+                Some(owned) => owned,
+                None => {
+                    self.pacer.start_listening();
+                    let waited = self.epoll.wait(&mut events, EpollTimeout::NONE);
+                    self.pacer.stop_listening();
+                    match waited {
+                        Ok(1) => {}
+                        Ok(_) | Err(Errno::EINTR) => continue,
+                        Err(e) => {
+                            eprintln!("polyhost-python: epoll_wait failed: {e}");
+                            std::thread::sleep(Duration::from_millis(50));
+                            continue;
+                        }
+                    }
+                    let token = events[0].data();
+                    if token == LISTENER {
+                        self.accept();
+                        continue;
+                    }
+                    match self.take(token) {
+                        Some(owned) => owned,
+                        None => continue,
+                    }
+                }
+            };
+            match conn.read_head() {
+                HeadRead::Ready(head) => return Exchange { conn, head, busy },
+                HeadRead::Again => self.park(conn, busy),
+                HeadRead::Closed => self.close(conn, busy),
+                HeadRead::Reject(r) => {
+                    conn.reject(r);
+                    self.close(conn, busy);
+                }
+            }
+        }
+    }
+
+    /// Accepts every pending connection, then re-arms the listener.
+    fn accept(&'static self) {
+        let guard = lock(&self.listener);
+        let Some(l) = guard.as_ref() else {
+            return; // stopping
+        };
+        loop {
+            match l.listener.accept() {
+                Ok((sock, _)) => match Stream::new(sock) {
+                    Ok(stream) => self.register(stream),
+                    Err(e) => eprintln!("polyhost-python: cannot set up a connection: {e}"),
+                },
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
                     eprintln!("polyhost-python: accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    std::thread::sleep(Duration::from_millis(50));
+                    break;
                 }
+            }
+        }
+        let mut ev = EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLONESHOT, LISTENER);
+        if let Err(e) = self.epoll.modify(&l.listener, &mut ev) {
+            eprintln!("polyhost-python: cannot re-arm the listener: {e}");
+        }
+    }
+
+    fn register(&'static self, stream: Arc<Stream>) {
+        let mut t = self.lock();
+        if self.stopping() {
+            return;
+        }
+        let token = t.next_token;
+        t.next_token += 1;
+        let ev = EpollEvent::new(conn_events(), token);
+        if let Err(e) = self.epoll.add(&stream.sock, ev) {
+            eprintln!("polyhost-python: cannot watch a connection: {e}");
+            return;
+        }
+        t.idle.insert(
+            token,
+            Conn {
+                token,
+                stream,
+                buf: ReadBuf::default(),
             },
-            _ = &mut stop => break,
-        }
+        );
     }
-    listener.remove_file();
-    drop(listener);
-    tokio::select! {
-        _ = graceful.shutdown() => {}
-        _ = tokio::time::sleep(graceful_timeout) => {
-            eprintln!(
-                "polyhost-python: requests still running after {}s; exiting anyway",
-                graceful_timeout.as_secs()
-            );
-        }
+
+    /// Takes an idle connection whose socket became readable.
+    fn take(&'static self, token: u64) -> Option<(Conn, InFlight)> {
+        let mut t = self.lock();
+        let conn = t.idle.remove(&token)?;
+        t.busy += 1;
+        Some((conn, InFlight(self)))
     }
-    Ok(())
+
+    /// Puts a connection back in the table and re-arms it (or closes it, if stopping).
+    fn park(&'static self, conn: Conn, busy: InFlight) {
+        let mut t = self.lock();
+        if self.stopping() {
+            drop(t);
+            return self.close(conn, busy);
+        }
+        let mut ev = EpollEvent::new(conn_events(), conn.token);
+        if self.epoll.modify(&conn.stream.sock, &mut ev).is_err() {
+            drop(t);
+            return self.close(conn, busy);
+        }
+        t.idle.insert(conn.token, conn);
+        t.busy -= 1;
+        std::mem::forget(busy);
+    }
+
+    fn close(&self, conn: Conn, busy: InFlight) {
+        shut(&self.epoll, conn);
+        drop(busy);
+    }
+
+    /// Writes what the request left, drains its body, and keeps or closes
+    /// the connection. Returns it if the next request is already buffered.
+    fn complete(&'static self, f: Finish, body: &[&[u8]]) -> Option<(Conn, InFlight)> {
+        let Finish {
+            mut conn,
+            busy,
+            out,
+            body_len,
+            body: reader,
+            mut close,
+        } = f;
+        if !out.is_empty() || body_len > 0 {
+            conn.stream.responded.store(true, Ordering::Release);
+            if write_response(&conn.stream, &out, body, body_len).is_err() {
+                close = true;
+            }
+        }
+        if !close {
+            match reader.map(|mut r| (r.is_done() || r.drain(DRAIN_LIMIT), r)) {
+                Some((true, r)) => conn.buf = r.into_buf(),
+                _ => close = true,
+            }
+        }
+        if close || self.stopping() {
+            self.close(conn, busy);
+            return None;
+        }
+        conn.buf.shrink_if_idle();
+        if !conn.buf.is_empty() {
+            return Some((conn, busy));
+        }
+        self.park(conn, busy);
+        None
+    }
+
+    /// On SIGTERM/SIGINT: stops accepting, removes the socket file, closes
+    /// idle connections, and waits until no connection is in use, or until
+    /// `graceful`. Returns false if requests were still running.
+    pub fn stop(&'static self, graceful: Duration) -> bool {
+        self.stopping.store(true, Ordering::SeqCst);
+        if let Some(l) = lock(&self.listener).take() {
+            let _ = self.epoll.delete(&l.listener);
+            l.remove_file();
+        }
+        let idle: Vec<Conn> = self.lock().idle.drain().map(|(_, c)| c).collect();
+        for conn in idle {
+            shut(&self.epoll, conn);
+        }
+        let deadline = Instant::now() + graceful;
+        let mut t = self.lock();
+        while t.busy > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            t = self
+                .drained
+                .wait_timeout(t, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        true
+    }
+}
+
+/// Closes a connection for good, even if the app still holds its socket.
+fn shut(epoll: &Epoll, conn: Conn) {
+    let _ = epoll.delete(&conn.stream.sock);
+    if Arc::strong_count(&conn.stream) > 1 {
+        let _ = conn.stream.sock.shutdown(Shutdown::Both);
+    }
+}
+
+/// One write of `out` and the first `body_len` bytes of `body`.
+fn write_response(stream: &Stream, out: &[u8], body: &[&[u8]], body_len: usize) -> io::Result<()> {
+    if body.len() > MAX_PIECES {
+        let joined = body.concat();
+        return write_response(stream, out, &[&joined], body_len);
+    }
+    let mut pieces = [IoSlice::new(&[]); MAX_PIECES + 1];
+    pieces[0] = IoSlice::new(out);
+    let mut n = 1;
+    let mut left = body_len;
+    for b in body {
+        if left == 0 {
+            break;
+        }
+        let take = b.len().min(left);
+        pieces[n] = IoSlice::new(&b[..take]);
+        n += 1;
+        left -= take;
+    }
+    stream.write_all(&mut pieces[..n])
 }

@@ -1,6 +1,7 @@
 //! Test harness: starts the real `polyhost-python` binary on a temp socket,
 //! waits until the socket is connectable (retrying, never sleeping a fixed
-//! time), and speaks HTTP/1.1 to it with hyper's client connection API.
+//! time), and speaks HTTP/1.1 to it with hyper's client connection API, or
+//! byte by byte ([`RawConn`]) where the exact wire matters.
 #![allow(dead_code)]
 
 use std::convert::Infallible;
@@ -215,5 +216,122 @@ pub async fn send_on(sender: &mut SendRequest<ClientBody>, req: Request<ClientBo
         status: parts.status,
         headers: parts.headers,
         body,
+    }
+}
+
+/// A raw HTTP/1.1 connection, for what a client library would hide:
+/// pipelining, partial heads, interim responses, exact framing, EOF.
+pub struct RawConn {
+    stream: UnixStream,
+    buf: Vec<u8>,
+}
+
+/// A response as read off a [`RawConn`]: the head lowercased, the body decoded.
+#[derive(Debug)]
+pub struct RawReply {
+    pub status: u16,
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+const RAW_TIMEOUT: Duration = Duration::from_secs(15);
+
+impl RawConn {
+    pub async fn connect(w: &Worker) -> RawConn {
+        RawConn {
+            stream: UnixStream::connect(&w.socket).await.unwrap(),
+            buf: Vec::new(),
+        }
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
+    /// Sends what the worker may refuse half-way (it answers, then closes).
+    pub async fn send_some(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        let _ = self.stream.write_all(bytes).await;
+    }
+
+    /// Reads more bytes into the buffer; false at EOF (or a reset).
+    async fn fill(&mut self) -> bool {
+        use tokio::io::AsyncReadExt;
+        let mut chunk = [0u8; 16384];
+        let n = tokio::time::timeout(RAW_TIMEOUT, self.stream.read(&mut chunk))
+            .await
+            .expect("no answer from the worker")
+            .unwrap_or(0);
+        self.buf.extend_from_slice(&chunk[..n]);
+        n > 0
+    }
+
+    async fn take_line(&mut self) -> Vec<u8> {
+        loop {
+            if let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                let line = self.buf[..i].to_vec();
+                self.buf.drain(..i + 2);
+                return line;
+            }
+            assert!(self.fill().await, "EOF in the middle of a line");
+        }
+    }
+
+    async fn take(&mut self, n: usize) -> Vec<u8> {
+        while self.buf.len() < n {
+            assert!(self.fill().await, "EOF in the middle of a body");
+        }
+        self.buf.drain(..n).collect()
+    }
+
+    /// Reads one response head (status line and fields, lowercased).
+    pub async fn read_head(&mut self) -> (u16, String) {
+        let status_line = String::from_utf8(self.take_line().await).unwrap();
+        let status = status_line[9..12].parse().unwrap();
+        let mut head = status_line.to_ascii_lowercase() + "\r\n";
+        loop {
+            let line = String::from_utf8(self.take_line().await).unwrap();
+            if line.is_empty() {
+                return (status, head);
+            }
+            head.push_str(&line.to_ascii_lowercase());
+            head.push_str("\r\n");
+        }
+    }
+
+    /// Reads one whole response; `head_request`: no body follows.
+    pub async fn read_response(&mut self, head_request: bool) -> RawReply {
+        let (status, head) = self.read_head().await;
+        let field = |name: &str| {
+            head.lines()
+                .find_map(|l| l.strip_prefix(&format!("{name}: ")).map(str::to_owned))
+        };
+        let body = if head_request || status == 204 || status == 304 {
+            Vec::new()
+        } else if field("transfer-encoding").as_deref() == Some("chunked") {
+            let mut body = Vec::new();
+            loop {
+                let size = String::from_utf8(self.take_line().await).unwrap();
+                let size = usize::from_str_radix(size.split(';').next().unwrap(), 16).unwrap();
+                if size == 0 {
+                    assert_eq!(self.take_line().await, b"", "trailers");
+                    break body;
+                }
+                body.extend(self.take(size).await);
+                assert_eq!(self.take_line().await, b"", "chunk end");
+            }
+        } else if let Some(len) = field("content-length") {
+            self.take(len.parse().unwrap()).await
+        } else {
+            while self.fill().await {}
+            std::mem::take(&mut self.buf)
+        };
+        RawReply { status, head, body }
+    }
+
+    /// True if the worker closed the connection (nothing more to read).
+    pub async fn closed(&mut self) -> bool {
+        self.buf.is_empty() && !self.fill().await
     }
 }
