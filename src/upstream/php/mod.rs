@@ -52,6 +52,10 @@ use crate::upstream::spool::body_error;
 /// turns out to be closed; larger ones stream on a fresh connection.
 const REPLAY_MAX: u64 = 64 * 1024;
 
+/// Room for `FCGI_BEGIN_REQUEST` and the parameters of a usual request
+/// (~600 bytes plus the client's headers), so the buffer is allocated once.
+const REQUEST_HEAD_CAPACITY: usize = 2048;
+
 /// Where PHP's stderr lines (FastCGI `STDERR` records: `error_log()`,
 /// warnings when `log_errors` is on) go: the site's error log.
 pub type ErrorSink = Arc<dyn Fn(&str) + Send + Sync>;
@@ -128,13 +132,20 @@ impl PhpUpstream {
         req: Request<RequestBody>,
         ctx: &RequestContext,
     ) -> Result<Response<ResponseBody>, UpstreamError> {
-        let root = self.root.clone();
-        let path = req.uri().path().to_owned();
-        let fc = self.php.front_controller.clone();
-        let target =
-            tokio::task::spawn_blocking(move || script::resolve(&root, &path, fc.as_deref()))
-                .await
-                .map_err(|e| UpstreamError::Internal(format!("resolving the script: {e}")))??;
+        // Inline when the kernel can answer from its caches (the usual
+        // case: microseconds); a blocking thread only when it would wait.
+        let fc = self.php.front_controller.as_deref();
+        let target = match script::resolve_cached(&self.root, req.uri().path(), fc) {
+            Some(target) => target?,
+            None => {
+                let root = self.root.clone();
+                let path = req.uri().path().to_owned();
+                let fc = self.php.front_controller.clone();
+                tokio::task::spawn_blocking(move || script::resolve(&root, &path, fc.as_deref()))
+                    .await
+                    .map_err(|e| UpstreamError::Internal(format!("resolving the script: {e}")))??
+            }
+        };
         match target {
             Target::Static => self.static_files.handle(req, ctx).await,
             Target::NotFound => Err(UpstreamError::NotFound),
@@ -200,15 +211,9 @@ impl PhpUpstream {
             script_name,
             document_root: &self.root_str,
         };
-        let list = params::build(&parts, ctx, &script, content_length);
-        let mut request_head = BytesMut::new();
+        let mut request_head = BytesMut::with_capacity(REQUEST_HEAD_CAPACITY);
         fcgi::begin_request(&mut request_head);
-        fcgi::stream_records(
-            &mut request_head,
-            fcgi::PARAMS,
-            &fcgi::encode_params(list.iter().map(|(k, v)| (&k[..], &v[..]))),
-        );
-        fcgi::end_stream(&mut request_head, fcgi::PARAMS);
+        params::encode(&mut request_head, &parts, ctx, &script, content_length);
 
         let permit = tokio::time::timeout(timeout, self.pool.permit())
             .await
@@ -258,20 +263,16 @@ impl PhpUpstream {
             head_only: parts.method == Method::HEAD,
             tag: script_name.to_owned(),
         };
-        let (head_rx, body, task) =
-            exchange.spawn(stream, reused, finish, request_head.freeze(), input);
-        let head = match tokio::time::timeout(remaining(start), head_rx).await {
-            Ok(Ok(head)) => head?,
-            Ok(Err(_)) => {
-                return Err(UpstreamError::Internal(
-                    "the FastCGI exchange ended without an answer".into(),
-                ))
-            }
-            Err(_) => {
-                task.abort();
-                return Err(UpstreamError::Timeout(timeout));
-            }
-        };
+        let (head, body) = exchange
+            .start(
+                stream,
+                reused,
+                finish,
+                request_head.freeze(),
+                input,
+                remaining(start),
+            )
+            .await?;
         let mut resp = Response::new(if parts.method == Method::HEAD {
             empty_body()
         } else {
