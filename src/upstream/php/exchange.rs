@@ -27,7 +27,6 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -60,9 +59,9 @@ const READ_CHUNK: usize = 64 * 1024;
 /// Everything the task needs besides the connection.
 pub struct Exchange {
     pub pool: Arc<ConnPool>,
-    pub socket: PathBuf,
-    /// The user php-fpm must run as (checked on every connect).
-    pub peer_uid: Option<u32>,
+    /// The permit and the runtime lease (whose socket and peer uid a retry
+    /// connects to), released when the exchange ends.
+    pub finish: Finish,
     pub errors: ErrorSink,
     /// Longest wait for one read from php-fpm.
     pub read_timeout: Duration,
@@ -76,14 +75,14 @@ pub struct Exchange {
 
 /// Releases the permit and the runtime lease, however the request ends.
 pub struct Finish {
-    _lease: RuntimeLease,
+    lease: RuntimeLease,
     _permit: OwnedSemaphorePermit,
 }
 
 impl Finish {
     pub fn new(lease: RuntimeLease, permit: OwnedSemaphorePermit) -> Self {
         Finish {
-            _lease: lease,
+            lease,
             _permit: permit,
         }
     }
@@ -98,14 +97,6 @@ enum WriteFail {
     Body(UpstreamError),
     /// php-fpm's side of the socket failed.
     Io(std::io::Error),
-}
-
-/// The request body as the exchange gets it.
-pub enum Input {
-    /// Held whole (empty or small): can be sent again on a fresh connection.
-    Replayable(Bytes),
-    /// Streamed from the client once; never retried.
-    Stream(RequestBody),
 }
 
 /// How one attempt on one connection ended.
@@ -128,25 +119,24 @@ impl Exchange {
     /// task of its own only if the response is not complete by then (a large
     /// or slow response): a small one has been read whole, its connection is
     /// back in the pool and its permit and lease are released, with no task
-    /// spawned and no hand-off between threads. `reused`: `stream` came from
-    /// the pool. After `head_timeout` without a head: [`UpstreamError::Timeout`]
-    /// and the connection is closed.
+    /// spawned and no hand-off between threads.
+    ///
+    /// `request`: the records to send; the whole request when `body` is
+    /// `None` (then it may be sent again, see [`Attempt::Stale`]), else
+    /// BEGIN_REQUEST and PARAMS, with `body` to follow as STDIN. `reused`:
+    /// `stream` came from the pool. After `head_timeout` without a head:
+    /// [`UpstreamError::Timeout`], and the connection is closed.
     pub async fn start(
         self,
         stream: UnixStream,
         reused: bool,
-        finish: Finish,
-        request_head: Bytes,
-        input: Input,
+        request: Bytes,
+        body: Option<RequestBody>,
         head_timeout: Duration,
     ) -> Result<(CgiHead, ExchangeBody), UpstreamError> {
         let (head_tx, mut head_rx) = oneshot::channel();
         let (chunk_tx, chunk_rx) = mpsc::channel(CHANNEL_CHUNKS);
-        let mut exchange = Box::pin(async move {
-            let _finish = finish;
-            self.run(stream, reused, request_head, input, head_tx, chunk_tx)
-                .await;
-        });
+        let mut exchange = Box::pin(self.run(stream, reused, request, body, head_tx, chunk_tx));
         let mut finished = false;
         let head = tokio::time::timeout(
             head_timeout,
@@ -185,11 +175,11 @@ impl Exchange {
     }
 
     async fn run(
-        self,
+        mut self,
         mut stream: UnixStream,
         mut reused: bool,
-        request_head: Bytes,
-        input: Input,
+        request: Bytes,
+        body: Option<RequestBody>,
         head_tx: oneshot::Sender<HeadResult>,
         chunk_tx: mpsc::Sender<Result<Bytes, BoxError>>,
     ) {
@@ -199,33 +189,25 @@ impl Exchange {
             header_buf: BytesMut::new(),
             head_only: self.head_only,
         };
-        // A replayable request goes out as one buffer (one write), kept for
-        // the retry; a streamed one as its head, then its body as it comes.
-        let (request, replayable, mut streamed) = match input {
-            Input::Replayable(body) => {
-                let mut whole = BytesMut::with_capacity(
-                    request_head.len() + body.len() + body.len() / fcgi::MAX_CONTENT * 16 + 24,
-                );
-                whole.extend_from_slice(&request_head);
-                fcgi::stream_records(&mut whole, fcgi::STDIN, &body);
-                fcgi::end_stream(&mut whole, fcgi::STDIN);
-                (whole.freeze(), true, None)
-            }
-            Input::Stream(body) => (request_head, false, Some(body)),
-        };
+        let replayable = body.is_none();
+        let mut streamed = body;
         loop {
             let body = streamed.take();
             match self.attempt(&mut stream, &request, body, &mut out).await {
                 Attempt::Done { reusable } => {
                     if reusable {
-                        self.pool.put(self.socket, stream);
+                        let socket = std::mem::take(&mut self.finish.lease.socket);
+                        self.pool.put(socket, stream);
                     }
                     return; // dropping `chunk_tx` ends the body
                 }
                 Attempt::Stale(e) if reused && replayable => {
                     match tokio::time::timeout(
                         self.read_timeout,
-                        crate::upstream::connect_runtime(&self.socket, self.peer_uid),
+                        crate::upstream::connect_runtime(
+                            &self.finish.lease.socket,
+                            self.finish.lease.peer_uid,
+                        ),
                     )
                     .await
                     {
@@ -330,8 +312,19 @@ impl Output {
         if self.head_tx.is_none() {
             return self.forward(data).await;
         }
-        self.header_buf.extend_from_slice(&data);
-        let Some((end, body_at)) = cgi::split_head(&self.header_buf) else {
+        // The head usually comes whole in the first record: then it is
+        // parsed where it is (header values share the record's bytes).
+        let split = if self.header_buf.is_empty() {
+            cgi::split_head(&data).map(|at| (None, at))
+        } else {
+            self.header_buf.extend_from_slice(&data);
+            cgi::split_head(&self.header_buf)
+                .map(|at| (Some(std::mem::take(&mut self.header_buf).freeze()), at))
+        };
+        let Some((joined, (end, body_at))) = split else {
+            if self.header_buf.is_empty() {
+                self.header_buf.extend_from_slice(&data);
+            }
             if self.header_buf.len() > cgi::MAX_HEADER_BYTES {
                 return Err(UpstreamError::BadGateway(
                     "php-fpm sent more than 128 KiB of headers".into(),
@@ -339,10 +332,10 @@ impl Output {
             }
             return Ok(());
         };
-        let head = cgi::parse_head(&self.header_buf[..end])
+        let whole = joined.unwrap_or(data);
+        let head = cgi::parse_head(&whole.slice(..end))
             .map_err(|e| UpstreamError::BadGateway(format!("bad CGI headers from PHP: {e}")))?;
-        let rest = self.header_buf.split_off(body_at).freeze();
-        self.header_buf = BytesMut::new();
+        let rest = whole.slice(body_at..);
         if let Some(tx) = self.head_tx.take() {
             if tx.send(Ok(head)).is_err() {
                 return Err(UpstreamError::Internal("request abandoned".into()));

@@ -120,6 +120,20 @@ pub fn put_param(buf: &mut BytesMut, name: &[u8], value: &[u8]) {
     buf.put_slice(value);
 }
 
+/// [`put_param`] with a value given in pieces (written one after the other).
+pub fn put_param_parts(buf: &mut BytesMut, name: &[u8], value: &[&[u8]]) {
+    let value_len: usize = value.iter().map(|v| v.len()).sum();
+    if name.len() > MAX_PARAM_LEN || value_len > MAX_PARAM_LEN {
+        return;
+    }
+    put_param_len(buf, name.len());
+    put_param_len(buf, value_len);
+    buf.put_slice(name);
+    for v in value {
+        buf.put_slice(v);
+    }
+}
+
 /// Appends a whole PARAMS stream (its records and the empty record that
 /// ends it) whose body `write` encodes straight into `buf` (with
 /// [`put_param`]): one buffer, no intermediate list. The usual case (at most

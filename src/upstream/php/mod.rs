@@ -33,13 +33,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use futures_util::future::BoxFuture;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body::Body;
 use http_body_util::BodyExt;
 
-use self::exchange::{Exchange, Input};
+use self::exchange::Exchange;
 use self::pool::ConnPool;
 use self::script::Target;
 use super::{empty_body, RequestBody, RequestContext, ResponseBody, Upstream, UpstreamError};
@@ -161,10 +161,7 @@ impl PhpUpstream {
                     .body(empty_body())
                     .map_err(|e| UpstreamError::Internal(e.to_string()))
             }
-            Target::Script { script_name, .. } => {
-                let filename = format!("{}{}", self.root_str, script_name);
-                self.run(req, ctx, &filename, &script_name).await
-            }
+            Target::Script { script_name } => self.run(req, ctx, script_name).await,
         }
     }
 
@@ -172,8 +169,7 @@ impl PhpUpstream {
         &self,
         req: Request<RequestBody>,
         ctx: &RequestContext,
-        filename: &str,
-        script_name: &str,
+        script_name: String,
     ) -> Result<Response<ResponseBody>, UpstreamError> {
         let timeout = self.php.request_timeout;
         let start = Instant::now();
@@ -191,10 +187,21 @@ impl PhpUpstream {
             content_length = Some(spooled.len());
             body = spooled.into_body();
         }
-        let input = if !parts.method.is_idempotent() {
-            Input::Stream(body)
+        // The request as FastCGI records, in one buffer: BEGIN_REQUEST, the
+        // PARAMS stream and, for a replayable request, the whole STDIN
+        // stream (then it goes out in one write and can be sent again).
+        let mut request = BytesMut::with_capacity(REQUEST_HEAD_CAPACITY);
+        fcgi::begin_request(&mut request);
+        let script = params::ScriptParams {
+            script_name: &script_name,
+            document_root: &self.root_str,
+        };
+        params::encode(&mut request, &parts, ctx, &script, content_length);
+        let body = if !parts.method.is_idempotent() {
+            Some(body)
         } else if body.is_end_stream() {
-            Input::Replayable(Bytes::new())
+            fcgi::end_stream(&mut request, fcgi::STDIN);
+            None
         } else if content_length.is_some_and(|n| n <= REPLAY_MAX) {
             let limit = self.body_limit;
             let bytes = body
@@ -202,18 +209,13 @@ impl PhpUpstream {
                 .await
                 .map_err(|e| body_error(e, limit))?
                 .to_bytes();
-            Input::Replayable(bytes)
+            fcgi::stream_records(&mut request, fcgi::STDIN, &bytes);
+            fcgi::end_stream(&mut request, fcgi::STDIN);
+            None
         } else {
-            Input::Stream(body)
+            Some(body)
         };
-        let script = params::ScriptParams {
-            filename,
-            script_name,
-            document_root: &self.root_str,
-        };
-        let mut request_head = BytesMut::with_capacity(REQUEST_HEAD_CAPACITY);
-        fcgi::begin_request(&mut request_head);
-        params::encode(&mut request_head, &parts, ctx, &script, content_length);
+        let replayable = body.is_none();
 
         let permit = tokio::time::timeout(timeout, self.pool.permit())
             .await
@@ -225,53 +227,42 @@ impl PhpUpstream {
             .map_err(|_| {
                 UpstreamError::Unavailable(format!("php-fpm not ready after {startup:?}"))
             })??;
-        let socket = lease.socket.clone();
-        let peer_uid = lease.peer_uid;
-        let finish = exchange::Finish::new(lease, permit);
         let remaining = |start: Instant| timeout.saturating_sub(start.elapsed());
         // A kept-alive connection is used only for a request that can be
         // sent again (see `exchange::Attempt::Stale`): idempotent, body held
         // whole. Anything else gets a fresh connection (closing an idle one
         // so the bound holds): a POST must never run twice.
-        let idle = self.pool.take(&socket);
-        let reused = idle.is_some() && matches!(input, Input::Replayable(_));
+        let idle = self.pool.take(&lease.socket);
+        let reused = idle.is_some() && replayable;
         let stream = match idle {
             Some(s) if reused => s,
             idle => {
                 drop(idle); // closed before connecting: it pins a php-fpm child
                 tokio::time::timeout(
                     remaining(start),
-                    crate::upstream::connect_runtime(&socket, peer_uid),
+                    crate::upstream::connect_runtime(&lease.socket, lease.peer_uid),
                 )
                 .await
                 .map_err(|_| UpstreamError::Timeout(timeout))?
                 .map_err(|e| {
                     UpstreamError::BadGateway(format!(
                         "cannot connect to php-fpm at {}: {e}",
-                        socket.display()
+                        lease.socket.display()
                     ))
                 })?
             }
         };
         let exchange = Exchange {
             pool: self.pool.clone(),
-            socket,
-            peer_uid,
+            finish: exchange::Finish::new(lease, permit),
             errors: self.errors.clone(),
             read_timeout: timeout,
             body_limit: self.body_limit,
             head_only: parts.method == Method::HEAD,
-            tag: script_name.to_owned(),
+            tag: script_name,
         };
         let (head, body) = exchange
-            .start(
-                stream,
-                reused,
-                finish,
-                request_head.freeze(),
-                input,
-                remaining(start),
-            )
+            .start(stream, reused, request.freeze(), body, remaining(start))
             .await?;
         let mut resp = Response::new(if parts.method == Method::HEAD {
             empty_body()

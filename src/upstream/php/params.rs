@@ -23,11 +23,10 @@ pub const SERVER_SOFTWARE: &str = concat!("polyhost/", env!("CARGO_PKG_VERSION")
 
 /// The script a request runs, as [`super::script`] resolved it.
 pub struct ScriptParams<'a> {
-    /// Absolute path of the script (`SCRIPT_FILENAME`).
-    pub filename: &'a str,
-    /// URL path of the script (`SCRIPT_NAME`, `DOCUMENT_URI`).
+    /// URL path of the script (`SCRIPT_NAME`, `DOCUMENT_URI`), from `/`.
     pub script_name: &'a str,
-    /// Document root (`DOCUMENT_ROOT`).
+    /// Document root (`DOCUMENT_ROOT`), without a trailing `/`;
+    /// `SCRIPT_FILENAME` is the root followed by `script_name`.
     pub document_root: &'a str,
 }
 
@@ -51,9 +50,16 @@ fn pairs(
     script: &ScriptParams<'_>,
     content_length: Option<u64>,
 ) {
-    let mut put = |k: &str, v: &[u8]| fcgi::put_param(buf, k.as_bytes(), v);
     let request_uri = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    put("SCRIPT_FILENAME", script.filename.as_bytes());
+    fcgi::put_param_parts(
+        buf,
+        b"SCRIPT_FILENAME",
+        &[
+            script.document_root.as_bytes(),
+            script.script_name.as_bytes(),
+        ],
+    );
+    let mut put = |k: &str, v: &[u8]| fcgi::put_param(buf, k.as_bytes(), v);
     put("SCRIPT_NAME", script.script_name.as_bytes());
     put("PATH_INFO", b"");
     put("DOCUMENT_ROOT", script.document_root.as_bytes());
@@ -211,7 +217,6 @@ mod tests {
         };
         let (parts, ()) = req.into_parts();
         let script = ScriptParams {
-            filename: "/srv/www/index.php",
             script_name: "/index.php",
             document_root: "/srv/www",
         };

@@ -23,10 +23,11 @@
 //! - A file whose name ends in `.php` in any letter case is never
 //!   [`Target::Static`]: PHP source is never served as text.
 
+use std::borrow::Cow;
 use std::ffi::OsStr;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use nix::errno::Errno;
 use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag, AT_FDCWD};
@@ -39,9 +40,8 @@ use crate::upstream::UpstreamError;
 pub enum Target {
     /// Execute this script.
     Script {
-        /// Absolute path handed to php-fpm (`SCRIPT_FILENAME`): root + `script_name`.
-        filename: PathBuf,
-        /// URL path of the script (`SCRIPT_NAME`), starting with `/`.
+        /// URL path of the script (`SCRIPT_NAME`), starting with `/`; php-fpm
+        /// gets root + `script_name` as `SCRIPT_FILENAME`.
         script_name: String,
     },
     /// A directory with an `index.php`, requested without its trailing slash.
@@ -131,11 +131,11 @@ fn resolve_with(
         .rsplit('/')
         .next()
         .unwrap_or_default();
-    let php_name = last.to_ascii_lowercase().ends_with(".php");
+    let php_name = ends_with_ignore_case(last, ".php");
     match lookup(rel)? {
         Some(Kind::File) if php_name => {
             if last.ends_with(".php") && !wants_dir {
-                Ok(script(root, rel))
+                Ok(script(rel))
             } else {
                 // `X.PHP`: php-fpm's security.limit_extensions would refuse
                 // it, and it must never go out as text either.
@@ -152,7 +152,7 @@ fn resolve_with(
                 format!("{}/index.php", rel.trim_end_matches('/'))
             };
             match lookup(&index)? {
-                Some(Kind::File) if wants_dir => Ok(script(root, &index)),
+                Some(Kind::File) if wants_dir => Ok(script(&index)),
                 Some(Kind::File) => Ok(Target::AddSlash),
                 _ => Ok(Target::Static),
             }
@@ -163,7 +163,7 @@ fn resolve_with(
         None if php_name => Ok(Target::NotFound),
         None => match front_controller {
             Some(fc) => match lookup(fc)? {
-                Some(Kind::File) => Ok(script(root, fc)),
+                Some(Kind::File) => Ok(script(fc)),
                 _ => Ok(Target::NotFound),
             },
             None => Ok(Target::NotFound),
@@ -171,11 +171,16 @@ fn resolve_with(
     }
 }
 
-fn script(root: &Path, rel: &str) -> Target {
-    Target::Script {
-        filename: root.join(rel),
-        script_name: format!("/{rel}"),
-    }
+fn script(rel: &str) -> Target {
+    let mut script_name = String::with_capacity(rel.len() + 1);
+    script_name.push('/');
+    script_name.push_str(rel);
+    Target::Script { script_name }
+}
+
+fn ends_with_ignore_case(s: &str, suffix: &str) -> bool {
+    let (s, suffix) = (s.as_bytes(), suffix.as_bytes());
+    s.len() >= suffix.len() && s[s.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -259,19 +264,22 @@ fn lookup(root: &OwnedFd, rel: &str, wait: Wait) -> Result<Option<Kind>, Fail> {
 }
 
 /// Percent-decodes the path once and refuses what may not name a file.
-pub fn decode(raw: &str) -> Result<String, UpstreamError> {
-    let lower = raw.to_ascii_lowercase();
-    if lower.contains("%2f") || lower.contains("%5c") || raw.contains('\\') {
+/// Borrows `raw` when it has no escapes (most paths).
+pub fn decode(raw: &str) -> Result<Cow<'_, str>, UpstreamError> {
+    let encoded_slash = raw.as_bytes().windows(3).any(|w| {
+        w[0] == b'%' && (w[1..].eq_ignore_ascii_case(b"2f") || w[1..].eq_ignore_ascii_case(b"5c"))
+    });
+    if encoded_slash || raw.contains('\\') {
         return Err(UpstreamError::BadRequest(
             "encoded slash or backslash in path".into(),
         ));
     }
-    let bytes: Vec<u8> = percent_encoding::percent_decode_str(raw).collect();
-    if bytes.contains(&0) {
+    let decoded = percent_encoding::percent_decode_str(raw)
+        .decode_utf8()
+        .map_err(|_| UpstreamError::BadRequest("path is not UTF-8".into()))?;
+    if decoded.contains('\0') {
         return Err(UpstreamError::BadRequest("NUL in path".into()));
     }
-    let decoded = String::from_utf8(bytes)
-        .map_err(|_| UpstreamError::BadRequest("path is not UTF-8".into()))?;
     if !decoded.starts_with('/') {
         return Err(UpstreamError::BadRequest(
             "path does not start with /".into(),
@@ -317,6 +325,10 @@ mod tests {
         check("/%25252e", Ok("/%252e")); // decoded once only
         check("/%ff", Err(400));
         check("//x", Err(400));
+        check("/a%2Fb", Err(400));
+        check("/a%2", Ok("/a%2")); // an incomplete escape stays as it is
+        check("/%C3%A9t%C3%A9.php", Ok("/été.php"));
+        assert!(matches!(decode("/plain/path.php"), Ok(Cow::Borrowed(_))));
     }
 
     #[test]
@@ -339,7 +351,6 @@ mod tests {
 
         let s = |rel: &str| {
             Ok(Target::Script {
-                filename: root.join(rel),
                 script_name: format!("/{rel}"),
             })
         };
