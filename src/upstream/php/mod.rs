@@ -351,6 +351,7 @@ mod tests {
     use tokio::net::UnixListener;
 
     use super::*;
+    use crate::config::PhpMode;
     use crate::upstream::{full_body, Scheme};
 
     struct Fixed(PathBuf);
@@ -391,6 +392,11 @@ mod tests {
     /// Serves one connection: reads the request up to the end of STDIN,
     /// writes `answer`, then closes (or, with `hold`, keeps it open).
     async fn fake_fpm(socket: &Path, answer: Vec<u8>, hold: bool) {
+        fake_fpm_parts(socket, vec![(Duration::ZERO, answer)], hold).await;
+    }
+
+    /// Like [`fake_fpm`], answering in parts, each after its pause.
+    async fn fake_fpm_parts(socket: &Path, parts: Vec<(Duration, Vec<u8>)>, hold: bool) {
         let listener = UnixListener::bind(socket).unwrap();
         tokio::spawn(async move {
             let (mut conn, _) = listener.accept().await.unwrap();
@@ -403,24 +409,24 @@ mod tests {
                     Ok(n) => seen.extend_from_slice(&buf[..n]),
                 }
             }
-            let _ = conn.write_all(&answer).await;
+            for (pause, part) in parts {
+                tokio::time::sleep(pause).await;
+                let _ = conn.write_all(&part).await;
+            }
             if hold {
                 tokio::time::sleep(Duration::from_secs(30)).await;
             }
         });
     }
 
-    /// One case: what the fake server answers → the status the client sees,
-    /// and whether the body ends cleanly.
-    async fn check(answer: Vec<u8>, hold: bool, want: Result<(u16, bool), u16>) {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("root");
-        std::fs::create_dir_all(&root).unwrap();
+    /// An upstream for `root`/a.php against the fake server at `socket`.
+    fn upstream(root: &Path, socket: PathBuf, mode: PhpMode) -> (PhpUpstream, RequestContext) {
+        std::fs::create_dir_all(root).unwrap();
         std::fs::write(root.join("a.php"), "<?php").unwrap();
-        let socket = dir.path().join("php.sock");
-        fake_fpm(&socket, answer.clone(), hold).await;
         let mut site = tests_support::site(root.to_str().unwrap());
-        site.php.as_mut().unwrap().request_timeout = Duration::from_millis(300);
+        let php = site.php.as_mut().unwrap();
+        php.request_timeout = Duration::from_millis(300);
+        php.mode = mode;
         let up = PhpUpstream::new(
             &site,
             Arc::new(Fixed(socket)),
@@ -436,6 +442,16 @@ mod tests {
             host: "blog.test".into(),
             mount_prefix: String::new(),
         };
+        (up, ctx)
+    }
+
+    /// One case: what the fake server answers → the status the client sees,
+    /// and whether the body ends cleanly.
+    async fn check(answer: Vec<u8>, hold: bool, want: Result<(u16, bool), u16>) {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("php.sock");
+        fake_fpm(&socket, answer.clone(), hold).await;
+        let (up, ctx) = upstream(&dir.path().join("root"), socket, PhpMode::Dynamic);
         let req = Request::get("/a.php").body(full_body("")).unwrap();
         let got = match up.handle(req, &ctx).await {
             Ok(resp) => {
@@ -494,5 +510,68 @@ mod tests {
             Ok((200, false)),
         )
         .await;
+    }
+
+    /// A response that is complete when its head is in comes whole (its
+    /// length known, its connection back in the pool before the client
+    /// reads a byte); one whose rest comes later, or that is longer than the
+    /// exchange buffers, streams to the end.
+    #[tokio::test]
+    async fn small_answers_come_whole_and_slow_or_large_ones_stream() {
+        let hi = || [record(fcgi::STDOUT, b"X: 1\r\n\r\nhi"), end()].concat();
+        let big_parts = 10;
+        let big: Vec<u8> = (0..big_parts)
+            .flat_map(|i| record(fcgi::STDOUT, &[b'a' + i as u8; 1000]))
+            .collect();
+        type Parts = Vec<(Duration, Vec<u8>)>;
+        // (name, what the server writes, the size hint the body has, the body)
+        let cases: Vec<(&str, Parts, Option<u64>, Vec<u8>)> = vec![
+            (
+                "whole",
+                vec![(Duration::ZERO, hi())],
+                Some(2),
+                b"hi".to_vec(),
+            ),
+            (
+                "rest later",
+                vec![
+                    (Duration::ZERO, record(fcgi::STDOUT, b"X: 1\r\n\r\nhi")),
+                    (
+                        Duration::from_millis(50),
+                        [record(fcgi::STDOUT, b" there"), end()].concat(),
+                    ),
+                ],
+                None,
+                b"hi there".to_vec(),
+            ),
+            (
+                "more than the channel holds",
+                vec![(
+                    Duration::ZERO,
+                    [record(fcgi::STDOUT, b"X: 1\r\n\r\n"), big, end()].concat(),
+                )],
+                None,
+                (0..big_parts)
+                    .flat_map(|i| [b'a' + i as u8; 1000])
+                    .collect(),
+            ),
+        ];
+        for (name, parts, exact, want) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            let socket = dir.path().join("php.sock");
+            fake_fpm_parts(&socket, parts, true).await;
+            let (up, ctx) = upstream(&dir.path().join("root"), socket, PhpMode::Static);
+            let req = Request::get("/a.php").body(full_body("")).unwrap();
+            let resp = up.handle(req, &ctx).await.unwrap();
+            assert_eq!(resp.body().size_hint().exact(), exact, "{name}");
+            assert_eq!(
+                up.idle_connections(),
+                usize::from(exact.is_some()),
+                "{name}: pooled before the body is read only when it came whole"
+            );
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(&body[..], &want[..], "{name}");
+            assert_eq!(up.idle_connections(), 1, "{name}: pooled after a clean end");
+        }
     }
 }

@@ -252,7 +252,7 @@ mod tests {
             stream = &stream[8 + len + padding..];
         }
         let mut body = &body[..];
-        let mut len = |b: &mut &[u8]| {
+        let len = |b: &mut &[u8]| {
             if b[0] < 0x80 {
                 let n = b[0] as usize;
                 *b = &b[1..];
