@@ -130,7 +130,7 @@ impl Exchange {
         self,
         stream: UnixStream,
         reused: bool,
-        request: Bytes,
+        request: BytesMut,
         body: Option<RequestBody>,
         head_timeout: Duration,
     ) -> Result<(CgiHead, ExchangeBody), UpstreamError> {
@@ -178,7 +178,7 @@ impl Exchange {
         mut self,
         mut stream: UnixStream,
         mut reused: bool,
-        request: Bytes,
+        request: BytesMut,
         body: Option<RequestBody>,
         head_tx: oneshot::Sender<HeadResult>,
         chunk_tx: mpsc::Sender<Result<Bytes, BoxError>>,

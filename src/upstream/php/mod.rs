@@ -262,7 +262,7 @@ impl PhpUpstream {
             tag: script_name,
         };
         let (head, body) = exchange
-            .start(stream, reused, request.freeze(), body, remaining(start))
+            .start(stream, reused, request, body, remaining(start))
             .await?;
         let mut resp = Response::new(if parts.method == Method::HEAD {
             empty_body()
