@@ -7,7 +7,9 @@
 //! - `fcgi`: the FastCGI record layer (why by hand: see its module doc).
 //! - `cgi`: CGI response headers → status and headers.
 //! - `pool`: keep-alive connections, at most `max_children`.
-//! - `exchange`: one request/response as a task, streaming both ways.
+//! - `exchange`: one request/response, streaming both ways: in the request's
+//!   task until the head is in, then (only if the answer is not complete
+//!   yet) in a task of its own.
 //! - `spool`: bodies of unknown length go to an unnamed temp file first.
 //!
 //! The whole request path is looked up beneath the document root (the mount
