@@ -18,6 +18,8 @@
 //!   threads: it asks the kernel to answer from its dentry cache only
 //!   (`RESOLVE_CACHED`) and gives up rather than wait for a disk or a
 //!   network file system; [`resolve`] then does the same lookup, blocking.
+//!   The type of what was found is read with `statx(STATX_TYPE,
+//!   STATX_DONT_SYNC)`, which NFS and FUSE answer without a round trip.
 //! - Only the exact path of an existing regular file named `*.php` is ever a
 //!   script: no path-info guessing (`/a.jpg/x.php` never runs `a.jpg`).
 //! - A file whose name ends in `.php` in any letter case is never
@@ -31,7 +33,8 @@ use std::path::Path;
 
 use nix::errno::Errno;
 use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag, AT_FDCWD};
-use nix::sys::stat::{fstat, SFlag};
+use nix::sys::stat::SFlag;
+use rustix::fs::{AtFlags, StatxFlags};
 
 use crate::upstream::UpstreamError;
 
@@ -248,12 +251,18 @@ fn lookup(root: &OwnedFd, rel: &str, wait: Wait) -> Result<Option<Kind>, Fail> {
         }
         Err(e) => return Err(Fail::Err(UpstreamError::Io(e.into()))),
     };
-    // fstat of an O_PATH descriptor reads the inode the lookup just pinned:
-    // no I/O on local file systems.
-    let st = fstat(&fd);
+    // Only the type, which an inode never changes, and as cached
+    // (STATX_DONT_SYNC): fstat would make NFS or FUSE revalidate all the
+    // attributes, a network or daemon round trip on the async thread.
+    let st = rustix::fs::statx(
+        &fd,
+        "",
+        AtFlags::EMPTY_PATH | AtFlags::STATX_DONT_SYNC,
+        StatxFlags::TYPE,
+    );
     drop(fd);
     let st = st.map_err(|e| UpstreamError::Io(e.into()))?;
-    let fmt = SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits());
+    let fmt = SFlag::from_bits_truncate(u32::from(st.stx_mode) & SFlag::S_IFMT.bits());
     Ok(Some(if fmt == SFlag::S_IFREG {
         Kind::File
     } else if fmt == SFlag::S_IFDIR {
@@ -348,6 +357,7 @@ mod tests {
         std::os::unix::fs::symlink(outside.join("evil.php"), root.join("evil.php")).unwrap();
         std::os::unix::fs::symlink("../outside/evil.php", root.join("rel.php")).unwrap();
         std::os::unix::fs::symlink("a.php", root.join("inside.php")).unwrap();
+        nix::unistd::mkfifo(&root.join("pipe.php"), nix::sys::stat::Mode::S_IRWXU).unwrap();
 
         let s = |rel: &str| {
             Ok(Target::Script {
@@ -366,6 +376,7 @@ mod tests {
             ("/img.jpg/x.php", Some("index.php"), Ok(Target::NotFound)),
             ("/a.php/", None, Ok(Target::NotFound)),
             ("/A.PHP", None, Err(403)),
+            ("/pipe.php", None, Err(403)), // not a regular file
             ("/evil.php", None, Err(403)),
             ("/rel.php", None, Err(403)),
             ("/missing.php", Some("index.php"), Ok(Target::NotFound)),
