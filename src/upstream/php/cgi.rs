@@ -6,6 +6,7 @@
 //! hop-by-hop headers from the script are dropped (the router owns the
 //! connection); `Location` without `Status` means 302.
 
+use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, StatusCode};
 
@@ -36,8 +37,9 @@ pub fn split_head(buf: &[u8]) -> Option<(usize, usize)> {
     None
 }
 
-/// Parses the header block (without the blank line).
-pub fn parse_head(block: &[u8]) -> Result<CgiHead, String> {
+/// Parses the header block (without the blank line). Header values share
+/// `block`'s memory.
+pub fn parse_head(block: &Bytes) -> Result<CgiHead, String> {
     let mut status = None;
     let mut headers = HeaderMap::new();
     for line in block.split(|&b| b == b'\n') {
@@ -61,7 +63,7 @@ pub fn parse_head(block: &[u8]) -> Result<CgiHead, String> {
         if is_hop_by_hop(&name) {
             continue;
         }
-        let value = HeaderValue::from_bytes(value)
+        let value = HeaderValue::from_maybe_shared(block.slice_ref(value))
             .map_err(|_| format!("invalid value for header {name}"))?;
         headers.append(name, value);
     }
@@ -119,7 +121,8 @@ mod tests {
     fn check(raw: &str, want: Result<(u16, &[&str], &str), &str>) {
         let got = match split_head(raw.as_bytes()) {
             None => Err("no end of headers".to_owned()),
-            Some((end, body)) => parse_head(&raw.as_bytes()[..end]).map(|h| (h, &raw[body..])),
+            Some((end, body)) => parse_head(&Bytes::copy_from_slice(&raw.as_bytes()[..end]))
+                .map(|h| (h, &raw[body..])),
         };
         match (got, want) {
             (Ok((head, body)), Ok((status, headers, want_body))) => {

@@ -1,7 +1,9 @@
-//! One FastCGI request/response over one connection, run as its own task so
-//! the response body can stream to the client after `handle` returned.
+//! One FastCGI request/response over one connection. It runs in the
+//! request's task until the response head is in; a response that is complete
+//! by then is handed out whole, anything longer goes on in a task of its own
+//! so the body can stream to the client after `handle` returned.
 //!
-//! The task writes the request (params, then the body as STDIN records, as
+//! The exchange writes the request (params, then the body as STDIN records, as
 //! it arrives from the client) while it reads php-fpm's records, so a script
 //! that answers before it has read its input cannot deadlock us. It sends the
 //! parsed CGI head over a oneshot, then body chunks over a bounded channel
@@ -23,7 +25,8 @@
 //! - The semaphore permit and the `RuntimeLease` are tied to the
 //!   task's [`Finish`] guard, so they are released however the task ends.
 
-use std::path::PathBuf;
+use std::collections::VecDeque;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -33,7 +36,7 @@ use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::unix::OwnedWriteHalf;
+use tokio::net::unix::WriteHalf;
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 
@@ -47,15 +50,18 @@ use crate::upstream::{BoxError, RequestBody, UpstreamError};
 
 /// Body chunks in flight between the exchange task and the client.
 const CHANNEL_CHUNKS: usize = 4;
-/// Read size from php-fpm.
+/// Read size from php-fpm: the first read of an exchange gets
+/// `FIRST_READ` bytes of room (most answers fit: one small allocation), the
+/// following ones double it up to `READ_CHUNK` while they fill it.
+const FIRST_READ: usize = 16 * 1024;
 const READ_CHUNK: usize = 64 * 1024;
 
 /// Everything the task needs besides the connection.
 pub struct Exchange {
     pub pool: Arc<ConnPool>,
-    pub socket: PathBuf,
-    /// The user php-fpm must run as (checked on every connect).
-    pub peer_uid: Option<u32>,
+    /// The permit and the runtime lease (whose socket and peer uid a retry
+    /// connects to), released when the exchange ends.
+    pub finish: Finish,
     pub errors: ErrorSink,
     /// Longest wait for one read from php-fpm.
     pub read_timeout: Duration,
@@ -69,14 +75,14 @@ pub struct Exchange {
 
 /// Releases the permit and the runtime lease, however the request ends.
 pub struct Finish {
-    _lease: RuntimeLease,
+    lease: RuntimeLease,
     _permit: OwnedSemaphorePermit,
 }
 
 impl Finish {
     pub fn new(lease: RuntimeLease, permit: OwnedSemaphorePermit) -> Self {
         Finish {
-            _lease: lease,
+            lease,
             _permit: permit,
         }
     }
@@ -93,18 +99,13 @@ enum WriteFail {
     Io(std::io::Error),
 }
 
-/// The request body as the exchange gets it.
-pub enum Input {
-    /// Held whole (empty or small): can be sent again on a fresh connection.
-    Replayable(Bytes),
-    /// Streamed from the client once; never retried.
-    Stream(RequestBody),
-}
-
 /// How one attempt on one connection ended.
 enum Attempt {
-    /// Response read to `FCGI_END_REQUEST`; the connection, if reusable.
-    Done(Option<UnixStream>),
+    /// Response read to `FCGI_END_REQUEST`; `reusable` when the request
+    /// was written whole too.
+    Done {
+        reusable: bool,
+    },
     /// The connection failed before php-fpm sent a single record: on a
     /// kept-alive connection that is a child that exited (pm.max_requests)
     /// just as we reused it, and the request was not processed.
@@ -113,36 +114,72 @@ enum Attempt {
 }
 
 impl Exchange {
-    /// Runs the exchange; the head arrives on the returned oneshot, the body
-    /// in the returned [`ChannelBody`]. `reused`: `stream` came from the pool.
-    pub fn spawn(
+    /// Runs the exchange until the response head is in, in the calling
+    /// task, and returns the head and the body. The exchange goes on in a
+    /// task of its own only if the response is not complete by then (a large
+    /// or slow response): a small one has been read whole, its connection is
+    /// back in the pool and its permit and lease are released, with no task
+    /// spawned and no hand-off between threads.
+    ///
+    /// `request`: the records to send; the whole request when `body` is
+    /// `None` (then it may be sent again, see [`Attempt::Stale`]), else
+    /// BEGIN_REQUEST and PARAMS, with `body` to follow as STDIN. `reused`:
+    /// `stream` came from the pool. After `head_timeout` without a head:
+    /// [`UpstreamError::Timeout`], and the connection is closed.
+    pub async fn start(
         self,
         stream: UnixStream,
         reused: bool,
-        finish: Finish,
-        request_head: Bytes,
-        input: Input,
-    ) -> (
-        oneshot::Receiver<HeadResult>,
-        ChannelBody,
-        tokio::task::JoinHandle<()>,
-    ) {
-        let (head_tx, head_rx) = oneshot::channel();
+        request: BytesMut,
+        body: Option<RequestBody>,
+        head_timeout: Duration,
+    ) -> Result<(CgiHead, ExchangeBody), UpstreamError> {
+        let (head_tx, mut head_rx) = oneshot::channel();
         let (chunk_tx, chunk_rx) = mpsc::channel(CHANNEL_CHUNKS);
-        let task = tokio::spawn(async move {
-            let _finish = finish;
-            self.run(stream, reused, request_head, input, head_tx, chunk_tx)
-                .await;
-        });
-        (head_rx, ChannelBody { rx: chunk_rx }, task)
+        let mut exchange = Box::pin(self.run(stream, reused, request, body, head_tx, chunk_tx));
+        let mut finished = false;
+        let head = tokio::time::timeout(
+            head_timeout,
+            std::future::poll_fn(|cx| {
+                // The exchange first: it sends the head, then goes on with
+                // whatever php-fpm has already sent (often the whole answer).
+                if !finished && exchange.as_mut().poll(cx).is_ready() {
+                    finished = true;
+                }
+                Pin::new(&mut head_rx).poll(cx)
+            }),
+        )
+        .await;
+        let head = match head {
+            // Dropping the exchange closes its connection and frees the permit.
+            Err(_) => return Err(UpstreamError::Timeout(head_timeout)),
+            Ok(Err(_)) => {
+                return Err(UpstreamError::Internal(
+                    "the FastCGI exchange ended without an answer".into(),
+                ))
+            }
+            Ok(Ok(head)) => head?,
+        };
+        let body = if finished {
+            ExchangeBody::whole(chunk_rx)
+        } else {
+            // The rest streams from a task, so the response can go to the
+            // client while php-fpm still writes (backpressure: the channel).
+            tokio::spawn(exchange);
+            ExchangeBody::Channel {
+                queued: VecDeque::new(),
+                rx: chunk_rx,
+            }
+        };
+        Ok((head, body))
     }
 
     async fn run(
-        self,
+        mut self,
         mut stream: UnixStream,
         mut reused: bool,
-        request_head: Bytes,
-        input: Input,
+        request: BytesMut,
+        body: Option<RequestBody>,
         head_tx: oneshot::Sender<HeadResult>,
         chunk_tx: mpsc::Sender<Result<Bytes, BoxError>>,
     ) {
@@ -152,27 +189,25 @@ impl Exchange {
             header_buf: BytesMut::new(),
             head_only: self.head_only,
         };
-        let (replay, mut streamed) = match input {
-            Input::Replayable(b) => (Some(b), None),
-            Input::Stream(body) => (None, Some(body)),
-        };
+        let replayable = body.is_none();
+        let mut streamed = body;
         loop {
-            let body = match (&replay, streamed.take()) {
-                (Some(b), _) => full(b.clone()),
-                (None, Some(body)) => body,
-                (None, None) => full(Bytes::new()), // unreachable: a stream is never retried
-            };
-            match self.attempt(stream, &request_head, body, &mut out).await {
-                Attempt::Done(conn) => {
-                    if let Some(conn) = conn {
-                        self.pool.put(self.socket, conn);
+            let body = streamed.take();
+            match self.attempt(&mut stream, &request, body, &mut out).await {
+                Attempt::Done { reusable } => {
+                    if reusable {
+                        let socket = std::mem::take(&mut self.finish.lease.socket);
+                        self.pool.put(socket, stream);
                     }
                     return; // dropping `chunk_tx` ends the body
                 }
-                Attempt::Stale(e) if reused && replay.is_some() => {
+                Attempt::Stale(e) if reused && replayable => {
                     match tokio::time::timeout(
                         self.read_timeout,
-                        crate::upstream::connect_runtime(&self.socket, self.peer_uid),
+                        crate::upstream::connect_runtime(
+                            &self.finish.lease.socket,
+                            self.finish.lease.peer_uid,
+                        ),
                     )
                     .await
                     {
@@ -188,19 +223,22 @@ impl Exchange {
         }
     }
 
+    /// One try on `stream`: `request` is the whole request, or only its
+    /// head when `body` streams after it.
     async fn attempt(
         &self,
-        stream: UnixStream,
-        request_head: &[u8],
-        body: RequestBody,
+        stream: &mut UnixStream,
+        request: &[u8],
+        body: Option<RequestBody>,
         out: &mut Output,
     ) -> Attempt {
-        let (mut rd, mut wr) = stream.into_split();
+        let (mut rd, mut wr) = stream.split();
         let mut dec = Decoder::default();
         let mut written: Option<Result<(), WriteFail>> = None;
         let mut records = 0usize;
+        let mut read_size = FIRST_READ;
         let outcome: Result<(), UpstreamError> = async {
-            let writer = write_request(&mut wr, request_head, body, self.body_limit);
+            let writer = write_request(&mut wr, request, body, self.body_limit);
             tokio::pin!(writer);
             loop {
                 while let Some(rec) = dec.next().map_err(|e| UpstreamError::BadGateway(format!("php-fpm: {e}")))? {
@@ -214,7 +252,7 @@ impl Exchange {
                 if dec.is_done() {
                     return Ok(());
                 }
-                dec.buffer().reserve(READ_CHUNK);
+                dec.buffer().reserve(read_size);
                 tokio::select! {
                     w = &mut writer, if written.is_none() => {
                         if let Err(WriteFail::Body(e)) = w {
@@ -236,7 +274,11 @@ impl Exchange {
                                 "php-fpm closed the connection before the end of the response (worker crashed or killed?){write}"
                             )));
                         }
-                        Ok(Ok(_)) => {}
+                        Ok(Ok(n)) => {
+                            if n >= read_size {
+                                read_size = (read_size * 2).min(READ_CHUNK);
+                            }
+                        }
                     },
                 }
             }
@@ -246,23 +288,15 @@ impl Exchange {
             Ok(()) if out.head_tx.is_some() => Attempt::Failed(UpstreamError::BadGateway(
                 "php-fpm ended the response before its headers were complete".into(),
             )),
-            Ok(()) => Attempt::Done(if matches!(written, Some(Ok(()))) {
-                rd.reunite(wr).ok()
-            } else {
-                None
-            }),
+            Ok(()) => Attempt::Done {
+                reusable: matches!(written, Some(Ok(()))),
+            },
             Err(e @ UpstreamError::BadGateway(_)) if records == 0 && dec.is_empty() => {
                 Attempt::Stale(e)
             }
             Err(e) => Attempt::Failed(e),
         }
     }
-}
-
-fn full(b: Bytes) -> RequestBody {
-    http_body_util::Full::new(b)
-        .map_err(|never| match never {})
-        .boxed_unsync()
 }
 
 /// The response side of the exchange.
@@ -278,8 +312,19 @@ impl Output {
         if self.head_tx.is_none() {
             return self.forward(data).await;
         }
-        self.header_buf.extend_from_slice(&data);
-        let Some((end, body_at)) = cgi::split_head(&self.header_buf) else {
+        // The head usually comes whole in the first record: then it is
+        // parsed where it is (header values share the record's bytes).
+        let split = if self.header_buf.is_empty() {
+            cgi::split_head(&data).map(|at| (None, at))
+        } else {
+            self.header_buf.extend_from_slice(&data);
+            cgi::split_head(&self.header_buf)
+                .map(|at| (Some(std::mem::take(&mut self.header_buf).freeze()), at))
+        };
+        let Some((joined, (end, body_at))) = split else {
+            if self.header_buf.is_empty() {
+                self.header_buf.extend_from_slice(&data);
+            }
             if self.header_buf.len() > cgi::MAX_HEADER_BYTES {
                 return Err(UpstreamError::BadGateway(
                     "php-fpm sent more than 128 KiB of headers".into(),
@@ -287,10 +332,10 @@ impl Output {
             }
             return Ok(());
         };
-        let head = cgi::parse_head(&self.header_buf[..end])
+        let whole = joined.unwrap_or(data);
+        let head = cgi::parse_head(&whole.slice(..end))
             .map_err(|e| UpstreamError::BadGateway(format!("bad CGI headers from PHP: {e}")))?;
-        let rest = self.header_buf.split_off(body_at).freeze();
-        self.header_buf = BytesMut::new();
+        let rest = whole.slice(body_at..);
         if let Some(tx) = self.head_tx.take() {
             if tx.send(Ok(head)).is_err() {
                 return Err(UpstreamError::Internal("request abandoned".into()));
@@ -323,12 +368,15 @@ impl Output {
 }
 
 async fn write_request(
-    wr: &mut OwnedWriteHalf,
-    head: &[u8],
-    mut body: RequestBody,
+    wr: &mut WriteHalf<'_>,
+    request: &[u8],
+    body: Option<RequestBody>,
     limit: u64,
 ) -> Result<(), WriteFail> {
-    wr.write_all(head).await.map_err(WriteFail::Io)?;
+    wr.write_all(request).await.map_err(WriteFail::Io)?;
+    let Some(mut body) = body else {
+        return wr.flush().await.map_err(WriteFail::Io);
+    };
     let mut buf = BytesMut::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| WriteFail::Body(body_error(e, limit)))?;
@@ -351,19 +399,81 @@ fn log_stderr(sink: &ErrorSink, tag: &str, data: &[u8]) {
     }
 }
 
-/// A response body fed by the exchange task.
-pub struct ChannelBody {
-    rx: mpsc::Receiver<Result<Bytes, BoxError>>,
+/// A response body: whole when the exchange ended before the head was
+/// handed out, else fed by the exchange task.
+pub enum ExchangeBody {
+    /// The complete body (its length is known: `Content-Length`).
+    Whole(Option<Bytes>),
+    /// Chunks still to come; `queued` first (taken out of a finished
+    /// exchange whose body ends in an error).
+    Channel {
+        queued: VecDeque<Result<Bytes, BoxError>>,
+        rx: mpsc::Receiver<Result<Bytes, BoxError>>,
+    },
 }
 
-impl Body for ChannelBody {
+impl ExchangeBody {
+    /// Takes what a finished exchange left in its channel.
+    fn whole(mut rx: mpsc::Receiver<Result<Bytes, BoxError>>) -> Self {
+        let mut first: Option<Bytes> = None;
+        let mut joined: Option<BytesMut> = None;
+        let mut queued = VecDeque::new();
+        while let Ok(chunk) = rx.try_recv() {
+            match chunk {
+                Ok(data) if queued.is_empty() => match (&mut first, &mut joined) {
+                    (None, _) => first = Some(data),
+                    (Some(f), None) => {
+                        let mut j = BytesMut::with_capacity(f.len() + data.len());
+                        j.extend_from_slice(f);
+                        j.extend_from_slice(&data);
+                        joined = Some(j);
+                    }
+                    (Some(_), Some(j)) => j.extend_from_slice(&data),
+                },
+                other => queued.push_back(other),
+            }
+        }
+        let data = match joined {
+            Some(j) => Some(j.freeze()),
+            None => first,
+        };
+        if queued.is_empty() {
+            return ExchangeBody::Whole(data);
+        }
+        if let Some(data) = data {
+            queued.push_front(Ok(data));
+        }
+        ExchangeBody::Channel { queued, rx }
+    }
+}
+
+impl Body for ExchangeBody {
     type Data = Bytes;
     type Error = BoxError;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        self.rx.poll_recv(cx).map(|o| o.map(|r| r.map(Frame::data)))
+        match self.get_mut() {
+            ExchangeBody::Whole(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            ExchangeBody::Channel { queued, rx } => match queued.pop_front() {
+                Some(item) => Poll::Ready(Some(item.map(Frame::data))),
+                None => rx.poll_recv(cx).map(|o| o.map(|r| r.map(Frame::data))),
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self, ExchangeBody::Whole(None))
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            ExchangeBody::Whole(data) => {
+                http_body::SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            ExchangeBody::Channel { .. } => http_body::SizeHint::default(),
+        }
     }
 }

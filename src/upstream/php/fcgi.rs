@@ -57,14 +57,15 @@ pub enum Record {
     End(u32),
 }
 
-fn header(buf: &mut BytesMut, kind: u8, content_len: usize, padding: u8) {
-    buf.put_u8(VERSION_1);
-    buf.put_u8(kind);
-    buf.put_u16(REQUEST_ID);
+fn header_bytes(kind: u8, content_len: usize, padding: u8) -> [u8; HEADER_LEN] {
     // content_len <= MAX_CONTENT by every caller's construction.
-    buf.put_u16(content_len.min(MAX_CONTENT) as u16);
-    buf.put_u8(padding);
-    buf.put_u8(0);
+    let [len_hi, len_lo] = (content_len.min(MAX_CONTENT) as u16).to_be_bytes();
+    let [id_hi, id_lo] = REQUEST_ID.to_be_bytes();
+    [VERSION_1, kind, id_hi, id_lo, len_hi, len_lo, padding, 0]
+}
+
+fn header(buf: &mut BytesMut, kind: u8, content_len: usize, padding: u8) {
+    buf.put_slice(&header_bytes(kind, content_len, padding));
 }
 
 /// `FCGI_BEGIN_REQUEST` for the responder role, asking php-fpm to keep the
@@ -94,29 +95,67 @@ pub fn end_stream(buf: &mut BytesMut, kind: u8) {
     header(buf, kind, 0, 0);
 }
 
-fn put_len(buf: &mut Vec<u8>, len: usize) {
+/// The largest name or value a PARAMS pair can carry (31-bit lengths).
+pub const MAX_PARAM_LEN: usize = (1 << 31) - 1;
+
+/// Appends the length prefix of a name or value (1 byte below 128, else 4).
+pub fn put_param_len(buf: &mut BytesMut, len: usize) {
     if len < 0x80 {
-        buf.push(len as u8);
+        buf.put_u8(len as u8);
     } else {
-        // Lengths are below 2^31 (checked by `encode_params`).
-        buf.extend_from_slice(&((len as u32) | 0x8000_0000).to_be_bytes());
+        // Callers check len <= MAX_PARAM_LEN.
+        buf.put_u32((len.min(MAX_PARAM_LEN) as u32) | 0x8000_0000);
     }
 }
 
-/// Encodes name-value pairs into the body of a PARAMS stream. Pairs whose
-/// name or value is 2 GiB or longer are skipped (they cannot be encoded).
-pub fn encode_params<'a>(pairs: impl IntoIterator<Item = (&'a [u8], &'a [u8])>) -> Vec<u8> {
-    let mut out = Vec::new();
-    for (name, value) in pairs {
-        if name.len() >= 1 << 31 || value.len() >= 1 << 31 {
-            continue;
-        }
-        put_len(&mut out, name.len());
-        put_len(&mut out, value.len());
-        out.extend_from_slice(name);
-        out.extend_from_slice(value);
+/// Appends one name-value pair to the body of a PARAMS stream. A pair
+/// whose name or value is 2 GiB or longer is skipped (it cannot be encoded).
+pub fn put_param(buf: &mut BytesMut, name: &[u8], value: &[u8]) {
+    if name.len() > MAX_PARAM_LEN || value.len() > MAX_PARAM_LEN {
+        return;
     }
-    out
+    put_param_len(buf, name.len());
+    put_param_len(buf, value.len());
+    buf.put_slice(name);
+    buf.put_slice(value);
+}
+
+/// [`put_param`] with a value given in pieces (written one after the other).
+pub fn put_param_parts(buf: &mut BytesMut, name: &[u8], value: &[&[u8]]) {
+    let value_len: usize = value.iter().map(|v| v.len()).sum();
+    if name.len() > MAX_PARAM_LEN || value_len > MAX_PARAM_LEN {
+        return;
+    }
+    put_param_len(buf, name.len());
+    put_param_len(buf, value_len);
+    buf.put_slice(name);
+    for v in value {
+        buf.put_slice(v);
+    }
+}
+
+/// Appends a whole PARAMS stream (its records and the empty record that
+/// ends it) whose body `write` encodes straight into `buf` (with
+/// [`put_param`]): one buffer, no intermediate list. The usual case (at most
+/// [`MAX_CONTENT`] bytes of parameters) is one record whose header is filled
+/// in afterwards; larger bodies are cut into records with one extra copy.
+pub fn params_stream(buf: &mut BytesMut, write: impl FnOnce(&mut BytesMut)) {
+    let at = buf.len();
+    buf.put_bytes(0, HEADER_LEN);
+    write(buf);
+    let len = buf.len() - at - HEADER_LEN;
+    if len == 0 {
+        buf.truncate(at);
+    } else if len <= MAX_CONTENT {
+        let padding = ((8 - len % 8) % 8) as u8;
+        buf[at..at + HEADER_LEN].copy_from_slice(&header_bytes(PARAMS, len, padding));
+        buf.put_bytes(0, padding as usize);
+    } else {
+        let content = buf.split_off(at + HEADER_LEN);
+        buf.truncate(at);
+        stream_records(buf, PARAMS, &content);
+    }
+    end_stream(buf, PARAMS);
 }
 
 /// Incremental decoder of the records php-fpm sends for one request. Feed
@@ -266,7 +305,9 @@ mod tests {
     #[test]
     fn encodes_params_and_streams() {
         let long = [b'v'; 200];
-        let p = encode_params([(&b"A"[..], &b"bc"[..]), (&b"LONG"[..], &long[..])]);
+        let mut p = BytesMut::new();
+        put_param(&mut p, b"A", b"bc");
+        put_param(&mut p, b"LONG", &long);
         assert_eq!(&p[..5], b"\x01\x02Abc");
         assert_eq!(&p[5..10], b"\x04\x80\x00\x00\xc8");
         let mut buf = BytesMut::new();
@@ -275,6 +316,39 @@ mod tests {
         // Two records (padded to 8) and the terminator.
         assert_eq!(buf.len(), 8 + MAX_CONTENT + 1 + 8 + 3 + 5 + 8);
         assert_eq!(&buf[buf.len() - 8..], &[1, STDIN, 0, 1, 0, 0, 0, 0]);
+    }
+
+    /// A PARAMS stream written in place equals the same pairs cut into
+    /// records by [`stream_records`], for every size around the record limit.
+    #[test]
+    fn params_streams_in_place_match_cut_records() {
+        for value_len in [
+            0,
+            1,
+            7,
+            100,
+            MAX_CONTENT - 20,
+            MAX_CONTENT - 7,
+            MAX_CONTENT,
+            3 * MAX_CONTENT,
+        ] {
+            let value = vec![b'x'; value_len];
+            let write = |b: &mut BytesMut| {
+                put_param(b, b"NAME", &value);
+                put_param(b, b"EMPTY", b"");
+            };
+            let mut body = BytesMut::new();
+            write(&mut body);
+            let mut want = BytesMut::from(&b"prefix"[..]);
+            stream_records(&mut want, PARAMS, &body);
+            end_stream(&mut want, PARAMS);
+            let mut got = BytesMut::from(&b"prefix"[..]);
+            params_stream(&mut got, write);
+            assert_eq!(got, want, "value of {value_len} bytes");
+        }
+        let mut none = BytesMut::new();
+        params_stream(&mut none, |_| {});
+        assert_eq!(&none[..], &[1, PARAMS, 0, 1, 0, 0, 0, 0]);
     }
 
     /// Fuzz-style: random bytes, random valid records with random corruption

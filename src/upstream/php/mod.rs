@@ -7,7 +7,9 @@
 //! - `fcgi`: the FastCGI record layer (why by hand: see its module doc).
 //! - `cgi`: CGI response headers → status and headers.
 //! - `pool`: keep-alive connections, at most `max_children`.
-//! - `exchange`: one request/response as a task, streaming both ways.
+//! - `exchange`: one request/response, streaming both ways: in the request's
+//!   task until the head is in, then (only if the answer is not complete
+//!   yet) in a task of its own.
 //! - `spool`: bodies of unknown length go to an unnamed temp file first.
 //!
 //! The whole request path is looked up beneath the document root (the mount
@@ -33,13 +35,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use futures_util::future::BoxFuture;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body::Body;
 use http_body_util::BodyExt;
 
-use self::exchange::{Exchange, Input};
+use self::exchange::Exchange;
 use self::pool::ConnPool;
 use self::script::Target;
 use super::{empty_body, RequestBody, RequestContext, ResponseBody, Upstream, UpstreamError};
@@ -51,6 +53,10 @@ use crate::upstream::spool::body_error;
 /// request goes out, so it can be sent again when a kept-alive connection
 /// turns out to be closed; larger ones stream on a fresh connection.
 const REPLAY_MAX: u64 = 64 * 1024;
+
+/// Room for `FCGI_BEGIN_REQUEST` and the parameters of a usual request
+/// (~600 bytes plus the client's headers), so the buffer is allocated once.
+const REQUEST_HEAD_CAPACITY: usize = 2048;
 
 /// Where PHP's stderr lines (FastCGI `STDERR` records: `error_log()`,
 /// warnings when `log_errors` is on) go: the site's error log.
@@ -128,13 +134,20 @@ impl PhpUpstream {
         req: Request<RequestBody>,
         ctx: &RequestContext,
     ) -> Result<Response<ResponseBody>, UpstreamError> {
-        let root = self.root.clone();
-        let path = req.uri().path().to_owned();
-        let fc = self.php.front_controller.clone();
-        let target =
-            tokio::task::spawn_blocking(move || script::resolve(&root, &path, fc.as_deref()))
-                .await
-                .map_err(|e| UpstreamError::Internal(format!("resolving the script: {e}")))??;
+        // Inline when the kernel can answer from its caches (the usual
+        // case: microseconds); a blocking thread only when it would wait.
+        let fc = self.php.front_controller.as_deref();
+        let target = match script::resolve_cached(&self.root, req.uri().path(), fc) {
+            Some(target) => target?,
+            None => {
+                let root = self.root.clone();
+                let path = req.uri().path().to_owned();
+                let fc = self.php.front_controller.clone();
+                tokio::task::spawn_blocking(move || script::resolve(&root, &path, fc.as_deref()))
+                    .await
+                    .map_err(|e| UpstreamError::Internal(format!("resolving the script: {e}")))??
+            }
+        };
         match target {
             Target::Static => self.static_files.handle(req, ctx).await,
             Target::NotFound => Err(UpstreamError::NotFound),
@@ -150,10 +163,7 @@ impl PhpUpstream {
                     .body(empty_body())
                     .map_err(|e| UpstreamError::Internal(e.to_string()))
             }
-            Target::Script { script_name, .. } => {
-                let filename = format!("{}{}", self.root_str, script_name);
-                self.run(req, ctx, &filename, &script_name).await
-            }
+            Target::Script { script_name } => self.run(req, ctx, script_name).await,
         }
     }
 
@@ -161,8 +171,7 @@ impl PhpUpstream {
         &self,
         req: Request<RequestBody>,
         ctx: &RequestContext,
-        filename: &str,
-        script_name: &str,
+        script_name: String,
     ) -> Result<Response<ResponseBody>, UpstreamError> {
         let timeout = self.php.request_timeout;
         let start = Instant::now();
@@ -180,10 +189,21 @@ impl PhpUpstream {
             content_length = Some(spooled.len());
             body = spooled.into_body();
         }
-        let input = if !parts.method.is_idempotent() {
-            Input::Stream(body)
+        // The request as FastCGI records, in one buffer: BEGIN_REQUEST, the
+        // PARAMS stream and, for a replayable request, the whole STDIN
+        // stream (then it goes out in one write and can be sent again).
+        let mut request = BytesMut::with_capacity(REQUEST_HEAD_CAPACITY);
+        fcgi::begin_request(&mut request);
+        let script = params::ScriptParams {
+            script_name: &script_name,
+            document_root: &self.root_str,
+        };
+        params::encode(&mut request, &parts, ctx, &script, content_length);
+        let body = if !parts.method.is_idempotent() {
+            Some(body)
         } else if body.is_end_stream() {
-            Input::Replayable(Bytes::new())
+            fcgi::end_stream(&mut request, fcgi::STDIN);
+            None
         } else if content_length.is_some_and(|n| n <= REPLAY_MAX) {
             let limit = self.body_limit;
             let bytes = body
@@ -191,24 +211,13 @@ impl PhpUpstream {
                 .await
                 .map_err(|e| body_error(e, limit))?
                 .to_bytes();
-            Input::Replayable(bytes)
+            fcgi::stream_records(&mut request, fcgi::STDIN, &bytes);
+            fcgi::end_stream(&mut request, fcgi::STDIN);
+            None
         } else {
-            Input::Stream(body)
+            Some(body)
         };
-        let script = params::ScriptParams {
-            filename,
-            script_name,
-            document_root: &self.root_str,
-        };
-        let list = params::build(&parts, ctx, &script, content_length);
-        let mut request_head = BytesMut::new();
-        fcgi::begin_request(&mut request_head);
-        fcgi::stream_records(
-            &mut request_head,
-            fcgi::PARAMS,
-            &fcgi::encode_params(list.iter().map(|(k, v)| (&k[..], &v[..]))),
-        );
-        fcgi::end_stream(&mut request_head, fcgi::PARAMS);
+        let replayable = body.is_none();
 
         let permit = tokio::time::timeout(timeout, self.pool.permit())
             .await
@@ -220,58 +229,43 @@ impl PhpUpstream {
             .map_err(|_| {
                 UpstreamError::Unavailable(format!("php-fpm not ready after {startup:?}"))
             })??;
-        let socket = lease.socket.clone();
-        let peer_uid = lease.peer_uid;
-        let finish = exchange::Finish::new(lease, permit);
         let remaining = |start: Instant| timeout.saturating_sub(start.elapsed());
         // A kept-alive connection is used only for a request that can be
         // sent again (see `exchange::Attempt::Stale`): idempotent, body held
         // whole. Anything else gets a fresh connection (closing an idle one
         // so the bound holds): a POST must never run twice.
-        let idle = self.pool.take(&socket);
-        let reused = idle.is_some() && matches!(input, Input::Replayable(_));
+        let idle = self.pool.take(&lease.socket);
+        let reused = idle.is_some() && replayable;
         let stream = match idle {
             Some(s) if reused => s,
             idle => {
                 drop(idle); // closed before connecting: it pins a php-fpm child
                 tokio::time::timeout(
                     remaining(start),
-                    crate::upstream::connect_runtime(&socket, peer_uid),
+                    crate::upstream::connect_runtime(&lease.socket, lease.peer_uid),
                 )
                 .await
                 .map_err(|_| UpstreamError::Timeout(timeout))?
                 .map_err(|e| {
                     UpstreamError::BadGateway(format!(
                         "cannot connect to php-fpm at {}: {e}",
-                        socket.display()
+                        lease.socket.display()
                     ))
                 })?
             }
         };
         let exchange = Exchange {
             pool: self.pool.clone(),
-            socket,
-            peer_uid,
+            finish: exchange::Finish::new(lease, permit),
             errors: self.errors.clone(),
             read_timeout: timeout,
             body_limit: self.body_limit,
             head_only: parts.method == Method::HEAD,
-            tag: script_name.to_owned(),
+            tag: script_name,
         };
-        let (head_rx, body, task) =
-            exchange.spawn(stream, reused, finish, request_head.freeze(), input);
-        let head = match tokio::time::timeout(remaining(start), head_rx).await {
-            Ok(Ok(head)) => head?,
-            Ok(Err(_)) => {
-                return Err(UpstreamError::Internal(
-                    "the FastCGI exchange ended without an answer".into(),
-                ))
-            }
-            Err(_) => {
-                task.abort();
-                return Err(UpstreamError::Timeout(timeout));
-            }
-        };
+        let (head, body) = exchange
+            .start(stream, reused, request, body, remaining(start))
+            .await?;
         let mut resp = Response::new(if parts.method == Method::HEAD {
             empty_body()
         } else {
@@ -359,6 +353,7 @@ mod tests {
     use tokio::net::UnixListener;
 
     use super::*;
+    use crate::config::PhpMode;
     use crate::upstream::{full_body, Scheme};
 
     struct Fixed(PathBuf);
@@ -399,6 +394,11 @@ mod tests {
     /// Serves one connection: reads the request up to the end of STDIN,
     /// writes `answer`, then closes (or, with `hold`, keeps it open).
     async fn fake_fpm(socket: &Path, answer: Vec<u8>, hold: bool) {
+        fake_fpm_parts(socket, vec![(Duration::ZERO, answer)], hold).await;
+    }
+
+    /// Like [`fake_fpm`], answering in parts, each after its pause.
+    async fn fake_fpm_parts(socket: &Path, parts: Vec<(Duration, Vec<u8>)>, hold: bool) {
         let listener = UnixListener::bind(socket).unwrap();
         tokio::spawn(async move {
             let (mut conn, _) = listener.accept().await.unwrap();
@@ -411,24 +411,24 @@ mod tests {
                     Ok(n) => seen.extend_from_slice(&buf[..n]),
                 }
             }
-            let _ = conn.write_all(&answer).await;
+            for (pause, part) in parts {
+                tokio::time::sleep(pause).await;
+                let _ = conn.write_all(&part).await;
+            }
             if hold {
                 tokio::time::sleep(Duration::from_secs(30)).await;
             }
         });
     }
 
-    /// One case: what the fake server answers → the status the client sees,
-    /// and whether the body ends cleanly.
-    async fn check(answer: Vec<u8>, hold: bool, want: Result<(u16, bool), u16>) {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("root");
-        std::fs::create_dir_all(&root).unwrap();
+    /// An upstream for `root`/a.php against the fake server at `socket`.
+    fn upstream(root: &Path, socket: PathBuf, mode: PhpMode) -> (PhpUpstream, RequestContext) {
+        std::fs::create_dir_all(root).unwrap();
         std::fs::write(root.join("a.php"), "<?php").unwrap();
-        let socket = dir.path().join("php.sock");
-        fake_fpm(&socket, answer.clone(), hold).await;
         let mut site = tests_support::site(root.to_str().unwrap());
-        site.php.as_mut().unwrap().request_timeout = Duration::from_millis(300);
+        let php = site.php.as_mut().unwrap();
+        php.request_timeout = Duration::from_millis(300);
+        php.mode = mode;
         let up = PhpUpstream::new(
             &site,
             Arc::new(Fixed(socket)),
@@ -444,6 +444,16 @@ mod tests {
             host: "blog.test".into(),
             mount_prefix: String::new(),
         };
+        (up, ctx)
+    }
+
+    /// One case: what the fake server answers → the status the client sees,
+    /// and whether the body ends cleanly.
+    async fn check(answer: Vec<u8>, hold: bool, want: Result<(u16, bool), u16>) {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("php.sock");
+        fake_fpm(&socket, answer.clone(), hold).await;
+        let (up, ctx) = upstream(&dir.path().join("root"), socket, PhpMode::Dynamic);
         let req = Request::get("/a.php").body(full_body("")).unwrap();
         let got = match up.handle(req, &ctx).await {
             Ok(resp) => {
@@ -502,5 +512,68 @@ mod tests {
             Ok((200, false)),
         )
         .await;
+    }
+
+    /// A response that is complete when its head is in comes whole (its
+    /// length known, its connection back in the pool before the client
+    /// reads a byte); one whose rest comes later, or that is longer than the
+    /// exchange buffers, streams to the end.
+    #[tokio::test]
+    async fn small_answers_come_whole_and_slow_or_large_ones_stream() {
+        let hi = || [record(fcgi::STDOUT, b"X: 1\r\n\r\nhi"), end()].concat();
+        let big_parts = 10;
+        let big: Vec<u8> = (0..big_parts)
+            .flat_map(|i| record(fcgi::STDOUT, &[b'a' + i as u8; 1000]))
+            .collect();
+        type Parts = Vec<(Duration, Vec<u8>)>;
+        // (name, what the server writes, the size hint the body has, the body)
+        let cases: Vec<(&str, Parts, Option<u64>, Vec<u8>)> = vec![
+            (
+                "whole",
+                vec![(Duration::ZERO, hi())],
+                Some(2),
+                b"hi".to_vec(),
+            ),
+            (
+                "rest later",
+                vec![
+                    (Duration::ZERO, record(fcgi::STDOUT, b"X: 1\r\n\r\nhi")),
+                    (
+                        Duration::from_millis(50),
+                        [record(fcgi::STDOUT, b" there"), end()].concat(),
+                    ),
+                ],
+                None,
+                b"hi there".to_vec(),
+            ),
+            (
+                "more than the channel holds",
+                vec![(
+                    Duration::ZERO,
+                    [record(fcgi::STDOUT, b"X: 1\r\n\r\n"), big, end()].concat(),
+                )],
+                None,
+                (0..big_parts)
+                    .flat_map(|i| [b'a' + i as u8; 1000])
+                    .collect(),
+            ),
+        ];
+        for (name, parts, exact, want) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            let socket = dir.path().join("php.sock");
+            fake_fpm_parts(&socket, parts, true).await;
+            let (up, ctx) = upstream(&dir.path().join("root"), socket, PhpMode::Static);
+            let req = Request::get("/a.php").body(full_body("")).unwrap();
+            let resp = up.handle(req, &ctx).await.unwrap();
+            assert_eq!(resp.body().size_hint().exact(), exact, "{name}");
+            assert_eq!(
+                up.idle_connections(),
+                usize::from(exact.is_some()),
+                "{name}: pooled before the body is read only when it came whole"
+            );
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(&body[..], &want[..], "{name}");
+            assert_eq!(up.idle_connections(), 1, "{name}: pooled after a clean end");
+        }
     }
 }

@@ -7,9 +7,14 @@
 //! `underscores_in_headers off`); `Content-Type`/`Content-Length` go only as
 //! `CONTENT_TYPE`/`CONTENT_LENGTH`.
 
+use std::io::Write;
 use std::net::IpAddr;
 
+use bytes::{BufMut, BytesMut};
+use http::header::{GetAll, HeaderValue};
 use http::{header, request::Parts, Version};
+
+use super::fcgi;
 
 use crate::upstream::{RequestContext, Scheme};
 
@@ -18,25 +23,43 @@ pub const SERVER_SOFTWARE: &str = concat!("polyhost/", env!("CARGO_PKG_VERSION")
 
 /// The script a request runs, as [`super::script`] resolved it.
 pub struct ScriptParams<'a> {
-    /// Absolute path of the script (`SCRIPT_FILENAME`).
-    pub filename: &'a str,
-    /// URL path of the script (`SCRIPT_NAME`, `DOCUMENT_URI`).
+    /// URL path of the script (`SCRIPT_NAME`, `DOCUMENT_URI`), from `/`.
     pub script_name: &'a str,
-    /// Document root (`DOCUMENT_ROOT`).
+    /// Document root (`DOCUMENT_ROOT`), without a trailing `/`;
+    /// `SCRIPT_FILENAME` is the root followed by `script_name`.
     pub document_root: &'a str,
 }
 
-/// Builds the parameter list (names are unique; order is stable).
-pub fn build(
+/// Appends the request's PARAMS stream (records and terminator) to `buf`,
+/// each pair encoded straight into it: no list, no per-pair allocation.
+/// Names are unique; the order is stable.
+pub fn encode(
+    buf: &mut BytesMut,
     parts: &Parts,
     ctx: &RequestContext,
     script: &ScriptParams<'_>,
     content_length: Option<u64>,
-) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let mut p: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(32);
-    let mut put = |k: &str, v: &[u8]| p.push((k.as_bytes().to_vec(), v.to_vec()));
+) {
+    fcgi::params_stream(buf, |buf| pairs(buf, parts, ctx, script, content_length));
+}
+
+fn pairs(
+    buf: &mut BytesMut,
+    parts: &Parts,
+    ctx: &RequestContext,
+    script: &ScriptParams<'_>,
+    content_length: Option<u64>,
+) {
     let request_uri = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    put("SCRIPT_FILENAME", script.filename.as_bytes());
+    fcgi::put_param_parts(
+        buf,
+        b"SCRIPT_FILENAME",
+        &[
+            script.document_root.as_bytes(),
+            script.script_name.as_bytes(),
+        ],
+    );
+    let mut put = |k: &str, v: &[u8]| fcgi::put_param(buf, k.as_bytes(), v);
     put("SCRIPT_NAME", script.script_name.as_bytes());
     put("PATH_INFO", b"");
     put("DOCUMENT_ROOT", script.document_root.as_bytes());
@@ -51,21 +74,20 @@ pub fn build(
             .get(header::CONTENT_TYPE)
             .map_or(&b""[..], |v| v.as_bytes()),
     );
+    let mut n = Digits::default();
     put(
         "CONTENT_LENGTH",
-        content_length
-            .map(|n| n.to_string())
-            .unwrap_or_default()
-            .as_bytes(),
+        content_length.map_or(&b""[..], |len| n.of(len)),
     );
     put("SERVER_NAME", ctx.host.as_bytes());
-    put("SERVER_PORT", ctx.local.port().to_string().as_bytes());
-    put("SERVER_ADDR", ip(ctx.local.ip()).as_bytes());
+    put("SERVER_PORT", n.of(ctx.local.port().into()));
+    let mut addr = IpText::default();
+    put("SERVER_ADDR", addr.of(ctx.local.ip()));
     put("SERVER_PROTOCOL", protocol(parts.version).as_bytes());
     put("SERVER_SOFTWARE", SERVER_SOFTWARE.as_bytes());
     put("GATEWAY_INTERFACE", b"CGI/1.1");
-    put("REMOTE_ADDR", ip(ctx.client.ip()).as_bytes());
-    put("REMOTE_PORT", ctx.client.port().to_string().as_bytes());
+    put("REMOTE_ADDR", addr.of(ctx.client.ip()));
+    put("REMOTE_PORT", n.of(ctx.client.port().into()));
     if ctx.scheme == Scheme::Https {
         put("HTTPS", b"on");
     }
@@ -80,24 +102,7 @@ pub fn build(
         }
         have_host |= name == header::HOST;
         let sep: &[u8] = if name == header::COOKIE { b"; " } else { b", " };
-        let mut value = Vec::new();
-        for (i, v) in parts.headers.get_all(name).iter().enumerate() {
-            if i > 0 {
-                value.extend_from_slice(sep);
-            }
-            value.extend_from_slice(v.as_bytes());
-        }
-        let key: String = "HTTP_"
-            .chars()
-            .chain(n.chars().map(|c| {
-                if c == '-' {
-                    '_'
-                } else {
-                    c.to_ascii_uppercase()
-                }
-            }))
-            .collect();
-        p.push((key.into_bytes(), value));
+        header_param(buf, n, parts.headers.get_all(name), sep);
     }
     if !have_host {
         // HTTP/2 carries the host in the URI authority, not a Host header.
@@ -105,17 +110,77 @@ pub fn build(
             .uri
             .authority()
             .map_or(ctx.host.as_str(), |a| a.as_str());
-        p.push((b"HTTP_HOST".to_vec(), host.as_bytes().to_vec()));
+        fcgi::put_param(buf, b"HTTP_HOST", host.as_bytes());
     }
-    p
 }
 
-fn ip(ip: IpAddr) -> String {
-    match ip {
-        IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map_or_else(|| v6.to_string(), |v4| v4.to_string()),
-        IpAddr::V4(v4) => v4.to_string(),
+/// `HTTP_<NAME>` = the header's values joined by `sep`, written in place
+/// (the lengths are known before the bytes).
+fn header_param(buf: &mut BytesMut, name: &str, values: GetAll<'_, HeaderValue>, sep: &[u8]) {
+    let (mut value_len, mut count) = (0usize, 0usize);
+    for v in values.iter() {
+        value_len += v.len();
+        count += 1;
+    }
+    value_len += sep.len() * count.saturating_sub(1);
+    let name_len = "HTTP_".len() + name.len();
+    if name_len > fcgi::MAX_PARAM_LEN || value_len > fcgi::MAX_PARAM_LEN {
+        return;
+    }
+    fcgi::put_param_len(buf, name_len);
+    fcgi::put_param_len(buf, value_len);
+    buf.put_slice(b"HTTP_");
+    buf.extend(name.bytes().map(|c| match c {
+        b'-' => b'_',
+        c => c.to_ascii_uppercase(),
+    }));
+    for (i, v) in values.iter().enumerate() {
+        if i > 0 {
+            buf.put_slice(sep);
+        }
+        buf.put_slice(v.as_bytes());
+    }
+}
+
+/// A decimal number as text, without allocating.
+#[derive(Default)]
+struct Digits([u8; 20]);
+
+impl Digits {
+    fn of(&mut self, mut n: u64) -> &[u8] {
+        let mut i = self.0.len();
+        loop {
+            i -= 1;
+            self.0[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                return &self.0[i..];
+            }
+        }
+    }
+}
+
+/// An IP address as text (an IPv4-mapped IPv6 address as IPv4), without
+/// allocating.
+struct IpText([u8; 48]);
+
+impl Default for IpText {
+    fn default() -> Self {
+        IpText([0; 48])
+    }
+}
+
+impl IpText {
+    fn of(&mut self, ip: IpAddr) -> &[u8] {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        let mut cursor = std::io::Cursor::new(&mut self.0[..]);
+        // The longest IPv6 text is 45 bytes: this cannot fail.
+        let _ = write!(cursor, "{ip}");
+        let len = usize::try_from(cursor.position()).unwrap_or(0);
+        &self.0[..len]
     }
 }
 
@@ -152,11 +217,12 @@ mod tests {
         };
         let (parts, ()) = req.into_parts();
         let script = ScriptParams {
-            filename: "/srv/www/index.php",
             script_name: "/index.php",
             document_root: "/srv/www",
         };
-        let list = build(&parts, &ctx, &script, len);
+        let mut buf = BytesMut::new();
+        encode(&mut buf, &parts, &ctx, &script, len);
+        let list = decode(&buf);
         let map: BTreeMap<_, _> = list
             .iter()
             .map(|(k, v)| {
@@ -168,6 +234,42 @@ mod tests {
             .collect();
         assert_eq!(map.len(), list.len(), "duplicate parameter names");
         map
+    }
+
+    /// The pairs of a whole PARAMS stream, as php-fpm reads them.
+    fn decode(mut stream: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut body = Vec::new();
+        loop {
+            assert_eq!(&stream[..4], &[1, fcgi::PARAMS, 0, 1], "record header");
+            let len = u16::from_be_bytes([stream[4], stream[5]]) as usize;
+            let padding = stream[6] as usize;
+            if len == 0 {
+                assert_eq!(stream.len(), 8, "nothing after the terminator");
+                break;
+            }
+            assert_eq!((len + padding) % 8, 0, "records are padded to 8");
+            body.extend_from_slice(&stream[8..8 + len]);
+            stream = &stream[8 + len + padding..];
+        }
+        let mut body = &body[..];
+        let len = |b: &mut &[u8]| {
+            if b[0] < 0x80 {
+                let n = b[0] as usize;
+                *b = &b[1..];
+                n
+            } else {
+                let n = u32::from_be_bytes([b[0] & 0x7f, b[1], b[2], b[3]]) as usize;
+                *b = &b[4..];
+                n
+            }
+        };
+        let mut pairs = Vec::new();
+        while !body.is_empty() {
+            let (n, v) = (len(&mut body), len(&mut body));
+            pairs.push((body[..n].to_vec(), body[n..n + v].to_vec()));
+            body = &body[n + v..];
+        }
+        pairs
     }
 
     #[test]
@@ -230,5 +332,32 @@ mod tests {
         assert_eq!(got["CONTENT_LENGTH"], "");
         assert_eq!(got["QUERY_STRING"], "");
         assert!(!got.contains_key("HTTPS"));
+    }
+
+    #[test]
+    fn addresses_ports_and_long_headers() {
+        let cookie = "c".repeat(70_000); // beyond one record
+        let req = http::Request::get("/")
+            .header("host", "example.test")
+            .header("cookie", &cookie)
+            .header("content-length", "0")
+            .body(())
+            .unwrap();
+        let mut ctx_params = params(req, Scheme::Http, Some(0));
+        assert_eq!(ctx_params.remove("HTTP_COOKIE").unwrap(), cookie);
+        assert_eq!(ctx_params["CONTENT_LENGTH"], "0");
+        let mut ip = IpText::default();
+        assert_eq!(ip.of("::1".parse().unwrap()), b"::1");
+        assert_eq!(
+            ip.of("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff".parse().unwrap()),
+            b"ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"
+        );
+        assert_eq!(
+            ip.of("::ffff:192.168.100.200".parse().unwrap()),
+            b"192.168.100.200"
+        );
+        let mut n = Digits::default();
+        assert_eq!(n.of(0), b"0");
+        assert_eq!(n.of(u64::MAX), u64::MAX.to_string().as_bytes());
     }
 }

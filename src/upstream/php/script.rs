@@ -12,19 +12,29 @@
 //! - Every lookup is `openat2(root, rel, RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)`:
 //!   the kernel refuses any path (`..`, absolute symlink, symlink chain) that
 //!   would leave the root, so there is no check-then-open race.
+//! - Nothing is cached: every request looks at the file system as it is now,
+//!   so a deleted, replaced or re-linked file is never run from a stale
+//!   answer. [`resolve_cached`] makes that cheap enough for the async
+//!   threads: it asks the kernel to answer from its dentry cache only
+//!   (`RESOLVE_CACHED`) and gives up rather than wait for a disk or a
+//!   network file system; [`resolve`] then does the same lookup, blocking.
+//!   The type of what was found is read with `statx(STATX_TYPE,
+//!   STATX_DONT_SYNC)`, which NFS and FUSE answer without a round trip.
 //! - Only the exact path of an existing regular file named `*.php` is ever a
 //!   script: no path-info guessing (`/a.jpg/x.php` never runs `a.jpg`).
 //! - A file whose name ends in `.php` in any letter case is never
 //!   [`Target::Static`]: PHP source is never served as text.
 
+use std::borrow::Cow;
 use std::ffi::OsStr;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use nix::errno::Errno;
-use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
-use nix::sys::stat::{fstat, SFlag};
+use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag, AT_FDCWD};
+use nix::sys::stat::SFlag;
+use rustix::fs::{AtFlags, StatxFlags};
 
 use crate::upstream::UpstreamError;
 
@@ -33,9 +43,8 @@ use crate::upstream::UpstreamError;
 pub enum Target {
     /// Execute this script.
     Script {
-        /// Absolute path handed to php-fpm (`SCRIPT_FILENAME`): root + `script_name`.
-        filename: PathBuf,
-        /// URL path of the script (`SCRIPT_NAME`), starting with `/`.
+        /// URL path of the script (`SCRIPT_NAME`), starting with `/`; php-fpm
+        /// gets root + `script_name` as `SCRIPT_FILENAME`.
         script_name: String,
     },
     /// A directory with an `index.php`, requested without its trailing slash.
@@ -53,10 +62,71 @@ pub fn resolve(
     raw_path: &str,
     front_controller: Option<&str>,
 ) -> Result<Target, UpstreamError> {
+    resolve_with(root, raw_path, front_controller, Wait::Block).map_err(|e| match e {
+        Fail::Err(e) => e,
+        Fail::NotCached => UpstreamError::Internal("lookup refused to block".into()),
+    })
+}
+
+/// [`resolve`] without blocking, for the async threads: `None` when a part
+/// of the lookup is not in the kernel's dentry/inode caches (the kernel
+/// answers `EAGAIN` to `RESOLVE_CACHED` rather than read a disk or ask a
+/// network file system); then call [`resolve`] on a blocking thread. The
+/// answer, when there is one, is exactly what [`resolve`] would give.
+pub fn resolve_cached(
+    root: &Path,
+    raw_path: &str,
+    front_controller: Option<&str>,
+) -> Option<Result<Target, UpstreamError>> {
+    match resolve_with(root, raw_path, front_controller, Wait::CachedOnly) {
+        Ok(t) => Some(Ok(t)),
+        Err(Fail::Err(e)) => Some(Err(e)),
+        Err(Fail::NotCached) => None,
+    }
+}
+
+/// Whether a lookup may wait for I/O.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    Block,
+    /// `RESOLVE_CACHED`: answer from the kernel's caches or not at all.
+    CachedOnly,
+}
+
+enum Fail {
+    Err(UpstreamError),
+    /// Only with [`Wait::CachedOnly`]: the answer needs I/O.
+    NotCached,
+}
+
+impl From<UpstreamError> for Fail {
+    fn from(e: UpstreamError) -> Self {
+        Fail::Err(e)
+    }
+}
+
+fn resolve_with(
+    root: &Path,
+    raw_path: &str,
+    front_controller: Option<&str>,
+    wait: Wait,
+) -> Result<Target, Fail> {
     let decoded = decode(raw_path)?;
-    let root_fd = open_dir(root).map_err(|e| {
-        UpstreamError::Internal(format!("cannot open document root {}: {e}", root.display()))
-    })?;
+    let root_fd = match open_dir(root, wait) {
+        Ok(fd) => fd,
+        // EINVAL: a kernel older than 5.12 (no RESOLVE_CACHED).
+        Err(Errno::EAGAIN | Errno::EINVAL) if wait == Wait::CachedOnly => {
+            return Err(Fail::NotCached)
+        }
+        Err(e) => {
+            return Err(Fail::Err(UpstreamError::Internal(format!(
+                "cannot open document root {}: {}",
+                root.display(),
+                root_error(e)
+            ))))
+        }
+    };
+    let lookup = |rel: &str| lookup(&root_fd, rel, wait);
     let rel = decoded.trim_start_matches('/');
     let wants_dir = rel.is_empty() || rel.ends_with('/');
     let last = rel
@@ -64,17 +134,17 @@ pub fn resolve(
         .rsplit('/')
         .next()
         .unwrap_or_default();
-    let php_name = last.to_ascii_lowercase().ends_with(".php");
-    match lookup(&root_fd, rel)? {
+    let php_name = ends_with_ignore_case(last, ".php");
+    match lookup(rel)? {
         Some(Kind::File) if php_name => {
             if last.ends_with(".php") && !wants_dir {
-                Ok(script(root, rel))
+                Ok(script(rel))
             } else {
                 // `X.PHP`: php-fpm's security.limit_extensions would refuse
                 // it, and it must never go out as text either.
-                Err(UpstreamError::Forbidden(format!(
+                Err(Fail::Err(UpstreamError::Forbidden(format!(
                     "{last:?} is not executable as PHP"
-                )))
+                ))))
             }
         }
         Some(Kind::File) => Ok(Target::Static),
@@ -84,19 +154,19 @@ pub fn resolve(
             } else {
                 format!("{}/index.php", rel.trim_end_matches('/'))
             };
-            match lookup(&root_fd, &index)? {
-                Some(Kind::File) if wants_dir => Ok(script(root, &index)),
+            match lookup(&index)? {
+                Some(Kind::File) if wants_dir => Ok(script(&index)),
                 Some(Kind::File) => Ok(Target::AddSlash),
                 _ => Ok(Target::Static),
             }
         }
-        Some(Kind::Other) => Err(UpstreamError::Forbidden(format!(
+        Some(Kind::Other) => Err(Fail::Err(UpstreamError::Forbidden(format!(
             "{rel:?} is not a regular file"
-        ))),
+        )))),
         None if php_name => Ok(Target::NotFound),
         None => match front_controller {
-            Some(fc) => match lookup(&root_fd, fc)? {
-                Some(Kind::File) => Ok(script(root, fc)),
+            Some(fc) => match lookup(fc)? {
+                Some(Kind::File) => Ok(script(fc)),
                 _ => Ok(Target::NotFound),
             },
             None => Ok(Target::NotFound),
@@ -104,11 +174,16 @@ pub fn resolve(
     }
 }
 
-fn script(root: &Path, rel: &str) -> Target {
-    Target::Script {
-        filename: root.join(rel),
-        script_name: format!("/{rel}"),
-    }
+fn script(rel: &str) -> Target {
+    let mut script_name = String::with_capacity(rel.len() + 1);
+    script_name.push('/');
+    script_name.push_str(rel);
+    Target::Script { script_name }
+}
+
+fn ends_with_ignore_case(s: &str, suffix: &str) -> bool {
+    let (s, suffix) = (s.as_bytes(), suffix.as_bytes());
+    s.len() >= suffix.len() && s[s.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -118,35 +193,76 @@ enum Kind {
     Other,
 }
 
-fn open_dir(root: &Path) -> std::io::Result<OwnedFd> {
-    crate::docroot::open_root_dir(root)
+/// `RESOLVE_CACHED` (Linux 5.12): `EAGAIN` unless the whole lookup can be
+/// answered from the kernel's caches. nix 0.32 does not name it.
+fn resolve_flags(base: ResolveFlag, wait: Wait) -> ResolveFlag {
+    match wait {
+        Wait::Block => base,
+        Wait::CachedOnly => base | ResolveFlag::from_bits_retain(libc::RESOLVE_CACHED),
+    }
+}
+
+/// The document root, opened afresh for every request (as
+/// [`crate::docroot::open_root_dir`] does: no symlink anywhere in its path),
+/// so the lookup happens in the directory php-fpm will open the script in.
+fn open_dir(root: &Path, wait: Wait) -> Result<OwnedFd, Errno> {
+    let how = OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
+        .resolve(resolve_flags(
+            ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+            wait,
+        ));
+    openat2(AT_FDCWD, root, how)
+}
+
+fn root_error(e: Errno) -> String {
+    match e {
+        Errno::ELOOP => "its path contains a symlink (refused: a site owner could point it anywhere; configure the real path)".to_owned(),
+        e => std::io::Error::from(e).to_string(),
+    }
 }
 
 /// `Ok(None)`: nothing there (or a file where a directory was needed).
-fn lookup(root: &OwnedFd, rel: &str) -> Result<Option<Kind>, UpstreamError> {
+fn lookup(root: &OwnedFd, rel: &str, wait: Wait) -> Result<Option<Kind>, Fail> {
     let rel = if rel.is_empty() { "." } else { rel };
     let how = OpenHow::new()
         .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
-        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+        .resolve(resolve_flags(
+            ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+            wait,
+        ));
     let fd = match openat2(root, OsStr::from_bytes(rel.as_bytes()), how) {
         Ok(fd) => fd,
+        // Not in the caches, a rename raced with the lookup, or a kernel
+        // without RESOLVE_CACHED (EINVAL): the blocking lookup decides.
+        Err(Errno::EAGAIN | Errno::EINVAL) if wait == Wait::CachedOnly => {
+            return Err(Fail::NotCached)
+        }
         Err(Errno::ENOENT | Errno::ENOTDIR | Errno::ENAMETOOLONG) => return Ok(None),
         Err(Errno::EXDEV | Errno::ELOOP) => {
-            return Err(UpstreamError::Forbidden(format!(
+            return Err(Fail::Err(UpstreamError::Forbidden(format!(
                 "{rel:?} leads outside the document root"
-            )))
+            ))))
         }
         Err(Errno::EACCES | Errno::EPERM) => {
-            return Err(UpstreamError::Forbidden(format!(
+            return Err(Fail::Err(UpstreamError::Forbidden(format!(
                 "{rel:?}: permission denied"
-            )))
+            ))))
         }
-        Err(e) => return Err(UpstreamError::Io(e.into())),
+        Err(e) => return Err(Fail::Err(UpstreamError::Io(e.into()))),
     };
-    let st = fstat(&fd);
+    // Only the type, which an inode never changes, and as cached
+    // (STATX_DONT_SYNC): fstat would make NFS or FUSE revalidate all the
+    // attributes, a network or daemon round trip on the async thread.
+    let st = rustix::fs::statx(
+        &fd,
+        "",
+        AtFlags::EMPTY_PATH | AtFlags::STATX_DONT_SYNC,
+        StatxFlags::TYPE,
+    );
     drop(fd);
     let st = st.map_err(|e| UpstreamError::Io(e.into()))?;
-    let fmt = SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits());
+    let fmt = SFlag::from_bits_truncate(u32::from(st.stx_mode) & SFlag::S_IFMT.bits());
     Ok(Some(if fmt == SFlag::S_IFREG {
         Kind::File
     } else if fmt == SFlag::S_IFDIR {
@@ -157,19 +273,22 @@ fn lookup(root: &OwnedFd, rel: &str) -> Result<Option<Kind>, UpstreamError> {
 }
 
 /// Percent-decodes the path once and refuses what may not name a file.
-pub fn decode(raw: &str) -> Result<String, UpstreamError> {
-    let lower = raw.to_ascii_lowercase();
-    if lower.contains("%2f") || lower.contains("%5c") || raw.contains('\\') {
+/// Borrows `raw` when it has no escapes (most paths).
+pub fn decode(raw: &str) -> Result<Cow<'_, str>, UpstreamError> {
+    let encoded_slash = raw.as_bytes().windows(3).any(|w| {
+        w[0] == b'%' && (w[1..].eq_ignore_ascii_case(b"2f") || w[1..].eq_ignore_ascii_case(b"5c"))
+    });
+    if encoded_slash || raw.contains('\\') {
         return Err(UpstreamError::BadRequest(
             "encoded slash or backslash in path".into(),
         ));
     }
-    let bytes: Vec<u8> = percent_encoding::percent_decode_str(raw).collect();
-    if bytes.contains(&0) {
+    let decoded = percent_encoding::percent_decode_str(raw)
+        .decode_utf8()
+        .map_err(|_| UpstreamError::BadRequest("path is not UTF-8".into()))?;
+    if decoded.contains('\0') {
         return Err(UpstreamError::BadRequest("NUL in path".into()));
     }
-    let decoded = String::from_utf8(bytes)
-        .map_err(|_| UpstreamError::BadRequest("path is not UTF-8".into()))?;
     if !decoded.starts_with('/') {
         return Err(UpstreamError::BadRequest(
             "path does not start with /".into(),
@@ -215,6 +334,10 @@ mod tests {
         check("/%25252e", Ok("/%252e")); // decoded once only
         check("/%ff", Err(400));
         check("//x", Err(400));
+        check("/a%2Fb", Err(400));
+        check("/a%2", Ok("/a%2")); // an incomplete escape stays as it is
+        check("/%C3%A9t%C3%A9.php", Ok("/été.php"));
+        assert!(matches!(decode("/plain/path.php"), Ok(Cow::Borrowed(_))));
     }
 
     #[test]
@@ -234,10 +357,10 @@ mod tests {
         std::os::unix::fs::symlink(outside.join("evil.php"), root.join("evil.php")).unwrap();
         std::os::unix::fs::symlink("../outside/evil.php", root.join("rel.php")).unwrap();
         std::os::unix::fs::symlink("a.php", root.join("inside.php")).unwrap();
+        nix::unistd::mkfifo(&root.join("pipe.php"), nix::sys::stat::Mode::S_IRWXU).unwrap();
 
         let s = |rel: &str| {
             Ok(Target::Script {
-                filename: root.join(rel),
                 script_name: format!("/{rel}"),
             })
         };
@@ -253,6 +376,7 @@ mod tests {
             ("/img.jpg/x.php", Some("index.php"), Ok(Target::NotFound)),
             ("/a.php/", None, Ok(Target::NotFound)),
             ("/A.PHP", None, Err(403)),
+            ("/pipe.php", None, Err(403)), // not a regular file
             ("/evil.php", None, Err(403)),
             ("/rel.php", None, Err(403)),
             ("/missing.php", Some("index.php"), Ok(Target::NotFound)),
@@ -262,6 +386,50 @@ mod tests {
         for (path, fc, want) in cases {
             let got = resolve(&root, path, fc).map_err(|e| e.status().as_u16());
             assert_eq!(got, want, "{path} (front controller {fc:?})");
+            // Right after, everything it looked at is cached: the
+            // non-blocking lookup answers the same. The kernel leaves its
+            // lock-free walk (so RESOLVE_CACHED gives up) for a file used as
+            // a directory and for `..` in a symlink: those few refusals may
+            // take the blocking path.
+            let may_block = path.starts_with("/img.jpg/") || path == "/rel.php";
+            let Some(cached) = resolve_cached(&root, path, fc) else {
+                assert!(
+                    may_block,
+                    "{path}: a lookup just made is answered from the caches"
+                );
+                continue;
+            };
+            let cached = cached.map_err(|e| e.status().as_u16());
+            assert_eq!(cached, want, "cached: {path} (front controller {fc:?})");
         }
+    }
+
+    /// Nothing is remembered between requests: a script deleted, replaced
+    /// by a symlink out of the root, or by a directory is seen as it is now.
+    #[test]
+    fn no_stale_answer_after_a_file_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::write(dir.path().join("evil.php"), "<?php").unwrap();
+        let file = root.join("x.php");
+        let both = |path: &str| {
+            let blocking = resolve(&root, path, None).map_err(|e| e.status().as_u16());
+            let cached = resolve_cached(&root, path, None)
+                .expect("answered from the caches")
+                .map_err(|e| e.status().as_u16());
+            assert_eq!(blocking, cached, "{path}");
+            cached
+        };
+        std::fs::write(&file, "<?php").unwrap();
+        assert!(matches!(both("/x.php"), Ok(Target::Script { .. })));
+        std::fs::remove_file(&file).unwrap();
+        assert_eq!(both("/x.php"), Ok(Target::NotFound));
+        std::os::unix::fs::symlink(dir.path().join("evil.php"), &file).unwrap();
+        assert_eq!(both("/x.php"), Err(403));
+        std::fs::remove_file(&file).unwrap();
+        std::fs::create_dir(&file).unwrap();
+        assert_eq!(both("/x.php"), Ok(Target::Static));
+        assert_eq!(both("/x.php/"), Ok(Target::Static));
     }
 }
