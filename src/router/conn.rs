@@ -5,7 +5,10 @@
 //! no request in flight is closed after `keepalive_timeout`.
 //!
 //! Both are cheap: a few atomics per connection, one timer in the
-//! connection's own task, no thread.
+//! connection's own task, no thread. [`Activity::parkable`] tells the
+//! connection when an HTTP/1 connection is idle with everything sent, so it
+//! can let go of hyper's state and buffers until the next request
+//! (`router::server`).
 
 use std::collections::HashMap;
 use std::io;
@@ -16,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 
@@ -134,6 +138,9 @@ pub struct Activity {
     /// Since when a write to the client has been waiting (ms since start);
     /// `NONE` while writes make progress.
     write_blocked: AtomicU64,
+    /// Bytes were written since the writer last flushed (hyper flushes its
+    /// socket only once its own buffer is empty).
+    unflushed: AtomicBool,
     changed: Notify,
 }
 
@@ -159,6 +166,7 @@ impl Activity {
             idle_since: AtomicU64::new(0),
             multiplexed: AtomicBool::new(false),
             write_blocked: AtomicU64::new(NONE),
+            unflushed: AtomicBool::new(false),
             changed: Notify::new(),
         })
     }
@@ -208,9 +216,25 @@ impl Activity {
 
     /// A write to the client made progress.
     fn write_progress(&self) {
+        self.unflushed.store(true, Ordering::Relaxed);
         if self.write_blocked.load(Ordering::Relaxed) != NONE {
             self.write_blocked.store(NONE, Ordering::Release);
         }
+    }
+
+    /// The writer flushed: everything it had buffered is in the socket.
+    fn flushed(&self) {
+        self.unflushed.store(false, Ordering::Relaxed);
+    }
+
+    /// An HTTP/1 connection between requests: nothing in flight, no byte of
+    /// the next request read, every byte of the last response handed to the
+    /// socket. Its HTTP state can be dropped and rebuilt when bytes arrive.
+    pub fn parkable(&self) -> bool {
+        !self.multiplexed.load(Ordering::Relaxed)
+            && self.in_flight.load(Ordering::Acquire) == 0
+            && self.head_started.load(Ordering::Acquire) == NONE
+            && !self.unflushed.load(Ordering::Relaxed)
     }
 
     /// The next deadline and what it means. While a request is in flight the
@@ -255,10 +279,14 @@ impl Drop for RequestGuard {
     }
 }
 
-/// A connection's I/O that tells its [`Activity`] when bytes arrive.
+/// A connection's I/O that tells its [`Activity`] when bytes arrive, and
+/// replays bytes read ahead by an HTTP state that was dropped
+/// ([`TrackedIo::unread`]).
 pub struct TrackedIo<I> {
     inner: I,
     activity: Arc<Activity>,
+    /// Read before, not yet consumed: served before the socket.
+    unread: Bytes,
     /// h2c: look at the first bytes for the HTTP/2 preface.
     sniff: bool,
 }
@@ -271,8 +299,24 @@ impl<I> TrackedIo<I> {
         TrackedIo {
             inner,
             activity,
+            unread: Bytes::new(),
             sniff: false,
         }
+    }
+
+    pub fn get_ref(&self) -> &I {
+        &self.inner
+    }
+
+    /// Puts back bytes that were read but not consumed (a pipelined request
+    /// hyper had read ahead): the next reads return them first.
+    pub fn unread(&mut self, bytes: Bytes) {
+        debug_assert!(self.unread.is_empty());
+        self.unread = bytes;
+    }
+
+    pub fn has_unread(&self) -> bool {
+        !self.unread.is_empty()
     }
 
     /// Marks the connection multiplexed if it starts with the HTTP/2 preface
@@ -300,6 +344,15 @@ impl<I: AsyncRead + Unpin> AsyncRead for TrackedIo<I> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
+        if !self.unread.is_empty() {
+            let n = self.unread.len().min(buf.remaining());
+            buf.put_slice(&self.unread[..n]);
+            self.unread.advance(n);
+            if n > 0 {
+                self.activity.bytes_read();
+            }
+            return Poll::Ready(Ok(()));
+        }
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
             if self.sniff {
@@ -326,7 +379,11 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for TrackedIo<I> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let polled = Pin::new(&mut self.inner).poll_flush(cx);
+        if matches!(polled, Poll::Ready(Ok(()))) {
+            self.activity.flushed();
+        }
+        polled
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
