@@ -141,6 +141,9 @@ pub struct Activity {
     /// Bytes were written since the writer last flushed (hyper flushes its
     /// socket only once its own buffer is empty).
     unflushed: AtomicBool,
+    /// The last request's body was not read to its end (hyper then drains
+    /// or closes; the connection is not idle in its eyes).
+    body_unread: AtomicBool,
     changed: Notify,
 }
 
@@ -167,6 +170,7 @@ impl Activity {
             multiplexed: AtomicBool::new(false),
             write_blocked: AtomicU64::new(NONE),
             unflushed: AtomicBool::new(false),
+            body_unread: AtomicBool::new(false),
             changed: Notify::new(),
         })
     }
@@ -198,8 +202,10 @@ impl Activity {
     }
 
     /// A request head was parsed; the guard ends the request when dropped
-    /// (with the response body, or when the client goes away).
-    pub fn request_started(self: &Arc<Self>) -> RequestGuard {
+    /// (with the response body, or when the client goes away). `has_body`:
+    /// the request has a body, which [`ReadToEnd`] reports read.
+    pub fn request_started(self: &Arc<Self>, has_body: bool) -> RequestGuard {
+        self.body_unread.store(has_body, Ordering::Relaxed);
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.head_started.store(NONE, Ordering::Release);
         self.changed.notify_one();
@@ -227,14 +233,16 @@ impl Activity {
         self.unflushed.store(false, Ordering::Relaxed);
     }
 
-    /// An HTTP/1 connection between requests: nothing in flight, no byte of
-    /// the next request read, every byte of the last response handed to the
-    /// socket. Its HTTP state can be dropped and rebuilt when bytes arrive.
+    /// An HTTP/1 connection between requests: nothing in flight, the last
+    /// request's body read to its end, no byte of the next request read,
+    /// every byte of the last response handed to the socket. Its HTTP state
+    /// can be dropped and rebuilt when bytes arrive.
     pub fn parkable(&self) -> bool {
         !self.multiplexed.load(Ordering::Relaxed)
             && self.in_flight.load(Ordering::Acquire) == 0
             && self.head_started.load(Ordering::Acquire) == NONE
             && !self.unflushed.load(Ordering::Relaxed)
+            && !self.body_unread.load(Ordering::Relaxed)
     }
 
     /// The next deadline and what it means. While a request is in flight the
@@ -264,6 +272,45 @@ impl Activity {
     /// Resolves when the state changed (a deadline may have moved).
     pub async fn changed(&self) {
         self.changed.notified().await;
+    }
+}
+
+/// A request body that tells its connection's [`Activity`] when it has
+/// been read to its end.
+pub struct ReadToEnd<B> {
+    inner: B,
+    activity: Arc<Activity>,
+}
+
+impl<B> ReadToEnd<B> {
+    pub fn new(inner: B, activity: Arc<Activity>) -> Self {
+        ReadToEnd { inner, activity }
+    }
+}
+
+impl<B: http_body::Body + Unpin> http_body::Body for ReadToEnd<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None))
+            || (matches!(polled, Poll::Ready(Some(Ok(_)))) && self.inner.is_end_stream())
+        {
+            self.activity.body_unread.store(false, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -499,6 +546,27 @@ mod tests {
     }
 
     #[test]
+    fn parkable_only_between_requests_with_everything_flushed() {
+        let a = Activity::new();
+        assert!(!a.parkable(), "the first head is due");
+        let g = a.request_started(false);
+        assert!(!a.parkable(), "in flight");
+        a.write_progress();
+        drop(g);
+        assert!(!a.parkable(), "response not flushed yet");
+        a.flushed();
+        assert!(a.parkable());
+        a.bytes_read();
+        assert!(!a.parkable(), "the next head started");
+        drop(a.request_started(true));
+        assert!(!a.parkable(), "its body was not read");
+        a.body_unread.store(false, Ordering::Relaxed);
+        assert!(a.parkable());
+        a.set_multiplexed();
+        assert!(!a.parkable(), "HTTP/2 is never parked");
+    }
+
+    #[test]
     fn deadlines_follow_the_connection_state() {
         let a = Activity::new();
         let (h, k) = (Duration::from_secs(10), Duration::from_secs(75));
@@ -507,7 +575,7 @@ mod tests {
             Expiry::Header,
             "first head is due"
         );
-        let g = a.request_started();
+        let g = a.request_started(false);
         assert!(
             a.deadline(h, k, Duration::from_secs(60)).is_none(),
             "nothing while in flight"
@@ -522,7 +590,7 @@ mod tests {
             a.deadline(h, k, Duration::from_secs(60)).unwrap().1,
             Expiry::Header
         );
-        drop(a.request_started());
+        drop(a.request_started(false));
         a.set_multiplexed();
         a.bytes_read();
         assert_eq!(

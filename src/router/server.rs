@@ -46,7 +46,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::conn::{
-    Activity, ConnLimiter, ConnPermit, Expiry, Refusal, RequestGuard, Throttle, TrackedIo,
+    Activity, ConnLimiter, ConnPermit, Expiry, ReadToEnd, Refusal, RequestGuard, Throttle,
+    TrackedIo,
 };
 use super::service::{handle, ConnInfo, Options};
 use super::table::SharedTable;
@@ -298,7 +299,8 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
     type Future = ServiceFuture;
 
     fn call(&self, req: Request<Incoming>) -> ServiceFuture {
-        let guard = self.activity.request_started();
+        let guard = self.activity.request_started(!req.body().is_end_stream());
+        let req = req.map(|body| ReadToEnd::new(body, self.activity.clone()));
         let shared = self.shared.clone();
         let conn = self.conn;
         Box::pin(async move {
@@ -397,8 +399,8 @@ impl Served for Http1Conn {
         match self.conn.poll_without_shutdown(cx) {
             Poll::Ready(Ok(())) => Poll::Ready(Ok(Ended::Parked)),
             Poll::Ready(Err(e)) => Poll::Ready(Err(e.into())),
-            // Not idle in hyper's eyes after all (an unread request body being
-            // drained): it closes after the exchange, like a keep-alive timeout.
+            // Not idle in hyper's eyes after all: it closes once done, as
+            // after a keep-alive timeout.
             Poll::Pending => Poll::Pending,
         }
     }
