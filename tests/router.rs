@@ -90,6 +90,57 @@ async fn keep_alive_connection_serves_many_requests_and_sites() {
     server.stop().await;
 }
 
+/// An idle HTTP/1 connection drops hyper's state between requests and
+/// rebuilds it when bytes arrive: pipelined requests and a head split across
+/// that pause must come through whole and in order.
+#[tokio::test]
+async fn pipelined_and_split_requests_survive_an_idle_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let cfg = sites();
+    let server = InProcess::start(&cfg).await;
+    let mut s = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    s.write_all(
+        b"GET / HTTP/1.1\r\nHost: example.test\r\n\r\n\
+          GET / HTTP/1.1\r\nHost: x.example.test\r\n\r\n\
+          GET / HTTP/1.1\r\nHost: fall",
+    )
+    .await
+    .unwrap();
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    while seen.matches("HTTP/1.1 200").count() < 2 {
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("two answers")
+            .unwrap();
+        assert!(n > 0, "closed early: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    // Idle long enough to be parked with half a head read ahead.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    s.write_all(b"back.test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut seen))
+        .await
+        .expect("third answer")
+        .unwrap();
+    let order: Vec<_> = ["site exact", "site wild", "site fallback"]
+        .iter()
+        .map(|site| seen.find(site).unwrap_or_else(|| panic!("{site}: {seen}")))
+        .collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "{seen}");
+    assert_eq!(seen.matches("HTTP/1.1 200").count(), 3, "{seen}");
+
+    // After a pause on a kept-alive connection, the next request is served.
+    let mut client = Client::connect(server.addr).await;
+    assert_eq!(client.get("example.test", "/").await.status, 200);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(client.get("x.example.test", "/").await.status, 200);
+    assert!(!client.is_closed());
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn access_log_records_requests_in_combined_format() {
     let cfg = sites();

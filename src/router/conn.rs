@@ -5,7 +5,10 @@
 //! no request in flight is closed after `keepalive_timeout`.
 //!
 //! Both are cheap: a few atomics per connection, one timer in the
-//! connection's own task, no thread.
+//! connection's own task, no thread. [`Activity::parkable`] tells the
+//! connection when an HTTP/1 connection is idle with everything sent, so it
+//! can let go of hyper's state and buffers until the next request
+//! (`router::server`).
 
 use std::collections::HashMap;
 use std::io;
@@ -16,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 
@@ -134,6 +138,12 @@ pub struct Activity {
     /// Since when a write to the client has been waiting (ms since start);
     /// `NONE` while writes make progress.
     write_blocked: AtomicU64,
+    /// Bytes were written since the writer last flushed (hyper flushes its
+    /// socket only once its own buffer is empty).
+    unflushed: AtomicBool,
+    /// The last request's body was not read to its end (hyper then drains
+    /// or closes; the connection is not idle in its eyes).
+    body_unread: AtomicBool,
     changed: Notify,
 }
 
@@ -159,6 +169,8 @@ impl Activity {
             idle_since: AtomicU64::new(0),
             multiplexed: AtomicBool::new(false),
             write_blocked: AtomicU64::new(NONE),
+            unflushed: AtomicBool::new(false),
+            body_unread: AtomicBool::new(false),
             changed: Notify::new(),
         })
     }
@@ -190,8 +202,10 @@ impl Activity {
     }
 
     /// A request head was parsed; the guard ends the request when dropped
-    /// (with the response body, or when the client goes away).
-    pub fn request_started(self: &Arc<Self>) -> RequestGuard {
+    /// (with the response body, or when the client goes away). `has_body`:
+    /// the request has a body, which [`ReadToEnd`] reports read.
+    pub fn request_started(self: &Arc<Self>, has_body: bool) -> RequestGuard {
+        self.body_unread.store(has_body, Ordering::Relaxed);
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.head_started.store(NONE, Ordering::Release);
         self.changed.notify_one();
@@ -208,9 +222,27 @@ impl Activity {
 
     /// A write to the client made progress.
     fn write_progress(&self) {
+        self.unflushed.store(true, Ordering::Relaxed);
         if self.write_blocked.load(Ordering::Relaxed) != NONE {
             self.write_blocked.store(NONE, Ordering::Release);
         }
+    }
+
+    /// The writer flushed: everything it had buffered is in the socket.
+    fn flushed(&self) {
+        self.unflushed.store(false, Ordering::Relaxed);
+    }
+
+    /// An HTTP/1 connection between requests: nothing in flight, the last
+    /// request's body read to its end, no byte of the next request read,
+    /// every byte of the last response handed to the socket. Its HTTP state
+    /// can be dropped and rebuilt when bytes arrive.
+    pub fn parkable(&self) -> bool {
+        !self.multiplexed.load(Ordering::Relaxed)
+            && self.in_flight.load(Ordering::Acquire) == 0
+            && self.head_started.load(Ordering::Acquire) == NONE
+            && !self.unflushed.load(Ordering::Relaxed)
+            && !self.body_unread.load(Ordering::Relaxed)
     }
 
     /// The next deadline and what it means. While a request is in flight the
@@ -243,6 +275,45 @@ impl Activity {
     }
 }
 
+/// A request body that tells its connection's [`Activity`] when it has
+/// been read to its end.
+pub struct ReadToEnd<B> {
+    inner: B,
+    activity: Arc<Activity>,
+}
+
+impl<B> ReadToEnd<B> {
+    pub fn new(inner: B, activity: Arc<Activity>) -> Self {
+        ReadToEnd { inner, activity }
+    }
+}
+
+impl<B: http_body::Body + Unpin> http_body::Body for ReadToEnd<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None))
+            || (matches!(polled, Poll::Ready(Some(Ok(_)))) && self.inner.is_end_stream())
+        {
+            self.activity.body_unread.store(false, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// A request in flight on a connection.
 pub struct RequestGuard(Arc<Activity>);
 
@@ -255,10 +326,14 @@ impl Drop for RequestGuard {
     }
 }
 
-/// A connection's I/O that tells its [`Activity`] when bytes arrive.
+/// A connection's I/O that tells its [`Activity`] when bytes arrive, and
+/// replays bytes read ahead by an HTTP state that was dropped
+/// ([`TrackedIo::unread`]).
 pub struct TrackedIo<I> {
     inner: I,
     activity: Arc<Activity>,
+    /// Read before, not yet consumed: served before the socket.
+    unread: Bytes,
     /// h2c: look at the first bytes for the HTTP/2 preface.
     sniff: bool,
 }
@@ -271,8 +346,24 @@ impl<I> TrackedIo<I> {
         TrackedIo {
             inner,
             activity,
+            unread: Bytes::new(),
             sniff: false,
         }
+    }
+
+    pub fn get_ref(&self) -> &I {
+        &self.inner
+    }
+
+    /// Puts back bytes that were read but not consumed (a pipelined request
+    /// hyper had read ahead): the next reads return them first.
+    pub fn unread(&mut self, bytes: Bytes) {
+        debug_assert!(self.unread.is_empty());
+        self.unread = bytes;
+    }
+
+    pub fn has_unread(&self) -> bool {
+        !self.unread.is_empty()
     }
 
     /// Marks the connection multiplexed if it starts with the HTTP/2 preface
@@ -300,6 +391,15 @@ impl<I: AsyncRead + Unpin> AsyncRead for TrackedIo<I> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
+        if !self.unread.is_empty() {
+            let n = self.unread.len().min(buf.remaining());
+            buf.put_slice(&self.unread[..n]);
+            self.unread.advance(n);
+            if n > 0 {
+                self.activity.bytes_read();
+            }
+            return Poll::Ready(Ok(()));
+        }
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
             if self.sniff {
@@ -326,7 +426,11 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for TrackedIo<I> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let polled = Pin::new(&mut self.inner).poll_flush(cx);
+        if matches!(polled, Poll::Ready(Ok(()))) {
+            self.activity.flushed();
+        }
+        polled
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -442,6 +546,27 @@ mod tests {
     }
 
     #[test]
+    fn parkable_only_between_requests_with_everything_flushed() {
+        let a = Activity::new();
+        assert!(!a.parkable(), "the first head is due");
+        let g = a.request_started(false);
+        assert!(!a.parkable(), "in flight");
+        a.write_progress();
+        drop(g);
+        assert!(!a.parkable(), "response not flushed yet");
+        a.flushed();
+        assert!(a.parkable());
+        a.bytes_read();
+        assert!(!a.parkable(), "the next head started");
+        drop(a.request_started(true));
+        assert!(!a.parkable(), "its body was not read");
+        a.body_unread.store(false, Ordering::Relaxed);
+        assert!(a.parkable());
+        a.set_multiplexed();
+        assert!(!a.parkable(), "HTTP/2 is never parked");
+    }
+
+    #[test]
     fn deadlines_follow_the_connection_state() {
         let a = Activity::new();
         let (h, k) = (Duration::from_secs(10), Duration::from_secs(75));
@@ -450,7 +575,7 @@ mod tests {
             Expiry::Header,
             "first head is due"
         );
-        let g = a.request_started();
+        let g = a.request_started(false);
         assert!(
             a.deadline(h, k, Duration::from_secs(60)).is_none(),
             "nothing while in flight"
@@ -465,7 +590,7 @@ mod tests {
             a.deadline(h, k, Duration::from_secs(60)).unwrap().1,
             Expiry::Header
         );
-        drop(a.request_started());
+        drop(a.request_started(false));
         a.set_multiplexed();
         a.bytes_read();
         assert_eq!(

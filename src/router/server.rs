@@ -11,29 +11,48 @@
 //! (slowloris); a connection idle for `keepalive_timeout` is closed
 //! gracefully.
 //!
+//! A plain HTTP/1 connection holds hyper's state (its 8 KiB read and write
+//! buffers, the dispatcher) only while a request is read or answered: once
+//! it is idle with the response sent, the state is dropped ("parked") and
+//! the task waits for the socket to become readable, holding nothing but the
+//! socket; the next bytes build a fresh hyper connection. An idle keep-alive
+//! connection then costs about a kilobyte instead of twenty (see
+//! `docs/architecture.md`, "A client connection"). TLS and HTTP/2
+//! connections are not parked.
+//!
 //! Shutdown: accept loops stop and listeners close; every connection is asked
 //! to shut down gracefully (in-flight requests finish, HTTP/2 gets GOAWAY);
 //! after the grace period the rest are dropped.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use http_body_util::BodyExt;
-use hyper::service::service_fn;
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite};
+use hyper_util::server::graceful::GracefulConnection;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::conn::{Activity, ConnLimiter, ConnPermit, Expiry, Refusal, Throttle, TrackedIo};
+use super::conn::{
+    Activity, ConnLimiter, ConnPermit, Expiry, ReadToEnd, Refusal, RequestGuard, Throttle,
+    TrackedIo,
+};
 use super::service::{handle, ConnInfo, Options};
 use super::table::SharedTable;
 use crate::config::FrontConfig;
-use crate::upstream::Scheme;
+use crate::upstream::{BoxError, ResponseBody, Scheme};
 
 /// The sockets polyhost serves: plain HTTP and TLS.
 #[derive(Default)]
@@ -185,8 +204,20 @@ async fn accept_loop(listener: TcpListener, tls: Option<TlsAcceptor>, shared: Ar
                 Scheme::Http
             },
         };
-        let task = connection(stream, conn, tls.clone(), shared.clone(), permit);
-        shared.tracker.spawn(task);
+        // Two task types: a plain connection's task stays small (it is most
+        // of what an idle keep-alive connection costs); TLS state is larger.
+        match &tls {
+            None => shared
+                .tracker
+                .spawn(plain(stream, conn, shared.clone(), permit)),
+            Some(acceptor) => shared.tracker.spawn(tls_connection(
+                stream,
+                conn,
+                acceptor.clone(),
+                shared.clone(),
+                permit,
+            )),
+        };
     }
 }
 
@@ -199,10 +230,23 @@ enum Proto {
     Auto,
 }
 
-async fn connection(
+async fn plain(stream: TcpStream, conn: ConnInfo, shared: Arc<Shared>, _permit: ConnPermit) {
+    let _open = crate::metrics::connection_opened(); // metrics: dropped when the connection ends
+    let _ = stream.set_nodelay(true);
+    let activity = Activity::new();
+    let io = TrackedIo::new(stream, activity.clone());
+    if shared.options.front.h2c {
+        // Boxed: the larger HTTP/2-capable state is not part of every plain task.
+        let io = io.sniff_h2c();
+        return Box::pin(drive(io, conn, Proto::Auto, activity, shared)).await;
+    }
+    http1_parking(io, conn, activity, shared).await;
+}
+
+async fn tls_connection(
     stream: TcpStream,
     conn: ConnInfo,
-    tls: Option<TlsAcceptor>,
+    acceptor: TlsAcceptor,
     shared: Arc<Shared>,
     _permit: ConnPermit,
 ) {
@@ -211,13 +255,6 @@ async fn connection(
     let activity = Activity::new();
     let io = TrackedIo::new(stream, activity.clone());
     let limits = &shared.options.front.limits;
-    let Some(acceptor) = tls else {
-        if shared.options.front.h2c {
-            let io = io.sniff_h2c();
-            return drive(io, conn, Proto::Auto, activity, shared).await;
-        }
-        return drive(io, conn, Proto::Http1, activity, shared).await;
-    };
     let handshake = tokio::select! {
         r = tokio::time::timeout(limits.header_timeout, acceptor.accept(io)) => r,
         _ = shared.shutdown.cancelled() => return,
@@ -243,32 +280,231 @@ async fn connection(
     }
 }
 
-/// Serves HTTP on an established connection until it ends, keeping its clocks.
+/// What hyper calls for each request of a connection. The request's future
+/// is boxed: hyper keeps a slot for it per connection, which would otherwise
+/// be as large as the whole request path's state even while idle.
+#[derive(Clone)]
+struct ConnService {
+    conn: ConnInfo,
+    activity: Arc<Activity>,
+    shared: Arc<Shared>,
+}
+
+type ServiceFuture =
+    Pin<Box<dyn Future<Output = Result<Response<GuardedBody>, Infallible>> + Send>>;
+
+impl hyper::service::Service<Request<Incoming>> for ConnService {
+    type Response = Response<GuardedBody>;
+    type Error = Infallible;
+    type Future = ServiceFuture;
+
+    fn call(&self, req: Request<Incoming>) -> ServiceFuture {
+        let guard = self.activity.request_started(!req.body().is_end_stream());
+        let req = req.map(|body| ReadToEnd::new(body, self.activity.clone()));
+        let shared = self.shared.clone();
+        let conn = self.conn;
+        Box::pin(async move {
+            let table = shared.table.load_full();
+            let resp = handle(req, conn, table, &shared.options).await;
+            Ok(resp.map(|inner| GuardedBody {
+                inner,
+                _guard: guard,
+            }))
+        })
+    }
+}
+
+/// A response body that keeps its request "in flight" (for the clocks)
+/// until it is sent or dropped.
+struct GuardedBody {
+    inner: ResponseBody,
+    _guard: RequestGuard,
+}
+
+impl Body for GuardedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// How a watched connection ended.
+enum Ended {
+    /// Done: closed by either side, or dropped after a timeout.
+    Closed,
+    /// HTTP/1 between requests: its HTTP state can be dropped, the socket kept.
+    Parked,
+}
+
+/// A hyper connection as [`watch`] drives it.
+trait Served {
+    fn poll_served(&mut self, cx: &mut Context<'_>) -> Poll<Result<Ended, BoxError>>;
+    fn graceful_shutdown(&mut self);
+}
+
+/// TLS and h2c connections: hyper-util's, never parked.
+impl<C> Served for Pin<Box<C>>
+where
+    C: GracefulConnection,
+    C::Error: Into<BoxError>,
+{
+    fn poll_served(&mut self, cx: &mut Context<'_>) -> Poll<Result<Ended, BoxError>> {
+        self.as_mut()
+            .poll(cx)
+            .map(|r| r.map(|()| Ended::Closed).map_err(Into::into))
+    }
+
+    fn graceful_shutdown(&mut self) {
+        GracefulConnection::graceful_shutdown(self.as_mut());
+    }
+}
+
+type PlainHttp1 = http1::Connection<TokioIo<TrackedIo<TcpStream>>, ConnService>;
+
+/// A plain HTTP/1 connection's hyper state, while it is busy.
+struct Http1Conn {
+    conn: Box<PlainHttp1>,
+    activity: Arc<Activity>,
+    /// A graceful close was asked for (shutdown, timeout or parking).
+    closing: bool,
+}
+
+impl Served for Http1Conn {
+    fn poll_served(&mut self, cx: &mut Context<'_>) -> Poll<Result<Ended, BoxError>> {
+        // As a future, hyper flushes and shuts the socket down when done.
+        if let Poll::Ready(r) = Pin::new(&mut *self.conn).poll(cx) {
+            return Poll::Ready(r.map(|()| Ended::Closed).map_err(Into::into));
+        }
+        if self.closing || !self.activity.parkable() {
+            return Poll::Pending;
+        }
+        // Idle between requests with the last response in the socket: hyper
+        // closes an idle connection at once on a graceful shutdown, and
+        // without shutting the socket down it is handed back (with any bytes
+        // it read ahead) by `into_parts`.
+        self.graceful_shutdown();
+        match self.conn.poll_without_shutdown(cx) {
+            Poll::Ready(Ok(())) => Poll::Ready(Ok(Ended::Parked)),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e.into())),
+            // Not idle in hyper's eyes after all: it closes once done, as
+            // after a keep-alive timeout.
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn graceful_shutdown(&mut self) {
+        if !self.closing {
+            self.closing = true;
+            Pin::new(&mut *self.conn).graceful_shutdown();
+        }
+    }
+}
+
+/// Plain HTTP/1.x: hyper's state exists only while a request is read or
+/// answered; in between, the task waits on the bare socket ([`park`]).
+async fn http1_parking(
+    mut io: TrackedIo<TcpStream>,
+    conn: ConnInfo,
+    activity: Arc<Activity>,
+    shared: Arc<Shared>,
+) {
+    let limits = &shared.options.front.limits;
+    let mut builder = http1::Builder::new();
+    builder
+        .keep_alive(true)
+        .header_read_timeout(None)
+        .max_buf_size(limits.max_header_size)
+        .max_headers(limits.max_headers);
+    let mut service = ConnService {
+        conn,
+        activity: activity.clone(),
+        shared: shared.clone(),
+    };
+    loop {
+        if !io.has_unread() && !park(&io, &conn, &activity, &shared).await {
+            let _ = io.shutdown().await;
+            return;
+        }
+        let mut served = Http1Conn {
+            conn: Box::new(builder.serve_connection(TokioIo::new(io), service)),
+            activity: activity.clone(),
+            closing: false,
+        };
+        match watch(&mut served, &conn, Proto::Http1, &activity, &shared).await {
+            Some(Ended::Parked) => {
+                let parts = served.conn.into_parts();
+                io = parts.io.into_inner();
+                if !parts.read_buf.is_empty() {
+                    // A copy: even an empty slice of hyper's read buffer
+                    // would keep all of its 8 KiB alive.
+                    io.unread(Bytes::copy_from_slice(&parts.read_buf));
+                }
+                service = parts.service;
+            }
+            Some(Ended::Closed) | None => return,
+        }
+    }
+}
+
+/// An HTTP/1 connection between requests: waits, holding only the socket,
+/// until it is readable (`true`), or closes it (`false`) when its clock runs
+/// out or the server shuts down.
+async fn park(
+    io: &TrackedIo<TcpStream>,
+    conn: &ConnInfo,
+    activity: &Activity,
+    shared: &Shared,
+) -> bool {
+    let limits = &shared.options.front.limits;
+    let Some((deadline, expiry)) = activity.deadline(
+        limits.header_timeout,
+        limits.keepalive_timeout,
+        limits.send_timeout,
+    ) else {
+        return true; // cannot happen: nothing is in flight while parked
+    };
+    tokio::select! {
+        r = io.get_ref().readable() => r.is_ok(),
+        _ = shared.shutdown.cancelled() => false,
+        _ = tokio::time::sleep_until(deadline.into()) => {
+            match expiry {
+                Expiry::Header => {
+                    if let Some(left_out) = shared.timeout_log.allow() {
+                        tracing::info!(client = %conn.client, also_closed = left_out, timeout = ?limits.header_timeout, "closing connection: no complete request head within header_timeout");
+                    }
+                }
+                Expiry::Idle | Expiry::Send => {
+                    tracing::debug!(client = %conn.client, "closing idle keep-alive connection");
+                }
+            }
+            false
+        }
+    }
+}
+
+/// Serves HTTP on an established TLS or h2c connection until it ends.
 async fn drive<I>(io: I, conn: ConnInfo, proto: Proto, activity: Arc<Activity>, shared: Arc<Shared>)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let limits = shared.options.front.limits.clone();
-    let service = {
-        let shared = shared.clone();
-        let activity = activity.clone();
-        service_fn(move |req| {
-            let guard = activity.request_started();
-            let shared = shared.clone();
-            async move {
-                let table = shared.table.load_full();
-                let resp = handle(req, conn, table, &shared.options).await;
-                // The request stays "in flight" until its body is sent.
-                let resp = resp.map(|body| {
-                    body.map_frame(move |f| {
-                        let _ = &guard;
-                        f
-                    })
-                    .boxed_unsync()
-                });
-                Ok::<_, Infallible>(resp)
-            }
-        })
+    let limits = &shared.options.front.limits;
+    let service = ConnService {
+        conn,
+        activity: activity.clone(),
+        shared: shared.clone(),
     };
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder = match proto {
@@ -288,8 +524,20 @@ where
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.h2_max_streams)
         .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX));
-    let served = builder.serve_connection(TokioIo::new(io), service);
-    tokio::pin!(served);
+    let mut served = Box::pin(builder.serve_connection(TokioIo::new(io), service));
+    watch(&mut served, &conn, proto, &activity, &shared).await;
+}
+
+/// Drives a connection and keeps its clocks until it ends (`None`: dropped
+/// after a timeout or the shutdown grace, or failed) or parks.
+async fn watch<C: Served>(
+    served: &mut C,
+    conn: &ConnInfo,
+    proto: Proto,
+    activity: &Activity,
+    shared: &Shared,
+) -> Option<Ended> {
+    let limits = &shared.options.front.limits;
     let mut graceful = false;
     let mut closing_since: Option<Instant> = None;
     loop {
@@ -310,38 +558,41 @@ where
             }
         };
         tokio::select! {
-            result = served.as_mut() => {
-                if let Err(e) = result {
-                    log_connection_error(&conn, &*e, &shared);
-                }
-                return;
+            result = std::future::poll_fn(|cx| served.poll_served(cx)) => {
+                return match result {
+                    Ok(ended) => Some(ended),
+                    Err(e) => {
+                        log_connection_error(conn, &*e, shared);
+                        None
+                    }
+                };
             }
             _ = shared.shutdown.cancelled(), if !graceful => {
                 graceful = true;
-                served.as_mut().graceful_shutdown();
+                served.graceful_shutdown();
             }
-            _ = shared.force.cancelled() => return,
+            _ = shared.force.cancelled() => return None,
             _ = activity.changed() => {}
             _ = sleep => {
                 let now = Instant::now();
                 if closing_since.is_some_and(|t| now >= t + limits.header_timeout) {
-                    return; // asked to close and did not: drop it
+                    return None; // asked to close and did not: drop it
                 }
                 match activity.deadline(limits.header_timeout, limits.keepalive_timeout, limits.send_timeout) {
                     Some((t, Expiry::Send)) if now >= t => {
                         tracing::info!(client = %conn.client, timeout = ?limits.send_timeout, "closing connection: the client took nothing of the response within send_timeout");
-                        return;
+                        return None;
                     }
                     Some((t, Expiry::Header)) if now >= t => {
                         if let Some(left_out) = shared.timeout_log.allow() {
                             tracing::info!(client = %conn.client, also_closed = left_out, timeout = ?limits.header_timeout, "closing connection: no complete request head within header_timeout");
                         }
                         if proto != Proto::Http2 {
-                            return;
+                            return None;
                         }
                         if !graceful {
                             graceful = true;
-                            served.as_mut().graceful_shutdown();
+                            served.graceful_shutdown();
                         }
                         closing_since.get_or_insert(now);
                     }
@@ -349,7 +600,7 @@ where
                         tracing::debug!(client = %conn.client, "closing idle keep-alive connection");
                         if !graceful {
                             graceful = true;
-                            served.as_mut().graceful_shutdown();
+                            served.graceful_shutdown();
                         }
                         closing_since.get_or_insert(now);
                     }

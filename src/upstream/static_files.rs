@@ -10,9 +10,11 @@
 //! - Every file served was opened through [`DocRoot`] (so `openat2` with
 //!   `RESOLVE_BENEATH`); the response describes that open file's `fstat`,
 //!   never a second lookup of the path.
-//! - Opening and `fstat` run on the blocking pool; file bytes are read in
-//!   chunks of at most [`body::CHUNK`], so a large file costs no more
-//!   memory than a small one.
+//! - Opening and `fstat` run on the async thread (an `openat2` of a cached
+//!   path costs microseconds); file bytes are read in chunks of at most
+//!   [`body::CHUNK`], so a large file costs no more memory than a small one,
+//!   from the page cache on the async thread and from the disk on the
+//!   blocking pool ([`body`]).
 //! - Failures (403, 404, 405, I/O) leave as [`UpstreamError`]; 301, 304,
 //!   412 and 416 are ordinary protocol answers and are built here.
 //!
@@ -80,7 +82,8 @@ impl StaticFiles {
         // Resolved on the async thread: an openat2 + fstat of a cached path
         // costs microseconds, while a hop to the blocking pool cost two thread
         // switches per request (measured: most of the router's CPU on small
-        // files). Large bodies are still read on the blocking pool.
+        // files). The bytes are read from the page cache without waiting for
+        // the disk, or on the blocking pool when it does not have them.
         let found = lookup(&self.root, req.uri().path(), &self.index)?;
         match found {
             Found::Redirect => Ok(redirect_to_slash(req.uri())),
@@ -183,7 +186,7 @@ enum Found {
     Redirect,
 }
 
-/// Blocking: path → open file, trying the index names for a directory.
+/// Path → open file, trying the index names for a directory.
 fn lookup(root: &DocRoot, path: &str, index: &[String]) -> Result<Found, ResolveError> {
     match root.resolve(path)? {
         Resolved::File(file) => Ok(Found::File(Box::new(file))),
