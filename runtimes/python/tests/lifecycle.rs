@@ -70,11 +70,7 @@ async fn sigterm_lets_the_in_flight_request_finish() {
     let pending = conn.send_request(request("GET", "/sleep?1.0").body(empty()).unwrap());
     let pending = tokio::spawn(pending);
     // Wait until the app is running the request.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !w.marker("started").exists() {
-        assert!(Instant::now() < deadline, "request never started");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    w.wait_marker("started", Duration::from_secs(10)).await;
     w.signal(libc::SIGTERM);
     let resp = pending.await.unwrap().unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
@@ -95,11 +91,7 @@ async fn graceful_timeout_bounds_the_drain() {
     conn.ready().await.unwrap();
     let pending =
         tokio::spawn(conn.send_request(request("GET", "/sleep?30").body(empty()).unwrap()));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !w.marker("started").exists() {
-        assert!(Instant::now() < deadline, "request never started");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    w.wait_marker("started", Duration::from_secs(10)).await;
     let t0 = Instant::now();
     w.signal(libc::SIGTERM);
     let status = w.wait_exit(Duration::from_secs(10)).await;
@@ -162,16 +154,7 @@ async fn close_is_called_when_the_client_goes_away_mid_stream() {
         assert!(first.is_data());
         // Dropping the body and the connection closes the socket.
     }
-    let marker = w.marker("closed");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !marker.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "close() was not called:\n{}",
-            w.stderr()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let marker = w.wait_marker("closed", Duration::from_secs(15)).await;
     let chunks: u32 = std::fs::read_to_string(&marker)
         .unwrap()
         .trim()

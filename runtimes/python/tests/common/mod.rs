@@ -132,6 +132,22 @@ impl Worker {
         self.dir.path().join(name)
     }
 
+    /// Waits until the app has written the marker `name` (a liveness bound,
+    /// not a speed goal: `within` is many times what the event needs).
+    pub async fn wait_marker(&self, name: &str, within: Duration) -> PathBuf {
+        let marker = self.marker(name);
+        let deadline = Instant::now() + within;
+        while !marker.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "marker {name:?} never appeared:\n{}",
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        marker
+    }
+
     /// Waits for the process to exit by itself.
     pub async fn wait_exit(&mut self, within: Duration) -> ExitStatus {
         let deadline = Instant::now() + within;
