@@ -155,9 +155,9 @@ fn parse_with<'b>(
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             // Only the last coding matters: it must be chunked.
             let last = h.value.rsplit(|&b| b == b',').next().unwrap_or(b"");
-            chunked = Some(trim(last).eq_ignore_ascii_case(b"chunked"));
+            chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
         } else if name.eq_ignore_ascii_case(b"connection") {
-            for token in h.value.split(|&b| b == b',').map(trim) {
+            for token in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
                 if token.eq_ignore_ascii_case(b"close") {
                     head.keep_alive = false;
                 } else if token.eq_ignore_ascii_case(b"keep-alive") && http10 {
@@ -165,7 +165,7 @@ fn parse_with<'b>(
                 }
             }
         } else if name.eq_ignore_ascii_case(b"expect") {
-            head.expect_continue = trim(h.value).eq_ignore_ascii_case(b"100-continue");
+            head.expect_continue = h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
         }
     }
     head.body = match (chunked, length) {
@@ -183,21 +183,9 @@ fn parse_with<'b>(
     Ok(Some(head))
 }
 
-fn trim(v: &[u8]) -> &[u8] {
-    let start = v
-        .iter()
-        .position(|b| !b.is_ascii_whitespace())
-        .unwrap_or(v.len());
-    let end = v
-        .iter()
-        .rposition(|b| !b.is_ascii_whitespace())
-        .map_or(start, |i| i + 1);
-    &v[start..end]
-}
-
 /// A Content-Length value: digits only (no sign, no list), at most u64.
 pub fn parse_length(v: &[u8]) -> Option<u64> {
-    let v = trim(v);
+    let v = v.trim_ascii();
     if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
         return None;
     }

@@ -53,7 +53,7 @@ pub fn parse_head(block: &Bytes) -> Result<CgiHead, String> {
                 String::from_utf8_lossy(line)
             )
         })?;
-        let (name, value) = (&line[..colon], trim(&line[colon + 1..]));
+        let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
         if name.eq_ignore_ascii_case(b"status") {
             status = Some(parse_status(value)?);
             continue;
@@ -73,18 +73,6 @@ pub fn parse_head(block: &Bytes) -> Result<CgiHead, String> {
         None => StatusCode::OK,
     };
     Ok(CgiHead { status, headers })
-}
-
-fn trim(v: &[u8]) -> &[u8] {
-    let start = v
-        .iter()
-        .position(|b| !b.is_ascii_whitespace())
-        .unwrap_or(v.len());
-    let end = v
-        .iter()
-        .rposition(|b| !b.is_ascii_whitespace())
-        .map_or(start, |e| e + 1);
-    &v[start..end.max(start)]
 }
 
 fn parse_status(value: &[u8]) -> Result<StatusCode, String> {

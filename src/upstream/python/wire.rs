@@ -387,25 +387,30 @@ impl HeadMeta {
     }
 
     fn note(&mut self, name: &HeaderName, value: &HeaderValue) -> Result<(), WireError> {
-        let text = || value.to_str().unwrap_or("").trim().to_ascii_lowercase();
+        // Compared case-insensitively in place: no lower-cased copy per response.
+        let tokens = || {
+            value
+                .as_bytes()
+                .split(|&b| b == b',')
+                .map(<[u8]>::trim_ascii)
+        };
         if name == header::CONTENT_LENGTH {
-            let len: u64 = text()
-                .parse()
-                .map_err(|_| WireError::Invalid(format!("Content-Length {value:?}")))?;
+            let len = std::str::from_utf8(value.as_bytes().trim_ascii())
+                .ok()
+                .and_then(|t| t.parse::<u64>().ok())
+                .ok_or_else(|| WireError::Invalid(format!("Content-Length {value:?}")))?;
             if self.length.is_some_and(|l| l != len) {
                 return Err(WireError::Invalid("conflicting Content-Length".into()));
             }
             self.length = Some(len);
         } else if name == header::TRANSFER_ENCODING {
-            let codings = text();
-            let last = codings.rsplit(',').next().unwrap_or("").trim();
-            self.chunked = last == "chunked";
+            let last = tokens().next_back().unwrap_or_default();
+            self.chunked = last.eq_ignore_ascii_case(b"chunked");
             self.other_coding = !self.chunked;
         } else if name == header::CONNECTION {
-            let tokens = text();
-            if tokens.split(',').any(|t| t.trim() == "close") {
+            if tokens().any(|t| t.eq_ignore_ascii_case(b"close")) {
                 self.keep_alive = false;
-            } else if tokens.split(',').any(|t| t.trim() == "keep-alive") {
+            } else if tokens().any(|t| t.eq_ignore_ascii_case(b"keep-alive")) {
                 self.keep_alive = true;
             }
         }
