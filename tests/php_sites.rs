@@ -393,3 +393,96 @@ async fn static_paths_on_a_php_site_never_serve_php_source() {
     assert_eq!((css.status, css.text().as_str()), (200, "a{}\n"));
     server.stop().await;
 }
+
+/// The numeric fields of a `/proc/.../stat` line after the command's closing
+/// parenthesis: index 0 is field 3 (state).
+fn stat_fields(stat: &str) -> Vec<i64> {
+    stat.rsplit_once(')')
+        .map(|(_, rest)| {
+            rest.split_whitespace()
+                .map(|f| f.parse().unwrap_or(-1))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `(tid, scheduling policy)` of every thread of `pid` (policy: field 41).
+fn thread_policies(pid: i64) -> Vec<(i64, i64)> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten();
+    tasks
+        .filter_map(|task| {
+            let tid = task.file_name().to_string_lossy().parse().ok()?;
+            let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+            Some((tid, stat_fields(&stat)[41 - 3]))
+        })
+        .collect()
+}
+
+/// Every process in the sessions `leaders` (a site process leads its own
+/// session, and php-fpm's children stay in the master's): session is field 6.
+fn session_members(leaders: &[i64]) -> Vec<i64> {
+    let pids = std::fs::read_dir("/proc").unwrap().flatten();
+    pids.filter_map(|e| e.file_name().to_string_lossy().parse::<i64>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|stat| leaders.contains(&stat_fields(&stat)[6 - 3]))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn site_processes_run_under_sched_batch_unless_site_scheduling_is_normal() {
+    const SCHED_OTHER: i64 = 0;
+    const SCHED_BATCH: i64 = 3;
+    for (setting, want) in [
+        ("", SCHED_BATCH),
+        ("site_scheduling = \"normal\"", SCHED_OTHER),
+    ] {
+        let cfg = TestConfig::new();
+        cfg.main_extra(setting);
+        let (ua, ub) = (TestUser::new(), TestUser::new());
+        php_site(&cfg, "blog", &ua, "");
+        cfg.write("apps/pyapp.py", include_str!("apps/pyapp.py"));
+        cfg.write(
+            "vhosts/shop.toml",
+            &format!(
+                "hosts = [\"shop.test\"]\nuser = \"{}\"\n[python]\napp = \"pyapp\"\npath = [\"apps\"]\nthreads = 3\nworker = \"{}\"\n",
+                ub.name,
+                python_worker().display()
+            ),
+        );
+        open_up(cfg.path());
+        let server = InProcess::start(&cfg).await;
+        for host in ["blog.test", "shop.test"] {
+            let r = get(server.addr, host, "/").await;
+            assert_eq!(r.status, 200, "{host}: {}", r.text());
+        }
+        let mut leaders = server.site("blog").await.pids;
+        leaders.extend(server.site("shop").await.pids);
+        let leaders: Vec<i64> = leaders.into_iter().map(i64::from).collect();
+        let members = session_members(&leaders);
+        let policies: Vec<_> = members
+            .iter()
+            .flat_map(|&pid| thread_policies(pid))
+            .collect();
+        // php-fpm master + at least one child; the worker's main thread + 3 request threads.
+        assert!(
+            members.len() >= 3 && policies.len() >= 6,
+            "{setting:?}: too few site threads: {members:?} {policies:?}"
+        );
+        assert!(
+            policies.iter().all(|&(_, p)| p == want),
+            "{setting:?}: every site thread should have policy {want}: {policies:?}"
+        );
+        // polyhost itself (this test process) keeps the normal policy.
+        let own = thread_policies(i64::from(std::process::id()));
+        assert!(
+            !own.is_empty() && own.iter().all(|&(_, p)| p == SCHED_OTHER),
+            "{own:?}"
+        );
+        server.stop().await;
+    }
+}

@@ -25,7 +25,9 @@ use std::sync::Arc;
 
 pub use error::{ConfigError, ConfigErrors, Source};
 pub use front::{FrontConfig, IpCidr, ServerLimits};
-pub use server::{AdminConfig, AdminToken, ServerConfig, DEFAULT_INCLUDE, DEFAULT_LISTEN};
+pub use server::{
+    AdminConfig, AdminToken, ServerConfig, SiteScheduling, DEFAULT_INCLUDE, DEFAULT_LISTEN,
+};
 pub use site::{
     IniValue, Limits, PhpConfig, PhpMode, PythonConfig, SiteConfig, StartPolicy, StaticConfig,
     DEFAULT_BODY_LIMIT,

@@ -25,6 +25,7 @@ pub struct RawServer {
     pub shutdown_timeout: Option<Scalar>,
     pub log_level: Option<String>,
     pub cgroups: Option<String>,
+    pub site_scheduling: Option<String>,
     pub admin: Option<RawAdmin>,
     pub metrics: Option<RawMetrics>,
     // The front door (see `config::front`).

@@ -31,11 +31,25 @@ pub struct ServerConfig {
     pub log_level: String,
     /// Use cgroups for site limits when the host offers them (`true`), or never.
     pub cgroups: bool,
+    /// Scheduling policy of every site process (`site_scheduling`).
+    pub site_scheduling: SiteScheduling,
     pub admin: AdminConfig,
     /// `[metrics] listen`: a TCP address serving only `/metrics`.
     pub metrics_listen: Option<SocketAddr>,
     /// TLS listeners, h2c, trusted proxies, connection and request limits.
     pub front: super::front::FrontConfig,
+}
+
+/// Linux scheduling policy of site processes (`site_scheduling`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SiteScheduling {
+    /// `SCHED_BATCH`: a site process that wakes up (its request arrived)
+    /// does not preempt the router mid-slice, so the router keeps moving
+    /// requests and both switch less often.
+    #[default]
+    Batch,
+    /// `SCHED_OTHER`, like polyhost itself.
+    Normal,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -266,6 +280,17 @@ fn validate_server(
             true
         }
     };
+    let site_scheduling = match raw.site_scheduling.as_deref() {
+        None | Some("batch") => SiteScheduling::Batch,
+        Some("normal") => SiteScheduling::Normal,
+        Some(other) => {
+            errs.add(
+                "site_scheduling",
+                format!("{other:?} is not a scheduling policy (expected \"batch\" or \"normal\")"),
+            );
+            SiteScheduling::Batch
+        }
+    };
     let log_level = raw.log_level.unwrap_or_else(|| "info".into());
     if log_level
         .parse::<tracing_subscriber::filter::EnvFilter>()
@@ -294,6 +319,7 @@ fn validate_server(
         shutdown_timeout,
         log_level,
         cgroups,
+        site_scheduling,
         admin: super::server::AdminConfig {
             socket,
             group: admin.group,

@@ -18,7 +18,12 @@
 //! 6. rlimits: `RLIMIT_NOFILE`, `RLIMIT_NPROC` (fallback process limit),
 //!    `RLIMIT_CORE` = 0 (never `RLIMIT_AS`: it breaks threaded Python);
 //! 7. mark every fd ≥ 3 close-on-exec (`close_range(CLOSE_RANGE_CLOEXEC)`);
-//! 8. `chdir` (as the site user: a directory it cannot enter fails the start).
+//! 8. `chdir` (as the site user: a directory it cannot enter fails the start);
+//! 9. with [`SpawnSpec::batch_scheduling`], `SCHED_BATCH` (inherited by every
+//!    thread and child the process makes). The one step that does not fail
+//!    closed: it is a scheduling hint, not a confinement (the site may switch
+//!    itself back to `SCHED_OTHER`; CPU is confined by the cgroup), and a
+//!    kernel or seccomp filter that refuses it must not stop the site.
 //!
 //! stdin is `/dev/null`; stdout and stderr go to a log file the parent opens
 //! in append mode. The environment is exactly [`SpawnSpec::env`].
@@ -81,6 +86,10 @@ pub struct SpawnSpec<'a> {
     /// be `None` or [`SiteIdentity::current`].
     pub identity: Option<SiteIdentity>,
     pub rlimits: Rlimits,
+    /// Run under `SCHED_BATCH`: when the process becomes runnable it does not
+    /// preempt the running task (the router) but waits for the next
+    /// scheduling point. See `site_scheduling` in docs/configuration.md.
+    pub batch_scheduling: bool,
     /// The cgroup to join. The process owns it from then on: stopping the
     /// process kills everything in it (see [`SiteCgroup::child`]).
     pub cgroup: Option<&'a SiteCgroup>,
@@ -91,7 +100,7 @@ pub struct SpawnSpec<'a> {
 
 impl<'a> SpawnSpec<'a> {
     /// A spec with no arguments, an empty environment, cwd `/`, no identity,
-    /// default rlimits, no cgroup and no log.
+    /// default rlimits, normal scheduling, no cgroup and no log.
     pub fn new(program: impl Into<PathBuf>) -> Self {
         SpawnSpec {
             program: program.into(),
@@ -100,6 +109,7 @@ impl<'a> SpawnSpec<'a> {
             cwd: PathBuf::from("/"),
             identity: None,
             rlimits: Rlimits::default(),
+            batch_scheduling: false,
             cgroup: None,
             log: None,
         }
@@ -206,6 +216,7 @@ struct ChildPlan {
     nproc: Option<libc::rlim_t>,
     cwd: CString,
     parent: libc::pid_t,
+    batch_scheduling: bool,
 }
 
 impl ChildPlan {
@@ -284,6 +295,11 @@ impl ChildPlan {
             }
             if libc::chdir(self.cwd.as_ptr()) != 0 {
                 return Err(self.fail(Step::Chdir));
+            }
+            if self.batch_scheduling {
+                // Best effort (see the module docs): the result is ignored.
+                let param = libc::sched_param { sched_priority: 0 };
+                libc::sched_setscheduler(0, libc::SCHED_BATCH, &param);
             }
         }
         Ok(())
@@ -367,6 +383,7 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<SiteProcess, SpawnError> {
             what: "working directory",
         })?,
         parent: getpid().as_raw(),
+        batch_scheduling: spec.batch_scheduling,
     };
     let log = open_log(spec.log.as_deref())?;
     let log2 = log.try_clone().map_err(|source| SpawnError::Open {

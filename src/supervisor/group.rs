@@ -60,6 +60,8 @@ pub struct GroupSpec {
     /// the RSS of its processes' sessions and kills the largest above it.
     pub memory_limit: Option<u64>,
     pub rlimits: Rlimits,
+    /// Start the processes under `SCHED_BATCH` (`site_scheduling = "batch"`).
+    pub batch_scheduling: bool,
     pub policy: RestartPolicy,
 }
 
@@ -335,6 +337,7 @@ impl Actor {
             cwd: cmd.cwd,
             identity: self.spec.identity.clone(),
             rlimits: self.spec.rlimits,
+            batch_scheduling: self.spec.batch_scheduling,
             cgroup: cgroup.as_ref(),
             log: Some(self.spec.error_log.clone()),
         };

@@ -22,7 +22,7 @@ pub use group::{spawn_group, GroupHandle, GroupSpec, GroupState, Snapshot};
 pub use launcher::{Command, Launcher, Lifecycle};
 pub use policy::{RestartPolicy, RestartTracker};
 
-use crate::config::{ServerConfig, SiteConfig};
+use crate::config::{ServerConfig, SiteConfig, SiteScheduling};
 use crate::isolation::{self, CgroupRoot, Rlimits, SiteCgroup, SiteIdentity};
 
 /// Why a site's processes cannot be set up.
@@ -54,6 +54,8 @@ pub struct Supervisor {
     default_user: Option<String>,
     default_group: Option<String>,
     admin_group: Option<String>,
+    /// `site_scheduling = "batch"`: site processes run under `SCHED_BATCH`.
+    batch_scheduling: bool,
 }
 
 /// What every process of one site shares.
@@ -101,6 +103,7 @@ impl Supervisor {
             default_user: server.default_user.clone(),
             default_group: server.default_group.clone(),
             admin_group: server.admin.group.clone(),
+            batch_scheduling: server.site_scheduling == SiteScheduling::Batch,
         }
     }
 
@@ -187,6 +190,7 @@ impl Supervisor {
                 None
             },
             rlimits,
+            batch_scheduling: self.batch_scheduling,
             policy: RestartPolicy::default(),
         })
     }
