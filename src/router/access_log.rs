@@ -35,11 +35,15 @@ impl LogFile {
 
     /// Appends one line (a newline is added).
     pub fn line(&self, line: &str) {
+        self.write_line(|out| out.write_all(line.as_bytes()));
+    }
+
+    /// Appends one line that `write` formats straight into the buffer (no
+    /// string per line); a newline is added.
+    pub fn write_line(&self, write: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<()>) {
         let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
         // A full disk must not take the router down; the write error is dropped.
-        let _ = out
-            .write_all(line.as_bytes())
-            .and_then(|_| out.write_all(b"\n"));
+        let _ = write(&mut out).and_then(|_| out.write_all(b"\n"));
     }
 
     pub fn flush(&self) {
@@ -113,9 +117,13 @@ pub struct AccessRecord<'a> {
     pub duration: Duration,
 }
 
-/// Formats a record in combined log format followed by the request time:
+/// Writes a record in combined log format followed by the request time:
 /// `1.2.3.4 - - [25/Nov/2026:18:16:52 +0000] "GET / HTTP/1.1" 200 13 "-" "curl/8" 0.000123`
-pub fn format_combined(r: &AccessRecord<'_>, now: SystemTime) -> String {
+pub fn write_combined(
+    out: &mut impl Write,
+    r: &AccessRecord<'_>,
+    now: SystemTime,
+) -> std::io::Result<()> {
     let version = match r.version {
         http::Version::HTTP_09 => "HTTP/0.9",
         http::Version::HTTP_10 => "HTTP/1.0",
@@ -123,19 +131,41 @@ pub fn format_combined(r: &AccessRecord<'_>, now: SystemTime) -> String {
         http::Version::HTTP_3 => "HTTP/3.0",
         _ => "HTTP/1.1",
     };
-    format!(
-        "{} - - [{}] \"{} {} {}\" {} {} \"{}\" \"{}\" {:.6}",
-        r.client,
-        clf_time(now),
-        r.method,
-        escape(r.target),
-        version,
-        r.status,
-        r.bytes,
-        escape(r.referer.unwrap_or("-")),
-        escape(r.user_agent.unwrap_or("-")),
-        r.duration.as_secs_f64()
-    )
+    with_clf_time(now, |time| {
+        write!(
+            out,
+            "{} - - [{}] \"{} {} {}\" {} {} \"{}\" \"{}\" {:.6}",
+            r.client,
+            time,
+            r.method,
+            escape(r.target),
+            version,
+            r.status,
+            r.bytes,
+            escape(r.referer.unwrap_or("-")),
+            escape(r.user_agent.unwrap_or("-")),
+            r.duration.as_secs_f64()
+        )
+    })
+}
+
+/// Calls `f` with `now` as `25/Nov/2026:18:16:52 +0000`. The text is made
+/// once per second per thread (not per line); a cache by hand because no
+/// crate at hand formats the CLF date.
+fn with_clf_time<T>(now: SystemTime, f: impl FnOnce(&str) -> T) -> T {
+    thread_local! {
+        static CACHE: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
+    }
+    let second = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    CACHE.with_borrow_mut(|(cached, text)| {
+        if *cached != second {
+            *text = clf_time(now);
+            *cached = second;
+        }
+        f(text)
+    })
 }
 
 /// `25/Nov/2026:18:16:52 +0000`, from the RFC 3339 form humantime gives.
@@ -194,10 +224,18 @@ mod tests {
             user_agent: Some("curl/8.0"),
             duration: Duration::from_micros(1500),
         };
+        let line = |t: SystemTime| {
+            let mut out = Vec::new();
+            write_combined(&mut out, &r, t).unwrap();
+            String::from_utf8(out).unwrap()
+        };
         let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_630_612); // 2026-11-25T18:16:52Z
         assert_eq!(
-            format_combined(&r, t),
+            line(t),
             "10.0.0.1 - - [25/Nov/2026:18:16:52 +0000] \"GET /a?b=\\\"c\\\" HTTP/1.1\" 200 13 \"-\" \"curl/8.0\" 0.001500"
         );
+        // The time cached for one second is not reused for the next.
+        let next = line(t + Duration::from_secs(1));
+        assert!(next.contains("[25/Nov/2026:18:16:53 +0000]"), "{next}");
     }
 }

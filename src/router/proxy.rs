@@ -14,26 +14,30 @@ use crate::config::FrontConfig;
 use crate::upstream::Scheme;
 
 /// Headers that describe one connection, not the message.
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+/// (Parsed once here: removing by `&str` would parse and hash the name
+/// again on every request.)
+const HOP_BY_HOP: [HeaderName; 8] = [
+    HeaderName::from_static("connection"),
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    HeaderName::from_static("proxy-authenticate"),
+    HeaderName::from_static("te"),
+    HeaderName::from_static("trailer"),
+    HeaderName::from_static("transfer-encoding"),
+    HeaderName::from_static("upgrade"),
 ];
 
 /// Client-supplied proxy headers; only a trusted proxy may set them.
-const FORWARDED: [&str; 6] = [
-    "forwarded",
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-forwarded-host",
-    "x-forwarded-port",
-    "x-real-ip",
+const FORWARDED: [HeaderName; 6] = [
+    HeaderName::from_static("forwarded"),
+    HeaderName::from_static("x-forwarded-for"),
+    HeaderName::from_static("x-forwarded-proto"),
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-real-ip"),
 ];
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// Refuses requests whose body length is ambiguous (a smuggling vector
 /// through any proxy in front of or behind polyhost).
@@ -65,7 +69,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             );
         }
     }
-    for name in HOP_BY_HOP {
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
     for name in named {
@@ -108,16 +112,13 @@ pub fn resolve_forwarded(
     } else {
         (peer, scheme)
     };
-    for name in FORWARDED {
+    for name in &FORWARDED {
         headers.remove(name);
     }
     if let Ok(v) = HeaderValue::from_str(&client.ip().to_string()) {
-        headers.insert("x-forwarded-for", v);
+        headers.insert(X_FORWARDED_FOR, v);
     }
-    headers.insert(
-        "x-forwarded-proto",
-        HeaderValue::from_static(scheme.as_str()),
-    );
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme.as_str()));
     (client, scheme)
 }
 

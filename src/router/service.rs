@@ -15,7 +15,7 @@ use http::{header, HeaderMap, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
-use super::access_log::{format_combined, AccessRecord, SiteLogs};
+use super::access_log::{write_combined, AccessRecord, SiteLogs};
 use super::proxy;
 use super::table::{RoutingTable, SiteRoute};
 use super::vhost::normalize_host;
@@ -346,30 +346,22 @@ fn error_response<B>(
 struct LogFacts {
     client: std::net::IpAddr,
     method: http::Method,
-    target: String,
+    /// Cloned, not rendered: its parts share the request's bytes.
+    uri: http::Uri,
     version: Version,
-    referer: Option<String>,
-    user_agent: Option<String>,
+    referer: Option<http::HeaderValue>,
+    user_agent: Option<http::HeaderValue>,
 }
 
 impl LogFacts {
     fn of<B>(req: &Request<B>, client: SocketAddr, _site: &SiteRoute) -> Self {
-        let header = |name| {
-            req.headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
-        };
         LogFacts {
             client: client.ip(),
             method: req.method().clone(),
-            target: req
-                .uri()
-                .path_and_query()
-                .map_or_else(|| req.uri().to_string(), |pq| pq.to_string()),
+            uri: req.uri().clone(),
             version: req.version(),
-            referer: header(header::REFERER),
-            user_agent: header(header::USER_AGENT),
+            referer: req.headers().get(header::REFERER).cloned(),
+            user_agent: req.headers().get(header::USER_AGENT).cloned(),
         }
     }
 
@@ -401,21 +393,30 @@ struct LoggedBody {
 impl LoggedBody {
     fn finish(&mut self) {
         if let Some((facts, status, start, logs)) = self.pending.take() {
+            let target = match facts.uri.path_and_query() {
+                Some(pq) => std::borrow::Cow::Borrowed(pq.as_str()),
+                None => std::borrow::Cow::Owned(facts.uri.to_string()), // authority-form, `*`
+            };
             let record = AccessRecord {
                 client: facts.client,
                 method: facts.method.as_str(),
-                target: &facts.target,
+                target: &target,
                 version: facts.version,
                 status,
                 bytes: self.bytes,
-                referer: facts.referer.as_deref(),
-                user_agent: facts.user_agent.as_deref(),
+                referer: header_text(&facts.referer),
+                user_agent: header_text(&facts.user_agent),
                 duration: start.elapsed(),
             };
             logs.access
-                .line(&format_combined(&record, SystemTime::now()));
+                .write_line(|out| write_combined(out, &record, SystemTime::now()));
         }
     }
+}
+
+/// A header value for the log; values that are not visible ASCII are left out.
+fn header_text(value: &Option<http::HeaderValue>) -> Option<&str> {
+    value.as_ref().and_then(|v| v.to_str().ok())
 }
 
 impl Body for LoggedBody {

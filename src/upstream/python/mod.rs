@@ -312,8 +312,10 @@ impl ConnPool {
         Ok(WorkerConn::new(stream))
     }
 
+    /// Pools a connection whose response ended cleanly. Whether the worker
+    /// closed it meanwhile is checked once, when [`get`](Self::get) takes it.
     fn put(&self, endpoint: u64, conn: WorkerConn) {
-        if !conn.is_reusable() {
+        if !conn.ended_cleanly() {
             return;
         }
         let mut state = self.lock();

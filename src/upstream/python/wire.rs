@@ -114,11 +114,19 @@ impl WorkerConn {
         }
     }
 
+    /// Whether the last response ended cleanly with nothing read beyond it,
+    /// so the connection may go back to the pool (no system call: whether
+    /// the worker closed it since is [`is_reusable`](Self::is_reusable)'s
+    /// question, asked when it is taken out again).
+    pub fn ended_cleanly(&self) -> bool {
+        self.reusable && self.buf.is_empty()
+    }
+
     /// Whether the connection can take another request: it ended its last
     /// response cleanly, and the worker neither closed it nor sent anything
     /// unasked since (checked without blocking).
     pub fn is_reusable(&self) -> bool {
-        if !self.reusable || !self.buf.is_empty() {
+        if !self.ended_cleanly() {
             return false;
         }
         // A real peek, not tokio's `try_read`: that answers from the
