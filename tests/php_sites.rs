@@ -130,21 +130,27 @@ async fn sigkill_of_php_fpm_fails_only_in_flight_requests_and_the_pool_comes_bac
     server.stop().await;
 }
 
-#[tokio::test]
-async fn php_and_python_sites_in_one_polyhost() {
-    let cfg = TestConfig::new();
-    let (ua, ub) = (TestUser::new(), TestUser::new());
-    php_site(&cfg, "blog", &ua, "");
+/// A PHP site `blog` run by `php_user` and a Python site `shop` (4 threads)
+/// run by `python_user`, side by side.
+fn blog_and_shop(cfg: &TestConfig, php_user: &TestUser, python_user: &TestUser) {
+    php_site(cfg, "blog", php_user, "");
     cfg.write("apps/pyapp.py", include_str!("apps/pyapp.py"));
     cfg.write(
         "vhosts/shop.toml",
         &format!(
-            "hosts = [\"shop.test\"]\nroot = \"www/blog\"\nuser = \"{}\"\n[python]\napp = \"pyapp\"\npath = [\"apps\"]\nworker = \"{}\"\n",
-            ub.name,
+            "hosts = [\"shop.test\"]\nroot = \"www/blog\"\nuser = \"{}\"\n[python]\napp = \"pyapp\"\npath = [\"apps\"]\nthreads = 4\nworker = \"{}\"\n",
+            python_user.name,
             python_worker().display()
         ),
     );
     open_up(cfg.path());
+}
+
+#[tokio::test]
+async fn php_and_python_sites_in_one_polyhost() {
+    let cfg = TestConfig::new();
+    let (ua, ub) = (TestUser::new(), TestUser::new());
+    blog_and_shop(&cfg, &ua, &ub);
     let server = InProcess::start(&cfg).await;
     let addr = server.addr;
     let tasks: Vec<_> = (0..20)
@@ -444,17 +450,7 @@ async fn site_processes_run_under_sched_batch_unless_site_scheduling_is_normal()
         let cfg = TestConfig::new();
         cfg.main_extra(setting);
         let (ua, ub) = (TestUser::new(), TestUser::new());
-        php_site(&cfg, "blog", &ua, "");
-        cfg.write("apps/pyapp.py", include_str!("apps/pyapp.py"));
-        cfg.write(
-            "vhosts/shop.toml",
-            &format!(
-                "hosts = [\"shop.test\"]\nuser = \"{}\"\n[python]\napp = \"pyapp\"\npath = [\"apps\"]\nthreads = 3\nworker = \"{}\"\n",
-                ub.name,
-                python_worker().display()
-            ),
-        );
-        open_up(cfg.path());
+        blog_and_shop(&cfg, &ua, &ub);
         let server = InProcess::start(&cfg).await;
         for host in ["blog.test", "shop.test"] {
             let r = get(server.addr, host, "/").await;
@@ -468,7 +464,7 @@ async fn site_processes_run_under_sched_batch_unless_site_scheduling_is_normal()
             .iter()
             .flat_map(|&pid| thread_policies(pid))
             .collect();
-        // php-fpm master + at least one child; the worker's main thread + 3 request threads.
+        // php-fpm master + at least one child; the worker's main thread + 4 request threads.
         assert!(
             members.len() >= 3 && policies.len() >= 6,
             "{setting:?}: too few site threads: {members:?} {policies:?}"
