@@ -756,6 +756,29 @@ async fn child_gets_rlimits_no_new_privs_and_its_own_session() {
     assert_eq!(lines[7], "/tmp");
 }
 
+/// The scheduling policy (field 41 of /proc/<pid>/stat: 0 SCHED_OTHER, 3
+/// SCHED_BATCH) of a child spawned with and without `batch_scheduling`.
+#[tokio::test]
+async fn batch_scheduling_is_set_only_when_asked_for() {
+    require_root();
+    let user = TestUser::new();
+    let dir = log_dir();
+    for (batch, want) in [(true, "3"), (false, "0")] {
+        let log = dir.path().join(format!("log-{batch}"));
+        // The shell's own stat line; its command name has no spaces.
+        let mut s = spec(
+            &user,
+            &log,
+            "/bin/sh",
+            &["-c", "cut -d' ' -f41 /proc/$$/stat"],
+        );
+        s.batch_scheduling = batch;
+        let (status, out) = run(&s).await;
+        assert!(status.success(), "{out}");
+        assert_eq!(out.trim(), want, "batch_scheduling = {batch}");
+    }
+}
+
 #[tokio::test]
 async fn log_symlinks_are_not_followed() {
     require_root();
