@@ -2,14 +2,18 @@
 //! (exact, wildcard, default site), ALPN `h2`, a new routing table serving
 //! new certificates to new connections while old ones keep going, the
 //! HTTP→HTTPS redirect, `https` reaching the app, h2c only when configured,
-//! and `polyhost check` naming a bad certificate pair.
+//! `polyhost check` naming a bad certificate pair, and HTTP/1.1 over TLS
+//! served across parking (idle spells, pipelining, a request sent with the
+//! handshake's last flight).
 
 mod common;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::front::{h1_over, self_signed, send_h1, served_cert, tls_connect, Echo, Front, H2};
+use common::front::{
+    h1_over, self_signed, send_h1, served_cert, tls_client_config, tls_connect, Echo, Front, H2,
+};
 use common::{raw, raw_status, request, TestConfig};
 
 struct Certs {
@@ -398,4 +402,96 @@ async fn the_binary_serves_tls_listen_addresses() {
         Some(format!("https://alpha.test:{}/x", addr.port()).as_str())
     );
     assert!(bin.terminate().await.success());
+}
+
+/// A request written in the same segment as the client's handshake
+/// `Finished`: the handshake reads it from the socket into rustls, so the
+/// connection must not wait for the socket before serving it. Blocking
+/// rustls on a std socket, to control what goes into one write.
+fn request_with_the_handshake(addr: std::net::SocketAddr, host: &str) -> String {
+    use std::io::{Read, Write};
+    let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let name = rustls::pki_types::ServerName::try_from(host.to_owned()).unwrap();
+    let mut tls = rustls::ClientConnection::new(tls_client_config(&["http/1.1"]), name).unwrap();
+    while tls.is_handshaking() {
+        if tls.wants_write() {
+            tls.write_tls(&mut tcp).unwrap();
+        } else {
+            tls.read_tls(&mut tcp).unwrap();
+            tls.process_new_packets().unwrap();
+        }
+    }
+    // The client's Finished is still queued: the request joins it.
+    let request = format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    tls.writer().write_all(request.as_bytes()).unwrap();
+    let mut flight = Vec::new();
+    while tls.wants_write() {
+        tls.write_tls(&mut flight).unwrap();
+    }
+    tcp.write_all(&flight).unwrap();
+    let mut reply = Vec::new();
+    loop {
+        match tls.read_tls(&mut tcp) {
+            Ok(0) => break,
+            Ok(_) => {
+                tls.process_new_packets().unwrap();
+                let _ = tls.reader().read_to_end(&mut reply); // WouldBlock: more to come
+            }
+            Err(e) => panic!(
+                "no answer: {e} (so far: {:?})",
+                String::from_utf8_lossy(&reply)
+            ),
+        }
+    }
+    String::from_utf8_lossy(&reply).into_owned()
+}
+
+#[tokio::test]
+async fn http1_over_tls_is_served_across_parking() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (cfg, _certs) = sites();
+    let front = Front::start(&cfg, vec![]).await;
+    let addr = front.https;
+    let reply = tokio::task::spawn_blocking(move || request_with_the_handshake(addr, "alpha.test"))
+        .await
+        .unwrap();
+    assert!(
+        reply.starts_with("HTTP/1.1 200") && reply.contains("site alpha"),
+        "{reply}"
+    );
+
+    // Two pipelined requests, an idle spell (the connection is parked), a third.
+    let mut tls = tls_connect(addr, "alpha.test", &["http/1.1"])
+        .await
+        .unwrap();
+    let get = "GET / HTTP/1.1\r\nHost: alpha.test\r\n\r\n";
+    tls.write_all(format!("{get}{get}").as_bytes())
+        .await
+        .unwrap();
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    while seen.matches("site alpha").count() < 2 {
+        let n = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf))
+            .await
+            .expect("both pipelined answers")
+            .unwrap();
+        assert!(n > 0, "closed early: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: alpha.test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut rest))
+        .await
+        .expect("the answer after the idle spell")
+        .ok(); // a peer that closes without close_notify is fine here
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(
+        rest.starts_with("HTTP/1.1 200") && rest.contains("site alpha"),
+        "{rest}"
+    );
+    front.stop().await;
 }

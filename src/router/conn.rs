@@ -355,6 +355,10 @@ impl<I> TrackedIo<I> {
         &self.inner
     }
 
+    pub fn get_mut(&mut self) -> &mut I {
+        &mut self.inner
+    }
+
     /// Puts back bytes that were read but not consumed (a pipelined request
     /// hyper had read ahead): the next reads return them first.
     pub fn unread(&mut self, bytes: Bytes) {

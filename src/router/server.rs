@@ -11,14 +11,15 @@
 //! (slowloris); a connection idle for `keepalive_timeout` is closed
 //! gracefully.
 //!
-//! A plain HTTP/1 connection holds hyper's state (its 8 KiB read and write
-//! buffers, the dispatcher) only while a request is read or answered: once
-//! it is idle with the response sent, the state is dropped ("parked") and
-//! the task waits for the socket to become readable, holding nothing but the
-//! socket; the next bytes build a fresh hyper connection. An idle keep-alive
-//! connection then costs about a kilobyte instead of twenty (see
-//! `docs/architecture.md`, "A client connection"). TLS and HTTP/2
-//! connections are not parked.
+//! An HTTP/1 connection, plain or over TLS, holds hyper's state (its 8 KiB
+//! read and write buffers, the dispatcher) only while a request is read or
+//! answered: once it is idle with the response sent, the state is dropped
+//! ("parked") and the task waits for the socket to become readable, holding
+//! the socket (and, over TLS, rustls' session); the next bytes build a fresh
+//! hyper connection. An idle keep-alive connection then costs about 2 KiB
+//! plain and 13 KiB over TLS instead of 21 and 24 (see
+//! `docs/architecture.md`, "A client connection"). HTTP/2 connections (TLS
+//! with ALPN `h2`, h2c) are not parked.
 //!
 //! Shutdown: accept loops stop and listeners close; every connection is asked
 //! to shut down gracefully (in-flight requests finish, HTTP/2 gets GOAWAY);
@@ -261,13 +262,15 @@ async fn tls_connection(
     };
     match handshake {
         Ok(Ok(tls)) => {
-            let proto = if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+            if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
                 activity.set_multiplexed();
-                Proto::Http2
-            } else {
-                Proto::Http1
-            };
-            drive(tls, conn, proto, activity, shared).await;
+                return drive(tls, conn, Proto::Http2, activity, shared).await;
+            }
+            // Both layers report to the same clocks: the inner one counts
+            // the socket's bytes (a TLS record starts a head), the outer one
+            // keeps hyper's read-ahead plaintext while parked.
+            let io = TrackedIo::new(tls, activity.clone());
+            http1_parking(io, conn, activity, shared).await;
         }
         Ok(Err(e)) => {
             tracing::debug!(client = %conn.client, error = %e, "TLS handshake failed");
@@ -355,7 +358,7 @@ trait Served {
     fn graceful_shutdown(&mut self);
 }
 
-/// TLS and h2c connections: hyper-util's, never parked.
+/// HTTP/2 (ALPN `h2`) and h2c-capable connections: hyper-util's, never parked.
 impl<C> Served for Pin<Box<C>>
 where
     C: GracefulConnection,
@@ -372,17 +375,52 @@ where
     }
 }
 
-type PlainHttp1 = http1::Connection<TokioIo<TrackedIo<TcpStream>>, ConnService>;
+type Http1<T> = http1::Connection<TokioIo<TrackedIo<T>>, ConnService>;
 
-/// A plain HTTP/1 connection's hyper state, while it is busy.
-struct Http1Conn {
-    conn: Box<PlainHttp1>,
+/// What an HTTP/1 connection that can be parked runs on: the plain socket,
+/// or TLS over it.
+trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// The socket a parked connection waits on.
+    fn socket(&self) -> &TcpStream;
+    /// Whether bytes were already received and decoded above the socket
+    /// (TLS records rustls holds, not read by anyone): waiting for the
+    /// socket would then hang a request that has arrived.
+    fn buffered(&mut self) -> bool;
+}
+
+impl Transport for TcpStream {
+    fn socket(&self) -> &TcpStream {
+        self
+    }
+
+    fn buffered(&mut self) -> bool {
+        false
+    }
+}
+
+impl Transport for tokio_rustls::server::TlsStream<TrackedIo<TcpStream>> {
+    fn socket(&self) -> &TcpStream {
+        self.get_ref().0.get_ref()
+    }
+
+    fn buffered(&mut self) -> bool {
+        // A record that does not decrypt: let hyper read it and fail.
+        self.get_mut()
+            .1
+            .process_new_packets()
+            .map_or(true, |state| state.plaintext_bytes_to_read() > 0)
+    }
+}
+
+/// An HTTP/1 connection's hyper state, while it is busy.
+struct Http1Conn<T: Transport> {
+    conn: Box<Http1<T>>,
     activity: Arc<Activity>,
     /// A graceful close was asked for (shutdown, timeout or parking).
     closing: bool,
 }
 
-impl Served for Http1Conn {
+impl<T: Transport> Served for Http1Conn<T> {
     fn poll_served(&mut self, cx: &mut Context<'_>) -> Poll<Result<Ended, BoxError>> {
         // As a future, hyper flushes and shuts the socket down when done.
         if let Poll::Ready(r) = Pin::new(&mut *self.conn).poll(cx) {
@@ -413,10 +451,11 @@ impl Served for Http1Conn {
     }
 }
 
-/// Plain HTTP/1.x: hyper's state exists only while a request is read or
-/// answered; in between, the task waits on the bare socket ([`park`]).
-async fn http1_parking(
-    mut io: TrackedIo<TcpStream>,
+/// HTTP/1.x, plain or over TLS: hyper's state exists only while a request
+/// is read or answered; in between, the task waits on the bare socket
+/// ([`park`]).
+async fn http1_parking<T: Transport>(
+    mut io: TrackedIo<T>,
     conn: ConnInfo,
     activity: Arc<Activity>,
     shared: Arc<Shared>,
@@ -434,7 +473,8 @@ async fn http1_parking(
         shared: shared.clone(),
     };
     loop {
-        if !io.has_unread() && !park(&io, &conn, &activity, &shared).await {
+        let ready = io.has_unread() || io.get_mut().buffered();
+        if !ready && !park(io.get_ref().socket(), &conn, &activity, &shared).await {
             let _ = io.shutdown().await;
             return;
         }
@@ -462,12 +502,7 @@ async fn http1_parking(
 /// An HTTP/1 connection between requests: waits, holding only the socket,
 /// until it is readable (`true`), or closes it (`false`) when its clock runs
 /// out or the server shuts down.
-async fn park(
-    io: &TrackedIo<TcpStream>,
-    conn: &ConnInfo,
-    activity: &Activity,
-    shared: &Shared,
-) -> bool {
+async fn park(socket: &TcpStream, conn: &ConnInfo, activity: &Activity, shared: &Shared) -> bool {
     let limits = &shared.options.front.limits;
     let Some((deadline, expiry)) = activity.deadline(
         limits.header_timeout,
@@ -477,7 +512,7 @@ async fn park(
         return true; // cannot happen: nothing is in flight while parked
     };
     tokio::select! {
-        r = io.get_ref().readable() => r.is_ok(),
+        r = socket.readable() => r.is_ok(),
         _ = shared.shutdown.cancelled() => false,
         _ = tokio::time::sleep_until(deadline.into()) => {
             match expiry {

@@ -117,12 +117,8 @@ impl ServerCertVerifier for AnyCert {
     }
 }
 
-/// A TLS connection to `addr` naming `sni`, offering `alpn`.
-pub async fn tls_connect(
-    addr: SocketAddr,
-    sni: &str,
-    alpn: &[&str],
-) -> std::io::Result<TlsStream<TcpStream>> {
+/// A TLS client configuration that accepts any certificate, offering `alpn`.
+pub fn tls_client_config(alpn: &[&str]) -> Arc<rustls::ClientConfig> {
     let provider = polyhost::config::crypto_provider();
     let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -131,7 +127,16 @@ pub async fn tls_connect(
         .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
         .with_no_client_auth();
     config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    Arc::new(config)
+}
+
+/// A TLS connection to `addr` naming `sni`, offering `alpn`.
+pub async fn tls_connect(
+    addr: SocketAddr,
+    sni: &str,
+    alpn: &[&str],
+) -> std::io::Result<TlsStream<TcpStream>> {
+    let connector = tokio_rustls::TlsConnector::from(tls_client_config(alpn));
     let tcp = TcpStream::connect(addr).await?;
     let name = ServerName::try_from(sni.to_owned()).unwrap();
     connector.connect(name, tcp).await
