@@ -90,6 +90,23 @@ async fn keep_alive_connection_serves_many_requests_and_sites() {
     server.stop().await;
 }
 
+/// More pipelined requests in one write than hyper's fresh state reads at
+/// once (and more than `max_header_size`): each parking hands back what
+/// hyper had read ahead, in front of what is still unread from before.
+#[tokio::test]
+async fn a_long_pipelined_burst_is_answered_whole_and_in_order() {
+    let cfg = sites();
+    let server = InProcess::start(&cfg).await;
+    let s = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let statuses = common::pipelined_statuses(s, "example.test", 400).await;
+    assert_eq!(statuses.len(), 400, "answers: {}", statuses.len());
+    assert!(
+        statuses.iter().all(|l| l.starts_with("HTTP/1.1 200")),
+        "{statuses:?}"
+    );
+    server.stop().await;
+}
+
 /// An idle HTTP/1 connection drops hyper's state between requests and
 /// rebuilds it when bytes arrive: pipelined requests and a head split across
 /// that pause must come through whole and in order.

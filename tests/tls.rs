@@ -3,8 +3,8 @@
 //! new certificates to new connections while old ones keep going, the
 //! HTTP→HTTPS redirect, `https` reaching the app, h2c only when configured,
 //! `polyhost check` naming a bad certificate pair, and HTTP/1.1 over TLS
-//! served across parking (idle spells, pipelining, a request sent with the
-//! handshake's last flight).
+//! served across parking (idle spells, pipelining, a long pipelined burst,
+//! a request sent with the handshake's last flight).
 
 mod common;
 
@@ -492,6 +492,17 @@ async fn http1_over_tls_is_served_across_parking() {
     assert!(
         rest.starts_with("HTTP/1.1 200") && rest.contains("site alpha"),
         "{rest}"
+    );
+
+    // A burst longer than hyper reads at once, through TLS.
+    let tls = tls_connect(addr, "alpha.test", &["http/1.1"])
+        .await
+        .unwrap();
+    let statuses = common::pipelined_statuses(tls, "alpha.test", 400).await;
+    assert_eq!(statuses.len(), 400, "answers: {}", statuses.len());
+    assert!(
+        statuses.iter().all(|l| l.starts_with("HTTP/1.1 200")),
+        "{statuses:?}"
     );
     front.stop().await;
 }

@@ -298,8 +298,14 @@ impl ChildPlan {
             }
             if self.batch_scheduling {
                 // Best effort (see the module docs): the result is ignored.
+                // The raw system call: musl's wrapper always fails (ENOSYS).
                 let param = libc::sched_param { sched_priority: 0 };
-                libc::sched_setscheduler(0, libc::SCHED_BATCH, &param);
+                libc::syscall(
+                    libc::SYS_sched_setscheduler,
+                    0 as libc::pid_t,
+                    libc::SCHED_BATCH,
+                    &param as *const libc::sched_param,
+                );
             }
         }
         Ok(())

@@ -38,12 +38,23 @@ impl LogFile {
         self.write_line(|out| out.write_all(line.as_bytes()));
     }
 
-    /// Appends one line that `write` formats straight into the buffer (no
-    /// string per line); a newline is added.
-    pub fn write_line(&self, write: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<()>) {
-        let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
-        // A full disk must not take the router down; the write error is dropped.
-        let _ = write(&mut out).and_then(|_| out.write_all(b"\n"));
+    /// Appends one line that `write` formats into a per-thread scratch
+    /// buffer (no allocation per line); a newline is added. The line goes
+    /// to the file in one write, whole or not at all.
+    pub fn write_line(&self, write: impl FnOnce(&mut Vec<u8>) -> std::io::Result<()>) {
+        thread_local! {
+            static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        SCRATCH.with_borrow_mut(|line| {
+            line.clear();
+            if write(line).is_err() {
+                return;
+            }
+            line.push(b'\n');
+            let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
+            // A full disk must not take the router down; the write error is dropped.
+            let _ = out.write_all(line);
+        });
     }
 
     pub fn flush(&self) {

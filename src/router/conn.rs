@@ -144,6 +144,10 @@ pub struct Activity {
     /// The last request's body was not read to its end (hyper then drains
     /// or closes; the connection is not idle in its eyes).
     body_unread: AtomicBool,
+    /// The HTTP state's last read found nothing to read (it waits on the
+    /// socket). Until then it may hold pipelined requests in its own buffer
+    /// even with nothing in flight (hyper yields every few requests).
+    read_waits: AtomicBool,
     changed: Notify,
 }
 
@@ -171,6 +175,7 @@ impl Activity {
             write_blocked: AtomicU64::new(NONE),
             unflushed: AtomicBool::new(false),
             body_unread: AtomicBool::new(false),
+            read_waits: AtomicBool::new(false),
             changed: Notify::new(),
         })
     }
@@ -187,6 +192,11 @@ impl Activity {
     /// updates) do not start a request head.
     pub fn set_multiplexed(&self) {
         self.multiplexed.store(true, Ordering::Release);
+    }
+
+    /// The HTTP state's read found nothing (`true`) or got bytes (`false`).
+    fn read_waits(&self, waits: bool) {
+        self.read_waits.store(waits, Ordering::Relaxed);
     }
 
     fn bytes_read(&self) {
@@ -235,10 +245,12 @@ impl Activity {
 
     /// An HTTP/1 connection between requests: nothing in flight, the last
     /// request's body read to its end, no byte of the next request read,
-    /// every byte of the last response handed to the socket. Its HTTP state
-    /// can be dropped and rebuilt when bytes arrive.
+    /// the HTTP state waiting on the socket (so nothing pipelined is left in
+    /// its buffer), every byte of the last response handed to the socket.
+    /// Its HTTP state can be dropped and rebuilt when bytes arrive.
     pub fn parkable(&self) -> bool {
-        !self.multiplexed.load(Ordering::Relaxed)
+        self.read_waits.load(Ordering::Relaxed)
+            && !self.multiplexed.load(Ordering::Relaxed)
             && self.in_flight.load(Ordering::Acquire) == 0
             && self.head_started.load(Ordering::Acquire) == NONE
             && !self.unflushed.load(Ordering::Relaxed)
@@ -359,11 +371,20 @@ impl<I> TrackedIo<I> {
         &mut self.inner
     }
 
-    /// Puts back bytes that were read but not consumed (a pipelined request
-    /// hyper had read ahead): the next reads return them first.
-    pub fn unread(&mut self, bytes: Bytes) {
-        debug_assert!(self.unread.is_empty());
-        self.unread = bytes;
+    /// Puts back bytes that were read but not consumed (pipelined requests
+    /// hyper had read ahead): the next reads return them first, then what
+    /// was still unread from an earlier put-back (hyper's fresh state reads
+    /// 8 KiB at first, a put-back may hold up to `max_header_size`), then
+    /// the socket. Always a copy: even an empty slice of hyper's read buffer
+    /// would keep all of its 8 KiB alive.
+    pub fn unread(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        let mut all = bytes::BytesMut::with_capacity(bytes.len() + self.unread.len());
+        all.extend_from_slice(bytes);
+        all.extend_from_slice(&self.unread);
+        self.unread = all.freeze();
     }
 
     pub fn has_unread(&self) -> bool {
@@ -400,11 +421,17 @@ impl<I: AsyncRead + Unpin> AsyncRead for TrackedIo<I> {
             buf.put_slice(&self.unread[..n]);
             self.unread.advance(n);
             if n > 0 {
+                self.activity.read_waits(false);
                 self.activity.bytes_read();
             }
             return Poll::Ready(Ok(()));
         }
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        match &polled {
+            Poll::Pending => self.activity.read_waits(true),
+            Poll::Ready(Ok(())) if buf.filled().len() > before => self.activity.read_waits(false),
+            Poll::Ready(_) => {}
+        }
         if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
             if self.sniff {
                 self.sniff = false;
@@ -559,6 +586,11 @@ mod tests {
         drop(g);
         assert!(!a.parkable(), "response not flushed yet");
         a.flushed();
+        assert!(
+            !a.parkable(),
+            "pipelined requests may still be in the HTTP state's buffer"
+        );
+        a.read_waits(true);
         assert!(a.parkable());
         a.bytes_read();
         assert!(!a.parkable(), "the next head started");

@@ -382,10 +382,11 @@ type Http1<T> = http1::Connection<TokioIo<TrackedIo<T>>, ConnService>;
 trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     /// The socket a parked connection waits on.
     fn socket(&self) -> &TcpStream;
-    /// Whether bytes were already received and decoded above the socket
-    /// (TLS records rustls holds, not read by anyone): waiting for the
-    /// socket would then hang a request that has arrived.
-    fn buffered(&mut self) -> bool;
+    /// Whether something was already received and decoded above the socket
+    /// (TLS records rustls holds, not read by anyone, or the client's
+    /// `close_notify`): waiting for the socket would then hang a request
+    /// that has arrived. An error: the session is broken, close it.
+    fn buffered(&mut self) -> std::io::Result<bool>;
 }
 
 impl Transport for TcpStream {
@@ -393,8 +394,8 @@ impl Transport for TcpStream {
         self
     }
 
-    fn buffered(&mut self) -> bool {
-        false
+    fn buffered(&mut self) -> std::io::Result<bool> {
+        Ok(false)
     }
 }
 
@@ -403,12 +404,13 @@ impl Transport for tokio_rustls::server::TlsStream<TrackedIo<TcpStream>> {
         self.get_ref().0.get_ref()
     }
 
-    fn buffered(&mut self) -> bool {
-        // A record that does not decrypt: let hyper read it and fail.
-        self.get_mut()
+    fn buffered(&mut self) -> std::io::Result<bool> {
+        let state = self
+            .get_mut()
             .1
             .process_new_packets()
-            .map_or(true, |state| state.plaintext_bytes_to_read() > 0)
+            .map_err(std::io::Error::other)?;
+        Ok(state.plaintext_bytes_to_read() > 0 || state.peer_has_closed())
     }
 }
 
@@ -473,9 +475,15 @@ async fn http1_parking<T: Transport>(
         shared: shared.clone(),
     };
     loop {
-        let ready = io.has_unread() || io.get_mut().buffered();
+        let ready = match io.get_mut().buffered() {
+            Ok(buffered) => buffered || io.has_unread(),
+            Err(e) => {
+                tracing::debug!(client = %conn.client, error = %e, "TLS error while idle");
+                return;
+            }
+        };
         if !ready && !park(io.get_ref().socket(), &conn, &activity, &shared).await {
-            let _ = io.shutdown().await;
+            close_parked(&mut io, &shared).await;
             return;
         }
         let mut served = Http1Conn {
@@ -487,15 +495,21 @@ async fn http1_parking<T: Transport>(
             Some(Ended::Parked) => {
                 let parts = served.conn.into_parts();
                 io = parts.io.into_inner();
-                if !parts.read_buf.is_empty() {
-                    // A copy: even an empty slice of hyper's read buffer
-                    // would keep all of its 8 KiB alive.
-                    io.unread(Bytes::copy_from_slice(&parts.read_buf));
-                }
+                io.unread(&parts.read_buf);
                 service = parts.service;
             }
             Some(Ended::Closed) | None => return,
         }
+    }
+}
+
+/// Closes a parked connection politely (TLS: `close_notify`), but never
+/// waits on a client that takes nothing: at most `header_timeout`, and not
+/// past the end of the shutdown grace.
+async fn close_parked<T: Transport>(io: &mut TrackedIo<T>, shared: &Shared) {
+    tokio::select! {
+        _ = tokio::time::timeout(shared.options.front.limits.header_timeout, io.shutdown()) => {}
+        _ = shared.force.cancelled() => {}
     }
 }
 

@@ -394,6 +394,10 @@ impl LoggedBody {
     fn finish(&mut self) {
         if let Some((facts, status, start, logs)) = self.pending.take() {
             let target = match facts.uri.path_and_query() {
+                // Absolute-form without a path (`http://h?x`): log `/?x`.
+                Some(pq) if pq.as_str().starts_with('?') => {
+                    std::borrow::Cow::Owned(format!("/{pq}"))
+                }
                 Some(pq) => std::borrow::Cow::Borrowed(pq.as_str()),
                 None => std::borrow::Cow::Owned(facts.uri.to_string()), // authority-form, `*`
             };

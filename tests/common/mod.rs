@@ -509,3 +509,33 @@ pub fn field<'a>(text: &'a str, key: &str) -> &'a str {
         .find_map(|kv| kv.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
         .unwrap_or("")
 }
+
+/// Writes `n` pipelined GETs for `host` (about 260 bytes each, the last one
+/// with `Connection: close`) in one write, reads until the server closes,
+/// and returns the status lines in the order they came.
+pub async fn pipelined_statuses<S>(mut stream: S, host: &str, n: usize) -> Vec<String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let pad = "p".repeat(200);
+    let mut burst = String::new();
+    for i in 0..n {
+        let close = if i + 1 == n {
+            "Connection: close\r\n"
+        } else {
+            ""
+        };
+        burst.push_str(&format!(
+            "GET /?n={i} HTTP/1.1\r\nHost: {host}\r\nX-Pad: {pad}\r\n{close}\r\n"
+        ));
+    }
+    stream.write_all(burst.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    // A TLS peer may close without close_notify: what was read counts.
+    let _ = tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out)
+        .lines()
+        .filter(|l| l.starts_with("HTTP/1.1 "))
+        .map(str::to_owned)
+        .collect()
+}
