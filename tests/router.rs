@@ -124,15 +124,14 @@ async fn pipelined_and_split_requests_survive_an_idle_connection() {
     .await
     .unwrap();
     let mut seen = String::new();
-    let mut buf = [0u8; 4096];
-    while seen.matches("HTTP/1.1 200").count() < 2 {
-        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
-            .await
-            .expect("two answers")
-            .unwrap();
-        assert!(n > 0, "closed early: {seen}");
-        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
-    }
+    common::read_until_count(
+        &mut s,
+        &mut seen,
+        "HTTP/1.1 200",
+        2,
+        Duration::from_secs(10),
+    )
+    .await;
     // Idle long enough to be parked with half a head read ahead.
     tokio::time::sleep(Duration::from_millis(200)).await;
     s.write_all(b"back.test\r\nConnection: close\r\n\r\n")

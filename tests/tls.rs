@@ -470,15 +470,7 @@ async fn http1_over_tls_is_served_across_parking() {
         .await
         .unwrap();
     let mut seen = String::new();
-    let mut buf = [0u8; 4096];
-    while seen.matches("site alpha").count() < 2 {
-        let n = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf))
-            .await
-            .expect("both pipelined answers")
-            .unwrap();
-        assert!(n > 0, "closed early: {seen}");
-        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
-    }
+    common::read_until_count(&mut tls, &mut seen, "site alpha", 2, Duration::from_secs(5)).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     tls.write_all(b"GET / HTTP/1.1\r\nHost: alpha.test\r\nConnection: close\r\n\r\n")
         .await

@@ -539,3 +539,26 @@ where
         .map(str::to_owned)
         .collect()
 }
+
+/// Reads from `stream` into `seen` until `needle` occurs `count` times;
+/// panics if the peer closes first or nothing comes for `patience` (a hang
+/// bound, not a speed goal).
+pub async fn read_until_count<S>(
+    stream: &mut S,
+    seen: &mut String,
+    needle: &str,
+    count: usize,
+    patience: Duration,
+) where
+    S: tokio::io::AsyncRead + Unpin,
+{
+    let mut buf = [0u8; 4096];
+    while seen.matches(needle).count() < count {
+        let n = tokio::time::timeout(patience, stream.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("{count} × {needle:?} never came: {seen}"))
+            .unwrap();
+        assert!(n > 0, "closed early: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+}
