@@ -12,6 +12,7 @@
 //! - [`check`]: `polyhost check`.
 //! - [`config`]: files → validated, typed configuration; all errors at once.
 //! - [`sites`]: a site's config → its mounts (upstreams) and logs.
+//! - [`lanes`]: the router's threads, one single-threaded runtime each.
 //! - [`router`]: listeners, hyper connections, host and mount routing, access log.
 //! - [`docroot`]: resolving request paths beneath a document root (openat2), for every runtime.
 //! - [`runtime`]: launchers: how each language's processes are started (php-fpm, polyhost-python).
@@ -27,6 +28,7 @@ pub mod cli;
 pub mod config;
 pub mod docroot;
 pub mod isolation;
+pub mod lanes;
 pub mod metrics;
 pub mod router;
 pub mod runtime;

@@ -1,12 +1,13 @@
 //! End to end: the real `polyhost` binary, started on an ephemeral port,
 //! serving two sites on different host names, refusing traversal over a real
-//! socket, and stopping gracefully on SIGTERM with a request in flight.
+//! socket, and stopping gracefully on SIGTERM with a request in flight;
+//! `router_threads` router lanes sharing one pool of worker connections.
 
 mod common;
 
 use std::time::Duration;
 
-use common::{get, raw, raw_status, Binary, TestConfig};
+use common::{eventually, field, get, pids_of_uid, raw, raw_status, Binary, TestConfig, TestUser};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test]
@@ -122,4 +123,65 @@ async fn invalid_configuration_refuses_to_start_with_file_and_key() {
         stderr.contains("vhosts/bad.toml: limits.body: \"huge\" is not a size"),
         "{stderr}"
     );
+}
+
+/// Names of the threads of process `pid`.
+fn thread_names(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim().to_owned())
+        .collect()
+}
+
+/// Sockets process `pid` holds open.
+fn sockets_of(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|fds| {
+            fds.filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+                .filter(|target| target.to_string_lossy().starts_with("socket:"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn router_threads_run_that_many_lanes_and_they_share_the_worker_connections() {
+    let cfg = TestConfig::new();
+    cfg.main_extra("router_threads = 4");
+    let user = TestUser::new();
+    common::python_test_site(&cfg, "py", &user, "pyapp", "", "processes = 1\nthreads = 1");
+    let bin = Binary::start(&cfg.main(), &[]).await;
+    let pid = bin.child.id().unwrap();
+    let lanes = || {
+        thread_names(pid)
+            .into_iter()
+            .filter(|n| n.starts_with("polyhost-lane-"))
+            .count()
+    };
+    // The lanes start right after the "listening" line; a thread names itself once it runs.
+    eventually(Duration::from_secs(10), || async { lanes() >= 4 }).await;
+    assert_eq!(lanes(), 4, "{:?}", thread_names(pid));
+
+    let first = get(bin.addr, "py.test", "/").await;
+    assert_eq!(first.status, 200, "{}", bin.log());
+    let worker = pids_of_uid(user.uid);
+    assert_eq!(worker.len(), 1, "one worker process: {worker:?}");
+    let sockets = sockets_of(worker[0]);
+    // Forty client connections, one after the other, accepted by whichever
+    // lane is first: every request reuses the one worker connection, moved
+    // to the lane that needs it, rather than each lane opening its own.
+    for i in 0..40 {
+        let r = get(bin.addr, "py.test", &format!("/n{i}")).await;
+        assert_eq!(
+            (r.status, field(&r.text(), "path")),
+            (200, format!("/n{i}").as_str())
+        );
+    }
+    assert_eq!(
+        sockets_of(worker[0]),
+        sockets,
+        "the worker got new connections"
+    );
+    assert!(bin.terminate().await.success());
 }

@@ -17,6 +17,8 @@ pub struct FrontConfig {
     pub tls_listen: Vec<SocketAddr>,
     /// Cleartext HTTP/2 (prior knowledge) on the plain listeners.
     pub h2c: bool,
+    /// Threads serving client connections (`router_threads`); `None`: one per CPU.
+    pub router_threads: Option<usize>,
     /// Peers whose `X-Forwarded-*` / `Forwarded` headers are believed.
     pub trusted_proxies: Vec<IpCidr>,
     pub limits: ServerLimits,
@@ -132,6 +134,9 @@ impl std::fmt::Display for IpCidr {
     }
 }
 
+/// More router threads than this is a typo, not a machine.
+const MAX_ROUTER_THREADS: u64 = 1024;
+
 /// The front-door keys as written in `polyhost.toml`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -151,12 +156,16 @@ pub struct RawServerLimits {
 pub(crate) fn validate_front(
     tls_listen: Option<Vec<String>>,
     h2c: Option<bool>,
+    router_threads: Option<Scalar>,
     trusted_proxies: Option<Vec<String>>,
     limits: Option<RawServerLimits>,
     errs: &mut FileErrors<'_>,
 ) -> FrontConfig {
     let mut front = FrontConfig {
         h2c: h2c.unwrap_or(false),
+        router_threads: router_threads
+            .and_then(|v| errs.check("router_threads", parse_count(&v, 1, MAX_ROUTER_THREADS)))
+            .map(|n| n as usize),
         ..FrontConfig::default()
     };
     for (i, addr) in tls_listen.unwrap_or_default().iter().enumerate() {

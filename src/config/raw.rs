@@ -31,6 +31,7 @@ pub struct RawServer {
     // The front door (see `config::front`).
     pub tls_listen: Option<Vec<String>>,
     pub h2c: Option<bool>,
+    pub router_threads: Option<Scalar>,
     pub trusted_proxies: Option<Vec<String>>,
     pub limits: Option<super::front::RawServerLimits>,
 }

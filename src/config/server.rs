@@ -265,6 +265,7 @@ fn validate_server(
     let front = super::front::validate_front(
         raw.tls_listen,
         raw.h2c,
+        raw.router_threads,
         raw.trusted_proxies,
         raw.limits,
         &mut errs,

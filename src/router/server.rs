@@ -53,6 +53,7 @@ use super::conn::{
 use super::service::{handle, ConnInfo, Options};
 use super::table::SharedTable;
 use crate::config::FrontConfig;
+use crate::lanes::{self, Lanes};
 use crate::upstream::{BoxError, ResponseBody, Scheme};
 
 /// The sockets polyhost serves: plain HTTP and TLS.
@@ -131,17 +132,48 @@ pub async fn serve(
         timeout_log: Throttle::new(),
         malformed_log: Throttle::new(),
     });
+    let count = shared
+        .options
+        .front
+        .router_threads
+        .unwrap_or_else(lanes::default_count);
+    let lanes = match Lanes::start(count) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the router threads; not serving");
+            return;
+        }
+    };
     let mut loops = Vec::new();
-    for l in listeners.http {
-        loops.push(tokio::spawn(accept_loop(l, None, shared.clone())));
-    }
-    if let Some(tls) = tls {
-        for l in listeners.https {
-            loops.push(tokio::spawn(accept_loop(
-                l,
-                Some(tls.clone()),
-                shared.clone(),
-            )));
+    // TLS listeners are served only with a working TLS set-up.
+    let tls_listeners = match &tls {
+        Some(acceptor) => listeners
+            .https
+            .into_iter()
+            .map(|l| (l, Some(acceptor.clone())))
+            .collect(),
+        None => Vec::new(),
+    };
+    let plain_listeners = listeners.http.into_iter().map(|l| (l, None));
+    for (listener, tls) in plain_listeners.chain(tls_listeners) {
+        let listener = match listener.into_std() {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot hand a listener to the router threads");
+                continue;
+            }
+        };
+        for lane in lanes.handles() {
+            let Ok(listener) = listener.try_clone() else {
+                continue;
+            };
+            let (tls, shared) = (tls.clone(), shared.clone());
+            loops.push(lane.spawn(async move {
+                match TcpListener::from_std(listener) {
+                    Ok(l) => accept_loop(l, tls, shared).await,
+                    Err(e) => tracing::error!(error = %e, "cannot watch a listener"),
+                }
+            }));
         }
     }
     for l in loops {
@@ -159,6 +191,7 @@ pub async fn serve(
         shared.force.cancel();
         shared.tracker.wait().await;
     }
+    lanes.stop().await;
 }
 
 async fn accept_loop(listener: TcpListener, tls: Option<TlsAcceptor>, shared: Arc<Shared>) {

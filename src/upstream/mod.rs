@@ -230,6 +230,15 @@ pub mod python;
 pub mod spool;
 pub mod static_files;
 
+/// Removes the newest of the pooled `entries` that `prefer` picks (one
+/// opened on the calling router lane), else the newest of all.
+pub(crate) fn take_newest<T>(entries: &mut Vec<T>, prefer: impl Fn(&T) -> bool) -> Option<T> {
+    match entries.iter().rposition(prefer) {
+        Some(i) => Some(entries.remove(i)),
+        None => entries.pop(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[tokio::test]

@@ -25,6 +25,8 @@ struct Idle {
     path: PathBuf,
     stream: UnixStream,
     since: Instant,
+    /// The router lane `stream` is registered with (see `lanes`).
+    lane: usize,
 }
 
 pub struct ConnPool {
@@ -57,12 +59,15 @@ impl ConnPool {
         self.permits.clone().acquire_owned().await.ok()
     }
 
-    /// An idle, still-open connection to `path`, newest first.
+    /// An idle, still-open connection to `path`, newest first, one opened
+    /// on the calling router lane if there is one (else moved here).
     pub fn take(&self, path: &Path) -> Option<UnixStream> {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        while let Some(c) = idle.pop() {
+        let lane = crate::lanes::current();
+        let mut idle = self.lock();
+        while let Some(c) = crate::upstream::take_newest(&mut idle, |c| c.lane == lane) {
             if c.path == path && c.since.elapsed() < self.idle_timeout && is_open(&c.stream) {
-                return Some(c.stream);
+                drop(idle);
+                return crate::lanes::rehome(c.stream, c.lane).ok();
             }
         }
         None
@@ -77,6 +82,7 @@ impl ConnPool {
             path,
             stream,
             since: Instant::now(),
+            lane: crate::lanes::current(),
         });
         self.start_reaper();
     }
@@ -146,6 +152,10 @@ fn is_open(stream: &UnixStream) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Read;
+
+    use tokio::io::AsyncWriteExt;
+
     use super::*;
 
     #[tokio::test]
@@ -180,5 +190,55 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    #[tokio::test]
+    async fn a_lane_takes_its_own_connection_first_and_can_take_another_lanes() {
+        use crate::lanes::Lanes;
+        let pool = ConnPool::new(4, Duration::from_secs(60), true);
+        let put_on = |lanes: &Lanes| {
+            let pool = pool.clone();
+            let lane = lanes.handles().next().unwrap().clone();
+            async move {
+                lane.spawn(async move {
+                    let (stream, peer) = UnixStream::pair().unwrap();
+                    pool.put("/s".into(), stream);
+                    peer.into_std().unwrap()
+                })
+                .await
+                .unwrap()
+            }
+        };
+        // Takes a connection on `lanes` and writes one byte through it.
+        let take_on = |lanes: &Lanes| {
+            let pool = pool.clone();
+            let lane = lanes.handles().next().unwrap().clone();
+            async move {
+                lane.spawn(async move {
+                    let mut stream = pool.take(Path::new("/s")).expect("an idle connection");
+                    tokio::time::timeout(Duration::from_secs(5), stream.write_all(b"x"))
+                        .await
+                        .expect("writable within 5s")
+                        .expect("write");
+                    stream
+                })
+                .await
+                .unwrap()
+            }
+        };
+        let got = |peer: &mut std::os::unix::net::UnixStream| peer.read(&mut [0u8; 1]).is_ok();
+        let first = Lanes::start(1).unwrap();
+        let second = Lanes::start(1).unwrap();
+        let mut from_first = put_on(&first).await;
+        let mut from_second = put_on(&second).await;
+        // The second lane's connection is the newest, but the first lane takes its own.
+        let _kept = take_on(&first).await;
+        assert!(got(&mut from_first) && !got(&mut from_second));
+        // Only the second lane's is left: it moves here, and works after its lane stopped.
+        second.stop().await;
+        let _kept = take_on(&first).await;
+        assert!(got(&mut from_second));
+        assert_eq!(pool.idle_count(), 0);
+        first.stop().await;
     }
 }

@@ -266,7 +266,8 @@ async fn pump(
     group.release(lease);
 }
 
-/// Keep-alive connections per worker endpoint.
+/// Keep-alive connections per worker endpoint. A request takes one opened
+/// on its own router lane if there is one (see `lanes`), else moves another.
 #[derive(Default)]
 struct ConnPool {
     idle: Mutex<PoolState>,
@@ -288,14 +289,18 @@ const SWEEP_EVERY: u32 = 1024;
 impl ConnPool {
     async fn get(&self, lease: &Lease) -> Result<WorkerConn, UpstreamError> {
         let endpoint = lease.endpoint();
+        let lane = crate::lanes::current();
         loop {
             let pooled = self
                 .lock()
                 .by_endpoint
                 .get_mut(&endpoint.id)
-                .and_then(Vec::pop);
+                .and_then(|conns| super::take_newest(conns, |c| c.lane() == lane));
             match pooled {
-                Some(conn) if conn.is_reusable() => return Ok(conn),
+                Some(conn) if conn.is_reusable() => match conn.rehome() {
+                    Ok(conn) => return Ok(conn),
+                    Err(_) => continue,
+                },
                 Some(_) => continue,
                 None => break,
             }

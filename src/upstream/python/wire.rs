@@ -94,6 +94,8 @@ pub struct ResponseHead {
 /// One keep-alive connection to a worker.
 pub struct WorkerConn {
     stream: UnixStream,
+    /// The router lane whose event loop `stream` is registered with.
+    lane: usize,
     /// Bytes read from the worker and not consumed yet.
     buf: BytesMut,
     /// False once the connection cannot carry another request (the worker
@@ -108,10 +110,26 @@ impl WorkerConn {
     pub fn new(stream: UnixStream) -> Self {
         WorkerConn {
             stream,
+            lane: crate::lanes::current(),
             buf: BytesMut::new(),
             reusable: true,
             keep_alive_after: false,
         }
+    }
+
+    /// The router lane this connection's socket is registered with.
+    pub fn lane(&self) -> usize {
+        self.lane
+    }
+
+    /// Moves the socket to the calling lane's event loop (see `lanes`).
+    pub fn rehome(self) -> std::io::Result<Self> {
+        let lane = crate::lanes::current();
+        Ok(WorkerConn {
+            stream: crate::lanes::rehome(self.stream, self.lane)?,
+            lane,
+            ..self
+        })
     }
 
     /// Whether the last response ended cleanly with nothing read beyond it,

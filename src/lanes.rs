@@ -1,0 +1,185 @@
+//! Router lanes: the threads that serve client connections, each running its
+//! own single-threaded tokio runtime (event loop, timers, blocking pool).
+//!
+//! Why not one multi-threaded runtime: there, a socket event found by one
+//! thread wakes a task that may run on the other, and an idle thread is
+//! woken (futex, or the event loop's eventfd) to steal it: profiles of the
+//! WSGI hello benchmark put 11 % of the router's time in those cross-thread
+//! wake-ups. In a lane, a connection's task, its timers and the sockets it
+//! opens to site workers all live on one thread, which sleeps in one
+//! `epoll_wait`; nothing wakes another thread on the way of a request.
+//!
+//! Every lane accepts from every listener (the listening socket is shared),
+//! so a busy lane simply accepts less. The supervisor, the admin API and
+//! reloads stay on the main runtime.
+//!
+//! Invariants:
+//! - [`current`] is the lane of the calling thread: its id (unique in the
+//!   process, from 1) on a lane, 0 anywhere else (the main runtime, tests).
+//! - A tokio socket is served by the event loop of the runtime it was
+//!   registered in. A pooled upstream socket taken on another lane is moved
+//!   there with [`rehome`] first, so its wake-ups stay on the taking lane.
+//! - [`Lanes::stop`] returns once every lane's runtime is dropped: the
+//!   tasks still on it (connections past the shutdown grace) are dropped
+//!   with it.
+
+use std::cell::Cell;
+use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::net::UnixStream;
+use tokio::runtime::Handle;
+use tokio::sync::oneshot;
+
+thread_local! {
+    static LANE: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Lane ids are unique in the process (tests start several routers).
+static NEXT_ID: AtomicUsize = AtomicUsize::new(1);
+
+/// The lane the calling thread serves (0: not a lane).
+pub fn current() -> usize {
+    LANE.with(Cell::get)
+}
+
+/// How many lanes to run when `router_threads` is not set: the CPUs this
+/// process may use (affinity and cgroup CPU quota included).
+pub fn default_count() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Re-registers `stream`, registered on lane `from`, with the calling
+/// lane's event loop (two `epoll_ctl`s), so that its wake-ups happen here.
+pub fn rehome(stream: UnixStream, from: usize) -> io::Result<UnixStream> {
+    if from == current() {
+        return Ok(stream);
+    }
+    UnixStream::from_std(stream.into_std()?)
+}
+
+/// Running lanes.
+pub struct Lanes {
+    lanes: Vec<Lane>,
+}
+
+struct Lane {
+    handle: Handle,
+    stop: oneshot::Sender<()>,
+    stopped: oneshot::Receiver<()>,
+}
+
+/// How long a stopping lane waits for its blocking tasks (file reads).
+const BLOCKING_GRACE: Duration = Duration::from_secs(1);
+
+impl Lanes {
+    /// Starts `count` lanes (at least one), threads named `polyhost-lane-N`.
+    pub fn start(count: usize) -> io::Result<Lanes> {
+        let mut lanes = Vec::new();
+        for _ in 0..count.max(1) {
+            lanes.push(Lane::start(NEXT_ID.fetch_add(1, Ordering::Relaxed))?);
+        }
+        Ok(Lanes { lanes })
+    }
+
+    /// A handle to spawn on each lane.
+    pub fn handles(&self) -> impl Iterator<Item = &Handle> {
+        self.lanes.iter().map(|l| &l.handle)
+    }
+
+    /// Stops every lane and waits until their runtimes are gone.
+    pub async fn stop(self) {
+        let mut stopped = Vec::new();
+        for lane in self.lanes {
+            let _ = lane.stop.send(());
+            stopped.push(lane.stopped);
+        }
+        for s in stopped {
+            let _ = s.await;
+        }
+    }
+}
+
+impl Lane {
+    fn start(id: usize) -> io::Result<Lane> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .thread_name(format!("lane-{id}-blocking"))
+            .build()?;
+        let handle = runtime.handle().clone();
+        let (stop, stop_rx) = oneshot::channel();
+        let (stopped_tx, stopped) = oneshot::channel();
+        std::thread::Builder::new()
+            .name(format!("polyhost-lane-{id}"))
+            .spawn(move || {
+                LANE.with(|l| l.set(id));
+                let _ = runtime.block_on(stop_rx);
+                runtime.shutdown_timeout(BLOCKING_GRACE);
+                let _ = stopped_tx.send(());
+            })?;
+        Ok(Lane {
+            handle,
+            stop,
+            stopped,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::io::Write;
+
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+
+    /// Runs `f` on the first lane of `lanes`.
+    async fn on<T: Send + 'static>(
+        lanes: &Lanes,
+        f: impl Future<Output = T> + Send + 'static,
+    ) -> T {
+        let lane = lanes.handles().next().expect("one lane");
+        lane.spawn(f).await.expect("the task ends")
+    }
+
+    #[tokio::test]
+    async fn each_lane_knows_its_id_and_the_main_runtime_is_no_lane() {
+        let lanes = Lanes::start(3).unwrap();
+        let mut ids = Vec::new();
+        for h in lanes.handles() {
+            ids.push(h.spawn(async { current() }).await.unwrap());
+        }
+        assert_eq!(current(), 0);
+        assert!(ids.iter().all(|&id| id > 0), "{ids:?}");
+        ids.dedup();
+        assert_eq!(ids.len(), 3, "{ids:?}");
+        lanes.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_socket_moved_to_another_lane_works_there_after_its_first_lane_stopped() {
+        let first = Lanes::start(1).unwrap();
+        let second = Lanes::start(1).unwrap();
+        let (stream, from, peer) = on(&first, async {
+            let (stream, peer) = UnixStream::pair().unwrap();
+            let peer = peer.into_std().unwrap();
+            peer.set_nonblocking(false).unwrap();
+            (stream, current(), peer)
+        })
+        .await;
+        // The first lane's event loop is gone: only a re-registered socket can still wait.
+        first.stop().await;
+        (&peer).write_all(b"ping").unwrap();
+        let got = on(&second, async move {
+            let mut stream = rehome(stream, from)?;
+            let mut buf = [0u8; 4];
+            tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut buf)).await??;
+            io::Result::Ok(buf)
+        })
+        .await;
+        assert_eq!(&got.expect("read on the second lane"), b"ping");
+        second.stop().await;
+    }
+}
