@@ -7,7 +7,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{eventually, field, get, pids_of_uid, raw, raw_status, Binary, TestConfig, TestUser};
+use common::{
+    eventually, field, get, pids_of_uid, raw, raw_status, Binary, Client, TestConfig, TestUser,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test]
@@ -183,5 +185,21 @@ async fn router_threads_run_that_many_lanes_and_they_share_the_worker_connection
         sockets,
         "the worker got new connections"
     );
+
+    // A burst of kept-alive connections: the lane that accepts them hands
+    // some to the others (re-registered there); every one is served, twice.
+    let mut clients = Vec::new();
+    for _ in 0..24 {
+        clients.push(Client::connect(bin.addr).await);
+    }
+    for round in 0..2 {
+        for (i, c) in clients.iter_mut().enumerate() {
+            let path = format!("/c{i}r{round}");
+            let r = tokio::time::timeout(Duration::from_secs(10), c.get("py.test", &path))
+                .await
+                .expect("answered within 10s");
+            assert_eq!((r.status, field(&r.text(), "path")), (200, path.as_str()));
+        }
+    }
     assert!(bin.terminate().await.success());
 }

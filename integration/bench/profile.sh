@@ -20,7 +20,7 @@ REPO=$(cd "$HERE/../.." && pwd)
 WORKLOAD=${1:-wsgi-hello}
 SECONDS_=${2:-10}
 PORT=18280
-BIN=$REPO/target/release
+BIN=${BENCH_BIN_DIR:-$REPO/target/release}
 
 case $WORKLOAD in
     wsgi-hello) HOST=hello.bench; URLPATH=/ ;;

@@ -53,7 +53,7 @@ use super::conn::{
 use super::service::{handle, ConnInfo, Options};
 use super::table::SharedTable;
 use crate::config::FrontConfig;
-use crate::lanes::{self, Lanes};
+use crate::lanes::{self, Lanes, Placed, Spread};
 use crate::upstream::{BoxError, ResponseBody, Scheme};
 
 /// The sockets polyhost serves: plain HTTP and TLS.
@@ -167,10 +167,10 @@ pub async fn serve(
             let Ok(listener) = listener.try_clone() else {
                 continue;
             };
-            let (tls, shared) = (tls.clone(), shared.clone());
+            let (tls, shared, spread) = (tls.clone(), shared.clone(), lanes.spread());
             loops.push(lane.spawn(async move {
                 match TcpListener::from_std(listener) {
-                    Ok(l) => accept_loop(l, tls, shared).await,
+                    Ok(l) => accept_loop(l, tls, shared, spread).await,
                     Err(e) => tracing::error!(error = %e, "cannot watch a listener"),
                 }
             }));
@@ -194,7 +194,12 @@ pub async fn serve(
     lanes.stop().await;
 }
 
-async fn accept_loop(listener: TcpListener, tls: Option<TlsAcceptor>, shared: Arc<Shared>) {
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    shared: Arc<Shared>,
+    spread: Spread,
+) {
     loop {
         let accepted = tokio::select! {
             _ = shared.shutdown.cancelled() => break,
@@ -238,21 +243,61 @@ async fn accept_loop(listener: TcpListener, tls: Option<TlsAcceptor>, shared: Ar
                 Scheme::Http
             },
         };
-        // Two task types: a plain connection's task stays small (it is most
-        // of what an idle keep-alive connection costs); TLS state is larger.
-        match &tls {
-            None => shared
-                .tracker
-                .spawn(plain(stream, conn, shared.clone(), permit)),
-            Some(acceptor) => shared.tracker.spawn(tls_connection(
-                stream,
-                conn,
-                acceptor.clone(),
-                shared.clone(),
-                permit,
-            )),
+        let admitted = Admitted {
+            _permit: permit,
+            lane: spread.place(),
         };
+        if admitted.lane.is_here() {
+            start_connection(stream, conn, tls.clone(), shared.clone(), admitted);
+        } else {
+            hand_over(stream, conn, tls.clone(), shared.clone(), admitted);
+        }
     }
+}
+
+/// What an admitted connection holds until it ends: its place in the
+/// connection limits and in its lane's count.
+struct Admitted {
+    _permit: ConnPermit,
+    lane: Placed,
+}
+
+/// Spawns the connection's task on the calling lane. Two task types: a
+/// plain connection's task stays small (it is most of what an idle
+/// keep-alive connection costs); TLS state is larger.
+fn start_connection(
+    stream: TcpStream,
+    conn: ConnInfo,
+    tls: Option<TlsAcceptor>,
+    shared: Arc<Shared>,
+    admitted: Admitted,
+) {
+    let tracker = shared.tracker.clone();
+    match tls {
+        None => tracker.spawn(plain(stream, conn, shared, admitted)),
+        Some(acceptor) => tracker.spawn(tls_connection(stream, conn, acceptor, shared, admitted)),
+    };
+}
+
+/// Moves an accepted connection to the lane chosen for it: its socket is
+/// re-registered with that lane's event loop, where its task then runs.
+fn hand_over(
+    stream: TcpStream,
+    conn: ConnInfo,
+    tls: Option<TlsAcceptor>,
+    shared: Arc<Shared>,
+    admitted: Admitted,
+) {
+    let Ok(stream) = stream.into_std() else {
+        return;
+    };
+    let lane = admitted.lane.handle().clone();
+    let tracker = shared.tracker.clone();
+    lane.spawn(tracker.track_future(async move {
+        if let Ok(stream) = TcpStream::from_std(stream) {
+            start_connection(stream, conn, tls, shared, admitted);
+        }
+    }));
 }
 
 /// Which protocols a connection may speak.
@@ -264,7 +309,7 @@ enum Proto {
     Auto,
 }
 
-async fn plain(stream: TcpStream, conn: ConnInfo, shared: Arc<Shared>, _permit: ConnPermit) {
+async fn plain(stream: TcpStream, conn: ConnInfo, shared: Arc<Shared>, _admitted: Admitted) {
     let _open = crate::metrics::connection_opened(); // metrics: dropped when the connection ends
     let _ = stream.set_nodelay(true);
     let activity = Activity::new();
@@ -282,7 +327,7 @@ async fn tls_connection(
     conn: ConnInfo,
     acceptor: TlsAcceptor,
     shared: Arc<Shared>,
-    _permit: ConnPermit,
+    _admitted: Admitted,
 ) {
     let _open = crate::metrics::connection_opened(); // metrics: dropped when the connection ends
     let _ = stream.set_nodelay(true);
