@@ -1,5 +1,6 @@
-//! Router lanes: the threads that serve client connections, each running its
-//! own single-threaded tokio runtime (event loop, timers, blocking pool).
+//! Router lanes: the threads that serve client connections (`router-N`),
+//! each running its own single-threaded tokio runtime (event loop, timers,
+//! blocking pool).
 //!
 //! Why not one multi-threaded runtime: there, a socket event found by one
 //! thread wakes a task that may run on the other, and an idle thread is
@@ -7,15 +8,17 @@
 //! WSGI hello benchmark put 11 % of the router's time in those cross-thread
 //! wake-ups. In a lane, a connection's task, its timers and the sockets it
 //! opens to site workers all live on one thread, which sleeps in one
-//! `epoll_wait`; nothing wakes another thread on the way of a request.
+//! `epoll_wait`; no other router thread is woken on the way of a request.
 //!
-//! Every lane accepts from every listener (the listening socket is shared).
-//! The lane that wakes first takes a whole burst of new connections, so a
-//! lane keeps a connection it accepted only while no other lane has two
-//! fewer open ([`Spread`]); else the socket moves to the least busy lane
-//! (measured: WSGI 64 KiB +15 % over leaving bursts where they land). A
-//! connection never moves after that. The supervisor, the admin API and
-//! reloads stay on the main runtime.
+//! Every lane accepts from every listener (the listening socket is shared;
+//! tokio offers no `EPOLLEXCLUSIVE`, so a new connection wakes every idle
+//! lane and one of them gets it). The lane that wakes first takes a whole
+//! burst of new connections, so a lane keeps a connection it accepted only
+//! while no other lane has two fewer open ([`Spread`]); else the socket
+//! moves to the least busy lane (one cross-thread spawn; measured: WSGI
+//! 64 KiB +15 % over leaving bursts where they land). A connection never
+//! moves after that. The supervisor, the admin API and reloads stay on the
+//! main runtime.
 //!
 //! Invariants:
 //! - [`current`] is the lane of the calling thread: its id (unique in the
@@ -23,9 +26,12 @@
 //! - A tokio socket is served by the event loop of the runtime it was
 //!   registered in. A pooled upstream socket taken on another lane is moved
 //!   there with [`rehome`] first, so its wake-ups stay on the taking lane.
-//! - [`Lanes::stop`] returns once every lane's runtime is dropped: the
-//!   tasks still on it (connections past the shutdown grace) are dropped
-//!   with it.
+//! - Nothing that outlives the router may run on a lane: timers of the
+//!   upstream pools run on the runtime that built them.
+//! - [`Lanes::stop`] (after the router's connections are gone) returns
+//!   once every lane's runtime is dropped, with what was still on it:
+//!   response pumps of abandoned requests, blocking file reads (waited for
+//!   up to 1 s).
 
 use std::cell::Cell;
 use std::io;
@@ -101,13 +107,23 @@ struct Lane {
 
 /// How long a stopping lane waits for its blocking tasks (file reads).
 const BLOCKING_GRACE: Duration = Duration::from_secs(1);
+/// Blocking threads (file reads, temp files) of all lanes together: tokio's
+/// default for one runtime, split between the lanes...
+const BLOCKING_THREADS: usize = 512;
+/// ...but at least this many per lane.
+const MIN_BLOCKING_THREADS: usize = 16;
 
 impl Lanes {
-    /// Starts `count` lanes (at least one), threads named `polyhost-lane-N`.
+    /// Starts `count` lanes (at least one), threads named `router-N`. On
+    /// an error, the lanes already started are stopped when dropped.
     pub fn start(count: usize) -> io::Result<Lanes> {
+        let count = count.max(1);
+        // The lanes share what one runtime's blocking pool had.
+        let blocking = (BLOCKING_THREADS / count).max(MIN_BLOCKING_THREADS);
         let mut lanes = Vec::new();
-        for _ in 0..count.max(1) {
-            lanes.push(Lane::start(NEXT_ID.fetch_add(1, Ordering::Relaxed))?);
+        for _ in 0..count {
+            let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+            lanes.push(Lane::start(id, blocking)?);
         }
         let seats = lanes
             .iter()
@@ -187,22 +203,37 @@ impl Drop for Placed {
 }
 
 impl Lane {
-    fn start(id: usize) -> io::Result<Lane> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .thread_name(format!("lane-{id}-blocking"))
-            .build()?;
-        let handle = runtime.handle().clone();
+    /// Starts the lane's thread, which builds its runtime itself (so that a
+    /// failure never drops a runtime inside the caller's async context) and
+    /// reports whether it could.
+    fn start(id: usize, blocking_threads: usize) -> io::Result<Lane> {
         let (stop, stop_rx) = oneshot::channel();
         let (stopped_tx, stopped) = oneshot::channel();
+        let (ready_tx, ready) = std::sync::mpsc::channel();
         std::thread::Builder::new()
-            .name(format!("polyhost-lane-{id}"))
+            .name(format!("router-{id}"))
             .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .thread_name(format!("router-{id}-io"))
+                    .max_blocking_threads(blocking_threads)
+                    .build();
+                let runtime = match runtime {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
                 LANE.with(|l| l.set(id));
+                let _ = ready_tx.send(Ok(runtime.handle().clone()));
                 let _ = runtime.block_on(stop_rx);
                 runtime.shutdown_timeout(BLOCKING_GRACE);
                 let _ = stopped_tx.send(());
             })?;
+        let handle = ready.recv().map_err(|_| {
+            io::Error::other("the router thread ended before its runtime was built")
+        })??;
         Ok(Lane {
             id,
             handle,
@@ -239,6 +270,7 @@ mod tests {
         }
         assert_eq!(current(), 0);
         assert!(ids.iter().all(|&id| id > 0), "{ids:?}");
+        ids.sort_unstable();
         ids.dedup();
         assert_eq!(ids.len(), 3, "{ids:?}");
         lanes.stop().await;

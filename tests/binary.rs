@@ -150,7 +150,11 @@ fn sockets_of(pid: i32) -> usize {
 #[tokio::test]
 async fn router_threads_run_that_many_lanes_and_they_share_the_worker_connections() {
     let cfg = TestConfig::new();
-    cfg.main_extra("router_threads = 4");
+    let main = std::fs::read_to_string(cfg.main()).unwrap();
+    cfg.write(
+        "polyhost.toml",
+        &main.replace("router_threads = 2", "router_threads = 4"),
+    );
     let user = TestUser::new();
     common::python_test_site(&cfg, "py", &user, "pyapp", "", "processes = 1\nthreads = 1");
     let bin = Binary::start(&cfg.main(), &[]).await;
@@ -158,7 +162,10 @@ async fn router_threads_run_that_many_lanes_and_they_share_the_worker_connection
     let lanes = || {
         thread_names(pid)
             .into_iter()
-            .filter(|n| n.starts_with("polyhost-lane-"))
+            .filter(|n| {
+                n.strip_prefix("router-")
+                    .is_some_and(|id| id.parse::<u32>().is_ok())
+            })
             .count()
     };
     // The lanes start right after the "listening" line; a thread names itself once it runs.

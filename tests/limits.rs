@@ -229,6 +229,15 @@ async fn connections_beyond_the_per_ip_limit_are_refused_and_other_clients_serve
         refused(connect_from("127.0.0.1", front.http).await).await,
         "fifth from one IP"
     );
+    // A client that sends nothing first reads the refusal itself: a 503, then the close.
+    let mut sixth = connect_from("127.0.0.1", front.http).await;
+    let mut reply = String::new();
+    tokio::time::timeout(Duration::from_secs(3), sixth.read_to_string(&mut reply))
+        .await
+        .expect("closed within 3s")
+        .expect("read");
+    assert_eq!(raw_status(&reply), 503, "{reply:?}");
+    assert!(reply.contains("Retry-After: 1"), "{reply}");
     let r = get_from("127.0.0.2", front.http, "www.test", "/").await;
     assert_eq!(r.status, 200, "another client is served");
     drop(held);

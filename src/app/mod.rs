@@ -34,6 +34,8 @@ pub enum ServeError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot start the router threads (router_threads): {0}")]
+    RouterThreads(std::io::Error),
     #[error("admin socket {path}: {source}")]
     Admin {
         path: String,
@@ -96,8 +98,10 @@ pub async fn serve_with(
     let grace = server.shutdown_timeout();
     // Front-door settings (TLS, limits, trusted proxies) are fixed at start.
     let front = server.config().await.server.front;
-    crate::router::server::serve(listeners, server.table(), shutdown, front, grace).await;
+    let served =
+        crate::router::server::serve(listeners, server.table(), shutdown, front, grace).await;
     server.shutdown().await;
+    served.map_err(ServeError::RouterThreads)?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -1,7 +1,9 @@
-//! Accept loops and connections. Each listener (plain or TLS) gets a task
-//! that accepts until the shutdown token fires. A connection is admitted
-//! against the connection limits right after accept (refused ones are closed
-//! at once, plain ones after a one-write `503`), then served in its own task:
+//! Accept loops and connections. Each listener (plain or TLS) gets a task on
+//! every router lane (`crate::lanes`) that accepts until the shutdown token
+//! fires. A connection is admitted against the connection limits right after
+//! accept (refused ones are closed at once, plain ones after a one-write
+//! `503`), placed on a lane (kept, or handed to a less busy one), then served
+//! in its own task there:
 //! TLS handshake (bounded by `header_timeout`), then hyper — HTTP/1.1, or
 //! HTTP/2 when ALPN chose `h2` (or, with `h2c = true`, on a plain connection
 //! that starts with the HTTP/2 preface).
@@ -91,14 +93,15 @@ struct Shared {
 }
 
 /// Serves every listener until `shutdown` fires, then waits up to `grace`
-/// for in-flight requests to finish.
+/// for in-flight requests to finish. Fails only if the router threads
+/// cannot be started.
 pub async fn serve(
     listeners: Listeners,
     table: SharedTable,
     shutdown: CancellationToken,
     front: FrontConfig,
     grace: Duration,
-) {
+) -> std::io::Result<()> {
     let https_port = listeners
         .https
         .first()
@@ -137,13 +140,7 @@ pub async fn serve(
         .front
         .router_threads
         .unwrap_or_else(lanes::default_count);
-    let lanes = match Lanes::start(count) {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot start the router threads; not serving");
-            return;
-        }
-    };
+    let lanes = Lanes::start(count)?;
     let mut loops = Vec::new();
     // TLS listeners are served only with a working TLS set-up.
     let tls_listeners = match &tls {
@@ -164,8 +161,12 @@ pub async fn serve(
             }
         };
         for lane in lanes.handles() {
-            let Ok(listener) = listener.try_clone() else {
-                continue;
+            let listener = match listener.try_clone() {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot share a listener with a router thread");
+                    continue;
+                }
             };
             let (tls, shared, spread) = (tls.clone(), shared.clone(), lanes.spread());
             loops.push(lane.spawn(async move {
@@ -192,6 +193,7 @@ pub async fn serve(
         shared.tracker.wait().await;
     }
     lanes.stop().await;
+    Ok(())
 }
 
 async fn accept_loop(
@@ -219,7 +221,7 @@ async fn accept_loop(
             Ok(p) => p,
             Err(why) => {
                 if tls.is_none() {
-                    let _ = stream.try_write(REFUSED);
+                    refuse(&stream);
                 }
                 if let Some(left_out) = shared.refused_log.allow() {
                     let limit = match why {
@@ -255,6 +257,19 @@ async fn accept_loop(
     }
 }
 
+/// Sends [`REFUSED`] in one non-blocking write, straight to the socket:
+/// tokio's `try_write` answers from the event loop's readiness, which has
+/// not seen a socket accepted a moment ago (it would always refuse to write).
+fn refuse(stream: &TcpStream) {
+    use nix::sys::socket::{send, MsgFlags};
+    use std::os::fd::AsRawFd;
+    let _ = send(
+        stream.as_raw_fd(),
+        REFUSED,
+        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+    );
+}
+
 /// What an admitted connection holds until it ends: its place in the
 /// connection limits and in its lane's count.
 struct Admitted {
@@ -288,14 +303,19 @@ fn hand_over(
     shared: Arc<Shared>,
     admitted: Admitted,
 ) {
-    let Ok(stream) = stream.into_std() else {
-        return;
+    let stream = match stream.into_std() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(client = %conn.client, error = %e, "cannot move a connection to another router thread; closing it");
+            return;
+        }
     };
     let lane = admitted.lane.handle().clone();
     let tracker = shared.tracker.clone();
     lane.spawn(tracker.track_future(async move {
-        if let Ok(stream) = TcpStream::from_std(stream) {
-            start_connection(stream, conn, tls, shared, admitted);
+        match TcpStream::from_std(stream) {
+            Ok(stream) => start_connection(stream, conn, tls, shared, admitted),
+            Err(e) => tracing::warn!(client = %conn.client, error = %e, "cannot watch a connection moved to this router thread; closing it"),
         }
     }));
 }

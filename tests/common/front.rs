@@ -328,7 +328,7 @@ impl Front {
         let https = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (http_addr, https_addr) = (http.local_addr().unwrap(), https.local_addr().unwrap());
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(polyhost::router::server::serve(
+        let serve = polyhost::router::server::serve(
             Listeners {
                 http: vec![http],
                 https: vec![https],
@@ -337,7 +337,8 @@ impl Front {
             shutdown.clone(),
             config.server.front.clone(),
             std::time::Duration::from_secs(5),
-        ));
+        );
+        let task = tokio::spawn(async move { serve.await.expect("router threads start") });
         Front {
             http: http_addr,
             https: https_addr,

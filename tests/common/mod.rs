@@ -24,7 +24,8 @@ impl TestConfig {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::create_dir_all(dir.path().join("vhosts")).unwrap();
         let t = TestConfig { dir };
-        t.write("polyhost.toml", "listen = [\"127.0.0.1:0\"]\nstate_dir = \"state\"\nlog_dir = \"log\"\nshutdown_timeout = \"5s\"\n");
+        // Two router lanes whatever the machine: tests run many servers at once.
+        t.write("polyhost.toml", "listen = [\"127.0.0.1:0\"]\nstate_dir = \"state\"\nlog_dir = \"log\"\nshutdown_timeout = \"5s\"\nrouter_threads = 2\n");
         t
     }
 

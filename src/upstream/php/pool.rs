@@ -34,6 +34,9 @@ pub struct ConnPool {
     idle: Mutex<Vec<Idle>>,
     idle_timeout: Duration,
     reaper_running: AtomicBool,
+    /// Where the reaper runs: the runtime that built the pool (the main
+    /// one), not the router lane of the first request (lanes stop first).
+    reaper_runtime: Option<tokio::runtime::Handle>,
     keep_alive: bool,
 }
 
@@ -50,6 +53,7 @@ impl ConnPool {
             idle: Mutex::new(Vec::new()),
             idle_timeout,
             reaper_running: AtomicBool::new(false),
+            reaper_runtime: tokio::runtime::Handle::try_current().ok(),
             keep_alive,
         })
     }
@@ -66,8 +70,9 @@ impl ConnPool {
         let mut idle = self.lock();
         while let Some(c) = crate::upstream::take_newest(&mut idle, |c| c.lane == lane) {
             if c.path == path && c.since.elapsed() < self.idle_timeout && is_open(&c.stream) {
-                drop(idle);
-                return crate::lanes::rehome(c.stream, c.lane).ok();
+                if let Ok(stream) = crate::lanes::rehome(c.stream, c.lane) {
+                    return Some(stream);
+                }
             }
         }
         None
@@ -93,7 +98,8 @@ impl ConnPool {
         if self.reaper_running.swap(true, Ordering::AcqRel) {
             return;
         }
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        let runtime = self.reaper_runtime.clone();
+        let Some(rt) = runtime.or_else(|| tokio::runtime::Handle::try_current().ok()) else {
             self.reaper_running.store(false, Ordering::Release);
             return;
         };
