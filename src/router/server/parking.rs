@@ -1,0 +1,197 @@
+//! HTTP/1 connections that park between requests, plain or over TLS.
+//!
+//! hyper's state (its read and write buffers, the dispatcher) exists only
+//! while a request is read or answered. Once a connection is idle with the
+//! response sent — and hyper's last read found the socket empty, so a
+//! pipelined burst is never cut — the state is dropped and the task waits
+//! on the bare socket ([`park`]), holding only the socket and, over TLS,
+//! rustls' session. Bytes hyper read ahead are put back in front of what is
+//! still unread; records rustls already holds end the wait at once.
+//!
+//! Invariants: a parked connection closes when its clock (header or
+//! keep-alive timeout) runs out or the server shuts down, and closing it
+//! never waits on a client past `header_timeout` or the shutdown grace.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::{watch, ConnService, Ended, Proto, Served, Shared};
+use crate::router::conn::{Activity, Expiry, TrackedIo};
+use crate::router::service::ConnInfo;
+use crate::upstream::BoxError;
+
+type Http1<T> = http1::Connection<TokioIo<TrackedIo<T>>, ConnService>;
+
+/// What an HTTP/1 connection that can be parked runs on: the plain socket,
+/// or TLS over it.
+pub(super) trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// The socket a parked connection waits on.
+    fn socket(&self) -> &TcpStream;
+    /// Whether something was already received and decoded above the socket
+    /// (TLS records rustls holds, not read by anyone, or the client's
+    /// `close_notify`): waiting for the socket would then hang a request
+    /// that has arrived. An error: the session is broken, close it.
+    fn buffered(&mut self) -> std::io::Result<bool>;
+}
+
+impl Transport for TcpStream {
+    fn socket(&self) -> &TcpStream {
+        self
+    }
+
+    fn buffered(&mut self) -> std::io::Result<bool> {
+        Ok(false)
+    }
+}
+
+impl Transport for tokio_rustls::server::TlsStream<TrackedIo<TcpStream>> {
+    fn socket(&self) -> &TcpStream {
+        self.get_ref().0.get_ref()
+    }
+
+    fn buffered(&mut self) -> std::io::Result<bool> {
+        let state = self
+            .get_mut()
+            .1
+            .process_new_packets()
+            .map_err(std::io::Error::other)?;
+        Ok(state.plaintext_bytes_to_read() > 0 || state.peer_has_closed())
+    }
+}
+
+/// An HTTP/1 connection's hyper state, while it is busy.
+struct Http1Conn<T: Transport> {
+    conn: Box<Http1<T>>,
+    activity: Arc<Activity>,
+    /// A graceful close was asked for (shutdown, timeout or parking).
+    closing: bool,
+}
+
+impl<T: Transport> Served for Http1Conn<T> {
+    fn poll_served(&mut self, cx: &mut Context<'_>) -> Poll<Result<Ended, BoxError>> {
+        // As a future, hyper flushes and shuts the socket down when done.
+        if let Poll::Ready(r) = Pin::new(&mut *self.conn).poll(cx) {
+            return Poll::Ready(r.map(|()| Ended::Closed).map_err(Into::into));
+        }
+        if self.closing || !self.activity.parkable() {
+            return Poll::Pending;
+        }
+        // Idle between requests with the last response in the socket: hyper
+        // closes an idle connection at once on a graceful shutdown, and
+        // without shutting the socket down it is handed back (with any bytes
+        // it read ahead) by `into_parts`.
+        self.graceful_shutdown();
+        match self.conn.poll_without_shutdown(cx) {
+            Poll::Ready(Ok(())) => Poll::Ready(Ok(Ended::Parked)),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e.into())),
+            // Not idle in hyper's eyes after all: it closes once done, as
+            // after a keep-alive timeout.
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn graceful_shutdown(&mut self) {
+        if !self.closing {
+            self.closing = true;
+            Pin::new(&mut *self.conn).graceful_shutdown();
+        }
+    }
+}
+
+/// HTTP/1.x, plain or over TLS: hyper's state exists only while a request
+/// is read or answered; in between, the task waits on the bare socket
+/// ([`park`]).
+pub(super) async fn http1_parking<T: Transport>(
+    mut io: TrackedIo<T>,
+    conn: ConnInfo,
+    activity: Arc<Activity>,
+    shared: Arc<Shared>,
+) {
+    let limits = &shared.options.front.limits;
+    let mut builder = http1::Builder::new();
+    builder
+        .keep_alive(true)
+        .header_read_timeout(None)
+        .max_buf_size(limits.max_header_size)
+        .max_headers(limits.max_headers);
+    let mut service = ConnService {
+        conn,
+        activity: activity.clone(),
+        shared: shared.clone(),
+    };
+    loop {
+        let ready = match io.get_mut().buffered() {
+            Ok(buffered) => buffered || io.has_unread(),
+            Err(e) => {
+                tracing::debug!(client = %conn.client, error = %e, "TLS error while idle");
+                return;
+            }
+        };
+        if !ready && !park(io.get_ref().socket(), &conn, &activity, &shared).await {
+            close_parked(&mut io, &shared).await;
+            return;
+        }
+        let mut served = Http1Conn {
+            conn: Box::new(builder.serve_connection(TokioIo::new(io), service)),
+            activity: activity.clone(),
+            closing: false,
+        };
+        match watch(&mut served, &conn, Proto::Http1, &activity, &shared).await {
+            Some(Ended::Parked) => {
+                let parts = served.conn.into_parts();
+                io = parts.io.into_inner();
+                io.unread(&parts.read_buf);
+                service = parts.service;
+            }
+            Some(Ended::Closed) | None => return,
+        }
+    }
+}
+
+/// Closes a parked connection politely (TLS: `close_notify`), but never
+/// waits on a client that takes nothing: at most `header_timeout`, and not
+/// past the end of the shutdown grace.
+async fn close_parked<T: Transport>(io: &mut TrackedIo<T>, shared: &Shared) {
+    tokio::select! {
+        _ = tokio::time::timeout(shared.options.front.limits.header_timeout, io.shutdown()) => {}
+        _ = shared.force.cancelled() => {}
+    }
+}
+
+/// An HTTP/1 connection between requests: waits, holding only the socket,
+/// until it is readable (`true`), or closes it (`false`) when its clock runs
+/// out or the server shuts down.
+async fn park(socket: &TcpStream, conn: &ConnInfo, activity: &Activity, shared: &Shared) -> bool {
+    let limits = &shared.options.front.limits;
+    let Some((deadline, expiry)) = activity.deadline(
+        limits.header_timeout,
+        limits.keepalive_timeout,
+        limits.send_timeout,
+    ) else {
+        return true; // cannot happen: nothing is in flight while parked
+    };
+    tokio::select! {
+        r = socket.readable() => r.is_ok(),
+        _ = shared.shutdown.cancelled() => false,
+        _ = tokio::time::sleep_until(deadline.into()) => {
+            match expiry {
+                Expiry::Header => {
+                    if let Some(left_out) = shared.timeout_log.allow() {
+                        tracing::info!(client = %conn.client, also_closed = left_out, timeout = ?limits.header_timeout, "closing connection: no complete request head within header_timeout");
+                    }
+                }
+                Expiry::Idle | Expiry::Send => {
+                    tracing::debug!(client = %conn.client, "closing idle keep-alive connection");
+                }
+            }
+            false
+        }
+    }
+}
