@@ -376,12 +376,13 @@ pub fn open_up(dir: &Path) {
 }
 
 /// The `polyhost-python` worker built next to the `polyhost` binary, copied
-/// once per test process to a directory every site user can traverse (the
-/// checkout may live where they cannot, e.g. under /root).
+/// to a directory every site user can traverse (the checkout may live where
+/// they cannot, e.g. under /root). One copy per build of the worker, named by
+/// its size and modification time and shared by every test process, so test
+/// runs do not leave a copy each behind; copies of older builds are pruned.
 pub fn python_worker() -> PathBuf {
     static COPY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     COPY.get_or_init(|| {
-        use std::os::unix::fs::PermissionsExt;
         let built = Path::new(env!("CARGO_BIN_EXE_polyhost")).with_file_name("polyhost-python");
         if !built.exists() {
             let status = std::process::Command::new(env!("CARGO"))
@@ -390,15 +391,68 @@ pub fn python_worker() -> PathBuf {
                 .unwrap();
             assert!(status.success(), "building polyhost-python");
         }
-        let dir = std::env::temp_dir().join(format!("polyhost-test-worker-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let copy = dir.join("polyhost-python");
-        std::fs::copy(&built, &copy).unwrap();
-        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let dir = worker_copy_dir();
+        let copy = dir.join(format!("polyhost-python-{}", build_stamp(&built)));
+        if !copy.exists() {
+            install_copy(&built, &copy);
+            prune_old_copies(&dir, &copy);
+        }
         copy
     })
     .clone()
+}
+
+/// `$TMPDIR/polyhost-test-worker`, mode 0755, refused if it is not a real
+/// directory of ours (a fixed name in a shared temp dir).
+fn worker_copy_dir() -> PathBuf {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = std::env::temp_dir().join("polyhost-test-worker");
+    std::fs::create_dir_all(&dir).unwrap();
+    let meta = std::fs::symlink_metadata(&dir).unwrap();
+    assert!(
+        meta.is_dir() && meta.uid() == nix::unistd::geteuid().as_raw(),
+        "{} must be a directory owned by this user",
+        dir.display()
+    );
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+/// Size and modification time of a built binary: changes with every build.
+fn build_stamp(built: &Path) -> String {
+    let meta = std::fs::metadata(built).unwrap();
+    let modified = meta
+        .modified()
+        .unwrap()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    format!("{}-{}", meta.len(), modified.as_nanos())
+}
+
+/// Copies under a temporary name and renames, so a concurrent test process
+/// never runs a half-written binary.
+fn install_copy(built: &Path, copy: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let partial = copy.with_extension(format!("partial-{}", std::process::id()));
+    std::fs::copy(built, &partial).unwrap();
+    std::fs::set_permissions(&partial, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&partial, copy).unwrap();
+}
+
+/// Removes copies of other builds that are over an hour old (a test process
+/// still running an older build keeps its copy meanwhile).
+fn prune_old_copies(dir: &Path, keep: &Path) {
+    let hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+    for entry in std::fs::read_dir(dir).unwrap().filter_map(Result::ok) {
+        let path = entry.path();
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t < hour_ago);
+        if path != keep && old {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
 }
 
 /// Processes owned by `uid`, from /proc.
