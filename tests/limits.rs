@@ -193,6 +193,25 @@ async fn header_timeout_closes_slow_heads_and_keepalive_timeout_closes_idle_conn
         "{took:?}"
     );
 
+    // Served, then half of the next head: due within header_timeout from
+    // its first byte, though the connection's keep-alive clock runs longer.
+    let mut slow_next = tokio::net::TcpStream::connect(addr).await.unwrap();
+    slow_next
+        .write_all(b"GET / HTTP/1.1\r\nHost: www.test\r\n\r\n")
+        .await
+        .unwrap();
+    let n = slow_next.read(&mut buf).await.unwrap();
+    assert_eq!(raw_status(&String::from_utf8_lossy(&buf[..n])), 200);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    slow_next.write_all(b"GET / HTTP/1.1\r\nHo").await.unwrap();
+    let took = closed_after(&mut slow_next, Duration::from_secs(8))
+        .await
+        .expect("closed");
+    assert!(
+        took >= Duration::from_millis(800) && took < Duration::from_millis(2200),
+        "{took:?}"
+    );
+
     // A connection that keeps sending requests is not idle.
     let mut client = Client::connect(addr).await;
     for _ in 0..8 {

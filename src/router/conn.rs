@@ -21,7 +21,6 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::Notify;
 
 /// Why a connection was refused right after accept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,7 +147,6 @@ pub struct Activity {
     /// socket). Until then it may hold pipelined requests in its own buffer
     /// even with nothing in flight (hyper yields every few requests).
     read_waits: AtomicBool,
-    changed: Notify,
 }
 
 /// What the watcher should do when its deadline passes.
@@ -176,7 +174,6 @@ impl Activity {
             unflushed: AtomicBool::new(false),
             body_unread: AtomicBool::new(false),
             read_waits: AtomicBool::new(false),
-            changed: Notify::new(),
         })
     }
 
@@ -207,7 +204,6 @@ impl Activity {
             && self.head_started.load(Ordering::Acquire) == NONE
         {
             self.head_started.store(self.now_ms(), Ordering::Release);
-            self.changed.notify_one();
         }
     }
 
@@ -218,7 +214,6 @@ impl Activity {
         self.body_unread.store(has_body, Ordering::Relaxed);
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.head_started.store(NONE, Ordering::Release);
-        self.changed.notify_one();
         RequestGuard(self.clone())
     }
 
@@ -226,7 +221,6 @@ impl Activity {
     fn write_pending(&self) {
         if self.write_blocked.load(Ordering::Relaxed) == NONE {
             self.write_blocked.store(self.now_ms(), Ordering::Release);
-            self.changed.notify_one();
         }
     }
 
@@ -280,11 +274,6 @@ impl Activity {
             t => Some((self.at(t) + header, Expiry::Header)),
         }
     }
-
-    /// Resolves when the state changed (a deadline may have moved).
-    pub async fn changed(&self) {
-        self.changed.notified().await;
-    }
 }
 
 /// A request body that tells its connection's [`Activity`] when it has
@@ -334,7 +323,6 @@ impl Drop for RequestGuard {
         let a = &self.0;
         a.idle_since.store(a.now_ms(), Ordering::Release);
         a.in_flight.fetch_sub(1, Ordering::AcqRel);
-        a.changed.notify_one();
     }
 }
 

@@ -520,7 +520,22 @@ async fn watch<C: Served>(
     let limits = &shared.options.front.limits;
     let mut graceful = false;
     let mut closing_since: Option<Instant> = None;
+    // Every deadline is set by a change of the connection's state, from the
+    // time of that change, at least the shortest timeout ahead; so a clock
+    // that looks again within the shortest timeout sees each deadline in
+    // time, and state changes (several per request) need not wake this loop.
+    let horizon = limits
+        .header_timeout
+        .min(limits.keepalive_timeout)
+        .min(limits.send_timeout);
+    // Made once per connection: each one made anew registers with (and
+    // then leaves) a shared wait list or the timer wheel.
+    let shutdown = shared.shutdown.cancelled();
+    let force = shared.force.cancelled();
+    let sleep = tokio::time::sleep(horizon);
+    tokio::pin!(shutdown, force, sleep);
     loop {
+        let look_again = Instant::now() + horizon;
         let next = match closing_since {
             Some(t) => Some(t + limits.header_timeout),
             None => activity
@@ -531,12 +546,9 @@ async fn watch<C: Served>(
                 )
                 .map(|(t, _)| t),
         };
-        let sleep = async move {
-            match next {
-                Some(t) => tokio::time::sleep_until(t.into()).await,
-                None => std::future::pending().await,
-            }
-        };
+        sleep
+            .as_mut()
+            .reset(next.map_or(look_again, |t| t.min(look_again)).into());
         tokio::select! {
             result = std::future::poll_fn(|cx| served.poll_served(cx)) => {
                 return match result {
@@ -547,13 +559,12 @@ async fn watch<C: Served>(
                     }
                 };
             }
-            _ = shared.shutdown.cancelled(), if !graceful => {
+            _ = &mut shutdown, if !graceful => {
                 graceful = true;
                 served.graceful_shutdown();
             }
-            _ = shared.force.cancelled() => return None,
-            _ = activity.changed() => {}
-            _ = sleep => {
+            _ = &mut force => return None,
+            _ = &mut sleep => {
                 let now = Instant::now();
                 if closing_since.is_some_and(|t| now >= t + limits.header_timeout) {
                     return None; // asked to close and did not: drop it
