@@ -251,6 +251,11 @@ impl Activity {
             && !self.body_unread.load(Ordering::Relaxed)
     }
 
+    /// When the last request finished (the connection's start if none did).
+    pub fn idle_since(&self) -> Instant {
+        self.at(self.idle_since.load(Ordering::Acquire))
+    }
+
     /// The next deadline and what it means. While a request is in flight the
     /// only deadline is the send timeout, and only while the client takes
     /// nothing (a long poll waiting for its answer has none).

@@ -48,6 +48,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 mod parking;
+mod signal;
 
 use super::conn::{
     Activity, ConnLimiter, ConnPermit, Expiry, ReadToEnd, Refusal, RequestGuard, Throttle,
@@ -59,6 +60,7 @@ use crate::config::FrontConfig;
 use crate::lanes::{self, Lanes, Placed, Spread};
 use crate::upstream::{BoxError, ResponseBody, Scheme};
 use parking::http1_parking;
+use signal::Signal;
 
 /// The sockets polyhost serves: plain HTTP and TLS.
 #[derive(Default)]
@@ -86,8 +88,10 @@ struct Shared {
     limiter: Arc<ConnLimiter>,
     table: SharedTable,
     shutdown: CancellationToken,
-    /// Fired when the grace period is over: connections are dropped.
-    force: CancellationToken,
+    /// `shutdown`, as connections wait for it (see `signal`).
+    stopping: Signal,
+    /// Raised when the grace period is over: connections are dropped.
+    force: Signal,
     tracker: TaskTracker,
     refused_log: Throttle,
     timeout_log: Throttle,
@@ -131,7 +135,8 @@ pub async fn serve(
         options: Options { front, https_port },
         table,
         shutdown,
-        force: CancellationToken::new(),
+        stopping: Signal::default(),
+        force: Signal::default(),
         tracker: TaskTracker::new(),
         refused_log: Throttle::new(),
         timeout_log: Throttle::new(),
@@ -143,6 +148,13 @@ pub async fn serve(
         .router_threads
         .unwrap_or_else(lanes::default_count);
     let lanes = Lanes::start(count)?;
+    tokio::spawn({
+        let shared = shared.clone();
+        async move {
+            shared.shutdown.cancelled().await;
+            shared.stopping.raise();
+        }
+    });
     let mut loops = Vec::new();
     // TLS listeners are served only with a working TLS set-up.
     let tls_listeners = match &tls {
@@ -191,7 +203,7 @@ pub async fn serve(
             ?grace,
             "connections still open after the shutdown grace period; closing them"
         );
-        shared.force.cancel();
+        shared.force.raise();
         shared.tracker.wait().await;
     }
     lanes.stop().await;
@@ -530,8 +542,8 @@ async fn watch<C: Served>(
         .min(limits.send_timeout);
     // Made once per connection: each one made anew registers with (and
     // then leaves) a shared wait list or the timer wheel.
-    let shutdown = shared.shutdown.cancelled();
-    let force = shared.force.cancelled();
+    let shutdown = shared.stopping.wait();
+    let force = shared.force.wait();
     let sleep = tokio::time::sleep(horizon);
     tokio::pin!(shutdown, force, sleep);
     loop {

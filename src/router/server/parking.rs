@@ -1,12 +1,18 @@
 //! HTTP/1 connections that park between requests, plain or over TLS.
 //!
 //! hyper's state (its read and write buffers, the dispatcher) exists only
-//! while a request is read or answered. Once a connection is idle with the
-//! response sent — and hyper's last read found the socket empty, so a
-//! pipelined burst is never cut — the state is dropped and the task waits
-//! on the bare socket ([`park`]), holding only the socket and, over TLS,
-//! rustls' session. Bytes hyper read ahead are put back in front of what is
-//! still unread; records rustls already holds end the wait at once.
+//! while a request is read or answered, and shortly after. Once a
+//! connection has been idle for [`PARK_AFTER`] with the response sent —
+//! and hyper's last read found the socket empty, so a pipelined burst is
+//! never cut — the state is dropped and the task waits on the bare socket
+//! ([`park`]), holding only the socket and, over TLS, rustls' session. Bytes
+//! hyper read ahead are put back in front of what is still unread; records
+//! rustls already holds end the wait at once.
+//!
+//! Why the delay: a busy keep-alive client sends its next request within a
+//! fraction of a millisecond, and parking at once rebuilt hyper's state and
+//! re-registered the connection's clocks and shutdown waits for every
+//! request.
 //!
 //! Invariants: a parked connection closes when its clock (header or
 //! keep-alive timeout) runs out or the server shuts down, and closing it
@@ -16,16 +22,21 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
 
 use super::{watch, ConnService, Ended, Proto, Served, Shared};
 use crate::router::conn::{Activity, Expiry, TrackedIo};
 use crate::router::service::ConnInfo;
 use crate::upstream::BoxError;
+
+/// How long an HTTP/1 connection stays idle before it parks.
+pub(super) const PARK_AFTER: Duration = Duration::from_millis(50);
 
 type Http1<T> = http1::Connection<TokioIo<TrackedIo<T>>, ConnService>;
 
@@ -72,6 +83,30 @@ struct Http1Conn<T: Transport> {
     activity: Arc<Activity>,
     /// A graceful close was asked for (shutdown, timeout or parking).
     closing: bool,
+    /// When to look whether the connection has been idle for
+    /// [`PARK_AFTER`]; made the first time it is idle, then moved on only
+    /// when it fires early (not once per request).
+    park_clock: Option<Pin<Box<Sleep>>>,
+}
+
+impl<T: Transport> Http1Conn<T> {
+    /// Whether the connection has been parkable for [`PARK_AFTER`] (else
+    /// its clock is set to wake the task when it will have been).
+    fn idle_long_enough(&mut self, cx: &mut Context<'_>) -> bool {
+        let due = Instant::from_std(self.activity.idle_since()) + PARK_AFTER;
+        let clock = self
+            .park_clock
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+        loop {
+            if clock.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            if Instant::now() >= due {
+                return true;
+            }
+            clock.as_mut().reset(due); // fired for an earlier idle spell
+        }
+    }
 }
 
 impl<T: Transport> Served for Http1Conn<T> {
@@ -80,7 +115,7 @@ impl<T: Transport> Served for Http1Conn<T> {
         if let Poll::Ready(r) = Pin::new(&mut *self.conn).poll(cx) {
             return Poll::Ready(r.map(|()| Ended::Closed).map_err(Into::into));
         }
-        if self.closing || !self.activity.parkable() {
+        if self.closing || !self.activity.parkable() || !self.idle_long_enough(cx) {
             return Poll::Pending;
         }
         // Idle between requests with the last response in the socket: hyper
@@ -142,6 +177,7 @@ pub(super) async fn http1_parking<T: Transport>(
             conn: Box::new(builder.serve_connection(TokioIo::new(io), service)),
             activity: activity.clone(),
             closing: false,
+            park_clock: None,
         };
         match watch(&mut served, &conn, Proto::Http1, &activity, &shared).await {
             Some(Ended::Parked) => {
@@ -161,7 +197,7 @@ pub(super) async fn http1_parking<T: Transport>(
 async fn close_parked<T: Transport>(io: &mut TrackedIo<T>, shared: &Shared) {
     tokio::select! {
         _ = tokio::time::timeout(shared.options.front.limits.header_timeout, io.shutdown()) => {}
-        _ = shared.force.cancelled() => {}
+        _ = shared.force.wait() => {}
     }
 }
 
@@ -179,7 +215,7 @@ async fn park(socket: &TcpStream, conn: &ConnInfo, activity: &Activity, shared: 
     };
     tokio::select! {
         r = socket.readable() => r.is_ok(),
-        _ = shared.shutdown.cancelled() => false,
+        _ = shared.stopping.wait() => false,
         _ = tokio::time::sleep_until(deadline.into()) => {
             match expiry {
                 Expiry::Header => {
