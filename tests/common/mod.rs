@@ -340,16 +340,27 @@ impl TestUser {
             N.fetch_add(1, Ordering::Relaxed)
         );
         let _pause = polyhost::isolation::pause_reaper();
-        let out = std::process::Command::new("useradd")
-            .args([
-                "--system",
-                "--no-create-home",
-                "--shell",
-                "/usr/sbin/nologin",
-                &name,
-            ])
-            .output()
-            .unwrap();
+        let add = || {
+            std::process::Command::new("useradd")
+                .args([
+                    "--system",
+                    "--no-create-home",
+                    "--shell",
+                    "/usr/sbin/nologin",
+                    &name,
+                ])
+                .output()
+                .unwrap()
+        };
+        let mut out = add();
+        // Exit 9: the name exists. It was made by an earlier test process
+        // with our (since reused) pid that died before its drop ran; no
+        // live process can own it, so it is replaced.
+        if out.status.code() == Some(9) {
+            let _ = std::process::Command::new("userdel").arg(&name).output();
+            let _ = std::process::Command::new("groupdel").arg(&name).output();
+            out = add();
+        }
         assert!(out.status.success(), "useradd: {out:?}");
         let uid = nix::unistd::User::from_name(&name)
             .unwrap()
