@@ -2,6 +2,8 @@
 //! processes. They need root (CI runs them as root) and clean up after
 //! themselves: users are deleted, cgroups removed, processes killed and reaped.
 
+mod common;
+
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -37,36 +39,19 @@ fn require_root() {
     isolation::set_child_subreaper().unwrap();
 }
 
-/// A throw-away system user, deleted on drop.
+/// A throw-away system user (`common::TestUser`, deleted on drop) and its identity.
 struct TestUser {
     identity: SiteIdentity,
+    _user: common::TestUser,
 }
 
 impl TestUser {
     fn new() -> TestUser {
-        let name = unique("polyhost-t-");
-        let _pause = isolation::pause_reaper();
-        let out = Command::new("useradd")
-            .args([
-                "--system",
-                "--no-create-home",
-                "--shell",
-                "/usr/sbin/nologin",
-                &name,
-            ])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "useradd: {out:?}");
+        let user = common::TestUser::new();
         TestUser {
-            identity: SiteIdentity::resolve(&name, None).unwrap(),
+            identity: SiteIdentity::resolve(&user.name, None).unwrap(),
+            _user: user,
         }
-    }
-}
-
-impl Drop for TestUser {
-    fn drop(&mut self) {
-        let _pause = isolation::pause_reaper();
-        let _ = Command::new("userdel").arg(&self.identity.user).output();
     }
 }
 
