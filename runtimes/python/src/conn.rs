@@ -161,6 +161,8 @@ pub struct Conn {
     pub token: u64,
     pub stream: Arc<Stream>,
     pub buf: ReadBuf,
+    /// Registered for no events while its request body arrives.
+    pub quiet: bool,
 }
 
 impl Conn {
@@ -237,6 +239,7 @@ mod tests {
             token: 1,
             stream: Stream::new(b).unwrap(),
             buf: ReadBuf::default(),
+            quiet: false,
         };
         assert!(matches!(conn.read_head(), HeadRead::Again));
         (&a).write_all(b"GET /one HTTP/1.1\r\nHo").unwrap();

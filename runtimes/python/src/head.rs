@@ -41,6 +41,17 @@ pub struct RequestHead {
     pub expect_continue: bool,
 }
 
+impl RequestHead {
+    /// The whole body is among the `buffered` bytes read with the head
+    /// (a chunked body's end is not known before it is parsed: no).
+    pub fn body_buffered(&self, buffered: usize) -> bool {
+        match self.body {
+            BodyLength::Length(n) => buffered.saturating_sub(self.len) as u64 >= n,
+            BodyLength::Chunked => false,
+        }
+    }
+}
+
 /// Why a request is refused before the app sees it (the connection closes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reject {

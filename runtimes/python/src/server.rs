@@ -1,17 +1,29 @@
 //! The serving loop: one epoll set shared by the `--threads` Python threads,
-//! the listening socket, the table of idle connections, and the graceful stop.
+//! the listening socket, the table of connections, and the graceful stop.
 //!
 //! Each thread waits in `epoll_wait(maxevents = 1)` with the GIL released;
 //! the kernel wakes one waiter per event (most recent waiter first), so the
 //! thread woken for a connection reads the request and serves it itself: no
-//! hand-off between threads. The listener and every connection are
-//! registered `EPOLLONESHOT`: an event goes to exactly one thread, which
-//! owns the connection until it re-arms it (idle again) or closes it.
+//! hand-off between threads. Connections are registered edge-triggered
+//! (`EPOLLET`) and stay registered while a thread serves them: re-arming a
+//! one-shot registration after every request was an `epoll_ctl` per request,
+//! a fifth of the worker's time under a hello-world load. The table says who
+//! owns a connection; an event for a connection a thread already owns only
+//! marks it `pending`, and the owner reads again before it lets go.
 //!
 //! Invariants:
-//! - A connection is either in the table (idle, armed) or owned by exactly
-//!   one thread (counted in `busy`); it is re-armed only while in the table,
-//!   under the table lock, so no event can find it missing.
+//! - A connection is in the table, either idle or owned by exactly one
+//!   thread (owned ones counted in `busy`); only its owner reads its head,
+//!   and an idle one is taken under the table lock, so one event never
+//!   gives it two owners.
+//! - No request is left unread in an idle connection: its owner lets go
+//!   only after a read found the socket empty (`EAGAIN`) and no event came
+//!   since (`pending`), under the table lock; data arriving later raises a
+//!   new edge, which finds the connection idle.
+//! - While a request body is still arriving, the connection is registered
+//!   for no events (`quiet`), so each chunk does not wake a listening
+//!   thread; letting go re-registers it, and the kernel reports at once
+//!   what arrived meanwhile.
 //! - More connections than threads are fine: a request waits unread in its
 //!   socket until a thread is free, and an idle connection holds no thread.
 //! - Stopping: accepting stops and the socket file goes first, idle
@@ -50,8 +62,15 @@ const HOLD_LIMIT: usize = 1 << 20;
 /// writev takes at most IOV_MAX (1024) pieces; a body in more is joined.
 const MAX_PIECES: usize = 64;
 
+/// A connection waiting for its next request: every arrival is an edge.
 fn conn_events() -> EpollFlags {
-    EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLONESHOT
+    EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLET
+}
+
+/// A connection whose body is arriving: no events (errors and hang-ups
+/// are always reported; they only mark it pending).
+fn quiet_events() -> EpollFlags {
+    EpollFlags::EPOLLET
 }
 
 /// A bound listening socket and the identity of its file (to remove only ours).
@@ -118,9 +137,16 @@ impl Hasher for TokenHasher {
     }
 }
 
+/// A connection as the table knows it.
+enum Slot {
+    /// Between requests: the next event's thread takes it.
+    Idle(Conn),
+    /// A thread serves it; `pending`: an event came meanwhile.
+    Owned { pending: bool },
+}
+
 struct Table {
-    /// Idle connections, armed in the epoll set.
-    idle: HashMap<u64, Conn, BuildHasherDefault<TokenHasher>>,
+    conns: HashMap<u64, Slot, BuildHasherDefault<TokenHasher>>,
     next_token: u64,
     /// Connections owned by a thread.
     busy: usize,
@@ -170,7 +196,7 @@ impl Server {
             epoll,
             listener: Mutex::new(Some(listener)),
             table: Mutex::new(Table {
-                idle: HashMap::default(),
+                conns: HashMap::default(),
                 next_token: LISTENER + 1,
                 busy: 0,
             }),
@@ -272,8 +298,13 @@ impl Server {
                 }
             };
             match conn.read_head() {
-                HeadRead::Ready(head) => return Exchange { conn, head, busy },
-                HeadRead::Again => self.park(conn, busy),
+                HeadRead::Ready(head) => {
+                    if !head.body_buffered(conn.buf.len()) {
+                        self.quiet(&mut conn);
+                    }
+                    return Exchange { conn, head, busy };
+                }
+                HeadRead::Again => again = self.park(conn, busy),
                 HeadRead::Closed => self.close(conn, busy),
                 HeadRead::Reject(r) => {
                     conn.reject(r);
@@ -323,42 +354,74 @@ impl Server {
             eprintln!("polyhost-python: cannot watch a connection: {e}");
             return;
         }
-        t.idle.insert(
+        t.conns.insert(
             token,
-            Conn {
+            Slot::Idle(Conn {
                 token,
                 stream,
                 buf: ReadBuf::default(),
-            },
+                quiet: false,
+            }),
         );
     }
 
-    /// Takes an idle connection whose socket became readable.
+    /// Takes an idle connection whose socket became readable; marks one
+    /// that a thread owns as pending.
     fn take(&'static self, token: u64) -> Option<(Conn, InFlight)> {
         let mut t = self.lock();
-        let conn = t.idle.remove(&token)?;
-        t.busy += 1;
-        Some((conn, InFlight(self)))
+        let slot = t.conns.get_mut(&token)?;
+        match std::mem::replace(slot, Slot::Owned { pending: false }) {
+            Slot::Idle(conn) => {
+                t.busy += 1;
+                Some((conn, InFlight(self)))
+            }
+            Slot::Owned { .. } => {
+                *slot = Slot::Owned { pending: true };
+                None
+            }
+        }
     }
 
-    /// Puts a connection back in the table and re-arms it (or closes it, if stopping).
-    fn park(&'static self, conn: Conn, busy: InFlight) {
+    /// Stops events for a connection whose request body is still arriving.
+    fn quiet(&self, conn: &mut Conn) {
+        let mut ev = EpollEvent::new(quiet_events(), conn.token);
+        conn.quiet = self.epoll.modify(&conn.stream.sock, &mut ev).is_ok();
+    }
+
+    /// Lets go of a connection whose socket was found empty: back to idle
+    /// (or closed, if stopping). Returns it if an event came meanwhile, so
+    /// the caller reads again.
+    fn park(&'static self, mut conn: Conn, busy: InFlight) -> Option<(Conn, InFlight)> {
+        if conn.quiet {
+            // Re-registering reports at once what arrived while quiet.
+            let mut ev = EpollEvent::new(conn_events(), conn.token);
+            if self.epoll.modify(&conn.stream.sock, &mut ev).is_err() {
+                self.close(conn, busy);
+                return None;
+            }
+            conn.quiet = false;
+        }
         let mut t = self.lock();
-        if self.stopping() {
-            drop(t);
-            return self.close(conn, busy);
+        let slot = match t.conns.get_mut(&conn.token) {
+            Some(slot) if !self.stopping() => slot,
+            _ => {
+                drop(t);
+                self.close(conn, busy);
+                return None;
+            }
+        };
+        if matches!(slot, Slot::Owned { pending: true }) {
+            *slot = Slot::Owned { pending: false };
+            return Some((conn, busy));
         }
-        let mut ev = EpollEvent::new(conn_events(), conn.token);
-        if self.epoll.modify(&conn.stream.sock, &mut ev).is_err() {
-            drop(t);
-            return self.close(conn, busy);
-        }
-        t.idle.insert(conn.token, conn);
+        *slot = Slot::Idle(conn);
         t.busy -= 1;
         std::mem::forget(busy);
+        None
     }
 
     fn close(&self, conn: Conn, busy: InFlight) {
+        self.lock().conns.remove(&conn.token);
         shut(&self.epoll, conn);
         drop(busy);
     }
@@ -394,8 +457,7 @@ impl Server {
         if !conn.buf.is_empty() {
             return Some((conn, busy));
         }
-        self.park(conn, busy);
-        None
+        self.park(conn, busy)
     }
 
     /// On SIGTERM/SIGINT: stops accepting, removes the socket file, closes
@@ -407,7 +469,16 @@ impl Server {
             let _ = self.epoll.delete(&l.listener);
             l.remove_file();
         }
-        let idle: Vec<Conn> = self.lock().idle.drain().map(|(_, c)| c).collect();
+        let mut idle = Vec::new();
+        {
+            let mut t = self.lock();
+            for (token, slot) in std::mem::take(&mut t.conns) {
+                match slot {
+                    Slot::Idle(conn) => idle.push(conn),
+                    owned => drop(t.conns.insert(token, owned)),
+                }
+            }
+        }
         for conn in idle {
             shut(&self.epoll, conn);
         }

@@ -86,6 +86,51 @@ async fn a_partial_head_does_not_pin_the_only_thread() {
 }
 
 #[tokio::test]
+async fn back_to_back_requests_on_one_connection_are_never_lost() {
+    // The next request arrives while the thread that answered the last one
+    // may still own the connection: that event must not be lost (a lost
+    // one leaves the request unread and this test without an answer).
+    let w = Worker::start("plain", &["--threads", "2"]).await;
+    let mut c = RawConn::connect(&w).await;
+    for i in 0..2000 {
+        let body = format!("{i}");
+        let req = format!(
+            "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        c.send(req.as_bytes()).await;
+        let r = c.read_response(false).await;
+        assert_eq!((r.status, &r.body[..]), (200, body.as_bytes()));
+    }
+}
+
+#[tokio::test]
+async fn a_body_arriving_in_pieces_and_the_next_request_are_served() {
+    // While a body arrives the connection sends no events; afterwards it
+    // must again, for bytes that came meanwhile and for later requests.
+    let w = Worker::start("plain", &["--threads", "2"]).await;
+    let mut c = RawConn::connect(&w).await;
+    c.send(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nbody")
+        .await;
+    for piece in [&b"-in"[..], b"-pie", b"c"] {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        c.send(piece).await;
+    }
+    let r = c.read_response(false).await;
+    assert_eq!((r.status, &r.body[..]), (200, &b"body-in-piec"[..10]));
+    // Sent at once after the answer (perhaps before the thread let go),
+    // then after a pause (once the connection is idle).
+    c.send(b"GET /env HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(c.read_response(false).await.status, 200);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    c.send(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nlater")
+        .await;
+    let r = c.read_response(false).await;
+    assert_eq!((r.status, &r.body[..]), (200, &b"later"[..]));
+    w.assert_clean_log();
+}
+
+#[tokio::test]
 async fn pipelined_requests_are_answered_in_order() {
     let w = Worker::start("plain", &["--threads", "2"]).await;
     let mut c = RawConn::connect(&w).await;
