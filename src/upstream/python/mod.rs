@@ -115,26 +115,38 @@ impl PythonUpstream {
         let lease = self.group.lease().await?;
         drop(waiting);
         let mut conn = self.pool.get(&lease).await?;
-
         let head_request = parts.method == http::Method::HEAD;
-        let request_head = wire::encode_head(
-            &parts,
-            &wire::Metadata {
-                remote_addr: ctx.client,
-                scheme: ctx.scheme.as_str(),
-                script_name: &ctx.mount_prefix,
-                server_name: &ctx.host,
-                server_port: ctx.local.port(),
-            },
-            body.len(),
+        let mut request = wire::Outgoing::new(
+            wire::encode_head(
+                &parts,
+                &wire::Metadata {
+                    remote_addr: ctx.client,
+                    scheme: ctx.scheme.as_str(),
+                    script_name: &ctx.mount_prefix,
+                    server_name: &ctx.host,
+                    server_port: ctx.local.port(),
+                },
+                body.len(),
+            ),
+            body,
         );
         let exchange = async {
-            conn.send(request_head, body).await?;
-            conn.read_head(head_request).await
+            match conn.send(&mut request).await {
+                // Pooled connections are not probed before use (a system
+                // call per request); the rare one a worker closed is found here.
+                Err(WireError::Stale(_)) => {
+                    conn = self.pool.connect(&lease).await?;
+                    conn.send(&mut request).await
+                }
+                sent => sent,
+            }
+            .map_err(|e| self.broken(&lease, "broke the connection", e))?;
+            conn.read_head(head_request)
+                .await
+                .map_err(|e| self.broken(&lease, "broke the connection", e))
         };
         let head = match tokio::time::timeout(self.request_timeout, exchange).await {
-            Ok(Ok(head)) => head,
-            Ok(Err(e)) => return Err(self.broken(&lease, "broke the connection", e)),
+            Ok(result) => result?,
             Err(_) => {
                 self.group.recycle(
                     lease.endpoint().id,
@@ -287,24 +299,27 @@ const IDLE_PER_ENDPOINT: usize = 64;
 const SWEEP_EVERY: u32 = 1024;
 
 impl ConnPool {
+    /// A pooled connection to the lease's worker (not probed: see
+    /// [`WorkerConn::send`]), or a new one.
     async fn get(&self, lease: &Lease) -> Result<WorkerConn, UpstreamError> {
-        let endpoint = lease.endpoint();
         let lane = crate::lanes::current();
         loop {
             let pooled = self
                 .lock()
                 .by_endpoint
-                .get_mut(&endpoint.id)
+                .get_mut(&lease.endpoint().id)
                 .and_then(|conns| super::take_newest(conns, |c| c.lane() == lane));
-            match pooled {
-                Some(conn) if conn.is_reusable() => match conn.rehome() {
-                    Ok(conn) => return Ok(conn),
-                    Err(_) => continue,
-                },
-                Some(_) => continue,
-                None => break,
+            match pooled.map(WorkerConn::rehome) {
+                Some(Ok(conn)) => return Ok(conn),
+                Some(Err(_)) => continue,
+                None => return self.connect(lease).await,
             }
         }
+    }
+
+    /// A new connection to the lease's worker.
+    async fn connect(&self, lease: &Lease) -> Result<WorkerConn, UpstreamError> {
+        let endpoint = lease.endpoint();
         let stream = super::connect_runtime(&endpoint.socket, endpoint.uid)
             .await
             .map_err(|e| {
@@ -318,7 +333,8 @@ impl ConnPool {
     }
 
     /// Pools a connection whose response ended cleanly. Whether the worker
-    /// closed it meanwhile is checked once, when [`get`](Self::get) takes it.
+    /// closed it meanwhile shows when it is next used; every
+    /// [`SWEEP_EVERY`] returns, closed ones are dropped.
     fn put(&self, endpoint: u64, conn: WorkerConn) {
         if !conn.ended_cleanly() {
             return;

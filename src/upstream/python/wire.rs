@@ -45,6 +45,11 @@ pub enum WireError {
     Closed(&'static str),
     #[error("the worker sent an invalid response: {0}")]
     Invalid(String),
+    /// The first write on a pooled connection found it closed by the
+    /// worker: nothing of the request went out, so it may go again on a
+    /// new connection.
+    #[error("the worker had closed the pooled connection: {0}")]
+    Stale(io::Error),
 }
 
 /// How the body of a response is delimited, and how much of it is left.
@@ -91,9 +96,33 @@ pub struct ResponseHead {
     pub framing: Framing,
 }
 
+/// A request as it goes out: its head (with a small body appended, one
+/// write for both) and the rest of its body. Kept by the caller until the
+/// request was sent, so a request refused by a stale connection can go again.
+pub struct Outgoing {
+    first: Vec<u8>,
+    rest: Spooled,
+}
+
+impl Outgoing {
+    /// `head` from [`encode_head`] and the spooled body.
+    pub fn new(mut head: Vec<u8>, body: Spooled) -> Self {
+        let rest = match body {
+            Spooled::Memory(bytes) if bytes.len() <= COALESCE_BODY => {
+                head.extend_from_slice(&bytes);
+                Spooled::Memory(Bytes::new())
+            }
+            body => body,
+        };
+        Outgoing { first: head, rest }
+    }
+}
+
 /// One keep-alive connection to a worker.
 pub struct WorkerConn {
     stream: UnixStream,
+    /// No request was sent on it yet (a closed peer cannot be a stale pool entry).
+    fresh: bool,
     /// The router lane whose event loop `stream` is registered with.
     lane: usize,
     /// Bytes read from the worker and not consumed yet.
@@ -110,6 +139,7 @@ impl WorkerConn {
     pub fn new(stream: UnixStream) -> Self {
         WorkerConn {
             stream,
+            fresh: true,
             lane: crate::lanes::current(),
             buf: BytesMut::new(),
             reusable: true,
@@ -133,16 +163,17 @@ impl WorkerConn {
     }
 
     /// Whether the last response ended cleanly with nothing read beyond it,
-    /// so the connection may go back to the pool (no system call: whether
-    /// the worker closed it since is [`is_reusable`](Self::is_reusable)'s
-    /// question, asked when it is taken out again).
+    /// so the connection may go back to the pool (no system call: a worker
+    /// that closed it since makes the next [`send`](Self::send) fail with
+    /// [`WireError::Stale`]).
     pub fn ended_cleanly(&self) -> bool {
         self.reusable && self.buf.is_empty()
     }
 
     /// Whether the connection can take another request: it ended its last
     /// response cleanly, and the worker neither closed it nor sent anything
-    /// unasked since (checked without blocking).
+    /// unasked since (checked without blocking, with a system call: for
+    /// sweeping the pool, not for every request).
     pub fn is_reusable(&self) -> bool {
         if !self.ended_cleanly() {
             return false;
@@ -159,22 +190,28 @@ impl WorkerConn {
         )
     }
 
-    /// Sends a request: `head` (see [`encode_head`]) and its body.
-    pub async fn send(&mut self, mut head: Vec<u8>, body: Spooled) -> Result<(), WireError> {
+    /// Sends a request. On a pooled connection the worker closed (it
+    /// stopped, or died), the first write fails with nothing sent:
+    /// [`WireError::Stale`], and `request` is intact for a new connection.
+    pub async fn send(&mut self, request: &mut Outgoing) -> Result<(), WireError> {
         self.reusable = false; // until the response has been read to its end
-        match body {
-            Spooled::Memory(bytes) if bytes.len() <= COALESCE_BODY => {
-                head.extend_from_slice(&bytes);
-                self.stream.write_all(&head).await?;
-            }
-            Spooled::Memory(bytes) => {
-                self.stream.write_all(&head).await?;
-                self.stream.write_all(&bytes).await?;
-            }
-            Spooled::File { mut file, len } => {
-                self.stream.write_all(&head).await?;
-                let copied = tokio::io::copy(&mut file, &mut self.stream).await?;
-                if copied != len {
+        let pooled = !std::mem::replace(&mut self.fresh, false);
+        if let Err(e) = self.stream.write_all(&request.first).await {
+            let closed = matches!(
+                e.kind(),
+                io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+            );
+            return Err(if pooled && closed {
+                WireError::Stale(e)
+            } else {
+                e.into()
+            });
+        }
+        match &mut request.rest {
+            Spooled::Memory(bytes) => self.stream.write_all(bytes).await?,
+            Spooled::File { file, len } => {
+                let copied = tokio::io::copy(file, &mut self.stream).await?;
+                if copied != *len {
                     return Err(WireError::Io(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
                         format!("spooled request body shrank from {len} to {copied} bytes"),
@@ -650,6 +687,53 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "the worker closed the connection without answering"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_pooled_connection_the_worker_closed_is_stale_and_the_request_can_go_again() {
+        let request = || {
+            Outgoing::new(
+                b"POST / HTTP/1.1\r\ncontent-length: 4\r\n\r\n".to_vec(),
+                Spooled::Memory(Bytes::from_static(b"body")),
+            )
+        };
+        // A fresh connection to a closed worker: a plain failure, no retry.
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        drop(theirs);
+        let mut conn = WorkerConn::new(ours);
+        assert!(matches!(
+            conn.send(&mut request()).await,
+            Err(WireError::Io(_))
+        ));
+
+        // One exchange, then the worker closes the idle connection.
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        let mut conn = WorkerConn::new(ours);
+        conn.send(&mut request()).await.unwrap();
+        let mut got = [0u8; 64];
+        let _ = theirs.read(&mut got).await.unwrap();
+        theirs
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            .await
+            .unwrap();
+        conn.read_head(false).await.unwrap();
+        conn.read_exact_body(2).await.unwrap();
+        assert!(conn.ended_cleanly());
+        drop(theirs);
+        let mut again = request();
+        assert!(matches!(
+            conn.send(&mut again).await,
+            Err(WireError::Stale(_))
+        ));
+        // The request is whole for the next connection.
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        WorkerConn::new(ours).send(&mut again).await.unwrap();
+        let mut got = vec![0u8; 64];
+        let n = theirs.read(&mut got).await.unwrap();
+        assert_eq!(
+            &got[..n],
+            b"POST / HTTP/1.1\r\ncontent-length: 4\r\n\r\nbody"
         );
     }
 
