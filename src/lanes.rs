@@ -25,7 +25,8 @@
 //!   process, from 1) on a lane, 0 anywhere else (the main runtime, tests).
 //! - A tokio socket is served by the event loop of the runtime it was
 //!   registered in. A pooled upstream socket taken on another lane is moved
-//!   there with [`rehome`] first, so its wake-ups stay on the taking lane.
+//!   there with [`rehome`] first, so its wake-ups stay on the taking lane
+//!   (php-fpm's; Python worker sockets are pooled per lane and never move).
 //! - Nothing that outlives the router may run on a lane: timers of the
 //!   upstream pools run on the runtime that built them.
 //! - [`Lanes::stop`] (after the router's connections are gone) returns

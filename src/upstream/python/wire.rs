@@ -152,16 +152,6 @@ impl WorkerConn {
         self.lane
     }
 
-    /// Moves the socket to the calling lane's event loop (see `lanes`).
-    pub fn rehome(self) -> std::io::Result<Self> {
-        let lane = crate::lanes::current();
-        Ok(WorkerConn {
-            stream: crate::lanes::rehome(self.stream, self.lane)?,
-            lane,
-            ..self
-        })
-    }
-
     /// Whether the last response ended cleanly with nothing read beyond it,
     /// so the connection may go back to the pool (no system call: a worker
     /// that closed it since makes the next [`send`](Self::send) fail with
