@@ -225,6 +225,7 @@ pub fn plain_response(status: StatusCode, text: &str) -> Response<ResponseBody> 
         .body(full_body(body))
         .expect("static headers are valid")
 }
+pub mod admission;
 pub mod php;
 pub mod python;
 pub mod spool;

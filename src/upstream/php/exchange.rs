@@ -38,7 +38,9 @@ use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::WriteHalf;
 use tokio::net::UnixStream;
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::upstream::admission::Permit;
 
 use super::cgi::{self, CgiHead};
 use super::fcgi::{self, Decoder, Record};
@@ -76,11 +78,11 @@ pub struct Exchange {
 /// Releases the permit and the runtime lease, however the request ends.
 pub struct Finish {
     lease: RuntimeLease,
-    _permit: OwnedSemaphorePermit,
+    _permit: Permit,
 }
 
 impl Finish {
-    pub fn new(lease: RuntimeLease, permit: OwnedSemaphorePermit) -> Self {
+    pub fn new(lease: RuntimeLease, permit: Permit) -> Self {
         Finish {
             lease,
             _permit: permit,

@@ -221,8 +221,7 @@ impl PhpUpstream {
 
         let permit = tokio::time::timeout(timeout, self.pool.permit())
             .await
-            .map_err(|_| UpstreamError::QueueTimeout(timeout))?
-            .ok_or_else(|| UpstreamError::Internal("connection pool closed".into()))?;
+            .map_err(|_| UpstreamError::QueueTimeout(timeout))?;
         let startup = self.php.startup_timeout;
         let lease = tokio::time::timeout(startup, self.runtime.ready())
             .await

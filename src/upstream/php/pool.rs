@@ -2,7 +2,7 @@
 //!
 //! Invariants:
 //! - At most `max_children` connections exist at once (idle + in use): a
-//!   request holds a [`Semaphore`] permit for as long as its connection is in
+//!   request holds an [`Admission`] place for as long as its connection is in
 //!   use, and a new connection is opened only when no idle one is left.
 //!   php-fpm ties one child to each open connection, so more would starve it.
 //! - A connection goes back to the pool only after its response was read to
@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 
 use nix::sys::socket::{recv, MsgFlags};
 use tokio::net::UnixStream;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::upstream::admission::{Acquire, Admission};
 
 struct Idle {
     path: PathBuf,
@@ -30,7 +31,7 @@ struct Idle {
 }
 
 pub struct ConnPool {
-    permits: Arc<Semaphore>,
+    permits: Arc<Admission>,
     idle: Mutex<Vec<Idle>>,
     idle_timeout: Duration,
     reaper_running: AtomicBool,
@@ -49,7 +50,7 @@ impl ConnPool {
     /// concurrent request beyond the first waited 2 × idle_timeout).
     pub fn new(max: usize, idle_timeout: Duration, keep_alive: bool) -> Arc<Self> {
         Arc::new(ConnPool {
-            permits: Arc::new(Semaphore::new(max.max(1))),
+            permits: Admission::new(max.max(1)),
             idle: Mutex::new(Vec::new()),
             idle_timeout,
             reaper_running: AtomicBool::new(false),
@@ -59,8 +60,8 @@ impl ConnPool {
     }
 
     /// Waits for the right to use one connection.
-    pub async fn permit(&self) -> Option<OwnedSemaphorePermit> {
-        self.permits.clone().acquire_owned().await.ok()
+    pub fn permit(&self) -> Acquire {
+        self.permits.acquire()
     }
 
     /// An idle, still-open connection to `path`, newest first, one opened

@@ -22,10 +22,11 @@ use futures_util::future::BoxFuture;
 use http::{Request, Response};
 use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::mpsc;
 
 use wire::{Framing, WireError, WorkerConn};
 
+use super::admission::{Admission, Permit};
 use super::spool::spool;
 use super::{BoxError, RequestBody, RequestContext, ResponseBody, Upstream, UpstreamError};
 use crate::config::PythonConfig;
@@ -44,8 +45,7 @@ pub struct PythonUpstream {
     group: GroupHandle,
     queue_timeout: Duration,
     request_timeout: Duration,
-    admission: Arc<Semaphore>,
-    capacity: usize,
+    admission: Arc<Admission>,
     /// Requests admitted to this upstream that hold no lease yet (spooling,
     /// queued, waiting for a worker): stopping waits for them.
     waiting: AtomicUsize,
@@ -60,8 +60,7 @@ impl PythonUpstream {
             group,
             queue_timeout: config.queue_timeout,
             request_timeout: config.request_timeout,
-            admission: Arc::new(Semaphore::new(capacity)),
-            capacity,
+            admission: Admission::new(capacity),
             waiting: AtomicUsize::new(0),
             pool: Arc::new(ConnPool::default()),
             stats,
@@ -74,10 +73,9 @@ impl PythonUpstream {
 
     /// Worker threads in use and in total (admission permits).
     pub fn threads(&self) -> (u64, u64) {
-        let busy = self
-            .capacity
-            .saturating_sub(self.admission.available_permits());
-        (busy as u64, self.capacity as u64)
+        let capacity = self.admission.capacity();
+        let busy = capacity.saturating_sub(self.admission.available());
+        (busy as u64, capacity as u64)
     }
 
     /// Waits until no request is between admission and its lease (bounded by
@@ -106,12 +104,9 @@ impl PythonUpstream {
         let (parts, body) = req.into_parts();
         let body = spool(body, limit).await?;
         let queued = Instant::now();
-        let permit =
-            tokio::time::timeout(self.queue_timeout, self.admission.clone().acquire_owned()).await;
+        let permit = tokio::time::timeout(self.queue_timeout, self.admission.acquire()).await;
         self.stats.queued(queued.elapsed());
-        let permit = permit
-            .map_err(|_| UpstreamError::QueueTimeout(self.queue_timeout))?
-            .map_err(|_| UpstreamError::Unavailable("site is stopping".into()))?;
+        let permit = permit.map_err(|_| UpstreamError::QueueTimeout(self.queue_timeout))?;
         let lease = self.group.lease().await?;
         drop(waiting);
         let mut conn = self.pool.get(&lease).await?;
@@ -253,7 +248,7 @@ async fn pump(
     mut framing: Framing,
     tx: mpsc::Sender<Result<Frame<Bytes>, BoxError>>,
     lease: Lease,
-    permit: OwnedSemaphorePermit,
+    permit: Permit,
     pool: Arc<ConnPool>,
     group: GroupHandle,
 ) {
