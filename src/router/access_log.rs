@@ -145,7 +145,7 @@ pub fn write_combined(
     with_clf_time(now, |time| {
         write!(
             out,
-            "{} - - [{}] \"{} {} {}\" {} {} \"{}\" \"{}\" {:.6}",
+            "{} - - [{}] \"{} {} {}\" {} {} \"{}\" \"{}\" {}.{:06}",
             r.client,
             time,
             r.method,
@@ -155,7 +155,10 @@ pub fn write_combined(
             r.bytes,
             escape(r.referer.unwrap_or("-")),
             escape(r.user_agent.unwrap_or("-")),
-            r.duration.as_secs_f64()
+            // Seconds to the microsecond (truncated), as two integers: no
+            // float formatting per line.
+            r.duration.as_secs(),
+            r.duration.subsec_micros()
         )
     })
 }
@@ -245,6 +248,13 @@ mod tests {
             line(t),
             "10.0.0.1 - - [25/Nov/2026:18:16:52 +0000] \"GET /a?b=\\\"c\\\" HTTP/1.1\" 200 13 \"-\" \"curl/8.0\" 0.001500"
         );
+        let slow = AccessRecord {
+            duration: Duration::from_nanos(2_000_123_900),
+            ..r
+        };
+        let mut out = Vec::new();
+        write_combined(&mut out, &slow, t).unwrap();
+        assert!(String::from_utf8(out).unwrap().ends_with(" 2.000123"));
         // The time cached for one second is not reused for the next.
         let next = line(t + Duration::from_secs(1));
         assert!(next.contains("[25/Nov/2026:18:16:53 +0000]"), "{next}");
