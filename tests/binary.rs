@@ -148,7 +148,7 @@ fn sockets_of(pid: i32) -> usize {
 }
 
 #[tokio::test]
-async fn router_threads_run_that_many_lanes_and_they_share_the_worker_connections() {
+async fn router_threads_run_that_many_lanes_and_each_reuses_its_worker_connection() {
     let cfg = TestConfig::new();
     let main = std::fs::read_to_string(cfg.main()).unwrap();
     cfg.write(
@@ -178,8 +178,9 @@ async fn router_threads_run_that_many_lanes_and_they_share_the_worker_connection
     assert_eq!(worker.len(), 1, "one worker process: {worker:?}");
     let sockets = sockets_of(worker[0]);
     // Forty client connections, one after the other, accepted by whichever
-    // lane is first: every request reuses the one worker connection, moved
-    // to the lane that needs it, rather than each lane opening its own.
+    // lane is first: worker connections are pooled per lane, so each lane
+    // opens at most one for these sequential requests and reuses it (the
+    // first lane's is among `sockets` already), not one per request.
     for i in 0..40 {
         let r = get(bin.addr, "py.test", &format!("/n{i}")).await;
         assert_eq!(
@@ -187,10 +188,10 @@ async fn router_threads_run_that_many_lanes_and_they_share_the_worker_connection
             (200, format!("/n{i}").as_str())
         );
     }
-    assert_eq!(
-        sockets_of(worker[0]),
-        sockets,
-        "the worker got new connections"
+    let after = sockets_of(worker[0]);
+    assert!(
+        (sockets..=sockets + 3).contains(&after),
+        "at most one worker connection per lane: {sockets} sockets before, {after} after"
     );
 
     // A burst of kept-alive connections: the lane that accepts them hands
