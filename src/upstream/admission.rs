@@ -35,6 +35,9 @@ pub const PREFER_OWN_FOR: Duration = Duration::from_millis(1);
 
 pub struct Admission {
     capacity: usize,
+    /// [`PREFER_OWN_FOR`] (a parameter for the tests, which must not
+    /// depend on how fast a busy machine runs them).
+    prefer_own_for: Duration,
     state: Mutex<State>,
 }
 
@@ -65,8 +68,13 @@ impl Drop for Permit {
 
 impl Admission {
     pub fn new(capacity: usize) -> Arc<Self> {
+        Self::with_bound(capacity, PREFER_OWN_FOR)
+    }
+
+    fn with_bound(capacity: usize, prefer_own_for: Duration) -> Arc<Self> {
         Arc::new(Admission {
             capacity,
+            prefer_own_for,
             state: Mutex::new(State {
                 free: capacity,
                 queues: Vec::new(),
@@ -115,10 +123,10 @@ impl Admission {
     }
 
     /// Frees a place: to the oldest waiter of `lane`, or of another lane if
-    /// that one has waited longer than [`PREFER_OWN_FOR`] or `lane` has none.
+    /// that one has waited longer than `prefer_own_for` or `lane` has none.
     fn release_on(&self, lane: usize) {
         let mut st = self.lock();
-        let Some(waiter) = st.next_waiter(lane) else {
+        let Some(waiter) = st.next_waiter(lane, self.prefer_own_for) else {
             st.free += 1;
             return;
         };
@@ -145,7 +153,7 @@ impl State {
         &mut self.queues[i].1
     }
 
-    fn next_waiter(&mut self, lane: usize) -> Option<Arc<Waiter>> {
+    fn next_waiter(&mut self, lane: usize, prefer_own_for: Duration) -> Option<Arc<Waiter>> {
         if self.waiting == 0 {
             return None;
         }
@@ -157,7 +165,7 @@ impl State {
             .min_by_key(|&(_, since)| since);
         let own_waits = self.queue(lane).front().is_some();
         let from = match oldest_other {
-            Some((other, since)) if !own_waits || since.elapsed() > PREFER_OWN_FOR => other,
+            Some((other, since)) if !own_waits || since.elapsed() > prefer_own_for => other,
             _ => lane,
         };
         self.queue(from).pop_front()
@@ -252,18 +260,23 @@ mod tests {
 
     #[test]
     fn a_freed_place_goes_to_the_freeing_lanes_waiter_unless_another_waited_too_long() {
-        let a = Admission::new(1);
+        // A bound no busy machine reaches between two lines.
+        let a = Admission::with_bound(1, Duration::from_secs(3600));
         let held = acquire(&a, 1).now_or_never().unwrap();
         let mut other = acquire(&a, 2); // older
         let mut own = acquire(&a, 1);
         release(&a, held, 1);
-        let held = (&mut own)
+        let _held = (&mut own)
             .now_or_never()
             .expect("the freeing lane's own waiter first");
         assert!((&mut other).now_or_never().is_none());
-        // Past the bound, the other lane's waiter comes first.
+        // Past the bound (the sleep lasts at least that long), the other
+        // lane's waiter comes first.
+        let a = Admission::with_bound(1, Duration::from_nanos(1));
+        let held = acquire(&a, 1).now_or_never().unwrap();
+        let mut other = acquire(&a, 2);
         let mut own_again = acquire(&a, 1);
-        std::thread::sleep(PREFER_OWN_FOR * 3);
+        std::thread::sleep(Duration::from_millis(1));
         release(&a, held, 1);
         let held = (&mut other)
             .now_or_never()
