@@ -126,6 +126,8 @@ const NONE: u64 = u64::MAX;
 /// its service (requests in flight) and its watcher (the deadlines).
 pub struct Activity {
     start: Instant,
+    /// `start` on the coarse clock (what [`Self::now_ms`] counts from).
+    start_ms: u64,
     in_flight: AtomicUsize,
     /// When the first byte of the next request head arrived (ms since start).
     head_started: AtomicU64,
@@ -166,6 +168,7 @@ impl Activity {
     pub fn new() -> Arc<Self> {
         Arc::new(Activity {
             start: Instant::now(),
+            start_ms: crate::clock::coarse_ms(),
             in_flight: AtomicUsize::new(0),
             head_started: AtomicU64::new(0),
             idle_since: AtomicU64::new(0),
@@ -177,8 +180,12 @@ impl Activity {
         })
     }
 
+    /// Milliseconds since the connection started, on the coarse clock (read
+    /// a few times per request; the deadlines need no finer than a tick).
     fn now_ms(&self) -> u64 {
-        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(NONE - 1)
+        crate::clock::coarse_ms()
+            .saturating_sub(self.start_ms)
+            .min(NONE - 1)
     }
 
     fn at(&self, ms: u64) -> Instant {

@@ -60,6 +60,11 @@ pub fn check_framing(headers: &HeaderMap) -> Result<(), &'static str> {
 
 /// Removes hop-by-hop headers and the headers `Connection` names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages have none: one pass over their few fields is cheaper
+    // than a hashed lookup per name (this runs twice per request).
+    if !any_of(headers, &HOP_BY_HOP) {
+        return;
+    }
     let mut named: Vec<HeaderName> = Vec::new();
     for v in headers.get_all(header::CONNECTION) {
         if let Ok(v) = v.to_str() {
@@ -112,14 +117,38 @@ pub fn resolve_forwarded(
     } else {
         (peer, scheme)
     };
-    for name in &FORWARDED {
-        headers.remove(name);
+    if any_of(headers, &FORWARDED) {
+        for name in &FORWARDED {
+            headers.remove(name);
+        }
     }
-    if let Ok(v) = HeaderValue::from_str(&client.ip().to_string()) {
-        headers.insert(X_FORWARDED_FOR, v);
-    }
+    headers.insert(X_FORWARDED_FOR, ip_text(client.ip()));
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme.as_str()));
     (client, scheme)
+}
+
+/// Whether `headers` has a field named in `names`.
+fn any_of(headers: &HeaderMap, names: &[HeaderName]) -> bool {
+    headers.keys().any(|k| names.contains(k))
+}
+
+/// `ip` as text (`192.0.2.1`, `2001:db8::1`), for `X-Forwarded-For` and the
+/// access log. The last address formatted on this thread is kept: a
+/// connection's requests come from one client, so most requests reuse it
+/// instead of formatting (and allocating) it again.
+pub fn ip_text(ip: IpAddr) -> HeaderValue {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(IpAddr, HeaderValue)>> = const { std::cell::RefCell::new(None) };
+    }
+    LAST.with_borrow_mut(|last| match last {
+        Some((cached, text)) if *cached == ip => text.clone(),
+        _ => {
+            let text = HeaderValue::from_maybe_shared(bytes::Bytes::from(ip.to_string()))
+                .expect("an IP address is a valid header value");
+            *last = Some((ip, text.clone()));
+            text
+        }
+    })
 }
 
 fn from_proxy_headers(
@@ -285,6 +314,22 @@ mod tests {
             ("transfer-encoding", "chunked")
         ]))
         .is_err());
+    }
+
+    #[test]
+    fn headers_without_hop_by_hop_fields_are_left_as_they_are() {
+        let mut h = headers(&[("host", "a.test"), ("x-kept", "1"), ("accept", "*/*")]);
+        let before = h.clone();
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h, before);
+    }
+
+    #[test]
+    fn ip_text_names_each_address_whatever_came_before() {
+        for ip in ["192.0.2.1", "2001:db8::1", "192.0.2.1", "192.0.2.10"] {
+            let parsed: IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_text(parsed), ip);
+        }
     }
 
     #[test]

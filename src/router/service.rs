@@ -344,7 +344,8 @@ fn error_response<B>(
 /// What the access log line needs from the request, taken before the request
 /// is handed to the upstream.
 struct LogFacts {
-    client: std::net::IpAddr,
+    /// The client's address as text (see [`proxy::ip_text`]).
+    client: http::HeaderValue,
     method: http::Method,
     /// Cloned, not rendered: its parts share the request's bytes.
     uri: http::Uri,
@@ -356,7 +357,7 @@ struct LogFacts {
 impl LogFacts {
     fn of<B>(req: &Request<B>, client: SocketAddr, _site: &SiteRoute) -> Self {
         LogFacts {
-            client: client.ip(),
+            client: proxy::ip_text(client.ip()),
             method: req.method().clone(),
             uri: req.uri().clone(),
             version: req.version(),
@@ -402,7 +403,7 @@ impl LoggedBody {
                 None => std::borrow::Cow::Owned(facts.uri.to_string()), // authority-form, `*`
             };
             let record = AccessRecord {
-                client: facts.client,
+                client: facts.client.to_str().unwrap_or("-"),
                 method: facts.method.as_str(),
                 target: &target,
                 version: facts.version,

@@ -9,7 +9,6 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 
 #[derive(Debug)]
 pub struct Endpoint {
@@ -42,29 +41,26 @@ impl Endpoint {
     }
 }
 
-/// Time of the last request start or end, as milliseconds since `epoch`.
+/// Time of the last request start or end, on the coarse clock
+/// ([`crate::clock`]: touched twice per request, read by the idle check).
 #[derive(Debug)]
 pub struct Activity {
-    epoch: Instant,
     last_ms: AtomicU64,
 }
 
 impl Activity {
     pub fn new() -> Self {
         Activity {
-            epoch: Instant::now(),
-            last_ms: AtomicU64::new(0),
+            last_ms: AtomicU64::new(crate::clock::coarse_ms()),
         }
     }
     pub fn touch(&self) {
         self.last_ms
-            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+            .store(crate::clock::coarse_ms(), Ordering::Relaxed);
     }
     pub fn idle_for(&self) -> std::time::Duration {
         let last = self.last_ms.load(Ordering::Relaxed);
-        self.epoch
-            .elapsed()
-            .saturating_sub(std::time::Duration::from_millis(last))
+        std::time::Duration::from_millis(crate::clock::coarse_ms().saturating_sub(last))
     }
 }
 

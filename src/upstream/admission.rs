@@ -199,6 +199,20 @@ impl Future for Acquire {
     }
 }
 
+impl Acquire {
+    /// The permit at once if a place was free, else the wait for one (the
+    /// caller then need not start a clock or a timer for a wait that is not).
+    pub fn immediate(mut self) -> Result<Permit, Acquire> {
+        if !self.ready {
+            return Err(self);
+        }
+        self.ready = false; // the permit leaves here
+        Ok(Permit {
+            admission: self.admission.clone(),
+        })
+    }
+}
+
 impl Drop for Acquire {
     /// Giving up: leave the queue, or pass on a place granted meanwhile.
     fn drop(&mut self) {
@@ -256,6 +270,26 @@ mod tests {
         assert_eq!(a.available(), 0, "the place went to the waiter, not back");
         release(&a, p3, 1);
         assert!(second.now_or_never().is_some());
+    }
+
+    #[test]
+    fn immediate_hands_out_a_free_place_or_the_wait_for_one() {
+        let a = Admission::new(1);
+        let held = acquire(&a, 1).immediate().ok().expect("a place was free");
+        assert_eq!(a.available(), 0);
+        let Err(mut wait) = acquire(&a, 1).immediate() else {
+            panic!("no place was free");
+        };
+        assert!((&mut wait).now_or_never().is_none());
+        drop(held); // released on the test thread's lane (0), to lane 1's waiter
+        let granted = wait.now_or_never().expect("the freed place");
+        assert_eq!(a.available(), 0);
+        drop(granted);
+        assert_eq!(
+            a.available(),
+            1,
+            "a permit from immediate() gives its place back"
+        );
     }
 
     #[test]

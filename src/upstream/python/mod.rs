@@ -103,10 +103,18 @@ impl PythonUpstream {
         let limit = ctx.site.limits.body;
         let (parts, body) = req.into_parts();
         let body = spool(body, limit).await?;
-        let queued = Instant::now();
-        let permit = tokio::time::timeout(self.queue_timeout, self.admission.acquire()).await;
-        self.stats.queued(queued.elapsed());
-        let permit = permit.map_err(|_| UpstreamError::QueueTimeout(self.queue_timeout))?;
+        let permit = match self.admission.acquire().immediate() {
+            Ok(permit) => {
+                self.stats.queued(Duration::ZERO);
+                permit
+            }
+            Err(wait) => {
+                let queued = Instant::now();
+                let permit = tokio::time::timeout(self.queue_timeout, wait).await;
+                self.stats.queued(queued.elapsed());
+                permit.map_err(|_| UpstreamError::QueueTimeout(self.queue_timeout))?
+            }
+        };
         let lease = self.group.lease().await?;
         drop(waiting);
         let mut conn = self.pool.get(&lease).await?;
@@ -160,7 +168,11 @@ impl PythonUpstream {
         // A response of known, small size is read here at once: the worker
         // is released without a pump task and a channel hop per request.
         if let Some(len) = head.framing.exact_len().filter(|&n| n <= INLINE_MAX) {
-            let read = tokio::time::timeout(self.request_timeout, conn.read_exact_body(len)).await;
+            let read = if conn.buffered() as u64 >= len {
+                Ok(conn.read_exact_body(len).await) // no wait: no timer
+            } else {
+                tokio::time::timeout(self.request_timeout, conn.read_exact_body(len)).await
+            };
             let bytes = match read {
                 Ok(Ok(bytes)) => bytes,
                 Ok(Err(e)) => return Err(self.broken(&lease, "broke off its response", e)),

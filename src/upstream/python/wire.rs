@@ -238,6 +238,11 @@ impl WorkerConn {
         }
     }
 
+    /// Bytes read from the worker and not consumed yet.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
     /// Reads a whole body of known length `len` (the caller bounds it).
     pub async fn read_exact_body(&mut self, len: u64) -> Result<Bytes, WireError> {
         let len = usize::try_from(len).map_err(|_| WireError::Invalid("body too long".into()))?;
