@@ -1,5 +1,6 @@
-//! A coarse monotonic clock in milliseconds, for bookkeeping that needs no
-//! finer than the kernel's tick: idle tracking and connection timeouts.
+//! Coarse clocks, for what needs no finer than the kernel's tick: a
+//! monotonic one in milliseconds (idle tracking, connection timeouts) and
+//! the wall clock for the access log's timestamps (whole seconds).
 //!
 //! Why not `Instant`: `CLOCK_MONOTONIC_COARSE` is answered from the vDSO
 //! without reading the TSC (a few nanoseconds instead of ~25), and the
@@ -13,6 +14,16 @@ pub fn coarse_ms() -> u64 {
     let secs = u64::try_from(t.tv_sec).unwrap_or(0);
     let millis = u64::try_from(t.tv_nsec / 1_000_000).unwrap_or(0);
     secs * 1000 + millis
+}
+
+/// The wall clock, to within a tick (`CLOCK_REALTIME_COARSE`).
+pub fn coarse_wall() -> std::time::SystemTime {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::RealtimeCoarse);
+    let since_epoch = std::time::Duration::new(
+        u64::try_from(t.tv_sec).unwrap_or(0),
+        u32::try_from(t.tv_nsec).unwrap_or(0),
+    );
+    std::time::SystemTime::UNIX_EPOCH + since_epoch
 }
 
 #[cfg(test)]
@@ -35,6 +46,19 @@ mod tests {
             end - start <= elapsed + 10,
             "coarse {} ms, fine {elapsed} ms",
             end - start
+        );
+    }
+
+    #[test]
+    fn the_coarse_wall_clock_is_the_wall_clock_within_a_tick() {
+        let before = std::time::SystemTime::now();
+        let coarse = coarse_wall();
+        let after = std::time::SystemTime::now();
+        let tick = std::time::Duration::from_millis(10);
+        assert!(coarse <= after, "{coarse:?} after {after:?}");
+        assert!(
+            coarse + tick >= before,
+            "{coarse:?} a tick before {before:?}"
         );
     }
 }

@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{header, HeaderMap, Request, Response, StatusCode, Version};
@@ -414,7 +414,8 @@ impl LoggedBody {
                 duration: start.elapsed(),
             };
             logs.access
-                .write_line(|out| write_combined(out, &record, SystemTime::now()));
+                // Whole seconds are logged: the coarse clock is enough.
+                .write_line(|out| write_combined(out, &record, crate::clock::coarse_wall()));
         }
     }
 }

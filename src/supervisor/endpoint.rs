@@ -55,8 +55,12 @@ impl Activity {
         }
     }
     pub fn touch(&self) {
-        self.last_ms
-            .store(crate::clock::coarse_ms(), Ordering::Relaxed);
+        // Written only when the millisecond changed: every lane touches it
+        // twice per request, and a store would pull the line to this CPU.
+        let now = crate::clock::coarse_ms();
+        if self.last_ms.load(Ordering::Relaxed) != now {
+            self.last_ms.store(now, Ordering::Relaxed);
+        }
     }
     pub fn idle_for(&self) -> std::time::Duration {
         let last = self.last_ms.load(Ordering::Relaxed);
