@@ -141,7 +141,7 @@ impl Harness {
             local: "127.0.0.1:8080".parse().unwrap(),
             scheme: Scheme::Https,
             host: "site.test".into(),
-            mount_prefix: String::new(),
+            mount_prefix: "".into(),
         }
     }
 

@@ -120,7 +120,7 @@ fn site() -> Site {
         local: "127.0.0.1:80".parse().unwrap(),
         scheme: Scheme::Http,
         host: "example.test".into(),
-        mount_prefix: String::new(),
+        mount_prefix: "".into(),
     };
     Site {
         _serial: serial,

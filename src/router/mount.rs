@@ -10,25 +10,27 @@ use crate::upstream::Upstream;
 /// `""` is the root mount.
 #[derive(Clone, Default)]
 pub struct MountTable {
-    mounts: Vec<(String, Arc<dyn Upstream>)>,
+    /// Shared strings: each request's context takes its prefix by reference count.
+    mounts: Vec<(Arc<str>, Arc<dyn Upstream>)>,
 }
 
 impl MountTable {
     pub fn new(mut mounts: Vec<(String, Arc<dyn Upstream>)>) -> Self {
         mounts.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
+        let mounts = mounts.into_iter().map(|(p, u)| (Arc::from(p), u)).collect();
         MountTable { mounts }
     }
 
     /// The mount for a request path (the raw URI path).
-    pub fn lookup(&self, path: &str) -> Option<(&str, &Arc<dyn Upstream>)> {
+    pub fn lookup(&self, path: &str) -> Option<(&Arc<str>, &Arc<dyn Upstream>)> {
         self.mounts
             .iter()
             .find(|(prefix, _)| prefix_matches(prefix, path))
-            .map(|(p, u)| (p.as_str(), u))
+            .map(|(p, u)| (p, u))
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&str, &Arc<dyn Upstream>)> {
-        self.mounts.iter().map(|(p, u)| (p.as_str(), u))
+        self.mounts.iter().map(|(p, u)| (&**p, u))
     }
 }
 

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{header, HeaderMap, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Empty, LengthLimitError, Limited};
 
 use super::access_log::{write_combined, AccessRecord, SiteLogs};
 use super::proxy;
@@ -85,7 +85,7 @@ where
         return serve_site(req, conn, None, table, options, start).await;
     };
     // The app sees the host that was routed on, whatever the client sent.
-    if let Ok(v) = http::HeaderValue::from_str(&authority) {
+    if let Some(v) = authority.and_then(|a| http::HeaderValue::from_str(&a).ok()) {
         req.headers_mut().insert(header::HOST, v);
     }
     serve_site(req, conn, Some(host), table, options, start).await
@@ -192,22 +192,25 @@ where
         local: conn.local,
         scheme: conn.scheme,
         host,
-        mount_prefix: prefix.to_owned(),
+        mount_prefix: prefix.clone(),
     };
     let (parts, body) = req.into_parts();
-    let over_limit = Arc::new(AtomicBool::new(false));
-    let timed_out = Arc::new(AtomicBool::new(false));
-    let body = LimitedBody {
-        inner: Box::pin(Limited::new(
-            body,
-            usize::try_from(limit).unwrap_or(usize::MAX),
-        )),
-        over_limit: over_limit.clone(),
-        timed_out: timed_out.clone(),
-        timeout: body_timeout,
-        timer: None,
-    }
-    .boxed_unsync();
+    // Most requests have no body: nothing to limit or time, and no
+    // allocations for the wrappers (an empty body is boxed for free).
+    let failed = (!body.is_end_stream()).then(|| Arc::new(BodyFailure::default()));
+    let body = match &failed {
+        None => Empty::new().map_err(|never| match never {}).boxed_unsync(),
+        Some(failed) => LimitedBody {
+            inner: Box::pin(Limited::new(
+                body,
+                usize::try_from(limit).unwrap_or(usize::MAX),
+            )),
+            failed: failed.clone(),
+            timeout: body_timeout,
+            timer: None,
+        }
+        .boxed_unsync(),
+    };
     // For error messages only: the method and target, not a copy of every header.
     let mut head = Request::new(());
     *head.method_mut() = parts.method.clone();
@@ -217,11 +220,19 @@ where
         .await
     {
         Ok(resp) => resp,
-        Err(_) if over_limit.load(Ordering::Acquire) => {
+        Err(_)
+            if failed
+                .as_ref()
+                .is_some_and(|f| f.over_limit.load(Ordering::Acquire)) =>
+        {
             tracing::info!(client = %conn.client, site = %site.config.name, limit, "request body above limits.body (while streaming): 413");
             error_response(UpstreamError::BodyTooLarge { limit }, site, &head)
         }
-        Err(_) if timed_out.load(Ordering::Acquire) => {
+        Err(_)
+            if failed
+                .as_ref()
+                .is_some_and(|f| f.timed_out.load(Ordering::Acquire)) =>
+        {
             tracing::info!(client = %conn.client, site = %site.config.name, timeout = ?body_timeout, "request body stalled longer than body_timeout: 408");
             error_response(UpstreamError::RequestTimeout(body_timeout), site, &head)
         }
@@ -235,11 +246,17 @@ where
 /// whatever error the upstream makes of it, the client gets 413 or 408.
 struct LimitedBody<B> {
     inner: Pin<Box<Limited<B>>>,
-    over_limit: Arc<AtomicBool>,
-    timed_out: Arc<AtomicBool>,
+    failed: Arc<BodyFailure>,
     timeout: Duration,
     /// Armed while the body is waiting for the client.
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+/// How a [`LimitedBody`] failed, for the response the client gets.
+#[derive(Default)]
+struct BodyFailure {
+    over_limit: AtomicBool,
+    timed_out: AtomicBool,
 }
 
 impl<B> Body for LimitedBody<B>
@@ -262,14 +279,14 @@ where
                     .timer
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
                 if timer.as_mut().poll(cx).is_ready() {
-                    self.timed_out.store(true, Ordering::Release);
+                    self.failed.timed_out.store(true, Ordering::Release);
                     return Poll::Ready(Some(Err(
                         "request body: no data within body_timeout".into()
                     )));
                 }
             }
             Poll::Ready(Some(Err(e))) if e.is::<LengthLimitError>() => {
-                self.over_limit.store(true, Ordering::Release);
+                self.failed.over_limit.store(true, Ordering::Release);
             }
             Poll::Ready(_) => self.timer = None,
         }
@@ -286,10 +303,11 @@ where
 }
 
 /// The authority of the URI (HTTP/2, absolute-form) or the Host header:
-/// normalised for routing, and as sent.
-fn request_host<B>(req: &Request<B>) -> Option<(String, String)> {
+/// normalised for routing, and as sent when the Host header must be set to
+/// it (`None`: the Host header already says exactly that).
+fn request_host<B>(req: &Request<B>) -> Option<(String, Option<String>)> {
     if let Some(auth) = req.uri().authority() {
-        return normalize_host(auth.as_str()).map(|h| (h, auth.as_str().to_owned()));
+        return normalize_host(auth.as_str()).map(|h| (h, Some(auth.as_str().to_owned())));
     }
     let mut hosts = req.headers().get_all(header::HOST).iter();
     let first = hosts.next()?;
@@ -297,7 +315,9 @@ fn request_host<B>(req: &Request<B>) -> Option<(String, String)> {
         return None; // two Host headers: refuse rather than guess
     }
     let raw = first.to_str().ok()?;
-    normalize_host(raw).map(|h| (h, raw.trim().to_owned()))
+    let trimmed = raw.trim();
+    let set = (trimmed.len() != raw.len()).then(|| trimmed.to_owned());
+    normalize_host(raw).map(|h| (h, set))
 }
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {

@@ -55,7 +55,7 @@ pub struct RequestContext {
     pub host: String,
     /// The mount prefix that matched, without trailing slash ("" for `/`).
     /// Becomes SCRIPT_NAME for Python apps.
-    pub mount_prefix: String,
+    pub mount_prefix: Arc<str>,
 }
 
 /// Why an upstream could not produce a response. The router maps each kind

@@ -441,7 +441,7 @@ mod tests {
             local: "127.0.0.1:2".parse().unwrap(),
             scheme: Scheme::Http,
             host: "blog.test".into(),
-            mount_prefix: String::new(),
+            mount_prefix: "".into(),
         };
         (up, ctx)
     }

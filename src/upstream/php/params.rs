@@ -213,7 +213,7 @@ mod tests {
             local: "127.0.0.1:8443".parse().unwrap(),
             scheme,
             host: "example.test".into(),
-            mount_prefix: String::new(),
+            mount_prefix: "".into(),
         };
         let (parts, ()) = req.into_parts();
         let script = ScriptParams {
