@@ -2,10 +2,13 @@
 //! over a socket: head size and field count (431), target length (414), body
 //! size while streaming (413), header and keep-alive timeouts, connection
 //! limits (total and per IP), HTTP/2 streams per connection, a slowloris
-//! run; request smuggling attempts; hop-by-hop and forwarded-header rules.
-//! After each, polyhost still serves a normal client.
+//! run, body and send timeouts, and the validation of the front-door keys.
+//! After each, polyhost still serves a normal client. (Smuggling and header
+//! hygiene: `tests/proxy.rs`.)
 
 mod common;
+
+use common::edge::{chunked, site, still_serving};
 
 use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
@@ -13,17 +16,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::front::{self_signed, tls_connect, Echo, Front, H2};
-use common::{connect_from, get, get_from, raw, raw_on, raw_status, Client, TestConfig};
+use common::{connect_from, get_from, raw, raw_on, raw_status, Client, TestConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-fn site(cfg: &TestConfig) {
-    cfg.static_site("www", &["www.test"], "");
-}
-
-async fn still_serving(addr: std::net::SocketAddr) {
-    let r = get(addr, "www.test", "/").await;
-    assert_eq!((r.status, r.text().trim()), (200, "site www"));
-}
 
 #[tokio::test]
 async fn oversized_heads_are_431_long_targets_414_and_others_are_still_served() {
@@ -95,23 +89,6 @@ async fn oversized_heads_are_431_long_targets_414_and_others_are_still_served() 
 
     still_serving(addr).await;
     front.stop().await;
-}
-
-fn chunked(method: &str, host: &str, path: &str, total: usize) -> Vec<u8> {
-    let mut out = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
-    )
-    .into_bytes();
-    let mut left = total;
-    while left > 0 {
-        let n = left.min(300);
-        out.extend_from_slice(format!("{n:x}\r\n").as_bytes());
-        out.extend(std::iter::repeat_n(b'b', n));
-        out.extend_from_slice(b"\r\n");
-        left -= n;
-    }
-    out.extend_from_slice(b"0\r\n\r\n");
-    out
 }
 
 #[tokio::test]
@@ -394,267 +371,6 @@ async fn a_slowloris_run_does_not_stop_a_normal_client() {
     );
     still_serving(addr).await;
     front.stop().await;
-}
-
-#[tokio::test]
-async fn request_smuggling_attempts_are_rejected() {
-    let cfg = TestConfig::new();
-    site(&cfg);
-    let front = Front::start(&cfg, vec![]).await;
-    let cases: &[(&str, &[u8])] = &[
-        (
-            "two different Content-Length",
-            b"POST / HTTP/1.1\r\nHost: www.test\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
-        ),
-        (
-            "Content-Length list",
-            b"POST / HTTP/1.1\r\nHost: www.test\r\nContent-Length: 5, 6\r\n\r\nhello!",
-        ),
-        (
-            "signed Content-Length",
-            b"POST / HTTP/1.1\r\nHost: www.test\r\nContent-Length: +5\r\n\r\nhello",
-        ),
-        (
-            "obs-fold",
-            b"GET / HTTP/1.1\r\nHost: www.test\r\nX-Folded: a\r\n b\r\n\r\n",
-        ),
-        (
-            "space before colon",
-            b"GET / HTTP/1.1\r\nHost: www.test\r\nTransfer-Encoding : chunked\r\n\r\n",
-        ),
-        (
-            "unknown transfer coding",
-            b"POST / HTTP/1.1\r\nHost: www.test\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n",
-        ),
-        (
-            "chunked not last",
-            b"POST / HTTP/1.1\r\nHost: www.test\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n",
-        ),
-        (
-            "Transfer-Encoding in HTTP/1.0",
-            b"POST / HTTP/1.0\r\nHost: www.test\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
-        ),
-    ];
-    for (what, bytes) in cases {
-        let reply = raw(front.http, bytes).await;
-        assert_eq!(raw_status(&reply), 400, "{what}: {reply}");
-        assert_eq!(
-            reply.matches("HTTP/1.").count(),
-            1,
-            "{what}: one response, then close: {reply}"
-        );
-    }
-    // Content-Length with Transfer-Encoding: hyper drops the Content-Length,
-    // reads the body as chunked and closes the connection after answering
-    // (RFC 9112 §6.3), so the request hidden in the body is never served.
-    let both: &[&[u8]] = &[
-        b"POST / HTTP/1.1\r\nHost: www.test\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: www.test\r\n\r\n",
-        b"POST / HTTP/1.1\r\nHost: www.test\r\nTransfer-Encoding: chunked\r\nContent-Length: 40\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: www.test\r\n\r\n",
-    ];
-    for bytes in both {
-        let reply = raw(front.http, bytes).await;
-        assert_eq!(
-            reply.matches("HTTP/1.").count(),
-            1,
-            "one response, then close: {reply}"
-        );
-        assert!(reply.contains("connection: close"), "{reply}");
-    }
-    // Two equal Content-Length headers are one unambiguous length.
-    let reply = raw(
-        front.http,
-        b"GET / HTTP/1.1\r\nHost: www.test\r\nContent-Length: 5\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
-    )
-    .await;
-    assert_eq!(
-        (raw_status(&reply), reply.matches("HTTP/1.").count()),
-        (200, 1),
-        "{reply}"
-    );
-    still_serving(front.http).await;
-    front.stop().await;
-}
-
-fn lines(text: &str) -> Vec<&str> {
-    text.lines().collect()
-}
-
-#[tokio::test]
-async fn hop_by_hop_and_forwarded_headers_from_untrusted_and_trusted_peers() {
-    for trusted in [false, true] {
-        let cfg = TestConfig::new();
-        cfg.static_site("app", &["app.test"], "");
-        if trusted {
-            cfg.main_extra("trusted_proxies = [\"127.0.0.0/8\"]");
-        }
-        let echo: Arc<dyn polyhost::upstream::Upstream> = Arc::new(Echo {
-            respond_with: vec![
-                ("connection", "x-up-private"),
-                ("x-up-private", "1"),
-                ("keep-alive", "timeout=99"),
-                ("proxy-connection", "keep-alive"),
-                ("x-kept", "1"),
-            ],
-            ..Echo::default()
-        });
-        let front = Front::start(&cfg, vec![("app", echo)]).await;
-        let mut c = Client::connect(front.http).await;
-        let req = http::Request::builder()
-            .uri("/")
-            .header("host", "app.test")
-            // From an untrusted peer, naming the forwarded headers in
-            // Connection must not remove the ones the router sets.
-            .header(
-                "connection",
-                if trusted {
-                    "x-secret"
-                } else {
-                    "x-secret, x-forwarded-for, x-forwarded-proto"
-                },
-            )
-            .header("x-secret", "1")
-            .header("keep-alive", "timeout=5")
-            .header("te", "trailers")
-            .header("proxy-connection", "keep-alive")
-            .header("x-forwarded-for", "6.6.6.6")
-            .header("x-forwarded-proto", "https")
-            .header("x-forwarded-host", "evil.test")
-            .header("forwarded", "for=7.7.7.7;proto=https")
-            .header("x-real-ip", "6.6.6.6")
-            .header("x-polyhost-scheme", "https")
-            .header("x-end-to-end", "kept")
-            .body(http_body_util::Full::new(Bytes::new()))
-            .unwrap();
-        let r = c.send(req).await;
-        assert_eq!(r.status, 200);
-        let text = r.text();
-        let seen = lines(&text);
-        for gone in [
-            "x-secret: 1",
-            "keep-alive: timeout=5",
-            "te: trailers",
-            "proxy-connection: keep-alive",
-            "x-forwarded-host: evil.test",
-            "forwarded: for=7.7.7.7;proto=https",
-            "x-real-ip: 6.6.6.6",
-            "x-polyhost-scheme: https",
-        ] {
-            assert!(
-                !seen.contains(&gone),
-                "trusted={trusted}: {gone} reached the app:\n{text}"
-            );
-        }
-        assert!(!text.contains("\nconnection:"), "{text}");
-        assert!(seen.contains(&"x-end-to-end: kept"), "{text}");
-        assert!(seen.contains(&"host: app.test"), "{text}");
-        let (client, scheme) = if trusted {
-            ("6.6.6.6", "https")
-        } else {
-            ("127.0.0.1", "http")
-        };
-        assert!(
-            seen.contains(&format!("client: {client}").as_str()),
-            "trusted={trusted}:\n{text}"
-        );
-        assert!(
-            seen.contains(&format!("scheme: {scheme}").as_str()),
-            "trusted={trusted}:\n{text}"
-        );
-        assert!(
-            seen.contains(&format!("x-forwarded-for: {client}").as_str()),
-            "{text}"
-        );
-        assert!(
-            seen.contains(&format!("x-forwarded-proto: {scheme}").as_str()),
-            "{text}"
-        );
-        assert_eq!(text.matches("x-forwarded-for:").count(), 1, "{text}");
-        // The response: hop-by-hop headers from the upstream do not reach the client.
-        for gone in ["x-up-private", "keep-alive", "proxy-connection"] {
-            assert!(
-                r.header(gone).is_none(),
-                "{gone} reached the client: {:?}",
-                r.headers
-            );
-        }
-        assert_eq!(r.header("x-kept"), Some("1"));
-        // The access log names the real client too.
-        let log = cfg.path().join("log/app.access.log");
-        let logged = common::eventually(Duration::from_secs(5), || async {
-            std::fs::read_to_string(&log)
-                .unwrap_or_default()
-                .starts_with(&format!("{client} - - ["))
-        })
-        .await;
-        assert!(
-            logged,
-            "{}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-        front.stop().await;
-    }
-}
-
-/// A Python site whose "worker" is `tests/apps/fakeworker.py`: raw HTTP on
-/// the worker socket, through the real Python upstream.
-fn fake_python_site(cfg: &TestConfig, user: &common::TestUser, extra: &str) {
-    let worker = cfg.write("apps/fakeworker.py", include_str!("apps/fakeworker.py"));
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&worker, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
-    cfg.write("www/py/index.html", "static\n");
-    cfg.write(
-        "vhosts/py.toml",
-        &format!(
-            "hosts = [\"py.test\"]\nroot = \"www/py\"\nuser = \"{}\"\n{extra}\n[python]\napp = \"fake\"\nworker = \"{}\"\n",
-            user.name,
-            worker.display()
-        ),
-    );
-    common::open_up(cfg.path());
-}
-
-#[tokio::test]
-async fn through_the_python_upstream_bad_response_heads_never_reach_the_client_and_limits_hold() {
-    let cfg = TestConfig::new();
-    let user = common::TestUser::new();
-    fake_python_site(&cfg, &user, "[limits]\nbody = \"1K\"");
-    let server = common::InProcess::start(&cfg).await;
-    let addr = server.addr;
-
-    // What the worker receives: hop-by-hop headers gone, forwarded headers replaced.
-    let reply = raw(
-        addr,
-        b"GET /echo HTTP/1.1\r\nHost: py.test\r\nConnection: close, x-secret\r\nX-Secret: 1\r\nTE: trailers\r\nX-Forwarded-For: 6.6.6.6\r\nX-Polyhost-Scheme: https\r\n\r\n",
-    )
-    .await;
-    assert_eq!(raw_status(&reply), 200, "{reply}");
-    let lower = reply.to_ascii_lowercase();
-    assert!(!lower.contains("x-secret"), "{reply}");
-    assert!(!lower.contains("te: trailers"), "{reply}");
-    assert!(!lower.contains("6.6.6.6"), "{reply}");
-    assert!(lower.contains("x-polyhost-scheme: http\r\n"), "{reply}");
-    assert!(lower.contains("x-forwarded-for: 127.0.0.1"), "{reply}");
-
-    // A folded header line or a bare CR in a value from the upstream: 502,
-    // and nothing of it reaches the client.
-    for path in ["/fold", "/cr"] {
-        let reply = raw(
-            addr,
-            format!("GET {path} HTTP/1.1\r\nHost: py.test\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await;
-        assert_eq!(raw_status(&reply), 502, "{path}: {reply}");
-        assert!(!reply.contains("evil"), "{path}: {reply}");
-    }
-
-    // A chunked body beyond limits.body, through the real upstream: 413.
-    let reply = raw(addr, &chunked("POST", "py.test", "/echo", 4000)).await;
-    assert_eq!(raw_status(&reply), 413, "{reply}");
-    let reply = raw(addr, &chunked("POST", "py.test", "/echo", 500)).await;
-    assert_eq!(raw_status(&reply), 200, "{reply}");
-    server.stop().await;
 }
 
 #[test]

@@ -503,6 +503,7 @@ pub fn init_logging() {
 }
 
 // Front-door helpers (TLS, HTTP/2, test upstreams, swappable routing table).
+pub mod edge;
 pub mod front;
 
 /// A TCP connection from a chosen loopback address (e.g. "127.0.0.2"), so a
