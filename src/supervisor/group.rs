@@ -36,7 +36,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::endpoint::{Activity, Endpoint};
 pub use super::handle::{GroupHandle, GroupState, Snapshot};
 use super::launcher::{Launcher, Lifecycle};
-use super::policy::{Restart, RestartPolicy, RestartTracker};
+use super::policy::{self, Replacement, Restart, RestartPolicy, RestartTracker};
 use super::watch::{describe_status, wait_ready, watch_process};
 use crate::isolation::{self, Rlimits, SiteCgroup, SiteIdentity, SpawnSpec};
 
@@ -44,6 +44,10 @@ mod checks;
 
 /// How long a stopped process gets between SIGTERM and SIGKILL.
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
+/// The same when a restart must stop a process before starting its
+/// replacement (the site is at its process limit): the site serves nothing
+/// meanwhile, so it is short.
+const STOP_FIRST_GRACE: Duration = Duration::from_secs(2);
 const TICK: Duration = Duration::from_millis(500);
 
 /// Everything a group needs to start its processes.
@@ -170,6 +174,9 @@ struct Proc {
     draining: bool,
     /// We asked it to stop; its exit is not a crash.
     stopping: bool,
+    /// Stopped by a restart that had no room to start the replacement
+    /// first: its slot gets a new process as soon as it is gone.
+    restart_when_stopped: bool,
     stop: Option<oneshot::Sender<Duration>>,
     /// The process that this one replaces, drained once this one is ready.
     replaces: Option<u64>,
@@ -378,6 +385,7 @@ impl Actor {
                 ready: false,
                 draining: false,
                 stopping: false,
+                restart_when_stopped: false,
                 stop: Some(stop_tx),
                 replaces,
                 cgroup,
@@ -415,9 +423,7 @@ impl Actor {
                 if let Some(p) = self.procs.remove(&id) {
                     let _ = std::fs::remove_file(&p.endpoint.socket);
                     tracing::info!(site = %self.site(), runtime = self.runtime(), pid = p.endpoint.pid, "stopped");
-                    if matches!(self.slots[p.slot], Slot::Proc(cur) if cur == id) {
-                        self.slots[p.slot] = Slot::Empty;
-                    }
+                    self.free_slot(id, &p);
                 }
                 self.settle_state();
             }
@@ -458,9 +464,7 @@ impl Actor {
         };
         if p.stopping || p.draining {
             tracing::info!(site = %self.site(), runtime = self.runtime(), pid = p.endpoint.pid, status = %status_text, "stopped");
-            if matches!(self.slots[p.slot], Slot::Proc(cur) if cur == id) {
-                self.slots[p.slot] = Slot::Empty;
-            }
+            self.free_slot(id, &p);
             self.settle_state();
             return;
         }
@@ -504,8 +508,23 @@ impl Actor {
         }
     }
 
+    /// A stopped process `id` is gone: its slot is free, and gets a new
+    /// process at once if a restart stopped it to make room.
+    fn free_slot(&mut self, id: u64, p: &Proc) {
+        if matches!(self.slots[p.slot], Slot::Proc(cur) if cur == id) {
+            self.slots[p.slot] = Slot::Empty;
+            if p.restart_when_stopped
+                && matches!(self.state, GroupState::Starting | GroupState::Running)
+            {
+                self.start_slot(p.slot, None);
+            }
+        }
+    }
+
     /// Records a crash of process `id` in `slot`: a replacement that failed
-    /// gives the slot back to the process it was replacing.
+    /// gives the slot back to the process it was replacing — unless the
+    /// site is at its process limit, which is then why it failed: the old
+    /// process is stopped first and the slot started again.
     fn crashed(
         &mut self,
         id: u64,
@@ -518,6 +537,10 @@ impl Actor {
             self.last_error = Some(reason);
             self.restarts += 1;
             self.slots[slot] = Slot::Proc(old);
+            if self.replacement_for(&[old]) == Replacement::StopFirst {
+                tracing::warn!(site = %self.site(), runtime = self.runtime(), "a replacement failed beside the old process at the site's process limit (limits.processes); stopping the old process first");
+                self.stop_then_start(old);
+            }
             return;
         }
         if matches!(self.slots[slot], Slot::Proc(cur) if cur == id) {
@@ -557,6 +580,40 @@ impl Actor {
         self.start_slot(slot, Some(id));
     }
 
+    /// Whether replacements of processes `ids` fit beside them under the
+    /// site's process limit ([`policy::replacement`]). Rolling when nothing
+    /// is known (no cgroup, or it cannot be read).
+    fn replacement_for(&self, ids: &[u64]) -> Replacement {
+        let Some(site) = self.spec.cgroup.as_ref().and_then(|cg| cg.usage().ok()) else {
+            return Replacement::Rolling;
+        };
+        let old: u64 = ids
+            .iter()
+            .filter_map(|id| {
+                self.procs
+                    .get(id)?
+                    .cgroup
+                    .as_ref()?
+                    .usage()
+                    .ok()?
+                    .pids_current
+            })
+            .sum();
+        policy::replacement(site.pids_current.unwrap_or(0), site.pids_limit, old)
+    }
+
+    /// Stops process `id` at once (short grace) and starts its slot again
+    /// when it is gone.
+    fn stop_then_start(&mut self, id: u64) {
+        if let Some(p) = self.procs.get_mut(&id) {
+            p.restart_when_stopped = true;
+        }
+        self.stop_proc(id, STOP_FIRST_GRACE);
+    }
+
+    /// A restart: start-new-then-stop-old, or stop-old-then-start-new when
+    /// the site's process limit has no room for both (a fork bomb at the
+    /// limit would otherwise keep the old processes forever).
     fn restart_all(&mut self) {
         self.trackers.iter_mut().for_each(RestartTracker::reset);
         match self.state {
@@ -567,6 +624,13 @@ impl Actor {
                     .filter(|(_, p)| !p.draining && !p.stopping)
                     .map(|(id, _)| *id)
                     .collect();
+                if self.replacement_for(&ids) == Replacement::StopFirst {
+                    tracing::warn!(site = %self.site(), runtime = self.runtime(), "the site is at its process limit (limits.processes): stopping its processes before starting new ones");
+                    for id in ids {
+                        self.stop_then_start(id);
+                    }
+                    return;
+                }
                 for id in ids {
                     self.recycle(id, "restart requested");
                 }

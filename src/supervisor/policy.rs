@@ -91,9 +91,62 @@ impl RestartTracker {
     }
 }
 
+/// How a restart replaces a group's processes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Replacement {
+    /// Start the new processes, then drain and stop the old ones: no request
+    /// waits, but for a moment both run.
+    Rolling,
+    /// Stop the old processes first, then start the new ones: the site's
+    /// process limit has no room for both (e.g. its code forked up to the
+    /// limit), so new processes started beside the old would fail to fork.
+    StopFirst,
+}
+
+/// Whether the site's process limit leaves room to start replacements beside
+/// the processes they replace. `site_tasks` and `site_limit` are the site
+/// cgroup's `pids.current` and `pids.max` (the same on cgroup v1 and v2;
+/// `None`: no limit, or none known); `old_tasks` are the tasks of the
+/// processes being replaced, which is about what their replacements need
+/// (at least one).
+pub fn replacement(site_tasks: u64, site_limit: Option<u64>, old_tasks: u64) -> Replacement {
+    match site_limit {
+        Some(limit) if site_tasks.saturating_add(old_tasks.max(1)) > limit => {
+            Replacement::StopFirst
+        }
+        _ => Replacement::Rolling,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replacement_rolls_while_the_process_limit_has_room_for_both_generations() {
+        use Replacement::*;
+        let cases = [
+            // (site tasks, site limit, old tasks) → order
+            (5, None, 5, Rolling),
+            (5, Some(64), 5, Rolling),
+            (32, Some(64), 32, Rolling),
+            (33, Some(64), 32, StopFirst),
+            // A fork bomb holds the limit: nothing new can fork.
+            (32, Some(32), 31, StopFirst),
+            (32, Some(32), 0, StopFirst),
+            // A limit that only fits one generation.
+            (5, Some(8), 5, StopFirst),
+            (0, Some(1), 0, Rolling),
+            (u64::MAX, Some(u64::MAX), u64::MAX, StopFirst),
+        ];
+        for (tasks, limit, old, want) in cases {
+            assert_eq!(
+                replacement(tasks, limit, old),
+                want,
+                "tasks {tasks}, limit {limit:?}, old {old}"
+            );
+        }
+    }
 
     fn policy() -> RestartPolicy {
         RestartPolicy {

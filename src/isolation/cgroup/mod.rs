@@ -48,6 +48,8 @@ pub struct Usage {
     pub oom_kills: u64,
     /// Tasks in the site now.
     pub pids_current: Option<u64>,
+    /// The task limit in force (`None`: unlimited, or no pids controller).
+    pub pids_limit: Option<u64>,
 }
 
 /// Which cgroup backend this host gives us. The paths are the `<parent>`
@@ -524,6 +526,17 @@ pub(crate) fn read_u64(path: &Path) -> Result<u64> {
             format!("not a number: {text:?}"),
         ),
     })
+}
+
+/// A `pids.max` file's value: `max` (or no file: no pids controller) is
+/// no limit. Like `memory.max`, a value that does not parse reads as none
+/// rather than failing the whole [`Usage`] (which also counts OOM kills).
+pub(crate) fn read_pids_max(path: &Path) -> Result<Option<u64>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(text.trim().parse().ok()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err("read", path)(e)),
+    }
 }
 
 /// `key value` lines (memory.events, memory.oom_control, memory.stat).

@@ -5,12 +5,13 @@
 //! exists, `memory.memsw.limit_in_bytes` (memory + swap = memory: no swap),
 //! `pids.max`, `cpu.cfs_period_us` / `cpu.cfs_quota_us`. Read:
 //! `memory.usage_in_bytes`, `memory.limit_in_bytes`, the `oom_kill` line of
-//! `memory.oom_control` (not `failcnt`, which counts reclaim), `pids.current`.
+//! `memory.oom_control` (not `failcnt`, which counts reclaim), `pids.current`,
+//! `pids.max`.
 //! v1 has no `cgroup.kill`: killing signals every pid until the cgroup is empty.
 
 use std::path::Path;
 
-use super::{keyed_value, make_dir, read_file, read_u64, write_file};
+use super::{keyed_value, make_dir, read_file, read_pids_max, read_u64, write_file};
 use super::{CgroupError, CgroupKind, Limits, Result, Usage};
 
 /// v1 reports "unlimited" as a huge page-aligned number (2^63 - 4096 here).
@@ -97,15 +98,19 @@ pub(super) fn write_limits(
 pub(super) fn usage(memory: &Path, pids: Option<&Path>) -> Result<Usage> {
     let limit = read_u64(&memory.join("memory.limit_in_bytes"))?;
     let oom_control = read_file(&memory.join("memory.oom_control"))?;
-    let pids_current = match pids {
-        Some(dir) => Some(read_u64(&dir.join("pids.current"))?),
-        None => None,
+    let (pids_current, pids_limit) = match pids {
+        Some(dir) => (
+            Some(read_u64(&dir.join("pids.current"))?),
+            read_pids_max(&dir.join("pids.max"))?,
+        ),
+        None => (None, None),
     };
     Ok(Usage {
         memory_current: Some(read_u64(&memory.join("memory.usage_in_bytes"))?),
         memory_limit: (limit < UNLIMITED_FLOOR).then_some(limit),
         oom_kills: keyed_value(&oom_control, "oom_kill").unwrap_or(0),
         pids_current,
+        pids_limit,
     })
 }
 
@@ -163,7 +168,10 @@ mod tests {
                 memory_limit: None,
                 oom_kills: 3,
                 pids_current: Some(4),
+                pids_limit: Some(20),
             }
         );
+        fs::write(p.join("pids.max"), "max\n").unwrap();
+        assert_eq!(usage(&m, Some(&p)).unwrap().pids_limit, None);
     }
 }

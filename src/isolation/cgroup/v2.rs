@@ -4,12 +4,12 @@
 //! and per site `memory.max`, `memory.high` (90 % of max), `memory.swap.max`
 //! (0), `memory.oom.group` (1: an OOM kills the whole site, not a random
 //! process of it), `pids.max`, `cpu.max`. Read: `memory.current`,
-//! `memory.events`, `pids.current`. Killing uses `cgroup.kill` (in `mod.rs`).
+//! `memory.events`, `pids.current`, `pids.max`. Killing uses `cgroup.kill` (in `mod.rs`).
 
 use std::path::{Path, PathBuf};
 
 use super::discover::controller_list;
-use super::{io_err, keyed_value, make_dir, read_file, read_u64, write_file};
+use super::{io_err, keyed_value, make_dir, read_file, read_pids_max, read_u64, write_file};
 use super::{CgroupError, Limits, Result, Usage};
 
 /// The controllers polyhost uses, in the order they are enabled.
@@ -142,6 +142,7 @@ pub(super) fn usage(dir: &Path) -> Result<Usage> {
         memory_limit,
         oom_kills,
         pids_current: opt_u64("pids.current")?,
+        pids_limit: read_pids_max(&dir.join("pids.max"))?,
     })
 }
 
@@ -239,6 +240,7 @@ mod tests {
         )
         .unwrap();
         fs::write(dir.join("pids.current"), "7\n").unwrap();
+        fs::write(dir.join("pids.max"), "32\n").unwrap();
         assert_eq!(
             usage(&dir).unwrap(),
             Usage {
@@ -246,10 +248,13 @@ mod tests {
                 memory_limit: Some(64 << 20),
                 oom_kills: 2,
                 pids_current: Some(7),
+                pids_limit: Some(32),
             }
         );
         fs::write(dir.join("memory.max"), "max\n").unwrap();
-        assert_eq!(usage(&dir).unwrap().memory_limit, None);
+        fs::write(dir.join("pids.max"), "max\n").unwrap();
+        let usage = usage(&dir).unwrap();
+        assert_eq!((usage.memory_limit, usage.pids_limit), (None, None));
     }
 
     #[test]

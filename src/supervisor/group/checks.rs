@@ -19,10 +19,11 @@ impl Actor {
                     Slot::Backoff { until } => until <= now,
                     // Self-healing: a slot left without a live process is refilled.
                     Slot::Empty => true,
+                    // A process stopped to make room is replaced once gone.
                     Slot::Proc(id) => self
                         .procs
                         .get(&id)
-                        .is_none_or(|p| p.stopping && !p.draining),
+                        .is_none_or(|p| p.stopping && !p.draining && !p.restart_when_stopped),
                 };
                 if due {
                     self.start_slot(slot, None);

@@ -1,0 +1,281 @@
+//! Attacks a site's owner makes on polyhost itself, against the real binary:
+//! planting files in the site's own document root that the site's user could
+//! not read (root-only files, hard links to them) and asking the router to
+//! serve them; and a fork bomb that fills the site's process limit so that
+//! `polyhost restart` cannot start a new generation beside it.
+//!
+//! Hygiene: everything runs as throw-away users; a [`CgroupSweep`] kills what
+//! is left in a site's cgroup (by the pids listed there) if a test fails
+//! before polyhost stops cleanly.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::{get, open_up, pids_of_uid, Binary, TestConfig, TestUser};
+
+/// polyhost's parent cgroup directories (`polyhost-<hash>`) of the polyhost
+/// whose state dir is `state_dir`, in every hierarchy (one on v2, one per
+/// controller on v1).
+fn polyhost_cgroup_dirs(state_dir: &Path) -> Vec<PathBuf> {
+    let canonical = std::fs::canonicalize(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
+    let parent = polyhost::supervisor::cgroup_parent_name(&canonical);
+    let mut found = Vec::new();
+    find_dirs(Path::new("/sys/fs/cgroup"), &parent, 6, &mut found);
+    found
+}
+
+/// The cgroup directories of site `site` of that polyhost.
+fn site_cgroup_dirs(state_dir: &Path, site: &str) -> Vec<PathBuf> {
+    polyhost_cgroup_dirs(state_dir)
+        .into_iter()
+        .map(|p| p.join(site))
+        .filter(|p| p.is_dir())
+        .collect()
+}
+
+/// rmdir of `dir`'s sub-cgroups, deepest first, then of `dir`.
+fn remove_cgroup_tree(dir: &Path) {
+    for e in std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+    {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_cgroup_tree(&e.path());
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
+fn find_dirs(dir: &Path, name: &str, depth: usize, out: &mut Vec<PathBuf>) {
+    if depth == 0 {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.filter_map(Result::ok) {
+        if !e.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        if e.file_name().to_str() == Some(name) {
+            out.push(e.path());
+        } else {
+            find_dirs(&e.path(), name, depth - 1, out);
+        }
+    }
+}
+
+/// Every pid in `dir`'s `cgroup.procs` and its sub-cgroups. A cgroup removed
+/// meanwhile held none (the kernel removes only empty cgroups).
+fn cgroup_procs(dir: &Path) -> Vec<i32> {
+    let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
+    let mut out: Vec<i32> = match std::fs::read_to_string(dir.join("cgroup.procs")) {
+        Ok(text) => text.lines().filter_map(|l| l.trim().parse().ok()).collect(),
+        Err(e) if gone(&e) => return Vec::new(),
+        Err(e) => panic!("{}: {e}", dir.display()),
+    };
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if gone(&e) => return out,
+        Err(e) => panic!("{}: {e}", dir.display()),
+    };
+    for e in entries.filter_map(Result::ok) {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            out.extend(cgroup_procs(&e.path()));
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// The processes of user `uid` whose command is `name`.
+fn user_procs_named(uid: u32, name: &str) -> Vec<i32> {
+    pids_of_uid(uid)
+        .into_iter()
+        .filter(|p| comm(*p) == name)
+        .collect()
+}
+
+fn comm(pid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
+/// On drop (a failed test), SIGKILLs every process listed in the cgroups of
+/// the polyhost of `state_dir` until none is left (bounded), so a fork bomb
+/// never outlives its test, then removes those cgroups. Declared before the
+/// [`Binary`] so that it runs after polyhost died (kill on drop).
+struct CgroupSweep {
+    state_dir: PathBuf,
+}
+
+impl Drop for CgroupSweep {
+    fn drop(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let dirs = polyhost_cgroup_dirs(&self.state_dir);
+        loop {
+            let pids: Vec<i32> = dirs.iter().flat_map(|d| cgroup_procs(d)).collect();
+            if pids.is_empty() || Instant::now() > deadline {
+                break;
+            }
+            for pid in pids {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for dir in dirs {
+            remove_cgroup_tree(&dir);
+        }
+    }
+}
+
+/// Runs the real CLI against the polyhost of `main`; (exit code, output).
+async fn polyhost_cli(main: &Path, args: &[&str]) -> (i32, String) {
+    let mut argv = vec!["--config".to_owned(), main.display().to_string()];
+    argv.extend(args.iter().map(|a| a.to_string()));
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_polyhost"))
+        .args(&argv)
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// A PHP site run by `user` with `extra` in its site table, and
+/// `index.php` answering `pid=<pid of the php-fpm child>`.
+fn php_site(cfg: &TestConfig, name: &str, user: &TestUser, site_extra: &str, php_extra: &str) {
+    cfg.write(
+        &format!("www/{name}/index.php"),
+        "<?php echo 'pid=' . getmypid();",
+    );
+    cfg.write(
+        &format!("vhosts/{name}.toml"),
+        &format!(
+            "hosts = [\"{name}.test\"]\nroot = \"www/{name}\"\nuser = \"{}\"\n{site_extra}\n[php]\n{php_extra}\n",
+            user.name
+        ),
+    );
+    open_up(cfg.path());
+}
+
+/// The site's code forks until the site's process limit (32) is reached and
+/// keeps trying; `polyhost restart` must still bring the site back, and no
+/// process of the bomb may survive it.
+#[tokio::test]
+async fn restart_recovers_a_site_whose_fork_bomb_holds_its_process_limit() {
+    const LIMIT: usize = 32;
+    let cfg = TestConfig::new();
+    let user = TestUser::new();
+    // perl forks forever, every child too (fork failures do not stop it);
+    // `ulimit -p` (RLIMIT_NPROC) bounds it even if the cgroup did not.
+    cfg.write(
+        "www/bomb/bomb.php",
+        "<?php shell_exec(\"ulimit -p 100; perl -e 'fork while 1' >/dev/null 2>&1 &\"); echo 'lit';",
+    );
+    php_site(
+        &cfg,
+        "bomb",
+        &user,
+        &format!("[limits]\nprocesses = {LIMIT}\ncpu = 0.5"),
+        "mode = \"static\"\nmax_children = 2",
+    );
+    let _sweep = CgroupSweep {
+        state_dir: cfg.path().join("state"),
+    };
+    let bin = Binary::start(&cfg.main(), &[]).await;
+    let first = get(bin.addr, "bomb.test", "/").await;
+    assert_eq!(first.status, 200, "{}\n{}", first.text(), bin.log());
+
+    let dirs = site_cgroup_dirs(&cfg.path().join("state"), "bomb");
+    let pids_dir = dirs
+        .iter()
+        .find(|d| d.join("pids.max").exists())
+        .unwrap_or_else(|| panic!("no pids cgroup for the site among {dirs:?}"))
+        .clone();
+    let max = std::fs::read_to_string(pids_dir.join("pids.max")).unwrap();
+    assert_eq!(max.trim(), LIMIT.to_string(), "the bomb must be bounded");
+    let current = || -> usize {
+        std::fs::read_to_string(pids_dir.join("pids.current"))
+            .unwrap_or_default()
+            .trim()
+            .parse()
+            .unwrap_or(0)
+    };
+
+    let lit = get(bin.addr, "bomb.test", "/bomb.php").await;
+    assert_eq!(lit.text(), "lit", "{}", bin.log());
+    // Every place the pool (a master and 2 children) leaves is the bomb's.
+    let perl = || -> Vec<i32> {
+        cgroup_procs(&pids_dir)
+            .into_iter()
+            .filter(|p| comm(*p) == "perl")
+            .collect()
+    };
+    let full = common::eventually(Duration::from_secs(20), || async {
+        current() >= LIMIT && perl().len() >= LIMIT - 3
+    })
+    .await;
+    let bomb = perl();
+    assert!(
+        full,
+        "the bomb did not reach the limit: pids.current = {}, bomb processes {bomb:?}",
+        current()
+    );
+
+    let (code, out) = polyhost_cli(&cfg.main(), &["restart", "bomb"]).await;
+    assert_eq!(code, 0, "{out}");
+
+    // Back within a bounded time, with only php-fpm left in the site.
+    let started = Instant::now();
+    let seen = loop {
+        let names: Vec<String> = cgroup_procs(&pids_dir).iter().map(|p| comm(*p)).collect();
+        let r = get(bin.addr, "bomb.test", "/").await;
+        let perl = user_procs_named(user.uid, "perl");
+        let seen = format!(
+            "status {} {:?}, site processes {names:?}, perl processes of the site user {perl:?}",
+            r.status,
+            r.text()
+        );
+        // The pool is a master and its 2 static children.
+        if r.status == 200
+            && names.len() == 3
+            && names.iter().all(|n| n.starts_with("php-fpm"))
+            && perl.is_empty()
+        {
+            break seen;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "not recovered after {:?}: {seen}\n{}",
+            started.elapsed(),
+            bin.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!("recovered after {:?}: {seen}", started.elapsed());
+    for pid in bomb {
+        assert_ne!(comm(pid), "perl", "bomb process {pid} survived the restart");
+    }
+    assert!(bin.terminate().await.success());
+    assert!(
+        pids_of_uid(user.uid).is_empty(),
+        "{:?}",
+        pids_of_uid(user.uid)
+    );
+}
