@@ -111,7 +111,11 @@ pub enum Replacement {
 /// (at least one).
 pub fn replacement(site_tasks: u64, site_limit: Option<u64>, old_tasks: u64) -> Replacement {
     match site_limit {
-        Some(limit) if site_tasks.saturating_add(old_tasks.max(1)) > limit => {
+        Some(limit)
+            if site_tasks
+                .checked_add(old_tasks.max(1))
+                .is_none_or(|both| both > limit) =>
+        {
             Replacement::StopFirst
         }
         _ => Replacement::Rolling,
