@@ -6,7 +6,7 @@ use std::path::Path;
 
 use crate::config::{self, ConfigError, ConfigErrors, ServerConfig, SiteConfig};
 use crate::runtime::python::default_worker;
-use crate::supervisor::site_identity;
+use crate::supervisor::{site_identity, SiteSetupError};
 
 /// Returns a one-line summary on success, or every error found.
 pub fn check(main: &Path) -> Result<String, ConfigErrors> {
@@ -32,9 +32,20 @@ pub fn check(main: &Path) -> Result<String, ConfigErrors> {
     ))
 }
 
-/// A site with a runtime needs a user it may run as, and its worker binary.
+/// A site with a runtime needs a user it may run as, and its worker binary;
+/// a static site's user (whose permissions its files are served with), if
+/// it has one, must exist too.
 fn check_runtimes(site: &SiteConfig, server: &ServerConfig, errors: &mut ConfigErrors) {
     if site.php.is_none() && site.python.is_none() {
+        match site_identity(
+            site,
+            server.default_user.as_deref(),
+            server.default_group.as_deref(),
+            server.admin.group.as_deref(),
+        ) {
+            Ok(_) | Err(SiteSetupError::NoUser) => {}
+            Err(e) => errors.push(ConfigError::in_file(&site.file, "user", e.to_string())),
+        }
         return;
     }
     if let Err(e) = site_identity(

@@ -283,6 +283,12 @@ fn check_reports_a_missing_site_user_and_a_missing_worker() {
         "vhosts/py.toml",
         "hosts = [\"py.test\"]\nroot = \"www/py\"\nuser = \"polyhost-no-such-user\"\n[python]\napp = \"x\"\nworker = \"/nonexistent/polyhost-python\"\n",
     );
+    // A static site's files are served with its user's permissions: that
+    // user must exist too.
+    cfg.write(
+        "vhosts/files.toml",
+        "hosts = [\"files.test\"]\nroot = \"www/py\"\nuser = \"polyhost-no-such-user\"\n",
+    );
     let (code, _, stderr) = polyhost_check(&cfg, &[]);
     assert_eq!(code, 1);
     assert!(
@@ -292,6 +298,10 @@ fn check_reports_a_missing_site_user_and_a_missing_worker() {
     if nix::unistd::geteuid().is_root() {
         assert!(
             stderr.contains("vhosts/py.toml: user: user `polyhost-no-such-user` does not exist"),
+            "{stderr}"
+        );
+        assert!(
+            stderr.contains("vhosts/files.toml: user: user `polyhost-no-such-user` does not exist"),
             "{stderr}"
         );
     }

@@ -10,6 +10,7 @@
 
 mod common;
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -278,4 +279,175 @@ async fn restart_recovers_a_site_whose_fork_bomb_holds_its_process_limit() {
         "{:?}",
         pids_of_uid(user.uid)
     );
+}
+
+/// Writes `content` to `path` owned by `uid:gid` with `mode`.
+fn plant(path: &Path, content: &str, uid: u32, gid: u32, mode: u32) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, content).unwrap();
+    std::os::unix::fs::chown(path, Some(uid), Some(gid)).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// Gives `path` a POSIX access ACL (`system.posix_acl_access`, as `setfacl`
+/// writes it): owner rw, `user:uid` with `perm`, owning group none, mask r,
+/// others `other`. The kernel sets the mode's group bits to the mask.
+fn acl_for_user(path: &Path, uid: u32, perm: u16, other: u16) {
+    let mut value = 2u32.to_le_bytes().to_vec();
+    for (tag, perm, id) in [
+        (0x01u16, 6u16, u32::MAX), // USER_OBJ
+        (0x02, perm, uid),         // USER
+        (0x04, 0, u32::MAX),       // GROUP_OBJ
+        (0x10, 4, u32::MAX),       // MASK
+        (0x20, other, u32::MAX),   // OTHER
+    ] {
+        value.extend(tag.to_le_bytes());
+        value.extend(perm.to_le_bytes());
+        value.extend(id.to_le_bytes());
+    }
+    let file = std::fs::File::open(path).unwrap();
+    rustix::fs::fsetxattr(
+        &file,
+        "system.posix_acl_access",
+        &value,
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap_or_else(|e| panic!("setting an ACL on {}: {e}", path.display()));
+}
+
+fn gid_of(user: &TestUser) -> u32 {
+    nix::unistd::User::from_name(&user.name)
+        .unwrap()
+        .unwrap()
+        .gid
+        .as_raw()
+}
+
+/// What the site owner (or a careless admin) leaves in the site's root, and
+/// whether the router may serve it to the site: only what the site's user
+/// could read itself.
+#[tokio::test]
+async fn static_files_are_served_only_if_the_site_user_could_read_them() {
+    let cfg = TestConfig::new();
+    let (site_user, other) = (TestUser::new(), TestUser::new());
+    let (uid, gid) = (site_user.uid, gid_of(&site_user));
+    let root = cfg.path().join("www/files");
+    // Outside the root: a root-only secret and a world-readable root file.
+    let secret = cfg.path().join("private/secret.txt");
+    plant(&secret, "SECRET of root", 0, 0, 0o600);
+    let public = cfg.path().join("private/public.txt");
+    plant(&public, "public but not the site's", 0, 0, 0o644);
+
+    plant(&root.join("root-only.txt"), "SECRET root-only", 0, 0, 0o600);
+    plant(&root.join("world.txt"), "world", 0, 0, 0o644);
+    plant(&root.join("own.txt"), "own", uid, gid, 0o600);
+    plant(&root.join("team.txt"), "team", other.uid, gid, 0o640);
+    plant(
+        &root.join("not-team.txt"),
+        "SECRET other",
+        other.uid,
+        gid_of(&other),
+        0o640,
+    );
+    // Group members get the group's bits, not the others'.
+    plant(
+        &root.join("group-denied.txt"),
+        "SECRET group-denied",
+        0,
+        gid,
+        0o604,
+    );
+    // Hard links, made as root (protected_hardlinks does not stop root):
+    // to a root-only file, to a world-readable one, and the site's own.
+    std::fs::hard_link(&secret, root.join("shadow.txt")).unwrap();
+    std::fs::hard_link(&public, root.join("public-link.txt")).unwrap();
+    std::fs::hard_link(root.join("own.txt"), root.join("own-link.txt")).unwrap();
+    // ACLs: a root-only file (0640 root:root) with an entry granting the
+    // site's user, and a world-readable one (0644) whose entry denies it.
+    plant(&root.join("acl-granted.txt"), "acl granted", 0, 0, 0o600);
+    acl_for_user(&root.join("acl-granted.txt"), uid, 4, 0);
+    plant(
+        &root.join("acl-denied.txt"),
+        "SECRET acl-denied",
+        0,
+        0,
+        0o600,
+    );
+    acl_for_user(&root.join("acl-denied.txt"), uid, 0, 4);
+    for (name, mode) in [("acl-granted.txt", 0o640), ("acl-denied.txt", 0o644)] {
+        let meta = std::fs::metadata(root.join(name)).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, mode, "{name}");
+    }
+    // An index file the site cannot read is not served either.
+    plant(&root.join("locked/index.html"), "SECRET index", 0, 0, 0o600);
+    cfg.write(
+        "vhosts/files.toml",
+        &format!(
+            "hosts = [\"files.test\"]\nroot = \"www/files\"\nuser = \"{}\"\n",
+            site_user.name
+        ),
+    );
+    // The same files for a static site without a user: world-readable only.
+    cfg.write(
+        "vhosts/nouser.toml",
+        "hosts = [\"nouser.test\"]\nroot = \"www/files\"\n",
+    );
+    let bin = Binary::start(&cfg.main(), &[]).await;
+
+    let cases: &[(&str, &str, u16)] = &[
+        ("files.test", "/root-only.txt", 403),
+        ("files.test", "/world.txt", 200),
+        ("files.test", "/own.txt", 200),
+        ("files.test", "/team.txt", 200),
+        ("files.test", "/not-team.txt", 403),
+        ("files.test", "/group-denied.txt", 403),
+        ("files.test", "/shadow.txt", 403),
+        ("files.test", "/public-link.txt", 403),
+        ("files.test", "/own-link.txt", 200),
+        ("files.test", "/acl-granted.txt", 200),
+        ("files.test", "/acl-denied.txt", 403),
+        ("files.test", "/locked/", 403),
+        ("nouser.test", "/world.txt", 200),
+        ("nouser.test", "/root-only.txt", 403),
+        ("nouser.test", "/own.txt", 403),
+        ("nouser.test", "/team.txt", 403),
+        ("nouser.test", "/own-link.txt", 403),
+    ];
+    let mut wrong = Vec::new();
+    for (host, path, want) in cases {
+        let r = get(bin.addr, host, path).await;
+        if r.status != *want || (r.status != 200 && r.text().contains("SECRET")) {
+            wrong.push(format!(
+                "{host}{path}: {} {:?}, want {want}",
+                r.status,
+                r.text()
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}\n{}", bin.log());
+    assert!(bin.terminate().await.success());
+}
+
+/// On a PHP site the router serves the non-PHP files itself: the same rule.
+#[tokio::test]
+async fn a_php_site_static_files_follow_the_site_user_too() {
+    let cfg = TestConfig::new();
+    let user = TestUser::new();
+    php_site(&cfg, "php", &user, "", "");
+    let root = cfg.path().join("www/php");
+    plant(&root.join("root-only.css"), "SECRET", 0, 0, 0o600);
+    plant(&root.join("own.css"), "own", user.uid, gid_of(&user), 0o600);
+    let _sweep = CgroupSweep {
+        state_dir: cfg.path().join("state"),
+    };
+    let bin = Binary::start(&cfg.main(), &[]).await;
+    let denied = get(bin.addr, "php.test", "/root-only.css").await;
+    let own = get(bin.addr, "php.test", "/own.css").await;
+    assert_eq!(
+        (denied.status, own.status, own.text().as_str()),
+        (403, 200, "own"),
+        "{}",
+        bin.log()
+    );
+    assert!(bin.terminate().await.success());
 }

@@ -93,7 +93,7 @@ fn site() -> Site {
         paths: vec![],
         cache_max_age: Some(Duration::from_secs(3600)),
     };
-    let files = StaticFiles::new(&root, &cfg).unwrap();
+    let files = StaticFiles::new(&root, &cfg, polyhost::docroot::Reader::Anyone).unwrap();
     let config = SiteConfig {
         name: SiteName::parse("test").unwrap(),
         file: tmp.path().join("vhosts/test.toml"),
@@ -217,7 +217,8 @@ async fn raw_backslashes_are_refused_or_unparseable() {
         Err(_) => {}
         Ok(_) => assert_refused(&s.get(uri).await, uri),
     }
-    let root = polyhost::docroot::DocRoot::open(&s.root).unwrap();
+    let root =
+        polyhost::docroot::DocRoot::open(&s.root, polyhost::docroot::Reader::Anyone).unwrap();
     assert!(root.resolve(uri).is_err());
 }
 

@@ -486,6 +486,7 @@ fn disabled_entry(site: &Arc<SiteConfig>, old: &SiteEntry) -> SiteEntry {
             python: None,
             php: None,
             context: old.runtimes.context.clone(),
+            reader: old.runtimes.reader.clone(),
         }),
         logs: old.logs.clone(),
         stats: old.stats.clone(),

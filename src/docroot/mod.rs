@@ -21,12 +21,16 @@
 //! - Only regular files and directories are ever returned; FIFOs, devices and
 //!   sockets are refused (a FIFO is opened `O_NONBLOCK`, so it cannot stall a
 //!   thread).
+//! - A file is returned only if the root's [`Reader`] (the site's user) may
+//!   read it, decided on the open descriptor ([`access`]); polyhost itself
+//!   opens everything as root.
 //!
 //! Every method here makes blocking system calls; async callers run them in
 //! `tokio::task::spawn_blocking`.
 
 #![forbid(unsafe_code)]
 
+mod access;
 mod path;
 
 use std::fs::{File, Metadata};
@@ -38,6 +42,7 @@ use std::sync::Arc;
 use nix::errno::Errno;
 use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
 
+pub use access::Reader;
 pub use path::{check_relative, decode, RelPath};
 
 /// Why a path could not be resolved to a servable file.
@@ -92,6 +97,7 @@ pub struct DocRoot {
 struct Inner {
     fd: OwnedFd,
     path: PathBuf,
+    reader: Reader,
 }
 
 /// What a request path named.
@@ -184,14 +190,21 @@ pub fn open_root_dir(root: &Path) -> io::Result<OwnedFd> {
 
 impl DocRoot {
     /// Opens `root` (see [`open_root_dir`]); everything beneath it is
-    /// resolved with `RESOLVE_BENEATH`.
-    pub fn open(root: &Path) -> io::Result<DocRoot> {
+    /// resolved with `RESOLVE_BENEATH`, and only files `reader` may read are
+    /// returned.
+    pub fn open(root: &Path, reader: Reader) -> io::Result<DocRoot> {
         Ok(DocRoot {
             inner: Arc::new(Inner {
                 fd: open_root_dir(root)?,
                 path: root.to_path_buf(),
+                reader,
             }),
         })
+    }
+
+    /// Whose read permission the files served from this root need.
+    pub fn reader(&self) -> &Reader {
+        &self.inner.reader
     }
 
     /// The root's path as configured.
@@ -215,7 +228,7 @@ impl DocRoot {
             // is passed with the slash; we pass it without, so check here.
             return Err(ResolveError::NotFound);
         }
-        Ok(Resolved::File(self.open_file(rel.as_str(), file, meta)))
+        Ok(Resolved::File(self.open_file(rel.as_str(), file, meta)?))
     }
 
     /// Opens the first of `names` (e.g. `index.html`) that is a regular file
@@ -256,16 +269,18 @@ impl DocRoot {
         if !meta.is_file() {
             return Err(ResolveError::NotFound);
         }
-        Ok(self.open_file(rel.as_str(), file, meta))
+        self.open_file(rel.as_str(), file, meta)
     }
 
-    fn open_file(&self, rel: &str, file: File, meta: Metadata) -> OpenFile {
-        OpenFile {
+    /// A regular file becomes an [`OpenFile`] only if the reader may read it.
+    fn open_file(&self, rel: &str, file: File, meta: Metadata) -> Result<OpenFile, ResolveError> {
+        self.inner.reader.check(&file, &meta)?;
+        Ok(OpenFile {
             file,
             meta,
             rel: rel.to_owned(),
             path: self.inner.path.join(rel),
-        }
+        })
     }
 
     /// The one `openat2` call. Returns a regular file or a directory.

@@ -152,7 +152,7 @@ fn read(f: OpenFile) -> String {
 #[test]
 fn resolves_files_and_directories() {
     let fx = fixture();
-    let root = DocRoot::open(&fx.root).unwrap();
+    let root = DocRoot::open(&fx.root, Reader::Anyone).unwrap();
     match root.resolve("/a.txt").unwrap() {
         Resolved::File(f) => {
             assert_eq!(f.rel_path(), "a.txt");
@@ -199,7 +199,7 @@ fn resolves_files_and_directories() {
 #[test]
 fn symlinks_may_not_leave_the_root() {
     let fx = fixture();
-    let root = DocRoot::open(&fx.root).unwrap();
+    let root = DocRoot::open(&fx.root, Reader::Anyone).unwrap();
     for path in [
         "/escape.txt",
         "/escape-dir/key.txt",
@@ -230,7 +230,7 @@ fn special_files_are_refused_without_blocking() {
         nix::sys::stat::Mode::from_bits_truncate(0o644),
     )
     .unwrap();
-    let root = DocRoot::open(&fx.root).unwrap();
+    let root = DocRoot::open(&fx.root, Reader::Anyone).unwrap();
     assert!(matches!(
         root.resolve("/fifo"),
         Err(ResolveError::Forbidden(_))
@@ -246,7 +246,7 @@ fn special_files_are_refused_without_blocking() {
 #[test]
 fn resolve_relative_gives_the_script_path() {
     let fx = fixture();
-    let root = DocRoot::open(&fx.root).unwrap();
+    let root = DocRoot::open(&fx.root, Reader::Anyone).unwrap();
     let f = root.resolve_relative("dir/index.html").unwrap();
     assert_eq!(f.path(), fx.root.join("dir/index.html"));
     assert!(f.metadata().is_file());
@@ -258,7 +258,7 @@ fn resolve_relative_gives_the_script_path() {
 
 #[test]
 fn open_fails_for_a_missing_root() {
-    let err = DocRoot::open(Path::new("/nonexistent/polyhost-root")).unwrap_err();
+    let err = DocRoot::open(Path::new("/nonexistent/polyhost-root"), Reader::Anyone).unwrap_err();
     assert!(
         err.to_string().contains("/nonexistent/polyhost-root"),
         "{err}"

@@ -15,6 +15,8 @@ use std::sync::Arc;
 use futures_util::future::BoxFuture;
 
 use crate::config::{ConfigError, ConfigErrors, SiteConfig};
+use crate::docroot::Reader;
+use crate::isolation::SiteIdentity;
 use crate::router::{MountTable, SiteLogs, SiteRoute, SiteStats};
 use crate::runtime::php::PhpLauncher;
 use crate::runtime::python::PythonLauncher;
@@ -32,6 +34,10 @@ pub struct Runtimes {
     /// because it also needs the site's static upstream).
     pub php: Option<GroupHandle>,
     pub context: Option<SiteContext>,
+    /// Whose read permission the site's static files need: the site's user
+    /// (its processes' uid and group), or anyone for a static site without
+    /// a user (world-readable files only). See `docroot::access`.
+    pub reader: Reader,
 }
 
 impl Runtimes {
@@ -94,13 +100,19 @@ pub fn build_runtimes(
         python: None,
         php: None,
         context: None,
+        reader: Reader::Anyone,
     };
     if site.php.is_none() && site.python.is_none() {
+        let identity = supervisor
+            .static_identity(site)
+            .map_err(|e| one_error(site, "user", e.to_string()))?;
+        rt.reader = reader_of(identity.as_ref());
         return Ok(rt);
     }
     let ctx = supervisor
         .site_context(site)
         .map_err(|e| one_error(site, "user", e.to_string()))?;
+    rt.reader = reader_of(ctx.identity.as_ref());
     if site.php.is_some() {
         let launcher = PhpLauncher::new(site, supervisor.state_dir(), ctx.identity.clone())
             .ok_or_else(|| {
@@ -143,8 +155,12 @@ pub fn build_route(
     }
     if let Some(root) = &site.root {
         let up: Arc<dyn Upstream> = Arc::new(
-            crate::upstream::static_files::StaticFiles::new(root, &site.static_files)
-                .map_err(|e| one_error(site, "root", format!("{}: {e}", root.display())))?,
+            crate::upstream::static_files::StaticFiles::new(
+                root,
+                &site.static_files,
+                runtimes.reader.clone(),
+            )
+            .map_err(|e| one_error(site, "root", format!("{}: {e}", root.display())))?,
         );
         let root_upstream = match &runtimes.php {
             Some(group) => {
@@ -173,6 +189,12 @@ pub fn build_route(
         logs,
         stats,
     })
+}
+
+/// The credentials of a site's processes: its uid and its one group
+/// (`isolation::spawn` sets no supplementary groups).
+fn reader_of(identity: Option<&SiteIdentity>) -> Reader {
+    identity.map_or(Reader::Anyone, |id| Reader::user(id.uid, &[id.gid]))
 }
 
 /// A route that answers 503 for everything: a site stopped by the operator.

@@ -125,6 +125,19 @@ impl Supervisor {
         )
     }
 
+    /// Whose permissions a static site's files are served with: like
+    /// [`identity`](Self::identity), but a static site may have no user
+    /// (`None`: only world-readable files are served).
+    pub fn static_identity(
+        &self,
+        site: &SiteConfig,
+    ) -> Result<Option<SiteIdentity>, SiteSetupError> {
+        match self.identity(site) {
+            Err(SiteSetupError::NoUser) => Ok(None),
+            other => other,
+        }
+    }
+
     /// Prepares what the site's processes share: identity, cgroup with the
     /// site's limits, the site's state directory.
     pub fn site_context(&self, site: &SiteConfig) -> Result<SiteContext, SiteSetupError> {

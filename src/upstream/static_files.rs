@@ -8,8 +8,9 @@
 //!
 //! Invariants:
 //! - Every file served was opened through [`DocRoot`] (so `openat2` with
-//!   `RESOLVE_BENEATH`); the response describes that open file's `fstat`,
-//!   never a second lookup of the path.
+//!   `RESOLVE_BENEATH`, and only if the site's user may read it); the
+//!   response describes that open file's `fstat`, never a second lookup of
+//!   the path.
 //! - Opening and `fstat` run on the async thread (an `openat2` of a cached
 //!   path costs microseconds); file bytes are read in chunks of at most
 //!   [`body::CHUNK`], so a large file costs no more memory than a small one,
@@ -37,7 +38,7 @@ use super::{
     empty_body, plain_response, RequestBody, RequestContext, ResponseBody, Upstream, UpstreamError,
 };
 use crate::config::StaticConfig;
-use crate::docroot::{DocRoot, OpenFile, ResolveError, Resolved};
+use crate::docroot::{DocRoot, OpenFile, Reader, ResolveError, Resolved};
 use conditional::{Decision, Validators};
 
 pub use body::CHUNK;
@@ -51,9 +52,10 @@ pub struct StaticFiles {
 }
 
 impl StaticFiles {
-    /// Opens `root` and takes the index names and cache lifetime from `cfg`.
-    pub fn new(root: &Path, cfg: &StaticConfig) -> io::Result<StaticFiles> {
-        Ok(StaticFiles::with_docroot(DocRoot::open(root)?, cfg))
+    /// Opens `root` and takes the index names and cache lifetime from `cfg`;
+    /// serves only files `reader` (the site's user) may read.
+    pub fn new(root: &Path, cfg: &StaticConfig, reader: Reader) -> io::Result<StaticFiles> {
+        Ok(StaticFiles::with_docroot(DocRoot::open(root, reader)?, cfg))
     }
 
     /// Serves from an already opened root (shared with the site's PHP upstream, say).
