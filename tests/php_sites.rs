@@ -322,9 +322,16 @@ async fn after_sigkill_of_polyhost_no_php_fpm_survives_the_next_start() {
         "{}",
         bin.log()
     );
+    // php-fpm accepts on its socket before it has forked every static child.
+    let pool_up = common::eventually(Duration::from_secs(10), || async {
+        common::pids_of_uid(user.uid).len() >= 5
+    })
+    .await;
     assert!(
-        common::pids_of_uid(user.uid).len() >= 5,
-        "master and 4 children"
+        pool_up,
+        "master and 4 children: {:?}\n{}",
+        common::pids_of_uid(user.uid),
+        bin.log()
     );
     let mut child = bin.child;
     child.start_kill().unwrap();
@@ -336,7 +343,7 @@ async fn after_sigkill_of_polyhost_no_php_fpm_survives_the_next_start() {
         common::pids_of_uid(user.uid).len() < 5
     })
     .await;
-    assert!(master_gone);
+    assert!(master_gone, "{:?}", common::pids_of_uid(user.uid));
     let bin = common::Binary::start(&cfg.main(), &[]).await;
     let r = get(bin.addr, "pool.test", "/").await;
     assert_eq!(r.status, 200, "{}", bin.log());

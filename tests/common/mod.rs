@@ -372,11 +372,34 @@ impl TestUser {
 }
 
 impl Drop for TestUser {
+    /// Also when the test panicked: kills whatever still runs as the user
+    /// (e.g. php-fpm children whose master died with a killed polyhost, left
+    /// before the restart that would have removed them), then deletes it.
     fn drop(&mut self) {
+        kill_processes_of(self.uid);
         let _pause = polyhost::isolation::pause_reaper();
         let _ = std::process::Command::new("userdel")
             .arg(&self.name)
             .output();
+    }
+}
+
+/// SIGKILLs every (non-zombie) process of `uid`, by pid, until none is left
+/// or 5 s have passed. Only for test users: everything they run, the test started.
+pub fn kill_processes_of(uid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let pids = pids_of_uid(uid);
+        if pids.is_empty() || Instant::now() > deadline {
+            return;
+        }
+        for pid in pids {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 

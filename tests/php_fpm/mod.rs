@@ -68,7 +68,23 @@ impl TestUser {
 }
 
 impl Drop for TestUser {
+    /// Also when the test panicked: kills whatever still runs as the user
+    /// (by pid, until none is left, at most 5 s), then deletes it.
     fn drop(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let pids = processes_of(self.uid);
+            if pids.is_empty() || Instant::now() > deadline {
+                break;
+            }
+            for pid in pids {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let _lock = USERADD.lock().unwrap_or_else(|p| p.into_inner());
         let _ = Command::new("userdel")
             .arg(&self.name)
@@ -262,23 +278,30 @@ impl FpmSite {
 
     /// Processes still running as the test user.
     pub fn user_processes(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        for e in std::fs::read_dir("/proc").unwrap().flatten() {
-            use std::os::unix::fs::MetadataExt;
-            if e.file_name().to_string_lossy().parse::<u32>().is_ok() {
-                let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-                let zombie = stat
-                    .rsplit_once(") ")
-                    .is_some_and(|(_, rest)| rest.starts_with('Z'));
-                if let Ok(m) = e.metadata() {
-                    if m.uid() == self.user.uid && !zombie {
-                        out.push(e.file_name().to_string_lossy().into_owned());
-                    }
-                }
-            }
-        }
-        out
+        processes_of(self.user.uid)
+            .into_iter()
+            .map(|pid| pid.to_string())
+            .collect()
     }
+}
+
+/// The pids of `uid`'s processes that are not zombies.
+fn processes_of(uid: u32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        let zombie = stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z'));
+        if e.metadata().is_ok_and(|m| m.uid() == uid) && !zombie {
+            out.push(pid);
+        }
+    }
+    out
 }
 
 impl Drop for FpmSite {
