@@ -4,9 +4,9 @@
 
 use std::path::Path;
 
-use crate::config::{self, ConfigError, ConfigErrors, ServerConfig, SiteConfig};
+use crate::config::{self, ConfigError, ConfigErrors, SiteConfig};
 use crate::runtime::python::default_worker;
-use crate::supervisor::site_identity;
+use crate::supervisor::{site_identities, IdentityDefaults};
 
 /// Returns a one-line summary on success, or every error found.
 pub fn check(main: &Path) -> Result<String, ConfigErrors> {
@@ -19,8 +19,12 @@ pub fn check(main: &Path) -> Result<String, ConfigErrors> {
             }
         }
     }
+    // Who each site runs as, and that no two sites running code share a uid or group.
+    if let Err(e) = site_identities(&config.sites, &IdentityDefaults::of(&config.server)) {
+        errors.0.extend(e.0);
+    }
     for site in config.sites.values() {
-        check_runtimes(site, &config.server, &mut errors);
+        check_runtimes(site, &mut errors);
     }
     if !errors.is_empty() {
         return Err(errors);
@@ -32,19 +36,8 @@ pub fn check(main: &Path) -> Result<String, ConfigErrors> {
     ))
 }
 
-/// A site with a runtime needs a user it may run as, and its worker binary.
-fn check_runtimes(site: &SiteConfig, server: &ServerConfig, errors: &mut ConfigErrors) {
-    if site.php.is_none() && site.python.is_none() {
-        return;
-    }
-    if let Err(e) = site_identity(
-        site,
-        server.default_user.as_deref(),
-        server.default_group.as_deref(),
-        server.admin.group.as_deref(),
-    ) {
-        errors.push(ConfigError::in_file(&site.file, "user", e.to_string()));
-    }
+/// A site with a runtime needs its runtime's binary.
+fn check_runtimes(site: &SiteConfig, errors: &mut ConfigErrors) {
     if let Some(php) = &site.php {
         match php.fpm.clone().or_else(crate::runtime::php::find_fpm_binary) {
             Some(fpm) if is_executable(&fpm) => {}

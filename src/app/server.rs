@@ -101,12 +101,21 @@ impl Server {
     /// Prepares directories, the supervisor and every site. Start-up is a
     /// reload from nothing: the same building code, the same errors.
     pub async fn start(config: Config) -> Result<Arc<Server>, ServeError> {
-        for dir in [&config.server.state_dir, &config.server.log_dir] {
-            std::fs::create_dir_all(dir).map_err(|source| ServeError::Dir {
-                path: dir.display().to_string(),
+        // Before anything is touched: two sites that run code never share a uid or group.
+        crate::supervisor::site_identities(
+            &config.sites,
+            &crate::supervisor::IdentityDefaults::of(&config.server),
+        )?;
+        std::fs::create_dir_all(&config.server.state_dir).map_err(|source| ServeError::Dir {
+            path: config.server.state_dir.display().to_string(),
+            source,
+        })?;
+        crate::router::prepare_log_dir(&config.server.log_dir).map_err(|source| {
+            ServeError::Dir {
+                path: config.server.log_dir.display().to_string(),
                 source,
-            })?;
-        }
+            }
+        })?;
         let supervisor = Supervisor::new(&config.server);
         let mut sites = BTreeMap::new();
         let mut errors = ConfigErrors::default();
@@ -181,6 +190,11 @@ impl Server {
         // the later files.
         let mut state = self.lock_running().await?;
         let new = config::load(&self.main).map_err(ControlError::Config)?;
+        // With the identity settings polyhost runs with (server settings
+        // change at restart): no two sites that run code share a uid or group.
+        self.supervisor
+            .site_identities(&new.sites)
+            .map_err(ControlError::Config)?;
         let mut report = ReloadReport::default();
         if new.server != state.config.server {
             report.warnings.push("server settings (listen, state_dir, log_dir, admin, ...) take effect when polyhost is restarted".into());
@@ -453,6 +467,10 @@ fn build_entry(
         Some(p) => p.logs.clone(),
         None => sites::open_logs(site, log_dir)?,
     };
+    // A site that runs code reads its own logs through its group (which no
+    // other such site has); a static site's are root's. Set on every new
+    // generation: the site's group may have changed.
+    sites::give_logs_to_site(site, supervisor, &logs)?;
     let stats = previous.map(|p| p.stats.clone()).unwrap_or_default();
     let runtimes = Arc::new(sites::build_runtimes(site, supervisor, generation, &stats)?);
     match sites::build_route(site, &runtimes, logs.clone(), stats.clone()) {

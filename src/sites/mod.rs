@@ -202,6 +202,31 @@ pub fn open_logs(site: &SiteConfig, log_dir: &Path) -> Result<Arc<SiteLogs>, Con
         })
 }
 
+/// Gives read access to a site's logs to the group its processes run with
+/// (a site that runs code), or to root only (a static site). An identity
+/// that does not resolve leaves them root's; building the runtimes reports it.
+pub fn give_logs_to_site(
+    site: &SiteConfig,
+    supervisor: &Supervisor,
+    logs: &SiteLogs,
+) -> Result<(), ConfigErrors> {
+    let group = if crate::supervisor::separation::runs_code(site) {
+        supervisor.identity(site).ok().flatten().map(|id| id.gid)
+    } else {
+        None
+    };
+    logs.give_to_group(group).map_err(|e| {
+        one_error(
+            site,
+            "",
+            format!(
+                "cannot set the owner and mode of the site's logs ({}): {e}",
+                logs.access.path().display()
+            ),
+        )
+    })
+}
+
 fn one_error(site: &SiteConfig, key: &str, msg: String) -> ConfigErrors {
     ConfigErrors(vec![ConfigError::in_file(&site.file, key, msg)])
 }
