@@ -424,7 +424,10 @@ mod tests {
             ..site("shop", "failed", "php")
         };
         let text = serde_json::to_string(&status).unwrap();
-        assert!(text.contains('\u{9b}'), "serde_json leaves C1 raw: {text:?}");
+        assert!(
+            text.contains('\u{9b}'),
+            "serde_json leaves C1 raw: {text:?}"
+        );
         let safe = json_safe(&text);
         assert!(!safe.chars().any(acts_on_terminal), "{safe}");
         let back: SiteStatus = serde_json::from_str(&safe).unwrap();

@@ -57,8 +57,8 @@ pub(crate) fn check_layers(files: &[&Path], admin_group: Option<&str>, errors: &
 /// surrounding whitespace trimmed, not empty.
 pub(crate) fn read_token_file(path: &Path, admin_group: Option<&str>) -> Result<String, String> {
     use std::io::Read;
-    let file = std::fs::File::open(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let file =
+        std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let meta = file
         .metadata()
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
@@ -75,7 +75,12 @@ pub(crate) fn read_token_file(path: &Path, admin_group: Option<&str>) -> Result<
     let mut text = String::new();
     file.take(MAX_TOKEN_FILE + 1)
         .read_to_string(&mut text)
-        .map_err(|e| format!("cannot read {}: {e} (a token is one line of text)", path.display()))?;
+        .map_err(|e| {
+            format!(
+                "cannot read {}: {e} (a token is one line of text)",
+                path.display()
+            )
+        })?;
     if text.len() as u64 > MAX_TOKEN_FILE {
         return Err(format!(
             "{} is longer than {MAX_TOKEN_FILE} bytes; it should hold only the token",
@@ -84,7 +89,10 @@ pub(crate) fn read_token_file(path: &Path, admin_group: Option<&str>) -> Result<
     }
     let token = text.trim();
     if token.is_empty() {
-        return Err(format!("{} is empty; write the token into it", path.display()));
+        return Err(format!(
+            "{} is empty; write the token into it",
+            path.display()
+        ));
     }
     if token.contains(['\n', '\r']) {
         return Err(format!(
@@ -159,11 +167,16 @@ mod tests {
     fn open_empty_and_multi_line_files_are_refused() {
         let f = with_mode("s3cret\n", 0o644);
         let e = read_token_file(f.path(), None).unwrap_err();
-        assert!(e.contains("every user can read or write (mode 0644)"), "{e}");
+        assert!(
+            e.contains("every user can read or write (mode 0644)"),
+            "{e}"
+        );
         let f = with_mode("s3cret\n", 0o602);
         assert!(read_token_file(f.path(), None).is_err());
         let f = with_mode("\n", 0o600);
-        assert!(read_token_file(f.path(), None).unwrap_err().contains("is empty"));
+        assert!(read_token_file(f.path(), None)
+            .unwrap_err()
+            .contains("is empty"));
         let f = with_mode("a\nb\n", 0o600);
         assert!(read_token_file(f.path(), None)
             .unwrap_err()
