@@ -321,6 +321,43 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_log_dir_is_made_private_and_an_open_one_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("log");
+        prepare_log_dir(&dir).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().mode() & 0o7777;
+        assert_eq!(mode(&dir), 0o711);
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        prepare_log_dir(&dir).unwrap();
+        assert_eq!(mode(&dir), 0o751, "no listing by others");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = prepare_log_dir(&dir).unwrap_err().to_string();
+        assert!(err.contains("writable by other users (mode 0777)"), "{err}");
+    }
+
+    #[test]
+    fn a_log_file_is_tightened_and_never_opened_through_a_link() {
+        let tmp = tempfile::tempdir().unwrap();
+        let old = tmp.path().join("shop.access.log");
+        std::fs::write(&old, "old line\n").unwrap();
+        std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let log = LogFile::open(&old).unwrap();
+        assert_eq!(std::fs::metadata(&old).unwrap().mode() & 0o777, 0o640);
+        drop(log);
+        let target = tmp.path().join("elsewhere");
+        std::fs::write(&target, "").unwrap();
+        let link = tmp.path().join("linked.access.log");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert!(LogFile::open(&link).is_err(), "a symlink is not followed");
+        let hard = tmp.path().join("hard.access.log");
+        std::fs::hard_link(&target, &hard).unwrap();
+        assert!(
+            LogFile::open(&hard).is_err(),
+            "a second hard link is refused"
+        );
+    }
+
+    #[test]
     fn combined_format() {
         let r = AccessRecord {
             client: "10.0.0.1",
