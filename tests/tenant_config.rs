@@ -245,6 +245,12 @@ async fn a_site_reads_its_own_logs_and_no_other_sites() {
     )
     .unwrap();
     std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o644)).unwrap();
+    // And the log of a site removed while polyhost was stopped, whose group
+    // id has since gone to py-a's user.
+    let gone = log.join("gone.access.log");
+    std::fs::write(&gone, "GET /?token=GONE-SECRET\n").unwrap();
+    std::os::unix::fs::chown(&gone, Some(0), Some(gid_of(&ua))).unwrap();
+    std::fs::set_permissions(&gone, std::fs::Permissions::from_mode(0o640)).unwrap();
     let bin = Binary::start(&cfg.main(), &[]).await;
 
     for (host, path) in [
@@ -274,6 +280,7 @@ async fn a_site_reads_its_own_logs_and_no_other_sites() {
         "py-b.error.log",
         "www.access.log",
         "www.error.log",
+        "gone.access.log",
     ] {
         let got = read(&log.join(other)).await;
         assert_eq!(got, "denied: PermissionError", "{other}: {got}");
@@ -301,6 +308,18 @@ async fn a_site_reads_its_own_logs_and_no_other_sites() {
         );
     }
     assert_eq!(std::fs::metadata(&log).unwrap().mode() & 0o007, 0o001);
+
+    // A site removed by a reload: its logs go back to root.
+    std::fs::remove_file(cfg.path().join("vhosts/py-b.toml")).unwrap();
+    let out = cli(&cfg.path().join("state/admin.sock"), &["reload"], None).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    for file in ["py-b.access.log", "py-b.error.log", "gone.access.log"] {
+        assert_eq!(
+            std::fs::metadata(log.join(file)).unwrap().gid(),
+            0,
+            "{file}"
+        );
+    }
     assert!(bin.terminate().await.success());
 }
 

@@ -116,6 +116,8 @@ impl Server {
                 source,
             }
         })?;
+        let names: Vec<&str> = config.sites.keys().map(SiteName::as_str).collect();
+        crate::router::retire_other_logs(&config.server.log_dir, &names);
         let supervisor = Supervisor::new(&config.server);
         let mut sites = BTreeMap::new();
         let mut errors = ConfigErrors::default();
@@ -311,6 +313,12 @@ impl Server {
                 continue;
             }
             let removed = !state.sites.contains_key(&name);
+            if removed {
+                // Its group may be given to a new site's user one day.
+                if let Err(e) = old.logs.give_to_group(None) {
+                    tracing::warn!(site = %name, error = %e, "cannot give a removed site's logs back to root");
+                }
+            }
             let runtimes = old.runtimes.clone();
             let remover = match (&old.runtimes.context, removed) {
                 (Some(ctx), true) => Some(self.supervisor.cgroup_remover(ctx, name.as_str())),

@@ -158,6 +158,43 @@ pub fn prepare_log_dir(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Log files in `dir` of sites other than `sites` (removed while polyhost
+/// was stopped) go back to root (`0640 root:root`): a group id freed with a
+/// removed site's user and given to a new site's must not open the old
+/// site's logs. Best effort: a file that cannot be changed is logged.
+pub fn retire_other_logs(dir: &Path, sites: &[&str]) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(site) = name
+            .strip_suffix(".access.log")
+            .or_else(|| name.strip_suffix(".error.log"))
+        else {
+            continue;
+        };
+        if sites.contains(&site) {
+            continue;
+        }
+        let retired = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(entry.path())
+            .and_then(|f| {
+                if f.metadata()?.is_file() {
+                    set_reader_group(&f, None)
+                } else {
+                    Ok(())
+                }
+            });
+        if let Err(e) = retired {
+            tracing::warn!(file = %entry.path().display(), error = %e, "cannot give a removed site's log back to root");
+        }
+    }
+}
+
 fn spawn_flusher(log: Weak<LogFile>) {
     let Ok(handle) = tokio::runtime::Handle::try_current() else {
         return;
