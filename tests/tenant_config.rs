@@ -222,6 +222,16 @@ async fn a_reload_that_would_share_a_user_is_refused_and_the_running_sites_keep_
     let status = cli(&socket, &["status", "--json"], None).await;
     let status: polyhost::app::status::ServerStatus = serde_json::from_str(&status.stdout).unwrap();
     assert_eq!(status.reloads_failed, 1);
+
+    // A user of its own is fine; its logs follow it to the new group.
+    let uc = TestUser::new();
+    python_test_site(&cfg, "py-b", &uc, "pyapp", "", "threads = 1");
+    let out = cli(&socket, &["reload"], None).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let b = get(bin.addr, "py-b.test", "/").await;
+    assert_eq!(field(&b.text(), "uid"), uc.uid.to_string(), "{}", bin.log());
+    let log = std::fs::metadata(cfg.path().join("log/py-b.access.log")).unwrap();
+    assert_eq!((log.uid(), log.gid()), (0, gid_of(&uc)));
     assert!(bin.terminate().await.success());
 }
 

@@ -136,6 +136,9 @@ impl Server {
             supervisor.shutdown();
             return Err(errors.into());
         }
+        for entry in sites.values() {
+            sites::give_logs_to_site(&entry.config, &supervisor, &entry.logs);
+        }
         let table = Arc::new(ArcSwap::from_pointee(RoutingTable::new(
             sites.values().map(|e| e.route.clone()),
         )));
@@ -304,6 +307,13 @@ impl Server {
         let old_sites = std::mem::replace(&mut state.sites, next);
         state.config = new;
         self.swap_table(&state);
+        // Once committed: a new generation's group (which may have changed)
+        // reads the site's logs.
+        for entry in state.sites.values() {
+            if fresh.iter().any(|rt| Arc::ptr_eq(rt, &entry.runtimes)) {
+                sites::give_logs_to_site(&entry.config, &self.supervisor, &entry.logs);
+            }
+        }
         for (name, old) in old_sites {
             let keep = state
                 .sites
@@ -379,6 +389,7 @@ impl Server {
             Some(entry),
         )
         .map_err(ControlError::Setup)?;
+        sites::give_logs_to_site(&started.config, &self.supervisor, &started.logs);
         state.sites.insert(key, started);
         self.swap_table(&state);
         tracing::info!(site = name, "started by the operator");
@@ -475,10 +486,6 @@ fn build_entry(
         Some(p) => p.logs.clone(),
         None => sites::open_logs(site, log_dir)?,
     };
-    // A site that runs code reads its own logs through its group (which no
-    // other such site has); a static site's are root's. Set on every new
-    // generation: the site's group may have changed.
-    sites::give_logs_to_site(site, supervisor, &logs)?;
     let stats = previous.map(|p| p.stats.clone()).unwrap_or_default();
     let runtimes = Arc::new(sites::build_runtimes(site, supervisor, generation, &stats)?);
     match sites::build_route(site, &runtimes, logs.clone(), stats.clone()) {
