@@ -23,10 +23,16 @@ if ((${#missing[@]})); then
     fi
 fi
 
-# The demo's sites run as this user when polyhost runs as root.
-if [[ $EUID -eq 0 ]] && ! id polyhost-demo >/dev/null 2>&1; then
-    echo "setup: creating the user polyhost-demo for the demo sites"
-    useradd --system --no-create-home --shell /usr/sbin/nologin polyhost-demo
+# The demo's PHP and Python sites run as these users when polyhost runs as
+# root: one each (each with its own group), since two sites that run code
+# may not share a user or a group.
+if [[ $EUID -eq 0 ]]; then
+    for user in polyhost-demo-php polyhost-demo-python; do
+        if ! id "$user" >/dev/null 2>&1; then
+            echo "setup: creating the user $user for the demo sites"
+            useradd --system --user-group --no-create-home --shell /usr/sbin/nologin "$user"
+        fi
+    done
 fi
 
 if ! command -v cargo >/dev/null; then

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use crate::config::{self, ConfigError, ConfigErrors, ServerConfig, SiteConfig};
 use crate::runtime::python::default_worker;
-use crate::supervisor::{site_identity, SiteSetupError};
+use crate::supervisor::{site_identities, site_identity, IdentityDefaults, SiteSetupError};
 
 /// Returns a one-line summary on success, or every error found.
 pub fn check(main: &Path) -> Result<String, ConfigErrors> {
@@ -18,6 +18,10 @@ pub fn check(main: &Path) -> Result<String, ConfigErrors> {
                 errors.push(ConfigError::in_file(&site.file, "root", e.to_string()));
             }
         }
+    }
+    // Who each site runs as, and that no two sites running code share a uid or group.
+    if let Err(e) = site_identities(&config.sites, &IdentityDefaults::of(&config.server)) {
+        errors.0.extend(e.0);
     }
     for site in config.sites.values() {
         check_runtimes(site, &config.server, &mut errors);
@@ -32,9 +36,9 @@ pub fn check(main: &Path) -> Result<String, ConfigErrors> {
     ))
 }
 
-/// A site with a runtime needs a user it may run as, and its worker binary;
-/// a static site's user (whose permissions its files are served with), if
-/// it has one, must exist too.
+/// A static site's user (whose permissions its files are served with), if
+/// it has one, must exist; a site with a runtime needs its runtime's binary
+/// (its user is checked with every other site's by `site_identities`).
 fn check_runtimes(site: &SiteConfig, server: &ServerConfig, errors: &mut ConfigErrors) {
     if site.php.is_none() && site.python.is_none() {
         match site_identity(
@@ -47,14 +51,6 @@ fn check_runtimes(site: &SiteConfig, server: &ServerConfig, errors: &mut ConfigE
             Err(e) => errors.push(ConfigError::in_file(&site.file, "user", e.to_string())),
         }
         return;
-    }
-    if let Err(e) = site_identity(
-        site,
-        server.default_user.as_deref(),
-        server.default_group.as_deref(),
-        server.admin.group.as_deref(),
-    ) {
-        errors.push(ConfigError::in_file(&site.file, "user", e.to_string()));
     }
     if let Some(php) = &site.php {
         match php.fpm.clone().or_else(crate::runtime::php::find_fpm_binary) {

@@ -254,6 +254,8 @@ async fn metrics_move_with_traffic_and_parse_as_prometheus_text() {
         "polyhost.toml",
         &format!("{main}[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"s3cret-token\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n"),
     );
+    // A file holding a token must be private (tests/tenant_config.rs).
+    std::fs::set_permissions(cfg.main(), std::fs::Permissions::from_mode(0o600)).unwrap();
     let config = cfg.load();
     let shutdown = tokio_util::sync::CancellationToken::new();
     let listeners = polyhost::admin::bind(&config.server).await.unwrap();
@@ -435,7 +437,7 @@ fn admin_listen_without_a_token_is_a_config_error() {
     let errors = errors.replace(&cfg.path().display().to_string(), "$DIR");
     expect_test::expect![[r#"
         $DIR/polyhost.toml: metrics.listen: "nowhere" is not an address:port (e.g. "127.0.0.1:9090")
-        $DIR/polyhost.toml: admin.token: required when admin.listen is set: a long random string that clients send as `Authorization: Bearer TOKEN`"#]]
+        $DIR/polyhost.toml: admin.token: required when admin.listen is set: a long random string that clients send as `Authorization: Bearer TOKEN` (or admin.token_file, a file holding it)"#]]
     .assert_eq(&errors);
 }
 

@@ -32,7 +32,7 @@ pub enum Access {
     Denied(Arc<str>),
     /// Each request must carry `Authorization: Bearer <token>`.
     Token(Arc<str>),
-    /// No check (the metrics-only listener).
+    /// No check (the metrics-only listener without a token).
     Open,
 }
 
@@ -98,7 +98,10 @@ pub async fn handle<B>(req: Request<B>, server: &Server, access: &Access, scope:
             if !given.is_some_and(|g| same(g.as_bytes(), token.as_bytes())) {
                 let mut r = error(
                     StatusCode::UNAUTHORIZED,
-                    "missing or wrong bearer token: send `Authorization: Bearer <[admin] token>`",
+                    match scope {
+                        Scope::Admin => "missing or wrong bearer token: send `Authorization: Bearer <[admin] token>`",
+                        Scope::MetricsOnly => "missing or wrong bearer token: send `Authorization: Bearer <[metrics] token>`",
+                    },
                 );
                 r.headers_mut()
                     .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

@@ -72,7 +72,8 @@ pub struct Listeners {
     socket: PathBuf,
     peers: PeerPolicy,
     tcp: Option<(TcpListener, String)>,
-    metrics: Option<TcpListener>,
+    /// The metrics listener and its token (none: open).
+    metrics: Option<(TcpListener, Option<String>)>,
 }
 
 impl Listeners {
@@ -88,7 +89,7 @@ impl Listeners {
 
     /// The metrics-only TCP address, when configured (port 0 resolved).
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
-        self.metrics.as_ref().and_then(|l| l.local_addr().ok())
+        self.metrics.as_ref().and_then(|(l, _)| l.local_addr().ok())
     }
 }
 
@@ -102,7 +103,10 @@ pub async fn bind(config: &ServerConfig) -> Result<Listeners, AdminError> {
         _ => None,
     };
     let metrics = match config.metrics_listen {
-        Some(addr) => Some(tcp_bind(addr, "[metrics] listen").await?),
+        Some(addr) => Some((
+            tcp_bind(addr, "[metrics] listen").await?,
+            config.metrics_token.as_ref().map(|t| t.0.clone()),
+        )),
         None => None,
     };
     Ok(Listeners {
@@ -155,13 +159,24 @@ pub fn serve(
                 shutdown.clone(),
             )));
         }
-        if let Some(l) = metrics {
-            if let Ok(addr) = l.local_addr() {
-                tracing::info!(%addr, "metrics listening");
-            }
+        if let Some((l, token)) = metrics {
+            let access = match token {
+                Some(token) => {
+                    if let Ok(addr) = l.local_addr() {
+                        tracing::info!(%addr, "metrics listening (bearer token required)");
+                    }
+                    Access::Token(Arc::from(token))
+                }
+                None => {
+                    if let Ok(addr) = l.local_addr() {
+                        tracing::warn!(%addr, "metrics listening without a token: whoever can connect (site code on this host too) reads every site's metrics; set [metrics] token_file");
+                    }
+                    Access::Open
+                }
+            };
             tasks.push(tokio::spawn(tcp_loop(
                 l,
-                Access::Open,
+                access,
                 Scope::MetricsOnly,
                 server.clone(),
                 shutdown.clone(),

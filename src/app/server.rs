@@ -101,12 +101,23 @@ impl Server {
     /// Prepares directories, the supervisor and every site. Start-up is a
     /// reload from nothing: the same building code, the same errors.
     pub async fn start(config: Config) -> Result<Arc<Server>, ServeError> {
-        for dir in [&config.server.state_dir, &config.server.log_dir] {
-            std::fs::create_dir_all(dir).map_err(|source| ServeError::Dir {
-                path: dir.display().to_string(),
+        // Before anything is touched: two sites that run code never share a uid or group.
+        crate::supervisor::site_identities(
+            &config.sites,
+            &crate::supervisor::IdentityDefaults::of(&config.server),
+        )?;
+        std::fs::create_dir_all(&config.server.state_dir).map_err(|source| ServeError::Dir {
+            path: config.server.state_dir.display().to_string(),
+            source,
+        })?;
+        crate::router::prepare_log_dir(&config.server.log_dir).map_err(|source| {
+            ServeError::Dir {
+                path: config.server.log_dir.display().to_string(),
                 source,
-            })?;
-        }
+            }
+        })?;
+        let names: Vec<&str> = config.sites.keys().map(SiteName::as_str).collect();
+        crate::router::retire_other_logs(&config.server.log_dir, &names);
         let supervisor = Supervisor::new(&config.server);
         let mut sites = BTreeMap::new();
         let mut errors = ConfigErrors::default();
@@ -124,6 +135,9 @@ impl Server {
             }
             supervisor.shutdown();
             return Err(errors.into());
+        }
+        for entry in sites.values() {
+            sites::give_logs_to_site(&entry.config, &supervisor, &entry.logs);
         }
         let table = Arc::new(ArcSwap::from_pointee(RoutingTable::new(
             sites.values().map(|e| e.route.clone()),
@@ -181,6 +195,11 @@ impl Server {
         // the later files.
         let mut state = self.lock_running().await?;
         let new = config::load(&self.main).map_err(ControlError::Config)?;
+        // With the identity settings polyhost runs with (server settings
+        // change at restart): no two sites that run code share a uid or group.
+        self.supervisor
+            .site_identities(&new.sites)
+            .map_err(ControlError::Config)?;
         let mut report = ReloadReport::default();
         if new.server != state.config.server {
             report.warnings.push("server settings (listen, state_dir, log_dir, admin, ...) take effect when polyhost is restarted".into());
@@ -288,6 +307,13 @@ impl Server {
         let old_sites = std::mem::replace(&mut state.sites, next);
         state.config = new;
         self.swap_table(&state);
+        // Once committed: a new generation's group (which may have changed)
+        // reads the site's logs.
+        for entry in state.sites.values() {
+            if fresh.iter().any(|rt| Arc::ptr_eq(rt, &entry.runtimes)) {
+                sites::give_logs_to_site(&entry.config, &self.supervisor, &entry.logs);
+            }
+        }
         for (name, old) in old_sites {
             let keep = state
                 .sites
@@ -297,6 +323,12 @@ impl Server {
                 continue;
             }
             let removed = !state.sites.contains_key(&name);
+            if removed {
+                // Its group may be given to a new site's user one day.
+                if let Err(e) = old.logs.give_to_group(None) {
+                    tracing::warn!(site = %name, error = %e, "cannot give a removed site's logs back to root");
+                }
+            }
             let runtimes = old.runtimes.clone();
             let remover = match (&old.runtimes.context, removed) {
                 (Some(ctx), true) => Some(self.supervisor.cgroup_remover(ctx, name.as_str())),
@@ -357,6 +389,7 @@ impl Server {
             Some(entry),
         )
         .map_err(ControlError::Setup)?;
+        sites::give_logs_to_site(&started.config, &self.supervisor, &started.logs);
         state.sites.insert(key, started);
         self.swap_table(&state);
         tracing::info!(site = name, "started by the operator");

@@ -163,7 +163,7 @@ pub fn interpret(action: &Action, answer: Result<Answer, ClientError>) -> Outcom
                 format!(
                     "polyhost {cmd}: refused ({}): {}\n",
                     answer.status,
-                    text.trim()
+                    render::clean(text.trim())
                 ),
             );
         };
@@ -176,7 +176,7 @@ pub fn interpret(action: &Action, answer: Result<Answer, ClientError>) -> Outcom
         )
     };
     match action {
-        Action::Status { json: true, .. } => Outcome::ok(text.into_owned()),
+        Action::Status { json: true, .. } => Outcome::ok(render::json_safe(&text).into_owned()),
         Action::Status { site: None, .. } => match serde_json::from_str::<ServerStatus>(&text) {
             Ok(s) => Outcome::ok(render::status_table(&s)),
             Err(e) => unexpected(e),
@@ -192,13 +192,17 @@ pub fn interpret(action: &Action, answer: Result<Answer, ClientError>) -> Outcom
                 stderr: r
                     .warnings
                     .iter()
-                    .map(|w| format!("polyhost reload: warning: {w}\n"))
+                    .map(|w| format!("polyhost reload: warning: {}\n", render::clean(w)))
                     .collect(),
             },
             Err(e) => unexpected(e),
         },
         Action::Site(..) => match serde_json::from_str::<ActionDone>(&text) {
-            Ok(done) => Outcome::ok(format!("{}: {}\n", done.site, done.message)),
+            Ok(done) => Outcome::ok(format!(
+                "{}: {}\n",
+                render::clean(&done.site),
+                render::clean(&done.message)
+            )),
             Err(e) => unexpected(e),
         },
     }

@@ -1,7 +1,13 @@
 //! What the admin commands print: the status table (made to be read at
 //! 3 a.m.: one line per site, failures and their reason visible), one site
 //! in detail, a reload report, a refusal. Pure functions, snapshot-tested.
+//!
+//! Every string that comes from the server goes through [`clean`] before it
+//! is printed: a site controls some of them (its php-fpm's log lines become
+//! `last_error`), and a terminal obeys the control sequences in what it is
+//! given (OSC 52 writes the clipboard, CSI rewrites the screen).
 
+use std::borrow::Cow;
 use std::fmt::Write;
 
 use crate::admin::api::ErrorBody;
@@ -11,16 +17,73 @@ use crate::app::ReloadReport;
 /// Longest last error shown in the table; `polyhost status SITE` shows all of it.
 const LAST_ERROR_WIDTH: usize = 60;
 
+/// `s` with every character a terminal could act on written out as an
+/// escape: C0 controls (ESC, BEL, CR, LF, TAB, ...) and DEL as `\x1b`, C1
+/// controls (U+0080–U+009F, e.g. the one-character CSI U+009B) and the
+/// Unicode bidirectional overrides and isolates (which reorder what is
+/// shown) as `\u{9b}`. Everything else, non-ASCII text included, is kept.
+/// By hand: no crate at hand does exactly this, and it is a dozen lines.
+pub fn clean(s: &str) -> Cow<'_, str> {
+    if !s.chars().any(acts_on_terminal) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if !acts_on_terminal(c) {
+            out.push(c);
+        } else if (c as u32) < 0x80 {
+            let _ = write!(out, "\\x{:02x}", c as u32);
+        } else {
+            let _ = write!(out, "\\u{{{:x}}}", c as u32);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// A control character (C0, DEL, C1) or a bidirectional override/isolate.
+fn acts_on_terminal(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// JSON text (the admin API's, printed by `--json`) with every character
+/// [`clean`] escapes written as a JSON `\u` escape. serde_json escapes the
+/// C0 controls itself but leaves DEL, C1 and the bidirectional controls raw.
+/// Outside strings, JSON text is ASCII punctuation, literals and
+/// whitespace (never such a character), so each one found is inside a string,
+/// where `\u00XX` means the same character: the JSON is unchanged. A raw C0
+/// control other than JSON whitespace (not valid JSON) is escaped the same way.
+pub fn json_safe(text: &str) -> Cow<'_, str> {
+    let escape = |c: char| acts_on_terminal(c) && !matches!(c, '\n' | '\r' | '\t');
+    if !text.chars().any(escape) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if escape(c) {
+            // Every such character is in the Basic Multilingual Plane: one \u escape.
+            let _ = write!(out, "\\u{:04x}", c as u32);
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+fn cleaned(s: &str) -> String {
+    clean(s).into_owned()
+}
+
 pub fn status_table(s: &ServerStatus) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
         "polyhost {} (pid {}), up {}, limits: {}, reloads: {} ok, {} refused",
-        s.version,
+        clean(&s.version),
         s.pid,
         duration(s.uptime_seconds),
         // "cgroup v1 (memory at /sys/...)": the paths are for `status --json`.
-        s.limits_backend.split(" (").next().unwrap_or_default(),
+        clean(s.limits_backend.split(" (").next().unwrap_or_default()),
         s.reloads,
         s.reloads_failed
     );
@@ -45,9 +108,9 @@ pub fn status_table(s: &ServerStatus) -> String {
         .iter()
         .map(|site| {
             [
-                site.name.clone(),
-                site.state.clone(),
-                site.runtime.clone(),
+                cleaned(&site.name),
+                cleaned(&site.state),
+                cleaned(&site.runtime),
                 site.processes.to_string(),
                 memory(site),
                 site.requests.to_string(),
@@ -85,11 +148,11 @@ pub fn status_table(s: &ServerStatus) -> String {
     for row in &rows {
         line(&mut out, &row.each_ref().map(String::as_str));
     }
-    let attention: Vec<&str> = s
+    let attention: Vec<Cow<'_, str>> = s
         .sites
         .iter()
         .filter(|site| matches!(site.state.as_str(), "failed" | "stopped"))
-        .map(|site| site.name.as_str())
+        .map(|site| clean(&site.name))
         .collect();
     if !attention.is_empty() {
         let _ = writeln!(
@@ -105,10 +168,10 @@ pub fn site_detail(s: &SiteStatus) -> String {
     let mut out = String::new();
     let pids: Vec<String> = s.pids.iter().map(i32::to_string).collect();
     let rows = [
-        ("site", s.name.clone()),
-        ("state", s.state.clone()),
-        ("runtime", s.runtime.clone()),
-        ("hosts", s.hosts.join(", ")),
+        ("site", cleaned(&s.name)),
+        ("state", cleaned(&s.state)),
+        ("runtime", cleaned(&s.runtime)),
+        ("hosts", cleaned(&s.hosts.join(", "))),
         ("generation", s.generation.to_string()),
         (
             "processes",
@@ -127,7 +190,7 @@ pub fn site_detail(s: &SiteStatus) -> String {
         ("oom kills", s.oom_kills.to_string()),
         (
             "last error",
-            s.last_error.clone().unwrap_or_else(|| "-".into()),
+            s.last_error.as_deref().map_or_else(|| "-".into(), cleaned),
         ),
     ];
     for (k, v) in rows {
@@ -141,7 +204,7 @@ pub fn reload_report(r: &ReloadReport) -> String {
         if sites.is_empty() {
             format!("0 {n}")
         } else {
-            format!("{} {n} ({})", sites.len(), sites.join(", "))
+            format!("{} {n} ({})", sites.len(), clean(&sites.join(", ")))
         }
     };
     format!(
@@ -159,9 +222,9 @@ pub fn reload_report(r: &ReloadReport) -> String {
 pub fn refusal(cmd: &str, body: &ErrorBody) -> String {
     let mut out = String::new();
     for e in &body.errors {
-        let _ = writeln!(out, "{e}");
+        let _ = writeln!(out, "{}", clean(&e.to_string()));
     }
-    let _ = writeln!(out, "polyhost {cmd}: refused: {}", body.error);
+    let _ = writeln!(out, "polyhost {cmd}: refused: {}", clean(&body.error));
     out
 }
 
@@ -205,8 +268,9 @@ fn duration(secs: u64) -> String {
     }
 }
 
+/// Cleaned ([`clean`]), newlines shown as spaces, cut to `width` characters.
 fn truncate(s: &str, width: usize) -> String {
-    let one_line = s.replace('\n', " ");
+    let one_line = cleaned(&s.replace('\n', " "));
     if one_line.chars().count() <= width {
         one_line
     } else {
@@ -307,6 +371,69 @@ mod tests {
             no sites (add files to vhosts_dir, then `polyhost reload`)
         "#]]
         .assert_eq(&status_table(&s));
+    }
+
+    /// What a site can put in its php-fpm log, which becomes `last_error`:
+    /// an OSC 52 clipboard write, a screen clear, a one-character C1 CSI, a
+    /// carriage return that would overwrite the line, DEL, a right-to-left
+    /// override, a newline that would fake a row.
+    const HOSTILE: &str = "php said: \u{1b}]52;c;cm0gLXJmIH4=\u{7}\u{1b}[2J\u{9b}31mred\rstate      running\u{7f}\u{202e}txt.exe\nsite       other";
+
+    #[test]
+    fn site_controlled_text_reaches_the_terminal_escaped() {
+        let mut s = server();
+        s.sites[1].last_error = Some(HOSTILE.into());
+        s.sites[1].hosts = vec!["shop.example\u{1b}[8m".into()];
+        let table = status_table(&s);
+        let detail = site_detail(&s.sites[1]);
+        for out in [&table, &detail] {
+            assert!(
+                !out.chars().any(|c| c != '\n' && acts_on_terminal(c)),
+                "{out:?}"
+            );
+        }
+        expect![[r#"
+            site       shop
+            state      running
+            runtime    python
+            hosts      shop.example\x1b[8m
+            generation 1
+            processes  2 (pids 4242, 4250)
+            memory     34.1M/512M
+            requests   120345 (12 answered 5xx)
+            restarts   1
+            oom kills  0
+            last error php said: \x1b]52;c;cm0gLXJmIH4=\x07\x1b[2J\u{9b}31mred\x0dstate      running\x7f\u{202e}txt.exe\x0asite       other
+        "#]]
+        .assert_eq(&detail);
+        expect![[r#"
+            shop    running  python       2  34.1M/512M    120345   12         1    0  php said: \x1b]52;c;cm0gLXJmIH4=\x07\x1b[2J\u{9b}31mred\x0d…
+        "#]]
+        .assert_eq(&table.lines().nth(3).map(|l| format!("{l}\n")).unwrap_or_default());
+        let body = ErrorBody {
+            error: format!("site shop: its new processes did not become ready: {HOSTILE}"),
+            errors: Vec::new(),
+        };
+        assert!(!refusal("reload", &body).contains('\u{1b}'));
+    }
+
+    #[test]
+    fn json_keeps_its_meaning_without_raw_controls() {
+        let status = SiteStatus {
+            last_error: Some(HOSTILE.into()),
+            ..site("shop", "failed", "php")
+        };
+        let text = serde_json::to_string(&status).unwrap();
+        assert!(
+            text.contains('\u{9b}'),
+            "serde_json leaves C1 raw: {text:?}"
+        );
+        let safe = json_safe(&text);
+        assert!(!safe.chars().any(acts_on_terminal), "{safe}");
+        let back: SiteStatus = serde_json::from_str(&safe).unwrap();
+        assert_eq!(back.last_error.as_deref(), Some(HOSTILE));
+        expect![[r#""php said: \u001b]52;c;cm0gLXJmIH4=\u0007\u001b[2J\u009b31mred\rstate      running\u007f\u202etxt.exe\nsite       other""#]]
+        .assert_eq(&json_safe(&serde_json::to_string(HOSTILE).unwrap()));
     }
 
     #[test]

@@ -13,6 +13,7 @@
 mod error;
 mod front;
 mod raw;
+mod secret;
 mod server;
 mod site;
 mod tls;

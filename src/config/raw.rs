@@ -59,12 +59,15 @@ pub struct RawAdmin {
     pub group: Option<String>,
     pub listen: Option<String>,
     pub token: Option<String>,
+    pub token_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawMetrics {
     pub listen: Option<String>,
+    pub token: Option<String>,
+    pub token_file: Option<String>,
 }
 
 /// One `vhosts/<site>.toml` file.

@@ -36,6 +36,9 @@ pub struct ServerConfig {
     pub admin: AdminConfig,
     /// `[metrics] listen`: a TCP address serving only `/metrics`.
     pub metrics_listen: Option<SocketAddr>,
+    /// `[metrics] token` (or `token_file`): bearer token required on
+    /// `metrics_listen`; none: that listener is open.
+    pub metrics_token: Option<AdminToken>,
     /// TLS listeners, h2c, trusted proxies, connection and request limits.
     pub front: super::front::FrontConfig,
 }
@@ -59,11 +62,11 @@ pub struct AdminConfig {
     pub group: Option<String>,
     /// Optional TCP address of the admin API; never without `token`.
     pub listen: Option<SocketAddr>,
-    /// Bearer token required on `listen`.
+    /// Bearer token required on `listen` (`token` or `token_file`).
     pub token: Option<AdminToken>,
 }
 
-/// The admin API's bearer token; never printed.
+/// A bearer token of the admin API or the metrics listener; never printed.
 #[derive(Clone, PartialEq, Eq)]
 pub struct AdminToken(pub String);
 
@@ -111,6 +114,12 @@ pub(crate) fn load_server(main: &Path, errors: &mut ConfigErrors) -> Option<Serv
             return None;
         }
     };
+    // Files that hold a token must be private (checked whatever else is wrong).
+    let admin_group = raw.admin.as_ref().and_then(|a| a.group.clone());
+    let layers: Vec<&Path> = std::iter::once(main)
+        .chain(fragments.iter().map(PathBuf::as_path))
+        .collect();
+    super::secret::check_layers(&layers, admin_group.as_deref(), errors);
     let before = errors.len();
     let config = validate_server(raw, main, base_dir, fragments, errors);
     // Validation names the main file; point each error at the layer that set the key.
@@ -251,11 +260,37 @@ fn validate_server(
         "metrics.listen",
         raw.metrics.as_ref().and_then(|m| m.listen.as_ref()),
     );
-    let token = admin.token.filter(|t| !t.trim().is_empty()).map(AdminToken);
-    if admin.listen.is_some() && token.is_none() {
+    let mut token = |section: &str, inline: Option<String>, file: Option<String>| {
+        let inline = inline.filter(|t| !t.trim().is_empty());
+        match (inline, file) {
+            (Some(_), Some(_)) => {
+                errs.add(
+                    &format!("{section}.token_file"),
+                    format!("set {section}.token or {section}.token_file, not both"),
+                );
+                None
+            }
+            (Some(t), None) => Some(AdminToken(t)),
+            (None, Some(f)) => errs
+                .check(
+                    &format!("{section}.token_file"),
+                    super::secret::read_token_file(&abs(&f), admin.group.as_deref()),
+                )
+                .map(AdminToken),
+            (None, None) => None,
+        }
+    };
+    let admin_token = token("admin", admin.token.clone(), admin.token_file.clone());
+    let (metrics_inline, metrics_file) = raw
+        .metrics
+        .as_ref()
+        .map(|m| (m.token.clone(), m.token_file.clone()))
+        .unwrap_or_default();
+    let metrics_token = token("metrics", metrics_inline, metrics_file);
+    if admin.listen.is_some() && admin_token.is_none() && admin.token_file.is_none() {
         errs.add(
             "admin.token",
-            "required when admin.listen is set: a long random string that clients send as `Authorization: Bearer TOKEN`",
+            "required when admin.listen is set: a long random string that clients send as `Authorization: Bearer TOKEN` (or admin.token_file, a file holding it)",
         );
     }
     let shutdown_timeout = raw
@@ -325,9 +360,10 @@ fn validate_server(
             socket,
             group: admin.group,
             listen: admin_listen,
-            token,
+            token: admin_token,
         },
         metrics_listen,
+        metrics_token,
         front,
     })
 }

@@ -5,9 +5,19 @@
 //! Lines go into a buffered writer behind a mutex; a background task flushes
 //! every half second, so a log line costs a memory copy on the hot path, not
 //! a system call.
+//!
+//! Who may read them: logs hold URLs with tokens, client addresses, PHP
+//! warnings and Python tracebacks, so no site reads another's. The log
+//! directory is root's and not listable (0711); every log file is
+//! `0640 root:<group>`, where the group is the one the site's processes run
+//! with (a site that runs code reads its own logs through it; no other site
+//! that runs code has that group, see `supervisor::separation`) or root's
+//! for a static site. Ownership and mode are set on every open, so files an
+//! older polyhost made 0644 are tightened. See docs/isolation.md.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
@@ -18,9 +28,28 @@ pub struct LogFile {
     out: Mutex<BufWriter<File>>,
 }
 
+/// Mode of every site log file: the owner (root) writes, the site's group reads.
+pub const LOG_FILE_MODE: u32 = 0o640;
+
 impl LogFile {
+    /// Opens (or creates) `path` for appending, as a private file: never
+    /// through a symlink, only a regular file with no other hard link, and
+    /// made `0640 root:root` (see [`LogFile::give_to_group`]).
     pub fn open(path: &Path) -> std::io::Result<Arc<LogFile>> {
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(path)?;
+        let meta = file.metadata()?;
+        if !meta.is_file() || meta.nlink() != 1 {
+            return Err(std::io::Error::other(format!(
+                "{} is not a regular file with one link; remove it (polyhost makes a new one)",
+                path.display()
+            )));
+        }
+        set_reader_group(&file, None)?;
         let log = Arc::new(LogFile {
             path: path.to_path_buf(),
             out: Mutex::new(BufWriter::with_capacity(64 << 10, file)),
@@ -31,6 +60,12 @@ impl LogFile {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Lets `group` (a site's group) read the file, or only root with `None`.
+    pub fn give_to_group(&self, group: Option<u32>) -> std::io::Result<()> {
+        let out = self.out.lock().unwrap_or_else(|p| p.into_inner());
+        set_reader_group(out.get_ref(), group)
     }
 
     /// Appends one line (a newline is added).
@@ -71,6 +106,95 @@ impl Drop for LogFile {
     }
 }
 
+/// `0640`, owned by root (when polyhost is root) and `group` (root's without one).
+fn set_reader_group(file: &File, group: Option<u32>) -> std::io::Result<()> {
+    let euid = nix::unistd::geteuid();
+    if euid.is_root() {
+        std::os::unix::fs::fchown(file, Some(0), Some(group.unwrap_or(0)))?;
+    }
+    file.set_permissions(std::fs::Permissions::from_mode(LOG_FILE_MODE))
+}
+
+/// Creates the log directory (`0711 root`: sites reach their own files by
+/// name, list nothing) or checks an existing one: it must be root's (or
+/// polyhost's) and writable by nobody else, or a site could plant files in
+/// it; an existing directory loses its read permission for others.
+pub fn prepare_log_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    match std::fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o711)
+                .create(dir)?;
+            // The mode given to mkdir is masked by the umask.
+            return std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711));
+        }
+        Err(e) => return Err(e),
+        Ok(_) => {}
+    }
+    // An existing path is followed: /var/log/polyhost may be a symlink the
+    // operator made; what it points at is checked.
+    let meta = std::fs::metadata(dir)?;
+    let mode = meta.mode() & 0o7777;
+    let euid = nix::unistd::geteuid().as_raw();
+    let refuse = |why: String| {
+        Err(std::io::Error::other(format!(
+            "{why}; site code could plant files there: make it root's and writable by root only (chown root:root, chmod 0711)"
+        )))
+    };
+    if !meta.is_dir() {
+        return refuse("not a directory".into());
+    }
+    if meta.uid() != 0 && meta.uid() != euid {
+        return refuse(format!("owned by uid {}", meta.uid()));
+    }
+    if mode & 0o002 != 0 || (mode & 0o020 != 0 && meta.gid() != 0) {
+        return refuse(format!("writable by other users (mode {mode:04o})"));
+    }
+    if mode & 0o004 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode & !0o004))?;
+    }
+    Ok(())
+}
+
+/// Log files in `dir` of sites other than `sites` (removed while polyhost
+/// was stopped) go back to root (`0640 root:root`): a group id freed with a
+/// removed site's user and given to a new site's must not open the old
+/// site's logs. Best effort: a file that cannot be changed is logged.
+pub fn retire_other_logs(dir: &Path, sites: &[&str]) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(site) = name
+            .strip_suffix(".access.log")
+            .or_else(|| name.strip_suffix(".error.log"))
+        else {
+            continue;
+        };
+        if sites.contains(&site) {
+            continue;
+        }
+        let retired = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(entry.path())
+            .and_then(|f| {
+                if f.metadata()?.is_file() {
+                    set_reader_group(&f, None)
+                } else {
+                    Ok(())
+                }
+            });
+        if let Err(e) = retired {
+            tracing::warn!(file = %entry.path().display(), error = %e, "cannot give a removed site's log back to root");
+        }
+    }
+}
+
 fn spawn_flusher(log: Weak<LogFile>) {
     let Ok(handle) = tokio::runtime::Handle::try_current() else {
         return;
@@ -94,12 +218,19 @@ pub struct SiteLogs {
 }
 
 impl SiteLogs {
-    /// Opens `<log_dir>/<site>.access.log` and `<log_dir>/<site>.error.log`.
+    /// Opens `<log_dir>/<site>.access.log` and `<log_dir>/<site>.error.log`
+    /// (`0640 root:root` until [`give_to_group`](Self::give_to_group)).
     pub fn open(log_dir: &Path, site: &str) -> std::io::Result<SiteLogs> {
         Ok(SiteLogs {
             access: LogFile::open(&log_dir.join(format!("{site}.access.log")))?,
             error: LogFile::open(&log_dir.join(format!("{site}.error.log")))?,
         })
+    }
+
+    /// Lets the site's group read both files (`None`: root only).
+    pub fn give_to_group(&self, group: Option<u32>) -> std::io::Result<()> {
+        self.access.give_to_group(group)?;
+        self.error.give_to_group(group)
     }
 
     /// Writes a line a runtime reported (e.g. PHP's stderr) to the error log.
@@ -225,6 +356,43 @@ fn escape(s: &str) -> std::borrow::Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_log_dir_is_made_private_and_an_open_one_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("log");
+        prepare_log_dir(&dir).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().mode() & 0o7777;
+        assert_eq!(mode(&dir), 0o711);
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        prepare_log_dir(&dir).unwrap();
+        assert_eq!(mode(&dir), 0o751, "no listing by others");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = prepare_log_dir(&dir).unwrap_err().to_string();
+        assert!(err.contains("writable by other users (mode 0777)"), "{err}");
+    }
+
+    #[test]
+    fn a_log_file_is_tightened_and_never_opened_through_a_link() {
+        let tmp = tempfile::tempdir().unwrap();
+        let old = tmp.path().join("shop.access.log");
+        std::fs::write(&old, "old line\n").unwrap();
+        std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let log = LogFile::open(&old).unwrap();
+        assert_eq!(std::fs::metadata(&old).unwrap().mode() & 0o777, 0o640);
+        drop(log);
+        let target = tmp.path().join("elsewhere");
+        std::fs::write(&target, "").unwrap();
+        let link = tmp.path().join("linked.access.log");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert!(LogFile::open(&link).is_err(), "a symlink is not followed");
+        let hard = tmp.path().join("hard.access.log");
+        std::fs::hard_link(&target, &hard).unwrap();
+        assert!(
+            LogFile::open(&hard).is_err(),
+            "a second hard link is refused"
+        );
+    }
 
     #[test]
     fn combined_format() {

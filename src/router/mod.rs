@@ -25,7 +25,7 @@ pub mod table;
 pub mod tls;
 pub mod vhost;
 
-pub use access_log::SiteLogs;
+pub use access_log::{prepare_log_dir, retire_other_logs, SiteLogs};
 pub use mount::MountTable;
 pub use server::Listeners;
 pub use table::{RoutingTable, SharedTable, SiteRoute, SiteStats};

@@ -224,6 +224,23 @@ pub fn open_logs(site: &SiteConfig, log_dir: &Path) -> Result<Arc<SiteLogs>, Con
         })
 }
 
+/// Gives read access to a site's logs to the group its processes run with
+/// (a site that runs code: no other such site has that group), or to root
+/// only (a static site). Called once a site's processes are committed (at
+/// start, after a reload's swap, on `start`): its group may have changed.
+/// A failure leaves the logs root's (the site cannot read its own) and is
+/// logged.
+pub fn give_logs_to_site(site: &SiteConfig, supervisor: &Supervisor, logs: &SiteLogs) {
+    let group = if crate::supervisor::separation::runs_code(site) {
+        supervisor.identity(site).ok().flatten().map(|id| id.gid)
+    } else {
+        None
+    };
+    if let Err(e) = logs.give_to_group(group) {
+        tracing::warn!(site = %site.name, file = %logs.access.path().display(), error = %e, "cannot give the site's logs to its group");
+    }
+}
+
 fn one_error(site: &SiteConfig, key: &str, msg: String) -> ConfigErrors {
     ConfigErrors(vec![ConfigError::in_file(&site.file, key, msg)])
 }

@@ -501,6 +501,7 @@ impl Actor {
         let file = std::fs::OpenOptions::new()
             .append(true)
             .create(true)
+            .mode(0o640)
             .custom_flags(libc::O_NOFOLLOW)
             .open(&self.spec.error_log);
         if let Ok(mut f) = file {

@@ -11,6 +11,7 @@ pub mod group;
 pub mod handle;
 pub mod launcher;
 pub mod policy;
+pub mod separation;
 pub mod watch;
 
 use std::os::unix::fs::PermissionsExt;
@@ -21,6 +22,7 @@ pub use endpoint::{Endpoint, Lease};
 pub use group::{spawn_group, GroupHandle, GroupSpec, GroupState, Snapshot};
 pub use launcher::{Command, Launcher, Lifecycle};
 pub use policy::{RestartPolicy, RestartTracker};
+pub use separation::{site_identities, IdentityDefaults};
 
 use crate::config::{ServerConfig, SiteConfig, SiteScheduling};
 use crate::isolation::{self, CgroupRoot, Rlimits, SiteCgroup, SiteIdentity};
@@ -51,9 +53,8 @@ pub struct Supervisor {
     epochs: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, u64>>>,
     state_dir: PathBuf,
     log_dir: PathBuf,
-    default_user: Option<String>,
-    default_group: Option<String>,
-    admin_group: Option<String>,
+    /// `default_user`, `default_group`, `[admin] group`, as at start.
+    defaults: IdentityDefaults,
     /// `site_scheduling = "batch"`: site processes run under `SCHED_BATCH`.
     batch_scheduling: bool,
 }
@@ -100,9 +101,7 @@ impl Supervisor {
             epochs: Default::default(),
             state_dir: server.state_dir.clone(),
             log_dir: server.log_dir.clone(),
-            default_user: server.default_user.clone(),
-            default_group: server.default_group.clone(),
-            admin_group: server.admin.group.clone(),
+            defaults: IdentityDefaults::of(server),
             batch_scheduling: server.site_scheduling == SiteScheduling::Batch,
         }
     }
@@ -119,9 +118,9 @@ impl Supervisor {
     pub fn identity(&self, site: &SiteConfig) -> Result<Option<SiteIdentity>, SiteSetupError> {
         site_identity(
             site,
-            self.default_user.as_deref(),
-            self.default_group.as_deref(),
-            self.admin_group.as_deref(),
+            self.defaults.user.as_deref(),
+            self.defaults.group.as_deref(),
+            self.defaults.admin_group.as_deref(),
         )
     }
 
@@ -136,6 +135,19 @@ impl Supervisor {
             Err(SiteSetupError::NoUser) => Ok(None),
             other => other,
         }
+    }
+
+    /// Who every site that runs code would run as, with the server-wide
+    /// defaults polyhost started with; refuses two sites sharing a uid or a
+    /// group (see [`separation`]).
+    pub fn site_identities(
+        &self,
+        sites: &std::collections::BTreeMap<crate::config::SiteName, std::sync::Arc<SiteConfig>>,
+    ) -> Result<
+        std::collections::BTreeMap<crate::config::SiteName, SiteIdentity>,
+        crate::config::ConfigErrors,
+    > {
+        site_identities(sites, &self.defaults)
     }
 
     /// Prepares what the site's processes share: identity, cgroup with the

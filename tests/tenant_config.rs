@@ -1,0 +1,564 @@
+//! What a site can reach through polyhost's configuration and its own
+//! files, attacked as the site would (from its code, or `runuser` as its
+//! user) against the real binary: two sites that run code never share a uid
+//! or a group (check, serve and reload refuse it); no site reads another's
+//! logs; a site cannot steer the operator's terminal through `polyhost
+//! status`; a token in a file site code can read is refused; the metrics
+//! listener asks for its token.
+
+mod admin_support;
+mod common;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use admin_support::{cli, TestGroup};
+use common::{eventually, field, get, python_test_site, Binary, TestConfig, TestUser};
+use expect_test::{expect, Expect};
+
+/// Runs the real binary to completion (bounded): exit code, stdout, stderr.
+fn polyhost(args: &[&str]) -> (i32, String, String) {
+    let _pause = polyhost::isolation::pause_reaper();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_polyhost"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "polyhost {args:?} did not exit within 30 s; stderr:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `runuser -u user -- cmd...`: did it succeed, and what did it print.
+fn runuser(user: &str, cmd: &[&str]) -> (bool, String) {
+    let _pause = polyhost::isolation::pause_reaper();
+    let out = Command::new("runuser")
+        .args(["-u", user, "--"])
+        .args(cmd)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+fn gid_of(user: &TestUser) -> u32 {
+    nix::unistd::User::from_name(&user.name)
+        .unwrap()
+        .unwrap()
+        .gid
+        .as_raw()
+}
+
+fn group_gid(name: &str) -> u32 {
+    nix::unistd::Group::from_name(name)
+        .unwrap()
+        .unwrap()
+        .gid
+        .as_raw()
+}
+
+/// `text` with the given (value, placeholder) pairs replaced, longest value first.
+fn scrub(text: &str, pairs: &[(String, &str)]) -> String {
+    let mut pairs: Vec<&(String, &str)> = pairs.iter().collect();
+    pairs.sort_by_key(|(v, _)| std::cmp::Reverse(v.len()));
+    pairs
+        .iter()
+        .fold(text.to_owned(), |t, (v, p)| t.replace(v.as_str(), p))
+}
+
+fn append(cfg: &TestConfig, rel: &str, extra: &str) {
+    let text = std::fs::read_to_string(cfg.path().join(rel)).unwrap();
+    cfg.write(rel, &format!("{text}{extra}"));
+}
+
+// ---- two sites that run code never share a uid or a group ----
+
+#[test]
+fn check_and_serve_refuse_two_sites_that_run_code_as_one_user_or_group() {
+    let cfg = TestConfig::new();
+    let (shared, u2, u3) = (TestUser::new(), TestUser::new(), TestUser::new());
+    let group = TestGroup::new();
+    cfg.write("www/x/index.html", "x");
+    let python = "[python]\napp = \"x\"\nworker = \"/bin/true\"\n";
+    // One user for two Python sites (and a static one, which runs no code).
+    for name in ["py-a", "py-b"] {
+        cfg.write(
+            &format!("vhosts/{name}.toml"),
+            &format!(
+                "hosts = [\"{name}.test\"]\nroot = \"www/x\"\nuser = \"{}\"\n{python}",
+                shared.name
+            ),
+        );
+    }
+    cfg.write(
+        "vhosts/www.toml",
+        &format!(
+            "hosts = [\"www.test\"]\nroot = \"www/x\"\nuser = \"{}\"\n",
+            shared.name
+        ),
+    );
+    // Two users in one group: a PHP site and a Python site.
+    cfg.write(
+        "vhosts/php-c.toml",
+        &format!(
+            "hosts = [\"c.test\"]\nroot = \"www/x\"\nuser = \"{}\"\ngroup = \"{}\"\n[php]\n",
+            u2.name, group.name
+        ),
+    );
+    cfg.write(
+        "vhosts/py-d.toml",
+        &format!(
+            "hosts = [\"d.test\"]\nroot = \"www/x\"\nuser = \"{}\"\ngroup = \"{}\"\n{python}",
+            u3.name, group.name
+        ),
+    );
+    let scrubbed = |text: &str| {
+        scrub(
+            text,
+            &[
+                (cfg.path().display().to_string(), "$DIR"),
+                (shared.name.clone(), "$SHARED"),
+                (group.name.clone(), "$GROUP"),
+                (format!("uid {}", shared.uid), "uid $UID"),
+                (format!("gid {}", gid_of(&shared)), "gid $SHARED_GID"),
+                (format!("gid {}", group_gid(&group.name)), "gid $GID"),
+            ],
+        )
+    };
+    let main = cfg.main().display().to_string();
+    let (code, _, stderr) = polyhost(&["check", "--config", &main]);
+    assert_eq!(code, 1, "{stderr}");
+    expect![[r#"
+        $DIR/vhosts/py-b.toml: user: site py-b would run as user `$SHARED` (uid $UID), as site py-a does ($DIR/vhosts/py-a.toml): each could run code as the other and read its files; give every site that runs PHP or Python a user of its own
+        $DIR/vhosts/py-b.toml: group: site py-b would run with group `$SHARED` (gid $SHARED_GID, the primary group of user $SHARED), as site py-a does ($DIR/vhosts/py-a.toml): each could reach the other's sockets and group-readable files; give every site that runs PHP or Python a group of its own (e.g. its user's own group)
+        $DIR/vhosts/py-d.toml: group: site py-d would run with group `$GROUP` (gid $GID, its `group`), as site php-c does ($DIR/vhosts/php-c.toml): each could reach the other's sockets and group-readable files; give every site that runs PHP or Python a group of its own (e.g. its user's own group)
+        polyhost check: 3 error(s) in $DIR/polyhost.toml
+    "#]]
+    .assert_eq(&scrubbed(&stderr));
+
+    // serve refuses the same set before any site starts.
+    let (code, _, stderr) = polyhost(&["serve", "--config", &main]);
+    assert_eq!(code, 1, "{stderr}");
+    for line in [
+        "vhosts/py-b.toml: user: site py-b would run as user",
+        "vhosts/py-d.toml: group: site py-d would run with group",
+    ] {
+        assert!(stderr.contains(line), "{stderr}");
+    }
+    assert!(common::pids_of_uid(shared.uid).is_empty());
+
+    // Each with a user and group of its own: valid.
+    let u4 = TestUser::new();
+    cfg.write(
+        "vhosts/py-b.toml",
+        &format!(
+            "hosts = [\"py-b.test\"]\nroot = \"www/x\"\nuser = \"{}\"\n{python}",
+            u4.name
+        ),
+    );
+    cfg.write(
+        "vhosts/php-c.toml",
+        &format!(
+            "hosts = [\"c.test\"]\nroot = \"www/x\"\nuser = \"{}\"\n[php]\n",
+            u2.name
+        ),
+    );
+    let (code, stdout, stderr) = polyhost(&["check", "--config", &main]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+}
+
+#[tokio::test]
+async fn a_reload_that_would_share_a_user_is_refused_and_the_running_sites_keep_serving() {
+    let cfg = TestConfig::new();
+    let (ua, ub) = (TestUser::new(), TestUser::new());
+    python_test_site(&cfg, "py-a", &ua, "pyapp", "", "threads = 1");
+    python_test_site(&cfg, "py-b", &ub, "pyapp", "", "threads = 1");
+    let bin = Binary::start(&cfg.main(), &[]).await;
+    let b = get(bin.addr, "py-b.test", "/").await;
+    assert_eq!(field(&b.text(), "uid"), ub.uid.to_string(), "{}", bin.log());
+
+    // py-b's panel entry now names py-a's user.
+    python_test_site(&cfg, "py-b", &ua, "pyapp", "", "threads = 1");
+    let socket = cfg.path().join("state/admin.sock");
+    let out = cli(&socket, &["reload"], None).await;
+    assert_eq!(out.code, 1, "{out:?}");
+    expect![[r#"
+        $DIR/vhosts/py-b.toml: user: site py-b would run as user `$A` (uid $UID), as site py-a does ($DIR/vhosts/py-a.toml): each could run code as the other and read its files; give every site that runs PHP or Python a user of its own
+        $DIR/vhosts/py-b.toml: group: site py-b would run with group `$A` (gid $GID, the primary group of user $A), as site py-a does ($DIR/vhosts/py-a.toml): each could reach the other's sockets and group-readable files; give every site that runs PHP or Python a group of its own (e.g. its user's own group)
+        polyhost reload: refused: the configuration is invalid; nothing changed and the running sites keep serving. Fix these and reload again
+    "#]]
+    .assert_eq(&scrub(
+        &out.stderr,
+        &[
+            (cfg.path().display().to_string(), "$DIR"),
+            (ua.name.clone(), "$A"),
+            (format!("uid {}", ua.uid), "uid $UID"),
+            (format!("gid {}", gid_of(&ua)), "gid $GID"),
+        ],
+    ));
+    // The old set serves on: py-b still runs as its own user.
+    let b = get(bin.addr, "py-b.test", "/").await;
+    assert_eq!(field(&b.text(), "uid"), ub.uid.to_string(), "{}", bin.log());
+    let status = cli(&socket, &["status", "--json"], None).await;
+    let status: polyhost::app::status::ServerStatus = serde_json::from_str(&status.stdout).unwrap();
+    assert_eq!(status.reloads_failed, 1);
+
+    // A user of its own is fine; its logs follow it to the new group.
+    let uc = TestUser::new();
+    python_test_site(&cfg, "py-b", &uc, "pyapp", "", "threads = 1");
+    let out = cli(&socket, &["reload"], None).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let b = get(bin.addr, "py-b.test", "/").await;
+    assert_eq!(field(&b.text(), "uid"), uc.uid.to_string(), "{}", bin.log());
+    let log = std::fs::metadata(cfg.path().join("log/py-b.access.log")).unwrap();
+    assert_eq!((log.uid(), log.gid()), (0, gid_of(&uc)));
+    assert!(bin.terminate().await.success());
+}
+
+// ---- logs ----
+
+#[tokio::test]
+async fn a_site_reads_its_own_logs_and_no_other_sites() {
+    let cfg = TestConfig::new();
+    let (ua, ub) = (TestUser::new(), TestUser::new());
+    python_test_site(&cfg, "py-a", &ua, "pyapp", "", "threads = 1");
+    python_test_site(&cfg, "py-b", &ub, "pyapp", "", "threads = 1");
+    cfg.static_site("www", &["www.test"], "");
+    // What an older polyhost left: a listable log directory, a 0644 log.
+    let log = cfg.path().join("log");
+    std::fs::create_dir_all(&log).unwrap();
+    std::fs::set_permissions(&log, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let old = log.join("py-b.access.log");
+    std::fs::write(
+        &old,
+        "10.0.0.9 - - \"GET /reset?token=OLD-SECRET HTTP/1.1\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o644)).unwrap();
+    // And the log of a site removed while polyhost was stopped, whose group
+    // id has since gone to py-a's user.
+    let gone = log.join("gone.access.log");
+    std::fs::write(&gone, "GET /?token=GONE-SECRET\n").unwrap();
+    std::os::unix::fs::chown(&gone, Some(0), Some(gid_of(&ua))).unwrap();
+    std::fs::set_permissions(&gone, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let bin = Binary::start(&cfg.main(), &[]).await;
+
+    for (host, path) in [
+        ("py-a.test", "/?token=A-OWN"),
+        ("py-b.test", "/?token=B-SECRET"),
+        ("www.test", "/?token=W-SECRET"),
+    ] {
+        assert_eq!(get(bin.addr, host, path).await.status, 200, "{}", bin.log());
+    }
+    let logged = eventually(Duration::from_secs(10), || async {
+        ["py-a", "py-b", "www"].iter().all(|s| {
+            std::fs::read_to_string(log.join(format!("{s}.access.log")))
+                .is_ok_and(|t| t.contains("SECRET") || t.contains("A-OWN"))
+        })
+    })
+    .await;
+    assert!(logged, "the access logs were not flushed");
+
+    // From py-a's code: another site's logs (access and error, PHP or
+    // Python or static) are out of reach, old and new; its own are not.
+    let read = |f: &Path| {
+        let path = format!("/read?f={}", f.display());
+        async move { get(bin.addr, "py-a.test", &path).await.text() }
+    };
+    for other in [
+        "py-b.access.log",
+        "py-b.error.log",
+        "www.access.log",
+        "www.error.log",
+        "gone.access.log",
+    ] {
+        let got = read(&log.join(other)).await;
+        assert_eq!(got, "denied: PermissionError", "{other}: {got}");
+    }
+    let own = read(&log.join("py-a.access.log")).await;
+    assert!(own.contains("token=A-OWN"), "{own}");
+    // As py-b's neighbour at a shell: no listing either.
+    let (listed, out) = runuser(&ua.name, &["ls", &log.display().to_string()]);
+    assert!(!listed, "{out}");
+    let (read_b, out) = runuser(&ua.name, &["cat", &old.display().to_string()]);
+    assert!(!read_b && !out.contains("SECRET"), "{out}");
+
+    // The files: 0640 root:<site group>, a static site's root:root.
+    for (file, gid) in [
+        ("py-a.access.log", gid_of(&ua)),
+        ("py-b.access.log", gid_of(&ub)),
+        ("py-b.error.log", gid_of(&ub)),
+        ("www.access.log", 0),
+    ] {
+        let meta = std::fs::metadata(log.join(file)).unwrap();
+        assert_eq!(
+            (meta.mode() & 0o777, meta.uid(), meta.gid()),
+            (0o640, 0, gid),
+            "{file}"
+        );
+    }
+    assert_eq!(std::fs::metadata(&log).unwrap().mode() & 0o007, 0o001);
+
+    // A site removed by a reload: its logs go back to root.
+    std::fs::remove_file(cfg.path().join("vhosts/py-b.toml")).unwrap();
+    let out = cli(&cfg.path().join("state/admin.sock"), &["reload"], None).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    for file in ["py-b.access.log", "py-b.error.log", "gone.access.log"] {
+        assert_eq!(
+            std::fs::metadata(log.join(file)).unwrap().gid(),
+            0,
+            "{file}"
+        );
+    }
+    assert!(bin.terminate().await.success());
+}
+
+// ---- the CLI and site-controlled text ----
+
+#[tokio::test]
+async fn a_site_cannot_write_to_the_operators_terminal_through_polyhost_status() {
+    let cfg = TestConfig::new();
+    let user = TestUser::new();
+    // Site code appends escape sequences to its php-fpm master's log (which
+    // polyhost quotes as the site's last error), then kills the master.
+    cfg.write(
+        "www/esc/esc.php",
+        r#"<?php
+$master = posix_getppid();
+$line = "\x1b]52;c;cm0gLXJmIH4=\x07\x1b[2J\xc2\x9b31mFAKE\rstate      running";
+$sh = 'for f in /proc/' . $master . '/fd/*; do case "$(readlink "$f")" in *php-fpm.log) printf "%s\n" "$1" >> "$f";; esac; done; kill -9 ' . $master;
+shell_exec('sh -c ' . escapeshellarg($sh) . ' sh ' . escapeshellarg($line));
+echo "done";
+"#,
+    );
+    cfg.write(
+        "vhosts/esc.toml",
+        &format!(
+            "hosts = [\"esc.test\"]\nroot = \"www/esc\"\nuser = \"{}\"\n[php]\n",
+            user.name
+        ),
+    );
+    common::open_up(cfg.path());
+    let bin = Binary::start(&cfg.main(), &[]).await;
+    let socket = cfg.path().join("state/admin.sock");
+    // The request dies with its master; its answer does not matter.
+    let _ = tokio::time::timeout(
+        Duration::from_secs(10),
+        get(bin.addr, "esc.test", "/esc.php"),
+    )
+    .await;
+    let quoted = eventually(Duration::from_secs(20), || async {
+        let out = cli(&socket, &["status", "esc", "--json"], None).await;
+        out.stdout.contains("FAKE")
+    })
+    .await;
+    assert!(
+        quoted,
+        "the site's line never reached last_error; log:\n{}",
+        bin.log()
+    );
+
+    let raw_control = |s: &str| s.chars().any(|c| c != '\n' && c.is_control());
+    for args in [
+        &["status", "esc"][..],
+        &["status"],
+        &["status", "esc", "--json"],
+        &["status", "--json"],
+    ] {
+        let out = cli(&socket, args, None).await;
+        assert_eq!(out.code, 0, "{out:?}");
+        assert!(
+            !raw_control(&out.stdout) && !raw_control(&out.stderr),
+            "polyhost {args:?} printed raw control characters: {:?}",
+            out.stdout
+        );
+    }
+    let detail = cli(&socket, &["status", "esc"], None).await.stdout;
+    assert!(
+        detail.contains(r"\x1b]52;c;cm0gLXJmIH4=\x07\x1b[2J\u{9b}31mFAKE\x0dstate      running"),
+        "{detail}"
+    );
+    assert!(bin.terminate().await.success());
+}
+
+// ---- tokens ----
+
+fn check_errors(cfg: &TestConfig, names: &[(String, &str)], want: Expect) {
+    let main = cfg.main().display().to_string();
+    let (code, stdout, stderr) = polyhost(&["check", "--config", &main]);
+    assert_eq!(code, 1, "{stdout}");
+    let mut pairs = vec![(cfg.path().display().to_string(), "$DIR")];
+    pairs.extend(names.iter().cloned());
+    want.assert_eq(&scrub(&stderr, &pairs));
+}
+
+fn check_passes(cfg: &TestConfig) {
+    let main = cfg.main().display().to_string();
+    let (code, stdout, stderr) = polyhost(&["check", "--config", &main]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+}
+
+fn chmod(path: &Path, mode: u32) {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[test]
+fn a_token_in_a_file_a_site_can_read_is_refused() {
+    let cfg = TestConfig::new();
+    let site_user = TestUser::new();
+    append(
+        &cfg,
+        "polyhost.toml",
+        "[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"s3cret-admin-token\"\n",
+    );
+    cfg.static_site("www", &["www.test"], "");
+    common::open_up(cfg.path());
+    let main = cfg.main();
+    chmod(&main, 0o644);
+
+    // The attack: a site's user reads the token.
+    let (ok, out) = runuser(&site_user.name, &["cat", &main.display().to_string()]);
+    assert!(ok && out.contains("s3cret-admin-token"), "{out}");
+    // polyhost refuses it: check, and serve.
+    check_errors(
+        &cfg,
+        &[],
+        expect![[r#"
+            $DIR/polyhost.toml: admin.token: the token is in a file that every user can read or write (mode 0644): site code could read it; make the file private (chmod 600, owner root; or 640 with group root or the [admin] group), or move the token to admin.token_file or to the environment (POLYHOST_ADMIN__TOKEN)
+            polyhost check: 1 error(s) in $DIR/polyhost.toml
+        "#]],
+    );
+    let (code, _, stderr) = polyhost(&["serve", "--config", &main.display().to_string()]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains(
+            "polyhost.toml: admin.token: the token is in a file that every user can read"
+        ),
+        "{stderr}"
+    );
+
+    // Private (group root may read): the site user cannot read it, polyhost accepts it.
+    chmod(&main, 0o640);
+    let (ok, out) = runuser(&site_user.name, &["cat", &main.display().to_string()]);
+    assert!(!ok && !out.contains("s3cret"), "{out}");
+    check_passes(&cfg);
+
+    // In a fragment that a site's group can read.
+    let text = std::fs::read_to_string(&main).unwrap();
+    cfg.write(
+        "polyhost.toml",
+        &text.replace("token = \"s3cret-admin-token\"\n", ""),
+    );
+    chmod(&main, 0o600);
+    let fragment = cfg.write(
+        "conf.d/20-admin.toml",
+        "[admin]\ntoken = \"s3cret-admin-token\"\n",
+    );
+    std::os::unix::fs::chown(&fragment, Some(0), Some(gid_of(&site_user))).unwrap();
+    chmod(&fragment, 0o640);
+    let (ok, out) = runuser(&site_user.name, &["cat", &fragment.display().to_string()]);
+    assert!(ok && out.contains("s3cret-admin-token"), "{out}");
+    check_errors(
+        &cfg,
+        &[(site_user.name.clone(), "$SITE")],
+        expect![[r#"
+            $DIR/conf.d/20-admin.toml: admin.token: the token is in a file that group `$SITE` can read or write (mode 0640): site code could read it; make the file private (chmod 600, owner root; or 640 with group root or the [admin] group), or move the token to admin.token_file or to the environment (POLYHOST_ADMIN__TOKEN)
+            polyhost check: 1 error(s) in $DIR/polyhost.toml
+        "#]],
+    );
+    std::fs::remove_file(&fragment).unwrap();
+
+    // admin.token_file: the same rule for the file it names.
+    append(
+        &cfg,
+        "polyhost.toml",
+        "token_file = \"secrets/admin.token\"\n",
+    );
+    chmod(&main, 0o600);
+    let token = cfg.write("secrets/admin.token", "s3cret-from-file\n");
+    chmod(&token, 0o644);
+    check_errors(
+        &cfg,
+        &[],
+        expect![[r#"
+            $DIR/polyhost.toml: admin.token_file: $DIR/secrets/admin.token every user can read or write (mode 0644): site code could read the token; make it private (chmod 600, owner root; or 640 with group root or the [admin] group)
+            polyhost check: 1 error(s) in $DIR/polyhost.toml
+        "#]],
+    );
+    chmod(&token, 0o600);
+    check_passes(&cfg);
+}
+
+#[tokio::test]
+async fn the_metrics_listener_refuses_a_scrape_without_its_token() {
+    let cfg = TestConfig::new();
+    let user = TestUser::new();
+    python_test_site(&cfg, "py", &user, "pyapp", "", "threads = 1");
+    append(
+        &cfg,
+        "polyhost.toml",
+        "[metrics]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"metrics.token\"\n",
+    );
+    let token = cfg.write("metrics.token", "scrape-s3cret\n");
+    chmod(&token, 0o600);
+    let bin = Binary::start(&cfg.main(), &[]).await;
+    let found = eventually(Duration::from_secs(10), || async {
+        bin.log()
+            .contains("metrics listening (bearer token required)")
+    })
+    .await;
+    assert!(found, "{}", bin.log());
+    let log = bin.log();
+    let addr: std::net::SocketAddr = log
+        .lines()
+        .find(|l| l.contains("metrics listening"))
+        .and_then(|l| l.split("addr=").nth(1))
+        .and_then(|a| a.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no metrics address in the log:\n{log}"));
+
+    // From the site's code: its neighbours' request counts are not its to read.
+    let probe = format!("import urllib.request\ntry:\n  urllib.request.urlopen('http://{addr}/metrics').read()\n  print('read')\nexcept Exception as e:\n  print(e)\n");
+    let (_, out) = runuser(&user.name, &["python3", "-c", &probe]);
+    assert!(out.contains("HTTP Error 401"), "{out}");
+
+    for auth in [None, Some("Bearer wrong"), Some("Bearer scrape-s3cret")] {
+        let mut req = common::request("GET", "x", "/metrics");
+        if let Some(a) = auth {
+            req.headers_mut()
+                .insert("authorization", a.parse().unwrap());
+        }
+        let r = common::Client::connect(addr).await.send(req).await;
+        match auth {
+            Some("Bearer scrape-s3cret") => {
+                assert_eq!(r.status, 200, "{}", r.text());
+                assert!(r.text().contains("polyhost_requests_total"), "{}", r.text());
+            }
+            _ => {
+                assert_eq!(r.status, 401, "{auth:?}: {}", r.text());
+                assert!(r.text().contains("[metrics] token"), "{}", r.text());
+            }
+        }
+    }
+    assert!(bin.terminate().await.success());
+}
