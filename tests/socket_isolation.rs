@@ -63,9 +63,10 @@ echo 'sys=' . sys_get_temp_dir() . ' tmpfile=' . dirname(stream_get_meta_data($t
 if ($n !== false) { unlink($n); }
 "#;
 
-/// A PHP site `name` running as `user` (and `group`, when given), with the
-/// attack scripts above, `passwd.php` (reads /etc/passwd) and `leak.php`
-/// (prints its `DB_PASSWORD`).
+/// A PHP site `name` running as `user` (and `group`, when given), `extra`
+/// after its `[php]` table, with the attack scripts above, `passwd.php`
+/// (reads /etc/passwd), `leak.php` (prints its `DB_PASSWORD`), `ini.php`
+/// (its limits) and `reload.php` (SIGUSR2 to its own master).
 fn php_site(cfg: &TestConfig, name: &str, user: &TestUser, group: Option<&str>, extra: &str) {
     for (file, text) in [
         ("fcgi.php", FCGI_PHP),
@@ -76,6 +77,14 @@ fn php_site(cfg: &TestConfig, name: &str, user: &TestUser, group: Option<&str>, 
             "<?php $d = @file_get_contents('/etc/passwd'); echo $d === false ? 'denied' : $d;",
         ),
         ("leak.php", "<?php echo 'secret=' . getenv('DB_PASSWORD');"),
+        (
+            "ini.php",
+            "<?php echo 'memory_limit=' . ini_get('memory_limit') . ' open_basedir=' . ini_get('open_basedir');",
+        ),
+        (
+            "reload.php",
+            "<?php echo posix_kill(posix_getppid(), 12 /* SIGUSR2 */) ? 'sent' : 'failed';",
+        ),
     ] {
         cfg.write(&format!("www/{name}/{file}"), text);
     }
@@ -85,7 +94,7 @@ fn php_site(cfg: &TestConfig, name: &str, user: &TestUser, group: Option<&str>, 
     cfg.write(
         &format!("vhosts/{name}.toml"),
         &format!(
-            "hosts = [\"{name}.test\"]\nroot = \"www/{name}\"\nuser = \"{}\"\n{group}{extra}\n[php]\nmax_children = 2\n",
+            "hosts = [\"{name}.test\"]\nroot = \"www/{name}\"\nuser = \"{}\"\n{group}[php]\nmax_children = 2\n{extra}\n",
             user.name
         ),
     );
@@ -459,6 +468,94 @@ async fn sites_sharing_a_group_reach_neither_each_others_pool_nor_config() {
         String::from_utf8_lossy(&out.stdout).contains(SECRET)
     });
     assert!(own, "site-d reads its own config: {configs:?}");
+
+    assert!(bin.terminate().await.success());
+    common::check_hygiene(&state);
+}
+
+#[tokio::test]
+async fn the_sealed_config_cannot_be_changed_and_a_reload_from_site_code_rereads_it() {
+    let cfg = TestConfig::new();
+    let user = TestUser::new();
+    php_site(
+        &cfg,
+        "blog",
+        &user,
+        None,
+        "[php.ini]\nmemory_limit = \"48M\"",
+    );
+    let bin = Binary::start(&cfg.main(), &[]).await;
+    let state = cfg.path().join("state");
+    let before = get(bin.addr, "blog.test", "/ini.php").await;
+    assert_eq!(before.status, 200, "{}\n{}", before.text(), bin.log());
+    assert!(
+        before.text().starts_with("memory_limit=48M open_basedir=/"),
+        "{}",
+        before.text()
+    );
+    let master = *pids_of_uid(user.uid)
+        .iter()
+        .min()
+        .expect("the php-fpm master");
+
+    // The site user finds its config among its master's descriptors, and can
+    // read it, but neither write, truncate nor replace its contents.
+    let config = files_under(Path::new(&format!("/proc/{master}/fd")))
+        .into_iter()
+        .find(|p| std::fs::read_link(p).is_ok_and(|t| t.to_string_lossy().starts_with("/memfd:")))
+        .expect("the master holds its config as a memfd");
+    let gid = nix::unistd::User::from_name(&user.name)
+        .unwrap()
+        .unwrap()
+        .gid
+        .as_raw();
+    let path = config.to_string_lossy().into_owned();
+    let read = as_site(user.uid, gid, &["cat", &path]);
+    assert!(
+        String::from_utf8_lossy(&read.stdout).contains("php_admin_value[memory_limit] = '48M'"),
+        "{read:?}"
+    );
+    for cmd in [
+        format!("printf 'php_admin_value[open_basedir] = /' >> {path}"),
+        format!("printf '[global]' 1<> {path}"),
+        format!(": > {path}"),
+    ] {
+        let write = as_site(user.uid, gid, &["sh", "-c", &cmd]);
+        assert!(!write.status.success(), "{cmd}: {write:?}");
+    }
+
+    // SIGUSR2 from the site's code: the master re-executes itself, reads the
+    // same sealed config again and keeps the socket polyhost gave it.
+    // (Its own answer may be cut: the reload ends the child that sends it.)
+    let _ = get(bin.addr, "blog.test", "/reload.php").await;
+    let log = state.join("sites/blog/php-fpm.log");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let after = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.matches("using inherited socket").count() >= 2
+            && text.contains("Reloading in progress")
+        {
+            let r = get(bin.addr, "blog.test", "/ini.php").await;
+            if r.status == 200 {
+                break r.text();
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reload seen within 10 s; php-fpm log:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(after, before.text(), "the same limits after the reload");
+    assert_eq!(
+        pids_of_uid(user.uid).iter().min(),
+        Some(&master),
+        "the master re-executed in place"
+    );
+    assert_eq!(
+        get(bin.addr, "blog.test", "/passwd.php").await.text(),
+        "denied"
+    );
 
     assert!(bin.terminate().await.success());
     common::check_hygiene(&state);
