@@ -4,7 +4,11 @@
 //!
 //! Invariants: polyhost never runs site code as root; every process the
 //! supervisor starts lives in its site's cgroup (where cgroups exist) and is
-//! stopped when its group stops; a failure of one site never touches another.
+//! stopped when its group stops; a failure of one site never touches another;
+//! every runtime socket is bound by the supervisor in a directory only root
+//! can reach ([`sockets`]) and handed to its process, so no site's code can
+//! connect to one, not even its own; nothing in a site's state directory
+//! ([`site_dirs`]) is reachable through its group.
 
 pub mod endpoint;
 pub mod group;
