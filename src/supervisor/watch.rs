@@ -8,7 +8,7 @@
 //! accepts a connection" only means something when the process is the one
 //! that listens ([`Listen::Process`], polyhost-python: it listens once its
 //! app is imported): then the socket is polled with connection attempts,
-//! every 2 ms at first, at most every [`READY_POLL_MAX`]. When polyhost
+//! every 2 ms at first, at most every 10 ms. When polyhost
 //! listens itself ([`Listen::Supervisor`], php-fpm), a connection succeeds
 //! at once and waits in the backlog; readiness is then the answer to a
 //! [`Probe`] sent on it. The probe waits for the answer rather than
