@@ -185,7 +185,8 @@ async fn only_the_inherited_descriptors_reach_the_child_at_their_numbers() {
     std::fs::write(&given, "handed over\n").unwrap();
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
     // Both close-on-exec here (std opens so); only `given` is inherited. The
-    // site user could not open it itself (0700 directory).
+    // site user could not reach it by its path (0700 directory). (`cat
+    // /dev/fd/N`, not `<&N`: dash takes single-digit descriptors only.)
     let given = std::fs::File::open(&given).unwrap();
     let other = std::fs::File::open("/etc/hostname").unwrap();
     let n = given.as_raw_fd();
@@ -194,14 +195,16 @@ async fn only_the_inherited_descriptors_reach_the_child_at_their_numbers() {
         &user,
         &log,
         "/bin/sh",
-        &["-c", &format!("ls /proc/$$/fd; cat <&{n}")],
+        &["-c", &format!("ls /proc/$$/fd; cat /dev/fd/{n}")],
     );
     s.inherit = vec![given.as_fd()];
     let (status, out) = run(&s).await;
     assert!(status.success(), "{out}");
     let mut words: Vec<&str> = out.split_whitespace().collect();
     let text = words.split_off(words.len() - 2).join(" ");
-    assert_eq!(words, ["0", "1", "2", &n.to_string()], "{out}");
+    let mut fds: Vec<i32> = words.iter().filter_map(|w| w.parse().ok()).collect();
+    fds.sort_unstable();
+    assert_eq!(fds, [0, 1, 2, n], "{out}");
     assert_eq!(text, "handed over");
     drop(other);
 
