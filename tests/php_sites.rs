@@ -322,9 +322,16 @@ async fn after_sigkill_of_polyhost_no_php_fpm_survives_the_next_start() {
         "{}",
         bin.log()
     );
+    // A static pool forks its children one after another: the first may
+    // answer before the last exists.
+    let started = common::eventually(Duration::from_secs(10), || async {
+        common::pids_of_uid(user.uid).len() >= 5
+    })
+    .await;
     assert!(
-        common::pids_of_uid(user.uid).len() >= 5,
-        "master and 4 children"
+        started,
+        "master and 4 children: {:?}",
+        common::pids_of_uid(user.uid)
     );
     let mut child = bin.child;
     child.start_kill().unwrap();
