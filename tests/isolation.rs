@@ -185,6 +185,48 @@ async fn runs_as_the_site_user_with_a_clean_env_and_no_inherited_fds() {
 }
 
 #[tokio::test]
+async fn only_the_inherited_descriptors_reach_the_child_at_their_numbers() {
+    use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+    require_root();
+    let user = TestUser::new();
+    let dir = log_dir();
+    let given = dir.path().join("given.txt");
+    std::fs::write(&given, "handed over\n").unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    // Both close-on-exec here (std opens so); only `given` is inherited. The
+    // site user could not reach it by its path (0700 directory). (`cat
+    // /dev/fd/N`, not `<&N`: dash takes single-digit descriptors only.)
+    let given = std::fs::File::open(&given).unwrap();
+    let other = std::fs::File::open("/etc/hostname").unwrap();
+    let n = given.as_raw_fd();
+    let log = dir.path().join("fd.log");
+    let mut s = spec(
+        &user,
+        &log,
+        "/bin/sh",
+        &["-c", &format!("ls /proc/$$/fd; cat /dev/fd/{n}")],
+    );
+    s.inherit = vec![given.as_fd()];
+    let (status, out) = run(&s).await;
+    assert!(status.success(), "{out}");
+    let mut words: Vec<&str> = out.split_whitespace().collect();
+    let text = words.split_off(words.len() - 2).join(" ");
+    let mut fds: Vec<i32> = words.iter().filter_map(|w| w.parse().ok()).collect();
+    fds.sort_unstable();
+    assert_eq!(fds, [0, 1, 2, n], "{out}");
+    assert_eq!(text, "handed over");
+    drop(other);
+
+    // stdin, stdout and stderr are the child's own.
+    // SAFETY (test): fd 0 is open for the whole test process.
+    let stdin = unsafe { BorrowedFd::borrow_raw(0) };
+    let mut s = spec(&user, &log, "/bin/true", &[]);
+    s.inherit = vec![stdin];
+    let err = isolation::spawn(&s).unwrap_err();
+    assert!(matches!(err, SpawnError::InheritStdio(0)), "{err}");
+}
+
+#[tokio::test]
 async fn site_users_cannot_read_or_signal_each_other() {
     require_root();
     let (a, b) = (TestUser::new(), TestUser::new());

@@ -12,7 +12,7 @@ bin=$DEMO_BIN/polyhost
 config=$DEMO_CONFIG
 
 work=$(mktemp -d)
-chmod 755 "$work" # site users traverse it to reach their sockets in state/
+chmod 755 "$work" # site users traverse it to reach their own state (tmp, sessions) in state/
 log="$work/polyhost.log"
 pid=""
 cleanup() {

@@ -13,6 +13,8 @@
 //!   the child's fixed, fail-closed setup order.
 //! - [`process`]: a running [`SiteProcess`] (wait, stop, kill on drop) and
 //!   the reaping of orphans (the subreaper).
+//! - [`sealed`]: [`sealed_file`], contents handed to a site process that it
+//!   can read but never change (php-fpm's generated config).
 //!
 //! The child setup order, the cgroup layout and the fallback are described in
 //! `docs/isolation.md`.
@@ -20,6 +22,7 @@
 pub mod cgroup;
 pub mod identity;
 pub mod process;
+pub mod sealed;
 pub mod spawn;
 
 pub use cgroup::{CgroupError, CgroupKind, CgroupRoot, Limits, SiteCgroup, Usage};
@@ -28,4 +31,5 @@ pub use process::{
     pause_reaper, reap_orphans, session_rss, set_child_subreaper, ReaperPause, SiteProcess,
     StopError,
 };
+pub use sealed::sealed_file;
 pub use spawn::{spawn, Rlimits, SpawnError, SpawnSpec};

@@ -37,7 +37,7 @@
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -96,11 +96,17 @@ pub struct SpawnSpec<'a> {
     /// stdout and stderr, opened by polyhost in append mode (created 0640).
     /// `None`: `/dev/null`.
     pub log: Option<PathBuf>,
+    /// Descriptors the program inherits, at the numbers they have in
+    /// polyhost (the caller tells the program which, e.g. in an argument).
+    /// polyhost's copies stay close-on-exec, so no other child gets them;
+    /// every other descriptor ≥ 3 is closed at exec.
+    pub inherit: Vec<BorrowedFd<'a>>,
 }
 
 impl<'a> SpawnSpec<'a> {
     /// A spec with no arguments, an empty environment, cwd `/`, no identity,
-    /// default rlimits, normal scheduling, no cgroup and no log.
+    /// default rlimits, normal scheduling, no cgroup, no log and no
+    /// inherited descriptors.
     pub fn new(program: impl Into<PathBuf>) -> Self {
         SpawnSpec {
             program: program.into(),
@@ -112,6 +118,7 @@ impl<'a> SpawnSpec<'a> {
             batch_scheduling: false,
             cgroup: None,
             log: None,
+            inherit: Vec::new(),
         }
     }
 }
@@ -125,6 +132,10 @@ pub enum SpawnError {
     RootWithoutIdentity(PathBuf),
     #[error("cannot run as `{user}`: polyhost is not root (run it as root, or let sites run as the invoking user)")]
     CannotSwitchUser { user: String },
+    #[error(
+        "descriptor {0} cannot be inherited: 0, 1 and 2 are the program's stdin, stdout and stderr"
+    )]
+    InheritStdio(RawFd),
     #[error("{what} contains a NUL byte")]
     Nul { what: &'static str },
     #[error("cannot open {what} {}: {source}", path.display())]
@@ -161,11 +172,12 @@ enum Step {
     RlimitNproc,
     RlimitCore,
     CloseFds,
+    InheritFds,
     Chdir,
 }
 
 impl Step {
-    const ALL: [Step; 14] = [
+    const ALL: [Step; 15] = [
         Step::JoinCgroup,
         Step::Setsid,
         Step::Setgroups,
@@ -179,6 +191,7 @@ impl Step {
         Step::RlimitNproc,
         Step::RlimitCore,
         Step::CloseFds,
+        Step::InheritFds,
         Step::Chdir,
     ];
 
@@ -197,6 +210,7 @@ impl Step {
             Step::RlimitNproc => "RLIMIT_NPROC",
             Step::RlimitCore => "RLIMIT_CORE",
             Step::CloseFds => "close fds",
+            Step::InheritFds => "inherit fds",
             Step::Chdir => "chdir",
         }
     }
@@ -210,6 +224,8 @@ impl Step {
 struct ChildPlan {
     cgroup_fds: Vec<RawFd>,
     report_fd: RawFd,
+    /// Kept open across exec (`FD_CLOEXEC` cleared after the close step).
+    inherit: Vec<RawFd>,
     /// `(uid, gid)` to switch to; `None` when no switch is needed.
     switch: Option<(libc::uid_t, libc::gid_t)>,
     nofile: libc::rlim_t,
@@ -293,6 +309,11 @@ impl ChildPlan {
                     libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
                 }
             }
+            for &fd in &self.inherit {
+                if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                    return Err(self.fail(Step::InheritFds));
+                }
+            }
             if libc::chdir(self.cwd.as_ptr()) != 0 {
                 return Err(self.fail(Step::Chdir));
             }
@@ -339,6 +360,14 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<SiteProcess, SpawnError> {
     if !spec.program.is_absolute() {
         return Err(SpawnError::NotAbsolute(spec.program.clone()));
     }
+    if let Some(fd) = spec
+        .inherit
+        .iter()
+        .map(AsRawFd::as_raw_fd)
+        .find(|fd| *fd < 3)
+    {
+        return Err(SpawnError::InheritStdio(fd));
+    }
     let euid = geteuid();
     let switch = match &spec.identity {
         None if euid.is_root() => {
@@ -382,6 +411,7 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<SiteProcess, SpawnError> {
     let plan = ChildPlan {
         cgroup_fds: cgroup_files.iter().map(|f| f.as_raw_fd()).collect(),
         report_fd: report_write.as_raw_fd(),
+        inherit: spec.inherit.iter().map(AsRawFd::as_raw_fd).collect(),
         switch,
         nofile: nofile_within_hard_limit(spec.rlimits.nofile),
         nproc: spec.rlimits.nproc.map(|n| n as libc::rlim_t),

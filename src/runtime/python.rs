@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::config::{PythonConfig, SiteConfig};
-use crate::supervisor::{Command, Launcher, Lifecycle};
+use crate::supervisor::{Command, Launcher, Lifecycle, Listen, ProcessSocket};
 
 pub struct PythonLauncher {
     site: String,
@@ -17,11 +17,18 @@ pub struct PythonLauncher {
 }
 
 impl PythonLauncher {
-    pub fn new(site: &SiteConfig, config: &PythonConfig, home: Option<&Path>) -> Self {
+    /// `tmp`: the site's private temporary directory, the workers'
+    /// `TMPDIR`, `TEMP` and `TMP` (Python's `tempfile` takes the first that
+    /// is set), unless the site's `[env]` names its own.
+    pub fn new(site: &SiteConfig, config: &PythonConfig, home: Option<&Path>, tmp: &Path) -> Self {
+        let tmp = tmp.display().to_string();
         let mut env: Vec<(String, String)> = vec![
             ("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()),
             ("LANG".into(), "C.UTF-8".into()),
             ("PYTHONUNBUFFERED".into(), "1".into()),
+            ("TMPDIR".into(), tmp.clone()),
+            ("TEMP".into(), tmp.clone()),
+            ("TMP".into(), tmp),
         ];
         if let Some(home) = home {
             env.push(("HOME".into(), home.display().to_string()));
@@ -80,10 +87,17 @@ impl Launcher for PythonLauncher {
         }
     }
 
-    fn command(&self, socket: &Path) -> std::io::Result<Command> {
+    /// The worker listens on its socket once the app is imported: until
+    /// then a connection is refused, which is how the supervisor sees it
+    /// ready (and why a worker that cannot import its app never is).
+    fn listen(&self) -> Listen {
+        Listen::Process
+    }
+
+    fn command(&self, socket: ProcessSocket<'_>) -> std::io::Result<Command> {
         let mut args = vec![
-            "--socket".to_owned(),
-            socket.display().to_string(),
+            "--socket-fd".to_owned(),
+            socket.fd.to_string(),
             "--app".to_owned(),
             format!("{}:{}", self.config.module, self.config.callable),
             "--threads".to_owned(),
@@ -106,6 +120,7 @@ impl Launcher for PythonLauncher {
             args,
             env: self.env.clone(),
             cwd: self.cwd.clone(),
+            fds: Vec::new(),
         })
     }
 }

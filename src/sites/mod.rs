@@ -129,7 +129,7 @@ pub fn build_runtimes(
     if let Some(py) = &site.python {
         warn_thread_overallocation(site, py);
         let home = ctx.identity.as_ref().map(|i| i.home.clone());
-        let launcher = Arc::new(PythonLauncher::new(site, py, home.as_deref()));
+        let launcher = Arc::new(PythonLauncher::new(site, py, home.as_deref(), &ctx.tmp));
         let group = supervisor.spawn_group(site, &ctx, launcher, generation);
         rt.python = Some(Arc::new(PythonUpstream::new(
             group.clone(),

@@ -16,7 +16,9 @@ pub struct Endpoint {
     pub id: u64,
     pub pid: i32,
     pub socket: PathBuf,
-    /// The user the process runs as: whoever answers on `socket` must be it.
+    /// The user that listens on `socket` (the site user, for a process that
+    /// listens itself): the router checks it on connect. `None` when
+    /// polyhost listens (php-fpm): then there is nobody else to check.
     pub uid: Option<u32>,
     inflight: AtomicUsize,
     served: AtomicU64,

@@ -14,18 +14,20 @@
 //! ```
 //!
 //! Each process has a slot. A slot's process is started (confined by
-//! `isolation`), becomes ready when its socket accepts a connection, and is
-//! published as an [`Endpoint`] in the group's [`Snapshot`]. Recycling
+//! `isolation`) with a socket the group bound for it ([`super::sockets`]),
+//! becomes ready when it serves there (see "Readiness" in [`super::watch`]),
+//! and is published as an [`Endpoint`] in the group's [`Snapshot`]. Recycling
 //! (max_requests, memory, a stuck request, a restart) starts the replacement
 //! first, publishes it, then drains the old process (waits for its in-flight
 //! requests, bounded by `drain_timeout`) and stops it. Stopping is SIGTERM to
 //! the process group, SIGKILL to it and its cgroup after the grace period.
 //!
-//! Invariants: a process is only ever published once its socket accepts; a
+//! Invariants: a process is only ever published once it serves on its socket; a
 //! process that is no longer published gets no new leases; every process the
 //! group started is stopped (and reaped) when the group stops or is dropped.
 
 use std::collections::HashMap;
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::PathBuf;
 use std::process::ExitStatus;
 use std::sync::Arc;
@@ -35,7 +37,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::endpoint::{Activity, Endpoint};
 pub use super::handle::{GroupHandle, GroupState, Snapshot};
-use super::launcher::{Launcher, Lifecycle};
+use super::launcher::{Launcher, Lifecycle, Listen, ProcessSocket};
 use super::policy::{self, Replacement, Restart, RestartPolicy, RestartTracker};
 use super::watch::{describe_status, wait_ready, watch_process};
 use crate::isolation::{self, Rlimits, SiteCgroup, SiteIdentity, SpawnSpec};
@@ -60,7 +62,8 @@ pub struct GroupSpec {
     pub cgroup: Option<SiteCgroup>,
     /// stdout/stderr of the processes.
     pub error_log: PathBuf,
-    /// Directory for the processes' sockets (owned by the site user).
+    /// Directory for the processes' sockets: root's, 0700, no site can
+    /// reach it (see [`super::sockets`]).
     pub socket_dir: PathBuf,
     /// The site's memory limit when no cgroup enforces it: the group polls
     /// the RSS of its processes' sessions and kills the largest above it.
@@ -184,6 +187,14 @@ struct Proc {
     cgroup: Option<SiteCgroup>,
     /// OOM kills already counted from that cgroup.
     oom_seen: u64,
+    /// The task waiting for it to become ready: ended with the process.
+    ready_task: tokio::task::AbortHandle,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.ready_task.abort();
+    }
 }
 
 struct Actor {
@@ -308,10 +319,26 @@ impl Actor {
             self.spec.generation,
             id
         ));
-        let _ = std::fs::remove_file(&socket);
-        let cmd = match self.spec.launcher.command(&socket) {
+        let listen = self.spec.launcher.listen();
+        let listener = match super::sockets::bind(&socket, &listen) {
+            Ok(fd) => fd,
+            Err(e) => {
+                self.crash_slot(
+                    slot,
+                    Instant::now(),
+                    format!("cannot bind {}: {e}", socket.display()),
+                );
+                return;
+            }
+        };
+        let process_socket = ProcessSocket {
+            path: &socket,
+            fd: listener.as_raw_fd(),
+        };
+        let cmd = match self.spec.launcher.command(process_socket) {
             Ok(cmd) => cmd,
             Err(e) => {
+                let _ = std::fs::remove_file(&socket);
                 self.crash_slot(
                     slot,
                     Instant::now(),
@@ -329,6 +356,7 @@ impl Actor {
             )) {
                 Ok(child) => Some(child),
                 Err(e) => {
+                    let _ = std::fs::remove_file(&socket);
                     self.crash_slot(
                         slot,
                         Instant::now(),
@@ -349,10 +377,20 @@ impl Actor {
             batch_scheduling: self.spec.batch_scheduling,
             cgroup: cgroup.as_ref(),
             log: Some(self.spec.error_log.clone()),
+            inherit: std::iter::once(listener.as_fd())
+                .chain(cmd.fds.iter().map(AsFd::as_fd))
+                .collect(),
         };
-        let process = match isolation::spawn(&spawn_spec) {
+        let spawned = isolation::spawn(&spawn_spec);
+        // The process has its copies. Without ours, the listener dies with
+        // the process: connections are then refused at once, not queued.
+        drop(spawn_spec);
+        drop(listener);
+        drop(cmd.fds);
+        let process = match spawned {
             Ok(p) => p,
             Err(e) => {
+                let _ = std::fs::remove_file(&socket);
                 if let Some(cg) = cgroup {
                     let _ = cg.remove();
                 }
@@ -366,16 +404,24 @@ impl Actor {
         };
         let pid = process.pid();
         tracing::info!(site = %self.site(), runtime = self.runtime(), pid, generation = self.spec.generation, "started");
-        let uid = self.spec.identity.as_ref().map(|i| i.uid);
+        // The router checks who listens on the socket (SO_PEERCRED): the site
+        // user when the process listens; polyhost itself (nothing to check)
+        // when polyhost does.
+        let uid = match listen {
+            Listen::Process => self.spec.identity.as_ref().map(|i| i.uid),
+            Listen::Supervisor { .. } => None,
+        };
         let endpoint = Arc::new(Endpoint::new(id, pid, socket.clone(), uid));
         let (stop_tx, stop_rx) = oneshot::channel();
         tokio::spawn(watch_process(id, process, stop_rx, self.events.clone()));
-        tokio::spawn(wait_ready(
+        let ready_task = tokio::spawn(wait_ready(
             id,
             socket,
+            listen,
             self.lifecycle.startup_timeout,
             self.events.clone(),
-        ));
+        ))
+        .abort_handle();
         self.procs.insert(
             id,
             Proc {
@@ -390,6 +436,7 @@ impl Actor {
                 replaces,
                 cgroup,
                 oom_seen: 0,
+                ready_task,
             },
         );
         self.slots[slot] = Slot::Proc(id);

@@ -1,19 +1,56 @@
 //! What a runtime (php-fpm, polyhost-python) tells the supervisor about how
 //! its processes are started. The supervisor owns when and under which
-//! confinement; the launcher owns what is executed.
+//! confinement, and binds every process's socket
+//! ([`sockets`](super::sockets)); the launcher owns what is executed and
+//! how the process is told which descriptors it inherited.
 
 use std::io;
+use std::os::fd::{OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// The command for one process of a runtime.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Command {
     pub program: PathBuf,
     pub args: Vec<String>,
     /// The whole environment (nothing is inherited).
     pub env: Vec<(String, String)>,
     pub cwd: PathBuf,
+    /// Descriptors the process inherits besides its socket (e.g. a sealed
+    /// config), at the numbers they have here; polyhost closes its copies
+    /// once the process has started.
+    pub fds: Vec<OwnedFd>,
+}
+
+/// Who calls `listen(2)` on the socket polyhost binds for a process, and so
+/// how polyhost sees that the process is ready to serve.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Listen {
+    /// polyhost listens before the process starts; the process only accepts
+    /// (php-fpm never calls `listen` on a socket it inherits). A connection
+    /// succeeds at once, so readiness is an answer to `probe`.
+    Supervisor { backlog: u32, probe: Probe },
+    /// polyhost only binds; the process listens once it can serve
+    /// (polyhost-python: after importing the app). Until then a connection is
+    /// refused, so readiness is a connection that succeeds.
+    Process,
+}
+
+/// A request a process answers only once it serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Probe {
+    /// A FastCGI `FCGI_GET_VALUES` record, answered with
+    /// `FCGI_GET_VALUES_RESULT` by a php-fpm child that accepted it.
+    FastCgiGetValues,
+}
+
+/// The socket polyhost bound for a process: its path (for logs and the
+/// router) and the descriptor number the process inherits it at.
+#[derive(Clone, Copy, Debug)]
+pub struct ProcessSocket<'a> {
+    pub path: &'a Path,
+    pub fd: RawFd,
 }
 
 /// Recycling and scaling settings of one runtime.
@@ -46,9 +83,12 @@ pub trait Launcher: Send + Sync + 'static {
         Ok(())
     }
 
-    /// The command for a process that must listen on `socket` (may write
-    /// per-process files, such as a generated config naming the socket).
-    fn command(&self, socket: &Path) -> io::Result<Command>;
+    /// Who listens on the process's socket (and how readiness is seen).
+    fn listen(&self) -> Listen;
+
+    /// The command for a process that serves on `socket`, which it inherits
+    /// (may prepare per-process things, such as a config naming the socket).
+    fn command(&self, socket: ProcessSocket<'_>) -> io::Result<Command>;
 
     /// True when a process ended because the site's application is broken
     /// (not the runtime): its requests then get 500, not 503.

@@ -4,7 +4,11 @@
 //!
 //! Invariants: polyhost never runs site code as root; every process the
 //! supervisor starts lives in its site's cgroup (where cgroups exist) and is
-//! stopped when its group stops; a failure of one site never touches another.
+//! stopped when its group stops; a failure of one site never touches another;
+//! every runtime socket is bound by the supervisor in a directory only root
+//! can reach ([`sockets`]) and handed to its process, so no site's code can
+//! connect to one, not even its own; nothing in a site's state directory
+//! ([`site_dirs`]) is reachable through its group.
 
 pub mod endpoint;
 pub mod group;
@@ -12,15 +16,16 @@ pub mod handle;
 pub mod launcher;
 pub mod policy;
 pub mod separation;
+pub mod site_dirs;
+pub mod sockets;
 pub mod watch;
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Once;
 
 pub use endpoint::{Endpoint, Lease};
 pub use group::{spawn_group, GroupHandle, GroupSpec, GroupState, Snapshot};
-pub use launcher::{Command, Launcher, Lifecycle};
+pub use launcher::{Command, Launcher, Lifecycle, Listen, Probe, ProcessSocket};
 pub use policy::{RestartPolicy, RestartTracker};
 pub use separation::{site_identities, IdentityDefaults};
 
@@ -64,8 +69,13 @@ pub struct Supervisor {
 pub struct SiteContext {
     pub identity: Option<SiteIdentity>,
     pub cgroup: Option<SiteCgroup>,
-    /// `<state_dir>/sites/<site>`: sockets and generated files, owned by the site user, 0750.
+    /// `<state_dir>/sites/<site>`: the site's own state, owned by the site user, 0700.
     pub dir: PathBuf,
+    /// `<dir>/tmp`: the site's private temporary directory (0700, the site
+    /// user's): `TMPDIR` of its processes.
+    pub tmp: PathBuf,
+    /// `<state_dir>/sockets/<site>`: its processes' sockets, root's alone.
+    pub socket_dir: PathBuf,
     pub error_log: PathBuf,
     /// Which set-up of the site this is (see [`Supervisor::cgroup_remover`]).
     pub epoch: u64,
@@ -93,8 +103,8 @@ impl Supervisor {
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "cannot clean up stale cgroups"),
         }
-        prepare_state_dir(&server.state_dir);
-        remove_stale_sockets(&server.state_dir.join("sites"));
+        site_dirs::prepare_state_dir(&server.state_dir);
+        sockets::remove_stale(&server.state_dir);
         spawn_orphan_reaper();
         Supervisor {
             cgroups,
@@ -151,11 +161,16 @@ impl Supervisor {
     }
 
     /// Prepares what the site's processes share: identity, cgroup with the
-    /// site's limits, the site's state directory.
+    /// site's limits, the site's state directory and its socket directory.
     pub fn site_context(&self, site: &SiteConfig) -> Result<SiteContext, SiteSetupError> {
         let identity = self.identity(site)?;
         let dir = self.state_dir.join("sites").join(site.name.as_str());
-        prepare_site_dir(&dir, identity.as_ref())?;
+        site_dirs::prepare_site_dir(&dir, identity.as_ref())?;
+        let socket_dir = sockets::sockets_root(&self.state_dir).join(site.name.as_str());
+        sockets::prepare_root_only_dir(&socket_dir).map_err(|source| SiteSetupError::Dir {
+            path: socket_dir.clone(),
+            source,
+        })?;
         // Counted and created under one lock, so that a pending removal of
         // this site's cgroup (site removed a moment ago) either runs first or
         // sees the new epoch and leaves the cgroup alone.
@@ -178,7 +193,9 @@ impl Supervisor {
         Ok(SiteContext {
             identity,
             cgroup,
+            tmp: dir.join("tmp"),
             dir,
+            socket_dir,
             error_log,
             epoch,
         })
@@ -207,7 +224,7 @@ impl Supervisor {
             identity: ctx.identity.clone(),
             cgroup: ctx.cgroup.clone(),
             error_log: ctx.error_log.clone(),
-            socket_dir: ctx.dir.clone(),
+            socket_dir: ctx.socket_dir.clone(),
             // Without a cgroup, the site's memory limit is enforced by polling RSS.
             memory_limit: if ctx.cgroup.is_none() {
                 site.limits.memory
@@ -323,21 +340,6 @@ fn refuse_privileged_group(
     Ok(())
 }
 
-/// `<state_dir>/sites/<site>`: mode 0750, owned by the site user and group,
-/// so polyhost (root) and the site can use its sockets and no other site can.
-fn prepare_site_dir(dir: &Path, identity: Option<&SiteIdentity>) -> Result<(), SiteSetupError> {
-    let err = |source| SiteSetupError::Dir {
-        path: dir.to_path_buf(),
-        source,
-    };
-    std::fs::create_dir_all(dir).map_err(err)?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750)).map_err(err)?;
-    if let (Some(id), true) = (identity, isolation::running_as_root()) {
-        std::os::unix::fs::chown(dir, Some(id.uid), Some(id.gid)).map_err(err)?;
-    }
-    Ok(())
-}
-
 /// Site processes whose parent died are reparented to polyhost (the
 /// subreaper); collect their exit statuses so no zombie stays.
 fn spawn_orphan_reaper() {
@@ -356,39 +358,6 @@ async fn reap_forever() {
         loop {
             tick.tick().await;
             let _ = tokio::task::spawn_blocking(isolation::reap_orphans).await;
-        }
-    }
-}
-
-/// `state_dir` and `state_dir/sites` are 0711: site users can traverse them
-/// to reach their own directory, but cannot list other sites.
-fn prepare_state_dir(state_dir: &Path) {
-    let sites = state_dir.join("sites");
-    if let Err(e) = std::fs::create_dir_all(&sites) {
-        tracing::warn!(dir = %sites.display(), error = %e, "cannot create the sites state directory");
-        return;
-    }
-    for dir in [state_dir, sites.as_path()] {
-        if let Err(e) = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711)) {
-            tracing::warn!(dir = %dir.display(), error = %e, "cannot set permissions");
-        }
-    }
-}
-
-/// Sockets of a previous run (killed with SIGKILL) would make a new process
-/// fail to bind; remove them before anything starts.
-fn remove_stale_sockets(sites_dir: &Path) {
-    let Ok(sites) = std::fs::read_dir(sites_dir) else {
-        return;
-    };
-    for site in sites.filter_map(Result::ok) {
-        let Ok(files) = std::fs::read_dir(site.path()) else {
-            continue;
-        };
-        for f in files.filter_map(Result::ok) {
-            if f.path().extension().is_some_and(|e| e == "sock") {
-                let _ = std::fs::remove_file(f.path());
-            }
         }
     }
 }

@@ -1,14 +1,29 @@
 //! Watching one process from outside the group's actor: its exit (or a
-//! stop on request), its readiness (the socket accepts), its memory, and how
-//! its exit is described in logs.
+//! stop on request), its readiness, its memory, and how its exit is
+//! described in logs.
+//!
+//! # Readiness
+//!
+//! polyhost binds every socket itself ([`super::sockets`]), so "the socket
+//! accepts a connection" only means something when the process is the one
+//! that listens ([`Listen::Process`], polyhost-python: it listens once its
+//! app is imported): then the socket is polled with connection attempts,
+//! every 2 ms at first, at most every 10 ms. When polyhost
+//! listens itself ([`Listen::Supervisor`], php-fpm), a connection succeeds
+//! at once and waits in the backlog; readiness is then the answer to a
+//! [`Probe`] sent on it. The probe waits for the answer rather than
+//! polling, so a cold start is seen ready the moment a php-fpm child
+//! accepts, with no poll interval added to its first byte.
 
 use std::path::PathBuf;
 use std::process::ExitStatus;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
 use super::group::{Event, STOP_GRACE};
+use super::launcher::{Listen, Probe};
 use crate::isolation;
 
 /// Owns a process: reports its exit, or stops it when asked.
@@ -40,27 +55,38 @@ pub(super) async fn watch_process(
 /// The longest pause between two connection attempts while a process starts.
 const READY_POLL_MAX: Duration = Duration::from_millis(10);
 
-/// Polls the socket until it accepts a connection.
+/// Waits until the process serves on `socket` (see "Readiness" above), or
+/// reports that it did not within `timeout`.
 pub(super) async fn wait_ready(
     id: u64,
     socket: PathBuf,
+    listen: Listen,
     timeout: Duration,
     events: mpsc::UnboundedSender<Event>,
 ) {
-    let deadline = Instant::now() + timeout;
+    let deadline = tokio::time::Instant::now() + timeout;
     let mut delay = Duration::from_millis(2);
     loop {
-        if tokio::net::UnixStream::connect(&socket).await.is_ok() {
+        let ready = match &listen {
+            Listen::Process => tokio::net::UnixStream::connect(&socket).await.is_ok(),
+            Listen::Supervisor { probe, .. } => {
+                tokio::time::timeout_at(deadline, self::probe(&socket, *probe))
+                    .await
+                    .is_ok_and(|answered| answered.is_ok())
+            }
+        };
+        if ready {
             let _ = events.send(Event::Ready { id });
             return;
         }
-        if Instant::now() >= deadline || events.is_closed() {
+        if tokio::time::Instant::now() >= deadline || events.is_closed() {
+            let what = match &listen {
+                Listen::Process => "accept connections",
+                Listen::Supervisor { .. } => "answer a FastCGI request",
+            };
             let _ = events.send(Event::NotReady {
                 id,
-                why: format!(
-                    "did not accept connections on {} within {timeout:?}",
-                    socket.display()
-                ),
+                why: format!("did not {what} on {} within {timeout:?}", socket.display()),
             });
             return;
         }
@@ -69,6 +95,33 @@ pub(super) async fn wait_ready(
         // byte (a cap of 50 ms made a 65 ms start answer at 112 ms).
         delay = (delay * 2).min(READY_POLL_MAX);
     }
+}
+
+/// Sends `probe` on a new connection to `socket` and waits for its answer.
+async fn probe(socket: &std::path::Path, probe: Probe) -> std::io::Result<()> {
+    let mut stream = tokio::net::UnixStream::connect(socket).await?;
+    match probe {
+        Probe::FastCgiGetValues => {
+            // One FCGI_GET_VALUES record (version 1, type 9, request id 0)
+            // asking for FCGI_MPXS_CONNS, a variable every php-fpm knows
+            // (some PHP versions loop forever on an unknown name).
+            const NAME: &[u8] = b"FCGI_MPXS_CONNS";
+            let mut record = vec![1, 9, 0, 0, 0, NAME.len() as u8 + 2, 0, 0];
+            record.extend([NAME.len() as u8, 0]);
+            record.extend(NAME);
+            stream.write_all(&record).await?;
+            let mut head = [0u8; 8];
+            stream.read_exact(&mut head).await?;
+            // FCGI_GET_VALUES_RESULT is type 10.
+            if head[0] != 1 || head[1] != 10 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("not a FastCGI answer: {head:?}"),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// "exit status 3" / "killed by signal 9 (SIGKILL)".

@@ -176,9 +176,9 @@ impl RuntimeLease {
 }
 
 /// Connects to a runtime's Unix socket and, when `uid` is given, checks
-/// that the process listening on it runs as that user. Sockets live in
-/// site-owned directories: without this check a site could swap its socket
-/// for a link to another site's pool and have the router talk to that.
+/// that the process that listens on it runs as that user (`SO_PEERCRED`).
+/// Sockets live in root's own directory (`supervisor::sockets`), so no site
+/// can swap one for another's; the check is a second line behind that.
 pub async fn connect_runtime(
     socket: &std::path::Path,
     uid: Option<u32>,

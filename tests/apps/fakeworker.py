@@ -9,7 +9,6 @@ import sys
 import threading
 
 args = sys.argv[1:]
-path = args[args.index("--socket") + 1]
 
 
 def serve(conn):
@@ -44,12 +43,17 @@ def serve(conn):
                 conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
 
 
-try:
-    os.unlink(path)
-except FileNotFoundError:
-    pass
-s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-s.bind(path)
+if "--socket-fd" in args:
+    # polyhost's way: a socket it bound, handed over; listening means ready.
+    s = socket.socket(fileno=int(args[args.index("--socket-fd") + 1]))
+else:
+    path = args[args.index("--socket") + 1]
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(path)
 s.listen(64)
 while True:
     c, _ = s.accept()

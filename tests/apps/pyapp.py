@@ -68,6 +68,13 @@ def isolation_app(environ, start_response):
             out = "signalled"
         except OSError as e:
             out = "refused: " + e.__class__.__name__
+    elif path == "/tmpdir":
+        import tempfile
+        fd, name = tempfile.mkstemp()
+        os.close(fd)
+        mode = os.stat(os.path.dirname(name)).st_mode & 0o777
+        os.unlink(name)
+        out = "gettempdir=%s file=%s dirmode=%o" % (tempfile.gettempdir(), name, mode)
     elif path == "/connect":
         import socket
         s = socket.socket(socket.AF_UNIX)

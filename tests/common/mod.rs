@@ -116,10 +116,9 @@ impl InProcess {
 
 /// After a server stopped: no socket in its state dir, no cgroup of its.
 pub fn check_hygiene(state_dir: &Path) {
-    let sites = state_dir.join("sites");
-    for site in std::fs::read_dir(&sites)
+    for site in ["sites", "sockets"]
         .into_iter()
-        .flatten()
+        .flat_map(|d| std::fs::read_dir(state_dir.join(d)).into_iter().flatten())
         .filter_map(Result::ok)
     {
         for f in std::fs::read_dir(site.path())

@@ -203,11 +203,16 @@ impl FpmSite {
             &PoolOptions {
                 paths: &paths,
                 master_as_root: opts.master_as_root,
+                // This master binds its own socket; polyhost's inherit theirs
+                // (tests/socket_isolation.rs).
+                inherited_socket: false,
                 php_error_log: None,
             },
         )
         .unwrap();
-        paths.write_config(&text, user.gid).unwrap();
+        let config = dir.path().join("php-fpm.conf");
+        std::fs::write(&config, text).unwrap();
+        std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
         let ini = dir.path().join("php.ini");
         std::fs::write(&ini, "; empty: defaults plus the pool's php_admin values\n").unwrap();
         std::fs::set_permissions(&ini, std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -218,7 +223,7 @@ impl FpmSite {
         let master = command
             .arg("--nodaemonize")
             .arg("--fpm-config")
-            .arg(&paths.config)
+            .arg(&config)
             .arg("-c")
             .arg(&ini)
             .process_group(0)

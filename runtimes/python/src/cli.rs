@@ -10,9 +10,15 @@ use clap::Parser;
 #[derive(Debug, Parser)]
 #[command(name = "polyhost-python", version, about)]
 pub struct Args {
-    /// Unix socket to listen on (a stale socket file there is replaced).
-    #[arg(long, value_name = "PATH", required_unless_present = "check")]
+    /// Unix socket to bind and listen on (a stale socket file there is replaced).
+    #[arg(long, value_name = "PATH", required_unless_present_any = ["check", "socket_fd"], conflicts_with = "socket_fd")]
     pub socket: Option<PathBuf>,
+
+    /// An inherited Unix stream socket, already bound (polyhost binds it in a
+    /// directory only root can reach): the worker listens on it once the app
+    /// is imported.
+    #[arg(long, value_name = "FD", value_parser = clap::value_parser!(i32).range(3..))]
+    pub socket_fd: Option<i32>,
 
     /// The WSGI application, as `package.module:callable` (callable defaults to `application`).
     #[arg(long, value_name = "MODULE[:CALLABLE]")]
@@ -86,10 +92,20 @@ impl AppSpec {
     }
 }
 
+/// Where the worker serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SocketSpec {
+    /// A path the worker binds itself.
+    Path(PathBuf),
+    /// A descriptor it inherited, bound but not listening.
+    Fd(i32),
+}
+
 /// Validated settings for one worker process.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub socket: Option<PathBuf>,
+    /// `None` only with `--check`.
+    pub socket: Option<SocketSpec>,
     pub app: AppSpec,
     pub paths: Vec<PathBuf>,
     pub home: Option<PathBuf>,
@@ -105,7 +121,11 @@ impl TryFrom<Args> for Config {
 
     fn try_from(a: Args) -> Result<Self, String> {
         Ok(Self {
-            socket: a.socket,
+            socket: match (a.socket, a.socket_fd) {
+                (Some(path), _) => Some(SocketSpec::Path(path)),
+                (None, Some(fd)) => Some(SocketSpec::Fd(fd)),
+                (None, None) => None,
+            },
             app: AppSpec::parse(&a.app)?,
             paths: a.paths,
             home: a.home,
@@ -164,7 +184,15 @@ mod tests {
         assert_eq!(c.paths, vec![PathBuf::from("/a"), PathBuf::from("/b")]);
         assert_eq!(c.threads, 2);
         assert!(c.multiprocess);
+        assert_eq!(c.socket, Some(SocketSpec::Path("/tmp/s".into())));
         assert!(Args::try_parse_from(["polyhost-python", "--app", "m"]).is_err());
         assert!(Args::try_parse_from(["polyhost-python", "--check", "--app", "m"]).is_ok());
+        let fd = |args: &[&str]| {
+            Args::try_parse_from([&["polyhost-python", "--app", "m"], args].concat())
+                .map(|a| Config::try_from(a).unwrap().socket)
+        };
+        assert_eq!(fd(&["--socket-fd", "3"]).unwrap(), Some(SocketSpec::Fd(3)));
+        assert!(fd(&["--socket-fd", "2"]).is_err(), "stdio is not a socket");
+        assert!(fd(&["--socket-fd", "3", "--socket", "/tmp/s"]).is_err());
     }
 }

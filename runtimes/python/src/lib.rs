@@ -70,14 +70,19 @@ fn start(config: Config) -> Result<(), StartError> {
     if config.check {
         return Ok(());
     }
-    let Some(socket) = config.socket.as_deref() else {
-        return Err(StartError::Usage("--socket is required".into()));
+    let Some(socket) = config.socket.as_ref() else {
+        return Err(StartError::Usage(
+            "--socket or --socket-fd is required".into(),
+        ));
     };
     let template =
         Python::attach(|py| environ::template(py, config.threads > 1, config.multiprocess))
             .map_err(|e| StartError::Init(format!("cannot build the WSGI environ: {e}")))?;
     let stop = signals::install().map_err(StartError::Runtime)?;
-    let listener = server::bind(socket)?;
+    let listener = match socket {
+        cli::SocketSpec::Path(path) => server::bind(path)?,
+        cli::SocketSpec::Fd(fd) => server::listen_inherited(*fd)?,
+    };
     let ctx = request::AppContext {
         app,
         template,

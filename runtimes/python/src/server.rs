@@ -34,6 +34,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::io::{self, IoSlice};
 use std::net::Shutdown;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::UnixListener;
 use std::panic::AssertUnwindSafe;
@@ -44,6 +45,7 @@ use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::socket::{sockopt, UnixAddr};
 use pyo3::prelude::*;
 
 use crate::conn::{Conn, HeadRead, ReadBuf, Stream};
@@ -73,11 +75,60 @@ fn quiet_events() -> EpollFlags {
     EpollFlags::EPOLLET
 }
 
-/// A bound listening socket and the identity of its file (to remove only ours).
+/// A bound listening socket and the identity of its file (to remove only
+/// ours; `None` for an inherited socket, whose file is its owner's).
 pub struct Listener {
     listener: UnixListener,
     path: PathBuf,
     ino: Option<(u64, u64)>,
+}
+
+/// Listens on the inherited, bound Unix stream socket `fd` (non-blocking,
+/// close-on-exec: the app's own child processes do not inherit it).
+pub fn listen_inherited(fd: RawFd) -> Result<Listener, StartError> {
+    let err = |source| StartError::Listen {
+        path: format!("inherited descriptor {fd}"),
+        source,
+    };
+    // Only a descriptor that is open may be owned: check before taking it.
+    #[allow(unsafe_code)] // fcntl(2) on a plain integer.
+    // SAFETY: F_GETFD reads the descriptor flags; an fd that is not open
+    // gives EBADF and nothing else happens.
+    let open = unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0;
+    if fd < 3 || !open {
+        return Err(err(io::Error::from_raw_os_error(libc::EBADF)));
+    }
+    #[allow(unsafe_code)] // taking ownership of the inherited descriptor.
+    // SAFETY: `fd` is open (checked above) and was handed to this process for
+    // this use alone (`--socket-fd`); nothing else in the worker owns it.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let is_unix_stream = nix::sys::socket::getsockopt(&owned, sockopt::SockType)
+        .is_ok_and(|t| t == nix::sys::socket::SockType::Stream)
+        && nix::sys::socket::getsockname::<UnixAddr>(owned.as_raw_fd()).is_ok();
+    if !is_unix_stream {
+        return Err(err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a Unix stream socket",
+        )));
+    }
+    let path = nix::sys::socket::getsockname::<UnixAddr>(owned.as_raw_fd())
+        .ok()
+        .and_then(|a| a.path().map(Path::to_path_buf))
+        .unwrap_or_else(|| PathBuf::from(format!("fd {fd}")));
+    nix::fcntl::fcntl(
+        &owned,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )
+    .map_err(|e| err(e.into()))?;
+    nix::sys::socket::listen(&owned, nix::sys::socket::Backlog::MAXALLOWABLE)
+        .map_err(|e| err(e.into()))?;
+    let listener = UnixListener::from(owned);
+    listener.set_nonblocking(true).map_err(err)?;
+    Ok(Listener {
+        listener,
+        path,
+        ino: None,
+    })
 }
 
 /// Removes a stale socket at `path` and binds a new one (non-blocking).

@@ -194,3 +194,98 @@ async fn virtualenv_via_home() {
     assert_eq!(parts[1], home);
     assert_eq!(parts[2], format!("{home}/bin/python"));
 }
+
+/// polyhost's way: the socket is bound by someone else (in a directory only
+/// root reaches) and inherited, not listening; the worker listens once the
+/// app is imported, keeps the descriptor to itself and leaves the file alone.
+#[tokio::test]
+async fn an_inherited_bound_socket_is_listened_on_once_the_app_is_imported() {
+    use nix::sys::socket::{bind, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+    use std::os::fd::AsRawFd;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bound.sock");
+    // Not close-on-exec: the worker inherits it at the same number.
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::empty(),
+        None,
+    )
+    .unwrap();
+    bind(fd.as_raw_fd(), &UnixAddr::new(&path).unwrap()).unwrap();
+    assert_eq!(
+        std::os::unix::net::UnixStream::connect(&path)
+            .unwrap_err()
+            .kind(),
+        std::io::ErrorKind::ConnectionRefused,
+        "bound, not listening: refused"
+    );
+    let stderr_path = dir.path().join("stderr.log");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_polyhost-python"))
+        .env_clear()
+        .env("MARKER_DIR", dir.path())
+        .current_dir(dir.path())
+        .arg("--socket-fd")
+        .arg(fd.as_raw_fd().to_string())
+        .args(["--app", "plain"])
+        .arg("--path")
+        .arg(common::apps_dir())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stderr_path).unwrap())
+        .spawn()
+        .unwrap();
+    let link = format!("socket:[{}]", nix::sys::stat::fstat(&fd).unwrap().st_ino);
+    drop(fd); // the worker's copy is the only one left
+    let mut w = Worker {
+        child,
+        dir,
+        socket: path.clone(),
+        stderr_path,
+    };
+    w.wait_ready().await;
+    assert_eq!(w.get("/env").await.status, StatusCode::OK);
+    // Close-on-exec in the worker: the app's own children do not get it.
+    let pid = w.child.id();
+    let flags: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter(|e| std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy() == link))
+        .filter_map(|e| {
+            let info = std::fs::read_to_string(format!(
+                "/proc/{pid}/fdinfo/{}",
+                e.file_name().to_string_lossy()
+            ))
+            .ok()?;
+            Some(info.lines().find(|l| l.starts_with("flags:"))?.to_owned())
+        })
+        .collect();
+    assert_eq!(
+        flags.len(),
+        1,
+        "the worker holds the socket once: {flags:?}"
+    );
+    let octal = flags[0].trim_start_matches("flags:").trim();
+    let bits = u32::from_str_radix(octal, 8).unwrap();
+    assert_ne!(bits & libc::O_CLOEXEC as u32, 0, "close-on-exec: {octal}");
+    w.signal(libc::SIGTERM);
+    let status = w.wait_exit(Duration::from_secs(10)).await;
+    assert_eq!(status.code(), Some(0), "{}", w.stderr());
+    assert!(path.exists(), "the socket file is its owner's to remove");
+}
+
+#[tokio::test]
+async fn a_socket_fd_that_is_not_a_socket_is_refused() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_polyhost-python"))
+        .args(["--socket-fd", "1000", "--app", "plain", "--path"])
+        .arg(common::apps_dir())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot listen on inherited descriptor 1000"),
+        "{err}"
+    );
+}

@@ -1,7 +1,9 @@
 //! The php-fpm launcher: one master per site, started already as the site
 //! user (so no root process lives in the site), with a config generated for
-//! the socket the supervisor chose.
+//! the socket the supervisor bound, handed over as a sealed file (see
+//! "Files and permissions" in [`super::pool_config`]).
 
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +11,12 @@ use std::time::Duration;
 use super::{find_fpm_binary, pool_config, PhpPoolPaths, PoolOptions};
 use crate::config::{SiteConfig, StartPolicy};
 use crate::isolation::SiteIdentity;
-use crate::supervisor::{Command, Launcher, Lifecycle};
+use crate::supervisor::{Command, Launcher, Lifecycle, Listen, Probe, ProcessSocket};
+
+/// The listen backlog polyhost gives a pool's socket: php-fpm's own default
+/// on Linux (`listen.backlog`), which no longer applies to a socket it
+/// inherits.
+const FPM_BACKLOG: u32 = 511;
 
 pub struct PhpLauncher {
     site: Arc<SiteConfig>,
@@ -35,7 +42,7 @@ impl PhpLauncher {
         })
     }
 
-    /// The pool paths of one master: config and pid file named after its socket.
+    /// The pool paths of one master: its socket, and a pid file named after it.
     fn paths_for(&self, socket: &Path) -> PhpPoolPaths {
         let stem = socket
             .file_stem()
@@ -44,10 +51,6 @@ impl PhpLauncher {
         let mut p = self.paths.clone();
         p.socket = socket.to_path_buf();
         p.pid = self.paths.site_dir.join(format!("{stem}.pid"));
-        p.config = self
-            .paths
-            .config
-            .with_file_name(format!("{}.{stem}.php-fpm.conf", self.site.name));
         p
     }
 }
@@ -88,30 +91,54 @@ impl Launcher for PhpLauncher {
         }
     }
 
-    fn command(&self, socket: &Path) -> std::io::Result<Command> {
-        let paths = self.paths_for(socket);
+    fn listen(&self) -> Listen {
+        Listen::Supervisor {
+            backlog: FPM_BACKLOG,
+            probe: Probe::FastCgiGetValues,
+        }
+    }
+
+    fn command(&self, socket: ProcessSocket<'_>) -> std::io::Result<Command> {
+        let paths = self.paths_for(socket.path);
         let opts = PoolOptions {
             paths: &paths,
             master_as_root: false,
+            inherited_socket: true,
             php_error_log: None,
         };
         let text = pool_config(&self.site, &opts)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
-        let gid = self
-            .identity
-            .as_ref()
-            .map_or_else(|| nix::unistd::getgid().as_raw(), |i| i.gid);
-        paths.write_config(&text, gid)?;
+        let config = crate::isolation::sealed_file("php-fpm.conf", text.as_bytes())?;
+        // php-fpm splits FPM_SOCKETS at `,` and `=`.
+        let listen = paths
+            .socket
+            .to_str()
+            .filter(|s| !s.contains([',', '=']))
+            .ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!(
+                        "php-fpm cannot inherit a socket at {}: use a state_dir without `,`, `=` or non-UTF-8 bytes",
+                        paths.socket.display()
+                    ),
+                )
+            })?;
         let _ = std::fs::remove_file(&paths.pid);
         Ok(Command {
             program: self.fpm.clone(),
             args: vec![
                 "--nodaemonize".into(),
                 "--fpm-config".into(),
-                paths.config.display().to_string(),
+                format!("/proc/self/fd/{}", config.as_raw_fd()),
             ],
-            env: vec![("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into())],
+            env: vec![
+                ("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()),
+                // `<listen address>=<fd>`: the pool whose `listen` is that
+                // address uses the descriptor as its listening socket.
+                ("FPM_SOCKETS".into(), format!("{listen}={}", socket.fd)),
+            ],
             cwd: self.site.root.clone().unwrap_or_else(|| PathBuf::from("/")),
+            fds: vec![config],
         })
     }
 

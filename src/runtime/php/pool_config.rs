@@ -5,24 +5,37 @@
 //! # Files and permissions (why they are what they are)
 //!
 //! ```text
-//! <state>/sites/                       root:root      0711  (traversable, not listable)
-//! <state>/sites/<site>.php-fpm.conf    root:<group>   0640  (the master, running as the
-//!                                                             site user, reads it; it can
-//!                                                             hold env secrets; the site
-//!                                                             cannot rewrite it)
-//! <state>/sites/<site>/                <user>:<group> 0750  (socket dir)
-//! <state>/sites/<site>/php.sock        <user>:<group> 0660  (listen.owner/group/mode)
-//! <state>/sites/<site>/php-fpm.log     master's error_log, written by the master
-//! <state>/sites/<site>/php-fpm.pid
-//! <state>/sites/<site>/tmp/            <user>:<group> 0700  (upload_tmp_dir, sys_temp_dir)
-//! <state>/sites/<site>/sessions/       <user>:<group> 0700  (session.save_path)
+//! <state>/sites/                      root:root      0711  (traversable, not listable)
+//! <state>/sites/<site>/               <user>:<group> 0700  (the site's own state)
+//! <state>/sites/<site>/php-<gen>-<id>.pid   the master's pid file, written by the master
+//! <state>/sites/<site>/php-fpm.log    the masters' error_log, written by the masters
+//! <state>/sites/<site>/tmp/           <user>:<group> 0700  (upload_tmp_dir, sys_temp_dir)
+//! <state>/sites/<site>/sessions/      <user>:<group> 0700  (session.save_path)
+//! <state>/sockets/<site>/php-<gen>-<id>.sock   root 0600 in root's 0700 directories
+//! (no file)                           the generated config: a sealed memfd
 //! ```
 //!
-//! polyhost runs as root and connects to the socket whatever its mode. Another
-//! site's user is neither the socket's owner nor (with one group per site) in
-//! its group, and cannot even traverse the 0750 directory, so it can neither
-//! connect to this pool (and run code as this site) nor read its sessions.
-//! This relies on every site having its own group.
+//! The master runs as the site user. polyhost binds and listens on the
+//! pool's socket itself, in a directory no site user can reach
+//! (`supervisor::sockets`), and the master inherits it through
+//! `FPM_SOCKETS=<path>=<fd>`: php-fpm uses an inherited socket whose
+//! address is the pool's `listen` as it is (no `bind`, `chmod` or `listen`
+//! of its own, so `listen.owner`/`listen.mode`/`listen.backlog` do not
+//! apply), and keeps it across a SIGUSR2 reload. Its unlink at exit fails
+//! harmlessly; polyhost removes the file. So no site's code can connect to
+//! a pool, not even its own (php-fpm takes `PHP_ADMIN_VALUE` from whoever
+//! connects: a script connecting to its own pool could lift its
+//! `open_basedir`), whatever groups the sites share.
+//!
+//! The config is never a file on disk: it is a sealed memfd
+//! (`isolation::sealed_file`) the master inherits and reads as
+//! `--fpm-config /proc/self/fd/N`, again after a SIGUSR2. The site cannot
+//! change it (it could otherwise lift its `php_admin_value` limits with a
+//! SIGUSR2 to its own master), and no other user can read it (it holds the
+//! site's `[env]`, possibly secrets).
+//!
+//! Nothing here needs the site's group: another site sharing it reaches
+//! none of these files.
 //!
 //! Invariants:
 //! - Every value written into the file is either a number we computed or a
@@ -38,16 +51,17 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::config::{IniValue, PhpMode, SiteConfig, SiteName};
+use crate::supervisor::site_dirs::ensure_owned_dir;
 
 /// Per-site paths of a php-fpm pool under polyhost's state directory.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PhpPoolPaths {
-    /// `<state>/sites/<site>`: the socket dir, owned by the site user, 0750.
+    /// `<state>/sites/<site>`: the site's own state, owned by the site user, 0700.
     pub site_dir: PathBuf,
-    /// `<site_dir>/php.sock`: the pool's FastCGI socket.
+    /// The pool's FastCGI socket (`listen`). polyhost replaces the default,
+    /// `<site_dir>/php.sock` (for a php-fpm that binds its own socket, as in
+    /// tests), with the socket it bound for the master.
     pub socket: PathBuf,
-    /// `<state>/sites/<site>.php-fpm.conf`: the generated config (root-owned).
-    pub config: PathBuf,
     /// `<site_dir>/php-fpm.pid`.
     pub pid: PathBuf,
     /// `<site_dir>/php-fpm.log`: the master's own error log.
@@ -64,7 +78,6 @@ impl PhpPoolPaths {
         let site_dir = sites.join(site.as_str());
         PhpPoolPaths {
             socket: site_dir.join("php.sock"),
-            config: sites.join(format!("{site}.php-fpm.conf")),
             pid: site_dir.join("php-fpm.pid"),
             fpm_log: site_dir.join("php-fpm.log"),
             tmp: site_dir.join("tmp"),
@@ -79,69 +92,25 @@ impl PhpPoolPaths {
     /// `sites/` and `sites/<site>` sit in root-owned directories, so their
     /// paths can be used as they are. `tmp` and `sessions` sit in the
     /// site-owned `sites/<site>`, where the site user could have replaced
-    /// them with symlinks (to make root chown `/etc`): they are created and
-    /// changed only through descriptors opened with `O_NOFOLLOW` relative
-    /// to the site directory, and refused when they are not directories.
+    /// them with symlinks: they are created and changed only through
+    /// [`ensure_owned_dir`].
     pub fn create_dirs(&self, uid: u32, gid: u32) -> std::io::Result<()> {
         use std::os::unix::fs::{chown, PermissionsExt};
-        let sites = self.config.parent().unwrap_or(Path::new("/"));
+        let sites = self.site_dir.parent().unwrap_or(Path::new("/"));
         std::fs::create_dir_all(sites)?;
         std::fs::set_permissions(sites, std::fs::Permissions::from_mode(0o711))?;
         std::fs::create_dir_all(&self.site_dir)?;
         chown(&self.site_dir, Some(uid), Some(gid))?;
-        std::fs::set_permissions(&self.site_dir, std::fs::Permissions::from_mode(0o750))?;
+        std::fs::set_permissions(&self.site_dir, std::fs::Permissions::from_mode(0o700))?;
         let site_dir = std::fs::File::open(&self.site_dir)?;
         for dir in [&self.tmp, &self.sessions] {
             let name = dir
                 .file_name()
                 .ok_or_else(|| std::io::Error::other("a site directory without a name"))?;
-            ensure_owned_dir(&site_dir, Path::new(name), uid, gid, 0o700)?;
+            ensure_owned_dir(&site_dir, Path::new(name), Some((uid, gid)), 0o700)?;
         }
         Ok(())
     }
-
-    /// Writes `text` as the config file, root-owned, readable by the site's group.
-    pub fn write_config(&self, text: &str, gid: u32) -> std::io::Result<()> {
-        use std::os::unix::fs::{chown, PermissionsExt};
-        let tmp = self.config.with_extension("conf.new");
-        std::fs::write(&tmp, text)?;
-        chown(&tmp, Some(0), Some(gid))?;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o640))?;
-        std::fs::rename(&tmp, &self.config)
-    }
-}
-
-/// Creates `parent/name` if missing and gives it `uid:gid` and `mode`, never
-/// following a symlink at `name` (a site user may have planted one).
-fn ensure_owned_dir(
-    parent: &std::fs::File,
-    name: &Path,
-    uid: u32,
-    gid: u32,
-    mode: u32,
-) -> std::io::Result<()> {
-    use nix::fcntl::{openat, OFlag};
-    use nix::sys::stat::{fchmod, mkdirat, Mode};
-    let perms = Mode::from_bits_truncate(mode);
-    match mkdirat(parent, name, perms) {
-        Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
-        Err(e) => return Err(e.into()),
-    }
-    let dir = openat(
-        parent,
-        name,
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| {
-        std::io::Error::other(format!(
-            "{} is not a plain directory ({e}); refusing to touch it",
-            name.display()
-        ))
-    })?;
-    nix::unistd::fchown(&dir, Some(uid.into()), Some(gid.into()))?;
-    fchmod(&dir, perms)?;
-    Ok(())
 }
 
 /// What the config of one pool depends on besides the site.
@@ -152,6 +121,11 @@ pub struct PoolOptions<'a> {
     /// to the site user itself. `false` (polyhost's way): the master already
     /// runs as the site user and the lines are omitted.
     pub master_as_root: bool,
+    /// The master inherits its socket (`FPM_SOCKETS`, polyhost's way): no
+    /// `listen.*` lines, which only apply to a socket php-fpm binds itself.
+    /// `false`: php-fpm binds `paths.socket`, `0660` for the site's user and
+    /// group.
+    pub inherited_socket: bool,
     /// `php_admin_value[error_log]`: PHP's error log file. `None` leaves it
     /// unset, so PHP sends its messages as FastCGI stderr, which the router
     /// writes to the site's error log.
@@ -215,13 +189,15 @@ pub fn pool_config(site: &SiteConfig, opts: &PoolOptions<'_>) -> Result<String, 
     line(String::new());
     line(format!("[{}]", site.name));
     line(format!("listen = {}", qp("listen", &paths.socket)?));
-    if let Some(user) = &site.user {
-        line(format!("listen.owner = {}", q("user", user)?));
+    if !opts.inherited_socket {
+        if let Some(user) = &site.user {
+            line(format!("listen.owner = {}", q("user", user)?));
+        }
+        if let Some(group) = &site.group {
+            line(format!("listen.group = {}", q("group", group)?));
+        }
+        line("listen.mode = 0660".into());
     }
-    if let Some(group) = &site.group {
-        line(format!("listen.group = {}", q("group", group)?));
-    }
-    line("listen.mode = 0660".into());
     if opts.master_as_root {
         let user = site.user.as_ref().ok_or_else(|| {
             err(
@@ -423,9 +399,14 @@ mod tests {
     #[test]
     fn snapshot_of_a_dynamic_pool() {
         let paths = paths();
+        let paths = PhpPoolPaths {
+            socket: "/run/polyhost/sockets/blog/php-1-1.sock".into(),
+            ..paths
+        };
         let opts = PoolOptions {
             paths: &paths,
             master_as_root: false,
+            inherited_socket: true,
             php_error_log: Some("/run/polyhost/sites/blog/php-error.log".into()),
         };
         let text = pool_config(&site("/srv/www/blog"), &opts).unwrap();
@@ -437,10 +418,7 @@ mod tests {
             daemonize = no
 
             [blog]
-            listen = '/run/polyhost/sites/blog/php.sock'
-            listen.owner = 'blog'
-            listen.group = 'blog'
-            listen.mode = 0660
+            listen = '/run/polyhost/sockets/blog/php-1-1.sock'
             chdir = '/srv/www/blog'
             pm = dynamic
             pm.max_children = 8
@@ -477,10 +455,15 @@ mod tests {
         let root = PoolOptions {
             paths: &paths,
             master_as_root: true,
+            inherited_socket: false,
             php_error_log: None,
         };
         let text = pool_config(&s, &root).unwrap();
         assert!(text.contains("\nuser = 'blog'\ngroup = 'blog'\n"), "{text}");
+        assert!(
+            text.contains("\nlisten.owner = 'blog'\nlisten.group = 'blog'\nlisten.mode = 0660\n"),
+            "a socket php-fpm binds itself is the site's: {text}"
+        );
         assert!(
             text.contains("\npm = ondemand\n") && !text.contains("spare"),
             "{text}"
@@ -510,9 +493,11 @@ mod tests {
     #[test]
     fn injection_attempts_are_rejected() {
         let paths = paths();
+        // A socket php-fpm binds itself: the user and group are written too.
         let opts = PoolOptions {
             paths: &paths,
             master_as_root: false,
+            inherited_socket: false,
             php_error_log: None,
         };
         let check = |edit: &dyn Fn(&mut SiteConfig), key: &str| {
