@@ -275,14 +275,10 @@ async fn through_the_python_upstream_bad_response_heads_never_reach_the_client_a
     server.stop().await;
 }
 
-/// Site code that lies about its response's length: the router must keep
-/// every response to its own framing, whatever `Content-Length` PHP or a WSGI
-/// app declares, so the bytes after it never become the answer to the
-/// client's next request (for another site: `pb.test`). Each case runs on a
-/// raw keep-alive connection that trusts the framing it is given.
-#[tokio::test]
-async fn site_code_cannot_frame_the_next_response_on_a_keep_alive_connection() {
-    let cfg = TestConfig::new();
+/// Three sites for the tests of what site code can make the router send:
+/// `pa.test` (PHP, scripts written here), `py.test` (WSGI, the app below) and
+/// `pb.test` (static, answers `site pb`). Returns the site users.
+fn runtime_sites(cfg: &TestConfig) -> (common::TestUser, common::TestUser) {
     let (php_user, py_user) = (common::TestUser::new(), common::TestUser::new());
     const INJECT: &str = r#""HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nINJECTED""#;
     // Output buffering off, so flush() sends a FastCGI record at once and
@@ -299,6 +295,7 @@ async fn site_code_cannot_frame_the_next_response_on_a_keep_alive_connection() {
         ("head", "header('Content-Length: 1234'); echo 'x';".into()),
         ("nocontent", format!("http_response_code(204); header('Content-Length: 5'); echo {INJECT};")),
         ("notmod", format!("http_response_code(304); header('Content-Length: 5'); echo 'xxxxx' . {INJECT};")),
+        ("env", "echo 'HTTP_PROXY=' . ($_SERVER['HTTP_PROXY'] ?? getenv('HTTP_PROXY') ?: 'none');".into()),
     ] {
         cfg.write(&format!("www/pa/{name}.php"), &format!("<?php {body}"));
     }
@@ -311,7 +308,7 @@ async fn site_code_cannot_frame_the_next_response_on_a_keep_alive_connection() {
         ),
     );
     cfg.write(
-        "apps/framing.py",
+        "apps/edgeapp.py",
         r#"
 def application(environ, start_response):
     path = environ.get("PATH_INFO", "")
@@ -324,13 +321,54 @@ def application(environ, start_response):
             yield b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nINJECTED"
         start_response("200 OK", [("Content-Length", "2")])
         return chunks()
+    if path == "/env":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [("HTTP_PROXY=%s" % environ.get("HTTP_PROXY", "none")).encode()]
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [b"py"]
 "#,
     );
-    common::python_test_site(&cfg, "py", &py_user, "framing", "", "");
+    common::python_test_site(cfg, "py", &py_user, "edgeapp", "", "");
     cfg.static_site("pb", &["pb.test"], "");
     common::open_up(cfg.path());
+    (php_user, py_user)
+}
+
+/// httpoxy: a client's `Proxy:` header would reach the application as
+/// `HTTP_PROXY`, which HTTP client libraries (PHP's Guzzle, Python's
+/// `requests` under CGI) take for their outgoing proxy. The router removes it
+/// for every runtime.
+#[tokio::test]
+async fn the_proxy_request_header_reaches_no_runtime() {
+    let cfg = TestConfig::new();
+    let _users = runtime_sites(&cfg);
+    let server = common::InProcess::start(&cfg).await;
+    for (host, path) in [("pa.test", "/env.php"), ("py.test", "/env")] {
+        for name in ["Proxy", "proxy", "PROXY"] {
+            let reply = raw(
+                server.addr,
+                format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{name}: http://evil.test:3128\r\nConnection: close\r\n\r\n").as_bytes(),
+            )
+            .await;
+            assert_eq!(raw_status(&reply), 200, "{host}{path}: {reply}");
+            assert!(
+                reply.ends_with("HTTP_PROXY=none"),
+                "{host}{path} with {name}: {reply}"
+            );
+        }
+    }
+    server.stop().await;
+}
+
+/// Site code that lies about its response's length: the router must keep
+/// every response to its own framing, whatever `Content-Length` PHP or a WSGI
+/// app declares, so the bytes after it never become the answer to the
+/// client's next request (for another site: `pb.test`). Each case runs on a
+/// raw keep-alive connection that trusts the framing it is given.
+#[tokio::test]
+async fn site_code_cannot_frame_the_next_response_on_a_keep_alive_connection() {
+    let cfg = TestConfig::new();
+    let _users = runtime_sites(&cfg);
     let server = common::InProcess::start(&cfg).await;
 
     /// What the first response must be: a whole answer (status, body, the

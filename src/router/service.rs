@@ -363,10 +363,17 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
         .ok()
 }
 
+/// `Proxy`: never a real request header, but CGI and WSGI turn it into
+/// `HTTP_PROXY`, which HTTP client libraries take for their proxy setting
+/// ("httpoxy").
+const PROXY: http::HeaderName = http::HeaderName::from_static("proxy");
+
+/// Removes the request headers no runtime may receive: the router's own
+/// `x-polyhost-*` metadata, and `Proxy` (for every runtime, here alone).
 fn strip_reserved(headers: &mut HeaderMap) {
     let reserved: Vec<_> = headers
         .keys()
-        .filter(|k| k.as_str().starts_with(RESERVED_HEADER_PREFIX))
+        .filter(|k| **k == PROXY || k.as_str().starts_with(RESERVED_HEADER_PREFIX))
         .cloned()
         .collect();
     for k in reserved {
