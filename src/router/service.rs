@@ -211,7 +211,6 @@ where
     B::Error: Into<BoxError>,
 {
     let limit = site.config.limits.body;
-    let body_timeout = options.front.limits.body_timeout;
     if content_length(req.headers()).is_some_and(|len| len > limit) {
         tracing::info!(client = %conn.client, site = %site.config.name, limit, "request body above limits.body (Content-Length): 413");
         return error_response(UpstreamError::BodyTooLarge { limit }, site, &req);
@@ -219,6 +218,13 @@ where
     strip_reserved(req.headers_mut());
     let Some((prefix, upstream)) = site.mounts.lookup(req.uri().path()) else {
         return error_response(UpstreamError::NotFound, site, &req);
+    };
+    // A stalled body is cut at body_timeout, or sooner at the runtime's
+    // request_timeout: a request may not outlive that by not sending its body
+    // (a Python body is read before any worker's clock starts).
+    let body_timeout = match upstream.request_timeout() {
+        Some(t) => t.min(options.front.limits.body_timeout),
+        None => options.front.limits.body_timeout,
     };
     let ctx = RequestContext {
         site: site.config.clone(),
@@ -267,7 +273,7 @@ where
                 .as_ref()
                 .is_some_and(|f| f.timed_out.load(Ordering::Acquire)) =>
         {
-            tracing::info!(client = %conn.client, site = %site.config.name, timeout = ?body_timeout, "request body stalled longer than body_timeout: 408");
+            tracing::info!(client = %conn.client, site = %site.config.name, timeout = ?body_timeout, "request body stalled longer than body_timeout (or the runtime's shorter request_timeout): 408");
             error_response(UpstreamError::RequestTimeout(body_timeout), site, &head)
         }
         Err(e) => error_response(e, site, &head),

@@ -284,6 +284,10 @@ impl Upstream for PhpUpstream {
         "php"
     }
 
+    fn request_timeout(&self) -> Option<std::time::Duration> {
+        Some(self.php.request_timeout)
+    }
+
     fn handle<'a>(
         &'a self,
         req: Request<RequestBody>,
