@@ -43,6 +43,12 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 
 /// Refuses requests whose body length is ambiguous (a smuggling vector
 /// through any proxy in front of or behind polyhost).
+///
+/// `Content-Length` with `Transfer-Encoding` does not reach this check
+/// today: hyper's HTTP/1 parser drops the `Content-Length` (whichever comes
+/// first), reads the body as chunked and closes the connection after the
+/// answer (RFC 9112 §6.3 allows that instead of a 400), and HTTP/2 has no
+/// `Transfer-Encoding`. The check stays for a parser that hands both on.
 pub fn check_framing(headers: &HeaderMap) -> Result<(), &'static str> {
     let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
     if let Some(first) = lengths.next() {
