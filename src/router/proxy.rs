@@ -418,15 +418,17 @@ mod tests {
         use ResponseFraming::*;
         let get = Method::GET;
         let ok = StatusCode::OK;
-        // (method, status, Content-Length fields, body length now) → framing, CL after.
-        let cases: &[(
-            &Method,
+        // (method, status, Content-Length fields, body length now) → framing
+        // (`Err(())`: refused), the Content-Length after.
+        type Case<'a> = (
+            &'a Method,
             StatusCode,
-            &[&str],
+            &'a [&'a str],
             Option<u64>,
             Result<ResponseFraming, ()>,
-            Option<&str>,
-        )] = &[
+            Option<&'a str>,
+        );
+        let cases: &[Case] = &[
             (&get, ok, &[], Some(5), Ok(AsIs), None),
             (&get, ok, &[], None, Ok(AsIs), None),
             (&get, ok, &["5"], Some(5), Ok(AsIs), Some("5")),
