@@ -185,10 +185,11 @@ impl LoggedBody {
                 "{} {}: {why}: response cut, connection closed",
                 facts.method, facts.uri
             ));
+            tracing::warn!(method = %facts.method, uri = %facts.uri, error = %why, "response cut, connection closed");
         }
-        tracing::warn!(error = %why, "response cut, connection closed");
         why.into()
     }
+
     fn finish(&mut self) {
         if let Some((facts, status, start, logs)) = self.pending.take() {
             let target = match facts.uri.path_and_query() {
