@@ -373,7 +373,9 @@ async fn site_code_cannot_frame_the_next_response_on_a_keep_alive_connection() {
 
     /// What the first response must be: a whole answer (status, body, the
     /// Content-Length it says), or cut (head, fewer bytes than it
-    /// declared, then the connection closed).
+    /// declared, then the connection closed). A streamed script that the
+    /// router happens to read only once it is done (a busy machine) is
+    /// refused whole instead: a 502, as for the unstreamed ones.
     enum Want {
         Answer(u16, &'static str, Option<&'static str>),
         Cut,
@@ -429,6 +431,7 @@ async fn site_code_cannot_frame_the_next_response_on_a_keep_alive_connection() {
             Answer(200, "ok", Some("2")),
         ),
     ];
+    let mut cuts = 0;
     for (method, host, path, want) in cases {
         let what = format!("{method} {host}{path}");
         let mut c = common::edge::RawConn::connect(server.addr).await;
@@ -451,6 +454,7 @@ async fn site_code_cannot_frame_the_next_response_on_a_keep_alive_connection() {
                 );
                 assert!(first.complete, "{what}: {first:?}");
             }
+            Cut if first.status == 502 && first.complete => {}
             Cut => {
                 assert_eq!(first.status, 200, "{what}: {first:?}");
                 assert!(!first.complete, "{what}: not cut: {first:?}");
@@ -459,6 +463,7 @@ async fn site_code_cannot_frame_the_next_response_on_a_keep_alive_connection() {
                     "{what}: bytes after the cut: {:?}",
                     c.seen()
                 );
+                cuts += 1;
                 continue;
             }
         }
@@ -480,11 +485,15 @@ async fn site_code_cannot_frame_the_next_response_on_a_keep_alive_connection() {
             c.seen()
         );
     }
-    let log = std::fs::read_to_string(cfg.path().join("log/pa.error.log")).unwrap_or_default();
-    assert!(
+    // The lies are logged for the site (logs are flushed twice a second).
+    let log_path = cfg.path().join("log/pa.error.log");
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let logged = common::eventually(Duration::from_secs(5), || async {
+        let log = log();
         log.contains("declares Content-Length 2 but its body has")
-            && log.contains("response cut, connection closed"),
-        "the lies are logged for the site: {log}"
-    );
+            && (cuts == 0 || log.contains("response cut, connection closed"))
+    })
+    .await;
+    assert!(logged, "{}", log());
     server.stop().await;
 }
