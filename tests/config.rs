@@ -106,7 +106,7 @@ fn every_error_of_every_file_in_one_pass() {
     cfg.write("vhosts/py.toml", "hosts = [\"py.test\", \"bad host\"]\n[python]\napp = \"not a module\"\nthreads = 0\nrequest_timeout = \"soon\"\n");
     cfg.write(
         "vhosts/php.toml",
-        "hosts = [\"php.test\"]\n[php]\nmode = \"turbo\"\nfront_controller = \"../x.php\"\n",
+        "hosts = [\"php.test\"]\n[php]\nmode = \"turbo\"\nfront_controller = \"../x.php\"\nextensions = [\".PHTML\", \"inc\", \".php.bak\"]\n",
     );
     check_errors(
         &cfg,
@@ -115,6 +115,10 @@ fn every_error_of_every_file_in_one_pass() {
             $DIR/vhosts/blog.toml: limitz: unknown field `limitz`, expected one of `hosts`, `default`, `root`, `user`, `group`, `limits`, `env`, `static`, `php`, `python`, `tls` (line 3, column 1)
             $DIR/vhosts/php.toml: php.mode: "turbo" is not a pool mode (expected "static", "dynamic" or "ondemand")
             $DIR/vhosts/php.toml: php.front_controller: "../x.php" is not a PHP script path relative to the root (e.g. "index.php")
+            $DIR/vhosts/php.toml: php.extensions: ".PHTML" is not a file name extension (a dot and lower-case letters or digits, e.g. ".phtml")
+            $DIR/vhosts/php.toml: php.extensions: "inc" is not a file name extension (a dot and lower-case letters or digits, e.g. ".phtml")
+            $DIR/vhosts/php.toml: php.extensions: ".php.bak" is not a file name extension (a dot and lower-case letters or digits, e.g. ".phtml")
+            $DIR/vhosts/php.toml: php.extensions: must include ".php" (directory indexes and front controllers are .php files)
             $DIR/vhosts/php.toml: root: missing: static and PHP sites need a document root (e.g. root = "/srv/www/example")
             $DIR/vhosts/py.toml: hosts[1]: "bad host" is not a host name: expected a host name such as "example.test" or "*.example.test" (no port, no scheme)
             $DIR/vhosts/py.toml: python.app: "not a module" is not a WSGI application reference (expected "package.module:callable")

@@ -407,6 +407,79 @@ async fn static_paths_on_a_php_site_never_serve_php_source() {
     server.stop().await;
 }
 
+/// PHP source under other names (`.phtml`, `.php5`, `.inc`, a PHAR, an
+/// editor's backup of a script) was served as plain text by a PHP site: it
+/// is refused unless the site lists the ending in `php.extensions`, and then
+/// php-fpm executes it.
+#[tokio::test]
+async fn php_source_under_other_endings_is_refused_unless_listed_as_php() {
+    let cfg = TestConfig::new();
+    let (ua, ub) = (TestUser::new(), TestUser::new());
+    php_site(&cfg, "plain", &ua, "");
+    php_site(&cfg, "phtml", &ub, "extensions = [\".php\", \".phtml\"]");
+    const SECRET: &str = "db_password_hunter2";
+    let names = [
+        "view.phtml",
+        "old.php3",
+        "old.php4",
+        "old.php5",
+        "new.php7",
+        "new.php8",
+        "short.pht",
+        "lib.phar",
+        "hl.phps",
+        "t.phpt",
+        "db.inc",
+        "DB.INC",
+        "X.PHP",
+        "X.pHtml",
+        "wp-config.php~",
+        "wp-config.php.bak",
+        "wp-config.php.old",
+        "wp-config.php.orig",
+        "wp-config.php.save",
+        "view.phtml.bak",
+    ];
+    for site in ["plain", "phtml"] {
+        for name in names {
+            cfg.write(
+                &format!("www/{site}/{name}"),
+                &format!("<?php /* {SECRET} */ echo 'ran ' . basename(__FILE__);"),
+            );
+        }
+    }
+    open_up(cfg.path());
+    let server = InProcess::start(&cfg).await;
+    for (site, name) in ["plain", "phtml"]
+        .into_iter()
+        .flat_map(|s| names.iter().map(move |n| (s, *n)))
+    {
+        let r = get(server.addr, &format!("{site}.test"), &format!("/{name}")).await;
+        assert!(
+            !r.text().contains(SECRET),
+            "{site}: /{name}: PHP source served: {}",
+            r.text()
+        );
+        if site == "phtml" && name == "view.phtml" {
+            assert_eq!(
+                (r.status, r.text().as_str()),
+                (200, "ran view.phtml"),
+                "a listed ending is executed"
+            );
+        } else {
+            assert_eq!(r.status, 403, "{site}: /{name}: {}", r.text());
+        }
+    }
+    // Everything else as before.
+    let r = get(server.addr, "plain.test", "/style.css").await;
+    assert_eq!((r.status, r.text().as_str()), (200, "body{}\n"));
+    assert!(get(server.addr, "plain.test", "/")
+        .await
+        .text()
+        .starts_with("user="));
+    server.stop().await;
+}
+
 /// The numeric fields of a `/proc/.../stat` line after the command's closing
 /// parenthesis: index 0 is field 3 (state).
 fn stat_fields(stat: &str) -> Vec<i64> {

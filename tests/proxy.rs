@@ -274,3 +274,226 @@ async fn through_the_python_upstream_bad_response_heads_never_reach_the_client_a
     assert_eq!(raw_status(&reply), 200, "{reply}");
     server.stop().await;
 }
+
+/// Three sites for the tests of what site code can make the router send:
+/// `pa.test` (PHP, scripts written here), `py.test` (WSGI, the app below) and
+/// `pb.test` (static, answers `site pb`). Returns the site users.
+fn runtime_sites(cfg: &TestConfig) -> (common::TestUser, common::TestUser) {
+    let (php_user, py_user) = (common::TestUser::new(), common::TestUser::new());
+    const INJECT: &str = r#""HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nINJECTED""#;
+    // Output buffering off, so flush() sends a FastCGI record at once and
+    // the response streams (the head goes out before PHP is done).
+    const UNBUFFERED: &str = "while (ob_get_level()) ob_end_flush();";
+    for (name, body) in [
+        ("inject", format!("header('Content-Length: 2'); echo 'ok'; echo {INJECT};")),
+        ("inject-stream", format!("{UNBUFFERED} header('Content-Length: 2'); echo 'ok'; flush(); usleep(300000); echo {INJECT};")),
+        ("cross-stream", format!("{UNBUFFERED} header('Content-Length: 4'); echo 'ab'; flush(); usleep(300000); echo 'cd' . {INJECT};")),
+        ("short", "header('Content-Length: 100'); echo 'short';".into()),
+        ("short-stream", format!("{UNBUFFERED} header('Content-Length: 100'); echo 'short'; flush(); usleep(300000);")),
+        ("exact", "header('Content-Length: 5'); echo 'hello';".into()),
+        ("exact-stream", format!("{UNBUFFERED} header('Content-Length: 10'); echo 'hello'; flush(); usleep(300000); echo 'world';")),
+        ("head", "header('Content-Length: 1234'); echo 'x';".into()),
+        ("nocontent", format!("http_response_code(204); header('Content-Length: 5'); echo {INJECT};")),
+        ("notmod", format!("http_response_code(304); header('Content-Length: 5'); echo 'xxxxx' . {INJECT};")),
+        ("env", "echo 'HTTP_PROXY=' . ($_SERVER['HTTP_PROXY'] ?? getenv('HTTP_PROXY') ?: 'none');".into()),
+    ] {
+        cfg.write(&format!("www/pa/{name}.php"), &format!("<?php {body}"));
+    }
+    cfg.write("www/pa/style.css", "body{}\n");
+    cfg.write(
+        "vhosts/pa.toml",
+        &format!(
+            "hosts = [\"pa.test\"]\nroot = \"www/pa\"\nuser = \"{}\"\n[php]\nmax_children = 2\n",
+            php_user.name
+        ),
+    );
+    cfg.write(
+        "apps/edgeapp.py",
+        r#"
+def application(environ, start_response):
+    path = environ.get("PATH_INFO", "")
+    if path == "/frame":
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok", b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nINJECTED"]
+    if path == "/frame-stream":
+        def chunks():
+            yield b"ok"
+            yield b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nINJECTED"
+        start_response("200 OK", [("Content-Length", "2")])
+        return chunks()
+    if path == "/env":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [("HTTP_PROXY=%s" % environ.get("HTTP_PROXY", "none")).encode()]
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"py"]
+"#,
+    );
+    common::python_test_site(cfg, "py", &py_user, "edgeapp", "", "");
+    cfg.static_site("pb", &["pb.test"], "");
+    common::open_up(cfg.path());
+    (php_user, py_user)
+}
+
+/// httpoxy: a client's `Proxy:` header would reach the application as
+/// `HTTP_PROXY`, which HTTP client libraries (PHP's Guzzle, Python's
+/// `requests` under CGI) take for their outgoing proxy. The router removes it
+/// for every runtime.
+#[tokio::test]
+async fn the_proxy_request_header_reaches_no_runtime() {
+    let cfg = TestConfig::new();
+    let _users = runtime_sites(&cfg);
+    let server = common::InProcess::start(&cfg).await;
+    for (host, path) in [("pa.test", "/env.php"), ("py.test", "/env")] {
+        for name in ["Proxy", "proxy", "PROXY"] {
+            let reply = raw(
+                server.addr,
+                format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{name}: http://evil.test:3128\r\nConnection: close\r\n\r\n").as_bytes(),
+            )
+            .await;
+            assert_eq!(raw_status(&reply), 200, "{host}{path}: {reply}");
+            assert!(
+                reply.ends_with("HTTP_PROXY=none"),
+                "{host}{path} with {name}: {reply}"
+            );
+        }
+    }
+    server.stop().await;
+}
+
+/// Site code that lies about its response's length: the router must keep
+/// every response to its own framing, whatever `Content-Length` PHP or a WSGI
+/// app declares, so the bytes after it never become the answer to the
+/// client's next request (for another site: `pb.test`). Each case runs on a
+/// raw keep-alive connection that trusts the framing it is given.
+#[tokio::test]
+async fn site_code_cannot_frame_the_next_response_on_a_keep_alive_connection() {
+    let cfg = TestConfig::new();
+    let _users = runtime_sites(&cfg);
+    let server = common::InProcess::start(&cfg).await;
+
+    /// What the first response must be: a whole answer (status, body, the
+    /// Content-Length it says), or cut (head, fewer bytes than it
+    /// declared, then the connection closed). A streamed script that the
+    /// router happens to read only once it is done (a busy machine) is
+    /// refused whole instead: a 502, as for the unstreamed ones.
+    enum Want {
+        Answer(u16, &'static str, Option<&'static str>),
+        Cut,
+    }
+    use Want::*;
+    let cases: &[(&str, &str, &str, Want)] = &[
+        (
+            "GET",
+            "pa.test",
+            "/inject.php",
+            Answer(502, "Bad Gateway\n", Some("12")),
+        ),
+        ("GET", "pa.test", "/inject-stream.php", Cut),
+        ("GET", "pa.test", "/cross-stream.php", Cut),
+        (
+            "GET",
+            "pa.test",
+            "/short.php",
+            Answer(502, "Bad Gateway\n", Some("12")),
+        ),
+        ("GET", "pa.test", "/short-stream.php", Cut),
+        (
+            "GET",
+            "pa.test",
+            "/exact.php",
+            Answer(200, "hello", Some("5")),
+        ),
+        (
+            "GET",
+            "pa.test",
+            "/exact-stream.php",
+            Answer(200, "helloworld", Some("10")),
+        ),
+        (
+            "HEAD",
+            "pa.test",
+            "/head.php",
+            Answer(200, "", Some("1234")),
+        ),
+        ("GET", "pa.test", "/nocontent.php", Answer(204, "", None)),
+        ("GET", "pa.test", "/notmod.php", Answer(304, "", None)),
+        (
+            "GET",
+            "pa.test",
+            "/style.css",
+            Answer(200, "body{}\n", Some("7")),
+        ),
+        ("GET", "py.test", "/frame", Answer(200, "ok", Some("2"))),
+        (
+            "GET",
+            "py.test",
+            "/frame-stream",
+            Answer(200, "ok", Some("2")),
+        ),
+    ];
+    let mut cuts = 0;
+    for (method, host, path, want) in cases {
+        let what = format!("{method} {host}{path}");
+        let mut c = common::edge::RawConn::connect(server.addr).await;
+        c.send(&format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\n\r\n"))
+            .await;
+        let first = c
+            .response(*method == "HEAD")
+            .await
+            .unwrap_or_else(|| panic!("{what}: no response head: {:?}", c.seen()));
+        match want {
+            Answer(status, body, length) => {
+                assert_eq!(
+                    (
+                        first.status,
+                        first.text().as_str(),
+                        first.header("content-length")
+                    ),
+                    (*status, *body, *length),
+                    "{what}: {first:?}"
+                );
+                assert!(first.complete, "{what}: {first:?}");
+            }
+            Cut if first.status == 502 && first.complete => {}
+            Cut => {
+                assert_eq!(first.status, 200, "{what}: {first:?}");
+                assert!(!first.complete, "{what}: not cut: {first:?}");
+                assert!(
+                    c.closed().await,
+                    "{what}: bytes after the cut: {:?}",
+                    c.seen()
+                );
+                cuts += 1;
+                continue;
+            }
+        }
+        // The connection goes on: the next answer is the other site's own.
+        c.send("GET / HTTP/1.1\r\nHost: pb.test\r\nConnection: close\r\n\r\n")
+            .await;
+        let second = c
+            .response(false)
+            .await
+            .unwrap_or_else(|| panic!("{what}: no second response: {:?}", c.seen()));
+        assert_eq!(
+            (second.status, second.text().as_str()),
+            (200, "site pb\n"),
+            "{what}: the next request got another answer: {second:?}"
+        );
+        assert!(
+            c.closed().await,
+            "{what}: bytes after the answers: {:?}",
+            c.seen()
+        );
+    }
+    // The lies are logged for the site (logs are flushed twice a second).
+    let log_path = cfg.path().join("log/pa.error.log");
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let logged = common::eventually(Duration::from_secs(5), || async {
+        let log = log();
+        log.contains("declares Content-Length 2 but its body has")
+            && (cuts == 0 || log.contains("response cut, connection closed"))
+    })
+    .await;
+    assert!(logged, "{}", log());
+    server.stop().await;
+}

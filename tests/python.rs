@@ -241,3 +241,88 @@ async fn slow_requests_on_one_site_do_not_block_another_site() {
     }
     server.stop().await;
 }
+
+/// A client that sends a request head and then stalls its body held the
+/// request past the site's `request_timeout` (the body is read before any
+/// worker's clock starts, and `body_timeout` is 60 s by default): it is cut
+/// at the earlier of the two, with 408.
+#[tokio::test]
+async fn a_stalled_request_body_is_cut_at_request_timeout_with_408() {
+    let cfg = TestConfig::new();
+    let user = TestUser::new();
+    python_site(&cfg, "stall", &user, "request_timeout = \"2s\"");
+    let server = InProcess::start(&cfg).await;
+    assert_eq!(get(server.addr, "stall.test", "/").await.status, 200);
+    let mut s = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let t = Instant::now();
+    tokio::io::AsyncWriteExt::write_all(
+        &mut s,
+        b"POST /echo HTTP/1.1\r\nHost: stall.test\r\nContent-Length: 100\r\n\r\n0123456789",
+    )
+    .await
+    .unwrap();
+    let mut seen = String::new();
+    // Bounded well below body_timeout (60 s): only request_timeout can end it.
+    common::read_until_count(
+        &mut s,
+        &mut seen,
+        "HTTP/1.1 408",
+        1,
+        Duration::from_secs(10),
+    )
+    .await;
+    let waited = t.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1800) && waited < Duration::from_secs(8),
+        "cut after {waited:?}: {seen}"
+    );
+    // The site itself is unharmed.
+    assert_eq!(get(server.addr, "stall.test", "/").await.status, 200);
+    server.stop().await;
+}
+
+/// A WSGI app that answers with an interim (1xx) status: the router waited
+/// for a final head until request_timeout and then recycled the worker. The
+/// worker refuses the status: a 500 at once, the app's error logged once
+/// with the site and the request, and the same worker serves on.
+#[tokio::test]
+async fn a_wsgi_app_answering_1xx_gets_500_at_once_and_the_worker_lives_on() {
+    let cfg = TestConfig::new();
+    let user = TestUser::new();
+    python_site(&cfg, "interim", &user, "request_timeout = \"30s\"");
+    let server = InProcess::start(&cfg).await;
+    let before = get(server.addr, "interim.test", "/").await;
+    assert_eq!(before.status, 200);
+    let t = Instant::now();
+    let r = get(server.addr, "interim.test", "/interim").await;
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "after {:?}",
+        t.elapsed()
+    );
+    let after = get(server.addr, "interim.test", "/").await;
+    assert_eq!(
+        field(&after.text(), "pid"),
+        field(&before.text(), "pid"),
+        "the worker lives on"
+    );
+    let log_path = cfg.path().join("log/interim.error.log");
+    let logged = common::eventually(Duration::from_secs(5), || async {
+        std::fs::read_to_string(&log_path)
+            .unwrap_or_default()
+            .contains("is informational")
+    })
+    .await;
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert!(logged, "{log}");
+    assert_eq!(
+        log.matches("error in the application for GET /interim")
+            .count(),
+        1,
+        "logged once, naming the request: {log}"
+    );
+    assert!(log.contains("site interim"), "names the site: {log}");
+    assert_eq!(log.matches("is informational").count(), 1, "{log}");
+    server.stop().await;
+}

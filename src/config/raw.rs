@@ -117,6 +117,7 @@ pub struct RawPhp {
     pub request_timeout: Option<Scalar>,
     pub startup_timeout: Option<Scalar>,
     pub front_controller: Option<String>,
+    pub extensions: Option<Vec<String>>,
     pub open_basedir: Option<Vec<String>>,
     pub ini: Option<BTreeMap<String, Scalar>>,
 }

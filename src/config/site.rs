@@ -118,6 +118,9 @@ pub struct PhpConfig {
     pub startup_timeout: Duration,
     /// Script that handles paths matching no file (e.g. `index.php`).
     pub front_controller: Option<String>,
+    /// File name endings PHP executes (`[".php"]` by default; always with
+    /// `.php`): each a dot and lower-case letters or digits.
+    pub extensions: Vec<String>,
     /// `None`: the site's root plus its tmp dir.
     pub open_basedir: Option<Vec<PathBuf>>,
     pub ini: BTreeMap<String, IniValue>,
@@ -370,6 +373,7 @@ fn validate_php(raw: RawPhp, base: &Path, errs: &mut FileErrors<'_>) -> Option<P
         }
         ok
     });
+    let extensions = validate_extensions(raw.extensions, errs);
     let config = PhpConfig {
         fpm: raw.fpm.map(|f| absolute(base, &f)),
         mode,
@@ -399,12 +403,46 @@ fn validate_php(raw: RawPhp, base: &Path, errs: &mut FileErrors<'_>) -> Option<P
         )
         .unwrap_or(Duration::from_secs(10)),
         front_controller,
+        extensions,
         open_basedir: raw
             .open_basedir
             .map(|v| v.iter().map(|p| absolute(base, p)).collect()),
         ini,
     };
     (errs.errors.len() == before).then_some(config)
+}
+
+/// `php.extensions`: what php-fpm may execute (its
+/// `security.limit_extensions`). Each entry is a dot and 1 to 15 lower-case
+/// letters or digits; `.php` must be one (directory indexes and front
+/// controllers are `.php` files).
+fn validate_extensions(raw: Option<Vec<String>>, errs: &mut FileErrors<'_>) -> Vec<String> {
+    let Some(list) = raw else {
+        return vec![".php".to_owned()];
+    };
+    let mut out: Vec<String> = Vec::with_capacity(list.len());
+    for ext in list {
+        let name = ext.strip_prefix('.').unwrap_or_default();
+        let ok = (1..=15).contains(&name.len())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+        if !ok {
+            errs.add(
+                "php.extensions",
+                format!("{ext:?} is not a file name extension (a dot and lower-case letters or digits, e.g. \".phtml\")"),
+            );
+        } else if !out.contains(&ext) {
+            out.push(ext);
+        }
+    }
+    if !out.iter().any(|e| e == ".php") {
+        errs.add(
+            "php.extensions",
+            "must include \".php\" (directory indexes and front controllers are .php files)",
+        );
+    }
+    out
 }
 
 fn validate_python(raw: RawPython, base: &Path, errs: &mut FileErrors<'_>) -> Option<PythonConfig> {

@@ -7,7 +7,9 @@
 //! - [`conn`]: connection limits and each connection's header/keep-alive clocks.
 //! - [`tls`]: rustls configuration; certificates by SNI from the current table.
 //! - [`service`]: one request, the only place errors become statuses.
-//! - [`proxy`]: framing checks, hop-by-hop and forwarded headers, response header checks.
+//! - [`proxy`]: framing checks, hop-by-hop and forwarded headers, response header checks,
+//!   response framing.
+//! - `outgoing`: the response body on its way out: access log line, declared length kept.
 //! - [`table`], [`vhost`], [`mount`]: the routing snapshot and its lookups.
 //! - [`access_log`]: per-site access and error logs.
 //!
@@ -18,6 +20,7 @@
 pub mod access_log;
 pub mod conn;
 pub mod mount;
+mod outgoing;
 pub mod proxy;
 pub mod server;
 pub mod service;

@@ -2,13 +2,15 @@
 //! a second request (conflicting `Content-Length`, `Content-Length` with
 //! `Transfer-Encoding`), hop-by-hop headers (RFC 9110 §7.6.1), the
 //! `X-Forwarded-*`/`Forwarded` headers (believed only from
-//! `trusted_proxies`, otherwise replaced by what polyhost saw), and response
-//! header values that could split a response.
+//! `trusted_proxies`, otherwise replaced by what polyhost saw), response
+//! header values that could split a response, and the framing of every
+//! response ([`response_framing`]): the router, not the upstream, decides
+//! where a response ends.
 
 use std::net::{IpAddr, SocketAddr};
 
 use http::header::{self, HeaderName, HeaderValue};
-use http::HeaderMap;
+use http::{HeaderMap, Method, StatusCode};
 
 use crate::config::FrontConfig;
 use crate::upstream::Scheme;
@@ -41,6 +43,12 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 
 /// Refuses requests whose body length is ambiguous (a smuggling vector
 /// through any proxy in front of or behind polyhost).
+///
+/// `Content-Length` with `Transfer-Encoding` does not reach this check
+/// today: hyper's HTTP/1 parser drops the `Content-Length` (whichever comes
+/// first), reads the body as chunked and closes the connection after the
+/// answer (RFC 9112 §6.3 allows that instead of a 400), and HTTP/2 has no
+/// `Transfer-Encoding`. The check stays for a parser that hands both on.
 pub fn check_framing(headers: &HeaderMap) -> Result<(), &'static str> {
     let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
     if let Some(first) = lengths.next() {
@@ -99,6 +107,95 @@ pub fn sanitize_response(headers: &mut HeaderMap) -> Vec<HeaderName> {
         headers.remove(k);
     }
     bad
+}
+
+/// How the router frames a response body (see [`response_framing`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResponseFraming {
+    /// The body goes out as it is; hyper frames it from the body itself
+    /// (its exact length, or chunked), and any `Content-Length` the
+    /// response carries says that same length.
+    AsIs,
+    /// Nothing may follow the head (`HEAD`, 204, 304, a 2xx to `CONNECT`):
+    /// the body is dropped unsent.
+    NoBody,
+    /// The upstream declared this `Content-Length` for a body whose length
+    /// shows only as it streams: the router sends exactly that many bytes,
+    /// or cuts the response and the connection (`router::service`).
+    Declared(u64),
+}
+
+/// Decides how a response is framed and makes its `Content-Length` header
+/// agree. hyper's release build trusts a `Content-Length` header over the
+/// body it is handed, so a length an upstream (site code) declared is never
+/// passed on unchecked: a wrong one would end the response early on the
+/// wire and make its remaining bytes the answer to the client's next
+/// request, or make the client wait for bytes that never come.
+///
+/// `body_len` is the body's exact length when it is known now (a body held
+/// whole, a file). A declared length that contradicts it, or one that is
+/// not a single number, is an error: nothing has been sent yet, so the
+/// caller answers 502 instead. A body without a declared length is left to
+/// hyper. A response that has no body keeps a `HEAD`'s valid declared length
+/// (the length a `GET` would have) and loses any other.
+pub fn response_framing(
+    method: &Method,
+    status: StatusCode,
+    headers: &mut HeaderMap,
+    body_len: Option<u64>,
+) -> Result<ResponseFraming, String> {
+    let bodiless_status = status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+        || (method == Method::CONNECT && status.is_success());
+    if bodiless_status {
+        // RFC 9110 §8.6: no Content-Length in a 204 (or a 2xx to CONNECT);
+        // a 304's would only describe another response, which hyper drops anyway.
+        headers.remove(header::CONTENT_LENGTH);
+        return Ok(ResponseFraming::NoBody);
+    }
+    let declared = declared_length(headers);
+    if method == Method::HEAD {
+        if declared.is_err() {
+            headers.remove(header::CONTENT_LENGTH);
+        }
+        return Ok(ResponseFraming::NoBody);
+    }
+    match (declared?, body_len) {
+        (None, _) => Ok(ResponseFraming::AsIs),
+        (Some(n), Some(len)) if n == len => Ok(ResponseFraming::AsIs),
+        (Some(n), Some(len)) => Err(format!(
+            "the response declares Content-Length {n} but its body has {len} bytes"
+        )),
+        (Some(n), None) => {
+            // The single value hyper will write, in canonical form.
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+            Ok(ResponseFraming::Declared(n))
+        }
+    }
+}
+
+/// The response's `Content-Length`: `None` without one; an error unless it
+/// is exactly one field holding only digits.
+fn declared_length(headers: &HeaderMap) -> Result<Option<u64>, String> {
+    let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
+    let Some(first) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err("the response has more than one Content-Length".into());
+    }
+    let v = first.as_bytes();
+    if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
+        return Err(format!(
+            "the response's Content-Length {first:?} is not a number"
+        ));
+    }
+    std::str::from_utf8(v)
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .map(Some)
+        .ok_or_else(|| format!("the response's Content-Length {first:?} is too large"))
 }
 
 /// The client and scheme a request really comes from: the peer itself, or,
@@ -314,6 +411,81 @@ mod tests {
             ("transfer-encoding", "chunked")
         ]))
         .is_err());
+    }
+
+    #[test]
+    fn response_framing_owns_the_content_length() {
+        use ResponseFraming::*;
+        let get = Method::GET;
+        let ok = StatusCode::OK;
+        // (method, status, Content-Length fields, body length now) → framing
+        // (`Err(())`: refused), the Content-Length after.
+        type Case<'a> = (
+            &'a Method,
+            StatusCode,
+            &'a [&'a str],
+            Option<u64>,
+            Result<ResponseFraming, ()>,
+            Option<&'a str>,
+        );
+        let cases: &[Case] = &[
+            (&get, ok, &[], Some(5), Ok(AsIs), None),
+            (&get, ok, &[], None, Ok(AsIs), None),
+            (&get, ok, &["5"], Some(5), Ok(AsIs), Some("5")),
+            (&get, ok, &["2"], Some(70), Err(()), Some("2")),
+            (&get, ok, &["100"], Some(5), Err(()), Some("100")),
+            (&get, ok, &["007"], None, Ok(Declared(7)), Some("7")),
+            (&get, ok, &["2", "2"], None, Err(()), Some("2")),
+            (&get, ok, &["2, 2"], None, Err(()), Some("2, 2")),
+            (&get, ok, &["-1"], None, Err(()), Some("-1")),
+            (
+                &get,
+                ok,
+                &["99999999999999999999999"],
+                None,
+                Err(()),
+                Some("99999999999999999999999"),
+            ),
+            (
+                &Method::HEAD,
+                ok,
+                &["1234"],
+                Some(0),
+                Ok(NoBody),
+                Some("1234"),
+            ),
+            (&Method::HEAD, ok, &["x"], Some(0), Ok(NoBody), None),
+            (
+                &get,
+                StatusCode::NO_CONTENT,
+                &["5"],
+                Some(70),
+                Ok(NoBody),
+                None,
+            ),
+            (
+                &get,
+                StatusCode::NOT_MODIFIED,
+                &["5"],
+                None,
+                Ok(NoBody),
+                None,
+            ),
+            (&Method::CONNECT, ok, &["5"], None, Ok(NoBody), None),
+        ];
+        for (i, (method, status, lengths, body_len, want, cl_after)) in cases.iter().enumerate() {
+            let mut h = HeaderMap::new();
+            for l in *lengths {
+                h.append(header::CONTENT_LENGTH, HeaderValue::from_str(l).unwrap());
+            }
+            let got = response_framing(method, *status, &mut h, *body_len).map_err(|_| ());
+            assert_eq!(&got, want, "case {i}");
+            assert_eq!(
+                h.get(header::CONTENT_LENGTH).map(|v| v.to_str().unwrap()),
+                *cl_after,
+                "case {i}"
+            );
+        }
     }
 
     #[test]

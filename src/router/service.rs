@@ -15,7 +15,7 @@ use http::{header, HeaderMap, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Empty, LengthLimitError, Limited};
 
-use super::access_log::{write_combined, AccessRecord, SiteLogs};
+use super::outgoing::LogFacts;
 use super::proxy;
 use super::table::{RoutingTable, SiteRoute};
 use super::vhost::normalize_host;
@@ -127,9 +127,6 @@ where
         Some(r) => r,
         None => route(req, conn, host, &site, options).await,
     };
-    site.stats
-        .record(response.status().as_u16(), start.elapsed()); // metrics
-    drop(in_flight); // metrics
     let dropped = proxy::sanitize_response(response.headers_mut());
     if !dropped.is_empty() {
         site.logs.error(&format!(
@@ -137,7 +134,44 @@ where
         ));
         tracing::warn!(site = %site.config.name, headers = ?dropped, "dropped response headers with CR, LF or NUL in their value");
     }
-    log.wrap(response, start, site.logs.clone())
+    let framing = frame_response(&mut response, &log, &site);
+    site.stats
+        .record(response.status().as_u16(), start.elapsed()); // metrics
+    drop(in_flight); // metrics
+    log.wrap(response, framing, start, site.logs.clone())
+}
+
+/// Applies [`proxy::response_framing`]: a bodiless response loses its body;
+/// a declared length the body contradicts turns the response into a 502
+/// (nothing of it has been sent), logged to the site's error log.
+fn frame_response(
+    response: &mut Response<ResponseBody>,
+    log: &LogFacts,
+    site: &SiteRoute,
+) -> proxy::ResponseFraming {
+    let body = response.body();
+    let body_len = if body.is_end_stream() {
+        Some(0)
+    } else {
+        body.size_hint().exact()
+    };
+    let status = response.status();
+    match proxy::response_framing(&log.method, status, response.headers_mut(), body_len) {
+        Ok(proxy::ResponseFraming::NoBody) => {
+            if !response.body().is_end_stream() {
+                *response.body_mut() = crate::upstream::empty_body();
+            }
+            proxy::ResponseFraming::NoBody
+        }
+        Ok(framing) => framing,
+        Err(why) => {
+            site.logs
+                .error(&format!("{} {}: 502: {why}", log.method, log.uri));
+            tracing::warn!(site = %site.config.name, method = %log.method, uri = %log.uri, error = %why, "response framing refused: 502");
+            *response = plain_response(StatusCode::BAD_GATEWAY, "Bad Gateway");
+            proxy::ResponseFraming::AsIs
+        }
+    }
 }
 
 /// `301` to `https://` for a site with `tls.redirect_http` reached over plain HTTP.
@@ -177,7 +211,6 @@ where
     B::Error: Into<BoxError>,
 {
     let limit = site.config.limits.body;
-    let body_timeout = options.front.limits.body_timeout;
     if content_length(req.headers()).is_some_and(|len| len > limit) {
         tracing::info!(client = %conn.client, site = %site.config.name, limit, "request body above limits.body (Content-Length): 413");
         return error_response(UpstreamError::BodyTooLarge { limit }, site, &req);
@@ -185,6 +218,13 @@ where
     strip_reserved(req.headers_mut());
     let Some((prefix, upstream)) = site.mounts.lookup(req.uri().path()) else {
         return error_response(UpstreamError::NotFound, site, &req);
+    };
+    // A stalled body is cut at body_timeout, or sooner at the runtime's
+    // request_timeout: a request may not outlive that by not sending its body
+    // (a Python body is read before any worker's clock starts).
+    let body_timeout = match upstream.request_timeout() {
+        Some(t) => t.min(options.front.limits.body_timeout),
+        None => options.front.limits.body_timeout,
     };
     let ctx = RequestContext {
         site: site.config.clone(),
@@ -233,7 +273,7 @@ where
                 .as_ref()
                 .is_some_and(|f| f.timed_out.load(Ordering::Acquire)) =>
         {
-            tracing::info!(client = %conn.client, site = %site.config.name, timeout = ?body_timeout, "request body stalled longer than body_timeout: 408");
+            tracing::info!(client = %conn.client, site = %site.config.name, timeout = ?body_timeout, "request body stalled longer than body_timeout (or the runtime's shorter request_timeout): 408");
             error_response(UpstreamError::RequestTimeout(body_timeout), site, &head)
         }
         Err(e) => error_response(e, site, &head),
@@ -329,10 +369,17 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
         .ok()
 }
 
+/// `Proxy`: never a real request header, but CGI and WSGI turn it into
+/// `HTTP_PROXY`, which HTTP client libraries take for their proxy setting
+/// ("httpoxy").
+const PROXY: http::HeaderName = http::HeaderName::from_static("proxy");
+
+/// Removes the request headers no runtime may receive: the router's own
+/// `x-polyhost-*` metadata, and `Proxy` (for every runtime, here alone).
 fn strip_reserved(headers: &mut HeaderMap) {
     let reserved: Vec<_> = headers
         .keys()
-        .filter(|k| k.as_str().starts_with(RESERVED_HEADER_PREFIX))
+        .filter(|k| **k == PROXY || k.as_str().starts_with(RESERVED_HEADER_PREFIX))
         .cloned()
         .collect();
     for k in reserved {
@@ -359,125 +406,4 @@ fn error_response<B>(
             .insert(header::ALLOW, http::HeaderValue::from_static("GET, HEAD"));
     }
     resp
-}
-
-/// What the access log line needs from the request, taken before the request
-/// is handed to the upstream.
-struct LogFacts {
-    /// The client's address as text (see [`proxy::ip_text`]).
-    client: http::HeaderValue,
-    method: http::Method,
-    /// Cloned, not rendered: its parts share the request's bytes.
-    uri: http::Uri,
-    version: Version,
-    referer: Option<http::HeaderValue>,
-    user_agent: Option<http::HeaderValue>,
-}
-
-impl LogFacts {
-    fn of<B>(req: &Request<B>, client: SocketAddr, _site: &SiteRoute) -> Self {
-        LogFacts {
-            client: proxy::ip_text(client.ip()),
-            method: req.method().clone(),
-            uri: req.uri().clone(),
-            version: req.version(),
-            referer: req.headers().get(header::REFERER).cloned(),
-            user_agent: req.headers().get(header::USER_AGENT).cloned(),
-        }
-    }
-
-    /// Wraps the response body so the line is written when the body is done
-    /// (or dropped by a client that went away), with the bytes really sent.
-    fn wrap(
-        self,
-        resp: Response<ResponseBody>,
-        start: Instant,
-        logs: Arc<SiteLogs>,
-    ) -> Response<ResponseBody> {
-        let status = resp.status().as_u16();
-        let (parts, body) = resp.into_parts();
-        let body = LoggedBody {
-            inner: body,
-            bytes: 0,
-            pending: Some((self, status, start, logs)),
-        };
-        Response::from_parts(parts, body.boxed_unsync())
-    }
-}
-
-struct LoggedBody {
-    inner: ResponseBody,
-    bytes: u64,
-    pending: Option<(LogFacts, u16, Instant, Arc<SiteLogs>)>,
-}
-
-impl LoggedBody {
-    fn finish(&mut self) {
-        if let Some((facts, status, start, logs)) = self.pending.take() {
-            let target = match facts.uri.path_and_query() {
-                // Absolute-form without a path (`http://h?x`): log `/?x`.
-                Some(pq) if pq.as_str().starts_with('?') => {
-                    std::borrow::Cow::Owned(format!("/{pq}"))
-                }
-                Some(pq) => std::borrow::Cow::Borrowed(pq.as_str()),
-                None => std::borrow::Cow::Owned(facts.uri.to_string()), // authority-form, `*`
-            };
-            let record = AccessRecord {
-                client: facts.client.to_str().unwrap_or("-"),
-                method: facts.method.as_str(),
-                target: &target,
-                version: facts.version,
-                status,
-                bytes: self.bytes,
-                referer: header_text(&facts.referer),
-                user_agent: header_text(&facts.user_agent),
-                duration: start.elapsed(),
-            };
-            logs.access
-                // Whole seconds are logged: the coarse clock is enough.
-                .write_line(|out| write_combined(out, &record, crate::clock::coarse_wall()));
-        }
-    }
-}
-
-/// A header value for the log; values that are not visible ASCII are left out.
-fn header_text(value: &Option<http::HeaderValue>) -> Option<&str> {
-    value.as_ref().and_then(|v| v.to_str().ok())
-}
-
-impl Body for LoggedBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    this.bytes += data.len() as u64;
-                }
-            }
-            Poll::Ready(None) => this.finish(),
-            _ => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for LoggedBody {
-    fn drop(&mut self) {
-        self.finish();
-    }
 }

@@ -130,6 +130,14 @@ pub trait Upstream: Send + Sync + 'static {
     /// Short name for logs and status ("static", "php", "python").
     fn kind(&self) -> &'static str;
 
+    /// How long the upstream lets a request run (its runtime's
+    /// `request_timeout`); `None` for upstreams that run no site code. The
+    /// router also cuts a request body that stalls longer than this (408),
+    /// when it is shorter than `limits.body_timeout`.
+    fn request_timeout(&self) -> Option<std::time::Duration> {
+        None
+    }
+
     /// Produce the response for one request. `ctx.mount_prefix` is the mount
     /// that matched; the request URI is the client's, unchanged.
     fn handle<'a>(

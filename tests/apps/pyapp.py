@@ -22,6 +22,10 @@ def application(environ, start_response):
             body = ("denied: %s" % e.__class__.__name__).encode()
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [body]
+    if path == "/interim":
+        # An interim status where WSGI allows only a final one.
+        start_response("103 Early Hints", [("Link", "</a.css>; rel=preload")])
+        return [b"early"]
     if path == "/echo":
         length = int(environ.get("CONTENT_LENGTH") or 0)
         body = environ["wsgi.input"].read(length)

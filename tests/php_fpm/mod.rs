@@ -105,6 +105,8 @@ pub struct SiteOptions {
     pub master_as_root: bool,
     /// The pool's process manager; keep-alive to php-fpm is used with `Static` only.
     pub mode: PhpMode,
+    /// `php.extensions`.
+    pub extensions: Vec<String>,
 }
 
 impl Default for SiteOptions {
@@ -117,6 +119,7 @@ impl Default for SiteOptions {
             max_requests: 500,
             master_as_root: false,
             mode: PhpMode::Static,
+            extensions: vec![".php".into()],
         }
     }
 }
@@ -181,6 +184,7 @@ impl FpmSite {
                 request_timeout: opts.request_timeout,
                 startup_timeout: Duration::from_secs(10),
                 front_controller: opts.front_controller,
+                extensions: opts.extensions,
                 open_basedir: None,
                 ini: [
                     (

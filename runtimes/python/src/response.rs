@@ -453,6 +453,14 @@ fn parse_start(status: &Bound<'_, PyAny>, headers: &Bound<'_, PyAny>) -> PyResul
             String::from_utf8_lossy(&raw)
         ))
     })?;
+    if status < 200 {
+        // An interim response would leave the router waiting for the final
+        // one, which WSGI has no way to send: refused here, a 500 at once.
+        return Err(PyValueError::new_err(format!(
+            "status {:?} is informational (1xx): a WSGI application answers with a final status (200-599)",
+            String::from_utf8_lossy(&raw)
+        )));
+    }
     let mut p = Pending {
         status,
         reason,

@@ -228,6 +228,7 @@ async fn app_errors_become_500_and_the_worker_lives_on() {
     let cases = [
         ("/error", "boom-before-start"),
         ("/bad_status", "invalid status"),
+        ("/interim_status", "is informational (1xx)"),
         ("/non_bytes", "must yield bytes"),
         ("/bad_header", "not latin-1"),
         ("/second_call", "second time without exc_info"),

@@ -247,7 +247,11 @@ pub fn pool_config(site: &SiteConfig, opts: &PoolOptions<'_>) -> Result<String, 
     // stderr records, or `php_error_log`; what a script writes to its raw
     // stderr is dropped, as in php-fpm's default pool.
     line("catch_workers_output = no".into());
-    line("security.limit_extensions = .php".into());
+    // Validated by config (a dot and lower-case letters or digits): nothing to quote.
+    line(format!(
+        "security.limit_extensions = {}",
+        php.extensions.join(" ")
+    ));
     let basedir = match &php.open_basedir {
         Some(dirs) => dirs.clone(),
         None => vec![root.clone(), paths.tmp.clone(), paths.sessions.clone()],

@@ -17,7 +17,8 @@
 //!
 //! Invariants:
 //! - PHP source is never served: only `script` decides what is static, and a
-//!   `*.php` name (any case) never is.
+//!   `*.php` name (any case), another PHP source ending (`.phtml`, `.inc`,
+//!   ...) or a backup of one never is.
 //! - The site's process lifecycle is not ours: [`RuntimeHandle::ready`] gives
 //!   the socket (starting the runtime if needed); we only connect.
 //! - No input from php-fpm or the client panics; php-fpm faults are
@@ -68,6 +69,8 @@ pub struct PhpUpstream {
     /// `root` as a string for SCRIPT_FILENAME/DOCUMENT_ROOT (checked UTF-8).
     root_str: String,
     php: PhpConfig,
+    /// What PHP executes (from `php`), shared with blocking lookups.
+    rules: Arc<script::Rules>,
     body_limit: u64,
     runtime: Arc<dyn RuntimeHandle>,
     static_files: Arc<dyn Upstream>,
@@ -112,6 +115,7 @@ impl PhpUpstream {
             root,
             root_str,
             body_limit: site.limits.body,
+            rules: Arc::new(script::Rules::of(&php)),
             php,
             runtime,
             static_files,
@@ -136,14 +140,13 @@ impl PhpUpstream {
     ) -> Result<Response<ResponseBody>, UpstreamError> {
         // Inline when the kernel can answer from its caches (the usual
         // case: microseconds); a blocking thread only when it would wait.
-        let fc = self.php.front_controller.as_deref();
-        let target = match script::resolve_cached(&self.root, req.uri().path(), fc) {
+        let target = match script::resolve_cached(&self.root, req.uri().path(), &self.rules) {
             Some(target) => target?,
             None => {
                 let root = self.root.clone();
                 let path = req.uri().path().to_owned();
-                let fc = self.php.front_controller.clone();
-                tokio::task::spawn_blocking(move || script::resolve(&root, &path, fc.as_deref()))
+                let rules = self.rules.clone();
+                tokio::task::spawn_blocking(move || script::resolve(&root, &path, &rules))
                     .await
                     .map_err(|e| UpstreamError::Internal(format!("resolving the script: {e}")))??
             }
@@ -281,6 +284,10 @@ impl Upstream for PhpUpstream {
         "php"
     }
 
+    fn request_timeout(&self) -> Option<std::time::Duration> {
+        Some(self.php.request_timeout)
+    }
+
     fn handle<'a>(
         &'a self,
         req: Request<RequestBody>,
@@ -329,6 +336,7 @@ pub(crate) mod tests_support {
                 request_timeout: Duration::from_secs(60),
                 startup_timeout: Duration::from_secs(10),
                 front_controller: Some("index.php".into()),
+                extensions: vec![".php".into()],
                 open_basedir: None,
                 ini: BTreeMap::from([
                     ("memory_limit".to_owned(), IniValue::Value("128M".into())),

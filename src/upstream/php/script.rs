@@ -20,10 +20,15 @@
 //!   network file system; [`resolve`] then does the same lookup, blocking.
 //!   The type of what was found is read with `statx(STATX_TYPE,
 //!   STATX_DONT_SYNC)`, which NFS and FUSE answer without a round trip.
-//! - Only the exact path of an existing regular file named `*.php` is ever a
-//!   script: no path-info guessing (`/a.jpg/x.php` never runs `a.jpg`).
-//! - A file whose name ends in `.php` in any letter case is never
-//!   [`Target::Static`]: PHP source is never served as text.
+//! - Only the exact path of an existing regular file whose name ends in one
+//!   of the site's `php.extensions` (`.php` by default, exact letter case)
+//!   is ever a script: no path-info guessing (`/a.jpg/x.php` never runs
+//!   `a.jpg`).
+//! - A file whose name ends in a PHP source extension ([`PHP_SOURCE`] or one
+//!   of `php.extensions`, any letter case), or in one of those followed by a
+//!   backup ending ([`BACKUP`]: `wp-config.php~`, `config.php.bak`), is never
+//!   [`Target::Static`]: PHP source is never served as text. What is not
+//!   executed is refused (403).
 
 use std::borrow::Cow;
 use std::ffi::OsStr;
@@ -55,14 +60,77 @@ pub enum Target {
     NotFound,
 }
 
+/// What a site's PHP runs: from its `[php]` table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rules {
+    /// `php.front_controller`: the script for paths that name no file.
+    pub front_controller: Option<String>,
+    /// `php.extensions`: the name endings executed (always with `.php`).
+    pub extensions: Vec<String>,
+}
+
+impl Rules {
+    pub fn of(php: &crate::config::PhpConfig) -> Rules {
+        Rules {
+            front_controller: php.front_controller.clone(),
+            extensions: php.extensions.clone(),
+        }
+    }
+}
+
+/// Name endings of PHP source that a PHP site never serves as a file:
+/// scripts of other PHP versions and conventions (which a server elsewhere
+/// would have executed), include files, PHAR archives, highlighted source.
+/// Refused unless listed in `php.extensions` (then executed).
+pub const PHP_SOURCE: [&str; 12] = [
+    ".php", ".php3", ".php4", ".php5", ".php7", ".php8", ".pht", ".phtml", ".phar", ".phps",
+    ".phpt", ".inc",
+];
+
+/// Endings editors and people leave on copies of a file
+/// (`wp-config.php~`, `config.php.bak`): a copy of PHP source is refused too.
+pub const BACKUP: [&str; 5] = ["~", ".bak", ".old", ".orig", ".save"];
+
+/// What a file name means to PHP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PhpName {
+    /// Not PHP source: served as a static file.
+    Not,
+    /// Ends in one of the site's `php.extensions`, letter case and all: executed.
+    Script,
+    /// PHP source that is not executed: refused.
+    Source,
+}
+
+fn php_name(name: &str, extensions: &[String]) -> PhpName {
+    let (stem, backup) = match BACKUP.iter().find(|b| ends_with_ignore_case(name, b)) {
+        // The ending is ASCII: cutting it leaves a char boundary.
+        Some(b) => (&name[..name.len() - b.len()], true),
+        None => (name, false),
+    };
+    let Some(dot) = stem.rfind('.') else {
+        return PhpName::Not;
+    };
+    let ext = &stem[dot..];
+    if !backup && extensions.iter().any(|e| e == ext) {
+        return PhpName::Script;
+    }
+    let source = PHP_SOURCE
+        .iter()
+        .copied()
+        .chain(extensions.iter().map(String::as_str))
+        .any(|e| ext.eq_ignore_ascii_case(e));
+    if source {
+        PhpName::Source
+    } else {
+        PhpName::Not
+    }
+}
+
 /// Resolves `raw_path` (the URI path as the client sent it, still
 /// percent-encoded) against `root`. Blocking: call from a blocking thread.
-pub fn resolve(
-    root: &Path,
-    raw_path: &str,
-    front_controller: Option<&str>,
-) -> Result<Target, UpstreamError> {
-    resolve_with(root, raw_path, front_controller, Wait::Block).map_err(|e| match e {
+pub fn resolve(root: &Path, raw_path: &str, rules: &Rules) -> Result<Target, UpstreamError> {
+    resolve_with(root, raw_path, rules, Wait::Block).map_err(|e| match e {
         Fail::Err(e) => e,
         Fail::NotCached => UpstreamError::Internal("lookup refused to block".into()),
     })
@@ -76,9 +144,9 @@ pub fn resolve(
 pub fn resolve_cached(
     root: &Path,
     raw_path: &str,
-    front_controller: Option<&str>,
+    rules: &Rules,
 ) -> Option<Result<Target, UpstreamError>> {
-    match resolve_with(root, raw_path, front_controller, Wait::CachedOnly) {
+    match resolve_with(root, raw_path, rules, Wait::CachedOnly) {
         Ok(t) => Some(Ok(t)),
         Err(Fail::Err(e)) => Some(Err(e)),
         Err(Fail::NotCached) => None,
@@ -105,12 +173,7 @@ impl From<UpstreamError> for Fail {
     }
 }
 
-fn resolve_with(
-    root: &Path,
-    raw_path: &str,
-    front_controller: Option<&str>,
-    wait: Wait,
-) -> Result<Target, Fail> {
+fn resolve_with(root: &Path, raw_path: &str, rules: &Rules, wait: Wait) -> Result<Target, Fail> {
     let decoded = decode(raw_path)?;
     let root_fd = match open_dir(root, wait) {
         Ok(fd) => fd,
@@ -134,20 +197,17 @@ fn resolve_with(
         .rsplit('/')
         .next()
         .unwrap_or_default();
-    let php_name = ends_with_ignore_case(last, ".php");
     match lookup(rel)? {
-        Some(Kind::File) if php_name => {
-            if last.ends_with(".php") && !wants_dir {
-                Ok(script(rel))
-            } else {
-                // `X.PHP`: php-fpm's security.limit_extensions would refuse
-                // it, and it must never go out as text either.
-                Err(Fail::Err(UpstreamError::Forbidden(format!(
-                    "{last:?} is not executable as PHP"
-                ))))
-            }
-        }
-        Some(Kind::File) => Ok(Target::Static),
+        Some(Kind::File) => match php_name(last, &rules.extensions) {
+            PhpName::Not => Ok(Target::Static),
+            PhpName::Script if !wants_dir => Ok(script(rel)),
+            // `X.PHP`, `inc/db.inc`, `old.php5`, `wp-config.php~`: not
+            // executed (php-fpm's security.limit_extensions follows
+            // php.extensions) and never sent as text either.
+            PhpName::Script | PhpName::Source => Err(Fail::Err(UpstreamError::Forbidden(format!(
+                "{last:?} is PHP source that this site does not execute (php.extensions)"
+            )))),
+        },
         Some(Kind::Dir) => {
             let index = if rel.is_empty() {
                 "index.php".to_owned()
@@ -163,8 +223,15 @@ fn resolve_with(
         Some(Kind::Other) => Err(Fail::Err(UpstreamError::Forbidden(format!(
             "{rel:?} is not a regular file"
         )))),
-        None if php_name => Ok(Target::NotFound),
-        None => match front_controller {
+        // A script that is not there is not the front controller's either.
+        None if rules
+            .extensions
+            .iter()
+            .any(|e| ends_with_ignore_case(last, e)) =>
+        {
+            Ok(Target::NotFound)
+        }
+        None => match rules.front_controller.as_deref() {
             Some(fc) => match lookup(fc)? {
                 Some(Kind::File) => Ok(script(fc)),
                 _ => Ok(Target::NotFound),
@@ -312,6 +379,54 @@ pub fn decode(raw: &str) -> Result<Cow<'_, str>, UpstreamError> {
 mod tests {
     use super::*;
 
+    fn rules(front_controller: Option<&str>) -> Rules {
+        Rules {
+            front_controller: front_controller.map(str::to_owned),
+            extensions: vec![".php".to_owned()],
+        }
+    }
+
+    #[test]
+    fn php_source_names() {
+        use PhpName::*;
+        let default = [".php".to_owned()];
+        let phtml = [".php".to_owned(), ".phtml".to_owned()];
+        let cases: &[(&str, &[String], PhpName)] = &[
+            ("index.php", &default, Script),
+            ("INDEX.PHP", &default, Source),
+            ("a.b.php", &default, Script),
+            ("x.phtml", &default, Source),
+            ("x.phtml", &phtml, Script),
+            ("x.PHTML", &phtml, Source),
+            ("x.php5", &default, Source),
+            ("x.Php7", &default, Source),
+            ("lib.phar", &default, Source),
+            ("db.inc", &default, Source),
+            ("db.INC", &default, Source),
+            ("t.phpt", &default, Source),
+            ("s.phps", &default, Source),
+            ("o.pht", &default, Source),
+            ("wp-config.php~", &default, Source),
+            ("wp-config.php.bak", &default, Source),
+            ("x.phtml.orig", &phtml, Source),
+            ("config.inc.save", &default, Source),
+            ("style.css", &default, Not),
+            ("notes.txt~", &default, Not),
+            ("x.php.txt", &default, Not),
+            ("archive.bak", &default, Not),
+            ("php", &default, Not),
+            ("x.phpx", &default, Not),
+            ("été.php", &default, Script),
+        ];
+        for (name, extensions, want) in cases {
+            assert_eq!(
+                php_name(name, extensions),
+                *want,
+                "{name} with {extensions:?}"
+            );
+        }
+    }
+
     fn check(raw: &str, want: Result<&str, u16>) {
         match (decode(raw), want) {
             (Ok(got), Ok(want)) => assert_eq!(got, want, "{raw}"),
@@ -384,7 +499,8 @@ mod tests {
             ("/pretty/url", None, Ok(Target::NotFound)),
         ];
         for (path, fc, want) in cases {
-            let got = resolve(&root, path, fc).map_err(|e| e.status().as_u16());
+            let rules = rules(fc);
+            let got = resolve(&root, path, &rules).map_err(|e| e.status().as_u16());
             assert_eq!(got, want, "{path} (front controller {fc:?})");
             // Right after, everything it looked at is cached: the
             // non-blocking lookup answers the same. The kernel leaves its
@@ -392,7 +508,7 @@ mod tests {
             // a directory and for `..` in a symlink: those few refusals may
             // take the blocking path.
             let may_block = path.starts_with("/img.jpg/") || path == "/rel.php";
-            let Some(cached) = resolve_cached(&root, path, fc) else {
+            let Some(cached) = resolve_cached(&root, path, &rules) else {
                 assert!(
                     may_block,
                     "{path}: a lookup just made is answered from the caches"
@@ -414,8 +530,8 @@ mod tests {
         std::fs::write(dir.path().join("evil.php"), "<?php").unwrap();
         let file = root.join("x.php");
         let both = |path: &str| {
-            let blocking = resolve(&root, path, None).map_err(|e| e.status().as_u16());
-            let cached = resolve_cached(&root, path, None)
+            let blocking = resolve(&root, path, &rules(None)).map_err(|e| e.status().as_u16());
+            let cached = resolve_cached(&root, path, &rules(None))
                 .expect("answered from the caches")
                 .map_err(|e| e.status().as_u16());
             assert_eq!(blocking, cached, "{path}");

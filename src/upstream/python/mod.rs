@@ -220,6 +220,10 @@ impl Upstream for PythonUpstream {
         "python"
     }
 
+    fn request_timeout(&self) -> Option<Duration> {
+        Some(self.request_timeout)
+    }
+
     fn handle<'a>(
         &'a self,
         req: Request<RequestBody>,

@@ -217,8 +217,18 @@ impl WorkerConn {
     pub async fn read_head(&mut self, head_request: bool) -> Result<ResponseHead, WireError> {
         loop {
             if let Some(head) = self.parse_head(head_request)? {
+                if head.status == StatusCode::CONTINUE {
+                    continue; // the worker's answer to `Expect`: the real head follows
+                }
                 if head.status.is_informational() {
-                    continue; // 100 Continue and friends: the real head follows
+                    // The worker sends no other interim response (it refuses
+                    // an app's 1xx): waiting for a final head here would hold
+                    // the request until request_timeout.
+                    self.reusable = false;
+                    return Err(WireError::Invalid(format!(
+                        "interim status {} instead of a final response",
+                        head.status.as_u16()
+                    )));
                 }
                 return Ok(head);
             }

@@ -24,6 +24,11 @@ def bad_status(environ, start_response):
     return [b"never"]
 
 
+def interim_status(environ, start_response):
+    start_response("103 Early Hints", HEADERS)
+    return [b"never"]
+
+
 def non_bytes(environ, start_response):
     start_response("200 OK", HEADERS)
     return ["a str, not bytes"]
@@ -157,6 +162,7 @@ ROUTES = {
     "/env": env,
     "/error": error,
     "/bad_status": bad_status,
+    "/interim_status": interim_status,
     "/non_bytes": non_bytes,
     "/bad_header": bad_header,
     "/second_call": second_call,

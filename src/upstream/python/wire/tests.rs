@@ -83,12 +83,25 @@ async fn head_requests_and_204_have_no_body_whatever_the_headers_say() {
 }
 
 #[tokio::test]
-async fn an_informational_head_is_skipped() {
+async fn a_100_continue_is_skipped_and_any_other_interim_head_is_an_error_at_once() {
     let mut conn = conn_answering(
         b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
     )
     .await;
     assert_eq!(conn.read_head(false).await.unwrap().status, StatusCode::OK);
+    // No final head follows (the script keeps its end open): an error now,
+    // not a wait for request_timeout.
+    for raw in [
+        &b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n"[..],
+        b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+    ] {
+        let mut conn = conn_answering(raw).await;
+        let head = tokio::time::timeout(std::time::Duration::from_secs(2), conn.read_head(false))
+            .await
+            .expect("answered at once");
+        assert!(matches!(head, Err(WireError::Invalid(_))), "{raw:?}");
+        assert!(!conn.is_reusable());
+    }
 }
 
 #[tokio::test]
