@@ -18,6 +18,7 @@
 pub mod access_log;
 pub mod conn;
 pub mod mount;
+pub mod peer;
 pub mod proxy;
 pub mod server;
 pub mod service;

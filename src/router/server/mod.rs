@@ -51,7 +51,7 @@ mod parking;
 mod signal;
 
 use super::conn::{
-    Activity, ConnLimiter, ConnPermit, Expiry, ReadToEnd, Refusal, RequestGuard, Throttle,
+    Activity, Client, ConnLimiter, ConnPermit, Expiry, ReadToEnd, Refusal, RequestGuard, Throttle,
     TrackedIo,
 };
 use super::service::{handle, ConnInfo, Options};
@@ -94,6 +94,7 @@ struct Shared {
     force: Signal,
     tracker: TaskTracker,
     refused_log: Throttle,
+    accept_log: Throttle,
     timeout_log: Throttle,
     malformed_log: Throttle,
 }
@@ -131,7 +132,10 @@ pub async fn serve(
     };
     let limits = &front.limits;
     let shared = Arc::new(Shared {
-        limiter: ConnLimiter::new(limits.max_connections, limits.max_connections_per_ip),
+        limiter: ConnLimiter::new(
+            admissible_connections(limits.max_connections),
+            limits.max_connections_per_ip,
+        ),
         options: Options { front, https_port },
         table,
         shutdown,
@@ -139,6 +143,7 @@ pub async fn serve(
         force: Signal::default(),
         tracker: TaskTracker::new(),
         refused_log: Throttle::new(),
+        accept_log: Throttle::new(),
         timeout_log: Throttle::new(),
         malformed_log: Throttle::new(),
     });
@@ -210,12 +215,33 @@ pub async fn serve(
     Ok(())
 }
 
+/// `max_connections`, or fewer when polyhost's file-descriptor limit
+/// (`RLIMIT_NOFILE`) could not hold that many: a quarter of the descriptors
+/// (at least 128) stay for everything else (listeners, logs, upstream
+/// sockets, files being sent), so past the limit a client gets a `503`
+/// rather than an accept that fails.
+fn admissible_connections(configured: usize) -> usize {
+    let Some(nofile) = crate::isolation::nofile_limit() else {
+        return configured;
+    };
+    let nofile = usize::try_from(nofile).unwrap_or(usize::MAX);
+    let fit = nofile.saturating_sub((nofile / 4).max(FD_RESERVE)).max(1);
+    if fit < configured {
+        tracing::warn!(max_connections = configured, nofile, admitted = fit, "limits.max_connections is more than polyhost's file-descriptor limit (RLIMIT_NOFILE) can hold: admitting at most {fit} connections; raise the limit (LimitNOFILE= in a systemd unit, ulimit -n) to allow more");
+    }
+    fit.min(configured)
+}
+
+/// Descriptors kept out of `max_connections` at least.
+const FD_RESERVE: usize = 128;
+
 async fn accept_loop(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     shared: Arc<Shared>,
     spread: Spread,
 ) {
+    let mut spare = Spare::open();
     loop {
         let accepted = tokio::select! {
             _ = shared.shutdown.cancelled() => break,
@@ -224,14 +250,16 @@ async fn accept_loop(
         let (stream, client) = match accepted {
             Ok(a) => a,
             Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                accept_failed(&e, &listener, &mut spare, tls.is_none(), &shared).await;
                 continue;
             }
         };
-        let exempt = shared.options.front.is_trusted_proxy(client.ip());
-        let permit = match shared.limiter.try_acquire(client.ip(), exempt) {
+        let Ok(local) = stream.local_addr() else {
+            continue;
+        };
+        let who = Client::of(client, local);
+        let trusted = is_trusted(&shared, client, who);
+        let permit = match shared.limiter.try_acquire(who, trusted) {
             Ok(p) => p,
             Err(why) => {
                 if tls.is_none() {
@@ -242,13 +270,10 @@ async fn accept_loop(
                         Refusal::Total => "max_connections",
                         Refusal::PerIp => "max_connections_per_ip",
                     };
-                    tracing::warn!(client = %client, limit, open = shared.limiter.open(), also_refused = left_out, "connection refused: limit reached");
+                    tracing::warn!(client = %client, counted_as = %who, limit, open = shared.limiter.open(), also_refused = left_out, "connection refused: limit reached");
                 }
                 continue;
             }
-        };
-        let Ok(local) = stream.local_addr() else {
-            continue;
         };
         let conn = ConnInfo {
             client,
@@ -258,6 +283,7 @@ async fn accept_loop(
             } else {
                 Scheme::Http
             },
+            trusted,
         };
         let admitted = Admitted {
             _permit: permit,
@@ -268,6 +294,85 @@ async fn accept_loop(
         } else {
             hand_over(stream, conn, tls.clone(), shared.clone(), admitted);
         }
+    }
+}
+
+/// Whether the peer is a trusted proxy: its address is in `trusted_proxies`
+/// and, on this host, its socket is not a site's (site code can bind any
+/// loopback address, a local HAProxy's too) nor of an unknown owner.
+fn is_trusted(shared: &Shared, peer: std::net::SocketAddr, who: Client) -> bool {
+    shared.options.front.is_trusted_proxy(peer.ip())
+        && match who {
+            Client::Remote(_) => true,
+            Client::LocalUser(uid) => !shared.table.load().is_site_user(uid),
+            Client::Local => false,
+        }
+}
+
+/// A failed accept. Out of file descriptors (EMFILE, ENFILE): the waiting
+/// connection is taken with the spare descriptor's place and refused with a
+/// `503`, so clients get an answer rather than a hang and the listener does
+/// not stay readable (an accept loop spinning on the same error). Other
+/// errors (and no spare): back off a little. Logged at most once a second.
+async fn accept_failed(
+    e: &std::io::Error,
+    listener: &TcpListener,
+    spare: &mut Spare,
+    plain: bool,
+    shared: &Shared,
+) {
+    let out_of_fds = matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE));
+    if out_of_fds && spare.refuse_one(listener, plain) {
+        if let Some(left_out) = shared.refused_log.allow() {
+            tracing::warn!(open = shared.limiter.open(), also_refused = left_out, "connection refused: polyhost is out of file descriptors (RLIMIT_NOFILE); lower limits.max_connections or raise the limit");
+        }
+        return;
+    }
+    if let Some(left_out) = shared.accept_log.allow() {
+        tracing::warn!(error = %e, also_failed = left_out, "accept failed");
+    }
+    // No spare (another thread took the descriptor it left): try again for one.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    if out_of_fds {
+        spare.reopen();
+    }
+}
+
+/// A descriptor kept open for the moment the process runs out: closing it
+/// makes room to accept (and refuse) one connection. The well-known remedy
+/// for accept loops at EMFILE (libev's and nginx's).
+struct Spare(Option<std::fs::File>);
+
+impl Spare {
+    fn open() -> Spare {
+        let mut s = Spare(None);
+        s.reopen();
+        s
+    }
+
+    fn reopen(&mut self) {
+        if self.0.is_none() {
+            self.0 = std::fs::File::open("/dev/null").ok();
+        }
+    }
+
+    /// Frees the spare, accepts one waiting connection and refuses it
+    /// (plain: with the one-write `503`), then takes the spare back.
+    /// `false` when there was no spare.
+    fn refuse_one(&mut self, listener: &TcpListener, plain: bool) -> bool {
+        if self.0.take().is_none() {
+            return false;
+        }
+        // The listener is still readable (the failed accept did not clear
+        // its readiness): poll it once, without waiting.
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        if let Poll::Ready(Ok((stream, _))) = listener.poll_accept(&mut cx) {
+            if plain {
+                refuse(&stream);
+            }
+        }
+        self.reopen();
+        true
     }
 }
 
