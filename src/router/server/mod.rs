@@ -323,7 +323,7 @@ async fn accept_failed(
 ) {
     let out_of_fds = matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE));
     if out_of_fds && spare.refuse_one(listener, plain) {
-        if let Some(left_out) = shared.refused_log.allow() {
+        if let Some(left_out) = shared.accept_log.allow() {
             tracing::warn!(open = shared.limiter.open(), also_refused = left_out, "connection refused: polyhost is out of file descriptors (RLIMIT_NOFILE); lower limits.max_connections or raise the limit");
         }
         return;
