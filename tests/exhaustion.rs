@@ -374,12 +374,13 @@ fn open_fds(polyhost: &Binary) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
 }
 
-/// What one client saw: its GET answered 200, refused (503 or closed), or
-/// nothing within 5 s.
+/// What one client saw: its GET answered 200, refused (503, or closed or
+/// reset without an answer), another answer, or nothing within 5 s.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Seen {
     Served,
     Refused,
+    Other,
     Hung,
 }
 
@@ -404,7 +405,11 @@ async fn clients(addr: SocketAddr, n: usize) -> (Vec<Seen>, Vec<TcpStream>) {
             match tokio::time::timeout(Duration::from_secs(5), s.read(&mut head)).await {
                 Err(_) => (Seen::Hung, None),
                 Ok(Ok(n)) if head[..n].starts_with(b"HTTP/1.1 200") => (Seen::Served, Some(s)),
-                Ok(_) => (Seen::Refused, None),
+                Ok(Ok(n)) if n == 0 || head[..n].starts_with(b"HTTP/1.1 503") => {
+                    (Seen::Refused, None)
+                }
+                Ok(Ok(_)) => (Seen::Other, None),
+                Ok(Err(_)) => (Seen::Refused, None),
             }
         }));
     }
@@ -420,6 +425,12 @@ async fn clients(addr: SocketAddr, n: usize) -> (Vec<Seen>, Vec<TcpStream>) {
 
 fn tally(seen: &[Seen], what: Seen) -> usize {
     seen.iter().filter(|s| **s == what).count()
+}
+
+fn summary(seen: &[Seen]) -> String {
+    [Seen::Served, Seen::Refused, Seen::Other, Seen::Hung]
+        .map(|w| format!("{w:?}={}", tally(seen, w)))
+        .join(" ")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
