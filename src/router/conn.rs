@@ -643,6 +643,11 @@ mod tests {
             let (_accepted, peer) = listener.accept().await.unwrap();
             assert_eq!(Client::of(peer, server), Client::LocalUser(me), "{src}");
         }
+        let v6 = tokio::net::TcpListener::bind("[::1]:0").await.unwrap();
+        let v6_server = v6.local_addr().unwrap();
+        let _client = tokio::net::TcpStream::connect(v6_server).await.unwrap();
+        let (_accepted, peer) = v6.accept().await.unwrap();
+        assert_eq!(Client::of(peer, v6_server), Client::LocalUser(me), "::1");
         let gone: SocketAddr = "127.9.9.9:1".parse().unwrap();
         assert_eq!(
             Client::of(gone, server),

@@ -5,6 +5,7 @@
 //!
 //! - [`server`]: listeners, admission, connections, shutdown.
 //! - [`conn`]: connection limits and each connection's header/keep-alive clocks.
+//! - [`peer`]: who owns the client socket of a connection from this host.
 //! - [`tls`]: rustls configuration; certificates by SNI from the current table.
 //! - [`service`]: one request, the only place errors become statuses.
 //! - [`proxy`]: framing checks, hop-by-hop and forwarded headers, response header checks.
