@@ -14,7 +14,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{get_as, get_from, Binary, TestConfig, TestUser, NOBODY};
+use common::{get_as, Binary, TestConfig, TestUser, NOBODY};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
@@ -204,28 +204,33 @@ const SMALL_LIMITS: &str = "[limits]\nmax_connections = 40\nmax_connections_per_
 /// Polls until the site `attacker` answers (its worker is up).
 async fn wait_for_attacker_site(addr: SocketAddr, log: &Binary) {
     let up = common::eventually(Duration::from_secs(30), || async {
-        tokio::time::timeout(
-            Duration::from_secs(5),
-            get_from("127.0.0.1", addr, "attacker.test", "/"),
-        )
-        .await
-        .is_ok_and(|r| r.status == 200)
+        status(addr, "attacker.test").await == 200
     })
     .await;
     assert!(up, "the Python site never answered; log:\n{}", log.log());
 }
 
-/// One GET for `other.test` from root on 127.0.0.1, within 5 s.
+/// One GET for `other.test` from root, within 5 s.
 async fn other_site_answers(addr: SocketAddr) -> u16 {
-    match tokio::time::timeout(
-        Duration::from_secs(5),
-        get_from("127.0.0.1", addr, "other.test", "/"),
-    )
-    .await
-    {
-        Ok(r) => r.status,
-        Err(_) => 0,
-    }
+    status(addr, "other.test").await
+}
+
+/// The status of one GET for `host` on a fresh connection; 0 when refused
+/// without an answer, reset, or not answered within 5 s.
+async fn status(addr: SocketAddr, host: &str) -> u16 {
+    let exchange = async {
+        let mut s = TcpStream::connect(addr).await.ok()?;
+        let req = format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.ok()?;
+        let mut reply = Vec::new();
+        s.read_to_end(&mut reply).await.ok()?;
+        Some(common::raw_status(&String::from_utf8_lossy(&reply)))
+    };
+    tokio::time::timeout(Duration::from_secs(5), exchange)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(0)
 }
 
 /// Stops polyhost, checks it exits cleanly, and that nothing of `user` runs.
@@ -455,7 +460,7 @@ async fn over_the_descriptor_limit_clients_get_503_and_the_router_recovers() {
     );
     drop(held);
     let recovered = common::eventually(Duration::from_secs(10), || async {
-        get_from("127.0.0.1", addr, "www.test", "/").await.status == 200
+        status(addr, "www.test").await == 200
     })
     .await;
     assert!(recovered, "served again once the clients left");
@@ -467,11 +472,14 @@ async fn over_the_descriptor_limit_clients_get_503_and_the_router_recovers() {
 
     // 2. The limit lowered under polyhost's feet: accept hits EMFILE, and
     // the spare descriptor still answers 503.
+    // Once most of phase 1's connections are closed (about 30 descriptors
+    // remain at rest): 20 to spare, or up to 20 more as the last ones close;
+    // fewer than the 80 clients either way.
     let closed = common::eventually(Duration::from_secs(10), || async {
-        open_fds(&polyhost) < 100
+        open_fds(&polyhost) <= 50
     })
     .await;
-    assert!(closed, "{} descriptors still open", open_fds(&polyhost));
+    assert!(closed, "{} descriptors open", open_fds(&polyhost));
     let pid = polyhost.child.id().unwrap().to_string();
     let low = open_fds(&polyhost) + 20;
     // The soft limit only: raising a hard limit needs CAP_SYS_RESOURCE.
@@ -483,7 +491,7 @@ async fn over_the_descriptor_limit_clients_get_503_and_the_router_recovers() {
         assert!(out.status.success(), "prlimit: {out:?}");
     };
     set(low);
-    let (seen, held) = clients(addr, 60).await;
+    let (seen, held) = clients(addr, 80).await;
     let log = polyhost.log();
     assert_eq!(
         tally(&seen, Seen::Hung),
@@ -500,7 +508,7 @@ async fn over_the_descriptor_limit_clients_get_503_and_the_router_recovers() {
     drop(held);
     set(256);
     let recovered = common::eventually(Duration::from_secs(10), || async {
-        get_from("127.0.0.1", addr, "www.test", "/").await.status == 200
+        status(addr, "www.test").await == 200
     })
     .await;
     assert!(recovered, "served again; log:\n{}", polyhost.log());
