@@ -4,7 +4,8 @@
 //! honest both ways, writes the access log.
 //!
 //! - [`server`]: listeners, admission, connections, shutdown.
-//! - [`conn`]: connection limits and each connection's header/keep-alive clocks.
+//! - [`client`]: who a client is and the connection limits (total, per client).
+//! - [`conn`]: each connection's header/keep-alive clocks.
 //! - [`peer`]: who owns the client socket of a connection from this host.
 //! - [`tls`]: rustls configuration; certificates by SNI from the current table.
 //! - [`service`]: one request, the only place errors become statuses.
@@ -17,6 +18,7 @@
 //! ([`table::RoutingTable`]) swapped atomically on reload.
 
 pub mod access_log;
+pub mod client;
 pub mod conn;
 pub mod mount;
 pub mod peer;

@@ -1,9 +1,11 @@
 //! Accept loops and connections. Each listener (plain or TLS) gets a task on
 //! every router lane (`crate::lanes`) that accepts until the shutdown token
 //! fires. A connection is admitted against the connection limits right after
-//! accept (refused ones are closed at once, plain ones after a one-write
-//! `503`), placed on a lane (kept, or handed to a less busy one), then served
-//! in its own task there:
+//! accept, counted per client (`router::client`: a local client by the user
+//! owning its socket); refused ones are closed at once, plain ones after a
+//! one-write `503`, also when descriptors run out ([`refusal`]). An
+//! admitted one is placed on a lane (kept, or handed to a less busy one),
+//! then served in its own task there:
 //! TLS handshake (bounded by `header_timeout`), then hyper — HTTP/1.1, or
 //! HTTP/2 when ALPN chose `h2` (or, with `h2c = true`, on a plain connection
 //! that starts with the HTTP/2 preface).
@@ -48,18 +50,18 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 mod parking;
+mod refusal;
 mod signal;
 
-use super::conn::{
-    Activity, Client, ConnLimiter, ConnPermit, Expiry, ReadToEnd, Refusal, RequestGuard, Throttle,
-    TrackedIo,
-};
+use super::client::{Client, ConnLimiter, ConnPermit, Refusal};
+use super::conn::{Activity, Expiry, ReadToEnd, RequestGuard, Throttle, TrackedIo};
 use super::service::{handle, ConnInfo, Options};
 use super::table::SharedTable;
 use crate::config::FrontConfig;
 use crate::lanes::{self, Lanes, Placed, Spread};
 use crate::upstream::{BoxError, ResponseBody, Scheme};
 use parking::http1_parking;
+use refusal::{accept_failed, admissible_connections, refuse, Spare};
 use signal::Signal;
 
 /// The sockets polyhost serves: plain HTTP and TLS.
@@ -78,9 +80,6 @@ impl From<Vec<TcpListener>> for Listeners {
         }
     }
 }
-
-/// Sent, in one non-blocking write, to a plain connection refused by a limit.
-const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nRetry-After: 1\r\nConnection: close\r\n\r\n";
 
 /// What every connection shares.
 struct Shared {
@@ -215,26 +214,6 @@ pub async fn serve(
     Ok(())
 }
 
-/// `max_connections`, or fewer when polyhost's file-descriptor limit
-/// (`RLIMIT_NOFILE`) could not hold that many: a quarter of the descriptors
-/// (at least 128) stay for everything else (listeners, logs, upstream
-/// sockets, files being sent), so past the limit a client gets a `503`
-/// rather than an accept that fails.
-fn admissible_connections(configured: usize) -> usize {
-    let Some(nofile) = crate::isolation::nofile_limit() else {
-        return configured;
-    };
-    let nofile = usize::try_from(nofile).unwrap_or(usize::MAX);
-    let fit = nofile.saturating_sub((nofile / 4).max(FD_RESERVE)).max(1);
-    if fit < configured {
-        tracing::warn!(max_connections = configured, nofile, admitted = fit, "limits.max_connections is more than polyhost's file-descriptor limit (RLIMIT_NOFILE) can hold: admitting at most {fit} connections; raise the limit (LimitNOFILE= in a systemd unit, ulimit -n) to allow more");
-    }
-    fit.min(configured)
-}
-
-/// Descriptors kept out of `max_connections` at least.
-const FD_RESERVE: usize = 128;
-
 async fn accept_loop(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
@@ -307,86 +286,6 @@ fn is_trusted(shared: &Shared, peer: std::net::SocketAddr, who: Client) -> bool 
             Client::LocalUser(uid) => !shared.table.load().is_site_user(uid),
             Client::Local => false,
         }
-}
-
-/// A failed accept. Out of file descriptors (EMFILE, ENFILE): the waiting
-/// connection is taken with the spare descriptor's place and refused with a
-/// `503`, so clients get an answer rather than a hang and the listener does
-/// not stay readable (an accept loop spinning on the same error). Other
-/// errors (and no spare): back off a little. Logged at most once a second.
-async fn accept_failed(
-    e: &std::io::Error,
-    listener: &TcpListener,
-    spare: &mut Spare,
-    plain: bool,
-    shared: &Shared,
-) {
-    let out_of_fds = matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE));
-    if out_of_fds && spare.refuse_one(listener, plain) {
-        if let Some(left_out) = shared.accept_log.allow() {
-            tracing::warn!(open = shared.limiter.open(), also_refused = left_out, "connection refused: polyhost is out of file descriptors (RLIMIT_NOFILE); lower limits.max_connections or raise the limit");
-        }
-        return;
-    }
-    if let Some(left_out) = shared.accept_log.allow() {
-        tracing::warn!(error = %e, also_failed = left_out, "accept failed");
-    }
-    // No spare (another thread took the descriptor it left): try again for one.
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    if out_of_fds {
-        spare.reopen();
-    }
-}
-
-/// A descriptor kept open for the moment the process runs out: closing it
-/// makes room to accept (and refuse) one connection. The well-known remedy
-/// for accept loops at EMFILE (libev's and nginx's).
-struct Spare(Option<std::fs::File>);
-
-impl Spare {
-    fn open() -> Spare {
-        let mut s = Spare(None);
-        s.reopen();
-        s
-    }
-
-    fn reopen(&mut self) {
-        if self.0.is_none() {
-            self.0 = std::fs::File::open("/dev/null").ok();
-        }
-    }
-
-    /// Frees the spare, accepts one waiting connection and refuses it
-    /// (plain: with the one-write `503`), then takes the spare back.
-    /// `false` when there was no spare.
-    fn refuse_one(&mut self, listener: &TcpListener, plain: bool) -> bool {
-        if self.0.take().is_none() {
-            return false;
-        }
-        // The listener is still readable (the failed accept did not clear
-        // its readiness): poll it once, without waiting.
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        if let Poll::Ready(Ok((stream, _))) = listener.poll_accept(&mut cx) {
-            if plain {
-                refuse(&stream);
-            }
-        }
-        self.reopen();
-        true
-    }
-}
-
-/// Sends [`REFUSED`] in one non-blocking write, straight to the socket:
-/// tokio's `try_write` answers from the event loop's readiness, which has
-/// not seen a socket accepted a moment ago (it would always refuse to write).
-fn refuse(stream: &TcpStream) {
-    use nix::sys::socket::{send, MsgFlags};
-    use std::os::fd::AsRawFd;
-    let _ = send(
-        stream.as_raw_fd(),
-        REFUSED,
-        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
-    );
 }
 
 /// What an admitted connection holds until it ends: its place in the
