@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::front::{self_signed, tls_connect, Echo, Front, H2};
-use common::{connect_from, get_from, raw, raw_on, raw_status, Client, TestConfig};
+use common::{connect_from, get_as, raw, raw_on, raw_status, Client, TestConfig, NOBODY};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test]
@@ -234,8 +234,15 @@ async fn connections_beyond_the_per_ip_limit_are_refused_and_other_clients_serve
         .expect("read");
     assert_eq!(raw_status(&reply), 503, "{reply:?}");
     assert!(reply.contains("Retry-After: 1"), "{reply}");
-    let r = get_from("127.0.0.2", front.http, "www.test", "/").await;
-    assert_eq!(r.status, 200, "another client is served");
+    assert!(
+        refused(connect_from("127.0.0.2", front.http).await).await,
+        "another loopback address of the same local user is the same client"
+    );
+    let r = get_as(NOBODY, "127.0.0.2", front.http, "www.test", "/").await;
+    assert_eq!(
+        r.status, 200,
+        "another client (another local user) is served"
+    );
     drop(held);
     let ok = common::eventually(Duration::from_secs(5), || async {
         let s = connect_from("127.0.0.1", front.http).await;
@@ -349,7 +356,7 @@ async fn a_slowloris_run_does_not_stop_a_normal_client() {
         let t = Instant::now();
         let r = tokio::time::timeout(
             Duration::from_secs(3),
-            get_from("127.0.0.2", addr, "www.test", "/"),
+            get_as(NOBODY, "127.0.0.2", addr, "www.test", "/"),
         )
         .await
         .expect("a normal client is served promptly during the attack");

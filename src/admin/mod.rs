@@ -42,6 +42,12 @@ use socket::PeerPolicy;
 /// How long in-flight admin requests may take after shutdown begins.
 const ADMIN_GRACE: Duration = Duration::from_secs(5);
 
+/// Most open connections on each admin or metrics TCP listener (a scraper or
+/// a script needs one or two). Beyond it a connection is closed right after
+/// accept: a flood of them (from a site's code, on a shared host) costs a
+/// bounded number of descriptors and cannot starve the router of them.
+pub const TCP_CONNECTIONS: usize = 32;
+
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
     #[error("admin socket {path}: another polyhost is running and answering on it (pid {pid}); stop it first, or set another [admin] socket")]
@@ -219,7 +225,14 @@ async fn unix_loop(
                         "cannot read the peer's credentials ({e}); refusing"
                     ))),
                 };
-                serve_connection(stream, access, Scope::Admin, server.clone(), &graceful);
+                serve_connection(
+                    stream,
+                    access,
+                    Scope::Admin,
+                    server.clone(),
+                    &graceful,
+                    None,
+                );
             }
             Err(e) => {
                 tracing::warn!(error = %e, "admin accept failed");
@@ -239,14 +252,26 @@ async fn tcp_loop(
     shutdown: CancellationToken,
 ) {
     let graceful = GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(TCP_CONNECTIONS));
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
             a = listener.accept() => a,
         };
         match accepted {
-            Ok((stream, _)) => {
-                serve_connection(stream, access.clone(), scope, server.clone(), &graceful)
+            Ok((stream, peer)) => {
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    tracing::debug!(%peer, "admin TCP connection refused: {TCP_CONNECTIONS} already open");
+                    continue;
+                };
+                serve_connection(
+                    stream,
+                    access.clone(),
+                    scope,
+                    server.clone(),
+                    &graceful,
+                    Some(slot),
+                )
             }
             Err(e) => {
                 tracing::warn!(error = %e, "admin accept failed");
@@ -264,6 +289,7 @@ fn serve_connection<S>(
     scope: Scope,
     server: Arc<Server>,
     graceful: &GracefulShutdown,
+    slot: Option<tokio::sync::OwnedSemaphorePermit>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -281,5 +307,6 @@ fn serve_connection<S>(
         if let Err(e) = watched.await {
             tracing::debug!(error = %e, "admin connection ended with an error");
         }
+        drop(slot);
     });
 }

@@ -512,6 +512,7 @@ fn disabled_entry(site: &Arc<SiteConfig>, old: &SiteEntry) -> SiteEntry {
             site,
             old.logs.clone(),
             old.stats.clone(),
+            old.runtimes.uid(),
         )),
         runtimes: Arc::new(Runtimes {
             generation: old.runtimes.generation,

@@ -2,7 +2,7 @@
 //! files.
 //!
 //! **Architecture Invariant:** only `isolation` calls `fork`/`setuid`/`setgid`/
-//! `setgroups`/`prctl` or writes under `/sys/fs/cgroup`; it is the only
+//! `setgroups`/`prctl`/`setrlimit` or writes under `/sys/fs/cgroup`; it is the only
 //! module with `unsafe` code, and every block carries a `// SAFETY:` comment.
 //!
 //! # Layout
@@ -11,6 +11,7 @@
 //!   and v1, or the "unavailable" fallback; limits and usage.
 //! - [`spawn`](mod@spawn): starting a site process ([`SpawnSpec`] → [`spawn()`]),
 //!   the child's fixed, fail-closed setup order.
+//! - [`nofile`]: polyhost's own file-descriptor limit (raised at start).
 //! - [`process`]: a running [`SiteProcess`] (wait, stop, kill on drop) and
 //!   the reaping of orphans (the subreaper).
 //! - [`sealed`]: [`sealed_file`], contents handed to a site process that it
@@ -21,12 +22,14 @@
 
 pub mod cgroup;
 pub mod identity;
+pub mod nofile;
 pub mod process;
 pub mod sealed;
 pub mod spawn;
 
 pub use cgroup::{CgroupError, CgroupKind, CgroupRoot, Limits, SiteCgroup, Usage};
 pub use identity::{running_as_root, IdentityError, SiteIdentity};
+pub use nofile::{nofile_limit, raise_nofile_limit};
 pub use process::{
     pause_reaper, reap_orphans, session_rss, set_child_subreaper, ReaperPause, SiteProcess,
     StopError,

@@ -1,124 +1,23 @@
-//! What one connection may cost: admission against `max_connections` and
-//! `max_connections_per_ip` ([`ConnLimiter`]), and the two clocks of a
-//! connection ([`Activity`]): a request head must arrive within
-//! `header_timeout` of its first byte (or of accept), and a connection with
-//! no request in flight is closed after `keepalive_timeout`.
+//! The two clocks of a connection ([`Activity`]): a request head must
+//! arrive within `header_timeout` of its first byte (or of accept), and a
+//! connection with no request in flight is closed after `keepalive_timeout`.
+//! (How many connections a client may hold: `router::client`.)
 //!
-//! Both are cheap: a few atomics per connection, one timer in the
+//! Cheap: a few atomics per connection, one timer in the
 //! connection's own task, no thread. [`Activity::parkable`] tells the
 //! connection when an HTTP/1 connection is idle with everything sent, so it
 //! can let go of hyper's state and buffers until the next request
 //! (`router::server`).
 
-use std::collections::HashMap;
 use std::io;
-use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-
-/// Why a connection was refused right after accept.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
-    Total,
-    PerIp,
-}
-
-/// Counts open connections, in total and per client address.
-pub struct ConnLimiter {
-    max_total: usize,
-    max_per_ip: usize,
-    total: AtomicUsize,
-    per_ip: Mutex<HashMap<IpAddr, usize>>,
-}
-
-impl ConnLimiter {
-    pub fn new(max_total: usize, max_per_ip: usize) -> Arc<Self> {
-        Arc::new(ConnLimiter {
-            max_total,
-            max_per_ip,
-            total: AtomicUsize::new(0),
-            per_ip: Mutex::new(HashMap::new()),
-        })
-    }
-
-    /// Admits a connection from `ip`; `exempt_per_ip` for trusted proxies,
-    /// which carry many clients' connections.
-    pub fn try_acquire(
-        self: &Arc<Self>,
-        ip: IpAddr,
-        exempt_per_ip: bool,
-    ) -> Result<ConnPermit, Refusal> {
-        let ip = canonical(ip);
-        if self.total.fetch_add(1, Ordering::AcqRel) >= self.max_total {
-            self.total.fetch_sub(1, Ordering::AcqRel);
-            return Err(Refusal::Total);
-        }
-        let mut per_ip = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
-        let n = per_ip.entry(ip).or_insert(0);
-        if *n >= self.max_per_ip && !exempt_per_ip {
-            if *n == 0 {
-                per_ip.remove(&ip);
-            }
-            drop(per_ip);
-            self.total.fetch_sub(1, Ordering::AcqRel);
-            return Err(Refusal::PerIp);
-        }
-        *n += 1;
-        Ok(ConnPermit {
-            limiter: self.clone(),
-            ip,
-        })
-    }
-
-    pub fn open(&self) -> usize {
-        self.total.load(Ordering::Acquire)
-    }
-}
-
-/// The unit a per-client limit counts: an IPv4 address, or an IPv6 /64
-/// (one subscriber usually holds a whole /64, so counting /128s would let one
-/// client take every connection).
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6(std::net::Ipv6Addr::from(
-                u128::from(v6) & !((1u128 << 64) - 1),
-            )),
-        },
-        v4 => v4,
-    }
-}
-
-/// One admitted connection; released on drop.
-pub struct ConnPermit {
-    limiter: Arc<ConnLimiter>,
-    ip: IpAddr,
-}
-
-impl Drop for ConnPermit {
-    fn drop(&mut self) {
-        let mut per_ip = self
-            .limiter
-            .per_ip
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = per_ip.get_mut(&self.ip) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                per_ip.remove(&self.ip);
-            }
-        }
-        drop(per_ip);
-        self.limiter.total.fetch_sub(1, Ordering::AcqRel);
-    }
-}
 
 const NONE: u64 = u64::MAX;
 
@@ -527,55 +426,6 @@ impl Throttle {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ipv6_clients_are_counted_per_64() {
-        let l = ConnLimiter::new(100, 2);
-        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
-        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
-        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
-        let _p1 = l.try_acquire(a, false).unwrap();
-        let _p2 = l.try_acquire(b, false).unwrap();
-        assert_eq!(
-            l.try_acquire("2001:db8:1:2::77".parse().unwrap(), false)
-                .err(),
-            Some(Refusal::PerIp)
-        );
-        assert!(
-            l.try_acquire(other, false).is_ok(),
-            "another /64 is another client"
-        );
-        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
-        assert_eq!(canonical(mapped), "192.0.2.7".parse::<IpAddr>().unwrap());
-    }
-
-    #[test]
-    fn limiter_counts_total_and_per_ip() {
-        let l = ConnLimiter::new(3, 2);
-        let a: IpAddr = "192.0.2.1".parse().unwrap();
-        let b: IpAddr = "192.0.2.2".parse().unwrap();
-        let p1 = l.try_acquire(a, false).unwrap();
-        let _p2 = l.try_acquire(a, false).unwrap();
-        assert_eq!(l.try_acquire(a, false).err(), Some(Refusal::PerIp));
-        let _p3 = l.try_acquire(b, false).unwrap();
-        assert_eq!(l.try_acquire(b, false).err(), Some(Refusal::Total));
-        drop(p1);
-        assert_eq!(l.open(), 2);
-        let _p4 = l
-            .try_acquire("::ffff:192.0.2.1".parse().unwrap(), false)
-            .unwrap();
-        assert_eq!(l.try_acquire(a, true).err(), Some(Refusal::Total));
-    }
-
-    #[test]
-    fn exempt_peers_skip_the_per_ip_limit() {
-        let l = ConnLimiter::new(10, 1);
-        let a: IpAddr = "10.0.0.1".parse().unwrap();
-        let _p = l.try_acquire(a, true).unwrap();
-        let _q = l.try_acquire(a, true).unwrap();
-        assert!(l.try_acquire(a, false).is_err());
-    }
-
     #[test]
     fn parkable_only_between_requests_with_everything_flushed() {
         let a = Activity::new();

@@ -4,7 +4,9 @@
 //! honest both ways, writes the access log.
 //!
 //! - [`server`]: listeners, admission, connections, shutdown.
-//! - [`conn`]: connection limits and each connection's header/keep-alive clocks.
+//! - [`client`]: who a client is and the connection limits (total, per client).
+//! - [`conn`]: each connection's header/keep-alive clocks.
+//! - [`peer`]: who owns the client socket of a connection from this host.
 //! - [`tls`]: rustls configuration; certificates by SNI from the current table.
 //! - [`service`]: one request, the only place errors become statuses.
 //! - [`proxy`]: framing checks, hop-by-hop and forwarded headers, response header checks,
@@ -18,9 +20,11 @@
 //! ([`table::RoutingTable`]) swapped atomically on reload.
 
 pub mod access_log;
+pub mod client;
 pub mod conn;
 pub mod mount;
 mod outgoing;
+pub mod peer;
 pub mod proxy;
 pub mod server;
 pub mod service;

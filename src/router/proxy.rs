@@ -199,17 +199,19 @@ fn declared_length(headers: &HeaderMap) -> Result<Option<u64>, String> {
 }
 
 /// The client and scheme a request really comes from: the peer itself, or,
-/// when the peer is a trusted proxy, what its `X-Forwarded-For` /
+/// when the peer is a trusted proxy (`peer_trusted`: in `trusted_proxies`,
+/// and not a site's own socket), what its `X-Forwarded-For` /
 /// `X-Forwarded-Proto` (or `Forwarded`) say. Afterwards the request carries
 /// exactly one `X-Forwarded-For` and `X-Forwarded-Proto`, with those values,
 /// and no other proxy headers.
 pub fn resolve_forwarded(
     headers: &mut HeaderMap,
     peer: SocketAddr,
+    peer_trusted: bool,
     scheme: Scheme,
     front: &FrontConfig,
 ) -> (SocketAddr, Scheme) {
-    let (client, scheme) = if front.is_trusted_proxy(peer.ip()) {
+    let (client, scheme) = if peer_trusted {
         from_proxy_headers(headers, peer, scheme, front)
     } else {
         (peer, scheme)
@@ -354,7 +356,9 @@ mod tests {
     fn check(trusted: &[&str], peer: &str, pairs: &[(&str, &str)], want: (&str, Scheme)) {
         let mut h = headers(pairs);
         let peer: SocketAddr = format!("{peer}:5000").parse().unwrap();
-        let (client, scheme) = resolve_forwarded(&mut h, peer, Scheme::Http, &front(trusted));
+        let front = front(trusted);
+        let trusted = front.is_trusted_proxy(peer.ip());
+        let (client, scheme) = resolve_forwarded(&mut h, peer, trusted, Scheme::Http, &front);
         assert_eq!(
             (client.ip().to_string().as_str(), scheme),
             want,

@@ -30,6 +30,9 @@ pub struct ConnInfo {
     pub client: SocketAddr,
     pub local: SocketAddr,
     pub scheme: Scheme,
+    /// The peer is a trusted proxy (decided at accept: `router::server`):
+    /// its forwarded headers are believed.
+    pub trusted: bool,
 }
 
 /// Server-wide settings a request is checked against.
@@ -113,8 +116,13 @@ where
     // Hop-by-hop first: a client's `Connection: x-forwarded-for` must not
     // remove the forwarded headers the router sets next.
     proxy::strip_hop_by_hop(req.headers_mut());
-    let (client, scheme) =
-        proxy::resolve_forwarded(req.headers_mut(), conn.client, conn.scheme, &options.front);
+    let (client, scheme) = proxy::resolve_forwarded(
+        req.headers_mut(),
+        conn.client,
+        conn.trusted,
+        conn.scheme,
+        &options.front,
+    );
     let conn = ConnInfo {
         client,
         scheme,

@@ -21,6 +21,8 @@ pub struct SiteRoute {
     pub logs: Arc<SiteLogs>,
     /// Counters that outlive reloads of the site (shared between routes).
     pub stats: Arc<SiteStats>,
+    /// The user the site's code runs as (none for a static site).
+    pub uid: Option<u32>,
 }
 
 #[derive(Default)]
@@ -29,6 +31,9 @@ pub struct RoutingTable {
     /// Certificates by site, read from disk when this table was built: a new
     /// table means new certificates for new TLS handshakes.
     pub certs: SiteCerts,
+    /// The users sites run code as, sorted: a local connection owned by
+    /// one of them is a site's code, never a trusted proxy.
+    pub site_uids: Vec<u32>,
 }
 
 impl RoutingTable {
@@ -39,7 +44,21 @@ impl RoutingTable {
             vhosts.insert(&site.config.hosts, site.config.default, site.clone());
         }
         let certs = SiteCerts::load(&sites);
-        RoutingTable { vhosts, certs }
+        let mut site_uids: Vec<u32> = sites.iter().filter_map(|s| s.uid).collect();
+        site_uids.sort_unstable();
+        site_uids.dedup();
+        RoutingTable {
+            vhosts,
+            certs,
+            site_uids,
+        }
+    }
+}
+
+impl RoutingTable {
+    /// Whether `uid` runs some site's code.
+    pub fn is_site_user(&self, uid: u32) -> bool {
+        self.site_uids.binary_search(&uid).is_ok()
     }
 }
 

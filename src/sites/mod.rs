@@ -41,6 +41,12 @@ pub struct Runtimes {
 }
 
 impl Runtimes {
+    /// The user the site's processes run as (none for a static site).
+    pub fn uid(&self) -> Option<u32> {
+        let identity = self.context.as_ref()?.identity.as_ref()?;
+        Some(identity.uid)
+    }
+
     /// Drains and stops every process of this generation. Requests already
     /// routed here but not yet on a worker (queued) are served first.
     pub async fn stop(&self) {
@@ -188,6 +194,7 @@ pub fn build_route(
         mounts: MountTable::new(mounts),
         logs,
         stats,
+        uid: runtimes.uid(),
     })
 }
 
@@ -198,16 +205,19 @@ fn reader_of(identity: Option<&SiteIdentity>) -> Reader {
 }
 
 /// A route that answers 503 for everything: a site stopped by the operator.
+/// `uid`: the user the site's code ran as (it may still run something).
 pub fn disabled_route(
     site: &Arc<SiteConfig>,
     logs: Arc<SiteLogs>,
     stats: Arc<SiteStats>,
+    uid: Option<u32>,
 ) -> SiteRoute {
     SiteRoute {
         config: site.clone(),
         mounts: MountTable::new(vec![(String::new(), Arc::new(Disabled))]),
         logs,
         stats,
+        uid,
     }
 }
 

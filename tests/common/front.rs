@@ -366,6 +366,7 @@ impl Front {
                         SiteLogs::open(&config.server.log_dir, site.name.as_str()).unwrap(),
                     ),
                     stats: Default::default(),
+                    uid: None,
                 }),
                 None => {
                     // Static sites, as `serve` builds them (no processes).

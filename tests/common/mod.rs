@@ -548,7 +548,11 @@ pub async fn raw_on(mut s: TcpStream, bytes: &[u8], limit: Duration) -> String {
 
 /// One GET on a fresh connection from `src`.
 pub async fn get_from(src: &str, addr: SocketAddr, host: &str, path: &str) -> Resp {
-    let stream = connect_from(src, addr).await;
+    get_over(connect_from(src, addr).await, host, path).await
+}
+
+/// One GET on `stream`.
+pub async fn get_over(stream: TcpStream, host: &str, path: &str) -> Resp {
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
             .await
@@ -565,6 +569,35 @@ pub async fn get_from(src: &str, addr: SocketAddr, host: &str, path: &str) -> Re
         headers: parts.headers,
         body: body.collect().await.unwrap().to_bytes(),
     }
+}
+
+/// The uid of `nobody`: a local user that is neither the test (root) nor a site.
+pub const NOBODY: u32 = 65534;
+
+/// A TCP connection from `src` whose socket belongs to `uid`: polyhost
+/// counts local clients by the user owning their socket, so this is another
+/// client than the test process (root), whatever the address. The socket is
+/// made under that file-system uid (`setfsuid`, which changes only the
+/// calling thread) on a blocking-pool thread, which gets root back at once.
+pub async fn connect_as(uid: u32, src: &str, addr: SocketAddr) -> TcpStream {
+    let socket = tokio::task::spawn_blocking(move || {
+        let before = nix::unistd::setfsuid(nix::unistd::Uid::from_raw(uid));
+        let socket = tokio::net::TcpSocket::new_v4();
+        nix::unistd::setfsuid(before);
+        socket
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    socket
+        .bind(SocketAddr::new(src.parse().unwrap(), 0))
+        .unwrap();
+    socket.connect(addr).await.unwrap()
+}
+
+/// One GET on a fresh connection from `src` owned by `uid` ([`connect_as`]).
+pub async fn get_as(uid: u32, src: &str, addr: SocketAddr, host: &str, path: &str) -> Resp {
+    get_over(connect_as(uid, src, addr).await, host, path).await
 }
 
 /// A Python site running one of the test apps of `tests/apps/` as `user`.

@@ -1,9 +1,11 @@
 //! Accept loops and connections. Each listener (plain or TLS) gets a task on
 //! every router lane (`crate::lanes`) that accepts until the shutdown token
 //! fires. A connection is admitted against the connection limits right after
-//! accept (refused ones are closed at once, plain ones after a one-write
-//! `503`), placed on a lane (kept, or handed to a less busy one), then served
-//! in its own task there:
+//! accept, counted per client (`router::client`: a local client by the user
+//! owning its socket); refused ones are closed at once, plain ones after a
+//! one-write `503`, also when descriptors run out ([`refusal`]). An
+//! admitted one is placed on a lane (kept, or handed to a less busy one),
+//! then served in its own task there:
 //! TLS handshake (bounded by `header_timeout`), then hyper — HTTP/1.1, or
 //! HTTP/2 when ALPN chose `h2` (or, with `h2c = true`, on a plain connection
 //! that starts with the HTTP/2 preface).
@@ -48,18 +50,18 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 mod parking;
+mod refusal;
 mod signal;
 
-use super::conn::{
-    Activity, ConnLimiter, ConnPermit, Expiry, ReadToEnd, Refusal, RequestGuard, Throttle,
-    TrackedIo,
-};
+use super::client::{Client, ConnLimiter, ConnPermit, Refusal};
+use super::conn::{Activity, Expiry, ReadToEnd, RequestGuard, Throttle, TrackedIo};
 use super::service::{handle, ConnInfo, Options};
 use super::table::SharedTable;
 use crate::config::FrontConfig;
 use crate::lanes::{self, Lanes, Placed, Spread};
 use crate::upstream::{BoxError, ResponseBody, Scheme};
 use parking::http1_parking;
+use refusal::{accept_failed, admissible_connections, refuse, Spare};
 use signal::Signal;
 
 /// The sockets polyhost serves: plain HTTP and TLS.
@@ -79,9 +81,6 @@ impl From<Vec<TcpListener>> for Listeners {
     }
 }
 
-/// Sent, in one non-blocking write, to a plain connection refused by a limit.
-const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nRetry-After: 1\r\nConnection: close\r\n\r\n";
-
 /// What every connection shares.
 struct Shared {
     options: Options,
@@ -94,6 +93,7 @@ struct Shared {
     force: Signal,
     tracker: TaskTracker,
     refused_log: Throttle,
+    accept_log: Throttle,
     timeout_log: Throttle,
     malformed_log: Throttle,
 }
@@ -131,7 +131,10 @@ pub async fn serve(
     };
     let limits = &front.limits;
     let shared = Arc::new(Shared {
-        limiter: ConnLimiter::new(limits.max_connections, limits.max_connections_per_ip),
+        limiter: ConnLimiter::new(
+            admissible_connections(limits.max_connections),
+            limits.max_connections_per_ip,
+        ),
         options: Options { front, https_port },
         table,
         shutdown,
@@ -139,6 +142,7 @@ pub async fn serve(
         force: Signal::default(),
         tracker: TaskTracker::new(),
         refused_log: Throttle::new(),
+        accept_log: Throttle::new(),
         timeout_log: Throttle::new(),
         malformed_log: Throttle::new(),
     });
@@ -216,6 +220,7 @@ async fn accept_loop(
     shared: Arc<Shared>,
     spread: Spread,
 ) {
+    let mut spare = Spare::open();
     loop {
         let accepted = tokio::select! {
             _ = shared.shutdown.cancelled() => break,
@@ -224,14 +229,16 @@ async fn accept_loop(
         let (stream, client) = match accepted {
             Ok(a) => a,
             Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                accept_failed(&e, &listener, &mut spare, tls.is_none(), &shared).await;
                 continue;
             }
         };
-        let exempt = shared.options.front.is_trusted_proxy(client.ip());
-        let permit = match shared.limiter.try_acquire(client.ip(), exempt) {
+        let Ok(local) = stream.local_addr() else {
+            continue;
+        };
+        let who = Client::of(client, local);
+        let trusted = is_trusted(&shared, client, who);
+        let permit = match shared.limiter.try_acquire(who, trusted) {
             Ok(p) => p,
             Err(why) => {
                 if tls.is_none() {
@@ -242,13 +249,10 @@ async fn accept_loop(
                         Refusal::Total => "max_connections",
                         Refusal::PerIp => "max_connections_per_ip",
                     };
-                    tracing::warn!(client = %client, limit, open = shared.limiter.open(), also_refused = left_out, "connection refused: limit reached");
+                    tracing::warn!(client = %client, counted_as = %who, limit, open = shared.limiter.open(), also_refused = left_out, "connection refused: limit reached");
                 }
                 continue;
             }
-        };
-        let Ok(local) = stream.local_addr() else {
-            continue;
         };
         let conn = ConnInfo {
             client,
@@ -258,6 +262,7 @@ async fn accept_loop(
             } else {
                 Scheme::Http
             },
+            trusted,
         };
         let admitted = Admitted {
             _permit: permit,
@@ -271,17 +276,16 @@ async fn accept_loop(
     }
 }
 
-/// Sends [`REFUSED`] in one non-blocking write, straight to the socket:
-/// tokio's `try_write` answers from the event loop's readiness, which has
-/// not seen a socket accepted a moment ago (it would always refuse to write).
-fn refuse(stream: &TcpStream) {
-    use nix::sys::socket::{send, MsgFlags};
-    use std::os::fd::AsRawFd;
-    let _ = send(
-        stream.as_raw_fd(),
-        REFUSED,
-        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
-    );
+/// Whether the peer is a trusted proxy: its address is in `trusted_proxies`
+/// and, on this host, its socket is not a site's (site code can bind any
+/// loopback address, a local HAProxy's too) nor of an unknown owner.
+fn is_trusted(shared: &Shared, peer: std::net::SocketAddr, who: Client) -> bool {
+    shared.options.front.is_trusted_proxy(peer.ip())
+        && match who {
+            Client::Remote(_) => true,
+            Client::LocalUser(uid) => !shared.table.load().is_site_user(uid),
+            Client::Local => false,
+        }
 }
 
 /// What an admitted connection holds until it ends: its place in the
