@@ -150,7 +150,14 @@ async fn start(cfg: &TestConfig, nofile: Option<u64>) -> (Binary, Option<SocketA
     tokio::spawn(async move {
         let mut lines = BufReader::new(stderr).lines();
         while let Ok(Some(line)) = lines.next_line().await {
-            if let Some(rest) = line.split("listening addr=").nth(1) {
+            // "listening addr=…" (the router), "metrics listening … addr=…"
+            // (with or without a token, the warning's text in between).
+            if let Some(rest) = line
+                .contains("listening")
+                .then(|| line.rsplit(" addr=").next())
+                .flatten()
+                .filter(|_| line.contains(" addr="))
+            {
                 let addr = rest.split_whitespace().next().unwrap_or("").to_owned();
                 let _ = tx.send((line.contains("metrics listening"), addr));
             }

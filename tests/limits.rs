@@ -211,15 +211,55 @@ async fn refused(s: tokio::net::TcpStream) -> bool {
     reply.is_empty() || raw_status(&reply) == 503
 }
 
+/// One request on `s` without closing it: true once its 200 head and body came.
+async fn answered_keeping_alive(s: &mut tokio::net::TcpStream) -> bool {
+    if s.write_all(b"GET / HTTP/1.1\r\nHost: www.test\r\n\r\n")
+        .await
+        .is_err()
+    {
+        return false;
+    }
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let n = match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => n,
+            _ => return false,
+        };
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got);
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().to_owned())
+                })
+                .and_then(|v| v.parse::<usize>().ok());
+            if head.starts_with("HTTP/1.1 200") && len.is_some_and(|l| body.len() >= l) {
+                return true;
+            }
+        }
+    }
+}
+
 #[tokio::test]
 async fn connections_beyond_the_per_ip_limit_are_refused_and_other_clients_served() {
     let cfg = TestConfig::new();
     site(&cfg);
-    cfg.main_extra("[limits]\nmax_connections_per_ip = 4");
+    cfg.main_extra("[limits]\nmax_connections_per_ip = 4\nkeepalive_timeout = \"120s\"");
     let front = Front::start(&cfg, vec![]).await;
+    // Each held connection is answered once (and kept alive), so the router
+    // has admitted all four before the fifth arrives: two lanes accept at
+    // once, and a fifth counted before the fourth would refuse the fourth.
     let mut held = Vec::new();
-    for _ in 0..4 {
-        held.push(connect_from("127.0.0.1", front.http).await);
+    for i in 0..4 {
+        let mut s = connect_from("127.0.0.1", front.http).await;
+        let answered = answered_keeping_alive(&mut s).await;
+        assert!(answered, "held connection {i} was answered");
+        held.push(s);
     }
     assert!(
         refused(connect_from("127.0.0.1", front.http).await).await,
@@ -257,11 +297,17 @@ async fn connections_beyond_the_per_ip_limit_are_refused_and_other_clients_serve
 async fn connections_beyond_max_connections_are_refused_until_one_closes() {
     let cfg = TestConfig::new();
     site(&cfg);
-    cfg.main_extra("[limits]\nmax_connections = 4");
+    cfg.main_extra("[limits]\nmax_connections = 4\nkeepalive_timeout = \"120s\"");
     let front = Front::start(&cfg, vec![]).await;
+    // Answered once each, so all four are admitted before the fifth comes.
     let mut held = Vec::new();
     for i in 1..=4 {
-        held.push(connect_from(&format!("127.0.0.{i}"), front.http).await);
+        let mut s = connect_from(&format!("127.0.0.{i}"), front.http).await;
+        assert!(
+            answered_keeping_alive(&mut s).await,
+            "held connection {i} was answered"
+        );
+        held.push(s);
     }
     assert!(refused(connect_from("127.0.0.9", front.http).await).await);
     held.pop();
