@@ -69,12 +69,15 @@ pub struct InProcess {
     pub server: std::sync::Arc<polyhost::app::Server>,
     pub shutdown: CancellationToken,
     pub task: tokio::task::JoinHandle<Result<(), polyhost::app::ServeError>>,
+    /// Removes this server's cgroups (and kills what is in them) if the test fails.
+    _sweep: CgroupSweep,
 }
 
 impl InProcess {
     pub async fn start(cfg: &TestConfig) -> Self {
         init_logging();
         let config = cfg.load();
+        let sweep = CgroupSweep::new(&config.server.state_dir);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
@@ -91,6 +94,7 @@ impl InProcess {
             server,
             shutdown,
             task,
+            _sweep: sweep,
         }
     }
 
@@ -114,60 +118,20 @@ impl InProcess {
     }
 }
 
-/// After a server stopped: no socket in its state dir, no cgroup of its.
-pub fn check_hygiene(state_dir: &Path) {
-    let sites = state_dir.join("sites");
-    for site in std::fs::read_dir(&sites)
-        .into_iter()
-        .flatten()
-        .filter_map(Result::ok)
-    {
-        for f in std::fs::read_dir(site.path())
-            .into_iter()
-            .flatten()
-            .filter_map(Result::ok)
-        {
-            assert!(
-                f.path().extension().is_none_or(|e| e != "sock"),
-                "socket left behind: {}",
-                f.path().display()
-            );
-        }
-    }
-    let canonical = std::fs::canonicalize(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
-    let name = polyhost::supervisor::cgroup_parent_name(&canonical);
-    let leftover = find_dir(Path::new("/sys/fs/cgroup"), &name, 6);
-    assert!(leftover.is_none(), "cgroup left behind: {leftover:?}");
-}
-
-fn find_dir(dir: &Path, name: &str, depth: usize) -> Option<PathBuf> {
-    if depth == 0 {
-        return None;
-    }
-    for e in std::fs::read_dir(dir).ok()?.filter_map(Result::ok) {
-        if !e.file_type().is_ok_and(|t| t.is_dir()) {
-            continue;
-        }
-        if e.file_name().to_str() == Some(name) {
-            return Some(e.path());
-        }
-        if let Some(found) = find_dir(&e.path(), name, depth - 1) {
-            return Some(found);
-        }
-    }
-    None
-}
-
 /// The real `polyhost` binary, stopped with SIGTERM when dropped.
 pub struct Binary {
     pub child: tokio::process::Child,
     pub addr: SocketAddr,
     pub log: std::sync::Arc<std::sync::Mutex<String>>,
+    /// After `child` (killed on drop): if the test fails, what is left in
+    /// this polyhost's cgroups is killed and the cgroups removed.
+    _sweep: CgroupSweep,
 }
 
 impl Binary {
     /// Starts `polyhost serve --config main` and waits for its listening line.
     pub async fn start(main: &Path, env: &[(&str, &str)]) -> Self {
+        let sweep = CgroupSweep::new(&state_dir_of(main, env));
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_polyhost"));
         cmd.arg("serve")
             .arg("--config")
@@ -199,6 +163,7 @@ impl Binary {
             child,
             addr: addr.parse().unwrap(),
             log,
+            _sweep: sweep,
         }
     }
 
@@ -219,6 +184,17 @@ impl Binary {
             .await
             .expect("exit after SIGTERM")
             .unwrap()
+    }
+}
+
+/// The state dir `polyhost serve --config main` uses with `env` set.
+fn state_dir_of(main: &Path, env: &[(&str, &str)]) -> PathBuf {
+    let base = main.parent().unwrap_or(Path::new("/"));
+    match env.iter().find(|(k, _)| *k == "POLYHOST_STATE_DIR") {
+        Some((_, dir)) => base.join(dir),
+        None => polyhost::config::load_server(main)
+            .map(|s| s.state_dir)
+            .unwrap_or_else(|_| base.join("state")),
     }
 }
 
@@ -306,22 +282,6 @@ pub fn raw_status(reply: &str) -> u16 {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0)
-}
-
-/// Retries `f` until it returns true or `timeout` passes.
-pub async fn eventually<F, Fut>(timeout: Duration, mut f: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if f().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
 }
 
 /// A Unix user created for a test, deleted on drop.
@@ -528,6 +488,15 @@ pub fn init_logging() {
 // Front-door helpers (TLS, HTTP/2, test upstreams, swappable routing table).
 pub mod edge;
 pub mod front;
+
+mod cgroups;
+mod wait;
+
+// Each test binary uses some of these.
+#[allow(unused_imports)]
+pub use cgroups::{check_hygiene, CgroupSweep};
+#[allow(unused_imports)]
+pub use wait::{eventually, file_text, marker_dir, wait_for, wait_for_marker, Shown};
 
 /// A TCP connection from a chosen loopback address (e.g. "127.0.0.2"), so a
 /// test can be a different client IP than its attackers.
