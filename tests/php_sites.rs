@@ -470,16 +470,22 @@ async fn site_processes_run_under_sched_batch_unless_site_scheduling_is_normal()
         let mut leaders = server.site("blog").await.pids;
         leaders.extend(server.site("shop").await.pids);
         let leaders: Vec<i64> = leaders.into_iter().map(i64::from).collect();
-        let members = session_members(&leaders);
-        let policies: Vec<_> = members
-            .iter()
-            .flat_map(|&pid| thread_policies(pid))
-            .collect();
-        // php-fpm master + at least one child; the worker's main thread + 4 request threads.
-        assert!(
-            members.len() >= 3 && policies.len() >= 6,
-            "{setting:?}: too few site threads: {members:?} {policies:?}"
-        );
+        // php-fpm master + at least one child; the worker's main thread + 4
+        // request threads (the worker listens before its last threads run).
+        let (_, policies) = common::wait_for(
+            &format!("{setting:?}: php-fpm master and child, the worker and its threads"),
+            Duration::from_secs(10),
+            async || {
+                let members = session_members(&leaders);
+                let policies: Vec<_> = members
+                    .iter()
+                    .flat_map(|&pid| thread_policies(pid))
+                    .collect();
+                (members, policies)
+            },
+            |(members, policies)| members.len() >= 3 && policies.len() >= 6,
+        )
+        .await;
         assert!(
             policies.iter().all(|&(_, p)| p == want),
             "{setting:?}: every site thread should have policy {want}: {policies:?}"
