@@ -78,6 +78,10 @@ pub fn run() -> ExitCode {
 }
 
 fn check(path: &Path) -> ExitCode {
+    // Not errors: `serve` starts with them (see `config::env`).
+    for ignored in config::ignored_env() {
+        eprintln!("warning: {ignored}");
+    }
     match crate::check::check(path) {
         Ok(summary) => {
             println!("{summary}");
@@ -96,9 +100,13 @@ fn check(path: &Path) -> ExitCode {
 }
 
 fn serve(path: &Path) -> ExitCode {
+    let ignored = config::ignored_env();
     let config = match config::load(path) {
         Ok(c) => c,
         Err(errors) => {
+            for ignored in &ignored {
+                eprintln!("warning: {ignored}");
+            }
             eprintln!("{errors}");
             eprintln!(
                 "polyhost: not starting: {} error(s) in the configuration",
@@ -108,6 +116,9 @@ fn serve(path: &Path) -> ExitCode {
         }
     };
     init_logging(&config.server.log_level);
+    for ignored in &ignored {
+        tracing::warn!("{ignored}");
+    }
     match crate::isolation::raise_nofile_limit() {
         Ok((before, after)) if after > before => {
             tracing::info!(

@@ -80,8 +80,8 @@ async fn sigterm_lets_an_in_flight_download_finish_then_exits_zero() {
 
     // Stop while the download is in flight, then read the rest slowly.
     let terminate = tokio::spawn(bin.terminate());
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    // A new connection is refused once the listener is closed.
+    // A new connection is refused once the listener is closed (waited for:
+    // SIGTERM is sent by the task just spawned).
     assert!(
         common::eventually(Duration::from_secs(5), || async {
             tokio::net::TcpStream::connect(s.peer_addr().unwrap())

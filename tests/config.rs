@@ -1,12 +1,13 @@
 //! Configuration loading: valid sets load into the expected values; every
 //! kind of error is reported with file, key and what was expected, all in
-//! one pass; environment overrides apply.
+//! one pass; environment overrides apply, and `POLYHOST_*` variables that
+//! name no setting are warnings, for `check` and `serve` alike.
 
 mod common;
 
 use std::process::Command;
 
-use common::TestConfig;
+use common::{get, Binary, TestConfig};
 use expect_test::{expect, Expect};
 
 /// Loads the config and compares the error report with `want`.
@@ -205,12 +206,17 @@ fn environment_overrides_apply_and_are_named_in_errors() {
         ),
         "{stderr}"
     );
-    let (code, _, stderr) = polyhost_check(&cfg, &[("POLYHOST_ADMIN__SOKET", "/x")]);
-    assert_eq!(code, 1);
+    // A variable that names no setting is a warning naming the closest one.
+    let (code, stdout, stderr) = polyhost_check(&cfg, &[("POLYHOST_ADMIN__SOKET", "/x")]);
+    assert_eq!(code, 0, "{stderr}");
     assert!(
-        stderr.contains("POLYHOST_ADMIN__SOKET: admin.soket: unknown field"),
+        stderr.contains(
+            "warning: environment variable POLYHOST_ADMIN__SOKET: not a polyhost setting, ignored \
+             (the closest setting is POLYHOST_ADMIN__SOCKET, key `admin.socket`)"
+        ),
         "{stderr}"
     );
+    assert!(stdout.contains("(1 site(s))"), "{stdout}");
     // A valid override: vhosts_dir pointing at an empty dir loads zero sites.
     std::fs::create_dir_all(cfg.path().join("empty")).unwrap();
     let (code, stdout, stderr) = polyhost_check(&cfg, &[("POLYHOST_VHOSTS_DIR", "empty")]);
@@ -219,6 +225,89 @@ fn environment_overrides_apply_and_are_named_in_errors() {
     let (code, stdout, _) = polyhost_check(&cfg, &[]);
     assert_eq!(code, 0);
     assert!(stdout.contains("(1 site(s))"), "{stdout}");
+}
+
+/// Variables a wrapper script or container image sets, and a typo of a real
+/// key: each a warning, with a setting of the same run still applied.
+const NOT_SETTINGS: [(&str, &str, &str); 3] = [
+    ("POLYHOST_VERSION", "1", "POLYHOST_LISTEN"),
+    ("POLYHOST_BIN", "/usr/local/bin/polyhost", "POLYHOST_H2C"),
+    (
+        "POLYHOST_LIMITS__MAX_CONECTIONS",
+        "abc",
+        "POLYHOST_LIMITS__MAX_CONNECTIONS",
+    ),
+];
+
+fn not_settings_with<'a>(setting: (&'a str, &'a str)) -> Vec<(&'a str, &'a str)> {
+    let mut env: Vec<_> = NOT_SETTINGS
+        .iter()
+        .map(|&(var, value, _)| (var, value))
+        .collect();
+    env.push(setting);
+    env
+}
+
+fn assert_warned(text: &str) {
+    for (var, _, closest) in NOT_SETTINGS {
+        let want = format!(
+            "environment variable {var}: not a polyhost setting, ignored (the closest setting is {closest}"
+        );
+        assert!(text.contains(&want), "no warning {want:?} in:\n{text}");
+    }
+}
+
+#[test]
+fn check_warns_about_variables_that_name_no_setting_and_passes() {
+    let cfg = TestConfig::new();
+    cfg.static_site("a", &["a.test"], "");
+    std::fs::create_dir_all(cfg.path().join("empty")).unwrap();
+    let (code, stdout, stderr) =
+        polyhost_check(&cfg, &not_settings_with(("POLYHOST_VHOSTS_DIR", "empty")));
+    assert_eq!(code, 0, "{stderr}");
+    assert_warned(&stderr);
+    assert!(
+        stdout.contains("(0 site(s))"),
+        "the override applies: {stdout}"
+    );
+    // Also listed when something else is wrong (then check fails for that).
+    let (code, _, stderr) =
+        polyhost_check(&cfg, &not_settings_with(("POLYHOST_LISTEN", "[\"nope\"]")));
+    assert_eq!(code, 1, "{stderr}");
+    assert_warned(&stderr);
+    assert!(
+        stderr.contains("environment variable POLYHOST_LISTEN: listen[0]"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn serve_starts_and_serves_with_variables_that_name_no_setting() {
+    let cfg = TestConfig::new();
+    cfg.static_site("a", &["a.test"], "");
+    let log_dir = cfg.path().join("env-logs");
+    let env = not_settings_with(("POLYHOST_LOG_DIR", log_dir.to_str().unwrap()));
+    let bin = Binary::start(&cfg.main(), &env).await;
+    let resp = get(bin.addr, "a.test", "/").await;
+    assert_eq!(
+        (resp.status, resp.text().trim()),
+        (200, "site a"),
+        "{}",
+        bin.log()
+    );
+    // Logged before the listening line, which `start` waited for.
+    let log = bin.log();
+    assert_warned(&log);
+    assert!(log.contains("WARN"), "{log}");
+    let status = bin.terminate().await;
+    assert!(status.success(), "exit status {status:?}");
+    // The setting beside them applied: the access log is where it says.
+    let access = log_dir.join("a.access.log");
+    assert!(
+        access.is_file(),
+        "{} missing; log:\n{log}",
+        access.display()
+    );
 }
 
 #[test]

@@ -181,11 +181,7 @@ async fn start(cfg: &TestConfig, nofile: Option<u64>) -> (Binary, Option<SocketA
             http = Some(addr);
         }
     }
-    let binary = Binary {
-        child,
-        addr: http.unwrap(),
-        log,
-    };
+    let binary = Binary::adopt(child, http.unwrap(), log, &cfg.main());
     (binary, metrics)
 }
 

@@ -541,7 +541,12 @@ async fn a_client_that_stops_reading_is_closed_after_the_send_timeout() {
         .write_all(b"GET /big.bin HTTP/1.1\r\nHost: www.test\r\n\r\n")
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Its response has begun: it holds the only slot (the rest stays unread).
+    let mut head = [0u8; 12];
+    tokio::time::timeout(Duration::from_secs(10), stalled.read_exact(&mut head))
+        .await
+        .expect("the response began")
+        .unwrap();
     assert!(
         refused(connect_from("127.0.0.2", front.http).await).await,
         "the only slot is taken"

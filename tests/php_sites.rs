@@ -21,7 +21,8 @@ fn php_site(cfg: &TestConfig, name: &str, user: &TestUser, extra: &str) {
     );
     cfg.write(
         &format!("www/{name}/slow.php"),
-        "<?php sleep((int)$_GET['s']); echo 'slept';",
+        // `mark`: a file to create first (a marker: the request reached PHP).
+        "<?php if (isset($_GET['mark'])) touch($_GET['mark']); sleep((int)$_GET['s']); echo 'slept';",
     );
     cfg.write(&format!("www/{name}/style.css"), "body{}\n");
     cfg.write(
@@ -105,8 +106,11 @@ async fn sigkill_of_php_fpm_fails_only_in_flight_requests_and_the_pool_comes_bac
         }
         (ok, failed)
     });
-    let in_flight = tokio::spawn(async move { get(addr, "victim.test", "/slow.php?s=5").await });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Within the site's root (open_basedir).
+    let marker = common::marker_dir(&cfg.path().join("www/victim"), &ua).join("slow");
+    let path = format!("/slow.php?s=5&mark={}", marker.display());
+    let in_flight = tokio::spawn(async move { get(addr, "victim.test", &path).await });
+    common::wait_for_marker(&marker).await;
     let master = server.site("victim").await.pids[0];
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(master),
@@ -539,16 +543,22 @@ async fn site_processes_run_under_sched_batch_unless_site_scheduling_is_normal()
         let mut leaders = server.site("blog").await.pids;
         leaders.extend(server.site("shop").await.pids);
         let leaders: Vec<i64> = leaders.into_iter().map(i64::from).collect();
-        let members = session_members(&leaders);
-        let policies: Vec<_> = members
-            .iter()
-            .flat_map(|&pid| thread_policies(pid))
-            .collect();
-        // php-fpm master + at least one child; the worker's main thread + 4 request threads.
-        assert!(
-            members.len() >= 3 && policies.len() >= 6,
-            "{setting:?}: too few site threads: {members:?} {policies:?}"
-        );
+        // php-fpm master + at least one child; the worker's main thread + 4
+        // request threads (the worker listens before its last threads run).
+        let (_, policies) = common::wait_for(
+            &format!("{setting:?}: php-fpm master and child, the worker and its threads"),
+            Duration::from_secs(10),
+            async || {
+                let members = session_members(&leaders);
+                let policies: Vec<_> = members
+                    .iter()
+                    .flat_map(|&pid| thread_policies(pid))
+                    .collect();
+                (members, policies)
+            },
+            |(members, policies)| members.len() >= 3 && policies.len() >= 6,
+        )
+        .await;
         assert!(
             policies.iter().all(|&(_, p)| p == want),
             "{setting:?}: every site thread should have policy {want}: {policies:?}"

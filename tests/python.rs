@@ -8,7 +8,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{field, get, pids_of_uid, InProcess, TestConfig, TestUser};
+use common::{
+    field, file_text, get, marker_dir, pids_of_uid, wait_for_marker, InProcess, TestConfig,
+    TestUser,
+};
 
 fn python_site(cfg: &TestConfig, name: &str, user: &TestUser, python: &str) {
     common::python_test_site(cfg, name, user, "pyapp", "", python);
@@ -69,8 +72,15 @@ async fn a_crash_gives_502_for_its_request_and_the_next_request_succeeds() {
         field(&first.text(), "pid"),
         "a new process"
     );
-    let log = std::fs::read_to_string(cfg.path().join("log/crashy.error.log")).unwrap();
-    assert!(log.contains("502"), "{log}");
+    // The router's error log is flushed every half second.
+    let log = cfg.path().join("log/crashy.error.log");
+    common::wait_for(
+        "the 502 in the site's error log",
+        Duration::from_secs(10),
+        async || file_text(&log),
+        |log| log.0.contains("502"),
+    )
+    .await;
     server.stop().await;
 }
 
@@ -88,8 +98,10 @@ async fn queue_timeout_gives_503_and_request_timeout_gives_504_and_replaces_the_
     let first = get(server.addr, "busy.test", "/").await;
     let addr = server.addr;
     // One slow request holds the only thread; the next waits 1 s in the queue → 503.
-    let slow = tokio::spawn(async move { get(addr, "busy.test", "/slow?s=1.8").await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let marker = marker_dir(cfg.path(), &user).join("slow");
+    let path = format!("/slow?s=1.8&mark={}", marker.display());
+    let slow = tokio::spawn(async move { get(addr, "busy.test", &path).await });
+    wait_for_marker(&marker).await;
     let t = Instant::now();
     let queued = get(server.addr, "busy.test", "/").await;
     assert_eq!(queued.status, 503, "{}", queued.text());
@@ -199,8 +211,10 @@ async fn a_segfault_or_a_sigkilled_worker_gives_502_and_the_next_request_succeed
         .parse()
         .unwrap();
     let addr = server.addr;
-    let slow = tokio::spawn(async move { get(addr, "fragile.test", "/slow?s=5").await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let marker = marker_dir(cfg.path(), &user).join("slow");
+    let path = format!("/slow?s=5&mark={}", marker.display());
+    let slow = tokio::spawn(async move { get(addr, "fragile.test", &path).await });
+    wait_for_marker(&marker).await;
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGKILL,
@@ -226,10 +240,18 @@ async fn slow_requests_on_one_site_do_not_block_another_site() {
     let server = InProcess::start(&cfg).await;
     assert_eq!(get(server.addr, "fast.test", "/").await.status, 200);
     let addr = server.addr;
-    let slow: Vec<_> = (0..2)
-        .map(|_| tokio::spawn(async move { get(addr, "slow.test", "/slow?s=3").await }))
+    let marks = marker_dir(cfg.path(), &ua);
+    let markers: Vec<_> = (0..2).map(|i| marks.join(format!("slow-{i}"))).collect();
+    let slow: Vec<_> = markers
+        .iter()
+        .map(|m| {
+            let path = format!("/slow?s=3&mark={}", m.display());
+            tokio::spawn(async move { get(addr, "slow.test", &path).await })
+        })
         .collect();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    for m in &markers {
+        wait_for_marker(m).await;
+    }
     let t = Instant::now();
     assert_eq!(get(server.addr, "fast.test", "/").await.status, 200);
     assert!(

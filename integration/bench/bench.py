@@ -299,8 +299,8 @@ def start(name, argv, cwd=None, as_user=False, env=None):
     if as_user:
         pw = pwd.getpwnam(USER)
         kw = dict(user=pw.pw_uid, group=pw.pw_gid, extra_groups=[])
-    # A clean-ish environment: polyhost reads every POLYHOST_* variable as
-    # configuration (an unknown one is an error), Python ones change the apps.
+    # A clean-ish environment: polyhost reads POLYHOST_* variables as
+    # configuration (an unknown one is a warning), Python ones change the apps.
     e = {k: v for k, v in os.environ.items()
          if not k.startswith(("POLYHOST_", "PYTHON", "BENCH_", "VIRTUAL_ENV"))}
     if env:

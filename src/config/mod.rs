@@ -10,6 +10,7 @@
 //! errors; there is no half-loaded state. Reload builds a new `Config` and
 //! compares it with the old one.
 
+mod env;
 mod error;
 mod front;
 mod raw;
@@ -24,6 +25,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
+pub use env::{ignored_env, IgnoredEnv};
 pub use error::{ConfigError, ConfigErrors, Source};
 pub use front::{FrontConfig, IpCidr, ServerLimits};
 pub use server::{

@@ -1,12 +1,13 @@
 //! The server-wide configuration: `polyhost.toml`, the fragments it
 //! `include`s, and `POLYHOST_*` environment overrides, layered with figment
-//! (main file, then fragments in name order, then the environment).
+//! (main file, then fragments in name order, then the environment; see
+//! `config::env` for which variables count).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use figment::providers::{Env, Format, Toml};
+use figment::providers::{Format, Toml};
 use figment::Figment;
 
 use super::error::{ConfigError, ConfigErrors, FileErrors, Source};
@@ -91,7 +92,8 @@ pub(crate) fn load_server(main: &Path, errors: &mut ConfigErrors) -> Option<Serv
         return None;
     }
     let base_dir = main.parent().map(Path::to_path_buf).unwrap_or_default();
-    let env = || Env::prefixed("POLYHOST_").split("__");
+    // `POLYHOST_*` variables that name no setting are left out (`config::env`).
+    let env = super::env::overrides;
     // The include pattern decides which fragments exist, so read it first.
     let include: Vec<String> = Figment::new()
         .merge(Toml::file_exact(main))

@@ -15,7 +15,7 @@ use polyhost::app::Server;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::common::{open_up, python_worker, TestConfig, TestUser};
+use crate::common::{open_up, python_worker, CgroupSweep, TestConfig, TestUser};
 
 /// A WSGI app whose answer names its version (env `APP_VERSION`) and pid;
 /// `/crash` exits, `/hog?mb=N` allocates N MiB; env `IMPORT_DELAY` slows
@@ -56,11 +56,14 @@ pub struct Served {
     pub shutdown: CancellationToken,
     task: tokio::task::JoinHandle<Result<(), polyhost::app::ServeError>>,
     admin: tokio::task::JoinHandle<()>,
+    /// Removes this server's cgroups (and kills what is in them) if the test fails.
+    _sweep: CgroupSweep,
 }
 
 impl Served {
     pub async fn start(cfg: &TestConfig) -> Self {
         let config = cfg.load();
+        let sweep = CgroupSweep::new(&config.server.state_dir);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
@@ -82,6 +85,7 @@ impl Served {
             shutdown,
             task,
             admin,
+            _sweep: sweep,
         }
     }
 

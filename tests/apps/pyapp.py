@@ -13,6 +13,9 @@ def application(environ, start_response):
         import ctypes
         ctypes.string_at(0)
     if path == "/slow":
+        # A marker file tells the test this request reached the app.
+        if "mark" in qs:
+            open(qs["mark"][0], "w").close()
         time.sleep(float(qs.get("s", ["1"])[0]))
     if path == "/read":
         try:

@@ -1,6 +1,9 @@
 //! Test support shared by the integration tests: temporary server configs,
 //! an in-process server on an ephemeral port, the real binary, and HTTP
 //! clients (hyper for well-formed requests, raw TCP for malformed ones).
+//! In modules of their own: bounded waits and app markers (`wait`), the
+//! cgroup hygiene check and the sweep after a failed test (`cgroups`), the
+//! Python worker and test sites (`worker`), the front door (`front`, `edge`).
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
@@ -69,12 +72,15 @@ pub struct InProcess {
     pub server: std::sync::Arc<polyhost::app::Server>,
     pub shutdown: CancellationToken,
     pub task: tokio::task::JoinHandle<Result<(), polyhost::app::ServeError>>,
+    /// Removes this server's cgroups (and kills what is in them) if the test fails.
+    _sweep: CgroupSweep,
 }
 
 impl InProcess {
     pub async fn start(cfg: &TestConfig) -> Self {
         init_logging();
         let config = cfg.load();
+        let sweep = CgroupSweep::new(&config.server.state_dir);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
@@ -91,6 +97,7 @@ impl InProcess {
             server,
             shutdown,
             task,
+            _sweep: sweep,
         }
     }
 
@@ -114,59 +121,36 @@ impl InProcess {
     }
 }
 
-/// After a server stopped: no socket in its state dir, no cgroup of its.
-pub fn check_hygiene(state_dir: &Path) {
-    for site in ["sites", "sockets"]
-        .into_iter()
-        .flat_map(|d| std::fs::read_dir(state_dir.join(d)).into_iter().flatten())
-        .filter_map(Result::ok)
-    {
-        for f in std::fs::read_dir(site.path())
-            .into_iter()
-            .flatten()
-            .filter_map(Result::ok)
-        {
-            assert!(
-                f.path().extension().is_none_or(|e| e != "sock"),
-                "socket left behind: {}",
-                f.path().display()
-            );
-        }
-    }
-    let canonical = std::fs::canonicalize(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
-    let name = polyhost::supervisor::cgroup_parent_name(&canonical);
-    let leftover = find_dir(Path::new("/sys/fs/cgroup"), &name, 6);
-    assert!(leftover.is_none(), "cgroup left behind: {leftover:?}");
-}
-
-fn find_dir(dir: &Path, name: &str, depth: usize) -> Option<PathBuf> {
-    if depth == 0 {
-        return None;
-    }
-    for e in std::fs::read_dir(dir).ok()?.filter_map(Result::ok) {
-        if !e.file_type().is_ok_and(|t| t.is_dir()) {
-            continue;
-        }
-        if e.file_name().to_str() == Some(name) {
-            return Some(e.path());
-        }
-        if let Some(found) = find_dir(&e.path(), name, depth - 1) {
-            return Some(found);
-        }
-    }
-    None
-}
-
 /// The real `polyhost` binary, stopped with SIGTERM when dropped.
 pub struct Binary {
     pub child: tokio::process::Child,
     pub addr: SocketAddr,
     pub log: std::sync::Arc<std::sync::Mutex<String>>,
+    /// After `child` (killed on drop): if the test fails, what is left in
+    /// this polyhost's cgroups is killed and the cgroups removed.
+    _sweep: CgroupSweep,
 }
 
 impl Binary {
+    /// A polyhost a test started its own way (e.g. under `prlimit`), serving
+    /// on `addr`, with the config `main`: swept like [`Binary::start`]'s.
+    pub fn adopt(
+        child: tokio::process::Child,
+        addr: SocketAddr,
+        log: std::sync::Arc<std::sync::Mutex<String>>,
+        main: &Path,
+    ) -> Self {
+        Binary {
+            child,
+            addr,
+            log,
+            _sweep: CgroupSweep::new(&state_dir_of(main, &[])),
+        }
+    }
+
     /// Starts `polyhost serve --config main` and waits for its listening line.
     pub async fn start(main: &Path, env: &[(&str, &str)]) -> Self {
+        let sweep = CgroupSweep::new(&state_dir_of(main, env));
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_polyhost"));
         cmd.arg("serve")
             .arg("--config")
@@ -198,6 +182,7 @@ impl Binary {
             child,
             addr: addr.parse().unwrap(),
             log,
+            _sweep: sweep,
         }
     }
 
@@ -218,6 +203,17 @@ impl Binary {
             .await
             .expect("exit after SIGTERM")
             .unwrap()
+    }
+}
+
+/// The state dir `polyhost serve --config main` uses with `env` set.
+fn state_dir_of(main: &Path, env: &[(&str, &str)]) -> PathBuf {
+    let base = main.parent().unwrap_or(Path::new("/"));
+    match env.iter().find(|(k, _)| *k == "POLYHOST_STATE_DIR") {
+        Some((_, dir)) => base.join(dir),
+        None => polyhost::config::load_server(main)
+            .map(|s| s.state_dir)
+            .unwrap_or_else(|_| base.join("state")),
     }
 }
 
@@ -307,22 +303,6 @@ pub fn raw_status(reply: &str) -> u16 {
         .unwrap_or(0)
 }
 
-/// Retries `f` until it returns true or `timeout` passes.
-pub async fn eventually<F, Fut>(timeout: Duration, mut f: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if f().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
-}
-
 /// A Unix user created for a test, deleted on drop.
 pub struct TestUser {
     pub name: String,
@@ -408,86 +388,6 @@ pub fn open_up(dir: &Path) {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
 
-/// The `polyhost-python` worker built next to the `polyhost` binary, copied
-/// to a directory every site user can traverse (the checkout may live where
-/// they cannot, e.g. under /root). One copy per build of the worker, named by
-/// its size and modification time and shared by every test process, so test
-/// runs do not leave a copy each behind; copies of older builds are pruned.
-pub fn python_worker() -> PathBuf {
-    static COPY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    COPY.get_or_init(|| {
-        let built = Path::new(env!("CARGO_BIN_EXE_polyhost")).with_file_name("polyhost-python");
-        if !built.exists() {
-            let status = std::process::Command::new(env!("CARGO"))
-                .args(["build", "-p", "polyhost-python"])
-                .status()
-                .unwrap();
-            assert!(status.success(), "building polyhost-python");
-        }
-        let dir = worker_copy_dir();
-        let copy = dir.join(format!("polyhost-python-{}", build_stamp(&built)));
-        if !copy.exists() {
-            install_copy(&built, &copy);
-            prune_old_copies(&dir, &copy);
-        }
-        copy
-    })
-    .clone()
-}
-
-/// `$TMPDIR/polyhost-test-worker`, mode 0755, refused if it is not a real
-/// directory of ours (a fixed name in a shared temp dir).
-fn worker_copy_dir() -> PathBuf {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let dir = std::env::temp_dir().join("polyhost-test-worker");
-    std::fs::create_dir_all(&dir).unwrap();
-    let meta = std::fs::symlink_metadata(&dir).unwrap();
-    assert!(
-        meta.is_dir() && meta.uid() == nix::unistd::geteuid().as_raw(),
-        "{} must be a directory owned by this user",
-        dir.display()
-    );
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    dir
-}
-
-/// Size and modification time of a built binary: changes with every build.
-fn build_stamp(built: &Path) -> String {
-    let meta = std::fs::metadata(built).unwrap();
-    let modified = meta
-        .modified()
-        .unwrap()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap();
-    format!("{}-{}", meta.len(), modified.as_nanos())
-}
-
-/// Copies under a temporary name and renames, so a concurrent test process
-/// never runs a half-written binary.
-fn install_copy(built: &Path, copy: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    let partial = copy.with_extension(format!("partial-{}", std::process::id()));
-    std::fs::copy(built, &partial).unwrap();
-    std::fs::set_permissions(&partial, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::rename(&partial, copy).unwrap();
-}
-
-/// Removes copies of other builds that are over an hour old (a test process
-/// still running an older build keeps its copy meanwhile).
-fn prune_old_copies(dir: &Path, keep: &Path) {
-    let hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
-    for entry in std::fs::read_dir(dir).unwrap().filter_map(Result::ok) {
-        let path = entry.path();
-        let old = entry
-            .metadata()
-            .and_then(|m| m.modified())
-            .is_ok_and(|t| t < hour_ago);
-        if path != keep && old {
-            let _ = std::fs::remove_file(&path);
-        }
-    }
-}
-
 /// Processes owned by `uid`, from /proc.
 pub fn pids_of_uid(uid: u32) -> Vec<i32> {
     let mut out = Vec::new();
@@ -527,6 +427,18 @@ pub fn init_logging() {
 // Front-door helpers (TLS, HTTP/2, test upstreams, swappable routing table).
 pub mod edge;
 pub mod front;
+
+mod cgroups;
+mod wait;
+mod worker;
+
+// Each test binary uses some of these.
+#[allow(unused_imports)]
+pub use cgroups::{check_hygiene, CgroupSweep};
+#[allow(unused_imports)]
+pub use wait::{eventually, file_text, marker_dir, wait_for, wait_for_marker, Shown};
+#[allow(unused_imports)]
+pub use worker::{python_test_site, python_worker};
 
 /// A TCP connection from a chosen loopback address (e.g. "127.0.0.2"), so a
 /// test can be a different client IP than its attackers.
@@ -598,31 +510,6 @@ pub async fn connect_as(uid: u32, src: &str, addr: SocketAddr) -> TcpStream {
 /// One GET on a fresh connection from `src` owned by `uid` ([`connect_as`]).
 pub async fn get_as(uid: u32, src: &str, addr: SocketAddr, host: &str, path: &str) -> Resp {
     get_over(connect_as(uid, src, addr).await, host, path).await
-}
-
-/// A Python site running one of the test apps of `tests/apps/` as `user`.
-/// `site_extra` goes before `[python]` (e.g. a `[limits]` table),
-/// `python_extra` into it (e.g. `threads = 2`).
-pub fn python_test_site(
-    cfg: &TestConfig,
-    name: &str,
-    user: &TestUser,
-    app: &str,
-    site_extra: &str,
-    python_extra: &str,
-) {
-    cfg.write("apps/pyapp.py", include_str!("../apps/pyapp.py"));
-    cfg.write("apps/broken.py", include_str!("../apps/broken.py"));
-    cfg.write(&format!("www/{name}/static.txt"), "static file\n");
-    cfg.write(
-        &format!("vhosts/{name}.toml"),
-        &format!(
-            "hosts = [\"{name}.test\"]\nroot = \"www/{name}\"\nuser = \"{}\"\n{site_extra}\n[python]\napp = \"{app}\"\npath = [\"apps\"]\nworker = \"{}\"\n{python_extra}\n",
-            user.name,
-            python_worker().display()
-        ),
-    );
-    open_up(cfg.path());
 }
 
 /// The value of `key=value` in a whitespace-separated probe answer.
