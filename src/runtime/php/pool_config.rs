@@ -43,7 +43,8 @@
 //!   line (`'`, CR, LF, NUL) is refused with an error naming the key, so a vhost
 //!   file cannot add config lines. Keys are checked against `[A-Za-z0-9._-]`.
 //! - `[php.ini]` entries cannot override the directives this module owns
-//!   (`open_basedir`, `cgi.fix_pathinfo`, the tmp/session/error-log paths).
+//!   (`open_basedir`, `cgi.fix_pathinfo`, `cgi.discard_path`, the
+//!   tmp/session/error-log paths).
 //! - `user`/`group` lines are written only when the master is started as root.
 
 use std::fmt::Write as _;
@@ -145,6 +146,7 @@ pub struct PoolConfigError {
 const RESERVED_INI: &[&str] = &[
     "open_basedir",
     "cgi.fix_pathinfo",
+    "cgi.discard_path",
     "upload_tmp_dir",
     "session.save_path",
     "sys_temp_dir",
@@ -288,7 +290,12 @@ pub fn pool_config(site: &SiteConfig, opts: &PoolOptions<'_>) -> Result<String, 
         "php_admin_value[session.save_path] = {}",
         qp("sessions", &paths.sessions)?
     ));
+    // php-fpm guesses no script from the path (the router found it), and
+    // takes no PATH_TRANSLATED as the script either: with fix_pathinfo = 0
+    // it would otherwise run root + path info (`/x.php/other.php` running
+    // other.php), bypassing the router's lookup beneath the root.
     line("php_admin_value[cgi.fix_pathinfo] = 0".into());
+    line("php_admin_value[cgi.discard_path] = 1".into());
     if let Some(log) = &opts.php_error_log {
         line(format!(
             "php_admin_value[error_log] = {}",
@@ -442,6 +449,7 @@ mod tests {
             php_admin_value[sys_temp_dir] = '/run/polyhost/sites/blog/tmp'
             php_admin_value[session.save_path] = '/run/polyhost/sites/blog/sessions'
             php_admin_value[cgi.fix_pathinfo] = 0
+            php_admin_value[cgi.discard_path] = 1
             php_admin_value[error_log] = '/run/polyhost/sites/blog/php-error.log'
             php_admin_flag[display_errors] = off
             php_admin_value[memory_limit] = '128M'
@@ -534,6 +542,7 @@ mod tests {
         );
         check(&ini("open_basedir", "/"), "php.ini.open_basedir");
         check(&ini("cgi.fix_pathinfo", "1"), "php.ini.cgi.fix_pathinfo");
+        check(&ini("cgi.discard_path", "0"), "php.ini.cgi.discard_path");
         check(
             &|s| drop(s.env.insert("A".into(), "x\nuser = root".into())),
             "env.A",
