@@ -27,16 +27,16 @@
 //!   404 (`/a.jpg/x.php/y` never runs `a.jpg`, and is not the front
 //!   controller's); one that leaves the root is refused. php-fpm guesses
 //!   nothing (`cgi.fix_pathinfo = 0`, `cgi.discard_path = 1`).
-//! - A file whose name ends in a PHP source extension ([`PHP_SOURCE`] or one
-//!   of `php.extensions`, any letter case), or in one of those followed by a
-//!   backup ending ([`BACKUP`]: `wp-config.php~`, `config.php.bak`), is never
-//!   [`Target::Static`]: PHP source is never served as text. What is not
-//!   executed is refused (403).
+//! - A file whose name is PHP source ([`crate::upstream::php_source`]: a PHP
+//!   ending or one of `php.extensions`, any letter case, or a backup of
+//!   one) is never [`Target::Static`]: PHP source is never served as text.
+//!   What is not executed is refused (403).
 
 use std::borrow::Cow;
 use std::path::Path;
 
 use super::lookup::{lookup, open_root, Fail, Kind, Wait};
+use crate::upstream::php_source::{ends_with_ignore_case, php_name, PhpName};
 use crate::upstream::UpstreamError;
 
 /// What a request path resolves to.
@@ -74,55 +74,6 @@ impl Rules {
             front_controller: php.front_controller.clone(),
             extensions: php.extensions.clone(),
         }
-    }
-}
-
-/// Name endings of PHP source that a PHP site never serves as a file:
-/// scripts of other PHP versions and conventions (which a server elsewhere
-/// would have executed), include files, PHAR archives, highlighted source.
-/// Refused unless listed in `php.extensions` (then executed).
-pub const PHP_SOURCE: [&str; 12] = [
-    ".php", ".php3", ".php4", ".php5", ".php7", ".php8", ".pht", ".phtml", ".phar", ".phps",
-    ".phpt", ".inc",
-];
-
-/// Endings editors and people leave on copies of a file
-/// (`wp-config.php~`, `config.php.bak`): a copy of PHP source is refused too.
-pub const BACKUP: [&str; 5] = ["~", ".bak", ".old", ".orig", ".save"];
-
-/// What a file name means to PHP.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum PhpName {
-    /// Not PHP source: served as a static file.
-    Not,
-    /// Ends in one of the site's `php.extensions`, letter case and all: executed.
-    Script,
-    /// PHP source that is not executed: refused.
-    Source,
-}
-
-fn php_name(name: &str, extensions: &[String]) -> PhpName {
-    let (stem, backup) = match BACKUP.iter().find(|b| ends_with_ignore_case(name, b)) {
-        // The ending is ASCII: cutting it leaves a char boundary.
-        Some(b) => (&name[..name.len() - b.len()], true),
-        None => (name, false),
-    };
-    let Some(dot) = stem.rfind('.') else {
-        return PhpName::Not;
-    };
-    let ext = &stem[dot..];
-    if !backup && extensions.iter().any(|e| e == ext) {
-        return PhpName::Script;
-    }
-    let source = PHP_SOURCE
-        .iter()
-        .copied()
-        .chain(extensions.iter().map(String::as_str))
-        .any(|e| ext.eq_ignore_ascii_case(e));
-    if source {
-        PhpName::Source
-    } else {
-        PhpName::Not
     }
 }
 
@@ -290,11 +241,6 @@ fn script(rel: &str, path_info: &str) -> Target {
     }
 }
 
-fn ends_with_ignore_case(s: &str, suffix: &str) -> bool {
-    let (s, suffix) = (s.as_bytes(), suffix.as_bytes());
-    s.len() >= suffix.len() && s[s.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
-}
-
 /// Percent-decodes the path once and refuses what may not name a file (or
 /// be a script's path info): an encoded slash or backslash, a backslash,
 /// NUL, invalid UTF-8, `.`/`..` and empty segments. Dotfiles are refused
@@ -337,47 +283,6 @@ mod tests {
         Rules {
             front_controller: front_controller.map(str::to_owned),
             extensions: vec![".php".to_owned()],
-        }
-    }
-
-    #[test]
-    fn php_source_names() {
-        use PhpName::*;
-        let default = [".php".to_owned()];
-        let phtml = [".php".to_owned(), ".phtml".to_owned()];
-        let cases: &[(&str, &[String], PhpName)] = &[
-            ("index.php", &default, Script),
-            ("INDEX.PHP", &default, Source),
-            ("a.b.php", &default, Script),
-            ("x.phtml", &default, Source),
-            ("x.phtml", &phtml, Script),
-            ("x.PHTML", &phtml, Source),
-            ("x.php5", &default, Source),
-            ("x.Php7", &default, Source),
-            ("lib.phar", &default, Source),
-            ("db.inc", &default, Source),
-            ("db.INC", &default, Source),
-            ("t.phpt", &default, Source),
-            ("s.phps", &default, Source),
-            ("o.pht", &default, Source),
-            ("wp-config.php~", &default, Source),
-            ("wp-config.php.bak", &default, Source),
-            ("x.phtml.orig", &phtml, Source),
-            ("config.inc.save", &default, Source),
-            ("style.css", &default, Not),
-            ("notes.txt~", &default, Not),
-            ("x.php.txt", &default, Not),
-            ("archive.bak", &default, Not),
-            ("php", &default, Not),
-            ("x.phpx", &default, Not),
-            ("été.php", &default, Script),
-        ];
-        for (name, extensions, want) in cases {
-            assert_eq!(
-                php_name(name, extensions),
-                *want,
-                "{name} with {extensions:?}"
-            );
         }
     }
 
