@@ -97,3 +97,122 @@ async fn no_site_sends_php_source_as_text() {
     assert!(wrong.is_empty(), "{wrong:#?}\n{}", bin.log());
     assert!(bin.terminate().await.success());
 }
+
+/// A PHP site `name` run by `user`, with `site_extra` in its site table and
+/// `php_extra` in its `[php]` table.
+fn php_site(cfg: &TestConfig, name: &str, user: &TestUser, site_extra: &str, php_extra: &str) {
+    cfg.write(
+        &format!("vhosts/{name}.toml"),
+        &format!(
+            "hosts = [\"{name}.test\"]\nroot = \"www/{name}\"\nuser = \"{}\"\n{site_extra}\n[php]\n{php_extra}\n",
+            user.name
+        ),
+    );
+    open_up(cfg.path());
+}
+
+/// A PHP library installed as a distribution package would be, in a
+/// directory of its own under `/usr/share/php`; removed on drop.
+struct PackagedLibrary {
+    dir: std::path::PathBuf,
+}
+
+impl PackagedLibrary {
+    fn install() -> PackagedLibrary {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "polyhost-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        let dir = std::path::Path::new("/usr/share/php").join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("Lib.php"),
+            "<?php function packaged_library() { return 'packaged library loaded'; }",
+        )
+        .unwrap();
+        for (path, mode) in [(&dir, 0o755), (&dir.join("Lib.php"), 0o644)] {
+            std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode))
+                .unwrap();
+        }
+        PackagedLibrary { dir }
+    }
+
+    fn name(&self) -> &str {
+        self.dir.file_name().unwrap().to_str().unwrap()
+    }
+}
+
+impl Drop for PackagedLibrary {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Debian's DokuWiki (and every `php-*` library package) loads code from
+/// `/usr/share/php` through PHP's `include_path`: the default
+/// `open_basedir` lets it, and still nothing else outside the root.
+#[tokio::test]
+async fn packaged_php_libraries_load_under_the_default_open_basedir() {
+    let cfg = TestConfig::new();
+    let user = TestUser::new();
+    let lib = PackagedLibrary::install();
+    cfg.write(
+        "www/lib/index.php",
+        &format!(
+            "<?php require '{}/Lib.php'; echo packaged_library(), ' | ', \
+             @file_get_contents('/etc/passwd') === false ? 'passwd denied' : 'passwd READ', ' | ', \
+             @file_get_contents('/usr/share/doc/php8.2-common/copyright') === false ? 'doc denied' : 'doc READ';",
+            lib.name()
+        ),
+    );
+    php_site(&cfg, "lib", &user, "", "");
+    let bin = Binary::start(&cfg.main(), &[]).await;
+    let r = get(bin.addr, "lib.test", "/").await;
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (200, "packaged library loaded | passwd denied | doc denied"),
+        "{}",
+        bin.log()
+    );
+    assert!(bin.terminate().await.success());
+}
+
+/// A site that lists its own `open_basedir` (MediaWiki's docs suggest it)
+/// still has its tmp and session directories, whose paths it cannot know:
+/// temp files and sessions work.
+#[tokio::test]
+async fn a_site_open_basedir_keeps_its_tmp_and_sessions() {
+    let cfg = TestConfig::new();
+    let user = TestUser::new();
+    cfg.write(
+        "www/ob/index.php",
+        r#"<?php
+$t = sys_get_temp_dir() . '/probe-' . getmypid();
+$tmp = @file_put_contents($t, 'x') === 1 && @unlink($t) ? 'tmp ok' : 'tmp denied';
+$name = @tempnam(sys_get_temp_dir(), 'p');
+$tempnam = $name !== false && dirname($name) === sys_get_temp_dir() ? 'tempnam ok' : 'tempnam denied';
+$session = @session_start() && ($_SESSION['n'] = 1) && @session_write_close()
+    && @file_exists(session_save_path() . '/sess_' . session_id()) ? 'session ok' : 'session denied';
+echo "$tmp | $tempnam | $session | ", @file_get_contents('/etc/passwd') === false ? 'passwd denied' : 'passwd READ';"#,
+    );
+    let root = cfg.path().join("www/ob");
+    php_site(
+        &cfg,
+        "ob",
+        &user,
+        "",
+        &format!("open_basedir = [{:?}]", root.display().to_string()),
+    );
+    let bin = Binary::start(&cfg.main(), &[]).await;
+    let r = get(bin.addr, "ob.test", "/").await;
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (200, "tmp ok | tempnam ok | session ok | passwd denied"),
+        "{}",
+        bin.log()
+    );
+    assert!(bin.terminate().await.success());
+}

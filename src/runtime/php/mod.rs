@@ -7,5 +7,7 @@ mod pool_config;
 
 pub use launcher::PhpLauncher;
 
-pub use paths::{find_fpm_binary, find_fpm_in, PhpPoolPaths};
+pub use paths::{
+    find_fpm_binary, find_fpm_in, system_include_dirs, PhpPoolPaths, SYSTEM_INCLUDE_CANDIDATES,
+};
 pub use pool_config::{pool_config, PoolConfigError, PoolOptions};

@@ -1,7 +1,8 @@
 //! Where a site's php-fpm pool keeps its files: the per-site paths under
 //! polyhost's state directory ([`PhpPoolPaths`], created with the owners and
-//! modes of "Files and permissions" in `super::pool_config`), and which
-//! php-fpm binary runs ([`find_fpm_binary`]).
+//! modes of "Files and permissions" in `super::pool_config`), the system's
+//! PHP library directories every site may read ([`system_include_dirs`]),
+//! and which php-fpm binary runs ([`find_fpm_binary`]).
 
 use std::path::{Path, PathBuf};
 
@@ -68,6 +69,36 @@ impl PhpPoolPaths {
     }
 }
 
+/// The directories distributions install PHP libraries into, which PHP's
+/// compiled-in `include_path` names: `/usr/share/php` (Debian, Ubuntu,
+/// Fedora, RHEL: PEAR and the `php-*` library packages) and
+/// `/usr/share/pear` (Fedora, RHEL, Arch).
+pub const SYSTEM_INCLUDE_CANDIDATES: [&str; 2] = ["/usr/share/php", "/usr/share/pear"];
+
+/// Those of [`SYSTEM_INCLUDE_CANDIDATES`] that are system code, read-only to
+/// every site: existing directories that are, like every directory above
+/// them, owned by root and writable by no one else (no symlink on the way).
+/// A default `open_basedir` adds them, so packaged libraries (`require
+/// 'php-gettext/...'`) load.
+pub fn system_include_dirs() -> Vec<PathBuf> {
+    SYSTEM_INCLUDE_CANDIDATES
+        .iter()
+        .map(PathBuf::from)
+        .filter(|dir| root_only_writable(dir))
+        .collect()
+}
+
+/// `dir` and each directory above it: a real directory (no symlink), owned
+/// by root, without group or other write permission.
+fn root_only_writable(dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    dir.is_absolute()
+        && dir.ancestors().all(|d| {
+            std::fs::symlink_metadata(d)
+                .is_ok_and(|m| m.is_dir() && m.uid() == 0 && m.mode() & 0o022 == 0)
+        })
+}
+
 /// The newest `php-fpm*` binary in `/usr/sbin` (`php-fpm8.3` before
 /// `php-fpm8.2`, a versioned one before a plain `php-fpm`).
 pub fn find_fpm_binary() -> Option<PathBuf> {
@@ -104,6 +135,23 @@ fn newest_fpm(names: impl Iterator<Item = String>) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn system_include_dirs_are_root_only_writable() {
+        use std::os::unix::fs::PermissionsExt;
+        assert!(root_only_writable(Path::new("/usr")));
+        assert!(!root_only_writable(Path::new("/tmp")), "world-writable");
+        assert!(!root_only_writable(Path::new("/nonexistent-polyhost")));
+        assert!(!root_only_writable(Path::new("usr/share")), "relative");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let lib = dir.path().join("lib");
+        std::fs::create_dir(&lib).unwrap();
+        assert!(!root_only_writable(&lib), "below /tmp");
+        for d in system_include_dirs() {
+            assert!(SYSTEM_INCLUDE_CANDIDATES.contains(&d.to_str().unwrap()));
+        }
+    }
 
     #[test]
     fn newest_fpm_binary() {

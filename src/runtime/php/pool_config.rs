@@ -67,6 +67,9 @@ pub struct PoolOptions<'a> {
     /// `false`: php-fpm binds `paths.socket`, `0660` for the site's user and
     /// group.
     pub inherited_socket: bool,
+    /// The system's PHP library directories
+    /// ([`super::system_include_dirs`]), added to a default `open_basedir`.
+    pub system_include: &'a [PathBuf],
     /// `php_admin_value[error_log]`: PHP's error log file. `None` leaves it
     /// unset, so PHP sends its messages as FastCGI stderr, which the router
     /// writes to the site's error log.
@@ -194,10 +197,7 @@ pub fn pool_config(site: &SiteConfig, opts: &PoolOptions<'_>) -> Result<String, 
         "security.limit_extensions = {}",
         php.extensions.join(" ")
     ));
-    let basedir = match &php.open_basedir {
-        Some(dirs) => dirs.clone(),
-        None => vec![root.clone(), paths.tmp.clone(), paths.sessions.clone()],
-    };
+    let basedir = open_basedir(root, php.open_basedir.as_deref(), opts);
     let mut joined = String::new();
     for (i, d) in basedir.iter().enumerate() {
         let s = d
@@ -268,6 +268,30 @@ pub fn pool_config(site: &SiteConfig, opts: &PoolOptions<'_>) -> Result<String, 
     Ok(c)
 }
 
+/// PHP's `open_basedir` for a site: the site's `php.open_basedir`, or by
+/// default its root and the system's PHP library directories (read-only
+/// system code, nothing of another site); and, always, the site's own tmp
+/// and session directories, whose paths its code cannot know (PHP's
+/// uploads, `tempnam(sys_get_temp_dir())` and sessions need them).
+fn open_basedir<'a>(
+    root: &'a Path,
+    listed: Option<&'a [PathBuf]>,
+    opts: &'a PoolOptions<'_>,
+) -> Vec<&'a Path> {
+    let mut dirs: Vec<&Path> = match listed {
+        Some(dirs) => dirs.iter().map(PathBuf::as_path).collect(),
+        None => std::iter::once(root)
+            .chain(opts.system_include.iter().map(PathBuf::as_path))
+            .collect(),
+    };
+    for own in [&opts.paths.tmp, &opts.paths.sessions] {
+        if !dirs.contains(&own.as_path()) {
+            dirs.push(own);
+        }
+    }
+    dirs
+}
+
 /// php-fpm's dynamic mode: (start, min spare, max spare) for `max` children,
 /// satisfying 1 <= min <= start <= max spare <= max.
 fn spare_servers(max: u64) -> (u64, u64, u64) {
@@ -321,10 +345,12 @@ mod tests {
             socket: "/run/polyhost/sockets/blog/php-1-1.sock".into(),
             ..paths
         };
+        let include = [PathBuf::from("/usr/share/php")];
         let opts = PoolOptions {
             paths: &paths,
             master_as_root: false,
             inherited_socket: true,
+            system_include: &include,
             php_error_log: Some("/run/polyhost/sites/blog/php-error.log".into()),
         };
         let text = pool_config(&site("/srv/www/blog"), &opts).unwrap();
@@ -351,7 +377,7 @@ mod tests {
             env[APP_ENV] = 'prod'
             catch_workers_output = no
             security.limit_extensions = .php
-            php_admin_value[open_basedir] = '/srv/www/blog:/run/polyhost/sites/blog/tmp:/run/polyhost/sites/blog/sessions'
+            php_admin_value[open_basedir] = '/srv/www/blog:/usr/share/php:/run/polyhost/sites/blog/tmp:/run/polyhost/sites/blog/sessions'
             php_admin_value[upload_tmp_dir] = '/run/polyhost/sites/blog/tmp'
             php_admin_value[sys_temp_dir] = '/run/polyhost/sites/blog/tmp'
             php_admin_value[session.save_path] = '/run/polyhost/sites/blog/sessions'
@@ -375,6 +401,7 @@ mod tests {
             paths: &paths,
             master_as_root: true,
             inherited_socket: false,
+            system_include: &[],
             php_error_log: None,
         };
         let text = pool_config(&s, &root).unwrap();
@@ -398,6 +425,45 @@ mod tests {
         assert_eq!(pool_config(&s, &root).unwrap_err().key, "user");
     }
 
+    /// A site's own list replaces the default (root and system libraries),
+    /// but the site's tmp and session directories are always in it.
+    #[test]
+    fn open_basedir_keeps_the_site_tmp_and_sessions() {
+        let paths = paths();
+        let include = [PathBuf::from("/usr/share/php")];
+        let opts = PoolOptions {
+            paths: &paths,
+            master_as_root: false,
+            inherited_socket: true,
+            system_include: &include,
+            php_error_log: None,
+        };
+        let basedir = |listed: Option<Vec<PathBuf>>| {
+            let mut s = site("/srv/www/blog");
+            s.php.as_mut().unwrap().open_basedir = listed;
+            let text = pool_config(&s, &opts).unwrap();
+            let line = text
+                .lines()
+                .find(|l| l.starts_with("php_admin_value[open_basedir]"))
+                .unwrap()
+                .to_owned();
+            line
+        };
+        assert_eq!(
+            basedir(Some(vec!["/srv/www/blog/public".into(), "/srv/lib".into()])),
+            "php_admin_value[open_basedir] = '/srv/www/blog/public:/srv/lib:/run/polyhost/sites/blog/tmp:/run/polyhost/sites/blog/sessions'"
+        );
+        // Listed already: not twice.
+        assert_eq!(
+            basedir(Some(vec!["/srv/www/blog".into(), paths.tmp.clone()])),
+            "php_admin_value[open_basedir] = '/srv/www/blog:/run/polyhost/sites/blog/tmp:/run/polyhost/sites/blog/sessions'"
+        );
+        assert_eq!(
+            basedir(None),
+            "php_admin_value[open_basedir] = '/srv/www/blog:/usr/share/php:/run/polyhost/sites/blog/tmp:/run/polyhost/sites/blog/sessions'"
+        );
+    }
+
     #[test]
     fn spare_servers_are_consistent() {
         for max in 1..200 {
@@ -417,6 +483,7 @@ mod tests {
             paths: &paths,
             master_as_root: false,
             inherited_socket: false,
+            system_include: &[],
             php_error_log: None,
         };
         let check = |edit: &dyn Fn(&mut SiteConfig), key: &str| {
