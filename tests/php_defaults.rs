@@ -216,3 +216,97 @@ echo "$tmp | $tempnam | $session | ", @file_get_contents('/etc/passwd') === fals
     );
     assert!(bin.terminate().await.success());
 }
+
+/// A multipart body carrying `content` as the file field `file`.
+fn multipart(content: &[u8]) -> (String, Vec<u8>) {
+    let boundary = "----polyhost-defaults-boundary";
+    let mut body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.bin\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+    )
+    .into_bytes();
+    body.extend_from_slice(content);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+fn md5_hex(data: &[u8], dir: &std::path::Path) -> String {
+    let file = dir.join("upload.bin");
+    std::fs::write(&file, data).unwrap();
+    let out = std::process::Command::new("md5sum")
+        .arg(&file)
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap()[..32].to_owned()
+}
+
+/// A site that sets only `limits.body = "64M"` gets a 20 MiB upload whole
+/// in `$_FILES` (PHP's own 8M/2M would have dropped it); a site that sets
+/// `upload_max_filesize` in `[php.ini]` keeps its own.
+#[tokio::test]
+async fn uploads_follow_the_site_body_limit() {
+    let cfg = TestConfig::new();
+    let (u1, u2) = (TestUser::new(), TestUser::new());
+    let script = r#"<?php header('Content-Type: application/json'); $f = $_FILES['file'] ?? null;
+echo json_encode(['size' => $f['size'] ?? null, 'error' => $f['error'] ?? null,
+  'md5' => ($f && $f['error'] === 0) ? md5_file($f['tmp_name']) : null,
+  'post_max_size' => ini_get('post_max_size'), 'upload_max_filesize' => ini_get('upload_max_filesize')]);"#;
+    cfg.write("www/up/upload.php", script);
+    cfg.write("www/own/upload.php", script);
+    php_site(&cfg, "up", &u1, "[limits]\nbody = \"64M\"", "");
+    php_site(
+        &cfg,
+        "own",
+        &u2,
+        "[limits]\nbody = \"64M\"",
+        "[php.ini]\nupload_max_filesize = \"1M\"",
+    );
+    let bin = Binary::start(&cfg.main(), &[]).await;
+    let content: Vec<u8> = (0..20usize << 20).map(|i| (i * 31 % 251) as u8).collect();
+    let md5 = md5_hex(&content, cfg.path());
+    let (content_type, body) = multipart(&content);
+    let post = |host: &str| {
+        http::Request::post("/upload.php")
+            .header("host", host)
+            .header("content-type", &content_type)
+            .body(http_body_util::Full::new(bytes::Bytes::from(body.clone())))
+            .unwrap()
+    };
+    let mut client = common::Client::connect(bin.addr).await;
+    let r = client.send(post("up.test")).await;
+    let v: serde_json::Value = serde_json::from_slice(&r.body)
+        .unwrap_or_else(|_| panic!("{} {}\n{}", r.status, r.text(), bin.log()));
+    let limit = (64u64 << 20).to_string();
+    assert_eq!(
+        (
+            &v["error"],
+            &v["size"],
+            v["md5"].as_str(),
+            v["post_max_size"].as_str(),
+            v["upload_max_filesize"].as_str()
+        ),
+        (
+            &serde_json::json!(0),
+            &serde_json::json!(content.len()),
+            Some(md5.as_str()),
+            Some(limit.as_str()),
+            Some(limit.as_str())
+        ),
+        "{v}"
+    );
+    // The site's own upload_max_filesize wins: PHP refuses the file
+    // (UPLOAD_ERR_INI_SIZE), post_max_size still follows limits.body.
+    let mut client = common::Client::connect(bin.addr).await;
+    let r = client.send(post("own.test")).await;
+    let v: serde_json::Value = serde_json::from_slice(&r.body)
+        .unwrap_or_else(|_| panic!("{} {}\n{}", r.status, r.text(), bin.log()));
+    assert_eq!(
+        (
+            &v["error"],
+            v["post_max_size"].as_str(),
+            v["upload_max_filesize"].as_str()
+        ),
+        (&serde_json::json!(1), Some(limit.as_str()), Some("1M")),
+        "{v}"
+    );
+    assert!(bin.terminate().await.success());
+}

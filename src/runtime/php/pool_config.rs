@@ -44,7 +44,10 @@
 //!   file cannot add config lines. Keys are checked against `[A-Za-z0-9._-]`.
 //! - `[php.ini]` entries cannot override the directives this module owns
 //!   (`open_basedir`, `cgi.fix_pathinfo`, `cgi.discard_path`, the
-//!   tmp/session/error-log paths).
+//!   tmp/session/error-log paths); `open_basedir` always holds the site's
+//!   tmp and session directories.
+//! - `post_max_size` and `upload_max_filesize` are the site's `limits.body`
+//!   unless `[php.ini]` sets them.
 //! - `user`/`group` lines are written only when the master is started as root.
 
 use std::fmt::Write as _;
@@ -95,6 +98,10 @@ const RESERVED_INI: &[&str] = &[
     "sys_temp_dir",
     "error_log",
 ];
+
+/// Directives derived from the site's `limits.body` unless `[php.ini]`
+/// sets them: how large a request body and an uploaded file PHP accepts.
+const BODY_INI: [&str; 2] = ["post_max_size", "upload_max_filesize"];
 
 /// Generates the php-fpm config text for one site.
 pub fn pool_config(site: &SiteConfig, opts: &PoolOptions<'_>) -> Result<String, PoolConfigError> {
@@ -242,6 +249,15 @@ pub fn pool_config(site: &SiteConfig, opts: &PoolOptions<'_>) -> Result<String, 
             qp("php_error_log", log)?
         ));
     }
+    // One upload limit per site: PHP's own defaults (8M, 2M) would empty
+    // `$_FILES` for anything the router let through. `php_value`, so the
+    // site's `.user.ini` may still lower them.
+    let body = site.limits.body.clamp(1, i64::MAX as u64);
+    for key in BODY_INI {
+        if !php.ini.contains_key(key) {
+            line(format!("php_value[{key}] = {body}"));
+        }
+    }
     for (k, v) in &php.ini {
         let key = format!("php.ini.{k}");
         if k.is_empty()
@@ -384,6 +400,8 @@ mod tests {
             php_admin_value[cgi.fix_pathinfo] = 0
             php_admin_value[cgi.discard_path] = 1
             php_admin_value[error_log] = '/run/polyhost/sites/blog/php-error.log'
+            php_value[post_max_size] = 104857600
+            php_value[upload_max_filesize] = 104857600
             php_admin_flag[display_errors] = off
             php_admin_value[memory_limit] = '128M'
         "#]]
@@ -461,6 +479,43 @@ mod tests {
         assert_eq!(
             basedir(None),
             "php_admin_value[open_basedir] = '/srv/www/blog:/usr/share/php:/run/polyhost/sites/blog/tmp:/run/polyhost/sites/blog/sessions'"
+        );
+    }
+
+    /// post_max_size and upload_max_filesize follow limits.body unless the
+    /// site's [php.ini] sets them.
+    #[test]
+    fn upload_limits_follow_the_body_limit() {
+        let paths = paths();
+        let opts = PoolOptions {
+            paths: &paths,
+            master_as_root: false,
+            inherited_socket: true,
+            system_include: &[],
+            php_error_log: None,
+        };
+        let mut s = site("/srv/www/blog");
+        s.limits.body = 64 << 20;
+        let text = pool_config(&s, &opts).unwrap();
+        assert!(
+            text.contains("\nphp_value[post_max_size] = 67108864\nphp_value[upload_max_filesize] = 67108864\n"),
+            "{text}"
+        );
+        s.php
+            .as_mut()
+            .unwrap()
+            .ini
+            .insert("upload_max_filesize".into(), IniValue::Value("1M".into()));
+        s.limits.body = u64::MAX;
+        let text = pool_config(&s, &opts).unwrap();
+        assert!(
+            text.contains(&format!("\nphp_value[post_max_size] = {}\n", i64::MAX)),
+            "{text}"
+        );
+        assert!(!text.contains("php_value[upload_max_filesize]"), "{text}");
+        assert!(
+            text.contains("\nphp_admin_value[upload_max_filesize] = '1M'\n"),
+            "{text}"
         );
     }
 
