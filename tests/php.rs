@@ -206,7 +206,11 @@ async fn get_query_post_cookies_headers_and_the_site_user() {
     // runtime, shown through the router in tests/proxy.rs.)
     assert_eq!(v["uri"], "/info.php?a=1&b=two%20words");
     assert_eq!(v["script"], "/info.php");
-    assert_eq!(v["path_info"], "");
+    assert_eq!(
+        v["path_info"],
+        serde_json::Value::Null,
+        "no path info, none sent"
+    );
     assert_eq!(v["https"], "on");
     assert_eq!(v["remote"], "192.0.2.7");
     assert_eq!(v["server_name"], "site.test");
@@ -376,8 +380,8 @@ async fn the_security_rules_hold() {
             "/link.php",
             "/rel.php",
             "/outdir/evil.php",
-            "/x.php/",
             "/X.PHP",
+            "/X.PHP/y",
             "/x.php%00.txt",
             "/x.php.",
             "/x.php%20",
@@ -412,6 +416,9 @@ async fn the_security_rules_hold() {
             }
         }
         let (status, _, body) = h.get("/x.php").await.unwrap();
+        assert_eq!((status, &body[..]), (StatusCode::OK, &b"x ran"[..]));
+        // Path info after a real script runs that script (tests/php_path_info.rs).
+        let (status, _, body) = h.get("/x.php/").await.unwrap();
         assert_eq!((status, &body[..]), (StatusCode::OK, &b"x ran"[..]));
     }
 }

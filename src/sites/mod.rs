@@ -160,13 +160,15 @@ pub fn build_route(
         mounts.push((py.mount.clone(), up.clone()));
     }
     if let Some(root) = &site.root {
+        let extensions = site.php.as_ref().map_or(&[][..], |php| &php.extensions[..]);
         let up: Arc<dyn Upstream> = Arc::new(
             crate::upstream::static_files::StaticFiles::new(
                 root,
                 &site.static_files,
                 runtimes.reader.clone(),
             )
-            .map_err(|e| one_error(site, "root", format!("{}: {e}", root.display())))?,
+            .map_err(|e| one_error(site, "root", format!("{}: {e}", root.display())))?
+            .with_php_extensions(extensions),
         );
         let root_upstream = match &runtimes.php {
             Some(group) => {

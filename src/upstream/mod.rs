@@ -235,6 +235,7 @@ pub fn plain_response(status: StatusCode, text: &str) -> Response<ResponseBody> 
 }
 pub mod admission;
 pub mod php;
+pub mod php_source;
 pub mod python;
 pub mod spool;
 pub mod static_files;

@@ -7,6 +7,11 @@
 //! ([`conditional`]), and streaming the bytes ([`body`]).
 //!
 //! Invariants:
+//! - PHP source is never served, by any site, PHP or not (a site whose PHP
+//!   was switched off keeps its `wp-config.php`): a file whose name is PHP
+//!   source ([`crate::upstream::php_source`]: `*.php` in any letter case,
+//!   `.phtml`, `.inc`, ..., the site's `php.extensions`, backups such as
+//!   `x.php~`), requested or as a directory index, is refused with 403.
 //! - Every file served was opened through [`DocRoot`] (so `openat2` with
 //!   `RESOLVE_BENEATH`, and only if the site's user may read it); the
 //!   response describes that open file's `fstat`, never a second lookup of
@@ -39,6 +44,7 @@ use super::{
 };
 use crate::config::StaticConfig;
 use crate::docroot::{DocRoot, OpenFile, Reader, ResolveError, Resolved};
+use crate::upstream::php_source::is_php_source;
 use conditional::{Decision, Validators};
 
 pub use body::CHUNK;
@@ -49,6 +55,9 @@ pub struct StaticFiles {
     root: DocRoot,
     index: Arc<[String]>,
     cache_control: Option<HeaderValue>,
+    /// The site's `php.extensions` (none without PHP): PHP source besides
+    /// [`crate::upstream::php_source::PHP_SOURCE`].
+    php_extensions: Arc<[String]>,
 }
 
 impl StaticFiles {
@@ -64,7 +73,15 @@ impl StaticFiles {
             root,
             index: cfg.index.clone().into(),
             cache_control: cfg.cache_max_age.map(cache_control),
+            php_extensions: Arc::new([]),
         }
+    }
+
+    /// Refuses the site's `php.extensions` as PHP source too (every PHP
+    /// ending of [`crate::upstream::php_source::PHP_SOURCE`] always is).
+    pub fn with_php_extensions(mut self, extensions: &[String]) -> StaticFiles {
+        self.php_extensions = extensions.into();
+        self
     }
 
     /// The document root files are served from.
@@ -89,7 +106,15 @@ impl StaticFiles {
         let found = lookup(&self.root, req.uri().path(), &self.index)?;
         match found {
             Found::Redirect => Ok(redirect_to_slash(req.uri())),
-            Found::File(file) => Ok(self.respond(req.method(), req.headers(), *file)),
+            Found::File(file) => {
+                let name = file.rel_path().rsplit('/').next().unwrap_or_default();
+                if is_php_source(name, &self.php_extensions) {
+                    return Err(UpstreamError::Forbidden(format!(
+                        "{name:?} is PHP source, never served as a file"
+                    )));
+                }
+                Ok(self.respond(req.method(), req.headers(), *file))
+            }
         }
     }
 

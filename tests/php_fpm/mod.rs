@@ -210,6 +210,7 @@ impl FpmSite {
                 // This master binds its own socket; polyhost's inherit theirs
                 // (tests/socket_isolation.rs).
                 inherited_socket: false,
+                system_include: &polyhost::runtime::php::system_include_dirs(),
                 php_error_log: None,
             },
         )

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{find_fpm_binary, pool_config, PhpPoolPaths, PoolOptions};
+use super::{find_fpm_binary, pool_config, system_include_dirs, PhpPoolPaths, PoolOptions};
 use crate::config::{SiteConfig, StartPolicy};
 use crate::isolation::SiteIdentity;
 use crate::supervisor::{Command, Launcher, Lifecycle, Listen, Probe, ProcessSocket};
@@ -100,10 +100,12 @@ impl Launcher for PhpLauncher {
 
     fn command(&self, socket: ProcessSocket<'_>) -> std::io::Result<Command> {
         let paths = self.paths_for(socket.path);
+        let include = system_include_dirs();
         let opts = PoolOptions {
             paths: &paths,
             master_as_root: false,
             inherited_socket: true,
+            system_include: &include,
             php_error_log: None,
         };
         let text = pool_config(&self.site, &opts)

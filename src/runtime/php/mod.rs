@@ -2,10 +2,12 @@
 //! per-site paths ([`PhpPoolPaths`]) and which php-fpm binary to run
 //! ([`find_fpm_binary`]).
 mod launcher;
+mod paths;
 mod pool_config;
 
 pub use launcher::PhpLauncher;
 
-pub use pool_config::{
-    find_fpm_binary, find_fpm_in, pool_config, PhpPoolPaths, PoolConfigError, PoolOptions,
+pub use paths::{
+    find_fpm_binary, find_fpm_in, system_include_dirs, PhpPoolPaths, SYSTEM_INCLUDE_CANDIDATES,
 };
+pub use pool_config::{pool_config, PoolConfigError, PoolOptions};

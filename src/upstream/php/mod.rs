@@ -2,7 +2,8 @@
 //! FastCGI to the site's php-fpm pool over its Unix socket.
 //!
 //! # Layout
-//! - [`script`]: request path → script / static file / nothing (openat2, beneath the root).
+//! - [`script`]: request path → script and path info / static file / nothing.
+//! - `lookup`: the `openat2` beneath the root that `script` decides with.
 //! - [`params`]: the FastCGI parameters (as nginx's `fastcgi_params`).
 //! - `fcgi`: the FastCGI record layer (why by hand: see its module doc).
 //! - `cgi`: CGI response headers → status and headers.
@@ -28,6 +29,7 @@
 mod cgi;
 mod exchange;
 mod fcgi;
+mod lookup;
 pub mod params;
 mod pool;
 pub mod script;
@@ -166,7 +168,10 @@ impl PhpUpstream {
                     .body(empty_body())
                     .map_err(|e| UpstreamError::Internal(e.to_string()))
             }
-            Target::Script { script_name } => self.run(req, ctx, script_name).await,
+            Target::Script {
+                script_name,
+                path_info,
+            } => self.run(req, ctx, script_name, path_info).await,
         }
     }
 
@@ -175,6 +180,7 @@ impl PhpUpstream {
         req: Request<RequestBody>,
         ctx: &RequestContext,
         script_name: String,
+        path_info: String,
     ) -> Result<Response<ResponseBody>, UpstreamError> {
         let timeout = self.php.request_timeout;
         let start = Instant::now();
@@ -199,6 +205,7 @@ impl PhpUpstream {
         fcgi::begin_request(&mut request);
         let script = params::ScriptParams {
             script_name: &script_name,
+            path_info: &path_info,
             document_root: &self.root_str,
         };
         params::encode(&mut request, &parts, ctx, &script, content_length);

@@ -1,8 +1,11 @@
 //! The FastCGI parameters of one request, as nginx's `fastcgi_params` sends
-//! them (plus `SCRIPT_FILENAME`, `PATH_INFO`, `HTTPS`).
+//! them (plus `SCRIPT_FILENAME`, `PATH_INFO`, `PATH_TRANSLATED`, `HTTPS`).
 //!
-//! Invariants: `PATH_INFO` is always empty (no path-info guessing); client
-//! headers whose names contain `_` are dropped (they would alias a dash
+//! Invariants: `PATH_INFO` and `PATH_TRANSLATED` (root + path info) are
+//! sent only for a path with path info, as [`super::script`] split it (an
+//! empty `PATH_INFO` would make php-fpm's `PHP_SELF` empty; the pool's
+//! `cgi.discard_path = 1` keeps `PATH_TRANSLATED` from naming the script);
+//! client headers whose names contain `_` are dropped (they would alias a dash
 //! header's `HTTP_*` name, as nginx's `underscores_in_headers off`);
 //! `Content-Type`/`Content-Length` go only as `CONTENT_TYPE`/`CONTENT_LENGTH`.
 //! (`Proxy`, which would become `HTTP_PROXY` — httpoxy — never gets here:
@@ -24,8 +27,11 @@ pub const SERVER_SOFTWARE: &str = concat!("polyhost/", env!("CARGO_PKG_VERSION")
 
 /// The script a request runs, as [`super::script`] resolved it.
 pub struct ScriptParams<'a> {
-    /// URL path of the script (`SCRIPT_NAME`, `DOCUMENT_URI`), from `/`.
+    /// URL path of the script (`SCRIPT_NAME`), from `/`.
     pub script_name: &'a str,
+    /// The rest of the path (`PATH_INFO`): empty or from `/`.
+    /// `DOCUMENT_URI` is `script_name` + `path_info`.
+    pub path_info: &'a str,
     /// Document root (`DOCUMENT_ROOT`), without a trailing `/`;
     /// `SCRIPT_FILENAME` is the root followed by `script_name`.
     pub document_root: &'a str,
@@ -52,19 +58,20 @@ fn pairs(
     content_length: Option<u64>,
 ) {
     let request_uri = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    fcgi::put_param_parts(
-        buf,
-        b"SCRIPT_FILENAME",
-        &[
-            script.document_root.as_bytes(),
-            script.script_name.as_bytes(),
-        ],
+    let (root, name, info) = (
+        script.document_root.as_bytes(),
+        script.script_name.as_bytes(),
+        script.path_info.as_bytes(),
     );
+    fcgi::put_param_parts(buf, b"SCRIPT_FILENAME", &[root, name]);
+    fcgi::put_param_parts(buf, b"DOCUMENT_URI", &[name, info]);
+    if !info.is_empty() {
+        fcgi::put_param(buf, b"PATH_INFO", info);
+        fcgi::put_param_parts(buf, b"PATH_TRANSLATED", &[root, info]);
+    }
     let mut put = |k: &str, v: &[u8]| fcgi::put_param(buf, k.as_bytes(), v);
-    put("SCRIPT_NAME", script.script_name.as_bytes());
-    put("PATH_INFO", b"");
-    put("DOCUMENT_ROOT", script.document_root.as_bytes());
-    put("DOCUMENT_URI", script.script_name.as_bytes());
+    put("SCRIPT_NAME", name);
+    put("DOCUMENT_ROOT", root);
     put("REQUEST_URI", request_uri.as_bytes());
     put("QUERY_STRING", parts.uri.query().unwrap_or("").as_bytes());
     put("REQUEST_METHOD", parts.method.as_str().as_bytes());
@@ -208,6 +215,16 @@ mod tests {
         scheme: Scheme,
         len: Option<u64>,
     ) -> BTreeMap<String, String> {
+        params_of(req, scheme, len, "/index.php", "")
+    }
+
+    fn params_of(
+        req: http::Request<()>,
+        scheme: Scheme,
+        len: Option<u64>,
+        script_name: &str,
+        path_info: &str,
+    ) -> BTreeMap<String, String> {
         let ctx = RequestContext {
             site: Arc::new(site("/srv/www")),
             client: "[::ffff:10.0.0.9]:51000".parse().unwrap(),
@@ -218,7 +235,8 @@ mod tests {
         };
         let (parts, ()) = req.into_parts();
         let script = ScriptParams {
-            script_name: "/index.php",
+            script_name,
+            path_info,
             document_root: "/srv/www",
         };
         let mut buf = BytesMut::new();
@@ -290,7 +308,6 @@ mod tests {
         let want: BTreeMap<String, String> = [
             ("SCRIPT_FILENAME", "/srv/www/index.php"),
             ("SCRIPT_NAME", "/index.php"),
-            ("PATH_INFO", ""),
             ("DOCUMENT_ROOT", "/srv/www"),
             ("DOCUMENT_URI", "/index.php"),
             ("REQUEST_URI", "/pretty/url?a=1&b=2"),
@@ -317,6 +334,32 @@ mod tests {
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
         assert_eq!(got, want);
+    }
+
+    /// With path info (decoded, as the script resolver split it): PATH_INFO,
+    /// PATH_TRANSLATED = root + path info, DOCUMENT_URI the whole path;
+    /// REQUEST_URI stays as the client sent it.
+    #[test]
+    fn path_info() {
+        let req = http::Request::get("/wiki/index.php/Caf%C3%A9/x?a=1")
+            .body(())
+            .unwrap();
+        let got = params_of(req, Scheme::Http, None, "/wiki/index.php", "/Café/x");
+        let pick = |k: &str| got.get(k).map(String::as_str);
+        assert_eq!(pick("SCRIPT_NAME"), Some("/wiki/index.php"));
+        assert_eq!(pick("SCRIPT_FILENAME"), Some("/srv/www/wiki/index.php"));
+        assert_eq!(pick("PATH_INFO"), Some("/Café/x"));
+        assert_eq!(pick("PATH_TRANSLATED"), Some("/srv/www/Café/x"));
+        assert_eq!(pick("DOCUMENT_URI"), Some("/wiki/index.php/Café/x"));
+        assert_eq!(pick("REQUEST_URI"), Some("/wiki/index.php/Caf%C3%A9/x?a=1"));
+        // Without path info neither is sent (an empty PATH_INFO would make
+        // php-fpm's PHP_SELF empty).
+        let got = params(
+            http::Request::get("/").body(()).unwrap(),
+            Scheme::Http,
+            None,
+        );
+        assert!(!got.contains_key("PATH_INFO") && !got.contains_key("PATH_TRANSLATED"));
     }
 
     #[test]

@@ -1,46 +1,42 @@
 //! Decides what a request path names inside the document root: a PHP script
-//! to execute, something for the static upstream, a directory that needs its
-//! trailing slash, or nothing.
+//! to execute (with its path info), something for the static upstream, a
+//! directory that needs its trailing slash, or nothing. The file-system
+//! lookups themselves are [`super::lookup`]'s.
 //!
 //! TODO(merge): use docroot::DocRoot (the static-files branch's shared
-//! resolver, same rules) instead of [`resolve_path`] once both are merged.
+//! resolver, same rules) instead of [`super::lookup`] once both are merged.
 //!
 //! Invariants:
 //! - The path is percent-decoded exactly once; `..`/`.` segments, NUL,
-//!   backslash, an encoded slash and dotfile segments (except `.well-known`)
-//!   are refused before the file system is touched.
-//! - Every lookup is `openat2(root, rel, RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)`:
-//!   the kernel refuses any path (`..`, absolute symlink, symlink chain) that
-//!   would leave the root, so there is no check-then-open race.
+//!   backslash, an encoded slash and empty segments are refused before the
+//!   file system is touched; so are dotfile segments (except `.well-known`),
+//!   unless they come after a script (path info names no file).
+//! - Every lookup is `openat2(root, rel, RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)`
+//!   (see [`super::lookup`]): nothing outside the root is ever a script.
 //! - Nothing is cached: every request looks at the file system as it is now,
 //!   so a deleted, replaced or re-linked file is never run from a stale
 //!   answer. [`resolve_cached`] makes that cheap enough for the async
-//!   threads: it asks the kernel to answer from its dentry cache only
-//!   (`RESOLVE_CACHED`) and gives up rather than wait for a disk or a
-//!   network file system; [`resolve`] then does the same lookup, blocking.
-//!   The type of what was found is read with `statx(STATX_TYPE,
-//!   STATX_DONT_SYNC)`, which NFS and FUSE answer without a round trip.
-//! - Only the exact path of an existing regular file whose name ends in one
-//!   of the site's `php.extensions` (`.php` by default, exact letter case)
-//!   is ever a script: no path-info guessing (`/a.jpg/x.php` never runs
-//!   `a.jpg`).
-//! - A file whose name ends in a PHP source extension ([`PHP_SOURCE`] or one
-//!   of `php.extensions`, any letter case), or in one of those followed by a
-//!   backup ending ([`BACKUP`]: `wp-config.php~`, `config.php.bak`), is never
-//!   [`Target::Static`]: PHP source is never served as text. What is not
-//!   executed is refused (403).
+//!   threads (`RESOLVE_CACHED`: answered from the kernel's caches or not at
+//!   all); [`resolve`] then does the same lookup, blocking.
+//! - A script is an existing regular file whose name ends in one of the
+//!   site's `php.extensions` (`.php` by default, exact letter case): either
+//!   the whole path, or the path up to the **first** segment with such an
+//!   ending that names a regular file; the rest (from its `/`) is the path
+//!   info (`/index.php/Main_Page`). A segment with such an ending that is a
+//!   directory is looked through; one that is missing ends the search with
+//!   404 (`/a.jpg/x.php/y` never runs `a.jpg`, and is not the front
+//!   controller's); one that leaves the root is refused. php-fpm guesses
+//!   nothing (`cgi.fix_pathinfo = 0`, `cgi.discard_path = 1`).
+//! - A file whose name is PHP source ([`crate::upstream::php_source`]: a PHP
+//!   ending or one of `php.extensions`, any letter case, or a backup of
+//!   one) is never [`Target::Static`]: PHP source is never served as text.
+//!   What is not executed is refused (403).
 
 use std::borrow::Cow;
-use std::ffi::OsStr;
-use std::os::fd::OwnedFd;
-use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use nix::errno::Errno;
-use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag, AT_FDCWD};
-use nix::sys::stat::SFlag;
-use rustix::fs::{AtFlags, StatxFlags};
-
+use super::lookup::{lookup, open_root, Fail, Kind, Wait};
+use crate::upstream::php_source::{ends_with_ignore_case, php_name, PhpName};
 use crate::upstream::UpstreamError;
 
 /// What a request path resolves to.
@@ -48,9 +44,12 @@ use crate::upstream::UpstreamError;
 pub enum Target {
     /// Execute this script.
     Script {
-        /// URL path of the script (`SCRIPT_NAME`), starting with `/`; php-fpm
-        /// gets root + `script_name` as `SCRIPT_FILENAME`.
+        /// URL path of the script (`SCRIPT_NAME`), decoded, starting with
+        /// `/`; php-fpm gets root + `script_name` as `SCRIPT_FILENAME`.
         script_name: String,
+        /// What follows the script in the path (`PATH_INFO`), decoded:
+        /// empty, or starting with `/`.
+        path_info: String,
     },
     /// A directory with an `index.php`, requested without its trailing slash.
     AddSlash,
@@ -75,55 +74,6 @@ impl Rules {
             front_controller: php.front_controller.clone(),
             extensions: php.extensions.clone(),
         }
-    }
-}
-
-/// Name endings of PHP source that a PHP site never serves as a file:
-/// scripts of other PHP versions and conventions (which a server elsewhere
-/// would have executed), include files, PHAR archives, highlighted source.
-/// Refused unless listed in `php.extensions` (then executed).
-pub const PHP_SOURCE: [&str; 12] = [
-    ".php", ".php3", ".php4", ".php5", ".php7", ".php8", ".pht", ".phtml", ".phar", ".phps",
-    ".phpt", ".inc",
-];
-
-/// Endings editors and people leave on copies of a file
-/// (`wp-config.php~`, `config.php.bak`): a copy of PHP source is refused too.
-pub const BACKUP: [&str; 5] = ["~", ".bak", ".old", ".orig", ".save"];
-
-/// What a file name means to PHP.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum PhpName {
-    /// Not PHP source: served as a static file.
-    Not,
-    /// Ends in one of the site's `php.extensions`, letter case and all: executed.
-    Script,
-    /// PHP source that is not executed: refused.
-    Source,
-}
-
-fn php_name(name: &str, extensions: &[String]) -> PhpName {
-    let (stem, backup) = match BACKUP.iter().find(|b| ends_with_ignore_case(name, b)) {
-        // The ending is ASCII: cutting it leaves a char boundary.
-        Some(b) => (&name[..name.len() - b.len()], true),
-        None => (name, false),
-    };
-    let Some(dot) = stem.rfind('.') else {
-        return PhpName::Not;
-    };
-    let ext = &stem[dot..];
-    if !backup && extensions.iter().any(|e| e == ext) {
-        return PhpName::Script;
-    }
-    let source = PHP_SOURCE
-        .iter()
-        .copied()
-        .chain(extensions.iter().map(String::as_str))
-        .any(|e| ext.eq_ignore_ascii_case(e));
-    if source {
-        PhpName::Source
-    } else {
-        PhpName::Not
     }
 }
 
@@ -153,44 +103,50 @@ pub fn resolve_cached(
     }
 }
 
-/// Whether a lookup may wait for I/O.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Wait {
-    Block,
-    /// `RESOLVE_CACHED`: answer from the kernel's caches or not at all.
-    CachedOnly,
-}
-
-enum Fail {
-    Err(UpstreamError),
-    /// Only with [`Wait::CachedOnly`]: the answer needs I/O.
-    NotCached,
-}
-
-impl From<UpstreamError> for Fail {
-    fn from(e: UpstreamError) -> Self {
-        Fail::Err(e)
-    }
-}
-
 fn resolve_with(root: &Path, raw_path: &str, rules: &Rules, wait: Wait) -> Result<Target, Fail> {
     let decoded = decode(raw_path)?;
-    let root_fd = match open_dir(root, wait) {
-        Ok(fd) => fd,
-        // EINVAL: a kernel older than 5.12 (no RESOLVE_CACHED).
-        Err(Errno::EAGAIN | Errno::EINVAL) if wait == Wait::CachedOnly => {
-            return Err(Fail::NotCached)
-        }
-        Err(e) => {
-            return Err(Fail::Err(UpstreamError::Internal(format!(
-                "cannot open document root {}: {}",
-                root.display(),
-                root_error(e)
-            ))))
-        }
-    };
-    let lookup = |rel: &str| lookup(&root_fd, rel, wait);
     let rel = decoded.trim_start_matches('/');
+    // Segments from the first dotfile on are never looked up as files; they
+    // may only be a script's path info (`/index.php/.NET_Framework`).
+    let hidden = hidden_from(rel);
+    let mut splits = split_points(rel, &rules.extensions, hidden.unwrap_or(rel.len())).peekable();
+    if hidden.is_some() && splits.peek().is_none() {
+        return Err(Fail::Err(UpstreamError::Forbidden(
+            "dotfile in path".into(),
+        )));
+    }
+    let root_fd = open_root(root, wait)?;
+    let lookup = |rel: &str| lookup(&root_fd, rel, wait);
+    // PATH_INFO: the first segment ending in a PHP extension that names a
+    // regular file is the script, the rest of the path its path info.
+    for at in splits {
+        let (script_rel, path_info) = rel.split_at(at);
+        let name = script_rel.rsplit('/').next().unwrap_or_default();
+        match lookup(script_rel)? {
+            // `/lib.php/x.php/y`, `/dir.php/img.jpg`: look further.
+            Some(Kind::Dir) => continue,
+            Some(Kind::File) => {
+                return match php_name(name, &rules.extensions) {
+                    PhpName::Script => Ok(script(script_rel, path_info)),
+                    // `/X.PHP/y`: PHP source, not executed (letter case).
+                    _ => Err(Fail::Err(not_executed(name))),
+                };
+            }
+            Some(Kind::Other) => {
+                return Err(Fail::Err(UpstreamError::Forbidden(format!(
+                    "{script_rel:?} is not a regular file"
+                ))))
+            }
+            // `/missing.php/y`, `/avatar.jpg/x.php/y`: the script is not
+            // there, and such a path is not the front controller's either.
+            None => return Ok(Target::NotFound),
+        }
+    }
+    if hidden.is_some() {
+        return Err(Fail::Err(UpstreamError::Forbidden(
+            "dotfile in path".into(),
+        )));
+    }
     let wants_dir = rel.is_empty() || rel.ends_with('/');
     let last = rel
         .trim_end_matches('/')
@@ -200,13 +156,11 @@ fn resolve_with(root: &Path, raw_path: &str, rules: &Rules, wait: Wait) -> Resul
     match lookup(rel)? {
         Some(Kind::File) => match php_name(last, &rules.extensions) {
             PhpName::Not => Ok(Target::Static),
-            PhpName::Script if !wants_dir => Ok(script(rel)),
+            PhpName::Script if !wants_dir => Ok(script(rel, "")),
             // `X.PHP`, `inc/db.inc`, `old.php5`, `wp-config.php~`: not
             // executed (php-fpm's security.limit_extensions follows
             // php.extensions) and never sent as text either.
-            PhpName::Script | PhpName::Source => Err(Fail::Err(UpstreamError::Forbidden(format!(
-                "{last:?} is PHP source that this site does not execute (php.extensions)"
-            )))),
+            PhpName::Script | PhpName::Source => Err(Fail::Err(not_executed(last))),
         },
         Some(Kind::Dir) => {
             let index = if rel.is_empty() {
@@ -215,7 +169,7 @@ fn resolve_with(root: &Path, raw_path: &str, rules: &Rules, wait: Wait) -> Resul
                 format!("{}/index.php", rel.trim_end_matches('/'))
             };
             match lookup(&index)? {
-                Some(Kind::File) if wants_dir => Ok(script(&index)),
+                Some(Kind::File) if wants_dir => Ok(script(&index, "")),
                 Some(Kind::File) => Ok(Target::AddSlash),
                 _ => Ok(Target::Static),
             }
@@ -233,7 +187,7 @@ fn resolve_with(root: &Path, raw_path: &str, rules: &Rules, wait: Wait) -> Resul
         }
         None => match rules.front_controller.as_deref() {
             Some(fc) => match lookup(fc)? {
-                Some(Kind::File) => Ok(script(fc)),
+                Some(Kind::File) => Ok(script(fc, "")),
                 _ => Ok(Target::NotFound),
             },
             None => Ok(Target::NotFound),
@@ -241,106 +195,57 @@ fn resolve_with(root: &Path, raw_path: &str, rules: &Rules, wait: Wait) -> Resul
     }
 }
 
-fn script(rel: &str) -> Target {
+fn not_executed(name: &str) -> UpstreamError {
+    UpstreamError::Forbidden(format!(
+        "{name:?} is PHP source that this site does not execute (php.extensions)"
+    ))
+}
+
+/// Where a script's path info may start: the offset of each `/` in `rel`
+/// that ends a segment whose name ends in one of `extensions` (any letter
+/// case; the exact case is checked once the file is found), before `limit`.
+fn split_points<'a>(
+    rel: &'a str,
+    extensions: &'a [String],
+    limit: usize,
+) -> impl Iterator<Item = usize> + 'a {
+    rel.match_indices('/')
+        .map(|(at, _)| at)
+        .take_while(move |&at| at < limit)
+        .filter(move |&at| {
+            let seg = rel[..at].rsplit('/').next().unwrap_or_default();
+            extensions.iter().any(|e| ends_with_ignore_case(seg, e))
+        })
+}
+
+/// The offset of the first segment of `rel` that names a dotfile (any
+/// segment starting with `.` but `.well-known`), if any.
+fn hidden_from(rel: &str) -> Option<usize> {
+    let mut at = 0;
+    for seg in rel.split('/') {
+        if seg.starts_with('.') && seg != ".well-known" {
+            return Some(at);
+        }
+        at += seg.len() + 1;
+    }
+    None
+}
+
+fn script(rel: &str, path_info: &str) -> Target {
     let mut script_name = String::with_capacity(rel.len() + 1);
     script_name.push('/');
     script_name.push_str(rel);
-    Target::Script { script_name }
-}
-
-fn ends_with_ignore_case(s: &str, suffix: &str) -> bool {
-    let (s, suffix) = (s.as_bytes(), suffix.as_bytes());
-    s.len() >= suffix.len() && s[s.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
-}
-
-#[derive(Debug, PartialEq, Eq)]
-enum Kind {
-    File,
-    Dir,
-    Other,
-}
-
-/// `RESOLVE_CACHED` (Linux 5.12): `EAGAIN` unless the whole lookup can be
-/// answered from the kernel's caches. nix 0.32 does not name it.
-fn resolve_flags(base: ResolveFlag, wait: Wait) -> ResolveFlag {
-    match wait {
-        Wait::Block => base,
-        Wait::CachedOnly => base | ResolveFlag::from_bits_retain(libc::RESOLVE_CACHED),
+    Target::Script {
+        script_name,
+        path_info: path_info.to_owned(),
     }
 }
 
-/// The document root, opened afresh for every request (as
-/// [`crate::docroot::open_root_dir`] does: no symlink anywhere in its path),
-/// so the lookup happens in the directory php-fpm will open the script in.
-fn open_dir(root: &Path, wait: Wait) -> Result<OwnedFd, Errno> {
-    let how = OpenHow::new()
-        .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
-        .resolve(resolve_flags(
-            ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS,
-            wait,
-        ));
-    openat2(AT_FDCWD, root, how)
-}
-
-fn root_error(e: Errno) -> String {
-    match e {
-        Errno::ELOOP => "its path contains a symlink (refused: a site owner could point it anywhere; configure the real path)".to_owned(),
-        e => std::io::Error::from(e).to_string(),
-    }
-}
-
-/// `Ok(None)`: nothing there (or a file where a directory was needed).
-fn lookup(root: &OwnedFd, rel: &str, wait: Wait) -> Result<Option<Kind>, Fail> {
-    let rel = if rel.is_empty() { "." } else { rel };
-    let how = OpenHow::new()
-        .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
-        .resolve(resolve_flags(
-            ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS,
-            wait,
-        ));
-    let fd = match openat2(root, OsStr::from_bytes(rel.as_bytes()), how) {
-        Ok(fd) => fd,
-        // Not in the caches, a rename raced with the lookup, or a kernel
-        // without RESOLVE_CACHED (EINVAL): the blocking lookup decides.
-        Err(Errno::EAGAIN | Errno::EINVAL) if wait == Wait::CachedOnly => {
-            return Err(Fail::NotCached)
-        }
-        Err(Errno::ENOENT | Errno::ENOTDIR | Errno::ENAMETOOLONG) => return Ok(None),
-        Err(Errno::EXDEV | Errno::ELOOP) => {
-            return Err(Fail::Err(UpstreamError::Forbidden(format!(
-                "{rel:?} leads outside the document root"
-            ))))
-        }
-        Err(Errno::EACCES | Errno::EPERM) => {
-            return Err(Fail::Err(UpstreamError::Forbidden(format!(
-                "{rel:?}: permission denied"
-            ))))
-        }
-        Err(e) => return Err(Fail::Err(UpstreamError::Io(e.into()))),
-    };
-    // Only the type, which an inode never changes, and as cached
-    // (STATX_DONT_SYNC): fstat would make NFS or FUSE revalidate all the
-    // attributes, a network or daemon round trip on the async thread.
-    let st = rustix::fs::statx(
-        &fd,
-        "",
-        AtFlags::EMPTY_PATH | AtFlags::STATX_DONT_SYNC,
-        StatxFlags::TYPE,
-    );
-    drop(fd);
-    let st = st.map_err(|e| UpstreamError::Io(e.into()))?;
-    let fmt = SFlag::from_bits_truncate(u32::from(st.stx_mode) & SFlag::S_IFMT.bits());
-    Ok(Some(if fmt == SFlag::S_IFREG {
-        Kind::File
-    } else if fmt == SFlag::S_IFDIR {
-        Kind::Dir
-    } else {
-        Kind::Other
-    }))
-}
-
-/// Percent-decodes the path once and refuses what may not name a file.
-/// Borrows `raw` when it has no escapes (most paths).
+/// Percent-decodes the path once and refuses what may not name a file (or
+/// be a script's path info): an encoded slash or backslash, a backslash,
+/// NUL, invalid UTF-8, `.`/`..` and empty segments. Dotfiles are refused
+/// later ([`hidden_from`]), unless they are path info. Borrows `raw` when
+/// it has no escapes (most paths).
 pub fn decode(raw: &str) -> Result<Cow<'_, str>, UpstreamError> {
     let encoded_slash = raw.as_bytes().windows(3).any(|w| {
         w[0] == b'%' && (w[1..].eq_ignore_ascii_case(b"2f") || w[1..].eq_ignore_ascii_case(b"5c"))
@@ -361,13 +266,8 @@ pub fn decode(raw: &str) -> Result<Cow<'_, str>, UpstreamError> {
             "path does not start with /".into(),
         ));
     }
-    for seg in decoded.split('/') {
-        if seg == "." || seg == ".." {
-            return Err(UpstreamError::Forbidden("dot segment in path".into()));
-        }
-        if seg.starts_with('.') && seg != ".well-known" {
-            return Err(UpstreamError::Forbidden("dotfile in path".into()));
-        }
+    if decoded.split('/').any(|seg| seg == "." || seg == "..") {
+        return Err(UpstreamError::Forbidden("dot segment in path".into()));
     }
     if decoded.contains("//") {
         return Err(UpstreamError::BadRequest("empty path segment".into()));
@@ -386,47 +286,6 @@ mod tests {
         }
     }
 
-    #[test]
-    fn php_source_names() {
-        use PhpName::*;
-        let default = [".php".to_owned()];
-        let phtml = [".php".to_owned(), ".phtml".to_owned()];
-        let cases: &[(&str, &[String], PhpName)] = &[
-            ("index.php", &default, Script),
-            ("INDEX.PHP", &default, Source),
-            ("a.b.php", &default, Script),
-            ("x.phtml", &default, Source),
-            ("x.phtml", &phtml, Script),
-            ("x.PHTML", &phtml, Source),
-            ("x.php5", &default, Source),
-            ("x.Php7", &default, Source),
-            ("lib.phar", &default, Source),
-            ("db.inc", &default, Source),
-            ("db.INC", &default, Source),
-            ("t.phpt", &default, Source),
-            ("s.phps", &default, Source),
-            ("o.pht", &default, Source),
-            ("wp-config.php~", &default, Source),
-            ("wp-config.php.bak", &default, Source),
-            ("x.phtml.orig", &phtml, Source),
-            ("config.inc.save", &default, Source),
-            ("style.css", &default, Not),
-            ("notes.txt~", &default, Not),
-            ("x.php.txt", &default, Not),
-            ("archive.bak", &default, Not),
-            ("php", &default, Not),
-            ("x.phpx", &default, Not),
-            ("été.php", &default, Script),
-        ];
-        for (name, extensions, want) in cases {
-            assert_eq!(
-                php_name(name, extensions),
-                *want,
-                "{name} with {extensions:?}"
-            );
-        }
-    }
-
     fn check(raw: &str, want: Result<&str, u16>) {
         match (decode(raw), want) {
             (Ok(got), Ok(want)) => assert_eq!(got, want, "{raw}"),
@@ -440,7 +299,9 @@ mod tests {
         check("/a%20b.php", Ok("/a b.php"));
         check("/%2e%2e/etc/passwd", Err(403));
         check("/a/../b", Err(403));
-        check("/.env", Err(403));
+        check("/a/%2E/b", Err(403));
+        // Dotfiles are the resolver's (they may be path info).
+        check("/.env", Ok("/.env"));
         check("/.well-known/x", Ok("/.well-known/x"));
         check("/a%2fb", Err(400));
         check("/a%5Cb", Err(400));
@@ -462,41 +323,87 @@ mod tests {
         let outside = dir.path().join("outside");
         std::fs::create_dir_all(root.join("sub")).unwrap();
         std::fs::create_dir_all(root.join("plain")).unwrap();
+        std::fs::create_dir_all(root.join("dir.php")).unwrap();
+        std::fs::create_dir_all(root.join(".git")).unwrap();
         std::fs::create_dir_all(&outside).unwrap();
         std::fs::write(root.join("a.php"), "<?php").unwrap();
         std::fs::write(root.join("A.PHP"), "<?php").unwrap();
         std::fs::write(root.join("index.php"), "<?php").unwrap();
         std::fs::write(root.join("sub/index.php"), "<?php").unwrap();
+        std::fs::write(root.join("dir.php/in.php"), "<?php").unwrap();
+        std::fs::write(root.join("dir.php/img.jpg"), "x").unwrap();
+        std::fs::write(root.join(".git/x.php"), "<?php").unwrap();
         std::fs::write(root.join("img.jpg"), "x").unwrap();
         std::fs::write(outside.join("evil.php"), "<?php").unwrap();
         std::os::unix::fs::symlink(outside.join("evil.php"), root.join("evil.php")).unwrap();
         std::os::unix::fs::symlink("../outside/evil.php", root.join("rel.php")).unwrap();
+        std::os::unix::fs::symlink("../outside", root.join("outdir.php")).unwrap();
         std::os::unix::fs::symlink("a.php", root.join("inside.php")).unwrap();
         nix::unistd::mkfifo(&root.join("pipe.php"), nix::sys::stat::Mode::S_IRWXU).unwrap();
 
-        let s = |rel: &str| {
+        let s = |rel: &str, path_info: &str| {
             Ok(Target::Script {
                 script_name: format!("/{rel}"),
+                path_info: path_info.to_owned(),
             })
         };
+        let fc = Some("index.php");
         let cases: Vec<(&str, Option<&str>, Result<Target, u16>)> = vec![
-            ("/a.php", None, s("a.php")),
-            ("/inside.php", None, s("inside.php")),
-            ("/", None, s("index.php")),
-            ("/sub/", None, s("sub/index.php")),
+            ("/a.php", None, s("a.php", "")),
+            ("/inside.php", None, s("inside.php", "")),
+            ("/", None, s("index.php", "")),
+            ("/sub/", None, s("sub/index.php", "")),
             ("/sub", None, Ok(Target::AddSlash)),
             ("/plain/", None, Ok(Target::Static)),
             ("/img.jpg", None, Ok(Target::Static)),
-            ("/img.jpg/x.php", None, Ok(Target::NotFound)),
-            ("/img.jpg/x.php", Some("index.php"), Ok(Target::NotFound)),
-            ("/a.php/", None, Ok(Target::NotFound)),
             ("/A.PHP", None, Err(403)),
             ("/pipe.php", None, Err(403)), // not a regular file
             ("/evil.php", None, Err(403)),
             ("/rel.php", None, Err(403)),
-            ("/missing.php", Some("index.php"), Ok(Target::NotFound)),
-            ("/pretty/url", Some("index.php"), s("index.php")),
+            ("/missing.php", fc, Ok(Target::NotFound)),
+            ("/pretty/url", fc, s("index.php", "")),
             ("/pretty/url", None, Ok(Target::NotFound)),
+            // Path info: the first segment with a PHP ending that is a file.
+            ("/a.php/", None, s("a.php", "/")),
+            ("/a.php/x/y", None, s("a.php", "/x/y")),
+            ("/a.php/x.php", None, s("a.php", "/x.php")),
+            ("/a.php/a.php/x", None, s("a.php", "/a.php/x")),
+            ("/index.php/Main_Page", fc, s("index.php", "/Main_Page")),
+            (
+                "/index.php/.NET_Framework",
+                None,
+                s("index.php", "/.NET_Framework"),
+            ),
+            ("/a.php/Caf%C3%A9%20x", None, s("a.php", "/Café x")),
+            ("/a%2ephp/x", None, s("a.php", "/x")),
+            ("/inside.php/x", None, s("inside.php", "/x")),
+            ("/dir.php/in.php/x", None, s("dir.php/in.php", "/x")),
+            ("/dir.php/img.jpg", None, Ok(Target::Static)),
+            ("/dir.php/", None, Ok(Target::Static)),
+            ("/sub/index.php/x", None, s("sub/index.php", "/x")),
+            // Holes: nothing but a real script beneath the root runs.
+            ("/img.jpg/x.php", None, Ok(Target::NotFound)),
+            ("/img.jpg/x.php", fc, Ok(Target::NotFound)),
+            ("/img.jpg/x.php/y", fc, Ok(Target::NotFound)),
+            ("/missing.php/x", fc, Ok(Target::NotFound)),
+            ("/A.PHP/x", None, Err(403)),
+            ("/a.PHP/x", fc, Ok(Target::NotFound)), // no such file
+            ("/evil.php/x", None, Err(403)),
+            ("/rel.php/x", fc, Err(403)),
+            ("/outdir.php/evil.php", fc, Err(403)),
+            ("/pipe.php/x", None, Err(403)),
+            ("/.git/x.php/y", None, Err(403)),
+            ("/.git/x.php", fc, Err(403)),
+            ("/a.php./x", None, Ok(Target::NotFound)),
+            ("/a.php./x", fc, s("index.php", "")),
+            ("/a.php%20/x", fc, s("index.php", "")),
+            ("/a.php/../evil.php", None, Err(403)),
+            ("/a.php/%2e%2e/x", None, Err(403)),
+            ("/a.php%2fx", None, Err(400)),
+            ("/a.php/x%2fy", None, Err(400)),
+            ("/a.php%00/x", None, Err(400)),
+            ("/a.php/x%00", None, Err(400)),
+            ("/a.php//x", None, Err(400)),
         ];
         for (path, fc, want) in cases {
             let rules = rules(fc);
@@ -505,9 +412,11 @@ mod tests {
             // Right after, everything it looked at is cached: the
             // non-blocking lookup answers the same. The kernel leaves its
             // lock-free walk (so RESOLVE_CACHED gives up) for a file used as
-            // a directory and for `..` in a symlink: those few refusals may
+            // a directory and for `..` in a symlink: those few lookups may
             // take the blocking path.
-            let may_block = path.starts_with("/img.jpg/") || path == "/rel.php";
+            let may_block = path.starts_with("/img.jpg/")
+                || path.starts_with("/rel.php")
+                || path.starts_with("/outdir.php");
             let Some(cached) = resolve_cached(&root, path, &rules) else {
                 assert!(
                     may_block,
@@ -518,6 +427,24 @@ mod tests {
             let cached = cached.map_err(|e| e.status().as_u16());
             assert_eq!(cached, want, "cached: {path} (front controller {fc:?})");
         }
+    }
+
+    #[test]
+    fn split_points_and_hidden_segments() {
+        let ext = [".php".to_owned(), ".phtml".to_owned()];
+        let points = |rel: &str| split_points(rel, &ext, rel.len()).collect::<Vec<_>>();
+        assert_eq!(points("a.php/b.PHTML/c"), vec![5, 13]);
+        assert_eq!(points("a.php"), Vec::<usize>::new());
+        assert_eq!(points("a.php/"), vec![5]);
+        assert_eq!(points("x/php/y.phpx/z"), Vec::<usize>::new());
+        assert_eq!(
+            split_points("a.php/.b.php/c", &ext, 6).collect::<Vec<_>>(),
+            vec![5]
+        );
+        assert_eq!(hidden_from("a/.b/c"), Some(2));
+        assert_eq!(hidden_from(".env"), Some(0));
+        assert_eq!(hidden_from(".well-known/x"), None);
+        assert_eq!(hidden_from("a/b"), None);
     }
 
     /// Nothing is remembered between requests: a script deleted, replaced
@@ -539,6 +466,7 @@ mod tests {
         };
         std::fs::write(&file, "<?php").unwrap();
         assert!(matches!(both("/x.php"), Ok(Target::Script { .. })));
+        assert!(matches!(both("/x.php/y"), Ok(Target::Script { .. })));
         std::fs::remove_file(&file).unwrap();
         assert_eq!(both("/x.php"), Ok(Target::NotFound));
         std::os::unix::fs::symlink(dir.path().join("evil.php"), &file).unwrap();
@@ -547,5 +475,6 @@ mod tests {
         std::fs::create_dir(&file).unwrap();
         assert_eq!(both("/x.php"), Ok(Target::Static));
         assert_eq!(both("/x.php/"), Ok(Target::Static));
+        assert_eq!(both("/x.php/y"), Ok(Target::NotFound));
     }
 }
