@@ -490,7 +490,7 @@ mod tests {
     fn parkable_only_between_requests_with_everything_flushed() {
         let a = Activity::new();
         assert!(!a.parkable(), "the first head is due");
-        let g = a.request_started(false);
+        let g = a.request_started(false, false);
         assert!(!a.parkable(), "in flight");
         a.write_progress();
         drop(g);
@@ -504,12 +504,46 @@ mod tests {
         assert!(a.parkable());
         a.bytes_read();
         assert!(!a.parkable(), "the next head started");
-        drop(a.request_started(true));
+        drop(a.request_started(true, false));
         assert!(!a.parkable(), "its body was not read");
         a.body_unread.store(false, Ordering::Relaxed);
         assert!(a.parkable());
         a.set_multiplexed();
         assert!(!a.parkable(), "HTTP/2 is never parked");
+    }
+
+    /// What a read of a client that has sent its end of stream gives:
+    /// `Some(true)` the end, `Some(false)` bytes, `None` nothing yet.
+    fn read(io: &mut TrackedIo<&'static [u8]>) -> Option<bool> {
+        use tokio::io::AsyncRead;
+        let mut space = [0u8; 16];
+        let mut buf = ReadBuf::new(&mut space);
+        let waker = std::task::Waker::noop();
+        match Pin::new(io).poll_read(&mut Context::from_waker(waker), &mut buf) {
+            Poll::Ready(Ok(())) => Some(buf.filled().is_empty()),
+            Poll::Ready(Err(e)) => panic!("{e}"),
+            Poll::Pending => None,
+        }
+    }
+
+    #[test]
+    fn the_end_of_stream_waits_only_while_the_last_request_is_answered() {
+        let a = Activity::new();
+        let mut io = TrackedIo::new(&b"GET"[..], a.clone());
+        assert_eq!(read(&mut io), Some(false), "bytes first");
+        assert_eq!(read(&mut io), Some(true), "no request: the end");
+        let keep_alive = a.request_started(false, false);
+        assert_eq!(
+            read(&mut io),
+            Some(true),
+            "a keep-alive request: the client left"
+        );
+        drop(keep_alive);
+        let last = a.request_started(true, true);
+        assert_eq!(read(&mut io), None, "the last request: held back");
+        assert_eq!(read(&mut io), None, "still");
+        drop(last);
+        assert_eq!(read(&mut io), Some(true), "answered: the end");
     }
 
     #[test]
@@ -521,7 +555,7 @@ mod tests {
             Expiry::Header,
             "first head is due"
         );
-        let g = a.request_started(false);
+        let g = a.request_started(false, false);
         assert!(
             a.deadline(h, k, Duration::from_secs(60)).is_none(),
             "nothing while in flight"
@@ -536,7 +570,7 @@ mod tests {
             a.deadline(h, k, Duration::from_secs(60)).unwrap().1,
             Expiry::Header
         );
-        drop(a.request_started(false));
+        drop(a.request_started(false, false));
         a.set_multiplexed();
         a.bytes_read();
         assert_eq!(

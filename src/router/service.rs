@@ -86,7 +86,7 @@ where
     match target {
         Target::Route | Target::ServerOptions => {}
         Target::Connect => {
-            tracing::info!(client = %conn.client, uri = %req.uri(), "CONNECT: 405");
+            tracing::debug!(client = %conn.client, uri = %req.uri(), "CONNECT: 405");
             return connect_refused(req.version());
         }
         Target::Refused(why) => {

@@ -660,3 +660,34 @@ fn log_connection_error(
         _ => tracing::debug!(client = %conn.client, error = %e, "connection ended with an error"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn last_request_as_hyper_keeps_connections() {
+        use http::Version;
+        let cases: &[(Version, &[&str], bool)] = &[
+            (Version::HTTP_11, &[], false),
+            (Version::HTTP_11, &["keep-alive"], false),
+            (Version::HTTP_11, &["close"], true),
+            (Version::HTTP_11, &["Upgrade, CLOSE"], true),
+            (Version::HTTP_11, &["x-a", "close"], true),
+            (Version::HTTP_11, &["keep-alive", "close"], true),
+            (Version::HTTP_10, &[], true),
+            (Version::HTTP_10, &["Keep-Alive"], false),
+            (Version::HTTP_10, &["keep-alive, close"], true),
+            (Version::HTTP_2, &["close"], false),
+        ];
+        for (version, connection, last) in cases {
+            let mut req = Request::new(());
+            *req.version_mut() = *version;
+            for c in *connection {
+                req.headers_mut()
+                    .append(http::header::CONNECTION, c.parse().unwrap());
+            }
+            assert_eq!(last_request(&req), *last, "{version:?} {connection:?}");
+        }
+    }
+}
