@@ -296,7 +296,7 @@ async fn a_client_that_half_closes_after_its_last_request_is_answered() {
 async fn a_client_that_goes_away_is_still_noticed() {
     let e = Edges::start().await;
     let addr = e.bin.addr;
-    let slow = "GET /slow?1.5 HTTP/1.1\r\nHost: py.test\r\nConnection: close\r\n\r\n";
+    let slow = "GET /slow?2.5 HTTP/1.1\r\nHost: py.test\r\nConnection: close\r\n\r\n";
 
     // A keep-alive request waits for the only thread; its client leaves:
     // the request never runs.
@@ -417,7 +417,7 @@ async fn request_target_forms_are_checked_before_routing() {
         .await
         .unwrap();
     assert_eq!(r.status, 200);
-    let r = half_closed(addr, "OPTIONS * HTTP/1.1\r\n\r\n")
+    let r = half_closed(addr, "OPTIONS * HTTP/1.1\r\nConnection: close\r\n\r\n")
         .await
         .unwrap();
     assert_eq!(r.status, 400, "no Host in HTTP/1.1");
