@@ -48,6 +48,11 @@ pub struct Activity {
     /// socket). Until then it may hold pipelined requests in its own buffer
     /// even with nothing in flight (hyper yields every few requests).
     read_waits: AtomicBool,
+    /// The request in flight is the connection's last (HTTP/1.0 without
+    /// keep-alive, or `Connection: close`): the client's end of stream
+    /// while it is answered is a half-close, not a client gone
+    /// ([`TrackedIo`]).
+    last_request: AtomicBool,
 }
 
 /// What the watcher should do when its deadline passes.
@@ -76,6 +81,7 @@ impl Activity {
             unflushed: AtomicBool::new(false),
             body_unread: AtomicBool::new(false),
             read_waits: AtomicBool::new(false),
+            last_request: AtomicBool::new(false),
         })
     }
 
@@ -115,9 +121,12 @@ impl Activity {
 
     /// A request head was parsed; the guard ends the request when dropped
     /// (with the response body, or when the client goes away). `has_body`:
-    /// the request has a body, which [`ReadToEnd`] reports read.
-    pub fn request_started(self: &Arc<Self>, has_body: bool) -> RequestGuard {
+    /// the request has a body, which [`ReadToEnd`] reports read. `last`: the
+    /// client said it sends no more requests on this connection (see
+    /// [`TrackedIo`] for what its end of stream then means).
+    pub fn request_started(self: &Arc<Self>, has_body: bool, last: bool) -> RequestGuard {
         self.body_unread.store(has_body, Ordering::Relaxed);
+        self.last_request.store(last, Ordering::Relaxed);
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.head_started.store(NONE, Ordering::Release);
         RequestGuard(self.clone())
@@ -155,6 +164,12 @@ impl Activity {
             && self.head_started.load(Ordering::Acquire) == NONE
             && !self.unflushed.load(Ordering::Relaxed)
             && !self.body_unread.load(Ordering::Relaxed)
+    }
+
+    /// Whether the client's end of stream is to be kept from the HTTP state
+    /// for now: the connection's last request is being answered.
+    fn half_closed_ok(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) > 0 && self.last_request.load(Ordering::Relaxed)
     }
 
     /// When the last request finished (the connection's start if none did).
@@ -209,9 +224,13 @@ impl<B: http_body::Body + Unpin> http_body::Body for ReadToEnd<B> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if matches!(polled, Poll::Ready(None))
-            || (matches!(polled, Poll::Ready(Some(Ok(_)))) && self.inner.is_end_stream())
-        {
+        let last = match &polled {
+            Poll::Ready(None) => true,
+            // Trailers are always the last frame.
+            Poll::Ready(Some(Ok(frame))) => frame.is_trailers() || self.inner.is_end_stream(),
+            _ => false,
+        };
+        if last {
             self.activity.body_unread.store(false, Ordering::Relaxed);
         }
         polled
@@ -240,6 +259,23 @@ impl Drop for RequestGuard {
 /// A connection's I/O that tells its [`Activity`] when bytes arrive, and
 /// replays bytes read ahead by an HTTP state that was dropped
 /// ([`TrackedIo::unread`]).
+///
+/// It also decides what the client's end of stream (a FIN; over TLS, its
+/// `close_notify`) means while a request is answered. On the wire a client
+/// that shut down only its sending side (`nc -N`, health checkers, scripts)
+/// looks exactly like one that closed the connection and left, until a
+/// write to it is refused. hyper takes an end of stream in the middle of a
+/// request for a client gone and drops the request, which cancels its work
+/// (a request still queued for a Python worker never runs, a streamed
+/// response stops). That stays so for a request that asked to keep the
+/// connection open: browsers and HTTP libraries never half-close, they
+/// close when they give up. A request that said it is the connection's
+/// last (HTTP/1.0 without keep-alive, `Connection: close`: what half-closing
+/// clients send) is answered instead: its end of stream is held back from
+/// hyper until the request is done, and a client that in fact left is
+/// noticed at the first write its kernel refuses (a reset), which ends the
+/// response and drops the upstream's work. hyper's own `half_close` option
+/// is all or nothing per connection, hence this.
 pub struct TrackedIo<I> {
     inner: I,
     activity: Arc<Activity>,
@@ -247,6 +283,8 @@ pub struct TrackedIo<I> {
     unread: Bytes,
     /// h2c: look at the first bytes for the HTTP/2 preface.
     sniff: bool,
+    /// The client's end of stream was read (the socket is not read again).
+    eof: bool,
 }
 
 /// How a cleartext HTTP/2 (prior knowledge) connection starts.
@@ -259,6 +297,7 @@ impl<I> TrackedIo<I> {
             activity,
             unread: Bytes::new(),
             sniff: false,
+            eof: false,
         }
     }
 
@@ -299,6 +338,17 @@ impl<I> TrackedIo<I> {
 }
 
 impl<I> TrackedIo<I> {
+    /// A read after the client's end of stream: the end, or, while the
+    /// connection's last request is answered, nothing yet (no wake-up will
+    /// come from the socket; hyper reads again once the response moved).
+    fn end_of_stream(&self) -> Poll<io::Result<()>> {
+        if self.activity.half_closed_ok() {
+            Poll::Pending
+        } else {
+            Poll::Ready(Ok(()))
+        }
+    }
+
     fn note_write(&self, polled: &Poll<io::Result<usize>>) {
         match polled {
             Poll::Pending => self.activity.write_pending(),
@@ -325,7 +375,17 @@ impl<I: AsyncRead + Unpin> AsyncRead for TrackedIo<I> {
             }
             return Poll::Ready(Ok(()));
         }
+        if self.eof {
+            return self.end_of_stream();
+        }
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(())))
+            && buf.filled().len() == before
+            && buf.remaining() > 0
+        {
+            self.eof = true;
+            return self.end_of_stream();
+        }
         match &polled {
             Poll::Pending => self.activity.read_waits(true),
             Poll::Ready(Ok(())) if buf.filled().len() > before => self.activity.read_waits(false),
@@ -430,7 +490,7 @@ mod tests {
     fn parkable_only_between_requests_with_everything_flushed() {
         let a = Activity::new();
         assert!(!a.parkable(), "the first head is due");
-        let g = a.request_started(false);
+        let g = a.request_started(false, false);
         assert!(!a.parkable(), "in flight");
         a.write_progress();
         drop(g);
@@ -444,12 +504,46 @@ mod tests {
         assert!(a.parkable());
         a.bytes_read();
         assert!(!a.parkable(), "the next head started");
-        drop(a.request_started(true));
+        drop(a.request_started(true, false));
         assert!(!a.parkable(), "its body was not read");
         a.body_unread.store(false, Ordering::Relaxed);
         assert!(a.parkable());
         a.set_multiplexed();
         assert!(!a.parkable(), "HTTP/2 is never parked");
+    }
+
+    /// What a read of a client that has sent its end of stream gives:
+    /// `Some(true)` the end, `Some(false)` bytes, `None` nothing yet.
+    fn read(io: &mut TrackedIo<&'static [u8]>) -> Option<bool> {
+        use tokio::io::AsyncRead;
+        let mut space = [0u8; 16];
+        let mut buf = ReadBuf::new(&mut space);
+        let waker = std::task::Waker::noop();
+        match Pin::new(io).poll_read(&mut Context::from_waker(waker), &mut buf) {
+            Poll::Ready(Ok(())) => Some(buf.filled().is_empty()),
+            Poll::Ready(Err(e)) => panic!("{e}"),
+            Poll::Pending => None,
+        }
+    }
+
+    #[test]
+    fn the_end_of_stream_waits_only_while_the_last_request_is_answered() {
+        let a = Activity::new();
+        let mut io = TrackedIo::new(&b"GET"[..], a.clone());
+        assert_eq!(read(&mut io), Some(false), "bytes first");
+        assert_eq!(read(&mut io), Some(true), "no request: the end");
+        let keep_alive = a.request_started(false, false);
+        assert_eq!(
+            read(&mut io),
+            Some(true),
+            "a keep-alive request: the client left"
+        );
+        drop(keep_alive);
+        let last = a.request_started(true, true);
+        assert_eq!(read(&mut io), None, "the last request: held back");
+        assert_eq!(read(&mut io), None, "still");
+        drop(last);
+        assert_eq!(read(&mut io), Some(true), "answered: the end");
     }
 
     #[test]
@@ -461,7 +555,7 @@ mod tests {
             Expiry::Header,
             "first head is due"
         );
-        let g = a.request_started(false);
+        let g = a.request_started(false, false);
         assert!(
             a.deadline(h, k, Duration::from_secs(60)).is_none(),
             "nothing while in flight"
@@ -476,7 +570,7 @@ mod tests {
             a.deadline(h, k, Duration::from_secs(60)).unwrap().1,
             Expiry::Header
         );
-        drop(a.request_started(false));
+        drop(a.request_started(false, false));
         a.set_multiplexed();
         a.bytes_read();
         assert_eq!(

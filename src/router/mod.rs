@@ -9,6 +9,7 @@
 //! - [`peer`]: who owns the client socket of a connection from this host.
 //! - [`tls`]: rustls configuration; certificates by SNI from the current table.
 //! - [`service`]: one request, the only place errors become statuses.
+//! - [`target`]: request-target forms; `CONNECT` and `OPTIONS *` answered by the router.
 //! - [`proxy`]: framing checks, hop-by-hop and forwarded headers, response header checks,
 //!   response framing.
 //! - `outgoing`: the response body on its way out: access log line, declared length kept.
@@ -29,6 +30,7 @@ pub mod proxy;
 pub mod server;
 pub mod service;
 pub mod table;
+pub mod target;
 pub mod tls;
 pub mod vhost;
 

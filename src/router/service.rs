@@ -18,6 +18,7 @@ use http_body_util::{BodyExt, Empty, LengthLimitError, Limited};
 use super::outgoing::LogFacts;
 use super::proxy;
 use super::table::{RoutingTable, SiteRoute};
+use super::target::{self, Target};
 use super::vhost::normalize_host;
 use crate::config::FrontConfig;
 use crate::upstream::{
@@ -81,12 +82,30 @@ where
         }
         return resp;
     }
+    let target = target::classify(req.method(), req.uri());
+    match target {
+        Target::Route | Target::ServerOptions => {}
+        Target::Connect => {
+            tracing::debug!(client = %conn.client, uri = %req.uri(), "CONNECT: 405");
+            return connect_refused(req.version());
+        }
+        Target::Refused(why) => {
+            tracing::info!(client = %conn.client, method = %req.method(), uri = %req.uri(), reason = why, "request target form: 400");
+            return plain_response(StatusCode::BAD_REQUEST, why);
+        }
+    }
     let Some((host, authority)) = request_host(&req) else {
         if req.version() >= Version::HTTP_11 {
             return plain_response(StatusCode::BAD_REQUEST, "missing or invalid Host header");
         }
+        if target == Target::ServerOptions {
+            return server_options();
+        }
         return serve_site(req, conn, None, table, options, start).await;
     };
+    if target == Target::ServerOptions {
+        return server_options();
+    }
     // The app sees the host that was routed on, whatever the client sent.
     if let Some(v) = authority.and_then(|a| http::HeaderValue::from_str(&a).ok()) {
         req.headers_mut().insert(header::HOST, v);
@@ -180,6 +199,26 @@ fn frame_response(
             proxy::ResponseFraming::AsIs
         }
     }
+}
+
+/// `405` to `CONNECT`: the router tunnels nothing. HTTP/1 closes after it.
+fn connect_refused(version: Version) -> Response<ResponseBody> {
+    let mut resp = plain_response(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not supported");
+    let headers = resp.headers_mut();
+    headers.insert(header::ALLOW, target::ALLOW);
+    if version < Version::HTTP_2 {
+        headers.insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+    }
+    resp
+}
+
+/// `200` to `OPTIONS *`, which asks about the server, not a resource.
+fn server_options() -> Response<ResponseBody> {
+    let mut resp = Response::new(crate::upstream::empty_body());
+    let headers = resp.headers_mut();
+    headers.insert(header::ALLOW, target::ALLOW);
+    headers.insert(header::CONTENT_LENGTH, http::HeaderValue::from_static("0"));
+    resp
 }
 
 /// `301` to `https://` for a site with `tls.redirect_http` reached over plain HTTP.
@@ -292,6 +331,12 @@ where
 /// no wait longer than `body_timeout` for the next bytes (a slow upload
 /// cannot hold a connection forever). Either failure is remembered, so
 /// whatever error the upstream makes of it, the client gets 413 or 408.
+///
+/// A request's trailer section (chunked HTTP/1.1, HTTP/2) is dropped here,
+/// whole: no runtime has a place for trailer fields (WSGI and FastCGI know
+/// only the head), and a trailer's `Content-Length`, `Host` or
+/// `Transfer-Encoding` (RFC 9110 §6.5.1) must never reach a runtime as if the
+/// head had said it. hyper hands the fields on unfiltered.
 struct LimitedBody<B> {
     inner: Pin<Box<Limited<B>>>,
     failed: Arc<BodyFailure>,
@@ -319,7 +364,11 @@ where
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let polled = self.inner.as_mut().poll_frame(cx);
+        let mut polled = self.inner.as_mut().poll_frame(cx);
+        if matches!(&polled, Poll::Ready(Some(Ok(frame))) if frame.is_trailers()) {
+            // The last frame; what follows is the body's end.
+            polled = self.inner.as_mut().poll_frame(cx);
+        }
         match &polled {
             Poll::Pending => {
                 let timeout = self.timeout;

@@ -80,6 +80,13 @@ impl RawConn {
         self.stream.write_all(bytes.as_bytes()).await.unwrap();
     }
 
+    /// Shuts down the sending side (a FIN): the client sends nothing more
+    /// and still reads (`printf ... | nc -N`).
+    pub async fn shut_write(&mut self) {
+        use tokio::io::AsyncWriteExt;
+        self.stream.shutdown().await.unwrap();
+    }
+
     /// Reads more; false at the end of the stream (or a reset). A hang
     /// bound of 10 s, not a speed goal.
     async fn fill(&mut self) -> bool {

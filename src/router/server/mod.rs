@@ -418,7 +418,9 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
     type Future = ServiceFuture;
 
     fn call(&self, req: Request<Incoming>) -> ServiceFuture {
-        let guard = self.activity.request_started(!req.body().is_end_stream());
+        let guard = self
+            .activity
+            .request_started(!req.body().is_end_stream(), last_request(&req));
         let req = req.map(|body| ReadToEnd::new(body, self.activity.clone()));
         let shared = self.shared.clone();
         let conn = self.conn;
@@ -431,6 +433,27 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
             }))
         })
     }
+}
+
+/// Whether an HTTP/1 request says it is its connection's last: HTTP/1.0
+/// without `keep-alive`, or `close` among its `Connection` options (as hyper
+/// decides whether to keep the connection). One header lookup; HTTP/2 none.
+fn last_request<B>(req: &Request<B>) -> bool {
+    let version = req.version();
+    if version >= http::Version::HTTP_2 {
+        return false;
+    }
+    let mut keep_alive = version == http::Version::HTTP_11;
+    for value in req.headers().get_all(http::header::CONNECTION) {
+        let Ok(value) = value.to_str() else { continue };
+        for option in value.split(',').map(str::trim) {
+            if option.eq_ignore_ascii_case("close") {
+                return true;
+            }
+            keep_alive |= option.eq_ignore_ascii_case("keep-alive");
+        }
+    }
+    !keep_alive
 }
 
 /// A response body that keeps its request "in flight" (for the clocks)
@@ -635,5 +658,36 @@ fn log_connection_error(
             }
         }
         _ => tracing::debug!(client = %conn.client, error = %e, "connection ended with an error"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn last_request_as_hyper_keeps_connections() {
+        use http::Version;
+        let cases: &[(Version, &[&str], bool)] = &[
+            (Version::HTTP_11, &[], false),
+            (Version::HTTP_11, &["keep-alive"], false),
+            (Version::HTTP_11, &["close"], true),
+            (Version::HTTP_11, &["Upgrade, CLOSE"], true),
+            (Version::HTTP_11, &["x-a", "close"], true),
+            (Version::HTTP_11, &["keep-alive", "close"], true),
+            (Version::HTTP_10, &[], true),
+            (Version::HTTP_10, &["Keep-Alive"], false),
+            (Version::HTTP_10, &["keep-alive, close"], true),
+            (Version::HTTP_2, &["close"], false),
+        ];
+        for (version, connection, last) in cases {
+            let mut req = Request::new(());
+            *req.version_mut() = *version;
+            for c in *connection {
+                req.headers_mut()
+                    .append(http::header::CONNECTION, c.parse().unwrap());
+            }
+            assert_eq!(last_request(&req), *last, "{version:?} {connection:?}");
+        }
     }
 }
