@@ -1,11 +1,11 @@
 //! What a site can reach through polyhost's configuration and its own
 //! files, attacked as the site would (from its code, or `runuser` as its
 //! user) against the real binary: two sites that run code never share a uid
-//! or a group (check, serve and reload refuse it); no site reads another's
-//! logs, nor stops polyhost by hard-linking another site's log; a site
-//! cannot steer the operator's terminal through `polyhost status`; a token
-//! in a file site code can read is refused; the metrics listener asks for
-//! its token.
+//! or a group (check, as any user, serve and reload refuse it); no site
+//! reads another's logs, nor stops polyhost by hard-linking another site's
+//! log; a site cannot steer the operator's terminal through `polyhost
+//! status`; a token in a file site code can read is refused; the metrics
+//! listener asks for its token.
 
 mod admin_support;
 mod common;
@@ -186,6 +186,79 @@ fn check_and_serve_refuse_two_sites_that_run_code_as_one_user_or_group() {
     );
     let (code, stdout, stderr) = polyhost(&["check", "--config", &main]);
     assert_eq!(code, 0, "{stdout}{stderr}");
+}
+
+/// `polyhost check` run by an unprivileged user (a panel's) gives the answer
+/// `serve` as root would: it resolves the configured users and applies the
+/// rule, though it runs as neither.
+#[test]
+fn check_as_an_unprivileged_user_refuses_two_sites_sharing_a_user() {
+    let cfg = TestConfig::new();
+    let shared = TestUser::new();
+    cfg.write("www/x/index.html", "x");
+    for name in ["php-a", "php-b"] {
+        cfg.write(
+            &format!("vhosts/{name}.toml"),
+            &format!(
+                "hosts = [\"{name}.test\"]\nroot = \"www/x\"\nuser = \"{}\"\n[php]\n",
+                shared.name
+            ),
+        );
+    }
+    common::open_up(cfg.path());
+    let main = cfg.main().display().to_string();
+    let check = |user: &str| {
+        let _pause = polyhost::isolation::pause_reaper();
+        let out = Command::new("runuser")
+            .args(["-u", user, "--", env!("CARGO_BIN_EXE_polyhost")])
+            .args(["check", "--config", &main])
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stderr) = check("nobody");
+    assert_eq!(code, 1, "{stderr}");
+    let stderr = scrub(
+        &stderr,
+        &[
+            (cfg.path().display().to_string(), "$DIR"),
+            (shared.name.clone(), "$SHARED"),
+            (format!("uid {}", shared.uid), "uid $UID"),
+            (format!("gid {}", gid_of(&shared)), "gid $GID"),
+        ],
+    );
+    expect![[r#"
+        $DIR/vhosts/php-b.toml: user: site php-b would run as user `$SHARED` (uid $UID), as site php-a does ($DIR/vhosts/php-a.toml): each could run code as the other and read its files; give every site that runs PHP or Python a user of its own
+        $DIR/vhosts/php-b.toml: group: site php-b would run with group `$SHARED` (gid $GID, the primary group of user $SHARED), as site php-a does ($DIR/vhosts/php-a.toml): each could reach the other's sockets and group-readable files; give every site that runs PHP or Python a group of its own (e.g. its user's own group)
+        polyhost check: 2 error(s) in $DIR/polyhost.toml
+    "#]]
+    .assert_eq(&stderr);
+
+    // A user that does not exist is refused as well, not taken for the caller.
+    cfg.write(
+        "vhosts/php-b.toml",
+        "hosts = [\"php-b.test\"]\nroot = \"www/x\"\nuser = \"polyhost-no-such-user\"\n[php]\n",
+    );
+    let (code, stderr) = check("nobody");
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("vhosts/php-b.toml: user:") && stderr.contains("polyhost-no-such-user"),
+        "{stderr}"
+    );
+    // Each site with a user of its own: valid, for nobody as for root.
+    let other = TestUser::new();
+    cfg.write(
+        "vhosts/php-b.toml",
+        &format!(
+            "hosts = [\"php-b.test\"]\nroot = \"www/x\"\nuser = \"{}\"\n[php]\n",
+            other.name
+        ),
+    );
+    let (code, stderr) = check("nobody");
+    assert_eq!(code, 0, "{stderr}");
 }
 
 #[tokio::test]
