@@ -1,12 +1,16 @@
-//! `polyhost check`: everything `serve` would refuse, found without starting
-//! anything (like `nginx -t`): the configuration, then per-site checks that
-//! need the file system.
+//! `polyhost check`: everything `serve` run as root would refuse, found
+//! without starting anything (like `nginx -t`), whoever runs it: the
+//! configuration, then per-site checks that need the file system and the
+//! user database (each site's configured user and group, and that no two
+//! sites running code share one).
 
 use std::path::Path;
 
 use crate::config::{self, ConfigError, ConfigErrors, ServerConfig, SiteConfig};
 use crate::runtime::python::default_worker;
-use crate::supervisor::{site_identities, site_identity, IdentityDefaults, SiteSetupError};
+use crate::supervisor::{
+    configured_identity, configured_site_identities, IdentityDefaults, SiteSetupError,
+};
 
 /// Returns a one-line summary on success, or every error found.
 pub fn check(main: &Path) -> Result<String, ConfigErrors> {
@@ -19,8 +23,11 @@ pub fn check(main: &Path) -> Result<String, ConfigErrors> {
             }
         }
     }
-    // Who each site runs as, and that no two sites running code share a uid or group.
-    if let Err(e) = site_identities(&config.sites, &IdentityDefaults::of(&config.server)) {
+    // Who each site runs as, and that no two sites running code share a uid
+    // or group: as `serve` run as root would see it, whoever runs `check`
+    // (only `serve` as another user runs every site as that user).
+    if let Err(e) = configured_site_identities(&config.sites, &IdentityDefaults::of(&config.server))
+    {
         errors.0.extend(e.0);
     }
     for site in config.sites.values() {
@@ -41,7 +48,7 @@ pub fn check(main: &Path) -> Result<String, ConfigErrors> {
 /// (its user is checked with every other site's by `site_identities`).
 fn check_runtimes(site: &SiteConfig, server: &ServerConfig, errors: &mut ConfigErrors) {
     if site.php.is_none() && site.python.is_none() {
-        match site_identity(
+        match configured_identity(
             site,
             server.default_user.as_deref(),
             server.default_group.as_deref(),

@@ -62,6 +62,53 @@ async fn runs_as_the_site_user_with_a_clean_env_and_no_inherited_fds() {
     assert_eq!(out.split_whitespace().collect::<Vec<_>>(), ["0", "1", "2"]);
 }
 
+/// On kernels without `close_range` (before Linux 5.11) the child marks its
+/// descriptors close-on-exec one by one. polyhost raises its own soft
+/// `RLIMIT_NOFILE` to the hard limit, so it may hold descriptors far above a
+/// site's limit (8192): those must not reach the child either. The test
+/// forces that path where `close_range` works.
+#[tokio::test]
+async fn without_close_range_no_descriptor_above_the_sites_limit_reaches_the_child() {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    require_root();
+    isolation::raise_nofile_limit().unwrap();
+    const HIGH: i32 = 9000;
+    let soft = isolation::nofile_limit().unwrap_or(u64::MAX);
+    assert!(
+        soft > HIGH as u64,
+        "polyhost's RLIMIT_NOFILE ({soft}) is too low to hold descriptor {HIGH}: raise the hard limit (ulimit -Hn)"
+    );
+    let user = TestUser::new();
+    let dir = log_dir();
+    let file = std::fs::File::open("/etc/hostname").unwrap();
+    // SAFETY (test): F_DUPFD gives the lowest free descriptor ≥ HIGH, without
+    // close-on-exec; it is owned (and closed) by `high` from here on.
+    let high = unsafe {
+        let raw = libc::fcntl(file.as_raw_fd(), libc::F_DUPFD, HIGH);
+        assert!(raw >= HIGH, "F_DUPFD: {}", std::io::Error::last_os_error());
+        OwnedFd::from_raw_fd(raw)
+    };
+    struct OneByOne;
+    impl Drop for OneByOne {
+        fn drop(&mut self) {
+            isolation::spawn::mark_fds_one_by_one(false);
+        }
+    }
+    isolation::spawn::mark_fds_one_by_one(true);
+    let _reset = OneByOne;
+    let log = dir.path().join("fd.log");
+    let mut s = spec(&user, &log, "/bin/sh", &["-c", "ls /proc/$$/fd"]);
+    s.rlimits.nofile = 8192;
+    let (status, out) = run(&s).await;
+    assert!(status.success(), "{out}");
+    assert_eq!(
+        out.split_whitespace().collect::<Vec<_>>(),
+        ["0", "1", "2"],
+        "descriptor {} (not close-on-exec in polyhost) reached the child",
+        high.as_raw_fd()
+    );
+}
+
 #[tokio::test]
 async fn only_the_inherited_descriptors_reach_the_child_at_their_numbers() {
     use std::os::fd::{AsFd, AsRawFd, BorrowedFd};

@@ -25,9 +25,23 @@ fn plant_source(cfg: &TestConfig, name: &str) {
         "config.PHP.orig",
         "dir/index.php",
         "assets/x.php",
+        // Copies editors, tools and people leave.
+        "x.php.bak~",
+        "x.php~.bak",
+        "x.php.save.1",
+        ".x.php.swp",
+        "#x.php#",
+        "x.php.1",
+        "x.php.dist",
+        "x.php.orig~",
+        "x.php-old",
+        "x.php.txt",
     ] {
         w(file, "<?php $password = 'SECRET-db-password';");
     }
+    // A mirrored PHP page and a partial script: rendered, served.
+    w("index.php.html", "<p>mirrored</p>");
+    w("menu.inc.js", "menu();");
     w("page.html", "<p>hello</p>");
     w("notes.txt~", "notes");
     w("assets/app.css", "body{}");
@@ -50,6 +64,18 @@ async fn check_source_refused(bin: &Binary, host: &str, prefix: &str) -> Vec<Str
         ("/dir/index.php", 403),
         ("/dir/", 403), // index.php as the directory's index
         ("/assets/x.php", 403),
+        ("/x.php.bak~", 403),
+        ("/x.php~.bak", 403),
+        ("/x.php.save.1", 403),
+        ("/.x.php.swp", 404), // a dotfile: never looked up
+        ("/%23x.php%23", 403),
+        ("/x.php.1", 403),
+        ("/x.php.dist", 403),
+        ("/x.php.orig~", 403),
+        ("/x.php-old", 403),
+        ("/x.php.txt", 403),
+        ("/index.php.html", 200),
+        ("/menu.inc.js", 200),
         ("/page.html", 200),
         ("/notes.txt~", 200),
         ("/assets/app.css", 200),

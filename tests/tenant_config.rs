@@ -1,8 +1,9 @@
 //! What a site can reach through polyhost's configuration and its own
 //! files, attacked as the site would (from its code, or `runuser` as its
 //! user) against the real binary: two sites that run code never share a uid
-//! or a group (check, serve and reload refuse it); no site reads another's
-//! logs; a site cannot steer the operator's terminal through `polyhost
+//! or a group (check, as any user, serve and reload refuse it); no site
+//! reads another's logs, nor stops polyhost by hard-linking another site's
+//! log; a site cannot steer the operator's terminal through `polyhost
 //! status`; a token in a file site code can read is refused; the metrics
 //! listener asks for its token.
 
@@ -187,6 +188,79 @@ fn check_and_serve_refuse_two_sites_that_run_code_as_one_user_or_group() {
     assert_eq!(code, 0, "{stdout}{stderr}");
 }
 
+/// `polyhost check` run by an unprivileged user (a panel's) gives the answer
+/// `serve` as root would: it resolves the configured users and applies the
+/// rule, though it runs as neither.
+#[test]
+fn check_as_an_unprivileged_user_refuses_two_sites_sharing_a_user() {
+    let cfg = TestConfig::new();
+    let shared = TestUser::new();
+    cfg.write("www/x/index.html", "x");
+    for name in ["php-a", "php-b"] {
+        cfg.write(
+            &format!("vhosts/{name}.toml"),
+            &format!(
+                "hosts = [\"{name}.test\"]\nroot = \"www/x\"\nuser = \"{}\"\n[php]\n",
+                shared.name
+            ),
+        );
+    }
+    common::open_up(cfg.path());
+    let main = cfg.main().display().to_string();
+    let check = |user: &str| {
+        let _pause = polyhost::isolation::pause_reaper();
+        let out = Command::new("runuser")
+            .args(["-u", user, "--", env!("CARGO_BIN_EXE_polyhost")])
+            .args(["check", "--config", &main])
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stderr) = check("nobody");
+    assert_eq!(code, 1, "{stderr}");
+    let stderr = scrub(
+        &stderr,
+        &[
+            (cfg.path().display().to_string(), "$DIR"),
+            (shared.name.clone(), "$SHARED"),
+            (format!("uid {}", shared.uid), "uid $UID"),
+            (format!("gid {}", gid_of(&shared)), "gid $GID"),
+        ],
+    );
+    expect![[r#"
+        $DIR/vhosts/php-b.toml: user: site php-b would run as user `$SHARED` (uid $UID), as site php-a does ($DIR/vhosts/php-a.toml): each could run code as the other and read its files; give every site that runs PHP or Python a user of its own
+        $DIR/vhosts/php-b.toml: group: site php-b would run with group `$SHARED` (gid $GID, the primary group of user $SHARED), as site php-a does ($DIR/vhosts/php-a.toml): each could reach the other's sockets and group-readable files; give every site that runs PHP or Python a group of its own (e.g. its user's own group)
+        polyhost check: 2 error(s) in $DIR/polyhost.toml
+    "#]]
+    .assert_eq(&stderr);
+
+    // A user that does not exist is refused as well, not taken for the caller.
+    cfg.write(
+        "vhosts/php-b.toml",
+        "hosts = [\"php-b.test\"]\nroot = \"www/x\"\nuser = \"polyhost-no-such-user\"\n[php]\n",
+    );
+    let (code, stderr) = check("nobody");
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("vhosts/php-b.toml: user:") && stderr.contains("polyhost-no-such-user"),
+        "{stderr}"
+    );
+    // Each site with a user of its own: valid, for nobody as for root.
+    let other = TestUser::new();
+    cfg.write(
+        "vhosts/php-b.toml",
+        &format!(
+            "hosts = [\"php-b.test\"]\nroot = \"www/x\"\nuser = \"{}\"\n[php]\n",
+            other.name
+        ),
+    );
+    let (code, stderr) = check("nobody");
+    assert_eq!(code, 0, "{stderr}");
+}
+
 #[tokio::test]
 async fn a_reload_that_would_share_a_user_is_refused_and_the_running_sites_keep_serving() {
     let cfg = TestConfig::new();
@@ -330,6 +404,111 @@ async fn a_site_reads_its_own_logs_and_no_other_sites() {
             "{file}"
         );
     }
+    assert!(bin.terminate().await.success());
+}
+
+/// Where `fs.protected_hardlinks` is 0, a site can hard-link another site's
+/// log into its own directory. That must not keep polyhost from starting
+/// (every site down) nor keep polyhost writing to an inode the site holds a
+/// name of: the linked file is moved aside, a new one made, all sites serve.
+#[tokio::test]
+async fn a_hard_link_to_another_sites_log_does_not_stop_polyhost() {
+    let cfg = TestConfig::new();
+    let (ua, ub) = (TestUser::new(), TestUser::new());
+    python_test_site(&cfg, "py-a", &ua, "pyapp", "", "threads = 1");
+    python_test_site(&cfg, "py-b", &ub, "pyapp", "", "threads = 1");
+    cfg.static_site("www", &["www.test"], "");
+    let log = cfg.path().join("log");
+    let bin = Binary::start(&cfg.main(), &[]).await;
+    for host in ["py-a.test", "py-b.test", "www.test"] {
+        assert_eq!(
+            get(bin.addr, host, "/?token=BEFORE").await.status,
+            200,
+            "{}",
+            bin.log()
+        );
+    }
+    let b_access = log.join("py-b.access.log");
+    common::wait_for(
+        "py-b's request in its access log",
+        Duration::from_secs(10),
+        async || common::file_text(&b_access),
+        |t| t.0.contains("token=BEFORE"),
+    )
+    .await;
+
+    // py-a links py-b's logs into a directory of its own. With
+    // fs.protected_hardlinks = 1 (this host's default) the kernel refuses
+    // it, so the test makes the same links as root.
+    let home = cfg.path().join("home-a");
+    std::fs::create_dir(&home).unwrap();
+    std::os::unix::fs::chown(&home, Some(ua.uid), Some(gid_of(&ua))).unwrap();
+    let mut links = Vec::new();
+    for file in ["py-b.access.log", "py-b.error.log"] {
+        let (src, dst) = (log.join(file), home.join(file));
+        let (linked, out) = runuser(
+            &ua.name,
+            &["ln", &src.display().to_string(), &dst.display().to_string()],
+        );
+        let protected = std::fs::read_to_string("/proc/sys/fs/protected_hardlinks")
+            .is_ok_and(|v| v.trim() == "1");
+        if !linked {
+            assert!(
+                protected,
+                "ln as py-a failed although links are not protected: {out}"
+            );
+            std::fs::hard_link(&src, &dst).unwrap();
+        }
+        links.push(dst);
+    }
+    assert!(bin.terminate().await.success());
+    let before: Vec<String> = links
+        .iter()
+        .map(|l| std::fs::read_to_string(l).unwrap())
+        .collect();
+
+    // The next start serves every site.
+    let bin = Binary::start(&cfg.main(), &[]).await;
+    for host in ["py-a.test", "py-b.test", "www.test"] {
+        let r = get(bin.addr, host, "/?token=AFTER").await;
+        assert_eq!(r.status, 200, "{host}: {}", bin.log());
+    }
+    common::wait_for(
+        "py-b's request in its new access log",
+        Duration::from_secs(10),
+        async || common::file_text(&b_access),
+        |t| t.0.contains("token=AFTER"),
+    )
+    .await;
+    // py-b's logs are new files, its own; the linked ones got no new line
+    // and are root's alone.
+    for file in ["py-b.access.log", "py-b.error.log"] {
+        let meta = std::fs::symlink_metadata(log.join(file)).unwrap();
+        assert_eq!(
+            (meta.nlink(), meta.mode() & 0o777, meta.uid(), meta.gid()),
+            (1, 0o640, 0, gid_of(&ub)),
+            "{file}"
+        );
+    }
+    for (link, text) in links.iter().zip(&before) {
+        assert_eq!(
+            &std::fs::read_to_string(link).unwrap(),
+            text,
+            "{}",
+            link.display()
+        );
+        assert_eq!(
+            std::fs::metadata(link).unwrap().gid(),
+            0,
+            "{}",
+            link.display()
+        );
+    }
+    assert!(
+        bin.log().contains("moved it aside"),
+        "no warning in polyhost's log:\n{}",
+        bin.log()
+    );
     assert!(bin.terminate().await.success());
 }
 

@@ -116,6 +116,7 @@ impl Server {
                 source,
             }
         })?;
+        warn_if_hard_links_unprotected();
         let names: Vec<&str> = config.sites.keys().map(SiteName::as_str).collect();
         crate::router::retire_other_logs(&config.server.log_dir, &names);
         let supervisor = Supervisor::new(&config.server);
@@ -475,6 +476,19 @@ fn find<'a>(state: &'a State, name: &str) -> Result<&'a SiteEntry, ControlError>
 
 /// Builds a site with a new generation of processes; `previous` lends its
 /// logs and counters so they continue across generations.
+/// Warns when the kernel lets anyone hard-link a file they do not own
+/// (`fs.protected_hardlinks` = 0): site code can then link another site's
+/// log or a root-only file into its own directories. polyhost copes (a log
+/// file with a second link is moved aside at start, a static file with one
+/// is served only to its owner), but the host is open to more than polyhost
+/// sees.
+fn warn_if_hard_links_unprotected() {
+    const KNOB: &str = "/proc/sys/fs/protected_hardlinks";
+    if std::fs::read_to_string(KNOB).is_ok_and(|v| v.trim() == "0") {
+        tracing::warn!("{KNOB} is 0: site code can hard-link files it does not own (other sites' logs, root's files) into its own directories; set fs.protected_hardlinks = 1 (sysctl), the default of every major distribution");
+    }
+}
+
 fn build_entry(
     site: &Arc<SiteConfig>,
     supervisor: &Supervisor,
@@ -484,7 +498,7 @@ fn build_entry(
 ) -> Result<SiteEntry, ConfigErrors> {
     let logs = match previous {
         Some(p) => p.logs.clone(),
-        None => sites::open_logs(site, log_dir)?,
+        None => sites::open_logs(site, log_dir),
     };
     let stats = previous.map(|p| p.stats.clone()).unwrap_or_default();
     let runtimes = Arc::new(sites::build_runtimes(site, supervisor, generation, &stats)?);

@@ -17,7 +17,9 @@
 //! 5. `PR_SET_NO_NEW_PRIVS`;
 //! 6. rlimits: `RLIMIT_NOFILE`, `RLIMIT_NPROC` (fallback process limit),
 //!    `RLIMIT_CORE` = 0 (never `RLIMIT_AS`: it breaks threaded Python);
-//! 7. mark every fd ≥ 3 close-on-exec (`close_range(CLOSE_RANGE_CLOEXEC)`);
+//! 7. mark every fd ≥ 3 close-on-exec (`close_range(CLOSE_RANGE_CLOEXEC)`;
+//!    where the kernel lacks it, one by one up to [`fd_bound`], computed in
+//!    the parent: no descriptor polyhost holds is at or above it);
 //! 8. `chdir` (as the site user: a directory it cannot enter fails the start);
 //! 9. with [`SpawnSpec::batch_scheduling`], `SCHED_BATCH` (inherited by every
 //!    thread and child the process makes). The one step that does not fail
@@ -229,6 +231,10 @@ struct ChildPlan {
     /// `(uid, gid)` to switch to; `None` when no switch is needed.
     switch: Option<(libc::uid_t, libc::gid_t)>,
     nofile: libc::rlim_t,
+    /// Every descriptor polyhost holds is below it (see [`fd_bound`]).
+    fd_bound: libc::c_int,
+    /// Skip `close_range` (test hook, see [`mark_fds_one_by_one`]).
+    one_by_one: bool,
     nproc: Option<libc::rlim_t>,
     cwd: CString,
     parent: libc::pid_t,
@@ -297,15 +303,18 @@ impl ChildPlan {
                 return Err(self.fail(Step::RlimitCore));
             }
             // CLOEXEC rather than close: std's own error pipe must survive
-            // until exec. Kernels before 5.11 lack close_range: mark one by one.
-            if libc::syscall(
-                libc::SYS_close_range,
-                3 as libc::c_uint,
-                libc::c_uint::MAX,
-                libc::CLOSE_RANGE_CLOEXEC,
-            ) != 0
+            // until exec. Kernels before 5.11 lack close_range: mark one by
+            // one, up to a bound from polyhost's own limit (the site's
+            // RLIMIT_NOFILE, just set, says nothing of what polyhost holds).
+            if self.one_by_one
+                || libc::syscall(
+                    libc::SYS_close_range,
+                    3 as libc::c_uint,
+                    libc::c_uint::MAX,
+                    libc::CLOSE_RANGE_CLOEXEC,
+                ) != 0
             {
-                for fd in 3..self.nofile.min(1 << 20) as libc::c_int {
+                for fd in 3..self.fd_bound {
                     libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
                 }
             }
@@ -414,6 +423,8 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<SiteProcess, SpawnError> {
         inherit: spec.inherit.iter().map(AsRawFd::as_raw_fd).collect(),
         switch,
         nofile: nofile_within_hard_limit(spec.rlimits.nofile),
+        fd_bound: fd_bound(),
+        one_by_one: ONE_BY_ONE.load(std::sync::atomic::Ordering::Relaxed),
         nproc: spec.rlimits.nproc.map(|n| n as libc::rlim_t),
         cwd: CString::new(spec.cwd.as_os_str().as_bytes()).map_err(|_| SpawnError::Nul {
             what: "working directory",
@@ -468,6 +479,42 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<SiteProcess, SpawnError> {
             })
         }
     }
+}
+
+/// One past the highest descriptor polyhost may hold, for the child's
+/// one-by-one close-on-exec loop: polyhost's own soft `RLIMIT_NOFILE` (the
+/// kernel hands out no descriptor at or above it; polyhost raises it to the
+/// hard limit at start, see `isolation::nofile`), or one past the highest
+/// descriptor open now if that is higher (the limit was lowered from outside,
+/// e.g. with `prlimit`, after descriptors above it were opened). Computed in
+/// the parent: the child may not allocate or read `/proc`.
+fn fd_bound() -> libc::c_int {
+    let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(0, |(soft, _)| soft);
+    let open = std::fs::read_dir("/proc/self/fd")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
+        .max()
+        .map_or(0, |fd| fd + 1);
+    // Without /proc and with an unreadable limit, the most a process may
+    // ever have by default (fs.nr_open).
+    let bound = match soft.max(open) {
+        0 => 1 << 20,
+        n => n,
+    };
+    bound.min(libc::c_int::MAX as u64) as libc::c_int
+}
+
+static ONE_BY_ONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Test hook: children mark their descriptors close-on-exec one by one,
+/// as on kernels without `close_range` (before Linux 5.11), even where
+/// `close_range` works, so that tests can check that path. Affects every
+/// spawn of the process while on.
+#[doc(hidden)]
+pub fn mark_fds_one_by_one(on: bool) {
+    ONE_BY_ONE.store(on, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// The child can only lower `RLIMIT_NOFILE` (it is set after the privilege

@@ -25,7 +25,8 @@ use std::time::{Duration, SystemTime};
 /// One append-only log file.
 pub struct LogFile {
     path: PathBuf,
-    out: Mutex<BufWriter<File>>,
+    /// `None`: the file could not be opened ([`LogFile::closed`]); lines are dropped.
+    out: Mutex<Option<BufWriter<File>>>,
 }
 
 /// Mode of every site log file: the owner (root) writes, the site's group reads.
@@ -34,28 +35,28 @@ pub const LOG_FILE_MODE: u32 = 0o640;
 impl LogFile {
     /// Opens (or creates) `path` for appending, as a private file: never
     /// through a symlink, only a regular file with no other hard link, and
-    /// made `0640 root:root` (see [`LogFile::give_to_group`]).
+    /// made `0640 root:root` (see [`LogFile::give_to_group`]). Anything
+    /// else found at `path` (a second hard link, which a site can make where
+    /// `fs.protected_hardlinks` is 0; a symlink; a fifo) is moved aside with
+    /// a warning ([`move_aside`]) and a new file is made in its place: one
+    /// site's log file never keeps polyhost from starting.
     pub fn open(path: &Path) -> std::io::Result<Arc<LogFile>> {
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-            .open(path)?;
-        let meta = file.metadata()?;
-        if !meta.is_file() || meta.nlink() != 1 {
-            return Err(std::io::Error::other(format!(
-                "{} is not a regular file with one link; remove it (polyhost makes a new one)",
-                path.display()
-            )));
-        }
+        let file = open_private(path)?;
         set_reader_group(&file, None)?;
         let log = Arc::new(LogFile {
             path: path.to_path_buf(),
-            out: Mutex::new(BufWriter::with_capacity(64 << 10, file)),
+            out: Mutex::new(Some(BufWriter::with_capacity(64 << 10, file))),
         });
         spawn_flusher(Arc::downgrade(&log));
         Ok(log)
+    }
+
+    /// A log for `path` that could not be opened: its lines are dropped.
+    pub fn closed(path: &Path) -> Arc<LogFile> {
+        Arc::new(LogFile {
+            path: path.to_path_buf(),
+            out: Mutex::new(None),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -65,7 +66,10 @@ impl LogFile {
     /// Lets `group` (a site's group) read the file, or only root with `None`.
     pub fn give_to_group(&self, group: Option<u32>) -> std::io::Result<()> {
         let out = self.out.lock().unwrap_or_else(|p| p.into_inner());
-        set_reader_group(out.get_ref(), group)
+        match out.as_ref() {
+            Some(out) => set_reader_group(out.get_ref(), group),
+            None => Ok(()),
+        }
     }
 
     /// Appends one line (a newline is added).
@@ -88,19 +92,23 @@ impl LogFile {
             line.push(b'\n');
             let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
             // A full disk must not take the router down; the write error is dropped.
-            let _ = out.write_all(line);
+            if let Some(out) = out.as_mut() {
+                let _ = out.write_all(line);
+            }
         });
     }
 
     pub fn flush(&self) {
         let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = out.flush();
+        if let Some(out) = out.as_mut() {
+            let _ = out.flush();
+        }
     }
 }
 
 impl Drop for LogFile {
     fn drop(&mut self) {
-        if let Ok(out) = self.out.get_mut() {
+        if let Ok(Some(out)) = self.out.get_mut() {
             let _ = out.flush();
         }
     }
@@ -113,6 +121,112 @@ fn set_reader_group(file: &File, group: Option<u32>) -> std::io::Result<()> {
         std::os::unix::fs::fchown(file, Some(0), Some(group.unwrap_or(0)))?;
     }
     file.set_permissions(std::fs::Permissions::from_mode(LOG_FILE_MODE))
+}
+
+/// Opens the log file at `path` for appending: the regular file with one
+/// link found there, or a new one (`O_EXCL`) once whatever else was there has
+/// been moved aside. Never through a symlink; `O_NONBLOCK` so that a fifo
+/// swapped in cannot block the open. The log directory is root's and
+/// writable by root alone (`prepare_log_dir`), so nothing but a hard link
+/// made from outside changes it between the look and the open; the loop
+/// looks again if something did.
+fn open_private(path: &Path) -> std::io::Result<File> {
+    use std::io::ErrorKind;
+    for _ in 0..3 {
+        let found = match std::fs::symlink_metadata(path) {
+            Ok(meta) => Some(meta),
+            Err(e) if e.kind() == ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        let reuse = match &found {
+            Some(meta) if meta.is_file() && meta.nlink() == 1 => true,
+            Some(meta) => {
+                move_aside(path, meta)?;
+                false
+            }
+            None => false,
+        };
+        let opened = OpenOptions::new()
+            .append(true)
+            .create_new(!reuse)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(path);
+        match opened {
+            Ok(file) => {
+                let meta = file.metadata()?;
+                if meta.is_file() && meta.nlink() == 1 {
+                    return Ok(file);
+                }
+            }
+            // Changed between the look and the open: look again.
+            Err(e)
+                if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::AlreadyExists)
+                    || e.raw_os_error() == Some(libc::ELOOP) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Err(std::io::Error::other(format!(
+        "{} keeps changing while polyhost opens it",
+        path.display()
+    )))
+}
+
+/// Renames what is at `path` (not a regular file with one link) to
+/// `<name>.moved-<unix time>` beside it, with a warning naming both. A
+/// regular file keeps its content for the operator but loses the site's
+/// group (root's from then on, as `retire_other_logs` does): that name is
+/// no site's log any more, and a group id given to a later site must not
+/// open it. The other links (e.g. a site's `ln .../other.error.log /tmp/x`)
+/// keep naming the old file, which polyhost never writes again.
+fn move_aside(path: &Path, found: &std::fs::Metadata) -> std::io::Result<()> {
+    let what = if found.file_type().is_symlink() {
+        "is a symlink".to_owned()
+    } else if !found.is_file() {
+        "is not a regular file".to_owned()
+    } else {
+        format!("has {} hard links", found.nlink())
+    };
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let stamp = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let aside = (0..100)
+        .map(|n| match n {
+            0 => path.with_file_name(format!("{name}.moved-{stamp}")),
+            n => path.with_file_name(format!("{name}.moved-{stamp}-{n}")),
+        })
+        .find(|p| std::fs::symlink_metadata(p).is_err())
+        .ok_or_else(|| {
+            std::io::Error::other(format!(
+                "{} {what}, and no free name beside it to move it to",
+                path.display()
+            ))
+        })?;
+    // No site writes in the log directory, so the name found free stays free.
+    std::fs::rename(path, &aside)?;
+    if found.is_file() && found.uid() == 0 && found.gid() != 0 {
+        let retired = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&aside)
+            .and_then(|f| {
+                let meta = f.metadata()?;
+                if (meta.dev(), meta.ino()) == (found.dev(), found.ino()) {
+                    std::os::unix::fs::fchown(&f, None, Some(0))?;
+                }
+                Ok(())
+            });
+        if let Err(e) = retired {
+            tracing::warn!(file = %aside.display(), error = %e, "cannot give a moved-aside log file back to root");
+        }
+    }
+    tracing::warn!(
+        file = %path.display(),
+        moved_to = %aside.display(),
+        "a site log file {what} (a second link may come from site code where fs.protected_hardlinks is 0); moved it aside and started a new file"
+    );
+    Ok(())
 }
 
 /// Creates the log directory (`0711 root`: sites reach their own files by
@@ -220,11 +334,22 @@ pub struct SiteLogs {
 impl SiteLogs {
     /// Opens `<log_dir>/<site>.access.log` and `<log_dir>/<site>.error.log`
     /// (`0640 root:root` until [`give_to_group`](Self::give_to_group)).
-    pub fn open(log_dir: &Path, site: &str) -> std::io::Result<SiteLogs> {
-        Ok(SiteLogs {
-            access: LogFile::open(&log_dir.join(format!("{site}.access.log")))?,
-            error: LogFile::open(&log_dir.join(format!("{site}.error.log")))?,
-        })
+    /// A file that cannot be opened (a full or read-only disk, ...) does not
+    /// keep the site, or polyhost, from serving: the error is logged and
+    /// that file's lines are dropped until the site's logs are opened again
+    /// (a restart of polyhost).
+    pub fn open(log_dir: &Path, site: &str) -> SiteLogs {
+        let open = |kind: &str| {
+            let path = log_dir.join(format!("{site}.{kind}.log"));
+            LogFile::open(&path).unwrap_or_else(|e| {
+                tracing::error!(site, file = %path.display(), error = %e, "cannot open the site's log file; its lines are dropped until polyhost is restarted");
+                LogFile::closed(&path)
+            })
+        };
+        SiteLogs {
+            access: open("access"),
+            error: open("error"),
+        }
     }
 
     /// Lets the site's group read both files (`None`: root only).
@@ -380,18 +505,57 @@ mod tests {
         std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o644)).unwrap();
         let log = LogFile::open(&old).unwrap();
         assert_eq!(std::fs::metadata(&old).unwrap().mode() & 0o777, 0o640);
+        log.line("new line");
         drop(log);
+        assert_eq!(
+            std::fs::read_to_string(&old).unwrap(),
+            "old line\nnew line\n"
+        );
+
+        // A symlink, a second hard link, a fifo, a directory: moved aside
+        // (the link itself, never its target), and a new file made.
         let target = tmp.path().join("elsewhere");
-        std::fs::write(&target, "").unwrap();
-        let link = tmp.path().join("linked.access.log");
-        std::os::unix::fs::symlink(&target, &link).unwrap();
-        assert!(LogFile::open(&link).is_err(), "a symlink is not followed");
+        std::fs::write(&target, "target\n").unwrap();
+        let symlink = tmp.path().join("sym.access.log");
+        std::os::unix::fs::symlink(&target, &symlink).unwrap();
         let hard = tmp.path().join("hard.access.log");
         std::fs::hard_link(&target, &hard).unwrap();
-        assert!(
-            LogFile::open(&hard).is_err(),
-            "a second hard link is refused"
-        );
+        let fifo = tmp.path().join("fifo.access.log");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let dir = tmp.path().join("dir.access.log");
+        std::fs::create_dir(&dir).unwrap();
+        for path in [&symlink, &hard, &fifo, &dir] {
+            let log = LogFile::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            log.line("fresh");
+            drop(log);
+            let meta = std::fs::symlink_metadata(path).unwrap();
+            assert!(
+                meta.is_file() && meta.nlink() == 1,
+                "{}: {meta:?}",
+                path.display()
+            );
+            assert_eq!(std::fs::read_to_string(path).unwrap(), "fresh\n");
+            let name = path.file_name().unwrap().to_str().unwrap();
+            let aside: Vec<_> = std::fs::read_dir(tmp.path())
+                .unwrap()
+                .filter_map(|e| e.unwrap().file_name().into_string().ok())
+                .filter(|n| n.starts_with(&format!("{name}.moved-")))
+                .collect();
+            assert_eq!(aside.len(), 1, "{name}: {aside:?}");
+        }
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "target\n");
+        assert_eq!(std::fs::metadata(&target).unwrap().nlink(), 2, "kept aside");
+    }
+
+    #[test]
+    fn a_log_that_cannot_be_opened_drops_its_lines() {
+        let tmp = tempfile::tempdir().unwrap();
+        let missing = tmp.path().join("no/such/dir");
+        let logs = SiteLogs::open(&missing, "shop");
+        logs.error("nobody reads this");
+        logs.access.flush();
+        logs.give_to_group(Some(1)).unwrap();
+        assert!(!missing.exists());
     }
 
     #[test]

@@ -223,17 +223,9 @@ pub fn disabled_route(
     }
 }
 
-/// Opens a site's log files.
-pub fn open_logs(site: &SiteConfig, log_dir: &Path) -> Result<Arc<SiteLogs>, ConfigErrors> {
-    SiteLogs::open(log_dir, site.name.as_str())
-        .map(Arc::new)
-        .map_err(|e| {
-            one_error(
-                site,
-                "",
-                format!("cannot open the site's logs in {}: {e}", log_dir.display()),
-            )
-        })
+/// Opens a site's log files (see [`SiteLogs::open`]: never an error).
+pub fn open_logs(site: &SiteConfig, log_dir: &Path) -> Arc<SiteLogs> {
+    Arc::new(SiteLogs::open(log_dir, site.name.as_str()))
 }
 
 /// Gives read access to a site's logs to the group its processes run with

@@ -27,7 +27,7 @@ pub use endpoint::{Endpoint, Lease};
 pub use group::{spawn_group, GroupHandle, GroupSpec, GroupState, Snapshot};
 pub use launcher::{Command, Launcher, Lifecycle, Listen, Probe, ProcessSocket};
 pub use policy::{RestartPolicy, RestartTracker};
-pub use separation::{site_identities, IdentityDefaults};
+pub use separation::{configured_site_identities, site_identities, IdentityDefaults};
 
 use crate::config::{ServerConfig, SiteConfig, SiteScheduling};
 use crate::isolation::{self, CgroupRoot, Rlimits, SiteCgroup, SiteIdentity};
@@ -291,6 +291,18 @@ pub fn site_identity(
         WARN.call_once(|| tracing::warn!("polyhost is not running as root: every site runs as the invoking user, without separation"));
         return Ok(Some(SiteIdentity::current()?));
     }
+    configured_identity(site, default_user, default_group, admin_group).map(Some)
+}
+
+/// Who a site is configured to run as, whoever asks: its `user` (else
+/// `default_user`) and group, resolved, never a privileged group. What
+/// `serve` run as root uses, and what `polyhost check` checks as any user.
+pub fn configured_identity(
+    site: &SiteConfig,
+    default_user: Option<&str>,
+    default_group: Option<&str>,
+    admin_group: Option<&str>,
+) -> Result<SiteIdentity, SiteSetupError> {
     let user = site
         .user
         .as_deref()
@@ -303,7 +315,7 @@ pub fn site_identity(
     });
     let identity = SiteIdentity::resolve(user, group)?;
     refuse_privileged_group(&identity, admin_group)?;
-    Ok(Some(identity))
+    Ok(identity)
 }
 
 /// Groups that grant power beyond a site: membership would let site code

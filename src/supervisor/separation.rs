@@ -9,12 +9,16 @@
 //! files and sockets (and so run code as each other). Static-only sites run
 //! no code and are not counted.
 //!
-//! [`site_identities`] is the one place this is decided: `polyhost check`,
-//! `serve` (before anything starts) and every reload (before anything is
-//! built; a refusal keeps the running set) call it.
+//! [`site_identities`] is the one place this is decided: `serve` (before
+//! anything starts) and every reload (before anything is built; a refusal
+//! keeps the running set) call it, and `polyhost check` calls
+//! [`configured_site_identities`].
 //!
-//! When polyhost is not root every site runs as the invoking user anyway
-//! (no separation exists; a warning says so), and nothing is refused here.
+//! When `serve` is not root every site runs as the invoking user anyway (no
+//! separation exists; a warning says so), and [`site_identities`] refuses
+//! nothing. `polyhost check` resolves every site's configured user and group
+//! and applies the rule whoever runs it: a panel checking a config as an
+//! unprivileged user gets the answer `serve` as root would give.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -22,7 +26,7 @@ use std::sync::Arc;
 use crate::config::{ConfigError, ConfigErrors, ServerConfig, SiteConfig, SiteName};
 use crate::isolation::{self, SiteIdentity};
 
-use super::site_identity;
+use super::{configured_identity, site_identity};
 
 /// The server-wide settings that decide who a site runs as.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -46,19 +50,46 @@ impl IdentityDefaults {
 /// Resolves the identity of every site that runs code and checks that no two
 /// of them share a uid or a group. Every error names the site's file and key
 /// (`user` or `group`), and for a shared id both sites and their files.
+/// As polyhost runs now: when it is not root, every site is the invoking
+/// user and nothing is refused.
 pub fn site_identities(
     sites: &BTreeMap<SiteName, Arc<SiteConfig>>,
     defaults: &IdentityDefaults,
 ) -> Result<BTreeMap<SiteName, SiteIdentity>, ConfigErrors> {
+    identities(sites, defaults, isolation::running_as_root())
+}
+
+/// Like [`site_identities`], but always as `serve` run as root would:
+/// each site's configured user and group, whoever the caller is (`polyhost
+/// check`).
+pub fn configured_site_identities(
+    sites: &BTreeMap<SiteName, Arc<SiteConfig>>,
+    defaults: &IdentityDefaults,
+) -> Result<BTreeMap<SiteName, SiteIdentity>, ConfigErrors> {
+    identities(sites, defaults, true)
+}
+
+/// `configured`: resolve each site's configured user and group and apply
+/// the rule; otherwise every site is the invoking user, unchecked.
+fn identities(
+    sites: &BTreeMap<SiteName, Arc<SiteConfig>>,
+    defaults: &IdentityDefaults,
+    configured: bool,
+) -> Result<BTreeMap<SiteName, SiteIdentity>, ConfigErrors> {
     let mut errors = ConfigErrors::default();
     let mut resolved = BTreeMap::new();
     for site in sites.values().filter(|s| runs_code(s)) {
-        match site_identity(
-            site,
+        let (user, group, admin) = (
             defaults.user.as_deref(),
             defaults.group.as_deref(),
             defaults.admin_group.as_deref(),
-        ) {
+        );
+        let identity = if configured {
+            configured_identity(site, user, group, admin).map(Some)
+        } else {
+            site_identity(site, user, group, admin)
+        };
+        match identity {
             Ok(Some(id)) => {
                 resolved.insert(site.name.clone(), id);
             }
@@ -66,7 +97,7 @@ pub fn site_identities(
             Err(e) => errors.push(ConfigError::in_file(&site.file, "user", e.to_string())),
         }
     }
-    if isolation::running_as_root() {
+    if configured {
         check_separation(sites, &resolved, defaults, &mut errors);
     }
     if errors.is_empty() {

@@ -5,8 +5,11 @@
 //! database password.
 //!
 //! Invariant: a name is PHP source when it ends in one of [`PHP_SOURCE`] or
-//! of the site's `php.extensions`, in any letter case, or in one of those
-//! followed by one of [`BACKUP`].
+//! of the site's `php.extensions`, in any letter case; or when one of those
+//! endings appears in it followed by anything but a letter or digit (a
+//! copy: `x.php~`, `x.php.bak~`, `x.php.save.1`, `.x.php.swp`, `#x.php#`,
+//! `x.php-old`, `x.php.txt`), unless its final ending is one of
+//! [`RENDERED`].
 
 /// Name endings of PHP source that no site serves as a file: scripts, of
 /// other PHP versions and conventions too (which a server elsewhere would
@@ -18,9 +21,15 @@ pub const PHP_SOURCE: [&str; 12] = [
     ".phpt", ".inc",
 ];
 
-/// Endings editors and people leave on copies of a file
-/// (`wp-config.php~`, `config.php.bak`): a copy of PHP source is refused too.
-pub const BACKUP: [&str; 5] = ["~", ".bak", ".old", ".orig", ".save"];
+/// Final endings after which a PHP ending inside the name does not make it
+/// PHP source: web pages and their assets, which no editor, backup tool or
+/// package manager leaves on a copy of a file. `index.php.html` is what
+/// `wget --adjust-extension` makes of a PHP page when a site is mirrored as
+/// static files; `menu.inc.js`, `header.inc.html` and `print.inc.css` are
+/// common names of partials. Everything else that follows a PHP ending
+/// (`.bak`, `~`, `.1`, `.dist`, `.swp`, `.txt`, `.gz`, ...) is taken for a
+/// copy of the source: a deny list of backup endings always misses one.
+pub const RENDERED: [&str; 4] = [".html", ".htm", ".css", ".js"];
 
 /// What a file name means to PHP.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,28 +45,43 @@ pub enum PhpName {
 /// What `name` (a file name, no `/`) is on a site whose `php.extensions`
 /// are `extensions`.
 pub fn php_name(name: &str, extensions: &[String]) -> PhpName {
-    let (stem, backup) = match BACKUP.iter().find(|b| ends_with_ignore_case(name, b)) {
-        // The ending is ASCII: cutting it leaves a char boundary.
-        Some(b) => (&name[..name.len() - b.len()], true),
-        None => (name, false),
-    };
-    let Some(dot) = stem.rfind('.') else {
-        return PhpName::Not;
-    };
-    let ext = &stem[dot..];
-    if !backup && extensions.iter().any(|e| e == ext) {
-        return PhpName::Script;
-    }
-    let source = PHP_SOURCE
+    let mut endings = PHP_SOURCE
         .iter()
         .copied()
-        .chain(extensions.iter().map(String::as_str))
-        .any(|e| ext.eq_ignore_ascii_case(e));
-    if source {
+        .chain(extensions.iter().map(String::as_str));
+    if let Some(dot) = name.rfind('.') {
+        let ext = &name[dot..];
+        if extensions.iter().any(|e| e == ext) {
+            return PhpName::Script;
+        }
+        if endings.clone().any(|e| ext.eq_ignore_ascii_case(e)) {
+            return PhpName::Source;
+        }
+        if RENDERED.iter().any(|r| ext.eq_ignore_ascii_case(r)) {
+            return PhpName::Not;
+        }
+    }
+    if endings.any(|e| holds_copy_of(name, e)) {
         PhpName::Source
     } else {
         PhpName::Not
     }
+}
+
+/// `ending` (e.g. `.php`, any case) is somewhere in `name` followed by a
+/// character that is not an ASCII letter or digit (so `.php5` and `.phps`
+/// are endings of their own, `.phpx` none).
+fn holds_copy_of(name: &str, ending: &str) -> bool {
+    let (name, ending) = (name.as_bytes(), ending.as_bytes());
+    if ending.is_empty() {
+        return false;
+    }
+    name.windows(ending.len()).enumerate().any(|(at, w)| {
+        w.eq_ignore_ascii_case(ending)
+            && name
+                .get(at + ending.len())
+                .is_some_and(|c| !c.is_ascii_alphanumeric())
+    })
 }
 
 /// Whether `name` (a file name, no `/`) is PHP source for a site whose
@@ -100,13 +124,55 @@ mod tests {
             ("wp-config.php.bak", &default, Source),
             ("x.phtml.orig", &phtml, Source),
             ("config.inc.save", &default, Source),
+            // Copies under any other name a tool or a person gives them.
+            ("x.php.bak~", &default, Source),
+            ("x.php~.bak", &default, Source),
+            ("x.php.save.1", &default, Source),
+            (".x.php.swp", &default, Source),
+            (".x.php.swo", &default, Source),
+            ("#x.php#", &default, Source),
+            (".#x.php", &default, Script),
+            ("x.php.1", &default, Source),
+            ("x.php.dist", &default, Source),
+            ("x.php.orig~", &default, Source),
+            ("x.PHP.dpkg-old", &default, Source),
+            ("x.php-old", &default, Source),
+            ("x.php_2024", &default, Source),
+            ("x.php (copy)", &default, Source),
+            ("x.php.", &default, Source),
+            ("x.php.txt", &default, Source),
+            ("x.php.tar.gz", &default, Source),
+            ("x.php5.bak", &default, Source),
+            ("x.phps~", &default, Source),
+            ("lib.phar.gz", &default, Source),
+            ("db.inc.orig", &default, Source),
+            (
+                "page.tpl.bak",
+                &[".php".to_owned(), ".tpl".to_owned()],
+                Source,
+            ),
+            // A page, a script or a style sheet: rendered, not a copy.
+            ("index.php.html", &default, Not),
+            ("index.php.HTM", &default, Not),
+            ("menu.inc.js", &default, Not),
+            ("print.inc.css", &default, Not),
+            (
+                "x.php.html",
+                &[".php".to_owned(), ".html".to_owned()],
+                Script,
+            ),
+            ("x.php.html", &[], Not),
             ("style.css", &default, Not),
             ("notes.txt~", &default, Not),
-            ("x.php.txt", &default, Not),
             ("archive.bak", &default, Not),
             ("php", &default, Not),
+            ("php.bak", &default, Not),
             ("x.phpx", &default, Not),
+            ("x.phpx.bak", &default, Not),
+            ("x.include.bak", &default, Not),
+            ("x.incx~", &default, Not),
             ("été.php", &default, Script),
+            ("été.php~", &default, Source),
         ];
         for (name, extensions, want) in cases {
             assert_eq!(
@@ -127,6 +193,9 @@ mod tests {
             "x.phtml",
             "a.php~",
             "b.php.bak",
+            "c.php.bak~",
+            "#d.php#",
+            "e.php.txt",
         ] {
             assert!(is_php_source(name, &[]), "{name}");
         }
@@ -134,7 +203,7 @@ mod tests {
             "index.html",
             "notes.txt~",
             "php",
-            "x.php.txt",
+            "index.php.html",
             "archive.bak",
             "x.phpx",
         ] {

@@ -362,15 +362,13 @@ impl Front {
                 Some((_, up)) => Arc::new(SiteRoute {
                     config: site.clone(),
                     mounts: MountTable::new(vec![(String::new(), up.clone())]),
-                    logs: Arc::new(
-                        SiteLogs::open(&config.server.log_dir, site.name.as_str()).unwrap(),
-                    ),
+                    logs: Arc::new(SiteLogs::open(&config.server.log_dir, site.name.as_str())),
                     stats: Default::default(),
                     uid: None,
                 }),
                 None => {
                     // Static sites, as `serve` builds them (no processes).
-                    let logs = polyhost::sites::open_logs(site, &config.server.log_dir).unwrap();
+                    let logs = polyhost::sites::open_logs(site, &config.server.log_dir);
                     let stats: Arc<polyhost::router::SiteStats> = Default::default();
                     let runtimes =
                         polyhost::sites::build_runtimes(site, supervisor, 1, &stats).unwrap();
