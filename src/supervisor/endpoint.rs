@@ -9,7 +9,7 @@
 //! Invariant: once [`Endpoint::close`] has returned and [`Endpoint::inflight`]
 //! then reads 0, no lease on the endpoint exists or will ever be taken, so
 //! its process can be stopped without cutting a request. A request that
-//! loses that race ([`Lease::try_take`] returns `None`) takes another
+//! loses that race (`Lease::try_take` returns `None`) takes another
 //! endpoint, or starts the group again.
 
 use std::path::PathBuf;
@@ -45,7 +45,7 @@ impl Endpoint {
         }
     }
     /// Leases held now. Sequentially consistent with [`close`](Self::close)
-    /// and [`Lease::try_take`] (see the module's invariant).
+    /// and `Lease::try_take` (see the module's invariant).
     pub fn inflight(&self) -> usize {
         self.inflight.load(Ordering::SeqCst)
     }

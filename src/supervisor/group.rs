@@ -13,6 +13,12 @@
 //!   backoff cap (or a restart/reload) tries again.     Stop → Stopped (final).
 //! ```
 //!
+//! Scale to zero (`idle_timeout`, checked in `group/checks.rs`) drains rather than
+//! kills: the group turns `Idle` and unpublishes its processes, closes their
+//! endpoints to new leases (a request that raced it takes none and starts
+//! the group again, see [`super::endpoint`]), waits for the requests still
+//! in them, then stops them.
+//!
 //! Each process has a slot. A slot's process is started (confined by
 //! `isolation`) with a socket the group bound for it ([`super::sockets`]),
 //! becomes ready when it serves there (see "Readiness" in [`super::watch`]),
