@@ -2,7 +2,7 @@
 //! stops whole (master and children; no process of the site user, no socket,
 //! no pid file left), status shows it idle, the next request starts it
 //! again; a trickle of requests keeps it up; requests that race the stop are
-//! all served.
+//! all served; idle time counts from readiness, not from a slow start.
 
 mod admin_support;
 mod common;
@@ -324,4 +324,56 @@ fn pool_idle_timeout_is_a_duration_and_zero_means_never() {
         )),
         "{err}"
     );
+}
+
+/// When polyhost logged `what` for `site`, in order.
+fn logged(log: &str, what: &str, site: &str) -> Vec<SystemTime> {
+    let needle = format!("{what} site={site} ");
+    log.lines()
+        .filter(|l| l.contains(&needle))
+        .filter_map(|l| humantime::parse_rfc3339(l.split_whitespace().next()?).ok())
+        .collect()
+}
+
+/// Idle time counts from the moment a start is ready at the earliest: a
+/// start slower than the idle timeout is not scaled to zero at the next
+/// check (requests waiting for it would start it again, and again). Shown
+/// on the supervisor's one idle machinery with a Python app whose import
+/// takes 1.5 s (php-fpm cannot be made to start slowly), started by a
+/// request whose client gives up before it is ready.
+#[tokio::test]
+async fn idle_time_counts_from_readiness_not_from_a_slow_start() {
+    let cfg = TestConfig::new();
+    let user = TestUser::new();
+    admin_support::python_site(&cfg, "slow", &user, "1", "");
+    let vhost = cfg.path().join("vhosts/slow.toml");
+    let text = std::fs::read_to_string(&vhost).unwrap();
+    std::fs::write(
+        &vhost,
+        text.replace("[python]\n", "[python]\nidle_timeout = \"1s\"\n")
+            .replace(
+                "APP_VERSION = \"1\"",
+                "APP_VERSION = \"1\", IMPORT_DELAY = \"1.5\"",
+            ),
+    )
+    .unwrap();
+    let bin = Binary::start(&cfg.main(), &[]).await;
+    let gave_up =
+        tokio::time::timeout(Duration::from_millis(200), get(bin.addr, "slow.test", "/")).await;
+    assert!(gave_up.is_err(), "answered before its app was imported");
+    let stopped = eventually(Duration::from_secs(15), || async {
+        !logged(&bin.log(), "scaling to zero", "slow").is_empty()
+    })
+    .await;
+    assert!(stopped, "scaled to zero at all\n{}", bin.log());
+    let log = bin.log();
+    let ready = logged(&log, "ready", "slow")[0];
+    let stop = logged(&log, "scaling to zero", "slow")[0];
+    let up = stop.duration_since(ready).unwrap_or_default();
+    assert!(
+        up >= Duration::from_millis(950),
+        "up only {up:?} after it became ready\n{log}"
+    );
+    wait_gone(&cfg, &bin, "slow", &user).await;
+    assert!(bin.terminate().await.success());
 }

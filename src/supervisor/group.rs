@@ -494,6 +494,10 @@ impl Actor {
         }
         p.ready = true;
         self.app_error = None;
+        // Idle time counts from here at the earliest: a start slower than
+        // idle_timeout must not be scaled to zero before its waiting
+        // requests took it.
+        self.activity.touch();
         let (pid, replaces) = (p.endpoint.pid, p.replaces.take());
         tracing::info!(site = %self.site(), runtime = self.runtime(), pid, "ready");
         if let Some(old) = replaces {
