@@ -148,7 +148,9 @@ async fn requests_closer_together_than_the_timeout_keep_the_pool_up() {
         bin.log()
     );
     wait_gone(&cfg, &bin, "busy", &user).await;
+    let state_dir = cfg.path().join("state");
     assert!(bin.terminate().await.success());
+    common::check_hygiene(&state_dir);
 }
 
 /// One raw `GET /` on a connection opened beforehand; the status (0: no
@@ -192,7 +194,7 @@ async fn requests_racing_the_idle_stop_are_all_served() {
     assert_eq!(r.status, 200, "{}", bin.log());
     wait_gone(&cfg, &bin, "race", &user).await;
     let request = format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-    let (mut raced, mut failures) = (0, Vec::new());
+    let (mut raced, mut split, mut failures) = (0, 0, Vec::new());
     for cycle in 0..CYCLES {
         // The pool is up, and its last request ended at `last`.
         let r = get(bin.addr, host, "/").await;
@@ -251,8 +253,16 @@ async fn requests_racing_the_idle_stop_are_all_served() {
             .any(|t| *t + Duration::from_millis(10) >= start && *t <= end);
         let masters: std::collections::BTreeSet<String> =
             answers.iter().map(|(_, t)| master_of(t)).collect();
+        // Requests that took the old pool before it closed were served
+        // by it, the others by a new start.
+        split += usize::from(masters.len() > 1);
         if stopped_during {
             raced += 1;
+        } else {
+            // The burst came before the stop and kept the pool up: let it
+            // stop, so the next cycle aims at a fresh phase (a tick that
+            // fires late moves every later one).
+            wait_gone(&cfg, &bin, "race", &user).await;
         }
         let delta: Vec<i128> = stops_logged(&bin.log(), "race")
             .iter()
@@ -275,9 +285,12 @@ async fn requests_racing_the_idle_stop_are_all_served() {
     );
     // The test raced the stop at all (else it shows nothing).
     assert!(
-        raced >= 2,
+        raced >= 4,
         "only {raced} of {CYCLES} bursts met a stop\n{}",
         bin.log()
+    );
+    eprintln!(
+        "{raced} of {CYCLES} bursts met a stop; {split} were served partly by the stopping pool"
     );
     let state_dir = cfg.path().join("state");
     assert!(bin.terminate().await.success());
