@@ -1,8 +1,9 @@
 //! `[php] pool_idle_timeout` against the real binary: an idle PHP pool
-//! stops whole (master and children; no process of the site user, no socket,
-//! no pid file left), status shows it idle, the next request starts it
-//! again; a trickle of requests keeps it up; requests that race the stop are
-//! all served; idle time counts from readiness, not from a slow start.
+//! stops whole (master and children; no process of the site user, no
+//! socket, no pid file, no process cgroup left), status shows it idle, the
+//! next request starts it again; a trickle of requests keeps it up;
+//! requests that race the stop are all served; idle time counts from
+//! readiness, not from a slow start.
 
 mod admin_support;
 mod common;
@@ -48,9 +49,48 @@ fn leftovers(cfg: &TestConfig, site: &str) -> Vec<String> {
     .collect()
 }
 
-/// No process of the site's user, no socket, no pid file.
+/// The per-process cgroups left under the site's cgroup, in every hierarchy.
+fn process_cgroups(cfg: &TestConfig, site: &str) -> Vec<String> {
+    fn find(dir: &std::path::Path, name: &str, depth: usize, out: &mut Vec<std::path::PathBuf>) {
+        if depth == 0 {
+            return;
+        }
+        for e in std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+        {
+            if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            if e.file_name().to_str() == Some(name) {
+                out.push(e.path());
+            } else {
+                find(&e.path(), name, depth - 1, out);
+            }
+        }
+    }
+    let state = std::fs::canonicalize(cfg.path().join("state")).unwrap();
+    let mut ours = Vec::new();
+    find(
+        std::path::Path::new("/sys/fs/cgroup"),
+        &polyhost::supervisor::cgroup_parent_name(&state),
+        6,
+        &mut ours,
+    );
+    ours.iter()
+        .flat_map(|d| std::fs::read_dir(d.join(site)).into_iter().flatten())
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.path().display().to_string())
+        .collect()
+}
+
+/// No process of the site's user, no socket, no pid file, no process cgroup.
 fn pool_gone(cfg: &TestConfig, site: &str, user: &TestUser) -> bool {
-    pids_of_uid(user.uid).is_empty() && leftovers(cfg, site).is_empty()
+    pids_of_uid(user.uid).is_empty()
+        && leftovers(cfg, site).is_empty()
+        && process_cgroups(cfg, site).is_empty()
 }
 
 async fn site_status(cfg: &TestConfig, site: &str) -> polyhost::app::status::SiteStatus {
@@ -67,9 +107,10 @@ async fn wait_gone(cfg: &TestConfig, bin: &Binary, site: &str, user: &TestUser) 
     .await;
     assert!(
         gone,
-        "the idle pool stopped whole: processes {:?}, files {:?}\n{}",
+        "the idle pool stopped whole: processes {:?}, files {:?}, cgroups {:?}\n{}",
         pids_of_uid(user.uid),
         leftovers(cfg, site),
+        process_cgroups(cfg, site),
         bin.log()
     );
 }
@@ -86,6 +127,11 @@ async fn an_idle_pool_stops_whole_and_the_next_request_starts_it_again() {
     })
     .await;
     assert!(started, "eager start\n{}", bin.log());
+    let cgroups = process_cgroups(&cfg, "nap");
+    assert!(
+        !cgroups.is_empty() || !std::path::Path::new("/sys/fs/cgroup/pids").exists(),
+        "a running pool has its process cgroup (else the check below shows nothing)"
+    );
     wait_gone(&cfg, &bin, "nap", &user).await;
     let idle = site_status(&cfg, "nap").await;
     assert_eq!(
