@@ -114,6 +114,7 @@ pub struct RawPhp {
     pub max_children: Option<Scalar>,
     pub max_requests: Option<Scalar>,
     pub idle_timeout: Option<Scalar>,
+    pub pool_idle_timeout: Option<Scalar>,
     pub request_timeout: Option<Scalar>,
     pub startup_timeout: Option<Scalar>,
     pub front_controller: Option<String>,

@@ -113,7 +113,12 @@ pub struct PhpConfig {
     pub start: StartPolicy,
     pub max_children: u64,
     pub max_requests: u64,
+    /// php-fpm's `pm.process_idle_timeout`: an idle child of an `ondemand`
+    /// pool exits (the master stays).
     pub idle_timeout: Duration,
+    /// The whole pool, master included, stops after this long without
+    /// requests (scale to zero); `None`: never.
+    pub pool_idle_timeout: Option<Duration>,
     pub request_timeout: Duration,
     pub startup_timeout: Duration,
     /// Script that handles paths matching no file (e.g. `index.php`).
@@ -388,6 +393,13 @@ fn validate_php(raw: RawPhp, base: &Path, errs: &mut FileErrors<'_>) -> Option<P
         .unwrap_or(500),
         idle_timeout: opt(errs, "php.idle_timeout", raw.idle_timeout, parse_duration)
             .unwrap_or(Duration::from_secs(10)),
+        pool_idle_timeout: opt(
+            errs,
+            "php.pool_idle_timeout",
+            raw.pool_idle_timeout,
+            parse_duration,
+        )
+        .filter(|d| !d.is_zero()),
         request_timeout: opt(
             errs,
             "php.request_timeout",

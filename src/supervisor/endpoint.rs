@@ -5,9 +5,15 @@
 //! from the least-busy endpoint, released on drop. The supervisor reads the
 //! counters to drain a process before stopping it, to recycle after
 //! `max_requests`, and to find idle groups.
+//!
+//! Invariant: once [`Endpoint::close`] has returned and [`Endpoint::inflight`]
+//! then reads 0, no lease on the endpoint exists or will ever be taken, so
+//! its process can be stopped without cutting a request. A request that
+//! loses that race (`Lease::try_take` returns `None`) takes another
+//! endpoint, or starts the group again.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 #[derive(Debug)]
@@ -22,6 +28,8 @@ pub struct Endpoint {
     pub uid: Option<u32>,
     inflight: AtomicUsize,
     served: AtomicU64,
+    /// Set when the process is unpublished to be stopped: no new lease.
+    closed: AtomicBool,
 }
 
 impl Endpoint {
@@ -33,10 +41,22 @@ impl Endpoint {
             uid,
             inflight: AtomicUsize::new(0),
             served: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
         }
     }
+    /// Leases held now. Sequentially consistent with [`close`](Self::close)
+    /// and `Lease::try_take` (see the module's invariant).
     pub fn inflight(&self) -> usize {
-        self.inflight.load(Ordering::Acquire)
+        self.inflight.load(Ordering::SeqCst)
+    }
+    /// Refuses every lease from now on (the process is about to be drained
+    /// and stopped). Unpublish the endpoint first, so a request that finds
+    /// it closed finds a snapshot without it.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+    }
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
     }
     pub fn served(&self) -> u64 {
         self.served.load(Ordering::Relaxed)
@@ -84,10 +104,18 @@ pub struct Lease {
 }
 
 impl Lease {
-    pub(crate) fn take(endpoint: Arc<Endpoint>, activity: Arc<Activity>) -> Self {
-        endpoint.inflight.fetch_add(1, Ordering::AcqRel);
+    /// A lease on `endpoint`, or `None` if it was closed. The count goes up
+    /// before `closed` is read, and [`Endpoint::close`] is written before a
+    /// drain reads the count (all `SeqCst`): either this sees the endpoint
+    /// closed, or the drain sees this lease and waits for it.
+    pub(crate) fn try_take(endpoint: Arc<Endpoint>, activity: Arc<Activity>) -> Option<Self> {
+        endpoint.inflight.fetch_add(1, Ordering::SeqCst);
+        if endpoint.closed.load(Ordering::SeqCst) {
+            endpoint.inflight.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
         activity.touch();
-        Lease { endpoint, activity }
+        Some(Lease { endpoint, activity })
     }
     pub fn endpoint(&self) -> &Arc<Endpoint> {
         &self.endpoint
@@ -97,7 +125,7 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         self.endpoint.served.fetch_add(1, Ordering::Relaxed);
-        self.endpoint.inflight.fetch_sub(1, Ordering::AcqRel);
+        self.endpoint.inflight.fetch_sub(1, Ordering::SeqCst);
         self.activity.touch();
     }
 }
@@ -105,4 +133,60 @@ impl Drop for Lease {
 /// The least-busy endpoint (ties: the first).
 pub fn least_busy(endpoints: &[Arc<Endpoint>]) -> Option<&Arc<Endpoint>> {
     endpoints.iter().min_by_key(|e| e.inflight())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use super::{Activity, Endpoint, Lease};
+
+    #[test]
+    fn a_closed_endpoint_gives_no_lease_and_counts_none() {
+        let e = Arc::new(Endpoint::new(1, 1, "/x.sock".into(), None));
+        let activity = Arc::new(Activity::new());
+        let held = Lease::try_take(e.clone(), activity.clone()).expect("open");
+        e.close();
+        assert!(Lease::try_take(e.clone(), activity.clone()).is_none());
+        assert_eq!(e.inflight(), 1, "the lease taken before close is counted");
+        drop(held);
+        assert_eq!(
+            (e.inflight(), e.served()),
+            (0, 1),
+            "a refused take serves nothing"
+        );
+    }
+
+    /// The drain's side of the race, many times over: a lease that
+    /// succeeded is always seen by a drain that closed the endpoint and then
+    /// found it idle — never a lease on a process the drain let go.
+    #[test]
+    fn no_lease_survives_a_drain_that_saw_none() {
+        for _ in 0..2000 {
+            let e = Arc::new(Endpoint::new(1, 1, "/x.sock".into(), None));
+            let activity = Arc::new(Activity::new());
+            let stopped = Arc::new(AtomicBool::new(false));
+            let lost = Arc::new(AtomicUsize::new(0));
+            let taker = {
+                let (e, activity, stopped, lost) =
+                    (e.clone(), activity.clone(), stopped.clone(), lost.clone());
+                std::thread::spawn(move || {
+                    if let Some(lease) = Lease::try_take(e, activity) {
+                        if stopped.load(Ordering::SeqCst) {
+                            lost.fetch_add(1, Ordering::SeqCst);
+                        }
+                        drop(lease);
+                    }
+                })
+            };
+            e.close();
+            while e.inflight() > 0 {
+                std::hint::spin_loop();
+            }
+            stopped.store(true, Ordering::SeqCst);
+            taker.join().unwrap();
+            assert_eq!(lost.load(Ordering::SeqCst), 0);
+        }
+    }
 }

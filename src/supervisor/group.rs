@@ -13,6 +13,12 @@
 //!   backoff cap (or a restart/reload) tries again.     Stop → Stopped (final).
 //! ```
 //!
+//! Scale to zero (`idle_timeout`, checked in `group/checks.rs`) drains rather than
+//! kills: the group turns `Idle` and unpublishes its processes, closes their
+//! endpoints to new leases (a request that raced it takes none and starts
+//! the group again, see [`super::endpoint`]), waits for the requests still
+//! in them, then stops them.
+//!
 //! Each process has a slot. A slot's process is started (confined by
 //! `isolation`) with a socket the group bound for it ([`super::sockets`]),
 //! becomes ready when it serves there (see "Readiness" in [`super::watch`]),
@@ -285,11 +291,12 @@ impl Actor {
     }
 
     /// A slot is free when it holds nothing, waits for a backoff, or holds a
-    /// process that is being stopped (scaled to zero a moment ago).
+    /// process that is being drained or stopped (scaled to zero a moment
+    /// ago: a request that comes meanwhile starts a new one beside it).
     fn slot_needs_process(&self, slot: usize) -> bool {
         match self.slots[slot] {
             Slot::Empty | Slot::Backoff { .. } => true,
-            Slot::Proc(id) => self.procs.get(&id).is_none_or(|p| p.stopping),
+            Slot::Proc(id) => self.procs.get(&id).is_none_or(|p| p.stopping || p.draining),
         }
     }
 
@@ -482,11 +489,15 @@ impl Actor {
         let Some(p) = self.procs.get_mut(&id) else {
             return;
         };
-        if p.stopping {
+        if p.stopping || p.draining {
             return;
         }
         p.ready = true;
         self.app_error = None;
+        // Idle time counts from here at the earliest: a start slower than
+        // idle_timeout must not be scaled to zero before its waiting
+        // requests took it.
+        self.activity.touch();
         let (pid, replaces) = (p.endpoint.pid, p.replaces.take());
         tracing::info!(site = %self.site(), runtime = self.runtime(), pid, "ready");
         if let Some(old) = replaces {
@@ -692,12 +703,17 @@ impl Actor {
     }
 
     /// Unpublishes a process and stops it once its in-flight requests end.
+    /// It is published without the process before its endpoint is closed,
+    /// so a request that raced with this and finds it closed takes another
+    /// one (see [`super::endpoint`]); a lease taken before is waited for.
     fn drain(&mut self, id: u64) {
         let Some(p) = self.procs.get_mut(&id) else {
             return;
         };
         p.draining = true;
         let endpoint = p.endpoint.clone();
+        self.publish();
+        endpoint.close();
         let events = self.events.clone();
         let timeout = self.lifecycle.drain_timeout;
         tokio::spawn(async move {
@@ -709,9 +725,12 @@ impl Actor {
         });
     }
 
+    /// Stops a process now (drained, crashed, or killed). Requests already
+    /// on it fail; new ones no longer get it.
     fn stop_proc(&mut self, id: u64, grace: Duration) {
         if let Some(p) = self.procs.get_mut(&id) {
             p.stopping = true;
+            p.endpoint.close();
             if let Some(stop) = p.stop.take() {
                 let _ = stop.send(grace);
             }
@@ -719,6 +738,7 @@ impl Actor {
     }
 
     async fn stop_all(&mut self, events: &mut mpsc::UnboundedReceiver<Event>) {
+        self.state = GroupState::Stopped;
         let ids: Vec<u64> = self.procs.keys().copied().collect();
         for id in &ids {
             self.drain(*id);

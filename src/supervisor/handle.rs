@@ -72,53 +72,91 @@ impl GroupHandle {
 
     /// A lease on the least-busy ready process, starting the group if it is
     /// idle and waiting (up to the startup timeout) for a process to be ready.
+    /// A process closed for draining between our read of the snapshot and
+    /// the lease (scale to zero, recycling) is skipped: the request takes
+    /// another one, or starts the group again, and is never sent to a
+    /// process that is stopping.
     pub async fn lease(&self) -> Result<Lease, UpstreamError> {
         self.activity.touch();
         let current = self.snapshot();
         if let Some(e) = least_busy(&current.endpoints) {
-            return Ok(Lease::take(e.clone(), self.activity.clone()));
+            if let Some(lease) = Lease::try_take(e.clone(), self.activity.clone()) {
+                return Ok(lease);
+            }
         }
-        if matches!(current.state, GroupState::Idle | GroupState::Failed(_)) {
-            let _ = self.tx.send(Cmd::Start);
-        }
+        self.lease_slow().await
+    }
+
+    /// [`lease`](Self::lease) when no published process took it at once.
+    async fn lease_slow(&self) -> Result<Lease, UpstreamError> {
+        let deadline = tokio::time::Instant::now() + self.startup_timeout;
         let mut rx = self.snapshot.clone();
-        let waited = tokio::time::timeout(
-            self.startup_timeout,
-            rx.wait_for(|s| {
-                !s.endpoints.is_empty()
-                    || s.app_error.is_some()
-                    || matches!(s.state, GroupState::Failed(_) | GroupState::Stopped)
-            }),
-        )
-        .await;
-        let snap = match waited {
-            Ok(Ok(s)) => s.clone(),
-            Ok(Err(_)) => {
-                return Err(UpstreamError::Unavailable(format!(
-                    "{} {} is stopped",
+        loop {
+            let current = rx.borrow_and_update().clone();
+            if let Some(e) = least_busy(&current.endpoints) {
+                if let Some(lease) = Lease::try_take(e.clone(), self.activity.clone()) {
+                    return Ok(lease);
+                }
+                // Closed after it was published: the actor publishes a
+                // snapshot without it before closing it, so this waits for
+                // nothing but is bounded anyway.
+                let gone = e.clone();
+                let newer = tokio::time::timeout_at(
+                    deadline,
+                    rx.wait_for(|s| !s.endpoints.iter().any(|x| Arc::ptr_eq(x, &gone))),
+                )
+                .await;
+                match newer {
+                    Ok(Ok(_)) => continue,
+                    Ok(Err(_)) => return Err(self.stopped()),
+                    Err(_) => return Err(self.not_ready()),
+                }
+            }
+            if matches!(current.state, GroupState::Idle | GroupState::Failed(_)) {
+                let _ = self.tx.send(Cmd::Start);
+            }
+            let waited = tokio::time::timeout_at(
+                deadline,
+                rx.wait_for(|s| {
+                    !s.endpoints.is_empty()
+                        || s.app_error.is_some()
+                        || matches!(s.state, GroupState::Failed(_) | GroupState::Stopped)
+                }),
+            )
+            .await;
+            let snap = match waited {
+                Ok(Ok(s)) => s.clone(),
+                Ok(Err(_)) => return Err(self.stopped()),
+                Err(_) => return Err(self.not_ready()),
+            };
+            if !snap.endpoints.is_empty() {
+                continue;
+            }
+            return Err(match &snap.state {
+                _ if snap.app_error.is_some() => UpstreamError::AppFailed(format!(
+                    "{} {}: {}",
+                    self.site,
+                    self.runtime,
+                    snap.app_error.as_deref().unwrap_or_default()
+                )),
+                GroupState::Failed(why) => UpstreamError::Unavailable(format!(
+                    "{} {} failed: {why}",
                     self.site, self.runtime
-                )))
-            }
-            Err(_) => {
-                return Err(UpstreamError::Unavailable(format!(
-                    "{} {} did not become ready within {:?}",
-                    self.site, self.runtime, self.startup_timeout
-                )))
-            }
-        };
-        match least_busy(&snap.endpoints) {
-            Some(e) => Ok(Lease::take(e.clone(), self.activity.clone())),
-            None if snap.app_error.is_some() => Err(UpstreamError::AppFailed(format!(
-                "{} {}: {}",
-                self.site,
-                self.runtime,
-                snap.app_error.as_deref().unwrap_or_default()
-            ))),
-            None => Err(UpstreamError::Unavailable(match &snap.state {
-                GroupState::Failed(why) => format!("{} {} failed: {why}", self.site, self.runtime),
-                _ => format!("{} {} is stopped", self.site, self.runtime),
-            })),
+                )),
+                _ => self.stopped(),
+            });
         }
+    }
+
+    fn stopped(&self) -> UpstreamError {
+        UpstreamError::Unavailable(format!("{} {} is stopped", self.site, self.runtime))
+    }
+
+    fn not_ready(&self) -> UpstreamError {
+        UpstreamError::Unavailable(format!(
+            "{} {} did not become ready within {:?}",
+            self.site, self.runtime, self.startup_timeout
+        ))
     }
 
     /// Ends a request's lease; a process that reached `max_requests` is

@@ -181,6 +181,7 @@ impl FpmSite {
                 max_children: opts.max_children,
                 max_requests: opts.max_requests,
                 idle_timeout: Duration::from_secs(10),
+                pool_idle_timeout: None,
                 request_timeout: opts.request_timeout,
                 startup_timeout: Duration::from_secs(10),
                 front_controller: opts.front_controller,

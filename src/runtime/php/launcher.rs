@@ -69,7 +69,9 @@ impl Launcher for PhpLauncher {
         Lifecycle {
             processes: 1,
             startup_timeout: php.startup_timeout,
-            idle_timeout: None,
+            // Scale to zero: the whole pool, master included. php-fpm's own
+            // pm.process_idle_timeout (php.idle_timeout) only ends children.
+            idle_timeout: php.pool_idle_timeout,
             max_requests: None, // php-fpm's own pm.max_requests recycles its children
             memory_per_process: None,
             drain_timeout: php.request_timeout + Duration::from_secs(1),

@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::{Actor, GroupState, Slot, STOP_GRACE};
+use super::{Actor, GroupState, Slot};
 use crate::supervisor::watch::rss_bytes;
 
 impl Actor {
@@ -126,6 +126,11 @@ impl Actor {
         }
     }
 
+    /// Scale to zero: after `idle_timeout` without a request, every process
+    /// is unpublished and drained, then stopped; the group is `Idle` at once,
+    /// so the next request starts it again (beside a process still
+    /// draining, if need be). A request that took a process just before is
+    /// served by it first (the drain waits for its lease).
     fn check_idle(&mut self) {
         let Some(idle) = self.lifecycle.idle_timeout else {
             return;
@@ -137,10 +142,20 @@ impl Actor {
             return;
         }
         tracing::info!(site = %self.site(), runtime = self.runtime(), ?idle, "no requests for idle_timeout; scaling to zero");
-        let ids: Vec<u64> = self.procs.keys().copied().collect();
-        for id in ids {
-            self.stop_proc(id, STOP_GRACE);
-        }
         self.state = GroupState::Idle;
+        for slot in &mut self.slots {
+            if matches!(slot, Slot::Backoff { .. }) {
+                *slot = Slot::Empty;
+            }
+        }
+        let ids: Vec<u64> = self
+            .procs
+            .iter()
+            .filter(|(_, p)| !p.draining && !p.stopping)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.drain(id);
+        }
     }
 }

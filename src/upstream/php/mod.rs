@@ -340,6 +340,7 @@ pub(crate) mod tests_support {
                 max_children: 8,
                 max_requests: 500,
                 idle_timeout: Duration::from_secs(10),
+                pool_idle_timeout: None,
                 request_timeout: Duration::from_secs(60),
                 startup_timeout: Duration::from_secs(10),
                 front_controller: Some("index.php".into()),
