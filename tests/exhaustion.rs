@@ -23,15 +23,28 @@ use tokio::net::TcpStream;
 /// were served open (keep-alive) until its stdin closes. With `xff` it first
 /// sends one request to `xff` (a host) carrying `X-Forwarded-For:
 /// 203.0.113.9` and prints the body. `mode=hold` just connects and holds
-/// (for listeners that wait for a request).
+/// (for listeners that wait for a request). The optional `src` says where
+/// from: `lo` (the default, 127.77.x.y), an address of this host, or
+/// `mapped-lo` / `mapped-ADDRESS`: the same from an IPv6 socket, bound to
+/// `::ffff:…` and connecting to `::ffff:127.0.0.1` (the kernel reports such
+/// a socket as IPv6 even when asked by IPv4 addresses).
 const ATTACKER: &str = r#"
 import socket, sys
 mode, port, n, host, xff = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
+src = sys.argv[6] if len(sys.argv) > 6 else "lo"
 def connect(i):
-    s = socket.socket()
-    s.bind(("127.77.%d.%d" % (i // 250, i % 250 + 1), 0))
+    lo = "127.77.%d.%d" % (i // 250, i % 250 + 1)
+    if src.startswith("mapped-"):
+        ip = src[len("mapped-"):]
+        s = socket.socket(socket.AF_INET6)
+        s.bind(("::ffff:" + (lo if ip == "lo" else ip), 0))
+        dest = ("::ffff:127.0.0.1", port)
+    else:
+        s = socket.socket()
+        s.bind((lo if src == "lo" else src, 0))
+        dest = ("127.0.0.1", port)
     s.settimeout(10)
-    s.connect(("127.0.0.1", port))
+    s.connect(dest)
     return s
 if xff != "-":
     s = connect(9999)
@@ -288,6 +301,75 @@ async fn a_site_opening_connections_from_many_loopback_addresses_cannot_take_the
     finish(polyhost, &user).await;
 }
 
+/// One of this host's own IPv4 addresses that is not loopback.
+fn host_ipv4() -> std::net::Ipv4Addr {
+    nix::ifaddrs::getifaddrs()
+        .unwrap()
+        .filter_map(|i| i.address?.as_sockaddr_in().map(|a| a.ip()))
+        .find(|a| !a.is_loopback())
+        .expect("this test needs a non-loopback IPv4 address on the host")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_is_known_by_its_user_from_ipv4_mapped_and_host_addresses() {
+    let cfg = TestConfig::new();
+    let user = TestUser::new();
+    // A load balancer on the host's network is a trusted proxy; the
+    // host's own address is in that network.
+    let host = host_ipv4();
+    two_sites(&cfg, &user, &format!("trusted_proxies = [\"{host}/24\"]"));
+    cfg.main_extra(SMALL_LIMITS);
+    let (polyhost, _) = start(&cfg, None).await;
+    let addr = polyhost.addr;
+    wait_for_attacker_site(addr, &polyhost).await;
+    let port = addr.port().to_string();
+
+    // 1. An IPv6 socket bound to the host's address, IPv4-mapped. Before,
+    // the kernel's answer (AF_INET6, mapped addresses) did not match the
+    // question: the site was the remote host, a trusted proxy: believed,
+    // exempt, and its 60 connections took all 40 places.
+    let src = format!("mapped-{host}");
+    let mut mapped_host = Attacker::start(
+        &user,
+        &["get", &port, "60", "other.test", "attacker.test", &src],
+    );
+    let probe = mapped_host.line().await;
+    assert!(
+        probe.contains(&format!("remote={host} ")) && !probe.contains("203.0.113.9"),
+        "a site's own X-Forwarded-For is not believed: {probe}"
+    );
+    let report = mapped_host.line().await;
+    assert_eq!(count(&report, "hung"), 0, "{report}");
+    assert!(
+        count(&report, "served") <= 10,
+        "the site is one local client, not an exempt proxy: {report}; log:\n{}",
+        polyhost.log()
+    );
+    assert_eq!(other_site_answers(addr).await, 200, "{report}");
+    mapped_host.stop().await;
+    idle(addr).await;
+
+    // 2. While it holds its share from 127.77.x.y: IPv4-mapped loopback
+    // addresses. Before, they were "local, owner unknown", a second share
+    // for the site (which it took from every client of that kind).
+    let mut plain = Attacker::start(&user, &["get", &port, "60", "other.test", "-"]);
+    let first = plain.line().await;
+    assert_eq!(count(&first, "served"), 10, "{first}");
+    let mut mapped_lo =
+        Attacker::start(&user, &["get", &port, "60", "other.test", "-", "mapped-lo"]);
+    let second = mapped_lo.line().await;
+    assert_eq!(count(&second, "hung"), 0, "{second}");
+    assert_eq!(
+        count(&second, "served"),
+        0,
+        "no second share from IPv4-mapped loopback addresses: {second} (first: {first})"
+    );
+    assert_eq!(other_site_answers(addr).await, 200, "{second}");
+    mapped_lo.stop().await;
+    plain.stop().await;
+    finish(polyhost, &user).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn behind_a_local_trusted_proxy_a_site_is_neither_exempt_nor_believed() {
     let cfg = TestConfig::new();
@@ -374,6 +456,32 @@ async fn a_flood_of_the_metrics_port_leaves_the_router_its_descriptors() {
     let m = common::get(metrics, "x", "/metrics").await;
     assert_eq!(m.status, 200, "metrics answer once the flood is over");
     finish(polyhost, &user).await;
+}
+
+/// Waits (bounded) until the router holds no connection on `addr` (each
+/// closed by the router, not only by its client): their places are free.
+async fn idle(addr: SocketAddr) {
+    let filter = format!("( sport = :{} )", addr.port());
+    common::wait_for(
+        "the router to close every connection",
+        Duration::from_secs(10),
+        async || {
+            let out = std::process::Command::new("ss")
+                .args([
+                    "-Htn",
+                    "state",
+                    "established",
+                    "state",
+                    "close-wait",
+                    &filter,
+                ])
+                .output()
+                .expect("run ss");
+            common::Shown(String::from_utf8_lossy(&out.stdout).into_owned())
+        },
+        |seen| seen.0.trim().is_empty(),
+    )
+    .await;
 }
 
 /// Descriptors polyhost holds.
