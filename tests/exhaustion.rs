@@ -418,6 +418,80 @@ async fn behind_a_local_trusted_proxy_a_site_is_neither_exempt_nor_believed() {
     finish(polyhost, &user).await;
 }
 
+/// The client address the Python site `attacker` saw for a request that
+/// carried `X-Forwarded-For: 203.0.113.9`, sent from 127.0.0.2 by a socket
+/// of `uid`.
+async fn seen_remote(uid: u32, addr: SocketAddr) -> String {
+    let s = common::connect_as(uid, "127.0.0.2", addr).await;
+    let req = b"GET / HTTP/1.1\r\nHost: attacker.test\r\nX-Forwarded-For: 203.0.113.9\r\nConnection: close\r\n\r\n";
+    let reply = common::raw_on(s, req, Duration::from_secs(5)).await;
+    let remote = common::field(&reply, "remote");
+    assert!(!remote.is_empty(), "no answer from the site: {reply}");
+    remote.to_owned()
+}
+
+/// Opens `n` keep-alive connections owned by `uid`, one GET each; how many
+/// were served, and the connections (to hold them).
+async fn hold_as(uid: u32, addr: SocketAddr, n: usize) -> (usize, Vec<TcpStream>) {
+    let mut held = Vec::new();
+    for _ in 0..n {
+        let mut s = common::connect_as(uid, "127.0.0.2", addr).await;
+        s.write_all(b"GET / HTTP/1.1\r\nHost: other.test\r\n\r\n")
+            .await
+            .unwrap();
+        let mut head = [0u8; 12];
+        let read = tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut head)).await;
+        if matches!(read, Ok(Ok(_))) && head.starts_with(b"HTTP/1.1 200") {
+            held.push(s);
+        }
+    }
+    (held.len(), held)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_local_trusted_proxy_only_root_and_the_listed_users_are_trusted() {
+    let cfg = TestConfig::new();
+    let user = TestUser::new();
+    // The user a local HAProxy runs as; it runs no site.
+    let proxy = TestUser::new();
+    two_sites(
+        &cfg,
+        &user,
+        &format!(
+            "trusted_proxies = [\"127.0.0.0/8\"]\ntrusted_proxy_users = [\"{}\"]",
+            proxy.name
+        ),
+    );
+    cfg.main_extra(SMALL_LIMITS);
+    let (polyhost, _) = start(&cfg, None).await;
+    let addr = polyhost.addr;
+    wait_for_attacker_site(addr, &polyhost).await;
+
+    // Another local user that runs no site (an SSH user, cron, a removed
+    // site's last process): before, trusted for not being a site's user.
+    assert_eq!(
+        seen_remote(NOBODY, addr).await,
+        "127.0.0.2",
+        "nobody's X-Forwarded-For is not believed"
+    );
+    let (served, held) = hold_as(NOBODY, addr, 20).await;
+    assert_eq!(served, 10, "nobody is not exempt from the per-client limit");
+    drop(held);
+    idle(addr).await;
+    // The listed user and root are the proxy: believed and exempt.
+    assert_eq!(seen_remote(proxy.uid, addr).await, "203.0.113.9");
+    assert_eq!(seen_remote(0, addr).await, "203.0.113.9", "root");
+    let (served, held) = hold_as(proxy.uid, addr, 20).await;
+    assert_eq!(served, 20, "the listed proxy user is exempt");
+    drop(held);
+    let log = polyhost.log();
+    assert!(
+        log.contains("not in trusted_proxy_users"),
+        "the unlisted local user is named in the log:\n{log}"
+    );
+    finish(polyhost, &user).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_the_metrics_port_leaves_the_router_its_descriptors() {
     let cfg = TestConfig::new();

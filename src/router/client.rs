@@ -3,11 +3,16 @@
 //! ([`ConnLimiter`]). A remote client is its address (an IPv4 address, an
 //! IPv6 /64); a client on this host is the user owning its socket
 //! (`router::peer`), since any local process may bind any loopback address.
+//! Which clients are trusted proxies ([`is_trusted_proxy`]).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
+
+use super::conn::Throttle;
+use super::table::RoutingTable;
+use crate::config::FrontConfig;
 
 /// Why a connection was refused right after accept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +77,44 @@ impl std::fmt::Display for Client {
             Client::LocalUser(uid) => write!(f, "local uid {uid}"),
             Client::Local => f.write_str("local, owner unknown"),
         }
+    }
+}
+
+/// Whether a connection from `peer`, counted as `who`, is a trusted proxy
+/// (exempt from `max_connections_per_ip`, its `X-Forwarded-*` believed):
+/// its address is in `trusted_proxies` and, on this host, its socket
+/// belongs to root or to one of `trusted_proxy_users`, and to no user that
+/// runs a site's code. Local trust is an allowlist: a connection of any
+/// other local user (a site, which can bind any loopback address, a local
+/// proxy's too; a shell user; cron; a removed site's last processes) or of
+/// an owner not found is not trusted.
+pub fn is_trusted_proxy(
+    front: &FrontConfig,
+    table: &RoutingTable,
+    peer: SocketAddr,
+    who: Client,
+) -> bool {
+    if !front.is_trusted_proxy(peer.ip()) {
+        return false;
+    }
+    match who {
+        Client::Remote(_) => true,
+        Client::LocalUser(uid) if table.is_site_user(uid) => false,
+        Client::LocalUser(uid) => {
+            let trusted = front.is_trusted_proxy_user(uid);
+            if !trusted {
+                static UNLISTED: LazyLock<Throttle> = LazyLock::new(Throttle::new);
+                if let Some(left_out) = UNLISTED.allow() {
+                    let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+                        .ok()
+                        .flatten()
+                        .map_or_else(|| uid.to_string(), |u| u.name);
+                    tracing::warn!(client = %peer, user, also_seen = left_out, "a connection from a trusted_proxies address by a local user not in trusted_proxy_users: not trusted (its X-Forwarded-* headers are replaced, it counts as one client); if it is your front proxy, add its user to trusted_proxy_users");
+                }
+            }
+            trusted
+        }
+        Client::Local => false,
     }
 }
 
