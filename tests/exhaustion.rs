@@ -142,14 +142,23 @@ fn count(report: &str, key: &str) -> usize {
 /// is given; `prlimit` execs polyhost, so the child is polyhost itself), with
 /// its router and metrics addresses read from its log.
 async fn start(cfg: &TestConfig, nofile: Option<u64>) -> (Binary, Option<SocketAddr>) {
+    match nofile {
+        Some(n) => start_under(cfg, &["prlimit", &format!("--nofile={n}:{n}"), "--"]).await,
+        None => start_under(cfg, &[]).await,
+    }
+}
+
+/// [`start`] with `wrapper` (a program and its arguments, which execs the
+/// rest of its command line) before `polyhost serve`.
+async fn start_under(cfg: &TestConfig, wrapper: &[&str]) -> (Binary, Option<SocketAddr>) {
     let bin = env!("CARGO_BIN_EXE_polyhost");
-    let mut cmd = match nofile {
-        Some(n) => {
-            let mut c = tokio::process::Command::new("prlimit");
-            c.arg(format!("--nofile={n}:{n}")).arg("--").arg(bin);
+    let mut cmd = match wrapper {
+        [program, args @ ..] => {
+            let mut c = tokio::process::Command::new(program);
+            c.args(args).arg(bin);
             c
         }
-        None => tokio::process::Command::new(bin),
+        [] => tokio::process::Command::new(bin),
     };
     cmd.arg("serve").arg("--config").arg(cfg.main());
     cmd.stderr(Stdio::piped())
@@ -490,6 +499,62 @@ async fn behind_a_local_trusted_proxy_only_root_and_the_listed_users_are_trusted
         "the unlisted local user is named in the log:\n{log}"
     );
     finish(polyhost, &user).await;
+}
+
+/// Runs its arguments (a program and its own) under a seccomp filter that
+/// refuses NETLINK_SOCK_DIAG sockets (EPERM), as a hardened service unit or
+/// a container might: libseccomp through ctypes, then exec.
+const NO_SOCK_DIAG: &str = r#"
+import ctypes, errno, os, sys
+lib = ctypes.CDLL("libseccomp.so.2")
+class Cmp(ctypes.Structure):
+    _fields_ = [("arg", ctypes.c_uint), ("op", ctypes.c_int),
+                ("a", ctypes.c_uint64), ("b", ctypes.c_uint64)]
+lib.seccomp_init.restype = ctypes.c_void_p
+lib.seccomp_init.argtypes = [ctypes.c_uint32]
+lib.seccomp_attr_set.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32]
+lib.seccomp_rule_add_array.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int,
+                                       ctypes.c_uint, ctypes.POINTER(Cmp)]
+lib.seccomp_load.argtypes = [ctypes.c_void_p]
+ctx = lib.seccomp_init(0x7fff0000)  # SCMP_ACT_ALLOW
+assert lib.seccomp_attr_set(ctx, 3, 0) == 0  # SCMP_FLTATR_CTL_NNP off
+EQ = 4
+# socket(AF_NETLINK, any type, NETLINK_SOCK_DIAG) -> EPERM
+rule = (Cmp * 2)(Cmp(0, EQ, 16, 0), Cmp(2, EQ, 4, 0))
+nr = lib.seccomp_syscall_resolve_name(b"socket")
+assert lib.seccomp_rule_add_array(ctx, 0x00050000 | errno.EPERM, nr, 2, rule) == 0
+assert lib.seccomp_load(ctx) == 0
+os.execv(sys.argv[1], sys.argv[1:])
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_sock_diag_polyhost_says_at_start_that_local_clients_are_one() {
+    let cfg = TestConfig::new();
+    cfg.static_site("other", &["other.test"], "");
+    let (polyhost, _) = start_under(&cfg, &["/usr/bin/python3", "-c", NO_SOCK_DIAG]).await;
+    // Logged as the router starts, around its "listening" line.
+    let common::Shown(log) = common::wait_for(
+        "the warning",
+        Duration::from_secs(10),
+        async || common::Shown(polyhost.log()),
+        |log| log.0.contains("cannot tell local clients apart"),
+    )
+    .await;
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("cannot tell local clients apart"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "one warning at start:\n{log}");
+    for named in [
+        "NETLINK_SOCK_DIAG",
+        "one client of max_connections_per_ip",
+        "no local connection is a trusted proxy",
+    ] {
+        assert!(warnings[0].contains(named), "{named}: {}", warnings[0]);
+    }
+    // It still serves, counting local clients as one.
+    assert_eq!(other_site_answers(polyhost.addr).await, 200, "{log}");
+    assert!(polyhost.terminate().await.success(), "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

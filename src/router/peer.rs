@@ -59,6 +59,38 @@ pub fn local_owner(client: SocketAddr, local: SocketAddr) -> Option<u32> {
     })
 }
 
+/// Whether the kernel answers the question [`local_owner`] asks: a
+/// connection made for the purpose, looked up. `Err` says why not. A
+/// listener of its own rather than the router's: the same kernel interface
+/// in the same network namespace, without a stray connection in the
+/// router's counts and logs.
+pub fn check() -> Result<(), String> {
+    use std::net::{Ipv4Addr, Ipv6Addr, TcpListener, TcpStream};
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .or_else(|_| TcpListener::bind((Ipv6Addr::LOCALHOST, 0)))
+        .map_err(|e| format!("cannot open a loopback listener to try it: {e}"))?;
+    let server = listener
+        .local_addr()
+        .map_err(|e| format!("cannot read the test listener's address: {e}"))?;
+    let client = TcpStream::connect(server)
+        .map_err(|e| format!("cannot connect to the test listener: {e}"))?;
+    let me = client
+        .local_addr()
+        .map_err(|e| format!("cannot read the test connection's address: {e}"))?;
+    let fd = open().map_err(|e| format!("cannot open a NETLINK_SOCK_DIAG socket: {e}"))?;
+    let euid = nix::unistd::geteuid().as_raw();
+    match ask(&fd, 1, me, server) {
+        Ok(Some(uid)) if uid == euid => Ok(()),
+        Ok(Some(uid)) => Err(format!(
+            "the kernel names uid {uid}, not {euid}, as the owner of a test connection"
+        )),
+        Ok(None) => Err(
+            "the kernel does not find a test connection (is the tcp_diag module missing?)".into(),
+        ),
+        Err(e) => Err(format!("the kernel refused the question: {e}")),
+    }
+}
+
 /// The host's own addresses as last read, and when.
 struct OwnAddresses {
     read: Instant,
@@ -227,6 +259,11 @@ fn ask(fd: &OwnedFd, seq: u32, client: SocketAddr, local: SocketAddr) -> nix::Re
 mod tests {
     use super::*;
     use std::net::{TcpListener, TcpStream};
+
+    #[test]
+    fn the_check_finds_its_own_connection() {
+        assert_eq!(check(), Ok(()));
+    }
 
     #[test]
     fn finds_the_owner_of_a_local_client_and_nothing_for_others() {

@@ -129,6 +129,9 @@ pub async fn serve(
             }
         }
     };
+    if let Err(why) = super::peer::check() {
+        tracing::warn!("cannot tell local clients apart ({why}): every connection from this host (sites' code, cron, a local proxy) counts as one client of max_connections_per_ip, so one site's code can take that share from all the others, and no local connection is a trusted proxy; load the tcp_diag module or allow NETLINK_SOCK_DIAG sockets to polyhost (docs/isolation.md, \"Connection limits\")");
+    }
     let limits = &front.limits;
     let shared = Arc::new(Shared {
         limiter: ConnLimiter::new(
