@@ -623,6 +623,72 @@ async fn idle(addr: SocketAddr) {
     .await;
 }
 
+/// What a GET of `/metrics` on a fresh connection to `addr` got back (with
+/// `Authorization: Bearer token` when given, `Connection: close` when
+/// `close`), read to its end; empty when refused, reset, or not ended
+/// within 5 s.
+async fn scrape(addr: SocketAddr, token: Option<&str>, close: bool) -> String {
+    let exchange = async {
+        let mut s = TcpStream::connect(addr).await.ok()?;
+        let mut req = String::from("GET /metrics HTTP/1.1\r\nHost: x\r\n");
+        if let Some(t) = token {
+            req += &format!("Authorization: Bearer {t}\r\n");
+        }
+        if close {
+            req += "Connection: close\r\n";
+        }
+        s.write_all(format!("{req}\r\n").as_bytes()).await.ok()?;
+        let mut reply = Vec::new();
+        s.read_to_end(&mut reply).await.ok()?;
+        Some(String::from_utf8_lossy(&reply).into_owned())
+    };
+    tokio::time::timeout(Duration::from_secs(5), exchange)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_holding_metrics_connections_does_not_lock_the_scraper_out() {
+    use std::os::unix::fs::PermissionsExt;
+    let cfg = TestConfig::new();
+    let user = TestUser::new();
+    two_sites(&cfg, &user, "");
+    cfg.main_extra("[metrics]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"metrics.token\"");
+    let token = cfg.write("metrics.token", "scrape-s3cret\n");
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (polyhost, metrics) = start(&cfg, None).await;
+    let metrics = metrics.expect("metrics address");
+    wait_for_attacker_site(polyhost.addr, &polyhost).await;
+
+    // Without the token, a kept-alive request gets its 401 and the
+    // connection is closed (before: kept open for the next try).
+    let refused = scrape(metrics, None, false).await;
+    assert_eq!(common::raw_status(&refused), 401, "{refused:?}");
+    assert!(
+        refused.to_ascii_lowercase().contains("connection: close"),
+        "{refused}"
+    );
+
+    // The site's code holds 100 connections to the metrics port. Before,
+    // its first 32 took every place and the scraper's connection was
+    // closed at once; now it holds 4.
+    let port = metrics.port().to_string();
+    let mut attacker = Attacker::start(&user, &["hold", &port, "100", "-", "-"]);
+    let report = attacker.line().await;
+    let scraped = scrape(metrics, Some("scrape-s3cret"), true).await;
+    assert_eq!(
+        common::raw_status(&scraped),
+        200,
+        "root's authorised scrape while the site holds connections ({report}): {scraped:?}; log:\n{}",
+        polyhost.log()
+    );
+    assert!(scraped.contains("polyhost_requests_total"), "{scraped}");
+    attacker.stop().await;
+    finish(polyhost, &user).await;
+}
+
 /// Descriptors polyhost holds.
 fn open_fds(polyhost: &Binary) -> usize {
     let pid = polyhost.child.id().unwrap();
