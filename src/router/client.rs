@@ -104,12 +104,10 @@ pub fn is_trusted_proxy(
             let trusted = front.is_trusted_proxy_user(uid);
             if !trusted {
                 static UNLISTED: LazyLock<Throttle> = LazyLock::new(Throttle::new);
+                // By uid: a user name lookup (NSS, perhaps LDAP) could
+                // block the accepting thread.
                 if let Some(left_out) = UNLISTED.allow() {
-                    let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
-                        .ok()
-                        .flatten()
-                        .map_or_else(|| uid.to_string(), |u| u.name);
-                    tracing::warn!(client = %peer, user, also_seen = left_out, "a connection from a trusted_proxies address by a local user not in trusted_proxy_users: not trusted (its X-Forwarded-* headers are replaced, it counts as one client); if it is your front proxy, add its user to trusted_proxy_users");
+                    tracing::warn!(client = %peer, uid, also_seen = left_out, "a connection from a trusted_proxies address by a local user not in trusted_proxy_users: not trusted (its X-Forwarded-* headers are replaced, it counts as one client); if it is your front proxy, add its user (getent passwd UID) to trusted_proxy_users");
                 }
             }
             trusted
