@@ -1,340 +1,21 @@
-//! One site cannot take the router away from the others by exhausting what
-//! they share: client connections (a site's code may bind any of 127/8 as
-//! its source, so local clients are counted by the user owning their socket)
-//! and file descriptors (the admin and metrics TCP listeners are capped;
-//! `max_connections` is fitted under `RLIMIT_NOFILE`; at EMFILE a spare
-//! descriptor lets the router accept and refuse). Each test runs the real
-//! binary; attacks run as a site's user (a Python process started with the
-//! site user's uid and gid) and stay on loopback.
+//! One site cannot take the router away from the others by exhausting
+//! file descriptors: the admin and metrics TCP listeners are capped (in all
+//! and per client); `max_connections` is fitted under `RLIMIT_NOFILE`; at
+//! EMFILE a spare descriptor lets the router accept and refuse. Each test
+//! runs the real binary; attacks run as a site's user
+//! (tests/exhaustion_support: the attacker) and stay on loopback. Client
+//! connections: tests/local_clients.rs.
 
 mod common;
+mod exhaustion_support;
 
 use std::net::SocketAddr;
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{get_as, Binary, TestConfig, TestUser, NOBODY};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use common::{Binary, TestConfig, TestUser};
+use exhaustion_support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-/// The attacker: opens `n` connections, each from its own 127.77.x.y
-/// address, to `port`, one GET for `host` on each, and keeps those that
-/// were served open (keep-alive) until its stdin closes. With `xff` it first
-/// sends one request to `xff` (a host) carrying `X-Forwarded-For:
-/// 203.0.113.9` and prints the body. `mode=hold` just connects and holds
-/// (for listeners that wait for a request).
-const ATTACKER: &str = r#"
-import socket, sys
-mode, port, n, host, xff = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
-def connect(i):
-    s = socket.socket()
-    s.bind(("127.77.%d.%d" % (i // 250, i % 250 + 1), 0))
-    s.settimeout(10)
-    s.connect(("127.0.0.1", port))
-    return s
-if xff != "-":
-    s = connect(9999)
-    s.sendall(("GET / HTTP/1.1\r\nHost: %s\r\nX-Forwarded-For: 203.0.113.9\r\nConnection: close\r\n\r\n" % xff).encode())
-    reply = b""
-    while True:
-        b = s.recv(4096)
-        if not b:
-            break
-        reply += b
-    s.close()
-    print("xff-probe " + reply.decode(errors="replace").split("\r\n\r\n", 1)[-1], flush=True)
-held, served, refused, hung = [], 0, 0, 0
-for i in range(n):
-    try:
-        s = connect(i)
-    except OSError:
-        refused += 1
-        continue
-    if mode == "hold":
-        held.append(s)
-        continue
-    try:
-        s.sendall(("GET / HTTP/1.1\r\nHost: %s\r\n\r\n" % host).encode())
-        head = s.recv(4096)
-    except socket.timeout:
-        hung += 1
-        continue
-    except OSError:
-        refused += 1
-        continue
-    if head.startswith(b"HTTP/1.1 200"):
-        served += 1
-        held.append(s)
-    else:
-        refused += 1
-        s.close()
-print("served=%d refused=%d hung=%d held=%d" % (served, refused, hung, len(held)), flush=True)
-sys.stdin.read()
-"#;
-
-/// A running attacker process (killed on drop).
-struct Attacker {
-    child: tokio::process::Child,
-    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
-}
-
-impl Attacker {
-    /// Starts [`ATTACKER`] as `user` (its uid, its primary group).
-    fn start(user: &TestUser, args: &[&str]) -> Attacker {
-        let gid = nix::unistd::User::from_name(&user.name)
-            .unwrap()
-            .unwrap()
-            .gid
-            .as_raw();
-        let mut child = tokio::process::Command::new("/usr/bin/python3")
-            .arg("-c")
-            .arg(ATTACKER)
-            .args(args)
-            .uid(user.uid)
-            .gid(gid)
-            .current_dir("/")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start the attacker");
-        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        Attacker { child, lines }
-    }
-
-    /// The next line it prints (within 60 s).
-    async fn line(&mut self) -> String {
-        tokio::time::timeout(Duration::from_secs(60), self.lines.next_line())
-            .await
-            .expect("the attacker reports within 60 s")
-            .unwrap()
-            .expect("the attacker printed a line")
-    }
-
-    /// Closes its connections: kills it and waits for it.
-    async fn stop(mut self) {
-        let _ = self.child.kill().await;
-    }
-}
-
-/// `key=N` of an attacker's report.
-fn count(report: &str, key: &str) -> usize {
-    common::field(report, key)
-        .parse()
-        .unwrap_or_else(|_| panic!("no {key} in {report:?}"))
-}
-
-/// polyhost started as `prlimit --nofile=N:N polyhost serve` (when `nofile`
-/// is given; `prlimit` execs polyhost, so the child is polyhost itself), with
-/// its router and metrics addresses read from its log.
-async fn start(cfg: &TestConfig, nofile: Option<u64>) -> (Binary, Option<SocketAddr>) {
-    let bin = env!("CARGO_BIN_EXE_polyhost");
-    let mut cmd = match nofile {
-        Some(n) => {
-            let mut c = tokio::process::Command::new("prlimit");
-            c.arg(format!("--nofile={n}:{n}")).arg("--").arg(bin);
-            c
-        }
-        None => tokio::process::Command::new(bin),
-    };
-    cmd.arg("serve").arg("--config").arg(cfg.main());
-    cmd.stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .kill_on_drop(true);
-    let mut child = cmd.spawn().expect("spawn polyhost");
-    let stderr = child.stderr.take().unwrap();
-    let log = Arc::new(Mutex::new(String::new()));
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let sink = log.clone();
-    tokio::spawn(async move {
-        let mut lines = BufReader::new(stderr).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            // "listening addr=…" (the router), "metrics listening … addr=…"
-            // (with or without a token, the warning's text in between).
-            if let Some(rest) = line
-                .contains("listening")
-                .then(|| line.rsplit(" addr=").next())
-                .flatten()
-                .filter(|_| line.contains(" addr="))
-            {
-                let addr = rest.split_whitespace().next().unwrap_or("").to_owned();
-                let _ = tx.send((line.contains("metrics listening"), addr));
-            }
-            sink.lock().unwrap().push_str(&(line + "\n"));
-        }
-    });
-    let wants_metrics = std::fs::read_to_string(cfg.main())
-        .unwrap()
-        .contains("[metrics]");
-    let (mut http, mut metrics) = (None, None);
-    while http.is_none() || (wants_metrics && metrics.is_none()) {
-        let (is_metrics, addr) = tokio::time::timeout(Duration::from_secs(30), rx.recv())
-            .await
-            .ok()
-            .flatten()
-            .unwrap_or_else(|| panic!("polyhost did not start; log:\n{}", log.lock().unwrap()));
-        let addr: SocketAddr = addr.parse().unwrap();
-        if is_metrics {
-            metrics = Some(addr);
-        } else {
-            http = Some(addr);
-        }
-    }
-    let binary = Binary::adopt(child, http.unwrap(), log, &cfg.main());
-    (binary, metrics)
-}
-
-/// A static site `other` and a Python site `attacker` run by `user`.
-fn two_sites(cfg: &TestConfig, user: &TestUser, main_extra: &str) {
-    cfg.static_site("other", &["other.test"], "");
-    common::python_test_site(
-        cfg,
-        "attacker",
-        user,
-        "pyapp",
-        "",
-        "processes = 1\nthreads = 1",
-    );
-    let main = std::fs::read_to_string(cfg.main()).unwrap();
-    // Top-level keys before any table of the main file.
-    cfg.write("polyhost.toml", &format!("{main_extra}\n{main}"));
-}
-
-/// Few connections, so the tests open few: 40 in all, 10 per client.
-const SMALL_LIMITS: &str = "[limits]\nmax_connections = 40\nmax_connections_per_ip = 10";
-
-/// Polls until the site `attacker` answers (its worker is up).
-async fn wait_for_attacker_site(addr: SocketAddr, log: &Binary) {
-    let up = common::eventually(Duration::from_secs(30), || async {
-        status(addr, "attacker.test").await == 200
-    })
-    .await;
-    assert!(up, "the Python site never answered; log:\n{}", log.log());
-}
-
-/// One GET for `other.test` from root, within 5 s.
-async fn other_site_answers(addr: SocketAddr) -> u16 {
-    status(addr, "other.test").await
-}
-
-/// The status of one GET for `host` on a fresh connection; 0 when refused
-/// without an answer, reset, or not answered within 5 s.
-async fn status(addr: SocketAddr, host: &str) -> u16 {
-    let exchange = async {
-        let mut s = TcpStream::connect(addr).await.ok()?;
-        let req = format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-        s.write_all(req.as_bytes()).await.ok()?;
-        let mut reply = Vec::new();
-        s.read_to_end(&mut reply).await.ok()?;
-        Some(common::raw_status(&String::from_utf8_lossy(&reply)))
-    };
-    tokio::time::timeout(Duration::from_secs(5), exchange)
-        .await
-        .ok()
-        .flatten()
-        .unwrap_or(0)
-}
-
-/// Stops polyhost, checks it exits cleanly, and that nothing of `user` runs.
-async fn finish(polyhost: Binary, user: &TestUser) {
-    let log = polyhost.log();
-    assert!(
-        !log.contains("accept failed"),
-        "no failed accepts in the log:\n{log}"
-    );
-    let status = polyhost.terminate().await;
-    assert!(status.success(), "exit {status:?}; log:\n{log}");
-    let left = common::eventually(Duration::from_secs(10), || async {
-        common::pids_of_uid(user.uid).is_empty()
-    })
-    .await;
-    assert!(
-        left,
-        "processes of {} left: {:?}",
-        user.name,
-        common::pids_of_uid(user.uid)
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_site_opening_connections_from_many_loopback_addresses_cannot_take_the_router() {
-    let cfg = TestConfig::new();
-    let user = TestUser::new();
-    two_sites(&cfg, &user, "");
-    cfg.main_extra(SMALL_LIMITS);
-    let (polyhost, _) = start(&cfg, None).await;
-    let addr = polyhost.addr;
-    wait_for_attacker_site(addr, &polyhost).await;
-
-    // 60 connections from 60 addresses: before, 40 of them took every slot.
-    let port = addr.port().to_string();
-    let mut attacker = Attacker::start(&user, &["get", &port, "60", "other.test", "-"]);
-    let report = attacker.line().await;
-    assert_eq!(
-        count(&report, "hung"),
-        0,
-        "every connection answered: {report}"
-    );
-    assert!(
-        count(&report, "served") <= 10,
-        "one local user is one client whatever its addresses: {report}"
-    );
-    // While it holds them: root and another local user are other clients.
-    assert_eq!(other_site_answers(addr).await, 200, "{report}");
-    let r = get_as(NOBODY, "127.0.0.2", addr, "other.test", "/").await;
-    assert_eq!(r.status, 200, "another local user is served: {report}");
-    attacker.stop().await;
-    finish(polyhost, &user).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn behind_a_local_trusted_proxy_a_site_is_neither_exempt_nor_believed() {
-    let cfg = TestConfig::new();
-    let user = TestUser::new();
-    // A HAProxy or nginx on this host in front of polyhost: every loopback
-    // address is a trusted proxy, so a site could borrow one.
-    two_sites(&cfg, &user, "trusted_proxies = [\"127.0.0.0/8\"]");
-    cfg.main_extra(SMALL_LIMITS);
-    let (polyhost, _) = start(&cfg, None).await;
-    let addr = polyhost.addr;
-    wait_for_attacker_site(addr, &polyhost).await;
-
-    let port = addr.port().to_string();
-    let mut attacker = Attacker::start(&user, &["get", &port, "60", "other.test", "attacker.test"]);
-    let probe = attacker.line().await;
-    assert!(
-        probe.contains("remote=127.77.") && !probe.contains("203.0.113.9"),
-        "a site's own X-Forwarded-For is not believed: {probe}"
-    );
-    let report = attacker.line().await;
-    assert_eq!(count(&report, "hung"), 0, "{report}");
-    assert!(
-        count(&report, "served") <= 10,
-        "the site is not exempt: {report}"
-    );
-
-    // The proxy itself (here: root) is exempt from the per-client limit and
-    // believed: 20 keep-alive connections, more than 10, all served.
-    let mut proxy = Vec::new();
-    for _ in 0..20 {
-        let mut c = common::Client::connect(addr).await;
-        assert_eq!(c.get("other.test", "/").await.status, 200, "{report}");
-        proxy.push(c);
-    }
-    let mut c = common::Client::connect(addr).await;
-    let req = http::Request::builder()
-        .uri("/")
-        .header("host", "attacker.test")
-        .header("x-forwarded-for", "203.0.113.9")
-        .body(http_body_util::Full::new(bytes::Bytes::new()))
-        .unwrap();
-    let r = c.send(req).await;
-    assert!(r.text().contains("remote=203.0.113.9"), "{}", r.text());
-    drop((proxy, c));
-    attacker.stop().await;
-    finish(polyhost, &user).await;
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_the_metrics_port_leaves_the_router_its_descriptors() {
@@ -373,6 +54,72 @@ async fn a_flood_of_the_metrics_port_leaves_the_router_its_descriptors() {
     attacker.stop().await;
     let m = common::get(metrics, "x", "/metrics").await;
     assert_eq!(m.status, 200, "metrics answer once the flood is over");
+    finish(polyhost, &user).await;
+}
+
+/// What a GET of `/metrics` on a fresh connection to `addr` got back (with
+/// `Authorization: Bearer token` when given, `Connection: close` when
+/// `close`), read to its end; empty when refused, reset, or not ended
+/// within 5 s.
+async fn scrape(addr: SocketAddr, token: Option<&str>, close: bool) -> String {
+    let exchange = async {
+        let mut s = TcpStream::connect(addr).await.ok()?;
+        let mut req = String::from("GET /metrics HTTP/1.1\r\nHost: x\r\n");
+        if let Some(t) = token {
+            req += &format!("Authorization: Bearer {t}\r\n");
+        }
+        if close {
+            req += "Connection: close\r\n";
+        }
+        s.write_all(format!("{req}\r\n").as_bytes()).await.ok()?;
+        let mut reply = Vec::new();
+        s.read_to_end(&mut reply).await.ok()?;
+        Some(String::from_utf8_lossy(&reply).into_owned())
+    };
+    tokio::time::timeout(Duration::from_secs(5), exchange)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_holding_metrics_connections_does_not_lock_the_scraper_out() {
+    use std::os::unix::fs::PermissionsExt;
+    let cfg = TestConfig::new();
+    let user = TestUser::new();
+    two_sites(&cfg, &user, "");
+    cfg.main_extra("[metrics]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"metrics.token\"");
+    let token = cfg.write("metrics.token", "scrape-s3cret\n");
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (polyhost, metrics) = start(&cfg, None).await;
+    let metrics = metrics.expect("metrics address");
+    wait_for_attacker_site(polyhost.addr, &polyhost).await;
+
+    // Without the token, a kept-alive request gets its 401 and the
+    // connection is closed (before: kept open for the next try).
+    let refused = scrape(metrics, None, false).await;
+    assert_eq!(common::raw_status(&refused), 401, "{refused:?}");
+    assert!(
+        refused.to_ascii_lowercase().contains("connection: close"),
+        "{refused}"
+    );
+
+    // The site's code holds 100 connections to the metrics port. Before,
+    // its first 32 took every place and the scraper's connection was
+    // closed at once; now it holds 4.
+    let port = metrics.port().to_string();
+    let mut attacker = Attacker::start(&user, &["hold", &port, "100", "-", "-"]);
+    let report = attacker.line().await;
+    let scraped = scrape(metrics, Some("scrape-s3cret"), true).await;
+    assert_eq!(
+        common::raw_status(&scraped),
+        200,
+        "root's authorised scrape while the site holds connections ({report}): {scraped:?}; log:\n{}",
+        polyhost.log()
+    );
+    assert!(scraped.contains("polyhost_requests_total"), "{scraped}");
+    attacker.stop().await;
     finish(polyhost, &user).await;
 }
 

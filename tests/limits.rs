@@ -431,12 +431,13 @@ fn front_door_keys_are_validated_naming_file_and_key() {
     let cfg = TestConfig::new();
     site(&cfg);
     cfg.main_extra(
-        "tls_listen = [\"nowhere\"]\ntrusted_proxies = [\"10.0.0.0/33\", \"192.0.2.1\"]\n[limits]\nmax_header_size = \"1K\"\nheader_timeout = \"soon\"\nh2_max_streams = 0\nkeepalive_timeout = 0\nbody_timeout = \"x\"",
+        "tls_listen = [\"nowhere\"]\ntrusted_proxies = [\"10.0.0.0/33\", \"192.0.2.1\"]\ntrusted_proxy_users = [\"root\", \"no-such-user-here\"]\n[limits]\nmax_header_size = \"1K\"\nheader_timeout = \"soon\"\nh2_max_streams = 0\nkeepalive_timeout = 0\nbody_timeout = \"x\"",
     );
     let errors = polyhost::config::load(&cfg.main()).unwrap_err().to_string();
     for key in [
         "polyhost.toml: tls_listen[0]: ",
         "polyhost.toml: trusted_proxies[0]: ",
+        "polyhost.toml: trusted_proxy_users[1]: \"no-such-user-here\" is not a user",
         "polyhost.toml: limits.max_header_size: ",
         "polyhost.toml: limits.header_timeout: ",
         "polyhost.toml: limits.h2_max_streams: ",
@@ -446,6 +447,7 @@ fn front_door_keys_are_validated_naming_file_and_key() {
         assert!(errors.contains(key), "{key} missing in:\n{errors}");
     }
     assert!(!errors.contains("trusted_proxies[1]"), "{errors}");
+    assert!(!errors.contains("trusted_proxy_users[0]"), "{errors}");
 
     // The documented defaults.
     let cfg = TestConfig::new();

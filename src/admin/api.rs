@@ -105,6 +105,10 @@ pub async fn handle<B>(req: Request<B>, server: &Server, access: &Access, scope:
                 );
                 r.headers_mut()
                     .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                // A client without the token gets no kept-alive connection
+                // to hold.
+                r.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
                 return r;
             }
         }

@@ -36,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::Server;
 use crate::config::ServerConfig;
+use crate::router::client::{Client, ConnLimiter, ConnPermit};
 use api::{Access, Scope};
 use socket::PeerPolicy;
 
@@ -47,6 +48,16 @@ const ADMIN_GRACE: Duration = Duration::from_secs(5);
 /// accept: a flood of them (from a site's code, on a shared host) costs a
 /// bounded number of descriptors and cannot starve the router of them.
 pub const TCP_CONNECTIONS: usize = 32;
+
+/// Most of those one client may hold (a client as the router counts it:
+/// a local user, a remote address; `router::client::Client`), so that one
+/// site's code cannot hold all [`TCP_CONNECTIONS`] and lock the scraper out.
+pub const TCP_CONNECTIONS_PER_CLIENT: usize = 4;
+
+/// How long an admin or metrics connection may wait for a request head,
+/// the first or the next on a kept-alive connection (hyper starts this
+/// timer whenever it waits for a head): the idle limit.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
@@ -252,7 +263,7 @@ async fn tcp_loop(
     shutdown: CancellationToken,
 ) {
     let graceful = GracefulShutdown::new();
-    let slots = Arc::new(tokio::sync::Semaphore::new(TCP_CONNECTIONS));
+    let slots = ConnLimiter::new(TCP_CONNECTIONS, TCP_CONNECTIONS_PER_CLIENT);
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -260,9 +271,16 @@ async fn tcp_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
-                let Ok(slot) = slots.clone().try_acquire_owned() else {
-                    tracing::debug!(%peer, "admin TCP connection refused: {TCP_CONNECTIONS} already open");
+                let Ok(local) = stream.local_addr() else {
                     continue;
+                };
+                let who = Client::of(peer, local);
+                let slot = match slots.try_acquire(who, false) {
+                    Ok(slot) => slot,
+                    Err(why) => {
+                        tracing::debug!(%peer, counted_as = %who, ?why, "admin TCP connection refused: {TCP_CONNECTIONS} open, or {TCP_CONNECTIONS_PER_CLIENT} of this client's");
+                        continue;
+                    }
                 };
                 serve_connection(
                     stream,
@@ -289,7 +307,7 @@ fn serve_connection<S>(
     scope: Scope,
     server: Arc<Server>,
     graceful: &GracefulShutdown,
-    slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    slot: Option<ConnPermit>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -300,7 +318,7 @@ fn serve_connection<S>(
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10))
+        .header_read_timeout(IDLE_TIMEOUT)
         .serve_connection(TokioIo::new(stream), service);
     let watched = graceful.watch(conn);
     tokio::spawn(async move {

@@ -21,6 +21,9 @@ pub struct FrontConfig {
     pub router_threads: Option<usize>,
     /// Peers whose `X-Forwarded-*` / `Forwarded` headers are believed.
     pub trusted_proxies: Vec<IpCidr>,
+    /// Local users (uids, besides root) whose connections from a
+    /// `trusted_proxies` address are trusted proxies (`trusted_proxy_users`).
+    pub trusted_proxy_users: Vec<u32>,
     pub limits: ServerLimits,
 }
 
@@ -28,6 +31,12 @@ impl FrontConfig {
     /// Whether `peer` is one of the configured trusted proxies.
     pub fn is_trusted_proxy(&self, peer: IpAddr) -> bool {
         self.trusted_proxies.iter().any(|c| c.contains(peer))
+    }
+
+    /// Whether a socket of local user `uid` may be a trusted proxy: root or
+    /// one of `trusted_proxy_users`.
+    pub fn is_trusted_proxy_user(&self, uid: u32) -> bool {
+        uid == 0 || self.trusted_proxy_users.contains(&uid)
     }
 }
 
@@ -158,6 +167,7 @@ pub(crate) fn validate_front(
     h2c: Option<bool>,
     router_threads: Option<Scalar>,
     trusted_proxies: Option<Vec<String>>,
+    trusted_proxy_users: Option<Vec<String>>,
     limits: Option<RawServerLimits>,
     errs: &mut FileErrors<'_>,
 ) -> FrontConfig {
@@ -180,6 +190,11 @@ pub(crate) fn validate_front(
     for (i, p) in trusted_proxies.unwrap_or_default().iter().enumerate() {
         if let Some(c) = errs.check(&format!("trusted_proxies[{i}]"), IpCidr::parse(p)) {
             front.trusted_proxies.push(c);
+        }
+    }
+    for (i, name) in trusted_proxy_users.unwrap_or_default().iter().enumerate() {
+        if let Some(uid) = errs.check(&format!("trusted_proxy_users[{i}]"), user_id(name)) {
+            front.trusted_proxy_users.push(uid);
         }
     }
     let raw = limits.unwrap_or_default();
@@ -254,6 +269,17 @@ pub(crate) fn validate_front(
         l.h2_max_streams = v as u32;
     }
     front
+}
+
+/// The uid of the user `name` on this host.
+fn user_id(name: &str) -> Result<u32, String> {
+    match nix::unistd::User::from_name(name) {
+        Ok(Some(u)) => Ok(u.uid.as_raw()),
+        Ok(None) => Err(format!(
+            "{name:?} is not a user on this host (the user a local HAProxy or nginx runs as, e.g. \"haproxy\" or \"www-data\")"
+        )),
+        Err(e) => Err(format!("cannot look up the user {name:?}: {e}")),
+    }
 }
 
 fn nonzero_duration(d: Duration) -> Result<Duration, String> {

@@ -33,6 +33,7 @@ pub struct RawServer {
     pub h2c: Option<bool>,
     pub router_threads: Option<Scalar>,
     pub trusted_proxies: Option<Vec<String>>,
+    pub trusted_proxy_users: Option<Vec<String>>,
     pub limits: Option<super::front::RawServerLimits>,
 }
 

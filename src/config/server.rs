@@ -304,6 +304,7 @@ fn validate_server(
         raw.h2c,
         raw.router_threads,
         raw.trusted_proxies,
+        raw.trusted_proxy_users,
         raw.limits,
         &mut errs,
     );

@@ -3,11 +3,16 @@
 //! ([`ConnLimiter`]). A remote client is its address (an IPv4 address, an
 //! IPv6 /64); a client on this host is the user owning its socket
 //! (`router::peer`), since any local process may bind any loopback address.
+//! Which clients are trusted proxies ([`is_trusted_proxy`]).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
+
+use super::conn::Throttle;
+use super::table::RoutingTable;
+use crate::config::FrontConfig;
 
 /// Why a connection was refused right after accept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,9 +30,10 @@ pub enum Client {
     /// address proves nothing (any process may bind any of 127/8, ::1 and
     /// the host's own addresses), its user does (`router::peer`).
     LocalUser(u32),
-    /// A client on a loopback address whose socket's owner could not be
-    /// found (it closed at once, or the kernel could not be asked): all
-    /// such clients together are one client.
+    /// A client on this host (a loopback address or one of the host's own)
+    /// whose socket's owner could not be found (it closed at once, or the
+    /// kernel could not be asked): all such clients together are one
+    /// client, never a trusted proxy.
     Local,
 }
 
@@ -48,12 +54,13 @@ impl Client {
     }
 
     /// Who connected from `peer` to our `local` address: the owner of the
-    /// client socket when it is on this host ([`super::peer::local_owner`]),
-    /// else the address.
+    /// client socket when it is on this host ([`super::peer::local_owner`]);
+    /// [`Client::Local`] when it is not found but the address is this
+    /// host's (a site's code can bind any of them); else the address.
     pub fn of(peer: SocketAddr, local: SocketAddr) -> Client {
         match super::peer::local_owner(peer, local) {
             Some(uid) => Client::LocalUser(uid),
-            None if is_loopback(peer.ip()) => Client::Local,
+            None if on_this_host(peer.ip(), local.ip()) => Client::Local,
             None => Client::remote(peer.ip()),
         }
     }
@@ -73,14 +80,47 @@ impl std::fmt::Display for Client {
     }
 }
 
-/// 127/8, ::1, and either as IPv4-mapped IPv6.
-fn is_loopback(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V6(v6) => {
-            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
-        }
-        IpAddr::V4(v4) => v4.is_loopback(),
+/// Whether a connection from `peer`, counted as `who`, is a trusted proxy
+/// (exempt from `max_connections_per_ip`, its `X-Forwarded-*` believed):
+/// its address is in `trusted_proxies` and, on this host, its socket
+/// belongs to root or to one of `trusted_proxy_users`, and to no user that
+/// runs a site's code. Local trust is an allowlist: a connection of any
+/// other local user (a site, which can bind any loopback address, a local
+/// proxy's too; a shell user; cron; a removed site's last processes) or of
+/// an owner not found is not trusted.
+pub fn is_trusted_proxy(
+    front: &FrontConfig,
+    table: &RoutingTable,
+    peer: SocketAddr,
+    who: Client,
+) -> bool {
+    if !front.is_trusted_proxy(peer.ip()) {
+        return false;
     }
+    match who {
+        Client::Remote(_) => true,
+        Client::LocalUser(uid) if table.is_site_user(uid) => false,
+        Client::LocalUser(uid) => {
+            let trusted = front.is_trusted_proxy_user(uid);
+            if !trusted {
+                static UNLISTED: LazyLock<Throttle> = LazyLock::new(Throttle::new);
+                // By uid: a user name lookup (NSS, perhaps LDAP) could
+                // block the accepting thread.
+                if let Some(left_out) = UNLISTED.allow() {
+                    tracing::warn!(client = %peer, uid, also_seen = left_out, "a connection from a trusted_proxies address by a local user not in trusted_proxy_users: not trusted (its X-Forwarded-* headers are replaced, it counts as one client); if it is your front proxy, add its user (getent passwd UID) to trusted_proxy_users");
+                }
+            }
+            trusted
+        }
+        Client::Local => false,
+    }
+}
+
+/// Whether `peer` is an address of this host: loopback (127/8, ::1, in
+/// either spelling), the address it connected to, or one of the host's own.
+fn on_this_host(peer: IpAddr, local: IpAddr) -> bool {
+    let peer = super::peer::canonical(peer);
+    peer.is_loopback() || peer == super::peer::canonical(local) || super::peer::is_own_address(peer)
 }
 
 /// Counts open connections, in total and per [`Client`].
@@ -226,6 +266,23 @@ mod tests {
             let (_accepted, peer) = listener.accept().await.unwrap();
             assert_eq!(Client::of(peer, server), Client::LocalUser(me), "{src}");
         }
+        // An IPv6 socket connected to the IPv4 listener: the kernel reports
+        // it as AF_INET6 with IPv4-mapped addresses.
+        let socket = tokio::net::TcpSocket::new_v6().unwrap();
+        socket
+            .bind("[::ffff:127.0.0.2]:0".parse().unwrap())
+            .unwrap();
+        let mapped_server: SocketAddr = format!("[::ffff:127.0.0.1]:{}", server.port())
+            .parse()
+            .unwrap();
+        let _client = socket.connect(mapped_server).await.unwrap();
+        let (_accepted, peer) = listener.accept().await.unwrap();
+        assert_eq!(peer.ip().to_string(), "127.0.0.2");
+        assert_eq!(
+            Client::of(peer, server),
+            Client::LocalUser(me),
+            "IPv6 socket, IPv4-mapped"
+        );
         let v6 = tokio::net::TcpListener::bind("[::1]:0").await.unwrap();
         let v6_server = v6.local_addr().unwrap();
         let _client = tokio::net::TcpStream::connect(v6_server).await.unwrap();
@@ -237,7 +294,47 @@ mod tests {
             Client::Local,
             "loopback, owner unknown"
         );
-        let remote: SocketAddr = "192.0.2.7:40000".parse().unwrap();
-        assert_eq!(Client::of(remote, server), ip("192.0.2.7"));
+        let remote: SocketAddr = "198.51.100.7:40000".parse().unwrap();
+        assert_eq!(Client::of(remote, server), ip("198.51.100.7"));
+    }
+
+    /// One of this host's own addresses that is not loopback, if it has one.
+    fn own_address() -> Option<IpAddr> {
+        nix::ifaddrs::getifaddrs()
+            .unwrap()
+            .filter_map(|i| i.address?.as_sockaddr_in().map(|a| IpAddr::V4(a.ip())))
+            .find(|a| !a.is_loopback())
+    }
+
+    #[tokio::test]
+    async fn a_client_on_this_host_without_an_owner_is_local_never_remote() {
+        use std::net::SocketAddr;
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let server = listener.local_addr().unwrap();
+        let mut sources = vec![IpAddr::from([127, 0, 0, 9])];
+        sources.extend(own_address());
+        for src in sources {
+            // Sends and closes before the accept: no process holds its
+            // socket when the router asks.
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind(SocketAddr::new(src, 0)).unwrap();
+            let mut client = socket.connect(server).await.unwrap();
+            client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+            drop(client);
+            let (_accepted, peer) = listener.accept().await.unwrap();
+            assert_eq!(peer.ip(), src);
+            assert_eq!(Client::of(peer, server), Client::Local, "from {src}");
+        }
+        let own = own_address().expect("this test needs a non-loopback IPv4 address on the host");
+        assert!(super::super::peer::is_own_address(own));
+        let mapped = match own {
+            IpAddr::V4(v4) => IpAddr::V6(v4.to_ipv6_mapped()),
+            v6 => v6,
+        };
+        assert!(super::super::peer::is_own_address(mapped), "{mapped}");
+        assert!(!super::super::peer::is_own_address(
+            "198.51.100.7".parse().unwrap()
+        ));
     }
 }

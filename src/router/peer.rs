@@ -14,6 +14,10 @@
 use std::cell::RefCell;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
 
 use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_REQUEST};
 use netlink_packet_sock_diag::constants::{AF_INET, AF_INET6, IPPROTO_TCP};
@@ -55,6 +59,110 @@ pub fn local_owner(client: SocketAddr, local: SocketAddr) -> Option<u32> {
     })
 }
 
+/// Whether the kernel answers the question [`local_owner`] asks: a
+/// connection made for the purpose, looked up. `Err` says why not. A
+/// listener of its own rather than the router's: the same kernel interface
+/// in the same network namespace, without a stray connection in the
+/// router's counts and logs.
+pub fn check() -> Result<(), String> {
+    use std::net::{Ipv4Addr, Ipv6Addr, TcpListener, TcpStream};
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .or_else(|_| TcpListener::bind((Ipv6Addr::LOCALHOST, 0)))
+        .map_err(|e| format!("cannot open a loopback listener to try it: {e}"))?;
+    let server = listener
+        .local_addr()
+        .map_err(|e| format!("cannot read the test listener's address: {e}"))?;
+    let client = TcpStream::connect(server)
+        .map_err(|e| format!("cannot connect to the test listener: {e}"))?;
+    let me = client
+        .local_addr()
+        .map_err(|e| format!("cannot read the test connection's address: {e}"))?;
+    let fd = open().map_err(|e| format!("cannot open a NETLINK_SOCK_DIAG socket: {e}"))?;
+    let euid = nix::unistd::geteuid().as_raw();
+    match ask(&fd, 1, me, server) {
+        Ok(Some(uid)) if uid == euid => Ok(()),
+        Ok(Some(uid)) => Err(format!(
+            "the kernel names uid {uid}, not {euid}, as the owner of a test connection"
+        )),
+        Ok(None) => Err(
+            "the kernel does not find a test connection (is the tcp_diag module missing?)".into(),
+        ),
+        Err(e) => Err(format!("the kernel refused the question: {e}")),
+    }
+}
+
+/// The host's own addresses as last read, and when.
+struct OwnAddresses {
+    read: Instant,
+    addrs: Vec<IpAddr>,
+}
+
+/// How old the snapshot may be before an address missing from it makes it
+/// be read again: an address added to an interface is known within this.
+const OWN_ADDRESSES_FRESH: Duration = Duration::from_secs(1);
+
+static OWN_ADDRESSES: LazyLock<ArcSwap<OwnAddresses>> =
+    LazyLock::new(|| ArcSwap::from_pointee(read_own_addresses(Vec::new())));
+
+/// Held by the thread that rereads the snapshot.
+static REREADING: Mutex<()> = Mutex::new(());
+
+/// Whether `ip` is one of this host's own addresses (any interface's, in
+/// polyhost's network namespace): an address a process on this host can
+/// bind as its source. Read from a snapshot (`getifaddrs`, the netlink dump
+/// `ip addr` shows), read again when an address is not in it and it is older
+/// than [`OWN_ADDRESSES_FRESH`]: a remote client costs a lookup in a short
+/// list, and the snapshot is read at most once a second. Local routes that
+/// are no interface's address (`ip route add local 10.9.0.0/16 dev lo`) are
+/// not in it.
+pub fn is_own_address(ip: IpAddr) -> bool {
+    let ip = canonical(ip);
+    let snapshot = OWN_ADDRESSES.load();
+    if snapshot.addrs.contains(&ip) {
+        return true;
+    }
+    if snapshot.read.elapsed() < OWN_ADDRESSES_FRESH {
+        return false;
+    }
+    // One thread rereads; the others answer from the snapshot they have.
+    let Ok(_rereading) = REREADING.try_lock() else {
+        return false;
+    };
+    let fresh = read_own_addresses(snapshot.addrs.clone());
+    let found = fresh.addrs.contains(&ip);
+    OWN_ADDRESSES.store(Arc::new(fresh));
+    found
+}
+
+/// Every interface's addresses; `previous` when they cannot be read.
+fn read_own_addresses(previous: Vec<IpAddr>) -> OwnAddresses {
+    let addrs = match nix::ifaddrs::getifaddrs() {
+        Ok(list) => {
+            let mut addrs: Vec<IpAddr> = list
+                .filter_map(|i| i.address)
+                .filter_map(|a| {
+                    if let Some(v4) = a.as_sockaddr_in() {
+                        Some(IpAddr::V4(v4.ip()))
+                    } else {
+                        a.as_sockaddr_in6().map(|v6| canonical(IpAddr::V6(v6.ip())))
+                    }
+                })
+                .collect();
+            addrs.sort_unstable();
+            addrs.dedup();
+            addrs
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read this host's addresses (getifaddrs); keeping the last list");
+            previous
+        }
+    };
+    OwnAddresses {
+        read: Instant::now(),
+        addrs,
+    }
+}
+
 fn open() -> nix::Result<OwnedFd> {
     socket(
         AddressFamily::Netlink,
@@ -64,16 +172,18 @@ fn open() -> nix::Result<OwnedFd> {
     )
 }
 
-/// Both ends in one family: IPv4-mapped IPv6 addresses (a dual-stack
-/// listener's view of an IPv4 client) as IPv4.
-fn unmapped(a: SocketAddr) -> SocketAddr {
-    match a.ip() {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => SocketAddr::new(IpAddr::V4(v4), a.port()),
-            None => a,
-        },
-        IpAddr::V4(_) => a,
+/// An address in one spelling: IPv4-mapped IPv6 (`::ffff:a.b.c.d`: a
+/// dual-stack listener's view of an IPv4 client, or what the kernel reports
+/// for an IPv6 socket that connected to an IPv4 address) as IPv4.
+pub fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        IpAddr::V4(_) => ip,
     }
+}
+
+fn unmapped(a: SocketAddr) -> SocketAddr {
+    SocketAddr::new(canonical(a.ip()), a.port())
 }
 
 fn ask(fd: &OwnedFd, seq: u32, client: SocketAddr, local: SocketAddr) -> nix::Result<Option<u32>> {
@@ -126,11 +236,14 @@ fn ask(fd: &OwnedFd, seq: u32, client: SocketAddr, local: SocketAddr) -> nix::Re
             NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
                 let id = &r.header.socket_id;
                 // An exact lookup falls back to a listener on the source
-                // address; only the connected socket itself counts.
+                // address; only the connected socket itself counts. An
+                // IPv6 socket connected to an IPv4 address is found by its
+                // IPv4 addresses but reported as AF_INET6, with the
+                // addresses IPv4-mapped: compared in one spelling.
                 let same = id.source_port == wanted.source_port
                     && id.destination_port == wanted.destination_port
-                    && id.source_address == wanted.source_address
-                    && id.destination_address == wanted.destination_address;
+                    && canonical(id.source_address) == wanted.source_address
+                    && canonical(id.destination_address) == wanted.destination_address;
                 // No inode: no process holds the socket any more (closed,
                 // orphaned); a TIME_WAIT or closed FIN_WAIT2 socket even
                 // reports uid 0, which would pass for root's.
@@ -146,6 +259,11 @@ fn ask(fd: &OwnedFd, seq: u32, client: SocketAddr, local: SocketAddr) -> nix::Re
 mod tests {
     use super::*;
     use std::net::{TcpListener, TcpStream};
+
+    #[test]
+    fn the_check_finds_its_own_connection() {
+        assert_eq!(check(), Ok(()));
+    }
 
     #[test]
     fn finds_the_owner_of_a_local_client_and_nothing_for_others() {

@@ -129,6 +129,9 @@ pub async fn serve(
             }
         }
     };
+    if let Err(why) = super::peer::check() {
+        tracing::warn!("cannot tell local clients apart ({why}): every connection from this host (sites' code, cron, a local proxy) counts as one client of max_connections_per_ip, so one site's code can take that share from all the others, and no local connection is a trusted proxy; load the tcp_diag module or allow NETLINK_SOCK_DIAG sockets to polyhost (docs/isolation.md, \"Connection limits\")");
+    }
     let limits = &front.limits;
     let shared = Arc::new(Shared {
         limiter: ConnLimiter::new(
@@ -276,16 +279,9 @@ async fn accept_loop(
     }
 }
 
-/// Whether the peer is a trusted proxy: its address is in `trusted_proxies`
-/// and, on this host, its socket is not a site's (site code can bind any
-/// loopback address, a local HAProxy's too) nor of an unknown owner.
+/// Whether the peer is a trusted proxy ([`super::client::is_trusted_proxy`]).
 fn is_trusted(shared: &Shared, peer: std::net::SocketAddr, who: Client) -> bool {
-    shared.options.front.is_trusted_proxy(peer.ip())
-        && match who {
-            Client::Remote(_) => true,
-            Client::LocalUser(uid) => !shared.table.load().is_site_user(uid),
-            Client::Local => false,
-        }
+    super::client::is_trusted_proxy(&shared.options.front, &shared.table.load(), peer, who)
 }
 
 /// What an admitted connection holds until it ends: its place in the
