@@ -126,11 +126,8 @@ impl Actor {
         }
     }
 
-    /// Scale to zero: after `idle_timeout` without a request, every process
-    /// is unpublished and drained, then stopped; the group is `Idle` at once,
-    /// so the next request starts it again (beside a process still
-    /// draining, if need be). A request that took a process just before is
-    /// served by it first (the drain waits for its lease).
+    /// Scale to zero after `idle_timeout` without a request (and none in
+    /// flight); see [`Actor::scale_to_zero`].
     fn check_idle(&mut self) {
         let Some(idle) = self.lifecycle.idle_timeout else {
             return;
@@ -142,20 +139,6 @@ impl Actor {
             return;
         }
         tracing::info!(site = %self.site(), runtime = self.runtime(), ?idle, "no requests for idle_timeout; scaling to zero");
-        self.state = GroupState::Idle;
-        for slot in &mut self.slots {
-            if matches!(slot, Slot::Backoff { .. }) {
-                *slot = Slot::Empty;
-            }
-        }
-        let ids: Vec<u64> = self
-            .procs
-            .iter()
-            .filter(|(_, p)| !p.draining && !p.stopping)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in ids {
-            self.drain(id);
-        }
+        self.scale_to_zero();
     }
 }
