@@ -4,9 +4,9 @@
 //! serve them; and a fork bomb that fills the site's process limit so that
 //! `polyhost restart` cannot start a new generation beside it.
 //!
-//! Hygiene: everything runs as throw-away users; a [`CgroupSweep`] kills what
-//! is left in a site's cgroup (by the pids listed there) if a test fails
-//! before polyhost stops cleanly.
+//! Hygiene: everything runs as throw-away users; the [`Binary`]'s cgroup
+//! sweep kills what is left in a site's cgroup (by the pids listed there) if
+//! a test fails before polyhost stops cleanly.
 
 mod common;
 
@@ -14,18 +14,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use common::cgroups::{polyhost_cgroup_dirs, procs};
 use common::{get, open_up, pids_of_uid, Binary, TestConfig, TestUser};
-
-/// polyhost's parent cgroup directories (`polyhost-<hash>`) of the polyhost
-/// whose state dir is `state_dir`, in every hierarchy (one on v2, one per
-/// controller on v1).
-fn polyhost_cgroup_dirs(state_dir: &Path) -> Vec<PathBuf> {
-    let canonical = std::fs::canonicalize(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
-    let parent = polyhost::supervisor::cgroup_parent_name(&canonical);
-    let mut found = Vec::new();
-    find_dirs(Path::new("/sys/fs/cgroup"), &parent, 6, &mut found);
-    found
-}
 
 /// The cgroup directories of site `site` of that polyhost.
 fn site_cgroup_dirs(state_dir: &Path, site: &str) -> Vec<PathBuf> {
@@ -34,63 +24,6 @@ fn site_cgroup_dirs(state_dir: &Path, site: &str) -> Vec<PathBuf> {
         .map(|p| p.join(site))
         .filter(|p| p.is_dir())
         .collect()
-}
-
-/// rmdir of `dir`'s sub-cgroups, deepest first, then of `dir`.
-fn remove_cgroup_tree(dir: &Path) {
-    for e in std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .filter_map(Result::ok)
-    {
-        if e.file_type().is_ok_and(|t| t.is_dir()) {
-            remove_cgroup_tree(&e.path());
-        }
-    }
-    let _ = std::fs::remove_dir(dir);
-}
-
-fn find_dirs(dir: &Path, name: &str, depth: usize, out: &mut Vec<PathBuf>) {
-    if depth == 0 {
-        return;
-    }
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.filter_map(Result::ok) {
-        if !e.file_type().is_ok_and(|t| t.is_dir()) {
-            continue;
-        }
-        if e.file_name().to_str() == Some(name) {
-            out.push(e.path());
-        } else {
-            find_dirs(&e.path(), name, depth - 1, out);
-        }
-    }
-}
-
-/// Every pid in `dir`'s `cgroup.procs` and its sub-cgroups. A cgroup removed
-/// meanwhile held none (the kernel removes only empty cgroups).
-fn cgroup_procs(dir: &Path) -> Vec<i32> {
-    let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
-    let mut out: Vec<i32> = match std::fs::read_to_string(dir.join("cgroup.procs")) {
-        Ok(text) => text.lines().filter_map(|l| l.trim().parse().ok()).collect(),
-        Err(e) if gone(&e) => return Vec::new(),
-        Err(e) => panic!("{}: {e}", dir.display()),
-    };
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if gone(&e) => return out,
-        Err(e) => panic!("{}: {e}", dir.display()),
-    };
-    for e in entries.filter_map(Result::ok) {
-        if e.file_type().is_ok_and(|t| t.is_dir()) {
-            out.extend(cgroup_procs(&e.path()));
-        }
-    }
-    out.sort_unstable();
-    out.dedup();
-    out
 }
 
 /// The processes of user `uid` whose command is `name`.
@@ -106,37 +39,6 @@ fn comm(pid: i32) -> String {
         .unwrap_or_default()
         .trim()
         .to_owned()
-}
-
-/// On drop (a failed test), SIGKILLs every process listed in the cgroups of
-/// the polyhost of `state_dir` until none is left (bounded), so a fork bomb
-/// never outlives its test, then removes those cgroups. Declared before the
-/// [`Binary`] so that it runs after polyhost died (kill on drop).
-struct CgroupSweep {
-    state_dir: PathBuf,
-}
-
-impl Drop for CgroupSweep {
-    fn drop(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let dirs = polyhost_cgroup_dirs(&self.state_dir);
-        loop {
-            let pids: Vec<i32> = dirs.iter().flat_map(|d| cgroup_procs(d)).collect();
-            if pids.is_empty() || Instant::now() > deadline {
-                break;
-            }
-            for pid in pids {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        for dir in dirs {
-            remove_cgroup_tree(&dir);
-        }
-    }
 }
 
 /// Runs the real CLI against the polyhost of `main`; (exit code, output).
@@ -196,9 +98,6 @@ async fn restart_recovers_a_site_whose_fork_bomb_holds_its_process_limit() {
         &format!("[limits]\nprocesses = {LIMIT}\ncpu = 0.5"),
         "mode = \"static\"\nmax_children = 2",
     );
-    let _sweep = CgroupSweep {
-        state_dir: cfg.path().join("state"),
-    };
     let bin = Binary::start(&cfg.main(), &[]).await;
     let first = get(bin.addr, "bomb.test", "/").await;
     assert_eq!(first.status, 200, "{}\n{}", first.text(), bin.log());
@@ -223,7 +122,7 @@ async fn restart_recovers_a_site_whose_fork_bomb_holds_its_process_limit() {
     assert_eq!(lit.text(), "lit", "{}", bin.log());
     // Every place the pool (a master and 2 children) leaves is the bomb's.
     let perl = || -> Vec<i32> {
-        cgroup_procs(&pids_dir)
+        procs(&pids_dir)
             .into_iter()
             .filter(|p| comm(*p) == "perl")
             .collect()
@@ -245,7 +144,7 @@ async fn restart_recovers_a_site_whose_fork_bomb_holds_its_process_limit() {
     // Back within a bounded time, with only php-fpm left in the site.
     let started = Instant::now();
     let seen = loop {
-        let names: Vec<String> = cgroup_procs(&pids_dir).iter().map(|p| comm(*p)).collect();
+        let names: Vec<String> = procs(&pids_dir).iter().map(|p| comm(*p)).collect();
         let r = get(bin.addr, "bomb.test", "/").await;
         let perl = user_procs_named(user.uid, "perl");
         let seen = format!(
@@ -437,9 +336,6 @@ async fn a_php_site_static_files_follow_the_site_user_too() {
     let root = cfg.path().join("www/php");
     plant(&root.join("root-only.css"), "SECRET", 0, 0, 0o600);
     plant(&root.join("own.css"), "own", user.uid, gid_of(&user), 0o600);
-    let _sweep = CgroupSweep {
-        state_dir: cfg.path().join("state"),
-    };
     let bin = Binary::start(&cfg.main(), &[]).await;
     let denied = get(bin.addr, "php.test", "/root-only.css").await;
     let own = get(bin.addr, "php.test", "/own.css").await;

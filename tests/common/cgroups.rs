@@ -40,6 +40,20 @@ pub fn check_hygiene(state_dir: &Path) {
     assert!(leftover.is_empty(), "cgroup left behind: {leftover:?}");
 }
 
+/// polyhost's parent cgroup directories (`polyhost-<hash>`) of the polyhost
+/// whose state dir is `state_dir`, in every hierarchy (one on v2, one per
+/// controller on v1).
+pub fn polyhost_cgroup_dirs(state_dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    find_dirs(
+        Path::new("/sys/fs/cgroup"),
+        &parent_name(state_dir),
+        6,
+        &mut found,
+    );
+    found
+}
+
 /// Every directory named `name` below `dir` (at most `depth` levels down;
 /// not below a match).
 fn find_dirs(dir: &Path, name: &str, depth: usize, out: &mut Vec<PathBuf>) {
@@ -62,7 +76,7 @@ fn find_dirs(dir: &Path, name: &str, depth: usize, out: &mut Vec<PathBuf>) {
 }
 
 /// Every pid listed in `dir`'s `cgroup.procs` and in its sub-cgroups.
-fn procs(dir: &Path) -> Vec<i32> {
+pub fn procs(dir: &Path) -> Vec<i32> {
     let mut out: Vec<i32> = std::fs::read_to_string(dir.join("cgroup.procs"))
         .unwrap_or_default()
         .lines()

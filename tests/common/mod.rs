@@ -428,7 +428,7 @@ pub fn init_logging() {
 pub mod edge;
 pub mod front;
 
-mod cgroups;
+pub mod cgroups;
 mod wait;
 mod worker;
 
