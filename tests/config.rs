@@ -107,7 +107,7 @@ fn every_error_of_every_file_in_one_pass() {
     cfg.write("vhosts/py.toml", "hosts = [\"py.test\", \"bad host\"]\n[python]\napp = \"not a module\"\nthreads = 0\nrequest_timeout = \"soon\"\n");
     cfg.write(
         "vhosts/php.toml",
-        "hosts = [\"php.test\"]\n[php]\nmode = \"turbo\"\nfront_controller = \"../x.php\"\nextensions = [\".PHTML\", \"inc\", \".php.bak\"]\n",
+        "hosts = [\"php.test\"]\n[php]\nmode = \"turbo\"\nfront_controller = \"../x.php\"\nextensions = [\".PHTML\", \"inc\", \".php.bak\"]\n[php.ini]\ndoc_root = \"/srv\"\nuser_dir = \"public_html\"\nopen_basedir = \"/\"\nmemory_limit = \"256M\"\n",
     );
     check_errors(
         &cfg,
@@ -115,6 +115,9 @@ fn every_error_of_every_file_in_one_pass() {
             $DIR/vhosts/Bad_Name.toml: "Bad_Name" is not a valid site name (the file name without .toml must match [a-z0-9][a-z0-9-]*, at most 48 characters)
             $DIR/vhosts/blog.toml: limitz: unknown field `limitz`, expected one of `hosts`, `default`, `root`, `user`, `group`, `limits`, `env`, `static`, `php`, `python`, `tls` (line 3, column 1)
             $DIR/vhosts/php.toml: php.mode: "turbo" is not a pool mode (expected "static", "dynamic" or "ondemand")
+            $DIR/vhosts/php.toml: php.ini.doc_root: not allowed: PHP would run the file named by a request's path info (any extension) instead of the script polyhost chose
+            $DIR/vhosts/php.toml: php.ini.open_basedir: set by polyhost: use php.open_basedir
+            $DIR/vhosts/php.toml: php.ini.user_dir: not allowed: PHP would run the file named by a request's path info (any extension) instead of the script polyhost chose
             $DIR/vhosts/php.toml: php.front_controller: "../x.php" is not a PHP script path relative to the root (e.g. "index.php")
             $DIR/vhosts/php.toml: php.extensions: ".PHTML" is not a file name extension (a dot and lower-case letters or digits, e.g. ".phtml")
             $DIR/vhosts/php.toml: php.extensions: "inc" is not a file name extension (a dot and lower-case letters or digits, e.g. ".phtml")

@@ -33,7 +33,7 @@ pub use server::{
 };
 pub use site::{
     IniValue, Limits, PhpConfig, PhpMode, PythonConfig, SiteConfig, StartPolicy, StaticConfig,
-    DEFAULT_BODY_LIMIT,
+    DEFAULT_BODY_LIMIT, RESERVED_PHP_INI,
 };
 pub use tls::{crypto_provider, load_certified_key, SiteTls, TlsKey};
 pub use types::{parse_duration, parse_size, HostPattern, Scalar, SiteName};

@@ -352,6 +352,10 @@ fn validate_php(raw: RawPhp, base: &Path, errs: &mut FileErrors<'_>) -> Option<P
             errs.add(&key, format!("{k:?} is not a php.ini directive name"));
             continue;
         }
+        if let Some(why) = reserved_php_ini(&k) {
+            errs.add(&key, why);
+            continue;
+        }
         let value = match v {
             Scalar::Bool(b) => IniValue::Flag(b),
             Scalar::Int(i) => IniValue::Value(i.to_string()),
@@ -562,5 +566,35 @@ fn parse_app(app: &str) -> Result<(String, String), String> {
         Err(format!(
             "{app:?} is not a WSGI application reference (expected \"package.module:callable\")"
         ))
+    }
+}
+
+/// `[php.ini]` directives a site may not set: polyhost sets them itself
+/// (the pool's paths and PATH_INFO handling), or they would let php-fpm
+/// choose the script from the request's path info (`doc_root`, `user_dir`:
+/// with `cgi.fix_pathinfo = 0`, PHP opens `doc_root + PATH_INFO`, or
+/// `~user/<user_dir>/...`, whatever its extension, beside the
+/// `SCRIPT_FILENAME` polyhost checked).
+pub const RESERVED_PHP_INI: &[&str] = &[
+    "open_basedir",
+    "cgi.fix_pathinfo",
+    "cgi.discard_path",
+    "upload_tmp_dir",
+    "session.save_path",
+    "sys_temp_dir",
+    "error_log",
+    "doc_root",
+    "user_dir",
+];
+
+/// Why `[php.ini]` may not set `key`, if it may not.
+fn reserved_php_ini(key: &str) -> Option<&'static str> {
+    match key {
+        "doc_root" | "user_dir" => Some(
+            "not allowed: PHP would run the file named by a request's path info (any extension) instead of the script polyhost chose",
+        ),
+        "open_basedir" => Some("set by polyhost: use php.open_basedir"),
+        k if RESERVED_PHP_INI.contains(&k) => Some("set by polyhost"),
+        _ => None,
     }
 }

@@ -304,8 +304,9 @@ impl ChildPlan {
             }
             // CLOEXEC rather than close: std's own error pipe must survive
             // until exec. Kernels before 5.11 lack close_range: mark one by
-            // one, up to a bound from polyhost's own limit (the site's
-            // RLIMIT_NOFILE, just set, says nothing of what polyhost holds).
+            // one, up to the highest descriptor polyhost held at the fork
+            // (`fd_bound`; the site's RLIMIT_NOFILE, just set, says nothing
+            // of what polyhost holds).
             if self.one_by_one
                 || libc::syscall(
                     libc::SYS_close_range,
@@ -314,6 +315,11 @@ impl ChildPlan {
                     libc::CLOSE_RANGE_CLOEXEC,
                 ) != 0
             {
+                if self.fd_bound == 0 {
+                    // close_range worked in the parent's probe but not here:
+                    // fail closed rather than pass descriptors on.
+                    return Err(self.fail(Step::CloseFds));
+                }
                 for fd in 3..self.fd_bound {
                     libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
                 }
@@ -417,14 +423,15 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<SiteProcess, SpawnError> {
             path: PathBuf::from("pipe2"),
             source: e.into(),
         })?;
+    let one_by_one = ONE_BY_ONE.load(std::sync::atomic::Ordering::Relaxed);
     let plan = ChildPlan {
         cgroup_fds: cgroup_files.iter().map(|f| f.as_raw_fd()).collect(),
         report_fd: report_write.as_raw_fd(),
         inherit: spec.inherit.iter().map(AsRawFd::as_raw_fd).collect(),
         switch,
         nofile: nofile_within_hard_limit(spec.rlimits.nofile),
-        fd_bound: fd_bound(),
-        one_by_one: ONE_BY_ONE.load(std::sync::atomic::Ordering::Relaxed),
+        fd_bound: fd_bound(one_by_one),
+        one_by_one,
         nproc: spec.rlimits.nproc.map(|n| n as libc::rlim_t),
         cwd: CString::new(spec.cwd.as_os_str().as_bytes()).map_err(|_| SpawnError::Nul {
             what: "working directory",
@@ -481,29 +488,49 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<SiteProcess, SpawnError> {
     }
 }
 
-/// One past the highest descriptor polyhost may hold, for the child's
-/// one-by-one close-on-exec loop: polyhost's own soft `RLIMIT_NOFILE` (the
-/// kernel hands out no descriptor at or above it; polyhost raises it to the
-/// hard limit at start, see `isolation::nofile`), or one past the highest
-/// descriptor open now if that is higher (the limit was lowered from outside,
-/// e.g. with `prlimit`, after descriptors above it were opened). Computed in
-/// the parent: the child may not allocate or read `/proc`.
-fn fd_bound() -> libc::c_int {
-    let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
-        .map_or(0, |(soft, _)| soft);
-    let open = std::fs::read_dir("/proc/self/fd")
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
-        .max()
-        .map_or(0, |fd| fd + 1);
-    // Without /proc and with an unreadable limit, the most a process may
-    // ever have by default (fs.nr_open).
-    let bound = match soft.max(open) {
-        0 => 1 << 20,
-        n => n,
-    };
+/// One past the highest descriptor polyhost holds, for the child's
+/// one-by-one close-on-exec loop, or 0 where the child will not need it
+/// (`close_range(CLOSE_RANGE_CLOEXEC)` works: probed once). Read from
+/// `/proc/self/fd`, not from `RLIMIT_NOFILE`: polyhost raises its soft limit
+/// to the hard one, which may be a billion (`LimitNOFILE=infinity`), and a
+/// loop that long would outlast any start-up timeout. A descriptor opened by
+/// another thread between this listing and the fork is close-on-exec
+/// already (std, tokio and nix open everything with `O_CLOEXEC`). Without
+/// `/proc`: the soft limit, at most `fs.nr_open`'s default. Computed in the
+/// parent: the child may not allocate or read `/proc`.
+fn fd_bound(one_by_one: bool) -> libc::c_int {
+    if !one_by_one && close_range_cloexec_works() {
+        return 0;
+    }
+    let open = std::fs::read_dir("/proc/self/fd").ok().map(|dir| {
+        dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
+            .max()
+            .map_or(0, |fd| fd + 1)
+    });
+    let bound = open.unwrap_or_else(|| {
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+            .map_or(1 << 20, |(soft, _)| soft.min(1 << 20))
+    });
     bound.min(libc::c_int::MAX as u64) as libc::c_int
+}
+
+/// Whether this kernel has `close_range` with `CLOSE_RANGE_CLOEXEC` (Linux
+/// 5.11): asked once, on a range that holds no descriptor.
+fn close_range_cloexec_works() -> bool {
+    static WORKS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *WORKS.get_or_init(|| {
+        // SAFETY: close_range on the single descriptor number c_uint::MAX,
+        // which no process can hold (beyond any RLIMIT_NOFILE): it marks
+        // nothing and only tells whether the call and its flag exist.
+        unsafe {
+            libc::syscall(
+                libc::SYS_close_range,
+                libc::c_uint::MAX,
+                libc::c_uint::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            ) == 0
+        }
+    })
 }
 
 static ONE_BY_ONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);

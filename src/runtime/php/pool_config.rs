@@ -88,16 +88,9 @@ pub struct PoolConfigError {
     pub message: String,
 }
 
-/// Directives this module sets; `[php.ini]` may not override them.
-const RESERVED_INI: &[&str] = &[
-    "open_basedir",
-    "cgi.fix_pathinfo",
-    "cgi.discard_path",
-    "upload_tmp_dir",
-    "session.save_path",
-    "sys_temp_dir",
-    "error_log",
-];
+/// Directives this module sets (and two that would let PHP pick its
+/// script from the path info); `[php.ini]` may not set them.
+const RESERVED_INI: &[&str] = crate::config::RESERVED_PHP_INI;
 
 /// Directives derived from the site's `limits.body` unless `[php.ini]`
 /// sets them: how large a request body and an uploaded file PHP accepts.
@@ -572,6 +565,8 @@ mod tests {
         check(&ini("open_basedir", "/"), "php.ini.open_basedir");
         check(&ini("cgi.fix_pathinfo", "1"), "php.ini.cgi.fix_pathinfo");
         check(&ini("cgi.discard_path", "0"), "php.ini.cgi.discard_path");
+        check(&ini("doc_root", "/srv/www/blog"), "php.ini.doc_root");
+        check(&ini("user_dir", "public_html"), "php.ini.user_dir");
         check(
             &|s| drop(s.env.insert("A".into(), "x\nuser = root".into())),
             "env.A",
