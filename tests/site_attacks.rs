@@ -214,14 +214,6 @@ fn acl_for_user(path: &Path, uid: u32, perm: u16, other: u16) {
     .unwrap_or_else(|e| panic!("setting an ACL on {}: {e}", path.display()));
 }
 
-fn gid_of(user: &TestUser) -> u32 {
-    nix::unistd::User::from_name(&user.name)
-        .unwrap()
-        .unwrap()
-        .gid
-        .as_raw()
-}
-
 /// What the site owner (or a careless admin) leaves in the site's root, and
 /// whether the router may serve it to the site: only what the site's user
 /// could read itself.
@@ -229,7 +221,7 @@ fn gid_of(user: &TestUser) -> u32 {
 async fn static_files_are_served_only_if_the_site_user_could_read_them() {
     let cfg = TestConfig::new();
     let (site_user, other) = (TestUser::new(), TestUser::new());
-    let (uid, gid) = (site_user.uid, gid_of(&site_user));
+    let (uid, gid) = (site_user.uid, site_user.gid());
     let root = cfg.path().join("www/files");
     // Outside the root: a root-only secret and a world-readable root file.
     let secret = cfg.path().join("private/secret.txt");
@@ -245,7 +237,7 @@ async fn static_files_are_served_only_if_the_site_user_could_read_them() {
         &root.join("not-team.txt"),
         "SECRET other",
         other.uid,
-        gid_of(&other),
+        other.gid(),
         0o640,
     );
     // Group members get the group's bits, not the others'.
@@ -335,7 +327,7 @@ async fn a_php_site_static_files_follow_the_site_user_too() {
     php_site(&cfg, "php", &user, "", "");
     let root = cfg.path().join("www/php");
     plant(&root.join("root-only.css"), "SECRET", 0, 0, 0o600);
-    plant(&root.join("own.css"), "own", user.uid, gid_of(&user), 0o600);
+    plant(&root.join("own.css"), "own", user.uid, user.gid(), 0o600);
     let bin = Binary::start(&cfg.main(), &[]).await;
     let denied = get(bin.addr, "php.test", "/root-only.css").await;
     let own = get(bin.addr, "php.test", "/own.css").await;

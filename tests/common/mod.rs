@@ -310,6 +310,16 @@ pub struct TestUser {
 }
 
 impl TestUser {
+    /// The user's primary group id (what its site's processes run with,
+    /// unless the site names a group).
+    pub fn gid(&self) -> u32 {
+        nix::unistd::User::from_name(&self.name)
+            .unwrap()
+            .unwrap()
+            .gid
+            .as_raw()
+    }
+
     pub fn new() -> TestUser {
         use std::sync::atomic::{AtomicU32, Ordering};
         static N: AtomicU32 = AtomicU32::new(0);
@@ -570,4 +580,19 @@ pub async fn read_until_count<S>(
         assert!(n > 0, "closed early: {seen}");
         seen.push_str(&String::from_utf8_lossy(&buf[..n]));
     }
+}
+
+/// `runuser -u user -- cmd...` (as a site's user would run it from a shell):
+/// did it succeed, and what did it print (stdout, then stderr).
+pub fn runuser(user: &str, cmd: &[&str]) -> (bool, String) {
+    let _pause = polyhost::isolation::pause_reaper();
+    let out = std::process::Command::new("runuser")
+        .args(["-u", user, "--"])
+        .args(cmd)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
 }
