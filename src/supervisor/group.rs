@@ -56,6 +56,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::endpoint::{Activity, Endpoint};
 pub use super::handle::{GroupHandle, GroupState, Snapshot};
 use super::launcher::{Launcher, Lifecycle};
+use super::lease::Recycler;
 use super::policy::{RestartPolicy, RestartTracker};
 use crate::isolation::{Rlimits, SiteCgroup, SiteIdentity};
 
@@ -144,7 +145,10 @@ pub fn spawn_group(spec: GroupSpec) -> GroupHandle {
         snapshot: snap_rx,
         activity: activity.clone(),
         startup_timeout: lifecycle.startup_timeout,
-        max_requests: lifecycle.max_requests,
+        recycler: Arc::new(Recycler {
+            cmds: tx.clone(),
+            max_requests: lifecycle.max_requests,
+        }),
     };
     let eager = lifecycle.eager;
     let actor = Actor {

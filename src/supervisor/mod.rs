@@ -14,6 +14,7 @@ pub mod endpoint;
 pub mod group;
 pub mod handle;
 pub mod launcher;
+pub mod lease;
 pub mod policy;
 pub mod separation;
 pub mod site_dirs;
@@ -23,9 +24,10 @@ pub mod watch;
 use std::path::{Path, PathBuf};
 use std::sync::Once;
 
-pub use endpoint::{Endpoint, Lease};
+pub use endpoint::Endpoint;
 pub use group::{spawn_group, GroupHandle, GroupSpec, GroupState, Snapshot};
 pub use launcher::{Command, Launcher, Lifecycle, Listen, Probe, ProcessSocket};
+pub use lease::{LeaseError, RuntimeHandle, RuntimeLease};
 pub use policy::{RestartPolicy, RestartTracker};
 pub use separation::{configured_site_identities, site_identities, IdentityDefaults};
 
