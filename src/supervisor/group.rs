@@ -47,17 +47,18 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::endpoint::{Activity, Endpoint};
-pub use super::handle::{GroupHandle, GroupState, Snapshot};
+use super::handle::GroupHandle;
 use super::launcher::{Launcher, Lifecycle};
 use super::lease::Recycler;
+use super::mailbox::{Cmd, Event, STOP_GRACE};
 use super::policy::{RestartPolicy, RestartTracker};
+use super::snapshot::{GroupState, Snapshot};
 use crate::isolation::{Rlimits, SiteCgroup, SiteIdentity};
 
 mod checks;
@@ -65,8 +66,6 @@ mod restart;
 mod start;
 mod stop;
 
-/// How long a stopped process gets between SIGTERM and SIGKILL.
-pub const STOP_GRACE: Duration = Duration::from_secs(10);
 const TICK: Duration = Duration::from_millis(500);
 
 /// Everything a group needs to start its processes.
@@ -89,35 +88,6 @@ pub struct GroupSpec {
     /// Start the processes under `SCHED_BATCH` (`site_scheduling = "batch"`).
     pub batch_scheduling: bool,
     pub policy: RestartPolicy,
-}
-
-pub(super) enum Cmd {
-    Start,
-    Recycle { endpoint: u64, reason: String },
-    RestartAll,
-    Stop(oneshot::Sender<()>),
-}
-
-pub(super) enum Event {
-    Ready {
-        id: u64,
-    },
-    NotReady {
-        id: u64,
-        why: String,
-    },
-    /// `oom_kills`: counted in the process's cgroup, read before it was removed.
-    Exited {
-        id: u64,
-        status: std::io::Result<ExitStatus>,
-        oom_kills: u64,
-    },
-    Stopped {
-        id: u64,
-    },
-    Drained {
-        id: u64,
-    },
 }
 
 /// Starts the group's actor task and returns its handle. Must be called

@@ -18,7 +18,7 @@ use futures_util::future::BoxFuture;
 use tokio::sync::mpsc;
 
 use super::endpoint::{self, Endpoint};
-use super::group::Cmd;
+use super::mailbox::Cmd;
 
 /// Why a runtime gave no lease. `group` names it as "<site> <runtime>".
 #[derive(Debug, thiserror::Error)]

@@ -15,9 +15,11 @@ pub mod group;
 pub mod handle;
 pub mod launcher;
 pub mod lease;
+mod mailbox;
 pub mod policy;
 pub mod separation;
 pub mod site_dirs;
+pub mod snapshot;
 pub mod sockets;
 pub mod watch;
 
@@ -25,7 +27,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Once;
 
 pub use endpoint::Endpoint;
-pub use group::{spawn_group, GroupHandle, GroupSpec, GroupState, Snapshot};
+pub use group::{spawn_group, GroupSpec};
+pub use handle::GroupHandle;
+pub use snapshot::{GroupState, Snapshot};
 pub use launcher::{Command, Launcher, Lifecycle, Listen, Probe, ProcessSocket};
 pub use lease::{LeaseError, RuntimeHandle, RuntimeLease};
 pub use policy::{RestartPolicy, RestartTracker};

@@ -22,7 +22,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
-use super::group::{Event, STOP_GRACE};
+use super::mailbox::{Event, STOP_GRACE};
 use super::launcher::{Listen, Probe};
 use crate::isolation;
 
