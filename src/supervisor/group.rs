@@ -38,6 +38,8 @@
 //! actor's work is split by idea:
 //!
 //! - `group/start.rs`: starting a slot's process, and its readiness;
+//! - `group/spawner.rs`: the seam to real processes (start, exit,
+//!   readiness, RSS), faked by `group/tests.rs`;
 //! - `group/restart.rs`: exits and crashes, backoff, recycling and
 //!   restarts (start the replacement first, or stop the old process first
 //!   when the site is at `limits.processes`);
@@ -63,8 +65,13 @@ use crate::isolation::{Rlimits, SiteCgroup, SiteIdentity};
 
 mod checks;
 mod restart;
+mod spawner;
 mod start;
 mod stop;
+#[cfg(test)]
+mod tests;
+
+use spawner::{Isolated, Spawner};
 
 const TICK: Duration = Duration::from_millis(500);
 
@@ -93,6 +100,11 @@ pub struct GroupSpec {
 /// Starts the group's actor task and returns its handle. Must be called
 /// from the tokio runtime (processes are forked from its worker threads).
 pub fn spawn_group(spec: GroupSpec) -> GroupHandle {
+    spawn_group_with(spec, Arc::new(Isolated))
+}
+
+/// [`spawn_group`] with the processes started by `spawner`.
+fn spawn_group_with(spec: GroupSpec, spawner: Arc<dyn Spawner>) -> GroupHandle {
     let lifecycle = spec.launcher.lifecycle();
     let (tx, rx) = mpsc::unbounded_channel();
     let (events_tx, events_rx) = mpsc::unbounded_channel();
@@ -128,6 +140,7 @@ pub fn spawn_group(spec: GroupSpec) -> GroupHandle {
         slots: (0..lifecycle.processes).map(|_| Slot::Empty).collect(),
         lifecycle,
         spec,
+        spawner,
         procs: HashMap::new(),
         next_id: 1,
         state: GroupState::Idle,
@@ -189,6 +202,8 @@ impl Drop for Proc {
 
 struct Actor {
     spec: GroupSpec,
+    /// Starts and measures the processes (real ones but in tests).
+    spawner: Arc<dyn Spawner>,
     lifecycle: Lifecycle,
     slots: Vec<Slot>,
     trackers: Vec<RestartTracker>,

@@ -29,11 +29,11 @@ use std::sync::Once;
 pub use endpoint::Endpoint;
 pub use group::{spawn_group, GroupSpec};
 pub use handle::GroupHandle;
-pub use snapshot::{GroupState, Snapshot};
 pub use launcher::{Command, Launcher, Lifecycle, Listen, Probe, ProcessSocket};
 pub use lease::{LeaseError, RuntimeHandle, RuntimeLease};
 pub use policy::{RestartPolicy, RestartTracker};
 pub use separation::{configured_site_identities, site_identities, IdentityDefaults};
+pub use snapshot::{GroupState, Snapshot};
 
 use crate::config::{ServerConfig, SiteConfig, SiteScheduling};
 use crate::isolation::{self, CgroupRoot, Rlimits, SiteCgroup, SiteIdentity};
