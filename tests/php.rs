@@ -14,6 +14,7 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, StreamBody};
+use polyhost::supervisor::LeaseError;
 use polyhost::upstream::php::{ErrorSink, PhpUpstream, RuntimeHandle, RuntimeLease};
 use polyhost::upstream::{
     full_body, BoxError, RequestBody, RequestContext, ResponseBody, Scheme, Upstream, UpstreamError,
@@ -84,7 +85,7 @@ impl Drop for CountOnDrop {
 }
 
 impl RuntimeHandle for TestRuntime {
-    fn ready(&self) -> BoxFuture<'_, Result<RuntimeLease, UpstreamError>> {
+    fn ready(&self) -> BoxFuture<'_, Result<RuntimeLease, LeaseError>> {
         Box::pin(async move {
             Ok(RuntimeLease::new(
                 self.socket.clone(),

@@ -61,8 +61,8 @@ impl Runtimes {
     /// The error says why a group did not become ready.
     pub async fn warm_up(&self) -> Result<(), String> {
         let results = futures_util::future::join_all(self.groups.iter().map(|g| async move {
-            g.lease().await.map(drop).map_err(|e| {
-                let e = e.to_string();
+            g.wait_ready().await.map_err(|e| {
+                let e = UpstreamError::from(e).to_string();
                 match g.snapshot().last_error.clone() {
                     Some(last) if !e.contains(&last) => format!("{e} (last error: {last})"),
                     _ => e,
@@ -138,7 +138,7 @@ pub fn build_runtimes(
         let launcher = Arc::new(PythonLauncher::new(site, py, home.as_deref(), &ctx.tmp));
         let group = supervisor.spawn_group(site, &ctx, launcher, generation);
         rt.python = Some(Arc::new(PythonUpstream::new(
-            group.clone(),
+            Arc::new(group.clone()),
             py,
             stats.clone(),
         )));

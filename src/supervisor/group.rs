@@ -38,6 +38,8 @@
 //! actor's work is split by idea:
 //!
 //! - `group/start.rs`: starting a slot's process, and its readiness;
+//! - `group/spawner.rs`: the seam to real processes (start, exit,
+//!   readiness, RSS), faked by `group/tests.rs`;
 //! - `group/restart.rs`: exits and crashes, backoff, recycling and
 //!   restarts (start the replacement first, or stop the old process first
 //!   when the site is at `limits.processes`);
@@ -47,25 +49,30 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::endpoint::{Activity, Endpoint};
-pub use super::handle::{GroupHandle, GroupState, Snapshot};
+use super::handle::GroupHandle;
 use super::launcher::{Launcher, Lifecycle};
+use super::lease::Recycler;
+use super::mailbox::{Cmd, Event, STOP_GRACE};
 use super::policy::{RestartPolicy, RestartTracker};
+use super::snapshot::{GroupState, Snapshot};
 use crate::isolation::{Rlimits, SiteCgroup, SiteIdentity};
 
 mod checks;
 mod restart;
+mod spawner;
 mod start;
 mod stop;
+#[cfg(test)]
+mod tests;
 
-/// How long a stopped process gets between SIGTERM and SIGKILL.
-pub const STOP_GRACE: Duration = Duration::from_secs(10);
+use spawner::{Isolated, Spawner};
+
 const TICK: Duration = Duration::from_millis(500);
 
 /// Everything a group needs to start its processes.
@@ -90,38 +97,14 @@ pub struct GroupSpec {
     pub policy: RestartPolicy,
 }
 
-pub(super) enum Cmd {
-    Start,
-    Recycle { endpoint: u64, reason: String },
-    RestartAll,
-    Stop(oneshot::Sender<()>),
-}
-
-pub(super) enum Event {
-    Ready {
-        id: u64,
-    },
-    NotReady {
-        id: u64,
-        why: String,
-    },
-    /// `oom_kills`: counted in the process's cgroup, read before it was removed.
-    Exited {
-        id: u64,
-        status: std::io::Result<ExitStatus>,
-        oom_kills: u64,
-    },
-    Stopped {
-        id: u64,
-    },
-    Drained {
-        id: u64,
-    },
-}
-
 /// Starts the group's actor task and returns its handle. Must be called
 /// from the tokio runtime (processes are forked from its worker threads).
 pub fn spawn_group(spec: GroupSpec) -> GroupHandle {
+    spawn_group_with(spec, Arc::new(Isolated))
+}
+
+/// [`spawn_group`] with the processes started by `spawner`.
+fn spawn_group_with(spec: GroupSpec, spawner: Arc<dyn Spawner>) -> GroupHandle {
     let lifecycle = spec.launcher.lifecycle();
     let (tx, rx) = mpsc::unbounded_channel();
     let (events_tx, events_rx) = mpsc::unbounded_channel();
@@ -144,7 +127,10 @@ pub fn spawn_group(spec: GroupSpec) -> GroupHandle {
         snapshot: snap_rx,
         activity: activity.clone(),
         startup_timeout: lifecycle.startup_timeout,
-        max_requests: lifecycle.max_requests,
+        recycler: Arc::new(Recycler {
+            cmds: tx.clone(),
+            max_requests: lifecycle.max_requests,
+        }),
     };
     let eager = lifecycle.eager;
     let actor = Actor {
@@ -154,6 +140,7 @@ pub fn spawn_group(spec: GroupSpec) -> GroupHandle {
         slots: (0..lifecycle.processes).map(|_| Slot::Empty).collect(),
         lifecycle,
         spec,
+        spawner,
         procs: HashMap::new(),
         next_id: 1,
         state: GroupState::Idle,
@@ -215,6 +202,8 @@ impl Drop for Proc {
 
 struct Actor {
     spec: GroupSpec,
+    /// Starts and measures the processes (real ones but in tests).
+    spawner: Arc<dyn Spawner>,
     lifecycle: Lifecycle,
     slots: Vec<Slot>,
     trackers: Vec<RestartTracker>,

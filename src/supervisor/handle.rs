@@ -1,57 +1,20 @@
 //! What the rest of polyhost sees of a process group: its published
 //! [`Snapshot`] and the [`GroupHandle`] upstreams lease processes through
-//! (starting an idle group on demand), and that the supervisor and status
-//! use to restart, recycle and stop it. The actor behind it is `group`.
+//! (the [`RuntimeHandle`] seam, starting an idle group on demand), and that
+//! the supervisor and status use to restart, recycle and stop it. The actor
+//! behind it is `group`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::endpoint::{least_busy, Activity, Endpoint, Lease};
-use super::group::Cmd;
-use crate::upstream::{RuntimeHandle, RuntimeLease, UpstreamError};
+use futures_util::future::BoxFuture;
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum GroupState {
-    /// No process: not started yet, or scaled to zero.
-    Idle,
-    Starting,
-    Running,
-    /// Crash loop or start failure; requests get 503.
-    Failed(String),
-    /// Stopped for good (site removed or polyhost stopping).
-    Stopped,
-}
-
-impl GroupState {
-    pub fn label(&self) -> &'static str {
-        match self {
-            GroupState::Idle => "idle",
-            GroupState::Starting => "starting",
-            GroupState::Running => "running",
-            GroupState::Failed(_) => "failed",
-            GroupState::Stopped => "stopped",
-        }
-    }
-}
-
-/// What the group publishes; upstreams and status read it.
-#[derive(Clone, Debug)]
-pub struct Snapshot {
-    pub state: GroupState,
-    pub generation: u64,
-    /// Ready processes that take new requests.
-    pub endpoints: Vec<Arc<Endpoint>>,
-    /// Every live process (ready, starting or draining).
-    pub pids: Vec<i32>,
-    pub restarts: u64,
-    pub oom_kills: u64,
-    pub last_error: Option<String>,
-    /// Set while the application itself is broken (its last process failed
-    /// to load it); cleared when a process becomes ready.
-    pub app_error: Option<String>,
-}
+use super::endpoint::{least_busy, Activity, Lease};
+use super::lease::{LeaseError, Recycler, RuntimeHandle, RuntimeLease};
+use super::mailbox::Cmd;
+use super::snapshot::{GroupState, Snapshot};
 
 /// The handle upstreams, the supervisor and status use. Cloning is cheap.
 #[derive(Clone)]
@@ -62,12 +25,27 @@ pub struct GroupHandle {
     pub(super) snapshot: watch::Receiver<Arc<Snapshot>>,
     pub(super) activity: Arc<Activity>,
     pub(super) startup_timeout: Duration,
-    pub(super) max_requests: Option<u64>,
+    /// What its leases recycle through (and `max_requests`).
+    pub(super) recycler: Arc<Recycler>,
 }
 
 impl GroupHandle {
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.borrow().clone()
+    }
+
+    /// A lease on the least-busy ready process (see [`take`](Self::take)),
+    /// released when it drops.
+    pub async fn lease(&self) -> Result<RuntimeLease, LeaseError> {
+        let lease = self.take().await?;
+        Ok(RuntimeLease::of_group(lease, self.recycler.clone()))
+    }
+
+    /// Starts the group if need be and waits until a process serves (up to
+    /// the startup timeout): a reload's warm-up. Takes and gives back a
+    /// lease without counting it towards `max_requests` recycling.
+    pub async fn wait_ready(&self) -> Result<(), LeaseError> {
+        self.take().await.map(drop)
     }
 
     /// A lease on the least-busy ready process, starting the group if it is
@@ -76,7 +54,7 @@ impl GroupHandle {
     /// the lease (scale to zero, recycling) is skipped: the request takes
     /// another one, or starts the group again, and is never sent to a
     /// process that is stopping.
-    pub async fn lease(&self) -> Result<Lease, UpstreamError> {
+    async fn take(&self) -> Result<Lease, LeaseError> {
         self.activity.touch();
         let current = self.snapshot();
         if let Some(e) = least_busy(&current.endpoints) {
@@ -87,8 +65,8 @@ impl GroupHandle {
         self.lease_slow().await
     }
 
-    /// [`lease`](Self::lease) when no published process took it at once.
-    async fn lease_slow(&self) -> Result<Lease, UpstreamError> {
+    /// [`take`](Self::take) when no published process took it at once.
+    async fn lease_slow(&self) -> Result<Lease, LeaseError> {
         let deadline = tokio::time::Instant::now() + self.startup_timeout;
         let mut rx = self.snapshot.clone();
         loop {
@@ -133,48 +111,32 @@ impl GroupHandle {
                 continue;
             }
             return Err(match &snap.state {
-                _ if snap.app_error.is_some() => UpstreamError::AppFailed(format!(
-                    "{} {}: {}",
-                    self.site,
-                    self.runtime,
-                    snap.app_error.as_deref().unwrap_or_default()
-                )),
-                GroupState::Failed(why) => UpstreamError::Unavailable(format!(
-                    "{} {} failed: {why}",
-                    self.site, self.runtime
-                )),
+                _ if snap.app_error.is_some() => LeaseError::AppBroken {
+                    group: self.name(),
+                    reason: snap.app_error.clone().unwrap_or_default(),
+                },
+                GroupState::Failed(why) => LeaseError::Failed {
+                    group: self.name(),
+                    reason: why.clone(),
+                },
                 _ => self.stopped(),
             });
         }
     }
 
-    fn stopped(&self) -> UpstreamError {
-        UpstreamError::Unavailable(format!("{} {} is stopped", self.site, self.runtime))
+    /// "<site> <runtime>", as errors name the group.
+    fn name(&self) -> String {
+        format!("{} {}", self.site, self.runtime)
     }
 
-    fn not_ready(&self) -> UpstreamError {
-        UpstreamError::Unavailable(format!(
-            "{} {} did not become ready within {:?}",
-            self.site, self.runtime, self.startup_timeout
-        ))
+    fn stopped(&self) -> LeaseError {
+        LeaseError::Stopped { group: self.name() }
     }
 
-    /// Ends a request's lease; a process that reached `max_requests` is
-    /// recycled right away rather than at the next periodic check.
-    pub fn release(&self, lease: Lease) {
-        let endpoint = lease.endpoint().clone();
-        drop(lease);
-        if self
-            .max_requests
-            .is_some_and(|max| endpoint.served() == max)
-        {
-            self.recycle(
-                endpoint.id,
-                format!(
-                    "served {max} requests (max_requests)",
-                    max = endpoint.served()
-                ),
-            );
+    fn not_ready(&self) -> LeaseError {
+        LeaseError::StartTimedOut {
+            group: self.name(),
+            after: self.startup_timeout,
         }
     }
 
@@ -185,10 +147,7 @@ impl GroupHandle {
 
     /// Replaces one process gracefully (new one first, then drain the old).
     pub fn recycle(&self, endpoint: u64, reason: impl Into<String>) {
-        let _ = self.tx.send(Cmd::Recycle {
-            endpoint,
-            reason: reason.into(),
-        });
+        self.recycler.recycle(endpoint, reason.into());
     }
 
     /// Replaces every process gracefully (rolling restart).
@@ -205,36 +164,10 @@ impl GroupHandle {
     }
 }
 
-/// Upstreams that only need "a ready socket for this request" (PHP) use the
-/// group through the [`RuntimeHandle`] seam; the lease is released (and
-/// `max_requests` checked) when the request's [`RuntimeLease`] drops.
+/// Every runtime's upstream leases through this seam; the lease is
+/// released (and `max_requests` checked) when it drops.
 impl RuntimeHandle for GroupHandle {
-    fn ready(&self) -> futures_util::future::BoxFuture<'_, Result<RuntimeLease, UpstreamError>> {
-        Box::pin(async move {
-            let lease = self.lease().await?;
-            let socket = lease.endpoint().socket.clone();
-            let uid = lease.endpoint().uid;
-            Ok(RuntimeLease::new(
-                socket,
-                ReleaseOnDrop {
-                    group: self.clone(),
-                    lease: Some(lease),
-                },
-            )
-            .with_peer_uid(uid))
-        })
-    }
-}
-
-struct ReleaseOnDrop {
-    group: GroupHandle,
-    lease: Option<Lease>,
-}
-
-impl Drop for ReleaseOnDrop {
-    fn drop(&mut self) {
-        if let Some(lease) = self.lease.take() {
-            self.group.release(lease);
-        }
+    fn ready(&self) -> BoxFuture<'_, Result<RuntimeLease, LeaseError>> {
+        Box::pin(self.lease())
     }
 }

@@ -14,20 +14,26 @@ pub mod endpoint;
 pub mod group;
 pub mod handle;
 pub mod launcher;
+pub mod lease;
+mod mailbox;
 pub mod policy;
 pub mod separation;
 pub mod site_dirs;
+pub mod snapshot;
 pub mod sockets;
 pub mod watch;
 
 use std::path::{Path, PathBuf};
 use std::sync::Once;
 
-pub use endpoint::{Endpoint, Lease};
-pub use group::{spawn_group, GroupHandle, GroupSpec, GroupState, Snapshot};
+pub use endpoint::Endpoint;
+pub use group::{spawn_group, GroupSpec};
+pub use handle::GroupHandle;
 pub use launcher::{Command, Launcher, Lifecycle, Listen, Probe, ProcessSocket};
+pub use lease::{LeaseError, RuntimeHandle, RuntimeLease};
 pub use policy::{RestartPolicy, RestartTracker};
 pub use separation::{configured_site_identities, site_identities, IdentityDefaults};
+pub use snapshot::{GroupState, Snapshot};
 
 use crate::config::{ServerConfig, SiteConfig, SiteScheduling};
 use crate::isolation::{self, CgroupRoot, Rlimits, SiteCgroup, SiteIdentity};

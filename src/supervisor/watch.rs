@@ -22,8 +22,8 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
-use super::group::{Event, STOP_GRACE};
 use super::launcher::{Listen, Probe};
+use super::mailbox::{Event, STOP_GRACE};
 use crate::isolation;
 
 /// Owns a process: reports its exit, or stops it when asked.

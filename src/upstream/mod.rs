@@ -147,39 +147,18 @@ pub trait Upstream: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Response<ResponseBody>, UpstreamError>>;
 }
 
-/// A site's runtime (its php-fpm pool or its Python workers) as an upstream
-/// sees it: something that can be made ready and then listens on a Unix
-/// socket. The supervisor implements it; upstreams only connect.
-pub trait RuntimeHandle: Send + Sync + 'static {
-    /// Waits until the site's runtime is ready (starting it if it is stopped
-    /// or scaled to zero, bounded by the startup timeout) and returns a lease
-    /// on one of its sockets, held for the whole request.
-    fn ready(&self) -> BoxFuture<'_, Result<RuntimeLease, UpstreamError>>;
-}
-
-/// One request's use of a runtime: the socket to connect to, and a guard
-/// whose drop tells the supervisor the request is done (in-flight counting
-/// for draining, idle tracking and recycling).
-pub struct RuntimeLease {
-    pub socket: std::path::PathBuf,
-    /// The user the process behind `socket` must run as (see [`connect_runtime`]).
-    pub peer_uid: Option<u32>,
-    _guard: Box<dyn Send + Sync>,
-}
-
-impl RuntimeLease {
-    pub fn new(socket: std::path::PathBuf, guard: impl Send + Sync + 'static) -> Self {
-        RuntimeLease {
-            socket,
-            peer_uid: None,
-            _guard: Box::new(guard),
+/// A runtime that gave no lease (see `supervisor::lease`) answers 503, or
+/// 500 when the site's application itself is broken. The one place a
+/// lease failure becomes an upstream error.
+impl From<crate::supervisor::LeaseError> for UpstreamError {
+    fn from(e: crate::supervisor::LeaseError) -> Self {
+        use crate::supervisor::LeaseError;
+        match e {
+            LeaseError::AppBroken { .. } => UpstreamError::AppFailed(e.to_string()),
+            LeaseError::Stopped { .. }
+            | LeaseError::Failed { .. }
+            | LeaseError::StartTimedOut { .. } => UpstreamError::Unavailable(e.to_string()),
         }
-    }
-
-    /// Requires the process behind the socket to run as `uid`.
-    pub fn with_peer_uid(mut self, uid: Option<u32>) -> Self {
-        self.peer_uid = uid;
-        self
     }
 }
 

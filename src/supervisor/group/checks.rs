@@ -7,7 +7,6 @@
 use std::time::{Duration, Instant};
 
 use super::{Actor, GroupState, Slot};
-use crate::supervisor::watch::rss_bytes;
 
 impl Actor {
     /// Every `TICK`: the checks this module names, in that order.
@@ -65,7 +64,7 @@ impl Actor {
             .procs
             .iter()
             .filter(|(_, p)| !p.stopping)
-            .map(|(id, p)| (*id, crate::isolation::session_rss(p.endpoint.pid)))
+            .map(|(id, p)| (*id, self.spawner.session_rss(p.endpoint.pid)))
             .collect();
         let total: u64 = sizes.iter().map(|(_, rss)| rss).sum();
         if total <= limit {
@@ -107,7 +106,7 @@ impl Actor {
                 }
             }
             if let Some(limit) = self.lifecycle.memory_per_process {
-                if let Some(rss) = rss_bytes(p.endpoint.pid) {
+                if let Some(rss) = self.spawner.rss(p.endpoint.pid) {
                     if rss > limit {
                         due.push((
                             *id,

@@ -46,8 +46,8 @@ use super::cgi::{self, CgiHead};
 use super::fcgi::{self, Decoder, Record};
 use super::pool::ConnPool;
 use super::ErrorSink;
+use crate::supervisor::RuntimeLease;
 use crate::upstream::spool::body_error;
-use crate::upstream::RuntimeLease;
 use crate::upstream::{BoxError, RequestBody, UpstreamError};
 
 /// Body chunks in flight between the exchange task and the client.
@@ -177,7 +177,7 @@ impl Exchange {
     }
 
     async fn run(
-        mut self,
+        self,
         mut stream: UnixStream,
         mut reused: bool,
         request: BytesMut,
@@ -198,7 +198,7 @@ impl Exchange {
             match self.attempt(&mut stream, &request, body, &mut out).await {
                 Attempt::Done { reusable } => {
                     if reusable {
-                        let socket = std::mem::take(&mut self.finish.lease.socket);
+                        let socket = self.finish.lease.socket().to_owned();
                         self.pool.put(socket, stream);
                     }
                     return; // dropping `chunk_tx` ends the body
@@ -207,8 +207,8 @@ impl Exchange {
                     match tokio::time::timeout(
                         self.read_timeout,
                         crate::upstream::connect_runtime(
-                            &self.finish.lease.socket,
-                            self.finish.lease.peer_uid,
+                            self.finish.lease.socket(),
+                            self.finish.lease.peer_uid(),
                         ),
                     )
                     .await

@@ -48,8 +48,8 @@ use self::exchange::Exchange;
 use self::pool::ConnPool;
 use self::script::Target;
 use super::{empty_body, RequestBody, RequestContext, ResponseBody, Upstream, UpstreamError};
-pub use super::{RuntimeHandle, RuntimeLease};
 use crate::config::{PhpConfig, SiteConfig};
+pub use crate::supervisor::{RuntimeHandle, RuntimeLease};
 use crate::upstream::spool::body_error;
 
 /// Bodies of idempotent requests up to this size are read whole before the
@@ -243,7 +243,7 @@ impl PhpUpstream {
         // sent again (see `exchange::Attempt::Stale`): idempotent, body held
         // whole. Anything else gets a fresh connection (closing an idle one
         // so the bound holds): a POST must never run twice.
-        let idle = self.pool.take(&lease.socket);
+        let idle = self.pool.take(lease.socket());
         let reused = idle.is_some() && replayable;
         let stream = match idle {
             Some(s) if reused => s,
@@ -251,14 +251,14 @@ impl PhpUpstream {
                 drop(idle); // closed before connecting: it pins a php-fpm child
                 tokio::time::timeout(
                     remaining(start),
-                    crate::upstream::connect_runtime(&lease.socket, lease.peer_uid),
+                    crate::upstream::connect_runtime(lease.socket(), lease.peer_uid()),
                 )
                 .await
                 .map_err(|_| UpstreamError::Timeout(timeout))?
                 .map_err(|e| {
                     UpstreamError::BadGateway(format!(
                         "cannot connect to php-fpm at {}: {e}",
-                        lease.socket.display()
+                        lease.socket().display()
                     ))
                 })?
             }
@@ -374,8 +374,8 @@ mod tests {
     struct Fixed(PathBuf);
 
     impl RuntimeHandle for Fixed {
-        fn ready(&self) -> BoxFuture<'_, Result<crate::upstream::RuntimeLease, UpstreamError>> {
-            Box::pin(async move { Ok(crate::upstream::RuntimeLease::new(self.0.clone(), ())) })
+        fn ready(&self) -> BoxFuture<'_, Result<RuntimeLease, crate::supervisor::LeaseError>> {
+            Box::pin(async move { Ok(RuntimeLease::new(self.0.clone(), ())) })
         }
     }
 

@@ -31,7 +31,7 @@ use super::spool::spool;
 use super::{BoxError, RequestBody, RequestContext, ResponseBody, Upstream, UpstreamError};
 use crate::config::PythonConfig;
 use crate::metrics::SiteStats;
-use crate::supervisor::{GroupHandle, Lease};
+use crate::supervisor::{RuntimeHandle, RuntimeLease};
 
 mod wire;
 
@@ -42,7 +42,7 @@ const INLINE_MAX: u64 = 256 << 10;
 const PUMP_FRAMES: usize = 32;
 
 pub struct PythonUpstream {
-    group: GroupHandle,
+    runtime: Arc<dyn RuntimeHandle>,
     queue_timeout: Duration,
     request_timeout: Duration,
     admission: Arc<Admission>,
@@ -54,10 +54,14 @@ pub struct PythonUpstream {
 }
 
 impl PythonUpstream {
-    pub fn new(group: GroupHandle, config: &PythonConfig, stats: Arc<SiteStats>) -> Self {
+    pub fn new(
+        runtime: Arc<dyn RuntimeHandle>,
+        config: &PythonConfig,
+        stats: Arc<SiteStats>,
+    ) -> Self {
         let capacity = (config.processes * config.threads) as usize;
         PythonUpstream {
-            group,
+            runtime,
             queue_timeout: config.queue_timeout,
             request_timeout: config.request_timeout,
             admission: Admission::new(capacity),
@@ -65,10 +69,6 @@ impl PythonUpstream {
             pool: Arc::new(ConnPool::default()),
             stats,
         }
-    }
-
-    pub fn group(&self) -> &GroupHandle {
-        &self.group
     }
 
     /// Worker threads in use and in total (admission permits).
@@ -115,7 +115,7 @@ impl PythonUpstream {
                 permit.map_err(|_| UpstreamError::QueueTimeout(self.queue_timeout))?
             }
         };
-        let lease = self.group.lease().await?;
+        let lease = self.runtime.ready().await?;
         drop(waiting);
         let mut conn = self.pool.get(&lease).await?;
         let head_request = parts.method == http::Method::HEAD;
@@ -151,13 +151,10 @@ impl PythonUpstream {
         let head = match tokio::time::timeout(self.request_timeout, exchange).await {
             Ok(result) => result?,
             Err(_) => {
-                self.group.recycle(
-                    lease.endpoint().id,
-                    format!(
-                        "a request ran past request_timeout ({:?})",
-                        self.request_timeout
-                    ),
-                );
+                lease.recycle(format!(
+                    "a request ran past request_timeout ({:?})",
+                    self.request_timeout
+                ));
                 return Err(UpstreamError::Timeout(self.request_timeout));
             }
         };
@@ -177,16 +174,13 @@ impl PythonUpstream {
                 Ok(Ok(bytes)) => bytes,
                 Ok(Err(e)) => return Err(self.broken(&lease, "broke off its response", e)),
                 Err(_) => {
-                    self.group.recycle(
-                        lease.endpoint().id,
-                        "a response body stalled past request_timeout",
-                    );
+                    lease.recycle("a response body stalled past request_timeout");
                     return Err(UpstreamError::Timeout(self.request_timeout));
                 }
             };
             drop(permit);
             self.pool.put(lease.endpoint().id, conn);
-            self.group.release(lease);
+            drop(lease);
             return Ok(Response::from_parts(parts, super::full_body(bytes)));
         }
         let (tx, rx) = mpsc::channel(PUMP_FRAMES);
@@ -197,7 +191,6 @@ impl PythonUpstream {
             lease,
             permit,
             self.pool.clone(),
-            self.group.clone(),
         ));
         let stream =
             futures_util::stream::unfold(
@@ -210,7 +203,7 @@ impl PythonUpstream {
         ))
     }
 
-    fn broken(&self, lease: &Lease, what: &str, e: WireError) -> UpstreamError {
+    fn broken(&self, lease: &RuntimeLease, what: &str, e: WireError) -> UpstreamError {
         UpstreamError::BadGateway(format!("worker pid {} {what}: {e}", lease.endpoint().pid))
     }
 }
@@ -263,10 +256,9 @@ async fn pump(
     mut conn: WorkerConn,
     mut framing: Framing,
     tx: mpsc::Sender<Result<Frame<Bytes>, BoxError>>,
-    lease: Lease,
+    lease: RuntimeLease,
     permit: Permit,
     pool: Arc<ConnPool>,
-    group: GroupHandle,
 ) {
     let complete = loop {
         match conn.next_data(&mut framing).await {
@@ -286,7 +278,7 @@ async fn pump(
     if complete {
         pool.put(lease.endpoint().id, conn);
     }
-    group.release(lease);
+    drop(lease); // released (and max_requests checked) here, as the response ends
 }
 
 /// Keep-alive connections per worker endpoint and router lane. A request
@@ -317,7 +309,7 @@ const SWEEP_EVERY: u32 = 1024;
 impl ConnPool {
     /// A pooled connection of this lane to the lease's worker (not probed:
     /// see [`WorkerConn::send`]), or a new one.
-    async fn get(&self, lease: &Lease) -> Result<WorkerConn, UpstreamError> {
+    async fn get(&self, lease: &RuntimeLease) -> Result<WorkerConn, UpstreamError> {
         let key = (lease.endpoint().id, crate::lanes::current());
         let pooled = self.lock().conns.get_mut(&key).and_then(Vec::pop);
         match pooled {
@@ -327,7 +319,7 @@ impl ConnPool {
     }
 
     /// A new connection to the lease's worker.
-    async fn connect(&self, lease: &Lease) -> Result<WorkerConn, UpstreamError> {
+    async fn connect(&self, lease: &RuntimeLease) -> Result<WorkerConn, UpstreamError> {
         let endpoint = lease.endpoint();
         let stream = super::connect_runtime(&endpoint.socket, endpoint.uid)
             .await

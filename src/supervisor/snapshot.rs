@@ -1,0 +1,52 @@
+//! What a process group publishes for the rest of polyhost: its
+//! [`GroupState`] and a [`Snapshot`] of its ready endpoints and counters.
+//! Written only by the group's actor (`group`), read by its handle, the
+//! upstreams' leases and status.
+//!
+//! Invariant: `Snapshot::endpoints` holds only processes that serve on
+//! their socket and are neither draining nor stopping.
+
+use std::sync::Arc;
+
+use super::endpoint::Endpoint;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GroupState {
+    /// No process: not started yet, or scaled to zero.
+    Idle,
+    Starting,
+    Running,
+    /// Crash loop or start failure; requests get 503.
+    Failed(String),
+    /// Stopped for good (site removed or polyhost stopping).
+    Stopped,
+}
+
+impl GroupState {
+    pub fn label(&self) -> &'static str {
+        match self {
+            GroupState::Idle => "idle",
+            GroupState::Starting => "starting",
+            GroupState::Running => "running",
+            GroupState::Failed(_) => "failed",
+            GroupState::Stopped => "stopped",
+        }
+    }
+}
+
+/// What the group publishes; upstreams and status read it.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    pub state: GroupState,
+    pub generation: u64,
+    /// Ready processes that take new requests.
+    pub endpoints: Vec<Arc<Endpoint>>,
+    /// Every live process (ready, starting or draining).
+    pub pids: Vec<i32>,
+    pub restarts: u64,
+    pub oom_kills: u64,
+    pub last_error: Option<String>,
+    /// Set while the application itself is broken (its last process failed
+    /// to load it); cleared when a process becomes ready.
+    pub app_error: Option<String>,
+}
