@@ -50,7 +50,8 @@ use nix::unistd::{getegid, geteuid, getpid};
 
 use super::cgroup::SiteCgroup;
 use super::identity::SiteIdentity;
-use super::process::{register, SiteProcess};
+use super::process::SiteProcess;
+use super::reap::register;
 
 /// Per-process resource limits set by rlimit in the child. Core dumps are
 /// always off (`RLIMIT_CORE` = 0).

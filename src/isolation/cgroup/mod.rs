@@ -461,7 +461,7 @@ impl SiteCgroup {
             return Ok(());
         }
         let seen = self.kill_all()?;
-        crate::isolation::process::reap_adopted(&seen);
+        crate::isolation::reap::reap_adopted(&seen);
         for dir in self.dirs() {
             remove_tree(dir)?;
         }
