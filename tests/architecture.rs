@@ -205,7 +205,9 @@ fn unsafe_code_is_allowed_only_in_isolation() {
             }
             let on_isolation = file == Path::new("src/lib.rs")
                 && code.trim_start().starts_with("#[allow(unsafe_code)]")
-                && lines.get(i + 1).is_some_and(|n| n.trim() == "pub mod isolation;");
+                && lines
+                    .get(i + 1)
+                    .is_some_and(|n| n.trim() == "pub mod isolation;");
             if !on_isolation {
                 offenders.push(format!("{}:{}: {}", file.display(), i + 1, line.trim()));
             }

@@ -128,19 +128,10 @@ impl CgroupRoot {
     /// does not keep old limits).
     pub fn site(&self, name: &str, limits: &Limits) -> Result<SiteCgroup> {
         check_name(name)?;
-        let backend = match &self.kind {
-            CgroupKind::V2 { dir } => Backend::V2 {
-                dir: dir.join(name),
-            },
-            CgroupKind::V1 { memory, pids, cpu } => Backend::V1 {
-                memory: memory.join(name),
-                pids: pids.as_ref().map(|p| p.join(name)),
-                cpu: cpu.as_ref().map(|p| p.join(name)),
-            },
-            CgroupKind::Unavailable { reason } => {
-                return Err(CgroupError::Unavailable(reason.clone()))
-            }
-        };
+        let backend = self
+            .parent_backend()
+            .map_err(|reason| CgroupError::Unavailable(reason.to_owned()))?
+            .join(name);
         for dir in backend.dirs() {
             make_dir(dir)?;
         }
@@ -195,23 +186,30 @@ impl CgroupRoot {
         }
     }
 
+    /// `<parent>` as a backend, the base of every site cgroup; the reason
+    /// when there are no cgroups.
+    fn parent_backend(&self) -> std::result::Result<Backend, &str> {
+        match &self.kind {
+            CgroupKind::V2 { dir } => Ok(Backend::V2 { dir: dir.clone() }),
+            CgroupKind::V1 { memory, pids, cpu } => Ok(Backend::V1 {
+                memory: memory.clone(),
+                pids: pids.clone(),
+                cpu: cpu.clone(),
+            }),
+            CgroupKind::Unavailable { reason } => Err(reason),
+        }
+    }
+
     /// A handle on an existing site cgroup, without touching its limits.
     fn handle(&self, name: &str) -> SiteCgroup {
-        let backend = match &self.kind {
-            CgroupKind::V2 { dir } => Backend::V2 {
-                dir: dir.join(name),
-            },
-            CgroupKind::V1 { memory, pids, cpu } => Backend::V1 {
-                memory: memory.join(name),
-                pids: pids.as_ref().map(|p| p.join(name)),
-                cpu: cpu.as_ref().map(|p| p.join(name)),
-            },
-            CgroupKind::Unavailable { .. } => Backend::V1 {
+        let backend = self.parent_backend().map_or_else(
+            |_| Backend::V1 {
                 memory: PathBuf::new(),
                 pids: None,
                 cpu: None,
             },
-        };
+            |parent| parent.join(name),
+        );
         SiteCgroup {
             name: name.to_owned(),
             backend,

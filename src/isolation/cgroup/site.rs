@@ -41,6 +41,20 @@ pub(super) enum Backend {
 }
 
 impl Backend {
+    /// The cgroup `name` below this one, in every hierarchy.
+    pub(super) fn join(&self, name: &str) -> Backend {
+        match self {
+            Backend::V2 { dir } => Backend::V2 {
+                dir: dir.join(name),
+            },
+            Backend::V1 { memory, pids, cpu } => Backend::V1 {
+                memory: memory.join(name),
+                pids: pids.as_ref().map(|p| p.join(name)),
+                cpu: cpu.as_ref().map(|p| p.join(name)),
+            },
+        }
+    }
+
     pub(super) fn dirs(&self) -> Vec<&Path> {
         match self {
             Backend::V2 { dir } => vec![dir],
@@ -87,16 +101,7 @@ impl SiteCgroup {
     /// itself.
     pub fn child(&self, name: &str) -> Result<SiteCgroup> {
         check_name(name)?;
-        let backend = match &self.backend {
-            Backend::V2 { dir } => Backend::V2 {
-                dir: dir.join(name),
-            },
-            Backend::V1 { memory, pids, cpu } => Backend::V1 {
-                memory: memory.join(name),
-                pids: pids.as_ref().map(|p| p.join(name)),
-                cpu: cpu.as_ref().map(|p| p.join(name)),
-            },
-        };
+        let backend = self.backend.join(name);
         for dir in backend.dirs() {
             make_dir(dir)?;
         }
