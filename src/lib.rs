@@ -21,6 +21,14 @@
 //! - [`isolation`]: the only module that forks, drops privileges and writes cgroups.
 //!
 //! See `docs/architecture.md` for the code map and its invariants.
+//!
+//! `unsafe` code is denied crate-wide and allowed only in [`isolation`] (as
+//! in the worker crate, `runtimes/python`): the compiler keeps the
+//! architecture invariant, and `tests/architecture.rs` checks that no other
+//! module allows it again.
+
+#![deny(unsafe_code)]
+
 pub mod admin;
 pub mod app;
 pub mod check;
@@ -28,6 +36,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod docroot;
+#[allow(unsafe_code)] // fork/exec set-up, prctl, close_range: see its module doc.
 pub mod isolation;
 pub mod lanes;
 pub mod metrics;

@@ -28,8 +28,6 @@
 //! Every method here makes blocking system calls; async callers run them in
 //! `tokio::task::spawn_blocking`.
 
-#![forbid(unsafe_code)]
-
 mod access;
 mod path;
 

@@ -12,8 +12,9 @@
 //! - [`spawn`](mod@spawn): starting a site process ([`SpawnSpec`] → [`spawn()`]),
 //!   the child's fixed, fail-closed setup order.
 //! - [`nofile`]: polyhost's own file-descriptor limit (raised at start).
-//! - [`process`]: a running [`SiteProcess`] (wait, stop, kill on drop) and
-//!   the reaping of orphans (the subreaper).
+//! - [`process`]: a running [`SiteProcess`] (wait, stop, kill on drop).
+//! - [`reap`]: which pids polyhost may wait for, the reaping of orphans (the
+//!   subreaper) and its pause; below `process` and `cgroup`, which both use it.
 //! - [`sealed`]: [`sealed_file`], contents handed to a site process that it
 //!   can read but never change (php-fpm's generated config).
 //!
@@ -24,15 +25,14 @@ pub mod cgroup;
 pub mod identity;
 pub mod nofile;
 pub mod process;
+pub mod reap;
 pub mod sealed;
 pub mod spawn;
 
 pub use cgroup::{CgroupError, CgroupKind, CgroupRoot, Limits, SiteCgroup, Usage};
 pub use identity::{running_as_root, IdentityError, SiteIdentity};
 pub use nofile::{nofile_limit, raise_nofile_limit};
-pub use process::{
-    pause_reaper, reap_orphans, session_rss, set_child_subreaper, ReaperPause, SiteProcess,
-    StopError,
-};
+pub use process::{session_rss, SiteProcess, StopError};
+pub use reap::{pause_reaper, reap_orphans, set_child_subreaper, ReaperPause};
 pub use sealed::sealed_file;
 pub use spawn::{spawn, Rlimits, SpawnError, SpawnSpec};

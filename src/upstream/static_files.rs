@@ -26,8 +26,6 @@
 //!
 //! The query string never takes part in the lookup.
 
-#![forbid(unsafe_code)]
-
 mod body;
 mod conditional;
 

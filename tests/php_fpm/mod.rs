@@ -8,6 +8,8 @@
 //! deletes the user. Readiness is a retried connect, never a fixed sleep.
 #![allow(dead_code)]
 
+pub mod harness;
+
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

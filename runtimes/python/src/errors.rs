@@ -51,7 +51,14 @@ pub fn log_app_error(py: Python<'_>, site: Option<&str>, method: &str, uri: &str
     let site = site.map(|s| format!(" site {s}:")).unwrap_or_default();
     eprintln!("polyhost-python:{site} error in the application for {method} {uri}:");
     err.display(py);
-    crate::interpreter::flush_python_stderr(py);
+    flush_python_stderr(py);
+}
+
+/// Flushes Python's `sys.stderr` so its output lands before ours.
+pub fn flush_python_stderr(py: Python<'_>) {
+    if let Ok(err) = py.import("sys").and_then(|s| s.getattr("stderr")) {
+        let _ = err.call_method0("flush");
+    }
 }
 
 /// `wsgi.errors`: text written here goes to stderr, the site's error log.

@@ -11,7 +11,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyList;
 
 use crate::cli::AppSpec;
-use crate::errors::StartError;
+use crate::errors::{flush_python_stderr, StartError};
 
 /// The interpreter this binary was built against (from `build.rs`).
 const BUILT_EXECUTABLE: Option<&str> = option_env!("POLYHOST_PYTHON_EXECUTABLE");
@@ -115,11 +115,4 @@ pub fn import_app(spec: &AppSpec) -> Result<Py<PyAny>, StartError> {
             StartError::Import
         })
     })
-}
-
-/// Flushes Python's `sys.stderr` so its output lands before ours.
-pub fn flush_python_stderr(py: Python<'_>) {
-    if let Ok(err) = py.import("sys").and_then(|s| s.getattr("stderr")) {
-        let _ = err.call_method0("flush");
-    }
 }

@@ -21,7 +21,6 @@ use crate::file_wrapper::{self, FileWrapper};
 use crate::head::RequestHead;
 use crate::input::Input;
 use crate::response::{type_name, StartResponse};
-use crate::server::InFlight;
 use crate::wire;
 
 /// What every request of this process shares.
@@ -31,17 +30,16 @@ pub struct AppContext {
     pub site: Option<String>,
 }
 
-/// A request ready to serve: its head is at the start of the connection's buffer.
+/// A request ready to serve: its head is at the start of the connection's
+/// buffer. (The server keeps the connection's in-use count itself.)
 pub struct Exchange {
     pub conn: Conn,
     pub head: RequestHead,
-    pub busy: InFlight,
 }
 
 /// The socket work left once the app is done; runs without the GIL.
 pub struct Finish {
     pub conn: Conn,
-    pub busy: InFlight,
     /// Written first: a head, a 500 page, or the end of a chunked body.
     pub out: Vec<u8>,
     /// Then this many bytes of the list body.
@@ -61,11 +59,7 @@ pub struct Done<'py> {
 /// Serves one request. `stopping`: the worker is draining, so the
 /// connection closes after this response.
 pub fn run<'py>(py: Python<'py>, ctx: &AppContext, ex: Exchange, stopping: bool) -> Done<'py> {
-    let Exchange {
-        mut conn,
-        head,
-        busy,
-    } = ex;
+    let Exchange { mut conn, head } = ex;
     let stream = conn.stream.clone();
     stream
         .responded
@@ -80,10 +74,9 @@ pub fn run<'py>(py: Python<'py>, ctx: &AppContext, ex: Exchange, stopping: bool)
         head.body,
         head.expect_continue && !head.http10,
     );
-    let fail = |conn: Conn, busy: InFlight, body: Option<Body>| Done {
+    let fail = |conn: Conn, body: Option<Body>| Done {
         finish: Finish {
             conn,
-            busy,
             out: wire::error_page(500, true),
             body_len: 0,
             body,
@@ -95,7 +88,7 @@ pub fn run<'py>(py: Python<'py>, ctx: &AppContext, ex: Exchange, stopping: bool)
         Ok(env) => env,
         Err(e) => {
             log_app_error(py, ctx.site.as_deref(), "?", "?", e);
-            return fail(conn, busy, Some(body));
+            return fail(conn, Some(body));
         }
     };
     let log = |e: PyErr| {
@@ -108,7 +101,7 @@ pub fn run<'py>(py: Python<'py>, ctx: &AppContext, ex: Exchange, stopping: bool)
         (Ok(sr), Ok(input)) => (sr, input),
         (Err(e), _) | (_, Err(e)) => {
             log(e);
-            return fail(conn, busy, None);
+            return fail(conn, None);
         }
     };
     let called = environ::set_input(&env.dict, input.clone())
@@ -143,7 +136,6 @@ pub fn run<'py>(py: Python<'py>, ctx: &AppContext, ex: Exchange, stopping: bool)
     Done {
         finish: Finish {
             conn,
-            busy,
             out: end.out,
             body_len: end.body_len,
             body: input.get().take(),

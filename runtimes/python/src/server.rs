@@ -280,21 +280,21 @@ impl Server {
     /// while it waits and while it writes.
     fn thread_main(&'static self, ctx: &AppContext) {
         Python::attach(|py| {
-            let mut done: Option<Done<'_>> = None;
+            let mut done: Option<(Done<'_>, InFlight)> = None;
             loop {
-                let ex = match done.take() {
+                let (ex, busy) = match done.take() {
                     None => py.detach(|| self.next_exchange(None)),
-                    Some(Done { finish, items }) => {
+                    Some((Done { finish, items }, busy)) => {
                         let slices: Vec<&[u8]> = items.iter().map(|b| b.as_bytes()).collect();
                         if finish.body_len > HOLD_LIMIT {
-                            let again = py.detach(|| self.complete(finish, &slices));
+                            let again = py.detach(|| self.complete(finish, busy, &slices));
                             drop(slices);
                             drop(items);
                             py.detach(|| self.next_exchange(again))
                         } else {
                             // One release of the GIL for the write and the wait.
                             let ex = py.detach(|| {
-                                let again = self.complete(finish, &slices);
+                                let again = self.complete(finish, busy, &slices);
                                 self.next_exchange(again)
                             });
                             drop(slices);
@@ -309,17 +309,20 @@ impl Server {
                 match std::panic::catch_unwind(AssertUnwindSafe(|| {
                     request::run(py, ctx, ex, stopping)
                 })) {
-                    Ok(d) => done = Some(d),
-                    Err(_) => eprintln!(
-                        "polyhost-python: internal error while serving a request (see above)"
-                    ),
+                    Ok(d) => done = Some((d, busy)),
+                    Err(_) => {
+                        drop(busy);
+                        eprintln!(
+                            "polyhost-python: internal error while serving a request (see above)"
+                        )
+                    }
                 }
             }
         })
     }
 
     /// Waits for the next request (or serves `again`'s buffered one first).
-    fn next_exchange(&'static self, mut again: Option<(Conn, InFlight)>) -> Exchange {
+    fn next_exchange(&'static self, mut again: Option<(Conn, InFlight)>) -> (Exchange, InFlight) {
         let mut events = [EpollEvent::empty()];
         loop {
             let (mut conn, busy) = match again.take() {
@@ -353,7 +356,7 @@ impl Server {
                     if !head.body_buffered(conn.buf.len()) {
                         self.quiet(&mut conn);
                     }
-                    return Exchange { conn, head, busy };
+                    return (Exchange { conn, head }, busy);
                 }
                 HeadRead::Again => again = self.park(conn, busy),
                 HeadRead::Closed => self.close(conn, busy),
@@ -479,10 +482,14 @@ impl Server {
 
     /// Writes what the request left, drains its body, and keeps or closes
     /// the connection. Returns it if the next request is already buffered.
-    fn complete(&'static self, f: Finish, body: &[&[u8]]) -> Option<(Conn, InFlight)> {
+    fn complete(
+        &'static self,
+        f: Finish,
+        busy: InFlight,
+        body: &[&[u8]],
+    ) -> Option<(Conn, InFlight)> {
         let Finish {
             mut conn,
-            busy,
             out,
             body_len,
             body: reader,

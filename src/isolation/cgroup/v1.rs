@@ -11,7 +11,7 @@
 
 use std::path::Path;
 
-use super::{keyed_value, make_dir, read_file, read_pids_max, read_u64, write_file};
+use super::files::{keyed_value, make_dir, read_file, read_pids_max, read_u64, write_file};
 use super::{CgroupError, CgroupKind, Limits, Result, Usage};
 
 /// v1 reports "unlimited" as a huge page-aligned number (2^63 - 4096 here).

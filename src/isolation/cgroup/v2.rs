@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use super::discover::controller_list;
-use super::{io_err, keyed_value, make_dir, read_file, read_pids_max, read_u64, write_file};
+use super::files::{io_err, keyed_value, make_dir, read_file, read_pids_max, read_u64, write_file};
 use super::{CgroupError, Limits, Result, Usage};
 
 /// The controllers polyhost uses, in the order they are enabled.

@@ -24,7 +24,6 @@
 //!   the socket (starting the runtime if needed); we only connect.
 //! - No input from php-fpm or the client panics; php-fpm faults are
 //!   502 (broken/garbage), 504 (timeout), 503 (no free connection in time).
-#![forbid(unsafe_code)]
 
 mod cgi;
 mod exchange;

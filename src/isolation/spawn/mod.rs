@@ -27,6 +27,10 @@
 //!    itself back to `SCHED_OTHER`; CPU is confined by the cgroup), and a
 //!    kernel or seccomp filter that refuses it must not stop the site.
 //!
+//! The child's side (its prepared plan and the steps) is in `child`; this
+//! file is the parent's: checking the spec, preparing, forking, and reading
+//! the failed step back.
+//!
 //! stdin is `/dev/null`; stdout and stderr go to a log file the parent opens
 //! in append mode. The environment is exactly [`SpawnSpec::env`].
 //!
@@ -35,6 +39,8 @@
 //! *thread* that forked exits, so a child forked from a short-lived thread is
 //! SIGKILLed when that thread ends. A tokio runtime must be running (the exit
 //! is watched by tokio's process driver).
+
+mod child;
 
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
@@ -50,7 +56,9 @@ use nix::unistd::{getegid, geteuid, getpid};
 
 use super::cgroup::SiteCgroup;
 use super::identity::SiteIdentity;
-use super::process::{register, SiteProcess};
+use super::process::SiteProcess;
+use super::reap::register;
+use child::{fd_bound, ChildPlan, Step};
 
 /// Per-process resource limits set by rlimit in the child. Core dumps are
 /// always off (`RLIMIT_CORE` = 0).
@@ -154,218 +162,6 @@ pub enum SpawnError {
         #[source]
         source: io::Error,
     },
-}
-
-/// The child's steps, in order; the failing one is reported to the parent
-/// as one byte over a close-on-exec pipe.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-enum Step {
-    JoinCgroup = 1,
-    Setsid,
-    Setgroups,
-    Setgid,
-    Setuid,
-    VerifyDrop,
-    Pdeathsig,
-    ParentGone,
-    NoNewPrivs,
-    RlimitNofile,
-    RlimitNproc,
-    RlimitCore,
-    CloseFds,
-    InheritFds,
-    Chdir,
-}
-
-impl Step {
-    const ALL: [Step; 15] = [
-        Step::JoinCgroup,
-        Step::Setsid,
-        Step::Setgroups,
-        Step::Setgid,
-        Step::Setuid,
-        Step::VerifyDrop,
-        Step::Pdeathsig,
-        Step::ParentGone,
-        Step::NoNewPrivs,
-        Step::RlimitNofile,
-        Step::RlimitNproc,
-        Step::RlimitCore,
-        Step::CloseFds,
-        Step::InheritFds,
-        Step::Chdir,
-    ];
-
-    fn name(self) -> &'static str {
-        match self {
-            Step::JoinCgroup => "join cgroup",
-            Step::Setsid => "setsid",
-            Step::Setgroups => "setgroups",
-            Step::Setgid => "setgid",
-            Step::Setuid => "setuid",
-            Step::VerifyDrop => "verify privilege drop",
-            Step::Pdeathsig => "set parent-death signal",
-            Step::ParentGone => "parent exited",
-            Step::NoNewPrivs => "set no_new_privs",
-            Step::RlimitNofile => "RLIMIT_NOFILE",
-            Step::RlimitNproc => "RLIMIT_NPROC",
-            Step::RlimitCore => "RLIMIT_CORE",
-            Step::CloseFds => "close fds",
-            Step::InheritFds => "inherit fds",
-            Step::Chdir => "chdir",
-        }
-    }
-
-    fn from_byte(b: u8) -> Option<Step> {
-        Step::ALL.into_iter().find(|s| *s as u8 == b)
-    }
-}
-
-/// Everything the child needs, prepared in the parent (no allocation after fork).
-struct ChildPlan {
-    cgroup_fds: Vec<RawFd>,
-    report_fd: RawFd,
-    /// Kept open across exec (`FD_CLOEXEC` cleared after the close step).
-    inherit: Vec<RawFd>,
-    /// `(uid, gid)` to switch to; `None` when no switch is needed.
-    switch: Option<(libc::uid_t, libc::gid_t)>,
-    nofile: libc::rlim_t,
-    /// Every descriptor polyhost holds is below it (see [`fd_bound`]).
-    fd_bound: libc::c_int,
-    /// Skip `close_range` (test hook, see [`mark_fds_one_by_one`]).
-    one_by_one: bool,
-    nproc: Option<libc::rlim_t>,
-    cwd: CString,
-    parent: libc::pid_t,
-    batch_scheduling: bool,
-}
-
-impl ChildPlan {
-    /// Runs in the forked child. Async-signal-safe system calls only, no
-    /// allocation, no locks.
-    fn run(&self) -> io::Result<()> {
-        // SAFETY: all calls below are async-signal-safe system calls on
-        // values prepared before the fork (fds that are open in the child,
-        // a valid NUL-terminated path, plain integers); none allocates.
-        unsafe {
-            for &fd in &self.cgroup_fds {
-                if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
-                    return Err(self.fail(Step::JoinCgroup));
-                }
-            }
-            if libc::setsid() < 0 {
-                return Err(self.fail(Step::Setsid));
-            }
-            if let Some((uid, gid)) = self.switch {
-                if libc::setgroups(1, &gid) != 0 {
-                    return Err(self.fail(Step::Setgroups));
-                }
-                if libc::setgid(gid) != 0 {
-                    return Err(self.fail(Step::Setgid));
-                }
-                if libc::setuid(uid) != 0 {
-                    return Err(self.fail(Step::Setuid));
-                }
-                if libc::setuid(0) == 0 {
-                    return Err(self.fail_with(Step::VerifyDrop, libc::EPERM));
-                }
-            }
-            if libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            ) != 0
-            {
-                return Err(self.fail(Step::Pdeathsig));
-            }
-            if libc::getppid() != self.parent {
-                return Err(self.fail_with(Step::ParentGone, libc::ESRCH));
-            }
-            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1 as libc::c_ulong, 0, 0, 0) != 0 {
-                return Err(self.fail(Step::NoNewPrivs));
-            }
-            let limit = |n| libc::rlimit {
-                rlim_cur: n,
-                rlim_max: n,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit(self.nofile)) != 0 {
-                return Err(self.fail(Step::RlimitNofile));
-            }
-            if let Some(n) = self.nproc {
-                if libc::setrlimit(libc::RLIMIT_NPROC, &limit(n)) != 0 {
-                    return Err(self.fail(Step::RlimitNproc));
-                }
-            }
-            if libc::setrlimit(libc::RLIMIT_CORE, &limit(0)) != 0 {
-                return Err(self.fail(Step::RlimitCore));
-            }
-            // CLOEXEC rather than close: std's own error pipe must survive
-            // until exec. Kernels before 5.11 lack close_range: mark one by
-            // one, up to the highest descriptor polyhost held at the fork
-            // (`fd_bound`; the site's RLIMIT_NOFILE, just set, says nothing
-            // of what polyhost holds).
-            if self.one_by_one
-                || libc::syscall(
-                    libc::SYS_close_range,
-                    3 as libc::c_uint,
-                    libc::c_uint::MAX,
-                    libc::CLOSE_RANGE_CLOEXEC,
-                ) != 0
-            {
-                if self.fd_bound == 0 {
-                    // close_range worked in the parent's probe but not here:
-                    // fail closed rather than pass descriptors on.
-                    return Err(self.fail(Step::CloseFds));
-                }
-                for fd in 3..self.fd_bound {
-                    libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
-                }
-            }
-            for &fd in &self.inherit {
-                if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
-                    return Err(self.fail(Step::InheritFds));
-                }
-            }
-            if libc::chdir(self.cwd.as_ptr()) != 0 {
-                return Err(self.fail(Step::Chdir));
-            }
-            if self.batch_scheduling {
-                // Best effort (see the module docs): the result is ignored.
-                // The raw system call: musl's wrapper always fails (ENOSYS).
-                let param = libc::sched_param { sched_priority: 0 };
-                libc::syscall(
-                    libc::SYS_sched_setscheduler,
-                    0 as libc::pid_t,
-                    libc::SCHED_BATCH,
-                    &param as *const libc::sched_param,
-                );
-            }
-        }
-        Ok(())
-    }
-
-    fn fail(&self, step: Step) -> io::Error {
-        // Read errno first: the report write may change it.
-        let err = io::Error::last_os_error();
-        self.report(step);
-        err
-    }
-
-    fn fail_with(&self, step: Step, errno: i32) -> io::Error {
-        self.report(step);
-        io::Error::from_raw_os_error(errno)
-    }
-
-    fn report(&self, step: Step) {
-        let byte = [step as u8];
-        // SAFETY: write(2) of one byte from a stack buffer to an fd we own;
-        // async-signal-safe. Its result does not matter: the parent falls
-        // back to "exec" when the byte is missing.
-        unsafe { libc::write(self.report_fd, byte.as_ptr().cast(), 1) };
-    }
 }
 
 /// Starts a site process as described by `spec` (see the module docs for
@@ -488,51 +284,6 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<SiteProcess, SpawnError> {
     }
 }
 
-/// One past the highest descriptor polyhost holds, for the child's
-/// one-by-one close-on-exec loop, or 0 where the child will not need it
-/// (`close_range(CLOSE_RANGE_CLOEXEC)` works: probed once). Read from
-/// `/proc/self/fd`, not from `RLIMIT_NOFILE`: polyhost raises its soft limit
-/// to the hard one, which may be a billion (`LimitNOFILE=infinity`), and a
-/// loop that long would outlast any start-up timeout. A descriptor opened by
-/// another thread between this listing and the fork is close-on-exec
-/// already (std, tokio and nix open everything with `O_CLOEXEC`). Without
-/// `/proc`: the soft limit, at most `fs.nr_open`'s default. Computed in the
-/// parent: the child may not allocate or read `/proc`.
-fn fd_bound(one_by_one: bool) -> libc::c_int {
-    if !one_by_one && close_range_cloexec_works() {
-        return 0;
-    }
-    let open = std::fs::read_dir("/proc/self/fd").ok().map(|dir| {
-        dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
-            .max()
-            .map_or(0, |fd| fd + 1)
-    });
-    let bound = open.unwrap_or_else(|| {
-        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
-            .map_or(1 << 20, |(soft, _)| soft.min(1 << 20))
-    });
-    bound.min(libc::c_int::MAX as u64) as libc::c_int
-}
-
-/// Whether this kernel has `close_range` with `CLOSE_RANGE_CLOEXEC` (Linux
-/// 5.11): asked once, on a range that holds no descriptor.
-fn close_range_cloexec_works() -> bool {
-    static WORKS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *WORKS.get_or_init(|| {
-        // SAFETY: close_range on the single descriptor number c_uint::MAX,
-        // which no process can hold (beyond any RLIMIT_NOFILE): it marks
-        // nothing and only tells whether the call and its flag exist.
-        unsafe {
-            libc::syscall(
-                libc::SYS_close_range,
-                libc::c_uint::MAX,
-                libc::c_uint::MAX,
-                libc::CLOSE_RANGE_CLOEXEC,
-            ) == 0
-        }
-    })
-}
-
 static ONE_BY_ONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Test hook: children mark their descriptors close-on-exec one by one,
@@ -588,14 +339,6 @@ fn open_log(path: Option<&Path>) -> Result<File, SpawnError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn steps_round_trip_through_their_byte() {
-        for step in Step::ALL {
-            assert_eq!(Step::from_byte(step as u8), Some(step));
-        }
-        assert_eq!(Step::from_byte(0), None);
-    }
 
     #[test]
     fn relative_programs_are_refused() {
