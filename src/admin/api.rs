@@ -124,11 +124,11 @@ pub async fn handle<B>(req: Request<B>, server: &Server, access: &Access, scope:
     }
     match (segments.as_slice(), &method) {
         (["metrics"], &Method::GET) => {
-            let body = crate::metrics::render(server.metrics_view().await);
+            let body = super::metrics::scrape(server).await;
             let mut r = Response::new(Full::new(Bytes::from(body)));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
-                HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+                HeaderValue::from_static(super::metrics::CONTENT_TYPE),
             );
             r
         }

@@ -441,8 +441,9 @@ impl Server {
     }
 
     /// What a metrics scrape shows: the status plus each site's live
-    /// handles, from one published snapshot; never waits.
-    pub async fn metrics_view(&self) -> crate::metrics::View {
+    /// handles (one per `status.sites`, in the same order), from one
+    /// published snapshot; never waits.
+    pub async fn status_with_handles(&self) -> (ServerStatus, Vec<crate::metrics::SiteView>) {
         let sites = self.published.load_full();
         let status = self.status_of(&sites);
         let views = sites
@@ -452,10 +453,7 @@ impl Server {
                 threads: e.runtimes.python.as_ref().map(|py| py.threads()),
             })
             .collect();
-        crate::metrics::View {
-            status,
-            sites: views,
-        }
+        (status, views)
     }
 
     /// Stops every site's processes and removes polyhost's cgroups.
