@@ -216,6 +216,10 @@ fn control_error(e: ControlError) -> Resp {
             errors,
             "a site could not be set up; nothing changed and the running sites keep serving. Fix these and reload again",
         ),
+        ControlError::NotReady(sites) => config_errors(
+            crate::app::server::not_ready_errors(&sites),
+            "a site could not be set up; nothing changed and the running sites keep serving. Fix these and reload again",
+        ),
     }
 }
 
