@@ -68,6 +68,12 @@ impl TestSites {
     /// A running static site as `serve` builds it, over a generation with
     /// no process group (what a static site has).
     fn site(&self, config: &Arc<SiteConfig>) -> Site {
+        self.static_site(config, None)
+    }
+
+    /// Like [`Site::build`] for a static site, without a supervisor: `old`
+    /// lends its logs and counters.
+    pub(crate) fn static_site(&self, config: &Arc<SiteConfig>, old: Option<&Site>) -> Site {
         let runtimes = Arc::new(Runtimes {
             generation: 7,
             groups: Vec::new(),
@@ -76,9 +82,15 @@ impl TestSites {
             context: None,
             reader: Reader::Anyone,
         });
-        let logs = open_logs(config, &self.path().join("log"));
+        let (logs, stats) = match old {
+            Some(old) => (old.logs().clone(), old.stats().clone()),
+            None => (
+                open_logs(config, &self.path().join("log")),
+                Default::default(),
+            ),
+        };
         Site::over(
-            build_route(config, &runtimes, logs, Default::default()).unwrap(),
+            build_route(config, &runtimes, logs, stats).unwrap(),
             runtimes,
         )
     }

@@ -18,6 +18,14 @@ use crate::supervisor::Supervisor;
 
 use super::plan::Change;
 
+/// Builds a site's new generation of processes: [`Builder`] for real, a
+/// stand-in in the tests (so that [`prepare`] is tested without processes).
+pub(crate) trait Generations {
+    /// `config` over a new generation; `old` (the site's running version,
+    /// if any) lends its logs and counters, which outlive generations.
+    fn build(&self, config: &Arc<SiteConfig>, old: Option<&Site>) -> Result<Site, ConfigErrors>;
+}
+
 /// What building a site needs from the server.
 pub(crate) struct Builder<'a> {
     pub supervisor: &'a Supervisor,
@@ -62,15 +70,25 @@ impl SiteNotReady {
     }
 }
 
+impl Generations for Builder<'_> {
+    fn build(&self, config: &Arc<SiteConfig>, old: Option<&Site>) -> Result<Site, ConfigErrors> {
+        let (logs, stats) = match old {
+            Some(old) => (old.logs().clone(), old.stats().clone()),
+            None => (sites::open_logs(config, self.log_dir), Default::default()),
+        };
+        Site::build(config, self.supervisor, self.generation, logs, stats)
+    }
+}
+
 /// Builds every site of `changes` over `current`, then warms up the new
 /// generations of sites that were running (traffic moves only to ready
 /// processes). On any failure, stops what it built.
 pub(crate) async fn prepare(
     changes: &[Change],
     current: &BTreeMap<SiteName, Site>,
-    builder: &Builder<'_>,
+    generations: &impl Generations,
 ) -> Result<Prepared, ApplyError> {
-    let (prepared, errors) = build(changes, current, builder);
+    let (prepared, errors) = build(changes, current, generations);
     if !errors.is_empty() {
         prepared.abandon().await;
         return Err(ApplyError::Setup(errors));
@@ -87,7 +105,7 @@ pub(crate) async fn prepare(
 fn build(
     changes: &[Change],
     current: &BTreeMap<SiteName, Site>,
-    builder: &Builder<'_>,
+    generations: &impl Generations,
 ) -> (Prepared, ConfigErrors) {
     let mut prepared = Prepared {
         sites: BTreeMap::new(),
@@ -96,7 +114,7 @@ fn build(
     let mut errors = ConfigErrors::default();
     for change in changes {
         let old = current.get(change.site());
-        match next_site(change, old, builder) {
+        match next_site(change, old, generations) {
             Ok(None) => {}
             Ok(Some(site)) => {
                 if matches!(change, Change::Add(_) | Change::Restart(_)) {
@@ -114,24 +132,14 @@ fn build(
 fn next_site(
     change: &Change,
     old: Option<&Site>,
-    builder: &Builder<'_>,
+    generations: &impl Generations,
 ) -> Result<Option<Site>, ConfigErrors> {
-    let new_generation = |config: &Arc<SiteConfig>, old: Option<&Site>| {
-        let (logs, stats) = match old {
-            Some(old) => (old.logs().clone(), old.stats().clone()),
-            None => (
-                sites::open_logs(config, builder.log_dir),
-                Default::default(),
-            ),
-        };
-        Site::build(config, builder.supervisor, builder.generation, logs, stats)
-    };
     let site = match (change, old) {
         (Change::Remove(_), _) => return Ok(None),
         (Change::Keep(_), Some(old)) => old.clone(),
         (Change::Reroute(config), Some(old)) if old.is_stopped() => old.stopped(config),
         (Change::Reroute(config), Some(old)) => old.rerouted(config)?,
-        (Change::Add(config) | Change::Restart(config), old) => new_generation(config, old)?,
+        (Change::Add(config) | Change::Restart(config), old) => generations.build(config, old)?,
         (Change::Keep(_) | Change::Reroute(_), None) => {
             unreachable!("the plan keeps or reroutes only running sites")
         }
@@ -231,3 +239,7 @@ pub(crate) fn retire(
         });
     }
 }
+
+#[cfg(test)]
+#[path = "apply_tests.rs"]
+mod tests;
