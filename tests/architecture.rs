@@ -183,7 +183,6 @@ fn supervisor_never_imports_upstream() {
 }
 
 #[test]
-#[ignore = "enabled when issue 18 seam/reload branches merge"]
 fn metrics_never_imports_app() {
     assert_never_imports(
         "src/metrics",

@@ -124,11 +124,11 @@ pub async fn handle<B>(req: Request<B>, server: &Server, access: &Access, scope:
     }
     match (segments.as_slice(), &method) {
         (["metrics"], &Method::GET) => {
-            let body = crate::metrics::render(server.metrics_view().await);
+            let body = super::metrics::scrape(server).await;
             let mut r = Response::new(Full::new(Bytes::from(body)));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
-                HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+                HeaderValue::from_static(super::metrics::CONTENT_TYPE),
             );
             r
         }
@@ -214,6 +214,10 @@ fn control_error(e: ControlError) -> Resp {
         ),
         ControlError::Setup(errors) => config_errors(
             errors,
+            "a site could not be set up; nothing changed and the running sites keep serving. Fix these and reload again",
+        ),
+        ControlError::NotReady(sites) => config_errors(
+            crate::app::server::not_ready_errors(&sites),
             "a site could not be set up; nothing changed and the running sites keep serving. Fix these and reload again",
         ),
     }

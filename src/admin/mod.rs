@@ -7,6 +7,7 @@
 //! - [`socket`]: binding the Unix socket (stale-socket handling, mode,
 //!   group) and checking each peer's credentials (SO_PEERCRED).
 //! - [`api`]: the endpoints: request → [`crate::app::Server`] → JSON.
+//! - [`metrics`]: the `/metrics` scrape (status + per-site handles → Prometheus text).
 //! - [`client`]: one request over the socket, for the CLI.
 //!
 //! Lifecycle: [`bind`] before any site starts (a second polyhost on the same
@@ -19,6 +20,7 @@
 
 pub mod api;
 pub mod client;
+pub mod metrics;
 pub mod socket;
 
 use std::net::SocketAddr;

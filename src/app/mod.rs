@@ -2,11 +2,14 @@
 //! API and signals drive (reload, restart, stop/start a site, status).
 //!
 //! - [`server`]: the running [`Server`]: its sites, the routing table, the
-//!   supervisor; reload as a diff applied all or nothing.
+//!   supervisor; every control operation.
+//! - [`reload`]: reload (and start-up) as a pure plan and an apply, all or
+//!   nothing.
 //! - [`status`]: what `polyhost status` reports, as serialisable values.
 //!
 //! The binary and the integration tests share [`serve`].
 
+pub mod reload;
 pub mod server;
 pub mod status;
 
@@ -18,7 +21,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigErrors};
 
-pub use server::{ControlError, ReloadReport, Server};
+pub use reload::ReloadReport;
+pub use server::{ControlError, Server};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {

@@ -3,6 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::sites::Site;
+use crate::supervisor::GroupState;
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct ServerStatus {
     pub version: String,
@@ -33,4 +36,56 @@ pub struct SiteStatus {
     pub restarts: u64,
     pub oom_kills: u64,
     pub last_error: Option<String>,
+}
+
+impl SiteStatus {
+    /// The status of `site` now (its groups' snapshots, its cgroup's usage).
+    pub fn of(e: &Site) -> SiteStatus {
+        let snaps: Vec<_> = e.runtimes().groups.iter().map(|g| g.snapshot()).collect();
+        let state = if e.is_stopped() {
+            "stopped".to_owned()
+        } else if snaps.is_empty() {
+            "static".to_owned()
+        } else if let Some(s) = snaps
+            .iter()
+            .find(|s| matches!(s.state, GroupState::Failed(_)))
+        {
+            s.state.label().to_owned()
+        } else if snaps.iter().any(|s| s.state == GroupState::Running) {
+            "running".to_owned()
+        } else {
+            snaps[0].state.label().to_owned()
+        };
+        let usage = e
+            .runtimes()
+            .context
+            .as_ref()
+            .and_then(|c| c.cgroup.as_ref())
+            .and_then(|cg| cg.usage().ok());
+        let pids: Vec<i32> = snaps.iter().flat_map(|s| s.pids.iter().copied()).collect();
+        SiteStatus {
+            name: e.config().name.to_string(),
+            state,
+            runtime: e.config().runtime_label().to_owned(),
+            hosts: e.config().hosts.iter().map(|h| h.to_string()).collect(),
+            generation: e.runtimes().generation,
+            processes: pids.len(),
+            pids,
+            memory_bytes: usage.and_then(|u| u.memory_current),
+            memory_limit_bytes: e
+                .config()
+                .limits
+                .memory
+                .or(usage.and_then(|u| u.memory_limit)),
+            requests: e.stats().requests(),
+            responses_5xx: e.stats().responses_5xx(),
+            restarts: snaps.iter().map(|s| s.restarts).sum(),
+            oom_kills: snaps
+                .iter()
+                .map(|s| s.oom_kills)
+                .sum::<u64>()
+                .max(usage.map_or(0, |u| u.oom_kills)),
+            last_error: snaps.iter().find_map(|s| s.last_error.clone()),
+        }
+    }
 }

@@ -35,7 +35,7 @@ pub use site::{
     IniValue, Limits, PhpConfig, PhpMode, PythonConfig, SiteConfig, StartPolicy, StaticConfig,
     DEFAULT_BODY_LIMIT, RESERVED_PHP_INI,
 };
-pub use tls::{crypto_provider, load_certified_key, SiteTls, TlsKey};
+pub use tls::{crypto_provider, load_certified_key, LoadedPair, SiteTls, TlsKey};
 pub use types::{parse_duration, parse_size, HostPattern, Scalar, SiteName};
 
 /// Everything polyhost serves, validated.

@@ -2,8 +2,10 @@
 //! by the panel) and whether plain HTTP is redirected to HTTPS. Loading a
 //! pair ([`load_certified_key`]) is shared by validation (so `polyhost
 //! check`, `serve` and every reload refuse a missing, unreadable or
-//! mismatched pair, naming `tls.cert` or `tls.key`) and by the router, which
-//! re-reads the files whenever it builds a routing table.
+//! mismatched pair, naming `tls.cert` or `tls.key`); the pair validation
+//! loaded is kept in [`SiteTls::pair`], so the files are read once per load
+//! of the configuration and the router never reads them (a routing table is
+//! built without I/O). A renewed certificate is a changed configuration.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -25,6 +27,28 @@ pub struct SiteTls {
     pub key: PathBuf,
     /// Answer plain-HTTP requests with a 301 to `https://`.
     pub redirect_http: bool,
+    /// The pair as validation read it from `cert` and `key`.
+    pub pair: LoadedPair,
+}
+
+/// A certificate chain and its key, loaded and checked to belong together.
+/// Two are equal when their chains are (a key that matches a certificate
+/// is that certificate's key); `Debug` shows no key material.
+#[derive(Clone)]
+pub struct LoadedPair(pub Arc<CertifiedKey>);
+
+impl PartialEq for LoadedPair {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.cert == other.0.cert
+    }
+}
+
+impl Eq for LoadedPair {}
+
+impl std::fmt::Debug for LoadedPair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LoadedPair({} certificates)", self.0.cert.len())
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -131,13 +155,17 @@ pub(crate) fn validate_tls(raw: RawTls, base: &Path, errs: &mut FileErrors<'_>) 
         );
     }
     let (cert, key) = (cert?, key?);
-    if let Err((which, msg)) = load_certified_key(&cert, &key) {
-        errs.add(which.key_name(), msg);
-        return None;
-    }
+    let pair = match load_certified_key(&cert, &key) {
+        Ok(pair) => LoadedPair(pair),
+        Err((which, msg)) => {
+            errs.add(which.key_name(), msg);
+            return None;
+        }
+    };
     Some(SiteTls {
         cert,
         key,
         redirect_http: raw.redirect_http.unwrap_or(true),
+        pair,
     })
 }

@@ -5,15 +5,16 @@
 //!   (created once when the site is first built, shared by every generation
 //!   of its routes and runtimes; a request touches atomics and one histogram,
 //!   never a label lookup).
+//!   [`SiteView`] is what a scrape reads of one site.
 //! - [`connections`]: server-wide connection counters the accept loops bump.
-//! - [`export`]: the scrape: hot-path handles plus gauges computed from
-//!   [`crate::app::Server::status`] (processes, memory, restarts, OOM kills),
-//!   rendered with `prometheus-client`.
+//!
+//! The scrape itself (these handles plus gauges computed from the status:
+//! processes, memory, restarts, OOM kills) is `admin::metrics`, next to the
+//! API that serves it: this module sits below the router and imports nothing
+//! above it.
 
 pub mod connections;
-pub mod export;
 pub mod site;
 
 pub use connections::{connection_opened, ConnectionGuard};
-pub use export::{render, SiteView, View, CONTENT_TYPE};
-pub use site::{InFlight, SiteStats};
+pub use site::{InFlight, SiteStats, SiteView};

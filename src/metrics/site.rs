@@ -74,6 +74,16 @@ impl SiteStats {
     }
 }
 
+/// The live handles of one site that a scrape reads (rendered by
+/// `admin::metrics` with the site's status).
+#[derive(Debug)]
+pub struct SiteView {
+    pub stats: std::sync::Arc<SiteStats>,
+    /// Busy and total worker threads (Python admission: permits in use,
+    /// processes × threads); `None` for sites without a thread pool.
+    pub threads: Option<(u64, u64)>,
+}
+
 /// Ends an in-flight request when dropped.
 pub struct InFlight<'a>(&'a Gauge);
 

@@ -1,17 +1,22 @@
-//! The routing table: an immutable snapshot of every site's hosts, mounts
-//! and logs. The router reads it once per request (`ArcSwap::load`), never
-//! locks; a reload swaps in a whole new table atomically, so no request sees
-//! half of one.
+//! The routing table: an immutable snapshot of every site's hosts, mounts,
+//! logs and certificates. The router reads it once per request
+//! (`ArcSwap::load`) and the TLS resolver once per handshake, never locks; a
+//! reload swaps in a whole new table atomically, so no request sees half of
+//! one.
+//!
+//! Invariant: building a table does no I/O (certificates come loaded with
+//! the site's configuration, see `config::SiteTls::pair`).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use rustls::sign::CertifiedKey;
 
 use super::access_log::SiteLogs;
 use super::mount::MountTable;
-use super::tls::SiteCerts;
-use super::vhost::VhostTable;
-use crate::config::SiteConfig;
+use super::vhost::{normalize_host, VhostTable};
+use crate::config::{SiteConfig, SiteName};
 pub use crate::metrics::SiteStats;
 
 /// Everything the router needs to serve one site.
@@ -28,7 +33,7 @@ pub struct SiteRoute {
 #[derive(Default)]
 pub struct RoutingTable {
     pub vhosts: VhostTable<SiteRoute>,
-    /// Certificates by site, read from disk when this table was built: a new
+    /// Certificates by site, as the sites' configurations hold them: a new
     /// table means new certificates for new TLS handshakes.
     pub certs: SiteCerts,
     /// The users sites run code as, sorted: a local connection owned by
@@ -43,7 +48,7 @@ impl RoutingTable {
         for site in &sites {
             vhosts.insert(&site.config.hosts, site.config.default, site.clone());
         }
-        let certs = SiteCerts::load(&sites);
+        let certs = SiteCerts::of(&sites);
         let mut site_uids: Vec<u32> = sites.iter().filter_map(|s| s.uid).collect();
         site_uids.sort_unstable();
         site_uids.dedup();
@@ -59,6 +64,48 @@ impl RoutingTable {
     /// Whether `uid` runs some site's code.
     pub fn is_site_user(&self, uid: u32) -> bool {
         self.site_uids.binary_search(&uid).is_ok()
+    }
+}
+
+/// Every site's certificate, taken from the sites' configurations.
+#[derive(Default)]
+pub struct SiteCerts {
+    by_site: HashMap<SiteName, Arc<CertifiedKey>>,
+    default: Option<Arc<CertifiedKey>>,
+}
+
+impl SiteCerts {
+    fn of(sites: &[Arc<SiteRoute>]) -> SiteCerts {
+        let mut certs = SiteCerts::default();
+        for site in sites {
+            let Some(tls) = &site.config.tls else {
+                continue;
+            };
+            let key = tls.pair.0.clone();
+            if site.config.default {
+                certs.default = Some(key.clone());
+            }
+            certs.by_site.insert(site.config.name.clone(), key);
+        }
+        certs
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_site.is_empty()
+    }
+}
+
+impl RoutingTable {
+    /// The certificate for a TLS handshake naming `sni` (or none): the site
+    /// the name routes to (exactly as for `Host`) if it has one, else the
+    /// default site's.
+    pub fn certificate_for(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        let host = sni.and_then(normalize_host);
+        self.vhosts
+            .lookup(host.as_deref())
+            .and_then(|site| self.certs.by_site.get(&site.config.name))
+            .or(self.certs.default.as_ref())
+            .cloned()
     }
 }
 

@@ -1,6 +1,8 @@
-//! The scrape: renders a [`View`] (a status snapshot plus every site's
-//! hot-path handles) in the Prometheus text format (version 0.0.4) with
-//! `prometheus-client`. Gauges that describe processes (count, memory,
+//! The scrape behind `GET /metrics`: renders a [`View`] (a status snapshot
+//! plus every site's hot-path handles, [`SiteView`]) in the Prometheus text
+//! format (version 0.0.4) with `prometheus-client`. It lives next to the API
+//! that serves it: it reads [`crate::app::status`], and `metrics` (below the
+//! router) only defines the handles it reads. Gauges that describe processes (count, memory,
 //! restarts, OOM kills) are read from the status at scrape time, so nothing
 //! on the request path keeps them up to date.
 //!
@@ -12,8 +14,6 @@
 //! `connections_accepted_total`, `connections_open`, `reloads_total{result}`,
 //! `uptime_seconds`, `info{version,limits}`.
 
-use std::sync::Arc;
-
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
@@ -21,9 +21,11 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use super::connections::CONNECTIONS;
-use super::site::{SiteStats, CLASSES};
 use crate::app::status::{ServerStatus, SiteStatus};
+use crate::app::Server;
+use crate::metrics::connections::CONNECTIONS;
+use crate::metrics::site::CLASSES;
+pub use crate::metrics::SiteView;
 
 /// `Content-Type` of [`render`]'s output.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -36,13 +38,11 @@ pub struct View {
     pub sites: Vec<SiteView>,
 }
 
-/// The live handles of one site.
-#[derive(Debug)]
-pub struct SiteView {
-    pub stats: Arc<SiteStats>,
-    /// Busy and total worker threads (Python admission: permits in use,
-    /// processes × threads); `None` for sites without a thread pool.
-    pub threads: Option<(u64, u64)>,
+/// Scrapes `server`: one published snapshot, never waits for a control
+/// operation in progress.
+pub async fn scrape(server: &Server) -> String {
+    let (status, sites) = server.status_with_handles().await;
+    render(View { status, sites })
 }
 
 /// Renders a scrape.
