@@ -44,9 +44,6 @@ pub struct Options {
     pub https_port: Option<u16>,
 }
 
-/// Headers that carry router→runtime metadata; never accepted from clients.
-pub const RESERVED_HEADER_PREFIX: &str = "x-polyhost-";
-
 /// Serves one request against the current routing table.
 pub async fn handle<B>(
     mut req: Request<B>,
@@ -432,11 +429,12 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
 const PROXY: http::HeaderName = http::HeaderName::from_static("proxy");
 
 /// Removes the request headers no runtime may receive: the router's own
-/// `x-polyhost-*` metadata, and `Proxy` (for every runtime, here alone).
-fn strip_reserved(headers: &mut HeaderMap) {
+/// `x-polyhost-*` metadata (`polyhost_protocol::header`), and `Proxy`. For
+/// every runtime, here alone: no runtime strips them again.
+pub(crate) fn strip_reserved(headers: &mut HeaderMap) {
     let reserved: Vec<_> = headers
         .keys()
-        .filter(|k| **k == PROXY || k.as_str().starts_with(RESERVED_HEADER_PREFIX))
+        .filter(|k| **k == PROXY || polyhost_protocol::header::is_reserved(k.as_str().as_bytes()))
         .cloned()
         .collect();
     for k in reserved {
