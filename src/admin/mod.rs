@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::Server;
 use crate::config::ServerConfig;
-use crate::router::client::{Client, ConnLimiter, ConnPermit};
+use crate::router::conn::{Client, ConnLimiter, ConnPermit};
 use api::{Access, Scope};
 use socket::PeerPolicy;
 
