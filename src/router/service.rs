@@ -15,7 +15,8 @@ use http::{header, HeaderMap, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Empty, LengthLimitError, Limited};
 
-use super::outgoing::LogFacts;
+use super::access_log::LogFacts;
+use super::outgoing;
 use super::proxy;
 use super::table::{RoutingTable, SiteRoute};
 use super::target::{self, Target};
@@ -162,7 +163,7 @@ where
     site.stats
         .record(response.status().as_u16(), start.elapsed()); // metrics
     drop(in_flight); // metrics
-    log.wrap(response, framing, start, site.logs.clone())
+    outgoing::wrap(response, log, framing, start, site.logs.clone())
 }
 
 /// Applies [`proxy::response_framing`]: a bodiless response loses its body;
