@@ -50,7 +50,7 @@ const ADMIN_GRACE: Duration = Duration::from_secs(5);
 pub const TCP_CONNECTIONS: usize = 32;
 
 /// Most of those one client may hold (a client as the router counts it:
-/// a local user, a remote address; `router::client::Client`), so that one
+/// a local user, a remote address; `router::conn::Client`), so that one
 /// site's code cannot hold all [`TCP_CONNECTIONS`] and lock the scraper out.
 pub const TCP_CONNECTIONS_PER_CLIENT: usize = 4;
 

@@ -28,7 +28,7 @@ pub enum Client {
     Remote(IpAddr),
     /// A client on this host, by the uid owning its socket: its source
     /// address proves nothing (any process may bind any of 127/8, ::1 and
-    /// the host's own addresses), its user does (`router::peer`).
+    /// the host's own addresses), its user does (`conn::peer`).
     LocalUser(u32),
     /// A client on this host (a loopback address or one of the host's own)
     /// whose socket's owner could not be found (it closed at once, or the

@@ -1,7 +1,7 @@
 //! Accept loops and connections. Each listener (plain or TLS) gets a task on
 //! every router lane (`crate::lanes`) that accepts until the shutdown token
 //! fires. A connection is admitted against the connection limits right after
-//! accept, counted per client (`router::client`: a local client by the user
+//! accept, counted per client (`router::conn::client`: a local client by the user
 //! owning its socket); refused ones are closed at once, plain ones after a
 //! one-write `503`, also when descriptors run out ([`refusal`]). An
 //! admitted one is placed on a lane (kept, or handed to a less busy one),
