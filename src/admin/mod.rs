@@ -38,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::Server;
 use crate::config::ServerConfig;
-use crate::router::client::{Client, ConnLimiter, ConnPermit};
+use crate::router::conn::{Client, ConnLimiter, ConnPermit};
 use api::{Access, Scope};
 use socket::PeerPolicy;
 
@@ -52,7 +52,7 @@ const ADMIN_GRACE: Duration = Duration::from_secs(5);
 pub const TCP_CONNECTIONS: usize = 32;
 
 /// Most of those one client may hold (a client as the router counts it:
-/// a local user, a remote address; `router::client::Client`), so that one
+/// a local user, a remote address; `router::conn::Client`), so that one
 /// site's code cannot hold all [`TCP_CONNECTIONS`] and lock the scraper out.
 pub const TCP_CONNECTIONS_PER_CLIENT: usize = 4;
 

@@ -5,6 +5,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use polyhost_protocol::limits::{MAX_CLIENT_FIELDS, MAX_CLIENT_HEAD};
 use serde::Deserialize;
 
 use super::error::FileErrors;
@@ -225,7 +226,7 @@ pub(crate) fn validate_front(
         errs.check(
             "limits.max_header_size",
             parse_size(&v).and_then(|n| {
-                if (MIN_HEADER_SIZE as u64..=(1 << 20)).contains(&n) {
+                if (MIN_HEADER_SIZE as u64..=MAX_CLIENT_HEAD as u64).contains(&n) {
                     Ok(n as usize)
                 } else {
                     Err(format!("{v} is outside 8K..1M"))
@@ -235,7 +236,13 @@ pub(crate) fn validate_front(
     }) {
         l.max_header_size = v;
     }
-    if let Some(v) = count(errs, "limits.max_headers", raw.max_headers, 8, 1000) {
+    if let Some(v) = count(
+        errs,
+        "limits.max_headers",
+        raw.max_headers,
+        8,
+        MAX_CLIENT_FIELDS as u64,
+    ) {
         l.max_headers = v as usize;
     }
     if let Some(v) = count(

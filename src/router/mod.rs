@@ -3,10 +3,9 @@
 //! by host and to an upstream by longest mount prefix, keeps proxy headers
 //! honest both ways, writes the access log.
 //!
-//! - [`server`]: listeners, admission, connections, shutdown.
-//! - [`client`]: who a client is and the connection limits (total, per client).
-//! - [`conn`]: each connection's header/keep-alive clocks.
-//! - [`peer`]: who owns the client socket of a connection from this host.
+//! - [`server`]: listeners, admission, driving hyper over a connection, shutdown.
+//! - [`conn`]: one client connection: who the client is and the connection
+//!   limits (`conn::client`, `conn::peer`), its clocks, its I/O wrappers.
 //! - [`tls`]: rustls configuration; certificates by SNI from the current table.
 //! - [`service`]: one request, the only place errors become statuses.
 //! - [`target`]: request-target forms; `CONNECT` and `OPTIONS *` answered by the router.
@@ -21,11 +20,9 @@
 //! ([`table::RoutingTable`]) swapped atomically on reload.
 
 pub mod access_log;
-pub mod client;
 pub mod conn;
 pub mod mount;
 mod outgoing;
-pub mod peer;
 pub mod proxy;
 pub mod server;
 pub mod service;

@@ -1,76 +1,50 @@
-//! A response on its way out to the client: the body wrapper that writes
-//! the access log line when the body is done (with the bytes really sent)
-//! and keeps a body to the `Content-Length` its upstream declared
-//! ([`Declared`]; the decision itself is `proxy::response_framing`).
+//! A response on its way out to the client: the body wrapper
+//! ([`LoggedBody`]) that has the access log line written when the body is
+//! done (with the bytes really sent; the line itself is
+//! `access_log::LogFacts`) and keeps a body to the `Content-Length` its
+//! upstream declared ([`Declared`]; the decision itself is
+//! `proxy::response_framing`).
 
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::{header, Request, Response, Version};
+use http::Response;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 
-use super::access_log::{write_combined, AccessRecord, SiteLogs};
-use super::proxy::{self, ResponseFraming};
-use super::table::SiteRoute;
+use super::access_log::{LogFacts, SiteLogs};
+use super::proxy::ResponseFraming;
 use crate::upstream::{BoxError, ResponseBody};
 
-/// What the access log line needs from the request, taken before the request
-/// is handed to the upstream.
-pub(super) struct LogFacts {
-    /// The client's address as text (see [`proxy::ip_text`]).
-    client: http::HeaderValue,
-    pub(super) method: http::Method,
-    /// Cloned, not rendered: its parts share the request's bytes.
-    pub(super) uri: http::Uri,
-    version: Version,
-    referer: Option<http::HeaderValue>,
-    user_agent: Option<http::HeaderValue>,
-}
-
-impl LogFacts {
-    pub(super) fn of<B>(req: &Request<B>, client: SocketAddr, _site: &SiteRoute) -> Self {
-        LogFacts {
-            client: proxy::ip_text(client.ip()),
-            method: req.method().clone(),
-            uri: req.uri().clone(),
-            version: req.version(),
-            referer: req.headers().get(header::REFERER).cloned(),
-            user_agent: req.headers().get(header::USER_AGENT).cloned(),
-        }
-    }
-
-    /// Wraps the response body so the line is written when the body is done
-    /// (or dropped by a client that went away), with the bytes really sent,
-    /// and so a body sent under a declared length keeps to it.
-    pub(super) fn wrap(
-        self,
-        resp: Response<ResponseBody>,
-        framing: ResponseFraming,
-        start: Instant,
-        logs: Arc<SiteLogs>,
-    ) -> Response<ResponseBody> {
-        let status = resp.status().as_u16();
-        let (parts, body) = resp.into_parts();
-        let body = LoggedBody {
-            inner: body,
-            bytes: 0,
-            declared: match framing {
-                ResponseFraming::Declared(n) => Some(Declared {
-                    owed: n,
-                    held: None,
-                    state: DeclaredState::Streaming,
-                }),
-                _ => None,
-            },
-            pending: Some((self, status, start, logs)),
-        };
-        Response::from_parts(parts, body.boxed_unsync())
-    }
+/// Wraps the response body so the access log line (`facts`) is written when
+/// the body is done (or dropped by a client that went away), with the bytes
+/// really sent, and so a body sent under a declared length keeps to it.
+pub(super) fn wrap(
+    resp: Response<ResponseBody>,
+    facts: LogFacts,
+    framing: ResponseFraming,
+    start: Instant,
+    logs: Arc<SiteLogs>,
+) -> Response<ResponseBody> {
+    let status = resp.status().as_u16();
+    let (parts, body) = resp.into_parts();
+    let body = LoggedBody {
+        inner: body,
+        bytes: 0,
+        declared: match framing {
+            ResponseFraming::Declared(n) => Some(Declared {
+                owed: n,
+                held: None,
+                state: DeclaredState::Streaming,
+            }),
+            _ => None,
+        },
+        pending: Some((facts, status, start, logs)),
+    };
+    Response::from_parts(parts, body.boxed_unsync())
 }
 
 /// A response body on its way to the client: counts the bytes for the
@@ -192,35 +166,9 @@ impl LoggedBody {
 
     fn finish(&mut self) {
         if let Some((facts, status, start, logs)) = self.pending.take() {
-            let target = match facts.uri.path_and_query() {
-                // Absolute-form without a path (`http://h?x`): log `/?x`.
-                Some(pq) if pq.as_str().starts_with('?') => {
-                    std::borrow::Cow::Owned(format!("/{pq}"))
-                }
-                Some(pq) => std::borrow::Cow::Borrowed(pq.as_str()),
-                None => std::borrow::Cow::Owned(facts.uri.to_string()), // authority-form, `*`
-            };
-            let record = AccessRecord {
-                client: facts.client.to_str().unwrap_or("-"),
-                method: facts.method.as_str(),
-                target: &target,
-                version: facts.version,
-                status,
-                bytes: self.bytes,
-                referer: header_text(&facts.referer),
-                user_agent: header_text(&facts.user_agent),
-                duration: start.elapsed(),
-            };
-            logs.access
-                // Whole seconds are logged: the coarse clock is enough.
-                .write_line(|out| write_combined(out, &record, crate::clock::coarse_wall()));
+            facts.write(&logs, status, self.bytes, start);
         }
     }
-}
-
-/// A header value for the log; values that are not visible ASCII are left out.
-fn header_text(value: &Option<http::HeaderValue>) -> Option<&str> {
-    value.as_ref().and_then(|v| v.to_str().ok())
 }
 
 impl Body for LoggedBody {

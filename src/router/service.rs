@@ -15,7 +15,8 @@ use http::{header, HeaderMap, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Empty, LengthLimitError, Limited};
 
-use super::outgoing::LogFacts;
+use super::access_log::LogFacts;
+use super::outgoing;
 use super::proxy;
 use super::table::{RoutingTable, SiteRoute};
 use super::target::{self, Target};
@@ -43,9 +44,6 @@ pub struct Options {
     /// Port of the first TLS listener, for HTTP → HTTPS redirects; `None`: no TLS.
     pub https_port: Option<u16>,
 }
-
-/// Headers that carry router→runtime metadata; never accepted from clients.
-pub const RESERVED_HEADER_PREFIX: &str = "x-polyhost-";
 
 /// Serves one request against the current routing table.
 pub async fn handle<B>(
@@ -165,7 +163,7 @@ where
     site.stats
         .record(response.status().as_u16(), start.elapsed()); // metrics
     drop(in_flight); // metrics
-    log.wrap(response, framing, start, site.logs.clone())
+    outgoing::wrap(response, log, framing, start, site.logs.clone())
 }
 
 /// Applies [`proxy::response_framing`]: a bodiless response loses its body;
@@ -432,11 +430,12 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
 const PROXY: http::HeaderName = http::HeaderName::from_static("proxy");
 
 /// Removes the request headers no runtime may receive: the router's own
-/// `x-polyhost-*` metadata, and `Proxy` (for every runtime, here alone).
-fn strip_reserved(headers: &mut HeaderMap) {
+/// `x-polyhost-*` metadata (`polyhost_protocol::header`), and `Proxy`. For
+/// every runtime, here alone: no runtime strips them again.
+pub(crate) fn strip_reserved(headers: &mut HeaderMap) {
     let reserved: Vec<_> = headers
         .keys()
-        .filter(|k| **k == PROXY || k.as_str().starts_with(RESERVED_HEADER_PREFIX))
+        .filter(|k| **k == PROXY || polyhost_protocol::header::is_reserved(k.as_str().as_bytes()))
         .cloned()
         .collect();
     for k in reserved {

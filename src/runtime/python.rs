@@ -63,12 +63,9 @@ pub fn default_worker() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/usr/local/bin/polyhost-python"))
 }
 
-/// `polyhost-python` exits with 3 when the application cannot be imported.
-pub const EXIT_APP_IMPORT_FAILED: i32 = 3;
-
 impl Launcher for PythonLauncher {
     fn app_error(&self, status: &std::process::ExitStatus) -> bool {
-        status.code() == Some(EXIT_APP_IMPORT_FAILED)
+        status.code() == Some(polyhost_protocol::exit::APP_IMPORT_FAILED)
     }
 
     fn runtime(&self) -> &'static str {

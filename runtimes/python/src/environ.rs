@@ -1,6 +1,7 @@
 //! The WSGI `environ` of one request (PEP 3333), built straight from the
 //! parsed head: CGI variables from the request line, `HTTP_*` from the
-//! fields, the router's reserved `x-polyhost-*` fields, and the `wsgi.*`
+//! fields, the router's reserved `x-polyhost-*` fields
+//! (`polyhost_protocol::header`, never turned into `HTTP_*`), and the `wsgi.*`
 //! keys. Constant keys live in a template dict that is copied per request;
 //! `HTTP_*` key strings are interned once per thread and field name.
 
@@ -8,6 +9,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
+use polyhost_protocol::header::{self as reserved, is_reserved};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyString, PyTuple};
 use pyo3::{intern, Py};
@@ -16,13 +18,6 @@ use crate::errors::ErrorStream;
 use crate::file_wrapper::FileWrapper;
 use crate::head::RequestHead;
 use crate::input::Input;
-
-pub const H_REMOTE_ADDR: &str = "x-polyhost-remote-addr";
-pub const H_SCHEME: &str = "x-polyhost-scheme";
-pub const H_SCRIPT_NAME: &str = "x-polyhost-script-name";
-pub const H_SERVER_NAME: &str = "x-polyhost-server-name";
-pub const H_SERVER_PORT: &str = "x-polyhost-server-port";
-const RESERVED_PREFIX: &[u8] = b"x-polyhost-";
 
 /// The keys that are the same for every request of this process.
 pub fn template(py: Python<'_>, multithread: bool, multiprocess: bool) -> PyResult<Py<PyDict>> {
@@ -222,21 +217,19 @@ fn meta<'b>(buf: &'b [u8], head: &RequestHead) -> Meta<'b> {
         let value = Some(&buf[v.clone()]);
         let slot = if name.eq_ignore_ascii_case(b"host") {
             &mut m.host
-        } else if name.len() > RESERVED_PREFIX.len()
-            && name[..RESERVED_PREFIX.len()].eq_ignore_ascii_case(RESERVED_PREFIX)
-        {
-            let rest = &name[RESERVED_PREFIX.len()..];
-            let key =
-                |full: &str| rest.eq_ignore_ascii_case(&full.as_bytes()[RESERVED_PREFIX.len()..]);
-            if key(H_REMOTE_ADDR) {
+        } else if is_reserved(name) {
+            let prefix = reserved::RESERVED_PREFIX.len();
+            let rest = &name[prefix..];
+            let key = |full: &str| rest.eq_ignore_ascii_case(&full.as_bytes()[prefix..]);
+            if key(reserved::REMOTE_ADDR) {
                 &mut m.remote_addr
-            } else if key(H_SCHEME) {
+            } else if key(reserved::SCHEME) {
                 &mut m.scheme
-            } else if key(H_SCRIPT_NAME) {
+            } else if key(reserved::SCRIPT_NAME) {
                 &mut m.script_name
-            } else if key(H_SERVER_NAME) {
+            } else if key(reserved::SERVER_NAME) {
                 &mut m.server_name
-            } else if key(H_SERVER_PORT) {
+            } else if key(reserved::SERVER_PORT) {
                 &mut m.server_port
             } else {
                 continue;
@@ -364,10 +357,7 @@ fn build_with<'py>(
     let fields = &head.headers;
     for (i, (n, v)) in fields.iter().enumerate() {
         let name = &buf[n.clone()];
-        if name.contains(&b'_')
-            || (name.len() >= RESERVED_PREFIX.len()
-                && name[..RESERVED_PREFIX.len()].eq_ignore_ascii_case(RESERVED_PREFIX))
-        {
+        if name.contains(&b'_') || is_reserved(name) {
             // Reserved for the router; underscores would let a client forge
             // `HTTP_X_FOO` with `x_foo` (Apache and nginx drop them too).
             continue;

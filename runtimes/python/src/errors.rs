@@ -1,6 +1,7 @@
 //! Error types of the worker and how they map to exit codes; the per-request
 //! error path (traceback to stderr once, then a 500 or an aborted stream).
 
+use polyhost_protocol::exit;
 use pyo3::prelude::*;
 
 /// Why the worker could not start serving.
@@ -28,9 +29,9 @@ impl StartError {
     /// Exit code: 3 for an app that does not import, 2 for usage, 1 otherwise.
     pub fn exit_code(&self) -> i32 {
         match self {
-            StartError::Import => 3,
-            StartError::Usage(_) => 2,
-            _ => 1,
+            StartError::Import => exit::APP_IMPORT_FAILED,
+            StartError::Usage(_) => exit::USAGE,
+            _ => exit::FAILED,
         }
     }
 }

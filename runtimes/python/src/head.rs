@@ -12,9 +12,9 @@ use std::ops::Range;
 /// Header fields parsed without a heap allocation; more take a second pass.
 const STACK_HEADERS: usize = 64;
 /// The router forwards up to 1,000 client fields and adds its own.
-pub const MAX_HEADERS: usize = 1100;
+pub const MAX_HEADERS: usize = polyhost_protocol::limits::MAX_REQUEST_FIELDS;
 /// The router's largest `max_header_size` (1 MiB) plus room for its own fields.
-pub const MAX_HEAD: usize = (1 << 20) + (64 << 10);
+pub const MAX_HEAD: usize = polyhost_protocol::limits::MAX_REQUEST_HEAD;
 
 /// How the request body is framed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -13,7 +13,9 @@
 //! - [`head`]: the request head, parsed by `httparse`.
 //! - [`body`]: the request body's framing (Content-Length, chunked).
 //! - [`request`]: one request on a Python thread, from environ to `close()`.
-//! - [`environ`]: the WSGI environ and the reserved `x-polyhost-*` headers.
+//! - [`environ`]: the WSGI environ, with the router's metadata read from the
+//!   reserved `x-polyhost-*` headers (their names, the exit codes and the
+//!   head limits are the `polyhost_protocol` crate, shared with the router).
 //! - [`input`]: `wsgi.input` over the request body.
 //! - [`response`]: `start_response`, `write`, and how the response reaches the socket.
 //! - [`wire`]: the bytes of a response head, chunk framing, the worker's own pages.
@@ -39,6 +41,7 @@ pub mod signals;
 pub mod wire;
 
 use clap::Parser;
+use polyhost_protocol::exit;
 use pyo3::prelude::*;
 
 use crate::cli::{Args, Config};
@@ -50,12 +53,12 @@ pub fn run() -> i32 {
         Ok(c) => c,
         Err(e) => {
             eprintln!("polyhost-python: {e}");
-            return 2;
+            return exit::USAGE;
         }
     };
     match start(config) {
         Ok(()) => 0,
-        Err(StartError::Import) => 3,
+        Err(StartError::Import) => exit::APP_IMPORT_FAILED,
         Err(e) => {
             eprintln!("polyhost-python: {e}");
             e.exit_code()

@@ -1,7 +1,7 @@
 //! Accept loops and connections. Each listener (plain or TLS) gets a task on
 //! every router lane (`crate::lanes`) that accepts until the shutdown token
 //! fires. A connection is admitted against the connection limits right after
-//! accept, counted per client (`router::client`: a local client by the user
+//! accept, counted per client (`router::conn::client`: a local client by the user
 //! owning its socket); refused ones are closed at once, plain ones after a
 //! one-write `503`, also when descriptors run out ([`refusal`]). An
 //! admitted one is placed on a lane (kept, or handed to a less busy one),
@@ -10,7 +10,8 @@
 //! HTTP/2 when ALPN chose `h2` (or, with `h2c = true`, on a plain connection
 //! that starts with the HTTP/2 preface).
 //!
-//! The connection's task also keeps its clocks (`conn::Activity`): a request
+//! The connection's task also keeps its clocks (`conn::Activity`, enforced
+//! by [`watch`]): a request
 //! head that does not arrive within `header_timeout` closes the connection
 //! (slowloris); a connection idle for `keepalive_timeout` is closed
 //! gracefully.
@@ -33,16 +34,13 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bytes::Bytes;
 use http::{Request, Response};
-use http_body::{Body, Frame, SizeHint};
+use http_body::Body;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulConnection;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
@@ -52,17 +50,22 @@ use tokio_util::task::TaskTracker;
 mod parking;
 mod refusal;
 mod signal;
+mod watch;
 
-use super::client::{Client, ConnLimiter, ConnPermit, Refusal};
-use super::conn::{Activity, Expiry, ReadToEnd, RequestGuard, Throttle, TrackedIo};
+use super::conn::client::is_trusted_proxy;
+use super::conn::{
+    last_request, Activity, Client, ConnLimiter, ConnPermit, GuardedBody, ReadToEnd, Refusal,
+    Throttle, TrackedIo,
+};
 use super::service::{handle, ConnInfo, Options};
 use super::table::SharedTable;
 use crate::config::FrontConfig;
 use crate::lanes::{self, Lanes, Placed, Spread};
-use crate::upstream::{BoxError, ResponseBody, Scheme};
+use crate::upstream::Scheme;
 use parking::http1_parking;
 use refusal::{accept_failed, admissible_connections, refuse, Spare};
 use signal::Signal;
+use watch::watch;
 
 /// The sockets polyhost serves: plain HTTP and TLS.
 #[derive(Default)]
@@ -129,7 +132,7 @@ pub async fn serve(
             }
         }
     };
-    if let Err(why) = super::peer::check() {
+    if let Err(why) = super::conn::peer::check() {
         tracing::warn!("cannot tell local clients apart ({why}): every connection from this host (sites' code, cron, a local proxy) counts as one client of max_connections_per_ip, so one site's code can take that share from all the others, and no local connection is a trusted proxy; load the tcp_diag module or allow NETLINK_SOCK_DIAG sockets to polyhost (docs/isolation.md, \"Connection limits\")");
     }
     let limits = &front.limits;
@@ -279,9 +282,9 @@ async fn accept_loop(
     }
 }
 
-/// Whether the peer is a trusted proxy ([`super::client::is_trusted_proxy`]).
+/// Whether the peer is a trusted proxy ([`is_trusted_proxy`]).
 fn is_trusted(shared: &Shared, peer: std::net::SocketAddr, who: Client) -> bool {
-    super::client::is_trusted_proxy(&shared.options.front, &shared.table.load(), peer, who)
+    is_trusted_proxy(&shared.options.front, &shared.table.load(), peer, who)
 }
 
 /// What an admitted connection holds until it ends: its place in the
@@ -423,90 +426,8 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
         Box::pin(async move {
             let table = shared.table.load_full();
             let resp = handle(req, conn, table, &shared.options).await;
-            Ok(resp.map(|inner| GuardedBody {
-                inner,
-                _guard: guard,
-            }))
+            Ok(resp.map(|inner| GuardedBody::new(inner, guard)))
         })
-    }
-}
-
-/// Whether an HTTP/1 request says it is its connection's last: HTTP/1.0
-/// without `keep-alive`, or `close` among its `Connection` options (as hyper
-/// decides whether to keep the connection). One header lookup; HTTP/2 none.
-fn last_request<B>(req: &Request<B>) -> bool {
-    let version = req.version();
-    if version >= http::Version::HTTP_2 {
-        return false;
-    }
-    let mut keep_alive = version == http::Version::HTTP_11;
-    for value in req.headers().get_all(http::header::CONNECTION) {
-        let Ok(value) = value.to_str() else { continue };
-        for option in value.split(',').map(str::trim) {
-            if option.eq_ignore_ascii_case("close") {
-                return true;
-            }
-            keep_alive |= option.eq_ignore_ascii_case("keep-alive");
-        }
-    }
-    !keep_alive
-}
-
-/// A response body that keeps its request "in flight" (for the clocks)
-/// until it is sent or dropped.
-struct GuardedBody {
-    inner: ResponseBody,
-    _guard: RequestGuard,
-}
-
-impl Body for GuardedBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-/// How a watched connection ended.
-enum Ended {
-    /// Done: closed by either side, or dropped after a timeout.
-    Closed,
-    /// HTTP/1 between requests: its HTTP state can be dropped, the socket kept.
-    Parked,
-}
-
-/// A hyper connection as [`watch`] drives it.
-trait Served {
-    fn poll_served(&mut self, cx: &mut Context<'_>) -> Poll<Result<Ended, BoxError>>;
-    fn graceful_shutdown(&mut self);
-}
-
-/// HTTP/2 (ALPN `h2`) and h2c-capable connections: hyper-util's, never parked.
-impl<C> Served for Pin<Box<C>>
-where
-    C: GracefulConnection,
-    C::Error: Into<BoxError>,
-{
-    fn poll_served(&mut self, cx: &mut Context<'_>) -> Poll<Result<Ended, BoxError>> {
-        self.as_mut()
-            .poll(cx)
-            .map(|r| r.map(|()| Ended::Closed).map_err(Into::into))
-    }
-
-    fn graceful_shutdown(&mut self) {
-        GracefulConnection::graceful_shutdown(self.as_mut());
     }
 }
 
@@ -541,149 +462,4 @@ where
         .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX));
     let mut served = Box::pin(builder.serve_connection(TokioIo::new(io), service));
     watch(&mut served, &conn, proto, &activity, &shared).await;
-}
-
-/// Drives a connection and keeps its clocks until it ends (`None`: dropped
-/// after a timeout or the shutdown grace, or failed) or parks.
-async fn watch<C: Served>(
-    served: &mut C,
-    conn: &ConnInfo,
-    proto: Proto,
-    activity: &Activity,
-    shared: &Shared,
-) -> Option<Ended> {
-    let limits = &shared.options.front.limits;
-    let mut graceful = false;
-    let mut closing_since: Option<Instant> = None;
-    // Every deadline is set by a change of the connection's state, from the
-    // time of that change, at least the shortest timeout ahead; so a clock
-    // that looks again within the shortest timeout sees each deadline in
-    // time, and state changes (several per request) need not wake this loop.
-    let horizon = limits
-        .header_timeout
-        .min(limits.keepalive_timeout)
-        .min(limits.send_timeout);
-    // Made once per connection: each one made anew registers with (and
-    // then leaves) a shared wait list or the timer wheel.
-    let shutdown = shared.stopping.wait();
-    let force = shared.force.wait();
-    let sleep = tokio::time::sleep(horizon);
-    tokio::pin!(shutdown, force, sleep);
-    loop {
-        let look_again = Instant::now() + horizon;
-        let next = match closing_since {
-            Some(t) => Some(t + limits.header_timeout),
-            None => activity
-                .deadline(
-                    limits.header_timeout,
-                    limits.keepalive_timeout,
-                    limits.send_timeout,
-                )
-                .map(|(t, _)| t),
-        };
-        sleep
-            .as_mut()
-            .reset(next.map_or(look_again, |t| t.min(look_again)).into());
-        tokio::select! {
-            result = std::future::poll_fn(|cx| served.poll_served(cx)) => {
-                return match result {
-                    Ok(ended) => Some(ended),
-                    Err(e) => {
-                        log_connection_error(conn, &*e, shared);
-                        None
-                    }
-                };
-            }
-            _ = &mut shutdown, if !graceful => {
-                graceful = true;
-                served.graceful_shutdown();
-            }
-            _ = &mut force => return None,
-            _ = &mut sleep => {
-                let now = Instant::now();
-                if closing_since.is_some_and(|t| now >= t + limits.header_timeout) {
-                    return None; // asked to close and did not: drop it
-                }
-                match activity.deadline(limits.header_timeout, limits.keepalive_timeout, limits.send_timeout) {
-                    Some((t, Expiry::Send)) if now >= t => {
-                        tracing::info!(client = %conn.client, timeout = ?limits.send_timeout, "closing connection: the client took nothing of the response within send_timeout");
-                        return None;
-                    }
-                    Some((t, Expiry::Header)) if now >= t => {
-                        if let Some(left_out) = shared.timeout_log.allow() {
-                            tracing::info!(client = %conn.client, also_closed = left_out, timeout = ?limits.header_timeout, "closing connection: no complete request head within header_timeout");
-                        }
-                        if proto != Proto::Http2 {
-                            return None;
-                        }
-                        if !graceful {
-                            graceful = true;
-                            served.graceful_shutdown();
-                        }
-                        closing_since.get_or_insert(now);
-                    }
-                    Some((t, Expiry::Idle)) if now >= t => {
-                        tracing::debug!(client = %conn.client, "closing idle keep-alive connection");
-                        if !graceful {
-                            graceful = true;
-                            served.graceful_shutdown();
-                        }
-                        closing_since.get_or_insert(now);
-                    }
-                    _ => {}
-                }
-            }
-        }
-    }
-}
-
-fn log_connection_error(
-    conn: &ConnInfo,
-    e: &(dyn std::error::Error + Send + Sync + 'static),
-    shared: &Shared,
-) {
-    match e.downcast_ref::<hyper::Error>() {
-        Some(h) if h.is_parse_too_large() => {
-            if let Some(left_out) = shared.malformed_log.allow() {
-                tracing::info!(client = %conn.client, also = left_out, "request head larger than max_header_size or more than max_headers fields: 431");
-            }
-        }
-        Some(h) if h.is_parse() => {
-            if let Some(left_out) = shared.malformed_log.allow() {
-                tracing::info!(client = %conn.client, also = left_out, error = %h, "malformed request: 400");
-            }
-        }
-        _ => tracing::debug!(client = %conn.client, error = %e, "connection ended with an error"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn last_request_as_hyper_keeps_connections() {
-        use http::Version;
-        let cases: &[(Version, &[&str], bool)] = &[
-            (Version::HTTP_11, &[], false),
-            (Version::HTTP_11, &["keep-alive"], false),
-            (Version::HTTP_11, &["close"], true),
-            (Version::HTTP_11, &["Upgrade, CLOSE"], true),
-            (Version::HTTP_11, &["x-a", "close"], true),
-            (Version::HTTP_11, &["keep-alive", "close"], true),
-            (Version::HTTP_10, &[], true),
-            (Version::HTTP_10, &["Keep-Alive"], false),
-            (Version::HTTP_10, &["keep-alive, close"], true),
-            (Version::HTTP_2, &["close"], false),
-        ];
-        for (version, connection, last) in cases {
-            let mut req = Request::new(());
-            *req.version_mut() = *version;
-            for c in *connection {
-                req.headers_mut()
-                    .append(http::header::CONNECTION, c.parse().unwrap());
-            }
-            assert_eq!(last_request(&req), *last, "{version:?} {connection:?}");
-        }
-    }
 }

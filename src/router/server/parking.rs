@@ -30,7 +30,8 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
-use super::{watch, ConnService, Ended, Proto, Served, Shared};
+use super::watch::{watch, Ended, Served};
+use super::{ConnService, Proto, Shared};
 use crate::router::conn::{Activity, Expiry, TrackedIo};
 use crate::router::service::ConnInfo;
 use crate::upstream::BoxError;

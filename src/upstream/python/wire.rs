@@ -19,15 +19,16 @@ use std::io;
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::StatusCode;
+use polyhost_protocol::{header as reserved, limits};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
 use crate::upstream::spool::Spooled;
 
 /// Largest response head accepted from a worker.
-pub const MAX_HEAD: usize = 64 << 10;
+pub const MAX_HEAD: usize = limits::MAX_RESPONSE_HEAD;
 /// Most response header fields accepted from a worker.
-pub const MAX_HEADERS: usize = 128;
+pub const MAX_HEADERS: usize = limits::MAX_RESPONSE_FIELDS;
 /// Request bodies up to this size go out in the same write as the head.
 const COALESCE_BODY: usize = 64 << 10;
 /// How much the read buffer grows by when it needs room.
@@ -501,9 +502,10 @@ pub struct Metadata<'a> {
 }
 
 /// Encodes a request head for the worker: the client's method, path and
-/// end-to-end headers (the router has removed hop-by-hop ones), the
-/// metadata (any client-sent `x-polyhost-*` header is dropped: only the
-/// router speaks for the client), and the spooled body's length.
+/// end-to-end headers (the router has removed hop-by-hop ones and every
+/// client-sent `x-polyhost-*` header, `router::service::strip_reserved`:
+/// only the router speaks for the client), the metadata, and the spooled
+/// body's length.
 pub fn encode_head(
     parts: &http::request::Parts,
     meta: &Metadata<'_>,
@@ -522,7 +524,7 @@ pub fn encode_head(
     );
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in &parts.headers {
-        if name == header::CONTENT_LENGTH || name.as_str().starts_with("x-polyhost-") {
+        if name == header::CONTENT_LENGTH {
             continue;
         }
         out.extend_from_slice(name.as_str().as_bytes());
@@ -530,11 +532,11 @@ pub fn encode_head(
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    let _ = write!(out, "x-polyhost-remote-addr: {}\r\n", meta.remote_addr);
-    let _ = write!(out, "x-polyhost-scheme: {}\r\n", meta.scheme);
+    let _ = write!(out, "{}: {}\r\n", reserved::REMOTE_ADDR, meta.remote_addr);
+    let _ = write!(out, "{}: {}\r\n", reserved::SCHEME, meta.scheme);
     for (name, value) in [
-        ("x-polyhost-script-name", meta.script_name),
-        ("x-polyhost-server-name", meta.server_name),
+        (reserved::SCRIPT_NAME, meta.script_name),
+        (reserved::SERVER_NAME, meta.server_name),
     ] {
         // Both come from validated configuration and the Host header; a
         // value that could split the head is left out rather than sent.
@@ -544,7 +546,8 @@ pub fn encode_head(
     }
     let _ = write!(
         out,
-        "x-polyhost-server-port: {}\r\ncontent-length: {content_length}\r\n\r\n",
+        "{}: {}\r\ncontent-length: {content_length}\r\n\r\n",
+        reserved::SERVER_PORT,
         meta.server_port
     );
     out

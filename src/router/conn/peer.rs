@@ -5,7 +5,7 @@
 //! Addresses say nothing about a local client: any process may bind any of
 //! the 16 million addresses of 127/8 (and the host's own) as its source, so
 //! the connection limits count local clients by the user that owns their
-//! socket instead (`router::client::Client`). The question costs one netlink
+//! socket instead (`conn::client::Client`). The question costs one netlink
 //! round trip (two system calls: 0.9 µs when nothing is found, 1.3 µs when
 //! a socket is, in a release build here) on the accepting thread;
 //! the kernel answers from its connection hash table while the request is

@@ -2,7 +2,7 @@
 //! admission against `max_connections` and `max_connections_per_ip`
 //! ([`ConnLimiter`]). A remote client is its address (an IPv4 address, an
 //! IPv6 /64); a client on this host is the user owning its socket
-//! (`router::peer`), since any local process may bind any loopback address.
+//! (`conn::peer`), since any local process may bind any loopback address.
 //! Which clients are trusted proxies ([`is_trusted_proxy`]).
 
 use std::collections::HashMap;
@@ -10,9 +10,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 
-use super::conn::Throttle;
-use super::table::RoutingTable;
+use super::Throttle;
 use crate::config::FrontConfig;
+use crate::router::table::RoutingTable;
 
 /// Why a connection was refused right after accept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,7 +28,7 @@ pub enum Client {
     Remote(IpAddr),
     /// A client on this host, by the uid owning its socket: its source
     /// address proves nothing (any process may bind any of 127/8, ::1 and
-    /// the host's own addresses), its user does (`router::peer`).
+    /// the host's own addresses), its user does (`conn::peer`).
     LocalUser(u32),
     /// A client on this host (a loopback address or one of the host's own)
     /// whose socket's owner could not be found (it closed at once, or the

@@ -1,0 +1,220 @@
+//! One access log line: what it records of a request ([`LogFacts`], taken
+//! before the request is handed to its upstream, and [`AccessRecord`]) and
+//! its format ([`write_combined`]: combined log format plus the request time).
+//!
+//! Invariant: writing an ordinary request's line allocates nothing; it is a
+//! copy into the log's buffer (the date is made once per second per thread;
+//! only a target or header that needs escaping is copied).
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant, SystemTime};
+
+use http::{header, Request, Version};
+
+use super::SiteLogs;
+use crate::router::proxy;
+use crate::router::table::SiteRoute;
+
+/// What the access log line needs from the request, taken before the request
+/// is handed to the upstream.
+pub(crate) struct LogFacts {
+    /// The client's address as text (see `router::proxy::ip_text`).
+    client: http::HeaderValue,
+    pub(crate) method: http::Method,
+    /// Cloned, not rendered: its parts share the request's bytes.
+    pub(crate) uri: http::Uri,
+    version: Version,
+    referer: Option<http::HeaderValue>,
+    user_agent: Option<http::HeaderValue>,
+}
+
+impl LogFacts {
+    pub(crate) fn of<B>(req: &Request<B>, client: SocketAddr, _site: &SiteRoute) -> Self {
+        LogFacts {
+            client: proxy::ip_text(client.ip()),
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            version: req.version(),
+            referer: req.headers().get(header::REFERER).cloned(),
+            user_agent: req.headers().get(header::USER_AGENT).cloned(),
+        }
+    }
+
+    /// Writes the request's line to the site's access log: `status` and
+    /// `bytes` as sent, the time taken since `start`.
+    pub(crate) fn write(&self, logs: &SiteLogs, status: u16, bytes: u64, start: Instant) {
+        let target = match self.uri.path_and_query() {
+            // Absolute-form without a path (`http://h?x`): log `/?x`.
+            Some(pq) if pq.as_str().starts_with('?') => std::borrow::Cow::Owned(format!("/{pq}")),
+            Some(pq) => std::borrow::Cow::Borrowed(pq.as_str()),
+            None => std::borrow::Cow::Owned(self.uri.to_string()), // authority-form, `*`
+        };
+        let record = AccessRecord {
+            client: self.client.to_str().unwrap_or("-"),
+            method: self.method.as_str(),
+            target: &target,
+            version: self.version,
+            status,
+            bytes,
+            referer: header_text(&self.referer),
+            user_agent: header_text(&self.user_agent),
+            duration: start.elapsed(),
+        };
+        logs.access
+            // Whole seconds are logged: the coarse clock is enough.
+            .write_line(|out| write_combined(out, &record, crate::clock::coarse_wall()));
+    }
+}
+
+/// A header value for the log; values that are not visible ASCII are left out.
+fn header_text(value: &Option<http::HeaderValue>) -> Option<&str> {
+    value.as_ref().and_then(|v| v.to_str().ok())
+}
+
+/// What one access log line records.
+pub struct AccessRecord<'a> {
+    /// The client's address as text.
+    pub client: &'a str,
+    pub method: &'a str,
+    pub target: &'a str,
+    pub version: http::Version,
+    pub status: u16,
+    pub bytes: u64,
+    pub referer: Option<&'a str>,
+    pub user_agent: Option<&'a str>,
+    pub duration: Duration,
+}
+
+/// Writes a record in combined log format followed by the request time:
+/// `1.2.3.4 - - [25/Nov/2026:18:16:52 +0000] "GET / HTTP/1.1" 200 13 "-" "curl/8" 0.000123`
+pub fn write_combined(
+    out: &mut impl Write,
+    r: &AccessRecord<'_>,
+    now: SystemTime,
+) -> std::io::Result<()> {
+    let version = match r.version {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_2 => "HTTP/2.0",
+        http::Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/1.1",
+    };
+    with_clf_time(now, |time| {
+        write!(
+            out,
+            "{} - - [{}] \"{} {} {}\" {} {} \"{}\" \"{}\" {}.{:06}",
+            r.client,
+            time,
+            r.method,
+            escape(r.target),
+            version,
+            r.status,
+            r.bytes,
+            escape(r.referer.unwrap_or("-")),
+            escape(r.user_agent.unwrap_or("-")),
+            // Seconds to the microsecond (truncated), as two integers: no
+            // float formatting per line.
+            r.duration.as_secs(),
+            r.duration.subsec_micros()
+        )
+    })
+}
+
+/// Calls `f` with `now` as `25/Nov/2026:18:16:52 +0000`. The text is made
+/// once per second per thread (not per line); a cache by hand because no
+/// crate at hand formats the CLF date.
+fn with_clf_time<T>(now: SystemTime, f: impl FnOnce(&str) -> T) -> T {
+    thread_local! {
+        static CACHE: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
+    }
+    let second = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    CACHE.with_borrow_mut(|(cached, text)| {
+        if *cached != second {
+            *text = clf_time(now);
+            *cached = second;
+        }
+        f(text)
+    })
+}
+
+/// `25/Nov/2026:18:16:52 +0000`, from the RFC 3339 form humantime gives.
+fn clf_time(now: SystemTime) -> String {
+    let iso = humantime::format_rfc3339_seconds(now).to_string(); // 2026-11-25T18:16:52Z
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let month = iso
+        .get(5..7)
+        .and_then(|m| m.parse::<usize>().ok())
+        .unwrap_or(1);
+    format!(
+        "{}/{}/{}:{} +0000",
+        iso.get(8..10).unwrap_or("01"),
+        MONTHS[(month.clamp(1, 12)) - 1],
+        iso.get(0..4).unwrap_or("1970"),
+        iso.get(11..19).unwrap_or("00:00:00")
+    )
+}
+
+/// Escapes quotes, backslashes and control bytes so one request is one line.
+fn escape(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s
+        .bytes()
+        .any(|b| b == b'"' || b == b'\\' || b.is_ascii_control())
+    {
+        return s.into();
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_ascii_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn combined_format() {
+        let r = AccessRecord {
+            client: "10.0.0.1",
+            method: "GET",
+            target: "/a?b=\"c\"",
+            version: http::Version::HTTP_11,
+            status: 200,
+            bytes: 13,
+            referer: None,
+            user_agent: Some("curl/8.0"),
+            duration: Duration::from_micros(1500),
+        };
+        let line = |t: SystemTime| {
+            let mut out = Vec::new();
+            write_combined(&mut out, &r, t).unwrap();
+            String::from_utf8(out).unwrap()
+        };
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_630_612); // 2026-11-25T18:16:52Z
+        assert_eq!(
+            line(t),
+            "10.0.0.1 - - [25/Nov/2026:18:16:52 +0000] \"GET /a?b=\\\"c\\\" HTTP/1.1\" 200 13 \"-\" \"curl/8.0\" 0.001500"
+        );
+        let slow = AccessRecord {
+            duration: Duration::from_nanos(2_000_123_900),
+            ..r
+        };
+        let mut out = Vec::new();
+        write_combined(&mut out, &slow, t).unwrap();
+        assert!(String::from_utf8(out).unwrap().ends_with(" 2.000123"));
+        // The time cached for one second is not reused for the next.
+        let next = line(t + Duration::from_secs(1));
+        assert!(next.contains("[25/Nov/2026:18:16:53 +0000]"), "{next}");
+    }
+}
