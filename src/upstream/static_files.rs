@@ -202,7 +202,7 @@ impl From<ResolveError> for UpstreamError {
             ResolveError::BadRequest(why) => UpstreamError::BadRequest(why.to_owned()),
             ResolveError::Forbidden(why) => UpstreamError::Forbidden(why.to_owned()),
             ResolveError::NotFound => UpstreamError::NotFound,
-            ResolveError::Io(e) => UpstreamError::Io(e),
+            ResolveError::Io(e) => UpstreamError::LocalIo(e),
         }
     }
 }

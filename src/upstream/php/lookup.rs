@@ -75,7 +75,7 @@ pub(super) fn open_root(root: &Path, wait: Wait) -> Result<OwnedFd, Fail> {
         Ok(fd) => Ok(fd),
         // EINVAL: a kernel older than 5.12 (no RESOLVE_CACHED).
         Err(Errno::EAGAIN | Errno::EINVAL) if wait == Wait::CachedOnly => Err(Fail::NotCached),
-        Err(e) => Err(Fail::Err(UpstreamError::Internal(format!(
+        Err(e) => Err(Fail::Err(UpstreamError::Misconfigured(format!(
             "cannot open document root {}: {}",
             root.display(),
             root_error(e)
@@ -117,7 +117,7 @@ pub(super) fn lookup(root: &OwnedFd, rel: &str, wait: Wait) -> Result<Option<Kin
                 "{rel:?}: permission denied"
             ))))
         }
-        Err(e) => return Err(Fail::Err(UpstreamError::Io(e.into()))),
+        Err(e) => return Err(Fail::Err(UpstreamError::LocalIo(e.into()))),
     };
     // Only the type, which an inode never changes, and as cached
     // (STATX_DONT_SYNC): fstat would make NFS or FUSE revalidate all the
@@ -129,7 +129,7 @@ pub(super) fn lookup(root: &OwnedFd, rel: &str, wait: Wait) -> Result<Option<Kin
         StatxFlags::TYPE,
     );
     drop(fd);
-    let st = st.map_err(|e| UpstreamError::Io(e.into()))?;
+    let st = st.map_err(|e| UpstreamError::LocalIo(e.into()))?;
     let fmt = SFlag::from_bits_truncate(u32::from(st.stx_mode) & SFlag::S_IFMT.bits());
     Ok(Some(if fmt == SFlag::S_IFREG {
         Kind::File

@@ -50,7 +50,6 @@ use self::script::Target;
 use super::{empty_body, RequestBody, RequestContext, ResponseBody, Upstream, UpstreamError};
 pub use super::{RuntimeHandle, RuntimeLease};
 use crate::config::{PhpConfig, SiteConfig};
-use crate::upstream::spool::body_error;
 
 /// Bodies of idempotent requests up to this size are read whole before the
 /// request goes out, so it can be sent again when a kept-alive connection
@@ -219,7 +218,7 @@ impl PhpUpstream {
             let bytes = body
                 .collect()
                 .await
-                .map_err(|e| body_error(e, limit))?
+                .map_err(|e| UpstreamError::from_body(e, limit))?
                 .to_bytes();
             fcgi::stream_records(&mut request, fcgi::STDIN, &bytes);
             fcgi::end_stream(&mut request, fcgi::STDIN);
