@@ -19,6 +19,7 @@ use std::time::Duration;
 use http::StatusCode;
 
 use super::BoxError;
+use crate::docroot::ResolveError;
 
 /// Who failed, which decides the class of the status.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -172,6 +173,20 @@ impl From<BodyError> for UpstreamError {
         match e {
             BodyError::TooLarge { limit } => UpstreamError::BodyTooLarge { limit },
             BodyError::Stalled(after) => UpstreamError::RequestTimeout(after),
+        }
+    }
+}
+
+/// A document root's verdict on a request path ([`crate::docroot::Refusal::verdict`])
+/// or its file system's failure.
+impl From<ResolveError> for UpstreamError {
+    fn from(e: ResolveError) -> Self {
+        match e {
+            ResolveError::BadRequest(why) => UpstreamError::BadRequest(why.to_owned()),
+            ResolveError::Forbidden(why) => UpstreamError::Forbidden(why.to_owned()),
+            ResolveError::NotFound => UpstreamError::NotFound,
+            ResolveError::Io(e) => UpstreamError::LocalIo(e),
+            ResolveError::Root(e) => UpstreamError::Misconfigured(e.to_string()),
         }
     }
 }

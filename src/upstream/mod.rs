@@ -80,6 +80,21 @@ pub trait Upstream: Send + Sync + 'static {
         req: Request<RequestBody>,
         ctx: &'a RequestContext,
     ) -> BoxFuture<'a, Result<Response<ResponseBody>, UpstreamError>>;
+
+    /// Produce the response for a request whose path another upstream
+    /// already decoded and opened beneath the site's document root (PHP's
+    /// script resolution, for what it does not execute), so the path is
+    /// decoded and opened once. The static upstream answers from `opened`;
+    /// any other answers as [`Upstream::handle`] would.
+    fn handle_opened<'a>(
+        &'a self,
+        req: Request<RequestBody>,
+        ctx: &'a RequestContext,
+        opened: crate::docroot::Opened,
+    ) -> BoxFuture<'a, Result<Response<ResponseBody>, UpstreamError>> {
+        drop(opened);
+        self.handle(req, ctx)
+    }
 }
 
 /// A site's runtime (its php-fpm pool or its Python workers) as an upstream

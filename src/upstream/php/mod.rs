@@ -3,7 +3,6 @@
 //!
 //! # Layout
 //! - [`script`]: request path → script and path info / static file / nothing.
-//! - `lookup`: the `openat2` beneath the root that `script` decides with.
 //! - [`params`]: the FastCGI parameters (as nginx's `fastcgi_params`).
 //! - `fcgi`: the FastCGI record layer (why by hand: see its module doc).
 //! - `cgi`: CGI response headers → status and headers.
@@ -29,7 +28,6 @@
 mod cgi;
 mod exchange;
 mod fcgi;
-mod lookup;
 pub mod params;
 mod pool;
 pub mod script;
@@ -141,19 +139,23 @@ impl PhpUpstream {
     ) -> Result<Response<ResponseBody>, UpstreamError> {
         // Inline when the kernel can answer from its caches (the usual
         // case: microseconds); a blocking thread only when it would wait.
-        let target = match script::resolve_cached(&self.root, req.uri().path(), &self.rules) {
-            Some(target) => target?,
+        let found = match script::find_cached(&self.root, req.uri().path(), &self.rules) {
+            Some(found) => found?,
             None => {
                 let root = self.root.clone();
                 let path = req.uri().path().to_owned();
                 let rules = self.rules.clone();
-                tokio::task::spawn_blocking(move || script::resolve(&root, &path, &rules))
+                tokio::task::spawn_blocking(move || script::find(&root, &path, &rules))
                     .await
                     .map_err(|e| UpstreamError::Internal(format!("resolving the script: {e}")))??
             }
         };
-        match target {
-            Target::Static => self.static_files.handle(req, ctx).await,
+        match found.target {
+            // Decoded and opened once: the static upstream answers from it.
+            Target::Static => match found.opened {
+                Some(opened) => self.static_files.handle_opened(req, ctx, opened).await,
+                None => self.static_files.handle(req, ctx).await,
+            },
             Target::NotFound => Err(UpstreamError::NotFound),
             Target::AddSlash => {
                 let mut loc = format!("{}/", req.uri().path());

@@ -1,23 +1,25 @@
 //! Decides what a request path names inside the document root: a PHP script
-//! to execute (with its path info), something for the static upstream, a
-//! directory that needs its trailing slash, or nothing. The file-system
-//! lookups themselves are [`super::lookup`]'s.
-//!
-//! TODO(merge): use docroot::DocRoot (the static-files branch's shared
-//! resolver, same rules) instead of [`super::lookup`] once both are merged.
+//! to execute (with its path info), something for the static upstream
+//! (opened here, so the path is decoded and opened once), a directory that
+//! needs its trailing slash, or nothing.
 //!
 //! Invariants:
-//! - The path is percent-decoded exactly once; `..`/`.` segments, NUL,
-//!   backslash, an encoded slash and empty segments are refused before the
-//!   file system is touched; so are dotfile segments (except `.well-known`),
-//!   unless they come after a script (path info names no file).
+//! - The path is percent-decoded exactly once, by the document root's one
+//!   decoder (`docroot::decode_for`, [`Reading::Script`]), and every
+//!   refusal's answer is that decoder's table (`docroot::Refusal::verdict`):
+//!   `..`/`.` segments, NUL, backslash, an encoded slash and empty segments
+//!   are refused before the file system is touched; so are dotfile
+//!   segments (except a leading `.well-known`), unless they come after a
+//!   script (path info names no file).
 //! - Every lookup is `openat2(root, rel, RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)`
-//!   (see [`super::lookup`]): nothing outside the root is ever a script.
+//!   beneath the root opened afresh (`docroot::fresh`: the directory
+//!   php-fpm will open the script in): nothing outside the root is ever a
+//!   script.
 //! - Nothing is cached: every request looks at the file system as it is now,
 //!   so a deleted, replaced or re-linked file is never run from a stale
-//!   answer. [`resolve_cached`] makes that cheap enough for the async
+//!   answer. [`find_cached`] makes that cheap enough for the async
 //!   threads (`RESOLVE_CACHED`: answered from the kernel's caches or not at
-//!   all); [`resolve`] then does the same lookup, blocking.
+//!   all); [`find`] then does the same lookup, blocking.
 //! - A script is an existing regular file whose name ends in one of the
 //!   site's `php.extensions` (`.php` by default, exact letter case): either
 //!   the whole path, or the path up to the **first** segment with such an
@@ -31,11 +33,13 @@
 //!   ending or one of `php.extensions`, any letter case, or a backup of
 //!   one) is never [`Target::Static`]: PHP source is never served as text.
 //!   What is not executed is refused (403).
+//! - What is [`Target::Static`] was opened here for reading (a path whose
+//!   last name is no PHP name is opened, not only looked up), and the static
+//!   upstream answers from that ([`Found::opened`], `Upstream::handle_opened`).
 
-use std::borrow::Cow;
 use std::path::Path;
 
-use super::lookup::{lookup, open_root, Fail, Kind, Wait};
+use crate::docroot::{self, Beneath, Kind, Opened, Reading, Refusal, RelPath, Wait};
 use crate::upstream::php_source::{ends_with_ignore_case, php_name, PhpName};
 use crate::upstream::UpstreamError;
 
@@ -59,6 +63,23 @@ pub enum Target {
     NotFound,
 }
 
+/// What [`find`] found: the target and, for [`Target::Static`], what was
+/// opened for the static upstream.
+#[derive(Debug)]
+pub struct Found {
+    pub target: Target,
+    pub opened: Option<Opened>,
+}
+
+impl From<Target> for Found {
+    fn from(target: Target) -> Self {
+        Found {
+            target,
+            opened: None,
+        }
+    }
+}
+
 /// What a site's PHP runs: from its `[php]` table.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rules {
@@ -77,90 +98,147 @@ impl Rules {
     }
 }
 
-/// Resolves `raw_path` (the URI path as the client sent it, still
-/// percent-encoded) against `root`. Blocking: call from a blocking thread.
-pub fn resolve(root: &Path, raw_path: &str, rules: &Rules) -> Result<Target, UpstreamError> {
-    resolve_with(root, raw_path, rules, Wait::Block).map_err(|e| match e {
+/// Why a lookup gave no answer.
+enum Fail {
+    Err(UpstreamError),
+    /// Only with [`Wait::CachedOnly`]: the answer needs I/O.
+    NotCached,
+}
+
+impl From<UpstreamError> for Fail {
+    fn from(e: UpstreamError) -> Self {
+        Fail::Err(e)
+    }
+}
+
+impl From<docroot::ResolveError> for Fail {
+    fn from(e: docroot::ResolveError) -> Self {
+        Fail::Err(e.into())
+    }
+}
+
+impl From<docroot::Fail> for Fail {
+    fn from(e: docroot::Fail) -> Self {
+        match e {
+            docroot::Fail::Refused(e) => e.into(),
+            docroot::Fail::NotCached => Fail::NotCached,
+        }
+    }
+}
+
+/// Finds what `raw_path` (the URI path as the client sent it, still
+/// percent-encoded) names beneath `root`. Blocking: call from a blocking
+/// thread.
+pub fn find(root: &Path, raw_path: &str, rules: &Rules) -> Result<Found, UpstreamError> {
+    find_with(root, raw_path, rules, Wait::Block).map_err(|e| match e {
         Fail::Err(e) => e,
         Fail::NotCached => UpstreamError::Internal("lookup refused to block".into()),
     })
 }
 
-/// [`resolve`] without blocking, for the async threads: `None` when a part
+/// [`find`] without blocking, for the async threads: `None` when a part
 /// of the lookup is not in the kernel's dentry/inode caches (the kernel
 /// answers `EAGAIN` to `RESOLVE_CACHED` rather than read a disk or ask a
-/// network file system); then call [`resolve`] on a blocking thread. The
-/// answer, when there is one, is exactly what [`resolve`] would give.
-pub fn resolve_cached(
+/// network file system); then call [`find`] on a blocking thread. The
+/// answer, when there is one, is exactly what [`find`] would give.
+pub fn find_cached(
     root: &Path,
     raw_path: &str,
     rules: &Rules,
-) -> Option<Result<Target, UpstreamError>> {
-    match resolve_with(root, raw_path, rules, Wait::CachedOnly) {
-        Ok(t) => Some(Ok(t)),
+) -> Option<Result<Found, UpstreamError>> {
+    match find_with(root, raw_path, rules, Wait::CachedOnly) {
+        Ok(found) => Some(Ok(found)),
         Err(Fail::Err(e)) => Some(Err(e)),
         Err(Fail::NotCached) => None,
     }
 }
 
-fn resolve_with(root: &Path, raw_path: &str, rules: &Rules, wait: Wait) -> Result<Target, Fail> {
-    let decoded = decode(raw_path)?;
-    let rel = decoded.trim_start_matches('/');
+/// [`find`]'s target alone.
+pub fn resolve(root: &Path, raw_path: &str, rules: &Rules) -> Result<Target, UpstreamError> {
+    find(root, raw_path, rules).map(|found| found.target)
+}
+
+/// [`find_cached`]'s target alone.
+pub fn resolve_cached(
+    root: &Path,
+    raw_path: &str,
+    rules: &Rules,
+) -> Option<Result<Target, UpstreamError>> {
+    find_cached(root, raw_path, rules).map(|found| found.map(|found| found.target))
+}
+
+fn find_with(root: &Path, raw_path: &str, rules: &Rules, wait: Wait) -> Result<Found, Fail> {
+    let path = docroot::decode_for(raw_path, Reading::Script)?;
+    let rel = path.as_str();
     // Segments from the first dotfile on are never looked up as files; they
     // may only be a script's path info (`/index.php/.NET_Framework`).
-    let hidden = hidden_from(rel);
+    let hidden = path.hidden_at();
     let mut splits = split_points(rel, &rules.extensions, hidden.unwrap_or(rel.len())).peekable();
-    if hidden.is_some() && splits.peek().is_none() {
-        return Err(Fail::Err(UpstreamError::Forbidden(
-            "dotfile in path".into(),
-        )));
+    if let (Some(at), None) = (hidden, splits.peek()) {
+        return Err(hidden_refusal(rel, at, rules).into());
     }
-    let root_fd = open_root(root, wait)?;
-    let lookup = |rel: &str| lookup(&root_fd, rel, wait);
+    let beneath = docroot::fresh(root, wait)?;
     // PATH_INFO: the first segment ending in a PHP extension that names a
     // regular file is the script, the rest of the path its path info.
     for at in splits {
         let (script_rel, path_info) = rel.split_at(at);
         let name = script_rel.rsplit('/').next().unwrap_or_default();
-        match lookup(script_rel)? {
+        match beneath.kind(script_rel)? {
             // `/lib.php/x.php/y`, `/dir.php/img.jpg`: look further.
             Some(Kind::Dir) => continue,
             Some(Kind::File) => {
                 return match php_name(name, &rules.extensions) {
                     PhpName::Script => Ok(script(script_rel, path_info)),
                     // `/X.PHP/y`: PHP source, not executed (letter case).
-                    _ => Err(Fail::Err(not_executed(name))),
+                    _ => Err(not_executed(name).into()),
                 };
             }
-            Some(Kind::Other) => {
-                return Err(Fail::Err(UpstreamError::Forbidden(format!(
-                    "{script_rel:?} is not a regular file"
-                ))))
-            }
+            Some(Kind::Other) => return Err(not_regular(script_rel).into()),
             // `/missing.php/y`, `/avatar.jpg/x.php/y`: the script is not
             // there, and such a path is not the front controller's either.
-            None => return Ok(Target::NotFound),
+            None => return Ok(Target::NotFound.into()),
         }
     }
-    if hidden.is_some() {
-        return Err(Fail::Err(UpstreamError::Forbidden(
-            "dotfile in path".into(),
-        )));
+    if let Some(at) = hidden {
+        return Err(hidden_refusal(rel, at, rules).into());
     }
-    let wants_dir = rel.is_empty() || rel.ends_with('/');
+    whole_path(&beneath, &path, rules)
+}
+
+/// The whole path names the script, a static file or directory, or nothing.
+fn whole_path(
+    beneath: &Beneath<std::os::fd::OwnedFd>,
+    path: &RelPath<'_>,
+    rules: &Rules,
+) -> Result<Found, Fail> {
+    let rel = path.as_str();
+    let wants_dir = path.trailing_slash();
     let last = rel
         .trim_end_matches('/')
         .rsplit('/')
         .next()
         .unwrap_or_default();
-    match lookup(rel)? {
-        Some(Kind::File) => match php_name(last, &rules.extensions) {
-            PhpName::Not => Ok(Target::Static),
+    let name = php_name(last, &rules.extensions);
+    // A name that is no PHP name is opened for reading at once: if it is a
+    // file, the static upstream sends it from this very descriptor.
+    let (kind, mut opened) = if name == PhpName::Not {
+        match beneath.open_rel(path) {
+            Ok(opened @ Opened::File { .. }) => (Some(Kind::File), Some(opened)),
+            Ok(opened @ Opened::Dir(_)) => (Some(Kind::Dir), Some(opened)),
+            Err(docroot::Fail::Refused(docroot::ResolveError::NotFound)) => (None, None),
+            Err(e) => return Err(e.into()),
+        }
+    } else {
+        (beneath.kind(rel)?, None)
+    };
+    match kind {
+        Some(Kind::File) => match name {
+            PhpName::Not => Ok(static_target(opened)),
             PhpName::Script if !wants_dir => Ok(script(rel, "")),
             // `X.PHP`, `inc/db.inc`, `old.php5`, `wp-config.php~`: not
             // executed (php-fpm's security.limit_extensions follows
             // php.extensions) and never sent as text either.
-            PhpName::Script | PhpName::Source => Err(Fail::Err(not_executed(last))),
+            PhpName::Script | PhpName::Source => Err(not_executed(last).into()),
         },
         Some(Kind::Dir) => {
             let index = if rel.is_empty() {
@@ -168,30 +246,37 @@ fn resolve_with(root: &Path, raw_path: &str, rules: &Rules, wait: Wait) -> Resul
             } else {
                 format!("{}/index.php", rel.trim_end_matches('/'))
             };
-            match lookup(&index)? {
+            match beneath.kind(&index)? {
                 Some(Kind::File) if wants_dir => Ok(script(&index, "")),
-                Some(Kind::File) => Ok(Target::AddSlash),
-                _ => Ok(Target::Static),
+                Some(Kind::File) => Ok(Target::AddSlash.into()),
+                // A directory with a PHP name (`/dir.php/`) was only looked up.
+                _ if opened.is_none() => Ok(static_target(Some(beneath.open_rel(path)?))),
+                _ => Ok(static_target(opened.take())),
             }
         }
-        Some(Kind::Other) => Err(Fail::Err(UpstreamError::Forbidden(format!(
-            "{rel:?} is not a regular file"
-        )))),
+        Some(Kind::Other) => Err(not_regular(rel).into()),
         // A script that is not there is not the front controller's either.
         None if rules
             .extensions
             .iter()
             .any(|e| ends_with_ignore_case(last, e)) =>
         {
-            Ok(Target::NotFound)
+            Ok(Target::NotFound.into())
         }
         None => match rules.front_controller.as_deref() {
-            Some(fc) => match lookup(fc)? {
+            Some(fc) => match beneath.kind(fc)? {
                 Some(Kind::File) => Ok(script(fc, "")),
-                _ => Ok(Target::NotFound),
+                _ => Ok(Target::NotFound.into()),
             },
-            None => Ok(Target::NotFound),
+            None => Ok(Target::NotFound.into()),
         },
+    }
+}
+
+fn static_target(opened: Option<Opened>) -> Found {
+    Found {
+        target: Target::Static,
+        opened,
     }
 }
 
@@ -199,6 +284,31 @@ fn not_executed(name: &str) -> UpstreamError {
     UpstreamError::Forbidden(format!(
         "{name:?} is PHP source that this site does not execute (php.extensions)"
     ))
+}
+
+fn not_regular(rel: &str) -> UpstreamError {
+    UpstreamError::Forbidden(format!("{rel:?} is not a regular file"))
+}
+
+/// The answer to a dotfile at `at` in `rel` ([`Refusal::verdict`]): a
+/// hidden script when a later segment ends in one of the site's
+/// `php.extensions` (`/.git/x.php/y`), else a hidden file (404, as on
+/// every site).
+fn hidden_refusal(rel: &str, at: usize, rules: &Rules) -> docroot::ResolveError {
+    let before_script = rel[at..].split('/').skip(1).any(|seg| {
+        rules
+            .extensions
+            .iter()
+            .any(|e| ends_with_ignore_case(seg, e))
+    });
+    let refusal = if before_script {
+        Refusal::HiddenScript
+    } else {
+        Refusal::Hidden
+    };
+    refusal
+        .verdict(Reading::Script)
+        .unwrap_or(docroot::ResolveError::NotFound)
 }
 
 /// Where a script's path info may start: the offset of each `/` in `rel`
@@ -218,20 +328,7 @@ fn split_points<'a>(
         })
 }
 
-/// The offset of the first segment of `rel` that names a dotfile (any
-/// segment starting with `.` but `.well-known`), if any.
-fn hidden_from(rel: &str) -> Option<usize> {
-    let mut at = 0;
-    for seg in rel.split('/') {
-        if seg.starts_with('.') && seg != ".well-known" {
-            return Some(at);
-        }
-        at += seg.len() + 1;
-    }
-    None
-}
-
-fn script(rel: &str, path_info: &str) -> Target {
+fn script(rel: &str, path_info: &str) -> Found {
     let mut script_name = String::with_capacity(rel.len() + 1);
     script_name.push('/');
     script_name.push_str(rel);
@@ -239,45 +336,32 @@ fn script(rel: &str, path_info: &str) -> Target {
         script_name,
         path_info: path_info.to_owned(),
     }
-}
-
-/// Percent-decodes the path once and refuses what may not name a file (or
-/// be a script's path info): an encoded slash or backslash, a backslash,
-/// NUL, invalid UTF-8, `.`/`..` and empty segments. Dotfiles are refused
-/// later ([`hidden_from`]), unless they are path info. Borrows `raw` when
-/// it has no escapes (most paths).
-pub fn decode(raw: &str) -> Result<Cow<'_, str>, UpstreamError> {
-    let encoded_slash = raw.as_bytes().windows(3).any(|w| {
-        w[0] == b'%' && (w[1..].eq_ignore_ascii_case(b"2f") || w[1..].eq_ignore_ascii_case(b"5c"))
-    });
-    if encoded_slash || raw.contains('\\') {
-        return Err(UpstreamError::BadRequest(
-            "encoded slash or backslash in path".into(),
-        ));
-    }
-    let decoded = percent_encoding::percent_decode_str(raw)
-        .decode_utf8()
-        .map_err(|_| UpstreamError::BadRequest("path is not UTF-8".into()))?;
-    if decoded.contains('\0') {
-        return Err(UpstreamError::BadRequest("NUL in path".into()));
-    }
-    if !decoded.starts_with('/') {
-        return Err(UpstreamError::BadRequest(
-            "path does not start with /".into(),
-        ));
-    }
-    if decoded.split('/').any(|seg| seg == "." || seg == "..") {
-        return Err(UpstreamError::Forbidden("dot segment in path".into()));
-    }
-    if decoded.contains("//") {
-        return Err(UpstreamError::BadRequest("empty path segment".into()));
-    }
-    Ok(decoded)
+    .into()
 }
 
 #[cfg(test)]
 mod tests {
+    use std::borrow::Cow;
+
     use super::*;
+
+    /// The one decoder as a PHP site reads a path, with the leading `/`
+    /// kept (as the decoder this module had before `docroot`'s).
+    fn decode(raw: &str) -> Result<Cow<'_, str>, UpstreamError> {
+        let path = docroot::decode_for(raw, Reading::Script)?;
+        Ok(if raw.get(1..) == Some(path.as_str()) {
+            Cow::Borrowed(raw)
+        } else {
+            Cow::Owned(format!("/{}", path.as_str()))
+        })
+    }
+
+    /// Where the decoder finds the first dotfile of a decoded path.
+    fn hidden_from(rel: &str) -> Option<usize> {
+        docroot::decode_for(&format!("/{rel}"), Reading::Script)
+            .unwrap()
+            .hidden_at()
+    }
 
     fn rules(front_controller: Option<&str>) -> Rules {
         Rules {
@@ -445,6 +529,43 @@ mod tests {
         assert_eq!(hidden_from(".env"), Some(0));
         assert_eq!(hidden_from(".well-known/x"), None);
         assert_eq!(hidden_from("a/b"), None);
+    }
+
+    /// What is static was opened here, once: a file for reading, a
+    /// directory without `index.php` as a directory; a dotfile is hidden
+    /// (404) unless a script name follows it (403), and `.well-known` is
+    /// exempt only at the top.
+    #[test]
+    fn static_targets_come_opened_and_dotfiles_follow_the_one_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("plain")).unwrap();
+        std::fs::create_dir_all(root.join("a/.well-known")).unwrap();
+        std::fs::create_dir_all(root.join(".well-known")).unwrap();
+        std::fs::write(root.join("img.jpg"), "x").unwrap();
+        std::fs::write(root.join(".well-known/t"), "x").unwrap();
+        std::fs::write(root.join("a/.well-known/t"), "x").unwrap();
+        std::fs::write(root.join("a.php"), "<?php").unwrap();
+        let found = |path: &str| find(root, path, &rules(None));
+        let img = found("/img.jpg").unwrap();
+        assert_eq!(img.target, Target::Static);
+        assert!(matches!(img.opened, Some(Opened::File { ref rel, .. }) if rel == "img.jpg"));
+        let plain = found("/plain/").unwrap();
+        assert!(matches!(plain.opened, Some(Opened::Dir(ref d)) if d.rel_path() == "plain"));
+        assert!(found("/a.php").unwrap().opened.is_none());
+        assert!(matches!(
+            found("/.well-known/t").unwrap().opened,
+            Some(Opened::File { .. })
+        ));
+        let status = |path: &str| {
+            found(path)
+                .map(|_| 200)
+                .unwrap_or_else(|e| e.status().as_u16())
+        };
+        assert_eq!(status("/a/.well-known/t"), 404);
+        assert_eq!(status("/.env"), 404);
+        assert_eq!(status("/.env/x.php"), 403);
+        assert_eq!(status("/a.php/.env"), 200); // path info
     }
 
     /// Nothing is remembered between requests: a script deleted, replaced
