@@ -10,8 +10,8 @@
 //!
 //! Invariants:
 //! - Every file a runtime is handed (a static file, a PHP `SCRIPT_FILENAME`)
-//!   is opened through [`DocRoot`]; nothing else joins request paths onto a
-//!   root and opens them.
+//!   is opened or looked up through this module ([`DocRoot`], [`fresh`]);
+//!   nothing else joins request paths onto a root and opens them.
 //! - There is no check-then-open: the file is opened once, then `fstat`ed
 //!   through the descriptor, so swapping a directory for a symlink between a
 //!   check and the open has nothing to race.
