@@ -10,14 +10,20 @@
 //!
 //! Invariants:
 //! - Every file a runtime is handed (a static file, a PHP `SCRIPT_FILENAME`)
-//!   is opened through [`DocRoot`]; nothing else joins request paths onto a
-//!   root and opens them.
+//!   is opened or looked up through this module ([`DocRoot`], [`fresh`]);
+//!   nothing else joins request paths onto a root and opens them.
 //! - There is no check-then-open: the file is opened once, then `fstat`ed
 //!   through the descriptor, so swapping a directory for a symlink between a
 //!   check and the open has nothing to race.
-//! - A request path is percent-decoded exactly once ([`decode`]); `.`/`..`
-//!   segments, encoded slashes, backslashes and NUL bytes are refused, and
-//!   dotfiles (except under `/.well-known/`) are reported as not found.
+//! - A request path is percent-decoded exactly once, by one decoder for
+//!   every runtime ([`decode_for`]), and every refusal's answer comes from
+//!   one table ([`Refusal::verdict`]): `.`/`..` segments, encoded slashes,
+//!   backslashes and NUL bytes are refused, and dotfiles (except under
+//!   `/.well-known/`) are reported as not found.
+//! - Every `openat2` beneath a root is [`beneath`]'s: the long-lived handle
+//!   of a [`DocRoot`], or one opened afresh for a request ([`fresh`], for
+//!   PHP: the directory php-fpm will open the script in); what the latter
+//!   opens is served only once a [`DocRoot`] admits it ([`DocRoot::admit`]).
 //! - Only regular files and directories are ever returned; FIFOs, devices and
 //!   sockets are refused (a FIFO is opened `O_NONBLOCK`, so it cannot stall a
 //!   thread).
@@ -29,6 +35,7 @@
 //! `tokio::task::spawn_blocking`.
 
 mod access;
+mod beneath;
 mod path;
 
 use std::fs::{File, Metadata};
@@ -38,10 +45,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use nix::errno::Errno;
-use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
 
 pub use access::Reader;
-pub use path::{check_relative, decode, RelPath};
+pub use beneath::{fresh, Beneath, Fail, Kind, Wait};
+pub use path::{check_relative, decode, decode_for, Reading, Refusal, RelPath};
 
 /// Why a path could not be resolved to a servable file.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +68,10 @@ pub enum ResolveError {
     /// The file system failed in an unexpected way.
     #[error("cannot open file under the document root: {0}")]
     Io(#[source] io::Error),
+    /// The document root itself cannot be opened (missing, or a symlink in
+    /// its path): the site's configuration does not hold.
+    #[error("{0}")]
+    Root(#[source] io::Error),
 }
 
 impl ResolveError {
@@ -96,6 +107,20 @@ struct Inner {
     fd: OwnedFd,
     path: PathBuf,
     reader: Reader,
+}
+
+/// What a request path named, opened beneath a root, before its root's
+/// [`Reader`] was asked ([`DocRoot::admit`]).
+#[derive(Debug)]
+pub enum Opened {
+    /// A regular file, open for reading.
+    File {
+        rel: String,
+        file: File,
+        meta: Metadata,
+    },
+    /// A directory.
+    Dir(Dir),
 }
 
 /// What a request path named.
@@ -173,16 +198,10 @@ impl OpenFile {
 /// as root. So a root with a symlink in its path is refused; configure the
 /// real path.
 pub fn open_root_dir(root: &Path) -> io::Result<OwnedFd> {
-    use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag, AT_FDCWD};
-    let how = OpenHow::new()
-        .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
-        .resolve(ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS);
-    openat2(AT_FDCWD, root, how).map_err(|e| {
-        let why = match e {
-            nix::errno::Errno::ELOOP => "its path contains a symlink (refused: a site owner could point it anywhere; configure the real path)".to_owned(),
-            e => io::Error::from(e).to_string(),
-        };
-        io::Error::other(format!("cannot open document root {}: {why}", root.display()))
+    beneath::open_root(root, Wait::Block).map_err(|e| match e {
+        Fail::Refused(ResolveError::Root(e)) => e,
+        Fail::Refused(e) => io::Error::other(e.to_string()),
+        Fail::NotCached => io::Error::other("not cached"),
     })
 }
 
@@ -214,19 +233,25 @@ impl DocRoot {
     /// query) to an open file or a directory. Blocking.
     pub fn resolve(&self, url_path: &str) -> Result<Resolved, ResolveError> {
         let rel = decode(url_path)?;
-        let (file, meta) = self.open_beneath(rel.as_str())?;
-        if meta.is_dir() {
-            return Ok(Resolved::Dir(Dir {
-                rel: rel.as_str().to_owned(),
-                trailing_slash: rel.trailing_slash(),
-            }));
+        let opened = self.beneath(Wait::Block).open_rel(&rel).map_err(blocking)?;
+        self.admit(opened)
+    }
+
+    /// What another lookup opened beneath this root (PHP's, beneath the
+    /// root opened afresh) becomes servable here: a file only if this
+    /// root's reader may read it.
+    pub fn admit(&self, opened: Opened) -> Result<Resolved, ResolveError> {
+        match opened {
+            Opened::Dir(dir) => Ok(Resolved::Dir(dir)),
+            Opened::File { rel, file, meta } => {
+                Ok(Resolved::File(self.open_file(&rel, file, meta)?))
+            }
         }
-        if rel.trailing_slash() {
-            // `file.txt/`: the kernel refuses it too (ENOTDIR) when the path
-            // is passed with the slash; we pass it without, so check here.
-            return Err(ResolveError::NotFound);
-        }
-        Ok(Resolved::File(self.open_file(rel.as_str(), file, meta)?))
+    }
+
+    /// Lookups beneath this root's own handle.
+    pub fn beneath(&self, wait: Wait) -> Beneath<&OwnedFd> {
+        Beneath::new(&self.inner.fd, wait)
     }
 
     /// Opens the first of `names` (e.g. `index.html`) that is a regular file
@@ -256,14 +281,16 @@ impl DocRoot {
     }
 
     /// Opens a regular file named by a path relative to the root (already
-    /// decoded, e.g. a PHP front controller `index.php` or the script part
-    /// of a request path), with the same rules as [`resolve`]. Blocking.
-    /// A directory is [`ResolveError::NotFound`].
+    /// decoded, e.g. an index file name), with the same rules as
+    /// [`resolve`]. Blocking. A directory is [`ResolveError::NotFound`].
     ///
     /// [`resolve`]: DocRoot::resolve
     pub fn resolve_relative(&self, rel: &str) -> Result<OpenFile, ResolveError> {
         let rel = check_relative(rel)?;
-        let (file, meta) = self.open_beneath(rel.as_str())?;
+        let (file, meta) = self
+            .beneath(Wait::Block)
+            .open(rel.as_str())
+            .map_err(blocking)?;
         if !meta.is_file() {
             return Err(ResolveError::NotFound);
         }
@@ -280,39 +307,13 @@ impl DocRoot {
             path: self.inner.path.join(rel),
         })
     }
+}
 
-    /// The one `openat2` call. Returns a regular file or a directory.
-    fn open_beneath(&self, rel: &str) -> Result<(File, Metadata), ResolveError> {
-        let rel = if rel.is_empty() { "." } else { rel };
-        // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a
-        // writer. It has no effect on regular files or directories, which
-        // are all we keep. No O_NOFOLLOW: symlinks inside the root are fine;
-        // RESOLVE_BENEATH is what keeps them inside.
-        let how = OpenHow::new()
-            .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOCTTY | OFlag::O_NONBLOCK)
-            .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS);
-        // EAGAIN: the kernel could not rule out a `..` race (a concurrent
-        // rename); it asks the caller to retry. Bounded, so an attacker
-        // renaming in a loop cannot pin a thread.
-        let mut tries = 0;
-        let fd = loop {
-            match openat2(&self.inner.fd, rel, how) {
-                Err(Errno::EINTR) => continue,
-                Err(Errno::EAGAIN) if tries < 8 => tries += 1,
-                Err(Errno::EAGAIN) => {
-                    return Err(ResolveError::Forbidden(
-                        "path keeps changing during resolution",
-                    ))
-                }
-                other => break other.map_err(ResolveError::from_errno)?,
-            }
-        };
-        let file = File::from(fd);
-        let meta = file.metadata().map_err(ResolveError::Io)?;
-        if !(meta.is_file() || meta.is_dir()) {
-            return Err(ResolveError::Forbidden("not a regular file"));
-        }
-        Ok((file, meta))
+/// A blocking lookup always answers.
+fn blocking(e: Fail) -> ResolveError {
+    match e {
+        Fail::Refused(e) => e,
+        Fail::NotCached => ResolveError::Io(io::Error::other("a blocking lookup refused to wait")),
     }
 }
 

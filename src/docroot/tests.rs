@@ -264,3 +264,85 @@ fn open_fails_for_a_missing_root() {
         "{err}"
     );
 }
+
+/// The one table of verdicts: every rule, read as a file and as a script
+/// path. The contested rows (encoded separators, NUL, backslash, empty
+/// segments) are the only ones that differ.
+#[test]
+fn one_table_of_verdicts() {
+    use Reading::{File, Script};
+    use Refusal::*;
+    let status = |r: Refusal, reading| match r.verdict(reading) {
+        None => 0,
+        Some(ResolveError::BadRequest(_)) => 400,
+        Some(ResolveError::Forbidden(_)) => 403,
+        Some(ResolveError::NotFound) => 404,
+        Some(other) => panic!("{r:?}: {other:?}"),
+    };
+    let table = [
+        (NotAbsolute, 400, 400),
+        (NotUtf8, 400, 400),
+        (DotSegment, 403, 403),
+        (Hidden, 404, 404),
+        (HiddenScript, 403, 403),
+        (EncodedSeparator, 403, 400),
+        (Nul, 403, 400),
+        (Backslash, 403, 400),
+        (EmptySegment, 0, 400),
+    ];
+    for (rule, file, script) in table {
+        assert_eq!(
+            (status(rule, File), status(rule, Script)),
+            (file, script),
+            "{rule:?}"
+        );
+    }
+}
+
+/// A script path keeps what only a script reading allows (a dotfile may be
+/// path info; its trailing slash), and `.well-known` is exempt only at the
+/// top, as for files.
+#[test]
+fn a_script_reading_reports_dotfiles_instead_of_refusing_them() {
+    let script = |raw| decode_for(raw, Reading::Script);
+    let p = script("/index.php/.NET_Framework").unwrap();
+    assert_eq!(p.as_str(), "index.php/.NET_Framework");
+    assert_eq!(p.hidden_at(), Some(10));
+    assert_eq!(script("/.well-known/x").unwrap().hidden_at(), None);
+    assert_eq!(script("/a/.well-known/x").unwrap().hidden_at(), Some(2));
+    let p = script("/a.php/").unwrap();
+    assert_eq!((p.as_str(), p.trailing_slash()), ("a.php/", true));
+    assert!(matches!(script("/a//b"), Err(ResolveError::BadRequest(_))));
+    // Nothing to change: the request's own bytes.
+    let raw = "/plain/path.php";
+    assert!(std::ptr::eq(
+        script(raw).unwrap().as_str().as_ptr(),
+        raw[1..].as_ptr()
+    ));
+}
+
+/// What a fresh root opens becomes servable only once a root's reader
+/// admits it.
+#[test]
+fn what_a_fresh_root_opens_is_admitted_by_the_docroot() {
+    let fx = fixture();
+    let root = DocRoot::open(&fx.root, Reader::Anyone).unwrap();
+    let beneath = fresh(&fx.root, Wait::Block).unwrap();
+    let rel = decode_for("/a.txt", Reading::Script).unwrap();
+    let opened = beneath.open_rel(&rel).unwrap();
+    match root.admit(opened).unwrap() {
+        Resolved::File(f) => assert_eq!(read(f), "inside"),
+        other => panic!("{other:?}"),
+    }
+    let dir = decode_for("/dir/", Reading::Script).unwrap();
+    assert!(matches!(
+        root.admit(beneath.open_rel(&dir).unwrap()).unwrap(),
+        Resolved::Dir(d) if d.rel_path() == "dir" && d.has_trailing_slash()
+    ));
+    assert_eq!(beneath.kind("dir").unwrap(), Some(Kind::Dir));
+    assert_eq!(beneath.kind("missing").unwrap(), None);
+    assert!(matches!(
+        beneath.kind("escape.txt"),
+        Err(Fail::Refused(ResolveError::Forbidden(_)))
+    ));
+}

@@ -5,8 +5,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -23,7 +22,7 @@ use super::target::{self, Target};
 use super::vhost::normalize_host;
 use crate::config::FrontConfig;
 use crate::upstream::{
-    plain_response, BoxError, RequestContext, ResponseBody, Scheme, UpstreamError,
+    plain_response, BodyError, BoxError, Fault, RequestContext, ResponseBody, Scheme, UpstreamError,
 };
 
 /// Per-connection facts every request on it shares.
@@ -282,15 +281,16 @@ where
     let (parts, body) = req.into_parts();
     // Most requests have no body: nothing to limit or time, and no
     // allocations for the wrappers (an empty body is boxed for free).
-    let failed = (!body.is_end_stream()).then(|| Arc::new(BodyFailure::default()));
-    let body = match &failed {
+    let cut = (!body.is_end_stream()).then(|| Arc::new(OnceLock::new()));
+    let body = match &cut {
         None => Empty::new().map_err(|never| match never {}).boxed_unsync(),
-        Some(failed) => LimitedBody {
+        Some(cut) => LimitedBody {
             inner: Box::pin(Limited::new(
                 body,
                 usize::try_from(limit).unwrap_or(usize::MAX),
             )),
-            failed: failed.clone(),
+            limit,
+            cut: cut.clone(),
             timeout: body_timeout,
             timer: None,
         }
@@ -305,29 +305,29 @@ where
         .await
     {
         Ok(resp) => resp,
-        Err(_)
-            if failed
-                .as_ref()
-                .is_some_and(|f| f.over_limit.load(Ordering::Acquire)) =>
-        {
-            tracing::info!(client = %conn.client, site = %site.config.name, limit, "request body above limits.body (while streaming): 413");
-            error_response(UpstreamError::BodyTooLarge { limit }, site, &head)
-        }
-        Err(_)
-            if failed
-                .as_ref()
-                .is_some_and(|f| f.timed_out.load(Ordering::Acquire)) =>
-        {
-            tracing::info!(client = %conn.client, site = %site.config.name, timeout = ?body_timeout, "request body stalled longer than body_timeout (or the runtime's shorter request_timeout): 408");
-            error_response(UpstreamError::RequestTimeout(body_timeout), site, &head)
-        }
-        Err(e) => error_response(e, site, &head),
+        // A body the router cut answers as what it is, whatever error the
+        // upstream made of it (php-fpm may close first, say).
+        Err(e) => match cut.as_ref().and_then(|cut| cut.get()) {
+            Some(&cut) => {
+                match cut {
+                    BodyError::TooLarge { limit } => {
+                        tracing::info!(client = %conn.client, site = %site.config.name, limit, "request body above limits.body (while streaming): 413")
+                    }
+                    BodyError::Stalled(timeout) => {
+                        tracing::info!(client = %conn.client, site = %site.config.name, ?timeout, "request body stalled longer than body_timeout (or the runtime's shorter request_timeout): 408")
+                    }
+                }
+                error_response(cut.into(), site, &head)
+            }
+            None => error_response(e, site, &head),
+        },
     }
 }
 
 /// The request body as upstreams read it: at most `limits.body` bytes, and
 /// no wait longer than `body_timeout` for the next bytes (a slow upload
-/// cannot hold a connection forever). Either failure is remembered, so
+/// cannot hold a connection forever). Either failure is the body's error, a
+/// [`BodyError`] that upstreams recognise by type, and is kept in `cut`, so
 /// whatever error the upstream makes of it, the client gets 413 or 408.
 ///
 /// A request's trailer section (chunked HTTP/1.1, HTTP/2) is dropped here,
@@ -337,17 +337,21 @@ where
 /// head had said it. hyper hands the fields on unfiltered.
 struct LimitedBody<B> {
     inner: Pin<Box<Limited<B>>>,
-    failed: Arc<BodyFailure>,
+    /// `limits.body`, which `inner` enforces.
+    limit: u64,
+    /// Why the router cut the body, once it did.
+    cut: Arc<OnceLock<BodyError>>,
     timeout: Duration,
     /// Armed while the body is waiting for the client.
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
-/// How a [`LimitedBody`] failed, for the response the client gets.
-#[derive(Default)]
-struct BodyFailure {
-    over_limit: AtomicBool,
-    timed_out: AtomicBool,
+impl<B> LimitedBody<B> {
+    /// Remembers why the body was cut and makes it the body's error.
+    fn cut(&self, why: BodyError) -> BoxError {
+        let _ = self.cut.set(why);
+        Box::new(why)
+    }
 }
 
 impl<B> Body for LimitedBody<B>
@@ -374,14 +378,12 @@ where
                     .timer
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
                 if timer.as_mut().poll(cx).is_ready() {
-                    self.failed.timed_out.store(true, Ordering::Release);
-                    return Poll::Ready(Some(Err(
-                        "request body: no data within body_timeout".into()
-                    )));
+                    return Poll::Ready(Some(Err(self.cut(BodyError::Stalled(timeout)))));
                 }
             }
             Poll::Ready(Some(Err(e))) if e.is::<LengthLimitError>() => {
-                self.failed.over_limit.store(true, Ordering::Release);
+                let limit = self.limit;
+                return Poll::Ready(Some(Err(self.cut(BodyError::TooLarge { limit }))));
             }
             Poll::Ready(_) => self.timer = None,
         }
@@ -443,18 +445,20 @@ pub(crate) fn strip_reserved(headers: &mut HeaderMap) {
     }
 }
 
-/// Maps an upstream failure to its response, logging server-side faults to
-/// the site's error log.
+/// Maps an upstream failure to its response (its status:
+/// [`UpstreamError::status`], by who failed), logging every fault but the
+/// client's to the site's error log.
 fn error_response<B>(
     e: UpstreamError,
     site: &SiteRoute,
     req: &Request<B>,
 ) -> Response<ResponseBody> {
     let status = e.status();
-    if status.is_server_error() {
+    let fault = e.fault();
+    if fault != Fault::Client {
         site.logs
             .error(&format!("{} {}: {status}: {e}", req.method(), req.uri()));
-        tracing::warn!(site = %site.config.name, method = %req.method(), uri = %req.uri(), %status, error = %e, "request failed");
+        tracing::warn!(site = %site.config.name, method = %req.method(), uri = %req.uri(), %status, ?fault, error = %e, "request failed");
     }
     let mut resp = plain_response(status, status.canonical_reason().unwrap_or("error"));
     if matches!(e, UpstreamError::MethodNotAllowed) {

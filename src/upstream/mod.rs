@@ -14,6 +14,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use http::{Request, Response, StatusCode};
+
+pub use error::{BodyError, Fault, UpstreamError};
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Empty, Full};
 
 use crate::config::SiteConfig;
@@ -58,73 +60,6 @@ pub struct RequestContext {
     pub mount_prefix: Arc<str>,
 }
 
-/// Why an upstream could not produce a response. The router maps each kind
-/// to a status in one place ([`UpstreamError::status`]).
-#[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
-    /// The client asked for something it may not have (traversal, dotfile, ...).
-    #[error("forbidden: {0}")]
-    Forbidden(String),
-    /// Nothing there.
-    #[error("not found")]
-    NotFound,
-    /// The method is not allowed for this resource.
-    #[error("method not allowed")]
-    MethodNotAllowed,
-    /// The request body was larger than the site allows.
-    #[error("request body larger than {limit} bytes")]
-    BodyTooLarge { limit: u64 },
-    /// The client sent something malformed.
-    #[error("bad request: {0}")]
-    BadRequest(String),
-    /// The client stopped sending the request body (`limits.body_timeout`).
-    #[error("request body timed out after {0:?}")]
-    RequestTimeout(std::time::Duration),
-    /// The site's runtime is not available (starting failed, crash loop, stopped).
-    #[error("site unavailable: {0}")]
-    Unavailable(String),
-    /// The request waited too long for a free worker.
-    #[error("queue timeout after {0:?}")]
-    QueueTimeout(std::time::Duration),
-    /// The runtime did not answer in time.
-    #[error("upstream timeout after {0:?}")]
-    Timeout(std::time::Duration),
-    /// The runtime broke the connection or answered garbage.
-    #[error("bad gateway: {0}")]
-    BadGateway(String),
-    /// The site's application is broken (e.g. its WSGI app fails to import):
-    /// the site owner's fault, answered like an application exception.
-    #[error("application error: {0}")]
-    AppFailed(String),
-    /// Our own fault.
-    #[error("internal error: {0}")]
-    Internal(String),
-    #[error("i/o error: {0}")]
-    Io(#[from] std::io::Error),
-}
-
-impl UpstreamError {
-    /// The one place that maps an upstream failure to an HTTP status.
-    pub fn status(&self) -> StatusCode {
-        match self {
-            UpstreamError::Forbidden(_) => StatusCode::FORBIDDEN,
-            UpstreamError::NotFound => StatusCode::NOT_FOUND,
-            UpstreamError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            UpstreamError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            UpstreamError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            UpstreamError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            UpstreamError::Unavailable(_) | UpstreamError::QueueTimeout(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
-            UpstreamError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            UpstreamError::BadGateway(_) => StatusCode::BAD_GATEWAY,
-            UpstreamError::AppFailed(_) | UpstreamError::Internal(_) | UpstreamError::Io(_) => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
-        }
-    }
-}
-
 /// One kind of backend a mount can point at.
 pub trait Upstream: Send + Sync + 'static {
     /// Short name for logs and status ("static", "php", "python").
@@ -145,20 +80,20 @@ pub trait Upstream: Send + Sync + 'static {
         req: Request<RequestBody>,
         ctx: &'a RequestContext,
     ) -> BoxFuture<'a, Result<Response<ResponseBody>, UpstreamError>>;
-}
 
-/// A runtime that gave no lease (see `supervisor::lease`) answers 503, or
-/// 500 when the site's application itself is broken. The one place a
-/// lease failure becomes an upstream error.
-impl From<crate::supervisor::LeaseError> for UpstreamError {
-    fn from(e: crate::supervisor::LeaseError) -> Self {
-        use crate::supervisor::LeaseError;
-        match e {
-            LeaseError::AppBroken { .. } => UpstreamError::AppFailed(e.to_string()),
-            LeaseError::Stopped { .. }
-            | LeaseError::Failed { .. }
-            | LeaseError::StartTimedOut { .. } => UpstreamError::Unavailable(e.to_string()),
-        }
+    /// Produce the response for a request whose path another upstream
+    /// already decoded and opened beneath the site's document root (PHP's
+    /// script resolution, for what it does not execute), so the path is
+    /// decoded and opened once. The static upstream answers from `opened`;
+    /// any other answers as [`Upstream::handle`] would.
+    fn handle_opened<'a>(
+        &'a self,
+        req: Request<RequestBody>,
+        ctx: &'a RequestContext,
+        opened: crate::docroot::Opened,
+    ) -> BoxFuture<'a, Result<Response<ResponseBody>, UpstreamError>> {
+        drop(opened);
+        self.handle(req, ctx)
     }
 }
 
@@ -213,6 +148,7 @@ pub fn plain_response(status: StatusCode, text: &str) -> Response<ResponseBody> 
         .expect("static headers are valid")
 }
 pub mod admission;
+mod error;
 pub mod php;
 pub mod php_source;
 pub mod python;

@@ -2,7 +2,9 @@
 //! runtime's worker is taken, so a slow upload never holds an interpreter
 //! thread. Small bodies stay in memory; beyond [`MEMORY_LIMIT`] they spill to
 //! an unlinked temporary file. The site's body limit is enforced by the
-//! router (`Limited`), which this module reports as `BodyTooLarge`.
+//! router, whose cut body ([`super::BodyError`]) this module reports as what
+//! it is ([`UpstreamError::from_body`]). A spool file that cannot be written
+//! is polyhost's own I/O ([`UpstreamError::LocalIo`]).
 
 use std::io::SeekFrom;
 
@@ -56,22 +58,23 @@ pub async fn spool(body: RequestBody, limit: u64) -> Result<Spooled, UpstreamErr
     let mut mem = BytesMut::new();
     let mut file: Option<(tokio::fs::File, u64)> = None;
     while let Some(frame) = stream.next().await {
-        let frame = frame.map_err(|e| body_error(e, limit))?;
+        let frame = frame.map_err(|e| UpstreamError::from_body(e, limit))?;
         let Ok(data) = frame.into_data() else {
             continue;
         };
         match &mut file {
             Some((f, len)) => {
-                f.write_all(&data).await?;
+                f.write_all(&data).await.map_err(local)?;
                 *len += data.len() as u64;
             }
             None if mem.len() + data.len() > MEMORY_LIMIT => {
                 let std_file = tokio::task::spawn_blocking(tempfile::tempfile)
                     .await
-                    .map_err(|e| UpstreamError::Internal(e.to_string()))??;
+                    .map_err(|e| UpstreamError::Internal(e.to_string()))?
+                    .map_err(local)?;
                 let mut f = tokio::fs::File::from_std(std_file);
-                f.write_all(&mem).await?;
-                f.write_all(&data).await?;
+                f.write_all(&mem).await.map_err(local)?;
+                f.write_all(&data).await.map_err(local)?;
                 file = Some((f, (mem.len() + data.len()) as u64));
                 mem = BytesMut::new();
             }
@@ -80,22 +83,15 @@ pub async fn spool(body: RequestBody, limit: u64) -> Result<Spooled, UpstreamErr
     }
     match file {
         Some((mut f, len)) => {
-            f.flush().await?;
-            f.seek(SeekFrom::Start(0)).await?;
+            f.flush().await.map_err(local)?;
+            f.seek(SeekFrom::Start(0)).await.map_err(local)?;
             Ok(Spooled::File { file: f, len })
         }
         None => Ok(Spooled::Memory(mem.freeze())),
     }
 }
 
-/// Maps a body error: the router's limit → 413, anything else → 400 (the
-/// client broke off or sent a malformed body).
-pub fn body_error(e: BoxError, limit: u64) -> UpstreamError {
-    if e.downcast_ref::<http_body_util::LengthLimitError>()
-        .is_some()
-    {
-        UpstreamError::BodyTooLarge { limit }
-    } else {
-        UpstreamError::BadRequest(format!("reading the request body failed: {e}"))
-    }
+/// The spool file's I/O is polyhost's own.
+fn local(e: std::io::Error) -> UpstreamError {
+    UpstreamError::LocalIo(e)
 }

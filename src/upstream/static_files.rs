@@ -41,7 +41,7 @@ use super::{
     empty_body, plain_response, RequestBody, RequestContext, ResponseBody, Upstream, UpstreamError,
 };
 use crate::config::StaticConfig;
-use crate::docroot::{DocRoot, OpenFile, Reader, ResolveError, Resolved};
+use crate::docroot::{DocRoot, OpenFile, Opened, Reader, ResolveError, Resolved};
 use crate::upstream::php_source::is_php_source;
 use conditional::{Decision, Validators};
 
@@ -87,22 +87,24 @@ impl StaticFiles {
         &self.root
     }
 
-    async fn serve(
-        &self,
-        req: Request<RequestBody>,
-    ) -> Result<Response<ResponseBody>, UpstreamError> {
-        let method = req.method();
-        if method != Method::GET && method != Method::HEAD {
-            // The router's error mapping adds `Allow: GET, HEAD`.
-            return Err(UpstreamError::MethodNotAllowed);
-        }
+    fn serve(&self, req: Request<RequestBody>) -> Result<Response<ResponseBody>, UpstreamError> {
+        allowed(req.method())?;
         // Resolved on the async thread: an openat2 + fstat of a cached path
         // costs microseconds, while a hop to the blocking pool cost two thread
         // switches per request (measured: most of the router's CPU on small
         // files). The bytes are read from the page cache without waiting for
         // the disk, or on the blocking pool when it does not have them.
-        let found = lookup(&self.root, req.uri().path(), &self.index)?;
-        match found {
+        let resolved = self.root.resolve(req.uri().path())?;
+        self.answer(req, resolved)
+    }
+
+    /// Answers from what a request path resolved to.
+    fn answer(
+        &self,
+        req: Request<RequestBody>,
+        resolved: Resolved,
+    ) -> Result<Response<ResponseBody>, UpstreamError> {
+        match found(&self.root, resolved, &self.index)? {
             Found::Redirect => Ok(redirect_to_slash(req.uri())),
             Found::File(file) => {
                 let name = file.rel_path().rsplit('/').next().unwrap_or_default();
@@ -190,18 +192,28 @@ impl Upstream for StaticFiles {
         req: Request<RequestBody>,
         _ctx: &'a RequestContext,
     ) -> BoxFuture<'a, Result<Response<ResponseBody>, UpstreamError>> {
-        Box::pin(self.serve(req))
+        Box::pin(std::future::ready(self.serve(req)))
+    }
+
+    fn handle_opened<'a>(
+        &'a self,
+        req: Request<RequestBody>,
+        _ctx: &'a RequestContext,
+        opened: Opened,
+    ) -> BoxFuture<'a, Result<Response<ResponseBody>, UpstreamError>> {
+        let answer = allowed(req.method())
+            .and_then(|()| Ok(self.root.admit(opened)?))
+            .and_then(|resolved| self.answer(req, resolved));
+        Box::pin(std::future::ready(answer))
     }
 }
 
-impl From<ResolveError> for UpstreamError {
-    fn from(e: ResolveError) -> Self {
-        match e {
-            ResolveError::BadRequest(why) => UpstreamError::BadRequest(why.to_owned()),
-            ResolveError::Forbidden(why) => UpstreamError::Forbidden(why.to_owned()),
-            ResolveError::NotFound => UpstreamError::NotFound,
-            ResolveError::Io(e) => UpstreamError::Io(e),
-        }
+/// GET and HEAD only; the router's error mapping adds `Allow: GET, HEAD`.
+fn allowed(method: &Method) -> Result<(), UpstreamError> {
+    if method == Method::GET || method == Method::HEAD {
+        Ok(())
+    } else {
+        Err(UpstreamError::MethodNotAllowed)
     }
 }
 
@@ -211,9 +223,10 @@ enum Found {
     Redirect,
 }
 
-/// Path → open file, trying the index names for a directory.
-fn lookup(root: &DocRoot, path: &str, index: &[String]) -> Result<Found, ResolveError> {
-    match root.resolve(path)? {
+/// What a path resolved to → the file to send, trying the index names for
+/// a directory.
+fn found(root: &DocRoot, resolved: Resolved, index: &[String]) -> Result<Found, ResolveError> {
+    match resolved {
         Resolved::File(file) => Ok(Found::File(Box::new(file))),
         Resolved::Dir(dir) if !dir.has_trailing_slash() => Ok(Found::Redirect),
         Resolved::Dir(dir) => match root.open_index(&dir, index)? {

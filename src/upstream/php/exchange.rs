@@ -47,7 +47,6 @@ use super::fcgi::{self, Decoder, Record};
 use super::pool::ConnPool;
 use super::ErrorSink;
 use crate::supervisor::RuntimeLease;
-use crate::upstream::spool::body_error;
 use crate::upstream::{BoxError, RequestBody, UpstreamError};
 
 /// Body chunks in flight between the exchange task and the client.
@@ -340,7 +339,7 @@ impl Output {
         let rest = whole.slice(body_at..);
         if let Some(tx) = self.head_tx.take() {
             if tx.send(Ok(head)).is_err() {
-                return Err(UpstreamError::Internal("request abandoned".into()));
+                return Err(UpstreamError::ClientGone); // the request was abandoned
             }
         }
         self.forward(rest).await
@@ -353,7 +352,7 @@ impl Output {
         self.chunk_tx
             .send(Ok(data))
             .await
-            .map_err(|_| UpstreamError::Internal("client went away".into()))
+            .map_err(|_| UpstreamError::ClientGone)
     }
 
     /// Reports `e` to whoever waits: the head receiver or the body.
@@ -381,7 +380,7 @@ async fn write_request(
     };
     let mut buf = BytesMut::new();
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| WriteFail::Body(body_error(e, limit)))?;
+        let frame = frame.map_err(|e| WriteFail::Body(UpstreamError::from_body(e, limit)))?;
         if let Ok(data) = frame.into_data() {
             buf.clear();
             fcgi::stream_records(&mut buf, fcgi::STDIN, &data);

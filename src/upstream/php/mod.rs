@@ -3,7 +3,6 @@
 //!
 //! # Layout
 //! - [`script`]: request path → script and path info / static file / nothing.
-//! - `lookup`: the `openat2` beneath the root that `script` decides with.
 //! - [`params`]: the FastCGI parameters (as nginx's `fastcgi_params`).
 //! - `fcgi`: the FastCGI record layer (why by hand: see its module doc).
 //! - `cgi`: CGI response headers → status and headers.
@@ -28,7 +27,6 @@
 mod cgi;
 mod exchange;
 mod fcgi;
-mod lookup;
 pub mod params;
 mod pool;
 pub mod script;
@@ -49,7 +47,6 @@ use self::script::Target;
 use super::{empty_body, RequestBody, RequestContext, ResponseBody, Upstream, UpstreamError};
 use crate::config::{PhpConfig, SiteConfig};
 pub use crate::supervisor::{RuntimeHandle, RuntimeLease};
-use crate::upstream::spool::body_error;
 
 /// Bodies of idempotent requests up to this size are read whole before the
 /// request goes out, so it can be sent again when a kept-alive connection
@@ -141,19 +138,23 @@ impl PhpUpstream {
     ) -> Result<Response<ResponseBody>, UpstreamError> {
         // Inline when the kernel can answer from its caches (the usual
         // case: microseconds); a blocking thread only when it would wait.
-        let target = match script::resolve_cached(&self.root, req.uri().path(), &self.rules) {
-            Some(target) => target?,
+        let found = match script::find_cached(&self.root, req.uri().path(), &self.rules) {
+            Some(found) => found?,
             None => {
                 let root = self.root.clone();
                 let path = req.uri().path().to_owned();
                 let rules = self.rules.clone();
-                tokio::task::spawn_blocking(move || script::resolve(&root, &path, &rules))
+                tokio::task::spawn_blocking(move || script::find(&root, &path, &rules))
                     .await
                     .map_err(|e| UpstreamError::Internal(format!("resolving the script: {e}")))??
             }
         };
-        match target {
-            Target::Static => self.static_files.handle(req, ctx).await,
+        match found.target {
+            // Decoded and opened once: the static upstream answers from it.
+            Target::Static => match found.opened {
+                Some(opened) => self.static_files.handle_opened(req, ctx, opened).await,
+                None => self.static_files.handle(req, ctx).await,
+            },
             Target::NotFound => Err(UpstreamError::NotFound),
             Target::AddSlash => {
                 let mut loc = format!("{}/", req.uri().path());
@@ -218,7 +219,7 @@ impl PhpUpstream {
             let bytes = body
                 .collect()
                 .await
-                .map_err(|e| body_error(e, limit))?
+                .map_err(|e| UpstreamError::from_body(e, limit))?
                 .to_bytes();
             fcgi::stream_records(&mut request, fcgi::STDIN, &bytes);
             fcgi::end_stream(&mut request, fcgi::STDIN);

@@ -222,15 +222,7 @@ impl Upstream for PythonUpstream {
         req: Request<RequestBody>,
         ctx: &'a RequestContext,
     ) -> BoxFuture<'a, Result<Response<ResponseBody>, UpstreamError>> {
-        Box::pin(async move {
-            let limit = ctx.site.limits.body;
-            self.serve(req, ctx).await.map_err(|e| match e {
-                UpstreamError::BadRequest(msg) if msg.contains("length limit") => {
-                    UpstreamError::BodyTooLarge { limit }
-                }
-                e => e,
-            })
-        })
+        Box::pin(self.serve(req, ctx))
     }
 }
 

@@ -1,0 +1,260 @@
+//! The script resolution against real files: decoding as a PHP site
+//! reads paths, path info, the holes, and nothing remembered.
+
+use std::borrow::Cow;
+
+use super::*;
+
+/// The one decoder as a PHP site reads a path, with the leading `/`
+/// kept (as the decoder this module had before `docroot`'s).
+fn decode(raw: &str) -> Result<Cow<'_, str>, UpstreamError> {
+    let path = docroot::decode_for(raw, Reading::Script)?;
+    Ok(if raw.get(1..) == Some(path.as_str()) {
+        Cow::Borrowed(raw)
+    } else {
+        Cow::Owned(format!("/{}", path.as_str()))
+    })
+}
+
+/// Where the decoder finds the first dotfile of a decoded path.
+fn hidden_from(rel: &str) -> Option<usize> {
+    docroot::decode_for(&format!("/{rel}"), Reading::Script)
+        .unwrap()
+        .hidden_at()
+}
+
+fn rules(front_controller: Option<&str>) -> Rules {
+    Rules {
+        front_controller: front_controller.map(str::to_owned),
+        extensions: vec![".php".to_owned()],
+    }
+}
+
+fn check(raw: &str, want: Result<&str, u16>) {
+    match (decode(raw), want) {
+        (Ok(got), Ok(want)) => assert_eq!(got, want, "{raw}"),
+        (Err(e), Err(status)) => assert_eq!(e.status().as_u16(), status, "{raw}: {e}"),
+        (got, want) => panic!("{raw}: got {got:?}, want {want:?}"),
+    }
+}
+
+#[test]
+fn decoding() {
+    check("/a%20b.php", Ok("/a b.php"));
+    check("/%2e%2e/etc/passwd", Err(403));
+    check("/a/../b", Err(403));
+    check("/a/%2E/b", Err(403));
+    // Dotfiles are the resolver's (they may be path info).
+    check("/.env", Ok("/.env"));
+    check("/.well-known/x", Ok("/.well-known/x"));
+    check("/a%2fb", Err(400));
+    check("/a%5Cb", Err(400));
+    check("/a\\b", Err(400));
+    check("/x.php%00.txt", Err(400));
+    check("/%25252e", Ok("/%252e")); // decoded once only
+    check("/%ff", Err(400));
+    check("//x", Err(400));
+    check("/a%2Fb", Err(400));
+    check("/a%2", Ok("/a%2")); // an incomplete escape stays as it is
+    check("/%C3%A9t%C3%A9.php", Ok("/été.php"));
+    assert!(matches!(decode("/plain/path.php"), Ok(Cow::Borrowed(_))));
+}
+
+#[test]
+fn resolving() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let outside = dir.path().join("outside");
+    std::fs::create_dir_all(root.join("sub")).unwrap();
+    std::fs::create_dir_all(root.join("plain")).unwrap();
+    std::fs::create_dir_all(root.join("dir.php")).unwrap();
+    std::fs::create_dir_all(root.join(".git")).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(root.join("a.php"), "<?php").unwrap();
+    std::fs::write(root.join("A.PHP"), "<?php").unwrap();
+    std::fs::write(root.join("index.php"), "<?php").unwrap();
+    std::fs::write(root.join("sub/index.php"), "<?php").unwrap();
+    std::fs::write(root.join("dir.php/in.php"), "<?php").unwrap();
+    std::fs::write(root.join("dir.php/img.jpg"), "x").unwrap();
+    std::fs::write(root.join(".git/x.php"), "<?php").unwrap();
+    std::fs::write(root.join("img.jpg"), "x").unwrap();
+    std::fs::write(outside.join("evil.php"), "<?php").unwrap();
+    std::os::unix::fs::symlink(outside.join("evil.php"), root.join("evil.php")).unwrap();
+    std::os::unix::fs::symlink("../outside/evil.php", root.join("rel.php")).unwrap();
+    std::os::unix::fs::symlink("../outside", root.join("outdir.php")).unwrap();
+    std::os::unix::fs::symlink("a.php", root.join("inside.php")).unwrap();
+    nix::unistd::mkfifo(&root.join("pipe.php"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+
+    let s = |rel: &str, path_info: &str| {
+        Ok(Target::Script {
+            script_name: format!("/{rel}"),
+            path_info: path_info.to_owned(),
+        })
+    };
+    let fc = Some("index.php");
+    let cases: Vec<(&str, Option<&str>, Result<Target, u16>)> = vec![
+        ("/a.php", None, s("a.php", "")),
+        ("/inside.php", None, s("inside.php", "")),
+        ("/", None, s("index.php", "")),
+        ("/sub/", None, s("sub/index.php", "")),
+        ("/sub", None, Ok(Target::AddSlash)),
+        ("/plain/", None, Ok(Target::Static)),
+        ("/img.jpg", None, Ok(Target::Static)),
+        ("/A.PHP", None, Err(403)),
+        ("/pipe.php", None, Err(403)), // not a regular file
+        ("/evil.php", None, Err(403)),
+        ("/rel.php", None, Err(403)),
+        ("/missing.php", fc, Ok(Target::NotFound)),
+        ("/pretty/url", fc, s("index.php", "")),
+        ("/pretty/url", None, Ok(Target::NotFound)),
+        // Path info: the first segment with a PHP ending that is a file.
+        ("/a.php/", None, s("a.php", "/")),
+        ("/a.php/x/y", None, s("a.php", "/x/y")),
+        ("/a.php/x.php", None, s("a.php", "/x.php")),
+        ("/a.php/a.php/x", None, s("a.php", "/a.php/x")),
+        ("/index.php/Main_Page", fc, s("index.php", "/Main_Page")),
+        (
+            "/index.php/.NET_Framework",
+            None,
+            s("index.php", "/.NET_Framework"),
+        ),
+        ("/a.php/Caf%C3%A9%20x", None, s("a.php", "/Café x")),
+        ("/a%2ephp/x", None, s("a.php", "/x")),
+        ("/inside.php/x", None, s("inside.php", "/x")),
+        ("/dir.php/in.php/x", None, s("dir.php/in.php", "/x")),
+        ("/dir.php/img.jpg", None, Ok(Target::Static)),
+        ("/dir.php/", None, Ok(Target::Static)),
+        ("/sub/index.php/x", None, s("sub/index.php", "/x")),
+        // Holes: nothing but a real script beneath the root runs.
+        ("/img.jpg/x.php", None, Ok(Target::NotFound)),
+        ("/img.jpg/x.php", fc, Ok(Target::NotFound)),
+        ("/img.jpg/x.php/y", fc, Ok(Target::NotFound)),
+        ("/missing.php/x", fc, Ok(Target::NotFound)),
+        ("/A.PHP/x", None, Err(403)),
+        ("/a.PHP/x", fc, Ok(Target::NotFound)), // no such file
+        ("/evil.php/x", None, Err(403)),
+        ("/rel.php/x", fc, Err(403)),
+        ("/outdir.php/evil.php", fc, Err(403)),
+        ("/pipe.php/x", None, Err(403)),
+        ("/.git/x.php/y", None, Err(403)),
+        ("/.git/x.php", fc, Err(403)),
+        ("/a.php./x", None, Ok(Target::NotFound)),
+        ("/a.php./x", fc, s("index.php", "")),
+        ("/a.php%20/x", fc, s("index.php", "")),
+        ("/a.php/../evil.php", None, Err(403)),
+        ("/a.php/%2e%2e/x", None, Err(403)),
+        ("/a.php%2fx", None, Err(400)),
+        ("/a.php/x%2fy", None, Err(400)),
+        ("/a.php%00/x", None, Err(400)),
+        ("/a.php/x%00", None, Err(400)),
+        ("/a.php//x", None, Err(400)),
+    ];
+    for (path, fc, want) in cases {
+        let rules = rules(fc);
+        let got = resolve(&root, path, &rules).map_err(|e| e.status().as_u16());
+        assert_eq!(got, want, "{path} (front controller {fc:?})");
+        // Right after, everything it looked at is cached: the
+        // non-blocking lookup answers the same. The kernel leaves its
+        // lock-free walk (so RESOLVE_CACHED gives up) for a file used as
+        // a directory and for `..` in a symlink: those few lookups may
+        // take the blocking path.
+        let may_block = path.starts_with("/img.jpg/")
+            || path.starts_with("/rel.php")
+            || path.starts_with("/outdir.php");
+        let Some(cached) = resolve_cached(&root, path, &rules) else {
+            assert!(
+                may_block,
+                "{path}: a lookup just made is answered from the caches"
+            );
+            continue;
+        };
+        let cached = cached.map_err(|e| e.status().as_u16());
+        assert_eq!(cached, want, "cached: {path} (front controller {fc:?})");
+    }
+}
+
+#[test]
+fn split_points_and_hidden_segments() {
+    let ext = [".php".to_owned(), ".phtml".to_owned()];
+    let points = |rel: &str| split_points(rel, &ext, rel.len()).collect::<Vec<_>>();
+    assert_eq!(points("a.php/b.PHTML/c"), vec![5, 13]);
+    assert_eq!(points("a.php"), Vec::<usize>::new());
+    assert_eq!(points("a.php/"), vec![5]);
+    assert_eq!(points("x/php/y.phpx/z"), Vec::<usize>::new());
+    assert_eq!(
+        split_points("a.php/.b.php/c", &ext, 6).collect::<Vec<_>>(),
+        vec![5]
+    );
+    assert_eq!(hidden_from("a/.b/c"), Some(2));
+    assert_eq!(hidden_from(".env"), Some(0));
+    assert_eq!(hidden_from(".well-known/x"), None);
+    assert_eq!(hidden_from("a/b"), None);
+}
+
+/// What is static was opened here, once: a file for reading, a
+/// directory without `index.php` as a directory; a dotfile is hidden
+/// (404) unless a script name follows it (403), and `.well-known` is
+/// exempt only at the top.
+#[test]
+fn static_targets_come_opened_and_dotfiles_follow_the_one_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("plain")).unwrap();
+    std::fs::create_dir_all(root.join("a/.well-known")).unwrap();
+    std::fs::create_dir_all(root.join(".well-known")).unwrap();
+    std::fs::write(root.join("img.jpg"), "x").unwrap();
+    std::fs::write(root.join(".well-known/t"), "x").unwrap();
+    std::fs::write(root.join("a/.well-known/t"), "x").unwrap();
+    std::fs::write(root.join("a.php"), "<?php").unwrap();
+    let found = |path: &str| find(root, path, &rules(None));
+    let img = found("/img.jpg").unwrap();
+    assert_eq!(img.target, Target::Static);
+    assert!(matches!(img.opened, Some(Opened::File { ref rel, .. }) if rel == "img.jpg"));
+    let plain = found("/plain/").unwrap();
+    assert!(matches!(plain.opened, Some(Opened::Dir(ref d)) if d.rel_path() == "plain"));
+    assert!(found("/a.php").unwrap().opened.is_none());
+    assert!(matches!(
+        found("/.well-known/t").unwrap().opened,
+        Some(Opened::File { .. })
+    ));
+    let status = |path: &str| {
+        found(path)
+            .map(|_| 200)
+            .unwrap_or_else(|e| e.status().as_u16())
+    };
+    assert_eq!(status("/a/.well-known/t"), 404);
+    assert_eq!(status("/.env"), 404);
+    assert_eq!(status("/.env/x.php"), 403);
+    assert_eq!(status("/a.php/.env"), 200); // path info
+}
+
+/// Nothing is remembered between requests: a script deleted, replaced
+/// by a symlink out of the root, or by a directory is seen as it is now.
+#[test]
+fn no_stale_answer_after_a_file_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(dir.path().join("evil.php"), "<?php").unwrap();
+    let file = root.join("x.php");
+    let both = |path: &str| {
+        let blocking = resolve(&root, path, &rules(None)).map_err(|e| e.status().as_u16());
+        let cached = resolve_cached(&root, path, &rules(None))
+            .expect("answered from the caches")
+            .map_err(|e| e.status().as_u16());
+        assert_eq!(blocking, cached, "{path}");
+        cached
+    };
+    std::fs::write(&file, "<?php").unwrap();
+    assert!(matches!(both("/x.php"), Ok(Target::Script { .. })));
+    assert!(matches!(both("/x.php/y"), Ok(Target::Script { .. })));
+    std::fs::remove_file(&file).unwrap();
+    assert_eq!(both("/x.php"), Ok(Target::NotFound));
+    std::os::unix::fs::symlink(dir.path().join("evil.php"), &file).unwrap();
+    assert_eq!(both("/x.php"), Err(403));
+    std::fs::remove_file(&file).unwrap();
+    std::fs::create_dir(&file).unwrap();
+    assert_eq!(both("/x.php"), Ok(Target::Static));
+    assert_eq!(both("/x.php/"), Ok(Target::Static));
+    assert_eq!(both("/x.php/y"), Ok(Target::NotFound));
+}
