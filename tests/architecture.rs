@@ -5,9 +5,12 @@
 //!
 //! - No Rust file under `src/`, `runtimes/` or `tests/` is over
 //!   [`MAX_LINES`] lines: a file that long usually holds two ideas.
-//! - `supervisor` never imports `upstream` (the supervisor sits below the
-//!   upstreams), and `metrics` never imports `app` (a bottom module does not
-//!   reach the top).
+//! - The crate's modules form layers ([`LAYERS`], drawn in
+//!   `docs/architecture.md`): a module imports only modules of lower layers,
+//!   so no two folders depend on each other. In particular `supervisor`
+//!   never imports `upstream` (the supervisor sits below the upstreams), and
+//!   `metrics` never imports `app` (a bottom module does not reach the top).
+//!   Unit-test files (`tests.rs`, `*_tests.rs`) may reach across.
 //! - `unsafe_code` is denied at the crate root (`src/lib.rs`) and allowed
 //!   again only on `mod isolation`; no other file of `src/` mentions the lint.
 //!   The worker crate (`runtimes/python`) denies it at its root as well.
@@ -167,6 +170,97 @@ fn assert_never_imports(dir: &str, module: &str, why: &str) {
         hits.is_empty(),
         "{dir} must not import crate::{module} ({why}):\n{}",
         hits.join("\n")
+    );
+}
+
+/// The crate's top-level modules, bottom layer first. A module may import
+/// modules of the layers below its own, never its own layer's or above.
+const LAYERS: &[&[&str]] = &[
+    // Leaves: import nothing of the crate.
+    &["clock", "config", "docroot", "isolation", "lanes", "metrics"],
+    // Process groups, leases: below every runtime.
+    &["supervisor"],
+    // What a runtime is (launchers) and how a request reaches it (upstreams).
+    &["runtime", "upstream"],
+    // Connections and one request; hands requests to upstreams.
+    &["router"],
+    // A site: its route over its runtimes.
+    &["sites"],
+    // The running server: sites, reloads, the routing table.
+    &["app"],
+    // The edges: admin API, `polyhost check`, the command line.
+    &["admin", "check"],
+    &["cli"],
+];
+
+fn is_unit_test_file(file: &Path) -> bool {
+    file.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n == "tests.rs" || n.ends_with("_tests.rs"))
+}
+
+fn layer_of(module: &str) -> Option<usize> {
+    LAYERS.iter().position(|layer| layer.contains(&module))
+}
+
+#[test]
+fn every_module_is_in_a_layer() {
+    let mut missing = Vec::new();
+    for entry in std::fs::read_dir(root().join("src")).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let module = name.strip_suffix(".rs").unwrap_or(&name).to_owned();
+        if ["lib", "main"].contains(&module.as_str()) {
+            continue;
+        }
+        if layer_of(&module).is_none() {
+            missing.push(module);
+        }
+    }
+    missing.sort();
+    assert!(
+        missing.is_empty(),
+        "add these modules of src/ to LAYERS in tests/architecture.rs: {missing:?}"
+    );
+}
+
+#[test]
+fn modules_import_only_lower_layers() {
+    let mut wrong = Vec::new();
+    for (level, layer) in LAYERS.iter().enumerate() {
+        for module in *layer {
+            let files: Vec<PathBuf> = [format!("src/{module}.rs")]
+                .into_iter()
+                .map(PathBuf::from)
+                .filter(|f| root().join(f).is_file())
+                .chain(rust_files(&format!("src/{module}")))
+                .filter(|f| !is_unit_test_file(f))
+                .collect();
+            for file in files {
+                let code = code_only(&read(&file));
+                for statement in code.split(';') {
+                    for used in crate_modules(statement) {
+                        if used == *module {
+                            continue;
+                        }
+                        match layer_of(&used) {
+                            Some(l) if l < level => {}
+                            _ => wrong.push(format!(
+                                "{}: {module} (layer {level}) imports crate::{used} (layer {})",
+                                file.display(),
+                                layer_of(&used).map_or("?".into(), |l| l.to_string())
+                            )),
+                        }
+                    }
+                }
+            }
+        }
+    }
+    wrong.sort();
+    wrong.dedup();
+    assert!(
+        wrong.is_empty(),
+        "imports against the layers (move the shared type down, or invert):\n{}",
+        wrong.join("\n")
     );
 }
 

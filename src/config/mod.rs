@@ -20,6 +20,8 @@ mod site;
 mod tls;
 mod types;
 mod vhosts;
+#[cfg(test)]
+pub(crate) mod tests_support;
 
 use std::collections::BTreeMap;
 use std::path::Path;

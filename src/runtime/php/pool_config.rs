@@ -338,7 +338,7 @@ mod tests {
 
     use super::*;
     use crate::config::{IniValue, SiteName};
-    use crate::upstream::php::tests_support::site;
+    use crate::config::tests_support::site;
 
     fn paths() -> PhpPoolPaths {
         PhpPoolPaths::new(

@@ -208,7 +208,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::upstream::php::tests_support::site;
+    use crate::config::tests_support::site;
 
     fn params(
         req: http::Request<()>,
