@@ -124,11 +124,11 @@ def run_throughput(args, results, notes, loads):
         for c in args.concurrency:
             for name, kind, arg, setting, live in plan:
                 for s, v in live.items():
-                    parts = system_pids(s, kind, arg, setting)
-                    before = cpu_snapshot(parts)
+                    before = cpu_snapshot(system_pids(s, kind, arg, setting))
                     loads.append(float(loadavg().split()[0]))
                     r = wrk(*v, c, args.duration)
-                    after = cpu_snapshot(parts)
+                    # Enumerated anew: children started during the run count too.
+                    after = cpu_snapshot(system_pids(s, kind, arg, setting))
                     if r and r["requests"]:
                         r["cpu_us"] = {k: (after[k] - before[k]) * 1e6 / r["requests"] for k in after if k != "_ctxsw"}
                         r["ctxsw"] = (after["_ctxsw"] - before["_ctxsw"]) / r["requests"]

@@ -108,11 +108,15 @@ def descendants(pid):
 CLK = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid):
+def cpu_seconds(pid, reaped=False):
+    """User + system time of `pid`; with `reaped`, also that of the children
+    it has waited for (cutime + cstime), where a recycled php-fpm child's
+    time goes when it exits."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK
+        n = 4 if reaped else 2
+        return sum(int(x) for x in fields[11:11 + n]) / CLK
     except (OSError, IndexError, ValueError):
         return 0.0
 
@@ -144,7 +148,13 @@ def cmdline(pid):
 
 
 def cpu_snapshot(parts):
-    snap = {k: sum(cpu_seconds(p) for p in pids) for k, pids in parts.items()}
+    """CPU seconds per part, {part: [pids]}, taken before and after a run
+    with the pids enumerated anew each time (children come and go). Every
+    part but the router counts its processes' reaped children too, so a
+    child that exits during the run is still counted (by its parent, php-fpm's
+    master: put it in the part); the router's own time only (it reaps php-fpm
+    masters and workers of every site)."""
+    snap = {k: sum(cpu_seconds(p, reaped=k != "router") for p in pids) for k, pids in parts.items()}
     snap["_ctxsw"] = sum(ctx_switches(p) for pids in parts.values() for p in pids)
     return snap
 

@@ -49,6 +49,14 @@ def fx(q):
     return f"{q:.2f}×" if q else "n/a"
 
 
+def ctxsw(run):
+    """Context switches per request; a process that exits during the run
+    (Apache retiring a child) takes its count along: then "—", not a
+    negative number."""
+    v = run.get("ctxsw", 0)
+    return f"{v:.1f}" if v >= 0 else "—"
+
+
 def throughput_medians(results):
     """{(workload, setting, c, system): (median req/s, the median run)}."""
     out = {}
@@ -95,7 +103,7 @@ def throughput_table(L, args, results, med, workloads, setting):
                     q_p99 = fx(ratio(poly[1]["p99"], mid["p99"]) if poly else None)
                 L.append(f"| {name} | {c} | {s} | {fmt_rps(m)} | {fmt_rps(min(rps))}–{fmt_rps(max(rps))} | "
                          f"{mid['p50'] / 1000:.2f} | {mid['p99'] / 1000:.2f} | {errs} | {cpu} | "
-                         f"{mid.get('ctxsw', 0):.1f} | {q_rps} | {q_p99} |")
+                         f"{ctxsw(mid)} | {q_rps} | {q_p99} |")
     L.append("")
 
 
@@ -285,6 +293,8 @@ def report(args, results, notes, extra, meta, workloads):
              + (f"; 1-min load during the wrk runs: min {meta['load_runs'][0]:.2f}, median {meta['load_runs'][1]:.2f}, "
                 f"max {meta['load_runs'][2]:.2f}" if meta.get("load_runs") else ""))
     L.append("- load generator on the same machine; cores shared with other work")
+    L.append("- errors: wrk's connect, read, write and timeout errors plus non-2xx answers (Debian's Apache allows "
+             "150 workers at both settings: at c = 256 it drops connections)")
     L.append(f"- {ACCESS_LOGS}")
     for st in args.settings:
         L.append(f"- **{SETTING_LABEL[st]}**:")

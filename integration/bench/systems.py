@@ -517,12 +517,19 @@ def system_pids(system, kind, arg, setting):
     ("router"/"front" and "app")."""
     if system == "polyhost":
         root = proc("polyhost")
-        return {"router": [root], "app": descendants(root)} if root else {}
+        if not root:
+            return {}
+        return {"router": [root]} if kind in ("static", "php-static") else {"router": [root], "app": descendants(root)}
     fpm = proc("php-fpm")
     d = setting == "defaults"
 
     def pool(name):
-        return [c for c in descendants(fpm) if re.search(rf"pool {re.escape(name)}\s*$", cmdline(c))] if fpm else []
+        """The pool's children, and the master, which reaps them (see
+        probes.cpu_snapshot): the master serves every pool, but only the
+        measured one recycles children during a run."""
+        if not fpm:
+            return []
+        return [fpm] + [c for c in descendants(fpm) if re.search(rf"pool {re.escape(name)}\s*$", cmdline(c))]
     if system in ("granian", "gunicorn"):
         root = proc(f"{system}{'-default' if d else ''}-{WSGI_APPS[arg]}")
         return {"app": [root] + descendants(root)} if root else {}
