@@ -25,7 +25,7 @@ import time
 sys.dont_write_bytecode = True  # no __pycache__ in the checkout
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import loadgen  # noqa: E402
-from report import report  # noqa: E402
+from report import from_json, report  # noqa: E402
 from probes import (  # noqa: E402
     cpu_snapshot, descendants, first_byte_ms, http_get, loadavg, port_answers, rss_kib, wait_port,
 )
@@ -293,7 +293,14 @@ def main():
                     help="comma-separated wrk connection counts (default 16,64,256; 64 with --quick)")
     ap.add_argument("--reps", type=int, default=None, help="repetitions (default 3, 1 with --quick)")
     ap.add_argument("--duration", type=int, default=None, help="seconds per wrk run (default 10, 2 with --quick)")
+    ap.add_argument("--report-from", default=None, metavar="JSON",
+                    help="print the report of a saved run (results/<stamp>.json) again; runs nothing")
     args = ap.parse_args()
+    if args.report_from:
+        print(from_json(args.report_from, WORKLOADS))
+        return
+    if not TREE:
+        sys.exit("bench: run through integration/bench/run.sh (it sets BENCH_TREE and more)")
     args.systems = set(args.systems.split(",")) if args.systems else None
     args.workloads = args.workloads.split(",") if args.workloads else None
     args.settings = [s for s in SETTINGS if s in args.settings.split(",")]
@@ -365,7 +372,8 @@ def main():
     # The raw numbers first, so a bug in the report loses nothing.
     with open(os.path.join(outdir, f"{stamp}{'-quick' if q else ''}.json"), "w") as f:
         json.dump({"results": {"|".join(map(str, k)): v for k, v in results.items()}, "extra": extra, "meta": meta,
-                   "args": vars(args)}, f, indent=1, default=str)
+                   "notes": notes, "args": {k: sorted(v) if isinstance(v, set) else v for k, v in vars(args).items()}},
+                  f, indent=1, default=str)
     text = report(args, results, notes, extra, meta, WORKLOADS)
     path = os.path.join(outdir, f"{stamp}{'-quick' if q else ''}.md")
     with open(path, "w") as f:

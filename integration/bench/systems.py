@@ -31,7 +31,7 @@ from probes import cmdline, descendants
 
 REPO = os.environ.get("BENCH_REPO", os.path.abspath(os.path.join(os.path.dirname(__file__), "../..")))
 VENV = os.environ.get("BENCH_VENV", "/var/tmp/polyhost-bench-venv")
-TREE = os.environ["BENCH_TREE"]
+TREE = os.environ.get("BENCH_TREE", "")  # set by run.sh (bench.py --report-from needs none)
 PIDFILE = os.environ.get("BENCH_PIDFILE", os.path.join(TREE, "pids"))
 USER = "polyhost-bench"  # the peers' user; polyhost's sites each get their own (site_user)
 HERE = os.path.dirname(os.path.abspath(__file__))
