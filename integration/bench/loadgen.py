@@ -85,13 +85,19 @@ async def paced(port, host, path, rate, duration, conns=50, warmup=1.0):
     async def connect():
         return await asyncio.open_connection("127.0.0.1", port)
 
-    # Warm the connections (and the server) first, unmeasured.
+    # Warm the connections (and the server) first, unmeasured. A server that
+    # closes after an answer (gunicorn's sync worker; Apache after
+    # MaxKeepAliveRequests) gets a new connection, or the first measured
+    # request on it would fail.
     streams = [await connect() for _ in range(conns)]
     t_end = loop.time() + warmup
     while loop.time() < t_end:
-        for r, w in streams:
+        for i, (r, w) in enumerate(streams):
             w.write(req)
-            await read_response(r)
+            _, _, close = await read_response(r)
+            if close:
+                w.close()
+                streams[i] = await connect()
     start = loop.time() + 0.05
 
     async def worker(i):

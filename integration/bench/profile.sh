@@ -32,7 +32,11 @@ case $WORKLOAD in
     *) echo "unknown workload $WORKLOAD" >&2; exit 2 ;;
 esac
 
-id polyhost-bench >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin polyhost-bench
+# One user per site that runs code (polyhost refuses two under one user);
+# the same names bench.py uses.
+for u in polyhost-bench phb-hello phb-big phb-php; do
+    id "$u" >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin "$u"
+done
 TREE=$(mktemp -d /tmp/polyhost-profile.XXXXXX)
 chmod 755 "$TREE"
 mkdir -p "$TREE"/{apps,static,php,vhosts,state,log,out}
@@ -61,7 +65,7 @@ chmod 755 "$TREE/worker.sh"
 for app in hello big; do
     cat >"$TREE/vhosts/$app.toml" <<EOF
 hosts = ["$app.bench"]
-user = "polyhost-bench"
+user = "phb-$app"
 [python]
 app = "$app"
 path = ["$TREE/apps"]
@@ -74,7 +78,7 @@ done
 cat >"$TREE/vhosts/php.toml" <<EOF
 hosts = ["php.bench"]
 root = "$TREE/php"
-user = "polyhost-bench"
+user = "phb-php"
 [php]
 mode = "static"
 max_children = 8

@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
-# polyhost side by side with its peers (issue 8).
+# polyhost side by side with its peers (issues 8 and 19).
 #
 #   integration/bench/run.sh [--quick] [--only throughput,latency,idle,longpoll,density]
+#       [--settings defaults,tuned] [--concurrency 16,64,256] [--systems ...] [--workloads ...]
+#       [--reps N] [--duration S]
 #
 # Installs what is missing (Debian: apache2, libapache2-mod-wsgi-py3, nginx,
 # php8.2-fpm, wrk; PyPI into a venv: granian, gunicorn), builds polyhost in
-# release, creates the user polyhost-bench, then runs bench.py: every system
-# on its own loopback port with the same process × thread counts, the
-# workloads interleaved, a Markdown report in integration/bench/results/.
-# Everything it starts is stopped by PID on exit. Needs root.
+# release (not with BENCH_BIN_DIR: those binaries are measured), creates the
+# user polyhost-bench (bench.py adds one `phb-<site>` user per polyhost site
+# that runs code: polyhost refuses two such sites under one user), then runs
+# bench.py: every system on its own loopback ports at two settings (defaults
+# as installed; tuned-equal: the same process × thread numbers), every
+# throughput workload at each concurrency, interleaved, a Markdown report in
+# integration/bench/results/. Everything it starts is stopped by PID on exit.
+# Needs root.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
@@ -50,8 +56,12 @@ if ! command -v cargo >/dev/null; then
     echo "bench: cargo not found; install Rust from https://rustup.rs and run again" >&2
     exit 2
 fi
-echo "bench: building polyhost (release)"
-(cd "$REPO" && cargo build --release --workspace --bins)
+if [[ -n ${BENCH_BIN_DIR:-} ]]; then
+    echo "bench: measuring the binaries in $BENCH_BIN_DIR (no build)"
+else
+    echo "bench: building polyhost (release)"
+    (cd "$REPO" && cargo build --release --workspace --bins)
+fi
 
 id polyhost-bench >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin polyhost-bench
 
