@@ -136,6 +136,10 @@ async fn front_controller_directory_index_and_static_files() {
     let (status, headers, _) = h.get("/dir?q=1").await.unwrap();
     assert_eq!(status, StatusCode::MOVED_PERMANENTLY);
     assert_eq!(headers["location"], "/dir/?q=1");
+    // Empty segments are collapsed: never a protocol-relative redirect.
+    let (status, headers, _) = h.get("//dir?q=1").await.unwrap();
+    assert_eq!(status, StatusCode::MOVED_PERMANENTLY);
+    assert_eq!(headers["location"], "/dir/?q=1");
 
     let (status, _, body) = h.get("/style.css").await.unwrap();
     assert_eq!((status, &body[..]), (StatusCode::OK, &b"static"[..]));

@@ -17,8 +17,9 @@
 //!   check and the open has nothing to race.
 //! - A request path is percent-decoded exactly once, by one decoder for
 //!   every runtime ([`decode_for`]), and every refusal's answer comes from
-//!   one table ([`Refusal::verdict`]): `.`/`..` segments, encoded slashes,
-//!   backslashes and NUL bytes are refused, and dotfiles (except under
+//!   one table ([`Refusal::verdict`], the same answers on every site):
+//!   `.`/`..` segments, encoded slashes, backslashes and NUL bytes are
+//!   refused, empty segments collapsed, and dotfiles (except under
 //!   `/.well-known/`) are reported as not found.
 //! - Every `openat2` beneath a root is [`beneath`]'s: the long-lived handle
 //!   of a [`DocRoot`], or one opened afresh for a request ([`fresh`], for
@@ -54,11 +55,12 @@ pub use path::{check_relative, decode, decode_for, Reading, Refusal, RelPath};
 #[derive(Debug, thiserror::Error)]
 pub enum ResolveError {
     /// The path is malformed in a way that is never legitimate (not
-    /// starting with `/`, invalid UTF-8 after decoding).
+    /// starting with `/`, invalid UTF-8 after decoding, an encoded slash or
+    /// backslash, a backslash, a NUL byte).
     #[error("bad request path: {0}")]
     BadRequest(&'static str),
     /// The path tries to leave the root, or names something that is never
-    /// served (a `..` segment, an encoded slash, a symlink pointing outside
+    /// served (a `.` or `..` segment, a symlink pointing outside
     /// the root, a device, a directory without index).
     #[error("{0}")]
     Forbidden(&'static str),

@@ -7,9 +7,12 @@
 //! Invariants:
 //! - A path is percent-decoded exactly once (`%252e` is the name `%2e`).
 //! - Every refusal is a [`Refusal`], and its answer comes from
-//!   [`Refusal::verdict`] only. Rules are checked in one order, so a path
-//!   that breaks two gets the first one's answer (a traversal after a
-//!   dotfile is a traversal).
+//!   [`Refusal::verdict`] only: one answer per refusal, the same for every
+//!   site and both [`Reading`]s. Rules are checked in one order, so a path
+//!   that breaks two gets the first one's answer (`.`/`..` first: a
+//!   traversal hidden behind an encoded separator or after a dotfile is a
+//!   traversal, 403; then malformed bytes, 400; then dotfiles, 404).
+//! - Empty segments (`//`) are collapsed, never refused.
 //! - A dotfile is any segment starting with `.`, except `.well-known` as the
 //!   first segment (ACME HTTP-01 challenges and the like).
 
@@ -22,77 +25,64 @@ use super::ResolveError;
 /// The only dot-directory that is served, and only at the top.
 const WELL_KNOWN: &str = ".well-known";
 
-/// What a decoded path is read as. The few rules whose answers still differ
-/// between the two say so in [`Refusal::verdict`]; every other rule is the
-/// same for both.
+/// What a decoded path is read as. Every refusal has the same answer in
+/// both readings ([`Refusal::verdict`]); they differ only in what a
+/// [`RelPath`] keeps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reading {
     /// A file or directory to send (the static upstream).
     File,
     /// A path that may be a script followed by path info (a PHP site): a
     /// dotfile is not refused here, since path info names no file
-    /// ([`RelPath::hidden_at`]).
+    /// ([`RelPath::hidden_at`]), and a trailing slash is kept (`/a.php/`
+    /// is a script with path info `/`).
     Script,
 }
 
-/// Every rule a request path can break.
+/// Every rule a request path can break, in the order they are checked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refusal {
     /// Not starting with `/`.
     NotAbsolute,
+    /// A `.` or `..` segment, encoded or not, where `%2f`, `%5c` and a
+    /// backslash count as separators too (`/a/%2f..`, `/%5c..`): judged
+    /// first, so a traversal attempt is always reported as one.
+    DotSegment,
     /// An encoded slash or backslash (`%2f`, `%5c`): refused, never interpreted.
     EncodedSeparator,
     /// Invalid UTF-8 once decoded.
     NotUtf8,
-    /// A NUL byte.
+    /// A NUL byte, raw or `%00`.
     Nul,
     /// A backslash.
     Backslash,
-    /// A `.` or `..` segment, encoded or not.
-    DotSegment,
-    /// An empty segment (`//`).
-    EmptySegment,
-    /// A dotfile: never revealed.
+    /// A dotfile: never revealed, also when a script name follows it
+    /// (`/.git/x.php/y`).
     Hidden,
-    /// A dotfile followed by a segment with a PHP ending
-    /// (`/.git/x.php/y`): an attempt to reach a hidden script.
-    HiddenScript,
 }
 
 impl Refusal {
-    /// The one table of verdicts. `None`: not refused (the segment is
-    /// dropped). Rows marked *contested* answer differently by [`Reading`]
-    /// because existing tests pin both answers (`docs/php.md` and
-    /// `tests/php_path_info.rs` the PHP one; `tests/static_files.rs` and
-    /// `docroot::tests` the static one); choosing one is a behaviour change
-    /// left to a decision.
-    pub fn verdict(self, reading: Reading) -> Option<ResolveError> {
-        use Refusal::*;
+    /// The one table of verdicts: one answer per refusal, for every site
+    /// and both [`Reading`]s. An empty segment (`//`) is no refusal: it is
+    /// collapsed, as nginx (`merge_slashes`) and Apache do.
+    pub fn verdict(self) -> ResolveError {
         use ResolveError::{BadRequest, Forbidden, NotFound};
-        Some(match (self, reading) {
-            (NotAbsolute, _) => BadRequest("the path must start with /"),
-            (NotUtf8, _) => BadRequest("the path is not UTF-8 once decoded"),
-            (DotSegment, _) => Forbidden("`.` or `..` segment in path"),
-            (Hidden, _) => NotFound,
-            (HiddenScript, _) => Forbidden("dotfile in front of a script"),
-            // Contested: 403 for a file, 400 for a script path.
-            (EncodedSeparator, Reading::File) => Forbidden("encoded slash in path"),
-            (EncodedSeparator, Reading::Script) => BadRequest("encoded slash or backslash in path"),
-            (Nul, Reading::File) => Forbidden("NUL byte in path"),
-            (Nul, Reading::Script) => BadRequest("NUL in path"),
-            (Backslash, Reading::File) => Forbidden("backslash in path"),
-            (Backslash, Reading::Script) => BadRequest("backslash in path"),
-            // Contested: collapsed for a file, 400 for a script path.
-            (EmptySegment, Reading::File) => return None,
-            (EmptySegment, Reading::Script) => BadRequest("empty path segment"),
-        })
+        match self {
+            Refusal::NotAbsolute => BadRequest("the path must start with /"),
+            Refusal::DotSegment => Forbidden("`.` or `..` segment in path"),
+            Refusal::EncodedSeparator => BadRequest("encoded slash or backslash in path"),
+            Refusal::NotUtf8 => BadRequest("the path is not UTF-8 once decoded"),
+            Refusal::Nul => BadRequest("NUL byte in path"),
+            Refusal::Backslash => BadRequest("backslash in path"),
+            Refusal::Hidden => NotFound,
+        }
     }
 }
 
 /// A checked path relative to a document root: decoded, no leading slash,
-/// no empty, `.` or `..` segments, no NUL or backslash; no dotfile but a
-/// leading `.well-known`, except where [`Reading::Script`] allows one
-/// ([`RelPath::hidden_at`]).
+/// empty segments collapsed, no `.` or `..` segments, no NUL or backslash;
+/// no dotfile but a leading `.well-known`, except where [`Reading::Script`]
+/// allows one ([`RelPath::hidden_at`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RelPath<'a> {
     rel: Cow<'a, str>,
@@ -130,14 +120,17 @@ pub fn decode(raw: &str) -> Result<RelPath<'_>, ResolveError> {
 /// Borrows `raw` when nothing needs changing (most paths).
 pub fn decode_for(raw: &str, reading: Reading) -> Result<RelPath<'_>, ResolveError> {
     let Some(rest) = raw.strip_prefix('/') else {
-        return Err(refused(Refusal::NotAbsolute, reading));
+        return Err(Refusal::NotAbsolute.verdict());
     };
-    if has_encoded_separator(rest, reading) {
-        return Err(refused(Refusal::EncodedSeparator, reading));
+    if has_raw_dot_segment(rest) {
+        return Err(Refusal::DotSegment.verdict());
+    }
+    if has_encoded_separator(rest) {
+        return Err(Refusal::EncodedSeparator.verdict());
     }
     let decoded = percent_decode_str(rest)
         .decode_utf8()
-        .map_err(|_| refused(Refusal::NotUtf8, reading))?;
+        .map_err(|_| Refusal::NotUtf8.verdict())?;
     check(decoded, reading)
 }
 
@@ -148,53 +141,78 @@ pub fn check_relative(rel: &str) -> Result<RelPath<'_>, ResolveError> {
     check(Cow::Borrowed(rel.trim_start_matches('/')), Reading::File)
 }
 
-/// The verdict of a rule that is refused in every reading.
-fn refused(rule: Refusal, reading: Reading) -> ResolveError {
-    rule.verdict(reading)
-        .unwrap_or(ResolveError::BadRequest("refused request path"))
-}
-
-/// `%2f` always; with [`Reading::Script`], `%5c` and a raw backslash too
-/// (refused before decoding, as one rule).
-fn has_encoded_separator(raw: &str, reading: Reading) -> bool {
-    let script = reading == Reading::Script;
-    raw.as_bytes().windows(3).any(|w| {
-        w[0] == b'%'
-            && (w[1..].eq_ignore_ascii_case(b"2f")
-                || (script && w[1..].eq_ignore_ascii_case(b"5c")))
-    }) || (script && raw.contains('\\'))
-}
-
-/// `path`: decoded, without its leading `/`.
-fn check(path: Cow<'_, str>, reading: Reading) -> Result<RelPath<'_>, ResolveError> {
-    if path.contains('\0') {
-        return Err(refused(Refusal::Nul, reading));
-    }
-    if path.contains('\\') {
-        return Err(refused(Refusal::Backslash, reading));
-    }
-    // Every `.`/`..` before empty segments and dotfiles, so a traversal
-    // attempt is always reported as one, whatever else the path holds.
-    if path.split('/').any(|seg| seg == "." || seg == "..") {
-        return Err(refused(Refusal::DotSegment, reading));
-    }
-    let empty_segment = path.starts_with('/') || path.contains("//");
-    if empty_segment {
-        if let Some(e) = Refusal::EmptySegment.verdict(reading) {
-            return Err(e);
+/// Whether a segment of the still-encoded `raw` is `.` or `..` once
+/// decoded, counting `%2f`, `%5c` and `\` as separators as well as `/`.
+fn has_raw_dot_segment(raw: &str) -> bool {
+    let bytes = raw.as_bytes();
+    let (mut start, mut i) = (0, 0);
+    while i < bytes.len() {
+        match separator_len(&bytes[i..]) {
+            0 => i += 1,
+            len => {
+                if is_dot_segment(&bytes[start..i]) {
+                    return true;
+                }
+                i += len;
+                start = i;
+            }
         }
     }
+    is_dot_segment(&bytes[start..])
+}
+
+/// The length of the separator `at` starts with: `/` or `\` (1), `%2f`
+/// or `%5c` in any case (3), or none (0).
+fn separator_len(at: &[u8]) -> usize {
+    match at {
+        [b'/' | b'\\', ..] => 1,
+        [b'%', a, b, ..] if [*a, *b].eq_ignore_ascii_case(b"2f") => 3,
+        [b'%', a, b, ..] if [*a, *b].eq_ignore_ascii_case(b"5c") => 3,
+        _ => 0,
+    }
+}
+
+/// `.` or `..`, each dot raw or `%2e`.
+fn is_dot_segment(segment: &[u8]) -> bool {
+    let decoded: Cow<'_, [u8]> = percent_encoding::percent_decode(segment).into();
+    matches!(&*decoded, b"." | b"..")
+}
+
+/// `%2f` or `%5c`, any letter case (refused before decoding, never
+/// interpreted as a separator).
+fn has_encoded_separator(raw: &str) -> bool {
+    raw.as_bytes().windows(3).any(|w| {
+        w[0] == b'%' && (w[1..].eq_ignore_ascii_case(b"2f") || w[1..].eq_ignore_ascii_case(b"5c"))
+    })
+}
+
+/// `path`: decoded, without its leading `/`. The rules in [`Refusal`]'s
+/// order; then empty segments are collapsed.
+fn check(path: Cow<'_, str>, reading: Reading) -> Result<RelPath<'_>, ResolveError> {
+    // Every `.`/`..` first, so a traversal attempt is always reported as
+    // one, whatever else the path holds.
+    if path.split(['/', '\\']).any(|seg| seg == "." || seg == "..") {
+        return Err(Refusal::DotSegment.verdict());
+    }
+    if path.contains('\0') {
+        return Err(Refusal::Nul.verdict());
+    }
+    if path.contains('\\') {
+        return Err(Refusal::Backslash.verdict());
+    }
     let trailing_slash = path.is_empty() || path.ends_with('/');
+    let empty_segment = path.starts_with('/') || path.contains("//");
     let rel = match reading {
+        Reading::Script if empty_segment => Cow::Owned(join_segments(&path, trailing_slash)),
         // A script path keeps its trailing slash: `/a.php/` is a script
         // with path info `/`, `/dir/` asks for a directory's index.
         Reading::Script => path,
-        Reading::File if empty_segment => Cow::Owned(join_segments(&path)),
+        Reading::File if empty_segment => Cow::Owned(join_segments(&path, false)),
         Reading::File => without_trailing_slash(path),
     };
     let hidden_at = hidden_at(&rel);
     if hidden_at.is_some() && reading == Reading::File {
-        return Err(refused(Refusal::Hidden, reading));
+        return Err(Refusal::Hidden.verdict());
     }
     Ok(RelPath {
         rel,
@@ -210,12 +228,18 @@ fn without_trailing_slash(path: Cow<'_, str>) -> Cow<'_, str> {
     }
 }
 
-/// Drops empty segments (`a//b` is `a/b`) and a trailing slash.
-fn join_segments(path: &str) -> String {
-    path.split('/')
+/// Drops empty segments (`a//b` is `a/b`), and the trailing slash unless
+/// `keep_trailing_slash` (then `a//` is `a/`; the root stays `""`).
+fn join_segments(path: &str, keep_trailing_slash: bool) -> String {
+    let mut joined = path
+        .split('/')
         .filter(|s| !s.is_empty())
         .collect::<Vec<_>>()
-        .join("/")
+        .join("/");
+    if keep_trailing_slash && !joined.is_empty() {
+        joined.push('/');
+    }
+    joined
 }
 
 /// The offset of the first dotfile segment of `rel`, if any.

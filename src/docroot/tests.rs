@@ -50,16 +50,17 @@ fn decoding_table() {
         ("/./x", Forbidden),
         ("/%2e/x", Forbidden),
         ("/a/.", Forbidden),
-        // Encoded slashes are refused, not interpreted.
+        // Encoded slashes are refused (400), not interpreted; one in front
+        // of a dot segment counts as a separator: a traversal (403).
         ("/a/%2f..%2f..%2fetc/passwd", Forbidden),
-        ("/a%2Fb", Forbidden),
-        // Backslashes, raw or encoded.
+        ("/a%2Fb", BadRequest),
+        // Backslashes, raw or encoded: the same.
         ("/..\\..\\etc\\passwd", Forbidden),
         ("/%5c..%5cetc", Forbidden),
-        ("/a\\b", Forbidden),
-        // NUL.
-        ("/a%00.txt", Forbidden),
-        ("/%00", Forbidden),
+        ("/a\\b", BadRequest),
+        // NUL, raw or encoded.
+        ("/a%00.txt", BadRequest),
+        ("/%00", BadRequest),
         // Dotfiles are not found; a traversal after one is still forbidden.
         ("/.env", NotFound),
         ("/.git/config", NotFound),
@@ -103,7 +104,7 @@ fn check_relative_applies_the_same_rules() {
     ));
     assert!(matches!(
         check_relative("a\0.php"),
-        Err(ResolveError::Forbidden(_))
+        Err(ResolveError::BadRequest(_))
     ));
     // Already decoded: a `%` is a literal character.
     assert_eq!(check_relative("%2e%2e/x").unwrap().as_str(), "%2e%2e/x");
@@ -265,37 +266,59 @@ fn open_fails_for_a_missing_root() {
     );
 }
 
-/// The one table of verdicts: every rule, read as a file and as a script
-/// path. The contested rows (encoded separators, NUL, backslash, empty
-/// segments) are the only ones that differ.
+/// The one table of verdicts: one answer per rule, whatever reads the path.
 #[test]
 fn one_table_of_verdicts() {
-    use Reading::{File, Script};
     use Refusal::*;
-    let status = |r: Refusal, reading| match r.verdict(reading) {
-        None => 0,
-        Some(ResolveError::BadRequest(_)) => 400,
-        Some(ResolveError::Forbidden(_)) => 403,
-        Some(ResolveError::NotFound) => 404,
-        Some(other) => panic!("{r:?}: {other:?}"),
+    let status = |r: Refusal| match r.verdict() {
+        ResolveError::BadRequest(_) => 400,
+        ResolveError::Forbidden(_) => 403,
+        ResolveError::NotFound => 404,
+        other => panic!("{r:?}: {other:?}"),
     };
     let table = [
-        (NotAbsolute, 400, 400),
-        (NotUtf8, 400, 400),
-        (DotSegment, 403, 403),
-        (Hidden, 404, 404),
-        (HiddenScript, 403, 403),
-        (EncodedSeparator, 403, 400),
-        (Nul, 403, 400),
-        (Backslash, 403, 400),
-        (EmptySegment, 0, 400),
+        (NotAbsolute, 400),
+        (DotSegment, 403),
+        (EncodedSeparator, 400),
+        (NotUtf8, 400),
+        (Nul, 400),
+        (Backslash, 400),
+        (Hidden, 404),
     ];
-    for (rule, file, script) in table {
-        assert_eq!(
-            (status(rule, File), status(rule, Script)),
-            (file, script),
-            "{rule:?}"
-        );
+    for (rule, want) in table {
+        assert_eq!(status(rule), want, "{rule:?}");
+    }
+}
+
+/// A path a file reading refuses is refused alike as a script path (but a
+/// dotfile, which a script reading reports: it may be path info).
+#[test]
+fn both_readings_refuse_alike() {
+    let status = |r: Result<RelPath<'_>, ResolveError>| match r {
+        Ok(_) => 200,
+        Err(ResolveError::BadRequest(_)) => 400,
+        Err(ResolveError::Forbidden(_)) => 403,
+        Err(e) => panic!("{e:?}"),
+    };
+    let table = [
+        ("/a/%2f..", 403),
+        ("/%5c..", 403),
+        ("/a\\..\\b", 403),
+        ("/%2e%2e%2f%2e%2e%2fetc/passwd", 403),
+        ("/.git/../x", 403),
+        ("/a%2Fb", 400),
+        ("/a%5cb", 400),
+        ("/a\\b", 400),
+        ("/a%00.txt", 400),
+        ("/a\0b", 400),
+        ("/%ff", 400),
+        ("a", 400),
+        ("//a//b/", 200),
+    ];
+    for (raw, want) in table {
+        let file = status(decode_for(raw, Reading::File));
+        let script = status(decode_for(raw, Reading::Script));
+        assert_eq!((file, script), (want, want), "{raw}");
     }
 }
 
@@ -312,7 +335,13 @@ fn a_script_reading_reports_dotfiles_instead_of_refusing_them() {
     assert_eq!(script("/a/.well-known/x").unwrap().hidden_at(), Some(2));
     let p = script("/a.php/").unwrap();
     assert_eq!((p.as_str(), p.trailing_slash()), ("a.php/", true));
-    assert!(matches!(script("/a//b"), Err(ResolveError::BadRequest(_))));
+    // Empty segments are collapsed, as for files; the trailing slash stays.
+    assert_eq!(script("/a//b").unwrap().as_str(), "a/b");
+    assert_eq!(script("//index.php").unwrap().as_str(), "index.php");
+    let p = script("/a.php//x//").unwrap();
+    assert_eq!((p.as_str(), p.trailing_slash()), ("a.php/x/", true));
+    let p = script("//").unwrap();
+    assert_eq!((p.as_str(), p.trailing_slash()), ("", true));
     // Nothing to change: the request's own bytes.
     let raw = "/plain/path.php";
     assert!(std::ptr::eq(

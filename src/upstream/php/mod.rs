@@ -157,7 +157,9 @@ impl PhpUpstream {
             },
             Target::NotFound => Err(UpstreamError::NotFound),
             Target::AddSlash => {
-                let mut loc = format!("{}/", req.uri().path());
+                // Leading slashes collapsed (`//dir` is `/dir`): never a
+                // protocol-relative redirect off the site.
+                let mut loc = format!("/{}/", req.uri().path().trim_start_matches('/'));
                 if let Some(q) = req.uri().query() {
                     loc.push('?');
                     loc.push_str(q);

@@ -7,10 +7,11 @@
 //! - The path is percent-decoded exactly once, by the document root's one
 //!   decoder (`docroot::decode_for`, [`Reading::Script`]), and every
 //!   refusal's answer is that decoder's table (`docroot::Refusal::verdict`):
-//!   `..`/`.` segments, NUL, backslash, an encoded slash and empty segments
-//!   are refused before the file system is touched; so are dotfile
-//!   segments (except a leading `.well-known`), unless they come after a
-//!   script (path info names no file).
+//!   `..`/`.` segments, NUL, backslash and an encoded slash are refused
+//!   before the file system is touched, and empty segments collapsed;
+//!   dotfile segments are refused too (404, except a leading
+//!   `.well-known`), unless they come after a script (path info names no
+//!   file), whether or not a script name follows them.
 //! - Every lookup is `openat2(root, rel, RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)`
 //!   beneath the root opened afresh (`docroot::fresh`: the directory
 //!   php-fpm will open the script in): nothing outside the root is ever a
@@ -174,8 +175,8 @@ fn find_with(root: &Path, raw_path: &str, rules: &Rules, wait: Wait) -> Result<F
     // may only be a script's path info (`/index.php/.NET_Framework`).
     let hidden = path.hidden_at();
     let mut splits = split_points(rel, &rules.extensions, hidden.unwrap_or(rel.len())).peekable();
-    if let (Some(at), None) = (hidden, splits.peek()) {
-        return Err(hidden_refusal(rel, at, rules).into());
+    if hidden.is_some() && splits.peek().is_none() {
+        return Err(Refusal::Hidden.verdict().into());
     }
     let beneath = docroot::fresh(root, wait)?;
     // PATH_INFO: the first segment ending in a PHP extension that names a
@@ -199,8 +200,8 @@ fn find_with(root: &Path, raw_path: &str, rules: &Rules, wait: Wait) -> Result<F
             None => return Ok(Target::NotFound.into()),
         }
     }
-    if let Some(at) = hidden {
-        return Err(hidden_refusal(rel, at, rules).into());
+    if hidden.is_some() {
+        return Err(Refusal::Hidden.verdict().into());
     }
     whole_path(&beneath, &path, rules)
 }
@@ -288,27 +289,6 @@ fn not_executed(name: &str) -> UpstreamError {
 
 fn not_regular(rel: &str) -> UpstreamError {
     UpstreamError::Forbidden(format!("{rel:?} is not a regular file"))
-}
-
-/// The answer to a dotfile at `at` in `rel` ([`Refusal::verdict`]): a
-/// hidden script when a later segment ends in one of the site's
-/// `php.extensions` (`/.git/x.php/y`), else a hidden file (404, as on
-/// every site).
-fn hidden_refusal(rel: &str, at: usize, rules: &Rules) -> docroot::ResolveError {
-    let before_script = rel[at..].split('/').skip(1).any(|seg| {
-        rules
-            .extensions
-            .iter()
-            .any(|e| ends_with_ignore_case(seg, e))
-    });
-    let refusal = if before_script {
-        Refusal::HiddenScript
-    } else {
-        Refusal::Hidden
-    };
-    refusal
-        .verdict(Reading::Script)
-        .unwrap_or(docroot::ResolveError::NotFound)
 }
 
 /// Where a script's path info may start: the offset of each `/` in `rel`

@@ -53,7 +53,9 @@ fn decoding() {
     check("/x.php%00.txt", Err(400));
     check("/%25252e", Ok("/%252e")); // decoded once only
     check("/%ff", Err(400));
-    check("//x", Err(400));
+    check("//x", Ok("/x")); // empty segments collapsed
+    check("/a%2f..", Err(403)); // a traversal first, whatever hides it
+    check("/%5c..", Err(403));
     check("/a%2Fb", Err(400));
     check("/a%2", Ok("/a%2")); // an incomplete escape stays as it is
     check("/%C3%A9t%C3%A9.php", Ok("/été.php"));
@@ -136,8 +138,8 @@ fn resolving() {
         ("/rel.php/x", fc, Err(403)),
         ("/outdir.php/evil.php", fc, Err(403)),
         ("/pipe.php/x", None, Err(403)),
-        ("/.git/x.php/y", None, Err(403)),
-        ("/.git/x.php", fc, Err(403)),
+        ("/.git/x.php/y", None, Err(404)),
+        ("/.git/x.php", fc, Err(404)),
         ("/a.php./x", None, Ok(Target::NotFound)),
         ("/a.php./x", fc, s("index.php", "")),
         ("/a.php%20/x", fc, s("index.php", "")),
@@ -147,7 +149,9 @@ fn resolving() {
         ("/a.php/x%2fy", None, Err(400)),
         ("/a.php%00/x", None, Err(400)),
         ("/a.php/x%00", None, Err(400)),
-        ("/a.php//x", None, Err(400)),
+        ("/a.php//x", None, s("a.php", "/x")),
+        ("//a.php", None, s("a.php", "")),
+        ("//sub", None, Ok(Target::AddSlash)),
     ];
     for (path, fc, want) in cases {
         let rules = rules(fc);
@@ -193,7 +197,7 @@ fn split_points_and_hidden_segments() {
 
 /// What is static was opened here, once: a file for reading, a
 /// directory without `index.php` as a directory; a dotfile is hidden
-/// (404) unless a script name follows it (403), and `.well-known` is
+/// (404), also when a script name follows it, and `.well-known` is
 /// exempt only at the top.
 #[test]
 fn static_targets_come_opened_and_dotfiles_follow_the_one_table() {
@@ -224,7 +228,7 @@ fn static_targets_come_opened_and_dotfiles_follow_the_one_table() {
     };
     assert_eq!(status("/a/.well-known/t"), 404);
     assert_eq!(status("/.env"), 404);
-    assert_eq!(status("/.env/x.php"), 403);
+    assert_eq!(status("/.env/x.php"), 404);
     assert_eq!(status("/a.php/.env"), 200); // path info
 }
 
