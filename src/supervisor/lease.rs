@@ -62,17 +62,40 @@ enum Held {
         lease: Option<endpoint::Lease>,
         group: Arc<Recycler>,
     },
-    /// A runtime polyhost does not supervise: only the guard is dropped.
-    Detached(#[allow(dead_code)] Box<dyn Send + Sync>),
+    /// A runtime polyhost does not supervise: the guard is dropped with the
+    /// lease, and a recycle goes to `on_recycle` if there is one.
+    Detached {
+        #[allow(dead_code)]
+        guard: Box<dyn Send + Sync>,
+        on_recycle: Option<Box<dyn Fn(String) + Send + Sync>>,
+    },
 }
 
 impl RuntimeLease {
     /// A lease on `socket` of a runtime polyhost does not supervise (tests,
     /// or a server started elsewhere); `guard` is dropped with the lease.
     pub fn new(socket: std::path::PathBuf, guard: impl Send + Sync + 'static) -> Self {
+        Self::detached(socket, Box::new(guard), None)
+    }
+
+    /// Like [`new`](Self::new), and [`recycle`](Self::recycle) calls
+    /// `on_recycle` with its reason (a test's stand-in counts them).
+    pub fn with_recycle(
+        socket: std::path::PathBuf,
+        guard: impl Send + Sync + 'static,
+        on_recycle: impl Fn(String) + Send + Sync + 'static,
+    ) -> Self {
+        Self::detached(socket, Box::new(guard), Some(Box::new(on_recycle)))
+    }
+
+    fn detached(
+        socket: std::path::PathBuf,
+        guard: Box<dyn Send + Sync>,
+        on_recycle: Option<Box<dyn Fn(String) + Send + Sync>>,
+    ) -> Self {
         RuntimeLease {
             endpoint: Arc::new(Endpoint::new(0, 0, socket, None)),
-            held: Held::Detached(Box::new(guard)),
+            held: Held::Detached { guard, on_recycle },
         }
     }
 
@@ -105,10 +128,16 @@ impl RuntimeLease {
     }
 
     /// Asks the group to replace this lease's process gracefully (a stuck
-    /// request); nothing for a runtime polyhost does not supervise.
+    /// request); for a runtime polyhost does not supervise, only its
+    /// `on_recycle` hears it ([`with_recycle`](Self::with_recycle)).
     pub fn recycle(&self, reason: impl Into<String>) {
-        if let Held::Group { group, .. } = &self.held {
-            group.recycle(self.endpoint.id, reason.into());
+        match &self.held {
+            Held::Group { group, .. } => group.recycle(self.endpoint.id, reason.into()),
+            Held::Detached {
+                on_recycle: Some(hook),
+                ..
+            } => hook(reason.into()),
+            Held::Detached { .. } => {}
         }
     }
 }

@@ -351,3 +351,6 @@ impl ConnPool {
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
+
+#[cfg(test)]
+mod tests;
