@@ -177,7 +177,14 @@ fn assert_never_imports(dir: &str, module: &str, why: &str) {
 /// modules of the layers below its own, never its own layer's or above.
 const LAYERS: &[&[&str]] = &[
     // Leaves: import nothing of the crate.
-    &["clock", "config", "docroot", "isolation", "lanes", "metrics"],
+    &[
+        "clock",
+        "config",
+        "docroot",
+        "isolation",
+        "lanes",
+        "metrics",
+    ],
     // Process groups, leases: below every runtime.
     &["supervisor"],
     // What a runtime is (launchers) and how a request reaches it (upstreams).

@@ -17,11 +17,11 @@ mod raw;
 mod secret;
 mod server;
 mod site;
+#[cfg(test)]
+pub(crate) mod tests_support;
 mod tls;
 mod types;
 mod vhosts;
-#[cfg(test)]
-pub(crate) mod tests_support;
 
 use std::collections::BTreeMap;
 use std::path::Path;

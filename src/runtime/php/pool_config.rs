@@ -337,8 +337,8 @@ mod tests {
     use expect_test::expect;
 
     use super::*;
-    use crate::config::{IniValue, SiteName};
     use crate::config::tests_support::site;
+    use crate::config::{IniValue, SiteName};
 
     fn paths() -> PhpPoolPaths {
         PhpPoolPaths::new(
