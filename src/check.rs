@@ -47,7 +47,7 @@ pub fn check(main: &Path) -> Result<String, ConfigErrors> {
 /// it has one, must exist; a site with a runtime needs its runtime's binary
 /// (its user is checked with every other site's by `site_identities`).
 fn check_runtimes(site: &SiteConfig, server: &ServerConfig, errors: &mut ConfigErrors) {
-    if site.php.is_none() && site.python.is_none() {
+    if !site.runs_code() {
         match configured_identity(
             site,
             server.default_user.as_deref(),

@@ -39,6 +39,14 @@ pub struct SiteConfig {
 }
 
 impl SiteConfig {
+    /// Whether the site runs code of its own (any runtime kind but static
+    /// files): such a site gets processes, a user no other code-running site
+    /// shares, and its logs readable by its group. The one place a new
+    /// runtime kind is added to that list.
+    pub fn runs_code(&self) -> bool {
+        self.php.is_some() || self.python.is_some()
+    }
+
     /// "php", "python", "php+python" or "static": for status and logs.
     pub fn runtime_label(&self) -> &'static str {
         match (&self.php, &self.python) {

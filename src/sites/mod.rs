@@ -90,14 +90,11 @@ impl Site {
         let route = disabled_route(config, self.logs().clone(), self.stats().clone(), old.uid());
         Site {
             route: Arc::new(route),
-            runtimes: Arc::new(Runtimes {
-                generation: old.generation,
-                groups: Vec::new(),
-                python: None,
-                php: None,
-                context: old.context.clone(),
-                reader: old.reader.clone(),
-            }),
+            runtimes: Arc::new(Runtimes::without_processes(
+                old.generation,
+                old.context.clone(),
+                old.reader.clone(),
+            )),
             stopped: true,
         }
     }
@@ -154,7 +151,7 @@ pub fn open_logs(site: &SiteConfig, log_dir: &Path) -> Arc<SiteLogs> {
 /// A failure leaves the logs root's (the site cannot read its own) and is
 /// logged.
 pub fn give_logs_to_site(site: &SiteConfig, supervisor: &Supervisor, logs: &SiteLogs) {
-    let group = if crate::supervisor::separation::runs_code(site) {
+    let group = if site.runs_code() {
         supervisor.identity(site).ok().flatten().map(|id| id.gid)
     } else {
         None

@@ -37,6 +37,23 @@ pub struct Runtimes {
 }
 
 impl Runtimes {
+    /// A generation with no process: what a static site has, and what a
+    /// stopped site keeps (its context and reader, for logs and files).
+    pub fn without_processes(
+        generation: u64,
+        context: Option<SiteContext>,
+        reader: Reader,
+    ) -> Runtimes {
+        Runtimes {
+            generation,
+            groups: Vec::new(),
+            python: None,
+            php: None,
+            context,
+            reader,
+        }
+    }
+
     /// The user the site's processes run as (none for a static site).
     pub fn uid(&self) -> Option<u32> {
         let identity = self.context.as_ref()?.identity.as_ref()?;
@@ -134,15 +151,8 @@ pub fn build_runtimes(
     generation: u64,
     stats: &Arc<SiteStats>,
 ) -> Result<Runtimes, ConfigErrors> {
-    let mut rt = Runtimes {
-        generation,
-        groups: Vec::new(),
-        python: None,
-        php: None,
-        context: None,
-        reader: Reader::Anyone,
-    };
-    if site.php.is_none() && site.python.is_none() {
+    let mut rt = Runtimes::without_processes(generation, None, Reader::Anyone);
+    if !site.runs_code() {
         let identity = supervisor
             .static_identity(site)
             .map_err(|e| one_error(site, "user", e.to_string()))?;

@@ -78,7 +78,7 @@ fn identities(
 ) -> Result<BTreeMap<SiteName, SiteIdentity>, ConfigErrors> {
     let mut errors = ConfigErrors::default();
     let mut resolved = BTreeMap::new();
-    for site in sites.values().filter(|s| runs_code(s)) {
+    for site in sites.values().filter(|s| s.runs_code()) {
         let (user, group, admin) = (
             defaults.user.as_deref(),
             defaults.group.as_deref(),
@@ -105,11 +105,6 @@ fn identities(
     } else {
         Err(errors)
     }
-}
-
-/// A site with PHP or Python: its code runs in processes of its own.
-pub fn runs_code(site: &SiteConfig) -> bool {
-    site.php.is_some() || site.python.is_some()
 }
 
 fn check_separation(
