@@ -115,6 +115,11 @@ impl<F: AsFd> Beneath<F> {
         Beneath { root, wait }
     }
 
+    /// The root handle lookups start from.
+    pub fn into_root(self) -> F {
+        self.root
+    }
+
     /// What `rel` names, without opening it for reading (`O_PATH`).
     /// `Ok(None)`: nothing there (or a file where a directory was needed).
     pub fn kind(&self, rel: &str) -> Result<Option<Kind>, Fail> {
@@ -166,6 +171,7 @@ impl<F: AsFd> Beneath<F> {
             return Ok(Opened::Dir(Dir {
                 rel: path.to_owned(),
                 trailing_slash: rel.trailing_slash(),
+                under: None,
             }));
         }
         if rel.trailing_slash() {

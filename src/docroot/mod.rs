@@ -139,9 +139,22 @@ pub enum Resolved {
 pub struct Dir {
     rel: String,
     trailing_slash: bool,
+    /// The root it was found beneath when that is not the [`DocRoot`]'s own
+    /// handle (a PHP lookup's root, opened afresh for the request): its
+    /// index file is opened beneath the same root, so a root replaced
+    /// meanwhile never mixes an old directory with a new index.
+    under: Option<OwnedFd>,
 }
 
 impl Dir {
+    /// This directory, found beneath `root` (not the [`DocRoot`]'s own handle).
+    pub fn found_beneath(self, root: OwnedFd) -> Dir {
+        Dir {
+            under: Some(root),
+            ..self
+        }
+    }
+
     /// Path relative to the root, without leading or trailing slash (`""` for the root).
     pub fn rel_path(&self) -> &str {
         &self.rel
@@ -273,7 +286,11 @@ impl DocRoot {
             } else {
                 format!("{}/{name}", dir.rel)
             };
-            match self.resolve_relative(&joined) {
+            let found = match &dir.under {
+                Some(root) => self.open_relative(Beneath::new(root, Wait::Block), &joined),
+                None => self.resolve_relative(&joined),
+            };
+            match found {
                 Ok(file) => return Ok(Some(file)),
                 Err(ResolveError::NotFound) => continue,
                 Err(e) => return Err(e),
@@ -288,11 +305,17 @@ impl DocRoot {
     ///
     /// [`resolve`]: DocRoot::resolve
     pub fn resolve_relative(&self, rel: &str) -> Result<OpenFile, ResolveError> {
+        self.open_relative(self.beneath(Wait::Block), rel)
+    }
+
+    /// [`DocRoot::resolve_relative`] beneath `beneath`'s root.
+    fn open_relative<F: std::os::fd::AsFd>(
+        &self,
+        beneath: Beneath<F>,
+        rel: &str,
+    ) -> Result<OpenFile, ResolveError> {
         let rel = check_relative(rel)?;
-        let (file, meta) = self
-            .beneath(Wait::Block)
-            .open(rel.as_str())
-            .map_err(blocking)?;
+        let (file, meta) = beneath.open(rel.as_str()).map_err(blocking)?;
         if !meta.is_file() {
             return Err(ResolveError::NotFound);
         }

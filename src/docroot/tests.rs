@@ -375,3 +375,36 @@ fn what_a_fresh_root_opens_is_admitted_by_the_docroot() {
         Err(Fail::Refused(ResolveError::Forbidden(_)))
     ));
 }
+
+/// A directory found beneath a root other than the DocRoot's own handle (a
+/// PHP lookup's fresh root, here a replacement directory) has its index
+/// file opened beneath that same root, never the DocRoot's.
+#[test]
+fn a_directory_found_beneath_another_root_takes_its_index_from_it() {
+    let (old, new) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    for (dir, text) in [(&old, "old index"), (&new, "new index")] {
+        fs::create_dir(dir.path().join("sub")).unwrap();
+        fs::write(dir.path().join("sub/index.html"), text).unwrap();
+    }
+    let root = DocRoot::open(old.path(), Reader::Anyone).unwrap();
+    let index = ["index.html".to_owned()];
+    let beneath = fresh(new.path(), Wait::Block).unwrap();
+    let rel = decode_for("/sub/", Reading::Script).unwrap();
+    let Opened::Dir(dir) = beneath.open_rel(&rel).unwrap() else {
+        panic!("sub/ is a directory");
+    };
+    let dir = dir.found_beneath(beneath.into_root());
+    let Resolved::Dir(dir) = root.admit(Opened::Dir(dir)).unwrap() else {
+        panic!("admitted as a directory");
+    };
+    let file = root.open_index(&dir, &index).unwrap().unwrap();
+    assert_eq!(read(file), "new index");
+    // Found through the DocRoot itself: its own root's index.
+    let Resolved::Dir(own) = root.resolve("/sub/").unwrap() else {
+        panic!("sub/ is a directory");
+    };
+    assert_eq!(
+        read(root.open_index(&own, &index).unwrap().unwrap()),
+        "old index"
+    );
+}

@@ -203,12 +203,12 @@ fn find_with(root: &Path, raw_path: &str, rules: &Rules, wait: Wait) -> Result<F
     if hidden.is_some() {
         return Err(Refusal::Hidden.verdict().into());
     }
-    whole_path(&beneath, &path, rules)
+    whole_path(beneath, &path, rules)
 }
 
 /// The whole path names the script, a static file or directory, or nothing.
 fn whole_path(
-    beneath: &Beneath<std::os::fd::OwnedFd>,
+    beneath: Beneath<std::os::fd::OwnedFd>,
     path: &RelPath<'_>,
     rules: &Rules,
 ) -> Result<Found, Fail> {
@@ -250,9 +250,14 @@ fn whole_path(
             match beneath.kind(&index)? {
                 Some(Kind::File) if wants_dir => Ok(script(&index, "")),
                 Some(Kind::File) => Ok(Target::AddSlash.into()),
-                // A directory with a PHP name (`/dir.php/`) was only looked up.
-                _ if opened.is_none() => Ok(static_target(Some(beneath.open_rel(path)?))),
-                _ => Ok(static_target(opened.take())),
+                _ => {
+                    // A directory with a PHP name (`/dir.php/`) was only looked up.
+                    let dir = match opened.take() {
+                        Some(dir) => dir,
+                        None => beneath.open_rel(path)?,
+                    };
+                    Ok(static_target(Some(found_beneath(dir, beneath))))
+                }
             }
         }
         Some(Kind::Other) => Err(not_regular(rel).into()),
@@ -271,6 +276,14 @@ fn whole_path(
             },
             None => Ok(Target::NotFound.into()),
         },
+    }
+}
+
+/// A directory keeps the root it was found beneath, for its index file.
+fn found_beneath(opened: Opened, beneath: Beneath<std::os::fd::OwnedFd>) -> Opened {
+    match opened {
+        Opened::Dir(dir) => Opened::Dir(dir.found_beneath(beneath.into_root())),
+        file => file,
     }
 }
 
