@@ -154,20 +154,6 @@ pub fn find_cached(
     }
 }
 
-/// [`find`]'s target alone.
-pub fn resolve(root: &Path, raw_path: &str, rules: &Rules) -> Result<Target, UpstreamError> {
-    find(root, raw_path, rules).map(|found| found.target)
-}
-
-/// [`find_cached`]'s target alone.
-pub fn resolve_cached(
-    root: &Path,
-    raw_path: &str,
-    rules: &Rules,
-) -> Option<Result<Target, UpstreamError>> {
-    find_cached(root, raw_path, rules).map(|found| found.map(|found| found.target))
-}
-
 fn find_with(root: &Path, raw_path: &str, rules: &Rules, wait: Wait) -> Result<Found, Fail> {
     let path = docroot::decode_for(raw_path, Reading::Script)?;
     let rel = path.as_str();

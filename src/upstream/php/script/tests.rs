@@ -5,6 +5,20 @@ use std::borrow::Cow;
 
 use super::*;
 
+/// [`find`]'s target alone.
+fn resolve(root: &Path, raw_path: &str, rules: &Rules) -> Result<Target, UpstreamError> {
+    find(root, raw_path, rules).map(|found| found.target)
+}
+
+/// [`find_cached`]'s target alone.
+fn resolve_cached(
+    root: &Path,
+    raw_path: &str,
+    rules: &Rules,
+) -> Option<Result<Target, UpstreamError>> {
+    find_cached(root, raw_path, rules).map(|found| found.map(|found| found.target))
+}
+
 /// The one decoder as a PHP site reads a path, with the leading `/`
 /// kept (as the decoder this module had before `docroot`'s).
 fn decode(raw: &str) -> Result<Cow<'_, str>, UpstreamError> {
