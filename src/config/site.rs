@@ -105,6 +105,16 @@ pub enum IniValue {
     Value(String),
 }
 
+/// `php.max_requests` when a site sets none: a php-fpm child is replaced
+/// after this many requests. Chosen from measurements
+/// (`integration/bench/php-memory`): the private memory of WordPress and
+/// Laravel-shaped children stops growing after their first hundred requests,
+/// so recycling buys nothing for them, while a recycle costs a fork and a
+/// cold child; this bounds what a leaking extension can hold at a cost too
+/// small to measure. The numbers and the trade-off: docs/php.md
+/// ("Recycling children").
+const DEFAULT_PHP_MAX_REQUESTS: u64 = 10_000;
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct PhpConfig {
     /// php-fpm binary; `None` means the newest `php-fpm*` found at start.
@@ -394,7 +404,7 @@ fn validate_php(raw: RawPhp, base: &Path, errs: &mut FileErrors<'_>) -> Option<P
         max_requests: opt(errs, "php.max_requests", raw.max_requests, |v| {
             parse_count(v, 0, u32::MAX as u64)
         })
-        .unwrap_or(500),
+        .unwrap_or(DEFAULT_PHP_MAX_REQUESTS),
         idle_timeout: opt(errs, "php.idle_timeout", raw.idle_timeout, parse_duration)
             .unwrap_or(Duration::from_secs(10)),
         pool_idle_timeout: opt(

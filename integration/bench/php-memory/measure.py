@@ -28,10 +28,10 @@ import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-T = os.environ["PHPMEM_TREE"]
-BIN = os.environ["PHPMEM_BIN"]
-USERS = os.environ["PHPMEM_USERS"].split(",")
-PIDFILE = os.environ["PHPMEM_PIDFILE"]
+T = os.environ.get("PHPMEM_TREE", "")  # run.sh sets these; --report-from needs none
+BIN = os.environ.get("PHPMEM_BIN", "")
+USERS = os.environ.get("PHPMEM_USERS", "").split(",")
+PIDFILE = os.environ.get("PHPMEM_PIDFILE", "")
 PORT = int(os.environ.get("PHPMEM_PORT", "18419"))
 
 
@@ -39,16 +39,20 @@ def log(*a):
     print(*a, file=sys.stderr, flush=True)
 
 
+# Site names are short: a pool's socket path (state dir, site, socket name)
+# must fit the 108 bytes of a Unix socket address.
 APPS = {
     "wordpress": dict(
+        short="wp",
         root=f"{T}/wp", basedir=[f"{T}/wp"], front="index.php",
         paths=["/", "/post-1/", "/post-17/", "/post-33/", "/page-2/", "/category/news/",
                "/tag/tag3/", "/?s=lorem", "/feed/", "/wp-json/wp/v2/posts", "/2023/12/"]),
     "laravel-like": dict(
+        short="lar",
         root=f"{T}/laravel/public", basedir=[f"{T}/laravel"], front="index.php",
         paths=["/", "/posts/5", "/users/3", "/search?q=Post", "/api/posts?page=2", "/section7/3",
                "/posts/12"]),
-    "hello": dict(root=f"{T}/hello", basedir=[f"{T}/hello"], front=None, paths=["/index.php"]),
+    "hello": dict(short="hello", root=f"{T}/hello", basedir=[f"{T}/hello"], front=None, paths=["/index.php"]),
 }
 
 
@@ -65,7 +69,7 @@ def toml_list(xs):
 def polyhost_tree(name, sites):
     """Writes a polyhost configuration with `sites` [(site, app, user,
     max_requests, children, env)] and returns its directory."""
-    base = f"{T}/polyhost-{name}"
+    base = f"{T}/{name}"
     write(f"{base}/polyhost.toml", f"""listen = ["127.0.0.1:{PORT}"]
 vhosts_dir = "vhosts"
 include = []
@@ -210,8 +214,8 @@ def memory_phase(args, apps):
         cd = f"{T}/counts/{app}"
         os.makedirs(cd, exist_ok=True)
         subprocess.run(["chown", USERS[i], cd], check=True)
-        sites.append((f"mem-{app}", app, USERS[i], 0, args.mem_children, {"PHPMEM_COUNT_DIR": cd}))
-    base = polyhost_tree("memory", sites)
+        sites.append((f"mem-{APPS[app]['short']}", app, USERS[i], 0, args.mem_children, {"PHPMEM_COUNT_DIR": cd}))
+    base = polyhost_tree("mem", sites)
     p = start_polyhost(base)
     results = {}
     try:
@@ -245,7 +249,7 @@ def memory_phase(args, apps):
                 rows.append({"checkpoint": c, "children": snap})
                 log(f"phpmem: {app} after {c} requests/child ({time.monotonic() - t0:.0f} s): " + ", ".join(
                     f"pid {s['pid']} n={s['requests']} rss={s['rss'] / 1024:.1f}M pss={s['pss'] / 1024:.1f}M "
-                    f"private={s['private'] / 1024:.1f}M" for s in snap))
+                    f"private={s['private'] / 1024:.1f}M anon={s['anon'] / 1024:.1f}M" for s in snap))
             if errors:
                 log(f"phpmem: {app}: {len(errors)} failed requests, e.g. {errors[:3]}")
             results[app] = {"rows": rows, "errors": len(errors), "seconds": time.monotonic() - t0}
@@ -269,8 +273,9 @@ def wrk(host, paths_file, conns, duration):
 
 
 def throughput_phase(args, app):
-    sites = [(f"tp-{app}-mr{mr}", app, USERS[i], mr, args.children, {}) for i, mr in enumerate(args.max_requests)]
-    base = polyhost_tree(f"throughput-{app}", sites)
+    short = APPS[app]["short"]
+    sites = [(f"tp-{short}-{mr}", app, USERS[i], mr, args.children, {}) for i, mr in enumerate(args.max_requests)]
+    base = polyhost_tree(f"tp-{short}", sites)
     paths_file = f"{base}/paths.txt"
     write(paths_file, "\n".join(APPS[app]["paths"]) + "\n")
     p = start_polyhost(base)
@@ -307,21 +312,22 @@ def report(args, mem, tp):
     if mem:
         L.append(f"## Memory per child (MiB; `mode = \"static\"`, {args.mem_children} children, "
                  f"`max_requests = 0`; median over the children, max in brackets)\n")
-        L.append("| app | requests/child | RSS | PSS | private | growth of private since 100 |")
-        L.append("|---|---:|---:|---:|---:|---:|")
+        L.append("| app | requests/child | RSS | PSS | private | anonymous | anonymous: growth since 100 |")
+        L.append("|---|---:|---:|---:|---:|---:|---:|")
         for app, r in mem.items():
             base100 = None
             for row in r["rows"]:
                 kids = row["children"]
-                med = {k: statistics.median(s[k] for s in kids) for k in ("rss", "pss", "private")}
-                mx = {k: max(s[k] for s in kids) for k in ("rss", "pss", "private")}
+                med = {k: statistics.median(s[k] for s in kids) for k in ("rss", "pss", "private", "anon")}
+                mx = {k: max(s[k] for s in kids) for k in ("rss", "pss", "private", "anon")}
                 n = statistics.median(s["requests"] for s in kids)
                 if row["checkpoint"] == 100:
-                    base100 = med["private"]
-                growth = f"{(med['private'] - base100) / 1024:+.2f}" if base100 is not None and row["checkpoint"] > 100 else ""
+                    base100 = med["anon"]
+                growth = f"{(med['anon'] - base100) / 1024:+.2f}" if base100 is not None and row["checkpoint"] > 100 else ""
                 L.append(f"| {app} | {row['checkpoint']:,} (served {n:,.0f}) | {mib(med['rss'])} ({mib(mx['rss'])}) "
-                         f"| {mib(med['pss'])} ({mib(mx['pss'])}) | {mib(med['private'])} ({mib(mx['private'])}) | {growth} |")
-            L.append(f"| {app} | failed requests: {r['errors']}; {r['seconds']:.0f} s | | | | |")
+                         f"| {mib(med['pss'])} ({mib(mx['pss'])}) | {mib(med['private'])} ({mib(mx['private'])}) "
+                         f"| {mib(med['anon'])} ({mib(mx['anon'])}) | {growth} |")
+            L.append(f"| {app} | failed requests: {r['errors']}; {r['seconds']:.0f} s | | | | | |")
         L.append("")
     if tp:
         L.append(f"## Throughput by `max_requests` (`mode = \"static\"`, {args.children} children, wrk -t2 "
@@ -355,12 +361,20 @@ def main():
     ap.add_argument("--checkpoints", default="0,100,500,1000,5000,10000")
     ap.add_argument("--checkpoints-for", action="append", default=[], metavar="APP=LIST",
                     help="checkpoints of one app, e.g. wordpress=0,100,500,1000,2000")
-    ap.add_argument("--max-requests", default="0,500,1000,10000")
+    ap.add_argument("--max-requests", default="0,1,500,1000,10000")
     ap.add_argument("--conns", type=int, default=16)
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--report-from", metavar="JSON", help="print the report of an earlier run's results/*.json")
     args = ap.parse_args()
+    if args.report_from:
+        with open(args.report_from) as f:
+            data = json.load(f)
+        vars(args).update(data.get("args", {}))
+        tp = {a: {int(k): v for k, v in r.items()} for a, r in data["throughput"].items()}
+        print(report(args, data["memory"], tp))
+        return
     default = [int(x) for x in args.checkpoints.split(",")]
     args.checkpoints = {app: default for app in APPS}
     for spec in args.checkpoints_for:
@@ -372,14 +386,21 @@ def main():
     apps = args.apps.split(",")
     only = args.only.split(",")
     mem = memory_phase(args, apps) if "memory" in only else {}
-    tp = {app: throughput_phase(args, app) for app in apps} if "throughput" in only else {}
+    tp = {}
+    for app in apps if "throughput" in only else []:
+        try:
+            tp[app] = throughput_phase(args, app)
+        except SystemExit as e:  # report what was measured, and why the rest was not
+            log(f"phpmem: {app}: throughput not measured: {e}")
+            tp[app] = {mr: [None] for mr in args.max_requests}
     text = report(args, mem, tp)
     os.makedirs(f"{HERE}/results", exist_ok=True)
     name = f"{HERE}/results/{time.strftime('%Y%m%d-%H%M%S')}"
     with open(f"{name}.md", "w") as f:
         f.write(text + "\n")
     with open(f"{name}.json", "w") as f:
-        json.dump({"memory": mem, "throughput": {a: {str(k): v for k, v in r.items()} for a, r in tp.items()}}, f)
+        json.dump({"args": {k: v for k, v in vars(args).items() if k in ("children", "mem_children", "conns", "duration", "reps")},
+                   "memory": mem, "throughput": {a: {str(k): v for k, v in r.items()} for a, r in tp.items()}}, f)
     print(text)
     log(f"phpmem: report in {name}.md (raw numbers in {name}.json)")
 

@@ -9,7 +9,7 @@
 #
 # Installs what is missing (Debian: wordpress, wordpress-theme-twentytwentythree,
 # mariadb-server, php8.2-mysql, php8.2-fpm, wrk), builds polyhost in release
-# (or uses PHPMEM_BIN), creates the users polyhost-phpmem1..4, starts a
+# (or uses PHPMEM_BIN), creates the users polyhost-phpmem1..5, starts a
 # private MariaDB (own datadir and socket in a temp dir, no networking, no
 # systemd), installs a private copy of WordPress into it, generates the
 # Laravel-shaped app (app/), then runs measure.py. Everything it starts is
@@ -54,7 +54,7 @@ else
 fi
 
 USERS=()
-for i in 1 2 3 4; do
+for i in 1 2 3 4 5; do
     u=polyhost-phpmem$i
     id "$u" >/dev/null 2>&1 || useradd --system --user-group --no-create-home --shell /usr/sbin/nologin "$u"
     USERS+=("$u")
