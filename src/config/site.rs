@@ -107,11 +107,12 @@ pub enum IniValue {
 
 /// `php.max_requests` when a site sets none: a php-fpm child is replaced
 /// after this many requests. Chosen from measurements
-/// (`integration/bench/php-memory`): the private memory of WordPress and
-/// Laravel-shaped children stops growing after their first hundred requests,
-/// so recycling buys nothing for them, while a recycle costs a fork and a
-/// cold child; this bounds what a leaking extension can hold at a cost too
-/// small to measure. The numbers and the trade-off: docs/php.md
+/// (`integration/bench/php-memory`): WordPress and Laravel-shaped children
+/// stop growing after their first hundred requests (to the KiB, up to
+/// 10,000), so recycling buys them nothing, while each recycle costs about
+/// a tenth of a second of a child (500: 0.75× a PHP hello's throughput).
+/// 10,000 still bounds what a leaking extension can hold, for 1–3 % of a
+/// hello at worst. The numbers and the trade-off: docs/php.md
 /// ("Recycling children").
 const DEFAULT_PHP_MAX_REQUESTS: u64 = 10_000;
 

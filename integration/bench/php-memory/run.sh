@@ -5,7 +5,8 @@
 #   integration/bench/php-memory/run.sh [measure.py options]
 #     --apps wordpress,laravel-like,hello   --only memory,throughput
 #     --mem-children 2 --checkpoints 0,100,500,1000,5000,10000
-#     --children 4 --max-requests 0,500,1000,10000 --conns 16 --duration 10 --reps 3
+#     --children 4 --max-requests 0,1,500,1000,10000 --conns 16 --duration 10 --reps 3
+#   python3 measure.py --report-from results/TIME.json   reprints a run's report (starts nothing)
 #
 # Installs what is missing (Debian: wordpress, wordpress-theme-twentytwentythree,
 # mariadb-server, php8.2-mysql, php8.2-fpm, wrk), builds polyhost in release
