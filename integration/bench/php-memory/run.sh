@@ -130,13 +130,7 @@ if (!defined('ABSPATH')) {
 require_once ABSPATH . 'wp-settings.php';
 PHP
 mkdir -p "$TREE/wp/wp-content/mu-plugins"
-cat >"$TREE/wp/wp-content/mu-plugins/phpmem-count.php" <<'PHP'
-<?php
-// Counts this process's requests when the benchmark asks (one byte per request).
-if ($phpmem_dir = getenv('PHPMEM_COUNT_DIR')) {
-    file_put_contents($phpmem_dir . '/' . getmypid(), '.', FILE_APPEND);
-}
-PHP
+cp "$HERE/count.php" "$TREE/wp/wp-content/mu-plugins/phpmem-count.php"
 php "$HERE/wp-setup.php" "$TREE/wp" wp.bench
 chmod -R a+rX "$TREE/wp"
 
@@ -144,7 +138,7 @@ chmod -R a+rX "$TREE/wp"
 # the generated application beside them; templates compiled once here.
 L=$TREE/laravel
 mkdir -p "$L"
-cp -r "$HERE/app/framework" "$HERE/app/public" "$HERE/app/views" "$L/"
+cp -r "$HERE/app/framework" "$HERE/app/public" "$HERE/app/views" "$HERE/count.php" "$L/"
 php "$HERE/app/gen.php" "$L"
 for path in / /posts/1 /api/posts /nope; do
     REQUEST_URI=$path REQUEST_METHOD=GET php -d variables_order=EGPCS "$L/public/index.php" >/dev/null
@@ -152,14 +146,8 @@ done
 chmod -R a+rX "$L"
 
 mkdir -p "$TREE/hello"
-cat >"$TREE/hello/index.php" <<'PHP'
-<?php
-// Counts this process's requests when the benchmark asks (one byte per request).
-if ($dir = getenv('PHPMEM_COUNT_DIR')) {
-    file_put_contents($dir . '/' . getmypid(), '.', FILE_APPEND);
-}
-echo "Hello, world!\n";
-PHP
+cp "$HERE/count.php" "$TREE/hello/count.php"
+printf '<?php\nrequire __DIR__ . "/count.php";\necho "Hello, world!\\n";\n' >"$TREE/hello/index.php"
 chmod -R a+rX "$TREE/hello"
 mkdir -p "$TREE/counts"
 chmod 755 "$TREE/counts"

@@ -24,10 +24,7 @@ spl_autoload_register(function (string $class) use ($base) {
     }
 });
 
-// Counts this process's requests when the benchmark asks (one byte per request).
-if ($dir = getenv('PHPMEM_COUNT_DIR')) {
-    file_put_contents($dir . '/' . getmypid(), '.', FILE_APPEND);
-}
+require $base . '/count.php'; // the benchmark's request counter (../../count.php)
 
 $app = new Mini\Container();
 $kernel = new Mini\Kernel($app, $base);
