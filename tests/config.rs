@@ -19,6 +19,24 @@ fn check_errors(cfg: &TestConfig, want: Expect) {
     want.assert_eq(&text);
 }
 
+/// The default docs/configuration.md gives for a `[php]` key, as a count.
+fn documented_php_default(key: &str) -> u64 {
+    let docs = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/configuration.md"
+    ))
+    .unwrap();
+    let php = docs.split("### `[php]`").nth(1).expect("a [php] section");
+    let row = php
+        .lines()
+        .find(|l| l.starts_with(&format!("| `{key}` |")))
+        .unwrap_or_else(|| panic!("no row for {key}"));
+    let default = row.split('|').nth(3).unwrap().trim().trim_matches('`');
+    default
+        .parse()
+        .unwrap_or_else(|_| panic!("{key}: {default:?} is not a count"))
+}
+
 #[test]
 fn valid_example_set_loads_into_typed_values() {
     let cfg = TestConfig::new();
@@ -74,6 +92,11 @@ DJANGO_SETTINGS_MODULE = "shop.settings"
     let php = shop.php.as_ref().unwrap();
     assert_eq!(php.mode, polyhost::config::PhpMode::Static);
     assert_eq!(php.max_children, 8);
+    assert_eq!(
+        php.max_requests,
+        documented_php_default("max_requests"),
+        "default, as docs/configuration.md states it"
+    );
     assert_eq!(
         php.ini.get("display_errors"),
         Some(&polyhost::config::IniValue::Flag(false))

@@ -113,6 +113,17 @@ pub enum IniValue {
     Value(String),
 }
 
+/// `php.max_requests` when a site sets none: a php-fpm child is replaced
+/// after this many requests. Chosen from measurements
+/// (`integration/bench/php-memory`): WordPress and Laravel-shaped children
+/// stop growing after their first hundred requests (to the KiB, up to
+/// 10,000), so recycling buys them nothing, while each recycle costs about
+/// a tenth of a second of a child (500: 0.75× a PHP hello's throughput).
+/// 10,000 still bounds what a leaking extension can hold, for 1–3 % of a
+/// hello at worst. The numbers and the trade-off: docs/php.md
+/// ("Recycling children").
+const DEFAULT_PHP_MAX_REQUESTS: u64 = 10_000;
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct PhpConfig {
     /// php-fpm binary; `None` means the newest `php-fpm*` found at start.
@@ -402,7 +413,7 @@ fn validate_php(raw: RawPhp, base: &Path, errs: &mut FileErrors<'_>) -> Option<P
         max_requests: opt(errs, "php.max_requests", raw.max_requests, |v| {
             parse_count(v, 0, u32::MAX as u64)
         })
-        .unwrap_or(500),
+        .unwrap_or(DEFAULT_PHP_MAX_REQUESTS),
         idle_timeout: opt(errs, "php.idle_timeout", raw.idle_timeout, parse_duration)
             .unwrap_or(Duration::from_secs(10)),
         pool_idle_timeout: opt(
