@@ -9,7 +9,8 @@ use std::path::Path;
 use crate::config::{self, ConfigError, ConfigErrors, ServerConfig, SiteConfig};
 use crate::runtime::python::default_worker;
 use crate::supervisor::{
-    configured_identity, configured_site_identities, IdentityDefaults, SiteSetupError,
+    check_socket_paths, configured_identity, configured_site_identities, IdentityDefaults,
+    SiteSetupError,
 };
 
 /// Returns a one-line summary on success, or every error found.
@@ -30,6 +31,9 @@ pub fn check(main: &Path) -> Result<String, ConfigErrors> {
     {
         errors.0.extend(e.0);
     }
+    errors
+        .0
+        .extend(check_socket_paths(&config.server.state_dir, &config.sites).0);
     for site in config.sites.values() {
         check_runtimes(site, &config.server, &mut errors);
     }

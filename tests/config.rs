@@ -471,3 +471,41 @@ fn a_site_may_not_run_in_a_privileged_group_or_the_admin_group() {
         "{stderr}"
     );
 }
+
+/// A runtime socket's path must fit a Unix socket address (107 bytes):
+/// `check` names the site whose sockets would not, before anything starts,
+/// instead of a crash loop of "File name too long" at the first request.
+#[test]
+fn a_site_whose_runtime_sockets_would_not_fit_is_refused_by_name() {
+    let cfg = TestConfig::new();
+    // 40 bytes: room for a short site name, not for a 40-byte one.
+    let state = format!("/tmp/polyhost-socket-room-{}", "x".repeat(14));
+    assert_eq!(state.len(), 40);
+    cfg.write(
+        "polyhost.toml",
+        &format!("listen = [\"127.0.0.1:0\"]\nstate_dir = \"{state}\"\nlog_dir = \"log\"\n"),
+    );
+    cfg.write("www/a/x", "");
+    let long = "a-site-name-of-forty-bytes-for-sockets-x";
+    assert_eq!(long.len(), 40);
+    for (name, user) in [(long, "nobody"), ("ok", "daemon")] {
+        cfg.write(
+            &format!("vhosts/{name}.toml"),
+            &format!("hosts = [\"{name}.test\"]\nroot = \"www/a\"\nuser = \"{user}\"\n[python]\napp = \"x\"\nworker = \"/bin/true\"\n"),
+        );
+    }
+    // A static site runs no process: no socket, whatever its name.
+    let static_name = "a-static-site-of-forty-bytes-for-sockets";
+    cfg.write(
+        &format!("vhosts/{static_name}.toml"),
+        &format!("hosts = [\"s.test\"]\nroot = \"www/a\"\n"),
+    );
+    let (code, _, stderr) = polyhost_check(&cfg, &[]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!("vhosts/{long}.toml: its runtime sockets in {state}/sockets/{long} would have paths of up to 119 bytes, over the 107")),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("vhosts/ok.toml"), "{stderr}");
+    assert!(!stderr.contains(static_name), "{stderr}");
+}

@@ -68,7 +68,13 @@ impl Server {
     /// reload from nothing (`plan(∅, config)`, then the same apply): the
     /// same building code, the same errors.
     pub async fn start(config: Config) -> Result<Arc<Server>, ServeError> {
-        // Before anything is touched: two sites that run code never share a uid or group.
+        // Before anything is touched: two sites that run code never share a
+        // uid or group, and each one's runtime sockets can be bound.
+        let sockets =
+            crate::supervisor::check_socket_paths(&config.server.state_dir, &config.sites);
+        if !sockets.is_empty() {
+            return Err(sockets.into());
+        }
         crate::supervisor::site_identities(
             &config.sites,
             &crate::supervisor::IdentityDefaults::of(&config.server),

@@ -34,6 +34,7 @@ pub use lease::{LeaseError, RuntimeHandle, RuntimeLease};
 pub use policy::{RestartPolicy, RestartTracker};
 pub use separation::{configured_site_identities, site_identities, IdentityDefaults};
 pub use snapshot::{GroupState, Snapshot};
+pub use sockets::check_paths as check_socket_paths;
 
 use crate::config::{ServerConfig, SiteConfig, SiteScheduling};
 use crate::isolation::{self, CgroupRoot, Rlimits, SiteCgroup, SiteIdentity};
@@ -163,7 +164,15 @@ impl Supervisor {
         std::collections::BTreeMap<crate::config::SiteName, SiteIdentity>,
         crate::config::ConfigErrors,
     > {
-        site_identities(sites, &self.defaults)
+        let mut errors = sockets::check_paths(&self.state_dir, sites);
+        match site_identities(sites, &self.defaults) {
+            Ok(identities) if errors.is_empty() => Ok(identities),
+            Ok(_) => Err(errors),
+            Err(e) => {
+                errors.0.extend(e.0);
+                Err(errors)
+            }
+        }
     }
 
     /// Prepares what the site's processes share: identity, cgroup with the

@@ -30,6 +30,43 @@ use std::path::{Path, PathBuf};
 use nix::sys::socket::{self, AddressFamily, Backlog, SockFlag, SockType, UnixAddr};
 
 use super::launcher::Listen;
+use crate::config::{ConfigError, ConfigErrors, SiteConfig, SiteName};
+
+/// The longest path a Unix socket can be bound at (`sun_path` holds 108
+/// bytes with its NUL).
+const SOCKET_PATH_MAX: usize = 107;
+
+/// What a socket's name adds to its site's directory, at most:
+/// `/python-<generation>-<id>.sock` with a generation and an id of up to 8
+/// digits each (a hundred million reloads, restarts or processes).
+const SOCKET_NAME_ROOM: usize = "/python-".len() + 8 + 1 + 8 + ".sock".len();
+
+/// Every site that runs code can bind its runtime sockets under
+/// `state_dir`: refused before anything starts (`check`, `serve`, reload)
+/// rather than found as a crash loop of "File name too long".
+pub fn check_paths(
+    state_dir: &Path,
+    sites: &std::collections::BTreeMap<SiteName, std::sync::Arc<SiteConfig>>,
+) -> ConfigErrors {
+    let mut errors = ConfigErrors::default();
+    for site in sites.values().filter(|s| s.runs_code()) {
+        let dir = sockets_root(state_dir).join(site.name.as_str());
+        let longest = dir.as_os_str().len() + SOCKET_NAME_ROOM;
+        if longest > SOCKET_PATH_MAX {
+            errors.push(ConfigError::in_file(
+                &site.file,
+                "",
+                format!(
+                    "its runtime sockets in {} would have paths of up to {longest} bytes, \
+                     over the {SOCKET_PATH_MAX} a Unix socket allows: use a shorter state_dir \
+                     (polyhost.toml) or a shorter site (file) name",
+                    dir.display()
+                ),
+            ));
+        }
+    }
+    errors
+}
 
 /// `<state>/sockets`: the parent of every site's socket directory.
 pub fn sockets_root(state_dir: &Path) -> PathBuf {
