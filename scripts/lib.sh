@@ -1,4 +1,5 @@
-# Shared by demo.sh and the demo scenario. Sourced, not run.
+# Shared by the scripts (setup, demo, the demo scenario, the benchmarks).
+# Sourced, not run.
 #
 # demo_location: sets DEMO_CONFIG and DEMO_BIN. As root, site code runs as
 # polyhost-demo-php and polyhost-demo-python; when they cannot read this
@@ -19,4 +20,37 @@ demo_location() {
         DEMO_CONFIG=$stage/polyhost.toml
         DEMO_BIN=$stage/bin
     fi
+}
+
+# install_missing WHO PACKAGE...: installs those of the Debian packages that
+# are missing (apt-get; as root, or through sudo), without letting them start
+# their system services: polyhost, its tests and the benchmarks run private
+# instances (there may be no init system at all). WHO prefixes the message.
+install_missing() {
+    local who=$1 p
+    shift
+    local missing=()
+    for p in "$@"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    ((${#missing[@]})) || return 0
+    echo "$who: installing ${missing[*]}"
+    local as=()
+    [[ $EUID -eq 0 ]] || as=(sudo)
+    local policy_added= status=0
+    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+        printf '#!/bin/sh\nexit 101\n' | "${as[@]}" tee /usr/sbin/policy-rc.d >/dev/null
+        "${as[@]}" chmod +x /usr/sbin/policy-rc.d
+        policy_added=1
+    fi
+    "${as[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq || status=$?
+    if ((status == 0)); then
+        "${as[@]}" env DEBIAN_FRONTEND=noninteractive \
+            apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null || status=$?
+    fi
+    if [[ -n $policy_added ]]; then "${as[@]}" rm -f /usr/sbin/policy-rc.d; fi
+    if ((status != 0)); then
+        echo "$who: installing ${missing[*]} failed (apt-get exit $status)" >&2
+    fi
+    return "$status"
 }

@@ -6,22 +6,10 @@
 #   python3-venv     virtualenvs for Python sites and the tests
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib.sh
 
 PACKAGES=(php8.2-fpm php8.2-cli php8.2-sqlite3 adminer python3-dev python3-venv curl procps)
-missing=()
-for p in "${PACKAGES[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if ((${#missing[@]})); then
-    echo "setup: installing ${missing[*]}"
-    if [[ $EUID -eq 0 ]]; then
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get update -qq
-        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-    else
-        sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-    fi
-fi
+install_missing setup "${PACKAGES[@]}"
 
 # The demo's PHP and Python sites run as these users when polyhost runs as
 # root: one each (each with its own group), since two sites that run code

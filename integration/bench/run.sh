@@ -18,6 +18,7 @@
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
+source "$REPO/scripts/lib.sh"
 
 if [[ $EUID -ne 0 ]]; then
     echo "bench: run as root (it starts Apache/nginx/php-fpm and polyhost's site users)" >&2
@@ -25,24 +26,7 @@ if [[ $EUID -ne 0 ]]; then
 fi
 
 PACKAGES=(apache2 libapache2-mod-wsgi-py3 nginx php8.2-fpm wrk python3-dev python3-venv curl procps)
-missing=()
-for p in "${PACKAGES[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if ((${#missing[@]})); then
-    echo "bench: installing ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    # Packages must not start their system services: we run private instances.
-    policy_added=
-    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
-        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
-        chmod +x /usr/sbin/policy-rc.d
-        policy_added=1
-    fi
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-    [[ -n $policy_added ]] && rm -f /usr/sbin/policy-rc.d
-fi
+install_missing bench "${PACKAGES[@]}"
 
 VENV=${BENCH_VENV_DIR:-/var/tmp/polyhost-bench-venv}
 if [[ ! -x $VENV/bin/granian || ! -x $VENV/bin/gunicorn ]]; then

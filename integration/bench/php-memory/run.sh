@@ -19,6 +19,7 @@
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../../.." && pwd)
+source "$REPO/scripts/lib.sh"
 
 if [[ $EUID -ne 0 ]]; then
     echo "phpmem: run as root (it starts MariaDB, polyhost and site users' php-fpm pools)" >&2
@@ -26,24 +27,7 @@ if [[ $EUID -ne 0 ]]; then
 fi
 
 PACKAGES=(wordpress wordpress-theme-twentytwentythree mariadb-server php8.2-mysql php8.2-fpm wrk curl)
-missing=()
-for p in "${PACKAGES[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if ((${#missing[@]})); then
-    echo "phpmem: installing ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    # Packages must not start their system services: we run a private MariaDB.
-    policy_added=
-    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
-        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
-        chmod +x /usr/sbin/policy-rc.d
-        policy_added=1
-    fi
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-    [[ -n $policy_added ]] && rm -f /usr/sbin/policy-rc.d
-fi
+install_missing phpmem "${PACKAGES[@]}"
 
 if [[ -n ${PHPMEM_BIN:-} ]]; then
     BIN=$PHPMEM_BIN
