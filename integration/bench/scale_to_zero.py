@@ -19,12 +19,13 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+
+import probes
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 APPS = os.path.join(REPO, "integration", "bench", "apps")
@@ -56,20 +57,9 @@ def wait_gone(uid, timeout=10.0):
 
 
 def first_byte_ms(port, host, path):
-    req = f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
-    t = time.perf_counter()
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
-        s.sendall(req)
-        first = s.recv(1)
-        ms = (time.perf_counter() - t) * 1000.0
-        data = first
-        while True:
-            c = s.recv(65536)
-            if not c:
-                break
-            data += c
-    ok = data.startswith(b"HTTP/1.1 200") and data.endswith(b"Hello, World!")
-    return ms, ok
+    """Milliseconds from connect to the first byte, and whether the answer is the hello."""
+    ms, status, body = probes.first_byte_ms(port, host, path)
+    return ms, status == 200 and body.endswith(b"Hello, World!")
 
 
 def summary(xs):
