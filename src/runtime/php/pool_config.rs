@@ -158,7 +158,7 @@ pub fn pool_config(site: &SiteConfig, opts: &PoolOptions<'_>) -> Result<String, 
     line(format!("chdir = {}", qp("root", root)?));
     let max = php.max_children.max(1);
     line(format!("pm = {}", php.mode.as_fpm()));
-    line(format!("pm.max_children = {max}"));
+    line(format!("pm.max_children = {}", max + spare_children(site)));
     if php.mode == PhpMode::Dynamic {
         let (start, min_spare, max_spare) = spare_servers(max);
         line(format!("pm.start_servers = {start}"));
@@ -299,6 +299,26 @@ fn open_basedir<'a>(
         }
     }
     dirs
+}
+
+/// Children php-fpm runs beyond `max_children`: one for a `static` pool
+/// whose children are recycled (`max_requests` > 0). The router keeps up to
+/// `max_children` connections alive, each pinning a child; when a child
+/// reaches `max_requests` and exits, the next request's new connection is
+/// accepted at once by the spare instead of waiting for the master to fork
+/// the replacement (which becomes the next spare). The router still admits
+/// at most `max_children` requests at a time.
+pub fn spare_children(site: &SiteConfig) -> u64 {
+    match &site.php {
+        Some(php) if php.mode == PhpMode::Static && php.max_requests > 0 => {
+            if std::env::var("RECYCLE_AB_SPARE").as_deref() == Ok("0") {
+                0
+            } else {
+                1
+            }
+        }
+        _ => 0,
+    }
 }
 
 /// php-fpm's dynamic mode: (start, min spare, max spare) for `max` children,

@@ -45,6 +45,7 @@ use http_body_util::BodyExt;
 
 use self::exchange::Exchange;
 use self::pool::ConnPool;
+pub use self::pool::PoolStats;
 use self::script::Target;
 use super::{empty_body, RequestBody, RequestContext, ResponseBody, Upstream, UpstreamError};
 use crate::config::{PhpConfig, SiteConfig};
@@ -111,7 +112,13 @@ impl PhpUpstream {
             pool: ConnPool::new(
                 max,
                 php.idle_timeout,
-                php.mode == crate::config::PhpMode::Static,
+                php.mode == crate::config::PhpMode::Static
+                    && std::env::var("RECYCLE_AB_KEEPALIVE").as_deref() != Ok("0"),
+                if std::env::var("RECYCLE_AB_COUNT").as_deref() == Ok("0") {
+                    0
+                } else {
+                    php.max_requests
+                },
             ),
             root,
             root_str,
@@ -132,6 +139,11 @@ impl PhpUpstream {
     /// Idle kept-alive connections (status, tests).
     pub fn idle_connections(&self) -> usize {
         self.pool.idle_count()
+    }
+
+    /// What the connection pool did so far (status, tests).
+    pub fn pool_stats(&self) -> PoolStats {
+        self.pool.stats()
     }
 
     async fn serve(
@@ -244,11 +256,11 @@ impl PhpUpstream {
         // so the bound holds): a POST must never run twice.
         let idle = self.pool.take(lease.socket());
         let reused = idle.is_some() && replayable;
-        let stream = match idle {
-            Some(s) if reused => s,
+        let (stream, served) = match idle {
+            Some(c) if reused => (c.stream, c.served),
             idle => {
                 drop(idle); // closed before connecting: it pins a php-fpm child
-                tokio::time::timeout(
+                let stream = tokio::time::timeout(
                     remaining(start),
                     crate::upstream::connect_runtime(lease.socket(), lease.peer_uid()),
                 )
@@ -259,11 +271,13 @@ impl PhpUpstream {
                         "cannot connect to php-fpm at {}: {e}",
                         lease.socket().display()
                     ))
-                })?
+                })?;
+                (stream, 0)
             }
         };
         let exchange = Exchange {
             pool: self.pool.clone(),
+            served,
             finish: exchange::Finish::new(lease, permit),
             errors: self.errors.clone(),
             read_timeout: timeout,
