@@ -287,6 +287,43 @@ mod tests {
         }
     }
 
+    /// A connection is pooled until its child's `max_requests`-th response,
+    /// then retired: the request after it never meets it.
+    #[tokio::test]
+    async fn a_connection_is_retired_after_its_childs_last_request() {
+        let pool = ConnPool::new(4, Duration::from_secs(60), true, 3);
+        let (stream, _peer) = UnixStream::pair().unwrap();
+        let mut conn = Some(conn(stream));
+        for served in 1..=2 {
+            pool.put("/s".into(), conn.take().unwrap());
+            let got = pool.take(Path::new("/s")).expect("pooled");
+            assert_eq!(got.served, served);
+            conn = Some(got);
+        }
+        pool.put("/s".into(), conn.take().unwrap());
+        assert!(pool.take(Path::new("/s")).is_none(), "retired, not pooled");
+        assert_eq!(
+            pool.stats(),
+            PoolStats {
+                reused: 2,
+                retired: 1,
+                found_closed: 0,
+                resent: 0
+            }
+        );
+        // Without recycling (max_requests = 0) nothing is retired.
+        let pool = ConnPool::new(4, Duration::from_secs(60), true, 0);
+        let (stream, _peer) = UnixStream::pair().unwrap();
+        pool.put(
+            "/s".into(),
+            Conn {
+                stream,
+                served: 1_000_000,
+            },
+        );
+        assert!(pool.take(Path::new("/s")).is_some());
+    }
+
     #[tokio::test]
     async fn a_lane_takes_its_own_connection_first_and_can_take_another_lanes() {
         use crate::lanes::Lanes;
