@@ -308,15 +308,9 @@ fn open_basedir<'a>(
 /// accepted at once by the spare instead of waiting for the master to fork
 /// the replacement (which becomes the next spare). The router still admits
 /// at most `max_children` requests at a time.
-pub fn spare_children(site: &SiteConfig) -> u64 {
+fn spare_children(site: &SiteConfig) -> u64 {
     match &site.php {
-        Some(php) if php.mode == PhpMode::Static && php.max_requests > 0 => {
-            if std::env::var("RECYCLE_AB_SPARE").as_deref() == Ok("0") {
-                0
-            } else {
-                1
-            }
-        }
+        Some(php) if php.mode == PhpMode::Static && php.max_requests > 0 => 1,
         _ => 0,
     }
 }
@@ -454,6 +448,32 @@ mod tests {
         assert!(!pool_config(&s, &as_user).unwrap().contains("\nuser ="));
         s.user = None;
         assert_eq!(pool_config(&s, &root).unwrap_err().key, "user");
+    }
+
+    /// A static pool whose children are recycled runs one spare child.
+    #[test]
+    fn a_recycled_static_pool_has_a_spare_child() {
+        let paths = paths();
+        let opts = PoolOptions {
+            paths: &paths,
+            master_as_root: false,
+            inherited_socket: true,
+            system_include: &[],
+            php_error_log: None,
+        };
+        for (mode, max_requests, children) in [
+            (PhpMode::Static, 500, 9),
+            (PhpMode::Static, 0, 8),
+            (PhpMode::Dynamic, 500, 8),
+            (PhpMode::OnDemand, 500, 8),
+        ] {
+            let mut s = site("/srv/www/blog");
+            let php = s.php.as_mut().unwrap();
+            (php.mode, php.max_requests) = (mode, max_requests);
+            let text = pool_config(&s, &opts).unwrap();
+            let want = format!("\npm.max_children = {children}\n");
+            assert!(text.contains(&want), "{mode:?} {max_requests}: {text}");
+        }
     }
 
     /// A site's own list replaces the default (root and system libraries),

@@ -112,13 +112,8 @@ impl PhpUpstream {
             pool: ConnPool::new(
                 max,
                 php.idle_timeout,
-                php.mode == crate::config::PhpMode::Static
-                    && std::env::var("RECYCLE_AB_KEEPALIVE").as_deref() != Ok("0"),
-                if std::env::var("RECYCLE_AB_COUNT").as_deref() == Ok("0") {
-                    0
-                } else {
-                    php.max_requests
-                },
+                php.mode == crate::config::PhpMode::Static,
+                php.max_requests,
             ),
             root,
             root_str,
