@@ -7,7 +7,8 @@
 //! - [`params`]: the FastCGI parameters (as nginx's `fastcgi_params`).
 //! - `fcgi`: the FastCGI record layer (why by hand: see its module doc).
 //! - `cgi`: CGI response headers → status and headers.
-//! - `pool`: keep-alive connections, at most `max_children`.
+//! - `pool`: keep-alive connections, at most `max_children`, each retired
+//!   after its php-fpm child's `max_requests`-th response.
 //! - `exchange`: one request/response, streaming both ways: in the request's
 //!   task until the head is in, then (only if the answer is not complete
 //!   yet) in a task of its own.
