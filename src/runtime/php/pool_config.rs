@@ -361,6 +361,17 @@ mod tests {
         )
     }
 
+    /// polyhost's way: a master as the site user on an inherited socket.
+    fn plain_options(paths: &PhpPoolPaths) -> PoolOptions<'_> {
+        PoolOptions {
+            paths,
+            master_as_root: false,
+            inherited_socket: true,
+            system_include: &[],
+            php_error_log: None,
+        }
+    }
+
     #[test]
     fn snapshot_of_a_dynamic_pool() {
         let paths = paths();
@@ -454,13 +465,7 @@ mod tests {
     #[test]
     fn a_recycled_static_pool_has_a_spare_child() {
         let paths = paths();
-        let opts = PoolOptions {
-            paths: &paths,
-            master_as_root: false,
-            inherited_socket: true,
-            system_include: &[],
-            php_error_log: None,
-        };
+        let opts = plain_options(&paths);
         for (mode, max_requests, children) in [
             (PhpMode::Static, 500, 9),
             (PhpMode::Static, 0, 8),
@@ -520,13 +525,7 @@ mod tests {
     #[test]
     fn upload_limits_follow_the_body_limit() {
         let paths = paths();
-        let opts = PoolOptions {
-            paths: &paths,
-            master_as_root: false,
-            inherited_socket: true,
-            system_include: &[],
-            php_error_log: None,
-        };
+        let opts = plain_options(&paths);
         let mut s = site("/srv/www/blog");
         s.limits.body = 64 << 20;
         let text = pool_config(&s, &opts).unwrap();
