@@ -158,7 +158,7 @@ pub fn pool_config(site: &SiteConfig, opts: &PoolOptions<'_>) -> Result<String, 
     line(format!("chdir = {}", qp("root", root)?));
     let max = php.max_children.max(1);
     line(format!("pm = {}", php.mode.as_fpm()));
-    line(format!("pm.max_children = {max}"));
+    line(format!("pm.max_children = {}", max + spare_children(site)));
     if php.mode == PhpMode::Dynamic {
         let (start, min_spare, max_spare) = spare_servers(max);
         line(format!("pm.start_servers = {start}"));
@@ -301,6 +301,20 @@ fn open_basedir<'a>(
     dirs
 }
 
+/// Children php-fpm runs beyond `max_children`: one for a `static` pool
+/// whose children are recycled (`max_requests` > 0). The router keeps up to
+/// `max_children` connections alive, each pinning a child; when a child
+/// reaches `max_requests` and exits, the next request's new connection is
+/// accepted at once by the spare instead of waiting for the master to fork
+/// the replacement (which becomes the next spare). The router still admits
+/// at most `max_children` requests at a time.
+fn spare_children(site: &SiteConfig) -> u64 {
+    match &site.php {
+        Some(php) if php.mode == PhpMode::Static && php.max_requests > 0 => 1,
+        _ => 0,
+    }
+}
+
 /// php-fpm's dynamic mode: (start, min spare, max spare) for `max` children,
 /// satisfying 1 <= min <= start <= max spare <= max.
 fn spare_servers(max: u64) -> (u64, u64, u64) {
@@ -345,6 +359,17 @@ mod tests {
             Path::new("/run/polyhost"),
             &SiteName::parse("blog").unwrap(),
         )
+    }
+
+    /// polyhost's way: a master as the site user on an inherited socket.
+    fn plain_options(paths: &PhpPoolPaths) -> PoolOptions<'_> {
+        PoolOptions {
+            paths,
+            master_as_root: false,
+            inherited_socket: true,
+            system_include: &[],
+            php_error_log: None,
+        }
     }
 
     #[test]
@@ -436,6 +461,26 @@ mod tests {
         assert_eq!(pool_config(&s, &root).unwrap_err().key, "user");
     }
 
+    /// A static pool whose children are recycled runs one spare child.
+    #[test]
+    fn a_recycled_static_pool_has_a_spare_child() {
+        let paths = paths();
+        let opts = plain_options(&paths);
+        for (mode, max_requests, children) in [
+            (PhpMode::Static, 500, 9),
+            (PhpMode::Static, 0, 8),
+            (PhpMode::Dynamic, 500, 8),
+            (PhpMode::OnDemand, 500, 8),
+        ] {
+            let mut s = site("/srv/www/blog");
+            let php = s.php.as_mut().unwrap();
+            (php.mode, php.max_requests) = (mode, max_requests);
+            let text = pool_config(&s, &opts).unwrap();
+            let want = format!("\npm.max_children = {children}\n");
+            assert!(text.contains(&want), "{mode:?} {max_requests}: {text}");
+        }
+    }
+
     /// A site's own list replaces the default (root and system libraries),
     /// but the site's tmp and session directories are always in it.
     #[test]
@@ -480,13 +525,7 @@ mod tests {
     #[test]
     fn upload_limits_follow_the_body_limit() {
         let paths = paths();
-        let opts = PoolOptions {
-            paths: &paths,
-            master_as_root: false,
-            inherited_socket: true,
-            system_include: &[],
-            php_error_log: None,
-        };
+        let opts = plain_options(&paths);
         let mut s = site("/srv/www/blog");
         s.limits.body = 64 << 20;
         let text = pool_config(&s, &opts).unwrap();

@@ -44,7 +44,7 @@ use crate::upstream::admission::Permit;
 
 use super::cgi::{self, CgiHead};
 use super::fcgi::{self, Decoder, Record};
-use super::pool::ConnPool;
+use super::pool::{Conn, ConnPool};
 use super::ErrorSink;
 use crate::supervisor::RuntimeLease;
 use crate::upstream::{BoxError, RequestBody, UpstreamError};
@@ -60,6 +60,8 @@ const READ_CHUNK: usize = 64 * 1024;
 /// Everything the task needs besides the connection.
 pub struct Exchange {
     pub pool: Arc<ConnPool>,
+    /// Requests the connection had served when taken from the pool.
+    pub served: u64,
     /// The permit and the runtime lease (whose socket and peer uid a retry
     /// connects to), released when the exchange ends.
     pub finish: Finish,
@@ -198,11 +200,13 @@ impl Exchange {
                 Attempt::Done { reusable } => {
                     if reusable {
                         let socket = self.finish.lease.socket().to_owned();
-                        self.pool.put(socket, stream);
+                        let served = if reused { self.served } else { 0 };
+                        self.pool.put(socket, Conn { stream, served });
                     }
                     return; // dropping `chunk_tx` ends the body
                 }
                 Attempt::Stale(e) if reused && replayable => {
+                    self.pool.count_resent();
                     match tokio::time::timeout(
                         self.read_timeout,
                         crate::upstream::connect_runtime(

@@ -6,7 +6,8 @@
 //! - [`params`]: the FastCGI parameters (as nginx's `fastcgi_params`).
 //! - `fcgi`: the FastCGI record layer (why by hand: see its module doc).
 //! - `cgi`: CGI response headers → status and headers.
-//! - `pool`: keep-alive connections, at most `max_children`.
+//! - `pool`: keep-alive connections, at most `max_children`, each retired
+//!   after its php-fpm child's `max_requests`-th response.
 //! - `exchange`: one request/response, streaming both ways: in the request's
 //!   task until the head is in, then (only if the answer is not complete
 //!   yet) in a task of its own.
@@ -43,6 +44,7 @@ use http_body_util::BodyExt;
 
 use self::exchange::Exchange;
 use self::pool::ConnPool;
+pub use self::pool::PoolStats;
 use self::script::Target;
 use super::{empty_body, RequestBody, RequestContext, ResponseBody, Upstream, UpstreamError};
 use crate::config::{PhpConfig, SiteConfig};
@@ -109,6 +111,7 @@ impl PhpUpstream {
                 max,
                 php.idle_timeout,
                 php.mode == crate::config::PhpMode::Static,
+                php.max_requests,
             ),
             root,
             root_str,
@@ -129,6 +132,11 @@ impl PhpUpstream {
     /// Idle kept-alive connections (status, tests).
     pub fn idle_connections(&self) -> usize {
         self.pool.idle_count()
+    }
+
+    /// What the connection pool did so far (status, tests).
+    pub fn pool_stats(&self) -> PoolStats {
+        self.pool.stats()
     }
 
     async fn serve(
@@ -247,11 +255,11 @@ impl PhpUpstream {
         // so the bound holds): a POST must never run twice.
         let idle = self.pool.take(lease.socket());
         let reused = idle.is_some() && replayable;
-        let stream = match idle {
-            Some(s) if reused => s,
+        let (stream, served) = match idle {
+            Some(c) if reused => (c.stream, c.served),
             idle => {
                 drop(idle); // closed before connecting: it pins a php-fpm child
-                tokio::time::timeout(
+                let stream = tokio::time::timeout(
                     remaining(start),
                     crate::upstream::connect_runtime(lease.socket(), lease.peer_uid()),
                 )
@@ -262,11 +270,13 @@ impl PhpUpstream {
                         "cannot connect to php-fpm at {}: {e}",
                         lease.socket().display()
                     ))
-                })?
+                })?;
+                (stream, 0)
             }
         };
         let exchange = Exchange {
             pool: self.pool.clone(),
+            served,
             finish: exchange::Finish::new(lease, permit),
             errors: self.errors.clone(),
             read_timeout: timeout,

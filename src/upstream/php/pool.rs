@@ -10,10 +10,18 @@
 //!   decides); an idle connection is dropped when the peer closed it, when
 //!   it belongs to an older socket path (a new runtime generation), or when
 //!   it has been idle for `idle_timeout` (so ondemand children can exit).
+//! - A connection whose php-fpm child has served `max_requests` requests
+//!   (counted per connection: [`Conn::served`]) is retired when its last
+//!   response ends and never reused: that child closes it and exits right
+//!   after the response (see "Keep-alive and recycled children" in
+//!   docs/php.md). A child may have served requests on an earlier
+//!   connection the pool closed (idle, a POST's fresh connection), so the
+//!   count can be short; then the peek at [`ConnPool::take`] or the
+//!   exchange's one retry catch the close.
 
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,14 +32,46 @@ use crate::upstream::admission::{Acquire, Admission};
 
 struct Idle {
     path: PathBuf,
-    stream: UnixStream,
+    conn: Conn,
     since: Instant,
     /// The router lane `stream` is registered with (see `lanes`).
     lane: usize,
 }
 
+/// A connection to php-fpm and how many requests its child answered on it.
+pub struct Conn {
+    pub stream: UnixStream,
+    /// Requests completed on this connection (0: just opened).
+    pub served: u64,
+}
+
+/// What a pool did with its connections since it was built (status, tests).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Requests sent on a kept-alive connection.
+    pub reused: u64,
+    /// Connections retired after their child's `max_requests`-th response.
+    pub retired: u64,
+    /// Idle connections found closed by php-fpm when taken (never used).
+    pub found_closed: u64,
+    /// Requests sent again on a fresh connection because their kept-alive
+    /// one was closed by php-fpm before it answered.
+    pub resent: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    reused: AtomicU64,
+    retired: AtomicU64,
+    found_closed: AtomicU64,
+    resent: AtomicU64,
+}
+
 pub struct ConnPool {
     permits: Arc<Admission>,
+    /// php-fpm's `pm.max_requests` (0: children are never recycled).
+    max_requests: u64,
+    counters: Counters,
     idle: Mutex<Vec<Idle>>,
     idle_timeout: Duration,
     reaper_running: AtomicBool,
@@ -48,9 +88,18 @@ impl ConnPool {
     /// children for new connections while such children exist, and requests
     /// wait until the router closes idle connections (measured: every
     /// concurrent request beyond the first waited 2 × idle_timeout).
-    pub fn new(max: usize, idle_timeout: Duration, keep_alive: bool) -> Arc<Self> {
+    /// `max_requests`: php-fpm's `pm.max_requests`, after which a child
+    /// closes its connection and exits (0: never).
+    pub fn new(
+        max: usize,
+        idle_timeout: Duration,
+        keep_alive: bool,
+        max_requests: u64,
+    ) -> Arc<Self> {
         Arc::new(ConnPool {
             permits: Admission::new(max.max(1)),
+            max_requests,
+            counters: Counters::default(),
             idle: Mutex::new(Vec::new()),
             idle_timeout,
             reaper_running: AtomicBool::new(false),
@@ -66,27 +115,43 @@ impl ConnPool {
 
     /// An idle, still-open connection to `path`, newest first, one opened
     /// on the calling router lane if there is one (else moved here).
-    pub fn take(&self, path: &Path) -> Option<UnixStream> {
+    pub fn take(&self, path: &Path) -> Option<Conn> {
         let lane = crate::lanes::current();
         let mut idle = self.lock();
         while let Some(c) = crate::upstream::take_newest(&mut idle, |c| c.lane == lane) {
-            if c.path == path && c.since.elapsed() < self.idle_timeout && is_open(&c.stream) {
-                if let Ok(stream) = crate::lanes::rehome(c.stream, c.lane) {
-                    return Some(stream);
-                }
+            if c.path != path || c.since.elapsed() >= self.idle_timeout {
+                continue;
+            }
+            if !is_open(&c.conn.stream) {
+                self.counters.found_closed.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            if let Ok(stream) = crate::lanes::rehome(c.conn.stream, c.lane) {
+                self.counters.reused.fetch_add(1, Ordering::Relaxed);
+                return Some(Conn {
+                    stream,
+                    served: c.conn.served,
+                });
             }
         }
         None
     }
 
-    /// Returns a connection whose last exchange completed cleanly.
-    pub fn put(self: &Arc<Self>, path: PathBuf, stream: UnixStream) {
+    /// Returns a connection whose last exchange completed cleanly (`conn`'s
+    /// count not yet including it). A connection whose child has now served
+    /// `max_requests` is retired instead: its child is closing it.
+    pub fn put(self: &Arc<Self>, path: PathBuf, mut conn: Conn) {
         if !self.keep_alive {
             return; // closed: the php-fpm child is free for the next connection
         }
+        conn.served += 1;
+        if self.max_requests > 0 && conn.served >= self.max_requests {
+            self.counters.retired.fetch_add(1, Ordering::Relaxed);
+            return; // the child exits; php-fpm starts its replacement
+        }
         self.lock().push(Idle {
             path,
-            stream,
+            conn,
             since: Instant::now(),
             lane: crate::lanes::current(),
         });
@@ -133,6 +198,22 @@ impl ConnPool {
         self.lock().clear();
     }
 
+    /// A request is sent again: its kept-alive connection was closed.
+    pub fn count_resent(&self) {
+        self.counters.resent.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// What the pool did with its connections so far.
+    pub fn stats(&self) -> PoolStats {
+        let c = &self.counters;
+        PoolStats {
+            reused: c.reused.load(Ordering::Relaxed),
+            retired: c.retired.load(Ordering::Relaxed),
+            found_closed: c.found_closed.load(Ordering::Relaxed),
+            resent: c.resent.load(Ordering::Relaxed),
+        }
+    }
+
     /// Number of idle connections (for status and tests).
     pub fn idle_count(&self) -> usize {
         self.lock().len()
@@ -165,21 +246,28 @@ mod tests {
 
     use super::*;
 
+    fn conn(stream: UnixStream) -> Conn {
+        Conn { stream, served: 0 }
+    }
+
     #[tokio::test]
     async fn dead_and_foreign_connections_are_not_reused_and_idle_ones_are_reaped() {
-        let pool = ConnPool::new(4, Duration::from_millis(50), true);
+        let pool = ConnPool::new(4, Duration::from_millis(50), true, 0);
         let (alive, _alive_peer) = UnixStream::pair().unwrap();
         let (dead, dead_peer) = UnixStream::pair().unwrap();
         let (chatty, chatty_peer) = UnixStream::pair().unwrap();
         chatty_peer.try_write(b"x").unwrap();
-        pool.put("/s".into(), alive);
-        pool.put("/s".into(), chatty);
-        pool.put("/s".into(), dead);
+        pool.put("/s".into(), conn(alive));
+        pool.put("/s".into(), conn(chatty));
+        pool.put("/s".into(), conn(dead));
         drop(dead_peer);
         // Newest first: `dead` (peer closed) and `chatty` (unexpected bytes) are dropped.
-        let got = pool.take(Path::new("/s")).expect("the live connection");
+        let got = pool
+            .take(Path::new("/s"))
+            .expect("the live connection")
+            .stream;
         assert_eq!(pool.idle_count(), 0);
-        pool.put("/s".into(), got);
+        pool.put("/s".into(), conn(got));
         assert!(pool.take(Path::new("/new-generation.sock")).is_none());
         assert_eq!(
             pool.idle_count(),
@@ -188,7 +276,7 @@ mod tests {
         );
 
         let (c, _peer) = UnixStream::pair().unwrap();
-        pool.put("/s".into(), c);
+        pool.put("/s".into(), conn(c));
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while pool.idle_count() > 0 {
             assert!(
@@ -199,17 +287,54 @@ mod tests {
         }
     }
 
+    /// A connection is pooled until its child's `max_requests`-th response,
+    /// then retired: the request after it never meets it.
+    #[tokio::test]
+    async fn a_connection_is_retired_after_its_childs_last_request() {
+        let pool = ConnPool::new(4, Duration::from_secs(60), true, 3);
+        let (stream, _peer) = UnixStream::pair().unwrap();
+        let mut conn = Some(conn(stream));
+        for served in 1..=2 {
+            pool.put("/s".into(), conn.take().unwrap());
+            let got = pool.take(Path::new("/s")).expect("pooled");
+            assert_eq!(got.served, served);
+            conn = Some(got);
+        }
+        pool.put("/s".into(), conn.take().unwrap());
+        assert!(pool.take(Path::new("/s")).is_none(), "retired, not pooled");
+        assert_eq!(
+            pool.stats(),
+            PoolStats {
+                reused: 2,
+                retired: 1,
+                found_closed: 0,
+                resent: 0
+            }
+        );
+        // Without recycling (max_requests = 0) nothing is retired.
+        let pool = ConnPool::new(4, Duration::from_secs(60), true, 0);
+        let (stream, _peer) = UnixStream::pair().unwrap();
+        pool.put(
+            "/s".into(),
+            Conn {
+                stream,
+                served: 1_000_000,
+            },
+        );
+        assert!(pool.take(Path::new("/s")).is_some());
+    }
+
     #[tokio::test]
     async fn a_lane_takes_its_own_connection_first_and_can_take_another_lanes() {
         use crate::lanes::Lanes;
-        let pool = ConnPool::new(4, Duration::from_secs(60), true);
+        let pool = ConnPool::new(4, Duration::from_secs(60), true, 0);
         let put_on = |lanes: &Lanes| {
             let pool = pool.clone();
             let lane = lanes.handles().next().unwrap().clone();
             async move {
                 lane.spawn(async move {
                     let (stream, peer) = UnixStream::pair().unwrap();
-                    pool.put("/s".into(), stream);
+                    pool.put("/s".into(), conn(stream));
                     peer.into_std().unwrap()
                 })
                 .await
@@ -222,7 +347,10 @@ mod tests {
             let lane = lanes.handles().next().unwrap().clone();
             async move {
                 lane.spawn(async move {
-                    let mut stream = pool.take(Path::new("/s")).expect("an idle connection");
+                    let mut stream = pool
+                        .take(Path::new("/s"))
+                        .expect("an idle connection")
+                        .stream;
                     tokio::time::timeout(Duration::from_secs(5), stream.write_all(b"x"))
                         .await
                         .expect("writable within 5s")
