@@ -12,8 +12,8 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
-use polyhost::supervisor::LeaseError;
-use polyhost::upstream::php::{ErrorSink, PhpUpstream, RuntimeHandle, RuntimeLease};
+use polyhost::supervisor::{LeaseError, RuntimeHandle, RuntimeLease};
+use polyhost::upstream::php::{ErrorSink, PhpUpstream};
 use polyhost::upstream::{
     full_body, RequestBody, RequestContext, ResponseBody, Scheme, Upstream, UpstreamError,
 };

@@ -48,7 +48,7 @@ pub use self::pool::PoolStats;
 use self::script::Target;
 use super::{empty_body, RequestBody, RequestContext, ResponseBody, Upstream, UpstreamError};
 use crate::config::{PhpConfig, SiteConfig};
-pub use crate::supervisor::{RuntimeHandle, RuntimeLease};
+use crate::supervisor::RuntimeHandle;
 
 /// Bodies of idempotent requests up to this size are read whole before the
 /// request goes out, so it can be sent again when a kept-alive connection
@@ -328,6 +328,7 @@ mod tests {
 
     use super::*;
     use crate::config::PhpMode;
+    use crate::supervisor::RuntimeLease;
     use crate::upstream::{full_body, Scheme};
 
     struct Fixed(PathBuf);
