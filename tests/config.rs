@@ -498,7 +498,7 @@ fn a_site_whose_runtime_sockets_would_not_fit_is_refused_by_name() {
     let static_name = "a-static-site-of-forty-bytes-for-sockets";
     cfg.write(
         &format!("vhosts/{static_name}.toml"),
-        &format!("hosts = [\"s.test\"]\nroot = \"www/a\"\n"),
+        "hosts = [\"s.test\"]\nroot = \"www/a\"\n",
     );
     let (code, _, stderr) = polyhost_check(&cfg, &[]);
     assert_eq!(code, 1, "{stderr}");
