@@ -18,7 +18,7 @@ use isolation_support::{
     alive, eventually, log_dir, read_pid_line, require_root, run, session_of, spec, unique,
     TestRoot, TestUser,
 };
-use polyhost::isolation::{self, CgroupKind, CgroupRoot, Limits};
+use polyhost::isolation::{self, CgroupKind, CgroupRoot, Limits, SiteCgroup, SiteProcess};
 
 #[tokio::test]
 async fn memory_limit_oom_kills_the_site() {
@@ -123,23 +123,7 @@ async fn stop_kills_a_grandchild_that_left_the_group() {
     let user = TestUser::new();
     let root = TestRoot::new();
     let site = root.0.site("escape", &Limits::default()).unwrap();
-    let dir = log_dir();
-    let log = dir.path().join("log");
-    let mut s = spec(
-        &user,
-        &log,
-        "/bin/sh",
-        &["-c", "setsid sleep 1000 & echo $!; sleep 1000"],
-    );
-    s.cgroup = Some(&site);
-    let mut process = isolation::spawn(&s).unwrap();
-    let escaped = read_pid_line(&log).await;
-    eventually(
-        "the grandchild has its own session",
-        || session_of(escaped),
-        |&sid| sid == Some(escaped),
-    )
-    .await;
+    let (mut process, escaped, _logs) = spawn_with_escaped_grandchild(&user, &site).await;
     assert_ne!(session_of(escaped), Some(process.pid()));
 
     process.stop(Duration::from_millis(500)).await.unwrap();
@@ -271,23 +255,7 @@ async fn v2_join_kill_and_remove_on_the_real_unified_hierarchy() {
     assert!(matches!(root.0.kind(), CgroupKind::V2 { .. }));
     let site = root.0.site("v2", &Limits::default()).unwrap();
     let user = TestUser::new();
-    let dir = log_dir();
-    let log = dir.path().join("log");
-    let mut s = spec(
-        &user,
-        &log,
-        "/bin/sh",
-        &["-c", "setsid sleep 1000 & echo $!; sleep 1000"],
-    );
-    s.cgroup = Some(&site);
-    let mut process = isolation::spawn(&s).unwrap();
-    let escaped = read_pid_line(&log).await;
-    eventually(
-        "the grandchild has its own session",
-        || session_of(escaped),
-        |&sid| sid == Some(escaped),
-    )
-    .await;
+    let (mut process, escaped, _logs) = spawn_with_escaped_grandchild(&user, &site).await;
     eventually(
         "both processes are in the v2 cgroup",
         || site.procs().unwrap(),
@@ -388,4 +356,32 @@ async fn workers_in_sub_cgroups_stop_alone_and_count_for_the_site() {
     for dir in w1.dirs().into_iter().chain(site.dirs()) {
         assert!(!dir.exists(), "{}", dir.display());
     }
+}
+
+/// A site process in `site` whose child left its session (`setsid`), as a
+/// site's code may try in order to outlive a stop: the process, the
+/// escaped grandchild's pid once it has its own session, and the log
+/// directory (kept while the process runs).
+async fn spawn_with_escaped_grandchild(
+    user: &TestUser,
+    site: &SiteCgroup,
+) -> (SiteProcess, i32, tempfile::TempDir) {
+    let dir = log_dir();
+    let log = dir.path().join("log");
+    let mut s = spec(
+        user,
+        &log,
+        "/bin/sh",
+        &["-c", "setsid sleep 1000 & echo $!; sleep 1000"],
+    );
+    s.cgroup = Some(site);
+    let process = isolation::spawn(&s).unwrap();
+    let escaped = read_pid_line(&log).await;
+    eventually(
+        "the grandchild has its own session",
+        || session_of(escaped),
+        |&sid| sid == Some(escaped),
+    )
+    .await;
+    (process, escaped, dir)
 }
