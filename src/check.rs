@@ -37,14 +37,49 @@ pub fn check(main: &Path) -> Result<String, ConfigErrors> {
     for site in config.sites.values() {
         check_runtimes(site, &config.server, &mut errors);
     }
+    let sandbox_note = check_sandbox(&config.sites, &mut errors);
     if !errors.is_empty() {
         return Err(errors);
     }
     Ok(format!(
-        "polyhost check: {} is valid ({} site(s))",
+        "polyhost check: {} is valid ({} site(s)){sandbox_note}",
         main.display(),
         config.sites.len()
     ))
+}
+
+/// Where the kernel (or polyhost's privilege) refuses sandboxes: a site
+/// that asked for `network = "none"` is an error (it would not start); the
+/// others would run without one, which the answer says.
+fn check_sandbox(
+    sites: &std::collections::BTreeMap<config::SiteName, std::sync::Arc<SiteConfig>>,
+    errors: &mut ConfigErrors,
+) -> String {
+    let wanted: Vec<_> = sites
+        .values()
+        .filter(|s| s.runs_code() && s.sandbox.enabled)
+        .collect();
+    // Not root: what the kernel allows `serve` (run as root) is not known here.
+    if wanted.is_empty() || !crate::isolation::running_as_root() {
+        return String::new();
+    }
+    let Some(why) = crate::isolation::sandbox::unavailable() else {
+        return String::new();
+    };
+    for site in wanted
+        .iter()
+        .filter(|s| s.sandbox.network == config::SandboxNetwork::None)
+    {
+        errors.push(ConfigError::in_file(
+            &site.file,
+            "sandbox.network",
+            format!("\"none\" needs the site sandbox, which is unavailable here: {why}"),
+        ));
+    }
+    format!(
+        "\nnote: site sandboxes are unavailable here ({why}): {} site(s) would run without one",
+        wanted.len()
+    )
 }
 
 /// A static site's user (whose permissions its files are served with), if

@@ -113,6 +113,7 @@ fn site() -> Site {
         php: None,
         python: None,
         tls: None,
+        sandbox: Default::default(),
     };
     let ctx = RequestContext {
         site: Arc::new(config),

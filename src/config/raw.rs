@@ -87,6 +87,7 @@ pub struct RawSite {
     pub php: Option<RawPhp>,
     pub python: Option<RawPython>,
     pub tls: Option<super::tls::RawTls>,
+    pub sandbox: Option<super::site::RawSandbox>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -48,5 +48,6 @@ pub fn site(root: &str) -> SiteConfig {
         }),
         python: None,
         tls: None,
+        sandbox: Default::default(),
     }
 }

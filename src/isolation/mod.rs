@@ -10,7 +10,8 @@
 //! - [`cgroup`]: one interface ([`CgroupRoot`], [`SiteCgroup`]) over cgroup v2
 //!   and v1, or the "unavailable" fallback; limits and usage.
 //! - [`spawn`](mod@spawn): starting a site process ([`SpawnSpec`] → [`spawn()`]),
-//!   the child's fixed, fail-closed setup order.
+//!   the child's fixed, fail-closed setup order; [`sandbox`]: the per-site
+//!   namespaces and mounts a process starts in.
 //! - [`nofile`]: polyhost's own file-descriptor limit (raised at start).
 //! - [`process`]: a running [`SiteProcess`] (wait, stop, kill on drop).
 //! - [`reap`]: which pids polyhost may wait for, the reaping of orphans (the
@@ -35,4 +36,5 @@ pub use nofile::{nofile_limit, raise_nofile_limit};
 pub use process::{session_rss, SiteProcess, StopError};
 pub use reap::{pause_reaper, reap_orphans, set_child_subreaper, ReaperPause};
 pub use sealed::sealed_file;
+pub use spawn::sandbox::{self, Sandbox};
 pub use spawn::{spawn, Rlimits, SpawnError, SpawnSpec};

@@ -94,6 +94,8 @@ pub struct GroupSpec {
     pub rlimits: Rlimits,
     /// Start the processes under `SCHED_BATCH` (`site_scheduling = "batch"`).
     pub batch_scheduling: bool,
+    /// The site's sandbox every process starts in; `None`: the host's view.
+    pub sandbox: Option<crate::isolation::Sandbox>,
     pub policy: RestartPolicy,
 }
 

@@ -55,6 +55,8 @@ pub enum SiteSetupError {
     },
     #[error("limits: {0}")]
     Cgroup(#[from] isolation::CgroupError),
+    #[error("sandbox.network = \"none\" needs the sandbox, which is unavailable here: {0}")]
+    SandboxUnavailable(&'static str),
 }
 
 /// Server-wide supervision state: the cgroup root and the state directory.
@@ -86,6 +88,8 @@ pub struct SiteContext {
     pub error_log: PathBuf,
     /// Which set-up of the site this is (see [`Supervisor::cgroup_remover`]).
     pub epoch: u64,
+    /// The sandbox its processes start in (`None`: off, or unavailable).
+    pub sandbox: Option<isolation::Sandbox>,
 }
 
 impl Supervisor {
@@ -112,6 +116,9 @@ impl Supervisor {
         }
         site_dirs::prepare_state_dir(&server.state_dir);
         sockets::remove_stale(&server.state_dir);
+        if let Some(why) = isolation::sandbox::unavailable() {
+            tracing::warn!(reason = why, "site sandboxes are unavailable: sites run with the host's view of /tmp, /proc and the network");
+        }
         spawn_orphan_reaper();
         Supervisor {
             cgroups,
@@ -205,9 +212,11 @@ impl Supervisor {
         };
         drop(epochs);
         let error_log = self.log_dir.join(format!("{}.error.log", site.name));
+        let sandbox = sandbox_of(site, &self.state_dir, &dir.join("tmp"))?;
         Ok(SiteContext {
             identity,
             cgroup,
+            sandbox,
             tmp: dir.join("tmp"),
             dir,
             socket_dir,
@@ -248,6 +257,7 @@ impl Supervisor {
             },
             rlimits,
             batch_scheduling: self.batch_scheduling,
+            sandbox: ctx.sandbox.clone(),
             policy: RestartPolicy::default(),
         })
     }
@@ -279,6 +289,57 @@ impl Supervisor {
             }
         }
     }
+}
+
+/// The sandbox of a site's processes: on unless the site opts out, where
+/// the kernel allows it (else off, warned once at start), but an explicit
+/// `network = "none"` is a promise polyhost cannot keep without it: an error.
+fn sandbox_of(
+    site: &SiteConfig,
+    state_dir: &Path,
+    tmp: &Path,
+) -> Result<Option<isolation::Sandbox>, SiteSetupError> {
+    if !site.sandbox.enabled || !site.runs_code() {
+        return Ok(None);
+    }
+    let network_none = site.sandbox.network == crate::config::SandboxNetwork::None;
+    match isolation::sandbox::unavailable() {
+        None => Ok(Some(isolation::Sandbox {
+            tmp: tmp.to_path_buf(),
+            shared_tmp: shared_tmp_to_replace(site, state_dir),
+            network_none,
+        })),
+        Some(why) if network_none => Err(SiteSetupError::SandboxUnavailable(why)),
+        Some(_) => Ok(None),
+    }
+}
+
+/// Which of the host's shared temporary directories the site's own `tmp`
+/// replaces: each one that holds nothing the site's processes need (its
+/// root, its Python home and paths, polyhost's state directory). One that
+/// does is kept, with a warning: a site under `/tmp` is a test or a
+/// mistake, and hiding its own files would only stop it.
+fn shared_tmp_to_replace(site: &SiteConfig, state_dir: &Path) -> Vec<PathBuf> {
+    let canonical = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let mut needed: Vec<PathBuf> = vec![canonical(state_dir)];
+    needed.extend(site.root.as_deref().map(canonical));
+    if let Some(py) = &site.python {
+        needed.extend(py.home.as_deref().map(canonical));
+        needed.extend(py.path.iter().map(|p| canonical(p)));
+    }
+    isolation::sandbox::SHARED_TMP
+        .iter()
+        .map(PathBuf::from)
+        .filter(|shared| {
+            let shared = canonical(shared);
+            let inside: Vec<_> = needed.iter().filter(|p| p.starts_with(&shared)).collect();
+            if !inside.is_empty() {
+                tracing::warn!(site = %site.name, shared = %shared.display(), paths = ?inside,
+                    "the sandbox keeps the host's {}: the site needs what is in it (move it out)", shared.display());
+            }
+            inside.is_empty()
+        })
+        .collect()
 }
 
 /// The parent cgroup of this polyhost's sites: `polyhost-<hash of state_dir>`,

@@ -24,7 +24,21 @@ pub struct TestConfig {
 
 impl TestConfig {
     pub fn new() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
+        Self::with_dir(tempfile::tempdir().expect("tempdir"))
+    }
+
+    /// A config outside the host's `/tmp` and `/var/tmp` (which a site's
+    /// sandbox replaces by its own tmp): under `/var/lib/polyhost-tests`
+    /// (root only: that directory is made 0711).
+    pub fn outside_tmp() -> Self {
+        let base = Path::new("/var/lib/polyhost-tests");
+        std::fs::create_dir_all(base).unwrap();
+        std::fs::set_permissions(base, std::os::unix::fs::PermissionsExt::from_mode(0o711))
+            .unwrap();
+        Self::with_dir(tempfile::tempdir_in(base).expect("tempdir"))
+    }
+
+    fn with_dir(dir: tempfile::TempDir) -> Self {
         std::fs::create_dir_all(dir.path().join("vhosts")).unwrap();
         let t = TestConfig { dir };
         // Two router lanes whatever the machine: tests run many servers at once.

@@ -203,6 +203,7 @@ impl FpmSite {
             }),
             python: None,
             tls: None,
+            sandbox: Default::default(),
         };
         paths.create_dirs(user.uid, user.gid).unwrap();
         let text = pool_config(

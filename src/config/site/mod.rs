@@ -7,9 +7,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 mod python;
+mod sandbox;
 
 use python::validate_python;
 pub use python::PythonConfig;
+pub use sandbox::{RawSandbox, SandboxConfig, SandboxNetwork};
 
 use super::error::FileErrors;
 use super::raw::{RawLimits, RawPhp, RawSite, RawStatic};
@@ -41,6 +43,8 @@ pub struct SiteConfig {
     pub python: Option<PythonConfig>,
     /// `[tls]`: the site's certificate (served by SNI) and HTTP→HTTPS redirect.
     pub tls: Option<super::tls::SiteTls>,
+    /// `sandbox`: the namespaces the site's processes start in.
+    pub sandbox: SandboxConfig,
 }
 
 impl SiteConfig {
@@ -184,6 +188,7 @@ pub(crate) fn validate_site(
     let tls = raw
         .tls
         .and_then(|t| super::tls::validate_tls(t, base, errs));
+    let sandbox = sandbox::validate_sandbox(raw.sandbox, errs);
     if root.is_none() && !python_at_root {
         errs.add(
             "root",
@@ -212,6 +217,7 @@ pub(crate) fn validate_site(
         php: php.flatten(),
         python: python.flatten(),
         tls,
+        sandbox,
     })
 }
 

@@ -11,6 +11,8 @@ use std::ffi::CString;
 use std::io;
 use std::os::fd::RawFd;
 
+use super::sandbox::{SandboxPlan, SandboxStep};
+
 /// The child's steps, in order; the failing one is reported to the parent
 /// as one byte over a close-on-exec pipe.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,10 +33,16 @@ pub(super) enum Step {
     CloseFds,
     InheritFds,
     Chdir,
+    Unshare,
+    MountPrivate,
+    MountTmp,
+    MountShm,
+    MountProc,
+    Loopback,
 }
 
 impl Step {
-    const ALL: [Step; 15] = [
+    const ALL: [Step; 21] = [
         Step::JoinCgroup,
         Step::Setsid,
         Step::Setgroups,
@@ -50,6 +58,12 @@ impl Step {
         Step::CloseFds,
         Step::InheritFds,
         Step::Chdir,
+        Step::Unshare,
+        Step::MountPrivate,
+        Step::MountTmp,
+        Step::MountShm,
+        Step::MountProc,
+        Step::Loopback,
     ];
 
     pub(super) fn name(self) -> &'static str {
@@ -69,11 +83,28 @@ impl Step {
             Step::CloseFds => "close fds",
             Step::InheritFds => "inherit fds",
             Step::Chdir => "chdir",
+            Step::Unshare => "sandbox: unshare namespaces",
+            Step::MountPrivate => "sandbox: make mounts private",
+            Step::MountTmp => "sandbox: bind the site's tmp",
+            Step::MountShm => "sandbox: mount /dev/shm",
+            Step::MountProc => "sandbox: mount /proc",
+            Step::Loopback => "sandbox: loopback up",
         }
     }
 
     pub(super) fn from_byte(b: u8) -> Option<Step> {
         Step::ALL.into_iter().find(|s| *s as u8 == b)
+    }
+
+    fn of_sandbox(step: SandboxStep) -> Step {
+        match step {
+            SandboxStep::Unshare => Step::Unshare,
+            SandboxStep::MountPrivate => Step::MountPrivate,
+            SandboxStep::MountTmp => Step::MountTmp,
+            SandboxStep::MountShm => Step::MountShm,
+            SandboxStep::MountProc => Step::MountProc,
+            SandboxStep::Loopback => Step::Loopback,
+        }
     }
 }
 
@@ -94,6 +125,8 @@ pub(super) struct ChildPlan {
     pub(super) cwd: CString,
     pub(super) parent: libc::pid_t,
     pub(super) batch_scheduling: bool,
+    /// The site's sandbox, entered after `setsid`, before the privilege drop.
+    pub(super) sandbox: Option<SandboxPlan>,
 }
 
 impl ChildPlan {
@@ -111,6 +144,12 @@ impl ChildPlan {
             }
             if libc::setsid() < 0 {
                 return Err(self.fail(Step::Setsid));
+            }
+            if let Some(sandbox) = &self.sandbox {
+                if let Err((step, e)) = sandbox.enter() {
+                    self.report(Step::of_sandbox(step));
+                    return Err(e);
+                }
             }
             if let Some((uid, gid)) = self.switch {
                 if libc::setgroups(1, &gid) != 0 {

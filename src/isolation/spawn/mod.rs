@@ -10,7 +10,9 @@
 //! 1. join the site cgroup (write `0` to the pre-opened `cgroup.procs` of
 //!    every hierarchy): the cgroup holds the process before any site code runs;
 //! 2. `setsid`: a new session and process group, so the whole group can be
-//!    signalled; the pid is also the process-group id;
+//!    signalled; the pid is also the process-group id; then, with
+//!    [`SpawnSpec::sandbox`], the site's sandbox (namespaces and mounts, as
+//!    root: see [`sandbox`]);
 //! 3. `setgroups([gid])` → `setgid` → `setuid`, then check that `setuid(0)` fails;
 //! 4. `PR_SET_PDEATHSIG(SIGKILL)` (after `setuid`, which clears it), then
 //!    check the parent is still there;
@@ -41,6 +43,7 @@
 //! is watched by tokio's process driver).
 
 mod child;
+pub mod sandbox;
 
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
@@ -59,6 +62,7 @@ use super::identity::SiteIdentity;
 use super::process::SiteProcess;
 use super::reap::register;
 use child::{fd_bound, ChildPlan, Step};
+use sandbox::{Sandbox, SandboxPlan};
 
 /// Per-process resource limits set by rlimit in the child. Core dumps are
 /// always off (`RLIMIT_CORE` = 0).
@@ -111,6 +115,8 @@ pub struct SpawnSpec<'a> {
     /// polyhost's copies stay close-on-exec, so no other child gets them;
     /// every other descriptor ≥ 3 is closed at exec.
     pub inherit: Vec<BorrowedFd<'a>>,
+    /// Start in the site's sandbox (see [`sandbox`]); `None`: the host's view.
+    pub sandbox: Option<&'a Sandbox>,
 }
 
 impl<'a> SpawnSpec<'a> {
@@ -129,6 +135,7 @@ impl<'a> SpawnSpec<'a> {
             cgroup: None,
             log: None,
             inherit: Vec::new(),
+            sandbox: None,
         }
     }
 }
@@ -219,6 +226,15 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<SiteProcess, SpawnError> {
             path: PathBuf::from("pipe2"),
             source: e.into(),
         })?;
+    let sandbox = spec
+        .sandbox
+        .map(|s| SandboxPlan::prepare(s, switch.map(|(uid, _)| uid)))
+        .transpose()
+        .map_err(|source| SpawnError::Open {
+            what: "sandbox tmp directory",
+            path: spec.sandbox.map(|s| s.tmp.clone()).unwrap_or_default(),
+            source,
+        })?;
     let one_by_one = ONE_BY_ONE.load(std::sync::atomic::Ordering::Relaxed);
     let plan = ChildPlan {
         cgroup_fds: cgroup_files.iter().map(|f| f.as_raw_fd()).collect(),
@@ -234,6 +250,7 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<SiteProcess, SpawnError> {
         })?,
         parent: getpid().as_raw(),
         batch_scheduling: spec.batch_scheduling,
+        sandbox,
     };
     let log = open_log(spec.log.as_deref())?;
     let log2 = log.try_clone().map_err(|source| SpawnError::Open {

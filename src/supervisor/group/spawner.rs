@@ -105,6 +105,7 @@ impl Spawner for Isolated {
             inherit: std::iter::once(listener.as_fd())
                 .chain(cmd.fds.iter().map(AsFd::as_fd))
                 .collect(),
+            sandbox: spec.sandbox.as_ref(),
         };
         let spawned = isolation::spawn(&spawn_spec);
         // The process has its copies. Without ours, the listener dies with

@@ -194,6 +194,7 @@ fn group_with(
             nproc: None,
         },
         batch_scheduling: false,
+        sandbox: None,
         policy,
     };
     Group {
