@@ -52,7 +52,7 @@ impl SiteIdentity {
                 name: user.to_owned(),
                 source,
             })?
-            .ok_or_else(|| IdentityError::NoSuchUser(user.to_owned()))?;
+            .ok_or_else(|| not_found(user, IdentityError::NoSuchUser))?;
         if u.uid.is_root() {
             return Err(IdentityError::RootUser(user.to_owned()));
         }
@@ -63,7 +63,7 @@ impl SiteIdentity {
                         name: name.to_owned(),
                         source,
                     })?
-                    .ok_or_else(|| IdentityError::NoSuchGroup(name.to_owned()))?;
+                    .ok_or_else(|| not_found(name, IdentityError::NoSuchGroup))?;
                 (g.gid, name.to_owned())
             }
             None => (u.gid, format!("{} (primary group of {user})", u.gid)),
@@ -91,7 +91,7 @@ impl SiteIdentity {
                 name: name.clone(),
                 source,
             })?
-            .ok_or_else(|| IdentityError::NoSuchUser(name.clone()))?;
+            .ok_or_else(|| not_found(&name, IdentityError::NoSuchUser))?;
         if uid.is_root() {
             return Err(IdentityError::RootUser(u.name));
         }
@@ -104,6 +104,35 @@ impl SiteIdentity {
             gid: gid.as_raw(),
             home: u.dir,
         })
+    }
+}
+
+/// A lookup that found nothing: glibc answers "no such entry" also when it
+/// could not open the database (out of descriptors: EMFILE, ENFILE), which
+/// would blame a user that exists (10,000 sites once all got "user does
+/// not exist"). Whether `/etc/passwd` opens tells the two apart.
+fn not_found(name: &str, missing: fn(String) -> IdentityError) -> IdentityError {
+    classify_not_found(name, std::fs::File::open("/etc/passwd").map(drop), missing)
+}
+
+fn classify_not_found(
+    name: &str,
+    database: std::io::Result<()>,
+    missing: fn(String) -> IdentityError,
+) -> IdentityError {
+    match database {
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM)
+            ) =>
+        {
+            IdentityError::Lookup {
+                name: name.to_owned(),
+                source: nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EMFILE)),
+            }
+        }
+        _ => missing(name.to_owned()),
     }
 }
 
@@ -130,6 +159,52 @@ mod tests {
         assert!(matches!(err, IdentityError::NoSuchUser(ref n) if n == "polyhost-no-such-user-x"));
         let err = SiteIdentity::resolve("nobody", Some("polyhost-no-such-group-x")).unwrap_err();
         assert!(matches!(err, IdentityError::NoSuchGroup(_)), "{err}");
+    }
+
+    /// Out of descriptors, the lookup of a user that exists reports the
+    /// exhaustion, not a missing user. Run in a copy of this test binary
+    /// (descriptors are per process): it uses every descriptor first.
+    #[test]
+    fn out_of_descriptors_is_not_a_missing_user() {
+        const CHILD: &str = "POLYHOST_TEST_OUT_OF_DESCRIPTORS";
+        if std::env::var_os(CHILD).is_some() {
+            let mut held = Vec::new();
+            while let Ok(f) = std::fs::File::open("/dev/null") {
+                held.push(f);
+            }
+            let result = SiteIdentity::resolve("nobody", None);
+            drop(held);
+            match result {
+                Err(e) => println!("LOOKUP: {e}"),
+                Ok(id) => println!("LOOKUP: resolved {}", id.user),
+            }
+            return;
+        }
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "isolation::identity::tests::out_of_descriptors_is_not_a_missing_user",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD, "1")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text
+            .lines()
+            .find_map(|l| l.split_once("LOOKUP: "))
+            .map(|(_, l)| l)
+            .unwrap_or_else(|| {
+                panic!(
+                    "the child printed no LOOKUP line: {text}{}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            });
+        assert!(
+            line.contains("Too many open files") && !line.contains("does not exist"),
+            "{line}"
+        );
     }
 
     #[test]
