@@ -314,6 +314,14 @@ fn sandbox_of(
     }
 }
 
+impl Drop for Supervisor {
+    /// A supervisor dropped without [`Supervisor::shutdown`] (tests, an
+    /// error at start) leaves no empty parent cgroup behind.
+    fn drop(&mut self) {
+        self.cgroups.remove_parents_if_empty();
+    }
+}
+
 /// Which of the host's shared temporary directories the site's own `tmp`
 /// replaces: each one that holds nothing the site's processes need (its
 /// root, its Python home and paths, polyhost's state directory). One that

@@ -67,9 +67,11 @@ fn find_dirs(dir: &Path, name: &str, depth: usize, out: &mut Vec<PathBuf>) {
         if !e.file_type().is_ok_and(|t| t.is_dir()) {
             continue;
         }
-        if e.file_name().to_str() == Some(name) {
+        let file_name = e.file_name();
+        if file_name.to_str() == Some(name) {
             out.push(e.path());
-        } else {
+        } else if !file_name.to_string_lossy().starts_with("polyhost-") {
+            // Another polyhost's parent holds only its own sites: not ours.
             find_dirs(&e.path(), name, depth - 1, out);
         }
     }
@@ -108,12 +110,13 @@ fn remove_tree(dir: &Path) {
     let _ = std::fs::remove_dir(dir);
 }
 
-/// Held by a polyhost under test: if the test fails (the thread panics)
-/// before polyhost stopped cleanly, SIGKILLs every process in that
-/// polyhost's cgroups (by the pids listed there, until none is left, at
-/// most 10 s) and removes the cgroups, so a failed test leaves neither
-/// running site code nor cgroups behind. Does nothing otherwise: a clean
-/// stop removes them itself ([`check_hygiene`] checks that).
+/// Held by a polyhost under test: when it is dropped, SIGKILLs every
+/// process left in that polyhost's cgroups (by the pids listed there, until
+/// none is left, at most 10 s) and removes the cgroups, its parent ones
+/// included, so neither a failed test nor one that ends by killing polyhost
+/// (a dropped [`super::Binary`] is SIGKILLed) leaves running site code or
+/// cgroups behind. After a clean stop there is nothing left to find
+/// ([`check_hygiene`] checks that a clean stop removed them itself).
 pub struct CgroupSweep {
     parent: String,
 }
@@ -128,9 +131,6 @@ impl CgroupSweep {
 
 impl Drop for CgroupSweep {
     fn drop(&mut self) {
-        if !std::thread::panicking() {
-            return;
-        }
         let mut dirs = Vec::new();
         find_dirs(Path::new("/sys/fs/cgroup"), &self.parent, 6, &mut dirs);
         let deadline = Instant::now() + Duration::from_secs(10);

@@ -175,6 +175,16 @@ impl CgroupRoot {
         Ok(())
     }
 
+    /// Removes polyhost's parent cgroups if nothing is left in them (no site
+    /// cgroup, no process): what a polyhost that never stopped its sites
+    /// cleanly (a test, a panic) would otherwise leave behind. Never kills,
+    /// never waits: `rmdir` refuses a cgroup that is in use.
+    pub fn remove_parents_if_empty(&self) {
+        for parent in self.parent_dirs() {
+            let _ = std::fs::remove_dir(parent);
+        }
+    }
+
     fn parent_dirs(&self) -> Vec<&Path> {
         match &self.kind {
             CgroupKind::V2 { dir } => vec![dir],
