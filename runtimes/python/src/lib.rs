@@ -21,9 +21,12 @@
 //! - [`wire`]: the bytes of a response head, chunk framing, the worker's own pages.
 //! - [`file_wrapper`]: `wsgi.file_wrapper` and its `sendfile` fast path.
 //! - [`errors`]: error types, exit codes, `wsgi.errors`, app error logging.
+//! - [`asgi`]: `--interface asgi`: one asyncio event loop serving an ASGI 3.0
+//!   app (HTTP and WebSockets) on the same socket, with the same head parser.
 
 #![deny(unsafe_code)]
 
+pub mod asgi;
 pub mod body;
 pub mod cli;
 pub mod conn;
@@ -86,6 +89,9 @@ fn start(config: Config) -> Result<(), StartError> {
         cli::SocketSpec::Path(path) => server::bind(path)?,
         cli::SocketSpec::Fd(fd) => server::listen_inherited(*fd)?,
     };
+    if config.interface == cli::Interface::Asgi {
+        return asgi::serve(&config, app, listener, &stop);
+    }
     let ctx = request::AppContext {
         app,
         template,
