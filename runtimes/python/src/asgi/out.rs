@@ -146,7 +146,7 @@ mod tests {
         // RFC 6455 §1.3.
         assert_eq!(
             tungstenite::handshake::derive_accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
-            "s3pPLMBiTxaGUOs8aDs6ZaZ1LaY="
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
         );
     }
 }
