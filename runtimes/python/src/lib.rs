@@ -85,13 +85,13 @@ fn start(config: Config) -> Result<(), StartError> {
         Python::attach(|py| environ::template(py, config.threads > 1, config.multiprocess))
             .map_err(|e| StartError::Init(format!("cannot build the WSGI environ: {e}")))?;
     let stop = signals::install().map_err(StartError::Runtime)?;
+    if config.interface == cli::Interface::Asgi {
+        return asgi::serve(&config, app, socket, &stop);
+    }
     let listener = match socket {
         cli::SocketSpec::Path(path) => server::bind(path)?,
         cli::SocketSpec::Fd(fd) => server::listen_inherited(*fd)?,
     };
-    if config.interface == cli::Interface::Asgi {
-        return asgi::serve(&config, app, listener, &stop);
-    }
     let ctx = request::AppContext {
         app,
         template,

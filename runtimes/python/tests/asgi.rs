@@ -196,6 +196,7 @@ async fn a_failing_lifespan_startup_is_an_app_that_does_not_start() {
             w.stderr()
         );
         assert!(w.stderr().contains(said), "{app}: stderr lacks {said:?}:\n{}", w.stderr());
+        assert!(!w.socket.exists(), "{app}: the socket was bound before startup succeeded");
     }
     // auto: an app that knows no lifespan is served without it.
     let w = Worker::start("asgi_faults:no_lifespan", ASGI).await;

@@ -20,19 +20,21 @@
 //!
 //! Invariants: the loop thread is the only one that touches connections;
 //! Python holds no socket the Rust side also uses (the listener is handed
-//! over as a duplicate descriptor and the original is closed at stop).
+//! over as a duplicate descriptor and the original is closed at stop); the
+//! socket listens only after lifespan startup succeeded, so a connectable
+//! socket still means ready.
 
 pub mod out;
 pub mod scope;
 pub mod ws;
 
 use std::ffi::CString;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use pyo3::prelude::*;
 use pyo3::types::{PyCFunction, PyDict, PyModule, PyTuple};
 
-use crate::cli::Config;
+use crate::cli::{Config, SocketSpec};
 use crate::errors::{flush_python_stderr, ClientDisconnected, StartError};
 use crate::server::Listener;
 use crate::signals::StopSignal;
@@ -47,6 +49,10 @@ const SERVER_PY: &str = concat!(
 
 /// Exit status `serve()` in `serve.py` returns when lifespan startup failed.
 const LIFESPAN_FAILED: i32 = 3;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 fn native(py: Python<'_>) -> PyResult<Bound<'_, PyModule>> {
     let m = PyModule::new(py, "polyhost_native")?;
@@ -66,15 +72,18 @@ fn native(py: Python<'_>) -> PyResult<Bound<'_, PyModule>> {
     Ok(m)
 }
 
-/// Serves `app` on `listener` until a stop signal and the drain are done.
+/// Serves `app` on `socket` until a stop signal and the drain are done.
+/// The socket is bound (or the inherited one listened on) only once
+/// lifespan startup is complete: a connectable socket means ready.
 pub fn serve(
     config: &Config,
     app: Py<PyAny>,
-    listener: Listener,
+    socket: &SocketSpec,
     stop: &StopSignal,
 ) -> Result<(), StartError> {
-    let fd = listener.raw_fd();
-    let listener = Mutex::new(Some(listener));
+    // Shared with the closures Python calls (which must be 'static).
+    let listener: Arc<Mutex<Option<Listener>>> = Arc::default();
+    let listen_error: Arc<Mutex<Option<StartError>>> = Arc::default();
     let a = &config.asgi;
     let code = Python::attach(|py| -> PyResult<i32> {
         let settings = PyDict::new(py);
@@ -87,17 +96,42 @@ pub fn serve(
         settings.set_item("ws_ping_interval", a.ws_ping_interval.as_secs())?;
         settings.set_item("ws_ping_timeout", a.ws_ping_timeout.as_secs())?;
         settings.set_item("ws_idle_timeout", a.ws_idle_timeout.as_secs())?;
-        settings.set_item("listen_fd", fd)?;
         settings.set_item("stop_fd", stop.raw_fd())?;
+        // listen() -> the listening descriptor (Python serves a duplicate).
+        let (spec, held, failed) = (socket.clone(), listener.clone(), listen_error.clone());
+        let listen = PyCFunction::new_closure(
+            py,
+            None,
+            None,
+            move |_: &Bound<'_, PyTuple>, _: Option<&Bound<'_, PyDict>>| -> PyResult<i32> {
+                let made = match &spec {
+                    SocketSpec::Path(path) => crate::server::bind(path),
+                    SocketSpec::Fd(fd) => crate::server::listen_inherited(*fd),
+                };
+                match made {
+                    Ok(l) => {
+                        let fd = l.raw_fd();
+                        *lock(&held) = Some(l);
+                        Ok(fd)
+                    }
+                    Err(e) => {
+                        let msg = e.to_string();
+                        *lock(&failed) = Some(e);
+                        Err(pyo3::exceptions::PyOSError::new_err(msg))
+                    }
+                }
+            },
+        )?;
+        settings.set_item("listen", listen)?;
         // Called once accepting has stopped: the socket file goes, and the
-        // original descriptor is closed (Python served a duplicate).
+        // original descriptor is closed.
+        let held = listener.clone();
         let close_listener = PyCFunction::new_closure(
             py,
             None,
             None,
             move |_: &Bound<'_, PyTuple>, _: Option<&Bound<'_, PyDict>>| {
-                let taken = listener.lock().unwrap_or_else(|p| p.into_inner()).take();
-                if let Some(l) = taken {
+                if let Some(l) = lock(&held).take() {
                     l.remove_file();
                 }
             },
@@ -114,6 +148,7 @@ pub fn serve(
         Ok(0) => Ok(()),
         Ok(LIFESPAN_FAILED) => Err(StartError::Import),
         Ok(n) => Err(StartError::Init(format!("the ASGI server stopped with status {n}"))),
+        Err(_) if lock(&listen_error).is_some() => Err(lock(&listen_error).take().expect("checked")),
         Err(e) => {
             Python::attach(|py| {
                 eprintln!("polyhost-python: the ASGI server failed:");

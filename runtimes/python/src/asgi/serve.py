@@ -91,7 +91,7 @@ def new_loop():
     return uvloop.new_event_loop(), "uvloop"
 
 
-async def main(server, lifespan, sock, stop_fd):
+async def main(server, lifespan, stop_fd):
     s = server.s
     loop = server.loop
     beat = [time.monotonic()]
@@ -119,6 +119,8 @@ async def main(server, lifespan, sock, stop_fd):
 
     stop = loop.create_future()
     loop.add_reader(stop_fd, lambda: stop.done() or stop.set_result(None))
+    sock = socket.socket(fileno=os.dup(s["listen"]()))
+    sock.setblocking(False)
     listener = await loop.create_unix_server(lambda: HttpProtocol(server), sock=sock, backlog=4096)
     await stop
     loop.remove_reader(stop_fd)
@@ -156,9 +158,4 @@ def serve(native_module, app, settings):
     asyncio.set_event_loop(loop)
     server = Server(app, settings, loop)
     lifespan = Lifespan(server)
-    sock = socket.socket(fileno=os.dup(settings["listen_fd"]))
-    sock.setblocking(False)
-    try:
-        return loop.run_until_complete(main(server, lifespan, sock, settings["stop_fd"]))
-    finally:
-        sock.close()
+    return loop.run_until_complete(main(server, lifespan, settings["stop_fd"]))
