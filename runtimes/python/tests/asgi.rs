@@ -93,6 +93,7 @@ async fn a_50_mib_body_is_streamed_to_the_app_not_buffered() {
     assert!(s["max_chunk"].as_u64().unwrap() <= 4 << 20, "a message held too much: {s}");
     // The process never held the body: its peak RSS stays far below 50 MiB more than a hello.
     let hwm = peak_rss_kib(&w);
+    eprintln!("peak RSS after the 50 MiB upload: {hwm} KiB");
     assert!(hwm < 60 << 10, "peak RSS {hwm} KiB: the body was buffered");
     w.assert_clean_log();
 }
