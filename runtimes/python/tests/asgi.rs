@@ -258,3 +258,19 @@ async fn concurrent_requests_share_the_loop() {
     }
     assert!(started.elapsed() < Duration::from_secs(8), "{:?}", started.elapsed());
 }
+
+#[tokio::test]
+async fn one_request_over_max_concurrency_is_503() {
+    let w = Worker::start("asgi_faults:app", &["--interface", "asgi", "--max-concurrency", "1"]).await;
+    let hold = w.get("/hold");
+    let over = async {
+        // Sent while /hold runs (it sleeps 1 s after writing the marker).
+        w.wait_marker("holding", Duration::from_secs(20)).await;
+        w.get("/").await
+    };
+    let (hold, over) = tokio::join!(hold, over);
+    assert_eq!(hold.text(), "held");
+    assert_eq!(over.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(over.text().contains("over max-concurrency"), "{}", over.text());
+    assert_eq!(w.get("/").await.text(), "ok", "capacity is back");
+}

@@ -301,10 +301,7 @@ class Cycle:
                 self.final_sent = True
                 return {"type": "http.request", "body": b"", "more_body": False}
             if self.lost or self.complete:
-                if self.complete and not self.lost:
-                    # After the response, receive waits for the connection to go.
-                    await self.wait()
-                    continue
+                # After the response (as uvicorn does): nothing more will come.
                 return {"type": "http.disconnect"}
             if self.expect and not self.head_sent:
                 self.expect = False

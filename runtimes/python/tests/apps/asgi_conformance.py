@@ -142,9 +142,9 @@ async def app(scope, receive, send):
         info["asgi"] = scope["asgi"]
         info["extensions"] = sorted(scope.get("extensions") or {})
         await respond(c, json.dumps(info).encode())
-    # After the response, receive() waits for the connection to go: a task
-    # that waits for it must not block the next request.
     assert c.complete
+    m = await c.receive()
+    assert m["type"] == "http.disconnect", f"after the response: {m}"
 
 
 async def respond(c, body):

@@ -56,6 +56,10 @@ async def app(scope, receive, send):
         await asyncio.sleep(3600)
     elif path == "/error":
         raise RuntimeError("boom-in-async-app")
+    elif path == "/hold":
+        marker("holding")
+        await asyncio.sleep(1.0)
+        await ok(send, b"held")
     elif path == "/slow":
         await asyncio.sleep(1.0)
         await ok(send, b"slow done")
