@@ -25,6 +25,9 @@ use tungstenite::protocol::frame::CloseFrame;
 use tungstenite::protocol::{Role, WebSocket, WebSocketConfig};
 use tungstenite::Message;
 
+/// Buffers larger than this are freed once empty (a big message passed).
+const KEEP: usize = 64 << 10;
+
 /// Bytes in (what the peer sent, not yet parsed) and out (frames to write).
 #[derive(Default)]
 struct Mem {
@@ -69,7 +72,12 @@ fn close_frame(code: u16, reason: &str) -> CloseFrame {
 impl WsCodec {
     #[new]
     fn new(max_message: usize) -> Self {
+        // Small eager buffers: 10,000 idle WebSockets must stay cheap (the
+        // defaults allocate 128 KiB each up front); frames are handed over
+        // at once (`write_buffer_size` 0) and written by the loop.
         let config = WebSocketConfig::default()
+            .read_buffer_size(4 << 10)
+            .write_buffer_size(0)
             .max_message_size(Some(max_message))
             .max_frame_size(Some(max_message));
         Self {
@@ -119,6 +127,10 @@ impl WsCodec {
                 }
             }
         }
+        let input = &mut self.ws.get_mut().input;
+        if input.is_empty() && input.capacity() > KEEP {
+            *input = VecDeque::new();
+        }
         Ok(events)
     }
 
@@ -155,7 +167,11 @@ impl WsCodec {
             return None;
         }
         let bytes = PyBytes::new(py, out);
-        out.clear();
+        if out.capacity() > KEEP {
+            *out = Vec::new();
+        } else {
+            out.clear();
+        }
         Some(bytes)
     }
 }
