@@ -62,6 +62,8 @@ class Server:
 
 
 class HttpProtocol(asyncio.Protocol):
+    __slots__ = ("server", "transport", "buf", "cycle", "ws", "closed", "read_paused", "write_paused", "drain")
+
     def __init__(self, server):
         self.server = server
         self.transport = None
@@ -175,6 +177,12 @@ class HttpProtocol(asyncio.Protocol):
 
 class Cycle:
     """One HTTP request: the app's task, its body, its response."""
+
+    __slots__ = (
+        "proto", "scope", "keep_alive", "expect", "chunked", "left", "cstate", "body_done", "body",
+        "queued", "final_sent", "discard", "waiter", "lost", "started", "head_sent", "complete", "mode",
+        "task", "timed_out", "timer", "status", "headers", "trailers",
+    )
 
     def __init__(self, proto, scope, chunked, length, keep_alive, expect):
         self.proto = proto
