@@ -296,6 +296,14 @@ mod tests {
         assert_eq!(asgi.asgi.request_timeout, Duration::from_secs(5));
         assert_eq!(asgi.asgi.max_concurrency, 100);
         assert_eq!(asgi.asgi.ws_max_message, 16 << 20);
-        assert!(Args::try_parse_from(["polyhost-python", "--check", "--app", "m", "--interface", "rsgi"]).is_err());
+        assert!(Args::try_parse_from([
+            "polyhost-python",
+            "--check",
+            "--app",
+            "m",
+            "--interface",
+            "rsgi"
+        ])
+        .is_err());
     }
 }

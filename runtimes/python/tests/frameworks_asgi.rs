@@ -29,11 +29,21 @@ async fn framework(app: &str) -> Worker {
     let home = venv();
     let w = Worker::start(
         app,
-        &["--interface", "asgi", "--lifespan", "on", "--home", home.to_str().unwrap()],
+        &[
+            "--interface",
+            "asgi",
+            "--lifespan",
+            "on",
+            "--home",
+            home.to_str().unwrap(),
+        ],
     )
     .await;
     let maps = std::fs::read_to_string(format!("/proc/{}/maps", w.child.id())).unwrap();
-    assert!(maps.contains("uvloop"), "uvloop from the venv is not in use");
+    assert!(
+        maps.contains("uvloop"),
+        "uvloop from the venv is not in use"
+    );
     w
 }
 
@@ -59,12 +69,19 @@ async fn starlette_lifespan_state_streaming_sse_and_a_websocket() {
     );
     assert_eq!(r.text().matches("event: tick").count(), 3, "{}", r.text());
     let r = w
-        .send(request("POST", "/upload").body(full(vec![b'u'; 300_000])).unwrap())
+        .send(
+            request("POST", "/upload")
+                .body(full(vec![b'u'; 300_000]))
+                .unwrap(),
+        )
         .await;
     assert_eq!(r.text(), "got 300000");
     let mut ws = Ws::open(&w, "/ws").await;
     ws.frame(true, 1, b"hi").await;
-    assert_eq!(ws.read_frame().await.unwrap(), (true, 1, b"echo: hi".to_vec()));
+    assert_eq!(
+        ws.read_frame().await.unwrap(),
+        (true, 1, b"echo: hi".to_vec())
+    );
     ws.frame(true, 8, &[0x03, 0xe8]).await;
     assert_eq!(ws.close_frame().await.0, 1000);
     w.assert_clean_log();
@@ -80,7 +97,10 @@ async fn fastapi_path_params_lifespan_state_and_a_websocket_close_code() {
         v,
         serde_json::json!({"item_id": 7, "q": "x", "greeting": "hello from lifespan"})
     );
-    assert_eq!(w.get("/items/nope").await.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        w.get("/items/nope").await.status,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
     let mut ws = Ws::open(&w, "/ws").await;
     ws.frame(true, 1, br#"{"a": 1}"#).await;
     let (_, _, p) = ws.read_frame().await.unwrap();
@@ -113,7 +133,10 @@ async fn django_asgi_view_and_admin_login_under_a_mount() {
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     let page = r.text();
     assert!(page.contains("csrfmiddlewaretoken"), "{page}");
-    assert!(page.contains("action=\"/app/admin/login/\""), "the form posts under the mount: {page}");
+    assert!(
+        page.contains("action=\"/app/admin/login/\""),
+        "the form posts under the mount: {page}"
+    );
     assert!(r.headers.get("set-cookie").is_some(), "the CSRF cookie");
     // The admin index redirects an anonymous user to the login, under the mount.
     let r = w.send(mounted("/app/admin/")).await;

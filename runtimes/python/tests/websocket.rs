@@ -15,14 +15,19 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
 async fn ws_worker(extra: &[&str]) -> Worker {
-    let args: Vec<&str> = ["--interface", "asgi"].iter().chain(extra).copied().collect();
+    let args: Vec<&str> = ["--interface", "asgi"]
+        .iter()
+        .chain(extra)
+        .copied()
+        .collect();
     Worker::start("asgi_ws:app", &args).await
 }
 
 #[tokio::test]
 async fn echo_text_and_bytes_with_the_scope_and_a_subprotocol() {
     let w = ws_worker(&[]).await;
-    let (mut ws, head) = Ws::handshake(&w, "/echo", "Sec-WebSocket-Protocol: chat, superchat\r\n").await;
+    let (mut ws, head) =
+        Ws::handshake(&w, "/echo", "Sec-WebSocket-Protocol: chat, superchat\r\n").await;
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert!(head.contains("sec-websocket-protocol: chat\r\n"), "{head}");
     assert!(head.contains("x-ws: yes"), "{head}");
@@ -33,7 +38,10 @@ async fn echo_text_and_bytes_with_the_scope_and_a_subprotocol() {
     assert_eq!(s["scheme"], "ws");
     assert_eq!(s["subprotocols"], serde_json::json!(["chat", "superchat"]));
     ws.frame(true, 2, &[0, 1, 2, 255]).await;
-    assert_eq!(ws.read_frame().await.unwrap(), (true, 2, vec![0, 1, 2, 255]));
+    assert_eq!(
+        ws.read_frame().await.unwrap(),
+        (true, 2, vec![0, 1, 2, 255])
+    );
     let big = vec![b'a'; 200_000];
     ws.frame(true, 1, &big).await;
     assert_eq!(ws.read_frame().await.unwrap().2.len(), 200_000);
@@ -51,10 +59,17 @@ async fn fragments_with_a_ping_between_them_make_one_message() {
     let mut ws = Ws::open(&w, "/echo").await;
     ws.frame(false, 1, b"hel").await;
     ws.frame(true, 9, b"are you there").await;
-    assert_eq!(ws.read_frame().await.unwrap(), (true, 10, b"are you there".to_vec()), "pong first");
+    assert_eq!(
+        ws.read_frame().await.unwrap(),
+        (true, 10, b"are you there".to_vec()),
+        "pong first"
+    );
     ws.frame(false, 0, b"lo ").await;
     ws.frame(true, 0, "wörld".as_bytes()).await;
-    assert_eq!(ws.read_frame().await.unwrap(), (true, 1, "hello wörld".as_bytes().to_vec()));
+    assert_eq!(
+        ws.read_frame().await.unwrap(),
+        (true, 1, "hello wörld".as_bytes().to_vec())
+    );
     w.assert_clean_log();
 }
 
@@ -116,14 +131,20 @@ async fn a_client_that_never_reads_makes_the_apps_send_wait() {
     let mut still = 0;
     for _ in 0..100 {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let now: u64 = std::fs::read_to_string(&flood).unwrap().parse().unwrap_or(0);
+        let now: u64 = std::fs::read_to_string(&flood)
+            .unwrap()
+            .parse()
+            .unwrap_or(0);
         still = if now == last { still + 1 } else { 0 };
         last = now;
         if still >= 10 {
             break;
         }
     }
-    assert!(still >= 10, "the app's sends never stopped ({last} bytes sent)");
+    assert!(
+        still >= 10,
+        "the app's sends never stopped ({last} bytes sent)"
+    );
     assert!(last < 32 << 20, "{last} bytes went into buffers");
     let status = std::fs::read_to_string(format!("/proc/{}/status", w.child.id())).unwrap();
     let rss: u64 = status
@@ -131,7 +152,10 @@ async fn a_client_that_never_reads_makes_the_apps_send_wait() {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
         .unwrap();
-    assert!(rss < 80 << 10, "RSS {rss} KiB with a client that never reads");
+    assert!(
+        rss < 80 << 10,
+        "RSS {rss} KiB with a client that never reads"
+    );
     // The client vanishes: the app's blocked send ends with an error it sees.
     drop(ws);
     w.wait_marker("flood-ended", TIMEOUT).await;

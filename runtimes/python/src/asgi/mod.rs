@@ -67,7 +67,10 @@ fn native(py: Python<'_>) -> PyResult<Bound<'_, PyModule>> {
     m.add("MODE_CHUNKED", out::MODE_CHUNKED)?;
     m.add("MODE_NONE", out::MODE_NONE)?;
     m.add("MODE_CLOSE", out::MODE_CLOSE)?;
-    m.add("CONTINUE", pyo3::types::PyBytes::new(py, crate::wire::CONTINUE))?;
+    m.add(
+        "CONTINUE",
+        pyo3::types::PyBytes::new(py, crate::wire::CONTINUE),
+    )?;
     m.add("MAX_HEAD", crate::head::MAX_HEAD)?;
     Ok(m)
 }
@@ -147,15 +150,21 @@ pub fn serve(
     match code {
         Ok(0) => Ok(()),
         Ok(LIFESPAN_FAILED) => Err(StartError::Import),
-        Ok(n) => Err(StartError::Init(format!("the ASGI server stopped with status {n}"))),
-        Err(_) if lock(&listen_error).is_some() => Err(lock(&listen_error).take().expect("checked")),
+        Ok(n) => Err(StartError::Init(format!(
+            "the ASGI server stopped with status {n}"
+        ))),
+        Err(_) if lock(&listen_error).is_some() => {
+            Err(lock(&listen_error).take().expect("checked"))
+        }
         Err(e) => {
             Python::attach(|py| {
                 eprintln!("polyhost-python: the ASGI server failed:");
                 e.display(py);
                 flush_python_stderr(py);
             });
-            Err(StartError::Init("the ASGI server failed (see above)".into()))
+            Err(StartError::Init(
+                "the ASGI server failed (see above)".into(),
+            ))
         }
     }
 }

@@ -95,7 +95,10 @@ pub fn response_head<'py>(
 
 /// Trailer fields after the last chunk (`0\r\n` included).
 #[pyfunction]
-pub fn trailers<'py>(py: Python<'py>, headers: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyBytes>> {
+pub fn trailers<'py>(
+    py: Python<'py>,
+    headers: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyBytes>> {
     let p = pending(200, headers)?;
     let mut out = b"0\r\n".to_vec();
     out.extend_from_slice(&p.lines);
@@ -139,8 +142,6 @@ pub fn simple_response<'py>(
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
     #[test]
     fn accept_key_is_rfc6455s_example() {
         // RFC 6455 §1.3.

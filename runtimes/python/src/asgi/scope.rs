@@ -146,7 +146,10 @@ impl ScopeTemplate {
             scope.set_item(intern!(py, "type"), intern!(py, "websocket"))?;
             let scheme = if https { "wss" } else { "ws" };
             scope.set_item(intern!(py, "scheme"), scheme)?;
-            scope.set_item(intern!(py, "extensions"), self.ws_extensions.bind(py).copy()?)?;
+            scope.set_item(
+                intern!(py, "extensions"),
+                self.ws_extensions.bind(py).copy()?,
+            )?;
         } else {
             scope.set_item(intern!(py, "type"), intern!(py, "http"))?;
             let method = &buf[head.method.clone()];
@@ -177,8 +180,7 @@ impl ScopeTemplate {
         scope.set_item(intern!(py, "http_version"), version)?;
 
         let (raw_path, query, _) = split_target(&buf[head.target.clone()]);
-        let decoded: std::borrow::Cow<'_, [u8]> =
-            percent_encoding::percent_decode(raw_path).into();
+        let decoded: std::borrow::Cow<'_, [u8]> = percent_encoding::percent_decode(raw_path).into();
         let path = String::from_utf8_lossy(&decoded);
         scope.set_item(intern!(py, "path"), PyString::new(py, &path))?;
         scope.set_item(intern!(py, "raw_path"), PyBytes::new(py, raw_path))?;
@@ -257,12 +259,12 @@ mod tests {
     #[test]
     fn websocket_handshakes() {
         let ok = "GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
-        assert_eq!(key(ok).unwrap().as_deref(), Some("dGhlIHNhbXBsZSBub25jZQ=="));
-        assert_eq!(key("GET / HTTP/1.1\r\n\r\n").unwrap(), None);
         assert_eq!(
-            key("GET / HTTP/1.1\r\nUpgrade: h2c\r\n\r\n").unwrap(),
-            None
+            key(ok).unwrap().as_deref(),
+            Some("dGhlIHNhbXBsZSBub25jZQ==")
         );
+        assert_eq!(key("GET / HTTP/1.1\r\n\r\n").unwrap(), None);
+        assert_eq!(key("GET / HTTP/1.1\r\nUpgrade: h2c\r\n\r\n").unwrap(), None);
         assert!(key(&ok.replace("13", "8")).is_err());
         assert!(key(&ok.replace("GET", "POST")).is_err());
         assert!(key(&ok.replace("dGhlIHNhbXBsZSBub25jZQ==", "short")).is_err());

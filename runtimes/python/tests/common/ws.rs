@@ -44,7 +44,13 @@ impl Ws {
     pub async fn open(w: &Worker, path: &str) -> Ws {
         let (ws, head) = Self::handshake(w, path, "").await;
         assert!(head.starts_with("http/1.1 101"), "{head}");
-        assert!(head.contains(&format!("sec-websocket-accept: {}", ACCEPT.to_ascii_lowercase())), "{head}");
+        assert!(
+            head.contains(&format!(
+                "sec-websocket-accept: {}",
+                ACCEPT.to_ascii_lowercase()
+            )),
+            "{head}"
+        );
         ws
     }
 
@@ -84,10 +90,13 @@ impl Ws {
                 let (b0, b1) = (self.buf[0], self.buf[1]);
                 assert_eq!(b1 & 0x80, 0, "server frames are never masked");
                 let (len, at) = match b1 & 0x7f {
-                    126 if self.buf.len() >= 4 => (u16::from_be_bytes([self.buf[2], self.buf[3]]) as usize, 4),
-                    127 if self.buf.len() >= 10 => {
-                        (u64::from_be_bytes(self.buf[2..10].try_into().unwrap()) as usize, 10)
+                    126 if self.buf.len() >= 4 => {
+                        (u16::from_be_bytes([self.buf[2], self.buf[3]]) as usize, 4)
                     }
+                    127 if self.buf.len() >= 10 => (
+                        u64::from_be_bytes(self.buf[2..10].try_into().unwrap()) as usize,
+                        10,
+                    ),
                     n if n < 126 => (n as usize, 2),
                     _ => (usize::MAX, 0),
                 };
@@ -122,4 +131,3 @@ impl Ws {
         !self.fill().await
     }
 }
-
