@@ -33,6 +33,24 @@ def log(msg, site=None):
     sys.stderr.flush()
 
 
+class Waiting:
+    """One coroutine at a time (the app's `receive`) waits for input."""
+
+    __slots__ = ()
+
+    def wake(self):
+        w = self.waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    async def wait(self):
+        self.waiter = self.proto.server.loop.create_future()
+        try:
+            await self.waiter
+        finally:
+            self.waiter = None
+
+
 class Server:
     def __init__(self, app, settings, loop):
         self.app = app
@@ -175,7 +193,7 @@ class HttpProtocol(asyncio.Protocol):
             self.server.loop.call_soon(self.process)
 
 
-class Cycle:
+class Cycle(Waiting):
     """One HTTP request: the app's task, its body, its response."""
 
     __slots__ = (
@@ -283,11 +301,6 @@ class Cycle:
         self.proto.transport.close()
         self.disconnected()
 
-    def wake(self):
-        w = self.waiter
-        if w is not None and not w.done():
-            w.set_result(None)
-
     def disconnected(self):
         self.lost = True
         self.wake()
@@ -315,13 +328,6 @@ class Cycle:
                 self.expect = False
                 self.proto.transport.write(native.CONTINUE)
             await self.wait()
-
-    async def wait(self):
-        self.waiter = self.proto.server.loop.create_future()
-        try:
-            await self.waiter
-        finally:
-            self.waiter = None
 
     # The response.
 

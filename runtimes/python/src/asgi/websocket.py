@@ -1,6 +1,6 @@
 
 
-class WebSocket:
+class WebSocket(Waiting):
     """One WebSocket: the handshake answer, then frames through `native.WsCodec`."""
 
     CONNECTING, OPEN, CLOSING, CLOSED = range(4)
@@ -73,11 +73,6 @@ class WebSocket:
     def lost(self):
         self.closed()
 
-    def wake(self):
-        w = self.waiter
-        if w is not None and not w.done():
-            w.set_result(None)
-
     async def receive(self):
         if not self.connect_sent:
             self.connect_sent = True
@@ -90,11 +85,7 @@ class WebSocket:
                 return msg
             if self.state == self.CLOSED:
                 return {"type": "websocket.disconnect", "code": self.close_code, "reason": self.close_reason}
-            self.waiter = self.server.loop.create_future()
-            try:
-                await self.waiter
-            finally:
-                self.waiter = None
+            await self.wait()
 
     # Output.
 
