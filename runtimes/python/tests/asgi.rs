@@ -361,3 +361,98 @@ async fn one_request_over_max_concurrency_is_503() {
     );
     assert_eq!(w.get("/").await.text(), "ok", "capacity is back");
 }
+
+#[tokio::test]
+async fn trailers_and_pathsend() {
+    let w = Worker::start("asgi_faults:app", ASGI).await;
+    let mut c = RawConn::connect(&w).await;
+    c.send(b"GET /trailers HTTP/1.1\r\nHost: x\r\nTE: trailers\r\n\r\n")
+        .await;
+    let (status, head) = c.read_head().await;
+    assert_eq!(status, 200);
+    assert!(head.contains("transfer-encoding: chunked"), "{head}");
+    let mut rest = Vec::new();
+    while !rest.ends_with(b"\r\n\r\n") {
+        let mut chunk = [0u8; 256];
+        let n = tokio::io::AsyncReadExt::read(c.stream(), &mut chunk)
+            .await
+            .unwrap();
+        assert!(
+            n > 0,
+            "EOF in the trailers: {:?}",
+            String::from_utf8_lossy(&rest)
+        );
+        rest.extend_from_slice(&chunk[..n]);
+    }
+    assert_eq!(
+        String::from_utf8_lossy(&rest),
+        "4\r\ndata\r\n0\r\nx-checksum: abc\r\n\r\n"
+    );
+    let r = w.get("/pathsend").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body.len(), 12_000);
+    assert_eq!(r.headers["content-length"], "12000");
+    w.assert_clean_log();
+}
+
+#[tokio::test]
+async fn a_client_that_never_reads_makes_the_apps_send_wait() {
+    let w = Worker::start("asgi_faults:app", ASGI).await;
+    let mut c = RawConn::connect(&w).await;
+    c.send(b"GET /flood HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let flood = w.wait_marker("flood", Duration::from_secs(20)).await;
+    let (mut last, mut still) = (0u64, 0);
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now: u64 = std::fs::read_to_string(&flood)
+            .unwrap()
+            .parse()
+            .unwrap_or(0);
+        still = if now == last { still + 1 } else { 0 };
+        last = now;
+        if still >= 10 {
+            break;
+        }
+    }
+    assert!(
+        still >= 10,
+        "the app's sends never stopped ({last} bytes sent)"
+    );
+    assert!(last < 32 << 20, "{last} bytes went into buffers");
+    drop(c);
+    w.wait_marker("flood-ended", Duration::from_secs(20)).await;
+    w.assert_clean_log();
+}
+
+#[tokio::test]
+async fn a_task_that_swallows_its_cancellation_ends_the_process() {
+    let mut w = Worker::start(
+        "asgi_faults:app",
+        &["--interface", "asgi", "--request-timeout", "1"],
+    )
+    .await;
+    let r = w.get("/stubborn").await;
+    assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT);
+    w.wait_marker("swallowed", Duration::from_secs(10)).await;
+    let status = w.wait_exit(Duration::from_secs(30)).await;
+    assert_eq!(status.code(), Some(1), "{status}\n{}", w.stderr());
+    assert!(
+        w.stderr().contains("still runs 5 s later"),
+        "{}",
+        w.stderr()
+    );
+}
+
+#[tokio::test]
+async fn drain_lets_a_running_request_finish() {
+    let mut w = Worker::start("asgi_faults:app", ASGI).await;
+    let hold = w.get("/hold");
+    let stop = async {
+        w.wait_marker("holding", Duration::from_secs(20)).await;
+        w.signal(libc::SIGTERM);
+    };
+    let (r, ()) = tokio::join!(hold, stop);
+    assert_eq!(r.text(), "held");
+    let status = w.wait_exit(Duration::from_secs(20)).await;
+    assert!(status.success(), "{status}\n{}", w.stderr());
+}

@@ -199,3 +199,14 @@ async fn drain_closes_websockets_with_1001_after_the_grace() {
     let status = w.wait_exit(TIMEOUT).await;
     assert!(status.success(), "{status}\n{}", w.stderr());
 }
+
+#[tokio::test]
+async fn an_idle_websocket_is_closed_1001_and_an_app_error_is_1011() {
+    let w = ws_worker(&["--ws-idle-timeout", "1", "--ws-ping-interval", "0"]).await;
+    let mut ws = Ws::open(&w, "/echo").await;
+    assert_eq!(ws.close_frame().await, (1001, "idle timeout".into()));
+    let mut ws = Ws::open(&w, "/raise").await;
+    assert_eq!(ws.close_frame().await.0, 1011);
+    let log = w.stderr();
+    assert!(log.contains("RuntimeError: boom-in-websocket"), "{log}");
+}

@@ -431,12 +431,7 @@ class Cycle(Waiting):
                 else:
                     self.proto.transport.close()
         except asyncio.CancelledError:
-            if self.timed_out:
-                if not self.head_sent:
-                    self.error_page(504)
-                else:
-                    self.proto.transport.close()
-            else:
+            if not self.timed_out:  # (a timeout has answered already)
                 self.proto.transport.close()
         except BaseException as e:  # noqa: B902 - the app's error is logged, never raised
             if not (self.lost and isinstance(e, OSError)):
@@ -466,6 +461,11 @@ class Cycle(Waiting):
         if self.task is None or self.task.done():
             return
         self.timed_out = True
+        # Answered now, not when the task ends: it may ignore the cancellation.
+        if not self.head_sent and not self.lost:
+            self.error_page(504)
+        elif not self.complete:
+            self.proto.transport.close()
         self.task.cancel()
         server = self.proto.server
         server.log_error(

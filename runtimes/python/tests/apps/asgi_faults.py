@@ -56,6 +56,33 @@ async def app(scope, receive, send):
         await asyncio.sleep(3600)
     elif path == "/error":
         raise RuntimeError("boom-in-async-app")
+    elif path == "/stubborn":
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            marker("swallowed")
+            await asyncio.sleep(3600)  # ignores the cancellation
+    elif path == "/trailers":
+        await send({"type": "http.response.start", "status": 200, "headers": [], "trailers": True})
+        await send({"type": "http.response.body", "body": b"data", "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        await send({"type": "http.response.trailers", "headers": [(b"x-checksum", b"abc")]})
+    elif path == "/pathsend":
+        f = os.path.join(MARKER_DIR, "file.txt")
+        with open(f, "wb") as out:
+            out.write(b"from a file\n" * 1000)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.pathsend", "path": f})
+    elif path == "/flood":
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        sent = 0
+        try:
+            while True:
+                await send({"type": "http.response.body", "body": b"x" * 65536, "more_body": True})
+                sent += 65536
+                marker("flood", str(sent))
+        except OSError:
+            marker("flood-ended", str(sent))
     elif path == "/hold":
         marker("holding")
         await asyncio.sleep(1.0)

@@ -41,6 +41,8 @@ async def app(scope, receive, send):
         except OSError:
             marker("flood-ended", str(sent))
         return
+    if path == "/raise":
+        raise RuntimeError("boom-in-websocket")
     if path == "/close":
         await send({"type": "websocket.close", "code": 4001, "reason": "bye"})
         m = await receive()

@@ -347,6 +347,11 @@ impl RawConn {
         RawReply { status, head, body }
     }
 
+    /// The socket, for reads that must see the exact bytes.
+    pub fn stream(&mut self) -> &mut UnixStream {
+        &mut self.stream
+    }
+
     /// True if the worker closed the connection (nothing more to read).
     pub async fn closed(&mut self) -> bool {
         self.buf.is_empty() && !self.fill().await
