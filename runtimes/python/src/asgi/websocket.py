@@ -4,6 +4,10 @@ class WebSocket(Waiting):
     """One WebSocket: the handshake answer, then frames through `native.WsCodec`."""
 
     CONNECTING, OPEN, CLOSING, CLOSED = range(4)
+    __slots__ = (
+        "proto", "server", "scope", "key", "state", "codec", "pending", "queue", "connect_sent", "waiter",
+        "close_code", "close_reason", "denial", "task", "last_seen", "ping_sent", "close_timer",
+    )
 
     def __init__(self, proto, scope, key):
         self.proto = proto

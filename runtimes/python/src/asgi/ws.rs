@@ -76,7 +76,7 @@ impl WsCodec {
         // defaults allocate 128 KiB each up front); frames are handed over
         // at once (`write_buffer_size` 0) and written by the loop.
         let config = WebSocketConfig::default()
-            .read_buffer_size(4 << 10)
+            .read_buffer_size(1 << 10)
             .write_buffer_size(0)
             .max_message_size(Some(max_message))
             .max_frame_size(Some(max_message));
