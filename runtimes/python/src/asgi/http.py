@@ -367,26 +367,46 @@ class Cycle(Waiting):
         if t == "http.response.pathsend":
             if not self.started or self.complete:
                 raise RuntimeError("http.response.pathsend out of order")
-            with open(message["path"], "rb") as f:
-                data = f.read()
-            self.write(data, False)
+            await self.send_file(message["path"])
             return
         raise ValueError(f"unknown message type {t!r} in an http scope")
+
+    async def send_file(self, path):
+        """`http.response.pathsend`: the file with its length, read and
+        written a piece at a time (flow control between pieces)."""
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            self.proto.transport.write(self.head(False, size))
+            left = size if self.mode == native.MODE_LENGTH else 0
+            while left > 0 and not self.lost:
+                piece = f.read(min(left, 256 << 10))
+                if not piece:
+                    self.proto.transport.close()  # the file shrank: the length was a lie
+                    return
+                left -= len(piece)
+                self.proto.transport.write(piece)
+                if self.proto.write_paused:
+                    await self.proto.drained()
+        self.finish()
+
+    def head(self, more, first_len):
+        self.head_sent = True
+        head, self.mode, self.keep_alive = native.response_head(
+            self.status,
+            self.headers,
+            self.scope["method"] == "HEAD",
+            self.scope["http_version"] == "1.0",
+            self.keep_alive,
+            more,
+            first_len,
+            self.trailers,
+        )
+        return head
 
     def write(self, body, more):
         transport = self.proto.transport
         if not self.head_sent:
-            self.head_sent = True
-            head, self.mode, self.keep_alive = native.response_head(
-                self.status,
-                self.headers,
-                self.scope["method"] == "HEAD",
-                self.scope["http_version"] == "1.0",
-                self.keep_alive,
-                more,
-                len(body),
-                self.trailers,
-            )
+            head = self.head(more, len(body))
             if self.mode == native.MODE_LENGTH and not more:
                 transport.write(head + body if body else head)
                 self.finish()

@@ -70,7 +70,7 @@ async def app(scope, receive, send):
     elif path == "/pathsend":
         f = os.path.join(MARKER_DIR, "file.txt")
         with open(f, "wb") as out:
-            out.write(b"from a file\n" * 1000)
+            out.write(b"from a file\n" * 50000)
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.pathsend", "path": f})
     elif path == "/flood":

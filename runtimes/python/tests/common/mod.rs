@@ -347,9 +347,18 @@ impl RawConn {
         RawReply { status, head, body }
     }
 
-    /// The socket, for reads that must see the exact bytes.
-    pub fn stream(&mut self) -> &mut UnixStream {
-        &mut self.stream
+    /// The raw bytes up to and including `end` (e.g. a chunked body with its trailers).
+    pub async fn read_until(&mut self, end: &[u8]) -> Vec<u8> {
+        loop {
+            if let Some(i) = self.buf.windows(end.len()).position(|w| w == end) {
+                return self.buf.drain(..i + end.len()).collect();
+            }
+            assert!(
+                self.fill().await,
+                "EOF before {end:?}: {:?}",
+                String::from_utf8_lossy(&self.buf)
+            );
+        }
     }
 
     /// True if the worker closed the connection (nothing more to read).
