@@ -347,7 +347,7 @@ async fn one_request_over_max_concurrency_is_503() {
     .await;
     let hold = w.get("/hold");
     let over = async {
-        // Sent while /hold runs (it sleeps 1 s after writing the marker).
+        // Sent while /hold runs (it sleeps 3 s after writing the marker).
         w.wait_marker("holding", Duration::from_secs(20)).await;
         w.get("/").await
     };

@@ -187,7 +187,7 @@ async fn pings_keep_it_alive_and_a_silent_peer_is_dropped() {
 
 #[tokio::test]
 async fn drain_closes_websockets_with_1001_after_the_grace() {
-    let mut w = ws_worker(&["--graceful-timeout", "1"]).await;
+    let mut w = ws_worker(&["--graceful-timeout", "3"]).await;
     let mut ws = Ws::open(&w, "/echo").await;
     w.signal(libc::SIGTERM);
     // Still served during the grace.

@@ -85,7 +85,7 @@ async def app(scope, receive, send):
             marker("flood-ended", str(sent))
     elif path == "/hold":
         marker("holding")
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(3.0)
         await ok(send, b"held")
     elif path == "/slow":
         await asyncio.sleep(1.0)
