@@ -26,6 +26,8 @@
 //! half in the interpreter (the app and the protocol code together). In raw
 //! requests/s on that loaded machine granian led (its I/O threads win more
 //! CPU share from the scheduler), polyhost 0.85x granian, 1.29x uvicorn.
+//! WebSocket echo (64 connections, 64-byte messages): 60k round trips/s,
+//! 1.07x granian and 2.2x uvicorn, at a third of granian's CPU.
 //! The thread hand-off design would add a wake-up of the loop per batch and
 //! a GIL hand-over per request for the same Python work.
 //!
