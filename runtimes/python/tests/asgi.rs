@@ -305,6 +305,14 @@ async fn app_errors_are_500_with_the_traceback_in_the_log() {
         "{log}"
     );
     assert!(log.contains("RuntimeError: boom-in-async-app"), "{log}");
+    let r = w.get("/bad-header").await;
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(
+        w.stderr()
+            .contains("ValueError: ASGI headers must be an iterable of [name, value] byte strings"),
+        "{}",
+        w.stderr()
+    );
     assert_eq!(w.get("/").await.text(), "ok");
 }
 

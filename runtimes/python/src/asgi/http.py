@@ -390,7 +390,8 @@ class Cycle(Waiting):
         self.finish()
 
     def head(self, more, first_len):
-        self.head_sent = True
+        """The response head (raises ValueError for a bad status or header:
+        nothing was sent then, so the error still becomes a 500)."""
         head, self.mode, self.keep_alive = native.response_head(
             self.status,
             self.headers,
@@ -401,6 +402,7 @@ class Cycle(Waiting):
             first_len,
             self.trailers,
         )
+        self.head_sent = True
         return head
 
     def write(self, body, more):

@@ -27,20 +27,28 @@ fn pending(status: u16, headers: &Bound<'_, PyAny>) -> PyResult<Pending> {
         lines: Vec::new(),
         lengths: Vec::new(),
     };
+    let bad =
+        || PyValueError::new_err("ASGI headers must be an iterable of [name, value] byte strings");
     for item in headers.try_iter()? {
+        // A tuple or a list of two `bytes` (read in place, not copied).
         let item = item?;
-        let (name, value): (Vec<u8>, Vec<u8>) = item.extract().map_err(|_| {
-            PyValueError::new_err("ASGI headers must be an iterable of [name, value] byte strings")
-        })?;
-        wire::add_field(&mut p, &name, &value).map_err(|e| {
+        if item.len().ok() != Some(2) {
+            return Err(bad());
+        }
+        let (name, value) = (item.get_item(0)?, item.get_item(1)?);
+        let (Ok(name), Ok(value)) = (name.cast::<PyBytes>(), value.cast::<PyBytes>()) else {
+            return Err(bad());
+        };
+        let (name, value) = (name.as_bytes(), value.as_bytes());
+        wire::add_field(&mut p, name, value).map_err(|e| {
             let which = match e {
                 FieldError::Name => "name",
                 FieldError::Value => "value",
             };
             PyValueError::new_err(format!(
                 "invalid header {which} in {:?}: {:?}",
-                String::from_utf8_lossy(&name),
-                String::from_utf8_lossy(&value)
+                String::from_utf8_lossy(name),
+                String::from_utf8_lossy(value)
             ))
         })?;
     }

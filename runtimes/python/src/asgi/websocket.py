@@ -124,10 +124,10 @@ class WebSocket(Waiting):
             body = message.get("body", b"")
             more = message.get("more_body", False)
             if not self.denial[2]:
-                self.denial[2] = True
                 head, mode, _ = native.response_head(
                     self.denial[0], self.denial[1], False, False, False, more, len(body), False
                 )
+                self.denial[2] = True
                 transport.write(head)
                 self.denial.append(mode)
             if body:

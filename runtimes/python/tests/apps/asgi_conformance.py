@@ -148,6 +148,7 @@ async def app(scope, receive, send):
 
 
 async def respond(c, body):
+    # Headers as lists, not tuples: the spec allows any iterable of pairs.
     await c.send({"type": "http.response.start", "status": 200,
-                  "headers": [(b"content-type", b"application/json"), (b"x-head", b"yes" if c.head else b"no")]})
+                  "headers": [[b"content-type", b"application/json"], [b"x-head", b"yes" if c.head else b"no"]]})
     await c.send({"type": "http.response.body", "body": body})

@@ -54,6 +54,9 @@ async def app(scope, receive, send):
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"partial", "more_body": True})
         await asyncio.sleep(3600)
+    elif path == "/bad-header":
+        await send({"type": "http.response.start", "status": 200, "headers": [("x-str", "not bytes")]})
+        await send({"type": "http.response.body", "body": b"never"})
     elif path == "/error":
         raise RuntimeError("boom-in-async-app")
     elif path == "/stubborn":
