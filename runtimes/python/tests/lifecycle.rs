@@ -200,6 +200,23 @@ async fn virtualenv_via_home() {
 /// app is imported, keeps the descriptor to itself and leaves the file alone.
 #[tokio::test]
 async fn an_inherited_bound_socket_is_listened_on_once_the_app_is_imported() {
+    serve_on_an_inherited_socket("plain", &[], "/env", 1).await;
+}
+
+/// ASGI: the same, once lifespan startup is done. The event loop serves a
+/// duplicate of the descriptor (close-on-exec too), so the worker holds it twice.
+#[tokio::test]
+async fn an_asgi_worker_listens_on_the_inherited_socket_after_lifespan_startup() {
+    serve_on_an_inherited_socket(
+        "asgi_conformance:app",
+        &["--interface", "asgi"],
+        "/scope",
+        2,
+    )
+    .await;
+}
+
+async fn serve_on_an_inherited_socket(app: &str, extra: &[&str], get: &str, copies: usize) {
     use nix::sys::socket::{bind, socket, AddressFamily, SockFlag, SockType, UnixAddr};
     use std::os::fd::AsRawFd;
 
@@ -228,7 +245,8 @@ async fn an_inherited_bound_socket_is_listened_on_once_the_app_is_imported() {
         .current_dir(dir.path())
         .arg("--socket-fd")
         .arg(fd.as_raw_fd().to_string())
-        .args(["--app", "plain"])
+        .args(["--app", app])
+        .args(extra)
         .arg("--path")
         .arg(common::apps_dir())
         .stdin(std::process::Stdio::null())
@@ -245,7 +263,7 @@ async fn an_inherited_bound_socket_is_listened_on_once_the_app_is_imported() {
         stderr_path,
     };
     w.wait_ready().await;
-    assert_eq!(w.get("/env").await.status, StatusCode::OK);
+    assert_eq!(w.get(get).await.status, StatusCode::OK);
     // Close-on-exec in the worker: the app's own children do not get it.
     let pid = w.child.id();
     let flags: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
@@ -263,12 +281,14 @@ async fn an_inherited_bound_socket_is_listened_on_once_the_app_is_imported() {
         .collect();
     assert_eq!(
         flags.len(),
-        1,
-        "the worker holds the socket once: {flags:?}"
+        copies,
+        "the worker holds the socket {copies} time(s): {flags:?}"
     );
-    let octal = flags[0].trim_start_matches("flags:").trim();
-    let bits = u32::from_str_radix(octal, 8).unwrap();
-    assert_ne!(bits & libc::O_CLOEXEC as u32, 0, "close-on-exec: {octal}");
+    for f in &flags {
+        let octal = f.trim_start_matches("flags:").trim();
+        let bits = u32::from_str_radix(octal, 8).unwrap();
+        assert_ne!(bits & libc::O_CLOEXEC as u32, 0, "close-on-exec: {octal}");
+    }
     w.signal(libc::SIGTERM);
     let status = w.wait_exit(Duration::from_secs(10)).await;
     assert_eq!(status.code(), Some(0), "{}", w.stderr());

@@ -4,6 +4,8 @@
 //! byte by byte ([`RawConn`]) where the exact wire matters.
 #![allow(dead_code)]
 
+pub mod ws;
+
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -343,6 +345,20 @@ impl RawConn {
             std::mem::take(&mut self.buf)
         };
         RawReply { status, head, body }
+    }
+
+    /// The raw bytes up to and including `end` (e.g. a chunked body with its trailers).
+    pub async fn read_until(&mut self, end: &[u8]) -> Vec<u8> {
+        loop {
+            if let Some(i) = self.buf.windows(end.len()).position(|w| w == end) {
+                return self.buf.drain(..i + end.len()).collect();
+            }
+            assert!(
+                self.fill().await,
+                "EOF before {end:?}: {:?}",
+                String::from_utf8_lossy(&self.buf)
+            );
+        }
     }
 
     /// True if the worker closed the connection (nothing more to read).
