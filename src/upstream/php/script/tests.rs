@@ -2,12 +2,29 @@
 //! reads paths, path info, the holes, and nothing remembered.
 
 use std::borrow::Cow;
+use std::path::Path;
 
 use super::*;
 
+/// The root at `path`, opened once per test thread and kept, as a site
+/// keeps it: lookups see its kept handle, as requests do.
+fn docroot(path: &Path) -> DocRoot {
+    thread_local! {
+        static ROOTS: std::cell::RefCell<Vec<DocRoot>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    ROOTS.with_borrow_mut(|roots| {
+        if let Some(root) = roots.iter().find(|r| r.path() == path) {
+            return root.clone();
+        }
+        let root = DocRoot::open(path, docroot::Reader::Anyone).expect("the test's root opens");
+        roots.push(root.clone());
+        root
+    })
+}
+
 /// [`find`]'s target alone.
 fn resolve(root: &Path, raw_path: &str, rules: &Rules) -> Result<Target, UpstreamError> {
-    find(root, raw_path, rules).map(|found| found.target)
+    find(&docroot(root), raw_path, rules).map(|found| found.target)
 }
 
 /// [`find_cached`]'s target alone.
@@ -16,7 +33,7 @@ fn resolve_cached(
     raw_path: &str,
     rules: &Rules,
 ) -> Option<Result<Target, UpstreamError>> {
-    find_cached(root, raw_path, rules).map(|found| found.map(|found| found.target))
+    find_cached(&docroot(root), raw_path, rules).map(|found| found.map(|found| found.target))
 }
 
 /// The one decoder as a PHP site reads a path, with the leading `/`
@@ -230,7 +247,7 @@ fn static_targets_come_opened_and_dotfiles_follow_the_one_table() {
     std::fs::write(root.join(".well-known/t"), "x").unwrap();
     std::fs::write(root.join("a/.well-known/t"), "x").unwrap();
     std::fs::write(root.join("a.php"), "<?php").unwrap();
-    let found = |path: &str| find(root, path, &rules(None));
+    let found = |path: &str| find(&docroot(root), path, &rules(None));
     let img = found("/img.jpg").unwrap();
     assert_eq!(img.target, Target::Static);
     assert!(matches!(img.opened, Some(Opened::File { ref rel, .. }) if rel == "img.jpg"));
