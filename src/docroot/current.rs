@@ -89,3 +89,6 @@ impl Current {
         Ok(fd)
     }
 }
+
+#[cfg(test)]
+mod tests;

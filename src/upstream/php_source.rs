@@ -70,18 +70,24 @@ pub fn php_name(name: &str, extensions: &[String]) -> PhpName {
 
 /// `ending` (e.g. `.php`, any case) is somewhere in `name` followed by a
 /// character that is not an ASCII letter or digit (so `.php5` and `.phps`
-/// are endings of their own, `.phpx` none).
+/// are endings of their own, `.phpx` none). Compared only where `name` has
+/// the ending's first character (a `.`: most names have one or two), as
+/// this runs for every static file served.
 fn holds_copy_of(name: &str, ending: &str) -> bool {
     let (name, ending) = (name.as_bytes(), ending.as_bytes());
-    if ending.is_empty() {
+    let Some(&first) = ending.first() else {
         return false;
-    }
-    name.windows(ending.len()).enumerate().any(|(at, w)| {
-        w.eq_ignore_ascii_case(ending)
-            && name
-                .get(at + ending.len())
-                .is_some_and(|c| !c.is_ascii_alphanumeric())
-    })
+    };
+    name.iter()
+        .enumerate()
+        .filter(|&(_, c)| c.eq_ignore_ascii_case(&first))
+        .any(|(at, _)| {
+            name.get(at..at + ending.len())
+                .is_some_and(|w| w.eq_ignore_ascii_case(ending))
+                && name
+                    .get(at + ending.len())
+                    .is_some_and(|c| !c.is_ascii_alphanumeric())
+        })
 }
 
 /// Whether `name` (a file name, no `/`) is PHP source for a site whose
