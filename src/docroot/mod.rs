@@ -21,7 +21,12 @@
 //!   `.`/`..` segments, encoded slashes, backslashes and NUL bytes are
 //!   refused, empty segments collapsed, and dotfiles (except under
 //!   `/.well-known/`) are reported as not found.
-//! - Every `openat2` beneath a root is [`beneath`]'s: the long-lived handle
+//! - A [`DocRoot`]'s handle is kept per site generation and is the
+//!   directory the root's path names now, up to an inotify watcher's delay
+//!   ([`current`]: reopened by path, without following symlinks, when the
+//!   root or a directory above it is renamed, replaced, deleted); a lookup
+//!   keeps the handle it started with.
+//! - Every `openat2` beneath a root is [`beneath`]'s: the kept handle
 //!   of a [`DocRoot`], or one opened afresh for a request ([`fresh`], for
 //!   PHP: the directory php-fpm will open the script in); what the latter
 //!   opens is served only once a [`DocRoot`] admits it ([`DocRoot::admit`]).

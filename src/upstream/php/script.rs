@@ -12,13 +12,19 @@
 //!   dotfile segments are refused too (404, except a leading
 //!   `.well-known`), unless they come after a script (path info names no
 //!   file), whether or not a script name follows them.
-//! - Every lookup is `openat2(root, rel, RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)`
-//!   beneath the root opened afresh (`docroot::fresh`: the directory
-//!   php-fpm will open the script in): nothing outside the root is ever a
-//!   script.
-//! - Nothing is cached: every request looks at the file system as it is now,
-//!   so a deleted, replaced or re-linked file is never run from a stale
-//!   answer. [`find_cached`] makes that cheap enough for the async
+//! - Every lookup is `openat2(root, rel, RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)`:
+//!   nothing outside the root is ever a script. A path with no PHP name in
+//!   it (no segment ending in a PHP extension, no trailing slash) is first
+//!   opened beneath the site's kept root handle (`DocRoot::beneath`, the
+//!   directory the root's path names, reopened when it changes; see
+//!   `docroot::current`): a regular file there is static, with no system
+//!   call spent on the root (the hot path of a PHP site's assets).
+//!   Everything else, a script above all, is decided beneath the root
+//!   opened afresh (`docroot::fresh`: the directory php-fpm will open the
+//!   script in, as its path names it at this very moment).
+//! - No answer is cached (only the root's handle, above): every request
+//!   looks at the file system as it is now, so a deleted, replaced or
+//!   re-linked file is never run from a stale answer. [`find_cached`] makes that cheap enough for the async
 //!   threads (`RESOLVE_CACHED`: answered from the kernel's caches or not at
 //!   all); [`find`] then does the same lookup, blocking.
 //! - A script is an existing regular file whose name ends in one of the

@@ -305,3 +305,57 @@ fn no_stale_answer_after_a_file_changes() {
     assert_eq!(both("/x.php/"), Ok(Target::Static));
     assert_eq!(both("/x.php/y"), Ok(Target::NotFound));
 }
+
+/// A static asset comes from the root's kept handle, a script's decision
+/// from the root opened afresh: after the root is replaced, scripts are
+/// decided in the new tree at once, and assets follow within the watcher's
+/// delay (`docroot::current`), never from anywhere but one of the two trees.
+#[test]
+fn a_replaced_root_serves_its_new_assets_and_scripts() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let tree = |at: &Path, text: &str, script: &str| {
+        std::fs::create_dir_all(at).unwrap();
+        std::fs::write(at.join("app.css"), text).unwrap();
+        std::fs::write(at.join(script), "<?php").unwrap();
+    };
+    tree(&root, "old", "old.php");
+    let kept = docroot(&root);
+    let asset = || match find(&kept, "/app.css", &rules(None)) {
+        Ok(Found {
+            target: Target::Static,
+            opened: Some(Opened::File { mut file, .. }),
+        }) => {
+            let mut text = String::new();
+            file.read_to_string(&mut text).unwrap();
+            text
+        }
+        other => format!("{other:?}"),
+    };
+    assert_eq!(asset(), "old");
+    let next = dir.path().join("next");
+    tree(&next, "new", "new.php");
+    std::fs::rename(&root, dir.path().join("previous")).unwrap();
+    std::fs::rename(&next, &root).unwrap();
+    // Scripts: decided beneath the root as its path names it now.
+    assert!(matches!(
+        resolve(&root, "/new.php", &rules(None)),
+        Ok(Target::Script { .. })
+    ));
+    assert!(matches!(resolve(&root, "/old.php", &rules(None)), Ok(Target::NotFound)));
+    let start = std::time::Instant::now();
+    loop {
+        let got = asset();
+        if got == "new" {
+            break;
+        }
+        assert_eq!(got, "old", "only the old tree or the new one");
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "the new app.css not served after 10 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    assert_eq!(asset(), "new");
+}
