@@ -219,7 +219,9 @@ fn static_file(
     }
     match root.beneath(wait)?.open_rel(path) {
         Ok(opened @ Opened::File { .. }) => Ok(Some(static_target(Some(opened)))),
-        Ok(Opened::Dir(_)) | Err(docroot::Fail::Refused(docroot::ResolveError::NotFound)) => Ok(None),
+        Ok(Opened::Dir(_)) | Err(docroot::Fail::Refused(docroot::ResolveError::NotFound)) => {
+            Ok(None)
+        }
         Err(e) => Err(e.into()),
     }
 }
@@ -300,7 +302,9 @@ fn whole_path(
 /// A directory keeps the root it was found beneath, for its index file.
 fn found_beneath(opened: Opened, beneath: Beneath<std::os::fd::OwnedFd>) -> Opened {
     match opened {
-        Opened::Dir(dir) => Opened::Dir(dir.found_beneath(std::sync::Arc::new(beneath.into_root()))),
+        Opened::Dir(dir) => {
+            Opened::Dir(dir.found_beneath(std::sync::Arc::new(beneath.into_root())))
+        }
         file => file,
     }
 }

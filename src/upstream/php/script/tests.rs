@@ -343,7 +343,10 @@ fn a_replaced_root_serves_its_new_assets_and_scripts() {
         resolve(&root, "/new.php", &rules(None)),
         Ok(Target::Script { .. })
     ));
-    assert!(matches!(resolve(&root, "/old.php", &rules(None)), Ok(Target::NotFound)));
+    assert!(matches!(
+        resolve(&root, "/old.php", &rules(None)),
+        Ok(Target::NotFound)
+    ));
     let start = std::time::Instant::now();
     loop {
         let got = asset();
