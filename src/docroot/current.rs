@@ -20,14 +20,14 @@
 //!   replaced between them.
 //! - A root that cannot be watched is reopened on every request.
 //!
-//! Cost on the hot path: one atomic load and an `Arc` clone; no system call.
+//! Cost on the hot path: an atomic load and an `arc_swap` guard; no system call.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, Guard};
 
 use super::beneath::{open_root, reopen_root, Fail, Wait};
 use super::watch;
@@ -60,11 +60,11 @@ impl Current {
     }
 
     /// The handle to look up beneath for one request.
-    pub(super) fn get(&self, wait: Wait) -> Result<Arc<OwnedFd>, Fail> {
+    pub(super) fn get(&self, wait: Wait) -> Result<Held, Fail> {
         if !self.stale.load(Ordering::Acquire) && self.watched.load(Ordering::Relaxed) {
-            return Ok(self.held.load_full());
+            return Ok(Held(self.held.load()));
         }
-        self.reopen(wait)
+        Ok(Held(Guard::from_inner(self.reopen(wait)?)))
     }
 
     /// Opens the root by its path again and keeps the new handle.
@@ -87,6 +87,25 @@ impl Current {
         }
         self.held.store(fd.clone());
         Ok(fd)
+    }
+}
+
+/// A root handle borrowed for one lookup: no reference count is touched
+/// (`arc_swap`'s per-thread slots; the count is one cache line both router
+/// lanes would otherwise write on every request).
+pub struct Held(Guard<Arc<OwnedFd>>);
+
+impl Held {
+    /// The handle, owned: for what outlives the lookup (a directory's
+    /// index file is opened beneath the root the directory was found in).
+    pub fn into_arc(self) -> Arc<OwnedFd> {
+        Guard::into_inner(self.0)
+    }
+}
+
+impl AsFd for Held {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
     }
 }
 

@@ -56,6 +56,7 @@ use nix::errno::Errno;
 
 pub use access::Reader;
 pub use beneath::{fresh, Beneath, Fail, Kind, Wait};
+pub use current::Held;
 pub use path::{check_relative, decode, decode_for, Reading, Refusal, RelPath};
 
 /// Why a path could not be resolved to a servable file.
@@ -263,7 +264,7 @@ impl DocRoot {
         let beneath = self.beneath(Wait::Block).map_err(blocking)?;
         let opened = beneath.open_rel(&rel).map_err(blocking)?;
         self.admit(match opened {
-            Opened::Dir(dir) => Opened::Dir(dir.found_beneath(beneath.into_root())),
+            Opened::Dir(dir) => Opened::Dir(dir.found_beneath(beneath.into_root().into_arc())),
             file => file,
         })
     }
@@ -284,7 +285,7 @@ impl DocRoot {
     /// root's path names now (reopened when it changed; see
     /// `docroot::current`). A root no longer there is
     /// [`ResolveError::NotFound`].
-    pub fn beneath(&self, wait: Wait) -> Result<Beneath<Arc<OwnedFd>>, Fail> {
+    pub fn beneath(&self, wait: Wait) -> Result<Beneath<Held>, Fail> {
         Ok(Beneath::new(self.inner.current.get(wait)?, wait))
     }
 

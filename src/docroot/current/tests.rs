@@ -144,13 +144,23 @@ fn a_root_that_stays_put_is_not_reopened() {
     let path = tmp.path().join("public_html");
     site(&path, "same");
     let root = DocRoot::open(&path, Reader::Anyone).unwrap();
-    let before = root.inner.current.get(super::Wait::Block).unwrap();
+    let before = root
+        .inner
+        .current
+        .get(super::Wait::Block)
+        .unwrap()
+        .into_arc();
     // Changes beside the root and inside it are no reason to reopen.
     fs::write(tmp.path().join("public_html.bak"), "x").unwrap();
     fs::write(path.join("b.txt"), "b").unwrap();
     std::thread::sleep(Duration::from_millis(50));
     assert_eq!(get(&root, "/b.txt"), "b");
-    let after = root.inner.current.get(super::Wait::Block).unwrap();
+    let after = root
+        .inner
+        .current
+        .get(super::Wait::Block)
+        .unwrap()
+        .into_arc();
     assert_eq!(
         before.as_raw_fd(),
         after.as_raw_fd(),
