@@ -61,23 +61,61 @@ pub enum Kind {
 /// symlink on the way (`RESOLVE_NO_SYMLINKS`); see
 /// [`super::open_root_dir`] for why.
 pub fn open_root(root: &Path, wait: Wait) -> Result<OwnedFd, Fail> {
+    open_root_as(root, wait).map_err(|e| e.map_errno(|e| root_refused(root, e)))
+}
+
+/// [`open_root`] for a request, once the root was opened before: a root
+/// that is no longer there (renamed away, deleted, not yet replaced) is a
+/// 404 like any missing file, not a configuration error.
+pub fn reopen_root(root: &Path, wait: Wait) -> Result<OwnedFd, Fail> {
+    open_root_as(root, wait).map_err(|e| {
+        e.map_errno(|e| match e {
+            Errno::ENOENT | Errno::ENOTDIR => ResolveError::NotFound,
+            e => root_refused(root, e),
+        })
+    })
+}
+
+fn root_refused(root: &Path, e: Errno) -> ResolveError {
+    ResolveError::Root(io::Error::other(format!(
+        "cannot open document root {}: {}",
+        root.display(),
+        root_error(e)
+    )))
+}
+
+/// A root's `openat2` failed: for want of cached answers, or with an errno.
+enum RootFail {
+    NotCached,
+    Errno(Errno),
+}
+
+impl RootFail {
+    fn map_errno(self, f: impl FnOnce(Errno) -> ResolveError) -> Fail {
+        match self {
+            RootFail::NotCached => Fail::NotCached,
+            RootFail::Errno(e) => Fail::Refused(f(e)),
+        }
+    }
+}
+
+fn open_root_as(root: &Path, wait: Wait) -> Result<OwnedFd, RootFail> {
     let how = OpenHow::new()
         .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
         .resolve(resolve_flags(
             ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS,
             wait,
         ));
-    match openat2(AT_FDCWD, root, how) {
-        Ok(fd) => Ok(fd),
-        // EINVAL: a kernel older than 5.12 (no RESOLVE_CACHED).
-        Err(Errno::EAGAIN | Errno::EINVAL) if wait == Wait::CachedOnly => Err(Fail::NotCached),
-        Err(e) => Err(Fail::Refused(ResolveError::Root(io::Error::other(
-            format!(
-                "cannot open document root {}: {}",
-                root.display(),
-                root_error(e)
-            ),
-        )))),
+    loop {
+        match openat2(AT_FDCWD, root, how) {
+            Ok(fd) => return Ok(fd),
+            Err(Errno::EINTR) => continue,
+            // EINVAL: a kernel older than 5.12 (no RESOLVE_CACHED).
+            Err(Errno::EAGAIN | Errno::EINVAL) if wait == Wait::CachedOnly => {
+                return Err(RootFail::NotCached)
+            }
+            Err(e) => return Err(RootFail::Errno(e)),
+        }
     }
 }
 

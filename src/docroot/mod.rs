@@ -21,7 +21,12 @@
 //!   `.`/`..` segments, encoded slashes, backslashes and NUL bytes are
 //!   refused, empty segments collapsed, and dotfiles (except under
 //!   `/.well-known/`) are reported as not found.
-//! - Every `openat2` beneath a root is [`beneath`]'s: the long-lived handle
+//! - A [`DocRoot`]'s handle is kept per site generation and is the
+//!   directory the root's path names now, up to an inotify watcher's delay
+//!   ([`current`]: reopened by path, without following symlinks, when the
+//!   root or a directory above it is renamed, replaced, deleted); a lookup
+//!   keeps the handle it started with.
+//! - Every `openat2` beneath a root is [`beneath`]'s: the kept handle
 //!   of a [`DocRoot`], or one opened afresh for a request ([`fresh`], for
 //!   PHP: the directory php-fpm will open the script in); what the latter
 //!   opens is served only once a [`DocRoot`] admits it ([`DocRoot::admit`]).
@@ -37,7 +42,9 @@
 
 mod access;
 mod beneath;
+mod current;
 mod path;
+mod watch;
 
 use std::fs::{File, Metadata};
 use std::io;
@@ -49,6 +56,7 @@ use nix::errno::Errno;
 
 pub use access::Reader;
 pub use beneath::{fresh, Beneath, Fail, Kind, Wait};
+pub use current::Held;
 pub use path::{check_relative, decode, decode_for, Reading, Refusal, RelPath};
 
 /// Why a path could not be resolved to a servable file.
@@ -106,7 +114,8 @@ pub struct DocRoot {
 
 #[derive(Debug)]
 struct Inner {
-    fd: OwnedFd,
+    /// The root's handle, kept while its path names the same directory.
+    current: current::Current,
     path: PathBuf,
     reader: Reader,
 }
@@ -139,16 +148,16 @@ pub enum Resolved {
 pub struct Dir {
     rel: String,
     trailing_slash: bool,
-    /// The root it was found beneath when that is not the [`DocRoot`]'s own
-    /// handle (a PHP lookup's root, opened afresh for the request): its
-    /// index file is opened beneath the same root, so a root replaced
-    /// meanwhile never mixes an old directory with a new index.
-    under: Option<OwnedFd>,
+    /// The root it was found beneath (the [`DocRoot`]'s handle of the
+    /// moment, or a PHP lookup's, opened afresh for the request): its index
+    /// file is opened beneath the same root, so a root replaced meanwhile
+    /// never mixes an old directory with a new index.
+    under: Option<Arc<OwnedFd>>,
 }
 
 impl Dir {
-    /// This directory, found beneath `root` (not the [`DocRoot`]'s own handle).
-    pub fn found_beneath(self, root: OwnedFd) -> Dir {
+    /// This directory, found beneath `root`.
+    pub fn found_beneath(self, root: Arc<OwnedFd>) -> Dir {
         Dir {
             under: Some(root),
             ..self
@@ -213,11 +222,15 @@ impl OpenFile {
 /// as root. So a root with a symlink in its path is refused; configure the
 /// real path.
 pub fn open_root_dir(root: &Path) -> io::Result<OwnedFd> {
-    beneath::open_root(root, Wait::Block).map_err(|e| match e {
+    beneath::open_root(root, Wait::Block).map_err(root_io_error)
+}
+
+fn root_io_error(e: Fail) -> io::Error {
+    match e {
         Fail::Refused(ResolveError::Root(e)) => e,
         Fail::Refused(e) => io::Error::other(e.to_string()),
         Fail::NotCached => io::Error::other("not cached"),
-    })
+    }
 }
 
 impl DocRoot {
@@ -227,7 +240,7 @@ impl DocRoot {
     pub fn open(root: &Path, reader: Reader) -> io::Result<DocRoot> {
         Ok(DocRoot {
             inner: Arc::new(Inner {
-                fd: open_root_dir(root)?,
+                current: current::Current::open(root).map_err(root_io_error)?,
                 path: root.to_path_buf(),
                 reader,
             }),
@@ -248,8 +261,12 @@ impl DocRoot {
     /// query) to an open file or a directory. Blocking.
     pub fn resolve(&self, url_path: &str) -> Result<Resolved, ResolveError> {
         let rel = decode(url_path)?;
-        let opened = self.beneath(Wait::Block).open_rel(&rel).map_err(blocking)?;
-        self.admit(opened)
+        let beneath = self.beneath(Wait::Block).map_err(blocking)?;
+        let opened = beneath.open_rel(&rel).map_err(blocking)?;
+        self.admit(match opened {
+            Opened::Dir(dir) => Opened::Dir(dir.found_beneath(beneath.into_root().into_arc())),
+            file => file,
+        })
     }
 
     /// What another lookup opened beneath this root (PHP's, beneath the
@@ -264,9 +281,12 @@ impl DocRoot {
         }
     }
 
-    /// Lookups beneath this root's own handle.
-    pub fn beneath(&self, wait: Wait) -> Beneath<&OwnedFd> {
-        Beneath::new(&self.inner.fd, wait)
+    /// Lookups beneath this root's handle of the moment: the directory the
+    /// root's path names now (reopened when it changed; see
+    /// `docroot::current`). A root no longer there is
+    /// [`ResolveError::NotFound`].
+    pub fn beneath(&self, wait: Wait) -> Result<Beneath<Held>, Fail> {
+        Ok(Beneath::new(self.inner.current.get(wait)?, wait))
     }
 
     /// Opens the first of `names` (e.g. `index.html`) that is a regular file
@@ -287,7 +307,7 @@ impl DocRoot {
                 format!("{}/{name}", dir.rel)
             };
             let found = match &dir.under {
-                Some(root) => self.open_relative(Beneath::new(root, Wait::Block), &joined),
+                Some(root) => self.open_relative(Beneath::new(&**root, Wait::Block), &joined),
                 None => self.resolve_relative(&joined),
             };
             match found {
@@ -305,7 +325,7 @@ impl DocRoot {
     ///
     /// [`resolve`]: DocRoot::resolve
     pub fn resolve_relative(&self, rel: &str) -> Result<OpenFile, ResolveError> {
-        self.open_relative(self.beneath(Wait::Block), rel)
+        self.open_relative(self.beneath(Wait::Block).map_err(blocking)?, rel)
     }
 
     /// [`DocRoot::resolve_relative`] beneath `beneath`'s root.

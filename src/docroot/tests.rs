@@ -393,7 +393,7 @@ fn a_directory_found_beneath_another_root_takes_its_index_from_it() {
     let Opened::Dir(dir) = beneath.open_rel(&rel).unwrap() else {
         panic!("sub/ is a directory");
     };
-    let dir = dir.found_beneath(beneath.into_root());
+    let dir = dir.found_beneath(std::sync::Arc::new(beneath.into_root()));
     let Resolved::Dir(dir) = root.admit(Opened::Dir(dir)).unwrap() else {
         panic!("admitted as a directory");
     };

@@ -95,6 +95,11 @@ pub trait Upstream: Send + Sync + 'static {
         drop(opened);
         self.handle(req, ctx)
     }
+    /// The document root this upstream serves from, if it serves files: the
+    /// PHP upstream looks static assets up beneath the same kept handle.
+    fn docroot(&self) -> Option<&crate::docroot::DocRoot> {
+        None
+    }
 }
 
 /// Connects to a runtime's Unix socket and, when `uid` is given, checks

@@ -45,7 +45,7 @@ pub enum PhpName {
 /// What `name` (a file name, no `/`) is on a site whose `php.extensions`
 /// are `extensions`.
 pub fn php_name(name: &str, extensions: &[String]) -> PhpName {
-    let mut endings = PHP_SOURCE
+    let endings = PHP_SOURCE
         .iter()
         .copied()
         .chain(extensions.iter().map(String::as_str));
@@ -61,27 +61,35 @@ pub fn php_name(name: &str, extensions: &[String]) -> PhpName {
             return PhpName::Not;
         }
     }
-    if endings.any(|e| holds_copy_of(name, e)) {
+    if holds_copy(name, endings) {
         PhpName::Source
     } else {
         PhpName::Not
     }
 }
 
-/// `ending` (e.g. `.php`, any case) is somewhere in `name` followed by a
-/// character that is not an ASCII letter or digit (so `.php5` and `.phps`
-/// are endings of their own, `.phpx` none).
-fn holds_copy_of(name: &str, ending: &str) -> bool {
-    let (name, ending) = (name.as_bytes(), ending.as_bytes());
-    if ending.is_empty() {
-        return false;
-    }
-    name.windows(ending.len()).enumerate().any(|(at, w)| {
-        w.eq_ignore_ascii_case(ending)
-            && name
-                .get(at + ending.len())
-                .is_some_and(|c| !c.is_ascii_alphanumeric())
-    })
+/// One of `endings` (e.g. `.php`, any case) is somewhere in `name` followed
+/// by a character that is not an ASCII letter or digit (so `.php5` and
+/// `.phps` are endings of their own, `.phpx` none). Every ending starts
+/// with a dot (`PHP_SOURCE`; `php.extensions` are validated so), so only
+/// the name's dots are tried: most names have one or two, and this runs for
+/// every static file served.
+fn holds_copy<'a>(name: &str, endings: impl Iterator<Item = &'a str> + Clone) -> bool {
+    let name = name.as_bytes();
+    name.iter()
+        .enumerate()
+        .filter(|&(_, &c)| c == b'.')
+        .any(|(at, _)| {
+            endings.clone().any(|ending| {
+                let ending = ending.as_bytes();
+                debug_assert!(ending.first() == Some(&b'.'), "an ending starts with a dot");
+                name.get(at..at + ending.len())
+                    .is_some_and(|w| w.eq_ignore_ascii_case(ending))
+                    && name
+                        .get(at + ending.len())
+                        .is_some_and(|c| !c.is_ascii_alphanumeric())
+            })
+        })
 }
 
 /// Whether `name` (a file name, no `/`) is PHP source for a site whose

@@ -206,6 +206,9 @@ impl Upstream for StaticFiles {
             .and_then(|resolved| self.answer(req, resolved));
         Box::pin(std::future::ready(answer))
     }
+    fn docroot(&self) -> Option<&DocRoot> {
+        Some(&self.root)
+    }
 }
 
 /// GET and HEAD only; the router's error mapping adds `Allow: GET, HEAD`.

@@ -32,7 +32,6 @@ pub mod params;
 mod pool;
 pub mod script;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -48,6 +47,7 @@ pub use self::pool::PoolStats;
 use self::script::Target;
 use super::{empty_body, RequestBody, RequestContext, ResponseBody, Upstream, UpstreamError};
 use crate::config::{PhpConfig, SiteConfig};
+use crate::docroot::{DocRoot, Reader};
 use crate::supervisor::RuntimeHandle;
 
 /// Bodies of idempotent requests up to this size are read whole before the
@@ -65,7 +65,9 @@ pub type ErrorSink = Arc<dyn Fn(&str) + Send + Sync>;
 
 /// FastCGI to one site's php-fpm pool, with the site's static files beside it.
 pub struct PhpUpstream {
-    root: PathBuf,
+    /// The site's document root, shared with the static upstream (its kept
+    /// handle, for static assets; see `script::find`).
+    root: DocRoot,
     /// `root` as a string for SCRIPT_FILENAME/DOCUMENT_ROOT (checked UTF-8).
     root_str: String,
     php: PhpConfig,
@@ -105,6 +107,13 @@ impl PhpUpstream {
             })?
             .trim_end_matches('/')
             .to_owned();
+        let root = match static_files.docroot() {
+            Some(docroot) => docroot.clone(),
+            // An upstream that serves no files of its own (tests): lookups
+            // only, the static upstream decides what is served.
+            None => DocRoot::open(&root, Reader::Anyone)
+                .map_err(|e| format!("site {}: root {}: {e}", site.name, root.display()))?,
+        };
         let max = usize::try_from(php.max_children).unwrap_or(usize::MAX);
         Ok(PhpUpstream {
             pool: ConnPool::new(
@@ -320,7 +329,7 @@ impl Upstream for PhpUpstream {
 /// real php-fpm rarely does (garbage, truncation, silence).
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
+    use std::path::{Path, PathBuf};
     use std::time::Duration;
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

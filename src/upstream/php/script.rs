@@ -12,13 +12,19 @@
 //!   dotfile segments are refused too (404, except a leading
 //!   `.well-known`), unless they come after a script (path info names no
 //!   file), whether or not a script name follows them.
-//! - Every lookup is `openat2(root, rel, RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)`
-//!   beneath the root opened afresh (`docroot::fresh`: the directory
-//!   php-fpm will open the script in): nothing outside the root is ever a
-//!   script.
-//! - Nothing is cached: every request looks at the file system as it is now,
-//!   so a deleted, replaced or re-linked file is never run from a stale
-//!   answer. [`find_cached`] makes that cheap enough for the async
+//! - Every lookup is `openat2(root, rel, RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)`:
+//!   nothing outside the root is ever a script. A path with no PHP name in
+//!   it (no segment ending in a PHP extension, no trailing slash) is first
+//!   opened beneath the site's kept root handle (`DocRoot::beneath`, the
+//!   directory the root's path names, reopened when it changes; see
+//!   `docroot::current`): a regular file there is static, with no system
+//!   call spent on the root (the hot path of a PHP site's assets).
+//!   Everything else, a script above all, is decided beneath the root
+//!   opened afresh (`docroot::fresh`: the directory php-fpm will open the
+//!   script in, as its path names it at this very moment).
+//! - No answer is cached (only the root's handle, above): every request
+//!   looks at the file system as it is now, so a deleted, replaced or
+//!   re-linked file is never run from a stale answer. [`find_cached`] makes that cheap enough for the async
 //!   threads (`RESOLVE_CACHED`: answered from the kernel's caches or not at
 //!   all); [`find`] then does the same lookup, blocking.
 //! - A script is an existing regular file whose name ends in one of the
@@ -38,9 +44,7 @@
 //!   last name is no PHP name is opened, not only looked up), and the static
 //!   upstream answers from that ([`Found::opened`], `Upstream::handle_opened`).
 
-use std::path::Path;
-
-use crate::docroot::{self, Beneath, Kind, Opened, Reading, Refusal, RelPath, Wait};
+use crate::docroot::{self, Beneath, DocRoot, Kind, Opened, Reading, Refusal, RelPath, Wait};
 use crate::upstream::php_source::{ends_with_ignore_case, php_name, PhpName};
 use crate::upstream::UpstreamError;
 
@@ -130,7 +134,7 @@ impl From<docroot::Fail> for Fail {
 /// Finds what `raw_path` (the URI path as the client sent it, still
 /// percent-encoded) names beneath `root`. Blocking: call from a blocking
 /// thread.
-pub fn find(root: &Path, raw_path: &str, rules: &Rules) -> Result<Found, UpstreamError> {
+pub fn find(root: &DocRoot, raw_path: &str, rules: &Rules) -> Result<Found, UpstreamError> {
     find_with(root, raw_path, rules, Wait::Block).map_err(|e| match e {
         Fail::Err(e) => e,
         Fail::NotCached => UpstreamError::Internal("lookup refused to block".into()),
@@ -143,7 +147,7 @@ pub fn find(root: &Path, raw_path: &str, rules: &Rules) -> Result<Found, Upstrea
 /// network file system); then call [`find`] on a blocking thread. The
 /// answer, when there is one, is exactly what [`find`] would give.
 pub fn find_cached(
-    root: &Path,
+    root: &DocRoot,
     raw_path: &str,
     rules: &Rules,
 ) -> Option<Result<Found, UpstreamError>> {
@@ -154,7 +158,7 @@ pub fn find_cached(
     }
 }
 
-fn find_with(root: &Path, raw_path: &str, rules: &Rules, wait: Wait) -> Result<Found, Fail> {
+fn find_with(root: &DocRoot, raw_path: &str, rules: &Rules, wait: Wait) -> Result<Found, Fail> {
     let path = docroot::decode_for(raw_path, Reading::Script)?;
     let rel = path.as_str();
     // Segments from the first dotfile on are never looked up as files; they
@@ -164,7 +168,12 @@ fn find_with(root: &Path, raw_path: &str, rules: &Rules, wait: Wait) -> Result<F
     if hidden.is_some() && splits.peek().is_none() {
         return Err(Refusal::Hidden.verdict().into());
     }
-    let beneath = docroot::fresh(root, wait)?;
+    if hidden.is_none() && splits.peek().is_none() {
+        if let Some(found) = static_file(root, &path, rules, wait)? {
+            return Ok(found);
+        }
+    }
+    let beneath = docroot::fresh(root.path(), wait)?;
     // PATH_INFO: the first segment ending in a PHP extension that names a
     // regular file is the script, the rest of the path its path info.
     for at in splits {
@@ -190,6 +199,31 @@ fn find_with(root: &Path, raw_path: &str, rules: &Rules, wait: Wait) -> Result<F
         return Err(Refusal::Hidden.verdict().into());
     }
     whole_path(beneath, &path, rules)
+}
+
+/// The hot case, a static asset: a path with no PHP name in it that names a
+/// regular file, opened beneath the root's kept handle (no `openat2` of the
+/// root itself: see `docroot::current`). `None` when it names anything
+/// else (a directory may hold `index.php`, nothing there may be the front
+/// controller's): those are decided beneath the root opened afresh, where
+/// php-fpm will open the script.
+fn static_file(
+    root: &DocRoot,
+    path: &RelPath<'_>,
+    rules: &Rules,
+    wait: Wait,
+) -> Result<Option<Found>, Fail> {
+    let last = path.as_str().rsplit('/').next().unwrap_or_default();
+    if path.trailing_slash() || php_name(last, &rules.extensions) != PhpName::Not {
+        return Ok(None);
+    }
+    match root.beneath(wait)?.open_rel(path) {
+        Ok(opened @ Opened::File { .. }) => Ok(Some(static_target(Some(opened)))),
+        Ok(Opened::Dir(_)) | Err(docroot::Fail::Refused(docroot::ResolveError::NotFound)) => {
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// The whole path names the script, a static file or directory, or nothing.
@@ -268,7 +302,9 @@ fn whole_path(
 /// A directory keeps the root it was found beneath, for its index file.
 fn found_beneath(opened: Opened, beneath: Beneath<std::os::fd::OwnedFd>) -> Opened {
     match opened {
-        Opened::Dir(dir) => Opened::Dir(dir.found_beneath(beneath.into_root())),
+        Opened::Dir(dir) => {
+            Opened::Dir(dir.found_beneath(std::sync::Arc::new(beneath.into_root())))
+        }
         file => file,
     }
 }

@@ -2,12 +2,29 @@
 //! reads paths, path info, the holes, and nothing remembered.
 
 use std::borrow::Cow;
+use std::path::Path;
 
 use super::*;
 
+/// The root at `path`, opened once per test thread and kept, as a site
+/// keeps it: lookups see its kept handle, as requests do.
+fn docroot(path: &Path) -> DocRoot {
+    thread_local! {
+        static ROOTS: std::cell::RefCell<Vec<DocRoot>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    ROOTS.with_borrow_mut(|roots| {
+        if let Some(root) = roots.iter().find(|r| r.path() == path) {
+            return root.clone();
+        }
+        let root = DocRoot::open(path, docroot::Reader::Anyone).expect("the test's root opens");
+        roots.push(root.clone());
+        root
+    })
+}
+
 /// [`find`]'s target alone.
 fn resolve(root: &Path, raw_path: &str, rules: &Rules) -> Result<Target, UpstreamError> {
-    find(root, raw_path, rules).map(|found| found.target)
+    find(&docroot(root), raw_path, rules).map(|found| found.target)
 }
 
 /// [`find_cached`]'s target alone.
@@ -16,7 +33,7 @@ fn resolve_cached(
     raw_path: &str,
     rules: &Rules,
 ) -> Option<Result<Target, UpstreamError>> {
-    find_cached(root, raw_path, rules).map(|found| found.map(|found| found.target))
+    find_cached(&docroot(root), raw_path, rules).map(|found| found.map(|found| found.target))
 }
 
 /// The one decoder as a PHP site reads a path, with the leading `/`
@@ -230,7 +247,7 @@ fn static_targets_come_opened_and_dotfiles_follow_the_one_table() {
     std::fs::write(root.join(".well-known/t"), "x").unwrap();
     std::fs::write(root.join("a/.well-known/t"), "x").unwrap();
     std::fs::write(root.join("a.php"), "<?php").unwrap();
-    let found = |path: &str| find(root, path, &rules(None));
+    let found = |path: &str| find(&docroot(root), path, &rules(None));
     let img = found("/img.jpg").unwrap();
     assert_eq!(img.target, Target::Static);
     assert!(matches!(img.opened, Some(Opened::File { ref rel, .. }) if rel == "img.jpg"));
@@ -287,4 +304,61 @@ fn no_stale_answer_after_a_file_changes() {
     assert_eq!(both("/x.php"), Ok(Target::Static));
     assert_eq!(both("/x.php/"), Ok(Target::Static));
     assert_eq!(both("/x.php/y"), Ok(Target::NotFound));
+}
+
+/// A static asset comes from the root's kept handle, a script's decision
+/// from the root opened afresh: after the root is replaced, scripts are
+/// decided in the new tree at once, and assets follow within the watcher's
+/// delay (`docroot::current`), never from anywhere but one of the two trees.
+#[test]
+fn a_replaced_root_serves_its_new_assets_and_scripts() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let tree = |at: &Path, text: &str, script: &str| {
+        std::fs::create_dir_all(at).unwrap();
+        std::fs::write(at.join("app.css"), text).unwrap();
+        std::fs::write(at.join(script), "<?php").unwrap();
+    };
+    tree(&root, "old", "old.php");
+    let kept = docroot(&root);
+    let asset = || match find(&kept, "/app.css", &rules(None)) {
+        Ok(Found {
+            target: Target::Static,
+            opened: Some(Opened::File { mut file, .. }),
+        }) => {
+            let mut text = String::new();
+            file.read_to_string(&mut text).unwrap();
+            text
+        }
+        other => format!("{other:?}"),
+    };
+    assert_eq!(asset(), "old");
+    let next = dir.path().join("next");
+    tree(&next, "new", "new.php");
+    std::fs::rename(&root, dir.path().join("previous")).unwrap();
+    std::fs::rename(&next, &root).unwrap();
+    // Scripts: decided beneath the root as its path names it now.
+    assert!(matches!(
+        resolve(&root, "/new.php", &rules(None)),
+        Ok(Target::Script { .. })
+    ));
+    assert!(matches!(
+        resolve(&root, "/old.php", &rules(None)),
+        Ok(Target::NotFound)
+    ));
+    let start = std::time::Instant::now();
+    loop {
+        let got = asset();
+        if got == "new" {
+            break;
+        }
+        assert_eq!(got, "old", "only the old tree or the new one");
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "the new app.css not served after 10 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    assert_eq!(asset(), "new");
 }
