@@ -34,7 +34,8 @@ pub use server::{
     AdminConfig, AdminToken, ServerConfig, SiteScheduling, DEFAULT_INCLUDE, DEFAULT_LISTEN,
 };
 pub use site::{
-    IniValue, Limits, PhpConfig, PhpMode, PythonConfig, SiteConfig, StartPolicy, StaticConfig,
+    AsgiConfig, IniValue, Lifespan, Limits, PhpConfig, PhpMode, PythonConfig, PythonInterface,
+    SiteConfig, StartPolicy, StaticConfig, WebSocketConfig,
     DEFAULT_BODY_LIMIT, RESERVED_PHP_INI,
 };
 pub use tls::{crypto_provider, load_certified_key, LoadedPair, SiteTls, TlsKey};

@@ -66,6 +66,27 @@ pub fn check_framing(headers: &HeaderMap) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// The `Upgrade` value of a WebSocket opening handshake (RFC 6455 §4.1):
+/// an HTTP/1.1 `GET` whose `Connection` names `upgrade` and whose `Upgrade`
+/// names `websocket` (both case-insensitive). Its other requirements (the
+/// version, the key) are the worker's to check.
+pub fn websocket_upgrade<B>(req: &http::Request<B>) -> Option<HeaderValue> {
+    if req.version() != http::Version::HTTP_11 || req.method() != Method::GET {
+        return None;
+    }
+    let has_token = |name: HeaderName, token: &[u8]| {
+        req.headers().get_all(name).iter().any(|v| {
+            v.as_bytes()
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+        })
+    };
+    if !has_token(header::CONNECTION, b"upgrade") || !has_token(header::UPGRADE, b"websocket") {
+        return None;
+    }
+    Some(HeaderValue::from_static("websocket"))
+}
+
 /// Removes hop-by-hop headers and the headers `Connection` names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages have none: one pass over their few fields is cheaper

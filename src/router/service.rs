@@ -19,10 +19,12 @@ use super::outgoing;
 use super::proxy;
 use super::table::{RoutingTable, SiteRoute};
 use super::target::{self, Target};
+use super::tunnel::{Accepted, AcceptedSlot};
 use super::vhost::normalize_host;
 use crate::config::FrontConfig;
 use crate::upstream::{
-    plain_response, BodyError, BoxError, Fault, RequestContext, ResponseBody, Scheme, UpstreamError,
+    plain_response, BodyError, BoxError, Fault, RequestContext, ResponseBody, Scheme, TunnelSlot,
+    Upgrade, UpstreamError,
 };
 
 /// Per-connection facts every request on it shares.
@@ -129,6 +131,8 @@ where
         );
     };
     let site = site.clone();
+    // Read before the hop-by-hop headers go: kept for an upstream that tunnels.
+    let upgrade = proxy::websocket_upgrade(&req);
     // Hop-by-hop first: a client's `Connection: x-forwarded-for` must not
     // remove the forwarded headers the router sets next.
     proxy::strip_hop_by_hop(req.headers_mut());
@@ -149,8 +153,9 @@ where
     let in_flight = site.stats.begin(); // metrics
     let mut response = match https_redirect(&req, &conn, &host, &site, options) {
         Some(r) => r,
-        None => route(req, conn, host, &site, options).await,
+        None => route(req, conn, host, &site, options, upgrade).await,
     };
+    let tunnel = response.extensions_mut().remove::<TunnelSlot>();
     let dropped = proxy::sanitize_response(response.headers_mut());
     if !dropped.is_empty() {
         site.logs.error(&format!(
@@ -158,11 +163,52 @@ where
         ));
         tracing::warn!(site = %site.config.name, headers = ?dropped, "dropped response headers with CR, LF or NUL in their value");
     }
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        return switching(response, tunnel, log, &site, start);
+    }
     let framing = frame_response(&mut response, &log, &site);
     site.stats
         .record(response.status().as_u16(), start.elapsed()); // metrics
     drop(in_flight); // metrics
     outgoing::wrap(response, log, framing, start, site.logs.clone())
+}
+
+/// A `101`: with the tunnel its upstream opened, it goes out with its
+/// upgrade headers (which `sanitize_response` removed as hop-by-hop) and the
+/// tunnel for the connection to run once hyper sent it (`router::tunnel`);
+/// its access log line is written when the tunnel ends. A `101` without a
+/// tunnel (an application's, through a runtime that carries none) is a 502:
+/// no response may turn a connection into something the router does not
+/// relay and account for.
+fn switching(
+    mut response: Response<ResponseBody>,
+    tunnel: Option<TunnelSlot>,
+    log: LogFacts,
+    site: &SiteRoute,
+    start: Instant,
+) -> Response<ResponseBody> {
+    let Some(tunnel) = tunnel.and_then(|slot| slot.take()) else {
+        site.logs
+            .error(&format!("{} {}: 502: a 101 response without an upgrade", log.method, log.uri));
+        tracing::warn!(site = %site.config.name, method = %log.method, uri = %log.uri, "101 from an upstream that opened no tunnel: 502");
+        site.stats.record(502, start.elapsed()); // metrics
+        let response = plain_response(StatusCode::BAD_GATEWAY, "Bad Gateway");
+        return outgoing::wrap(response, log, proxy::ResponseFraming::AsIs, start, site.logs.clone());
+    };
+    site.stats.record(101, start.elapsed()); // metrics
+    let headers = response.headers_mut();
+    headers.remove(header::CONTENT_LENGTH);
+    headers.insert(header::CONNECTION, http::HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, http::HeaderValue::from_static("websocket"));
+    *response.body_mut() = crate::upstream::empty_body();
+    response.extensions_mut().insert(AcceptedSlot::new(Accepted {
+        tunnel,
+        log,
+        logs: site.logs.clone(),
+        stats: site.stats.clone(),
+        start,
+    }));
+    response
 }
 
 /// Applies [`proxy::response_framing`]: a bodiless response loses its body;
@@ -249,6 +295,7 @@ async fn route<B>(
     host: String,
     site: &SiteRoute,
     options: &Options,
+    upgrade: Option<http::HeaderValue>,
 ) -> Response<ResponseBody>
 where
     B: Body<Data = Bytes> + Send + 'static,
@@ -278,7 +325,14 @@ where
         host,
         mount_prefix: prefix.clone(),
     };
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
+    if let Some(upgrade) = upgrade.filter(|_| upstream.tunnels()) {
+        // A WebSocket for an upstream that tunnels: it gets the upgrade
+        // headers back, and the mark (`upstream::tunnel`).
+        parts.headers.insert(header::CONNECTION, http::HeaderValue::from_static("upgrade"));
+        parts.headers.insert(header::UPGRADE, upgrade);
+        parts.extensions.insert(Upgrade);
+    }
     // Most requests have no body: nothing to limit or time, and no
     // allocations for the wrappers (an empty body is boxed for free).
     let cut = (!body.is_end_stream()).then(|| Arc::new(OnceLock::new()));

@@ -9,7 +9,7 @@ use std::time::Duration;
 mod python;
 
 use python::validate_python;
-pub use python::PythonConfig;
+pub use python::{AsgiConfig, Lifespan, PythonConfig, PythonInterface, WebSocketConfig};
 
 use super::error::FileErrors;
 use super::raw::{RawLimits, RawPhp, RawSite, RawStatic};

@@ -44,6 +44,24 @@ impl LogFacts {
     /// Writes the request's line to the site's access log: `status` and
     /// `bytes` as sent, the time taken since `start`.
     pub(crate) fn write(&self, logs: &SiteLogs, status: u16, bytes: u64, start: Instant) {
+        self.write_record(logs, status, bytes, None, start);
+    }
+
+    /// Writes a WebSocket's line when its tunnel ends: status 101, the
+    /// bytes sent to the client, its whole life since the upgrade request,
+    /// and, last, the bytes received from the client.
+    pub(crate) fn write_tunnel(&self, logs: &SiteLogs, sent: u64, received: u64, start: Instant) {
+        self.write_record(logs, 101, sent, Some(received), start);
+    }
+
+    fn write_record(
+        &self,
+        logs: &SiteLogs,
+        status: u16,
+        bytes: u64,
+        received: Option<u64>,
+        start: Instant,
+    ) {
         let target = match self.uri.path_and_query() {
             // Absolute-form without a path (`http://h?x`): log `/?x`.
             Some(pq) if pq.as_str().starts_with('?') => std::borrow::Cow::Owned(format!("/{pq}")),
@@ -60,6 +78,7 @@ impl LogFacts {
             referer: header_text(&self.referer),
             user_agent: header_text(&self.user_agent),
             duration: start.elapsed(),
+            received,
         };
         logs.access
             // Whole seconds are logged: the coarse clock is enough.
@@ -84,6 +103,9 @@ pub struct AccessRecord<'a> {
     pub referer: Option<&'a str>,
     pub user_agent: Option<&'a str>,
     pub duration: Duration,
+    /// A WebSocket's line: the bytes received from the client, written
+    /// after the duration.
+    pub received: Option<u64>,
 }
 
 /// Writes a record in combined log format followed by the request time:
@@ -117,7 +139,11 @@ pub fn write_combined(
             // float formatting per line.
             r.duration.as_secs(),
             r.duration.subsec_micros()
-        )
+        )?;
+        match r.received {
+            Some(n) => write!(out, " {n}"),
+            None => Ok(()),
+        }
     })
 }
 
@@ -195,6 +221,7 @@ mod tests {
             referer: None,
             user_agent: Some("curl/8.0"),
             duration: Duration::from_micros(1500),
+            received: None,
         };
         let line = |t: SystemTime| {
             let mut out = Vec::new();
@@ -213,6 +240,16 @@ mod tests {
         let mut out = Vec::new();
         write_combined(&mut out, &slow, t).unwrap();
         assert!(String::from_utf8(out).unwrap().ends_with(" 2.000123"));
+        // A WebSocket's line: bytes received from the client after the duration.
+        let ws = AccessRecord {
+            status: 101,
+            received: Some(77),
+            ..slow
+        };
+        let mut out = Vec::new();
+        write_combined(&mut out, &ws, t).unwrap();
+        let ws = String::from_utf8(out).unwrap();
+        assert!(ws.ends_with("\" 101 13 \"-\" \"curl/8.0\" 2.000123 77"), "{ws}");
         // The time cached for one second is not reused for the next.
         let next = line(t + Duration::from_secs(1));
         assert!(next.contains("[25/Nov/2026:18:16:53 +0000]"), "{next}");

@@ -59,6 +59,7 @@ use super::conn::{
 };
 use super::service::{handle, ConnInfo, Options};
 use super::table::SharedTable;
+use super::tunnel::{self, Accepted, AcceptedSlot};
 use crate::config::FrontConfig;
 use crate::lanes::{self, Lanes, Placed, Spread};
 use crate::upstream::Scheme;
@@ -401,11 +402,18 @@ async fn tls_connection(
 /// What hyper calls for each request of a connection. The request's future
 /// is boxed: hyper keeps a slot for it per connection, which would otherwise
 /// be as large as the whole request path's state even while idle.
+///
+/// A WebSocket's `101` carries its tunnel (`router::tunnel::AcceptedSlot`),
+/// taken here: an HTTP/1 connection that parks upgrades by hand (`handoff`:
+/// its task runs the tunnel on the socket hyper hands back, `parking`);
+/// one served by hyper-util's auto builder (h2c) through
+/// `hyper::upgrade::on`, in a task of its own.
 #[derive(Clone)]
 struct ConnService {
     conn: ConnInfo,
     activity: Arc<Activity>,
     shared: Arc<Shared>,
+    handoff: Option<AcceptedSlot>,
 }
 
 type ServiceFuture =
@@ -416,18 +424,84 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
     type Error = Infallible;
     type Future = ServiceFuture;
 
-    fn call(&self, req: Request<Incoming>) -> ServiceFuture {
+    fn call(&self, mut req: Request<Incoming>) -> ServiceFuture {
         let guard = self
             .activity
             .request_started(!req.body().is_end_stream(), last_request(&req));
+        let on_upgrade = match self.handoff {
+            None => req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>(),
+            Some(_) => None,
+        };
         let req = req.map(|body| ReadToEnd::new(body, self.activity.clone()));
         let shared = self.shared.clone();
         let conn = self.conn;
+        let handoff = self.handoff.clone();
         Box::pin(async move {
             let table = shared.table.load_full();
-            let resp = handle(req, conn, table, &shared.options).await;
+            let mut resp = handle(req, conn, table, &shared.options).await;
+            let accepted = resp
+                .extensions_mut()
+                .remove::<AcceptedSlot>()
+                .and_then(|slot| slot.take());
+            if let Some(accepted) = accepted {
+                match (handoff, on_upgrade) {
+                    (Some(slot), _) => slot.put(accepted),
+                    (None, Some(on_upgrade)) => {
+                        spawn_tunnel(on_upgrade, accepted, &shared);
+                    }
+                    (None, None) => {
+                        // Cannot happen (a 101 answers only an HTTP/1.1
+                        // upgrade request, which hyper gives an OnUpgrade).
+                        resp = crate::upstream::plain_response(
+                            http::StatusCode::BAD_GATEWAY,
+                            "Bad Gateway",
+                        );
+                    }
+                }
+            }
             Ok(resp.map(|inner| GuardedBody::new(inner, guard)))
         })
+    }
+}
+
+/// Runs a WebSocket's tunnel once hyper has sent the `101` and handed the
+/// connection over (auto-builder connections; see [`ConnService`]).
+fn spawn_tunnel(on_upgrade: hyper::upgrade::OnUpgrade, accepted: Accepted, shared: &Arc<Shared>) {
+    let shared = shared.clone();
+    let tracker = shared.tracker.clone();
+    tracker.spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let send_timeout = shared.options.front.limits.send_timeout;
+                tunnel::run(
+                    TokioIo::new(upgraded),
+                    accepted,
+                    send_timeout,
+                    shared.force.wait(),
+                )
+                .await;
+            }
+            Err(e) => tracing::debug!(error = %e, "WebSocket upgrade not completed"),
+        }
+    });
+}
+
+/// hyper-util's auto connection with upgrades, as [`watch`] drives it.
+struct Upgradeable<C>(Pin<Box<C>>);
+
+impl<I> watch::Served for Upgradeable<auto::UpgradeableConnection<'_, TokioIo<I>, ConnService, TokioExecutor>>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    fn poll_served(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<watch::Ended, crate::upstream::BoxError>> {
+        self.0.as_mut().poll(cx).map(|r| r.map(|()| watch::Ended::Closed))
+    }
+
+    fn graceful_shutdown(&mut self) {
+        self.0.as_mut().graceful_shutdown();
     }
 }
 
@@ -441,6 +515,7 @@ where
         conn,
         activity: activity.clone(),
         shared: shared.clone(),
+        handoff: None,
     };
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder = match proto {
@@ -460,6 +535,8 @@ where
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.h2_max_streams)
         .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX));
-    let mut served = Box::pin(builder.serve_connection(TokioIo::new(io), service));
+    let mut served = Upgradeable(Box::pin(
+        builder.serve_connection_with_upgrades(TokioIo::new(io), service),
+    ));
     watch(&mut served, &conn, proto, &activity, &shared).await;
 }

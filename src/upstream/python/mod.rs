@@ -27,12 +27,15 @@ use tokio::sync::mpsc;
 use wire::{Framing, WireError, WorkerConn};
 
 use super::admission::{Admission, Permit};
-use super::spool::spool;
-use super::{BoxError, RequestBody, RequestContext, ResponseBody, Upstream, UpstreamError};
+use super::spool::{spool, Spooled};
+use super::{
+    BoxError, RequestBody, RequestContext, ResponseBody, Upgrade, Upstream, UpstreamError,
+};
 use crate::config::PythonConfig;
 use crate::metrics::SiteStats;
 use crate::supervisor::{RuntimeHandle, RuntimeLease};
 
+mod upgrade;
 mod wire;
 
 /// Responses up to this size (with a Content-Length) are read whole at once.
@@ -46,6 +49,8 @@ pub struct PythonUpstream {
     queue_timeout: Duration,
     request_timeout: Duration,
     admission: Arc<Admission>,
+    /// An ASGI site: WebSocket upgrades go to its workers (`upgrade`).
+    tunnels: bool,
     /// Requests admitted to this upstream that hold no lease yet (spooling,
     /// queued, waiting for a worker): stopping waits for them.
     waiting: AtomicUsize,
@@ -59,12 +64,13 @@ impl PythonUpstream {
         config: &PythonConfig,
         stats: Arc<SiteStats>,
     ) -> Self {
-        let capacity = (config.processes * config.threads) as usize;
+        let capacity = (config.processes * config.per_process()) as usize;
         PythonUpstream {
             runtime,
             queue_timeout: config.queue_timeout,
             request_timeout: config.request_timeout,
             admission: Admission::new(capacity),
+            tunnels: config.asgi().is_some(),
             waiting: AtomicUsize::new(0),
             pool: Arc::new(ConnPool::default()),
             stats,
@@ -99,24 +105,11 @@ impl PythonUpstream {
         req: Request<RequestBody>,
         ctx: &RequestContext,
     ) -> Result<Response<ResponseBody>, UpstreamError> {
-        let waiting = Waiting::enter(&self.waiting);
-        let limit = ctx.site.limits.body;
         let (parts, body) = req.into_parts();
-        let body = spool(body, limit).await?;
-        let permit = match self.admission.acquire().immediate() {
-            Ok(permit) => {
-                self.stats.queued(Duration::ZERO);
-                permit
-            }
-            Err(wait) => {
-                let queued = Instant::now();
-                let permit = tokio::time::timeout(self.queue_timeout, wait).await;
-                self.stats.queued(queued.elapsed());
-                permit.map_err(|_| UpstreamError::QueueTimeout(self.queue_timeout))?
-            }
-        };
-        let lease = self.runtime.ready().await?;
-        drop(waiting);
+        let (body, permit, lease) = self.admit(body, ctx).await?;
+        if parts.extensions.get::<Upgrade>().is_some() {
+            return self.upgrade(&parts, body, permit, lease, ctx).await;
+        }
         let mut conn = self.pool.get(&lease).await?;
         let head_request = parts.method == http::Method::HEAD;
         let mut request = wire::Outgoing::new(
@@ -203,6 +196,32 @@ impl PythonUpstream {
         ))
     }
 
+    /// The request's way to a worker: its body spooled, a place in
+    /// admission (waiting up to `queue_timeout`), a lease on a ready worker.
+    async fn admit(
+        &self,
+        body: RequestBody,
+        ctx: &RequestContext,
+    ) -> Result<(Spooled, Permit, RuntimeLease), UpstreamError> {
+        let waiting = Waiting::enter(&self.waiting);
+        let body = spool(body, ctx.site.limits.body).await?;
+        let permit = match self.admission.acquire().immediate() {
+            Ok(permit) => {
+                self.stats.queued(Duration::ZERO);
+                permit
+            }
+            Err(wait) => {
+                let queued = Instant::now();
+                let permit = tokio::time::timeout(self.queue_timeout, wait).await;
+                self.stats.queued(queued.elapsed());
+                permit.map_err(|_| UpstreamError::QueueTimeout(self.queue_timeout))?
+            }
+        };
+        let lease = self.runtime.ready().await?;
+        drop(waiting);
+        Ok((body, permit, lease))
+    }
+
     fn broken(&self, lease: &RuntimeLease, what: &str, e: WireError) -> UpstreamError {
         UpstreamError::BadGateway(format!("worker pid {} {what}: {e}", lease.endpoint().pid))
     }
@@ -215,6 +234,10 @@ impl Upstream for PythonUpstream {
 
     fn request_timeout(&self) -> Option<Duration> {
         Some(self.request_timeout)
+    }
+
+    fn tunnels(&self) -> bool {
+        self.tunnels
     }
 
     fn handle<'a>(

@@ -1,0 +1,248 @@
+//! A WebSocket's tunnel: after the site's worker answered `101`, the
+//! router relays bytes between the client's connection and the worker's
+//! without parsing them (framing, pings and close codes are the worker's:
+//! see `docs/architecture.md`, "WebSockets").
+//!
+//! Both ways go through one fixed 16 KiB buffer each
+//! (`copy_bidirectional_with_sizes`): a side that does not read stops the
+//! copy towards it, and the other side is then not read either, so neither a
+//! slow client nor a slow worker makes the router buffer more (backpressure
+//! both ways, through the sockets' own buffers). The tunnel holds the
+//! request's lease and admission place ([`Tunnel::hold`]) until it ends,
+//! counts as an open WebSocket of its site while it lives, and writes one
+//! access log line when it ends (status 101, its duration, the bytes sent to
+//! the client and, last on the line, the bytes received from it).
+//!
+//! Invariants: no connection clock (`header_timeout`, `keepalive_timeout`)
+//! applies to a tunnel; it ends when either side closes, when the client
+//! takes nothing of what the worker sends for `send_timeout` (a client that
+//! never reads cannot hold the worker's place forever), or at the end of the
+//! shutdown grace. A reload never ends it: an old generation's worker closes
+//! its WebSockets itself (1001) when it is stopped.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::UnixStream;
+use tokio::time::Sleep;
+
+use super::access_log::{LogFacts, SiteLogs};
+use super::table::SiteStats;
+use crate::upstream::Tunnel;
+
+/// Each direction's copy buffer.
+const BUFFER: usize = 16 << 10;
+
+/// A tunnel the worker accepted, with what its log line needs; handed from
+/// the request (`router::service`) to its connection (`router::server`),
+/// which runs it once hyper has sent the `101`.
+pub(crate) struct Accepted {
+    pub(crate) tunnel: Tunnel,
+    pub(crate) log: LogFacts,
+    pub(crate) logs: Arc<SiteLogs>,
+    pub(crate) stats: Arc<SiteStats>,
+    /// When the upgrade request arrived: the line's duration is the WebSocket's life.
+    pub(crate) start: Instant,
+}
+
+/// Carries an [`Accepted`] in the `101` response's extensions (which must
+/// be `Clone`); the connection takes it.
+#[derive(Clone)]
+pub(crate) struct AcceptedSlot(Arc<Mutex<Option<Accepted>>>);
+
+impl AcceptedSlot {
+    pub(crate) fn new(accepted: Accepted) -> Self {
+        AcceptedSlot(Arc::new(Mutex::new(Some(accepted))))
+    }
+
+    /// An empty slot: what an HTTP/1 connection that upgrades by hand
+    /// (`router::server::parking`) finds its tunnel in.
+    pub(crate) fn empty() -> Self {
+        AcceptedSlot(Arc::new(Mutex::new(None)))
+    }
+
+    pub(crate) fn put(&self, accepted: Accepted) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(accepted);
+    }
+
+    pub(crate) fn take(&self) -> Option<Accepted> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    pub(crate) fn is_full(&self) -> bool {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).is_some()
+    }
+}
+
+/// Relays bytes between `client` (after the `101`; bytes it sent past its
+/// request head first) and the worker until either side closes, the client
+/// stalls for `send_timeout`, or `force` (end of the shutdown grace) fires.
+pub(crate) async fn run<C>(
+    client: C,
+    accepted: Accepted,
+    send_timeout: Duration,
+    force: impl Future<Output = ()>,
+) where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    let Accepted {
+        tunnel,
+        log,
+        logs,
+        stats,
+        start,
+    } = accepted;
+    let Tunnel {
+        stream,
+        read_ahead,
+        hold,
+    } = tunnel;
+    let _open = stats.websocket_opened(); // metrics: closed when dropped
+    let mut client = Metered::new(client, send_timeout);
+    let mut worker = Worker { stream, read_ahead };
+    let ended = tokio::select! {
+        r = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut worker, BUFFER, BUFFER) => r.err(),
+        () = force => Some(io::Error::other("the shutdown grace ended")),
+    };
+    drop(worker);
+    drop(hold); // the worker's place: free for the next request
+    if let Some(e) = ended {
+        tracing::debug!(error = %e, "WebSocket tunnel ended");
+    }
+    log.write_tunnel(&logs, client.sent, client.received, start);
+}
+
+/// The worker's end: bytes it sent with its `101` are read first.
+struct Worker {
+    stream: UnixStream,
+    read_ahead: Bytes,
+}
+
+impl AsyncRead for Worker {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.read_ahead.is_empty() {
+            let n = self.read_ahead.len().min(buf.remaining());
+            buf.put_slice(&self.read_ahead[..n]);
+            self.read_ahead.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Worker {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// The client's end: counts the bytes both ways, and fails a write (flush,
+/// shutdown) that has made no progress for `send_timeout`.
+struct Metered<C> {
+    inner: C,
+    sent: u64,
+    received: u64,
+    send_timeout: Duration,
+    /// Armed while a write waits for the client.
+    stalled: Option<Pin<Box<Sleep>>>,
+}
+
+impl<C> Metered<C> {
+    fn new(inner: C, send_timeout: Duration) -> Self {
+        Metered {
+            inner,
+            sent: 0,
+            received: 0,
+            send_timeout,
+            stalled: None,
+        }
+    }
+
+    /// A write that is still pending: an error once it has been for `send_timeout`.
+    fn pending<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        let timeout = self.send_timeout;
+        let clock = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match clock.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client took nothing within send_timeout",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<C: AsyncRead + Unpin> AsyncRead for Metered<C> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        self.received += (buf.filled().len() - before) as u64;
+        polled
+    }
+}
+
+impl<C: AsyncWrite + Unpin> AsyncWrite for Metered<C> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match Pin::new(&mut self.inner).poll_write(cx, buf) {
+            Poll::Pending => self.pending(cx),
+            Poll::Ready(Ok(n)) => {
+                self.sent += n as u64;
+                self.stalled = None;
+                Poll::Ready(Ok(n))
+            }
+            ready => ready,
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match Pin::new(&mut self.inner).poll_flush(cx) {
+            Poll::Pending => self.pending(cx),
+            ready => {
+                self.stalled = None;
+                ready
+            }
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match Pin::new(&mut self.inner).poll_shutdown(cx) {
+            Poll::Pending => self.pending(cx),
+            ready => ready,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
