@@ -110,7 +110,7 @@ pub fn status_table(s: &ServerStatus) -> String {
             [
                 cleaned(&site.name),
                 cleaned(&site.state),
-                cleaned(&site.runtime),
+                runtime(site),
                 site.processes.to_string(),
                 memory(site),
                 site.requests.to_string(),
@@ -164,9 +164,25 @@ pub fn status_table(s: &ServerStatus) -> String {
     out
 }
 
+/// The runtime as the table shows it: an ASGI site's is `python/asgi`
+/// (WSGI, the default, is plain `python`).
+fn runtime(site: &SiteStatus) -> String {
+    match site.interface.as_deref() {
+        Some("asgi") => format!("{}/asgi", cleaned(&site.runtime)),
+        _ => cleaned(&site.runtime),
+    }
+}
+
 pub fn site_detail(s: &SiteStatus) -> String {
     let mut out = String::new();
     let pids: Vec<String> = s.pids.iter().map(i32::to_string).collect();
+    let python = s.interface.as_deref().map(|i| {
+        let mut rows = vec![("interface", cleaned(i))];
+        if i == "asgi" {
+            rows.push(("websockets", format!("{} open", s.websockets_open)));
+        }
+        rows
+    });
     let rows = [
         ("site", cleaned(&s.name)),
         ("state", cleaned(&s.state)),
@@ -193,7 +209,12 @@ pub fn site_detail(s: &SiteStatus) -> String {
             s.last_error.as_deref().map_or_else(|| "-".into(), cleaned),
         ),
     ];
-    for (k, v) in rows {
+    let (head, tail) = rows.split_at(3);
+    for (k, v) in head
+        .iter()
+        .chain(python.iter().flatten())
+        .chain(tail.iter())
+    {
         let _ = writeln!(out, "{k:<11}{v}");
     }
     out
@@ -300,6 +321,8 @@ mod tests {
             restarts: 0,
             oom_kills: 0,
             last_error: None,
+            interface: None,
+            websockets_open: 0,
         }
     }
 
@@ -312,11 +335,14 @@ mod tests {
         shop.requests = 120_345;
         shop.responses_5xx = 12;
         shop.restarts = 1;
+        shop.interface = Some("asgi".into());
+        shop.websockets_open = 3;
         let mut blog = site("blog", "failed", "python");
         blog.restarts = 6;
         blog.oom_kills = 2;
         blog.memory_limit_bytes = Some(256 << 20);
         blog.last_error = Some("crash loop: OOM-killed (killed by signal 9 (SIGKILL)) after the app allocated too much".into());
+        blog.interface = Some("wsgi".into());
         let mut www = site("www", "static", "static");
         www.requests = 9;
         ServerStatus {

@@ -148,7 +148,7 @@ where
         scheme,
         ..conn
     };
-    let log = LogFacts::of(&req, conn.client, &site);
+    let log = LogFacts::of(&req, conn.client);
     let host = host.unwrap_or_default();
     let in_flight = site.stats.begin(); // metrics
     let mut response = match https_redirect(&req, &conn, &host, &site, options) {

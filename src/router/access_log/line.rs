@@ -14,7 +14,6 @@ use http::{header, Request, Version};
 
 use super::SiteLogs;
 use crate::router::proxy;
-use crate::router::table::SiteRoute;
 
 /// What the access log line needs from the request, taken before the request
 /// is handed to the upstream.
@@ -30,7 +29,7 @@ pub(crate) struct LogFacts {
 }
 
 impl LogFacts {
-    pub(crate) fn of<B>(req: &Request<B>, client: SocketAddr, _site: &SiteRoute) -> Self {
+    pub(crate) fn of<B>(req: &Request<B>, client: SocketAddr) -> Self {
         LogFacts {
             client: proxy::ip_text(client.ip()),
             method: req.method().clone(),
