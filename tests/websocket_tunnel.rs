@@ -13,6 +13,11 @@ use common::{eventually, file_text, get, InProcess, TestConfig, TestUser};
 
 /// An ASGI site `name` whose worker is the stand-in.
 fn ws_site(cfg: &TestConfig, name: &str, user: &TestUser, python: &str) {
+    stand_in_site(cfg, name, user, &format!("interface = \"asgi\"\n{python}"));
+}
+
+/// A Python site `name` whose worker is the stand-in.
+fn stand_in_site(cfg: &TestConfig, name: &str, user: &TestUser, python: &str) {
     let worker = cfg.write("apps/wsworker.py", include_str!("apps/wsworker.py"));
     {
         use std::os::unix::fs::PermissionsExt;
@@ -22,7 +27,7 @@ fn ws_site(cfg: &TestConfig, name: &str, user: &TestUser, python: &str) {
     cfg.write(
         &format!("vhosts/{name}.toml"),
         &format!(
-            "hosts = [\"{name}.test\"]\nroot = \"www/{name}\"\nuser = \"{}\"\n[python]\ninterface = \"asgi\"\napp = \"stand.in:app\"\nworker = \"{}\"\n{python}\n",
+            "hosts = [\"{name}.test\"]\nroot = \"www/{name}\"\nuser = \"{}\"\n[python]\napp = \"stand.in:app\"\nworker = \"{}\"\n{python}\n",
             user.name,
             worker.display()
         ),
@@ -248,5 +253,46 @@ async fn a_reload_of_another_site_never_touches_a_tunnel_and_its_own_restart_lea
     assert_eq!(d.status, 101, "{}", d.head);
     greeting(&mut d).await;
     drop(d);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_upgrade_to_a_wsgi_or_static_site_is_a_plain_request_on_a_connection_that_stays_http() {
+    let cfg = TestConfig::new();
+    let user = TestUser::new();
+    // The stand-in would answer 101 to an upgrade it saw: as a WSGI site's
+    // worker it must see none (and a 101 from it could only be a 502).
+    stand_in_site(&cfg, "wsgi", &user, "");
+    cfg.static_site("www", &["www.test"], "");
+    let server = InProcess::start(&cfg).await;
+    for host in ["wsgi.test", "www.test"] {
+        let mut c = ws::open(server.addr, host, "/", b"").await;
+        assert_eq!(c.status, 200, "{host}: {}", c.head);
+        assert_eq!(c.header("upgrade"), None, "{host}: {}", c.head);
+        let len: usize = c.header("content-length").unwrap().parse().unwrap();
+        let body = String::from_utf8_lossy(&c.read_exactly(len).await).to_ascii_lowercase();
+        if host == "wsgi.test" {
+            assert!(body.starts_with("pid="), "{body}");
+            assert!(
+                !body.contains("upgrade") && body.contains("sec-websocket-key"),
+                "the WSGI worker got the upgrade headers: {body}"
+            );
+        }
+        // Still HTTP: the next request on the connection is answered.
+        c.send(format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes())
+            .await;
+        let rest = c
+            .read_to_close(Duration::from_secs(10))
+            .await
+            .expect("the next request was not answered");
+        assert!(
+            String::from_utf8_lossy(&rest).starts_with("HTTP/1.1 200 OK"),
+            "{host}: {}",
+            String::from_utf8_lossy(&rest)
+        );
+    }
+    assert_eq!(open_sockets(&server, "wsgi").await, 0);
+    let status = server.site("wsgi").await;
+    assert_eq!(status.interface.as_deref(), Some("wsgi"));
     server.stop().await;
 }
