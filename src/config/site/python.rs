@@ -148,7 +148,7 @@ pub(super) fn validate_python(
             false
         }
     };
-    let kind = if asgi { "ASGI" } else { "WSGI" };
+    let kind = if asgi { "an ASGI" } else { "a WSGI" };
     let (module, callable) = match raw.app.as_deref() {
         None => {
             let example = if asgi {
@@ -158,7 +158,7 @@ pub(super) fn validate_python(
             };
             errs.add(
                 "python.app",
-                format!("missing: name the {kind} application, e.g. app = \"{example}\""),
+                format!("missing: name {kind} application, e.g. app = \"{example}\""),
             );
             (String::new(), String::new())
         }
@@ -179,16 +179,19 @@ pub(super) fn validate_python(
     let interface = if asgi {
         validate_asgi(&raw, errs)
     } else {
+        let asgi_only = "applies to ASGI sites only (set python.interface = \"asgi\")";
+        if raw.max_concurrency.is_some() {
+            errs.add(
+                "python.max_concurrency",
+                format!("{asgi_only}; a WSGI site's concurrency per process is python.threads"),
+            );
+        }
         for (set, key) in [
-            (raw.max_concurrency.is_some(), "python.max_concurrency"),
             (raw.lifespan.is_some(), "python.lifespan"),
             (raw.websocket.is_some(), "python.websocket"),
         ] {
             if set {
-                errs.add(
-                    key,
-                    "applies to ASGI sites only (set python.interface = \"asgi\"); a WSGI site's concurrency per process is python.threads",
-                );
+                errs.add(key, asgi_only);
             }
         }
         PythonInterface::Wsgi
@@ -340,7 +343,7 @@ fn validate_websocket(raw: Option<&RawWebSocket>, errs: &mut FileErrors<'_>) -> 
 }
 
 /// Splits `package.module:callable` (callable defaults to `application`);
-/// `kind` ("WSGI", "ASGI") names what it should be in the error.
+/// `kind` ("a WSGI", "an ASGI") names what it should be in the error.
 fn parse_app(app: &str, kind: &str) -> Result<(String, String), String> {
     let (module, callable) = app.split_once(':').unwrap_or((app, "application"));
     let ident = |s: &str| {
@@ -355,7 +358,7 @@ fn parse_app(app: &str, kind: &str) -> Result<(String, String), String> {
         Ok((module.to_owned(), callable.to_owned()))
     } else {
         Err(format!(
-            "{app:?} is not a {kind} application reference (expected \"package.module:callable\")"
+            "{app:?} is not {kind} application reference (expected \"package.module:callable\")"
         ))
     }
 }
