@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::config::{AsgiConfig, PythonConfig, SiteConfig};
-use crate::supervisor::{Command, Launcher, Lifecycle, Listen, ProcessSocket};
+use crate::supervisor::{Command, Launcher, Lifecycle, Listen, ProcessSocket, STOP_GRACE};
 
 pub struct PythonLauncher {
     site: String,
@@ -66,6 +66,13 @@ pub fn default_worker() -> PathBuf {
 /// The ASGI flags of the worker's command line (`ASGI-CONTRACT`: only an
 /// ASGI site's worker gets them; a WSGI site's command line is as before).
 /// Durations go in whole seconds, rounded up, at least 1 when not zero.
+///
+/// `--graceful-timeout`: after SIGTERM the worker keeps its WebSockets open
+/// this long, then closes them with 1001 and runs lifespan shutdown (≤ 1 s
+/// more); the supervisor sends SIGKILL [`STOP_GRACE`] after SIGTERM, so this
+/// is half of that: the close frames go out before the kill. (SIGTERM comes
+/// only after the drain waited up to `request_timeout` + 1 s for the
+/// process's requests and WebSockets to end.)
 fn asgi_args(asgi: &AsgiConfig, request_timeout: Duration) -> Vec<String> {
     let secs = |d: Option<Duration>| match d {
         None => 0,
@@ -75,6 +82,7 @@ fn asgi_args(asgi: &AsgiConfig, request_timeout: Duration) -> Vec<String> {
     let ws = &asgi.websocket;
     [
         ("--interface", "asgi".to_owned()),
+        ("--graceful-timeout", (STOP_GRACE.as_secs() / 2).to_string()),
         ("--max-concurrency", asgi.max_concurrency.to_string()),
         ("--lifespan", asgi.lifespan.as_str().to_owned()),
         ("--request-timeout", secs(Some(request_timeout)).to_string()),
@@ -169,7 +177,7 @@ mod tests {
         };
         assert_eq!(
             asgi_args(&asgi, Duration::from_secs(60)).join(" "),
-            "--interface asgi --max-concurrency 7 --lifespan on --request-timeout 60 \
+            "--interface asgi --graceful-timeout 5 --max-concurrency 7 --lifespan on --request-timeout 60 \
              --ws-max-message 1024 --ws-ping-interval 2 --ws-ping-timeout 1 --ws-idle-timeout 0"
         );
     }
