@@ -27,14 +27,16 @@ if ! command -v cargo >/dev/null; then
     echo "setup: cargo not found; install Rust from https://rustup.rs and run again" >&2
     exit 2
 fi
-# A virtualenv with real frameworks for the Python tests (Flask, Django),
+# A virtualenv with real frameworks for the Python tests (Flask, Django;
+# ASGI: Starlette, FastAPI, and uvloop, which polyhost-python uses when a
+# site's virtualenv has it),
 # made by the interpreter polyhost-python links against, in a place site
 # users can read.
 TEST_VENV=${TEST_PYTHON_VENV:-/var/tmp/polyhost-test-venv}
-if [[ ! -x $TEST_VENV/bin/python ]] || ! "$TEST_VENV/bin/python" -c "import flask, django" 2>/dev/null; then
-    echo "setup: creating the test virtualenv $TEST_VENV (flask, django)"
+if [[ ! -x $TEST_VENV/bin/python ]] || ! "$TEST_VENV/bin/python" -c "import flask, django, starlette, fastapi, uvloop" 2>/dev/null; then
+    echo "setup: creating the test virtualenv $TEST_VENV (flask, django, starlette, fastapi, uvloop)"
     /usr/bin/python3.11 -m venv "$TEST_VENV"
-    "$TEST_VENV/bin/pip" install -q --disable-pip-version-check "flask>=3,<4" "django>=5,<6"
+    "$TEST_VENV/bin/pip" install -q --disable-pip-version-check "flask>=3,<4" "django>=5,<6" "starlette>=0.40" "fastapi>=0.115" "uvloop>=0.19"
     chmod -R a+rX "$TEST_VENV"
 fi
 

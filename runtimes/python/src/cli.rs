@@ -51,6 +51,75 @@ pub struct Args {
     /// Import the app and exit: 0 if it imports, 3 (with the traceback) if not.
     #[arg(long)]
     pub check: bool,
+
+    /// The app's interface: WSGI (threads) or ASGI 3.0 (one event loop).
+    #[arg(long, value_enum, default_value_t = Interface::Wsgi)]
+    pub interface: Interface,
+
+    /// ASGI: requests and WebSockets in flight in this process.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_concurrency: u32,
+
+    /// ASGI: the lifespan protocol (auto: used if the app supports it).
+    #[arg(long, value_enum, default_value_t = Lifespan::Auto)]
+    pub lifespan: Lifespan,
+
+    /// ASGI: seconds a request may run before it is cancelled (0: no limit).
+    #[arg(long, default_value_t = 0, value_name = "SECS")]
+    pub request_timeout: u64,
+
+    /// ASGI: the largest WebSocket message accepted (larger: close 1009).
+    #[arg(long, default_value_t = 16 << 20, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1..=(1 << 31)))]
+    pub ws_max_message: u64,
+
+    /// ASGI: seconds between pings on an idle WebSocket (0: no pings).
+    #[arg(long, default_value_t = 20, value_name = "SECS")]
+    pub ws_ping_interval: u64,
+
+    /// ASGI: seconds to wait for a pong before the WebSocket is closed.
+    #[arg(long, default_value_t = 20, value_name = "SECS")]
+    pub ws_ping_timeout: u64,
+
+    /// ASGI: seconds without a message either way before a WebSocket is closed (0: never).
+    #[arg(long, default_value_t = 0, value_name = "SECS")]
+    pub ws_idle_timeout: u64,
+}
+
+/// `--interface`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Interface {
+    Wsgi,
+    Asgi,
+}
+
+/// `--lifespan`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Lifespan {
+    Auto,
+    On,
+    Off,
+}
+
+impl Lifespan {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lifespan::Auto => "auto",
+            Lifespan::On => "on",
+            Lifespan::Off => "off",
+        }
+    }
+}
+
+/// The ASGI settings (unused under WSGI).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AsgiConfig {
+    pub max_concurrency: u32,
+    pub lifespan: Lifespan,
+    pub request_timeout: Duration,
+    pub ws_max_message: u64,
+    pub ws_ping_interval: Duration,
+    pub ws_ping_timeout: Duration,
+    pub ws_idle_timeout: Duration,
 }
 
 /// Which callable to serve: `module` is imported, `attr` is a dotted path inside it.
@@ -114,6 +183,8 @@ pub struct Config {
     pub multiprocess: bool,
     pub graceful_timeout: Duration,
     pub check: bool,
+    pub interface: Interface,
+    pub asgi: AsgiConfig,
 }
 
 impl TryFrom<Args> for Config {
@@ -134,6 +205,16 @@ impl TryFrom<Args> for Config {
             multiprocess: a.processes_hint > 1,
             graceful_timeout: Duration::from_secs(a.graceful_timeout),
             check: a.check,
+            interface: a.interface,
+            asgi: AsgiConfig {
+                max_concurrency: a.max_concurrency,
+                lifespan: a.lifespan,
+                request_timeout: Duration::from_secs(a.request_timeout),
+                ws_max_message: a.ws_max_message,
+                ws_ping_interval: Duration::from_secs(a.ws_ping_interval),
+                ws_ping_timeout: Duration::from_secs(a.ws_ping_timeout),
+                ws_idle_timeout: Duration::from_secs(a.ws_idle_timeout),
+            },
         })
     }
 }
@@ -194,5 +275,27 @@ mod tests {
         assert_eq!(fd(&["--socket-fd", "3"]).unwrap(), Some(SocketSpec::Fd(3)));
         assert!(fd(&["--socket-fd", "2"]).is_err(), "stdio is not a socket");
         assert!(fd(&["--socket-fd", "3", "--socket", "/tmp/s"]).is_err());
+        let asgi = Config::try_from(
+            Args::try_parse_from([
+                "polyhost-python",
+                "--check",
+                "--app",
+                "m",
+                "--interface",
+                "asgi",
+                "--lifespan",
+                "on",
+                "--request-timeout",
+                "5",
+            ])
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(asgi.interface, Interface::Asgi);
+        assert_eq!(asgi.asgi.lifespan, Lifespan::On);
+        assert_eq!(asgi.asgi.request_timeout, Duration::from_secs(5));
+        assert_eq!(asgi.asgi.max_concurrency, 100);
+        assert_eq!(asgi.asgi.ws_max_message, 16 << 20);
+        assert!(Args::try_parse_from(["polyhost-python", "--check", "--app", "m", "--interface", "rsgi"]).is_err());
     }
 }

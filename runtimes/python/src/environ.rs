@@ -147,7 +147,7 @@ fn field<'py>(
 }
 
 /// Splits `IP:PORT` / `[IPv6]:PORT`.
-fn split_addr(v: &[u8]) -> (&[u8], &[u8]) {
+pub(crate) fn split_addr(v: &[u8]) -> (&[u8], &[u8]) {
     match v.iter().rposition(|&b| b == b':') {
         Some(i) => {
             let host = &v[..i];
@@ -162,7 +162,7 @@ fn split_addr(v: &[u8]) -> (&[u8], &[u8]) {
 }
 
 /// `PATH_INFO`: the percent-decoded path without the mount prefix.
-fn path_info<'a>(decoded: &'a [u8], script_name: &[u8]) -> &'a [u8] {
+pub(crate) fn path_info<'a>(decoded: &'a [u8], script_name: &[u8]) -> &'a [u8] {
     match decoded.strip_prefix(script_name) {
         Some(rest) if rest.is_empty() || rest.starts_with(b"/") => rest,
         _ => decoded,
@@ -171,7 +171,7 @@ fn path_info<'a>(decoded: &'a [u8], script_name: &[u8]) -> &'a [u8] {
 
 /// The request target split as hyper's `Uri` would: path, query, and the
 /// path with query (`REQUEST_URI`).
-fn split_target(t: &[u8]) -> (&[u8], Option<&[u8]>, &[u8]) {
+pub(crate) fn split_target(t: &[u8]) -> (&[u8], Option<&[u8]>, &[u8]) {
     let t = t.split(|&b| b == b'#').next().unwrap_or(t);
     let pq: &[u8] = if t.starts_with(b"/") {
         t
@@ -201,16 +201,16 @@ fn split_target(t: &[u8]) -> (&[u8], Option<&[u8]>, &[u8]) {
 
 /// The values the worker reads out of the fields before building `HTTP_*`.
 #[derive(Default)]
-struct Meta<'b> {
-    host: Option<&'b [u8]>,
-    remote_addr: Option<&'b [u8]>,
-    scheme: Option<&'b [u8]>,
-    script_name: Option<&'b [u8]>,
-    server_name: Option<&'b [u8]>,
-    server_port: Option<&'b [u8]>,
+pub(crate) struct Meta<'b> {
+    pub host: Option<&'b [u8]>,
+    pub remote_addr: Option<&'b [u8]>,
+    pub scheme: Option<&'b [u8]>,
+    pub script_name: Option<&'b [u8]>,
+    pub server_name: Option<&'b [u8]>,
+    pub server_port: Option<&'b [u8]>,
 }
 
-fn meta<'b>(buf: &'b [u8], head: &RequestHead) -> Meta<'b> {
+pub(crate) fn meta<'b>(buf: &'b [u8], head: &RequestHead) -> Meta<'b> {
     let mut m = Meta::default();
     for (n, v) in &head.headers {
         let name = &buf[n.clone()];
@@ -407,7 +407,7 @@ pub fn set_input(env: &Bound<'_, PyDict>, input: Bound<'_, Input>) -> PyResult<(
 }
 
 /// Splits a Host header into name and optional port.
-fn split_host(h: &[u8]) -> (&[u8], Option<&[u8]>) {
+pub(crate) fn split_host(h: &[u8]) -> (&[u8], Option<&[u8]>) {
     if h.starts_with(b"[") {
         // [v6]:port
         return match h.iter().position(|&b| b == b']') {

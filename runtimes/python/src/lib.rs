@@ -21,9 +21,12 @@
 //! - [`wire`]: the bytes of a response head, chunk framing, the worker's own pages.
 //! - [`file_wrapper`]: `wsgi.file_wrapper` and its `sendfile` fast path.
 //! - [`errors`]: error types, exit codes, `wsgi.errors`, app error logging.
+//! - [`asgi`]: `--interface asgi`: one asyncio event loop serving an ASGI 3.0
+//!   app (HTTP and WebSockets) on the same socket, with the same head parser.
 
 #![deny(unsafe_code)]
 
+pub mod asgi;
 pub mod body;
 pub mod cli;
 pub mod conn;
@@ -82,6 +85,9 @@ fn start(config: Config) -> Result<(), StartError> {
         Python::attach(|py| environ::template(py, config.threads > 1, config.multiprocess))
             .map_err(|e| StartError::Init(format!("cannot build the WSGI environ: {e}")))?;
     let stop = signals::install().map_err(StartError::Runtime)?;
+    if config.interface == cli::Interface::Asgi {
+        return asgi::serve(&config, app, socket, &stop);
+    }
     let listener = match socket {
         cli::SocketSpec::Path(path) => server::bind(path)?,
         cli::SocketSpec::Fd(fd) => server::listen_inherited(*fd)?,

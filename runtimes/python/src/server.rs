@@ -158,7 +158,13 @@ pub fn bind(path: &Path) -> Result<Listener, StartError> {
 }
 
 impl Listener {
-    fn remove_file(&self) {
+    /// The listening socket's descriptor (it stays owned by the listener).
+    pub fn raw_fd(&self) -> RawFd {
+        self.listener.as_raw_fd()
+    }
+
+    /// Removes the socket file if it is still the one this listener bound.
+    pub fn remove_file(&self) {
         let ours = std::fs::metadata(&self.path)
             .ok()
             .map(|m| (m.dev(), m.ino()));

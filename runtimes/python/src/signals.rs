@@ -60,6 +60,12 @@ pub fn install() -> io::Result<StopSignal> {
 }
 
 impl StopSignal {
+    /// The pipe's read end: readable once a stop signal came (for an event loop).
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.read.as_raw_fd()
+    }
+
     /// Blocks until a stop signal arrives.
     pub fn wait(&self) -> io::Result<()> {
         let mut byte = [0u8];

@@ -4,6 +4,8 @@
 //! byte by byte ([`RawConn`]) where the exact wire matters.
 #![allow(dead_code)]
 
+pub mod ws;
+
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};

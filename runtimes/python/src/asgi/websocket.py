@@ -1,0 +1,226 @@
+
+
+class WebSocket:
+    """One WebSocket: the handshake answer, then frames through `native.WsCodec`."""
+
+    CONNECTING, OPEN, CLOSING, CLOSED = range(4)
+
+    def __init__(self, proto, scope, key):
+        self.proto = proto
+        self.server = proto.server
+        self.scope = scope
+        self.key = key
+        self.state = self.CONNECTING
+        self.codec = None
+        self.pending = b""  # bytes that came before the app accepted
+        self.queue = collections.deque()
+        self.connect_sent = False
+        self.waiter = None
+        self.close_code = 1006
+        self.close_reason = ""
+        self.denial = None  # websocket.http.response: [status, headers, head sent]
+        self.task = None
+        self.last_seen = self.server.loop.time()
+        self.ping_sent = None
+        self.close_timer = None
+
+    def start(self, data):
+        server = self.server
+        server.in_flight += 1
+        server.websockets.add(self)
+        self.pending = data
+        self.task = server.loop.create_task(self.run())
+
+    # Input.
+
+    def data_received(self, data):
+        if self.codec is None:
+            self.pending += data
+            if len(self.pending) > (1 << 20):
+                self.proto.pause()
+            return
+        self.last_seen = self.server.loop.time()
+        for ev in self.codec.feed(data):
+            kind = ev[0]
+            if kind == "text":
+                self.queue.append({"type": "websocket.receive", "text": ev[1]})
+            elif kind == "bytes":
+                self.queue.append({"type": "websocket.receive", "bytes": ev[1]})
+            elif kind == "pong":
+                self.ping_sent = None
+            else:  # close or error: the codec has queued the answer
+                self.close_code, self.close_reason = ev[1], ev[2]
+                self.flush()
+                self.closed()
+                self.proto.transport.close()
+        self.flush()
+        if len(self.queue) > WS_QUEUE_HIGH:
+            self.proto.pause()
+        self.wake()
+
+    def flush(self):
+        out = self.codec.take_output() if self.codec is not None else None
+        if out and not self.proto.closed:
+            self.proto.transport.write(out)
+
+    def closed(self):
+        if self.state != self.CLOSED:
+            self.state = self.CLOSED
+            if self.close_timer is not None:
+                self.close_timer.cancel()
+            self.wake()
+
+    def lost(self):
+        self.closed()
+
+    def wake(self):
+        w = self.waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    async def receive(self):
+        if not self.connect_sent:
+            self.connect_sent = True
+            return {"type": "websocket.connect"}
+        while True:
+            if self.queue:
+                msg = self.queue.popleft()
+                if len(self.queue) < WS_QUEUE_HIGH // 2:
+                    self.proto.resume()
+                return msg
+            if self.state == self.CLOSED:
+                return {"type": "websocket.disconnect", "code": self.close_code, "reason": self.close_reason}
+            self.waiter = self.server.loop.create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+
+    # Output.
+
+    async def send(self, message):
+        t = message["type"]
+        transport = self.proto.transport
+        if self.state == self.CONNECTING:
+            if t == "websocket.accept":
+                head = native.ws_accept_head(self.key, message.get("subprotocol"), message.get("headers", ()))
+                transport.write(head)
+                self.state = self.OPEN
+                self.codec = native.WsCodec(self.server.s["ws_max_message"])
+                self.last_seen = self.server.loop.time()
+                if self.pending:
+                    data, self.pending = self.pending, b""
+                    self.proto.resume()
+                    self.data_received(data)
+                return
+            if t == "websocket.close":
+                transport.write(native.simple_response(403, "Forbidden", True))
+                transport.close()
+                self.state = self.CLOSED
+                return
+            if t == "websocket.http.response.start":
+                self.denial = [message["status"], message.get("headers", ()), False]
+                self.state = self.CLOSING
+                return
+            raise RuntimeError(f"{t!r} before websocket.accept")
+        if self.denial is not None:
+            if t != "websocket.http.response.body" or self.state == self.CLOSED:
+                raise RuntimeError(f"{t!r} after websocket.http.response.start")
+            body = message.get("body", b"")
+            more = message.get("more_body", False)
+            if not self.denial[2]:
+                self.denial[2] = True
+                head, mode, _ = native.response_head(
+                    self.denial[0], self.denial[1], False, False, False, more, len(body), False
+                )
+                transport.write(head)
+                self.denial.append(mode)
+            if body:
+                if self.denial[3] == native.MODE_CHUNKED:
+                    transport.write(b"%x\r\n%b\r\n" % (len(body), body))
+                else:
+                    transport.write(body)
+            if not more:
+                if self.denial[3] == native.MODE_CHUNKED:
+                    transport.write(b"0\r\n\r\n")
+                transport.close()
+                self.state = self.CLOSED
+            return
+        if self.state != self.OPEN:
+            raise native.ClientDisconnected(f"the WebSocket is closed (code {self.close_code})")
+        if t == "websocket.send":
+            data = message.get("bytes")
+            if data is None:
+                data = message.get("text")
+            self.codec.send(data)
+            self.flush()
+            if self.proto.write_paused:
+                await self.proto.drained()
+            return
+        if t == "websocket.close":
+            self.close(message.get("code", 1000), message.get("reason") or "")
+            return
+        raise ValueError(f"unknown message type {t!r} in a websocket scope")
+
+    def close(self, code, reason=""):
+        """Starts the close handshake; the connection goes when the peer
+        answers or 5 s later."""
+        if self.state != self.OPEN:
+            return
+        self.state = self.CLOSING
+        self.close_code = code
+        self.close_reason = reason
+        self.codec.close(code, reason)
+        self.flush()
+        self.close_timer = self.server.loop.call_later(5.0, self.abort)
+
+    def abort(self):
+        self.closed()
+        self.proto.transport.abort()
+
+    def tick(self, now):
+        """Pings and timeouts, once a second."""
+        if self.state != self.OPEN:
+            return
+        s = self.server.s
+        if self.ping_sent is not None and now - self.ping_sent > s["ws_ping_timeout"]:
+            self.close_code, self.close_reason = 1011, "keepalive ping timeout"
+            self.abort()
+            return
+        idle = now - self.last_seen
+        if s["ws_idle_timeout"] and idle >= s["ws_idle_timeout"]:
+            self.close(1001, "idle timeout")
+            return
+        if s["ws_ping_interval"] and self.ping_sent is None and idle >= s["ws_ping_interval"]:
+            self.ping_sent = now
+            self.codec.ping()
+            self.flush()
+
+    async def run(self):
+        server = self.server
+        try:
+            await server.app(self.scope, self.receive, self.send)
+            if self.state == self.CONNECTING:
+                self.proto.transport.write(native.simple_response(403, "Forbidden", True))
+                self.proto.transport.close()
+            elif self.state == self.OPEN:
+                self.close(1000)
+            elif self.denial is not None and self.state != self.CLOSED:
+                self.proto.transport.close()
+        except asyncio.CancelledError:
+            self.proto.transport.abort()
+        except BaseException as e:  # noqa: B902
+            if not (self.state == self.CLOSED and isinstance(e, OSError)):
+                server.log_error(f"error in the application for WebSocket {self.scope['path']}:", e)
+            if self.state == self.CONNECTING:
+                self.proto.transport.write(native.simple_response(500, "Internal Server Error", True))
+                self.proto.transport.close()
+            elif self.state == self.OPEN:
+                self.close(1011, "internal error")
+            else:
+                self.proto.transport.close()
+            if isinstance(e, (KeyboardInterrupt, SystemExit)):
+                raise
+        finally:
+            server.websockets.discard(self)
+            server.done_one()
