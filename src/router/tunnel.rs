@@ -3,18 +3,22 @@
 //! without parsing them (framing, pings and close codes are the worker's:
 //! see `docs/architecture.md`, "WebSockets").
 //!
-//! Both ways go through one fixed 16 KiB buffer each
-//! (`copy_bidirectional_with_sizes`): a side that does not read stops the
-//! copy towards it, and the other side is then not read either, so neither a
+//! Each way goes through one fixed 16 KiB buffer (`copy_buf` over a
+//! `BufReader` of that size): a side that does not read stops the copy
+//! towards it, and the other side is then not read either, so neither a
 //! slow client nor a slow worker makes the router buffer more (backpressure
-//! both ways, through the sockets' own buffers). The tunnel holds the
+//! both ways, through the sockets' own buffers). Not
+//! `copy_bidirectional`: it keeps a tunnel open until both sides have
+//! ended, so a worker's close (after the close handshake, or its death)
+//! would wait for a client that never closes. The tunnel holds the
 //! request's lease and admission place ([`Tunnel::hold`]) until it ends,
 //! counts as an open WebSocket of its site while it lives, and writes one
 //! access log line when it ends (status 101, its duration, the bytes sent to
 //! the client and, last on the line, the bytes received from it).
 //!
 //! Invariants: no connection clock (`header_timeout`, `keepalive_timeout`)
-//! applies to a tunnel; it ends when either side closes, when the client
+//! applies to a tunnel; it ends when the worker closes (the client's end of
+//! stream is passed on to the worker, which then closes), when the client
 //! takes nothing of what the worker sends for `send_timeout` (a client that
 //! never reads cannot hold the worker's place forever), or at the end of the
 //! shutdown grace. A reload never ends it: an old generation's worker closes
@@ -27,9 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, Bytes};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::UnixStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf};
 use tokio::time::Sleep;
 
 use super::access_log::{LogFacts, SiteLogs};
@@ -104,58 +106,44 @@ pub(crate) async fn run<C>(
         hold,
     } = tunnel;
     let _open = stats.websocket_opened(); // metrics: closed when dropped
-    let mut client = Metered::new(client, send_timeout);
-    let mut worker = Worker { stream, read_ahead };
-    let ended = tokio::select! {
-        r = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut worker, BUFFER, BUFFER) => r.err(),
-        () = force => Some(io::Error::other("the shutdown grace ended")),
+    let (mut from_client, mut to_client) = tokio::io::split(Metered::new(client, send_timeout));
+    let (from_worker, mut to_worker) = stream.into_split();
+    let ended = {
+        // Client → worker: at the client's end of stream, the worker's
+        // socket is shut for writing and the tunnel waits for the worker to
+        // close (it answers a vanished client's end with its own).
+        let upstream = async {
+            let mut from = BufReader::with_capacity(BUFFER, &mut from_client);
+            tokio::io::copy_buf(&mut from, &mut to_worker).await?;
+            to_worker.shutdown().await
+        };
+        // Worker → client: the worker's end of stream (its close after the
+        // close handshake, or its death) ends the tunnel.
+        let downstream = async {
+            let mut from = BufReader::with_capacity(BUFFER, read_ahead.chain(from_worker));
+            tokio::io::copy_buf(&mut from, &mut to_client).await?;
+            to_client.shutdown().await
+        };
+        tokio::pin!(upstream, downstream, force);
+        let mut client_ended = false;
+        loop {
+            tokio::select! {
+                r = &mut downstream => break r.err(),
+                r = &mut upstream, if !client_ended => match r {
+                    Ok(()) => client_ended = true,
+                    Err(e) => break Some(e),
+                },
+                () = &mut force => break Some(io::Error::other("the shutdown grace ended")),
+            }
+        }
     };
-    drop(worker);
+    drop(to_worker);
     drop(hold); // the worker's place: free for the next request
     if let Some(e) = ended {
         tracing::debug!(error = %e, "WebSocket tunnel ended");
     }
+    let client = from_client.unsplit(to_client);
     log.write_tunnel(&logs, client.sent, client.received, start);
-}
-
-/// The worker's end: bytes it sent with its `101` are read first.
-struct Worker {
-    stream: UnixStream,
-    read_ahead: Bytes,
-}
-
-impl AsyncRead for Worker {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if !self.read_ahead.is_empty() {
-            let n = self.read_ahead.len().min(buf.remaining());
-            buf.put_slice(&self.read_ahead[..n]);
-            self.read_ahead.advance(n);
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.stream).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Worker {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
-    }
 }
 
 /// The client's end: counts the bytes both ways, and fails a write (flush,

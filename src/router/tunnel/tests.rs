@@ -184,3 +184,52 @@ async fn the_end_of_the_shutdown_grace_ends_it() {
     assert!(s.released.load(Ordering::SeqCst));
     drop((s.client, s.worker));
 }
+
+#[tokio::test]
+async fn the_workers_close_ends_it_while_the_client_stays_and_a_client_end_is_passed_on() {
+    // The worker closes first (after a close handshake, or dead): the
+    // tunnel ends although the client keeps its connection open.
+    let s = setup(b"").await;
+    let tunnel = tokio::spawn(run(
+        s.router_side,
+        s.accepted,
+        Duration::from_secs(30),
+        std::future::pending(),
+    ));
+    drop(s.worker);
+    tokio::time::timeout(Duration::from_secs(5), tunnel)
+        .await
+        .expect("the tunnel waited for the client after the worker closed")
+        .unwrap();
+    assert!(s.released.load(Ordering::SeqCst));
+    let mut client = s.client;
+    let mut rest = Vec::new();
+    client.read_to_end(&mut rest).await.unwrap();
+
+    // The client ends first (half-close): the worker sees the end and may
+    // still send until it closes.
+    let s = setup(b"").await;
+    let tunnel = tokio::spawn(run(
+        s.router_side,
+        s.accepted,
+        Duration::from_secs(30),
+        std::future::pending(),
+    ));
+    let (mut client, mut worker) = (s.client, s.worker);
+    client.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), worker.read_to_end(&mut got))
+        .await
+        .expect("the client's end did not reach the worker")
+        .unwrap();
+    assert!(!tunnel.is_finished(), "ended before the worker closed");
+    worker.write_all(b"last words").await.unwrap();
+    drop(worker);
+    let mut last = Vec::new();
+    client.read_to_end(&mut last).await.unwrap();
+    assert_eq!(last, b"last words");
+    tokio::time::timeout(Duration::from_secs(5), tunnel)
+        .await
+        .expect("the tunnel outlived both ends")
+        .unwrap();
+}
