@@ -45,7 +45,10 @@ async fn echo_text(c: &mut ws::Upgraded, text: &str) {
 
 /// The close frame's status code.
 fn close_code(payload: &[u8]) -> u16 {
-    assert!(payload.len() >= 2, "a close frame without a code: {payload:?}");
+    assert!(
+        payload.len() >= 2,
+        "a close frame without a code: {payload:?}"
+    );
     u16::from_be_bytes([payload[0], payload[1]])
 }
 
@@ -58,7 +61,11 @@ async fn text_and_bytes_echo_through_the_tunnel_and_the_app_closes_with_its_code
 
     let r = get(server.addr, "chat.test", "/app/hello").await;
     assert_eq!(r.status, 200, "{}", r.text());
-    assert!(r.text().starts_with("asgi root_path=/app path=/app/hello"), "{}", r.text());
+    assert!(
+        r.text().starts_with("asgi root_path=/app path=/app/hello"),
+        "{}",
+        r.text()
+    );
 
     let mut c = ws::open(server.addr, "chat.test", "/app/echo", b"").await;
     assert_eq!(c.status, 101, "{}", c.head);
@@ -75,7 +82,10 @@ async fn text_and_bytes_echo_through_the_tunnel_and_the_app_closes_with_its_code
     assert_eq!((op, close_code(&payload)), (8, 4001), "{payload:?}");
     assert_eq!(&payload[2..], b"bye");
     c.send_frame(8, &payload[..2]).await;
-    assert!(c.read_to_close(Duration::from_secs(10)).await.is_some(), "the worker did not close");
+    assert!(
+        c.read_to_close(Duration::from_secs(10)).await.is_some(),
+        "the worker did not close"
+    );
     let closed = eventually(Duration::from_secs(10), || async {
         open_sockets(&server, "chat").await == 0
     })
@@ -110,7 +120,12 @@ async fn a_restart_of_its_site_closes_a_websocket_with_1001_and_leaves_the_neigh
     echo_text(&mut a, "a1").await;
     echo_text(&mut b, "b1").await;
 
-    asgi_site(&cfg, "alpha", &ua, "request_timeout = \"2s\"\nenv = { GENERATION = \"2\" }");
+    asgi_site(
+        &cfg,
+        "alpha",
+        &ua,
+        "request_timeout = \"2s\"\nenv = { GENERATION = \"2\" }",
+    );
     let reloaded = Instant::now();
     let report = server.server.reload().await.expect("reload");
     assert_eq!(report.restarted, vec!["alpha".to_owned()], "{report:?}");
@@ -121,7 +136,11 @@ async fn a_restart_of_its_site_closes_a_websocket_with_1001_and_leaves_the_neigh
         .await
         .expect("no close frame within 30 s of the reload");
     assert_eq!((op, close_code(&payload)), (8, 1001), "{payload:?}");
-    assert!(reloaded.elapsed() >= Duration::from_secs(2), "{:?}", reloaded.elapsed());
+    assert!(
+        reloaded.elapsed() >= Duration::from_secs(2),
+        "{:?}",
+        reloaded.elapsed()
+    );
     echo_text(&mut b, "b2").await;
     assert_eq!(open_sockets(&server, "beta").await, 1);
     let mut a2 = connect(&server, "alpha.test").await;
@@ -156,7 +175,10 @@ async fn a_killed_worker_ends_its_websockets_restarts_and_the_neighbour_stays_op
     .await;
     assert!(closed, "still counted open after its worker died");
     let restarted = eventually(Duration::from_secs(20), || async {
-        ws::open(server.addr, "alpha.test", "/echo", b"").await.status == 101
+        ws::open(server.addr, "alpha.test", "/echo", b"")
+            .await
+            .status
+            == 101
     })
     .await;
     assert!(restarted, "no new worker took WebSockets");

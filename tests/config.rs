@@ -540,18 +540,42 @@ fn an_asgi_site_loads_its_defaults_and_its_settings_typed() {
     assert_eq!(asgi.lifespan, Lifespan::Auto, "default");
     let ws = &asgi.websocket;
     assert_eq!(
-        (ws.max_message, ws.ping_interval, ws.ping_timeout, ws.idle_timeout),
-        (16 << 20, Some(Duration::from_secs(20)), Duration::from_secs(20), None),
+        (
+            ws.max_message,
+            ws.ping_interval,
+            ws.ping_timeout,
+            ws.idle_timeout
+        ),
+        (
+            16 << 20,
+            Some(Duration::from_secs(20)),
+            Duration::from_secs(20),
+            None
+        ),
         "defaults"
     );
-    assert_eq!(plain.per_process(), 100, "admission: max_concurrency, not threads");
+    assert_eq!(
+        plain.per_process(),
+        100,
+        "admission: max_concurrency, not threads"
+    );
     let tuned = site("tuned");
     let asgi = tuned.asgi().unwrap();
     assert_eq!((asgi.max_concurrency, asgi.lifespan), (500, Lifespan::On));
     let ws = &asgi.websocket;
     assert_eq!(
-        (ws.max_message, ws.ping_interval, ws.ping_timeout, ws.idle_timeout),
-        (1 << 20, None, Duration::from_secs(5), Some(Duration::from_secs(600)))
+        (
+            ws.max_message,
+            ws.ping_interval,
+            ws.ping_timeout,
+            ws.idle_timeout
+        ),
+        (
+            1 << 20,
+            None,
+            Duration::from_secs(5),
+            Some(Duration::from_secs(600))
+        )
     );
     assert_eq!(tuned.processes * tuned.per_process(), 1000);
 }
@@ -568,7 +592,10 @@ fn asgi_keys_are_checked_and_a_key_of_the_other_interface_is_refused() {
     site("iface", "interface = \"rsgi\"\napp = \"main:app\"\n");
     site("wsgi", "app = \"main:app\"\nmax_concurrency = 10\nlifespan = \"on\"\n[python.websocket]\nmax_message = \"1M\"\n");
     site("asgi", "interface = \"asgi\"\napp = \"main app\"\nthreads = 8\nmax_concurrency = 0\nlifespan = \"sometimes\"\n[python.websocket]\nmax_message = \"2G\"\nping_interval = \"often\"\nping_timeout = \"0s\"\nidle_timeout = -1\n");
-    site("unknown", "interface = \"asgi\"\napp = \"main:app\"\n[python.websocket]\nmax_frame = \"1M\"\n");
+    site(
+        "unknown",
+        "interface = \"asgi\"\napp = \"main:app\"\n[python.websocket]\nmax_frame = \"1M\"\n",
+    );
     check_errors(
         &cfg,
         expect![[r#"

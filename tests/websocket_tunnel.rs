@@ -64,7 +64,12 @@ async fn an_upgrade_to_an_asgi_site_is_tunnelled_counted_and_logged_once_at_clos
     let mut c = ws::open(server.addr, "chat.test", "/room?x=1", b"early").await;
     assert_eq!(c.status, 101, "{}", c.head);
     assert_eq!(c.header("upgrade"), Some("websocket"), "{}", c.head);
-    assert_eq!(c.header("connection").map(str::to_ascii_lowercase).as_deref(), Some("upgrade"));
+    assert_eq!(
+        c.header("connection")
+            .map(str::to_ascii_lowercase)
+            .as_deref(),
+        Some("upgrade")
+    );
     assert_eq!(c.header("sec-websocket-accept"), Some(ACCEPT));
     let head = greeting(&mut c).await.to_ascii_lowercase();
     for kept in [
@@ -100,7 +105,10 @@ async fn an_upgrade_to_an_asgi_site_is_tunnelled_counted_and_logged_once_at_clos
         open_sockets(&server, "chat").await == 0
     })
     .await;
-    assert!(closed, "the WebSocket still counted open after the client left");
+    assert!(
+        closed,
+        "the WebSocket still counted open after the client left"
+    );
     let log = cfg.path().join("log/chat.access.log");
     let text = common::wait_for(
         "the WebSocket's line in the access log",
@@ -116,7 +124,11 @@ async fn an_upgrade_to_an_asgi_site_is_tunnelled_counted_and_logged_once_at_clos
     let fields: Vec<&str> = lines[0].split(' ').collect();
     let received: u64 = fields.last().unwrap().parse().unwrap();
     assert_eq!(received, 5 + 5 + 300_000, "{}", lines[0]);
-    assert!(lines[0].contains("\"GET /room?x=1 HTTP/1.1\" 101 "), "{}", lines[0]);
+    assert!(
+        lines[0].contains("\"GET /room?x=1 HTTP/1.1\" 101 "),
+        "{}",
+        lines[0]
+    );
     server.stop().await;
 }
 
@@ -151,7 +163,12 @@ async fn a_refused_upgrade_is_relayed_as_a_response() {
 async fn open_websockets_count_against_max_concurrency_until_they_close() {
     let cfg = TestConfig::new();
     let user = TestUser::new();
-    ws_site(&cfg, "chat", &user, "processes = 1\nmax_concurrency = 2\nqueue_timeout = \"1s\"");
+    ws_site(
+        &cfg,
+        "chat",
+        &user,
+        "processes = 1\nmax_concurrency = 2\nqueue_timeout = \"1s\"",
+    );
     let server = InProcess::start(&cfg).await;
     let mut a = ws::open(server.addr, "chat.test", "/a", b"").await;
     let mut b = ws::open(server.addr, "chat.test", "/b", b"").await;
@@ -160,8 +177,16 @@ async fn open_websockets_count_against_max_concurrency_until_they_close() {
     greeting(&mut b).await;
     let started = Instant::now();
     let r = get(server.addr, "chat.test", "/third").await;
-    assert_eq!(r.status, 503, "two WebSockets fill max_concurrency = 2: {}", r.text());
-    assert!(started.elapsed() >= Duration::from_millis(900), "503 only after queue_timeout");
+    assert_eq!(
+        r.status,
+        503,
+        "two WebSockets fill max_concurrency = 2: {}",
+        r.text()
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "503 only after queue_timeout"
+    );
     drop(a);
     let freed = eventually(Duration::from_secs(10), || async {
         get(server.addr, "chat.test", "/third").await.status == 200
@@ -215,7 +240,8 @@ async fn an_h2c_listener_tunnels_http1_upgrades_too() {
 }
 
 #[tokio::test]
-async fn a_reload_of_another_site_never_touches_a_tunnel_and_its_own_restart_leaves_the_close_to_the_worker() {
+async fn a_reload_of_another_site_never_touches_a_tunnel_and_its_own_restart_leaves_the_close_to_the_worker(
+) {
     let cfg = TestConfig::new();
     let user = TestUser::new();
     ws_site(&cfg, "chat", &user, "request_timeout = \"2s\"");
@@ -233,7 +259,12 @@ async fn a_reload_of_another_site_never_touches_a_tunnel_and_its_own_restart_lea
     // A new generation of this site: the tunnel lives on until the old
     // worker, stopped after its drain (request_timeout + 1 s), closes it
     // itself (the real worker: close 1001; the stand-in: "GOING AWAY").
-    ws_site(&cfg, "chat", &user, "request_timeout = \"2s\"\nenv = { GENERATION = \"2\" }");
+    ws_site(
+        &cfg,
+        "chat",
+        &user,
+        "request_timeout = \"2s\"\nenv = { GENERATION = \"2\" }",
+    );
     let reloaded = Instant::now();
     let report = server.server.reload().await.expect("reload");
     assert_eq!(report.restarted, vec!["chat".to_owned()], "{report:?}");

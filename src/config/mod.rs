@@ -35,8 +35,7 @@ pub use server::{
 };
 pub use site::{
     AsgiConfig, IniValue, Lifespan, Limits, PhpConfig, PhpMode, PythonConfig, PythonInterface,
-    SiteConfig, StartPolicy, StaticConfig, WebSocketConfig,
-    DEFAULT_BODY_LIMIT, RESERVED_PHP_INI,
+    SiteConfig, StartPolicy, StaticConfig, WebSocketConfig, DEFAULT_BODY_LIMIT, RESERVED_PHP_INI,
 };
 pub use tls::{crypto_provider, load_certified_key, LoadedPair, SiteTls, TlsKey};
 pub use types::{parse_duration, parse_size, HostPattern, Scalar, SiteName};

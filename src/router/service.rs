@@ -188,26 +188,39 @@ fn switching(
     start: Instant,
 ) -> Response<ResponseBody> {
     let Some(tunnel) = tunnel.and_then(|slot| slot.take()) else {
-        site.logs
-            .error(&format!("{} {}: 502: a 101 response without an upgrade", log.method, log.uri));
+        site.logs.error(&format!(
+            "{} {}: 502: a 101 response without an upgrade",
+            log.method, log.uri
+        ));
         tracing::warn!(site = %site.config.name, method = %log.method, uri = %log.uri, "101 from an upstream that opened no tunnel: 502");
         site.stats.record(502, start.elapsed()); // metrics
         let response = plain_response(StatusCode::BAD_GATEWAY, "Bad Gateway");
-        return outgoing::wrap(response, log, proxy::ResponseFraming::AsIs, start, site.logs.clone());
+        return outgoing::wrap(
+            response,
+            log,
+            proxy::ResponseFraming::AsIs,
+            start,
+            site.logs.clone(),
+        );
     };
     site.stats.record(101, start.elapsed()); // metrics
     let headers = response.headers_mut();
     headers.remove(header::CONTENT_LENGTH);
-    headers.insert(header::CONNECTION, http::HeaderValue::from_static("upgrade"));
+    headers.insert(
+        header::CONNECTION,
+        http::HeaderValue::from_static("upgrade"),
+    );
     headers.insert(header::UPGRADE, http::HeaderValue::from_static("websocket"));
     *response.body_mut() = crate::upstream::empty_body();
-    response.extensions_mut().insert(AcceptedSlot::new(Accepted {
-        tunnel,
-        log,
-        logs: site.logs.clone(),
-        stats: site.stats.clone(),
-        start,
-    }));
+    response
+        .extensions_mut()
+        .insert(AcceptedSlot::new(Accepted {
+            tunnel,
+            log,
+            logs: site.logs.clone(),
+            stats: site.stats.clone(),
+            start,
+        }));
     response
 }
 
@@ -329,7 +342,10 @@ where
     if let Some(upgrade) = upgrade.filter(|_| upstream.tunnels()) {
         // A WebSocket for an upstream that tunnels: it gets the upgrade
         // headers back, and the mark (`upstream::tunnel`).
-        parts.headers.insert(header::CONNECTION, http::HeaderValue::from_static("upgrade"));
+        parts.headers.insert(
+            header::CONNECTION,
+            http::HeaderValue::from_static("upgrade"),
+        );
         parts.headers.insert(header::UPGRADE, upgrade);
         parts.extensions.insert(Upgrade);
     }

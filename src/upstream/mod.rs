@@ -16,8 +16,8 @@ use futures_util::future::BoxFuture;
 use http::{Request, Response, StatusCode};
 
 pub use error::{BodyError, Fault, UpstreamError};
-pub use tunnel::{Tunnel, TunnelSlot, Upgrade};
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Empty, Full};
+pub use tunnel::{Tunnel, TunnelSlot, Upgrade};
 
 use crate::config::SiteConfig;
 

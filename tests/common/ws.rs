@@ -49,7 +49,11 @@ pub async fn open(addr: SocketAddr, host: &str, path: &str, extra: &[u8]) -> Upg
             .await
             .unwrap_or_else(|_| panic!("no response head within 10 s; got {buf:?}"))
             .unwrap();
-        assert!(n > 0, "closed before a response head; got {:?}", String::from_utf8_lossy(&buf));
+        assert!(
+            n > 0,
+            "closed before a response head; got {:?}",
+            String::from_utf8_lossy(&buf)
+        );
         buf.extend_from_slice(&chunk[..n]);
     };
     let head = String::from_utf8_lossy(&buf[..end]).into_owned();
@@ -81,9 +85,15 @@ impl Upgraded {
             let mut chunk = [0u8; 65536];
             let n = tokio::time::timeout(Duration::from_secs(10), self.stream.read(&mut chunk))
                 .await
-                .unwrap_or_else(|_| panic!("only {:?} within 10 s", String::from_utf8_lossy(&self.rest)))
+                .unwrap_or_else(|_| {
+                    panic!("only {:?} within 10 s", String::from_utf8_lossy(&self.rest))
+                })
                 .unwrap_or(0);
-            assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&self.rest));
+            assert!(
+                n > 0,
+                "closed after {:?}",
+                String::from_utf8_lossy(&self.rest)
+            );
             self.rest.extend_from_slice(&chunk[..n]);
         }
         self.rest.drain(..want).collect()

@@ -248,7 +248,10 @@ mod tests {
         let mut out = Vec::new();
         write_combined(&mut out, &ws, t).unwrap();
         let ws = String::from_utf8(out).unwrap();
-        assert!(ws.ends_with("\" 101 13 \"-\" \"curl/8.0\" 2.000123 77"), "{ws}");
+        assert!(
+            ws.ends_with("\" 101 13 \"-\" \"curl/8.0\" 2.000123 77"),
+            "{ws}"
+        );
         // The time cached for one second is not reused for the next.
         let next = line(t + Duration::from_secs(1));
         assert!(next.contains("[25/Nov/2026:18:16:53 +0000]"), "{next}");

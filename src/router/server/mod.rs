@@ -489,7 +489,8 @@ fn spawn_tunnel(on_upgrade: hyper::upgrade::OnUpgrade, accepted: Accepted, share
 /// hyper-util's auto connection with upgrades, as [`watch`] drives it.
 struct Upgradeable<C>(Pin<Box<C>>);
 
-impl<I> watch::Served for Upgradeable<auto::UpgradeableConnection<'_, TokioIo<I>, ConnService, TokioExecutor>>
+impl<I> watch::Served
+    for Upgradeable<auto::UpgradeableConnection<'_, TokioIo<I>, ConnService, TokioExecutor>>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -497,7 +498,10 @@ where
         &mut self,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Result<watch::Ended, crate::upstream::BoxError>> {
-        self.0.as_mut().poll(cx).map(|r| r.map(|()| watch::Ended::Closed))
+        self.0
+            .as_mut()
+            .poll(cx)
+            .map(|r| r.map(|()| watch::Ended::Closed))
     }
 
     fn graceful_shutdown(&mut self) {

@@ -110,7 +110,10 @@ async fn relays_both_ways_then_logs_and_releases_once_closed() {
         .await
         .expect("the tunnel did not end after both sides closed")
         .unwrap();
-    assert!(s.released.load(Ordering::SeqCst), "the lease was not released");
+    assert!(
+        s.released.load(Ordering::SeqCst),
+        "the lease was not released"
+    );
     assert_eq!((stats.websockets_open(), stats.websockets_total()), (0, 1));
     let log = access_log(&s.logs);
     assert!(

@@ -15,11 +15,11 @@ use http::Response;
 use http_body_util::{BodyExt, StreamBody};
 use tokio::sync::mpsc;
 
-use crate::upstream::admission::Permit;
-use crate::upstream::spool::Spooled;
 use super::wire::{self, Framing};
 use super::{pump, ConnPool, PythonUpstream, PUMP_FRAMES};
 use crate::supervisor::RuntimeLease;
+use crate::upstream::admission::Permit;
+use crate::upstream::spool::Spooled;
 use crate::upstream::{RequestContext, ResponseBody, Tunnel, TunnelSlot, UpstreamError};
 
 impl PythonUpstream {
