@@ -13,11 +13,18 @@ use common::{eventually, file_text, get, InProcess, TestConfig, TestUser};
 
 /// An ASGI site `name` whose worker is the stand-in.
 fn ws_site(cfg: &TestConfig, name: &str, user: &TestUser, python: &str) {
-    stand_in_site(cfg, name, user, &format!("interface = \"asgi\"\n{python}"));
+    stand_in_site(
+        cfg,
+        name,
+        user,
+        "",
+        &format!("interface = \"asgi\"\n{python}"),
+    );
 }
 
 /// A Python site `name` whose worker is the stand-in.
-fn stand_in_site(cfg: &TestConfig, name: &str, user: &TestUser, python: &str) {
+/// `site_extra` goes before the `[python]` table.
+fn stand_in_site(cfg: &TestConfig, name: &str, user: &TestUser, site_extra: &str, python: &str) {
     let worker = cfg.write("apps/wsworker.py", include_str!("apps/wsworker.py"));
     {
         use std::os::unix::fs::PermissionsExt;
@@ -27,7 +34,7 @@ fn stand_in_site(cfg: &TestConfig, name: &str, user: &TestUser, python: &str) {
     cfg.write(
         &format!("vhosts/{name}.toml"),
         &format!(
-            "hosts = [\"{name}.test\"]\nroot = \"www/{name}\"\nuser = \"{}\"\n[python]\napp = \"stand.in:app\"\nworker = \"{}\"\n{python}\n",
+            "hosts = [\"{name}.test\"]\nroot = \"www/{name}\"\nuser = \"{}\"\n{site_extra}\n[python]\napp = \"stand.in:app\"\nworker = \"{}\"\n{python}\n",
             user.name,
             worker.display()
         ),
@@ -293,7 +300,7 @@ async fn an_upgrade_to_a_wsgi_or_static_site_is_a_plain_request_on_a_connection_
     let user = TestUser::new();
     // The stand-in would answer 101 to an upgrade it saw: as a WSGI site's
     // worker it must see none (and a 101 from it could only be a 502).
-    stand_in_site(&cfg, "wsgi", &user, "");
+    stand_in_site(&cfg, "wsgi", &user, "", "");
     cfg.static_site("www", &["www.test"], "");
     let server = InProcess::start(&cfg).await;
     for host in ["wsgi.test", "www.test"] {
@@ -326,4 +333,83 @@ async fn an_upgrade_to_a_wsgi_or_static_site_is_a_plain_request_on_a_connection_
     let status = server.site("wsgi").await;
     assert_eq!(status.interface.as_deref(), Some("wsgi"));
     server.stop().await;
+}
+
+#[tokio::test]
+async fn a_websocket_over_tls_is_tunnelled_with_the_bytes_sent_behind_the_request() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let cfg = TestConfig::new();
+    let user = TestUser::new();
+    let cert = common::front::self_signed(&["chat.test"]);
+    cfg.write_cert("chat", &cert);
+    stand_in_site(
+        &cfg,
+        "chat",
+        &user,
+        "[tls]\ncert = \"certs/chat.pem\"\nkey = \"certs/chat.key\"",
+        "interface = \"asgi\"",
+    );
+    common::init_logging();
+    let config = cfg.load();
+    let state_dir = config.server.state_dir.clone();
+    let _sweep = common::CgroupSweep::new(&state_dir);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let server = polyhost::app::Server::start(config).await.unwrap();
+    let task = tokio::spawn(polyhost::app::serve_with(
+        server.clone(),
+        polyhost::router::Listeners {
+            http: Vec::new(),
+            https: vec![listener],
+        },
+        shutdown.clone(),
+    ));
+
+    let mut tls = common::front::tls_connect(addr, "chat.test", &[])
+        .await
+        .unwrap();
+    let mut out = ws::upgrade_request("chat.test", "/tls").into_bytes();
+    out.extend_from_slice(b"early");
+    tls.write_all(&out).await.unwrap();
+    let mut seen = Vec::new();
+    let want = b"early";
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let mut chunk = [0u8; 4096];
+        while !seen.ends_with(want) {
+            let n = tls.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&seen));
+            seen.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("only {:?} within 10 s", String::from_utf8_lossy(&seen)));
+    let seen = String::from_utf8_lossy(&seen).into_owned();
+    assert!(
+        seen.starts_with("HTTP/1.1 101 Switching Protocols\r\n"),
+        "{seen}"
+    );
+    assert!(
+        seen.contains(&format!("sec-websocket-accept: {ACCEPT}")),
+        "{seen}"
+    );
+    assert!(
+        seen.to_ascii_lowercase()
+            .contains("x-polyhost-scheme: https"),
+        "{seen}"
+    );
+    tls.write_all(b"over tls").await.unwrap();
+    let mut echo = [0u8; 8];
+    tokio::time::timeout(Duration::from_secs(10), tls.read_exact(&mut echo))
+        .await
+        .expect("no echo within 10 s")
+        .unwrap();
+    assert_eq!(&echo, b"over tls");
+    let status = server.status().await;
+    let chat = status.sites.iter().find(|s| s.name == "chat").unwrap();
+    assert_eq!(chat.websockets_open, 1);
+    drop(tls);
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+    common::check_hygiene(&state_dir);
 }
