@@ -112,20 +112,7 @@ impl PythonUpstream {
         }
         let mut conn = self.pool.get(&lease).await?;
         let head_request = parts.method == http::Method::HEAD;
-        let mut request = wire::Outgoing::new(
-            wire::encode_head(
-                &parts,
-                &wire::Metadata {
-                    remote_addr: ctx.client,
-                    scheme: ctx.scheme.as_str(),
-                    script_name: &ctx.mount_prefix,
-                    server_name: &ctx.host,
-                    server_port: ctx.local.port(),
-                },
-                body.len(),
-            ),
-            body,
-        );
+        let mut request = outgoing(&parts, body, ctx);
         let exchange = async {
             match conn.send(&mut request).await {
                 // Pooled connections are not probed before use (a system
@@ -176,24 +163,8 @@ impl PythonUpstream {
             drop(lease);
             return Ok(Response::from_parts(parts, super::full_body(bytes)));
         }
-        let (tx, rx) = mpsc::channel(PUMP_FRAMES);
-        tokio::spawn(pump(
-            conn,
-            head.framing,
-            tx,
-            lease,
-            permit,
-            self.pool.clone(),
-        ));
-        let stream =
-            futures_util::stream::unfold(
-                rx,
-                |mut rx| async move { rx.recv().await.map(|f| (f, rx)) },
-            );
-        Ok(Response::from_parts(
-            parts,
-            StreamBody::new(stream).boxed_unsync(),
-        ))
+        let body = pumped(conn, head.framing, lease, permit, self.pool.clone());
+        Ok(Response::from_parts(parts, body))
     }
 
     /// The request's way to a worker: its body spooled, a place in
@@ -263,6 +234,41 @@ impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+/// The request as it goes to a worker: its head, with the router's
+/// metadata for the worker (`x-polyhost-*`), and its spooled body.
+fn outgoing(parts: &http::request::Parts, body: Spooled, ctx: &RequestContext) -> wire::Outgoing {
+    wire::Outgoing::new(
+        wire::encode_head(
+            parts,
+            &wire::Metadata {
+                remote_addr: ctx.client,
+                scheme: ctx.scheme.as_str(),
+                script_name: &ctx.mount_prefix,
+                server_name: &ctx.host,
+                server_port: ctx.local.port(),
+            },
+            body.len(),
+        ),
+        body,
+    )
+}
+
+/// A response body read from the worker by a [`pump`] task into a bounded
+/// buffer, so the worker is released as soon as it has written.
+fn pumped(
+    conn: WorkerConn,
+    framing: Framing,
+    lease: RuntimeLease,
+    permit: Permit,
+    pool: Arc<ConnPool>,
+) -> ResponseBody {
+    let (tx, rx) = mpsc::channel(PUMP_FRAMES);
+    tokio::spawn(pump(conn, framing, tx, lease, permit, pool));
+    let stream =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|f| (f, rx)) });
+    StreamBody::new(stream).boxed_unsync()
 }
 
 /// Reads the worker's response into the client's buffer; returns the

@@ -12,11 +12,9 @@
 use std::sync::Arc;
 
 use http::Response;
-use http_body_util::{BodyExt, StreamBody};
-use tokio::sync::mpsc;
 
-use super::wire::{self, Framing};
-use super::{pump, ConnPool, PythonUpstream, PUMP_FRAMES};
+use super::wire::Framing;
+use super::{outgoing, pumped, ConnPool, PythonUpstream};
 use crate::supervisor::RuntimeLease;
 use crate::upstream::admission::Permit;
 use crate::upstream::spool::Spooled;
@@ -34,20 +32,7 @@ impl PythonUpstream {
         ctx: &RequestContext,
     ) -> Result<Response<ResponseBody>, UpstreamError> {
         let mut conn = self.pool.connect(&lease).await?;
-        let mut request = wire::Outgoing::new(
-            wire::encode_head(
-                parts,
-                &wire::Metadata {
-                    remote_addr: ctx.client,
-                    scheme: ctx.scheme.as_str(),
-                    script_name: &ctx.mount_prefix,
-                    server_name: &ctx.host,
-                    server_port: ctx.local.port(),
-                },
-                body.len(),
-            ),
-            body,
-        );
+        let mut request = outgoing(parts, body, ctx);
         let exchange = async {
             conn.send(&mut request)
                 .await
@@ -85,23 +70,13 @@ impl PythonUpstream {
         // Refused (403, or the app's denial response): relayed like any
         // response; the connection is closed after it (a pool of its own
         // that nothing takes from).
-        let (tx, rx) = mpsc::channel(PUMP_FRAMES);
-        tokio::spawn(pump(
+        let body = pumped(
             conn,
             head.framing,
-            tx,
             lease,
             permit,
             Arc::new(ConnPool::default()),
-        ));
-        let stream =
-            futures_util::stream::unfold(
-                rx,
-                |mut rx| async move { rx.recv().await.map(|f| (f, rx)) },
-            );
-        Ok(Response::from_parts(
-            parts,
-            StreamBody::new(stream).boxed_unsync(),
-        ))
+        );
+        Ok(Response::from_parts(parts, body))
     }
 }
