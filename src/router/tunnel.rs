@@ -54,31 +54,39 @@ pub(crate) struct Accepted {
 }
 
 /// Carries an [`Accepted`] in the `101` response's extensions (which must
-/// be `Clone`); the connection takes it.
+/// be `Clone`), and from the request's service to its connection's task:
+/// with hyper's `OnUpgrade` for a connection hyper upgrades itself (the
+/// auto builder's), without for one that upgrades by hand (`parking`).
 #[derive(Clone)]
-pub(crate) struct AcceptedSlot(Arc<Mutex<Option<Accepted>>>);
+pub(crate) struct AcceptedSlot(Arc<Mutex<Option<Handed>>>);
+
+/// What the slot holds.
+pub(crate) type Handed = (Accepted, Option<hyper::upgrade::OnUpgrade>);
 
 impl AcceptedSlot {
     pub(crate) fn new(accepted: Accepted) -> Self {
-        AcceptedSlot(Arc::new(Mutex::new(Some(accepted))))
+        AcceptedSlot(Arc::new(Mutex::new(Some((accepted, None)))))
     }
 
-    /// An empty slot: what an HTTP/1 connection that upgrades by hand
-    /// (`router::server::parking`) finds its tunnel in.
+    /// An empty slot: where a connection finds its tunnel.
     pub(crate) fn empty() -> Self {
         AcceptedSlot(Arc::new(Mutex::new(None)))
     }
 
-    pub(crate) fn put(&self, accepted: Accepted) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(accepted);
+    pub(crate) fn put(&self, handed: Handed) {
+        *self.lock() = Some(handed);
     }
 
-    pub(crate) fn take(&self) -> Option<Accepted> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    pub(crate) fn take(&self) -> Option<Handed> {
+        self.lock().take()
     }
 
     pub(crate) fn is_full(&self) -> bool {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).is_some()
+        self.lock().is_some()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Handed>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 

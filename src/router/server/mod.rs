@@ -59,7 +59,7 @@ use super::conn::{
 };
 use super::service::{handle, ConnInfo, Options};
 use super::table::SharedTable;
-use super::tunnel::{self, Accepted, AcceptedSlot};
+use super::tunnel::{self, AcceptedSlot};
 use crate::config::FrontConfig;
 use crate::lanes::{self, Lanes, Placed, Spread};
 use crate::upstream::Scheme;
@@ -404,16 +404,21 @@ async fn tls_connection(
 /// be as large as the whole request path's state even while idle.
 ///
 /// A WebSocket's `101` carries its tunnel (`router::tunnel::AcceptedSlot`),
-/// taken here: an HTTP/1 connection that parks upgrades by hand (`handoff`:
-/// its task runs the tunnel on the socket hyper hands back, `parking`);
-/// one served by hyper-util's auto builder (h2c) through
-/// `hyper::upgrade::on`, in a task of its own.
+/// taken here and left in `handoff` for the connection's task, which runs
+/// it once hyper has sent the `101`: on the socket hyper hands back (an
+/// HTTP/1 connection that parks, `parking`), or on the connection
+/// `hyper::upgrade::on` gives (one served by hyper-util's auto builder, h2c).
 #[derive(Clone)]
 struct ConnService {
     conn: ConnInfo,
     activity: Arc<Activity>,
     shared: Arc<Shared>,
-    handoff: Option<AcceptedSlot>,
+    /// Where a `101` leaves its tunnel for the connection's task to run
+    /// (so the tunnel keeps the connection's place in the limits).
+    handoff: AcceptedSlot,
+    /// The connection upgrades by hand (`parking`: hyper's plain HTTP/1
+    /// connection hands the socket back); else through hyper's `OnUpgrade`.
+    manual: bool,
 }
 
 type ServiceFuture =
@@ -428,14 +433,14 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
         let guard = self
             .activity
             .request_started(!req.body().is_end_stream(), last_request(&req));
-        let on_upgrade = match self.handoff {
-            None => req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>(),
-            Some(_) => None,
+        let on_upgrade = match self.manual {
+            false => req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>(),
+            true => None,
         };
         let req = req.map(|body| ReadToEnd::new(body, self.activity.clone()));
         let shared = self.shared.clone();
         let conn = self.conn;
-        let handoff = self.handoff.clone();
+        let (handoff, manual) = (self.handoff.clone(), self.manual);
         Box::pin(async move {
             let table = shared.table.load_full();
             let mut resp = handle(req, conn, table, &shared.options).await;
@@ -443,47 +448,21 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
                 .extensions_mut()
                 .remove::<AcceptedSlot>()
                 .and_then(|slot| slot.take());
-            if let Some(accepted) = accepted {
-                match (handoff, on_upgrade) {
-                    (Some(slot), _) => slot.put(accepted),
-                    (None, Some(on_upgrade)) => {
-                        spawn_tunnel(on_upgrade, accepted, &shared);
-                    }
-                    (None, None) => {
-                        // Cannot happen (a 101 answers only an HTTP/1.1
-                        // upgrade request, which hyper gives an OnUpgrade).
-                        resp = crate::upstream::plain_response(
-                            http::StatusCode::BAD_GATEWAY,
-                            "Bad Gateway",
-                        );
-                    }
+            if let Some((accepted, _)) = accepted {
+                if manual || on_upgrade.is_some() {
+                    handoff.put((accepted, on_upgrade));
+                } else {
+                    // Cannot happen (a 101 answers only an HTTP/1.1
+                    // upgrade request, which hyper gives an OnUpgrade).
+                    resp = crate::upstream::plain_response(
+                        http::StatusCode::BAD_GATEWAY,
+                        "Bad Gateway",
+                    );
                 }
             }
             Ok(resp.map(|inner| GuardedBody::new(inner, guard)))
         })
     }
-}
-
-/// Runs a WebSocket's tunnel once hyper has sent the `101` and handed the
-/// connection over (auto-builder connections; see [`ConnService`]).
-fn spawn_tunnel(on_upgrade: hyper::upgrade::OnUpgrade, accepted: Accepted, shared: &Arc<Shared>) {
-    let shared = shared.clone();
-    let tracker = shared.tracker.clone();
-    tracker.spawn(async move {
-        match on_upgrade.await {
-            Ok(upgraded) => {
-                let send_timeout = shared.options.front.limits.send_timeout;
-                tunnel::run(
-                    TokioIo::new(upgraded),
-                    accepted,
-                    send_timeout,
-                    shared.force.wait(),
-                )
-                .await;
-            }
-            Err(e) => tracing::debug!(error = %e, "WebSocket upgrade not completed"),
-        }
-    });
 }
 
 /// hyper-util's auto connection with upgrades, as [`watch`] drives it.
@@ -515,11 +494,13 @@ where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let limits = &shared.options.front.limits;
+    let handoff = AcceptedSlot::empty();
     let service = ConnService {
         conn,
         activity: activity.clone(),
         shared: shared.clone(),
-        handoff: None,
+        handoff: handoff.clone(),
+        manual: false,
     };
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder = match proto {
@@ -543,4 +524,17 @@ where
         builder.serve_connection_with_upgrades(TokioIo::new(io), service),
     ));
     watch(&mut served, &conn, proto, &activity, &shared).await;
+    // After a 101, hyper ended the connection and hands it over.
+    if let Some((accepted, Some(on_upgrade))) = handoff.take() {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let send_timeout = limits.send_timeout;
+                let io = TokioIo::new(upgraded);
+                tunnel::run(io, accepted, send_timeout, shared.force.wait()).await;
+            }
+            Err(e) => {
+                tracing::debug!(client = %conn.client, error = %e, "WebSocket upgrade not completed")
+            }
+        }
+    }
 }

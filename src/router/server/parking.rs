@@ -171,7 +171,8 @@ pub(super) async fn http1_parking<T: Transport>(
         conn,
         activity: activity.clone(),
         shared: shared.clone(),
-        handoff: Some(handoff.clone()),
+        handoff: handoff.clone(),
+        manual: true,
     };
     loop {
         let ready = match io.get_mut().buffered() {
@@ -205,7 +206,7 @@ pub(super) async fn http1_parking<T: Transport>(
                 let parts = served.conn.into_parts();
                 let mut io = parts.io.into_inner();
                 io.unread(&parts.read_buf);
-                if let Some(accepted) = handoff.take() {
+                if let Some((accepted, _)) = handoff.take() {
                     let send_timeout = limits.send_timeout;
                     tunnel::run(io, accepted, send_timeout, shared.force.wait()).await;
                 }
