@@ -186,3 +186,63 @@ async fn a_killed_worker_ends_its_websockets_restarts_and_the_neighbour_stays_op
     assert_eq!(open_sockets(&server, "beta").await, 1);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn an_http2_websocket_reaches_the_app_through_the_real_worker() {
+    use bytes::Bytes;
+    use http_body_util::Empty;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let cfg = TestConfig::new();
+    cfg.main_extra("h2c = true");
+    let user = TestUser::new();
+    asgi_site(&cfg, "chat", &user, "");
+    let server = InProcess::start(&cfg).await;
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let mut resp = None;
+    for _ in 0..50 {
+        let mut req = http::Request::builder()
+            .method(http::Method::CONNECT)
+            .uri("http://chat.test/echo")
+            .header("sec-websocket-version", "13")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        req.extensions_mut()
+            .insert(hyper::ext::Protocol::from_static("websocket"));
+        sender.ready().await.unwrap();
+        match sender.send_request(req).await {
+            Ok(r) => {
+                resp = Some(r);
+                break;
+            }
+            // Sent before the server's SETTINGS were read: the client refuses it.
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    let resp = resp.expect("extended CONNECT never accepted by the client");
+    assert_eq!(resp.status(), 200, "{resp:?}");
+    let mut tunnel = hyper_util::rt::TokioIo::new(hyper::upgrade::on(resp).await.unwrap());
+    tunnel.write_all(&ws::frame(1, b"h2 hello")).await.unwrap();
+    let mut head = [0u8; 2];
+    tokio::time::timeout(Duration::from_secs(10), tunnel.read_exact(&mut head))
+        .await
+        .expect("no frame within 10 s")
+        .unwrap();
+    assert_eq!(
+        (head[0], head[1]),
+        (0x81, 8),
+        "an unmasked final text frame of 8 bytes"
+    );
+    let mut payload = [0u8; 8];
+    tunnel.read_exact(&mut payload).await.unwrap();
+    assert_eq!(&payload, b"h2 hello");
+    assert_eq!(open_sockets(&server, "chat").await, 1);
+    drop(tunnel);
+    server.stop().await;
+}

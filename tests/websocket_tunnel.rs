@@ -413,3 +413,100 @@ async fn a_websocket_over_tls_is_tunnelled_with_the_bytes_sent_behind_the_reques
     task.await.unwrap().unwrap();
     common::check_hygiene(&state_dir);
 }
+
+#[tokio::test]
+async fn an_http2_websocket_rfc_8441_is_tunnelled_beside_other_streams_and_refused_elsewhere() {
+    use bytes::Bytes;
+    use http_body_util::Empty;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let cfg = TestConfig::new();
+    cfg.main_extra("h2c = true");
+    let user = TestUser::new();
+    ws_site(&cfg, "chat", &user, "");
+    cfg.static_site("www", &["www.test"], "");
+    let server = InProcess::start(&cfg).await;
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let connect = |host: &str| {
+        let mut req = http::Request::builder()
+            .method(http::Method::CONNECT)
+            .uri(format!("http://{host}/room"))
+            .header("sec-websocket-version", "13")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        req.extensions_mut()
+            .insert(hyper::ext::Protocol::from_static("websocket"));
+        req
+    };
+    // The server's SETTINGS (extended CONNECT enabled) come with the
+    // handshake; a request sent before they are read is refused by the client.
+    let mut resp = None;
+    for _ in 0..50 {
+        sender.ready().await.unwrap();
+        match sender.send_request(connect("chat.test")).await {
+            Ok(r) => {
+                resp = Some(r);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    let resp =
+        resp.expect("extended CONNECT never accepted by the client: server did not enable it");
+    assert_eq!(resp.status(), 200, "{resp:?}");
+    assert!(
+        resp.headers().get("sec-websocket-accept").is_none(),
+        "{resp:?}"
+    );
+    let mut tunnel = hyper_util::rt::TokioIo::new(hyper::upgrade::on(resp).await.unwrap());
+    let mut seen = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let mut chunk = [0u8; 4096];
+        while !seen.ends_with(b"\n\n") {
+            let n = tunnel.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&seen));
+            seen.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await
+    .expect("no greeting within 10 s");
+    let head = String::from_utf8_lossy(&seen).to_ascii_lowercase();
+    assert!(
+        head.starts_with("head get /room http/1.1") && head.contains("upgrade: websocket"),
+        "the worker got no HTTP/1.1 upgrade: {head}"
+    );
+    tunnel.write_all(b"over h2").await.unwrap();
+    let mut echo = [0u8; 7];
+    tokio::time::timeout(Duration::from_secs(10), tunnel.read_exact(&mut echo))
+        .await
+        .expect("no echo within 10 s")
+        .unwrap();
+    assert_eq!(&echo, b"over h2");
+    assert_eq!(open_sockets(&server, "chat").await, 1);
+    // Other streams of the same connection are served meanwhile, and a
+    // WebSocket to a site that does not tunnel is a CONNECT: 405.
+    let get = http::Request::get("http://www.test/")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    sender.ready().await.unwrap();
+    assert_eq!(sender.send_request(get).await.unwrap().status(), 200);
+    sender.ready().await.unwrap();
+    let refused = sender.send_request(connect("www.test")).await.unwrap();
+    assert_eq!(refused.status(), 405);
+    drop(tunnel);
+    let closed = eventually(Duration::from_secs(10), || async {
+        open_sockets(&server, "chat").await == 0
+    })
+    .await;
+    assert!(
+        closed,
+        "the HTTP/2 WebSocket still counted open after its stream closed"
+    );
+    server.stop().await;
+}

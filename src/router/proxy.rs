@@ -66,11 +66,26 @@ pub fn check_framing(headers: &HeaderMap) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// The `Upgrade` value of a WebSocket opening handshake (RFC 6455 §4.1):
-/// an HTTP/1.1 `GET` whose `Connection` names `upgrade` and whose `Upgrade`
-/// names `websocket` (both case-insensitive). Its other requirements (the
+/// How a request asks for a WebSocket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WebSocketAsk {
+    /// HTTP/1.1 (RFC 6455 §4.1): a `GET` whose `Connection` names `upgrade`
+    /// and whose `Upgrade` names `websocket` (both case-insensitive).
+    Upgrade,
+    /// HTTP/2 extended CONNECT (RFC 8441): `CONNECT` with the `:protocol`
+    /// pseudo-header `websocket`.
+    ExtendedConnect,
+}
+
+/// Whether `req` opens a WebSocket, and how. Its other requirements (the
 /// version, the key) are the worker's to check.
-pub fn websocket_upgrade<B>(req: &http::Request<B>) -> Option<HeaderValue> {
+pub fn websocket_ask<B>(req: &http::Request<B>) -> Option<WebSocketAsk> {
+    if req.version() == http::Version::HTTP_2 {
+        let protocol = req.extensions().get::<hyper::ext::Protocol>();
+        let websocket = protocol.is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"));
+        return (req.method() == Method::CONNECT && websocket)
+            .then_some(WebSocketAsk::ExtendedConnect);
+    }
     if req.version() != http::Version::HTTP_11 || req.method() != Method::GET {
         return None;
     }
@@ -81,10 +96,8 @@ pub fn websocket_upgrade<B>(req: &http::Request<B>) -> Option<HeaderValue> {
                 .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
         })
     };
-    if !has_token(header::CONNECTION, b"upgrade") || !has_token(header::UPGRADE, b"websocket") {
-        return None;
-    }
-    Some(HeaderValue::from_static("websocket"))
+    (has_token(header::CONNECTION, b"upgrade") && has_token(header::UPGRADE, b"websocket"))
+        .then_some(WebSocketAsk::Upgrade)
 }
 
 /// Removes hop-by-hop headers and the headers `Connection` names.

@@ -26,6 +26,7 @@ use crate::upstream::{
     plain_response, BodyError, BoxError, Fault, RequestContext, ResponseBody, Scheme, TunnelSlot,
     Upgrade, UpstreamError,
 };
+use proxy::WebSocketAsk;
 
 /// Per-connection facts every request on it shares.
 #[derive(Clone, Copy, Debug)]
@@ -81,7 +82,12 @@ where
         }
         return resp;
     }
-    let target = target::classify(req.method(), req.uri());
+    // An HTTP/2 WebSocket (RFC 8441) is the one CONNECT that is routed:
+    // to an upstream that tunnels, or refused there (`route`).
+    let target = match proxy::websocket_ask(&req) {
+        Some(WebSocketAsk::ExtendedConnect) => Target::Route,
+        _ => target::classify(req.method(), req.uri()),
+    };
     match target {
         Target::Route | Target::ServerOptions => {}
         Target::Connect => {
@@ -132,7 +138,7 @@ where
     };
     let site = site.clone();
     // Read before the hop-by-hop headers go: kept for an upstream that tunnels.
-    let upgrade = proxy::websocket_upgrade(&req);
+    let upgrade = proxy::websocket_ask(&req);
     // Hop-by-hop first: a client's `Connection: x-forwarded-for` must not
     // remove the forwarded headers the router sets next.
     proxy::strip_hop_by_hop(req.headers_mut());
@@ -203,19 +209,25 @@ fn switching(
             site.logs.clone(),
         );
     };
-    site.stats.record(101, start.elapsed()); // metrics
     let headers = response.headers_mut();
     headers.remove(header::CONTENT_LENGTH);
-    headers.insert(
-        header::CONNECTION,
-        http::HeaderValue::from_static("upgrade"),
-    );
-    headers.insert(header::UPGRADE, http::HeaderValue::from_static("websocket"));
+    if log.version() == Version::HTTP_2 {
+        // RFC 8441: a 2xx opens the stream's tunnel; no upgrade headers.
+        headers.remove(header::SEC_WEBSOCKET_ACCEPT);
+        *response.status_mut() = StatusCode::OK;
+    } else {
+        let upgrade = http::HeaderValue::from_static("upgrade");
+        headers.insert(header::CONNECTION, upgrade);
+        headers.insert(header::UPGRADE, http::HeaderValue::from_static("websocket"));
+    }
     *response.body_mut() = crate::upstream::empty_body();
+    let status = response.status().as_u16();
+    site.stats.record(status, start.elapsed()); // metrics
     response
         .extensions_mut()
         .insert(AcceptedSlot::new(Accepted {
             tunnel,
+            status,
             log,
             logs: site.logs.clone(),
             stats: site.stats.clone(),
@@ -308,7 +320,7 @@ async fn route<B>(
     host: String,
     site: &SiteRoute,
     options: &Options,
-    upgrade: Option<http::HeaderValue>,
+    upgrade: Option<WebSocketAsk>,
 ) -> Response<ResponseBody>
 where
     B: Body<Data = Bytes> + Send + 'static,
@@ -339,15 +351,11 @@ where
         mount_prefix: prefix.clone(),
     };
     let (mut parts, body) = req.into_parts();
-    if let Some(upgrade) = upgrade.filter(|_| upstream.tunnels()) {
-        // A WebSocket for an upstream that tunnels: it gets the upgrade
-        // headers back, and the mark (`upstream::tunnel`).
-        parts.headers.insert(
-            header::CONNECTION,
-            http::HeaderValue::from_static("upgrade"),
-        );
-        parts.headers.insert(header::UPGRADE, upgrade);
-        parts.extensions.insert(Upgrade);
+    match upgrade {
+        Some(ask) if upstream.tunnels() => as_upgrade(&mut parts, ask),
+        // No site sees CONNECT: only a tunnelling upstream gets a WebSocket.
+        Some(WebSocketAsk::ExtendedConnect) => return connect_refused(Version::HTTP_2),
+        _ => {}
     }
     // Most requests have no body: nothing to limit or time, and no
     // allocations for the wrappers (an empty body is boxed for free).
@@ -392,6 +400,30 @@ where
             None => error_response(e, site, &head),
         },
     }
+}
+
+/// A WebSocket for an upstream that tunnels, in the HTTP/1.1 form the
+/// worker takes (`ASGI-CONTRACT`): its upgrade headers back (the hop-by-hop
+/// strip removed them), and the mark (`upstream::Upgrade`). An HTTP/2 one
+/// (RFC 8441) becomes a `GET` with a `Sec-WebSocket-Key` of the router's: the
+/// key only proves that a server speaks WebSocket, which the worker is
+/// known to (its `Sec-WebSocket-Accept` is not passed on: RFC 8441 has none).
+fn as_upgrade(parts: &mut http::request::Parts, ask: WebSocketAsk) {
+    if ask == WebSocketAsk::ExtendedConnect {
+        parts.method = http::Method::GET;
+        parts.version = Version::HTTP_11;
+        parts.headers.insert(
+            header::SEC_WEBSOCKET_KEY,
+            http::HeaderValue::from_static("cG9seWhvc3QtaDItd3MhIQ=="),
+        );
+    }
+    let headers = &mut parts.headers;
+    headers.insert(
+        header::CONNECTION,
+        http::HeaderValue::from_static("upgrade"),
+    );
+    headers.insert(header::UPGRADE, http::HeaderValue::from_static("websocket"));
+    parts.extensions.insert(Upgrade);
 }
 
 /// The request body as upstreams read it: at most `limits.body` bytes, and

@@ -46,6 +46,8 @@ const BUFFER: usize = 16 << 10;
 /// which runs it once hyper has sent the `101`.
 pub(crate) struct Accepted {
     pub(crate) tunnel: Tunnel,
+    /// As sent: 101 (HTTP/1.1), 200 (HTTP/2, RFC 8441).
+    pub(crate) status: u16,
     pub(crate) log: LogFacts,
     pub(crate) logs: Arc<SiteLogs>,
     pub(crate) stats: Arc<SiteStats>,
@@ -103,6 +105,7 @@ pub(crate) async fn run<C>(
 {
     let Accepted {
         tunnel,
+        status,
         log,
         logs,
         stats,
@@ -151,7 +154,7 @@ pub(crate) async fn run<C>(
         tracing::debug!(error = %e, "WebSocket tunnel ended");
     }
     let client = from_client.unsplit(to_client);
-    log.write_tunnel(&logs, client.sent, client.received, start);
+    log.write_tunnel(&logs, status, client.sent, client.received, start);
 }
 
 /// The client's end: counts the bytes both ways, and fails a write (flush,

@@ -46,11 +46,23 @@ impl LogFacts {
         self.write_record(logs, status, bytes, None, start);
     }
 
-    /// Writes a WebSocket's line when its tunnel ends: status 101, the
-    /// bytes sent to the client, its whole life since the upgrade request,
-    /// and, last, the bytes received from the client.
-    pub(crate) fn write_tunnel(&self, logs: &SiteLogs, sent: u64, received: u64, start: Instant) {
-        self.write_record(logs, 101, sent, Some(received), start);
+    /// The request's HTTP version.
+    pub(crate) fn version(&self) -> Version {
+        self.version
+    }
+
+    /// Writes a WebSocket's line when its tunnel ends: its status (101;
+    /// HTTP/2: 200), the bytes sent to the client, its whole life since the
+    /// upgrade request, and, last, the bytes received from the client.
+    pub(crate) fn write_tunnel(
+        &self,
+        logs: &SiteLogs,
+        status: u16,
+        sent: u64,
+        received: u64,
+        start: Instant,
+    ) {
+        self.write_record(logs, status, sent, Some(received), start);
     }
 
     fn write_record(

@@ -441,6 +441,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
         let shared = self.shared.clone();
         let conn = self.conn;
         let (handoff, manual) = (self.handoff.clone(), self.manual);
+        let http2 = req.version() == http::Version::HTTP_2;
         Box::pin(async move {
             let table = shared.table.load_full();
             let mut resp = handle(req, conn, table, &shared.options).await;
@@ -449,20 +450,47 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
                 .remove::<AcceptedSlot>()
                 .and_then(|slot| slot.take());
             if let Some((accepted, _)) = accepted {
-                if manual || on_upgrade.is_some() {
-                    handoff.put((accepted, on_upgrade));
-                } else {
-                    // Cannot happen (a 101 answers only an HTTP/1.1
-                    // upgrade request, which hyper gives an OnUpgrade).
-                    resp = crate::upstream::plain_response(
-                        http::StatusCode::BAD_GATEWAY,
-                        "Bad Gateway",
-                    );
+                match (on_upgrade, http2) {
+                    // The connection serves other streams meanwhile.
+                    (Some(on_upgrade), true) => spawn_tunnel(on_upgrade, accepted, &shared),
+                    (on_upgrade, _) if manual || on_upgrade.is_some() => {
+                        handoff.put((accepted, on_upgrade))
+                    }
+                    _ => {
+                        // Cannot happen (a 101 answers only an HTTP/1.1
+                        // upgrade request, which hyper gives an OnUpgrade).
+                        resp = crate::upstream::plain_response(
+                            http::StatusCode::BAD_GATEWAY,
+                            "Bad Gateway",
+                        );
+                    }
                 }
             }
             Ok(resp.map(|inner| GuardedBody::new(inner, guard)))
         })
     }
+}
+
+/// Runs an HTTP/2 WebSocket's tunnel (RFC 8441) in a task of its own once
+/// hyper has sent the 200: its connection serves other streams meanwhile.
+/// Tracked, so the shutdown waits for it (and its grace ends it).
+fn spawn_tunnel(
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    accepted: tunnel::Accepted,
+    shared: &Arc<Shared>,
+) {
+    let shared = shared.clone();
+    let tracker = shared.tracker.clone();
+    tracker.spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let send_timeout = shared.options.front.limits.send_timeout;
+                let io = TokioIo::new(upgraded);
+                tunnel::run(io, accepted, send_timeout, shared.force.wait()).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "WebSocket upgrade not completed"),
+        }
+    });
 }
 
 /// hyper-util's auto connection with upgrades, as [`watch`] drives it.
@@ -519,6 +547,7 @@ where
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.h2_max_streams)
+        .enable_connect_protocol()
         .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX));
     let mut served = Upgradeable(Box::pin(
         builder.serve_connection_with_upgrades(TokioIo::new(io), service),

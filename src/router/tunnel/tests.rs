@@ -52,6 +52,7 @@ async fn setup(read_ahead: &'static [u8]) -> Setup {
             read_ahead: Bytes::from_static(read_ahead),
             hold: Box::new(Released(released.clone())),
         },
+        status: 101,
         log: LogFacts::of(&req, "10.1.2.3:4000".parse().unwrap()),
         logs: logs.clone(),
         stats: stats.clone(),
