@@ -3,14 +3,14 @@
 //! without parsing them (framing, pings and close codes are the worker's:
 //! see `docs/architecture.md`, "WebSockets").
 //!
-//! Each way goes through one fixed 16 KiB buffer (`copy_buf` over a
-//! `BufReader` of that size): a side that does not read stops the copy
-//! towards it, and the other side is then not read either, so neither a
-//! slow client nor a slow worker makes the router buffer more (backpressure
-//! both ways, through the sockets' own buffers). Not
-//! `copy_bidirectional`: it keeps a tunnel open until both sides have
-//! ended, so a worker's close (after the close handshake, or its death)
-//! would wait for a client that never closes. The tunnel holds the
+//! Each way goes through one buffer ([`relay`]: 1 KiB while idle, 16 KiB
+//! while bytes flow): a side that does not read stops the copy towards it,
+//! and the other side is then not read either, so neither a slow client nor
+//! a slow worker makes the router buffer more (backpressure both ways,
+//! through the sockets' own buffers). Not `copy_bidirectional`: it keeps a
+//! tunnel open until both sides have ended, so a worker's close (after the
+//! close handshake, or its death) would wait for a client that never
+//! closes; and its buffers live as long as the tunnel. The tunnel holds the
 //! request's lease and admission place ([`Tunnel::hold`]) until it ends,
 //! counts as an open WebSocket of its site while it lives, and writes one
 //! access log line when it ends (status 101, its duration, the bytes sent to
@@ -31,15 +31,17 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Sleep;
 
 use super::access_log::{LogFacts, SiteLogs};
 use super::table::SiteStats;
 use crate::upstream::Tunnel;
 
-/// Each direction's copy buffer.
+/// Each direction's buffer while bytes flow.
 const BUFFER: usize = 16 << 10;
+/// Each direction's buffer while it waits (part of the tunnel's task).
+const IDLE_BUFFER: usize = 1 << 10;
 
 /// A tunnel the worker accepted, with what its log line needs; handed from
 /// the request (`router::service`) to its connection (`router::server`),
@@ -124,15 +126,13 @@ pub(crate) async fn run<C>(
         // socket is shut for writing and the tunnel waits for the worker to
         // close (it answers a vanished client's end with its own).
         let upstream = async {
-            let mut from = BufReader::with_capacity(BUFFER, &mut from_client);
-            tokio::io::copy_buf(&mut from, &mut to_worker).await?;
+            relay(&mut from_client, &mut to_worker).await?;
             to_worker.shutdown().await
         };
         // Worker → client: the worker's end of stream (its close after the
         // close handshake, or its death) ends the tunnel.
         let downstream = async {
-            let mut from = BufReader::with_capacity(BUFFER, read_ahead.chain(from_worker));
-            tokio::io::copy_buf(&mut from, &mut to_client).await?;
+            relay(&mut read_ahead.chain(from_worker), &mut to_client).await?;
             to_client.shutdown().await
         };
         tokio::pin!(upstream, downstream, force);
@@ -155,6 +155,53 @@ pub(crate) async fn run<C>(
     }
     let client = from_client.unsplit(to_client);
     log.write_tunnel(&logs, status, client.sent, client.received, start);
+}
+
+/// Copies `from` to `to` until `from` ends. A direction waits for bytes
+/// with a 1 KiB buffer; a read that fills it takes a 16 KiB one from the
+/// heap for as long as bytes keep coming without a wait, then frees it:
+/// an idle WebSocket holds no large buffer (10,000 of them would otherwise
+/// hold 320 MiB), a busy one copies 16 KiB at a time. Every write is flushed
+/// (TLS keeps written bytes until then). By hand, not `tokio::io::copy`:
+/// its buffer lives as long as the copy.
+async fn relay<R, W>(from: &mut R, to: &mut W) -> io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut idle = [0u8; IDLE_BUFFER];
+    loop {
+        let n = from.read(&mut idle).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        to.write_all(&idle[..n]).await?;
+        to.flush().await?;
+        if n < IDLE_BUFFER {
+            continue;
+        }
+        let mut busy = vec![0u8; BUFFER];
+        loop {
+            // Whatever is there now; a wait goes back to the small buffer.
+            let ready = std::future::poll_fn(|cx| {
+                let mut buf = ReadBuf::new(&mut busy);
+                match Pin::new(&mut *from).poll_read(cx, &mut buf) {
+                    Poll::Pending => Poll::Ready(None),
+                    Poll::Ready(r) => Poll::Ready(Some(r.map(|()| buf.filled().len()))),
+                }
+            })
+            .await;
+            match ready {
+                None => break,
+                Some(Ok(0)) => return Ok(()),
+                Some(Ok(n)) => {
+                    to.write_all(&busy[..n]).await?;
+                    to.flush().await?;
+                }
+                Some(Err(e)) => return Err(e),
+            }
+        }
+    }
 }
 
 /// The client's end: counts the bytes both ways, and fails a write (flush,

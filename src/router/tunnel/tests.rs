@@ -237,3 +237,49 @@ async fn the_workers_close_ends_it_while_the_client_stays_and_a_client_end_is_pa
         .expect("the tunnel outlived both ends")
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_large_burst_goes_through_whole_and_in_order_both_ways() {
+    let s = setup(b"").await;
+    let tunnel = tokio::spawn(run(
+        s.router_side,
+        s.accepted,
+        Duration::from_secs(30),
+        std::future::pending(),
+    ));
+    // 1 MiB + 7 bytes of a pattern that shows any loss, repeat or reorder.
+    let data: Vec<u8> = (0..(1 << 20) + 7).map(|i: u32| (i % 251) as u8).collect();
+    let (mut client, mut worker) = (s.client, s.worker);
+    let up = {
+        let data = data.clone();
+        tokio::spawn(async move {
+            client.write_all(&data).await.unwrap();
+            let mut back = vec![0u8; data.len()];
+            client.read_exact(&mut back).await.unwrap();
+            assert!(back == data, "worker → client bytes differ");
+            client
+        })
+    };
+    let mut got = vec![0u8; data.len()];
+    tokio::time::timeout(Duration::from_secs(20), worker.read_exact(&mut got))
+        .await
+        .expect("the burst did not reach the worker")
+        .unwrap();
+    assert!(got == data, "client → worker bytes differ");
+    worker.write_all(&got).await.unwrap();
+    let client = tokio::time::timeout(Duration::from_secs(20), up)
+        .await
+        .expect("the burst did not come back")
+        .unwrap();
+    drop((client, worker));
+    tokio::time::timeout(Duration::from_secs(5), tunnel)
+        .await
+        .unwrap()
+        .unwrap();
+    let log = access_log(&s.logs);
+    let want = format!(" 101 {} ", data.len());
+    assert!(
+        log.contains(&want) && log.trim_end().ends_with(&data.len().to_string()),
+        "{log}"
+    );
+}
