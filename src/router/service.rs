@@ -228,7 +228,7 @@ fn switching(
         .insert(AcceptedSlot::new(Accepted {
             tunnel,
             status,
-            log,
+            log: log.detached(),
             logs: site.logs.clone(),
             stats: site.stats.clone(),
             start,

@@ -46,6 +46,21 @@ impl LogFacts {
         self.write_record(logs, status, bytes, None, start);
     }
 
+    /// The same facts in allocations of their own: the target and header
+    /// values hyper parsed share its read buffer (8 KiB or more), which a
+    /// WebSocket's line, written when it closes, must not keep alive.
+    pub(crate) fn detached(self) -> Self {
+        let copy = |v: Option<http::HeaderValue>| {
+            v.and_then(|v| http::HeaderValue::from_bytes(v.as_bytes()).ok())
+        };
+        LogFacts {
+            uri: self.uri.to_string().parse().unwrap_or_default(),
+            referer: copy(self.referer),
+            user_agent: copy(self.user_agent),
+            ..self
+        }
+    }
+
     /// The request's HTTP version.
     pub(crate) fn version(&self) -> Version {
         self.version

@@ -559,7 +559,8 @@ where
             Ok(upgraded) => {
                 let send_timeout = limits.send_timeout;
                 let io = TokioIo::new(upgraded);
-                tunnel::run(io, accepted, send_timeout, shared.force.wait()).await;
+                // Boxed: the tunnel's state is no part of every connection's task.
+                Box::pin(tunnel::run(io, accepted, send_timeout, shared.force.wait())).await;
             }
             Err(e) => {
                 tracing::debug!(client = %conn.client, error = %e, "WebSocket upgrade not completed")

@@ -203,12 +203,18 @@ pub(super) async fn http1_parking<T: Transport>(
             Some(Ended::Upgraded) => {
                 // hyper sent the 101 and stopped: the socket (with any
                 // bytes the client sent after its request) is the tunnel's.
-                let parts = served.conn.into_parts();
-                let mut io = parts.io.into_inner();
-                io.unread(&parts.read_buf);
+                let io = {
+                    // hyper's read buffer (what `read_buf` shares) is freed
+                    // here, not kept for the tunnel's life.
+                    let parts = served.conn.into_parts();
+                    let mut io = parts.io.into_inner();
+                    io.unread(&parts.read_buf);
+                    io
+                };
                 if let Some((accepted, _)) = handoff.take() {
                     let send_timeout = limits.send_timeout;
-                    tunnel::run(io, accepted, send_timeout, shared.force.wait()).await;
+                    // Boxed: the tunnel's state is no part of every connection's task.
+                    Box::pin(tunnel::run(io, accepted, send_timeout, shared.force.wait())).await;
                 }
                 return;
             }

@@ -231,7 +231,9 @@ impl WorkerConn {
     /// The socket and the bytes the worker sent past the head: what a
     /// tunnel relays after a `101`.
     pub fn into_tunnel(self) -> (UnixStream, Bytes) {
-        (self.stream, self.buf.freeze())
+        // A copy (usually of nothing): the read buffer's 16 KiB would
+        // otherwise live as long as the tunnel.
+        (self.stream, Bytes::copy_from_slice(&self.buf))
     }
 
     async fn read_head_of(
