@@ -189,43 +189,16 @@ async fn a_killed_worker_ends_its_websockets_restarts_and_the_neighbour_stays_op
 
 #[tokio::test]
 async fn an_http2_websocket_reaches_the_app_through_the_real_worker() {
-    use bytes::Bytes;
-    use http_body_util::Empty;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let cfg = TestConfig::new();
     cfg.main_extra("h2c = true");
     let user = TestUser::new();
     asgi_site(&cfg, "chat", &user, "");
     let server = InProcess::start(&cfg).await;
-    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tcp),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
-    let mut resp = None;
-    for _ in 0..50 {
-        let mut req = http::Request::builder()
-            .method(http::Method::CONNECT)
-            .uri("http://chat.test/echo")
-            .header("sec-websocket-version", "13")
-            .body(Empty::<Bytes>::new())
-            .unwrap();
-        req.extensions_mut()
-            .insert(hyper::ext::Protocol::from_static("websocket"));
-        sender.ready().await.unwrap();
-        match sender.send_request(req).await {
-            Ok(r) => {
-                resp = Some(r);
-                break;
-            }
-            // Sent before the server's SETTINGS were read: the client refuses it.
-            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-    }
-    let resp = resp.expect("extended CONNECT never accepted by the client");
+    let resp = ws::H2Ws::connect(server.addr)
+        .await
+        .websocket("chat.test", "/echo")
+        .await;
     assert_eq!(resp.status(), 200, "{resp:?}");
     let mut tunnel = hyper_util::rt::TokioIo::new(hyper::upgrade::on(resp).await.unwrap());
     tunnel.write_all(&ws::frame(1, b"h2 hello")).await.unwrap();

@@ -425,40 +425,8 @@ async fn an_http2_websocket_rfc_8441_is_tunnelled_beside_other_streams_and_refus
     ws_site(&cfg, "chat", &user, "");
     cfg.static_site("www", &["www.test"], "");
     let server = InProcess::start(&cfg).await;
-    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tcp),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
-    let connect = |host: &str| {
-        let mut req = http::Request::builder()
-            .method(http::Method::CONNECT)
-            .uri(format!("http://{host}/room"))
-            .header("sec-websocket-version", "13")
-            .body(Empty::<Bytes>::new())
-            .unwrap();
-        req.extensions_mut()
-            .insert(hyper::ext::Protocol::from_static("websocket"));
-        req
-    };
-    // The server's SETTINGS (extended CONNECT enabled) come with the
-    // handshake; a request sent before they are read is refused by the client.
-    let mut resp = None;
-    for _ in 0..50 {
-        sender.ready().await.unwrap();
-        match sender.send_request(connect("chat.test")).await {
-            Ok(r) => {
-                resp = Some(r);
-                break;
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-    }
-    let resp =
-        resp.expect("extended CONNECT never accepted by the client: server did not enable it");
+    let mut h2 = ws::H2Ws::connect(server.addr).await;
+    let resp = h2.websocket("chat.test", "/room").await;
     assert_eq!(resp.status(), 200, "{resp:?}");
     assert!(
         resp.headers().get("sec-websocket-accept").is_none(),
@@ -494,10 +462,9 @@ async fn an_http2_websocket_rfc_8441_is_tunnelled_beside_other_streams_and_refus
     let get = http::Request::get("http://www.test/")
         .body(Empty::<Bytes>::new())
         .unwrap();
-    sender.ready().await.unwrap();
-    assert_eq!(sender.send_request(get).await.unwrap().status(), 200);
-    sender.ready().await.unwrap();
-    let refused = sender.send_request(connect("www.test")).await.unwrap();
+    h2.sender.ready().await.unwrap();
+    assert_eq!(h2.sender.send_request(get).await.unwrap().status(), 200);
+    let refused = h2.websocket("www.test", "/room").await;
     assert_eq!(refused.status(), 405);
     drop(tunnel);
     let closed = eventually(Duration::from_secs(10), || async {

@@ -159,3 +159,49 @@ pub fn frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
     out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
     out
 }
+
+/// An HTTP/2 connection (h2c, prior knowledge) for WebSockets over RFC 8441.
+pub struct H2Ws {
+    pub sender: hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+}
+
+impl H2Ws {
+    pub async fn connect(addr: SocketAddr) -> H2Ws {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let (sender, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tcp),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        H2Ws { sender }
+    }
+
+    /// An extended CONNECT for a WebSocket at `http://{host}{path}`: the
+    /// response. The server's SETTINGS (extended CONNECT enabled) come with
+    /// the handshake; a request sent before the client read them is refused
+    /// by the client, so it is tried again (bounded: 1 s).
+    pub async fn websocket(
+        &mut self,
+        host: &str,
+        path: &str,
+    ) -> http::Response<hyper::body::Incoming> {
+        for _ in 0..50 {
+            let mut req = http::Request::builder()
+                .method(http::Method::CONNECT)
+                .uri(format!("http://{host}{path}"))
+                .header("sec-websocket-version", "13")
+                .body(http_body_util::Empty::new())
+                .unwrap();
+            req.extensions_mut()
+                .insert(hyper::ext::Protocol::from_static("websocket"));
+            self.sender.ready().await.unwrap();
+            match self.sender.send_request(req).await {
+                Ok(resp) => return resp,
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+        panic!("extended CONNECT never accepted by the client: the server did not enable it");
+    }
+}
