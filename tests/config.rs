@@ -509,3 +509,108 @@ fn a_site_whose_runtime_sockets_would_not_fit_is_refused_by_name() {
     assert!(!stderr.contains("vhosts/ok.toml"), "{stderr}");
     assert!(!stderr.contains(static_name), "{stderr}");
 }
+
+#[test]
+fn an_asgi_site_loads_its_defaults_and_its_settings_typed() {
+    use polyhost::config::{Lifespan, PythonInterface};
+    use std::time::Duration;
+    let cfg = TestConfig::new();
+    cfg.write(
+        "vhosts/plain.toml",
+        "hosts = [\"plain.test\"]\nuser = \"nobody\"\n[python]\ninterface = \"asgi\"\napp = \"main:app\"\n",
+    );
+    cfg.write(
+        "vhosts/tuned.toml",
+        "hosts = [\"tuned.test\"]\nuser = \"nobody\"\n[python]\ninterface = \"asgi\"\napp = \"main:app\"\nprocesses = 2\nmax_concurrency = 500\nlifespan = \"on\"\n[python.websocket]\nmax_message = \"1M\"\nping_interval = \"0s\"\nping_timeout = \"5s\"\nidle_timeout = \"10m\"\n",
+    );
+    let config = cfg.load();
+    let site = |name: &str| {
+        config
+            .sites
+            .iter()
+            .find(|(n, _)| n.as_str() == name)
+            .and_then(|(_, s)| s.python.clone())
+            .unwrap()
+    };
+    let plain = site("plain");
+    let PythonInterface::Asgi(asgi) = &plain.interface else {
+        panic!("not ASGI: {plain:?}");
+    };
+    assert_eq!(asgi.max_concurrency, 100, "default");
+    assert_eq!(asgi.lifespan, Lifespan::Auto, "default");
+    let ws = &asgi.websocket;
+    assert_eq!(
+        (
+            ws.max_message,
+            ws.ping_interval,
+            ws.ping_timeout,
+            ws.idle_timeout
+        ),
+        (
+            16 << 20,
+            Some(Duration::from_secs(20)),
+            Duration::from_secs(20),
+            None
+        ),
+        "defaults"
+    );
+    assert_eq!(
+        plain.per_process(),
+        100,
+        "admission: max_concurrency, not threads"
+    );
+    let tuned = site("tuned");
+    let asgi = tuned.asgi().unwrap();
+    assert_eq!((asgi.max_concurrency, asgi.lifespan), (500, Lifespan::On));
+    let ws = &asgi.websocket;
+    assert_eq!(
+        (
+            ws.max_message,
+            ws.ping_interval,
+            ws.ping_timeout,
+            ws.idle_timeout
+        ),
+        (
+            1 << 20,
+            None,
+            Duration::from_secs(5),
+            Some(Duration::from_secs(600))
+        )
+    );
+    assert_eq!(tuned.processes * tuned.per_process(), 1000);
+}
+
+#[test]
+fn asgi_keys_are_checked_and_a_key_of_the_other_interface_is_refused() {
+    let cfg = TestConfig::new();
+    let site = |name: &str, python: &str| {
+        cfg.write(
+            &format!("vhosts/{name}.toml"),
+            &format!("hosts = [\"{name}.test\"]\nuser = \"nobody\"\n[python]\n{python}"),
+        );
+    };
+    site("iface", "interface = \"rsgi\"\napp = \"main:app\"\n");
+    site("wsgi", "app = \"main:app\"\nmax_concurrency = 10\nlifespan = \"on\"\n[python.websocket]\nmax_message = \"1M\"\n");
+    site("asgi", "interface = \"asgi\"\napp = \"main app\"\nthreads = 8\nmax_concurrency = 0\nlifespan = \"sometimes\"\n[python.websocket]\nmax_message = \"2G\"\nping_interval = \"often\"\nping_timeout = \"0s\"\nidle_timeout = -1\n");
+    site(
+        "unknown",
+        "interface = \"asgi\"\napp = \"main:app\"\n[python.websocket]\nmax_frame = \"1M\"\n",
+    );
+    check_errors(
+        &cfg,
+        expect![[r#"
+            $DIR/vhosts/asgi.toml: python.app: "main app" is not an ASGI application reference (expected "package.module:callable")
+            $DIR/vhosts/asgi.toml: python.threads: applies to WSGI sites only: an ASGI site's concurrency per process is python.max_concurrency
+            $DIR/vhosts/asgi.toml: python.max_concurrency: 0 is not a whole number between 1 and 100000
+            $DIR/vhosts/asgi.toml: python.lifespan: "sometimes" is not a lifespan mode (expected "auto", "on" or "off")
+            $DIR/vhosts/asgi.toml: python.websocket.max_message: 2147483648 bytes is not between 1 byte and 1G
+            $DIR/vhosts/asgi.toml: python.websocket.ping_interval: "often" is not a duration (e.g. "30s", "5m", "250ms"; at most a year)
+            $DIR/vhosts/asgi.toml: python.websocket.ping_timeout: must be more than 0 (to never ping, set ping_interval = "0s")
+            $DIR/vhosts/asgi.toml: python.websocket.idle_timeout: -1 is not a duration (e.g. "30s", "5m", "250ms"; at most a year)
+            $DIR/vhosts/iface.toml: python.interface: "rsgi" is not an interface (expected "wsgi" or "asgi")
+            $DIR/vhosts/unknown.toml: python.websocket.max_frame: unknown field `max_frame`, expected one of `max_message`, `ping_interval`, `ping_timeout`, `idle_timeout` (line 7, column 1)
+            $DIR/vhosts/wsgi.toml: python.max_concurrency: applies to ASGI sites only (set python.interface = "asgi"); a WSGI site's concurrency per process is python.threads
+            $DIR/vhosts/wsgi.toml: python.lifespan: applies to ASGI sites only (set python.interface = "asgi")
+            $DIR/vhosts/wsgi.toml: python.websocket: applies to ASGI sites only (set python.interface = "asgi")"#]],
+    );
+}

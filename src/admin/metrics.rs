@@ -8,7 +8,8 @@
 //!
 //! Names (all prefixed `polyhost_`), labels `site` unless noted:
 //! `requests_total{site,class}`, `request_duration_seconds`,
-//! `queue_wait_seconds`, `requests_in_flight`, `worker_threads_busy`,
+//! `queue_wait_seconds`, `requests_in_flight`, `websockets_open` and
+//! `websockets_total` (ASGI sites), `worker_threads_busy`,
 //! `worker_threads_total`, `processes`, `memory_bytes`, `memory_limit_bytes`,
 //! `restarts_total`, `oom_kills_total`, `site_state{site,state}`; server-wide:
 //! `connections_accepted_total`, `connections_open`, `reloads_total{result}`,
@@ -26,6 +27,11 @@ use crate::app::Server;
 use crate::metrics::connections::CONNECTIONS;
 use crate::metrics::site::CLASSES;
 pub use crate::metrics::SiteView;
+
+/// Whether a site is an ASGI one (its WebSocket metrics are shown).
+fn asgi(s: &SiteStatus) -> bool {
+    s.interface.as_deref() == Some("asgi")
+}
 
 /// `Content-Type` of [`render`]'s output.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -132,6 +138,20 @@ impl Collector for Scrape {
         )?;
         self.per_site(
             e,
+            "polyhost_websockets_open",
+            "WebSockets open now (ASGI sites).",
+            Gauge,
+            |s, v| asgi(s).then(|| gauge(v.stats.websockets_open())),
+        )?;
+        self.per_site(
+            e,
+            "polyhost_websockets",
+            "WebSockets opened (ASGI sites).",
+            Counter,
+            |s, v| asgi(s).then(|| ConstCounter::new(v.stats.websockets_total())),
+        )?;
+        self.per_site(
+            e,
             "polyhost_worker_threads_busy",
             "Worker threads handling a request.",
             Gauge,
@@ -140,7 +160,7 @@ impl Collector for Scrape {
         self.per_site(
             e,
             "polyhost_worker_threads_total",
-            "Worker threads configured (processes x threads).",
+            "Worker threads configured (processes x threads; ASGI: processes x max_concurrency).",
             Gauge,
             |_, v| v.threads.map(|(_, total)| gauge(total)),
         )?;

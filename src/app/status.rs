@@ -36,6 +36,12 @@ pub struct SiteStatus {
     pub restarts: u64,
     pub oom_kills: u64,
     pub last_error: Option<String>,
+    /// A Python site's interface, `wsgi` or `asgi`; absent for other sites.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
+    /// WebSockets open now (tunnels the router relays for the site).
+    #[serde(default)]
+    pub websockets_open: u64,
 }
 
 impl SiteStatus {
@@ -86,6 +92,12 @@ impl SiteStatus {
                 .sum::<u64>()
                 .max(usage.map_or(0, |u| u.oom_kills)),
             last_error: snaps.iter().find_map(|s| s.last_error.clone()),
+            interface: e
+                .config()
+                .python
+                .as_ref()
+                .map(|py| py.interface_name().to_owned()),
+            websockets_open: e.stats().websockets_open(),
         }
     }
 }

@@ -110,7 +110,7 @@ pub fn status_table(s: &ServerStatus) -> String {
             [
                 cleaned(&site.name),
                 cleaned(&site.state),
-                cleaned(&site.runtime),
+                runtime(site),
                 site.processes.to_string(),
                 memory(site),
                 site.requests.to_string(),
@@ -164,9 +164,25 @@ pub fn status_table(s: &ServerStatus) -> String {
     out
 }
 
+/// The runtime as the table shows it: an ASGI site's is `python/asgi`
+/// (WSGI, the default, is plain `python`).
+fn runtime(site: &SiteStatus) -> String {
+    match site.interface.as_deref() {
+        Some("asgi") => format!("{}/asgi", cleaned(&site.runtime)),
+        _ => cleaned(&site.runtime),
+    }
+}
+
 pub fn site_detail(s: &SiteStatus) -> String {
     let mut out = String::new();
     let pids: Vec<String> = s.pids.iter().map(i32::to_string).collect();
+    let python = s.interface.as_deref().map(|i| {
+        let mut rows = vec![("interface", cleaned(i))];
+        if i == "asgi" {
+            rows.push(("websockets", format!("{} open", s.websockets_open)));
+        }
+        rows
+    });
     let rows = [
         ("site", cleaned(&s.name)),
         ("state", cleaned(&s.state)),
@@ -193,7 +209,12 @@ pub fn site_detail(s: &SiteStatus) -> String {
             s.last_error.as_deref().map_or_else(|| "-".into(), cleaned),
         ),
     ];
-    for (k, v) in rows {
+    let (head, tail) = rows.split_at(3);
+    for (k, v) in head
+        .iter()
+        .chain(python.iter().flatten())
+        .chain(tail.iter())
+    {
         let _ = writeln!(out, "{k:<11}{v}");
     }
     out
@@ -300,6 +321,8 @@ mod tests {
             restarts: 0,
             oom_kills: 0,
             last_error: None,
+            interface: None,
+            websockets_open: 0,
         }
     }
 
@@ -312,11 +335,14 @@ mod tests {
         shop.requests = 120_345;
         shop.responses_5xx = 12;
         shop.restarts = 1;
+        shop.interface = Some("asgi".into());
+        shop.websockets_open = 3;
         let mut blog = site("blog", "failed", "python");
         blog.restarts = 6;
         blog.oom_kills = 2;
         blog.memory_limit_bytes = Some(256 << 20);
         blog.last_error = Some("crash loop: OOM-killed (killed by signal 9 (SIGKILL)) after the app allocated too much".into());
+        blog.interface = Some("wsgi".into());
         let mut www = site("www", "static", "static");
         www.requests = 9;
         ServerStatus {
@@ -334,11 +360,11 @@ mod tests {
     fn status_table_for_a_bad_night() {
         expect![[r#"
             polyhost 0.1.0 (pid 1234), up 3h12m, limits: cgroup v1, reloads: 3 ok, 1 refused
-            SITE    STATE    RUNTIME  PROCS  MEMORY      REQUESTS  5XX  RESTARTS  OOM  LAST ERROR
-            blog    failed   python       0  -/256M             0    0         6    2  crash loop: OOM-killed (killed by signal 9 (SIGKILL)) after…
-            shop    running  python       2  34.1M/512M    120345   12         1    0  -
-            www     static   static       0  -                  9    0         0    0  -
-            sleepy  idle     python       0  -                  0    0         0    0  -
+            SITE    STATE    RUNTIME      PROCS  MEMORY      REQUESTS  5XX  RESTARTS  OOM  LAST ERROR
+            blog    failed   python           0  -/256M             0    0         6    2  crash loop: OOM-killed (killed by signal 9 (SIGKILL)) after…
+            shop    running  python/asgi      2  34.1M/512M    120345   12         1    0  -
+            www     static   static           0  -                  9    0         0    0  -
+            sleepy  idle     python           0  -                  0    0         0    0  -
             attention: blog (details: polyhost status SITE)
         "#]]
         .assert_eq(&status_table(&server()));
@@ -350,6 +376,8 @@ mod tests {
             site       shop
             state      running
             runtime    python
+            interface  asgi
+            websockets 3 open
             hosts      shop.example
             generation 1
             processes  2 (pids 4242, 4250)
@@ -396,6 +424,8 @@ mod tests {
             site       shop
             state      running
             runtime    python
+            interface  asgi
+            websockets 3 open
             hosts      shop.example\x1b[8m
             generation 1
             processes  2 (pids 4242, 4250)
@@ -407,7 +437,7 @@ mod tests {
         "#]]
         .assert_eq(&detail);
         expect![[r#"
-            shop    running  python       2  34.1M/512M    120345   12         1    0  php said: \x1b]52;c;cm0gLXJmIH4=\x07\x1b[2J\u{9b}31mred\x0d…
+            shop    running  python/asgi      2  34.1M/512M    120345   12         1    0  php said: \x1b]52;c;cm0gLXJmIH4=\x07\x1b[2J\u{9b}31mred\x0d…
         "#]]
         .assert_eq(&table.lines().nth(3).map(|l| format!("{l}\n")).unwrap_or_default());
         let body = ErrorBody {

@@ -142,4 +142,18 @@ pub struct RawPython {
     pub idle_timeout: Option<Scalar>,
     pub worker: Option<String>,
     pub env: Option<BTreeMap<String, String>>,
+    pub interface: Option<String>,
+    pub max_concurrency: Option<Scalar>,
+    pub lifespan: Option<String>,
+    pub websocket: Option<RawWebSocket>,
+}
+
+/// `[python.websocket]` (ASGI sites).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWebSocket {
+    pub max_message: Option<Scalar>,
+    pub ping_interval: Option<Scalar>,
+    pub ping_timeout: Option<Scalar>,
+    pub idle_timeout: Option<Scalar>,
 }

@@ -28,6 +28,10 @@ pub struct SiteStats {
     /// Time a request waited for a free worker thread (admission queue).
     pub(crate) queue_wait: Histogram,
     pub(crate) in_flight: Gauge,
+    /// WebSockets open now (tunnels the router relays).
+    pub(crate) websockets_open: Gauge,
+    /// WebSockets opened since the site exists.
+    pub(crate) websockets_total: Counter,
 }
 
 impl Default for SiteStats {
@@ -37,6 +41,8 @@ impl Default for SiteStats {
             duration: Histogram::new(DURATION_BUCKETS),
             queue_wait: Histogram::new(QUEUE_BUCKETS),
             in_flight: Gauge::default(),
+            websockets_open: Gauge::default(),
+            websockets_total: Counter::default(),
         }
     }
 }
@@ -71,6 +77,32 @@ impl SiteStats {
 
     pub fn in_flight(&self) -> i64 {
         self.in_flight.get()
+    }
+
+    /// Counts a WebSocket as open until the guard is dropped.
+    pub fn websocket_opened(&self) -> WebSocketOpen<'_> {
+        self.websockets_total.inc();
+        self.websockets_open.inc();
+        WebSocketOpen(&self.websockets_open)
+    }
+
+    /// WebSockets open now.
+    pub fn websockets_open(&self) -> u64 {
+        self.websockets_open.get().max(0) as u64
+    }
+
+    /// WebSockets opened so far.
+    pub fn websockets_total(&self) -> u64 {
+        self.websockets_total.get()
+    }
+}
+
+/// An open WebSocket; closed (counted down) when dropped.
+pub struct WebSocketOpen<'a>(&'a Gauge);
+
+impl Drop for WebSocketOpen<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
@@ -114,5 +146,12 @@ mod tests {
         assert_eq!(s.in_flight(), 1);
         drop(g);
         assert_eq!(s.in_flight(), 0);
+        let (a, b) = (s.websocket_opened(), s.websocket_opened());
+        assert_eq!((s.websockets_open(), s.websockets_total()), (2, 2));
+        drop((a, b));
+        let c = s.websocket_opened();
+        assert_eq!((s.websockets_open(), s.websockets_total()), (1, 3));
+        drop(c);
+        assert_eq!(s.websockets_open(), 0);
     }
 }

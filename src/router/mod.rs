@@ -12,6 +12,7 @@
 //! - [`proxy`]: framing checks, hop-by-hop and forwarded headers, response header checks,
 //!   response framing.
 //! - `outgoing`: the response body on its way out: access log line, declared length kept.
+//! - `tunnel`: a WebSocket after its `101`: bytes relayed both ways, unparsed.
 //! - [`table`], [`vhost`], [`mount`]: the routing snapshot and its lookups.
 //! - [`access_log`]: per-site access and error logs.
 //!
@@ -29,6 +30,7 @@ pub mod service;
 pub mod table;
 pub mod target;
 pub mod tls;
+mod tunnel;
 pub mod vhost;
 
 pub use access_log::{prepare_log_dir, retire_other_logs, SiteLogs};

@@ -66,6 +66,40 @@ pub fn check_framing(headers: &HeaderMap) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// How a request asks for a WebSocket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WebSocketAsk {
+    /// HTTP/1.1 (RFC 6455 §4.1): a `GET` whose `Connection` names `upgrade`
+    /// and whose `Upgrade` names `websocket` (both case-insensitive).
+    Upgrade,
+    /// HTTP/2 extended CONNECT (RFC 8441): `CONNECT` with the `:protocol`
+    /// pseudo-header `websocket`.
+    ExtendedConnect,
+}
+
+/// Whether `req` opens a WebSocket, and how. Its other requirements (the
+/// version, the key) are the worker's to check.
+pub fn websocket_ask<B>(req: &http::Request<B>) -> Option<WebSocketAsk> {
+    if req.version() == http::Version::HTTP_2 {
+        let protocol = req.extensions().get::<hyper::ext::Protocol>();
+        let websocket = protocol.is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"));
+        return (req.method() == Method::CONNECT && websocket)
+            .then_some(WebSocketAsk::ExtendedConnect);
+    }
+    if req.version() != http::Version::HTTP_11 || req.method() != Method::GET {
+        return None;
+    }
+    let has_token = |name: HeaderName, token: &[u8]| {
+        req.headers().get_all(name).iter().any(|v| {
+            v.as_bytes()
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+        })
+    };
+    (has_token(header::CONNECTION, b"upgrade") && has_token(header::UPGRADE, b"websocket"))
+        .then_some(WebSocketAsk::Upgrade)
+}
+
 /// Removes hop-by-hop headers and the headers `Connection` names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages have none: one pass over their few fields is cheaper

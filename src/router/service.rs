@@ -19,11 +19,14 @@ use super::outgoing;
 use super::proxy;
 use super::table::{RoutingTable, SiteRoute};
 use super::target::{self, Target};
+use super::tunnel::{Accepted, AcceptedSlot};
 use super::vhost::normalize_host;
 use crate::config::FrontConfig;
 use crate::upstream::{
-    plain_response, BodyError, BoxError, Fault, RequestContext, ResponseBody, Scheme, UpstreamError,
+    plain_response, BodyError, BoxError, Fault, RequestContext, ResponseBody, Scheme, TunnelSlot,
+    Upgrade, UpstreamError,
 };
+use proxy::WebSocketAsk;
 
 /// Per-connection facts every request on it shares.
 #[derive(Clone, Copy, Debug)]
@@ -79,7 +82,12 @@ where
         }
         return resp;
     }
-    let target = target::classify(req.method(), req.uri());
+    // An HTTP/2 WebSocket (RFC 8441) is the one CONNECT that is routed:
+    // to an upstream that tunnels, or refused there (`route`).
+    let target = match proxy::websocket_ask(&req) {
+        Some(WebSocketAsk::ExtendedConnect) => Target::Route,
+        _ => target::classify(req.method(), req.uri()),
+    };
     match target {
         Target::Route | Target::ServerOptions => {}
         Target::Connect => {
@@ -129,6 +137,8 @@ where
         );
     };
     let site = site.clone();
+    // Read before the hop-by-hop headers go: kept for an upstream that tunnels.
+    let upgrade = proxy::websocket_ask(&req);
     // Hop-by-hop first: a client's `Connection: x-forwarded-for` must not
     // remove the forwarded headers the router sets next.
     proxy::strip_hop_by_hop(req.headers_mut());
@@ -144,13 +154,14 @@ where
         scheme,
         ..conn
     };
-    let log = LogFacts::of(&req, conn.client, &site);
+    let log = LogFacts::of(&req, conn.client);
     let host = host.unwrap_or_default();
     let in_flight = site.stats.begin(); // metrics
     let mut response = match https_redirect(&req, &conn, &host, &site, options) {
         Some(r) => r,
-        None => route(req, conn, host, &site, options).await,
+        None => route(req, conn, host, &site, options, upgrade).await,
     };
+    let tunnel = response.extensions_mut().remove::<TunnelSlot>();
     let dropped = proxy::sanitize_response(response.headers_mut());
     if !dropped.is_empty() {
         site.logs.error(&format!(
@@ -158,11 +169,71 @@ where
         ));
         tracing::warn!(site = %site.config.name, headers = ?dropped, "dropped response headers with CR, LF or NUL in their value");
     }
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        return switching(response, tunnel, log, &site, start);
+    }
     let framing = frame_response(&mut response, &log, &site);
     site.stats
         .record(response.status().as_u16(), start.elapsed()); // metrics
     drop(in_flight); // metrics
     outgoing::wrap(response, log, framing, start, site.logs.clone())
+}
+
+/// A `101`: with the tunnel its upstream opened, it goes out with its
+/// upgrade headers (which `sanitize_response` removed as hop-by-hop) and the
+/// tunnel for the connection to run once hyper sent it (`router::tunnel`);
+/// its access log line is written when the tunnel ends. A `101` without a
+/// tunnel (an application's, through a runtime that carries none) is a 502:
+/// no response may turn a connection into something the router does not
+/// relay and account for.
+fn switching(
+    mut response: Response<ResponseBody>,
+    tunnel: Option<TunnelSlot>,
+    log: LogFacts,
+    site: &SiteRoute,
+    start: Instant,
+) -> Response<ResponseBody> {
+    let Some(tunnel) = tunnel.and_then(|slot| slot.take()) else {
+        site.logs.error(&format!(
+            "{} {}: 502: a 101 response without an upgrade",
+            log.method, log.uri
+        ));
+        tracing::warn!(site = %site.config.name, method = %log.method, uri = %log.uri, "101 from an upstream that opened no tunnel: 502");
+        site.stats.record(502, start.elapsed()); // metrics
+        let response = plain_response(StatusCode::BAD_GATEWAY, "Bad Gateway");
+        return outgoing::wrap(
+            response,
+            log,
+            proxy::ResponseFraming::AsIs,
+            start,
+            site.logs.clone(),
+        );
+    };
+    let headers = response.headers_mut();
+    headers.remove(header::CONTENT_LENGTH);
+    if log.version() == Version::HTTP_2 {
+        // RFC 8441: a 2xx opens the stream's tunnel; no upgrade headers.
+        headers.remove(header::SEC_WEBSOCKET_ACCEPT);
+        *response.status_mut() = StatusCode::OK;
+    } else {
+        let upgrade = http::HeaderValue::from_static("upgrade");
+        headers.insert(header::CONNECTION, upgrade);
+        headers.insert(header::UPGRADE, http::HeaderValue::from_static("websocket"));
+    }
+    *response.body_mut() = crate::upstream::empty_body();
+    let status = response.status().as_u16();
+    site.stats.record(status, start.elapsed()); // metrics
+    response
+        .extensions_mut()
+        .insert(AcceptedSlot::new(Accepted {
+            tunnel,
+            status,
+            log: log.detached(),
+            logs: site.logs.clone(),
+            stats: site.stats.clone(),
+            start,
+        }));
+    response
 }
 
 /// Applies [`proxy::response_framing`]: a bodiless response loses its body;
@@ -249,6 +320,7 @@ async fn route<B>(
     host: String,
     site: &SiteRoute,
     options: &Options,
+    upgrade: Option<WebSocketAsk>,
 ) -> Response<ResponseBody>
 where
     B: Body<Data = Bytes> + Send + 'static,
@@ -278,7 +350,13 @@ where
         host,
         mount_prefix: prefix.clone(),
     };
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
+    match upgrade {
+        Some(ask) if upstream.tunnels() => as_upgrade(&mut parts, ask),
+        // No site sees CONNECT: only a tunnelling upstream gets a WebSocket.
+        Some(WebSocketAsk::ExtendedConnect) => return connect_refused(Version::HTTP_2),
+        _ => {}
+    }
     // Most requests have no body: nothing to limit or time, and no
     // allocations for the wrappers (an empty body is boxed for free).
     let cut = (!body.is_end_stream()).then(|| Arc::new(OnceLock::new()));
@@ -322,6 +400,30 @@ where
             None => error_response(e, site, &head),
         },
     }
+}
+
+/// A WebSocket for an upstream that tunnels, in the HTTP/1.1 form the
+/// worker takes (`ASGI-CONTRACT`): its upgrade headers back (the hop-by-hop
+/// strip removed them), and the mark (`upstream::Upgrade`). An HTTP/2 one
+/// (RFC 8441) becomes a `GET` with a `Sec-WebSocket-Key` of the router's: the
+/// key only proves that a server speaks WebSocket, which the worker is
+/// known to (its `Sec-WebSocket-Accept` is not passed on: RFC 8441 has none).
+fn as_upgrade(parts: &mut http::request::Parts, ask: WebSocketAsk) {
+    if ask == WebSocketAsk::ExtendedConnect {
+        parts.method = http::Method::GET;
+        parts.version = Version::HTTP_11;
+        parts.headers.insert(
+            header::SEC_WEBSOCKET_KEY,
+            http::HeaderValue::from_static("cG9seWhvc3QtaDItd3MhIQ=="),
+        );
+    }
+    let headers = &mut parts.headers;
+    headers.insert(
+        header::CONNECTION,
+        http::HeaderValue::from_static("upgrade"),
+    );
+    headers.insert(header::UPGRADE, http::HeaderValue::from_static("websocket"));
+    parts.extensions.insert(Upgrade);
 }
 
 /// The request body as upstreams read it: at most `limits.body` bytes, and

@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::config::{PythonConfig, SiteConfig};
-use crate::supervisor::{Command, Launcher, Lifecycle, Listen, ProcessSocket};
+use crate::config::{AsgiConfig, PythonConfig, SiteConfig};
+use crate::supervisor::{Command, Launcher, Lifecycle, Listen, ProcessSocket, STOP_GRACE};
 
 pub struct PythonLauncher {
     site: String,
@@ -63,6 +63,39 @@ pub fn default_worker() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/usr/local/bin/polyhost-python"))
 }
 
+/// The ASGI flags of the worker's command line (`ASGI-CONTRACT`: only an
+/// ASGI site's worker gets them; a WSGI site's command line is as before).
+/// Durations go in whole seconds, rounded up, at least 1 when not zero.
+///
+/// `--graceful-timeout`: after SIGTERM the worker keeps its WebSockets open
+/// this long, then closes them with 1001 and runs lifespan shutdown (≤ 1 s
+/// more); the supervisor sends SIGKILL [`STOP_GRACE`] after SIGTERM, so this
+/// is half of that: the close frames go out before the kill. (SIGTERM comes
+/// only after the drain waited up to `request_timeout` + 1 s for the
+/// process's requests and WebSockets to end.)
+fn asgi_args(asgi: &AsgiConfig, request_timeout: Duration) -> Vec<String> {
+    let secs = |d: Option<Duration>| match d {
+        None => 0,
+        Some(d) if d.is_zero() => 0,
+        Some(d) => d.as_secs() + u64::from(d.subsec_nanos() > 0),
+    };
+    let ws = &asgi.websocket;
+    [
+        ("--interface", "asgi".to_owned()),
+        ("--graceful-timeout", (STOP_GRACE.as_secs() / 2).to_string()),
+        ("--max-concurrency", asgi.max_concurrency.to_string()),
+        ("--lifespan", asgi.lifespan.as_str().to_owned()),
+        ("--request-timeout", secs(Some(request_timeout)).to_string()),
+        ("--ws-max-message", ws.max_message.to_string()),
+        ("--ws-ping-interval", secs(ws.ping_interval).to_string()),
+        ("--ws-ping-timeout", secs(Some(ws.ping_timeout)).to_string()),
+        ("--ws-idle-timeout", secs(ws.idle_timeout).to_string()),
+    ]
+    .into_iter()
+    .flat_map(|(flag, value)| [flag.to_owned(), value])
+    .collect()
+}
+
 impl Launcher for PythonLauncher {
     fn app_error(&self, status: &std::process::ExitStatus) -> bool {
         status.code() == Some(polyhost_protocol::exit::APP_IMPORT_FAILED)
@@ -112,6 +145,9 @@ impl Launcher for PythonLauncher {
             args.push("--home".into());
             args.push(home.display().to_string());
         }
+        if let Some(asgi) = self.config.asgi() {
+            args.extend(asgi_args(asgi, self.config.request_timeout));
+        }
         Ok(Command {
             program: self.worker.clone(),
             args,
@@ -119,5 +155,30 @@ impl Launcher for PythonLauncher {
             cwd: self.cwd.clone(),
             fds: Vec::new(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Lifespan, WebSocketConfig};
+
+    #[test]
+    fn asgi_flags_round_durations_up_to_whole_seconds() {
+        let asgi = AsgiConfig {
+            max_concurrency: 7,
+            lifespan: Lifespan::On,
+            websocket: WebSocketConfig {
+                max_message: 1024,
+                ping_interval: Some(Duration::from_millis(1500)),
+                ping_timeout: Duration::from_millis(1),
+                idle_timeout: None,
+            },
+        };
+        assert_eq!(
+            asgi_args(&asgi, Duration::from_secs(60)).join(" "),
+            "--interface asgi --graceful-timeout 5 --max-concurrency 7 --lifespan on --request-timeout 60 \
+             --ws-max-message 1024 --ws-ping-interval 2 --ws-ping-timeout 1 --ws-idle-timeout 0"
+        );
     }
 }

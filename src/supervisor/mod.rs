@@ -31,6 +31,7 @@ pub use group::{spawn_group, GroupSpec};
 pub use handle::GroupHandle;
 pub use launcher::{Command, Launcher, Lifecycle, Listen, Probe, ProcessSocket};
 pub use lease::{LeaseError, RuntimeHandle, RuntimeLease};
+pub use mailbox::STOP_GRACE;
 pub use policy::{RestartPolicy, RestartTracker};
 pub use separation::{configured_site_identities, site_identities, IdentityDefaults};
 pub use snapshot::{GroupState, Snapshot};

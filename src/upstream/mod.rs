@@ -17,6 +17,7 @@ use http::{Request, Response, StatusCode};
 
 pub use error::{BodyError, Fault, UpstreamError};
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Empty, Full};
+pub use tunnel::{Tunnel, TunnelSlot, Upgrade};
 
 use crate::config::SiteConfig;
 
@@ -71,6 +72,14 @@ pub trait Upstream: Send + Sync + 'static {
     /// when it is shorter than `limits.body_timeout`.
     fn request_timeout(&self) -> Option<std::time::Duration> {
         None
+    }
+
+    /// Whether this upstream carries WebSocket upgrades (`tunnel`): the
+    /// router then keeps a request's upgrade headers and marks it with
+    /// [`Upgrade`]. Every other upstream gets upgrade requests as plain
+    /// requests, without their `Connection`/`Upgrade` headers.
+    fn tunnels(&self) -> bool {
+        false
     }
 
     /// Produce the response for one request. `ctx.mount_prefix` is the mount
@@ -159,6 +168,7 @@ pub mod php_source;
 pub mod python;
 pub mod spool;
 pub mod static_files;
+pub mod tunnel;
 
 /// Removes the newest of the pooled `entries` that `prefer` picks (one
 /// opened on the calling router lane), else the newest of all.

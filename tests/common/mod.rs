@@ -451,6 +451,7 @@ pub fn init_logging() {
 // Front-door helpers (TLS, HTTP/2, test upstreams, swappable routing table).
 pub mod edge;
 pub mod front;
+pub mod ws;
 
 pub mod cgroups;
 mod wait;

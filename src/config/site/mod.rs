@@ -10,7 +10,7 @@ mod python;
 mod sandbox;
 
 use python::validate_python;
-pub use python::PythonConfig;
+pub use python::{AsgiConfig, Lifespan, PythonConfig, PythonInterface, WebSocketConfig};
 pub use sandbox::{RawSandbox, SandboxConfig, SandboxNetwork};
 
 use super::error::FileErrors;

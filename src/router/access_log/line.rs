@@ -14,7 +14,6 @@ use http::{header, Request, Version};
 
 use super::SiteLogs;
 use crate::router::proxy;
-use crate::router::table::SiteRoute;
 
 /// What the access log line needs from the request, taken before the request
 /// is handed to the upstream.
@@ -30,7 +29,7 @@ pub(crate) struct LogFacts {
 }
 
 impl LogFacts {
-    pub(crate) fn of<B>(req: &Request<B>, client: SocketAddr, _site: &SiteRoute) -> Self {
+    pub(crate) fn of<B>(req: &Request<B>, client: SocketAddr) -> Self {
         LogFacts {
             client: proxy::ip_text(client.ip()),
             method: req.method().clone(),
@@ -44,6 +43,51 @@ impl LogFacts {
     /// Writes the request's line to the site's access log: `status` and
     /// `bytes` as sent, the time taken since `start`.
     pub(crate) fn write(&self, logs: &SiteLogs, status: u16, bytes: u64, start: Instant) {
+        self.write_record(logs, status, bytes, None, start);
+    }
+
+    /// The same facts in allocations of their own: the target and header
+    /// values hyper parsed share its read buffer (8 KiB or more), which a
+    /// WebSocket's line, written when it closes, must not keep alive.
+    pub(crate) fn detached(self) -> Self {
+        let copy = |v: Option<http::HeaderValue>| {
+            v.and_then(|v| http::HeaderValue::from_bytes(v.as_bytes()).ok())
+        };
+        LogFacts {
+            uri: self.uri.to_string().parse().unwrap_or_default(),
+            referer: copy(self.referer),
+            user_agent: copy(self.user_agent),
+            ..self
+        }
+    }
+
+    /// The request's HTTP version.
+    pub(crate) fn version(&self) -> Version {
+        self.version
+    }
+
+    /// Writes a WebSocket's line when its tunnel ends: its status (101;
+    /// HTTP/2: 200), the bytes sent to the client, its whole life since the
+    /// upgrade request, and, last, the bytes received from the client.
+    pub(crate) fn write_tunnel(
+        &self,
+        logs: &SiteLogs,
+        status: u16,
+        sent: u64,
+        received: u64,
+        start: Instant,
+    ) {
+        self.write_record(logs, status, sent, Some(received), start);
+    }
+
+    fn write_record(
+        &self,
+        logs: &SiteLogs,
+        status: u16,
+        bytes: u64,
+        received: Option<u64>,
+        start: Instant,
+    ) {
         let target = match self.uri.path_and_query() {
             // Absolute-form without a path (`http://h?x`): log `/?x`.
             Some(pq) if pq.as_str().starts_with('?') => std::borrow::Cow::Owned(format!("/{pq}")),
@@ -60,6 +104,7 @@ impl LogFacts {
             referer: header_text(&self.referer),
             user_agent: header_text(&self.user_agent),
             duration: start.elapsed(),
+            received,
         };
         logs.access
             // Whole seconds are logged: the coarse clock is enough.
@@ -84,6 +129,9 @@ pub struct AccessRecord<'a> {
     pub referer: Option<&'a str>,
     pub user_agent: Option<&'a str>,
     pub duration: Duration,
+    /// A WebSocket's line: the bytes received from the client, written
+    /// after the duration.
+    pub received: Option<u64>,
 }
 
 /// Writes a record in combined log format followed by the request time:
@@ -117,7 +165,11 @@ pub fn write_combined(
             // float formatting per line.
             r.duration.as_secs(),
             r.duration.subsec_micros()
-        )
+        )?;
+        match r.received {
+            Some(n) => write!(out, " {n}"),
+            None => Ok(()),
+        }
     })
 }
 
@@ -195,6 +247,7 @@ mod tests {
             referer: None,
             user_agent: Some("curl/8.0"),
             duration: Duration::from_micros(1500),
+            received: None,
         };
         let line = |t: SystemTime| {
             let mut out = Vec::new();
@@ -213,6 +266,19 @@ mod tests {
         let mut out = Vec::new();
         write_combined(&mut out, &slow, t).unwrap();
         assert!(String::from_utf8(out).unwrap().ends_with(" 2.000123"));
+        // A WebSocket's line: bytes received from the client after the duration.
+        let ws = AccessRecord {
+            status: 101,
+            received: Some(77),
+            ..slow
+        };
+        let mut out = Vec::new();
+        write_combined(&mut out, &ws, t).unwrap();
+        let ws = String::from_utf8(out).unwrap();
+        assert!(
+            ws.ends_with("\" 101 13 \"-\" \"curl/8.0\" 2.000123 77"),
+            "{ws}"
+        );
         // The time cached for one second is not reused for the next.
         let next = line(t + Duration::from_secs(1));
         assert!(next.contains("[25/Nov/2026:18:16:53 +0000]"), "{next}");

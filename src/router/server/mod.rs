@@ -59,6 +59,7 @@ use super::conn::{
 };
 use super::service::{handle, ConnInfo, Options};
 use super::table::SharedTable;
+use super::tunnel::{self, AcceptedSlot};
 use crate::config::FrontConfig;
 use crate::lanes::{self, Lanes, Placed, Spread};
 use crate::upstream::Scheme;
@@ -401,11 +402,23 @@ async fn tls_connection(
 /// What hyper calls for each request of a connection. The request's future
 /// is boxed: hyper keeps a slot for it per connection, which would otherwise
 /// be as large as the whole request path's state even while idle.
+///
+/// A WebSocket's `101` carries its tunnel (`router::tunnel::AcceptedSlot`),
+/// taken here and left in `handoff` for the connection's task, which runs
+/// it once hyper has sent the `101`: on the socket hyper hands back (an
+/// HTTP/1 connection that parks, `parking`), or on the connection
+/// `hyper::upgrade::on` gives (one served by hyper-util's auto builder, h2c).
 #[derive(Clone)]
 struct ConnService {
     conn: ConnInfo,
     activity: Arc<Activity>,
     shared: Arc<Shared>,
+    /// Where a `101` leaves its tunnel for the connection's task to run
+    /// (so the tunnel keeps the connection's place in the limits).
+    handoff: AcceptedSlot,
+    /// The connection upgrades by hand (`parking`: hyper's plain HTTP/1
+    /// connection hands the socket back); else through hyper's `OnUpgrade`.
+    manual: bool,
 }
 
 type ServiceFuture =
@@ -416,18 +429,90 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
     type Error = Infallible;
     type Future = ServiceFuture;
 
-    fn call(&self, req: Request<Incoming>) -> ServiceFuture {
+    fn call(&self, mut req: Request<Incoming>) -> ServiceFuture {
         let guard = self
             .activity
             .request_started(!req.body().is_end_stream(), last_request(&req));
+        let on_upgrade = match self.manual {
+            false => req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>(),
+            true => None,
+        };
         let req = req.map(|body| ReadToEnd::new(body, self.activity.clone()));
         let shared = self.shared.clone();
         let conn = self.conn;
+        let (handoff, manual) = (self.handoff.clone(), self.manual);
+        let http2 = req.version() == http::Version::HTTP_2;
         Box::pin(async move {
             let table = shared.table.load_full();
-            let resp = handle(req, conn, table, &shared.options).await;
+            let mut resp = handle(req, conn, table, &shared.options).await;
+            let accepted = resp
+                .extensions_mut()
+                .remove::<AcceptedSlot>()
+                .and_then(|slot| slot.take());
+            if let Some((accepted, _)) = accepted {
+                match (on_upgrade, http2) {
+                    // The connection serves other streams meanwhile.
+                    (Some(on_upgrade), true) => spawn_tunnel(on_upgrade, accepted, &shared),
+                    (on_upgrade, _) if manual || on_upgrade.is_some() => {
+                        handoff.put((accepted, on_upgrade))
+                    }
+                    _ => {
+                        // Cannot happen (a 101 answers only an HTTP/1.1
+                        // upgrade request, which hyper gives an OnUpgrade).
+                        resp = crate::upstream::plain_response(
+                            http::StatusCode::BAD_GATEWAY,
+                            "Bad Gateway",
+                        );
+                    }
+                }
+            }
             Ok(resp.map(|inner| GuardedBody::new(inner, guard)))
         })
+    }
+}
+
+/// Runs an HTTP/2 WebSocket's tunnel (RFC 8441) in a task of its own once
+/// hyper has sent the 200: its connection serves other streams meanwhile.
+/// Tracked, so the shutdown waits for it (and its grace ends it).
+fn spawn_tunnel(
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    accepted: tunnel::Accepted,
+    shared: &Arc<Shared>,
+) {
+    let shared = shared.clone();
+    let tracker = shared.tracker.clone();
+    tracker.spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let send_timeout = shared.options.front.limits.send_timeout;
+                let io = TokioIo::new(upgraded);
+                tunnel::run(io, accepted, send_timeout, shared.force.wait()).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "WebSocket upgrade not completed"),
+        }
+    });
+}
+
+/// hyper-util's auto connection with upgrades, as [`watch`] drives it.
+struct Upgradeable<C>(Pin<Box<C>>);
+
+impl<I> watch::Served
+    for Upgradeable<auto::UpgradeableConnection<'_, TokioIo<I>, ConnService, TokioExecutor>>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    fn poll_served(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<watch::Ended, crate::upstream::BoxError>> {
+        self.0
+            .as_mut()
+            .poll(cx)
+            .map(|r| r.map(|()| watch::Ended::Closed))
+    }
+
+    fn graceful_shutdown(&mut self) {
+        self.0.as_mut().graceful_shutdown();
     }
 }
 
@@ -437,10 +522,13 @@ where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let limits = &shared.options.front.limits;
+    let handoff = AcceptedSlot::empty();
     let service = ConnService {
         conn,
         activity: activity.clone(),
         shared: shared.clone(),
+        handoff: handoff.clone(),
+        manual: false,
     };
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder = match proto {
@@ -459,7 +547,24 @@ where
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.h2_max_streams)
+        .enable_connect_protocol()
         .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX));
-    let mut served = Box::pin(builder.serve_connection(TokioIo::new(io), service));
+    let mut served = Upgradeable(Box::pin(
+        builder.serve_connection_with_upgrades(TokioIo::new(io), service),
+    ));
     watch(&mut served, &conn, proto, &activity, &shared).await;
+    // After a 101, hyper ended the connection and hands it over.
+    if let Some((accepted, Some(on_upgrade))) = handoff.take() {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let send_timeout = limits.send_timeout;
+                let io = TokioIo::new(upgraded);
+                // Boxed: the tunnel's state is no part of every connection's task.
+                Box::pin(tunnel::run(io, accepted, send_timeout, shared.force.wait())).await;
+            }
+            Err(e) => {
+                tracing::debug!(client = %conn.client, error = %e, "WebSocket upgrade not completed")
+            }
+        }
+    }
 }

@@ -34,6 +34,7 @@ use super::watch::{watch, Ended, Served};
 use super::{ConnService, Proto, Shared};
 use crate::router::conn::{Activity, Expiry, TrackedIo};
 use crate::router::service::ConnInfo;
+use crate::router::tunnel::{self, AcceptedSlot};
 use crate::upstream::BoxError;
 
 /// How long an HTTP/1 connection stays idle before it parks.
@@ -84,6 +85,8 @@ struct Http1Conn<T: Transport> {
     activity: Arc<Activity>,
     /// A graceful close was asked for (shutdown, timeout or parking).
     closing: bool,
+    /// Where a WebSocket's `101` leaves its tunnel (`ConnService::handoff`).
+    handoff: AcceptedSlot,
     /// When to look whether the connection has been idle for
     /// [`PARK_AFTER`]; made the first time it is idle, then moved on only
     /// when it fires early (not once per request).
@@ -112,9 +115,15 @@ impl<T: Transport> Http1Conn<T> {
 
 impl<T: Transport> Served for Http1Conn<T> {
     fn poll_served(&mut self, cx: &mut Context<'_>) -> Poll<Result<Ended, BoxError>> {
-        // As a future, hyper flushes and shuts the socket down when done.
+        // As a future, hyper flushes and shuts the socket down when done;
+        // after a 101 it stops without shutting it down (an upgrade by hand).
         if let Poll::Ready(r) = Pin::new(&mut *self.conn).poll(cx) {
-            return Poll::Ready(r.map(|()| Ended::Closed).map_err(Into::into));
+            let ended = if self.handoff.is_full() {
+                Ended::Upgraded
+            } else {
+                Ended::Closed
+            };
+            return Poll::Ready(r.map(|()| ended).map_err(Into::into));
         }
         if self.closing || !self.activity.parkable() || !self.idle_long_enough(cx) {
             return Poll::Pending;
@@ -157,10 +166,13 @@ pub(super) async fn http1_parking<T: Transport>(
         .header_read_timeout(None)
         .max_buf_size(limits.max_header_size)
         .max_headers(limits.max_headers);
+    let handoff = AcceptedSlot::empty();
     let mut service = ConnService {
         conn,
         activity: activity.clone(),
         shared: shared.clone(),
+        handoff: handoff.clone(),
+        manual: true,
     };
     loop {
         let ready = match io.get_mut().buffered() {
@@ -179,6 +191,7 @@ pub(super) async fn http1_parking<T: Transport>(
             activity: activity.clone(),
             closing: false,
             park_clock: None,
+            handoff: handoff.clone(),
         };
         match watch(&mut served, &conn, Proto::Http1, &activity, &shared).await {
             Some(Ended::Parked) => {
@@ -186,6 +199,24 @@ pub(super) async fn http1_parking<T: Transport>(
                 io = parts.io.into_inner();
                 io.unread(&parts.read_buf);
                 service = parts.service;
+            }
+            Some(Ended::Upgraded) => {
+                // hyper sent the 101 and stopped: the socket (with any
+                // bytes the client sent after its request) is the tunnel's.
+                let io = {
+                    // hyper's read buffer (what `read_buf` shares) is freed
+                    // here, not kept for the tunnel's life.
+                    let parts = served.conn.into_parts();
+                    let mut io = parts.io.into_inner();
+                    io.unread(&parts.read_buf);
+                    io
+                };
+                if let Some((accepted, _)) = handoff.take() {
+                    let send_timeout = limits.send_timeout;
+                    // Boxed: the tunnel's state is no part of every connection's task.
+                    Box::pin(tunnel::run(io, accepted, send_timeout, shared.force.wait())).await;
+                }
+                return;
             }
             Some(Ended::Closed) | None => return,
         }

@@ -24,6 +24,8 @@ pub(super) enum Ended {
     Closed,
     /// HTTP/1 between requests: its HTTP state can be dropped, the socket kept.
     Parked,
+    /// HTTP/1 after a WebSocket's `101`: the socket is the tunnel's.
+    Upgraded,
 }
 
 /// A hyper connection as [`watch`] drives it.

@@ -27,12 +27,15 @@ use tokio::sync::mpsc;
 use wire::{Framing, WireError, WorkerConn};
 
 use super::admission::{Admission, Permit};
-use super::spool::spool;
-use super::{BoxError, RequestBody, RequestContext, ResponseBody, Upstream, UpstreamError};
+use super::spool::{spool, Spooled};
+use super::{
+    BoxError, RequestBody, RequestContext, ResponseBody, Upgrade, Upstream, UpstreamError,
+};
 use crate::config::PythonConfig;
 use crate::metrics::SiteStats;
 use crate::supervisor::{RuntimeHandle, RuntimeLease};
 
+mod upgrade;
 mod wire;
 
 /// Responses up to this size (with a Content-Length) are read whole at once.
@@ -46,6 +49,8 @@ pub struct PythonUpstream {
     queue_timeout: Duration,
     request_timeout: Duration,
     admission: Arc<Admission>,
+    /// An ASGI site: WebSocket upgrades go to its workers (`upgrade`).
+    tunnels: bool,
     /// Requests admitted to this upstream that hold no lease yet (spooling,
     /// queued, waiting for a worker): stopping waits for them.
     waiting: AtomicUsize,
@@ -59,12 +64,13 @@ impl PythonUpstream {
         config: &PythonConfig,
         stats: Arc<SiteStats>,
     ) -> Self {
-        let capacity = (config.processes * config.threads) as usize;
+        let capacity = (config.processes * config.per_process()) as usize;
         PythonUpstream {
             runtime,
             queue_timeout: config.queue_timeout,
             request_timeout: config.request_timeout,
             admission: Admission::new(capacity),
+            tunnels: config.asgi().is_some(),
             waiting: AtomicUsize::new(0),
             pool: Arc::new(ConnPool::default()),
             stats,
@@ -99,40 +105,14 @@ impl PythonUpstream {
         req: Request<RequestBody>,
         ctx: &RequestContext,
     ) -> Result<Response<ResponseBody>, UpstreamError> {
-        let waiting = Waiting::enter(&self.waiting);
-        let limit = ctx.site.limits.body;
         let (parts, body) = req.into_parts();
-        let body = spool(body, limit).await?;
-        let permit = match self.admission.acquire().immediate() {
-            Ok(permit) => {
-                self.stats.queued(Duration::ZERO);
-                permit
-            }
-            Err(wait) => {
-                let queued = Instant::now();
-                let permit = tokio::time::timeout(self.queue_timeout, wait).await;
-                self.stats.queued(queued.elapsed());
-                permit.map_err(|_| UpstreamError::QueueTimeout(self.queue_timeout))?
-            }
-        };
-        let lease = self.runtime.ready().await?;
-        drop(waiting);
+        let (body, permit, lease) = self.admit(body, ctx).await?;
+        if parts.extensions.get::<Upgrade>().is_some() {
+            return self.upgrade(&parts, body, permit, lease, ctx).await;
+        }
         let mut conn = self.pool.get(&lease).await?;
         let head_request = parts.method == http::Method::HEAD;
-        let mut request = wire::Outgoing::new(
-            wire::encode_head(
-                &parts,
-                &wire::Metadata {
-                    remote_addr: ctx.client,
-                    scheme: ctx.scheme.as_str(),
-                    script_name: &ctx.mount_prefix,
-                    server_name: &ctx.host,
-                    server_port: ctx.local.port(),
-                },
-                body.len(),
-            ),
-            body,
-        );
+        let mut request = outgoing(&parts, body, ctx);
         let exchange = async {
             match conn.send(&mut request).await {
                 // Pooled connections are not probed before use (a system
@@ -183,24 +163,34 @@ impl PythonUpstream {
             drop(lease);
             return Ok(Response::from_parts(parts, super::full_body(bytes)));
         }
-        let (tx, rx) = mpsc::channel(PUMP_FRAMES);
-        tokio::spawn(pump(
-            conn,
-            head.framing,
-            tx,
-            lease,
-            permit,
-            self.pool.clone(),
-        ));
-        let stream =
-            futures_util::stream::unfold(
-                rx,
-                |mut rx| async move { rx.recv().await.map(|f| (f, rx)) },
-            );
-        Ok(Response::from_parts(
-            parts,
-            StreamBody::new(stream).boxed_unsync(),
-        ))
+        let body = pumped(conn, head.framing, lease, permit, self.pool.clone());
+        Ok(Response::from_parts(parts, body))
+    }
+
+    /// The request's way to a worker: its body spooled, a place in
+    /// admission (waiting up to `queue_timeout`), a lease on a ready worker.
+    async fn admit(
+        &self,
+        body: RequestBody,
+        ctx: &RequestContext,
+    ) -> Result<(Spooled, Permit, RuntimeLease), UpstreamError> {
+        let waiting = Waiting::enter(&self.waiting);
+        let body = spool(body, ctx.site.limits.body).await?;
+        let permit = match self.admission.acquire().immediate() {
+            Ok(permit) => {
+                self.stats.queued(Duration::ZERO);
+                permit
+            }
+            Err(wait) => {
+                let queued = Instant::now();
+                let permit = tokio::time::timeout(self.queue_timeout, wait).await;
+                self.stats.queued(queued.elapsed());
+                permit.map_err(|_| UpstreamError::QueueTimeout(self.queue_timeout))?
+            }
+        };
+        let lease = self.runtime.ready().await?;
+        drop(waiting);
+        Ok((body, permit, lease))
     }
 
     fn broken(&self, lease: &RuntimeLease, what: &str, e: WireError) -> UpstreamError {
@@ -215,6 +205,10 @@ impl Upstream for PythonUpstream {
 
     fn request_timeout(&self) -> Option<Duration> {
         Some(self.request_timeout)
+    }
+
+    fn tunnels(&self) -> bool {
+        self.tunnels
     }
 
     fn handle<'a>(
@@ -240,6 +234,41 @@ impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+/// The request as it goes to a worker: its head, with the router's
+/// metadata for the worker (`x-polyhost-*`), and its spooled body.
+fn outgoing(parts: &http::request::Parts, body: Spooled, ctx: &RequestContext) -> wire::Outgoing {
+    wire::Outgoing::new(
+        wire::encode_head(
+            parts,
+            &wire::Metadata {
+                remote_addr: ctx.client,
+                scheme: ctx.scheme.as_str(),
+                script_name: &ctx.mount_prefix,
+                server_name: &ctx.host,
+                server_port: ctx.local.port(),
+            },
+            body.len(),
+        ),
+        body,
+    )
+}
+
+/// A response body read from the worker by a [`pump`] task into a bounded
+/// buffer, so the worker is released as soon as it has written.
+fn pumped(
+    conn: WorkerConn,
+    framing: Framing,
+    lease: RuntimeLease,
+    permit: Permit,
+    pool: Arc<ConnPool>,
+) -> ResponseBody {
+    let (tx, rx) = mpsc::channel(PUMP_FRAMES);
+    tokio::spawn(pump(conn, framing, tx, lease, permit, pool));
+    let stream =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|f| (f, rx)) });
+    StreamBody::new(stream).boxed_unsync()
 }
 
 /// Reads the worker's response into the client's buffer; returns the

@@ -249,6 +249,7 @@ fn python_config() -> PythonConfig {
         idle_timeout: None,
         worker: None,
         env: Default::default(),
+        interface: crate::config::PythonInterface::Wsgi,
     }
 }
 

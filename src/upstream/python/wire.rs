@@ -216,10 +216,38 @@ impl WorkerConn {
     /// Reads the response head. `head_request`: the request was HEAD, so
     /// the response has no body whatever its headers say.
     pub async fn read_head(&mut self, head_request: bool) -> Result<ResponseHead, WireError> {
+        self.read_head_of(head_request, false).await
+    }
+
+    /// Reads the response head to an upgrade request: a `101` is a final
+    /// answer here (the connection is then the worker's tunnel:
+    /// [`into_tunnel`](Self::into_tunnel)), and the connection is never
+    /// reused, whatever the answer.
+    pub async fn read_upgrade_head(&mut self) -> Result<ResponseHead, WireError> {
+        self.reusable = false;
+        self.read_head_of(false, true).await
+    }
+
+    /// The socket and the bytes the worker sent past the head: what a
+    /// tunnel relays after a `101`.
+    pub fn into_tunnel(self) -> (UnixStream, Bytes) {
+        // A copy (usually of nothing): the read buffer's 16 KiB would
+        // otherwise live as long as the tunnel.
+        (self.stream, Bytes::copy_from_slice(&self.buf))
+    }
+
+    async fn read_head_of(
+        &mut self,
+        head_request: bool,
+        upgrade: bool,
+    ) -> Result<ResponseHead, WireError> {
         loop {
             if let Some(head) = self.parse_head(head_request)? {
                 if head.status == StatusCode::CONTINUE {
                     continue; // the worker's answer to `Expect`: the real head follows
+                }
+                if upgrade && head.status == StatusCode::SWITCHING_PROTOCOLS {
+                    return Ok(head);
                 }
                 if head.status.is_informational() {
                     // The worker sends no other interim response (it refuses
