@@ -15,6 +15,7 @@ import asyncio
 import json
 import os
 import platform
+import pwd
 import re
 import signal
 import statistics
@@ -25,13 +26,15 @@ import time
 sys.dont_write_bytecode = True  # no __pycache__ in the checkout
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import loadgen  # noqa: E402
+import wsload  # noqa: E402
 from report import from_json, report  # noqa: E402
 from probes import (  # noqa: E402
     cpu_snapshot, descendants, first_byte_ms, http_get, loadavg, port_answers, rss_kib, wait_port,
 )
 from systems import (  # noqa: E402
-    ALL_PORTS, BIN, HERE, P_DENSITY, P_POLYHOST, PHP_RECYCLE, SETTINGS, TREE, WSGI_PORTS, density_sites,
-    make_tree, peer_ports, sh, start, start_systems, started, stop, stop_all, system_pids, targets, versions,
+    ALL_PORTS, ASGI_PORTS, BIN, HERE, P_DENSITY, P_POLYHOST, PHP_RECYCLE, SETTINGS, TREE, WSGI_PORTS, density_sites,
+    make_tree, peer_ports, proc, sh, site_user, start, start_systems, started, stop, stop_all, system_pids, targets,
+    versions,
 )
 
 log = print
@@ -57,6 +60,7 @@ WORKLOADS = [
     # The same file from a PHP site's root (polyhost's PHP site; nginx's PHP server).
     ("static 13 B, PHP site's root", "php-static", "/13b.txt", check_hello, BOTH),
     ("static 1 MiB", "static", "/1mib.bin", lambda b: len(b) == 1 << 20, BOTH),
+    ("ASGI hello 13 B", "asgi", "/", check_hello, BOTH),
 ]
 
 
@@ -182,24 +186,74 @@ def run_idle(args, polyhost_pid, extra):
 
 
 def run_longpoll(args, extra):
+    """WSGI (threads: the expected outcome is 60 answers and 940 × 503) and
+    ASGI (an event loop per process: every poll answered at ~20 s)."""
     clients, secs = (args.poll_clients, args.poll_seconds)
-    systems = chosen(args, {"polyhost": (P_POLYHOST, "sleep.bench"),
-                            "granian": (WSGI_PORTS["granian"] + 2, "localhost"),
-                            "apache-wsgi": (WSGI_PORTS["apache-wsgi"] + 2, "localhost"),
-                            "gunicorn": (WSGI_PORTS["gunicorn"] + 2, "localhost")})
+    wsgi = {s: (WSGI_PORTS[s] + 2, "localhost", "/") for s in ["granian", "apache-wsgi", "gunicorn"]}
+    systems = {k: v for k, v in chosen(args, {"polyhost": (P_POLYHOST, "sleep.bench", "/"), **wsgi}).items()}
+    asgi = chosen(args, {"polyhost": (P_POLYHOST, "asgi.bench", "/poll"),
+                         "uvicorn": (ASGI_PORTS["uvicorn"], "localhost", "/poll"),
+                         "granian": (ASGI_PORTS["granian-asgi"], "localhost", "/poll")})
+    systems.update({f"{s} (ASGI)": v for s, v in asgi.items()})
     out = {}
-    for s, (port, host) in systems.items():
+    for s, (port, host, path) in systems.items():
         # Warm: every process and thread started (no scale-from-zero in the numbers).
         wrk(port, host, "/", 64, 2)
         time.sleep(1)
         t = time.time()
-        counts, spans = asyncio.run(loadgen.long_polls(port, host, f"/?s={secs}", clients, timeout=args.poll_timeout))
+        counts, spans = asyncio.run(loadgen.long_polls(port, host, f"{path}?s={secs}", clients,
+                                                       timeout=args.poll_timeout))
         out[s] = dict(counts=counts, spans=spans, wall=time.time() - t)
         log(f"bench: {clients} long polls of {secs}s against {s}: "
             + ", ".join(f"{k}: {v} ({spans[k][0]:.1f}–{spans[k][1]:.1f}s)" for k, v in sorted(counts.items())))
         # Let the server drain what is still queued before the next one.
         time.sleep(2)
     extra["longpoll"] = dict(clients=clients, seconds=secs, timeout=args.poll_timeout, results=out)
+
+
+def run_websockets(args, extra):
+    """WebSocket echo (64 connections, 64-byte messages, round trips/s;
+    tuned-equal, interleaved reps) and idle WebSockets on polyhost's ASGI
+    site (router + that site's workers' memory, a fresh client's time)."""
+    systems = chosen(args, {"polyhost": (P_POLYHOST, "asgi.bench"),
+                            "uvicorn": (ASGI_PORTS["uvicorn"], "localhost"),
+                            "granian": (ASGI_PORTS["granian-asgi"], "localhost")})
+    live = {}
+    for s, (port, host) in systems.items():
+        try:
+            wsload.probe_ms(port, host, "/ws")
+            live[s] = (port, host)
+        except Exception as e:  # noqa: BLE001 - reported, the others still measured
+            extra.setdefault("ws_notes", []).append(f"WebSocket echo: {s} not measured ({type(e).__name__}: {e})")
+    echo = {s: [] for s in live}
+    for rep in range(args.reps):
+        for s, (port, host) in live.items():
+            r = wsload.echo(port, host, "/ws", conns=64, seconds=args.duration)
+            log(f"bench: WebSocket echo rep {rep + 1} {s}: {r['rtps']:.0f} round trips/s, errors {r['errors']}")
+            echo[s].append(r)
+    extra["ws_echo"] = echo
+    if "polyhost" not in live:
+        return
+    # Each idle WebSocket holds two descriptors in the router (client, site
+    # process): the count fits the router's limit (the hard limit may be low).
+    n = min(args.idle, max(0, (nofile_hard() - 2000) // 2))
+    uid = pwd.getpwnam(site_user("asgi")).pw_uid
+    router = proc("polyhost")
+
+    def measure():
+        workers = [p for p in descendants(router) if os.stat(f"/proc/{p}").st_uid == uid]
+        return dict(router=rss_kib(router), workers=sum(rss_kib(p) for p in workers), nworkers=len(workers))
+    before = measure()
+    opened, failed, during, probe = asyncio.run(wsload.idle(P_POLYHOST, "asgi.bench", "/ws", n, measure))
+    extra["ws_idle"] = dict(n=n, wanted=args.idle, opened=opened, failed=failed, before=before, during=during,
+                            probe=probe)
+    log(f"bench: {n} idle WebSockets: opened {opened} (failed {failed}); router {during['router'] / 1024:.1f} MiB, "
+        f"workers {during['workers'] / 1024:.1f} MiB; fresh client: {probe}")
+
+
+def nofile_hard():
+    import resource
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[1]
 
 
 def run_density(args, extra):
@@ -281,7 +335,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true",
                     help="validation only: 1 rep, 2 s runs, concurrency 64 unless --concurrency is given")
-    ap.add_argument("--only", default="throughput,latency,idle,longpoll,density",
+    ap.add_argument("--only", default="throughput,latency,idle,websocket,longpoll,density",
                     help="comma-separated parts to run")
     ap.add_argument("--systems", default=None,
                     help="comma-separated systems to measure (e.g. polyhost, for an A/B of two builds); default all")
@@ -355,6 +409,8 @@ def main():
             run_latency(args, results, notes)
         if "idle" in parts:
             run_idle(args, poly.pid, extra)
+        if "websocket" in parts:
+            run_websockets(args, extra)
         if "longpoll" in parts:
             run_longpoll(args, extra)
         meta["polyhost_rss_end_kib"] = rss_kib(poly.pid)

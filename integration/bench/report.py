@@ -1,13 +1,13 @@
 """The Markdown report of a benchmark run: the setup (both settings, access
 logs, load average), one throughput table per setting, latency, idle
-connections, long polls, density, and the targets, each checked at both
+connections, WebSockets (echo, idle), long polls, density, and the targets, each checked at both
 settings and every concurrency (a target counts only if it holds in all).
 Stdlib only; used by bench.py.
 """
 
 import statistics
 
-from systems import PHP_CHILDREN, PHP_RECYCLE, PROCS, SETTING_LABEL, THREADS
+from systems import ASGI_MAX_CONCURRENCY, PHP_CHILDREN, PHP_RECYCLE, PROCS, SETTING_LABEL, THREADS
 
 SETTING_TEXT = {
     "defaults": [
@@ -21,6 +21,8 @@ SETTING_TEXT = {
         "no `max_requests`), a pool per front",
         "nginx: Debian's `nginx.conf` (`worker_connections 768`, default `keepalive_requests` 1000, `gzip on`) "
         "and default site (`try_files $uri $uri/ =404`; PHP through `snippets/fastcgi-php.conf`)",
+        "ASGI: polyhost `[python] interface = \"asgi\"` with no tuning keys; `uvicorn app:application` (1 worker; "
+        "uvloop and httptools, as `uvicorn[standard]` installs); `granian --interface asgi --access-log` (1 worker)",
     ],
     "tuned": [
         f"WSGI: {PROCS} processes × {THREADS} threads everywhere (polyhost `processes`/`threads`; granian "
@@ -30,10 +32,13 @@ SETTING_TEXT = {
         f"the workload \"PHP hello, max_requests {PHP_RECYCLE}\" uses {PHP_RECYCLE} on both sides",
         "nginx: `worker_connections 16384`, `keepalive_requests 1000000`, no `try_files`; Apache "
         "`MaxKeepAliveRequests 0` (unlimited)",
+        f"ASGI: {PROCS} processes, one event loop each (polyhost `processes = {PROCS}`, `max_concurrency` "
+        f"{ASGI_MAX_CONCURRENCY}; uvicorn `--workers {PROCS} --loop uvloop --http httptools`; granian "
+        f"`--interface asgi --workers {PROCS}`)",
     ],
 }
 ACCESS_LOGS = ("access logs: **on** for every system that has one, at both settings — polyhost (always), nginx, "
-               "Apache (also for mod_wsgi), granian (`--access-log`), gunicorn (`--access-logfile`); php-fpm's "
+               "Apache (also for mod_wsgi), granian (`--access-log`), gunicorn (`--access-logfile`), uvicorn (its default); php-fpm's "
                "own `access.log` off (Debian's default; its front logs the request)")
 
 
@@ -158,8 +163,11 @@ def extras(L, extra):
         for s, r in lp["results"].items():
             o = "; ".join(f"{k}: {v} ({r['spans'][k][0]:.1f}–{r['spans'][k][1]:.1f})" for k, v in sorted(r["counts"].items()))
             L.append(f"| {s} | {o} | {r['wall']:.1f} |")
-        L.append("\npolyhost: queue_timeout 25s, so the expected outcome is 60 × 200 (two rounds of 30) "
-                 "and the rest 503 at ~25 s.\n")
+        L.append("\npolyhost (WSGI, `sleep.bench`): queue_timeout 25s, so the expected outcome is 60 × 200 (two "
+                 "rounds of 30) and the rest 503 at ~25 s. ASGI (`(ASGI)` rows: polyhost's `asgi.bench`, 2 processes; "
+                 "uvicorn and granian, 2 workers): an event loop per process, so every poll should be answered "
+                 "200 at ~20 s.\n")
+    websockets(L, extra)
     if "density" in extra:
         d = extra["density"]
         L.append(f"## Density: {d['sites']:,} sites (half Python, idle_timeout 60s; half PHP, start = \"on_demand\")\n")
@@ -179,6 +187,40 @@ def extras(L, extra):
                          + ("" if c["ok"] else f" (NOT the expected body: {c['body']!r})")
                          + (f"; warm right after: {c['warm_ms']:.1f} ms" if "warm_ms" in c else ""))
             L.append(f"- polyhost RSS after: {d['rss_after_kib'] / 1024:.1f} MiB")
+        L.append("")
+
+
+def websockets(L, extra):
+    if "ws_echo" in extra:
+        L.append("## WebSocket echo (64 connections, 64-byte binary messages, closed loop; tuned-equal: 2 processes)\n")
+        L.append("| system | round trips/s median | min–max | errors | polyhost/this |")
+        L.append("|---|---:|---:|---:|---:|")
+        med = {s: statistics.median(r["rtps"] for r in runs) for s, runs in extra["ws_echo"].items() if runs}
+        for s, runs in extra["ws_echo"].items():
+            if not runs:
+                continue
+            rt = [r["rtps"] for r in runs]
+            q = ratio(med.get("polyhost"), med[s]) if s != "polyhost" else None
+            L.append(f"| {s} | {med[s]:,.0f} | {min(rt):,.0f}–{max(rt):,.0f} | {sum(r['errors'] for r in runs)} | "
+                     f"{fx(q) if q else '—'} |")
+        L.append("")
+    for n in extra.get("ws_notes", []):
+        L.append(f"- {n}")
+    if "ws_idle" in extra:
+        w = extra["ws_idle"]
+        L.append("## Idle WebSockets on one ASGI site (polyhost, `asgi.bench`, 2 processes)\n")
+        if w["n"] < w["wanted"]:
+            L.append(f"- {w['n']:,} instead of {w['wanted']:,}: each open WebSocket holds two descriptors in the "
+                     "router (client and site process) and this machine's hard descriptor limit is lower than "
+                     f"{2 * w['wanted']:,}")
+        b, d = w["before"], w["during"]
+        L.append(f"- {w['opened']:,} of {w['n']:,} opened (failed: {w['failed']})")
+        L.append(f"- router RSS {b['router'] / 1024:.1f} → {d['router'] / 1024:.1f} MiB; the site's {d['nworkers']} "
+                 f"worker processes {b['workers'] / 1024:.1f} → {d['workers'] / 1024:.1f} MiB; together "
+                 f"{(d['router'] + d['workers']) / 1024:.1f} MiB")
+        p = w["probe"]
+        L.append(f"- a fresh client meanwhile (handshake + one echo): "
+                 + (f"{p:.1f} ms" if isinstance(p, float) else str(p)))
         L.append("")
 
 
@@ -240,6 +282,9 @@ def targets_table(L, args, med, lat, extra):
         q = a[1]["p99"] / b[1]["p99"]
         return q, q <= 1.2
     row(f"{recycle}: p99 ≤ 1.2× nginx+php-fpm's (polyhost p99 / theirs)", *per_c(p99, settings=("tuned",)))
+ 
+    for peer, want in [("uvicorn", 1.0), ("granian", 0.8)]:
+        row(f"ASGI hello 13 B ≥ {want}× {peer}", *per_c(vs("ASGI hello 13 B", peer, want)))
     row("static 13 B ≥ 0.9× nginx", *per_c(vs("static 13 B", "nginx", 0.9)))
     row("static 1 MiB ≥ 0.7× nginx", *per_c(vs("static 1 MiB", "nginx", 0.7)))
 
@@ -258,6 +303,7 @@ def targets_table(L, args, med, lat, extra):
                     oks.append(a[i] <= 1.2 * b[i])
             row(f"{name} {p} ≤ 1.2× {peer}", cells, oks)
     L.append("")
+    asgi_targets(L, extra)
     if "idle" not in extra and "density" not in extra:
         return
     # Not per setting: polyhost alone, one configuration each.
@@ -283,6 +329,36 @@ def targets_table(L, args, med, lat, extra):
             else:
                 one(f"cold first byte {label} < {lim} ms", f"not served (status {c['status']})",
                     None if label == "PHP" else False)
+    L.append("")
+
+
+def asgi_targets(L, extra):
+    """The ASGI and WebSocket targets (issue 20) that are not throughput cells."""
+    rows = []
+    echo = {s: statistics.median(r["rtps"] for r in runs) for s, runs in extra.get("ws_echo", {}).items() if runs}
+    if "polyhost" in echo and "granian" in echo:
+        q = echo["polyhost"] / echo["granian"]
+        rows.append(("WebSocket echo ≥ 0.8× granian", f"{q:.2f}×", q >= 0.8))
+    lp = extra.get("longpoll", {}).get("results", {}).get("polyhost (ASGI)")
+    if lp:
+        clients = extra["longpoll"]["clients"]
+        ok = sum(v for k, v in lp["counts"].items() if k.startswith("200")) == clients
+        rows.append((f"{clients:,} long polls on a 2-process ASGI site: all 200", "; ".join(
+            f"{k}: {v}" for k, v in sorted(lp["counts"].items())), ok))
+    w = extra.get("ws_idle")
+    if w:
+        total = (w["during"]["router"] + w["during"]["workers"]) / 1024
+        rows.append((f"{w['n']:,} idle WebSockets: router + workers < 150 MiB", f"{total:.1f} MiB "
+                     f"({w['opened']:,} open)", total < 150 and w["opened"] == w["n"]))
+        p = w["probe"]
+        rows.append(("a fresh WebSocket client meanwhile < 10 ms", f"{p:.1f} ms" if isinstance(p, float) else str(p),
+                     isinstance(p, float) and p < 10))
+    if not rows:
+        return
+    L.append("| target (ASGI, tuned-equal) | measured | met? |")
+    L.append("|---|---|---|")
+    for label, value, ok in rows:
+        L.append(f"| {label} | {value} | {'met' if ok else 'MISSED'} |")
     L.append("")
 
 

@@ -29,10 +29,10 @@ PACKAGES=(apache2 libapache2-mod-wsgi-py3 nginx php8.2-fpm wrk python3-dev pytho
 install_missing bench "${PACKAGES[@]}"
 
 VENV=${BENCH_VENV_DIR:-/var/tmp/polyhost-bench-venv}
-if [[ ! -x $VENV/bin/granian || ! -x $VENV/bin/gunicorn ]]; then
-    echo "bench: creating $VENV (granian, gunicorn)"
+if [[ ! -x $VENV/bin/granian || ! -x $VENV/bin/gunicorn || ! -x $VENV/bin/uvicorn ]]; then
+    echo "bench: creating $VENV (granian, gunicorn, uvicorn with uvloop and httptools)"
     /usr/bin/python3.11 -m venv "$VENV"
-    "$VENV/bin/pip" install -q --disable-pip-version-check granian gunicorn
+    "$VENV/bin/pip" install -q --disable-pip-version-check granian gunicorn 'uvicorn[standard]'
 fi
 chmod -R a+rX "$VENV"
 

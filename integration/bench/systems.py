@@ -9,14 +9,18 @@ Two settings (`SETTINGS`):
   `www.conf` pool (`pm = dynamic`, 5 children); nginx: Debian's `nginx.conf`
   and default site (`try_files`, `snippets/fastcgi-php.conf`); Apache:
   Debian's mpm_event and `MaxKeepAliveRequests 100`, mod_wsgi daemon mode
-  without `processes`/`threads`; granian and gunicorn with no options.
+  without `processes`/`threads`; granian, gunicorn and uvicorn with no
+  options (one worker each; uvicorn picks uvloop and httptools, which
+  `uvicorn[standard]` installs); polyhost's ASGI site with no tuning keys.
 - *tuned*: the same process, thread and recycling numbers everywhere
   (WSGI 2 processes x 15 threads, PHP static pools of 8 children, no
-  recycling), plus one PHP pool per side with `max_requests = 500`.
+  recycling; ASGI 2 processes, one event loop each), plus one PHP pool per
+  side with `max_requests = 500`.
 
 Access logs are on for every system that has one, at both settings:
 polyhost (always on), nginx, Apache (also for mod_wsgi), granian
-(`--access-log`) and gunicorn (`--access-logfile`). php-fpm's own
+(`--access-log`), gunicorn (`--access-logfile`) and uvicorn (on by
+default, to its output file). php-fpm's own
 `access.log` is off (Debian's default; the front logs the request).
 """
 
@@ -64,8 +68,13 @@ P_APACHE_PHP = {"tuned": 18151 + PORT_OFFSET, "defaults": 18152 + PORT_OFFSET}
 P_NGINX_PHP = {"tuned": 18161 + PORT_OFFSET, "defaults": 18163 + PORT_OFFSET}
 P_NGINX_STATIC = {"tuned": 18162 + PORT_OFFSET, "defaults": 18164 + PORT_OFFSET}
 P_NGINX_RECYCLE = 18165 + PORT_OFFSET
+# ASGI peers (issue 20): one server per setting, all serving apps/asgi_app.py.
+ASGI_PORTS = {"uvicorn": 18201 + PORT_OFFSET, "uvicorn-default": 18202 + PORT_OFFSET,
+              "granian-asgi": 18203 + PORT_OFFSET, "granian-asgi-default": 18204 + PORT_OFFSET}
+ASGI_MAX_CONCURRENCY = 10000  # polyhost's tuned ASGI site: long polls and idle WebSockets hold a slot each
 ALL_PORTS = ([P_POLYHOST, P_DENSITY, P_NGINX_RECYCLE] + list(P_APACHE_PHP.values()) + list(P_NGINX_PHP.values())
-             + list(P_NGINX_STATIC.values()) + [WSGI_PORTS[s] + i for s in WSGI_PORTS for i in range(3)])
+             + list(P_NGINX_STATIC.values()) + [WSGI_PORTS[s] + i for s in WSGI_PORTS for i in range(3)]
+             + list(ASGI_PORTS.values()))
 
 started = []  # (name, Popen)
 
@@ -102,7 +111,7 @@ def make_tree():
               "polyhost/vhosts", "polyhost/state", "polyhost/log", "density/vhosts",
               "density/state", "density/log", "logs"]:
         os.makedirs(os.path.join(TREE, d), exist_ok=True)
-    for f in ["hello.py", "big.py", "sleep.py"]:
+    for f in ["hello.py", "big.py", "sleep.py", "asgi_app.py"]:
         shutil.copy(os.path.join(HERE, "apps", f), os.path.join(TREE, "apps", f))
     for f in ["hello.php", "phpinfo.php"]:
         shutil.copy(os.path.join(HERE, "apps", f), os.path.join(TREE, "php", f))
@@ -181,6 +190,25 @@ max_requests = {max_requests}
 root = "{TREE}/php"
 user = "{site_user('php-d')}"
 [php]
+""")
+    # ASGI (issue 20): tuned = 2 processes as the peers' 2 workers; defaults = no tuning keys.
+    write(f"{base}/vhosts/asgi.toml", f"""hosts = ["asgi.bench"]
+user = "{site_user('asgi')}"
+[python]
+interface = "asgi"
+app = "asgi_app"
+path = ["{TREE}/apps"]
+processes = {PROCS}
+max_concurrency = {ASGI_MAX_CONCURRENCY}
+queue_timeout = "25s"
+request_timeout = "60s"
+""")
+    write(f"{base}/vhosts/asgi-d.toml", f"""hosts = ["asgi-d.bench"]
+user = "{site_user('asgi-d')}"
+[python]
+interface = "asgi"
+app = "asgi_app"
+path = ["{TREE}/apps"]
 """)
     write(f"{base}/vhosts/static.toml", f"""hosts = ["static.bench"]
 root = "{TREE}/static"
@@ -465,11 +493,25 @@ def start_peers():
                                       "--access-logfile", os.path.join(TREE, "logs", f"{family}-{app}.access.log"),
                                       "--worker-tmp-dir", os.path.join(TREE, "gunicorn"), f"{app}:application"],
                   cwd=apps, as_user=True)
+    start_asgi_peers(venv_bin, apps)
     start("php-fpm", [FPM, "--nodaemonize", "--fpm-config", fpm_config()])
     start("apache", ["/usr/sbin/apache2", "-f", apache_config(), "-DFOREGROUND"])
     for setting in SETTINGS:
         d = "nginx" if setting == "tuned" else "nginx-default"
         start(d, ["/usr/sbin/nginx", "-c", nginx_config(setting), "-p", os.path.join(TREE, d)])
+
+
+def start_asgi_peers(venv_bin, apps):
+    """uvicorn (uvloop + httptools, as `uvicorn[standard]` installs) and
+    granian `--interface asgi`: 2 workers (tuned), or their defaults (1)."""
+    for family, opts in [("uvicorn", ["--workers", str(PROCS), "--loop", "uvloop", "--http", "httptools"]),
+                         ("uvicorn-default", [])]:
+        start(family, [f"{venv_bin}/uvicorn", *opts, "--host", "127.0.0.1", "--port", str(ASGI_PORTS[family]),
+                       "asgi_app:application"], cwd=apps, as_user=True)
+    for family, opts in [("granian-asgi", ["--workers", str(PROCS)]), ("granian-asgi-default", [])]:
+        start(family, [f"{venv_bin}/granian", "--interface", "asgi", *opts, "--host", "127.0.0.1",
+                       "--port", str(ASGI_PORTS[family]), "--access-log", "asgi_app:application"],
+              cwd=apps, as_user=True)
 
 
 def peer_ports():
@@ -484,7 +526,7 @@ WSGI_SYSTEMS = ["polyhost", "granian", "apache-wsgi", "gunicorn"]
 def targets(kind, arg, setting):
     """{system: (port, host, path)} for a workload at a setting. `kind`:
     wsgi (arg: index of the app), php, php-recycle, php-static (a static
-    file from a PHP site's root), static (arg: the path)."""
+    file from a PHP site's root), static (arg: the path), asgi (arg: the path)."""
     if kind == "wsgi":
         app = WSGI_APPS[arg]
         suffix = "" if setting == "tuned" else "-default"
@@ -492,6 +534,11 @@ def targets(kind, arg, setting):
         for s in WSGI_SYSTEMS[1:]:
             t[s] = (WSGI_PORTS[s + suffix] + arg, "localhost", "/")
         return t
+    if kind == "asgi":
+        suffix = "" if setting == "tuned" else "-default"
+        return {"polyhost": (P_POLYHOST, "asgi.bench" if setting == "tuned" else "asgi-d.bench", arg),
+                "uvicorn": (ASGI_PORTS["uvicorn" + suffix], "localhost", arg),
+                "granian": (ASGI_PORTS["granian-asgi" + suffix], "localhost", arg)}
     php_host = "php.bench" if setting == "tuned" else "php-d.bench"
     if kind == "php":
         return {"polyhost": (P_POLYHOST, php_host, arg),
@@ -530,6 +577,9 @@ def system_pids(system, kind, arg, setting):
         if not fpm:
             return []
         return [fpm] + [c for c in descendants(fpm) if re.search(rf"pool {re.escape(name)}\s*$", cmdline(c))]
+    if kind == "asgi":
+        root = proc({"uvicorn": "uvicorn", "granian": "granian-asgi"}[system] + ("-default" if d else ""))
+        return {"app": [root] + descendants(root)} if root else {}
     if system in ("granian", "gunicorn"):
         root = proc(f"{system}{'-default' if d else ''}-{WSGI_APPS[arg]}")
         return {"app": [root] + descendants(root)} if root else {}
@@ -554,6 +604,7 @@ def versions():
     v["polyhost"] = sh(f"{BIN}/polyhost --version").stdout.strip()
     v["granian"] = sh(f"{VENV}/bin/granian --version").stdout.strip()
     v["gunicorn"] = sh(f"{VENV}/bin/gunicorn --version").stdout.strip()
+    v["uvicorn"] = sh(f"{VENV}/bin/uvicorn --version").stdout.strip()
     v["apache"] = sh("/usr/sbin/apache2 -v").stdout.splitlines()[0].split(":", 1)[1].strip()
     v["mod_wsgi"] = sh("dpkg-query -W -f='${Version}' libapache2-mod-wsgi-py3").stdout.strip()
     v["nginx"] = sh("/usr/sbin/nginx -v").stderr.strip().split(":", 1)[-1].strip()
