@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end: the real release binary serves the repository's own demo
 # configuration (polyhost.toml + vhosts/) on an ephemeral port; every demo
-# site answers; SIGTERM stops it with exit 0.
+# site answers (the ASGI one also over a WebSocket); SIGTERM stops it with exit 0.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 [[ -x target/release/polyhost && -x target/release/polyhost-python ]] || cargo build --release --workspace --bins
@@ -53,6 +53,23 @@ fetch python.localhost /hello 200 "polyhost Python demo"
 fetch php.localhost / 200 "polyhost PHP demo"
 fetch php.localhost /about 200 "REQUEST_URI=/about"
 fetch php.localhost /hello.txt 200 "static file next to PHP"
+fetch asgi.localhost / 200 "polyhost ASGI demo"
+# The ASGI demo's WebSocket: handshake and one echo, with the bench's stdlib client.
+python3 - "$port" <<'PY'
+import sys
+sys.path.insert(0, "integration/bench")
+import wsload
+s = wsload.connect(int(sys.argv[1]), "asgi.localhost", "/ws")
+s.sendall(wsload.masked(b"hi", opcode=0x1))
+reply = b""
+while len(reply) < 10:
+    chunk = s.recv(100)
+    if not chunk:
+        break
+    reply += chunk
+assert reply == bytes([0x81, 8]) + b"echo: hi", reply
+print("ok  asgi.localhost/ws -> 101, echo")
+PY
 
 kill -TERM "$pid"
 status=0
