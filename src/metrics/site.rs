@@ -28,6 +28,8 @@ pub struct SiteStats {
     /// Time a request waited for a free worker thread (admission queue).
     pub(crate) queue_wait: Histogram,
     pub(crate) in_flight: Gauge,
+    /// The PHP connection pool's counters (zero for a site without PHP).
+    php_pool: std::sync::Arc<super::PhpPoolCounters>,
 }
 
 impl Default for SiteStats {
@@ -37,6 +39,7 @@ impl Default for SiteStats {
             duration: Histogram::new(DURATION_BUCKETS),
             queue_wait: Histogram::new(QUEUE_BUCKETS),
             in_flight: Gauge::default(),
+            php_pool: Default::default(),
         }
     }
 }
@@ -72,6 +75,12 @@ impl SiteStats {
     pub fn in_flight(&self) -> i64 {
         self.in_flight.get()
     }
+
+    /// The PHP connection pool's counters, shared with every generation of
+    /// the site's pool.
+    pub fn php_pool(&self) -> &std::sync::Arc<super::PhpPoolCounters> {
+        &self.php_pool
+    }
 }
 
 /// The live handles of one site that a scrape reads (rendered by
@@ -82,6 +91,8 @@ pub struct SiteView {
     /// Busy and total worker threads (Python admission: permits in use,
     /// processes × threads); `None` for sites without a thread pool.
     pub threads: Option<(u64, u64)>,
+    /// The site runs PHP (its pool counters are shown).
+    pub php: bool,
 }
 
 /// Ends an in-flight request when dropped.

@@ -7,7 +7,9 @@
 //! - `fcgi`: the FastCGI record layer (why by hand: see its module doc).
 //! - `cgi`: CGI response headers → status and headers.
 //! - `pool`: keep-alive connections, at most `max_children`, each retired
-//!   after its php-fpm child's `max_requests`-th response.
+//!   after its php-fpm child's `max_requests`-th response, its successor
+//!   opened while its last request runs.
+//! - `warm`: a successor connection, pooled once a php-fpm child has it.
 //! - `exchange`: one request/response, streaming both ways: in the request's
 //!   task until the head is in, then (only if the answer is not complete
 //!   yet) in a task of its own.
@@ -31,6 +33,7 @@ mod fcgi;
 pub mod params;
 mod pool;
 pub mod script;
+mod warm;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -80,11 +83,14 @@ pub struct PhpUpstream {
 
 impl PhpUpstream {
     /// Fails when the site has no `[php]` section or no UTF-8 document root.
+    /// `counters`: where the connection pool counts what it does (the
+    /// site's, `SiteStats::php_pool`, so counts survive reloads).
     pub fn new(
         site: &SiteConfig,
         runtime: Arc<dyn RuntimeHandle>,
         static_files: Arc<dyn Upstream>,
         errors: ErrorSink,
+        counters: Arc<crate::metrics::PhpPoolCounters>,
     ) -> Result<Self, String> {
         let php = site
             .php
@@ -112,6 +118,7 @@ impl PhpUpstream {
                 php.idle_timeout,
                 php.mode == crate::config::PhpMode::Static,
                 php.max_requests,
+                counters,
             ),
             root,
             root_str,
@@ -253,7 +260,11 @@ impl PhpUpstream {
         // sent again (see `exchange::Attempt::Stale`): idempotent, body held
         // whole. Anything else gets a fresh connection (closing an idle one
         // so the bound holds): a POST must never run twice.
-        let idle = self.pool.take(lease.socket());
+        let idle = if replayable {
+            self.pool.take_or_wait(lease.socket()).await
+        } else {
+            self.pool.take(lease.socket())
+        };
         let reused = idle.is_some() && replayable;
         let (stream, served) = match idle {
             Some(c) if reused => (c.stream, c.served),
@@ -271,9 +282,16 @@ impl PhpUpstream {
                         lease.socket().display()
                     ))
                 })?;
+                self.pool.count_opened();
                 (stream, 0)
             }
         };
+        if self.pool.is_last(served) {
+            // Its child exits after this answer: have a live child hold the
+            // next connection before then.
+            self.pool
+                .warm_successor(lease.socket().to_owned(), lease.peer_uid(), timeout);
+        }
         let exchange = Exchange {
             pool: self.pool.clone(),
             served,
@@ -409,6 +427,7 @@ mod tests {
             Arc::new(Fixed(socket)),
             Arc::new(NoStatic),
             Arc::new(|_: &str| {}),
+            Default::default(),
         )
         .unwrap();
         let ctx = RequestContext {

@@ -1,10 +1,11 @@
 //! Keep-alive FastCGI connections to one site's php-fpm socket.
 //!
 //! Invariants:
-//! - At most `max_children` connections exist at once (idle + in use): a
-//!   request holds an [`Admission`] place for as long as its connection is in
-//!   use, and a new connection is opened only when no idle one is left.
-//!   php-fpm ties one child to each open connection, so more would starve it.
+//! - At most `max_children` connections serve requests at once: a request
+//!   holds an [`Admission`] place for as long as its connection is in use,
+//!   and opens a new connection only when no idle one is left and no
+//!   successor is on its way. php-fpm ties one child to each open
+//!   connection, so more would starve it.
 //! - A connection goes back to the pool only after its response was read to
 //!   `FCGI_END_REQUEST` and its request was written whole (the exchange
 //!   decides); an idle connection is dropped when the peer closed it, when
@@ -18,16 +19,26 @@
 //!   connection the pool closed (idle, a POST's fresh connection), so the
 //!   count can be short; then the peek at [`ConnPool::take`] or the
 //!   exchange's one retry catch the close.
+//! - When a connection's last request goes out, the pool opens its
+//!   *successor* ([`ConnPool::warm_successor`], `warm`): a connection that
+//!   enters the pool only once a live child (the spare php-fpm runs for
+//!   this) has accepted it, so no request ever waits in php-fpm's backlog
+//!   for a child to be forked. At most one successor per retiring
+//!   connection; the one extra connection pins the spare child, which is
+//!   not admitted otherwise. A request that finds no idle connection while
+//!   a successor is on its way waits for the first connection back in the
+//!   pool ([`ConnPool::take_or_wait`]) instead of opening one.
 
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::sys::socket::{recv, MsgFlags};
 use tokio::net::UnixStream;
 
+use crate::metrics::{PhpPoolCounters, PhpPoolStats, PoolEvent};
 use crate::upstream::admission::{Acquire, Admission};
 
 struct Idle {
@@ -45,34 +56,24 @@ pub struct Conn {
     pub served: u64,
 }
 
-/// What a pool did with its connections since it was built (status, tests).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PoolStats {
-    /// Requests sent on a kept-alive connection.
-    pub reused: u64,
-    /// Connections retired after their child's `max_requests`-th response.
-    pub retired: u64,
-    /// Idle connections found closed by php-fpm when taken (never used).
-    pub found_closed: u64,
-    /// Requests sent again on a fresh connection because their kept-alive
-    /// one was closed by php-fpm before it answered.
-    pub resent: u64,
-}
-
-#[derive(Default)]
-struct Counters {
-    reused: AtomicU64,
-    retired: AtomicU64,
-    found_closed: AtomicU64,
-    resent: AtomicU64,
-}
+/// What a pool did with its connections (status, tests, `/metrics`).
+pub type PoolStats = PhpPoolStats;
 
 pub struct ConnPool {
     permits: Arc<Admission>,
     /// php-fpm's `pm.max_requests` (0: children are never recycled).
     max_requests: u64,
-    counters: Counters,
+    counters: Arc<PhpPoolCounters>,
     idle: Mutex<Vec<Idle>>,
+    /// Successors connected whose probe no child has read yet.
+    warming: AtomicUsize,
+    /// Requests in [`ConnPool::take_or_wait`]'s wait; woken through
+    /// `returned` when a connection comes back or a successor is done.
+    waiters: AtomicUsize,
+    returned: tokio::sync::Notify,
+    /// Bumped by [`ConnPool::close_idle`]: a successor of an older epoch is
+    /// closed, not pooled.
+    epoch: AtomicU64,
     idle_timeout: Duration,
     reaper_running: AtomicBool,
     /// Where the reaper runs: the runtime that built the pool (the main
@@ -95,12 +96,17 @@ impl ConnPool {
         idle_timeout: Duration,
         keep_alive: bool,
         max_requests: u64,
+        counters: Arc<PhpPoolCounters>,
     ) -> Arc<Self> {
         Arc::new(ConnPool {
             permits: Admission::new(max.max(1)),
             max_requests,
-            counters: Counters::default(),
+            counters,
             idle: Mutex::new(Vec::new()),
+            warming: AtomicUsize::new(0),
+            waiters: AtomicUsize::new(0),
+            returned: tokio::sync::Notify::new(),
+            epoch: AtomicU64::new(0),
             idle_timeout,
             reaper_running: AtomicBool::new(false),
             reaper_runtime: tokio::runtime::Handle::try_current().ok(),
@@ -123,11 +129,11 @@ impl ConnPool {
                 continue;
             }
             if !is_open(&c.conn.stream) {
-                self.counters.found_closed.fetch_add(1, Ordering::Relaxed);
+                self.counters.count(PoolEvent::FoundClosed);
                 continue;
             }
             if let Ok(stream) = crate::lanes::rehome(c.conn.stream, c.lane) {
-                self.counters.reused.fetch_add(1, Ordering::Relaxed);
+                self.counters.count(PoolEvent::Reused);
                 return Some(Conn {
                     stream,
                     served: c.conn.served,
@@ -146,16 +152,97 @@ impl ConnPool {
         }
         conn.served += 1;
         if self.max_requests > 0 && conn.served >= self.max_requests {
-            self.counters.retired.fetch_add(1, Ordering::Relaxed);
+            self.counters.count(PoolEvent::Retired);
             return; // the child exits; php-fpm starts its replacement
         }
+        self.push_idle(path, conn);
+    }
+
+    fn push_idle(self: &Arc<Self>, path: PathBuf, conn: Conn) {
         self.lock().push(Idle {
             path,
             conn,
             since: Instant::now(),
             lane: crate::lanes::current(),
         });
+        self.wake_waiters();
         self.start_reaper();
+    }
+
+    fn wake_waiters(&self) {
+        // SeqCst: pairs with the waiter's increment before its second look
+        // (see `take_or_wait`), so a put never misses a registered waiter.
+        if self.waiters.load(Ordering::SeqCst) > 0 {
+            self.returned.notify_waiters();
+        }
+    }
+
+    /// Like [`ConnPool::take`], but while a successor is on its way
+    /// ([`ConnPool::warm_successor`]) and nothing is idle, waits for the
+    /// first connection back in the pool (a successor accepted, or another
+    /// request's connection) rather than returning `None`: a connection
+    /// opened now would wait in php-fpm's backlog for a child that is not
+    /// forked yet, while the children that are pinned free up within a
+    /// request's time. `None`: nothing idle and no successor coming.
+    pub async fn take_or_wait(&self, path: &Path) -> Option<Conn> {
+        let mut counted = false;
+        loop {
+            if let Some(c) = self.take(path) {
+                return Some(c);
+            }
+            if self.warming.load(Ordering::SeqCst) == 0 {
+                return None;
+            }
+            let notified = self.returned.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let _waiting = Waiting::new(&self.waiters);
+            if let Some(c) = self.take(path) {
+                return Some(c);
+            }
+            if self.warming.load(Ordering::SeqCst) == 0 {
+                return None;
+            }
+            if !counted {
+                counted = true;
+                self.counters.count(PoolEvent::Waited);
+            }
+            notified.await;
+        }
+    }
+
+    /// Whether the next request on a connection that has served `served`
+    /// is its child's last (then open its successor).
+    pub fn is_last(&self, served: u64) -> bool {
+        self.keep_alive && self.max_requests > 0 && served + 1 >= self.max_requests
+    }
+
+    /// Opens the successor of a connection whose last request is going out
+    /// (see the module doc): connected to `socket` (served by `uid`), pooled
+    /// once a child has read its probe (`warm`), within `timeout`, else
+    /// closed. Runs in a task of its own on the caller's runtime.
+    pub fn warm_successor(self: &Arc<Self>, socket: PathBuf, uid: Option<u32>, timeout: Duration) {
+        let epoch = self.epoch.load(Ordering::SeqCst);
+        self.warming.fetch_add(1, Ordering::SeqCst);
+        let pool = self.clone();
+        tokio::spawn(async move {
+            let opened = tokio::time::timeout(timeout, super::warm::open(&socket, uid)).await;
+            match opened {
+                Ok(Ok(stream)) if pool.epoch.load(Ordering::SeqCst) == epoch => {
+                    pool.counters.count(PoolEvent::Warmed);
+                    pool.push_idle(socket, Conn { stream, served: 0 });
+                }
+                Ok(Ok(_closed_pool)) => {}
+                Ok(Err(_)) | Err(_) => pool.counters.count(PoolEvent::WarmFailed),
+            }
+            pool.warming.fetch_sub(1, Ordering::SeqCst);
+            pool.wake_waiters();
+        });
+    }
+
+    /// A request opened a connection of its own.
+    pub fn count_opened(&self) {
+        self.counters.count(PoolEvent::Opened);
     }
 
     /// One reaper task per pool while it has idle connections: closes them
@@ -193,25 +280,21 @@ impl ConnPool {
             .retain(|c| c.since.elapsed() < self.idle_timeout);
     }
 
-    /// Closes every idle connection (runtime stopping or restarting).
+    /// Closes every idle connection (runtime stopping or restarting), and
+    /// every successor still on its way once it is accepted.
     pub fn close_idle(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
         self.lock().clear();
     }
 
     /// A request is sent again: its kept-alive connection was closed.
     pub fn count_resent(&self) {
-        self.counters.resent.fetch_add(1, Ordering::Relaxed);
+        self.counters.count(PoolEvent::Resent);
     }
 
-    /// What the pool did with its connections so far.
+    /// What the pool (and the site's earlier pools) did so far.
     pub fn stats(&self) -> PoolStats {
-        let c = &self.counters;
-        PoolStats {
-            reused: c.reused.load(Ordering::Relaxed),
-            retired: c.retired.load(Ordering::Relaxed),
-            found_closed: c.found_closed.load(Ordering::Relaxed),
-            resent: c.resent.load(Ordering::Relaxed),
-        }
+        self.counters.snapshot()
     }
 
     /// Number of idle connections (for status and tests).
@@ -224,9 +307,26 @@ impl ConnPool {
     }
 }
 
+/// One request in [`ConnPool::take_or_wait`]'s wait (counted while alive,
+/// however the wait ends).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Waiting(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// A kept-alive connection has nothing to read between requests: data or
 /// end of file means php-fpm closed it (child recycled) or broke protocol.
-fn is_open(stream: &UnixStream) -> bool {
+pub(super) fn is_open(stream: &UnixStream) -> bool {
     let mut byte = [0u8; 1];
     matches!(
         recv(
@@ -252,7 +352,7 @@ mod tests {
 
     #[tokio::test]
     async fn dead_and_foreign_connections_are_not_reused_and_idle_ones_are_reaped() {
-        let pool = ConnPool::new(4, Duration::from_millis(50), true, 0);
+        let pool = ConnPool::new(4, Duration::from_millis(50), true, 0, Default::default());
         let (alive, _alive_peer) = UnixStream::pair().unwrap();
         let (dead, dead_peer) = UnixStream::pair().unwrap();
         let (chatty, chatty_peer) = UnixStream::pair().unwrap();
@@ -291,7 +391,7 @@ mod tests {
     /// then retired: the request after it never meets it.
     #[tokio::test]
     async fn a_connection_is_retired_after_its_childs_last_request() {
-        let pool = ConnPool::new(4, Duration::from_secs(60), true, 3);
+        let pool = ConnPool::new(4, Duration::from_secs(60), true, 3, Default::default());
         let (stream, _peer) = UnixStream::pair().unwrap();
         let mut conn = Some(conn(stream));
         for served in 1..=2 {
@@ -312,7 +412,7 @@ mod tests {
             }
         );
         // Without recycling (max_requests = 0) nothing is retired.
-        let pool = ConnPool::new(4, Duration::from_secs(60), true, 0);
+        let pool = ConnPool::new(4, Duration::from_secs(60), true, 0, Default::default());
         let (stream, _peer) = UnixStream::pair().unwrap();
         pool.put(
             "/s".into(),
@@ -327,7 +427,7 @@ mod tests {
     #[tokio::test]
     async fn a_lane_takes_its_own_connection_first_and_can_take_another_lanes() {
         use crate::lanes::Lanes;
-        let pool = ConnPool::new(4, Duration::from_secs(60), true, 0);
+        let pool = ConnPool::new(4, Duration::from_secs(60), true, 0, Default::default());
         let put_on = |lanes: &Lanes| {
             let pool = pool.clone();
             let lane = lanes.handles().next().unwrap().clone();
