@@ -407,8 +407,7 @@ mod tests {
             PoolStats {
                 reused: 2,
                 retired: 1,
-                found_closed: 0,
-                resent: 0
+                ..Default::default()
             }
         );
         // Without recycling (max_requests = 0) nothing is retired.
@@ -475,5 +474,50 @@ mod tests {
         assert!(got(&mut from_second));
         assert_eq!(pool.idle_count(), 0);
         first.stop().await;
+    }
+
+    /// A connection's last request opens its successor, which is pooled
+    /// only once the peer read its probe; meanwhile a request waits for it
+    /// (or any connection put back) instead of getting `None`.
+    #[tokio::test]
+    async fn a_successor_is_pooled_once_accepted_and_a_request_waits_for_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("fpm.sock");
+        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+        let pool = ConnPool::new(1, Duration::from_secs(60), true, 2, Default::default());
+        assert!(!pool.is_last(0) && pool.is_last(1));
+        pool.warm_successor(socket.clone(), None, Duration::from_secs(30));
+        let waiting = tokio::spawn({
+            let (pool, socket) = (pool.clone(), socket.clone());
+            async move { pool.take_or_wait(&socket).await.map(|c| c.served) }
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while pool.stats().waited == 0 {
+            assert!(Instant::now() < deadline, "never waited: {:?}", pool.stats());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(!waiting.is_finished(), "nothing accepted the successor yet");
+        let (mut child, _) = listener.accept().await.unwrap();
+        let mut probe = [0u8; 8];
+        tokio::io::AsyncReadExt::read_exact(&mut child, &mut probe)
+            .await
+            .unwrap();
+        let served = tokio::time::timeout(Duration::from_secs(10), waiting)
+            .await
+            .expect("the waiting request got the successor within 10 s")
+            .unwrap();
+        assert_eq!(served, Some(0), "a fresh child's connection");
+        let stats = pool.stats();
+        assert_eq!((stats.warmed, stats.waited, stats.warm_failed), (1, 1, 0));
+
+        // No successor on its way: nothing to wait for.
+        assert!(pool.take_or_wait(&socket).await.is_none());
+        // A successor nobody accepts in time is closed, and its waiter let go.
+        pool.warm_successor(socket.clone(), None, Duration::from_millis(100));
+        let got = tokio::time::timeout(Duration::from_secs(10), pool.take_or_wait(&socket))
+            .await
+            .expect("let go within 10 s");
+        assert!(got.is_none());
+        assert_eq!(pool.stats().warm_failed, 1);
     }
 }

@@ -33,22 +33,33 @@ const RECHECK: Duration = Duration::from_millis(1);
 pub async fn open(socket: &Path, uid: Option<u32>) -> io::Result<UnixStream> {
     let mut stream = crate::upstream::connect_runtime(socket, uid).await?;
     stream.write_all(&PROBE).await?;
+    let mut cleared = false;
     loop {
+        if crate::isolation::unread_by_peer(&stream)? == 0 {
+            // Read, or dropped unread by a closed peer (listener gone).
+            if !is_open(&stream) {
+                return Err(io::Error::new(
+                    io::ErrorKind::ConnectionReset,
+                    "php-fpm closed the connection before a child took it",
+                ));
+            }
+            if cleared {
+                // Registered anew, so tokio sees it writable again (the
+                // readiness we cleared would make the request's first
+                // write wait for an edge that never comes).
+                stream = UnixStream::from_std(stream.into_std()?)?;
+            }
+            return Ok(stream);
+        }
         // Forget the writability seen so far: the peer's read of the probe
-        // frees our send buffer and wakes the next `writable()`.
+        // frees our send buffer and wakes the next `writable()`. Look again
+        // after clearing, so a read in between is not missed.
         let _ = stream.try_io(Interest::WRITABLE, || {
             Err::<(), _>(io::ErrorKind::WouldBlock.into())
         });
+        cleared = true;
         if crate::isolation::unread_by_peer(&stream)? == 0 {
-            // Read, or dropped unread by a closed peer (listener gone).
-            return if is_open(&stream) {
-                Ok(stream)
-            } else {
-                Err(io::Error::new(
-                    io::ErrorKind::ConnectionReset,
-                    "php-fpm closed the connection before a child took it",
-                ))
-            };
+            continue;
         }
         tokio::select! {
             w = stream.writable() => w?,
@@ -89,6 +100,14 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(is_open(&stream));
+        let mut stream = stream;
+        tokio::time::timeout(Duration::from_secs(10), stream.write_all(b"request"))
+            .await
+            .expect("a ready connection takes a write at once")
+            .unwrap();
+        let mut got = [0u8; 7];
+        child.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"request");
 
         // Never accepted: the listener closes with the connection queued.
         let path2 = dir.path().join("t.sock");
