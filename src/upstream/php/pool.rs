@@ -59,18 +59,25 @@ pub struct Conn {
 /// What a pool did with its connections (status, tests, `/metrics`).
 pub type PoolStats = PhpPoolStats;
 
+/// Idle connections and the requests waiting for one, under one lock.
+#[derive(Default)]
+struct State {
+    idle: Vec<Idle>,
+    /// Requests in [`ConnPool::take_or_wait`]'s wait, oldest first: a
+    /// connection put back goes to the first of them still waiting, not to
+    /// the idle list (first come, first served, as in php-fpm's backlog).
+    /// A sender dropped unsent tells its request to look again.
+    waiting: std::collections::VecDeque<tokio::sync::oneshot::Sender<Idle>>,
+}
+
 pub struct ConnPool {
     permits: Arc<Admission>,
     /// php-fpm's `pm.max_requests` (0: children are never recycled).
     max_requests: u64,
     counters: Arc<PhpPoolCounters>,
-    idle: Mutex<Vec<Idle>>,
+    state: Mutex<State>,
     /// Successors connected whose probe no child has read yet.
     warming: AtomicUsize,
-    /// Requests in [`ConnPool::take_or_wait`]'s wait; woken through
-    /// `returned` when a connection comes back or a successor is done.
-    waiters: AtomicUsize,
-    returned: tokio::sync::Notify,
     /// Bumped by [`ConnPool::close_idle`]: a successor of an older epoch is
     /// closed, not pooled.
     epoch: AtomicU64,
@@ -102,10 +109,8 @@ impl ConnPool {
             permits: Admission::new(max.max(1)),
             max_requests,
             counters,
-            idle: Mutex::new(Vec::new()),
+            state: Mutex::new(State::default()),
             warming: AtomicUsize::new(0),
-            waiters: AtomicUsize::new(0),
-            returned: tokio::sync::Notify::new(),
             epoch: AtomicU64::new(0),
             idle_timeout,
             reaper_running: AtomicBool::new(false),
@@ -123,24 +128,31 @@ impl ConnPool {
     /// on the calling router lane if there is one (else moved here).
     pub fn take(&self, path: &Path) -> Option<Conn> {
         let lane = crate::lanes::current();
-        let mut idle = self.lock();
-        while let Some(c) = crate::upstream::take_newest(&mut idle, |c| c.lane == lane) {
-            if c.path != path || c.since.elapsed() >= self.idle_timeout {
-                continue;
-            }
-            if !is_open(&c.conn.stream) {
-                self.counters.count(PoolEvent::FoundClosed);
-                continue;
-            }
-            if let Ok(stream) = crate::lanes::rehome(c.conn.stream, c.lane) {
-                self.counters.count(PoolEvent::Reused);
-                return Some(Conn {
-                    stream,
-                    served: c.conn.served,
-                });
+        let mut state = self.lock();
+        while let Some(c) = crate::upstream::take_newest(&mut state.idle, |c| c.lane == lane) {
+            if let Some(conn) = self.adopt(c, path) {
+                return Some(conn);
             }
         }
         None
+    }
+
+    /// `c` as this request's connection, if it is one to `path`, not idle
+    /// too long, still open, and movable to the calling lane.
+    fn adopt(&self, c: Idle, path: &Path) -> Option<Conn> {
+        if c.path != path || c.since.elapsed() >= self.idle_timeout {
+            return None;
+        }
+        if !is_open(&c.conn.stream) {
+            self.counters.count(PoolEvent::FoundClosed);
+            return None;
+        }
+        let stream = crate::lanes::rehome(c.conn.stream, c.lane).ok()?;
+        self.counters.count(PoolEvent::Reused);
+        Some(Conn {
+            stream,
+            served: c.conn.served,
+        })
     }
 
     /// Returns a connection whose last exchange completed cleanly (`conn`'s
@@ -158,23 +170,29 @@ impl ConnPool {
         self.push_idle(path, conn);
     }
 
+    /// Hands `conn` to the longest-waiting request, else makes it idle.
     fn push_idle(self: &Arc<Self>, path: PathBuf, conn: Conn) {
-        self.lock().push(Idle {
+        let mut item = Idle {
             path,
             conn,
             since: Instant::now(),
             lane: crate::lanes::current(),
-        });
-        self.wake_waiters();
+        };
+        let mut state = self.lock();
+        while let Some(waiter) = state.waiting.pop_front() {
+            match waiter.send(item) {
+                Ok(()) => return,
+                Err(back) => item = back, // that request gave up
+            }
+        }
+        state.idle.push(item);
+        drop(state);
         self.start_reaper();
     }
 
+    /// Tells every waiting request to look again (a successor is done).
     fn wake_waiters(&self) {
-        // SeqCst: pairs with the waiter's increment before its second look
-        // (see `take_or_wait`), so a put never misses a registered waiter.
-        if self.waiters.load(Ordering::SeqCst) > 0 {
-            self.returned.notify_waiters();
-        }
+        self.lock().waiting.clear();
     }
 
     /// Like [`ConnPool::take`], but while a successor is on its way
@@ -190,24 +208,29 @@ impl ConnPool {
             if let Some(c) = self.take(path) {
                 return Some(c);
             }
-            if self.warming.load(Ordering::SeqCst) == 0 {
-                return None;
-            }
-            let notified = self.returned.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let _waiting = Waiting::new(&self.waiters);
-            if let Some(c) = self.take(path) {
-                return Some(c);
-            }
-            if self.warming.load(Ordering::SeqCst) == 0 {
-                return None;
-            }
+            let handed = {
+                let mut state = self.lock();
+                if !state.idle.is_empty() {
+                    continue; // put back since `take`: take it
+                }
+                // Under the lock: a successor's end decrements first, then
+                // clears `waiting` under the lock, so no wait outlives it.
+                if self.warming.load(Ordering::SeqCst) == 0 {
+                    return None;
+                }
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                state.waiting.push_back(tx);
+                rx
+            };
             if !counted {
                 counted = true;
                 self.counters.count(PoolEvent::Waited);
             }
-            notified.await;
+            if let Ok(c) = handed.await {
+                if let Some(conn) = self.adopt(c, path) {
+                    return Some(conn);
+                }
+            }
         }
     }
 
@@ -227,16 +250,24 @@ impl ConnPool {
         let pool = self.clone();
         tokio::spawn(async move {
             let opened = tokio::time::timeout(timeout, super::warm::open(&socket, uid)).await;
-            match opened {
+            let pooled = match opened {
                 Ok(Ok(stream)) if pool.epoch.load(Ordering::SeqCst) == epoch => {
                     pool.counters.count(PoolEvent::Warmed);
                     pool.push_idle(socket, Conn { stream, served: 0 });
+                    true
                 }
-                Ok(Ok(_closed_pool)) => {}
-                Ok(Err(_)) | Err(_) => pool.counters.count(PoolEvent::WarmFailed),
+                Ok(Ok(_closed_pool)) => false,
+                Ok(Err(_)) | Err(_) => {
+                    pool.counters.count(PoolEvent::WarmFailed);
+                    false
+                }
+            };
+            // Waiting requests keep their turn while other successors are
+            // on their way; when none is left, or this one came to nothing,
+            // they look again (and open a connection if none is idle).
+            if pool.warming.fetch_sub(1, Ordering::SeqCst) == 1 || !pooled {
+                pool.wake_waiters();
             }
-            pool.warming.fetch_sub(1, Ordering::SeqCst);
-            pool.wake_waiters();
         });
     }
 
@@ -277,6 +308,7 @@ impl ConnPool {
     /// Closes idle connections that have been idle for `idle_timeout`.
     pub fn reap(&self) {
         self.lock()
+            .idle
             .retain(|c| c.since.elapsed() < self.idle_timeout);
     }
 
@@ -284,7 +316,7 @@ impl ConnPool {
     /// every successor still on its way once it is accepted.
     pub fn close_idle(&self) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
-        self.lock().clear();
+        self.lock().idle.clear();
     }
 
     /// A request is sent again: its kept-alive connection was closed.
@@ -299,28 +331,11 @@ impl ConnPool {
 
     /// Number of idle connections (for status and tests).
     pub fn idle_count(&self) -> usize {
-        self.lock().len()
+        self.lock().idle.len()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-/// One request in [`ConnPool::take_or_wait`]'s wait (counted while alive,
-/// however the wait ends).
-struct Waiting<'a>(&'a AtomicUsize);
-
-impl<'a> Waiting<'a> {
-    fn new(count: &'a AtomicUsize) -> Self {
-        count.fetch_add(1, Ordering::SeqCst);
-        Waiting(count)
-    }
-}
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
