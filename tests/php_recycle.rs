@@ -85,10 +85,7 @@ async fn recycled_children_lose_no_request_and_get_none_after_their_last() {
     assert_eq!(per.len(), 20, "recycled every 3 requests: {per:?}");
     let stats = settled(&h).await;
     assert_eq!(
-        PoolStats {
-            waited: 0,
-            ..stats
-        },
+        PoolStats { waited: 0, ..stats },
         PoolStats {
             reused: 59,
             opened: 1,

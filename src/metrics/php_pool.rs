@@ -22,7 +22,8 @@ pub struct PhpPoolCounters {
 /// A snapshot of [`PhpPoolCounters`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PhpPoolStats {
-    /// Requests sent on a kept-alive connection.
+    /// Kept-alive connections taken from the pool: requests sent on one,
+    /// and the ones a POST closed to open its own in their place.
     pub reused: u64,
     /// Connections a request opened itself (no pooled one was left, or the
     /// request could not be sent again: POST, large body).
@@ -94,7 +95,7 @@ impl PhpPoolStats {
     /// and help text, in a fixed order.
     pub fn named(&self) -> [(&'static str, &'static str, u64); 8] {
         [
-            ("polyhost_php_requests_reused", "Requests sent on a kept-alive php-fpm connection.", self.reused),
+            ("polyhost_php_requests_reused", "Kept-alive php-fpm connections taken from the pool (for a request, or closed for a POST).", self.reused),
             ("polyhost_php_connections_opened", "php-fpm connections a request opened itself.", self.opened),
             ("polyhost_php_connections_retired", "php-fpm connections retired after their child's max_requests-th response.", self.retired),
             ("polyhost_php_connections_warmed", "Successor connections accepted by a live php-fpm child before a retirement.", self.warmed),

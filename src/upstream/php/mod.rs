@@ -259,12 +259,11 @@ impl PhpUpstream {
         // A kept-alive connection is used only for a request that can be
         // sent again (see `exchange::Attempt::Stale`): idempotent, body held
         // whole. Anything else gets a fresh connection (closing an idle one
-        // so the bound holds): a POST must never run twice.
-        let idle = if replayable {
-            self.pool.take_or_wait(lease.socket()).await
-        } else {
-            self.pool.take(lease.socket())
-        };
+        // so the bound holds): a POST must never run twice. Either waits
+        // for a successor on its way rather than open a connection beside
+        // it (a POST closes what it gets: its own connection takes that
+        // place).
+        let idle = self.pool.take_or_wait(lease.socket()).await;
         let reused = idle.is_some() && replayable;
         let (stream, served) = match idle {
             Some(c) if reused => (c.stream, c.served),

@@ -63,11 +63,13 @@ pub type PoolStats = PhpPoolStats;
 #[derive(Default)]
 struct State {
     idle: Vec<Idle>,
-    /// Requests in [`ConnPool::take_or_wait`]'s wait, oldest first: a
-    /// connection put back goes to the first of them still waiting, not to
-    /// the idle list (first come, first served, as in php-fpm's backlog).
-    /// A sender dropped unsent tells its request to look again.
-    waiting: std::collections::VecDeque<tokio::sync::oneshot::Sender<Idle>>,
+    /// Requests in [`ConnPool::take_or_wait`]'s wait (their lane), oldest
+    /// first: a connection put back goes to the first of them still
+    /// waiting on the putting lane (no wake-up of another lane's thread, as
+    /// in `admission`), else to the oldest, not to the idle list (first
+    /// come, first served, as in php-fpm's backlog). A sender dropped
+    /// unsent tells its request to look again.
+    waiting: std::collections::VecDeque<(usize, tokio::sync::oneshot::Sender<Idle>)>,
 }
 
 pub struct ConnPool {
@@ -179,7 +181,14 @@ impl ConnPool {
             lane: crate::lanes::current(),
         };
         let mut state = self.lock();
-        while let Some(waiter) = state.waiting.pop_front() {
+        loop {
+            let own = state
+                .waiting
+                .iter()
+                .position(|(lane, _)| *lane == item.lane);
+            let Some((_, waiter)) = state.waiting.remove(own.unwrap_or(0)) else {
+                break;
+            };
             match waiter.send(item) {
                 Ok(()) => return,
                 Err(back) => item = back, // that request gave up
@@ -219,7 +228,7 @@ impl ConnPool {
                     return None;
                 }
                 let (tx, rx) = tokio::sync::oneshot::channel();
-                state.waiting.push_back(tx);
+                state.waiting.push_back((crate::lanes::current(), tx));
                 rx
             };
             if !counted {
@@ -508,7 +517,11 @@ mod tests {
         });
         let deadline = Instant::now() + Duration::from_secs(10);
         while pool.stats().waited == 0 {
-            assert!(Instant::now() < deadline, "never waited: {:?}", pool.stats());
+            assert!(
+                Instant::now() < deadline,
+                "never waited: {:?}",
+                pool.stats()
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         assert!(!waiting.is_finished(), "nothing accepted the successor yet");
