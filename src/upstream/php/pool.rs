@@ -27,7 +27,14 @@
 //!   connection; the one extra connection pins the spare child, which is
 //!   not admitted otherwise. A request that finds no idle connection while
 //!   a successor is on its way waits for the first connection back in the
-//!   pool ([`ConnPool::take_or_wait`]) instead of opening one.
+//!   pool ([`ConnPool::take_or_wait`]) instead of opening one. A request
+//!   re-sent on a fresh connection (its kept-alive one had closed) can add
+//!   one beside a successor: the idle list never holds more than
+//!   `max_children` (a surplus connection is closed when put back).
+//! - A connection put back goes to the longest-waiting request (preferring
+//!   one of the putting lane) before the idle list; a successor's end
+//!   ([`Warming`], however its task ends) lets waiting requests look again
+//!   when no other successor is on its way.
 
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -194,6 +201,11 @@ impl ConnPool {
                 Err(back) => item = back, // that request gave up
             }
         }
+        if state.idle.len() >= self.permits.capacity() {
+            // One too many: a successor and the fresh connection a re-sent
+            // request opened beside it (its kept-alive one had closed).
+            return;
+        }
         state.idle.push(item);
         drop(state);
         self.start_reaper();
@@ -256,26 +268,23 @@ impl ConnPool {
     pub fn warm_successor(self: &Arc<Self>, socket: PathBuf, uid: Option<u32>, timeout: Duration) {
         let epoch = self.epoch.load(Ordering::SeqCst);
         self.warming.fetch_add(1, Ordering::SeqCst);
-        let pool = self.clone();
+        // Ends the warm-up however the task ends (even dropped unfinished,
+        // its runtime stopping), so no request waits for it past then.
+        let mut warming = Warming {
+            pool: self.clone(),
+            pooled: false,
+        };
         tokio::spawn(async move {
+            let pool = warming.pool.clone();
             let opened = tokio::time::timeout(timeout, super::warm::open(&socket, uid)).await;
-            let pooled = match opened {
+            match opened {
                 Ok(Ok(stream)) if pool.epoch.load(Ordering::SeqCst) == epoch => {
                     pool.counters.count(PoolEvent::Warmed);
                     pool.push_idle(socket, Conn { stream, served: 0 });
-                    true
+                    warming.pooled();
                 }
-                Ok(Ok(_closed_pool)) => false,
-                Ok(Err(_)) | Err(_) => {
-                    pool.counters.count(PoolEvent::WarmFailed);
-                    false
-                }
-            };
-            // Waiting requests keep their turn while other successors are
-            // on their way; when none is left, or this one came to nothing,
-            // they look again (and open a connection if none is idle).
-            if pool.warming.fetch_sub(1, Ordering::SeqCst) == 1 || !pooled {
-                pool.wake_waiters();
+                Ok(Ok(_closed_pool)) => {}
+                Ok(Err(_)) | Err(_) => pool.counters.count(PoolEvent::WarmFailed),
             }
         });
     }
@@ -345,6 +354,30 @@ impl ConnPool {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A successor on its way ([`ConnPool::warm_successor`]); its drop ends it.
+struct Warming {
+    pool: Arc<ConnPool>,
+    /// It went into the pool (or to a waiting request).
+    pooled: bool,
+}
+
+impl Warming {
+    fn pooled(&mut self) {
+        self.pooled = true;
+    }
+}
+
+impl Drop for Warming {
+    fn drop(&mut self) {
+        // Waiting requests keep their turn while other successors are on
+        // their way; when none is left, or this one came to nothing, they
+        // look again (and open a connection if none is idle).
+        if self.pool.warming.fetch_sub(1, Ordering::SeqCst) == 1 || !self.pooled {
+            self.pool.wake_waiters();
+        }
     }
 }
 
