@@ -4,12 +4,18 @@
 //! connection whose child is retiring is never sent a request when the
 //! pool's count of it is exact (the sequential phase); under concurrency,
 //! with POSTs closing idle connections, the one retry covers the rest.
-//! No timing is asserted.
+//! The successors: every retirement was preceded by a successor a live
+//! child accepted, so after the first connections no request ever opens
+//! one (which would wait in php-fpm's backlog for a fork). And the pool's
+//! counters on `/metrics`, through the whole server. No timing is asserted.
 
+mod common;
 mod php_fpm;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+
+use std::time::{Duration, Instant};
 
 use http::Request;
 use polyhost::upstream::php::PoolStats;
@@ -64,7 +70,9 @@ async fn recycled_children_lose_no_request_and_get_none_after_their_last() {
 
     // Sequential GETs: every connection's count is its child's count, so
     // each is retired right after its child's third response; none is
-    // found closed and no request is ever sent into a closing one.
+    // found closed and no request is ever sent into a closing one. Each
+    // third request opens the next connection's successor, which the spare
+    // child accepts: only the first request opens a connection itself.
     let mut pids = Vec::new();
     for i in 0..60 {
         pids.push(pid_of(&h, false, i).await);
@@ -75,15 +83,18 @@ async fn recycled_children_lose_no_request_and_get_none_after_their_last() {
         "a child served more than max_requests: {per:?}"
     );
     assert_eq!(per.len(), 20, "recycled every 3 requests: {per:?}");
+    let stats = settled(&h).await;
     assert_eq!(
-        h.upstream.pool_stats(),
+        PoolStats { waited: 0, ..stats },
         PoolStats {
-            reused: 40,
+            reused: 59,
+            opened: 1,
             retired: 20,
-            found_closed: 0,
-            resent: 0,
+            warmed: 20,
+            ..Default::default()
         },
-        "every third response retires its connection; none is sent to a closing child"
+        "every third response retires its connection, whose successor a live child \
+         already holds; none is sent to a closing child"
     );
 
     // Concurrent GETs and POSTs, more clients than children.
@@ -109,9 +120,151 @@ async fn recycled_children_lose_no_request_and_get_none_after_their_last() {
     );
     assert!(per.len() >= 260 / 3, "children were recycled: {per:?}");
     let stats = h.upstream.pool_stats();
-    assert!(stats.retired > 20, "{stats:?}");
+    assert!(stats.retired > 20 && stats.warmed > 20, "{stats:?}");
     assert_eq!(
         h.runtime.done.load(std::sync::atomic::Ordering::SeqCst),
         260
+    );
+}
+
+/// The pool's counters once no successor is on its way any more (each is
+/// warmed or failed within a bounded wait).
+async fn settled(h: &Harness) -> PoolStats {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = h.upstream.pool_stats();
+        // Each retirement was preceded by one successor.
+        if s.warmed + s.warm_failed >= s.retired || Instant::now() > deadline {
+            return s;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Many recycles under concurrency, GETs only (nothing closes a connection
+/// but a retirement): every child served at most `max_requests`, every
+/// retirement had a successor a live child accepted, no request met a
+/// closing connection, and no request opened a connection after the first
+/// `max_children`: when nothing was idle, a request waited for the first
+/// connection back instead (`waited` counts those, without asserting how
+/// many: that depends on timing).
+#[tokio::test]
+async fn under_concurrency_no_request_opens_a_connection_after_the_first_ones() {
+    const CHILDREN: u64 = 4;
+    const MAX: u64 = 5;
+    let h = Arc::new(harness(SiteOptions {
+        max_children: CHILDREN,
+        max_requests: MAX,
+        ..Default::default()
+    }));
+    let mut tasks = Vec::new();
+    for t in 0..16 {
+        let h = h.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut pids = Vec::new();
+            for i in 0..50 {
+                pids.push(pid_of(&h, false, 1000 * (t + 1) + i).await);
+            }
+            pids
+        }));
+    }
+    let mut pids = Vec::new();
+    for t in tasks {
+        pids.extend(t.await.unwrap());
+    }
+    let per = served_per_child(&pids);
+    assert!(
+        per.values().all(|&n| n <= MAX),
+        "a child served more than max_requests: {per:?}"
+    );
+    assert!(per.len() as u64 >= 800 / MAX, "recycled: {per:?}");
+    let stats = settled(&h).await;
+    assert_eq!(
+        PoolStats {
+            reused: 0,
+            waited: 0,
+            ..stats
+        },
+        PoolStats {
+            opened: CHILDREN,
+            retired: stats.retired,
+            warmed: stats.retired,
+            ..Default::default()
+        },
+        "each retirement had its successor; nothing found closed or re-sent"
+    );
+    assert_eq!(stats.reused, 800 - CHILDREN, "{stats:?}");
+    assert!(stats.retired >= 800 / MAX - CHILDREN, "{stats:?}");
+}
+
+/// The counters on `/metrics`, per PHP site, through the whole server (the
+/// supervisor's php-fpm, the router), after real traffic; none for a site
+/// without PHP.
+#[tokio::test]
+async fn pool_counters_are_on_metrics() {
+    use common::{get, open_up, InProcess, TestConfig, TestUser};
+    let cfg = TestConfig::new();
+    let user = TestUser::new();
+    cfg.write("www/p/index.php", "<?php echo getmypid();");
+    cfg.write(
+        "vhosts/p.toml",
+        &format!(
+            "hosts = [\"p.test\"]\nroot = \"www/p\"\nuser = \"{}\"\n\
+             [php]\nmode = \"static\"\nmax_children = 2\nmax_requests = 3\n",
+            user.name
+        ),
+    );
+    cfg.static_site("www", &["www.test"], "");
+    open_up(cfg.path());
+    let server = InProcess::start(&cfg).await;
+    for _ in 0..30 {
+        let r = get(server.addr, "p.test", "/index.php").await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    assert_eq!(get(server.addr, "www.test", "/").await.status, 200);
+    let value = |text: &str, name: &str, site: &str| -> Option<f64> {
+        let series = format!("{name}_total{{site=\"{site}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(series.as_str()))
+            .map(|v| v.parse().unwrap_or_else(|_| panic!("{name}: {v}")))
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let text = loop {
+        let text = polyhost::admin::metrics::scrape(&server.server).await;
+        let warmed = value(&text, "polyhost_php_connections_warmed", "p");
+        if warmed == Some(10.0) || Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let got: Vec<(&str, Option<f64>)> = [
+        "polyhost_php_requests_reused",
+        "polyhost_php_connections_opened",
+        "polyhost_php_connections_retired",
+        "polyhost_php_connections_warmed",
+        "polyhost_php_connections_warm_failed",
+        "polyhost_php_connections_found_closed",
+        "polyhost_php_requests_resent",
+    ]
+    .into_iter()
+    .map(|n| (n, value(&text, n, "p")))
+    .collect();
+    let want = [29.0, 1.0, 10.0, 10.0, 0.0, 0.0, 0.0].map(Some);
+    assert_eq!(
+        got.iter().map(|(_, v)| *v).collect::<Vec<_>>(),
+        want,
+        "{got:?}\n{text}"
+    );
+    assert!(
+        value(&text, "polyhost_php_requests_waited", "p").is_some(),
+        "{text}"
+    );
+    assert!(
+        !text.contains("polyhost_php_requests_reused_total{site=\"www\"}"),
+        "no pool counters for a static site:\n{text}"
+    );
+    assert!(
+        text.contains("# TYPE polyhost_php_connections_retired_total counter"),
+        "{text}"
     );
 }

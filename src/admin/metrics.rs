@@ -11,7 +11,12 @@
 //! `queue_wait_seconds`, `requests_in_flight`, `websockets_open` and
 //! `websockets_total` (ASGI sites), `worker_threads_busy`,
 //! `worker_threads_total`, `processes`, `memory_bytes`, `memory_limit_bytes`,
-//! `restarts_total`, `oom_kills_total`, `site_state{site,state}`; server-wide:
+//! `restarts_total`, `oom_kills_total`, `site_state{site,state}`; PHP sites
+//! only, what the FastCGI connection pool did (`metrics::PhpPoolStats`):
+//! `php_requests_reused_total`, `php_connections_opened_total`,
+//! `php_connections_retired_total`, `php_connections_warmed_total`,
+//! `php_connections_warm_failed_total`, `php_requests_waited_total`,
+//! `php_connections_found_closed_total`, `php_requests_resent_total`; server-wide:
 //! `connections_accepted_total`, `connections_open`, `reloads_total{result}`,
 //! `uptime_seconds`, `info{version,limits}`.
 
@@ -199,6 +204,18 @@ impl Collector for Scrape {
             Counter,
             |s, _| Some(ConstCounter::new(s.oom_kills)),
         )?;
+        let pools: Vec<_> = self
+            .sites()
+            .filter(|(_, v)| v.php)
+            .map(|(s, v)| (s.name.as_str(), v.stats.php_pool().snapshot().named()))
+            .collect();
+        for i in 0..pools.first().map_or(0, |(_, n)| n.len()) {
+            let (name, help, _) = pools[0].1[i];
+            let mut family = e.encode_descriptor(name, help, None, Counter)?;
+            for (site, named) in &pools {
+                ConstCounter::new(named[i].2).encode(family.encode_family(&[("site", *site)])?)?;
+            }
+        }
         {
             let mut family = e.encode_descriptor(
                 "polyhost_site_state",

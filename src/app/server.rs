@@ -310,6 +310,7 @@ impl Server {
             .map(|site| crate::metrics::SiteView {
                 stats: site.stats().clone(),
                 threads: site.runtimes().python.as_ref().map(|py| py.threads()),
+                php: site.runtimes().php.is_some(),
             })
             .collect();
         (status, views)

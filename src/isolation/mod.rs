@@ -18,6 +18,8 @@
 //!   subreaper) and its pause; below `process` and `cgroup`, which both use it.
 //! - [`sealed`]: [`sealed_file`], contents handed to a site process that it
 //!   can read but never change (php-fpm's generated config).
+//! - [`unread`]: [`unread_by_peer`], what a Unix socket's peer has not read
+//!   yet (`SIOCOUTQ`; the PHP pool's sign that a php-fpm child accepted).
 //!
 //! The child setup order, the cgroup layout and the fallback are described in
 //! `docs/isolation.md`.
@@ -29,6 +31,7 @@ pub mod process;
 pub mod reap;
 pub mod sealed;
 pub mod spawn;
+pub mod unread;
 
 pub use cgroup::{CgroupError, CgroupKind, CgroupRoot, Limits, SiteCgroup, Usage};
 pub use identity::{running_as_root, IdentityError, SiteIdentity};
@@ -38,3 +41,4 @@ pub use reap::{pause_reaper, reap_orphans, set_child_subreaper, ReaperPause};
 pub use sealed::sealed_file;
 pub use spawn::sandbox::{self, Sandbox};
 pub use spawn::{spawn, Rlimits, SpawnError, SpawnSpec};
+pub use unread::unread_by_peer;

@@ -7,6 +7,8 @@
 //!   never a label lookup).
 //!   [`SiteView`] is what a scrape reads of one site.
 //! - [`connections`]: server-wide connection counters the accept loops bump.
+//! - [`php_pool`]: what a PHP site's FastCGI connection pool did (reused,
+//!   retired, warmed successors, ...), per site, across reloads.
 //!
 //! The scrape itself (these handles plus gauges computed from the status:
 //! processes, memory, restarts, OOM kills) is `admin::metrics`, next to the
@@ -14,7 +16,9 @@
 //! above it.
 
 pub mod connections;
+pub mod php_pool;
 pub mod site;
 
 pub use connections::{connection_opened, ConnectionGuard};
+pub use php_pool::{PhpPoolCounters, PhpPoolStats, PoolEvent};
 pub use site::{InFlight, SiteStats, SiteView};

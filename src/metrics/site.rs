@@ -32,6 +32,8 @@ pub struct SiteStats {
     pub(crate) websockets_open: Gauge,
     /// WebSockets opened since the site exists.
     pub(crate) websockets_total: Counter,
+    /// The PHP connection pool's counters (zero for a site without PHP).
+    php_pool: std::sync::Arc<super::PhpPoolCounters>,
 }
 
 impl Default for SiteStats {
@@ -43,6 +45,7 @@ impl Default for SiteStats {
             in_flight: Gauge::default(),
             websockets_open: Gauge::default(),
             websockets_total: Counter::default(),
+            php_pool: Default::default(),
         }
     }
 }
@@ -77,6 +80,12 @@ impl SiteStats {
 
     pub fn in_flight(&self) -> i64 {
         self.in_flight.get()
+    }
+
+    /// The PHP connection pool's counters, shared with every generation of
+    /// the site's pool.
+    pub fn php_pool(&self) -> &std::sync::Arc<super::PhpPoolCounters> {
+        &self.php_pool
     }
 
     /// Counts a WebSocket as open until the guard is dropped.
@@ -114,6 +123,8 @@ pub struct SiteView {
     /// Busy and total worker threads (Python admission: permits in use,
     /// processes × threads); `None` for sites without a thread pool.
     pub threads: Option<(u64, u64)>,
+    /// The site runs PHP (its pool counters are shown).
+    pub php: bool,
 }
 
 /// Ends an in-flight request when dropped.

@@ -42,7 +42,8 @@ pub fn build_route(
                 let sink_logs = logs.clone();
                 let sink: ErrorSink =
                     Arc::new(move |line: &str| sink_logs.runtime_line("php", line));
-                let php = PhpUpstream::new(site, Arc::new(group.clone()), up, sink)
+                let counters = stats.php_pool().clone();
+                let php = PhpUpstream::new(site, Arc::new(group.clone()), up, sink, counters)
                     .map_err(|e| one_error(site, "php", e))?;
                 Arc::new(php) as Arc<dyn Upstream>
             }

@@ -118,8 +118,14 @@ pub fn harness(opts: SiteOptions) -> Harness {
     let sink_errors = errors.clone();
     let sink: ErrorSink =
         Arc::new(move |line: &str| sink_errors.lock().unwrap().push(line.to_owned()));
-    let upstream =
-        PhpUpstream::new(&fpm.site, runtime.clone(), Arc::new(StaticStub), sink).unwrap();
+    let upstream = PhpUpstream::new(
+        &fpm.site,
+        runtime.clone(),
+        Arc::new(StaticStub),
+        sink,
+        Default::default(),
+    )
+    .unwrap();
     Harness {
         fpm,
         upstream,

@@ -7,7 +7,9 @@
 //! - `fcgi`: the FastCGI record layer (why by hand: see its module doc).
 //! - `cgi`: CGI response headers → status and headers.
 //! - `pool`: keep-alive connections, at most `max_children`, each retired
-//!   after its php-fpm child's `max_requests`-th response.
+//!   after its php-fpm child's `max_requests`-th response, its successor
+//!   opened while its last request runs.
+//! - `warm`: a successor connection, pooled once a php-fpm child has it.
 //! - `exchange`: one request/response, streaming both ways: in the request's
 //!   task until the head is in, then (only if the answer is not complete
 //!   yet) in a task of its own.
@@ -31,6 +33,7 @@ mod fcgi;
 pub mod params;
 mod pool;
 pub mod script;
+mod warm;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -82,11 +85,14 @@ pub struct PhpUpstream {
 
 impl PhpUpstream {
     /// Fails when the site has no `[php]` section or no UTF-8 document root.
+    /// `counters`: where the connection pool counts what it does (the
+    /// site's, `SiteStats::php_pool`, so counts survive reloads).
     pub fn new(
         site: &SiteConfig,
         runtime: Arc<dyn RuntimeHandle>,
         static_files: Arc<dyn Upstream>,
         errors: ErrorSink,
+        counters: Arc<crate::metrics::PhpPoolCounters>,
     ) -> Result<Self, String> {
         let php = site
             .php
@@ -121,6 +127,7 @@ impl PhpUpstream {
                 php.idle_timeout,
                 php.mode == crate::config::PhpMode::Static,
                 php.max_requests,
+                counters,
             ),
             root,
             root_str,
@@ -261,8 +268,11 @@ impl PhpUpstream {
         // A kept-alive connection is used only for a request that can be
         // sent again (see `exchange::Attempt::Stale`): idempotent, body held
         // whole. Anything else gets a fresh connection (closing an idle one
-        // so the bound holds): a POST must never run twice.
-        let idle = self.pool.take(lease.socket());
+        // so the bound holds): a POST must never run twice. Either waits
+        // for a successor on its way rather than open a connection beside
+        // it (a POST closes what it gets: its own connection takes that
+        // place).
+        let idle = self.pool.take_or_wait(lease.socket()).await;
         let reused = idle.is_some() && replayable;
         let (stream, served) = match idle {
             Some(c) if reused => (c.stream, c.served),
@@ -280,9 +290,16 @@ impl PhpUpstream {
                         lease.socket().display()
                     ))
                 })?;
+                self.pool.count_opened();
                 (stream, 0)
             }
         };
+        if self.pool.is_last(served) {
+            // Its child exits after this answer: have a live child hold the
+            // next connection before then.
+            self.pool
+                .warm_successor(lease.socket().to_owned(), lease.peer_uid(), timeout);
+        }
         let exchange = Exchange {
             pool: self.pool.clone(),
             served,
@@ -418,6 +435,7 @@ mod tests {
             Arc::new(Fixed(socket)),
             Arc::new(NoStatic),
             Arc::new(|_: &str| {}),
+            Default::default(),
         )
         .unwrap();
         let ctx = RequestContext {

@@ -1,10 +1,11 @@
 //! Keep-alive FastCGI connections to one site's php-fpm socket.
 //!
 //! Invariants:
-//! - At most `max_children` connections exist at once (idle + in use): a
-//!   request holds an [`Admission`] place for as long as its connection is in
-//!   use, and a new connection is opened only when no idle one is left.
-//!   php-fpm ties one child to each open connection, so more would starve it.
+//! - At most `max_children` connections serve requests at once: a request
+//!   holds an [`Admission`] place for as long as its connection is in use,
+//!   and opens a new connection only when no idle one is left and no
+//!   successor is on its way. php-fpm ties one child to each open
+//!   connection, so more would starve it.
 //! - A connection goes back to the pool only after its response was read to
 //!   `FCGI_END_REQUEST` and its request was written whole (the exchange
 //!   decides); an idle connection is dropped when the peer closed it, when
@@ -18,16 +19,33 @@
 //!   connection the pool closed (idle, a POST's fresh connection), so the
 //!   count can be short; then the peek at [`ConnPool::take`] or the
 //!   exchange's one retry catch the close.
+//! - When a connection's last request goes out, the pool opens its
+//!   *successor* ([`ConnPool::warm_successor`], `warm`): a connection that
+//!   enters the pool only once a live child (the spare php-fpm runs for
+//!   this) has accepted it, so no request ever waits in php-fpm's backlog
+//!   for a child to be forked. At most one successor per retiring
+//!   connection; the one extra connection pins the spare child, which is
+//!   not admitted otherwise. A request that finds no idle connection while
+//!   a successor is on its way waits for the first connection back in the
+//!   pool ([`ConnPool::take_or_wait`]) instead of opening one. A request
+//!   re-sent on a fresh connection (its kept-alive one had closed) can add
+//!   one beside a successor: the idle list never holds more than
+//!   `max_children` (a surplus connection is closed when put back).
+//! - A connection put back goes to the longest-waiting request (preferring
+//!   one of the putting lane) before the idle list; a successor's end
+//!   ([`Warming`], however its task ends) lets waiting requests look again
+//!   when no other successor is on its way.
 
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::sys::socket::{recv, MsgFlags};
 use tokio::net::UnixStream;
 
+use crate::metrics::{PhpPoolCounters, PhpPoolStats, PoolEvent};
 use crate::upstream::admission::{Acquire, Admission};
 
 struct Idle {
@@ -45,34 +63,33 @@ pub struct Conn {
     pub served: u64,
 }
 
-/// What a pool did with its connections since it was built (status, tests).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PoolStats {
-    /// Requests sent on a kept-alive connection.
-    pub reused: u64,
-    /// Connections retired after their child's `max_requests`-th response.
-    pub retired: u64,
-    /// Idle connections found closed by php-fpm when taken (never used).
-    pub found_closed: u64,
-    /// Requests sent again on a fresh connection because their kept-alive
-    /// one was closed by php-fpm before it answered.
-    pub resent: u64,
-}
+/// What a pool did with its connections (status, tests, `/metrics`).
+pub type PoolStats = PhpPoolStats;
 
+/// Idle connections and the requests waiting for one, under one lock.
 #[derive(Default)]
-struct Counters {
-    reused: AtomicU64,
-    retired: AtomicU64,
-    found_closed: AtomicU64,
-    resent: AtomicU64,
+struct State {
+    idle: Vec<Idle>,
+    /// Requests in [`ConnPool::take_or_wait`]'s wait (their lane), oldest
+    /// first: a connection put back goes to the first of them still
+    /// waiting on the putting lane (no wake-up of another lane's thread, as
+    /// in `admission`), else to the oldest, not to the idle list (first
+    /// come, first served, as in php-fpm's backlog). A sender dropped
+    /// unsent tells its request to look again.
+    waiting: std::collections::VecDeque<(usize, tokio::sync::oneshot::Sender<Idle>)>,
 }
 
 pub struct ConnPool {
     permits: Arc<Admission>,
     /// php-fpm's `pm.max_requests` (0: children are never recycled).
     max_requests: u64,
-    counters: Counters,
-    idle: Mutex<Vec<Idle>>,
+    counters: Arc<PhpPoolCounters>,
+    state: Mutex<State>,
+    /// Successors connected whose probe no child has read yet.
+    warming: AtomicUsize,
+    /// Bumped by [`ConnPool::close_idle`]: a successor of an older epoch is
+    /// closed, not pooled.
+    epoch: AtomicU64,
     idle_timeout: Duration,
     reaper_running: AtomicBool,
     /// Where the reaper runs: the runtime that built the pool (the main
@@ -95,12 +112,15 @@ impl ConnPool {
         idle_timeout: Duration,
         keep_alive: bool,
         max_requests: u64,
+        counters: Arc<PhpPoolCounters>,
     ) -> Arc<Self> {
         Arc::new(ConnPool {
             permits: Admission::new(max.max(1)),
             max_requests,
-            counters: Counters::default(),
-            idle: Mutex::new(Vec::new()),
+            counters,
+            state: Mutex::new(State::default()),
+            warming: AtomicUsize::new(0),
+            epoch: AtomicU64::new(0),
             idle_timeout,
             reaper_running: AtomicBool::new(false),
             reaper_runtime: tokio::runtime::Handle::try_current().ok(),
@@ -117,24 +137,31 @@ impl ConnPool {
     /// on the calling router lane if there is one (else moved here).
     pub fn take(&self, path: &Path) -> Option<Conn> {
         let lane = crate::lanes::current();
-        let mut idle = self.lock();
-        while let Some(c) = crate::upstream::take_newest(&mut idle, |c| c.lane == lane) {
-            if c.path != path || c.since.elapsed() >= self.idle_timeout {
-                continue;
-            }
-            if !is_open(&c.conn.stream) {
-                self.counters.found_closed.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-            if let Ok(stream) = crate::lanes::rehome(c.conn.stream, c.lane) {
-                self.counters.reused.fetch_add(1, Ordering::Relaxed);
-                return Some(Conn {
-                    stream,
-                    served: c.conn.served,
-                });
+        let mut state = self.lock();
+        while let Some(c) = crate::upstream::take_newest(&mut state.idle, |c| c.lane == lane) {
+            if let Some(conn) = self.adopt(c, path) {
+                return Some(conn);
             }
         }
         None
+    }
+
+    /// `c` as this request's connection, if it is one to `path`, not idle
+    /// too long, still open, and movable to the calling lane.
+    fn adopt(&self, c: Idle, path: &Path) -> Option<Conn> {
+        if c.path != path || c.since.elapsed() >= self.idle_timeout {
+            return None;
+        }
+        if !is_open(&c.conn.stream) {
+            self.counters.count(PoolEvent::FoundClosed);
+            return None;
+        }
+        let stream = crate::lanes::rehome(c.conn.stream, c.lane).ok()?;
+        self.counters.count(PoolEvent::Reused);
+        Some(Conn {
+            stream,
+            served: c.conn.served,
+        })
     }
 
     /// Returns a connection whose last exchange completed cleanly (`conn`'s
@@ -146,16 +173,125 @@ impl ConnPool {
         }
         conn.served += 1;
         if self.max_requests > 0 && conn.served >= self.max_requests {
-            self.counters.retired.fetch_add(1, Ordering::Relaxed);
+            self.counters.count(PoolEvent::Retired);
             return; // the child exits; php-fpm starts its replacement
         }
-        self.lock().push(Idle {
+        self.push_idle(path, conn);
+    }
+
+    /// Hands `conn` to the longest-waiting request, else makes it idle.
+    fn push_idle(self: &Arc<Self>, path: PathBuf, conn: Conn) {
+        let mut item = Idle {
             path,
             conn,
             since: Instant::now(),
             lane: crate::lanes::current(),
-        });
+        };
+        let mut state = self.lock();
+        loop {
+            let own = state
+                .waiting
+                .iter()
+                .position(|(lane, _)| *lane == item.lane);
+            let Some((_, waiter)) = state.waiting.remove(own.unwrap_or(0)) else {
+                break;
+            };
+            match waiter.send(item) {
+                Ok(()) => return,
+                Err(back) => item = back, // that request gave up
+            }
+        }
+        if state.idle.len() >= self.permits.capacity() {
+            // One too many: a successor and the fresh connection a re-sent
+            // request opened beside it (its kept-alive one had closed).
+            return;
+        }
+        state.idle.push(item);
+        drop(state);
         self.start_reaper();
+    }
+
+    /// Tells every waiting request to look again (a successor is done).
+    fn wake_waiters(&self) {
+        self.lock().waiting.clear();
+    }
+
+    /// Like [`ConnPool::take`], but while a successor is on its way
+    /// ([`ConnPool::warm_successor`]) and nothing is idle, waits for the
+    /// first connection back in the pool (a successor accepted, or another
+    /// request's connection) rather than returning `None`: a connection
+    /// opened now would wait in php-fpm's backlog for a child that is not
+    /// forked yet, while the children that are pinned free up within a
+    /// request's time. `None`: nothing idle and no successor coming.
+    pub async fn take_or_wait(&self, path: &Path) -> Option<Conn> {
+        let mut counted = false;
+        loop {
+            if let Some(c) = self.take(path) {
+                return Some(c);
+            }
+            let handed = {
+                let mut state = self.lock();
+                if !state.idle.is_empty() {
+                    continue; // put back since `take`: take it
+                }
+                // Under the lock: a successor's end decrements first, then
+                // clears `waiting` under the lock, so no wait outlives it.
+                if self.warming.load(Ordering::SeqCst) == 0 {
+                    return None;
+                }
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                state.waiting.push_back((crate::lanes::current(), tx));
+                rx
+            };
+            if !counted {
+                counted = true;
+                self.counters.count(PoolEvent::Waited);
+            }
+            if let Ok(c) = handed.await {
+                if let Some(conn) = self.adopt(c, path) {
+                    return Some(conn);
+                }
+            }
+        }
+    }
+
+    /// Whether the next request on a connection that has served `served`
+    /// is its child's last (then open its successor).
+    pub fn is_last(&self, served: u64) -> bool {
+        self.keep_alive && self.max_requests > 0 && served + 1 >= self.max_requests
+    }
+
+    /// Opens the successor of a connection whose last request is going out
+    /// (see the module doc): connected to `socket` (served by `uid`), pooled
+    /// once a child has read its probe (`warm`), within `timeout`, else
+    /// closed. Runs in a task of its own on the caller's runtime.
+    pub fn warm_successor(self: &Arc<Self>, socket: PathBuf, uid: Option<u32>, timeout: Duration) {
+        let epoch = self.epoch.load(Ordering::SeqCst);
+        self.warming.fetch_add(1, Ordering::SeqCst);
+        // Ends the warm-up however the task ends (even dropped unfinished,
+        // its runtime stopping), so no request waits for it past then.
+        let mut warming = Warming {
+            pool: self.clone(),
+            pooled: false,
+        };
+        tokio::spawn(async move {
+            let pool = warming.pool.clone();
+            let opened = tokio::time::timeout(timeout, super::warm::open(&socket, uid)).await;
+            match opened {
+                Ok(Ok(stream)) if pool.epoch.load(Ordering::SeqCst) == epoch => {
+                    pool.counters.count(PoolEvent::Warmed);
+                    pool.push_idle(socket, Conn { stream, served: 0 });
+                    warming.pooled();
+                }
+                Ok(Ok(_closed_pool)) => {}
+                Ok(Err(_)) | Err(_) => pool.counters.count(PoolEvent::WarmFailed),
+            }
+        });
+    }
+
+    /// A request opened a connection of its own.
+    pub fn count_opened(&self) {
+        self.counters.count(PoolEvent::Opened);
     }
 
     /// One reaper task per pool while it has idle connections: closes them
@@ -190,43 +326,64 @@ impl ConnPool {
     /// Closes idle connections that have been idle for `idle_timeout`.
     pub fn reap(&self) {
         self.lock()
+            .idle
             .retain(|c| c.since.elapsed() < self.idle_timeout);
     }
 
-    /// Closes every idle connection (runtime stopping or restarting).
+    /// Closes every idle connection (runtime stopping or restarting), and
+    /// every successor still on its way once it is accepted.
     pub fn close_idle(&self) {
-        self.lock().clear();
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.lock().idle.clear();
     }
 
     /// A request is sent again: its kept-alive connection was closed.
     pub fn count_resent(&self) {
-        self.counters.resent.fetch_add(1, Ordering::Relaxed);
+        self.counters.count(PoolEvent::Resent);
     }
 
-    /// What the pool did with its connections so far.
+    /// What the pool (and the site's earlier pools) did so far.
     pub fn stats(&self) -> PoolStats {
-        let c = &self.counters;
-        PoolStats {
-            reused: c.reused.load(Ordering::Relaxed),
-            retired: c.retired.load(Ordering::Relaxed),
-            found_closed: c.found_closed.load(Ordering::Relaxed),
-            resent: c.resent.load(Ordering::Relaxed),
-        }
+        self.counters.snapshot()
     }
 
     /// Number of idle connections (for status and tests).
     pub fn idle_count(&self) -> usize {
-        self.lock().len()
+        self.lock().idle.len()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A successor on its way ([`ConnPool::warm_successor`]); its drop ends it.
+struct Warming {
+    pool: Arc<ConnPool>,
+    /// It went into the pool (or to a waiting request).
+    pooled: bool,
+}
+
+impl Warming {
+    fn pooled(&mut self) {
+        self.pooled = true;
+    }
+}
+
+impl Drop for Warming {
+    fn drop(&mut self) {
+        // Waiting requests keep their turn while other successors are on
+        // their way; when none is left, or this one came to nothing, they
+        // look again (and open a connection if none is idle).
+        if self.pool.warming.fetch_sub(1, Ordering::SeqCst) == 1 || !self.pooled {
+            self.pool.wake_waiters();
+        }
     }
 }
 
 /// A kept-alive connection has nothing to read between requests: data or
 /// end of file means php-fpm closed it (child recycled) or broke protocol.
-fn is_open(stream: &UnixStream) -> bool {
+pub(super) fn is_open(stream: &UnixStream) -> bool {
     let mut byte = [0u8; 1];
     matches!(
         recv(
@@ -252,7 +409,7 @@ mod tests {
 
     #[tokio::test]
     async fn dead_and_foreign_connections_are_not_reused_and_idle_ones_are_reaped() {
-        let pool = ConnPool::new(4, Duration::from_millis(50), true, 0);
+        let pool = ConnPool::new(4, Duration::from_millis(50), true, 0, Default::default());
         let (alive, _alive_peer) = UnixStream::pair().unwrap();
         let (dead, dead_peer) = UnixStream::pair().unwrap();
         let (chatty, chatty_peer) = UnixStream::pair().unwrap();
@@ -291,7 +448,7 @@ mod tests {
     /// then retired: the request after it never meets it.
     #[tokio::test]
     async fn a_connection_is_retired_after_its_childs_last_request() {
-        let pool = ConnPool::new(4, Duration::from_secs(60), true, 3);
+        let pool = ConnPool::new(4, Duration::from_secs(60), true, 3, Default::default());
         let (stream, _peer) = UnixStream::pair().unwrap();
         let mut conn = Some(conn(stream));
         for served in 1..=2 {
@@ -307,12 +464,11 @@ mod tests {
             PoolStats {
                 reused: 2,
                 retired: 1,
-                found_closed: 0,
-                resent: 0
+                ..Default::default()
             }
         );
         // Without recycling (max_requests = 0) nothing is retired.
-        let pool = ConnPool::new(4, Duration::from_secs(60), true, 0);
+        let pool = ConnPool::new(4, Duration::from_secs(60), true, 0, Default::default());
         let (stream, _peer) = UnixStream::pair().unwrap();
         pool.put(
             "/s".into(),
@@ -327,7 +483,7 @@ mod tests {
     #[tokio::test]
     async fn a_lane_takes_its_own_connection_first_and_can_take_another_lanes() {
         use crate::lanes::Lanes;
-        let pool = ConnPool::new(4, Duration::from_secs(60), true, 0);
+        let pool = ConnPool::new(4, Duration::from_secs(60), true, 0, Default::default());
         let put_on = |lanes: &Lanes| {
             let pool = pool.clone();
             let lane = lanes.handles().next().unwrap().clone();
@@ -375,5 +531,54 @@ mod tests {
         assert!(got(&mut from_second));
         assert_eq!(pool.idle_count(), 0);
         first.stop().await;
+    }
+
+    /// A connection's last request opens its successor, which is pooled
+    /// only once the peer read its probe; meanwhile a request waits for it
+    /// (or any connection put back) instead of getting `None`.
+    #[tokio::test]
+    async fn a_successor_is_pooled_once_accepted_and_a_request_waits_for_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("fpm.sock");
+        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+        let pool = ConnPool::new(1, Duration::from_secs(60), true, 2, Default::default());
+        assert!(!pool.is_last(0) && pool.is_last(1));
+        pool.warm_successor(socket.clone(), None, Duration::from_secs(30));
+        let waiting = tokio::spawn({
+            let (pool, socket) = (pool.clone(), socket.clone());
+            async move { pool.take_or_wait(&socket).await.map(|c| c.served) }
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while pool.stats().waited == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "never waited: {:?}",
+                pool.stats()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(!waiting.is_finished(), "nothing accepted the successor yet");
+        let (mut child, _) = listener.accept().await.unwrap();
+        let mut probe = [0u8; 8];
+        tokio::io::AsyncReadExt::read_exact(&mut child, &mut probe)
+            .await
+            .unwrap();
+        let served = tokio::time::timeout(Duration::from_secs(10), waiting)
+            .await
+            .expect("the waiting request got the successor within 10 s")
+            .unwrap();
+        assert_eq!(served, Some(0), "a fresh child's connection");
+        let stats = pool.stats();
+        assert_eq!((stats.warmed, stats.waited, stats.warm_failed), (1, 1, 0));
+
+        // No successor on its way: nothing to wait for.
+        assert!(pool.take_or_wait(&socket).await.is_none());
+        // A successor nobody accepts in time is closed, and its waiter let go.
+        pool.warm_successor(socket.clone(), None, Duration::from_millis(100));
+        let got = tokio::time::timeout(Duration::from_secs(10), pool.take_or_wait(&socket))
+            .await
+            .expect("let go within 10 s");
+        assert!(got.is_none());
+        assert_eq!(pool.stats().warm_failed, 1);
     }
 }
