@@ -128,16 +128,7 @@ impl PythonUpstream {
                 .await
                 .map_err(|e| self.broken(&lease, "broke the connection", e))
         };
-        let head = match tokio::time::timeout(self.request_timeout, exchange).await {
-            Ok(result) => result?,
-            Err(_) => {
-                lease.recycle(format!(
-                    "a request ran past request_timeout ({:?})",
-                    self.request_timeout
-                ));
-                return Err(UpstreamError::Timeout(self.request_timeout));
-            }
-        };
+        let head = self.within_timeout(&lease, "a request", exchange).await?;
         let mut response = Response::new(());
         *response.status_mut() = head.status;
         *response.headers_mut() = head.headers;
@@ -191,6 +182,27 @@ impl PythonUpstream {
         let lease = self.runtime.ready().await?;
         drop(waiting);
         Ok((body, permit, lease))
+    }
+
+    /// Runs a request's exchange with its worker within `request_timeout`;
+    /// past it, the worker is recycled (`what` ran past) and the answer is a
+    /// timeout.
+    async fn within_timeout<T>(
+        &self,
+        lease: &RuntimeLease,
+        what: &str,
+        exchange: impl std::future::Future<Output = Result<T, UpstreamError>>,
+    ) -> Result<T, UpstreamError> {
+        match tokio::time::timeout(self.request_timeout, exchange).await {
+            Ok(result) => result,
+            Err(_) => {
+                lease.recycle(format!(
+                    "{what} ran past request_timeout ({:?})",
+                    self.request_timeout
+                ));
+                Err(UpstreamError::Timeout(self.request_timeout))
+            }
+        }
     }
 
     fn broken(&self, lease: &RuntimeLease, what: &str, e: WireError) -> UpstreamError {

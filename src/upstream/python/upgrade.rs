@@ -41,16 +41,9 @@ impl PythonUpstream {
                 .await
                 .map_err(|e| self.broken(&lease, "broke the connection", e))
         };
-        let head = match tokio::time::timeout(self.request_timeout, exchange).await {
-            Ok(result) => result?,
-            Err(_) => {
-                lease.recycle(format!(
-                    "a WebSocket handshake ran past request_timeout ({:?})",
-                    self.request_timeout
-                ));
-                return Err(UpstreamError::Timeout(self.request_timeout));
-            }
-        };
+        let head = self
+            .within_timeout(&lease, "a WebSocket handshake", exchange)
+            .await?;
         let mut response = Response::new(());
         *response.status_mut() = head.status;
         *response.headers_mut() = head.headers;
