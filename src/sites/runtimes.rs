@@ -164,7 +164,13 @@ pub fn build_runtimes(
         .map_err(|e| one_error(site, "user", e.to_string()))?;
     rt.reader = reader_of(ctx.identity.as_ref());
     if site.php.is_some() {
+        let private_tmp = ctx
+            .sandbox
+            .as_ref()
+            .map(|s| s.shared_tmp.clone())
+            .unwrap_or_default();
         let launcher = PhpLauncher::new(site, supervisor.state_dir(), ctx.identity.clone())
+            .map(|l| l.with_private_tmp(private_tmp))
             .ok_or_else(|| {
                 one_error(
                     site,

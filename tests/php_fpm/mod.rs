@@ -216,6 +216,7 @@ impl FpmSite {
                 inherited_socket: false,
                 system_include: &polyhost::runtime::php::system_include_dirs(),
                 php_error_log: None,
+                private_tmp: &[],
             },
         )
         .unwrap();

@@ -23,6 +23,9 @@ pub struct PhpLauncher {
     paths: PhpPoolPaths,
     fpm: PathBuf,
     identity: Option<SiteIdentity>,
+    /// The host's temporary directories the site's sandbox replaces by its
+    /// own (`/tmp`, `/var/tmp`): PHP may use them too (`open_basedir`).
+    private_tmp: Vec<PathBuf>,
 }
 
 impl PhpLauncher {
@@ -39,7 +42,15 @@ impl PhpLauncher {
             paths: PhpPoolPaths::new(state_dir, &site.name),
             fpm,
             identity,
+            private_tmp: Vec::new(),
         })
+    }
+
+    /// The site's processes start in a sandbox where these paths are the
+    /// site's own temporary directory: `open_basedir` admits them.
+    pub fn with_private_tmp(mut self, paths: Vec<PathBuf>) -> Self {
+        self.private_tmp = paths;
+        self
     }
 
     /// The pool paths of one master: its socket, and a pid file named after it.
@@ -109,6 +120,7 @@ impl Launcher for PhpLauncher {
             inherited_socket: true,
             system_include: &include,
             php_error_log: None,
+            private_tmp: &self.private_tmp,
         };
         let text = pool_config(&self.site, &opts)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;

@@ -77,6 +77,9 @@ pub struct PoolOptions<'a> {
     /// unset, so PHP sends its messages as FastCGI stderr, which the router
     /// writes to the site's error log.
     pub php_error_log: Option<PathBuf>,
+    /// Paths that are the site's own temporary directory in its sandbox
+    /// (`/tmp`, `/var/tmp`): added to `open_basedir` like the site's `tmp`.
+    pub private_tmp: &'a [PathBuf],
 }
 
 /// A value that cannot go into the config.
@@ -293,7 +296,10 @@ fn open_basedir<'a>(
             .chain(opts.system_include.iter().map(PathBuf::as_path))
             .collect(),
     };
-    for own in [&opts.paths.tmp, &opts.paths.sessions] {
+    for own in [&opts.paths.tmp, &opts.paths.sessions]
+        .into_iter()
+        .chain(opts.private_tmp)
+    {
         if !dirs.contains(&own.as_path()) {
             dirs.push(own);
         }

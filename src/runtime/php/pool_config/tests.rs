@@ -23,6 +23,7 @@ fn plain_options(paths: &PhpPoolPaths) -> PoolOptions<'_> {
         inherited_socket: true,
         system_include: &[],
         php_error_log: None,
+        private_tmp: &[],
     }
 }
 
@@ -40,6 +41,7 @@ fn snapshot_of_a_dynamic_pool() {
         inherited_socket: true,
         system_include: &include,
         php_error_log: Some("/run/polyhost/sites/blog/php-error.log".into()),
+        private_tmp: &[],
     };
     let text = pool_config(&site("/srv/www/blog"), &opts).unwrap();
     expect![[r#"
@@ -93,6 +95,7 @@ fn user_lines_only_for_a_root_master_and_modes() {
         inherited_socket: false,
         system_include: &[],
         php_error_log: None,
+        private_tmp: &[],
     };
     let text = pool_config(&s, &root).unwrap();
     assert!(text.contains("\nuser = 'blog'\ngroup = 'blog'\n"), "{text}");
@@ -147,6 +150,7 @@ fn open_basedir_keeps_the_site_tmp_and_sessions() {
         inherited_socket: true,
         system_include: &include,
         php_error_log: None,
+        private_tmp: &[],
     };
     let basedir = |listed: Option<Vec<PathBuf>>| {
         let mut s = site("/srv/www/blog");
@@ -171,6 +175,25 @@ fn open_basedir_keeps_the_site_tmp_and_sessions() {
     assert_eq!(
         basedir(None),
         "php_admin_value[open_basedir] = '/srv/www/blog:/usr/share/php:/run/polyhost/sites/blog/tmp:/run/polyhost/sites/blog/sessions'"
+    );
+}
+
+/// In the sandbox, `/tmp` and `/var/tmp` are the site's own tmp: PHP may
+/// use them (apps that name `/tmp` work), listed or not.
+#[test]
+fn open_basedir_admits_the_sandboxed_tmp() {
+    let paths = paths();
+    let private = [PathBuf::from("/tmp"), PathBuf::from("/var/tmp")];
+    let opts = PoolOptions {
+        private_tmp: &private,
+        ..plain_options(&paths)
+    };
+    let mut s = site("/srv/www/blog");
+    s.php.as_mut().unwrap().open_basedir = Some(vec!["/srv/www/blog".into()]);
+    let text = pool_config(&s, &opts).unwrap();
+    assert!(
+        text.contains("php_admin_value[open_basedir] = '/srv/www/blog:/run/polyhost/sites/blog/tmp:/run/polyhost/sites/blog/sessions:/tmp:/var/tmp'\n"),
+        "{text}"
     );
 }
 
@@ -228,6 +251,7 @@ fn injection_attempts_are_rejected() {
         inherited_socket: false,
         system_include: &[],
         php_error_log: None,
+        private_tmp: &[],
     };
     let check = |edit: &dyn Fn(&mut SiteConfig), key: &str| {
         let mut s = site("/srv/www/blog");
