@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{empty, request, send_on, ClientBody, RawConn, Worker};
 use http::StatusCode;
@@ -268,14 +268,9 @@ async fn request_timeout_cancels_the_task_answers_504_and_the_process_lives() {
         &["--interface", "asgi", "--request-timeout", "1"],
     )
     .await;
-    let started = Instant::now();
+    // /hang never answers by itself: a 504 is the timeout's.
     let r = w.get("/hang").await;
     assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT, "{}", r.text());
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "{:?}",
-        started.elapsed()
-    );
     w.wait_marker("cancelled", Duration::from_secs(10)).await;
     assert_eq!(w.get("/").await.text(), "ok", "the process survives");
     // Started responses cannot become 504: the connection is closed instead.
@@ -332,18 +327,13 @@ async fn a_blocking_call_shows_in_the_log_with_its_traceback() {
 
 #[tokio::test]
 async fn concurrent_requests_share_the_loop() {
-    // Twenty 1 s sleeps on one loop finish together, not one after another.
+    // Twenty requests that each wait until all twenty are in flight: only
+    // one loop serving them all at once lets any of them finish so.
     let w = Worker::start("asgi_faults:app", ASGI).await;
-    let started = Instant::now();
-    let replies = futures_util::future::join_all((0..20).map(|_| w.get("/slow"))).await;
+    let replies = futures_util::future::join_all((0..20).map(|_| w.get("/slow?n=20"))).await;
     for r in replies {
-        assert_eq!(r.text(), "slow done");
+        assert_eq!(r.text(), "slow done, 20 in flight");
     }
-    assert!(
-        started.elapsed() < Duration::from_secs(8),
-        "{:?}",
-        started.elapsed()
-    );
 }
 
 #[tokio::test]
@@ -397,23 +387,7 @@ async fn a_client_that_never_reads_makes_the_apps_send_wait() {
     let mut c = RawConn::connect(&w).await;
     c.send(b"GET /flood HTTP/1.1\r\nHost: x\r\n\r\n").await;
     let flood = w.wait_marker("flood", Duration::from_secs(20)).await;
-    let (mut last, mut still) = (0u64, 0);
-    for _ in 0..100 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let now: u64 = std::fs::read_to_string(&flood)
-            .unwrap()
-            .parse()
-            .unwrap_or(0);
-        still = if now == last { still + 1 } else { 0 };
-        last = now;
-        if still >= 10 {
-            break;
-        }
-    }
-    assert!(
-        still >= 10,
-        "the app's sends never stopped ({last} bytes sent)"
-    );
+    let last = common::sends_stalled_at(&flood).await;
     assert!(last < 32 << 20, "{last} bytes went into buffers");
     drop(c);
     w.wait_marker("flood-ended", Duration::from_secs(20)).await;

@@ -7,8 +7,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::ws::{Ws, TIMEOUT};
 use common::Worker;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -127,24 +125,7 @@ async fn a_client_that_never_reads_makes_the_apps_send_wait() {
     // The app sends 64 KiB messages as fast as it may; the client reads
     // nothing. Once the socket buffers are full, send() must wait.
     let flood = w.wait_marker("flood", TIMEOUT).await;
-    let mut last = 0u64;
-    let mut still = 0;
-    for _ in 0..100 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let now: u64 = std::fs::read_to_string(&flood)
-            .unwrap()
-            .parse()
-            .unwrap_or(0);
-        still = if now == last { still + 1 } else { 0 };
-        last = now;
-        if still >= 10 {
-            break;
-        }
-    }
-    assert!(
-        still >= 10,
-        "the app's sends never stopped ({last} bytes sent)"
-    );
+    let last = common::sends_stalled_at(&flood).await;
     assert!(last < 32 << 20, "{last} bytes went into buffers");
     let status = std::fs::read_to_string(format!("/proc/{}/status", w.child.id())).unwrap();
     let rss: u64 = status

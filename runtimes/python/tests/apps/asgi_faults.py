@@ -37,6 +37,10 @@ async def no_lifespan(scope, receive, send):
     await ok(send)
 
 
+# /slow's barrier (one worker per test: nothing to reset).
+SLOW = {"in_flight": 0, "all_here": asyncio.Event()}
+
+
 async def app(scope, receive, send):
     if scope["type"] == "lifespan":
         return  # lifespan=auto: unsupported, served without
@@ -91,7 +95,17 @@ async def app(scope, receive, send):
         await asyncio.sleep(3.0)
         await ok(send, b"held")
     elif path == "/slow":
-        await asyncio.sleep(1.0)
-        await ok(send, b"slow done")
+        # A barrier: each request waits until `n` are in flight at once, which
+        # only happens if they share the loop (one at a time, the first would
+        # wait alone until its 60 s give-up and say how many it saw).
+        n = int(scope["query_string"].decode().partition("n=")[2] or 1)
+        SLOW["in_flight"] += 1
+        if SLOW["in_flight"] >= n:
+            SLOW["all_here"].set()
+        try:
+            await asyncio.wait_for(SLOW["all_here"].wait(), 60)
+        except asyncio.TimeoutError:
+            pass
+        await ok(send, b"slow done, %d in flight" % SLOW["in_flight"])
     else:
         await ok(send)

@@ -366,3 +366,23 @@ impl RawConn {
         self.buf.is_empty() && !self.fill().await
     }
 }
+
+/// Waits (at most 5 s) until the byte count an app writes to its marker
+/// file `counter` has not grown for ten polls in a row (its sends wait on a
+/// client that reads nothing) and returns it; fails if it never stops.
+pub async fn sends_stalled_at(counter: &Path) -> u64 {
+    let (mut last, mut still) = (0u64, 0);
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now: u64 = std::fs::read_to_string(counter)
+            .unwrap()
+            .parse()
+            .unwrap_or(0);
+        still = if now == last { still + 1 } else { 0 };
+        last = now;
+        if still >= 10 {
+            return last;
+        }
+    }
+    panic!("the app's sends never stopped ({last} bytes sent)");
+}
