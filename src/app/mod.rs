@@ -10,6 +10,7 @@
 //! The binary and the integration tests share [`serve`].
 
 pub mod reload;
+pub mod router_link;
 pub mod server;
 pub mod status;
 

@@ -14,12 +14,13 @@ use arc_swap::ArcSwap;
 
 use super::reload::apply::{self, ApplyError, Builder};
 use super::reload::{plan, Change, ReloadReport, Running, SiteNotReady};
+use super::router_link::{Desired, DesiredSite, RouterLink};
 use super::status::{ServerStatus, SiteStatus};
 use super::ServeError;
-use crate::config::{self, Config, ConfigErrors, SiteName};
+use crate::config::{self, Config, ConfigErrors, ServerConfig, SiteName};
 use crate::router::{RoutingTable, SharedTable};
 use crate::sites::{self, Site};
-use crate::supervisor::Supervisor;
+use crate::supervisor::{GroupHandle, GroupKey, Supervisor};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -61,6 +62,13 @@ pub struct Server {
     reloads: AtomicU64,
     reloads_failed: AtomicU64,
     shutdown_timeout: Duration,
+    /// The server settings it started with (they change only at restart).
+    server_config: ServerConfig,
+    /// The router process, when polyhost runs privilege-separated: told
+    /// every publication ([`Server::set_router_link`]).
+    router: std::sync::OnceLock<Arc<dyn RouterLink>>,
+    /// The version of the last [`Desired`] published.
+    desired_version: AtomicU64,
 }
 
 impl Server {
@@ -127,7 +135,54 @@ impl Server {
             generation: AtomicU64::new(0),
             reloads: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
+            server_config: config.server.clone(),
+            router: std::sync::OnceLock::new(),
+            desired_version: AtomicU64::new(0),
         }
+    }
+
+    /// From now on every publication is also sent to `link` (the router
+    /// process) and awaited before what it replaced is retired. Set once,
+    /// right after [`start`](Self::start); a second call is ignored.
+    pub fn set_router_link(&self, link: Arc<dyn RouterLink>) {
+        let _ = self.router.set(link);
+    }
+
+    /// What the router must serve now: the sites last published, each with
+    /// its generation and whether it is stopped. For a router that starts
+    /// (or restarts) between publications.
+    pub fn desired(&self) -> Desired {
+        desired_of(
+            &self.server_config,
+            &self.published.load(),
+            self.desired_version.load(Ordering::SeqCst),
+        )
+    }
+
+    /// The router process's counters, when polyhost runs
+    /// privilege-separated and the router answers; `None` otherwise (then
+    /// this process's own counters are the router's).
+    pub async fn router_stats(&self) -> Option<super::router_link::StatsReply> {
+        self.router.get()?.stats().await
+    }
+
+    /// Every process group of the published sites, named as the router
+    /// names them.
+    pub fn published_groups(&self) -> Vec<(GroupKey, GroupHandle)> {
+        let published = self.published.load();
+        let mut out = Vec::new();
+        for (name, site) in published.iter() {
+            let rt = site.runtimes();
+            for g in &rt.groups {
+                let key = GroupKey {
+                    site: name.to_string(),
+                    runtime: g.runtime.to_owned(),
+                    generation: rt.generation,
+                };
+                out.push((key, g.clone()));
+            }
+        }
+        out
     }
 
     pub fn table(&self) -> SharedTable {
@@ -199,7 +254,7 @@ impl Server {
         let prepared = apply::prepare(changes, &state.sites, &builder).await?;
         let old = std::mem::replace(&mut state.sites, prepared.sites);
         state.config = new;
-        self.swap_table(state);
+        self.publish(state).await;
         apply::hand_over_logs(&state.sites, &prepared.fresh, &self.supervisor);
         apply::retire(old, &state.sites, &self.supervisor);
         Ok(())
@@ -226,7 +281,7 @@ impl Server {
         }
         let replacement = site.stopped(&site.config().clone());
         let old = std::mem::replace(site, replacement);
-        self.swap_table(&state);
+        self.publish(&state).await;
         old.runtimes().stop().await;
         tracing::info!(site = name, "stopped by the operator");
         Ok(())
@@ -251,7 +306,7 @@ impl Server {
         .map_err(ControlError::Setup)?;
         sites::give_logs_to_site(started.config(), &self.supervisor, started.logs());
         state.sites.insert(key, started);
-        self.swap_table(&state);
+        self.publish(&state).await;
         tracing::info!(site = name, "started by the operator");
         Ok(())
     }
@@ -272,6 +327,17 @@ impl Server {
             state.sites.values().map(|site| site.route().clone()),
         )));
         self.published.store(Arc::new(state.sites.clone()));
+    }
+
+    /// [`swap_table`](Self::swap_table), then, with a router process,
+    /// waits until it serves the same (see `app::router_link`).
+    async fn publish(&self, state: &State) {
+        self.swap_table(state);
+        if let Some(router) = self.router.get() {
+            let version = self.desired_version.fetch_add(1, Ordering::SeqCst) + 1;
+            let desired = desired_of(&self.server_config, &state.sites, version);
+            router.publish(desired).await;
+        }
     }
 
     /// Never waits for a control operation in progress.
@@ -323,6 +389,30 @@ impl Server {
         futures_util::future::join_all(state.sites.values().map(|site| site.runtimes().stop()))
             .await;
         self.supervisor.shutdown();
+    }
+}
+
+/// The [`Desired`] of `sites` under `server`'s settings.
+fn desired_of(server: &ServerConfig, sites: &BTreeMap<SiteName, Site>, version: u64) -> Desired {
+    Desired {
+        version,
+        config: Config {
+            server: server.clone(),
+            sites: sites
+                .iter()
+                .map(|(name, site)| (name.clone(), site.config().clone()))
+                .collect(),
+        },
+        sites: sites
+            .iter()
+            .map(|(name, site)| {
+                let state = DesiredSite {
+                    generation: site.runtimes().generation,
+                    stopped: site.is_stopped(),
+                };
+                (name.to_string(), state)
+            })
+            .collect(),
     }
 }
 

@@ -14,7 +14,7 @@ use super::error::{ConfigError, ConfigErrors, FileErrors, Source};
 use super::raw::RawServer;
 use super::types::parse_duration;
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ServerConfig {
     /// The main file as given on the command line.
     pub main_file: PathBuf,
@@ -38,14 +38,15 @@ pub struct ServerConfig {
     /// `[metrics] listen`: a TCP address serving only `/metrics`.
     pub metrics_listen: Option<SocketAddr>,
     /// `[metrics] token` (or `token_file`): bearer token required on
-    /// `metrics_listen`; none: that listener is open.
+    /// `metrics_listen`; none: that listener is open. Never serialised.
+    #[serde(skip)]
     pub metrics_token: Option<AdminToken>,
     /// TLS listeners, h2c, trusted proxies, connection and request limits.
     pub front: super::front::FrontConfig,
 }
 
 /// Linux scheduling policy of site processes (`site_scheduling`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum SiteScheduling {
     /// `SCHED_BATCH`: a site process that wakes up (its request arrived)
     /// does not preempt the router mid-slice, so the router keeps moving
@@ -56,14 +57,16 @@ pub enum SiteScheduling {
     Normal,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AdminConfig {
     pub socket: PathBuf,
     /// Group allowed to open the socket besides root.
     pub group: Option<String>,
     /// Optional TCP address of the admin API; never without `token`.
     pub listen: Option<SocketAddr>,
-    /// Bearer token required on `listen` (`token` or `token_file`).
+    /// Bearer token required on `listen` (`token` or `token_file`). Never
+    /// serialised: the router process is not told any token.
+    #[serde(skip)]
     pub token: Option<AdminToken>,
 }
 

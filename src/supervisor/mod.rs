@@ -34,7 +34,7 @@ pub use lease::{LeaseError, RuntimeHandle, RuntimeLease};
 pub use mailbox::STOP_GRACE;
 pub use policy::{RestartPolicy, RestartTracker};
 pub use separation::{configured_site_identities, site_identities, IdentityDefaults};
-pub use snapshot::{GroupState, Snapshot};
+pub use snapshot::{GroupKey, GroupState, Snapshot};
 pub use sockets::check_paths as check_socket_paths;
 
 use crate::config::{ServerConfig, SiteConfig, SiteScheduling};

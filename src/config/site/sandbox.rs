@@ -23,7 +23,7 @@ pub struct RawSandboxTable {
 }
 
 /// What a site's processes see (docs/isolation.md, "The sandbox").
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SandboxConfig {
     /// Each process in its own mount (and IPC) namespace, with the site's
     /// private `/tmp`, a fresh `/dev/shm` and a `/proc` showing only the
@@ -41,7 +41,7 @@ impl Default for SandboxConfig {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum SandboxNetwork {
     /// The host's network, as without a sandbox.
     Host,
