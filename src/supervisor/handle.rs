@@ -155,6 +155,12 @@ impl GroupHandle {
         let _ = self.tx.send(Cmd::RestartAll);
     }
 
+    /// The router process used the group `idle` ago (a request started or
+    /// ended then): the idle check (scale to zero) counts it as activity.
+    pub fn note_remote_activity(&self, idle: Duration) {
+        self.activity.touch_ago(idle);
+    }
+
     /// Drains and stops every process; returns when they are gone.
     pub async fn stop(&self) {
         let (tx, rx) = oneshot::channel();
