@@ -112,6 +112,22 @@ impl RouterProcess {
     }
 }
 
+/// Who the router runs as: `router_user` resolved (its primary group; never
+/// uid or gid 0), or what is wrong with it, in words for `router_user`'s
+/// error.
+pub fn router_identity(user: &str) -> Result<super::SiteIdentity, String> {
+    use super::IdentityError;
+    super::SiteIdentity::resolve(user, None).map_err(|e| match e {
+        IdentityError::NoSuchUser(_) => format!(
+            "user `{user}` does not exist: the router process runs as it; create it with `useradd --system --no-create-home --shell /usr/sbin/nologin {user}`, or name another"
+        ),
+        IdentityError::RootUser(_) | IdentityError::RootGroup(_) => format!(
+            "user `{user}` has uid or gid 0: the router process serves the internet and must not run as root"
+        ),
+        other => other.to_string(),
+    })
+}
+
 /// The child's steps, reported as one byte when one fails.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]

@@ -102,8 +102,10 @@ impl Endpoint {
         true
     }
 
-    /// The router said it holds no lease on the endpoint and takes none.
+    /// The router said it holds no lease on the endpoint and takes none
+    /// (so none is in flight there either).
     pub fn release_router_hold(&self) {
+        self.remote_inflight.store(0, Ordering::SeqCst);
         self.router_held.store(false, Ordering::SeqCst);
     }
 
