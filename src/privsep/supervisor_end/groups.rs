@@ -52,6 +52,10 @@ pub(super) fn send_update(inner: &mut Inner, key: &GroupKey) {
         app_error: snapshot.app_error.clone(),
         last_error: snapshot.last_error.clone(),
     };
+    if told.last.as_ref() == Some(&update) {
+        return;
+    }
+    told.last = Some(update.clone());
     inner.send(ToRouter::Group(update));
 }
 

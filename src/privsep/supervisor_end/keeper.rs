@@ -228,35 +228,40 @@ impl Keeper {
         self.link.connected(tx.clone());
         self.pid.store(pid, std::sync::atomic::Ordering::SeqCst);
         tracing::info!(pid, "the router process is up");
-        let ended = tokio::select! {
-            status = router.wait() => {
-                let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
-                tracing::error!(pid, %status, "the router process died; the listeners stay open, connections wait in their backlog");
-                Ended::Died
-            }
-            why = &mut reader => {
-                let why = why.unwrap_or_else(|e| e.to_string());
-                tracing::error!(pid, why = %why, "lost the router process; killing it");
-                Ended::Died
-            }
+        enum End {
+            Exited(std::io::Result<std::process::ExitStatus>),
+            Link(String),
+            Shutdown,
+        }
+        let end = tokio::select! {
+            status = router.wait() => End::Exited(status),
+            why = &mut reader => End::Link(why.unwrap_or_else(|e| e.to_string())),
             _ = shutdown.cancelled() => {
                 self.stop(&mut router, Some(&tx)).await;
-                Ended::Shutdown
+                End::Shutdown
             }
         };
         reader.abort();
         self.link.disconnected();
         drop(tx);
         writer.abort();
-        if matches!(ended, Ended::Died) {
-            // Still running with its link gone: it serves a state nobody
-            // updates any more.
-            if tokio::time::timeout(LINGER, router.wait()).await.is_err() {
-                router.signal(Signal::SIGKILL);
-                let _ = router.wait().await;
-            }
-        }
-        ended
+        let status = match end {
+            End::Shutdown => return Ended::Shutdown,
+            End::Exited(status) => status,
+            // Its link closed first: it is exiting, or it serves a state
+            // nobody updates any more.
+            End::Link(why) => match tokio::time::timeout(LINGER, router.wait()).await {
+                Ok(status) => status,
+                Err(_) => {
+                    tracing::error!(pid, why = %why, "the router process closed its link but runs on; killing it");
+                    router.signal(Signal::SIGKILL);
+                    router.wait().await
+                }
+            },
+        };
+        let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
+        tracing::error!(pid, %status, "the router process died; the listeners stay open (connections wait in their backlog)");
+        Ended::Died
     }
 
     /// Tells the router to stop (`Shutdown`, or SIGTERM before it said

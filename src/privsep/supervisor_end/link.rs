@@ -71,6 +71,9 @@ pub(super) struct Told {
     pub(super) handle: GroupHandle,
     /// Its endpoints the router holds (told and not `Drained`), by id.
     pub(super) held: BTreeMap<u64, Arc<Endpoint>>,
+    /// The last update sent to the connected router (an unchanged one is
+    /// not sent again: the group republishes its snapshot on every tick).
+    pub(super) last: Option<crate::privsep::wire::GroupUpdate>,
     /// The forwarding task (ends by itself once the group stopped).
     forwarder: tokio::task::AbortHandle,
 }
@@ -106,6 +109,9 @@ impl Link {
         };
         let mut inner = self.lock();
         inner.out = Some(out);
+        for told in inner.groups.values_mut() {
+            told.last = None;
+        }
         self.state.send_modify(|s| {
             s.epoch += 1;
             s.connected = true;
@@ -154,6 +160,7 @@ impl Link {
                 Told {
                     handle,
                     held: BTreeMap::new(),
+                    last: None,
                     forwarder,
                 },
             );

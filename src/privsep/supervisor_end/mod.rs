@@ -31,9 +31,9 @@ pub use link::Link;
 pub enum SplitError {
     #[error("router_user: {0}")]
     RouterUser(String),
-    #[error("{0}")]
+    #[error(transparent)]
     Serve(#[from] ServeError),
-    #[error("{0}")]
+    #[error(transparent)]
     Admin(#[from] crate::admin::AdminError),
     #[error("cannot keep the listening sockets for the router process: {0}")]
     Listeners(std::io::Error),
