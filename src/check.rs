@@ -37,6 +37,7 @@ pub fn check(main: &Path) -> Result<String, ConfigErrors> {
     for site in config.sites.values() {
         check_runtimes(site, &config.server, &mut errors);
     }
+    check_router_user(&config, &mut errors);
     let sandbox_note = check_sandbox(&config.sites, &mut errors);
     if !errors.is_empty() {
         return Err(errors);
@@ -46,6 +47,42 @@ pub fn check(main: &Path) -> Result<String, ConfigErrors> {
         main.display(),
         config.sites.len()
     ))
+}
+
+/// `router_user` must exist, must not be root, and no site that runs code
+/// may run as it (site code could signal the router); what `serve` run as
+/// root needs to start the router process.
+fn check_router_user(config: &config::Config, errors: &mut ConfigErrors) {
+    let server = &config.server;
+    let router = match crate::isolation::router_process::router_identity(&server.router_user) {
+        Ok(id) => id,
+        Err(e) => {
+            errors.push(ConfigError::in_file(&server.main_file, "router_user", e));
+            return;
+        }
+    };
+    let defaults = IdentityDefaults::of(server);
+    for site in config.sites.values().filter(|s| s.runs_code()) {
+        let id = configured_identity(
+            site,
+            defaults.user.as_deref(),
+            defaults.group.as_deref(),
+            defaults.admin_group.as_deref(),
+        );
+        if let Ok(id) = id {
+            if id.uid == router.uid {
+                errors.push(ConfigError::in_file(
+                    &site.file,
+                    "user",
+                    format!(
+                        "`{}` is the router process's user (router_user in {}): a site that runs code needs a user of its own",
+                        id.user,
+                        server.main_file.display()
+                    ),
+                ));
+            }
+        }
+    }
 }
 
 /// Where the kernel (or polyhost's privilege) refuses sandboxes: a site

@@ -147,6 +147,16 @@ fn serve(path: &Path) -> ExitCode {
         let signals = Signals::install()?;
         tokio::spawn(stop_on_signal(signals.term, signals.int, shutdown.clone()));
         let listeners = crate::app::bind_all(&config.server).await?;
+        if crate::privsep::supervisor_end::applies() {
+            // Root: the router runs as `router_user` in a process of its own.
+            let hup = signals.hup;
+            crate::privsep::supervisor_end::serve_split(config, listeners, shutdown, |server| {
+                tokio::spawn(reload_on_sighup(hup, server.clone()));
+            })
+            .await?;
+            return Ok(());
+        }
+        tracing::warn!("polyhost serve runs as one process (not root): the router is not separated from the supervisor");
         // Before any site starts: a second polyhost on the same socket stops here.
         let admin = crate::admin::bind(&config.server).await?;
         let server = crate::app::Server::start(config).await?;

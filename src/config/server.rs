@@ -34,6 +34,9 @@ pub struct ServerConfig {
     pub cgroups: bool,
     /// Scheduling policy of every site process (`site_scheduling`).
     pub site_scheduling: SiteScheduling,
+    /// The user the router process runs as when polyhost runs as root
+    /// (`router_user`; never root).
+    pub router_user: String,
     pub admin: AdminConfig,
     /// `[metrics] listen`: a TCP address serving only `/metrics`.
     pub metrics_listen: Option<SocketAddr>,
@@ -81,6 +84,8 @@ impl std::fmt::Debug for AdminToken {
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// `router_user` when none is set.
+pub const DEFAULT_ROUTER_USER: &str = "polyhost";
 pub const DEFAULT_INCLUDE: &str = "conf.d/*.toml";
 
 /// Loads the main file with its fragments and env overrides. Returns the
@@ -333,6 +338,15 @@ fn validate_server(
             SiteScheduling::Batch
         }
     };
+    let router_user = raw
+        .router_user
+        .unwrap_or_else(|| DEFAULT_ROUTER_USER.to_owned());
+    if router_user.is_empty() || router_user == "root" {
+        errs.add(
+            "router_user",
+            format!("{router_user:?}: the router process serves the internet and must not run as root; name an unprivileged user of its own (default \"{DEFAULT_ROUTER_USER}\": `useradd --system --no-create-home --shell /usr/sbin/nologin {DEFAULT_ROUTER_USER}`)"),
+        );
+    }
     let log_level = raw.log_level.unwrap_or_else(|| "info".into());
     if log_level
         .parse::<tracing_subscriber::filter::EnvFilter>()
@@ -362,6 +376,7 @@ fn validate_server(
         log_level,
         cgroups,
         site_scheduling,
+        router_user,
         admin: super::server::AdminConfig {
             socket,
             group: admin.group,

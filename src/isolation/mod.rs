@@ -16,6 +16,8 @@
 //! - [`process`]: a running [`SiteProcess`] (wait, stop, kill on drop).
 //! - [`reap`]: which pids polyhost may wait for, the reaping of orphans (the
 //!   subreaper) and its pause; below `process` and `cgroup`, which both use it.
+//! - [`router_process`]: starting the router process (`privsep`) as
+//!   `router_user` with `CAP_DAC_READ_SEARCH` alone.
 //! - [`sealed`]: [`sealed_file`], contents handed to a site process that it
 //!   can read but never change (php-fpm's generated config).
 //! - [`unread`]: [`unread_by_peer`], what a Unix socket's peer has not read
@@ -29,6 +31,7 @@ pub mod identity;
 pub mod nofile;
 pub mod process;
 pub mod reap;
+pub mod router_process;
 pub mod sealed;
 pub mod spawn;
 pub mod unread;

@@ -28,7 +28,7 @@ pub enum ToRouter {
 
 /// A group's snapshot as the router needs it (`supervisor::Snapshot`
 /// without what only status reads).
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct GroupUpdate {
     pub group: GroupKey,
     pub state: GroupState,
