@@ -34,4 +34,5 @@
 //!   current state before it accepts).
 
 pub mod frame;
+pub mod router_end;
 pub mod wire;

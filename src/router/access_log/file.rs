@@ -9,11 +9,17 @@
 //! that runs code has that group, see `supervisor::separation`) or root's
 //! for a static site. Ownership and mode are set on every open, so files an
 //! older polyhost made 0644 are tightened. See docs/isolation.md.
+//!
+//! Privilege-separated (`privsep`), the files are made by the supervisor
+//! as above but owned by the router's user instead of root
+//! ([`set_log_owner`]), and the router, which may create nothing in the
+//! log directory, opens them as they are ([`LogFile::open_existing`]).
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
@@ -24,8 +30,24 @@ pub struct LogFile {
     out: Mutex<Option<BufWriter<File>>>,
 }
 
-/// Mode of every site log file: the owner (root) writes, the site's group reads.
+/// Mode of every site log file: the owner (root, or the router's user)
+/// writes, the site's group reads.
 pub const LOG_FILE_MODE: u32 = 0o640;
+
+/// Who owns (and writes) the site log files this process makes: root, or
+/// the router's user when polyhost runs privilege-separated.
+static LOG_OWNER: AtomicU32 = AtomicU32::new(0);
+
+/// Makes `uid` the owner of every site log file opened or given to a group
+/// from now on (the supervisor of a privilege-separated polyhost, before it
+/// opens any: the router's user, which writes them). Root's by default.
+pub fn set_log_owner(uid: u32) {
+    LOG_OWNER.store(uid, Ordering::SeqCst);
+}
+
+fn log_owner() -> u32 {
+    LOG_OWNER.load(Ordering::SeqCst)
+}
 
 impl LogFile {
     /// Opens (or creates) `path` for appending, as a private file: never
@@ -38,6 +60,30 @@ impl LogFile {
     pub fn open(path: &Path) -> std::io::Result<Arc<LogFile>> {
         let file = open_private(path)?;
         set_reader_group(&file, None)?;
+        let log = Arc::new(LogFile {
+            path: path.to_path_buf(),
+            out: Mutex::new(Some(BufWriter::with_capacity(64 << 10, file))),
+        });
+        spawn_flusher(Arc::downgrade(&log));
+        Ok(log)
+    }
+
+    /// Opens the log file another process made at `path` (the supervisor,
+    /// for the router, which may create nothing in the log directory), for
+    /// appending: never through a symlink, only a regular file with one
+    /// link; its owner and mode are left as they are.
+    pub fn open_existing(path: &Path) -> std::io::Result<Arc<LogFile>> {
+        let file = OpenOptions::new()
+            .append(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(path)?;
+        let meta = file.metadata()?;
+        if !meta.is_file() || meta.nlink() != 1 {
+            return Err(std::io::Error::other(format!(
+                "{} is not a regular file with one link",
+                path.display()
+            )));
+        }
         let log = Arc::new(LogFile {
             path: path.to_path_buf(),
             out: Mutex::new(Some(BufWriter::with_capacity(64 << 10, file))),
@@ -109,11 +155,18 @@ impl Drop for LogFile {
     }
 }
 
-/// `0640`, owned by root (when polyhost is root) and `group` (root's without one).
+/// `0640`, owned by root (or the router's user, [`set_log_owner`]) when
+/// polyhost is root, and by `group` (root's without one).
 fn set_reader_group(file: &File, group: Option<u32>) -> std::io::Result<()> {
+    set_owners(file, log_owner(), group)
+}
+
+/// `0640`, owned by `owner` and `group` (root's without one) when polyhost
+/// is root.
+fn set_owners(file: &File, owner: u32, group: Option<u32>) -> std::io::Result<()> {
     let euid = nix::unistd::geteuid();
     if euid.is_root() {
-        std::os::unix::fs::fchown(file, Some(0), Some(group.unwrap_or(0)))?;
+        std::os::unix::fs::fchown(file, Some(owner), Some(group.unwrap_or(0)))?;
     }
     file.set_permissions(std::fs::Permissions::from_mode(LOG_FILE_MODE))
 }
@@ -200,7 +253,8 @@ fn move_aside(path: &Path, found: &std::fs::Metadata) -> std::io::Result<()> {
         })?;
     // No site writes in the log directory, so the name found free stays free.
     std::fs::rename(path, &aside)?;
-    if found.is_file() && found.uid() == 0 && found.gid() != 0 {
+    let ours = found.uid() == 0 || found.uid() == log_owner();
+    if found.is_file() && ours && found.gid() != 0 {
         let retired = OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
@@ -268,7 +322,7 @@ pub fn prepare_log_dir(dir: &Path) -> std::io::Result<()> {
 }
 
 /// Log files in `dir` of sites other than `sites` (removed while polyhost
-/// was stopped) go back to root (`0640 root:root`): a group id freed with a
+/// was stopped) go back to root (`0640 root:root`, also from the router's user): a group id freed with a
 /// removed site's user and given to a new site's must not open the old
 /// site's logs. Best effort: a file that cannot be changed is logged.
 pub fn retire_other_logs(dir: &Path, sites: &[&str]) {
@@ -293,7 +347,7 @@ pub fn retire_other_logs(dir: &Path, sites: &[&str]) {
             .open(entry.path())
             .and_then(|f| {
                 if f.metadata()?.is_file() {
-                    set_reader_group(&f, None)
+                    set_owners(&f, 0, None)
                 } else {
                     Ok(())
                 }

@@ -20,7 +20,7 @@ use std::time::SystemTime;
 mod file;
 mod line;
 
-pub use file::{prepare_log_dir, retire_other_logs, LogFile, LOG_FILE_MODE};
+pub use file::{prepare_log_dir, retire_other_logs, set_log_owner, LogFile, LOG_FILE_MODE};
 pub(crate) use line::LogFacts;
 pub use line::{write_combined, AccessRecord};
 
@@ -42,6 +42,23 @@ impl SiteLogs {
             let path = log_dir.join(format!("{site}.{kind}.log"));
             LogFile::open(&path).unwrap_or_else(|e| {
                 tracing::error!(site, file = %path.display(), error = %e, "cannot open the site's log file; its lines are dropped until polyhost is restarted");
+                LogFile::closed(&path)
+            })
+        };
+        SiteLogs {
+            access: open("access"),
+            error: open("error"),
+        }
+    }
+
+    /// Opens the two files another process made (the router opens what
+    /// the supervisor made: [`LogFile::open_existing`]). A file that cannot
+    /// be opened drops its lines, as with [`open`](Self::open).
+    pub fn open_existing(log_dir: &Path, site: &str) -> SiteLogs {
+        let open = |kind: &str| {
+            let path = log_dir.join(format!("{site}.{kind}.log"));
+            LogFile::open_existing(&path).unwrap_or_else(|e| {
+                tracing::error!(site, file = %path.display(), error = %e, "cannot open the site's log file (the supervisor makes it); its lines are dropped until the site is added again or polyhost restarted");
                 LogFile::closed(&path)
             })
         };
