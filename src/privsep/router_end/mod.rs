@@ -182,11 +182,14 @@ pub async fn serve_link(
     let (attachments, requests) = Attachments::new();
     let first = tokio::select! {
         first = first_desired(&mut read, &attachments, &out) => first?,
-        _ = ending.token.cancelled() => None,
+        _ = ending.token.cancelled() => Err(Ended::Stopped),
     };
-    let Some(desired) = first else {
-        ending.end(Ended::SupervisorGone);
-        return Ok(reason(&ending));
+    let desired = match first {
+        Ok(desired) => desired,
+        Err(why) => {
+            ending.end(why);
+            return Ok(reason(&ending));
+        }
     };
     let server = desired.config.server.clone();
     let supervisor = Supervisor::for_router(&server, attachments.clone());
@@ -231,17 +234,18 @@ pub async fn serve_link(
     Ok(why)
 }
 
-/// Reads until the first `Desired`: `None` if the supervisor said
-/// `Shutdown` or went away first. Group updates before it are kept.
+/// Reads until the first `Desired`, or why the router ends before it (the
+/// supervisor said `Shutdown` or went away). Group updates before it are
+/// kept.
 async fn first_desired(
     read: &mut OwnedReadHalf,
     attachments: &Attachments,
     out: &Outbox,
-) -> Result<Option<Desired>, RouterError> {
+) -> Result<Result<Desired, Ended>, RouterError> {
     loop {
         let msg: Option<ToRouter> = frame::read(read).await.map_err(RouterError::Link)?;
         match msg {
-            Some(ToRouter::Desired(desired)) => return Ok(Some(desired)),
+            Some(ToRouter::Desired(desired)) => return Ok(Ok(desired)),
             Some(ToRouter::Group(update)) => {
                 let key = update.group.clone();
                 attachments.update(&key, link::published(update));
@@ -253,7 +257,8 @@ async fn first_desired(
                     metrics: String::new(),
                 }));
             }
-            Some(ToRouter::Shutdown) | None => return Ok(None),
+            Some(ToRouter::Shutdown) => return Ok(Err(Ended::Shutdown)),
+            None => return Ok(Err(Ended::SupervisorGone)),
         }
     }
 }

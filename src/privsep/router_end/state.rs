@@ -216,6 +216,14 @@ impl RouterState {
             .find(|(n, _)| n.as_str() == name)
             .map(|(_, h)| &h.site)
     }
+
+    /// Whether the site served as `name` was built as the supervisor did (tests).
+    #[cfg(test)]
+    pub fn usable(&self, name: &str) -> bool {
+        self.sites
+            .iter()
+            .any(|(n, h)| n.as_str() == name && h.usable)
+    }
 }
 
 #[cfg(test)]
