@@ -12,6 +12,8 @@
 //! - [`spawn`](mod@spawn): starting a site process ([`SpawnSpec`] → [`spawn()`]),
 //!   the child's fixed, fail-closed setup order; [`sandbox`]: the per-site
 //!   namespaces and mounts a process starts in.
+//! - [`inherited`]: descriptors inherited at known numbers, taken over
+//!   once (`polyhost router`'s link and listeners).
 //! - [`nofile`]: polyhost's own file-descriptor limit (raised at start).
 //! - [`process`]: a running [`SiteProcess`] (wait, stop, kill on drop).
 //! - [`reap`]: which pids polyhost may wait for, the reaping of orphans (the
@@ -28,6 +30,7 @@
 
 pub mod cgroup;
 pub mod identity;
+pub mod inherited;
 pub mod nofile;
 pub mod process;
 pub mod reap;

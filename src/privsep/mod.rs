@@ -34,5 +34,6 @@
 //!   current state before it accepts).
 
 pub mod frame;
+pub mod router_end;
 pub mod supervisor_end;
 pub mod wire;

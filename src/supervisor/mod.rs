@@ -10,6 +10,7 @@
 //! connect to one, not even its own; nothing in a site's state directory
 //! ([`site_dirs`]) is reachable through its group.
 
+pub mod attached;
 pub mod endpoint;
 pub mod group;
 pub mod handle;
@@ -26,6 +27,7 @@ pub mod watch;
 use std::path::{Path, PathBuf};
 use std::sync::Once;
 
+pub use attached::Attachments;
 pub use endpoint::Endpoint;
 pub use group::{spawn_group, GroupSpec};
 pub use handle::GroupHandle;
@@ -72,6 +74,9 @@ pub struct Supervisor {
     defaults: IdentityDefaults,
     /// `site_scheduling = "batch"`: site processes run under `SCHED_BATCH`.
     batch_scheduling: bool,
+    /// Router mode ([`Supervisor::for_router`]): every group is attached
+    /// to the supervisor process's, which runs it.
+    attached: Option<std::sync::Arc<Attachments>>,
 }
 
 /// What every process of one site shares.
@@ -128,7 +133,32 @@ impl Supervisor {
             log_dir: server.log_dir.clone(),
             defaults: IdentityDefaults::of(server),
             batch_scheduling: server.site_scheduling == SiteScheduling::Batch,
+            attached: None,
         }
+    }
+
+    /// The supervisor of the router process (`privsep`): it starts nothing
+    /// and touches no file. Sites are built over it as in the supervisor
+    /// process, with the same identities (resolved as the root supervisor
+    /// resolves them, whoever runs this) and paths, but no cgroup, no
+    /// sandbox, no directory made, no subreaper nor reaper; each group is
+    /// the one of `groups` named by its site, runtime and generation.
+    pub fn for_router(server: &ServerConfig, groups: std::sync::Arc<Attachments>) -> Supervisor {
+        Supervisor {
+            cgroups: CgroupRoot::disabled("the router process runs no site process"),
+            epochs: Default::default(),
+            state_dir: server.state_dir.clone(),
+            log_dir: server.log_dir.clone(),
+            defaults: IdentityDefaults::of(server),
+            batch_scheduling: server.site_scheduling == SiteScheduling::Batch,
+            attached: Some(groups),
+        }
+    }
+
+    /// True in the router process ([`for_router`](Self::for_router)):
+    /// groups are attached, no process is started here.
+    pub fn is_attached(&self) -> bool {
+        self.attached.is_some()
     }
 
     pub fn state_dir(&self) -> &Path {
@@ -141,6 +171,16 @@ impl Supervisor {
 
     /// Resolves who a site runs as (never root).
     pub fn identity(&self, site: &SiteConfig) -> Result<Option<SiteIdentity>, SiteSetupError> {
+        if self.is_attached() {
+            // The supervisor that runs the sites is root.
+            return configured_identity(
+                site,
+                self.defaults.user.as_deref(),
+                self.defaults.group.as_deref(),
+                self.defaults.admin_group.as_deref(),
+            )
+            .map(Some);
+        }
         site_identity(
             site,
             self.defaults.user.as_deref(),
@@ -185,9 +225,22 @@ impl Supervisor {
 
     /// Prepares what the site's processes share: identity, cgroup with the
     /// site's limits, the site's state directory and its socket directory.
+    /// In the router process, only identity and paths: nothing is made.
     pub fn site_context(&self, site: &SiteConfig) -> Result<SiteContext, SiteSetupError> {
         let identity = self.identity(site)?;
         let dir = self.state_dir.join("sites").join(site.name.as_str());
+        if self.is_attached() {
+            return Ok(SiteContext {
+                identity,
+                cgroup: None,
+                sandbox: None,
+                tmp: dir.join("tmp"),
+                socket_dir: sockets::sockets_root(&self.state_dir).join(site.name.as_str()),
+                error_log: self.log_dir.join(format!("{}.error.log", site.name)),
+                dir,
+                epoch: 0,
+            });
+        }
         site_dirs::prepare_site_dir(&dir, identity.as_ref())?;
         let socket_dir = sockets::sockets_root(&self.state_dir).join(site.name.as_str());
         sockets::prepare_root_only_dir(&socket_dir).map_err(|source| SiteSetupError::Dir {
@@ -226,7 +279,9 @@ impl Supervisor {
         })
     }
 
-    /// Starts a process group for one runtime of a site.
+    /// Starts a process group for one runtime of a site; in the router
+    /// process, attaches to the supervisor's group of that site, runtime
+    /// and generation.
     pub fn spawn_group(
         &self,
         site: &SiteConfig,
@@ -234,6 +289,14 @@ impl Supervisor {
         launcher: std::sync::Arc<dyn Launcher>,
         generation: u64,
     ) -> GroupHandle {
+        if let Some(groups) = &self.attached {
+            let key = GroupKey {
+                site: site.name.to_string(),
+                runtime: launcher.runtime().to_owned(),
+                generation,
+            };
+            return groups.attach(key, launcher.runtime(), &launcher.lifecycle());
+        }
         let rlimits = Rlimits {
             nofile: 8192,
             nproc: if ctx.cgroup.is_none() {
