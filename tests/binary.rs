@@ -158,7 +158,8 @@ async fn router_threads_run_that_many_lanes_and_each_reuses_its_worker_connectio
     let user = TestUser::new();
     common::python_test_site(&cfg, "py", &user, "pyapp", "", "processes = 1\nthreads = 1");
     let bin = Binary::start(&cfg.main(), &[]).await;
-    let pid = bin.child.id().unwrap();
+    // The lanes are the router process's (privilege separation).
+    let pid = common::router_proc::router_pid(&bin, None).await as u32;
     let lanes = || {
         thread_names(pid)
             .into_iter()

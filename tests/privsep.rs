@@ -218,7 +218,10 @@ async fn the_router_runs_as_its_user_with_one_capability_and_no_admin_socket() {
         .as_raw();
     assert_ne!(router_gid, 0);
     assert_eq!(ids("Gid"), [router_gid; 4], "{status}");
-    assert!(field("Groups").is_empty(), "no supplementary group:\n{status}");
+    assert!(
+        field("Groups").is_empty(),
+        "no supplementary group:\n{status}"
+    );
     for cap in ["CapEff", "CapPrm", "CapBnd", "CapAmb"] {
         assert_eq!(
             field(cap),
@@ -243,7 +246,10 @@ async fn the_router_runs_as_its_user_with_one_capability_and_no_admin_socket() {
         "the test finds the admin socket among the supervisor's descriptors"
     );
     let router_sockets = socket_inodes(router);
-    assert!(!router_sockets.is_empty(), "the router holds its listener and link");
+    assert!(
+        !router_sockets.is_empty(),
+        "the router holds its listener and link"
+    );
     assert!(
         !router_sockets.contains(&admin_inode),
         "the router holds the admin socket: {router_sockets:?}"
@@ -334,9 +340,7 @@ async fn killing_the_router_under_load_fails_only_requests_in_flight_and_keeps_t
         bin.log()
     );
     assert!(
-        failed
-            .iter()
-            .all(|(_, o)| matches!(o, Outcome::Failed(_))),
+        failed.iter().all(|(_, o)| matches!(o, Outcome::Failed(_))),
         "only cut connections, no error status: {failed:?}"
     );
     // Each client has one request at a time: at most one each was in

@@ -405,14 +405,7 @@ impl Server {
     pub async fn status_with_handles(&self) -> (ServerStatus, Vec<crate::metrics::SiteView>) {
         let sites = self.published.load_full();
         let status = self.status_of(&sites);
-        let views = sites
-            .values()
-            .map(|site| crate::metrics::SiteView {
-                stats: site.stats().clone(),
-                threads: site.runtimes().python.as_ref().map(|py| py.threads()),
-                php: site.runtimes().php.is_some(),
-            })
-            .collect();
+        let views = sites.values().map(Site::metrics_view).collect();
         (status, views)
     }
 

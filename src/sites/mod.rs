@@ -153,6 +153,16 @@ impl Site {
         &self.route.logs
     }
 
+    /// What a metrics scrape reads of the site: its counters and, for a
+    /// Python site, its worker threads.
+    pub fn metrics_view(&self) -> crate::metrics::SiteView {
+        crate::metrics::SiteView {
+            stats: self.stats().clone(),
+            threads: self.runtimes().python.as_ref().map(|py| py.threads()),
+            php: self.runtimes().php.is_some(),
+        }
+    }
+
     pub fn stats(&self) -> &Arc<SiteStats> {
         &self.route.stats
     }

@@ -454,6 +454,7 @@ pub mod front;
 pub mod ws;
 
 pub mod cgroups;
+pub mod router_proc;
 mod wait;
 mod worker;
 

@@ -208,6 +208,26 @@ impl RouterState {
             .collect()
     }
 
+    /// The router's metric families over every site served now
+    /// (`StatsReply::metrics`).
+    pub fn metrics(&self) -> String {
+        let views = self
+            .sites
+            .iter()
+            .map(|(name, held)| crate::admin::metrics::RouterSiteView {
+                name: name.to_string(),
+                asgi: held
+                    .site
+                    .config()
+                    .python
+                    .as_ref()
+                    .is_some_and(|py| py.interface_name() == "asgi"),
+                view: held.site.metrics_view(),
+            })
+            .collect();
+        crate::admin::metrics::router_families(views)
+    }
+
     /// The site served as `name` now (tests).
     #[cfg(test)]
     pub fn site(&self, name: &str) -> Option<&Site> {
