@@ -44,6 +44,7 @@
 
 mod child;
 pub mod sandbox;
+mod view;
 
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
@@ -162,6 +163,14 @@ pub enum SpawnError {
         #[source]
         source: io::Error,
     },
+    /// The site's tmp, or a path of its view, is missing or not what it
+    /// must be (the error names the path).
+    #[error("cannot prepare the sandbox of `{}`: {source}", program.display())]
+    Sandbox {
+        program: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("starting `{}` failed at step `{step}`: {source}", program.display())]
     Setup {
         program: PathBuf,
@@ -226,13 +235,13 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<SiteProcess, SpawnError> {
             path: PathBuf::from("pipe2"),
             source: e.into(),
         })?;
+    let identity = spec.identity.as_ref().filter(|_| switch.is_some());
     let sandbox = spec
         .sandbox
-        .map(|s| SandboxPlan::prepare(s, switch.map(|(uid, _)| uid)))
+        .map(|s| SandboxPlan::prepare(s, identity, &spec.program))
         .transpose()
-        .map_err(|source| SpawnError::Open {
-            what: "sandbox tmp directory",
-            path: spec.sandbox.map(|s| s.tmp.clone()).unwrap_or_default(),
+        .map_err(|source| SpawnError::Sandbox {
+            program: spec.program.clone(),
             source,
         })?;
     let one_by_one = ONE_BY_ONE.load(std::sync::atomic::Ordering::Relaxed);
