@@ -36,6 +36,7 @@ pub fn check(main: &Path) -> Result<String, ConfigErrors> {
         .extend(check_socket_paths(&config.server.state_dir, &config.sites).0);
     for site in config.sites.values() {
         check_runtimes(site, &config.server, &mut errors);
+        check_view_paths(site, &mut errors);
     }
     let sandbox_note = check_sandbox(&config.sites, &mut errors);
     if !errors.is_empty() {
@@ -80,6 +81,20 @@ fn check_sandbox(
         "\nnote: site sandboxes are unavailable here ({why}): {} site(s) would run without one",
         wanted.len()
     )
+}
+
+/// Each of `sandbox.paths` must exist (a missing one fails every start of
+/// the site's processes).
+fn check_view_paths(site: &SiteConfig, errors: &mut ConfigErrors) {
+    for (i, path) in site.sandbox.view.iter().flatten().enumerate() {
+        if let Err(e) = std::fs::metadata(path) {
+            errors.push(ConfigError::in_file(
+                &site.file,
+                format!("sandbox.paths[{i}]"),
+                format!("{}: {e} (the site's processes would not start: create it or remove it from the list)", path.display()),
+            ));
+        }
+    }
 }
 
 /// A static site's user (whose permissions its files are served with), if

@@ -171,7 +171,11 @@ impl Bind {
         let target_dir = walk_dirs(root, &self.target)?;
         let name = self.target.last().map_or(c".", |n| n.as_c_str());
         let target = Fd::open_at(target_dir.0, name, libc::O_PATH | libc::O_NOFOLLOW)?;
-        same_kind(target.0, self.kind)?;
+        // A directory for a directory; a file (an empty mount point) or
+        // what the source is for anything else; never a symlink.
+        if same_kind(target.0, self.kind).is_err() {
+            same_kind(target.0, Kind::File)?;
+        }
         let (source_path, target_path) = (fd_path(source.0), fd_path(target.0));
         mount(
             as_cstr(&source_path)?,
