@@ -8,9 +8,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{
-    get, open_up, pids_of_uid, python_worker_outside_tmp, Binary, TestConfig, TestUser,
-};
+use common::{get, open_up, pids_of_uid, python_worker_outside_tmp, Binary, TestConfig, TestUser};
 
 /// The site's shell: `op=write&n=NAME` writes /tmp/NAME; `op=ls` lists
 /// /tmp; `op=procs` lists `pid:uid` of every process /proc shows;
@@ -293,7 +291,11 @@ fn view_site(cfg: &TestConfig, name: &str, user: &TestUser, kind: &str, paths: O
         interface => {
             cfg.write("apps/viewprobe.py", VIEW_APP);
             cfg.write(&format!("www/{name}/static.txt"), "static\n");
-            let callable = if interface == "asgi" { "app" } else { "application" };
+            let callable = if interface == "asgi" {
+                "app"
+            } else {
+                "application"
+            };
             format!(
                 "[python]\napp = \"viewprobe:{callable}\"\ninterface = \"{interface}\"\npath = [\"apps\"]\nworker = \"{}\"\n",
                 python_worker_outside_tmp().display()
@@ -421,10 +423,21 @@ async fn php_wsgi_and_asgi_sites_serve_in_their_views() {
     open_up(cfg.path());
     let server = Binary::start(&cfg.main(), &[]).await;
     let r = get(server.addr, "php.test", "/").await;
-    assert!(r.status == 200 && r.text().starts_with("php "), "{}: {}\n{}", r.status, r.text(), server.log());
+    assert!(
+        r.status == 200 && r.text().starts_with("php "),
+        "{}: {}\n{}",
+        r.status,
+        r.text(),
+        server.log()
+    );
     for site in ["wsgi", "asgi"] {
         let r = get(server.addr, &format!("{site}.test"), "/").await;
-        assert_eq!((r.status, r.text()), (200, "ok".into()), "{site}\n{}", server.log());
+        assert_eq!(
+            (r.status, r.text()),
+            (200, "ok".into()),
+            "{site}\n{}",
+            server.log()
+        );
         let r = get(server.addr, &format!("{site}.test"), "/static.txt").await;
         assert_eq!(r.status, 200, "{site}'s static file");
     }
@@ -449,7 +462,10 @@ fn view_paths_are_checked_with_their_file_and_key() {
     ] {
         site(paths);
         let err = polyhost::config::load(&cfg.main()).unwrap_err().to_string();
-        assert!(err.contains("x.toml") && err.contains("sandbox.paths[") && err.contains(want), "{paths}: {err}");
+        assert!(
+            err.contains("x.toml") && err.contains("sandbox.paths[") && err.contains(want),
+            "{paths}: {err}"
+        );
     }
     let missing = cfg.path().join("no-such-dir");
     site(&format!("[{:?}]", missing.display().to_string()));

@@ -118,9 +118,17 @@ fn validate_paths(paths: &[String], errs: &mut FileErrors<'_>) -> Vec<PathBuf> {
             .components()
             .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
         if !path.is_absolute() || !plain || raw.contains('\0') {
-            errs.add(&key, format!("{raw:?} must be an absolute path without `.` or `..` (e.g. \"/srv/shared\")"));
+            errs.add(
+                &key,
+                format!(
+                    "{raw:?} must be an absolute path without `.` or `..` (e.g. \"/srv/shared\")"
+                ),
+            );
         } else if path.parent().is_none() {
-            errs.add(&key, "\"/\" would show the whole host: list the directories the site needs");
+            errs.add(
+                &key,
+                "\"/\" would show the whole host: list the directories the site needs",
+            );
         } else if out.iter().any(|p| p == path) {
             errs.add(&key, format!("{raw:?} is listed twice"));
         } else {

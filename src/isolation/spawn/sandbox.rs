@@ -227,7 +227,8 @@ impl SandboxPlan {
                 return Err(last(SandboxStep::MountPrivate));
             }
             if let Some(view) = &self.view {
-                view.build().map_err(|(step, e)| (SandboxStep::View(step), e))?;
+                view.build()
+                    .map_err(|(step, e)| (SandboxStep::View(step), e))?;
             } else {
                 self.host_mounts()?;
             }

@@ -112,7 +112,9 @@ const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
 
 /// Top-level entries of the host bound read-only (or recreated as the
 /// symlinks they are).
-const SYSTEM: [&str; 7] = ["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"];
+const SYSTEM: [&str; 7] = [
+    "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32",
+];
 
 /// How a path is bound.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -442,7 +444,10 @@ fn inside_tmp(path: &Path, tmp: &Path) -> io::Error {
         path,
         io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("inside {}, which the view shows as the site's tmp: move it", tmp.display()),
+            format!(
+                "inside {}, which the view shows as the site's tmp: move it",
+                tmp.display()
+            ),
         ),
     )
 }
@@ -490,7 +495,10 @@ fn ensure_mount_point(path: &Path) -> io::Result<()> {
     if !meta.is_dir() || meta.uid() != nix::unistd::geteuid().as_raw() {
         return Err(at(
             path,
-            io::Error::new(io::ErrorKind::PermissionDenied, "not a directory of polyhost's"),
+            io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "not a directory of polyhost's",
+            ),
         ));
     }
     Ok(())
@@ -510,8 +518,12 @@ fn at(path: &Path, e: io::Error) -> io::Error {
 }
 
 fn cstr(path: &Path) -> io::Result<CString> {
-    CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| at(path, io::Error::new(io::ErrorKind::InvalidInput, "NUL in path")))
+    CString::new(path.as_os_str().as_bytes()).map_err(|_| {
+        at(
+            path,
+            io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"),
+        )
+    })
 }
 
 /// The normal components of an absolute path, each NUL-terminated.
@@ -522,7 +534,12 @@ fn components(path: &Path) -> io::Result<Vec<CString>> {
             _ => None,
         })
         .collect::<Result<_, _>>()
-        .map_err(|_| at(path, io::Error::new(io::ErrorKind::InvalidInput, "NUL in path")))
+        .map_err(|_| {
+            at(
+                path,
+                io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"),
+            )
+        })
 }
 
 #[cfg(test)]
