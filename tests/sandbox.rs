@@ -479,3 +479,42 @@ fn view_paths_are_checked_with_their_file_and_key() {
     let view = config.sites.values().next().unwrap().sandbox.view.clone();
     assert_eq!(view, Some(vec!["/usr/share".into()]));
 }
+
+#[tokio::test]
+async fn status_shows_whether_a_site_is_sandboxed_and_with_which_layers() {
+    if !polyhost::isolation::running_as_root() {
+        eprintln!("skipped: needs root (CI runs as root)");
+        return;
+    }
+    let cfg = TestConfig::outside_tmp();
+    let (full, plain, off) = (TestUser::new(), TestUser::new(), TestUser::new());
+    php_site(
+        &cfg,
+        "full",
+        &full,
+        "[sandbox]\nnetwork = \"none\"\npaths = []",
+    );
+    php_site(&cfg, "plain", &plain, "");
+    php_site(&cfg, "off", &off, "sandbox = false");
+    cfg.static_site("www", &["www.test"], "");
+    open_up(cfg.path());
+    let server = common::InProcess::start(&cfg).await;
+    let layers = |s: polyhost::app::status::SiteStatus| {
+        s.sandbox
+            .map(|b| (b.on, b.layers.join(","), b.off_because.unwrap_or_default()))
+    };
+    assert_eq!(
+        layers(server.site("full").await),
+        Some((true, "namespaces,network,view".into(), String::new()))
+    );
+    assert_eq!(
+        layers(server.site("plain").await),
+        Some((true, "namespaces".into(), String::new()))
+    );
+    assert_eq!(
+        layers(server.site("off").await),
+        Some((false, String::new(), "sandbox = false".into()))
+    );
+    assert_eq!(layers(server.site("www").await), None, "a static site");
+    server.stop().await;
+}
