@@ -50,8 +50,9 @@ pub fn check(main: &Path) -> Result<String, ConfigErrors> {
 }
 
 /// Where the kernel (or polyhost's privilege) refuses sandboxes: a site
-/// that asked for `network = "none"` is an error (it would not start); the
-/// others would run without one, which the answer says.
+/// that asked for `network = "none"` or a view (`paths`) is an error (it
+/// would not start); the others would run without one, which the answer
+/// says.
 fn check_sandbox(
     sites: &std::collections::BTreeMap<config::SiteName, std::sync::Arc<SiteConfig>>,
     errors: &mut ConfigErrors,
@@ -63,6 +64,15 @@ fn check_sandbox(
     // Not root: what the kernel allows `serve` (run as root) is not known here.
     if wanted.is_empty() || !crate::isolation::running_as_root() {
         return String::new();
+    }
+    if let Some(why) = crate::isolation::sandbox::view_unavailable() {
+        for site in wanted.iter().filter(|s| s.sandbox.view.is_some()) {
+            errors.push(ConfigError::in_file(
+                &site.file,
+                "sandbox.paths",
+                format!("the read-only view is unavailable here: {why}"),
+            ));
+        }
     }
     let Some(why) = crate::isolation::sandbox::unavailable() else {
         return String::new();

@@ -518,3 +518,39 @@ async fn status_shows_whether_a_site_is_sandboxed_and_with_which_layers() {
     assert_eq!(layers(server.site("www").await), None, "a static site");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_site_that_swaps_its_python_path_for_a_link_to_another_site_does_not_start() {
+    if !polyhost::isolation::running_as_root() {
+        eprintln!("skipped: needs root (CI runs as root)");
+        return;
+    }
+    let cfg = TestConfig::outside_tmp();
+    let (py, b) = (TestUser::new(), TestUser::new());
+    view_site(&cfg, "b", &b, "php", None);
+    cfg.write(
+        "www/b/secret.py",
+        "def application(e, s):\n    s('200 OK', [])\n    return [b'B secret']\n",
+    );
+    cfg.write("www/py/index.html", "py");
+    let vhost = format!(
+        "hosts = [\"py.test\"]\nroot = \"www/py\"\nuser = \"{}\"\n[sandbox]\npaths = []\n[python]\napp = \"secret:application\"\npath = [\"www/py/lib\"]\nworker = \"{}\"\n",
+        py.name,
+        python_worker_outside_tmp().display()
+    );
+    cfg.write("vhosts/py.toml", &vhost);
+    // The site owns its root: it replaced its `lib` with a link to B's root.
+    std::os::unix::fs::chown(cfg.path().join("www/py"), Some(py.uid), None).unwrap();
+    std::os::unix::fs::symlink("../b", cfg.path().join("www/py/lib")).unwrap();
+    open_up(cfg.path());
+    let server = Binary::start(&cfg.main(), &[]).await;
+    let r = get(server.addr, "py.test", "/app").await;
+    assert_ne!(r.text(), "B secret", "B's root was bound into the view");
+    assert_eq!(r.status, 503, "{}\n{}", r.text(), server.log());
+    assert!(
+        server.log().contains("could have planted"),
+        "the refusal names the link: {}",
+        server.log()
+    );
+    server.terminate().await;
+}

@@ -58,6 +58,8 @@ pub enum SiteSetupError {
     Cgroup(#[from] isolation::CgroupError),
     #[error("sandbox.network = \"none\" needs the sandbox, which is unavailable here: {0}")]
     SandboxUnavailable(&'static str),
+    #[error("sandbox.paths: the read-only view is unavailable here: {0}")]
+    ViewUnavailable(&'static str),
 }
 
 /// Server-wide supervision state: the cgroup root and the state directory.
@@ -294,7 +296,8 @@ impl Supervisor {
 
 /// The sandbox of a site's processes: on unless the site opts out, where
 /// the kernel allows it (else off, warned once at start), but an explicit
-/// `network = "none"` is a promise polyhost cannot keep without it: an error.
+/// `network = "none"` or `paths` (the view) is a promise polyhost cannot
+/// keep without it: an error.
 fn sandbox_of(
     site: &SiteConfig,
     state_dir: &Path,
@@ -304,6 +307,11 @@ fn sandbox_of(
         return Ok(None);
     }
     let network_none = site.sandbox.network == crate::config::SandboxNetwork::None;
+    if site.sandbox.view.is_some() {
+        if let Some(why) = isolation::sandbox::view_unavailable() {
+            return Err(SiteSetupError::ViewUnavailable(why));
+        }
+    }
     match isolation::sandbox::unavailable() {
         None => Ok(Some(isolation::Sandbox {
             tmp: tmp.to_path_buf(),

@@ -153,26 +153,60 @@ pub fn unavailable() -> Option<&'static str> {
     WHY.get_or_init(probe).as_deref()
 }
 
+/// Why the read-only view (`sandbox.paths`) cannot be built here (the
+/// sandbox is unavailable, or `pivot_root` is refused: a root file system
+/// that is not a mount), or `None` when it can. Probed once, when a site
+/// first asks for it.
+pub fn view_unavailable() -> Option<&'static str> {
+    static WHY: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    WHY.get_or_init(|| unavailable().map(str::to_owned).or_else(probe_view))
+        .as_deref()
+}
+
 fn probe() -> Option<String> {
     if !super::super::running_as_root() {
         return Some("polyhost is not root (mount namespaces need CAP_SYS_ADMIN)".into());
     }
     let probe_dir = std::env::temp_dir();
-    let sandbox = Sandbox {
+    run_probe(&Sandbox {
         shared_tmp: vec![probe_dir.clone()],
         tmp: probe_dir,
         network_none: true,
         view: None,
-    };
-    let plan = match SandboxPlan::prepare(&sandbox, None, Path::new("/bin/true")) {
-        Ok(p) => p,
-        Err(e) => return Some(format!("cannot open a directory to probe with: {e}")),
-    };
+    })
+}
+
+/// A view showing the temporary directory, assembled on a directory made
+/// for the probe and removed after.
+fn probe_view() -> Option<String> {
+    let dir = std::env::temp_dir();
+    let mount_point = dir.join(format!("polyhost-view-probe-{}", std::process::id()));
+    let why = run_probe(&Sandbox {
+        shared_tmp: Vec::new(),
+        tmp: dir.clone(),
+        network_none: false,
+        view: Some(View {
+            mount_point: mount_point.clone(),
+            site: Vec::new(),
+            state: dir,
+            read_only: Vec::new(),
+        }),
+    });
+    let _ = std::fs::remove_dir(&mount_point);
+    why
+}
+
+/// Starts `true` in `sandbox`: `None` when it ran, else why not.
+fn run_probe(sandbox: &Sandbox) -> Option<String> {
     let Some(true_bin) = ["/bin/true", "/usr/bin/true"]
         .into_iter()
         .find(|p| Path::new(p).exists())
     else {
         return Some("no /bin/true to probe with".into());
+    };
+    let plan = match SandboxPlan::prepare(sandbox, None, Path::new(true_bin)) {
+        Ok(p) => p,
+        Err(e) => return Some(format!("cannot prepare a probe: {e}")),
     };
     let mut cmd = std::process::Command::new(true_bin);
     cmd.stdin(std::process::Stdio::null())

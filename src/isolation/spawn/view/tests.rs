@@ -127,3 +127,20 @@ fn generated_users_list_only_root_the_site_and_nobody() {
     assert!(passwd.contains("blog:x:1234:1234:blog:/srv/blog:/usr/sbin/nologin\n"));
     assert_eq!(group.lines().count(), 3, "{group}");
 }
+
+#[test]
+fn a_listed_root_is_bound_read_only_over_the_writable_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let site = dir.path().join("www");
+    std::fs::create_dir_all(&site).unwrap();
+    let mut entries = Entries::default();
+    entries.visible(&site, Access::ReadOnly).unwrap();
+    entries.visible(&site, Access::Site).unwrap();
+    let plan = entries.lay_out(&dir.path().join("mnt")).unwrap();
+    let access: Vec<Access> = plan.binds.iter().map(|b| b.access).collect();
+    assert_eq!(
+        access,
+        [Access::Site, Access::ReadOnly],
+        "the last bind is on top"
+    );
+}
