@@ -2,8 +2,9 @@
 //! CageFS-like): a site process's root is a new, read-only `tmpfs` holding
 //! only what the site needs, bound in from the host at the same paths, and
 //! the host's root is detached from it (`pivot_root`). This file owns what
-//! the view holds and prepares it in the parent ([`ViewPlan::prepare`]);
-//! `build` makes it in the child.
+//! the view holds and lays it out in the parent ([`ViewPlan::prepare`]);
+//! `host` looks up what it takes from the host (symlinks, `/etc` names,
+//! the generated `passwd`); `build` makes it in the child.
 //!
 //! What is visible (everything else does not exist for the site):
 //!
@@ -41,6 +42,7 @@
 //! view (binds are not recursive): list them in `sandbox.paths`.
 
 mod build;
+mod host;
 
 pub(super) use build::ViewStep;
 
@@ -52,6 +54,7 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Component, Path, PathBuf};
 
 use crate::isolation::SiteIdentity;
+use host::{etc_names, resolve, users_files};
 
 /// The view of one site, as the supervisor gives it (see the module docs).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -313,129 +316,110 @@ impl Entries {
     /// Drops what another visible path already shows, and turns the rest
     /// into the child's plan.
     fn lay_out(self, mount_point: &Path) -> io::Result<ViewPlan> {
-        let under = |p: &Path| cstr(&mount_point.join(p.strip_prefix("/").unwrap_or(p)));
-        let mut plan = ViewPlan {
-            mount_point: cstr(mount_point)?,
-            dirs: Vec::new(),
-            files: Vec::new(),
-            links: Vec::new(),
-            binds: Vec::new(),
-            shm: under(Path::new("/dev/shm"))?,
-            proc: under(Path::new("/proc"))?,
+        let mut layout = Layout {
+            mount_point: mount_point.to_path_buf(),
+            dirs: ["/dev", "/dev/shm", "/proc"].map(PathBuf::from).into(),
+            bound: Vec::new(),
+            plan: ViewPlan {
+                mount_point: cstr(mount_point)?,
+                dirs: Vec::new(),
+                files: Vec::new(),
+                links: Vec::new(),
+                binds: Vec::new(),
+                shm: cstr(&mount_point.join("dev/shm"))?,
+                proc: cstr(&mount_point.join("proc"))?,
+            },
         };
-        let mut dirs: BTreeSet<PathBuf> = ["/dev", "/dev/shm", "/proc"].map(PathBuf::from).into();
-        let mut bound: Vec<(PathBuf, Access, bool)> = Vec::new();
         for ((target, access), entry) in self.0 {
-            let enclosing = bound.iter().rev().find(|(b, _, _)| target.starts_with(b));
-            let nested = enclosing.is_some();
-            match (&entry, enclosing) {
-                (_, Some((outer, _, false))) => return Err(inside_tmp(&target, outer)),
-                (Entry::Bind { source, .. }, Some((outer, _, _))) if *source != target => {
-                    return Err(inside_tmp(outer, &target))
+            layout.add(target, access, entry)?;
+        }
+        layout.finish()
+    }
+}
+
+/// The plan being laid out, and what it binds so far (target, access, and
+/// whether the source is the target: not the site's tmp).
+struct Layout {
+    mount_point: PathBuf,
+    dirs: BTreeSet<PathBuf>,
+    bound: Vec<(PathBuf, Access, bool)>,
+    plan: ViewPlan,
+}
+
+impl Layout {
+    /// `target` in the view's `tmpfs`.
+    fn under(&self, target: &Path) -> io::Result<CString> {
+        cstr(
+            &self
+                .mount_point
+                .join(target.strip_prefix("/").unwrap_or(target)),
+        )
+    }
+
+    /// Adds one entry (in path order), unless a path bound before already
+    /// shows it.
+    fn add(&mut self, target: PathBuf, access: Access, entry: Entry) -> io::Result<()> {
+        let enclosing = self
+            .bound
+            .iter()
+            .rev()
+            .find(|(b, _, _)| target.starts_with(b));
+        match (&entry, enclosing) {
+            (_, Some((outer, _, false))) => return Err(inside_tmp(&target, outer)),
+            (Entry::Bind { source, .. }, Some((outer, _, _))) if *source != target => {
+                return Err(inside_tmp(outer, &target))
+            }
+            (Entry::Bind { .. }, Some((_, a, true))) if *a == access => return Ok(()),
+            (Entry::Link(_) | Entry::Generated(_), Some(_)) => return Ok(()),
+            _ => {}
+        }
+        let nested = enclosing.is_some();
+        if !nested {
+            self.dirs
+                .extend(target.ancestors().skip(1).map(Path::to_path_buf));
+        }
+        match entry {
+            Entry::Bind {
+                source,
+                kind,
+                access,
+                owner,
+            } => {
+                if !nested && kind == Kind::Dir {
+                    self.dirs.insert(target.clone());
+                } else if !nested {
+                    self.plan.files.push((self.under(&target)?, Vec::new()));
                 }
-                (Entry::Bind { .. }, Some((_, a, true))) if *a == access => continue,
-                (Entry::Link(_) | Entry::Generated(_), Some(_)) => continue,
-                _ => {}
-            }
-            if !nested {
-                dirs.extend(target.ancestors().skip(1).map(Path::to_path_buf));
-            }
-            match entry {
-                Entry::Bind {
-                    source,
+                self.bound.push((target.clone(), access, source == target));
+                self.plan.binds.push(Bind {
+                    source: components(&source)?,
+                    target: components(&target)?,
                     kind,
                     access,
                     owner,
-                } => {
-                    if !nested {
-                        match kind {
-                            Kind::Dir => drop(dirs.insert(target.clone())),
-                            _ => plan.files.push((under(&target)?, Vec::new())),
-                        }
-                    }
-                    bound.push((target.clone(), access, source == target));
-                    plan.binds.push(Bind {
-                        source: components(&source)?,
-                        target: components(&target)?,
-                        kind,
-                        access,
-                        owner,
-                    });
-                }
-                Entry::Link(text) => plan.links.push((under(&target)?, cstr(&text)?)),
-                Entry::Generated(bytes) => plan.files.push((under(&target)?, bytes)),
+                });
+            }
+            Entry::Link(text) => {
+                let link = (self.under(&target)?, cstr(&text)?);
+                self.plan.links.push(link);
+            }
+            Entry::Generated(bytes) => {
+                let file = (self.under(&target)?, bytes);
+                self.plan.files.push(file);
             }
         }
-        dirs.remove(Path::new("/"));
-        plan.dirs = dirs.iter().map(|d| under(d)).collect::<io::Result<_>>()?;
-        Ok(plan)
+        Ok(())
     }
-}
 
-/// The names under `/etc` a view holds: [`ETC`] and those starting with
-/// one of [`ETC_PREFIXES`], that the host has.
-fn etc_names() -> Vec<String> {
-    let mut names: Vec<String> = ETC
-        .iter()
-        .filter(|n| exists(&Path::new("/etc").join(n)))
-        .map(|n| n.to_string())
-        .collect();
-    if let Ok(dir) = std::fs::read_dir("/etc") {
-        names.extend(dir.filter_map(|e| {
-            let name = e.ok()?.file_name().into_string().ok()?;
-            ETC_PREFIXES
-                .iter()
-                .any(|p| name.starts_with(p))
-                .then_some(name)
-        }));
+    fn finish(mut self) -> io::Result<ViewPlan> {
+        self.dirs.remove(Path::new("/"));
+        let dirs = std::mem::take(&mut self.dirs);
+        self.plan.dirs = dirs
+            .iter()
+            .map(|d| self.under(d))
+            .collect::<io::Result<_>>()?;
+        Ok(self.plan)
     }
-    names
-}
-
-/// `path` with every symlink on the way followed (each one reported to
-/// `link` with its text), refusing a symlink the site may have planted
-/// (see [`trusted_link`]) and more than 32 of them.
-fn resolve(path: &Path, link: &mut dyn FnMut(&Path, &Path)) -> io::Result<PathBuf> {
-    let mut pending: Vec<PathBuf> = vec![path.to_path_buf()];
-    let mut real = PathBuf::from("/");
-    let mut hops = 0;
-    while let Some(next) = pending.pop() {
-        for (i, c) in next.components().enumerate() {
-            match c {
-                Component::RootDir => real = PathBuf::from("/"),
-                Component::CurDir | Component::Prefix(_) => {}
-                Component::ParentDir => drop(real.pop()),
-                Component::Normal(name) => {
-                    let candidate = real.join(name);
-                    let meta =
-                        std::fs::symlink_metadata(&candidate).map_err(|e| at(&candidate, e))?;
-                    if !meta.file_type().is_symlink() {
-                        real = candidate;
-                        continue;
-                    }
-                    hops += 1;
-                    if hops > 32 || !trusted_link(&candidate, &meta) {
-                        return Err(at(&candidate, untrusted()));
-                    }
-                    let text = std::fs::read_link(&candidate).map_err(|e| at(&candidate, e))?;
-                    link(&candidate, &text);
-                    let rest: PathBuf = next.components().skip(i + 1).collect();
-                    pending.push(real.join(&text).join(rest));
-                    break;
-                }
-            }
-        }
-    }
-    Ok(real)
-}
-
-/// A symlink the site cannot have planted: owned by root, in a directory
-/// owned by root that neither group nor others may write.
-fn trusted_link(link: &Path, meta: &std::fs::Metadata) -> bool {
-    meta.uid() == 0
-        && link.parent().is_some_and(|dir| {
-            std::fs::symlink_metadata(dir).is_ok_and(|m| m.uid() == 0 && m.mode() & 0o022 == 0)
-        })
 }
 
 /// `path` would be inside `tmp`, which is the site's tmp in the view.
@@ -450,38 +434,6 @@ fn inside_tmp(path: &Path, tmp: &Path) -> io::Error {
             ),
         ),
     )
-}
-
-fn untrusted() -> io::Error {
-    io::Error::new(
-        io::ErrorKind::PermissionDenied,
-        "a symlink the site could have planted (or too many): configure the real path",
-    )
-}
-
-/// `passwd` and `group` contents for the view.
-fn users_files(identity: Option<&SiteIdentity>) -> (String, String) {
-    let mut passwd = String::from("root:x:0:0:root:/root:/usr/sbin/nologin\n");
-    let mut group = String::from("root:x:0:\n");
-    if let Some(id) = identity {
-        let group_name = nix::unistd::Group::from_gid(id.gid.into())
-            .ok()
-            .flatten()
-            .map_or_else(|| id.user.clone(), |g| g.name);
-        passwd.push_str(&format!(
-            "{0}:x:{1}:{2}:{0}:{3}:/usr/sbin/nologin\n",
-            id.user,
-            id.uid,
-            id.gid,
-            id.home.display()
-        ));
-        if id.gid != 65534 {
-            group.push_str(&format!("{group_name}:x:{}:\n", id.gid));
-        }
-    }
-    passwd.push_str("nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n");
-    group.push_str("nogroup:x:65534:\n");
-    (passwd, group)
 }
 
 /// The view's mount point: a directory of root's, made if missing.
