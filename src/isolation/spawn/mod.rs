@@ -12,7 +12,7 @@
 //! 2. `setsid`: a new session and process group, so the whole group can be
 //!    signalled; the pid is also the process-group id; then, with
 //!    [`SpawnSpec::sandbox`], the site's sandbox (namespaces and mounts, as
-//!    root: see [`sandbox`]);
+//!    root: see [`sandbox`]; with its view, a new root and `pivot_root`);
 //! 3. `setgroups([gid])` → `setgid` → `setuid`, then check that `setuid(0)` fails;
 //! 4. `PR_SET_PDEATHSIG(SIGKILL)` (after `setuid`, which clears it), then
 //!    check the parent is still there;
