@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::os::unix::net::UnixListener;
 use std::path::Path;
 
 use common::{get, open_up, pids_of_uid, python_worker_outside_tmp, Binary, TestConfig, TestUser};
@@ -230,15 +231,16 @@ fn sandbox_keys_are_validated_with_their_file_and_key() {
     assert!(!config.sites.values().next().unwrap().sandbox.enabled);
 }
 
-/// Site code probing its view: `op=exists|write|read&p=PATH`, answering
-/// `yes`/`no`, `wrote` or `failed: ...` (PHP's message, Python's errno), or
-/// the file's text.
+/// Site code probing its view: `op=exists|write|read|unix&p=PATH`,
+/// answering `yes`/`no`, `wrote` or `failed: ...` (PHP's message, Python's
+/// errno), the file's text, or the first line a Unix socket sends.
 const VIEW_SHELL: &str = r#"<?php
 $p = $_GET['p'] ?? '';
 switch ($_GET['op'] ?? '') {
 case 'exists': echo file_exists($p) || is_link($p) ? 'yes' : 'no'; break;
 case 'write': echo @file_put_contents($p, 'x') === false ? 'failed: ' . error_get_last()['message'] : 'wrote'; break;
 case 'read': $r = @file_get_contents($p); echo $r === false ? 'failed: ' . error_get_last()['message'] : $r; break;
+case 'unix': $s = @stream_socket_client('unix://' . $p, $errno, $errstr, 2); echo $s ? fgets($s) : "failed: $errstr"; break;
 default: echo 'ok';
 }
 "#;
@@ -401,6 +403,21 @@ async fn in_its_view_a_site_finds_nothing_of_the_host_it_was_not_given() {
             "{site} ({kind})'s /etc/passwd: {passwd}"
         );
     }
+    // A socket in a read-only path still takes connections (a database's).
+    let db = UnixListener::bind(shared.join("db.sock")).unwrap();
+    std::fs::set_permissions(
+        shared.join("db.sock"),
+        std::fs::Permissions::from_mode(0o777),
+    )
+    .unwrap();
+    let greeter = std::thread::spawn(move || {
+        use std::io::Write;
+        let (mut conn, _) = db.accept().unwrap();
+        conn.write_all(b"db hello\n").unwrap();
+    });
+    let greeting = probe(&server, "a", "php", "unix", &shared.join("db.sock")).await;
+    assert_eq!(greeting, "db hello\n", "a socket in a listed path");
+    greeter.join().unwrap();
     // Without the view, the same shell reaches what the view hides.
     let open = probe(&server, "b", "php", "exists", &cfg.path().join("www/a")).await;
     assert_eq!(open, "yes", "without a view, B sees A's root");
