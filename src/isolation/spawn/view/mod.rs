@@ -74,12 +74,15 @@ pub struct View {
 
 /// `/etc` entries every view holds, when the host has them: name
 /// resolution, time zone, the dynamic linker's cache, TLS trust stores,
-/// MIME types, and PHP's configuration (`/etc/php/8.2/...`: php-fpm's
-/// `php.ini` and the extensions' `conf.d`). Not `passwd`, `group`
+/// MIME types, and PHP's configuration (Debian's `/etc/php/8.2/...`:
+/// php-fpm's `php.ini` and the extensions' `conf.d`; RHEL's `php.ini` and
+/// `php.d`). Not `passwd`, `group`
 /// (generated), `shadow`, nor anything holding secrets (`/etc/mysql`,
 /// `/etc/phpmyadmin`, `/etc/letsencrypt`, `/etc/polyhost`).
-pub const ETC: [&str; 25] = [
+pub const ETC: [&str; 27] = [
     "php",
+    "php.ini",
+    "php.d",
     "resolv.conf",
     "hosts",
     "host.conf",
