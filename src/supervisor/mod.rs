@@ -60,6 +60,8 @@ pub enum SiteSetupError {
     Cgroup(#[from] isolation::CgroupError),
     #[error("sandbox.network = \"none\" needs the sandbox, which is unavailable here: {0}")]
     SandboxUnavailable(&'static str),
+    #[error("sandbox.paths: the read-only view is unavailable here: {0}")]
+    ViewUnavailable(&'static str),
 }
 
 /// Server-wide supervision state: the cgroup root and the state directory.
@@ -357,7 +359,8 @@ impl Supervisor {
 
 /// The sandbox of a site's processes: on unless the site opts out, where
 /// the kernel allows it (else off, warned once at start), but an explicit
-/// `network = "none"` is a promise polyhost cannot keep without it: an error.
+/// `network = "none"` or `paths` (the view) is a promise polyhost cannot
+/// keep without it: an error.
 fn sandbox_of(
     site: &SiteConfig,
     state_dir: &Path,
@@ -367,15 +370,40 @@ fn sandbox_of(
         return Ok(None);
     }
     let network_none = site.sandbox.network == crate::config::SandboxNetwork::None;
+    if site.sandbox.view.is_some() {
+        if let Some(why) = isolation::sandbox::view_unavailable() {
+            return Err(SiteSetupError::ViewUnavailable(why));
+        }
+    }
     match isolation::sandbox::unavailable() {
         None => Ok(Some(isolation::Sandbox {
             tmp: tmp.to_path_buf(),
             shared_tmp: shared_tmp_to_replace(site, state_dir),
             network_none,
+            view: view_of(site, state_dir, tmp),
         })),
         Some(why) if network_none => Err(SiteSetupError::SandboxUnavailable(why)),
         Some(_) => Ok(None),
     }
+}
+
+/// The read-only view of a site with `sandbox.paths`: besides what every
+/// view holds (`isolation::sandbox::View`), the site's root, Python home
+/// and path and its state directory (the parent of `tmp`: php-fpm's pid
+/// file and log, sessions, uploads), and the paths it lists, read-only.
+fn view_of(site: &SiteConfig, state_dir: &Path, tmp: &Path) -> Option<isolation::sandbox::View> {
+    let read_only = site.sandbox.view.clone()?;
+    let mut own: Vec<PathBuf> = site.root.iter().cloned().collect();
+    if let Some(py) = &site.python {
+        own.extend(py.home.iter().cloned());
+        own.extend(py.path.iter().cloned());
+    }
+    Some(isolation::sandbox::View {
+        mount_point: state_dir.join("view"),
+        site: own,
+        state: tmp.parent().unwrap_or(tmp).to_path_buf(),
+        read_only,
+    })
 }
 
 impl Drop for Supervisor {
@@ -395,6 +423,7 @@ fn shared_tmp_to_replace(site: &SiteConfig, state_dir: &Path) -> Vec<PathBuf> {
     let canonical = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
     let mut needed: Vec<PathBuf> = vec![canonical(state_dir)];
     needed.extend(site.root.as_deref().map(canonical));
+    needed.extend(site.sandbox.view.iter().flatten().map(|p| canonical(p)));
     if let Some(py) = &site.python {
         needed.extend(py.home.as_deref().map(canonical));
         needed.extend(py.path.iter().map(|p| canonical(p)));

@@ -464,7 +464,7 @@ pub use cgroups::{check_hygiene, CgroupSweep};
 #[allow(unused_imports)]
 pub use wait::{eventually, file_text, marker_dir, wait_for, wait_for_marker, Shown};
 #[allow(unused_imports)]
-pub use worker::{python_test_site, python_worker};
+pub use worker::{python_test_site, python_worker, python_worker_outside_tmp};
 
 /// A TCP connection from a chosen loopback address (e.g. "127.0.0.2"), so a
 /// test can be a different client IP than its attackers.

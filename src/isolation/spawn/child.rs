@@ -12,6 +12,7 @@ use std::io;
 use std::os::fd::RawFd;
 
 use super::sandbox::{SandboxPlan, SandboxStep};
+use super::view::ViewStep;
 
 /// The child's steps, in order; the failing one is reported to the parent
 /// as one byte over a close-on-exec pipe.
@@ -39,10 +40,15 @@ pub(super) enum Step {
     MountShm,
     MountProc,
     Loopback,
+    ViewRoot,
+    ViewFiles,
+    ViewBind,
+    ViewSpecial,
+    ViewPivot,
 }
 
 impl Step {
-    const ALL: [Step; 21] = [
+    const ALL: [Step; 26] = [
         Step::JoinCgroup,
         Step::Setsid,
         Step::Setgroups,
@@ -64,6 +70,11 @@ impl Step {
         Step::MountShm,
         Step::MountProc,
         Step::Loopback,
+        Step::ViewRoot,
+        Step::ViewFiles,
+        Step::ViewBind,
+        Step::ViewSpecial,
+        Step::ViewPivot,
     ];
 
     pub(super) fn name(self) -> &'static str {
@@ -89,6 +100,11 @@ impl Step {
             Step::MountShm => "sandbox: mount /dev/shm",
             Step::MountProc => "sandbox: mount /proc",
             Step::Loopback => "sandbox: loopback up",
+            Step::ViewRoot => "sandbox view: mount or seal its root",
+            Step::ViewFiles => "sandbox view: make its directories and files",
+            Step::ViewBind => "sandbox view: bind a path into it",
+            Step::ViewSpecial => "sandbox view: mount /dev/shm and /proc",
+            Step::ViewPivot => "sandbox view: pivot into it",
         }
     }
 
@@ -104,6 +120,11 @@ impl Step {
             SandboxStep::MountShm => Step::MountShm,
             SandboxStep::MountProc => Step::MountProc,
             SandboxStep::Loopback => Step::Loopback,
+            SandboxStep::View(ViewStep::Root) => Step::ViewRoot,
+            SandboxStep::View(ViewStep::Files) => Step::ViewFiles,
+            SandboxStep::View(ViewStep::Bind) => Step::ViewBind,
+            SandboxStep::View(ViewStep::Special) => Step::ViewSpecial,
+            SandboxStep::View(ViewStep::Pivot) => Step::ViewPivot,
         }
     }
 }
