@@ -171,7 +171,7 @@ pub async fn serve_link(
         token: stop.child_token(),
         why: OnceLock::new(),
     });
-    let reason = |ending: &Ending| ending.why.get().copied().unwrap_or(Ended::Stopped);
+    let reason = |ending: &Ending| *ending.why.get_or_init(|| Ended::Stopped);
     let (mut read, write) = link.into_split();
     let (out, queue) = tokio::sync::mpsc::unbounded_channel();
     let mut tasks = JoinSet::new();
@@ -227,9 +227,11 @@ pub async fn serve_link(
         server.shutdown_timeout,
     )
     .await;
+    // Why it stopped, before the link's tasks end (and the supervisor, seeing
+    // the link close, closes its end too).
+    let why = reason(&ending);
     tasks.shutdown().await;
     served.map_err(RouterError::RouterThreads)?;
-    let why = reason(&ending);
     tracing::info!(?why, "stopped");
     Ok(why)
 }
