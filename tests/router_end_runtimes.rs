@@ -63,19 +63,24 @@ async fn bridge(server: Arc<Server>, link: UnixStream, seen: mpsc::UnboundedSend
         tokio::select! {
             msg = from_router.recv() => {
                 let Some(msg) = msg else { return };
-                match &msg {
+                let ok = match &msg {
                     ToSupervisor::Hello { .. } => {
-                        if !send(&mut write, ToRouter::Desired(server.desired())).await {
-                            return;
-                        }
+                        send(&mut write, ToRouter::Desired(server.desired())).await
                     }
-                    ToSupervisor::Start { group } => groups[group].start(),
+                    ToSupervisor::Start { group } => {
+                        groups[group].start();
+                        true
+                    }
                     ToSupervisor::Recycle { group, endpoint, reason } => {
-                        groups[group].recycle(*endpoint, reason.clone())
+                        groups[group].recycle(*endpoint, reason.clone());
+                        true
                     }
-                    _ => {}
-                }
+                    _ => true,
+                };
                 let _ = seen.send(msg);
+                if !ok {
+                    return;
+                }
             }
             _ = tick.tick() => {
                 for (key, handle) in &groups {
