@@ -9,6 +9,10 @@
 //! can reach ([`sockets`]) and handed to its process, so no site's code can
 //! connect to one, not even its own; nothing in a site's state directory
 //! ([`site_dirs`]) is reachable through its group.
+//!
+//! In the router process of a privilege-separated polyhost
+//! ([`Supervisor::for_router`]) nothing is started: every group is
+//! [`attached`] to the one the supervisor process runs.
 
 pub mod attached;
 pub mod endpoint;
