@@ -311,9 +311,11 @@ async fn the_router_serves_what_its_supervisor_publishes() {
     .await;
     let two = FakeWorker::start(cfg.path(), "two");
     sup.send(running(1, &[(2, &two)])).await;
+    // A round trip: the router read the update before it answers.
+    sup.stats(1).await;
     let r = get(addr, "py.test", "/after").await;
     assert_eq!(r.text(), "two /after");
-    sup.stats(1).await;
+    sup.stats(2).await;
     assert_eq!(sup.drained(), vec![], "worker one still serves /slow");
     one.gate.send_replace(true);
     assert_eq!(slow.await.unwrap().text(), "one /slow");
@@ -340,7 +342,7 @@ async fn the_router_serves_what_its_supervisor_publishes() {
     assert_eq!((group, endpoint), (py_group(1), 2));
 
     // Counters for status.
-    let stats = sup.stats(2).await;
+    let stats = sup.stats(3).await;
     let st = stats.sites.iter().find(|(n, _)| n == "st").unwrap();
     assert_eq!(st.1.requests, 1, "{stats:?}");
     let py = stats.sites.iter().find(|(n, _)| n == "py").unwrap();
@@ -352,7 +354,21 @@ async fn the_router_serves_what_its_supervisor_publishes() {
     applied(sup, 2).await;
     assert_eq!(get(addr, "st.test", "/").await.status, 503);
 
+    // Shutdown: no new connection, the request in flight finishes.
+    let in_flight = tokio::spawn(get(addr, "py.test", "/slow-too"));
+    wait_for(
+        "the request at worker two",
+        WITHIN,
+        async || two.paths(),
+        |p| p.iter().any(|p| p == "/slow-too"),
+    )
+    .await;
     sup.send(ToRouter::Shutdown).await;
+    sup.stats(4).await;
+    assert!(!router.is_finished(), "a request is in flight");
+    two.gate.send_replace(true);
+    let r = in_flight.await.unwrap();
+    assert_eq!((r.status, r.text().as_str()), (200, "two /slow-too"));
     let ended = tokio::time::timeout(WITHIN, router).await.unwrap();
     assert_eq!(ended.unwrap().unwrap(), Ended::Shutdown);
     let log = std::fs::read_to_string(config.server.log_dir.join("st.access.log")).unwrap();
@@ -419,9 +435,9 @@ async fn a_new_generation_is_served_once_applied_and_the_old_one_drained() {
 async fn a_supervisor_that_stops_before_the_first_desired_stops_the_router() {
     let Started {
         mut supervisor,
-        addr,
         stop: _stop,
         router,
+        ..
     } = start().await;
     supervisor.send(ToRouter::StatsRequest { id: 9 }).await;
     let stats = supervisor.stats(10).await;
@@ -429,6 +445,4 @@ async fn a_supervisor_that_stops_before_the_first_desired_stops_the_router() {
     supervisor.send(ToRouter::Shutdown).await;
     let ended = tokio::time::timeout(WITHIN, router).await.unwrap();
     assert_eq!(ended.unwrap().unwrap(), Ended::Shutdown);
-    // Nothing ever accepted: the listener is closed.
-    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }

@@ -105,6 +105,8 @@ const START_AGAIN_MS: u64 = 1000;
 pub struct Attachments {
     inner: Mutex<Inner>,
     requests: mpsc::UnboundedSender<Request>,
+    /// Told when an endpoint starts waiting for its last leases.
+    drain_started: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -143,6 +145,7 @@ impl Attachments {
         let attachments = Attachments {
             inner: Mutex::new(Inner::default()),
             requests,
+            drain_started: tokio::sync::Notify::new(),
         };
         (Arc::new(attachments), rx)
     }
@@ -269,6 +272,20 @@ impl Attachments {
             });
         }
         self.drain_idle(&mut inner);
+        if !inner.draining.is_empty() {
+            self.drain_started.notify_one();
+        }
+    }
+
+    /// Resolves once some unpublished endpoint waits for its last leases
+    /// (at once if one does): a caller polls [`check_drained`](Self::check_drained)
+    /// only while one does.
+    pub async fn drain_started(&self) {
+        let notified = self.drain_started.notified();
+        if self.draining() {
+            return;
+        }
+        notified.await;
     }
 
     /// Says [`Request::Drained`] for every unpublished endpoint whose last

@@ -58,8 +58,8 @@ pub const FDS_ENV: &str = "POLYHOST_ROUTER_FDS";
 
 /// How often unpublished processes are checked for their last lease.
 const DRAIN_POLL: Duration = Duration::from_millis(10);
-/// How often the groups' usage is reported (a multiple of [`DRAIN_POLL`]).
-const USAGE_EVERY: u32 = 25;
+/// How often the groups' usage is reported.
+const USAGE_EVERY: Duration = Duration::from_millis(250);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RouterError {
@@ -325,17 +325,18 @@ async fn read_link(
     }
 }
 
-/// Says `Drained` as leases end, and reports usage every 250 ms.
+/// Reports usage every 250 ms, and says `Drained` as leases end (polled
+/// every 10 ms while some endpoint drains; no wake-up otherwise).
 async fn pump(attachments: Arc<Attachments>) {
-    let mut tick = tokio::time::interval(DRAIN_POLL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut n: u32 = 0;
+    let mut usage = tokio::time::interval(USAGE_EVERY);
+    usage.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
-        attachments.check_drained();
-        n = n.wrapping_add(1);
-        if n % USAGE_EVERY == 0 {
-            attachments.report_usage();
+        tokio::select! {
+            _ = usage.tick() => attachments.report_usage(),
+            _ = attachments.drain_started() => {
+                tokio::time::sleep(DRAIN_POLL).await;
+                attachments.check_drained();
+            }
         }
     }
 }
