@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{get, wait_for, TestConfig, TestUser};
-use polyhost::app::router_link::{Desired, DesiredSite};
+use polyhost::app::router_link::{Desired, DesiredSite, RunsAs};
 use polyhost::config::Config;
 use polyhost::privsep::frame;
 use polyhost::privsep::router_end::{serve_link, Ended};
@@ -185,10 +185,21 @@ fn desired(version: u64, config: &Config, sites: &[(&str, u64, bool)]) -> ToRout
                     DesiredSite {
                         generation,
                         stopped,
+                        runs_as: runs_as(config, name),
                     },
                 )
             })
             .collect(),
+    })
+}
+
+/// The site's user's credentials, as the supervisor resolves them.
+fn runs_as(config: &Config, site: &str) -> Option<RunsAs> {
+    let site = config.sites.iter().find(|(n, _)| n.as_str() == site)?.1;
+    let user = nix::unistd::User::from_name(site.user.as_deref()?).ok()??;
+    Some(RunsAs {
+        uid: user.uid.as_raw(),
+        gid: user.gid.as_raw(),
     })
 }
 
