@@ -10,7 +10,7 @@ mod common;
 mod exhaustion_support;
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{Binary, TestConfig, TestUser};
 use exhaustion_support::*;
@@ -195,7 +195,6 @@ async fn over_the_descriptor_limit_clients_get_503_and_the_router_recovers() {
     // max_connections stays 10000: far more than 256 descriptors hold.
     let (polyhost, _) = start(&cfg, Some(256)).await;
     let addr = polyhost.addr;
-    let started = Instant::now();
 
     // 1. More clients than descriptors. Before, accept failed with EMFILE
     // (logged every 50 ms) and the clients past it waited unanswered; now
@@ -262,7 +261,6 @@ async fn over_the_descriptor_limit_clients_get_503_and_the_router_recovers() {
     })
     .await;
     assert!(recovered, "served again; log:\n{}", polyhost.log());
-    assert!(started.elapsed() < Duration::from_secs(60));
     let log = polyhost.log();
     assert!(
         !log.contains("accept failed"),

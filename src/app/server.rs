@@ -166,6 +166,12 @@ impl Server {
         self.router.get()?.stats().await
     }
 
+    /// Whether requests are served by a router process (`privsep`), not
+    /// by this one.
+    pub fn has_router(&self) -> bool {
+        self.router.get().is_some()
+    }
+
     /// Every process group of the published sites, named as the router
     /// names them.
     pub fn published_groups(&self) -> Vec<(GroupKey, GroupHandle)> {
@@ -340,9 +346,33 @@ impl Server {
         }
     }
 
-    /// Never waits for a control operation in progress.
+    /// Never waits for a control operation in progress. With a router
+    /// process, its request counters are asked of it (bounded wait).
     pub async fn status(&self) -> ServerStatus {
-        self.status_of(&self.published.load())
+        let mut status = self.status_of(&self.published.load());
+        self.with_router_counters(&mut status.sites).await;
+        status
+    }
+
+    /// Puts the router process's request counters into `sites` (nothing
+    /// without one; zeros, said in the log, when it does not answer).
+    async fn with_router_counters(&self, sites: &mut [SiteStatus]) {
+        if !self.has_router() {
+            return;
+        }
+        let counters: BTreeMap<String, crate::metrics::SiteCounters> = match self
+            .router_stats()
+            .await
+        {
+            Some(reply) => reply.sites.into_iter().collect(),
+            None => {
+                tracing::warn!("the router process did not report its counters: status shows none");
+                BTreeMap::new()
+            }
+        };
+        for site in sites {
+            site.set_counters(counters.get(&site.name).copied().unwrap_or_default());
+        }
     }
 
     fn status_of(&self, sites: &BTreeMap<SiteName, Site>) -> ServerStatus {
@@ -359,10 +389,14 @@ impl Server {
 
     /// Status of one site, or [`ControlError::NoSuchSite`]; never waits.
     pub async fn site_status(&self, name: &str) -> Result<SiteStatus, ControlError> {
-        SiteName::parse(name)
+        let status = SiteName::parse(name)
             .ok()
             .and_then(|n| self.published.load().get(&n).map(SiteStatus::of))
-            .ok_or_else(|| ControlError::NoSuchSite(name.to_owned()))
+            .ok_or_else(|| ControlError::NoSuchSite(name.to_owned()))?;
+        let mut one = [status];
+        self.with_router_counters(&mut one).await;
+        let [status] = one;
+        Ok(status)
     }
 
     /// What a metrics scrape shows: the status plus each site's live

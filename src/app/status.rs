@@ -101,3 +101,13 @@ impl SiteStatus {
         }
     }
 }
+
+impl SiteStatus {
+    /// The request counters of `counters` instead of this process's (what
+    /// the router process counted, `privsep`).
+    pub fn set_counters(&mut self, counters: crate::metrics::SiteCounters) {
+        self.requests = counters.requests;
+        self.responses_5xx = counters.responses_5xx;
+        self.websockets_open = counters.websockets_open;
+    }
+}
