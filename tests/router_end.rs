@@ -358,6 +358,16 @@ async fn the_router_serves_what_its_supervisor_publishes() {
     assert_eq!(st.1.requests, 1, "{stats:?}");
     let py = stats.sites.iter().find(|(n, _)| n == "py").unwrap();
     assert_eq!(py.1.requests, 5, "{stats:?}");
+    let line = stats
+        .metrics
+        .lines()
+        .find(|l| l.starts_with("polyhost_requests_total{site=\"py\",class=\"2xx\"}"))
+        .unwrap_or_else(|| panic!("the router's families:\n{}", stats.metrics));
+    assert!(line.ends_with(" 5"), "{line}");
+    assert!(
+        stats.metrics.contains("polyhost_worker_threads_total"),
+        "a Python site's threads"
+    );
 
     // The operator stops `st`: 503, its counters go on.
     sup.send(desired(2, &config, &[("st", 1, true), ("py", 1, false)]))

@@ -313,8 +313,7 @@ async fn read_link(
                 let _ = out.send(ToSupervisor::Stats(StatsReply {
                     id,
                     sites: state.counters(),
-                    // `admin::metrics::router_families` once it lands.
-                    metrics: String::new(),
+                    metrics: state.metrics(),
                 }));
             }
             ToRouter::Shutdown => {

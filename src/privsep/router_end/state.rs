@@ -15,9 +15,10 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::admin::metrics::RouterSiteView;
 use crate::app::router_link::{Desired, DesiredSite};
 use crate::config::{SiteConfig, SiteName};
-use crate::metrics::SiteCounters;
+use crate::metrics::{SiteCounters, SiteView};
 use crate::router::{RoutingTable, SiteStats};
 use crate::sites::{self, Site};
 use crate::supervisor::Supervisor;
@@ -212,6 +213,28 @@ impl RouterState {
             .iter()
             .map(|(name, held)| (name.to_string(), held.site.stats().counters()))
             .collect()
+    }
+
+    /// The metric families of the router's counters (`StatsReply::metrics`).
+    pub fn metrics(&self) -> String {
+        let views = self
+            .sites
+            .iter()
+            .map(|(name, held)| {
+                let site = &held.site;
+                let asgi = site.config().python.as_ref().and_then(|py| py.asgi());
+                RouterSiteView {
+                    name: name.to_string(),
+                    asgi: asgi.is_some(),
+                    view: SiteView {
+                        stats: site.stats().clone(),
+                        threads: site.runtimes().python.as_ref().map(|py| py.threads()),
+                        php: site.runtimes().php.is_some(),
+                    },
+                }
+            })
+            .collect();
+        crate::admin::metrics::router_families(views)
     }
 
     /// The site served as `name` now (tests).
