@@ -226,6 +226,8 @@ fn sites(cfg: &TestConfig, user: &TestUser) -> Config {
 struct Started {
     supervisor: Supervisor,
     addr: std::net::SocketAddr,
+    /// The TLS listener's address.
+    https: std::net::SocketAddr,
     stop: CancellationToken,
     router: tokio::task::JoinHandle<Result<Ended, polyhost::privsep::router_end::RouterError>>,
 }
@@ -234,9 +236,15 @@ async fn start() -> Started {
     common::init_logging();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let tls = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let https = tls.local_addr().unwrap();
+    let listeners = polyhost::router::Listeners {
+        http: vec![listener],
+        https: vec![tls],
+    };
     let (ours, theirs) = UnixStream::pair().unwrap();
     let stop = CancellationToken::new();
-    let router = tokio::spawn(serve_link(theirs, vec![listener].into(), stop.clone()));
+    let router = tokio::spawn(serve_link(theirs, listeners, stop.clone()));
     let (read, write) = ours.into_split();
     let mut supervisor = Supervisor {
         read,
@@ -253,6 +261,7 @@ async fn start() -> Started {
     Started {
         supervisor,
         addr,
+        https,
         stop,
         router,
     }
@@ -276,6 +285,7 @@ async fn the_router_serves_what_its_supervisor_publishes() {
         addr,
         stop: _stop,
         router,
+        ..
     } = start().await;
     let sup = &mut supervisor;
 
@@ -411,6 +421,7 @@ async fn a_new_generation_is_served_once_applied_and_the_old_one_drained() {
         addr,
         stop: _stop,
         router,
+        ..
     } = start().await;
     let sup = &mut supervisor;
     let old = FakeWorker::start(cfg.path(), "old");
@@ -466,4 +477,41 @@ async fn a_supervisor_that_stops_before_the_first_desired_stops_the_router() {
     supervisor.send(ToRouter::Shutdown).await;
     let ended = tokio::time::timeout(WITHIN, router).await.unwrap();
     assert_eq!(ended.unwrap().unwrap(), Ended::Shutdown);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_cross_the_link_and_a_renewed_one_is_served_after_its_desired() {
+    use common::front::{h1_over, self_signed, send_h1, served_cert, tls_connect};
+    let cfg = TestConfig::new();
+    let first = self_signed(&["sec.test"]);
+    cfg.tls_site("sec", &["sec.test"], "", "", &first);
+    let config = cfg.load();
+    let Started {
+        mut supervisor,
+        https,
+        stop: _stop,
+        ..
+    } = start().await;
+    let sup = &mut supervisor;
+    sup.send(desired(1, &config, &[("sec", 1, false)])).await;
+    applied(sup, 1).await;
+    let tls = tls_connect(https, "sec.test", &["http/1.1"]).await.unwrap();
+    assert!(
+        served_cert(&tls) == first.der,
+        "the certificate of the Desired"
+    );
+    let mut h1 = h1_over(tls).await;
+    let r = send_h1(&mut h1, common::request("GET", "sec.test", "/")).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "site sec\n"));
+
+    // Renewed: the same processes (none), a new route with the new pair.
+    let renewed = self_signed(&["sec.test"]);
+    cfg.write_cert("sec", &renewed);
+    let config = cfg.load();
+    sup.send(desired(2, &config, &[("sec", 1, false)])).await;
+    applied(sup, 2).await;
+    let tls = tls_connect(https, "sec.test", &[]).await.unwrap();
+    assert!(served_cert(&tls) == renewed.der, "the renewed certificate");
+    let r = send_h1(&mut h1, common::request("GET", "sec.test", "/")).await;
+    assert_eq!(r.status, 200, "the connection made before goes on");
 }
