@@ -19,7 +19,9 @@
 //!   router holds no lease on it ([`Attachments::check_drained`]).
 //! - [`Attachments::report_usage`] says what the router's requests did since
 //!   the last report, for the supervisor's idle, recycling and drain
-//!   decisions.
+//!   decisions: each group with a request in flight or one finished since
+//!   (a request that found no ready process is no use: it asked a start),
+//!   and nothing for the others, so that idle groups scale to zero.
 //!
 //! Invariants: the supervisor is told [`Request::Drained`] for a process
 //! only once it is unpublished here, closed, and holds no lease, and after

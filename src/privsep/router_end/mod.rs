@@ -11,7 +11,7 @@
 //! running: Desired → rebuild what changed, swap, settle what it replaced → Applied
 //!          Group → the attached group's snapshot (supervisor::attached)
 //!          StatsRequest → Stats
-//!          every 10 ms: Drained for unpublished processes without a lease
+//!          every 10 ms while an unpublished process has leases: Drained once it has none
 //!          every 250 ms: Usage of the groups used since the last one
 //!          a request's Start / Recycle → forwarded as they come
 //! end: Shutdown, the link's end (the supervisor is gone; PDEATHSIG too)
