@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{get, wait_for, TestConfig, TestUser};
-use polyhost::app::router_link::{Desired, DesiredSite};
+use polyhost::app::router_link::{Desired, DesiredSite, RunsAs};
 use polyhost::config::Config;
 use polyhost::privsep::frame;
 use polyhost::privsep::router_end::{serve_link, Ended};
@@ -185,10 +185,21 @@ fn desired(version: u64, config: &Config, sites: &[(&str, u64, bool)]) -> ToRout
                     DesiredSite {
                         generation,
                         stopped,
+                        runs_as: runs_as(config, name),
                     },
                 )
             })
             .collect(),
+    })
+}
+
+/// The site's user's credentials, as the supervisor resolves them.
+fn runs_as(config: &Config, site: &str) -> Option<RunsAs> {
+    let site = config.sites.iter().find(|(n, _)| n.as_str() == site)?.1;
+    let user = nix::unistd::User::from_name(site.user.as_deref()?).ok()??;
+    Some(RunsAs {
+        uid: user.uid.as_raw(),
+        gid: user.gid.as_raw(),
     })
 }
 
@@ -215,6 +226,8 @@ fn sites(cfg: &TestConfig, user: &TestUser) -> Config {
 struct Started {
     supervisor: Supervisor,
     addr: std::net::SocketAddr,
+    /// The TLS listener's address.
+    https: std::net::SocketAddr,
     stop: CancellationToken,
     router: tokio::task::JoinHandle<Result<Ended, polyhost::privsep::router_end::RouterError>>,
 }
@@ -223,9 +236,15 @@ async fn start() -> Started {
     common::init_logging();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let tls = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let https = tls.local_addr().unwrap();
+    let listeners = polyhost::router::Listeners {
+        http: vec![listener],
+        https: vec![tls],
+    };
     let (ours, theirs) = UnixStream::pair().unwrap();
     let stop = CancellationToken::new();
-    let router = tokio::spawn(serve_link(theirs, vec![listener].into(), stop.clone()));
+    let router = tokio::spawn(serve_link(theirs, listeners, stop.clone()));
     let (read, write) = ours.into_split();
     let mut supervisor = Supervisor {
         read,
@@ -242,6 +261,7 @@ async fn start() -> Started {
     Started {
         supervisor,
         addr,
+        https,
         stop,
         router,
     }
@@ -265,6 +285,7 @@ async fn the_router_serves_what_its_supervisor_publishes() {
         addr,
         stop: _stop,
         router,
+        ..
     } = start().await;
     let sup = &mut supervisor;
 
@@ -311,9 +332,11 @@ async fn the_router_serves_what_its_supervisor_publishes() {
     .await;
     let two = FakeWorker::start(cfg.path(), "two");
     sup.send(running(1, &[(2, &two)])).await;
+    // A round trip: the router read the update before it answers.
+    sup.stats(1).await;
     let r = get(addr, "py.test", "/after").await;
     assert_eq!(r.text(), "two /after");
-    sup.stats(1).await;
+    sup.stats(2).await;
     assert_eq!(sup.drained(), vec![], "worker one still serves /slow");
     one.gate.send_replace(true);
     assert_eq!(slow.await.unwrap().text(), "one /slow");
@@ -340,11 +363,21 @@ async fn the_router_serves_what_its_supervisor_publishes() {
     assert_eq!((group, endpoint), (py_group(1), 2));
 
     // Counters for status.
-    let stats = sup.stats(2).await;
+    let stats = sup.stats(3).await;
     let st = stats.sites.iter().find(|(n, _)| n == "st").unwrap();
     assert_eq!(st.1.requests, 1, "{stats:?}");
     let py = stats.sites.iter().find(|(n, _)| n == "py").unwrap();
     assert_eq!(py.1.requests, 5, "{stats:?}");
+    let line = stats
+        .metrics
+        .lines()
+        .find(|l| l.starts_with("polyhost_requests_total{site=\"py\",class=\"2xx\"}"))
+        .unwrap_or_else(|| panic!("the router's families:\n{}", stats.metrics));
+    assert!(line.ends_with(" 5"), "{line}");
+    assert!(
+        stats.metrics.contains("polyhost_worker_threads_total"),
+        "a Python site's threads"
+    );
 
     // The operator stops `st`: 503, its counters go on.
     sup.send(desired(2, &config, &[("st", 1, true), ("py", 1, false)]))
@@ -352,7 +385,21 @@ async fn the_router_serves_what_its_supervisor_publishes() {
     applied(sup, 2).await;
     assert_eq!(get(addr, "st.test", "/").await.status, 503);
 
+    // Shutdown: no new connection, the request in flight finishes.
+    let in_flight = tokio::spawn(get(addr, "py.test", "/slow-too"));
+    wait_for(
+        "the request at worker two",
+        WITHIN,
+        async || two.paths(),
+        |p| p.iter().any(|p| p == "/slow-too"),
+    )
+    .await;
     sup.send(ToRouter::Shutdown).await;
+    sup.stats(4).await;
+    assert!(!router.is_finished(), "a request is in flight");
+    two.gate.send_replace(true);
+    let r = in_flight.await.unwrap();
+    assert_eq!((r.status, r.text().as_str()), (200, "two /slow-too"));
     let ended = tokio::time::timeout(WITHIN, router).await.unwrap();
     assert_eq!(ended.unwrap().unwrap(), Ended::Shutdown);
     let log = std::fs::read_to_string(config.server.log_dir.join("st.access.log")).unwrap();
@@ -374,6 +421,7 @@ async fn a_new_generation_is_served_once_applied_and_the_old_one_drained() {
         addr,
         stop: _stop,
         router,
+        ..
     } = start().await;
     let sup = &mut supervisor;
     let old = FakeWorker::start(cfg.path(), "old");
@@ -419,9 +467,9 @@ async fn a_new_generation_is_served_once_applied_and_the_old_one_drained() {
 async fn a_supervisor_that_stops_before_the_first_desired_stops_the_router() {
     let Started {
         mut supervisor,
-        addr,
         stop: _stop,
         router,
+        ..
     } = start().await;
     supervisor.send(ToRouter::StatsRequest { id: 9 }).await;
     let stats = supervisor.stats(10).await;
@@ -429,6 +477,41 @@ async fn a_supervisor_that_stops_before_the_first_desired_stops_the_router() {
     supervisor.send(ToRouter::Shutdown).await;
     let ended = tokio::time::timeout(WITHIN, router).await.unwrap();
     assert_eq!(ended.unwrap().unwrap(), Ended::Shutdown);
-    // Nothing ever accepted: the listener is closed.
-    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_cross_the_link_and_a_renewed_one_is_served_after_its_desired() {
+    use common::front::{h1_over, self_signed, send_h1, served_cert, tls_connect};
+    let cfg = TestConfig::new();
+    let first = self_signed(&["sec.test"]);
+    cfg.tls_site("sec", &["sec.test"], "", "", &first);
+    let config = cfg.load();
+    let Started {
+        mut supervisor,
+        https,
+        stop: _stop,
+        ..
+    } = start().await;
+    let sup = &mut supervisor;
+    sup.send(desired(1, &config, &[("sec", 1, false)])).await;
+    applied(sup, 1).await;
+    let tls = tls_connect(https, "sec.test", &["http/1.1"]).await.unwrap();
+    assert!(
+        served_cert(&tls) == first.der,
+        "the certificate of the Desired"
+    );
+    let mut h1 = h1_over(tls).await;
+    let r = send_h1(&mut h1, common::request("GET", "sec.test", "/")).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "site sec\n"));
+
+    // Renewed: the same processes (none), a new route with the new pair.
+    let renewed = self_signed(&["sec.test"]);
+    cfg.write_cert("sec", &renewed);
+    let config = cfg.load();
+    sup.send(desired(2, &config, &[("sec", 1, false)])).await;
+    applied(sup, 2).await;
+    let tls = tls_connect(https, "sec.test", &[]).await.unwrap();
+    assert!(served_cert(&tls) == renewed.der, "the renewed certificate");
+    let r = send_h1(&mut h1, common::request("GET", "sec.test", "/")).await;
+    assert_eq!(r.status, 200, "the connection made before goes on");
 }

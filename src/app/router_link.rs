@@ -36,6 +36,21 @@ pub struct DesiredSite {
     pub generation: u64,
     /// Stopped by the operator (`polyhost stop SITE`): every request 503.
     pub stopped: bool,
+    /// Whose uid and group the site's processes run with and its static
+    /// files are read as, as the supervisor resolved them (`None`: a static
+    /// site without a user, which serves world-readable files only). The
+    /// router takes it as it is, rather than asking the user database again
+    /// for every site (a lookup is a scan of `/etc/passwd`: thousands of
+    /// lines on a host with thousands of sites).
+    #[serde(default)]
+    pub runs_as: Option<RunsAs>,
+}
+
+/// A site's credentials, in a [`DesiredSite`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RunsAs {
+    pub uid: u32,
+    pub gid: u32,
 }
 
 /// Where the server publishes what the router must serve.

@@ -433,9 +433,16 @@ fn desired_of(server: &ServerConfig, sites: &BTreeMap<SiteName, Site>, version: 
         sites: sites
             .iter()
             .map(|(name, site)| {
+                let runs_as = match &site.runtimes().reader {
+                    crate::docroot::Reader::User { uid, gids } => gids
+                        .first()
+                        .map(|&gid| super::router_link::RunsAs { uid: *uid, gid }),
+                    crate::docroot::Reader::Anyone => None,
+                };
                 let state = DesiredSite {
                     generation: site.runtimes().generation,
                     stopped: site.is_stopped(),
+                    runs_as,
                 };
                 (name.to_string(), state)
             })

@@ -19,7 +19,9 @@
 //!   router holds no lease on it ([`Attachments::check_drained`]).
 //! - [`Attachments::report_usage`] says what the router's requests did since
 //!   the last report, for the supervisor's idle, recycling and drain
-//!   decisions.
+//!   decisions: each group with a request in flight or one finished since
+//!   (a request that found no ready process is no use: it asked a start),
+//!   and nothing for the others, so that idle groups scale to zero.
 //!
 //! Invariants: the supervisor is told [`Request::Drained`] for a process
 //! only once it is unpublished here, closed, and holds no lease, and after
@@ -105,6 +107,8 @@ const START_AGAIN_MS: u64 = 1000;
 pub struct Attachments {
     inner: Mutex<Inner>,
     requests: mpsc::UnboundedSender<Request>,
+    /// Told when an endpoint starts waiting for its last leases.
+    drain_started: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -143,6 +147,7 @@ impl Attachments {
         let attachments = Attachments {
             inner: Mutex::new(Inner::default()),
             requests,
+            drain_started: tokio::sync::Notify::new(),
         };
         (Arc::new(attachments), rx)
     }
@@ -269,6 +274,20 @@ impl Attachments {
             });
         }
         self.drain_idle(&mut inner);
+        if !inner.draining.is_empty() {
+            self.drain_started.notify_one();
+        }
+    }
+
+    /// Resolves once some unpublished endpoint waits for its last leases
+    /// (at once if one does): a caller polls [`check_drained`](Self::check_drained)
+    /// only while one does.
+    pub async fn drain_started(&self) {
+        let notified = self.drain_started.notified();
+        if self.draining() {
+            return;
+        }
+        notified.await;
     }
 
     /// Says [`Request::Drained`] for every unpublished endpoint whose last

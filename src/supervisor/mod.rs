@@ -9,6 +9,10 @@
 //! can reach ([`sockets`]) and handed to its process, so no site's code can
 //! connect to one, not even its own; nothing in a site's state directory
 //! ([`site_dirs`]) is reachable through its group.
+//!
+//! In the router process of a privilege-separated polyhost
+//! ([`Supervisor::for_router`]) nothing is started: every group is
+//! [`attached`] to the one the supervisor process runs.
 
 pub mod attached;
 pub mod endpoint;
@@ -79,6 +83,9 @@ pub struct Supervisor {
     /// Router mode ([`Supervisor::for_router`]): every group is attached
     /// to the supervisor process's, which runs it.
     attached: Option<std::sync::Arc<Attachments>>,
+    /// Router mode: each site's uid and group as the supervisor resolved
+    /// them ([`Supervisor::know_identities`]), by site name.
+    known: std::sync::Mutex<std::collections::HashMap<String, Option<(u32, u32)>>>,
 }
 
 /// What every process of one site shares.
@@ -136,6 +143,7 @@ impl Supervisor {
             defaults: IdentityDefaults::of(server),
             batch_scheduling: server.site_scheduling == SiteScheduling::Batch,
             attached: None,
+            known: Default::default(),
         }
     }
 
@@ -154,7 +162,17 @@ impl Supervisor {
             defaults: IdentityDefaults::of(server),
             batch_scheduling: server.site_scheduling == SiteScheduling::Batch,
             attached: Some(groups),
+            known: Default::default(),
         }
+    }
+
+    /// Router mode: who each site runs as (uid and group; `None`: a static
+    /// site without a user), as the supervisor resolved it. A site named
+    /// here is not looked up in the user database; one that is not is.
+    pub fn know_identities(&self, sites: impl IntoIterator<Item = (String, Option<(u32, u32)>)>) {
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        known.clear();
+        known.extend(sites);
     }
 
     /// True in the router process ([`for_router`](Self::for_router)):
@@ -174,12 +192,29 @@ impl Supervisor {
     /// Resolves who a site runs as (never root).
     pub fn identity(&self, site: &SiteConfig) -> Result<Option<SiteIdentity>, SiteSetupError> {
         if self.is_attached() {
-            // The supervisor that runs the sites is root.
-            return configured_identity(
+            let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+            match known.get(site.name.as_str()) {
+                Some(Some((uid, gid))) => {
+                    let user = site.user.as_deref().or(self.defaults.user.as_deref());
+                    return Ok(Some(SiteIdentity {
+                        user: user.unwrap_or_default().to_owned(),
+                        uid: *uid,
+                        gid: *gid,
+                        // Only a process started here would use it: none is.
+                        home: PathBuf::new(),
+                    }));
+                }
+                Some(None) => return Err(SiteSetupError::NoUser),
+                None => {}
+            }
+            drop(known);
+            // As the supervisor resolved it (it is root); it refused the
+            // privileged groups already (and that check costs a dozen group
+            // lookups per site).
+            return resolve_configured(
                 site,
                 self.defaults.user.as_deref(),
                 self.defaults.group.as_deref(),
-                self.defaults.admin_group.as_deref(),
             )
             .map(Some);
         }
@@ -480,6 +515,17 @@ pub fn configured_identity(
     default_group: Option<&str>,
     admin_group: Option<&str>,
 ) -> Result<SiteIdentity, SiteSetupError> {
+    let identity = resolve_configured(site, default_user, default_group)?;
+    refuse_privileged_group(&identity, admin_group)?;
+    Ok(identity)
+}
+
+/// [`configured_identity`] without its check of privileged groups.
+fn resolve_configured(
+    site: &SiteConfig,
+    default_user: Option<&str>,
+    default_group: Option<&str>,
+) -> Result<SiteIdentity, SiteSetupError> {
     let user = site
         .user
         .as_deref()
@@ -490,9 +536,7 @@ pub fn configured_identity(
     } else {
         default_group
     });
-    let identity = SiteIdentity::resolve(user, group)?;
-    refuse_privileged_group(&identity, admin_group)?;
-    Ok(identity)
+    Ok(SiteIdentity::resolve(user, group)?)
 }
 
 /// Groups that grant power beyond a site: membership would let site code

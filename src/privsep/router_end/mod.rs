@@ -11,7 +11,7 @@
 //! running: Desired → rebuild what changed, swap, settle what it replaced → Applied
 //!          Group → the attached group's snapshot (supervisor::attached)
 //!          StatsRequest → Stats
-//!          every 10 ms: Drained for unpublished processes without a lease
+//!          every 10 ms while an unpublished process has leases: Drained once it has none
 //!          every 250 ms: Usage of the groups used since the last one
 //!          a request's Start / Recycle → forwarded as they come
 //! end: Shutdown, the link's end (the supervisor is gone; PDEATHSIG too)
@@ -58,8 +58,8 @@ pub const FDS_ENV: &str = "POLYHOST_ROUTER_FDS";
 
 /// How often unpublished processes are checked for their last lease.
 const DRAIN_POLL: Duration = Duration::from_millis(10);
-/// How often the groups' usage is reported (a multiple of [`DRAIN_POLL`]).
-const USAGE_EVERY: u32 = 25;
+/// How often the groups' usage is reported.
+const USAGE_EVERY: Duration = Duration::from_millis(250);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RouterError {
@@ -171,7 +171,7 @@ pub async fn serve_link(
         token: stop.child_token(),
         why: OnceLock::new(),
     });
-    let reason = |ending: &Ending| ending.why.get().copied().unwrap_or(Ended::Stopped);
+    let reason = |ending: &Ending| *ending.why.get_or_init(|| Ended::Stopped);
     let (mut read, write) = link.into_split();
     let (out, queue) = tokio::sync::mpsc::unbounded_channel();
     let mut tasks = JoinSet::new();
@@ -227,9 +227,11 @@ pub async fn serve_link(
         server.shutdown_timeout,
     )
     .await;
+    // Why it stopped, before the link's tasks end (and the supervisor, seeing
+    // the link close, closes its end too).
+    let why = reason(&ending);
     tasks.shutdown().await;
     served.map_err(RouterError::RouterThreads)?;
-    let why = reason(&ending);
     tracing::info!(?why, "stopped");
     Ok(why)
 }
@@ -322,17 +324,18 @@ async fn read_link(
     }
 }
 
-/// Says `Drained` as leases end, and reports usage every 250 ms.
+/// Reports usage every 250 ms, and says `Drained` as leases end (polled
+/// every 10 ms while some endpoint drains; no wake-up otherwise).
 async fn pump(attachments: Arc<Attachments>) {
-    let mut tick = tokio::time::interval(DRAIN_POLL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut n: u32 = 0;
+    let mut usage = tokio::time::interval(USAGE_EVERY);
+    usage.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
-        attachments.check_drained();
-        n = n.wrapping_add(1);
-        if n % USAGE_EVERY == 0 {
-            attachments.report_usage();
+        tokio::select! {
+            _ = usage.tick() => attachments.report_usage(),
+            _ = attachments.drain_started() => {
+                tokio::time::sleep(DRAIN_POLL).await;
+                attachments.check_drained();
+            }
         }
     }
 }

@@ -109,6 +109,12 @@ impl RouterState {
     /// built; sites no longer wanted are dropped (their processes are the
     /// supervisor's to stop). Returns what was replaced.
     pub fn apply(&mut self, desired: &Desired) -> Replaced {
+        self.supervisor.know_identities(
+            desired
+                .sites
+                .iter()
+                .map(|(name, site)| (name.clone(), site.runs_as.map(|r| (r.uid, r.gid)))),
+        );
         let mut next = BTreeMap::new();
         let mut old_sites = Vec::new();
         for (name, config) in &desired.config.sites {
@@ -221,7 +227,8 @@ impl RouterState {
                     .config()
                     .python
                     .as_ref()
-                    .is_some_and(|py| py.interface_name() == "asgi"),
+                    .and_then(|py| py.asgi())
+                    .is_some(),
                 view: held.site.metrics_view(),
             })
             .collect();

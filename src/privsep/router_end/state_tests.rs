@@ -16,6 +16,7 @@ fn want(generation: u64, stopped: bool) -> DesiredSite {
     DesiredSite {
         generation,
         stopped,
+        runs_as: None,
     }
 }
 
@@ -110,8 +111,9 @@ mod apply {
     use std::sync::Arc;
 
     use super::super::RouterState;
-    use crate::app::router_link::{Desired, DesiredSite};
+    use crate::app::router_link::{Desired, DesiredSite, RunsAs};
     use crate::config::Config;
+    use crate::docroot::Reader;
     use crate::supervisor::{Attachments, Supervisor};
 
     /// A configuration with static sites `a` and `b` in `dir`; `a` answers
@@ -153,6 +155,7 @@ mod apply {
                         DesiredSite {
                             generation,
                             stopped,
+                            runs_as: None,
                         },
                     )
                 })
@@ -203,6 +206,24 @@ mod apply {
         let b4 = state.site("b").unwrap();
         assert!(!b4.is_stopped());
         assert_eq!(b4.runtimes().generation, 5);
+    }
+
+    #[tokio::test]
+    async fn a_site_reads_its_files_as_the_supervisor_resolved_its_user() {
+        let tmp = tempfile::tempdir().unwrap();
+        let config = config(tmp.path(), "\"a.test\"");
+        let (groups, _requests) = Attachments::new();
+        let supervisor = Supervisor::for_router(&config.server, groups);
+        let mut state = RouterState::new(supervisor, config.server.log_dir.clone());
+        let mut want = desired(1, &config, &[("a", 1, false), ("b", 1, false)]);
+        want.sites.get_mut("a").unwrap().runs_as = Some(RunsAs {
+            uid: 4242,
+            gid: 4343,
+        });
+        state.apply(&want);
+        let reader = |name| state.site(name).unwrap().runtimes().reader.clone();
+        assert_eq!(reader("a"), Reader::user(4242, &[4343]), "no lookup");
+        assert_eq!(reader("b"), Reader::Anyone, "no user");
     }
 
     #[tokio::test]
