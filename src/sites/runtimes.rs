@@ -142,6 +142,7 @@ pub fn same_runtime(a: &SiteConfig, b: &SiteConfig) -> bool {
         && a.limits.memory == b.limits.memory
         && a.limits.processes == b.limits.processes
         && a.limits.cpu == b.limits.cpu
+        && a.sandbox == b.sandbox
 }
 
 /// Starts the process groups of a site's runtimes (none for a static site).
