@@ -159,13 +159,17 @@ async fn get_ok(bin: &Binary, host: &str, path: &str) -> String {
     }
 }
 
-/// The inode of the Unix socket bound at `path` (from /proc/net/unix).
-fn unix_socket_inode(path: &Path) -> Option<u64> {
+/// The inode of the Unix socket bound at `path` by process `pid`, from
+/// /proc/net/unix, which names it as bound: polyhost binds the admin socket
+/// at `.<name>.<pid>.tmp` beside `path` and renames it into place.
+fn unix_socket_inode(path: &Path, pid: i32) -> Option<u64> {
     let table = std::fs::read_to_string("/proc/net/unix").ok()?;
-    let path = path.to_str()?;
+    let name = path.file_name()?.to_str()?;
+    let tmp = path.with_file_name(format!(".{name}.{pid}.tmp"));
+    let names = [path.to_str()?, tmp.to_str()?];
     table.lines().skip(1).find_map(|l| {
         let fields: Vec<&str> = l.split_whitespace().collect();
-        (fields.len() >= 8 && fields[7] == path).then(|| fields[6].parse().ok())?
+        (fields.len() >= 8 && names.contains(&fields[7])).then(|| fields[6].parse().ok())?
     })
 }
 
@@ -218,7 +222,10 @@ async fn the_router_runs_as_its_user_with_one_capability_and_no_admin_socket() {
         .as_raw();
     assert_ne!(router_gid, 0);
     assert_eq!(ids("Gid"), [router_gid; 4], "{status}");
-    assert!(field("Groups").is_empty(), "no supplementary group:\n{status}");
+    assert!(
+        field("Groups").is_empty(),
+        "no supplementary group:\n{status}"
+    );
     for cap in ["CapEff", "CapPrm", "CapBnd", "CapAmb"] {
         assert_eq!(
             field(cap),
@@ -235,15 +242,18 @@ async fn the_router_runs_as_its_user_with_one_capability_and_no_admin_socket() {
     // The admin socket is the supervisor's alone.
     let admin = cfg.path().join("state/admin.sock");
     let admin = std::fs::canonicalize(&admin).unwrap_or(admin);
-    let admin_inode = unix_socket_inode(&admin)
-        .unwrap_or_else(|| panic!("{} not in /proc/net/unix", admin.display()));
     let supervisor = bin.child.id().unwrap() as i32;
+    let admin_inode = unix_socket_inode(&admin, supervisor)
+        .unwrap_or_else(|| panic!("{} not in /proc/net/unix", admin.display()));
     assert!(
         socket_inodes(supervisor).contains(&admin_inode),
         "the test finds the admin socket among the supervisor's descriptors"
     );
     let router_sockets = socket_inodes(router);
-    assert!(!router_sockets.is_empty(), "the router holds its listener and link");
+    assert!(
+        !router_sockets.is_empty(),
+        "the router holds its listener and link"
+    );
     assert!(
         !router_sockets.contains(&admin_inode),
         "the router holds the admin socket: {router_sockets:?}"
@@ -334,9 +344,7 @@ async fn killing_the_router_under_load_fails_only_requests_in_flight_and_keeps_t
         bin.log()
     );
     assert!(
-        failed
-            .iter()
-            .all(|(_, o)| matches!(o, Outcome::Failed(_))),
+        failed.iter().all(|(_, o)| matches!(o, Outcome::Failed(_))),
         "only cut connections, no error status: {failed:?}"
     );
     // Each client has one request at a time: at most one each was in
