@@ -18,29 +18,11 @@ use std::time::Duration;
 use common::{eventually, open_up, pids_of_uid, Binary, TestConfig, TestUser};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// The router's user: `router_user`'s default, created if missing (as
-/// `scripts/setup.sh` does).
+/// The router's user: `router_user`'s default.
 const ROUTER_USER: &str = "polyhost";
 
 fn ensure_router_user() -> u32 {
-    for _ in 0..100 {
-        if let Some(u) = nix::unistd::User::from_name(ROUTER_USER).unwrap() {
-            return u.uid.as_raw();
-        }
-        let _pause = polyhost::isolation::pause_reaper();
-        // Exit 10: /etc/passwd is locked by another test's useradd; again.
-        let _ = std::process::Command::new("useradd")
-            .args([
-                "--system",
-                "--no-create-home",
-                "--shell",
-                "/usr/sbin/nologin",
-                ROUTER_USER,
-            ])
-            .output();
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("cannot create the user {ROUTER_USER}");
+    common::router_uid()
 }
 
 fn main_file(cfg: &TestConfig) {

@@ -387,6 +387,31 @@ impl Drop for TestUser {
     }
 }
 
+/// The router process's user (`router_user`'s default, `polyhost`), created
+/// if missing as `scripts/setup.sh` does: `polyhost serve` run as root
+/// starts its router as it. Its uid.
+pub fn router_uid() -> u32 {
+    const NAME: &str = "polyhost";
+    for _ in 0..200 {
+        if let Some(u) = nix::unistd::User::from_name(NAME).unwrap() {
+            return u.uid.as_raw();
+        }
+        let _pause = polyhost::isolation::pause_reaper();
+        // Fails while another test's useradd holds /etc/passwd's lock: again.
+        let _ = std::process::Command::new("useradd")
+            .args([
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                NAME,
+            ])
+            .output();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("cannot create the user {NAME} (router_user)");
+}
+
 /// SIGKILLs every (non-zombie) process of `uid`, by pid, until none is left
 /// or 5 s have passed. Only for test users: everything they run, the test started.
 pub fn kill_processes_of(uid: u32) {
