@@ -63,18 +63,8 @@ fn parent_and_uid(pid: i32) -> Option<(i32, u32)> {
     Some((value("PPid:")? as i32, value("Uid:")? as u32))
 }
 
-/// The router process of the polyhost `supervisor`: its child running
-/// `polyhost router`, if there is one now.
 fn router_of(supervisor: i32) -> Option<i32> {
-    std::fs::read_dir("/proc")
-        .ok()?
-        .filter_map(Result::ok)
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .find(|&pid| {
-            parent_and_uid(pid).is_some_and(|(ppid, _)| ppid == supervisor)
-                && std::fs::read(format!("/proc/{pid}/cmdline"))
-                    .is_ok_and(|c| c.split(|b| *b == 0).nth(1) == Some(b"router".as_slice()))
-        })
+    common::router_process_of(supervisor)
 }
 
 async fn wait_router(bin: &Binary, not: Option<i32>) -> i32 {

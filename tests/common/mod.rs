@@ -412,6 +412,27 @@ pub fn router_uid() -> u32 {
     panic!("cannot create the user {NAME} (router_user)");
 }
 
+/// The router process of the polyhost `supervisor` (`polyhost serve` as
+/// root): its child running `polyhost router`, if there is one now.
+pub fn router_process_of(supervisor: i32) -> Option<i32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .find(|&pid| {
+            let parent = std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .ok()
+                .and_then(|s| {
+                    s.lines()
+                        .find_map(|l| l.strip_prefix("PPid:"))
+                        .and_then(|v| v.trim().parse::<i32>().ok())
+                });
+            parent == Some(supervisor)
+                && std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| c.split(|b| *b == 0).nth(1) == Some(b"router".as_slice()))
+        })
+}
+
 /// SIGKILLs every (non-zombie) process of `uid`, by pid, until none is left
 /// or 5 s have passed. Only for test users: everything they run, the test started.
 pub fn kill_processes_of(uid: u32) {

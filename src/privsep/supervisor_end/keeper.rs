@@ -55,8 +55,10 @@ pub struct RouterUser {
 pub struct Keeper {
     link: Arc<Link>,
     user: RouterUser,
-    /// The plain listeners, then the TLS ones: kept open for every router.
-    listeners: Vec<OwnedFd>,
+    /// The plain listeners, then the TLS ones: kept open for every router,
+    /// closed when polyhost stops (so that new connections are refused
+    /// while the router lets its requests finish).
+    listeners: std::sync::Mutex<Vec<OwnedFd>>,
     n_http: usize,
     n_https: usize,
     /// `server.shutdown_timeout`.
@@ -91,7 +93,7 @@ impl Keeper {
         Ok(Keeper {
             link,
             user,
-            listeners: fds,
+            listeners: std::sync::Mutex::new(fds),
             n_http,
             n_https,
             grace,
@@ -139,8 +141,9 @@ impl Keeper {
         let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
         ours.set_nonblocking(true)?;
         let ours = tokio::net::UnixStream::from_std(ours)?;
+        let listeners = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
         let fds: Vec<BorrowedFd<'_>> = std::iter::once(theirs.as_fd())
-            .chain(self.listeners.iter().map(AsFd::as_fd))
+            .chain(listeners.iter().map(AsFd::as_fd))
             .collect();
         let mut env = vec![(
             FDS_ENV.to_owned(),
@@ -276,6 +279,12 @@ impl Keeper {
             Some(out) if out.send(ToRouter::Shutdown).is_ok() => {}
             _ => router.signal(Signal::SIGTERM),
         }
+        // Ours closed too: once the router closes its own, a new connection
+        // is refused rather than left in a backlog nobody accepts from.
+        self.listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         let bound = self.grace + Duration::from_secs(2);
         match tokio::time::timeout(bound, router.wait()).await {
             Ok(Ok(status)) if status.success() => {
