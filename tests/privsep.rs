@@ -396,3 +396,51 @@ async fn reloads_and_sites_started_from_zero_go_through_the_router() {
     .await;
     assert!(gone, "site processes stopped with polyhost");
 }
+
+/// `polyhost check`: the router's user must exist, and no site that runs
+/// code may run as it.
+#[tokio::test]
+async fn check_refuses_a_missing_router_user_and_a_site_running_as_it() {
+    ensure_router_user();
+    let cfg = TestConfig::new();
+    main_file(&cfg);
+    cfg.write("www/ph/index.php", "<?php echo 'php';");
+    cfg.write(
+        "vhosts/ph.toml",
+        &format!("hosts = [\"ph.test\"]\nroot = \"www/ph\"\nuser = \"{ROUTER_USER}\"\n[php]\n"),
+    );
+    let check = |main: std::path::PathBuf| async move {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_polyhost"))
+            .args(["check", "--config"])
+            .arg(main)
+            .output()
+            .await
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stderr) = check(cfg.main()).await;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("vhosts/ph.toml: user: site ph would run as user `polyhost`")
+            && stderr.contains("the router process's user (router_user)"),
+        "{stderr}"
+    );
+
+    let missing = "polyhost-no-such-router-user";
+    cfg.write(
+        "polyhost.toml",
+        &format!("listen = [\"127.0.0.1:0\"]\nstate_dir = \"state\"\nlog_dir = \"logs\"\nrouter_user = \"{missing}\"\n"),
+    );
+    std::fs::remove_file(cfg.path().join("vhosts/ph.toml")).unwrap();
+    let (code, stderr) = check(cfg.main()).await;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "polyhost.toml: router_user: user `{missing}` does not exist"
+        )),
+        "{stderr}"
+    );
+}
