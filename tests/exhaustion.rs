@@ -240,11 +240,24 @@ async fn over_the_descriptor_limit_clients_get_503_and_the_router_recovers() {
     let pid = serving_pid(&polyhost).to_string();
     let low = open_fds(&polyhost) + 20;
     // The soft limit only: raising a hard limit needs CAP_SYS_RESOURCE.
+    // Another user's process (the router's) only by that user, without it.
+    let router_user = (serving_pid(&polyhost) != polyhost.child.id().unwrap())
+        .then(|| nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(common::router_uid())))
+        .and_then(|u| u.ok().flatten())
+        .map(|u| u.name);
     let set = |n: usize| {
-        let out = std::process::Command::new("prlimit")
-            .args(["--pid", &pid, &format!("--nofile={n}:256")])
-            .output()
-            .unwrap();
+        let limit = format!("--nofile={n}:256");
+        let prlimit = ["prlimit", "--pid", &pid, &limit];
+        let out = match &router_user {
+            Some(user) => std::process::Command::new("runuser")
+                .args(["-u", user, "--"])
+                .args(prlimit)
+                .output(),
+            None => std::process::Command::new(prlimit[0])
+                .args(&prlimit[1..])
+                .output(),
+        }
+        .unwrap();
         assert!(out.status.success(), "prlimit: {out:?}");
     };
     set(low);
