@@ -387,52 +387,6 @@ impl Drop for TestUser {
     }
 }
 
-/// The router process's user (`router_user`'s default, `polyhost`), created
-/// if missing as `scripts/setup.sh` does: `polyhost serve` run as root
-/// starts its router as it. Its uid.
-pub fn router_uid() -> u32 {
-    const NAME: &str = "polyhost";
-    for _ in 0..200 {
-        if let Some(u) = nix::unistd::User::from_name(NAME).unwrap() {
-            return u.uid.as_raw();
-        }
-        let _pause = polyhost::isolation::pause_reaper();
-        // Fails while another test's useradd holds /etc/passwd's lock: again.
-        let _ = std::process::Command::new("useradd")
-            .args([
-                "--system",
-                "--no-create-home",
-                "--shell",
-                "/usr/sbin/nologin",
-                NAME,
-            ])
-            .output();
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("cannot create the user {NAME} (router_user)");
-}
-
-/// The router process of the polyhost `supervisor` (`polyhost serve` as
-/// root): its child running `polyhost router`, if there is one now.
-pub fn router_process_of(supervisor: i32) -> Option<i32> {
-    std::fs::read_dir("/proc")
-        .ok()?
-        .filter_map(Result::ok)
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .find(|&pid| {
-            let parent = std::fs::read_to_string(format!("/proc/{pid}/status"))
-                .ok()
-                .and_then(|s| {
-                    s.lines()
-                        .find_map(|l| l.strip_prefix("PPid:"))
-                        .and_then(|v| v.trim().parse::<i32>().ok())
-                });
-            parent == Some(supervisor)
-                && std::fs::read(format!("/proc/{pid}/cmdline"))
-                    .is_ok_and(|c| c.split(|b| *b == 0).nth(1) == Some(b"router".as_slice()))
-        })
-}
-
 /// SIGKILLs every (non-zombie) process of `uid`, by pid, until none is left
 /// or 5 s have passed. Only for test users: everything they run, the test started.
 pub fn kill_processes_of(uid: u32) {
@@ -497,6 +451,7 @@ pub fn init_logging() {
 // Front-door helpers (TLS, HTTP/2, test upstreams, swappable routing table).
 pub mod edge;
 pub mod front;
+pub mod privsep;
 pub mod ws;
 
 pub mod cgroups;
@@ -506,6 +461,8 @@ mod worker;
 // Each test binary uses some of these.
 #[allow(unused_imports)]
 pub use cgroups::{check_hygiene, CgroupSweep};
+#[allow(unused_imports)]
+pub use privsep::{router_process_of, router_uid};
 #[allow(unused_imports)]
 pub use wait::{eventually, file_text, marker_dir, wait_for, wait_for_marker, Shown};
 #[allow(unused_imports)]
