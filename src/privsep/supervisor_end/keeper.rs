@@ -189,7 +189,9 @@ impl Keeper {
         };
         match hello {
             Ok(Ok(Some(ToSupervisor::Hello { pid: said }))) => {
-                tracing::debug!(pid, said, "the router said Hello");
+                if i64::from(said) != i64::from(pid) {
+                    tracing::warn!(pid, said, "the router's Hello names another pid");
+                }
             }
             other => {
                 let why = match other {
