@@ -444,3 +444,29 @@ async fn check_refuses_a_missing_router_user_and_a_site_running_as_it() {
         "{stderr}"
     );
 }
+
+/// The supervisor killed (SIGKILL): the router notices (its parent-death
+/// signal, its link's end) and exits; the sites' processes go too.
+#[tokio::test]
+async fn the_router_exits_when_the_supervisor_dies() {
+    ensure_router_user();
+    let cfg = TestConfig::new();
+    let user = TestUser::new();
+    main_file(&cfg);
+    sites(&cfg, "ph", &user, "");
+    let mut bin = Binary::start(&cfg.main(), &[]).await;
+    let router = wait_router(&bin, None).await;
+    assert!(get_ok(&bin, "ph.test", "/").await.starts_with("php pid="));
+    bin.child.start_kill().unwrap();
+    let _ = bin.child.wait().await;
+    let gone = eventually(Duration::from_secs(20), || async {
+        !Path::new(&format!("/proc/{router}")).exists() && pids_of_uid(user.uid).is_empty()
+    })
+    .await;
+    assert!(
+        gone,
+        "router {router} or site processes {:?} outlived the supervisor\n{}",
+        pids_of_uid(user.uid),
+        bin.log()
+    );
+}
