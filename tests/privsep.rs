@@ -446,7 +446,8 @@ async fn check_refuses_a_missing_router_user_and_a_site_running_as_it() {
 }
 
 /// The supervisor killed (SIGKILL): the router notices (its parent-death
-/// signal, its link's end) and exits; the sites' processes go too.
+/// signal, its link's end) and exits. (Site processes a SIGKILLed polyhost
+/// leaves are its next start's to clean up, as without a router.)
 #[tokio::test]
 async fn the_router_exits_when_the_supervisor_dies() {
     ensure_router_user();
@@ -460,13 +461,17 @@ async fn the_router_exits_when_the_supervisor_dies() {
     bin.child.start_kill().unwrap();
     let _ = bin.child.wait().await;
     let gone = eventually(Duration::from_secs(20), || async {
-        !Path::new(&format!("/proc/{router}")).exists() && pids_of_uid(user.uid).is_empty()
+        // Gone, or a zombie its new parent has not reaped yet.
+        std::fs::read_to_string(format!("/proc/{router}/stat")).map_or(true, |s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|r| r.trim_start().starts_with('Z'))
+        })
     })
     .await;
     assert!(
         gone,
-        "router {router} or site processes {:?} outlived the supervisor\n{}",
-        pids_of_uid(user.uid),
+        "router {router} outlived the supervisor\n{}",
         bin.log()
     );
 }
