@@ -206,6 +206,15 @@ async fn the_router_runs_as_its_user_with_one_capability_and_no_admin_socket() {
         );
     }
     assert_eq!(field("NoNewPrivs"), ["1"], "{status}");
+    // Not dumpable (no core, no ptrace by its own user): /proc/<pid> is
+    // then root's. Set by the router itself at start
+    // (`isolation::router_process::harden_self`: it does not cross exec).
+    use std::os::unix::fs::MetadataExt;
+    let proc_owner = std::fs::metadata(format!("/proc/{router}")).unwrap().uid();
+    assert_eq!(
+        proc_owner, 0,
+        "the router is dumpable: it must call isolation::router_process::harden_self() at start"
+    );
 
     // Serving through it: a static file, a PHP page.
     assert_eq!(get_ok(&bin, "st.test", "/a.txt").await, "static file\n");
