@@ -206,11 +206,13 @@ async fn the_router_runs_as_its_user_with_one_capability_and_no_admin_socket() {
         );
     }
     assert_eq!(field("NoNewPrivs"), ["1"], "{status}");
-    // Not dumpable (no core, no ptrace by its own user): /proc/<pid> is
-    // then root's. Set by the router itself at start
-    // (`isolation::router_process::harden_self`: it does not cross exec).
+    // Not dumpable (no core, no ptrace by its own user): its /proc files
+    // (but the directory) are then root's. Set by the router itself at
+    // start (`isolation::router_process::harden_self`: it does not cross exec).
     use std::os::unix::fs::MetadataExt;
-    let proc_owner = std::fs::metadata(format!("/proc/{router}")).unwrap().uid();
+    let proc_owner = std::fs::metadata(format!("/proc/{router}/environ"))
+        .unwrap()
+        .uid();
     assert_eq!(
         proc_owner, 0,
         "the router is dumpable: it must call isolation::router_process::harden_self() at start"
