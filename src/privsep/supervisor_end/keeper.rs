@@ -68,6 +68,31 @@ pub struct Keeper {
     pid: Arc<std::sync::atomic::AtomicI32>,
 }
 
+/// The wait before the next router: 100 ms, doubling with every death up
+/// to 5 s; a router that was up 60 s starts the count again.
+#[derive(Debug)]
+struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff { next: BACKOFF_MIN }
+    }
+}
+
+impl Backoff {
+    /// The wait after a router that was up for `up` died.
+    fn after_death(&mut self, up: Duration) -> Duration {
+        if up >= BACKOFF_RESET {
+            self.next = BACKOFF_MIN;
+        }
+        let wait = self.next;
+        self.next = (self.next * 2).min(BACKOFF_MAX);
+        wait
+    }
+}
+
 /// How one router's life ended.
 enum Ended {
     /// polyhost is stopping: the router was stopped.
@@ -110,7 +135,7 @@ impl Keeper {
     /// Keeps a router running until `shutdown`, then stops it and returns
     /// once it exited.
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut backoff = BACKOFF_MIN;
+        let mut backoff = Backoff::default();
         loop {
             let started = Instant::now();
             let ended = match self.spawn() {
@@ -124,15 +149,12 @@ impl Keeper {
             if matches!(ended, Ended::Shutdown) || shutdown.is_cancelled() {
                 return;
             }
-            if started.elapsed() >= BACKOFF_RESET {
-                backoff = BACKOFF_MIN;
-            }
-            tracing::info!(after = ?backoff, "restarting the router process");
+            let wait = backoff.after_death(started.elapsed());
+            tracing::info!(after = ?wait, "restarting the router process");
             tokio::select! {
-                _ = tokio::time::sleep(backoff) => {}
+                _ = tokio::time::sleep(wait) => {}
                 _ = shutdown.cancelled() => return,
             }
-            backoff = (backoff * 2).min(BACKOFF_MAX);
         }
     }
 
@@ -305,5 +327,22 @@ impl Keeper {
                 let _ = router.wait().await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_backoff_doubles_to_five_seconds_and_resets_after_a_minute_up() {
+        let mut b = Backoff::default();
+        let quick = Duration::from_millis(10);
+        let waits: Vec<u64> = (0..8)
+            .map(|_| b.after_death(quick).as_millis() as u64)
+            .collect();
+        assert_eq!(waits, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
+        assert_eq!(b.after_death(Duration::from_secs(60)), BACKOFF_MIN);
+        assert_eq!(b.after_death(quick), Duration::from_millis(200));
     }
 }
