@@ -50,39 +50,13 @@ pub fn check(main: &Path) -> Result<String, ConfigErrors> {
     ))
 }
 
-/// `router_user` must exist, must not be root, and no site that runs code
-/// may run as it (site code could signal the router); what `serve` run as
-/// root needs to start the router process.
+/// `router_user` must exist and must not be root: `serve` run as root
+/// starts the router process as it (no site may run as it either: see
+/// `supervisor::separation`).
 fn check_router_user(config: &config::Config, errors: &mut ConfigErrors) {
     let server = &config.server;
-    let router = match crate::isolation::router_process::router_identity(&server.router_user) {
-        Ok(id) => id,
-        Err(e) => {
-            errors.push(ConfigError::in_file(&server.main_file, "router_user", e));
-            return;
-        }
-    };
-    let defaults = IdentityDefaults::of(server);
-    for site in config.sites.values().filter(|s| s.runs_code()) {
-        let id = configured_identity(
-            site,
-            defaults.user.as_deref(),
-            defaults.group.as_deref(),
-            defaults.admin_group.as_deref(),
-        );
-        if let Ok(id) = id {
-            if id.uid == router.uid {
-                errors.push(ConfigError::in_file(
-                    &site.file,
-                    "user",
-                    format!(
-                        "`{}` is the router process's user (router_user in {}): a site that runs code needs a user of its own",
-                        id.user,
-                        server.main_file.display()
-                    ),
-                ));
-            }
-        }
+    if let Err(e) = crate::isolation::router_process::router_identity(&server.router_user) {
+        errors.push(ConfigError::in_file(&server.main_file, "router_user", e));
     }
 }
 

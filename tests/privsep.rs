@@ -18,29 +18,11 @@ use std::time::Duration;
 use common::{eventually, open_up, pids_of_uid, Binary, TestConfig, TestUser};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// The router's user: `router_user`'s default, created if missing (as
-/// `scripts/setup.sh` does).
+/// The router's user: `router_user`'s default.
 const ROUTER_USER: &str = "polyhost";
 
 fn ensure_router_user() -> u32 {
-    for _ in 0..100 {
-        if let Some(u) = nix::unistd::User::from_name(ROUTER_USER).unwrap() {
-            return u.uid.as_raw();
-        }
-        let _pause = polyhost::isolation::pause_reaper();
-        // Exit 10: /etc/passwd is locked by another test's useradd; again.
-        let _ = std::process::Command::new("useradd")
-            .args([
-                "--system",
-                "--no-create-home",
-                "--shell",
-                "/usr/sbin/nologin",
-                ROUTER_USER,
-            ])
-            .output();
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("cannot create the user {ROUTER_USER}");
+    common::router_uid()
 }
 
 fn main_file(cfg: &TestConfig) {
@@ -81,18 +63,8 @@ fn parent_and_uid(pid: i32) -> Option<(i32, u32)> {
     Some((value("PPid:")? as i32, value("Uid:")? as u32))
 }
 
-/// The router process of the polyhost `supervisor`: its child running
-/// `polyhost router`, if there is one now.
 fn router_of(supervisor: i32) -> Option<i32> {
-    std::fs::read_dir("/proc")
-        .ok()?
-        .filter_map(Result::ok)
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .find(|&pid| {
-            parent_and_uid(pid).is_some_and(|(ppid, _)| ppid == supervisor)
-                && std::fs::read(format!("/proc/{pid}/cmdline"))
-                    .is_ok_and(|c| c.split(|b| *b == 0).nth(1) == Some(b"router".as_slice()))
-        })
+    common::router_process_of(supervisor)
 }
 
 async fn wait_router(bin: &Binary, not: Option<i32>) -> i32 {
@@ -159,13 +131,17 @@ async fn get_ok(bin: &Binary, host: &str, path: &str) -> String {
     }
 }
 
-/// The inode of the Unix socket bound at `path` (from /proc/net/unix).
-fn unix_socket_inode(path: &Path) -> Option<u64> {
+/// The inode of the Unix socket bound at `path` by process `pid`, from
+/// /proc/net/unix, which names it as bound: polyhost binds the admin socket
+/// at `.<name>.<pid>.tmp` beside `path` and renames it into place.
+fn unix_socket_inode(path: &Path, pid: i32) -> Option<u64> {
     let table = std::fs::read_to_string("/proc/net/unix").ok()?;
-    let path = path.to_str()?;
+    let name = path.file_name()?.to_str()?;
+    let tmp = path.with_file_name(format!(".{name}.{pid}.tmp"));
+    let names = [path.to_str()?, tmp.to_str()?];
     table.lines().skip(1).find_map(|l| {
         let fields: Vec<&str> = l.split_whitespace().collect();
-        (fields.len() >= 8 && fields[7] == path).then(|| fields[6].parse().ok())?
+        (fields.len() >= 8 && names.contains(&fields[7])).then(|| fields[6].parse().ok())?
     })
 }
 
@@ -230,6 +206,17 @@ async fn the_router_runs_as_its_user_with_one_capability_and_no_admin_socket() {
         );
     }
     assert_eq!(field("NoNewPrivs"), ["1"], "{status}");
+    // Not dumpable (no core, no ptrace by its own user): its /proc files
+    // (but the directory) are then root's. Set by the router itself at
+    // start (`isolation::router_process::harden_self`: it does not cross exec).
+    use std::os::unix::fs::MetadataExt;
+    let proc_owner = std::fs::metadata(format!("/proc/{router}/environ"))
+        .unwrap()
+        .uid();
+    assert_eq!(
+        proc_owner, 0,
+        "the router is dumpable: it must call isolation::router_process::harden_self() at start"
+    );
 
     // Serving through it: a static file, a PHP page.
     assert_eq!(get_ok(&bin, "st.test", "/a.txt").await, "static file\n");
@@ -238,9 +225,9 @@ async fn the_router_runs_as_its_user_with_one_capability_and_no_admin_socket() {
     // The admin socket is the supervisor's alone.
     let admin = cfg.path().join("state/admin.sock");
     let admin = std::fs::canonicalize(&admin).unwrap_or(admin);
-    let admin_inode = unix_socket_inode(&admin)
-        .unwrap_or_else(|| panic!("{} not in /proc/net/unix", admin.display()));
     let supervisor = bin.child.id().unwrap() as i32;
+    let admin_inode = unix_socket_inode(&admin, supervisor)
+        .unwrap_or_else(|| panic!("{} not in /proc/net/unix", admin.display()));
     assert!(
         socket_inodes(supervisor).contains(&admin_inode),
         "the test finds the admin socket among the supervisor's descriptors"
@@ -419,4 +406,83 @@ async fn reloads_and_sites_started_from_zero_go_through_the_router() {
     })
     .await;
     assert!(gone, "site processes stopped with polyhost");
+}
+
+/// `polyhost check`: the router's user must exist, and no site that runs
+/// code may run as it.
+#[tokio::test]
+async fn check_refuses_a_missing_router_user_and_a_site_running_as_it() {
+    ensure_router_user();
+    let cfg = TestConfig::new();
+    main_file(&cfg);
+    cfg.write("www/ph/index.php", "<?php echo 'php';");
+    cfg.write(
+        "vhosts/ph.toml",
+        &format!("hosts = [\"ph.test\"]\nroot = \"www/ph\"\nuser = \"{ROUTER_USER}\"\n[php]\n"),
+    );
+    let check = |main: std::path::PathBuf| async move {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_polyhost"))
+            .args(["check", "--config"])
+            .arg(main)
+            .output()
+            .await
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stderr) = check(cfg.main()).await;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("vhosts/ph.toml: user: site ph would run as user `polyhost`")
+            && stderr.contains("the router process's user (router_user)"),
+        "{stderr}"
+    );
+
+    let missing = "polyhost-no-such-router-user";
+    cfg.write(
+        "polyhost.toml",
+        &format!("listen = [\"127.0.0.1:0\"]\nstate_dir = \"state\"\nlog_dir = \"logs\"\nrouter_user = \"{missing}\"\n"),
+    );
+    std::fs::remove_file(cfg.path().join("vhosts/ph.toml")).unwrap();
+    let (code, stderr) = check(cfg.main()).await;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "polyhost.toml: router_user: user `{missing}` does not exist"
+        )),
+        "{stderr}"
+    );
+}
+
+/// The supervisor killed (SIGKILL): the router notices (its parent-death
+/// signal, its link's end) and exits. (Site processes a SIGKILLed polyhost
+/// leaves are its next start's to clean up, as without a router.)
+#[tokio::test]
+async fn the_router_exits_when_the_supervisor_dies() {
+    ensure_router_user();
+    let cfg = TestConfig::new();
+    let user = TestUser::new();
+    main_file(&cfg);
+    sites(&cfg, "ph", &user, "");
+    let mut bin = Binary::start(&cfg.main(), &[]).await;
+    let router = wait_router(&bin, None).await;
+    assert!(get_ok(&bin, "ph.test", "/").await.starts_with("php pid="));
+    bin.child.start_kill().unwrap();
+    let _ = bin.child.wait().await;
+    let gone = eventually(Duration::from_secs(20), || async {
+        // Gone, or a zombie its new parent has not reaped yet.
+        std::fs::read_to_string(format!("/proc/{router}/stat")).map_or(true, |s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|r| r.trim_start().starts_with('Z'))
+        })
+    })
+    .await;
+    assert!(
+        gone,
+        "router {router} outlived the supervisor\n{}",
+        bin.log()
+    );
 }

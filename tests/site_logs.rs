@@ -80,9 +80,9 @@ async fn a_site_reads_its_own_logs_and_no_other_sites() {
     let (read_b, out) = runuser(&ua.name, &["cat", &old.display().to_string()]);
     assert!(!read_b && !out.contains("SECRET"), "{out}");
 
-    // The files: 0640 <router user>:<site group> (the unprivileged router
-    // appends to them), a static site's <router user>:root.
-    let router = common::router_proc::router_uid();
+    // The files: 0640 <router user>:<site group>, a static site's
+    // <router user>:root (polyhost serve as root: the router process writes them).
+    let owner = common::router_uid();
     for (file, gid) in [
         ("py-a.access.log", ua.gid()),
         ("py-b.access.log", ub.gid()),
@@ -92,7 +92,7 @@ async fn a_site_reads_its_own_logs_and_no_other_sites() {
         let meta = std::fs::metadata(log.join(file)).unwrap();
         assert_eq!(
             (meta.mode() & 0o777, meta.uid(), meta.gid()),
-            (0o640, router, gid),
+            (0o640, owner, gid),
             "{file}"
         );
     }
@@ -185,14 +185,13 @@ async fn a_hard_link_to_another_sites_log_does_not_stop_polyhost() {
         |t| t.0.contains("token=AFTER"),
     )
     .await;
-    // py-b's logs are new files, its own (the router's to write); the
-    // linked ones got no new line and are root's alone.
-    let router = common::router_proc::router_uid();
+    // py-b's logs are new files, its own; the linked ones got no new line
+    // and are root's alone.
     for file in ["py-b.access.log", "py-b.error.log"] {
         let meta = std::fs::symlink_metadata(log.join(file)).unwrap();
         assert_eq!(
             (meta.nlink(), meta.mode() & 0o777, meta.uid(), meta.gid()),
-            (1, 0o640, router, ub.gid()),
+            (1, 0o640, common::router_uid(), ub.gid()),
             "{file}"
         );
     }

@@ -451,16 +451,18 @@ pub fn init_logging() {
 // Front-door helpers (TLS, HTTP/2, test upstreams, swappable routing table).
 pub mod edge;
 pub mod front;
+pub mod privsep;
 pub mod ws;
 
 pub mod cgroups;
-pub mod router_proc;
 mod wait;
 mod worker;
 
 // Each test binary uses some of these.
 #[allow(unused_imports)]
 pub use cgroups::{check_hygiene, CgroupSweep};
+#[allow(unused_imports)]
+pub use privsep::{router_process_of, router_uid};
 #[allow(unused_imports)]
 pub use wait::{eventually, file_text, marker_dir, wait_for, wait_for_marker, Shown};
 #[allow(unused_imports)]

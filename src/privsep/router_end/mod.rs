@@ -154,6 +154,10 @@ fn parse_fds(spec: &str) -> Result<(i32, usize, usize), String> {
 
 /// `polyhost router`: [`serve_link`] over the inherited descriptors.
 pub async fn run(stop: CancellationToken) -> Result<Ended, RouterError> {
+    // First: no core dump, no ptrace by its own user (cannot cross exec).
+    if let Err(e) = crate::isolation::router_process::harden_self() {
+        tracing::warn!(error = %e, "cannot make the router process undumpable");
+    }
     let Inherited { link, listeners } = inherited_from_env()?;
     serve_link(link, listeners, stop).await
 }

@@ -56,8 +56,8 @@ pub struct Keeper {
     link: Arc<Link>,
     user: RouterUser,
     /// The plain listeners, then the TLS ones: kept open for every router,
-    /// closed (emptied) once polyhost stops, so that new connections are
-    /// refused as soon as the router closes its copies too.
+    /// closed when polyhost stops (so that new connections are refused
+    /// while the router lets its requests finish).
     listeners: std::sync::Mutex<Vec<OwnedFd>>,
     n_http: usize,
     n_https: usize,
@@ -66,6 +66,31 @@ pub struct Keeper {
     program: PathBuf,
     /// The pid of the router connected now (0: none), for tests and logs.
     pid: Arc<std::sync::atomic::AtomicI32>,
+}
+
+/// The wait before the next router: 100 ms, doubling with every death up
+/// to 5 s; a router that was up 60 s starts the count again.
+#[derive(Debug)]
+struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff { next: BACKOFF_MIN }
+    }
+}
+
+impl Backoff {
+    /// The wait after a router that was up for `up` died.
+    fn after_death(&mut self, up: Duration) -> Duration {
+        if up >= BACKOFF_RESET {
+            self.next = BACKOFF_MIN;
+        }
+        let wait = self.next;
+        self.next = (self.next * 2).min(BACKOFF_MAX);
+        wait
+    }
 }
 
 /// How one router's life ended.
@@ -110,7 +135,7 @@ impl Keeper {
     /// Keeps a router running until `shutdown`, then stops it and returns
     /// once it exited.
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut backoff = BACKOFF_MIN;
+        let mut backoff = Backoff::default();
         loop {
             let started = Instant::now();
             let ended = match self.spawn() {
@@ -124,15 +149,12 @@ impl Keeper {
             if matches!(ended, Ended::Shutdown) || shutdown.is_cancelled() {
                 return;
             }
-            if started.elapsed() >= BACKOFF_RESET {
-                backoff = BACKOFF_MIN;
-            }
-            tracing::info!(after = ?backoff, "restarting the router process");
+            let wait = backoff.after_death(started.elapsed());
+            tracing::info!(after = ?wait, "restarting the router process");
             tokio::select! {
-                _ = tokio::time::sleep(backoff) => {}
+                _ = tokio::time::sleep(wait) => {}
                 _ = shutdown.cancelled() => return,
             }
-            backoff = (backoff * 2).min(BACKOFF_MAX);
         }
     }
 
@@ -142,9 +164,6 @@ impl Keeper {
         ours.set_nonblocking(true)?;
         let ours = tokio::net::UnixStream::from_std(ours)?;
         let listeners = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
-        if listeners.len() != self.n_http + self.n_https {
-            anyhow::bail!("the listeners were closed (polyhost is stopping)");
-        }
         let fds: Vec<BorrowedFd<'_>> = std::iter::once(theirs.as_fd())
             .chain(listeners.iter().map(AsFd::as_fd))
             .collect();
@@ -192,7 +211,9 @@ impl Keeper {
         };
         match hello {
             Ok(Ok(Some(ToSupervisor::Hello { pid: said }))) => {
-                tracing::debug!(pid, said, "the router said Hello");
+                if i64::from(said) != i64::from(pid) {
+                    tracing::warn!(pid, said, "the router's Hello names another pid");
+                }
             }
             other => {
                 let why = match other {
@@ -282,9 +303,8 @@ impl Keeper {
             Some(out) if out.send(ToRouter::Shutdown).is_ok() => {}
             _ => router.signal(Signal::SIGTERM),
         }
-        // The router closes its copies when it stops accepting; with ours
-        // closed too, a new connection is refused rather than left in a
-        // backlog nobody accepts from any more.
+        // Ours closed too: once the router closes its own, a new connection
+        // is refused rather than left in a backlog nobody accepts from.
         self.listeners
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -307,5 +327,22 @@ impl Keeper {
                 let _ = router.wait().await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_backoff_doubles_to_five_seconds_and_resets_after_a_minute_up() {
+        let mut b = Backoff::default();
+        let quick = Duration::from_millis(10);
+        let waits: Vec<u64> = (0..8)
+            .map(|_| b.after_death(quick).as_millis() as u64)
+            .collect();
+        assert_eq!(waits, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
+        assert_eq!(b.after_death(Duration::from_secs(60)), BACKOFF_MIN);
+        assert_eq!(b.after_death(quick), Duration::from_millis(200));
     }
 }
