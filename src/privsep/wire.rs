@@ -8,6 +8,11 @@ pub use crate::app::router_link::{Desired, DesiredSite, StatsReply};
 pub use crate::supervisor::GroupKey;
 use crate::supervisor::GroupState;
 
+/// The environment variable that says which descriptors the router
+/// inherited: `<link>,<plain listeners>,<TLS listeners>`: the link's
+/// number, then how many listeners follow it, plain ones first.
+pub const FDS_ENV: &str = "POLYHOST_ROUTER_FDS";
+
 /// From the supervisor to the router.
 // A few messages, each moved once into a frame: boxing `Desired` buys nothing.
 #[allow(clippy::large_enum_variant)]

@@ -51,10 +51,7 @@ use crate::supervisor::{Attachments, Supervisor};
 use link::Outbox;
 use state::RouterState;
 
-/// The environment variable that says which descriptors the router
-/// inherited: `<link>,<plain listeners>,<TLS listeners>`: the link's
-/// number, then how many listeners follow it, plain ones first.
-pub const FDS_ENV: &str = "POLYHOST_ROUTER_FDS";
+pub use crate::privsep::wire::FDS_ENV;
 
 /// How often unpublished processes are checked for their last lease.
 const DRAIN_POLL: Duration = Duration::from_millis(10);

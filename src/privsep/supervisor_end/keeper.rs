@@ -39,9 +39,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Up this long, a router's death is not part of a crash loop.
 const BACKOFF_RESET: Duration = Duration::from_secs(60);
 
-/// The environment variable that tells the router its descriptors:
-/// `<link>,<n_http>,<n_https>` (the listeners follow the link, plain ones first).
-pub const FDS_ENV: &str = "POLYHOST_ROUTER_FDS";
+pub use crate::privsep::wire::FDS_ENV;
 
 /// Who the router runs as.
 #[derive(Clone, Debug)]
