@@ -37,6 +37,7 @@ pub mod reap;
 pub mod router_process;
 pub mod sealed;
 pub mod spawn;
+mod step_report;
 pub mod unread;
 
 pub use cgroup::{CgroupError, CgroupKind, CgroupRoot, Limits, SiteCgroup, Usage};

@@ -216,7 +216,7 @@ const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 
 /// Everything the child needs, prepared before the fork.
 struct Plan {
-    report_fd: RawFd,
+    report: crate::isolation::step_report::StepReport,
     /// Parent-side duplicates (close-on-exec, numbered above the targets),
     /// moved to 3, 4, ... in order.
     fds: Vec<RawFd>,
@@ -346,21 +346,11 @@ impl Plan {
     }
 
     fn fail(&self, step: Step) -> io::Error {
-        let err = io::Error::last_os_error();
-        self.report(step);
-        err
+        self.report.fail(step as u8)
     }
 
     fn fail_with(&self, step: Step, errno: i32) -> io::Error {
-        self.report(step);
-        io::Error::from_raw_os_error(errno)
-    }
-
-    fn report(&self, step: Step) {
-        let byte = [step as u8];
-        // SAFETY: write(2) of one byte from the stack to a descriptor the
-        // child holds; async-signal-safe; the result does not matter.
-        unsafe { libc::write(self.report_fd, byte.as_ptr().cast(), 1) };
+        self.report.fail_with(step as u8, errno)
     }
 }
 
@@ -402,7 +392,7 @@ pub fn spawn_router(spec: &RouterSpec<'_>) -> Result<RouterProcess, RouterSpawnE
         })
         .map_or(1 << 16, |fd| fd + 1);
     let plan = Plan {
-        report_fd: report_write.as_raw_fd(),
+        report: crate::isolation::step_report::StepReport::new(report_write.as_raw_fd()),
         fds: dups.iter().map(AsRawFd::as_raw_fd).collect(),
         uid: spec.uid,
         gid: spec.gid,

@@ -132,7 +132,7 @@ impl Step {
 /// Everything the child needs, prepared in the parent (no allocation after fork).
 pub(super) struct ChildPlan {
     pub(super) cgroup_fds: Vec<RawFd>,
-    pub(super) report_fd: RawFd,
+    pub(super) report: crate::isolation::step_report::StepReport,
     /// Kept open across exec (`FD_CLOEXEC` cleared after the close step).
     pub(super) inherit: Vec<RawFd>,
     /// `(uid, gid)` to switch to; `None` when no switch is needed.
@@ -168,7 +168,7 @@ impl ChildPlan {
             }
             if let Some(sandbox) = &self.sandbox {
                 if let Err((step, e)) = sandbox.enter() {
-                    self.report(Step::of_sandbox(step));
+                    self.report.report(Step::of_sandbox(step) as u8);
                     return Err(e);
                 }
             }
@@ -263,23 +263,11 @@ impl ChildPlan {
     }
 
     fn fail(&self, step: Step) -> io::Error {
-        // Read errno first: the report write may change it.
-        let err = io::Error::last_os_error();
-        self.report(step);
-        err
+        self.report.fail(step as u8)
     }
 
     fn fail_with(&self, step: Step, errno: i32) -> io::Error {
-        self.report(step);
-        io::Error::from_raw_os_error(errno)
-    }
-
-    fn report(&self, step: Step) {
-        let byte = [step as u8];
-        // SAFETY: write(2) of one byte from a stack buffer to an fd we own;
-        // async-signal-safe. Its result does not matter: the parent falls
-        // back to "exec" when the byte is missing.
-        unsafe { libc::write(self.report_fd, byte.as_ptr().cast(), 1) };
+        self.report.fail_with(step as u8, errno)
     }
 }
 

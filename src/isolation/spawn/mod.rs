@@ -247,7 +247,7 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<SiteProcess, SpawnError> {
     let one_by_one = ONE_BY_ONE.load(std::sync::atomic::Ordering::Relaxed);
     let plan = ChildPlan {
         cgroup_fds: cgroup_files.iter().map(|f| f.as_raw_fd()).collect(),
-        report_fd: report_write.as_raw_fd(),
+        report: crate::isolation::step_report::StepReport::new(report_write.as_raw_fd()),
         inherit: spec.inherit.iter().map(AsRawFd::as_raw_fd).collect(),
         switch,
         nofile: nofile_within_hard_limit(spec.rlimits.nofile),
