@@ -428,8 +428,8 @@ fn refuse_privileged_group(
     admin_group: Option<&str>,
 ) -> Result<(), SiteSetupError> {
     for name in PRIVILEGED_GROUPS.iter().copied().chain(admin_group) {
-        if let Ok(Some(g)) = nix::unistd::Group::from_name(name) {
-            if g.gid.as_raw() == identity.gid {
+        if let Ok(Some(gid)) = isolation::identity::group_id(name) {
+            if gid == identity.gid {
                 return Err(SiteSetupError::PrivilegedGroup(name.to_owned()));
             }
         }
