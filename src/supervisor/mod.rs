@@ -207,7 +207,8 @@ impl Supervisor {
                 processes: site.limits.processes,
                 cpu: site.limits.cpu,
             };
-            Some(self.cgroups.site(site.name.as_str(), &limits)?)
+            // Made with its first process: an idle site has no cgroup.
+            Some(self.cgroups.site_on_demand(site.name.as_str(), &limits)?)
         } else {
             None
         };
