@@ -162,18 +162,25 @@ fn snapshot() -> Option<Arc<Snapshot>> {
     // Stamped before reading: a change during the read makes the next
     // lookup read again.
     let nsswitch = std::fs::read_to_string(NSSWITCH).unwrap_or_default();
-    let read = |path: &str, db: &str| {
+    // A file that should be read but cannot be (out of descriptors, ...):
+    // this snapshot is not kept, the next lookup reads again.
+    let mut failed = false;
+    let mut read = |path: &str, db: &str| {
         if !files_first(&nsswitch, db) {
             return None;
         }
-        std::fs::read_to_string(path).ok()
+        let text = std::fs::read_to_string(path);
+        failed |= text.is_err();
+        text.ok()
     };
+    let users = read(PASSWD, "passwd").and_then(|text| parse_passwd(&text));
+    let groups = read(GROUP, "group").and_then(|text| parse_group(&text));
     let snapshot = Arc::new(Snapshot {
         stamps,
-        users: read(PASSWD, "passwd").and_then(|text| parse_passwd(&text)),
-        groups: read(GROUP, "group").and_then(|text| parse_group(&text)),
+        users,
+        groups,
     });
-    *kept = Some((now, snapshot.clone()));
+    *kept = (!failed).then(|| (now, snapshot.clone()));
     Some(snapshot)
 }
 
