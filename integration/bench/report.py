@@ -174,7 +174,7 @@ def extras(L, extra):
         if "error" in d:
             L.append(f"- {d['error']}")
         else:
-            L.append(f"- start until listening: {d['startup_s']:.2f} s"
+            L.append(f"- start until the port takes connections: {d['startup_s']:.2f} s"
                      + (f"; until the first answer: {d['first_answer_s']:.2f} s" if d.get("first_answer_s") else ""))
             L.append(f"- polyhost RSS, all idle: {d['rss_idle_kib'] / 1024:.1f} MiB"
                      + (f" ({d['polyhost_processes']} polyhost processes, {d['fds_idle']:,} open descriptors)"

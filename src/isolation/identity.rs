@@ -145,6 +145,11 @@ pub fn running_as_root() -> bool {
     Uid::effective().is_root()
 }
 
+/// The id of the group named `name` (see [`super::userdb`]).
+pub fn group_id(name: &str) -> nix::Result<Option<u32>> {
+    super::userdb::group_id(name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,9 +228,4 @@ mod tests {
         assert_ne!(id.uid, 0);
         assert_ne!(id.gid, 0);
     }
-}
-
-/// The id of the group named `name` (see [`super::userdb`]).
-pub fn group_id(name: &str) -> nix::Result<Option<u32>> {
-    super::userdb::group_id(name)
 }
