@@ -108,8 +108,15 @@ impl Current {
     }
 
     /// Opens the root by its path (again) and keeps the handle while the
-    /// path is watched.
+    /// path is watched. Never from an async thread ([`Wait::CachedOnly`]
+    /// is [`Fail::NotCached`]): adding the watches looks up the root's
+    /// path, which may wait for a disk, and another thread may hold the
+    /// root's lock for a blocking open. Once per idle period and per
+    /// change of a root, a request takes the blocking path.
     fn reopen(&self, wait: Wait) -> Result<Held, Fail> {
+        if wait == Wait::CachedOnly {
+            return Err(Fail::NotCached);
+        }
         let slot = &self.slot;
         let mut turn = slot.lock();
         // Another request may have opened it while this one waited.
