@@ -194,9 +194,10 @@ impl Supervisor {
             path: socket_dir.clone(),
             source,
         })?;
-        // Counted and created under one lock, so that a pending removal of
-        // this site's cgroup (site removed a moment ago) either runs first or
-        // sees the new epoch and leaves the cgroup alone.
+        // Counted under one lock, so that a pending removal of this site's
+        // cgroup (site removed a moment ago) either runs first or sees the
+        // new epoch and leaves the cgroup alone (which this set-up makes,
+        // or reuses, with its first process).
         let mut epochs = self.epochs.lock().unwrap_or_else(|p| p.into_inner());
         let epoch = epochs.entry(site.name.to_string()).or_insert(0);
         *epoch += 1;
