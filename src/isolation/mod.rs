@@ -7,6 +7,8 @@
 //!
 //! # Layout
 //! - [`identity`]: who a site runs as ([`SiteIdentity`]); never root.
+//!   `userdb`: its name lookups, answered from one read of `/etc/passwd` and
+//!   `/etc/group` while they are unchanged (10,000 sites, one pass).
 //! - [`cgroup`]: one interface ([`CgroupRoot`], [`SiteCgroup`]) over cgroup v2
 //!   and v1, or the "unavailable" fallback; limits and usage.
 //! - [`spawn`](mod@spawn): starting a site process ([`SpawnSpec`] → [`spawn()`]),
@@ -39,6 +41,7 @@ pub mod sealed;
 pub mod spawn;
 mod step_report;
 pub mod unread;
+mod userdb;
 
 pub use cgroup::{CgroupError, CgroupKind, CgroupRoot, Limits, SiteCgroup, Usage};
 pub use identity::{running_as_root, IdentityError, SiteIdentity};

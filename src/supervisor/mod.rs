@@ -284,9 +284,10 @@ impl Supervisor {
             path: socket_dir.clone(),
             source,
         })?;
-        // Counted and created under one lock, so that a pending removal of
-        // this site's cgroup (site removed a moment ago) either runs first or
-        // sees the new epoch and leaves the cgroup alone.
+        // Counted under one lock, so that a pending removal of this site's
+        // cgroup (site removed a moment ago) either runs first or sees the
+        // new epoch and leaves the cgroup alone (which this set-up makes,
+        // or reuses, with its first process).
         let mut epochs = self.epochs.lock().unwrap_or_else(|p| p.into_inner());
         let epoch = epochs.entry(site.name.to_string()).or_insert(0);
         *epoch += 1;
@@ -297,7 +298,8 @@ impl Supervisor {
                 processes: site.limits.processes,
                 cpu: site.limits.cpu,
             };
-            Some(self.cgroups.site(site.name.as_str(), &limits)?)
+            // Made with its first process: an idle site has no cgroup.
+            Some(self.cgroups.site_on_demand(site.name.as_str(), &limits)?)
         } else {
             None
         };
@@ -564,8 +566,8 @@ fn refuse_privileged_group(
     admin_group: Option<&str>,
 ) -> Result<(), SiteSetupError> {
     for name in PRIVILEGED_GROUPS.iter().copied().chain(admin_group) {
-        if let Ok(Some(g)) = nix::unistd::Group::from_name(name) {
-            if g.gid.as_raw() == identity.gid {
+        if let Ok(Some(gid)) = isolation::identity::group_id(name) {
+            if gid == identity.gid {
                 return Err(SiteSetupError::PrivilegedGroup(name.to_owned()));
             }
         }
