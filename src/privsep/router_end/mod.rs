@@ -232,6 +232,8 @@ pub async fn serve_link(
     // the link close, closes its end too).
     let why = reason(&ending);
     tasks.shutdown().await;
+    // The access lines of the last requests.
+    crate::router::flush_logs();
     served.map_err(RouterError::RouterThreads)?;
     tracing::info!(?why, "stopped");
     Ok(why)

@@ -100,6 +100,8 @@ pub async fn serve_split(
     keeper.run(shutdown.clone()).await;
     link.close();
     server.shutdown().await;
+    // What the supervisor itself wrote to sites' error logs.
+    crate::router::flush_logs();
     shutdown.cancel();
     let _ = admin.await;
     tracing::info!("stopped");
