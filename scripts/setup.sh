@@ -15,6 +15,12 @@ install_missing setup "${PACKAGES[@]}"
 # root: one each (each with its own group), since two sites that run code
 # may not share a user or a group.
 if [[ $EUID -eq 0 ]]; then
+    # The router process (polyhost serve as root) runs as `router_user`,
+    # by default this one (no home, no shell, no supplementary group).
+    if ! id polyhost >/dev/null 2>&1; then
+        echo "setup: creating the user polyhost for the router process (router_user)"
+        useradd --system --no-create-home --shell /usr/sbin/nologin polyhost
+    fi
     for user in polyhost-demo-php polyhost-demo-python polyhost-demo-asgi; do
         if ! id "$user" >/dev/null 2>&1; then
             echo "setup: creating the user $user for the demo sites"

@@ -36,7 +36,9 @@ pub fn check(main: &Path) -> Result<String, ConfigErrors> {
         .extend(check_socket_paths(&config.server.state_dir, &config.sites).0);
     for site in config.sites.values() {
         check_runtimes(site, &config.server, &mut errors);
+        check_view_paths(site, &mut errors);
     }
+    check_router_user(&config, &mut errors);
     let sandbox_note = check_sandbox(&config.sites, &mut errors);
     if !errors.is_empty() {
         return Err(errors);
@@ -48,9 +50,20 @@ pub fn check(main: &Path) -> Result<String, ConfigErrors> {
     ))
 }
 
+/// `router_user` must exist and must not be root: `serve` run as root
+/// starts the router process as it (no site may run as it either: see
+/// `supervisor::separation`).
+fn check_router_user(config: &config::Config, errors: &mut ConfigErrors) {
+    let server = &config.server;
+    if let Err(e) = crate::isolation::router_process::router_identity(&server.router_user) {
+        errors.push(ConfigError::in_file(&server.main_file, "router_user", e));
+    }
+}
+
 /// Where the kernel (or polyhost's privilege) refuses sandboxes: a site
-/// that asked for `network = "none"` is an error (it would not start); the
-/// others would run without one, which the answer says.
+/// that asked for `network = "none"` or a view (`paths`) is an error (it
+/// would not start); the others would run without one, which the answer
+/// says.
 fn check_sandbox(
     sites: &std::collections::BTreeMap<config::SiteName, std::sync::Arc<SiteConfig>>,
     errors: &mut ConfigErrors,
@@ -62,6 +75,15 @@ fn check_sandbox(
     // Not root: what the kernel allows `serve` (run as root) is not known here.
     if wanted.is_empty() || !crate::isolation::running_as_root() {
         return String::new();
+    }
+    if let Some(why) = crate::isolation::sandbox::view_unavailable() {
+        for site in wanted.iter().filter(|s| s.sandbox.view.is_some()) {
+            errors.push(ConfigError::in_file(
+                &site.file,
+                "sandbox.paths",
+                format!("the read-only view is unavailable here: {why}"),
+            ));
+        }
     }
     let Some(why) = crate::isolation::sandbox::unavailable() else {
         return String::new();
@@ -80,6 +102,20 @@ fn check_sandbox(
         "\nnote: site sandboxes are unavailable here ({why}): {} site(s) would run without one",
         wanted.len()
     )
+}
+
+/// Each of `sandbox.paths` must exist (a missing one fails every start of
+/// the site's processes).
+fn check_view_paths(site: &SiteConfig, errors: &mut ConfigErrors) {
+    for (i, path) in site.sandbox.view.iter().flatten().enumerate() {
+        if let Err(e) = std::fs::metadata(path) {
+            errors.push(ConfigError::in_file(
+                &site.file,
+                format!("sandbox.paths[{i}]"),
+                format!("{}: {e} (the site's processes would not start: create it or remove it from the list)", path.display()),
+            ));
+        }
+    }
 }
 
 /// A static site's user (whose permissions its files are served with), if

@@ -61,6 +61,10 @@ pub enum Command {
     Stop { site: String },
     /// Start a site stopped with `stop`.
     Start { site: String },
+    /// The router process of a privilege-separated polyhost: started by
+    /// `polyhost serve` (as root) as `router_user`, never by hand.
+    #[command(hide = true)]
+    Router,
 }
 
 pub fn run() -> ExitCode {
@@ -68,6 +72,7 @@ pub fn run() -> ExitCode {
     let action = match cli.command {
         Command::Check => return check(&cli.config),
         Command::Serve => return serve(&cli.config),
+        Command::Router => return router(),
         Command::Status { site, json } => control::Action::Status { site, json },
         Command::Reload => control::Action::Reload,
         Command::Restart { site } => control::Action::Site("restart", site),
@@ -147,6 +152,16 @@ fn serve(path: &Path) -> ExitCode {
         let signals = Signals::install()?;
         tokio::spawn(stop_on_signal(signals.term, signals.int, shutdown.clone()));
         let listeners = crate::app::bind_all(&config.server).await?;
+        if crate::privsep::supervisor_end::applies() {
+            // Root: the router runs as `router_user` in a process of its own.
+            let hup = signals.hup;
+            crate::privsep::supervisor_end::serve_split(config, listeners, shutdown, |server| {
+                tokio::spawn(reload_on_sighup(hup, server.clone()));
+            })
+            .await?;
+            return Ok(());
+        }
+        tracing::warn!("polyhost serve runs as one process (not root): the router is not separated from the supervisor");
         // Before any site starts: a second polyhost on the same socket stops here.
         let admin = crate::admin::bind(&config.server).await?;
         let server = crate::app::Server::start(config).await?;
@@ -163,6 +178,45 @@ fn serve(path: &Path) -> ExitCode {
             tracing::error!("{e:#}");
             eprintln!("polyhost: {e:#}");
             ExitCode::from(1)
+        }
+    }
+}
+
+/// `polyhost router` (see `privsep::router_end`): exit 0 when the
+/// supervisor or a signal stopped it, 1 when the supervisor went away, 2
+/// when it cannot run.
+fn router() -> ExitCode {
+    if nix::unistd::getuid().is_root() || nix::unistd::geteuid().is_root() {
+        eprintln!(
+            "polyhost router: refusing to run as root (polyhost serve starts it as router_user)"
+        );
+        return ExitCode::from(2);
+    }
+    init_logging("info");
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("polyhost router: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let ended = runtime.block_on(async {
+        let stop = CancellationToken::new();
+        let signals = Signals::install()?;
+        tokio::spawn(stop_on_signal(signals.term, signals.int, stop.clone()));
+        Ok::<_, anyhow::Error>(crate::privsep::router_end::run(stop).await?)
+    });
+    use crate::privsep::router_end::Ended;
+    match ended {
+        Ok(Ended::Shutdown | Ended::Stopped) => ExitCode::SUCCESS,
+        Ok(Ended::SupervisorGone) => ExitCode::from(1),
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("polyhost router: {e:#}");
+            ExitCode::from(2)
         }
     }
 }

@@ -10,6 +10,7 @@
 //! - [`metrics`]: per-site and server metrics, the Prometheus scrape.
 //! - [`app`]: `serve` as a library call (used by the binary and the tests).
 //! - [`check`]: `polyhost check`.
+//! - [`privsep`]: polyhost as a root supervisor and an unprivileged router process.
 //! - [`config`]: files → validated, typed configuration; all errors at once.
 //! - [`sites`]: a site's config → its mounts (upstreams) and logs.
 //! - [`lanes`]: the router's threads, one single-threaded runtime each.
@@ -40,6 +41,7 @@ pub mod docroot;
 pub mod isolation;
 pub mod lanes;
 pub mod metrics;
+pub mod privsep;
 pub mod router;
 pub mod runtime;
 pub mod sites;

@@ -197,6 +197,8 @@ const LAYERS: &[&[&str]] = &[
     &["app"],
     // The edges: admin API, `polyhost check`, the command line.
     &["admin", "check"],
+    // Polyhost as two processes: the supervisor's and the router's ends.
+    &["privsep"],
     &["cli"],
 ];
 

@@ -158,7 +158,17 @@ async fn router_threads_run_that_many_lanes_and_each_reuses_its_worker_connectio
     let user = TestUser::new();
     common::python_test_site(&cfg, "py", &user, "pyapp", "", "processes = 1\nthreads = 1");
     let bin = Binary::start(&cfg.main(), &[]).await;
-    let pid = bin.child.id().unwrap();
+    // As root, the lanes run in the router process (`privsep`).
+    let supervisor = bin.child.id().unwrap();
+    let mut pid = supervisor;
+    if nix::unistd::geteuid().is_root() {
+        eventually(Duration::from_secs(10), || async {
+            common::router_process_of(supervisor as i32).is_some()
+        })
+        .await;
+        pid = common::router_process_of(supervisor as i32)
+            .unwrap_or_else(|| panic!("no router process:\n{}", bin.log())) as u32;
+    }
     let lanes = || {
         thread_names(pid)
             .into_iter()

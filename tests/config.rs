@@ -178,11 +178,11 @@ fn main_file_errors_name_the_file_and_key() {
     cfg.write("polyhost.toml", "listen = [\"localhost\"]\nlisen = 1\n");
     check_errors(
         &cfg,
-        expect!["$DIR/polyhost.toml: lisen: unknown field: found `lisen`, expected `one of `listen`, `vhosts_dir`, `include`, `state_dir`, `log_dir`, `default_user`, `default_group`, `shutdown_timeout`, `log_level`, `cgroups`, `site_scheduling`, `admin`, `metrics`, `tls_listen`, `h2c`, `router_threads`, `trusted_proxies`, `trusted_proxy_users`, `limits``"],
+        expect!["$DIR/polyhost.toml: lisen: unknown field: found `lisen`, expected `one of `listen`, `vhosts_dir`, `include`, `state_dir`, `log_dir`, `default_user`, `default_group`, `shutdown_timeout`, `log_level`, `cgroups`, `site_scheduling`, `router_user`, `admin`, `metrics`, `tls_listen`, `h2c`, `router_threads`, `trusted_proxies`, `trusted_proxy_users`, `limits``"],
     );
     cfg.write(
         "polyhost.toml",
-        "listen = [\"localhost\"]\nshutdown_timeout = \"forever\"\nsite_scheduling = \"fifo\"\nrouter_threads = 0\n",
+        "listen = [\"localhost\"]\nshutdown_timeout = \"forever\"\nsite_scheduling = \"fifo\"\nrouter_threads = 0\nrouter_user = \"root\"\n",
     );
     check_errors(
         &cfg,
@@ -190,7 +190,8 @@ fn main_file_errors_name_the_file_and_key() {
             $DIR/polyhost.toml: listen[0]: "localhost" is not an address:port (e.g. "127.0.0.1:8080" or "[::]:80")
             $DIR/polyhost.toml: shutdown_timeout: "forever" is not a duration (e.g. "30s", "5m", "250ms"; at most a year)
             $DIR/polyhost.toml: router_threads: 0 is not a whole number between 1 and 1024
-            $DIR/polyhost.toml: site_scheduling: "fifo" is not a scheduling policy (expected "batch" or "normal")"#]],
+            $DIR/polyhost.toml: site_scheduling: "fifo" is not a scheduling policy (expected "batch" or "normal")
+            $DIR/polyhost.toml: router_user: "root": the router process serves the internet and must not run as root; name an unprivileged user of its own (default "polyhost": `useradd --system --no-create-home --shell /usr/sbin/nologin polyhost`)"#]],
     );
 }
 

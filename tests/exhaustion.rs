@@ -125,8 +125,15 @@ async fn a_site_holding_metrics_connections_does_not_lock_the_scraper_out() {
 
 /// Descriptors polyhost holds.
 fn open_fds(polyhost: &Binary) -> usize {
-    let pid = polyhost.child.id().unwrap();
+    let pid = serving_pid(polyhost);
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// The process that accepts the clients: the router process when polyhost
+/// runs as root (`privsep`), else polyhost itself.
+fn serving_pid(polyhost: &Binary) -> u32 {
+    let supervisor = polyhost.child.id().unwrap();
+    common::router_process_of(supervisor as i32).map_or(supervisor, |p| p as u32)
 }
 
 /// What one client saw: its GET answered 200, refused (503, or closed or
@@ -230,14 +237,27 @@ async fn over_the_descriptor_limit_clients_get_503_and_the_router_recovers() {
     })
     .await;
     assert!(closed, "{} descriptors open", open_fds(&polyhost));
-    let pid = polyhost.child.id().unwrap().to_string();
+    let pid = serving_pid(&polyhost).to_string();
     let low = open_fds(&polyhost) + 20;
     // The soft limit only: raising a hard limit needs CAP_SYS_RESOURCE.
+    // Another user's process (the router's) only by that user, without it.
+    let router_user = (serving_pid(&polyhost) != polyhost.child.id().unwrap())
+        .then(|| nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(common::router_uid())))
+        .and_then(|u| u.ok().flatten())
+        .map(|u| u.name);
     let set = |n: usize| {
-        let out = std::process::Command::new("prlimit")
-            .args(["--pid", &pid, &format!("--nofile={n}:256")])
-            .output()
-            .unwrap();
+        let limit = format!("--nofile={n}:256");
+        let prlimit = ["prlimit", "--pid", &pid, &limit];
+        let out = match &router_user {
+            Some(user) => std::process::Command::new("runuser")
+                .args(["-u", user, "--"])
+                .args(prlimit)
+                .output(),
+            None => std::process::Command::new(prlimit[0])
+                .args(&prlimit[1..])
+                .output(),
+        }
+        .unwrap();
         assert!(out.status.success(), "prlimit: {out:?}");
     };
     set(low);

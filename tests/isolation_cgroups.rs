@@ -320,6 +320,33 @@ async fn limits_are_written_to_the_detected_hierarchy() {
 }
 
 #[tokio::test]
+async fn a_site_cgroup_on_demand_is_made_with_its_first_process_cgroup() {
+    require_root();
+    let root = TestRoot::new();
+    let limits = Limits {
+        memory: Some(96 << 20),
+        processes: Some(20),
+        cpu: None,
+    };
+    let site = root.0.site_on_demand("lazy", &limits).unwrap();
+    assert!(!site.exists(), "an idle site has no cgroup: {site}");
+    assert!(site.usage().is_err(), "nothing to measure yet");
+    site.remove().unwrap();
+    let worker = site.child("w1").unwrap();
+    assert!(site.exists() && worker.exists(), "{site}");
+    let usage = site.usage().unwrap();
+    assert_eq!(usage.memory_limit, Some(96 << 20));
+    assert_eq!(usage.pids_limit, Some(20));
+    // A later set-up with other limits writes them with its own first process.
+    let again = root.0.site_on_demand("lazy", &Limits::default()).unwrap();
+    assert_eq!(again.usage().unwrap().memory_limit, Some(96 << 20));
+    again.child("w2").unwrap();
+    assert_eq!(again.usage().unwrap().memory_limit, None);
+    again.remove().unwrap();
+    assert!(!site.exists());
+}
+
+#[tokio::test]
 async fn workers_in_sub_cgroups_stop_alone_and_count_for_the_site() {
     require_root();
     let user = TestUser::new();

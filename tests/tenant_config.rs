@@ -282,7 +282,8 @@ async fn a_reload_that_would_share_a_user_is_refused_and_the_running_sites_keep_
     let b = get(bin.addr, "py-b.test", "/").await;
     assert_eq!(field(&b.text(), "uid"), uc.uid.to_string(), "{}", bin.log());
     let log = std::fs::metadata(cfg.path().join("log/py-b.access.log")).unwrap();
-    assert_eq!((log.uid(), log.gid()), (0, uc.gid()));
+    // Owned by the router process's user, who writes it (`privsep`).
+    assert_eq!((log.uid(), log.gid()), (common::router_uid(), uc.gid()));
     assert!(bin.terminate().await.success());
 }
 

@@ -256,24 +256,60 @@ def nofile_hard():
     return resource.getrlimit(resource.RLIMIT_NOFILE)[1]
 
 
+def polyhost_processes(root):
+    """polyhost's own processes: `root` and every descendant still running
+    polyhost's binary (a supervisor and its `polyhost router` child, when
+    there is one), never a site process (php-fpm, polyhost-python)."""
+    exe = os.path.realpath(f"{BIN}/polyhost")
+    own = []
+    for pid in [root] + descendants(root):
+        try:
+            if os.readlink(f"/proc/{pid}/exe").removesuffix(" (deleted)") == exe:
+                own.append(pid)
+        except OSError:
+            pass
+    return own
+
+
+def open_fds(pids):
+    total = 0
+    for pid in pids:
+        try:
+            total += len(os.listdir(f"/proc/{pid}/fd"))
+        except OSError:
+            pass
+    return total
+
+
 def run_density(args, extra):
     n = args.sites
     density_sites(n)
     sh(f"chmod -R a+rX {TREE}/density")
     errfile = os.path.join(TREE, "logs", "polyhost-density.out")
+    load = sh("cut -d' ' -f1-3 /proc/loadavg").stdout.strip()
     t = time.perf_counter()
     p = start("polyhost-density", [f"{BIN}/polyhost", "serve", "--config", os.path.join(TREE, "density/polyhost.toml")],
               cwd=os.path.join(TREE, "density"))
-    ok = wait_port(P_DENSITY, 120)
+    ok = wait_port(P_DENSITY, 300)
     startup = time.perf_counter() - t
-    d = dict(sites=n, startup_s=startup if ok else None)
+    d = dict(sites=n, startup_s=startup if ok else None, loadavg_before=load)
     if not ok:
-        d["error"] = "polyhost with the generated sites did not listen within 120 s"
+        d["error"] = "polyhost with the generated sites did not listen within 300 s"
         extra["density"] = d
         return
+    # Start to first answer: any HTTP answer (421 for a host no site has).
+    try:
+        first_byte_ms(P_DENSITY, "no-such-site.bench", "/")
+        d["first_answer_s"] = time.perf_counter() - t
+    except OSError as e:
+        d["first_answer_s"] = None
+        d["first_answer_error"] = str(e)
     time.sleep(3)
-    kids = descendants(p.pid)
-    d["rss_idle_kib"] = rss_kib(p.pid)
+    kids = [k for k in descendants(p.pid) if k not in polyhost_processes(p.pid)]
+    own = polyhost_processes(p.pid)
+    d["rss_idle_kib"] = sum(rss_kib(k) for k in own)
+    d["polyhost_processes"] = len(own)
+    d["fds_idle"] = open_fds(own)
     d["children_idle"] = len(kids)
     d["children_rss_kib"] = sum(rss_kib(k) for k in kids)
     # Reload with one site changed: SIGHUP, wait for the next "reloaded" line.
@@ -323,7 +359,10 @@ def run_density(args, extra):
             d[key]["warm_ms"] = ms
         except OSError:
             pass
-    d["rss_after_kib"] = rss_kib(p.pid)
+    own = polyhost_processes(p.pid)
+    d["rss_after_kib"] = sum(rss_kib(k) for k in own)
+    d["fds_after"] = open_fds(own)
+    d["loadavg_after"] = sh("cut -d' ' -f1-3 /proc/loadavg").stdout.strip()
     extra["density"] = d
     log(f"bench: density: {json.dumps(d)}")
     stop("polyhost-density", p, grace=30)
@@ -347,6 +386,8 @@ def main():
                     help="comma-separated wrk connection counts (default 16,64,256; 64 with --quick)")
     ap.add_argument("--reps", type=int, default=None, help="repetitions (default 3, 1 with --quick)")
     ap.add_argument("--duration", type=int, default=None, help="seconds per wrk run (default 10, 2 with --quick)")
+    ap.add_argument("--sites", type=int, default=None,
+                    help="density: how many sites (default 1,000, 50 with --quick; at most 10,000)")
     ap.add_argument("--report-from", default=None, metavar="JSON",
                     help="print the report of a saved run (results/<stamp>.json) again; runs nothing")
     args = ap.parse_args()
@@ -371,7 +412,7 @@ def main():
     args.poll_clients = 100 if q else 1000
     args.poll_seconds = 2 if q else 20
     args.poll_timeout = 15 if q else 60
-    args.sites = 50 if q else 1000
+    args.sites = args.sites or (50 if q else 1000)
     parts = set(args.only.split(","))
 
     stamp = time.strftime("%Y%m%d-%H%M%S")

@@ -174,9 +174,12 @@ def extras(L, extra):
         if "error" in d:
             L.append(f"- {d['error']}")
         else:
-            L.append(f"- start until listening: {d['startup_s']:.2f} s")
-            L.append(f"- polyhost RSS, all idle: {d['rss_idle_kib'] / 1024:.1f} MiB; child processes: "
-                     f"{d['children_idle']} ({d['children_rss_kib'] / 1024:.1f} MiB)")
+            L.append(f"- start until the port takes connections: {d['startup_s']:.2f} s"
+                     + (f"; until the first answer: {d['first_answer_s']:.2f} s" if d.get("first_answer_s") else ""))
+            L.append(f"- polyhost RSS, all idle: {d['rss_idle_kib'] / 1024:.1f} MiB"
+                     + (f" ({d['polyhost_processes']} polyhost processes, {d['fds_idle']:,} open descriptors)"
+                        if "fds_idle" in d else "")
+                     + f"; site processes: {d['children_idle']} ({d['children_rss_kib'] / 1024:.1f} MiB)")
             L.append(f"- reload with one site changed, {d.get('reload_how', '')}: "
                      + (f"{d['reload_s'] * 1000:.0f} ms" if d["reload_s"] is not None else "no reloaded line in 30 s"))
             L.append(f"  - `{d['reload_line'].strip()}`")
@@ -186,7 +189,10 @@ def extras(L, extra):
                 L.append(f"- cold first byte, {label}: {ms}, status {c['status']}"
                          + ("" if c["ok"] else f" (NOT the expected body: {c['body']!r})")
                          + (f"; warm right after: {c['warm_ms']:.1f} ms" if "warm_ms" in c else ""))
-            L.append(f"- polyhost RSS after: {d['rss_after_kib'] / 1024:.1f} MiB")
+            L.append(f"- polyhost RSS after: {d['rss_after_kib'] / 1024:.1f} MiB"
+                     + (f", {d['fds_after']:,} open descriptors" if "fds_after" in d else ""))
+            if "loadavg_before" in d:
+                L.append(f"- load average before / after: {d['loadavg_before']} / {d.get('loadavg_after', '?')}")
         L.append("")
 
 
@@ -318,11 +324,17 @@ def targets_table(L, args, med, lat, extra):
             i["rss_during"] < 100 * 1024 and i["opened"] == i["n"])
     if "density" in extra and "error" not in extra["density"]:
         d = extra["density"]
-        one(f"{d['sites']:,} sites idle: RSS < 200 MiB", f"{d['rss_idle_kib'] / 1024:.1f} MiB",
-            d["rss_idle_kib"] < 200 * 1024)
+        one(f"{d['sites']:,} sites idle: RSS < 300 MiB", f"{d['rss_idle_kib'] / 1024:.1f} MiB",
+            d["rss_idle_kib"] < 300 * 1024)
+        if "fds_idle" in d:
+            one(f"{d['sites']:,} sites idle: no descriptor per site (< 100 in all)", f"{d['fds_idle']:,}",
+                d["fds_idle"] < 100)
+            one(f"{d['sites']:,} sites idle: no site process", f"{d['children_idle']}", d["children_idle"] == 0)
+        if d.get("first_answer_s"):
+            one("start to first answer < 5 s", f"{d['first_answer_s']:.2f} s", d["first_answer_s"] < 5)
         one("reload < 1 s", f"{d['reload_s'] * 1000:.0f} ms" if d["reload_s"] else "no line",
             bool(d["reload_s"]) and d["reload_s"] < 1)
-        for k, lim, label in [("cold_python", 300, "Python"), ("cold_php", 100, "PHP")]:
+        for k, lim, label in [("cold_python", 100, "Python"), ("cold_php", 100, "PHP")]:
             c = d[k]
             if c["ok"]:
                 one(f"cold first byte {label} < {lim} ms", f"{c['ms']:.0f} ms", c["ms"] < lim)

@@ -216,15 +216,35 @@ user = "{USER}"
 """)
 
 
+def density_users(n):
+    """`phb-d0000` .. `phb-dNNNN`, one per density site, created once, in
+    one batch (`newusers`: 10,000 `useradd`s take minutes, each rewriting
+    /etc/passwd). System accounts (no subordinate ids, locked password) with
+    ids 200000 + i: above every range useradd allocates from, so they never
+    use up the system range (100-999) other tools and tests draw from."""
+    have = {p.pw_name for p in pwd.getpwall()}
+    missing = [i for i in range(n) if f"phb-d{i:04d}" not in have]
+    if not missing:
+        return
+    print(f"bench: creating {len(missing)} density site users (phb-dNNNN, uid 200000+N)", flush=True)
+    lines = "".join(f"phb-d{i:04d}:x:{200000 + i}:{200000 + i}::/:/usr/sbin/nologin\n" for i in missing)
+    subprocess.run(["newusers", "--system"], input=lines, text=True, check=True)
+    locked = "".join(f"phb-d{i:04d}:!\n" for i in missing)
+    subprocess.run(["chpasswd", "-e"], input=locked, text=True, check=True)
+
+
 def density_sites(n=1000):
     """Half Python, half PHP on demand; one user per site (created once:
-    `phb-dNNNN`)."""
+    `phb-dNNNN`, see density_users)."""
     base = "density"
+    if n > 10000:
+        raise SystemExit("bench: --sites: at most 10,000 (site and user names have four digits)")
     polyhost_config(base, P_DENSITY)
+    density_users(n)
     for i in range(n):
         if i % 2 == 0:
             write(f"{base}/vhosts/py-{i:04d}.toml", f"""hosts = ["py-{i:04d}.bench"]
-user = "{site_user(f'd{i:04d}')}"
+user = "phb-d{i:04d}"
 [python]
 app = "hello"
 path = ["{TREE}/apps"]
@@ -235,7 +255,7 @@ idle_timeout = "60s"
         else:
             write(f"{base}/vhosts/php-{i:04d}.toml", f"""hosts = ["php-{i:04d}.bench"]
 root = "{TREE}/php"
-user = "{site_user(f'd{i:04d}')}"
+user = "phb-d{i:04d}"
 [php]
 mode = "ondemand"
 start = "on_demand"

@@ -49,17 +49,66 @@ pub struct View {
     pub sites: Vec<SiteView>,
 }
 
-/// Scrapes `server`: one published snapshot, never waits for a control
-/// operation in progress.
-pub async fn scrape(server: &Server) -> String {
-    let (status, sites) = server.status_with_handles().await;
-    render(View { status, sites })
+/// One site as the router's families need it (what the router process
+/// has of a site: no process state).
+#[derive(Debug)]
+pub struct RouterSiteView {
+    pub name: String,
+    /// An ASGI site: its WebSocket families are shown.
+    pub asgi: bool,
+    pub view: SiteView,
 }
 
-/// Renders a scrape.
+/// Scrapes `server`: one published snapshot, never waits for a control
+/// operation in progress. With a router process (`privsep`), the families
+/// of requests and connections are the router's, asked of it; if it does
+/// not answer, they are left out of this scrape rather than shown as this
+/// process's zeros.
+pub async fn scrape(server: &Server) -> String {
+    let (status, sites) = server.status_with_handles().await;
+    let routed = match server.router_stats().await {
+        Some(reply) => reply.metrics,
+        None if server.has_router() => String::new(),
+        None => router_families(router_views(&status, sites)),
+    };
+    routed + &supervisor_families(status)
+}
+
+/// Renders a scrape of one process that both routes and supervises.
 pub fn render(view: View) -> String {
+    let View { status, sites } = view;
+    router_families(router_views(&status, sites)) + &supervisor_families(status)
+}
+
+fn router_views(status: &ServerStatus, sites: Vec<SiteView>) -> Vec<RouterSiteView> {
+    status
+        .sites
+        .iter()
+        .zip(sites)
+        .map(|(s, view)| RouterSiteView {
+            name: s.name.clone(),
+            asgi: asgi(s),
+            view,
+        })
+        .collect()
+}
+
+/// The families the router's counters make: requests, durations, queue
+/// waits, in flight, WebSockets, worker threads, PHP pools, connections
+/// (what a router process sends in its `StatsReply::metrics`).
+pub fn router_families(sites: Vec<RouterSiteView>) -> String {
+    encode(RouterScrape(sites))
+}
+
+/// The families of processes and of the server: processes, memory,
+/// restarts, OOM kills, site state, reloads, uptime, version.
+pub fn supervisor_families(status: ServerStatus) -> String {
+    encode(SupervisorScrape(status))
+}
+
+fn encode(collector: impl Collector + 'static) -> String {
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(Scrape(view)));
+    registry.register_collector(Box::new(collector));
     let mut out = String::new();
     // Writing to a String cannot fail; an encoder error would be our bug.
     if let Err(e) = prometheus_client::encoding::prometheus_text::encode(&mut out, &registry) {
@@ -68,41 +117,38 @@ pub fn render(view: View) -> String {
     out
 }
 
-#[derive(Debug)]
-struct Scrape(View);
-
 type Res = Result<(), std::fmt::Error>;
 
-impl Scrape {
-    fn sites(&self) -> impl Iterator<Item = (&SiteStatus, &SiteView)> {
-        self.0.status.sites.iter().zip(&self.0.sites)
-    }
-
-    /// One metric family with a value per site.
-    fn per_site<M: EncodeMetric>(
-        &self,
-        enc: &mut DescriptorEncoder,
-        name: &str,
-        help: &str,
-        kind: MetricType,
-        value: impl Fn(&SiteStatus, &SiteView) -> Option<M>,
-    ) -> Res {
-        let mut family = enc.encode_descriptor(name, help, None, kind)?;
-        for (status, view) in self.sites() {
-            if let Some(metric) = value(status, view) {
-                let labels = [("site", status.name.as_str())];
-                metric.encode(family.encode_family(&labels)?)?;
-            }
+/// One metric family with a value per site.
+fn per_site<'s, S: 's, M: EncodeMetric>(
+    enc: &mut DescriptorEncoder,
+    sites: impl Iterator<Item = (&'s str, &'s S)>,
+    (name, help, kind): (&str, &str, MetricType),
+    value: impl Fn(&S) -> Option<M>,
+) -> Res {
+    let mut family = enc.encode_descriptor(name, help, None, kind)?;
+    for (site, s) in sites {
+        if let Some(metric) = value(s) {
+            metric.encode(family.encode_family(&[("site", site)])?)?;
         }
-        Ok(())
     }
+    Ok(())
 }
 
 fn gauge(v: u64) -> ConstGauge<i64> {
     ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX))
 }
 
-impl Collector for Scrape {
+#[derive(Debug)]
+struct RouterScrape(Vec<RouterSiteView>);
+
+impl RouterScrape {
+    fn sites(&self) -> impl Iterator<Item = (&str, &RouterSiteView)> {
+        self.0.iter().map(|s| (s.name.as_str(), s))
+    }
+}
+
+impl Collector for RouterScrape {
     fn encode(&self, mut enc: DescriptorEncoder) -> Res {
         use MetricType::{Counter, Gauge, Histogram};
         let e = &mut enc;
@@ -113,122 +159,94 @@ impl Collector for Scrape {
                 None,
                 Counter,
             )?;
-            for (status, view) in self.sites() {
-                for (class, counter) in CLASSES.iter().zip(&view.stats.by_class) {
-                    let labels = [("site", status.name.as_str()), ("class", class)];
+            for (site, s) in self.sites() {
+                for (class, counter) in CLASSES.iter().zip(&s.view.stats.by_class) {
+                    let labels = [("site", site), ("class", class)];
                     counter.encode(family.encode_family(&labels)?)?;
                 }
             }
         }
-        self.per_site(
+        let families: [(&str, &str, MetricType); 2] = [
+            (
+                "polyhost_request_duration_seconds",
+                "Time from the request head to the response head.",
+                Histogram,
+            ),
+            (
+                "polyhost_queue_wait_seconds",
+                "Time requests waited for a free worker thread.",
+                Histogram,
+            ),
+        ];
+        per_site(e, self.sites(), families[0], |s| {
+            Some(s.view.stats.duration.clone())
+        })?;
+        per_site(e, self.sites(), families[1], |s| {
+            s.view.threads.map(|_| s.view.stats.queue_wait.clone())
+        })?;
+        per_site(
             e,
-            "polyhost_request_duration_seconds",
-            "Time from the request head to the response head.",
-            Histogram,
-            |_, v| Some(v.stats.duration.clone()),
+            self.sites(),
+            (
+                "polyhost_requests_in_flight",
+                "Requests being handled (until their response head).",
+                Gauge,
+            ),
+            |s| Some(s.view.stats.in_flight.clone()),
         )?;
-        self.per_site(
+        per_site(
             e,
-            "polyhost_queue_wait_seconds",
-            "Time requests waited for a free worker thread.",
-            Histogram,
-            |_, v| v.threads.map(|_| v.stats.queue_wait.clone()),
+            self.sites(),
+            (
+                "polyhost_websockets_open",
+                "WebSockets open now (ASGI sites).",
+                Gauge,
+            ),
+            |s| s.asgi.then(|| gauge(s.view.stats.websockets_open())),
         )?;
-        self.per_site(
+        per_site(
             e,
-            "polyhost_requests_in_flight",
-            "Requests being handled (until their response head).",
-            Gauge,
-            |_, v| Some(v.stats.in_flight.clone()),
+            self.sites(),
+            (
+                "polyhost_websockets",
+                "WebSockets opened (ASGI sites).",
+                Counter,
+            ),
+            |s| {
+                s.asgi
+                    .then(|| ConstCounter::new(s.view.stats.websockets_total()))
+            },
         )?;
-        self.per_site(
+        per_site(
             e,
-            "polyhost_websockets_open",
-            "WebSockets open now (ASGI sites).",
-            Gauge,
-            |s, v| asgi(s).then(|| gauge(v.stats.websockets_open())),
+            self.sites(),
+            (
+                "polyhost_worker_threads_busy",
+                "Worker threads handling a request.",
+                Gauge,
+            ),
+            |s| s.view.threads.map(|(busy, _)| gauge(busy)),
         )?;
-        self.per_site(
+        per_site(
             e,
-            "polyhost_websockets",
-            "WebSockets opened (ASGI sites).",
-            Counter,
-            |s, v| asgi(s).then(|| ConstCounter::new(v.stats.websockets_total())),
-        )?;
-        self.per_site(
-            e,
-            "polyhost_worker_threads_busy",
-            "Worker threads handling a request.",
-            Gauge,
-            |_, v| v.threads.map(|(busy, _)| gauge(busy)),
-        )?;
-        self.per_site(
-            e,
-            "polyhost_worker_threads_total",
-            "Worker threads configured (processes x threads; ASGI: processes x max_concurrency).",
-            Gauge,
-            |_, v| v.threads.map(|(_, total)| gauge(total)),
-        )?;
-        self.per_site(
-            e,
-            "polyhost_processes",
-            "Live processes of the site.",
-            Gauge,
-            |s, _| Some(gauge(s.processes as u64)),
-        )?;
-        self.per_site(
-            e,
-            "polyhost_memory_bytes",
-            "Memory used by the site's processes (cgroup).",
-            Gauge,
-            |s, _| s.memory_bytes.map(gauge),
-        )?;
-        self.per_site(
-            e,
-            "polyhost_memory_limit_bytes",
-            "Memory limit of the site (limits.memory).",
-            Gauge,
-            |s, _| s.memory_limit_bytes.map(gauge),
-        )?;
-        self.per_site(
-            e,
-            "polyhost_restarts",
-            "Process restarts after crashes (current generation).",
-            Counter,
-            |s, _| Some(ConstCounter::new(s.restarts)),
-        )?;
-        self.per_site(
-            e,
-            "polyhost_oom_kills",
-            "Processes killed for exceeding limits.memory.",
-            Counter,
-            |s, _| Some(ConstCounter::new(s.oom_kills)),
+            self.sites(),
+            (
+                "polyhost_worker_threads_total",
+                "Worker threads configured (processes x threads; ASGI: processes x max_concurrency).",
+                Gauge,
+            ),
+            |s| s.view.threads.map(|(_, total)| gauge(total)),
         )?;
         let pools: Vec<_> = self
             .sites()
-            .filter(|(_, v)| v.php)
-            .map(|(s, v)| (s.name.as_str(), v.stats.php_pool().snapshot().named()))
+            .filter(|(_, s)| s.view.php)
+            .map(|(site, s)| (site, s.view.stats.php_pool().snapshot().named()))
             .collect();
         for i in 0..pools.first().map_or(0, |(_, n)| n.len()) {
             let (name, help, _) = pools[0].1[i];
             let mut family = e.encode_descriptor(name, help, None, Counter)?;
             for (site, named) in &pools {
                 ConstCounter::new(named[i].2).encode(family.encode_family(&[("site", *site)])?)?;
-            }
-        }
-        {
-            let mut family = e.encode_descriptor(
-                "polyhost_site_state",
-                "1 for the state the site is in.",
-                None,
-                Gauge,
-            )?;
-            for (status, _) in self.sites() {
-                let labels = [
-                    ("site", status.name.as_str()),
-                    ("state", status.state.as_str()),
-                ];
-                ConstGauge::new(1i64).encode(family.encode_family(&labels)?)?;
             }
         }
         CONNECTIONS.accepted.encode(e.encode_descriptor(
@@ -243,8 +261,83 @@ impl Collector for Scrape {
             None,
             Gauge,
         )?)?;
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+struct SupervisorScrape(ServerStatus);
+
+impl SupervisorScrape {
+    fn sites(&self) -> impl Iterator<Item = (&str, &SiteStatus)> {
+        self.0.sites.iter().map(|s| (s.name.as_str(), s))
+    }
+}
+
+impl Collector for SupervisorScrape {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Res {
+        use MetricType::{Counter, Gauge};
+        let e = &mut enc;
+        per_site(
+            e,
+            self.sites(),
+            ("polyhost_processes", "Live processes of the site.", Gauge),
+            |s| Some(gauge(s.processes as u64)),
+        )?;
+        per_site(
+            e,
+            self.sites(),
+            (
+                "polyhost_memory_bytes",
+                "Memory used by the site's processes (cgroup).",
+                Gauge,
+            ),
+            |s| s.memory_bytes.map(gauge),
+        )?;
+        per_site(
+            e,
+            self.sites(),
+            (
+                "polyhost_memory_limit_bytes",
+                "Memory limit of the site (limits.memory).",
+                Gauge,
+            ),
+            |s| s.memory_limit_bytes.map(gauge),
+        )?;
+        per_site(
+            e,
+            self.sites(),
+            (
+                "polyhost_restarts",
+                "Process restarts after crashes (current generation).",
+                Counter,
+            ),
+            |s| Some(ConstCounter::new(s.restarts)),
+        )?;
+        per_site(
+            e,
+            self.sites(),
+            (
+                "polyhost_oom_kills",
+                "Processes killed for exceeding limits.memory.",
+                Counter,
+            ),
+            |s| Some(ConstCounter::new(s.oom_kills)),
+        )?;
         {
-            let s = &self.0.status;
+            let mut family = e.encode_descriptor(
+                "polyhost_site_state",
+                "1 for the state the site is in.",
+                None,
+                Gauge,
+            )?;
+            for (site, s) in self.sites() {
+                let labels = [("site", site), ("state", s.state.as_str())];
+                ConstGauge::new(1i64).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        let s = &self.0;
+        {
             let mut family = e.encode_descriptor(
                 "polyhost_reloads",
                 "Configuration reloads by result (ok, refused).",
@@ -255,7 +348,7 @@ impl Collector for Scrape {
             ConstCounter::new(s.reloads_failed)
                 .encode(family.encode_family(&[("result", "refused")])?)?;
         }
-        gauge(self.0.status.uptime_seconds).encode(e.encode_descriptor(
+        gauge(s.uptime_seconds).encode(e.encode_descriptor(
             "polyhost_uptime_seconds",
             "Seconds since polyhost started.",
             None,
@@ -265,8 +358,8 @@ impl Collector for Scrape {
             let mut family =
                 e.encode_descriptor("polyhost_info", "polyhost's version.", None, Gauge)?;
             let labels = [
-                ("version", self.0.status.version.as_str()),
-                ("limits", self.0.status.limits_backend.as_str()),
+                ("version", s.version.as_str()),
+                ("limits", s.limits_backend.as_str()),
             ];
             ConstGauge::new(1i64).encode(family.encode_family(&labels)?)?;
         }

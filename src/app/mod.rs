@@ -10,6 +10,7 @@
 //! The binary and the integration tests share [`serve`].
 
 pub mod reload;
+pub mod router_link;
 pub mod server;
 pub mod status;
 
@@ -105,6 +106,8 @@ pub async fn serve_with(
     let served =
         crate::router::server::serve(listeners, server.table(), shutdown, front, grace).await;
     server.shutdown().await;
+    // Lines still in memory reach their files before the process exits.
+    crate::router::flush_logs();
     served.map_err(ServeError::RouterThreads)?;
     tracing::info!("stopped");
     Ok(())

@@ -14,12 +14,13 @@ use arc_swap::ArcSwap;
 
 use super::reload::apply::{self, ApplyError, Builder};
 use super::reload::{plan, Change, ReloadReport, Running, SiteNotReady};
+use super::router_link::{Desired, DesiredSite, RouterLink};
 use super::status::{ServerStatus, SiteStatus};
 use super::ServeError;
-use crate::config::{self, Config, ConfigErrors, SiteName};
+use crate::config::{self, Config, ConfigErrors, ServerConfig, SiteName};
 use crate::router::{RoutingTable, SharedTable};
 use crate::sites::{self, Site};
-use crate::supervisor::Supervisor;
+use crate::supervisor::{GroupHandle, GroupKey, Supervisor};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -61,6 +62,13 @@ pub struct Server {
     reloads: AtomicU64,
     reloads_failed: AtomicU64,
     shutdown_timeout: Duration,
+    /// The server settings it started with (they change only at restart).
+    server_config: ServerConfig,
+    /// The router process, when polyhost runs privilege-separated: told
+    /// every publication ([`Server::set_router_link`]).
+    router: std::sync::OnceLock<Arc<dyn RouterLink>>,
+    /// The version of the last [`Desired`] published.
+    desired_version: AtomicU64,
 }
 
 impl Server {
@@ -127,7 +135,60 @@ impl Server {
             generation: AtomicU64::new(0),
             reloads: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
+            server_config: config.server.clone(),
+            router: std::sync::OnceLock::new(),
+            desired_version: AtomicU64::new(0),
         }
+    }
+
+    /// From now on every publication is also sent to `link` (the router
+    /// process) and awaited before what it replaced is retired. Set once,
+    /// right after [`start`](Self::start); a second call is ignored.
+    pub fn set_router_link(&self, link: Arc<dyn RouterLink>) {
+        let _ = self.router.set(link);
+    }
+
+    /// What the router must serve now: the sites last published, each with
+    /// its generation and whether it is stopped. For a router that starts
+    /// (or restarts) between publications.
+    pub fn desired(&self) -> Desired {
+        desired_of(
+            &self.server_config,
+            &self.published.load(),
+            self.desired_version.load(Ordering::SeqCst),
+        )
+    }
+
+    /// The router process's counters, when polyhost runs
+    /// privilege-separated and the router answers; `None` otherwise (then
+    /// this process's own counters are the router's).
+    pub async fn router_stats(&self) -> Option<super::router_link::StatsReply> {
+        self.router.get()?.stats().await
+    }
+
+    /// Whether requests are served by a router process (`privsep`), not
+    /// by this one.
+    pub fn has_router(&self) -> bool {
+        self.router.get().is_some()
+    }
+
+    /// Every process group of the published sites, named as the router
+    /// names them.
+    pub fn published_groups(&self) -> Vec<(GroupKey, GroupHandle)> {
+        let published = self.published.load();
+        let mut out = Vec::new();
+        for (name, site) in published.iter() {
+            let rt = site.runtimes();
+            for g in &rt.groups {
+                let key = GroupKey {
+                    site: name.to_string(),
+                    runtime: g.runtime.to_owned(),
+                    generation: rt.generation,
+                };
+                out.push((key, g.clone()));
+            }
+        }
+        out
     }
 
     pub fn table(&self) -> SharedTable {
@@ -199,7 +260,7 @@ impl Server {
         let prepared = apply::prepare(changes, &state.sites, &builder).await?;
         let old = std::mem::replace(&mut state.sites, prepared.sites);
         state.config = new;
-        self.swap_table(state);
+        self.publish(state).await;
         apply::hand_over_logs(&state.sites, &prepared.fresh, &self.supervisor);
         apply::retire(old, &state.sites, &self.supervisor);
         Ok(())
@@ -226,7 +287,7 @@ impl Server {
         }
         let replacement = site.stopped(&site.config().clone());
         let old = std::mem::replace(site, replacement);
-        self.swap_table(&state);
+        self.publish(&state).await;
         old.runtimes().stop().await;
         tracing::info!(site = name, "stopped by the operator");
         Ok(())
@@ -251,7 +312,7 @@ impl Server {
         .map_err(ControlError::Setup)?;
         sites::give_logs_to_site(started.config(), &self.supervisor, started.logs());
         state.sites.insert(key, started);
-        self.swap_table(&state);
+        self.publish(&state).await;
         tracing::info!(site = name, "started by the operator");
         Ok(())
     }
@@ -274,9 +335,44 @@ impl Server {
         self.published.store(Arc::new(state.sites.clone()));
     }
 
-    /// Never waits for a control operation in progress.
+    /// [`swap_table`](Self::swap_table), then, with a router process,
+    /// waits until it serves the same (see `app::router_link`).
+    async fn publish(&self, state: &State) {
+        self.swap_table(state);
+        if let Some(router) = self.router.get() {
+            let version = self.desired_version.fetch_add(1, Ordering::SeqCst) + 1;
+            let desired = desired_of(&self.server_config, &state.sites, version);
+            router.publish(desired).await;
+        }
+    }
+
+    /// Never waits for a control operation in progress. With a router
+    /// process, its request counters are asked of it (bounded wait).
     pub async fn status(&self) -> ServerStatus {
-        self.status_of(&self.published.load())
+        let mut status = self.status_of(&self.published.load());
+        self.with_router_counters(&mut status.sites).await;
+        status
+    }
+
+    /// Puts the router process's request counters into `sites` (nothing
+    /// without one; zeros, said in the log, when it does not answer).
+    async fn with_router_counters(&self, sites: &mut [SiteStatus]) {
+        if !self.has_router() {
+            return;
+        }
+        let counters: BTreeMap<String, crate::metrics::SiteCounters> = match self
+            .router_stats()
+            .await
+        {
+            Some(reply) => reply.sites.into_iter().collect(),
+            None => {
+                tracing::warn!("the router process did not report its counters: status shows none");
+                BTreeMap::new()
+            }
+        };
+        for site in sites {
+            site.set_counters(counters.get(&site.name).copied().unwrap_or_default());
+        }
     }
 
     fn status_of(&self, sites: &BTreeMap<SiteName, Site>) -> ServerStatus {
@@ -293,10 +389,14 @@ impl Server {
 
     /// Status of one site, or [`ControlError::NoSuchSite`]; never waits.
     pub async fn site_status(&self, name: &str) -> Result<SiteStatus, ControlError> {
-        SiteName::parse(name)
+        let status = SiteName::parse(name)
             .ok()
             .and_then(|n| self.published.load().get(&n).map(SiteStatus::of))
-            .ok_or_else(|| ControlError::NoSuchSite(name.to_owned()))
+            .ok_or_else(|| ControlError::NoSuchSite(name.to_owned()))?;
+        let mut one = [status];
+        self.with_router_counters(&mut one).await;
+        let [status] = one;
+        Ok(status)
     }
 
     /// What a metrics scrape shows: the status plus each site's live
@@ -305,14 +405,7 @@ impl Server {
     pub async fn status_with_handles(&self) -> (ServerStatus, Vec<crate::metrics::SiteView>) {
         let sites = self.published.load_full();
         let status = self.status_of(&sites);
-        let views = sites
-            .values()
-            .map(|site| crate::metrics::SiteView {
-                stats: site.stats().clone(),
-                threads: site.runtimes().python.as_ref().map(|py| py.threads()),
-                php: site.runtimes().php.is_some(),
-            })
-            .collect();
+        let views = sites.values().map(Site::metrics_view).collect();
         (status, views)
     }
 
@@ -323,6 +416,37 @@ impl Server {
         futures_util::future::join_all(state.sites.values().map(|site| site.runtimes().stop()))
             .await;
         self.supervisor.shutdown();
+    }
+}
+
+/// The [`Desired`] of `sites` under `server`'s settings.
+fn desired_of(server: &ServerConfig, sites: &BTreeMap<SiteName, Site>, version: u64) -> Desired {
+    Desired {
+        version,
+        config: Config {
+            server: server.clone(),
+            sites: sites
+                .iter()
+                .map(|(name, site)| (name.clone(), site.config().clone()))
+                .collect(),
+        },
+        sites: sites
+            .iter()
+            .map(|(name, site)| {
+                let runs_as = match &site.runtimes().reader {
+                    crate::docroot::Reader::User { uid, gids } => gids
+                        .first()
+                        .map(|&gid| super::router_link::RunsAs { uid: *uid, gid }),
+                    crate::docroot::Reader::Anyone => None,
+                };
+                let state = DesiredSite {
+                    generation: site.runtimes().generation,
+                    stopped: site.is_stopped(),
+                    runs_as,
+                };
+                (name.to_string(), state)
+            })
+            .collect(),
     }
 }
 

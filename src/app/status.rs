@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::SiteConfig;
+use crate::isolation::Sandbox;
 use crate::sites::Site;
 use crate::supervisor::GroupState;
 
@@ -42,6 +44,62 @@ pub struct SiteStatus {
     /// WebSockets open now (tunnels the router relays for the site).
     #[serde(default)]
     pub websockets_open: u64,
+    /// The sandbox its processes start in; absent for a static site (no
+    /// process to put in one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<SandboxStatus>,
+}
+
+/// Whether a site's processes run sandboxed, and with which layers
+/// (docs/isolation.md, "The sandbox").
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SandboxStatus {
+    pub on: bool,
+    /// The layers in effect, in order: `namespaces` (mount and IPC
+    /// namespaces: private `/tmp`, `/var/tmp`, `/dev/shm`, a `/proc`
+    /// showing only the site's processes), `network` (`network = "none"`:
+    /// loopback only), `view` (`sandbox.paths`: the read-only view of the
+    /// file system). Empty when off.
+    pub layers: Vec<String>,
+    /// Why it is off: `sandbox = false`, or why this host cannot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub off_because: Option<String>,
+}
+
+impl SandboxStatus {
+    /// What `config` asks for, as `sandbox` (the site's running context's:
+    /// `None` when off or unavailable) gives it.
+    fn of(config: &SiteConfig, sandbox: Option<&Sandbox>) -> Option<SandboxStatus> {
+        if !config.runs_code() {
+            return None;
+        }
+        let Some(sandbox) = sandbox else {
+            let why = if config.sandbox.enabled {
+                crate::isolation::sandbox::unavailable().unwrap_or("not started")
+            } else {
+                "sandbox = false"
+            };
+            return Some(SandboxStatus {
+                on: false,
+                layers: Vec::new(),
+                off_because: Some(why.to_owned()),
+            });
+        };
+        let layers = [
+            ("namespaces", true),
+            ("network", sandbox.network_none),
+            ("view", sandbox.view.is_some()),
+        ];
+        Some(SandboxStatus {
+            on: true,
+            layers: layers
+                .iter()
+                .filter(|(_, on)| *on)
+                .map(|(name, _)| (*name).to_owned())
+                .collect(),
+            off_because: None,
+        })
+    }
 }
 
 impl SiteStatus {
@@ -98,6 +156,23 @@ impl SiteStatus {
                 .as_ref()
                 .map(|py| py.interface_name().to_owned()),
             websockets_open: e.stats().websockets_open(),
+            sandbox: SandboxStatus::of(
+                e.config(),
+                e.runtimes()
+                    .context
+                    .as_ref()
+                    .and_then(|c| c.sandbox.as_ref()),
+            ),
         }
+    }
+}
+
+impl SiteStatus {
+    /// The request counters of `counters` instead of this process's (what
+    /// the router process counted, `privsep`).
+    pub fn set_counters(&mut self, counters: crate::metrics::SiteCounters) {
+        self.requests = counters.requests;
+        self.responses_5xx = counters.responses_5xx;
+        self.websockets_open = counters.websockets_open;
     }
 }

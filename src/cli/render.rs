@@ -11,7 +11,7 @@ use std::borrow::Cow;
 use std::fmt::Write;
 
 use crate::admin::api::ErrorBody;
-use crate::app::status::{ServerStatus, SiteStatus};
+use crate::app::status::{SandboxStatus, ServerStatus, SiteStatus};
 use crate::app::ReloadReport;
 
 /// Longest last error shown in the table; `polyhost status SITE` shows all of it.
@@ -209,15 +209,37 @@ pub fn site_detail(s: &SiteStatus) -> String {
             s.last_error.as_deref().map_or_else(|| "-".into(), cleaned),
         ),
     ];
+    let sandbox = s.sandbox.as_ref().map(|b| ("sandbox", sandbox(b)));
     let (head, tail) = rows.split_at(3);
     for (k, v) in head
         .iter()
         .chain(python.iter().flatten())
+        .chain(sandbox.iter())
         .chain(tail.iter())
     {
         let _ = writeln!(out, "{k:<11}{v}");
     }
     out
+}
+
+/// `on (namespaces, network none, read-only view)` or `off (why)`.
+fn sandbox(b: &SandboxStatus) -> String {
+    if !b.on {
+        return format!(
+            "off ({})",
+            b.off_because.as_deref().map_or("-".into(), cleaned)
+        );
+    }
+    let layers: Vec<String> = b
+        .layers
+        .iter()
+        .map(|l| match l.as_str() {
+            "network" => "network none".to_owned(),
+            "view" => "read-only view".to_owned(),
+            other => cleaned(other),
+        })
+        .collect();
+    format!("on ({})", layers.join(", "))
 }
 
 pub fn reload_report(r: &ReloadReport) -> String {
@@ -323,6 +345,7 @@ mod tests {
             last_error: None,
             interface: None,
             websockets_open: 0,
+            sandbox: None,
         }
     }
 
@@ -337,12 +360,22 @@ mod tests {
         shop.restarts = 1;
         shop.interface = Some("asgi".into());
         shop.websockets_open = 3;
+        shop.sandbox = Some(SandboxStatus {
+            on: true,
+            layers: vec!["namespaces".into(), "view".into()],
+            off_because: None,
+        });
         let mut blog = site("blog", "failed", "python");
         blog.restarts = 6;
         blog.oom_kills = 2;
         blog.memory_limit_bytes = Some(256 << 20);
         blog.last_error = Some("crash loop: OOM-killed (killed by signal 9 (SIGKILL)) after the app allocated too much".into());
         blog.interface = Some("wsgi".into());
+        blog.sandbox = Some(SandboxStatus {
+            on: false,
+            layers: Vec::new(),
+            off_because: Some("sandbox = false".into()),
+        });
         let mut www = site("www", "static", "static");
         www.requests = 9;
         ServerStatus {
@@ -378,6 +411,7 @@ mod tests {
             runtime    python
             interface  asgi
             websockets 3 open
+            sandbox    on (namespaces, read-only view)
             hosts      shop.example
             generation 1
             processes  2 (pids 4242, 4250)
@@ -388,6 +422,22 @@ mod tests {
             last error -
         "#]]
         .assert_eq(&site_detail(&server().sites[1]));
+    }
+
+    #[test]
+    fn a_site_without_its_sandbox_says_why() {
+        let detail = site_detail(&server().sites[0]);
+        expect!["sandbox    off (sandbox = false)"].assert_eq(
+            detail
+                .lines()
+                .find(|l| l.starts_with("sandbox"))
+                .unwrap_or("no sandbox line"),
+        );
+        let www = site_detail(&server().sites[2]);
+        assert!(
+            !www.contains("sandbox"),
+            "a static site runs no process: {www}"
+        );
     }
 
     #[test]
@@ -426,6 +476,7 @@ mod tests {
             runtime    python
             interface  asgi
             websockets 3 open
+            sandbox    on (namespaces, read-only view)
             hosts      shop.example\x1b[8m
             generation 1
             processes  2 (pids 4242, 4250)

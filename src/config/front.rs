@@ -12,7 +12,7 @@ use super::error::FileErrors;
 use super::types::{parse_count, parse_duration, parse_size, Scalar};
 
 /// Server-level keys of `polyhost.toml` that shape the front door.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct FrontConfig {
     /// TLS listen addresses (`tls_listen`); empty: no TLS.
     pub tls_listen: Vec<SocketAddr>,
@@ -42,7 +42,7 @@ impl FrontConfig {
 }
 
 /// Server-wide limits (`[limits]` in `polyhost.toml`).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ServerLimits {
     /// Time from a connection's first byte of a request head (or from accept,
     /// or the TLS handshake) to the complete head; then the connection is closed.
@@ -91,7 +91,7 @@ impl Default for ServerLimits {
 }
 
 /// An IP address or network (`"10.0.0.0/8"`, `"::1"`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct IpCidr {
     addr: IpAddr,
     prefix: u8,

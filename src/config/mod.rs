@@ -42,7 +42,7 @@ pub use tls::{crypto_provider, load_certified_key, LoadedPair, SiteTls, TlsKey};
 pub use types::{parse_duration, parse_size, HostPattern, Scalar, SiteName};
 
 /// Everything polyhost serves, validated.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Config {
     pub server: ServerConfig,
     pub sites: BTreeMap<SiteName, Arc<SiteConfig>>,

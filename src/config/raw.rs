@@ -26,6 +26,7 @@ pub struct RawServer {
     pub log_level: Option<String>,
     pub cgroups: Option<String>,
     pub site_scheduling: Option<String>,
+    pub router_user: Option<String>,
     pub admin: Option<RawAdmin>,
     pub metrics: Option<RawMetrics>,
     // The front door (see `config::front`).

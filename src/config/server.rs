@@ -14,7 +14,7 @@ use super::error::{ConfigError, ConfigErrors, FileErrors, Source};
 use super::raw::RawServer;
 use super::types::parse_duration;
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ServerConfig {
     /// The main file as given on the command line.
     pub main_file: PathBuf,
@@ -34,18 +34,22 @@ pub struct ServerConfig {
     pub cgroups: bool,
     /// Scheduling policy of every site process (`site_scheduling`).
     pub site_scheduling: SiteScheduling,
+    /// The user the router process runs as when polyhost runs as root
+    /// (`router_user`; never root).
+    pub router_user: String,
     pub admin: AdminConfig,
     /// `[metrics] listen`: a TCP address serving only `/metrics`.
     pub metrics_listen: Option<SocketAddr>,
     /// `[metrics] token` (or `token_file`): bearer token required on
-    /// `metrics_listen`; none: that listener is open.
+    /// `metrics_listen`; none: that listener is open. Never serialised.
+    #[serde(skip)]
     pub metrics_token: Option<AdminToken>,
     /// TLS listeners, h2c, trusted proxies, connection and request limits.
     pub front: super::front::FrontConfig,
 }
 
 /// Linux scheduling policy of site processes (`site_scheduling`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum SiteScheduling {
     /// `SCHED_BATCH`: a site process that wakes up (its request arrived)
     /// does not preempt the router mid-slice, so the router keeps moving
@@ -56,14 +60,16 @@ pub enum SiteScheduling {
     Normal,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AdminConfig {
     pub socket: PathBuf,
     /// Group allowed to open the socket besides root.
     pub group: Option<String>,
     /// Optional TCP address of the admin API; never without `token`.
     pub listen: Option<SocketAddr>,
-    /// Bearer token required on `listen` (`token` or `token_file`).
+    /// Bearer token required on `listen` (`token` or `token_file`). Never
+    /// serialised: the router process is not told any token.
+    #[serde(skip)]
     pub token: Option<AdminToken>,
 }
 
@@ -78,6 +84,8 @@ impl std::fmt::Debug for AdminToken {
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// `router_user` when none is set.
+pub const DEFAULT_ROUTER_USER: &str = "polyhost";
 pub const DEFAULT_INCLUDE: &str = "conf.d/*.toml";
 
 /// Loads the main file with its fragments and env overrides. Returns the
@@ -330,6 +338,15 @@ fn validate_server(
             SiteScheduling::Batch
         }
     };
+    let router_user = raw
+        .router_user
+        .unwrap_or_else(|| DEFAULT_ROUTER_USER.to_owned());
+    if router_user.is_empty() || router_user == "root" {
+        errs.add(
+            "router_user",
+            format!("{router_user:?}: the router process serves the internet and must not run as root; name an unprivileged user of its own (default \"{DEFAULT_ROUTER_USER}\": `useradd --system --no-create-home --shell /usr/sbin/nologin {DEFAULT_ROUTER_USER}`)"),
+        );
+    }
     let log_level = raw.log_level.unwrap_or_else(|| "info".into());
     if log_level
         .parse::<tracing_subscriber::filter::EnvFilter>()
@@ -359,6 +376,7 @@ fn validate_server(
         log_level,
         cgroups,
         site_scheduling,
+        router_user,
         admin: super::server::AdminConfig {
             socket,
             group: admin.group,

@@ -19,7 +19,7 @@ use serde::Deserialize;
 use super::error::FileErrors;
 
 /// `[tls]` of a site file, validated.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SiteTls {
     /// PEM certificate chain, leaf first.
     pub cert: PathBuf,
@@ -34,12 +34,65 @@ pub struct SiteTls {
 /// A certificate chain and its key, loaded and checked to belong together.
 /// Two are equal when their chains are (a key that matches a certificate
 /// is that certificate's key); `Debug` shows no key material.
+///
+/// It keeps the DER bytes it was built from so that the configuration can
+/// be handed to the router process (`privsep`), which rebuilds the signing
+/// key with the same provider; serialised, it is the chain and the key's
+/// PKCS#8/PKCS#1/SEC1 DER, so it travels only over the supervisor's own
+/// socket pair, never to disk or a log.
 #[derive(Clone)]
-pub struct LoadedPair(pub Arc<CertifiedKey>);
+pub struct LoadedPair {
+    pub key: Arc<CertifiedKey>,
+    der: Arc<PairDer>,
+}
+
+/// What a [`LoadedPair`] was loaded from, as DER.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct PairDer {
+    chain: Vec<Vec<u8>>,
+    key: Vec<u8>,
+}
+
+impl LoadedPair {
+    /// The key and chain as rustls uses them.
+    pub fn certified(&self) -> &Arc<CertifiedKey> {
+        &self.key
+    }
+
+    fn from_der(der: PairDer) -> Result<Self, String> {
+        let chain: Vec<CertificateDer<'static>> = der
+            .chain
+            .iter()
+            .map(|c| CertificateDer::from(c.clone()))
+            .collect();
+        let key = PrivateKeyDer::try_from(der.key.clone()).map_err(|e| e.to_string())?;
+        let signing = crypto_provider()
+            .key_provider
+            .load_private_key(key)
+            .map_err(|e| e.to_string())?;
+        Ok(LoadedPair {
+            key: Arc::new(CertifiedKey::new(chain, signing)),
+            der: Arc::new(der),
+        })
+    }
+}
+
+impl serde::Serialize for LoadedPair {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.der.serialize(s)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for LoadedPair {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let der = PairDer::deserialize(d)?;
+        LoadedPair::from_der(der).map_err(serde::de::Error::custom)
+    }
+}
 
 impl PartialEq for LoadedPair {
     fn eq(&self, other: &Self) -> bool {
-        self.0.cert == other.0.cert
+        self.key.cert == other.key.cert
     }
 }
 
@@ -47,7 +100,7 @@ impl Eq for LoadedPair {}
 
 impl std::fmt::Debug for LoadedPair {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "LoadedPair({} certificates)", self.0.cert.len())
+        write!(f, "LoadedPair({} certificates)", self.key.cert.len())
     }
 }
 
@@ -66,7 +119,7 @@ pub fn crypto_provider() -> Arc<CryptoProvider> {
 }
 
 /// Which file of a pair was at fault.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum TlsKey {
     Cert,
     Key,
@@ -82,7 +135,7 @@ impl TlsKey {
 }
 
 /// Reads a certificate chain and its private key and checks they belong together.
-pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, (TlsKey, String)> {
+pub fn load_certified_key(cert: &Path, key: &Path) -> Result<LoadedPair, (TlsKey, String)> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .map_err(|e| (TlsKey::Cert, format!("cannot read {}: {e}", cert.display())))?
         .collect::<Result<_, _>>()
@@ -107,6 +160,10 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, 
             format!("cannot read a PEM private key from {}: {e}", key.display()),
         )
     })?;
+    let der_bytes = PairDer {
+        chain: chain.iter().map(|c| c.as_ref().to_vec()).collect(),
+        key: der.secret_der().to_vec(),
+    };
     let provider = crypto_provider();
     let signing = provider.key_provider.load_private_key(der).map_err(|e| {
         (
@@ -117,7 +174,10 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, 
     let certified = CertifiedKey::new(chain, signing);
     match certified.keys_match() {
         Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {
-            Ok(Arc::new(certified))
+            Ok(LoadedPair {
+                key: Arc::new(certified),
+                der: Arc::new(der_bytes),
+            })
         }
         Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => Err((
             TlsKey::Key,
@@ -156,7 +216,7 @@ pub(crate) fn validate_tls(raw: RawTls, base: &Path, errs: &mut FileErrors<'_>) 
     }
     let (cert, key) = (cert?, key?);
     let pair = match load_certified_key(&cert, &key) {
-        Ok(pair) => LoadedPair(pair),
+        Ok(pair) => pair,
         Err((which, msg)) => {
             errs.add(which.key_name(), msg);
             return None;

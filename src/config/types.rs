@@ -30,7 +30,9 @@ impl fmt::Display for Scalar {
 
 /// A site's name: the stem of its vhost file, `[a-z0-9][a-z0-9-]*`, at most 48 bytes
 /// (it becomes part of user-visible paths, cgroup names and socket names).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct SiteName(String);
 
 impl SiteName {
@@ -64,7 +66,9 @@ impl fmt::Display for SiteName {
 
 /// A host name a site answers to: exact (`example.test`) or wildcard
 /// (`*.example.test`, matching any name that ends in `.example.test`).
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum HostPattern {
     Exact(String),
     /// Holds the suffix without the leading `*.`.

@@ -21,11 +21,13 @@
 //!   `.`/`..` segments, encoded slashes, backslashes and NUL bytes are
 //!   refused, empty segments collapsed, and dotfiles (except under
 //!   `/.well-known/`) are reported as not found.
-//! - A [`DocRoot`]'s handle is kept per site generation and is the
-//!   directory the root's path names now, up to an inotify watcher's delay
-//!   ([`current`]: reopened by path, without following symlinks, when the
-//!   root or a directory above it is renamed, replaced, deleted); a lookup
-//!   keeps the handle it started with.
+//! - A [`DocRoot`]'s handle is kept while the root is in use (opened by its
+//!   first request, closed with its watches once unused for a sweep
+//!   period: an idle site holds none) and is the directory the root's path
+//!   names now, up to an inotify watcher's delay ([`current`]: reopened by
+//!   path, without following symlinks, when the root or a directory above
+//!   it is renamed, replaced, deleted); a lookup keeps the handle it
+//!   started with.
 //! - Every `openat2` beneath a root is [`beneath`]'s: the kept handle
 //!   of a [`DocRoot`], or one opened afresh for a request ([`fresh`], for
 //!   PHP: the directory php-fpm will open the script in); what the latter
@@ -106,7 +108,7 @@ impl ResolveError {
     }
 }
 
-/// An open site document root. Cheap to clone (the descriptor is shared).
+/// A site document root. Cheap to clone (the handle is shared).
 #[derive(Clone, Debug)]
 pub struct DocRoot {
     inner: Arc<Inner>,
@@ -234,9 +236,9 @@ fn root_io_error(e: Fail) -> io::Error {
 }
 
 impl DocRoot {
-    /// Opens `root` (see [`open_root_dir`]); everything beneath it is
-    /// resolved with `RESOLVE_BENEATH`, and only files `reader` may read are
-    /// returned.
+    /// Checks that `root` opens (see [`open_root_dir`]; the handle is kept
+    /// from the first request on); everything beneath it is resolved with
+    /// `RESOLVE_BENEATH`, and only files `reader` may read are returned.
     pub fn open(root: &Path, reader: Reader) -> io::Result<DocRoot> {
         Ok(DocRoot {
             inner: Arc::new(Inner {

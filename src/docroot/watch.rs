@@ -25,10 +25,13 @@
 //!   no inotify at all), [`register`] says so and the root is checked by
 //!   reopening it on every request instead (correct, one `openat2` dearer).
 //!
-//! Entries hold the flag weakly: a dropped root stops being told; its
-//! entries are pruned as events arrive, its watches stay (one per directory,
-//! shared by every root beneath it; the kernel drops a watch when its
-//! directory goes).
+//! A root's watches live as long as its kept handle: [`register`] before
+//! the handle is opened, [`unregister`] when it is closed (idle, or its
+//! root dropped). A directory's watch is shared by every root beneath it
+//! and removed with the last of them, so an idle site holds no watch (the
+//! kernel also drops a watch when its directory goes). Entries hold the
+//! flag weakly: a root dropped without unregistering stops being told, and
+//! its entries are pruned as events arrive.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -36,7 +39,7 @@ use std::mem::MaybeUninit;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use rustix::fs::inotify::{self, CreateFlags, ReadFlags, WatchFlags};
@@ -50,8 +53,17 @@ struct Entry {
 
 struct Watcher {
     fd: OwnedFd,
-    /// Watch descriptor → who cares about which name in it.
-    entries: Mutex<HashMap<i32, Vec<Entry>>>,
+    /// Watch descriptor → who cares (by [`Watches::key`]) about which name in it.
+    entries: Mutex<HashMap<i32, HashMap<u64, Entry>>>,
+}
+
+/// The watches one root added, held by the root (under its own lock) so
+/// that [`unregister`] removes exactly those.
+#[derive(Debug, Default)]
+pub(super) struct Watches {
+    /// The root's key in the watcher's entries (0: none yet).
+    key: u64,
+    wds: Vec<i32>,
 }
 
 /// The process's watcher and its reading thread, started on first use;
@@ -77,10 +89,13 @@ fn watcher() -> Option<&'static Watcher> {
 }
 
 /// Watches the directories on `root`'s path for changes to the names it
-/// goes through; a change sets `stale`. False when `root` is not absolute
-/// and normal, or a watch could not be added: then nothing tells `stale`,
-/// and the caller must check the path itself on every request.
-pub(super) fn register(root: &Path, stale: &Arc<AtomicBool>) -> bool {
+/// goes through; a change sets `stale`. The watches added are noted in
+/// `watches` (again for a root registered before: directories new on its
+/// path are added). False when `root` is not absolute and normal, or a
+/// watch could not be added: then nothing tells `stale`, and the caller
+/// must [`unregister`] and check the path itself on every request.
+pub(super) fn register(root: &Path, stale: &Arc<AtomicBool>, watches: &mut Watches) -> bool {
+    static KEYS: AtomicU64 = AtomicU64::new(1);
     let Some(w) = watcher() else {
         return false;
     };
@@ -88,6 +103,9 @@ pub(super) fn register(root: &Path, stale: &Arc<AtomicBool>) -> bool {
     let mut components = root.components();
     if components.next() != Some(Component::RootDir) {
         return false;
+    }
+    if watches.key == 0 {
+        watches.key = KEYS.fetch_add(1, Ordering::Relaxed);
     }
     let mask = WatchFlags::CREATE
         | WatchFlags::DELETE
@@ -97,6 +115,9 @@ pub(super) fn register(root: &Path, stale: &Arc<AtomicBool>) -> bool {
         | WatchFlags::MOVE_SELF
         | WatchFlags::ONLYDIR
         | WatchFlags::DONT_FOLLOW;
+    // Under the lock: an [`unregister`] of another root cannot remove a
+    // directory's watch between its `add_watch` here and the entry.
+    let mut entries = w.entries.lock().unwrap_or_else(|p| p.into_inner());
     for c in components {
         let Component::Normal(name) = c else {
             return false;
@@ -110,22 +131,51 @@ pub(super) fn register(root: &Path, stale: &Arc<AtomicBool>) -> bool {
                 return false;
             }
         };
-        let mut entries = w.entries.lock().unwrap_or_else(|p| p.into_inner());
-        let list = entries.entry(wd).or_default();
-        list.retain(|e| e.stale.strong_count() > 0);
-        let known = list
-            .iter()
-            .any(|e| e.name == name && e.stale.as_ptr() == Arc::as_ptr(stale));
-        if !known {
-            list.push(Entry {
+        entries.entry(wd).or_default().insert(
+            watches.key,
+            Entry {
                 name: name.to_owned(),
                 stale: Arc::downgrade(stale),
-            });
+            },
+        );
+        if !watches.wds.contains(&wd) {
+            watches.wds.push(wd);
         }
-        drop(entries);
         dir.push(name);
     }
     true
+}
+
+/// Removes what [`register`] added for one root; a directory's watch goes
+/// with the last root that needs it.
+pub(super) fn unregister(watches: &mut Watches) {
+    if watches.wds.is_empty() {
+        return;
+    }
+    let Some(w) = watcher() else {
+        return;
+    };
+    let mut entries = w.entries.lock().unwrap_or_else(|p| p.into_inner());
+    for wd in watches.wds.drain(..) {
+        let Some(roots) = entries.get_mut(&wd) else {
+            // Dropped by the kernel (its directory went).
+            continue;
+        };
+        roots.remove(&watches.key);
+        if roots.is_empty() {
+            entries.remove(&wd);
+            // Fails only if the kernel dropped it already.
+            let _ = inotify::remove_watch(&w.fd, wd);
+        }
+    }
+}
+
+impl Watches {
+    /// How many directories' watches this root holds.
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.wds.len()
+    }
 }
 
 /// The watcher thread: reads events for ever and sets the flags they concern.
@@ -153,8 +203,8 @@ fn read_events(w: &'static Watcher) {
         );
         let name = event.file_name().map(|n| n.to_bytes());
         let mut entries = w.entries.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(list) = entries.get_mut(&event.wd()) {
-            list.retain(|e| {
+        if let Some(roots) = entries.get_mut(&event.wd()) {
+            roots.retain(|_, e| {
                 let Some(stale) = e.stale.upgrade() else {
                     return false;
                 };
@@ -173,7 +223,7 @@ fn read_events(w: &'static Watcher) {
 /// Every registered root is stale (lost events, or no more events).
 fn mark_all(w: &Watcher) {
     let entries = w.entries.lock().unwrap_or_else(|p| p.into_inner());
-    for e in entries.values().flatten() {
+    for e in entries.values().flat_map(HashMap::values) {
         if let Some(stale) = e.stale.upgrade() {
             stale.store(true, Ordering::Release);
         }

@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 
-use nix::unistd::{Gid, Group, Uid, User};
+use nix::unistd::{Gid, Uid, User};
 
 /// The Unix user and group a site runs as. Never root (uid 0 or gid 0).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,38 +43,41 @@ pub enum IdentityError {
 }
 
 impl SiteIdentity {
-    /// Resolves `user` (and `group`, or else the user's primary group).
+    /// Resolves `user` (and `group`, or else the user's primary group),
+    /// through [`super::userdb`]: the answers of `getpwnam`/`getgrnam`, at
+    /// the cost of one read of `/etc/passwd` and `/etc/group` for any
+    /// number of sites.
     ///
     /// Refuses uid 0 and gid 0, whatever the names are.
     pub fn resolve(user: &str, group: Option<&str>) -> Result<SiteIdentity, IdentityError> {
-        let u = User::from_name(user)
+        let u = super::userdb::user(user)
             .map_err(|source| IdentityError::Lookup {
                 name: user.to_owned(),
                 source,
             })?
             .ok_or_else(|| not_found(user, IdentityError::NoSuchUser))?;
-        if u.uid.is_root() {
+        if u.uid == 0 {
             return Err(IdentityError::RootUser(user.to_owned()));
         }
         let (gid, group_name) = match group {
             Some(name) => {
-                let g = Group::from_name(name)
+                let gid = super::userdb::group_id(name)
                     .map_err(|source| IdentityError::Lookup {
                         name: name.to_owned(),
                         source,
                     })?
                     .ok_or_else(|| not_found(name, IdentityError::NoSuchGroup))?;
-                (g.gid, name.to_owned())
+                (gid, name.to_owned())
             }
             None => (u.gid, format!("{} (primary group of {user})", u.gid)),
         };
-        if gid.as_raw() == 0 {
+        if gid == 0 {
             return Err(IdentityError::RootGroup(group_name));
         }
         Ok(SiteIdentity {
             user: u.name,
-            uid: u.uid.as_raw(),
-            gid: gid.as_raw(),
+            uid: u.uid,
+            gid,
             home: u.dir,
         })
     }
@@ -140,6 +143,11 @@ fn classify_not_found(
 /// and own cgroups. When it cannot, sites run as [`SiteIdentity::current`].
 pub fn running_as_root() -> bool {
     Uid::effective().is_root()
+}
+
+/// The id of the group named `name` (see [`super::userdb`]).
+pub fn group_id(name: &str) -> nix::Result<Option<u32>> {
+    super::userdb::group_id(name)
 }
 
 #[cfg(test)]

@@ -7,15 +7,21 @@
 //!
 //! # Layout
 //! - [`identity`]: who a site runs as ([`SiteIdentity`]); never root.
+//!   `userdb`: its name lookups, answered from one read of `/etc/passwd` and
+//!   `/etc/group` while they are unchanged (10,000 sites, one pass).
 //! - [`cgroup`]: one interface ([`CgroupRoot`], [`SiteCgroup`]) over cgroup v2
 //!   and v1, or the "unavailable" fallback; limits and usage.
 //! - [`spawn`](mod@spawn): starting a site process ([`SpawnSpec`] → [`spawn()`]),
 //!   the child's fixed, fail-closed setup order; [`sandbox`]: the per-site
 //!   namespaces and mounts a process starts in.
+//! - [`inherited`]: descriptors inherited at known numbers, taken over
+//!   once (`polyhost router`'s link and listeners).
 //! - [`nofile`]: polyhost's own file-descriptor limit (raised at start).
 //! - [`process`]: a running [`SiteProcess`] (wait, stop, kill on drop).
 //! - [`reap`]: which pids polyhost may wait for, the reaping of orphans (the
 //!   subreaper) and its pause; below `process` and `cgroup`, which both use it.
+//! - [`router_process`]: starting the router process (`privsep`) as
+//!   `router_user` with `CAP_DAC_READ_SEARCH` alone.
 //! - [`sealed`]: [`sealed_file`], contents handed to a site process that it
 //!   can read but never change (php-fpm's generated config).
 //! - [`unread`]: [`unread_by_peer`], what a Unix socket's peer has not read
@@ -26,12 +32,16 @@
 
 pub mod cgroup;
 pub mod identity;
+pub mod inherited;
 pub mod nofile;
 pub mod process;
 pub mod reap;
+pub mod router_process;
 pub mod sealed;
 pub mod spawn;
+mod step_report;
 pub mod unread;
+mod userdb;
 
 pub use cgroup::{CgroupError, CgroupKind, CgroupRoot, Limits, SiteCgroup, Usage};
 pub use identity::{running_as_root, IdentityError, SiteIdentity};

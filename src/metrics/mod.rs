@@ -21,4 +21,4 @@ pub mod site;
 
 pub use connections::{connection_opened, ConnectionGuard};
 pub use php_pool::{PhpPoolCounters, PhpPoolStats, PoolEvent};
-pub use site::{InFlight, SiteStats, SiteView};
+pub use site::{InFlight, SiteCounters, SiteStats, SiteView};

@@ -104,6 +104,28 @@ impl SiteStats {
     pub fn websockets_total(&self) -> u64 {
         self.websockets_total.get()
     }
+
+    /// The counters `polyhost status` shows, as plain values (what the
+    /// router process reports to the supervisor, `privsep`).
+    pub fn counters(&self) -> SiteCounters {
+        SiteCounters {
+            requests: self.requests(),
+            responses_5xx: self.responses_5xx(),
+            in_flight: self.in_flight(),
+            websockets_open: self.websockets_open(),
+            websockets_total: self.websockets_total(),
+        }
+    }
+}
+
+/// A site's status counters at one moment ([`SiteStats::counters`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SiteCounters {
+    pub requests: u64,
+    pub responses_5xx: u64,
+    pub in_flight: i64,
+    pub websockets_open: u64,
+    pub websockets_total: u64,
 }
 
 /// An open WebSocket; closed (counted down) when dropped.

@@ -81,7 +81,7 @@ impl SiteCerts {
             let Some(tls) = &site.config.tls else {
                 continue;
             };
-            let key = tls.pair.0.clone();
+            let key = tls.pair.certified().clone();
             if site.config.default {
                 certs.default = Some(key.clone());
             }

@@ -25,7 +25,7 @@ use crate::config::{ConfigError, ConfigErrors, SiteConfig};
 use crate::router::{SiteLogs, SiteRoute, SiteStats};
 use crate::supervisor::{GroupState, Supervisor};
 
-pub use route::{build_route, disabled_route};
+pub use route::{build_route, disabled_route, unavailable_route};
 pub use runtimes::{build_runtimes, same_runtime, GroupNotReady, NotReady, Runtimes};
 
 /// One site as it runs: see the module doc. Cloning shares everything.
@@ -99,12 +99,68 @@ impl Site {
         }
     }
 
+    /// A site stopped by the operator that was not running here before
+    /// (the router process learns it stopped): like [`stopped`](Self::stopped)
+    /// of its running version, at `generation`.
+    pub fn stopped_at(
+        config: &Arc<SiteConfig>,
+        supervisor: &Supervisor,
+        generation: u64,
+        logs: Arc<SiteLogs>,
+        stats: Arc<SiteStats>,
+    ) -> Site {
+        let uid = match config.runs_code() {
+            true => supervisor.identity(config).ok().flatten().map(|id| id.uid),
+            false => None,
+        };
+        Site {
+            route: Arc::new(disabled_route(config, logs, stats, uid)),
+            runtimes: Arc::new(Runtimes::without_processes(
+                generation,
+                None,
+                crate::docroot::Reader::Anyone,
+            )),
+            stopped: true,
+        }
+    }
+
+    /// A site that cannot be served as configured here (the router process
+    /// could not build what the supervisor did): every request gets a 503
+    /// saying `why`, rather than another site's answer.
+    pub fn unavailable(
+        config: &Arc<SiteConfig>,
+        generation: u64,
+        logs: Arc<SiteLogs>,
+        stats: Arc<SiteStats>,
+        why: String,
+    ) -> Site {
+        Site {
+            route: Arc::new(unavailable_route(config, logs, stats, None, why)),
+            runtimes: Arc::new(Runtimes::without_processes(
+                generation,
+                None,
+                crate::docroot::Reader::Anyone,
+            )),
+            stopped: false,
+        }
+    }
+
     pub fn config(&self) -> &Arc<SiteConfig> {
         &self.route.config
     }
 
     pub fn logs(&self) -> &Arc<SiteLogs> {
         &self.route.logs
+    }
+
+    /// What a metrics scrape reads of the site: its counters and, for a
+    /// Python site, its worker threads.
+    pub fn metrics_view(&self) -> crate::metrics::SiteView {
+        crate::metrics::SiteView {
+            stats: self.stats().clone(),
+            threads: self.runtimes().python.as_ref().map(|py| py.threads()),
+            php: self.runtimes().php.is_some(),
+        }
     }
 
     pub fn stats(&self) -> &Arc<SiteStats> {
@@ -142,6 +198,12 @@ impl Site {
 /// Opens a site's log files (see [`SiteLogs::open`]: never an error).
 pub fn open_logs(site: &SiteConfig, log_dir: &Path) -> Arc<SiteLogs> {
     Arc::new(SiteLogs::open(log_dir, site.name.as_str()))
+}
+
+/// Opens a site's log files as the supervisor made them (the router
+/// process, `privsep`: see [`SiteLogs::open_existing`]).
+pub fn attach_logs(site: &SiteConfig, log_dir: &Path) -> Arc<SiteLogs> {
+    Arc::new(SiteLogs::open_existing(log_dir, site.name.as_str()))
 }
 
 /// Gives read access to a site's logs to the group its processes run with

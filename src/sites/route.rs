@@ -76,16 +76,28 @@ pub fn disabled_route(
     stats: Arc<SiteStats>,
     uid: Option<u32>,
 ) -> SiteRoute {
+    let why = format!("site {} is stopped by the operator", site.name);
+    unavailable_route(site, logs, stats, uid, why)
+}
+
+/// A route that answers 503 for everything, saying `why` in the site's log.
+pub fn unavailable_route(
+    site: &Arc<SiteConfig>,
+    logs: Arc<SiteLogs>,
+    stats: Arc<SiteStats>,
+    uid: Option<u32>,
+    why: String,
+) -> SiteRoute {
     SiteRoute {
         config: site.clone(),
-        mounts: MountTable::new(vec![(String::new(), Arc::new(Disabled))]),
+        mounts: MountTable::new(vec![(String::new(), Arc::new(Disabled(why)))]),
         logs,
         stats,
         uid,
     }
 }
 
-struct Disabled;
+struct Disabled(String);
 
 impl Upstream for Disabled {
     fn kind(&self) -> &'static str {
@@ -94,13 +106,8 @@ impl Upstream for Disabled {
     fn handle<'a>(
         &'a self,
         _req: http::Request<RequestBody>,
-        ctx: &'a RequestContext,
+        _ctx: &'a RequestContext,
     ) -> BoxFuture<'a, Result<http::Response<ResponseBody>, UpstreamError>> {
-        Box::pin(async move {
-            Err(UpstreamError::Unavailable(format!(
-                "site {} is stopped by the operator",
-                ctx.site.name
-            )))
-        })
+        Box::pin(async move { Err(UpstreamError::Unavailable(self.0.clone())) })
     }
 }

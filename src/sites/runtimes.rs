@@ -142,6 +142,7 @@ pub fn same_runtime(a: &SiteConfig, b: &SiteConfig) -> bool {
         && a.limits.memory == b.limits.memory
         && a.limits.processes == b.limits.processes
         && a.limits.cpu == b.limits.cpu
+        && a.sandbox == b.sandbox
 }
 
 /// Starts the process groups of a site's runtimes (none for a static site).
@@ -169,15 +170,19 @@ pub fn build_runtimes(
             .as_ref()
             .map(|s| s.shared_tmp.clone())
             .unwrap_or_default();
-        let launcher = PhpLauncher::new(site, supervisor.state_dir(), ctx.identity.clone())
-            .map(|l| l.with_private_tmp(private_tmp))
-            .ok_or_else(|| {
-                one_error(
-                    site,
-                    "php.fpm",
-                    "no php-fpm binary found in /usr/sbin (install php8.2-fpm, or name one with php.fpm)".into(),
-                )
-            })?;
+        let launcher = if supervisor.is_attached() {
+            PhpLauncher::attached(site, supervisor.state_dir())
+        } else {
+            PhpLauncher::new(site, supervisor.state_dir(), ctx.identity.clone())
+                .map(|l| l.with_private_tmp(private_tmp))
+                .ok_or_else(|| {
+                    one_error(
+                        site,
+                        "php.fpm",
+                        "no php-fpm binary found in /usr/sbin (install php8.2-fpm, or name one with php.fpm)".into(),
+                    )
+                })?
+        };
         let group = supervisor.spawn_group(site, &ctx, Arc::new(launcher), generation);
         rt.php = Some(group.clone());
         rt.groups.push(group);

@@ -182,6 +182,9 @@ fn same_runtime_compares_what_processes_see_only() {
         "[limits]\nmemory = \"64M\"",
         "[limits]\nprocesses = 10",
         "[limits]\ncpu = 1.5",
+        "sandbox = false",
+        "[sandbox]\nnetwork = \"none\"",
+        "[sandbox]\npaths = [\"/srv\"]",
     ];
     for extra in different {
         assert!(!same_runtime(&base, &dir.one("a", extra)), "{extra}");

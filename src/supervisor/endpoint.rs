@@ -11,6 +11,17 @@
 //! its process can be stopped without cutting a request. A request that
 //! loses that race (`Lease::try_take` returns `None`) takes another
 //! endpoint, or starts the group again.
+//!
+//! With a router process (`privsep`), the router's leases live in that
+//! process: the supervisor's endpoint carries what the router last reported
+//! (`remote` counters, included in [`Endpoint::inflight`] and
+//! [`Endpoint::served`]) and a **router hold**, set before the endpoint is
+//! first told to the router ([`Endpoint::hold_for_router`]) and released
+//! when the router says it holds no lease on it any more, or dies. The
+//! drain waits for both ([`Endpoint::is_idle`]). `hold_for_router` and
+//! `close` are a Dekker pair (each stores, then reads the other's flag, all
+//! `SeqCst`): an endpoint is either never told to the router, or its drain
+//! sees the hold and waits for the router.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -30,6 +41,13 @@ pub struct Endpoint {
     served: AtomicU64,
     /// Set when the process is unpublished to be stopped: no new lease.
     closed: AtomicBool,
+    /// The router process's requests on it now, as it last reported.
+    remote_inflight: AtomicUsize,
+    /// Requests the router finished on it since it was told of it, as it
+    /// last reported.
+    remote_served: AtomicU64,
+    /// Told to the router, which has not said it let go of it yet.
+    router_held: AtomicBool,
 }
 
 impl Endpoint {
@@ -42,12 +60,15 @@ impl Endpoint {
             inflight: AtomicUsize::new(0),
             served: AtomicU64::new(0),
             closed: AtomicBool::new(false),
+            remote_inflight: AtomicUsize::new(0),
+            remote_served: AtomicU64::new(0),
+            router_held: AtomicBool::new(false),
         }
     }
-    /// Leases held now. Sequentially consistent with [`close`](Self::close)
+    /// Leases held now, here and (as last reported) in the router process. Sequentially consistent with [`close`](Self::close)
     /// and `Lease::try_take` (see the module's invariant).
     pub fn inflight(&self) -> usize {
-        self.inflight.load(Ordering::SeqCst)
+        self.inflight.load(Ordering::SeqCst) + self.remote_inflight.load(Ordering::SeqCst)
     }
     /// Refuses every lease from now on (the process is about to be drained
     /// and stopped). Unpublish the endpoint first, so a request that finds
@@ -58,8 +79,55 @@ impl Endpoint {
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::SeqCst)
     }
+    /// Requests finished on it, here and (as last reported) in the router.
     pub fn served(&self) -> u64 {
-        self.served.load(Ordering::Relaxed)
+        self.served.load(Ordering::Relaxed) + self.remote_served.load(Ordering::Relaxed)
+    }
+
+    /// No request on it, nor a router that may still send one: a drained
+    /// process may stop.
+    pub fn is_idle(&self) -> bool {
+        self.inflight() == 0 && !self.router_held()
+    }
+
+    /// Marks the endpoint as told to the router, unless it is closed
+    /// already (then it must not be told: returns `false`). See the module
+    /// doc for the pairing with [`close`](Self::close).
+    pub fn hold_for_router(&self) -> bool {
+        self.router_held.store(true, Ordering::SeqCst);
+        if self.closed.load(Ordering::SeqCst) {
+            self.router_held.store(false, Ordering::SeqCst);
+            return false;
+        }
+        true
+    }
+
+    /// The router said it holds no lease on the endpoint and takes none
+    /// (so none is in flight there either).
+    pub fn release_router_hold(&self) {
+        self.remote_inflight.store(0, Ordering::SeqCst);
+        self.router_held.store(false, Ordering::SeqCst);
+    }
+
+    pub fn router_held(&self) -> bool {
+        self.router_held.load(Ordering::SeqCst)
+    }
+
+    /// What the router reported: requests on it now, and finished since it
+    /// was told of it (absolute values).
+    pub fn set_remote(&self, in_flight: usize, served: u64) {
+        self.remote_inflight.store(in_flight, Ordering::SeqCst);
+        self.remote_served.store(served, Ordering::Relaxed);
+    }
+
+    /// The router process is gone: it holds nothing, and what it served is
+    /// kept in the endpoint's own count (`max_requests` still sees it; a new
+    /// router reports from zero).
+    pub fn clear_router(&self) {
+        let served = self.remote_served.swap(0, Ordering::Relaxed);
+        self.served.fetch_add(served, Ordering::Relaxed);
+        self.remote_inflight.store(0, Ordering::SeqCst);
+        self.router_held.store(false, Ordering::SeqCst);
     }
 }
 
@@ -83,6 +151,12 @@ impl Activity {
         if self.last_ms.load(Ordering::Relaxed) != now {
             self.last_ms.store(now, Ordering::Relaxed);
         }
+    }
+    /// A request started or ended `ago` (reported by the router process):
+    /// moves the last activity forward, never back.
+    pub fn touch_ago(&self, ago: std::time::Duration) {
+        let at = crate::clock::coarse_ms().saturating_sub(ago.as_millis() as u64);
+        self.last_ms.fetch_max(at, Ordering::Relaxed);
     }
     pub fn idle_for(&self) -> std::time::Duration {
         let last = self.last_ms.load(Ordering::Relaxed);
@@ -156,6 +230,49 @@ mod tests {
             (0, 1),
             "a refused take serves nothing"
         );
+    }
+
+    #[test]
+    fn router_counts_and_hold_make_an_endpoint_busy_until_released() {
+        let e = Endpoint::new(1, 1, "/x.sock".into(), None);
+        assert!(e.is_idle());
+        assert!(e.hold_for_router());
+        assert!(!e.is_idle(), "held by the router");
+        e.set_remote(2, 7);
+        assert_eq!((e.inflight(), e.served()), (2, 7));
+        e.set_remote(0, 9);
+        e.release_router_hold();
+        assert!(e.is_idle());
+        e.set_remote(1, 3);
+        e.clear_router();
+        assert_eq!(
+            (e.inflight(), e.served(), e.router_held()),
+            (0, 3, false),
+            "a dead router's served requests are kept"
+        );
+        e.close();
+        assert!(!e.hold_for_router(), "a closed endpoint is never told");
+        assert!(e.is_idle());
+    }
+
+    /// `hold_for_router` against a drain: either the endpoint is not told
+    /// to the router, or the drain sees it held.
+    #[test]
+    fn a_drain_sees_every_hold_that_was_told() {
+        for _ in 0..2000 {
+            let e = Arc::new(Endpoint::new(1, 1, "/x.sock".into(), None));
+            let told = {
+                let e = e.clone();
+                std::thread::spawn(move || e.hold_for_router())
+            };
+            e.close();
+            let drain_saw_held = e.router_held();
+            let told = told.join().unwrap();
+            assert!(
+                !told || drain_saw_held,
+                "told to the router after the drain looked"
+            );
+        }
     }
 
     /// The drain's side of the race, many times over: a lease that

@@ -155,6 +155,18 @@ impl GroupHandle {
         let _ = self.tx.send(Cmd::RestartAll);
     }
 
+    /// The group's published snapshots, as they change (the privilege-
+    /// separated supervisor forwards them to the router process).
+    pub fn watch_snapshot(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.snapshot.clone()
+    }
+
+    /// The router process used the group `idle` ago (a request started or
+    /// ended then): the idle check (scale to zero) counts it as activity.
+    pub fn note_remote_activity(&self, idle: Duration) {
+        self.activity.touch_ago(idle);
+    }
+
     /// Drains and stops every process; returns when they are gone.
     pub async fn stop(&self) {
         let (tx, rx) = oneshot::channel();

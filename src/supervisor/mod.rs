@@ -9,7 +9,12 @@
 //! can reach ([`sockets`]) and handed to its process, so no site's code can
 //! connect to one, not even its own; nothing in a site's state directory
 //! ([`site_dirs`]) is reachable through its group.
+//!
+//! In the router process of a privilege-separated polyhost
+//! ([`Supervisor::for_router`]) nothing is started: every group is
+//! [`attached`] to the one the supervisor process runs.
 
+pub mod attached;
 pub mod endpoint;
 pub mod group;
 pub mod handle;
@@ -26,6 +31,7 @@ pub mod watch;
 use std::path::{Path, PathBuf};
 use std::sync::Once;
 
+pub use attached::Attachments;
 pub use endpoint::Endpoint;
 pub use group::{spawn_group, GroupSpec};
 pub use handle::GroupHandle;
@@ -34,7 +40,7 @@ pub use lease::{LeaseError, RuntimeHandle, RuntimeLease};
 pub use mailbox::STOP_GRACE;
 pub use policy::{RestartPolicy, RestartTracker};
 pub use separation::{configured_site_identities, site_identities, IdentityDefaults};
-pub use snapshot::{GroupState, Snapshot};
+pub use snapshot::{GroupKey, GroupState, Snapshot};
 pub use sockets::check_paths as check_socket_paths;
 
 use crate::config::{ServerConfig, SiteConfig, SiteScheduling};
@@ -58,6 +64,8 @@ pub enum SiteSetupError {
     Cgroup(#[from] isolation::CgroupError),
     #[error("sandbox.network = \"none\" needs the sandbox, which is unavailable here: {0}")]
     SandboxUnavailable(&'static str),
+    #[error("sandbox.paths: the read-only view is unavailable here: {0}")]
+    ViewUnavailable(&'static str),
 }
 
 /// Server-wide supervision state: the cgroup root and the state directory.
@@ -72,6 +80,12 @@ pub struct Supervisor {
     defaults: IdentityDefaults,
     /// `site_scheduling = "batch"`: site processes run under `SCHED_BATCH`.
     batch_scheduling: bool,
+    /// Router mode ([`Supervisor::for_router`]): every group is attached
+    /// to the supervisor process's, which runs it.
+    attached: Option<std::sync::Arc<Attachments>>,
+    /// Router mode: each site's uid and group as the supervisor resolved
+    /// them ([`Supervisor::know_identities`]), by site name.
+    known: std::sync::Mutex<std::collections::HashMap<String, Option<(u32, u32)>>>,
 }
 
 /// What every process of one site shares.
@@ -128,7 +142,43 @@ impl Supervisor {
             log_dir: server.log_dir.clone(),
             defaults: IdentityDefaults::of(server),
             batch_scheduling: server.site_scheduling == SiteScheduling::Batch,
+            attached: None,
+            known: Default::default(),
         }
+    }
+
+    /// The supervisor of the router process (`privsep`): it starts nothing
+    /// and touches no file. Sites are built over it as in the supervisor
+    /// process, with the same identities (resolved as the root supervisor
+    /// resolves them, whoever runs this) and paths, but no cgroup, no
+    /// sandbox, no directory made, no subreaper nor reaper; each group is
+    /// the one of `groups` named by its site, runtime and generation.
+    pub fn for_router(server: &ServerConfig, groups: std::sync::Arc<Attachments>) -> Supervisor {
+        Supervisor {
+            cgroups: CgroupRoot::disabled("the router process runs no site process"),
+            epochs: Default::default(),
+            state_dir: server.state_dir.clone(),
+            log_dir: server.log_dir.clone(),
+            defaults: IdentityDefaults::of(server),
+            batch_scheduling: server.site_scheduling == SiteScheduling::Batch,
+            attached: Some(groups),
+            known: Default::default(),
+        }
+    }
+
+    /// Router mode: who each site runs as (uid and group; `None`: a static
+    /// site without a user), as the supervisor resolved it. A site named
+    /// here is not looked up in the user database; one that is not is.
+    pub fn know_identities(&self, sites: impl IntoIterator<Item = (String, Option<(u32, u32)>)>) {
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        known.clear();
+        known.extend(sites);
+    }
+
+    /// True in the router process ([`for_router`](Self::for_router)):
+    /// groups are attached, no process is started here.
+    pub fn is_attached(&self) -> bool {
+        self.attached.is_some()
     }
 
     pub fn state_dir(&self) -> &Path {
@@ -141,6 +191,33 @@ impl Supervisor {
 
     /// Resolves who a site runs as (never root).
     pub fn identity(&self, site: &SiteConfig) -> Result<Option<SiteIdentity>, SiteSetupError> {
+        if self.is_attached() {
+            let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+            match known.get(site.name.as_str()) {
+                Some(Some((uid, gid))) => {
+                    let user = site.user.as_deref().or(self.defaults.user.as_deref());
+                    return Ok(Some(SiteIdentity {
+                        user: user.unwrap_or_default().to_owned(),
+                        uid: *uid,
+                        gid: *gid,
+                        // Only a process started here would use it: none is.
+                        home: PathBuf::new(),
+                    }));
+                }
+                Some(None) => return Err(SiteSetupError::NoUser),
+                None => {}
+            }
+            drop(known);
+            // As the supervisor resolved it (it is root); it refused the
+            // privileged groups already (and that check costs a dozen group
+            // lookups per site).
+            return resolve_configured(
+                site,
+                self.defaults.user.as_deref(),
+                self.defaults.group.as_deref(),
+            )
+            .map(Some);
+        }
         site_identity(
             site,
             self.defaults.user.as_deref(),
@@ -185,18 +262,32 @@ impl Supervisor {
 
     /// Prepares what the site's processes share: identity, cgroup with the
     /// site's limits, the site's state directory and its socket directory.
+    /// In the router process, only identity and paths: nothing is made.
     pub fn site_context(&self, site: &SiteConfig) -> Result<SiteContext, SiteSetupError> {
         let identity = self.identity(site)?;
         let dir = self.state_dir.join("sites").join(site.name.as_str());
+        if self.is_attached() {
+            return Ok(SiteContext {
+                identity,
+                cgroup: None,
+                sandbox: None,
+                tmp: dir.join("tmp"),
+                socket_dir: sockets::sockets_root(&self.state_dir).join(site.name.as_str()),
+                error_log: self.log_dir.join(format!("{}.error.log", site.name)),
+                dir,
+                epoch: 0,
+            });
+        }
         site_dirs::prepare_site_dir(&dir, identity.as_ref())?;
         let socket_dir = sockets::sockets_root(&self.state_dir).join(site.name.as_str());
         sockets::prepare_root_only_dir(&socket_dir).map_err(|source| SiteSetupError::Dir {
             path: socket_dir.clone(),
             source,
         })?;
-        // Counted and created under one lock, so that a pending removal of
-        // this site's cgroup (site removed a moment ago) either runs first or
-        // sees the new epoch and leaves the cgroup alone.
+        // Counted under one lock, so that a pending removal of this site's
+        // cgroup (site removed a moment ago) either runs first or sees the
+        // new epoch and leaves the cgroup alone (which this set-up makes,
+        // or reuses, with its first process).
         let mut epochs = self.epochs.lock().unwrap_or_else(|p| p.into_inner());
         let epoch = epochs.entry(site.name.to_string()).or_insert(0);
         *epoch += 1;
@@ -207,7 +298,8 @@ impl Supervisor {
                 processes: site.limits.processes,
                 cpu: site.limits.cpu,
             };
-            Some(self.cgroups.site(site.name.as_str(), &limits)?)
+            // Made with its first process: an idle site has no cgroup.
+            Some(self.cgroups.site_on_demand(site.name.as_str(), &limits)?)
         } else {
             None
         };
@@ -226,7 +318,9 @@ impl Supervisor {
         })
     }
 
-    /// Starts a process group for one runtime of a site.
+    /// Starts a process group for one runtime of a site; in the router
+    /// process, attaches to the supervisor's group of that site, runtime
+    /// and generation.
     pub fn spawn_group(
         &self,
         site: &SiteConfig,
@@ -234,6 +328,14 @@ impl Supervisor {
         launcher: std::sync::Arc<dyn Launcher>,
         generation: u64,
     ) -> GroupHandle {
+        if let Some(groups) = &self.attached {
+            let key = GroupKey {
+                site: site.name.to_string(),
+                runtime: launcher.runtime().to_owned(),
+                generation,
+            };
+            return groups.attach(key, launcher.runtime(), &launcher.lifecycle());
+        }
         let rlimits = Rlimits {
             nofile: 8192,
             nproc: if ctx.cgroup.is_none() {
@@ -294,7 +396,8 @@ impl Supervisor {
 
 /// The sandbox of a site's processes: on unless the site opts out, where
 /// the kernel allows it (else off, warned once at start), but an explicit
-/// `network = "none"` is a promise polyhost cannot keep without it: an error.
+/// `network = "none"` or `paths` (the view) is a promise polyhost cannot
+/// keep without it: an error.
 fn sandbox_of(
     site: &SiteConfig,
     state_dir: &Path,
@@ -304,15 +407,40 @@ fn sandbox_of(
         return Ok(None);
     }
     let network_none = site.sandbox.network == crate::config::SandboxNetwork::None;
+    if site.sandbox.view.is_some() {
+        if let Some(why) = isolation::sandbox::view_unavailable() {
+            return Err(SiteSetupError::ViewUnavailable(why));
+        }
+    }
     match isolation::sandbox::unavailable() {
         None => Ok(Some(isolation::Sandbox {
             tmp: tmp.to_path_buf(),
             shared_tmp: shared_tmp_to_replace(site, state_dir),
             network_none,
+            view: view_of(site, state_dir, tmp),
         })),
         Some(why) if network_none => Err(SiteSetupError::SandboxUnavailable(why)),
         Some(_) => Ok(None),
     }
+}
+
+/// The read-only view of a site with `sandbox.paths`: besides what every
+/// view holds (`isolation::sandbox::View`), the site's root, Python home
+/// and path and its state directory (the parent of `tmp`: php-fpm's pid
+/// file and log, sessions, uploads), and the paths it lists, read-only.
+fn view_of(site: &SiteConfig, state_dir: &Path, tmp: &Path) -> Option<isolation::sandbox::View> {
+    let read_only = site.sandbox.view.clone()?;
+    let mut own: Vec<PathBuf> = site.root.iter().cloned().collect();
+    if let Some(py) = &site.python {
+        own.extend(py.home.iter().cloned());
+        own.extend(py.path.iter().cloned());
+    }
+    Some(isolation::sandbox::View {
+        mount_point: state_dir.join("view"),
+        site: own,
+        state: tmp.parent().unwrap_or(tmp).to_path_buf(),
+        read_only,
+    })
 }
 
 impl Drop for Supervisor {
@@ -332,6 +460,7 @@ fn shared_tmp_to_replace(site: &SiteConfig, state_dir: &Path) -> Vec<PathBuf> {
     let canonical = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
     let mut needed: Vec<PathBuf> = vec![canonical(state_dir)];
     needed.extend(site.root.as_deref().map(canonical));
+    needed.extend(site.sandbox.view.iter().flatten().map(|p| canonical(p)));
     if let Some(py) = &site.python {
         needed.extend(py.home.as_deref().map(canonical));
         needed.extend(py.path.iter().map(|p| canonical(p)));
@@ -388,6 +517,17 @@ pub fn configured_identity(
     default_group: Option<&str>,
     admin_group: Option<&str>,
 ) -> Result<SiteIdentity, SiteSetupError> {
+    let identity = resolve_configured(site, default_user, default_group)?;
+    refuse_privileged_group(&identity, admin_group)?;
+    Ok(identity)
+}
+
+/// [`configured_identity`] without its check of privileged groups.
+fn resolve_configured(
+    site: &SiteConfig,
+    default_user: Option<&str>,
+    default_group: Option<&str>,
+) -> Result<SiteIdentity, SiteSetupError> {
     let user = site
         .user
         .as_deref()
@@ -398,9 +538,7 @@ pub fn configured_identity(
     } else {
         default_group
     });
-    let identity = SiteIdentity::resolve(user, group)?;
-    refuse_privileged_group(&identity, admin_group)?;
-    Ok(identity)
+    Ok(SiteIdentity::resolve(user, group)?)
 }
 
 /// Groups that grant power beyond a site: membership would let site code
@@ -428,8 +566,8 @@ fn refuse_privileged_group(
     admin_group: Option<&str>,
 ) -> Result<(), SiteSetupError> {
     for name in PRIVILEGED_GROUPS.iter().copied().chain(admin_group) {
-        if let Ok(Some(g)) = nix::unistd::Group::from_name(name) {
-            if g.gid.as_raw() == identity.gid {
+        if let Ok(Some(gid)) = isolation::identity::group_id(name) {
+            if gid == identity.gid {
                 return Err(SiteSetupError::PrivilegedGroup(name.to_owned()));
             }
         }

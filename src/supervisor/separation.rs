@@ -35,6 +35,8 @@ pub struct IdentityDefaults {
     pub group: Option<String>,
     /// `[admin] group`: never a site's group.
     pub admin_group: Option<String>,
+    /// `router_user`: the router process's user (`privsep`), never a site's.
+    pub router_user: Option<String>,
 }
 
 impl IdentityDefaults {
@@ -43,6 +45,7 @@ impl IdentityDefaults {
             user: server.default_user.clone(),
             group: server.default_group.clone(),
             admin_group: server.admin.group.clone(),
+            router_user: Some(server.router_user.clone()),
         }
     }
 }
@@ -115,12 +118,28 @@ fn check_separation(
 ) {
     let mut by_uid: BTreeMap<u32, &SiteConfig> = BTreeMap::new();
     let mut by_gid: BTreeMap<u32, &SiteConfig> = BTreeMap::new();
+    // The router process's user (when it exists: `check` reports it missing).
+    let router = defaults
+        .router_user
+        .as_deref()
+        .and_then(|name| nix::unistd::User::from_name(name).ok().flatten());
     // Sites in name order: each conflict is reported once, on the later site,
     // naming the first site that holds the id.
     for (name, id) in resolved {
         let Some(site) = sites.get(name) else {
             continue;
         };
+        if let Some(router) = router.as_ref().filter(|r| r.uid.as_raw() == id.uid) {
+            errors.push(ConfigError::in_file(
+                &site.file,
+                "user",
+                format!(
+                    "site {} would run as user `{}` (uid {}), the router process's user (router_user): its code could signal the router that serves every site; give every site that runs PHP or Python a user of its own",
+                    site.name, router.name, id.uid
+                ),
+            ));
+            continue;
+        }
         if let Some(first) = by_uid.get(&id.uid) {
             errors.push(ConfigError::in_file(
                 &site.file,

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use super::endpoint::Endpoint;
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum GroupState {
     /// No process: not started yet, or scaled to zero.
     Idle,
@@ -49,4 +49,27 @@ pub struct Snapshot {
     /// Set while the application itself is broken (its last process failed
     /// to load it); cleared when a process becomes ready.
     pub app_error: Option<String>,
+}
+
+/// Names one process group across processes (`privsep`): a site's runtime
+/// in one generation. The supervisor's generation numbers only grow while
+/// it runs, so a key is never reused.
+#[derive(
+    Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+pub struct GroupKey {
+    pub site: String,
+    /// "php" or "python" (`Launcher::runtime`).
+    pub runtime: String,
+    pub generation: u64,
+}
+
+impl std::fmt::Display for GroupKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {} (generation {})",
+            self.site, self.runtime, self.generation
+        )
+    }
 }

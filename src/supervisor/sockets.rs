@@ -18,6 +18,12 @@
 //! Connecting through `/proc/<pid>/fd/N` does not work either: it names the
 //! socket's own inode, which no address is bound to.
 //!
+//! With a router process (`privsep`), the router (not root) must connect
+//! to these sockets: it reaches them through the 0700 directories with
+//! `CAP_DAC_READ_SEARCH`, and each socket is made the router user's
+//! (`0600 router_user`, [`set_router_owner`]), since `connect(2)` needs write
+//! permission on the socket itself. Site users still reach none.
+//!
 //! polyhost closes its copy of a listener once the process has started: when
 //! the process dies, the listener dies with it and a connection is refused at
 //! once (502/503), instead of waiting in a backlog nobody accepts from.
@@ -26,6 +32,7 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use nix::sys::socket::{self, AddressFamily, Backlog, SockFlag, SockType, UnixAddr};
 
@@ -40,6 +47,24 @@ const SOCKET_PATH_MAX: usize = 107;
 /// `/python-<generation>-<id>.sock` with a generation and an id of up to 8
 /// digits each (a hundred million reloads, restarts or processes).
 const SOCKET_NAME_ROOM: usize = "/python-".len() + 8 + 1 + 8 + ".sock".len();
+
+/// No router user: the sockets stay root's.
+const NO_ROUTER: u32 = u32::MAX;
+
+/// The uid every runtime socket is given to (the router process's), or
+/// [`NO_ROUTER`]. Process-wide: it is set once, before any site starts, by
+/// the privilege-separated supervisor.
+static ROUTER_OWNER: AtomicU32 = AtomicU32::new(NO_ROUTER);
+
+/// From now on every runtime socket [`bind`] makes is owned by `uid` (the
+/// router process's user), mode 0600. Call before any site starts.
+pub fn set_router_owner(uid: u32) {
+    ROUTER_OWNER.store(uid, Ordering::SeqCst);
+}
+
+fn router_owner() -> Option<u32> {
+    Some(ROUTER_OWNER.load(Ordering::SeqCst)).filter(|&uid| uid != NO_ROUTER)
+}
 
 /// Every site that runs code can bind its runtime sockets under
 /// `state_dir`: refused before anything starts (`check`, `serve`, reload)
@@ -107,8 +132,13 @@ pub fn bind(path: &Path, listen: &Listen) -> io::Result<OwnedFd> {
     )?;
     socket::bind(fd.as_raw_fd(), &UnixAddr::new(path)?)?;
     // Root ignores the mode, and the directory keeps everyone else out; 0600
-    // still says whose socket it is.
+    // still says whose socket it is. The router process connects as its own
+    // user (with a search capability for the directories only): the socket
+    // is its.
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    if let Some(uid) = router_owner() {
+        std::os::unix::fs::lchown(path, Some(uid), Some(0))?;
+    }
     if let Listen::Supervisor { backlog, .. } = listen {
         let backlog =
             Backlog::new(i32::try_from(*backlog).unwrap_or(i32::MAX)).unwrap_or(Backlog::MAXCONN);

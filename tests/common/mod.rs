@@ -451,6 +451,7 @@ pub fn init_logging() {
 // Front-door helpers (TLS, HTTP/2, test upstreams, swappable routing table).
 pub mod edge;
 pub mod front;
+pub mod privsep;
 pub mod ws;
 
 pub mod cgroups;
@@ -461,9 +462,11 @@ mod worker;
 #[allow(unused_imports)]
 pub use cgroups::{check_hygiene, CgroupSweep};
 #[allow(unused_imports)]
+pub use privsep::{router_process_of, router_uid};
+#[allow(unused_imports)]
 pub use wait::{eventually, file_text, marker_dir, wait_for, wait_for_marker, Shown};
 #[allow(unused_imports)]
-pub use worker::{python_test_site, python_worker};
+pub use worker::{python_test_site, python_worker, python_worker_outside_tmp};
 
 /// A TCP connection from a chosen loopback address (e.g. "127.0.0.2"), so a
 /// test can be a different client IP than its attackers.

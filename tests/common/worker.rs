@@ -110,3 +110,26 @@ pub fn python_test_site(
     );
     open_up(cfg.path());
 }
+
+/// [`python_worker`] copied under `/var/lib/polyhost-tests/worker`: outside
+/// the `/tmp` a sandboxed site's tmp replaces (a site whose paths are all
+/// outside `/tmp` sees its own tmp there, not the host's copy).
+pub fn python_worker_outside_tmp() -> PathBuf {
+    static COPY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    COPY.get_or_init(|| {
+        use std::os::unix::fs::PermissionsExt;
+        let built = python_worker();
+        let base = Path::new("/var/lib/polyhost-tests");
+        let dir = base.join("worker");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(base, std::fs::Permissions::from_mode(0o711)).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let copy = dir.join(built.file_name().unwrap());
+        if !copy.exists() {
+            install_copy(&built, &copy);
+            prune_old_copies(&dir, &copy);
+        }
+        copy
+    })
+    .clone()
+}

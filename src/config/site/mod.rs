@@ -23,7 +23,7 @@ use super::types::{
 /// Default request body limit when `limits.body` is not set.
 pub const DEFAULT_BODY_LIMIT: u64 = 100 << 20;
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SiteConfig {
     pub name: SiteName,
     /// The vhost file this site came from.
@@ -67,7 +67,7 @@ impl SiteConfig {
     }
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Limits {
     /// Memory for all of the site's processes together (cgroup), bytes.
     pub memory: Option<u64>,
@@ -79,7 +79,7 @@ pub struct Limits {
     pub body: u64,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct StaticConfig {
     /// Files tried, in order, for a request naming a directory.
     pub index: Vec<String>,
@@ -90,7 +90,7 @@ pub struct StaticConfig {
     pub cache_max_age: Option<Duration>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum PhpMode {
     Static,
     Dynamic,
@@ -108,7 +108,7 @@ impl PhpMode {
 }
 
 /// When a runtime's processes are started.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum StartPolicy {
     /// When polyhost starts (or the site is added).
     Eager,
@@ -116,7 +116,7 @@ pub enum StartPolicy {
     OnDemand,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum IniValue {
     Flag(bool),
     Value(String),
@@ -133,7 +133,7 @@ pub enum IniValue {
 /// ("Recycling children").
 const DEFAULT_PHP_MAX_REQUESTS: u64 = 10_000;
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PhpConfig {
     /// php-fpm binary; `None` means the newest `php-fpm*` found at start.
     pub fpm: Option<PathBuf>,

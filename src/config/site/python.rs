@@ -13,7 +13,7 @@ use super::*;
 use crate::config::error::FileErrors;
 use crate::config::raw::{RawPython, RawWebSocket};
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PythonConfig {
     pub module: String,
     pub callable: String,
@@ -37,7 +37,7 @@ pub struct PythonConfig {
 }
 
 /// How the workers call the application.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum PythonInterface {
     /// WSGI: `threads` requests at once per process.
     Wsgi,
@@ -46,7 +46,7 @@ pub enum PythonInterface {
 }
 
 /// An ASGI site's settings (`[python]` with `interface = "asgi"`).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AsgiConfig {
     /// Requests and WebSockets in flight per process (`max_concurrency`).
     pub max_concurrency: u64,
@@ -55,7 +55,7 @@ pub struct AsgiConfig {
 }
 
 /// Whether the worker runs the app's ASGI `lifespan` protocol.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Lifespan {
     /// Run it; an app that does not support it is fine.
     Auto,
@@ -77,7 +77,7 @@ impl Lifespan {
 }
 
 /// `[python.websocket]`: enforced by the worker, which frames WebSockets.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct WebSocketConfig {
     /// Largest message (all fragments together), in bytes; above it: close 1009.
     pub max_message: u64,

@@ -168,3 +168,60 @@ fn a_root_that_stays_put_is_not_reopened() {
     );
     assert!(std::sync::Arc::ptr_eq(&before, &after));
 }
+
+/// Descriptors of this process open on `path`.
+fn descriptors_on(path: &Path) -> usize {
+    fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| target == path)
+        .count()
+}
+
+#[test]
+fn an_idle_root_holds_no_handle_and_no_watch_and_opens_again_by_path() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("public_html");
+    site(&path, "one");
+    let root = DocRoot::open(&path, Reader::Anyone).unwrap();
+    let current = &root.inner.current;
+    assert_eq!(
+        current.held(),
+        (false, 0),
+        "nothing is kept before a request"
+    );
+    assert_eq!(descriptors_on(&path), 0);
+    assert_eq!(get(&root, "/a.txt"), "one");
+    let depth = path.components().count() - 1;
+    assert_eq!(current.held(), (true, depth), "kept, its path watched");
+    assert_eq!(descriptors_on(&path), 1);
+    // Used since the last sweep: kept.
+    current.sweep();
+    assert_eq!(current.held(), (true, depth));
+    // A whole period unused: closed, its watches removed.
+    current.sweep();
+    assert_eq!(current.held(), (false, 0), "an idle root holds nothing");
+    assert_eq!(descriptors_on(&path), 0);
+    // Replaced while nothing watched it: the next request opens the root
+    // by its path, so it serves the new tree at once.
+    let next = tmp.path().join("release-2");
+    site(&next, "two");
+    fs::rename(&path, tmp.path().join("release-1")).unwrap();
+    fs::rename(&next, &path).unwrap();
+    assert_eq!(get(&root, "/a.txt"), "two");
+    assert_eq!(current.held(), (true, depth));
+    // And watched again: a later swap is noticed.
+    let third = tmp.path().join("release-3");
+    site(&third, "three");
+    fs::rename(&path, tmp.path().join("release-2")).unwrap();
+    fs::rename(&third, &path).unwrap();
+    settles(&root, "/a.txt", "three", &["two", "404"]);
+    // Swapped for a symlink while closed: refused on the next request.
+    current.sweep();
+    current.sweep();
+    assert_eq!(current.held(), (false, 0));
+    fs::rename(&path, tmp.path().join("release-3")).unwrap();
+    symlink(tmp.path().join("release-1"), &path).unwrap();
+    assert_eq!(get(&root, "/a.txt"), "root refused");
+    assert_eq!(current.held(), (false, 0), "a refused root keeps nothing");
+}

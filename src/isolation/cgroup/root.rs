@@ -5,8 +5,8 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use super::files::{make_dir, rmdir_retrying, sub_dirs};
-use super::site::{Backend, SiteCgroup};
+use super::files::{rmdir_retrying, sub_dirs};
+use super::site::{Backend, Pending, SiteCgroup};
 use super::{check_name, discover, v1, v2, CgroupError, CgroupKind, Limits, Result};
 
 /// The detected cgroup backend plus the name of polyhost's parent cgroup.
@@ -132,18 +132,32 @@ impl CgroupRoot {
             .parent_backend()
             .map_err(|reason| CgroupError::Unavailable(reason.to_owned()))?
             .join(name);
-        for dir in backend.dirs() {
-            make_dir(dir)?;
-        }
-        match &backend {
-            Backend::V2 { dir } => v2::write_limits(dir, limits)?,
-            Backend::V1 { memory, pids, cpu } => {
-                v1::write_limits(memory, pids.as_deref(), cpu.as_deref(), limits)?
-            }
-        }
+        backend.make(limits)?;
         Ok(SiteCgroup {
             name: name.to_owned(),
             backend,
+            pending: None,
+        })
+    }
+
+    /// The cgroup of site `name`, made (or reused) with `limits` only when
+    /// its first process starts in it ([`SiteCgroup::child`]): a site that
+    /// runs nothing (idle, started on demand) has no cgroup directory.
+    /// Until then [`SiteCgroup::usage`] fails (nothing to measure) and
+    /// [`SiteCgroup::remove`] has nothing to do.
+    pub fn site_on_demand(&self, name: &str, limits: &Limits) -> Result<SiteCgroup> {
+        check_name(name)?;
+        let backend = self
+            .parent_backend()
+            .map_err(|reason| CgroupError::Unavailable(reason.to_owned()))?
+            .join(name);
+        Ok(SiteCgroup {
+            name: name.to_owned(),
+            backend,
+            pending: Some(std::sync::Arc::new(Pending {
+                limits: *limits,
+                made: std::sync::Mutex::new(false),
+            })),
         })
     }
 
@@ -223,6 +237,7 @@ impl CgroupRoot {
         SiteCgroup {
             name: name.to_owned(),
             backend,
+            pending: None,
         }
     }
 }

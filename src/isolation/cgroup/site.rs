@@ -5,13 +5,16 @@
 use std::collections::BTreeSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use super::files::{make_dir, procs_recursive, remove_tree, write_file};
-use super::{check_name, v1, v2, CgroupError, Result, Usage};
+#[cfg(doc)]
+use super::CgroupRoot;
+use super::{check_name, v1, v2, CgroupError, Limits, Result, Usage};
 
 /// How long [`SiteCgroup::kill_all`] keeps killing before it gives up.
 const KILL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -25,7 +28,26 @@ const KILL_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct SiteCgroup {
     pub(super) name: String,
     pub(super) backend: Backend,
+    /// A site cgroup made on demand ([`CgroupRoot::site_on_demand`]): its
+    /// directories and limits, made by the first [`SiteCgroup::child`].
+    pub(super) pending: Option<Arc<Pending>>,
 }
+
+/// The limits a cgroup made on demand gets, and whether it was made.
+#[derive(Debug)]
+pub(super) struct Pending {
+    pub(super) limits: Limits,
+    pub(super) made: Mutex<bool>,
+}
+
+/// One set-up's cgroup is one `Pending`: equal only to itself.
+impl PartialEq for Pending {
+    fn eq(&self, other: &Self) -> bool {
+        std::ptr::eq(self, other)
+    }
+}
+
+impl Eq for Pending {}
 
 /// Where a site cgroup lives: one directory on v2, one per hierarchy on v1.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,6 +74,21 @@ impl Backend {
                 pids: pids.as_ref().map(|p| p.join(name)),
                 cpu: cpu.as_ref().map(|p| p.join(name)),
             },
+        }
+    }
+
+    /// Makes (or reuses) the directories and writes `limits` (all of
+    /// them, also `None` ones as "unlimited", so a reused cgroup does not
+    /// keep old limits).
+    pub(super) fn make(&self, limits: &Limits) -> Result<()> {
+        for dir in self.dirs() {
+            make_dir(dir)?;
+        }
+        match self {
+            Backend::V2 { dir } => v2::write_limits(dir, limits),
+            Backend::V1 { memory, pids, cpu } => {
+                v1::write_limits(memory, pids.as_deref(), cpu.as_deref(), limits)
+            }
         }
     }
 
@@ -99,8 +136,11 @@ impl SiteCgroup {
     /// site runs several (e.g. Python workers), so stopping one process kills
     /// only its own tree. On v2 the site cgroup then must not hold processes
     /// itself.
+    ///
+    /// A site cgroup made on demand is made first, with its limits.
     pub fn child(&self, name: &str) -> Result<SiteCgroup> {
         check_name(name)?;
+        self.make()?;
         let backend = self.backend.join(name);
         for dir in backend.dirs() {
             make_dir(dir)?;
@@ -108,7 +148,29 @@ impl SiteCgroup {
         Ok(SiteCgroup {
             name: format!("{}/{name}", self.name),
             backend,
+            pending: None,
         })
+    }
+
+    /// Makes (or reuses) the directories of a cgroup made on demand and
+    /// writes its limits, once per set-up.
+    fn make(&self) -> Result<()> {
+        let Some(pending) = &self.pending else {
+            return Ok(());
+        };
+        let mut made = pending.made.lock().unwrap_or_else(|p| p.into_inner());
+        if *made {
+            return Ok(());
+        }
+        self.backend.make(&pending.limits)?;
+        *made = true;
+        Ok(())
+    }
+
+    /// Whether its directories exist (a cgroup made on demand: once its
+    /// first process started).
+    pub fn exists(&self) -> bool {
+        self.dirs().iter().any(|d| d.exists())
     }
 
     /// What the site uses now (memory, OOM kills, tasks).

@@ -12,6 +12,7 @@ use std::io;
 use std::os::fd::RawFd;
 
 use super::sandbox::{SandboxPlan, SandboxStep};
+use super::view::ViewStep;
 
 /// The child's steps, in order; the failing one is reported to the parent
 /// as one byte over a close-on-exec pipe.
@@ -39,10 +40,15 @@ pub(super) enum Step {
     MountShm,
     MountProc,
     Loopback,
+    ViewRoot,
+    ViewFiles,
+    ViewBind,
+    ViewSpecial,
+    ViewPivot,
 }
 
 impl Step {
-    const ALL: [Step; 21] = [
+    const ALL: [Step; 26] = [
         Step::JoinCgroup,
         Step::Setsid,
         Step::Setgroups,
@@ -64,6 +70,11 @@ impl Step {
         Step::MountShm,
         Step::MountProc,
         Step::Loopback,
+        Step::ViewRoot,
+        Step::ViewFiles,
+        Step::ViewBind,
+        Step::ViewSpecial,
+        Step::ViewPivot,
     ];
 
     pub(super) fn name(self) -> &'static str {
@@ -89,6 +100,11 @@ impl Step {
             Step::MountShm => "sandbox: mount /dev/shm",
             Step::MountProc => "sandbox: mount /proc",
             Step::Loopback => "sandbox: loopback up",
+            Step::ViewRoot => "sandbox view: mount or seal its root",
+            Step::ViewFiles => "sandbox view: make its directories and files",
+            Step::ViewBind => "sandbox view: bind a path into it",
+            Step::ViewSpecial => "sandbox view: mount /dev/shm and /proc",
+            Step::ViewPivot => "sandbox view: pivot into it",
         }
     }
 
@@ -104,6 +120,11 @@ impl Step {
             SandboxStep::MountShm => Step::MountShm,
             SandboxStep::MountProc => Step::MountProc,
             SandboxStep::Loopback => Step::Loopback,
+            SandboxStep::View(ViewStep::Root) => Step::ViewRoot,
+            SandboxStep::View(ViewStep::Files) => Step::ViewFiles,
+            SandboxStep::View(ViewStep::Bind) => Step::ViewBind,
+            SandboxStep::View(ViewStep::Special) => Step::ViewSpecial,
+            SandboxStep::View(ViewStep::Pivot) => Step::ViewPivot,
         }
     }
 }
@@ -111,7 +132,7 @@ impl Step {
 /// Everything the child needs, prepared in the parent (no allocation after fork).
 pub(super) struct ChildPlan {
     pub(super) cgroup_fds: Vec<RawFd>,
-    pub(super) report_fd: RawFd,
+    pub(super) report: crate::isolation::step_report::StepReport,
     /// Kept open across exec (`FD_CLOEXEC` cleared after the close step).
     pub(super) inherit: Vec<RawFd>,
     /// `(uid, gid)` to switch to; `None` when no switch is needed.
@@ -147,7 +168,7 @@ impl ChildPlan {
             }
             if let Some(sandbox) = &self.sandbox {
                 if let Err((step, e)) = sandbox.enter() {
-                    self.report(Step::of_sandbox(step));
+                    self.report.report(Step::of_sandbox(step) as u8);
                     return Err(e);
                 }
             }
@@ -242,23 +263,11 @@ impl ChildPlan {
     }
 
     fn fail(&self, step: Step) -> io::Error {
-        // Read errno first: the report write may change it.
-        let err = io::Error::last_os_error();
-        self.report(step);
-        err
+        self.report.fail(step as u8)
     }
 
     fn fail_with(&self, step: Step, errno: i32) -> io::Error {
-        self.report(step);
-        io::Error::from_raw_os_error(errno)
-    }
-
-    fn report(&self, step: Step) {
-        let byte = [step as u8];
-        // SAFETY: write(2) of one byte from a stack buffer to an fd we own;
-        // async-signal-safe. Its result does not matter: the parent falls
-        // back to "exec" when the byte is missing.
-        unsafe { libc::write(self.report_fd, byte.as_ptr().cast(), 1) };
+        self.report.fail_with(step as u8, errno)
     }
 }
 

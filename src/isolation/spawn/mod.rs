@@ -12,7 +12,7 @@
 //! 2. `setsid`: a new session and process group, so the whole group can be
 //!    signalled; the pid is also the process-group id; then, with
 //!    [`SpawnSpec::sandbox`], the site's sandbox (namespaces and mounts, as
-//!    root: see [`sandbox`]);
+//!    root: see [`sandbox`]; with its view, a new root and `pivot_root`);
 //! 3. `setgroups([gid])` → `setgid` → `setuid`, then check that `setuid(0)` fails;
 //! 4. `PR_SET_PDEATHSIG(SIGKILL)` (after `setuid`, which clears it), then
 //!    check the parent is still there;
@@ -44,6 +44,7 @@
 
 mod child;
 pub mod sandbox;
+mod view;
 
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
@@ -162,6 +163,14 @@ pub enum SpawnError {
         #[source]
         source: io::Error,
     },
+    /// The site's tmp, or a path of its view, is missing or not what it
+    /// must be (the error names the path).
+    #[error("cannot prepare the sandbox of `{}`: {source}", program.display())]
+    Sandbox {
+        program: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("starting `{}` failed at step `{step}`: {source}", program.display())]
     Setup {
         program: PathBuf,
@@ -226,19 +235,19 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<SiteProcess, SpawnError> {
             path: PathBuf::from("pipe2"),
             source: e.into(),
         })?;
+    let identity = spec.identity.as_ref().filter(|_| switch.is_some());
     let sandbox = spec
         .sandbox
-        .map(|s| SandboxPlan::prepare(s, switch.map(|(uid, _)| uid)))
+        .map(|s| SandboxPlan::prepare(s, identity, &spec.program))
         .transpose()
-        .map_err(|source| SpawnError::Open {
-            what: "sandbox tmp directory",
-            path: spec.sandbox.map(|s| s.tmp.clone()).unwrap_or_default(),
+        .map_err(|source| SpawnError::Sandbox {
+            program: spec.program.clone(),
             source,
         })?;
     let one_by_one = ONE_BY_ONE.load(std::sync::atomic::Ordering::Relaxed);
     let plan = ChildPlan {
         cgroup_fds: cgroup_files.iter().map(|f| f.as_raw_fd()).collect(),
-        report_fd: report_write.as_raw_fd(),
+        report: crate::isolation::step_report::StepReport::new(report_write.as_raw_fd()),
         inherit: spec.inherit.iter().map(AsRawFd::as_raw_fd).collect(),
         switch,
         nofile: nofile_within_hard_limit(spec.rlimits.nofile),

@@ -23,6 +23,11 @@
 //! a failed start, never someone else's directory. (Only the last component
 //! can be the site's: `<state>/sites` is root's.)
 //!
+//! With [`Sandbox::view`], the process's root is a read-only view of the
+//! file system instead (`super::view`): the same `/tmp`, `/var/tmp`,
+//! `/dev/shm` and `/proc`, in a new root that holds only what the site
+//! needs.
+//!
 //! [`unavailable`] probes once whether this kernel and privilege allow it.
 
 use std::ffi::CString;
@@ -32,6 +37,10 @@ use std::path::{Path, PathBuf};
 
 use nix::fcntl::{open, OFlag};
 use nix::sys::stat::Mode;
+
+pub use super::view::View;
+use super::view::{ViewPlan, ViewStep};
+use crate::isolation::SiteIdentity;
 
 /// What [`super::spawn`] needs to put a process in the sandbox.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -44,6 +53,9 @@ pub struct Sandbox {
     pub shared_tmp: Vec<PathBuf>,
     /// `network = "none"`: a network namespace with only `lo`.
     pub network_none: bool,
+    /// `sandbox.paths`: the read-only view of the file system; `None`: the
+    /// host's file system with the mounts above.
+    pub view: Option<View>,
 }
 
 /// The host's world-writable temporary directories.
@@ -62,18 +74,32 @@ pub(super) struct SandboxPlan {
     /// `/dev/shm`, when it exists.
     pub(super) shm: Option<CString>,
     pub(super) loopback: bool,
+    /// The view, built instead of the mounts above when given.
+    pub(super) view: Option<ViewPlan>,
 }
 
 impl SandboxPlan {
     /// Checks the temporary directory now (no symlink followed; a directory
-    /// owned by `uid` when one is given: the child checks again, the error
-    /// here is the clearer one) and lists the targets.
-    pub(super) fn prepare(sandbox: &Sandbox, uid: Option<u32>) -> std::io::Result<SandboxPlan> {
+    /// owned by the site's user when one is given: the child checks again,
+    /// the error here is the clearer one), lists the targets and, with a
+    /// view, what it holds for a process running `program`.
+    pub(super) fn prepare(
+        sandbox: &Sandbox,
+        identity: Option<&SiteIdentity>,
+        program: &Path,
+    ) -> std::io::Result<SandboxPlan> {
+        let uid = identity.map(|i| i.uid);
         let fd: OwnedFd = open(
             &sandbox.tmp,
             OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
             Mode::empty(),
-        )?;
+        )
+        .map_err(|e| {
+            std::io::Error::new(
+                std::io::Error::from(e).kind(),
+                format!("{}: {e}", sandbox.tmp.display()),
+            )
+        })?;
         let meta = std::fs::metadata(format!("/proc/self/fd/{}", fd.as_raw_fd()))?;
         if uid.is_some_and(|uid| meta.uid() != uid) {
             return Err(std::io::Error::new(
@@ -93,18 +119,28 @@ impl SandboxPlan {
         let tmp = CString::new(sandbox.tmp.as_os_str().as_encoded_bytes()).map_err(|_| {
             std::io::Error::new(std::io::ErrorKind::InvalidInput, "NUL in the tmp path")
         })?;
+        let shared_tmp: Vec<PathBuf> = sandbox
+            .shared_tmp
+            .iter()
+            .filter(|p| p.is_dir())
+            .cloned()
+            .collect();
+        let view = sandbox
+            .view
+            .as_ref()
+            .map(|v| ViewPlan::prepare(v, &sandbox.tmp, &shared_tmp, program, identity))
+            .transpose()?;
         Ok(SandboxPlan {
             flags,
             tmp,
             uid,
-            tmp_targets: sandbox
-                .shared_tmp
+            tmp_targets: shared_tmp
                 .iter()
-                .filter(|p| p.is_dir())
                 .filter_map(|p| CString::new(p.as_os_str().as_encoded_bytes()).ok())
                 .collect(),
             shm: Path::new("/dev/shm").is_dir().then(|| c("/dev/shm")),
             loopback: sandbox.network_none,
+            view,
         })
     }
 }
@@ -117,25 +153,60 @@ pub fn unavailable() -> Option<&'static str> {
     WHY.get_or_init(probe).as_deref()
 }
 
+/// Why the read-only view (`sandbox.paths`) cannot be built here (the
+/// sandbox is unavailable, or `pivot_root` is refused: a root file system
+/// that is not a mount), or `None` when it can. Probed once, when a site
+/// first asks for it.
+pub fn view_unavailable() -> Option<&'static str> {
+    static WHY: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    WHY.get_or_init(|| unavailable().map(str::to_owned).or_else(probe_view))
+        .as_deref()
+}
+
 fn probe() -> Option<String> {
     if !super::super::running_as_root() {
         return Some("polyhost is not root (mount namespaces need CAP_SYS_ADMIN)".into());
     }
     let probe_dir = std::env::temp_dir();
-    let sandbox = Sandbox {
+    run_probe(&Sandbox {
         shared_tmp: vec![probe_dir.clone()],
         tmp: probe_dir,
         network_none: true,
-    };
-    let plan = match SandboxPlan::prepare(&sandbox, None) {
-        Ok(p) => p,
-        Err(e) => return Some(format!("cannot open a directory to probe with: {e}")),
-    };
+        view: None,
+    })
+}
+
+/// A view showing the temporary directory, assembled on a directory made
+/// for the probe and removed after.
+fn probe_view() -> Option<String> {
+    let dir = std::env::temp_dir();
+    let mount_point = dir.join(format!("polyhost-view-probe-{}", std::process::id()));
+    let why = run_probe(&Sandbox {
+        shared_tmp: Vec::new(),
+        tmp: dir.clone(),
+        network_none: false,
+        view: Some(View {
+            mount_point: mount_point.clone(),
+            site: Vec::new(),
+            state: dir,
+            read_only: Vec::new(),
+        }),
+    });
+    let _ = std::fs::remove_dir(&mount_point);
+    why
+}
+
+/// Starts `true` in `sandbox`: `None` when it ran, else why not.
+fn run_probe(sandbox: &Sandbox) -> Option<String> {
     let Some(true_bin) = ["/bin/true", "/usr/bin/true"]
         .into_iter()
         .find(|p| Path::new(p).exists())
     else {
         return Some("no /bin/true to probe with".into());
+    };
+    let plan = match SandboxPlan::prepare(sandbox, None, Path::new(true_bin)) {
+        Ok(p) => p,
+        Err(e) => return Some(format!("cannot prepare a probe: {e}")),
     };
     let mut cmd = std::process::Command::new(true_bin);
     cmd.stdin(std::process::Stdio::null())
@@ -163,15 +234,16 @@ pub(super) enum SandboxStep {
     MountShm,
     MountProc,
     Loopback,
+    View(ViewStep),
 }
 
 impl SandboxPlan {
     /// Runs in the forked child, as root: unshare, make every mount
-    /// private, bind the temporary directory, mount `/dev/shm` and `/proc`,
-    /// bring `lo` up. Async-signal-safe system calls only, no allocation.
+    /// private, bind the temporary directory, mount `/dev/shm` and `/proc`
+    /// (or build the view, which holds them, and pivot into it), bring `lo`
+    /// up. Async-signal-safe system calls only, no allocation.
     pub(super) fn enter(&self) -> Result<(), (SandboxStep, std::io::Error)> {
         let last = |step| (step, std::io::Error::last_os_error());
-        let flags = libc::MS_NOSUID | libc::MS_NODEV;
         // SAFETY: system calls on NUL-terminated strings prepared before the
         // fork (or literals) and plain integers; none allocates.
         unsafe {
@@ -188,6 +260,29 @@ impl SandboxPlan {
             {
                 return Err(last(SandboxStep::MountPrivate));
             }
+            if let Some(view) = &self.view {
+                view.build()
+                    .map_err(|(step, e)| (SandboxStep::View(step), e))?;
+            } else {
+                self.host_mounts()?;
+            }
+            if self.loopback {
+                loopback_up().map_err(|e| (SandboxStep::Loopback, e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Without a view: the site's tmp over the host's, a fresh `/dev/shm`,
+    /// a new `/proc`.
+    ///
+    /// # Safety
+    /// Async-signal-safe system calls only.
+    unsafe fn host_mounts(&self) -> Result<(), (SandboxStep, std::io::Error)> {
+        let last = |step| (step, std::io::Error::last_os_error());
+        let flags = libc::MS_NOSUID | libc::MS_NODEV;
+        // SAFETY: as in `enter`.
+        unsafe {
             self.bind_tmp().map_err(|e| (SandboxStep::MountTmp, e))?;
             if let Some(shm) = &self.shm {
                 if libc::mount(
@@ -214,9 +309,6 @@ impl SandboxPlan {
             // `invisible` since Linux 5.8; `2` hides the same on older ones.
             if !mount_proc(c"hidepid=invisible") && !mount_proc(c"hidepid=2") {
                 return Err(last(SandboxStep::MountProc));
-            }
-            if self.loopback {
-                loopback_up().map_err(|e| (SandboxStep::Loopback, e))?;
             }
         }
         Ok(())
@@ -278,7 +370,7 @@ impl SandboxPlan {
 
 /// `/proc/self/fd/<fd>` NUL-terminated, in a stack buffer (no allocation
 /// after fork).
-fn fd_path(fd: libc::c_int) -> [u8; 32] {
+pub(super) fn fd_path(fd: libc::c_int) -> [u8; 32] {
     let mut buf = [0u8; 32];
     let prefix = b"/proc/self/fd/";
     buf[..prefix.len()].copy_from_slice(prefix);

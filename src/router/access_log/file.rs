@@ -1,5 +1,6 @@
 //! One append-only site log file ([`LogFile`]) and the directory that holds
-//! them: buffered writes, a flush every half second, and who may read.
+//! them: buffered writes (written by the shared `super::flusher`), a
+//! descriptor held only while lines come, and who may read.
 //!
 //! Who may read them: logs hold URLs with tokens, client addresses, PHP
 //! warnings and Python tracebacks, so no site reads another's. The log
@@ -9,23 +10,77 @@
 //! that runs code has that group, see `supervisor::separation`) or root's
 //! for a static site. Ownership and mode are set on every open, so files an
 //! older polyhost made 0644 are tightened. See docs/isolation.md.
+//!
+//! Privilege-separated (`privsep`), the files are made by the supervisor
+//! as above but owned by the router's user instead of root
+//! ([`set_log_owner`]), and the router, which may create nothing in the
+//! log directory, opens them as they are ([`LogFile::open_existing`]).
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
-/// One append-only log file.
+/// One append-only log file. Its descriptor is held only while lines come:
+/// the first line after a quiet period opens the file again (by its path,
+/// with the checks, ownership and mode of site setup: [`open_private`],
+/// [`set_reader_group`]), and the shared flusher (`super::flusher`) closes
+/// it once no line came for `CLOSE_AFTER`. An idle site holds no
+/// descriptor, no buffer and no timer for its logs.
 pub struct LogFile {
     path: PathBuf,
-    /// `None`: the file could not be opened ([`LogFile::closed`]); lines are dropped.
-    out: Mutex<Option<BufWriter<File>>>,
+    /// Made by another process ([`LogFile::open_existing`]): opened as it
+    /// is, never created, moved aside or given an owner here.
+    existing: bool,
+    /// This log, for the flusher's list (a line that activates it).
+    me: Weak<LogFile>,
+    state: Mutex<State>,
 }
 
-/// Mode of every site log file: the owner (root) writes, the site's group reads.
+/// A log's lines and descriptor, behind its one lock: a line is appended,
+/// and written, in the order lines were given, whoever writes.
+struct State {
+    /// Lines not yet written (at most [`BUFFER`] and one line).
+    pending: Vec<u8>,
+    /// Held while lines come (see [`LogFile`]).
+    file: Option<File>,
+    /// The group that may read the file, set again on every open.
+    group: Option<u32>,
+    /// [`LogFile::closed`]: lines are dropped.
+    dead: bool,
+    /// In the flusher's list (lines pending or a descriptor held).
+    active: bool,
+    /// Flusher ticks since the last line.
+    quiet_ticks: u32,
+    /// The last open failed (warned once until one succeeds).
+    failing: bool,
+}
+
+/// Lines held in memory before they are written without waiting for the
+/// flusher (what the buffered writer held before).
+const BUFFER: usize = 64 << 10;
+
+/// Mode of every site log file: the owner (root, or the router's user)
+/// writes, the site's group reads.
 pub const LOG_FILE_MODE: u32 = 0o640;
+
+/// Who owns (and writes) the site log files this process makes: root, or
+/// the router's user when polyhost runs privilege-separated.
+static LOG_OWNER: AtomicU32 = AtomicU32::new(0);
+
+/// Makes `uid` the owner of every site log file opened or given to a group
+/// from now on (the supervisor of a privilege-separated polyhost, before it
+/// opens any: the router's user, which writes them). Root's by default.
+pub fn set_log_owner(uid: u32) {
+    LOG_OWNER.store(uid, Ordering::SeqCst);
+}
+
+fn log_owner() -> u32 {
+    LOG_OWNER.load(Ordering::SeqCst)
+}
 
 impl LogFile {
     /// Opens (or creates) `path` for appending, as a private file: never
@@ -34,23 +89,44 @@ impl LogFile {
     /// else found at `path` (a second hard link, which a site can make where
     /// `fs.protected_hardlinks` is 0; a symlink; a fifo) is moved aside with
     /// a warning ([`move_aside`]) and a new file is made in its place: one
-    /// site's log file never keeps polyhost from starting.
+    /// site's log file never keeps polyhost from starting. The descriptor is
+    /// not kept: the first line opens the file again the same way.
     pub fn open(path: &Path) -> std::io::Result<Arc<LogFile>> {
         let file = open_private(path)?;
         set_reader_group(&file, None)?;
-        let log = Arc::new(LogFile {
-            path: path.to_path_buf(),
-            out: Mutex::new(Some(BufWriter::with_capacity(64 << 10, file))),
-        });
-        spawn_flusher(Arc::downgrade(&log));
-        Ok(log)
+        drop(file);
+        Ok(LogFile::new(path, false, false))
+    }
+
+    /// The log file another process made at `path` (the supervisor, for
+    /// the router, which may create nothing in the log directory), checked
+    /// now and opened like that at each first line: for appending, never
+    /// through a symlink, only a regular file with one link; its owner and
+    /// mode are left as they are.
+    pub fn open_existing(path: &Path) -> std::io::Result<Arc<LogFile>> {
+        drop(open_as_is(path)?);
+        Ok(LogFile::new(path, false, true))
     }
 
     /// A log for `path` that could not be opened: its lines are dropped.
     pub fn closed(path: &Path) -> Arc<LogFile> {
-        Arc::new(LogFile {
+        LogFile::new(path, true, false)
+    }
+
+    fn new(path: &Path, dead: bool, existing: bool) -> Arc<LogFile> {
+        Arc::new_cyclic(|me| LogFile {
             path: path.to_path_buf(),
-            out: Mutex::new(None),
+            existing,
+            me: me.clone(),
+            state: Mutex::new(State {
+                pending: Vec::new(),
+                file: None,
+                group: None,
+                dead,
+                active: false,
+                quiet_ticks: 0,
+                failing: false,
+            }),
         })
     }
 
@@ -58,12 +134,22 @@ impl LogFile {
         &self.path
     }
 
-    /// Lets `group` (a site's group) read the file, or only root with `None`.
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Lets `group` (a site's group) read the file, or only root with `None`:
+    /// now (the file is opened for it if its descriptor is not held) and at
+    /// every later open.
     pub fn give_to_group(&self, group: Option<u32>) -> std::io::Result<()> {
-        let out = self.out.lock().unwrap_or_else(|p| p.into_inner());
-        match out.as_ref() {
-            Some(out) => set_reader_group(out.get_ref(), group),
-            None => Ok(()),
+        let mut state = self.lock();
+        if state.dead || self.existing {
+            return Ok(());
+        }
+        state.group = group;
+        match &state.file {
+            Some(file) => set_reader_group(file, group),
+            None => set_reader_group(&open_private(&self.path)?, group),
         }
     }
 
@@ -85,35 +171,133 @@ impl LogFile {
                 return;
             }
             line.push(b'\n');
-            let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
-            // A full disk must not take the router down; the write error is dropped.
-            if let Some(out) = out.as_mut() {
-                let _ = out.write_all(line);
+            let mut state = self.lock();
+            if state.dead {
+                return;
+            }
+            state.pending.extend_from_slice(line);
+            state.quiet_ticks = 0;
+            if state.pending.len() >= BUFFER {
+                write_pending(&self.path, self.existing, &mut state);
+            }
+            if !state.active {
+                state.active = true;
+                super::flusher::activate(self.me.clone());
             }
         });
     }
 
+    /// Writes the pending lines now.
     pub fn flush(&self) {
-        let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(out) = out.as_mut() {
-            let _ = out.flush();
+        write_pending(&self.path, self.existing, &mut self.lock());
+    }
+
+    /// The flusher's visit: writes the pending lines; after `CLOSE_AFTER`
+    /// without a line, closes the descriptor and frees the buffer. False
+    /// once the log is quiet and closed (it leaves the flusher's list).
+    pub(super) fn tick(&self) -> bool {
+        let mut state = self.lock();
+        if !state.pending.is_empty() {
+            write_pending(&self.path, self.existing, &mut state);
+            return true;
+        }
+        state.quiet_ticks += 1;
+        if state.quiet_ticks < super::flusher::CLOSE_TICKS {
+            return true;
+        }
+        state.file = None;
+        state.pending = Vec::new();
+        state.active = false;
+        false
+    }
+
+    /// Whether the descriptor is held now.
+    #[cfg(test)]
+    pub(super) fn is_open(&self) -> bool {
+        self.lock().file.is_some()
+    }
+}
+
+/// Writes `state`'s pending lines to the file at `path`, opened first if
+/// its descriptor is not held. A full disk must not take the router down:
+/// a write error drops the lines written. A file that cannot be opened
+/// keeps its lines for the next try (warned once), up to [`BUFFER`].
+fn write_pending(path: &Path, existing: bool, state: &mut State) {
+    if state.pending.is_empty() || state.dead {
+        return;
+    }
+    if state.file.is_none() {
+        let opened = if existing {
+            open_as_is(path)
+        } else {
+            open_private(path).and_then(|file| {
+                set_reader_group(&file, state.group)?;
+                Ok(file)
+            })
+        };
+        match opened {
+            Ok(file) => {
+                state.file = Some(file);
+                if std::mem::take(&mut state.failing) {
+                    tracing::info!(file = %path.display(), "the site's log file opens again");
+                }
+            }
+            Err(e) => {
+                if !std::mem::replace(&mut state.failing, true) {
+                    tracing::error!(file = %path.display(), error = %e, "cannot open the site's log file; its lines wait in memory (up to 64 KiB, then dropped) until it opens");
+                }
+                if state.pending.len() >= BUFFER {
+                    state.pending.clear();
+                }
+                return;
+            }
         }
     }
+    if let Some(file) = state.file.as_mut() {
+        let _ = file.write_all(&state.pending);
+    }
+    state.pending.clear();
 }
 
 impl Drop for LogFile {
     fn drop(&mut self) {
-        if let Ok(Some(out)) = self.out.get_mut() {
-            let _ = out.flush();
+        let existing = self.existing;
+        if let Ok(state) = self.state.get_mut() {
+            write_pending(&self.path, existing, state);
         }
     }
 }
 
-/// `0640`, owned by root (when polyhost is root) and `group` (root's without one).
+/// Opens the log file at `path` as another process made it, for appending:
+/// never through a symlink (`O_NONBLOCK`: nor blocking on a fifo), only a
+/// regular file with one link.
+fn open_as_is(path: &Path) -> std::io::Result<File> {
+    let file = OpenOptions::new()
+        .append(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() || meta.nlink() != 1 {
+        return Err(std::io::Error::other(format!(
+            "{} is not a regular file with one link",
+            path.display()
+        )));
+    }
+    Ok(file)
+}
+
+/// `0640`, owned by root (or the router's user, [`set_log_owner`]) when
+/// polyhost is root, and by `group` (root's without one).
 fn set_reader_group(file: &File, group: Option<u32>) -> std::io::Result<()> {
+    set_owners(file, log_owner(), group)
+}
+
+/// `0640`, owned by `owner` and `group` (root's without one) when polyhost
+/// is root.
+fn set_owners(file: &File, owner: u32, group: Option<u32>) -> std::io::Result<()> {
     let euid = nix::unistd::geteuid();
     if euid.is_root() {
-        std::os::unix::fs::fchown(file, Some(0), Some(group.unwrap_or(0)))?;
+        std::os::unix::fs::fchown(file, Some(owner), Some(group.unwrap_or(0)))?;
     }
     file.set_permissions(std::fs::Permissions::from_mode(LOG_FILE_MODE))
 }
@@ -200,7 +384,8 @@ fn move_aside(path: &Path, found: &std::fs::Metadata) -> std::io::Result<()> {
         })?;
     // No site writes in the log directory, so the name found free stays free.
     std::fs::rename(path, &aside)?;
-    if found.is_file() && found.uid() == 0 && found.gid() != 0 {
+    let ours = found.uid() == 0 || found.uid() == log_owner();
+    if found.is_file() && ours && found.gid() != 0 {
         let retired = OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
@@ -268,7 +453,7 @@ pub fn prepare_log_dir(dir: &Path) -> std::io::Result<()> {
 }
 
 /// Log files in `dir` of sites other than `sites` (removed while polyhost
-/// was stopped) go back to root (`0640 root:root`): a group id freed with a
+/// was stopped) go back to root (`0640 root:root`, also from the router's user): a group id freed with a
 /// removed site's user and given to a new site's must not open the old
 /// site's logs. Best effort: a file that cannot be changed is logged.
 pub fn retire_other_logs(dir: &Path, sites: &[&str]) {
@@ -293,7 +478,7 @@ pub fn retire_other_logs(dir: &Path, sites: &[&str]) {
             .open(entry.path())
             .and_then(|f| {
                 if f.metadata()?.is_file() {
-                    set_reader_group(&f, None)
+                    set_owners(&f, 0, None)
                 } else {
                     Ok(())
                 }
@@ -302,22 +487,6 @@ pub fn retire_other_logs(dir: &Path, sites: &[&str]) {
             tracing::warn!(file = %entry.path().display(), error = %e, "cannot give a removed site's log back to root");
         }
     }
-}
-
-fn spawn_flusher(log: Weak<LogFile>) {
-    let Ok(handle) = tokio::runtime::Handle::try_current() else {
-        return;
-    };
-    handle.spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(500));
-        loop {
-            tick.tick().await;
-            match log.upgrade() {
-                Some(log) => log.flush(),
-                None => return,
-            }
-        }
-    });
 }
 
 #[cfg(test)]
@@ -337,6 +506,85 @@ mod tests {
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
         let err = prepare_log_dir(&dir).unwrap_err().to_string();
         assert!(err.contains("writable by other users (mode 0777)"), "{err}");
+    }
+
+    /// Descriptors of this process open on `path`.
+    fn descriptors_on(path: &Path) -> usize {
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .filter(|target| target == path)
+            .count()
+    }
+
+    #[test]
+    fn a_quiet_log_holds_no_descriptor_and_loses_no_line() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("shop.access.log");
+        let log = LogFile::open(&path).unwrap();
+        let mode = || std::fs::metadata(&path).unwrap().mode() & 0o777;
+        assert_eq!(mode(), 0o640, "made at setup");
+        assert!(!log.is_open());
+        assert_eq!(descriptors_on(&path), 0, "set up: no descriptor held");
+        log.line("one");
+        log.line("two");
+        log.flush();
+        assert!(log.is_open(), "open while lines come");
+        assert_eq!(descriptors_on(&path), 1);
+        log.line("three");
+        // Quiet for CLOSE_AFTER (the flusher's thread may visit too): the
+        // pending line is written, then the descriptor closed.
+        for _ in 0..=super::super::flusher::CLOSE_TICKS {
+            if !log.tick() {
+                break;
+            }
+        }
+        assert!(!log.is_open(), "closed after CLOSE_AFTER without a line");
+        assert_eq!(descriptors_on(&path), 0);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "one\ntwo\nthree\n");
+        // Reopened by the next line with the rules of setup: loosened
+        // meanwhile, it is 0640 again; a symlink planted meanwhile is moved
+        // aside, never followed.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        log.line("four");
+        log.flush();
+        assert_eq!(mode(), 0o640);
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "one\ntwo\nthree\nfour\n"
+        );
+        for _ in 0..=super::super::flusher::CLOSE_TICKS {
+            if !log.tick() {
+                break;
+            }
+        }
+        let elsewhere = tmp.path().join("elsewhere");
+        std::fs::write(&elsewhere, "").unwrap();
+        std::fs::rename(&path, tmp.path().join("kept")).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &path).unwrap();
+        log.line("five");
+        drop(log);
+        assert_eq!(std::fs::read_to_string(&elsewhere).unwrap(), "");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "five\n");
+    }
+
+    #[test]
+    fn a_group_given_while_closed_is_set_now_and_at_every_open() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("shop.error.log");
+        let log = LogFile::open(&path).unwrap();
+        let group = nix::unistd::getegid().as_raw() + u32::from(nix::unistd::geteuid().is_root());
+        let gid = || std::fs::metadata(&path).unwrap().gid();
+        log.give_to_group(Some(group)).unwrap();
+        assert!(!log.is_open(), "given without keeping a descriptor");
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        assert_eq!(gid(), group);
+        std::os::unix::fs::chown(&path, None, Some(0)).unwrap();
+        log.line("x");
+        log.flush();
+        assert_eq!(gid(), group, "set again when the file is opened again");
     }
 
     #[test]

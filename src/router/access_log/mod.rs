@@ -4,23 +4,30 @@
 //!
 //! - `file`: [`LogFile`], one buffered, private log file; the log directory
 //!   ([`prepare_log_dir`]) and removed sites' files ([`retire_other_logs`]).
+//! - `flusher`: the one thread that writes every log's pending lines twice a
+//!   second and closes a log's descriptor after `CLOSE_AFTER` (15 s) without
+//!   a line ([`flush_logs`] at shutdown).
 //! - `line`: what a request's access log line records ([`LogFacts`], taken
 //!   from the request before it moves on) and its format ([`write_combined`]).
 //!   The line is written when the response body is done, by
 //!   `router::outgoing::LoggedBody`.
 //!
-//! Lines go into a buffered writer behind a mutex; a background task flushes
+//! Lines go into a log's buffer behind its mutex; the flusher writes them
 //! every half second, so a log line costs a memory copy on the hot path, not
-//! a system call.
+//! a system call. No descriptor, buffer or timer is held for a site that
+//! logs nothing (an idle site): the file is opened by its first line and
+//! closed after 15 s without one.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 mod file;
+mod flusher;
 mod line;
 
-pub use file::{prepare_log_dir, retire_other_logs, LogFile, LOG_FILE_MODE};
+pub use file::{prepare_log_dir, retire_other_logs, set_log_owner, LogFile, LOG_FILE_MODE};
+pub use flusher::{flush_all as flush_logs, CLOSE_AFTER as LOG_CLOSE_AFTER};
 pub(crate) use line::LogFacts;
 pub use line::{write_combined, AccessRecord};
 
@@ -42,6 +49,23 @@ impl SiteLogs {
             let path = log_dir.join(format!("{site}.{kind}.log"));
             LogFile::open(&path).unwrap_or_else(|e| {
                 tracing::error!(site, file = %path.display(), error = %e, "cannot open the site's log file; its lines are dropped until polyhost is restarted");
+                LogFile::closed(&path)
+            })
+        };
+        SiteLogs {
+            access: open("access"),
+            error: open("error"),
+        }
+    }
+
+    /// Opens the two files another process made (the router opens what
+    /// the supervisor made: [`LogFile::open_existing`]). A file that cannot
+    /// be opened drops its lines, as with [`open`](Self::open).
+    pub fn open_existing(log_dir: &Path, site: &str) -> SiteLogs {
+        let open = |kind: &str| {
+            let path = log_dir.join(format!("{site}.{kind}.log"));
+            LogFile::open_existing(&path).unwrap_or_else(|e| {
+                tracing::error!(site, file = %path.display(), error = %e, "cannot open the site's log file (the supervisor makes it); its lines are dropped until the site is added again or polyhost restarted");
                 LogFile::closed(&path)
             })
         };

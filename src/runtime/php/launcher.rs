@@ -46,6 +46,20 @@ impl PhpLauncher {
         })
     }
 
+    /// The launcher of a site whose processes another process starts (the
+    /// router's view of a group the supervisor runs, `privsep`): only its
+    /// runtime and lifecycle are read, so no php-fpm binary is looked for.
+    pub fn attached(site: &Arc<SiteConfig>, state_dir: &Path) -> Self {
+        let fpm = site.php.as_ref().and_then(|php| php.fpm.clone());
+        PhpLauncher {
+            site: site.clone(),
+            paths: PhpPoolPaths::new(state_dir, &site.name),
+            fpm: fpm.unwrap_or_default(),
+            identity: None,
+            private_tmp: Vec::new(),
+        }
+    }
+
     /// The site's processes start in a sandbox where these paths are the
     /// site's own temporary directory: `open_basedir` admits them.
     pub fn with_private_tmp(mut self, paths: Vec<PathBuf>) -> Self {

@@ -100,9 +100,33 @@ fn root_only_writable(dir: &Path) -> bool {
 }
 
 /// The newest `php-fpm*` binary in `/usr/sbin` (`php-fpm8.3` before
-/// `php-fpm8.2`, a versioned one before a plain `php-fpm`).
+/// `php-fpm8.2`, a versioned one before a plain `php-fpm`). Asked by every
+/// PHP site built: the answer is kept while `/usr/sbin` is unchanged (its
+/// modification and change times: a package installed or removed).
 pub fn find_fpm_binary() -> Option<PathBuf> {
-    find_fpm_in(Path::new("/usr/sbin"))
+    use std::os::unix::fs::MetadataExt;
+    type Kept = Option<((u64, u64, i64, i64, i64, i64), Option<PathBuf>)>;
+    static KEPT: std::sync::Mutex<Kept> = std::sync::Mutex::new(None);
+    let dir = Path::new("/usr/sbin");
+    let stamp = std::fs::metadata(dir).ok().map(|m| {
+        (
+            m.dev(),
+            m.ino(),
+            m.mtime(),
+            m.mtime_nsec(),
+            m.ctime(),
+            m.ctime_nsec(),
+        )
+    });
+    let mut kept = KEPT.lock().unwrap_or_else(|p| p.into_inner());
+    if let (Some(stamp), Some((at, found))) = (stamp, kept.as_ref()) {
+        if stamp == *at {
+            return found.clone();
+        }
+    }
+    let found = find_fpm_in(dir);
+    *kept = stamp.map(|stamp| (stamp, found.clone()));
+    found
 }
 
 /// [`find_fpm_binary`] in another directory (tests).
@@ -110,6 +134,10 @@ pub fn find_fpm_in(dir: &Path) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     let names = std::fs::read_dir(dir).ok()?.filter_map(|e| {
         let e = e.ok()?;
+        // Only the candidates are looked at (`/usr/sbin` holds hundreds).
+        if !e.file_name().as_encoded_bytes().starts_with(b"php-fpm") {
+            return None;
+        }
         let meta = std::fs::metadata(e.path()).ok()?;
         (meta.is_file() && meta.permissions().mode() & 0o111 != 0)
             .then(|| e.file_name().into_string().ok())?

@@ -2,7 +2,9 @@
 //! without a live process (or whose backoff ended), count OOM kills, enforce
 //! `limits.memory` by RSS where there are no cgroups, recycle processes past
 //! `max_requests` or `memory_per_process`, and scale to zero after
-//! `idle_timeout`.
+//! `idle_timeout`. With a router process (`privsep`), the requests it
+//! reported count like local ones: `Endpoint::inflight` and `served`
+//! include them, and its reports touch the group's activity.
 
 use std::time::{Duration, Instant};
 

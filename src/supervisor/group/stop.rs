@@ -14,7 +14,9 @@ impl Actor {
     /// Unpublishes a process and stops it once its in-flight requests end.
     /// It is published without the process before its endpoint is closed,
     /// so a request that raced with this and finds it closed takes another
-    /// one (see [`crate::supervisor::endpoint`]); a lease taken before is waited for.
+    /// one (see [`crate::supervisor::endpoint`]); a lease taken before is waited for,
+    /// and so is a router process that was told of it (until it says it
+    /// holds no lease on it, or dies).
     pub(super) fn drain(&mut self, id: u64) {
         let Some(p) = self.procs.get_mut(&id) else {
             return;
@@ -27,7 +29,7 @@ impl Actor {
         let timeout = self.lifecycle.drain_timeout;
         tokio::spawn(async move {
             let deadline = Instant::now() + timeout;
-            while endpoint.inflight() > 0 && Instant::now() < deadline {
+            while !endpoint.is_idle() && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             let _ = events.send(Event::Drained { id });
