@@ -247,7 +247,7 @@ impl Actor {
                     }
                 },
                 Some(ev) = events.recv() => self.on_event(ev),
-                _ = tick.tick() => self.on_tick(),
+                _ = tick.tick(), if self.needs_ticks() => self.on_tick(),
             }
             self.publish();
         }
@@ -362,6 +362,14 @@ impl Actor {
         }
     }
 
+    /// Whether the periodic checks have anything to look at: a process, or
+    /// a state that moves by time (starting, running, a failure's backoff).
+    /// An idle group (scaled to zero, or never started) waits for a command
+    /// without a timer: 10,000 idle sites cost no wake-up.
+    fn needs_ticks(&self) -> bool {
+        !self.procs.is_empty() || !matches!(self.state, GroupState::Idle | GroupState::Stopped)
+    }
+
     fn publish(&self) {
         self.publish_with(self.state.clone());
     }
@@ -386,6 +394,14 @@ impl Actor {
             last_error: self.last_error.clone(),
             app_error: self.app_error.clone(),
         };
-        self.snap.send_replace(Arc::new(snap));
+        // Watchers (leases waiting for a process, the router link's
+        // forwarder) wake only when something changed, not at every tick.
+        self.snap.send_if_modified(|current| {
+            if current.same_as(&snap) {
+                return false;
+            }
+            *current = Arc::new(snap);
+            true
+        });
     }
 }
