@@ -171,6 +171,10 @@ async fn the_router_runs_as_its_user_with_one_capability_and_no_admin_socket() {
     sites(&cfg, "ph", &user, "");
     let bin = Binary::start(&cfg.main(), &[]).await;
     let router = wait_router(&bin, None).await;
+    // Serving through it: a static file, a PHP page. (Also: the router has
+    // run its own start-up, `harden_self` included, before it serves.)
+    assert_eq!(get_ok(&bin, "st.test", "/a.txt").await, "static file\n");
+    assert!(get_ok(&bin, "ph.test", "/").await.starts_with("php pid="));
 
     let status = std::fs::read_to_string(format!("/proc/{router}/status")).unwrap();
     let field = |key: &str| {
@@ -217,10 +221,6 @@ async fn the_router_runs_as_its_user_with_one_capability_and_no_admin_socket() {
         proc_owner, 0,
         "the router is dumpable: it must call isolation::router_process::harden_self() at start"
     );
-
-    // Serving through it: a static file, a PHP page.
-    assert_eq!(get_ok(&bin, "st.test", "/a.txt").await, "static file\n");
-    assert!(get_ok(&bin, "ph.test", "/").await.starts_with("php pid="));
 
     // The admin socket is the supervisor's alone.
     let admin = cfg.path().join("state/admin.sock");
