@@ -72,7 +72,8 @@ pub(super) struct Told {
     /// Its endpoints the router holds (told and not `Drained`), by id.
     pub(super) held: BTreeMap<u64, Arc<Endpoint>>,
     /// The last update sent to the connected router (an unchanged one is
-    /// not sent again: the group republishes its snapshot on every tick).
+    /// not sent again: a snapshot that changed only in what the router does
+    /// not see, such as its pids, makes the same update).
     pub(super) last: Option<crate::privsep::wire::GroupUpdate>,
     /// The forwarding task (ends by itself once the group stopped).
     forwarder: tokio::task::AbortHandle,
