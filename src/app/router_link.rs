@@ -4,15 +4,35 @@
 //! publishes a [`Desired`] through its [`RouterLink`] and waits until the
 //! router serves it before it retires what the change replaced.
 //!
-//! Invariant: a [`Desired`] is complete (every site, with its generation),
-//! never a diff: a router that starts afresh is told the current one and
-//! serves exactly what the supervisor does.
+//! The server always hands its link a complete [`Desired`]; what crosses
+//! to the router process is either that (the first message a router gets
+//! after its `Hello`, so a router that starts afresh serves exactly what
+//! the supervisor does) or, for every later publication to the same
+//! router, the [`DesiredChanges`] from the previous one
+//! ([`Desired::changes_from`]): the sites added, changed (their state,
+//! and their configuration only when it changed) and removed. At 10,000
+//! sites a complete `Desired` is about 8 MB of JSON; a reload that changes
+//! one site sends one site. The router rebuilds the complete state
+//! ([`Desired::apply_changes`]) and reconciles against it, so both ends
+//! reason about complete states only.
+//!
+//! Invariants:
+//! - A [`DesiredChanges`] names the version it applies to
+//!   ([`DesiredChanges::base`]): the `Desired` or `DesiredChanges` sent
+//!   just before it on the same link. A router whose state is not that
+//!   version refuses it and ends (its supervisor restarts it and sends the
+//!   complete state).
+//! - A site's configuration crosses the link when the site is new to the
+//!   router or its configuration changed (`==`), never otherwise: the router
+//!   keeps the `Arc<SiteConfig>` it received, shared by its `Desired` and
+//!   the site it built from it.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 
-use crate::config::Config;
+use crate::config::{Config, SiteConfig, SiteName};
 
 /// Everything the router serves, as the supervisor published it.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -44,6 +64,107 @@ pub struct DesiredSite {
     /// lines on a host with thousands of sites).
     #[serde(default)]
     pub runs_as: Option<RunsAs>,
+}
+
+/// What changed between two [`Desired`]s (see the module doc).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct DesiredChanges {
+    /// The version of the `Desired` these changes make.
+    pub version: u64,
+    /// The version they apply to.
+    pub base: u64,
+    /// Every site new or changed (state or configuration), by name.
+    pub changed: BTreeMap<SiteName, SiteChange>,
+    /// Every site no longer served.
+    pub removed: Vec<SiteName>,
+}
+
+/// One site of a [`DesiredChanges`].
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct SiteChange {
+    pub state: DesiredSite,
+    /// Its configuration when the site is new or its configuration changed;
+    /// `None`: the one the router has.
+    pub config: Option<Arc<SiteConfig>>,
+}
+
+/// Why [`Desired::apply_changes`] refused changes (a protocol error: the
+/// two ends disagree on what the router serves).
+#[derive(Debug, thiserror::Error)]
+pub enum ChangesError {
+    #[error("changes to version {base} arrived while version {held} is served")]
+    Base { base: u64, held: u64 },
+    #[error("site {0} changed without its configuration, which the router does not have")]
+    NoConfig(SiteName),
+}
+
+impl Desired {
+    /// What turns `before` into `self`. Cheap when little changed: a
+    /// configuration is compared by pointer first (a reload keeps the
+    /// `Arc` of every unchanged site), then by value.
+    pub fn changes_from(&self, before: &Desired) -> DesiredChanges {
+        let mut changed = BTreeMap::new();
+        for (name, config) in &self.config.sites {
+            let Some(&state) = self.sites.get(name.as_str()) else {
+                continue;
+            };
+            let old_config = before.config.sites.get(name);
+            let same_config =
+                old_config.is_some_and(|old| Arc::ptr_eq(old, config) || **old == **config);
+            let same_state = before.sites.get(name.as_str()) == Some(&state);
+            if same_config && same_state {
+                continue;
+            }
+            let config = (!same_config).then(|| config.clone());
+            changed.insert(name.clone(), SiteChange { state, config });
+        }
+        let removed = before
+            .config
+            .sites
+            .keys()
+            .filter(|name| !self.config.sites.contains_key(*name))
+            .cloned()
+            .collect();
+        DesiredChanges {
+            version: self.version,
+            base: before.version,
+            changed,
+            removed,
+        }
+    }
+
+    /// Applies `changes` (made by [`changes_from`](Self::changes_from)
+    /// against this version): `self` becomes the `Desired` they were made
+    /// from. Refused, leaving `self` as it was, when they were made against
+    /// another version or name a site's new state without a configuration
+    /// `self` has.
+    pub fn apply_changes(&mut self, changes: DesiredChanges) -> Result<(), ChangesError> {
+        if changes.base != self.version {
+            return Err(ChangesError::Base {
+                base: changes.base,
+                held: self.version,
+            });
+        }
+        let missing = changes.changed.iter().find(|(name, change)| {
+            change.config.is_none()
+                && (!self.config.sites.contains_key(*name) || changes.removed.contains(name))
+        });
+        if let Some((name, _)) = missing {
+            return Err(ChangesError::NoConfig(name.clone()));
+        }
+        for name in &changes.removed {
+            self.config.sites.remove(name);
+            self.sites.remove(name.as_str());
+        }
+        for (name, change) in changes.changed {
+            self.sites.insert(name.to_string(), change.state);
+            if let Some(config) = change.config {
+                self.config.sites.insert(name, config);
+            }
+        }
+        self.version = changes.version;
+        Ok(())
+    }
 }
 
 /// A site's credentials, in a [`DesiredSite`].
