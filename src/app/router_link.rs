@@ -201,3 +201,136 @@ pub struct StatsReply {
     /// and the end. No family appears in both.
     pub metrics: String,
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use super::{ChangesError, Desired, DesiredSite};
+    use crate::config::Config;
+
+    /// Static sites `a`, `b`, `c`; `b` answers for `hosts_b`.
+    fn config(dir: &Path, hosts_b: &str) -> Config {
+        let write = |rel: &str, text: &str| {
+            let p = dir.join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        };
+        write(
+            "polyhost.toml",
+            "listen = [\"127.0.0.1:0\"]\nstate_dir = \"state\"\nlog_dir = \"log\"\n",
+        );
+        for site in ["a", "b", "c", "d"] {
+            write(&format!("www/{site}/index.html"), site);
+        }
+        write("vhosts/a.toml", "hosts = [\"a.test\"]\nroot = \"www/a\"\n");
+        write(
+            "vhosts/b.toml",
+            &format!("hosts = [{hosts_b}]\nroot = \"www/b\"\n"),
+        );
+        write("vhosts/c.toml", "hosts = [\"c.test\"]\nroot = \"www/c\"\n");
+        write("vhosts/d.toml", "hosts = [\"d.test\"]\nroot = \"www/d\"\n");
+        crate::config::load(&dir.join("polyhost.toml")).unwrap()
+    }
+
+    /// `config`'s sites named in `sites` (name, generation, stopped).
+    fn desired(version: u64, config: &Config, sites: &[(&str, u64, bool)]) -> Desired {
+        let mut config = config.clone();
+        config
+            .sites
+            .retain(|name, _| sites.iter().any(|(n, _, _)| *n == name.as_str()));
+        Desired {
+            version,
+            config,
+            sites: sites
+                .iter()
+                .map(|&(name, generation, stopped)| {
+                    let state = DesiredSite {
+                        generation,
+                        stopped,
+                        runs_as: None,
+                    };
+                    (name.to_owned(), state)
+                })
+                .collect::<BTreeMap<_, _>>(),
+        }
+    }
+
+    fn names<T>(map: &BTreeMap<crate::config::SiteName, T>) -> Vec<&str> {
+        map.keys().map(|n| n.as_str()).collect()
+    }
+
+    #[test]
+    fn changes_carry_what_changed_and_rebuild_the_complete_state() {
+        let tmp = tempfile::tempdir().unwrap();
+        let one = config(tmp.path(), "\"b.test\"");
+        let before = desired(4, &one, &[("a", 1, false), ("b", 1, false), ("c", 1, false)]);
+        // `a` restarted (state only), `b` answers for one more host (its
+        // configuration, a new Arc from a new load), `c` removed, `d` added;
+        // a reload loads every file again: `a`'s Arc is new but equal.
+        let two = config(tmp.path(), "\"b.test\", \"www.b.test\"");
+        let after = desired(5, &two, &[("a", 2, false), ("b", 1, false), ("d", 1, false)]);
+
+        let changes = after.changes_from(&before);
+        assert_eq!((changes.version, changes.base), (5, 4));
+        assert_eq!(names(&changes.changed), ["a", "b", "d"]);
+        let config_of = |name: &str| {
+            changes
+                .changed
+                .iter()
+                .find(|(n, _)| n.as_str() == name)
+                .unwrap()
+                .1
+                .config
+                .is_some()
+        };
+        assert!(!config_of("a"), "its configuration is unchanged");
+        assert!(config_of("b") && config_of("d"));
+        let removed: Vec<&str> = changes.removed.iter().map(|n| n.as_str()).collect();
+        assert_eq!(removed, ["c"]);
+        // Through the wire's encoding, as the router gets them.
+        let json = serde_json::to_vec(&changes).unwrap();
+        let changes = serde_json::from_slice(&json).unwrap();
+
+        let mut held = before.clone();
+        held.apply_changes(changes).unwrap();
+        assert_eq!(held.version, 5);
+        assert_eq!(held.sites, after.sites);
+        assert_eq!(names(&held.config.sites), ["a", "b", "d"]);
+        for (name, config) in &after.config.sites {
+            assert_eq!(**held.config.sites.get(name).unwrap(), **config, "{name:?}");
+        }
+        let a = |d: &Desired| d.config.sites.iter().next().unwrap().1.clone();
+        assert!(Arc::ptr_eq(&a(&held), &a(&before)), "`a`'s config kept as it was");
+
+        // Nothing changed: nothing crosses.
+        let mut again = after.clone();
+        again.version = 6;
+        let none = again.changes_from(&after);
+        assert!(none.changed.is_empty() && none.removed.is_empty(), "{none:?}");
+    }
+
+    #[test]
+    fn changes_against_another_version_or_without_a_config_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let one = config(tmp.path(), "\"b.test\"");
+        let v1 = desired(1, &one, &[("a", 1, false)]);
+        let v2 = desired(2, &one, &[("a", 1, true), ("b", 1, false)]);
+        let mut held = desired(3, &one, &[("a", 1, false)]);
+        let got = held.apply_changes(v2.changes_from(&v1));
+        assert!(matches!(got, Err(ChangesError::Base { base: 1, held: 3 })), "{got:?}");
+        assert_eq!(held.version, 3, "left as it was");
+
+        // `b` named without its configuration, which the holder lacks.
+        let mut changes = v2.changes_from(&v1);
+        for change in changes.changed.values_mut() {
+            change.config = None;
+        }
+        let mut held = v1.clone();
+        let got = held.apply_changes(changes);
+        assert!(matches!(&got, Err(ChangesError::NoConfig(n)) if n.as_str() == "b"), "{got:?}");
+        assert_eq!(held.sites, v1.sites, "left as it was");
+    }
+}
