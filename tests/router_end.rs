@@ -457,7 +457,10 @@ async fn a_new_generation_is_served_once_applied_and_the_old_one_drained() {
         unreachable!()
     };
     assert_eq!(diff.changed.len(), 1, "{diff:?}");
-    assert!(diff.changed.values().all(|c| c.config.is_none()), "{diff:?}");
+    assert!(
+        diff.changed.values().all(|c| c.config.is_none()),
+        "{diff:?}"
+    );
     sup.send(ToRouter::Changes(diff)).await;
     applied(sup, 2).await;
     assert_eq!(get(addr, "st.test", "/").await.status, 200, "st kept");

@@ -266,12 +266,20 @@ mod tests {
     fn changes_carry_what_changed_and_rebuild_the_complete_state() {
         let tmp = tempfile::tempdir().unwrap();
         let one = config(tmp.path(), "\"b.test\"");
-        let before = desired(4, &one, &[("a", 1, false), ("b", 1, false), ("c", 1, false)]);
+        let before = desired(
+            4,
+            &one,
+            &[("a", 1, false), ("b", 1, false), ("c", 1, false)],
+        );
         // `a` restarted (state only), `b` answers for one more host (its
         // configuration, a new Arc from a new load), `c` removed, `d` added;
         // a reload loads every file again: `a`'s Arc is new but equal.
         let two = config(tmp.path(), "\"b.test\", \"www.b.test\"");
-        let after = desired(5, &two, &[("a", 2, false), ("b", 1, false), ("d", 1, false)]);
+        let after = desired(
+            5,
+            &two,
+            &[("a", 2, false), ("b", 1, false), ("d", 1, false)],
+        );
 
         let changes = after.changes_from(&before);
         assert_eq!((changes.version, changes.base), (5, 4));
@@ -303,13 +311,19 @@ mod tests {
             assert_eq!(**held.config.sites.get(name).unwrap(), **config, "{name:?}");
         }
         let a = |d: &Desired| d.config.sites.iter().next().unwrap().1.clone();
-        assert!(Arc::ptr_eq(&a(&held), &a(&before)), "`a`'s config kept as it was");
+        assert!(
+            Arc::ptr_eq(&a(&held), &a(&before)),
+            "`a`'s config kept as it was"
+        );
 
         // Nothing changed: nothing crosses.
         let mut again = after.clone();
         again.version = 6;
         let none = again.changes_from(&after);
-        assert!(none.changed.is_empty() && none.removed.is_empty(), "{none:?}");
+        assert!(
+            none.changed.is_empty() && none.removed.is_empty(),
+            "{none:?}"
+        );
     }
 
     #[test]
@@ -320,7 +334,10 @@ mod tests {
         let v2 = desired(2, &one, &[("a", 1, true), ("b", 1, false)]);
         let mut held = desired(3, &one, &[("a", 1, false)]);
         let got = held.apply_changes(v2.changes_from(&v1));
-        assert!(matches!(got, Err(ChangesError::Base { base: 1, held: 3 })), "{got:?}");
+        assert!(
+            matches!(got, Err(ChangesError::Base { base: 1, held: 3 })),
+            "{got:?}"
+        );
         assert_eq!(held.version, 3, "left as it was");
 
         // `b` named without its configuration, which the holder lacks.
@@ -330,7 +347,10 @@ mod tests {
         }
         let mut held = v1.clone();
         let got = held.apply_changes(changes);
-        assert!(matches!(&got, Err(ChangesError::NoConfig(n)) if n.as_str() == "b"), "{got:?}");
+        assert!(
+            matches!(&got, Err(ChangesError::NoConfig(n)) if n.as_str() == "b"),
+            "{got:?}"
+        );
         assert_eq!(held.sites, v1.sites, "left as it was");
     }
 }
