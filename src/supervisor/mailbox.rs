@@ -75,8 +75,9 @@ struct Shared<T> {
 /// its messages until the first one: tokio's allocates a block of 32
 /// messages with the channel, about 1.3 KiB for a [`Cmd`] channel, and
 /// every group has two (its commands and its processes' events), the
-/// router one per attached group: 35 MiB between the two processes at
-/// 10,000 idle sites, whose mailboxes never see a message.
+/// router one per attached group: 42 MiB between the two processes at
+/// 10,000 idle sites (measured: 29 in the supervisor, 13 in the router),
+/// whose mailboxes never see a message.
 pub(crate) fn channel<T>() -> (Sender<T>, Receiver<T>) {
     let shared = Arc::new(Shared {
         queue: Mutex::new((VecDeque::new(), false)),
