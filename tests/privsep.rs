@@ -354,6 +354,21 @@ async fn killing_the_router_under_load_fails_only_requests_in_flight_and_keeps_t
         "the supervisor says the router died:\n{}",
         bin.log()
     );
+    // The new router was told the complete state at its Hello; a reload now
+    // reaches it as changes to that state.
+    cfg.static_site("st", &["st.test", "st2.test"], "");
+    cfg.write("www/st/a.txt", "changed\n");
+    let socket = cfg.path().join("state/admin.sock");
+    let out = admin_support::cli(&socket, &["reload"], None).await;
+    assert_eq!(out.code, 0, "{out:?}\n{}", bin.log());
+    assert_eq!(get_ok(&bin, "st2.test", "/a.txt").await, "changed\n");
+    assert!(get_ok(&bin, "ph.test", "/").await.starts_with("php pid="));
+    assert_eq!(
+        wait_router(&bin, None).await,
+        new_router,
+        "the same router serves the reload:\n{}",
+        bin.log()
+    );
     let code = bin.terminate().await;
     assert!(code.success(), "{code}");
 }
