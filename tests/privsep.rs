@@ -171,6 +171,10 @@ async fn the_router_runs_as_its_user_with_one_capability_and_no_admin_socket() {
     sites(&cfg, "ph", &user, "");
     let bin = Binary::start(&cfg.main(), &[]).await;
     let router = wait_router(&bin, None).await;
+    // Serving through it: a static file, a PHP page. (Also: the router has
+    // run its own start-up, `harden_self` included, before it serves.)
+    assert_eq!(get_ok(&bin, "st.test", "/a.txt").await, "static file\n");
+    assert!(get_ok(&bin, "ph.test", "/").await.starts_with("php pid="));
 
     let status = std::fs::read_to_string(format!("/proc/{router}/status")).unwrap();
     let field = |key: &str| {
@@ -217,10 +221,6 @@ async fn the_router_runs_as_its_user_with_one_capability_and_no_admin_socket() {
         proc_owner, 0,
         "the router is dumpable: it must call isolation::router_process::harden_self() at start"
     );
-
-    // Serving through it: a static file, a PHP page.
-    assert_eq!(get_ok(&bin, "st.test", "/a.txt").await, "static file\n");
-    assert!(get_ok(&bin, "ph.test", "/").await.starts_with("php pid="));
 
     // The admin socket is the supervisor's alone.
     let admin = cfg.path().join("state/admin.sock");
@@ -352,6 +352,21 @@ async fn killing_the_router_under_load_fails_only_requests_in_flight_and_keeps_t
     assert!(
         bin.log().contains("the router process died"),
         "the supervisor says the router died:\n{}",
+        bin.log()
+    );
+    // The new router was told the complete state at its Hello; a reload now
+    // reaches it as changes to that state.
+    cfg.static_site("st", &["st.test", "st2.test"], "");
+    cfg.write("www/st/a.txt", "changed\n");
+    let socket = cfg.path().join("state/admin.sock");
+    let out = admin_support::cli(&socket, &["reload"], None).await;
+    assert_eq!(out.code, 0, "{out:?}\n{}", bin.log());
+    assert_eq!(get_ok(&bin, "st2.test", "/a.txt").await, "changed\n");
+    assert!(get_ok(&bin, "ph.test", "/").await.starts_with("php pid="));
+    assert_eq!(
+        wait_router(&bin, None).await,
+        new_router,
+        "the same router serves the reload:\n{}",
         bin.log()
     );
     let code = bin.terminate().await;

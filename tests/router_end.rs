@@ -174,9 +174,24 @@ fn running(generation: u64, workers: &[(u64, &FakeWorker)]) -> ToRouter {
 }
 
 fn desired(version: u64, config: &Config, sites: &[(&str, u64, bool)]) -> ToRouter {
-    ToRouter::Desired(Desired {
+    ToRouter::Desired(state(version, config, sites))
+}
+
+/// What the supervisor sends for a publication after the first: the
+/// changes from what it sent before.
+fn changes(before: &Desired, now: &Desired) -> ToRouter {
+    ToRouter::Changes(now.changes_from(before))
+}
+
+/// A complete state: `config`'s sites named in `sites` (name, generation,
+/// stopped).
+fn state(version: u64, config: &Config, sites: &[(&str, u64, bool)]) -> Desired {
+    let mut config = config.clone();
+    config
+        .sites
+        .retain(|name, _| sites.iter().any(|(n, _, _)| *n == name.as_str()));
+    Desired {
         version,
-        config: config.clone(),
         sites: sites
             .iter()
             .map(|&(name, generation, stopped)| {
@@ -185,12 +200,13 @@ fn desired(version: u64, config: &Config, sites: &[(&str, u64, bool)]) -> ToRout
                     DesiredSite {
                         generation,
                         stopped,
-                        runs_as: runs_as(config, name),
+                        runs_as: runs_as(&config, name),
                     },
                 )
             })
             .collect(),
-    })
+        config,
+    }
 }
 
 /// The site's user's credentials, as the supervisor resolves them.
@@ -428,16 +444,26 @@ async fn a_new_generation_is_served_once_applied_and_the_old_one_drained() {
     let new = FakeWorker::start(cfg.path(), "new");
     // At start the groups come before the first Desired too.
     sup.send(running(1, &[(1, &old)])).await;
-    sup.send(desired(1, &config, &[("st", 1, false), ("py", 1, false)]))
-        .await;
+    let one = state(1, &config, &[("st", 1, false), ("py", 1, false)]);
+    sup.send(ToRouter::Desired(one.clone())).await;
     applied(sup, 1).await;
     assert_eq!(get(addr, "py.test", "/a").await.text(), "old /a");
 
-    // A reload: the new generation's group first, then the Desired.
+    // A reload: the new generation's group first, then the changes (`py`'s
+    // generation alone: no configuration crosses).
     sup.send(running(2, &[(1, &new)])).await;
-    sup.send(desired(2, &config, &[("st", 1, false), ("py", 2, false)]))
-        .await;
+    let two = state(2, &config, &[("st", 1, false), ("py", 2, false)]);
+    let ToRouter::Changes(diff) = changes(&one, &two) else {
+        unreachable!()
+    };
+    assert_eq!(diff.changed.len(), 1, "{diff:?}");
+    assert!(
+        diff.changed.values().all(|c| c.config.is_none()),
+        "{diff:?}"
+    );
+    sup.send(ToRouter::Changes(diff)).await;
     applied(sup, 2).await;
+    assert_eq!(get(addr, "st.test", "/").await.status, 200, "st kept");
     assert_eq!(get(addr, "py.test", "/b").await.text(), "new /b");
     // The supervisor retires the old generation: drained at once (idle).
     sup.send(ToRouter::Group(GroupUpdate {
@@ -493,7 +519,8 @@ async fn certificates_cross_the_link_and_a_renewed_one_is_served_after_its_desir
         ..
     } = start().await;
     let sup = &mut supervisor;
-    sup.send(desired(1, &config, &[("sec", 1, false)])).await;
+    let one = state(1, &config, &[("sec", 1, false)]);
+    sup.send(ToRouter::Desired(one.clone())).await;
     applied(sup, 1).await;
     let tls = tls_connect(https, "sec.test", &["http/1.1"]).await.unwrap();
     assert!(
@@ -508,10 +535,49 @@ async fn certificates_cross_the_link_and_a_renewed_one_is_served_after_its_desir
     let renewed = self_signed(&["sec.test"]);
     cfg.write_cert("sec", &renewed);
     let config = cfg.load();
-    sup.send(desired(2, &config, &[("sec", 1, false)])).await;
+    sup.send(changes(&one, &state(2, &config, &[("sec", 1, false)])))
+        .await;
     applied(sup, 2).await;
     let tls = tls_connect(https, "sec.test", &[]).await.unwrap();
     assert!(served_cert(&tls) == renewed.der, "the renewed certificate");
     let r = send_h1(&mut h1, common::request("GET", "sec.test", "/")).await;
     assert_eq!(r.status, 200, "the connection made before goes on");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_made_against_another_version_end_the_router_and_are_not_served() {
+    let cfg = TestConfig::new();
+    cfg.static_site("st", &["st.test"], "");
+    cfg.static_site("other", &["other.test"], "");
+    let config = cfg.load();
+    let Started {
+        mut supervisor,
+        stop: _stop,
+        router,
+        ..
+    } = start().await;
+    let sup = &mut supervisor;
+    let one = state(1, &config, &[("st", 1, false)]);
+    sup.send(ToRouter::Desired(one.clone())).await;
+    applied(sup, 1).await;
+    // Changes that add `other`, made against version 7, which this router
+    // never served.
+    let mut skewed = one.clone();
+    skewed.version = 7;
+    let two = state(8, &config, &[("st", 1, false), ("other", 1, false)]);
+    sup.send(changes(&skewed, &two)).await;
+    let ended = tokio::time::timeout(WITHIN, router).await.unwrap();
+    assert_eq!(ended.unwrap().unwrap(), Ended::SupervisorGone);
+    let mut rest = Vec::new();
+    while let Ok(Ok(Some(msg))) =
+        tokio::time::timeout(WITHIN, frame::read::<_, ToSupervisor>(&mut sup.read)).await
+    {
+        rest.push(msg);
+    }
+    assert!(
+        !rest
+            .iter()
+            .any(|m| matches!(m, ToSupervisor::Applied { version: 8 })),
+        "it never said it serves them: {rest:?}"
+    );
 }

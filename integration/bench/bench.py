@@ -271,6 +271,21 @@ def polyhost_processes(root):
     return own
 
 
+def by_process(pids):
+    """Each of polyhost's own processes: its role (`router` for the
+    `polyhost router` child, else `supervisor`), RSS in KiB, descriptors."""
+    out = []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        role = "router" if len(argv) > 1 and argv[1] == b"router" else "supervisor"
+        out.append(dict(role=role, rss_kib=rss_kib(pid), fds=open_fds([pid])))
+    return out
+
+
 def open_fds(pids):
     total = 0
     for pid in pids:
@@ -310,6 +325,7 @@ def run_density(args, extra):
     d["rss_idle_kib"] = sum(rss_kib(k) for k in own)
     d["polyhost_processes"] = len(own)
     d["fds_idle"] = open_fds(own)
+    d["idle_by_process"] = by_process(own)
     d["children_idle"] = len(kids)
     d["children_rss_kib"] = sum(rss_kib(k) for k in kids)
     # Reload with one site changed: SIGHUP, wait for the next "reloaded" line.
@@ -362,6 +378,7 @@ def run_density(args, extra):
     own = polyhost_processes(p.pid)
     d["rss_after_kib"] = sum(rss_kib(k) for k in own)
     d["fds_after"] = open_fds(own)
+    d["after_by_process"] = by_process(own)
     d["loadavg_after"] = sh("cut -d' ' -f1-3 /proc/loadavg").stdout.strip()
     extra["density"] = d
     log(f"bench: density: {json.dumps(d)}")

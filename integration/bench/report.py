@@ -180,6 +180,9 @@ def extras(L, extra):
                      + (f" ({d['polyhost_processes']} polyhost processes, {d['fds_idle']:,} open descriptors)"
                         if "fds_idle" in d else "")
                      + f"; site processes: {d['children_idle']} ({d['children_rss_kib'] / 1024:.1f} MiB)")
+            if d.get("idle_by_process"):
+                L.append("  - by process, idle: " + ", ".join(
+                    f"{p['role']} {p['rss_kib'] / 1024:.1f} MiB, {p['fds']} descriptors" for p in d["idle_by_process"]))
             L.append(f"- reload with one site changed, {d.get('reload_how', '')}: "
                      + (f"{d['reload_s'] * 1000:.0f} ms" if d["reload_s"] is not None else "no reloaded line in 30 s"))
             L.append(f"  - `{d['reload_line'].strip()}`")
@@ -191,6 +194,9 @@ def extras(L, extra):
                          + (f"; warm right after: {c['warm_ms']:.1f} ms" if "warm_ms" in c else ""))
             L.append(f"- polyhost RSS after: {d['rss_after_kib'] / 1024:.1f} MiB"
                      + (f", {d['fds_after']:,} open descriptors" if "fds_after" in d else ""))
+            if d.get("after_by_process"):
+                L.append("  - by process, after: " + ", ".join(
+                    f"{p['role']} {p['rss_kib'] / 1024:.1f} MiB, {p['fds']} descriptors" for p in d["after_by_process"]))
             if "loadavg_before" in d:
                 L.append(f"- load average before / after: {d['loadavg_before']} / {d.get('loadavg_after', '?')}")
         L.append("")

@@ -259,7 +259,7 @@ impl Server {
         };
         let prepared = apply::prepare(changes, &state.sites, &builder).await?;
         let old = std::mem::replace(&mut state.sites, prepared.sites);
-        state.config = new;
+        state.config = share_configs(new, &state.sites);
         self.publish(state).await;
         apply::hand_over_logs(&state.sites, &prepared.fresh, &self.supervisor);
         apply::retire(old, &state.sites, &self.supervisor);
@@ -417,6 +417,22 @@ impl Server {
             .await;
         self.supervisor.shutdown();
     }
+}
+
+/// `config` with each site's configuration replaced by the one its built
+/// site holds when they are equal: a reload loads every vhost file anew, and
+/// without this an unchanged site's configuration would be held twice (its
+/// site's and the state's), 20 MiB more at 10,000 sites after one reload.
+fn share_configs(mut config: Config, sites: &BTreeMap<SiteName, Site>) -> Config {
+    for (name, loaded) in config.sites.iter_mut() {
+        let Some(built) = sites.get(name).map(Site::config) else {
+            continue;
+        };
+        if !Arc::ptr_eq(built, loaded) && **built == **loaded {
+            *loaded = built.clone();
+        }
+    }
+    config
 }
 
 /// The [`Desired`] of `sites` under `server`'s settings.

@@ -16,8 +16,9 @@
 //!
 //! They talk over one `SOCK_STREAM` socket pair the router inherits
 //! ([`frame`]: length-prefixed JSON; [`wire`]: the messages). The
-//! supervisor tells the router what to serve ([`wire::Desired`], after
-//! every change) and which processes are ready ([`wire::GroupUpdate`]); the
+//! supervisor tells the router what to serve ([`wire::Desired`], complete,
+//! when the router starts; [`wire::DesiredChanges`], the sites that changed,
+//! after every later change) and which processes are ready ([`wire::GroupUpdate`]); the
 //! router tells the supervisor what it uses ([`wire::ToSupervisor`]).
 //! Nothing crosses per request: the router leases ready processes itself
 //! and reports usage in batches.

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-pub use crate::app::router_link::{Desired, DesiredSite, StatsReply};
+pub use crate::app::router_link::{Desired, DesiredChanges, DesiredSite, SiteChange, StatsReply};
 pub use crate::supervisor::GroupKey;
 use crate::supervisor::GroupState;
 
@@ -18,12 +18,22 @@ pub const FDS_ENV: &str = "POLYHOST_ROUTER_FDS";
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub enum ToRouter {
-    /// What to serve now: sent first (before the router accepts anything)
-    /// and after every change. Answered with [`ToSupervisor::Applied`].
+    /// What to serve now, complete: the first message after the router's
+    /// [`ToSupervisor::Hello`] (before it accepts anything), and the state
+    /// any later [`ToRouter::Changes`] builds on. Answered with
+    /// [`ToSupervisor::Applied`].
     Desired(Desired),
+    /// What changed since the `Desired` or `Changes` sent just before on
+    /// this link ([`DesiredChanges::base`]): every later publication. The
+    /// router rebuilds the complete state from it
+    /// (`Desired::apply_changes`); one made against another version is a
+    /// protocol error: the router ends, and its successor is sent the
+    /// complete state. Answered with [`ToSupervisor::Applied`].
+    Changes(DesiredChanges),
     /// A process group's published state: its ready processes are the only
     /// ones the router may send requests to. Sent for every group of the
-    /// current [`Desired`] when the router starts, then on every change.
+    /// current [`Desired`] when the router starts (before it), for a new
+    /// group before the `Changes` that names it, then on every change.
     Group(GroupUpdate),
     /// The router's counters, for `polyhost status` and `/metrics`.
     /// Answered with [`ToSupervisor::Stats`] of the same `id`.

@@ -128,7 +128,7 @@ struct Attached {
     activity: Arc<Activity>,
     /// The group's command channel (its forwarding task ends when this and
     /// every handle's copy are gone).
-    cmds: mpsc::UnboundedSender<Cmd>,
+    cmds: crate::supervisor::mailbox::Sender<Cmd>,
     /// When a start was last asked (coarse ms; 0: not since the last update).
     start_asked: Arc<AtomicU64>,
 }
@@ -183,7 +183,7 @@ impl Attachments {
     /// Group `key`, made idle if it is new.
     fn entry<'a>(&self, inner: &'a mut Inner, key: &GroupKey) -> &'a mut Attached {
         inner.groups.entry(key.clone()).or_insert_with(|| {
-            let (cmds, rx) = mpsc::unbounded_channel();
+            let (cmds, rx) = crate::supervisor::mailbox::channel();
             let start_asked = Arc::new(AtomicU64::new(0));
             tokio::spawn(forward(
                 key.clone(),
@@ -395,7 +395,7 @@ fn idle_ms(activity: &Activity) -> u64 {
 /// sender is gone.
 async fn forward(
     group: GroupKey,
-    mut cmds: mpsc::UnboundedReceiver<Cmd>,
+    mut cmds: crate::supervisor::mailbox::Receiver<Cmd>,
     requests: mpsc::UnboundedSender<Request>,
     start_asked: Arc<AtomicU64>,
 ) {

@@ -52,7 +52,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 
 use super::endpoint::{Activity, Endpoint};
 use super::handle::GroupHandle;
@@ -108,8 +108,8 @@ pub fn spawn_group(spec: GroupSpec) -> GroupHandle {
 /// [`spawn_group`] with the processes started by `spawner`.
 fn spawn_group_with(spec: GroupSpec, spawner: Arc<dyn Spawner>) -> GroupHandle {
     let lifecycle = spec.launcher.lifecycle();
-    let (tx, rx) = mpsc::unbounded_channel();
-    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let (tx, rx) = crate::supervisor::mailbox::channel();
+    let (events_tx, events_rx) = crate::supervisor::mailbox::channel();
     let initial = Arc::new(Snapshot {
         state: GroupState::Idle,
         generation: spec.generation,
@@ -217,7 +217,7 @@ struct Actor {
     last_error: Option<String>,
     app_error: Option<String>,
     failed_at: Option<Instant>,
-    events: mpsc::UnboundedSender<Event>,
+    events: crate::supervisor::mailbox::Sender<Event>,
     snap: watch::Sender<Arc<Snapshot>>,
     activity: Arc<Activity>,
 }
@@ -225,8 +225,8 @@ struct Actor {
 impl Actor {
     async fn run(
         mut self,
-        mut cmds: mpsc::UnboundedReceiver<Cmd>,
-        mut events: mpsc::UnboundedReceiver<Event>,
+        mut cmds: crate::supervisor::mailbox::Receiver<Cmd>,
+        mut events: crate::supervisor::mailbox::Receiver<Event>,
     ) {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -247,7 +247,7 @@ impl Actor {
                     }
                 },
                 Some(ev) = events.recv() => self.on_event(ev),
-                _ = tick.tick() => self.on_tick(),
+                _ = tick.tick(), if self.needs_ticks() => self.on_tick(),
             }
             self.publish();
         }
@@ -362,6 +362,14 @@ impl Actor {
         }
     }
 
+    /// Whether the periodic checks have anything to look at: a process, or
+    /// a state that moves by time (starting, running, a failure's backoff).
+    /// An idle group (scaled to zero, or never started) waits for a command
+    /// without a timer: 10,000 idle sites cost no wake-up.
+    fn needs_ticks(&self) -> bool {
+        !self.procs.is_empty() || !matches!(self.state, GroupState::Idle | GroupState::Stopped)
+    }
+
     fn publish(&self) {
         self.publish_with(self.state.clone());
     }
@@ -386,6 +394,14 @@ impl Actor {
             last_error: self.last_error.clone(),
             app_error: self.app_error.clone(),
         };
-        self.snap.send_replace(Arc::new(snap));
+        // Watchers (leases waiting for a process, the router link's
+        // forwarder) wake only when something changed, not at every tick.
+        self.snap.send_if_modified(|current| {
+            if current.same_as(&snap) {
+                return false;
+            }
+            *current = Arc::new(snap);
+            true
+        });
     }
 }

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 
 use futures_util::future::BoxFuture;
 
@@ -21,7 +21,7 @@ use super::snapshot::{GroupState, Snapshot};
 pub struct GroupHandle {
     pub site: Arc<str>,
     pub runtime: &'static str,
-    pub(super) tx: mpsc::UnboundedSender<Cmd>,
+    pub(super) tx: crate::supervisor::mailbox::Sender<Cmd>,
     pub(super) snapshot: watch::Receiver<Arc<Snapshot>>,
     pub(super) activity: Arc<Activity>,
     pub(super) startup_timeout: Duration,

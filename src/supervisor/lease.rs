@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use tokio::sync::mpsc;
 
 use super::endpoint::{self, Endpoint};
 use super::mailbox::Cmd;
@@ -168,7 +167,7 @@ impl Drop for RuntimeLease {
 /// What a lease needs of its group: where to ask for a recycle, and after
 /// how many requests.
 pub(super) struct Recycler {
-    pub(super) cmds: mpsc::UnboundedSender<Cmd>,
+    pub(super) cmds: crate::supervisor::mailbox::Sender<Cmd>,
     pub(super) max_requests: Option<u64>,
 }
 

@@ -51,6 +51,26 @@ pub struct Snapshot {
     pub app_error: Option<String>,
 }
 
+impl Snapshot {
+    /// Whether `other` says the same: the same state and counters, and the
+    /// very same endpoints (by identity: an endpoint's counters are live).
+    pub fn same_as(&self, other: &Snapshot) -> bool {
+        self.state == other.state
+            && self.generation == other.generation
+            && self.endpoints.len() == other.endpoints.len()
+            && self
+                .endpoints
+                .iter()
+                .zip(&other.endpoints)
+                .all(|(a, b)| Arc::ptr_eq(a, b))
+            && self.pids == other.pids
+            && self.restarts == other.restarts
+            && self.oom_kills == other.oom_kills
+            && self.last_error == other.last_error
+            && self.app_error == other.app_error
+    }
+}
+
 /// Names one process group across processes (`privsep`): a site's runtime
 /// in one generation. The supervisor's generation numbers only grow while
 /// it runs, so a key is never reused.

@@ -20,7 +20,7 @@ use std::process::ExitStatus;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use super::launcher::{Listen, Probe};
 use super::mailbox::{Event, STOP_GRACE};
@@ -31,7 +31,7 @@ pub(super) async fn watch_process(
     id: u64,
     mut process: isolation::SiteProcess,
     stop: oneshot::Receiver<Duration>,
-    events: mpsc::UnboundedSender<Event>,
+    events: crate::supervisor::mailbox::Sender<Event>,
 ) {
     tokio::select! {
         status = process.wait() => {
@@ -62,7 +62,7 @@ pub(super) async fn wait_ready(
     socket: PathBuf,
     listen: Listen,
     timeout: Duration,
-    events: mpsc::UnboundedSender<Event>,
+    events: crate::supervisor::mailbox::Sender<Event>,
 ) {
     let deadline = tokio::time::Instant::now() + timeout;
     let mut delay = Duration::from_millis(2);

@@ -181,12 +181,28 @@ impl CgroupRoot {
 
     /// Removes every site cgroup and then `<parent>` itself (at shutdown, and
     /// in tests). On v2 the `-supervisor` leaf polyhost may sit in is kept.
+    ///
+    /// Every hierarchy is tried even when one fails (a failure in `pids`
+    /// must not leave `cpu` behind too), and a parent that is still busy
+    /// gets its site cgroups swept once more (one made while the first
+    /// sweep ran: a process started during the stop). The first error is
+    /// returned.
     pub fn remove_all(&self) -> Result<()> {
-        self.cleanup_stale(&[])?;
-        for parent in self.parent_dirs() {
-            rmdir_retrying(parent)?;
+        let mut first_error = None;
+        for _sweep in 0..2 {
+            first_error = self.cleanup_stale(&[]).err();
+            let mut busy = false;
+            for parent in self.parent_dirs() {
+                if let Err(e) = rmdir_retrying(parent) {
+                    busy = true;
+                    first_error.get_or_insert(e);
+                }
+            }
+            if !busy {
+                return first_error.map_or(Ok(()), Err);
+            }
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Removes polyhost's parent cgroups if nothing is left in them (no site

@@ -8,15 +8,19 @@
 //! start: take the inherited descriptors (POLYHOST_ROUTER_FDS) → Hello
 //!   → wait for the first Desired (Group updates before it are applied)
 //!   → build the sites, swap the table → Applied → accept connections
-//! running: Desired → rebuild what changed, swap, settle what it replaced → Applied
+//! running: Changes → the complete state they make from the one held (refused
+//!          when made against another version: the router ends, see below)
+//!          → rebuild what changed, swap, settle what it replaced → Applied
+//!          (a complete Desired: the same, from it)
 //!          Group → the attached group's snapshot (supervisor::attached)
 //!          StatsRequest → Stats
 //!          every 10 ms while an unpublished process has leases: Drained once it has none
 //!          every 250 ms: Usage of the groups used since the last one
 //!          a request's Start / Recycle → forwarded as they come
-//! end: Shutdown, the link's end (the supervisor is gone; PDEATHSIG too)
-//!      or SIGTERM/SIGINT → stop accepting, in-flight requests finish
-//!      within shutdown_timeout, exit
+//! end: Shutdown, the link's end (the supervisor is gone; PDEATHSIG too),
+//!      Changes it cannot apply (the supervisor restarts it and sends the
+//!      complete state) or SIGTERM/SIGINT → stop accepting, in-flight
+//!      requests finish within shutdown_timeout, exit
 //! ```
 //!
 //! - [`state`]: the sites, rebuilt from each `Desired` (what is kept,
@@ -209,6 +213,7 @@ pub async fn serve_link(
     tasks.spawn(pump(attachments.clone()));
     tasks.spawn(read_link(
         read,
+        desired,
         state,
         table.clone(),
         attachments,
@@ -251,6 +256,15 @@ async fn first_desired(
         let msg: Option<ToRouter> = frame::read(read).await.map_err(RouterError::Link)?;
         match msg {
             Some(ToRouter::Desired(desired)) => return Ok(Ok(desired)),
+            Some(ToRouter::Changes(changes)) => {
+                // Changes need a state to apply to: the supervisor sends a
+                // complete one first.
+                tracing::error!(
+                    version = changes.version,
+                    "the supervisor sent changes before a complete state; stopping"
+                );
+                return Ok(Err(Ended::SupervisorGone));
+            }
             Some(ToRouter::Group(update)) => {
                 let key = update.group.clone();
                 attachments.update(&key, link::published(update));
@@ -268,9 +282,11 @@ async fn first_desired(
     }
 }
 
-/// Applies the supervisor's messages until the link ends.
+/// Applies the supervisor's messages until the link ends. `current`: the
+/// state served now (the one `Changes` apply to).
 async fn read_link(
     mut read: OwnedReadHalf,
+    mut current: Desired,
     mut state: RouterState,
     table: SharedTable,
     attachments: Arc<Attachments>,
@@ -297,16 +313,18 @@ async fn read_link(
         };
         match msg {
             ToRouter::Desired(desired) => {
-                let replaced = state.apply(&desired);
-                table.store(Arc::new(state.table()));
-                let (before, out, version) = (applied.take(), out.clone(), desired.version);
-                applied = Some(tokio::spawn(async move {
-                    if let Some(before) = before {
-                        let _ = before.await;
-                    }
-                    replaced.settle().await;
-                    let _ = out.send(ToSupervisor::Applied { version });
-                }));
+                current = desired;
+                let before = applied.take();
+                applied = Some(serve(&mut state, &current, &table, before, &out));
+            }
+            ToRouter::Changes(changes) => {
+                if let Err(e) = current.apply_changes(changes) {
+                    tracing::error!(error = %e, "the supervisor's changes do not fit what this router serves; stopping (the supervisor starts another and tells it the complete state)");
+                    ending.end(Ended::SupervisorGone);
+                    return;
+                }
+                let before = applied.take();
+                applied = Some(serve(&mut state, &current, &table, before, &out));
             }
             ToRouter::Group(update) => {
                 let key = update.group.clone();
@@ -325,6 +343,28 @@ async fn read_link(
             }
         }
     }
+}
+
+/// Serves `current` from now on (the sites rebuilt, the table swapped);
+/// returns the task that says `Applied` once what it replaced has settled,
+/// after `before` (the previous one) said its own.
+fn serve(
+    state: &mut RouterState,
+    current: &Desired,
+    table: &SharedTable,
+    before: Option<tokio::task::JoinHandle<()>>,
+    out: &Outbox,
+) -> tokio::task::JoinHandle<()> {
+    let replaced = state.apply(current);
+    table.store(Arc::new(state.table()));
+    let (out, version) = (out.clone(), current.version);
+    tokio::spawn(async move {
+        if let Some(before) = before {
+            let _ = before.await;
+        }
+        replaced.settle().await;
+        let _ = out.send(ToSupervisor::Applied { version });
+    })
 }
 
 /// Reports usage every 250 ms, and says `Drained` as leases end (polled

@@ -154,7 +154,8 @@ impl RouterState {
             generation: h.site.runtimes().generation,
             stopped: h.site.is_stopped(),
             usable: h.usable,
-            same_config: **h.site.config() == **config,
+            // The same `Arc` for every site a `Changes` left alone.
+            same_config: Arc::ptr_eq(h.site.config(), config) || **h.site.config() == **config,
         });
         let decision = decide(view, want);
         let (logs, stats) = match held {

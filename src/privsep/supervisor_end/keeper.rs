@@ -61,6 +61,8 @@ pub struct Keeper {
     n_https: usize,
     /// `server.shutdown_timeout`.
     grace: Duration,
+    /// `server.log_level`, the router's unless `RUST_LOG` says otherwise.
+    log_level: String,
     program: PathBuf,
     /// The pid of the router connected now (0: none), for tests and logs.
     pid: Arc<std::sync::atomic::AtomicI32>,
@@ -105,6 +107,7 @@ impl Keeper {
         user: RouterUser,
         listeners: crate::router::Listeners,
         grace: Duration,
+        log_level: &str,
     ) -> std::io::Result<Keeper> {
         let n_http = listeners.http.len();
         let n_https = listeners.https.len();
@@ -120,6 +123,7 @@ impl Keeper {
             n_http,
             n_https,
             grace,
+            log_level: log_level.to_owned(),
             program: PathBuf::from("/proc/self/exe"),
             pid: Default::default(),
         })
@@ -173,6 +177,10 @@ impl Keeper {
             if let Ok(v) = std::env::var(name) {
                 env.push((name.to_owned(), v));
             }
+        }
+        if std::env::var_os("RUST_LOG").is_none() {
+            // The router logs at the configured level, as the supervisor does.
+            env.push(("RUST_LOG".to_owned(), self.log_level.clone()));
         }
         let router = spawn_router(&RouterSpec {
             program: self.program.clone(),

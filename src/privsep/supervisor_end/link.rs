@@ -64,6 +64,10 @@ pub(super) struct Inner {
     /// Every group the router was told of (or will be, when it connects),
     /// until it stops.
     pub(super) groups: BTreeMap<GroupKey, Told>,
+    /// The last state queued for the connected router (complete at its
+    /// `Hello`, then each publication's): the next publication is sent as
+    /// the changes from it. `None` while no router is connected.
+    told: Option<Desired>,
 }
 
 /// A group the link forwards.
@@ -72,7 +76,8 @@ pub(super) struct Told {
     /// Its endpoints the router holds (told and not `Drained`), by id.
     pub(super) held: BTreeMap<u64, Arc<Endpoint>>,
     /// The last update sent to the connected router (an unchanged one is
-    /// not sent again: the group republishes its snapshot on every tick).
+    /// not sent again: a snapshot that changed only in what the router does
+    /// not see, such as its pids, makes the same update).
     pub(super) last: Option<crate::privsep::wire::GroupUpdate>,
     /// The forwarding task (ends by itself once the group stopped).
     forwarder: tokio::task::AbortHandle,
@@ -86,6 +91,7 @@ impl Link {
             inner: Mutex::new(Inner {
                 out: None,
                 groups: BTreeMap::new(),
+                told: None,
             }),
             state: watch::Sender::new(RouterState {
                 epoch: 0,
@@ -102,7 +108,8 @@ impl Link {
 
     /// A router said `Hello` on a link whose writer reads `out`: it is told
     /// every group of what is published (their `Group` updates first, so it
-    /// can attach them at once), then the current [`Desired`].
+    /// can attach them at once), then the current [`Desired`], complete
+    /// (later publications send changes from it).
     pub(super) fn connected(self: &Arc<Self>, out: mpsc::UnboundedSender<ToRouter>) {
         let Some(server) = self.server.upgrade() else {
             return;
@@ -125,6 +132,7 @@ impl Link {
         // Read under the lock: a publication that found no router before
         // this sees its sites here; one after queues its own Desired after.
         let desired = server.desired();
+        inner.told = Some(desired.clone());
         inner.send(ToRouter::Desired(desired));
     }
 
@@ -134,6 +142,7 @@ impl Link {
     pub(super) fn disconnected(&self) {
         let mut inner = self.lock();
         inner.out = None;
+        inner.told = None;
         for told in inner.groups.values_mut() {
             for (_, endpoint) in std::mem::take(&mut told.held) {
                 endpoint.clear_router();
@@ -148,13 +157,20 @@ impl Link {
             .clear();
     }
 
-    /// Starts forwarding the groups of `published` not forwarded yet.
-    fn register(self: &Arc<Self>, inner: &mut Inner, published: Vec<(GroupKey, GroupHandle)>) {
+    /// Starts forwarding the groups of `published` not forwarded yet;
+    /// returns their keys.
+    fn register(
+        self: &Arc<Self>,
+        inner: &mut Inner,
+        published: Vec<(GroupKey, GroupHandle)>,
+    ) -> Vec<GroupKey> {
+        let mut new = Vec::new();
         for (key, handle) in published {
             if inner.groups.contains_key(&key) {
                 continue;
             }
             let forwarder = groups::spawn_forwarder(Arc::downgrade(self), key.clone(), &handle);
+            new.push(key.clone());
             inner.groups.insert(
                 key,
                 Told {
@@ -165,6 +181,7 @@ impl Link {
                 },
             );
         }
+        new
     }
 
     /// Applies one message of the router (every one but `Hello`).
@@ -241,6 +258,7 @@ impl Link {
     pub(super) fn close(&self) {
         let mut inner = self.lock();
         inner.out = None;
+        inner.told = None;
         for (_, told) in std::mem::take(&mut inner.groups) {
             told.forwarder.abort();
             for endpoint in told.held.values() {
@@ -274,9 +292,11 @@ impl Inner {
 }
 
 impl RouterLink for Link {
-    /// Tells the router of the groups it does not know yet, then `desired`;
-    /// waits (at most [`APPLY_TIMEOUT`]) until it serves it, or returns at
-    /// once when no router is connected or it dies meanwhile.
+    /// Tells the router of the groups it does not know yet, then what
+    /// changed from the last state it was told to `desired`
+    /// ([`Desired::changes_from`]); waits (at most [`APPLY_TIMEOUT`]) until
+    /// it serves it, or returns at once when no router is connected or it
+    /// dies meanwhile.
     fn publish(&self, desired: Desired) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             let version = desired.version;
@@ -289,21 +309,21 @@ impl RouterLink for Link {
                 let Some(this) = self.self_arc() else {
                     return;
                 };
-                let before: Vec<GroupKey> = inner.groups.keys().cloned().collect();
-                this.register(&mut inner, server.published_groups());
+                let new = this.register(&mut inner, server.published_groups());
                 if !inner.is_connected() {
                     return;
                 }
-                let new: Vec<GroupKey> = inner
-                    .groups
-                    .keys()
-                    .filter(|k| !before.contains(k))
-                    .cloned()
-                    .collect();
                 for key in new {
                     groups::send_update(&mut inner, &key);
                 }
-                inner.send(ToRouter::Desired(desired));
+                let msg = match inner.told.take() {
+                    Some(before) => ToRouter::Changes(desired.changes_from(&before)),
+                    // Connected without a state told: cannot happen (`connected`
+                    // tells one under this lock); the complete one is always right.
+                    None => ToRouter::Desired(desired.clone()),
+                };
+                inner.told = Some(desired);
+                inner.send(msg);
                 state.borrow_and_update().epoch
             };
             let served = tokio::time::timeout(

@@ -69,6 +69,7 @@ pub async fn serve_split(
     on_start: impl FnOnce(&Arc<Server>),
 ) -> Result<(), SplitError> {
     let user = router_user(&config.server)?;
+    let config_log_level = config.server.log_level.clone();
     // Before any site starts: runtime sockets and log files are made the
     // router's, who connects to and appends to them.
     crate::supervisor::sockets::set_router_owner(user.uid);
@@ -90,7 +91,13 @@ pub async fn serve_split(
     server.set_router_link(link.clone());
     let admin = crate::admin::serve(admin, server.clone(), shutdown.clone());
     on_start(&server);
-    let keeper = match Keeper::new(link.clone(), user, listeners, server.shutdown_timeout()) {
+    let keeper = match Keeper::new(
+        link.clone(),
+        user,
+        listeners,
+        server.shutdown_timeout(),
+        &config_log_level,
+    ) {
         Ok(k) => k,
         Err(e) => {
             server.shutdown().await;

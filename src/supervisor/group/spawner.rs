@@ -14,7 +14,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use super::GroupSpec;
 use crate::isolation::{self, SiteCgroup, SpawnSpec};
@@ -33,7 +33,7 @@ pub(crate) trait Spawner: Send + Sync + 'static {
         spec: &GroupSpec,
         startup_timeout: Duration,
         id: u64,
-        events: &mpsc::UnboundedSender<Event>,
+        events: &crate::supervisor::mailbox::Sender<Event>,
     ) -> Result<Started, String>;
 
     /// Resident set size of one process (`memory_per_process`).
@@ -64,7 +64,7 @@ impl Spawner for Isolated {
         spec: &GroupSpec,
         startup_timeout: Duration,
         id: u64,
-        events: &mpsc::UnboundedSender<Event>,
+        events: &crate::supervisor::mailbox::Sender<Event>,
     ) -> Result<Started, String> {
         let runtime = spec.launcher.runtime();
         let socket = spec

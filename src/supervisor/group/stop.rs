@@ -6,8 +6,6 @@
 
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
-
 use super::{Actor, Event, GroupState, Slot, STOP_GRACE};
 
 impl Actor {
@@ -48,7 +46,10 @@ impl Actor {
         }
     }
 
-    pub(super) async fn stop_all(&mut self, events: &mut mpsc::UnboundedReceiver<Event>) {
+    pub(super) async fn stop_all(
+        &mut self,
+        events: &mut crate::supervisor::mailbox::Receiver<Event>,
+    ) {
         self.state = GroupState::Stopped;
         let ids: Vec<u64> = self.procs.keys().copied().collect();
         for id in &ids {

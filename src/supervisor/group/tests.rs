@@ -11,7 +11,7 @@ use std::process::ExitStatus;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use super::spawner::{Spawner, Started};
 use super::{spawn_group_with, GroupHandle, GroupSpec, GroupState, Snapshot};
@@ -33,7 +33,7 @@ struct FakeState {
     /// Ids of the processes started, in order.
     started: Vec<u64>,
     /// The actor's event channel, once it started a process.
-    events: Option<mpsc::UnboundedSender<Event>>,
+    events: Option<crate::supervisor::mailbox::Sender<Event>>,
     /// Each process reports itself ready as soon as it starts.
     auto_ready: bool,
     /// This many next starts fail.
@@ -54,7 +54,7 @@ impl Fake {
     /// Tells the actor what its watchers would.
     fn send(&self, event: Event) {
         let events = self.lock().events.clone().expect("a process was started");
-        events.send(event).expect("the actor runs");
+        assert!(events.send(event).is_ok(), "the actor runs");
     }
 
     fn exit(&self, id: u64, code: i32) {
@@ -72,7 +72,7 @@ impl Spawner for Fake {
         _spec: &GroupSpec,
         _startup_timeout: Duration,
         id: u64,
-        events: &mpsc::UnboundedSender<Event>,
+        events: &crate::supervisor::mailbox::Sender<Event>,
     ) -> Result<Started, String> {
         let mut state = self.lock();
         state.events = Some(events.clone());
