@@ -211,28 +211,17 @@ mod tests {
     use super::{ChangesError, Desired, DesiredSite};
     use crate::config::Config;
 
-    /// Static sites `a`, `b`, `c`; `b` answers for `hosts_b`.
+    /// Static sites `a`, `b`, `c`, `d`; `b` answers for `hosts_b`.
     fn config(dir: &Path, hosts_b: &str) -> Config {
-        let write = |rel: &str, text: &str| {
-            let p = dir.join(rel);
-            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-            std::fs::write(p, text).unwrap();
-        };
-        write(
-            "polyhost.toml",
-            "listen = [\"127.0.0.1:0\"]\nstate_dir = \"state\"\nlog_dir = \"log\"\n",
-        );
-        for site in ["a", "b", "c", "d"] {
-            write(&format!("www/{site}/index.html"), site);
-        }
-        write("vhosts/a.toml", "hosts = [\"a.test\"]\nroot = \"www/a\"\n");
-        write(
-            "vhosts/b.toml",
-            &format!("hosts = [{hosts_b}]\nroot = \"www/b\"\n"),
-        );
-        write("vhosts/c.toml", "hosts = [\"c.test\"]\nroot = \"www/c\"\n");
-        write("vhosts/d.toml", "hosts = [\"d.test\"]\nroot = \"www/d\"\n");
-        crate::config::load(&dir.join("polyhost.toml")).unwrap()
+        crate::config::tests_support::static_sites(
+            dir,
+            &[
+                ("a", "\"a.test\""),
+                ("b", hosts_b),
+                ("c", "\"c.test\""),
+                ("d", "\"d.test\""),
+            ],
+        )
     }
 
     /// `config`'s sites named in `sites` (name, generation, stopped).

@@ -1,5 +1,7 @@
 //! Fixtures for unit tests: validated site configurations with defaults,
-//! built directly (no files), for the modules that take a `SiteConfig`.
+//! built directly (no files), for the modules that take a `SiteConfig`; and
+//! a whole configuration of static sites loaded from files
+//! ([`static_sites`]).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -50,4 +52,27 @@ pub fn site(root: &str) -> SiteConfig {
         tls: None,
         sandbox: Default::default(),
     }
+}
+
+/// A configuration loaded from files written in `dir`: a main file and one
+/// static site per `(name, hosts)`, `hosts` as written in TOML inside the
+/// brackets (`"\"a.test\", \"www.a.test\""`), each with its own root.
+pub fn static_sites(dir: &std::path::Path, sites: &[(&str, &str)]) -> Config {
+    let write = |rel: &str, text: &str| {
+        let p = dir.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    };
+    write(
+        "polyhost.toml",
+        "listen = [\"127.0.0.1:0\"]\nstate_dir = \"state\"\nlog_dir = \"log\"\n",
+    );
+    for (site, hosts) in sites {
+        write(&format!("www/{site}/index.html"), site);
+        write(
+            &format!("vhosts/{site}.toml"),
+            &format!("hosts = [{hosts}]\nroot = \"www/{site}\"\n"),
+        );
+    }
+    crate::config::load(&dir.join("polyhost.toml")).unwrap()
 }

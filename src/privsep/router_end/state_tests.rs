@@ -119,24 +119,7 @@ mod apply {
     /// A configuration with static sites `a` and `b` in `dir`; `a` answers
     /// for `hosts_a`.
     fn config(dir: &Path, hosts_a: &str) -> Config {
-        let write = |rel: &str, text: &str| {
-            let p = dir.join(rel);
-            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-            std::fs::write(p, text).unwrap();
-        };
-        write(
-            "polyhost.toml",
-            "listen = [\"127.0.0.1:0\"]\nstate_dir = \"state\"\nlog_dir = \"log\"\n",
-        );
-        for site in ["a", "b"] {
-            write(&format!("www/{site}/index.html"), site);
-        }
-        write(
-            "vhosts/a.toml",
-            &format!("hosts = [{hosts_a}]\nroot = \"www/a\"\n"),
-        );
-        write("vhosts/b.toml", "hosts = [\"b.test\"]\nroot = \"www/b\"\n");
-        crate::config::load(&dir.join("polyhost.toml")).unwrap()
+        crate::config::tests_support::static_sites(dir, &[("a", hosts_a), ("b", "\"b.test\"")])
     }
 
     fn desired(version: u64, config: &Config, sites: &[(&str, u64, bool)]) -> Desired {
