@@ -202,13 +202,41 @@ pub struct StatsReply {
     pub metrics: String,
 }
 
+/// Test fixture: `config`'s sites named in `sites` (name, generation,
+/// stopped), each without `runs_as`.
+#[cfg(test)]
+impl Desired {
+    pub(crate) fn of_sites(version: u64, config: &Config, sites: &[(&str, u64, bool)]) -> Desired {
+        let mut config = config.clone();
+        config
+            .sites
+            .retain(|name, _| sites.iter().any(|(n, _, _)| *n == name.as_str()));
+        let sites = sites
+            .iter()
+            .map(|&(name, generation, stopped)| {
+                let state = DesiredSite {
+                    generation,
+                    stopped,
+                    runs_as: None,
+                };
+                (name.to_owned(), state)
+            })
+            .collect();
+        Desired {
+            version,
+            config,
+            sites,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
     use std::path::Path;
     use std::sync::Arc;
 
-    use super::{ChangesError, Desired, DesiredSite};
+    use super::{ChangesError, Desired};
     use crate::config::Config;
 
     /// Static sites `a`, `b`, `c`, `d`; `b` answers for `hosts_b`.
@@ -224,29 +252,6 @@ mod tests {
         )
     }
 
-    /// `config`'s sites named in `sites` (name, generation, stopped).
-    fn desired(version: u64, config: &Config, sites: &[(&str, u64, bool)]) -> Desired {
-        let mut config = config.clone();
-        config
-            .sites
-            .retain(|name, _| sites.iter().any(|(n, _, _)| *n == name.as_str()));
-        Desired {
-            version,
-            config,
-            sites: sites
-                .iter()
-                .map(|&(name, generation, stopped)| {
-                    let state = DesiredSite {
-                        generation,
-                        stopped,
-                        runs_as: None,
-                    };
-                    (name.to_owned(), state)
-                })
-                .collect::<BTreeMap<_, _>>(),
-        }
-    }
-
     fn names<T>(map: &BTreeMap<crate::config::SiteName, T>) -> Vec<&str> {
         map.keys().map(|n| n.as_str()).collect()
     }
@@ -255,7 +260,7 @@ mod tests {
     fn changes_carry_what_changed_and_rebuild_the_complete_state() {
         let tmp = tempfile::tempdir().unwrap();
         let one = config(tmp.path(), "\"b.test\"");
-        let before = desired(
+        let before = Desired::of_sites(
             4,
             &one,
             &[("a", 1, false), ("b", 1, false), ("c", 1, false)],
@@ -264,7 +269,7 @@ mod tests {
         // configuration, a new Arc from a new load), `c` removed, `d` added;
         // a reload loads every file again: `a`'s Arc is new but equal.
         let two = config(tmp.path(), "\"b.test\", \"www.b.test\"");
-        let after = desired(
+        let after = Desired::of_sites(
             5,
             &two,
             &[("a", 2, false), ("b", 1, false), ("d", 1, false)],
@@ -319,9 +324,9 @@ mod tests {
     fn changes_against_another_version_or_without_a_config_are_refused() {
         let tmp = tempfile::tempdir().unwrap();
         let one = config(tmp.path(), "\"b.test\"");
-        let v1 = desired(1, &one, &[("a", 1, false)]);
-        let v2 = desired(2, &one, &[("a", 1, true), ("b", 1, false)]);
-        let mut held = desired(3, &one, &[("a", 1, false)]);
+        let v1 = Desired::of_sites(1, &one, &[("a", 1, false)]);
+        let v2 = Desired::of_sites(2, &one, &[("a", 1, true), ("b", 1, false)]);
+        let mut held = Desired::of_sites(3, &one, &[("a", 1, false)]);
         let got = held.apply_changes(v2.changes_from(&v1));
         assert!(
             matches!(got, Err(ChangesError::Base { base: 1, held: 3 })),

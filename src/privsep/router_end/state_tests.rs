@@ -106,12 +106,11 @@ fn each_site_is_kept_rerouted_stopped_or_built_as_the_supervisor_did() {
 }
 
 mod apply {
-    use std::collections::BTreeMap;
     use std::path::Path;
     use std::sync::Arc;
 
     use super::super::RouterState;
-    use crate::app::router_link::{Desired, DesiredSite, RunsAs};
+    use crate::app::router_link::{Desired, RunsAs};
     use crate::config::Config;
     use crate::docroot::Reader;
     use crate::supervisor::{Attachments, Supervisor};
@@ -122,30 +121,6 @@ mod apply {
         crate::config::tests_support::static_sites(dir, &[("a", hosts_a), ("b", "\"b.test\"")])
     }
 
-    fn desired(version: u64, config: &Config, sites: &[(&str, u64, bool)]) -> Desired {
-        let mut config = config.clone();
-        config
-            .sites
-            .retain(|name, _| sites.iter().any(|(n, _, _)| *n == name.as_str()));
-        Desired {
-            version,
-            config,
-            sites: sites
-                .iter()
-                .map(|&(name, generation, stopped)| {
-                    (
-                        name.to_owned(),
-                        DesiredSite {
-                            generation,
-                            stopped,
-                            runs_as: None,
-                        },
-                    )
-                })
-                .collect::<BTreeMap<_, _>>(),
-        }
-    }
-
     #[tokio::test]
     async fn sites_are_kept_rerouted_stopped_and_dropped_as_desired() {
         let tmp = tempfile::tempdir().unwrap();
@@ -153,7 +128,11 @@ mod apply {
         let (groups, _requests) = Attachments::new();
         let supervisor = Supervisor::for_router(&one.server, groups);
         let mut state = RouterState::new(supervisor, one.server.log_dir.clone());
-        state.apply(&desired(1, &one, &[("a", 1, false), ("b", 1, false)]));
+        state.apply(&Desired::of_sites(
+            1,
+            &one,
+            &[("a", 1, false), ("b", 1, false)],
+        ));
         let a1 = state.site("a").unwrap().clone();
         let b1 = state.site("b").unwrap().clone();
         let table = state.table();
@@ -168,7 +147,11 @@ mod apply {
 
         // `a` answers for one more host: a new route over the same generation.
         let two = config(tmp.path(), "\"a.test\", \"www.a.test\"");
-        state.apply(&desired(2, &two, &[("a", 1, false), ("b", 1, false)]));
+        state.apply(&Desired::of_sites(
+            2,
+            &two,
+            &[("a", 1, false), ("b", 1, false)],
+        ));
         let a2 = state.site("a").unwrap().clone();
         assert!(a2.shares_runtimes(&a1) && !Arc::ptr_eq(a2.route(), a1.route()));
         assert!(Arc::ptr_eq(a2.stats(), a1.stats()), "counters go on");
@@ -178,14 +161,14 @@ mod apply {
         );
 
         // `b` stopped, `a` removed.
-        state.apply(&desired(3, &two, &[("b", 1, true)]));
+        state.apply(&Desired::of_sites(3, &two, &[("b", 1, true)]));
         assert!(state.site("a").is_none());
         let b3 = state.site("b").unwrap();
         assert!(b3.is_stopped());
         assert!(Arc::ptr_eq(b3.logs(), b1.logs()), "logs go on");
 
         // Started again: a new generation.
-        state.apply(&desired(4, &two, &[("b", 5, false)]));
+        state.apply(&Desired::of_sites(4, &two, &[("b", 5, false)]));
         let b4 = state.site("b").unwrap();
         assert!(!b4.is_stopped());
         assert_eq!(b4.runtimes().generation, 5);
@@ -198,7 +181,7 @@ mod apply {
         let (groups, _requests) = Attachments::new();
         let supervisor = Supervisor::for_router(&config.server, groups);
         let mut state = RouterState::new(supervisor, config.server.log_dir.clone());
-        let mut want = desired(1, &config, &[("a", 1, false), ("b", 1, false)]);
+        let mut want = Desired::of_sites(1, &config, &[("a", 1, false), ("b", 1, false)]);
         want.sites.get_mut("a").unwrap().runs_as = Some(RunsAs {
             uid: 4242,
             gid: 4343,
@@ -218,7 +201,7 @@ mod apply {
         let mut state = RouterState::new(supervisor, config.server.log_dir.clone());
         let www_a = tmp.path().join("www/a");
         std::fs::rename(&www_a, tmp.path().join("elsewhere")).unwrap();
-        let want = desired(1, &config, &[("a", 1, false)]);
+        let want = Desired::of_sites(1, &config, &[("a", 1, false)]);
         state.apply(&want);
         assert!(!state.usable("a"), "its root is gone");
         assert!(
