@@ -166,6 +166,7 @@ fn running(generation: u64, workers: &[(u64, &FakeWorker)]) -> ToRouter {
                 pid: 1,
                 socket: w.socket.clone(),
                 uid: None,
+                tcp: None,
             })
             .collect(),
         app_error: None,

@@ -112,6 +112,7 @@ fn site() -> Site {
         static_files: cfg,
         php: None,
         python: None,
+        app: None,
         tls: None,
         sandbox: Default::default(),
     };

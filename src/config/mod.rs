@@ -34,6 +34,7 @@ pub use server::{
     AdminConfig, AdminToken, ServerConfig, SiteScheduling, DEFAULT_INCLUDE, DEFAULT_LISTEN,
 };
 pub use site::{
+    AppConfig, AppListen,
     AsgiConfig, IniValue, Lifespan, Limits, PhpConfig, PhpMode, PythonConfig, PythonInterface,
     SandboxConfig, SandboxNetwork, SiteConfig, StartPolicy, StaticConfig, WebSocketConfig,
     DEFAULT_BODY_LIMIT, RESERVED_PHP_INI,

@@ -49,6 +49,7 @@ pub fn site(root: &str) -> SiteConfig {
             ]),
         }),
         python: None,
+        app: None,
         tls: None,
         sandbox: Default::default(),
     }

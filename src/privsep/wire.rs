@@ -68,6 +68,9 @@ pub struct WireEndpoint {
     pub socket: PathBuf,
     /// The user that must be listening on `socket` (checked on connect).
     pub uid: Option<u32>,
+    /// A loopback port instead of `socket` (`supervisor::Endpoint::tcp`).
+    #[serde(default)]
+    pub tcp: Option<std::net::SocketAddr>,
 }
 
 /// From the router to the supervisor.

@@ -62,6 +62,8 @@ pub struct PublishedEndpoint {
     pub socket: PathBuf,
     /// Who must listen on `socket` (checked on connect).
     pub uid: Option<u32>,
+    /// A loopback port instead of `socket` (`Endpoint::tcp`).
+    pub tcp: Option<std::net::SocketAddr>,
 }
 
 /// What the router tells or asks its supervisor, in order.
@@ -238,7 +240,11 @@ impl Attachments {
                     Some(old) => old,
                     None => {
                         group.reported.insert(e.id, 0);
-                        Arc::new(Endpoint::new(e.id, e.pid, e.socket.clone(), e.uid))
+                        let endpoint = Endpoint::new(e.id, e.pid, e.socket.clone(), e.uid);
+                        Arc::new(match e.tcp {
+                            Some(addr) => endpoint.with_tcp(addr),
+                            None => endpoint,
+                        })
                     }
                 };
                 kept.insert(e.id, endpoint.clone());

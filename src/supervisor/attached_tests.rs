@@ -32,6 +32,7 @@ fn endpoint(id: u64) -> PublishedEndpoint {
         pid: 1000 + id as i32,
         socket: format!("/run/x/{id}.sock").into(),
         uid: None,
+        tcp: None,
     }
 }
 

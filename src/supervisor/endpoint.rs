@@ -37,6 +37,10 @@ pub struct Endpoint {
     /// listens itself): the router checks it on connect. `None` when
     /// polyhost listens (php-fpm): then there is nobody else to check.
     pub uid: Option<u32>,
+    /// Where the router connects instead of `socket`: a loopback port the
+    /// process bound itself (`[app] listen = "port"`). The supervisor checked
+    /// that `uid` owns the listener before it made the endpoint ready.
+    pub tcp: Option<std::net::SocketAddr>,
     inflight: AtomicUsize,
     served: AtomicU64,
     /// Set when the process is unpublished to be stopped: no new lease.
@@ -57,6 +61,7 @@ impl Endpoint {
             pid,
             socket,
             uid,
+            tcp: None,
             inflight: AtomicUsize::new(0),
             served: AtomicU64::new(0),
             closed: AtomicBool::new(false),
@@ -65,6 +70,12 @@ impl Endpoint {
             router_held: AtomicBool::new(false),
         }
     }
+    /// The endpoint of a process that listens on a loopback port (see [`Endpoint::tcp`]).
+    pub fn with_tcp(mut self, addr: std::net::SocketAddr) -> Self {
+        self.tcp = Some(addr);
+        self
+    }
+
     /// Leases held now, here and (as last reported) in the router process. Sequentially consistent with [`close`](Self::close)
     /// and `Lease::try_take` (see the module's invariant).
     pub fn inflight(&self) -> usize {

@@ -126,6 +126,12 @@ impl RuntimeLease {
         self.endpoint.uid
     }
 
+    /// The loopback port to connect to instead of [`socket`](Self::socket),
+    /// for a process that binds its own port (`[app] listen = "port"`).
+    pub fn tcp(&self) -> Option<std::net::SocketAddr> {
+        self.endpoint.tcp
+    }
+
     /// Asks the group to replace this lease's process gracefully (a stuck
     /// request); for a runtime polyhost does not supervise, only its
     /// `on_recycle` hears it ([`with_recycle`](Self::with_recycle)).

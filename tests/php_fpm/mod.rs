@@ -202,6 +202,7 @@ impl FpmSite {
                 .collect(),
             }),
             python: None,
+            app: None,
             tls: None,
             sandbox: Default::default(),
         };

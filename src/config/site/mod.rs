@@ -6,10 +6,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod app;
 mod python;
 mod sandbox;
 
 use python::validate_python;
+pub use app::{AppConfig, AppListen};
 pub use python::{AsgiConfig, Lifespan, PythonConfig, PythonInterface, WebSocketConfig};
 pub use sandbox::{RawSandbox, SandboxConfig, SandboxNetwork};
 
@@ -41,6 +43,8 @@ pub struct SiteConfig {
     pub static_files: StaticConfig,
     pub php: Option<PhpConfig>,
     pub python: Option<PythonConfig>,
+    /// `[app]`: a program of the site's own that serves HTTP (issue 22).
+    pub app: Option<AppConfig>,
     /// `[tls]`: the site's certificate (served by SNI) and HTTP→HTTPS redirect.
     pub tls: Option<super::tls::SiteTls>,
     /// `sandbox`: the namespaces the site's processes start in.
@@ -216,6 +220,7 @@ pub(crate) fn validate_site(
         static_files,
         php: php.flatten(),
         python: python.flatten(),
+        app: None,
         tls,
         sandbox,
     })

@@ -90,6 +90,7 @@ pub(crate) fn published(update: GroupUpdate) -> Published {
                 pid: e.pid,
                 socket: e.socket,
                 uid: e.uid,
+                tcp: e.tcp,
             })
             .collect(),
         app_error: update.app_error,

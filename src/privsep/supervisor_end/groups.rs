@@ -42,6 +42,7 @@ pub(super) fn send_update(inner: &mut Inner, key: &GroupKey) {
                 pid: e.pid,
                 socket: e.socket.clone(),
                 uid: e.uid,
+                tcp: e.tcp,
             });
         }
     }
