@@ -35,6 +35,7 @@ fn update(group: &GroupKey, snap: &Snapshot) -> GroupUpdate {
                 pid: e.pid,
                 socket: e.socket.clone(),
                 uid: e.uid,
+                tcp: e.tcp,
             })
             .collect(),
         app_error: snap.app_error.clone(),
