@@ -164,12 +164,17 @@ pub fn status_table(s: &ServerStatus) -> String {
     out
 }
 
-/// The runtime as the table shows it: an ASGI site's is `python/asgi`
-/// (WSGI, the default, is plain `python`).
+/// The runtime as the table shows it: with the Python version when known
+/// (`python3.13`), and an ASGI site's with `/asgi` (`python3.13/asgi`;
+/// WSGI, the default, has no suffix).
 fn runtime(site: &SiteStatus) -> String {
+    let mut shown = cleaned(&site.runtime);
+    if let Some(version) = site.python_version.as_deref() {
+        shown.push_str(&cleaned(version));
+    }
     match site.interface.as_deref() {
-        Some("asgi") => format!("{}/asgi", cleaned(&site.runtime)),
-        _ => cleaned(&site.runtime),
+        Some("asgi") => format!("{shown}/asgi"),
+        _ => shown,
     }
 }
 
@@ -178,6 +183,9 @@ pub fn site_detail(s: &SiteStatus) -> String {
     let pids: Vec<String> = s.pids.iter().map(i32::to_string).collect();
     let python = s.interface.as_deref().map(|i| {
         let mut rows = vec![("interface", cleaned(i))];
+        if let Some(version) = s.python_version.as_deref() {
+            rows.push(("python", cleaned(version)));
+        }
         if i == "asgi" {
             rows.push(("websockets", format!("{} open", s.websockets_open)));
         }
@@ -344,6 +352,7 @@ mod tests {
             oom_kills: 0,
             last_error: None,
             interface: None,
+            python_version: None,
             websockets_open: 0,
             sandbox: None,
         }
@@ -359,6 +368,7 @@ mod tests {
         shop.responses_5xx = 12;
         shop.restarts = 1;
         shop.interface = Some("asgi".into());
+        shop.python_version = Some("3.13".into());
         shop.websockets_open = 3;
         shop.sandbox = Some(SandboxStatus {
             on: true,

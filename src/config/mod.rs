@@ -39,6 +39,7 @@ pub use site::{
     SandboxConfig, SandboxNetwork, SiteConfig, StartPolicy, StaticConfig, WebSocketConfig,
     DEFAULT_BODY_LIMIT, RESERVED_PHP_INI,
 };
+pub use site::{virtualenv_version, PythonVersion, RequestedVersion, VersionSource};
 pub use tls::{crypto_provider, load_certified_key, LoadedPair, SiteTls, TlsKey};
 pub use types::{parse_duration, parse_size, HostPattern, Scalar, SiteName};
 
