@@ -472,7 +472,10 @@ async fn wsgiref_validate_and_asgi_on_every_built_version() {
             assert!(!log.contains(bad), "Python {v}: the log mentions {bad}:\n{log}");
         }
         let r = get(bin.addr, &format!("asgi{tag}.test"), "/x").await;
-        assert_eq!(r.status, 200, "ASGI on Python {v}: {}", r.text());
+        if r.status != 200 {
+            let log = std::fs::read_to_string(cfg.path().join(format!("log/asgi{tag}.error.log")));
+            panic!("ASGI on Python {v}: {} {}\n{log:?}\n{}", r.status, r.text(), bin.log());
+        }
         assert!(r.text().starts_with("asgi root_path= path=/x"), "{}", r.text());
     }
     let shown = status_versions(&cfg.main());
