@@ -488,3 +488,45 @@ async fn wsgiref_validate_and_asgi_on_every_built_version() {
     }
     bin.terminate().await;
 }
+
+#[tokio::test]
+async fn a_site_with_a_read_only_view_sees_its_workers_python_under_opt() {
+    if !worker_built(NEWEST) {
+        return;
+    }
+    if let Some(why) = polyhost::isolation::sandbox::view_unavailable() {
+        panic!("the read-only view is unavailable here ({why}): the tests run as root on a kernel that has it");
+    }
+    let cfg = TestConfig::new();
+    let user = TestUser::new();
+    site(
+        &cfg,
+        "viewed",
+        &user,
+        &format!(
+            "app = \"pyversion\"\nhome = \"{}\"\n[sandbox]\npaths = []",
+            venv(NEWEST).display()
+        ),
+    );
+    let bin = Binary::start_program(&bin_dir().join("polyhost"), &cfg.main(), &[]).await;
+    let r = get(bin.addr, "viewed.test", "/").await;
+    assert!(
+        r.status == 200 && r.text().starts_with(&format!("python={NEWEST}.")),
+        "{} {}\n{}\n{}",
+        r.status,
+        r.text(),
+        std::fs::read_to_string(cfg.path().join("log/viewed.error.log")).unwrap_or_default(),
+        bin.log()
+    );
+    // The view holds the worker's Python, not the others under /opt.
+    let pid = common::pids_of_uid(user.uid)[0];
+    let root = format!("/proc/{pid}/root/opt/polyhost/python");
+    let seen: Vec<String> = std::fs::read_dir(&root)
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(seen, vec![NEWEST.to_owned()], "{root}");
+    assert_only_libpython(&user, NEWEST);
+    bin.terminate().await;
+}

@@ -403,11 +403,11 @@ mod tests {
     fn status_table_for_a_bad_night() {
         expect![[r#"
             polyhost 0.1.0 (pid 1234), up 3h12m, limits: cgroup v1, reloads: 3 ok, 1 refused
-            SITE    STATE    RUNTIME      PROCS  MEMORY      REQUESTS  5XX  RESTARTS  OOM  LAST ERROR
-            blog    failed   python           0  -/256M             0    0         6    2  crash loop: OOM-killed (killed by signal 9 (SIGKILL)) after…
-            shop    running  python/asgi      2  34.1M/512M    120345   12         1    0  -
-            www     static   static           0  -                  9    0         0    0  -
-            sleepy  idle     python           0  -                  0    0         0    0  -
+            SITE    STATE    RUNTIME          PROCS  MEMORY      REQUESTS  5XX  RESTARTS  OOM  LAST ERROR
+            blog    failed   python               0  -/256M             0    0         6    2  crash loop: OOM-killed (killed by signal 9 (SIGKILL)) after…
+            shop    running  python3.13/asgi      2  34.1M/512M    120345   12         1    0  -
+            www     static   static               0  -                  9    0         0    0  -
+            sleepy  idle     python               0  -                  0    0         0    0  -
             attention: blog (details: polyhost status SITE)
         "#]]
         .assert_eq(&status_table(&server()));
@@ -420,6 +420,7 @@ mod tests {
             state      running
             runtime    python
             interface  asgi
+            python     3.13
             websockets 3 open
             sandbox    on (namespaces, read-only view)
             hosts      shop.example
@@ -485,6 +486,7 @@ mod tests {
             state      running
             runtime    python
             interface  asgi
+            python     3.13
             websockets 3 open
             sandbox    on (namespaces, read-only view)
             hosts      shop.example\x1b[8m
@@ -498,7 +500,7 @@ mod tests {
         "#]]
         .assert_eq(&detail);
         expect![[r#"
-            shop    running  python/asgi      2  34.1M/512M    120345   12         1    0  php said: \x1b]52;c;cm0gLXJmIH4=\x07\x1b[2J\u{9b}31mred\x0d…
+            shop    running  python3.13/asgi      2  34.1M/512M    120345   12         1    0  php said: \x1b]52;c;cm0gLXJmIH4=\x07\x1b[2J\u{9b}31mred\x0d…
         "#]]
         .assert_eq(&table.lines().nth(3).map(|l| format!("{l}\n")).unwrap_or_default());
         let body = ErrorBody {

@@ -12,7 +12,7 @@
 //! Which Python a worker runs is read from the binary, never by running it
 //! (this runs as root, on a path from the configuration): the `libpython3.N`
 //! among its ELF `DT_NEEDED` libraries, which is what the dynamic linker
-//! loads into it.
+//! loads into it (`isolation::elf`).
 
 use std::path::{Path, PathBuf};
 
@@ -151,23 +151,11 @@ pub fn available(dir: &Path) -> Vec<PythonVersion> {
 }
 
 /// The CPython version whose `libpython3.N.so…` the ELF file at `path`
-/// needs; `None` for a file that is not such an ELF file. Reads only the
-/// headers and the dynamic section (a lazy [`object::ReadCache`]).
+/// needs; `None` for a file that is not such an ELF file.
 pub fn linked_python(path: &Path) -> Option<PythonVersion> {
-    use object::read::elf::ElfFile64;
-    let file = std::fs::File::open(path).ok()?;
-    let data = object::ReadCache::new(file);
-    let elf = ElfFile64::<object::Endianness, _>::parse(&data).ok()?;
-    let endian = elf.endian();
-    let table = elf
-        .elf_section_table()
-        .dynamic_table(endian, &data)
-        .ok()?;
-    table
+    crate::isolation::elf::needed(path)
         .iter()
-        .filter(|d| d.tag == object::elf::DT_NEEDED)
-        .filter_map(|d| table.string(d).ok())
-        .find_map(|name| libpython_version(std::str::from_utf8(name).ok()?))
+        .find_map(|name| libpython_version(name))
 }
 
 /// `3.12` from `libpython3.12.so.1.0` (or `libpython3.12d.so…`).
