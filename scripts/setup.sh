@@ -69,6 +69,7 @@ setup_python_versions() {
             continue
         fi
         [[ $EUID -eq 0 ]] || { echo "setup: installing Python $v under /opt needs root" >&2; return 1; }
+        install_missing setup patchelf
         ./scripts/build-python-worker.sh "$v"
         venv=/var/tmp/polyhost-test-venv-$v
         django=${frameworks[$v]:-django}

@@ -49,7 +49,10 @@ fn python_available(version: &str) -> bool {
     let pyenv = std::env::var_os("PYENV_ROOT")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/root/.pyenv"));
-    Path::new(&format!("/opt/polyhost/python/{version}/bin/python{version}")).exists()
+    Path::new(&format!(
+        "/opt/polyhost/python/{version}/bin/python{version}"
+    ))
+    .exists()
         || std::fs::read_dir(pyenv.join("versions")).is_ok_and(|d| {
             d.filter_map(Result::ok).any(|e| {
                 e.file_name()
@@ -272,7 +275,12 @@ async fn three_python_versions_serve_at_once_under_load_each_with_its_own_libpyt
     load.wait_for(300).await;
     let seen = load.stop().await;
     let failed = failures(&hosts, &seen, &host_refs);
-    assert!(failed.is_empty(), "failed: {:?}\n{}", &failed[..failed.len().min(5)], bin.log());
+    assert!(
+        failed.is_empty(),
+        "failed: {:?}\n{}",
+        &failed[..failed.len().min(5)],
+        bin.log()
+    );
     // Every answer came from its site's Python and Django.
     for (i, v) in versions.iter().enumerate() {
         let answers: Vec<&str> = seen
@@ -281,7 +289,12 @@ async fn three_python_versions_serve_at_once_under_load_each_with_its_own_libpyt
             .filter(|s| s.host == i)
             .map(|s| s.body.as_str())
             .collect();
-        assert!(answers.len() >= 20, "{}: only {} answers", hosts[i], answers.len());
+        assert!(
+            answers.len() >= 20,
+            "{}: only {} answers",
+            hosts[i],
+            answers.len()
+        );
         let django = match *v {
             OLDEST => "django=3.2.",
             NEWEST => "django=6.0.",
@@ -336,10 +349,19 @@ async fn a_version_without_a_worker_and_a_contradicting_version_are_check_errors
         "python.home".to_owned(),
         format!("site newer asks for Python {missing}"),
         "pyvenv.cfg".to_owned(),
-        format!("workers exist for Python {}", have.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")),
+        format!(
+            "workers exist for Python {}",
+            have.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
         format!("scripts/build-python-worker.sh {missing}"),
     ] {
-        assert!(err.contains(want.as_str()), "check should say {want:?}:\n{err}");
+        assert!(
+            err.contains(want.as_str()),
+            "check should say {want:?}:\n{err}"
+        );
     }
 
     // python.version and the virtualenv disagree: named, site and key.
@@ -387,21 +409,34 @@ async fn a_reload_moves_a_site_from_3_11_to_3_13_without_a_failed_request() {
             .starts_with(&format!("python={NEWEST}."))
     })
     .await;
-    assert!(moved, "the site never answered from Python {NEWEST}:\n{}", bin.log());
+    assert!(
+        moved,
+        "the site never answered from Python {NEWEST}:\n{}",
+        bin.log()
+    );
     load.wait_for(100).await;
     let seen = load.stop().await;
     let hosts = vec!["moving.test".to_owned()];
     let failed = failures(&hosts, &seen, &["moving.test"]);
-    assert!(failed.is_empty(), "failed during the reload: {:?}", &failed[..failed.len().min(5)]);
+    assert!(
+        failed.is_empty(),
+        "failed during the reload: {:?}",
+        &failed[..failed.len().min(5)]
+    );
     // Each client saw 3.11 answers, then 3.13 ones, never back.
     for client in &seen {
         let on_newest = |b: &str| b.starts_with(&format!("python={NEWEST}."));
         if let Some(i) = client.iter().position(|s| on_newest(&s.body)) {
             let back = client[i..].iter().find(|s| !on_newest(&s.body));
-            assert!(back.is_none(), "a client went back to the old Python: {back:?}");
+            assert!(
+                back.is_none(),
+                "a client went back to the old Python: {back:?}"
+            );
         }
         assert!(
-            client.iter().all(|s| s.body.starts_with(&format!("python={DEBIAN}.")) || on_newest(&s.body)),
+            client
+                .iter()
+                .all(|s| s.body.starts_with(&format!("python={DEBIAN}.")) || on_newest(&s.body)),
             "an answer from neither Python: {client:?}"
         );
     }
@@ -469,14 +504,26 @@ async fn wsgiref_validate_and_asgi_on_every_built_version() {
         let log = std::fs::read_to_string(cfg.path().join(format!("log/wsgi{tag}.error.log")))
             .unwrap_or_default();
         for bad in ["AssertionError", "Warning", "Traceback"] {
-            assert!(!log.contains(bad), "Python {v}: the log mentions {bad}:\n{log}");
+            assert!(
+                !log.contains(bad),
+                "Python {v}: the log mentions {bad}:\n{log}"
+            );
         }
         let r = get(bin.addr, &format!("asgi{tag}.test"), "/x").await;
         if r.status != 200 {
             let log = std::fs::read_to_string(cfg.path().join(format!("log/asgi{tag}.error.log")));
-            panic!("ASGI on Python {v}: {} {}\n{log:?}\n{}", r.status, r.text(), bin.log());
+            panic!(
+                "ASGI on Python {v}: {} {}\n{log:?}\n{}",
+                r.status,
+                r.text(),
+                bin.log()
+            );
         }
-        assert!(r.text().starts_with("asgi root_path= path=/x"), "{}", r.text());
+        assert!(
+            r.text().starts_with("asgi root_path= path=/x"),
+            "{}",
+            r.text()
+        );
     }
     let shown = status_versions(&cfg.main());
     for v in &built {

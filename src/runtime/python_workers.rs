@@ -140,7 +140,11 @@ pub fn available(dir: &Path) -> Vec<PythonVersion> {
         .into_iter()
         .flatten()
         .filter_map(Result::ok)
-        .filter(|e| e.file_name().to_str().is_some_and(|n| n.starts_with(WORKER)))
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(WORKER))
+        })
         .map(|e| e.path())
         .filter(|p| is_executable(p))
         .filter_map(|p| linked_python(&p))

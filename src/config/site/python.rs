@@ -9,9 +9,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::python_version::{requested_version, RequestedVersion};
 use super::*;
 use crate::config::error::FileErrors;
-use super::python_version::{requested_version, RequestedVersion};
 use crate::config::raw::{RawPython, RawWebSocket};
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]

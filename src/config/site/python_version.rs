@@ -9,8 +9,9 @@ use std::path::Path;
 use super::FileErrors;
 
 /// A CPython `major.minor` version: one worker binary serves one.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct PythonVersion {
     pub major: u8,
     pub minor: u8,
@@ -151,9 +152,11 @@ mod tests {
     #[test]
     fn pyvenv_cfg_version_of_venv_virtualenv_and_home() {
         let v = |major, minor| Some(PythonVersion { major, minor });
-        let made_by_venv = venv("home = /usr/bin\ninclude-system-site-packages = false\nversion = 3.11.2\n");
+        let made_by_venv =
+            venv("home = /usr/bin\ninclude-system-site-packages = false\nversion = 3.11.2\n");
         assert_eq!(virtualenv_version(made_by_venv.path()), v(3, 11));
-        let made_by_virtualenv = venv("home = /x/bin\nimplementation = CPython\nversion_info = 3.13.0.final.0\n");
+        let made_by_virtualenv =
+            venv("home = /x/bin\nimplementation = CPython\nversion_info = 3.13.0.final.0\n");
         assert_eq!(virtualenv_version(made_by_virtualenv.path()), v(3, 13));
         let bin = tempfile::tempdir().unwrap();
         for f in ["python3", "python3.9", "python3.9-config"] {
@@ -168,7 +171,10 @@ mod tests {
     fn python_version_takes_major_dot_minor_only() {
         assert_eq!(
             PythonVersion::parse_exact("3.12"),
-            Some(PythonVersion { major: 3, minor: 12 })
+            Some(PythonVersion {
+                major: 3,
+                minor: 12
+            })
         );
         for bad in ["3", "3.12.1", "3.x", "", "3.", "+3.1"] {
             assert_eq!(PythonVersion::parse_exact(bad), None, "{bad}");
