@@ -193,13 +193,20 @@ pub fn build_runtimes(
     if let Some(py) = &site.python {
         warn_thread_overallocation(site, py);
         let home = ctx.identity.as_ref().map(|i| i.home.clone());
-        let worker = crate::runtime::python_workers::choose(&site.name.to_string(), py)
-            .map_err(|e| one_error(site, e.key(), e.to_string()))?;
-        rt.python_version = worker.version;
+        // The router process (attached) starts no worker: the supervisor
+        // chose it (and the router's user may not read the binaries).
+        let worker = if supervisor.is_attached() {
+            None
+        } else {
+            let chosen = crate::runtime::python_workers::choose(&site.name.to_string(), py)
+                .map_err(|e| one_error(site, e.key(), e.to_string()))?;
+            Some(chosen)
+        };
+        rt.python_version = worker.as_ref().and_then(|w| w.version);
         let launcher = Arc::new(PythonLauncher::new(
             site,
             py,
-            worker.path,
+            worker.map(|w| w.path).unwrap_or_default(),
             home.as_deref(),
             &ctx.tmp,
         ));
