@@ -82,7 +82,11 @@ echo "build-python-worker: building polyhost-python$version ($profile) against $
 PYO3_PYTHON=$prefix/bin/python$version CARGO_TARGET_DIR=$target/python$version \
     cargo build "${cargo_profile[@]}" -p polyhost-python
 mkdir -p "$target/$profile"
-# A rename, so a running test or polyhost never sees half a binary.
-cp "$target/python$version/$profile/polyhost-python" "$target/$profile/.polyhost-python$version.partial"
-mv "$target/$profile/.polyhost-python$version.partial" "$target/$profile/polyhost-python$version"
+# A rename, so a running test or polyhost never sees half a binary; an
+# unchanged build is left as it is (tests copy the workers by their stamp).
+built=$target/python$version/$profile/polyhost-python
+if ! cmp -s "$built" "$target/$profile/polyhost-python$version"; then
+    cp "$built" "$target/$profile/.polyhost-python$version.partial"
+    mv "$target/$profile/.polyhost-python$version.partial" "$target/$profile/polyhost-python$version"
+fi
 echo "build-python-worker: $target/$profile/polyhost-python$version"
