@@ -255,6 +255,31 @@ fn assert_only_libpython(user: &TestUser, version: &str) {
     }
 }
 
+/// The interpreter under `prefix`, as far as its worker loads it (the
+/// prefix, `lib`, `libpython` and the standard library's top): root's,
+/// readable by all, writable by no one else.
+fn assert_system_owned(prefix: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let version = prefix.file_name().unwrap().to_string_lossy().into_owned();
+    let lib = prefix.join("lib");
+    for p in [
+        prefix.to_path_buf(),
+        lib.clone(),
+        lib.join(format!("libpython{version}.so.1.0")),
+        lib.join(format!("python{version}")),
+        lib.join(format!("python{version}/os.py")),
+    ] {
+        let m = std::fs::metadata(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        assert!(
+            m.uid() == 0 && m.mode() & 0o022 == 0 && m.mode() & 0o004 != 0,
+            "{} must be root's, readable by all, writable by no one else: uid {} mode {:o}",
+            p.display(),
+            m.uid(),
+            m.mode()
+        );
+    }
+}
+
 #[tokio::test]
 async fn three_python_versions_serve_at_once_under_load_each_with_its_own_libpython() {
     let mut versions = vec![DEBIAN];
@@ -310,6 +335,9 @@ async fn three_python_versions_serve_at_once_under_load_each_with_its_own_libpyt
     }
     for (v, user) in versions.iter().zip(&users) {
         assert_only_libpython(user, v);
+        if *v != DEBIAN {
+            assert_system_owned(&Path::new("/opt/polyhost/python").join(v));
+        }
     }
     let shown = status_versions(&cfg.main());
     for (name, v) in names.iter().zip(&versions) {

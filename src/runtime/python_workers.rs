@@ -178,6 +178,30 @@ fn is_executable(p: &Path) -> bool {
 mod tests {
     use super::*;
 
+    fn python_config(version: Option<RequestedVersion>) -> PythonConfig {
+        use std::time::Duration;
+        PythonConfig {
+            module: "app".into(),
+            callable: "application".into(),
+            path: vec![],
+            home: None,
+            mount: String::new(),
+            processes: 1,
+            threads: 1,
+            start: crate::config::StartPolicy::OnDemand,
+            queue_timeout: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(1),
+            startup_timeout: Duration::from_secs(1),
+            max_requests: None,
+            memory_per_process: None,
+            idle_timeout: None,
+            worker: None,
+            version,
+            env: Default::default(),
+            interface: crate::config::PythonInterface::Wsgi,
+        }
+    }
+
     #[test]
     fn libpython_sonames() {
         let v = |major, minor| Some(PythonVersion { major, minor });
@@ -185,6 +209,42 @@ mod tests {
         assert_eq!(libpython_version("libpython3.13d.so.1.0"), v(3, 13));
         assert_eq!(libpython_version("libpython3.so"), None);
         assert_eq!(libpython_version("libc.so.6"), None);
+    }
+
+    #[test]
+    fn a_version_without_a_worker_says_what_exists_and_how_to_build_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let wanted = RequestedVersion {
+            version: PythonVersion {
+                major: 3,
+                minor: 12,
+            },
+            source: crate::config::VersionSource::Virtualenv,
+        };
+        let err = WorkerError::Missing {
+            site: "blog".into(),
+            wanted,
+            dir: "/usr/local/bin".into(),
+            have: vec![
+                PythonVersion { major: 3, minor: 9 },
+                PythonVersion {
+                    major: 3,
+                    minor: 11,
+                },
+            ],
+        };
+        assert_eq!(err.key(), "python.home");
+        expect_test::expect![[r#"site blog asks for Python 3.12 (the pyvenv.cfg of its virtualenv, python.home), but no worker for it is in /usr/local/bin: workers exist for Python 3.9, 3.11; build it with `scripts/build-python-worker.sh 3.12` (in polyhost's source tree), or name one with python.worker"#]]
+        .assert_eq(&err.to_string());
+        // An empty directory: no worker at all, and no version is guessed.
+        let config = python_config(Some(wanted));
+        let Err(missing) = choose_in(dir.path(), "blog", &config) else {
+            panic!("a worker was found in an empty directory");
+        };
+        assert!(
+            missing.to_string().contains("there is no worker at all"),
+            "{missing}"
+        );
     }
 
     #[test]
