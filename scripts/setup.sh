@@ -48,3 +48,39 @@ fi
 
 echo "setup: building"
 cargo build --release --workspace --bins
+
+# --- More Python versions (issue 23) ------------------------------------------
+# setup_python_versions: for each CPython minor version the tests run besides
+# Debian's 3.11 ($POLYHOST_TEST_PYTHONS, default "3.9 3.13": the oldest pyo3
+# 0.30 supports and the newest here), when this machine has a pyenv build of
+# it: installs it as /opt/polyhost/python/3.X, builds its worker
+# target/debug/polyhost-python3.X (debug, as the tests are built), and makes
+# the test virtualenv /var/tmp/polyhost-test-venv-3.X with a Django that
+# needs that interpreter (3.2 runs on 3.9 but not 3.13, 6.0 needs 3.12 or
+# newer). Without pyenv it builds nothing more: the demo needs only Debian's
+# Python. Prints how long it took (docs/operations.md).
+setup_python_versions() {
+    local pyenv_root=${PYENV_ROOT:-$HOME/.pyenv} v venv django started=$SECONDS
+    declare -A frameworks=([3.9]="django>=3.2,<3.3" [3.13]="django>=6.0,<6.1")
+    for v in ${POLYHOST_TEST_PYTHONS:-3.9 3.13}; do
+        if [[ ! -x /opt/polyhost/python/$v/bin/python$v ]] &&
+            ! compgen -G "$pyenv_root/versions/$v.*" >/dev/null; then
+            echo "setup: no Python $v here (no pyenv build, nothing in /opt/polyhost/python): not building its worker"
+            continue
+        fi
+        [[ $EUID -eq 0 ]] || { echo "setup: installing Python $v under /opt needs root" >&2; return 1; }
+        install_missing setup patchelf
+        ./scripts/build-python-worker.sh "$v"
+        venv=/var/tmp/polyhost-test-venv-$v
+        django=${frameworks[$v]:-django}
+        if ! "$venv/bin/python" -c "import django" 2>/dev/null; then
+            echo "setup: creating the test virtualenv $venv ($django)"
+            rm -rf "$venv"
+            "/opt/polyhost/python/$v/bin/python$v" -m venv "$venv"
+            "$venv/bin/pip" install -q --disable-pip-version-check "$django"
+            chmod -R a+rX "$venv"
+        fi
+    done
+    echo "setup: Python versions took $((SECONDS - started)) s"
+}
+setup_python_versions

@@ -7,7 +7,6 @@
 use std::path::Path;
 
 use crate::config::{self, ConfigError, ConfigErrors, ServerConfig, SiteConfig};
-use crate::runtime::python::default_worker;
 use crate::supervisor::{
     check_socket_paths, configured_identity, configured_site_identities, IdentityDefaults,
     SiteSetupError,
@@ -150,14 +149,21 @@ fn check_runtimes(site: &SiteConfig, server: &ServerConfig, errors: &mut ConfigE
         }
     }
     if let Some(py) = &site.python {
-        let worker = py.worker.clone().unwrap_or_else(default_worker);
-        if !is_executable(&worker) {
-            errors.push(ConfigError::in_file(
-                &site.file,
-                "python.worker",
-                format!("{} is not an executable file (build it with `cargo build --release -p polyhost-python`)", worker.display()),
-            ));
-        }
+        check_python_worker(site, py, errors);
+    }
+}
+
+/// The worker for the site's Python version exists and is executable
+/// (`runtime::python_workers`: which versions exist, how to build one).
+fn check_python_worker(site: &SiteConfig, py: &config::PythonConfig, errors: &mut ConfigErrors) {
+    match crate::runtime::python_workers::choose(&site.name.to_string(), py) {
+        Err(e) => errors.push(ConfigError::in_file(&site.file, e.key(), e.to_string())),
+        Ok(worker) if !is_executable(&worker.path) => errors.push(ConfigError::in_file(
+            &site.file,
+            "python.worker",
+            format!("{} is not an executable file (build it with `cargo build --release -p polyhost-python`)", worker.path.display()),
+        )),
+        Ok(_) => {}
     }
 }
 

@@ -41,6 +41,10 @@ pub struct SiteStatus {
     /// A Python site's interface, `wsgi` or `asgi`; absent for other sites.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interface: Option<String>,
+    /// The CPython (`major.minor`) a Python site's worker links; absent
+    /// for other sites (and a worker whose Python polyhost cannot tell).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub python_version: Option<String>,
     /// WebSockets open now (tunnels the router relays for the site).
     #[serde(default)]
     pub websockets_open: u64,
@@ -155,6 +159,7 @@ impl SiteStatus {
                 .python
                 .as_ref()
                 .map(|py| py.interface_name().to_owned()),
+            python_version: e.runtimes().python_version.map(|v| v.to_string()),
             websockets_open: e.stats().websockets_open(),
             sandbox: SandboxStatus::of(
                 e.config(),

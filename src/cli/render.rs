@@ -164,12 +164,17 @@ pub fn status_table(s: &ServerStatus) -> String {
     out
 }
 
-/// The runtime as the table shows it: an ASGI site's is `python/asgi`
-/// (WSGI, the default, is plain `python`).
+/// The runtime as the table shows it: with the Python version when known
+/// (`python3.13`), and an ASGI site's with `/asgi` (`python3.13/asgi`;
+/// WSGI, the default, has no suffix).
 fn runtime(site: &SiteStatus) -> String {
+    let mut shown = cleaned(&site.runtime);
+    if let Some(version) = site.python_version.as_deref() {
+        shown.push_str(&cleaned(version));
+    }
     match site.interface.as_deref() {
-        Some("asgi") => format!("{}/asgi", cleaned(&site.runtime)),
-        _ => cleaned(&site.runtime),
+        Some("asgi") => format!("{shown}/asgi"),
+        _ => shown,
     }
 }
 
@@ -178,6 +183,9 @@ pub fn site_detail(s: &SiteStatus) -> String {
     let pids: Vec<String> = s.pids.iter().map(i32::to_string).collect();
     let python = s.interface.as_deref().map(|i| {
         let mut rows = vec![("interface", cleaned(i))];
+        if let Some(version) = s.python_version.as_deref() {
+            rows.push(("python", cleaned(version)));
+        }
         if i == "asgi" {
             rows.push(("websockets", format!("{} open", s.websockets_open)));
         }
@@ -344,6 +352,7 @@ mod tests {
             oom_kills: 0,
             last_error: None,
             interface: None,
+            python_version: None,
             websockets_open: 0,
             sandbox: None,
         }
@@ -359,6 +368,7 @@ mod tests {
         shop.responses_5xx = 12;
         shop.restarts = 1;
         shop.interface = Some("asgi".into());
+        shop.python_version = Some("3.13".into());
         shop.websockets_open = 3;
         shop.sandbox = Some(SandboxStatus {
             on: true,
@@ -393,11 +403,11 @@ mod tests {
     fn status_table_for_a_bad_night() {
         expect![[r#"
             polyhost 0.1.0 (pid 1234), up 3h12m, limits: cgroup v1, reloads: 3 ok, 1 refused
-            SITE    STATE    RUNTIME      PROCS  MEMORY      REQUESTS  5XX  RESTARTS  OOM  LAST ERROR
-            blog    failed   python           0  -/256M             0    0         6    2  crash loop: OOM-killed (killed by signal 9 (SIGKILL)) after…
-            shop    running  python/asgi      2  34.1M/512M    120345   12         1    0  -
-            www     static   static           0  -                  9    0         0    0  -
-            sleepy  idle     python           0  -                  0    0         0    0  -
+            SITE    STATE    RUNTIME          PROCS  MEMORY      REQUESTS  5XX  RESTARTS  OOM  LAST ERROR
+            blog    failed   python               0  -/256M             0    0         6    2  crash loop: OOM-killed (killed by signal 9 (SIGKILL)) after…
+            shop    running  python3.13/asgi      2  34.1M/512M    120345   12         1    0  -
+            www     static   static               0  -                  9    0         0    0  -
+            sleepy  idle     python               0  -                  0    0         0    0  -
             attention: blog (details: polyhost status SITE)
         "#]]
         .assert_eq(&status_table(&server()));
@@ -410,6 +420,7 @@ mod tests {
             state      running
             runtime    python
             interface  asgi
+            python     3.13
             websockets 3 open
             sandbox    on (namespaces, read-only view)
             hosts      shop.example
@@ -475,6 +486,7 @@ mod tests {
             state      running
             runtime    python
             interface  asgi
+            python     3.13
             websockets 3 open
             sandbox    on (namespaces, read-only view)
             hosts      shop.example\x1b[8m
@@ -488,7 +500,7 @@ mod tests {
         "#]]
         .assert_eq(&detail);
         expect![[r#"
-            shop    running  python/asgi      2  34.1M/512M    120345   12         1    0  php said: \x1b]52;c;cm0gLXJmIH4=\x07\x1b[2J\u{9b}31mred\x0d…
+            shop    running  python3.13/asgi      2  34.1M/512M    120345   12         1    0  php said: \x1b]52;c;cm0gLXJmIH4=\x07\x1b[2J\u{9b}31mred\x0d…
         "#]]
         .assert_eq(&table.lines().nth(3).map(|l| format!("{l}\n")).unwrap_or_default());
         let body = ErrorBody {

@@ -142,6 +142,7 @@ pub struct RawPython {
     pub memory_per_process: Option<Scalar>,
     pub idle_timeout: Option<Scalar>,
     pub worker: Option<String>,
+    pub version: Option<String>,
     pub env: Option<BTreeMap<String, String>>,
     pub interface: Option<String>,
     pub max_concurrency: Option<Scalar>,

@@ -14,6 +14,8 @@
 //! - [`spawn`](mod@spawn): starting a site process ([`SpawnSpec`] → [`spawn()`]),
 //!   the child's fixed, fail-closed setup order; [`sandbox`]: the per-site
 //!   namespaces and mounts a process starts in.
+//! - [`elf`]: what a program's ELF dynamic section says it loads (its
+//!   libraries and run path), read without running it.
 //! - [`inherited`]: descriptors inherited at known numbers, taken over
 //!   once (`polyhost router`'s link and listeners).
 //! - [`nofile`]: polyhost's own file-descriptor limit (raised at start).
@@ -31,6 +33,7 @@
 //! `docs/isolation.md`.
 
 pub mod cgroup;
+pub mod elf;
 pub mod identity;
 pub mod inherited;
 pub mod nofile;

@@ -5,3 +5,4 @@
 
 pub mod php;
 pub mod python;
+pub mod python_workers;

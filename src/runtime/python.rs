@@ -17,10 +17,18 @@ pub struct PythonLauncher {
 }
 
 impl PythonLauncher {
-    /// `tmp`: the site's private temporary directory, the workers'
-    /// `TMPDIR`, `TEMP` and `TMP` (Python's `tempfile` takes the first that
-    /// is set), unless the site's `[env]` names its own.
-    pub fn new(site: &SiteConfig, config: &PythonConfig, home: Option<&Path>, tmp: &Path) -> Self {
+    /// `worker`: the binary chosen for the site's Python version
+    /// (`runtime::python_workers::choose`). `tmp`: the site's private
+    /// temporary directory, the workers' `TMPDIR`, `TEMP` and `TMP`
+    /// (Python's `tempfile` takes the first that is set), unless the site's
+    /// `[env]` names its own.
+    pub fn new(
+        site: &SiteConfig,
+        config: &PythonConfig,
+        worker: PathBuf,
+        home: Option<&Path>,
+        tmp: &Path,
+    ) -> Self {
         let tmp = tmp.display().to_string();
         let mut env: Vec<(String, String)> = vec![
             ("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()),
@@ -39,7 +47,7 @@ impl PythonLauncher {
         }
         PythonLauncher {
             site: site.name.to_string(),
-            worker: config.worker.clone().unwrap_or_else(default_worker),
+            worker,
             cwd: site
                 .root
                 .clone()
@@ -53,14 +61,6 @@ impl PythonLauncher {
     pub fn worker(&self) -> &Path {
         &self.worker
     }
-}
-
-/// `polyhost-python` next to the running `polyhost` binary.
-pub fn default_worker() -> PathBuf {
-    std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.parent().map(|d| d.join("polyhost-python")))
-        .unwrap_or_else(|| PathBuf::from("/usr/local/bin/polyhost-python"))
 }
 
 /// The ASGI flags of the worker's command line (`ASGI-CONTRACT`: only an

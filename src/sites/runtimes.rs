@@ -34,6 +34,8 @@ pub struct Runtimes {
     /// (its processes' uid and group), or anyone for a static site without
     /// a user (world-readable files only). See `docroot::access`.
     pub reader: Reader,
+    /// The Python the site's worker links (a Python site, when known).
+    pub python_version: Option<crate::config::PythonVersion>,
 }
 
 impl Runtimes {
@@ -51,6 +53,7 @@ impl Runtimes {
             php: None,
             context,
             reader,
+            python_version: None,
         }
     }
 
@@ -190,7 +193,23 @@ pub fn build_runtimes(
     if let Some(py) = &site.python {
         warn_thread_overallocation(site, py);
         let home = ctx.identity.as_ref().map(|i| i.home.clone());
-        let launcher = Arc::new(PythonLauncher::new(site, py, home.as_deref(), &ctx.tmp));
+        // The router process (attached) starts no worker: the supervisor
+        // chose it (and the router's user may not read the binaries).
+        let worker = if supervisor.is_attached() {
+            None
+        } else {
+            let chosen = crate::runtime::python_workers::choose(&site.name.to_string(), py)
+                .map_err(|e| one_error(site, e.key(), e.to_string()))?;
+            Some(chosen)
+        };
+        rt.python_version = worker.as_ref().and_then(|w| w.version);
+        let launcher = Arc::new(PythonLauncher::new(
+            site,
+            py,
+            worker.map(|w| w.path).unwrap_or_default(),
+            home.as_deref(),
+            &ctx.tmp,
+        ));
         let group = supervisor.spawn_group(site, &ctx, launcher, generation);
         rt.python = Some(Arc::new(PythonUpstream::new(
             Arc::new(group.clone()),

@@ -81,6 +81,7 @@ impl TestSites {
             php: None,
             context: None,
             reader: Reader::Anyone,
+            python_version: None,
         });
         let (logs, stats) = match old {
             Some(old) => (old.logs().clone(), old.stats().clone()),
@@ -154,6 +155,7 @@ fn a_missing_root_is_an_error_of_the_sites_root_key() {
         php: None,
         context: None,
         reader: Reader::Anyone,
+        python_version: None,
     };
     let logs = open_logs(&config, &dir.path().join("log"));
     let Err(errors) = build_route(&config, &runtimes, logs, Default::default()) else {

@@ -164,8 +164,14 @@ impl Binary {
 
     /// Starts `polyhost serve --config main` and waits for its listening line.
     pub async fn start(main: &Path, env: &[(&str, &str)]) -> Self {
+        Self::start_program(Path::new(env!("CARGO_BIN_EXE_polyhost")), main, env).await
+    }
+
+    /// [`Binary::start`] with a copy of the binary at `program` (whose
+    /// directory holds the Python workers it chooses from).
+    pub async fn start_program(program: &Path, main: &Path, env: &[(&str, &str)]) -> Self {
         let sweep = CgroupSweep::new(&state_dir_of(main, env));
-        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_polyhost"));
+        let mut cmd = tokio::process::Command::new(program);
         cmd.arg("serve")
             .arg("--config")
             .arg(main)

@@ -8,7 +8,12 @@ use clap::Parser;
 
 /// `polyhost-python`: the polyhost worker that embeds CPython and serves one WSGI app.
 #[derive(Debug, Parser)]
-#[command(name = "polyhost-python", version, about)]
+// `--version` names the Python it links (`major.minor`, from `build.rs`).
+#[command(
+    name = "polyhost-python",
+    version = concat!(env!("CARGO_PKG_VERSION"), " (Python ", env!("POLYHOST_PYTHON_VERSION"), ")"),
+    about
+)]
 pub struct Args {
     /// Unix socket to bind and listen on (a stale socket file there is replaced).
     #[arg(long, value_name = "PATH", required_unless_present_any = ["check", "socket_fd"], conflicts_with = "socket_fd")]

@@ -16,10 +16,19 @@ use crate::errors::{flush_python_stderr, StartError};
 /// The interpreter this binary was built against (from `build.rs`).
 const BUILT_EXECUTABLE: Option<&str> = option_env!("POLYHOST_PYTHON_EXECUTABLE");
 
+/// That interpreter's prefix (`sys.base_prefix`, from `build.rs`): where its
+/// standard library is. Set as `PyConfig.home`, since libpython's compiled-in
+/// prefix may be a place site users cannot read (a pyenv build under `/root`
+/// copied to `/opt/polyhost/python/3.X`).
+const BUILT_HOME: Option<&str> = option_env!("POLYHOST_PYTHON_HOME");
+
 /// Initialises CPython, then releases the GIL from the calling (main) thread.
 ///
 /// With `home`, `PyConfig.executable` is `<home>/bin/python`, which makes
-/// `sys.prefix` and site-packages the virtualenv's (`PYTHONHOME` would break start-up).
+/// `sys.prefix` and site-packages the virtualenv's (`site` finds its
+/// `pyvenv.cfg` next to `sys.executable`). `PyConfig.home` is always the
+/// built interpreter's prefix ([`BUILT_HOME`]), never the virtualenv
+/// (`PYTHONHOME=<venv>` breaks start-up: a virtualenv has no standard library).
 /// Python's own signal handlers are not installed: `signals` owns SIGTERM/SIGINT.
 #[allow(unsafe_code)] // PyConfig initialisation and PyEval_SaveThread are FFI only.
 pub fn initialize(home: Option<&Path>, paths: &[PathBuf]) -> Result<(), StartError> {
@@ -29,10 +38,11 @@ pub fn initialize(home: Option<&Path>, paths: &[PathBuf]) -> Result<(), StartErr
     };
     let exe_c = CString::new(executable.as_os_str().as_bytes())
         .map_err(|_| StartError::Init("executable path contains a NUL byte".into()))?;
+    let home_c = BUILT_HOME.and_then(|h| CString::new(h).ok());
 
     // SAFETY: PyConfig is a plain C struct that PyConfig_InitPythonConfig fully
     // initialises before any field is read; all calls happen on this thread before
-    // the interpreter exists; `exe_c` outlives the call that copies it; the config is
+    // the interpreter exists; `exe_c` and `home_c` outlive the calls that copy them; the config is
     // cleared exactly once on every path.
     unsafe {
         let mut config = std::mem::MaybeUninit::<ffi::PyConfig>::zeroed();
@@ -43,8 +53,11 @@ pub fn initialize(home: Option<&Path>, paths: &[PathBuf]) -> Result<(), StartErr
         // print() from the app lands in the error log at once, and nothing is
         // lost when the worker exits without finalising Python.
         config.buffered_stdio = 0;
-        let status =
+        let mut status =
             ffi::PyConfig_SetBytesString(&mut config, &mut config.executable, exe_c.as_ptr());
+        if let (false, Some(home)) = (ffi::PyStatus_Exception(status) != 0, &home_c) {
+            status = ffi::PyConfig_SetBytesString(&mut config, &mut config.home, home.as_ptr());
+        }
         if ffi::PyStatus_Exception(status) != 0 {
             ffi::PyConfig_Clear(&mut config);
             return Err(StartError::Init(status_message(status)));

@@ -8,11 +8,13 @@ use std::time::Duration;
 
 mod app;
 mod python;
+mod python_version;
 mod sandbox;
 
-use python::validate_python;
 pub use app::{AppConfig, AppListen};
+use python::validate_python;
 pub use python::{AsgiConfig, Lifespan, PythonConfig, PythonInterface, WebSocketConfig};
+pub use python_version::{virtualenv_version, PythonVersion, RequestedVersion, VersionSource};
 pub use sandbox::{RawSandbox, SandboxConfig, SandboxNetwork};
 
 use super::error::FileErrors;
@@ -188,7 +190,9 @@ pub(crate) fn validate_site(
             .is_none_or(|m| m.trim_end_matches('/').is_empty())
     });
     let php = raw.php.map(|p| validate_php(p, base, errs));
-    let python = raw.python.map(|p| validate_python(p, base, errs));
+    let python = raw
+        .python
+        .map(|p| validate_python(p, &name.to_string(), base, errs));
     let tls = raw
         .tls
         .and_then(|t| super::tls::validate_tls(t, base, errs));

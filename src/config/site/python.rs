@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::python_version::{requested_version, RequestedVersion};
 use super::*;
 use crate::config::error::FileErrors;
 use crate::config::raw::{RawPython, RawWebSocket};
@@ -31,6 +32,9 @@ pub struct PythonConfig {
     pub memory_per_process: Option<u64>,
     pub idle_timeout: Option<Duration>,
     pub worker: Option<PathBuf>,
+    /// The CPython `major.minor` the site asks for (`python.version`, or
+    /// the virtualenv's `pyvenv.cfg`); `None`: the default worker's.
+    pub version: Option<RequestedVersion>,
     pub env: BTreeMap<String, String>,
     /// WSGI (threads) or ASGI (an event loop per process).
     pub interface: PythonInterface,
@@ -133,6 +137,7 @@ impl PythonConfig {
 
 pub(super) fn validate_python(
     raw: RawPython,
+    site: &str,
     base: &Path,
     errs: &mut FileErrors<'_>,
 ) -> Option<PythonConfig> {
@@ -203,8 +208,11 @@ pub(super) fn validate_python(
                 .unwrap_or_default()
         })
         .unwrap_or_default();
+    let home = raw.home.map(|h| absolute(base, &h));
+    let version = requested_version(site, raw.version.as_deref(), home.as_deref(), errs);
     let config = PythonConfig {
         interface,
+        version,
         module,
         callable,
         path: raw
@@ -213,7 +221,7 @@ pub(super) fn validate_python(
             .iter()
             .map(|p| absolute(base, p))
             .collect(),
-        home: raw.home.map(|h| absolute(base, &h)),
+        home,
         mount,
         processes: opt(errs, "python.processes", raw.processes, |v| {
             parse_count(v, 1, 256)

@@ -248,6 +248,7 @@ fn python_config() -> PythonConfig {
         memory_per_process: None,
         idle_timeout: None,
         worker: None,
+        version: None,
         env: Default::default(),
         interface: crate::config::PythonInterface::Wsgi,
     }

@@ -83,6 +83,17 @@ def watchdog(loop, beat, site):
         )
 
 
+def unix_server_options(loop):
+    """asyncio's own loop, from Python 3.13 on, stats the socket's path to
+    remove the file when the server closes (`cleanup_socket`): the site's
+    user cannot reach that path (a directory only root can), and the file is
+    polyhost's (or, with --socket, removed by the worker's drain). uvloop
+    has no such option."""
+    if sys.version_info >= (3, 13) and isinstance(loop, asyncio.BaseEventLoop):
+        return {"cleanup_socket": False}
+    return {}
+
+
 def new_loop():
     try:
         import uvloop
@@ -121,7 +132,9 @@ async def main(server, lifespan, stop_fd):
     loop.add_reader(stop_fd, lambda: stop.done() or stop.set_result(None))
     sock = socket.socket(fileno=os.dup(s["listen"]()))
     sock.setblocking(False)
-    listener = await loop.create_unix_server(lambda: HttpProtocol(server), sock=sock, backlog=4096)
+    listener = await loop.create_unix_server(
+        lambda: HttpProtocol(server), sock=sock, backlog=4096, **unix_server_options(loop)
+    )
     await stop
     loop.remove_reader(stop_fd)
 

@@ -11,7 +11,9 @@
 //! - read-only: `/usr`; `/bin`, `/sbin`, `/lib*` as the host has them
 //!   (symlinks into `/usr` on merged-usr systems, else directories); the
 //!   `/etc` files a process needs ([`ETC`], [`ETC_PREFIXES`]); the program
-//!   being started (`polyhost-python` or `php-fpm`, wherever it lives);
+//!   being started (`polyhost-python` or `php-fpm`, wherever it lives) and
+//!   the directories of its ELF run path (a `polyhost-python3.X`'s
+//!   `/opt/polyhost/python/3.X/lib`: libpython and the standard library);
 //!   the site's `sandbox.paths`;
 //! - as the host has them (the site user's permissions decide what it may
 //!   write; `nosuid,nodev`): the site's root, its Python home and path, its
@@ -201,6 +203,14 @@ impl ViewPlan {
         let mut entries = Entries::default();
         entries.system()?;
         entries.visible(program, Access::ReadOnly)?;
+        // Its own libraries (a polyhost-python3.X's Python under /opt: its
+        // libpython and standard library are in that `lib`).
+        for dir in crate::isolation::elf::run_path(program)
+            .iter()
+            .filter(|d| exists(d))
+        {
+            entries.visible(dir, Access::ReadOnly)?;
+        }
         for path in &view.site {
             entries.visible(path, Access::Site)?;
         }
