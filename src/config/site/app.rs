@@ -8,10 +8,13 @@
 //! validation (`validate_app`) is the launcher helper's.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
-use super::StartPolicy;
+use super::{opt, validate_env, validate_start, StartPolicy};
+use crate::config::error::FileErrors;
+use crate::config::raw::RawApp;
+use crate::config::types::{parse_count, parse_duration, parse_mount, parse_size, Scalar};
 
 /// `[app]`, validated.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -52,4 +55,203 @@ pub enum AppListen {
     Socket,
     /// The program binds `127.0.0.1:$PORT` itself (a port polyhost picked).
     Port,
+}
+
+/// The `PATH` a bare program name is looked up in when neither
+/// `[app.env]` nor the site's `[env]` sets one (also the instances' `PATH`
+/// then).
+pub const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+/// `[app] processes` at most: each instance is a process group of its own.
+const MAX_PROCESSES: u64 = 64;
+
+/// Validates `[app]`. `root` is the site's document root (required: `cwd`
+/// and relative programs are resolved against it; its absence is reported
+/// by the caller) and `site_env` the site's `[env]` (its `PATH` is where a
+/// bare program name is looked up unless `[app.env]` sets one).
+pub(crate) fn validate_app(
+    raw: RawApp,
+    root: Option<&Path>,
+    site_env: &BTreeMap<String, String>,
+    errs: &mut FileErrors<'_>,
+) -> Option<AppConfig> {
+    let before = errs.errors.len();
+    let env = validate_env("app.env", raw.env.unwrap_or_default(), errs);
+    let cwd = root.and_then(|root| validate_cwd(root, raw.cwd.as_deref().unwrap_or("."), errs));
+    let path_var = env
+        .get("PATH")
+        .or_else(|| site_env.get("PATH"))
+        .map_or(DEFAULT_PATH, String::as_str);
+    let command = validate_command(raw.command, cwd.as_deref(), path_var, errs);
+    let listen = match raw.listen.as_deref() {
+        None | Some("socket") => AppListen::Socket,
+        Some("port") => AppListen::Port,
+        Some(other) => {
+            errs.add(
+                "app.listen",
+                format!("{other:?} is not a listen mode (expected \"socket\" or \"port\")"),
+            );
+            AppListen::Socket
+        }
+    };
+    let mount = raw
+        .mount
+        .map(|m| errs.check("app.mount", parse_mount(&m)).unwrap_or_default())
+        .unwrap_or_default();
+    let ready = raw
+        .ready
+        .and_then(|r| errs.check("app.ready", parse_ready(&r)));
+    let duration = |errs: &mut FileErrors<'_>, key: &str, v: Option<Scalar>, default: u64| {
+        opt(errs, key, v, parse_duration).unwrap_or(Duration::from_secs(default))
+    };
+    let config = AppConfig {
+        program: command.as_ref().map(|c| c.0.clone()).unwrap_or_default(),
+        args: command.map(|c| c.1).unwrap_or_default(),
+        cwd: cwd.unwrap_or_default(),
+        processes: opt(errs, "app.processes", raw.processes, |v| {
+            parse_count(v, 1, MAX_PROCESSES)
+        })
+        .unwrap_or(1),
+        listen,
+        mount,
+        ready,
+        start: validate_start("app.start", raw.start, StartPolicy::OnDemand, errs),
+        startup_timeout: duration(errs, "app.startup_timeout", raw.startup_timeout, 30),
+        max_concurrency: opt(errs, "app.max_concurrency", raw.max_concurrency, |v| {
+            parse_count(v, 1, 100_000)
+        })
+        .unwrap_or(100),
+        queue_timeout: duration(errs, "app.queue_timeout", raw.queue_timeout, 30),
+        request_timeout: duration(errs, "app.request_timeout", raw.request_timeout, 60),
+        max_requests: opt(errs, "app.max_requests", raw.max_requests, |v| {
+            parse_count(v, 0, u64::MAX >> 1)
+        })
+        .filter(|n| *n > 0),
+        memory_per_process: opt(
+            errs,
+            "app.memory_per_process",
+            none_if_empty(raw.memory_per_process),
+            parse_size,
+        ),
+        idle_timeout: opt(
+            errs,
+            "app.idle_timeout",
+            none_if_empty(raw.idle_timeout),
+            parse_duration,
+        )
+        .filter(|d| !d.is_zero()),
+        env,
+    };
+    if config.startup_timeout.is_zero() {
+        errs.add("app.startup_timeout", "must be more than 0");
+    }
+    (errs.errors.len() == before).then_some(config)
+}
+
+/// `""` means "not set" for the optional size and duration keys.
+fn none_if_empty(v: Option<Scalar>) -> Option<Scalar> {
+    v.filter(|v| !matches!(v, Scalar::Text(s) if s.trim().is_empty()))
+}
+
+/// `app.cwd`: relative to the root and inside it (checked by its words: no
+/// `..`, not absolute); the instances enter it as the site user.
+fn validate_cwd(root: &Path, cwd: &str, errs: &mut FileErrors<'_>) -> Option<PathBuf> {
+    let rel = Path::new(cwd);
+    let inside = !rel.is_absolute()
+        && !cwd.contains('\0')
+        && rel
+            .components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
+    if !inside {
+        errs.add(
+            "app.cwd",
+            format!("{cwd:?} is not a directory inside the site's root (a relative path without \"..\", e.g. \".\" or \"app\")"),
+        );
+        return None;
+    }
+    let cwd: PathBuf = root.join(rel).components().collect();
+    Some(cwd)
+}
+
+/// `app.command`: a non-empty argv; its program resolved to an absolute
+/// path (see [`resolve_program`]). Returns the program and the arguments.
+fn validate_command(
+    raw: Option<Vec<String>>,
+    cwd: Option<&Path>,
+    path_var: &str,
+    errs: &mut FileErrors<'_>,
+) -> Option<(PathBuf, Vec<String>)> {
+    let Some(mut argv) = raw.filter(|a| !a.is_empty()) else {
+        errs.add(
+            "app.command",
+            "missing: the program and its arguments, e.g. command = [\"node\", \"server.js\"] (no shell)",
+        );
+        return None;
+    };
+    if argv.iter().any(|a| a.contains('\0')) {
+        errs.add("app.command", "an argument contains a NUL byte");
+        return None;
+    }
+    if argv[0].is_empty() {
+        errs.add("app.command", "the program (its first element) is empty");
+        return None;
+    }
+    let cwd = cwd?;
+    let program = argv.remove(0);
+    match resolve_program(&program, cwd, path_var) {
+        Ok(path) => Some((path, argv)),
+        Err(why) => {
+            errs.add("app.command", why);
+            None
+        }
+    }
+}
+
+/// Where `program` is: an absolute path as is; a path with a `/` joined to
+/// `cwd`; a bare name searched in `path_var` (`PATH`, `:`-separated, only
+/// absolute entries). It must be a regular file with an execute bit.
+fn resolve_program(program: &str, cwd: &Path, path_var: &str) -> Result<PathBuf, String> {
+    if program.contains('/') {
+        let path = if Path::new(program).is_absolute() {
+            PathBuf::from(program)
+        } else {
+            cwd.join(program).components().collect()
+        };
+        return executable(&path).map(|()| path);
+    }
+    let dirs = path_var
+        .split(':')
+        .filter(|d| Path::new(d).is_absolute());
+    for dir in dirs {
+        let path = Path::new(dir).join(program);
+        if executable(&path).is_ok() {
+            return Ok(path);
+        }
+    }
+    Err(format!(
+        "{program:?} is not an executable file in PATH ({path_var}); name it by its absolute path, or set PATH in [app.env]"
+    ))
+}
+
+/// `Ok` when `path` is a regular file someone may execute.
+fn executable(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => Ok(()),
+        Ok(m) if m.is_file() => Err(format!("{} is not executable", path.display())),
+        Ok(_) => Err(format!("{} is not a file", path.display())),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
+/// `app.ready`: an origin-form path (and query) the probe requests.
+fn parse_ready(r: &str) -> Result<String, String> {
+    let ok = r.starts_with('/') && r.len() <= 1024 && r.bytes().all(|b| b.is_ascii_graphic());
+    if ok {
+        Ok(r.to_owned())
+    } else {
+        Err(format!(
+            "{r:?} is not a request path (expected one starting with \"/\", without spaces, e.g. \"/healthz\")"
+        ))
+    }
 }
