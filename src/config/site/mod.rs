@@ -201,6 +201,15 @@ pub(crate) fn validate_site(
         .tls
         .and_then(|t| super::tls::validate_tls(t, base, errs));
     let sandbox = sandbox::validate_sandbox(raw.sandbox, errs);
+    let port_app = app
+        .as_ref()
+        .is_some_and(|a| a.as_ref().is_some_and(|a| a.listen == AppListen::Port));
+    if port_app && sandbox.network == SandboxNetwork::None {
+        errs.add(
+            "app.listen",
+            "\"port\" cannot work with sandbox.network = \"none\" (the program's loopback is its own): use listen = \"socket\"",
+        );
+    }
     if root.is_none() && has_app {
         errs.add(
             "root",
