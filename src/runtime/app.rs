@@ -125,7 +125,8 @@ fn environment(
             }
         }
         AppListen::Port => {
-            for k in ["LISTEN_FDS", "LISTEN_FDNAMES", "LISTEN_PID", "POLYHOST_LISTEN_FD"] {
+            // PORT and HOST: set per start (`command`).
+            for k in ["LISTEN_FDS", "LISTEN_FDNAMES", "LISTEN_PID", "POLYHOST_LISTEN_FD", "PORT", "HOST"] {
                 env.retain(|(ek, _)| ek != k);
             }
         }
