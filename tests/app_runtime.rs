@@ -93,18 +93,16 @@ async fn a_program_that_binds_port_is_served_after_its_port_is_checked() {
     assert_eq!(j["listen_fds"], serde_json::Value::Null, "{j}");
     let port: u16 = j["port"].as_str().unwrap().parse().unwrap();
     assert!(polyhost::supervisor::port::check_owner(port, user.uid).is_ok());
-    // Both instances got a port of their own.
-    let ports = wait_for("two instances to answer", Duration::from_secs(20), async || {
-        let mut seen = std::collections::BTreeSet::new();
-        for _ in 0..10 {
-            let r = get(bin.addr, "porty.test", "/").await;
-            if r.status == 200 {
-                seen.insert(json(&r)["port"].as_str().unwrap().to_owned());
-            }
-        }
-        seen
-    }, |seen| seen.len() == 2).await;
-    assert_eq!(ports.len(), 2);
+    // Both instances run, each on a port of its own that it listens on.
+    let seen = wait_for("two instances", Duration::from_secs(20), async || {
+        let out = status(&cfg, "porty", true).await;
+        serde_json::from_str::<serde_json::Value>(&out.stdout).unwrap_or_default()
+    }, |s| s["processes"] == 2).await;
+    assert_eq!(seen["state"], "running", "{seen}");
+    let ports = wait_for("two loopback listeners of the site's user", Duration::from_secs(20), async || {
+        user_listening_ports(user.uid)
+    }, |p| p.len() == 2).await;
+    assert!(ports.contains(&port), "{ports:?} has {port}");
     assert!(bin.terminate().await.success());
 }
 
@@ -120,12 +118,12 @@ async fn a_program_never_ready_fails_its_site_while_a_neighbour_serves() {
     assert_eq!(r.status, 503, "{}", r.text());
     let r = get(bin.addr, "good.test", "/").await;
     assert_eq!(r.status, 200, "the neighbour serves: {}", r.text());
-    let out = status(&cfg, "never", true).await;
-    assert_eq!(out.code, 0, "{out:?}");
+    let seen = wait_for("the failed start in status", Duration::from_secs(20), async || {
+        status(&cfg, "never", true).await.stdout
+    }, |s| s.contains("last_error") && s.contains("healthz")).await;
     assert!(
-        out.stdout.contains("did not answer GET /healthz with 2xx or 3xx") && out.stdout.contains("answered 503"),
-        "status says why: {}",
-        out.stdout
+        seen.contains("did not answer GET /healthz with 2xx or 3xx") && seen.contains("answered 503"),
+        "status says why: {seen}"
     );
     assert_eq!(get(bin.addr, "good.test", "/").await.status, 200);
     assert!(bin.terminate().await.success());
@@ -149,4 +147,19 @@ async fn a_crash_loop_fails_the_site_with_the_programs_stderr_in_status() {
     assert!(table.stdout.contains("boom: cannot start without DATABASE_URL"), "{}", table.stdout);
     assert_eq!(get(bin.addr, "crashy.test", "/").await.status, 503);
     assert!(bin.terminate().await.success());
+}
+
+/// The ports of the LISTEN sockets of `uid` on 127.0.0.1 (`/proc/net/tcp`).
+fn user_listening_ports(uid: u32) -> std::collections::BTreeSet<u16> {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (addr, port) = f[1].split_once(':')?;
+            let mine = f[3] == "0A" && addr == "0100007F" && f[7] == uid.to_string();
+            mine.then(|| u16::from_str_radix(port, 16).ok())?
+        })
+        .collect()
 }
