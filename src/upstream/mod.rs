@@ -17,7 +17,7 @@ use http::{Request, Response, StatusCode};
 
 pub use error::{BodyError, Fault, UpstreamError};
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Empty, Full};
-pub use tunnel::{Tunnel, TunnelSlot, Upgrade};
+pub use tunnel::{Tunnel, TunnelSlot, TunnelStream, Upgrade};
 
 use crate::config::SiteConfig;
 
