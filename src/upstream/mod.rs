@@ -162,6 +162,8 @@ pub fn plain_response(status: StatusCode, text: &str) -> Response<ResponseBody> 
         .expect("static headers are valid")
 }
 pub mod admission;
+pub mod gate;
+pub mod hop;
 mod error;
 pub mod php;
 pub mod php_source;
