@@ -13,8 +13,8 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, StatusCode};
 
 use crate::config::FrontConfig;
-pub use crate::upstream::hop::strip_hop_by_hop;
 use crate::upstream::hop::any_of;
+pub use crate::upstream::hop::strip_hop_by_hop;
 use crate::upstream::Scheme;
 
 /// Client-supplied proxy headers; only a trusted proxy may set them.
