@@ -80,7 +80,10 @@ enum Attempt {
     Ready,
     /// Not yet (refused, no answer yet, a "not ready" answer); the pause
     /// before the next attempt is at most this.
-    NotYet { pause: Duration, why: String },
+    NotYet {
+        pause: Duration,
+        why: String,
+    },
 }
 
 /// Waits until the process serves (see "Readiness" above), or reports
@@ -322,7 +325,11 @@ fn parse_status_line(line: &[u8]) -> Option<u16> {
     if !code.iter().all(u8::is_ascii_digit) || rest.get(3).is_some_and(|b| *b != b' ') {
         return None;
     }
-    std::str::from_utf8(code).ok()?.parse().ok().filter(|c| *c >= 100)
+    std::str::from_utf8(code)
+        .ok()?
+        .parse()
+        .ok()
+        .filter(|c| *c >= 100)
 }
 
 /// "exit status 3" / "killed by signal 9 (SIGKILL)".
@@ -371,13 +378,21 @@ mod tests {
             (b"HTTP/1.1 20x OK", None),
             (b"HTTP/1.1 2000 OK", None),
         ] {
-            assert_eq!(parse_status_line(line), want, "{:?}", String::from_utf8_lossy(line));
+            assert_eq!(
+                parse_status_line(line),
+                want,
+                "{:?}",
+                String::from_utf8_lossy(line)
+            );
         }
     }
 
     /// Runs the HTTP probe against a peer that answers `answer`; returns
     /// what the probe sent and its result.
-    async fn http_against(path: Option<&str>, answer: &'static [u8]) -> (String, std::io::Result<()>) {
+    async fn http_against(
+        path: Option<&str>,
+        answer: &'static [u8],
+    ) -> (String, std::io::Result<()>) {
         let (mut ours, mut theirs) = tokio::io::duplex(4096);
         let peer = tokio::spawn(async move {
             let mut got = Vec::new();
@@ -396,8 +411,14 @@ mod tests {
     #[tokio::test]
     async fn the_http_probe_asks_ready_and_wants_2xx_or_3xx() {
         let (sent, ok) = http_against(Some("/healthz"), b"HTTP/1.1 204 No Content\r\n\r\n").await;
-        assert!(sent.starts_with("GET /healthz HTTP/1.1\r\nHost: localhost\r\n"), "{sent}");
-        assert!(sent.contains("User-Agent: polyhost-probe\r\nConnection: close\r\n"), "{sent}");
+        assert!(
+            sent.starts_with("GET /healthz HTTP/1.1\r\nHost: localhost\r\n"),
+            "{sent}"
+        );
+        assert!(
+            sent.contains("User-Agent: polyhost-probe\r\nConnection: close\r\n"),
+            "{sent}"
+        );
         ok.unwrap();
         let (_, not_yet) = http_against(Some("/healthz"), b"HTTP/1.1 503 Starting\r\n\r\n").await;
         assert_eq!(not_yet.unwrap_err().kind(), std::io::ErrorKind::InvalidData);
