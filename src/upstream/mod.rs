@@ -171,6 +171,8 @@ pub mod php_source;
 pub mod python;
 pub mod spool;
 pub mod static_files;
+#[cfg(test)]
+pub(crate) mod tests_support;
 pub mod tunnel;
 
 /// Removes the newest of the pooled `entries` that `prefer` picks (one

@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
@@ -18,8 +18,8 @@ use tokio::sync::watch;
 
 use super::*;
 use crate::config::{AppListen, StartPolicy};
-use crate::supervisor::LeaseError;
-use crate::upstream::{full_body, BoxError, Scheme, TunnelSlot};
+use crate::upstream::tests_support::{body, expect_err, until, Counts, StandIn};
+use crate::upstream::{full_body, Scheme, TunnelSlot};
 
 // --- the fake app ---
 
@@ -219,51 +219,6 @@ async fn fill<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut Vec<u8>) -> Option
 
 const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
 
-// --- the stand-in runtime ---
-
-#[derive(Default)]
-struct Counts {
-    leased: AtomicUsize,
-    released: AtomicUsize,
-    recycled: AtomicUsize,
-}
-
-/// Counts its lease's release.
-struct Release(Arc<Counts>);
-
-impl Drop for Release {
-    fn drop(&mut self) {
-        self.0.released.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
-/// Leases the fake app's socket (or port).
-struct StandIn {
-    socket: PathBuf,
-    tcp: Option<std::net::SocketAddr>,
-    counts: Arc<Counts>,
-}
-
-impl RuntimeHandle for StandIn {
-    fn ready(&self) -> BoxFuture<'_, Result<RuntimeLease, LeaseError>> {
-        Box::pin(async move {
-            self.counts.leased.fetch_add(1, Ordering::SeqCst);
-            let counts = self.counts.clone();
-            let lease = RuntimeLease::with_recycle(
-                self.socket.clone(),
-                Release(self.counts.clone()),
-                move |_| {
-                    counts.recycled.fetch_add(1, Ordering::SeqCst);
-                },
-            );
-            Ok(match self.tcp {
-                Some(addr) => lease.with_tcp(addr),
-                None => lease,
-            })
-        })
-    }
-}
-
 // --- the upstream under test ---
 
 fn app_config() -> AppConfig {
@@ -300,6 +255,7 @@ fn setup(app: &FakeApp, tune: impl FnOnce(&mut AppConfig)) -> Setup {
     let runtime = StandIn {
         socket: app.socket.clone(),
         tcp: app.tcp,
+        fail: None,
         counts: counts.clone(),
     };
     let upstream = AppUpstream::new(Arc::new(runtime), &config, Arc::default());
@@ -356,26 +312,6 @@ impl Setup {
         })
         .await;
         assert_eq!(self.upstream.places().0, 0, "an admission place was kept");
-    }
-}
-
-async fn body(resp: Response<ResponseBody>) -> Result<Bytes, BoxError> {
-    Ok(resp.into_body().collect().await?.to_bytes())
-}
-
-/// Waits (up to 10 s) until `cond` holds.
-async fn until(what: &str, cond: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-fn expect_err(result: Result<Response<ResponseBody>, UpstreamError>) -> UpstreamError {
-    match result {
-        Ok(resp) => panic!("expected an error, got {}", resp.status()),
-        Err(e) => e,
     }
 }
 
