@@ -94,3 +94,30 @@ pub(crate) fn expect_err(result: Result<Response<ResponseBody>, UpstreamError>) 
         Err(e) => e,
     }
 }
+
+/// A request's context: site `blog.test` (no root), mounted at `/app`.
+pub(crate) fn context(client: &str, scheme: super::Scheme) -> super::RequestContext {
+    super::RequestContext {
+        site: Arc::new(crate::config::tests_support::site("/nonexistent")),
+        client: client.parse().unwrap(),
+        local: "127.0.0.1:80".parse().unwrap(),
+        scheme,
+        host: "blog.test".into(),
+        mount_prefix: "/app".into(),
+    }
+}
+
+/// A GET in a task of its own: its status and whole body.
+pub(crate) fn spawn_get(
+    upstream: Arc<dyn super::Upstream>,
+    ctx: super::RequestContext,
+    path: &'static str,
+) -> tokio::task::JoinHandle<(u16, Bytes)> {
+    tokio::spawn(async move {
+        let req = http::Request::get(path).body(super::full_body("")).unwrap();
+        match upstream.handle(req, &ctx).await {
+            Ok(resp) => (resp.status().as_u16(), body(resp).await.unwrap()),
+            Err(e) => (e.status().as_u16(), Bytes::new()),
+        }
+    })
+}

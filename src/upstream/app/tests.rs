@@ -18,7 +18,9 @@ use tokio::sync::watch;
 
 use super::*;
 use crate::config::{AppListen, StartPolicy};
-use crate::upstream::tests_support::{body, expect_err, until, Counts, StandIn};
+use crate::upstream::tests_support::{
+    body, context, expect_err, spawn_get, until, Counts, StandIn,
+};
 use crate::upstream::{full_body, Scheme, TunnelSlot};
 
 // --- the fake app ---
@@ -259,14 +261,7 @@ fn setup(app: &FakeApp, tune: impl FnOnce(&mut AppConfig)) -> Setup {
         counts: counts.clone(),
     };
     let upstream = AppUpstream::new(Arc::new(runtime), &config, Arc::default());
-    let ctx = RequestContext {
-        site: Arc::new(crate::config::tests_support::site("/nonexistent")),
-        client: "192.0.2.7:4000".parse().unwrap(),
-        local: "127.0.0.1:80".parse().unwrap(),
-        scheme: Scheme::Https,
-        host: "blog.test".into(),
-        mount_prefix: "/app".into(),
-    };
+    let ctx = context("192.0.2.7:4000", Scheme::Https);
     Setup {
         upstream: Arc::new(upstream),
         ctx,
@@ -289,14 +284,7 @@ impl Setup {
 
     /// A GET in a task of its own: its status and whole body.
     fn spawn_get(&self, path: &'static str) -> tokio::task::JoinHandle<(u16, Bytes)> {
-        let (upstream, ctx) = (self.upstream.clone(), self.ctx.clone());
-        tokio::spawn(async move {
-            let req = Request::get(path).body(full_body("")).unwrap();
-            match upstream.handle(req, &ctx).await {
-                Ok(resp) => (resp.status().as_u16(), body(resp).await.unwrap()),
-                Err(e) => (e.status().as_u16(), Bytes::new()),
-            }
-        })
+        spawn_get(self.upstream.clone(), self.ctx.clone(), path)
     }
 
     fn recycled(&self) -> usize {

@@ -21,7 +21,9 @@ use tokio::sync::watch;
 use super::*;
 use crate::config::StartPolicy;
 use crate::supervisor::LeaseError;
-use crate::upstream::tests_support::{body, expect_err, until, Counts, StandIn};
+use crate::upstream::tests_support::{
+    body, context, expect_err, spawn_get, until, Counts, StandIn,
+};
 use crate::upstream::{full_body, Fault, Scheme};
 
 // --- the fake worker ---
@@ -218,14 +220,7 @@ fn setup_failing(
         counts: counts.clone(),
     };
     let upstream = PythonUpstream::new(Arc::new(runtime), &config, Arc::default());
-    let ctx = RequestContext {
-        site: Arc::new(crate::config::tests_support::site("/nonexistent")),
-        client: "127.0.0.1:1".parse().unwrap(),
-        local: "127.0.0.1:2".parse().unwrap(),
-        scheme: Scheme::Http,
-        host: "blog.test".into(),
-        mount_prefix: "/app".into(),
-    };
+    let ctx = context("127.0.0.1:1", Scheme::Http);
     Setup {
         upstream: Arc::new(upstream),
         ctx,
@@ -241,14 +236,7 @@ impl Setup {
 
     /// A GET in a task of its own: its status and whole body.
     fn spawn_get(&self, path: &'static str) -> tokio::task::JoinHandle<(u16, Bytes)> {
-        let (upstream, ctx) = (self.upstream.clone(), self.ctx.clone());
-        tokio::spawn(async move {
-            let req = Request::get(path).body(full_body("")).unwrap();
-            match upstream.handle(req, &ctx).await {
-                Ok(resp) => (resp.status().as_u16(), body(resp).await.unwrap()),
-                Err(e) => (e.status().as_u16(), Bytes::new()),
-            }
-        })
+        spawn_get(self.upstream.clone(), self.ctx.clone(), path)
     }
 
     /// Every lease taken was released, and none was recycled.
@@ -294,7 +282,7 @@ async fn a_request_reaches_the_worker_with_its_metadata_and_the_answer_comes_bac
     assert_eq!(req.header(reserved::SCHEME), Some("http"));
     assert_eq!(req.header(reserved::SCRIPT_NAME), Some("/app"));
     assert_eq!(req.header(reserved::SERVER_NAME), Some("blog.test"));
-    assert_eq!(req.header(reserved::SERVER_PORT), Some("2"));
+    assert_eq!(req.header(reserved::SERVER_PORT), Some("80"));
     assert_eq!(req.header("content-length"), Some("4"));
     assert_eq!(req.body, b"ping");
     drop(seen);
