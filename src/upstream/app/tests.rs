@@ -64,6 +64,8 @@ impl Seen {
 struct AppLog {
     seen: Mutex<Vec<Seen>>,
     connections: AtomicUsize,
+    /// Connections that ended (the upstream closed them, or the script).
+    closed: AtomicUsize,
 }
 
 type Script = Arc<dyn Fn(usize) -> Answer + Send + Sync>;
@@ -119,6 +121,10 @@ impl FakeApp {
         self.log.connections.load(Ordering::SeqCst)
     }
 
+    fn closed(&self) -> usize {
+        self.log.closed.load(Ordering::SeqCst)
+    }
+
     /// The requests it read so far.
     fn seen(&self) -> Vec<Seen> {
         self.log.seen.lock().unwrap().clone()
@@ -139,7 +145,10 @@ where
     let serve = move |stream: S| {
         accept_log.connections.fetch_add(1, Ordering::SeqCst);
         let (log, script, served) = (accept_log.clone(), script.clone(), served.clone());
-        tokio::spawn(async move { serve_connection(stream, &log, &script, &served).await });
+        tokio::spawn(async move {
+            serve_connection(stream, &log, &script, &served).await;
+            log.closed.fetch_add(1, Ordering::SeqCst);
+        });
     };
     (log, serve)
 }
@@ -708,5 +717,47 @@ async fn a_response_body_that_stalls_past_request_timeout_is_cut() {
     let resp = s.get("/app/").await.unwrap();
     let err = body(resp).await.unwrap_err();
     assert!(err.to_string().contains("request_timeout"), "{err}");
+    s.all_released().await;
+}
+
+#[tokio::test]
+async fn an_instance_keeps_at_most_max_concurrency_connections() {
+    let (open, gate) = watch::channel(false);
+    let app = FakeApp::start(move |_| Answer::ReplyWhenOpen(gate.clone(), OK));
+    // Two instances' worth of places, all leased on one instance (as when
+    // only one of two is ready): four connections while they are busy.
+    let s = setup(&app, |c| {
+        c.processes = 2;
+        c.max_concurrency = 2;
+    });
+    let busy: Vec<_> = (0..4).map(|_| s.spawn_get("/app/")).collect();
+    until("four requests at the app", || app.seen().len() == 4).await;
+    open.send(true).unwrap();
+    for request in busy {
+        assert_eq!(request.await.unwrap(), (200, Bytes::from("ok")));
+    }
+    until("two connections closed", || app.closed() == 2).await;
+    for _ in 0..2 {
+        assert_eq!(body(s.get("/app/").await.unwrap()).await.unwrap(), "ok");
+    }
+    assert_eq!(app.connections(), 4, "the two kept were reused");
+    assert_eq!(app.closed(), 2);
+    s.all_released().await;
+}
+
+#[tokio::test]
+async fn an_idle_connection_is_closed_after_its_keep_time() {
+    let app = FakeApp::start(|_| Answer::Reply(OK));
+    let mut s = setup(&app, |_| {});
+    Arc::get_mut(&mut s.upstream).unwrap().pool =
+        Pool::with_idle_keep(4, Duration::from_millis(50));
+    assert_eq!(body(s.get("/app/").await.unwrap()).await.unwrap(), "ok");
+    until("the idle connection closed", || app.closed() == 1).await;
+    assert_eq!(body(s.get("/app/").await.unwrap()).await.unwrap(), "ok");
+    assert_eq!(
+        app.connections(),
+        2,
+        "a new connection after the idle one was dropped"
+    );
     s.all_released().await;
 }
