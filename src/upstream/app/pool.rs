@@ -198,6 +198,7 @@ impl Pool {
             read: read.clone(),
         });
         let (sender, driver) = http1::Builder::new()
+            .max_headers(polyhost_protocol::limits::MAX_RESPONSE_FIELDS)
             .handshake(io)
             .await
             .map_err(|e| refused(&e))?;

@@ -761,3 +761,65 @@ async fn an_idle_connection_is_closed_after_its_keep_time() {
     );
     s.all_released().await;
 }
+
+/// A real HTTP server (hyper's) that echoes a POST's body, counting its
+/// connections.
+fn echo_server(listener: UnixListener) -> Arc<AtomicUsize> {
+    use hyper::service::service_fn;
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counted = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let echo = service_fn(|req: Request<hyper::body::Incoming>| async move {
+                let bytes = req.into_body().collect().await?.to_bytes();
+                Ok::<_, hyper::Error>(Response::new(http_body_util::Full::new(bytes)))
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), echo),
+            );
+        }
+    });
+    connections
+}
+
+#[tokio::test]
+async fn concurrent_requests_to_a_real_server_share_at_most_max_concurrency_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("echo.sock");
+    let connections = echo_server(UnixListener::bind(&socket).unwrap());
+    let app = FakeApp {
+        socket,
+        tcp: None,
+        log: Arc::default(),
+        _dir: dir,
+    };
+    let s = setup(&app, |c| c.max_concurrency = 8);
+    let tasks: Vec<_> = (0..16)
+        .map(|client| {
+            let (upstream, ctx) = (s.upstream.clone(), s.ctx.clone());
+            tokio::spawn(async move {
+                for n in 0..25 {
+                    let text = format!("client {client} request {n}");
+                    let req = Request::post("/app/echo")
+                        .header("content-length", text.len())
+                        .body(full_body(text.clone()))
+                        .unwrap();
+                    let resp = upstream.handle(req, &ctx).await.unwrap();
+                    assert_eq!(resp.status(), StatusCode::OK);
+                    assert_eq!(body(resp).await.unwrap(), text);
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let opened = connections.load(Ordering::SeqCst);
+    assert!(
+        (1..=8).contains(&opened),
+        "{opened} connections for 400 requests"
+    );
+    s.all_released().await;
+}
