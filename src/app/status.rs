@@ -45,6 +45,10 @@ pub struct SiteStatus {
     /// for other sites (and a worker whose Python polyhost cannot tell).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub python_version: Option<String>,
+    /// An `[app]` site's listen mode, `socket` (fd 3) or `port`; absent
+    /// for other sites.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
     /// WebSockets open now (tunnels the router relays for the site).
     #[serde(default)]
     pub websockets_open: u64,
@@ -160,6 +164,13 @@ impl SiteStatus {
                 .as_ref()
                 .map(|py| py.interface_name().to_owned()),
             python_version: e.runtimes().python_version.map(|v| v.to_string()),
+            listen: e.config().app.as_ref().map(|app| {
+                match app.listen {
+                    crate::config::AppListen::Socket => "socket",
+                    crate::config::AppListen::Port => "port",
+                }
+                .to_owned()
+            }),
             websockets_open: e.stats().websockets_open(),
             sandbox: SandboxStatus::of(
                 e.config(),

@@ -165,15 +165,17 @@ pub fn status_table(s: &ServerStatus) -> String {
 }
 
 /// The runtime as the table shows it: with the Python version when known
-/// (`python3.13`), and an ASGI site's with `/asgi` (`python3.13/asgi`;
-/// WSGI, the default, has no suffix).
+/// (`python3.13`), an ASGI site's with `/asgi` (`python3.13/asgi`; WSGI,
+/// the default, has no suffix), an `[app]` on a loopback port `app/port`
+/// (socket activation, the default, is plain `app`).
 fn runtime(site: &SiteStatus) -> String {
     let mut shown = cleaned(&site.runtime);
     if let Some(version) = site.python_version.as_deref() {
         shown.push_str(&cleaned(version));
     }
-    match site.interface.as_deref() {
-        Some("asgi") => format!("{shown}/asgi"),
+    match (site.interface.as_deref(), site.listen.as_deref()) {
+        (Some("asgi"), _) => format!("{shown}/asgi"),
+        (_, Some("port")) => format!("{shown}/port"),
         _ => shown,
     }
 }
@@ -190,6 +192,16 @@ pub fn site_detail(s: &SiteStatus) -> String {
             rows.push(("websockets", format!("{} open", s.websockets_open)));
         }
         rows
+    });
+    let app = s.listen.as_deref().map(|l| {
+        let listen = match l {
+            "socket" => "socket (fd 3)".to_owned(),
+            other => cleaned(other),
+        };
+        vec![
+            ("listen", listen),
+            ("websockets", format!("{} open", s.websockets_open)),
+        ]
     });
     let rows = [
         ("site", cleaned(&s.name)),
@@ -222,6 +234,7 @@ pub fn site_detail(s: &SiteStatus) -> String {
     for (k, v) in head
         .iter()
         .chain(python.iter().flatten())
+        .chain(app.iter().flatten())
         .chain(sandbox.iter())
         .chain(tail.iter())
     {
@@ -353,6 +366,7 @@ mod tests {
             last_error: None,
             interface: None,
             python_version: None,
+            listen: None,
             websockets_open: 0,
             sandbox: None,
         }
@@ -449,6 +463,24 @@ mod tests {
             !www.contains("sandbox"),
             "a static site runs no process: {www}"
         );
+    }
+
+    #[test]
+    fn an_app_site_shows_how_it_listens() {
+        let mut api = site("api", "running", "app");
+        api.listen = Some("port".into());
+        let mut node = site("node", "running", "app");
+        node.listen = Some("socket".into());
+        assert_eq!(
+            (runtime(&api), runtime(&node)),
+            ("app/port".into(), "app".into())
+        );
+        let detail = site_detail(&node);
+        assert!(
+            detail.contains("listen     socket (fd 3)\nwebsockets 0 open\n"),
+            "{detail}"
+        );
+        assert!(site_detail(&api).contains("listen     port\n"));
     }
 
     #[test]

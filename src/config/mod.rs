@@ -37,7 +37,7 @@ pub use site::{virtualenv_version, PythonVersion, RequestedVersion, VersionSourc
 pub use site::{
     AppConfig, AppListen, AsgiConfig, IniValue, Lifespan, Limits, PhpConfig, PhpMode, PythonConfig,
     PythonInterface, SandboxConfig, SandboxNetwork, SiteConfig, StartPolicy, StaticConfig,
-    WebSocketConfig, DEFAULT_BODY_LIMIT, RESERVED_PHP_INI,
+    WebSocketConfig, DEFAULT_APP_PATH, DEFAULT_BODY_LIMIT, RESERVED_PHP_INI,
 };
 pub use tls::{crypto_provider, load_certified_key, LoadedPair, SiteTls, TlsKey};
 pub use types::{parse_duration, parse_size, HostPattern, Scalar, SiteName};
