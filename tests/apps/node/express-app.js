@@ -1,10 +1,10 @@
 // Express + ws test app for polyhost's [app] runtime (tests/app_*.rs).
 // Listens on the socket polyhost hands over as fd 3 (LISTEN_FDS=1), or on
 // $HOST:$PORT when started with `listen = "port"`. Routes:
+//   GET  /                   version=$APP_VERSION pid=..
 //   GET  /healthz            "ok"
 //   GET  /whoami             uid=.. gid=.. pid=.. ppid=.. cgroup=<joined /proc/self/cgroup>
 //   GET  /env?name=X         the value of env var X ("<unset>" if absent)
-//   GET  /version            version=$APP_VERSION pid=..
 //   POST /echo               the request body back, with its length in X-Body-Length
 //   GET  /stream?n=N&ms=M    N chunks "chunk i\n", M ms apart (a streamed response)
 //   GET  /headers            the request headers as JSON
@@ -37,7 +37,7 @@ app.get('/env', (req, res) => {
   res.type('text').send(v === undefined ? '<unset>' : v);
 });
 
-app.get('/version', (req, res) => {
+app.get('/', (req, res) => {
   res.type('text').send(`version=${process.env.APP_VERSION || 'none'} pid=${process.pid}`);
 });
 
