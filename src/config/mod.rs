@@ -34,7 +34,7 @@ pub use server::{
     AdminConfig, AdminToken, ServerConfig, SiteScheduling, DEFAULT_INCLUDE, DEFAULT_LISTEN,
 };
 pub use site::{
-    AppConfig, AppListen,
+    AppConfig, AppListen, DEFAULT_APP_PATH,
     AsgiConfig, IniValue, Lifespan, Limits, PhpConfig, PhpMode, PythonConfig, PythonInterface,
     SandboxConfig, SandboxNetwork, SiteConfig, StartPolicy, StaticConfig, WebSocketConfig,
     DEFAULT_BODY_LIMIT, RESERVED_PHP_INI,

@@ -87,6 +87,7 @@ pub struct RawSite {
     pub static_files: Option<RawStatic>,
     pub php: Option<RawPhp>,
     pub python: Option<RawPython>,
+    pub app: Option<RawApp>,
     pub tls: Option<super::tls::RawTls>,
     pub sandbox: Option<super::site::RawSandbox>,
 }
@@ -147,6 +148,27 @@ pub struct RawPython {
     pub max_concurrency: Option<Scalar>,
     pub lifespan: Option<String>,
     pub websocket: Option<RawWebSocket>,
+}
+
+/// `[app]`: any program that serves HTTP/1.1 (issue 22).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApp {
+    pub command: Option<Vec<String>>,
+    pub cwd: Option<String>,
+    pub processes: Option<Scalar>,
+    pub listen: Option<String>,
+    pub mount: Option<String>,
+    pub ready: Option<String>,
+    pub start: Option<String>,
+    pub startup_timeout: Option<Scalar>,
+    pub max_concurrency: Option<Scalar>,
+    pub queue_timeout: Option<Scalar>,
+    pub request_timeout: Option<Scalar>,
+    pub max_requests: Option<Scalar>,
+    pub memory_per_process: Option<Scalar>,
+    pub idle_timeout: Option<Scalar>,
+    pub env: Option<BTreeMap<String, String>>,
 }
 
 /// `[python.websocket]` (ASGI sites).

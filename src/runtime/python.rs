@@ -154,6 +154,8 @@ impl Launcher for PythonLauncher {
             env: self.env.clone(),
             cwd: self.cwd.clone(),
             fds: Vec::new(),
+            socket_at: None,
+            pid_env: None,
         })
     }
 }

@@ -26,6 +26,9 @@ pub fn build_route(
     if let (Some(py), Some(up)) = (&site.python, &runtimes.python) {
         mounts.push((py.mount.clone(), up.clone()));
     }
+    if let (Some(app), Some(up)) = (&site.app, &runtimes.app) {
+        mounts.push((app.mount.clone(), up.clone()));
+    }
     if let Some(root) = &site.root {
         let extensions = site.php.as_ref().map_or(&[][..], |php| &php.extensions[..]);
         let up: Arc<dyn Upstream> = Arc::new(
@@ -55,7 +58,9 @@ pub fn build_route(
         for p in &site.static_files.paths {
             mounts.push((p.clone(), root_upstream.clone()));
         }
-        if site.python.as_ref().is_none_or(|py| !py.mount.is_empty()) {
+        let app_at_root = site.python.as_ref().is_some_and(|py| py.mount.is_empty())
+            || site.app.as_ref().is_some_and(|app| app.mount.is_empty());
+        if !app_at_root {
             mounts.push((String::new(), root_upstream));
         }
     }

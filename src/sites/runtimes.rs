@@ -1,5 +1,5 @@
 //! A site's runtimes, one generation: the process groups (php-fpm pool,
-//! Python workers) started for one version of its runtime settings, and the
+//! Python workers, `[app]` instances) started for one version of its runtime settings, and the
 //! upstreams that lease from them. Building one starts nothing yet (groups
 //! start on the first request or on [`Runtimes::warm_up`]); dropping the
 //! last handle does not stop it: [`Runtimes::stop`] drains and stops it.
@@ -13,9 +13,11 @@ use crate::config::{ConfigErrors, SiteConfig};
 use crate::docroot::Reader;
 use crate::isolation::SiteIdentity;
 use crate::metrics::SiteStats;
+use crate::runtime::app::AppLauncher;
 use crate::runtime::php::PhpLauncher;
 use crate::runtime::python::PythonLauncher;
 use crate::supervisor::{GroupHandle, SiteContext, Supervisor};
+use crate::upstream::app::AppUpstream;
 use crate::upstream::python::PythonUpstream;
 use crate::upstream::UpstreamError;
 
@@ -26,6 +28,8 @@ pub struct Runtimes {
     pub generation: u64,
     pub groups: Vec<GroupHandle>,
     pub python: Option<Arc<PythonUpstream>>,
+    /// The `[app]` program's upstream.
+    pub app: Option<Arc<AppUpstream>>,
     /// The php-fpm pool's group (the PHP upstream is built with the route,
     /// because it also needs the site's static upstream).
     pub php: Option<GroupHandle>,
@@ -48,6 +52,7 @@ impl Runtimes {
             generation,
             groups: Vec::new(),
             python: None,
+            app: None,
             php: None,
             context,
             reader,
@@ -65,6 +70,9 @@ impl Runtimes {
     pub async fn stop(&self) {
         if let Some(py) = &self.python {
             py.settle().await;
+        }
+        if let Some(app) = &self.app {
+            app.settle().await;
         }
         futures_util::future::join_all(self.groups.iter().map(|g| g.stop())).await;
     }
@@ -135,6 +143,7 @@ impl std::error::Error for NotReady {}
 pub fn same_runtime(a: &SiteConfig, b: &SiteConfig) -> bool {
     a.php == b.php
         && a.python == b.python
+        && a.app == b.app
         && a.user == b.user
         && a.group == b.group
         && a.env == b.env
@@ -195,6 +204,21 @@ pub fn build_runtimes(
         rt.python = Some(Arc::new(PythonUpstream::new(
             Arc::new(group.clone()),
             py,
+            stats.clone(),
+        )));
+        rt.groups.push(group);
+    }
+    if let Some(app) = &site.app {
+        let launcher = if supervisor.is_attached() {
+            AppLauncher::attached(site, app)
+        } else {
+            let home = ctx.identity.as_ref().map(|i| i.home.clone());
+            AppLauncher::new(site, app, home.as_deref(), &ctx.tmp, &ctx.error_log)
+        };
+        let group = supervisor.spawn_group(site, &ctx, Arc::new(launcher), generation);
+        rt.app = Some(Arc::new(AppUpstream::new(
+            Arc::new(group.clone()),
+            app,
             stats.clone(),
         )));
         rt.groups.push(group);

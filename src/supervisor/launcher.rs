@@ -5,6 +5,7 @@
 //! how the process is told which descriptors it inherited.
 
 use std::io;
+use std::net::SocketAddr;
 use std::os::fd::{OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -21,6 +22,12 @@ pub struct Command {
     /// config), at the numbers they have here; polyhost closes its copies
     /// once the process has started.
     pub fds: Vec<OwnedFd>,
+    /// The number the process gets its socket at (socket activation: 3);
+    /// `None`: the number it has here ([`ProcessSocket::fd`]).
+    pub socket_at: Option<RawFd>,
+    /// A variable set to the process's own pid in its environment, written
+    /// after the fork (`LISTEN_PID`).
+    pub pid_env: Option<&'static str>,
 }
 
 /// Who calls `listen(2)` on the socket polyhost binds for a process, and so
@@ -35,22 +42,33 @@ pub enum Listen {
     /// (polyhost-python: after importing the app). Until then a connection is
     /// refused, so readiness is a connection that succeeds.
     Process,
+    /// polyhost binds nothing: the process binds a loopback port polyhost
+    /// picked ([`ProcessSocket::tcp`]) and listens on it. Ready when `probe`
+    /// is answered there and the listening socket is the site user's.
+    Port { probe: Probe },
 }
 
 /// A request a process answers only once it serves.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Probe {
     /// A FastCGI `FCGI_GET_VALUES` record, answered with
     /// `FCGI_GET_VALUES_RESULT` by a php-fpm child that accepted it.
     FastCgiGetValues,
+    /// An HTTP/1.1 request: `GET path` answered 2xx or 3xx; without a
+    /// path, `OPTIONS *` answered with any HTTP status line (the process
+    /// speaks HTTP).
+    Http { path: Option<String> },
 }
 
-/// The socket polyhost bound for a process: its path (for logs and the
-/// router) and the descriptor number the process inherits it at.
+/// Where a process serves: the socket polyhost bound for it — its path
+/// (for logs and the router) and the descriptor number polyhost holds it
+/// at — or, for [`Listen::Port`], the loopback address it binds itself
+/// (then nothing is bound at `path`, and `fd` is -1).
 #[derive(Clone, Copy, Debug)]
 pub struct ProcessSocket<'a> {
     pub path: &'a Path,
     pub fd: RawFd,
+    pub tcp: Option<SocketAddr>,
 }
 
 /// Recycling and scaling settings of one runtime.
@@ -72,7 +90,7 @@ pub struct Lifecycle {
 }
 
 pub trait Launcher: Send + Sync + 'static {
-    /// "php" or "python": for logs, status and socket names.
+    /// "php", "python" or "app": for logs, status and socket names.
     fn runtime(&self) -> &'static str;
 
     fn lifecycle(&self) -> Lifecycle;

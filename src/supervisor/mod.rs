@@ -22,6 +22,7 @@ pub mod launcher;
 pub mod lease;
 mod mailbox;
 pub mod policy;
+pub mod port;
 pub mod separation;
 pub mod site_dirs;
 pub mod snapshot;

@@ -162,6 +162,7 @@ pub fn plain_response(status: StatusCode, text: &str) -> Response<ResponseBody> 
         .expect("static headers are valid")
 }
 pub mod admission;
+pub mod app;
 mod error;
 pub mod php;
 pub mod php_source;

@@ -10,8 +10,9 @@ mod app;
 mod python;
 mod sandbox;
 
+use app::validate_app;
 use python::validate_python;
-pub use app::{AppConfig, AppListen};
+pub use app::{AppConfig, AppListen, DEFAULT_PATH as DEFAULT_APP_PATH};
 pub use python::{AsgiConfig, Lifespan, PythonConfig, PythonInterface, WebSocketConfig};
 pub use sandbox::{RawSandbox, SandboxConfig, SandboxNetwork};
 
@@ -57,16 +58,19 @@ impl SiteConfig {
     /// shares, and its logs readable by its group. The one place a new
     /// runtime kind is added to that list.
     pub fn runs_code(&self) -> bool {
-        self.php.is_some() || self.python.is_some()
+        self.php.is_some() || self.python.is_some() || self.app.is_some()
     }
 
-    /// "php", "python", "php+python" or "static": for status and logs.
+    /// "php", "python", "app", "php+python", "php+app" or "static": for
+    /// status and logs. (`[python]` and `[app]` never go together.)
     pub fn runtime_label(&self) -> &'static str {
-        match (&self.php, &self.python) {
-            (Some(_), Some(_)) => "php+python",
-            (Some(_), None) => "php",
-            (None, Some(_)) => "python",
-            (None, None) => "static",
+        match (&self.php, &self.python, &self.app) {
+            (Some(_), Some(_), _) => "php+python",
+            (Some(_), None, Some(_)) => "php+app",
+            (Some(_), None, None) => "php",
+            (None, Some(_), _) => "python",
+            (None, None, Some(_)) => "app",
+            (None, None, None) => "static",
         }
     }
 }
@@ -189,16 +193,35 @@ pub(crate) fn validate_site(
     });
     let php = raw.php.map(|p| validate_php(p, base, errs));
     let python = raw.python.map(|p| validate_python(p, base, errs));
+    let has_app = raw.app.is_some();
+    let app = raw
+        .app
+        .map(|a| validate_app(a, root.as_deref(), &env, errs));
     let tls = raw
         .tls
         .and_then(|t| super::tls::validate_tls(t, base, errs));
     let sandbox = sandbox::validate_sandbox(raw.sandbox, errs);
-    if root.is_none() && !python_at_root {
+    let port_app = app
+        .as_ref()
+        .is_some_and(|a| a.as_ref().is_some_and(|a| a.listen == AppListen::Port));
+    if port_app && sandbox.network == SandboxNetwork::None {
+        errs.add(
+            "app.listen",
+            "\"port\" cannot work with sandbox.network = \"none\" (the program's loopback is its own): use listen = \"socket\"",
+        );
+    }
+    if root.is_none() && has_app {
+        errs.add(
+            "root",
+            "missing: an [app] site needs a root (app.cwd and a relative app.command are inside it), e.g. root = \"/srv/apps/example\"",
+        );
+    } else if root.is_none() && !python_at_root {
         errs.add(
             "root",
             "missing: static and PHP sites need a document root (e.g. root = \"/srv/www/example\")",
         );
     }
+    check_app_beside(&php, &python, has_app, &app, errs);
     if let (Some(_), Some(py)) = (&php, &python) {
         if py.as_ref().is_some_and(|p| p.mount.is_empty()) {
             errs.add("python.mount", "a site with [php] cannot also mount Python at \"/\"; mount it at a prefix such as \"/app\"");
@@ -220,10 +243,30 @@ pub(crate) fn validate_site(
         static_files,
         php: php.flatten(),
         python: python.flatten(),
-        app: None,
+        app: app.flatten(),
         tls,
         sandbox,
     })
+}
+
+/// A site has one app server: `[python]` or `[app]`; `[app]` beside
+/// `[php]` only at a prefix (as `[python]`).
+fn check_app_beside(
+    php: &Option<Option<PhpConfig>>,
+    python: &Option<Option<PythonConfig>>,
+    has_app: bool,
+    app: &Option<Option<AppConfig>>,
+    errs: &mut FileErrors<'_>,
+) {
+    if has_app && python.is_some() {
+        errs.add(
+            "app",
+            "a site has one app server: [python] or [app], not both (make the other a site of its own)",
+        );
+    }
+    if php.is_some() && app.as_ref().is_some_and(|a| a.as_ref().is_some_and(|a| a.mount.is_empty())) {
+        errs.add("app.mount", "a site with [php] cannot also mount [app] at \"/\"; mount it at a prefix such as \"/app\"");
+    }
 }
 
 fn absolute(base: &Path, p: &str) -> PathBuf {

@@ -135,6 +135,11 @@ pub(super) struct ChildPlan {
     pub(super) report: crate::isolation::step_report::StepReport,
     /// Kept open across exec (`FD_CLOEXEC` cleared after the close step).
     pub(super) inherit: Vec<RawFd>,
+    /// `(from, to)`: `from` is passed on as descriptor `to` (`dup2`), after
+    /// `inherit` (the parent checked that no two collide).
+    pub(super) moves: Vec<(RawFd, RawFd)>,
+    /// The environment `exec` passes on (installed last).
+    pub(super) env: super::env::ChildEnv,
     /// `(uid, gid)` to switch to; `None` when no switch is needed.
     pub(super) switch: Option<(libc::uid_t, libc::gid_t)>,
     pub(super) nofile: libc::rlim_t,
@@ -153,7 +158,7 @@ pub(super) struct ChildPlan {
 impl ChildPlan {
     /// Runs in the forked child. Async-signal-safe system calls only, no
     /// allocation, no locks.
-    pub(super) fn run(&self) -> io::Result<()> {
+    pub(super) fn run(&mut self) -> io::Result<()> {
         // SAFETY: all calls below are async-signal-safe system calls on
         // values prepared before the fork (fds that are open in the child,
         // a valid NUL-terminated path, plain integers); none allocates.
@@ -244,6 +249,18 @@ impl ChildPlan {
                     return Err(self.fail(Step::InheritFds));
                 }
             }
+            for &(from, to) in &self.moves {
+                // dup2 leaves the copy without FD_CLOEXEC; `from` itself
+                // stays close-on-exec.
+                let done = if from == to {
+                    libc::fcntl(from, libc::F_SETFD, 0) == 0
+                } else {
+                    libc::dup2(from, to) == to
+                };
+                if !done {
+                    return Err(self.fail(Step::InheritFds));
+                }
+            }
             if libc::chdir(self.cwd.as_ptr()) != 0 {
                 return Err(self.fail(Step::Chdir));
             }
@@ -259,6 +276,7 @@ impl ChildPlan {
                 );
             }
         }
+        self.env.install();
         Ok(())
     }
 

@@ -43,6 +43,7 @@
 //! is watched by tokio's process driver).
 
 mod child;
+mod env;
 pub mod sandbox;
 mod view;
 
@@ -116,6 +117,14 @@ pub struct SpawnSpec<'a> {
     /// polyhost's copies stay close-on-exec, so no other child gets them;
     /// every other descriptor ≥ 3 is closed at exec.
     pub inherit: Vec<BorrowedFd<'a>>,
+    /// Descriptors the program inherits at a number of their choosing
+    /// (`(descriptor, number)`, e.g. a socket-activated listener at 3),
+    /// placed after `inherit` is; the numbers must be ≥ 3, distinct, and
+    /// not numbers `inherit` passes on.
+    pub inherit_as: Vec<(BorrowedFd<'a>, RawFd)>,
+    /// An environment variable set, in the child, to the program's own pid
+    /// (systemd's `LISTEN_PID`); it replaces one `env` may name.
+    pub pid_env: Option<&'static str>,
     /// Start in the site's sandbox (see [`sandbox`]); `None`: the host's view.
     pub sandbox: Option<&'a Sandbox>,
 }
@@ -136,6 +145,8 @@ impl<'a> SpawnSpec<'a> {
             cgroup: None,
             log: None,
             inherit: Vec::new(),
+            inherit_as: Vec::new(),
+            pid_env: None,
             sandbox: None,
         }
     }
@@ -154,6 +165,8 @@ pub enum SpawnError {
         "descriptor {0} cannot be inherited: 0, 1 and 2 are the program's stdin, stdout and stderr"
     )]
     InheritStdio(RawFd),
+    #[error("descriptor number {0} cannot be given twice, nor below 3")]
+    InheritAs(RawFd),
     #[error("{what} contains a NUL byte")]
     Nul { what: &'static str },
     #[error("cannot open {what} {}: {source}", path.display())]
@@ -195,6 +208,14 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<SiteProcess, SpawnError> {
     {
         return Err(SpawnError::InheritStdio(fd));
     }
+    let moves = check_moves(spec)?;
+    let env = env::ChildEnv::new(&spec.env, spec.pid_env).ok_or(SpawnError::Nul {
+        what: "the environment",
+    })?;
+    // A number a descriptor moves to that is free here could be taken by
+    // the pipes made below (the lowest free numbers), which the child still
+    // needs when it moves descriptors: hold it until the fork is done.
+    let _held = hold_free_numbers(&moves);
     let euid = geteuid();
     let switch = match &spec.identity {
         None if euid.is_root() => {
@@ -249,6 +270,8 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<SiteProcess, SpawnError> {
         cgroup_fds: cgroup_files.iter().map(|f| f.as_raw_fd()).collect(),
         report: crate::isolation::step_report::StepReport::new(report_write.as_raw_fd()),
         inherit: spec.inherit.iter().map(AsRawFd::as_raw_fd).collect(),
+        moves,
+        env,
         switch,
         nofile: nofile_within_hard_limit(spec.rlimits.nofile),
         fd_bound: fd_bound(one_by_one),
@@ -268,10 +291,10 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<SiteProcess, SpawnError> {
         source,
     })?;
 
+    // The environment is the plan's (`env`): std's must stay untouched, or
+    // it would install its own after the plan ran.
     let mut cmd = tokio::process::Command::new(&spec.program);
     cmd.args(&spec.args)
-        .env_clear()
-        .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log2)
@@ -279,6 +302,7 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<SiteProcess, SpawnError> {
     // SAFETY: `ChildPlan::run` only makes async-signal-safe system calls on
     // data prepared above, which the closure owns; it neither allocates nor
     // takes locks, so it is sound between fork and exec.
+    let mut plan = plan;
     unsafe {
         cmd.pre_exec(move || plan.run());
     }
@@ -308,6 +332,53 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<SiteProcess, SpawnError> {
             })
         }
     }
+}
+
+/// `SpawnSpec::inherit_as` as `(from, to)` numbers, checked: every `to`
+/// at least 3, given once, and neither a number `inherit` passes on nor
+/// the source of another move.
+fn check_moves(spec: &SpawnSpec<'_>) -> Result<Vec<(RawFd, RawFd)>, SpawnError> {
+    let moves: Vec<(RawFd, RawFd)> = spec
+        .inherit_as
+        .iter()
+        .map(|(fd, to)| (fd.as_raw_fd(), *to))
+        .collect();
+    let inherited: Vec<RawFd> = spec.inherit.iter().map(AsRawFd::as_raw_fd).collect();
+    for (i, &(from, to)) in moves.iter().enumerate() {
+        let taken = to < 3
+            || inherited.contains(&to)
+            || moves[..i].iter().any(|&(_, t)| t == to)
+            || moves.iter().any(|&(f, _)| f == to && f != from);
+        if taken {
+            return Err(SpawnError::InheritAs(to));
+        }
+    }
+    Ok(moves)
+}
+
+/// Opens `/dev/null` on each target number of `moves` that is free here,
+/// and keeps what landed there (see where it is called).
+fn hold_free_numbers(moves: &[(RawFd, RawFd)]) -> Vec<OwnedFd> {
+    let mut held = Vec::new();
+    for &(_, to) in moves {
+        // SAFETY: F_GETFD only reads the descriptor's flags (EBADF if free).
+        let free = unsafe { libc::fcntl(to, libc::F_GETFD) } < 0;
+        if !free {
+            continue;
+        }
+        while let Ok(null) = File::open("/dev/null") {
+            let null = OwnedFd::from(null);
+            let raw = null.as_raw_fd();
+            if raw > to {
+                break;
+            }
+            held.push(null);
+            if raw == to {
+                break;
+            }
+        }
+    }
+    held
 }
 
 static ONE_BY_ONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);

@@ -79,10 +79,11 @@ pub(crate) struct RouterState {
     sites: BTreeMap<SiteName, Held>,
 }
 
-/// What [`RouterState::apply`] replaced: Python upstreams to settle before
-/// the supervisor may stop their processes.
+/// What [`RouterState::apply`] replaced: Python and `[app]` upstreams to
+/// settle before the supervisor may stop their processes.
 pub(crate) struct Replaced {
     pub python: Vec<Arc<PythonUpstream>>,
+    pub app: Vec<Arc<crate::upstream::app::AppUpstream>>,
 }
 
 impl Replaced {
@@ -90,7 +91,9 @@ impl Replaced {
     /// admission and its lease (as the supervisor's retire does in one
     /// process), bounded by their queue timeouts.
     pub async fn settle(self) {
-        futures_util::future::join_all(self.python.iter().map(|py| py.settle())).await;
+        let python = futures_util::future::join_all(self.python.iter().map(|py| py.settle()));
+        let app = futures_util::future::join_all(self.app.iter().map(|app| app.settle()));
+        futures_util::future::join(python, app).await;
     }
 }
 
@@ -134,12 +137,20 @@ impl RouterState {
                 .into_values()
                 .map(|h| h.site),
         );
-        let python = old_sites
+        let replaced: Vec<&Site> = old_sites
             .iter()
             .filter(|old| !self.shares_runtimes(old))
-            .filter_map(|old| old.runtimes().python.clone())
             .collect();
-        Replaced { python }
+        Replaced {
+            python: replaced
+                .iter()
+                .filter_map(|old| old.runtimes().python.clone())
+                .collect(),
+            app: replaced
+                .iter()
+                .filter_map(|old| old.runtimes().app.clone())
+                .collect(),
+        }
     }
 
     /// Whether some site served now runs on `old`'s processes.

@@ -169,6 +169,8 @@ impl Launcher for PhpLauncher {
             ],
             cwd: self.site.root.clone().unwrap_or_else(|| PathBuf::from("/")),
             fds: vec![config],
+            socket_at: None,
+            pid_env: None,
         })
     }
 

@@ -21,7 +21,7 @@ use crate::isolation::{self, SiteCgroup, SpawnSpec};
 use crate::supervisor::endpoint::Endpoint;
 use crate::supervisor::launcher::{Listen, ProcessSocket};
 use crate::supervisor::mailbox::Event;
-use crate::supervisor::watch::{rss_bytes, wait_ready, watch_process};
+use crate::supervisor::watch::{rss_bytes, wait_ready, watch_process, ReadyTarget};
 
 /// Starts and measures a group's processes.
 pub(crate) trait Spawner: Send + Sync + 'static {
@@ -71,11 +71,11 @@ impl Spawner for Isolated {
             .socket_dir
             .join(format!("{runtime}-{}-{id}.sock", spec.generation));
         let listen = spec.launcher.listen();
-        let listener = crate::supervisor::sockets::bind(&socket, &listen)
-            .map_err(|e| format!("cannot bind {}: {e}", socket.display()))?;
+        let bound = bind(&socket, &listen)?;
         let process_socket = ProcessSocket {
             path: &socket,
-            fd: listener.as_raw_fd(),
+            fd: bound.listener.as_ref().map_or(-1, |l| l.as_raw_fd()),
+            tcp: bound.tcp,
         };
         let cmd = spec.launcher.command(process_socket).map_err(|e| {
             let _ = std::fs::remove_file(&socket);
@@ -92,6 +92,11 @@ impl Spawner for Isolated {
             ),
             None => None,
         };
+        let listener = bound.listener.as_ref().map(AsFd::as_fd);
+        let (inherit_socket, socket_as) = match (listener, cmd.socket_at) {
+            (Some(fd), Some(at)) => (None, Some((fd, at))),
+            (fd, _) => (fd, None),
+        };
         let spawn_spec = SpawnSpec {
             program: cmd.program.clone(),
             args: cmd.args,
@@ -102,16 +107,19 @@ impl Spawner for Isolated {
             batch_scheduling: spec.batch_scheduling,
             cgroup: cgroup.as_ref(),
             log: Some(spec.error_log.clone()),
-            inherit: std::iter::once(listener.as_fd())
+            inherit: inherit_socket
+                .into_iter()
                 .chain(cmd.fds.iter().map(AsFd::as_fd))
                 .collect(),
+            inherit_as: socket_as.into_iter().collect(),
+            pid_env: cmd.pid_env,
             sandbox: spec.sandbox.as_ref(),
         };
         let spawned = isolation::spawn(&spawn_spec);
         // The process has its copies. Without ours, the listener dies with
         // the process: connections are then refused at once, not queued.
         drop(spawn_spec);
-        drop(listener);
+        drop(bound.listener);
         drop(cmd.fds);
         let process = spawned.map_err(|e| {
             let _ = std::fs::remove_file(&socket);
@@ -121,19 +129,33 @@ impl Spawner for Isolated {
             format!("cannot start {}: {e}", cmd.program.display())
         })?;
         let pid = process.pid();
+        let site_uid = spec
+            .identity
+            .as_ref()
+            .map_or_else(|| nix::unistd::geteuid().as_raw(), |i| i.uid);
         // The router checks who listens on the socket (SO_PEERCRED): the site
         // user when the process listens; polyhost itself (nothing to check)
-        // when polyhost does.
+        // when polyhost does. A port's listener is checked here, before
+        // the process is ready (`watch`): the router cannot on TCP.
         let uid = match listen {
             Listen::Process => spec.identity.as_ref().map(|i| i.uid),
-            Listen::Supervisor { .. } => None,
+            Listen::Supervisor { .. } | Listen::Port { .. } => None,
         };
-        let endpoint = Arc::new(Endpoint::new(id, pid, socket.clone(), uid));
+        let endpoint = Endpoint::new(id, pid, socket.clone(), uid);
+        let endpoint = Arc::new(match bound.tcp {
+            Some(addr) => endpoint.with_tcp(addr),
+            None => endpoint,
+        });
         let (stop, stop_rx) = oneshot::channel();
         tokio::spawn(watch_process(id, process, stop_rx, events.clone()));
+        let target = ReadyTarget {
+            socket,
+            tcp: bound.tcp,
+            owner: site_uid,
+        };
         let ready_task = tokio::spawn(wait_ready(
             id,
-            socket,
+            target,
             listen,
             startup_timeout,
             events.clone(),
@@ -154,4 +176,28 @@ impl Spawner for Isolated {
     fn session_rss(&self, pid: i32) -> u64 {
         isolation::session_rss(pid)
     }
+}
+
+/// Where a process will serve: a socket polyhost bound, or a loopback port
+/// it binds itself ([`Listen::Port`]: nothing is bound here).
+struct Bound {
+    listener: Option<std::os::fd::OwnedFd>,
+    tcp: Option<std::net::SocketAddr>,
+}
+
+fn bind(socket: &std::path::Path, listen: &Listen) -> Result<Bound, String> {
+    if let Listen::Port { .. } = listen {
+        let addr = crate::supervisor::port::pick_loopback_port()
+            .map_err(|e| format!("cannot find a free loopback port: {e}"))?;
+        return Ok(Bound {
+            listener: None,
+            tcp: Some(addr),
+        });
+    }
+    let listener = crate::supervisor::sockets::bind(socket, listen)
+        .map_err(|e| format!("cannot bind {}: {e}", socket.display()))?;
+    Ok(Bound {
+        listener: Some(listener),
+        tcp: None,
+    })
 }
