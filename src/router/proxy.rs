@@ -13,21 +13,9 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, StatusCode};
 
 use crate::config::FrontConfig;
+use crate::upstream::hop::any_of;
+pub use crate::upstream::hop::strip_hop_by_hop;
 use crate::upstream::Scheme;
-
-/// Headers that describe one connection, not the message.
-/// (Parsed once here: removing by `&str` would parse and hash the name
-/// again on every request.)
-const HOP_BY_HOP: [HeaderName; 8] = [
-    HeaderName::from_static("connection"),
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    HeaderName::from_static("proxy-authenticate"),
-    HeaderName::from_static("te"),
-    HeaderName::from_static("trailer"),
-    HeaderName::from_static("transfer-encoding"),
-    HeaderName::from_static("upgrade"),
-];
 
 /// Client-supplied proxy headers; only a trusted proxy may set them.
 const FORWARDED: [HeaderName; 6] = [
@@ -98,33 +86,6 @@ pub fn websocket_ask<B>(req: &http::Request<B>) -> Option<WebSocketAsk> {
     };
     (has_token(header::CONNECTION, b"upgrade") && has_token(header::UPGRADE, b"websocket"))
         .then_some(WebSocketAsk::Upgrade)
-}
-
-/// Removes hop-by-hop headers and the headers `Connection` names.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages have none: one pass over their few fields is cheaper
-    // than a hashed lookup per name (this runs twice per request).
-    if !any_of(headers, &HOP_BY_HOP) {
-        return;
-    }
-    let mut named: Vec<HeaderName> = Vec::new();
-    for v in headers.get_all(header::CONNECTION) {
-        if let Ok(v) = v.to_str() {
-            named.extend(
-                v.split(',')
-                    .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok()),
-            );
-        }
-    }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
-    }
-    for name in named {
-        // Connection may not remove end-to-end framing we rely on.
-        if name != header::CONTENT_LENGTH && name != header::HOST {
-            headers.remove(name);
-        }
-    }
 }
 
 /// Cleans a response before it reaches the client: hop-by-hop headers go,
@@ -258,11 +219,6 @@ pub fn resolve_forwarded(
     headers.insert(X_FORWARDED_FOR, ip_text(client.ip()));
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme.as_str()));
     (client, scheme)
-}
-
-/// Whether `headers` has a field named in `names`.
-fn any_of(headers: &HeaderMap, names: &[HeaderName]) -> bool {
-    headers.keys().any(|k| names.contains(k))
 }
 
 /// `ip` as text (`192.0.2.1`, `2001:db8::1`), for `X-Forwarded-For` and the

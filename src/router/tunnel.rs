@@ -120,7 +120,7 @@ pub(crate) async fn run<C>(
     } = tunnel;
     let _open = stats.websocket_opened(); // metrics: closed when dropped
     let (mut from_client, mut to_client) = tokio::io::split(Metered::new(client, send_timeout));
-    let (from_worker, mut to_worker) = stream.into_split();
+    let (from_worker, mut to_worker) = tokio::io::split(stream);
     let ended = {
         // Client → worker: at the client's end of stream, the worker's
         // socket is shut for writing and the tunnel waits for the worker to

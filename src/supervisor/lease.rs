@@ -87,6 +87,15 @@ impl RuntimeLease {
         Self::detached(socket, Box::new(guard), Some(Box::new(on_recycle)))
     }
 
+    /// The same lease, connecting to the loopback port `addr` instead of
+    /// its socket (a stand-in for an `[app] listen = "port"` instance).
+    pub fn with_tcp(mut self, addr: std::net::SocketAddr) -> Self {
+        let e = &self.endpoint;
+        let endpoint = Endpoint::new(e.id, e.pid, e.socket.clone(), e.uid).with_tcp(addr);
+        self.endpoint = Arc::new(endpoint);
+        self
+    }
+
     fn detached(
         socket: std::path::PathBuf,
         guard: Box<dyn Send + Sync>,

@@ -17,7 +17,7 @@ use http::{Request, Response, StatusCode};
 
 pub use error::{BodyError, Fault, UpstreamError};
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Empty, Full};
-pub use tunnel::{Tunnel, TunnelSlot, Upgrade};
+pub use tunnel::{Tunnel, TunnelSlot, TunnelStream, Upgrade};
 
 use crate::config::SiteConfig;
 
@@ -164,6 +164,8 @@ pub fn plain_response(status: StatusCode, text: &str) -> Response<ResponseBody> 
 pub mod admission;
 pub mod app;
 mod error;
+pub mod gate;
+pub mod hop;
 pub mod php;
 pub mod php_source;
 pub mod python;

@@ -41,15 +41,34 @@ impl Spooled {
     pub fn into_body(self) -> RequestBody {
         match self {
             Spooled::Memory(b) => full_body(b),
+            Spooled::File { file, .. } => file_body(file),
+        }
+    }
+
+    /// A body of the spooled bytes from their start, as often as asked (a
+    /// request sent again on a fresh connection). A file is opened anew
+    /// through `/proc/self/fd` (its own offset: a read of an earlier body
+    /// still under way cannot move this one's).
+    pub async fn replay(&self) -> Result<RequestBody, UpstreamError> {
+        use std::os::fd::AsRawFd;
+        match self {
+            Spooled::Memory(b) => Ok(full_body(b.clone())),
             Spooled::File { file, .. } => {
-                let stream = ReaderStream::with_capacity(file, 256 << 10).map(|r| {
-                    r.map(http_body::Frame::data)
-                        .map_err(|e| Box::new(e) as BoxError)
-                });
-                BodyExt::boxed_unsync(StreamBody::new(stream))
+                let path = format!("/proc/self/fd/{}", file.as_raw_fd());
+                let file = tokio::fs::File::open(path).await.map_err(local)?;
+                Ok(file_body(file))
             }
         }
     }
+}
+
+/// A body read from `file` (from where its offset is).
+fn file_body(file: tokio::fs::File) -> RequestBody {
+    let stream = ReaderStream::with_capacity(file, 256 << 10).map(|r| {
+        r.map(http_body::Frame::data)
+            .map_err(|e| Box::new(e) as BoxError)
+    });
+    BodyExt::boxed_unsync(StreamBody::new(stream))
 }
 
 /// Reads the whole body, spilling to a temporary file past [`MEMORY_LIMIT`].

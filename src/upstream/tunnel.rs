@@ -16,16 +16,22 @@
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use tokio::net::UnixStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 /// On a request: the router kept its upgrade headers for this upstream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Upgrade;
 
+/// A byte stream a tunnel relays: a site process's Unix socket, or the
+/// loopback TCP connection of an `[app] listen = "port"` instance.
+pub trait TunnelStream: AsyncRead + AsyncWrite + Send + Unpin {}
+
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> TunnelStream for T {}
+
 /// A connection a site process switched protocols on.
 pub struct Tunnel {
     /// The process's end: its connection, no longer HTTP.
-    pub stream: UnixStream,
+    pub stream: Box<dyn TunnelStream>,
     /// What the process sent after its `101` head (read with the head).
     pub read_ahead: Bytes,
     /// Released when the tunnel ends: the lease on the process (it counts

@@ -48,7 +48,7 @@ async fn setup(read_ahead: &'static [u8]) -> Setup {
     let req = http::Request::get("/chat").body(()).unwrap();
     let accepted = Accepted {
         tunnel: Tunnel {
-            stream: router_worker,
+            stream: Box::new(router_worker),
             read_ahead: Bytes::from_static(read_ahead),
             hold: Box::new(Released(released.clone())),
         },

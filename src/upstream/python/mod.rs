@@ -13,9 +13,8 @@
 //! is slow.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -26,8 +25,9 @@ use tokio::sync::mpsc;
 
 use wire::{Framing, WireError, WorkerConn};
 
-use super::admission::{Admission, Permit};
-use super::spool::{spool, Spooled};
+use super::admission::Permit;
+use super::gate::{Admitted, Gate};
+use super::spool::Spooled;
 use super::{
     BoxError, RequestBody, RequestContext, ResponseBody, Upgrade, Upstream, UpstreamError,
 };
@@ -45,17 +45,12 @@ const INLINE_MAX: u64 = 256 << 10;
 const PUMP_FRAMES: usize = 32;
 
 pub struct PythonUpstream {
-    runtime: Arc<dyn RuntimeHandle>,
-    queue_timeout: Duration,
+    /// Spool, admission (processes × threads), lease.
+    gate: Gate,
     request_timeout: Duration,
-    admission: Arc<Admission>,
     /// An ASGI site: WebSocket upgrades go to its workers (`upgrade`).
     tunnels: bool,
-    /// Requests admitted to this upstream that hold no lease yet (spooling,
-    /// queued, waiting for a worker): stopping waits for them.
-    waiting: AtomicUsize,
     pool: Arc<ConnPool>,
-    stats: Arc<SiteStats>,
 }
 
 impl PythonUpstream {
@@ -66,38 +61,22 @@ impl PythonUpstream {
     ) -> Self {
         let capacity = (config.processes * config.per_process()) as usize;
         PythonUpstream {
-            runtime,
-            queue_timeout: config.queue_timeout,
+            gate: Gate::new(runtime, capacity, config.queue_timeout, stats),
             request_timeout: config.request_timeout,
-            admission: Admission::new(capacity),
             tunnels: config.asgi().is_some(),
-            waiting: AtomicUsize::new(0),
             pool: Arc::new(ConnPool::default()),
-            stats,
         }
     }
 
     /// Worker threads in use and in total (admission permits).
     pub fn threads(&self) -> (u64, u64) {
-        let capacity = self.admission.capacity();
-        let busy = capacity.saturating_sub(self.admission.available());
-        (busy as u64, capacity as u64)
+        self.gate.places()
     }
 
-    /// Waits until no request is between admission and its lease (bounded by
-    /// the queue timeout), so that stopping the workers afterwards fails no
-    /// request that was routed here before a reload swapped the table.
+    /// Waits until no request is between admission and its lease (see
+    /// [`Gate::settle`]).
     pub async fn settle(&self) {
-        let deadline = Instant::now() + self.queue_timeout + Duration::from_secs(1);
-        let mut quiet = 0;
-        while quiet < 2 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(25)).await;
-            quiet = if self.waiting.load(Ordering::Acquire) == 0 {
-                quiet + 1
-            } else {
-                0
-            };
-        }
+        self.gate.settle().await
     }
 
     async fn serve(
@@ -106,7 +85,11 @@ impl PythonUpstream {
         ctx: &RequestContext,
     ) -> Result<Response<ResponseBody>, UpstreamError> {
         let (parts, body) = req.into_parts();
-        let (body, permit, lease) = self.admit(body, ctx).await?;
+        let Admitted {
+            body,
+            permit,
+            lease,
+        } = self.gate.admit(body, ctx).await?;
         if parts.extensions.get::<Upgrade>().is_some() {
             return self.upgrade(&parts, body, permit, lease, ctx).await;
         }
@@ -158,32 +141,6 @@ impl PythonUpstream {
         Ok(Response::from_parts(parts, body))
     }
 
-    /// The request's way to a worker: its body spooled, a place in
-    /// admission (waiting up to `queue_timeout`), a lease on a ready worker.
-    async fn admit(
-        &self,
-        body: RequestBody,
-        ctx: &RequestContext,
-    ) -> Result<(Spooled, Permit, RuntimeLease), UpstreamError> {
-        let waiting = Waiting::enter(&self.waiting);
-        let body = spool(body, ctx.site.limits.body).await?;
-        let permit = match self.admission.acquire().immediate() {
-            Ok(permit) => {
-                self.stats.queued(Duration::ZERO);
-                permit
-            }
-            Err(wait) => {
-                let queued = Instant::now();
-                let permit = tokio::time::timeout(self.queue_timeout, wait).await;
-                self.stats.queued(queued.elapsed());
-                permit.map_err(|_| UpstreamError::QueueTimeout(self.queue_timeout))?
-            }
-        };
-        let lease = self.runtime.ready().await?;
-        drop(waiting);
-        Ok((body, permit, lease))
-    }
-
     /// Runs a request's exchange with its worker within `request_timeout`;
     /// past it, the worker is recycled (`what` ran past) and the answer is a
     /// timeout.
@@ -229,22 +186,6 @@ impl Upstream for PythonUpstream {
         ctx: &'a RequestContext,
     ) -> BoxFuture<'a, Result<Response<ResponseBody>, UpstreamError>> {
         Box::pin(self.serve(req, ctx))
-    }
-}
-
-/// Counts a request in [`PythonUpstream::waiting`] while it lives.
-struct Waiting<'a>(&'a AtomicUsize);
-
-impl<'a> Waiting<'a> {
-    fn enter(counter: &'a AtomicUsize) -> Self {
-        counter.fetch_add(1, Ordering::AcqRel);
-        Waiting(counter)
-    }
-}
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

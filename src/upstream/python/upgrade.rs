@@ -51,7 +51,7 @@ impl PythonUpstream {
         if head.status == http::StatusCode::SWITCHING_PROTOCOLS {
             let (stream, read_ahead) = conn.into_tunnel();
             parts.extensions.insert(TunnelSlot::new(Tunnel {
-                stream,
+                stream: Box::new(stream),
                 read_ahead,
                 hold: Box::new((lease, permit)),
             }));

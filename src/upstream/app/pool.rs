@@ -1,0 +1,341 @@
+//! Keep-alive connections to an app's instances: hyper HTTP/1.1 client
+//! connections (`hyper::client::conn::http1`), each driven by a task of its
+//! own on the lane that opened it, pooled per endpoint.
+//!
+//! Invariants:
+//! - A connection carries one request at a time; it goes back to the pool
+//!   only after its response ended cleanly and neither side asked to close.
+//! - At most `max_concurrency` connections per instance are kept (open,
+//!   in use or idle): a connection returned past that is closed. A request
+//!   opens one past it only when more requests than that are leased on one
+//!   instance (fewer instances ready than configured, during a restart).
+//! - An idle connection is dropped after [`IDLE_KEEP`], under the shortest
+//!   keep-alive timeout common app servers use (Node's 5 s), so the pool
+//!   rarely sends on a connection the app is closing; the one it does send
+//!   on is found by the retry in `super::AppUpstream::exchange`. A gone
+//!   instance's connections are closed by its death and dropped here.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpStream, UnixStream};
+use tokio_util::either::Either;
+
+use crate::supervisor::RuntimeLease;
+use crate::upstream::{connect_runtime, RequestBody, UpstreamError};
+
+/// How long an idle connection is kept.
+pub(super) const IDLE_KEEP: Duration = Duration::from_secs(4);
+/// How often idle connections are looked over while there are any.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// An instance's connection: its Unix socket, or a loopback port.
+pub(super) type Stream = Either<UnixStream, TcpStream>;
+/// What hyper drives (and hands back, on an upgrade).
+pub(super) type Io = TokioIo<Counted<Stream>>;
+
+pub(super) struct Pool {
+    /// `max_concurrency`: connections kept per instance.
+    max: usize,
+    slots: Mutex<HashMap<u64, Slot>>,
+    /// A sweeper task runs (only while something is idle).
+    sweeping: AtomicBool,
+}
+
+/// One instance (endpoint id): its idle connections and counters.
+#[derive(Default)]
+struct Slot {
+    idle: Vec<Idle>,
+    counters: Arc<Counters>,
+}
+
+/// An instance's counters, shared by its connections (no lock).
+#[derive(Default)]
+pub(super) struct Counters {
+    /// Connections open (in use or idle).
+    open: AtomicUsize,
+    /// Response heads it sent: an instance that answers is not stuck.
+    answered: AtomicU64,
+}
+
+impl Counters {
+    pub(super) fn answered(&self) -> u64 {
+        self.answered.load(Ordering::Acquire)
+    }
+
+    pub(super) fn answer(&self) {
+        self.answered.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+struct Idle {
+    conn: Conn,
+    since: Instant,
+}
+
+/// One connection to an instance.
+pub(super) struct Conn {
+    sender: SendRequest<RequestBody>,
+    /// Bytes read from the instance on this connection so far.
+    read: Arc<AtomicU64>,
+    lane: usize,
+    /// Taken from the pool (it served a request before): a failure before
+    /// any response byte may be the app closing it while idle.
+    pub(super) reused: bool,
+    counters: Arc<Counters>,
+}
+
+impl Conn {
+    pub(super) fn bytes_read(&self) -> u64 {
+        self.read.load(Ordering::Acquire)
+    }
+
+    /// Sends one request and waits for its response head.
+    pub(super) async fn send(
+        &mut self,
+        request: http::Request<RequestBody>,
+    ) -> Result<http::Response<Incoming>, hyper::Error> {
+        self.sender.ready().await?;
+        self.sender.send_request(request).await
+    }
+
+    pub(super) fn counters(&self) -> &Arc<Counters> {
+        &self.counters
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.counters.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Pool {
+    pub(super) fn new(max: usize) -> Arc<Self> {
+        Arc::new(Pool {
+            max: max.max(1),
+            slots: Mutex::new(HashMap::new()),
+            sweeping: AtomicBool::new(false),
+        })
+    }
+
+    /// The instance's counters.
+    pub(super) fn counters(&self, endpoint: u64) -> Arc<Counters> {
+        self.lock().entry(endpoint).or_default().counters.clone()
+    }
+
+    /// An idle connection to the lease's instance opened on this lane, or
+    /// (when the instance has all the connections it may have) of another
+    /// lane, else a new one.
+    pub(super) async fn checkout(&self, lease: &RuntimeLease) -> Result<Conn, UpstreamError> {
+        let lane = crate::lanes::current();
+        let (pooled, stale) = {
+            let mut slots = self.lock();
+            let slot = slots.entry(lease.endpoint().id).or_default();
+            let stale = expire(&mut slot.idle);
+            let full = slot.counters.open.load(Ordering::Acquire) >= self.max;
+            let own = |i: &Idle| i.conn.lane == lane;
+            let pooled = if full {
+                crate::upstream::take_newest(&mut slot.idle, own)
+            } else {
+                let at = slot.idle.iter().rposition(own);
+                at.map(|at| slot.idle.remove(at))
+            };
+            (pooled, stale)
+        };
+        drop(stale); // closed outside the lock
+        match pooled {
+            Some(Idle { mut conn, .. }) => {
+                conn.reused = true;
+                Ok(conn)
+            }
+            None => self.connect(lease).await,
+        }
+    }
+
+    /// A new connection to the lease's instance, driven by a task of its own.
+    pub(super) async fn connect(&self, lease: &RuntimeLease) -> Result<Conn, UpstreamError> {
+        let refused = |e: &dyn std::fmt::Display| {
+            let at = match lease.tcp() {
+                Some(addr) => addr.to_string(),
+                None => lease.socket().display().to_string(),
+            };
+            UpstreamError::BadGateway(format!(
+                "cannot connect to app instance pid {} at {at}: {e}",
+                lease.endpoint().pid
+            ))
+        };
+        let stream = match lease.tcp() {
+            Some(addr) => {
+                let tcp = TcpStream::connect(addr).await.map_err(|e| refused(&e))?;
+                let _ = tcp.set_nodelay(true);
+                Either::Right(tcp)
+            }
+            None => Either::Left(
+                connect_runtime(lease.socket(), lease.peer_uid())
+                    .await
+                    .map_err(|e| refused(&e))?,
+            ),
+        };
+        let read = Arc::new(AtomicU64::new(0));
+        let io = TokioIo::new(Counted {
+            inner: stream,
+            read: read.clone(),
+        });
+        let (sender, driver) = http1::Builder::new()
+            .handshake(io)
+            .await
+            .map_err(|e| refused(&e))?;
+        tokio::spawn(async move {
+            if let Err(e) = driver.with_upgrades().await {
+                tracing::debug!(error = %e, "app instance connection ended");
+            }
+        });
+        let counters = self.counters(lease.endpoint().id);
+        counters.open.fetch_add(1, Ordering::AcqRel);
+        Ok(Conn {
+            sender,
+            read,
+            lane: crate::lanes::current(),
+            reused: false,
+            counters,
+        })
+    }
+
+    /// Keeps a connection whose response ended cleanly for the next request
+    /// to `endpoint`, unless the instance has enough connections.
+    pub(super) fn checkin(self: &Arc<Self>, endpoint: u64, conn: Conn) {
+        if conn.sender.is_closed() {
+            return;
+        }
+        let refused = {
+            let mut slots = self.lock();
+            let slot = slots.entry(endpoint).or_default();
+            if slot.counters.open.load(Ordering::Acquire) > self.max || slot.idle.len() >= self.max
+            {
+                Some(conn)
+            } else {
+                slot.idle.push(Idle {
+                    conn,
+                    since: Instant::now(),
+                });
+                None
+            }
+        };
+        drop(refused);
+        if !self.sweeping.swap(true, Ordering::AcqRel) {
+            tokio::spawn(sweep(Arc::downgrade(self)));
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Slot>> {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Removes the idle connections that are too old or closed, returned to be
+/// dropped outside the lock.
+fn expire(idle: &mut Vec<Idle>) -> Vec<Idle> {
+    if idle.is_empty() {
+        return Vec::new();
+    }
+    let (keep, stale) = std::mem::take(idle)
+        .into_iter()
+        .partition(|i| i.since.elapsed() < IDLE_KEEP && !i.conn.sender.is_closed());
+    *idle = keep;
+    stale
+}
+
+/// Drops idle connections past [`IDLE_KEEP`] and instances with no
+/// connection left, every [`SWEEP_EVERY`], until nothing is idle (or the
+/// pool is gone with its upstream).
+async fn sweep(pool: Weak<Pool>) {
+    loop {
+        tokio::time::sleep(SWEEP_EVERY).await;
+        let Some(pool) = pool.upgrade() else {
+            return;
+        };
+        let mut stale = Vec::new();
+        let mut slots = pool.lock();
+        for slot in slots.values_mut() {
+            stale.extend(expire(&mut slot.idle));
+        }
+        slots.retain(|_, s| !s.idle.is_empty() || s.counters.open.load(Ordering::Acquire) > 0);
+        let idle = slots.values().any(|s| !s.idle.is_empty());
+        if !idle {
+            pool.sweeping.store(false, Ordering::Release);
+        }
+        drop(slots);
+        drop(stale);
+        if !idle {
+            return;
+        }
+    }
+}
+
+/// A stream that counts the bytes read from it: whether an instance sent
+/// anything for a request decides whether the request may be sent again.
+pub(super) struct Counted<S> {
+    inner: S,
+    read: Arc<AtomicU64>,
+}
+
+impl<S> Counted<S> {
+    pub(super) fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = (buf.filled().len() - before) as u64;
+        if n > 0 {
+            self.read.fetch_add(n, Ordering::AcqRel);
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
