@@ -456,7 +456,8 @@ impl Drop for Supervisor {
 /// replaces: each one that holds nothing the site's processes need (its
 /// root, its Python home and paths, polyhost's state directory). One that
 /// does is kept, with a warning: a site under `/tmp` is a test or a
-/// mistake, and hiding its own files would only stop it.
+/// mistake, and hiding its own files would only stop it. An `[app]`'s
+/// program and working directory count as needed.
 fn shared_tmp_to_replace(site: &SiteConfig, state_dir: &Path) -> Vec<PathBuf> {
     let canonical = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
     let mut needed: Vec<PathBuf> = vec![canonical(state_dir)];
@@ -465,6 +466,10 @@ fn shared_tmp_to_replace(site: &SiteConfig, state_dir: &Path) -> Vec<PathBuf> {
     if let Some(py) = &site.python {
         needed.extend(py.home.as_deref().map(canonical));
         needed.extend(py.path.iter().map(|p| canonical(p)));
+    }
+    if let Some(app) = &site.app {
+        needed.push(canonical(&app.program));
+        needed.push(canonical(&app.cwd));
     }
     isolation::sandbox::SHARED_TMP
         .iter()
