@@ -56,9 +56,10 @@ fi
 
 # The npm packages of the Node [app] test apps (express, ws), exactly as
 # tests/apps/node/package-lock.json pins them (npm ci), where site users can
-# read them; the tests point NODE_PATH at its node_modules. Redone only when
+# read them and outside /tmp and /var/tmp (a sandboxed site gets its own);
+# the tests point NODE_PATH at its node_modules. Redone only when
 # the lock file changed.
-TEST_NODE=${TEST_NODE_MODULES:-/var/tmp/polyhost-test-node}
+TEST_NODE=${TEST_NODE_MODULES:-/var/lib/polyhost-test-node}
 if ! cmp -s tests/apps/node/package-lock.json "$TEST_NODE/package-lock.json" || [[ ! -d $TEST_NODE/node_modules/express ]]; then
     echo "setup: installing the Node test packages into $TEST_NODE (npm ci: express, ws)"
     mkdir -p "$TEST_NODE"

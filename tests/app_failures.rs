@@ -32,7 +32,7 @@ async fn a_never_ready_app_fails_its_start_and_a_neighbour_keeps_serving() {
     );
     express_site(&cfg, "fine", &fine, "", &[], "");
     let bin = Binary::start(&cfg.main(), &[]).await;
-    wait_serving(&bin, "fine.test", "/healthz", Duration::from_secs(60)).await;
+    wait_serving(&bin, &cfg, "fine.test", "/healthz", Duration::from_secs(60)).await;
 
     let load = Load::start(bin.addr, &["fine.test"], 2);
     // The stuck site answers, with an error, and is reported as failing.
@@ -112,8 +112,8 @@ async fn a_memory_hog_is_killed_by_its_cgroup_and_only_its_requests_fail() {
     );
     express_site(&cfg, "calm", &calm, "", &[], "");
     let bin = Binary::start(&cfg.main(), &[]).await;
-    wait_serving(&bin, "hog.test", "/healthz", Duration::from_secs(60)).await;
-    wait_serving(&bin, "calm.test", "/healthz", Duration::from_secs(60)).await;
+    wait_serving(&bin, &cfg, "hog.test", "/healthz", Duration::from_secs(60)).await;
+    wait_serving(&bin, &cfg, "calm.test", "/healthz", Duration::from_secs(60)).await;
     let first = get(bin.addr, "hog.test", "/").await.text();
 
     let load = Load::start(bin.addr, &["calm.test"], 2);
@@ -135,7 +135,7 @@ async fn a_memory_hog_is_killed_by_its_cgroup_and_only_its_requests_fail() {
         "{site:?}"
     );
     // It is started again and serves, from a new process.
-    let again = wait_serving(&bin, "hog.test", "/", Duration::from_secs(60)).await;
+    let again = wait_serving(&bin, &cfg, "hog.test", "/", Duration::from_secs(60)).await;
     assert_ne!(
         common::field(&again, "pid"),
         common::field(&first, "pid"),

@@ -33,7 +33,7 @@ async fn a_reload_with_a_changed_env_restarts_under_load_without_a_failed_reques
     };
     site("v1");
     let bin = Binary::start(&cfg.main(), &[]).await;
-    let body = wait_serving(&bin, "roll.test", "/", START).await;
+    let body = wait_serving(&bin, &cfg, "roll.test", "/", START).await;
     assert_eq!(version(&body), "v1");
     let before = common::wait_for(
         "two processes",
@@ -108,7 +108,7 @@ async fn an_idle_app_scales_to_zero_and_the_next_request_starts_it() {
         pids_of_uid(user.uid).is_empty(),
         "started on demand, not before"
     );
-    let first = wait_serving(&bin, "sleepy.test", "/", START).await;
+    let first = wait_serving(&bin, &cfg, "sleepy.test", "/", START).await;
     assert!(!pids_of_uid(user.uid).is_empty());
     common::wait_for(
         "no process of sleepy after idle_timeout",
@@ -143,7 +143,7 @@ async fn max_requests_recycles_without_a_failed_request() {
         "",
     );
     let bin = Binary::start(&cfg.main(), &[]).await;
-    wait_serving(&bin, "recycled.test", "/healthz", START).await;
+    wait_serving(&bin, &cfg, "recycled.test", "/healthz", START).await;
     let mut pids = BTreeSet::new();
     let mut served = 0;
     while pids.len() < 4 && served < 400 {
@@ -172,9 +172,9 @@ async fn a_request_past_request_timeout_gets_504_and_the_site_serves_on() {
         "",
     );
     let bin = Binary::start(&cfg.main(), &[]).await;
-    wait_serving(&bin, "slow.test", "/healthz", START).await;
+    wait_serving(&bin, &cfg, "slow.test", "/healthz", START).await;
     let (code, body) = try_get(bin.addr, "slow.test", "/slow?ms=60000").await;
     assert_eq!(code, 504, "{body}");
-    wait_serving(&bin, "slow.test", "/", START).await;
+    wait_serving(&bin, &cfg, "slow.test", "/", START).await;
     stop_clean(bin, &cfg, &[&user]).await;
 }

@@ -35,7 +35,7 @@ async fn express_on_fd_3_serves_post_stream_websocket_and_env_as_the_site_user()
         "",
     );
     let bin = Binary::start(&cfg.main(), &[]).await;
-    wait_serving(&bin, "node.test", "/healthz", START).await;
+    wait_serving(&bin, &cfg, "node.test", "/healthz", START).await;
 
     // The site user, in the site's cgroup (under this polyhost's parent).
     let who = get(bin.addr, "node.test", "/whoami").await;
@@ -175,8 +175,8 @@ async fn an_app_cannot_reach_another_sites_socket_or_files() {
     std::os::unix::fs::chown(&secret, Some(ub.uid), None).unwrap();
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
     let bin = Binary::start(&cfg.main(), &[]).await;
-    wait_serving(&bin, "app-a.test", "/healthz", START).await;
-    wait_serving(&bin, "app-b.test", "/healthz", START).await;
+    wait_serving(&bin, &cfg, "app-a.test", "/healthz", START).await;
+    wait_serving(&bin, &cfg, "app-b.test", "/healthz", START).await;
 
     let path = format!("/read?f={}", secret.display());
     let a = get(bin.addr, "app-a.test", &path).await;
@@ -184,7 +184,7 @@ async fn an_app_cannot_reach_another_sites_socket_or_files() {
     let b = get(bin.addr, "app-b.test", &path).await;
     assert_eq!(b.text(), "b's secret");
     let (read, out) = runuser(&ua.name, &["cat", &secret.display().to_string()]);
-    assert!(!read && !out.contains("secret"), "{out}");
+    assert!(!read && !out.contains("b's secret"), "{out}");
 
     // b's instance socket(s): a's code and a's user at a shell get no connection.
     let sockets = sockets_of(&cfg.path().join("state"), "app-b");

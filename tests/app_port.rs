@@ -26,7 +26,7 @@ async fn a_program_that_only_binds_port_is_served_on_loopback_ports() {
         "",
     );
     let bin = Binary::start(&cfg.main(), &[]).await;
-    let body = wait_serving(&bin, "porty.test", "/p?x=1", Duration::from_secs(60)).await;
+    let body = wait_serving(&bin, &cfg, "porty.test", "/p?x=1", Duration::from_secs(60)).await;
     assert_eq!(field(&body, "uid"), user.uid.to_string(), "{body}");
     assert_eq!(field(&body, "path"), "/p?x=1", "{body}");
     common::wait_for(

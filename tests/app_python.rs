@@ -46,7 +46,7 @@ async fn gunicorn_and_uvicorn_take_the_socket_polyhost_hands_them() {
     );
     let bin = Binary::start(&cfg.main(), &[]).await;
 
-    let body = wait_serving(&bin, "gunicorn.test", "/g", Duration::from_secs(60)).await;
+    let body = wait_serving(&bin, &cfg, "gunicorn.test", "/g", Duration::from_secs(60)).await;
     assert_eq!(field(&body, "server"), "gunicorn", "{body}");
     assert_eq!(field(&body, "uid"), ug.uid.to_string(), "{body}");
     assert_eq!(field(&body, "path"), "/g", "{body}");
@@ -61,7 +61,7 @@ async fn gunicorn_and_uvicorn_take_the_socket_polyhost_hands_them() {
     }
     assert_eq!(workers.len(), 1, "one arbiter: {workers:?}");
 
-    let body = wait_serving(&bin, "uvicorn.test", "/u", Duration::from_secs(60)).await;
+    let body = wait_serving(&bin, &cfg, "uvicorn.test", "/u", Duration::from_secs(60)).await;
     assert_eq!(field(&body, "server"), "uvicorn", "{body}");
     assert_eq!(field(&body, "uid"), uu.uid.to_string(), "{body}");
     assert!(body.ends_with("env=uvicorn env"), "{body}");

@@ -31,7 +31,7 @@ async fn a_rack_app_on_puma_by_socket_activation_with_two_processes() {
         "",
     );
     let bin = Binary::start(&cfg.main(), &[]).await;
-    let body = wait_serving(&bin, "rack.test", "/hello", Duration::from_secs(60)).await;
+    let body = wait_serving(&bin, &cfg, "rack.test", "/hello", Duration::from_secs(60)).await;
     assert_eq!(field(&body, "uid"), user.uid.to_string(), "{body}");
     assert_eq!(field(&body, "path"), "/hello", "{body}");
     assert!(body.ends_with("env=from app.env"), "{body}");

@@ -31,11 +31,12 @@ pub const CRASH_LINE: &str = "crash-fixture: FATAL cannot open /nonexistent/app.
 /// `node_modules` with express and ws, installed by `scripts/setup.sh`
 /// (`npm ci` of tests/apps/node/package-lock.json) where site users can
 /// read it: `$TEST_NODE_MODULES/node_modules`, by default under
-/// `/var/tmp/polyhost-test-node`.
+/// `/var/lib/polyhost-test-node` (not under /var/tmp: a sandboxed site
+/// gets its own /var/tmp).
 pub fn node_modules() -> PathBuf {
     let base = std::env::var_os("TEST_NODE_MODULES")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/tmp/polyhost-test-node"));
+        .unwrap_or_else(|| PathBuf::from("/var/lib/polyhost-test-node"));
     let modules = base.join("node_modules");
     assert!(
         modules.join("express").is_dir() && modules.join("ws").is_dir(),
@@ -176,17 +177,33 @@ pub async fn try_get(addr: std::net::SocketAddr, host: &str, path: &str) -> (u16
     }
 }
 
-/// Waits (bounded: `within`) until `host` answers `path` with 200; the body.
-pub async fn wait_serving(bin: &Binary, host: &str, path: &str, within: Duration) -> String {
-    let (status, body) = common::wait_for(
-        &format!("{host}{path} to answer 200"),
-        within,
-        async || try_get(bin.addr, host, path).await,
-        |(status, _)| *status == 200,
-    )
-    .await;
-    assert_eq!(status, 200);
-    body
+/// Waits (bounded: `within`) until `host` answers `path` with 200; the
+/// body. On timeout it shows the last answer, polyhost's log and the
+/// site's error log (the site is `host` without `.test`).
+pub async fn wait_serving(
+    bin: &Binary,
+    cfg: &TestConfig,
+    host: &str,
+    path: &str,
+    within: Duration,
+) -> String {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let (status, body) = try_get(bin.addr, host, path).await;
+        if status == 200 {
+            return body;
+        }
+        if std::time::Instant::now() > deadline {
+            let site = host.trim_end_matches(".test");
+            panic!(
+                "{host}{path} did not answer 200 within {within:?}; last: {status} {body}\n\
+                 polyhost log:\n{}\n{site}.error.log:{:?}",
+                bin.log(),
+                error_log(cfg, site)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Stops polyhost with SIGTERM (exit 0), then checks nothing of `users`
