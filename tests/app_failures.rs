@@ -46,6 +46,12 @@ async fn a_never_ready_app_fails_its_start_and_a_neighbour_keeps_serving() {
     )
     .await;
     assert_ne!(site.state, "running", "{site:?}");
+    // Why, in its own words and the program's (its stderr).
+    let why = site.last_error.clone().unwrap_or_default();
+    assert!(
+        why.contains("did not answer an HTTP request") && why.contains("never-ready: holding"),
+        "{why}"
+    );
     let (code, body) = try_get(bin.addr, "stuck.test", "/").await;
     assert!((500..600).contains(&code), "{code} {body}");
     load.wait_for(50).await;

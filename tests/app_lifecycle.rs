@@ -65,6 +65,12 @@ async fn a_reload_with_a_changed_env_restarts_under_load_without_a_failed_reques
         "{} of {total} failed: {failed:?}",
         failed.len()
     );
+    let answered: BTreeSet<&str> = seen.iter().flatten().map(|s| version(&s.body)).collect();
+    assert_eq!(
+        answered,
+        BTreeSet::from(["v1", "v2"]),
+        "the load spanned the restart"
+    );
     // Each client saw v1, then v2, never v1 again once v2 answered it.
     for client in &seen {
         let versions: Vec<&str> = client.iter().map(|s| version(&s.body)).collect();
