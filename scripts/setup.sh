@@ -17,7 +17,7 @@ PACKAGES=(php8.2-fpm php8.2-cli php8.2-sqlite3 adminer python3-dev python3-venv 
 command -v npm >/dev/null || PACKAGES+=(npm)
 install_missing setup "${PACKAGES[@]}"
 
-# The demo's PHP, Python and ASGI sites run as these users when polyhost runs as
+# The demo's PHP, Python, ASGI and Node.js sites run as these users when polyhost runs as
 # root: one each (each with its own group), since two sites that run code
 # may not share a user or a group.
 if [[ $EUID -eq 0 ]]; then
@@ -27,7 +27,7 @@ if [[ $EUID -eq 0 ]]; then
         echo "setup: creating the user polyhost for the router process (router_user)"
         useradd --system --no-create-home --shell /usr/sbin/nologin polyhost
     fi
-    for user in polyhost-demo-php polyhost-demo-python polyhost-demo-asgi; do
+    for user in polyhost-demo-php polyhost-demo-python polyhost-demo-asgi polyhost-demo-node; do
         if ! id "$user" >/dev/null 2>&1; then
             echo "setup: creating the user $user for the demo sites"
             useradd --system --user-group --no-create-home --shell /usr/sbin/nologin "$user"
