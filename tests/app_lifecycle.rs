@@ -12,7 +12,10 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use admin_support::{failures, version, Load};
-use app_support::{express_site, field, reload, status, stop_clean, try_get, wait_serving};
+use app_support::{
+    admin_socket, app_site, express_site, field, reload, status, stop_clean, try_get, wait_serving,
+    STUBBORN,
+};
 use common::{get, pids_of_uid, Binary, TestConfig, TestUser};
 
 const START: Duration = Duration::from_secs(60);
@@ -182,5 +185,44 @@ async fn a_request_past_request_timeout_gets_504_and_the_site_serves_on() {
     let (code, body) = try_get(bin.addr, "slow.test", "/slow?ms=60000").await;
     assert_eq!(code, 504, "{body}");
     wait_serving(&bin, &cfg, "slow.test", "/", START).await;
+    stop_clean(bin, &cfg, &[&user]).await;
+}
+
+#[tokio::test]
+async fn stop_kills_a_program_that_ignores_sigterm_and_the_child_that_left_its_group() {
+    let cfg = TestConfig::new();
+    let user = TestUser::new();
+    app_site(
+        &cfg,
+        "stubborn",
+        &user,
+        &[("stubborn.py", STUBBORN)],
+        "command = [\"/usr/bin/python3\", \"stubborn.py\"]",
+        &[],
+        "",
+    );
+    let bin = Binary::start(&cfg.main(), &[]).await;
+    wait_serving(&bin, &cfg, "stubborn.test", "/", START).await;
+    let running = common::wait_for(
+        "the program and its escaped child",
+        START,
+        async || pids_of_uid(user.uid),
+        |p| p.len() >= 2,
+    )
+    .await;
+    let out = admin_support::cli(&admin_socket(&cfg), &["stop", "stubborn"], None).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    common::wait_for(
+        &format!("no process of the site after `polyhost stop` (had {running:?})"),
+        Duration::from_secs(60),
+        async || pids_of_uid(user.uid),
+        |p| p.is_empty(),
+    )
+    .await;
+    let (code, _) = try_get(bin.addr, "stubborn.test", "/").await;
+    assert_eq!(code, 503, "a stopped site");
+    let out = admin_support::cli(&admin_socket(&cfg), &["start", "stubborn"], None).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    wait_serving(&bin, &cfg, "stubborn.test", "/", START).await;
     stop_clean(bin, &cfg, &[&user]).await;
 }

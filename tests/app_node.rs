@@ -215,3 +215,33 @@ async fn an_app_cannot_reach_another_sites_socket_or_files() {
     }
     stop_clean(bin, &cfg, &[&ua, &ub]).await;
 }
+
+#[tokio::test]
+async fn an_app_mounted_beside_php_sees_its_path_unchanged_and_its_prefix() {
+    let cfg = TestConfig::new();
+    let user = TestUser::new();
+    cfg.write(
+        "www/mixed/index.php",
+        "<?php echo 'php here uri=' . $_SERVER['REQUEST_URI'];",
+    );
+    express_site(
+        &cfg,
+        "mixed",
+        &user,
+        "mount = \"/api\"\nready = \"/healthz\"",
+        &[],
+        "[php]\nmax_children = 2",
+    );
+    let bin = Binary::start(&cfg.main(), &[]).await;
+    let r = wait_serving(&bin, &cfg, "mixed.test", "/", START).await;
+    assert_eq!(r, "php here uri=/");
+    let r = get(bin.addr, "mixed.test", "/api/things?id=7").await;
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (404, "unrouted path=/api/things?id=7 prefix=/api"),
+        "the app sees its mount prefix"
+    );
+    let site = app_support::status(&cfg, "mixed").await;
+    assert_eq!(site.runtime, "php+app", "{site:?}");
+    stop_clean(bin, &cfg, &[&user]).await;
+}

@@ -24,6 +24,7 @@ pub const ASGI_APP: &str = include_str!("../apps/generic/asgi_app.py");
 pub const PORT_ONLY: &str = include_str!("../apps/generic/port_only.py");
 pub const NEVER_READY: &str = include_str!("../apps/generic/never_ready.py");
 pub const CRASH_AT_START: &str = include_str!("../apps/generic/crash_at_start.py");
+pub const STUBBORN: &str = include_str!("../apps/generic/stubborn.py");
 
 /// The line `crash_at_start.py` writes to stderr before it exits.
 pub const CRASH_LINE: &str = "crash-fixture: FATAL cannot open /nonexistent/app.db (exit 3)";

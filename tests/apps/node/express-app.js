@@ -13,6 +13,7 @@
 //   GET  /read?f=PATH        the file's text, or "denied: CODE"
 //   GET  /connect?path=SOCK  connects to a Unix socket: "connected" or "denied: CODE"
 //   GET  /crash              exits with status 3
+//   any other path           404 `unrouted path=<as received> prefix=<X-Forwarded-Prefix>`
 //   WS   /ws                 echoes every message
 'use strict';
 const fs = require('fs');
@@ -90,6 +91,12 @@ app.get('/connect', (req, res) => {
 });
 
 app.get('/crash', () => process.exit(3));
+
+// Any other path: 404, naming what the app saw (its mount prefix included).
+app.use((req, res) => {
+  res.status(404).type('text').send(
+    `unrouted path=${req.originalUrl} prefix=${req.headers['x-forwarded-prefix'] || '-'}`);
+});
 
 const server = http.createServer(app);
 const wss = new WebSocketServer({ server, path: '/ws' });
