@@ -11,7 +11,6 @@ mod common;
 
 use std::time::Duration;
 
-
 use common::{get, open_up, pids_of_uid, wait_for, Binary, TestConfig, TestUser};
 
 /// An `[app]` site `name` (host `name.test`) running `fd3_app.py MODE` as `user`.
@@ -30,13 +29,16 @@ fn app_site(cfg: &TestConfig, name: &str, user: &TestUser, mode: &str, extra: &s
 }
 
 fn json(r: &common::Resp) -> serde_json::Value {
-    serde_json::from_slice(&r.body)
-        .unwrap_or_else(|e| panic!("{e}: {} {}", r.status, r.text()))
+    serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("{e}: {} {}", r.status, r.text()))
 }
 
 async fn status(cfg: &TestConfig, site: &str, json: bool) -> admin_support::CliOut {
     let socket = cfg.path().join("state/admin.sock");
-    let args: &[&str] = if json { &["status", site, "--json"] } else { &["status", site] };
+    let args: &[&str] = if json {
+        &["status", site, "--json"]
+    } else {
+        &["status", site]
+    };
     admin_support::cli(&socket, args, None).await
 }
 
@@ -44,35 +46,66 @@ async fn status(cfg: &TestConfig, site: &str, json: bool) -> admin_support::CliO
 async fn a_socket_activated_app_serves_as_its_user_on_fd_3_and_stops_whole() {
     let cfg = TestConfig::new();
     let user = TestUser::new();
-    app_site(&cfg, "node", &user, "socket", "[app.env]\nGREETING = \"hello from app.env\"");
+    app_site(
+        &cfg,
+        "node",
+        &user,
+        "socket",
+        "[app.env]\nGREETING = \"hello from app.env\"",
+    );
     let bin = Binary::start(&cfg.main(), &[]).await;
 
     let r = get(bin.addr, "node.test", "/some/path?q=1").await;
     assert_eq!(r.status, 200, "{}\n{}", r.text(), bin.log());
     let j = json(&r);
     assert_eq!(j["uid"], user.uid, "{j}");
-    assert_eq!(j["listen_pid_is_mine"], true, "LISTEN_PID is the program's own pid: {j}");
+    assert_eq!(
+        j["listen_pid_is_mine"], true,
+        "LISTEN_PID is the program's own pid: {j}"
+    );
     assert_eq!(j["listen_fds"], "1", "{j}");
     assert_eq!(j["listen_fdnames"], "http", "{j}");
     assert_eq!(j["polyhost_listen_fd"], "3", "{j}");
-    assert_eq!(j["family"], "AF_UNIX", "fd 3 is polyhost's Unix socket: {j}");
+    assert_eq!(
+        j["family"], "AF_UNIX",
+        "fd 3 is polyhost's Unix socket: {j}"
+    );
     assert_eq!(j["port"], serde_json::Value::Null, "{j}");
     assert_eq!(j["greeting"], "hello from app.env", "{j}");
-    assert_eq!(j["path"], "/some/path?q=1", "the path reaches the app unchanged: {j}");
+    assert_eq!(
+        j["path"], "/some/path?q=1",
+        "the path reaches the app unchanged: {j}"
+    );
     let cgroup = j["cgroup"].as_str().unwrap();
-    assert!(cgroup.contains("app-g"), "in its own process cgroup: {cgroup}");
+    assert!(
+        cgroup.contains("app-g"),
+        "in its own process cgroup: {cgroup}"
+    );
 
     let out = status(&cfg, "node", false).await;
     assert_eq!(out.code, 0, "{out:?}");
-    assert!(out.stdout.contains("app"), "status names the runtime: {}", out.stdout);
+    assert!(
+        out.stdout.contains("app"),
+        "status names the runtime: {}",
+        out.stdout
+    );
 
     // The instance forked a grandchild into a session of its own: the stop
     // ends it with the instance (TERM → grace → KILL of group and cgroup).
     let procs = pids_of_uid(user.uid);
-    assert!(procs.len() >= 2, "the app and its sleep run as the user: {procs:?}");
+    assert!(
+        procs.len() >= 2,
+        "the app and its sleep run as the user: {procs:?}"
+    );
     let state_dir = cfg.path().join("state");
     assert!(bin.terminate().await.success());
-    let left = wait_for("the site's processes to end", Duration::from_secs(15), async || pids_of_uid(user.uid), Vec::is_empty).await;
+    let left = wait_for(
+        "the site's processes to end",
+        Duration::from_secs(15),
+        async || pids_of_uid(user.uid),
+        Vec::is_empty,
+    )
+    .await;
     assert!(left.is_empty());
     common::check_hygiene(&state_dir);
 }
@@ -81,7 +114,13 @@ async fn a_socket_activated_app_serves_as_its_user_on_fd_3_and_stops_whole() {
 async fn a_program_that_binds_port_is_served_after_its_port_is_checked() {
     let cfg = TestConfig::new();
     let user = TestUser::new();
-    app_site(&cfg, "porty", &user, "port", "listen = \"port\"\nready = \"/healthz\"\nprocesses = 2");
+    app_site(
+        &cfg,
+        "porty",
+        &user,
+        "port",
+        "listen = \"port\"\nready = \"/healthz\"\nprocesses = 2",
+    );
     let bin = Binary::start(&cfg.main(), &[]).await;
 
     let r = get(bin.addr, "porty.test", "/").await;
@@ -93,18 +132,26 @@ async fn a_program_that_binds_port_is_served_after_its_port_is_checked() {
     assert_eq!(j["listen_fds"], serde_json::Value::Null, "{j}");
     let port: u16 = j["port"].as_str().unwrap().parse().unwrap();
     assert!(polyhost::supervisor::port::check_owner(port, user.uid).is_ok());
-    // Both instances got a port of their own.
-    let ports = wait_for("two instances to answer", Duration::from_secs(20), async || {
-        let mut seen = std::collections::BTreeSet::new();
-        for _ in 0..10 {
-            let r = get(bin.addr, "porty.test", "/").await;
-            if r.status == 200 {
-                seen.insert(json(&r)["port"].as_str().unwrap().to_owned());
-            }
-        }
-        seen
-    }, |seen| seen.len() == 2).await;
-    assert_eq!(ports.len(), 2);
+    // Both instances run, each on a port of its own that it listens on.
+    let seen = wait_for(
+        "two instances",
+        Duration::from_secs(20),
+        async || {
+            let out = status(&cfg, "porty", true).await;
+            serde_json::from_str::<serde_json::Value>(&out.stdout).unwrap_or_default()
+        },
+        |s| s["processes"] == 2,
+    )
+    .await;
+    assert_eq!(seen["state"], "running", "{seen}");
+    let ports = wait_for(
+        "two loopback listeners of the site's user",
+        Duration::from_secs(20),
+        async || user_listening_ports(user.uid),
+        |p| p.len() == 2,
+    )
+    .await;
+    assert!(ports.contains(&port), "{ports:?} has {port}");
     assert!(bin.terminate().await.success());
 }
 
@@ -112,7 +159,13 @@ async fn a_program_that_binds_port_is_served_after_its_port_is_checked() {
 async fn a_program_never_ready_fails_its_site_while_a_neighbour_serves() {
     let cfg = TestConfig::new();
     let (never, good) = (TestUser::new(), TestUser::new());
-    app_site(&cfg, "never", &never, "never", "ready = \"/healthz\"\nstartup_timeout = \"2s\"");
+    app_site(
+        &cfg,
+        "never",
+        &never,
+        "never",
+        "ready = \"/healthz\"\nstartup_timeout = \"2s\"",
+    );
     app_site(&cfg, "good", &good, "socket", "ready = \"/healthz\"");
     let bin = Binary::start(&cfg.main(), &[]).await;
 
@@ -120,12 +173,17 @@ async fn a_program_never_ready_fails_its_site_while_a_neighbour_serves() {
     assert_eq!(r.status, 503, "{}", r.text());
     let r = get(bin.addr, "good.test", "/").await;
     assert_eq!(r.status, 200, "the neighbour serves: {}", r.text());
-    let out = status(&cfg, "never", true).await;
-    assert_eq!(out.code, 0, "{out:?}");
+    let seen = wait_for(
+        "the failed start in status",
+        Duration::from_secs(20),
+        async || status(&cfg, "never", true).await.stdout,
+        |s| s.contains("last_error") && s.contains("healthz"),
+    )
+    .await;
     assert!(
-        out.stdout.contains("did not answer GET /healthz with 2xx or 3xx") && out.stdout.contains("answered 503"),
-        "status says why: {}",
-        out.stdout
+        seen.contains("did not answer GET /healthz with 2xx or 3xx")
+            && seen.contains("answered 503"),
+        "status says why: {seen}"
     );
     assert_eq!(get(bin.addr, "good.test", "/").await.status, 200);
     assert!(bin.terminate().await.success());
@@ -138,15 +196,45 @@ async fn a_crash_loop_fails_the_site_with_the_programs_stderr_in_status() {
     app_site(&cfg, "crashy", &user, "crash", "start = \"eager\"");
     let bin = Binary::start(&cfg.main(), &[]).await;
 
-    let seen = wait_for("the crash loop", Duration::from_secs(60), async || {
-        let out = status(&cfg, "crashy", true).await;
-        serde_json::from_str::<serde_json::Value>(&out.stdout).unwrap_or_default()
-    }, |s| s["state"] == "failed").await;
+    let seen = wait_for(
+        "the crash loop",
+        Duration::from_secs(60),
+        async || {
+            let out = status(&cfg, "crashy", true).await;
+            serde_json::from_str::<serde_json::Value>(&out.stdout).unwrap_or_default()
+        },
+        |s| s["state"] == "failed",
+    )
+    .await;
     let last = seen["last_error"].as_str().unwrap_or_default();
     assert!(last.contains("crash loop"), "{seen}");
-    assert!(last.contains("boom: cannot start without DATABASE_URL"), "the program's stderr: {seen}");
+    assert!(
+        last.contains("boom: cannot start without DATABASE_URL"),
+        "the program's stderr: {seen}"
+    );
     let table = status(&cfg, "crashy", false).await;
-    assert!(table.stdout.contains("boom: cannot start without DATABASE_URL"), "{}", table.stdout);
+    assert!(
+        table
+            .stdout
+            .contains("boom: cannot start without DATABASE_URL"),
+        "{}",
+        table.stdout
+    );
     assert_eq!(get(bin.addr, "crashy.test", "/").await.status, 503);
     assert!(bin.terminate().await.success());
+}
+
+/// The ports of the LISTEN sockets of `uid` on 127.0.0.1 (`/proc/net/tcp`).
+fn user_listening_ports(uid: u32) -> std::collections::BTreeSet<u16> {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (addr, port) = f[1].split_once(':')?;
+            let mine = f[3] == "0A" && addr == "0100007F" && f[7] == uid.to_string();
+            mine.then(|| u16::from_str_radix(port, 16).ok())?
+        })
+        .collect()
 }

@@ -136,7 +136,7 @@ fn every_error_of_every_file_in_one_pass() {
         &cfg,
         expect![[r#"
             $DIR/vhosts/Bad_Name.toml: "Bad_Name" is not a valid site name (the file name without .toml must match [a-z0-9][a-z0-9-]*, at most 48 characters)
-            $DIR/vhosts/blog.toml: limitz: unknown field `limitz`, expected one of `hosts`, `default`, `root`, `user`, `group`, `limits`, `env`, `static`, `php`, `python`, `tls`, `sandbox` (line 3, column 1)
+            $DIR/vhosts/blog.toml: limitz: unknown field `limitz`, expected one of `hosts`, `default`, `root`, `user`, `group`, `limits`, `env`, `static`, `php`, `python`, `app`, `tls`, `sandbox` (line 3, column 1)
             $DIR/vhosts/php.toml: php.mode: "turbo" is not a pool mode (expected "static", "dynamic" or "ondemand")
             $DIR/vhosts/php.toml: php.ini.doc_root: not allowed: PHP would run the file named by a request's path info (any extension) instead of the script polyhost chose
             $DIR/vhosts/php.toml: php.ini.open_basedir: set by polyhost: use php.open_basedir

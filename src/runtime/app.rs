@@ -126,7 +126,14 @@ fn environment(
         }
         AppListen::Port => {
             // PORT and HOST: set per start (`command`).
-            for k in ["LISTEN_FDS", "LISTEN_FDNAMES", "LISTEN_PID", "POLYHOST_LISTEN_FD", "PORT", "HOST"] {
+            for k in [
+                "LISTEN_FDS",
+                "LISTEN_FDNAMES",
+                "LISTEN_PID",
+                "POLYHOST_LISTEN_FD",
+                "PORT",
+                "HOST",
+            ] {
                 env.retain(|(ek, _)| ek != k);
             }
         }

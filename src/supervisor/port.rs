@@ -96,7 +96,11 @@ mod tests {
         let check = |table: &str, port: u16| listeners_in(table, port);
         // 127.0.0.1:8080 listening (the connected one of uid 1003 is not a listener).
         assert_eq!(check(TCP, 0x1F90), [1001]);
-        assert_eq!(check(TCP, 0x1F91), [1002], "0.0.0.0 takes loopback connections");
+        assert_eq!(
+            check(TCP, 0x1F91),
+            [1002],
+            "0.0.0.0 takes loopback connections"
+        );
         assert!(check(TCP, 0x1F92).is_empty(), "10.0.0.15 does not");
         assert_eq!(check(TCP6, 0x1F93), [1005], "::");
         assert_eq!(check(TCP6, 0x1F94), [1006], "::ffff:127.0.0.1");

@@ -80,7 +80,10 @@ enum Attempt {
     Ready,
     /// Not yet (refused, no answer yet, a "not ready" answer); the pause
     /// before the next attempt is at most this.
-    NotYet { pause: Duration, why: String },
+    NotYet {
+        pause: Duration,
+        why: String,
+    },
 }
 
 /// Waits until the process serves (see "Readiness" above), or reports
@@ -94,19 +97,26 @@ pub(super) async fn wait_ready(
 ) {
     let deadline = tokio::time::Instant::now() + timeout;
     let mut delay = Duration::from_millis(2);
+    let mut why = String::from("no answer");
     loop {
         let attempt = tokio::time::timeout_at(deadline, attempt(&target, &listen))
             .await
             .unwrap_or_else(|_| Attempt::NotYet {
                 pause: READY_POLL_MAX,
-                why: "no answer yet".into(),
+                why: String::new(),
             });
-        let (pause, why) = match attempt {
+        let pause = match attempt {
             Attempt::Ready => {
                 let _ = events.send(Event::Ready { id });
                 return;
             }
-            Attempt::NotYet { pause, why } => (pause, why),
+            // An attempt the deadline cut says less than the one before it.
+            Attempt::NotYet { pause, why: now } => {
+                if !now.is_empty() {
+                    why = now;
+                }
+                pause
+            }
         };
         if tokio::time::Instant::now() >= deadline || events.is_closed() {
             let what = match &listen {
@@ -237,7 +247,10 @@ where
         "{request}Host: localhost\r\nUser-Agent: polyhost-probe\r\nConnection: close\r\n\r\n"
     );
     stream.write_all(request.as_bytes()).await?;
-    let line = read_status_line(stream).await?;
+    let (line, read) = read_status_line(stream).await?;
+    // Bounded: a program that keeps the connection open must not hold up
+    // its readiness.
+    let _ = tokio::time::timeout(Duration::from_millis(200), drain(stream, read)).await;
     let status = parse_status_line(&line).ok_or_else(|| {
         let shown = String::from_utf8_lossy(&line[..line.len().min(80)]).into_owned();
         std::io::Error::new(
@@ -254,8 +267,26 @@ where
     Ok(())
 }
 
-/// The first line of an answer (without its CR LF), at most 1 KiB.
-async fn read_status_line<S>(stream: &mut S) -> std::io::Result<Vec<u8>>
+/// Reads what is left of a probe's answer (up to 64 KiB, until the
+/// program closes: the probe asked for `Connection: close`), so that a
+/// program writing its body after its head does not see a broken pipe.
+async fn drain<S>(stream: &mut S, already: usize)
+where
+    S: tokio::io::AsyncRead + Unpin,
+{
+    let mut left = (64usize << 10).saturating_sub(already);
+    let mut buf = [0u8; 1024];
+    while left > 0 {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => left = left.saturating_sub(n),
+        }
+    }
+}
+
+/// The first line of an answer (without its CR LF), at most 1 KiB, and
+/// how many bytes were read in all.
+async fn read_status_line<S>(stream: &mut S) -> std::io::Result<(Vec<u8>, usize)>
 where
     S: tokio::io::AsyncRead + Unpin,
 {
@@ -263,14 +294,16 @@ where
     let mut buf = [0u8; 256];
     loop {
         if let Some(end) = line.iter().position(|b| *b == b'\n') {
+            let read = line.len();
             line.truncate(end);
             if line.last() == Some(&b'\r') {
                 line.pop();
             }
-            return Ok(line);
+            return Ok((line, read));
         }
         if line.len() > 1024 {
-            return Ok(line);
+            let read = line.len();
+            return Ok((line, read));
         }
         let n = stream.read(&mut buf).await?;
         if n == 0 {
@@ -292,7 +325,11 @@ fn parse_status_line(line: &[u8]) -> Option<u16> {
     if !code.iter().all(u8::is_ascii_digit) || rest.get(3).is_some_and(|b| *b != b' ') {
         return None;
     }
-    std::str::from_utf8(code).ok()?.parse().ok().filter(|c| *c >= 100)
+    std::str::from_utf8(code)
+        .ok()?
+        .parse()
+        .ok()
+        .filter(|c| *c >= 100)
 }
 
 /// "exit status 3" / "killed by signal 9 (SIGKILL)".
@@ -341,13 +378,21 @@ mod tests {
             (b"HTTP/1.1 20x OK", None),
             (b"HTTP/1.1 2000 OK", None),
         ] {
-            assert_eq!(parse_status_line(line), want, "{:?}", String::from_utf8_lossy(line));
+            assert_eq!(
+                parse_status_line(line),
+                want,
+                "{:?}",
+                String::from_utf8_lossy(line)
+            );
         }
     }
 
     /// Runs the HTTP probe against a peer that answers `answer`; returns
     /// what the probe sent and its result.
-    async fn http_against(path: Option<&str>, answer: &'static [u8]) -> (String, std::io::Result<()>) {
+    async fn http_against(
+        path: Option<&str>,
+        answer: &'static [u8],
+    ) -> (String, std::io::Result<()>) {
         let (mut ours, mut theirs) = tokio::io::duplex(4096);
         let peer = tokio::spawn(async move {
             let mut got = Vec::new();
@@ -366,8 +411,14 @@ mod tests {
     #[tokio::test]
     async fn the_http_probe_asks_ready_and_wants_2xx_or_3xx() {
         let (sent, ok) = http_against(Some("/healthz"), b"HTTP/1.1 204 No Content\r\n\r\n").await;
-        assert!(sent.starts_with("GET /healthz HTTP/1.1\r\nHost: localhost\r\n"), "{sent}");
-        assert!(sent.contains("User-Agent: polyhost-probe\r\nConnection: close\r\n"), "{sent}");
+        assert!(
+            sent.starts_with("GET /healthz HTTP/1.1\r\nHost: localhost\r\n"),
+            "{sent}"
+        );
+        assert!(
+            sent.contains("User-Agent: polyhost-probe\r\nConnection: close\r\n"),
+            "{sent}"
+        );
         ok.unwrap();
         let (_, not_yet) = http_against(Some("/healthz"), b"HTTP/1.1 503 Starting\r\n\r\n").await;
         assert_eq!(not_yet.unwrap_err().kind(), std::io::ErrorKind::InvalidData);

@@ -219,9 +219,7 @@ fn resolve_program(program: &str, cwd: &Path, path_var: &str) -> Result<PathBuf,
         };
         return executable(&path).map(|()| path);
     }
-    let dirs = path_var
-        .split(':')
-        .filter(|d| Path::new(d).is_absolute());
+    let dirs = path_var.split(':').filter(|d| Path::new(d).is_absolute());
     for dir in dirs {
         let path = Path::new(dir).join(program);
         if executable(&path).is_ok() {
@@ -281,16 +279,27 @@ mod tests {
     /// Validates a site file's text with `root` as its root; the config or
     /// every error as "key: message" lines.
     fn site(root: &Path, toml_text: &str) -> Result<super::super::SiteConfig, String> {
-        let text = format!("hosts = [\"a.test\"]\nroot = {:?}\n{toml_text}", root.display().to_string());
+        let text = format!(
+            "hosts = [\"a.test\"]\nroot = {:?}\n{toml_text}",
+            root.display().to_string()
+        );
         let raw: RawSite = toml::from_str(&text).unwrap();
         let mut errors = ConfigErrors::default();
         let file = Path::new("/etc/polyhost/vhosts/a.toml");
-        let mut errs = FileErrors { file, errors: &mut errors };
+        let mut errs = FileErrors {
+            file,
+            errors: &mut errors,
+        };
         let name = SiteName::parse("a").unwrap();
-        let site = super::super::validate_site(name, file, raw, Path::new("/etc/polyhost"), &mut errs);
+        let site =
+            super::super::validate_site(name, file, raw, Path::new("/etc/polyhost"), &mut errs);
         match site {
             Some(site) if errors.is_empty() => Ok(site),
-            _ => Err(errors.iter().map(|e| format!("{}: {}", e.key, e.message)).collect::<Vec<_>>().join("\n")),
+            _ => Err(errors
+                .iter()
+                .map(|e| format!("{}: {}", e.key, e.message))
+                .collect::<Vec<_>>()
+                .join("\n")),
         }
     }
 
@@ -301,7 +310,11 @@ mod tests {
     #[test]
     fn defaults() {
         let root = root();
-        let app = app(root.path(), "[app]\ncommand = [\"bin/server\", \"--flag\"]\n").unwrap();
+        let app = app(
+            root.path(),
+            "[app]\ncommand = [\"bin/server\", \"--flag\"]\n",
+        )
+        .unwrap();
         assert_eq!(app.program, root.path().join("bin/server"));
         assert_eq!(app.args, ["--flag"]);
         assert_eq!(app.cwd, root.path());
@@ -314,7 +327,10 @@ mod tests {
         assert_eq!(app.max_concurrency, 100);
         assert_eq!(app.queue_timeout, Duration::from_secs(30));
         assert_eq!(app.request_timeout, Duration::from_secs(60));
-        assert_eq!((app.max_requests, app.memory_per_process, app.idle_timeout), (None, None, None));
+        assert_eq!(
+            (app.max_requests, app.memory_per_process, app.idle_timeout),
+            (None, None, None)
+        );
         assert!(app.env.is_empty());
     }
 
@@ -357,7 +373,8 @@ NODE_ENV = "production"
         assert_eq!(app.memory_per_process, Some(256 << 20));
         assert_eq!(app.idle_timeout, Some(Duration::from_secs(600)));
         assert_eq!(app.env["NODE_ENV"], "production");
-        let empty = "[app]\ncommand = [\"/bin/sh\"]\nmemory_per_process = \"\"\nidle_timeout = \"\"\n";
+        let empty =
+            "[app]\ncommand = [\"/bin/sh\"]\nmemory_per_process = \"\"\nidle_timeout = \"\"\n";
         let unset = self::app(root.path(), empty).unwrap();
         assert_eq!((unset.memory_per_process, unset.idle_timeout), (None, None));
     }
@@ -369,16 +386,35 @@ NODE_ENV = "production"
         let bin = r.join("bin");
         let check = |program: &str, path: &str| resolve_program(program, &r.join("app"), path);
         assert_eq!(check("/bin/sh", DEFAULT_PATH), Ok(PathBuf::from("/bin/sh")));
-        assert_eq!(check("../bin/server", DEFAULT_PATH), Ok(r.join("app/../bin/server")));
+        assert_eq!(
+            check("../bin/server", DEFAULT_PATH),
+            Ok(r.join("app/../bin/server"))
+        );
         let path = format!("relative/dir:{}:/usr/bin", bin.display());
-        assert_eq!(check("server", &path), Ok(bin.join("server")), "first executable in PATH");
+        assert_eq!(
+            check("server", &path),
+            Ok(bin.join("server")),
+            "first executable in PATH"
+        );
         assert_eq!(check("sh", DEFAULT_PATH), Ok(PathBuf::from("/usr/bin/sh")));
         let err = check("notes.txt", &bin.display().to_string()).unwrap_err();
-        assert!(err.contains("\"notes.txt\" is not an executable file in PATH"), "{err}");
+        assert!(
+            err.contains("\"notes.txt\" is not an executable file in PATH"),
+            "{err}"
+        );
         let err = check("../bin/notes.txt", DEFAULT_PATH).unwrap_err();
-        assert_eq!(err, format!("{} is not executable", r.join("app/../bin/notes.txt").display()));
+        assert_eq!(
+            err,
+            format!(
+                "{} is not executable",
+                r.join("app/../bin/notes.txt").display()
+            )
+        );
         let err = check("./missing", DEFAULT_PATH).unwrap_err();
-        assert!(err.starts_with(&format!("{}: ", r.join("app/missing").display())), "{err}");
+        assert!(
+            err.starts_with(&format!("{}: ", r.join("app/missing").display())),
+            "{err}"
+        );
     }
 
     #[test]
@@ -386,10 +422,16 @@ NODE_ENV = "production"
         let root = root();
         let bin = root.path().join("bin").display().to_string();
         let site_path = format!("[env]\nPATH = {bin:?}\n[app]\ncommand = [\"server\"]\n");
-        assert_eq!(app(root.path(), &site_path).unwrap().program, root.path().join("bin/server"));
-        let app_path = format!("[app]\ncommand = [\"server\"]\n[app.env]\nPATH = \"/usr/bin\"\n");
-        let err = app(root.path(), &app_path).unwrap_err();
-        assert!(err.starts_with("app.command: \"server\" is not an executable file in PATH (/usr/bin)"), "{err}");
+        assert_eq!(
+            app(root.path(), &site_path).unwrap().program,
+            root.path().join("bin/server")
+        );
+        let app_path = "[app]\ncommand = [\"server\"]\n[app.env]\nPATH = \"/usr/bin\"\n";
+        let err = app(root.path(), app_path).unwrap_err();
+        assert!(
+            err.starts_with("app.command: \"server\" is not an executable file in PATH (/usr/bin)"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -426,32 +468,67 @@ idle_timeout = "soon"
             app.memory_per_process: "lots" is not a size (e.g. "512M")
             app.idle_timeout: "soon" is not a duration (e.g. "30s", "5m", "250ms"; at most a year)"#]]
         .assert_eq(&err);
-        let err = app(root.path(), "[app]\ncwd = \"/srv\"\ncommand = [\"/bin/sh\"]\n").unwrap_err();
-        assert!(err.starts_with("app.cwd: \"/srv\" is not a directory inside"), "{err}");
+        let err = app(
+            root.path(),
+            "[app]\ncwd = \"/srv\"\ncommand = [\"/bin/sh\"]\n",
+        )
+        .unwrap_err();
+        assert!(
+            err.starts_with("app.cwd: \"/srv\" is not a directory inside"),
+            "{err}"
+        );
     }
 
     #[test]
     fn one_app_server_per_site_and_beside_php_only_at_a_prefix() {
         let root = root();
-        let err = site(root.path(), "[python]\napp = \"m:app\"\n[app]\ncommand = [\"/bin/sh\"]\n").unwrap_err();
+        let err = site(
+            root.path(),
+            "[python]\napp = \"m:app\"\n[app]\ncommand = [\"/bin/sh\"]\n",
+        )
+        .unwrap_err();
         assert_eq!(err, "app: a site has one app server: [python] or [app], not both (make the other a site of its own)");
         let err = site(root.path(), "[php]\n[app]\ncommand = [\"/bin/sh\"]\n").unwrap_err();
-        assert!(err.starts_with("app.mount: a site with [php] cannot also mount [app] at \"/\""), "{err}");
-        let both = site(root.path(), "[php]\n[app]\ncommand = [\"/bin/sh\"]\nmount = \"/api\"\n").unwrap();
+        assert!(
+            err.starts_with("app.mount: a site with [php] cannot also mount [app] at \"/\""),
+            "{err}"
+        );
+        let both = site(
+            root.path(),
+            "[php]\n[app]\ncommand = [\"/bin/sh\"]\nmount = \"/api\"\n",
+        )
+        .unwrap();
         assert_eq!((both.runtime_label(), both.runs_code()), ("php+app", true));
         let alone = site(root.path(), "[app]\ncommand = [\"/bin/sh\"]\n").unwrap();
         assert_eq!((alone.runtime_label(), alone.runs_code()), ("app", true));
-        let err = site(root.path(), "[sandbox]\nnetwork = \"none\"\n[app]\ncommand = [\"/bin/sh\"]\nlisten = \"port\"\n").unwrap_err();
-        assert!(err.starts_with("app.listen: \"port\" cannot work with sandbox.network = \"none\""), "{err}");
+        let err = site(
+            root.path(),
+            "[sandbox]\nnetwork = \"none\"\n[app]\ncommand = [\"/bin/sh\"]\nlisten = \"port\"\n",
+        )
+        .unwrap_err();
+        assert!(
+            err.starts_with("app.listen: \"port\" cannot work with sandbox.network = \"none\""),
+            "{err}"
+        );
     }
 
     #[test]
     fn an_app_site_needs_a_root() {
-        let raw: RawSite = toml::from_str("hosts = [\"a.test\"]\n[app]\ncommand = [\"/bin/sh\"]\n").unwrap();
+        let raw: RawSite =
+            toml::from_str("hosts = [\"a.test\"]\n[app]\ncommand = [\"/bin/sh\"]\n").unwrap();
         let mut errors = ConfigErrors::default();
         let file = Path::new("/v/a.toml");
-        let mut errs = FileErrors { file, errors: &mut errors };
-        let site = super::super::validate_site(SiteName::parse("a").unwrap(), file, raw, Path::new("/"), &mut errs);
+        let mut errs = FileErrors {
+            file,
+            errors: &mut errors,
+        };
+        let site = super::super::validate_site(
+            SiteName::parse("a").unwrap(),
+            file,
+            raw,
+            Path::new("/"),
+            &mut errs,
+        );
         assert!(site.is_none());
         let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
         assert_eq!(keys, ["root"], "{errors}");

@@ -11,8 +11,8 @@ mod python;
 mod sandbox;
 
 use app::validate_app;
-use python::validate_python;
 pub use app::{AppConfig, AppListen, DEFAULT_PATH as DEFAULT_APP_PATH};
+use python::validate_python;
 pub use python::{AsgiConfig, Lifespan, PythonConfig, PythonInterface, WebSocketConfig};
 pub use sandbox::{RawSandbox, SandboxConfig, SandboxNetwork};
 
@@ -264,7 +264,11 @@ fn check_app_beside(
             "a site has one app server: [python] or [app], not both (make the other a site of its own)",
         );
     }
-    if php.is_some() && app.as_ref().is_some_and(|a| a.as_ref().is_some_and(|a| a.mount.is_empty())) {
+    if php.is_some()
+        && app
+            .as_ref()
+            .is_some_and(|a| a.as_ref().is_some_and(|a| a.mount.is_empty()))
+    {
         errs.add("app.mount", "a site with [php] cannot also mount [app] at \"/\"; mount it at a prefix such as \"/app\"");
     }
 }

@@ -27,14 +27,21 @@
 //!    thread and child the process makes). The one step that does not fail
 //!    closed: it is a scheduling hint, not a confinement (the site may switch
 //!    itself back to `SCHED_OTHER`; CPU is confined by the cgroup), and a
-//!    kernel or seccomp filter that refuses it must not stop the site.
+//!    kernel or seccomp filter that refuses it must not stop the site;
+//! 10. the environment: `environ` pointed at the `envp` prepared in the
+//!     parent, [`SpawnSpec::pid_env`] written into it as the child's pid
+//!     (see `env`); std's own environment handling is not used.
+//!
+//! Step 7 also passes [`SpawnSpec::inherit`] on (clears their close-on-exec
+//! flag) and `dup2`s [`SpawnSpec::inherit_as`] to their numbers.
 //!
 //! The child's side (its prepared plan and the steps) is in `child`; this
 //! file is the parent's: checking the spec, preparing, forking, and reading
 //! the failed step back.
 //!
 //! stdin is `/dev/null`; stdout and stderr go to a log file the parent opens
-//! in append mode. The environment is exactly [`SpawnSpec::env`].
+//! in append mode. The environment is exactly [`SpawnSpec::env`] (plus
+//! [`SpawnSpec::pid_env`]).
 //!
 //! **Call [`spawn`] from a long-lived thread** (a tokio runtime worker, never
 //! `spawn_blocking`): the kernel sends the parent-death signal when the

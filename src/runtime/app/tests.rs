@@ -33,7 +33,13 @@ fn app(listen: AppListen) -> AppConfig {
 
 fn launcher(listen: AppListen, log: &Path) -> AppLauncher {
     let site = tests_support::site("/srv/blog");
-    AppLauncher::new(&site, &app(listen), Some(Path::new("/home/blog")), Path::new("/tmp/blog"), log)
+    AppLauncher::new(
+        &site,
+        &app(listen),
+        Some(Path::new("/home/blog")),
+        Path::new("/tmp/blog"),
+        log,
+    )
 }
 
 fn var<'a>(cmd: &'a Command, name: &str) -> Option<&'a str> {
@@ -44,30 +50,49 @@ fn var<'a>(cmd: &'a Command, name: &str) -> Option<&'a str> {
 }
 
 fn socket_of(path: &Path, tcp: Option<SocketAddr>) -> ProcessSocket<'_> {
-    ProcessSocket { path, fd: if tcp.is_some() { -1 } else { 17 }, tcp }
+    ProcessSocket {
+        path,
+        fd: if tcp.is_some() { -1 } else { 17 },
+        tcp,
+    }
 }
 
 #[test]
 fn socket_mode_hands_the_socket_over_as_fd_3_with_systemd_variables() {
     let l = launcher(AppListen::Socket, Path::new("/nonexistent/blog.error.log"));
-    let cmd = l.command(socket_of(Path::new("/s/app-1-1.sock"), None)).unwrap();
+    let cmd = l
+        .command(socket_of(Path::new("/s/app-1-1.sock"), None))
+        .unwrap();
     assert_eq!(cmd.program, Path::new("/usr/bin/node"));
     assert_eq!(cmd.args, ["server.js"]);
     assert_eq!(cmd.cwd, Path::new("/srv/blog"));
     assert_eq!(cmd.socket_at, Some(3));
     assert_eq!(cmd.pid_env, Some("LISTEN_PID"));
-    assert_eq!(var(&cmd, "LISTEN_FDS"), Some("1"), "the site cannot override it");
+    assert_eq!(
+        var(&cmd, "LISTEN_FDS"),
+        Some("1"),
+        "the site cannot override it"
+    );
     assert_eq!(var(&cmd, "LISTEN_FDNAMES"), Some("http"));
     assert_eq!(var(&cmd, "POLYHOST_LISTEN_FD"), Some("3"));
     assert_eq!(var(&cmd, "PORT"), None, "no port in socket mode");
     assert_eq!(var(&cmd, "NODE_ENV"), Some("production"));
-    assert_eq!(var(&cmd, "APP_ENV"), Some("app"), "[app.env] over the site's [env]");
+    assert_eq!(
+        var(&cmd, "APP_ENV"),
+        Some("app"),
+        "[app.env] over the site's [env]"
+    );
     assert_eq!(var(&cmd, "PATH"), Some(DEFAULT_APP_PATH));
     assert_eq!(var(&cmd, "HOME"), Some("/home/blog"));
     assert_eq!(var(&cmd, "TMPDIR"), Some("/tmp/blog"));
     assert_eq!(
         l.listen(),
-        Listen::Supervisor { backlog: BACKLOG, probe: Probe::Http { path: Some("/healthz".into()) } }
+        Listen::Supervisor {
+            backlog: BACKLOG,
+            probe: Probe::Http {
+                path: Some("/healthz".into())
+            }
+        }
     );
 }
 
@@ -75,7 +100,9 @@ fn socket_mode_hands_the_socket_over_as_fd_3_with_systemd_variables() {
 fn port_mode_passes_port_and_host_and_binds_nothing() {
     let l = launcher(AppListen::Port, Path::new("/nonexistent/blog.error.log"));
     let addr: SocketAddr = "127.0.0.1:41234".parse().unwrap();
-    let cmd = l.command(socket_of(Path::new("/s/app-1-1.sock"), Some(addr))).unwrap();
+    let cmd = l
+        .command(socket_of(Path::new("/s/app-1-1.sock"), Some(addr)))
+        .unwrap();
     assert_eq!(var(&cmd, "PORT"), Some("41234"));
     assert_eq!(var(&cmd, "HOST"), Some("127.0.0.1"));
     assert_eq!(cmd.socket_at, None);
@@ -83,8 +110,17 @@ fn port_mode_passes_port_and_host_and_binds_nothing() {
     for name in ["LISTEN_FDS", "LISTEN_FDNAMES", "POLYHOST_LISTEN_FD"] {
         assert_eq!(var(&cmd, name), None, "{name}");
     }
-    assert_eq!(l.listen(), Listen::Port { probe: Probe::Http { path: Some("/healthz".into()) } });
-    let err = l.command(socket_of(Path::new("/s/x.sock"), None)).unwrap_err();
+    assert_eq!(
+        l.listen(),
+        Listen::Port {
+            probe: Probe::Http {
+                path: Some("/healthz".into())
+            }
+        }
+    );
+    let err = l
+        .command(socket_of(Path::new("/s/x.sock"), None))
+        .unwrap_err();
     assert!(err.to_string().contains("no loopback port"), "{err}");
 }
 
@@ -111,7 +147,11 @@ fn a_crash_is_told_with_what_the_process_wrote_since_it_started() {
     for i in 0..12 {
         writeln!(f, "line {i}").unwrap();
     }
-    writeln!(f, "[2026-12-05T21:00:00Z] polyhost: app process 9 failed: x").unwrap();
+    writeln!(
+        f,
+        "[2026-12-05T21:00:00Z] polyhost: app process 9 failed: x"
+    )
+    .unwrap();
     writeln!(f, "Error: Cannot find module 'express'").unwrap();
     let said = l.diagnose(socket).unwrap();
     assert_eq!(

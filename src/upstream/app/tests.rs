@@ -43,6 +43,7 @@ enum Answer {
 }
 
 /// A request as the fake app read it.
+#[derive(Clone)]
 struct Seen {
     head: String,
     body: Vec<u8>,
@@ -116,8 +117,9 @@ impl FakeApp {
         self.log.connections.load(Ordering::SeqCst)
     }
 
-    fn seen(&self) -> std::sync::MutexGuard<'_, Vec<Seen>> {
-        self.log.seen.lock().unwrap()
+    /// The requests it read so far.
+    fn seen(&self) -> Vec<Seen> {
+        self.log.seen.lock().unwrap().clone()
     }
 }
 
@@ -422,7 +424,6 @@ async fn a_request_on_a_connection_the_app_closed_is_sent_again_on_a_new_one() {
         "the whole body was replayed"
     );
     assert!(seen[2].body == upload);
-    drop(seen);
     s.all_released().await;
 }
 
@@ -586,7 +587,7 @@ async fn a_101_becomes_a_tunnel_that_carries_bytes_both_ways_and_holds_the_lease
     let resp = s.send(req).await.unwrap();
     assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
     assert_eq!(resp.headers()["sec-websocket-accept"], "x");
-    let seen = &app.seen()[0];
+    let seen = app.seen().remove(0);
     assert_eq!(seen.header("connection"), Some("upgrade"));
     assert_eq!(seen.header("upgrade"), Some("websocket"));
     assert_eq!(
@@ -715,7 +716,7 @@ async fn headers_are_cleaned_both_ways_and_forwarded_headers_say_what_polyhost_s
     }
     assert_eq!(resp.headers()["x-end"], "2");
     assert_eq!(body(resp).await.unwrap(), "ok");
-    let seen = &app.seen()[0];
+    let seen = app.seen().remove(0);
     assert!(
         seen.head.starts_with("POST /app/a%20b?q=1 HTTP/1.1\r\n"),
         "{}",
@@ -764,7 +765,7 @@ async fn an_ipv6_client_is_quoted_in_forwarded_and_a_root_mount_sends_no_prefix(
     s.ctx.mount_prefix = "".into();
     let req = Request::get("/").body(full_body("")).unwrap();
     body(s.send(req).await.unwrap()).await.unwrap();
-    let seen = &app.seen()[0];
+    let seen = app.seen().remove(0);
     assert_eq!(
         seen.header("forwarded"),
         Some("for=\"[2001:db8::1]\";proto=http;host=\"blog.test\"")
