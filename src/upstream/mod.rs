@@ -1,12 +1,14 @@
 //! Upstreams: the things a mounted path hands a request to.
 //!
 //! PHP (FastCGI to php-fpm), Python (the worker protocol to `polyhost-python`),
-//! static files and, later, HTTP proxying are peers behind one [`Upstream`]
-//! trait. The router picks an upstream by host and longest mount prefix and
+//! any HTTP app (`[app]`: an HTTP/1.1 reverse proxy) and static files are
+//! peers behind one [`Upstream`] trait. The router picks an upstream by host and longest mount prefix and
 //! calls [`Upstream::handle`]; the upstream owns everything after that.
 //!
-//! Invariant: an upstream never sees a hyper type; requests and responses are
-//! plain `http` types with boxed bodies ([`RequestBody`], [`ResponseBody`]).
+//! Invariant: no hyper type crosses the [`Upstream`] trait; requests and
+//! responses are plain `http` types with boxed bodies ([`RequestBody`],
+//! [`ResponseBody`]). (`app` uses hyper's *client* connections inside; the
+//! server side stays the router's.)
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -171,6 +173,8 @@ pub mod php_source;
 pub mod python;
 pub mod spool;
 pub mod static_files;
+#[cfg(test)]
+pub(crate) mod tests_support;
 pub mod tunnel;
 
 /// Removes the newest of the pooled `entries` that `prefer` picks (one

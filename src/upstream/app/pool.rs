@@ -45,6 +45,8 @@ pub(super) type Io = TokioIo<Counted<Stream>>;
 pub(super) struct Pool {
     /// `max_concurrency`: connections kept per instance.
     max: usize,
+    /// [`IDLE_KEEP`] (shorter in tests).
+    idle_keep: Duration,
     slots: Mutex<HashMap<u64, Slot>>,
     /// A sweeper task runs (only while something is idle).
     sweeping: AtomicBool,
@@ -120,8 +122,13 @@ impl Drop for Conn {
 
 impl Pool {
     pub(super) fn new(max: usize) -> Arc<Self> {
+        Self::with_idle_keep(max, IDLE_KEEP)
+    }
+
+    pub(super) fn with_idle_keep(max: usize, idle_keep: Duration) -> Arc<Self> {
         Arc::new(Pool {
             max: max.max(1),
+            idle_keep,
             slots: Mutex::new(HashMap::new()),
             sweeping: AtomicBool::new(false),
         })
@@ -140,7 +147,7 @@ impl Pool {
         let (pooled, stale) = {
             let mut slots = self.lock();
             let slot = slots.entry(lease.endpoint().id).or_default();
-            let stale = expire(&mut slot.idle);
+            let stale = expire(&mut slot.idle, self.idle_keep);
             let full = slot.counters.open.load(Ordering::Acquire) >= self.max;
             let own = |i: &Idle| i.conn.lane == lane;
             let pooled = if full {
@@ -191,6 +198,7 @@ impl Pool {
             read: read.clone(),
         });
         let (sender, driver) = http1::Builder::new()
+            .max_headers(polyhost_protocol::limits::MAX_RESPONSE_FIELDS)
             .handshake(io)
             .await
             .map_err(|e| refused(&e))?;
@@ -243,13 +251,13 @@ impl Pool {
 
 /// Removes the idle connections that are too old or closed, returned to be
 /// dropped outside the lock.
-fn expire(idle: &mut Vec<Idle>) -> Vec<Idle> {
+fn expire(idle: &mut Vec<Idle>, keep_for: Duration) -> Vec<Idle> {
     if idle.is_empty() {
         return Vec::new();
     }
     let (keep, stale) = std::mem::take(idle)
         .into_iter()
-        .partition(|i| i.since.elapsed() < IDLE_KEEP && !i.conn.sender.is_closed());
+        .partition(|i| i.since.elapsed() < keep_for && !i.conn.sender.is_closed());
     *idle = keep;
     stale
 }
@@ -266,7 +274,7 @@ async fn sweep(pool: Weak<Pool>) {
         let mut stale = Vec::new();
         let mut slots = pool.lock();
         for slot in slots.values_mut() {
-            stale.extend(expire(&mut slot.idle));
+            stale.extend(expire(&mut slot.idle, pool.idle_keep));
         }
         slots.retain(|_, s| !s.idle.is_empty() || s.counters.open.load(Ordering::Acquire) > 0);
         let idle = slots.values().any(|s| !s.idle.is_empty());

@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
@@ -18,8 +18,10 @@ use tokio::sync::watch;
 
 use super::*;
 use crate::config::{AppListen, StartPolicy};
-use crate::supervisor::LeaseError;
-use crate::upstream::{full_body, BoxError, Scheme, TunnelSlot};
+use crate::upstream::tests_support::{
+    body, context, expect_err, spawn_get, until, Counts, StandIn,
+};
+use crate::upstream::{full_body, Scheme, TunnelSlot};
 
 // --- the fake app ---
 
@@ -62,6 +64,8 @@ impl Seen {
 struct AppLog {
     seen: Mutex<Vec<Seen>>,
     connections: AtomicUsize,
+    /// Connections that ended (the upstream closed them, or the script).
+    closed: AtomicUsize,
 }
 
 type Script = Arc<dyn Fn(usize) -> Answer + Send + Sync>;
@@ -117,6 +121,10 @@ impl FakeApp {
         self.log.connections.load(Ordering::SeqCst)
     }
 
+    fn closed(&self) -> usize {
+        self.log.closed.load(Ordering::SeqCst)
+    }
+
     /// The requests it read so far.
     fn seen(&self) -> Vec<Seen> {
         self.log.seen.lock().unwrap().clone()
@@ -137,7 +145,10 @@ where
     let serve = move |stream: S| {
         accept_log.connections.fetch_add(1, Ordering::SeqCst);
         let (log, script, served) = (accept_log.clone(), script.clone(), served.clone());
-        tokio::spawn(async move { serve_connection(stream, &log, &script, &served).await });
+        tokio::spawn(async move {
+            serve_connection(stream, &log, &script, &served).await;
+            log.closed.fetch_add(1, Ordering::SeqCst);
+        });
     };
     (log, serve)
 }
@@ -219,51 +230,6 @@ async fn fill<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut Vec<u8>) -> Option
 
 const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
 
-// --- the stand-in runtime ---
-
-#[derive(Default)]
-struct Counts {
-    leased: AtomicUsize,
-    released: AtomicUsize,
-    recycled: AtomicUsize,
-}
-
-/// Counts its lease's release.
-struct Release(Arc<Counts>);
-
-impl Drop for Release {
-    fn drop(&mut self) {
-        self.0.released.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
-/// Leases the fake app's socket (or port).
-struct StandIn {
-    socket: PathBuf,
-    tcp: Option<std::net::SocketAddr>,
-    counts: Arc<Counts>,
-}
-
-impl RuntimeHandle for StandIn {
-    fn ready(&self) -> BoxFuture<'_, Result<RuntimeLease, LeaseError>> {
-        Box::pin(async move {
-            self.counts.leased.fetch_add(1, Ordering::SeqCst);
-            let counts = self.counts.clone();
-            let lease = RuntimeLease::with_recycle(
-                self.socket.clone(),
-                Release(self.counts.clone()),
-                move |_| {
-                    counts.recycled.fetch_add(1, Ordering::SeqCst);
-                },
-            );
-            Ok(match self.tcp {
-                Some(addr) => lease.with_tcp(addr),
-                None => lease,
-            })
-        })
-    }
-}
-
 // --- the upstream under test ---
 
 fn app_config() -> AppConfig {
@@ -300,17 +266,11 @@ fn setup(app: &FakeApp, tune: impl FnOnce(&mut AppConfig)) -> Setup {
     let runtime = StandIn {
         socket: app.socket.clone(),
         tcp: app.tcp,
+        fail: None,
         counts: counts.clone(),
     };
     let upstream = AppUpstream::new(Arc::new(runtime), &config, Arc::default());
-    let ctx = RequestContext {
-        site: Arc::new(crate::config::tests_support::site("/nonexistent")),
-        client: "192.0.2.7:4000".parse().unwrap(),
-        local: "127.0.0.1:80".parse().unwrap(),
-        scheme: Scheme::Https,
-        host: "blog.test".into(),
-        mount_prefix: "/app".into(),
-    };
+    let ctx = context("192.0.2.7:4000", Scheme::Https);
     Setup {
         upstream: Arc::new(upstream),
         ctx,
@@ -333,14 +293,7 @@ impl Setup {
 
     /// A GET in a task of its own: its status and whole body.
     fn spawn_get(&self, path: &'static str) -> tokio::task::JoinHandle<(u16, Bytes)> {
-        let (upstream, ctx) = (self.upstream.clone(), self.ctx.clone());
-        tokio::spawn(async move {
-            let req = Request::get(path).body(full_body("")).unwrap();
-            match upstream.handle(req, &ctx).await {
-                Ok(resp) => (resp.status().as_u16(), body(resp).await.unwrap()),
-                Err(e) => (e.status().as_u16(), Bytes::new()),
-            }
-        })
+        spawn_get(self.upstream.clone(), self.ctx.clone(), path)
     }
 
     fn recycled(&self) -> usize {
@@ -356,26 +309,6 @@ impl Setup {
         })
         .await;
         assert_eq!(self.upstream.places().0, 0, "an admission place was kept");
-    }
-}
-
-async fn body(resp: Response<ResponseBody>) -> Result<Bytes, BoxError> {
-    Ok(resp.into_body().collect().await?.to_bytes())
-}
-
-/// Waits (up to 10 s) until `cond` holds.
-async fn until(what: &str, cond: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-fn expect_err(result: Result<Response<ResponseBody>, UpstreamError>) -> UpstreamError {
-    match result {
-        Ok(resp) => panic!("expected an error, got {}", resp.status()),
-        Err(e) => e,
     }
 }
 
@@ -784,5 +717,109 @@ async fn a_response_body_that_stalls_past_request_timeout_is_cut() {
     let resp = s.get("/app/").await.unwrap();
     let err = body(resp).await.unwrap_err();
     assert!(err.to_string().contains("request_timeout"), "{err}");
+    s.all_released().await;
+}
+
+#[tokio::test]
+async fn an_instance_keeps_at_most_max_concurrency_connections() {
+    let (open, gate) = watch::channel(false);
+    let app = FakeApp::start(move |_| Answer::ReplyWhenOpen(gate.clone(), OK));
+    // Two instances' worth of places, all leased on one instance (as when
+    // only one of two is ready): four connections while they are busy.
+    let s = setup(&app, |c| {
+        c.processes = 2;
+        c.max_concurrency = 2;
+    });
+    let busy: Vec<_> = (0..4).map(|_| s.spawn_get("/app/")).collect();
+    until("four requests at the app", || app.seen().len() == 4).await;
+    open.send(true).unwrap();
+    for request in busy {
+        assert_eq!(request.await.unwrap(), (200, Bytes::from("ok")));
+    }
+    until("two connections closed", || app.closed() == 2).await;
+    for _ in 0..2 {
+        assert_eq!(body(s.get("/app/").await.unwrap()).await.unwrap(), "ok");
+    }
+    assert_eq!(app.connections(), 4, "the two kept were reused");
+    assert_eq!(app.closed(), 2);
+    s.all_released().await;
+}
+
+#[tokio::test]
+async fn an_idle_connection_is_closed_after_its_keep_time() {
+    let app = FakeApp::start(|_| Answer::Reply(OK));
+    let mut s = setup(&app, |_| {});
+    Arc::get_mut(&mut s.upstream).unwrap().pool =
+        Pool::with_idle_keep(4, Duration::from_millis(50));
+    assert_eq!(body(s.get("/app/").await.unwrap()).await.unwrap(), "ok");
+    until("the idle connection closed", || app.closed() == 1).await;
+    assert_eq!(body(s.get("/app/").await.unwrap()).await.unwrap(), "ok");
+    assert_eq!(
+        app.connections(),
+        2,
+        "a new connection after the idle one was dropped"
+    );
+    s.all_released().await;
+}
+
+/// A real HTTP server (hyper's) that echoes a POST's body, counting its
+/// connections.
+fn echo_server(listener: UnixListener) -> Arc<AtomicUsize> {
+    use hyper::service::service_fn;
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counted = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let echo = service_fn(|req: Request<hyper::body::Incoming>| async move {
+                let bytes = req.into_body().collect().await?.to_bytes();
+                Ok::<_, hyper::Error>(Response::new(http_body_util::Full::new(bytes)))
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), echo),
+            );
+        }
+    });
+    connections
+}
+
+#[tokio::test]
+async fn concurrent_requests_to_a_real_server_share_at_most_max_concurrency_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("echo.sock");
+    let connections = echo_server(UnixListener::bind(&socket).unwrap());
+    let app = FakeApp {
+        socket,
+        tcp: None,
+        log: Arc::default(),
+        _dir: dir,
+    };
+    let s = setup(&app, |c| c.max_concurrency = 8);
+    let tasks: Vec<_> = (0..16)
+        .map(|client| {
+            let (upstream, ctx) = (s.upstream.clone(), s.ctx.clone());
+            tokio::spawn(async move {
+                for n in 0..25 {
+                    let text = format!("client {client} request {n}");
+                    let req = Request::post("/app/echo")
+                        .header("content-length", text.len())
+                        .body(full_body(text.clone()))
+                        .unwrap();
+                    let resp = upstream.handle(req, &ctx).await.unwrap();
+                    assert_eq!(resp.status(), StatusCode::OK);
+                    assert_eq!(body(resp).await.unwrap(), text);
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let opened = connections.load(Ordering::SeqCst);
+    assert!(
+        (1..=8).contains(&opened),
+        "{opened} connections for 400 requests"
+    );
     s.all_released().await;
 }

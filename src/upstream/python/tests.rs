@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
-use http_body_util::BodyExt;
 use polyhost_protocol::header as reserved;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
@@ -22,6 +21,9 @@ use tokio::sync::watch;
 use super::*;
 use crate::config::StartPolicy;
 use crate::supervisor::LeaseError;
+use crate::upstream::tests_support::{
+    body, context, expect_err, spawn_get, until, Counts, StandIn,
+};
 use crate::upstream::{full_body, Fault, Scheme};
 
 // --- the fake worker ---
@@ -168,61 +170,6 @@ fn ok(body: &[u8]) -> Vec<u8> {
     out
 }
 
-// --- the stand-in runtime ---
-
-#[derive(Default)]
-struct Counts {
-    leased: AtomicUsize,
-    released: AtomicUsize,
-    recycled: AtomicUsize,
-}
-
-impl Counts {
-    fn get(&self) -> (usize, usize, usize) {
-        let load = |n: &AtomicUsize| n.load(Ordering::SeqCst);
-        (
-            load(&self.leased),
-            load(&self.released),
-            load(&self.recycled),
-        )
-    }
-}
-
-/// Counts its lease's release.
-struct Release(Arc<Counts>);
-
-impl Drop for Release {
-    fn drop(&mut self) {
-        self.0.released.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
-/// Leases the fake worker's socket, or fails as `fail` says.
-struct StandIn {
-    socket: PathBuf,
-    fail: Option<fn() -> LeaseError>,
-    counts: Arc<Counts>,
-}
-
-impl RuntimeHandle for StandIn {
-    fn ready(&self) -> BoxFuture<'_, Result<RuntimeLease, LeaseError>> {
-        Box::pin(async move {
-            if let Some(fail) = self.fail {
-                return Err(fail());
-            }
-            self.counts.leased.fetch_add(1, Ordering::SeqCst);
-            let counts = self.counts.clone();
-            Ok(RuntimeLease::with_recycle(
-                self.socket.clone(),
-                Release(self.counts.clone()),
-                move |_| {
-                    counts.recycled.fetch_add(1, Ordering::SeqCst);
-                },
-            ))
-        })
-    }
-}
-
 // --- the upstream under test ---
 
 struct Setup {
@@ -268,18 +215,12 @@ fn setup_failing(
     let counts = Arc::new(Counts::default());
     let runtime = StandIn {
         socket: worker.socket.clone(),
+        tcp: None,
         fail,
         counts: counts.clone(),
     };
     let upstream = PythonUpstream::new(Arc::new(runtime), &config, Arc::default());
-    let ctx = RequestContext {
-        site: Arc::new(crate::config::tests_support::site("/nonexistent")),
-        client: "127.0.0.1:1".parse().unwrap(),
-        local: "127.0.0.1:2".parse().unwrap(),
-        scheme: Scheme::Http,
-        host: "blog.test".into(),
-        mount_prefix: "/app".into(),
-    };
+    let ctx = context("127.0.0.1:1", Scheme::Http);
     Setup {
         upstream: Arc::new(upstream),
         ctx,
@@ -295,14 +236,7 @@ impl Setup {
 
     /// A GET in a task of its own: its status and whole body.
     fn spawn_get(&self, path: &'static str) -> tokio::task::JoinHandle<(u16, Bytes)> {
-        let (upstream, ctx) = (self.upstream.clone(), self.ctx.clone());
-        tokio::spawn(async move {
-            let req = Request::get(path).body(full_body("")).unwrap();
-            match upstream.handle(req, &ctx).await {
-                Ok(resp) => (resp.status().as_u16(), body(resp).await.unwrap()),
-                Err(e) => (e.status().as_u16(), Bytes::new()),
-            }
-        })
+        spawn_get(self.upstream.clone(), self.ctx.clone(), path)
     }
 
     /// Every lease taken was released, and none was recycled.
@@ -310,26 +244,6 @@ impl Setup {
         let (leased, released, recycled) = self.counts.get();
         assert_eq!(leased, released, "a lease was not released");
         (leased, recycled)
-    }
-}
-
-async fn body(resp: Response<ResponseBody>) -> Result<Bytes, BoxError> {
-    Ok(resp.into_body().collect().await?.to_bytes())
-}
-
-/// Waits (up to 5 s) until `cond` holds.
-async fn until(what: &str, cond: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-fn expect_err(result: Result<Response<ResponseBody>, UpstreamError>) -> UpstreamError {
-    match result {
-        Ok(resp) => panic!("expected an error, got {}", resp.status()),
-        Err(e) => e,
     }
 }
 
@@ -368,7 +282,7 @@ async fn a_request_reaches_the_worker_with_its_metadata_and_the_answer_comes_bac
     assert_eq!(req.header(reserved::SCHEME), Some("http"));
     assert_eq!(req.header(reserved::SCRIPT_NAME), Some("/app"));
     assert_eq!(req.header(reserved::SERVER_NAME), Some("blog.test"));
-    assert_eq!(req.header(reserved::SERVER_PORT), Some("2"));
+    assert_eq!(req.header(reserved::SERVER_PORT), Some("80"));
     assert_eq!(req.header("content-length"), Some("4"));
     assert_eq!(req.body, b"ping");
     drop(seen);
