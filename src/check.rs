@@ -149,6 +149,16 @@ fn check_runtimes(site: &SiteConfig, server: &ServerConfig, errors: &mut ConfigE
             )),
         }
     }
+    if let Some(app) = &site.app {
+        // The program was resolved (and found executable) by validation.
+        if !app.cwd.is_dir() {
+            errors.push(ConfigError::in_file(
+                &site.file,
+                "app.cwd",
+                format!("{} is not a directory", app.cwd.display()),
+            ));
+        }
+    }
     if let Some(py) = &site.python {
         let worker = py.worker.clone().unwrap_or_else(default_worker);
         if !is_executable(&worker) {

@@ -2,8 +2,9 @@
 //! supervisor + `polyhost router`, as the tests run as root) and a real
 //! program (`tests/apps/fd3_app.py`, CPython, no dependencies): socket
 //! activation on fd 3 as the site user, port mode, a program that never
-//! becomes ready beside a neighbour that serves, and a crash loop whose
-//! stderr `polyhost status` shows. The framework apps (Express, Puma,
+//! becomes ready beside a neighbour that serves, a crash loop whose
+//! stderr `polyhost status` shows, and `polyhost check` naming a program
+//! that cannot run. The framework apps (Express, Puma,
 //! gunicorn) are `tests/app_*.rs` of their own.
 
 mod admin_support;
@@ -237,4 +238,56 @@ fn user_listening_ports(uid: u32) -> std::collections::BTreeSet<u16> {
             mine.then(|| u16::from_str_radix(port, 16).ok())?
         })
         .collect()
+}
+
+#[test]
+fn check_names_an_app_program_that_cannot_run_and_a_missing_cwd() {
+    let cfg = TestConfig::new();
+    cfg.write("www/api/notes.txt", "not a program\n");
+    cfg.write("www/web/.keep", "");
+    cfg.write(
+        "vhosts/api.toml",
+        "hosts = [\"api.test\"]\nroot = \"www/api\"\n[app]\ncommand = [\"./notes.txt\"]\n",
+    );
+    cfg.write(
+        "vhosts/web.toml",
+        "hosts = [\"web.test\"]\nroot = \"www/web\"\n[app]\ncommand = [\"no-such-server\", \"--port\"]\n",
+    );
+    let (code, _, stderr) = polyhost_check(&cfg);
+    assert_eq!(code, 1, "{stderr}");
+    let dir = cfg.path().display().to_string();
+    let stderr = stderr.replace(&dir, "$DIR");
+    for want in [
+        "$DIR/vhosts/api.toml: app.command: $DIR/www/api/notes.txt is not executable",
+        "$DIR/vhosts/web.toml: app.command: \"no-such-server\" is not an executable file in PATH (/usr/local/bin:/usr/bin:/bin)",
+    ] {
+        assert!(stderr.contains(want), "{want}\nin:\n{stderr}");
+    }
+    let cfg_ok = TestConfig::new();
+    cfg_ok.write("www/web/.keep", "");
+    cfg_ok.write(
+        "vhosts/cwd.toml",
+        "hosts = [\"cwd.test\"]\nroot = \"www/web\"\nuser = \"nobody\"\n[app]\ncommand = [\"/bin/sh\"]\ncwd = \"gone\"\n",
+    );
+    let (code, _, stderr) = polyhost_check(&cfg_ok);
+    assert_eq!(code, 1, "{stderr}");
+    let stderr = stderr.replace(&cfg_ok.path().display().to_string(), "$DIR");
+    assert!(
+        stderr.contains("$DIR/vhosts/cwd.toml: app.cwd: $DIR/www/web/gone is not a directory"),
+        "{stderr}"
+    );
+}
+
+/// `polyhost check --config`: its exit code and stderr.
+fn polyhost_check(cfg: &TestConfig) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_polyhost"))
+        .args(["check", "--config"])
+        .arg(cfg.main())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }

@@ -41,6 +41,10 @@ pub struct SiteStatus {
     /// A Python site's interface, `wsgi` or `asgi`; absent for other sites.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interface: Option<String>,
+    /// An `[app]` site's listen mode, `socket` (fd 3) or `port`; absent
+    /// for other sites.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
     /// WebSockets open now (tunnels the router relays for the site).
     #[serde(default)]
     pub websockets_open: u64,
@@ -155,6 +159,13 @@ impl SiteStatus {
                 .python
                 .as_ref()
                 .map(|py| py.interface_name().to_owned()),
+            listen: e.config().app.as_ref().map(|app| {
+                match app.listen {
+                    crate::config::AppListen::Socket => "socket",
+                    crate::config::AppListen::Port => "port",
+                }
+                .to_owned()
+            }),
             websockets_open: e.stats().websockets_open(),
             sandbox: SandboxStatus::of(
                 e.config(),

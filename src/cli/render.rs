@@ -165,10 +165,12 @@ pub fn status_table(s: &ServerStatus) -> String {
 }
 
 /// The runtime as the table shows it: an ASGI site's is `python/asgi`
-/// (WSGI, the default, is plain `python`).
+/// (WSGI, the default, is plain `python`), an `[app]` on a loopback port
+/// `app/port` (socket activation, the default, is plain `app`).
 fn runtime(site: &SiteStatus) -> String {
-    match site.interface.as_deref() {
-        Some("asgi") => format!("{}/asgi", cleaned(&site.runtime)),
+    match (site.interface.as_deref(), site.listen.as_deref()) {
+        (Some("asgi"), _) => format!("{}/asgi", cleaned(&site.runtime)),
+        (_, Some("port")) => format!("{}/port", cleaned(&site.runtime)),
         _ => cleaned(&site.runtime),
     }
 }
@@ -182,6 +184,16 @@ pub fn site_detail(s: &SiteStatus) -> String {
             rows.push(("websockets", format!("{} open", s.websockets_open)));
         }
         rows
+    });
+    let app = s.listen.as_deref().map(|l| {
+        let listen = match l {
+            "socket" => "socket (fd 3)".to_owned(),
+            other => cleaned(other),
+        };
+        vec![
+            ("listen", listen),
+            ("websockets", format!("{} open", s.websockets_open)),
+        ]
     });
     let rows = [
         ("site", cleaned(&s.name)),
@@ -214,6 +226,7 @@ pub fn site_detail(s: &SiteStatus) -> String {
     for (k, v) in head
         .iter()
         .chain(python.iter().flatten())
+        .chain(app.iter().flatten())
         .chain(sandbox.iter())
         .chain(tail.iter())
     {
@@ -344,6 +357,7 @@ mod tests {
             oom_kills: 0,
             last_error: None,
             interface: None,
+            listen: None,
             websockets_open: 0,
             sandbox: None,
         }
@@ -438,6 +452,24 @@ mod tests {
             !www.contains("sandbox"),
             "a static site runs no process: {www}"
         );
+    }
+
+    #[test]
+    fn an_app_site_shows_how_it_listens() {
+        let mut api = site("api", "running", "app");
+        api.listen = Some("port".into());
+        let mut node = site("node", "running", "app");
+        node.listen = Some("socket".into());
+        assert_eq!(
+            (runtime(&api), runtime(&node)),
+            ("app/port".into(), "app".into())
+        );
+        let detail = site_detail(&node);
+        assert!(
+            detail.contains("listen     socket (fd 3)\nwebsockets 0 open\n"),
+            "{detail}"
+        );
+        assert!(site_detail(&api).contains("listen     port\n"));
     }
 
     #[test]

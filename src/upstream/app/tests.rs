@@ -503,12 +503,15 @@ async fn a_head_response_has_no_body_and_keeps_its_length() {
 
 #[tokio::test]
 async fn a_101_becomes_a_tunnel_that_carries_bytes_both_ways_and_holds_the_lease() {
-    let app = FakeApp::start(|_| {
-        Answer::Upgrade(
-            b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-              Sec-WebSocket-Accept: x\r\n\r\nearly",
-        )
-    });
+    const SWITCH: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n\
+        Upgrade: websocket\r\nSec-WebSocket-Accept: x\r\n\r\nearly";
+    tunnel_both_ways(FakeApp::start(|_| Answer::Upgrade(SWITCH))).await;
+    tunnel_both_ways(FakeApp::start_tcp(|_| Answer::Upgrade(SWITCH)).await).await;
+}
+
+/// An upgrade to `app`: its tunnel carries bytes both ways and holds the
+/// lease and place until it is dropped.
+async fn tunnel_both_ways(app: FakeApp) {
     let s = setup(&app, |_| {});
     let mut req = Request::get("/app/ws")
         .header("connection", "upgrade")
