@@ -163,7 +163,9 @@ impl AppUpstream {
     /// its end if neither side closes it.
     fn relay(&self, response: Response<Incoming>, mut done: Done) -> Response<ResponseBody> {
         let (mut parts, incoming) = response.into_parts();
-        if !head::keeps_alive(&parts) {
+        // A 101 to a request that asked for no upgrade (the router answers
+        // it with 502) leaves the connection to hyper's upgrade: not pooled.
+        if !head::keeps_alive(&parts) || parts.status == http::StatusCode::SWITCHING_PROTOCOLS {
             done.conn = None;
         }
         super::hop::strip_hop_by_hop(&mut parts.headers);

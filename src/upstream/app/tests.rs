@@ -415,6 +415,23 @@ async fn a_refused_connection_is_a_502() {
 }
 
 #[tokio::test]
+async fn a_response_that_is_not_http_is_a_502() {
+    let garbage: [&'static [u8]; 3] = [
+        b"SSH-2.0-OpenSSH_9.2\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nContent-Le",
+    ];
+    for bytes in garbage {
+        let app = FakeApp::start(move |_| Answer::ReplyAndClose(bytes));
+        let s = setup(&app, |_| {});
+        let err = expect_err(s.get("/app/").await);
+        assert_eq!(err.status(), StatusCode::BAD_GATEWAY, "{err}");
+        assert_eq!(app.seen().len(), 1, "not sent again: the app answered");
+        s.all_released().await;
+    }
+}
+
+#[tokio::test]
 async fn an_instance_on_a_loopback_port_is_reached_there() {
     let app = FakeApp::start_tcp(|_| Answer::Reply(OK)).await;
     let s = setup(&app, |c| c.listen = AppListen::Port);
