@@ -445,6 +445,54 @@ mod tests {
     use super::*;
 
     #[test]
+    fn descriptors_given_a_number_must_not_collide() {
+        use std::os::fd::AsFd;
+        let (a, b) = (
+            File::open("/dev/null").unwrap(),
+            File::open("/dev/null").unwrap(),
+        );
+        fn spec<'a>(
+            inherit: Vec<BorrowedFd<'a>>,
+            inherit_as: Vec<(BorrowedFd<'a>, RawFd)>,
+        ) -> SpawnSpec<'a> {
+            SpawnSpec {
+                inherit,
+                inherit_as,
+                ..SpawnSpec::new("/bin/true")
+            }
+        }
+        let refused = |s: &SpawnSpec<'_>| match check_moves(s) {
+            Err(SpawnError::InheritAs(n)) => Some(n),
+            _ => None,
+        };
+        assert_eq!(
+            refused(&spec(vec![], vec![(a.as_fd(), 2)])),
+            Some(2),
+            "not stdio"
+        );
+        assert_eq!(
+            refused(&spec(vec![], vec![(a.as_fd(), 3), (b.as_fd(), 3)])),
+            Some(3),
+            "one descriptor per number"
+        );
+        assert_eq!(
+            refused(&spec(vec![b.as_fd()], vec![(a.as_fd(), b.as_raw_fd())])),
+            Some(b.as_raw_fd()),
+            "not a number inherit passes on"
+        );
+        assert_eq!(
+            refused(&spec(
+                vec![],
+                vec![(a.as_fd(), 3), (b.as_fd(), a.as_raw_fd())]
+            )),
+            Some(a.as_raw_fd()),
+            "not the source of another move"
+        );
+        let ok = check_moves(&spec(vec![], vec![(a.as_fd(), 3)])).unwrap();
+        assert_eq!(ok, [(a.as_raw_fd(), 3)]);
+    }
+
+    #[test]
     fn relative_programs_are_refused() {
         let err = spawn(&SpawnSpec::new("sh")).unwrap_err();
         assert!(matches!(err, SpawnError::NotAbsolute(_)), "{err}");
