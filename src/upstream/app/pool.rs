@@ -141,31 +141,47 @@ impl Pool {
 
     /// An idle connection to the lease's instance opened on this lane, or
     /// (when the instance has all the connections it may have) of another
-    /// lane, else a new one.
+    /// lane, else a new one. One the app closed meanwhile is passed over.
     pub(super) async fn checkout(&self, lease: &RuntimeLease) -> Result<Conn, UpstreamError> {
-        let lane = crate::lanes::current();
-        let (pooled, stale) = {
-            let mut slots = self.lock();
-            let slot = slots.entry(lease.endpoint().id).or_default();
-            let stale = expire(&mut slot.idle, self.idle_keep);
-            let full = slot.counters.open.load(Ordering::Acquire) >= self.max;
-            let own = |i: &Idle| i.conn.lane == lane;
-            let pooled = if full {
-                crate::upstream::take_newest(&mut slot.idle, own)
-            } else {
-                let at = slot.idle.iter().rposition(own);
-                at.map(|at| slot.idle.remove(at))
-            };
-            (pooled, stale)
-        };
-        drop(stale); // closed outside the lock
-        match pooled {
-            Some(Idle { mut conn, .. }) => {
-                conn.reused = true;
-                Ok(conn)
+        loop {
+            let (pooled, old) = self.take_idle(lease.endpoint().id);
+            drop(old); // closed outside the lock
+            match pooled {
+                Some(idle) if idle.conn.sender.is_closed() => continue,
+                Some(Idle { mut conn, .. }) => {
+                    conn.reused = true;
+                    return Ok(conn);
+                }
+                None => return self.connect(lease).await,
             }
-            None => self.connect(lease).await,
         }
+    }
+
+    /// The idle connection [`checkout`](Self::checkout) takes, and those
+    /// past [`IDLE_KEEP`] (to be dropped outside the lock).
+    fn take_idle(&self, endpoint: u64) -> (Option<Idle>, Vec<Idle>) {
+        let lane = crate::lanes::current();
+        let mut slots = self.lock();
+        let slot = slots.entry(endpoint).or_default();
+        // Kept in the order they came back: the old ones are a prefix.
+        let fresh = slot
+            .idle
+            .iter()
+            .position(|i| i.since.elapsed() < self.idle_keep);
+        let old: Vec<Idle> = slot
+            .idle
+            .drain(..fresh.unwrap_or(slot.idle.len()))
+            .collect();
+        let open = slot.counters.open.load(Ordering::Acquire);
+        let full = open.saturating_sub(old.len()) >= self.max;
+        let own = |i: &Idle| i.conn.lane == lane;
+        let pooled = if full {
+            crate::upstream::take_newest(&mut slot.idle, own)
+        } else {
+            let at = slot.idle.iter().rposition(own);
+            at.map(|at| slot.idle.remove(at))
+        };
+        (pooled, old)
     }
 
     /// A new connection to the lease's instance, driven by a task of its own.
