@@ -2,7 +2,7 @@
 # Sourced, not run.
 #
 # demo_location: sets DEMO_CONFIG and DEMO_BIN. As root, site code runs as
-# polyhost-demo-php, polyhost-demo-python and polyhost-demo-asgi; when they cannot read this
+# polyhost-demo-php, polyhost-demo-python, polyhost-demo-asgi and polyhost-demo-node; when they cannot read this
 # checkout (e.g. it lives under /root) or execute its binaries, the demo
 # (configuration, sites and binaries) is copied to a place they can read,
 # and served from there.
@@ -11,7 +11,8 @@ demo_location() {
     DEMO_BIN=./target/release
     if [[ $EUID -eq 0 ]] && ! { runuser -u polyhost-demo-python -- test -r demo/python/app.py -a -x target/release/polyhost-python &&
         runuser -u polyhost-demo-php -- test -r demo/php/index.php &&
-        runuser -u polyhost-demo-asgi -- test -r demo/asgi/app.py; } 2>/dev/null; then
+        runuser -u polyhost-demo-asgi -- test -r demo/asgi/app.py &&
+        runuser -u polyhost-demo-node -- test -r demo/node/server.js; } 2>/dev/null; then
         local stage=${DEMO_STAGE_DIR:-/var/lib/polyhost-demo}
         echo "demo: the demo users cannot read $(pwd); serving a copy from $stage" >&2
         mkdir -p "$stage/bin"

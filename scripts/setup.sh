@@ -4,14 +4,20 @@
 #   php8.2-fpm       the PHP runtime (one pool per PHP site)
 #   python3-dev      Debian's CPython 3.11 with libpython, linked by polyhost-python
 #   python3-venv     virtualenvs for Python sites and the tests
+#   nodejs, npm      Node.js for [app] sites: the Node demo and the [app] tests
+#   ruby, puma, ruby-rack   a Rack app on Puma in the [app] tests
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 
-PACKAGES=(php8.2-fpm php8.2-cli php8.2-sqlite3 adminer python3-dev python3-venv curl procps)
+PACKAGES=(php8.2-fpm php8.2-cli php8.2-sqlite3 adminer python3-dev python3-venv curl procps
+    nodejs ruby puma ruby-rack)
+# Debian's npm is its own package; a nodejs from elsewhere may ship npm
+# itself (and conflict with Debian's): only install it when there is none.
+command -v npm >/dev/null || PACKAGES+=(npm)
 install_missing setup "${PACKAGES[@]}"
 
-# The demo's PHP, Python and ASGI sites run as these users when polyhost runs as
+# The demo's PHP, Python, ASGI and Node.js sites run as these users when polyhost runs as
 # root: one each (each with its own group), since two sites that run code
 # may not share a user or a group.
 if [[ $EUID -eq 0 ]]; then
@@ -21,7 +27,7 @@ if [[ $EUID -eq 0 ]]; then
         echo "setup: creating the user polyhost for the router process (router_user)"
         useradd --system --no-create-home --shell /usr/sbin/nologin polyhost
     fi
-    for user in polyhost-demo-php polyhost-demo-python polyhost-demo-asgi; do
+    for user in polyhost-demo-php polyhost-demo-python polyhost-demo-asgi polyhost-demo-node; do
         if ! id "$user" >/dev/null 2>&1; then
             echo "setup: creating the user $user for the demo sites"
             useradd --system --user-group --no-create-home --shell /usr/sbin/nologin "$user"
@@ -39,11 +45,27 @@ fi
 # made by the interpreter polyhost-python links against, in a place site
 # users can read.
 TEST_VENV=${TEST_PYTHON_VENV:-/var/tmp/polyhost-test-venv}
-if [[ ! -x $TEST_VENV/bin/python ]] || ! "$TEST_VENV/bin/python" -c "import flask, django, starlette, fastapi, uvloop" 2>/dev/null; then
-    echo "setup: creating the test virtualenv $TEST_VENV (flask, django, starlette, fastapi, uvloop)"
+# gunicorn and uvicorn: a site's own Python server as an [app] (tests/app_python.rs).
+if [[ ! -x $TEST_VENV/bin/python ]] || ! "$TEST_VENV/bin/python" -c "import flask, django, starlette, fastapi, uvloop, gunicorn, uvicorn" 2>/dev/null; then
+    echo "setup: creating the test virtualenv $TEST_VENV (flask, django, starlette, fastapi, uvloop, gunicorn, uvicorn)"
     /usr/bin/python3.11 -m venv "$TEST_VENV"
-    "$TEST_VENV/bin/pip" install -q --disable-pip-version-check "flask>=3,<4" "django>=5,<6" "starlette>=0.40" "fastapi>=0.115" "uvloop>=0.19"
+    "$TEST_VENV/bin/pip" install -q --disable-pip-version-check "flask>=3,<4" "django>=5,<6" "starlette>=0.40" "fastapi>=0.115" "uvloop>=0.19" \
+        "gunicorn>=22" "uvicorn>=0.30"
     chmod -R a+rX "$TEST_VENV"
+fi
+
+# The npm packages of the Node [app] test apps (express, ws), exactly as
+# tests/apps/node/package-lock.json pins them (npm ci), where site users can
+# read them and outside /tmp and /var/tmp (a sandboxed site gets its own);
+# the tests point NODE_PATH at its node_modules. Redone only when
+# the lock file changed.
+TEST_NODE=${TEST_NODE_MODULES:-/var/lib/polyhost-test-node}
+if ! cmp -s tests/apps/node/package-lock.json "$TEST_NODE/package-lock.json" || [[ ! -d $TEST_NODE/node_modules/express ]]; then
+    echo "setup: installing the Node test packages into $TEST_NODE (npm ci: express, ws)"
+    mkdir -p "$TEST_NODE"
+    cp tests/apps/node/package.json tests/apps/node/package-lock.json "$TEST_NODE/"
+    (cd "$TEST_NODE" && npm ci --no-audit --no-fund --loglevel=error)
+    chmod -R a+rX "$TEST_NODE"
 fi
 
 echo "setup: building"

@@ -61,6 +61,8 @@ WORKLOADS = [
     ("static 13 B, PHP site's root", "php-static", "/13b.txt", check_hello, BOTH),
     ("static 1 MiB", "static", "/1mib.bin", lambda b: len(b) == 1 << 20, BOTH),
     ("ASGI hello 13 B", "asgi", "/", check_hello, BOTH),
+    # Issue 22: the same Node app (plain http module) behind polyhost [app] and nginx proxy_pass.
+    ("Node hello 13 B", "node", "/", check_hello, BOTH),
 ]
 
 

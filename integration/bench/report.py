@@ -23,6 +23,9 @@ SETTING_TEXT = {
         "and default site (`try_files $uri $uri/ =404`; PHP through `snippets/fastcgi-php.conf`)",
         "ASGI: polyhost `[python] interface = \"asgi\"` with no tuning keys; `uvicorn app:application` (1 worker; "
         "uvloop and httptools, as `uvicorn[standard]` installs); `granian --interface asgi --access-log` (1 worker)",
+        "Node hello: one Node process (`tests/apps/node/hello.js`, the plain `http` module) on each side: polyhost "
+        "`[app]` with only `command` (socket activation, fd 3); nginx `proxy_pass http://unix:SOCKET:` to the same "
+        "app listening on its own socket (HTTP/1.0 to the upstream, a connection per request: nginx's default)",
     ],
     "tuned": [
         f"WSGI: {PROCS} processes × {THREADS} threads everywhere (polyhost `processes`/`threads`; granian "
@@ -35,6 +38,8 @@ SETTING_TEXT = {
         f"ASGI: {PROCS} processes, one event loop each (polyhost `processes = {PROCS}`, `max_concurrency` "
         f"{ASGI_MAX_CONCURRENCY}; uvicorn `--workers {PROCS} --loop uvloop --http httptools`; granian "
         f"`--interface asgi --workers {PROCS}`)",
+        "Node hello: one Node process on each side (it has one event loop); nginx through an `upstream` with "
+        "`keepalive 64` and `proxy_http_version 1.1` (kept-alive connections to the app, as polyhost's pool)",
     ],
 }
 ACCESS_LOGS = ("access logs: **on** for every system that has one, at both settings — polyhost (always), nginx, "
@@ -297,6 +302,8 @@ def targets_table(L, args, med, lat, extra):
  
     for peer, want in [("uvicorn", 1.0), ("granian", 0.8)]:
         row(f"ASGI hello 13 B ≥ {want}× {peer}", *per_c(vs("ASGI hello 13 B", peer, want)))
+    row("Node hello 13 B ≥ 1.0× nginx+node (proxy_pass to the app's socket)",
+        *per_c(vs("Node hello 13 B", "nginx+node", 1.0)))
     row("static 13 B ≥ 0.9× nginx", *per_c(vs("static 13 B", "nginx", 0.9)))
     row("static 1 MiB ≥ 0.7× nginx", *per_c(vs("static 1 MiB", "nginx", 0.7)))
 

@@ -72,7 +72,11 @@ P_NGINX_RECYCLE = 18165 + PORT_OFFSET
 ASGI_PORTS = {"uvicorn": 18201 + PORT_OFFSET, "uvicorn-default": 18202 + PORT_OFFSET,
               "granian-asgi": 18203 + PORT_OFFSET, "granian-asgi-default": 18204 + PORT_OFFSET}
 ASGI_MAX_CONCURRENCY = 10000  # polyhost's tuned ASGI site: long polls and idle WebSockets hold a slot each
-ALL_PORTS = ([P_POLYHOST, P_DENSITY, P_NGINX_RECYCLE] + list(P_APACHE_PHP.values()) + list(P_NGINX_PHP.values())
+# Node hello (issue 22): one Node process (tests/apps/node/hello.js, the plain
+# http module) behind polyhost's [app] and, on its own Unix socket, behind nginx.
+P_NGINX_NODE = {"tuned": 18166 + PORT_OFFSET, "defaults": 18167 + PORT_OFFSET}
+NODE_HELLO = os.path.join(REPO, "tests/apps/node/hello.js")
+ALL_PORTS = ([P_POLYHOST, P_DENSITY, P_NGINX_RECYCLE] + list(P_NGINX_NODE.values()) + list(P_APACHE_PHP.values()) + list(P_NGINX_PHP.values())
              + list(P_NGINX_STATIC.values()) + [WSGI_PORTS[s] + i for s in WSGI_PORTS for i in range(3)]
              + list(ASGI_PORTS.values()))
 
@@ -108,13 +112,14 @@ def site_user(site):
 
 def make_tree():
     for d in ["apps", "php", "static", "apache/run", "nginx/tmp", "nginx-default/tmp", "fpm", "gunicorn",
-              "polyhost/vhosts", "polyhost/state", "polyhost/log", "density/vhosts",
+              "polyhost/vhosts", "polyhost/state", "polyhost/log", "density/vhosts", "node-app", "node-nginx",
               "density/state", "density/log", "logs"]:
         os.makedirs(os.path.join(TREE, d), exist_ok=True)
     for f in ["hello.py", "big.py", "sleep.py", "asgi_app.py"]:
         shutil.copy(os.path.join(HERE, "apps", f), os.path.join(TREE, "apps", f))
     for f in ["hello.php", "phpinfo.php"]:
         shutil.copy(os.path.join(HERE, "apps", f), os.path.join(TREE, "php", f))
+    shutil.copy(NODE_HELLO, os.path.join(TREE, "node-app", "hello.js"))
     write("static/13b.txt", "Hello, World!")
     # The same 13 B asset in the PHP sites' root (WordPress pages are mostly such files).
     write("php/13b.txt", "Hello, World!")
@@ -123,7 +128,7 @@ def make_tree():
     pw = pwd.getpwnam(USER)
     # Readable by every user; the dirs daemons write to are the peers' user's.
     sh(f"chmod -R a+rX {TREE}")
-    for d in ["apache/run", "nginx/tmp", "nginx-default/tmp", "fpm", "gunicorn", "logs"]:
+    for d in ["apache/run", "nginx/tmp", "nginx-default/tmp", "fpm", "gunicorn", "logs", "node-nginx"]:
         os.chown(os.path.join(TREE, d), pw.pw_uid, pw.pw_gid)
     # Debian's default site includes snippets/fastcgi-php.conf, which
     # includes fastcgi.conf, both relative to the directory of nginx.conf.
@@ -209,6 +214,14 @@ user = "{site_user('asgi-d')}"
 interface = "asgi"
 app = "asgi_app"
 path = ["{TREE}/apps"]
+""")
+    # Node hello as an [app] (issue 22): one process, no tuning keys (the same
+    # at both settings: one Node process on each side).
+    write(f"{base}/vhosts/node.toml", f"""hosts = ["node.bench"]
+root = "{TREE}/node-app"
+user = "{site_user('node')}"
+[app]
+command = ["node", "hello.js"]
 """)
     write(f"{base}/vhosts/static.toml", f"""hosts = ["static.bench"]
 root = "{TREE}/static"
@@ -374,6 +387,20 @@ http {{
         listen 127.0.0.1:{P_NGINX_STATIC['tuned']};
         root {TREE}/static;
     }}
+    upstream node_hello {{
+        server unix:{NODE_SOCKET};
+        keepalive 64;
+    }}
+    server {{
+        listen 127.0.0.1:{P_NGINX_NODE['tuned']};
+        location / {{
+            proxy_pass http://node_hello;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        }}
+    }}
 }}
 """)
     return write(f"{d}/nginx.conf", common + f"""events {{ worker_connections 768; }}
@@ -400,8 +427,19 @@ http {{
             try_files $uri $uri/ =404;
         }}
     }}
+    server {{
+        listen 127.0.0.1:{P_NGINX_NODE['defaults']};
+        location / {{
+            proxy_pass http://unix:{NODE_SOCKET}:;
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        }}
+    }}
 }}
 """)
+
+
+NODE_SOCKET = os.path.join(TREE, "node-nginx", "hello.sock")
 
 
 def fpm_config():
@@ -515,6 +553,9 @@ def start_peers():
                   cwd=apps, as_user=True)
     start_asgi_peers(venv_bin, apps)
     start("php-fpm", [FPM, "--nodaemonize", "--fpm-config", fpm_config()])
+    # nginx's Node: the same hello.js, binding its own socket (as the peers' user).
+    start("node-hello", [shutil.which("node") or "/usr/bin/node", os.path.join(TREE, "node-app", "hello.js")],
+          cwd=os.path.join(TREE, "node-nginx"), as_user=True, env={"SOCKET": NODE_SOCKET})
     start("apache", ["/usr/sbin/apache2", "-f", apache_config(), "-DFOREGROUND"])
     for setting in SETTINGS:
         d = "nginx" if setting == "tuned" else "nginx-default"
@@ -554,6 +595,8 @@ def targets(kind, arg, setting):
         for s in WSGI_SYSTEMS[1:]:
             t[s] = (WSGI_PORTS[s + suffix] + arg, "localhost", "/")
         return t
+    if kind == "node":
+        return {"polyhost": (P_POLYHOST, "node.bench", arg), "nginx+node": (P_NGINX_NODE[setting], "localhost", arg)}
     if kind == "asgi":
         suffix = "" if setting == "tuned" else "-default"
         return {"polyhost": (P_POLYHOST, "asgi.bench" if setting == "tuned" else "asgi-d.bench", arg),
@@ -613,6 +656,9 @@ def system_pids(system, kind, arg, setting):
     root = proc("nginx-default" if d else "nginx")
     if not root:
         return {}
+    if system == "nginx+node":
+        node = proc("node-hello")
+        return {"front": [root] + descendants(root), "app": [node] if node else []}
     if system == "nginx+php-fpm":
         name = "nginx-d" if d else "nginx-r500" if kind == "php-recycle" else "nginx"
         return {"front": [root] + descendants(root), "app": pool(name)}
@@ -630,5 +676,6 @@ def versions():
     v["nginx"] = sh("/usr/sbin/nginx -v").stderr.strip().split(":", 1)[-1].strip()
     v["php-fpm"] = sh(f"{FPM} -v").stdout.splitlines()[0]
     v["python"] = sh("/usr/bin/python3.11 --version").stdout.strip()
+    v["node"] = sh("node --version").stdout.strip()
     v["wrk"] = sh("wrk -v").stdout.splitlines()[0].split(" [")[0]
     return v

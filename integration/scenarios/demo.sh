@@ -54,6 +54,7 @@ fetch php.localhost / 200 "polyhost PHP demo"
 fetch php.localhost /about 200 "REQUEST_URI=/about"
 fetch php.localhost /hello.txt 200 "static file next to PHP"
 fetch asgi.localhost / 200 "polyhost ASGI demo"
+fetch node.localhost /hello 200 "polyhost Node.js demo"
 # The ASGI demo's WebSocket: handshake and one echo, with the bench's stdlib client.
 python3 - "$port" <<'PY'
 import sys

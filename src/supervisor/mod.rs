@@ -457,7 +457,7 @@ impl Drop for Supervisor {
 /// root, its Python home and paths, polyhost's state directory). One that
 /// does is kept, with a warning: a site under `/tmp` is a test or a
 /// mistake, and hiding its own files would only stop it. An `[app]`'s
-/// program and working directory count as needed.
+/// program counts as needed.
 fn shared_tmp_to_replace(site: &SiteConfig, state_dir: &Path) -> Vec<PathBuf> {
     let canonical = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
     let mut needed: Vec<PathBuf> = vec![canonical(state_dir)];
@@ -467,10 +467,8 @@ fn shared_tmp_to_replace(site: &SiteConfig, state_dir: &Path) -> Vec<PathBuf> {
         needed.extend(py.home.as_deref().map(canonical));
         needed.extend(py.path.iter().map(|p| canonical(p)));
     }
-    if let Some(app) = &site.app {
-        needed.push(canonical(&app.program));
-        needed.push(canonical(&app.cwd));
-    }
+    // (An [app]'s cwd is inside its root.)
+    needed.extend(site.app.as_ref().map(|app| canonical(&app.program)));
     isolation::sandbox::SHARED_TMP
         .iter()
         .map(PathBuf::from)
