@@ -71,6 +71,11 @@ const REQUEST_HEAD_CAPACITY: usize = 2048;
 /// pool keeps its connections alive, each pinning a child: `max_children`.
 const BACKLOG_DEPTH: usize = 4;
 
+/// At most this many connections wait in a pool's backlog: half of the
+/// 511 polyhost gives php-fpm's socket (`runtime::php`'s `FPM_BACKLOG`),
+/// so a `connect` never finds it full (that would be a 502).
+const BACKLOG_SURPLUS_MAX: usize = 256;
+
 /// Where PHP's stderr lines (FastCGI `STDERR` records: `error_log()`,
 /// warnings when `log_errors` is on) go: the site's error log.
 pub type ErrorSink = Arc<dyn Fn(&str) + Send + Sync>;
@@ -134,7 +139,10 @@ impl PhpUpstream {
         let admitted = if keep_alive {
             max
         } else {
-            max.saturating_mul(BACKLOG_DEPTH)
+            let surplus = max
+                .saturating_mul(BACKLOG_DEPTH - 1)
+                .min(BACKLOG_SURPLUS_MAX);
+            max.saturating_add(surplus)
         };
         Ok(PhpUpstream {
             pool: ConnPool::new(
