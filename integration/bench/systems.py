@@ -629,7 +629,13 @@ def system_pids(system, kind, arg, setting):
         root = proc("polyhost")
         if not root:
             return {}
-        return {"router": [root]} if kind in ("static", "php-static") else {"router": [root], "app": descendants(root)}
+        # As root, polyhost runs split: the supervisor and its child
+        # `polyhost router` (the router's CPU is that child's).
+        below = descendants(root)
+        router = [root] + [p for p in below if cmdline(p).startswith("polyhost router")]
+        if kind in ("static", "php-static"):
+            return {"router": router}
+        return {"router": router, "app": [p for p in below if p not in router]}
     fpm = proc("php-fpm")
     d = setting == "defaults"
 

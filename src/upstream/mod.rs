@@ -137,6 +137,72 @@ pub async fn connect_runtime(
     Ok(stream)
 }
 
+/// [`connect_runtime`] for a request whose first bytes are ready in
+/// `head`: connects without waiting on the reactor (a Unix socket's
+/// `connect(2)` completes at once, or fails at once when the listener's
+/// backlog is full, as `connect_runtime`'s does) and writes what the socket
+/// takes of `head` before the socket is registered, then removes it from
+/// `head`. Registered sockets are writable only once the reactor has said
+/// so: `connect_runtime` waits one turn of it for that, which a busy router
+/// lane runs only after every task ahead of it, while the php-fpm child
+/// that could run the request sits idle.
+pub fn connect_runtime_sending(
+    socket: &std::path::Path,
+    uid: Option<u32>,
+    head: &mut bytes::BytesMut,
+) -> std::io::Result<tokio::net::UnixStream> {
+    use std::io::Write as _;
+    let stream = connect_nonblocking(socket)?;
+    if let Some(uid) = uid {
+        check_peer(&stream, socket, uid)?;
+    }
+    match (&stream).write(head) {
+        Ok(n) => bytes::Buf::advance(head, n),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        Err(e) => return Err(e),
+    }
+    tokio::net::UnixStream::from_std(stream)
+}
+
+/// A non-blocking Unix stream connected to `path`.
+fn connect_nonblocking(path: &std::path::Path) -> std::io::Result<std::os::unix::net::UnixStream> {
+    use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, UnixAddr};
+    let fd = socket::socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    let addr = UnixAddr::new(path)?;
+    loop {
+        match socket::connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &addr) {
+            Ok(()) => return Ok(fd.into()),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Whether the process listening on `socket` runs as `uid` (`SO_PEERCRED`).
+fn check_peer(
+    stream: &std::os::unix::net::UnixStream,
+    socket: &std::path::Path,
+    uid: u32,
+) -> std::io::Result<()> {
+    let peer =
+        nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials)?.uid();
+    if peer != uid {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "{} is served by uid {peer}, not the site's uid {uid}",
+                socket.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// A body with nothing in it.
 pub fn empty_body() -> ResponseBody {
     Empty::<Bytes>::new()
@@ -201,5 +267,36 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied);
         assert!(err.to_string().contains("not the site's uid"), "{err}");
+    }
+
+    /// The request goes out with the connect; the peer reads it whole, and
+    /// the same checks hold as for `connect_runtime`.
+    #[tokio::test]
+    async fn a_request_is_sent_as_the_socket_connects() {
+        use tokio::io::AsyncReadExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let me = nix::unistd::geteuid().as_raw();
+        let mut head = bytes::BytesMut::from(&b"a request"[..]);
+        let _stream = super::connect_runtime_sending(&path, Some(me), &mut head).unwrap();
+        assert!(head.is_empty(), "{} bytes left unsent", head.len());
+        let (mut peer, _) = listener.accept().await.unwrap();
+        let mut got = [0u8; 9];
+        peer.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"a request");
+
+        let mut head = bytes::BytesMut::from(&b"not sent"[..]);
+        let err = super::connect_runtime_sending(&path, Some(me + 4242), &mut head).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied);
+        assert_eq!(
+            &head[..],
+            b"not sent",
+            "nothing goes to a socket of another user"
+        );
+        drop(listener);
+        let err = super::connect_runtime_sending(&dir.path().join("none.sock"), None, &mut head)
+            .unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
     }
 }

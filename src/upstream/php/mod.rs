@@ -62,6 +62,20 @@ const REPLAY_MAX: u64 = 64 * 1024;
 /// (~600 bytes plus the client's headers), so the buffer is allocated once.
 const REQUEST_HEAD_CAPACITY: usize = 2048;
 
+/// Connections an `ondemand` or `dynamic` pool (one connection per
+/// request) may have open per `max_children`: those beyond the children
+/// wait in php-fpm's listen backlog with their request written, so a child
+/// that ends a request accepts the next one at once, as behind nginx,
+/// instead of idling until a busy router lane gets round to connecting
+/// (measured in docs/performance.md, "PHP at its defaults"). A `static`
+/// pool keeps its connections alive, each pinning a child: `max_children`.
+const BACKLOG_DEPTH: usize = 4;
+
+/// At most this many connections wait in a pool's backlog: half of the
+/// 511 polyhost gives php-fpm's socket (`runtime::php`'s `FPM_BACKLOG`),
+/// so a `connect` never finds it full (that would be a 502).
+const BACKLOG_SURPLUS_MAX: usize = 256;
+
 /// Where PHP's stderr lines (FastCGI `STDERR` records: `error_log()`,
 /// warnings when `log_errors` is on) go: the site's error log.
 pub type ErrorSink = Arc<dyn Fn(&str) + Send + Sync>;
@@ -121,11 +135,20 @@ impl PhpUpstream {
                 .map_err(|e| format!("site {}: root {}: {e}", site.name, root.display()))?,
         };
         let max = usize::try_from(php.max_children).unwrap_or(usize::MAX);
+        let keep_alive = php.mode == crate::config::PhpMode::Static;
+        let admitted = if keep_alive {
+            max
+        } else {
+            let surplus = max
+                .saturating_mul(BACKLOG_DEPTH - 1)
+                .min(BACKLOG_SURPLUS_MAX);
+            max.saturating_add(surplus)
+        };
         Ok(PhpUpstream {
             pool: ConnPool::new(
-                max,
+                admitted,
                 php.idle_timeout,
-                php.mode == crate::config::PhpMode::Static,
+                keep_alive,
                 php.max_requests,
                 counters,
             ),
@@ -278,12 +301,13 @@ impl PhpUpstream {
             Some(c) if reused => (c.stream, c.served),
             idle => {
                 drop(idle); // closed before connecting: it pins a php-fpm child
-                let stream = tokio::time::timeout(
-                    remaining(start),
-                    crate::upstream::connect_runtime(lease.socket(), lease.peer_uid()),
+                            // Sent as it connects: no wait for the reactor to call a
+                            // fresh socket writable (see `connect_runtime_sending`).
+                let stream = crate::upstream::connect_runtime_sending(
+                    lease.socket(),
+                    lease.peer_uid(),
+                    &mut request,
                 )
-                .await
-                .map_err(|_| UpstreamError::Timeout(timeout))?
                 .map_err(|e| {
                     UpstreamError::BadGateway(format!(
                         "cannot connect to php-fpm at {}: {e}",

@@ -1,11 +1,15 @@
 //! Keep-alive FastCGI connections to one site's php-fpm socket.
 //!
 //! Invariants:
-//! - At most `max_children` connections serve requests at once: a request
-//!   holds an [`Admission`] place for as long as its connection is in use,
-//!   and opens a new connection only when no idle one is left and no
-//!   successor is on its way. php-fpm ties one child to each open
-//!   connection, so more would starve it.
+//! - At most `max` connections (the pool's [`Admission`] capacity) serve
+//!   requests at once: a request holds an [`Admission`] place for as long
+//!   as its connection is in use, and opens a new connection only when no
+//!   idle one is left and no successor is on its way. With keep-alive
+//!   (`static` pools) `max` is `max_children`: php-fpm ties one child to
+//!   each open connection, so more would starve it. Without (one
+//!   connection per request) the caller may admit more than the children:
+//!   the surplus waits in php-fpm's listen backlog, its request written,
+//!   and pins no child (`super::BACKLOG_DEPTH`).
 //! - A connection goes back to the pool only after its response was read to
 //!   `FCGI_END_REQUEST` and its request was written whole (the exchange
 //!   decides); an idle connection is dropped when the peer closed it, when
