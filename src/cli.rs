@@ -55,6 +55,9 @@ pub enum Command {
     /// Re-read the configuration and apply the difference; on any error
     /// nothing changes and every error is printed (exit 1).
     Reload,
+    /// Reopen every site's access and error log and php-fpm's logs (after
+    /// log rotation moved them away); SIGUSR1 does the same.
+    ReopenLogs,
     /// Replace a site's processes, new ones first (no request fails).
     Restart { site: String },
     /// Stop a site's processes; its requests get 503 until `start`.
@@ -75,6 +78,7 @@ pub fn run() -> ExitCode {
         Command::Router => return router(),
         Command::Status { site, json } => control::Action::Status { site, json },
         Command::Reload => control::Action::Reload,
+        Command::ReopenLogs => control::Action::ReopenLogs,
         Command::Restart { site } => control::Action::Site("restart", site),
         Command::Stop { site } => control::Action::Site("stop", site),
         Command::Start { site } => control::Action::Site("start", site),
@@ -151,12 +155,14 @@ fn serve(path: &Path) -> ExitCode {
         // start-up must not kill polyhost with the default action.
         let signals = Signals::install()?;
         tokio::spawn(stop_on_signal(signals.term, signals.int, shutdown.clone()));
+        crate::notify::spawn_watchdog();
         let listeners = crate::app::bind_all(&config.server).await?;
         if crate::privsep::supervisor_end::applies() {
             // Root: the router runs as `router_user` in a process of its own.
-            let hup = signals.hup;
+            let (hup, usr1) = (signals.hup, signals.usr1);
             crate::privsep::supervisor_end::serve_split(config, listeners, shutdown, |server| {
                 tokio::spawn(reload_on_sighup(hup, server.clone()));
+                tokio::spawn(reopen_logs_on_sigusr1(usr1, server.clone()));
             })
             .await?;
             return Ok(());
@@ -167,6 +173,8 @@ fn serve(path: &Path) -> ExitCode {
         let server = crate::app::Server::start(config).await?;
         let admin = crate::admin::serve(admin, server.clone(), shutdown.clone());
         tokio::spawn(reload_on_sighup(signals.hup, server.clone()));
+        tokio::spawn(reopen_logs_on_sigusr1(signals.usr1, server.clone()));
+        crate::notify::ready(&server.summary());
         crate::app::serve_with(server, listeners, shutdown.clone()).await?;
         shutdown.cancel();
         let _ = admin.await;
@@ -207,6 +215,10 @@ fn router() -> ExitCode {
         let stop = CancellationToken::new();
         let signals = Signals::install()?;
         tokio::spawn(stop_on_signal(signals.term, signals.int, stop.clone()));
+        // SIGUSR1 (e.g. `systemctl kill -s USR1` to every process of the
+        // unit) must not end the router: the supervisor has it reopen its
+        // logs (`ToRouter::ReopenLogs`), the handler only keeps it alive.
+        let _usr1 = signals.usr1;
         Ok::<_, anyhow::Error>(crate::privsep::router_end::run(stop).await?)
     });
     use crate::privsep::router_end::Ended;
@@ -237,6 +249,7 @@ struct Signals {
     term: Signal,
     int: Signal,
     hup: Signal,
+    usr1: Signal,
 }
 
 impl Signals {
@@ -248,6 +261,7 @@ impl Signals {
             term: install(SignalKind::terminate(), "SIGTERM")?,
             int: install(SignalKind::interrupt(), "SIGINT")?,
             hup: install(SignalKind::hangup(), "SIGHUP")?,
+            usr1: install(SignalKind::user_defined1(), "SIGUSR1")?,
         })
     }
 }
@@ -261,11 +275,27 @@ async fn reload_on_sighup(mut hup: Signal, server: std::sync::Arc<crate::app::Se
     }
 }
 
-/// Cancels `shutdown` on SIGTERM or SIGINT.
-async fn stop_on_signal(mut term: Signal, mut int: Signal, shutdown: CancellationToken) {
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: stopping, letting in-flight requests finish"),
-        _ = int.recv() => tracing::info!("SIGINT: stopping, letting in-flight requests finish"),
+/// Reopens every site log on every SIGUSR1 (log rotation; errors are
+/// logged).
+async fn reopen_logs_on_sigusr1(mut usr1: Signal, server: std::sync::Arc<crate::app::Server>) {
+    while usr1.recv().await.is_some() {
+        tracing::info!("SIGUSR1: reopening the logs");
+        if let Err(e) = server.reopen_logs().await {
+            tracing::error!("cannot reopen the logs: {e}");
+        }
     }
+}
+
+/// Cancels `shutdown` on SIGTERM or SIGINT (the service manager is told
+/// `STOPPING=1` first).
+async fn stop_on_signal(mut term: Signal, mut int: Signal, shutdown: CancellationToken) {
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    tracing::info!("{name}: stopping, letting in-flight requests finish");
+    crate::notify::stopping(&format!(
+        "{name}: stopping, letting in-flight requests finish"
+    ));
     shutdown.cancel();
 }

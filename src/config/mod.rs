@@ -34,10 +34,9 @@ pub use server::{
     AdminConfig, AdminToken, ServerConfig, SiteScheduling, DEFAULT_INCLUDE, DEFAULT_LISTEN,
 };
 pub use site::{
-    AppConfig, AppListen,
-    AsgiConfig, IniValue, Lifespan, Limits, PhpConfig, PhpMode, PythonConfig, PythonInterface,
-    SandboxConfig, SandboxNetwork, SiteConfig, StartPolicy, StaticConfig, WebSocketConfig,
-    DEFAULT_BODY_LIMIT, RESERVED_PHP_INI,
+    AppConfig, AppListen, AsgiConfig, IniValue, Lifespan, Limits, PhpConfig, PhpMode, PythonConfig,
+    PythonInterface, SandboxConfig, SandboxNetwork, SiteConfig, StartPolicy, StaticConfig,
+    WebSocketConfig, DEFAULT_BODY_LIMIT, RESERVED_PHP_INI,
 };
 pub use tls::{crypto_provider, load_certified_key, LoadedPair, SiteTls, TlsKey};
 pub use types::{parse_duration, parse_size, HostPattern, Scalar, SiteName};

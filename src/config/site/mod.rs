@@ -10,8 +10,8 @@ mod app;
 mod python;
 mod sandbox;
 
-use python::validate_python;
 pub use app::{AppConfig, AppListen};
+use python::validate_python;
 pub use python::{AsgiConfig, Lifespan, PythonConfig, PythonInterface, WebSocketConfig};
 pub use sandbox::{RawSandbox, SandboxConfig, SandboxNetwork};
 

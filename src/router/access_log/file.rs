@@ -192,6 +192,26 @@ impl LogFile {
         write_pending(&self.path, self.existing, &mut self.lock());
     }
 
+    /// Writes the pending lines to the file held open, then closes it: the
+    /// next line opens the path again (see `super::flusher::reopen_all`).
+    pub(super) fn reopen(&self) {
+        let mut state = self.lock();
+        write_pending(&self.path, self.existing, &mut state);
+        state.file = None;
+    }
+
+    /// Makes the file at the path again if it is gone (renamed away by log
+    /// rotation), with the owner, group and mode of site setup, so that the
+    /// process that only opens existing files (the router, privilege-
+    /// separated) finds it. Nothing for a log opened as it is.
+    pub fn recreate(&self) -> std::io::Result<()> {
+        let state = self.lock();
+        if state.dead || self.existing {
+            return Ok(());
+        }
+        set_reader_group(&open_private(&self.path)?, state.group)
+    }
+
     /// The flusher's visit: writes the pending lines; after `CLOSE_AFTER`
     /// without a line, closes the descriptor and frees the buffer. False
     /// once the log is quiet and closed (it leaves the flusher's list).
