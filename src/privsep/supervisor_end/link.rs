@@ -39,6 +39,9 @@ struct RouterState {
     connected: bool,
     /// The highest `Applied` version this router answered.
     applied: u64,
+    /// This router said `Applied` at least once: it serves (the first
+    /// state may be version 0).
+    serves: bool,
 }
 
 /// The router link: shared by the [`Server`] (as its [`RouterLink`]), the
@@ -99,6 +102,7 @@ impl Link {
                 epoch: 0,
                 connected: false,
                 applied: 0,
+                serves: false,
             }),
             stats: Mutex::new(Stats::default()),
         })
@@ -125,6 +129,7 @@ impl Link {
             s.epoch += 1;
             s.connected = true;
             s.applied = 0;
+            s.serves = false;
         });
         self.register(&mut inner, server.published_groups());
         let keys: Vec<GroupKey> = inner.groups.keys().cloned().collect();
@@ -194,8 +199,9 @@ impl Link {
             }
             ToSupervisor::Applied { version } => {
                 self.state.send_if_modified(|s| {
-                    let newer = version > s.applied;
+                    let newer = version > s.applied || !s.serves;
                     s.applied = s.applied.max(version);
+                    s.serves = true;
                     newer
                 });
             }
@@ -286,7 +292,7 @@ impl Link {
     /// (it said `Applied`): polyhost is ready.
     pub async fn serving(&self) {
         let mut state = self.state.subscribe();
-        let _ = state.wait_for(|s| s.connected && s.applied > 0).await;
+        let _ = state.wait_for(|s| s.connected && s.serves).await;
     }
 
     /// Whether a router is connected now (for tests and status).
