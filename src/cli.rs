@@ -117,7 +117,10 @@ fn generate(dir: &Path) -> ExitCode {
     match write_generated(dir) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("polyhost generate: cannot write into {}: {e}", dir.display());
+            eprintln!(
+                "polyhost generate: cannot write into {}: {e}",
+                dir.display()
+            );
             ExitCode::from(2)
         }
     }

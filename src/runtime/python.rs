@@ -75,9 +75,9 @@ fn worker_beside(dir: &Path, exists: impl Fn(&Path) -> bool) -> PathBuf {
     let packaged = dir.join("../lib/polyhost/polyhost-python");
     if !exists(&next_to) && exists(&packaged) {
         // Named without `..`: it shows in status, check and the process list.
-        return dir
-            .parent()
-            .map_or(packaged, |prefix| prefix.join("lib/polyhost/polyhost-python"));
+        return dir.parent().map_or(packaged, |prefix| {
+            prefix.join("lib/polyhost/polyhost-python")
+        });
     }
     next_to
 }
