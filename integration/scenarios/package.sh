@@ -79,6 +79,7 @@ out=$(/usr/bin/polyhost --config "$work/conf/polyhost.toml" check 2>&1) || true
 if grep -q "polyhost-python is not an executable" <<<"$out"; then fail "the worker is not found: $out"; fi
 /usr/bin/polyhost --help | grep -q reopen-logs || fail "polyhost --help lacks reopen-logs"
 zcat /usr/share/man/man8/polyhost.8.gz | grep -q '^\.TH polyhost 8' || fail "man page is not polyhost(8)"
+zcat /usr/share/man/man8/polyhost-reopen-logs.8.gz | grep -q '^\.TH polyhost-reopen-logs 8' || fail "no polyhost-reopen-logs(8)"
 # Documentation=man:polyhost(8) is checked with man(1) where it exists.
 if command -v man >/dev/null; then man_check=(); else man_check=(--man=no); fi
 systemd-analyze verify "${man_check[@]}" /lib/systemd/system/polyhost.service
