@@ -1,5 +1,6 @@
 //! The command line: `serve`, `check`, and the admin commands (`status`,
-//! `reload`, `restart`, `stop`, `start`) that are clients of the admin API.
+//! `reload`, `reopen-logs`, `restart`, `stop`, `start`) that are clients of
+//! the admin API; `generate` writes the man page and completions (packaging).
 //! Parses arguments, sets up logging and calls the library; exit codes are
 //! part of the contract with hosting panels and scripts:
 //!
@@ -28,9 +29,11 @@ use crate::config;
     about = "Hosting supervisor: PHP and Python sites behind one router"
 )]
 pub struct Cli {
-    /// Main configuration file.
-    #[arg(long, short, global = true, default_value = "polyhost.toml")]
-    pub config: PathBuf,
+    /// Main configuration file [default: ./polyhost.toml, or
+    /// /etc/polyhost/polyhost.toml where there is none in the current
+    /// directory (the Debian package's)].
+    #[arg(long, short, global = true)]
+    pub config: Option<PathBuf>,
     /// Admin socket to talk to (default: `[admin] socket` of --config).
     #[arg(long, global = true)]
     pub socket: Option<PathBuf>,
@@ -61,25 +64,92 @@ pub enum Command {
     Stop { site: String },
     /// Start a site stopped with `stop`.
     Start { site: String },
+    /// Reopen every site's access and error log and php-fpm's logs (after
+    /// log rotation moved them away); SIGUSR1 to polyhost does the same.
+    ReopenLogs,
+    /// Write the man page (polyhost.8) and shell completions (bash, zsh,
+    /// fish) into DIR: run when the Debian package is built.
+    #[command(hide = true)]
+    Generate { dir: PathBuf },
     /// The router process of a privilege-separated polyhost: started by
     /// `polyhost serve` (as root) as `router_user`, never by hand.
     #[command(hide = true)]
     Router,
 }
 
+/// The configuration file of the Debian package.
+pub const PACKAGED_CONFIG: &str = "/etc/polyhost/polyhost.toml";
+
+/// `--config`, or its default: `./polyhost.toml`, else the package's.
+fn config_path(given: Option<PathBuf>) -> PathBuf {
+    given.unwrap_or_else(|| {
+        let here = PathBuf::from("polyhost.toml");
+        if !here.exists() && Path::new(PACKAGED_CONFIG).exists() {
+            PathBuf::from(PACKAGED_CONFIG)
+        } else {
+            here
+        }
+    })
+}
+
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
+    let config = config_path(cli.config);
     let action = match cli.command {
-        Command::Check => return check(&cli.config),
-        Command::Serve => return serve(&cli.config),
+        Command::Check => return check(&config),
+        Command::Serve => return serve(&config),
         Command::Router => return router(),
+        Command::Generate { dir } => return generate(&dir),
         Command::Status { site, json } => control::Action::Status { site, json },
         Command::Reload => control::Action::Reload,
+        Command::ReopenLogs => control::Action::ReopenLogs,
         Command::Restart { site } => control::Action::Site("restart", site),
         Command::Stop { site } => control::Action::Site("stop", site),
         Command::Start { site } => control::Action::Site("start", site),
     };
-    control::run(&cli.config, cli.socket.as_deref(), action)
+    control::run(&config, cli.socket.as_deref(), action)
+}
+
+/// `polyhost generate DIR`: `polyhost.8` and a `polyhost-<command>.8` for
+/// each command (clap_mangen), and the completions
+/// `polyhost.bash`, `_polyhost` (zsh) and `polyhost.fish` (clap_complete),
+/// all made from the same clap definition as the binary's parsing.
+fn generate(dir: &Path) -> ExitCode {
+    match write_generated(dir) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!(
+                "polyhost generate: cannot write into {}: {e}",
+                dir.display()
+            );
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn write_generated(dir: &Path) -> std::io::Result<()> {
+    use clap::CommandFactory;
+    use clap_complete::Shell;
+    std::fs::create_dir_all(dir)?;
+    let cmd = Cli::command();
+    // polyhost(8), and polyhost-<command>(8) for each command it names.
+    let mut pages = vec![cmd.clone()];
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        // clap takes a `&'static str` name without its `string` feature;
+        // this one-shot command leaks a few bytes per page instead.
+        let name: &'static str = format!("polyhost-{}", sub.get_name()).leak();
+        pages.push(sub.clone().name(name));
+    }
+    for page in pages {
+        let mut man = Vec::new();
+        let name = page.get_name().to_owned();
+        clap_mangen::Man::new(page).section("8").render(&mut man)?;
+        std::fs::write(dir.join(format!("{name}.8")), man)?;
+    }
+    for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
+        clap_complete::generate_to(shell, &mut cmd.clone(), "polyhost", dir)?;
+    }
+    Ok(())
 }
 
 fn check(path: &Path) -> ExitCode {
@@ -151,12 +221,14 @@ fn serve(path: &Path) -> ExitCode {
         // start-up must not kill polyhost with the default action.
         let signals = Signals::install()?;
         tokio::spawn(stop_on_signal(signals.term, signals.int, shutdown.clone()));
+        crate::notify::spawn_watchdog();
         let listeners = crate::app::bind_all(&config.server).await?;
         if crate::privsep::supervisor_end::applies() {
             // Root: the router runs as `router_user` in a process of its own.
-            let hup = signals.hup;
+            let (hup, usr1) = (signals.hup, signals.usr1);
             crate::privsep::supervisor_end::serve_split(config, listeners, shutdown, |server| {
                 tokio::spawn(reload_on_sighup(hup, server.clone()));
+                tokio::spawn(reopen_logs_on_sigusr1(usr1, server.clone()));
             })
             .await?;
             return Ok(());
@@ -167,6 +239,8 @@ fn serve(path: &Path) -> ExitCode {
         let server = crate::app::Server::start(config).await?;
         let admin = crate::admin::serve(admin, server.clone(), shutdown.clone());
         tokio::spawn(reload_on_sighup(signals.hup, server.clone()));
+        tokio::spawn(reopen_logs_on_sigusr1(signals.usr1, server.clone()));
+        crate::notify::ready(&server.summary());
         crate::app::serve_with(server, listeners, shutdown.clone()).await?;
         shutdown.cancel();
         let _ = admin.await;
@@ -207,6 +281,10 @@ fn router() -> ExitCode {
         let stop = CancellationToken::new();
         let signals = Signals::install()?;
         tokio::spawn(stop_on_signal(signals.term, signals.int, stop.clone()));
+        // SIGUSR1 (e.g. `systemctl kill -s USR1` to every process of the
+        // unit) must not end the router: the supervisor has it reopen its
+        // logs (`ToRouter::ReopenLogs`), the handler only keeps it alive.
+        let _usr1 = signals.usr1;
         Ok::<_, anyhow::Error>(crate::privsep::router_end::run(stop).await?)
     });
     use crate::privsep::router_end::Ended;
@@ -237,6 +315,7 @@ struct Signals {
     term: Signal,
     int: Signal,
     hup: Signal,
+    usr1: Signal,
 }
 
 impl Signals {
@@ -248,6 +327,7 @@ impl Signals {
             term: install(SignalKind::terminate(), "SIGTERM")?,
             int: install(SignalKind::interrupt(), "SIGINT")?,
             hup: install(SignalKind::hangup(), "SIGHUP")?,
+            usr1: install(SignalKind::user_defined1(), "SIGUSR1")?,
         })
     }
 }
@@ -261,11 +341,27 @@ async fn reload_on_sighup(mut hup: Signal, server: std::sync::Arc<crate::app::Se
     }
 }
 
-/// Cancels `shutdown` on SIGTERM or SIGINT.
-async fn stop_on_signal(mut term: Signal, mut int: Signal, shutdown: CancellationToken) {
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: stopping, letting in-flight requests finish"),
-        _ = int.recv() => tracing::info!("SIGINT: stopping, letting in-flight requests finish"),
+/// Reopens every site log on every SIGUSR1 (log rotation; errors are
+/// logged).
+async fn reopen_logs_on_sigusr1(mut usr1: Signal, server: std::sync::Arc<crate::app::Server>) {
+    while usr1.recv().await.is_some() {
+        tracing::info!("SIGUSR1: reopening the logs");
+        if let Err(e) = server.reopen_logs().await {
+            tracing::error!("cannot reopen the logs: {e}");
+        }
     }
+}
+
+/// Cancels `shutdown` on SIGTERM or SIGINT (the service manager is told
+/// `STOPPING=1` first).
+async fn stop_on_signal(mut term: Signal, mut int: Signal, shutdown: CancellationToken) {
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    tracing::info!("{name}: stopping, letting in-flight requests finish");
+    crate::notify::stopping(&format!(
+        "{name}: stopping, letting in-flight requests finish"
+    ));
     shutdown.cancel();
 }

@@ -13,6 +13,7 @@
 //! - [`privsep`]: polyhost as a root supervisor and an unprivileged router process.
 //! - [`config`]: files → validated, typed configuration; all errors at once.
 //! - [`sites`]: a site's config → its mounts (upstreams) and logs.
+//! - [`notify`]: systemd's service notifications (READY, RELOADING, STOPPING, WATCHDOG).
 //! - [`lanes`]: the router's threads, one single-threaded runtime each.
 //! - [`router`]: listeners, hyper connections, host and mount routing, access log.
 //! - [`docroot`]: resolving request paths beneath a document root (openat2), for every runtime.
@@ -41,6 +42,7 @@ pub mod docroot;
 pub mod isolation;
 pub mod lanes;
 pub mod metrics;
+pub mod notify;
 pub mod privsep;
 pub mod router;
 pub mod runtime;

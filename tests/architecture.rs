@@ -184,6 +184,7 @@ const LAYERS: &[&[&str]] = &[
         "isolation",
         "lanes",
         "metrics",
+        "notify",
     ],
     // Process groups, leases: below every runtime.
     &["supervisor"],

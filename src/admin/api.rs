@@ -8,6 +8,7 @@
 //! | GET | `/v1/sites/{name}` | [`SiteStatus`](crate::app::status::SiteStatus), 404 |
 //! | POST | `/v1/reload` | [`ReloadReport`](crate::app::ReloadReport), 422 [`ErrorBody`] with `errors` |
 //! | POST | `/v1/sites/{name}/restart`, `/stop`, `/start` | [`ActionDone`], 404 |
+//! | POST | `/v1/logs/reopen` | [`LogsReopened`](crate::app::LogsReopened), 503 |
 //! | GET | `/metrics` | Prometheus text |
 //!
 //! Every error is an [`ErrorBody`] whose message says what to do next.
@@ -141,18 +142,24 @@ pub async fn handle<B>(req: Request<B>, server: &Server, access: &Access, scope:
             Ok(report) => json(StatusCode::OK, &report),
             Err(e) => control_error(e),
         },
+        (["v1", "logs", "reopen"], &Method::POST) => match server.reopen_logs().await {
+            Ok(done) => json(StatusCode::OK, &done),
+            Err(e) => control_error(e),
+        },
         (["v1", "sites", name, action @ ("restart" | "stop" | "start")], &Method::POST) => {
             site_action(server, name, action).await
         }
         (["metrics"] | ["v1", "status"] | ["v1", "sites", _], _) => not_allowed("GET"),
-        (["v1", "reload"] | ["v1", "sites", _, "restart" | "stop" | "start"], _) => {
+        (["v1", "reload"]
+        | ["v1", "logs", "reopen"]
+        | ["v1", "sites", _, "restart" | "stop" | "start"], _) => {
             not_allowed("POST")
         }
         _ => error(
             StatusCode::NOT_FOUND,
             format!(
                 "no endpoint {method} {path:?}; the API has GET /v1/status, GET /v1/sites/NAME, \
-                 POST /v1/reload, POST /v1/sites/NAME/restart|stop|start, GET /metrics \
+                 POST /v1/reload, POST /v1/logs/reopen, POST /v1/sites/NAME/restart|stop|start, GET /metrics \
                  (see docs/admin-api.md)"
             ),
         ),
@@ -203,6 +210,10 @@ fn control_error(e: ControlError) -> Resp {
         ControlError::NoSuchSite(name) => error(
             StatusCode::NOT_FOUND,
             format!("no site named {name:?}; `polyhost status` lists the sites"),
+        ),
+        e @ ControlError::RouterSilent(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{e}; it may be restarting: try again (the supervisor restarts it on the same listeners)"),
         ),
         ControlError::ShuttingDown => error(
             StatusCode::SERVICE_UNAVAILABLE,

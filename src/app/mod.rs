@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, ConfigErrors};
 
 pub use reload::ReloadReport;
-pub use server::{ControlError, Server};
+pub use server::{ControlError, LogsReopened, Server};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {

@@ -174,6 +174,10 @@ pub struct RunsAs {
     pub gid: u32,
 }
 
+/// How long a log reopening waits for the router's answer (it writes what
+/// every active log holds first).
+pub const REOPEN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Where the server publishes what the router must serve.
 pub trait RouterLink: Send + Sync + 'static {
     /// Tells the router to serve `desired`. Resolves once the router said
@@ -185,6 +189,11 @@ pub trait RouterLink: Send + Sync + 'static {
     /// The router's counters, for status and `/metrics`; `None` when the
     /// router does not answer within a bounded wait (down, restarting).
     fn stats(&self) -> BoxFuture<'_, Option<StatsReply>>;
+
+    /// Tells the router to reopen every site log (log rotation) and waits
+    /// for its answer: true once it said every log was reopened; false when
+    /// no router is connected or it does not answer within a bounded wait.
+    fn reopen_logs(&self) -> BoxFuture<'_, bool>;
 }
 
 /// The router's counters.

@@ -36,6 +36,9 @@ pub enum ControlError {
     NotReady(Vec<SiteNotReady>),
     #[error("no site named {0:?}")]
     NoSuchSite(String),
+    /// The router process did not say it reopened the site logs.
+    #[error("the router process did not confirm that it reopened the site logs within {0:?}")]
+    RouterSilent(Duration),
     /// polyhost is stopping; nothing more is started.
     #[error("polyhost is shutting down")]
     ShuttingDown,
@@ -47,6 +50,15 @@ struct State {
     /// Set by [`Server::shutdown`]: control operations are refused from then
     /// on, so nothing is started after the sites were stopped.
     stopped: bool,
+}
+
+/// What [`Server::reopen_logs`] did.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct LogsReopened {
+    /// Sites whose access and error logs were reopened.
+    pub sites: usize,
+    /// php-fpm masters sent SIGUSR1.
+    pub php_masters: usize,
 }
 
 pub struct Server {
@@ -204,19 +216,37 @@ impl Server {
     }
 
     /// Re-reads the configuration and applies the difference (see the module doc).
+    /// The service manager is told `RELOADING=1` before and `READY=1`
+    /// after, whether the reload was accepted or refused (`crate::notify`).
     pub async fn reload(&self) -> Result<ReloadReport, ControlError> {
+        crate::notify::reloading();
         let result = self.reload_inner().await;
-        match &result {
+        let last = match &result {
             Ok(r) => {
                 self.reloads.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(added = ?r.added, removed = ?r.removed, restarted = ?r.restarted, rerouted = ?r.rerouted, unchanged = r.unchanged, "reloaded");
+                "reloaded"
             }
             Err(e) => {
                 self.reloads_failed.fetch_add(1, Ordering::Relaxed);
                 tracing::error!("reload refused; the running configuration is unchanged:\n{e}");
+                "reload refused, the running configuration is unchanged"
             }
-        }
+        };
+        crate::notify::ready(&format!("{}; {last}", self.summary()));
         result
+    }
+
+    /// One line for the service manager's status (`STATUS=`): the sites
+    /// served and how many run processes now.
+    pub fn summary(&self) -> String {
+        let published = self.published.load();
+        let running = published.values().filter(|s| s.is_running()).count();
+        let stopped = published.values().filter(|s| s.is_stopped()).count();
+        format!(
+            "serving {} site(s): {running} with processes running, {stopped} stopped by the operator",
+            published.len()
+        )
     }
 
     async fn reload_inner(&self) -> Result<ReloadReport, ControlError> {
@@ -264,6 +294,47 @@ impl Server {
         apply::hand_over_logs(&state.sites, &prepared.fresh, &self.supervisor);
         apply::retire(old, &state.sites, &self.supervisor);
         Ok(())
+    }
+
+    /// Log rotation: makes every site's log files again where they were
+    /// moved away, has every process that writes them (this one, the
+    /// router process) write what it holds to the files it has open and
+    /// close them, so the next line opens the path, and sends SIGUSR1 to
+    /// every php-fpm master (which reopens its own log). Returns once the
+    /// router said it is done: from then on no line goes to a renamed file.
+    pub async fn reopen_logs(&self) -> Result<LogsReopened, ControlError> {
+        // Under the control lock: no reload swaps the sites meanwhile.
+        let _state = self.lock_running().await?;
+        let published = self.published.load();
+        for site in published.values() {
+            if let Err(e) = site.logs().recreate() {
+                tracing::warn!(site = %site.config().name, error = %e, "cannot make the site's log files again");
+            }
+        }
+        crate::router::reopen_logs();
+        if let Some(router) = self.router.get() {
+            if !router.reopen_logs().await {
+                return Err(ControlError::RouterSilent(
+                    super::router_link::REOPEN_TIMEOUT,
+                ));
+            }
+        }
+        let mut php_masters = 0;
+        for site in published.values() {
+            for group in site.runtimes().groups.iter().filter(|g| g.runtime == "php") {
+                php_masters += group.snapshot().pids.len();
+                group.signal_processes(nix::sys::signal::Signal::SIGUSR1);
+            }
+        }
+        tracing::info!(
+            sites = published.len(),
+            php_masters,
+            "reopened the site logs"
+        );
+        Ok(LogsReopened {
+            sites: published.len(),
+            php_masters,
+        })
     }
 
     /// Replaces every process of a site, new ones first (no request fails).

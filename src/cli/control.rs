@@ -12,7 +12,7 @@ use super::render;
 use crate::admin::api::{ActionDone, ErrorBody};
 use crate::admin::client::{self, Answer, ClientError};
 use crate::app::status::{ServerStatus, SiteStatus};
-use crate::app::ReloadReport;
+use crate::app::{LogsReopened, ReloadReport};
 use crate::config::SiteName;
 
 /// One admin command.
@@ -23,6 +23,8 @@ pub enum Action {
         json: bool,
     },
     Reload,
+    /// Reopen every site log (log rotation).
+    ReopenLogs,
     /// `restart`, `stop` or `start` a site.
     Site(&'static str, String),
 }
@@ -32,6 +34,7 @@ impl Action {
         match self {
             Action::Status { .. } => "status",
             Action::Reload => "reload",
+            Action::ReopenLogs => "reopen-logs",
             Action::Site(verb, _) => verb,
         }
     }
@@ -50,6 +53,11 @@ impl Action {
             ),
             // A reload waits for new generations to be ready (their startup timeouts).
             Action::Reload => (Method::POST, "/v1/reload".into(), Duration::from_secs(300)),
+            Action::ReopenLogs => (
+                Method::POST,
+                "/v1/logs/reopen".into(),
+                Duration::from_secs(30),
+            ),
             // A stop waits for in-flight requests to finish.
             Action::Site(verb, site) => (
                 Method::POST,
@@ -62,7 +70,7 @@ impl Action {
     fn site(&self) -> Option<&str> {
         match self {
             Action::Status { site, .. } => site.as_deref(),
-            Action::Reload => None,
+            Action::Reload | Action::ReopenLogs => None,
             Action::Site(_, site) => Some(site),
         }
     }
@@ -197,6 +205,13 @@ pub fn interpret(action: &Action, answer: Result<Answer, ClientError>) -> Outcom
             },
             Err(e) => unexpected(e),
         },
+        Action::ReopenLogs => match serde_json::from_str::<LogsReopened>(&text) {
+            Ok(r) => Outcome::ok(format!(
+                "reopened the logs of {} site(s); sent SIGUSR1 to {} php-fpm master(s)\n",
+                r.sites, r.php_masters
+            )),
+            Err(e) => unexpected(e),
+        },
         Action::Site(..) => match serde_json::from_str::<ActionDone>(&text) {
             Ok(done) => Outcome::ok(format!(
                 "{}: {}\n",
@@ -247,6 +262,20 @@ mod tests {
                 vhosts/x.toml: limits.memory: "12 potatoes" is not a size (e.g. "512M")
                 vhosts/y.toml: TOML parse error at line 1, column 5
                 polyhost reload: refused: the configuration is invalid; nothing changed and the running sites keep serving. Fix these and reload again
+            "#]],
+        );
+    }
+
+    #[test]
+    fn reopen_logs_says_what_it_did() {
+        check(
+            Action::ReopenLogs,
+            answer(200, r#"{"sites":3,"php_masters":1}"#),
+            expect![[r#"
+                exit 0
+                --- stdout
+                reopened the logs of 3 site(s); sent SIGUSR1 to 1 php-fpm master(s)
+                --- stderr
             "#]],
         );
     }

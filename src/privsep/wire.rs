@@ -38,6 +38,12 @@ pub enum ToRouter {
     /// The router's counters, for `polyhost status` and `/metrics`.
     /// Answered with [`ToSupervisor::Stats`] of the same `id`.
     StatsRequest { id: u64 },
+    /// Log rotation: write what every site log holds to the file held open,
+    /// close every log's descriptor (the next line opens the path, which the
+    /// supervisor made again before sending this). Answered with
+    /// [`ToSupervisor::LogsReopened`] of the same `id` once done: no line is
+    /// written to a file renamed away after that answer.
+    ReopenLogs { id: u64 },
     /// polyhost is stopping: stop accepting, let requests in flight finish
     /// within `server.shutdown_timeout`, exit 0.
     Shutdown,
@@ -100,6 +106,8 @@ pub enum ToSupervisor {
     Drained { group: GroupKey, endpoint: u64 },
     /// The answer to [`ToRouter::StatsRequest`].
     Stats(StatsReply),
+    /// The answer to [`ToRouter::ReopenLogs`].
+    LogsReopened { id: u64 },
 }
 
 /// A group's use by the router.

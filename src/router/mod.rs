@@ -33,7 +33,9 @@ pub mod tls;
 mod tunnel;
 pub mod vhost;
 
-pub use access_log::{flush_logs, prepare_log_dir, retire_other_logs, set_log_owner, SiteLogs};
+pub use access_log::{
+    flush_logs, prepare_log_dir, reopen_logs, retire_other_logs, set_log_owner, SiteLogs,
+};
 pub use mount::MountTable;
 pub use server::Listeners;
 pub use table::{RoutingTable, SharedTable, SiteRoute, SiteStats};

@@ -76,12 +76,28 @@ fn have_note(have: &[PythonVersion]) -> String {
     format!("workers exist for Python {}", list.join(", "))
 }
 
-/// The directory of the running `polyhost`, where its workers are.
+/// Where the running `polyhost`'s workers are: its own directory, or where
+/// the Debian package puts them beside a `bin/` (`/usr/bin/polyhost` →
+/// `/usr/lib/polyhost/`) when no `polyhost-python` is next to it.
 pub fn workers_dir() -> PathBuf {
-    std::env::current_exe()
+    match std::env::current_exe()
         .ok()
         .and_then(|exe| exe.parent().map(Path::to_path_buf))
-        .unwrap_or_else(|| PathBuf::from("/usr/local/bin"))
+    {
+        Some(dir) => workers_beside(&dir, |p| p.exists()),
+        None => PathBuf::from("/usr/lib/polyhost"),
+    }
+}
+
+/// The workers' directory for a `polyhost` in `dir` (see [`workers_dir`]):
+/// `dir` itself unless only the packaged place has a worker (then `dir`,
+/// which `check` reports missing, when neither has one).
+fn workers_beside(dir: &Path, exists: impl Fn(&Path) -> bool) -> PathBuf {
+    let packaged = dir.parent().map(|prefix| prefix.join("lib/polyhost"));
+    match packaged {
+        Some(lib) if !exists(&dir.join(WORKER)) && exists(&lib.join(WORKER)) => lib,
+        _ => dir.to_path_buf(),
+    }
 }
 
 /// The worker for `site`'s `config`, from the workers next to polyhost.
@@ -200,6 +216,20 @@ mod tests {
             env: Default::default(),
             interface: crate::config::PythonInterface::Wsgi,
         }
+    }
+
+    #[test]
+    fn the_workers_are_next_to_polyhost_or_where_the_package_puts_them() {
+        let bin = Path::new("/usr/bin");
+        let only_packaged = |p: &Path| p == Path::new("/usr/lib/polyhost/polyhost-python");
+        assert_eq!(workers_beside(bin, only_packaged), Path::new("/usr/lib/polyhost"));
+        let dev = Path::new("/src/target/release");
+        assert_eq!(workers_beside(dev, |_| true), dev);
+        assert_eq!(
+            workers_beside(dev, |_| false),
+            dev,
+            "missing everywhere: next to polyhost, which check reports"
+        );
     }
 
     #[test]

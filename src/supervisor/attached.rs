@@ -428,8 +428,8 @@ async fn forward(
                 let _ = done.send(());
                 continue;
             }
-            // A rolling restart is the supervisor's (admin API).
-            Cmd::RestartAll => continue,
+            // A rolling restart, signals: the supervisor's (admin API).
+            Cmd::RestartAll | Cmd::Signal(_) => continue,
         };
         if requests.send(request).is_err() {
             return;

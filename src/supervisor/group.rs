@@ -236,6 +236,7 @@ impl Actor {
                     Some(Cmd::Start) => self.start(),
                     Some(Cmd::Recycle { endpoint, reason }) => self.recycle(endpoint, &reason),
                     Some(Cmd::RestartAll) => self.restart_all(),
+                    Some(Cmd::Signal(signal)) => self.signal_processes(signal),
                     Some(Cmd::Stop(reply)) => {
                         self.stop_all(&mut events).await;
                         let _ = reply.send(());

@@ -155,6 +155,12 @@ impl GroupHandle {
         let _ = self.tx.send(Cmd::RestartAll);
     }
 
+    /// Sends `signal` to each of its processes (their leaders) that is not
+    /// being stopped.
+    pub fn signal_processes(&self, signal: nix::sys::signal::Signal) {
+        let _ = self.tx.send(Cmd::Signal(signal));
+    }
+
     /// The group's published snapshots, as they change (the privilege-
     /// separated supervisor forwards them to the router process).
     pub fn watch_snapshot(&self) -> watch::Receiver<Arc<Snapshot>> {

@@ -24,8 +24,14 @@ pub const STOP_GRACE: Duration = Duration::from_secs(10);
 /// Asked of the actor by its handle and by leases.
 pub(super) enum Cmd {
     Start,
-    Recycle { endpoint: u64, reason: String },
+    Recycle {
+        endpoint: u64,
+        reason: String,
+    },
     RestartAll,
+    /// Sends a signal to each process it started that is not stopping
+    /// (its leader only: php-fpm's master, never its children).
+    Signal(nix::sys::signal::Signal),
     Stop(oneshot::Sender<()>),
 }
 

@@ -14,6 +14,7 @@
 //!          (a complete Desired: the same, from it)
 //!          Group → the attached group's snapshot (supervisor::attached)
 //!          StatsRequest → Stats
+//!          ReopenLogs → every site log's lines written, descriptors closed → LogsReopened
 //!          every 10 ms while an unpublished process has leases: Drained once it has none
 //!          every 250 ms: Usage of the groups used since the last one
 //!          a request's Start / Recycle → forwarded as they come
@@ -276,6 +277,10 @@ async fn first_desired(
                     metrics: String::new(),
                 }));
             }
+            Some(ToRouter::ReopenLogs { id }) => {
+                crate::router::reopen_logs();
+                let _ = out.send(ToSupervisor::LogsReopened { id });
+            }
             Some(ToRouter::Shutdown) => return Ok(Err(Ended::Shutdown)),
             None => return Ok(Err(Ended::SupervisorGone)),
         }
@@ -336,6 +341,15 @@ async fn read_link(
                     sites: state.counters(),
                     metrics: state.metrics(),
                 }));
+            }
+            ToRouter::ReopenLogs { id } => {
+                // Writes to files: off the async threads, answered after.
+                let out = out.clone();
+                tokio::task::spawn_blocking(move || {
+                    crate::router::reopen_logs();
+                    tracing::info!("reopened the site logs");
+                    let _ = out.send(ToSupervisor::LogsReopened { id });
+                });
             }
             ToRouter::Shutdown => {
                 tracing::info!("the supervisor asks to stop; letting in-flight requests finish");

@@ -19,7 +19,7 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::app::router_link::{Desired, RouterLink, StatsReply};
+use crate::app::router_link::{Desired, RouterLink, StatsReply, REOPEN_TIMEOUT};
 use crate::app::Server;
 use crate::privsep::wire::{GroupKey, ToRouter, ToSupervisor};
 use crate::supervisor::{Endpoint, GroupHandle};
@@ -39,6 +39,9 @@ struct RouterState {
     connected: bool,
     /// The highest `Applied` version this router answered.
     applied: u64,
+    /// This router said `Applied` at least once: it serves (the first
+    /// state may be version 0).
+    serves: bool,
 }
 
 /// The router link: shared by the [`Server`] (as its [`RouterLink`]), the
@@ -56,6 +59,8 @@ pub struct Link {
 struct Stats {
     next: u64,
     waiting: BTreeMap<u64, oneshot::Sender<StatsReply>>,
+    /// Log reopenings asked of the router, by id (the same counter).
+    reopening: BTreeMap<u64, oneshot::Sender<()>>,
 }
 
 pub(super) struct Inner {
@@ -97,6 +102,7 @@ impl Link {
                 epoch: 0,
                 connected: false,
                 applied: 0,
+                serves: false,
             }),
             stats: Mutex::new(Stats::default()),
         })
@@ -123,6 +129,7 @@ impl Link {
             s.epoch += 1;
             s.connected = true;
             s.applied = 0;
+            s.serves = false;
         });
         self.register(&mut inner, server.published_groups());
         let keys: Vec<GroupKey> = inner.groups.keys().cloned().collect();
@@ -192,8 +199,9 @@ impl Link {
             }
             ToSupervisor::Applied { version } => {
                 self.state.send_if_modified(|s| {
-                    let newer = version > s.applied;
+                    let newer = version > s.applied || !s.serves;
                     s.applied = s.applied.max(version);
+                    s.serves = true;
                     newer
                 });
             }
@@ -247,6 +255,17 @@ impl Link {
                     let _ = tx.send(reply);
                 }
             }
+            ToSupervisor::LogsReopened { id } => {
+                let waiting = self
+                    .stats
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .reopening
+                    .remove(&id);
+                if let Some(tx) = waiting {
+                    let _ = tx.send(());
+                }
+            }
         }
     }
 
@@ -267,6 +286,13 @@ impl Link {
         }
         drop(inner);
         self.state.send_modify(|s| s.connected = false);
+    }
+
+    /// Resolves once a router is connected and serves a published state
+    /// (it said `Applied`): polyhost is ready.
+    pub async fn serving(&self) {
+        let mut state = self.state.subscribe();
+        let _ = state.wait_for(|s| s.connected && s.serves).await;
     }
 
     /// Whether a router is connected now (for tests and status).
@@ -357,6 +383,28 @@ impl RouterLink for Link {
             let reply = tokio::time::timeout(STATS_TIMEOUT, rx).await;
             self.forget_stats(id);
             reply.ok()?.ok()
+        })
+    }
+
+    fn reopen_logs(&self) -> BoxFuture<'_, bool> {
+        Box::pin(async move {
+            let (tx, rx) = oneshot::channel();
+            let id = {
+                let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+                stats.next += 1;
+                let id = stats.next;
+                stats.reopening.insert(id, tx);
+                id
+            };
+            let sent = self.lock().send(ToRouter::ReopenLogs { id });
+            let answered =
+                sent && matches!(tokio::time::timeout(REOPEN_TIMEOUT, rx).await, Ok(Ok(())));
+            self.stats
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .reopening
+                .remove(&id);
+            answered
         })
     }
 }

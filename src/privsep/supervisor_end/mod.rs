@@ -91,6 +91,14 @@ pub async fn serve_split(
     server.set_router_link(link.clone());
     let admin = crate::admin::serve(admin, server.clone(), shutdown.clone());
     on_start(&server);
+    // Ready for the service manager once the router serves the sites.
+    let ready = tokio::spawn({
+        let (link, server) = (link.clone(), server.clone());
+        async move {
+            link.serving().await;
+            crate::notify::ready(&server.summary());
+        }
+    });
     let keeper = match Keeper::new(
         link.clone(),
         user,
@@ -105,6 +113,7 @@ pub async fn serve_split(
         }
     };
     keeper.run(shutdown.clone()).await;
+    ready.abort();
     link.close();
     server.shutdown().await;
     // What the supervisor itself wrote to sites' error logs.

@@ -32,6 +32,10 @@ pub(super) const CLOSE_TICKS: u32 = (CLOSE_AFTER.as_millis() / FLUSH_EVERY.as_mi
 /// The active logs.
 static ACTIVE: Mutex<Vec<Weak<LogFile>>> = Mutex::new(Vec::new());
 
+/// Held by a tick and by [`reopen_all`]: a tick takes the list out while it
+/// visits it, and a reopen must see every active log.
+static VISIT: Mutex<()> = Mutex::new(());
+
 /// Hands a log that just became active to the flusher (its thread is
 /// started on first use).
 pub(super) fn activate(log: Weak<LogFile>) {
@@ -53,6 +57,7 @@ pub(super) fn activate(log: Weak<LogFile>) {
 /// One round: every active log writes what it holds; those that are done
 /// (closed after [`CLOSE_AFTER`], or dropped) leave the list.
 fn tick() {
+    let _visit = VISIT.lock().unwrap_or_else(|p| p.into_inner());
     let logs = std::mem::take(&mut *ACTIVE.lock().unwrap_or_else(|p| p.into_inner()));
     let still: Vec<Weak<LogFile>> = logs
         .into_iter()
@@ -70,5 +75,18 @@ pub fn flush_all() {
     let logs: Vec<Weak<LogFile>> = ACTIVE.lock().unwrap_or_else(|p| p.into_inner()).clone();
     for log in logs.iter().filter_map(Weak::upgrade) {
         log.flush();
+    }
+}
+
+/// Writes every active log's pending lines to the file its descriptor
+/// names, then closes that descriptor: the next line opens the log again by
+/// its path (log rotation: the file renamed away keeps every line written
+/// before this returns, the file at the path gets every later one). A log
+/// without a descriptor has nothing to do: its next line opens the path.
+pub fn reopen_all() {
+    let _visit = VISIT.lock().unwrap_or_else(|p| p.into_inner());
+    let logs: Vec<Weak<LogFile>> = ACTIVE.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    for log in logs.iter().filter_map(Weak::upgrade) {
+        log.reopen();
     }
 }

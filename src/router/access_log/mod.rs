@@ -6,7 +6,9 @@
 //!   ([`prepare_log_dir`]) and removed sites' files ([`retire_other_logs`]).
 //! - `flusher`: the one thread that writes every log's pending lines twice a
 //!   second and closes a log's descriptor after `CLOSE_AFTER` (15 s) without
-//!   a line ([`flush_logs`] at shutdown).
+//!   a line ([`flush_logs`] at shutdown; [`reopen_logs`] for log rotation:
+//!   pending lines to the file held, then every descriptor closed, so the
+//!   next line opens the path afresh).
 //! - `line`: what a request's access log line records ([`LogFacts`], taken
 //!   from the request before it moves on) and its format ([`write_combined`]).
 //!   The line is written when the response body is done, by
@@ -27,7 +29,9 @@ mod flusher;
 mod line;
 
 pub use file::{prepare_log_dir, retire_other_logs, set_log_owner, LogFile, LOG_FILE_MODE};
-pub use flusher::{flush_all as flush_logs, CLOSE_AFTER as LOG_CLOSE_AFTER};
+pub use flusher::{
+    flush_all as flush_logs, reopen_all as reopen_logs, CLOSE_AFTER as LOG_CLOSE_AFTER,
+};
 pub(crate) use line::LogFacts;
 pub use line::{write_combined, AccessRecord};
 
@@ -79,6 +83,13 @@ impl SiteLogs {
     pub fn give_to_group(&self, group: Option<u32>) -> std::io::Result<()> {
         self.access.give_to_group(group)?;
         self.error.give_to_group(group)
+    }
+
+    /// Makes both files again where log rotation moved them away
+    /// ([`LogFile::recreate`]).
+    pub fn recreate(&self) -> std::io::Result<()> {
+        self.access.recreate()?;
+        self.error.recreate()
     }
 
     /// Writes a line a runtime reported (e.g. PHP's stderr) to the error log.

@@ -187,6 +187,18 @@ impl Actor {
     /// A restart: start-new-then-stop-old, or stop-old-then-start-new when
     /// the site's process limit has no room for both (a fork bomb at the
     /// limit would otherwise keep the old processes forever).
+    /// Sends `signal` to the leader of every process not being stopped
+    /// (php-fpm reopens its logs on SIGUSR1). A process is ours until its
+    /// end is reported here, so its pid names no other process.
+    pub(super) fn signal_processes(&self, signal: nix::sys::signal::Signal) {
+        for p in self.procs.values().filter(|p| !p.stopping) {
+            let pid = nix::unistd::Pid::from_raw(p.endpoint.pid);
+            if let Err(e) = nix::sys::signal::kill(pid, signal) {
+                tracing::warn!(site = self.site(), pid = p.endpoint.pid, %signal, error = %e, "cannot signal a site process");
+            }
+        }
+    }
+
     pub(super) fn restart_all(&mut self) {
         self.trackers.iter_mut().for_each(RestartTracker::reset);
         match self.state {
