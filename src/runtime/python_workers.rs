@@ -222,7 +222,10 @@ mod tests {
     fn the_workers_are_next_to_polyhost_or_where_the_package_puts_them() {
         let bin = Path::new("/usr/bin");
         let only_packaged = |p: &Path| p == Path::new("/usr/lib/polyhost/polyhost-python");
-        assert_eq!(workers_beside(bin, only_packaged), Path::new("/usr/lib/polyhost"));
+        assert_eq!(
+            workers_beside(bin, only_packaged),
+            Path::new("/usr/lib/polyhost")
+        );
         let dev = Path::new("/src/target/release");
         assert_eq!(workers_beside(dev, |_| true), dev);
         assert_eq!(
