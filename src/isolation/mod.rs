@@ -39,6 +39,7 @@ pub mod reap;
 pub mod router_process;
 pub mod sealed;
 pub mod spawn;
+pub mod successor;
 mod step_report;
 pub mod unread;
 mod userdb;

@@ -69,7 +69,11 @@ impl Spawner for Isolated {
         let runtime = spec.launcher.runtime();
         let socket = spec
             .socket_dir
-            .join(format!("{runtime}-{}-{id}.sock", spec.generation));
+            .join(format!(
+                "{runtime}-{}{}-{id}.sock",
+                crate::supervisor::instance::current().socket_tag(),
+                spec.generation
+            ));
         let listen = spec.launcher.listen();
         let listener = crate::supervisor::sockets::bind(&socket, &listen)
             .map_err(|e| format!("cannot bind {}: {e}", socket.display()))?;
