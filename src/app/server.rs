@@ -183,6 +183,13 @@ impl Server {
         }
     }
 
+    /// After a successor failed and was stopped: whatever it left in its
+    /// site cgroups is killed and the cgroups removed (`supervisor::instance`).
+    pub fn remove_successor_leftovers(&self) {
+        let other = crate::supervisor::instance::current().other();
+        self.supervisor.remove_cgroups_of(other);
+    }
+
     /// What the router must serve now: the sites last published, each with
     /// its generation and whether it is stopped. For a router that starts
     /// (or restarts) between publications.

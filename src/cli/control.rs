@@ -12,6 +12,7 @@ use super::render;
 use crate::admin::api::{ActionDone, ErrorBody};
 use crate::admin::client::{self, Answer, ClientError};
 use crate::app::status::{ServerStatus, SiteStatus};
+use crate::app::upgrade::Upgraded;
 use crate::app::{LogsReopened, ReloadReport};
 use crate::config::SiteName;
 
@@ -27,6 +28,8 @@ pub enum Action {
     ReopenLogs,
     /// `restart`, `stop` or `start` a site.
     Site(&'static str, String),
+    /// Replace the running binary (seconds the new one may take).
+    Upgrade { timeout: u64 },
 }
 
 impl Action {
@@ -36,6 +39,7 @@ impl Action {
             Action::Reload => "reload",
             Action::ReopenLogs => "reopen-logs",
             Action::Site(verb, _) => verb,
+            Action::Upgrade { .. } => "upgrade",
         }
     }
 
@@ -58,6 +62,12 @@ impl Action {
                 "/v1/logs/reopen".into(),
                 Duration::from_secs(30),
             ),
+            // The new binary's start, then its stop when it failed.
+            Action::Upgrade { timeout } => (
+                Method::POST,
+                format!("/v1/upgrade?timeout={timeout}"),
+                Duration::from_secs(timeout.saturating_mul(2).saturating_add(60)),
+            ),
             // A stop waits for in-flight requests to finish.
             Action::Site(verb, site) => (
                 Method::POST,
@@ -70,7 +80,7 @@ impl Action {
     fn site(&self) -> Option<&str> {
         match self {
             Action::Status { site, .. } => site.as_deref(),
-            Action::Reload | Action::ReopenLogs => None,
+            Action::Reload | Action::ReopenLogs | Action::Upgrade { .. } => None,
             Action::Site(_, site) => Some(site),
         }
     }
@@ -209,6 +219,15 @@ pub fn interpret(action: &Action, answer: Result<Answer, ClientError>) -> Outcom
             Ok(r) => Outcome::ok(format!(
                 "reopened the logs of {} site(s); sent SIGUSR1 to {} php-fpm master(s)\n",
                 r.sites, r.php_masters
+            )),
+            Err(e) => unexpected(e),
+        },
+        Action::Upgrade { .. } => match serde_json::from_str::<Upgraded>(&text) {
+            Ok(u) => Outcome::ok(format!(
+                "upgraded: {} (pid {}) serves; pid {} finishes its requests and exits\n",
+                render::clean(&u.binary),
+                u.new_pid,
+                u.old_pid
             )),
             Err(e) => unexpected(e),
         },

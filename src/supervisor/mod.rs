@@ -377,6 +377,14 @@ impl Supervisor {
         })
     }
 
+    /// Removes the site cgroups of `other` (a successor that failed and was
+    /// stopped, binary upgrade), killing what still runs in them.
+    pub fn remove_cgroups_of(&self, other: instance::Instance) {
+        if let Err(e) = self.cgroups.cleanup_stale_where(|n| other.owns_cgroup(n)) {
+            tracing::warn!(error = %e, "cannot remove the failed successor's cgroups");
+        }
+    }
+
     /// Removes polyhost's cgroups once every site has stopped.
     pub fn shutdown(&self) {
         if self.cgroups.is_available() && !instance::sole_owner() {
