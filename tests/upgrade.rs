@@ -192,7 +192,7 @@ async fn load_client(addr: SocketAddr, load: Arc<Load>, first: usize) {
     }
 }
 
-fn setup() -> (TestConfig, TestUser, PathBuf) {
+fn setup() -> (TestConfig, [TestUser; 2], PathBuf) {
     common::router_uid();
     let cfg = TestConfig::new();
     cfg.write(
@@ -214,7 +214,8 @@ fn setup() -> (TestConfig, TestUser, PathBuf) {
             user.name
         ),
     );
-    python_test_site(&cfg, "py", &user, "pyapp:application", "", "threads = 4");
+    let py_user = TestUser::new();
+    python_test_site(&cfg, "py", &py_user, "pyapp:application", "", "threads = 4");
     // The binary polyhost is started from: the test replaces it as a
     // package upgrade would.
     let program = cfg.path().join("bin/polyhost");
@@ -226,22 +227,26 @@ fn setup() -> (TestConfig, TestUser, PathBuf) {
     // A marker directory the site user may write into.
     let marks = cfg.path().join("marks");
     std::fs::create_dir_all(&marks).unwrap();
-    std::os::unix::fs::chown(&marks, Some(user.uid), Some(user.gid())).unwrap();
+    std::fs::create_dir_all(marks.join("py")).unwrap();
+    // PHP may write only beneath its root (open_basedir).
+    let php_marks = cfg.path().join("www/php/marks");
+    std::fs::create_dir_all(&php_marks).unwrap();
+    std::os::unix::fs::chown(&php_marks, Some(user.uid), Some(user.gid())).unwrap();
+    std::os::unix::fs::chown(marks.join("py"), Some(py_user.uid), Some(py_user.gid())).unwrap();
+    open_up(&marks);
     open_up(cfg.path());
     for dir in ["bin", "www", "apps"] {
         open_up(&cfg.path().join(dir));
     }
-    (cfg, user, program)
+    (cfg, [user, py_user], program)
 }
 
 async fn all_sites_serve(addr: SocketAddr, log: impl Fn() -> String) {
     for (host, path, want) in TARGETS {
-        let r = common::get(addr, host, path).await;
+        let r = get_retrying(&mut None, addr, host, path, &AtomicUsize::new(0)).await;
         assert!(
-            r.status == 200 && r.text().contains(want),
-            "{host}{path}: {} {:?}\nlog:\n{}",
-            r.status,
-            r.text(),
+            matches!(&r, Ok((200, body)) if body.contains(want)),
+            "{host}{path}: {r:?}\nlog:\n{}",
             log()
         );
     }
@@ -258,7 +263,7 @@ async fn a_broken_or_slow_binary_changes_nothing_and_a_real_one_takes_over_under
         nix::unistd::geteuid().is_root(),
         "this test runs polyhost split, as root"
     );
-    let (cfg, user, program) = setup();
+    let (cfg, users, program) = setup();
     let main = cfg.main();
     let bin = start(&program, &main).await;
     let addr = bin.addr;
@@ -292,7 +297,10 @@ async fn a_broken_or_slow_binary_changes_nothing_and_a_real_one_takes_over_under
     .await;
     assert!(alive(old_pid), "the old polyhost exited:\n{}", bin.log());
     all_sites_serve(addr, || bin.log()).await;
-    let py_before = common::get(addr, "py.test", "/").await.text();
+    let py_before = get_retrying(&mut None, addr, "py.test", "/", &AtomicUsize::new(0))
+        .await
+        .unwrap()
+        .1;
 
     // The real binary, under load.
     install(
@@ -313,6 +321,7 @@ async fn a_broken_or_slow_binary_changes_nothing_and_a_real_one_takes_over_under
     }
     // Long requests in flight on the old polyhost when it hands over.
     let marks = cfg.path().join("marks");
+    let php_mark = cfg.path().join("www/php/marks/m");
     let long = |host: &'static str, path: String| {
         tokio::spawn(async move {
             let mut conn = None;
@@ -321,16 +330,16 @@ async fn a_broken_or_slow_binary_changes_nothing_and_a_real_one_takes_over_under
     };
     let long_py = long(
         "py.test",
-        format!("/slow?s=4&mark={}", marks.join("py").display()),
+        format!("/slow?s=4&mark={}", marks.join("py/m").display()),
     );
     let long_php = long(
         "php.test",
-        format!("/slow.php?s=4&mark={}", marks.join("php").display()),
+        format!("/slow.php?s=4&mark={}", php_mark.display()),
     );
     wait_for(
         "both long requests to reach their apps",
         Duration::from_secs(20),
-        async || (marks.join("py").exists(), marks.join("php").exists()),
+        async || (marks.join("py/m").exists(), php_mark.exists()),
         |&(a, b)| a && b,
     )
     .await;
@@ -409,7 +418,10 @@ async fn a_broken_or_slow_binary_changes_nothing_and_a_real_one_takes_over_under
     // sockets, and the admin socket the old one left.
     assert!(alive(new), "{}", bin.log());
     all_sites_serve(addr, || bin.log()).await;
-    let py_after = common::get(addr, "py.test", "/").await.text();
+    let py_after = get_retrying(&mut None, addr, "py.test", "/", &AtomicUsize::new(0))
+        .await
+        .unwrap()
+        .1;
     assert_ne!(
         common::field(&py_before, "pid"),
         common::field(&py_after, "pid"),
@@ -443,7 +455,11 @@ async fn a_broken_or_slow_binary_changes_nothing_and_a_real_one_takes_over_under
     wait_for(
         "no process of the site user left",
         Duration::from_secs(20),
-        async || common::pids_of_uid(user.uid),
+        async || {
+            let mut pids = common::pids_of_uid(users[0].uid);
+            pids.extend(common::pids_of_uid(users[1].uid));
+            pids
+        },
         |p| p.is_empty(),
     )
     .await;

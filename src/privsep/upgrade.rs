@@ -46,6 +46,10 @@ use crate::supervisor::instance::{self, Instance};
 /// upgrade socket.
 pub const UPGRADE_ENV: &str = "POLYHOST_UPGRADE_FD";
 
+/// How long a new binary whose upgrade socket closed may take to exit
+/// before the failure is reported as the socket's (it is stopped anyway).
+const LINK_TO_EXIT: Duration = Duration::from_secs(2);
+
 /// The binary and arguments polyhost was started with.
 static STARTED_AS: OnceLock<(PathBuf, Vec<OsString>)> = OnceLock::new();
 
@@ -190,17 +194,23 @@ impl Handing {
             .map_err(|e| format!("cannot hand over the listeners: {e}"))?;
         ours.set_nonblocking(true).map_err(|e| e.to_string())?;
         let mut ours = tokio::net::UnixStream::from_std(ours).map_err(|e| e.to_string())?;
-        tokio::select! {
+        let exited = |status: std::io::Result<std::process::ExitStatus>| match status {
+            Ok(s) => format!("it exited ({s})"),
+            Err(e) => format!("waiting for it failed: {e}"),
+        };
+        let link_failed = tokio::select! {
             said = tokio::time::timeout(timeout, frame::read::<_, FromSuccessor>(&mut ours)) => match said {
-                Err(_) => Err(format!("it did not say it was ready within {timeout:?}")),
-                Ok(Ok(Some(FromSuccessor::Ready { pid }))) => Ok(pid),
-                Ok(Ok(None)) => Err("it closed the upgrade socket before it was ready".to_owned()),
-                Ok(Err(e)) => Err(format!("reading its answer failed: {e}")),
+                Err(_) => return Err(format!("it did not say it was ready within {timeout:?}")),
+                Ok(Ok(Some(FromSuccessor::Ready { pid }))) => return Ok(pid),
+                Ok(Ok(None)) => "it closed the upgrade socket before it was ready".to_owned(),
+                Ok(Err(e)) => format!("reading its answer failed: {e}"),
             },
-            status = child.wait() => Err(match status {
-                Ok(s) => format!("it exited ({s})"),
-                Err(e) => format!("waiting for it failed: {e}"),
-            }),
+            status = child.wait() => return Err(exited(status)),
+        };
+        // The socket closed: most likely because it exited; say so if it did.
+        match tokio::time::timeout(LINK_TO_EXIT, child.wait()).await {
+            Ok(status) => Err(exited(status)),
+            Err(_) => Err(link_failed),
         }
     }
 

@@ -87,8 +87,17 @@ pub fn took_over() -> bool {
 /// The predecessor's pid, while it runs.
 pub fn predecessor_running() -> Option<i32> {
     let pid = PREDECESSOR.load(Ordering::SeqCst);
-    (pid > 0 && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok())
-        .then_some(pid)
+    (pid > 0 && runs(pid)).then_some(pid)
+}
+
+/// Whether `pid` is a process that has not exited: a zombie (exited, its
+/// parent has not waited for it yet) does not count.
+fn runs(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        // `pid (comm) state ...`; comm may hold anything, the state follows the last `)`.
+        stat.rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X']))
+    })
 }
 
 /// The successor reported ready: from now on it serves, this one drains.
