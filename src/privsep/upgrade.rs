@@ -190,14 +190,11 @@ impl Handing {
             metrics: self.admin.metrics.is_some(),
         };
         let bytes = serde_json::to_vec(&handover).map_err(|e| e.to_string())?;
-        successor::send_with_fds(&ours, &bytes, &self.fds())
-            .map_err(|e| format!("cannot hand over the listeners: {e}"))?;
+        if let Err(e) = successor::send_with_fds(&ours, &bytes, &self.fds()) {
+            return Err(exit_or(child, format!("cannot hand over the listeners: {e}")).await);
+        }
         ours.set_nonblocking(true).map_err(|e| e.to_string())?;
         let mut ours = tokio::net::UnixStream::from_std(ours).map_err(|e| e.to_string())?;
-        let exited = |status: std::io::Result<std::process::ExitStatus>| match status {
-            Ok(s) => format!("it exited ({s})"),
-            Err(e) => format!("waiting for it failed: {e}"),
-        };
         let link_failed = tokio::select! {
             said = tokio::time::timeout(timeout, frame::read::<_, FromSuccessor>(&mut ours)) => match said {
                 Err(_) => return Err(format!("it did not say it was ready within {timeout:?}")),
@@ -207,11 +204,7 @@ impl Handing {
             },
             status = child.wait() => return Err(exited(status)),
         };
-        // The socket closed: most likely because it exited; say so if it did.
-        match tokio::time::timeout(LINK_TO_EXIT, child.wait()).await {
-            Ok(status) => Err(exited(status)),
-            Err(_) => Err(link_failed),
-        }
+        Err(exit_or(child, link_failed).await)
     }
 
     /// SIGTERM (its router lets what it accepted finish), then SIGKILL; then
@@ -230,6 +223,22 @@ impl Handing {
         if let Some(server) = self.server.upgrade() {
             server.remove_successor_leftovers();
         }
+    }
+}
+
+fn exited(status: std::io::Result<std::process::ExitStatus>) -> String {
+    match status {
+        Ok(s) => format!("it exited ({s})"),
+        Err(e) => format!("waiting for it failed: {e}"),
+    }
+}
+
+/// The upgrade socket failed: most likely because the new binary exited;
+/// says so if it did, else `why`.
+async fn exit_or(child: &mut successor::Successor, why: String) -> String {
+    match tokio::time::timeout(LINK_TO_EXIT, child.wait()).await {
+        Ok(status) => exited(status),
+        Err(_) => why,
     }
 }
 
