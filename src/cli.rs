@@ -1,5 +1,7 @@
 //! The command line: `serve`, `check`, and the admin commands (`status`,
-//! `reload`, `restart`, `stop`, `start`, `upgrade`) that are clients of the admin API.
+//! `reload`, `reopen-logs`, `restart`, `stop`, `start`, `upgrade`) that are
+//! clients of the admin API; `generate` writes the man page and completions
+//! (packaging).
 //! Parses arguments, sets up logging and calls the library; exit codes are
 //! part of the contract with hosting panels and scripts:
 //!
@@ -28,9 +30,11 @@ use crate::config;
     about = "Hosting supervisor: PHP and Python sites behind one router"
 )]
 pub struct Cli {
-    /// Main configuration file.
-    #[arg(long, short, global = true, default_value = "polyhost.toml")]
-    pub config: PathBuf,
+    /// Main configuration file [default: ./polyhost.toml, or
+    /// /etc/polyhost/polyhost.toml where there is none in the current
+    /// directory (the Debian package's)].
+    #[arg(long, short, global = true)]
+    pub config: Option<PathBuf>,
     /// Admin socket to talk to (default: `[admin] socket` of --config).
     #[arg(long, global = true)]
     pub socket: Option<PathBuf>,
@@ -55,9 +59,6 @@ pub enum Command {
     /// Re-read the configuration and apply the difference; on any error
     /// nothing changes and every error is printed (exit 1).
     Reload,
-    /// Reopen every site's access and error log and php-fpm's logs (after
-    /// log rotation moved them away); SIGUSR1 does the same.
-    ReopenLogs,
     /// Replace a site's processes, new ones first (no request fails).
     Restart { site: String },
     /// Stop a site's processes; its requests get 503 until `start`.
@@ -71,18 +72,42 @@ pub enum Command {
         #[arg(long, default_value_t = 120)]
         timeout: u64,
     },
+    /// Reopen every site's access and error log and php-fpm's logs (after
+    /// log rotation moved them away); SIGUSR1 to polyhost does the same.
+    ReopenLogs,
+    /// Write the man page (polyhost.8) and shell completions (bash, zsh,
+    /// fish) into DIR: run when the Debian package is built.
+    #[command(hide = true)]
+    Generate { dir: PathBuf },
     /// The router process of a privilege-separated polyhost: started by
     /// `polyhost serve` (as root) as `router_user`, never by hand.
     #[command(hide = true)]
     Router,
 }
 
+/// The configuration file of the Debian package.
+pub const PACKAGED_CONFIG: &str = "/etc/polyhost/polyhost.toml";
+
+/// `--config`, or its default: `./polyhost.toml`, else the package's.
+fn config_path(given: Option<PathBuf>) -> PathBuf {
+    given.unwrap_or_else(|| {
+        let here = PathBuf::from("polyhost.toml");
+        if !here.exists() && Path::new(PACKAGED_CONFIG).exists() {
+            PathBuf::from(PACKAGED_CONFIG)
+        } else {
+            here
+        }
+    })
+}
+
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
+    let config = config_path(cli.config);
     let action = match cli.command {
-        Command::Check => return check(&cli.config),
-        Command::Serve => return serve(&cli.config),
+        Command::Check => return check(&config),
+        Command::Serve => return serve(&config),
         Command::Router => return router(),
+        Command::Generate { dir } => return generate(&dir),
         Command::Status { site, json } => control::Action::Status { site, json },
         Command::Reload => control::Action::Reload,
         Command::ReopenLogs => control::Action::ReopenLogs,
@@ -91,7 +116,39 @@ pub fn run() -> ExitCode {
         Command::Start { site } => control::Action::Site("start", site),
         Command::Upgrade { timeout } => control::Action::Upgrade { timeout },
     };
-    control::run(&cli.config, cli.socket.as_deref(), action)
+    control::run(&config, cli.socket.as_deref(), action)
+}
+
+/// `polyhost generate DIR`: `polyhost.8` (clap_mangen) and the completions
+/// `polyhost.bash`, `_polyhost` (zsh) and `polyhost.fish` (clap_complete),
+/// all made from the same clap definition as the binary's parsing.
+fn generate(dir: &Path) -> ExitCode {
+    match write_generated(dir) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!(
+                "polyhost generate: cannot write into {}: {e}",
+                dir.display()
+            );
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn write_generated(dir: &Path) -> std::io::Result<()> {
+    use clap::CommandFactory;
+    use clap_complete::Shell;
+    std::fs::create_dir_all(dir)?;
+    let cmd = Cli::command();
+    let mut man = Vec::new();
+    clap_mangen::Man::new(cmd.clone())
+        .section("8")
+        .render(&mut man)?;
+    std::fs::write(dir.join("polyhost.8"), man)?;
+    for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
+        clap_complete::generate_to(shell, &mut cmd.clone(), "polyhost", dir)?;
+    }
+    Ok(())
 }
 
 fn check(path: &Path) -> ExitCode {

@@ -55,12 +55,31 @@ impl PythonLauncher {
     }
 }
 
-/// `polyhost-python` next to the running `polyhost` binary.
+/// `polyhost-python` next to the running `polyhost` binary, or where the
+/// Debian package puts it beside a `bin/` (`/usr/bin/polyhost` →
+/// `/usr/lib/polyhost/polyhost-python`): the first that exists, else the
+/// one next to it (which `check` then reports missing).
 pub fn default_worker() -> PathBuf {
-    std::env::current_exe()
+    let Some(dir) = std::env::current_exe()
         .ok()
-        .and_then(|exe| exe.parent().map(|d| d.join("polyhost-python")))
-        .unwrap_or_else(|| PathBuf::from("/usr/local/bin/polyhost-python"))
+        .and_then(|exe| exe.parent().map(Path::to_path_buf))
+    else {
+        return PathBuf::from("/usr/lib/polyhost/polyhost-python");
+    };
+    worker_beside(&dir, |p| p.exists())
+}
+
+/// The worker for a `polyhost` in `dir` (see [`default_worker`]).
+fn worker_beside(dir: &Path, exists: impl Fn(&Path) -> bool) -> PathBuf {
+    let next_to = dir.join("polyhost-python");
+    let packaged = dir.join("../lib/polyhost/polyhost-python");
+    if !exists(&next_to) && exists(&packaged) {
+        // Named without `..`: it shows in status, check and the process list.
+        return dir.parent().map_or(packaged, |prefix| {
+            prefix.join("lib/polyhost/polyhost-python")
+        });
+    }
+    next_to
 }
 
 /// The ASGI flags of the worker's command line (`ASGI-CONTRACT`: only an
@@ -162,6 +181,26 @@ impl Launcher for PythonLauncher {
 mod tests {
     use super::*;
     use crate::config::{Lifespan, WebSocketConfig};
+
+    #[test]
+    fn the_worker_is_found_next_to_polyhost_or_where_the_package_puts_it() {
+        let bin = Path::new("/usr/bin");
+        let only_packaged = |p: &Path| p == Path::new("/usr/bin/../lib/polyhost/polyhost-python");
+        assert_eq!(
+            super::worker_beside(bin, only_packaged),
+            Path::new("/usr/lib/polyhost/polyhost-python")
+        );
+        let dev = Path::new("/src/target/release");
+        assert_eq!(
+            super::worker_beside(dev, |_| true),
+            Path::new("/src/target/release/polyhost-python")
+        );
+        assert_eq!(
+            super::worker_beside(dev, |_| false),
+            Path::new("/src/target/release/polyhost-python"),
+            "missing everywhere: the one next to polyhost, which check reports"
+        );
+    }
 
     #[test]
     fn asgi_flags_round_durations_up_to_whole_seconds() {

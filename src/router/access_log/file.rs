@@ -589,6 +589,27 @@ mod tests {
     }
 
     #[test]
+    fn a_reopen_ends_the_renamed_file_and_the_next_line_starts_a_new_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("shop.access.log");
+        let rotated = tmp.path().join("shop.access.log.1");
+        let log = LogFile::open(&path).unwrap();
+        log.line("one");
+        log.flush();
+        std::fs::rename(&path, &rotated).unwrap();
+        log.line("two");
+        log.recreate().unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "", "made again, empty");
+        log.reopen();
+        assert!(!log.is_open());
+        log.line("three");
+        log.flush();
+        assert_eq!(std::fs::read_to_string(&rotated).unwrap(), "one\ntwo\n");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "three\n");
+        assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o640);
+    }
+
+    #[test]
     fn a_group_given_while_closed_is_set_now_and_at_every_open() {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("shop.error.log");
