@@ -56,11 +56,13 @@ impl Successor {
 }
 
 /// Starts `program args` with `link` at [`SUCCESSOR_FD`], in a process
-/// group of its own (a signal to the predecessor's group is not its).
+/// group of its own (a signal to the predecessor's group is not its), with
+/// this process's environment plus `env`, minus `env_remove`.
 pub fn spawn_successor(
     program: &Path,
     args: &[OsString],
     env: &[(String, String)],
+    env_remove: &[&str],
     link: BorrowedFd<'_>,
 ) -> io::Result<Successor> {
     // A duplicate above the target, so that dup2 never overwrites a source.
@@ -74,6 +76,9 @@ pub fn spawn_successor(
     let dup = unsafe { OwnedFd::from_raw_fd(dup) };
     let source = dup.as_raw_fd();
     let mut cmd = tokio::process::Command::new(program);
+    for name in env_remove {
+        cmd.env_remove(name);
+    }
     cmd.args(args)
         .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())

@@ -142,7 +142,11 @@ impl Handing {
         };
         let (ours, theirs) = UnixStream::pair().map_err(|e| start_err(e.to_string()))?;
         let env = [(UPGRADE_ENV.to_owned(), SUCCESSOR_FD.to_string())];
-        let mut child = successor::spawn_successor(&program, &args, &env, theirs.as_fd())
+        // WATCHDOG_PID names this process: without it the new one pings
+        // the service manager's watchdog too (sd_notify(3)), and is heard
+        // once it is the main process (MAINPID=).
+        let mut child =
+            successor::spawn_successor(&program, &args, &env, &["WATCHDOG_PID"], theirs.as_fd())
             .map_err(|e| start_err(e.to_string()))?;
         drop(theirs);
         let pid = child.pid();
