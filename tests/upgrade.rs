@@ -57,8 +57,13 @@ fn install(path: &Path, content: &[u8]) {
 
 fn alive(pid: i32) -> bool {
     // A zombie has exited: its state is Z.
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        !s.rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z')
+    })
 }
 
 /// SIGKILLs a polyhost the test did not start itself (the new supervisor)
@@ -155,7 +160,9 @@ async fn get_retrying(
             Err(e) => return Err(format!("{host}{path}: {e}")),
         }
     }
-    Err(format!("{host}{path}: no response on a new connection either"))
+    Err(format!(
+        "{host}{path}: no response on a new connection either"
+    ))
 }
 
 #[derive(Default)]
@@ -274,7 +281,11 @@ async fn a_broken_or_slow_binary_changes_nothing_and_a_real_one_takes_over_under
     install(&program, b"#!/bin/sh\nexit 3\n");
     let (code, stdout, stderr) = cli(&main, &["upgrade", "--timeout", "60"]).await;
     assert_ne!(code, 0, "stdout: {stdout}\nstderr: {stderr}");
-    assert!(stderr.contains("it exited"), "{stderr}\nlog:\n{}", bin.log());
+    assert!(
+        stderr.contains("it exited"),
+        "{stderr}\nlog:\n{}",
+        bin.log()
+    );
     assert!(alive(old_pid), "the old polyhost exited:\n{}", bin.log());
     all_sites_serve(addr, || bin.log()).await;
 

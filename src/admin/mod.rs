@@ -143,7 +143,10 @@ impl Listeners {
     /// configuration's access rules. The predecessor's configuration bound
     /// them: a TCP listener the new configuration no longer names is closed,
     /// one it names anew is bound.
-    pub async fn inherited(config: &ServerConfig, fds: ListenerFds) -> Result<Listeners, AdminError> {
+    pub async fn inherited(
+        config: &ServerConfig,
+        fds: ListenerFds,
+    ) -> Result<Listeners, AdminError> {
         let path = &config.admin.socket;
         let io = |action: &'static str| {
             move |source| AdminError::Io {
@@ -153,8 +156,11 @@ impl Listeners {
             }
         };
         let std_unix = std::os::unix::net::UnixListener::from(fds.unix);
-        std_unix.set_nonblocking(true).map_err(io("cannot use the inherited socket"))?;
-        let unix = UnixListener::from_std(std_unix).map_err(io("cannot use the inherited socket"))?;
+        std_unix
+            .set_nonblocking(true)
+            .map_err(io("cannot use the inherited socket"))?;
+        let unix =
+            UnixListener::from_std(std_unix).map_err(io("cannot use the inherited socket"))?;
         let peers = PeerPolicy::new(socket::admin_group(&config.admin)?);
         let tcp_of = |fd: std::os::fd::OwnedFd| -> std::io::Result<TcpListener> {
             let l = std::net::TcpListener::from(fd);

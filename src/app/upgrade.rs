@@ -35,7 +35,9 @@ pub struct Upgraded {
 /// Why an upgrade did not happen; the old polyhost serves on, untouched.
 #[derive(Debug, thiserror::Error)]
 pub enum UpgradeError {
-    #[error("binary upgrades need polyhost serve run as root (privilege-separated); restart it instead")]
+    #[error(
+        "binary upgrades need polyhost serve run as root (privilege-separated); restart it instead"
+    )]
     Unsupported,
     #[error("an upgrade is under way already; wait for it to end")]
     Busy,

@@ -29,7 +29,9 @@ pub enum Action {
     /// `restart`, `stop` or `start` a site.
     Site(&'static str, String),
     /// Replace the running binary (seconds the new one may take).
-    Upgrade { timeout: u64 },
+    Upgrade {
+        timeout: u64,
+    },
 }
 
 impl Action {

@@ -39,8 +39,8 @@ pub mod reap;
 pub mod router_process;
 pub mod sealed;
 pub mod spawn;
-pub mod successor;
 mod step_report;
+pub mod successor;
 pub mod unread;
 mod userdb;
 

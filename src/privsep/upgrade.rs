@@ -147,7 +147,7 @@ impl Handing {
         // once it is the main process (MAINPID=).
         let mut child =
             successor::spawn_successor(&program, &args, &env, &["WATCHDOG_PID"], theirs.as_fd())
-            .map_err(|e| start_err(e.to_string()))?;
+                .map_err(|e| start_err(e.to_string()))?;
         drop(theirs);
         let pid = child.pid();
         tracing::info!(pid, binary = %binary, ?timeout, "upgrade: started the new binary; handing over the listeners");
@@ -155,9 +155,15 @@ impl Handing {
         match outcome {
             Ok(new_pid) => {
                 instance::set_handed_over();
-                let status = format!("upgraded: the new polyhost (pid {new_pid}) serves; pid {} drains and exits", std::process::id());
+                let status = format!(
+                    "upgraded: the new polyhost (pid {new_pid}) serves; pid {} drains and exits",
+                    std::process::id()
+                );
                 crate::notify::main_pid(new_pid, &status);
-                tracing::info!(new_pid, "upgrade: the new polyhost serves; this one stops accepting and drains");
+                tracing::info!(
+                    new_pid,
+                    "upgrade: the new polyhost serves; this one stops accepting and drains"
+                );
                 self.shutdown.cancel();
                 Ok(Upgraded {
                     old_pid: std::process::id(),
@@ -289,7 +295,10 @@ fn take(fd: &str) -> Result<Inherited, String> {
     }
     let mut fds = fds.into_iter();
     let mut tcp = |n: usize| -> Vec<std::net::TcpListener> {
-        fds.by_ref().take(n).map(std::net::TcpListener::from).collect()
+        fds.by_ref()
+            .take(n)
+            .map(std::net::TcpListener::from)
+            .collect()
     };
     let (http, https) = (tcp(h.http), tcp(h.https));
     let unix = fds.next().ok_or("no admin socket")?;
@@ -351,7 +360,9 @@ impl ReadyReport {
         };
         match sent.await {
             Ok(()) => tracing::info!("upgrade: told the predecessor this polyhost serves"),
-            Err(e) => tracing::error!(error = %e, "upgrade: cannot tell the predecessor this polyhost serves"),
+            Err(e) => {
+                tracing::error!(error = %e, "upgrade: cannot tell the predecessor this polyhost serves")
+            }
         }
     }
 }

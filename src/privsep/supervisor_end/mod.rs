@@ -102,7 +102,9 @@ pub async fn serve_split(
     server.set_router_link(link.clone());
     match super::upgrade::Handing::new(&server, &listeners, admin_fds, shutdown.clone()) {
         Ok(handing) => server.set_upgrader(Arc::new(handing)),
-        Err(e) => tracing::warn!(error = %e, "cannot keep the listeners for a binary upgrade; polyhost upgrade is refused"),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot keep the listeners for a binary upgrade; polyhost upgrade is refused")
+        }
     }
     let admin = crate::admin::serve(admin, server.clone(), shutdown.clone());
     on_start(&server);

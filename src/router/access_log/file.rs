@@ -599,7 +599,11 @@ mod tests {
         std::fs::rename(&path, &rotated).unwrap();
         log.line("two");
         log.recreate().unwrap();
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "", "made again, empty");
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "",
+            "made again, empty"
+        );
         log.reopen();
         assert!(!log.is_open());
         log.line("three");

@@ -67,13 +67,11 @@ impl Spawner for Isolated {
         events: &crate::supervisor::mailbox::Sender<Event>,
     ) -> Result<Started, String> {
         let runtime = spec.launcher.runtime();
-        let socket = spec
-            .socket_dir
-            .join(format!(
-                "{runtime}-{}{}-{id}.sock",
-                crate::supervisor::instance::current().socket_tag(),
-                spec.generation
-            ));
+        let socket = spec.socket_dir.join(format!(
+            "{runtime}-{}{}-{id}.sock",
+            crate::supervisor::instance::current().socket_tag(),
+            spec.generation
+        ));
         let listen = spec.launcher.listen();
         let listener = crate::supervisor::sockets::bind(&socket, &listen)
             .map_err(|e| format!("cannot bind {}: {e}", socket.display()))?;
