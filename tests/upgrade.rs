@@ -83,11 +83,12 @@ impl Drop for KillOnDrop {
 
 /// Starts `program serve --config main` (the copied binary) and waits for
 /// its listening line.
-async fn start(program: &Path, main: &Path) -> Binary {
+async fn start(program: &Path, main: &Path, notify: &Path) -> Binary {
     let mut child = tokio::process::Command::new(program)
         .arg("serve")
         .arg("--config")
         .arg(main)
+        .env("NOTIFY_SOCKET", notify)
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .kill_on_drop(true)
@@ -272,7 +273,11 @@ async fn a_broken_or_slow_binary_changes_nothing_and_a_real_one_takes_over_under
     );
     let (cfg, users, program) = setup();
     let main = cfg.main();
-    let bin = start(&program, &main).await;
+    // The service manager's socket: the main pid must follow the upgrade.
+    let notify_path = cfg.path().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify.set_nonblocking(true).unwrap();
+    let bin = start(&program, &main, &notify_path).await;
     let addr = bin.addr;
     let old_pid = bin.child.id().unwrap() as i32;
     all_sites_serve(addr, || bin.log()).await;
@@ -449,6 +454,49 @@ async fn a_broken_or_slow_binary_changes_nothing_and_a_real_one_takes_over_under
     let (code, stdout, stderr) = cli(&main, &["status"]).await;
     assert_eq!(code, 0, "{stdout}{stderr}");
 
+    let mut told = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = notify.recv(&mut buf) {
+        told.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert!(
+        told.iter()
+            .any(|m| m.lines().any(|l| l == format!("MAINPID={new}"))),
+        "no MAINPID={new} among {told:?}"
+    );
+
+    // And upgrades again (the next instance names things as the first did),
+    // after which the sockets in use are the plain ones.
+    let (code, stdout, stderr) = cli(&main, &["upgrade", "--timeout", "60"]).await;
+    assert_eq!(code, 0, "{stdout}{stderr}\nlog:\n{}", bin.log());
+    let third = pid_in(&stdout).expect("the third pid in the answer");
+    *new_pid.lock().unwrap() = Some(third);
+    wait_for(
+        "the second polyhost to exit",
+        Duration::from_secs(60),
+        async || alive(new),
+        |a| !a,
+    )
+    .await;
+    all_sites_serve(addr, || bin.log()).await;
+    let sockets = wait_for(
+        "only the third polyhost's runtime sockets",
+        Duration::from_secs(20),
+        async || -> Vec<String> {
+            std::fs::read_dir(cfg.path().join("state/sockets/py"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        },
+        |s| !s.is_empty() && s.iter().all(|s| !s.starts_with("python-b")),
+    )
+    .await;
+    assert!(
+        sockets.iter().all(|s| s.starts_with("python-")),
+        "{sockets:?}"
+    );
+    let new = third;
+
     // It stops as any polyhost does.
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(new),
@@ -478,4 +526,11 @@ async fn a_broken_or_slow_binary_changes_nothing_and_a_real_one_takes_over_under
         !cfg.path().join("state/admin.sock").exists(),
         "the last polyhost removes the admin socket"
     );
+    for site in ["php", "py"] {
+        let left: Vec<_> = std::fs::read_dir(cfg.path().join("state/sockets").join(site))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(left.is_empty(), "runtime sockets of {site} left: {left:?}");
+    }
 }
