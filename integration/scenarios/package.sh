@@ -59,7 +59,7 @@ for f in /etc/polyhost/polyhost.toml /lib/systemd/system/polyhost.service /etc/l
     [[ -f $f ]] || fail "$f missing"
 done
 [[ -d /etc/polyhost/vhosts && -d /etc/polyhost/conf.d ]] || fail "/etc/polyhost/vhosts or conf.d missing"
-[[ -z $(ls -A /etc/polyhost/vhosts /etc/polyhost/conf.d) ]] || fail "vhosts/ or conf.d/ not empty"
+[[ -z $(find /etc/polyhost/vhosts /etc/polyhost/conf.d -mindepth 1) ]] || fail "vhosts/ or conf.d/ not empty"
 [[ $(stat -c %a /var/log/polyhost) == 711 ]] || fail "/var/log/polyhost is not 0711"
 getent group polyhost-admin >/dev/null || fail "no group polyhost-admin"
 getent passwd polyhost >/dev/null || fail "no user polyhost"
