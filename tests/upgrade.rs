@@ -526,11 +526,6 @@ async fn a_broken_or_slow_binary_changes_nothing_and_a_real_one_takes_over_under
         !cfg.path().join("state/admin.sock").exists(),
         "the last polyhost removes the admin socket"
     );
-    for site in ["php", "py"] {
-        let left: Vec<_> = std::fs::read_dir(cfg.path().join("state/sockets").join(site))
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert!(left.is_empty(), "runtime sockets of {site} left: {left:?}");
-    }
+    // No runtime socket and no cgroup of any of the three left.
+    common::check_hygiene(&cfg.path().join("state"));
 }
