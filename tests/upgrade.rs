@@ -4,7 +4,8 @@
 //! ready) are stopped and the old polyhost serves on; a real one takes over
 //! under load (static, PHP and Python sites, kept-alive connections, long
 //! requests in flight) with no failed request, and the old one exits
-//! after its requests finished.
+//! after its requests finished; the service manager is told the new main
+//! pid; a second upgrade (SIGUSR2) goes back to the first instance's names.
 //!
 //! The load's clients behave as HTTP clients must (RFC 9112 §9.3.1): a
 //! kept-alive connection the server closed is replaced, and a GET whose
@@ -465,11 +466,29 @@ async fn a_broken_or_slow_binary_changes_nothing_and_a_real_one_takes_over_under
         "no MAINPID={new} among {told:?}"
     );
 
-    // And upgrades again (the next instance names things as the first did),
-    // after which the sockets in use are the plain ones.
-    let (code, stdout, stderr) = cli(&main, &["upgrade", "--timeout", "60"]).await;
-    assert_eq!(code, 0, "{stdout}{stderr}\nlog:\n{}", bin.log());
-    let third = pid_in(&stdout).expect("the third pid in the answer");
+    // And upgrades again on SIGUSR2 (the next instance names things as the
+    // first did), after which the sockets in use are the plain ones.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(new),
+        nix::sys::signal::Signal::SIGUSR2,
+    )
+    .unwrap();
+    let third = wait_for(
+        "MAINPID= of a third polyhost after SIGUSR2",
+        Duration::from_secs(60),
+        async || {
+            while let Ok(n) = notify.recv(&mut buf) {
+                told.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+            told.iter()
+                .flat_map(|m| m.lines())
+                .filter_map(|l| l.strip_prefix("MAINPID=")?.parse::<i32>().ok())
+                .find(|&p| p != new)
+        },
+        Option::is_some,
+    )
+    .await
+    .unwrap();
     *new_pid.lock().unwrap() = Some(third);
     wait_for(
         "the second polyhost to exit",
