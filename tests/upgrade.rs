@@ -3,7 +3,7 @@
 //! started from. A broken new binary (exits at once) and a slow one (never
 //! ready) are stopped and the old polyhost serves on; a real one takes over
 //! under load (static, PHP and Python sites, kept-alive connections, long
-//! requests in flight) with no failed request, and the old one exits
+//! requests and a WebSocket in flight) with no failed request, and the old one exits
 //! after its requests finished; the service manager is told the new main
 //! pid; a second upgrade (SIGUSR2) goes back to the first instance's names.
 //!
@@ -27,7 +27,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use common::{open_up, python_test_site, wait_for, Binary, TestConfig, TestUser};
+use common::{open_up, python_test_site, wait_for, ws, Binary, TestConfig, TestUser};
 
 /// Runs `polyhost --config main ARGS` (any build speaks the admin API) and
 /// returns (exit code, stdout, stderr).
@@ -201,7 +201,7 @@ async fn load_client(addr: SocketAddr, load: Arc<Load>, first: usize) {
     }
 }
 
-fn setup() -> (TestConfig, [TestUser; 2], PathBuf) {
+fn setup() -> (TestConfig, [TestUser; 3], PathBuf) {
     common::router_uid();
     let cfg = TestConfig::new();
     cfg.write(
@@ -225,6 +225,16 @@ fn setup() -> (TestConfig, [TestUser; 2], PathBuf) {
     );
     let py_user = TestUser::new();
     python_test_site(&cfg, "py", &py_user, "pyapp:application", "", "threads = 4");
+    let ws_user = TestUser::new();
+    cfg.write("apps/asgiapp.py", include_str!("apps/asgiapp.py"));
+    python_test_site(
+        &cfg,
+        "ws",
+        &ws_user,
+        "asgiapp:app",
+        "",
+        "interface = \"asgi\"",
+    );
     // The binary polyhost is started from: the test replaces it as a
     // package upgrade would.
     let program = cfg.path().join("bin/polyhost");
@@ -247,7 +257,7 @@ fn setup() -> (TestConfig, [TestUser; 2], PathBuf) {
     for dir in ["bin", "www", "apps"] {
         open_up(&cfg.path().join(dir));
     }
-    (cfg, [user, py_user], program)
+    (cfg, [user, py_user, ws_user], program)
 }
 
 async fn all_sites_serve(addr: SocketAddr, log: impl Fn() -> String) {
@@ -259,6 +269,12 @@ async fn all_sites_serve(addr: SocketAddr, log: impl Fn() -> String) {
             log()
         );
     }
+}
+
+async fn echo(socket: &mut ws::Upgraded, text: &str) {
+    socket.send_frame(1, text.as_bytes()).await;
+    let (op, payload) = socket.read_frame().await;
+    assert_eq!((op, String::from_utf8_lossy(&payload).as_ref()), (1, text));
 }
 
 /// The pid in "(pid N)" of a message.
@@ -368,6 +384,11 @@ async fn a_broken_or_slow_binary_changes_nothing_and_a_real_one_takes_over_under
     )
     .await;
 
+    // A WebSocket open across the upgrade, on the old polyhost.
+    let mut socket = ws::open(addr, "ws.test", "/echo", b"").await;
+    assert_eq!(socket.status, 101, "{}", socket.head);
+    echo(&mut socket, "before").await;
+
     let new_pid = Arc::new(Mutex::new(None));
     let _kill_new = KillOnDrop(new_pid.clone());
     let (code, stdout, stderr) = cli(&main, &["upgrade", "--timeout", "60"]).await;
@@ -381,6 +402,11 @@ async fn a_broken_or_slow_binary_changes_nothing_and_a_real_one_takes_over_under
     *new_pid.lock().unwrap() = Some(new);
     assert_ne!(new, old_pid);
     let at_upgrade = load.ok.load(Ordering::SeqCst);
+    // The WebSocket still works, then ends with the client's close.
+    echo(&mut socket, "after").await;
+    socket.send_frame(8, &1000u16.to_be_bytes()).await;
+    let (op, _) = socket.read_frame().await;
+    assert_eq!(op, 8, "the close answered");
 
     // The long requests finish on the old polyhost, which then exits.
     assert_eq!(
@@ -536,6 +562,7 @@ async fn a_broken_or_slow_binary_changes_nothing_and_a_real_one_takes_over_under
         async || {
             let mut pids = common::pids_of_uid(users[0].uid);
             pids.extend(common::pids_of_uid(users[1].uid));
+            pids.extend(common::pids_of_uid(users[2].uid));
             pids
         },
         |p| p.is_empty(),
