@@ -19,8 +19,9 @@
 //! while a predecessor still drains.
 //!
 //! The binary is the path polyhost was started from, resolved at start
-//! ([`remember_binary`]): after a package upgrade `/proc/self/exe` names a
-//! deleted file, and the new binary is at that path. The two instances
+//! ([`remember_binary`]: `argv[0]`, made absolute or found on `PATH`):
+//! after a package upgrade `/proc/self/exe` names a deleted file, and the
+//! new binary is at that path. The two instances
 //! overlap: each names its runtime sockets and cgroups apart and leaves the
 //! other's alone (`supervisor::instance`).
 
@@ -56,9 +57,31 @@ static STARTED_AS: OnceLock<(PathBuf, Vec<OsString>)> = OnceLock::new();
 /// Records the binary's path (resolved now) and the arguments: call first
 /// thing in `serve`.
 pub fn remember_binary() {
-    let path = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
     let args = std::env::args_os().skip(1).collect();
-    let _ = STARTED_AS.set((path, args));
+    let _ = STARTED_AS.set((started_from(), args));
+}
+
+/// The path this binary was started from, absolute: `argv[0]` as given
+/// (against the working directory, or found on `PATH` as the shell found
+/// it), so that a symlink an upgrade repoints is followed anew; else what
+/// `/proc/self/exe` names now.
+fn started_from() -> PathBuf {
+    let exe = || std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
+    let Some(arg0) = std::env::args_os().next().map(PathBuf::from) else {
+        return exe();
+    };
+    let found = if arg0.components().count() > 1 {
+        Some(arg0)
+    } else {
+        std::env::var_os("PATH").and_then(|path| {
+            std::env::split_paths(&path)
+                .map(|dir| dir.join(&arg0))
+                .find(|candidate| candidate.is_file())
+        })
+    };
+    found
+        .and_then(|p| std::path::absolute(p).ok())
+        .unwrap_or_else(exe)
 }
 
 /// What the old supervisor sends with the descriptors, in their order.
