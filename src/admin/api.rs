@@ -333,3 +333,24 @@ fn json<T: Serialize>(status: StatusCode, value: &T) -> Resp {
 fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    #[test]
+    fn the_upgrade_timeout_is_whole_seconds_in_range() {
+        assert_eq!(
+            super::upgrade_timeout(None),
+            Ok(crate::app::upgrade::DEFAULT_TIMEOUT)
+        );
+        assert_eq!(
+            super::upgrade_timeout(Some("timeout=7")),
+            Ok(Duration::from_secs(7))
+        );
+        for bad in ["timeout=0", "timeout=3601", "timeout=x", "wait=3"] {
+            let err = super::upgrade_timeout(Some(bad)).unwrap_err();
+            assert!(err.contains("timeout=SECONDS"), "{bad}: {err}");
+        }
+    }
+}

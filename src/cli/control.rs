@@ -302,6 +302,36 @@ mod tests {
     }
 
     #[test]
+    fn upgrade_says_who_serves_or_why_nothing_changed() {
+        check(
+            Action::Upgrade { timeout: 60 },
+            answer(
+                200,
+                r#"{"old_pid":10,"new_pid":20,"binary":"/usr/bin/polyhost"}"#,
+            ),
+            expect![[r#"
+                exit 0
+                --- stdout
+                upgraded: /usr/bin/polyhost (pid 20) serves; pid 10 finishes its requests and exits
+                --- stderr
+            "#]],
+        );
+        check(
+            Action::Upgrade { timeout: 60 },
+            answer(
+                502,
+                r#"{"error":"the new binary /usr/bin/polyhost (pid 20) failed before it was ready: it exited (exit status: 1); it was stopped and this polyhost serves on"}"#,
+            ),
+            expect![[r#"
+                exit 1
+                --- stdout
+                --- stderr
+                polyhost upgrade: refused: the new binary /usr/bin/polyhost (pid 20) failed before it was ready: it exited (exit status: 1); it was stopped and this polyhost serves on
+            "#]],
+        );
+    }
+
+    #[test]
     fn reload_report_and_warnings() {
         check(
             Action::Reload,
