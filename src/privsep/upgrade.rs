@@ -104,11 +104,42 @@ enum FromSuccessor {
 /// The old side: what it hands over, and the upgrade itself.
 pub struct Handing {
     server: std::sync::Weak<Server>,
+    /// Dropped when shutdown begins: a stopping polyhost keeps no listening
+    /// socket open (new connections are refused, not left in a backlog).
+    held: Arc<std::sync::Mutex<Option<Held>>>,
+    shutdown: CancellationToken,
+    busy: tokio::sync::Mutex<()>,
+}
+
+/// Duplicates of every listening socket.
+struct Held {
     http: Vec<OwnedFd>,
     https: Vec<OwnedFd>,
     admin: ListenerFds,
-    shutdown: CancellationToken,
-    busy: tokio::sync::Mutex<()>,
+}
+
+impl Held {
+    fn handover(&self) -> Handover {
+        Handover {
+            instance: instance::current().other(),
+            predecessor: std::process::id() as i32,
+            http: self.http.len(),
+            https: self.https.len(),
+            admin_tcp: self.admin.tcp.is_some(),
+            metrics: self.admin.metrics.is_some(),
+        }
+    }
+
+    fn fds(&self) -> Vec<BorrowedFd<'_>> {
+        self.http
+            .iter()
+            .chain(&self.https)
+            .chain(std::iter::once(&self.admin.unix))
+            .chain(&self.admin.tcp)
+            .chain(&self.admin.metrics)
+            .map(AsFd::as_fd)
+            .collect()
+    }
 }
 
 impl Handing {
@@ -125,25 +156,34 @@ impl Handing {
                 .map(|l| l.as_fd().try_clone_to_owned())
                 .collect::<std::io::Result<Vec<_>>>()
         };
-        Ok(Handing {
-            server: Arc::downgrade(server),
+        let held = Arc::new(std::sync::Mutex::new(Some(Held {
             http: dup(&listeners.http)?,
             https: dup(&listeners.https)?,
             admin,
+        })));
+        tokio::spawn({
+            let (held, shutdown) = (held.clone(), shutdown.clone());
+            async move {
+                shutdown.cancelled().await;
+                held.lock().unwrap_or_else(|p| p.into_inner()).take();
+            }
+        });
+        Ok(Handing {
+            server: Arc::downgrade(server),
+            held,
             shutdown,
             busy: tokio::sync::Mutex::new(()),
         })
     }
 
-    fn fds(&self) -> Vec<BorrowedFd<'_>> {
-        self.http
-            .iter()
-            .chain(&self.https)
-            .chain(std::iter::once(&self.admin.unix))
-            .chain(&self.admin.tcp)
-            .chain(&self.admin.metrics)
-            .map(AsFd::as_fd)
-            .collect()
+    /// Sends the handover and the descriptors (a small message on a fresh
+    /// socket pair: it does not block).
+    fn send(&self, ours: &UnixStream) -> Result<(), String> {
+        let held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let held = held.as_ref().ok_or("polyhost is shutting down")?;
+        let bytes = serde_json::to_vec(&held.handover()).map_err(|e| e.to_string())?;
+        successor::send_with_fds(ours, &bytes, &held.fds())
+            .map_err(|e| format!("cannot hand over the listeners: {e}"))
     }
 
     async fn run(&self, timeout: Duration) -> Result<Upgraded, UpgradeError> {
@@ -214,17 +254,8 @@ impl Handing {
         child: &mut successor::Successor,
         timeout: Duration,
     ) -> Result<u32, String> {
-        let handover = Handover {
-            instance: instance::current().other(),
-            predecessor: std::process::id() as i32,
-            http: self.http.len(),
-            https: self.https.len(),
-            admin_tcp: self.admin.tcp.is_some(),
-            metrics: self.admin.metrics.is_some(),
-        };
-        let bytes = serde_json::to_vec(&handover).map_err(|e| e.to_string())?;
-        if let Err(e) = successor::send_with_fds(&ours, &bytes, &self.fds()) {
-            return Err(exit_or(child, format!("cannot hand over the listeners: {e}")).await);
+        if let Err(why) = self.send(&ours) {
+            return Err(exit_or(child, why).await);
         }
         ours.set_nonblocking(true).map_err(|e| e.to_string())?;
         let mut ours = tokio::net::UnixStream::from_std(ours).map_err(|e| e.to_string())?;
