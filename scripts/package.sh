@@ -19,7 +19,7 @@ cargo build --release --workspace --bins >&2
 generated=target/deb-generated
 rm -rf "$generated"
 target/release/polyhost generate "$generated" >&2
-gzip -9n "$generated/polyhost.8"
+gzip -9n "$generated"/*.8
 cargo deb --no-build -p polyhost >&2
 deb=$(ls -t target/debian/polyhost_*.deb | head -n 1)
 echo "$deb"

@@ -119,7 +119,8 @@ pub fn run() -> ExitCode {
     control::run(&config, cli.socket.as_deref(), action)
 }
 
-/// `polyhost generate DIR`: `polyhost.8` (clap_mangen) and the completions
+/// `polyhost generate DIR`: `polyhost.8` and a `polyhost-<command>.8` for
+/// each command (clap_mangen), and the completions
 /// `polyhost.bash`, `_polyhost` (zsh) and `polyhost.fish` (clap_complete),
 /// all made from the same clap definition as the binary's parsing.
 fn generate(dir: &Path) -> ExitCode {
@@ -140,11 +141,20 @@ fn write_generated(dir: &Path) -> std::io::Result<()> {
     use clap_complete::Shell;
     std::fs::create_dir_all(dir)?;
     let cmd = Cli::command();
-    let mut man = Vec::new();
-    clap_mangen::Man::new(cmd.clone())
-        .section("8")
-        .render(&mut man)?;
-    std::fs::write(dir.join("polyhost.8"), man)?;
+    // polyhost(8), and polyhost-<command>(8) for each command it names.
+    let mut pages = vec![cmd.clone()];
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        // clap takes a `&'static str` name without its `string` feature;
+        // this one-shot command leaks a few bytes per page instead.
+        let name: &'static str = format!("polyhost-{}", sub.get_name()).leak();
+        pages.push(sub.clone().name(name));
+    }
+    for page in pages {
+        let mut man = Vec::new();
+        let name = page.get_name().to_owned();
+        clap_mangen::Man::new(page).section("8").render(&mut man)?;
+        std::fs::write(dir.join(format!("{name}.8")), man)?;
+    }
     for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
         clap_complete::generate_to(shell, &mut cmd.clone(), "polyhost", dir)?;
     }

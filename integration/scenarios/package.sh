@@ -79,10 +79,28 @@ out=$(/usr/bin/polyhost --config "$work/conf/polyhost.toml" check 2>&1) || true
 if grep -q "polyhost-python is not an executable" <<<"$out"; then fail "the worker is not found: $out"; fi
 /usr/bin/polyhost --help | grep -q reopen-logs || fail "polyhost --help lacks reopen-logs"
 zcat /usr/share/man/man8/polyhost.8.gz | grep -q '^\.TH polyhost 8' || fail "man page is not polyhost(8)"
+zcat /usr/share/man/man8/polyhost-reopen-logs.8.gz | grep -q '^\.TH polyhost-reopen-logs 8' || fail "no polyhost-reopen-logs(8)"
 # Documentation=man:polyhost(8) is checked with man(1) where it exists.
 if command -v man >/dev/null; then man_check=(); else man_check=(--man=no); fi
 systemd-analyze verify "${man_check[@]}" /lib/systemd/system/polyhost.service
 logrotate -d /etc/logrotate.d/polyhost >/dev/null 2>&1 || fail "logrotate -d refuses /etc/logrotate.d/polyhost"
+
+# The installed binary serves the installed configuration (on a free port:
+# 8080 may be taken), answers its admin socket and reopens its logs.
+# From /: without --config it reads /etc/polyhost/polyhost.toml.
+(cd / && exec env POLYHOST_LISTEN='["127.0.0.1:0"]' /usr/bin/polyhost serve) 2>"$work/serve.log" &
+serve=$!
+up=""
+for _ in $(seq 1 200); do
+    if grep -q 'admin API listening socket=/run/polyhost/admin.sock' "$work/serve.log"; then up=1; break; fi
+    kill -0 "$serve" 2>/dev/null || { cat "$work/serve.log"; fail "polyhost serve exited"; }
+    sleep 0.1
+done
+[[ -n $up ]] || { cat "$work/serve.log"; fail "polyhost serve did not open /run/polyhost/admin.sock within 20 s"; }
+(cd / && /usr/bin/polyhost status) || { cat "$work/serve.log"; fail "polyhost status"; }
+(cd / && /usr/bin/polyhost reopen-logs) || { cat "$work/serve.log"; fail "polyhost reopen-logs"; }
+kill -TERM "$serve"
+wait "$serve" || { cat "$work/serve.log"; fail "polyhost serve did not exit 0 on SIGTERM"; }
 
 dpkg -r polyhost
 snapshot >"$work/removed"
