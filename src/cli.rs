@@ -1,6 +1,7 @@
 //! The command line: `serve`, `check`, and the admin commands (`status`,
-//! `reload`, `reopen-logs`, `restart`, `stop`, `start`) that are clients of
-//! the admin API; `generate` writes the man page and completions (packaging).
+//! `reload`, `reopen-logs`, `restart`, `stop`, `start`, `upgrade`) that are
+//! clients of the admin API; `generate` writes the man page and completions
+//! (packaging).
 //! Parses arguments, sets up logging and calls the library; exit codes are
 //! part of the contract with hosting panels and scripts:
 //!
@@ -64,6 +65,13 @@ pub enum Command {
     Stop { site: String },
     /// Start a site stopped with `stop`.
     Start { site: String },
+    /// Replace the running polyhost by the binary it was started from (after
+    /// a package upgrade) without dropping a request; SIGUSR2 does the same.
+    Upgrade {
+        /// Seconds the new binary may take to be ready (its sites started).
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+    },
     /// Reopen every site's access and error log and php-fpm's logs (after
     /// log rotation moved them away); SIGUSR1 to polyhost does the same.
     ReopenLogs,
@@ -106,6 +114,7 @@ pub fn run() -> ExitCode {
         Command::Restart { site } => control::Action::Site("restart", site),
         Command::Stop { site } => control::Action::Site("stop", site),
         Command::Start { site } => control::Action::Site("start", site),
+        Command::Upgrade { timeout } => control::Action::Upgrade { timeout },
     };
     control::run(&config, cli.socket.as_deref(), action)
 }
@@ -175,6 +184,17 @@ fn check(path: &Path) -> ExitCode {
 }
 
 fn serve(path: &Path) -> ExitCode {
+    crate::privsep::upgrade::remember_binary();
+    // Started by an upgrade: the predecessor's listeners, taken before
+    // anything else opens a descriptor.
+    let inherited = match crate::privsep::upgrade::take_inherited() {
+        None => None,
+        Some(Ok(inherited)) => Some(inherited),
+        Some(Err(e)) => {
+            eprintln!("polyhost: upgrade: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let ignored = config::ignored_env();
     let config = match config::load(path) {
         Ok(c) => c,
@@ -222,16 +242,29 @@ fn serve(path: &Path) -> ExitCode {
         let signals = Signals::install()?;
         tokio::spawn(stop_on_signal(signals.term, signals.int, shutdown.clone()));
         crate::notify::spawn_watchdog();
-        let listeners = crate::app::bind_all(&config.server).await?;
+        let (listeners, inherited) = match inherited {
+            Some(mut inherited) => (inherited.listeners()?, Some(inherited.into_parts())),
+            None => (crate::app::bind_all(&config.server).await?, None),
+        };
         if crate::privsep::supervisor_end::applies() {
             // Root: the router runs as `router_user` in a process of its own.
-            let (hup, usr1) = (signals.hup, signals.usr1);
-            crate::privsep::supervisor_end::serve_split(config, listeners, shutdown, |server| {
-                tokio::spawn(reload_on_sighup(hup, server.clone()));
-                tokio::spawn(reopen_logs_on_sigusr1(usr1, server.clone()));
-            })
+            let (hup, usr1, usr2) = (signals.hup, signals.usr1, signals.usr2);
+            crate::privsep::supervisor_end::serve_split(
+                config,
+                listeners,
+                inherited,
+                shutdown,
+                |server| {
+                    tokio::spawn(reload_on_sighup(hup, server.clone()));
+                    tokio::spawn(reopen_logs_on_sigusr1(usr1, server.clone()));
+                    tokio::spawn(upgrade_on_sigusr2(usr2, server.clone()));
+                },
+            )
             .await?;
             return Ok(());
+        }
+        if inherited.is_some() {
+            anyhow::bail!("an upgrade needs polyhost serve run as root");
         }
         tracing::warn!("polyhost serve runs as one process (not root): the router is not separated from the supervisor");
         // Before any site starts: a second polyhost on the same socket stops here.
@@ -316,6 +349,7 @@ struct Signals {
     int: Signal,
     hup: Signal,
     usr1: Signal,
+    usr2: Signal,
 }
 
 impl Signals {
@@ -328,6 +362,7 @@ impl Signals {
             int: install(SignalKind::interrupt(), "SIGINT")?,
             hup: install(SignalKind::hangup(), "SIGHUP")?,
             usr1: install(SignalKind::user_defined1(), "SIGUSR1")?,
+            usr2: install(SignalKind::user_defined2(), "SIGUSR2")?,
         })
     }
 }
@@ -348,6 +383,17 @@ async fn reopen_logs_on_sigusr1(mut usr1: Signal, server: std::sync::Arc<crate::
         tracing::info!("SIGUSR1: reopening the logs");
         if let Err(e) = server.reopen_logs().await {
             tracing::error!("cannot reopen the logs: {e}");
+        }
+    }
+}
+
+/// Replaces this polyhost by the binary it was started from on every
+/// SIGUSR2 (nginx's convention; the outcome is logged).
+async fn upgrade_on_sigusr2(mut usr2: Signal, server: std::sync::Arc<crate::app::Server>) {
+    while usr2.recv().await.is_some() {
+        tracing::info!("SIGUSR2: upgrading to the binary polyhost was started from");
+        if let Err(e) = server.upgrade(crate::app::upgrade::DEFAULT_TIMEOUT).await {
+            tracing::error!("upgrade refused: {e}");
         }
     }
 }

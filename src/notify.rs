@@ -11,6 +11,8 @@
 //!         SIGHUP, the admin API, `polyhost reload` — ExecReload=)
 //!         READY=1 + STATUS=     when it ends, accepted or refused
 //! stop:   STOPPING=1 + STATUS=  on SIGTERM/SIGINT, before anything stops
+//! upgrade: MAINPID= + READY=1 + STATUS=   from the old process, once the
+//!                               new binary said it serves (`privsep::upgrade`)
 //! WATCHDOG=1                    every half of WATCHDOG_USEC, when set for us
 //! ```
 //!
@@ -54,6 +56,17 @@ pub fn reloading() {
 pub fn stopping(status: &str) {
     let status = one_line(status);
     send(&[NotifyState::Stopping, NotifyState::Status(&status)]);
+}
+
+/// `MAINPID=` the successor of a binary upgrade, with `READY=1` and a
+/// one-line `STATUS=`: the service's main process is now that one.
+pub fn main_pid(pid: u32, status: &str) {
+    let status = one_line(status);
+    send(&[
+        NotifyState::MainPid(pid),
+        NotifyState::Ready,
+        NotifyState::Status(&status),
+    ]);
 }
 
 /// When the service manager watches us (`WatchdogSec=`, which sets

@@ -504,7 +504,7 @@ fn a_site_whose_runtime_sockets_would_not_fit_is_refused_by_name() {
     let (code, _, stderr) = polyhost_check(&cfg, &[]);
     assert_eq!(code, 1, "{stderr}");
     assert!(
-        stderr.contains(&format!("vhosts/{long}.toml: its runtime sockets in {state}/sockets/{long} would have paths of up to 119 bytes, over the 107")),
+        stderr.contains(&format!("vhosts/{long}.toml: its runtime sockets in {state}/sockets/{long} would have paths of up to 120 bytes, over the 107")),
         "{stderr}"
     );
     assert!(!stderr.contains("vhosts/ok.toml"), "{stderr}");

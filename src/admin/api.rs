@@ -149,8 +149,13 @@ pub async fn handle<B>(req: Request<B>, server: &Server, access: &Access, scope:
         (["v1", "sites", name, action @ ("restart" | "stop" | "start")], &Method::POST) => {
             site_action(server, name, action).await
         }
+        (["v1", "upgrade"], &Method::POST) => match upgrade_timeout(req.uri().query()) {
+            Ok(timeout) => upgrade(server, timeout).await,
+            Err(why) => error(StatusCode::BAD_REQUEST, why),
+        },
         (["metrics"] | ["v1", "status"] | ["v1", "sites", _], _) => not_allowed("GET"),
         (["v1", "reload"]
+        | ["v1", "upgrade"]
         | ["v1", "logs", "reopen"]
         | ["v1", "sites", _, "restart" | "stop" | "start"], _) => {
             not_allowed("POST")
@@ -159,7 +164,7 @@ pub async fn handle<B>(req: Request<B>, server: &Server, access: &Access, scope:
             StatusCode::NOT_FOUND,
             format!(
                 "no endpoint {method} {path:?}; the API has GET /v1/status, GET /v1/sites/NAME, \
-                 POST /v1/reload, POST /v1/logs/reopen, POST /v1/sites/NAME/restart|stop|start, GET /metrics \
+                 POST /v1/reload, POST /v1/logs/reopen, POST /v1/upgrade, POST /v1/sites/NAME/restart|stop|start, GET /metrics \
                  (see docs/admin-api.md)"
             ),
         ),
@@ -261,6 +266,37 @@ fn not_allowed(allow: &'static str) -> Resp {
     r
 }
 
+/// `?timeout=SECONDS` of `POST /v1/upgrade` (default
+/// `app::upgrade::DEFAULT_TIMEOUT`).
+fn upgrade_timeout(query: Option<&str>) -> Result<std::time::Duration, String> {
+    let Some(query) = query.filter(|q| !q.is_empty()) else {
+        return Ok(crate::app::upgrade::DEFAULT_TIMEOUT);
+    };
+    let bad = || format!("bad query {query:?}: the only parameter is timeout=SECONDS (1 to 3600)");
+    let secs: u64 = query
+        .strip_prefix("timeout=")
+        .and_then(|v| v.parse().ok())
+        .filter(|s| (1..=3600).contains(s))
+        .ok_or_else(bad)?;
+    Ok(std::time::Duration::from_secs(secs))
+}
+
+async fn upgrade(server: &Server, timeout: std::time::Duration) -> Resp {
+    use crate::app::upgrade::UpgradeError;
+    match server.upgrade(timeout).await {
+        Ok(done) => json(StatusCode::OK, &done),
+        Err(e @ (UpgradeError::Busy | UpgradeError::PredecessorRunning(_))) => {
+            error(StatusCode::CONFLICT, e.to_string())
+        }
+        Err(e @ (UpgradeError::Unsupported | UpgradeError::ShuttingDown)) => {
+            error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+        }
+        Err(e @ (UpgradeError::Start { .. } | UpgradeError::Failed { .. })) => {
+            error(StatusCode::BAD_GATEWAY, e.to_string())
+        }
+    }
+}
+
 fn error(status: StatusCode, message: impl Into<String>) -> Resp {
     json(
         status,
@@ -296,4 +332,25 @@ fn json<T: Serialize>(status: StatusCode, value: &T) -> Resp {
 /// Compares in time independent of where the inputs differ.
 fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    #[test]
+    fn the_upgrade_timeout_is_whole_seconds_in_range() {
+        assert_eq!(
+            super::upgrade_timeout(None),
+            Ok(crate::app::upgrade::DEFAULT_TIMEOUT)
+        );
+        assert_eq!(
+            super::upgrade_timeout(Some("timeout=7")),
+            Ok(Duration::from_secs(7))
+        );
+        for bad in ["timeout=0", "timeout=3601", "timeout=x", "wait=3"] {
+            let err = super::upgrade_timeout(Some(bad)).unwrap_err();
+            assert!(err.contains("timeout=SECONDS"), "{bad}: {err}");
+        }
+    }
 }

@@ -10,7 +10,8 @@
 //! - [`metrics`]: the `/metrics` scrape (status + per-site handles → Prometheus text).
 //! - [`client`]: one request over the socket, for the CLI.
 //!
-//! Lifecycle: [`bind`] before any site starts (a second polyhost on the same
+//! Lifecycle: [`bind`] (or [`Listeners::inherited`] from a predecessor,
+//! binary upgrade) before any site starts (a second polyhost on the same
 //! socket is refused before it touches anything), [`serve`] once the
 //! [`Server`] runs; both end when the shutdown token fires, and the socket
 //! file is removed.
@@ -112,6 +113,89 @@ impl Listeners {
     }
 }
 
+/// Duplicates of the admin API's listening sockets, to hand to a successor
+/// (binary upgrade): the Unix socket, then the admin TCP and the metrics
+/// listener when configured.
+pub struct ListenerFds {
+    pub unix: std::os::fd::OwnedFd,
+    pub tcp: Option<std::os::fd::OwnedFd>,
+    pub metrics: Option<std::os::fd::OwnedFd>,
+}
+
+impl Listeners {
+    /// Duplicates of every listening socket (see [`ListenerFds`]).
+    pub fn duplicate(&self) -> std::io::Result<ListenerFds> {
+        use std::os::fd::AsFd;
+        Ok(ListenerFds {
+            unix: self.unix.as_fd().try_clone_to_owned()?,
+            tcp: match &self.tcp {
+                Some((l, _)) => Some(l.as_fd().try_clone_to_owned()?),
+                None => None,
+            },
+            metrics: match &self.metrics {
+                Some((l, _)) => Some(l.as_fd().try_clone_to_owned()?),
+                None => None,
+            },
+        })
+    }
+
+    /// The listeners a predecessor handed over (binary upgrade), with this
+    /// configuration's access rules. The predecessor's configuration bound
+    /// them: a TCP listener the new configuration no longer names is closed,
+    /// one it names anew is bound.
+    pub async fn inherited(
+        config: &ServerConfig,
+        fds: ListenerFds,
+    ) -> Result<Listeners, AdminError> {
+        let path = &config.admin.socket;
+        let io = |action: &'static str| {
+            move |source| AdminError::Io {
+                path: path.clone(),
+                action,
+                source,
+            }
+        };
+        let std_unix = std::os::unix::net::UnixListener::from(fds.unix);
+        std_unix
+            .set_nonblocking(true)
+            .map_err(io("cannot use the inherited socket"))?;
+        let unix =
+            UnixListener::from_std(std_unix).map_err(io("cannot use the inherited socket"))?;
+        let peers = PeerPolicy::new(socket::admin_group(&config.admin)?);
+        let tcp_of = |fd: std::os::fd::OwnedFd| -> std::io::Result<TcpListener> {
+            let l = std::net::TcpListener::from(fd);
+            l.set_nonblocking(true)?;
+            TcpListener::from_std(l)
+        };
+        let tcp = match (config.admin.listen, &config.admin.token, fds.tcp) {
+            (Some(_), Some(token), Some(fd)) => Some((
+                tcp_of(fd).map_err(io("cannot use the inherited admin TCP listener"))?,
+                token.0.clone(),
+            )),
+            (Some(addr), Some(token), None) => {
+                Some((tcp_bind(addr, "[admin] listen").await?, token.0.clone()))
+            }
+            _ => None,
+        };
+        let token = config.metrics_token.as_ref().map(|t| t.0.clone());
+        let metrics = match (config.metrics_listen, fds.metrics) {
+            (Some(_), Some(fd)) => Some((
+                tcp_of(fd).map_err(io("cannot use the inherited metrics listener"))?,
+                token,
+            )),
+            (Some(addr), None) => Some((tcp_bind(addr, "[metrics] listen").await?, token)),
+            (None, _) => None,
+        };
+        Ok(Listeners {
+            unix,
+            socket: path.clone(),
+            peers,
+            tcp,
+            metrics,
+        })
+    }
+}
+
 /// Binds the Unix socket (and the TCP listeners that are configured).
 pub async fn bind(config: &ServerConfig) -> Result<Listeners, AdminError> {
     let (unix, peers) = socket::bind(&config.admin).await?;
@@ -204,7 +288,11 @@ pub fn serve(
         for t in tasks {
             let _ = t.await;
         }
-        socket::remove(&socket);
+        // During a binary upgrade the other polyhost serves on the same
+        // socket file: it stays (`supervisor::instance`).
+        if crate::supervisor::instance::sole_owner() {
+            socket::remove(&socket);
+        }
     })
 }
 

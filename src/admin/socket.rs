@@ -87,18 +87,7 @@ pub async fn bind(config: &AdminConfig) -> Result<(UnixListener, PeerPolicy), Ad
             source,
         }
     };
-    let group = match &config.group {
-        Some(name) => {
-            let gid = nix::unistd::Group::from_name(name)
-                .ok()
-                .flatten()
-                .ok_or_else(|| AdminError::NoSuchGroup(name.clone()))?
-                .gid
-                .as_raw();
-            Some((name.clone(), gid))
-        }
-        None => None,
-    };
+    let group = admin_group(config)?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(io("cannot create its directory"))?;
     }
@@ -124,6 +113,22 @@ pub async fn bind(config: &AdminConfig) -> Result<(UnixListener, PeerPolicy), Ad
         return Err(io("cannot set its mode, group or name")(e));
     }
     Ok((listener, PeerPolicy::new(group)))
+}
+
+/// `[admin] group`, resolved to its gid.
+pub fn admin_group(config: &AdminConfig) -> Result<Option<(String, u32)>, AdminError> {
+    match &config.group {
+        Some(name) => {
+            let gid = nix::unistd::Group::from_name(name)
+                .ok()
+                .flatten()
+                .ok_or_else(|| AdminError::NoSuchGroup(name.clone()))?
+                .gid
+                .as_raw();
+            Ok(Some((name.clone(), gid)))
+        }
+        None => Ok(None),
+    }
 }
 
 /// Removes a socket nobody answers on; refuses when someone does.

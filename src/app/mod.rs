@@ -6,6 +6,7 @@
 //! - [`reload`]: reload (and start-up) as a pure plan and an apply, all or
 //!   nothing.
 //! - [`status`]: what `polyhost status` reports, as serialisable values.
+//! - [`upgrade`]: what a binary upgrade answers (the work is `privsep::upgrade`).
 //!
 //! The binary and the integration tests share [`serve`].
 
@@ -13,6 +14,7 @@ pub mod reload;
 pub mod router_link;
 pub mod server;
 pub mod status;
+pub mod upgrade;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -79,6 +79,9 @@ pub struct Server {
     /// The router process, when polyhost runs privilege-separated: told
     /// every publication ([`Server::set_router_link`]).
     router: std::sync::OnceLock<Arc<dyn RouterLink>>,
+    /// Who replaces this process by a new binary (`polyhost upgrade`):
+    /// set by the privilege-separated supervisor ([`Server::set_upgrader`]).
+    upgrader: std::sync::OnceLock<Arc<dyn super::upgrade::Upgrader>>,
     /// The version of the last [`Desired`] published.
     desired_version: AtomicU64,
 }
@@ -149,6 +152,7 @@ impl Server {
             reloads_failed: AtomicU64::new(0),
             server_config: config.server.clone(),
             router: std::sync::OnceLock::new(),
+            upgrader: std::sync::OnceLock::new(),
             desired_version: AtomicU64::new(0),
         }
     }
@@ -158,6 +162,32 @@ impl Server {
     /// right after [`start`](Self::start); a second call is ignored.
     pub fn set_router_link(&self, link: Arc<dyn RouterLink>) {
         let _ = self.router.set(link);
+    }
+
+    /// From now on `polyhost upgrade` (and SIGUSR2) go to `upgrader`. Set
+    /// once; a second call is ignored.
+    pub fn set_upgrader(&self, upgrader: Arc<dyn super::upgrade::Upgrader>) {
+        let _ = self.upgrader.set(upgrader);
+    }
+
+    /// Replaces this polyhost by the binary it was started from (see
+    /// `privsep::upgrade`): resolves once the new one serves and this one
+    /// stops accepting, or with why nothing changed.
+    pub async fn upgrade(
+        &self,
+        timeout: Duration,
+    ) -> Result<super::upgrade::Upgraded, super::upgrade::UpgradeError> {
+        match self.upgrader.get() {
+            Some(u) => u.upgrade(timeout).await,
+            None => Err(super::upgrade::UpgradeError::Unsupported),
+        }
+    }
+
+    /// After a successor failed and was stopped: whatever it left in its
+    /// site cgroups is killed and the cgroups removed (`supervisor::instance`).
+    pub fn remove_successor_leftovers(&self) {
+        let other = crate::supervisor::instance::current().other();
+        self.supervisor.remove_cgroups_of(other);
     }
 
     /// What the router must serve now: the sites last published, each with

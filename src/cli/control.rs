@@ -12,6 +12,7 @@ use super::render;
 use crate::admin::api::{ActionDone, ErrorBody};
 use crate::admin::client::{self, Answer, ClientError};
 use crate::app::status::{ServerStatus, SiteStatus};
+use crate::app::upgrade::Upgraded;
 use crate::app::{LogsReopened, ReloadReport};
 use crate::config::SiteName;
 
@@ -27,6 +28,10 @@ pub enum Action {
     ReopenLogs,
     /// `restart`, `stop` or `start` a site.
     Site(&'static str, String),
+    /// Replace the running binary (seconds the new one may take).
+    Upgrade {
+        timeout: u64,
+    },
 }
 
 impl Action {
@@ -36,6 +41,7 @@ impl Action {
             Action::Reload => "reload",
             Action::ReopenLogs => "reopen-logs",
             Action::Site(verb, _) => verb,
+            Action::Upgrade { .. } => "upgrade",
         }
     }
 
@@ -58,6 +64,12 @@ impl Action {
                 "/v1/logs/reopen".into(),
                 Duration::from_secs(30),
             ),
+            // The new binary's start, then its stop when it failed.
+            Action::Upgrade { timeout } => (
+                Method::POST,
+                format!("/v1/upgrade?timeout={timeout}"),
+                Duration::from_secs(timeout.saturating_mul(2).saturating_add(60)),
+            ),
             // A stop waits for in-flight requests to finish.
             Action::Site(verb, site) => (
                 Method::POST,
@@ -70,7 +82,7 @@ impl Action {
     fn site(&self) -> Option<&str> {
         match self {
             Action::Status { site, .. } => site.as_deref(),
-            Action::Reload | Action::ReopenLogs => None,
+            Action::Reload | Action::ReopenLogs | Action::Upgrade { .. } => None,
             Action::Site(_, site) => Some(site),
         }
     }
@@ -212,6 +224,15 @@ pub fn interpret(action: &Action, answer: Result<Answer, ClientError>) -> Outcom
             )),
             Err(e) => unexpected(e),
         },
+        Action::Upgrade { .. } => match serde_json::from_str::<Upgraded>(&text) {
+            Ok(u) => Outcome::ok(format!(
+                "upgraded: {} (pid {}) serves; pid {} finishes its requests and exits\n",
+                render::clean(&u.binary),
+                u.new_pid,
+                u.old_pid
+            )),
+            Err(e) => unexpected(e),
+        },
         Action::Site(..) => match serde_json::from_str::<ActionDone>(&text) {
             Ok(done) => Outcome::ok(format!(
                 "{}: {}\n",
@@ -276,6 +297,36 @@ mod tests {
                 --- stdout
                 reopened the logs of 3 site(s); sent SIGUSR1 to 1 php-fpm master(s)
                 --- stderr
+            "#]],
+        );
+    }
+
+    #[test]
+    fn upgrade_says_who_serves_or_why_nothing_changed() {
+        check(
+            Action::Upgrade { timeout: 60 },
+            answer(
+                200,
+                r#"{"old_pid":10,"new_pid":20,"binary":"/usr/bin/polyhost"}"#,
+            ),
+            expect![[r#"
+                exit 0
+                --- stdout
+                upgraded: /usr/bin/polyhost (pid 20) serves; pid 10 finishes its requests and exits
+                --- stderr
+            "#]],
+        );
+        check(
+            Action::Upgrade { timeout: 60 },
+            answer(
+                502,
+                r#"{"error":"the new binary /usr/bin/polyhost (pid 20) failed before it was ready: it exited (exit status: 1); it was stopped and this polyhost serves on"}"#,
+            ),
+            expect![[r#"
+                exit 1
+                --- stdout
+                --- stderr
+                polyhost upgrade: refused: the new binary /usr/bin/polyhost (pid 20) failed before it was ready: it exited (exit status: 1); it was stopped and this polyhost serves on
             "#]],
         );
     }

@@ -43,6 +43,7 @@ pub mod router_process;
 pub mod sealed;
 pub mod spawn;
 mod step_report;
+pub mod successor;
 pub mod unread;
 mod userdb;
 

@@ -37,4 +37,5 @@
 pub mod frame;
 pub mod router_end;
 pub mod supervisor_end;
+pub mod upgrade;
 pub mod wire;

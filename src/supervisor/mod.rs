@@ -18,6 +18,7 @@ pub mod attached;
 pub mod endpoint;
 pub mod group;
 pub mod handle;
+pub mod instance;
 pub mod launcher;
 pub mod lease;
 mod mailbox;
@@ -123,7 +124,15 @@ impl Supervisor {
             CgroupRoot::disabled("turned off by cgroups = \"off\"")
         };
         tracing::info!(cgroups = %cgroups.describe(), "resource limits");
-        match cgroups.cleanup_stale(&[]) {
+        // A successor leaves its predecessor's cgroups and sockets alone:
+        // that one still serves from them (`instance`).
+        let me = instance::current();
+        let stale = if instance::took_over() {
+            cgroups.cleanup_stale_where(|name| me.owns_cgroup(name))
+        } else {
+            cgroups.cleanup_stale(&[])
+        };
+        match stale {
             Ok(removed) if !removed.is_empty() => {
                 tracing::info!(?removed, "removed cgroups left by a previous run")
             }
@@ -131,7 +140,9 @@ impl Supervisor {
             Err(e) => tracing::warn!(error = %e, "cannot clean up stale cgroups"),
         }
         site_dirs::prepare_state_dir(&server.state_dir);
-        sockets::remove_stale(&server.state_dir);
+        if !instance::took_over() {
+            sockets::remove_stale(&server.state_dir);
+        }
         if let Some(why) = isolation::sandbox::unavailable() {
             tracing::warn!(reason = why, "site sandboxes are unavailable: sites run with the host's view of /tmp, /proc and the network");
         }
@@ -300,7 +311,8 @@ impl Supervisor {
                 cpu: site.limits.cpu,
             };
             // Made with its first process: an idle site has no cgroup.
-            Some(self.cgroups.site_on_demand(site.name.as_str(), &limits)?)
+            let name = instance::current().cgroup_name(site.name.as_str());
+            Some(self.cgroups.site_on_demand(&name, &limits)?)
         } else {
             None
         };
@@ -366,9 +378,24 @@ impl Supervisor {
         })
     }
 
+    /// Removes the site cgroups of `other` (a successor that failed and was
+    /// stopped, binary upgrade), killing what still runs in them.
+    pub fn remove_cgroups_of(&self, other: instance::Instance) {
+        if let Err(e) = self.cgroups.cleanup_stale_where(|n| other.owns_cgroup(n)) {
+            tracing::warn!(error = %e, "cannot remove the failed successor's cgroups");
+        }
+    }
+
     /// Removes polyhost's cgroups once every site has stopped.
     pub fn shutdown(&self) {
-        if self.cgroups.is_available() {
+        if self.cgroups.is_available() && !instance::sole_owner() {
+            // The other instance's site cgroups stay, and so does the parent.
+            let me = instance::current();
+            if let Err(e) = self.cgroups.cleanup_stale_where(|n| me.owns_cgroup(n)) {
+                tracing::warn!(error = %e, "cannot remove this instance's cgroups");
+            }
+            self.cgroups.remove_parents_if_empty();
+        } else if self.cgroups.is_available() {
             if let Err(e) = self.cgroups.remove_all() {
                 tracing::warn!(error = %e, "cannot remove polyhost's cgroups");
             }

@@ -6,7 +6,7 @@
 //! ```text
 //! <state>/sockets/                       root:root 0700
 //! <state>/sockets/<site>/                root:root 0700
-//! <state>/sockets/<site>/<runtime>-<generation>-<id>.sock   root 0600
+//! <state>/sockets/<site>/<runtime>-<instance><generation>-<id>.sock   root 0600
 //! ```
 //!
 //! Why: a socket a site's code can connect to is a way around the limits
@@ -44,9 +44,10 @@ use crate::config::{ConfigError, ConfigErrors, SiteConfig, SiteName};
 const SOCKET_PATH_MAX: usize = 107;
 
 /// What a socket's name adds to its site's directory, at most:
-/// `/python-<generation>-<id>.sock` with a generation and an id of up to 8
-/// digits each (a hundred million reloads, restarts or processes).
-const SOCKET_NAME_ROOM: usize = "/python-".len() + 8 + 1 + 8 + ".sock".len();
+/// `/python-<instance><generation>-<id>.sock` with the instance's tag (one
+/// byte, `supervisor::instance`), a generation and an id of up to 8 digits
+/// each (a hundred million reloads, restarts or processes).
+const SOCKET_NAME_ROOM: usize = "/python-".len() + 1 + 8 + 1 + 8 + ".sock".len();
 
 /// No router user: the sockets stay root's.
 const NO_ROUTER: u32 = u32::MAX;

@@ -165,10 +165,16 @@ impl CgroupRoot {
     /// SIGKILLed), killing whatever still runs in them. Sites named in `keep`
     /// are left alone. Returns the names removed.
     pub fn cleanup_stale(&self, keep: &[&str]) -> Result<Vec<String>> {
+        self.cleanup_stale_where(|name| !keep.contains(&name))
+    }
+
+    /// Removes the site cgroups whose names `remove` accepts (during a
+    /// binary upgrade: only one instance's), killing whatever runs in them.
+    pub fn cleanup_stale_where(&self, remove: impl Fn(&str) -> bool) -> Result<Vec<String>> {
         let mut names = BTreeSet::new();
         for parent in self.parent_dirs() {
             for name in sub_dirs(parent)? {
-                if !keep.contains(&name.as_str()) {
+                if remove(&name) {
                     names.insert(name);
                 }
             }

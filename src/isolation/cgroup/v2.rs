@@ -19,6 +19,13 @@ const CPU_PERIOD: u64 = 100_000;
 
 /// Enables the controllers for `<own>/<parent_name>` and creates it; returns its path.
 pub(super) fn setup_parent(own: &Path, parent_name: &str) -> Result<PathBuf> {
+    // Already in the leaf a polyhost made (this is the new binary of an
+    // upgrade, started by the old one from there): the parent is beside it.
+    let leaf_name = format!("{parent_name}-supervisor");
+    let own = match own.parent() {
+        Some(up) if own.file_name().is_some_and(|n| *n == *leaf_name) => up,
+        _ => own,
+    };
     let wanted = missing_in_subtree(own);
     if !wanted.is_empty() {
         let control = own.join("cgroup.subtree_control");

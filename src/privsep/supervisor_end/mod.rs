@@ -62,9 +62,13 @@ pub fn router_user(config: &crate::config::ServerConfig) -> Result<RouterUser, S
 /// serve HTTP on `listeners` until `shutdown` is cancelled; then the router
 /// stops (letting its requests finish), then the sites. `on_start` is
 /// called with the server once it runs (the CLI reloads it on SIGHUP).
+/// `inherited`: this process is the new binary of an upgrade; its admin
+/// listeners came from the predecessor, whom it tells once its router
+/// serves (`privsep::upgrade`).
 pub async fn serve_split(
     config: Config,
     listeners: crate::router::Listeners,
+    inherited: Option<(crate::admin::ListenerFds, super::upgrade::ReadyReport)>,
     shutdown: CancellationToken,
     on_start: impl FnOnce(&Arc<Server>),
 ) -> Result<(), SplitError> {
@@ -84,11 +88,24 @@ pub async fn serve_split(
             tracing::info!(%addr, "listening{tls}");
         }
     }
-    // Before any site starts: a second polyhost on the same socket stops here.
-    let admin = crate::admin::bind(&config.server).await?;
+    let (admin, report) = match inherited {
+        Some((fds, report)) => (
+            crate::admin::Listeners::inherited(&config.server, fds).await?,
+            Some(report),
+        ),
+        // Before any site starts: a second polyhost on the same socket stops here.
+        None => (crate::admin::bind(&config.server).await?, None),
+    };
+    let admin_fds = admin.duplicate().map_err(SplitError::Listeners)?;
     let server = Server::start(config).await?;
     let link = Link::new(&server);
     server.set_router_link(link.clone());
+    match super::upgrade::Handing::new(&server, &listeners, admin_fds, shutdown.clone()) {
+        Ok(handing) => server.set_upgrader(Arc::new(handing)),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot keep the listeners for a binary upgrade; polyhost upgrade is refused")
+        }
+    }
     let admin = crate::admin::serve(admin, server.clone(), shutdown.clone());
     on_start(&server);
     // Ready for the service manager once the router serves the sites.
@@ -96,7 +113,11 @@ pub async fn serve_split(
         let (link, server) = (link.clone(), server.clone());
         async move {
             link.serving().await;
-            crate::notify::ready(&server.summary());
+            match report {
+                // The predecessor tells the service manager (MAINPID=).
+                Some(report) => report.ready().await,
+                None => crate::notify::ready(&server.summary()),
+            }
         }
     });
     let keeper = match Keeper::new(

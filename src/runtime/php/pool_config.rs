@@ -7,11 +7,11 @@
 //! ```text
 //! <state>/sites/                      root:root      0711  (traversable, not listable)
 //! <state>/sites/<site>/               <user>:<group> 0700  (the site's own state)
-//! <state>/sites/<site>/php-<gen>-<id>.pid   the master's pid file, written by the master
+//! <state>/sites/<site>/php-[b]<gen>-<id>.pid   the master's pid file, written by the master
 //! <state>/sites/<site>/php-fpm.log    the masters' error_log, written by the masters
 //! <state>/sites/<site>/tmp/           <user>:<group> 0700  (upload_tmp_dir, sys_temp_dir)
 //! <state>/sites/<site>/sessions/      <user>:<group> 0700  (session.save_path)
-//! <state>/sockets/<site>/php-<gen>-<id>.sock   root 0600 in root's 0700 directories
+//! <state>/sockets/<site>/php-[b]<gen>-<id>.sock   root 0600 in root's 0700 directories
 //! (no file)                           the generated config: a sealed memfd
 //! ```
 //!

@@ -67,9 +67,11 @@ impl Spawner for Isolated {
         events: &crate::supervisor::mailbox::Sender<Event>,
     ) -> Result<Started, String> {
         let runtime = spec.launcher.runtime();
-        let socket = spec
-            .socket_dir
-            .join(format!("{runtime}-{}-{id}.sock", spec.generation));
+        let socket = spec.socket_dir.join(format!(
+            "{runtime}-{}{}-{id}.sock",
+            crate::supervisor::instance::current().socket_tag(),
+            spec.generation
+        ));
         let listen = spec.launcher.listen();
         let bound = bind(&socket, &listen)?;
         let process_socket = ProcessSocket {
