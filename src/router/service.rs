@@ -299,7 +299,8 @@ fn https_redirect<B>(
 ) -> Option<Response<ResponseBody>> {
     let port = options.https_port?;
     let tls = site.config.tls.as_ref()?;
-    if !tls.redirect_http || conn.scheme == Scheme::Https || host.is_empty() {
+    // Without a certificate yet (ACME), https:// would fail: no redirect.
+    if !tls.redirect_http || tls.pair.is_none() || conn.scheme == Scheme::Https || host.is_empty() {
         return None;
     }
     let path = req.uri().path_and_query().map_or("/", |pq| pq.as_str());

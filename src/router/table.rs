@@ -78,10 +78,12 @@ impl SiteCerts {
     fn of(sites: &[Arc<SiteRoute>]) -> SiteCerts {
         let mut certs = SiteCerts::default();
         for site in sites {
-            let Some(tls) = &site.config.tls else {
+            // An ACME site without its certificate yet has none here: its
+            // handshakes fail (`certificate_for` gives none for its names).
+            let Some(pair) = site.config.tls.as_ref().and_then(|t| t.pair.as_ref()) else {
                 continue;
             };
-            let key = tls.pair.certified().clone();
+            let key = pair.certified().clone();
             if site.config.default {
                 certs.default = Some(key.clone());
             }

@@ -1,0 +1,78 @@
+//! The server-level `[acme]` table: which ACME CA issues the certificates
+//! of sites with `[tls] acme = true`, and how. Validated into
+//! [`AcmeConfig`]; the table is optional (every key has a default), so a
+//! site can ask for `acme = true` without it. Issuance itself is
+//! `crate::acme`'s.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::error::FileErrors;
+
+/// Let's Encrypt's production directory: the default CA.
+pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+
+/// `[acme]`, validated.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AcmeConfig {
+    /// The CA's directory URL.
+    pub directory: String,
+    /// Contact address given to the CA when the account is created.
+    pub email: Option<String>,
+    /// Extra PEM trust roots for talking to the CA (a private or test CA).
+    pub ca_roots: Vec<PathBuf>,
+}
+
+impl Default for AcmeConfig {
+    fn default() -> Self {
+        AcmeConfig {
+            directory: LETS_ENCRYPT.into(),
+            email: None,
+            ca_roots: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAcme {
+    pub directory: Option<String>,
+    pub email: Option<String>,
+    pub ca_roots: Option<Vec<String>>,
+}
+
+pub(crate) fn validate_acme(raw: RawAcme, base: &Path, errs: &mut FileErrors<'_>) -> AcmeConfig {
+    let mut acme = AcmeConfig::default();
+    if let Some(dir) = raw.directory {
+        if dir.starts_with("https://") || dir.starts_with("http://") {
+            acme.directory = dir;
+        } else {
+            errs.add(
+                "acme.directory",
+                format!(
+                    "{dir:?} is not a URL: expected the CA's directory, e.g. \"{LETS_ENCRYPT}\""
+                ),
+            );
+        }
+    }
+    if let Some(email) = raw.email {
+        if email.contains('@') {
+            acme.email = Some(email);
+        } else {
+            errs.add("acme.email", format!("{email:?} is not an e-mail address"));
+        }
+    }
+    for (i, root) in raw.ca_roots.unwrap_or_default().iter().enumerate() {
+        let path = base.join(root);
+        if path.is_file() {
+            acme.ca_roots.push(path);
+        } else {
+            errs.add(
+                &format!("acme.ca_roots[{i}]"),
+                format!("{} is not a readable PEM file", path.display()),
+            );
+        }
+    }
+    acme
+}
