@@ -69,6 +69,9 @@ pub struct Server {
     router: std::sync::OnceLock<Arc<dyn RouterLink>>,
     /// The version of the last [`Desired`] published.
     desired_version: AtomicU64,
+    /// The ACME HTTP-01 challenges answered now (`crate::acme`), published
+    /// with the sites.
+    acme_challenges: ArcSwap<super::router_link::AcmeChallenges>,
 }
 
 impl Server {
@@ -138,6 +141,7 @@ impl Server {
             server_config: config.server.clone(),
             router: std::sync::OnceLock::new(),
             desired_version: AtomicU64::new(0),
+            acme_challenges: ArcSwap::from_pointee(Default::default()),
         }
     }
 
@@ -156,6 +160,7 @@ impl Server {
             &self.server_config,
             &self.published.load(),
             self.desired_version.load(Ordering::SeqCst),
+            self.acme_challenges.load_full(),
         )
     }
 
@@ -329,9 +334,10 @@ impl Server {
     /// Publishes `state.sites`: one atomic swap of the routing table, then
     /// of what status reads.
     fn swap_table(&self, state: &State) {
-        self.table.store(Arc::new(RoutingTable::new(
-            state.sites.values().map(|site| site.route().clone()),
-        )));
+        self.table.store(Arc::new(
+            RoutingTable::new(state.sites.values().map(|site| site.route().clone()))
+                .with_acme_challenges(self.acme_challenges.load_full()),
+        ));
         self.published.store(Arc::new(state.sites.clone()));
     }
 
@@ -341,9 +347,27 @@ impl Server {
         self.swap_table(state);
         if let Some(router) = self.router.get() {
             let version = self.desired_version.fetch_add(1, Ordering::SeqCst) + 1;
-            let desired = desired_of(&self.server_config, &state.sites, version);
+            let desired = desired_of(
+                &self.server_config,
+                &state.sites,
+                version,
+                self.acme_challenges.load_full(),
+            );
             router.publish(desired).await;
         }
+    }
+
+    /// Answers ACME HTTP-01 challenge `token` with `answer` (`None`: no
+    /// longer), in this process's table and the router's.
+    pub async fn set_acme_challenge(&self, token: &str, answer: Option<String>) {
+        let state = self.state.lock().await;
+        let mut challenges = (*self.acme_challenges.load_full()).clone();
+        match answer {
+            Some(a) => challenges.insert(token.to_owned(), a),
+            None => challenges.remove(token),
+        };
+        self.acme_challenges.store(Arc::new(challenges));
+        self.publish(&state).await;
     }
 
     /// Never waits for a control operation in progress. With a router
@@ -436,9 +460,15 @@ fn share_configs(mut config: Config, sites: &BTreeMap<SiteName, Site>) -> Config
 }
 
 /// The [`Desired`] of `sites` under `server`'s settings.
-fn desired_of(server: &ServerConfig, sites: &BTreeMap<SiteName, Site>, version: u64) -> Desired {
+fn desired_of(
+    server: &ServerConfig,
+    sites: &BTreeMap<SiteName, Site>,
+    version: u64,
+    acme_challenges: Arc<super::router_link::AcmeChallenges>,
+) -> Desired {
     Desired {
         version,
+        acme_challenges,
         config: Config {
             server: server.clone(),
             sites: sites

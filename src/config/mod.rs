@@ -41,7 +41,7 @@ pub use site::{
     PythonInterface, SandboxConfig, SandboxNetwork, SiteConfig, StartPolicy, StaticConfig,
     WebSocketConfig, DEFAULT_APP_PATH, DEFAULT_BODY_LIMIT, RESERVED_PHP_INI,
 };
-pub use tls::{crypto_provider, load_certified_key, LoadedPair, SiteTls, TlsKey};
+pub use tls::{acme_files, crypto_provider, load_certified_key, LoadedPair, SiteTls, TlsKey};
 pub use types::{parse_duration, parse_size, HostPattern, Scalar, SiteName};
 
 /// Everything polyhost serves, validated.

@@ -39,6 +39,9 @@ pub struct RoutingTable {
     /// The users sites run code as, sorted: a local connection owned by
     /// one of them is a site's code, never a trusted proxy.
     pub site_uids: Vec<u32>,
+    /// ACME HTTP-01 answers by token, served at
+    /// `/.well-known/acme-challenge/TOKEN` before any site routing.
+    pub acme_challenges: Arc<crate::app::router_link::AcmeChallenges>,
 }
 
 impl RoutingTable {
@@ -56,7 +59,17 @@ impl RoutingTable {
             vhosts,
             certs,
             site_uids,
+            acme_challenges: Default::default(),
         }
+    }
+
+    /// With `challenges` answered (see [`RoutingTable::acme_challenges`]).
+    pub fn with_acme_challenges(
+        mut self,
+        challenges: Arc<crate::app::router_link::AcmeChallenges>,
+    ) -> Self {
+        self.acme_challenges = challenges;
+        self
     }
 }
 

@@ -89,6 +89,7 @@ pub async fn serve_split(
     let server = Server::start(config).await?;
     let link = Link::new(&server);
     server.set_router_link(link.clone());
+    crate::acme::spawn(server.clone(), shutdown.clone());
     let admin = crate::admin::serve(admin, server.clone(), shutdown.clone());
     on_start(&server);
     let keeper = match Keeper::new(

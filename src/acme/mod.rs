@@ -1,0 +1,214 @@
+//! ACME (RFC 8555) issuance for sites with `[tls] acme = true`, in the
+//! supervisor (which holds the account key and the sites' keys): one task
+//! ([`spawn`]) looks every few seconds for ACME sites without a
+//! certificate, orders one per site with `instant-acme`, answers HTTP-01
+//! through the routing table (`Server::set_acme_challenge`: the router
+//! serves `/.well-known/acme-challenge/` from memory), stores the chain and
+//! key under `state_dir/acme/certs/SITE/` and reloads, so the new
+//! certificate reaches the router like any changed configuration.
+//!
+//! Invariants: the account key is created once per CA directory and kept
+//! in `state_dir/acme/account.json` (0600); a site that failed is not
+//! ordered again before its backoff has passed (never a tight loop); a
+//! stored certificate is loaded at start (`config::SiteTls::locate_acme`),
+//! so a restart orders nothing.
+
+mod account;
+mod store;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use instant_acme::{
+    AuthorizationStatus, ChallengeType, Identifier, NewOrder, OrderStatus, RetryPolicy,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::app::Server;
+use crate::config::{AcmeConfig, HostPattern, SiteConfig, SiteName};
+
+/// How often the task looks for sites that need a certificate (no CA
+/// traffic unless one does).
+const SCAN_EVERY: Duration = Duration::from_secs(2);
+/// The first wait after a failure; doubled after each further one.
+const FIRST_BACKOFF: Duration = Duration::from_secs(60);
+const MAX_BACKOFF: Duration = Duration::from_secs(6 * 3600);
+
+/// Starts the issuance task; it ends with `shutdown`.
+pub fn spawn(server: Arc<Server>, shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        let mut backoff = Backoff::default();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(SCAN_EVERY) => {}
+            }
+            scan(&server, &mut backoff).await;
+        }
+    });
+}
+
+/// Per site: when it may be ordered again, and the wait after that.
+#[derive(Default)]
+struct Backoff {
+    sites: HashMap<SiteName, (Instant, Duration)>,
+    /// The first scan was logged.
+    scanned: bool,
+}
+
+impl Backoff {
+    fn ready(&self, site: &SiteName) -> bool {
+        self.sites
+            .get(site)
+            .is_none_or(|(at, _)| Instant::now() >= *at)
+    }
+
+    fn failed(&mut self, site: &SiteName) -> Duration {
+        let wait = self
+            .sites
+            .get(site)
+            .map_or(FIRST_BACKOFF, |(_, w)| (*w * 2).min(MAX_BACKOFF));
+        self.sites
+            .insert(site.clone(), (Instant::now() + wait, wait));
+        wait
+    }
+}
+
+/// Orders a certificate for every ACME site that has none (and may).
+async fn scan(server: &Arc<Server>, backoff: &mut Backoff) {
+    let config = server.config().await;
+    let wanting: Vec<Arc<SiteConfig>> = config
+        .sites
+        .values()
+        .filter(|s| s.tls.as_ref().is_some_and(|t| t.acme && t.pair.is_none()))
+        .filter(|s| backoff.ready(&s.name))
+        .cloned()
+        .collect();
+    if !backoff.scanned {
+        backoff.scanned = true;
+        tracing::info!(
+            ordering = wanting.len(),
+            "ACME: first look at the sites' certificates"
+        );
+    }
+    for site in wanting {
+        match issue(server, &config.server.acme, &config.server.state_dir, &site).await {
+            Ok(()) => {
+                backoff.sites.remove(&site.name);
+                tracing::info!(site = %site.name, "ACME certificate issued");
+                if let Err(e) = server.reload().await {
+                    tracing::error!(site = %site.name, "the new certificate is stored but the reload failed: {e}");
+                }
+            }
+            Err(e) => {
+                let wait = backoff.failed(&site.name);
+                tracing::error!(site = %site.name, retry_in_s = wait.as_secs(), "ACME order failed: {e}");
+            }
+        }
+    }
+}
+
+/// The names a site's certificate covers: its exact hosts.
+fn names(site: &SiteConfig) -> Vec<Identifier> {
+    site.hosts
+        .iter()
+        .filter_map(|h| match h {
+            HostPattern::Exact(name) => Some(Identifier::Dns(name.clone())),
+            HostPattern::Wildcard(_) => None,
+        })
+        .collect()
+}
+
+/// One order for `site`, answered over HTTP-01; stores the result.
+async fn issue(
+    server: &Server,
+    acme: &AcmeConfig,
+    state_dir: &std::path::Path,
+    site: &SiteConfig,
+) -> Result<(), String> {
+    let names = names(site);
+    if names.is_empty() {
+        return Err("the site lists no host name to certify".into());
+    }
+    tracing::info!(site = %site.name, names = names.len(), directory = acme.directory, "ordering an ACME certificate");
+    let account = account::load_or_create(acme, state_dir).await?;
+    let mut order = account
+        .new_order(&NewOrder::new(&names))
+        .await
+        .map_err(|e| format!("new order: {e}"))?;
+    let tokens = answer_http01(server, &mut order).await;
+    let status = match &tokens {
+        Ok(_) => order
+            .poll_ready(&RetryPolicy::default())
+            .await
+            .map_err(|e| format!("waiting for validation: {e}")),
+        Err(e) => Err(e.clone()),
+    };
+    for token in tokens.iter().flatten() {
+        server.set_acme_challenge(token, None).await;
+    }
+    if status? != OrderStatus::Ready {
+        return Err(format!(
+            "validation failed: {}",
+            order_problem(&mut order).await
+        ));
+    }
+    let key_pem = order
+        .finalize()
+        .await
+        .map_err(|e| format!("finalize: {e}"))?;
+    let chain_pem = order
+        .poll_certificate(&RetryPolicy::default())
+        .await
+        .map_err(|e| format!("certificate: {e}"))?;
+    store::save(state_dir, &site.name.to_string(), &chain_pem, &key_pem)
+        .map_err(|e| format!("storing the certificate: {e}"))
+}
+
+/// Publishes the HTTP-01 answer of every pending authorization and tells
+/// the CA to validate; returns the tokens published.
+async fn answer_http01(
+    server: &Server,
+    order: &mut instant_acme::Order,
+) -> Result<Vec<String>, String> {
+    let mut tokens = Vec::new();
+    let mut authorizations = order.authorizations();
+    while let Some(authz) = authorizations.next().await {
+        let mut authz = authz.map_err(|e| format!("authorization: {e}"))?;
+        if authz.status == AuthorizationStatus::Valid {
+            continue;
+        }
+        let mut challenge = authz
+            .challenge(ChallengeType::Http01)
+            .ok_or("the CA offers no http-01 challenge")?;
+        let answer = challenge.key_authorization().as_str().to_owned();
+        server
+            .set_acme_challenge(&challenge.token, Some(answer))
+            .await;
+        tokens.push(challenge.token.clone());
+        challenge
+            .set_ready()
+            .await
+            .map_err(|e| format!("challenge ready: {e}"))?;
+    }
+    Ok(tokens)
+}
+
+/// What the CA said about a failed order: each authorization's challenge
+/// error (the CA's problem document), else the order's status.
+async fn order_problem(order: &mut instant_acme::Order) -> String {
+    let mut problems = Vec::new();
+    let mut authorizations = order.authorizations();
+    while let Some(Ok(authz)) = authorizations.next().await {
+        for ch in &authz.challenges {
+            if let Some(e) = &ch.error {
+                problems.push(format!("{}: {e}", authz.identifier()));
+            }
+        }
+    }
+    if problems.is_empty() {
+        return format!("order is {:?}", order.state().status);
+    }
+    problems.join("; ")
+}

@@ -1,0 +1,225 @@
+//! Issue 25 against a real ACME CA: Debian's `pebble`, with
+//! `pebble-challtestsrv` as its DNS (every name → 127.0.0.1) and its
+//! HTTP-01 port pointed at polyhost's plain listener. A site with
+//! `[tls] acme = true` gets a certificate over HTTP-01 (answered by the
+//! router from memory, also though the site redirects to https), is served
+//! over HTTPS with the chain pebble issued (verified with pebble's root),
+//! and a restarted polyhost orders nothing. Skipped (with a message) where
+//! pebble is not installed.
+
+mod common;
+
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::front::{self_signed, served_cert, tls_connect};
+use common::{Binary, TestConfig};
+use rustls::client::danger::ServerCertVerifier;
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// pebble and its DNS, killed on drop.
+struct Pebble {
+    _ca: tokio::process::Child,
+    _dns: tokio::process::Child,
+    port: u16,
+    mgmt: u16,
+    /// The certificate of pebble's own HTTPS listener (polyhost's `ca_roots`).
+    listener_cert: String,
+}
+
+impl Pebble {
+    async fn start(dir: &Path, http_port: u16, tls_port: u16) -> Pebble {
+        let (port, mgmt, dns, dns_mgmt) = (free_port(), free_port(), free_port(), free_port());
+        let cert = self_signed(&["localhost"]);
+        std::fs::write(dir.join("pebble.pem"), &cert.cert_pem).unwrap();
+        std::fs::write(dir.join("pebble.key"), &cert.key_pem).unwrap();
+        let config = serde_json::json!({"pebble": {
+            "listenAddress": format!("127.0.0.1:{port}"),
+            "managementListenAddress": format!("127.0.0.1:{mgmt}"),
+            "certificate": dir.join("pebble.pem"),
+            "privateKey": dir.join("pebble.key"),
+            "httpPort": http_port,
+            "tlsPort": tls_port,
+            "ocspResponderURL": "",
+            "externalAccountBindingRequired": false,
+        }});
+        std::fs::write(dir.join("pebble.json"), config.to_string()).unwrap();
+        let dns_child = tokio::process::Command::new("pebble-challtestsrv")
+            .args([
+                "-dns01",
+                &format!("127.0.0.1:{dns}"),
+                "-http01",
+                "",
+                "-https01",
+                "",
+            ])
+            .args([
+                "-tlsalpn01",
+                "",
+                "-management",
+                &format!("127.0.0.1:{dns_mgmt}"),
+            ])
+            .args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("pebble-challtestsrv (scripts/setup.sh installs pebble)");
+        let ca = tokio::process::Command::new("pebble")
+            .arg("-config")
+            .arg(dir.join("pebble.json"))
+            .args(["-dnsserver", &format!("127.0.0.1:{dns}")])
+            .env("PEBBLE_VA_NOSLEEP", "1")
+            .env("PEBBLE_WFE_NONCEREJECT", "0")
+            .stdout(std::fs::File::create(dir.join("pebble.log")).unwrap())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("pebble");
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                return Pebble {
+                    _ca: ca,
+                    _dns: dns_child,
+                    port,
+                    mgmt,
+                    listener_cert: cert.cert_pem,
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("pebble did not listen on {port}");
+    }
+
+    /// pebble's issuing root, from its management interface.
+    async fn root(&self) -> CertificateDer<'static> {
+        let addr = format!("127.0.0.1:{}", self.mgmt).parse().unwrap();
+        let mut tls = tls_connect(addr, "localhost", &[]).await.unwrap();
+        tls.write_all(b"GET /roots/0 HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .await
+            .unwrap();
+        let mut reply = String::new();
+        let _ = tls.read_to_string(&mut reply).await;
+        let pem = reply.split("\r\n\r\n").nth(1).expect("a body");
+        CertificateDer::from_pem_slice(pem.as_bytes()).expect("pebble's root PEM")
+    }
+}
+
+use rustls_pki_types::pem::PemObject;
+
+/// Fails unless `chain` (leaf first) is valid for `name` under `root`.
+fn verify(chain: &[CertificateDer<'static>], root: CertificateDer<'static>, name: &str) {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(root).unwrap();
+    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(roots),
+        polyhost::config::crypto_provider(),
+    )
+    .build()
+    .unwrap();
+    let name = ServerName::try_from(name.to_owned()).unwrap();
+    verifier
+        .verify_server_cert(&chain[0], &chain[1..], &name, &[], UnixTime::now())
+        .expect("the served chain verifies with pebble's root");
+}
+
+/// Polls (bounded) until `log` holds `needle`.
+async fn wait_log(polyhost: &Binary, needle: &str) {
+    for _ in 0..600 {
+        if polyhost.log().contains(needle) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no {needle:?} in the log:\n{}", polyhost.log());
+}
+
+/// The chain served for `name` once it is pebble's (not a handshake failure).
+async fn served_chain(https: u16, name: &str) -> Vec<CertificateDer<'static>> {
+    let addr = format!("127.0.0.1:{https}").parse().unwrap();
+    let mut last = String::new();
+    for _ in 0..600 {
+        match tls_connect(addr, name, &[]).await {
+            Ok(tls) => {
+                let _ = served_cert(&tls);
+                return tls.get_ref().1.peer_certificates().unwrap().to_vec();
+            }
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no certificate served for {name}: {last}");
+}
+
+#[tokio::test]
+async fn http01_certificate_is_issued_served_and_kept_across_a_restart() {
+    if std::process::Command::new("pebble")
+        .arg("-h")
+        .output()
+        .is_err()
+    {
+        eprintln!("pebble is not installed (scripts/setup.sh): skipped");
+        return;
+    }
+    let (http, https) = (free_port(), free_port());
+    let cfg = TestConfig::new();
+    let pebble = Pebble::start(cfg.path(), http, https).await;
+    cfg.write("pebble-listener.pem", &pebble.listener_cert);
+    cfg.write(
+        "polyhost.toml",
+        &format!(
+            "listen = [\"127.0.0.1:{http}\"]\ntls_listen = [\"127.0.0.1:{https}\"]\nstate_dir = \"state\"\nlog_dir = \"log\"\nshutdown_timeout = \"5s\"\nrouter_threads = 2\n[acme]\ndirectory = \"https://localhost:{}/dir\"\nemail = \"ops@example.test\"\nca_roots = [\"pebble-listener.pem\"]\n",
+            pebble.port
+        ),
+    );
+    // redirect_http defaults to true: the challenge is answered anyway.
+    cfg.static_site(
+        "shop",
+        &["shop.test", "www.shop.test"],
+        "[tls]\nacme = true",
+    );
+    let polyhost = Binary::start(&cfg.main(), &[]).await;
+    let chain = served_chain(https, "shop.test").await;
+    verify(&chain, pebble.root().await, "www.shop.test");
+    wait_log(&polyhost, "ACME certificate issued").await;
+    let account = cfg.path().join("state/acme/account.json");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&account).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600, "account.json mode");
+    let r = common::get(polyhost.addr, "shop.test", "/").await;
+    assert_eq!(
+        r.status, 301,
+        "with its certificate the site redirects to https"
+    );
+    polyhost.terminate().await;
+
+    let polyhost = Binary::start(&cfg.main(), &[]).await;
+    wait_log(
+        &polyhost,
+        "ACME: first look at the sites' certificates ordering=0",
+    )
+    .await;
+    let again = served_chain(https, "shop.test").await;
+    assert!(
+        again[0] == chain[0],
+        "the stored certificate is served after a restart"
+    );
+    assert!(
+        !polyhost.log().contains("ordering an ACME"),
+        "{}",
+        polyhost.log()
+    );
+    polyhost.terminate().await;
+}
