@@ -4,11 +4,12 @@
 #   php8.2-fpm       the PHP runtime (one pool per PHP site)
 #   python3-dev      Debian's CPython 3.11 with libpython, linked by polyhost-python
 #   python3-venv     virtualenvs for Python sites and the tests
+#   pebble           the test ACME CA (pebble, pebble-challtestsrv) for tests/acme_pebble.rs
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 
-PACKAGES=(php8.2-fpm php8.2-cli php8.2-sqlite3 adminer python3-dev python3-venv curl procps)
+PACKAGES=(php8.2-fpm php8.2-cli php8.2-sqlite3 adminer python3-dev python3-venv pebble curl procps)
 install_missing setup "${PACKAGES[@]}"
 
 # The demo's PHP, Python and ASGI sites run as these users when polyhost runs as

@@ -167,6 +167,7 @@ fn serve(path: &Path) -> ExitCode {
         let server = crate::app::Server::start(config).await?;
         let admin = crate::admin::serve(admin, server.clone(), shutdown.clone());
         tokio::spawn(reload_on_sighup(signals.hup, server.clone()));
+        crate::acme::spawn(server.clone(), shutdown.clone());
         crate::app::serve_with(server, listeners, shutdown.clone()).await?;
         shutdown.cancel();
         let _ = admin.await;

@@ -100,7 +100,6 @@ pub async fn serve_with(
             tracing::info!(%addr, "listening (TLS)");
         }
     }
-    crate::acme::spawn(server.clone(), shutdown.clone());
     let grace = server.shutdown_timeout();
     // Front-door settings (TLS, limits, trusted proxies) are fixed at start.
     let front = server.config().await.server.front;

@@ -52,8 +52,7 @@ pub struct Desired {
     pub acme_challenges: Arc<AcmeChallenges>,
 }
 
-/// ACME HTTP-01 answers by token (see [`Desired::acme_challenges`]).
-pub type AcmeChallenges = BTreeMap<String, String>;
+pub use crate::router::table::AcmeChallenges;
 
 /// One site's running state in a [`Desired`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

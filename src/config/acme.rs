@@ -20,7 +20,8 @@ pub struct AcmeConfig {
     pub directory: String,
     /// Contact address given to the CA when the account is created.
     pub email: Option<String>,
-    /// Extra PEM trust roots for talking to the CA (a private or test CA).
+    /// A PEM trust root for talking to the CA (a private or test CA); at
+    /// most one for now. Empty: the public web roots.
     pub ca_roots: Vec<PathBuf>,
 }
 
@@ -63,7 +64,15 @@ pub(crate) fn validate_acme(raw: RawAcme, base: &Path, errs: &mut FileErrors<'_>
             errs.add("acme.email", format!("{email:?} is not an e-mail address"));
         }
     }
-    for (i, root) in raw.ca_roots.unwrap_or_default().iter().enumerate() {
+    let roots = raw.ca_roots.unwrap_or_default();
+    if roots.len() > 1 {
+        // instant-acme's own client takes one root (`builder_with_root`).
+        errs.add(
+            "acme.ca_roots",
+            "one root for now: give the CA's root (or the certificate of its HTTPS endpoint) alone",
+        );
+    }
+    for (i, root) in roots.iter().enumerate() {
         let path = base.join(root);
         if path.is_file() {
             acme.ca_roots.push(path);

@@ -41,7 +41,7 @@ pub struct RoutingTable {
     pub site_uids: Vec<u32>,
     /// ACME HTTP-01 answers by token, served at
     /// `/.well-known/acme-challenge/TOKEN` before any site routing.
-    pub acme_challenges: Arc<crate::app::router_link::AcmeChallenges>,
+    pub acme_challenges: Arc<AcmeChallenges>,
 }
 
 impl RoutingTable {
@@ -64,10 +64,7 @@ impl RoutingTable {
     }
 
     /// With `challenges` answered (see [`RoutingTable::acme_challenges`]).
-    pub fn with_acme_challenges(
-        mut self,
-        challenges: Arc<crate::app::router_link::AcmeChallenges>,
-    ) -> Self {
+    pub fn with_acme_challenges(mut self, challenges: Arc<AcmeChallenges>) -> Self {
         self.acme_challenges = challenges;
         self
     }
@@ -79,6 +76,9 @@ impl RoutingTable {
         self.site_uids.binary_search(&uid).is_ok()
     }
 }
+
+/// ACME HTTP-01 answers by token (`app::router_link::Desired::acme_challenges`).
+pub type AcmeChallenges = std::collections::BTreeMap<String, String>;
 
 /// Every site's certificate, taken from the sites' configurations.
 #[derive(Default)]
