@@ -162,27 +162,86 @@ async fn served_chain(https: u16, name: &str) -> Vec<CertificateDer<'static>> {
     panic!("no certificate served for {name}: {last}");
 }
 
-#[tokio::test]
-async fn http01_certificate_is_issued_served_and_kept_across_a_restart() {
-    if std::process::Command::new("pebble")
+/// `polyhost.toml` serving `http` and `https`, the CA at `ca_port`.
+fn write_main(cfg: &TestConfig, pebble: &Pebble, http: u16, https: u16, ca_port: u16) {
+    cfg.write("pebble-listener.pem", &pebble.listener_cert);
+    cfg.write(
+        "polyhost.toml",
+        &format!(
+            "listen = [\"127.0.0.1:{http}\"]\ntls_listen = [\"127.0.0.1:{https}\"]\nstate_dir = \"state\"\nlog_dir = \"log\"\nshutdown_timeout = \"5s\"\nrouter_threads = 2\n[acme]\ndirectory = \"https://localhost:{ca_port}/dir\"\nemail = \"ops@example.test\"\nca_roots = [\"pebble-listener.pem\"]\n"
+        ),
+    );
+}
+
+fn pebble_installed() -> bool {
+    let there = std::process::Command::new("pebble")
         .arg("-h")
         .output()
-        .is_err()
-    {
+        .is_ok();
+    if !there {
         eprintln!("pebble is not installed (scripts/setup.sh): skipped");
+    }
+    there
+}
+
+/// `polyhost status SITE` (through the admin socket), stdout and stderr.
+async fn status(cfg: &TestConfig, site: &str) -> String {
+    let socket = cfg.path().join("state/admin.sock");
+    let site = site.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_polyhost"))
+            .arg("--socket")
+            .arg(socket)
+            .args(["status", &site])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    })
+    .await
+    .unwrap()
+}
+
+/// `/metrics` from the admin socket.
+async fn metrics(cfg: &TestConfig) -> String {
+    let socket = cfg.path().join("state/admin.sock");
+    let out = tokio::process::Command::new("curl")
+        .args(["-s", "--unix-socket"])
+        .arg(socket)
+        .arg("http://localhost/metrics")
+        .output()
+        .await
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Polls `polyhost status SITE` (bounded) until it holds `needle`.
+async fn wait_status(cfg: &TestConfig, site: &str, needle: &str) -> String {
+    let mut last = String::new();
+    for _ in 0..300 {
+        last = status(cfg, site).await;
+        if last.contains(needle) {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("status of {site} never showed {needle:?}; last:\n{last}");
+}
+
+/// How many orders pebble created (its log's new-order requests).
+fn orders_seen(cfg: &TestConfig) -> usize {
+    let log = std::fs::read_to_string(cfg.path().join("pebble.log")).unwrap_or_default();
+    log.lines().filter(|l| l.contains("/order-plz")).count()
+}
+
+#[tokio::test]
+async fn http01_certificate_is_issued_served_and_kept_across_a_restart() {
+    if !pebble_installed() {
         return;
     }
     let (http, https) = (free_port(), free_port());
     let cfg = TestConfig::new();
     let pebble = Pebble::start(cfg.path(), http, https).await;
-    cfg.write("pebble-listener.pem", &pebble.listener_cert);
-    cfg.write(
-        "polyhost.toml",
-        &format!(
-            "listen = [\"127.0.0.1:{http}\"]\ntls_listen = [\"127.0.0.1:{https}\"]\nstate_dir = \"state\"\nlog_dir = \"log\"\nshutdown_timeout = \"5s\"\nrouter_threads = 2\n[acme]\ndirectory = \"https://localhost:{}/dir\"\nemail = \"ops@example.test\"\nca_roots = [\"pebble-listener.pem\"]\n",
-            pebble.port
-        ),
-    );
+    write_main(&cfg, &pebble, http, https, pebble.port);
     // redirect_http defaults to true: the challenge is answered anyway.
     cfg.static_site(
         "shop",
@@ -203,6 +262,18 @@ async fn http01_certificate_is_issued_served_and_kept_across_a_restart() {
         r.status, 301,
         "with its certificate the site redirects to https"
     );
+    let m = metrics(&cfg).await;
+    let expiry = m
+        .lines()
+        .find(|l| l.starts_with("polyhost_certificate_expiry_seconds{site=\"shop\"}"))
+        .unwrap_or_else(|| panic!("no expiry metric for shop:\n{m}"));
+    let secs: i64 = expiry.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(
+        secs > 3600,
+        "pebble's certificate should have time left: {expiry}"
+    );
+    assert!(status(&cfg, "shop").await.contains("certificate"));
+    assert_eq!(orders_seen(&cfg), 1, "one order");
     polyhost.terminate().await;
 
     let polyhost = Binary::start(&cfg.main(), &[]).await;
@@ -216,10 +287,81 @@ async fn http01_certificate_is_issued_served_and_kept_across_a_restart() {
         again[0] == chain[0],
         "the stored certificate is served after a restart"
     );
+    assert_eq!(orders_seen(&cfg), 1, "a restart orders nothing");
     assert!(
         !polyhost.log().contains("ordering an ACME"),
         "{}",
         polyhost.log()
     );
+    polyhost.terminate().await;
+}
+
+/// The CA cannot reach polyhost for HTTP-01 (pebble's HTTP port points
+/// nowhere): the order fails with pebble's problem document, shown in
+/// status; the site keeps serving plain HTTP (not redirected); the next
+/// order waits for the backoff (pebble saw one order across several scans).
+#[tokio::test]
+async fn a_failed_challenge_is_shown_and_backed_off_and_plain_http_keeps_working() {
+    if !pebble_installed() {
+        return;
+    }
+    let (http, https, nowhere) = (free_port(), free_port(), free_port());
+    let cfg = TestConfig::new();
+    let pebble = Pebble::start(cfg.path(), nowhere, https).await;
+    write_main(&cfg, &pebble, http, https, pebble.port);
+    cfg.static_site("shop", &["shop.test"], "[tls]\nacme = true");
+    let polyhost = Binary::start(&cfg.main(), &[]).await;
+    let shown = wait_status(&cfg, "shop", "acme error").await;
+    assert!(
+        shown.contains("urn:ietf:params:acme:error:"),
+        "the CA's problem type: {shown}"
+    );
+    let r = common::get(polyhost.addr, "shop.test", "/").await;
+    assert_eq!(
+        r.status, 200,
+        "plain HTTP is served while there is no certificate"
+    );
+    // Several scans (every 2 s) later, still the one order.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert_eq!(orders_seen(&cfg), 1, "orders pebble saw");
+    assert_eq!(
+        polyhost
+            .log()
+            .matches("ordering an ACME certificate")
+            .count(),
+        1
+    );
+    polyhost.terminate().await;
+}
+
+/// No CA listening: the error is shown and retried only after the backoff.
+#[tokio::test]
+async fn an_unreachable_ca_is_shown_and_backed_off() {
+    if !pebble_installed() {
+        return;
+    }
+    let (http, https, no_ca) = (free_port(), free_port(), free_port());
+    let cfg = TestConfig::new();
+    let pebble = Pebble::start(cfg.path(), http, https).await;
+    write_main(&cfg, &pebble, http, https, no_ca);
+    cfg.static_site("shop", &["shop.test"], "[tls]\nacme = true");
+    let polyhost = Binary::start(&cfg.main(), &[]).await;
+    let shown = wait_status(&cfg, "shop", "acme error").await;
+    assert!(shown.contains("account"), "{shown}");
+    assert_eq!(
+        common::get(polyhost.addr, "shop.test", "/").await.status,
+        200
+    );
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert_eq!(
+        polyhost
+            .log()
+            .matches("ordering an ACME certificate")
+            .count(),
+        1,
+        "{}",
+        polyhost.log()
+    );
+    assert_eq!(orders_seen(&cfg), 0);
     polyhost.terminate().await;
 }

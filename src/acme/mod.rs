@@ -96,6 +96,7 @@ async fn scan(server: &Arc<Server>, backoff: &mut Backoff) {
         match issue(server, &config.server.acme, &config.server.state_dir, &site).await {
             Ok(()) => {
                 backoff.sites.remove(&site.name);
+                server.set_acme_error(&site.name.to_string(), None);
                 tracing::info!(site = %site.name, "ACME certificate issued");
                 if let Err(e) = server.reload().await {
                     tracing::error!(site = %site.name, "the new certificate is stored but the reload failed: {e}");
@@ -103,6 +104,7 @@ async fn scan(server: &Arc<Server>, backoff: &mut Backoff) {
             }
             Err(e) => {
                 let wait = backoff.failed(&site.name);
+                server.set_acme_error(&site.name.to_string(), Some(e.clone()));
                 tracing::error!(site = %site.name, retry_in_s = wait.as_secs(), "ACME order failed: {e}");
             }
         }

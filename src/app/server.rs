@@ -72,6 +72,8 @@ pub struct Server {
     /// The ACME HTTP-01 challenges answered now (`crate::acme`), published
     /// with the sites.
     acme_challenges: ArcSwap<super::router_link::AcmeChallenges>,
+    /// Each ACME site's last order failure, until one succeeds (status).
+    acme_errors: std::sync::Mutex<BTreeMap<String, String>>,
 }
 
 impl Server {
@@ -142,6 +144,7 @@ impl Server {
             router: std::sync::OnceLock::new(),
             desired_version: AtomicU64::new(0),
             acme_challenges: ArcSwap::from_pointee(Default::default()),
+            acme_errors: Default::default(),
         }
     }
 
@@ -370,6 +373,22 @@ impl Server {
         self.publish(&state).await;
     }
 
+    /// Records (or, `None`, clears) the last ACME failure of `site`.
+    pub fn set_acme_error(&self, site: &str, error: Option<String>) {
+        let mut errors = self.acme_errors.lock().unwrap_or_else(|e| e.into_inner());
+        match error {
+            Some(e) => errors.insert(site.to_owned(), e),
+            None => errors.remove(site),
+        };
+    }
+
+    fn status_of_site(&self, site: &Site) -> SiteStatus {
+        let mut status = SiteStatus::of(site);
+        let errors = self.acme_errors.lock().unwrap_or_else(|e| e.into_inner());
+        status.acme_error = errors.get(&status.name).cloned();
+        status
+    }
+
     /// Never waits for a control operation in progress. With a router
     /// process, its request counters are asked of it (bounded wait).
     pub async fn status(&self) -> ServerStatus {
@@ -407,7 +426,7 @@ impl Server {
             limits_backend: self.supervisor.cgroups().describe(),
             reloads: self.reloads.load(Ordering::Relaxed),
             reloads_failed: self.reloads_failed.load(Ordering::Relaxed),
-            sites: sites.values().map(SiteStatus::of).collect(),
+            sites: sites.values().map(|s| self.status_of_site(s)).collect(),
         }
     }
 
@@ -415,7 +434,12 @@ impl Server {
     pub async fn site_status(&self, name: &str) -> Result<SiteStatus, ControlError> {
         let status = SiteName::parse(name)
             .ok()
-            .and_then(|n| self.published.load().get(&n).map(SiteStatus::of))
+            .and_then(|n| {
+                self.published
+                    .load()
+                    .get(&n)
+                    .map(|s| self.status_of_site(s))
+            })
             .ok_or_else(|| ControlError::NoSuchSite(name.to_owned()))?;
         let mut one = [status];
         self.with_router_counters(&mut one).await;

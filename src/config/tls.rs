@@ -93,6 +93,14 @@ impl LoadedPair {
         &self.key
     }
 
+    /// When the site's certificate (the chain's first) expires, in Unix
+    /// seconds; `None` if it cannot be parsed.
+    pub fn not_after(&self) -> Option<i64> {
+        let leaf = self.der.chain.first()?;
+        let (_, cert) = x509_parser::parse_x509_certificate(leaf).ok()?;
+        Some(cert.validity().not_after.timestamp())
+    }
+
     fn from_der(der: PairDer) -> Result<Self, String> {
         let chain: Vec<CertificateDer<'static>> = der
             .chain
