@@ -62,11 +62,15 @@ fn acme_defaults_to_lets_encrypt_and_takes_a_test_ca() {
     );
     let cfg = TestConfig::new();
     cfg.write("roots/pebble.pem", "not checked here");
-    cfg.main_extra("[acme]\ndirectory = \"https://127.0.0.1:14000/dir\"\nemail = \"ops@example.test\"\nca_roots = [\"roots/pebble.pem\"]");
+    cfg.main_extra("[acme]\ndirectory = \"https://127.0.0.1:14000/dir\"\nemail = \"ops@example.test\"\nca_roots = [\"roots/pebble.pem\"]\nrenew_before = \"10d\"");
     let acme = cfg.load().server.acme;
     assert_eq!(acme.directory, "https://127.0.0.1:14000/dir");
     assert_eq!(acme.email.as_deref(), Some("ops@example.test"));
     assert!(acme.ca_roots[0].ends_with("roots/pebble.pem"));
+    assert_eq!(
+        acme.renew_before,
+        Some(std::time::Duration::from_secs(10 * 86400))
+    );
 }
 
 #[tokio::test]

@@ -14,7 +14,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::front::{self_signed, served_cert, tls_connect};
+use common::front::{h1_over, self_signed, send_h1, served_cert, tls_connect};
 use common::{Binary, TestConfig};
 use rustls::client::danger::ServerCertVerifier;
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
@@ -36,7 +36,8 @@ struct Pebble {
 }
 
 impl Pebble {
-    async fn start(dir: &Path, http_port: u16, tls_port: u16) -> Pebble {
+    /// `validity`: the lifetime of the certificates it issues, in seconds.
+    async fn start(dir: &Path, http_port: u16, tls_port: u16, validity: Option<u64>) -> Pebble {
         let (port, mgmt, dns, dns_mgmt) = (free_port(), free_port(), free_port(), free_port());
         let cert = self_signed(&["localhost"]);
         std::fs::write(dir.join("pebble.pem"), &cert.cert_pem).unwrap();
@@ -50,6 +51,7 @@ impl Pebble {
             "tlsPort": tls_port,
             "ocspResponderURL": "",
             "externalAccountBindingRequired": false,
+            "certificateValidityPeriod": validity,
         }});
         std::fs::write(dir.join("pebble.json"), config.to_string()).unwrap();
         let dns_child = tokio::process::Command::new("pebble-challtestsrv")
@@ -240,7 +242,7 @@ async fn http01_certificate_is_issued_served_and_kept_across_a_restart() {
     }
     let (http, https) = (free_port(), free_port());
     let cfg = TestConfig::new();
-    let pebble = Pebble::start(cfg.path(), http, https).await;
+    let pebble = Pebble::start(cfg.path(), http, https, None).await;
     write_main(&cfg, &pebble, http, https, pebble.port);
     // redirect_http defaults to true: the challenge is answered anyway.
     cfg.static_site(
@@ -307,7 +309,7 @@ async fn a_failed_challenge_is_shown_and_backed_off_and_plain_http_keeps_working
     }
     let (http, https, nowhere) = (free_port(), free_port(), free_port());
     let cfg = TestConfig::new();
-    let pebble = Pebble::start(cfg.path(), nowhere, https).await;
+    let pebble = Pebble::start(cfg.path(), nowhere, https, None).await;
     write_main(&cfg, &pebble, http, https, pebble.port);
     cfg.static_site("shop", &["shop.test"], "[tls]\nacme = true");
     let polyhost = Binary::start(&cfg.main(), &[]).await;
@@ -342,7 +344,7 @@ async fn an_unreachable_ca_is_shown_and_backed_off() {
     }
     let (http, https, no_ca) = (free_port(), free_port(), free_port());
     let cfg = TestConfig::new();
-    let pebble = Pebble::start(cfg.path(), http, https).await;
+    let pebble = Pebble::start(cfg.path(), http, https, None).await;
     write_main(&cfg, &pebble, http, https, no_ca);
     cfg.static_site("shop", &["shop.test"], "[tls]\nacme = true");
     let polyhost = Binary::start(&cfg.main(), &[]).await;
@@ -363,5 +365,47 @@ async fn an_unreachable_ca_is_shown_and_backed_off() {
         polyhost.log()
     );
     assert_eq!(orders_seen(&cfg), 0);
+    polyhost.terminate().await;
+}
+
+/// pebble issues 40 s certificates: the default `renew_before` (a third of
+/// the lifetime) renews in the background; new handshakes get the new
+/// certificate while a connection made with the old one keeps working.
+#[tokio::test]
+async fn a_short_lived_certificate_is_renewed_without_dropping_connections() {
+    if !pebble_installed() {
+        return;
+    }
+    let (http, https) = (free_port(), free_port());
+    let cfg = TestConfig::new();
+    let pebble = Pebble::start(cfg.path(), http, https, Some(40)).await;
+    write_main(&cfg, &pebble, http, https, pebble.port);
+    cfg.static_site("shop", &["shop.test"], "[tls]\nacme = true");
+    let polyhost = Binary::start(&cfg.main(), &[]).await;
+    let first = served_chain(https, "shop.test").await;
+    let addr = format!("127.0.0.1:{https}").parse().unwrap();
+    let old = tls_connect(addr, "shop.test", &["http/1.1"]).await.unwrap();
+    assert!(served_cert(&old) == first[0].to_vec());
+    let mut old = h1_over(old).await;
+    let req = || common::request("GET", "shop.test", "/");
+    assert_eq!(send_h1(&mut old, req()).await.status, 200);
+    let mut renewed = None;
+    for _ in 0..900 {
+        let chain = served_chain(https, "shop.test").await;
+        if chain[0] != first[0] {
+            renewed = Some(chain);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let renewed = renewed.unwrap_or_else(|| panic!("not renewed; log:\n{}", polyhost.log()));
+    verify(&renewed, pebble.root().await, "shop.test");
+    assert_eq!(
+        send_h1(&mut old, req()).await.status,
+        200,
+        "the old connection"
+    );
+    let orders = orders_seen(&cfg);
+    assert!((2..=3).contains(&orders), "orders pebble saw: {orders}");
     polyhost.terminate().await;
 }

@@ -7,6 +7,11 @@
 //! key under `state_dir/acme/certs/SITE/` and reloads, so the new
 //! certificate reaches the router like any changed configuration.
 //!
+//! A certificate is renewed the same way once its renewal time
+//! ([`renew_at`]) has come; the reload swaps it for new handshakes while
+//! open connections keep the one they were made with. ARI (RFC 9773) is
+//! not used yet.
+//!
 //! Invariants: the account key is created once per CA directory and kept
 //! in `state_dir/acme/account.json` (0600); a site that failed is not
 //! ordered again before its backoff has passed (never a tight loop); a
@@ -81,7 +86,7 @@ async fn scan(server: &Arc<Server>, backoff: &mut Backoff) {
     let wanting: Vec<Arc<SiteConfig>> = config
         .sites
         .values()
-        .filter(|s| s.tls.as_ref().is_some_and(|t| t.acme && t.pair.is_none()))
+        .filter(|s| needs_order(s, &config.server.acme))
         .filter(|s| backoff.ready(&s.name))
         .cloned()
         .collect();
@@ -109,6 +114,37 @@ async fn scan(server: &Arc<Server>, backoff: &mut Backoff) {
             }
         }
     }
+}
+
+/// Whether ACME site `site` has no certificate, or its renewal time has come.
+fn needs_order(site: &SiteConfig, acme: &AcmeConfig) -> bool {
+    let Some(tls) = site.tls.as_ref().filter(|t| t.acme) else {
+        return false;
+    };
+    let Some((start, end)) = tls.pair.as_ref().and_then(|p| p.validity()) else {
+        return true;
+    };
+    unix_now() >= renew_at(&site.name.to_string(), start, end, acme.renew_before)
+}
+
+/// When to renew a certificate valid from `start` to `end` (Unix
+/// seconds): `renew_before` (default a third of the lifetime) before
+/// `end`, earlier by a jitter of up to a tenth of that, fixed per site and
+/// certificate (so sites issued together do not renew together, and every
+/// scan computes the same time).
+fn renew_at(site: &str, start: i64, end: i64, renew_before: Option<Duration>) -> i64 {
+    use std::hash::{Hash, Hasher};
+    let before = renew_before.map_or((end - start) / 3, |d| d.as_secs() as i64);
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (site, end).hash(&mut h);
+    let spread = (before / 10).max(1) as u64;
+    end - before - (h.finish() % spread) as i64
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// The names a site's certificate covers: its exact hosts.

@@ -23,6 +23,8 @@ pub struct AcmeConfig {
     /// A PEM trust root for talking to the CA (a private or test CA); at
     /// most one for now. Empty: the public web roots.
     pub ca_roots: Vec<PathBuf>,
+    /// Renew this long before expiry; `None`: a third of the lifetime.
+    pub renew_before: Option<std::time::Duration>,
 }
 
 impl Default for AcmeConfig {
@@ -31,6 +33,7 @@ impl Default for AcmeConfig {
             directory: LETS_ENCRYPT.into(),
             email: None,
             ca_roots: Vec::new(),
+            renew_before: None,
         }
     }
 }
@@ -41,6 +44,7 @@ pub struct RawAcme {
     pub directory: Option<String>,
     pub email: Option<String>,
     pub ca_roots: Option<Vec<String>>,
+    pub renew_before: Option<super::types::Scalar>,
 }
 
 pub(crate) fn validate_acme(raw: RawAcme, base: &Path, errs: &mut FileErrors<'_>) -> AcmeConfig {
@@ -64,6 +68,9 @@ pub(crate) fn validate_acme(raw: RawAcme, base: &Path, errs: &mut FileErrors<'_>
             errs.add("acme.email", format!("{email:?} is not an e-mail address"));
         }
     }
+    acme.renew_before = raw
+        .renew_before
+        .and_then(|v| errs.check("acme.renew_before", super::types::parse_duration(&v)));
     let roots = raw.ca_roots.unwrap_or_default();
     if roots.len() > 1 {
         // instant-acme's own client takes one root (`builder_with_root`).

@@ -96,9 +96,15 @@ impl LoadedPair {
     /// When the site's certificate (the chain's first) expires, in Unix
     /// seconds; `None` if it cannot be parsed.
     pub fn not_after(&self) -> Option<i64> {
+        self.validity().map(|(_, end)| end)
+    }
+
+    /// The certificate's validity (not before, not after), Unix seconds.
+    pub fn validity(&self) -> Option<(i64, i64)> {
         let leaf = self.der.chain.first()?;
         let (_, cert) = x509_parser::parse_x509_certificate(leaf).ok()?;
-        Some(cert.validity().not_after.timestamp())
+        let v = cert.validity();
+        Some((v.not_before.timestamp(), v.not_after.timestamp()))
     }
 
     fn from_der(der: PairDer) -> Result<Self, String> {
