@@ -409,3 +409,30 @@ async fn a_short_lived_certificate_is_renewed_without_dropping_connections() {
     assert!((2..=3).contains(&orders), "orders pebble saw: {orders}");
     polyhost.terminate().await;
 }
+
+/// `challenges = ["tls-alpn-01"]`, pebble's HTTP-01 port pointing nowhere
+/// and its TLS-ALPN-01 port at polyhost's TLS listener: the certificate is
+/// issued through the `acme-tls/1` handshake and served.
+#[tokio::test]
+async fn tls_alpn01_certificate_is_issued_and_served() {
+    if !pebble_installed() {
+        return;
+    }
+    let (http, https, nowhere) = (free_port(), free_port(), free_port());
+    let cfg = TestConfig::new();
+    let pebble = Pebble::start(cfg.path(), nowhere, https, None).await;
+    write_main(&cfg, &pebble, http, https, pebble.port);
+    cfg.main_extra("challenges = [\"tls-alpn-01\"]");
+    cfg.static_site("alpn", &["alpn.test"], "[tls]\nacme = true");
+    let polyhost = Binary::start(&cfg.main(), &[]).await;
+    let chain = served_chain(https, "alpn.test").await;
+    verify(&chain, pebble.root().await, "alpn.test");
+    assert_eq!(orders_seen(&cfg), 1);
+    // Ordinary clients never negotiate acme-tls/1.
+    let addr = format!("127.0.0.1:{https}").parse().unwrap();
+    let tls = tls_connect(addr, "alpn.test", &["h2", "http/1.1"])
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    polyhost.terminate().await;
+}

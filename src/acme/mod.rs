@@ -2,7 +2,7 @@
 //! supervisor (which holds the account key and the sites' keys): one task
 //! ([`spawn`]) looks every few seconds for ACME sites without a
 //! certificate, orders one per site with `instant-acme`, answers HTTP-01
-//! through the routing table (`Server::set_acme_challenge`: the router
+//! through the routing table (`Server::change_acme_challenges`: the router
 //! serves `/.well-known/acme-challenge/` from memory), stores the chain and
 //! key under `state_dir/acme/certs/SITE/` and reloads, so the new
 //! certificate reaches the router like any changed configuration.
@@ -175,7 +175,7 @@ async fn issue(
         .new_order(&NewOrder::new(&names))
         .await
         .map_err(|e| format!("new order: {e}"))?;
-    let tokens = answer_http01(server, &mut order).await;
+    let tokens = answer(server, &acme.challenges, &mut order).await;
     let status = match &tokens {
         Ok(_) => order
             .poll_ready(&RetryPolicy::default())
@@ -183,8 +183,21 @@ async fn issue(
             .map_err(|e| format!("waiting for validation: {e}")),
         Err(e) => Err(e.clone()),
     };
-    for token in tokens.iter().flatten() {
-        server.set_acme_challenge(token, None).await;
+    if let Ok(published) = &tokens {
+        server
+            .change_acme_challenges(|c| {
+                for p in published {
+                    match p {
+                        Published::Http01(token) => {
+                            c.http01.remove(token);
+                        }
+                        Published::TlsAlpn01(name) => {
+                            c.tls_alpn01.remove(name);
+                        }
+                    }
+                }
+            })
+            .await;
     }
     if status? != OrderStatus::Ready {
         return Err(format!(
@@ -204,33 +217,76 @@ async fn issue(
         .map_err(|e| format!("storing the certificate: {e}"))
 }
 
-/// Publishes the HTTP-01 answer of every pending authorization and tells
-/// the CA to validate; returns the tokens published.
-async fn answer_http01(
+/// An answer the router was given, to take back when the order is done.
+enum Published {
+    Http01(String),
+    TlsAlpn01(String),
+}
+
+/// Publishes the answer of every pending authorization, with the first of
+/// `challenges` the CA offers for it, and tells the CA to validate.
+async fn answer(
     server: &Server,
+    challenges: &[String],
     order: &mut instant_acme::Order,
-) -> Result<Vec<String>, String> {
-    let mut tokens = Vec::new();
+) -> Result<Vec<Published>, String> {
+    let mut published = Vec::new();
     let mut authorizations = order.authorizations();
     while let Some(authz) = authorizations.next().await {
         let mut authz = authz.map_err(|e| format!("authorization: {e}"))?;
         if authz.status == AuthorizationStatus::Valid {
             continue;
         }
-        let mut challenge = authz
-            .challenge(ChallengeType::Http01)
-            .ok_or("the CA offers no http-01 challenge")?;
-        let answer = challenge.key_authorization().as_str().to_owned();
-        server
-            .set_acme_challenge(&challenge.token, Some(answer))
-            .await;
-        tokens.push(challenge.token.clone());
+        let name = authz.identifier().to_string();
+        let kind = challenges
+            .iter()
+            .filter_map(|c| match c.as_str() {
+                "http-01" => Some(ChallengeType::Http01),
+                "tls-alpn-01" => Some(ChallengeType::TlsAlpn01),
+                _ => None,
+            })
+            .find(|k| authz.challenges.iter().any(|c| c.r#type == *k))
+            .ok_or_else(|| format!("{name}: the CA offers none of acme.challenges"))?;
+        let mut challenge = authz.challenge(kind.clone()).ok_or("challenge vanished")?;
+        let key_auth = challenge.key_authorization();
+        let p = if kind == ChallengeType::Http01 {
+            let (token, answer) = (challenge.token.clone(), key_auth.as_str().to_owned());
+            server
+                .change_acme_challenges(|c| {
+                    c.http01.insert(token.clone(), answer);
+                })
+                .await;
+            Published::Http01(token)
+        } else {
+            let pair = alpn_certificate(&name, key_auth.digest().as_ref())?;
+            let key = name.to_ascii_lowercase();
+            server
+                .change_acme_challenges(|c| {
+                    c.tls_alpn01.insert(key.clone(), pair);
+                })
+                .await;
+            Published::TlsAlpn01(key)
+        };
+        published.push(p);
         challenge
             .set_ready()
             .await
             .map_err(|e| format!("challenge ready: {e}"))?;
     }
-    Ok(tokens)
+    Ok(published)
+}
+
+/// The TLS-ALPN-01 certificate for `name` (RFC 8737): self-signed, with
+/// the acmeIdentifier extension holding the key authorization's digest.
+fn alpn_certificate(name: &str, digest: &[u8]) -> Result<crate::config::LoadedPair, String> {
+    let mut params =
+        rcgen::CertificateParams::new(vec![name.to_owned()]).map_err(|e| e.to_string())?;
+    params
+        .custom_extensions
+        .push(rcgen::CustomExtension::new_acme_identifier(digest));
+    let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+    let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
+    crate::config::LoadedPair::from_pem(&cert.pem(), &key.serialize_pem())
 }
 
 /// What the CA said about a failed order: each authorization's challenge

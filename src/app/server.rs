@@ -360,15 +360,15 @@ impl Server {
         }
     }
 
-    /// Answers ACME HTTP-01 challenge `token` with `answer` (`None`: no
-    /// longer), in this process's table and the router's.
-    pub async fn set_acme_challenge(&self, token: &str, answer: Option<String>) {
+    /// Changes the ACME challenges answered (`change` edits them), in this
+    /// process's table and the router's; returns once the router serves them.
+    pub async fn change_acme_challenges(
+        &self,
+        change: impl FnOnce(&mut super::router_link::AcmeChallenges),
+    ) {
         let state = self.state.lock().await;
         let mut challenges = (*self.acme_challenges.load_full()).clone();
-        match answer {
-            Some(a) => challenges.insert(token.to_owned(), a),
-            None => challenges.remove(token),
-        };
+        change(&mut challenges);
         self.acme_challenges.store(Arc::new(challenges));
         self.publish(&state).await;
     }

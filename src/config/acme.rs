@@ -25,6 +25,9 @@ pub struct AcmeConfig {
     pub ca_roots: Vec<PathBuf>,
     /// Renew this long before expiry; `None`: a third of the lifetime.
     pub renew_before: Option<std::time::Duration>,
+    /// The challenge types polyhost may answer, preferred first:
+    /// `"http-01"`, `"tls-alpn-01"`.
+    pub challenges: Vec<String>,
 }
 
 impl Default for AcmeConfig {
@@ -34,6 +37,7 @@ impl Default for AcmeConfig {
             email: None,
             ca_roots: Vec::new(),
             renew_before: None,
+            challenges: vec!["http-01".into(), "tls-alpn-01".into()],
         }
     }
 }
@@ -45,6 +49,7 @@ pub struct RawAcme {
     pub email: Option<String>,
     pub ca_roots: Option<Vec<String>>,
     pub renew_before: Option<super::types::Scalar>,
+    pub challenges: Option<Vec<String>>,
 }
 
 pub(crate) fn validate_acme(raw: RawAcme, base: &Path, errs: &mut FileErrors<'_>) -> AcmeConfig {
@@ -71,6 +76,16 @@ pub(crate) fn validate_acme(raw: RawAcme, base: &Path, errs: &mut FileErrors<'_>
     acme.renew_before = raw
         .renew_before
         .and_then(|v| errs.check("acme.renew_before", super::types::parse_duration(&v)));
+    if let Some(challenges) = raw.challenges {
+        let bad = challenges
+            .iter()
+            .find(|c| !matches!(c.as_str(), "http-01" | "tls-alpn-01"));
+        match bad {
+            Some(c) => errs.add("acme.challenges", format!("{c:?} is not a challenge polyhost answers: \"http-01\" or \"tls-alpn-01\" (DNS-01 is not supported)")),
+            None if challenges.is_empty() => errs.add("acme.challenges", "empty: give \"http-01\", \"tls-alpn-01\" or both"),
+            None => acme.challenges = challenges,
+        }
+    }
     let roots = raw.ca_roots.unwrap_or_default();
     if roots.len() > 1 {
         // instant-acme's own client takes one root (`builder_with_root`).

@@ -107,6 +107,19 @@ impl LoadedPair {
         Some((v.not_before.timestamp(), v.not_after.timestamp()))
     }
 
+    /// A pair from PEM text (a generated certificate, never a file).
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, String> {
+        let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+            .map(|c| c.map(|c| c.as_ref().to_vec()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())?;
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| e.to_string())?;
+        LoadedPair::from_der(PairDer {
+            chain,
+            key: key.secret_der().to_vec(),
+        })
+    }
+
     fn from_der(der: PairDer) -> Result<Self, String> {
         let chain: Vec<CertificateDer<'static>> = der
             .chain

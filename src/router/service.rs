@@ -286,14 +286,14 @@ fn connect_refused(version: Version) -> Response<ResponseBody> {
 /// The answer to an ACME HTTP-01 validation request, for whatever host:
 /// before site routing, so a site's redirect or application never sees it.
 fn acme_challenge<B>(req: &Request<B>, table: &RoutingTable) -> Option<Response<ResponseBody>> {
-    if table.acme_challenges.is_empty() {
+    if table.acme_challenges.http01.is_empty() {
         return None;
     }
     let token = req
         .uri()
         .path()
         .strip_prefix("/.well-known/acme-challenge/")?;
-    let Some(answer) = table.acme_challenges.get(token) else {
+    let Some(answer) = table.acme_challenges.http01.get(token) else {
         return Some(plain_response(StatusCode::NOT_FOUND, "no such challenge"));
     };
     let mut resp = Response::new(crate::upstream::full_body(answer.clone()));

@@ -39,8 +39,9 @@ pub struct RoutingTable {
     /// The users sites run code as, sorted: a local connection owned by
     /// one of them is a site's code, never a trusted proxy.
     pub site_uids: Vec<u32>,
-    /// ACME HTTP-01 answers by token, served at
-    /// `/.well-known/acme-challenge/TOKEN` before any site routing.
+    /// ACME answers: HTTP-01 by token, served at
+    /// `/.well-known/acme-challenge/TOKEN` before any site routing; TLS-ALPN-01
+    /// certificates by name (`router::tls`).
     pub acme_challenges: Arc<AcmeChallenges>,
 }
 
@@ -77,8 +78,15 @@ impl RoutingTable {
     }
 }
 
-/// ACME HTTP-01 answers by token (`app::router_link::Desired::acme_challenges`).
-pub type AcmeChallenges = std::collections::BTreeMap<String, String>;
+/// The ACME challenges answered now (`app::router_link::Desired::acme_challenges`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AcmeChallenges {
+    /// HTTP-01: token → key authorization.
+    pub http01: std::collections::BTreeMap<String, String>,
+    /// TLS-ALPN-01: name → the challenge certificate (RFC 8737), served to
+    /// handshakes that offer only `acme-tls/1`.
+    pub tls_alpn01: std::collections::BTreeMap<String, crate::config::LoadedPair>,
+}
 
 /// Every site's certificate, taken from the sites' configurations.
 #[derive(Default)]
