@@ -77,7 +77,16 @@ fn acme_defaults_to_lets_encrypt_and_takes_a_test_ca() {
 async fn without_its_certificate_a_site_is_served_over_http_and_refuses_handshakes() {
     let cfg = TestConfig::new();
     acme_site(&cfg, "new", &["new.test"], "");
+    // Not the default site's certificate either: the name is the new site's.
+    cfg.tls_site(
+        "fallback",
+        &["fallback.test"],
+        "default = true",
+        "",
+        &self_signed(&["fallback.test"]),
+    );
     let front = Front::start(&cfg, vec![]).await;
+    assert!(tls_connect(front.https, "fallback.test", &[]).await.is_ok());
     let r = common::get(front.http, "new.test", "/").await;
     assert_eq!(r.status, 200, "plain HTTP must be served, not redirected");
     assert!(tls_connect(front.https, "new.test", &[]).await.is_err());

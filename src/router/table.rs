@@ -93,6 +93,9 @@ pub struct AcmeChallenges {
 pub struct SiteCerts {
     by_site: HashMap<SiteName, Arc<CertifiedKey>>,
     default: Option<Arc<CertifiedKey>>,
+    /// ACME sites whose certificate is not issued yet: their names get no
+    /// certificate (not the default site's), so handshakes fail cleanly.
+    pending: std::collections::HashSet<SiteName>,
 }
 
 impl SiteCerts {
@@ -101,7 +104,11 @@ impl SiteCerts {
         for site in sites {
             // An ACME site without its certificate yet has none here: its
             // handshakes fail (`certificate_for` gives none for its names).
-            let Some(pair) = site.config.tls.as_ref().and_then(|t| t.pair.as_ref()) else {
+            let Some(tls) = &site.config.tls else {
+                continue;
+            };
+            let Some(pair) = tls.pair.as_ref() else {
+                certs.pending.insert(site.config.name.clone());
                 continue;
             };
             let key = pair.certified().clone();
@@ -124,9 +131,11 @@ impl RoutingTable {
     /// default site's.
     pub fn certificate_for(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
         let host = sni.and_then(normalize_host);
-        self.vhosts
-            .lookup(host.as_deref())
-            .and_then(|site| self.certs.by_site.get(&site.config.name))
+        let site = self.vhosts.lookup(host.as_deref());
+        if site.is_some_and(|s| self.certs.pending.contains(&s.config.name)) {
+            return None;
+        }
+        site.and_then(|site| self.certs.by_site.get(&site.config.name))
             .or(self.certs.default.as_ref())
             .cloned()
     }
