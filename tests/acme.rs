@@ -49,6 +49,25 @@ fn check_refuses_a_wildcard_host_and_cert_or_key_with_acme() {
         text.contains("acme.directory") && text.contains("acme.email"),
         "{text}"
     );
+
+    let cfg = TestConfig::new();
+    cfg.main_extra("[acme]\neab_kid = \"kid-1\"");
+    let text = error_text(&cfg);
+    assert!(text.contains("acme.eab_hmac_key"), "{text}");
+
+    // The HMAC key is a secret: a file others can read is refused.
+    let cfg = TestConfig::new();
+    std::fs::set_permissions(
+        cfg.main(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    cfg.main_extra("[acme]\neab_kid = \"kid-1\"\neab_hmac_key = \"c2VjcmV0\"");
+    let text = error_text(&cfg);
+    assert!(
+        text.contains("acme.eab_hmac_key") && text.contains("private"),
+        "{text}"
+    );
 }
 
 #[test]

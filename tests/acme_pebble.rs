@@ -38,6 +38,18 @@ struct Pebble {
 impl Pebble {
     /// `validity`: the lifetime of the certificates it issues, in seconds.
     async fn start(dir: &Path, http_port: u16, tls_port: u16, validity: Option<u64>) -> Pebble {
+        Self::start_with(dir, http_port, tls_port, validity, None).await
+    }
+
+    /// `eab`: the key id and base64url HMAC key pebble requires accounts to
+    /// be bound with.
+    async fn start_with(
+        dir: &Path,
+        http_port: u16,
+        tls_port: u16,
+        validity: Option<u64>,
+        eab: Option<(&str, &str)>,
+    ) -> Pebble {
         let (port, mgmt, dns, dns_mgmt) = (free_port(), free_port(), free_port(), free_port());
         let cert = self_signed(&["localhost"]);
         std::fs::write(dir.join("pebble.pem"), &cert.cert_pem).unwrap();
@@ -50,7 +62,8 @@ impl Pebble {
             "httpPort": http_port,
             "tlsPort": tls_port,
             "ocspResponderURL": "",
-            "externalAccountBindingRequired": false,
+            "externalAccountBindingRequired": eab.is_some(),
+            "externalAccountMACKeys": eab.map(|(kid, key)| serde_json::json!({kid: key})),
             "certificateValidityPeriod": validity,
         }});
         std::fs::write(dir.join("pebble.json"), config.to_string()).unwrap();
@@ -434,5 +447,35 @@ async fn tls_alpn01_certificate_is_issued_and_served() {
         .await
         .unwrap();
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    polyhost.terminate().await;
+}
+
+/// pebble requires external account binding: without `eab_*` the account
+/// is rejected (status shows the CA's problem, no order); with them (the
+/// file holding the key made private) the certificate is issued.
+#[tokio::test]
+async fn external_account_binding_is_required_and_used() {
+    if !pebble_installed() {
+        return;
+    }
+    const KID: &str = "kid-1";
+    const KEY: &str = "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W";
+    let (http, https) = (free_port(), free_port());
+    let cfg = TestConfig::new();
+    let pebble = Pebble::start_with(cfg.path(), http, https, None, Some((KID, KEY))).await;
+    write_main(&cfg, &pebble, http, https, pebble.port);
+    cfg.static_site("shop", &["shop.test"], "[tls]\nacme = true");
+    let polyhost = Binary::start(&cfg.main(), &[]).await;
+    let shown = wait_status(&cfg, "shop", "acme error").await;
+    assert!(shown.contains("externalAccountRequired"), "{shown}");
+    assert_eq!(orders_seen(&cfg), 0);
+    polyhost.terminate().await;
+
+    cfg.main_extra(&format!("eab_kid = \"{KID}\"\neab_hmac_key = \"{KEY}\""));
+    let main = cfg.main();
+    std::fs::set_permissions(&main, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let polyhost = Binary::start(&main, &[]).await;
+    let chain = served_chain(https, "shop.test").await;
+    verify(&chain, pebble.root().await, "shop.test");
     polyhost.terminate().await;
 }

@@ -39,6 +39,10 @@ pub async fn load_or_create(acme: &AcmeConfig, state_dir: &Path) -> Result<Accou
     }
     let contact = acme.email.as_ref().map(|e| format!("mailto:{e}"));
     let contacts: Vec<&str> = contact.iter().map(String::as_str).collect();
+    let eab = acme
+        .eab
+        .as_ref()
+        .map(|e| instant_acme::ExternalAccountKey::new(e.kid.clone(), &e.hmac_key));
     let (account, credentials) = builder(acme)?
         .create(
             &NewAccount {
@@ -47,7 +51,7 @@ pub async fn load_or_create(acme: &AcmeConfig, state_dir: &Path) -> Result<Accou
                 only_return_existing: false,
             },
             acme.directory.clone(),
-            None,
+            eab.as_ref(),
         )
         .await
         .map_err(|e| format!("creating the account: {e}"))?;

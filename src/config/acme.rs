@@ -28,6 +28,23 @@ pub struct AcmeConfig {
     /// The challenge types polyhost may answer, preferred first:
     /// `"http-01"`, `"tls-alpn-01"`.
     pub challenges: Vec<String>,
+    /// External account binding (`eab_kid`, `eab_hmac_key`): a secret, so
+    /// never serialised (the router does not get it).
+    #[serde(skip)]
+    pub eab: Option<Eab>,
+}
+
+/// An external account binding: the CA's key id and HMAC key (decoded).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Eab {
+    pub kid: String,
+    pub hmac_key: Vec<u8>,
+}
+
+impl std::fmt::Debug for Eab {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Eab({}, ***)", self.kid)
+    }
 }
 
 impl Default for AcmeConfig {
@@ -38,6 +55,7 @@ impl Default for AcmeConfig {
             ca_roots: Vec::new(),
             renew_before: None,
             challenges: vec!["http-01".into(), "tls-alpn-01".into()],
+            eab: None,
         }
     }
 }
@@ -50,6 +68,8 @@ pub struct RawAcme {
     pub ca_roots: Option<Vec<String>>,
     pub renew_before: Option<super::types::Scalar>,
     pub challenges: Option<Vec<String>>,
+    pub eab_kid: Option<String>,
+    pub eab_hmac_key: Option<String>,
 }
 
 pub(crate) fn validate_acme(raw: RawAcme, base: &Path, errs: &mut FileErrors<'_>) -> AcmeConfig {
@@ -76,6 +96,7 @@ pub(crate) fn validate_acme(raw: RawAcme, base: &Path, errs: &mut FileErrors<'_>
     acme.renew_before = raw
         .renew_before
         .and_then(|v| errs.check("acme.renew_before", super::types::parse_duration(&v)));
+    acme.eab = validate_eab(raw.eab_kid, raw.eab_hmac_key, errs);
     if let Some(challenges) = raw.challenges {
         let bad = challenges
             .iter()
@@ -106,4 +127,41 @@ pub(crate) fn validate_acme(raw: RawAcme, base: &Path, errs: &mut FileErrors<'_>
         }
     }
     acme
+}
+
+/// Both keys or neither; the HMAC key as the CA gives it (base64url).
+fn validate_eab(
+    kid: Option<String>,
+    key: Option<String>,
+    errs: &mut FileErrors<'_>,
+) -> Option<Eab> {
+    use base64::Engine;
+    match (kid, key) {
+        (None, None) => None,
+        (Some(kid), Some(key)) => {
+            let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+            match engine.decode(key.trim().trim_end_matches('=')) {
+                Ok(hmac_key) if !hmac_key.is_empty() => Some(Eab { kid, hmac_key }),
+                _ => {
+                    errs.add(
+                        "acme.eab_hmac_key",
+                        "not base64url: give the HMAC key exactly as the CA shows it",
+                    );
+                    None
+                }
+            }
+        }
+        (kid, _) => {
+            let missing = if kid.is_none() {
+                "acme.eab_kid"
+            } else {
+                "acme.eab_hmac_key"
+            };
+            errs.add(
+                missing,
+                "external account binding needs both eab_kid and eab_hmac_key",
+            );
+            None
+        }
+    }
 }
