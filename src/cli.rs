@@ -274,6 +274,7 @@ fn serve(path: &Path) -> ExitCode {
         tokio::spawn(reload_on_sighup(signals.hup, server.clone()));
         tokio::spawn(reopen_logs_on_sigusr1(signals.usr1, server.clone()));
         crate::notify::ready(&server.summary());
+        crate::acme::spawn(server.clone(), shutdown.clone());
         crate::app::serve_with(server, listeners, shutdown.clone()).await?;
         shutdown.cancel();
         let _ = admin.await;

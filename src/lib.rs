@@ -31,6 +31,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod acme;
 pub mod admin;
 pub mod app;
 pub mod check;

@@ -197,7 +197,7 @@ const LAYERS: &[&[&str]] = &[
     // The running server: sites, reloads, the routing table.
     &["app"],
     // The edges: admin API, `polyhost check`, the command line.
-    &["admin", "check"],
+    &["admin", "check", "acme"],
     // Polyhost as two processes: the supervisor's and the router's ends.
     &["privsep"],
     &["cli"],

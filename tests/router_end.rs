@@ -193,6 +193,7 @@ fn state(version: u64, config: &Config, sites: &[(&str, u64, bool)]) -> Desired 
         .retain(|name, _| sites.iter().any(|(n, _, _)| *n == name.as_str()));
     Desired {
         version,
+        acme_challenges: Default::default(),
         sites: sites
             .iter()
             .map(|&(name, generation, stopped)| {

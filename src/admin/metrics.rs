@@ -135,6 +135,12 @@ fn per_site<'s, S: 's, M: EncodeMetric>(
     Ok(())
 }
 
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
 fn gauge(v: u64) -> ConstGauge<i64> {
     ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX))
 }
@@ -278,6 +284,19 @@ impl Collector for SupervisorScrape {
     fn encode(&self, mut enc: DescriptorEncoder) -> Res {
         use MetricType::{Counter, Gauge};
         let e = &mut enc;
+        per_site(
+            e,
+            self.sites(),
+            (
+                "polyhost_certificate_expiry_seconds",
+                "Seconds until the site's certificate expires (ACME or file; negative: expired).",
+                Gauge,
+            ),
+            |s| {
+                s.certificate_not_after
+                    .map(|t| ConstGauge::new(t - unix_now()))
+            },
+        )?;
         per_site(
             e,
             self.sites(),

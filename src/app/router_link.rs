@@ -46,7 +46,13 @@ pub struct Desired {
     /// For each site of `config.sites`, by name: which of its generations
     /// is current and whether the operator stopped it.
     pub sites: BTreeMap<String, DesiredSite>,
+    /// The HTTP-01 challenges the ACME client is answering now: token →
+    /// key authorization (`crate::acme`); served before any site routing.
+    #[serde(default)]
+    pub acme_challenges: Arc<AcmeChallenges>,
 }
+
+pub use crate::router::table::AcmeChallenges;
 
 /// One site's running state in a [`Desired`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -77,6 +83,9 @@ pub struct DesiredChanges {
     pub changed: BTreeMap<SiteName, SiteChange>,
     /// Every site no longer served.
     pub removed: Vec<SiteName>,
+    /// The HTTP-01 challenges, when they changed.
+    #[serde(default)]
+    pub acme_challenges: Option<Arc<AcmeChallenges>>,
 }
 
 /// One site of a [`DesiredChanges`].
@@ -125,11 +134,14 @@ impl Desired {
             .filter(|name| !self.config.sites.contains_key(*name))
             .cloned()
             .collect();
+        let acme_challenges =
+            (self.acme_challenges != before.acme_challenges).then(|| self.acme_challenges.clone());
         DesiredChanges {
             version: self.version,
             base: before.version,
             changed,
             removed,
+            acme_challenges,
         }
     }
 
@@ -161,6 +173,9 @@ impl Desired {
             if let Some(config) = change.config {
                 self.config.sites.insert(name, config);
             }
+        }
+        if let Some(challenges) = changes.acme_challenges {
+            self.acme_challenges = challenges;
         }
         self.version = changes.version;
         Ok(())
@@ -235,6 +250,7 @@ impl Desired {
             version,
             config,
             sites,
+            acme_challenges: Default::default(),
         }
     }
 }

@@ -84,6 +84,11 @@ pub struct Server {
     upgrader: std::sync::OnceLock<Arc<dyn super::upgrade::Upgrader>>,
     /// The version of the last [`Desired`] published.
     desired_version: AtomicU64,
+    /// The ACME HTTP-01 challenges answered now (`crate::acme`), published
+    /// with the sites.
+    acme_challenges: ArcSwap<super::router_link::AcmeChallenges>,
+    /// Each ACME site's last order failure, until one succeeds (status).
+    acme_errors: std::sync::Mutex<BTreeMap<String, String>>,
 }
 
 impl Server {
@@ -154,6 +159,8 @@ impl Server {
             router: std::sync::OnceLock::new(),
             upgrader: std::sync::OnceLock::new(),
             desired_version: AtomicU64::new(0),
+            acme_challenges: ArcSwap::from_pointee(Default::default()),
+            acme_errors: Default::default(),
         }
     }
 
@@ -198,6 +205,7 @@ impl Server {
             &self.server_config,
             &self.published.load(),
             self.desired_version.load(Ordering::SeqCst),
+            self.acme_challenges.load_full(),
         )
     }
 
@@ -430,9 +438,10 @@ impl Server {
     /// Publishes `state.sites`: one atomic swap of the routing table, then
     /// of what status reads.
     fn swap_table(&self, state: &State) {
-        self.table.store(Arc::new(RoutingTable::new(
-            state.sites.values().map(|site| site.route().clone()),
-        )));
+        self.table.store(Arc::new(
+            RoutingTable::new(state.sites.values().map(|site| site.route().clone()))
+                .with_acme_challenges(self.acme_challenges.load_full()),
+        ));
         self.published.store(Arc::new(state.sites.clone()));
     }
 
@@ -442,9 +451,43 @@ impl Server {
         self.swap_table(state);
         if let Some(router) = self.router.get() {
             let version = self.desired_version.fetch_add(1, Ordering::SeqCst) + 1;
-            let desired = desired_of(&self.server_config, &state.sites, version);
+            let desired = desired_of(
+                &self.server_config,
+                &state.sites,
+                version,
+                self.acme_challenges.load_full(),
+            );
             router.publish(desired).await;
         }
+    }
+
+    /// Changes the ACME challenges answered (`change` edits them), in this
+    /// process's table and the router's; returns once the router serves them.
+    pub async fn change_acme_challenges(
+        &self,
+        change: impl FnOnce(&mut super::router_link::AcmeChallenges),
+    ) {
+        let state = self.state.lock().await;
+        let mut challenges = (*self.acme_challenges.load_full()).clone();
+        change(&mut challenges);
+        self.acme_challenges.store(Arc::new(challenges));
+        self.publish(&state).await;
+    }
+
+    /// Records (or, `None`, clears) the last ACME failure of `site`.
+    pub fn set_acme_error(&self, site: &str, error: Option<String>) {
+        let mut errors = self.acme_errors.lock().unwrap_or_else(|e| e.into_inner());
+        match error {
+            Some(e) => errors.insert(site.to_owned(), e),
+            None => errors.remove(site),
+        };
+    }
+
+    fn status_of_site(&self, site: &Site) -> SiteStatus {
+        let mut status = SiteStatus::of(site);
+        let errors = self.acme_errors.lock().unwrap_or_else(|e| e.into_inner());
+        status.acme_error = errors.get(&status.name).cloned();
+        status
     }
 
     /// Never waits for a control operation in progress. With a router
@@ -484,7 +527,7 @@ impl Server {
             limits_backend: self.supervisor.cgroups().describe(),
             reloads: self.reloads.load(Ordering::Relaxed),
             reloads_failed: self.reloads_failed.load(Ordering::Relaxed),
-            sites: sites.values().map(SiteStatus::of).collect(),
+            sites: sites.values().map(|s| self.status_of_site(s)).collect(),
         }
     }
 
@@ -492,7 +535,12 @@ impl Server {
     pub async fn site_status(&self, name: &str) -> Result<SiteStatus, ControlError> {
         let status = SiteName::parse(name)
             .ok()
-            .and_then(|n| self.published.load().get(&n).map(SiteStatus::of))
+            .and_then(|n| {
+                self.published
+                    .load()
+                    .get(&n)
+                    .map(|s| self.status_of_site(s))
+            })
             .ok_or_else(|| ControlError::NoSuchSite(name.to_owned()))?;
         let mut one = [status];
         self.with_router_counters(&mut one).await;
@@ -537,9 +585,15 @@ fn share_configs(mut config: Config, sites: &BTreeMap<SiteName, Site>) -> Config
 }
 
 /// The [`Desired`] of `sites` under `server`'s settings.
-fn desired_of(server: &ServerConfig, sites: &BTreeMap<SiteName, Site>, version: u64) -> Desired {
+fn desired_of(
+    server: &ServerConfig,
+    sites: &BTreeMap<SiteName, Site>,
+    version: u64,
+    acme_challenges: Arc<super::router_link::AcmeChallenges>,
+) -> Desired {
     Desired {
         version,
+        acme_challenges,
         config: Config {
             server: server.clone(),
             sites: sites

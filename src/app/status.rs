@@ -56,6 +56,14 @@ pub struct SiteStatus {
     /// process to put in one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sandbox: Option<SandboxStatus>,
+    /// When the certificate it serves expires (Unix seconds); absent
+    /// without one (no `[tls]`, or ACME not issued yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_not_after: Option<i64>,
+    /// The last ACME order's failure (with the CA's problem document),
+    /// until an order succeeds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acme_error: Option<String>,
 }
 
 /// Whether a site's processes run sandboxed, and with which layers
@@ -179,6 +187,13 @@ impl SiteStatus {
                     .as_ref()
                     .and_then(|c| c.sandbox.as_ref()),
             ),
+            certificate_not_after: e
+                .config()
+                .tls
+                .as_ref()
+                .and_then(|t| t.pair.as_ref())
+                .and_then(|p| p.not_after()),
+            acme_error: None,
         }
     }
 }

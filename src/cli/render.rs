@@ -118,8 +118,9 @@ pub fn status_table(s: &ServerStatus) -> String {
                 site.restarts.to_string(),
                 site.oom_kills.to_string(),
                 site.last_error
-                    .as_deref()
-                    .map_or_else(|| "-".to_owned(), |e| truncate(e, LAST_ERROR_WIDTH)),
+                    .clone()
+                    .or_else(|| site.acme_error.as_ref().map(|e| format!("acme: {e}")))
+                    .map_or_else(|| "-".to_owned(), |e| truncate(&e, LAST_ERROR_WIDTH)),
             ]
         })
         .collect();
@@ -230,6 +231,11 @@ pub fn site_detail(s: &SiteStatus) -> String {
         ),
     ];
     let sandbox = s.sandbox.as_ref().map(|b| ("sandbox", sandbox(b)));
+    let tls = [
+        s.certificate_not_after
+            .map(|t| ("certificate", format!("expires at {t} (Unix seconds)"))),
+        s.acme_error.as_deref().map(|e| ("acme error", cleaned(e))),
+    ];
     let (head, tail) = rows.split_at(3);
     for (k, v) in head
         .iter()
@@ -237,6 +243,7 @@ pub fn site_detail(s: &SiteStatus) -> String {
         .chain(app.iter().flatten())
         .chain(sandbox.iter())
         .chain(tail.iter())
+        .chain(tls.iter().flatten())
     {
         let _ = writeln!(out, "{k:<11}{v}");
     }
@@ -369,6 +376,8 @@ mod tests {
             listen: None,
             websockets_open: 0,
             sandbox: None,
+            certificate_not_after: None,
+            acme_error: None,
         }
     }
 

@@ -198,10 +198,12 @@ mod tests {
             "metrics.listen",
             "limits.max_connections",
             "limits.h2_max_streams",
+            "acme.directory",
+            "acme.eab_hmac_key",
         ] {
             assert!(keys.values.iter().any(|v| v == k), "{k}: {keys:?}");
         }
-        assert_eq!(keys.tables, ["admin", "metrics", "limits"]);
+        assert_eq!(keys.tables, ["admin", "metrics", "limits", "acme"]);
         assert!(keys.open.is_empty(), "{keys:?}");
     }
 

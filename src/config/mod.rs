@@ -10,6 +10,7 @@
 //! errors; there is no half-loaded state. Reload builds a new `Config` and
 //! compares it with the old one.
 
+mod acme;
 mod env;
 mod error;
 mod front;
@@ -27,6 +28,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
+pub use acme::AcmeConfig;
 pub use env::{ignored_env, IgnoredEnv};
 pub use error::{ConfigError, ConfigErrors, Source};
 pub use front::{FrontConfig, IpCidr, ServerLimits};
@@ -39,7 +41,7 @@ pub use site::{
     PythonInterface, SandboxConfig, SandboxNetwork, SiteConfig, StartPolicy, StaticConfig,
     WebSocketConfig, DEFAULT_APP_PATH, DEFAULT_BODY_LIMIT, RESERVED_PHP_INI,
 };
-pub use tls::{crypto_provider, load_certified_key, LoadedPair, SiteTls, TlsKey};
+pub use tls::{acme_files, crypto_provider, load_certified_key, LoadedPair, SiteTls, TlsKey};
 pub use types::{parse_duration, parse_size, HostPattern, Scalar, SiteName};
 
 /// Everything polyhost serves, validated.
@@ -54,10 +56,13 @@ pub struct Config {
 pub fn load(main: &Path) -> Result<Config, ConfigErrors> {
     let mut errors = ConfigErrors::default();
     let server = server::load_server(main, &mut errors);
-    let sites = match &server {
+    let mut sites = match &server {
         Some(s) => vhosts::load_sites(&s.vhosts_dir, &s.base_dir, &mut errors),
         None => BTreeMap::new(),
     };
+    if let Some(s) = &server {
+        locate_acme_certificates(&mut sites, &s.state_dir);
+    }
     match server {
         Some(server) if errors.is_empty() => Ok(Config { server, sites }),
         _ => Err(errors),
@@ -72,5 +77,17 @@ pub fn load_server(main: &Path) -> Result<ServerConfig, ConfigErrors> {
     match server::load_server(main, &mut errors) {
         Some(server) if errors.is_empty() => Ok(server),
         _ => Err(errors),
+    }
+}
+
+/// Points every `tls.acme` site at its stored certificate (loaded if there).
+fn locate_acme_certificates(sites: &mut BTreeMap<SiteName, Arc<SiteConfig>>, state_dir: &Path) {
+    for (name, site) in sites.iter_mut() {
+        if site.tls.as_ref().is_some_and(|t| t.acme) {
+            let site = Arc::make_mut(site);
+            if let Some(tls) = site.tls.as_mut() {
+                tls.locate_acme(state_dir, &name.to_string());
+            }
+        }
     }
 }

@@ -36,6 +36,7 @@ pub struct RawServer {
     pub trusted_proxies: Option<Vec<String>>,
     pub trusted_proxy_users: Option<Vec<String>>,
     pub limits: Option<super::front::RawServerLimits>,
+    pub acme: Option<super::acme::RawAcme>,
 }
 
 #[derive(Debug, Deserialize, Clone)]

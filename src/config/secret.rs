@@ -22,7 +22,7 @@ use figment::Figment;
 use super::error::{ConfigError, ConfigErrors};
 
 /// The keys whose values are secrets.
-pub(crate) const INLINE_TOKENS: [&str; 2] = ["admin.token", "metrics.token"];
+pub(crate) const INLINE_TOKENS: [&str; 3] = ["admin.token", "metrics.token", "acme.eab_hmac_key"];
 
 /// The longest token file read (a token is a line, not a document).
 const MAX_TOKEN_FILE: u64 = 4096;
@@ -39,13 +39,18 @@ pub(crate) fn check_layers(files: &[&Path], admin_group: Option<&str>, errors: &
             }
             if let Err(why) = private(file, admin_group) {
                 let env = format!("POLYHOST_{}", key.to_ascii_uppercase().replace('.', "__"));
+                let file_key = if key.starts_with("acme.") {
+                    String::new()
+                } else {
+                    format!("{key}_file or ")
+                };
                 errors.push(ConfigError::in_file(
                     file,
                     key,
                     format!(
                         "the token is in a file that {why}: site code could read it; make the file private \
                          (chmod 600, owner root; or 640 with group root or the [admin] group), \
-                         or move the token to {key}_file or to the environment ({env})"
+                         or move the token to {file_key}to the environment ({env})"
                     ),
                 ));
             }

@@ -46,6 +46,8 @@ pub struct ServerConfig {
     pub metrics_token: Option<AdminToken>,
     /// TLS listeners, h2c, trusted proxies, connection and request limits.
     pub front: super::front::FrontConfig,
+    /// `[acme]`: the CA of sites with `tls.acme` (defaults when absent).
+    pub acme: super::acme::AcmeConfig,
 }
 
 /// Linux scheduling policy of site processes (`site_scheduling`).
@@ -316,6 +318,7 @@ fn validate_server(
         raw.limits,
         &mut errs,
     );
+    let acme = super::acme::validate_acme(raw.acme.unwrap_or_default(), &base_dir, &mut errs);
     let cgroups = match raw.cgroups.as_deref() {
         None | Some("auto") => true,
         Some("off") => false,
@@ -386,5 +389,6 @@ fn validate_server(
         metrics_listen,
         metrics_token,
         front,
+        acme,
     })
 }

@@ -25,10 +25,44 @@ pub struct SiteTls {
     pub cert: PathBuf,
     /// PEM private key (PKCS#8, PKCS#1 or SEC1).
     pub key: PathBuf,
-    /// Answer plain-HTTP requests with a 301 to `https://`.
+    /// Answer plain-HTTP requests with a 301 to `https://` (only while the
+    /// site has a certificate: `pair` is set).
     pub redirect_http: bool,
-    /// The pair as validation read it from `cert` and `key`.
-    pub pair: LoadedPair,
+    /// The certificate is issued by polyhost's ACME client (`crate::acme`):
+    /// `cert` and `key` are its files under `state_dir` (see [`acme_files`]).
+    pub acme: bool,
+    /// The pair as validation read it from `cert` and `key`; `None` only
+    /// for an `acme` site that has no certificate yet (its handshakes fail).
+    pub pair: Option<LoadedPair>,
+}
+
+/// Where the certificate chain and key of ACME site `site` are kept.
+pub fn acme_files(state_dir: &Path, site: &str) -> (PathBuf, PathBuf) {
+    let dir = state_dir.join("acme").join("certs").join(site);
+    (dir.join("cert.pem"), dir.join("key.pem"))
+}
+
+impl SiteTls {
+    /// For an `acme` site: points `cert` and `key` at its files under
+    /// `state_dir` and loads them if a certificate was issued before.
+    pub fn locate_acme(&mut self, state_dir: &Path, site: &str) {
+        if !self.acme {
+            return;
+        }
+        let (cert, key) = acme_files(state_dir, site);
+        self.pair = match load_certified_key(&cert, &key) {
+            Ok(pair) => Some(pair),
+            Err((_, msg)) if cert.exists() => {
+                tracing::warn!(
+                    site,
+                    "stored ACME certificate unusable, a new one is ordered: {msg}"
+                );
+                None
+            }
+            Err(_) => None,
+        };
+        (self.cert, self.key) = (cert, key);
+    }
 }
 
 /// A certificate chain and its key, loaded and checked to belong together.
@@ -57,6 +91,33 @@ impl LoadedPair {
     /// The key and chain as rustls uses them.
     pub fn certified(&self) -> &Arc<CertifiedKey> {
         &self.key
+    }
+
+    /// When the site's certificate (the chain's first) expires, in Unix
+    /// seconds; `None` if it cannot be parsed.
+    pub fn not_after(&self) -> Option<i64> {
+        self.validity().map(|(_, end)| end)
+    }
+
+    /// The certificate's validity (not before, not after), Unix seconds.
+    pub fn validity(&self) -> Option<(i64, i64)> {
+        let leaf = self.der.chain.first()?;
+        let (_, cert) = x509_parser::parse_x509_certificate(leaf).ok()?;
+        let v = cert.validity();
+        Some((v.not_before.timestamp(), v.not_after.timestamp()))
+    }
+
+    /// A pair from PEM text (a generated certificate, never a file).
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, String> {
+        let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+            .map(|c| c.map(|c| c.as_ref().to_vec()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())?;
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| e.to_string())?;
+        LoadedPair::from_der(PairDer {
+            chain,
+            key: key.secret_der().to_vec(),
+        })
     }
 
     fn from_der(der: PairDer) -> Result<Self, String> {
@@ -110,6 +171,7 @@ pub struct RawTls {
     pub cert: Option<String>,
     pub key: Option<String>,
     pub redirect_http: Option<bool>,
+    pub acme: Option<bool>,
 }
 
 /// The crypto provider polyhost uses everywhere (passed explicitly, so a
@@ -200,6 +262,9 @@ pub(crate) fn validate_tls(raw: RawTls, base: &Path, errs: &mut FileErrors<'_>) 
             base.join(p)
         }
     };
+    if raw.acme == Some(true) {
+        return validate_acme_tls(raw, errs);
+    }
     let cert = raw.cert.as_deref().map(abs);
     let key = raw.key.as_deref().map(abs);
     if cert.is_none() {
@@ -226,6 +291,30 @@ pub(crate) fn validate_tls(raw: RawTls, base: &Path, errs: &mut FileErrors<'_>) 
         cert,
         key,
         redirect_http: raw.redirect_http.unwrap_or(true),
-        pair,
+        acme: false,
+        pair: Some(pair),
+    })
+}
+
+/// `[tls] acme = true`: no `cert` or `key` (the files are polyhost's own,
+/// placed by [`SiteTls::locate_acme`]).
+fn validate_acme_tls(raw: RawTls, errs: &mut FileErrors<'_>) -> Option<SiteTls> {
+    for (key, given) in [("tls.cert", &raw.cert), ("tls.key", &raw.key)] {
+        if given.is_some() {
+            errs.add(
+                key,
+                "not with acme = true: polyhost obtains and stores the certificate itself (remove cert and key, or set acme = false)",
+            );
+        }
+    }
+    if raw.cert.is_some() || raw.key.is_some() {
+        return None;
+    }
+    Some(SiteTls {
+        cert: PathBuf::new(),
+        key: PathBuf::new(),
+        redirect_http: raw.redirect_http.unwrap_or(true),
+        acme: true,
+        pair: None,
     })
 }

@@ -88,6 +88,9 @@ where
         Some(WebSocketAsk::ExtendedConnect) => Target::Route,
         _ => target::classify(req.method(), req.uri()),
     };
+    if let Some(resp) = acme_challenge(&req, &table) {
+        return resp;
+    }
     match target {
         Target::Route | Target::ServerOptions => {}
         Target::Connect => {
@@ -280,6 +283,27 @@ fn connect_refused(version: Version) -> Response<ResponseBody> {
     resp
 }
 
+/// The answer to an ACME HTTP-01 validation request, for whatever host:
+/// before site routing, so a site's redirect or application never sees it.
+fn acme_challenge<B>(req: &Request<B>, table: &RoutingTable) -> Option<Response<ResponseBody>> {
+    if table.acme_challenges.http01.is_empty() {
+        return None;
+    }
+    let token = req
+        .uri()
+        .path()
+        .strip_prefix("/.well-known/acme-challenge/")?;
+    let Some(answer) = table.acme_challenges.http01.get(token) else {
+        return Some(plain_response(StatusCode::NOT_FOUND, "no such challenge"));
+    };
+    let mut resp = Response::new(crate::upstream::full_body(answer.clone()));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/octet-stream"),
+    );
+    Some(resp)
+}
+
 /// `200` to `OPTIONS *`, which asks about the server, not a resource.
 fn server_options() -> Response<ResponseBody> {
     let mut resp = Response::new(crate::upstream::empty_body());
@@ -299,7 +323,8 @@ fn https_redirect<B>(
 ) -> Option<Response<ResponseBody>> {
     let port = options.https_port?;
     let tls = site.config.tls.as_ref()?;
-    if !tls.redirect_http || conn.scheme == Scheme::Https || host.is_empty() {
+    // Without a certificate yet (ACME), https:// would fail: no redirect.
+    if !tls.redirect_http || tls.pair.is_none() || conn.scheme == Scheme::Https || host.is_empty() {
         return None;
     }
     let path = req.uri().path_and_query().map_or("/", |pq| pq.as_str());

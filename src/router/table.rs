@@ -39,6 +39,10 @@ pub struct RoutingTable {
     /// The users sites run code as, sorted: a local connection owned by
     /// one of them is a site's code, never a trusted proxy.
     pub site_uids: Vec<u32>,
+    /// ACME answers: HTTP-01 by token, served at
+    /// `/.well-known/acme-challenge/TOKEN` before any site routing; TLS-ALPN-01
+    /// certificates by name (`router::tls`).
+    pub acme_challenges: Arc<AcmeChallenges>,
 }
 
 impl RoutingTable {
@@ -56,7 +60,14 @@ impl RoutingTable {
             vhosts,
             certs,
             site_uids,
+            acme_challenges: Default::default(),
         }
+    }
+
+    /// With `challenges` answered (see [`RoutingTable::acme_challenges`]).
+    pub fn with_acme_challenges(mut self, challenges: Arc<AcmeChallenges>) -> Self {
+        self.acme_challenges = challenges;
+        self
     }
 }
 
@@ -67,21 +78,40 @@ impl RoutingTable {
     }
 }
 
+/// The ACME challenges answered now (`app::router_link::Desired::acme_challenges`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AcmeChallenges {
+    /// HTTP-01: token → key authorization.
+    pub http01: std::collections::BTreeMap<String, String>,
+    /// TLS-ALPN-01: name → the challenge certificate (RFC 8737), served to
+    /// handshakes that offer only `acme-tls/1`.
+    pub tls_alpn01: std::collections::BTreeMap<String, crate::config::LoadedPair>,
+}
+
 /// Every site's certificate, taken from the sites' configurations.
 #[derive(Default)]
 pub struct SiteCerts {
     by_site: HashMap<SiteName, Arc<CertifiedKey>>,
     default: Option<Arc<CertifiedKey>>,
+    /// ACME sites whose certificate is not issued yet: their names get no
+    /// certificate (not the default site's), so handshakes fail cleanly.
+    pending: std::collections::HashSet<SiteName>,
 }
 
 impl SiteCerts {
     fn of(sites: &[Arc<SiteRoute>]) -> SiteCerts {
         let mut certs = SiteCerts::default();
         for site in sites {
+            // An ACME site without its certificate yet has none here: its
+            // handshakes fail (`certificate_for` gives none for its names).
             let Some(tls) = &site.config.tls else {
                 continue;
             };
-            let key = tls.pair.certified().clone();
+            let Some(pair) = tls.pair.as_ref() else {
+                certs.pending.insert(site.config.name.clone());
+                continue;
+            };
+            let key = pair.certified().clone();
             if site.config.default {
                 certs.default = Some(key.clone());
             }
@@ -101,9 +131,11 @@ impl RoutingTable {
     /// default site's.
     pub fn certificate_for(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
         let host = sni.and_then(normalize_host);
-        self.vhosts
-            .lookup(host.as_deref())
-            .and_then(|site| self.certs.by_site.get(&site.config.name))
+        let site = self.vhosts.lookup(host.as_deref());
+        if site.is_some_and(|s| self.certs.pending.contains(&s.config.name)) {
+            return None;
+        }
+        site.and_then(|site| self.certs.by_site.get(&site.config.name))
             .or(self.certs.default.as_ref())
             .cloned()
     }

@@ -204,6 +204,7 @@ pub(crate) fn validate_site(
     let tls = raw
         .tls
         .and_then(|t| super::tls::validate_tls(t, base, errs));
+    check_acme_hosts(tls.as_ref(), &hosts, errs);
     let sandbox = sandbox::validate_sandbox(raw.sandbox, errs);
     let port_app = app
         .as_ref()
@@ -553,5 +554,25 @@ fn reserved_php_ini(key: &str) -> Option<&'static str> {
         "open_basedir" => Some("set by polyhost: use php.open_basedir"),
         k if RESERVED_PHP_INI.contains(&k) => Some("set by polyhost"),
         _ => None,
+    }
+}
+
+/// A wildcard name cannot be validated by HTTP-01 or TLS-ALPN-01 (only by
+/// DNS-01, which polyhost does not do).
+fn check_acme_hosts(
+    tls: Option<&super::tls::SiteTls>,
+    hosts: &[HostPattern],
+    errs: &mut FileErrors<'_>,
+) {
+    if !tls.is_some_and(|t| t.acme) {
+        return;
+    }
+    for (i, host) in hosts.iter().enumerate() {
+        if let HostPattern::Wildcard(suffix) = host {
+            errs.add(
+                &format!("hosts[{i}]"),
+                format!("\"*.{suffix}\" cannot get a certificate with tls.acme = true: a wildcard needs the DNS-01 challenge, which polyhost does not do (give the wildcard's certificate with tls.cert and tls.key, or list the names)"),
+            );
+        }
     }
 }

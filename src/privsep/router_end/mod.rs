@@ -370,7 +370,11 @@ fn serve(
     out: &Outbox,
 ) -> tokio::task::JoinHandle<()> {
     let replaced = state.apply(current);
-    table.store(Arc::new(state.table()));
+    table.store(Arc::new(
+        state
+            .table()
+            .with_acme_challenges(current.acme_challenges.clone()),
+    ));
     let (out, version) = (out.clone(), current.version);
     tokio::spawn(async move {
         if let Some(before) = before {

@@ -106,6 +106,7 @@ pub async fn serve_split(
             tracing::warn!(error = %e, "cannot keep the listeners for a binary upgrade; polyhost upgrade is refused")
         }
     }
+    crate::acme::spawn(server.clone(), shutdown.clone());
     let admin = crate::admin::serve(admin, server.clone(), shutdown.clone());
     on_start(&server);
     // Ready for the service manager once the router serves the sites.

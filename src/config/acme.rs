@@ -1,0 +1,167 @@
+//! The server-level `[acme]` table: which ACME CA issues the certificates
+//! of sites with `[tls] acme = true`, and how. Validated into
+//! [`AcmeConfig`]; the table is optional (every key has a default), so a
+//! site can ask for `acme = true` without it. Issuance itself is
+//! `crate::acme`'s.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::error::FileErrors;
+
+/// Let's Encrypt's production directory: the default CA.
+pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+
+/// `[acme]`, validated.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AcmeConfig {
+    /// The CA's directory URL.
+    pub directory: String,
+    /// Contact address given to the CA when the account is created.
+    pub email: Option<String>,
+    /// A PEM trust root for talking to the CA (a private or test CA); at
+    /// most one for now. Empty: the public web roots.
+    pub ca_roots: Vec<PathBuf>,
+    /// Renew this long before expiry; `None`: a third of the lifetime.
+    pub renew_before: Option<std::time::Duration>,
+    /// The challenge types polyhost may answer, preferred first:
+    /// `"http-01"`, `"tls-alpn-01"`.
+    pub challenges: Vec<String>,
+    /// External account binding (`eab_kid`, `eab_hmac_key`): a secret, so
+    /// never serialised (the router does not get it).
+    #[serde(skip)]
+    pub eab: Option<Eab>,
+}
+
+/// An external account binding: the CA's key id and HMAC key (decoded).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Eab {
+    pub kid: String,
+    pub hmac_key: Vec<u8>,
+}
+
+impl std::fmt::Debug for Eab {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Eab({}, ***)", self.kid)
+    }
+}
+
+impl Default for AcmeConfig {
+    fn default() -> Self {
+        AcmeConfig {
+            directory: LETS_ENCRYPT.into(),
+            email: None,
+            ca_roots: Vec::new(),
+            renew_before: None,
+            challenges: vec!["http-01".into(), "tls-alpn-01".into()],
+            eab: None,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAcme {
+    pub directory: Option<String>,
+    pub email: Option<String>,
+    pub ca_roots: Option<Vec<String>>,
+    pub renew_before: Option<super::types::Scalar>,
+    pub challenges: Option<Vec<String>>,
+    pub eab_kid: Option<String>,
+    pub eab_hmac_key: Option<String>,
+}
+
+pub(crate) fn validate_acme(raw: RawAcme, base: &Path, errs: &mut FileErrors<'_>) -> AcmeConfig {
+    let mut acme = AcmeConfig::default();
+    if let Some(dir) = raw.directory {
+        if dir.starts_with("https://") || dir.starts_with("http://") {
+            acme.directory = dir;
+        } else {
+            errs.add(
+                "acme.directory",
+                format!(
+                    "{dir:?} is not a URL: expected the CA's directory, e.g. \"{LETS_ENCRYPT}\""
+                ),
+            );
+        }
+    }
+    if let Some(email) = raw.email {
+        if email.contains('@') {
+            acme.email = Some(email);
+        } else {
+            errs.add("acme.email", format!("{email:?} is not an e-mail address"));
+        }
+    }
+    acme.renew_before = raw
+        .renew_before
+        .and_then(|v| errs.check("acme.renew_before", super::types::parse_duration(&v)));
+    acme.eab = validate_eab(raw.eab_kid, raw.eab_hmac_key, errs);
+    if let Some(challenges) = raw.challenges {
+        let bad = challenges
+            .iter()
+            .find(|c| !matches!(c.as_str(), "http-01" | "tls-alpn-01"));
+        match bad {
+            Some(c) => errs.add("acme.challenges", format!("{c:?} is not a challenge polyhost answers: \"http-01\" or \"tls-alpn-01\" (DNS-01 is not supported)")),
+            None if challenges.is_empty() => errs.add("acme.challenges", "empty: give \"http-01\", \"tls-alpn-01\" or both"),
+            None => acme.challenges = challenges,
+        }
+    }
+    let roots = raw.ca_roots.unwrap_or_default();
+    if roots.len() > 1 {
+        // instant-acme's own client takes one root (`builder_with_root`).
+        errs.add(
+            "acme.ca_roots",
+            "one root for now: give the CA's root (or the certificate of its HTTPS endpoint) alone",
+        );
+    }
+    for (i, root) in roots.iter().enumerate() {
+        let path = base.join(root);
+        if path.is_file() {
+            acme.ca_roots.push(path);
+        } else {
+            errs.add(
+                &format!("acme.ca_roots[{i}]"),
+                format!("{} is not a readable PEM file", path.display()),
+            );
+        }
+    }
+    acme
+}
+
+/// Both keys or neither; the HMAC key as the CA gives it (base64url).
+fn validate_eab(
+    kid: Option<String>,
+    key: Option<String>,
+    errs: &mut FileErrors<'_>,
+) -> Option<Eab> {
+    use base64::Engine;
+    match (kid, key) {
+        (None, None) => None,
+        (Some(kid), Some(key)) => {
+            let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+            match engine.decode(key.trim().trim_end_matches('=')) {
+                Ok(hmac_key) if !hmac_key.is_empty() => Some(Eab { kid, hmac_key }),
+                _ => {
+                    errs.add(
+                        "acme.eab_hmac_key",
+                        "not base64url: give the HMAC key exactly as the CA shows it",
+                    );
+                    None
+                }
+            }
+        }
+        (kid, _) => {
+            let missing = if kid.is_none() {
+                "acme.eab_kid"
+            } else {
+                "acme.eab_hmac_key"
+            };
+            errs.add(
+                missing,
+                "external account binding needs both eab_kid and eab_hmac_key",
+            );
+            None
+        }
+    }
+}

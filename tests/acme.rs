@@ -1,0 +1,134 @@
+//! `[tls] acme = true` (issue 25), the part that needs no CA: `check`
+//! refuses a wildcard host or a `cert`/`key` with it; a site whose
+//! certificate was not issued yet is served over plain HTTP (not
+//! redirected) and its handshakes fail; a certificate stored under
+//! `state_dir/acme/certs/SITE/` is loaded at start and served.
+
+mod common;
+
+use common::front::{self_signed, served_cert, tls_connect, Front};
+use common::TestConfig;
+
+fn acme_site(cfg: &TestConfig, name: &str, hosts: &[&str], tls_extra: &str) {
+    cfg.static_site(name, hosts, &format!("[tls]\nacme = true\n{tls_extra}"));
+}
+
+fn error_text(cfg: &TestConfig) -> String {
+    polyhost::config::load(&cfg.main())
+        .expect_err("config should be invalid")
+        .to_string()
+}
+
+#[test]
+fn check_refuses_a_wildcard_host_and_cert_or_key_with_acme() {
+    let cfg = TestConfig::new();
+    acme_site(&cfg, "wild", &["a.test", "*.wild.test"], "");
+    let text = error_text(&cfg);
+    assert!(
+        text.contains("hosts[1]") && text.contains("DNS-01"),
+        "{text}"
+    );
+
+    let cfg = TestConfig::new();
+    acme_site(
+        &cfg,
+        "both",
+        &["both.test"],
+        "cert = \"x.pem\"\nkey = \"x.key\"",
+    );
+    let text = error_text(&cfg);
+    assert!(
+        text.contains("tls.cert") && text.contains("tls.key") && text.contains("acme = true"),
+        "{text}"
+    );
+
+    let cfg = TestConfig::new();
+    cfg.main_extra("[acme]\ndirectory = \"not a url\"\nemail = \"nobody\"");
+    let text = error_text(&cfg);
+    assert!(
+        text.contains("acme.directory") && text.contains("acme.email"),
+        "{text}"
+    );
+
+    let cfg = TestConfig::new();
+    cfg.main_extra("[acme]\neab_kid = \"kid-1\"");
+    let text = error_text(&cfg);
+    assert!(text.contains("acme.eab_hmac_key"), "{text}");
+
+    // The HMAC key is a secret: a file others can read is refused.
+    let cfg = TestConfig::new();
+    std::fs::set_permissions(
+        cfg.main(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    cfg.main_extra("[acme]\neab_kid = \"kid-1\"\neab_hmac_key = \"c2VjcmV0\"");
+    let text = error_text(&cfg);
+    assert!(
+        text.contains("acme.eab_hmac_key") && text.contains("private"),
+        "{text}"
+    );
+}
+
+#[test]
+fn acme_defaults_to_lets_encrypt_and_takes_a_test_ca() {
+    let cfg = TestConfig::new();
+    acme_site(&cfg, "site", &["site.test"], "");
+    let loaded = cfg.load();
+    assert_eq!(
+        loaded.server.acme.directory,
+        "https://acme-v02.api.letsencrypt.org/directory"
+    );
+    let cfg = TestConfig::new();
+    cfg.write("roots/pebble.pem", "not checked here");
+    cfg.main_extra("[acme]\ndirectory = \"https://127.0.0.1:14000/dir\"\nemail = \"ops@example.test\"\nca_roots = [\"roots/pebble.pem\"]\nrenew_before = \"10d\"");
+    let acme = cfg.load().server.acme;
+    assert_eq!(acme.directory, "https://127.0.0.1:14000/dir");
+    assert_eq!(acme.email.as_deref(), Some("ops@example.test"));
+    assert!(acme.ca_roots[0].ends_with("roots/pebble.pem"));
+    assert_eq!(
+        acme.renew_before,
+        Some(std::time::Duration::from_secs(10 * 86400))
+    );
+}
+
+#[tokio::test]
+async fn without_its_certificate_a_site_is_served_over_http_and_refuses_handshakes() {
+    let cfg = TestConfig::new();
+    acme_site(&cfg, "new", &["new.test"], "");
+    // Not the default site's certificate either: the name is the new site's.
+    cfg.tls_site(
+        "fallback",
+        &["fallback.test"],
+        "default = true",
+        "",
+        &self_signed(&["fallback.test"]),
+    );
+    let front = Front::start(&cfg, vec![]).await;
+    assert!(tls_connect(front.https, "fallback.test", &[]).await.is_ok());
+    let r = common::get(front.http, "new.test", "/").await;
+    assert_eq!(r.status, 200, "plain HTTP must be served, not redirected");
+    assert!(tls_connect(front.https, "new.test", &[]).await.is_err());
+    front.stop().await;
+}
+
+#[tokio::test]
+async fn a_stored_certificate_is_loaded_at_start_and_served() {
+    let cfg = TestConfig::new();
+    acme_site(&cfg, "kept", &["kept.test"], "");
+    let cert = self_signed(&["kept.test"]);
+    let state_dir = cfg.load().server.state_dir;
+    let dir = state_dir.join("acme/certs/kept");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("cert.pem"), &cert.cert_pem).unwrap();
+    std::fs::write(dir.join("key.pem"), &cert.key_pem).unwrap();
+    let front = Front::start(&cfg, vec![]).await;
+    let tls = tls_connect(front.https, "kept.test", &[]).await.unwrap();
+    assert!(served_cert(&tls) == cert.der, "not the stored certificate");
+    let r = common::get(front.http, "kept.test", "/").await;
+    assert_eq!(
+        r.status, 301,
+        "with a certificate, plain HTTP is redirected"
+    );
+    front.stop().await;
+}
