@@ -9,7 +9,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,22 +22,6 @@ const RENAME_AT: usize = 3_000;
 /// ... and no request past this one is sent before the reopen returned:
 /// requests straddle the rename whatever the machine's speed.
 const HOLD_AT: usize = 6_000;
-
-/// Runs `polyhost --config main ARGS` and returns (exit code, stdout, stderr).
-async fn cli(main: &Path, args: &[&str]) -> (i32, String, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_polyhost"))
-        .arg("--config")
-        .arg(main)
-        .args(args)
-        .output()
-        .await
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 /// The request numbers (`?r=N`) logged in an access log's text, with how
 /// often each appears.
@@ -148,7 +131,7 @@ async fn every_request_is_logged_once_across_a_rename_and_reopen() {
         renamed.push(to);
     }
     std::fs::rename(&fpm_log, fpm_log.with_extension("log.1")).unwrap();
-    let (code, stdout, stderr) = cli(&cfg.main(), &["reopen-logs"]).await;
+    let (code, stdout, stderr) = common::polyhost_cli(&cfg.main(), &["reopen-logs"]).await;
     reopened.store(true, Ordering::SeqCst);
     assert_eq!(
         code,

@@ -29,23 +29,6 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 use common::{open_up, python_test_site, wait_for, ws, Binary, TestConfig, TestUser};
 
-/// Runs `polyhost --config main ARGS` (any build speaks the admin API) and
-/// returns (exit code, stdout, stderr).
-async fn cli(main: &Path, args: &[&str]) -> (i32, String, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_polyhost"))
-        .arg("--config")
-        .arg(main)
-        .args(args)
-        .output()
-        .await
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 /// Puts `content` at `path` as a package manager does: a new file renamed
 /// over the old one (the running binary keeps its deleted inode).
 fn install(path: &Path, content: &[u8]) {
@@ -301,7 +284,7 @@ async fn a_broken_or_slow_binary_changes_nothing_and_a_real_one_takes_over_under
 
     // A broken binary: it exits at once.
     install(&program, b"#!/bin/sh\nexit 3\n");
-    let (code, stdout, stderr) = cli(&main, &["upgrade", "--timeout", "60"]).await;
+    let (code, stdout, stderr) = common::polyhost_cli(&main, &["upgrade", "--timeout", "60"]).await;
     assert_ne!(code, 0, "stdout: {stdout}\nstderr: {stderr}");
     assert!(
         stderr.contains("it exited"),
@@ -313,7 +296,7 @@ async fn a_broken_or_slow_binary_changes_nothing_and_a_real_one_takes_over_under
 
     // A slow binary: it never says it is ready.
     install(&program, b"#!/bin/sh\nexec sleep 600\n");
-    let (code, stdout, stderr) = cli(&main, &["upgrade", "--timeout", "2"]).await;
+    let (code, stdout, stderr) = common::polyhost_cli(&main, &["upgrade", "--timeout", "2"]).await;
     assert_ne!(code, 0, "stdout: {stdout}\nstderr: {stderr}");
     assert!(
         stderr.contains("did not say it was ready"),
@@ -392,7 +375,7 @@ async fn a_broken_or_slow_binary_changes_nothing_and_a_real_one_takes_over_under
     let new_pid = Arc::new(Mutex::new(None));
     let _kill_new = KillOnDrop(new_pid.clone());
     let asked = std::time::Instant::now();
-    let (code, stdout, stderr) = cli(&main, &["upgrade", "--timeout", "60"]).await;
+    let (code, stdout, stderr) = common::polyhost_cli(&main, &["upgrade", "--timeout", "60"]).await;
     // Reported, never asserted on.
     let took = asked.elapsed();
     assert_eq!(
@@ -481,7 +464,7 @@ async fn a_broken_or_slow_binary_changes_nothing_and_a_real_one_takes_over_under
         !sockets.is_empty() && sockets.iter().all(|s| s.starts_with("python-b")),
         "{sockets:?}"
     );
-    let (code, stdout, stderr) = cli(&main, &["status"]).await;
+    let (code, stdout, stderr) = common::polyhost_cli(&main, &["status"]).await;
     assert_eq!(code, 0, "{stdout}{stderr}");
 
     let mut told = Vec::new();

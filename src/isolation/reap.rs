@@ -57,6 +57,53 @@ pub(super) fn unregister(pid: i32) {
         .remove(&pid);
 }
 
+/// A child polyhost started outside `spawn` and waits for itself (the
+/// router process, a successor polyhost): registered until waited for, so
+/// the orphan sweep never reaps it. Dropping it does not kill it.
+#[derive(Debug)]
+pub struct OwnChild {
+    pid: i32,
+    child: tokio::process::Child,
+    waited: Option<std::process::ExitStatus>,
+}
+
+impl OwnChild {
+    /// Takes over a freshly spawned `child` (not waited for yet).
+    pub fn new(child: tokio::process::Child) -> OwnChild {
+        let pid = child
+            .id()
+            .expect("a freshly spawned child has not been reaped") as i32;
+        register(pid);
+        OwnChild {
+            pid,
+            child,
+            waited: None,
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Waits for its exit (cancel-safe: call again after a timeout).
+    pub async fn wait(&mut self) -> io::Result<std::process::ExitStatus> {
+        if let Some(status) = self.waited {
+            return Ok(status);
+        }
+        let status = self.child.wait().await?;
+        unregister(self.pid);
+        self.waited = Some(status);
+        Ok(status)
+    }
+
+    /// Sends `signal` unless it was waited for already (its pid may be reused).
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        if self.waited.is_none() {
+            let _ = nix::sys::signal::kill(Pid::from_raw(self.pid), signal);
+        }
+    }
+}
+
 fn is_registered(pid: i32) -> bool {
     SPAWNED
         .lock()

@@ -40,11 +40,9 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
-use std::process::{ExitStatus, Stdio};
+use std::process::Stdio;
 
 use nix::fcntl::OFlag;
-
-use super::reap::{register, unregister};
 
 /// `CAP_DAC_READ_SEARCH`: the one capability the router keeps.
 pub const CAP_DAC_READ_SEARCH: u32 = 2;
@@ -81,36 +79,7 @@ pub enum RouterSpawnError {
 
 /// The running router process. Dropping it does not kill it (the keeper
 /// decides); it is registered as polyhost's own child until waited for.
-#[derive(Debug)]
-pub struct RouterProcess {
-    pid: i32,
-    child: tokio::process::Child,
-    waited: Option<ExitStatus>,
-}
-
-impl RouterProcess {
-    pub fn pid(&self) -> i32 {
-        self.pid
-    }
-
-    /// Waits for its exit (cancel-safe: call again after a timeout).
-    pub async fn wait(&mut self) -> io::Result<ExitStatus> {
-        if let Some(status) = self.waited {
-            return Ok(status);
-        }
-        let status = self.child.wait().await?;
-        unregister(self.pid);
-        self.waited = Some(status);
-        Ok(status)
-    }
-
-    /// Sends `signal` unless it was waited for already (its pid may be reused).
-    pub fn signal(&self, signal: nix::sys::signal::Signal) {
-        if self.waited.is_none() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid), signal);
-        }
-    }
-}
+pub type RouterProcess = super::reap::OwnChild;
 
 /// Who the router runs as: `router_user` resolved (its primary group; never
 /// uid or gid 0), or what is wrong with it, in words for `router_user`'s
@@ -419,17 +388,7 @@ pub fn spawn_router(spec: &RouterSpec<'_>) -> Result<RouterProcess, RouterSpawnE
     drop(report_write);
     drop(dups);
     match result {
-        Ok(child) => {
-            let pid = child
-                .id()
-                .expect("a freshly spawned child has not been reaped") as i32;
-            register(pid);
-            Ok(RouterProcess {
-                pid,
-                child,
-                waited: None,
-            })
-        }
+        Ok(child) => Ok(RouterProcess::new(child)),
         Err(source) => {
             let mut byte = [0u8; 1];
             let step = match File::from(report_read).read(&mut byte) {

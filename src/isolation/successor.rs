@@ -11,11 +11,9 @@ use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::process::{ExitStatus, Stdio};
+use std::process::Stdio;
 
 use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
-
-use super::reap::{register, unregister};
 
 /// Where the successor finds its end of the socket pair.
 pub const SUCCESSOR_FD: RawFd = 3;
@@ -23,37 +21,9 @@ pub const SUCCESSOR_FD: RawFd = 3;
 /// Most descriptors one message carries (listeners: HTTP, HTTPS, admin).
 pub const MAX_FDS: usize = 64;
 
-/// A started successor. Dropping it does not kill it.
-#[derive(Debug)]
-pub struct Successor {
-    pid: i32,
-    child: tokio::process::Child,
-    waited: Option<ExitStatus>,
-}
-
-impl Successor {
-    pub fn pid(&self) -> i32 {
-        self.pid
-    }
-
-    /// Waits for its exit (cancel-safe).
-    pub async fn wait(&mut self) -> io::Result<ExitStatus> {
-        if let Some(status) = self.waited {
-            return Ok(status);
-        }
-        let status = self.child.wait().await?;
-        unregister(self.pid);
-        self.waited = Some(status);
-        Ok(status)
-    }
-
-    /// Sends `signal` to it unless it was waited for already.
-    pub fn signal(&self, signal: nix::sys::signal::Signal) {
-        if self.waited.is_none() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid), signal);
-        }
-    }
-}
+/// A started successor. Dropping it does not kill it; it is registered as
+/// polyhost's own child (the orphan sweep never reaps it) until waited for.
+pub type Successor = super::reap::OwnChild;
 
 /// Starts `program args` with `link` at [`SUCCESSOR_FD`], in a process
 /// group of its own (a signal to the predecessor's group is not its), with
@@ -98,15 +68,7 @@ pub fn spawn_successor(
     }
     let child = cmd.spawn()?;
     drop(dup);
-    let pid = child
-        .id()
-        .expect("a freshly spawned child has not been reaped") as i32;
-    register(pid);
-    Ok(Successor {
-        pid,
-        child,
-        waited: None,
-    })
+    Ok(Successor::new(child))
 }
 
 /// Sends `bytes` with `fds` attached, in one message.

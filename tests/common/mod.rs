@@ -620,3 +620,20 @@ pub fn runuser(user: &str, cmd: &[&str]) -> (bool, String) {
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
     )
 }
+
+/// Runs `polyhost --config MAIN ARGS` (the CLI against a running polyhost):
+/// its exit code, stdout and stderr.
+pub async fn polyhost_cli(main: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_polyhost"))
+        .arg("--config")
+        .arg(main)
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
