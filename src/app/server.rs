@@ -15,12 +15,13 @@ use arc_swap::ArcSwap;
 use super::reload::apply::{self, ApplyError, Builder};
 use super::reload::{plan, Change, ReloadReport, Running, SiteNotReady};
 use super::router_link::{Desired, DesiredSite, RouterLink};
-use super::status::{ServerStatus, SiteStatus};
 use super::ServeError;
 use crate::config::{self, Config, ConfigErrors, ServerConfig, SiteName};
 use crate::router::{RoutingTable, SharedTable};
 use crate::sites::{self, Site};
 use crate::supervisor::{GroupHandle, GroupKey, Supervisor};
+
+mod status_view;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -481,81 +482,6 @@ impl Server {
             Some(e) => errors.insert(site.to_owned(), e),
             None => errors.remove(site),
         };
-    }
-
-    fn status_of_site(&self, site: &Site) -> SiteStatus {
-        let mut status = SiteStatus::of(site);
-        let errors = self.acme_errors.lock().unwrap_or_else(|e| e.into_inner());
-        status.acme_error = errors.get(&status.name).cloned();
-        status
-    }
-
-    /// Never waits for a control operation in progress. With a router
-    /// process, its request counters are asked of it (bounded wait).
-    pub async fn status(&self) -> ServerStatus {
-        let mut status = self.status_of(&self.published.load());
-        self.with_router_counters(&mut status.sites).await;
-        status
-    }
-
-    /// Puts the router process's request counters into `sites` (nothing
-    /// without one; zeros, said in the log, when it does not answer).
-    async fn with_router_counters(&self, sites: &mut [SiteStatus]) {
-        if !self.has_router() {
-            return;
-        }
-        let counters: BTreeMap<String, crate::metrics::SiteCounters> = match self
-            .router_stats()
-            .await
-        {
-            Some(reply) => reply.sites.into_iter().collect(),
-            None => {
-                tracing::warn!("the router process did not report its counters: status shows none");
-                BTreeMap::new()
-            }
-        };
-        for site in sites {
-            site.set_counters(counters.get(&site.name).copied().unwrap_or_default());
-        }
-    }
-
-    fn status_of(&self, sites: &BTreeMap<SiteName, Site>) -> ServerStatus {
-        ServerStatus {
-            version: env!("CARGO_PKG_VERSION").to_owned(),
-            pid: std::process::id(),
-            uptime_seconds: self.started.elapsed().as_secs(),
-            limits_backend: self.supervisor.cgroups().describe(),
-            reloads: self.reloads.load(Ordering::Relaxed),
-            reloads_failed: self.reloads_failed.load(Ordering::Relaxed),
-            sites: sites.values().map(|s| self.status_of_site(s)).collect(),
-        }
-    }
-
-    /// Status of one site, or [`ControlError::NoSuchSite`]; never waits.
-    pub async fn site_status(&self, name: &str) -> Result<SiteStatus, ControlError> {
-        let status = SiteName::parse(name)
-            .ok()
-            .and_then(|n| {
-                self.published
-                    .load()
-                    .get(&n)
-                    .map(|s| self.status_of_site(s))
-            })
-            .ok_or_else(|| ControlError::NoSuchSite(name.to_owned()))?;
-        let mut one = [status];
-        self.with_router_counters(&mut one).await;
-        let [status] = one;
-        Ok(status)
-    }
-
-    /// What a metrics scrape shows: the status plus each site's live
-    /// handles (one per `status.sites`, in the same order), from one
-    /// published snapshot; never waits.
-    pub async fn status_with_handles(&self) -> (ServerStatus, Vec<crate::metrics::SiteView>) {
-        let sites = self.published.load_full();
-        let status = self.status_of(&sites);
-        let views = sites.values().map(Site::metrics_view).collect();
-        (status, views)
     }
 
     /// Stops every site's processes and removes polyhost's cgroups.
