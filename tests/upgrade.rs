@@ -17,7 +17,6 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -25,7 +24,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 use common::{open_up, python_test_site, wait_for, ws, Binary, TestConfig, TestUser};
 
@@ -63,40 +61,6 @@ impl Drop for KillOnDrop {
             );
         }
     }
-}
-
-/// Starts `program serve --config main` (the copied binary) and waits for
-/// its listening line.
-async fn start(program: &Path, main: &Path, notify: &Path) -> Binary {
-    let mut child = tokio::process::Command::new(program)
-        .arg("serve")
-        .arg("--config")
-        .arg(main)
-        .env("NOTIFY_SOCKET", notify)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let log = Arc::new(Mutex::new(String::new()));
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let sink = log.clone();
-    tokio::spawn(async move {
-        let mut lines = BufReader::new(stderr).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            if let Some(rest) = line.split("listening addr=").nth(1) {
-                let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_owned());
-            }
-            sink.lock().unwrap().push_str(&(line + "\n"));
-        }
-    });
-    let addr: String = tokio::time::timeout(Duration::from_secs(30), rx.recv())
-        .await
-        .ok()
-        .flatten()
-        .unwrap_or_else(|| panic!("polyhost did not start; log:\n{}", log.lock().unwrap()));
-    Binary::adopt(child, addr.parse().unwrap(), log, main)
 }
 
 /// One GET on `conn` (a new connection when there is none or it closed);
@@ -277,7 +241,8 @@ async fn a_broken_or_slow_binary_changes_nothing_and_a_real_one_takes_over_under
     let notify_path = cfg.path().join("notify.sock");
     let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
     notify.set_nonblocking(true).unwrap();
-    let bin = start(&program, &main, &notify_path).await;
+    let notify_env = notify_path.to_str().expect("a UTF-8 path");
+    let bin = Binary::start_program(&program, &main, &[("NOTIFY_SOCKET", notify_env)]).await;
     let addr = bin.addr;
     let old_pid = bin.child.id().unwrap() as i32;
     all_sites_serve(addr, || bin.log()).await;

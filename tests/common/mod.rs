@@ -193,7 +193,7 @@ impl Binary {
                 sink.lock().unwrap().push_str(&(line + "\n"));
             }
         });
-        let addr = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+        let addr = tokio::time::timeout(Duration::from_secs(30), rx.recv())
             .await
             .ok()
             .flatten()

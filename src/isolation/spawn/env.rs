@@ -117,9 +117,10 @@ extern "C" {
     static mut environ: *const *const c_char;
 }
 
-/// Writes `n` in decimal at the start of `out` (no allocation); returns
-/// how many bytes it wrote. `out` must hold at least 20 bytes.
-fn write_decimal(mut n: u64, out: &mut [u8]) -> usize {
+/// Writes `n` in decimal at the start of `out` (no allocation: safe
+/// between fork and exec); returns how many bytes it wrote. `out` must have
+/// room for `n`'s digits (20 for any `u64`).
+pub(super) fn write_decimal(mut n: u64, out: &mut [u8]) -> usize {
     let mut digits = [0u8; PID_DIGITS];
     let mut len = 0;
     loop {

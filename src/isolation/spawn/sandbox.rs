@@ -374,19 +374,7 @@ pub(super) fn fd_path(fd: libc::c_int) -> [u8; 32] {
     let mut buf = [0u8; 32];
     let prefix = b"/proc/self/fd/";
     buf[..prefix.len()].copy_from_slice(prefix);
-    let mut digits = [0u8; 10];
-    let (mut n, mut len) = (fd.unsigned_abs(), 0);
-    loop {
-        digits[len] = b'0' + (n % 10) as u8;
-        len += 1;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    for i in 0..len {
-        buf[prefix.len() + i] = digits[len - 1 - i];
-    }
+    super::env::write_decimal(u64::from(fd.unsigned_abs()), &mut buf[prefix.len()..]);
     buf
 }
 
