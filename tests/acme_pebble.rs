@@ -188,15 +188,16 @@ fn write_main(cfg: &TestConfig, pebble: &Pebble, http: u16, https: u16, ca_port:
     );
 }
 
-fn pebble_installed() -> bool {
+/// The test CA must be there: a silent skip would be a test that cannot fail.
+fn require_pebble() {
     let there = std::process::Command::new("pebble")
         .arg("-h")
         .output()
         .is_ok();
-    if !there {
-        eprintln!("pebble is not installed (scripts/setup.sh): skipped");
-    }
-    there
+    assert!(
+        there,
+        "pebble is not installed: scripts/setup.sh installs it (Debian's `pebble`)"
+    );
 }
 
 /// `polyhost status SITE` (through the admin socket), stdout and stderr.
@@ -250,9 +251,7 @@ fn orders_seen(cfg: &TestConfig) -> usize {
 
 #[tokio::test]
 async fn http01_certificate_is_issued_served_and_kept_across_a_restart() {
-    if !pebble_installed() {
-        return;
-    }
+    require_pebble();
     let (http, https) = (free_port(), free_port());
     let cfg = TestConfig::new();
     let pebble = Pebble::start(cfg.path(), http, https, None).await;
@@ -317,9 +316,7 @@ async fn http01_certificate_is_issued_served_and_kept_across_a_restart() {
 /// order waits for the backoff (pebble saw one order across several scans).
 #[tokio::test]
 async fn a_failed_challenge_is_shown_and_backed_off_and_plain_http_keeps_working() {
-    if !pebble_installed() {
-        return;
-    }
+    require_pebble();
     let (http, https, nowhere) = (free_port(), free_port(), free_port());
     let cfg = TestConfig::new();
     let pebble = Pebble::start(cfg.path(), nowhere, https, None).await;
@@ -352,9 +349,7 @@ async fn a_failed_challenge_is_shown_and_backed_off_and_plain_http_keeps_working
 /// No CA listening: the error is shown and retried only after the backoff.
 #[tokio::test]
 async fn an_unreachable_ca_is_shown_and_backed_off() {
-    if !pebble_installed() {
-        return;
-    }
+    require_pebble();
     let (http, https, no_ca) = (free_port(), free_port(), free_port());
     let cfg = TestConfig::new();
     let pebble = Pebble::start(cfg.path(), http, https, None).await;
@@ -386,9 +381,7 @@ async fn an_unreachable_ca_is_shown_and_backed_off() {
 /// certificate while a connection made with the old one keeps working.
 #[tokio::test]
 async fn a_short_lived_certificate_is_renewed_without_dropping_connections() {
-    if !pebble_installed() {
-        return;
-    }
+    require_pebble();
     let (http, https) = (free_port(), free_port());
     let cfg = TestConfig::new();
     let pebble = Pebble::start(cfg.path(), http, https, Some(40)).await;
@@ -428,9 +421,7 @@ async fn a_short_lived_certificate_is_renewed_without_dropping_connections() {
 /// issued through the `acme-tls/1` handshake and served.
 #[tokio::test]
 async fn tls_alpn01_certificate_is_issued_and_served() {
-    if !pebble_installed() {
-        return;
-    }
+    require_pebble();
     let (http, https, nowhere) = (free_port(), free_port(), free_port());
     let cfg = TestConfig::new();
     let pebble = Pebble::start(cfg.path(), nowhere, https, None).await;
@@ -455,9 +446,7 @@ async fn tls_alpn01_certificate_is_issued_and_served() {
 /// file holding the key made private) the certificate is issued.
 #[tokio::test]
 async fn external_account_binding_is_required_and_used() {
-    if !pebble_installed() {
-        return;
-    }
+    require_pebble();
     const KID: &str = "kid-1";
     const KEY: &str = "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W";
     let (http, https) = (free_port(), free_port());
