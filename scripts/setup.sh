@@ -7,12 +7,14 @@
 #   nodejs, npm      Node.js for [app] sites: the Node demo and the [app] tests
 #   ruby, puma, ruby-rack   a Rack app on Puma in the [app] tests
 #   pebble           the test ACME CA (pebble, pebble-challtestsrv) for tests/acme_pebble.rs
+#   protobuf-compiler  protoc, which the etcd client crate (etcd-client) needs to build
+#   etcd-server, haproxy   the cluster's store and front (tests/cluster*.rs, scripts/cluster-demo.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 
 PACKAGES=(php8.2-fpm php8.2-cli php8.2-sqlite3 adminer python3-dev python3-venv curl procps
-    nodejs ruby puma ruby-rack pebble)
+    nodejs ruby puma ruby-rack pebble protobuf-compiler etcd-server haproxy)
 # Debian's npm is its own package; a nodejs from elsewhere may ship npm
 # itself (and conflict with Debian's): only install it when there is none.
 command -v npm >/dev/null || PACKAGES+=(npm)

@@ -37,6 +37,7 @@ pub mod app;
 pub mod check;
 pub mod cli;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod docroot;
 #[allow(unsafe_code)] // fork/exec set-up, prctl, close_range: see its module doc.

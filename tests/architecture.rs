@@ -197,7 +197,7 @@ const LAYERS: &[&[&str]] = &[
     // The running server: sites, reloads, the routing table.
     &["app"],
     // The edges: admin API, `polyhost check`, the command line.
-    &["admin", "check", "acme"],
+    &["admin", "check", "acme", "cluster"],
     // Polyhost as two processes: the supervisor's and the router's ends.
     &["privsep"],
     &["cli"],
