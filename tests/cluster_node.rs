@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::Duration;
 
 use common::etcd::{free_port, Etcd};
@@ -16,13 +15,18 @@ const WAIT: Duration = Duration::from_secs(60);
 
 /// A node's configuration: its own state_dir, listener and admin socket.
 fn node_config(etcd: &Etcd, node: &str) -> TestConfig {
+    node_config_on(etcd, node, "127.0.0.1")
+}
+
+/// [`node_config`] listening on `ip` (several nodes on one machine: 127.0.0.x).
+fn node_config_on(etcd: &Etcd, node: &str, ip: &str) -> TestConfig {
     let cfg = TestConfig::outside_tmp();
     let port = free_port();
     cfg.write(
         "polyhost.toml",
         &format!(
-            "listen = [\"127.0.0.1:{port}\"]\nstate_dir = \"state\"\nlog_dir = \"log\"\nshutdown_timeout = \"5s\"\nrouter_threads = 2\n\
-             [cluster]\netcd = [\"{}\"]\nnode = \"{node}\"\nadvertise = \"127.0.0.1:{port}\"\nlease_ttl = \"3s\"\n",
+            "listen = [\"{ip}:{port}\"]\nstate_dir = \"state\"\nlog_dir = \"log\"\nshutdown_timeout = \"5s\"\nrouter_threads = 2\n\
+             [cluster]\netcd = [\"{}\"]\nnode = \"{node}\"\nadvertise = \"{ip}:{port}\"\nlease_ttl = \"3s\"\n",
             etcd.client_url()
         ),
     );
@@ -52,8 +56,11 @@ async fn put_site(etcd: &Etcd, name: &str, text: &str) {
 }
 
 async fn place(etcd: &Etcd, name: &str, node: &str) {
+    place_as(etcd, name, Placement { node: node.into(), draining: vec![], singleton: false }).await;
+}
+
+async fn place_as(etcd: &Etcd, name: &str, p: Placement) {
     let keys = Keys::new("/polyhost/");
-    let p = Placement { node: node.into(), draining: vec![], singleton: false };
     let json = serde_json::to_string(&p).unwrap();
     etcd.client().await.put(keys.placement(name), json, None).await.unwrap();
 }
@@ -218,6 +225,71 @@ async fn losing_etcd_never_stops_serving_and_a_restart_serves_the_last_state() {
     wait_served(&bin, "shop.test", 200, "site shop").await;
     wait_served(&bin, "news.test", 200, "site news").await;
     assert!(site_file(&cfg, "news").exists());
-    let _ = Path::new("");
+    assert!(bin.terminate().await.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_site_on_two_nodes_of_one_machine_then_moved() {
+    let etcd = Etcd::start().await;
+    let (a, b) = (node_config_on(&etcd, "web-a", "127.0.0.2"), node_config_on(&etcd, "web-b", "127.0.0.3"));
+    let user = TestUser::new();
+    // The site's files at the same path for both nodes (shared storage).
+    let www = TestConfig::outside_tmp();
+    let blog = php_text(&www, "blog", &user);
+    open_up(www.path());
+    open_up(a.path());
+    open_up(b.path());
+    let (node_a, node_b) = (Binary::start(&a.main(), &[]).await, Binary::start(&b.main(), &[]).await);
+    assert_eq!(node_a.addr.ip().to_string(), "127.0.0.2");
+    put_site(&etcd, "blog", &blog).await;
+    place(&etcd, "blog", "web-a").await;
+    wait_state(&etcd, "web-a", "blog", SiteState::Ready).await;
+    wait_served(&node_a, "blog.test", 200, "php").await;
+    // A move's overlap: B starts it while A still runs it (same site, same
+    // user, one machine: separate sockets and cgroups per node).
+    place_as(&etcd, "blog", Placement { node: "web-b".into(), draining: vec!["web-a".into()], singleton: false }).await;
+    wait_state(&etcd, "web-b", "blog", SiteState::Ready).await;
+    wait_served(&node_b, "blog.test", 200, "php").await;
+    wait_served(&node_a, "blog.test", 200, "php").await;
+    let cgroups = |cfg: &TestConfig| {
+        let state = std::fs::canonicalize(cfg.path().join("state")).unwrap();
+        polyhost::supervisor::cgroup_parent_name(&state)
+    };
+    assert_ne!(cgroups(&a), cgroups(&b), "two nodes share a cgroup parent");
+    // The switch done: A stops it, B keeps serving.
+    place(&etcd, "blog", "web-b").await;
+    common::wait_for(
+        "web-a to drop blog",
+        WAIT,
+        async || report(&etcd, "web-a").await,
+        |r| r.as_ref().is_some_and(|r| !r.sites.contains_key("blog")),
+    )
+    .await;
+    wait_served(&node_a, "blog.test", 421, "").await;
+    wait_served(&node_b, "blog.test", 200, "php").await;
+    assert!(node_a.terminate().await.success());
+    assert!(node_b.terminate().await.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_its_lease_stops_its_singleton_sites() {
+    let mut etcd = Etcd::start().await;
+    let cfg = node_config(&etcd, "web-s");
+    let (solo, shop) = (static_text(&cfg, "solo"), static_text(&cfg, "shop"));
+    open_up(cfg.path());
+    let bin = Binary::start(&cfg.main(), &[]).await;
+    put_site(&etcd, "solo", &solo).await;
+    put_site(&etcd, "shop", &shop).await;
+    place_as(&etcd, "solo", Placement { node: "web-s".into(), draining: vec![], singleton: true }).await;
+    place(&etcd, "shop", "web-s").await;
+    wait_state(&etcd, "web-s", "solo", SiteState::Ready).await;
+    wait_served(&bin, "solo.test", 200, "site solo").await;
+    etcd.stop();
+    // lease_ttl (3 s) without renewal: the singleton stops, the other stays.
+    wait_served(&bin, "solo.test", 421, "").await;
+    wait_served(&bin, "shop.test", 200, "site shop").await;
+    etcd.restart().await;
+    wait_served(&bin, "solo.test", 200, "site solo").await;
+    wait_state(&etcd, "web-s", "solo", SiteState::Ready).await;
     assert!(bin.terminate().await.success());
 }
