@@ -42,7 +42,10 @@ fn static_text(cfg: &TestConfig, name: &str) -> String {
 }
 
 fn php_text(cfg: &TestConfig, name: &str, user: &TestUser) -> String {
-    cfg.write(&format!("www/{name}/index.php"), "<?php echo 'php ' . posix_getpwuid(posix_geteuid())['name'];");
+    cfg.write(
+        &format!("www/{name}/index.php"),
+        "<?php echo 'php ' . posix_getpwuid(posix_geteuid())['name'];",
+    );
     format!(
         "hosts = [\"{name}.test\"]\nroot = \"{}\"\nuser = \"{}\"\n[php]\nmax_children = 2\n",
         cfg.path().join("www").join(name).display(),
@@ -52,17 +55,34 @@ fn php_text(cfg: &TestConfig, name: &str, user: &TestUser) -> String {
 
 async fn put_site(etcd: &Etcd, name: &str, text: &str) {
     let keys = Keys::new("/polyhost/");
-    etcd.client().await.put(keys.site(name), text, None).await.unwrap();
+    etcd.client()
+        .await
+        .put(keys.site(name), text, None)
+        .await
+        .unwrap();
 }
 
 async fn place(etcd: &Etcd, name: &str, node: &str) {
-    place_as(etcd, name, Placement { node: node.into(), draining: vec![], singleton: false }).await;
+    place_as(
+        etcd,
+        name,
+        Placement {
+            node: node.into(),
+            draining: vec![],
+            singleton: false,
+        },
+    )
+    .await;
 }
 
 async fn place_as(etcd: &Etcd, name: &str, p: Placement) {
     let keys = Keys::new("/polyhost/");
     let json = serde_json::to_string(&p).unwrap();
-    etcd.client().await.put(keys.placement(name), json, None).await.unwrap();
+    etcd.client()
+        .await
+        .put(keys.placement(name), json, None)
+        .await
+        .unwrap();
 }
 
 async fn report(etcd: &Etcd, node: &str) -> Option<NodeReport> {
@@ -79,7 +99,11 @@ async fn wait_state(etcd: &Etcd, node: &str, site: &str, state: SiteState) -> No
         &format!("nodes/{node} to report {site} {state:?}"),
         WAIT,
         async || report(etcd, node).await,
-        |r| r.as_ref().and_then(|r| r.sites.get(site)).is_some_and(|s| s.state == state),
+        |r| {
+            r.as_ref()
+                .and_then(|r| r.sites.get(site))
+                .is_some_and(|s| s.state == state)
+        },
     )
     .await
     .unwrap()
@@ -100,7 +124,9 @@ async fn wait_served(bin: &Binary, host: &str, status: u16, body: &str) {
 }
 
 fn site_file(cfg: &TestConfig, name: &str) -> std::path::PathBuf {
-    cfg.path().join("state/cluster/vhosts").join(format!("{name}.toml"))
+    cfg.path()
+        .join("state/cluster/vhosts")
+        .join(format!("{name}.toml"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -125,25 +151,47 @@ async fn sites_from_etcd_are_served_failures_reported_and_moves_stop_them() {
     wait_served(&bin, "shop.test", 200, "site shop").await;
     wait_served(&bin, "blog.test", 200, &format!("php {}", user.name)).await;
     let mode = std::fs::metadata(site_file(&cfg, "shop")).unwrap();
-    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777, 0o600);
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
+        0o600
+    );
 
     // `polyhost status` shows the link.
     let (code, out, err) = common::polyhost_cli(&cfg.main(), &["status"]).await;
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("cluster: node web-1, etcd connected since"), "{out}");
+    assert!(
+        out.contains("cluster: node web-1, etcd connected since"),
+        "{out}"
+    );
 
     // An invalid text: failed with the key at fault; the others untouched.
-    put_site(&etcd, "bad", "hosts = [\"bad.test\"]\nroot = \"/\"\n[php]\nmax_children = \"many\"\n").await;
+    put_site(
+        &etcd,
+        "bad",
+        "hosts = [\"bad.test\"]\nroot = \"/\"\n[php]\nmax_children = \"many\"\n",
+    )
+    .await;
     place(&etcd, "bad", "web-1").await;
     let r = wait_state(&etcd, "web-1", "bad", SiteState::Failed).await;
     let error = r.sites["bad"].error.clone().unwrap_or_default();
-    assert!(error.contains("etcd:/polyhost/sites/bad: php.max_children"), "{error}");
-    assert!(!site_file(&cfg, "bad").exists(), "an invalid site reached the directory");
+    assert!(
+        error.contains("etcd:/polyhost/sites/bad: php.max_children"),
+        "{error}"
+    );
+    assert!(
+        !site_file(&cfg, "bad").exists(),
+        "an invalid site reached the directory"
+    );
     assert_eq!(r.sites["shop"].state, SiteState::Ready, "{r:?}");
     wait_served(&bin, "shop.test", 200, "site shop").await;
     wait_served(&bin, "blog.test", 200, "php").await;
     // A host another site claims: refused by the reload, rolled back, reported.
-    put_site(&etcd, "thief", &static_text(&cfg, "thief").replace("thief.test", "shop.test")).await;
+    put_site(
+        &etcd,
+        "thief",
+        &static_text(&cfg, "thief").replace("thief.test", "shop.test"),
+    )
+    .await;
     place(&etcd, "thief", "web-1").await;
     let r = wait_state(&etcd, "web-1", "thief", SiteState::Failed).await;
     let error = r.sites["thief"].error.clone().unwrap_or_default();
@@ -156,7 +204,11 @@ async fn sites_from_etcd_are_served_failures_reported_and_moves_stop_them() {
     wait_served(&bin, "bad.test", 200, "site bad").await;
 
     // Placed on another node: stops here, its processes gone.
-    assert!(!pids_of_uid(user.uid).is_empty(), "blog's php-fpm runs as {}", user.name);
+    assert!(
+        !pids_of_uid(user.uid).is_empty(),
+        "blog's php-fpm runs as {}",
+        user.name
+    );
     place(&etcd, "blog", "web-2").await;
     common::wait_for(
         "blog's processes to be gone",
@@ -180,7 +232,10 @@ async fn sites_from_etcd_are_served_failures_reported_and_moves_stop_them() {
     let log = bin.log();
     let status = bin.terminate().await;
     assert!(status.success(), "{status:?}\n{log}");
-    assert!(report(&etcd, "web-1").await.is_none(), "nodes/web-1 outlived the node");
+    assert!(
+        report(&etcd, "web-1").await.is_none(),
+        "nodes/web-1 outlived the node"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -231,7 +286,10 @@ async fn losing_etcd_never_stops_serving_and_a_restart_serves_the_last_state() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_site_on_two_nodes_of_one_machine_then_moved() {
     let etcd = Etcd::start().await;
-    let (a, b) = (node_config_on(&etcd, "web-a", "127.0.0.2"), node_config_on(&etcd, "web-b", "127.0.0.3"));
+    let (a, b) = (
+        node_config_on(&etcd, "web-a", "127.0.0.2"),
+        node_config_on(&etcd, "web-b", "127.0.0.3"),
+    );
     let user = TestUser::new();
     // The site's files at the same path for both nodes (shared storage).
     let www = TestConfig::outside_tmp();
@@ -239,7 +297,10 @@ async fn one_site_on_two_nodes_of_one_machine_then_moved() {
     open_up(www.path());
     open_up(a.path());
     open_up(b.path());
-    let (node_a, node_b) = (Binary::start(&a.main(), &[]).await, Binary::start(&b.main(), &[]).await);
+    let (node_a, node_b) = (
+        Binary::start(&a.main(), &[]).await,
+        Binary::start(&b.main(), &[]).await,
+    );
     assert_eq!(node_a.addr.ip().to_string(), "127.0.0.2");
     put_site(&etcd, "blog", &blog).await;
     place(&etcd, "blog", "web-a").await;
@@ -247,7 +308,16 @@ async fn one_site_on_two_nodes_of_one_machine_then_moved() {
     wait_served(&node_a, "blog.test", 200, "php").await;
     // A move's overlap: B starts it while A still runs it (same site, same
     // user, one machine: separate sockets and cgroups per node).
-    place_as(&etcd, "blog", Placement { node: "web-b".into(), draining: vec!["web-a".into()], singleton: false }).await;
+    place_as(
+        &etcd,
+        "blog",
+        Placement {
+            node: "web-b".into(),
+            draining: vec!["web-a".into()],
+            singleton: false,
+        },
+    )
+    .await;
     wait_state(&etcd, "web-b", "blog", SiteState::Ready).await;
     wait_served(&node_b, "blog.test", 200, "php").await;
     wait_served(&node_a, "blog.test", 200, "php").await;
@@ -280,7 +350,16 @@ async fn a_node_without_its_lease_stops_its_singleton_sites() {
     let bin = Binary::start(&cfg.main(), &[]).await;
     put_site(&etcd, "solo", &solo).await;
     put_site(&etcd, "shop", &shop).await;
-    place_as(&etcd, "solo", Placement { node: "web-s".into(), draining: vec![], singleton: true }).await;
+    place_as(
+        &etcd,
+        "solo",
+        Placement {
+            node: "web-s".into(),
+            draining: vec![],
+            singleton: true,
+        },
+    )
+    .await;
     place(&etcd, "shop", "web-s").await;
     wait_state(&etcd, "web-s", "solo", SiteState::Ready).await;
     wait_served(&bin, "solo.test", 200, "site solo").await;

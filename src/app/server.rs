@@ -495,7 +495,10 @@ impl Server {
 
     /// The cluster link's state, `None` outside a cluster.
     pub fn cluster_status(&self) -> Option<super::status::ClusterLinkStatus> {
-        self.cluster.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.cluster
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Stops every site's processes and removes polyhost's cgroups.

@@ -90,13 +90,22 @@ pub(crate) fn validate_cluster(
     let prefix = validate_prefix(raw.prefix, errs);
     let node = match raw.node {
         None => {
-            errs.add("cluster.node", "required: this node's name in the cluster, e.g. \"web-3\"");
+            errs.add(
+                "cluster.node",
+                "required: this node's name in the cluster, e.g. \"web-3\"",
+            );
             String::new()
         }
         // A node name is a key part and a HAProxy backend name: a site name's rules fit.
         Some(n) => {
             if let Err(msg) = SiteName::parse(&n) {
-                errs.add("cluster.node", msg.replace("site name (the file name without .toml must match", "node name (it must match"));
+                errs.add(
+                    "cluster.node",
+                    msg.replace(
+                        "site name (the file name without .toml must match",
+                        "node name (it must match",
+                    ),
+                );
             }
             n
         }
@@ -114,7 +123,10 @@ pub(crate) fn validate_cluster(
     let capacity = raw.capacity.map_or(DEFAULT_CAPACITY, |c| match c {
         Scalar::Int(n) if n > 0 && n <= i64::from(u32::MAX) => n as u32,
         other => {
-            errs.add("cluster.capacity", format!("{other} is not a number of sites (a whole number above 0)"));
+            errs.add(
+                "cluster.capacity",
+                format!("{other} is not a number of sites (a whole number above 0)"),
+            );
             DEFAULT_CAPACITY
         }
     });
@@ -125,7 +137,10 @@ pub(crate) fn validate_cluster(
             if path.is_file() {
                 Some(path)
             } else {
-                errs.add(key, format!("{} is not a readable PEM file", path.display()));
+                errs.add(
+                    key,
+                    format!("{} is not a readable PEM file", path.display()),
+                );
                 None
             }
         })
@@ -134,11 +149,17 @@ pub(crate) fn validate_cluster(
     let cert_file = file("cluster.cert_file", raw.cert_file, errs);
     let key_file = file("cluster.key_file", raw.key_file, errs);
     if cert_file.is_some() != key_file.is_some() {
-        errs.add("cluster.cert_file", "etcd client certificates need both cert_file and key_file");
+        errs.add(
+            "cluster.cert_file",
+            "etcd client certificates need both cert_file and key_file",
+        );
     }
     let password = validate_password(raw.password, raw.password_file, base, admin_group, errs);
     if password.is_some() != raw.user.is_some() {
-        errs.add("cluster.user", "etcd authentication needs both user and password (or password_file)");
+        errs.add(
+            "cluster.user",
+            "etcd authentication needs both user and password (or password_file)",
+        );
     }
     if errs.errors.len() > before {
         return None;
@@ -165,7 +186,10 @@ fn validate_endpoints(
 ) -> Vec<String> {
     let endpoints = raw.map(super::raw::OneOrMany::into_vec).unwrap_or_default();
     if endpoints.is_empty() {
-        errs.add("cluster.etcd", "required: etcd's client URLs, e.g. [\"http://127.0.0.1:2379\"]");
+        errs.add(
+            "cluster.etcd",
+            "required: etcd's client URLs, e.g. [\"http://127.0.0.1:2379\"]",
+        );
     }
     for (i, e) in endpoints.iter().enumerate() {
         if !(e.starts_with("http://") || e.starts_with("https://")) {
@@ -198,7 +222,10 @@ fn validate_ttl(raw: Option<Scalar>, errs: &mut FileErrors<'_>) -> Duration {
             Duration::from_secs(d.as_secs())
         }
         Ok(_) => {
-            errs.add("cluster.lease_ttl", format!("{v}: expected between \"2s\" and \"1h\""));
+            errs.add(
+                "cluster.lease_ttl",
+                format!("{v}: expected between \"2s\" and \"1h\""),
+            );
             DEFAULT_LEASE_TTL
         }
         Err(msg) => {
@@ -214,7 +241,10 @@ fn check_host_port(key: &str, value: String, errs: &mut FileErrors<'_>) -> Strin
         .rsplit_once(':')
         .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
     if !ok {
-        errs.add(key, format!("{value:?} is not host:port (e.g. \"10.0.0.3:80\")"));
+        errs.add(
+            key,
+            format!("{value:?} is not host:port (e.g. \"10.0.0.3:80\")"),
+        );
     }
     value
 }
@@ -228,7 +258,10 @@ fn validate_password(
 ) -> Option<String> {
     match (inline.filter(|p| !p.is_empty()), file) {
         (Some(_), Some(_)) => {
-            errs.add("cluster.password_file", "set cluster.password or cluster.password_file, not both");
+            errs.add(
+                "cluster.password_file",
+                "set cluster.password or cluster.password_file, not both",
+            );
             None
         }
         (Some(p), None) => Some(p),
@@ -249,14 +282,20 @@ mod tests {
         let raw: RawCluster = toml::from_str(text).map_err(|e| e.to_string())?;
         let mut errors = ConfigErrors::default();
         let file = Path::new("polyhost.toml");
-        let mut errs = FileErrors { file, errors: &mut errors };
+        let mut errs = FileErrors {
+            file,
+            errors: &mut errors,
+        };
         let c = validate_cluster(raw, Path::new("/nonexistent"), None, &mut errs);
         c.ok_or_else(|| errors.to_string())
     }
 
     #[test]
     fn defaults_and_required_keys() {
-        let c = check("etcd = \"http://127.0.0.1:2379\"\nnode = \"web-3\"\nadvertise = \"10.0.0.3:80\"").unwrap();
+        let c = check(
+            "etcd = \"http://127.0.0.1:2379\"\nnode = \"web-3\"\nadvertise = \"10.0.0.3:80\"",
+        )
+        .unwrap();
         assert_eq!(c.prefix, "/polyhost/");
         assert_eq!(c.capacity, 100);
         assert_eq!(c.lease_ttl, Duration::from_secs(5));

@@ -321,9 +321,9 @@ fn validate_server(
         &mut errs,
     );
     let acme = super::acme::validate_acme(raw.acme.unwrap_or_default(), &base_dir, &mut errs);
-    let cluster = raw
-        .cluster
-        .and_then(|c| super::cluster::validate_cluster(c, &base_dir, admin.group.as_deref(), &mut errs));
+    let cluster = raw.cluster.and_then(|c| {
+        super::cluster::validate_cluster(c, &base_dir, admin.group.as_deref(), &mut errs)
+    });
     let cgroups = match raw.cgroups.as_deref() {
         None | Some("auto") => true,
         Some("off") => false,

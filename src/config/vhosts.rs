@@ -22,7 +22,11 @@ pub(crate) fn load_sites(
 }
 
 /// The sites of `dir` without checks across them.
-fn load_dir(dir: &Path, base: &Path, errors: &mut ConfigErrors) -> BTreeMap<SiteName, Arc<SiteConfig>> {
+fn load_dir(
+    dir: &Path,
+    base: &Path,
+    errors: &mut ConfigErrors,
+) -> BTreeMap<SiteName, Arc<SiteConfig>> {
     let mut sites = BTreeMap::new();
     for file in vhost_files(dir, errors) {
         if let Some(site) = load_site(&file, base, errors) {
@@ -51,7 +55,10 @@ pub(crate) fn load_sites_with_cluster(
                 errors.push(ConfigError::in_file(
                     &shown,
                     "",
-                    format!("a local vhost file, {}, has this site's name", local.file.display()),
+                    format!(
+                        "a local vhost file, {}, has this site's name",
+                        local.file.display()
+                    ),
                 ));
                 continue;
             }

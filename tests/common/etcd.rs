@@ -74,7 +74,11 @@ impl Etcd {
             if self.answers().await {
                 return;
             }
-            assert!(Instant::now() < deadline, "etcd did not answer within 30 s; log:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "etcd did not answer within 30 s; log:\n{}",
+                self.log()
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }

@@ -45,7 +45,9 @@ impl Applier {
             }
             if let Err(e) = self.dir.write(&d.files, &d.singletons, &self.applied) {
                 tracing::error!(error = %e, "cluster: cannot write the node's site directory; nothing applied");
-                let _ = self.dir.write(&self.applied, &self.applied_singletons, &self.applied);
+                let _ = self
+                    .dir
+                    .write(&self.applied, &self.applied_singletons, &self.applied);
                 return true;
             }
             let before = self.pids_of_removed(&d).await;
@@ -58,7 +60,9 @@ impl Applier {
                 }
                 Err(e) => {
                     // The running sites are unchanged: so is the directory again.
-                    let _ = self.dir.write(&self.applied, &self.applied_singletons, &d.files);
+                    let _ = self
+                        .dir
+                        .write(&self.applied, &self.applied_singletons, &d.files);
                     if matches!(e, ControlError::ShuttingDown) {
                         return false;
                     }
@@ -87,14 +91,18 @@ impl Applier {
         let concerned = if named.is_empty() { changed } else { named };
         for name in concerned {
             let file = cluster_site_file(&self.prefix, &name);
-            let lines: Vec<&str> = text.lines().filter(|l| mentions(l, &file.to_string_lossy())).collect();
+            let lines: Vec<&str> = text
+                .lines()
+                .filter(|l| mentions(l, &file.to_string_lossy()))
+                .collect();
             let why = if lines.is_empty() {
                 format!("the reload was refused: {text}")
             } else {
                 lines.join("\n")
             };
             tracing::warn!(site = %name, error = %why, "cluster: site refused");
-            self.refused.insert(name.clone(), (d.files[&name].clone(), why));
+            self.refused
+                .insert(name.clone(), (d.files[&name].clone(), why));
             self.keep_previous(d, &name);
         }
     }
@@ -113,7 +121,11 @@ impl Applier {
 
     /// The processes of the sites `d` removes (they drain after the reload).
     async fn pids_of_removed(&self, d: &Decision) -> BTreeMap<String, Vec<i32>> {
-        let removed: Vec<&String> = self.applied.keys().filter(|n| !d.files.contains_key(*n)).collect();
+        let removed: Vec<&String> = self
+            .applied
+            .keys()
+            .filter(|n| !d.files.contains_key(*n))
+            .collect();
         if removed.is_empty() {
             return BTreeMap::new();
         }
@@ -128,8 +140,10 @@ impl Applier {
 
     /// Forgets removed sites whose processes are all gone; the rest still drain.
     pub fn drained(&mut self) {
-        self.draining
-            .retain(|_, pids| pids.iter().any(|p| std::path::Path::new(&format!("/proc/{p}")).exists()));
+        self.draining.retain(|_, pids| {
+            pids.iter()
+                .any(|p| std::path::Path::new(&format!("/proc/{p}")).exists())
+        });
     }
 }
 

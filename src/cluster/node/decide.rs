@@ -45,7 +45,13 @@ pub struct Inputs<'a> {
 pub struct Validated(BTreeMap<String, (i64, Option<String>)>);
 
 impl Validated {
-    fn error(&mut self, name: &str, text: &str, revision: i64, inputs: &Inputs<'_>) -> Option<String> {
+    fn error(
+        &mut self,
+        name: &str,
+        text: &str,
+        revision: i64,
+        inputs: &Inputs<'_>,
+    ) -> Option<String> {
         if let Some((rev, error)) = self.0.get(name) {
             if *rev == revision && revision != 0 {
                 return error.clone();
@@ -70,12 +76,19 @@ pub fn decide(view: &View, inputs: &Inputs<'_>, validated: &mut Validated) -> De
             continue;
         }
         let site = view.sites.get(name);
-        d.placed.insert(name.to_owned(), site.map_or(0, |s| s.revision));
+        d.placed
+            .insert(name.to_owned(), site.map_or(0, |s| s.revision));
         let error = if inputs.local.contains(name) {
-            Some(format!("{}: a local vhost file has this site's name; rename one of them", cluster_site_file(inputs.prefix, name).display()))
+            Some(format!(
+                "{}: a local vhost file has this site's name; rename one of them",
+                cluster_site_file(inputs.prefix, name).display()
+            ))
         } else {
             match site {
-                None => Some(format!("placed on this node, but {} has no value", cluster_site_file(inputs.prefix, name).display())),
+                None => Some(format!(
+                    "placed on this node, but {} has no value",
+                    cluster_site_file(inputs.prefix, name).display()
+                )),
                 Some(s) => validated.error(name, &s.text, s.revision, inputs),
             }
         };
@@ -84,7 +97,11 @@ pub fn decide(view: &View, inputs: &Inputs<'_>, validated: &mut Validated) -> De
             (Some(error), _) => {
                 d.failed.insert(name.to_owned(), error);
                 // The version applied before keeps serving.
-                inputs.applied.get(name).cloned().filter(|_| !inputs.local.contains(name))
+                inputs
+                    .applied
+                    .get(name)
+                    .cloned()
+                    .filter(|_| !inputs.local.contains(name))
             }
             (None, None) => None,
         };
@@ -101,7 +118,8 @@ pub fn decide(view: &View, inputs: &Inputs<'_>, validated: &mut Validated) -> De
 /// Before etcd was ever read: the last applied state, without its
 /// singletons once the lease is lost.
 fn before_listing(inputs: &Inputs<'_>) -> Decision {
-    let keep = |name: &String| !(inputs.suspend_singletons && inputs.applied_singletons.contains(name));
+    let keep =
+        |name: &String| !(inputs.suspend_singletons && inputs.applied_singletons.contains(name));
     Decision {
         files: inputs
             .applied
@@ -109,7 +127,12 @@ fn before_listing(inputs: &Inputs<'_>) -> Decision {
             .filter(|(n, _)| keep(n))
             .map(|(n, t)| (n.clone(), t.clone()))
             .collect(),
-        singletons: inputs.applied_singletons.iter().filter(|n| keep(n)).cloned().collect(),
+        singletons: inputs
+            .applied_singletons
+            .iter()
+            .filter(|n| keep(n))
+            .cloned()
+            .collect(),
         ..Decision::default()
     }
 }
@@ -126,12 +149,24 @@ mod tests {
         View {
             sites: sites
                 .iter()
-                .map(|(n, t, r)| (n.to_string(), SiteText { text: t.to_string(), revision: *r }))
+                .map(|(n, t, r)| {
+                    (
+                        n.to_string(),
+                        SiteText {
+                            text: t.to_string(),
+                            revision: *r,
+                        },
+                    )
+                })
                 .collect(),
             placements: placements
                 .iter()
                 .map(|(n, node, singleton)| {
-                    let p = Placement { node: node.to_string(), draining: vec![], singleton: *singleton };
+                    let p = Placement {
+                        node: node.to_string(),
+                        draining: vec![],
+                        singleton: *singleton,
+                    };
                     (n.to_string(), Ok(p))
                 })
                 .collect(),
@@ -141,8 +176,10 @@ mod tests {
     }
 
     fn run(view: &View, applied: &[(&str, &str)], local: &[&str], suspend: bool) -> Decision {
-        let applied: BTreeMap<String, String> =
-            applied.iter().map(|(n, t)| (n.to_string(), t.to_string())).collect();
+        let applied: BTreeMap<String, String> = applied
+            .iter()
+            .map(|(n, t)| (n.to_string(), t.to_string()))
+            .collect();
         let local: BTreeSet<String> = local.iter().map(|s| s.to_string()).collect();
         let singles = BTreeSet::from(["solo".to_owned()]);
         let inputs = Inputs {
@@ -184,7 +221,11 @@ mod tests {
     fn local_names_missing_texts_and_singletons() {
         let v = view(
             &[("shop", GOOD, 5), ("solo", GOOD, 6)],
-            &[("shop", "web-1", false), ("gone", "web-1", false), ("solo", "web-1", true)],
+            &[
+                ("shop", "web-1", false),
+                ("gone", "web-1", false),
+                ("solo", "web-1", true),
+            ],
         );
         let d = run(&v, &[], &["shop"], false);
         assert!(d.failed["shop"].contains("a local vhost file"));

@@ -95,7 +95,10 @@ mod tests {
     fn writes_removes_and_reads_back() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = LocalDir::new(tmp.path().join("cluster/vhosts"));
-        let files = BTreeMap::from([("a".to_owned(), "x".to_owned()), ("b".to_owned(), "y".to_owned())]);
+        let files = BTreeMap::from([
+            ("a".to_owned(), "x".to_owned()),
+            ("b".to_owned(), "y".to_owned()),
+        ]);
         let singles = BTreeSet::from(["b".to_owned()]);
         dir.write(&files, &singles, &BTreeMap::new()).unwrap();
         assert_eq!(dir.read(), (files.clone(), singles));
@@ -103,7 +106,10 @@ mod tests {
         dir.write(&fewer, &BTreeSet::new(), &files).unwrap();
         assert_eq!(dir.read(), (fewer, BTreeSet::new()));
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(tmp.path().join("cluster/vhosts/a.toml")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(tmp.path().join("cluster/vhosts/a.toml"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
     }
 }

@@ -74,9 +74,10 @@ pub fn spawn(
 ) -> Option<JoinHandle<()>> {
     let config = config?;
     Some(tokio::spawn(async move {
-        let state_dir = server.config().await.server.state_dir;
-        let base = server.config().await.server.base_dir;
-        Agent::new(server, config, &state_dir, base).run(shutdown).await;
+        let running = server.config().await.server;
+        Agent::new(server, config, &running.state_dir, running.base_dir)
+            .run(shutdown)
+            .await;
     }))
 }
 
@@ -103,10 +104,19 @@ struct Agent {
     applied_revision: i64,
     link: ClusterLinkStatus,
     written: Option<NodeReport>,
+    /// The server's count of accepted reloads when last seen: after one
+    /// (e.g. the operator fixed a local vhost file), refused sites are
+    /// tried again.
+    reloads_seen: u64,
 }
 
 impl Agent {
-    fn new(server: Arc<Server>, config: ClusterConfig, state_dir: &std::path::Path, base: std::path::PathBuf) -> Agent {
+    fn new(
+        server: Arc<Server>,
+        config: ClusterConfig,
+        state_dir: &std::path::Path,
+        base: std::path::PathBuf,
+    ) -> Agent {
         let dir = local_dir::LocalDir::new(cluster_vhosts_dir(state_dir));
         let (applied, applied_singletons) = dir.read();
         let link = ClusterLinkStatus {
@@ -140,6 +150,7 @@ impl Agent {
             applied_revision: 0,
             link,
             written: None,
+            reloads_seen: 0,
         }
     }
 
@@ -154,7 +165,9 @@ impl Agent {
                 tracing::warn!(error = %e, "cluster: etcd link lost; serving the last applied state, reconnecting");
                 self.set_link(false, Some(e));
             }
-            let wait = backoff.next_wait().min(self.until_lease_lost().max(Duration::from_millis(100)));
+            let wait = backoff
+                .next_wait()
+                .min(self.until_lease_lost().max(Duration::from_millis(100)));
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {}
@@ -177,7 +190,11 @@ impl Agent {
 
     /// One connection: grant, list, apply, report, watch until an error or
     /// shutdown (`Ok`).
-    async fn session(&mut self, shutdown: &CancellationToken, backoff: &mut Backoff) -> Result<(), String> {
+    async fn session(
+        &mut self,
+        shutdown: &CancellationToken,
+        backoff: &mut Backoff,
+    ) -> Result<(), String> {
         let mut client = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             c = self.settings.connect() => c.map_err(|e| format!("{e:#}"))?,
@@ -185,7 +202,13 @@ impl Agent {
         let ttl = self.config.lease_ttl.as_secs() as i64;
         let lease = client.lease_grant(ttl, None).await.map_err(etcd)?.id();
         *self.renewed.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
-        let keeper = KeepAlive::start(client.clone(), lease, self.config.lease_ttl, self.renewed.clone()).await?;
+        let keeper = KeepAlive::start(
+            client.clone(),
+            lease,
+            self.config.lease_ttl,
+            self.renewed.clone(),
+        )
+        .await?;
         self.view = View::list(&mut client, &self.keys).await.map_err(etcd)?;
         let options = WatchOptions::new()
             .with_prefix()
@@ -194,7 +217,10 @@ impl Agent {
             .watch(self.keys.sites(), Some(options.clone()))
             .await
             .map_err(etcd)?;
-        watch.watch(self.keys.placements(), Some(options)).await.map_err(etcd)?;
+        watch
+            .watch(self.keys.placements(), Some(options))
+            .await
+            .map_err(etcd)?;
         tracing::info!(node = %self.config.node, revision = self.view.revision, "cluster: connected to etcd");
         backoff.reset();
         self.suspended = false;
@@ -216,13 +242,15 @@ impl Agent {
                     if keeper.ended() {
                         break Err("the lease keep-alive failed".into());
                     }
+                    let status = self.applier.server.status_with_handles().await.0;
+                    dirty |= self.retry_refused(status.reloads);
                     if dirty {
                         dirty = false;
                         if !self.apply().await {
                             break Ok(());
                         }
                     }
-                    if let Err(e) = self.report(&mut client, lease).await {
+                    if let Err(e) = self.report(&mut client, lease, status).await {
                         break Err(e);
                     }
                 }
@@ -274,11 +302,32 @@ impl Agent {
         going_on
     }
 
+    /// After a reload accepted since the last look, sites a reload refused
+    /// are tried again (what refused them may be gone); `true` if any.
+    fn retry_refused(&mut self, reloads: u64) -> bool {
+        let seen = std::mem::replace(&mut self.reloads_seen, reloads);
+        if seen == reloads || self.applier.refused.is_empty() {
+            return false;
+        }
+        self.applier.refused.clear();
+        true
+    }
+
     /// Writes `nodes/NODE` when it changed since the last write.
-    async fn report(&mut self, client: &mut Client, lease: i64) -> Result<(), String> {
+    /// `status`: the server's, read this tick (a site applied since shows
+    /// as `starting` until the next).
+    async fn report(
+        &mut self,
+        client: &mut Client,
+        lease: i64,
+        status: crate::app::status::ServerStatus,
+    ) -> Result<(), String> {
         self.applier.drained();
-        let (status, _) = self.applier.server.status_with_handles().await;
-        let running = status.sites.into_iter().map(|s| (s.name.clone(), s)).collect();
+        let running = status
+            .sites
+            .into_iter()
+            .map(|s| (s.name.clone(), s))
+            .collect();
         let report = report::report(&report::Facts {
             config: &self.config,
             decision: &self.decision,
@@ -295,7 +344,11 @@ impl Agent {
         value.updated_unix = unix_now();
         let json = serde_json::to_string(&value).map_err(|e| e.to_string())?;
         client
-            .put(self.keys.node(&self.config.node), json, Some(PutOptions::new().with_lease(lease)))
+            .put(
+                self.keys.node(&self.config.node),
+                json,
+                Some(PutOptions::new().with_lease(lease)),
+            )
             .await
             .map_err(etcd)?;
         self.written = Some(report);
@@ -304,7 +357,8 @@ impl Agent {
 
     /// Shutdown: the lease (and with it `nodes/NODE`) goes now, not after its TTL.
     async fn revoke(&mut self, client: &mut Client, lease: i64) {
-        let revoked = tokio::time::timeout(Duration::from_secs(2), client.lease_revoke(lease)).await;
+        let revoked =
+            tokio::time::timeout(Duration::from_secs(2), client.lease_revoke(lease)).await;
         match revoked {
             Ok(Ok(_)) => tracing::info!("cluster: left the cluster (lease revoked)"),
             Ok(Err(e)) => tracing::warn!(error = %e, "cluster: cannot revoke the lease; nodes/NODE goes when it expires"),

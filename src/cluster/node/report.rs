@@ -37,7 +37,14 @@ pub fn report(f: &Facts<'_>) -> NodeReport {
             None => running_state(f.running.get(name)),
         };
         let revision = *revision;
-        sites.insert(name.clone(), SiteReport { state, error, revision });
+        sites.insert(
+            name.clone(),
+            SiteReport {
+                state,
+                error,
+                revision,
+            },
+        );
     }
     for name in f.draining.keys() {
         sites.entry(name.clone()).or_insert(SiteReport {
@@ -65,10 +72,16 @@ fn running_state(status: Option<&SiteStatus>) -> (SiteState, Option<String>) {
     };
     match s.state.as_str() {
         "starting" => (SiteState::Starting, None),
-        "failed" => (SiteState::Failed, s.last_error.clone().or(Some("failed".into()))),
+        "failed" => (
+            SiteState::Failed,
+            s.last_error.clone().or(Some("failed".into())),
+        ),
         "stopped" => (
             SiteState::Failed,
-            Some(format!("stopped on this node by the operator (polyhost start {})", s.name)),
+            Some(format!(
+                "stopped on this node by the operator (polyhost start {})",
+                s.name
+            )),
         ),
         // static, running, idle (scaled to zero: started by its next request)
         _ => (SiteState::Ready, None),
@@ -78,11 +91,17 @@ fn running_state(status: Option<&SiteStatus>) -> (SiteState, Option<String>) {
 /// Sites whose `root` does not exist here (read from the text, not
 /// validated: an invalid site's root counts too). Relative roots resolve
 /// against `base`, as validation resolves them.
-pub fn roots_missing<'t>(sites: impl Iterator<Item = (&'t String, &'t str)>, base: &Path) -> Vec<String> {
+pub fn roots_missing<'t>(
+    sites: impl Iterator<Item = (&'t String, &'t str)>,
+    base: &Path,
+) -> Vec<String> {
     sites
         .filter(|(_, text)| {
             let table: Option<toml::Table> = toml::from_str(text).ok();
-            let root = table.as_ref().and_then(|t| t.get("root")).and_then(|r| r.as_str());
+            let root = table
+                .as_ref()
+                .and_then(|t| t.get("root"))
+                .and_then(|r| r.as_str());
             root.is_some_and(|r| !base.join(r).exists())
         })
         .map(|(name, _)| name.clone())

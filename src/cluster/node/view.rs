@@ -83,8 +83,9 @@ impl View {
             self.sites.insert(name.to_owned(), text);
             true
         } else if let Some(name) = keys.name_in(&keys.placements(), key) {
-            let placement = serde_json::from_str::<Placement>(&value)
-                .map_err(|e| format!("{key}: not a placement ({e}): expected {{\"node\": \"NODE\"}}"));
+            let placement = serde_json::from_str::<Placement>(&value).map_err(|e| {
+                format!("{key}: not a placement ({e}): expected {{\"node\": \"NODE\"}}")
+            });
             self.placements.insert(name.to_owned(), placement);
             true
         } else {
