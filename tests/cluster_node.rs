@@ -139,6 +139,7 @@ async fn sites_from_etcd_are_served_failures_reported_and_moves_stop_them() {
     let bin = Binary::start(&cfg.main(), &[]).await;
     put_site(&etcd, "shop", &shop).await;
     put_site(&etcd, "blog", &blog).await;
+    let placed = std::time::Instant::now();
     place(&etcd, "shop", "web-1").await;
     place(&etcd, "blog", "web-1").await;
     place(&etcd, "elsewhere", "web-2").await;
@@ -146,6 +147,11 @@ async fn sites_from_etcd_are_served_failures_reported_and_moves_stop_them() {
     // Both served by the node, reported ready.
     wait_state(&etcd, "web-1", "shop", SiteState::Ready).await;
     let r = wait_state(&etcd, "web-1", "blog", SiteState::Ready).await;
+    // A measurement printed, not asserted.
+    eprintln!(
+        "measure: placement put -> both sites reported ready: {:?}",
+        placed.elapsed()
+    );
     assert_eq!(r.advertise, format!("127.0.0.1:{}", bin.addr.port()));
     assert!(!r.sites.contains_key("elsewhere"), "{r:?}");
     wait_served(&bin, "shop.test", 200, "site shop").await;
@@ -268,9 +274,14 @@ async fn losing_etcd_never_stops_serving_and_a_restart_serves_the_last_state() {
 
     // Back: a change made after it returns is applied.
     etcd.restart().await;
+    let back = std::time::Instant::now();
     put_site(&etcd, "news", &news).await;
     place(&etcd, "news", "web-2").await;
     wait_state(&etcd, "web-2", "news", SiteState::Ready).await;
+    eprintln!(
+        "measure: etcd back -> a new site reported ready: {:?}",
+        back.elapsed()
+    );
     wait_served(&bin, "news.test", 200, "site news").await;
 
     // Restarted while etcd is down: serves the last applied state.
@@ -364,8 +375,13 @@ async fn a_node_without_its_lease_stops_its_singleton_sites() {
     wait_state(&etcd, "web-s", "solo", SiteState::Ready).await;
     wait_served(&bin, "solo.test", 200, "site solo").await;
     etcd.stop();
+    let stopped = std::time::Instant::now();
     // lease_ttl (3 s) without renewal: the singleton stops, the other stays.
     wait_served(&bin, "solo.test", 421, "").await;
+    eprintln!(
+        "measure: etcd killed -> singleton stopped (lease_ttl 3 s): {:?}",
+        stopped.elapsed()
+    );
     wait_served(&bin, "shop.test", 200, "site shop").await;
     etcd.restart().await;
     wait_served(&bin, "solo.test", 200, "site solo").await;

@@ -431,6 +431,14 @@ impl KeepAlive {
     }
 
     fn stop(self) {
+        drop(self);
+    }
+}
+
+/// A session that ends early (an error before its loop) stops its
+/// keep-alive too: no stray task renews a lease nobody uses.
+impl Drop for KeepAlive {
+    fn drop(&mut self) {
         self.task.abort();
     }
 }
