@@ -236,6 +236,13 @@ async fn sites_from_etcd_are_served_failures_reported_and_moves_stop_them() {
 
     // Shutdown: nodes/NODE goes at once (the lease is revoked).
     let log = bin.log();
+    // Hygiene: the one refused reload (the host conflict) is the only
+    // error, and it was not retried.
+    let errors: Vec<&str> = log.lines().filter(|l| l.contains(" ERROR ")).collect();
+    assert!(
+        errors.len() == 1 && errors[0].contains("reload refused"),
+        "{errors:#?}\n{log}"
+    );
     let status = bin.terminate().await;
     assert!(status.success(), "{status:?}\n{log}");
     assert!(
