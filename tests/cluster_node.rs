@@ -395,3 +395,26 @@ async fn a_node_without_its_lease_stops_its_singleton_sites() {
     wait_state(&etcd, "web-s", "solo", SiteState::Ready).await;
     assert!(bin.terminate().await.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_refused_for_a_local_conflict_is_applied_after_the_operator_reloads() {
+    let etcd = Etcd::start().await;
+    let cfg = node_config(&etcd, "web-r");
+    cfg.static_site("local", &["x.test"], "");
+    let remote = static_text(&cfg, "remote").replace("remote.test", "x.test");
+    open_up(cfg.path());
+    let bin = Binary::start(&cfg.main(), &[]).await;
+    put_site(&etcd, "remote", &remote).await;
+    place(&etcd, "remote", "web-r").await;
+    let r = wait_state(&etcd, "web-r", "remote", SiteState::Failed).await;
+    let error = r.sites["remote"].error.clone().unwrap_or_default();
+    assert!(error.contains("x.test is already claimed"), "{error}");
+    wait_served(&bin, "x.test", 200, "site local").await;
+    // The operator removes the local site and reloads: the refused one is tried again.
+    std::fs::remove_file(cfg.path().join("vhosts/local.toml")).unwrap();
+    let (code, out, err) = common::polyhost_cli(&cfg.main(), &["reload"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    wait_state(&etcd, "web-r", "remote", SiteState::Ready).await;
+    wait_served(&bin, "x.test", 200, "site remote").await;
+    assert!(bin.terminate().await.success());
+}
