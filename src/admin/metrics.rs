@@ -18,7 +18,8 @@
 //! `php_connections_warm_failed_total`, `php_requests_waited_total`,
 //! `php_connections_found_closed_total`, `php_requests_resent_total`; server-wide:
 //! `connections_accepted_total`, `connections_open`, `reloads_total{result}`,
-//! `uptime_seconds`, `info{version,limits}`.
+//! `uptime_seconds`, `info{version,limits}`; on a cluster node
+//! `cluster_etcd_connected{node}`.
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -366,6 +367,16 @@ impl Collector for SupervisorScrape {
             ConstCounter::new(s.reloads).encode(family.encode_family(&[("result", "ok")])?)?;
             ConstCounter::new(s.reloads_failed)
                 .encode(family.encode_family(&[("result", "refused")])?)?;
+        }
+        if let Some(cluster) = &s.cluster {
+            let mut family = e.encode_descriptor(
+                "polyhost_cluster_etcd_connected",
+                "1 while this cluster node is connected to etcd, else 0.",
+                None,
+                Gauge,
+            )?;
+            ConstGauge::new(i64::from(cluster.etcd_connected))
+                .encode(family.encode_family(&[("node", cluster.node.as_str())])?)?;
         }
         gauge(s.uptime_seconds).encode(e.encode_descriptor(
             "polyhost_uptime_seconds",

@@ -17,4 +17,5 @@
 //!   move (start-new, switch, drain), drain a node, status.
 
 pub mod etcd;
+pub mod node;
 pub mod schema;
