@@ -57,6 +57,8 @@ impl Head {
         if body_len > 0 || had_length {
             headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body_len));
         }
+        // The forwarded headers below, in one growth of the map at most.
+        headers.reserve(6);
         forwarded(&mut headers, ctx);
         let uri = parts
             .uri
@@ -91,24 +93,35 @@ impl Head {
 }
 
 /// Sets the forwarded headers from what polyhost saw (see the module doc).
+/// Each value is written once into its own buffer, which becomes the
+/// header value without a copy (this runs for every request).
 fn forwarded(headers: &mut HeaderMap, ctx: &RequestContext) {
+    use std::fmt::Write as _;
     let ip = ctx.client.ip();
     let proto = ctx.scheme.as_str();
     let host = headers
         .get(header::HOST)
         .cloned()
         .or_else(|| HeaderValue::from_str(&ctx.host).ok());
-    let node = match ip {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => format!("\"[{v6}]\""),
-    };
-    let mut rfc7239 = format!("for={node};proto={proto}");
+    let mut for_ = String::with_capacity(48);
+    let _ = write!(for_, "{ip}");
+    let mut rfc7239 = String::with_capacity(64);
+    match ip {
+        IpAddr::V4(_) => {
+            let _ = write!(rfc7239, "for={for_};proto={proto}");
+        }
+        IpAddr::V6(_) => {
+            let _ = write!(rfc7239, "for=\"[{for_}]\";proto={proto}");
+        }
+    }
     if let Some(host) = host.as_ref().and_then(|h| h.to_str().ok()) {
         // A quoted-string: a host with a port has a ':', no token character.
-        rfc7239.push_str(&format!(";host=\"{}\"", host.replace(['"', '\\'], "")));
+        rfc7239.push_str(";host=\"");
+        rfc7239.extend(host.chars().filter(|c| !matches!(c, '"' | '\\')));
+        rfc7239.push('"');
     }
-    let text = |s: String| HeaderValue::from_str(&s).ok();
-    if let Some(v) = text(ip.to_string()) {
+    let text = |s: String| HeaderValue::from_maybe_shared(bytes::Bytes::from(s)).ok();
+    if let Some(v) = text(for_) {
         headers.insert(X_FORWARDED_FOR, v);
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
@@ -116,7 +129,10 @@ fn forwarded(headers: &mut HeaderMap, ctx: &RequestContext) {
         Some(host) => headers.insert(X_FORWARDED_HOST, host),
         None => headers.remove(X_FORWARDED_HOST),
     };
-    match text(ctx.mount_prefix.to_string()).filter(|_| !ctx.mount_prefix.is_empty()) {
+    let prefix = Some(&ctx.mount_prefix)
+        .filter(|p| !p.is_empty())
+        .and_then(|p| HeaderValue::from_str(p).ok());
+    match prefix {
         Some(prefix) => headers.insert(X_FORWARDED_PREFIX, prefix),
         None => headers.remove(X_FORWARDED_PREFIX),
     };
