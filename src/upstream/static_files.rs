@@ -183,7 +183,12 @@ impl StaticFiles {
             header::X_CONTENT_TYPE_OPTIONS,
             HeaderValue::from_static("nosniff"),
         );
-        h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        // One allocation (`HeaderValue::from(u64)` makes two).
+        let length = HeaderValue::from_bytes(itoa::Buffer::new().format(len).as_bytes());
+        h.insert(
+            header::CONTENT_LENGTH,
+            length.unwrap_or_else(|_| HeaderValue::from(len)),
+        );
         if method == Method::GET && len > 0 {
             *res.body_mut() = body::file_body(file.into_file(), start, len);
         }

@@ -55,22 +55,28 @@ impl Validators {
 /// by hand because this runs for every file served, and `format!`'s
 /// machinery was a visible share of a small file's CPU.
 fn etag(ino: u64, len: u64, mtime: i64, mtime_nsec: i64) -> String {
+    fn digits(n: u64) -> u32 {
+        (64 - n.leading_zeros()).div_ceil(4).max(1)
+    }
     fn hex(out: &mut String, n: u64) {
-        let digits = (64 - n.leading_zeros()).div_ceil(4).max(1);
-        for shift in (0..digits).rev() {
+        for shift in (0..digits(n)).rev() {
             let d = ((n >> (shift * 4)) & 0xf) as u8;
             out.push(char::from(if d < 10 { b'0' + d } else { b'a' + d - 10 }));
         }
     }
-    let mut out = String::with_capacity(2 + 3 + 4 * 16);
+    let (mtime, mtime_nsec) = (mtime as u64, mtime_nsec as u64);
+    // Exactly the length: the text becomes a header value without a copy
+    // (`Bytes::from` a full `Vec`).
+    let len_ = [ino, len, mtime, mtime_nsec].map(digits).iter().sum::<u32>() as usize;
+    let mut out = String::with_capacity(2 + 3 + len_);
     out.push('"');
     hex(&mut out, ino);
     out.push('-');
     hex(&mut out, len);
     out.push('-');
-    hex(&mut out, mtime as u64);
+    hex(&mut out, mtime);
     out.push('.');
-    hex(&mut out, mtime_nsec as u64);
+    hex(&mut out, mtime_nsec);
     out.push('"');
     out
 }
