@@ -67,7 +67,10 @@ fn etag(ino: u64, len: u64, mtime: i64, mtime_nsec: i64) -> String {
     let (mtime, mtime_nsec) = (mtime as u64, mtime_nsec as u64);
     // Exactly the length: the text becomes a header value without a copy
     // (`Bytes::from` a full `Vec`).
-    let len_ = [ino, len, mtime, mtime_nsec].map(digits).iter().sum::<u32>() as usize;
+    let len_ = [ino, len, mtime, mtime_nsec]
+        .map(digits)
+        .iter()
+        .sum::<u32>() as usize;
     let mut out = String::with_capacity(2 + 3 + len_);
     out.push('"');
     hex(&mut out, ino);
@@ -453,5 +456,4 @@ mod tests {
             );
         }
     }
-
 }

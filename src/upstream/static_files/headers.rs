@@ -56,7 +56,9 @@ pub(super) fn content_type(rel: &str) -> HeaderValue {
 
 /// Types a browser reads as text get `charset=utf-8`.
 pub(super) fn content_type_uncached(rel: &str) -> HeaderValue {
-    let mime = mime_guess::from_path(rel).first_raw().unwrap_or(OCTET_STREAM);
+    let mime = mime_guess::from_path(rel)
+        .first_raw()
+        .unwrap_or(OCTET_STREAM);
     let texty = mime.starts_with("text/")
         || matches!(
             mime,
@@ -93,8 +95,22 @@ mod tests {
     #[test]
     fn cached_content_types_are_the_uncached_ones() {
         for rel in [
-            "a.txt", "b/A.TXT", "c.Txt", "x.css", "y.png", "z.PNG", "s.svg", "j.js", "m.json",
-            "noext", "dot.", "weird.zzzzqq", "long.abcdefghijklmnopqrstuvwxyz", ".hidden", ".css", "d.d/x",
+            "a.txt",
+            "b/A.TXT",
+            "c.Txt",
+            "x.css",
+            "y.png",
+            "z.PNG",
+            "s.svg",
+            "j.js",
+            "m.json",
+            "noext",
+            "dot.",
+            "weird.zzzzqq",
+            "long.abcdefghijklmnopqrstuvwxyz",
+            ".hidden",
+            ".css",
+            "d.d/x",
         ] {
             for _ in 0..2 {
                 assert_eq!(content_type(rel), content_type_uncached(rel), "{rel}");
