@@ -19,6 +19,36 @@ use common::front::{self_signed, tls_connect, Echo, Front, H2};
 use common::{connect_from, get_as, raw, raw_on, raw_status, Client, TestConfig, NOBODY};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// At the default `max_headers` (100, hyper's own limit, which the router
+/// then leaves to hyper: `router::server::hyper_max_headers`), a head of
+/// exactly 100 fields is served and one of 101 is 431.
+#[tokio::test]
+async fn the_default_max_headers_admits_100_fields_and_refuses_101() {
+    let cfg = TestConfig::new();
+    site(&cfg);
+    let front = Front::start(&cfg, vec![]).await;
+    let head = |fields: usize| {
+        // Host and Connection are two of the fields.
+        let mut h = String::from("GET / HTTP/1.1\r\nHost: www.test\r\nConnection: close\r\n");
+        for i in 0..fields - 2 {
+            h.push_str(&format!("X-H{i}: {i}\r\n"));
+        }
+        h.push_str("\r\n");
+        h
+    };
+    assert_eq!(
+        raw_status(&raw(front.http, head(100).as_bytes()).await),
+        200,
+        "100 fields, the default max_headers"
+    );
+    assert_eq!(
+        raw_status(&raw(front.http, head(101).as_bytes()).await),
+        431,
+        "101 fields, above the default max_headers"
+    );
+    still_serving(front.http).await;
+}
+
 #[tokio::test]
 async fn oversized_heads_are_431_long_targets_414_and_others_are_still_served() {
     let cfg = TestConfig::new();

@@ -164,8 +164,10 @@ pub(super) async fn http1_parking<T: Transport>(
     builder
         .keep_alive(true)
         .header_read_timeout(None)
-        .max_buf_size(limits.max_header_size)
-        .max_headers(limits.max_headers);
+        .max_buf_size(limits.max_header_size);
+    if let Some(n) = super::hyper_max_headers(limits.max_headers) {
+        builder.max_headers(n);
+    }
     let handoff = AcceptedSlot::empty();
     let mut service = ConnService {
         conn,

@@ -13,6 +13,7 @@
 //! no client value survives. The router's own `x-polyhost-*` names were
 //! stripped at its edge; nothing here adds one.
 
+use std::fmt::Write;
 use std::net::IpAddr;
 
 use http::header::{self, HeaderName, HeaderValue};
@@ -57,6 +58,8 @@ impl Head {
         if body_len > 0 || had_length {
             headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body_len));
         }
+        // The forwarded headers below, in one growth of the map at most.
+        headers.reserve(6);
         forwarded(&mut headers, ctx);
         let uri = parts
             .uri
@@ -91,6 +94,8 @@ impl Head {
 }
 
 /// Sets the forwarded headers from what polyhost saw (see the module doc).
+/// Each value is written once, on the stack, and copied into its header
+/// value: one allocation each (this runs for every request).
 fn forwarded(headers: &mut HeaderMap, ctx: &RequestContext) {
     let ip = ctx.client.ip();
     let proto = ctx.scheme.as_str();
@@ -98,32 +103,96 @@ fn forwarded(headers: &mut HeaderMap, ctx: &RequestContext) {
         .get(header::HOST)
         .cloned()
         .or_else(|| HeaderValue::from_str(&ctx.host).ok());
-    let node = match ip {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => format!("\"[{v6}]\""),
-    };
-    let mut rfc7239 = format!("for={node};proto={proto}");
-    if let Some(host) = host.as_ref().and_then(|h| h.to_str().ok()) {
-        // A quoted-string: a host with a port has a ':', no token character.
-        rfc7239.push_str(&format!(";host=\"{}\"", host.replace(['"', '\\'], "")));
-    }
-    let text = |s: String| HeaderValue::from_str(&s).ok();
-    if let Some(v) = text(ip.to_string()) {
+    let mut buf = StackText::new();
+    let _ = write!(buf, "{ip}");
+    if let Some(v) = buf.value() {
         headers.insert(X_FORWARDED_FOR, v);
     }
+    buf.clear();
+    let _ = match ip {
+        IpAddr::V4(v4) => write!(buf, "for={v4};proto={proto}"),
+        IpAddr::V6(v6) => write!(buf, "for=\"[{v6}]\";proto={proto}"),
+    };
+    if let Some(host) = host.as_ref().and_then(|h| h.to_str().ok()) {
+        // A quoted-string: a host with a port has a ':', no token character.
+        let _ = buf.write_str(";host=\"");
+        for part in host.split(['"', '\\']) {
+            let _ = buf.write_str(part);
+        }
+        let _ = buf.write_str("\"");
+    }
+    let rfc7239 = buf.value();
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     match host {
         Some(host) => headers.insert(X_FORWARDED_HOST, host),
         None => headers.remove(X_FORWARDED_HOST),
     };
-    match text(ctx.mount_prefix.to_string()).filter(|_| !ctx.mount_prefix.is_empty()) {
+    let prefix = Some(&ctx.mount_prefix)
+        .filter(|p| !p.is_empty())
+        .and_then(|p| HeaderValue::from_str(p).ok());
+    match prefix {
         Some(prefix) => headers.insert(X_FORWARDED_PREFIX, prefix),
         None => headers.remove(X_FORWARDED_PREFIX),
     };
-    match text(rfc7239) {
+    match rfc7239 {
         Some(v) => headers.insert(header::FORWARDED, v),
         None => headers.remove(header::FORWARDED),
     };
+}
+
+/// Text written on the stack; what does not fit makes [`StackText::value`]
+/// fall back to the heap. By hand: `std` has no fixed-capacity
+/// `fmt::Write` target, and a crate for these few lines is not worth it.
+struct StackText {
+    buf: [u8; 256],
+    len: usize,
+    /// Set once the text outgrew `buf`: all of it, on the heap.
+    spilled: Option<String>,
+}
+
+impl StackText {
+    fn new() -> StackText {
+        StackText {
+            buf: [0; 256],
+            len: 0,
+            spilled: None,
+        }
+    }
+
+    fn clear(&mut self) {
+        self.len = 0;
+        self.spilled = None;
+    }
+
+    /// The text as a header value (`None` if it is not a valid one).
+    fn value(&self) -> Option<HeaderValue> {
+        match &self.spilled {
+            Some(s) => HeaderValue::from_str(s).ok(),
+            None => HeaderValue::from_bytes(&self.buf[..self.len]).ok(),
+        }
+    }
+}
+
+impl Write for StackText {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        if let Some(spilled) = &mut self.spilled {
+            spilled.push_str(s);
+            return Ok(());
+        }
+        match self.buf.get_mut(self.len..self.len + s.len()) {
+            Some(room) => {
+                room.copy_from_slice(s.as_bytes());
+                self.len += s.len();
+            }
+            None => {
+                let mut spilled = String::with_capacity(self.len + s.len());
+                spilled.push_str(std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default());
+                spilled.push_str(s);
+                self.spilled = Some(spilled);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Whether the connection may carry another request after this response:
@@ -135,4 +204,24 @@ pub(super) fn keeps_alive(parts: &http::response::Parts) -> bool {
                 .split(|&b| b == b',')
                 .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
         })
+}
+
+#[cfg(test)]
+mod stack_text_tests {
+    use super::*;
+
+    #[test]
+    fn long_text_spills_to_the_heap_whole() {
+        for len in [0, 1, 200, 255, 256, 257, 1000] {
+            let mut t = StackText::new();
+            let part = "h".repeat(len);
+            let _ = write!(t, "for=1.2.3.4;host=\"{part}\"");
+            let _ = t.write_str(";x");
+            let want = format!("for=1.2.3.4;host=\"{part}\";x");
+            assert_eq!(t.value().unwrap(), want.as_str(), "{len}");
+            t.clear();
+            let _ = t.write_str("again");
+            assert_eq!(t.value().unwrap(), "again");
+        }
+    }
 }

@@ -227,6 +227,28 @@ async fn a_response_that_is_not_http_is_a_502() {
     }
 }
 
+/// hyper's limit on a response head's fields (`pool`): 100 pass, 101 are a 502.
+#[tokio::test]
+async fn a_response_head_of_100_fields_passes_and_of_101_is_a_502() {
+    for (fields, want) in [(100, StatusCode::OK), (101, StatusCode::BAD_GATEWAY)] {
+        // Content-Length is one of the fields.
+        let mut head = String::from("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n");
+        for i in 0..fields - 1 {
+            head.push_str(&format!("X-F{i}: {i}\r\n"));
+        }
+        head.push_str("\r\nok");
+        let bytes: &'static [u8] = Box::leak(head.into_bytes().into_boxed_slice());
+        let app = FakeApp::start(move |_| Answer::Reply(bytes));
+        let s = setup(&app, |_| {});
+        let status = match s.get("/app/").await {
+            Ok(resp) => resp.status(),
+            Err(e) => e.status(),
+        };
+        assert_eq!(status, want, "{fields} fields");
+        s.all_released().await;
+    }
+}
+
 #[tokio::test]
 async fn an_instance_on_a_loopback_port_is_reached_there() {
     let app = FakeApp::start_tcp(|_| Answer::Reply(OK)).await;
