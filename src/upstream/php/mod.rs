@@ -45,8 +45,8 @@ use http_body::Body;
 use http_body_util::BodyExt;
 
 use self::exchange::Exchange;
-use self::pool::ConnPool;
 pub use self::pool::PoolStats;
+use self::pool::{ConnPool, Reuse};
 use self::script::Target;
 use super::{empty_body, RequestBody, RequestContext, ResponseBody, Upstream, UpstreamError};
 use crate::config::{PhpConfig, SiteConfig};
@@ -135,8 +135,12 @@ impl PhpUpstream {
                 .map_err(|e| format!("site {}: root {}: {e}", site.name, root.display()))?,
         };
         let max = usize::try_from(php.max_children).unwrap_or(usize::MAX);
-        let keep_alive = php.mode == crate::config::PhpMode::Static;
-        let admitted = if keep_alive {
+        let reuse = match php.mode {
+            crate::config::PhpMode::Static => Reuse::Pinned,
+            crate::config::PhpMode::OnDemand => Reuse::OnDemand,
+            crate::config::PhpMode::Dynamic => Reuse::None,
+        };
+        let admitted = if reuse != Reuse::None {
             max
         } else {
             let surplus = max
@@ -148,7 +152,7 @@ impl PhpUpstream {
             pool: ConnPool::new(
                 admitted,
                 php.idle_timeout,
-                keep_alive,
+                reuse,
                 php.max_requests,
                 counters,
             ),
@@ -315,6 +319,7 @@ impl PhpUpstream {
                     ))
                 })?;
                 self.pool.count_opened();
+                self.pool.watch_fresh(&stream, lease.socket());
                 (stream, 0)
             }
         };
