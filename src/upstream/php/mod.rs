@@ -6,10 +6,13 @@
 //! - [`params`]: the FastCGI parameters (as nginx's `fastcgi_params`).
 //! - `fcgi`: the FastCGI record layer (why by hand: see its module doc).
 //! - `cgi`: CGI response headers → status and headers.
-//! - `pool`: keep-alive connections, at most `max_children`, each retired
-//!   after its php-fpm child's `max_requests`-th response, its successor
-//!   opened while its last request runs.
-//! - `warm`: a successor connection, pooled once a php-fpm child has it.
+//! - `pool`: keep-alive connections (`static`, `ondemand`), at most
+//!   `max_children`, each retired after its php-fpm child's
+//!   `max_requests`-th response, its successor opened while its last
+//!   request runs.
+//! - `warm`: a successor connection, pooled once a php-fpm child has it;
+//!   an `ondemand` pool's fresh connection watched, and the master nudged
+//!   while no child reads it.
 //! - `exchange`: one request/response, streaming both ways: in the request's
 //!   task until the head is in, then (only if the answer is not complete
 //!   yet) in a task of its own.
@@ -62,13 +65,14 @@ const REPLAY_MAX: u64 = 64 * 1024;
 /// (~600 bytes plus the client's headers), so the buffer is allocated once.
 const REQUEST_HEAD_CAPACITY: usize = 2048;
 
-/// Connections an `ondemand` or `dynamic` pool (one connection per
-/// request) may have open per `max_children`: those beyond the children
+/// Connections a `dynamic` pool (one connection per request) may have
+/// open per `max_children`: those beyond the children
 /// wait in php-fpm's listen backlog with their request written, so a child
 /// that ends a request accepts the next one at once, as behind nginx,
 /// instead of idling until a busy router lane gets round to connecting
-/// (measured in docs/performance.md, "PHP at its defaults"). A `static`
-/// pool keeps its connections alive, each pinning a child: `max_children`.
+/// (measured in docs/performance.md, "PHP at its defaults"). `static` and
+/// `ondemand` pools keep their connections alive, each pinning a child:
+/// `max_children` (`pool::Reuse`).
 const BACKLOG_DEPTH: usize = 4;
 
 /// At most this many connections wait in a pool's backlog: half of the

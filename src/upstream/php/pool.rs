@@ -5,8 +5,11 @@
 //!   requests at once: a request holds an [`Admission`] place for as long
 //!   as its connection is in use, and opens a new connection only when no
 //!   idle one is left and no successor is on its way. With keep-alive
-//!   (`static` pools) `max` is `max_children`: php-fpm ties one child to
-//!   each open connection, so more would starve it. Without (one
+//!   (`static` and `ondemand` pools: [`Reuse`]) `max` is `max_children`:
+//!   php-fpm ties one child to each open connection, so more would starve
+//!   it. An `ondemand` pool's fresh connections are watched until a child
+//!   reads them ([`ConnPool::watch_fresh`], `warm::watch`): its master can
+//!   leave one in the backlog. Without keep-alive (`dynamic`: one
 //!   connection per request) the caller may admit more than the children:
 //!   the surplus waits in php-fpm's listen backlog, its request written,
 //!   and pins no child (`super::BACKLOG_DEPTH`).
