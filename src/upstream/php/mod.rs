@@ -75,6 +75,14 @@ const REQUEST_HEAD_CAPACITY: usize = 2048;
 /// `max_children` (`pool::Reuse`).
 const BACKLOG_DEPTH: usize = 4;
 
+/// Longest an `ondemand` pool keeps a connection idle (at most
+/// `idle_timeout`): php-fpm counts a child on a kept connection as busy, so
+/// its own `process_idle_timeout` starts only once the router closes the
+/// connection. Short, so an idle site's children still end about
+/// `idle_timeout` after its last request, as without keep-alive (a
+/// connection per visit costs a connect, not a child kept 2 × as long).
+const ONDEMAND_IDLE_KEEP: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// At most this many connections wait in a pool's backlog: half of the
 /// 511 polyhost gives php-fpm's socket (`runtime::php`'s `FPM_BACKLOG`),
 /// so a `connect` never finds it full (that would be a 502).
@@ -155,7 +163,10 @@ impl PhpUpstream {
         Ok(PhpUpstream {
             pool: ConnPool::new(
                 admitted,
-                php.idle_timeout,
+                match reuse {
+                    Reuse::OnDemand => php.idle_timeout.min(ONDEMAND_IDLE_KEEP),
+                    Reuse::Pinned | Reuse::None => php.idle_timeout,
+                },
                 reuse,
                 php.max_requests,
                 counters,
