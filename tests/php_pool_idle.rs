@@ -165,6 +165,51 @@ async fn an_idle_pool_stops_whole_and_the_next_request_starts_it_again() {
     assert!(pids_of_uid(user.uid).is_empty());
 }
 
+/// An `ondemand` pool (the default) keeps its connections alive, and
+/// php-fpm counts a child on a kept connection as busy: the router must
+/// close idle ones, or the children never end on `idle_timeout`. After
+/// concurrent requests (several children), every child ends and the master
+/// stays.
+#[tokio::test]
+async fn an_ondemand_pools_children_end_once_idle_though_its_connections_were_kept() {
+    let cfg = TestConfig::new();
+    let user = TestUser::new();
+    php_site(&cfg, "kept", &user, "idle_timeout = \"1s\"");
+    let bin = Binary::start(&cfg.main(), &[]).await;
+    let addr = bin.addr;
+    let tasks: Vec<_> = (0..8)
+        .map(|_| tokio::spawn(async move { get(addr, "kept.test", "/").await }))
+        .collect();
+    let mut masters = Vec::new();
+    for task in tasks {
+        let r = task.await.unwrap();
+        assert_eq!(r.status, 200, "{}\n{}", r.text(), bin.log());
+        masters.push(master_of(&r.text()));
+    }
+    masters.dedup();
+    assert_eq!(masters.len(), 1, "one master: {masters:?}");
+    let master: i32 = masters[0].parse().unwrap();
+    let children = || {
+        pids_of_uid(user.uid)
+            .into_iter()
+            .filter(|p| *p != master)
+            .collect::<Vec<_>>()
+    };
+    let ended = eventually(Duration::from_secs(30), || async { children().is_empty() }).await;
+    assert!(
+        ended,
+        "children still running: {:?} (master {master})\n{}",
+        children(),
+        bin.log()
+    );
+    let again = get(addr, "kept.test", "/").await;
+    assert_eq!(again.status, 200, "{}\n{}", again.text(), bin.log());
+    assert_eq!(master_of(&again.text()), masters[0], "the master stayed");
+    let state_dir = cfg.path().join("state");
+    assert!(bin.terminate().await.success());
+    common::check_hygiene(&state_dir);
+}
+
 #[tokio::test]
 async fn requests_closer_together_than_the_timeout_keep_the_pool_up() {
     let cfg = TestConfig::new();

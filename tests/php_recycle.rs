@@ -197,6 +197,56 @@ async fn under_concurrency_no_request_opens_a_connection_after_the_first_ones() 
     assert!(stats.retired >= 800 / MAX - CHILDREN, "{stats:?}");
 }
 
+/// The default `ondemand` pool keeps its connections alive too: php-fpm
+/// forks a child per new connection only when none waits in `accept`, so a
+/// connection can be left in its backlog (the master saw a child in
+/// `accept`, which then took another connection and stays with it). The
+/// pool nudges the master then (`warm::watch`); without that, such a
+/// request waits until an idle connection is closed (`idle_timeout`, 10 s
+/// here) and gets 504 after `request_timeout` (3 s) first. So: 16 clients
+/// from a cold pool, with and without recycling, every request answered,
+/// and most on kept-alive connections.
+#[tokio::test]
+async fn an_ondemand_pool_keeps_connections_alive_and_strands_no_request() {
+    use polyhost::config::PhpMode;
+    for max_requests in [0, 7] {
+        let h = Arc::new(harness(SiteOptions {
+            max_children: 4,
+            max_requests,
+            mode: PhpMode::OnDemand,
+            request_timeout: Duration::from_secs(3),
+            ..Default::default()
+        }));
+        let mut tasks = Vec::new();
+        for t in 0..16 {
+            let h = h.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut pids = Vec::new();
+                for i in 0..25 {
+                    pids.push(pid_of(&h, false, 1000 * (t + 1) + i).await);
+                }
+                pids
+            }));
+        }
+        let mut pids = Vec::new();
+        for t in tasks {
+            pids.extend(t.await.unwrap());
+        }
+        let per = served_per_child(&pids);
+        if max_requests > 0 {
+            assert!(
+                per.values().all(|&n| n <= max_requests),
+                "a child served more than max_requests: {per:?}"
+            );
+        }
+        let stats = settled(&h).await;
+        assert!(
+            stats.reused >= 400 / 2,
+            "max_requests {max_requests}: most requests on kept-alive connections: {stats:?}"
+        );
+    }
+}
+
 /// The counters on `/metrics`, per PHP site, through the whole server (the
 /// supervisor's php-fpm, the router), after real traffic; none for a site
 /// without PHP.

@@ -230,8 +230,10 @@ async fn adminer_from_debian_renders_its_main_pages() {
 
 #[tokio::test]
 async fn an_ondemand_pool_serves_concurrent_requests_without_waiting_on_idle_connections() {
-    // php-fpm counts a child held by a kept-alive connection as idle and then
-    // spawns no more: with keep-alive, concurrent requests waited 2 × idle_timeout.
+    // An ondemand master forks only when no child waits in accept: with
+    // kept-alive connections a request could be left in its backlog until an
+    // idle connection closed (2 × idle_timeout, measured) before the router
+    // nudged the master (`upstream::php::warm::watch`).
     let cfg = TestConfig::new();
     let user = TestUser::new();
     php_site(

@@ -194,9 +194,14 @@ impl Exchange {
         };
         let replayable = body.is_none();
         let mut streamed = body;
+        let mut fresh_again = false;
         loop {
             let body = streamed.take();
-            match self.attempt(&mut stream, &request, body, &mut out).await {
+            let watch = std::mem::take(&mut fresh_again);
+            match self
+                .attempt(&mut stream, &request, body, watch, &mut out)
+                .await
+            {
                 Attempt::Done { reusable } => {
                     if reusable {
                         let socket = self.finish.lease.socket().to_owned();
@@ -217,7 +222,9 @@ impl Exchange {
                     .await
                     {
                         Ok(Ok(fresh)) => {
+                            // Watched once the request is written (`attempt`).
                             stream = fresh;
+                            fresh_again = true;
                             reused = false;
                         }
                         _ => return out.fail(e).await,
@@ -229,14 +236,19 @@ impl Exchange {
     }
 
     /// One try on `stream`: `request` is the whole request, or only its
-    /// head when `body` streams after it.
+    /// head when `body` streams after it. `watch`: a fresh connection, to
+    /// be watched once the request is written (`ConnPool::watch_fresh`).
     async fn attempt(
         &self,
         stream: &mut UnixStream,
         request: &[u8],
         body: Option<RequestBody>,
+        watch: bool,
         out: &mut Output,
     ) -> Attempt {
+        let mut watched = watch
+            .then(|| std::os::fd::AsFd::as_fd(&*stream).try_clone_to_owned().ok())
+            .flatten();
         let (mut rd, mut wr) = stream.split();
         let mut dec = Decoder::default();
         let mut written: Option<Result<(), WriteFail>> = None;
@@ -266,6 +278,9 @@ impl Exchange {
                         // An I/O error writing means php-fpm stopped reading:
                         // its answer (or the end of file) tells the rest.
                         written = Some(w);
+                        if let Some(fd) = watched.take() {
+                            self.pool.watch_fresh(&fd, self.finish.lease.socket());
+                        }
                     }
                     r = tokio::time::timeout(self.read_timeout, rd.read_buf(dec.buffer())) => match r {
                         Err(_) => return Err(UpstreamError::Timeout(self.read_timeout)),

@@ -6,10 +6,13 @@
 //! - [`params`]: the FastCGI parameters (as nginx's `fastcgi_params`).
 //! - `fcgi`: the FastCGI record layer (why by hand: see its module doc).
 //! - `cgi`: CGI response headers → status and headers.
-//! - `pool`: keep-alive connections, at most `max_children`, each retired
-//!   after its php-fpm child's `max_requests`-th response, its successor
-//!   opened while its last request runs.
-//! - `warm`: a successor connection, pooled once a php-fpm child has it.
+//! - `pool`: keep-alive connections (`static`, `ondemand`), at most
+//!   `max_children`, each retired after its php-fpm child's
+//!   `max_requests`-th response, its successor opened while its last
+//!   request runs.
+//! - `warm`: a successor connection, pooled once a php-fpm child has it;
+//!   an `ondemand` pool's fresh connection watched, and the master nudged
+//!   while no child reads it.
 //! - `exchange`: one request/response, streaming both ways: in the request's
 //!   task until the head is in, then (only if the answer is not complete
 //!   yet) in a task of its own.
@@ -45,8 +48,8 @@ use http_body::Body;
 use http_body_util::BodyExt;
 
 use self::exchange::Exchange;
-use self::pool::ConnPool;
 pub use self::pool::PoolStats;
+use self::pool::{ConnPool, Reuse};
 use self::script::Target;
 use super::{empty_body, RequestBody, RequestContext, ResponseBody, Upstream, UpstreamError};
 use crate::config::{PhpConfig, SiteConfig};
@@ -62,14 +65,23 @@ const REPLAY_MAX: u64 = 64 * 1024;
 /// (~600 bytes plus the client's headers), so the buffer is allocated once.
 const REQUEST_HEAD_CAPACITY: usize = 2048;
 
-/// Connections an `ondemand` or `dynamic` pool (one connection per
-/// request) may have open per `max_children`: those beyond the children
+/// Connections a `dynamic` pool (one connection per request) may have
+/// open per `max_children`: those beyond the children
 /// wait in php-fpm's listen backlog with their request written, so a child
 /// that ends a request accepts the next one at once, as behind nginx,
 /// instead of idling until a busy router lane gets round to connecting
-/// (measured in docs/performance.md, "PHP at its defaults"). A `static`
-/// pool keeps its connections alive, each pinning a child: `max_children`.
+/// (measured in docs/performance.md, "PHP at its defaults"). `static` and
+/// `ondemand` pools keep their connections alive, each pinning a child:
+/// `max_children` (`pool::Reuse`).
 const BACKLOG_DEPTH: usize = 4;
+
+/// Longest an `ondemand` pool keeps a connection idle (at most
+/// `idle_timeout`): php-fpm counts a child on a kept connection as busy, so
+/// its own `process_idle_timeout` starts only once the router closes the
+/// connection. Short, so an idle site's children still end about
+/// `idle_timeout` after its last request, as without keep-alive (a
+/// connection per visit costs a connect, not a child kept 2 × as long).
+const ONDEMAND_IDLE_KEEP: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// At most this many connections wait in a pool's backlog: half of the
 /// 511 polyhost gives php-fpm's socket (`runtime::php`'s `FPM_BACKLOG`),
@@ -135,8 +147,12 @@ impl PhpUpstream {
                 .map_err(|e| format!("site {}: root {}: {e}", site.name, root.display()))?,
         };
         let max = usize::try_from(php.max_children).unwrap_or(usize::MAX);
-        let keep_alive = php.mode == crate::config::PhpMode::Static;
-        let admitted = if keep_alive {
+        let reuse = match php.mode {
+            crate::config::PhpMode::Static => Reuse::Pinned,
+            crate::config::PhpMode::OnDemand => Reuse::OnDemand,
+            crate::config::PhpMode::Dynamic => Reuse::None,
+        };
+        let admitted = if reuse != Reuse::None {
             max
         } else {
             let surplus = max
@@ -147,8 +163,11 @@ impl PhpUpstream {
         Ok(PhpUpstream {
             pool: ConnPool::new(
                 admitted,
-                php.idle_timeout,
-                keep_alive,
+                match reuse {
+                    Reuse::OnDemand => php.idle_timeout.min(ONDEMAND_IDLE_KEEP),
+                    Reuse::Pinned | Reuse::None => php.idle_timeout,
+                },
+                reuse,
                 php.max_requests,
                 counters,
             ),
@@ -315,6 +334,7 @@ impl PhpUpstream {
                     ))
                 })?;
                 self.pool.count_opened();
+                self.pool.watch_fresh(&stream, lease.socket());
                 (stream, 0)
             }
         };

@@ -5,8 +5,11 @@
 //!   requests at once: a request holds an [`Admission`] place for as long
 //!   as its connection is in use, and opens a new connection only when no
 //!   idle one is left and no successor is on its way. With keep-alive
-//!   (`static` pools) `max` is `max_children`: php-fpm ties one child to
-//!   each open connection, so more would starve it. Without (one
+//!   (`static` and `ondemand` pools: [`Reuse`]) `max` is `max_children`:
+//!   php-fpm ties one child to each open connection, so more would starve
+//!   it. An `ondemand` pool's fresh connections are watched until a child
+//!   reads them ([`ConnPool::watch_fresh`], `warm::watch`): its master can
+//!   leave one in the backlog. Without keep-alive (`dynamic`: one
 //!   connection per request) the caller may admit more than the children:
 //!   the surplus waits in php-fpm's listen backlog, its request written,
 //!   and pins no child (`super::BACKLOG_DEPTH`).
@@ -100,21 +103,35 @@ pub struct ConnPool {
     /// one), not the router lane of the first request (lanes stop first).
     reaper_runtime: Option<tokio::runtime::Handle>,
     keep_alive: bool,
+    /// php-fpm forks on demand (`ondemand`): a fresh connection can be left
+    /// in its backlog, so each is watched until a child reads it
+    /// ([`ConnPool::watch_fresh`]).
+    on_demand: bool,
+}
+
+/// How a pool uses its connections to php-fpm.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reuse {
+    /// One connection per request (`dynamic`): the surplus beyond the
+    /// children waits in php-fpm's backlog.
+    None,
+    /// Kept alive; php-fpm runs every child all the time (`static`).
+    Pinned,
+    /// Kept alive; php-fpm forks children as connections arrive
+    /// (`ondemand`): fresh connections are watched (`warm::watch`).
+    OnDemand,
 }
 
 impl ConnPool {
-    /// `keep_alive`: keep connections open between requests. Only safe with
-    /// `pm = static`: php-fpm counts a child waiting on a kept-alive
-    /// connection as idle, so `ondemand` and `dynamic` pools do not spawn
-    /// children for new connections while such children exist, and requests
-    /// wait until the router closes idle connections (measured: every
-    /// concurrent request beyond the first waited 2 × idle_timeout).
+    /// `reuse`: whether connections stay open between requests, and whether
+    /// php-fpm forks children on demand (then a fresh connection can be
+    /// left in its backlog: see [`ConnPool::watch_fresh`]).
     /// `max_requests`: php-fpm's `pm.max_requests`, after which a child
     /// closes its connection and exits (0: never).
     pub fn new(
         max: usize,
         idle_timeout: Duration,
-        keep_alive: bool,
+        reuse: Reuse,
         max_requests: u64,
         counters: Arc<PhpPoolCounters>,
     ) -> Arc<Self> {
@@ -128,7 +145,8 @@ impl ConnPool {
             idle_timeout,
             reaper_running: AtomicBool::new(false),
             reaper_runtime: tokio::runtime::Handle::try_current().ok(),
-            keep_alive,
+            keep_alive: reuse != Reuse::None,
+            on_demand: reuse == Reuse::OnDemand,
         })
     }
 
@@ -280,7 +298,9 @@ impl ConnPool {
         };
         tokio::spawn(async move {
             let pool = warming.pool.clone();
-            let opened = tokio::time::timeout(timeout, super::warm::open(&socket, uid)).await;
+            let on_demand = pool.on_demand;
+            let opened =
+                tokio::time::timeout(timeout, super::warm::open(&socket, uid, on_demand)).await;
             match opened {
                 Ok(Ok(stream)) if pool.epoch.load(Ordering::SeqCst) == epoch => {
                     pool.counters.count(PoolEvent::Warmed);
@@ -291,6 +311,15 @@ impl ConnPool {
                 Ok(Err(_)) | Err(_) => pool.counters.count(PoolEvent::WarmFailed),
             }
         });
+    }
+
+    /// Watches a connection just opened with its request written (see
+    /// `warm::watch`), when php-fpm forks children on demand: a connection
+    /// no child reads in time is one the master left in its backlog.
+    pub fn watch_fresh(&self, stream: impl std::os::fd::AsFd, socket: &Path) {
+        if self.on_demand {
+            super::warm::watch(stream, socket);
+        }
     }
 
     /// A request opened a connection of its own.
@@ -413,7 +442,13 @@ mod tests {
 
     #[tokio::test]
     async fn dead_and_foreign_connections_are_not_reused_and_idle_ones_are_reaped() {
-        let pool = ConnPool::new(4, Duration::from_millis(50), true, 0, Default::default());
+        let pool = ConnPool::new(
+            4,
+            Duration::from_millis(50),
+            Reuse::Pinned,
+            0,
+            Default::default(),
+        );
         let (alive, _alive_peer) = UnixStream::pair().unwrap();
         let (dead, dead_peer) = UnixStream::pair().unwrap();
         let (chatty, chatty_peer) = UnixStream::pair().unwrap();
@@ -452,7 +487,13 @@ mod tests {
     /// then retired: the request after it never meets it.
     #[tokio::test]
     async fn a_connection_is_retired_after_its_childs_last_request() {
-        let pool = ConnPool::new(4, Duration::from_secs(60), true, 3, Default::default());
+        let pool = ConnPool::new(
+            4,
+            Duration::from_secs(60),
+            Reuse::Pinned,
+            3,
+            Default::default(),
+        );
         let (stream, _peer) = UnixStream::pair().unwrap();
         let mut conn = Some(conn(stream));
         for served in 1..=2 {
@@ -472,7 +513,13 @@ mod tests {
             }
         );
         // Without recycling (max_requests = 0) nothing is retired.
-        let pool = ConnPool::new(4, Duration::from_secs(60), true, 0, Default::default());
+        let pool = ConnPool::new(
+            4,
+            Duration::from_secs(60),
+            Reuse::Pinned,
+            0,
+            Default::default(),
+        );
         let (stream, _peer) = UnixStream::pair().unwrap();
         pool.put(
             "/s".into(),
@@ -487,7 +534,13 @@ mod tests {
     #[tokio::test]
     async fn a_lane_takes_its_own_connection_first_and_can_take_another_lanes() {
         use crate::lanes::Lanes;
-        let pool = ConnPool::new(4, Duration::from_secs(60), true, 0, Default::default());
+        let pool = ConnPool::new(
+            4,
+            Duration::from_secs(60),
+            Reuse::Pinned,
+            0,
+            Default::default(),
+        );
         let put_on = |lanes: &Lanes| {
             let pool = pool.clone();
             let lane = lanes.handles().next().unwrap().clone();
@@ -545,7 +598,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("fpm.sock");
         let listener = tokio::net::UnixListener::bind(&socket).unwrap();
-        let pool = ConnPool::new(1, Duration::from_secs(60), true, 2, Default::default());
+        let pool = ConnPool::new(
+            1,
+            Duration::from_secs(60),
+            Reuse::Pinned,
+            2,
+            Default::default(),
+        );
         assert!(!pool.is_last(0) && pool.is_last(1));
         pool.warm_successor(socket.clone(), None, Duration::from_secs(30));
         let waiting = tokio::spawn({

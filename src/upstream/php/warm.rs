@@ -11,8 +11,21 @@
 //! waiting for the next record, as on any kept-alive connection. Once the
 //! peer has read it (`isolation::unread_by_peer` is 0) and the connection
 //! is still open, a live child holds it: it can go into the pool.
+//!
+//! An `ondemand` php-fpm forks a child when a connection arrives and no
+//! child waits in `accept`; with kept-alive connections that can leave one
+//! in the backlog for good: the master saw a child in `accept`, that child
+//! took another connection and stays with it, and no new connection comes
+//! to wake the master again. So in such pools every fresh connection is
+//! watched ([`watch`]): while no child reads what was written to it, the
+//! pool *nudges* the master with a connection of its own, closed at once
+//! (a new event on the listening socket: the master forks if no child is in
+//! `accept`; the child that takes the closed connection later reads its end
+//! and goes back to `accept`). A connection left in the backlog is first in
+//! line for the child forked.
 
 use std::io;
+use std::os::fd::AsFd;
 use std::path::Path;
 use std::time::Duration;
 
@@ -28,11 +41,24 @@ const PROBE: [u8; 8] = [1, super::fcgi::STDIN, 0, 1, 0, 0, 0, 0];
 /// peer's read wakes the writer; this only bounds a missed one).
 const RECHECK: Duration = Duration::from_millis(1);
 
+/// The first look at a fresh connection (`watch`) comes after this; each
+/// next one after twice the pause before: a fork takes milliseconds.
+const WATCH_FIRST: Duration = Duration::from_millis(4);
+
+/// Looks at a fresh connection before `watch` gives up: 4 ms doubling,
+/// about 2 s in all (a connection still unread then waits for a child
+/// that is busy, as any request beyond the children does).
+const WATCH_LOOKS: u32 = 9;
+
 /// Connects to `socket` (served by `uid`, when given), sends the probe and
 /// returns once a php-fpm child has read it. The caller bounds the wait.
-pub async fn open(socket: &Path, uid: Option<u32>) -> io::Result<UnixStream> {
+/// `on_demand`: php-fpm forks on demand; the connection is watched.
+pub async fn open(socket: &Path, uid: Option<u32>, on_demand: bool) -> io::Result<UnixStream> {
     let mut stream = crate::upstream::connect_runtime(socket, uid).await?;
     stream.write_all(&PROBE).await?;
+    if on_demand {
+        watch(&stream, socket);
+    }
     let mut cleared = false;
     loop {
         if crate::isolation::unread_by_peer(&stream)? == 0 {
@@ -68,6 +94,41 @@ pub async fn open(socket: &Path, uid: Option<u32>) -> io::Result<UnixStream> {
     }
 }
 
+/// Watches `stream`, just connected to `socket` with bytes written: while
+/// no php-fpm child reads from it, nudges the master (module doc). A task
+/// of its own holds a duplicate of the descriptor until a child has read
+/// (or the peer closed, or the looks ran out); nothing when all was read.
+pub fn watch(stream: impl AsFd, socket: &Path) {
+    let Ok(mut last) = crate::isolation::unread_by_peer(&stream) else {
+        return;
+    };
+    if last == 0 {
+        return; // a child has it already (the usual case)
+    }
+    let Ok(fd) = stream.as_fd().try_clone_to_owned() else {
+        return;
+    };
+    let socket = socket.to_owned();
+    tokio::spawn(async move {
+        let mut pause = WATCH_FIRST;
+        for _ in 0..WATCH_LOOKS {
+            tokio::time::sleep(pause).await;
+            match crate::isolation::unread_by_peer(&fd) {
+                // Nothing read since the last look (more may have been written).
+                Ok(unread) if unread > 0 && unread >= last => last = unread,
+                _ => return, // read (a child has it), closed, or gone
+            }
+            nudge(&socket).await;
+            pause *= 2;
+        }
+    });
+}
+
+/// A connection to `socket` closed at once: wakes an `ondemand` master.
+async fn nudge(socket: &Path) {
+    drop(UnixStream::connect(socket).await);
+}
+
 #[cfg(test)]
 mod tests {
     use tokio::io::AsyncReadExt;
@@ -84,7 +145,7 @@ mod tests {
         let listener = UnixListener::bind(&path).unwrap();
         let opening = tokio::spawn({
             let path = path.clone();
-            async move { open(&path, None).await }
+            async move { open(&path, None, false).await }
         });
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!opening.is_finished(), "ready before any accept");
@@ -112,7 +173,7 @@ mod tests {
         // Never accepted: the listener closes with the connection queued.
         let path2 = dir.path().join("t.sock");
         let listener = UnixListener::bind(&path2).unwrap();
-        let opening = tokio::spawn(async move { open(&path2, None).await });
+        let opening = tokio::spawn(async move { open(&path2, None, false).await });
         tokio::time::sleep(Duration::from_millis(50)).await;
         drop(listener);
         let got = tokio::time::timeout(Duration::from_secs(10), opening)

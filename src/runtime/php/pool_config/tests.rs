@@ -118,16 +118,18 @@ fn user_lines_only_for_a_root_master_and_modes() {
     assert_eq!(pool_config(&s, &root).unwrap_err().key, "user");
 }
 
-/// A static pool whose children are recycled runs one spare child.
+/// A pool with kept-alive connections (static, ondemand) whose children
+/// are recycled runs one spare child.
 #[test]
-fn a_recycled_static_pool_has_a_spare_child() {
+fn a_recycled_kept_alive_pool_has_a_spare_child() {
     let paths = paths();
     let opts = plain_options(&paths);
     for (mode, max_requests, children) in [
         (PhpMode::Static, 500, 9),
         (PhpMode::Static, 0, 8),
         (PhpMode::Dynamic, 500, 8),
-        (PhpMode::OnDemand, 500, 8),
+        (PhpMode::OnDemand, 500, 9),
+        (PhpMode::OnDemand, 0, 8),
     ] {
         let mut s = site("/srv/www/blog");
         let php = s.php.as_mut().unwrap();
