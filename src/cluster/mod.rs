@@ -16,5 +16,7 @@
 //! - `control` (`polyhost cluster ...` commands): put/remove a site, place,
 //!   move (start-new, switch, drain), drain a node, status.
 
+pub mod control;
 pub mod etcd;
+pub mod front;
 pub mod schema;

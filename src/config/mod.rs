@@ -69,6 +69,17 @@ pub fn load(main: &Path) -> Result<Config, ConfigErrors> {
     }
 }
 
+/// Parses and validates one vhost file alone, as [`load`] does for each
+/// file of `vhosts_dir` (relative paths against `base`): what
+/// `polyhost cluster put` checks before a site goes into etcd.
+pub fn load_vhost(file: &Path, base: &Path) -> Result<SiteConfig, ConfigErrors> {
+    let mut errors = ConfigErrors::default();
+    match vhosts::load_site(file, base, &mut errors) {
+        Some(site) if errors.is_empty() => Ok(site),
+        _ => Err(errors),
+    }
+}
+
 /// Loads only the server-wide part (main file, fragments, env), not the
 /// vhost files: what a client of the admin API needs to find the socket,
 /// even while a vhost file is invalid.
