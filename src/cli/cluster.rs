@@ -17,31 +17,32 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cluster::control::{Cluster, ClusterError, MoveOptions, MoveOutcome, Status};
 use crate::cluster::etcd::EtcdSettings;
+use crate::cluster::front::haproxy_config::{self, NodeAddr};
 use crate::cluster::front::{self, haproxy::Runtime, FrontOptions};
 
 /// Where etcd is (else `[cluster]` of `--config`, else 127.0.0.1:2379).
 #[derive(Args, Debug, Clone)]
 pub struct EtcdArgs {
     /// etcd client URL (repeat for several members).
-    #[arg(long = "etcd", value_name = "URL")]
+    #[arg(long = "etcd", value_name = "URL", global = true)]
     pub endpoints: Vec<String>,
     /// Key prefix [default: /polyhost/].
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub prefix: Option<String>,
     /// PEM CA bundle for https etcd endpoints.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", global = true)]
     pub etcd_ca: Option<PathBuf>,
     /// Client certificate (PEM) for etcd.
-    #[arg(long, value_name = "FILE", requires = "etcd_key")]
+    #[arg(long, value_name = "FILE", global = true)]
     pub etcd_cert: Option<PathBuf>,
     /// Client key (PEM) for etcd.
-    #[arg(long, value_name = "FILE", requires = "etcd_cert")]
+    #[arg(long, value_name = "FILE", global = true)]
     pub etcd_key: Option<PathBuf>,
     /// etcd user (auth enabled on etcd).
-    #[arg(long, requires = "etcd_password_file")]
+    #[arg(long, global = true)]
     pub etcd_user: Option<String>,
     /// File holding the etcd user's password (kept out of argv).
-    #[arg(long, value_name = "FILE", requires = "etcd_user")]
+    #[arg(long, value_name = "FILE", global = true)]
     pub etcd_password_file: Option<PathBuf>,
 }
 
@@ -88,6 +89,28 @@ pub enum ClusterCommand {
     },
     /// Keep an HAProxy's maps current and run the failover controller.
     Front(FrontArgs),
+    /// Print an haproxy.cfg for the front: one backend per node (the
+    /// --node given, else the live nodes in etcd), both maps.
+    HaproxyConfig(HaproxyConfigArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct HaproxyConfigArgs {
+    /// Plain HTTP listen address.
+    #[arg(long, default_value = "127.0.0.1:8180")]
+    pub listen: String,
+    /// TLS (SNI passthrough) listen address; none without it.
+    #[arg(long)]
+    pub listen_tls: Option<String>,
+    /// Where `cluster front --map-dir` keeps the maps.
+    #[arg(long, value_name = "DIR")]
+    pub map_dir: PathBuf,
+    /// The runtime API socket `cluster front --haproxy-socket` talks to.
+    #[arg(long, value_name = "PATH")]
+    pub stats_socket: PathBuf,
+    /// NAME=HOST:PORT[,TLSHOST:PORT] (repeatable) instead of etcd's nodes.
+    #[arg(long = "node", value_name = "NODE")]
+    pub nodes: Vec<String>,
 }
 
 #[derive(Args, Debug, Clone, Copy)]
@@ -145,6 +168,17 @@ async fn command(settings: EtcdSettings, command: ClusterCommand) -> ExitCode {
     if let ClusterCommand::Front(front) = command {
         return run_front(settings, front).await;
     }
+    if let ClusterCommand::HaproxyConfig(args) = &command {
+        if !args.nodes.is_empty() {
+            return match given_nodes(&args.nodes) {
+                Ok(nodes) => {
+                    print!("{}", haproxy_config::render(&layout(args), &nodes));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&e, 2),
+            };
+        }
+    }
     let mut cluster = match Cluster::connect(&settings).await {
         Ok(c) => c,
         Err(e) => return fail(&format!("{e:#}: is etcd running?"), 2),
@@ -183,6 +217,7 @@ async fn command(settings: EtcdSettings, command: ClusterCommand) -> ExitCode {
                 status.render()
             }
         }),
+        ClusterCommand::HaproxyConfig(args) => haproxy_config(&mut cluster, &args).await,
         ClusterCommand::Front(_) => unreachable!("handled above"),
     };
     match result {
@@ -192,6 +227,53 @@ async fn command(settings: EtcdSettings, command: ClusterCommand) -> ExitCode {
         }
         Err(e) => fail(&e.to_string(), exit_code(&e)),
     }
+}
+
+fn layout(args: &HaproxyConfigArgs) -> haproxy_config::Layout<'_> {
+    haproxy_config::Layout {
+        listen: &args.listen,
+        listen_tls: args.listen_tls.as_deref(),
+        map_dir: &args.map_dir,
+        stats_socket: &args.stats_socket,
+    }
+}
+
+/// `NAME=HOST:PORT[,TLSHOST:PORT]` each.
+fn given_nodes(given: &[String]) -> Result<Vec<NodeAddr>, String> {
+    given
+        .iter()
+        .map(|g| {
+            let (name, addrs) = g
+                .split_once('=')
+                .ok_or_else(|| format!("--node {g}: expected NAME=HOST:PORT[,TLSHOST:PORT]"))?;
+            let (http, tls) = match addrs.split_once(',') {
+                Some((h, t)) => (h, Some(t.to_owned())),
+                None => (addrs, None),
+            };
+            Ok(NodeAddr {
+                name: name.to_owned(),
+                http: http.to_owned(),
+                tls,
+            })
+        })
+        .collect()
+}
+
+async fn haproxy_config(
+    cluster: &mut Cluster,
+    args: &HaproxyConfigArgs,
+) -> Result<String, ClusterError> {
+    let snap = cluster.snapshot().await?;
+    let nodes: Vec<NodeAddr> = snap
+        .nodes
+        .iter()
+        .map(|(name, n)| NodeAddr {
+            name: name.clone(),
+            http: n.advertise.clone(),
+            tls: n.advertise_tls.clone(),
+        })
+        .collect();
+    Ok(haproxy_config::render(&layout(args), &nodes))
 }
 
 async fn put(cluster: &mut Cluster, name: &str, file: &Path) -> Result<String, ClusterError> {
@@ -293,6 +375,12 @@ fn settings(config: Option<&Path>, args: &EtcdArgs) -> anyhow::Result<EtcdSettin
     }
     if let Some(p) = &args.prefix {
         s.prefix = p.clone();
+    }
+    if args.etcd_cert.is_some() != args.etcd_key.is_some() {
+        anyhow::bail!("--etcd-cert and --etcd-key go together");
+    }
+    if args.etcd_user.is_some() != args.etcd_password_file.is_some() {
+        anyhow::bail!("--etcd-user and --etcd-password-file go together");
     }
     s.ca_file = args.etcd_ca.clone();
     s.cert_file = args.etcd_cert.clone();

@@ -14,6 +14,7 @@
 
 pub mod controller;
 pub mod haproxy;
+pub mod haproxy_config;
 pub mod routes;
 
 use std::path::PathBuf;
