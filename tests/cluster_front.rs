@@ -164,20 +164,25 @@ impl Cluster {
         self.snapshot().await.placements.get(site).cloned()
     }
 
-    /// Until HAProxy answers `host` with `body`.
+    /// Until HAProxy answers `host` with `body`; the logs when it never does.
     async fn wait_served(&self, host: &str, body: &str) {
-        let seen = wait_for(
-            &format!("{host} served by {body}"),
-            WAIT,
-            async || get(&self.listen, host).await,
-            |r| matches!(r, Ok((200, b)) if b == body),
-        )
-        .await;
-        assert!(
-            matches!(&seen, Ok((200, b)) if b == body),
-            "{seen:?}\nfront log:\n{}",
-            self.front.log_text()
-        );
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let seen = get(&self.listen, host).await;
+            if matches!(&seen, Ok((200, b)) if b == body) {
+                return;
+            }
+            if std::time::Instant::now() > deadline {
+                panic!(
+                    "{host} not served by {body} within {WAIT:?}; last seen: {seen:?}\nfront log:\n{}\nHAProxy log:\n{}\nmaps:\n{}{}",
+                    self.front.log_text(),
+                    self._haproxy.log_text(),
+                    self.map_file("hosts.map"),
+                    self.map_file("wildcards.map"),
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     fn map_file(&self, name: &str) -> String {

@@ -157,6 +157,9 @@ async fn apply(options: &FrontOptions, routes: &Routes, applied: &mut Option<Rou
         if let Err(e) = haproxy::write_map_file(&path, entries) {
             tracing::error!("cluster front: cannot write {}: {e}", path.display());
         }
+        if !ok {
+            continue;
+        }
         if let Err(e) = options.haproxy.replace_map(&path, entries).await {
             tracing::warn!("cluster front: {e}");
             ok = false;
