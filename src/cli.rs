@@ -277,13 +277,16 @@ fn serve(path: &Path) -> ExitCode {
         tracing::warn!("polyhost serve runs as one process (not root): the router is not separated from the supervisor");
         // Before any site starts: a second polyhost on the same socket stops here.
         let admin = crate::admin::bind(&config.server).await?;
+        let cluster = config.server.cluster.clone();
         let server = crate::app::Server::start(config).await?;
         let admin = crate::admin::serve(admin, server.clone(), shutdown.clone());
         tokio::spawn(reload_on_sighup(signals.hup, server.clone()));
         tokio::spawn(reopen_logs_on_sigusr1(signals.usr1, server.clone()));
         crate::notify::ready(&server.summary());
         crate::acme::spawn(server.clone(), shutdown.clone());
+        let node = crate::cluster::node::spawn(server.clone(), cluster, shutdown.clone());
         crate::app::serve_with(server, listeners, shutdown.clone()).await?;
+        crate::cluster::node::stopped(node).await;
         shutdown.cancel();
         let _ = admin.await;
         Ok(())

@@ -367,6 +367,16 @@ impl Collector for SupervisorScrape {
             ConstCounter::new(s.reloads_failed)
                 .encode(family.encode_family(&[("result", "refused")])?)?;
         }
+        if let Some(cluster) = &s.cluster {
+            let mut family = e.encode_descriptor(
+                "polyhost_cluster_etcd_connected",
+                "1 while this cluster node is connected to etcd, else 0.",
+                None,
+                Gauge,
+            )?;
+            ConstGauge::new(i64::from(cluster.etcd_connected))
+                .encode(family.encode_family(&[("node", cluster.node.as_str())])?)?;
+        }
         gauge(s.uptime_seconds).encode(e.encode_descriptor(
             "polyhost_uptime_seconds",
             "Seconds since polyhost started.",

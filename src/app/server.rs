@@ -90,6 +90,9 @@ pub struct Server {
     acme_challenges: ArcSwap<super::router_link::AcmeChallenges>,
     /// Each ACME site's last order failure, until one succeeds (status).
     acme_errors: std::sync::Mutex<BTreeMap<String, String>>,
+    /// A cluster node's link to etcd, as its agent last set it
+    /// (`crate::cluster::node`); `None` outside a cluster.
+    cluster: std::sync::Mutex<Option<super::status::ClusterLinkStatus>>,
 }
 
 impl Server {
@@ -162,6 +165,7 @@ impl Server {
             desired_version: AtomicU64::new(0),
             acme_challenges: ArcSwap::from_pointee(Default::default()),
             acme_errors: Default::default(),
+            cluster: Default::default(),
         }
     }
 
@@ -482,6 +486,19 @@ impl Server {
             Some(e) => errors.insert(site.to_owned(), e),
             None => errors.remove(site),
         };
+    }
+
+    /// Records the cluster link's state (status, metrics).
+    pub fn set_cluster_status(&self, link: super::status::ClusterLinkStatus) {
+        *self.cluster.lock().unwrap_or_else(|e| e.into_inner()) = Some(link);
+    }
+
+    /// The cluster link's state, `None` outside a cluster.
+    pub fn cluster_status(&self) -> Option<super::status::ClusterLinkStatus> {
+        self.cluster
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Stops every site's processes and removes polyhost's cgroups.

@@ -18,6 +18,24 @@ pub struct ServerStatus {
     pub reloads: u64,
     pub reloads_failed: u64,
     pub sites: Vec<SiteStatus>,
+    /// A cluster node's link to etcd; absent outside a cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterLinkStatus>,
+}
+
+/// A cluster node's link to etcd (`crate::cluster::node` sets it).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ClusterLinkStatus {
+    /// This node's name.
+    pub node: String,
+    pub etcd_connected: bool,
+    /// Since when (Unix seconds) etcd is connected, or not.
+    pub since_unix: u64,
+    /// The etcd revision of the last state applied here.
+    pub applied_revision: i64,
+    /// Why etcd is not connected (the last error), while it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

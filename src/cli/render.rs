@@ -70,6 +70,35 @@ pub fn json_safe(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// `cluster: node web-3, etcd connected since 2026-12-06 01:02:03 UTC, applied revision 42`.
+fn cluster_line(c: &crate::app::status::ClusterLinkStatus) -> String {
+    let since = utc_time(c.since_unix);
+    let link = if c.etcd_connected {
+        format!("etcd connected since {since}")
+    } else {
+        let why = c
+            .error
+            .as_deref()
+            .map(|e| format!(" ({})", clean(e)))
+            .unwrap_or_default();
+        format!("etcd NOT connected since {since}{why}; serving the last applied state")
+    };
+    format!(
+        "cluster: node {}, {link}, applied revision {}\n",
+        clean(&c.node),
+        c.applied_revision
+    )
+}
+
+/// Unix seconds as `YYYY-MM-DD HH:MM:SS UTC`.
+fn utc_time(unix: u64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix);
+    humantime::format_rfc3339_seconds(t)
+        .to_string()
+        .replace('T', " ")
+        .replace('Z', " UTC")
+}
+
 fn cleaned(s: &str) -> String {
     clean(s).into_owned()
 }
@@ -87,6 +116,9 @@ pub fn status_table(s: &ServerStatus) -> String {
         s.reloads,
         s.reloads_failed
     );
+    if let Some(c) = &s.cluster {
+        out.push_str(&cluster_line(c));
+    }
     if s.sites.is_empty() {
         out.push_str("no sites (add files to vhosts_dir, then `polyhost reload`)\n");
         return out;
@@ -419,6 +451,7 @@ mod tests {
             reloads: 3,
             reloads_failed: 1,
             sites: vec![blog, shop, www, site("sleepy", "idle", "python")],
+            cluster: None,
         }
     }
 

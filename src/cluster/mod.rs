@@ -19,4 +19,5 @@
 pub mod control;
 pub mod etcd;
 pub mod front;
+pub mod node;
 pub mod schema;

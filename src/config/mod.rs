@@ -11,6 +11,7 @@
 //! compares it with the old one.
 
 mod acme;
+mod cluster;
 mod env;
 mod error;
 mod front;
@@ -29,6 +30,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub use acme::AcmeConfig;
+pub use cluster::{
+    cluster_site_file, cluster_vhosts_dir, ClusterConfig, DEFAULT_CAPACITY, DEFAULT_CLUSTER_PREFIX,
+    DEFAULT_LEASE_TTL,
+};
 pub use env::{ignored_env, IgnoredEnv};
 pub use error::{ConfigError, ConfigErrors, Source};
 pub use front::{FrontConfig, IpCidr, ServerLimits};
@@ -57,7 +62,16 @@ pub fn load(main: &Path) -> Result<Config, ConfigErrors> {
     let mut errors = ConfigErrors::default();
     let server = server::load_server(main, &mut errors);
     let mut sites = match &server {
-        Some(s) => vhosts::load_sites(&s.vhosts_dir, &s.base_dir, &mut errors),
+        Some(s) => match &s.cluster {
+            Some(c) => vhosts::load_sites_with_cluster(
+                &s.vhosts_dir,
+                &cluster_vhosts_dir(&s.state_dir),
+                &c.prefix,
+                &s.base_dir,
+                &mut errors,
+            ),
+            None => vhosts::load_sites(&s.vhosts_dir, &s.base_dir, &mut errors),
+        },
         None => BTreeMap::new(),
     };
     if let Some(s) = &server {
@@ -69,17 +83,6 @@ pub fn load(main: &Path) -> Result<Config, ConfigErrors> {
     }
 }
 
-/// Parses and validates one vhost file alone, as [`load`] does for each
-/// file of `vhosts_dir` (relative paths against `base`): what
-/// `polyhost cluster put` checks before a site goes into etcd.
-pub fn load_vhost(file: &Path, base: &Path) -> Result<SiteConfig, ConfigErrors> {
-    let mut errors = ConfigErrors::default();
-    match vhosts::load_site(file, base, &mut errors) {
-        Some(site) if errors.is_empty() => Ok(site),
-        _ => Err(errors),
-    }
-}
-
 /// Loads only the server-wide part (main file, fragments, env), not the
 /// vhost files: what a client of the admin API needs to find the socket,
 /// even while a vhost file is invalid.
@@ -87,6 +90,22 @@ pub fn load_server(main: &Path) -> Result<ServerConfig, ConfigErrors> {
     let mut errors = ConfigErrors::default();
     match server::load_server(main, &mut errors) {
         Some(server) if errors.is_empty() => Ok(server),
+        _ => Err(errors),
+    }
+}
+
+/// Validates `text` exactly as the vhost file of site `name` would be;
+/// `file` is what the errors call it (for a site from etcd, its key:
+/// [`cluster_site_file`]). Relative paths resolve against `base`.
+pub fn site_from_text(
+    name: &str,
+    file: &Path,
+    text: &str,
+    base: &Path,
+) -> Result<SiteConfig, ConfigErrors> {
+    let mut errors = ConfigErrors::default();
+    match vhosts::site_from_text(name, file, text, base, &mut errors) {
+        Some(site) if errors.is_empty() => Ok(site),
         _ => Err(errors),
     }
 }

@@ -37,6 +37,7 @@ pub struct RawServer {
     pub trusted_proxy_users: Option<Vec<String>>,
     pub limits: Option<super::front::RawServerLimits>,
     pub acme: Option<super::acme::RawAcme>,
+    pub cluster: Option<super::cluster::RawCluster>,
 }
 
 #[derive(Debug, Deserialize, Clone)]

@@ -22,7 +22,12 @@ use figment::Figment;
 use super::error::{ConfigError, ConfigErrors};
 
 /// The keys whose values are secrets.
-pub(crate) const INLINE_TOKENS: [&str; 3] = ["admin.token", "metrics.token", "acme.eab_hmac_key"];
+pub(crate) const INLINE_TOKENS: [&str; 4] = [
+    "admin.token",
+    "metrics.token",
+    "acme.eab_hmac_key",
+    "cluster.password",
+];
 
 /// The longest token file read (a token is a line, not a document).
 const MAX_TOKEN_FILE: u64 = 4096;
@@ -41,6 +46,8 @@ pub(crate) fn check_layers(files: &[&Path], admin_group: Option<&str>, errors: &
                 let env = format!("POLYHOST_{}", key.to_ascii_uppercase().replace('.', "__"));
                 let file_key = if key.starts_with("acme.") {
                     String::new()
+                } else if key == "cluster.password" {
+                    "cluster.password_file or ".to_owned()
                 } else {
                     format!("{key}_file or ")
                 };

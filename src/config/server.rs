@@ -48,6 +48,8 @@ pub struct ServerConfig {
     pub front: super::front::FrontConfig,
     /// `[acme]`: the CA of sites with `tls.acme` (defaults when absent).
     pub acme: super::acme::AcmeConfig,
+    /// `[cluster]`: this server is a node of a cluster (sites from etcd).
+    pub cluster: Option<super::cluster::ClusterConfig>,
 }
 
 /// Linux scheduling policy of site processes (`site_scheduling`).
@@ -319,6 +321,9 @@ fn validate_server(
         &mut errs,
     );
     let acme = super::acme::validate_acme(raw.acme.unwrap_or_default(), &base_dir, &mut errs);
+    let cluster = raw.cluster.and_then(|c| {
+        super::cluster::validate_cluster(c, &base_dir, admin.group.as_deref(), &mut errs)
+    });
     let cgroups = match raw.cgroups.as_deref() {
         None | Some("auto") => true,
         Some("off") => false,
@@ -390,5 +395,6 @@ fn validate_server(
         metrics_token,
         front,
         acme,
+        cluster,
     })
 }

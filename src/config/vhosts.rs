@@ -16,10 +16,54 @@ pub(crate) fn load_sites(
     base: &Path,
     errors: &mut ConfigErrors,
 ) -> BTreeMap<SiteName, Arc<SiteConfig>> {
+    let sites = load_dir(dir, base, errors);
+    check_across_sites(&sites, errors);
+    sites
+}
+
+/// The sites of `dir` without checks across them.
+fn load_dir(
+    dir: &Path,
+    base: &Path,
+    errors: &mut ConfigErrors,
+) -> BTreeMap<SiteName, Arc<SiteConfig>> {
     let mut sites = BTreeMap::new();
     for file in vhost_files(dir, errors) {
         if let Some(site) = load_site(&file, base, errors) {
             sites.insert(site.name.clone(), Arc::new(site));
+        }
+    }
+    sites
+}
+
+/// `vhosts_dir` and, on a cluster node, the sites placed on it
+/// (`state_dir/cluster/vhosts`, written by `cluster::node`; absent until
+/// the first is). A cluster site is named by its etcd key in messages; one
+/// named like a local vhost file is refused. Checked across both.
+pub(crate) fn load_sites_with_cluster(
+    dir: &Path,
+    cluster_dir: &Path,
+    prefix: &str,
+    base: &Path,
+    errors: &mut ConfigErrors,
+) -> BTreeMap<SiteName, Arc<SiteConfig>> {
+    let mut sites = load_dir(dir, base, errors);
+    if cluster_dir.is_dir() {
+        for (name, mut site) in load_dir(cluster_dir, base, errors) {
+            let shown = super::cluster::cluster_site_file(prefix, name.as_str());
+            if let Some(local) = sites.get(&name) {
+                errors.push(ConfigError::in_file(
+                    &shown,
+                    "",
+                    format!(
+                        "a local vhost file, {}, has this site's name",
+                        local.file.display()
+                    ),
+                ));
+                continue;
+            }
+            Arc::make_mut(&mut site).file = shown;
+            sites.insert(name, site);
         }
     }
     check_across_sites(&sites, errors);
@@ -53,13 +97,6 @@ pub(crate) fn load_site(file: &Path, base: &Path, errors: &mut ConfigErrors) -> 
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let name = match SiteName::parse(&stem) {
-        Ok(n) => n,
-        Err(msg) => {
-            errors.push(ConfigError::in_file(file, "", msg));
-            return None;
-        }
-    };
     let text = match std::fs::read_to_string(file) {
         Ok(t) => t,
         Err(e) => {
@@ -67,7 +104,26 @@ pub(crate) fn load_site(file: &Path, base: &Path, errors: &mut ConfigErrors) -> 
             return None;
         }
     };
-    let raw = match parse_raw(&text) {
+    site_from_text(&stem, file, &text, base, errors)
+}
+
+/// Validates one vhost file's `text` as site `name`; `file` is what
+/// messages call it (a path, or `etcd:KEY` for a cluster site).
+pub(crate) fn site_from_text(
+    name: &str,
+    file: &Path,
+    text: &str,
+    base: &Path,
+    errors: &mut ConfigErrors,
+) -> Option<SiteConfig> {
+    let name = match SiteName::parse(name) {
+        Ok(n) => n,
+        Err(msg) => {
+            errors.push(ConfigError::in_file(file, "", msg));
+            return None;
+        }
+    };
+    let raw = match parse_raw(text) {
         Ok(raw) => raw,
         Err((key, msg)) => {
             errors.push(ConfigError::in_file(file, key, msg));

@@ -73,7 +73,7 @@ impl Cluster {
         text: &str,
         base: &Path,
     ) -> Result<(), ClusterError> {
-        validate_site(name, text, base)?;
+        validate_site(&self.keys, name, text, base)?;
         self.client
             .put(self.keys.site(name), text, None)
             .await
@@ -183,23 +183,14 @@ fn check_target(snap: &Snapshot, site: &str, node: &str) -> Result<(), ClusterEr
     Ok(())
 }
 
-/// Validates `text` exactly as the vhost file `NAME.toml` would be
-/// (through `config::load_vhost`); every error as `FILE: KEY: MESSAGE`.
-pub fn validate_site(name: &str, text: &str, base: &Path) -> Result<(), ClusterError> {
-    let dir = tempfile::tempdir()
-        .map_err(|e| ClusterError::refused(format!("cannot make a temporary directory: {e}")))?;
-    let file = dir.path().join(format!("{name}.toml"));
-    std::fs::write(&file, text)
-        .map_err(|e| ClusterError::refused(format!("{}: {e}", file.display())))?;
-    crate::config::load_vhost(&file, base)
+/// Validates `text` exactly as the vhost file of site `name` would be
+/// (`config::site_from_text`, what the nodes run); every error as
+/// `etcd:PREFIX/sites/NAME: KEY: MESSAGE`.
+pub fn validate_site(keys: &Keys, name: &str, text: &str, base: &Path) -> Result<(), ClusterError> {
+    let file = crate::config::cluster_site_file(keys.prefix(), name);
+    crate::config::site_from_text(name, &file, text, base)
         .map(drop)
-        .map_err(|errors| {
-            ClusterError::Refused(
-                errors
-                    .to_string()
-                    .replace(&*file.to_string_lossy(), &format!("sites/{name}")),
-            )
-        })
+        .map_err(|errors| ClusterError::Refused(errors.to_string()))
 }
 
 /// How long the waits of a move poll between reads.

@@ -97,6 +97,7 @@ pub async fn serve_split(
         None => (crate::admin::bind(&config.server).await?, None),
     };
     let admin_fds = admin.duplicate().map_err(SplitError::Listeners)?;
+    let cluster = config.server.cluster.clone();
     let server = Server::start(config).await?;
     let link = Link::new(&server);
     server.set_router_link(link.clone());
@@ -107,6 +108,7 @@ pub async fn serve_split(
         }
     }
     crate::acme::spawn(server.clone(), shutdown.clone());
+    let node = crate::cluster::node::spawn(server.clone(), cluster, shutdown.clone());
     let admin = crate::admin::serve(admin, server.clone(), shutdown.clone());
     on_start(&server);
     // Ready for the service manager once the router serves the sites.
@@ -136,6 +138,7 @@ pub async fn serve_split(
     };
     keeper.run(shutdown.clone()).await;
     ready.abort();
+    crate::cluster::node::stopped(node).await;
     link.close();
     server.shutdown().await;
     // What the supervisor itself wrote to sites' error logs.
