@@ -3,8 +3,8 @@
 //! files on disk.
 //!
 //! A map is replaced whole and atomically with HAProxy 2.6's versioned
-//! maps: `prepare map` (a new, empty version), `add map @V` with every
-//! entry as one payload, `commit map @V` (the switch). No reload, no window
+//! maps: `prepare map` (a new, empty version), `add map @V` with the
+//! entries as payloads of at most 12 kB, `commit map @V` (the switch). No reload, no window
 //! where a host is missing. Hand-written (a line protocol of three
 //! commands): no maintained crate speaks HAProxy's runtime API.
 
@@ -70,11 +70,8 @@ impl Runtime {
             .and_then(|v| v.parse::<u64>().ok())
             .filter(|_| answer.starts_with("New version created"))
             .ok_or_else(|| refused(&prepare, &answer))?;
-        if !entries.is_empty() {
-            let add = format!(
-                "add map @{version} {map} <<\n{}",
-                super::routes::map_text(entries)
-            );
+        for payload in payloads(entries) {
+            let add = format!("add map @{version} {map} <<\n{payload}");
             let answer = self.command(&add).await?;
             if !answer.trim().is_empty() {
                 return Err(refused(&format!("add map @{version} {map}"), &answer));
@@ -89,6 +86,27 @@ impl Runtime {
         }
     }
 }
+
+/// The map's lines in payloads of at most [`PAYLOAD_MAX`] bytes: HAProxy
+/// reads a command and its payload into one buffer (`tune.bufsize`,
+/// 16 kB by default) and drops the connection beyond it.
+fn payloads(entries: &BTreeMap<String, String>) -> Vec<String> {
+    let mut out = vec![String::new()];
+    for line in super::routes::map_text(entries).lines() {
+        let last = out.last_mut().expect("one");
+        if !last.is_empty() && last.len() + line.len() + 1 > PAYLOAD_MAX {
+            out.push(String::new());
+        }
+        let last = out.last_mut().expect("one");
+        last.push_str(line);
+        last.push('\n');
+    }
+    out.retain(|p| !p.is_empty());
+    out
+}
+
+/// Payload bytes per `add map` (under 16 kB with the command line).
+const PAYLOAD_MAX: usize = 12_000;
 
 fn refused(command: &str, answer: &str) -> HaproxyError {
     HaproxyError::Refused {
@@ -109,4 +127,20 @@ pub fn write_map_file(path: &Path, entries: &BTreeMap<String, String>) -> std::i
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_stay_under_the_buffer() {
+        let entries: BTreeMap<String, String> =
+            (0..2000).map(|i| (format!("site{i}.example.com"), "web-1".to_owned())).collect();
+        let chunks = payloads(&entries);
+        assert!(chunks.len() > 1);
+        assert!(chunks.iter().all(|c| c.len() <= PAYLOAD_MAX && c.ends_with('\n')));
+        assert_eq!(chunks.concat(), super::super::routes::map_text(&entries));
+        assert!(payloads(&BTreeMap::new()).is_empty());
+    }
 }
