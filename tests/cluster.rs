@@ -303,6 +303,8 @@ impl Load {
                                 .unwrap()
                                 .push((Instant::now(), format!("{other:?}"))),
                         }
+                        // Paced (~50 requests/s per client): a failure count means a duration.
+                        tokio::time::sleep(Duration::from_millis(20)).await;
                     }
                 })
             })
@@ -458,8 +460,14 @@ async fn cluster_end_to_end() {
         .map(|(t, _)| t.duration_since(killed))
         .max()
         .unwrap_or_default();
+    let mut kinds: Vec<String> = failures
+        .iter()
+        .map(|(_, k)| k.chars().take(40).collect())
+        .collect();
+    kinds.sort();
+    kinds.dedup();
     eprintln!(
-        "SIGKILL of n2 under load: {} failed, {ok} ok; failures until {:.2}s after the kill; re-placed (and ready) after {:.2}s on {:?}",
+        "SIGKILL of n2 under load: {} failed ({kinds:?}), {ok} ok; failures until {:.2}s after the kill; re-placed (and ready) after {:.2}s on {:?}",
         failures.len(),
         last_failure.as_secs_f64(),
         replaced.as_secs_f64(),

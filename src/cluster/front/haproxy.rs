@@ -135,11 +135,14 @@ mod tests {
 
     #[test]
     fn payloads_stay_under_the_buffer() {
-        let entries: BTreeMap<String, String> =
-            (0..2000).map(|i| (format!("site{i}.example.com"), "web-1".to_owned())).collect();
+        let entries: BTreeMap<String, String> = (0..2000)
+            .map(|i| (format!("site{i}.example.com"), "web-1".to_owned()))
+            .collect();
         let chunks = payloads(&entries);
         assert!(chunks.len() > 1);
-        assert!(chunks.iter().all(|c| c.len() <= PAYLOAD_MAX && c.ends_with('\n')));
+        assert!(chunks
+            .iter()
+            .all(|c| c.len() <= PAYLOAD_MAX && c.ends_with('\n')));
         assert_eq!(chunks.concat(), super::super::routes::map_text(&entries));
         assert!(payloads(&BTreeMap::new()).is_empty());
     }

@@ -68,7 +68,11 @@ frontend http
 
 backend no_site
   mode http
-  http-request return status 421 content-type text/plain string \"no node serves this host\\n\"
+  http-request return status 421 content-type text/plain string \"no site has this host\\n\"
+
+backend unavailable
+  mode http
+  http-request return status 503 content-type text/plain hdr retry-after 5 string \"no node serves this site right now\\n\"
 ",
         socket = layout.stats_socket.display(),
         listen = layout.listen,

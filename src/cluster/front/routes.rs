@@ -2,8 +2,10 @@
 //! vhost TOML), `placement/` and `nodes/`.
 //!
 //! A site's hosts go to its placement's `node` when that node reports the
-//! site ready, else to the first `draining` node that does, else nowhere
-//! (HAProxy answers from its default backend). Exact names go to the exact
+//! site ready, else to the first `draining` node that does, else to
+//! [`UNAVAILABLE`] (HAProxy answers 503 with `Retry-After`: the site exists
+//! but no node serves it right now, e.g. during a failover). Hosts of sites
+//! without a placement are in neither map (HAProxy answers 421). Exact names go to the exact
 //! map (`map`), wildcards `*.example.com` to the wildcard map keyed
 //! `.example.com` (`map_end`: a suffix match, so `example.com` itself is
 //! not matched, as in polyhost's own routing).
@@ -26,9 +28,10 @@ impl Routes {
     pub fn of(snap: &Snapshot) -> Routes {
         let mut routes = Routes::default();
         for (site, stored) in &snap.sites {
-            let Some(node) = serving_node(snap, site) else {
+            if !snap.placements.contains_key(site) {
                 continue;
-            };
+            }
+            let node = serving_node(snap, site).unwrap_or_else(|| UNAVAILABLE.to_owned());
             for host in site_hosts(&stored.toml) {
                 match host {
                     HostPattern::Exact(h) => routes.exact.insert(h, node.clone()),
@@ -80,9 +83,18 @@ pub fn site_hosts(toml_text: &str) -> Vec<HostPattern> {
         .unwrap_or_default()
 }
 
-/// HAProxy's backend for a node (the map's value).
+/// The "node" of a placed site no node serves now (never a node's name:
+/// those are not empty).
+pub const UNAVAILABLE: &str = "";
+
+/// HAProxy's backend for a node (the map's value); `unavailable` for
+/// [`UNAVAILABLE`].
 pub fn backend_name(node: &str) -> String {
-    format!("node_{node}")
+    if node == UNAVAILABLE {
+        "unavailable".to_owned()
+    } else {
+        format!("node_{node}")
+    }
 }
 
 /// A map file's text: `key backend` per line, sorted.
@@ -147,10 +159,17 @@ mod tests {
     }
 
     #[test]
-    fn no_ready_node_no_route() {
+    fn no_ready_node_unavailable_and_unplaced_absent() {
         let mut s = snap();
         s.nodes
             .insert("b".into(), report("shop", SiteState::Failed));
+        let r = Routes::of(&s);
+        assert_eq!(
+            r.exact.get("shop.example").map(String::as_str),
+            Some(UNAVAILABLE)
+        );
+        assert_eq!(map_text(&r.exact), "shop.example unavailable\n");
+        s.placements.clear();
         assert_eq!(Routes::of(&s), Routes::default());
     }
 }
