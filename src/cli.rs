@@ -86,7 +86,7 @@ pub enum Command {
     Router,
     /// A polyhost cluster on etcd with HAProxy in front: sites, placement,
     /// moves, status, and the front (`docs/cluster.md`).
-    Cluster(cluster::ClusterArgs),
+    Cluster(Box<cluster::ClusterArgs>),
 }
 
 /// The configuration file of the Debian package.
@@ -107,7 +107,7 @@ fn config_path(given: Option<PathBuf>) -> PathBuf {
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
     if let Command::Cluster(args) = cli.command {
-        return cluster::run(cli.config.as_deref(), args);
+        return cluster::run(cli.config.as_deref(), *args);
     }
     let config = config_path(cli.config);
     let action = match cli.command {
