@@ -65,8 +65,10 @@ ph status >/dev/null || { echo "cluster-demo: etcd did not start; see $RUN/etcd.
 # such as root = "demo/php" resolve there), their state under $RUN.
 i=2
 for node in "${NODES[@]}"; do
+    mkdir -p "$RUN/$node/vhosts"
     cat >"$BASE/cluster-demo-$node.toml" <<TOML
 listen = ["127.0.0.$i:8080"]
+vhosts_dir = "$RUN/$node/vhosts"
 state_dir = "$RUN/$node/state"
 log_dir = "$RUN/$node/log"
 shutdown_timeout = "5s"
