@@ -96,6 +96,16 @@ impl Cluster {
 
     /// Writes `nodes/NAME` (under the node's lease) with these sites.
     async fn report(&mut self, name: &str, sites: &[(&str, SiteState, Option<&str>)]) {
+        self.report_missing(name, sites, &[]).await;
+    }
+
+    /// As [`Cluster::report`], listing `missing` in `roots_missing`.
+    async fn report_missing(
+        &mut self,
+        name: &str,
+        sites: &[(&str, SiteState, Option<&str>)],
+        missing: &[&str],
+    ) {
         let i = self.nodes.iter().position(|(n, _, _)| n == name).unwrap();
         if self.nodes[i].2 == 0 {
             self.nodes[i].2 = self.client.lease_grant(3, None).await.unwrap().id();
@@ -111,6 +121,7 @@ impl Cluster {
             advertise: self.nodes[i].1.addr.clone(),
             capacity: 10,
             accepting: true,
+            roots_missing: missing.iter().map(|s| s.to_string()).collect(),
             ..NodeReport::default()
         };
         for (site, state, error) in sites {
@@ -324,7 +335,7 @@ async fn map_follows_placement_and_a_move_waits_for_ready_and_switch() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_have_their_exit_codes() {
-    let c = Cluster::start(&["a"]).await;
+    let mut c = Cluster::start(&["a"]).await;
     let bad = c.dir.path().join("bad.toml");
     std::fs::write(&bad, "hosts = [\"x.test\"]\nroot = \"/tmp\"\nbogus = 1\n").unwrap();
     let out = c.cli(&["put", "bad", &path(&bad)]);
@@ -335,6 +346,11 @@ async fn refusals_have_their_exit_codes() {
     let out = c.cli(&["place", "shop", "nowhere"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("live nodes: a"));
+    c.report_missing("a", &[], &["shop"]).await;
+    let out = c.cli(&["place", "shop", "a"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("reports the root of shop missing"), "{err}");
     let out = cli("http://127.0.0.1:1", &["status".into()]);
     assert_eq!(
         out.status.code(),
@@ -390,4 +406,137 @@ async fn a_vanished_node_is_replaced_by_the_controller() {
         "{}",
         c.map_file("hosts.map")
     );
+}
+
+/// Acts as every fake node's agent: each reports `ready` every site whose
+/// placement runs on it (as `node` or `draining`), and nothing else.
+fn auto_nodes(c: &Cluster) -> tokio::task::JoinHandle<()> {
+    let mut client = c.client.clone();
+    let keys = c.keys.clone();
+    let nodes: Vec<(String, String, i64)> = c
+        .nodes
+        .iter()
+        .map(|(n, f, l)| (n.clone(), f.addr.clone(), *l))
+        .collect();
+    tokio::spawn(async move {
+        loop {
+            let snap = Snapshot::load(&mut client, &keys).await.unwrap();
+            for (name, addr, lease) in &nodes {
+                if !snap.nodes.contains_key(name) {
+                    continue;
+                }
+                let mut report = NodeReport {
+                    advertise: addr.clone(),
+                    capacity: 10,
+                    accepting: true,
+                    ..NodeReport::default()
+                };
+                for (site, p) in &snap.placements {
+                    if p.runs_on(name) {
+                        let r = SiteReport {
+                            state: SiteState::Ready,
+                            error: None,
+                            revision: 1,
+                        };
+                        report.sites.insert(site.clone(), r);
+                    }
+                }
+                if snap.nodes.get(name) != Some(&report) {
+                    let put = PutOptions::new().with_lease(*lease);
+                    let value = serde_json::to_string(&report).unwrap();
+                    let _ = client.put(keys.node(name), value, Some(put)).await;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_singleton_moves_stop_first_and_drain_empties_a_node() {
+    let mut c = Cluster::start(&["a", "b", "c"]).await;
+    c.put("solo", &["solo.test"]);
+    ok(c.cli(&["place", "solo", "a", "--singleton"]));
+    c.report("a", &[("solo", SiteState::Ready, None)]).await;
+    c.wait_served("solo.test", "node a").await;
+
+    let mut mover = tokio::process::Command::new(env!("CARGO_BIN_EXE_polyhost"))
+        .args([
+            "cluster",
+            "--etcd",
+            &c.etcd.url,
+            "--prefix",
+            PREFIX,
+            "move",
+            "solo",
+            "b",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // First the placement goes (a stops it), and b gets nothing while a still reports it.
+    let seen = wait_for(
+        "solo unplaced",
+        WAIT,
+        async || c.placement("solo").await,
+        Option::is_none,
+    )
+    .await;
+    assert_eq!(seen, None);
+    assert!(
+        mover.try_wait().unwrap().is_none(),
+        "the move ended while a still ran solo"
+    );
+    assert_eq!(
+        c.placement("solo").await,
+        None,
+        "placed on b while a still runs it"
+    );
+    c.report("a", &[]).await;
+    let on_b = Placement {
+        node: "b".into(),
+        draining: vec![],
+        singleton: true,
+    };
+    let seen = wait_for(
+        "solo placed on b",
+        WAIT,
+        async || c.placement("solo").await,
+        |p| p.as_ref() == Some(&on_b),
+    )
+    .await;
+    assert_eq!(seen, Some(on_b));
+    c.report("b", &[("solo", SiteState::Ready, None)]).await;
+    let out = tokio::time::timeout(WAIT, mover.wait_with_output())
+        .await
+        .expect("move ended")
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "move: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    c.wait_served("solo.test", "node b").await;
+
+    // drain b: every site placed there goes elsewhere, the fronts follow.
+    c.put("more", &["more.test"]);
+    ok(c.cli(&["place", "more", "b"]));
+    let agent = auto_nodes(&c);
+    c.wait_served("more.test", "node b").await;
+    let out = ok(c.cli(&["drain", "b"]));
+    assert!(
+        out.contains("moved solo from b to ") && out.contains("moved more from b to "),
+        "{out}"
+    );
+    let placements = c.snapshot().await.placements;
+    assert!(
+        placements
+            .values()
+            .all(|p| p.node != "b" && p.draining.is_empty()),
+        "{placements:?}"
+    );
+    let more_on = placements["more"].node.clone();
+    c.wait_served("more.test", &format!("node {more_on}")).await;
+    agent.abort();
 }

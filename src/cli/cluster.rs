@@ -361,15 +361,14 @@ fn fail(msg: &str, code: u8) -> ExitCode {
     ExitCode::from(code)
 }
 
-/// The etcd settings: the flags, else `[cluster] etcd`/`prefix` of the
-/// `--config` file, else the defaults.
+/// The etcd settings: the flags, else `[cluster]` of the `--config` file
+/// (etcd, prefix, TLS, user and password, as the node uses them), else the
+/// defaults.
 fn settings(config: Option<&Path>, args: &EtcdArgs) -> anyhow::Result<EtcdSettings> {
-    let mut s = EtcdSettings::default();
-    if let Some(file) = config.filter(|_| args.endpoints.is_empty()) {
-        let (endpoints, prefix) = from_config(file)?;
-        s.endpoints = endpoints;
-        s.prefix = prefix.unwrap_or(s.prefix);
-    }
+    let mut s = match config.filter(|_| args.endpoints.is_empty()) {
+        Some(file) => from_config(file)?,
+        None => EtcdSettings::default(),
+    };
     if !args.endpoints.is_empty() {
         s.endpoints = args.endpoints.clone();
     }
@@ -382,40 +381,27 @@ fn settings(config: Option<&Path>, args: &EtcdArgs) -> anyhow::Result<EtcdSettin
     if args.etcd_user.is_some() != args.etcd_password_file.is_some() {
         anyhow::bail!("--etcd-user and --etcd-password-file go together");
     }
-    s.ca_file = args.etcd_ca.clone();
-    s.cert_file = args.etcd_cert.clone();
-    s.key_file = args.etcd_key.clone();
-    s.user = args.etcd_user.clone();
-    if let Some(file) = &args.etcd_password_file {
+    if args.etcd_ca.is_some() {
+        s.ca_file = args.etcd_ca.clone();
+    }
+    if args.etcd_cert.is_some() {
+        s.cert_file = args.etcd_cert.clone();
+        s.key_file = args.etcd_key.clone();
+    }
+    if let (Some(user), Some(file)) = (&args.etcd_user, &args.etcd_password_file) {
         let text = std::fs::read_to_string(file)
             .map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", file.display()))?;
+        s.user = Some(user.clone());
         s.password = Some(text.trim_end_matches(['\r', '\n']).to_owned());
     }
     Ok(s)
 }
 
-/// `[cluster] etcd` and `prefix` of a polyhost.toml. Only these two keys
-/// are read here; the node validates the whole table (`config::cluster`).
-fn from_config(file: &Path) -> anyhow::Result<(Vec<String>, Option<String>)> {
-    #[derive(serde::Deserialize)]
-    struct Main {
-        cluster: Option<Section>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Section {
-        #[serde(default)]
-        etcd: Vec<String>,
-        prefix: Option<String>,
-    }
-    let text = std::fs::read_to_string(file)
-        .map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", file.display()))?;
-    let main: Main =
-        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-    match main.cluster {
-        Some(c) if !c.etcd.is_empty() => Ok((c.etcd, c.prefix)),
-        _ => anyhow::bail!(
-            "{}: no [cluster] etcd = [...]: give --etcd URL",
-            file.display()
-        ),
+/// `[cluster]` of a polyhost.toml, validated as `polyhost serve` does.
+fn from_config(file: &Path) -> anyhow::Result<EtcdSettings> {
+    let server = crate::config::load_server(file).map_err(|e| anyhow::anyhow!("{e}"))?;
+    match &server.cluster {
+        Some(c) => Ok(crate::cluster::node::settings(c)),
+        None => anyhow::bail!("{}: no [cluster] table: give --etcd URL", file.display()),
     }
 }
