@@ -178,7 +178,7 @@ fn main_file_errors_name_the_file_and_key() {
     cfg.write("polyhost.toml", "listen = [\"localhost\"]\nlisen = 1\n");
     check_errors(
         &cfg,
-        expect!["$DIR/polyhost.toml: lisen: unknown field: found `lisen`, expected `one of `listen`, `vhosts_dir`, `include`, `state_dir`, `log_dir`, `default_user`, `default_group`, `shutdown_timeout`, `log_level`, `cgroups`, `site_scheduling`, `router_user`, `admin`, `metrics`, `tls_listen`, `h2c`, `router_threads`, `trusted_proxies`, `trusted_proxy_users`, `limits`, `acme``"],
+        expect!["$DIR/polyhost.toml: lisen: unknown field: found `lisen`, expected `one of `listen`, `vhosts_dir`, `include`, `state_dir`, `log_dir`, `default_user`, `default_group`, `shutdown_timeout`, `log_level`, `cgroups`, `site_scheduling`, `router_user`, `admin`, `metrics`, `tls_listen`, `h2c`, `router_threads`, `trusted_proxies`, `trusted_proxy_users`, `limits`, `acme`, `cluster``"],
     );
     cfg.write(
         "polyhost.toml",

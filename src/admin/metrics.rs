@@ -18,7 +18,8 @@
 //! `php_connections_warm_failed_total`, `php_requests_waited_total`,
 //! `php_connections_found_closed_total`, `php_requests_resent_total`; server-wide:
 //! `connections_accepted_total`, `connections_open`, `reloads_total{result}`,
-//! `uptime_seconds`, `info{version,limits}`.
+//! `uptime_seconds`, `info{version,limits}`; on a cluster node
+//! `cluster_etcd_connected{node}`.
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};

@@ -536,6 +536,25 @@ mod tests {
         .assert_eq(&status_table(&s));
     }
 
+    #[test]
+    fn a_cluster_node_shows_its_etcd_link() {
+        let mut s = server();
+        s.sites.clear();
+        s.cluster = Some(crate::app::status::ClusterLinkStatus {
+            node: "web-3".into(),
+            etcd_connected: false,
+            since_unix: 1_796_000_000,
+            applied_revision: 42,
+            error: Some("etcd at http://10.0.0.9:2379: connection refused".into()),
+        });
+        expect![[r#"
+            polyhost 0.1.0 (pid 1234), up 3h12m, limits: cgroup v1, reloads: 3 ok, 1 refused
+            cluster: node web-3, etcd NOT connected since 2026-11-30 00:53:20 UTC (etcd at http://10.0.0.9:2379: connection refused); serving the last applied state, applied revision 42
+            no sites (add files to vhosts_dir, then `polyhost reload`)
+        "#]]
+        .assert_eq(&status_table(&s));
+    }
+
     /// What a site can put in its php-fpm log, which becomes `last_error`:
     /// an OSC 52 clipboard write, a screen clear, a one-character C1 CSI, a
     /// carriage return that would overwrite the line, DEL, a right-to-left

@@ -200,10 +200,15 @@ mod tests {
             "limits.h2_max_streams",
             "acme.directory",
             "acme.eab_hmac_key",
+            "cluster.password",
+            "cluster.etcd",
         ] {
             assert!(keys.values.iter().any(|v| v == k), "{k}: {keys:?}");
         }
-        assert_eq!(keys.tables, ["admin", "metrics", "limits", "acme"]);
+        assert_eq!(
+            keys.tables,
+            ["admin", "metrics", "limits", "acme", "cluster"]
+        );
         assert!(keys.open.is_empty(), "{keys:?}");
     }
 

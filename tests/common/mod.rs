@@ -456,6 +456,7 @@ pub fn init_logging() {
 
 // Front-door helpers (TLS, HTTP/2, test upstreams, swappable routing table).
 pub mod edge;
+pub mod etcd;
 pub mod front;
 pub mod privsep;
 pub mod ws;

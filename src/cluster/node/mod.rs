@@ -74,9 +74,8 @@ pub fn spawn(
 ) -> Option<JoinHandle<()>> {
     let config = config?;
     Some(tokio::spawn(async move {
-        let state_dir = server.config().await.server.state_dir;
-        let base = server.config().await.server.base_dir;
-        Agent::new(server, config, &state_dir, base)
+        let running = server.config().await.server;
+        Agent::new(server, config, &running.state_dir, running.base_dir)
             .run(shutdown)
             .await;
     }))
@@ -105,6 +104,10 @@ struct Agent {
     applied_revision: i64,
     link: ClusterLinkStatus,
     written: Option<NodeReport>,
+    /// The server's count of accepted reloads when last seen: after one
+    /// (e.g. the operator fixed a local vhost file), refused sites are
+    /// tried again.
+    reloads_seen: u64,
 }
 
 impl Agent {
@@ -147,6 +150,7 @@ impl Agent {
             applied_revision: 0,
             link,
             written: None,
+            reloads_seen: 0,
         }
     }
 
@@ -238,13 +242,15 @@ impl Agent {
                     if keeper.ended() {
                         break Err("the lease keep-alive failed".into());
                     }
+                    let status = self.applier.server.status_with_handles().await.0;
+                    dirty |= self.retry_refused(status.reloads);
                     if dirty {
                         dirty = false;
                         if !self.apply().await {
                             break Ok(());
                         }
                     }
-                    if let Err(e) = self.report(&mut client, lease).await {
+                    if let Err(e) = self.report(&mut client, lease, status).await {
                         break Err(e);
                     }
                 }
@@ -296,10 +302,27 @@ impl Agent {
         going_on
     }
 
+    /// After a reload accepted since the last look, sites a reload refused
+    /// are tried again (what refused them may be gone); `true` if any.
+    fn retry_refused(&mut self, reloads: u64) -> bool {
+        let seen = std::mem::replace(&mut self.reloads_seen, reloads);
+        if seen == reloads || self.applier.refused.is_empty() {
+            return false;
+        }
+        self.applier.refused.clear();
+        true
+    }
+
     /// Writes `nodes/NODE` when it changed since the last write.
-    async fn report(&mut self, client: &mut Client, lease: i64) -> Result<(), String> {
+    /// `status`: the server's, read this tick (a site applied since shows
+    /// as `starting` until the next).
+    async fn report(
+        &mut self,
+        client: &mut Client,
+        lease: i64,
+        status: crate::app::status::ServerStatus,
+    ) -> Result<(), String> {
         self.applier.drained();
-        let (status, _) = self.applier.server.status_with_handles().await;
         let running = status
             .sites
             .into_iter()
@@ -408,6 +431,14 @@ impl KeepAlive {
     }
 
     fn stop(self) {
+        drop(self);
+    }
+}
+
+/// A session that ends early (an error before its loop) stops its
+/// keep-alive too: no stray task renews a lease nobody uses.
+impl Drop for KeepAlive {
+    fn drop(&mut self) {
         self.task.abort();
     }
 }
