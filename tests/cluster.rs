@@ -478,4 +478,24 @@ async fn cluster_end_to_end() {
         failures.iter().all(|(t, _)| *t >= killed),
         "a request failed before the kill: {failures:?}"
     );
+
+    // Hygiene: the nodes stop on SIGTERM (exit 0) and leave no site process,
+    // the killed one's included.
+    for node in &mut w.nodes {
+        let Some(bin) = node.bin.take() else { continue };
+        if node.name != "n2" {
+            let status = bin.terminate().await;
+            assert!(status.success(), "{} exited {status:?}", node.name);
+        }
+    }
+    for user in [&w.php_user, &w.py_user] {
+        let left = common::wait_for(
+            &format!("no process of {}", user.name),
+            WAIT,
+            async || pids_of_uid(user.uid),
+            Vec::is_empty,
+        )
+        .await;
+        assert!(left.is_empty(), "{left:?}");
+    }
 }
