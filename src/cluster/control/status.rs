@@ -150,3 +150,83 @@ fn states(s: &StatusSite) -> String {
         parts.join("; ")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use expect_test::expect;
+
+    use super::*;
+    use crate::cluster::control::StoredSite;
+    use crate::cluster::schema::{Placement, SiteState};
+
+    #[test]
+    fn the_table() {
+        let mut snap = Snapshot {
+            revision: 42,
+            ..Snapshot::default()
+        };
+        let mut web1 = NodeReport {
+            advertise: "10.0.0.1:80".into(),
+            capacity: 50,
+            accepting: true,
+            ..NodeReport::default()
+        };
+        let failed = SiteReport {
+            state: SiteState::Failed,
+            error: Some("etcd:/polyhost/sites/blog: php.max_children: expected a number".into()),
+            revision: 3,
+        };
+        web1.sites.insert("blog".into(), failed);
+        web1.sites.insert(
+            "shop".into(),
+            SiteReport {
+                state: SiteState::Ready,
+                error: None,
+                revision: 2,
+            },
+        );
+        snap.nodes.insert("web-1".into(), web1);
+        for (site, node, singleton) in [
+            ("blog", "web-1", false),
+            ("shop", "web-1", true),
+            ("old", "web-9", false),
+        ] {
+            snap.sites.insert(
+                site.into(),
+                StoredSite {
+                    toml: String::new(),
+                    revision: 1,
+                },
+            );
+            snap.placements.insert(
+                site.into(),
+                Placement {
+                    node: node.into(),
+                    draining: vec![],
+                    singleton,
+                },
+            );
+        }
+        snap.fronts.insert(
+            "f1".into(),
+            FrontReport {
+                applied_revision: 41,
+                ..FrontReport::default()
+            },
+        );
+        let status = Status::of(&snap);
+        assert!(status.has_failures());
+        expect![[r#"
+            NODE	ADDRESS	CAPACITY	SITES	ACCEPTING
+            web-1	10.0.0.1:80	50	2	true
+
+            SITE	PLACED	NODE STATES
+            blog	web-1	web-1=failed: etcd:/polyhost/sites/blog: php.max_children: expected a number
+            old	web-9 (down)	-
+            shop	web-1, singleton	web-1=ready
+
+            FRONT	REVISION	ROUTES
+            f1	41	0
+        "#]].assert_eq(&status.render());
+    }
+}
