@@ -30,12 +30,21 @@ struct Cluster {
     listen: String,
     _haproxy: Proc,
     front: Proc,
+    tls_listen: String,
+    _tls_servers: Vec<Proc>,
 }
 
 impl Cluster {
     /// etcd, fake nodes `names` (registered, no sites), HAProxy with a
     /// backend per node, and `polyhost cluster front`.
     async fn start(names: &[&str]) -> Cluster {
+        Cluster::start_with(names, false).await
+    }
+
+    /// With `tls`, each fake node also serves TLS (`openssl s_server`, a
+    /// certificate for `CN=node-NAME`) and HAProxy gets the passthrough
+    /// frontend on [`Cluster::tls_listen`].
+    async fn start_with(names: &[&str], tls: bool) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let etcd = Etcd::start(dir.path()).await;
         let client = etcd.client().await;
@@ -61,8 +70,19 @@ impl Cluster {
             "--stats-socket".into(),
             path(&socket),
         ]);
+        let tls_listen = format!("127.0.0.1:{}", free_port());
+        let mut tls_servers = Vec::new();
         for (name, node, _) in &nodes {
-            args.extend(["--node".into(), format!("{name}={}", node.addr)]);
+            let mut spec = format!("{name}={}", node.addr);
+            if tls {
+                let (server, addr) = tls_server(dir.path(), name);
+                tls_servers.push(server);
+                spec.push_str(&format!(",{addr}"));
+            }
+            args.extend(["--node".into(), spec]);
+        }
+        if tls {
+            args.extend(["--listen-tls".into(), tls_listen.clone()]);
         }
         let cfg = ok(cli(&etcd.url, &args));
         let haproxy = start_haproxy(dir.path(), &cfg);
@@ -79,6 +99,8 @@ impl Cluster {
             dir.path().join("front.log"),
         );
         let mut cluster = Cluster {
+            tls_listen,
+            _tls_servers: tls_servers,
             dir,
             etcd,
             client,
@@ -199,6 +221,72 @@ impl Cluster {
     fn map_file(&self, name: &str) -> String {
         std::fs::read_to_string(self.dir.path().join("maps").join(name)).unwrap()
     }
+}
+
+/// `openssl s_server` on a free port with a certificate for `CN=node-NAME`.
+fn tls_server(dir: &Path, name: &str) -> (Proc, String) {
+    let (cert, key) = (
+        dir.join(format!("{name}.crt")),
+        dir.join(format!("{name}.key")),
+    );
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ])
+        .args([
+            "-days",
+            "1",
+            "-subj",
+            &format!("/CN=node-{name}"),
+            "-keyout",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let port = free_port();
+    let mut cmd = Command::new("openssl");
+    cmd.args([
+        "s_server",
+        "-www",
+        "-accept",
+        &format!("127.0.0.1:{port}"),
+        "-cert",
+    ])
+    .arg(&cert)
+    .arg("-key")
+    .arg(&key);
+    (
+        Proc::spawn(&mut cmd, dir.join(format!("{name}-tls.log"))),
+        format!("127.0.0.1:{port}"),
+    )
+}
+
+/// The certificate subject a TLS client with SNI `host` gets through `front`.
+fn tls_subject(front: &str, host: &str) -> String {
+    let out = Command::new("openssl")
+        .args(["s_client", "-connect", front, "-servername", host])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix("subject="))
+        .unwrap_or("none")
+        .trim()
+        .to_owned()
 }
 
 fn path(p: &Path) -> String {
@@ -538,5 +626,39 @@ async fn a_singleton_moves_stop_first_and_drain_empties_a_node() {
     );
     let more_on = placements["more"].node.clone();
     c.wait_served("more.test", &format!("node {more_on}")).await;
+    agent.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_passthrough_routes_by_sni_with_the_same_maps() {
+    let mut c = Cluster::start_with(&["a", "b"], true).await;
+    c.put("sec", &["sec.test", "*.sec.test"]);
+    ok(c.cli(&["place", "sec", "a"]));
+    let agent = auto_nodes(&c);
+    c.wait_served("sec.test", "node a").await;
+    let tls = c.tls_listen.clone();
+    let seen = wait_for(
+        "SNI sec.test to node a",
+        WAIT,
+        async || tls_subject(&tls, "sec.test"),
+        |s| s.contains("node-a"),
+    )
+    .await;
+    assert!(seen.contains("node-a"), "{seen}");
+    assert!(tls_subject(&tls, "www.sec.test").contains("node-a"));
+    assert_eq!(
+        tls_subject(&tls, "other.test"),
+        "none",
+        "an unknown SNI is closed"
+    );
+    ok(c.cli(&["move", "sec", "b"]));
+    let seen = wait_for(
+        "SNI sec.test to node b",
+        WAIT,
+        async || tls_subject(&tls, "sec.test"),
+        |s| s.contains("node-b"),
+    )
+    .await;
+    assert!(seen.contains("node-b"), "{seen}");
     agent.abort();
 }

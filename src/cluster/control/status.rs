@@ -227,6 +227,7 @@ mod tests {
 
             FRONT	REVISION	ROUTES
             f1	41	0
-        "#]].assert_eq(&status.render());
+        "#]]
+        .assert_eq(&status.render());
     }
 }
