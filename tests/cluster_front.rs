@@ -16,7 +16,7 @@ use polyhost::cluster::control::Snapshot;
 use polyhost::cluster::schema::{Keys, NodeReport, Placement, SiteReport, SiteState};
 
 use common::wait_for;
-use etcd_front::{free_port, get, start_haproxy, Etcd, FakeNode, Proc};
+use etcd_front::{free_port, get, start_haproxy, tls_server, tls_subject, Etcd, FakeNode, Proc};
 
 const PREFIX: &str = "/t/";
 const WAIT: Duration = Duration::from_secs(30);
@@ -221,72 +221,6 @@ impl Cluster {
     fn map_file(&self, name: &str) -> String {
         std::fs::read_to_string(self.dir.path().join("maps").join(name)).unwrap()
     }
-}
-
-/// `openssl s_server` on a free port with a certificate for `CN=node-NAME`.
-fn tls_server(dir: &Path, name: &str) -> (Proc, String) {
-    let (cert, key) = (
-        dir.join(format!("{name}.crt")),
-        dir.join(format!("{name}.key")),
-    );
-    let made = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-        ])
-        .args([
-            "-days",
-            "1",
-            "-subj",
-            &format!("/CN=node-{name}"),
-            "-keyout",
-        ])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .unwrap();
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
-    let port = free_port();
-    let mut cmd = Command::new("openssl");
-    cmd.args([
-        "s_server",
-        "-www",
-        "-accept",
-        &format!("127.0.0.1:{port}"),
-        "-cert",
-    ])
-    .arg(&cert)
-    .arg("-key")
-    .arg(&key);
-    (
-        Proc::spawn(&mut cmd, dir.join(format!("{name}-tls.log"))),
-        format!("127.0.0.1:{port}"),
-    )
-}
-
-/// The certificate subject a TLS client with SNI `host` gets through `front`.
-fn tls_subject(front: &str, host: &str) -> String {
-    let out = Command::new("openssl")
-        .args(["s_client", "-connect", front, "-servername", host])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
-        .find_map(|l| l.strip_prefix("subject="))
-        .unwrap_or("none")
-        .trim()
-        .to_owned()
 }
 
 fn path(p: &Path) -> String {
@@ -631,7 +565,7 @@ async fn a_singleton_moves_stop_first_and_drain_empties_a_node() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_passthrough_routes_by_sni_with_the_same_maps() {
-    let mut c = Cluster::start_with(&["a", "b"], true).await;
+    let c = Cluster::start_with(&["a", "b"], true).await;
     c.put("sec", &["sec.test", "*.sec.test"]);
     ok(c.cli(&["place", "sec", "a"]));
     let agent = auto_nodes(&c);

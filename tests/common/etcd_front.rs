@@ -216,3 +216,69 @@ pub async fn get(front: &str, host: &str) -> Result<(u16, String), String> {
     let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
     Ok((status, body))
 }
+
+/// `openssl s_server` on a free port with a certificate for `CN=node-NAME`.
+pub fn tls_server(dir: &Path, name: &str) -> (Proc, String) {
+    let (cert, key) = (
+        dir.join(format!("{name}.crt")),
+        dir.join(format!("{name}.key")),
+    );
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ])
+        .args([
+            "-days",
+            "1",
+            "-subj",
+            &format!("/CN=node-{name}"),
+            "-keyout",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let port = free_port();
+    let mut cmd = Command::new("openssl");
+    cmd.args([
+        "s_server",
+        "-www",
+        "-accept",
+        &format!("127.0.0.1:{port}"),
+        "-cert",
+    ])
+    .arg(&cert)
+    .arg("-key")
+    .arg(&key);
+    (
+        Proc::spawn(&mut cmd, dir.join(format!("{name}-tls.log"))),
+        format!("127.0.0.1:{port}"),
+    )
+}
+
+/// The certificate subject a TLS client with SNI `host` gets through `front`.
+pub fn tls_subject(front: &str, host: &str) -> String {
+    let out = Command::new("openssl")
+        .args(["s_client", "-connect", front, "-servername", host])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix("subject="))
+        .unwrap_or("none")
+        .trim()
+        .to_owned()
+}
