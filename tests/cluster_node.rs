@@ -236,6 +236,13 @@ async fn sites_from_etcd_are_served_failures_reported_and_moves_stop_them() {
 
     // Shutdown: nodes/NODE goes at once (the lease is revoked).
     let log = bin.log();
+    // Hygiene: the one refused reload (the host conflict) is the only
+    // error, and it was not retried.
+    let errors: Vec<&str> = log.lines().filter(|l| l.contains(" ERROR ")).collect();
+    assert!(
+        errors.len() == 1 && errors[0].contains("reload refused"),
+        "{errors:#?}\n{log}"
+    );
     let status = bin.terminate().await;
     assert!(status.success(), "{status:?}\n{log}");
     assert!(
@@ -386,5 +393,28 @@ async fn a_node_without_its_lease_stops_its_singleton_sites() {
     etcd.restart().await;
     wait_served(&bin, "solo.test", 200, "site solo").await;
     wait_state(&etcd, "web-s", "solo", SiteState::Ready).await;
+    assert!(bin.terminate().await.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_refused_for_a_local_conflict_is_applied_after_the_operator_reloads() {
+    let etcd = Etcd::start().await;
+    let cfg = node_config(&etcd, "web-r");
+    cfg.static_site("local", &["x.test"], "");
+    let remote = static_text(&cfg, "remote").replace("remote.test", "x.test");
+    open_up(cfg.path());
+    let bin = Binary::start(&cfg.main(), &[]).await;
+    put_site(&etcd, "remote", &remote).await;
+    place(&etcd, "remote", "web-r").await;
+    let r = wait_state(&etcd, "web-r", "remote", SiteState::Failed).await;
+    let error = r.sites["remote"].error.clone().unwrap_or_default();
+    assert!(error.contains("x.test is already claimed"), "{error}");
+    wait_served(&bin, "x.test", 200, "site local").await;
+    // The operator removes the local site and reloads: the refused one is tried again.
+    std::fs::remove_file(cfg.path().join("vhosts/local.toml")).unwrap();
+    let (code, out, err) = common::polyhost_cli(&cfg.main(), &["reload"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    wait_state(&etcd, "web-r", "remote", SiteState::Ready).await;
+    wait_served(&bin, "x.test", 200, "site remote").await;
     assert!(bin.terminate().await.success());
 }

@@ -28,6 +28,8 @@ pub struct Applier {
     pub refused: BTreeMap<String, (String, String)>,
     /// Sites removed by a reload and the processes they still had.
     pub draining: BTreeMap<String, Vec<i32>>,
+    /// Reloads this agent had accepted (the server counts everyone's).
+    pub reloads_done: u64,
 }
 
 impl Applier {
@@ -53,6 +55,7 @@ impl Applier {
             let before = self.pids_of_removed(&d).await;
             match self.server.reload().await {
                 Ok(_) => {
+                    self.reloads_done += 1;
                     self.applied = d.files;
                     self.applied_singletons = d.singletons;
                     self.draining.extend(before);

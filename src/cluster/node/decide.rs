@@ -94,14 +94,19 @@ pub fn decide(view: &View, inputs: &Inputs<'_>, validated: &mut Validated) -> De
         };
         let text = match (error, site) {
             (None, Some(s)) => Some(s.text.clone()),
-            (Some(error), _) => {
+            // An invalid text: the version applied before keeps serving.
+            (Some(error), Some(_)) => {
                 d.failed.insert(name.to_owned(), error);
-                // The version applied before keeps serving.
                 inputs
                     .applied
                     .get(name)
                     .cloned()
                     .filter(|_| !inputs.local.contains(name))
+            }
+            // No text (the site was deleted): it stops here.
+            (Some(error), None) => {
+                d.failed.insert(name.to_owned(), error);
+                None
             }
             (None, None) => None,
         };
@@ -227,9 +232,13 @@ mod tests {
                 ("solo", "web-1", true),
             ],
         );
-        let d = run(&v, &[], &["shop"], false);
+        let d = run(&v, &[("gone", GOOD)], &["shop"], false);
         assert!(d.failed["shop"].contains("a local vhost file"));
         assert!(d.failed["gone"].contains("has no value"));
+        assert!(
+            !d.files.contains_key("gone"),
+            "a deleted site keeps running"
+        );
         assert_eq!(d.singletons, BTreeSet::from(["solo".to_owned()]));
         let d = run(&v, &[], &[], true);
         assert_eq!(d.files.keys().collect::<Vec<_>>(), ["shop"]);

@@ -104,9 +104,9 @@ struct Agent {
     applied_revision: i64,
     link: ClusterLinkStatus,
     written: Option<NodeReport>,
-    /// The server's count of accepted reloads when last seen: after one
-    /// (e.g. the operator fixed a local vhost file), refused sites are
-    /// tried again.
+    /// Reloads accepted that this agent did not make, when last seen:
+    /// after one (e.g. the operator fixed a local vhost file), refused
+    /// sites are tried again.
     reloads_seen: u64,
 }
 
@@ -138,6 +138,7 @@ impl Agent {
                 applied_singletons,
                 refused: BTreeMap::new(),
                 draining: BTreeMap::new(),
+                reloads_done: 0,
             },
             config,
             base,
@@ -302,9 +303,11 @@ impl Agent {
         going_on
     }
 
-    /// After a reload accepted since the last look, sites a reload refused
-    /// are tried again (what refused them may be gone); `true` if any.
+    /// After a reload of someone else's (SIGHUP, `polyhost reload`) was
+    /// accepted since the last look, sites a reload refused are tried again
+    /// (what refused them may be gone); `true` if any.
     fn retry_refused(&mut self, reloads: u64) -> bool {
+        let reloads = reloads.saturating_sub(self.applier.reloads_done);
         let seen = std::mem::replace(&mut self.reloads_seen, reloads);
         if seen == reloads || self.applier.refused.is_empty() {
             return false;
