@@ -11,6 +11,7 @@
 //!   caller may not use the admin socket);
 //! - 2: cannot run, or polyhost is not reachable.
 
+mod cluster;
 mod control;
 mod render;
 
@@ -83,6 +84,9 @@ pub enum Command {
     /// `polyhost serve` (as root) as `router_user`, never by hand.
     #[command(hide = true)]
     Router,
+    /// A polyhost cluster on etcd with HAProxy in front: sites, placement,
+    /// moves, status, and the front (`docs/cluster.md`).
+    Cluster(Box<cluster::ClusterArgs>),
 }
 
 /// The configuration file of the Debian package.
@@ -102,6 +106,9 @@ fn config_path(given: Option<PathBuf>) -> PathBuf {
 
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Cluster(args) = cli.command {
+        return cluster::run(cli.config.as_deref(), *args);
+    }
     let config = config_path(cli.config);
     let action = match cli.command {
         Command::Check => return check(&config),
@@ -115,6 +122,7 @@ pub fn run() -> ExitCode {
         Command::Stop { site } => control::Action::Site("stop", site),
         Command::Start { site } => control::Action::Site("start", site),
         Command::Upgrade { timeout } => control::Action::Upgrade { timeout },
+        Command::Cluster(_) => unreachable!("handled above"),
     };
     control::run(&config, cli.socket.as_deref(), action)
 }

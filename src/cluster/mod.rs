@@ -16,6 +16,8 @@
 //! - `control` (`polyhost cluster ...` commands): put/remove a site, place,
 //!   move (start-new, switch, drain), drain a node, status.
 
+pub mod control;
 pub mod etcd;
+pub mod front;
 pub mod node;
 pub mod schema;
