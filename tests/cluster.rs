@@ -15,16 +15,15 @@
 //!    asserted on: the machine's load decides it).
 
 mod common;
-#[path = "common/etcd_front.rs"]
-mod etcd_front;
 
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::etcd::{free_port, Etcd};
+use common::haproxy::{get_via_front, start_haproxy, Proc};
 use common::{open_up, pids_of_uid, python_worker_outside_tmp, Binary, TestConfig, TestUser};
-use etcd_front::{free_port, get, start_haproxy, Etcd, Proc};
 use polyhost::cluster::control::Snapshot;
 use polyhost::cluster::schema::{Keys, SiteState};
 
@@ -53,7 +52,7 @@ struct World {
 impl World {
     async fn start() -> World {
         let shared = TestConfig::outside_tmp();
-        let etcd = Etcd::start(shared.path()).await;
+        let etcd = Etcd::start().await;
         let mut nodes = Vec::new();
         for i in 2..=4 {
             let ip = format!("127.0.0.{i}");
@@ -83,12 +82,19 @@ impl World {
         for n in &nodes {
             args.extend(["--node".into(), format!("{}={}", n.name, n.addr)]);
         }
-        let cfg = cli_ok(&etcd.url, &args);
+        let cfg = cli_ok(&etcd.client_url(), &args);
         let haproxy = start_haproxy(shared.path(), &cfg);
         let front = Proc::spawn(
             Command::new(env!("CARGO_BIN_EXE_polyhost"))
                 .args([
-                    "cluster", "--etcd", &etcd.url, "--prefix", PREFIX, "front", "--id", "front-1",
+                    "cluster",
+                    "--etcd",
+                    &etcd.client_url(),
+                    "--prefix",
+                    PREFIX,
+                    "front",
+                    "--id",
+                    "front-1",
                 ])
                 .arg("--haproxy-socket")
                 .arg(&socket)
@@ -142,7 +148,7 @@ impl World {
     }
 
     async fn start_node(&mut self, i: usize) {
-        let url = self.etcd.url.clone();
+        let url = self.etcd.client_url();
         let n = &mut self.nodes[i];
         n.cfg.write(
             "polyhost.toml",
@@ -157,7 +163,13 @@ impl World {
 
     fn cli(&self, args: &[&str]) -> std::process::Output {
         Command::new(env!("CARGO_BIN_EXE_polyhost"))
-            .args(["cluster", "--etcd", &self.etcd.url, "--prefix", PREFIX])
+            .args([
+                "cluster",
+                "--etcd",
+                &self.etcd.client_url(),
+                "--prefix",
+                PREFIX,
+            ])
             .args(args)
             .output()
             .unwrap()
@@ -184,7 +196,7 @@ impl World {
     async fn wait_served(&self, host: &str) -> String {
         let deadline = Instant::now() + WAIT;
         loop {
-            let seen = get(&self.listen, host).await;
+            let seen = get_via_front(&self.listen, host).await;
             if let Ok((200, body)) = &seen {
                 return body.clone();
             }
@@ -294,7 +306,7 @@ impl Load {
                 let (front, host) = (front.to_owned(), host.to_owned());
                 tokio::spawn(async move {
                     while !stop.load(Ordering::Relaxed) {
-                        match get(&front, &host).await {
+                        match get_via_front(&front, &host).await {
                             Ok((200, _)) => {
                                 ok.fetch_add(1, Ordering::Relaxed);
                             }
@@ -373,7 +385,10 @@ async fn cluster_end_to_end() {
         status.contains("n3=failed") && status.contains("bogus"),
         "{status}"
     );
-    assert_eq!(get(&w.listen, "py.test").await.map(|r| r.0), Ok(200));
+    assert_eq!(
+        get_via_front(&w.listen, "py.test").await.map(|r| r.0),
+        Ok(200)
+    );
     client.delete(w.keys.placement("bad"), None).await.unwrap();
     client.delete(w.keys.site("bad"), None).await.unwrap();
 
@@ -412,7 +427,7 @@ async fn cluster_end_to_end() {
     let until = Instant::now() + Duration::from_secs(30);
     while Instant::now() < until {
         for host in ["static.test", "php.test", "py.test"] {
-            let r = get(&w.listen, host).await;
+            let r = get_via_front(&w.listen, host).await;
             assert!(
                 matches!(r, Ok((200, _))),
                 "{host} while etcd is down: {r:?}"

@@ -4,8 +4,6 @@
 //! so every step of a move or a failover is driven and observed here.
 
 mod common;
-#[path = "common/etcd_front.rs"]
-mod etcd_front;
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -15,8 +13,9 @@ use etcd_client::{Client, PutOptions};
 use polyhost::cluster::control::Snapshot;
 use polyhost::cluster::schema::{Keys, NodeReport, Placement, SiteReport, SiteState};
 
+use common::etcd::{free_port, Etcd};
+use common::haproxy::{get_via_front, start_haproxy, tls_server, tls_subject, FakeNode, Proc};
 use common::wait_for;
-use etcd_front::{free_port, get, start_haproxy, tls_server, tls_subject, Etcd, FakeNode, Proc};
 
 const PREFIX: &str = "/t/";
 const WAIT: Duration = Duration::from_secs(30);
@@ -46,7 +45,7 @@ impl Cluster {
     /// frontend on [`Cluster::tls_listen`].
     async fn start_with(names: &[&str], tls: bool) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
-        let etcd = Etcd::start(dir.path()).await;
+        let etcd = Etcd::start().await;
         let client = etcd.client().await;
         let mut nodes = Vec::new();
         for name in names {
@@ -84,11 +83,18 @@ impl Cluster {
         if tls {
             args.extend(["--listen-tls".into(), tls_listen.clone()]);
         }
-        let cfg = ok(cli(&etcd.url, &args));
+        let cfg = ok(cli(&etcd.client_url(), &args));
         let haproxy = start_haproxy(dir.path(), &cfg);
         let front = Proc::spawn(
             Command::new(env!("CARGO_BIN_EXE_polyhost"))
-                .args(["cluster", "--etcd", &etcd.url, "--prefix", PREFIX, "front"])
+                .args([
+                    "cluster",
+                    "--etcd",
+                    &etcd.client_url(),
+                    "--prefix",
+                    PREFIX,
+                    "front",
+                ])
                 .args([
                     "--haproxy-socket",
                     &path(&socket),
@@ -170,7 +176,7 @@ impl Cluster {
 
     fn cli(&self, args: &[&str]) -> Output {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        cli(&self.etcd.url, &args)
+        cli(&self.etcd.client_url(), &args)
     }
 
     /// Writes a static site with `hosts` and stores it through `cluster put`.
@@ -201,7 +207,7 @@ impl Cluster {
     async fn wait_served(&self, host: &str, body: &str) {
         let deadline = std::time::Instant::now() + WAIT;
         loop {
-            let seen = get(&self.listen, host).await;
+            let seen = get_via_front(&self.listen, host).await;
             if matches!(&seen, Ok((200, b)) if b == body) {
                 return;
             }
@@ -263,7 +269,7 @@ async fn map_follows_placement_and_a_move_waits_for_ready_and_switch() {
         .args([
             "cluster",
             "--etcd",
-            &c.etcd.url,
+            &c.etcd.client_url(),
             "--prefix",
             PREFIX,
             "move",
@@ -486,7 +492,7 @@ async fn a_singleton_moves_stop_first_and_drain_empties_a_node() {
         .args([
             "cluster",
             "--etcd",
-            &c.etcd.url,
+            &c.etcd.client_url(),
             "--prefix",
             PREFIX,
             "move",

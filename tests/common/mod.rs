@@ -458,6 +458,7 @@ pub fn init_logging() {
 pub mod edge;
 pub mod etcd;
 pub mod front;
+pub mod haproxy;
 pub mod privsep;
 pub mod ws;
 

@@ -1,24 +1,15 @@
-//! The front's test fixtures: a real etcd and a real HAProxy started as
-//! children (killed on drop), free loopback ports, and fake nodes (tiny
-//! HTTP servers answering with their node's name, `OPTIONS *` too).
-//! The node helper's `common::etcd` does the same for etcd; the lead keeps
-//! one of the two after the merge.
-#![allow(dead_code)]
+//! The cluster front's test fixtures: a real HAProxy and `openssl s_server`
+//! started as children (killed on drop), fake nodes (tiny HTTP servers
+//! answering with their node's name, `OPTIONS *` too) and a raw GET through
+//! the front. etcd: `common::etcd`.
 
 use std::path::{Path, PathBuf};
+
+use super::etcd::free_port;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// A port free on 127.0.0.1 now (bound to 0, then released).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A child process killed (and reaped) on drop.
 pub struct Proc {
@@ -66,77 +57,6 @@ impl Proc {
 impl Drop for Proc {
     fn drop(&mut self) {
         self.stop();
-    }
-}
-
-/// One etcd member on 127.0.0.1, its data in `dir`.
-pub struct Etcd {
-    pub url: String,
-    peer: String,
-    dir: PathBuf,
-    pub proc: Proc,
-}
-
-impl Etcd {
-    pub async fn start(dir: &Path) -> Etcd {
-        let url = format!("http://127.0.0.1:{}", free_port());
-        let peer = format!("http://127.0.0.1:{}", free_port());
-        let proc = Etcd::spawn(&url, &peer, dir);
-        let etcd = Etcd {
-            url,
-            peer,
-            dir: dir.to_owned(),
-            proc,
-        };
-        etcd.wait_up().await;
-        etcd
-    }
-
-    fn spawn(url: &str, peer: &str, dir: &Path) -> Proc {
-        let mut cmd = Command::new("etcd");
-        cmd.args(["--name", "t", "--data-dir"])
-            .arg(dir.join("etcd-data"))
-            .args(["--listen-client-urls", url, "--advertise-client-urls", url])
-            .args([
-                "--listen-peer-urls",
-                peer,
-                "--initial-advertise-peer-urls",
-                peer,
-            ])
-            .args(["--initial-cluster", &format!("t={peer}")]);
-        Proc::spawn(&mut cmd, dir.join("etcd.log"))
-    }
-
-    /// Stops etcd (SIGKILL) and starts it again on the same data and ports.
-    pub fn stop(&mut self) {
-        self.proc.stop();
-    }
-
-    pub async fn restart(&mut self) {
-        self.proc = Etcd::spawn(&self.url, &self.peer, &self.dir);
-        self.wait_up().await;
-    }
-
-    pub async fn client(&self) -> etcd_client::Client {
-        etcd_client::Client::connect([self.url.as_str()], None)
-            .await
-            .unwrap()
-    }
-
-    async fn wait_up(&self) {
-        for _ in 0..200 {
-            if let Ok(mut c) = etcd_client::Client::connect([self.url.as_str()], None).await {
-                if c.status().await.is_ok() {
-                    return;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!(
-            "etcd did not answer at {}; its log:\n{}",
-            self.url,
-            self.proc.log_text()
-        );
     }
 }
 
@@ -196,7 +116,7 @@ pub fn start_haproxy(dir: &Path, cfg: &str) -> Proc {
 }
 
 /// One GET through `front` (`host:port`) with `Host: host`; the status and body.
-pub async fn get(front: &str, host: &str) -> Result<(u16, String), String> {
+pub async fn get_via_front(front: &str, host: &str) -> Result<(u16, String), String> {
     let mut s = tokio::net::TcpStream::connect(front)
         .await
         .map_err(|e| e.to_string())?;
