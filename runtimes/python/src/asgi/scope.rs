@@ -51,6 +51,24 @@ const COMMON_NAMES: &[&[u8]] = &[
     b"sec-fetch-dest",
 ];
 
+/// Header values as common as those names (`Connection: upgrade`,
+/// `Sec-WebSocket-Version: 13`, `X-Forwarded-Proto: http`...), shared the same way.
+const COMMON_VALUES: &[&[u8]] = &[
+    b"upgrade",
+    b"websocket",
+    b"13",
+    b"http",
+    b"https",
+    b"keep-alive",
+    b"close",
+    b"*/*",
+    b"no-cache",
+    b"gzip, deflate",
+    b"gzip, deflate, br",
+    b"gzip, deflate, br, zstd",
+    b"permessage-deflate; client_max_window_bits",
+];
+
 /// The parts of a scope that are the same for every request of this process.
 #[pyclass(frozen, module = "polyhost")]
 pub struct ScopeTemplate {
@@ -59,6 +77,16 @@ pub struct ScopeTemplate {
     http_extensions: Py<PyDict>,
     /// [`COMMON_NAMES`] as `bytes`, in that order.
     names: Vec<Py<PyBytes>>,
+    /// [`COMMON_VALUES`] as `bytes`, in that order.
+    values: Vec<Py<PyBytes>>,
+}
+
+/// The shared `bytes` of `b` if it is one of `common`, else a new one.
+fn shared<'py>(py: Python<'py>, common: &[&[u8]], made: &[Py<PyBytes>], b: &[u8]) -> Bound<'py, PyBytes> {
+    match common.iter().position(|c| *c == b) {
+        Some(i) => made[i].bind(py).clone(),
+        None => PyBytes::new(py, b),
+    }
 }
 
 #[pymethods]
@@ -80,6 +108,10 @@ impl ScopeTemplate {
             names: COMMON_NAMES
                 .iter()
                 .map(|n| PyBytes::new(py, n).unbind())
+                .collect(),
+            values: COMMON_VALUES
+                .iter()
+                .map(|v| PyBytes::new(py, v).unbind())
                 .collect(),
         })
     }
@@ -251,11 +283,10 @@ impl ScopeTemplate {
                         .map(|p| String::from_utf8_lossy(p).into_owned()),
                 );
             }
-            let name = match COMMON_NAMES.iter().position(|n| *n == lower.as_slice()) {
-                Some(i) => self.names[i].bind(py).clone(),
-                None => PyBytes::new(py, &lower),
-            };
-            let pair = (name, PyBytes::new(py, value));
+            let pair = (
+                shared(py, COMMON_NAMES, &self.names, &lower),
+                shared(py, COMMON_VALUES, &self.values, value),
+            );
             headers.append(pair)?;
         }
         scope.set_item(intern!(py, "headers"), headers)?;
