@@ -82,7 +82,12 @@ pub struct ScopeTemplate {
 }
 
 /// The shared `bytes` of `b` if it is one of `common`, else a new one.
-fn shared<'py>(py: Python<'py>, common: &[&[u8]], made: &[Py<PyBytes>], b: &[u8]) -> Bound<'py, PyBytes> {
+fn shared<'py>(
+    py: Python<'py>,
+    common: &[&[u8]],
+    made: &[Py<PyBytes>],
+    b: &[u8],
+) -> Bound<'py, PyBytes> {
     match common.iter().position(|c| *c == b) {
         Some(i) => made[i].bind(py).clone(),
         None => PyBytes::new(py, b),
