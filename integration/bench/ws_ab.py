@@ -117,6 +117,12 @@ def rss(p):
     for l in open(f"/proc/{p}/status"):
         if l.startswith("VmRSS"): return int(l.split()[1])
 
+def pss(p):
+    """Proportional set size (KiB): shared pages (libpython, libc...) split
+    between the processes that map them, so two workers count theirs once."""
+    for l in open(f"/proc/{p}/smaps_rollup"):
+        if l.startswith("Pss:"): return int(l.split()[1])
+
 def load(): return float(open("/proc/loadavg").read().split()[0])
 
 for t in builds: setup(t)
@@ -152,12 +158,13 @@ try:
                     subprocess.run(["prlimit", f"--pid={p}", "--nofile=40000:40000"], check=False)
             def measure():
                 rt, wk = roles(t)
-                return dict(router=rss(rt), workers=sum(rss(w) for w in wk))
+                return dict(router=rss(rt), workers=sum(rss(w) for w in wk),
+                            pss=pss(rt) + sum(pss(w) for w in wk))
             before = measure()
             opened, failed, during, probe = asyncio.run(wsload.idle(PORTS[t], "asgi.bench", "/ws", IDLE, measure))
             dr = (during["router"] - before["router"]) / max(opened, 1)
             dw = (during["workers"] - before["workers"]) / max(opened, 1)
-            print(f"{t} idle {opened} (failed {failed}): router {before['router']/1024:.1f}->{during['router']/1024:.1f} MiB ({dr:.2f} KiB each), workers {before['workers']/1024:.1f}->{during['workers']/1024:.1f} MiB ({dw:.2f} KiB each); probe {probe}", flush=True)
+            print(f"{t} idle {opened} (failed {failed}): router {before['router']/1024:.1f}->{during['router']/1024:.1f} MiB ({dr:.2f} KiB each), workers {before['workers']/1024:.1f}->{during['workers']/1024:.1f} MiB ({dw:.2f} KiB each); together RSS {(during['router'] + during['workers'])/1024:.1f} MiB, PSS {during['pss']/1024:.1f} MiB (before {before['pss']/1024:.1f}); probe {probe}", flush=True)
             time.sleep(3)
 finally:
     for t, p in procs.items():
