@@ -244,13 +244,28 @@ def run_websockets(args, extra):
 
     def measure():
         workers = [p for p in descendants(router) if os.stat(f"/proc/{p}").st_uid == uid]
-        return dict(router=rss_kib(router), workers=sum(rss_kib(p) for p in workers), nworkers=len(workers))
+        return dict(router=rss_kib(router), workers=sum(rss_kib(p) for p in workers), nworkers=len(workers),
+                    pss=sum(pss_kib(p) for p in [router] + workers))
     before = measure()
     opened, failed, during, probe = asyncio.run(wsload.idle(P_POLYHOST, "asgi.bench", "/ws", n, measure))
     extra["ws_idle"] = dict(n=n, wanted=args.idle, opened=opened, failed=failed, before=before, during=during,
                             probe=probe)
     log(f"bench: {n} idle WebSockets: opened {opened} (failed {failed}); router {during['router'] / 1024:.1f} MiB, "
         f"workers {during['workers'] / 1024:.1f} MiB; fresh client: {probe}")
+
+
+def pss_kib(pid):
+    """Proportional set size: the pages a process shares (libpython and libc
+    in each worker) split between the processes mapping them, so the two
+    workers count theirs once (RSS counts them in each)."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
 def nofile_hard():

@@ -234,7 +234,8 @@ def websockets(L, extra):
         L.append(f"- {w['opened']:,} of {w['n']:,} opened (failed: {w['failed']})")
         L.append(f"- router RSS {b['router'] / 1024:.1f} → {d['router'] / 1024:.1f} MiB; the site's {d['nworkers']} "
                  f"worker processes {b['workers'] / 1024:.1f} → {d['workers'] / 1024:.1f} MiB; together "
-                 f"{(d['router'] + d['workers']) / 1024:.1f} MiB")
+                 f"{(d['router'] + d['workers']) / 1024:.1f} MiB"
+                 + (f" (PSS, shared pages counted once: {d['pss'] / 1024:.1f} MiB)" if d.get("pss") else ""))
         p = w["probe"]
         L.append(f"- a fresh client meanwhile (handshake + one echo): "
                  + (f"{p:.1f} ms" if isinstance(p, float) else str(p)))
@@ -373,8 +374,10 @@ def asgi_targets(L, extra):
     w = extra.get("ws_idle")
     if w:
         total = (w["during"]["router"] + w["during"]["workers"]) / 1024
-        rows.append((f"{w['n']:,} idle WebSockets: router + workers < 150 MiB", f"{total:.1f} MiB "
-                     f"({w['opened']:,} open)", total < 150 and w["opened"] == w["n"]))
+        pss = w["during"].get("pss")
+        rows.append((f"{w['n']:,} idle WebSockets: router + workers < 150 MiB", f"{total:.1f} MiB RSS "
+                     + (f"/ {pss / 1024:.1f} MiB PSS " if pss else "")
+                     + f"({w['opened']:,} open)", total < 150 and w["opened"] == w["n"]))
         p = w["probe"]
         rows.append(("a fresh WebSocket client meanwhile < 10 ms", f"{p:.1f} ms" if isinstance(p, float) else str(p),
                      isinstance(p, float) and p < 10))

@@ -14,8 +14,9 @@ Two settings (`SETTINGS`):
   `uvicorn[standard]` installs); polyhost's ASGI site with no tuning keys.
 - *tuned*: the same process, thread and recycling numbers everywhere
   (WSGI 2 processes x 15 threads, PHP static pools of 8 children, no
-  recycling; ASGI 2 processes, one event loop each), plus one PHP pool per
-  side with `max_requests = 500`.
+  recycling; ASGI 2 processes, one event loop each, uvloop from the one
+  benchmark virtualenv everywhere), plus one PHP pool per side with
+  `max_requests = 500`.
 
 Access logs are on for every system that has one, at both settings:
 polyhost (always on), nginx, Apache (also for mod_wsgi), granian
@@ -196,13 +197,18 @@ root = "{TREE}/php"
 user = "{site_user('php-d')}"
 [php]
 """)
-    # ASGI (issue 20): tuned = 2 processes as the peers' 2 workers; defaults = no tuning keys.
+    # ASGI (issue 20): tuned = 2 processes as the peers' 2 workers, and the
+    # peers' virtualenv as the site's (`home`): uvicorn (`--loop uvloop`) and
+    # granian (`--loop auto`) run their asyncio loop on that venv's uvloop, and
+    # polyhost's worker picks uvloop when the site's venv has it; defaults =
+    # no tuning keys (no venv: asyncio's own loop).
     write(f"{base}/vhosts/asgi.toml", f"""hosts = ["asgi.bench"]
 user = "{site_user('asgi')}"
 [python]
 interface = "asgi"
 app = "asgi_app"
 path = ["{TREE}/apps"]
+home = "{VENV}"
 processes = {PROCS}
 max_concurrency = {ASGI_MAX_CONCURRENCY}
 queue_timeout = "25s"

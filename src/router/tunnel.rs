@@ -3,14 +3,18 @@
 //! without parsing them (framing, pings and close codes are the worker's:
 //! see `docs/architecture.md`, "WebSockets").
 //!
-//! Each way goes through one buffer ([`relay`]: 1 KiB while idle, 16 KiB
-//! while bytes flow): a side that does not read stops the copy towards it,
-//! and the other side is then not read either, so neither a slow client nor
-//! a slow worker makes the router buffer more (backpressure both ways,
-//! through the sockets' own buffers). Not `copy_bidirectional`: it keeps a
-//! tunnel open until both sides have ended, so a worker's close (after the
-//! close handshake, or its death) would wait for a client that never
-//! closes; and its buffers live as long as the tunnel. The tunnel holds the
+//! Each way is copied within the tunnel task's poll ([`Way`]) through a
+//! buffer on the polling thread's stack: an idle WebSocket holds no buffer
+//! (10,000 of them cost the router only their task and sockets), a message
+//! costs one read and one write and no allocation. Bytes the other side
+//! does not take at once are kept, and that way is not read again until
+//! they are written: a side that does not read stops the copy towards it,
+//! so neither a slow client nor a slow worker makes the router buffer more
+//! than one read (backpressure both ways, through the sockets' own
+//! buffers). Not `copy_bidirectional`: it keeps a tunnel open until both
+//! sides have ended, so a worker's close (after the close handshake, or its
+//! death) would wait for a client that never closes; and its buffers live
+//! as long as the tunnel. The tunnel holds the
 //! request's lease and admission place ([`Tunnel::hold`]) until it ends,
 //! counts as an open WebSocket of its site while it lives, and writes one
 //! access log line when it ends (status 101, its duration, the bytes sent to
@@ -26,22 +30,22 @@
 
 use std::future::Future;
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
 use super::access_log::{LogFacts, SiteLogs};
 use super::table::SiteStats;
 use crate::upstream::Tunnel;
 
-/// Each direction's buffer while bytes flow.
+/// What one read takes at most: a buffer on the stack of the thread that
+/// polls the tunnel, for the length of one poll (never part of the task).
 const BUFFER: usize = 16 << 10;
-/// Each direction's buffer while it waits (part of the tunnel's task).
-const IDLE_BUFFER: usize = 1 << 10;
 
 /// A tunnel the worker accepted, with what its log line needs; handed from
 /// the request (`router::service`) to its connection (`router::server`),
@@ -97,13 +101,19 @@ impl AcceptedSlot {
 /// Relays bytes between `client` (after the `101`; bytes it sent past its
 /// request head first) and the worker until either side closes, the client
 /// stalls for `send_timeout`, or `force` (end of the shutdown grace) fires.
-pub(crate) async fn run<C>(
+///
+/// Not an `async fn`: its future would keep the arguments and the parts
+/// taken out of them side by side (~300 bytes more for every open
+/// WebSocket); the parts are taken here and the future holds only them.
+pub(crate) fn run<C, F>(
     client: C,
     accepted: Accepted,
     send_timeout: Duration,
-    force: impl Future<Output = ()>,
-) where
+    force: F,
+) -> impl Future<Output = ()>
+where
     C: AsyncRead + AsyncWrite + Unpin,
+    F: Future<Output = ()>,
 {
     let Accepted {
         tunnel,
@@ -114,93 +124,147 @@ pub(crate) async fn run<C>(
         start,
     } = accepted;
     let Tunnel {
-        stream,
+        mut stream,
         read_ahead,
         hold,
     } = tunnel;
-    let _open = stats.websocket_opened(); // metrics: closed when dropped
-    let (mut from_client, mut to_client) = tokio::io::split(Metered::new(client, send_timeout));
-    let (from_worker, mut to_worker) = tokio::io::split(stream);
-    let ended = {
-        // Client → worker: at the client's end of stream, the worker's
-        // socket is shut for writing and the tunnel waits for the worker to
-        // close (it answers a vanished client's end with its own).
-        let upstream = async {
-            relay(&mut from_client, &mut to_worker).await?;
-            to_worker.shutdown().await
-        };
-        // Worker → client: the worker's end of stream (its close after the
-        // close handshake, or its death) ends the tunnel.
-        let downstream = async {
-            relay(&mut read_ahead.chain(from_worker), &mut to_client).await?;
-            to_client.shutdown().await
-        };
-        tokio::pin!(upstream, downstream, force);
-        let mut client_ended = false;
-        loop {
-            tokio::select! {
-                r = &mut downstream => break r.err(),
-                r = &mut upstream, if !client_ended => match r {
-                    Ok(()) => client_ended = true,
-                    Err(e) => break Some(e),
-                },
-                () = &mut force => break Some(io::Error::other("the shutdown grace ended")),
+    let mut client = Metered::new(client, send_timeout);
+    // Client → worker: at the client's end of stream, the worker's socket
+    // is shut for writing and the tunnel waits for the worker to close (it
+    // answers a vanished client's end with its own).
+    let mut upstream = Way::default();
+    // Worker → client: the worker's end of stream (its close after the
+    // close handshake, or its death) ends the tunnel.
+    let mut downstream = Way::holding(&read_ahead);
+    async move {
+        let _open = stats.websocket_opened(); // metrics: closed when dropped
+        let mut force = std::pin::pin!(force);
+        let ended = std::future::poll_fn(|cx| {
+            if force.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Some(io::Error::other("the shutdown grace ended")));
             }
+            if let Poll::Ready(Err(e)) = upstream.poll(&mut client, &mut stream, cx) {
+                return Poll::Ready(Some(e));
+            }
+            downstream
+                .poll(&mut stream, &mut client, cx)
+                .map(|r| r.err())
+        })
+        .await;
+        drop(stream);
+        drop(hold); // the worker's place: free for the next request
+        if let Some(e) = ended {
+            tracing::debug!(error = %e, "WebSocket tunnel ended");
         }
-    };
-    drop(to_worker);
-    drop(hold); // the worker's place: free for the next request
-    if let Some(e) = ended {
-        tracing::debug!(error = %e, "WebSocket tunnel ended");
+        log.write_tunnel(&logs, status, client.sent, client.received, start);
     }
-    let client = from_client.unsplit(to_client);
-    log.write_tunnel(&logs, status, client.sent, client.received, start);
 }
 
-/// Copies `from` to `to` until `from` ends. A direction waits for bytes
-/// with a 1 KiB buffer; a read that fills it takes a 16 KiB one from the
-/// heap for as long as bytes keep coming without a wait, then frees it:
-/// an idle WebSocket holds no large buffer (10,000 of them would otherwise
-/// hold 320 MiB), a busy one copies 16 KiB at a time. Every write is flushed
-/// (TLS keeps written bytes until then). By hand, not `tokio::io::copy`:
-/// its buffer lives as long as the copy.
-async fn relay<R, W>(from: &mut R, to: &mut W) -> io::Result<()>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut idle = [0u8; IDLE_BUFFER];
-    loop {
-        let n = from.read(&mut idle).await?;
-        if n == 0 {
-            return Ok(());
+/// One direction of the tunnel: reads `from` and writes to `to` within one
+/// poll, through a buffer on the stack ([`BUFFER`]), so an idle tunnel
+/// holds no buffer at all and a message costs no allocation. Only bytes
+/// that `to` did not take at once are kept, on the heap, and `from` is not
+/// read again until they are written: a side that does not read stops the
+/// copy towards it, and the router buffers at most one read's worth
+/// (backpressure both ways, through the sockets' own buffers). Every write
+/// is flushed (TLS keeps written bytes until then; a no-op on a plain
+/// socket).
+///
+/// By hand, not `tokio::io::copy_bidirectional`: that keeps a tunnel open
+/// until both sides have ended, so a worker's close (after the close
+/// handshake, or its death) would wait for a client that never closes, and
+/// its two 8 KiB buffers live as long as the tunnel (10,000 idle WebSockets
+/// would hold 160 MiB). Both directions are polled by the tunnel's one task
+/// on the two streams it owns (no `tokio::io::split` and its lock).
+#[derive(Default)]
+struct Way {
+    /// Read and not yet written (empty, and unallocated, while idle).
+    held: Vec<u8>,
+    /// How much of `held` is written.
+    written: usize,
+    /// Written and not yet flushed.
+    unflushed: bool,
+    /// `from` ended: `to` is shut down, then this way is done.
+    ended: bool,
+    /// The end was passed on: nothing more to do.
+    done: bool,
+}
+
+impl Way {
+    /// A way that first writes `bytes` (what the worker sent with its `101`).
+    fn holding(bytes: &[u8]) -> Self {
+        Way {
+            held: bytes.to_vec(),
+            ..Way::default()
         }
-        to.write_all(&idle[..n]).await?;
-        to.flush().await?;
-        if n < IDLE_BUFFER {
-            continue;
+    }
+
+    /// Copies until `from` has nothing more now (`Pending`), or its end has
+    /// been passed on to `to` (`Ready(Ok)`), or either side fails.
+    fn poll<R, W>(&mut self, from: &mut R, to: &mut W, cx: &mut Context<'_>) -> Poll<io::Result<()>>
+    where
+        R: AsyncRead + Unpin + ?Sized,
+        W: AsyncWrite + Unpin + ?Sized,
+    {
+        if self.done {
+            return Poll::Pending; // the other way ends the tunnel
         }
-        let mut busy = vec![0u8; BUFFER];
         loop {
-            // Whatever is there now; a wait goes back to the small buffer.
-            let ready = std::future::poll_fn(|cx| {
-                let mut buf = ReadBuf::new(&mut busy);
-                match Pin::new(&mut *from).poll_read(cx, &mut buf) {
-                    Poll::Pending => Poll::Ready(None),
-                    Poll::Ready(r) => Poll::Ready(Some(r.map(|()| buf.filled().len()))),
+            ready!(self.poll_held(to, cx))?;
+            if self.ended {
+                ready!(Pin::new(&mut *to).poll_shutdown(cx))?;
+                self.done = true;
+                return Poll::Ready(Ok(()));
+            }
+            let mut stack = [MaybeUninit::<u8>::uninit(); BUFFER];
+            let mut buf = ReadBuf::uninit(&mut stack);
+            ready!(Pin::new(&mut *from).poll_read(cx, &mut buf))?;
+            let read = buf.filled();
+            if read.is_empty() {
+                self.ended = true;
+                continue;
+            }
+            let mut at = 0;
+            while at < read.len() {
+                match Pin::new(&mut *to).poll_write(cx, &read[at..]) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Poll::Ready(Ok(n)) => {
+                        at += n;
+                        self.unflushed = true;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => {
+                        // `to` is full: keep the rest, read no more until it is written.
+                        self.held.extend_from_slice(&read[at..]);
+                        return Poll::Pending;
+                    }
                 }
-            })
-            .await;
-            match ready {
-                None => break,
-                Some(Ok(0)) => return Ok(()),
-                Some(Ok(n)) => {
-                    to.write_all(&busy[..n]).await?;
-                    to.flush().await?;
-                }
-                Some(Err(e)) => return Err(e),
             }
         }
+    }
+
+    /// Writes what is held (then frees it) and flushes what was written.
+    fn poll_held<W>(&mut self, to: &mut W, cx: &mut Context<'_>) -> Poll<io::Result<()>>
+    where
+        W: AsyncWrite + Unpin + ?Sized,
+    {
+        while self.written < self.held.len() {
+            let n = ready!(Pin::new(&mut *to).poll_write(cx, &self.held[self.written..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.written += n;
+            self.unflushed = true;
+        }
+        if !self.held.is_empty() {
+            self.held = Vec::new();
+            self.written = 0;
+        }
+        if self.unflushed {
+            ready!(Pin::new(&mut *to).poll_flush(cx))?;
+            self.unflushed = false;
+        }
+        Poll::Ready(Ok(()))
     }
 }
 

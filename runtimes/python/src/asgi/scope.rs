@@ -19,12 +19,79 @@ use crate::head::{self, BodyLength, Parsed, RequestHead};
 /// The ASGI spec version the worker implements (`scope["asgi"]["spec_version"]`).
 pub const SPEC_VERSION: &str = "2.4";
 
+/// Header names most requests carry, lowercased: each scope's `headers`
+/// shares one `bytes` object per name (immutable, so sharing is safe)
+/// instead of a new one per request. Every open WebSocket keeps its scope,
+/// so this is memory as well as allocations (about 50 bytes a name).
+const COMMON_NAMES: &[&[u8]] = &[
+    b"host",
+    b"user-agent",
+    b"accept",
+    b"accept-encoding",
+    b"accept-language",
+    b"connection",
+    b"upgrade",
+    b"cookie",
+    b"content-type",
+    b"content-length",
+    b"cache-control",
+    b"origin",
+    b"referer",
+    b"pragma",
+    b"x-forwarded-for",
+    b"x-forwarded-proto",
+    b"x-forwarded-host",
+    b"x-real-ip",
+    b"sec-websocket-key",
+    b"sec-websocket-version",
+    b"sec-websocket-extensions",
+    b"sec-websocket-protocol",
+    b"sec-fetch-mode",
+    b"sec-fetch-site",
+    b"sec-fetch-dest",
+];
+
+/// Header values as common as those names (`Connection: upgrade`,
+/// `Sec-WebSocket-Version: 13`, `X-Forwarded-Proto: http`...), shared the same way.
+const COMMON_VALUES: &[&[u8]] = &[
+    b"upgrade",
+    b"websocket",
+    b"13",
+    b"http",
+    b"https",
+    b"keep-alive",
+    b"close",
+    b"*/*",
+    b"no-cache",
+    b"gzip, deflate",
+    b"gzip, deflate, br",
+    b"gzip, deflate, br, zstd",
+    b"permessage-deflate; client_max_window_bits",
+];
+
 /// The parts of a scope that are the same for every request of this process.
 #[pyclass(frozen, module = "polyhost")]
 pub struct ScopeTemplate {
     asgi: Py<PyDict>,
     ws_extensions: Py<PyDict>,
     http_extensions: Py<PyDict>,
+    /// [`COMMON_NAMES`] as `bytes`, in that order.
+    names: Vec<Py<PyBytes>>,
+    /// [`COMMON_VALUES`] as `bytes`, in that order.
+    values: Vec<Py<PyBytes>>,
+}
+
+/// The shared `bytes` of `b` if it is one of `common`, else a new one.
+fn shared<'py>(
+    py: Python<'py>,
+    common: &[&[u8]],
+    made: &[Py<PyBytes>],
+    b: &[u8],
+) -> Bound<'py, PyBytes> {
+    match common.iter().position(|c| *c == b) {
+        Some(i) => made[i].bind(py).clone(),
+        None => PyBytes::new(py, b),
+    }
 }
 
 #[pymethods]
@@ -43,6 +110,14 @@ impl ScopeTemplate {
             asgi: asgi.unbind(),
             ws_extensions: ws.unbind(),
             http_extensions: http.unbind(),
+            names: COMMON_NAMES
+                .iter()
+                .map(|n| PyBytes::new(py, n).unbind())
+                .collect(),
+            values: COMMON_VALUES
+                .iter()
+                .map(|v| PyBytes::new(py, v).unbind())
+                .collect(),
         })
     }
 
@@ -213,7 +288,10 @@ impl ScopeTemplate {
                         .map(|p| String::from_utf8_lossy(p).into_owned()),
                 );
             }
-            let pair = (PyBytes::new(py, &lower), PyBytes::new(py, value));
+            let pair = (
+                shared(py, COMMON_NAMES, &self.names, &lower),
+                shared(py, COMMON_VALUES, &self.values, value),
+            );
             headers.append(pair)?;
         }
         scope.set_item(intern!(py, "headers"), headers)?;

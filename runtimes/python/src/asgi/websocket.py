@@ -17,7 +17,10 @@ class WebSocket(Waiting):
         self.state = self.CONNECTING
         self.codec = None
         self.pending = b""  # bytes that came before the app accepted
-        self.queue = collections.deque()
+        # A list, not a deque: an empty deque holds a 64-slot block (~600
+        # bytes) for as long as the WebSocket is open; the queue holds at
+        # most WS_QUEUE_HIGH messages, so pop(0) stays cheap.
+        self.queue = []
         self.connect_sent = False
         self.waiter = None
         self.close_code = 1006
@@ -81,15 +84,22 @@ class WebSocket(Waiting):
         if not self.connect_sent:
             self.connect_sent = True
             return {"type": "websocket.connect"}
+        queue = self.queue
         while True:
-            if self.queue:
-                msg = self.queue.popleft()
-                if len(self.queue) < WS_QUEUE_HIGH // 2:
+            if queue:
+                msg = queue.pop(0)
+                if self.proto.read_paused and len(queue) < WS_QUEUE_HIGH // 2:
                     self.proto.resume()
                 return msg
             if self.state == self.CLOSED:
                 return {"type": "websocket.disconnect", "code": self.close_code, "reason": self.close_reason}
-            await self.wait()
+            # Waiting.wait, inline: one coroutine frame less per message
+            # and per idle WebSocket.
+            waiter = self.waiter = self.server.loop.create_future()
+            try:
+                await waiter
+            finally:
+                self.waiter = None
 
     # Output.
 
@@ -100,6 +110,7 @@ class WebSocket(Waiting):
             if t == "websocket.accept":
                 head = native.ws_accept_head(self.key, message.get("subprotocol"), message.get("headers", ()))
                 transport.write(head)
+                self.key = None
                 self.state = self.OPEN
                 self.codec = native.WsCodec(self.server.s["ws_max_message"])
                 self.last_seen = self.server.loop.time()

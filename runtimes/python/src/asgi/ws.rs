@@ -73,10 +73,13 @@ impl WsCodec {
     #[new]
     fn new(max_message: usize) -> Self {
         // Small eager buffers: 10,000 idle WebSockets must stay cheap (the
-        // defaults allocate 128 KiB each up front); frames are handed over
-        // at once (`write_buffer_size` 0) and written by the loop.
+        // defaults allocate 128 KiB each up front; 1 KiB was 10 MiB for
+        // 10,000). The read buffer still grows to a frame's length once its
+        // header is read, so a large message is read whole; 256 B is only
+        // the most it copies per step from what the loop fed. Frames are
+        // handed over at once (`write_buffer_size` 0) and written by the loop.
         let config = WebSocketConfig::default()
-            .read_buffer_size(1 << 10)
+            .read_buffer_size(256)
             .write_buffer_size(0)
             .max_message_size(Some(max_message))
             .max_frame_size(Some(max_message));
