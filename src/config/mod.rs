@@ -28,7 +28,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-pub use acme::AcmeConfig;
+pub use acme::{AcmeConfig, OnDemand};
 pub use env::{ignored_env, IgnoredEnv};
 pub use error::{ConfigError, ConfigErrors, Source};
 pub use front::{FrontConfig, IpCidr, ServerLimits};

@@ -141,5 +141,23 @@ impl RoutingTable {
     }
 }
 
+impl RoutingTable {
+    /// The name a handshake for `sni` needs an on-demand certificate for
+    /// (`router::tls`): one no site lists exactly, served through a
+    /// wildcard or as the default site by a site with `tls.on_demand`.
+    pub fn on_demand_name(&self, sni: Option<&str>) -> Option<String> {
+        let host = normalize_host(sni?)?;
+        if self.vhosts.is_exact(&host) || !host.contains('.') {
+            return None;
+        }
+        let site = self.vhosts.lookup(Some(&host))?;
+        site.config
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.on_demand)
+            .then_some(host)
+    }
+}
+
 /// The shared, swappable table.
 pub type SharedTable = Arc<ArcSwap<RoutingTable>>;
