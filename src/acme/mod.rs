@@ -232,8 +232,8 @@ async fn renew_on_demand(
         if !task.backoff.ready(&label) || !task.due(acme, state_dir, &label, &pair).await {
             continue;
         }
-        match manager.issue(server, &name, Some(&pair)).await {
-            Ok(_) => {
+        match manager.renew(server, &name, &pair).await {
+            Ok(()) => {
                 task.backoff.sites.remove(&label);
                 task.ari.forget(&pair);
             }

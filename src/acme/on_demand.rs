@@ -16,9 +16,9 @@
 //!   (a token bucket holding at most `count` tokens); orders follow only
 //!   allowed asks, so they are limited too.
 
+use crate::metrics::on_demand::{OnDemandStats, ON_DEMAND};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -40,31 +40,6 @@ pub struct Manager {
     state: Mutex<State>,
     /// One lock per name being tried now.
     trying: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    pub counters: Counters,
-}
-
-/// What on-demand TLS did since start (metrics).
-#[derive(Default)]
-pub struct Counters {
-    pub allowed: AtomicU64,
-    pub denied: AtomicU64,
-    pub ask_errors: AtomicU64,
-    pub rate_limited: AtomicU64,
-    pub orders: AtomicU64,
-    pub orders_failed: AtomicU64,
-}
-
-/// On-demand TLS as metrics and status show it.
-#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
-pub struct Snapshot {
-    /// Every certificate held: name → its end (Unix seconds).
-    pub expiry: BTreeMap<String, i64>,
-    pub allowed: u64,
-    pub denied: u64,
-    pub ask_errors: u64,
-    pub rate_limited: u64,
-    pub orders: u64,
-    pub orders_failed: u64,
 }
 
 struct State {
@@ -117,6 +92,12 @@ pub fn start(acme: &AcmeConfig, state_dir: &Path) -> Option<Arc<Manager>> {
     let config = acme.on_demand.clone()?;
     let manager = MANAGER.get_or_init(|| {
         let certs = load_stored(state_dir);
+        for (name, pair) in &certs {
+            ON_DEMAND.set_certificate(name, pair.not_after());
+        }
+        ON_DEMAND
+            .enabled
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(
             certificates = certs.len(),
             "on-demand TLS: stored certificates loaded"
@@ -131,7 +112,6 @@ pub fn start(acme: &AcmeConfig, state_dir: &Path) -> Option<Arc<Manager>> {
             config,
             state_dir: state_dir.to_owned(),
             trying: Mutex::default(),
-            counters: Counters::default(),
         })
     });
     Some(manager.clone())
@@ -179,27 +159,6 @@ impl Manager {
     /// Every certificate held, by name.
     pub fn certificates(&self) -> BTreeMap<String, LoadedPair> {
         self.lock().certs.clone()
-    }
-
-    /// What metrics and status show.
-    pub fn snapshot(&self) -> Snapshot {
-        let c = &self.counters;
-        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let expiry = self
-            .lock()
-            .certs
-            .iter()
-            .filter_map(|(name, pair)| Some((name.clone(), pair.not_after()?)))
-            .collect();
-        Snapshot {
-            expiry,
-            allowed: n(&c.allowed),
-            denied: n(&c.denied),
-            ask_errors: n(&c.ask_errors),
-            rate_limited: n(&c.rate_limited),
-            orders: n(&c.orders),
-            orders_failed: n(&c.orders_failed),
-        }
     }
 
     /// Why `name` is not tried now, if it was refused within `retry`.
@@ -258,19 +217,19 @@ impl Manager {
             return Err(why);
         }
         if !self.lock().bucket.take(Instant::now()) {
-            self.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
+            OnDemandStats::count(&ON_DEMAND.rate_limited);
             return Err("too many new names (acme.on_demand_rate)".into());
         }
         match ask(&self.config.ask, name).await {
             Ok(true) => {
-                self.counters.allowed.fetch_add(1, Ordering::Relaxed);
+                OnDemandStats::count(&ON_DEMAND.allowed);
             }
             Ok(false) => {
-                self.counters.denied.fetch_add(1, Ordering::Relaxed);
+                OnDemandStats::count(&ON_DEMAND.denied);
                 return Err(self.refuse(name, format!("{name}: denied by acme.ask")));
             }
             Err(e) => {
-                self.counters.ask_errors.fetch_add(1, Ordering::Relaxed);
+                OnDemandStats::count(&ON_DEMAND.ask_errors);
                 return Err(self.refuse(name, format!("{name}: acme.ask failed: {e}")));
             }
         }
@@ -278,6 +237,53 @@ impl Manager {
             tracing::error!(name, "on-demand ACME order failed: {e}");
             self.refuse(name, e)
         })
+    }
+
+    /// Renews `pair`, the certificate of `name`, if a site still serves
+    /// the name on demand and `ask` still allows it; a denied name's
+    /// certificate is dropped (memory and files), one no site serves on
+    /// demand any more is left to expire.
+    pub(super) async fn renew(
+        &self,
+        server: &Server,
+        name: &str,
+        pair: &LoadedPair,
+    ) -> Result<(), String> {
+        if server.table().load().on_demand_name(Some(name)).as_deref() != Some(name) {
+            tracing::debug!(name, "not renewed: no site serves it on demand now");
+            return Ok(());
+        }
+        match ask(&self.config.ask, name).await {
+            Ok(true) => {
+                OnDemandStats::count(&ON_DEMAND.allowed);
+                self.issue(server, name, Some(pair)).await.map(drop)
+            }
+            Ok(false) => {
+                OnDemandStats::count(&ON_DEMAND.denied);
+                tracing::info!(
+                    name,
+                    "acme.ask denies it now: its on-demand certificate is dropped"
+                );
+                self.drop_certificate(name);
+                self.refuse(name, format!("{name}: denied by acme.ask"));
+                Ok(())
+            }
+            Err(e) => {
+                OnDemandStats::count(&ON_DEMAND.ask_errors);
+                Err(format!("acme.ask failed: {e}"))
+            }
+        }
+    }
+
+    fn drop_certificate(&self, name: &str) {
+        self.lock().certs.remove(name);
+        ON_DEMAND.set_certificate(name, None);
+        let (cert, _) = files(&self.state_dir, name);
+        if let Some(dir) = cert.parent() {
+            if let Err(e) = std::fs::remove_dir_all(dir) {
+                tracing::warn!(name, "cannot remove {}: {e}", dir.display());
+            }
+        }
     }
 
     /// Orders a certificate for `name` (replacing `replaces`, ARI), keeps
@@ -288,18 +294,19 @@ impl Manager {
         name: &str,
         replaces: Option<&LoadedPair>,
     ) -> Result<LoadedPair, String> {
-        self.counters.orders.fetch_add(1, Ordering::Relaxed);
+        OnDemandStats::count(&ON_DEMAND.orders);
         tracing::info!(name, "ordering an on-demand ACME certificate");
         let ids = [Identifier::Dns(name.to_owned())];
         let issued = super::order(server, &self.acme, &self.state_dir, &ids, replaces).await;
         let (chain_pem, key_pem) = issued.inspect_err(|_| {
-            self.counters.orders_failed.fetch_add(1, Ordering::Relaxed);
+            OnDemandStats::count(&ON_DEMAND.orders_failed);
         })?;
         let pair = LoadedPair::from_pem(&chain_pem, &key_pem)?;
         let (cert, key) = files(&self.state_dir, name);
         super::store::write_private(&key, key_pem.as_bytes())
             .and_then(|()| super::store::write_private(&cert, chain_pem.as_bytes()))
             .map_err(|e| format!("storing the certificate: {e}"))?;
+        ON_DEMAND.set_certificate(name, pair.not_after());
         self.lock().certs.insert(name.to_owned(), pair.clone());
         tracing::info!(name, "on-demand ACME certificate issued");
         Ok(pair)

@@ -88,20 +88,20 @@ pub fn render(view: View) -> String {
 
 /// The families of on-demand TLS, when it is on (else nothing).
 fn on_demand_families() -> String {
-    match crate::acme::on_demand::manager() {
-        Some(m) => encode(OnDemandScrape(m.snapshot())),
+    match crate::metrics::on_demand::snapshot() {
+        Some(s) => encode(OnDemandScrape(s)),
         None => String::new(),
     }
 }
 
 #[derive(Debug)]
-struct OnDemandScrape(crate::acme::on_demand::Snapshot);
+struct OnDemandScrape(crate::metrics::on_demand::OnDemandSnapshot);
 
 impl Collector for OnDemandScrape {
     fn encode(&self, mut enc: DescriptorEncoder) -> Res {
         use MetricType::{Counter, Gauge};
         let s = &self.0;
-        gauge(s.expiry.len() as u64).encode(enc.encode_descriptor(
+        gauge(s.certificates.len() as u64).encode(enc.encode_descriptor(
             "polyhost_on_demand_certificates",
             "On-demand certificates held.",
             None,
@@ -113,7 +113,7 @@ impl Collector for OnDemandScrape {
             None,
             Gauge,
         )?;
-        for (name, not_after) in &s.expiry {
+        for (name, not_after) in &s.certificates {
             ConstGauge::new(not_after - unix_now())
                 .encode(family.encode_family(&[("name", name.as_str())])?)?;
         }
@@ -124,8 +124,8 @@ impl Collector for OnDemandScrape {
             Counter,
         )?;
         for (result, n) in [
-            ("allowed", s.allowed),
-            ("denied", s.denied),
+            ("allowed", s.asks_allowed),
+            ("denied", s.asks_denied),
             ("error", s.ask_errors),
         ] {
             ConstCounter::new(n).encode(family.encode_family(&[("result", result)])?)?;

@@ -57,6 +57,7 @@ impl Server {
             reloads: self.reloads.load(Ordering::Relaxed),
             reloads_failed: self.reloads_failed.load(Ordering::Relaxed),
             sites: sites.values().map(|s| self.status_of_site(s)).collect(),
+            on_demand: crate::metrics::on_demand::snapshot(),
         }
     }
 
