@@ -62,6 +62,7 @@ pub fn load(main: &Path) -> Result<Config, ConfigErrors> {
     };
     if let Some(s) = &server {
         locate_acme_certificates(&mut sites, &s.state_dir);
+        check_on_demand_sites(&sites, s, &mut errors);
     }
     match server {
         Some(server) if errors.is_empty() => Ok(Config { server, sites }),
@@ -77,6 +78,26 @@ pub fn load_server(main: &Path) -> Result<ServerConfig, ConfigErrors> {
     match server::load_server(main, &mut errors) {
         Some(server) if errors.is_empty() => Ok(server),
         _ => Err(errors),
+    }
+}
+
+/// `[tls] on_demand = true` needs `[acme] on_demand = true`.
+fn check_on_demand_sites(
+    sites: &BTreeMap<SiteName, Arc<SiteConfig>>,
+    server: &ServerConfig,
+    errors: &mut ConfigErrors,
+) {
+    if server.acme.on_demand.is_some() {
+        return;
+    }
+    for site in sites.values() {
+        if site.tls.as_ref().is_some_and(|t| t.on_demand) {
+            errors.push(ConfigError::in_file(
+                &site.file,
+                "tls.on_demand",
+                "needs [acme] on_demand = true (and ask) in the main file",
+            ));
+        }
     }
 }
 
