@@ -16,7 +16,6 @@
 //!   (a token bucket holding at most `count` tokens); orders follow only
 //!   allowed asks, so they are limited too.
 
-use crate::metrics::on_demand::{OnDemandStats, ON_DEMAND};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -26,6 +25,7 @@ use instant_acme::Identifier;
 
 use crate::app::Server;
 use crate::config::{AcmeConfig, LoadedPair, OnDemand};
+use crate::metrics::on_demand::{OnDemandStats, ON_DEMAND};
 
 /// How long an ask call may take.
 pub const ASK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -50,6 +50,8 @@ struct State {
 }
 
 /// A token bucket: `capacity` tokens, refilled at `capacity` per `per`.
+/// By hand: one bucket taken under a lock already held, a dozen lines;
+/// `governor` would bring its own clock and state types for it.
 struct Bucket {
     capacity: f64,
     per: Duration,
@@ -181,6 +183,11 @@ impl Manager {
     async fn certificate(&self, server: &Server, name: String) -> Result<LoadedPair, String> {
         if let Some(pair) = self.held(&name) {
             return Ok(pair);
+        }
+        // The router's word is not trusted: a DNS name (it becomes a
+        // directory name and a query parameter), served on demand here.
+        if rustls_pki_types::DnsName::try_from(name.as_str()).is_err() || name.contains('/') {
+            return Err(format!("{name:?} is not a DNS name"));
         }
         if server.table().load().on_demand_name(Some(&name)).as_ref() != Some(&name) {
             return Err(format!("no site with tls.on_demand serves {name}"));
@@ -322,10 +329,13 @@ impl crate::router::tls::OnDemandSource for Local {
         name: String,
     ) -> futures_util::future::BoxFuture<'static, Result<LoadedPair, String>> {
         let server = self.0.clone();
-        Box::pin(async move {
+        // A task of its own: a handshake that stops waiting does not cancel
+        // the order (a later handshake gets the certificate).
+        let task = tokio::spawn(async move {
             let server = server.upgrade().ok_or("polyhost is stopping")?;
             certificate(&server, name).await
-        })
+        });
+        Box::pin(async move { task.await.map_err(|e| e.to_string())? })
     }
 }
 
