@@ -233,6 +233,8 @@ impl Manager {
             }
             Ok(false) => {
                 OnDemandStats::count(&ON_DEMAND.denied);
+                // At most on_demand_rate lines: refusals are remembered.
+                tracing::info!(name, "on-demand: acme.ask denies the name");
                 return Err(self.refuse(name, format!("{name}: denied by acme.ask")));
             }
             Err(e) => {

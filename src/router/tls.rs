@@ -144,8 +144,9 @@ impl OnDemandCerts {
             .is_some_and(|(_, at)| at.elapsed() < ON_DEMAND_REFRESH)
     }
 
-    /// Asks the source for `name`'s certificate and keeps it (a stale one
-    /// is kept when the source fails).
+    /// Asks the source for `name`'s certificate and keeps it. A refusal
+    /// drops the one held: the source answers from memory for every name
+    /// it holds, so it refuses only a name whose certificate it dropped.
     async fn fetch(&self, name: String) -> Result<(), String> {
         let source = self
             .source
@@ -153,10 +154,18 @@ impl OnDemandCerts {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         let source = source.ok_or("on-demand TLS is not available in this process")?;
-        let pair = source.certificate(name.clone()).await?;
+        let answer = source.certificate(name.clone()).await;
         let mut certs = self.certs.write().unwrap_or_else(|p| p.into_inner());
-        certs.insert(name, (pair.certified().clone(), Instant::now()));
-        Ok(())
+        match answer {
+            Ok(pair) => {
+                certs.insert(name, (pair.certified().clone(), Instant::now()));
+                Ok(())
+            }
+            Err(why) => {
+                certs.remove(&name);
+                Err(why)
+            }
+        }
     }
 }
 
@@ -186,7 +195,8 @@ pub async fn accept<IO: AsyncRead + AsyncWrite + Unpin>(
     if let Some(name) = wanted {
         match within(ON_DEMAND_BUDGET, ON_DEMAND.fetch(name.clone())).await {
             Ok(Ok(())) => {}
-            Ok(Err(why)) => tracing::info!(name, "no on-demand certificate: {why}"),
+            // Debug: a scanner's names would flood the log (metrics count them).
+            Ok(Err(why)) => tracing::debug!(name, "no on-demand certificate: {why}"),
             Err(_) => tracing::info!(
                 name,
                 "no on-demand certificate within {ON_DEMAND_BUDGET:?}; failing the handshake"
