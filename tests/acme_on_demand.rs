@@ -81,10 +81,19 @@ async fn answer(mut stream: tokio::net::TcpStream, calls: Arc<Mutex<Vec<String>>
 /// pebble, the ask endpoint and a `polyhost.toml` with on-demand TLS at
 /// `rate`, and a default site `panel` that opts in.
 async fn setup(rate: &str, challenges: &str) -> (TestConfig, Pebble, Ask, u16) {
+    setup_with(rate, challenges, None).await
+}
+
+/// As [`setup`], pebble's certificates valid `validity` seconds.
+async fn setup_with(
+    rate: &str,
+    challenges: &str,
+    validity: Option<u64>,
+) -> (TestConfig, Pebble, Ask, u16) {
     require_pebble();
     let (http, https) = (free_port(), free_port());
     let cfg = TestConfig::new();
-    let pebble = Pebble::start(cfg.path(), http, https, None).await;
+    let pebble = Pebble::start(cfg.path(), http, https, validity).await;
     let ask = Ask::start().await;
     write_main(&cfg, &pebble, http, https, pebble.port);
     cfg.main_extra(&format!(
@@ -220,6 +229,36 @@ async fn a_scanner_makes_at_most_the_rate_limit_of_ask_calls_and_orders() {
     assert!(
         limited >= 97 - calls.len() as u64,
         "rate-limited: {limited}\n{m}"
+    );
+    polyhost.terminate().await;
+}
+
+/// pebble issues 40 s certificates: an on-demand certificate is renewed
+/// like a site's (`renew_before`: a third of the lifetime), after asking
+/// `ask` again, and the router serves the new one (pushed to it).
+#[tokio::test]
+async fn an_on_demand_certificate_is_renewed_after_asking_again() {
+    let (cfg, pebble, ask, https) = setup_with("10/min", "[\"http-01\"]", Some(40)).await;
+    let polyhost = Binary::start(&cfg.main(), &[]).await;
+    let first = handshake(https, "ok-renew.customer.test")
+        .await
+        .unwrap_or_else(|e| panic!("the first handshake failed: {e}\n{}", polyhost.log()));
+    let mut renewed = None;
+    for _ in 0..900 {
+        let chain = handshake(https, "ok-renew.customer.test").await.unwrap();
+        if chain[0] != first[0] {
+            renewed = Some(chain);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let renewed = renewed.unwrap_or_else(|| panic!("not renewed; log:\n{}", polyhost.log()));
+    verify(&renewed, pebble.root().await, "ok-renew.customer.test");
+    let calls = ask.calls();
+    assert!(calls.len() >= 2, "asked again before renewing: {calls:?}");
+    assert!(
+        calls.iter().all(|c| c == "ok-renew.customer.test"),
+        "{calls:?}"
     );
     polyhost.terminate().await;
 }

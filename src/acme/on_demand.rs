@@ -33,6 +33,25 @@ pub const ASK_TIMEOUT: Duration = Duration::from_secs(5);
 /// The manager, once `crate::acme::spawn` made it (with `on_demand` on).
 static MANAGER: OnceLock<Arc<Manager>> = OnceLock::new();
 
+/// Told of every renewed certificate: the router of this process
+/// (`router::tls::on_demand_renewed`), and a router process through the
+/// privsep link ([`on_renewal`]).
+type Listener = Box<dyn Fn(&str, &LoadedPair) + Send + Sync>;
+static LISTENERS: Mutex<Vec<Listener>> = Mutex::new(Vec::new());
+
+/// From now on `listener` is told of every renewed certificate.
+pub fn on_renewal(listener: impl Fn(&str, &LoadedPair) + Send + Sync + 'static) {
+    let mut listeners = LISTENERS.lock().unwrap_or_else(|p| p.into_inner());
+    listeners.push(Box::new(listener));
+}
+
+fn renewed(name: &str, pair: &LoadedPair) {
+    crate::router::tls::on_demand_renewed(name, pair);
+    for listener in LISTENERS.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        listener(name, pair);
+    }
+}
+
 pub struct Manager {
     acme: AcmeConfig,
     config: OnDemand,
@@ -265,7 +284,9 @@ impl Manager {
         match ask(&self.config.ask, name).await {
             Ok(true) => {
                 OnDemandStats::count(&ON_DEMAND.allowed);
-                self.issue(server, name, Some(pair)).await.map(drop)
+                let new = self.issue(server, name, Some(pair)).await?;
+                renewed(name, &new);
+                Ok(())
             }
             Ok(false) => {
                 OnDemandStats::count(&ON_DEMAND.denied);

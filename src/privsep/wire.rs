@@ -50,6 +50,12 @@ pub enum ToRouter {
         id: u64,
         result: Result<crate::config::LoadedPair, String>,
     },
+    /// On-demand certificate `name` was renewed: new handshakes get `pair`
+    /// (`router::tls::on_demand_renewed`). Not answered.
+    OnDemandRenewed {
+        name: String,
+        pair: crate::config::LoadedPair,
+    },
     /// polyhost is stopping: stop accepting, let requests in flight finish
     /// within `server.shutdown_timeout`, exit 0.
     Shutdown,

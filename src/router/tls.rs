@@ -100,8 +100,8 @@ pub fn server_config(table: SharedTable) -> Result<Arc<ServerConfig>, rustls::Er
 /// and the whole ACME order); past it, the handshake fails.
 pub const ON_DEMAND_BUDGET: Duration = Duration::from_secs(30);
 /// How long the router serves an on-demand certificate before asking its
-/// source again (which answers from memory: this is how renewals reach
-/// the router).
+/// source again (which answers from memory): renewals are pushed
+/// ([`on_demand_renewed`]); this catches one pushed while no router ran.
 const ON_DEMAND_REFRESH: Duration = Duration::from_secs(600);
 
 /// Where on-demand certificates come from: given a name, its certificate
@@ -129,6 +129,12 @@ static ON_DEMAND: LazyLock<OnDemandCerts> = LazyLock::new(|| OnDemandCerts {
 /// From now on, on-demand certificates come from `source`.
 pub fn set_on_demand_source(source: Arc<dyn OnDemandSource>) {
     *ON_DEMAND.source.write().unwrap_or_else(|p| p.into_inner()) = Some(source);
+}
+
+/// `name`'s certificate was renewed: new handshakes get `pair`.
+pub fn on_demand_renewed(name: &str, pair: &crate::config::LoadedPair) {
+    let mut certs = ON_DEMAND.certs.write().unwrap_or_else(|p| p.into_inner());
+    certs.insert(name.to_owned(), (pair.certified().clone(), Instant::now()));
 }
 
 impl OnDemandCerts {

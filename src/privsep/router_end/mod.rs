@@ -16,6 +16,7 @@
 //!          StatsRequest → Stats
 //!          ReopenLogs → every site log's lines written, descriptors closed → LogsReopened
 //!          OnDemandCertificate → the handshake waiting for it goes on
+//!          OnDemandRenewed → new handshakes for the name get the new certificate
 //!          a handshake's on-demand name → OnDemandCertificate (router::tls)
 //!          every 10 ms while an unpublished process has leases: Drained once it has none
 //!          every 250 ms: Usage of the groups used since the last one
@@ -288,6 +289,9 @@ async fn first_desired(
             }
             // No handshake before the first Desired: nothing asked.
             Some(ToRouter::OnDemandCertificate { .. }) => {}
+            Some(ToRouter::OnDemandRenewed { name, pair }) => {
+                crate::router::tls::on_demand_renewed(&name, &pair)
+            }
             Some(ToRouter::Shutdown) => return Ok(Err(Ended::Shutdown)),
             None => return Ok(Err(Ended::SupervisorGone)),
         }
@@ -359,6 +363,9 @@ async fn read_link(
                 });
             }
             ToRouter::OnDemandCertificate { id, result } => on_demand.answer(id, result),
+            ToRouter::OnDemandRenewed { name, pair } => {
+                crate::router::tls::on_demand_renewed(&name, &pair)
+            }
             ToRouter::Shutdown => {
                 tracing::info!("the supervisor asks to stop; letting in-flight requests finish");
                 ending.end(Ended::Shutdown);

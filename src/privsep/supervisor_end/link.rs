@@ -270,6 +270,20 @@ impl Link {
         }
     }
 
+    /// From now on every renewed on-demand certificate is sent to the
+    /// connected router (`ToRouter::OnDemandRenewed`).
+    pub fn push_on_demand_renewals(self: &Arc<Self>) {
+        let me = Arc::downgrade(self);
+        crate::acme::on_demand::on_renewal(move |name, pair| {
+            if let Some(link) = me.upgrade() {
+                link.lock().send(ToRouter::OnDemandRenewed {
+                    name: name.to_owned(),
+                    pair: pair.clone(),
+                });
+            }
+        });
+    }
+
     /// Answers the router's on-demand request `id` for `name` once
     /// `acme::on_demand` has (or refuses) its certificate.
     fn on_demand(&self, id: u64, name: String) {
