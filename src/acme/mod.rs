@@ -9,8 +9,12 @@
 //!
 //! A certificate is renewed the same way once its renewal time
 //! ([`renew_at`]) has come; the reload swaps it for new handshakes while
-//! open connections keep the one they were made with. With ARI (RFC 9773, [`ari`]) the
-//! CA's suggested window decides instead.
+//! open connections keep the one they were made with. When the CA offers
+//! ACME Renewal Information (RFC 9773, [`ari`]), the window it suggests
+//! decides instead, and the renewal's order names the old certificate.
+//!
+//! [`on_demand`]: certificates for names no site lists, issued while the
+//! router holds the handshake; the same task renews them.
 //!
 //! Invariants: the account key is created once per CA directory and kept
 //! in `state_dir/acme/account.json` (0600); a site that failed is not
