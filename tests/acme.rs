@@ -132,3 +132,59 @@ async fn a_stored_certificate_is_loaded_at_start_and_served() {
     );
     front.stop().await;
 }
+
+/// `[acme] on_demand`: `ask` is required (an http:// URL), the rate is
+/// parsed with its default, and the on-demand keys need `on_demand = true`.
+#[test]
+fn on_demand_settings_are_checked_and_have_defaults() {
+    let check = |acme: &str| {
+        let cfg = TestConfig::new();
+        cfg.main_extra(&format!("[acme]\n{acme}"));
+        cfg.static_site(
+            "panel",
+            &["panel.test"],
+            "default = true\n[tls]\non_demand = true",
+        );
+        polyhost::config::load(&cfg.main()).map_err(|e| e.to_string())
+    };
+    let config = check("on_demand = true\nask = \"http://127.0.0.1:8500/allowed\"").unwrap();
+    let on_demand = config.server.acme.on_demand.expect("on");
+    assert_eq!(on_demand.ask, "http://127.0.0.1:8500/allowed");
+    assert_eq!(
+        (on_demand.rate_count, on_demand.rate_per.as_secs()),
+        (10, 60)
+    );
+    assert_eq!(on_demand.retry.as_secs(), 600);
+    let panel = config.sites.values().next().unwrap();
+    assert!(panel
+        .tls
+        .as_ref()
+        .is_some_and(|t| t.on_demand && t.pair.is_none()));
+
+    for (acme, key, says) in [
+        ("on_demand = true", "acme.ask", "missing"),
+        (
+            "on_demand = true\nask = \"https://panel/allowed\"",
+            "acme.ask",
+            "http://",
+        ),
+        (
+            "on_demand = true\nask = \"http://a/\"\non_demand_rate = \"10 per min\"",
+            "acme.on_demand_rate",
+            "not a rate",
+        ),
+        (
+            "on_demand = true\nask = \"http://a/\"\non_demand_rate = \"0/min\"",
+            "acme.on_demand_rate",
+            "not a rate",
+        ),
+        (
+            "ask = \"http://a/\"",
+            "acme.ask",
+            "only with on_demand = true",
+        ),
+    ] {
+        let text = check(acme).expect_err(acme);
+        assert!(text.contains(key) && text.contains(says), "{acme}: {text}");
+    }
+}

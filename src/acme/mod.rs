@@ -9,8 +9,12 @@
 //!
 //! A certificate is renewed the same way once its renewal time
 //! ([`renew_at`]) has come; the reload swaps it for new handshakes while
-//! open connections keep the one they were made with. ARI (RFC 9773) is
-//! not used yet.
+//! open connections keep the one they were made with. When the CA offers
+//! ACME Renewal Information (RFC 9773, [`ari`]), the window it suggests
+//! decides instead, and the renewal's order names the old certificate.
+//!
+//! [`on_demand`]: certificates for names no site lists, issued while the
+//! router holds the handshake; the same task renews them.
 //!
 //! Invariants: the account key is created once per CA directory and kept
 //! in `state_dir/acme/account.json` (0600); a site that failed is not
@@ -19,9 +23,12 @@
 //! so a restart orders nothing.
 
 mod account;
+mod ari;
+pub mod on_demand;
 mod store;
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,7 +38,7 @@ use instant_acme::{
 use tokio_util::sync::CancellationToken;
 
 use crate::app::Server;
-use crate::config::{AcmeConfig, HostPattern, SiteConfig, SiteName};
+use crate::config::{AcmeConfig, HostPattern, LoadedPair, SiteConfig};
 
 /// How often the task looks for sites that need a certificate (no CA
 /// traffic unless one does).
@@ -40,91 +47,210 @@ const SCAN_EVERY: Duration = Duration::from_secs(2);
 const FIRST_BACKOFF: Duration = Duration::from_secs(60);
 const MAX_BACKOFF: Duration = Duration::from_secs(6 * 3600);
 
-/// Starts the issuance task; it ends with `shutdown`.
+/// Starts the issuance task; it ends with `shutdown`. With `[acme]
+/// on_demand`, also on-demand TLS ([`on_demand`]): its stored certificates
+/// are loaded and, in one process, the router asks it directly.
 pub fn spawn(server: Arc<Server>, shutdown: CancellationToken) {
+    let settings = server.server_settings();
+    if on_demand::start(&settings.acme, &settings.state_dir).is_some() {
+        let local = on_demand::Local(Arc::downgrade(&server));
+        crate::router::tls::set_on_demand_source(Arc::new(local));
+    }
     tokio::spawn(async move {
-        let mut backoff = Backoff::default();
+        let mut task = Task::default();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(SCAN_EVERY) => {}
             }
-            scan(&server, &mut backoff).await;
+            scan(&server, &mut task).await;
         }
     });
 }
 
-/// Per site: when it may be ordered again, and the wait after that.
+/// What the task keeps between scans.
+#[derive(Default)]
+struct Task {
+    backoff: Backoff,
+    ari: ari::Ari,
+    /// The account, once loaded (ARI fetches need it), and when loading
+    /// may be tried again after a failure.
+    account: Option<instant_acme::Account>,
+    account_retry: Option<Instant>,
+}
+
+/// Per certificate (a site's name, or `on-demand:NAME`): when it may be
+/// ordered again, and the wait after that.
 #[derive(Default)]
 struct Backoff {
-    sites: HashMap<SiteName, (Instant, Duration)>,
+    sites: HashMap<String, (Instant, Duration)>,
     /// The first scan was logged.
     scanned: bool,
 }
 
 impl Backoff {
-    fn ready(&self, site: &SiteName) -> bool {
+    fn ready(&self, key: &str) -> bool {
         self.sites
-            .get(site)
+            .get(key)
             .is_none_or(|(at, _)| Instant::now() >= *at)
     }
 
-    fn failed(&mut self, site: &SiteName) -> Duration {
+    fn failed(&mut self, key: &str) -> Duration {
         let wait = self
             .sites
-            .get(site)
+            .get(key)
             .map_or(FIRST_BACKOFF, |(_, w)| (*w * 2).min(MAX_BACKOFF));
         self.sites
-            .insert(site.clone(), (Instant::now() + wait, wait));
+            .insert(key.to_owned(), (Instant::now() + wait, wait));
         wait
     }
 }
 
-/// Orders a certificate for every ACME site that has none (and may).
-async fn scan(server: &Arc<Server>, backoff: &mut Backoff) {
-    let config = server.config().await;
-    let wanting: Vec<Arc<SiteConfig>> = config
-        .sites
-        .values()
-        .filter(|s| needs_order(s, &config.server.acme))
-        .filter(|s| backoff.ready(&s.name))
-        .cloned()
-        .collect();
-    if !backoff.scanned {
-        backoff.scanned = true;
-        tracing::info!(
-            ordering = wanting.len(),
-            "ACME: first look at the sites' certificates"
-        );
-    }
-    for site in wanting {
-        match issue(server, &config.server.acme, &config.server.state_dir, &site).await {
-            Ok(()) => {
-                backoff.sites.remove(&site.name);
-                server.set_acme_error(&site.name.to_string(), None);
-                tracing::info!(site = %site.name, "ACME certificate issued");
-                if let Err(e) = server.reload().await {
-                    tracing::error!(site = %site.name, "the new certificate is stored but the reload failed: {e}");
+impl Task {
+    /// Whether `pair` (of `label`) is due for renewal: at the time ARI
+    /// suggests when the CA offers it, else `renew_before`.
+    async fn due(
+        &mut self,
+        acme: &AcmeConfig,
+        state_dir: &Path,
+        label: &str,
+        pair: &LoadedPair,
+    ) -> bool {
+        let Some((start, end)) = pair.validity() else {
+            return true;
+        };
+        let fallback = renew_at(label, start, end, acme.renew_before);
+        if !self.ari.unsupported() {
+            if let Some(account) = self.account(acme, state_dir).await {
+                if let Some(at) = self.ari.renew_at(&account, pair).await {
+                    return unix_now() >= at;
                 }
             }
+        }
+        unix_now() >= fallback
+    }
+
+    /// The account (loaded once; after a failure, not again before the backoff).
+    async fn account(
+        &mut self,
+        acme: &AcmeConfig,
+        state_dir: &Path,
+    ) -> Option<instant_acme::Account> {
+        if let Some(a) = &self.account {
+            return Some(a.clone());
+        }
+        if self.account_retry.is_some_and(|at| Instant::now() < at) {
+            return None;
+        }
+        match account::load_or_create(acme, state_dir).await {
+            Ok(a) => {
+                self.account = Some(a.clone());
+                Some(a)
+            }
             Err(e) => {
-                let wait = backoff.failed(&site.name);
-                server.set_acme_error(&site.name.to_string(), Some(e.clone()));
-                tracing::error!(site = %site.name, retry_in_s = wait.as_secs(), "ACME order failed: {e}");
+                tracing::warn!("ACME account not loaded for renewal information: {e}");
+                self.account_retry = Some(Instant::now() + FIRST_BACKOFF);
+                None
             }
         }
     }
 }
 
-/// Whether ACME site `site` has no certificate, or its renewal time has come.
-fn needs_order(site: &SiteConfig, acme: &AcmeConfig) -> bool {
-    let Some(tls) = site.tls.as_ref().filter(|t| t.acme) else {
-        return false;
+/// Orders a certificate for every ACME site that has none or is due for
+/// renewal (and may), then renews the on-demand certificates that are due.
+async fn scan(server: &Arc<Server>, task: &mut Task) {
+    let config = server.config().await;
+    let (acme, state_dir) = (&config.server.acme, &config.server.state_dir);
+    let mut wanting: Vec<(Arc<SiteConfig>, Option<LoadedPair>)> = Vec::new();
+    for site in config.sites.values() {
+        let Some(tls) = site.tls.as_ref().filter(|t| t.acme) else {
+            continue;
+        };
+        let label = site.name.to_string();
+        if !task.backoff.ready(&label) {
+            continue;
+        }
+        match &tls.pair {
+            None => wanting.push((site.clone(), None)),
+            Some(pair) if task.due(acme, state_dir, &label, pair).await => {
+                wanting.push((site.clone(), Some(pair.clone())))
+            }
+            Some(_) => {}
+        }
+    }
+    if !task.backoff.scanned {
+        task.backoff.scanned = true;
+        tracing::info!(
+            ordering = wanting.len(),
+            "ACME: first look at the sites' certificates"
+        );
+    }
+    for (site, replaces) in wanting {
+        order_for_site(server, task, acme, state_dir, &site, replaces).await;
+    }
+    renew_on_demand(server, task, acme, state_dir).await;
+}
+
+/// One site's order (new or renewal), its outcome recorded.
+async fn order_for_site(
+    server: &Arc<Server>,
+    task: &mut Task,
+    acme: &AcmeConfig,
+    state_dir: &Path,
+    site: &SiteConfig,
+    replaces: Option<LoadedPair>,
+) {
+    let label = site.name.to_string();
+    match issue(server, acme, state_dir, site, replaces.as_ref()).await {
+        Ok(()) => {
+            task.backoff.sites.remove(&label);
+            if let Some(old) = &replaces {
+                task.ari.forget(old);
+            }
+            server.set_acme_error(&label, None);
+            tracing::info!(site = %site.name, "ACME certificate issued");
+            if let Err(e) = server.reload().await {
+                tracing::error!(site = %site.name, "the new certificate is stored but the reload failed: {e}");
+            }
+        }
+        Err(e) => {
+            let wait = task.backoff.failed(&label);
+            server.set_acme_error(&label, Some(e.clone()));
+            tracing::error!(site = %site.name, retry_in_s = wait.as_secs(), "ACME order failed: {e}");
+        }
+    }
+}
+
+/// Renews every on-demand certificate that is due (as for sites).
+async fn renew_on_demand(
+    server: &Arc<Server>,
+    task: &mut Task,
+    acme: &AcmeConfig,
+    state_dir: &Path,
+) {
+    let Some(manager) = on_demand::manager() else {
+        return;
     };
-    let Some((start, end)) = tls.pair.as_ref().and_then(|p| p.validity()) else {
-        return true;
-    };
-    unix_now() >= renew_at(&site.name.to_string(), start, end, acme.renew_before)
+    for (name, pair) in manager.certificates() {
+        let label = format!("on-demand:{name}");
+        if !task.backoff.ready(&label) || !task.due(acme, state_dir, &label, &pair).await {
+            continue;
+        }
+        match manager.renew(server, &name, &pair).await {
+            Ok(()) => {
+                task.backoff.sites.remove(&label);
+                task.ari.forget(&pair);
+            }
+            Err(e) => {
+                let wait = task.backoff.failed(&label);
+                tracing::error!(
+                    name,
+                    retry_in_s = wait.as_secs(),
+                    "on-demand certificate renewal failed: {e}"
+                );
+            }
+        }
+    }
 }
 
 /// When to renew a certificate valid from `start` to `end` (Unix
@@ -158,23 +284,47 @@ fn names(site: &SiteConfig) -> Vec<Identifier> {
         .collect()
 }
 
-/// One order for `site`, answered over HTTP-01; stores the result.
+/// One order for `site`; stores the result.
 async fn issue(
     server: &Server,
     acme: &AcmeConfig,
     state_dir: &std::path::Path,
     site: &SiteConfig,
+    replaces: Option<&LoadedPair>,
 ) -> Result<(), String> {
     let names = names(site);
     if names.is_empty() {
         return Err("the site lists no host name to certify".into());
     }
     tracing::info!(site = %site.name, names = names.len(), directory = acme.directory, "ordering an ACME certificate");
+    let (chain_pem, key_pem) = order(server, acme, state_dir, &names, replaces).await?;
+    store::save(state_dir, &site.name.to_string(), &chain_pem, &key_pem)
+        .map_err(|e| format!("storing the certificate: {e}"))
+}
+
+/// One order for `names`, answered with the first of `acme.challenges`
+/// the CA offers: the certificate chain and its key (PEM).
+async fn order(
+    server: &Server,
+    acme: &AcmeConfig,
+    state_dir: &std::path::Path,
+    names: &[Identifier],
+    replaces: Option<&LoadedPair>,
+) -> Result<(String, String), String> {
     let account = account::load_or_create(acme, state_dir).await?;
-    let mut order = account
-        .new_order(&NewOrder::new(&names))
-        .await
-        .map_err(|e| format!("new order: {e}"))?;
+    let id = replaces.and_then(ari::identifier);
+    let new = match &id {
+        Some(id) => NewOrder::new(names).replaces(id.clone()),
+        None => NewOrder::new(names),
+    };
+    let mut order = match account.new_order(&new).await {
+        // The CA has no ARI: an order without `replaces`.
+        Err(instant_acme::Error::Unsupported(_)) if id.is_some() => {
+            account.new_order(&NewOrder::new(names)).await
+        }
+        r => r,
+    }
+    .map_err(|e| format!("new order: {e}"))?;
     let tokens = answer(server, &acme.challenges, &mut order).await;
     let status = match &tokens {
         Ok(_) => order
@@ -184,20 +334,7 @@ async fn issue(
         Err(e) => Err(e.clone()),
     };
     if let Ok(published) = &tokens {
-        server
-            .change_acme_challenges(|c| {
-                for p in published {
-                    match p {
-                        Published::Http01(token) => {
-                            c.http01.remove(token);
-                        }
-                        Published::TlsAlpn01(name) => {
-                            c.tls_alpn01.remove(name);
-                        }
-                    }
-                }
-            })
-            .await;
+        withdraw(server, published).await;
     }
     if status? != OrderStatus::Ready {
         return Err(format!(
@@ -213,8 +350,25 @@ async fn issue(
         .poll_certificate(&RetryPolicy::default())
         .await
         .map_err(|e| format!("certificate: {e}"))?;
-    store::save(state_dir, &site.name.to_string(), &chain_pem, &key_pem)
-        .map_err(|e| format!("storing the certificate: {e}"))
+    Ok((chain_pem, key_pem))
+}
+
+/// Takes back the answers an order published.
+async fn withdraw(server: &Server, published: &[Published]) {
+    server
+        .change_acme_challenges(|c| {
+            for p in published {
+                match p {
+                    Published::Http01(token) => {
+                        c.http01.remove(token);
+                    }
+                    Published::TlsAlpn01(name) => {
+                        c.tls_alpn01.remove(name);
+                    }
+                }
+            }
+        })
+        .await;
 }
 
 /// An answer the router was given, to take back when the order is done.

@@ -19,7 +19,11 @@
 //! `php_connections_found_closed_total`, `php_requests_resent_total`; server-wide:
 //! `connections_accepted_total`, `connections_open`, `reloads_total{result}`,
 //! `uptime_seconds`, `info{version,limits}`; on a cluster node
-//! `cluster_etcd_connected{node}`.
+//! `cluster_etcd_connected{node}`; with `[acme] on_demand`
+//! (`acme::on_demand`): `on_demand_certificates`,
+//! `on_demand_certificate_expiry_seconds{name}`,
+//! `on_demand_asks_total{result}` (`allowed`, `denied`, `error`),
+//! `on_demand_rate_limited_total`, `on_demand_orders_total{result}`.
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -72,13 +76,81 @@ pub async fn scrape(server: &Server) -> String {
         None if server.has_router() => String::new(),
         None => router_families(router_views(&status, sites)),
     };
-    routed + &supervisor_families(status)
+    routed + &supervisor_families(status) + &on_demand_families()
 }
 
 /// Renders a scrape of one process that both routes and supervises.
 pub fn render(view: View) -> String {
     let View { status, sites } = view;
-    router_families(router_views(&status, sites)) + &supervisor_families(status)
+    router_families(router_views(&status, sites))
+        + &supervisor_families(status)
+        + &on_demand_families()
+}
+
+/// The families of on-demand TLS, when it is on (else nothing).
+fn on_demand_families() -> String {
+    match crate::metrics::on_demand::snapshot() {
+        Some(s) => encode(OnDemandScrape(s)),
+        None => String::new(),
+    }
+}
+
+#[derive(Debug)]
+struct OnDemandScrape(crate::metrics::on_demand::OnDemandSnapshot);
+
+impl Collector for OnDemandScrape {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Res {
+        use MetricType::{Counter, Gauge};
+        let s = &self.0;
+        gauge(s.certificates.len() as u64).encode(enc.encode_descriptor(
+            "polyhost_on_demand_certificates",
+            "On-demand certificates held.",
+            None,
+            Gauge,
+        )?)?;
+        let mut family = enc.encode_descriptor(
+            "polyhost_on_demand_certificate_expiry_seconds",
+            "Seconds until each on-demand certificate expires.",
+            None,
+            Gauge,
+        )?;
+        for (name, not_after) in &s.certificates {
+            ConstGauge::new(not_after - unix_now())
+                .encode(family.encode_family(&[("name", name.as_str())])?)?;
+        }
+        let mut family = enc.encode_descriptor(
+            "polyhost_on_demand_asks",
+            "Calls of acme.ask, by answer.",
+            None,
+            Counter,
+        )?;
+        for (result, n) in [
+            ("allowed", s.asks_allowed),
+            ("denied", s.asks_denied),
+            ("error", s.ask_errors),
+        ] {
+            ConstCounter::new(n).encode(family.encode_family(&[("result", result)])?)?;
+        }
+        ConstCounter::new(s.rate_limited).encode(enc.encode_descriptor(
+            "polyhost_on_demand_rate_limited",
+            "New names refused by acme.on_demand_rate (not asked).",
+            None,
+            Counter,
+        )?)?;
+        let mut family = enc.encode_descriptor(
+            "polyhost_on_demand_orders",
+            "ACME orders of on-demand certificates (renewals included), by outcome.",
+            None,
+            Counter,
+        )?;
+        for (result, n) in [
+            ("issued", s.orders - s.orders_failed),
+            ("failed", s.orders_failed),
+        ] {
+            ConstCounter::new(n).encode(family.encode_family(&[("result", result)])?)?;
+        }
+        Ok(())
+    }
 }
 
 fn router_views(status: &ServerStatus, sites: Vec<SiteView>) -> Vec<RouterSiteView> {

@@ -214,6 +214,11 @@ impl Server {
         )
     }
 
+    /// The server settings polyhost started with (they change only at restart).
+    pub fn server_settings(&self) -> &ServerConfig {
+        &self.server_config
+    }
+
     /// The router process's counters, when polyhost runs
     /// privilege-separated and the router answers; `None` otherwise (then
     /// this process's own counters are the router's).

@@ -18,6 +18,10 @@ pub struct ServerStatus {
     pub reloads: u64,
     pub reloads_failed: u64,
     pub sites: Vec<SiteStatus>,
+    /// On-demand TLS (`[acme] on_demand`): its certificates and counters;
+    /// absent while it is off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_demand: Option<crate::metrics::on_demand::OnDemandSnapshot>,
     /// A cluster node's link to etcd; absent outside a cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterLinkStatus>,

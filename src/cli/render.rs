@@ -99,6 +99,36 @@ fn utc_time(unix: u64) -> String {
         .replace('Z', " UTC")
 }
 
+/// On-demand TLS in one line: its certificates (the first few names; all
+/// in `status --json`), ask calls, rate-limited names, orders.
+fn on_demand_line(d: &crate::metrics::on_demand::OnDemandSnapshot) -> String {
+    const SHOWN: usize = 5;
+    let mut names: Vec<String> = d
+        .certificates
+        .keys()
+        .take(SHOWN)
+        .map(|n| cleaned(n))
+        .collect();
+    if d.certificates.len() > SHOWN {
+        names.push("…".into());
+    }
+    let listed = if names.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", names.join(", "))
+    };
+    format!(
+        "on-demand TLS: {} certificates{listed}; asks: {} allowed, {} denied, {} failed; {} rate-limited; orders: {} ({} failed)\n",
+        d.certificates.len(),
+        d.asks_allowed,
+        d.asks_denied,
+        d.ask_errors,
+        d.rate_limited,
+        d.orders,
+        d.orders_failed
+    )
+}
+
 fn cleaned(s: &str) -> String {
     clean(s).into_owned()
 }
@@ -118,6 +148,9 @@ pub fn status_table(s: &ServerStatus) -> String {
     );
     if let Some(c) = &s.cluster {
         out.push_str(&cluster_line(c));
+    }
+    if let Some(d) = &s.on_demand {
+        out.push_str(&on_demand_line(d));
     }
     if s.sites.is_empty() {
         out.push_str("no sites (add files to vhosts_dir, then `polyhost reload`)\n");
@@ -452,7 +485,27 @@ mod tests {
             reloads_failed: 1,
             sites: vec![blog, shop, www, site("sleepy", "idle", "python")],
             cluster: None,
+            on_demand: None,
         }
+    }
+
+    #[test]
+    fn on_demand_tls_is_one_line_naming_its_first_certificates() {
+        let mut d = crate::metrics::on_demand::OnDemandSnapshot {
+            asks_allowed: 7,
+            asks_denied: 3,
+            rate_limited: 40,
+            orders: 8,
+            orders_failed: 1,
+            ..Default::default()
+        };
+        for i in 0..7 {
+            d.certificates.insert(format!("c{i}.example"), 0);
+        }
+        expect![[r#"
+            on-demand TLS: 7 certificates (c0.example, c1.example, c2.example, c3.example, c4.example, …); asks: 7 allowed, 3 denied, 0 failed; 40 rate-limited; orders: 8 (1 failed)
+        "#]]
+        .assert_eq(&on_demand_line(&d));
     }
 
     #[test]

@@ -32,7 +32,31 @@ pub struct AcmeConfig {
     /// never serialised (the router does not get it).
     #[serde(skip)]
     pub eab: Option<Eab>,
+    /// On-demand TLS (`on_demand`, `ask`, `on_demand_rate`,
+    /// `on_demand_retry`): `None` when `on_demand` is off.
+    #[serde(default)]
+    pub on_demand: Option<OnDemand>,
 }
+
+/// `[acme] on_demand = true`: certificates issued during the first
+/// handshake for names that sites with `[tls] on_demand = true` serve
+/// through a wildcard or as the default site (`crate::acme::on_demand`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct OnDemand {
+    /// `ask`: `GET ASK?domain=NAME` must answer 200 for NAME to be certified.
+    pub ask: String,
+    /// `on_demand_rate`: at most `count` new names (ask calls) per `per`,
+    /// for the whole server.
+    pub rate_count: u32,
+    pub rate_per: std::time::Duration,
+    /// `on_demand_retry`: how long a denied or failed name is not tried again.
+    pub retry: std::time::Duration,
+}
+
+/// The default of `on_demand_rate`.
+pub const ON_DEMAND_RATE: &str = "10/min";
+/// The default of `on_demand_retry`.
+pub const ON_DEMAND_RETRY: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// An external account binding: the CA's key id and HMAC key (decoded).
 #[derive(Clone, PartialEq, Eq)]
@@ -56,6 +80,7 @@ impl Default for AcmeConfig {
             renew_before: None,
             challenges: vec!["http-01".into(), "tls-alpn-01".into()],
             eab: None,
+            on_demand: None,
         }
     }
 }
@@ -70,10 +95,17 @@ pub struct RawAcme {
     pub challenges: Option<Vec<String>>,
     pub eab_kid: Option<String>,
     pub eab_hmac_key: Option<String>,
+    pub on_demand: Option<bool>,
+    pub ask: Option<String>,
+    pub on_demand_rate: Option<String>,
+    pub on_demand_retry: Option<super::types::Scalar>,
 }
 
 pub(crate) fn validate_acme(raw: RawAcme, base: &Path, errs: &mut FileErrors<'_>) -> AcmeConfig {
-    let mut acme = AcmeConfig::default();
+    let mut acme = AcmeConfig {
+        on_demand: validate_on_demand(&raw, errs),
+        ..AcmeConfig::default()
+    };
     if let Some(dir) = raw.directory {
         if dir.starts_with("https://") || dir.starts_with("http://") {
             acme.directory = dir;
@@ -127,6 +159,64 @@ pub(crate) fn validate_acme(raw: RawAcme, base: &Path, errs: &mut FileErrors<'_>
         }
     }
     acme
+}
+
+/// `on_demand = true` needs `ask`; the rate and retry have defaults.
+fn validate_on_demand(raw: &RawAcme, errs: &mut FileErrors<'_>) -> Option<OnDemand> {
+    if raw.on_demand != Some(true) {
+        for (key, given) in [
+            ("acme.ask", raw.ask.is_some()),
+            ("acme.on_demand_rate", raw.on_demand_rate.is_some()),
+            ("acme.on_demand_retry", raw.on_demand_retry.is_some()),
+        ] {
+            if given {
+                errs.add(key, "only with on_demand = true");
+            }
+        }
+        return None;
+    }
+    let ask = match raw.ask.as_deref() {
+        Some(url) if url.starts_with("http://") => Some(url.to_owned()),
+        Some(url) => {
+            errs.add("acme.ask", format!("{url:?} is not an http:// URL: give the panel's local endpoint, e.g. \"http://127.0.0.1:8500/allowed\" (https is not supported)"));
+            None
+        }
+        None => {
+            errs.add("acme.ask", "missing: on_demand = true needs the URL that says which names may get a certificate, e.g. \"http://127.0.0.1:8500/allowed\"");
+            None
+        }
+    };
+    let rate = raw.on_demand_rate.as_deref().unwrap_or(ON_DEMAND_RATE);
+    let rate = errs.check("acme.on_demand_rate", parse_rate(rate));
+    let retry = match &raw.on_demand_retry {
+        Some(v) => errs.check("acme.on_demand_retry", super::types::parse_duration(v)),
+        None => Some(ON_DEMAND_RETRY),
+    };
+    let ((rate_count, rate_per), retry) = (rate?, retry?);
+    Some(OnDemand {
+        ask: ask?,
+        rate_count,
+        rate_per,
+        retry,
+    })
+}
+
+/// `"N/s"`, `"N/min"`, `"N/h"`, `"N/day"`, N ≥ 1.
+fn parse_rate(rate: &str) -> Result<(u32, std::time::Duration), String> {
+    let bad = || format!("{rate:?} is not a rate: expected e.g. \"10/min\" (per s, min, h or day)");
+    let (n, per) = rate.split_once('/').ok_or_else(bad)?;
+    let n: u32 = n.trim().parse().map_err(|_| bad())?;
+    let secs = match per.trim() {
+        "s" => 1,
+        "min" => 60,
+        "h" => 3600,
+        "day" => 86400,
+        _ => return Err(bad()),
+    };
+    if n == 0 {
+        return Err(bad());
+    }
+    Ok((n, std::time::Duration::from_secs(secs)))
 }
 
 /// Both keys or neither; the HMAC key as the CA gives it (base64url).

@@ -29,11 +29,12 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-pub use acme::AcmeConfig;
+pub use acme::{AcmeConfig, OnDemand};
 pub use cluster::{
     cluster_site_file, cluster_vhosts_dir, ClusterConfig, DEFAULT_CAPACITY, DEFAULT_CLUSTER_PREFIX,
     DEFAULT_LEASE_TTL,
 };
+
 pub use env::{ignored_env, IgnoredEnv};
 pub use error::{ConfigError, ConfigErrors, Source};
 pub use front::{FrontConfig, IpCidr, ServerLimits};
@@ -76,6 +77,7 @@ pub fn load(main: &Path) -> Result<Config, ConfigErrors> {
     };
     if let Some(s) = &server {
         locate_acme_certificates(&mut sites, &s.state_dir);
+        check_on_demand_sites(&sites, s, &mut errors);
     }
     match server {
         Some(server) if errors.is_empty() => Ok(Config { server, sites }),
@@ -107,6 +109,26 @@ pub fn site_from_text(
     match vhosts::site_from_text(name, file, text, base, &mut errors) {
         Some(site) if errors.is_empty() => Ok(site),
         _ => Err(errors),
+    }
+}
+
+/// `[tls] on_demand = true` needs `[acme] on_demand = true`.
+fn check_on_demand_sites(
+    sites: &BTreeMap<SiteName, Arc<SiteConfig>>,
+    server: &ServerConfig,
+    errors: &mut ConfigErrors,
+) {
+    if server.acme.on_demand.is_some() {
+        return;
+    }
+    for site in sites.values() {
+        if site.tls.as_ref().is_some_and(|t| t.on_demand) {
+            errors.push(ConfigError::in_file(
+                &site.file,
+                "tls.on_demand",
+                "needs [acme] on_demand = true (and ask) in the main file",
+            ));
+        }
     }
 }
 

@@ -34,6 +34,11 @@ pub struct SiteTls {
     /// The pair as validation read it from `cert` and `key`; `None` only
     /// for an `acme` site that has no certificate yet (its handshakes fail).
     pub pair: Option<LoadedPair>,
+    /// `on_demand = true`: names this site serves through a wildcard host
+    /// or as the default site get a certificate issued during their first
+    /// handshake (`[acme] on_demand`, `crate::acme::on_demand`).
+    #[serde(default)]
+    pub on_demand: bool,
 }
 
 /// Where the certificate chain and key of ACME site `site` are kept.
@@ -172,6 +177,7 @@ pub struct RawTls {
     pub key: Option<String>,
     pub redirect_http: Option<bool>,
     pub acme: Option<bool>,
+    pub on_demand: Option<bool>,
 }
 
 /// The crypto provider polyhost uses everywhere (passed explicitly, so a
@@ -265,6 +271,17 @@ pub(crate) fn validate_tls(raw: RawTls, base: &Path, errs: &mut FileErrors<'_>) 
     if raw.acme == Some(true) {
         return validate_acme_tls(raw, errs);
     }
+    if raw.on_demand == Some(true) && raw.cert.is_none() && raw.key.is_none() {
+        // On-demand names only: the names the site lists get no certificate.
+        return Some(SiteTls {
+            cert: PathBuf::new(),
+            key: PathBuf::new(),
+            redirect_http: raw.redirect_http.unwrap_or(true),
+            acme: false,
+            pair: None,
+            on_demand: true,
+        });
+    }
     let cert = raw.cert.as_deref().map(abs);
     let key = raw.key.as_deref().map(abs);
     if cert.is_none() {
@@ -293,6 +310,7 @@ pub(crate) fn validate_tls(raw: RawTls, base: &Path, errs: &mut FileErrors<'_>) 
         redirect_http: raw.redirect_http.unwrap_or(true),
         acme: false,
         pair: Some(pair),
+        on_demand: raw.on_demand == Some(true),
     })
 }
 
@@ -316,5 +334,6 @@ fn validate_acme_tls(raw: RawTls, errs: &mut FileErrors<'_>) -> Option<SiteTls> 
         redirect_http: raw.redirect_http.unwrap_or(true),
         acme: true,
         pair: None,
+        on_demand: raw.on_demand == Some(true),
     })
 }

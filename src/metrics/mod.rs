@@ -9,6 +9,7 @@
 //! - [`connections`]: server-wide connection counters the accept loops bump.
 //! - [`php_pool`]: what a PHP site's FastCGI connection pool did (reused,
 //!   retired, warmed successors, ...), per site, across reloads.
+//! - [`on_demand`]: what on-demand TLS did (`acme::on_demand`), server-wide.
 //!
 //! The scrape itself (these handles plus gauges computed from the status:
 //! processes, memory, restarts, OOM kills) is `admin::metrics`, next to the
@@ -16,6 +17,7 @@
 //! above it.
 
 pub mod connections;
+pub mod on_demand;
 pub mod php_pool;
 pub mod site;
 

@@ -44,6 +44,18 @@ pub enum ToRouter {
     /// [`ToSupervisor::LogsReopened`] of the same `id` once done: no line is
     /// written to a file renamed away after that answer.
     ReopenLogs { id: u64 },
+    /// The answer to [`ToSupervisor::OnDemandCertificate`] of the same `id`:
+    /// the certificate (issued or held), or why there is none.
+    OnDemandCertificate {
+        id: u64,
+        result: Result<crate::config::LoadedPair, String>,
+    },
+    /// On-demand certificate `name` was renewed: new handshakes get `pair`
+    /// (`router::tls::on_demand_renewed`). Not answered.
+    OnDemandRenewed {
+        name: String,
+        pair: crate::config::LoadedPair,
+    },
     /// polyhost is stopping: stop accepting, let requests in flight finish
     /// within `server.shutdown_timeout`, exit 0.
     Shutdown,
@@ -108,6 +120,10 @@ pub enum ToSupervisor {
     Stats(StatsReply),
     /// The answer to [`ToRouter::ReopenLogs`].
     LogsReopened { id: u64 },
+    /// A TLS handshake for `name` waits for an on-demand certificate
+    /// (`router::tls`): answered with [`ToRouter::OnDemandCertificate`] of
+    /// the same `id` once it is held, issued, or refused (`acme::on_demand`).
+    OnDemandCertificate { id: u64, name: String },
 }
 
 /// A group's use by the router.

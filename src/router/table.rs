@@ -96,6 +96,8 @@ pub struct SiteCerts {
     /// ACME sites whose certificate is not issued yet: their names get no
     /// certificate (not the default site's), so handshakes fail cleanly.
     pending: std::collections::HashSet<SiteName>,
+    /// Some site has `tls.on_demand` (else no handshake looks further).
+    on_demand: bool,
 }
 
 impl SiteCerts {
@@ -107,6 +109,7 @@ impl SiteCerts {
             let Some(tls) = &site.config.tls else {
                 continue;
             };
+            certs.on_demand |= tls.on_demand;
             let Some(pair) = tls.pair.as_ref() else {
                 certs.pending.insert(site.config.name.clone());
                 continue;
@@ -138,6 +141,27 @@ impl RoutingTable {
         site.and_then(|site| self.certs.by_site.get(&site.config.name))
             .or(self.certs.default.as_ref())
             .cloned()
+    }
+}
+
+impl RoutingTable {
+    /// The name a handshake for `sni` needs an on-demand certificate for
+    /// (`router::tls`): one no site lists exactly, served through a
+    /// wildcard or as the default site by a site with `tls.on_demand`.
+    pub fn on_demand_name(&self, sni: Option<&str>) -> Option<String> {
+        if !self.certs.on_demand {
+            return None;
+        }
+        let host = normalize_host(sni?)?;
+        if self.vhosts.is_exact(&host) || !host.contains('.') {
+            return None;
+        }
+        let site = self.vhosts.lookup(Some(&host))?;
+        site.config
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.on_demand)
+            .then_some(host)
     }
 }
 

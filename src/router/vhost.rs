@@ -40,6 +40,11 @@ impl<T> VhostTable<T> {
         }
     }
 
+    /// Whether a site lists the normalised `host` exactly.
+    pub fn is_exact(&self, host: &str) -> bool {
+        self.exact.contains_key(host)
+    }
+
     /// Finds the site for a normalised host (see [`normalize_host`]); `None`
     /// host (HTTP/1.0 without Host) goes to the default site.
     pub fn lookup(&self, host: Option<&str>) -> Option<&Arc<T>> {

@@ -58,6 +58,7 @@ impl Server {
             reloads_failed: self.reloads_failed.load(Ordering::Relaxed),
             sites: sites.values().map(|s| self.status_of_site(s)).collect(),
             cluster: self.cluster_status(),
+            on_demand: crate::metrics::on_demand::snapshot(),
         }
     }
 

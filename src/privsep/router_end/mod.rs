@@ -15,6 +15,9 @@
 //!          Group → the attached group's snapshot (supervisor::attached)
 //!          StatsRequest → Stats
 //!          ReopenLogs → every site log's lines written, descriptors closed → LogsReopened
+//!          OnDemandCertificate → the handshake waiting for it goes on
+//!          OnDemandRenewed → new handshakes for the name get the new certificate
+//!          a handshake's on-demand name → OnDemandCertificate (router::tls)
 //!          every 10 ms while an unpublished process has leases: Drained once it has none
 //!          every 250 ms: Usage of the groups used since the last one
 //!          a request's Start / Recycle → forwarded as they come
@@ -35,6 +38,7 @@
 //! supervisor then retires their processes), in version order.
 
 mod link;
+mod on_demand;
 pub(crate) mod state;
 
 use std::io;
@@ -210,6 +214,8 @@ pub async fn serve_link(
     let _ = out.send(ToSupervisor::Applied {
         version: desired.version,
     });
+    let on_demand = Arc::new(on_demand::LinkSource::new(out.clone()));
+    crate::router::tls::set_on_demand_source(Arc::new(on_demand.clone()));
     tasks.spawn(link::forward_requests(requests, out.clone()));
     tasks.spawn(pump(attachments.clone()));
     tasks.spawn(read_link(
@@ -218,7 +224,7 @@ pub async fn serve_link(
         state,
         table.clone(),
         attachments,
-        out,
+        (out, on_demand),
         ending.clone(),
     ));
     for l in listeners.http.iter().chain(&listeners.https) {
@@ -281,6 +287,11 @@ async fn first_desired(
                 crate::router::reopen_logs();
                 let _ = out.send(ToSupervisor::LogsReopened { id });
             }
+            // No handshake before the first Desired: nothing asked.
+            Some(ToRouter::OnDemandCertificate { .. }) => {}
+            Some(ToRouter::OnDemandRenewed { name, pair }) => {
+                crate::router::tls::on_demand_renewed(&name, &pair)
+            }
             Some(ToRouter::Shutdown) => return Ok(Err(Ended::Shutdown)),
             None => return Ok(Err(Ended::SupervisorGone)),
         }
@@ -295,7 +306,7 @@ async fn read_link(
     mut state: RouterState,
     table: SharedTable,
     attachments: Arc<Attachments>,
-    out: Outbox,
+    (out, on_demand): (Outbox, Arc<on_demand::LinkSource>),
     ending: Arc<Ending>,
 ) {
     // The last `Applied` still to send: each waits for the one before.
@@ -350,6 +361,10 @@ async fn read_link(
                     tracing::info!("reopened the site logs");
                     let _ = out.send(ToSupervisor::LogsReopened { id });
                 });
+            }
+            ToRouter::OnDemandCertificate { id, result } => on_demand.answer(id, result),
+            ToRouter::OnDemandRenewed { name, pair } => {
+                crate::router::tls::on_demand_renewed(&name, &pair)
             }
             ToRouter::Shutdown => {
                 tracing::info!("the supervisor asks to stop; letting in-flight requests finish");

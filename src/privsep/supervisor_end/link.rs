@@ -255,6 +255,7 @@ impl Link {
                     let _ = tx.send(reply);
                 }
             }
+            ToSupervisor::OnDemandCertificate { id, name } => self.on_demand(id, name),
             ToSupervisor::LogsReopened { id } => {
                 let waiting = self
                     .stats
@@ -267,6 +268,33 @@ impl Link {
                 }
             }
         }
+    }
+
+    /// From now on every renewed on-demand certificate is sent to the
+    /// connected router (`ToRouter::OnDemandRenewed`).
+    pub fn push_on_demand_renewals(self: &Arc<Self>) {
+        let me = Arc::downgrade(self);
+        crate::acme::on_demand::on_renewal(move |name, pair| {
+            if let Some(link) = me.upgrade() {
+                link.lock().send(ToRouter::OnDemandRenewed {
+                    name: name.to_owned(),
+                    pair: pair.clone(),
+                });
+            }
+        });
+    }
+
+    /// Answers the router's on-demand request `id` for `name` once
+    /// `acme::on_demand` has (or refuses) its certificate.
+    fn on_demand(&self, id: u64, name: String) {
+        let (Some(link), Some(server)) = (self.self_arc(), self.server.upgrade()) else {
+            return;
+        };
+        tokio::spawn(async move {
+            let result = crate::acme::on_demand::certificate(&server, name).await;
+            link.lock()
+                .send(ToRouter::OnDemandCertificate { id, result });
+        });
     }
 
     fn handle(&self, key: &GroupKey) -> Option<GroupHandle> {

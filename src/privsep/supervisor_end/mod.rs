@@ -100,6 +100,7 @@ pub async fn serve_split(
     let cluster = config.server.cluster.clone();
     let server = Server::start(config).await?;
     let link = Link::new(&server);
+    link.push_on_demand_renewals();
     server.set_router_link(link.clone());
     match super::upgrade::Handing::new(&server, &listeners, admin_fds, shutdown.clone()) {
         Ok(handing) => server.set_upgrader(Arc::new(handing)),

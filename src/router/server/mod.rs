@@ -43,7 +43,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::TlsAcceptor;
+/// The TLS set-up of every TLS listener (`router::tls::accept`).
+type TlsAcceptor = Arc<rustls::ServerConfig>;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -126,7 +127,7 @@ pub async fn serve(
             );
         }
         match super::tls::server_config(table.clone()) {
-            Ok(c) => Some(TlsAcceptor::from(c)),
+            Ok(c) => Some(c),
             Err(e) => {
                 tracing::error!(error = %e, "cannot set up TLS; not serving the TLS listeners");
                 None
@@ -373,11 +374,11 @@ async fn tls_connection(
     let io = TrackedIo::new(stream, activity.clone());
     let limits = &shared.options.front.limits;
     let handshake = tokio::select! {
-        r = tokio::time::timeout(limits.header_timeout, acceptor.accept(io)) => r,
+        r = super::tls::accept(acceptor, &shared.table, io, limits.header_timeout) => r,
         _ = shared.shutdown.cancelled() => return,
     };
     match handshake {
-        Ok(Ok(tls)) => {
+        Ok(tls) => {
             if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
                 activity.set_multiplexed();
                 return drive(tls, conn, Proto::Http2, activity, shared).await;
@@ -388,10 +389,10 @@ async fn tls_connection(
             let io = TrackedIo::new(tls, activity.clone());
             http1_parking(io, conn, activity, shared).await;
         }
-        Ok(Err(e)) => {
+        Err(super::tls::HandshakeError::Io(e)) => {
             tracing::debug!(client = %conn.client, error = %e, "TLS handshake failed");
         }
-        Err(_) => {
+        Err(super::tls::HandshakeError::Timeout) => {
             if let Some(left_out) = shared.timeout_log.allow() {
                 tracing::info!(client = %conn.client, also_closed = left_out, "closing connection: TLS handshake not done within header_timeout");
             }

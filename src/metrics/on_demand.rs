@@ -1,0 +1,83 @@
+//! What on-demand TLS did (`acme::on_demand` records it; `/metrics` and
+//! `polyhost status` read [`snapshot`]): the certificates held, the ask
+//! calls by answer, the names refused by the rate limit, the orders.
+//! Server-wide, in the supervisor; nothing on the request path.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+
+/// The counters; `enabled` once on-demand TLS started.
+#[derive(Default)]
+pub struct OnDemandStats {
+    pub enabled: AtomicBool,
+    pub allowed: AtomicU64,
+    pub denied: AtomicU64,
+    pub ask_errors: AtomicU64,
+    pub rate_limited: AtomicU64,
+    pub orders: AtomicU64,
+    pub orders_failed: AtomicU64,
+    /// Every certificate held: name → its end (Unix seconds).
+    certificates: Mutex<BTreeMap<String, i64>>,
+}
+
+pub static ON_DEMAND: OnDemandStats = OnDemandStats {
+    enabled: AtomicBool::new(false),
+    allowed: AtomicU64::new(0),
+    denied: AtomicU64::new(0),
+    ask_errors: AtomicU64::new(0),
+    rate_limited: AtomicU64::new(0),
+    orders: AtomicU64::new(0),
+    orders_failed: AtomicU64::new(0),
+    certificates: Mutex::new(BTreeMap::new()),
+};
+
+/// On-demand TLS as metrics and status show it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct OnDemandSnapshot {
+    /// Every certificate held: name → its end (Unix seconds).
+    pub certificates: BTreeMap<String, i64>,
+    pub asks_allowed: u64,
+    pub asks_denied: u64,
+    pub ask_errors: u64,
+    pub rate_limited: u64,
+    pub orders: u64,
+    pub orders_failed: u64,
+}
+
+impl OnDemandStats {
+    pub fn count(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records certificate `name` (valid until `not_after`), or its removal.
+    pub fn set_certificate(&self, name: &str, not_after: Option<i64>) {
+        let mut certs = self.certificates.lock().unwrap_or_else(|p| p.into_inner());
+        match not_after {
+            Some(t) => certs.insert(name.to_owned(), t),
+            None => certs.remove(name),
+        };
+    }
+}
+
+/// The counters now; `None` while on-demand TLS is off.
+pub fn snapshot() -> Option<OnDemandSnapshot> {
+    let s = &ON_DEMAND;
+    if !s.enabled.load(Ordering::Relaxed) {
+        return None;
+    }
+    let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    Some(OnDemandSnapshot {
+        certificates: s
+            .certificates
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone(),
+        asks_allowed: n(&s.allowed),
+        asks_denied: n(&s.denied),
+        ask_errors: n(&s.ask_errors),
+        rate_limited: n(&s.rate_limited),
+        orders: n(&s.orders),
+        orders_failed: n(&s.orders_failed),
+    })
+}
