@@ -16,13 +16,12 @@
 
 mod common;
 
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::etcd::{free_port, Etcd};
-use common::haproxy::{get_via_front, start_haproxy, Proc};
+use common::haproxy::{cluster_command, get_via_front, start_haproxy, Proc};
 use common::{open_up, pids_of_uid, python_worker_outside_tmp, Binary, TestConfig, TestUser};
 use polyhost::cluster::control::Snapshot;
 use polyhost::cluster::schema::{Keys, SiteState};
@@ -85,17 +84,8 @@ impl World {
         let cfg = cli_ok(&etcd.client_url(), &args);
         let haproxy = start_haproxy(shared.path(), &cfg);
         let front = Proc::spawn(
-            Command::new(env!("CARGO_BIN_EXE_polyhost"))
-                .args([
-                    "cluster",
-                    "--etcd",
-                    &etcd.client_url(),
-                    "--prefix",
-                    PREFIX,
-                    "front",
-                    "--id",
-                    "front-1",
-                ])
+            cluster_command(&etcd.client_url(), PREFIX)
+                .args(["front", "--id", "front-1"])
                 .arg("--haproxy-socket")
                 .arg(&socket)
                 .arg("--map-dir")
@@ -162,14 +152,7 @@ impl World {
     }
 
     fn cli(&self, args: &[&str]) -> std::process::Output {
-        Command::new(env!("CARGO_BIN_EXE_polyhost"))
-            .args([
-                "cluster",
-                "--etcd",
-                &self.etcd.client_url(),
-                "--prefix",
-                PREFIX,
-            ])
+        cluster_command(&self.etcd.client_url(), PREFIX)
             .args(args)
             .output()
             .unwrap()
@@ -254,11 +237,7 @@ impl World {
 
 /// `polyhost cluster --etcd URL --prefix PREFIX ARGS`, which must succeed.
 fn cli_ok(url: &str, args: &[String]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_polyhost"))
-        .args(["cluster", "--etcd", url, "--prefix", PREFIX])
-        .args(args)
-        .output()
-        .unwrap();
+    let out = cluster_command(url, PREFIX).args(args).output().unwrap();
     assert!(
         out.status.success(),
         "{args:?}: {}",

@@ -6,7 +6,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
 use etcd_client::{Client, PutOptions};
@@ -14,7 +14,9 @@ use polyhost::cluster::control::Snapshot;
 use polyhost::cluster::schema::{Keys, NodeReport, Placement, SiteReport, SiteState};
 
 use common::etcd::{free_port, Etcd};
-use common::haproxy::{get_via_front, start_haproxy, tls_server, tls_subject, FakeNode, Proc};
+use common::haproxy::{
+    cluster_command, get_via_front, start_haproxy, tls_server, tls_subject, FakeNode, Proc,
+};
 use common::wait_for;
 
 const PREFIX: &str = "/t/";
@@ -86,15 +88,8 @@ impl Cluster {
         let cfg = ok(cli(&etcd.client_url(), &args));
         let haproxy = start_haproxy(dir.path(), &cfg);
         let front = Proc::spawn(
-            Command::new(env!("CARGO_BIN_EXE_polyhost"))
-                .args([
-                    "cluster",
-                    "--etcd",
-                    &etcd.client_url(),
-                    "--prefix",
-                    PREFIX,
-                    "front",
-                ])
+            cluster_command(&etcd.client_url(), PREFIX)
+                .args(["front"])
                 .args([
                     "--haproxy-socket",
                     &path(&socket),
@@ -235,11 +230,7 @@ fn path(p: &Path) -> String {
 
 /// `polyhost cluster --etcd URL --prefix /t/ ARGS...`.
 fn cli(url: &str, args: &[String]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_polyhost"))
-        .args(["cluster", "--etcd", url, "--prefix", PREFIX])
-        .args(args)
-        .output()
-        .unwrap()
+    cluster_command(url, PREFIX).args(args).output().unwrap()
 }
 
 fn ok(out: Output) -> String {
@@ -265,17 +256,8 @@ async fn map_follows_placement_and_a_move_waits_for_ready_and_switch() {
     assert_eq!(c.map_file("wildcards.map"), ".shop.test node_a\n");
 
     // The move starts b, and goes nowhere until b is ready.
-    let mut mover = tokio::process::Command::new(env!("CARGO_BIN_EXE_polyhost"))
-        .args([
-            "cluster",
-            "--etcd",
-            &c.etcd.client_url(),
-            "--prefix",
-            PREFIX,
-            "move",
-            "shop",
-            "b",
-        ])
+    let mut mover = tokio::process::Command::from(cluster_command(&c.etcd.client_url(), PREFIX))
+        .args(["move", "shop", "b"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -488,17 +470,8 @@ async fn a_singleton_moves_stop_first_and_drain_empties_a_node() {
     c.report("a", &[("solo", SiteState::Ready, None)]).await;
     c.wait_served("solo.test", "node a").await;
 
-    let mut mover = tokio::process::Command::new(env!("CARGO_BIN_EXE_polyhost"))
-        .args([
-            "cluster",
-            "--etcd",
-            &c.etcd.client_url(),
-            "--prefix",
-            PREFIX,
-            "move",
-            "solo",
-            "b",
-        ])
+    let mut mover = tokio::process::Command::from(cluster_command(&c.etcd.client_url(), PREFIX))
+        .args(["move", "solo", "b"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

@@ -52,6 +52,27 @@ async fn pid_of(h: &Harness, post: bool, i: usize) -> u32 {
     pid.unwrap_or_else(|| panic!("request {i}: no pid in {text:?}"))
 }
 
+/// `clients` concurrent clients, each sending `each` requests one after
+/// another: the PIDs of the children that answered, in no order.
+async fn pids_from_clients(h: &Arc<Harness>, clients: usize, each: usize) -> Vec<u32> {
+    let mut tasks = Vec::new();
+    for t in 0..clients {
+        let h = h.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut pids = Vec::new();
+            for i in 0..each {
+                pids.push(pid_of(&h, false, 1000 * (t + 1) + i).await);
+            }
+            pids
+        }));
+    }
+    let mut pids = Vec::new();
+    for t in tasks {
+        pids.extend(t.await.unwrap());
+    }
+    pids
+}
+
 fn served_per_child(pids: &[u32]) -> HashMap<u32, u64> {
     let mut per = HashMap::new();
     for p in pids {
@@ -157,21 +178,7 @@ async fn under_concurrency_no_request_opens_a_connection_after_the_first_ones() 
         max_requests: MAX,
         ..Default::default()
     }));
-    let mut tasks = Vec::new();
-    for t in 0..16 {
-        let h = h.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut pids = Vec::new();
-            for i in 0..50 {
-                pids.push(pid_of(&h, false, 1000 * (t + 1) + i).await);
-            }
-            pids
-        }));
-    }
-    let mut pids = Vec::new();
-    for t in tasks {
-        pids.extend(t.await.unwrap());
-    }
+    let pids = pids_from_clients(&h, 16, 50).await;
     let per = served_per_child(&pids);
     assert!(
         per.values().all(|&n| n <= MAX),
@@ -217,21 +224,7 @@ async fn an_ondemand_pool_keeps_connections_alive_and_strands_no_request() {
             request_timeout: Duration::from_secs(3),
             ..Default::default()
         }));
-        let mut tasks = Vec::new();
-        for t in 0..16 {
-            let h = h.clone();
-            tasks.push(tokio::spawn(async move {
-                let mut pids = Vec::new();
-                for i in 0..25 {
-                    pids.push(pid_of(&h, false, 1000 * (t + 1) + i).await);
-                }
-                pids
-            }));
-        }
-        let mut pids = Vec::new();
-        for t in tasks {
-            pids.extend(t.await.unwrap());
-        }
+        let pids = pids_from_clients(&h, 16, 25).await;
         let per = served_per_child(&pids);
         if max_requests > 0 {
             assert!(

@@ -202,3 +202,11 @@ pub fn tls_subject(front: &str, host: &str) -> String {
         .trim()
         .to_owned()
 }
+
+/// The real binary's `polyhost cluster --etcd URL --prefix PREFIX`, for the
+/// caller to add the command and its arguments.
+pub fn cluster_command(etcd_url: &str, prefix: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_polyhost"));
+    cmd.args(["cluster", "--etcd", etcd_url, "--prefix", prefix]);
+    cmd
+}
