@@ -13,7 +13,7 @@ mod common;
 use std::time::Duration;
 
 use acme_support::*;
-use common::front::{h1_over, send_h1, served_cert, tls_connect};
+use common::front::{h1_over, self_signed, send_h1, served_cert, tls_connect};
 use common::{Binary, TestConfig};
 
 #[tokio::test]
@@ -22,7 +22,19 @@ async fn http01_certificate_is_issued_served_and_kept_across_a_restart() {
     let (http, https) = (free_port(), free_port());
     let cfg = TestConfig::new();
     let pebble = Pebble::start(cfg.path(), http, https, None).await;
-    write_main(&cfg, &pebble, http, https, pebble.port);
+    // Two roots, pebble's second: every one of the list is trusted (an
+    // unrelated root first, in a file of two; the public roots besides).
+    let unrelated =
+        self_signed(&["unrelated-ca.test"]).cert_pem + &self_signed(&["other-ca.test"]).cert_pem;
+    cfg.write("unrelated-roots.pem", &unrelated);
+    write_main_with_roots(
+        &cfg,
+        &pebble,
+        http,
+        https,
+        pebble.port,
+        &["unrelated-roots.pem", "pebble-listener.pem"],
+    );
     // redirect_http defaults to true: the challenge is answered anyway.
     cfg.static_site(
         "shop",

@@ -84,10 +84,8 @@ fn builder(acme: &AcmeConfig) -> Result<AccountBuilder, String> {
         .enable_http1()
         .enable_http2()
         .build();
-    let client = hyper_util::client::legacy::Client::builder(
-        hyper_util::rt::TokioExecutor::new(),
-    )
-    .build::<_, instant_acme::BodyWrapper<bytes::Bytes>>(https);
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build::<_, instant_acme::BodyWrapper<bytes::Bytes>>(https);
     Ok(Account::builder_with_http(Box::new(client)))
 }
 
@@ -102,14 +100,16 @@ fn root_store(acme: &AcmeConfig) -> Result<rustls::RootCertStore, String> {
         }
         let (_, unusable) = roots.add_parsable_certificates(native.certs);
         if roots.is_empty() {
-            tracing::warn!("no system trust roots found: the CA is trusted through acme.ca_roots only");
+            tracing::warn!(
+                "no system trust roots found: the CA is trusted through acme.ca_roots only"
+            );
         } else if unusable > 0 {
             tracing::debug!(unusable, "system trust roots skipped");
         }
     }
     for (i, path) in acme.ca_roots.iter().enumerate() {
-        let certs = crate::config::read_roots(path)
-            .map_err(|e| format!("acme.ca_roots[{i}]: {e}"))?;
+        let certs =
+            crate::config::read_roots(path).map_err(|e| format!("acme.ca_roots[{i}]: {e}"))?;
         for cert in certs {
             roots
                 .add(cert)
@@ -143,7 +143,11 @@ mod tests {
     #[test]
     fn the_client_trusts_the_system_roots_and_every_extra_root() {
         let dir = tempfile::tempdir().unwrap();
-        let (a, b, c) = (self_signed("a.test"), self_signed("b.test"), self_signed("c.test"));
+        let (a, b, c) = (
+            self_signed("a.test"),
+            self_signed("b.test"),
+            self_signed("c.test"),
+        );
         let mut acme = AcmeConfig {
             ca_roots: vec![
                 pem_file(dir.path(), "one.pem", &[&a]),
@@ -161,11 +165,13 @@ mod tests {
         for public in subjects(&system) {
             assert!(store.contains(&public), "a system root is missing");
         }
-        let extra = subjects(&root_store(&AcmeConfig {
-            ca_roots_only: true,
-            ..acme.clone()
-        })
-        .unwrap());
+        let extra = subjects(
+            &root_store(&AcmeConfig {
+                ca_roots_only: true,
+                ..acme.clone()
+            })
+            .unwrap(),
+        );
         assert_eq!(extra.len(), 3, "ca_roots_only: the three extra roots alone");
         for root in &extra {
             assert!(store.contains(root), "an extra root is missing");
