@@ -28,7 +28,7 @@ pub async fn load_or_create(acme: &AcmeConfig, state_dir: &Path) -> Result<Accou
                 return builder(acme)?
                     .from_credentials(stored.credentials)
                     .await
-                    .map_err(|e| format!("account: {e}"));
+                    .map_err(|e| format!("account: {}", with_causes(&e)));
             }
             Ok(_) => tracing::info!("acme.directory changed: creating an account with the new CA"),
             Err(e) => tracing::warn!(
@@ -54,7 +54,7 @@ pub async fn load_or_create(acme: &AcmeConfig, state_dir: &Path) -> Result<Accou
             eab.as_ref(),
         )
         .await
-        .map_err(|e| format!("creating the account: {e}"))?;
+        .map_err(|e| format!("creating the account: {}", with_causes(&e)))?;
     let stored = Stored {
         directory: acme.directory.clone(),
         credentials,
@@ -63,6 +63,22 @@ pub async fn load_or_create(acme: &AcmeConfig, state_dir: &Path) -> Result<Accou
     super::store::write_private(&file, &json).map_err(|e| format!("{}: {e}", file.display()))?;
     tracing::info!(id = account.id(), "ACME account created");
     Ok(account)
+}
+
+/// `e` and its sources: instant-acme's transport error reads only "client
+/// error (Connect)"; the cause (e.g. rustls' `UnknownIssuer` for a CA not
+/// in the trusted roots) is in the chain.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text = format!("{text}: {cause_text}");
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// An account builder whose HTTP client trusts the public roots (the
@@ -136,8 +152,13 @@ mod tests {
             .cert
     }
 
+    /// Each root by its subject and key (rcgen gives every certificate
+    /// the same subject).
     fn subjects(store: &rustls::RootCertStore) -> Vec<Vec<u8>> {
-        store.roots.iter().map(|r| r.subject.to_vec()).collect()
+        let key = |r: &rustls_pki_types::TrustAnchor<'_>| {
+            [r.subject.as_ref(), r.subject_public_key_info.as_ref()].concat()
+        };
+        store.roots.iter().map(key).collect()
     }
 
     #[test]

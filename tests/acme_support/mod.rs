@@ -170,6 +170,18 @@ pub async fn served_chain(https: u16, name: &str) -> Vec<CertificateDer<'static>
     panic!("no certificate served for {name}: {last}");
 }
 
+/// A CA root (PEM) named `cn` that signed nothing here: its subject differs
+/// from pebble's, so a handshake trusting only it fails as `UnknownIssuer`.
+pub fn unrelated_root(cn: &str) -> String {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, cn);
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let key = rcgen::KeyPair::generate().unwrap();
+    params.self_signed(&key).unwrap().pem()
+}
+
 /// `polyhost.toml` serving `http` and `https`, the CA at `ca_port`.
 pub fn write_main(cfg: &TestConfig, pebble: &Pebble, http: u16, https: u16, ca_port: u16) {
     write_main_with_roots(cfg, pebble, http, https, ca_port, &["pebble-listener.pem"]);
