@@ -80,16 +80,74 @@ fn acme_defaults_to_lets_encrypt_and_takes_a_test_ca() {
         "https://acme-v02.api.letsencrypt.org/directory"
     );
     let cfg = TestConfig::new();
-    cfg.write("roots/pebble.pem", "not checked here");
+    cfg.write("roots/pebble.pem", &self_signed(&["ca.test"]).cert_pem);
     cfg.main_extra("[acme]\ndirectory = \"https://127.0.0.1:14000/dir\"\nemail = \"ops@example.test\"\nca_roots = [\"roots/pebble.pem\"]\nrenew_before = \"10d\"");
     let acme = cfg.load().server.acme;
     assert_eq!(acme.directory, "https://127.0.0.1:14000/dir");
     assert_eq!(acme.email.as_deref(), Some("ops@example.test"));
     assert!(acme.ca_roots[0].ends_with("roots/pebble.pem"));
+    assert!(
+        !acme.ca_roots_only,
+        "extra roots by default, not only these"
+    );
     assert_eq!(
         acme.renew_before,
         Some(std::time::Duration::from_secs(10 * 86400))
     );
+}
+
+#[test]
+fn ca_roots_takes_several_files_of_several_roots_and_names_a_bad_one() {
+    let cfg = TestConfig::new();
+    cfg.write("roots/one.pem", &self_signed(&["one.test"]).cert_pem);
+    let two = self_signed(&["two.test"]).cert_pem + &self_signed(&["three.test"]).cert_pem;
+    cfg.write("roots/two.pem", &two);
+    cfg.main_extra(
+        "[acme]\nca_roots = [\"roots/one.pem\", \"roots/two.pem\"]\nca_roots_only = true",
+    );
+    let acme = cfg.load().server.acme;
+    assert_eq!(acme.ca_roots.len(), 2, "{:?}", acme.ca_roots);
+    assert!(
+        acme.ca_roots[0].ends_with("roots/one.pem") && acme.ca_roots[1].ends_with("roots/two.pem")
+    );
+    assert!(acme.ca_roots_only);
+    assert_eq!(
+        polyhost::config::read_roots(&acme.ca_roots[1])
+            .unwrap()
+            .len(),
+        2
+    );
+
+    // Every bad file is named with its key: no certificate, not PEM, missing.
+    let cfg = TestConfig::new();
+    cfg.write("roots/one.pem", &self_signed(&["one.test"]).cert_pem);
+    cfg.write("roots/key-only.pem", &self_signed(&["k.test"]).key_pem);
+    cfg.write(
+        "roots/broken.pem",
+        "-----BEGIN CERTIFICATE-----\nnot base64 at all!\n-----END CERTIFICATE-----\n",
+    );
+    cfg.main_extra("[acme]\nca_roots = [\"roots/one.pem\", \"roots/key-only.pem\", \"roots/broken.pem\", \"roots/missing.pem\"]");
+    let text = error_text(&cfg);
+    assert!(!text.contains("acme.ca_roots[0]"), "{text}");
+    assert!(
+        text.contains("acme.ca_roots[1]")
+            && text.contains("no certificate in")
+            && text.contains("key-only.pem"),
+        "{text}"
+    );
+    assert!(
+        text.contains("acme.ca_roots[2]") && text.contains("broken.pem"),
+        "{text}"
+    );
+    assert!(
+        text.contains("acme.ca_roots[3]") && text.contains("missing.pem"),
+        "{text}"
+    );
+
+    let cfg = TestConfig::new();
+    cfg.main_extra("[acme]\nca_roots_only = true");
+    let text = error_text(&cfg);
+    assert!(text.contains("acme.ca_roots_only"), "{text}");
 }
 
 #[tokio::test]

@@ -22,7 +22,18 @@ async fn http01_certificate_is_issued_served_and_kept_across_a_restart() {
     let (http, https) = (free_port(), free_port());
     let cfg = TestConfig::new();
     let pebble = Pebble::start(cfg.path(), http, https, None).await;
-    write_main(&cfg, &pebble, http, https, pebble.port);
+    // Two roots, pebble's second: every one of the list is trusted (an
+    // unrelated root first, in a file of two; the public roots besides).
+    let unrelated = unrelated_root("Unrelated Root A") + &unrelated_root("Unrelated Root B");
+    cfg.write("unrelated-roots.pem", &unrelated);
+    write_main_with_roots(
+        &cfg,
+        &pebble,
+        http,
+        https,
+        pebble.port,
+        &["unrelated-roots.pem", "pebble-listener.pem"],
+    );
     // redirect_http defaults to true: the challenge is answered anyway.
     cfg.static_site(
         "shop",
@@ -139,6 +150,32 @@ async fn an_unreachable_ca_is_shown_and_backed_off() {
         "{}",
         polyhost.log()
     );
+    assert_eq!(orders_seen(&cfg), 0);
+    polyhost.terminate().await;
+}
+
+/// `ca_roots_only` with a root that did not sign pebble's endpoint: the
+/// account cannot be made, and the status says why (the TLS cause).
+#[tokio::test]
+async fn a_ca_outside_ca_roots_is_refused_and_the_cause_shown() {
+    require_pebble();
+    let (http, https) = (free_port(), free_port());
+    let cfg = TestConfig::new();
+    let pebble = Pebble::start(cfg.path(), http, https, None).await;
+    cfg.write("unrelated-root.pem", &unrelated_root("Unrelated Root"));
+    write_main_with_roots(
+        &cfg,
+        &pebble,
+        http,
+        https,
+        pebble.port,
+        &["unrelated-root.pem"],
+    );
+    cfg.main_extra("ca_roots_only = true");
+    cfg.static_site("shop", &["shop.test"], "[tls]\nacme = true");
+    let polyhost = Binary::start(&cfg.main(), &[]).await;
+    let shown = wait_status(&cfg, "shop", "acme error").await;
+    assert!(shown.contains("UnknownIssuer"), "{shown}");
     assert_eq!(orders_seen(&cfg), 0);
     polyhost.terminate().await;
 }

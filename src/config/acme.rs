@@ -6,6 +6,8 @@
 
 use std::path::{Path, PathBuf};
 
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
 use serde::Deserialize;
 
 use super::error::FileErrors;
@@ -20,9 +22,15 @@ pub struct AcmeConfig {
     pub directory: String,
     /// Contact address given to the CA when the account is created.
     pub email: Option<String>,
-    /// A PEM trust root for talking to the CA (a private or test CA); at
-    /// most one for now. Empty: the public web roots.
+    /// PEM files of extra trust roots for the CA's HTTPS endpoint (a
+    /// private or test CA), each holding one or more certificates, every
+    /// one checked at load ([`read_roots`]). Trusted besides the public
+    /// roots, or instead of them with `ca_roots_only`.
     pub ca_roots: Vec<PathBuf>,
+    /// `ca_roots_only = true`: trust only `ca_roots` for the CA, not the
+    /// public roots (needs `ca_roots`).
+    #[serde(default)]
+    pub ca_roots_only: bool,
     /// Renew this long before expiry; `None`: a third of the lifetime.
     pub renew_before: Option<std::time::Duration>,
     /// The challenge types polyhost may answer, preferred first:
@@ -77,6 +85,7 @@ impl Default for AcmeConfig {
             directory: LETS_ENCRYPT.into(),
             email: None,
             ca_roots: Vec::new(),
+            ca_roots_only: false,
             renew_before: None,
             challenges: vec!["http-01".into(), "tls-alpn-01".into()],
             eab: None,
@@ -91,6 +100,7 @@ pub struct RawAcme {
     pub directory: Option<String>,
     pub email: Option<String>,
     pub ca_roots: Option<Vec<String>>,
+    pub ca_roots_only: Option<bool>,
     pub renew_before: Option<super::types::Scalar>,
     pub challenges: Option<Vec<String>>,
     pub eab_kid: Option<String>,
@@ -139,26 +149,60 @@ pub(crate) fn validate_acme(raw: RawAcme, base: &Path, errs: &mut FileErrors<'_>
             None => acme.challenges = challenges,
         }
     }
-    let roots = raw.ca_roots.unwrap_or_default();
-    if roots.len() > 1 {
-        // instant-acme's own client takes one root (`builder_with_root`).
-        errs.add(
-            "acme.ca_roots",
-            "one root for now: give the CA's root (or the certificate of its HTTPS endpoint) alone",
-        );
-    }
-    for (i, root) in roots.iter().enumerate() {
+    validate_roots(raw.ca_roots, raw.ca_roots_only, base, &mut acme, errs);
+    acme
+}
+
+/// `ca_roots` (any number of PEM files, each read and checked now so a bad
+/// file is a load error naming its key) and `ca_roots_only`.
+fn validate_roots(
+    roots: Option<Vec<String>>,
+    only: Option<bool>,
+    base: &Path,
+    acme: &mut AcmeConfig,
+    errs: &mut FileErrors<'_>,
+) {
+    for (i, root) in roots.unwrap_or_default().iter().enumerate() {
         let path = base.join(root);
-        if path.is_file() {
-            acme.ca_roots.push(path);
-        } else {
-            errs.add(
-                &format!("acme.ca_roots[{i}]"),
-                format!("{} is not a readable PEM file", path.display()),
-            );
+        match read_roots(&path) {
+            Ok(_) => acme.ca_roots.push(path),
+            Err(e) => errs.add(&format!("acme.ca_roots[{i}]"), e),
         }
     }
-    acme
+    acme.ca_roots_only = only.unwrap_or(false);
+    if acme.ca_roots_only && acme.ca_roots.is_empty() {
+        errs.add(
+            "acme.ca_roots_only",
+            "true without ca_roots: nothing would be trusted; give the CA's root in ca_roots",
+        );
+    }
+}
+
+/// The certificates of one `ca_roots` file, each usable as a trust anchor.
+/// Read at load (to check) and again when the account's client is built.
+pub fn read_roots(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{} is not PEM: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "no certificate in {} (expected PEM \"BEGIN CERTIFICATE\")",
+            path.display()
+        ));
+    }
+    for (n, cert) in certs.iter().enumerate() {
+        rustls::RootCertStore::empty()
+            .add(cert.clone())
+            .map_err(|e| {
+                format!(
+                    "{}: certificate {} is not a usable root: {e}",
+                    path.display(),
+                    n + 1
+                )
+            })?;
+    }
+    Ok(certs)
 }
 
 /// `on_demand = true` needs `ask`; the rate and retry have defaults.

@@ -29,7 +29,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-pub use acme::{AcmeConfig, OnDemand};
+pub use acme::{read_roots, AcmeConfig, OnDemand};
 pub use cluster::{
     cluster_site_file, cluster_vhosts_dir, ClusterConfig, DEFAULT_CAPACITY, DEFAULT_CLUSTER_PREFIX,
     DEFAULT_LEASE_TTL,

@@ -170,13 +170,40 @@ pub async fn served_chain(https: u16, name: &str) -> Vec<CertificateDer<'static>
     panic!("no certificate served for {name}: {last}");
 }
 
+/// A CA root (PEM) named `cn` that signed nothing here: its subject differs
+/// from pebble's, so a handshake trusting only it fails as `UnknownIssuer`.
+pub fn unrelated_root(cn: &str) -> String {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, cn);
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let key = rcgen::KeyPair::generate().unwrap();
+    params.self_signed(&key).unwrap().pem()
+}
+
 /// `polyhost.toml` serving `http` and `https`, the CA at `ca_port`.
 pub fn write_main(cfg: &TestConfig, pebble: &Pebble, http: u16, https: u16, ca_port: u16) {
+    write_main_with_roots(cfg, pebble, http, https, ca_port, &["pebble-listener.pem"]);
+}
+
+/// [`write_main`] with `ca_roots` as given (paths relative to the config;
+/// `pebble-listener.pem` is written, any other file is the caller's).
+pub fn write_main_with_roots(
+    cfg: &TestConfig,
+    pebble: &Pebble,
+    http: u16,
+    https: u16,
+    ca_port: u16,
+    roots: &[&str],
+) {
     cfg.write("pebble-listener.pem", &pebble.listener_cert);
+    let roots: Vec<String> = roots.iter().map(|r| format!("{r:?}")).collect();
+    let roots = roots.join(", ");
     cfg.write(
         "polyhost.toml",
         &format!(
-            "listen = [\"127.0.0.1:{http}\"]\ntls_listen = [\"127.0.0.1:{https}\"]\nstate_dir = \"state\"\nlog_dir = \"log\"\nshutdown_timeout = \"5s\"\nrouter_threads = 2\n[acme]\ndirectory = \"https://localhost:{ca_port}/dir\"\nemail = \"ops@example.test\"\nca_roots = [\"pebble-listener.pem\"]\n"
+            "listen = [\"127.0.0.1:{http}\"]\ntls_listen = [\"127.0.0.1:{https}\"]\nstate_dir = \"state\"\nlog_dir = \"log\"\nshutdown_timeout = \"5s\"\nrouter_threads = 2\n[acme]\ndirectory = \"https://localhost:{ca_port}/dir\"\nemail = \"ops@example.test\"\nca_roots = [{roots}]\n"
         ),
     );
 }
