@@ -10,8 +10,11 @@ MARKER_DIR = os.environ.get("MARKER_DIR", "/tmp")
 
 
 def marker(name, text=""):
-    with open(os.path.join(MARKER_DIR, name), "w") as f:
+    # Written whole, then renamed: a test that sees the file sees its text.
+    path = os.path.join(MARKER_DIR, name)
+    with open(path + ".tmp", "w") as f:
         f.write(text)
+    os.replace(path + ".tmp", path)
 
 
 def check_scope(scope):

@@ -128,8 +128,11 @@ class SlowStream:
         return b"x" * 1024
 
     def close(self):
-        with open(os.path.join(MARKER_DIR, "closed"), "w") as f:
+        # Written whole, then renamed: the test that sees the file sees the count.
+        path = os.path.join(MARKER_DIR, "closed")
+        with open(path + ".tmp", "w") as f:
             f.write(str(self.i))
+        os.replace(path + ".tmp", path)
 
 
 def slowstream(environ, start_response):
