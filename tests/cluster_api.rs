@@ -1,0 +1,216 @@
+//! The admin API's cluster endpoints (`/v1/cluster/...`, issue 26): a real
+//! etcd (`common::etcd`), the real polyhost binary as root with
+//! `[cluster]`, every request over its admin socket.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::etcd::{free_port, Etcd};
+use common::{get, open_up, Binary, TestConfig};
+use http::Method;
+use polyhost::admin::client::{call_with_body, Answer};
+use polyhost::cluster::schema::Keys;
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A node's (or, without `etcd`, a plain server's) configuration.
+fn config(etcd: Option<&Etcd>, node: &str) -> TestConfig {
+    let cfg = TestConfig::outside_tmp();
+    let port = free_port();
+    let cluster = etcd.map_or(String::new(), |etcd| {
+        format!(
+            "[cluster]\netcd = [\"{}\"]\nnode = \"{node}\"\nadvertise = \"127.0.0.1:{port}\"\nlease_ttl = \"3s\"\n",
+            etcd.client_url()
+        )
+    });
+    cfg.write(
+        "polyhost.toml",
+        &format!(
+            "listen = [\"127.0.0.1:{port}\"]\nstate_dir = \"state\"\nlog_dir = \"log\"\nshutdown_timeout = \"5s\"\nrouter_threads = 2\n{cluster}"
+        ),
+    );
+    cfg
+}
+
+/// The admin socket, once it is there.
+async fn socket(cfg: &TestConfig) -> PathBuf {
+    let path = cfg.path().join("state/admin.sock");
+    common::wait_for(
+        &format!("{} to exist", path.display()),
+        WAIT,
+        async || path.exists(),
+        |&there| there,
+    )
+    .await;
+    path
+}
+
+async fn api(socket: &Path, method: Method, path: &str, body: &str) -> (u16, Value) {
+    let Answer { status, body } = call_with_body(
+        socket,
+        method,
+        path,
+        Bytes::from(body.to_owned()),
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{path}: {e}"));
+    let json = serde_json::from_slice(&body)
+        .unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {}", String::from_utf8_lossy(&body)));
+    (status.as_u16(), json)
+}
+
+async fn stored(etcd: &Etcd, name: &str) -> usize {
+    let keys = Keys::new("/polyhost/");
+    let got = etcd
+        .client()
+        .await
+        .get(keys.site(name), None)
+        .await
+        .unwrap();
+    got.kvs().len()
+}
+
+/// `GET /v1/cluster/status` until `done` holds.
+async fn wait_status(socket: &Path, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    common::wait_for(
+        what,
+        WAIT,
+        async || api(socket, Method::GET, "/v1/cluster/status", "").await,
+        |(status, json)| *status == 200 && done(json),
+    )
+    .await
+    .1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_is_put_placed_served_and_removed_through_the_admin_socket() {
+    let etcd = Etcd::start().await;
+    let cfg = config(Some(&etcd), "web-1");
+    cfg.write("www/shop/index.html", "site shop\n");
+    let root = cfg.path().join("www/shop");
+    open_up(cfg.path());
+    let bin = Binary::start(&cfg.main(), &[]).await;
+    let sock = socket(&cfg).await;
+
+    // Invalid: 422 naming the key, nothing written.
+    let bad = format!(
+        "hosts = [\"shop.test\"]\nroot = \"{}\"\n[php]\nmax_children = \"lots\"\n",
+        root.display()
+    );
+    let (status, body) = api(&sock, Method::PUT, "/v1/cluster/sites/shop", &bad).await;
+    assert_eq!(status, 422, "{body:#}");
+    let keys: Vec<&str> = body["errors"]
+        .as_array()
+        .map(|e| e.iter().filter_map(|e| e["key"].as_str()).collect())
+        .unwrap_or_default();
+    assert!(keys.iter().any(|k| k.contains("max_children")), "{body:#}");
+    assert_eq!(
+        stored(&etcd, "shop").await,
+        0,
+        "an invalid site was written"
+    );
+
+    // Valid: stored; placing it on an unknown node is refused.
+    let good = format!("hosts = [\"shop.test\"]\nroot = \"{}\"\n", root.display());
+    let (status, body) = api(&sock, Method::PUT, "/v1/cluster/sites/shop", &good).await;
+    assert_eq!(status, 200, "{body:#}");
+    assert_eq!(stored(&etcd, "shop").await, 1);
+    let place = "/v1/cluster/sites/shop/place";
+    let (status, body) = api(&sock, Method::POST, place, r#"{"node": "web-9"}"#).await;
+    assert_eq!(status, 409, "{body:#}");
+    assert!(
+        body["error"].as_str().unwrap_or("").contains("web-9"),
+        "{body:#}"
+    );
+
+    // Placed on this node: served, and the status says ready.
+    let (status, body) = api(&sock, Method::POST, place, r#"{"node": "web-1"}"#).await;
+    assert_eq!(status, 200, "{body:#}");
+    let served = common::wait_for(
+        "shop.test served by the node",
+        WAIT,
+        async || {
+            let r = get(bin.addr, "shop.test", "/").await;
+            (r.status, r.text())
+        },
+        |(s, t)| *s == 200 && t.contains("site shop"),
+    )
+    .await;
+    assert_eq!(served.0, 200);
+    let status_json = wait_status(&sock, "web-1 reporting shop ready", |s| {
+        s["nodes"].get("web-1").is_some()
+            && s["sites"]["shop"]["node"] == "web-1"
+            && s["sites"]["shop"]["reports"]["web-1"]["state"] == "ready"
+    })
+    .await;
+    assert_eq!(status_json["sites"]["shop"]["stored"], true);
+
+    // A move to where it is changes nothing; a drain with no other node
+    // to go to is refused, site by site.
+    let (status, body) = api(
+        &sock,
+        Method::POST,
+        "/v1/cluster/sites/shop/move",
+        r#"{"node": "web-1"}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body:#}");
+    assert!(
+        body["message"].as_str().unwrap_or("").contains("already"),
+        "{body:#}"
+    );
+    let drain = "/v1/cluster/nodes/web-1/drain";
+    let (status, body) = api(&sock, Method::POST, drain, "").await;
+    assert_eq!(status, 409, "{body:#}");
+    assert_eq!(body["sites"][0]["site"], "shop", "{body:#}");
+    assert_eq!(body["sites"][0]["moved"], false, "{body:#}");
+
+    // Removed: gone from etcd, from the status, from the node.
+    let (status, body) = api(&sock, Method::DELETE, "/v1/cluster/sites/shop", "").await;
+    assert_eq!(status, 200, "{body:#}");
+    assert_eq!(stored(&etcd, "shop").await, 0);
+    wait_status(&sock, "shop gone from the status", |s| {
+        s["sites"].get("shop").is_none()
+    })
+    .await;
+    common::wait_for(
+        "shop.test no longer served",
+        WAIT,
+        async || {
+            let r = get(bin.addr, "shop.test", "/").await;
+            (r.status, r.text())
+        },
+        |(s, t)| *s != 200 && !t.contains("site shop"),
+    )
+    .await;
+    let (status, body) = api(&sock, Method::DELETE, "/v1/cluster/sites/shop", "").await;
+    assert_eq!(status, 404, "removing it twice: {body:#}");
+
+    // etcd gone: 503, and the node still answers its API.
+    let mut etcd = etcd;
+    etcd.stop();
+    let (status, body) = api(&sock, Method::GET, "/v1/cluster/status", "").await;
+    assert_eq!(status, 503, "{body:#}");
+    assert!(
+        body["error"].as_str().unwrap_or("").contains("etcd"),
+        "{body:#}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_without_cluster_answers_404_saying_so() {
+    let cfg = config(None, "");
+    open_up(cfg.path());
+    let _bin = Binary::start(&cfg.main(), &[]).await;
+    let (status, body) = api(&socket(&cfg).await, Method::GET, "/v1/cluster/status", "").await;
+    assert_eq!(status, 404, "{body:#}");
+    assert!(
+        body["error"].as_str().unwrap_or("").contains("[cluster]"),
+        "{body:#}"
+    );
+}
