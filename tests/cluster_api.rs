@@ -200,6 +200,9 @@ async fn a_site_is_put_placed_served_and_removed_through_the_admin_socket() {
         body["error"].as_str().unwrap_or("").contains("etcd"),
         "{body:#}"
     );
+    // An invalid site is refused before etcd is asked.
+    let (status, body) = api(&sock, Method::PUT, "/v1/cluster/sites/shop", &bad).await;
+    assert_eq!(status, 422, "{body:#}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -30,9 +30,12 @@ use serde::{Deserialize, Serialize};
 use super::api::{config_errors, error, json, not_allowed, Resp};
 use crate::app::Server;
 use crate::cluster::control::{self, Cluster, ClusterError, MoveOptions, MoveOutcome, Status};
+use crate::cluster::etcd::EtcdSettings;
 
 /// The largest request body a cluster endpoint reads (a vhost file).
 const MAX_BODY: usize = 1024 * 1024;
+/// How long a request body may take to arrive.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The answer to put, remove, place and move.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -111,16 +114,26 @@ where
         Err(why) => return error(StatusCode::BAD_REQUEST, why),
     };
     let settings = crate::cluster::node::settings(&config);
-    let mut cluster = match Cluster::connect(&settings).await {
+    if let (["sites", name], &Method::PUT) = (rest, method) {
+        // Validated before etcd is asked: an invalid site is 422 even without it.
+        let site = match valid_site(server, &settings, name, &body).await {
+            Ok(site) => site,
+            Err(r) => return r,
+        };
+        return match connect(&settings).await {
+            Ok(mut cluster) => put(&mut cluster, name, site).await,
+            Err(r) => r,
+        };
+    }
+    let mut cluster = match connect(&settings).await {
         Ok(c) => c,
-        Err(e) => return unreachable(&format!("{e:#}")),
+        Err(r) => return r,
     };
     match (rest, method) {
         (["status"], _) => match cluster.snapshot().await {
             Ok(snap) => json(StatusCode::OK, &Status::of(&snap)),
             Err(e) => cluster_error(e),
         },
-        (["sites", name], &Method::PUT) => put(&mut cluster, server, name, &body).await,
         (["sites", name], _) => remove(&mut cluster, name).await,
         (["sites", name, "place"], _) => place(&mut cluster, name, &body).await,
         (["sites", name, _], _) => move_site(&mut cluster, name, &body).await,
@@ -134,29 +147,58 @@ where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    match Limited::new(body, MAX_BODY).collect().await {
-        Ok(b) => Ok(b.to_bytes()),
-        Err(e) => Err(format!(
+    let read = tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, MAX_BODY).collect());
+    match read.await {
+        Ok(Ok(b)) => Ok(b.to_bytes()),
+        Ok(Err(e)) => Err(format!(
             "cannot read the request body (at most {MAX_BODY} bytes): {e}"
+        )),
+        Err(_) => Err(format!(
+            "the request body did not arrive within {BODY_TIMEOUT:?}"
         )),
     }
 }
 
-async fn put(cluster: &mut Cluster, server: &Server, name: &str, body: &[u8]) -> Resp {
+/// A site's text and the base its relative paths resolve against, once
+/// valid.
+struct ValidSite {
+    text: String,
+    base: std::path::PathBuf,
+}
+
+async fn valid_site(
+    server: &Server,
+    settings: &EtcdSettings,
+    name: &str,
+    body: &[u8],
+) -> Result<ValidSite, Resp> {
     let Ok(text) = std::str::from_utf8(body) else {
-        return error(
+        return Err(error(
             StatusCode::BAD_REQUEST,
             "the body must be the site's vhost file as UTF-8 TOML text",
-        );
+        ));
     };
     let base = server.config().await.server.base_dir;
-    if let Err(errors) = control::site_errors(&cluster.keys, name, text, &base) {
-        return config_errors(
+    match control::site_errors(&settings.keys(), name, text, &base) {
+        Ok(()) => Ok(ValidSite {
+            text: text.to_owned(),
+            base,
+        }),
+        Err(errors) => Err(config_errors(
             errors,
             "the site is invalid; nothing was written to etcd. Fix these and put it again",
-        );
+        )),
     }
-    match cluster.put_site(name, text, &base).await {
+}
+
+async fn connect(settings: &EtcdSettings) -> Result<Cluster, Resp> {
+    Cluster::connect(settings)
+        .await
+        .map_err(|e| unreachable(&format!("{e:#}")))
+}
+
+async fn put(cluster: &mut Cluster, name: &str, site: ValidSite) -> Resp {
+    match cluster.put_site(name, &site.text, &site.base).await {
         Ok(()) => done(name, "put", None, format!("stored sites/{name}")),
         Err(e) => cluster_error(e),
     }
