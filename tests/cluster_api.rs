@@ -128,7 +128,12 @@ async fn a_site_is_put_placed_served_and_removed_through_the_admin_socket() {
         "{body:#}"
     );
 
-    // Placed on this node: served, and the status says ready.
+    // Placed on this node (once it registered): served, and the status
+    // says ready.
+    wait_status(&sock, "web-1 registered", |s| {
+        s["nodes"].get("web-1").is_some()
+    })
+    .await;
     let (status, body) = api(&sock, Method::POST, place, r#"{"node": "web-1"}"#).await;
     assert_eq!(status, 200, "{body:#}");
     let served = common::wait_for(

@@ -118,16 +118,16 @@ where
         // Validated before etcd is asked: an invalid site is 422 even without it.
         let site = match valid_site(server, &settings, name, &body).await {
             Ok(site) => site,
-            Err(r) => return r,
+            Err(r) => return *r,
         };
         return match connect(&settings).await {
             Ok(mut cluster) => put(&mut cluster, name, site).await,
-            Err(r) => r,
+            Err(why) => unreachable(&why),
         };
     }
     let mut cluster = match connect(&settings).await {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(why) => return unreachable(&why),
     };
     match (rest, method) {
         (["status"], _) => match cluster.snapshot().await {
@@ -171,12 +171,12 @@ async fn valid_site(
     settings: &EtcdSettings,
     name: &str,
     body: &[u8],
-) -> Result<ValidSite, Resp> {
+) -> Result<ValidSite, Box<Resp>> {
     let Ok(text) = std::str::from_utf8(body) else {
-        return Err(error(
+        return Err(Box::new(error(
             StatusCode::BAD_REQUEST,
             "the body must be the site's vhost file as UTF-8 TOML text",
-        ));
+        )));
     };
     let base = server.config().await.server.base_dir;
     match control::site_errors(&settings.keys(), name, text, &base) {
@@ -184,17 +184,18 @@ async fn valid_site(
             text: text.to_owned(),
             base,
         }),
-        Err(errors) => Err(config_errors(
+        Err(errors) => Err(Box::new(config_errors(
             errors,
             "the site is invalid; nothing was written to etcd. Fix these and put it again",
-        )),
+        ))),
     }
 }
 
-async fn connect(settings: &EtcdSettings) -> Result<Cluster, Resp> {
+/// Connects to the node's etcd; `Err` says why not.
+async fn connect(settings: &EtcdSettings) -> Result<Cluster, String> {
     Cluster::connect(settings)
         .await
-        .map_err(|e| unreachable(&format!("{e:#}")))
+        .map_err(|e| format!("{e:#}"))
 }
 
 async fn put(cluster: &mut Cluster, name: &str, site: ValidSite) -> Resp {
@@ -223,7 +224,7 @@ async fn remove(cluster: &mut Cluster, name: &str) -> Resp {
 async fn place(cluster: &mut Cluster, name: &str, body: &[u8]) -> Resp {
     let args: PlaceBody = match parse(body) {
         Ok(a) => a,
-        Err(r) => return r,
+        Err(why) => return error(StatusCode::BAD_REQUEST, why),
     };
     match cluster.place(name, &args.node, args.singleton).await {
         Ok(()) => done(
@@ -239,7 +240,7 @@ async fn place(cluster: &mut Cluster, name: &str, body: &[u8]) -> Resp {
 async fn move_site(cluster: &mut Cluster, name: &str, body: &[u8]) -> Resp {
     let args: MoveBody = match parse(body) {
         Ok(a) => a,
-        Err(r) => return r,
+        Err(why) => return error(StatusCode::BAD_REQUEST, why),
     };
     let Some(to) = args.node.clone() else {
         return error(
@@ -256,7 +257,7 @@ async fn move_site(cluster: &mut Cluster, name: &str, body: &[u8]) -> Resp {
 async fn drain(cluster: &mut Cluster, node: &str, body: &[u8]) -> Resp {
     let args: MoveBody = match parse(body) {
         Ok(a) => a,
-        Err(r) => return r,
+        Err(why) => return error(StatusCode::BAD_REQUEST, why),
     };
     if args.node.is_some() {
         return error(
@@ -302,14 +303,13 @@ fn worse(a: StatusCode, b: StatusCode) -> bool {
 }
 
 /// A JSON body (empty means `{}`); 400 saying what is wrong.
-fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Resp> {
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
     let body = if body.iter().all(u8::is_ascii_whitespace) {
         b"{}".as_slice()
     } else {
         body
     };
-    serde_json::from_slice(body)
-        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("bad JSON body: {e}")))
+    serde_json::from_slice(body).map_err(|e| format!("bad JSON body: {e}"))
 }
 
 fn options(args: &MoveBody) -> MoveOptions {
