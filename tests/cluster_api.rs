@@ -19,18 +19,23 @@ const WAIT: Duration = Duration::from_secs(60);
 
 /// A node's (or, without `etcd`, a plain server's) configuration.
 fn config(etcd: Option<&Etcd>, node: &str) -> TestConfig {
+    config_on(etcd, node, "127.0.0.1")
+}
+
+/// [`config`] listening on `ip` (several nodes on one machine: 127.0.0.x).
+fn config_on(etcd: Option<&Etcd>, node: &str, ip: &str) -> TestConfig {
     let cfg = TestConfig::outside_tmp();
     let port = free_port();
     let cluster = etcd.map_or(String::new(), |etcd| {
         format!(
-            "[cluster]\netcd = [\"{}\"]\nnode = \"{node}\"\nadvertise = \"127.0.0.1:{port}\"\nlease_ttl = \"3s\"\n",
+            "[cluster]\netcd = [\"{}\"]\nnode = \"{node}\"\nadvertise = \"{ip}:{port}\"\nlease_ttl = \"3s\"\n",
             etcd.client_url()
         )
     });
     cfg.write(
         "polyhost.toml",
         &format!(
-            "listen = [\"127.0.0.1:{port}\"]\nstate_dir = \"state\"\nlog_dir = \"log\"\nshutdown_timeout = \"5s\"\nrouter_threads = 2\n{cluster}"
+            "listen = [\"{ip}:{port}\"]\nstate_dir = \"state\"\nlog_dir = \"log\"\nshutdown_timeout = \"5s\"\nrouter_threads = 2\n{cluster}"
         ),
     );
     cfg
@@ -55,7 +60,8 @@ async fn api(socket: &Path, method: Method, path: &str, body: &str) -> (u16, Val
         method,
         path,
         Bytes::from(body.to_owned()),
-        Duration::from_secs(30),
+        // Longer than any move's waits below.
+        Duration::from_secs(120),
     )
     .await
     .unwrap_or_else(|e| panic!("{path}: {e}"));
@@ -220,5 +226,77 @@ async fn a_server_without_cluster_answers_404_saying_so() {
     assert!(
         body["error"].as_str().unwrap_or("").contains("[cluster]"),
         "{body:#}"
+    );
+}
+
+/// Waits until `bin` answers `shop.test` with `status`.
+async fn wait_answer(bin: &Binary, status: u16) {
+    common::wait_for(
+        &format!("shop.test answered {status} by {}", bin.addr),
+        WAIT,
+        async || get(bin.addr, "shop.test", "/").await.status,
+        |s| *s == status,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_and_a_drain_through_the_admin_socket_answer_once_done() {
+    let etcd = Etcd::start().await;
+    let (a, b) = (
+        config_on(Some(&etcd), "web-a", "127.0.0.2"),
+        config_on(Some(&etcd), "web-b", "127.0.0.3"),
+    );
+    // The site's files at one path for both nodes (shared storage).
+    let www = TestConfig::outside_tmp();
+    www.write("shop/index.html", "site shop\n");
+    let text = format!(
+        "hosts = [\"shop.test\"]\nroot = \"{}\"\n",
+        www.path().join("shop").display()
+    );
+    for dir in [www.path(), a.path(), b.path()] {
+        open_up(dir);
+    }
+    let (node_a, node_b) = (
+        Binary::start(&a.main(), &[]).await,
+        Binary::start(&b.main(), &[]).await,
+    );
+    let sock = socket(&a).await;
+    wait_status(&sock, "both nodes registered", |s| {
+        s["nodes"].get("web-a").is_some() && s["nodes"].get("web-b").is_some()
+    })
+    .await;
+    let (status, body) = api(&sock, Method::PUT, "/v1/cluster/sites/shop", &text).await;
+    assert_eq!(status, 200, "{body:#}");
+    let place = "/v1/cluster/sites/shop/place";
+    let (status, body) = api(&sock, Method::POST, place, r#"{"node": "web-a"}"#).await;
+    assert_eq!(status, 200, "{body:#}");
+    wait_answer(&node_a, 200).await;
+
+    // The move answers once web-b serves it and web-a let it go.
+    let to_b = r#"{"node": "web-b", "ready_timeout": 60}"#;
+    let (status, body) = api(&sock, Method::POST, "/v1/cluster/sites/shop/move", to_b).await;
+    assert_eq!(status, 200, "{body:#}");
+    assert_eq!(
+        body["message"], "moved shop from web-a to web-b",
+        "{body:#}"
+    );
+    assert_eq!(get(node_b.addr, "shop.test", "/").await.status, 200);
+    wait_answer(&node_a, 421).await;
+
+    // A drain of web-b (asked on web-a's socket) puts it back on web-a.
+    let drain = "/v1/cluster/nodes/web-b/drain";
+    let (status, body) = api(&sock, Method::POST, drain, r#"{"ready_timeout": 60}"#).await;
+    assert_eq!(status, 200, "{body:#}");
+    assert_eq!(body["sites"][0]["moved"], true, "{body:#}");
+    assert_eq!(get(node_a.addr, "shop.test", "/").await.status, 200);
+    wait_answer(&node_b, 421).await;
+    let status_json = wait_status(&sock, "shop on web-a", |s| {
+        s["sites"]["shop"]["node"] == "web-a"
+    })
+    .await;
+    assert_eq!(
+        status_json["sites"]["shop"]["draining"],
+        serde_json::json!([])
     );
 }
