@@ -114,7 +114,14 @@ async fn a_site_is_put_placed_served_and_removed_through_the_admin_socket() {
         .as_array()
         .map(|e| e.iter().filter_map(|e| e["key"].as_str()).collect())
         .unwrap_or_default();
-    assert!(keys.iter().any(|k| k.contains("max_children")), "{body:#}");
+    assert!(keys.contains(&"php.max_children"), "{body:#}");
+    assert!(
+        body["errors"][0]["file"]
+            .as_str()
+            .unwrap_or("")
+            .contains("sites/shop"),
+        "{body:#}"
+    );
     assert_eq!(
         stored(&etcd, "shop").await,
         0,

@@ -88,16 +88,11 @@ where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let allowed = match rest {
-        ["status"] => "GET",
-        ["sites", _] => "PUT, DELETE",
-        ["sites", _, "place" | "move"] | ["nodes", _, "drain"] => "POST",
-        _ => {
-            return error(
-                StatusCode::NOT_FOUND,
-                "no such cluster endpoint; see docs/admin-api.md (Cluster)",
-            )
-        }
+    let Some(allowed) = methods(rest) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "no such cluster endpoint; see docs/admin-api.md (Cluster)",
+        );
     };
     if !allowed.split(", ").any(|m| m == method.as_str()) {
         return not_allowed(allowed);
@@ -125,19 +120,33 @@ where
             Err(why) => unreachable(&why),
         };
     }
-    let mut cluster = match connect(&settings).await {
-        Ok(c) => c,
-        Err(why) => return unreachable(&why),
-    };
+    match connect(&settings).await {
+        Ok(mut cluster) => dispatch(&mut cluster, rest, method, &body).await,
+        Err(why) => unreachable(&why),
+    }
+}
+
+/// The methods a cluster path takes; `None`: no such path.
+fn methods(rest: &[&str]) -> Option<&'static str> {
+    match rest {
+        ["status"] => Some("GET"),
+        ["sites", _] => Some("PUT, DELETE"),
+        ["sites", _, "place" | "move"] | ["nodes", _, "drain"] => Some("POST"),
+        _ => None,
+    }
+}
+
+/// Every endpoint but PUT, once its method is checked.
+async fn dispatch(cluster: &mut Cluster, rest: &[&str], method: &Method, body: &[u8]) -> Resp {
     match (rest, method) {
         (["status"], _) => match cluster.snapshot().await {
             Ok(snap) => json(StatusCode::OK, &Status::of(&snap)),
             Err(e) => cluster_error(e),
         },
-        (["sites", name], _) => remove(&mut cluster, name).await,
-        (["sites", name, "place"], _) => place(&mut cluster, name, &body).await,
-        (["sites", name, _], _) => move_site(&mut cluster, name, &body).await,
-        (["nodes", node, _], _) => drain(&mut cluster, node, &body).await,
+        (["sites", name], _) => remove(cluster, name).await,
+        (["sites", name, "place"], _) => place(cluster, name, body).await,
+        (["sites", name, _], _) => move_site(cluster, name, body).await,
+        (["nodes", node, _], _) => drain(cluster, node, body).await,
         _ => error(StatusCode::NOT_FOUND, "no such cluster endpoint"),
     }
 }
