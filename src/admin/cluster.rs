@@ -374,3 +374,35 @@ fn unreachable(why: &str) -> Resp {
         format!("{why}: is etcd running? This node keeps serving its last state; try again"),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use http::StatusCode;
+
+    #[test]
+    fn each_path_takes_its_methods_and_others_are_unknown() {
+        assert_eq!(super::methods(&["status"]), Some("GET"));
+        assert_eq!(super::methods(&["sites", "shop"]), Some("PUT, DELETE"));
+        assert_eq!(super::methods(&["sites", "shop", "move"]), Some("POST"));
+        assert_eq!(super::methods(&["nodes", "web-1", "drain"]), Some("POST"));
+        assert_eq!(super::methods(&["sites", "shop", "drain"]), None);
+        assert_eq!(super::methods(&[]), None);
+    }
+
+    #[test]
+    fn a_drain_answers_with_its_worst_move() {
+        use StatusCode as S;
+        assert!(super::worse(S::SERVICE_UNAVAILABLE, S::GATEWAY_TIMEOUT));
+        assert!(super::worse(S::GATEWAY_TIMEOUT, S::CONFLICT));
+        assert!(super::worse(S::CONFLICT, S::OK));
+        assert!(!super::worse(S::CONFLICT, S::GATEWAY_TIMEOUT));
+    }
+
+    #[test]
+    fn an_empty_body_is_an_empty_object_and_unknown_fields_are_refused() {
+        let empty: super::MoveBody = super::parse(b" \n").unwrap();
+        assert!(empty.node.is_none() && empty.ready_timeout.is_none());
+        let err = super::parse::<super::PlaceBody>(br#"{"node":"a","nodes":1}"#).unwrap_err();
+        assert!(err.contains("unknown field"), "{err}");
+    }
+}
