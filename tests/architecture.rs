@@ -196,8 +196,11 @@ const LAYERS: &[&[&str]] = &[
     &["sites"],
     // The running server: sites, reloads, the routing table.
     &["app"],
+    // A cluster node's agent and the cluster operations on etcd; below the
+    // admin API, which serves them on a node.
+    &["cluster"],
     // The edges: admin API, `polyhost check`, the command line.
-    &["admin", "check", "acme", "cluster"],
+    &["admin", "check", "acme"],
     // Polyhost as two processes: the supervisor's and the router's ends.
     &["privsep"],
     &["cli"],

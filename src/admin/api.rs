@@ -10,6 +10,7 @@
 //! | POST | `/v1/sites/{name}/restart`, `/stop`, `/start` | [`ActionDone`], 404 |
 //! | POST | `/v1/logs/reopen` | [`LogsReopened`](crate::app::LogsReopened), 503 |
 //! | GET | `/metrics` | Prometheus text |
+//! | * | `/v1/cluster/...` | [`super::cluster`] (a node with `[cluster]`) |
 //!
 //! Every error is an [`ErrorBody`] whose message says what to do next.
 
@@ -82,10 +83,14 @@ pub struct ActionDone {
     pub status: Option<SiteStatus>,
 }
 
-type Resp = Response<Full<Bytes>>;
+pub(super) type Resp = Response<Full<Bytes>>;
 
 /// Answers one request. Never panics on any input.
-pub async fn handle<B>(req: Request<B>, server: &Server, access: &Access, scope: Scope) -> Resp {
+pub async fn handle<B>(req: Request<B>, server: &Server, access: &Access, scope: Scope) -> Resp
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     match access {
         Access::Granted | Access::Open => {}
         Access::Denied(why) => return error(StatusCode::FORBIDDEN, why.to_string()),
@@ -114,9 +119,10 @@ pub async fn handle<B>(req: Request<B>, server: &Server, access: &Access, scope:
             }
         }
     }
-    let path = req.uri().path().trim_end_matches('/');
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path().trim_end_matches('/');
     let segments: Vec<&str> = path.split('/').skip(1).collect();
-    let method = req.method().clone();
+    let method = parts.method.clone();
     if scope == Scope::MetricsOnly && segments != ["metrics"] {
         return error(
             StatusCode::NOT_FOUND,
@@ -149,10 +155,13 @@ pub async fn handle<B>(req: Request<B>, server: &Server, access: &Access, scope:
         (["v1", "sites", name, action @ ("restart" | "stop" | "start")], &Method::POST) => {
             site_action(server, name, action).await
         }
-        (["v1", "upgrade"], &Method::POST) => match upgrade_timeout(req.uri().query()) {
+        (["v1", "upgrade"], &Method::POST) => match upgrade_timeout(parts.uri.query()) {
             Ok(timeout) => upgrade(server, timeout).await,
             Err(why) => error(StatusCode::BAD_REQUEST, why),
         },
+        (["v1", "cluster", rest @ ..], _) => {
+            super::cluster::handle(rest, &method, body, server).await
+        }
         (["metrics"] | ["v1", "status"] | ["v1", "sites", _], _) => not_allowed("GET"),
         (["v1", "reload"]
         | ["v1", "upgrade"]
@@ -164,8 +173,8 @@ pub async fn handle<B>(req: Request<B>, server: &Server, access: &Access, scope:
             StatusCode::NOT_FOUND,
             format!(
                 "no endpoint {method} {path:?}; the API has GET /v1/status, GET /v1/sites/NAME, \
-                 POST /v1/reload, POST /v1/logs/reopen, POST /v1/upgrade, POST /v1/sites/NAME/restart|stop|start, GET /metrics \
-                 (see docs/admin-api.md)"
+                 POST /v1/reload, POST /v1/logs/reopen, POST /v1/upgrade, POST /v1/sites/NAME/restart|stop|start, GET /metrics, \
+                 /v1/cluster/... (see docs/admin-api.md)"
             ),
         ),
     }
@@ -239,7 +248,7 @@ fn control_error(e: ControlError) -> Resp {
     }
 }
 
-fn config_errors(errors: ConfigErrors, message: &str) -> Resp {
+pub(super) fn config_errors(errors: ConfigErrors, message: &str) -> Resp {
     json(
         StatusCode::UNPROCESSABLE_ENTITY,
         &ErrorBody {
@@ -256,7 +265,7 @@ fn config_errors(errors: ConfigErrors, message: &str) -> Resp {
     )
 }
 
-fn not_allowed(allow: &'static str) -> Resp {
+pub(super) fn not_allowed(allow: &'static str) -> Resp {
     let mut r = error(
         StatusCode::METHOD_NOT_ALLOWED,
         format!("use {allow} for this endpoint"),
@@ -297,7 +306,7 @@ async fn upgrade(server: &Server, timeout: std::time::Duration) -> Resp {
     }
 }
 
-fn error(status: StatusCode, message: impl Into<String>) -> Resp {
+pub(super) fn error(status: StatusCode, message: impl Into<String>) -> Resp {
     json(
         status,
         &ErrorBody {
@@ -307,7 +316,7 @@ fn error(status: StatusCode, message: impl Into<String>) -> Resp {
     )
 }
 
-fn json<T: Serialize>(status: StatusCode, value: &T) -> Resp {
+pub(super) fn json<T: Serialize>(status: StatusCode, value: &T) -> Resp {
     let (status, body) = match serde_json::to_vec_pretty(value) {
         Ok(mut b) => {
             b.push(b'\n');

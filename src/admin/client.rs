@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 
 /// An answer from polyhost.
@@ -42,7 +42,18 @@ pub async fn call(
     path: &str,
     timeout: Duration,
 ) -> Result<Answer, ClientError> {
-    match tokio::time::timeout(timeout, call_inner(socket, method, path)).await {
+    call_with_body(socket, method, path, Bytes::new(), timeout).await
+}
+
+/// [`call`] with a request body (the cluster endpoints' TOML or JSON).
+pub async fn call_with_body(
+    socket: &Path,
+    method: Method,
+    path: &str,
+    body: Bytes,
+    timeout: Duration,
+) -> Result<Answer, ClientError> {
+    match tokio::time::timeout(timeout, call_inner(socket, method, path, body)).await {
         Ok(r) => r,
         Err(_) => Err(ClientError::Timeout {
             socket: socket.to_path_buf(),
@@ -51,7 +62,12 @@ pub async fn call(
     }
 }
 
-async fn call_inner(socket: &Path, method: Method, path: &str) -> Result<Answer, ClientError> {
+async fn call_inner(
+    socket: &Path,
+    method: Method,
+    path: &str,
+    body: Bytes,
+) -> Result<Answer, ClientError> {
     let stream = tokio::net::UnixStream::connect(socket)
         .await
         .map_err(|source| match source.kind() {
@@ -77,7 +93,7 @@ async fn call_inner(socket: &Path, method: Method, path: &str) -> Result<Answer,
         .method(method)
         .uri(path)
         .header(http::header::HOST, "polyhost")
-        .body(Empty::<Bytes>::new())
+        .body(Full::new(body))
         .map_err(|e| protocol(&e))?;
     let resp = sender.send_request(req).await.map_err(|e| protocol(&e))?;
     let status = resp.status();

@@ -7,6 +7,8 @@
 //! - [`socket`]: binding the Unix socket (stale-socket handling, mode,
 //!   group) and checking each peer's credentials (SO_PEERCRED).
 //! - [`api`]: the endpoints: request → [`crate::app::Server`] → JSON.
+//! - [`cluster`]: the `/v1/cluster/...` endpoints: the `polyhost cluster`
+//!   operations on this node's etcd (a node with `[cluster]`).
 //! - [`metrics`]: the `/metrics` scrape (status + per-site handles → Prometheus text).
 //! - [`client`]: one request over the socket, for the CLI.
 //!
@@ -21,6 +23,7 @@
 
 pub mod api;
 pub mod client;
+pub mod cluster;
 pub mod metrics;
 pub mod socket;
 

@@ -187,10 +187,19 @@ fn check_target(snap: &Snapshot, site: &str, node: &str) -> Result<(), ClusterEr
 /// (`config::site_from_text`, what the nodes run); every error as
 /// `etcd:PREFIX/sites/NAME: KEY: MESSAGE`.
 pub fn validate_site(keys: &Keys, name: &str, text: &str, base: &Path) -> Result<(), ClusterError> {
+    site_errors(keys, name, text, base).map_err(|errors| ClusterError::Refused(errors.to_string()))
+}
+
+/// [`validate_site`] with each error kept apart (file, key, message), for
+/// the admin API's 422 answer.
+pub fn site_errors(
+    keys: &Keys,
+    name: &str,
+    text: &str,
+    base: &Path,
+) -> Result<(), crate::config::ConfigErrors> {
     let file = crate::config::cluster_site_file(keys.prefix(), name);
-    crate::config::site_from_text(name, &file, text, base)
-        .map(drop)
-        .map_err(|errors| ClusterError::Refused(errors.to_string()))
+    crate::config::site_from_text(name, &file, text, base).map(drop)
 }
 
 /// How long the waits of a move poll between reads.
