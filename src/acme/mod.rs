@@ -302,9 +302,34 @@ async fn issue(
         .map_err(|e| format!("storing the certificate: {e}"))
 }
 
+/// The longest one order may take. instant-acme's retry policy bounds its
+/// polls, not a request to the CA that stalls (a black-holed CA): a stuck
+/// order would hold a site's turn, or an on-demand name's lock and every
+/// handshake waiting on it, for ever.
+const ORDER_MAX: Duration = Duration::from_secs(180);
+
 /// One order for `names`, answered with the first of `acme.challenges`
-/// the CA offers: the certificate chain and its key (PEM).
+/// the CA offers: the certificate chain and its key (PEM); given up after
+/// [`ORDER_MAX`].
 async fn order(
+    server: &Server,
+    acme: &AcmeConfig,
+    state_dir: &std::path::Path,
+    names: &[Identifier],
+    replaces: Option<&LoadedPair>,
+) -> Result<(String, String), String> {
+    let unbounded = order_unbounded(server, acme, state_dir, names, replaces);
+    tokio::time::timeout(ORDER_MAX, unbounded)
+        .await
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "the order took over {} s (the CA does not answer); given up",
+                ORDER_MAX.as_secs()
+            ))
+        })
+}
+
+async fn order_unbounded(
     server: &Server,
     acme: &AcmeConfig,
     state_dir: &std::path::Path,

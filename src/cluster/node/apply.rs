@@ -47,9 +47,11 @@ impl Applier {
             }
             if let Err(e) = self.dir.write(&d.files, &d.singletons, &self.applied) {
                 tracing::error!(error = %e, "cluster: cannot write the node's site directory; nothing applied");
+                // Back to the applied state, against what may be on disk
+                // now: every file of `d` (written or not) compared with it.
                 let _ = self
                     .dir
-                    .write(&self.applied, &self.applied_singletons, &self.applied);
+                    .write(&self.applied, &self.applied_singletons, &d.files);
                 return true;
             }
             let before = self.pids_of_removed(&d).await;
