@@ -173,9 +173,12 @@ pub fn pool_config(site: &SiteConfig, opts: &PoolOptions<'_>) -> Result<String, 
         "pm.process_idle_timeout = {}s",
         secs(php.idle_timeout)
     ));
+    // A second after the router's own deadline: the client always gets the
+    // router's 504 (php-fpm's kill would race it and make it a 502), and
+    // php-fpm only ends the stuck worker.
     line(format!(
         "request_terminate_timeout = {}s",
-        secs(php.request_timeout)
+        secs(php.request_timeout) + 1
     ));
     line("clear_env = yes".into());
     if !site.env.contains_key("PATH") {

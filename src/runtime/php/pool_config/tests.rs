@@ -61,7 +61,7 @@ fn snapshot_of_a_dynamic_pool() {
         pm.max_spare_servers = 4
         pm.max_requests = 500
         pm.process_idle_timeout = 10s
-        request_terminate_timeout = 60s
+        request_terminate_timeout = 61s
         clear_env = yes
         env[PATH] = '/usr/local/bin:/usr/bin:/bin'
         env[APP_ENV] = 'prod'
@@ -107,7 +107,7 @@ fn user_lines_only_for_a_root_master_and_modes() {
         text.contains("\npm = ondemand\n") && !text.contains("spare"),
         "{text}"
     );
-    assert!(text.contains("request_terminate_timeout = 2s"), "{text}");
+    assert!(text.contains("request_terminate_timeout = 3s"), "{text}");
     assert!(!text.contains("[error_log]"), "{text}");
     let as_user = PoolOptions {
         master_as_root: false,
