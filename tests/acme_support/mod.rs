@@ -45,71 +45,88 @@ impl Pebble {
         validity: Option<u64>,
         eab: Option<(&str, &str)>,
     ) -> Pebble {
-        let (port, mgmt, dns, dns_mgmt) = (free_port(), free_port(), free_port(), free_port());
-        let cert = self_signed(&["localhost"]);
-        std::fs::write(dir.join("pebble.pem"), &cert.cert_pem).unwrap();
-        std::fs::write(dir.join("pebble.key"), &cert.key_pem).unwrap();
-        let config = serde_json::json!({"pebble": {
-            "listenAddress": format!("127.0.0.1:{port}"),
-            "managementListenAddress": format!("127.0.0.1:{mgmt}"),
-            "certificate": dir.join("pebble.pem"),
-            "privateKey": dir.join("pebble.key"),
-            "httpPort": http_port,
-            "tlsPort": tls_port,
-            "ocspResponderURL": "",
-            "externalAccountBindingRequired": eab.is_some(),
-            "externalAccountMACKeys": eab.map(|(kid, key)| serde_json::json!({kid: key})),
-            "certificateValidityPeriod": validity,
-        }});
-        std::fs::write(dir.join("pebble.json"), config.to_string()).unwrap();
-        let dns_child = tokio::process::Command::new("pebble-challtestsrv")
-            .args([
-                "-dns01",
-                &format!("127.0.0.1:{dns}"),
-                "-http01",
-                "",
-                "-https01",
-                "",
-            ])
-            .args([
-                "-tlsalpn01",
-                "",
-                "-management",
-                &format!("127.0.0.1:{dns_mgmt}"),
-            ])
-            .args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("pebble-challtestsrv (scripts/setup.sh installs pebble)");
-        let ca = tokio::process::Command::new("pebble")
-            .arg("-config")
-            .arg(dir.join("pebble.json"))
-            .args(["-dnsserver", &format!("127.0.0.1:{dns}")])
-            .env("PEBBLE_VA_NOSLEEP", "1")
-            .env("PEBBLE_WFE_NONCEREJECT", "0")
-            .stdout(std::fs::File::create(dir.join("pebble.log")).unwrap())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("pebble");
-        for _ in 0..200 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-            {
-                return Pebble {
-                    _ca: ca,
-                    _dns: dns_child,
-                    port,
-                    mgmt,
-                    listener_cert: cert.cert_pem,
-                };
+        let mut last_exit = String::new();
+        'attempt: for _ in 0..3 {
+            let (port, mgmt, dns, dns_mgmt) = (free_port(), free_port(), free_port(), free_port());
+            let cert = self_signed(&["localhost"]);
+            std::fs::write(dir.join("pebble.pem"), &cert.cert_pem).unwrap();
+            std::fs::write(dir.join("pebble.key"), &cert.key_pem).unwrap();
+            let config = serde_json::json!({"pebble": {
+                "listenAddress": format!("127.0.0.1:{port}"),
+                "managementListenAddress": format!("127.0.0.1:{mgmt}"),
+                "certificate": dir.join("pebble.pem"),
+                "privateKey": dir.join("pebble.key"),
+                "httpPort": http_port,
+                "tlsPort": tls_port,
+                "ocspResponderURL": "",
+                "externalAccountBindingRequired": eab.is_some(),
+                "externalAccountMACKeys": eab.map(|(kid, key)| serde_json::json!({kid: key})),
+                "certificateValidityPeriod": validity,
+            }});
+            std::fs::write(dir.join("pebble.json"), config.to_string()).unwrap();
+            let dns_child = tokio::process::Command::new("pebble-challtestsrv")
+                .args([
+                    "-dns01",
+                    &format!("127.0.0.1:{dns}"),
+                    "-http01",
+                    "",
+                    "-https01",
+                    "",
+                ])
+                .args([
+                    "-tlsalpn01",
+                    "",
+                    "-management",
+                    &format!("127.0.0.1:{dns_mgmt}"),
+                ])
+                .args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("pebble-challtestsrv (scripts/setup.sh installs pebble)");
+            let mut ca = tokio::process::Command::new("pebble")
+                .arg("-config")
+                .arg(dir.join("pebble.json"))
+                .args(["-dnsserver", &format!("127.0.0.1:{dns}")])
+                .env("PEBBLE_VA_NOSLEEP", "1")
+                .env("PEBBLE_WFE_NONCEREJECT", "0")
+                .stdout(std::fs::File::create(dir.join("pebble.log")).unwrap())
+                .stderr(std::fs::File::create(dir.join("pebble.err")).unwrap())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("pebble");
+            // Up to 30 s; a pebble that exited (a port taken meanwhile by a
+            // test running beside this one) is started again on fresh ports.
+            for _ in 0..600 {
+                if let Ok(Some(status)) = ca.try_wait() {
+                    last_exit = format!(
+                        "pebble exited ({status}); its errors:\n{}",
+                        std::fs::read_to_string(dir.join("pebble.err")).unwrap_or_default()
+                    );
+                    continue 'attempt;
+                }
+                if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .is_ok()
+                {
+                    return Pebble {
+                        _ca: ca,
+                        _dns: dns_child,
+                        port,
+                        mgmt,
+                        listener_cert: cert.cert_pem,
+                    };
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            last_exit = format!(
+                "pebble did not listen on {port} within 30 s; its errors:\n{}",
+                std::fs::read_to_string(dir.join("pebble.err")).unwrap_or_default()
+            );
+            break;
         }
-        panic!("pebble did not listen on {port}");
+        panic!("{last_exit}");
     }
 
     /// pebble's issuing root, from its management interface.
