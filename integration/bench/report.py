@@ -334,7 +334,7 @@ def targets_table(L, args, med, lat, extra):
         L.append(f"| {label} | {value} | {'pending' if ok is None else 'met' if ok else 'MISSED'} |")
     if "idle" in extra:
         i = extra["idle"]
-        one(f"{i['n']:,} idle connections: RSS < 100 MiB", f"{i['rss_during'] / 1024:.1f} MiB ({i['opened']:,} open)",
+        one(f"{i['n']:,} idle connections: RSS < 100 MiB (supervisor + router)", f"{i['rss_during'] / 1024:.1f} MiB ({i['opened']:,} open)",
             i["rss_during"] < 100 * 1024 and i["opened"] == i["n"])
     if "density" in extra and "error" not in extra["density"]:
         d = extra["density"]

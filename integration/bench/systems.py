@@ -628,6 +628,15 @@ def proc(name):
     return None
 
 
+def polyhost_router():
+    """The `polyhost router` child of the supervisor (as root polyhost runs
+    split: the router's memory and CPU are that child's), or None."""
+    root = proc("polyhost")
+    if not root:
+        return None
+    return next((p for p in descendants(root) if cmdline(p).startswith("polyhost router")), None)
+
+
 def system_pids(system, kind, arg, setting):
     """The processes that serve `system` for a workload: {part: [pids]}
     ("router"/"front" and "app")."""
