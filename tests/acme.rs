@@ -213,6 +213,14 @@ fn on_demand_settings_are_checked_and_have_defaults() {
         (10, 60)
     );
     assert_eq!(on_demand.retry.as_secs(), 600);
+    assert_eq!((on_demand.waiting, on_demand.concurrency), (64, 8));
+    let set = check("on_demand = true\nask = \"http://a/\"\non_demand_waiting = 3\non_demand_concurrency = 2")
+        .unwrap()
+        .server
+        .acme
+        .on_demand
+        .expect("on");
+    assert_eq!((set.waiting, set.concurrency), (3, 2));
     let panel = config.sites.values().next().unwrap();
     assert!(panel
         .tls
@@ -239,6 +247,21 @@ fn on_demand_settings_are_checked_and_have_defaults() {
         (
             "ask = \"http://a/\"",
             "acme.ask",
+            "only with on_demand = true",
+        ),
+        (
+            "on_demand = true\nask = \"http://a/\"\non_demand_waiting = 0",
+            "acme.on_demand_waiting",
+            "out of range",
+        ),
+        (
+            "on_demand = true\nask = \"http://a/\"\non_demand_concurrency = -1",
+            "acme.on_demand_concurrency",
+            "out of range",
+        ),
+        (
+            "on_demand_waiting = 5",
+            "acme.on_demand_waiting",
             "only with on_demand = true",
         ),
     ] {
