@@ -214,12 +214,14 @@ fn on_demand_settings_are_checked_and_have_defaults() {
     );
     assert_eq!(on_demand.retry.as_secs(), 600);
     assert_eq!((on_demand.waiting, on_demand.concurrency), (64, 8));
-    let set = check("on_demand = true\nask = \"http://a/\"\non_demand_waiting = 3\non_demand_concurrency = 2")
-        .unwrap()
-        .server
-        .acme
-        .on_demand
-        .expect("on");
+    let set = check(
+        "on_demand = true\nask = \"http://a/\"\non_demand_waiting = 3\non_demand_concurrency = 2",
+    )
+    .unwrap()
+    .server
+    .acme
+    .on_demand
+    .expect("on");
     assert_eq!((set.waiting, set.concurrency), (3, 2));
     let panel = config.sites.values().next().unwrap();
     assert!(panel

@@ -183,7 +183,12 @@ enum Spent {
 impl State {
     /// Takes a token from the server's bucket and from `client`'s share
     /// (both or neither).
-    fn take_token(&mut self, client: Option<IpAddr>, config: &OnDemand, now: Instant) -> Result<(), Spent> {
+    fn take_token(
+        &mut self,
+        client: Option<IpAddr>,
+        config: &OnDemand,
+        now: Instant,
+    ) -> Result<(), Spent> {
         let Some(client) = client.map(client_key) else {
             return self.bucket.take(now).then_some(()).ok_or(Spent::Server);
         };
@@ -195,9 +200,9 @@ impl State {
         }
         // Made only with a server token taken: as many as those.
         self.clients.retain(|_, b| !b.full(now));
-        let mut share = Bucket::new(share(config.rate_count), config.rate_per);
-        share.at = now;
-        self.clients.entry(client).or_insert(share).take(now);
+        let mut fresh = Bucket::new(share(config.rate_count), config.rate_per);
+        fresh.at = now;
+        self.clients.entry(client).or_insert(fresh).take(now);
         Ok(())
     }
 }
@@ -377,9 +382,7 @@ impl Manager {
                 "too many new names asked about at once (acme.on_demand_concurrency)",
             ));
         };
-        let spent = self
-            .lock()
-            .take_token(client, &self.config, Instant::now());
+        let spent = self.lock().take_token(client, &self.config, Instant::now());
         match spent {
             Ok(()) => {}
             Err(Spent::Server) => {
@@ -612,7 +615,11 @@ mod tests {
         let results: Vec<_> = (0..8)
             .map(|_| s.take_token(scanner, &config, start))
             .collect();
-        assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 5, "{results:?}");
+        assert_eq!(
+            results.iter().filter(|r| r.is_ok()).count(),
+            5,
+            "{results:?}"
+        );
         assert_eq!(results[5], Err(Spent::Client));
         let other = Some("198.51.100.1".parse().unwrap());
         let theirs = (0..8)

@@ -236,7 +236,10 @@ fn validate_on_demand(raw: &RawAcme, errs: &mut FileErrors<'_>) -> Option<OnDema
             ("acme.on_demand_rate", raw.on_demand_rate.is_some()),
             ("acme.on_demand_retry", raw.on_demand_retry.is_some()),
             ("acme.on_demand_waiting", raw.on_demand_waiting.is_some()),
-            ("acme.on_demand_concurrency", raw.on_demand_concurrency.is_some()),
+            (
+                "acme.on_demand_concurrency",
+                raw.on_demand_concurrency.is_some(),
+            ),
         ] {
             if given {
                 errs.add(key, "only with on_demand = true");
@@ -261,7 +264,12 @@ fn validate_on_demand(raw: &RawAcme, errs: &mut FileErrors<'_>) -> Option<OnDema
         Some(v) => errs.check("acme.on_demand_retry", super::types::parse_duration(v)),
         None => Some(ON_DEMAND_RETRY),
     };
-    let waiting = count(errs, "acme.on_demand_waiting", raw.on_demand_waiting, ON_DEMAND_WAITING);
+    let waiting = count(
+        errs,
+        "acme.on_demand_waiting",
+        raw.on_demand_waiting,
+        ON_DEMAND_WAITING,
+    );
     let concurrency = count(
         errs,
         "acme.on_demand_concurrency",
@@ -280,12 +288,20 @@ fn validate_on_demand(raw: &RawAcme, errs: &mut FileErrors<'_>) -> Option<OnDema
 }
 
 /// A count key: an integer from 1 to 100,000 (`default` when absent).
-fn count(errs: &mut FileErrors<'_>, key: &str, given: Option<i64>, default: usize) -> Option<usize> {
+fn count(
+    errs: &mut FileErrors<'_>,
+    key: &str,
+    given: Option<i64>,
+    default: usize,
+) -> Option<usize> {
     match given {
         None => Some(default),
         Some(n @ 1..=100_000) => usize::try_from(n).ok(),
         Some(n) => {
-            errs.add(key, format!("{n} is out of range: expected 1 to 100000 (default {default})"));
+            errs.add(
+                key,
+                format!("{n} is out of range: expected 1 to 100000 (default {default})"),
+            );
             None
         }
     }

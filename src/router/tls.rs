@@ -146,8 +146,11 @@ pub type OnDemandAnswer = Result<crate::config::LoadedPair, OnDemandError>;
 /// whose handshake asks, whose share of `acme.on_demand_rate` it spends),
 /// its certificate (issued now if need be), or why not.
 pub trait OnDemandSource: Send + Sync {
-    fn certificate(&self, name: String, client: Option<IpAddr>)
-        -> BoxFuture<'static, OnDemandAnswer>;
+    fn certificate(
+        &self,
+        name: String,
+        client: Option<IpAddr>,
+    ) -> BoxFuture<'static, OnDemandAnswer>;
 }
 
 /// A transport that knows its client's address (the on-demand share is
@@ -450,10 +453,15 @@ mod tests {
         certs.certify("a.customer.test".into(), None).await;
         assert!(certs.get("a.customer.test").is_some());
         certs.certify("a.customer.test".into(), None).await;
-        let kept = certs.get("a.customer.test").expect("kept after a link error");
+        let kept = certs
+            .get("a.customer.test")
+            .expect("kept after a link error");
         assert!(Arc::ptr_eq(&kept, held.certified()));
         certs.certify("a.customer.test".into(), None).await;
-        assert!(certs.get("a.customer.test").is_none(), "dropped on a refusal");
+        assert!(
+            certs.get("a.customer.test").is_none(),
+            "dropped on a refusal"
+        );
     }
 
     #[tokio::test]
