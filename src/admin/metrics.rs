@@ -189,19 +189,20 @@ fn encode_router_on_demand(
     enc: &mut DescriptorEncoder,
     r: &crate::metrics::on_demand::RouterOnDemandSnapshot,
 ) -> Res {
-    let mut family = enc.encode_descriptor(
-        "polyhost_on_demand_handshakes_refused",
-        "Handshakes for on-demand names the router refused without asking the supervisor, by reason.",
-        None,
-        MetricType::Counter,
-    )?;
-    for (reason, n) in [
-        ("refused_recently", r.refused_recently),
-        ("too_many_waiting", r.too_many_waiting),
-    ] {
-        ConstCounter::new(n).encode(family.encode_family(&[("reason", reason)])?)?;
+    {
+        let mut family = enc.encode_descriptor(
+            "polyhost_on_demand_handshakes_refused",
+            "Handshakes for on-demand names the router refused without asking the supervisor, by reason.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (reason, n) in [
+            ("refused_recently", r.refused_recently),
+            ("too_many_waiting", r.too_many_waiting),
+        ] {
+            ConstCounter::new(n).encode(family.encode_family(&[("reason", reason)])?)?;
+        }
     }
-    drop(family);
     gauge(r.waiting).encode(enc.encode_descriptor(
         "polyhost_on_demand_handshakes_waiting",
         "Handshakes waiting for an on-demand certificate now.",
