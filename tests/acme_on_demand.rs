@@ -24,10 +24,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The `ask` endpoint: allows the names that start with `ok`, records
 /// every name asked about; holds its answer about a name that starts with
-/// `slow` (polyhost gives up after 5 s).
+/// `slow` until [`Ask::release`] (then denies it).
 struct Ask {
     port: u16,
     calls: Arc<Mutex<Vec<String>>>,
+    release: tokio::sync::watch::Sender<bool>,
     _task: tokio::task::JoinHandle<()>,
 }
 
@@ -37,19 +38,26 @@ impl Ask {
         let port = listener.local_addr().unwrap().port();
         let calls = Arc::new(Mutex::new(Vec::new()));
         let record = calls.clone();
+        let (release, released) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
-                tokio::spawn(answer(stream, record.clone()));
+                tokio::spawn(answer(stream, record.clone(), released.clone()));
             }
         });
         Ask {
             port,
             calls,
+            release,
             _task: task,
         }
+    }
+
+    /// The held answers about `slow…` names go out (denials).
+    fn release(&self) {
+        self.release.send_replace(true);
     }
 
     fn calls(&self) -> Vec<String> {
@@ -57,7 +65,11 @@ impl Ask {
     }
 }
 
-async fn answer(mut stream: tokio::net::TcpStream, calls: Arc<Mutex<Vec<String>>>) {
+async fn answer(
+    mut stream: tokio::net::TcpStream,
+    calls: Arc<Mutex<Vec<String>>>,
+    mut released: tokio::sync::watch::Receiver<bool>,
+) {
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -79,7 +91,7 @@ async fn answer(mut stream: tokio::net::TcpStream, calls: Arc<Mutex<Vec<String>>
     };
     calls.lock().unwrap().push(domain.clone());
     if domain.starts_with("slow") {
-        tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+        let _ = released.wait_for(|r| *r).await;
     }
     let reply = format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
     let _ = stream.write_all(reply.as_bytes()).await;
@@ -345,7 +357,9 @@ async fn an_on_demand_certificate_is_renewed_after_asking_again() {
 #[tokio::test]
 async fn the_waiting_handshakes_and_the_concurrent_asks_are_capped() {
     let (cfg, _pebble, ask, https) = setup("100/min", "[\"http-01\"]").await;
-    cfg.main_extra("on_demand_waiting = 2\non_demand_concurrency = 1");
+    // The longest ask_timeout, so the held ask outlasts the steps below
+    // on a busy machine; the test releases it at the end.
+    cfg.main_extra("on_demand_waiting = 2\non_demand_concurrency = 1\nask_timeout = \"25s\"");
     let polyhost = Binary::start(&cfg.main(), &[]).await;
     let _ = handshake(https, "panel.test").await;
 
@@ -371,7 +385,8 @@ async fn the_waiting_handshakes_and_the_concurrent_asks_are_capped() {
     );
     assert_eq!(metric(&m, "polyhost_on_demand_busy_total"), Some(1), "{m}");
 
-    // The held ask fails (polyhost gives up on it): both waiting handshakes fail.
+    // The held ask is denied: both waiting handshakes fail.
+    ask.release();
     assert!(first.await.unwrap().is_err());
     assert!(second.await.unwrap().is_err());
     assert_eq!(

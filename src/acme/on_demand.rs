@@ -39,9 +39,6 @@ use crate::app::Server;
 use crate::config::{AcmeConfig, LoadedPair, OnDemand};
 use crate::metrics::on_demand::{OnDemandStats, ON_DEMAND};
 
-/// How long an ask call may take.
-pub const ASK_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// The manager, once `crate::acme::spawn` made it (with `on_demand` on).
 static MANAGER: OnceLock<Arc<Manager>> = OnceLock::new();
 
@@ -396,7 +393,7 @@ impl Manager {
                 ));
             }
         }
-        match ask(&self.config.ask, name).await {
+        match ask(&self.config.ask, name, self.config.ask_timeout).await {
             Ok(true) => {
                 OnDemandStats::count(&ON_DEMAND.allowed);
             }
@@ -431,7 +428,7 @@ impl Manager {
             tracing::debug!(name, "not renewed: no site serves it on demand now");
             return Ok(());
         }
-        match ask(&self.config.ask, name).await {
+        match ask(&self.config.ask, name, self.config.ask_timeout).await {
             Ok(true) => {
                 OnDemandStats::count(&ON_DEMAND.allowed);
                 let new = self.issue(server, name, Some(pair)).await?;
@@ -525,16 +522,16 @@ impl crate::router::tls::OnDemandSource for Local {
 }
 
 /// `GET ASK?domain=NAME`: whether the answer is 200 (bounded by
-/// [`ASK_TIMEOUT`]). hyper's client connection by hand rather than a whole
+/// `timeout`, `acme.ask_timeout`). hyper's client connection by hand rather than a whole
 /// HTTP client crate: one plain-HTTP GET to a local endpoint.
-async fn ask(ask: &str, name: &str) -> Result<bool, String> {
+async fn ask(ask: &str, name: &str, timeout: Duration) -> Result<bool, String> {
     let sep = if ask.contains('?') { '&' } else { '?' };
     let uri: http::Uri = format!("{ask}{sep}domain={name}")
         .parse()
         .map_err(|e| format!("{ask}: {e}"))?;
-    let status = tokio::time::timeout(ASK_TIMEOUT, get(&uri))
+    let status = tokio::time::timeout(timeout, get(&uri))
         .await
-        .map_err(|_| format!("no answer within {ASK_TIMEOUT:?}"))??;
+        .map_err(|_| format!("no answer within {timeout:?}"))??;
     Ok(status == http::StatusCode::OK)
 }
 
@@ -592,6 +589,7 @@ mod tests {
             retry: Duration::from_secs(600),
             waiting: 64,
             concurrency: 8,
+            ask_timeout: Duration::from_secs(5),
         }
     }
 
