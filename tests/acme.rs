@@ -213,6 +213,18 @@ fn on_demand_settings_are_checked_and_have_defaults() {
         (10, 60)
     );
     assert_eq!(on_demand.retry.as_secs(), 600);
+    assert_eq!((on_demand.waiting, on_demand.concurrency), (64, 8));
+    assert_eq!(on_demand.ask_timeout.as_secs(), 5);
+    let set = check(
+        "on_demand = true\nask = \"http://a/\"\non_demand_waiting = 3\non_demand_concurrency = 2\nask_timeout = \"20s\"",
+    )
+    .unwrap()
+    .server
+    .acme
+    .on_demand
+    .expect("on");
+    assert_eq!((set.waiting, set.concurrency), (3, 2));
+    assert_eq!(set.ask_timeout.as_secs(), 20);
     let panel = config.sites.values().next().unwrap();
     assert!(panel
         .tls
@@ -239,6 +251,26 @@ fn on_demand_settings_are_checked_and_have_defaults() {
         (
             "ask = \"http://a/\"",
             "acme.ask",
+            "only with on_demand = true",
+        ),
+        (
+            "on_demand = true\nask = \"http://a/\"\non_demand_waiting = 0",
+            "acme.on_demand_waiting",
+            "out of range",
+        ),
+        (
+            "on_demand = true\nask = \"http://a/\"\non_demand_concurrency = -1",
+            "acme.on_demand_concurrency",
+            "out of range",
+        ),
+        (
+            "on_demand = true\nask = \"http://a/\"\nask_timeout = \"1m\"",
+            "acme.ask_timeout",
+            "out of range",
+        ),
+        (
+            "on_demand_waiting = 5",
+            "acme.on_demand_waiting",
             "only with on_demand = true",
         ),
     ] {

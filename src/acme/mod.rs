@@ -53,6 +53,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(6 * 3600);
 pub fn spawn(server: Arc<Server>, shutdown: CancellationToken) {
     let settings = server.server_settings();
     if on_demand::start(&settings.acme, &settings.state_dir).is_some() {
+        if let Some(on_demand) = &settings.acme.on_demand {
+            crate::router::tls::set_on_demand_waiting(on_demand.waiting);
+        }
         let local = on_demand::Local(Arc::downgrade(&server));
         crate::router::tls::set_on_demand_source(Arc::new(local));
     }

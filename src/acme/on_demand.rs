@@ -14,9 +14,21 @@
 //! - a denied or failed name is not tried again for `on_demand_retry`;
 //! - new names (ask calls) are limited server-wide by `on_demand_rate`
 //!   (a token bucket holding at most `count` tokens); orders follow only
-//!   allowed asks, so they are limited too.
+//!   allowed asks, so they are limited too;
+//! - each client (an IPv4 address, an IPv6 /64: [`client_key`]) spends at
+//!   most half of that rate (its own bucket of ⌈count/2⌉ tokens, refilled
+//!   at ⌈count/2⌉ per period, taken with the server's), so one scanner
+//!   cannot starve the others' new names; a client's bucket is forgotten
+//!   once full again, so they number at most the clients that asked
+//!   within one period;
+//! - at most `on_demand_concurrency` new names are asked about or ordered
+//!   at once; more are refused at once (not remembered).
+//!
+//! A refusal says how long it holds ([`Refusal::retry`]): the router
+//! refuses the name alone meanwhile.
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -26,9 +38,6 @@ use instant_acme::Identifier;
 use crate::app::Server;
 use crate::config::{AcmeConfig, LoadedPair, OnDemand};
 use crate::metrics::on_demand::{OnDemandStats, ON_DEMAND};
-
-/// How long an ask call may take.
-pub const ASK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The manager, once `crate::acme::spawn` made it (with `on_demand` on).
 static MANAGER: OnceLock<Arc<Manager>> = OnceLock::new();
@@ -59,6 +68,8 @@ pub struct Manager {
     state: Mutex<State>,
     /// One lock per name being tried now.
     trying: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// `on_demand_concurrency` permits: one per ask call and order of a new name.
+    busy: tokio::sync::Semaphore,
 }
 
 struct State {
@@ -66,6 +77,51 @@ struct State {
     /// Names denied or failed: when, and why.
     refused: HashMap<String, (Instant, String)>,
     bucket: Bucket,
+    /// Each client's share of the rate ([`client_key`]), while not full.
+    clients: HashMap<IpAddr, Bucket>,
+}
+
+/// Why a name gets no certificate now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub why: String,
+    /// How long the name goes on being refused (`on_demand_retry`, what is
+    /// left of it); `None`: it may be tried again at any moment.
+    pub retry: Option<Duration>,
+}
+
+impl Refusal {
+    /// A refusal that may change at any moment.
+    fn now(why: impl Into<String>) -> Refusal {
+        Refusal {
+            why: why.into(),
+            retry: None,
+        }
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.why)
+    }
+}
+
+/// Whose share of the rate a handshake from `ip` spends: the address, or
+/// for IPv6 its /64 (one host's usual allocation); an IPv4-mapped address
+/// as IPv4.
+pub fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        },
+    }
+}
+
+/// A client's share of a rate of `count`: half, rounded up.
+fn share(count: u32) -> u32 {
+    count.div_ceil(2)
 }
 
 /// A token bucket: `capacity` tokens, refilled at `capacity` per `per`.
@@ -90,14 +146,61 @@ impl Bucket {
 
     /// Takes a token if there is one (at `now`).
     fn take(&mut self, now: Instant) -> bool {
-        let refill = now.saturating_duration_since(self.at).as_secs_f64() / self.per.as_secs_f64();
-        self.tokens = (self.tokens + refill * self.capacity).min(self.capacity);
-        self.at = now;
-        if self.tokens >= 1.0 {
+        if self.has(now) {
             self.tokens -= 1.0;
             return true;
         }
         false
+    }
+
+    /// Refills up to `now`; whether a token is there.
+    fn has(&mut self, now: Instant) -> bool {
+        let refill = now.saturating_duration_since(self.at).as_secs_f64() / self.per.as_secs_f64();
+        self.tokens = (self.tokens + refill * self.capacity).min(self.capacity);
+        self.at = now;
+        self.tokens >= 1.0
+    }
+
+    /// Refilled to its capacity (as good as a new one).
+    fn full(&mut self, now: Instant) -> bool {
+        self.has(now);
+        self.tokens >= self.capacity
+    }
+}
+
+/// Why [`State::take_token`] gave none.
+#[derive(Debug, PartialEq, Eq)]
+enum Spent {
+    /// The server's bucket is empty.
+    Server,
+    /// The client's share is.
+    Client,
+}
+
+impl State {
+    /// Takes a token from the server's bucket and from `client`'s share
+    /// (both or neither).
+    fn take_token(
+        &mut self,
+        client: Option<IpAddr>,
+        config: &OnDemand,
+        now: Instant,
+    ) -> Result<(), Spent> {
+        let Some(client) = client.map(client_key) else {
+            return self.bucket.take(now).then_some(()).ok_or(Spent::Server);
+        };
+        if !self.clients.get_mut(&client).is_none_or(|b| b.has(now)) {
+            return Err(Spent::Client);
+        }
+        if !self.bucket.take(now) {
+            return Err(Spent::Server);
+        }
+        // Made only with a server token taken: as many as those.
+        self.clients.retain(|_, b| !b.full(now));
+        let mut fresh = Bucket::new(share(config.rate_count), config.rate_per);
+        fresh.at = now;
+        self.clients.entry(client).or_insert(fresh).take(now);
+        Ok(())
     }
 }
 
@@ -129,7 +232,9 @@ pub fn start(acme: &AcmeConfig, state_dir: &Path) -> Option<Arc<Manager>> {
                 certs,
                 refused: HashMap::new(),
                 bucket: Bucket::new(config.rate_count, config.rate_per),
+                clients: HashMap::new(),
             }),
+            busy: tokio::sync::Semaphore::new(config.concurrency),
             config,
             state_dir: state_dir.to_owned(),
             trying: Mutex::default(),
@@ -160,12 +265,17 @@ fn load_stored(state_dir: &Path) -> BTreeMap<String, LoadedPair> {
     certs
 }
 
-/// The certificate for `name`, held or issued now (see the module doc).
-pub async fn certificate(server: &Server, name: String) -> Result<LoadedPair, String> {
+/// The certificate for `name`, held or issued now, for a handshake of
+/// `client` (see the module doc).
+pub async fn certificate(
+    server: &Server,
+    name: String,
+    client: Option<IpAddr>,
+) -> Result<LoadedPair, Refusal> {
     let Some(manager) = manager() else {
-        return Err("on-demand TLS is off ([acme] on_demand)".into());
+        return Err(Refusal::now("on-demand TLS is off ([acme] on_demand)"));
     };
-    manager.certificate(server, name).await
+    manager.certificate(server, name, client).await
 }
 
 impl Manager {
@@ -182,34 +292,49 @@ impl Manager {
         self.lock().certs.clone()
     }
 
-    /// Why `name` is not tried now, if it was refused within `retry`.
-    fn refused(&self, name: &str) -> Option<String> {
+    /// Why `name` is not tried now, if it was refused within `retry`
+    /// (and for how long still).
+    fn refused(&self, name: &str) -> Option<Refusal> {
         let state = self.lock();
         let (at, why) = state.refused.get(name)?;
-        (at.elapsed() < self.config.retry).then(|| why.clone())
+        let left = self.config.retry.checked_sub(at.elapsed())?;
+        Some(Refusal {
+            why: why.clone(),
+            retry: Some(left),
+        })
     }
 
-    fn refuse(&self, name: &str, why: String) -> String {
+    fn refuse(&self, name: &str, why: String) -> Refusal {
         let retry = self.config.retry;
         let mut state = self.lock();
         state.refused.retain(|_, (at, _)| at.elapsed() < retry);
         state
             .refused
             .insert(name.to_owned(), (Instant::now(), why.clone()));
-        why
+        Refusal {
+            why,
+            retry: Some(retry),
+        }
     }
 
-    async fn certificate(&self, server: &Server, name: String) -> Result<LoadedPair, String> {
+    async fn certificate(
+        &self,
+        server: &Server,
+        name: String,
+        client: Option<IpAddr>,
+    ) -> Result<LoadedPair, Refusal> {
         if let Some(pair) = self.held(&name) {
             return Ok(pair);
         }
         // The router's word is not trusted: a DNS name (it becomes a
         // directory name and a query parameter), served on demand here.
         if rustls_pki_types::DnsName::try_from(name.as_str()).is_err() || name.contains('/') {
-            return Err(format!("{name:?} is not a DNS name"));
+            return Err(Refusal::now(format!("{name:?} is not a DNS name")));
         }
         if server.table().load().on_demand_name(Some(&name)).as_ref() != Some(&name) {
-            return Err(format!("no site with tls.on_demand serves {name}"));
+            return Err(Refusal::now(format!(
+                "no site with tls.on_demand serves {name}"
+            )));
         }
         if let Some(why) = self.refused(&name) {
             return Err(why);
@@ -223,7 +348,7 @@ impl Manager {
             .clone();
         let result = {
             let _one = lock.lock().await;
-            self.try_name(server, &name).await
+            self.try_name(server, &name, client).await
         };
         let mut trying = self.trying.lock().unwrap_or_else(|p| p.into_inner());
         // The map's and ours: nobody else waits on it.
@@ -234,19 +359,41 @@ impl Manager {
     }
 
     /// Under `name`'s lock: held (by the attempt before), refused, or asked
-    /// and ordered now.
-    async fn try_name(&self, server: &Server, name: &str) -> Result<LoadedPair, String> {
+    /// and ordered now (within `on_demand_concurrency`, spending a token
+    /// of the server's rate and of `client`'s share).
+    async fn try_name(
+        &self,
+        server: &Server,
+        name: &str,
+        client: Option<IpAddr>,
+    ) -> Result<LoadedPair, Refusal> {
         if let Some(pair) = self.held(name) {
             return Ok(pair);
         }
-        if let Some(why) = self.refused(name) {
-            return Err(why);
+        if let Some(refusal) = self.refused(name) {
+            return Err(refusal);
         }
-        if !self.lock().bucket.take(Instant::now()) {
-            OnDemandStats::count(&ON_DEMAND.rate_limited);
-            return Err("too many new names (acme.on_demand_rate)".into());
+        let Ok(_busy) = self.busy.try_acquire() else {
+            OnDemandStats::count(&ON_DEMAND.busy);
+            return Err(Refusal::now(
+                "too many new names asked about at once (acme.on_demand_concurrency)",
+            ));
+        };
+        let spent = self.lock().take_token(client, &self.config, Instant::now());
+        match spent {
+            Ok(()) => {}
+            Err(Spent::Server) => {
+                OnDemandStats::count(&ON_DEMAND.rate_limited);
+                return Err(Refusal::now("too many new names (acme.on_demand_rate)"));
+            }
+            Err(Spent::Client) => {
+                OnDemandStats::count(&ON_DEMAND.client_limited);
+                return Err(Refusal::now(
+                    "this client asked for too many new names (its share of acme.on_demand_rate)",
+                ));
+            }
         }
-        match ask(&self.config.ask, name).await {
+        match ask(&self.config.ask, name, self.config.ask_timeout).await {
             Ok(true) => {
                 OnDemandStats::count(&ON_DEMAND.allowed);
             }
@@ -281,7 +428,7 @@ impl Manager {
             tracing::debug!(name, "not renewed: no site serves it on demand now");
             return Ok(());
         }
-        match ask(&self.config.ask, name).await {
+        match ask(&self.config.ask, name, self.config.ask_timeout).await {
             Ok(true) => {
                 OnDemandStats::count(&ON_DEMAND.allowed);
                 let new = self.issue(server, name, Some(pair)).await?;
@@ -350,29 +497,41 @@ impl crate::router::tls::OnDemandSource for Local {
     fn certificate(
         &self,
         name: String,
-    ) -> futures_util::future::BoxFuture<'static, Result<LoadedPair, String>> {
+        client: Option<IpAddr>,
+    ) -> futures_util::future::BoxFuture<'static, crate::router::tls::OnDemandAnswer> {
+        use crate::router::tls::OnDemandError;
         let server = self.0.clone();
         // A task of its own: a handshake that stops waiting does not cancel
         // the order (a later handshake gets the certificate).
         let task = tokio::spawn(async move {
-            let server = server.upgrade().ok_or("polyhost is stopping")?;
-            certificate(&server, name).await
+            let server = server
+                .upgrade()
+                .ok_or_else(|| OnDemandError::Unavailable("polyhost is stopping".into()))?;
+            certificate(&server, name, client)
+                .await
+                .map_err(|r| OnDemandError::Refused {
+                    why: r.why,
+                    retry: r.retry,
+                })
         });
-        Box::pin(async move { task.await.map_err(|e| e.to_string())? })
+        Box::pin(async move {
+            task.await
+                .map_err(|e| OnDemandError::Unavailable(e.to_string()))?
+        })
     }
 }
 
 /// `GET ASK?domain=NAME`: whether the answer is 200 (bounded by
-/// [`ASK_TIMEOUT`]). hyper's client connection by hand rather than a whole
+/// `timeout`, `acme.ask_timeout`). hyper's client connection by hand rather than a whole
 /// HTTP client crate: one plain-HTTP GET to a local endpoint.
-async fn ask(ask: &str, name: &str) -> Result<bool, String> {
+async fn ask(ask: &str, name: &str, timeout: Duration) -> Result<bool, String> {
     let sep = if ask.contains('?') { '&' } else { '?' };
     let uri: http::Uri = format!("{ask}{sep}domain={name}")
         .parse()
         .map_err(|e| format!("{ask}: {e}"))?;
-    let status = tokio::time::timeout(ASK_TIMEOUT, get(&uri))
+    let status = tokio::time::timeout(timeout, get(&uri))
         .await
-        .map_err(|_| format!("no answer within {ASK_TIMEOUT:?}"))??;
+        .map_err(|_| format!("no answer within {timeout:?}"))??;
     Ok(status == http::StatusCode::OK)
 }
 
@@ -420,5 +579,83 @@ mod tests {
             3,
             "never more than the capacity"
         );
+    }
+
+    fn config(rate_count: u32) -> OnDemand {
+        OnDemand {
+            ask: "http://127.0.0.1:1/ask".into(),
+            rate_count,
+            rate_per: Duration::from_secs(60),
+            retry: Duration::from_secs(600),
+            waiting: 64,
+            concurrency: 8,
+            ask_timeout: Duration::from_secs(5),
+        }
+    }
+
+    fn state(config: &OnDemand, start: Instant) -> State {
+        let mut bucket = Bucket::new(config.rate_count, config.rate_per);
+        bucket.at = start;
+        State {
+            certs: BTreeMap::new(),
+            refused: HashMap::new(),
+            bucket,
+            clients: HashMap::new(),
+        }
+    }
+
+    #[test]
+    fn one_client_spends_half_the_rate_and_leaves_the_rest_to_others() {
+        let config = config(10);
+        let start = Instant::now();
+        let mut s = state(&config, start);
+        let scanner = Some("192.0.2.7".parse().unwrap());
+        let results: Vec<_> = (0..8)
+            .map(|_| s.take_token(scanner, &config, start))
+            .collect();
+        assert_eq!(
+            results.iter().filter(|r| r.is_ok()).count(),
+            5,
+            "{results:?}"
+        );
+        assert_eq!(results[5], Err(Spent::Client));
+        let other = Some("198.51.100.1".parse().unwrap());
+        let theirs = (0..8)
+            .filter(|_| s.take_token(other, &config, start).is_ok())
+            .count();
+        assert_eq!(theirs, 5, "the other half is left to the others");
+        let third = Some("203.0.113.9".parse().unwrap());
+        assert_eq!(s.take_token(third, &config, start), Err(Spent::Server));
+        // A minute later both buckets are full again: the clients are forgotten.
+        let later = start + Duration::from_secs(61);
+        assert_eq!(s.take_token(third, &config, later), Ok(()));
+        assert_eq!(s.clients.len(), 1, "only the client that spent since");
+    }
+
+    #[test]
+    fn a_refused_client_share_takes_no_server_token() {
+        let config = config(2);
+        let start = Instant::now();
+        let mut s = state(&config, start);
+        let scanner = Some("192.0.2.7".parse().unwrap());
+        assert_eq!(s.take_token(scanner, &config, start), Ok(()));
+        for _ in 0..5 {
+            assert_eq!(s.take_token(scanner, &config, start), Err(Spent::Client));
+        }
+        let other = Some("198.51.100.1".parse().unwrap());
+        assert_eq!(s.take_token(other, &config, start), Ok(()));
+        // No client known (a renewal, an old router): the server's bucket only.
+        assert_eq!(s.take_token(None, &config, start), Err(Spent::Server));
+    }
+
+    #[test]
+    fn an_ipv6_client_is_its_64_and_a_mapped_ipv4_its_address() {
+        let key = |s: &str| client_key(s.parse().unwrap()).to_string();
+        assert_eq!(key("2001:db8:1:2:aaaa::1"), "2001:db8:1:2::");
+        assert_eq!(key("2001:db8:1:2:ffff:1:2:3"), "2001:db8:1:2::");
+        assert_ne!(key("2001:db8:1:3::1"), key("2001:db8:1:2::1"));
+        assert_eq!(key("::ffff:192.0.2.1"), "192.0.2.1");
+        assert_eq!(key("192.0.2.1"), "192.0.2.1");
+        assert_eq!((share(1), share(10), share(3)), (1, 5, 2));
     }
 }

@@ -23,7 +23,11 @@
 //! (`acme::on_demand`): `on_demand_certificates`,
 //! `on_demand_certificate_expiry_seconds{name}`,
 //! `on_demand_asks_total{result}` (`allowed`, `denied`, `error`),
-//! `on_demand_rate_limited_total`, `on_demand_orders_total{result}`.
+//! `on_demand_rate_limited_total`, `on_demand_client_limited_total`,
+//! `on_demand_busy_total`, `on_demand_orders_total{result}`, and the
+//! router's (`metrics::on_demand::ROUTER_ON_DEMAND`)
+//! `on_demand_handshakes_refused_total{reason}` (`refused_recently`,
+//! `too_many_waiting`), `on_demand_handshakes_waiting`.
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -71,12 +75,20 @@ pub struct RouterSiteView {
 /// process's zeros.
 pub async fn scrape(server: &Server) -> String {
     let (status, sites) = server.status_with_handles().await;
-    let routed = match server.router_stats().await {
-        Some(reply) => reply.metrics,
-        None if server.has_router() => String::new(),
-        None => router_families(router_views(&status, sites)),
+    let (routed, router_on_demand) = match server.router_stats().await {
+        Some(reply) => (reply.metrics, Some(reply.on_demand)),
+        None if server.has_router() => (String::new(), None),
+        None => (
+            router_families(router_views(&status, sites)),
+            Some(local_router_on_demand()),
+        ),
     };
-    routed + &supervisor_families(status) + &on_demand_families()
+    routed + &supervisor_families(status) + &on_demand_families(router_on_demand)
+}
+
+/// The on-demand counters of the router in this process.
+fn local_router_on_demand() -> crate::metrics::on_demand::RouterOnDemandSnapshot {
+    crate::metrics::on_demand::router_snapshot(crate::router::tls::on_demand_waiting())
 }
 
 /// Renders a scrape of one process that both routes and supervises.
@@ -84,19 +96,23 @@ pub fn render(view: View) -> String {
     let View { status, sites } = view;
     router_families(router_views(&status, sites))
         + &supervisor_families(status)
-        + &on_demand_families()
+        + &on_demand_families(Some(local_router_on_demand()))
 }
 
-/// The families of on-demand TLS, when it is on (else nothing).
-fn on_demand_families() -> String {
+/// The families of on-demand TLS, when it is on (else nothing); the
+/// router's when it answered.
+fn on_demand_families(router: Option<crate::metrics::on_demand::RouterOnDemandSnapshot>) -> String {
     match crate::metrics::on_demand::snapshot() {
-        Some(s) => encode(OnDemandScrape(s)),
+        Some(s) => encode(OnDemandScrape(s, router)),
         None => String::new(),
     }
 }
 
 #[derive(Debug)]
-struct OnDemandScrape(crate::metrics::on_demand::OnDemandSnapshot);
+struct OnDemandScrape(
+    crate::metrics::on_demand::OnDemandSnapshot,
+    Option<crate::metrics::on_demand::RouterOnDemandSnapshot>,
+);
 
 impl Collector for OnDemandScrape {
     fn encode(&self, mut enc: DescriptorEncoder) -> Res {
@@ -137,6 +153,21 @@ impl Collector for OnDemandScrape {
             None,
             Counter,
         )?)?;
+        ConstCounter::new(s.client_limited).encode(enc.encode_descriptor(
+            "polyhost_on_demand_client_limited",
+            "New names refused: their client spent its share of acme.on_demand_rate (not asked).",
+            None,
+            Counter,
+        )?)?;
+        ConstCounter::new(s.busy).encode(enc.encode_descriptor(
+            "polyhost_on_demand_busy",
+            "New names refused: acme.on_demand_concurrency asks and orders ran (not asked).",
+            None,
+            Counter,
+        )?)?;
+        if let Some(r) = &self.1 {
+            encode_router_on_demand(&mut enc, r)?;
+        }
         let mut family = enc.encode_descriptor(
             "polyhost_on_demand_orders",
             "ACME orders of on-demand certificates (renewals included), by outcome.",
@@ -151,6 +182,33 @@ impl Collector for OnDemandScrape {
         }
         Ok(())
     }
+}
+
+/// The router's on-demand families.
+fn encode_router_on_demand(
+    enc: &mut DescriptorEncoder,
+    r: &crate::metrics::on_demand::RouterOnDemandSnapshot,
+) -> Res {
+    {
+        let mut family = enc.encode_descriptor(
+            "polyhost_on_demand_handshakes_refused",
+            "Handshakes for on-demand names the router refused without asking the supervisor, by reason.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (reason, n) in [
+            ("refused_recently", r.refused_recently),
+            ("too_many_waiting", r.too_many_waiting),
+        ] {
+            ConstCounter::new(n).encode(family.encode_family(&[("reason", reason)])?)?;
+        }
+    }
+    gauge(r.waiting).encode(enc.encode_descriptor(
+        "polyhost_on_demand_handshakes_waiting",
+        "Handshakes waiting for an on-demand certificate now.",
+        None,
+        MetricType::Gauge,
+    )?)
 }
 
 fn router_views(status: &ServerStatus, sites: Vec<SiteView>) -> Vec<RouterSiteView> {

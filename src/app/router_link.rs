@@ -224,6 +224,9 @@ pub struct StatsReply {
     /// scrape adds its own families (processes, memory, restarts, reloads)
     /// and the end. No family appears in both.
     pub metrics: String,
+    /// What the router's on-demand handshakes did (`router::tls`).
+    #[serde(default)]
+    pub on_demand: crate::metrics::on_demand::RouterOnDemandSnapshot,
 }
 
 /// Test fixture: `config`'s sites named in `sites` (name, generation,

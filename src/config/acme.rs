@@ -59,6 +59,41 @@ pub struct OnDemand {
     pub rate_per: std::time::Duration,
     /// `on_demand_retry`: how long a denied or failed name is not tried again.
     pub retry: std::time::Duration,
+    /// `on_demand_waiting`: the most handshakes the router holds waiting
+    /// for an on-demand answer at once (more are refused at once).
+    #[serde(default = "default_waiting")]
+    pub waiting: usize,
+    /// `on_demand_concurrency`: the most new names the supervisor asks
+    /// about or orders at once (more are refused at once).
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// `ask_timeout`: how long an `ask` call may take (no answer within it
+    /// refuses the name).
+    #[serde(default = "default_ask_timeout")]
+    pub ask_timeout: std::time::Duration,
+}
+
+/// The default of `on_demand_waiting`.
+pub const ON_DEMAND_WAITING: usize = 64;
+/// The default of `on_demand_concurrency`.
+pub const ON_DEMAND_CONCURRENCY: usize = 8;
+
+fn default_waiting() -> usize {
+    ON_DEMAND_WAITING
+}
+
+fn default_concurrency() -> usize {
+    ON_DEMAND_CONCURRENCY
+}
+
+/// The default of `ask_timeout`.
+pub const ASK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// The longest `ask_timeout`: the router holds a handshake 30 s at most,
+/// and the order still has to follow the answer.
+const ASK_TIMEOUT_MAX: std::time::Duration = std::time::Duration::from_secs(25);
+
+fn default_ask_timeout() -> std::time::Duration {
+    ASK_TIMEOUT
 }
 
 /// The default of `on_demand_rate`.
@@ -109,6 +144,9 @@ pub struct RawAcme {
     pub ask: Option<String>,
     pub on_demand_rate: Option<String>,
     pub on_demand_retry: Option<super::types::Scalar>,
+    pub on_demand_waiting: Option<i64>,
+    pub on_demand_concurrency: Option<i64>,
+    pub ask_timeout: Option<super::types::Scalar>,
 }
 
 pub(crate) fn validate_acme(raw: RawAcme, base: &Path, errs: &mut FileErrors<'_>) -> AcmeConfig {
@@ -212,6 +250,12 @@ fn validate_on_demand(raw: &RawAcme, errs: &mut FileErrors<'_>) -> Option<OnDema
             ("acme.ask", raw.ask.is_some()),
             ("acme.on_demand_rate", raw.on_demand_rate.is_some()),
             ("acme.on_demand_retry", raw.on_demand_retry.is_some()),
+            ("acme.on_demand_waiting", raw.on_demand_waiting.is_some()),
+            ("acme.ask_timeout", raw.ask_timeout.is_some()),
+            (
+                "acme.on_demand_concurrency",
+                raw.on_demand_concurrency.is_some(),
+            ),
         ] {
             if given {
                 errs.add(key, "only with on_demand = true");
@@ -236,13 +280,64 @@ fn validate_on_demand(raw: &RawAcme, errs: &mut FileErrors<'_>) -> Option<OnDema
         Some(v) => errs.check("acme.on_demand_retry", super::types::parse_duration(v)),
         None => Some(ON_DEMAND_RETRY),
     };
+    let waiting = count(
+        errs,
+        "acme.on_demand_waiting",
+        raw.on_demand_waiting,
+        ON_DEMAND_WAITING,
+    );
+    let concurrency = count(
+        errs,
+        "acme.on_demand_concurrency",
+        raw.on_demand_concurrency,
+        ON_DEMAND_CONCURRENCY,
+    );
+    let ask_timeout = match &raw.ask_timeout {
+        Some(v) => errs.check("acme.ask_timeout", parse_ask_timeout(v)),
+        None => Some(ASK_TIMEOUT),
+    };
     let ((rate_count, rate_per), retry) = (rate?, retry?);
     Some(OnDemand {
         ask: ask?,
         rate_count,
         rate_per,
         retry,
+        waiting: waiting?,
+        concurrency: concurrency?,
+        ask_timeout: ask_timeout?,
     })
+}
+
+/// A duration from 1 s to [`ASK_TIMEOUT_MAX`].
+fn parse_ask_timeout(v: &super::types::Scalar) -> Result<std::time::Duration, String> {
+    let d = super::types::parse_duration(v)?;
+    if d < std::time::Duration::from_secs(1) || d > ASK_TIMEOUT_MAX {
+        return Err(format!(
+            "{d:?} is out of range: expected 1s to {}s (the router holds a handshake 30 s at most; default 5s)",
+            ASK_TIMEOUT_MAX.as_secs()
+        ));
+    }
+    Ok(d)
+}
+
+/// A count key: an integer from 1 to 100,000 (`default` when absent).
+fn count(
+    errs: &mut FileErrors<'_>,
+    key: &str,
+    given: Option<i64>,
+    default: usize,
+) -> Option<usize> {
+    match given {
+        None => Some(default),
+        Some(n @ 1..=100_000) => usize::try_from(n).ok(),
+        Some(n) => {
+            errs.add(
+                key,
+                format!("{n} is out of range: expected 1 to 100000 (default {default})"),
+            );
+            None
+        }
+    }
 }
 
 /// `"N/s"`, `"N/min"`, `"N/h"`, `"N/day"`, N ≥ 1.

@@ -2,6 +2,9 @@
 //! `polyhost status` read [`snapshot`]): the certificates held, the ask
 //! calls by answer, the names refused by the rate limit, the orders.
 //! Server-wide, in the supervisor; nothing on the request path.
+//! [`ROUTER_ON_DEMAND`]: what the router's TLS handshakes did
+//! (`router::tls`), counted in the router process (sent to the supervisor
+//! in its `StatsReply`), only for names served on demand.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -15,6 +18,10 @@ pub struct OnDemandStats {
     pub denied: AtomicU64,
     pub ask_errors: AtomicU64,
     pub rate_limited: AtomicU64,
+    /// New names refused: their client spent its share of the rate.
+    pub client_limited: AtomicU64,
+    /// New names refused: `on_demand_concurrency` asks and orders ran.
+    pub busy: AtomicU64,
     pub orders: AtomicU64,
     pub orders_failed: AtomicU64,
     /// Every certificate held: name → its end (Unix seconds).
@@ -27,6 +34,8 @@ pub static ON_DEMAND: OnDemandStats = OnDemandStats {
     denied: AtomicU64::new(0),
     ask_errors: AtomicU64::new(0),
     rate_limited: AtomicU64::new(0),
+    client_limited: AtomicU64::new(0),
+    busy: AtomicU64::new(0),
     orders: AtomicU64::new(0),
     orders_failed: AtomicU64::new(0),
     certificates: Mutex::new(BTreeMap::new()),
@@ -41,6 +50,10 @@ pub struct OnDemandSnapshot {
     pub asks_denied: u64,
     pub ask_errors: u64,
     pub rate_limited: u64,
+    #[serde(default)]
+    pub client_limited: u64,
+    #[serde(default)]
+    pub busy: u64,
     pub orders: u64,
     pub orders_failed: u64,
 }
@@ -77,7 +90,42 @@ pub fn snapshot() -> Option<OnDemandSnapshot> {
         asks_denied: n(&s.denied),
         ask_errors: n(&s.ask_errors),
         rate_limited: n(&s.rate_limited),
+        client_limited: n(&s.client_limited),
+        busy: n(&s.busy),
         orders: n(&s.orders),
         orders_failed: n(&s.orders_failed),
     })
+}
+
+/// What the router's handshakes for on-demand names did (`router::tls`).
+#[derive(Default)]
+pub struct RouterOnDemandStats {
+    /// Refused by the router alone: the source refused the name recently.
+    pub refused_recently: AtomicU64,
+    /// Refused at once: `acme.on_demand_waiting` handshakes waited.
+    pub too_many_waiting: AtomicU64,
+}
+
+pub static ROUTER_ON_DEMAND: RouterOnDemandStats = RouterOnDemandStats {
+    refused_recently: AtomicU64::new(0),
+    too_many_waiting: AtomicU64::new(0),
+};
+
+/// The router's on-demand counters, as it sends them to the supervisor.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RouterOnDemandSnapshot {
+    pub refused_recently: u64,
+    pub too_many_waiting: u64,
+    /// Handshakes waiting for an answer now.
+    pub waiting: u64,
+}
+
+/// The router's counters now (`waiting`: how many handshakes wait).
+pub fn router_snapshot(waiting: usize) -> RouterOnDemandSnapshot {
+    let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    RouterOnDemandSnapshot {
+        refused_recently: n(&ROUTER_ON_DEMAND.refused_recently),
+        too_many_waiting: n(&ROUTER_ON_DEMAND.too_many_waiting),
+        waiting: waiting as u64,
+    }
 }

@@ -45,10 +45,15 @@ pub enum ToRouter {
     /// written to a file renamed away after that answer.
     ReopenLogs { id: u64 },
     /// The answer to [`ToSupervisor::OnDemandCertificate`] of the same `id`:
-    /// the certificate (issued or held), or why there is none.
+    /// the certificate (issued or held), or why there is none (a refusal);
+    /// `retry_ms`: how long the supervisor goes on refusing the name (the
+    /// router refuses it alone meanwhile), none when that may change at
+    /// any moment (a rate limit).
     OnDemandCertificate {
         id: u64,
         result: Result<crate::config::LoadedPair, String>,
+        #[serde(default)]
+        retry_ms: Option<u64>,
     },
     /// On-demand certificate `name` was renewed: new handshakes get `pair`
     /// (`router::tls::on_demand_renewed`). Not answered.
@@ -123,7 +128,14 @@ pub enum ToSupervisor {
     /// A TLS handshake for `name` waits for an on-demand certificate
     /// (`router::tls`): answered with [`ToRouter::OnDemandCertificate`] of
     /// the same `id` once it is held, issued, or refused (`acme::on_demand`).
-    OnDemandCertificate { id: u64, name: String },
+    /// `client`: the address of the handshake's client, whose share of
+    /// `acme.on_demand_rate` a new name spends.
+    OnDemandCertificate {
+        id: u64,
+        name: String,
+        #[serde(default)]
+        client: Option<std::net::IpAddr>,
+    },
 }
 
 /// A group's use by the router.

@@ -205,6 +205,9 @@ pub async fn serve_link(
     let supervisor = Supervisor::for_router(&server, attachments.clone());
     let mut state = RouterState::new(supervisor, server.log_dir.clone());
     state.apply(&desired);
+    if let Some(on_demand) = &desired.config.server.acme.on_demand {
+        crate::router::tls::set_on_demand_waiting(on_demand.waiting);
+    }
     let table: SharedTable = Arc::new(ArcSwap::from_pointee(state.table()));
     tracing::info!(
         sites = desired.config.sites.len(),
@@ -281,6 +284,7 @@ async fn first_desired(
                     id,
                     sites: Vec::new(),
                     metrics: String::new(),
+                    on_demand: Default::default(),
                 }));
             }
             Some(ToRouter::ReopenLogs { id }) => {
@@ -351,6 +355,9 @@ async fn read_link(
                     id,
                     sites: state.counters(),
                     metrics: state.metrics(),
+                    on_demand: crate::metrics::on_demand::router_snapshot(
+                        crate::router::tls::on_demand_waiting(),
+                    ),
                 }));
             }
             ToRouter::ReopenLogs { id } => {
@@ -362,7 +369,11 @@ async fn read_link(
                     let _ = out.send(ToSupervisor::LogsReopened { id });
                 });
             }
-            ToRouter::OnDemandCertificate { id, result } => on_demand.answer(id, result),
+            ToRouter::OnDemandCertificate {
+                id,
+                result,
+                retry_ms,
+            } => on_demand.answer(id, result, retry_ms),
             ToRouter::OnDemandRenewed { name, pair } => {
                 crate::router::tls::on_demand_renewed(&name, &pair)
             }
@@ -385,6 +396,9 @@ fn serve(
     out: &Outbox,
 ) -> tokio::task::JoinHandle<()> {
     let replaced = state.apply(current);
+    if let Some(on_demand) = &current.config.server.acme.on_demand {
+        crate::router::tls::set_on_demand_waiting(on_demand.waiting);
+    }
     table.store(Arc::new(
         state
             .table()

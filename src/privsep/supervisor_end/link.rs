@@ -255,7 +255,9 @@ impl Link {
                     let _ = tx.send(reply);
                 }
             }
-            ToSupervisor::OnDemandCertificate { id, name } => self.on_demand(id, name),
+            ToSupervisor::OnDemandCertificate { id, name, client } => {
+                self.on_demand(id, name, client)
+            }
             ToSupervisor::LogsReopened { id } => {
                 let waiting = self
                     .stats
@@ -284,16 +286,29 @@ impl Link {
         });
     }
 
-    /// Answers the router's on-demand request `id` for `name` once
-    /// `acme::on_demand` has (or refuses) its certificate.
-    fn on_demand(&self, id: u64, name: String) {
+    /// Answers the router's on-demand request `id` for `name` (a
+    /// handshake of `client`) once `acme::on_demand` has (or refuses) its
+    /// certificate; a refusal says how long it holds.
+    fn on_demand(&self, id: u64, name: String, client: Option<std::net::IpAddr>) {
         let (Some(link), Some(server)) = (self.self_arc(), self.server.upgrade()) else {
             return;
         };
         tokio::spawn(async move {
-            let result = crate::acme::on_demand::certificate(&server, name).await;
-            link.lock()
-                .send(ToRouter::OnDemandCertificate { id, result });
+            let answer = crate::acme::on_demand::certificate(&server, name, client).await;
+            let (result, retry_ms) = match answer {
+                Ok(pair) => (Ok(pair), None),
+                Err(refusal) => {
+                    let retry_ms = refusal
+                        .retry
+                        .map(|r| u64::try_from(r.as_millis()).unwrap_or(u64::MAX));
+                    (Err(refusal.why), retry_ms)
+                }
+            };
+            link.lock().send(ToRouter::OnDemandCertificate {
+                id,
+                result,
+                retry_ms,
+            });
         });
     }
 
