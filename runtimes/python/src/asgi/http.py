@@ -11,6 +11,7 @@ client does not take waits in `send` (`pause_writing` -> a drain future).
 """
 import asyncio
 import collections
+import contextvars
 import os
 import re
 import socket
@@ -65,6 +66,7 @@ class Server:
         self.stopping = False
         self.drained = None
         self.timeout = settings["request_timeout"] or None
+        self.callback_context = contextvars.Context()  # see WebSocket.start
 
     def log_error(self, what, exc=None):
         log(what, self.site)

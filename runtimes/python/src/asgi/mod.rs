@@ -1,7 +1,7 @@
 //! ASGI 3.0 (`--interface asgi`): one asyncio event loop in the main
 //! thread (uvloop when the site's virtualenv has it) owns the listening
 //! socket and every connection; HTTP/1.1 heads are parsed and scopes built
-//! in Rust ([`scope`]), response heads checked and encoded in Rust
+//! in Rust ([`scope`], sharing their immutable parts: [`shared`]), response heads checked and encoded in Rust
 //! ([`out`]), WebSocket frames handled by `tungstenite` in Rust ([`ws`]);
 //! the connection state machines, `receive`/`send`, lifespan, timeouts and
 //! the loop-lag watchdog are the Python in `http.py`, `websocket.py` and `serve.py`, loaded from this
@@ -39,6 +39,7 @@
 
 pub mod out;
 pub mod scope;
+pub mod shared;
 pub mod ws;
 
 use std::ffi::CString;
