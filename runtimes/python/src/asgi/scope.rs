@@ -279,7 +279,9 @@ impl ScopeTemplate {
         let root_path = percent_encoding::percent_decode(mount).decode_utf8_lossy();
         scope.set_item(intern!(py, "root_path"), PyString::new(py, &root_path))?;
 
-        let headers = PyList::empty(py);
+        // Collected first: the list is then made at its exact length (one
+        // allocation, no spare slots kept for the scope's life).
+        let mut headers = Vec::with_capacity(head.headers.len());
         let mut subprotocols = Vec::new();
         let mut lower = Vec::with_capacity(64);
         for (n, v) in &head.headers {
@@ -299,9 +301,9 @@ impl ScopeTemplate {
                         .map(|p| String::from_utf8_lossy(p).into_owned()),
                 );
             }
-            headers.append(self.header(py, &lower, value)?)?;
+            headers.push(self.header(py, &lower, value)?);
         }
-        scope.set_item(intern!(py, "headers"), headers)?;
+        scope.set_item(intern!(py, "headers"), PyList::new(py, headers)?)?;
         if websocket {
             // The spec's type is an iterable: none offered (almost every
             // WebSocket) is the one empty tuple, not a new list each.
