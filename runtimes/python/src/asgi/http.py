@@ -59,7 +59,7 @@ class Server:
         self.site = settings["site"]
         self.loop = loop
         self.template = native.ScopeTemplate()
-        self.state = None  # lifespan state, copied into every scope
+        self.state = None  # lifespan state (None if empty), copied into every scope
         self.conns = set()
         self.websockets = set()
         self.in_flight = 0

@@ -95,7 +95,7 @@ impl Shared {
 
     /// How many objects are held.
     #[cfg(test)]
-    pub fn len(&self) -> usize {
+    pub fn held(&self) -> usize {
         self.lock().len()
     }
 
@@ -140,7 +140,7 @@ mod tests {
                     .get(py, Kind::Path, &[p.as_bytes()], make(&p))
                     .unwrap();
             }
-            assert!(shared.len() <= MAX_ENTRIES, "{} held", shared.len());
+            assert!(shared.held() <= MAX_ENTRIES, "{} held", shared.held());
             let long = [b'x'; MAX_KEY];
             // (Not a one-character string: CPython keeps one of each.)
             let x = shared.get(py, Kind::Path, &[&long], make("/long")).unwrap();

@@ -1,5 +1,8 @@
 
 
+NO_MESSAGES = ()  # a WebSocket's queue while no message waits
+
+
 class WebSocket(Waiting):
     """One WebSocket: the handshake answer, then frames through `native.WsCodec`."""
 
@@ -17,10 +20,11 @@ class WebSocket(Waiting):
         self.state = self.CONNECTING
         self.codec = None
         self.pending = b""  # bytes that came before the app accepted
-        # A list, not a deque: an empty deque holds a 64-slot block (~600
-        # bytes) for as long as the WebSocket is open; the queue holds at
-        # most WS_QUEUE_HIGH messages, so pop(0) stays cheap.
-        self.queue = []
+        # A list while messages wait (not a deque: an empty deque holds a
+        # 64-slot block, ~600 bytes; at most WS_QUEUE_HIGH messages wait, so
+        # pop(0) stays cheap), the shared empty tuple while none do: an
+        # idle WebSocket holds no list (72 bytes each).
+        self.queue = NO_MESSAGES
         self.connect_sent = False
         self.waiter = None
         self.close_code = 1006
@@ -47,9 +51,11 @@ class WebSocket(Waiting):
             call = _await(call)  # any other awaitable
         # A shared name: asyncio's own ("Task-N") is a string per task.
         self.task = server.loop.create_task(call, name="polyhost-websocket")
-        # One shared, empty context for the callback, not a copy of the
-        # current one per WebSocket: `ended` reads no context variable.
-        self.task.add_done_callback(self.ended, context=server.callback_context)
+        # The WebSocket itself is the callback (`__call__` = `ended`; a
+        # bound method would be 80 bytes more per WebSocket), run in one
+        # shared, empty context, not a copy of the current one per
+        # WebSocket: `ended` reads no context variable.
+        self.task.add_done_callback(self, context=server.callback_context)
 
     # Input.
 
@@ -60,12 +66,13 @@ class WebSocket(Waiting):
                 self.proto.pause()
             return
         self.last_seen = self.server.loop.time()
+        queue = self.queue
         for ev in self.codec.feed(data):
             kind = ev[0]
-            if kind == "text":
-                self.queue.append({"type": "websocket.receive", "text": ev[1]})
-            elif kind == "bytes":
-                self.queue.append({"type": "websocket.receive", "bytes": ev[1]})
+            if kind == "text" or kind == "bytes":
+                if queue is NO_MESSAGES:
+                    queue = self.queue = []
+                queue.append({"type": "websocket.receive", kind: ev[1]})
             elif kind == "pong":
                 self.ping_sent = None
             else:  # close or error: the codec has queued the answer
@@ -97,10 +104,12 @@ class WebSocket(Waiting):
         if not self.connect_sent:
             self.connect_sent = True
             return {"type": "websocket.connect"}
-        queue = self.queue
         while True:
+            queue = self.queue
             if queue:
                 msg = queue.pop(0)
+                if not queue:
+                    self.queue = NO_MESSAGES
                 if self.proto.read_paused and len(queue) < WS_QUEUE_HIGH // 2:
                     self.proto.resume()
                 return msg
@@ -248,6 +257,8 @@ class WebSocket(Waiting):
         finally:
             server.websockets.discard(self)
             server.done_one()
+
+    __call__ = ended  # the task's done callback (see `start`)
 
 
 async def _raise(e):
