@@ -9,7 +9,7 @@ class WebSocket(Waiting):
     CONNECTING, OPEN, CLOSING, CLOSED = range(4)
     __slots__ = (
         "proto", "server", "scope", "key", "state", "codec", "pending", "queue", "connect_sent", "waiter",
-        "close_code", "close_reason", "denial", "task", "last_seen", "ping_sent", "close_timer",
+        "close_code", "close_reason", "denial", "task", "ping_sent", "close_timer",
     )
 
     def __init__(self, proto, scope, key):
@@ -31,7 +31,6 @@ class WebSocket(Waiting):
         self.close_reason = ""
         self.denial = None  # websocket.http.response: [status, headers, head sent]
         self.task = None
-        self.last_seen = self.server.loop.time()
         self.ping_sent = None
         self.close_timer = None
 
@@ -65,7 +64,6 @@ class WebSocket(Waiting):
             if len(self.pending) > (1 << 20):
                 self.proto.pause()
             return
-        self.last_seen = self.server.loop.time()
         queue = self.queue
         for ev in self.codec.feed(data):
             kind = ev[0]
@@ -134,8 +132,7 @@ class WebSocket(Waiting):
                 transport.write(head)
                 self.key = None
                 self.state = self.OPEN
-                self.codec = native.WsCodec(self.server.s["ws_max_message"])
-                self.last_seen = self.server.loop.time()
+                self.codec = native.WsCodec(self.server.s["ws_max_message"])  # idle from now
                 if self.pending:
                     data, self.pending = self.pending, b""
                     self.proto.resume()
@@ -215,7 +212,7 @@ class WebSocket(Waiting):
             self.close_code, self.close_reason = 1011, "keepalive ping timeout"
             self.abort()
             return
-        idle = now - self.last_seen
+        idle = self.codec.idle()  # since the peer last sent anything
         if s["ws_idle_timeout"] and idle >= s["ws_idle_timeout"]:
             self.close(1001, "idle timeout")
             return

@@ -16,6 +16,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
+use std::time::Instant;
 
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyString};
@@ -63,6 +64,9 @@ impl Write for Mem {
 #[pyclass(unsendable, module = "polyhost")]
 pub struct WsCodec {
     ws: WebSocket<Mem>,
+    /// When the peer last sent anything (a field here, not a float object
+    /// per WebSocket on the Python side).
+    last_seen: Instant,
 }
 
 fn close_frame(code: u16, reason: &str) -> CloseFrame {
@@ -91,6 +95,7 @@ impl WsCodec {
             .max_frame_size(Some(max_message));
         Self {
             ws: WebSocket::from_raw_socket(Mem::default(), Role::Server, Some(config)),
+            last_seen: Instant::now(),
         }
     }
 
@@ -99,6 +104,7 @@ impl WsCodec {
     /// closed; the answer is queued) or `("error", code, reason)` (the codec
     /// closed with `code`).
     fn feed<'py>(&mut self, py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyList>> {
+        self.last_seen = Instant::now();
         self.ws.get_mut().input.extend(data);
         let events = PyList::empty(py);
         loop {
@@ -157,6 +163,11 @@ impl WsCodec {
         self.ws
             .send(msg)
             .map_err(|e| crate::errors::ClientDisconnected::new_err(e.to_string()))
+    }
+
+    /// Seconds since the peer last sent anything (or since the accept).
+    fn idle(&self) -> f64 {
+        self.last_seen.elapsed().as_secs_f64()
     }
 
     fn ping(&mut self) {
