@@ -65,15 +65,20 @@ pub(crate) struct Accepted {
 /// be `Clone`), and from the request's service to its connection's task:
 /// with hyper's `OnUpgrade` for a connection hyper upgrades itself (the
 /// auto builder's), without for one that upgrades by hand (`parking`).
+///
+/// What it holds is boxed: every HTTP/1 connection keeps an empty slot for
+/// its whole life (and a WebSocket's connection for the tunnel's), so the
+/// slot's own allocation stays a pointer's size, not an [`Accepted`]'s
+/// (~360 bytes).
 #[derive(Clone)]
-pub(crate) struct AcceptedSlot(Arc<Mutex<Option<Handed>>>);
+pub(crate) struct AcceptedSlot(Arc<Mutex<Option<Box<Handed>>>>);
 
 /// What the slot holds.
 pub(crate) type Handed = (Accepted, Option<hyper::upgrade::OnUpgrade>);
 
 impl AcceptedSlot {
     pub(crate) fn new(accepted: Accepted) -> Self {
-        AcceptedSlot(Arc::new(Mutex::new(Some((accepted, None)))))
+        AcceptedSlot(Arc::new(Mutex::new(Some(Box::new((accepted, None))))))
     }
 
     /// An empty slot: where a connection finds its tunnel.
@@ -82,18 +87,18 @@ impl AcceptedSlot {
     }
 
     pub(crate) fn put(&self, handed: Handed) {
-        *self.lock() = Some(handed);
+        *self.lock() = Some(Box::new(handed));
     }
 
     pub(crate) fn take(&self) -> Option<Handed> {
-        self.lock().take()
+        self.lock().take().map(|handed| *handed)
     }
 
     pub(crate) fn is_full(&self) -> bool {
         self.lock().is_some()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Handed>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Box<Handed>>> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

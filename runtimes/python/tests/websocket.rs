@@ -2,8 +2,9 @@
 //! hand (RFC 6455): the handshake, echo, fragmentation with a ping between
 //! fragments, oversize (1009), invalid UTF-8 (1007), close codes both ways,
 //! refusal (403) and the denial response, a client that never reads (the
-//! app's `send` waits; memory stays bounded), a client that vanishes, and
-//! the drain (1001).
+//! app's `send` waits; memory stays bounded), a client that vanishes, the
+//! drain (1001), and an app whose call is not a coroutine function (an
+//! awaitable that is no coroutine is served; a call that raises is a 500).
 
 mod common;
 
@@ -190,4 +191,19 @@ async fn an_idle_websocket_is_closed_1001_and_an_app_error_is_1011() {
     assert_eq!(ws.close_frame().await.0, 1011);
     let log = w.stderr();
     assert!(log.contains("RuntimeError: boom-in-websocket"), "{log}");
+}
+
+#[tokio::test]
+async fn an_app_call_that_returns_no_coroutine_is_served_and_one_that_raises_is_a_500() {
+    let w = Worker::start("asgi_ws:calls", &["--interface", "asgi"]).await;
+    let mut ws = Ws::open(&w, "/future").await;
+    ws.frame(true, 1, b"through a task").await;
+    assert_eq!(ws.read_frame().await.unwrap().2, b"through a task");
+    let (_, head) = Ws::handshake(&w, "/sync-raise", "").await;
+    assert!(head.starts_with("http/1.1 500"), "{head}");
+    let log = w.stderr();
+    assert!(
+        log.contains("RuntimeError: boom-before-the-coroutine"),
+        "{log}"
+    );
 }

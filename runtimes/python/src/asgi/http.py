@@ -11,6 +11,7 @@ client does not take waits in `send` (`pause_writing` -> a drain future).
 """
 import asyncio
 import collections
+import contextvars
 import os
 import re
 import socket
@@ -58,13 +59,14 @@ class Server:
         self.site = settings["site"]
         self.loop = loop
         self.template = native.ScopeTemplate()
-        self.state = None  # lifespan state, copied into every scope
+        self.state = None  # lifespan state (None if empty), copied into every scope
         self.conns = set()
         self.websockets = set()
         self.in_flight = 0
         self.stopping = False
         self.drained = None
         self.timeout = settings["request_timeout"] or None
+        self.callback_context = contextvars.Context()  # see WebSocket.start
 
     def log_error(self, what, exc=None):
         log(what, self.site)

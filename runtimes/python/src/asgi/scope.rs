@@ -13,6 +13,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 use pyo3::{intern, IntoPyObjectExt};
 
+use super::shared::{Kind, Shared};
 use crate::environ::{meta, split_addr, split_host, split_target};
 use crate::head::{self, BodyLength, Parsed, RequestHead};
 
@@ -79,6 +80,9 @@ pub struct ScopeTemplate {
     names: Vec<Py<PyBytes>>,
     /// [`COMMON_VALUES`] as `bytes`, in that order.
     values: Vec<Py<PyBytes>>,
+    /// Header pairs, paths, `server` tuples and client addresses that
+    /// scopes share (see [`super::shared`]).
+    shared: Shared,
 }
 
 /// The shared `bytes` of `b` if it is one of `common`, else a new one.
@@ -118,6 +122,7 @@ impl ScopeTemplate {
                 .iter()
                 .map(|v| PyBytes::new(py, v).unbind())
                 .collect(),
+            shared: Shared::default(),
         })
     }
 
@@ -255,10 +260,16 @@ impl ScopeTemplate {
         scope.set_item(intern!(py, "http_version"), version)?;
 
         let (raw_path, query, _) = split_target(&buf[head.target.clone()]);
-        let decoded: std::borrow::Cow<'_, [u8]> = percent_encoding::percent_decode(raw_path).into();
-        let path = String::from_utf8_lossy(&decoded);
-        scope.set_item(intern!(py, "path"), PyString::new(py, &path))?;
-        scope.set_item(intern!(py, "raw_path"), PyBytes::new(py, raw_path))?;
+        let path = self.shared.get(py, Kind::Path, &[raw_path], || {
+            let decoded: std::borrow::Cow<'_, [u8]> =
+                percent_encoding::percent_decode(raw_path).into();
+            Ok(PyString::new(py, &String::from_utf8_lossy(&decoded)).into_any())
+        })?;
+        scope.set_item(intern!(py, "path"), path)?;
+        let raw = self.shared.get(py, Kind::RawPath, &[raw_path], || {
+            Ok(PyBytes::new(py, raw_path).into_any())
+        })?;
+        scope.set_item(intern!(py, "raw_path"), raw)?;
         scope.set_item(
             intern!(py, "query_string"),
             PyBytes::new(py, query.unwrap_or(b"")),
@@ -268,7 +279,9 @@ impl ScopeTemplate {
         let root_path = percent_encoding::percent_decode(mount).decode_utf8_lossy();
         scope.set_item(intern!(py, "root_path"), PyString::new(py, &root_path))?;
 
-        let headers = PyList::empty(py);
+        // Collected first: the list is then made at its exact length (one
+        // allocation, no spare slots kept for the scope's life).
+        let mut headers = Vec::with_capacity(head.headers.len());
         let mut subprotocols = Vec::new();
         let mut lower = Vec::with_capacity(64);
         for (n, v) in &head.headers {
@@ -288,22 +301,29 @@ impl ScopeTemplate {
                         .map(|p| String::from_utf8_lossy(p).into_owned()),
                 );
             }
-            let pair = (
-                shared(py, COMMON_NAMES, &self.names, &lower),
-                shared(py, COMMON_VALUES, &self.values, value),
-            );
-            headers.append(pair)?;
+            headers.push(self.header(py, &lower, value)?);
         }
-        scope.set_item(intern!(py, "headers"), headers)?;
+        scope.set_item(intern!(py, "headers"), PyList::new(py, headers)?)?;
         if websocket {
-            scope.set_item(intern!(py, "subprotocols"), subprotocols)?;
+            // The spec's type is an iterable: none offered (almost every
+            // WebSocket) is the one empty tuple, not a new list each.
+            if subprotocols.is_empty() {
+                scope.set_item(intern!(py, "subprotocols"), PyTuple::empty(py))?;
+            } else {
+                scope.set_item(intern!(py, "subprotocols"), subprotocols)?;
+            }
         }
 
-        let client = m.remote_addr.map(split_addr).and_then(|(ip, p)| {
-            let ip = std::str::from_utf8(ip).ok()?;
-            Some((ip.to_owned(), port(p).unwrap_or(0)))
-        });
-        scope.set_item(intern!(py, "client"), client.into_py_any(py)?)?;
+        let client = match m.remote_addr.map(split_addr) {
+            Some((ip, p)) if std::str::from_utf8(ip).is_ok() => {
+                let ip = self.shared.get(py, Kind::ClientIp, &[ip], || {
+                    Ok(PyString::new(py, std::str::from_utf8(ip).unwrap_or_default()).into_any())
+                })?;
+                (ip, port(p).unwrap_or(0)).into_py_any(py)?
+            }
+            _ => py.None(),
+        };
+        scope.set_item(intern!(py, "client"), client)?;
         let host = m.host.map(split_host);
         let server_name = m.server_name.or(host.map(|h| h.0));
         let default_port: u16 = if https { 443 } else { 80 };
@@ -312,14 +332,47 @@ impl ScopeTemplate {
             .or(host.and_then(|h| h.1))
             .and_then(port)
             .unwrap_or(default_port);
-        let server = server_name
-            .and_then(|n| std::str::from_utf8(n).ok())
-            .map(|n| (n.to_owned(), server_port));
-        scope.set_item(intern!(py, "server"), server.into_py_any(py)?)?;
+        let server = match server_name.filter(|n| std::str::from_utf8(n).is_ok()) {
+            Some(n) => self
+                .shared
+                .get(py, Kind::Server, &[n, &server_port.to_le_bytes()], || {
+                    let name = std::str::from_utf8(n).unwrap_or_default();
+                    (name, server_port).into_bound_py_any(py)
+                })?
+                .unbind(),
+            None => py.None(),
+        };
+        scope.set_item(intern!(py, "server"), server)?;
         if let Some(state) = state {
             scope.set_item(intern!(py, "state"), state.copy()?)?;
         }
         Ok(scope)
+    }
+}
+
+impl ScopeTemplate {
+    /// The `(name, value)` tuple of a header, `name` lowercased: shared
+    /// with every scope that has the same pair when the name is a common
+    /// one (a handshake's key, unique to it, never is).
+    fn header<'py>(
+        &self,
+        py: Python<'py>,
+        name: &[u8],
+        value: &[u8],
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let make = || {
+            (
+                shared(py, COMMON_NAMES, &self.names, name),
+                shared(py, COMMON_VALUES, &self.values, value),
+            )
+                .into_bound_py_any(py)
+        };
+        let common = COMMON_NAMES.contains(&name) && name != b"sec-websocket-key";
+        if common {
+            self.shared.get(py, Kind::Header, &[name, value], make)
+        } else {
+            make()
+        }
     }
 }
 

@@ -16,6 +16,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
+use std::time::Instant;
 
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyString};
@@ -27,6 +28,10 @@ use tungstenite::Message;
 
 /// Buffers larger than this are freed once empty (a big message passed).
 const KEEP: usize = 64 << 10;
+
+/// The codec's eager read buffer, and the most it takes from the input per
+/// step (see [`WsCodec::new`]).
+const READ_STEP: usize = 64;
 
 /// Bytes in (what the peer sent, not yet parsed) and out (frames to write).
 #[derive(Default)]
@@ -59,6 +64,9 @@ impl Write for Mem {
 #[pyclass(unsendable, module = "polyhost")]
 pub struct WsCodec {
     ws: WebSocket<Mem>,
+    /// When the peer last sent anything (a field here, not a float object
+    /// per WebSocket on the Python side).
+    last_seen: Instant,
 }
 
 fn close_frame(code: u16, reason: &str) -> CloseFrame {
@@ -74,17 +82,20 @@ impl WsCodec {
     fn new(max_message: usize) -> Self {
         // Small eager buffers: 10,000 idle WebSockets must stay cheap (the
         // defaults allocate 128 KiB each up front; 1 KiB was 10 MiB for
-        // 10,000). The read buffer still grows to a frame's length once its
-        // header is read, so a large message is read whole; 256 B is only
-        // the most it copies per step from what the loop fed. Frames are
-        // handed over at once (`write_buffer_size` 0) and written by the loop.
+        // 10,000, 256 B 2.7 MiB). The read buffer still grows to a frame's
+        // length once its header is read, so a large message is read whole;
+        // 64 B is only the most it copies per step from what the loop fed
+        // (a 64-byte message and its header: two steps; a step is a copy
+        // within memory, ~1.5 GB/s). Frames are handed over at once
+        // (`write_buffer_size` 0) and written by the loop.
         let config = WebSocketConfig::default()
-            .read_buffer_size(256)
+            .read_buffer_size(READ_STEP)
             .write_buffer_size(0)
             .max_message_size(Some(max_message))
             .max_frame_size(Some(max_message));
         Self {
             ws: WebSocket::from_raw_socket(Mem::default(), Role::Server, Some(config)),
+            last_seen: Instant::now(),
         }
     }
 
@@ -93,6 +104,7 @@ impl WsCodec {
     /// closed; the answer is queued) or `("error", code, reason)` (the codec
     /// closed with `code`).
     fn feed<'py>(&mut self, py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyList>> {
+        self.last_seen = Instant::now();
         self.ws.get_mut().input.extend(data);
         let events = PyList::empty(py);
         loop {
@@ -151,6 +163,11 @@ impl WsCodec {
         self.ws
             .send(msg)
             .map_err(|e| crate::errors::ClientDisconnected::new_err(e.to_string()))
+    }
+
+    /// Seconds since the peer last sent anything (or since the accept).
+    fn idle(&self) -> f64 {
+        self.last_seen.elapsed().as_secs_f64()
     }
 
     fn ping(&mut self) {

@@ -65,3 +65,19 @@ async def app(scope, receive, send):
             await send({"type": "websocket.send", "text": m["text"]})
         else:
             await send({"type": "websocket.send", "bytes": m["bytes"]})
+
+
+class Calls:
+    """`app` behind a call that is not a coroutine function: on
+    `/sync-raise` the call itself raises (before any coroutine exists); on
+    `/future` it returns an awaitable that is not a coroutine (a Task)."""
+
+    def __call__(self, scope, receive, send):
+        if scope["type"] == "websocket" and scope["path"] == "/sync-raise":
+            raise RuntimeError("boom-before-the-coroutine")
+        if scope["type"] == "websocket" and scope["path"] == "/future":
+            return asyncio.ensure_future(app(scope, receive, send))
+        return app(scope, receive, send)
+
+
+calls = Calls()
