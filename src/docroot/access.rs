@@ -430,8 +430,7 @@ mod tests {
         no_acl::forget_all();
         let file = tempfile::NamedTempFile::new().unwrap();
         let meta = file.as_file().metadata().unwrap();
-        let changed = UNIX_EPOCH
-            + Duration::new(meta.ctime() as u64, meta.ctime_nsec() as u32);
+        let changed = UNIX_EPOCH + Duration::new(meta.ctime() as u64, meta.ctime_nsec() as u32);
         // Changed less than SETTLED ago: an ACL set in the same clock tick
         // would leave the change time as it is, so nothing is kept.
         no_acl::remember(no_acl::Key::of(&meta), changed + no_acl::SETTLED / 2);

@@ -346,12 +346,7 @@ impl DocRoot {
     }
 
     /// A regular file becomes an [`OpenFile`] only if the reader may read it.
-    fn open_file(
-        &self,
-        rel: String,
-        file: File,
-        meta: Metadata,
-    ) -> Result<OpenFile, ResolveError> {
+    fn open_file(&self, rel: String, file: File, meta: Metadata) -> Result<OpenFile, ResolveError> {
         self.inner.reader.check(&file, &meta)?;
         Ok(OpenFile {
             file,
