@@ -24,11 +24,15 @@
 //!
 //! Cost on the hot path: nothing beyond the `fstat` already made for the
 //! response, except one `fgetxattr` for a file the site's user does not own
-//! whose group bits are not all clear (the only files an ACL can apply to).
+//! whose group bits are not all clear (the only files an ACL can apply to),
+//! and not even that for a file already found without an ACL ([`no_acl`]).
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::fs::{File, Metadata};
 use std::io;
 use std::os::unix::fs::MetadataExt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::ResolveError;
 
@@ -70,7 +74,7 @@ impl Reader {
             mode: meta.mode(),
             nlink: meta.nlink(),
         };
-        self.decide(&facts, || read_acl(file))
+        self.decide(&facts, || read_acl_cached(file, meta))
     }
 
     /// The decision, with the ACL read on demand (`Ok(None)`: none).
@@ -125,6 +129,92 @@ struct Facts {
     gid: u32,
     mode: u32,
     nlink: u64,
+}
+
+/// [`read_acl`], unless this thread already found no ACL on the file at its
+/// present change time ([`no_acl`]).
+fn read_acl_cached(file: &File, meta: &Metadata) -> io::Result<Option<Vec<u8>>> {
+    let key = no_acl::Key::of(meta);
+    if no_acl::known(&key) {
+        return Ok(None);
+    }
+    let acl = read_acl(file)?;
+    if acl.is_none() {
+        no_acl::remember(key, SystemTime::now());
+    }
+    Ok(acl)
+}
+
+/// Files found without an ACL, so the next request for one makes no
+/// `fgetxattr` (nginx makes none: this was the one system call per static
+/// file it does not make).
+///
+/// Invariant: an answer kept here is exactly what `fgetxattr` would say
+/// now. It is kept per file (`st_dev`, `st_ino`) with the file's change
+/// time (`st_ctime`, to the nanosecond), and the kernel sets the change time
+/// to the current time whenever an ACL is set or removed (as on any
+/// `chmod`, `chown`, link count or xattr change), and nobody can set it
+/// back (`utimensat` sets only the access and modification times). So a
+/// file whose ACL changed no longer matches its entry. One race is closed
+/// by when an answer is kept: only for a file whose change time is at least
+/// [`no_acl::SETTLED`] in the past, since the change time has the coarse
+/// clock's granularity (a tick): an ACL set within the same tick as an
+/// earlier change would leave the time as it was. An inode number reused
+/// by a new file comes with that file's own (later) change time. Per
+/// thread (no lock on the request path) and bounded ([`no_acl::KEPT`]).
+mod no_acl {
+    use super::*;
+
+    /// How old a file's change time must be for its answer to be kept.
+    pub(super) const SETTLED: Duration = Duration::from_secs(2);
+    /// Entries per thread; all are forgotten when it is full.
+    pub(super) const KEPT: usize = 4096;
+
+    thread_local! {
+        static NO_ACL: RefCell<HashMap<(u64, u64), (i64, i64)>> = RefCell::new(HashMap::new());
+    }
+
+    /// A file and its change time.
+    pub(super) struct Key {
+        pub(super) file: (u64, u64),
+        pub(super) ctime: (i64, i64),
+    }
+
+    impl Key {
+        pub(super) fn of(meta: &Metadata) -> Key {
+            Key {
+                file: (meta.dev(), meta.ino()),
+                ctime: (meta.ctime(), meta.ctime_nsec()),
+            }
+        }
+    }
+
+    /// Whether the file was found without an ACL at this change time.
+    pub(super) fn known(key: &Key) -> bool {
+        NO_ACL.with_borrow(|m| m.get(&key.file) == Some(&key.ctime))
+    }
+
+    /// The file has no ACL (just read); kept if its change time is settled at `now`.
+    pub(super) fn remember(key: Key, now: SystemTime) {
+        let settled = now
+            .checked_sub(SETTLED)
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .is_some_and(|t| key.ctime < (t.as_secs() as i64, i64::from(t.subsec_nanos())));
+        if !settled {
+            return;
+        }
+        NO_ACL.with_borrow_mut(|m| {
+            if m.len() >= KEPT {
+                m.clear();
+            }
+            m.insert(key.file, key.ctime);
+        });
+    }
+
+    #[cfg(test)]
+    pub(super) fn forget_all() {
+        NO_ACL.with_borrow_mut(HashMap::clear);
+    }
 }
 
 /// The largest ACL evaluated: 4 + 8 × 128 bytes. A file with a larger one
@@ -333,6 +423,55 @@ mod tests {
         assert!(site().decide(&facts(SITE, 0, 0o600, 1), never).is_ok());
         assert!(site().decide(&facts(0, 0, 0o644, 2), never).is_err());
         assert!(site().decide(&facts(0, 0, 0o604, 1), never).is_ok());
+    }
+
+    #[test]
+    fn no_acl_is_remembered_for_a_settled_change_time_only() {
+        no_acl::forget_all();
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let meta = file.as_file().metadata().unwrap();
+        let changed = UNIX_EPOCH + Duration::new(meta.ctime() as u64, meta.ctime_nsec() as u32);
+        // Changed less than SETTLED ago: an ACL set in the same clock tick
+        // would leave the change time as it is, so nothing is kept.
+        no_acl::remember(no_acl::Key::of(&meta), changed + no_acl::SETTLED / 2);
+        assert!(!no_acl::known(&no_acl::Key::of(&meta)));
+        no_acl::remember(
+            no_acl::Key::of(&meta),
+            changed + no_acl::SETTLED + Duration::from_nanos(1),
+        );
+        assert!(no_acl::known(&no_acl::Key::of(&meta)));
+        // Any later change time (an ACL set, a chmod) or another file: unknown.
+        let mut later = no_acl::Key::of(&meta);
+        later.ctime.1 += 1;
+        assert!(!no_acl::known(&later));
+        let mut other = no_acl::Key::of(&meta);
+        other.file.1 += 1;
+        assert!(!no_acl::known(&other));
+    }
+
+    #[test]
+    fn the_remembered_files_are_bounded() {
+        no_acl::forget_all();
+        let now = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        for ino in 0..=no_acl::KEPT as u64 {
+            no_acl::remember(
+                no_acl::Key {
+                    file: (1, ino),
+                    ctime: (1, 0),
+                },
+                now,
+            );
+        }
+        let last = no_acl::Key {
+            file: (1, no_acl::KEPT as u64),
+            ctime: (1, 0),
+        };
+        assert!(no_acl::known(&last));
+        let first = no_acl::Key {
+            file: (1, 0),
+            ctime: (1, 0),
+        };
+        assert!(!no_acl::known(&first), "a full table is forgotten");
     }
 
     #[test]

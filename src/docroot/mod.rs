@@ -184,7 +184,8 @@ pub struct OpenFile {
     file: File,
     meta: Metadata,
     rel: String,
-    path: PathBuf,
+    /// Where the root is configured (for [`OpenFile::path`], made only when asked).
+    root: DocRoot,
 }
 
 impl OpenFile {
@@ -211,8 +212,8 @@ impl OpenFile {
     /// `root/rel`: the path a runtime is told (e.g. PHP's `SCRIPT_FILENAME`).
     /// Informational only: the file itself was opened through the root's
     /// descriptor, and symlinks in the path may point elsewhere inside the root.
-    pub fn path(&self) -> &Path {
-        &self.path
+    pub fn path(&self) -> PathBuf {
+        self.root.path().join(&self.rel)
     }
 }
 
@@ -278,7 +279,7 @@ impl DocRoot {
         match opened {
             Opened::Dir(dir) => Ok(Resolved::Dir(dir)),
             Opened::File { rel, file, meta } => {
-                Ok(Resolved::File(self.open_file(&rel, file, meta)?))
+                Ok(Resolved::File(self.open_file(rel, file, meta)?))
             }
         }
     }
@@ -341,17 +342,17 @@ impl DocRoot {
         if !meta.is_file() {
             return Err(ResolveError::NotFound);
         }
-        self.open_file(rel.as_str(), file, meta)
+        self.open_file(rel.as_str().to_owned(), file, meta)
     }
 
     /// A regular file becomes an [`OpenFile`] only if the reader may read it.
-    fn open_file(&self, rel: &str, file: File, meta: Metadata) -> Result<OpenFile, ResolveError> {
+    fn open_file(&self, rel: String, file: File, meta: Metadata) -> Result<OpenFile, ResolveError> {
         self.inner.reader.check(&file, &meta)?;
         Ok(OpenFile {
             file,
             meta,
-            rel: rel.to_owned(),
-            path: self.inner.path.join(rel),
+            rel,
+            root: self.clone(),
         })
     }
 }

@@ -20,7 +20,13 @@
 //!   path costs microseconds); file bytes are read in chunks of at most
 //!   [`body::CHUNK`], so a large file costs no more memory than a small one,
 //!   from the page cache on the async thread and from the disk on the
-//!   blocking pool ([`body`]).
+//!   blocking pool ([`body`]); a large chunk's buffer is reused from a
+//!   bounded per-thread free list, and a chunk shows only the bytes just
+//!   read into it.
+//! - Nothing about a file is cached across requests here: each request
+//!   opens and `fstat`s the file afresh (a changed file is served fresh).
+//!   The only memory kept per file is `docroot::access`'s "this file has no
+//!   ACL", valid only for the file's present change time.
 //! - Failures (403, 404, 405, I/O) leave as [`UpstreamError`]; 301, 304,
 //!   412 and 416 are ordinary protocol answers and are built here.
 //!

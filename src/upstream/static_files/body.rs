@@ -8,6 +8,15 @@
 //! file system without `RWF_NOWAIT`) goes to the blocking pool. A hot file
 //! therefore costs no thread hand-off at all (measured: the 1 MiB file's
 //! sixteen blocking-pool hops were a third of the router's CPU per request).
+//!
+//! A chunk of [`POOLED_FROM`] bytes or more is read into a buffer of
+//! [`CHUNK`] bytes taken from a small per-thread free list ([`pool`]) and
+//! given back when hyper drops the chunk it wrote, so a large file costs no
+//! `malloc`, no zeroing and no fresh pages per chunk (a 128 KiB allocation
+//! sits at glibc's mmap threshold: it was `mmap`, page faults and `munmap`,
+//! or a `memset` of the whole chunk, for every chunk). Only the bytes just
+//! read are ever visible through a chunk: a reused buffer's older contents
+//! (another file's, another site's) lie beyond its length.
 
 use std::fs::File;
 use std::future::Future;
@@ -16,7 +25,7 @@ use std::os::unix::fs::FileExt;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use rustix::io::{preadv2, Errno, ReadWriteFlags};
@@ -29,6 +38,11 @@ use crate::upstream::{BoxError, ResponseBody};
 /// no cheaper per request than 128 KiB once chunks stopped costing a thread
 /// hop.
 pub const CHUNK: u64 = 128 * 1024;
+
+/// Reads of at least this many bytes go into a pooled [`CHUNK`] buffer;
+/// smaller ones (a small file, a file's tail) into an allocation of their
+/// own size, which glibc serves from its heap.
+const POOLED_FROM: usize = 16 * 1024;
 
 /// Streams `len` bytes of `file` from `start`. If the file shrinks while it
 /// is being sent, the body ends with an error (the connection is cut rather
@@ -155,18 +169,15 @@ fn shrank() -> io::Error {
 /// waiting for the disk. A short read is fine (the rest comes next time); an
 /// empty `Read` means end of file.
 fn read_cached(file: &File, offset: u64, want: usize) -> io::Result<Cached> {
-    let mut buf = BytesMut::zeroed(want);
+    let mut buf = pool::Buffer::new(want);
     loop {
         match preadv2(
             file,
-            &mut [IoSliceMut::new(&mut buf)],
+            &mut [IoSliceMut::new(buf.spare(want))],
             offset,
             ReadWriteFlags::NOWAIT,
         ) {
-            Ok(n) => {
-                buf.truncate(n);
-                return Ok(Cached::Read(buf.freeze()));
-            }
+            Ok(n) => return Ok(Cached::Read(buf.into_bytes(n))),
             Err(Errno::AGAIN) => return Ok(Cached::Miss),
             Err(Errno::INTR) => continue,
             Err(Errno::OPNOTSUPP | Errno::NOSYS | Errno::INVAL) => {
@@ -179,18 +190,113 @@ fn read_cached(file: &File, offset: u64, want: usize) -> io::Result<Cached> {
 
 /// Blocking: reads `want` bytes at `offset` (fewer only at end of file).
 fn read_chunk(file: &File, offset: u64, want: usize) -> io::Result<Bytes> {
-    let mut buf = BytesMut::zeroed(want);
+    let mut buf = pool::Buffer::new(want);
+    let space = buf.spare(want);
     let mut filled = 0;
     while filled < want {
-        match file.read_at(&mut buf[filled..], offset + filled as u64) {
+        match file.read_at(&mut space[filled..], offset + filled as u64) {
             Ok(0) => break,
             Ok(n) => filled += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         }
     }
-    buf.truncate(filled);
-    Ok(buf.freeze())
+    Ok(buf.into_bytes(filled))
+}
+
+/// The free list of [`CHUNK`] buffers.
+///
+/// Invariants: bounded ([`KEPT`] buffers per thread, so at most
+/// `KEPT × CHUNK` bytes idle per runtime thread, whatever was served); a
+/// chunk exposes only the bytes read into it (`Chunk::as_ref`), never what
+/// a reused buffer held before. Hand-written (a `Vec` in a thread-local):
+/// the pool crates found (`object-pool`, `lifeguard`) lock or hand out
+/// guards that cannot become the `Bytes` hyper takes, which
+/// `Bytes::from_owner` does here.
+mod pool {
+    use std::cell::RefCell;
+
+    use bytes::Bytes;
+
+    use super::{CHUNK, POOLED_FROM};
+
+    /// Idle buffers kept per thread. A connection gives its chunk back
+    /// before it reads the next one, so a few serve many connections.
+    const KEPT: usize = 4;
+
+    thread_local! {
+        static FREE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// Room for one read.
+    pub(super) enum Buffer {
+        /// A [`CHUNK`] buffer from (and back to) the pool.
+        Pooled(Vec<u8>),
+        /// A small read's own allocation.
+        Own(Vec<u8>),
+    }
+
+    impl Buffer {
+        /// Room for `want` (at most [`CHUNK`]) bytes.
+        pub(super) fn new(want: usize) -> Buffer {
+            if want < POOLED_FROM {
+                return Buffer::Own(vec![0; want]);
+            }
+            let kept = FREE.try_with(|free| free.borrow_mut().pop()).ok().flatten();
+            // CHUNK fits a usize.
+            Buffer::Pooled(kept.unwrap_or_else(|| vec![0; CHUNK as usize]))
+        }
+
+        /// The first `want` bytes to read into (initialised: zeroes or a
+        /// former chunk's bytes).
+        pub(super) fn spare(&mut self, want: usize) -> &mut [u8] {
+            match self {
+                Buffer::Pooled(buf) | Buffer::Own(buf) => &mut buf[..want],
+            }
+        }
+
+        /// The first `len` bytes, read, as the chunk hyper sends.
+        pub(super) fn into_bytes(self, len: usize) -> Bytes {
+            match self {
+                Buffer::Own(mut buf) => {
+                    buf.truncate(len);
+                    Bytes::from(buf)
+                }
+                Buffer::Pooled(buf) => Bytes::from_owner(Chunk { buf, len }),
+            }
+        }
+    }
+
+    /// A pooled buffer holding `len` bytes just read; back to the pool of
+    /// the thread that drops it.
+    struct Chunk {
+        buf: Vec<u8>,
+        len: usize,
+    }
+
+    impl AsRef<[u8]> for Chunk {
+        fn as_ref(&self) -> &[u8] {
+            &self.buf[..self.len]
+        }
+    }
+
+    impl Drop for Chunk {
+        fn drop(&mut self) {
+            let buf = std::mem::take(&mut self.buf);
+            // A thread being torn down keeps nothing (the buffer is freed).
+            let _ = FREE.try_with(|free| {
+                let mut free = free.borrow_mut();
+                if free.len() < KEPT {
+                    free.push(buf);
+                }
+            });
+        }
+    }
+
+    #[cfg(test)]
+    pub(super) fn kept() -> usize {
+        FREE.with_borrow(Vec::len)
+    }
 }
 
 #[cfg(test)]
@@ -233,6 +339,27 @@ mod tests {
         let (keep, file) = file_with(&[7; 1000]);
         keep.as_file().set_len(100).unwrap();
         assert!(collect(file_body(file, 0, 1000)).await.is_err());
+    }
+
+    #[test]
+    fn pooled_chunks_show_only_what_was_read_and_stay_bounded() {
+        let (_keep, big) = file_with(&[b'a'; CHUNK as usize]);
+        let (_keep2, small) = file_with(&[b'b'; POOLED_FROM + 3]);
+        let chunks: Vec<Bytes> = (0..10)
+            .map(|_| read_chunk(&big, 0, CHUNK as usize).unwrap())
+            .collect();
+        drop(chunks);
+        assert_eq!(pool::kept(), 4, "buffers kept after ten were dropped");
+        // A reused buffer that held 'a's: only the 'b's read now are seen.
+        let again = read_chunk(&small, 0, CHUNK as usize).unwrap();
+        assert_eq!(&again[..], &[b'b'; POOLED_FROM + 3][..]);
+        assert_eq!(pool::kept(), 3, "the read took a kept buffer");
+        drop(again);
+        assert_eq!(pool::kept(), 4);
+        let Ok(Cached::Read(tail)) = read_cached(&small, 5, CHUNK as usize) else {
+            panic!("a file just written is in the page cache");
+        };
+        assert_eq!(tail.len(), POOLED_FROM - 2);
     }
 
     #[test]
