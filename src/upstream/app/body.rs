@@ -1,9 +1,11 @@
 //! A response body streamed from an app instance to the router, frame by
-//! frame as the client takes them (hyper reads the instance's connection
-//! only when asked: backpressure through the sockets, nothing buffered
-//! whole). What the request holds ([`Done`]: its connection, lease and
-//! admission place) is let go when the body ends: the connection back to
-//! the pool if the body ended cleanly, else closed.
+//! frame as the client takes them: polling the body drives the instance's
+//! connection (`pool::Conn::drive`, no task of its own), so it is read
+//! only as the client takes the frames (backpressure through the sockets,
+//! nothing buffered whole). What the request holds ([`Done`]: its
+//! connection, lease and admission place) is let go when the body ends:
+//! the connection back to the pool if the body ended cleanly and may be
+//! kept, else closed.
 //!
 //! A body that brings no bytes for `request_timeout` is cut (an error: the
 //! router ends the response and the client's connection), as nginx's
@@ -28,8 +30,10 @@ use crate::upstream::BoxError;
 
 /// What a request holds until its response has been read.
 pub(super) struct Done {
-    /// The connection, if it may serve another request after this response.
-    pub(super) conn: Option<Conn>,
+    /// The connection the response comes on (driven by the body).
+    pub(super) conn: Conn,
+    /// The connection may serve another request after this response.
+    pub(super) keep: bool,
     pub(super) lease: RuntimeLease,
     pub(super) permit: Permit,
     pub(super) pool: Arc<Pool>,
@@ -42,13 +46,16 @@ impl Done {
     pub(super) fn finish(self, clean: bool) {
         let Done {
             conn,
+            keep,
             lease,
             permit,
             pool,
         } = self;
         drop(permit);
-        if let Some(conn) = conn.filter(|_| clean) {
+        if clean && keep {
             pool.checkin(lease.endpoint().id, conn);
+        } else {
+            drop(conn);
         }
         drop(lease);
     }
@@ -92,6 +99,11 @@ impl Body for AppBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
+        if let Some(done) = &mut this.done {
+            // Reads the instance's socket into `inner` (and wakes no one
+            // else: this task is the one that waits).
+            let _ = done.conn.drive(cx);
+        }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if this.inner.is_end_stream() {

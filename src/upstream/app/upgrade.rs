@@ -23,13 +23,14 @@ impl AppUpstream {
     pub(super) async fn upgraded(
         &self,
         mut response: Response<Incoming>,
-        conn: Conn,
+        mut conn: Conn,
         lease: RuntimeLease,
         permit: Permit,
     ) -> Result<Response<ResponseBody>, UpstreamError> {
         if response.status() != StatusCode::SWITCHING_PROTOCOLS {
             let done = Done {
-                conn: None,
+                conn,
+                keep: false,
                 lease,
                 permit,
                 pool: self.pool.clone(),
@@ -37,7 +38,8 @@ impl AppUpstream {
             return Ok(self.relay(response, done));
         }
         let pid = lease.endpoint().pid;
-        let on = hyper::upgrade::on(&mut response);
+        // hyper hands the socket over as the connection is driven.
+        let on = conn.driving(hyper::upgrade::on(&mut response));
         let upgraded = match tokio::time::timeout(self.request_timeout, on).await {
             Ok(Ok(upgraded)) => upgraded,
             Ok(Err(e)) => {
