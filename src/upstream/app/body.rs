@@ -99,11 +99,14 @@ impl Body for AppBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        if let Some(done) = &mut this.done {
-            // Reads the instance's socket into `inner` (and wakes no one
-            // else: this task is the one that waits).
-            let _ = done.conn.drive(cx);
-        }
+        let Some(done) = &mut this.done else {
+            // Ended (its connection is pooled or closed: nothing would
+            // drive `inner` any more).
+            return Poll::Ready(None);
+        };
+        // Reads the instance's socket into `inner` (and wakes no other
+        // task: this one is the one that waits).
+        let _ = done.conn.drive(cx);
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if this.inner.is_end_stream() {
@@ -125,7 +128,6 @@ impl Body for AppBody {
                 this.finish(true);
                 Poll::Ready(None)
             }
-            Poll::Pending if this.done.is_none() => Poll::Pending,
             Poll::Pending => {
                 let stall = this.stall;
                 let timer = this
@@ -145,7 +147,7 @@ impl Body for AppBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.done.is_none() || self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
