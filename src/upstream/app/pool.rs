@@ -185,7 +185,11 @@ impl Conn {
         let mut byte = [0u8; 1];
         self.usable()
             && matches!(
-                recv(self.fd, &mut byte, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT),
+                recv(
+                    self.fd,
+                    &mut byte,
+                    MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT
+                ),
                 Err(nix::errno::Errno::EAGAIN)
             )
     }
@@ -230,7 +234,7 @@ impl Pool {
             match pooled {
                 Some(Idle { mut conn, .. }) => {
                     // Polled once: an end of file the event loop saw ends it.
-                    poll_fn(|cx| Poll::Ready(conn.drive(cx))).await;
+                    let _ = poll_fn(|cx| Poll::Ready(conn.drive(cx))).await;
                     if !conn.usable() {
                         continue;
                     }

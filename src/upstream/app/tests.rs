@@ -649,8 +649,7 @@ async fn an_idle_connection_the_app_closed_leaves_the_pool_before_its_keep_time(
         _ => Answer::Reply(OK),
     });
     let mut s = setup(&app, |_| {});
-    Arc::get_mut(&mut s.upstream).unwrap().pool =
-        Pool::with_idle_keep(4, Duration::from_secs(600));
+    Arc::get_mut(&mut s.upstream).unwrap().pool = Pool::with_idle_keep(4, Duration::from_secs(600));
     assert_eq!(body(s.get("/app/").await.unwrap()).await.unwrap(), "ok");
     assert_eq!(s.upstream.pool.idle(), 1, "the connection was pooled");
     close.send(true).unwrap();
