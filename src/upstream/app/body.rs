@@ -107,7 +107,8 @@ impl Body for AppBody {
         // Reads the instance's socket into `inner` (and wakes no other
         // task: this one is the one that waits).
         let _ = done.conn.drive(cx);
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        // Only the drive above fills `inner`: polled quietly (see `quiet`).
+        match Pin::new(&mut this.inner).poll_frame(&mut super::pool::quiet()) {
             Poll::Ready(Some(Ok(frame))) => {
                 if this.inner.is_end_stream() {
                     this.finish(true);
