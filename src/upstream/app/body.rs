@@ -1,11 +1,9 @@
 //! A response body streamed from an app instance to the router, frame by
-//! frame as the client takes them: polling the body drives the instance's
-//! connection (`pool::Conn::drive`, no task of its own), so it is read
-//! only as the client takes the frames (backpressure through the sockets,
-//! nothing buffered whole). What the request holds ([`Done`]: its
-//! connection, lease and admission place) is let go when the body ends:
-//! the connection back to the pool if the body ended cleanly and may be
-//! kept, else closed.
+//! frame as the client takes them (hyper reads the instance's connection
+//! only when asked: backpressure through the sockets, nothing buffered
+//! whole). What the request holds ([`Done`]: its connection, lease and
+//! admission place) is let go when the body ends: the connection back to
+//! the pool if the body ended cleanly, else closed.
 //!
 //! A body that brings no bytes for `request_timeout` is cut (an error: the
 //! router ends the response and the client's connection), as nginx's
@@ -30,10 +28,8 @@ use crate::upstream::BoxError;
 
 /// What a request holds until its response has been read.
 pub(super) struct Done {
-    /// The connection the response comes on (driven by the body).
-    pub(super) conn: Conn,
-    /// The connection may serve another request after this response.
-    pub(super) keep: bool,
+    /// The connection, if it may serve another request after this response.
+    pub(super) conn: Option<Conn>,
     pub(super) lease: RuntimeLease,
     pub(super) permit: Permit,
     pub(super) pool: Arc<Pool>,
@@ -46,16 +42,13 @@ impl Done {
     pub(super) fn finish(self, clean: bool) {
         let Done {
             conn,
-            keep,
             lease,
             permit,
             pool,
         } = self;
         drop(permit);
-        if clean && keep {
+        if let Some(conn) = conn.filter(|_| clean) {
             pool.checkin(lease.endpoint().id, conn);
-        } else {
-            drop(conn);
         }
         drop(lease);
     }
@@ -99,16 +92,7 @@ impl Body for AppBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        let Some(done) = &mut this.done else {
-            // Ended (its connection is pooled or closed: nothing would
-            // drive `inner` any more).
-            return Poll::Ready(None);
-        };
-        // Reads the instance's socket into `inner` (and wakes no other
-        // task: this one is the one that waits).
-        let _ = done.conn.drive(cx);
-        // Only the drive above fills `inner`: polled quietly (see `quiet`).
-        match Pin::new(&mut this.inner).poll_frame(&mut super::pool::quiet()) {
+        match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if this.inner.is_end_stream() {
                     this.finish(true);
@@ -129,6 +113,7 @@ impl Body for AppBody {
                 this.finish(true);
                 Poll::Ready(None)
             }
+            Poll::Pending if this.done.is_none() => Poll::Pending,
             Poll::Pending => {
                 let stall = this.stall;
                 let timer = this
@@ -148,7 +133,7 @@ impl Body for AppBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.done.is_none() || self.inner.is_end_stream()
+        self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -112,8 +112,7 @@ impl AppUpstream {
             return self.upgraded(response, conn, lease, permit).await;
         }
         let done = Done {
-            conn,
-            keep: true,
+            conn: Some(conn),
             lease,
             permit,
             pool: self.pool.clone(),
@@ -167,7 +166,7 @@ impl AppUpstream {
         // A 101 to a request that asked for no upgrade (the router answers
         // it with 502) leaves the connection to hyper's upgrade: not pooled.
         if !head::keeps_alive(&parts) || parts.status == http::StatusCode::SWITCHING_PROTOCOLS {
-            done.keep = false;
+            done.conn = None;
         }
         super::hop::strip_hop_by_hop(&mut parts.headers);
         if incoming.is_end_stream() {

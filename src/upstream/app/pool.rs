@@ -1,15 +1,6 @@
 //! Keep-alive connections to an app's instances: hyper HTTP/1.1 client
-//! connections (`hyper::client::conn::http1`), pooled per endpoint.
-//!
-//! No connection has a task of its own: hyper's side of it (the
-//! `Connection` future, which writes the request and reads the response)
-//! is held in the [`Conn`] and polled by whoever holds the `Conn` — the
-//! request's task while it sends and waits for the head ([`Conn::send`]),
-//! then the response body ([`super::body::AppBody`]) as the client reads
-//! it. A request therefore wakes no other task on its way: the socket's
-//! readiness wakes the request's own task (measured: a task per
-//! connection cost a wake-up there and back per request, and 1.0–1.6
-//! context switches). An idle connection in the pool is polled by no one.
+//! connections (`hyper::client::conn::http1`), each driven by a task of its
+//! own on the lane that opened it, pooled per endpoint.
 //!
 //! Invariants:
 //! - A connection carries one request at a time; it goes back to the pool
@@ -23,28 +14,17 @@
 //!   rarely sends on a connection the app is closing; the one it does send
 //!   on is found by the retry in `super::AppUpstream::exchange`. A gone
 //!   instance's connections are closed by its death and dropped here.
-//! - An idle connection is taken only if it is still open: at checkout its
-//!   hyper connection is polled once (an end of file or stray bytes the
-//!   event loop has seen end it), and the sweeper peeks at the socket of
-//!   each idle one (`MSG_PEEK`: an end of file or data means the app closed
-//!   it or broke protocol) so closed ones do not linger.
-//! - A `Conn` whose hyper connection ended (closed, failed, or handed its
-//!   socket to an upgrade) is never pooled, and its socket is never peeked
-//!   at (the descriptor may be closed and reused).
 
 use std::collections::HashMap;
-use std::future::{poll_fn, Future};
-use std::os::fd::{AsRawFd, RawFd};
-use std::pin::{pin, Pin};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
-use nix::sys::socket::{recv, MsgFlags};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 use tokio_util::either::Either;
@@ -61,9 +41,6 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 pub(super) type Stream = Either<UnixStream, TcpStream>;
 /// What hyper drives (and hands back, on an upgrade).
 pub(super) type Io = TokioIo<Counted<Stream>>;
-/// hyper's side of a connection (`http1::Connection::with_upgrades`, a
-/// type hyper does not name): boxed once per connection.
-type Driver = Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>;
 
 pub(super) struct Pool {
     /// `max_concurrency`: connections kept per instance.
@@ -109,12 +86,6 @@ struct Idle {
 /// One connection to an instance.
 pub(super) struct Conn {
     sender: SendRequest<RequestBody>,
-    /// hyper's connection, polled by the holder of this `Conn`; `None`
-    /// once it ended.
-    driver: Option<Driver>,
-    /// The socket's descriptor, for the sweeper's peek (valid while
-    /// `driver` is `Some`: the driver owns the socket).
-    fd: RawFd,
     /// Bytes read from the instance on this connection so far.
     read: Arc<AtomicU64>,
     lane: usize,
@@ -129,86 +100,18 @@ impl Conn {
         self.read.load(Ordering::Acquire)
     }
 
-    /// Sends one request and waits for its response head, driving the
-    /// connection meanwhile.
+    /// Sends one request and waits for its response head.
     pub(super) async fn send(
         &mut self,
         request: http::Request<RequestBody>,
     ) -> Result<http::Response<Incoming>, hyper::Error> {
-        poll_fn(|cx| {
-            let _ = self.drive(cx);
-            self.sender.poll_ready(&mut quiet())
-        })
-        .await?;
-        let response = self.sender.send_request(request);
-        self.driving(response).await
-    }
-
-    /// Waits for `fut` (which hyper's connection completes: a response
-    /// head, an upgrade) while driving the connection.
-    pub(super) async fn driving<F: Future>(&mut self, fut: F) -> F::Output {
-        let mut fut = pin!(fut);
-        poll_fn(|cx| {
-            let _ = self.drive(cx);
-            fut.as_mut().poll(&mut quiet())
-        })
-        .await
-    }
-
-    /// Polls hyper's connection: writes what there is to write, reads what
-    /// there is to read and hands it to the waiting response or body.
-    /// `Ready` once the connection ended (then it is dropped).
-    pub(super) fn drive(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        let Some(driver) = &mut self.driver else {
-            return Poll::Ready(());
-        };
-        let Poll::Ready(ended) = driver.as_mut().poll(cx) else {
-            return Poll::Pending;
-        };
-        if let Err(e) = ended {
-            tracing::debug!(error = %e, "app instance connection ended");
-        }
-        self.driver = None;
-        Poll::Ready(())
-    }
-
-    /// Whether the connection may carry another request, as far as is
-    /// known without a system call.
-    fn usable(&self) -> bool {
-        self.driver.is_some() && !self.sender.is_closed()
-    }
-
-    /// Whether an idle connection is still open: nothing to read
-    /// (`EAGAIN`); an end of file or data means the app closed it or broke
-    /// protocol.
-    fn peek_open(&self) -> bool {
-        let mut byte = [0u8; 1];
-        self.usable()
-            && matches!(
-                recv(
-                    self.fd,
-                    &mut byte,
-                    MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT
-                ),
-                Err(nix::errno::Errno::EAGAIN)
-            )
+        self.sender.ready().await?;
+        self.sender.send_request(request).await
     }
 
     pub(super) fn counters(&self) -> &Arc<Counters> {
         &self.counters
     }
-}
-
-/// The context to poll what only hyper's connection completes (the
-/// response head, the body's frames, readiness for a request, an upgrade)
-/// in the task that drives it: its waker does nothing. That connection is
-/// polled right before, in this task, and the socket's readiness (which it
-/// registered with the real waker) is what wakes the task; the real waker
-/// here would be woken from inside the task's own poll and make it run once
-/// more for nothing (measured: that extra poll of the client connection
-/// cost more than the task per connection saved).
-pub(super) fn quiet() -> Context<'static> {
-    Context::from_waker(Waker::noop())
 }
 
 impl Drop for Conn {
@@ -244,12 +147,8 @@ impl Pool {
             let (pooled, old) = self.take_idle(lease.endpoint().id);
             drop(old); // closed outside the lock
             match pooled {
+                Some(idle) if idle.conn.sender.is_closed() => continue,
                 Some(Idle { mut conn, .. }) => {
-                    // Polled once: an end of file the event loop saw ends it.
-                    let _ = poll_fn(|cx| Poll::Ready(conn.drive(cx))).await;
-                    if !conn.usable() {
-                        continue;
-                    }
                     conn.reused = true;
                     return Ok(conn);
                 }
@@ -285,7 +184,7 @@ impl Pool {
         (pooled, old)
     }
 
-    /// A new connection to the lease's instance.
+    /// A new connection to the lease's instance, driven by a task of its own.
     pub(super) async fn connect(&self, lease: &RuntimeLease) -> Result<Conn, UpstreamError> {
         let refused = |e: &dyn std::fmt::Display| {
             let at = match lease.tcp() {
@@ -309,10 +208,6 @@ impl Pool {
                     .map_err(|e| refused(&e))?,
             ),
         };
-        let fd = match &stream {
-            Either::Left(unix) => unix.as_raw_fd(),
-            Either::Right(tcp) => tcp.as_raw_fd(),
-        };
         let read = Arc::new(AtomicU64::new(0));
         let io = TokioIo::new(Counted {
             inner: stream,
@@ -327,12 +222,15 @@ impl Pool {
             .handshake(io)
             .await
             .map_err(|e| refused(&e))?;
+        tokio::spawn(async move {
+            if let Err(e) = driver.with_upgrades().await {
+                tracing::debug!(error = %e, "app instance connection ended");
+            }
+        });
         let counters = self.counters(lease.endpoint().id);
         counters.open.fetch_add(1, Ordering::AcqRel);
         Ok(Conn {
             sender,
-            driver: Some(Box::pin(driver.with_upgrades())),
-            fd,
             read,
             lane: crate::lanes::current(),
             reused: false,
@@ -343,7 +241,7 @@ impl Pool {
     /// Keeps a connection whose response ended cleanly for the next request
     /// to `endpoint`, unless the instance has enough connections.
     pub(super) fn checkin(self: &Arc<Self>, endpoint: u64, conn: Conn) {
-        if !conn.usable() {
+        if conn.sender.is_closed() {
             return;
         }
         let refused = {
@@ -385,7 +283,7 @@ fn expire(idle: &mut Vec<Idle>, keep_for: Duration) -> Vec<Idle> {
     }
     let (keep, stale) = std::mem::take(idle)
         .into_iter()
-        .partition(|i| i.since.elapsed() < keep_for && i.conn.peek_open());
+        .partition(|i| i.since.elapsed() < keep_for && !i.conn.sender.is_closed());
     *idle = keep;
     stale
 }

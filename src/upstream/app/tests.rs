@@ -642,7 +642,7 @@ async fn concurrent_requests_to_a_real_server_share_at_most_max_concurrency_conn
 
 #[tokio::test]
 async fn an_idle_connection_the_app_closed_leaves_the_pool_before_its_keep_time() {
-    // Nothing polls an idle connection: the sweeper's peek finds it closed.
+    // Its driver task sees the close; the sweeper drops it.
     let (close, gate) = watch::channel(false);
     let app = FakeApp::start(move |n| match n {
         0 => Answer::ReplyThenCloseWhenOpen(gate.clone(), OK),

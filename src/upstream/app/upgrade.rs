@@ -23,14 +23,13 @@ impl AppUpstream {
     pub(super) async fn upgraded(
         &self,
         mut response: Response<Incoming>,
-        mut conn: Conn,
+        conn: Conn,
         lease: RuntimeLease,
         permit: Permit,
     ) -> Result<Response<ResponseBody>, UpstreamError> {
         if response.status() != StatusCode::SWITCHING_PROTOCOLS {
             let done = Done {
-                conn,
-                keep: false,
+                conn: None,
                 lease,
                 permit,
                 pool: self.pool.clone(),
@@ -38,8 +37,7 @@ impl AppUpstream {
             return Ok(self.relay(response, done));
         }
         let pid = lease.endpoint().pid;
-        // hyper hands the socket over as the connection is driven.
-        let on = conn.driving(hyper::upgrade::on(&mut response));
+        let on = hyper::upgrade::on(&mut response);
         let upgraded = match tokio::time::timeout(self.request_timeout, on).await {
             Ok(Ok(upgraded)) => upgraded,
             Ok(Err(e)) => {
