@@ -10,7 +10,13 @@
 # works without hardware counters), and for wsgi-* the *worker* runs under
 # callgrind (through the site's `worker` key and a wrapper script).
 #
-#   integration/bench/profile.sh [wsgi-hello|wsgi-64k|static-13b|static-1mib|php-hello|php-info] [seconds]
+# Run as root, polyhost runs split: `perf` samples the `polyhost router`
+# child (the supervisor does none of a request's work), and `strace -c`
+# counts its system calls per request over a second run of the same length
+# (STRACE=0 skips it). node-hello is the `[app]` site of the benchmark's
+# "Node hello" (tests/apps/node/hello.js, one process).
+#
+#   integration/bench/profile.sh [wsgi-hello|wsgi-64k|static-13b|static-1mib|php-hello|php-info|node-hello] [seconds]
 #   NATIVE_WORKER=1 integration/bench/profile.sh wsgi-hello   # worker natively, sampled by perf too
 #
 # Run integration/bench/run.sh once first (it installs wrk and builds).
@@ -29,17 +35,19 @@ case $WORKLOAD in
     static-1mib) HOST=static.bench; URLPATH=/1mib.bin ;;
     php-hello) HOST=php.bench; URLPATH=/hello.php ;;
     php-info) HOST=php.bench; URLPATH=/phpinfo.php ;;
+    node-hello) HOST=node.bench; URLPATH=/ ;;
     *) echo "unknown workload $WORKLOAD" >&2; exit 2 ;;
 esac
 
 # One user per site that runs code (polyhost refuses two under one user);
 # the same names bench.py uses.
-for u in polyhost-bench phb-hello phb-big phb-php; do
+for u in polyhost-bench phb-hello phb-big phb-php phb-node; do
     id "$u" >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin "$u"
 done
 TREE=$(mktemp -d /tmp/polyhost-profile.XXXXXX)
 chmod 755 "$TREE"
-mkdir -p "$TREE"/{apps,static,php,vhosts,state,log,out}
+mkdir -p "$TREE"/{apps,static,php,vhosts,state,log,out,node}
+cp "$REPO/tests/apps/node/hello.js" "$TREE/node/"
 cp "$HERE"/apps/*.php "$TREE/php/"
 chmod 1777 "$TREE/out"
 cp "$HERE"/apps/*.py "$TREE/apps/"
@@ -84,6 +92,13 @@ mode = "static"
 max_children = 8
 max_requests = 0
 EOF
+cat >"$TREE/vhosts/node.toml" <<EOF
+hosts = ["node.bench"]
+root = "$TREE/node"
+user = "phb-node"
+[app]
+command = ["node", "hello.js"]
+EOF
 cat >"$TREE/vhosts/static.toml" <<EOF
 hosts = ["static.bench"]
 root = "$TREE/static"
@@ -115,7 +130,25 @@ done
 wrk -t1 -c8 -d3s -H "Host: $HOST" "http://127.0.0.1:$PORT$URLPATH" >/dev/null
 # (No `callgrind_control -z`: vgdb hangs on a worker of another user. The
 # start-up and warm-up are in the counts; they are few next to the run.)
-perf record -q -e cpu-clock -g -p "$PID" -o "$TREE/perf.data" -- sleep "$SECONDS_" 2>/dev/null &
+# The router: the supervisor's child `polyhost router` when split (as root),
+# else the supervisor itself.
+ROUTER=$PID
+for child in $(pgrep -P "$PID" || true); do
+    [[ $(tr '\0' ' ' <"/proc/$child/cmdline" 2>/dev/null) == *"polyhost router"* ]] && ROUTER=$child
+done
+echo "profile: router pid $ROUTER (supervisor $PID)"
+if [[ ${STRACE:-1} != 0 ]] && command -v strace >/dev/null; then
+    strace -c -f -p "$ROUTER" -o "$TREE/strace.txt" &
+    STRACE_PID=$!
+    sleep 0.5
+    wrk -t1 -c8 -d"${SECONDS_}s" -H "Host: $HOST" "http://127.0.0.1:$PORT$URLPATH" >"$TREE/wrk-strace.txt"
+    kill -INT "$STRACE_PID"
+    wait "$STRACE_PID" 2>/dev/null || true
+    traced=$(awk '/requests in/ {print $1}' "$TREE/wrk-strace.txt")
+    echo "== router system calls under strace ($traced requests): calls, then per request"
+    awk -v n="$traced" '$1 ~ /^[0-9.]+$/ && NF >= 5 {c = $4; printf "  %-16s %9d %6.2f\n", $NF, c, c / (n > 0 ? n : 1)}' "$TREE/strace.txt" | sort -k2 -nr | head -15
+fi
+perf record -q -e cpu-clock -g -p "$ROUTER" -o "$TREE/perf.data" -- sleep "$SECONDS_" 2>/dev/null &
 PERF=$!
 if [[ -n ${NATIVE_WORKER:-} ]]; then
     WPIDS=$(pgrep -d, -u polyhost-bench -f "$BIN/polyhost-python" || true)

@@ -264,6 +264,12 @@ impl Pool {
         }
     }
 
+    /// Idle connections, all instances.
+    #[cfg(test)]
+    pub(super) fn idle(&self) -> usize {
+        self.lock().values().map(|s| s.idle.len()).sum()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Slot>> {
         self.slots.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -639,3 +639,27 @@ async fn concurrent_requests_to_a_real_server_share_at_most_max_concurrency_conn
     );
     s.all_released().await;
 }
+
+#[tokio::test]
+async fn an_idle_connection_the_app_closed_leaves_the_pool_before_its_keep_time() {
+    // Its driver task sees the close; the sweeper drops it.
+    let (close, gate) = watch::channel(false);
+    let app = FakeApp::start(move |n| match n {
+        0 => Answer::ReplyThenCloseWhenOpen(gate.clone(), OK),
+        _ => Answer::Reply(OK),
+    });
+    let mut s = setup(&app, |_| {});
+    Arc::get_mut(&mut s.upstream).unwrap().pool = Pool::with_idle_keep(4, Duration::from_secs(600));
+    assert_eq!(body(s.get("/app/").await.unwrap()).await.unwrap(), "ok");
+    assert_eq!(s.upstream.pool.idle(), 1, "the connection was pooled");
+    close.send(true).unwrap();
+    until("the app closed the connection", || app.closed() == 1).await;
+    until("the closed connection left the pool", || {
+        s.upstream.pool.idle() == 0
+    })
+    .await;
+    assert_eq!(body(s.get("/app/").await.unwrap()).await.unwrap(), "ok");
+    assert_eq!(app.connections(), 2, "a new connection for the second");
+    assert_eq!(app.seen().len(), 2, "each request sent once");
+    s.all_released().await;
+}

@@ -25,6 +25,9 @@ pub(super) enum Answer {
     Hang,
     /// Answers once the gate opens.
     ReplyWhenOpen(watch::Receiver<bool>, &'static [u8]),
+    /// Writes these bytes, then closes the connection once the gate opens
+    /// (an app closing an idle keep-alive connection).
+    ReplyThenCloseWhenOpen(watch::Receiver<bool>, &'static [u8]),
     /// Writes these bytes (a `101` head and what follows it), then echoes
     /// whatever comes.
     Upgrade(&'static [u8]),
@@ -161,6 +164,12 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
             Answer::ReplyWhenOpen(mut gate, bytes) => {
                 let _ = gate.wait_for(|open| *open).await;
                 (bytes, false)
+            }
+            Answer::ReplyThenCloseWhenOpen(mut gate, bytes) => {
+                if stream.write_all(bytes).await.is_ok() {
+                    let _ = gate.wait_for(|open| *open).await;
+                }
+                return;
             }
             Answer::Upgrade(bytes) => {
                 if stream.write_all(bytes).await.is_ok() {
