@@ -26,18 +26,22 @@
 //!   connection the pool closed (idle, a POST's fresh connection), so the
 //!   count can be short; then the peek at [`ConnPool::take`] or the
 //!   exchange's one retry catch the close.
-//! - When a connection's last request goes out, the pool opens its
-//!   *successor* ([`ConnPool::warm_successor`], `warm`): a connection that
-//!   enters the pool only once a live child (the spare php-fpm runs for
-//!   this) has accepted it, so no request ever waits in php-fpm's backlog
-//!   for a child to be forked. At most one successor per retiring
-//!   connection; the one extra connection pins the spare child, which is
-//!   not admitted otherwise. A request that finds no idle connection while
+//! - When a connection's request [`SUCCESSOR_LEAD`] before its last goes
+//!   out, the pool opens its *successor* ([`ConnPool::warm_successor`],
+//!   `warm`): a connection that enters the pool only once a live child (a
+//!   spare php-fpm runs for this) has accepted it, so no request ever
+//!   waits in php-fpm's backlog for a child to be forked, and the
+//!   successor is in the pool before its predecessor retires (a spare
+//!   woken from `accept` on a busy machine takes milliseconds). At most
+//!   one successor per retiring connection; the extra connections pin the
+//!   spare children, which are not admitted otherwise, and the idle list
+//!   holds at most `max_children` plus the spares. A request that finds no idle connection while
 //!   a successor is on its way waits for the first connection back in the
 //!   pool ([`ConnPool::take_or_wait`]) instead of opening one. A request
 //!   re-sent on a fresh connection (its kept-alive one had closed) can add
 //!   one beside a successor: the idle list never holds more than
-//!   `max_children` (a surplus connection is closed when put back).
+//!   `max_children` plus the spares (a surplus connection is closed when
+//!   put back).
 //! - A connection put back goes to the longest-waiting request (preferring
 //!   one of the putting lane) before the idle list; a successor's end
 //!   ([`Warming`], however its task ends) lets waiting requests look again
@@ -70,6 +74,12 @@ pub struct Conn {
     pub served: u64,
 }
 
+/// How many requests before a connection's last one its successor is
+/// opened ([`ConnPool::is_successor_due`]): a spare child woken from
+/// `accept` on a loaded machine took a median 3.8 ms (p90 22 ms) to read
+/// the probe (docs/performance.md, session 14), a few requests' time.
+pub const SUCCESSOR_LEAD: u64 = 8;
+
 /// What a pool did with its connections (status, tests, `/metrics`).
 pub type PoolStats = PhpPoolStats;
 
@@ -90,6 +100,9 @@ pub struct ConnPool {
     permits: Arc<Admission>,
     /// php-fpm's `pm.max_requests` (0: children are never recycled).
     max_requests: u64,
+    /// Idle connections beyond the admitted ones: the spare children
+    /// successors pin (`runtime::php::spare_children`).
+    spares: usize,
     counters: Arc<PhpPoolCounters>,
     state: Mutex<State>,
     /// Successors connected whose probe no child has read yet.
@@ -127,17 +140,19 @@ impl ConnPool {
     /// php-fpm forks children on demand (then a fresh connection can be
     /// left in its backlog: see [`ConnPool::watch_fresh`]).
     /// `max_requests`: php-fpm's `pm.max_requests`, after which a child
-    /// closes its connection and exits (0: never).
+    /// closes its connection and exits (0: never). `spares`: children
+    /// php-fpm runs beyond `max` for successors.
     pub fn new(
         max: usize,
         idle_timeout: Duration,
         reuse: Reuse,
-        max_requests: u64,
+        (max_requests, spares): (u64, usize),
         counters: Arc<PhpPoolCounters>,
     ) -> Arc<Self> {
         Arc::new(ConnPool {
             permits: Admission::new(max.max(1)),
             max_requests,
+            spares,
             counters,
             state: Mutex::new(State::default()),
             warming: AtomicUsize::new(0),
@@ -223,9 +238,9 @@ impl ConnPool {
                 Err(back) => item = back, // that request gave up
             }
         }
-        if state.idle.len() >= self.permits.capacity() {
-            // One too many: a successor and the fresh connection a re-sent
-            // request opened beside it (its kept-alive one had closed).
+        if state.idle.len() >= self.permits.capacity() + self.spares {
+            // One too many: successors and the fresh connection a re-sent
+            // request opened beside them (its kept-alive one had closed).
             return;
         }
         state.idle.push(item);
@@ -278,12 +293,18 @@ impl ConnPool {
     }
 
     /// Whether the next request on a connection that has served `served`
-    /// is its child's last (then open its successor).
-    pub fn is_last(&self, served: u64) -> bool {
-        self.keep_alive && self.max_requests > 0 && served + 1 >= self.max_requests
+    /// is the one [`SUCCESSOR_LEAD`] before its child's last (or the first,
+    /// when `max_requests` is smaller): then open its successor. True for
+    /// one request of each connection only.
+    pub fn is_successor_due(&self, served: u64) -> bool {
+        if !self.keep_alive || self.max_requests == 0 {
+            return false;
+        }
+        let lead = SUCCESSOR_LEAD.min(self.max_requests - 1);
+        served + 1 + lead == self.max_requests
     }
 
-    /// Opens the successor of a connection whose last request is going out
+    /// Opens the successor of a connection whose last requests are going out
     /// (see the module doc): connected to `socket` (served by `uid`), pooled
     /// once a child has read its probe (`warm`), within `timeout`, else
     /// closed. Runs in a task of its own on the caller's runtime.
@@ -446,7 +467,7 @@ mod tests {
             4,
             Duration::from_millis(50),
             Reuse::Pinned,
-            0,
+            (0, 0),
             Default::default(),
         );
         let (alive, _alive_peer) = UnixStream::pair().unwrap();
@@ -491,7 +512,7 @@ mod tests {
             4,
             Duration::from_secs(60),
             Reuse::Pinned,
-            3,
+            (3, 1),
             Default::default(),
         );
         let (stream, _peer) = UnixStream::pair().unwrap();
@@ -517,7 +538,7 @@ mod tests {
             4,
             Duration::from_secs(60),
             Reuse::Pinned,
-            0,
+            (0, 0),
             Default::default(),
         );
         let (stream, _peer) = UnixStream::pair().unwrap();
@@ -538,7 +559,7 @@ mod tests {
             4,
             Duration::from_secs(60),
             Reuse::Pinned,
-            0,
+            (0, 0),
             Default::default(),
         );
         let put_on = |lanes: &Lanes| {
@@ -602,10 +623,10 @@ mod tests {
             1,
             Duration::from_secs(60),
             Reuse::Pinned,
-            2,
+            (2, 1),
             Default::default(),
         );
-        assert!(!pool.is_last(0) && pool.is_last(1));
+        assert!(pool.is_successor_due(0) && !pool.is_successor_due(1));
         pool.warm_successor(socket.clone(), None, Duration::from_secs(30));
         let waiting = tokio::spawn({
             let (pool, socket) = (pool.clone(), socket.clone());
