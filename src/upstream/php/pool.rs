@@ -35,7 +35,10 @@
 //!   woken from `accept` on a busy machine takes milliseconds). At most
 //!   one successor per retiring connection; the extra connections pin the
 //!   spare children, which are not admitted otherwise, and the idle list
-//!   holds at most `max_children` plus the spares. A request that finds no idle connection while
+//!   holds at most `max_children` plus the spares. [`ConnPool::take`]
+//!   hands out a connection whose successor is open before any other, so
+//!   it reaches its last request and its child is replaced (else, newest
+//!   first, it would sit idle beside its successor, pinning its child). A request that finds no idle connection while
 //!   a successor is on its way waits for the first connection back in the
 //!   pool ([`ConnPool::take_or_wait`]) instead of opening one. A request
 //!   re-sent on a fresh connection (its kept-alive one had closed) can add
@@ -170,11 +173,24 @@ impl ConnPool {
         self.permits.acquire()
     }
 
-    /// An idle, still-open connection to `path`, newest first, one opened
-    /// on the calling router lane if there is one (else moved here).
+    /// An idle, still-open connection to `path`: one whose successor is
+    /// open first (so it reaches its last request and its child is
+    /// replaced, rather than sit idle pinning it beside its successor),
+    /// else the newest, one opened on the calling router lane if there is
+    /// one (else moved here).
     pub fn take(&self, path: &Path) -> Option<Conn> {
         let lane = crate::lanes::current();
         let mut state = self.lock();
+        let retiring = state
+            .idle
+            .iter()
+            .rposition(|c| self.successor_opened(c.conn.served));
+        if let Some(i) = retiring {
+            let c = state.idle.remove(i);
+            if let Some(conn) = self.adopt(c, path) {
+                return Some(conn);
+            }
+        }
         while let Some(c) = crate::upstream::take_newest(&mut state.idle, |c| c.lane == lane) {
             if let Some(conn) = self.adopt(c, path) {
                 return Some(conn);
@@ -302,6 +318,14 @@ impl ConnPool {
         }
         let lead = SUCCESSOR_LEAD.min(self.max_requests - 1);
         served + 1 + lead == self.max_requests
+    }
+
+    /// Whether a connection that has served `served` had its successor
+    /// opened ([`ConnPool::is_successor_due`] was true for an earlier count).
+    fn successor_opened(&self, served: u64) -> bool {
+        self.keep_alive
+            && self.max_requests > 0
+            && served + SUCCESSOR_LEAD.min(self.max_requests - 1) >= self.max_requests
     }
 
     /// Opens the successor of a connection whose last requests are going out
@@ -550,6 +574,32 @@ mod tests {
             },
         );
         assert!(pool.take(Path::new("/s")).is_some());
+    }
+
+    /// A connection's successor is due once in its life: `SUCCESSOR_LEAD`
+    /// requests before its last, or at its first when `max_requests` is
+    /// smaller; never without recycling or keep-alive.
+    #[test]
+    fn a_successor_is_due_once_a_lead_before_the_last_request() {
+        let due = |reuse, max_requests: u64| -> Vec<u64> {
+            let pool = ConnPool::new(
+                4,
+                Duration::from_secs(60),
+                reuse,
+                (max_requests, 1),
+                Default::default(),
+            );
+            (0..max_requests.max(1000))
+                .filter(|&served| pool.is_successor_due(served))
+                .collect()
+        };
+        assert_eq!(due(Reuse::Pinned, 500), [500 - 1 - SUCCESSOR_LEAD]);
+        assert_eq!(due(Reuse::OnDemand, 500), [500 - 1 - SUCCESSOR_LEAD]);
+        assert_eq!(due(Reuse::Pinned, SUCCESSOR_LEAD + 1), [0]);
+        assert_eq!(due(Reuse::Pinned, 3), [0]);
+        assert_eq!(due(Reuse::Pinned, 1), [0]);
+        assert!(due(Reuse::Pinned, 0).is_empty());
+        assert!(due(Reuse::None, 500).is_empty());
     }
 
     #[tokio::test]

@@ -138,7 +138,10 @@ fn a_recycled_kept_alive_pool_has_a_spare_child() {
         (php.mode, php.max_requests, php.max_children) = (mode, max_requests, max);
         let text = pool_config(&s, &opts).unwrap();
         let want = format!("\npm.max_children = {children}\n");
-        assert!(text.contains(&want), "{mode:?} {max_requests} {max}: {text}");
+        assert!(
+            text.contains(&want),
+            "{mode:?} {max_requests} {max}: {text}"
+        );
     }
 }
 
