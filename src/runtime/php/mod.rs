@@ -10,4 +10,4 @@ pub use launcher::PhpLauncher;
 pub use paths::{
     find_fpm_binary, find_fpm_in, system_include_dirs, PhpPoolPaths, SYSTEM_INCLUDE_CANDIDATES,
 };
-pub use pool_config::{pool_config, spare_children, PoolConfigError, PoolOptions};
+pub use pool_config::{pool_config, PoolConfigError, PoolOptions};

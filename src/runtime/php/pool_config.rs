@@ -314,15 +314,15 @@ fn open_basedir<'a>(
 /// connections (`static`, `ondemand`) whose children are recycled
 /// (`max_requests` > 0), one per four children (at least one). The router
 /// keeps up to `max_children` connections alive, each pinning a child;
-/// a few requests before a child reaches `max_requests` the router opens
-/// its successor connection, which a spare accepts at once instead of
-/// waiting for the master to fork a replacement (which becomes a spare in
-/// turn). Children of one generation retire close together, so one spare
-/// is not enough for eight (measured: docs/performance.md, session 14).
+/// when a child's last request goes out the router opens its successor
+/// connection, which a spare accepts at once instead of waiting for the
+/// master to fork a replacement (which becomes a spare in turn). Children
+/// of one generation retire close together (docs/performance.md, session
+/// 14), so one spare is often taken when the next one retires.
 /// An `ondemand` master forks a spare only when a successor arrives: an
 /// idle site still holds no child. The router still admits at most
 /// `max_children` requests at a time.
-pub fn spare_children(site: &SiteConfig) -> u64 {
+fn spare_children(site: &SiteConfig) -> u64 {
     match &site.php {
         Some(php) if php.mode != PhpMode::Dynamic && php.max_requests > 0 => {
             php.max_children.max(1).div_ceil(4)

@@ -8,8 +8,8 @@
 //! - `cgi`: CGI response headers → status and headers.
 //! - `pool`: keep-alive connections (`static`, `ondemand`), at most
 //!   `max_children`, each retired after its php-fpm child's
-//!   `max_requests`-th response, its successor opened a few requests
-//!   before its last (`pool::SUCCESSOR_LEAD`).
+//!   `max_requests`-th response, its successor opened while its last
+//!   request runs.
 //! - `warm`: a successor connection, pooled once a php-fpm child has it;
 //!   an `ondemand` pool's fresh connection watched, and the master nudged
 //!   while no child reads it.
@@ -168,10 +168,7 @@ impl PhpUpstream {
                     Reuse::Pinned | Reuse::None => php.idle_timeout,
                 },
                 reuse,
-                (
-                    php.max_requests,
-                    usize::try_from(crate::runtime::php::spare_children(site)).unwrap_or(0),
-                ),
+                php.max_requests,
                 counters,
             ),
             root,
@@ -341,9 +338,9 @@ impl PhpUpstream {
                 (stream, 0)
             }
         };
-        if self.pool.is_successor_due(served) {
-            // Its child exits a few answers from now: have a live child
-            // hold the next connection before then.
+        if self.pool.is_last(served) {
+            // Its child exits after this answer: have a live child hold the
+            // next connection before then.
             self.pool
                 .warm_successor(lease.socket().to_owned(), lease.peer_uid(), timeout);
         }

@@ -26,25 +26,18 @@
 //!   connection the pool closed (idle, a POST's fresh connection), so the
 //!   count can be short; then the peek at [`ConnPool::take`] or the
 //!   exchange's one retry catch the close.
-//! - When a connection's request [`SUCCESSOR_LEAD`] before its last goes
-//!   out, the pool opens its *successor* ([`ConnPool::warm_successor`],
-//!   `warm`): a connection that enters the pool only once a live child (a
-//!   spare php-fpm runs for this) has accepted it, so no request ever
-//!   waits in php-fpm's backlog for a child to be forked, and the
-//!   successor is in the pool before its predecessor retires (a spare
-//!   woken from `accept` on a busy machine takes milliseconds). At most
-//!   one successor per retiring connection; the extra connections pin the
-//!   spare children, which are not admitted otherwise, and the idle list
-//!   holds at most `max_children` plus the spares. [`ConnPool::take`]
-//!   hands out a connection whose successor is open before any other, so
-//!   it reaches its last request and its child is replaced (else, newest
-//!   first, it would sit idle beside its successor, pinning its child). A request that finds no idle connection while
+//! - When a connection's last request goes out, the pool opens its
+//!   *successor* ([`ConnPool::warm_successor`], `warm`): a connection that
+//!   enters the pool only once a live child (the spare php-fpm runs for
+//!   this) has accepted it, so no request ever waits in php-fpm's backlog
+//!   for a child to be forked. At most one successor per retiring
+//!   connection; the one extra connection pins the spare child, which is
+//!   not admitted otherwise. A request that finds no idle connection while
 //!   a successor is on its way waits for the first connection back in the
 //!   pool ([`ConnPool::take_or_wait`]) instead of opening one. A request
 //!   re-sent on a fresh connection (its kept-alive one had closed) can add
 //!   one beside a successor: the idle list never holds more than
-//!   `max_children` plus the spares (a surplus connection is closed when
-//!   put back).
+//!   `max_children` (a surplus connection is closed when put back).
 //! - A connection put back goes to the longest-waiting request (preferring
 //!   one of the putting lane) before the idle list; a successor's end
 //!   ([`Warming`], however its task ends) lets waiting requests look again
@@ -77,12 +70,6 @@ pub struct Conn {
     pub served: u64,
 }
 
-/// How many requests before a connection's last one its successor is
-/// opened ([`ConnPool::is_successor_due`]): a spare child woken from
-/// `accept` on a loaded machine took a median 3.8 ms (p90 22 ms) to read
-/// the probe (docs/performance.md, session 14), a few requests' time.
-pub const SUCCESSOR_LEAD: u64 = 8;
-
 /// What a pool did with its connections (status, tests, `/metrics`).
 pub type PoolStats = PhpPoolStats;
 
@@ -103,9 +90,6 @@ pub struct ConnPool {
     permits: Arc<Admission>,
     /// php-fpm's `pm.max_requests` (0: children are never recycled).
     max_requests: u64,
-    /// Idle connections beyond the admitted ones: the spare children
-    /// successors pin (`runtime::php::spare_children`).
-    spares: usize,
     counters: Arc<PhpPoolCounters>,
     state: Mutex<State>,
     /// Successors connected whose probe no child has read yet.
@@ -143,19 +127,17 @@ impl ConnPool {
     /// php-fpm forks children on demand (then a fresh connection can be
     /// left in its backlog: see [`ConnPool::watch_fresh`]).
     /// `max_requests`: php-fpm's `pm.max_requests`, after which a child
-    /// closes its connection and exits (0: never). `spares`: children
-    /// php-fpm runs beyond `max` for successors.
+    /// closes its connection and exits (0: never).
     pub fn new(
         max: usize,
         idle_timeout: Duration,
         reuse: Reuse,
-        (max_requests, spares): (u64, usize),
+        max_requests: u64,
         counters: Arc<PhpPoolCounters>,
     ) -> Arc<Self> {
         Arc::new(ConnPool {
             permits: Admission::new(max.max(1)),
             max_requests,
-            spares,
             counters,
             state: Mutex::new(State::default()),
             warming: AtomicUsize::new(0),
@@ -173,24 +155,11 @@ impl ConnPool {
         self.permits.acquire()
     }
 
-    /// An idle, still-open connection to `path`: one whose successor is
-    /// open first (so it reaches its last request and its child is
-    /// replaced, rather than sit idle pinning it beside its successor),
-    /// else the newest, one opened on the calling router lane if there is
-    /// one (else moved here).
+    /// An idle, still-open connection to `path`, newest first, one opened
+    /// on the calling router lane if there is one (else moved here).
     pub fn take(&self, path: &Path) -> Option<Conn> {
         let lane = crate::lanes::current();
         let mut state = self.lock();
-        let retiring = state
-            .idle
-            .iter()
-            .rposition(|c| self.successor_opened(c.conn.served));
-        if let Some(i) = retiring {
-            let c = state.idle.remove(i);
-            if let Some(conn) = self.adopt(c, path) {
-                return Some(conn);
-            }
-        }
         while let Some(c) = crate::upstream::take_newest(&mut state.idle, |c| c.lane == lane) {
             if let Some(conn) = self.adopt(c, path) {
                 return Some(conn);
@@ -254,9 +223,9 @@ impl ConnPool {
                 Err(back) => item = back, // that request gave up
             }
         }
-        if state.idle.len() >= self.permits.capacity() + self.spares {
-            // One too many: successors and the fresh connection a re-sent
-            // request opened beside them (its kept-alive one had closed).
+        if state.idle.len() >= self.permits.capacity() {
+            // One too many: a successor and the fresh connection a re-sent
+            // request opened beside it (its kept-alive one had closed).
             return;
         }
         state.idle.push(item);
@@ -309,26 +278,12 @@ impl ConnPool {
     }
 
     /// Whether the next request on a connection that has served `served`
-    /// is the one [`SUCCESSOR_LEAD`] before its child's last (or the first,
-    /// when `max_requests` is smaller): then open its successor. True for
-    /// one request of each connection only.
-    pub fn is_successor_due(&self, served: u64) -> bool {
-        if !self.keep_alive || self.max_requests == 0 {
-            return false;
-        }
-        let lead = SUCCESSOR_LEAD.min(self.max_requests - 1);
-        served + 1 + lead == self.max_requests
+    /// is its child's last (then open its successor).
+    pub fn is_last(&self, served: u64) -> bool {
+        self.keep_alive && self.max_requests > 0 && served + 1 >= self.max_requests
     }
 
-    /// Whether a connection that has served `served` had its successor
-    /// opened ([`ConnPool::is_successor_due`] was true for an earlier count).
-    fn successor_opened(&self, served: u64) -> bool {
-        self.keep_alive
-            && self.max_requests > 0
-            && served + SUCCESSOR_LEAD.min(self.max_requests - 1) >= self.max_requests
-    }
-
-    /// Opens the successor of a connection whose last requests are going out
+    /// Opens the successor of a connection whose last request is going out
     /// (see the module doc): connected to `socket` (served by `uid`), pooled
     /// once a child has read its probe (`warm`), within `timeout`, else
     /// closed. Runs in a task of its own on the caller's runtime.
@@ -491,7 +446,7 @@ mod tests {
             4,
             Duration::from_millis(50),
             Reuse::Pinned,
-            (0, 0),
+            0,
             Default::default(),
         );
         let (alive, _alive_peer) = UnixStream::pair().unwrap();
@@ -536,7 +491,7 @@ mod tests {
             4,
             Duration::from_secs(60),
             Reuse::Pinned,
-            (3, 1),
+            3,
             Default::default(),
         );
         let (stream, _peer) = UnixStream::pair().unwrap();
@@ -562,7 +517,7 @@ mod tests {
             4,
             Duration::from_secs(60),
             Reuse::Pinned,
-            (0, 0),
+            0,
             Default::default(),
         );
         let (stream, _peer) = UnixStream::pair().unwrap();
@@ -576,32 +531,6 @@ mod tests {
         assert!(pool.take(Path::new("/s")).is_some());
     }
 
-    /// A connection's successor is due once in its life: `SUCCESSOR_LEAD`
-    /// requests before its last, or at its first when `max_requests` is
-    /// smaller; never without recycling or keep-alive.
-    #[test]
-    fn a_successor_is_due_once_a_lead_before_the_last_request() {
-        let due = |reuse, max_requests: u64| -> Vec<u64> {
-            let pool = ConnPool::new(
-                4,
-                Duration::from_secs(60),
-                reuse,
-                (max_requests, 1),
-                Default::default(),
-            );
-            (0..max_requests.max(1000))
-                .filter(|&served| pool.is_successor_due(served))
-                .collect()
-        };
-        assert_eq!(due(Reuse::Pinned, 500), [500 - 1 - SUCCESSOR_LEAD]);
-        assert_eq!(due(Reuse::OnDemand, 500), [500 - 1 - SUCCESSOR_LEAD]);
-        assert_eq!(due(Reuse::Pinned, SUCCESSOR_LEAD + 1), [0]);
-        assert_eq!(due(Reuse::Pinned, 3), [0]);
-        assert_eq!(due(Reuse::Pinned, 1), [0]);
-        assert!(due(Reuse::Pinned, 0).is_empty());
-        assert!(due(Reuse::None, 500).is_empty());
-    }
-
     #[tokio::test]
     async fn a_lane_takes_its_own_connection_first_and_can_take_another_lanes() {
         use crate::lanes::Lanes;
@@ -609,7 +538,7 @@ mod tests {
             4,
             Duration::from_secs(60),
             Reuse::Pinned,
-            (0, 0),
+            0,
             Default::default(),
         );
         let put_on = |lanes: &Lanes| {
@@ -673,10 +602,10 @@ mod tests {
             1,
             Duration::from_secs(60),
             Reuse::Pinned,
-            (2, 1),
+            2,
             Default::default(),
         );
-        assert!(pool.is_successor_due(0) && !pool.is_successor_due(1));
+        assert!(!pool.is_last(0) && pool.is_last(1));
         pool.warm_successor(socket.clone(), None, Duration::from_secs(30));
         let waiting = tokio::spawn({
             let (pool, socket) = (pool.clone(), socket.clone());
