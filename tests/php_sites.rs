@@ -320,7 +320,7 @@ async fn a_pool_that_cannot_start_reports_php_fpm_own_error_and_only_its_site_ge
 async fn after_sigkill_of_polyhost_no_php_fpm_survives_the_next_start() {
     let cfg = TestConfig::new();
     let user = TestUser::new();
-    // No recycling: a recycled static pool runs one spare child more.
+    // No recycling: a recycled static pool runs spare children beside them.
     php_site(&cfg, "pool", &user, "mode = \"static\"\nmax_requests = 0");
     let bin = common::Binary::start(&cfg.main(), &[]).await;
     assert_eq!(

@@ -310,19 +310,23 @@ fn open_basedir<'a>(
     dirs
 }
 
-/// Children php-fpm runs beyond `max_children`: one for a pool with
-/// kept-alive connections (`static`, `ondemand`) whose children are
-/// recycled (`max_requests` > 0). The router keeps up to `max_children`
-/// connections alive, each pinning a child; when a child reaches
-/// `max_requests` and exits, the next request's new connection is accepted
-/// at once by the spare instead of waiting for the master to fork the
-/// replacement (which becomes the next spare). An `ondemand` master forks
-/// the spare only when that connection (the successor, opened while the
-/// last request runs) arrives: an idle site still holds no child. The
-/// router still admits at most `max_children` requests at a time.
+/// Children php-fpm runs beyond `max_children`: for a pool with kept-alive
+/// connections (`static`, `ondemand`) whose children are recycled
+/// (`max_requests` > 0), one per four children (at least one). The router
+/// keeps up to `max_children` connections alive, each pinning a child;
+/// when a child's last request goes out the router opens its successor
+/// connection, which a spare accepts at once instead of waiting for the
+/// master to fork a replacement (which becomes a spare in turn). Children
+/// of one generation retire close together (docs/performance.md, session
+/// 14), so one spare is often taken when the next one retires.
+/// An `ondemand` master forks a spare only when a successor arrives: an
+/// idle site still holds no child. The router still admits at most
+/// `max_children` requests at a time.
 fn spare_children(site: &SiteConfig) -> u64 {
     match &site.php {
-        Some(php) if php.mode != PhpMode::Dynamic && php.max_requests > 0 => 1,
+        Some(php) if php.mode != PhpMode::Dynamic && php.max_requests > 0 => {
+            php.max_children.max(1).div_ceil(4)
+        }
         _ => 0,
     }
 }

@@ -119,24 +119,29 @@ fn user_lines_only_for_a_root_master_and_modes() {
 }
 
 /// A pool with kept-alive connections (static, ondemand) whose children
-/// are recycled runs one spare child.
+/// are recycled runs a spare child per four (at least one).
 #[test]
 fn a_recycled_kept_alive_pool_has_a_spare_child() {
     let paths = paths();
     let opts = plain_options(&paths);
-    for (mode, max_requests, children) in [
-        (PhpMode::Static, 500, 9),
-        (PhpMode::Static, 0, 8),
-        (PhpMode::Dynamic, 500, 8),
-        (PhpMode::OnDemand, 500, 9),
-        (PhpMode::OnDemand, 0, 8),
+    for (mode, max_requests, max, children) in [
+        (PhpMode::Static, 500, 8, 10),
+        (PhpMode::Static, 500, 5, 7),
+        (PhpMode::Static, 500, 1, 2),
+        (PhpMode::Static, 0, 8, 8),
+        (PhpMode::Dynamic, 500, 8, 8),
+        (PhpMode::OnDemand, 500, 8, 10),
+        (PhpMode::OnDemand, 0, 8, 8),
     ] {
         let mut s = site("/srv/www/blog");
         let php = s.php.as_mut().unwrap();
-        (php.mode, php.max_requests) = (mode, max_requests);
+        (php.mode, php.max_requests, php.max_children) = (mode, max_requests, max);
         let text = pool_config(&s, &opts).unwrap();
         let want = format!("\npm.max_children = {children}\n");
-        assert!(text.contains(&want), "{mode:?} {max_requests}: {text}");
+        assert!(
+            text.contains(&want),
+            "{mode:?} {max_requests} {max}: {text}"
+        );
     }
 }
 
