@@ -7,7 +7,9 @@
 //! never cut — the state is dropped and the task waits on the bare socket
 //! ([`park`]), holding only the socket and, over TLS, rustls' session. Bytes
 //! hyper read ahead are put back in front of what is still unread; records
-//! rustls already holds end the wait at once.
+//! rustls already holds end the wait at once. After a WebSocket's `101`
+//! the socket is handed back ([`Upgraded`]) and its tunnel runs in a task of
+//! its own: the connection's task, sized for serving HTTP, ends.
 //!
 //! Why the delay: a busy keep-alive client sends its next request within a
 //! fraction of a millisecond, and parking at once rebuilt hyper's state and
