@@ -9,7 +9,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::ws::{self, ACCEPT, KEY};
-use common::{eventually, file_text, get, InProcess, TestConfig, TestUser};
+use common::{eventually, file_text, get, raw, raw_status, InProcess, TestConfig, TestUser};
 
 /// An ASGI site `name` whose worker is the stand-in.
 fn ws_site(cfg: &TestConfig, name: &str, user: &TestUser, python: &str) {
@@ -221,6 +221,37 @@ async fn connection_clocks_never_end_an_idle_tunnel() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(c.read_exactly(9).await, b"GET / HTT");
     assert_eq!(open_sockets(&server, "chat").await, 1);
+    server.stop().await;
+}
+
+/// The tunnel runs in a task of its own once its connection's task has
+/// ended, and still holds the connection's place in the limits until it
+/// ends (the test process's connections are all one local client).
+#[tokio::test]
+async fn a_tunnel_keeps_its_connections_place_in_the_limits_until_it_ends() {
+    let cfg = TestConfig::new();
+    cfg.main_extra("[limits]\nmax_connections_per_ip = 1");
+    let user = TestUser::new();
+    ws_site(&cfg, "chat", &user, "");
+    let server = InProcess::start(&cfg).await;
+    let plain = b"GET / HTTP/1.1\r\nHost: chat.test\r\nConnection: close\r\n\r\n";
+    let mut c = ws::open(server.addr, "chat.test", "/", b"").await;
+    assert_eq!(c.status, 101, "{}", c.head);
+    greeting(&mut c).await;
+    let beside = raw(server.addr, plain).await;
+    assert!(
+        beside.is_empty() || raw_status(&beside) == 503,
+        "a second connection was admitted beside the tunnel: {beside:?}"
+    );
+    echo(&mut c, b"still tunnelled").await;
+    drop(c);
+    common::wait_for(
+        "a connection served once the tunnel ended",
+        Duration::from_secs(10),
+        async || raw(server.addr, plain).await,
+        |reply| raw_status(reply) == 200,
+    )
+    .await;
     server.stop().await;
 }
 

@@ -49,7 +49,7 @@ const BUFFER: usize = 16 << 10;
 
 /// A tunnel the worker accepted, with what its log line needs; handed from
 /// the request (`router::service`) to its connection (`router::server`),
-/// which runs it once hyper has sent the `101`.
+/// which runs it in a task of its own once hyper has sent the `101`.
 pub(crate) struct Accepted {
     pub(crate) tunnel: Tunnel,
     /// As sent: 101 (HTTP/1.1), 200 (HTTP/2, RFC 8441).

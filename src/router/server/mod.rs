@@ -26,6 +26,13 @@
 //! `docs/architecture.md`, "A client connection"). HTTP/2 connections (TLS
 //! with ALPN `h2`, h2c) are not parked.
 //!
+//! A WebSocket's tunnel runs in a task of its own, spawned on the
+//! connection's lane when hyper has sent the `101`; the connection's task
+//! then ends (its state is sized for serving HTTP), and the tunnel holds
+//! what the connection held until it ends: its place in the connection
+//! limits and its lane's count, the open-connection metric, and the
+//! shutdown's tracker.
+//!
 //! Shutdown: accept loops stop and listeners close; every connection is asked
 //! to shut down gracefully (in-flight requests finish, HTTP/2 gets GOAWAY);
 //! after the grace period the rest are dropped.
@@ -348,17 +355,23 @@ enum Proto {
     Auto,
 }
 
-async fn plain(stream: TcpStream, conn: ConnInfo, shared: Arc<Shared>, _admitted: Admitted) {
-    let _open = crate::metrics::connection_opened(); // metrics: dropped when the connection ends
+async fn plain(stream: TcpStream, conn: ConnInfo, shared: Arc<Shared>, admitted: Admitted) {
+    let open = crate::metrics::connection_opened(); // metrics: dropped when the connection ends
     let _ = stream.set_nodelay(true);
     let activity = Activity::new();
     let io = TrackedIo::new(stream, activity.clone());
     if shared.options.front.h2c {
         // Boxed: the larger HTTP/2-capable state is not part of every plain task.
         let io = io.sniff_h2c();
-        return Box::pin(drive(io, conn, Proto::Auto, activity, shared)).await;
+        let drive = Box::pin(drive(io, conn, Proto::Auto, activity, shared.clone()));
+        if let Some((accepted, on_upgrade)) = drive.await {
+            spawn_tunnel(on_upgrade, accepted, &shared, (admitted, open));
+        }
+        return;
     }
-    http1_parking(io, conn, activity, shared).await;
+    if let Some(upgraded) = http1_parking(io, conn, activity, shared.clone()).await {
+        upgraded.spawn(shared, (admitted, open));
+    }
 }
 
 async fn tls_connection(
@@ -366,9 +379,9 @@ async fn tls_connection(
     conn: ConnInfo,
     acceptor: TlsAcceptor,
     shared: Arc<Shared>,
-    _admitted: Admitted,
+    admitted: Admitted,
 ) {
-    let _open = crate::metrics::connection_opened(); // metrics: dropped when the connection ends
+    let open = crate::metrics::connection_opened(); // metrics: dropped when the connection ends
     let _ = stream.set_nodelay(true);
     let activity = Activity::new();
     let io = TrackedIo::new(stream, activity.clone());
@@ -381,13 +394,16 @@ async fn tls_connection(
         Ok(tls) => {
             if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
                 activity.set_multiplexed();
-                return drive(tls, conn, Proto::Http2, activity, shared).await;
+                drive(tls, conn, Proto::Http2, activity, shared).await;
+                return;
             }
             // Both layers report to the same clocks: the inner one counts
             // the socket's bytes (a TLS record starts a head), the outer one
             // keeps hyper's read-ahead plaintext while parked.
             let io = TrackedIo::new(tls, activity.clone());
-            http1_parking(io, conn, activity, shared).await;
+            if let Some(upgraded) = http1_parking(io, conn, activity, shared.clone()).await {
+                upgraded.spawn(shared, (admitted, open));
+            }
         }
         Err(super::tls::HandshakeError::Io(e)) => {
             tracing::debug!(client = %conn.client, error = %e, "TLS handshake failed");
@@ -405,10 +421,11 @@ async fn tls_connection(
 /// be as large as the whole request path's state even while idle.
 ///
 /// A WebSocket's `101` carries its tunnel (`router::tunnel::AcceptedSlot`),
-/// taken here and left in `handoff` for the connection's task, which runs
-/// it once hyper has sent the `101`: on the socket hyper hands back (an
-/// HTTP/1 connection that parks, `parking`), or on the connection
-/// `hyper::upgrade::on` gives (one served by hyper-util's auto builder, h2c).
+/// taken here and left in `handoff` for the connection's task, which, once
+/// hyper has sent the `101`, spawns it in a task of its own on the same
+/// lane and ends: on the socket hyper hands back (an HTTP/1 connection that
+/// parks, `parking::Upgraded`), or on the connection `hyper::upgrade::on`
+/// gives (one served by hyper-util's auto builder, h2c: [`spawn_tunnel`]).
 #[derive(Clone)]
 struct ConnService {
     conn: ConnInfo,
@@ -453,7 +470,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
             if let Some((accepted, _)) = accepted {
                 match (on_upgrade, http2) {
                     // The connection serves other streams meanwhile.
-                    (Some(on_upgrade), true) => spawn_tunnel(on_upgrade, accepted, &shared),
+                    (Some(on_upgrade), true) => spawn_tunnel(on_upgrade, accepted, &shared, ()),
                     (on_upgrade, _) if manual || on_upgrade.is_some() => {
                         handoff.put((accepted, on_upgrade))
                     }
@@ -472,13 +489,17 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
     }
 }
 
-/// Runs an HTTP/2 WebSocket's tunnel (RFC 8441) in a task of its own once
-/// hyper has sent the 200: its connection serves other streams meanwhile.
-/// Tracked, so the shutdown waits for it (and its grace ends it).
-fn spawn_tunnel(
+/// Runs a WebSocket's tunnel upgraded by hyper in a task of its own on this
+/// lane, once hyper has sent the `101` (or, HTTP/2, RFC 8441, the 200: its
+/// connection serves other streams meanwhile). Tracked, so the shutdown
+/// waits for it (and its grace ends it). `place`: what the connection held
+/// for its life, when the tunnel outlives its task (HTTP/1: the limits,
+/// the lane's count, the open-connection metric), held until it ends.
+fn spawn_tunnel<P: Send + 'static>(
     on_upgrade: hyper::upgrade::OnUpgrade,
     accepted: tunnel::Accepted,
     shared: &Arc<Shared>,
+    place: P,
 ) {
     let shared = shared.clone();
     let tracker = shared.tracker.clone();
@@ -491,6 +512,7 @@ fn spawn_tunnel(
             }
             Err(e) => tracing::debug!(error = %e, "WebSocket upgrade not completed"),
         }
+        drop(place); // after the tunnel's log line, as the connection's end
     });
 }
 
@@ -518,7 +540,15 @@ where
 }
 
 /// Serves HTTP on an established TLS or h2c connection until it ends.
-async fn drive<I>(io: I, conn: ConnInfo, proto: Proto, activity: Arc<Activity>, shared: Arc<Shared>)
+/// Returns an HTTP/1 WebSocket's tunnel and its upgrade, for the tunnel to
+/// run in a task of its own ([`spawn_tunnel`]).
+async fn drive<I>(
+    io: I,
+    conn: ConnInfo,
+    proto: Proto,
+    activity: Arc<Activity>,
+    shared: Arc<Shared>,
+) -> Option<(tunnel::Accepted, hyper::upgrade::OnUpgrade)>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -557,18 +587,9 @@ where
     ));
     watch(&mut served, &conn, proto, &activity, &shared).await;
     // After a 101, hyper ended the connection and hands it over.
-    if let Some((accepted, Some(on_upgrade))) = handoff.take() {
-        match on_upgrade.await {
-            Ok(upgraded) => {
-                let send_timeout = limits.send_timeout;
-                let io = TokioIo::new(upgraded);
-                // Boxed: the tunnel's state is no part of every connection's task.
-                Box::pin(tunnel::run(io, accepted, send_timeout, shared.force.wait())).await;
-            }
-            Err(e) => {
-                tracing::debug!(client = %conn.client, error = %e, "WebSocket upgrade not completed")
-            }
-        }
+    match handoff.take() {
+        Some((accepted, Some(on_upgrade))) => Some((accepted, on_upgrade)),
+        _ => None,
     }
 }
 

@@ -7,7 +7,9 @@
 //! never cut — the state is dropped and the task waits on the bare socket
 //! ([`park`]), holding only the socket and, over TLS, rustls' session. Bytes
 //! hyper read ahead are put back in front of what is still unread; records
-//! rustls already holds end the wait at once.
+//! rustls already holds end the wait at once. After a WebSocket's `101`
+//! the socket is handed back ([`Upgraded`]) and its tunnel runs in a task of
+//! its own: the connection's task, sized for serving HTTP, ends.
 //!
 //! Why the delay: a busy keep-alive client sends its next request within a
 //! fraction of a millisecond, and parking at once rebuilt hyper's state and
@@ -152,13 +154,14 @@ impl<T: Transport> Served for Http1Conn<T> {
 
 /// HTTP/1.x, plain or over TLS: hyper's state exists only while a request
 /// is read or answered; in between, the task waits on the bare socket
-/// ([`park`]).
+/// ([`park`]). Returns the connection after a WebSocket's `101`, for its
+/// tunnel to run in a task of its own ([`Upgraded::spawn`]).
 pub(super) async fn http1_parking<T: Transport>(
     mut io: TrackedIo<T>,
     conn: ConnInfo,
     activity: Arc<Activity>,
     shared: Arc<Shared>,
-) {
+) -> Option<Upgraded<T>> {
     let limits = &shared.options.front.limits;
     let mut builder = http1::Builder::new();
     builder
@@ -181,12 +184,12 @@ pub(super) async fn http1_parking<T: Transport>(
             Ok(buffered) => buffered || io.has_unread(),
             Err(e) => {
                 tracing::debug!(client = %conn.client, error = %e, "TLS error while idle");
-                return;
+                return None;
             }
         };
         if !ready && !park(io.get_ref().socket(), &conn, &activity, &shared).await {
             close_parked(&mut io, &shared).await;
-            return;
+            return None;
         }
         let mut served = Http1Conn {
             conn: Box::new(builder.serve_connection(TokioIo::new(io), service)),
@@ -205,23 +208,45 @@ pub(super) async fn http1_parking<T: Transport>(
             Some(Ended::Upgraded) => {
                 // hyper sent the 101 and stopped: the socket (with any
                 // bytes the client sent after its request) is the tunnel's.
-                let io = {
-                    // hyper's read buffer (what `read_buf` shares) is freed
-                    // here, not kept for the tunnel's life.
-                    let parts = served.conn.into_parts();
-                    let mut io = parts.io.into_inner();
-                    io.unread(&parts.read_buf);
-                    io
-                };
-                if let Some((accepted, _)) = handoff.take() {
-                    let send_timeout = limits.send_timeout;
-                    // Boxed: the tunnel's state is no part of every connection's task.
-                    Box::pin(tunnel::run(io, accepted, send_timeout, shared.force.wait())).await;
-                }
-                return;
+                // hyper's read buffer (what `read_buf` shares) is freed
+                // here, not kept for the tunnel's life.
+                let parts = served.conn.into_parts();
+                let mut io = parts.io.into_inner();
+                io.unread(&parts.read_buf);
+                return handoff
+                    .take()
+                    .map(|(accepted, _)| Upgraded { io, accepted });
             }
-            Some(Ended::Closed) | None => return,
+            Some(Ended::Closed) | None => return None,
         }
+    }
+}
+
+/// An HTTP/1 connection after a WebSocket's `101`: its socket (with the
+/// bytes the client sent after its request put back in front) and the
+/// tunnel to run on it.
+pub(super) struct Upgraded<T: Transport> {
+    io: TrackedIo<T>,
+    accepted: tunnel::Accepted,
+}
+
+impl<T: Transport> Upgraded<T> {
+    /// Runs the tunnel in a task of its own on this lane (the calling
+    /// thread's runtime), tracked like a connection so the shutdown waits
+    /// for it and its grace ends it. The connection's task then ends: its
+    /// state, sized for serving HTTP (hyper's connection, the service, the
+    /// clocks' waits), is freed, and an idle WebSocket holds only the
+    /// tunnel's. `place` is what the connection held for its life (its
+    /// place in the limits, its lane's count, the open-connection metric):
+    /// the tunnel holds it until it ends.
+    pub(super) fn spawn<P: Send + 'static>(self, shared: Arc<Shared>, place: P) {
+        let tracker = shared.tracker.clone();
+        tracker.spawn(async move {
+            let Upgraded { io, accepted } = self;
+            let send_timeout = shared.options.front.limits.send_timeout;
+            tunnel::run(io, accepted, send_timeout, shared.force.wait()).await;
+            drop(place); // after the tunnel's log line, as the connection's end
+        });
     }
 }
 
