@@ -70,6 +70,7 @@ use super::table::SharedTable;
 use super::tunnel::{self, AcceptedSlot};
 use crate::config::FrontConfig;
 use crate::lanes::{self, Lanes, Placed, Spread};
+use crate::sendfile::FileQueue;
 use crate::upstream::Scheme;
 use parking::http1_parking;
 use refusal::{accept_failed, admissible_connections, refuse, Spare};
@@ -369,7 +370,9 @@ async fn plain(stream: TcpStream, conn: ConnInfo, shared: Arc<Shared>, admitted:
         }
         return;
     }
-    if let Some(upgraded) = http1_parking(io, conn, activity, shared.clone()).await {
+    let files = FileQueue::new();
+    let io = io.sending_files(files.clone());
+    if let Some(upgraded) = http1_parking(io, conn, Some(files), activity, shared.clone()).await {
         upgraded.spawn(shared, (admitted, open));
     }
 }
@@ -401,7 +404,7 @@ async fn tls_connection(
             // the socket's bytes (a TLS record starts a head), the outer one
             // keeps hyper's read-ahead plaintext while parked.
             let io = TrackedIo::new(tls, activity.clone());
-            if let Some(upgraded) = http1_parking(io, conn, activity, shared.clone()).await {
+            if let Some(upgraded) = http1_parking(io, conn, None, activity, shared.clone()).await {
                 upgraded.spawn(shared, (admitted, open));
             }
         }
@@ -437,6 +440,8 @@ struct ConnService {
     /// The connection upgrades by hand (`parking`: hyper's plain HTTP/1
     /// connection hands the socket back); else through hyper's `OnUpgrade`.
     manual: bool,
+    /// Plain HTTP/1: the queue its file bodies hand ranges to `sendfile` by.
+    files: Option<FileQueue>,
 }
 
 type ServiceFuture =
@@ -459,10 +464,11 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
         let shared = self.shared.clone();
         let conn = self.conn;
         let (handoff, manual) = (self.handoff.clone(), self.manual);
+        let files = self.files.clone();
         let http2 = req.version() == http::Version::HTTP_2;
         Box::pin(async move {
             let table = shared.table.load_full();
-            let mut resp = handle(req, conn, table, &shared.options).await;
+            let mut resp = handle(req, conn, files, table, &shared.options).await;
             let accepted = resp
                 .extensions_mut()
                 .remove::<AcceptedSlot>()
@@ -560,6 +566,7 @@ where
         shared: shared.clone(),
         handoff: handoff.clone(),
         manual: false,
+        files: None,
     };
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder = match proto {
