@@ -29,6 +29,8 @@ use crate::upstream::{
 };
 use proxy::WebSocketAsk;
 
+use super::conn::client::Client;
+
 /// Per-connection facts every request on it shares.
 #[derive(Clone, Copy, Debug)]
 pub struct ConnInfo {
@@ -38,6 +40,9 @@ pub struct ConnInfo {
     /// The peer is a trusted proxy (decided at accept: `router::server`):
     /// its forwarded headers are believed.
     pub trusted: bool,
+    /// Whom the connection limits count it as (decided at accept); an
+    /// HTTP/2 WebSocket stream takes a place of its own as this client.
+    pub who: Client,
 }
 
 /// Server-wide settings a request is checked against.

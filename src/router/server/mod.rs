@@ -63,7 +63,7 @@ mod watch;
 use super::conn::client::is_trusted_proxy;
 use super::conn::{
     last_request, Activity, Client, ConnLimiter, ConnPermit, GuardedBody, ReadToEnd, Refusal,
-    Throttle, TrackedIo,
+    RequestGuard, Throttle, TrackedIo,
 };
 use super::service::{handle, ConnInfo, Options};
 use super::table::SharedTable;
@@ -261,10 +261,7 @@ async fn accept_loop(
                     refuse(&stream);
                 }
                 if let Some(left_out) = shared.refused_log.allow() {
-                    let limit = match why {
-                        Refusal::Total => "max_connections",
-                        Refusal::PerIp => "max_connections_per_ip",
-                    };
+                    let limit = refusal_limit(why);
                     tracing::warn!(client = %client, counted_as = %who, limit, open = shared.limiter.open(), also_refused = left_out, "connection refused: limit reached");
                 }
                 continue;
@@ -279,6 +276,7 @@ async fn accept_loop(
                 Scheme::Http
             },
             trusted,
+            who,
         };
         let admitted = Admitted {
             _permit: permit,
@@ -466,6 +464,18 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
         let (handoff, manual) = (self.handoff.clone(), self.manual);
         let files = self.files.clone();
         let http2 = req.version() == http::Version::HTTP_2;
+        // An HTTP/2 WebSocket is a connection of its own to the limits: a
+        // client may not hold more tunnels than connections by
+        // multiplexing them.
+        let stream_place = match http2 && is_extended_connect(&req) {
+            false => None,
+            true => match self.shared.limiter.try_acquire(conn.who, conn.trusted) {
+                Ok(permit) => Some(permit),
+                Err(why) => {
+                    return Box::pin(std::future::ready(Ok(self.refuse_stream(why, guard))))
+                }
+            },
+        };
         Box::pin(async move {
             let table = shared.table.load_full();
             let mut resp = handle(req, conn, files, table, &shared.options).await;
@@ -476,7 +486,9 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
             if let Some((accepted, _)) = accepted {
                 match (on_upgrade, http2) {
                     // The connection serves other streams meanwhile.
-                    (Some(on_upgrade), true) => spawn_tunnel(on_upgrade, accepted, &shared, ()),
+                    (Some(on_upgrade), true) => {
+                        spawn_tunnel(on_upgrade, accepted, &shared, stream_place)
+                    }
                     (on_upgrade, _) if manual || on_upgrade.is_some() => {
                         handoff.put((accepted, on_upgrade))
                     }
@@ -492,6 +504,37 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
             }
             Ok(resp.map(|inner| GuardedBody::new(inner, guard)))
         })
+    }
+}
+
+impl ConnService {
+    /// The answer to an HTTP/2 WebSocket beyond the connection limits:
+    /// `503`, as a connection beyond them gets, logged at most once a second.
+    fn refuse_stream(&self, why: Refusal, guard: RequestGuard) -> Response<GuardedBody> {
+        if let Some(left_out) = self.shared.refused_log.allow() {
+            tracing::warn!(client = %self.conn.client, counted_as = %self.conn.who, limit = refusal_limit(why), open = self.shared.limiter.open(), also_refused = left_out, "HTTP/2 WebSocket refused: connection limit reached");
+        }
+        let resp = crate::upstream::plain_response(
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            "too many connections",
+        );
+        resp.map(|inner| GuardedBody::new(inner, guard))
+    }
+}
+
+/// An HTTP/2 extended CONNECT for a WebSocket (RFC 8441).
+fn is_extended_connect<B>(req: &Request<B>) -> bool {
+    matches!(
+        super::proxy::websocket_ask(req),
+        Some(super::proxy::WebSocketAsk::ExtendedConnect)
+    )
+}
+
+/// The configuration key a refusal names.
+fn refusal_limit(why: Refusal) -> &'static str {
+    match why {
+        Refusal::Total => "max_connections",
+        Refusal::PerIp => "max_connections_per_ip",
     }
 }
 
