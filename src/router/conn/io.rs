@@ -14,7 +14,6 @@ use std::task::{Context, Poll};
 use bytes::{Buf, Bytes};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-
 use tokio::net::TcpStream;
 
 use super::clocks::{Activity, RequestGuard};
