@@ -17,6 +17,7 @@
 //! - [`lanes`]: the router's threads, one single-threaded runtime each.
 //! - [`router`]: listeners, hyper connections, host and mount routing, access log.
 //! - [`docroot`]: resolving request paths beneath a document root (openat2), for every runtime.
+//! - [`sendfile`]: file bodies sent with `sendfile(2)` on plain HTTP/1 connections, beneath hyper.
 //! - [`runtime`]: launchers: how each language's processes are started (php-fpm, polyhost-python).
 //! - [`upstream`]: the [`upstream::Upstream`] trait and its implementations.
 //! - [`supervisor`]: site process groups: start, watch, restart, recycle, scale to zero.
@@ -48,6 +49,7 @@ pub mod notify;
 pub mod privsep;
 pub mod router;
 pub mod runtime;
+pub mod sendfile;
 pub mod sites;
 pub mod supervisor;
 pub mod upstream;

@@ -223,6 +223,19 @@ async fn an_allowed_name_is_certified_in_its_first_handshake_a_denied_one_fails_
         Some(4),
         "the 4 handshakes after the denial are refused by the router alone\n{m}"
     );
+    // The status says so too, as a line and in JSON.
+    let (code, out, err) = common::polyhost_cli(&cfg.main(), &["status"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("handshakes: 0 waiting, 4 refused for a name refused recently"),
+        "{out}"
+    );
+    let (_, json, _) = common::polyhost_cli(&cfg.main(), &["status", "--json"]).await;
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(
+        json["on_demand"]["handshakes"]["refused_recently"], 4,
+        "{json}"
+    );
     // The name the site lists itself is no on-demand name.
     assert!(handshake(https, "panel.test").await.is_err());
     assert_eq!(ask.calls().len(), 2);

@@ -185,6 +185,7 @@ const LAYERS: &[&[&str]] = &[
         "lanes",
         "metrics",
         "notify",
+        "sendfile",
     ],
     // Process groups, leases: below every runtime.
     &["supervisor"],

@@ -123,6 +123,7 @@ fn site() -> Site {
         scheme: Scheme::Http,
         host: "example.test".into(),
         mount_prefix: "".into(),
+        files: None,
     };
     Site {
         _serial: serial,

@@ -508,3 +508,36 @@ async fn an_http2_websocket_rfc_8441_is_tunnelled_beside_other_streams_and_refus
     );
     server.stop().await;
 }
+
+/// An HTTP/2 WebSocket takes a place of its own in the connection limits
+/// (the test process's connections are all one local client): with two
+/// places, the connection and one WebSocket fill them, a second WebSocket
+/// on the same connection gets `503`, and once the first one closed a new
+/// one is admitted.
+#[tokio::test]
+async fn an_http2_websocket_holds_a_place_in_the_connection_limits_until_it_closes() {
+    let cfg = TestConfig::new();
+    cfg.main_extra("h2c = true\n[limits]\nmax_connections_per_ip = 2");
+    let user = TestUser::new();
+    ws_site(&cfg, "chat", &user, "");
+    let server = InProcess::start(&cfg).await;
+    let mut h2 = ws::H2Ws::connect(server.addr).await;
+    let first = h2.websocket("chat.test", "/room").await;
+    assert_eq!(first.status(), 200, "{first:?}");
+    let tunnel = hyper::upgrade::on(first).await.unwrap();
+    let second = h2.websocket("chat.test", "/room").await;
+    assert_eq!(
+        second.status(),
+        503,
+        "a second WebSocket beyond max_connections_per_ip: {second:?}"
+    );
+    drop(tunnel);
+    common::wait_for(
+        "a WebSocket admitted once the first one closed",
+        Duration::from_secs(10),
+        async || h2.websocket("chat.test", "/room").await.status(),
+        |status| *status == 200,
+    )
+    .await;
+    server.stop().await;
+}

@@ -439,15 +439,22 @@ mod tests {
             asks_allowed: 7,
             asks_denied: 3,
             rate_limited: 40,
+            client_limited: 12,
+            busy: 2,
             orders: 8,
             orders_failed: 1,
+            handshakes: crate::metrics::on_demand::RouterOnDemandSnapshot {
+                refused_recently: 30,
+                too_many_waiting: 5,
+                waiting: 1,
+            },
             ..Default::default()
         };
         for i in 0..7 {
             d.certificates.insert(format!("c{i}.example"), 0);
         }
         expect![[r#"
-            on-demand TLS: 7 certificates (c0.example, c1.example, c2.example, c3.example, c4.example, …); asks: 7 allowed, 3 denied, 0 failed; 40 rate-limited; orders: 8 (1 failed)
+            on-demand TLS: 7 certificates (c0.example, c1.example, c2.example, c3.example, c4.example, …); asks: 7 allowed, 3 denied, 0 failed; new names refused: 40 over the rate, 12 over a client's share, 2 while busy; orders: 8 (1 failed); handshakes: 1 waiting, 30 refused for a name refused recently, 5 for too many waiting
         "#]]
         .assert_eq(&on_demand_line(&d));
     }

@@ -56,6 +56,10 @@ pub struct OnDemandSnapshot {
     pub busy: u64,
     pub orders: u64,
     pub orders_failed: u64,
+    /// What the router's handshakes for on-demand names did (filled in by
+    /// the status from the router process, or this one's router).
+    #[serde(default)]
+    pub handshakes: RouterOnDemandSnapshot,
 }
 
 impl OnDemandStats {
@@ -94,6 +98,7 @@ pub fn snapshot() -> Option<OnDemandSnapshot> {
         busy: n(&s.busy),
         orders: n(&s.orders),
         orders_failed: n(&s.orders_failed),
+        handshakes: RouterOnDemandSnapshot::default(),
     })
 }
 

@@ -22,11 +22,14 @@ use super::target::{self, Target};
 use super::tunnel::{Accepted, AcceptedSlot};
 use super::vhost::normalize_host;
 use crate::config::FrontConfig;
+use crate::sendfile::FileQueue;
 use crate::upstream::{
     plain_response, BodyError, BoxError, Fault, RequestContext, ResponseBody, Scheme, TunnelSlot,
     Upgrade, UpstreamError,
 };
 use proxy::WebSocketAsk;
+
+use super::conn::client::Client;
 
 /// Per-connection facts every request on it shares.
 #[derive(Clone, Copy, Debug)]
@@ -37,6 +40,9 @@ pub struct ConnInfo {
     /// The peer is a trusted proxy (decided at accept: `router::server`):
     /// its forwarded headers are believed.
     pub trusted: bool,
+    /// Whom the connection limits count it as (decided at accept); an
+    /// HTTP/2 WebSocket stream takes a place of its own as this client.
+    pub who: Client,
 }
 
 /// Server-wide settings a request is checked against.
@@ -51,6 +57,7 @@ pub struct Options {
 pub async fn handle<B>(
     mut req: Request<B>,
     conn: ConnInfo,
+    files: Option<FileQueue>,
     table: Arc<RoutingTable>,
     options: &Options,
 ) -> Response<ResponseBody>
@@ -109,7 +116,7 @@ where
         if target == Target::ServerOptions {
             return server_options();
         }
-        return serve_site(req, conn, None, table, options, start).await;
+        return serve_site(req, conn, files, None, table, options, start).await;
     };
     if target == Target::ServerOptions {
         return server_options();
@@ -118,12 +125,13 @@ where
     if let Some(v) = authority.and_then(|a| http::HeaderValue::from_str(&a).ok()) {
         req.headers_mut().insert(header::HOST, v);
     }
-    serve_site(req, conn, Some(host), table, options, start).await
+    serve_site(req, conn, files, Some(host), table, options, start).await
 }
 
 async fn serve_site<B>(
     mut req: Request<B>,
     conn: ConnInfo,
+    files: Option<FileQueue>,
     host: Option<String>,
     table: Arc<RoutingTable>,
     options: &Options,
@@ -162,7 +170,7 @@ where
     let in_flight = site.stats.begin(); // metrics
     let mut response = match https_redirect(&req, &conn, &host, &site, options) {
         Some(r) => r,
-        None => route(req, conn, host, &site, options, upgrade).await,
+        None => route(req, conn, files, host, &site, options, upgrade).await,
     };
     let tunnel = response.extensions_mut().remove::<TunnelSlot>();
     let dropped = proxy::sanitize_response(response.headers_mut());
@@ -342,6 +350,7 @@ fn https_redirect<B>(
 async fn route<B>(
     mut req: Request<B>,
     conn: ConnInfo,
+    files: Option<FileQueue>,
     host: String,
     site: &SiteRoute,
     options: &Options,
@@ -374,6 +383,7 @@ where
         scheme: conn.scheme,
         host,
         mount_prefix: prefix.clone(),
+        files,
     };
     let (mut parts, body) = req.into_parts();
     match upgrade {

@@ -22,6 +22,7 @@ use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Empty, Full};
 pub use tunnel::{Tunnel, TunnelSlot, TunnelStream, Upgrade};
 
 use crate::config::SiteConfig;
+use crate::sendfile::FileQueue;
 
 /// Any error a body stream can carry.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -61,6 +62,9 @@ pub struct RequestContext {
     /// The mount prefix that matched, without trailing slash ("" for `/`).
     /// Becomes SCRIPT_NAME for Python apps.
     pub mount_prefix: Arc<str>,
+    /// The connection's queue of file ranges to send with `sendfile`
+    /// (plain HTTP/1 only; see [`crate::sendfile`]).
+    pub files: Option<FileQueue>,
 }
 
 /// One kind of backend a mount can point at.

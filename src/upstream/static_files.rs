@@ -99,7 +99,11 @@ impl StaticFiles {
         &self.root
     }
 
-    fn serve(&self, req: Request<RequestBody>) -> Result<Response<ResponseBody>, UpstreamError> {
+    fn serve(
+        &self,
+        req: Request<RequestBody>,
+        ctx: &RequestContext,
+    ) -> Result<Response<ResponseBody>, UpstreamError> {
         allowed(req.method())?;
         // Resolved on the async thread: an openat2 + fstat of a cached path
         // costs microseconds, while a hop to the blocking pool cost two thread
@@ -107,7 +111,7 @@ impl StaticFiles {
         // files). The bytes are read from the page cache without waiting for
         // the disk, or on the blocking pool when it does not have them.
         let resolved = self.root.resolve(req.uri().path())?;
-        self.answer(req, resolved)
+        self.answer(req, resolved, ctx)
     }
 
     /// Answers from what a request path resolved to.
@@ -115,6 +119,7 @@ impl StaticFiles {
         &self,
         req: Request<RequestBody>,
         resolved: Resolved,
+        ctx: &RequestContext,
     ) -> Result<Response<ResponseBody>, UpstreamError> {
         match found(&self.root, resolved, &self.index)? {
             Found::Redirect => Ok(redirect_to_slash(req.uri())),
@@ -125,7 +130,7 @@ impl StaticFiles {
                         "{name:?} is PHP source, never served as a file"
                     )));
                 }
-                Ok(self.respond(req.method(), req.headers(), *file))
+                Ok(self.respond(req.method(), req.headers(), *file, ctx))
             }
         }
     }
@@ -135,6 +140,7 @@ impl StaticFiles {
         method: &Method,
         headers: &http::HeaderMap,
         file: OpenFile,
+        ctx: &RequestContext,
     ) -> Response<ResponseBody> {
         let mut v = Validators::from_metadata(file.metadata());
         let decision = conditional::decide(method, headers, &v);
@@ -196,7 +202,7 @@ impl StaticFiles {
             length.unwrap_or_else(|_| HeaderValue::from(len)),
         );
         if method == Method::GET && len > 0 {
-            *res.body_mut() = body::file_body(file.into_file(), start, len);
+            *res.body_mut() = body::file_body(file.into_file(), start, len, ctx.files.as_ref());
         }
         res
     }
@@ -210,20 +216,20 @@ impl Upstream for StaticFiles {
     fn handle<'a>(
         &'a self,
         req: Request<RequestBody>,
-        _ctx: &'a RequestContext,
+        ctx: &'a RequestContext,
     ) -> BoxFuture<'a, Result<Response<ResponseBody>, UpstreamError>> {
-        Box::pin(std::future::ready(self.serve(req)))
+        Box::pin(std::future::ready(self.serve(req, ctx)))
     }
 
     fn handle_opened<'a>(
         &'a self,
         req: Request<RequestBody>,
-        _ctx: &'a RequestContext,
+        ctx: &'a RequestContext,
         opened: Opened,
     ) -> BoxFuture<'a, Result<Response<ResponseBody>, UpstreamError>> {
         let answer = allowed(req.method())
             .and_then(|()| Ok(self.root.admit(opened)?))
-            .and_then(|resolved| self.answer(req, resolved));
+            .and_then(|resolved| self.answer(req, resolved, ctx));
         Box::pin(std::future::ready(answer))
     }
     fn docroot(&self) -> Option<&DocRoot> {

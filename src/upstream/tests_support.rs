@@ -104,6 +104,7 @@ pub(crate) fn context(client: &str, scheme: super::Scheme) -> super::RequestCont
         scheme,
         host: "blog.test".into(),
         mount_prefix: "/app".into(),
+        files: None,
     }
 }
 

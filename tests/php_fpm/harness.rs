@@ -143,6 +143,7 @@ impl Harness {
             scheme: Scheme::Https,
             host: "site.test".into(),
             mount_prefix: "".into(),
+            files: None,
         }
     }
 

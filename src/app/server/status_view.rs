@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 use super::{ControlError, Server};
 use crate::app::status::{ServerStatus, SiteStatus};
 use crate::config::SiteName;
+use crate::metrics::on_demand::RouterOnDemandSnapshot;
 use crate::sites::Site;
 
 impl Server {
@@ -23,29 +24,40 @@ impl Server {
     /// process, its request counters are asked of it (bounded wait).
     pub async fn status(&self) -> ServerStatus {
         let mut status = self.status_of(&self.published.load());
-        self.with_router_counters(&mut status.sites).await;
+        let handshakes = self.with_router_counters(&mut status.sites).await;
+        if let (Some(on_demand), Some(handshakes)) = (&mut status.on_demand, handshakes) {
+            on_demand.handshakes = handshakes;
+        }
         status
     }
 
     /// Puts the router process's request counters into `sites` (nothing
-    /// without one; zeros, said in the log, when it does not answer).
-    async fn with_router_counters(&self, sites: &mut [SiteStatus]) {
+    /// without one; zeros, said in the log, when it does not answer), and
+    /// returns what its on-demand TLS handshakes did (without a router
+    /// process, this process's router's).
+    async fn with_router_counters(
+        &self,
+        sites: &mut [SiteStatus],
+    ) -> Option<RouterOnDemandSnapshot> {
         if !self.has_router() {
-            return;
+            return Some(crate::metrics::on_demand::router_snapshot(
+                crate::router::tls::on_demand_waiting(),
+            ));
         }
-        let counters: BTreeMap<String, crate::metrics::SiteCounters> = match self
+        let (counters, handshakes): (BTreeMap<String, crate::metrics::SiteCounters>, _) = match self
             .router_stats()
             .await
         {
-            Some(reply) => reply.sites.into_iter().collect(),
+            Some(reply) => (reply.sites.into_iter().collect(), Some(reply.on_demand)),
             None => {
                 tracing::warn!("the router process did not report its counters: status shows none");
-                BTreeMap::new()
+                (BTreeMap::new(), None)
             }
         };
         for site in sites {
             site.set_counters(counters.get(&site.name).copied().unwrap_or_default());
         }
+        handshakes
     }
 
     fn status_of(&self, sites: &BTreeMap<SiteName, Site>) -> ServerStatus {

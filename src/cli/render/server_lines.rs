@@ -51,14 +51,20 @@ pub(super) fn on_demand_line(d: &crate::metrics::on_demand::OnDemandSnapshot) ->
     } else {
         format!(" ({})", names.join(", "))
     };
+    let h = &d.handshakes;
     format!(
-        "on-demand TLS: {} certificates{listed}; asks: {} allowed, {} denied, {} failed; {} rate-limited; orders: {} ({} failed)\n",
+        "on-demand TLS: {} certificates{listed}; asks: {} allowed, {} denied, {} failed; new names refused: {} over the rate, {} over a client's share, {} while busy; orders: {} ({} failed); handshakes: {} waiting, {} refused for a name refused recently, {} for too many waiting\n",
         d.certificates.len(),
         d.asks_allowed,
         d.asks_denied,
         d.ask_errors,
         d.rate_limited,
+        d.client_limited,
+        d.busy,
         d.orders,
-        d.orders_failed
+        d.orders_failed,
+        h.waiting,
+        h.refused_recently,
+        h.too_many_waiting
     )
 }

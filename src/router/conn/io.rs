@@ -14,8 +14,10 @@ use std::task::{Context, Poll};
 use bytes::{Buf, Bytes};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 
 use super::clocks::{Activity, RequestGuard};
+use crate::sendfile::FileQueue;
 use crate::upstream::{BoxError, ResponseBody};
 
 /// A request body that tells its connection's [`Activity`] when it has
@@ -126,7 +128,26 @@ pub struct TrackedIo<I> {
     sniff: bool,
     /// The client's end of stream was read (the socket is not read again).
     eof: bool,
+    /// Plain HTTP/1: file ranges its response bodies queued, sent with
+    /// `sendfile` in place of their stand-ins ([`crate::sendfile`]).
+    files: Option<FileQueue>,
 }
+
+/// The TCP socket beneath an I/O type, if its writes go to it unchanged
+/// (not through TLS): what a file range can be `sendfile`d to.
+pub trait PlainSocket {
+    fn plain_socket(&self) -> Option<&TcpStream> {
+        None
+    }
+}
+
+impl PlainSocket for TcpStream {
+    fn plain_socket(&self) -> Option<&TcpStream> {
+        Some(self)
+    }
+}
+
+impl<I> PlainSocket for tokio_rustls::server::TlsStream<I> {}
 
 /// How a cleartext HTTP/2 (prior knowledge) connection starts.
 const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2.0";
@@ -139,7 +160,15 @@ impl<I> TrackedIo<I> {
             unread: Bytes::new(),
             sniff: false,
             eof: false,
+            files: None,
         }
+    }
+
+    /// Sends the file ranges `files` queues in place of their stand-ins
+    /// (only for a plain socket under hyper's vectored HTTP/1 writer).
+    pub fn sending_files(mut self, files: FileQueue) -> Self {
+        self.files = Some(files);
+        self
     }
 
     pub fn get_ref(&self) -> &I {
@@ -245,7 +274,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for TrackedIo<I> {
     }
 }
 
-impl<I: AsyncWrite + Unpin> AsyncWrite for TrackedIo<I> {
+impl<I: AsyncWrite + PlainSocket + Unpin> AsyncWrite for TrackedIo<I> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -273,6 +302,12 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for TrackedIo<I> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        if let (Some(files), Some(socket)) = (&self.files, self.inner.plain_socket()) {
+            if let Some(polled) = files.poll_write(socket, cx, bufs) {
+                self.note_write(&polled);
+                return polled;
+            }
+        }
         let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         self.note_write(&polled);
         polled

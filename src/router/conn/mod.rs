@@ -25,5 +25,5 @@ mod throttle;
 
 pub use client::{Client, ConnLimiter, ConnPermit, Refusal};
 pub use clocks::{last_request, Activity, Expiry, RequestGuard};
-pub use io::{GuardedBody, ReadToEnd, TrackedIo};
+pub use io::{GuardedBody, PlainSocket, ReadToEnd, TrackedIo};
 pub use throttle::Throttle;

@@ -31,21 +31,22 @@
 //! then ends (its state is sized for serving HTTP), and the tunnel holds
 //! what the connection held until it ends: its place in the connection
 //! limits and its lane's count, the open-connection metric, and the
-//! shutdown's tracker.
+//! shutdown's tracker ([`conn_service`], which also gives an HTTP/2
+//! WebSocket a place of its own in the limits).
+//!
+//! A plain HTTP/1 connection (not h2c) has a `sendfile::FileQueue`: its
+//! large static file bodies are sent with `sendfile` beneath hyper, whose
+//! writer is then held to its vectored strategy ([`parking`]).
 //!
 //! Shutdown: accept loops stop and listeners close; every connection is asked
 //! to shut down gracefully (in-flight requests finish, HTTP/2 gets GOAWAY);
 //! after the grace period the rest are dropped.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Request, Response};
-use http_body::Body;
-use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -55,24 +56,24 @@ type TlsAcceptor = Arc<rustls::ServerConfig>;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+mod conn_service;
 mod parking;
 mod refusal;
 mod signal;
 mod watch;
 
 use super::conn::client::is_trusted_proxy;
-use super::conn::{
-    last_request, Activity, Client, ConnLimiter, ConnPermit, GuardedBody, ReadToEnd, Refusal,
-    Throttle, TrackedIo,
-};
-use super::service::{handle, ConnInfo, Options};
+use super::conn::{Activity, Client, ConnLimiter, ConnPermit, Throttle, TrackedIo};
+use super::service::{ConnInfo, Options};
 use super::table::SharedTable;
 use super::tunnel::{self, AcceptedSlot};
 use crate::config::FrontConfig;
 use crate::lanes::{self, Lanes, Placed, Spread};
+use crate::sendfile::FileQueue;
 use crate::upstream::Scheme;
+use conn_service::{spawn_tunnel, ConnService};
 use parking::http1_parking;
-use refusal::{accept_failed, admissible_connections, refuse, Spare};
+use refusal::{accept_failed, admissible_connections, refusal_limit, refuse, Spare};
 use signal::Signal;
 use watch::watch;
 
@@ -260,10 +261,7 @@ async fn accept_loop(
                     refuse(&stream);
                 }
                 if let Some(left_out) = shared.refused_log.allow() {
-                    let limit = match why {
-                        Refusal::Total => "max_connections",
-                        Refusal::PerIp => "max_connections_per_ip",
-                    };
+                    let limit = refusal_limit(why);
                     tracing::warn!(client = %client, counted_as = %who, limit, open = shared.limiter.open(), also_refused = left_out, "connection refused: limit reached");
                 }
                 continue;
@@ -278,6 +276,7 @@ async fn accept_loop(
                 Scheme::Http
             },
             trusted,
+            who,
         };
         let admitted = Admitted {
             _permit: permit,
@@ -369,7 +368,9 @@ async fn plain(stream: TcpStream, conn: ConnInfo, shared: Arc<Shared>, admitted:
         }
         return;
     }
-    if let Some(upgraded) = http1_parking(io, conn, activity, shared.clone()).await {
+    let files = FileQueue::new();
+    let io = io.sending_files(files.clone());
+    if let Some(upgraded) = http1_parking(io, conn, Some(files), activity, shared.clone()).await {
         upgraded.spawn(shared, (admitted, open));
     }
 }
@@ -401,7 +402,7 @@ async fn tls_connection(
             // the socket's bytes (a TLS record starts a head), the outer one
             // keeps hyper's read-ahead plaintext while parked.
             let io = TrackedIo::new(tls, activity.clone());
-            if let Some(upgraded) = http1_parking(io, conn, activity, shared.clone()).await {
+            if let Some(upgraded) = http1_parking(io, conn, None, activity, shared.clone()).await {
                 upgraded.spawn(shared, (admitted, open));
             }
         }
@@ -414,106 +415,6 @@ async fn tls_connection(
             }
         }
     }
-}
-
-/// What hyper calls for each request of a connection. The request's future
-/// is boxed: hyper keeps a slot for it per connection, which would otherwise
-/// be as large as the whole request path's state even while idle.
-///
-/// A WebSocket's `101` carries its tunnel (`router::tunnel::AcceptedSlot`),
-/// taken here and left in `handoff` for the connection's task, which, once
-/// hyper has sent the `101`, spawns it in a task of its own on the same
-/// lane and ends: on the socket hyper hands back (an HTTP/1 connection that
-/// parks, `parking::Upgraded`), or on the connection `hyper::upgrade::on`
-/// gives (one served by hyper-util's auto builder, h2c: [`spawn_tunnel`]).
-#[derive(Clone)]
-struct ConnService {
-    conn: ConnInfo,
-    activity: Arc<Activity>,
-    shared: Arc<Shared>,
-    /// Where a `101` leaves its tunnel for the connection's task to run
-    /// (so the tunnel keeps the connection's place in the limits).
-    handoff: AcceptedSlot,
-    /// The connection upgrades by hand (`parking`: hyper's plain HTTP/1
-    /// connection hands the socket back); else through hyper's `OnUpgrade`.
-    manual: bool,
-}
-
-type ServiceFuture =
-    Pin<Box<dyn Future<Output = Result<Response<GuardedBody>, Infallible>> + Send>>;
-
-impl hyper::service::Service<Request<Incoming>> for ConnService {
-    type Response = Response<GuardedBody>;
-    type Error = Infallible;
-    type Future = ServiceFuture;
-
-    fn call(&self, mut req: Request<Incoming>) -> ServiceFuture {
-        let guard = self
-            .activity
-            .request_started(!req.body().is_end_stream(), last_request(&req));
-        let on_upgrade = match self.manual {
-            false => req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>(),
-            true => None,
-        };
-        let req = req.map(|body| ReadToEnd::new(body, self.activity.clone()));
-        let shared = self.shared.clone();
-        let conn = self.conn;
-        let (handoff, manual) = (self.handoff.clone(), self.manual);
-        let http2 = req.version() == http::Version::HTTP_2;
-        Box::pin(async move {
-            let table = shared.table.load_full();
-            let mut resp = handle(req, conn, table, &shared.options).await;
-            let accepted = resp
-                .extensions_mut()
-                .remove::<AcceptedSlot>()
-                .and_then(|slot| slot.take());
-            if let Some((accepted, _)) = accepted {
-                match (on_upgrade, http2) {
-                    // The connection serves other streams meanwhile.
-                    (Some(on_upgrade), true) => spawn_tunnel(on_upgrade, accepted, &shared, ()),
-                    (on_upgrade, _) if manual || on_upgrade.is_some() => {
-                        handoff.put((accepted, on_upgrade))
-                    }
-                    _ => {
-                        // Cannot happen (a 101 answers only an HTTP/1.1
-                        // upgrade request, which hyper gives an OnUpgrade).
-                        resp = crate::upstream::plain_response(
-                            http::StatusCode::BAD_GATEWAY,
-                            "Bad Gateway",
-                        );
-                    }
-                }
-            }
-            Ok(resp.map(|inner| GuardedBody::new(inner, guard)))
-        })
-    }
-}
-
-/// Runs a WebSocket's tunnel upgraded by hyper in a task of its own on this
-/// lane, once hyper has sent the `101` (or, HTTP/2, RFC 8441, the 200: its
-/// connection serves other streams meanwhile). Tracked, so the shutdown
-/// waits for it (and its grace ends it). `place`: what the connection held
-/// for its life, when the tunnel outlives its task (HTTP/1: the limits,
-/// the lane's count, the open-connection metric), held until it ends.
-fn spawn_tunnel<P: Send + 'static>(
-    on_upgrade: hyper::upgrade::OnUpgrade,
-    accepted: tunnel::Accepted,
-    shared: &Arc<Shared>,
-    place: P,
-) {
-    let shared = shared.clone();
-    let tracker = shared.tracker.clone();
-    tracker.spawn(async move {
-        match on_upgrade.await {
-            Ok(upgraded) => {
-                let send_timeout = shared.options.front.limits.send_timeout;
-                let io = TokioIo::new(upgraded);
-                tunnel::run(io, accepted, send_timeout, shared.force.wait()).await;
-            }
-            Err(e) => tracing::debug!(error = %e, "WebSocket upgrade not completed"),
-        }
-        drop(place); // after the tunnel's log line, as the connection's end
-    });
 }
 
 /// hyper-util's auto connection with upgrades, as [`watch`] drives it.
@@ -560,6 +461,7 @@ where
         shared: shared.clone(),
         handoff: handoff.clone(),
         manual: false,
+        files: None,
     };
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder = match proto {

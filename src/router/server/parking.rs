@@ -34,9 +34,10 @@ use tokio::time::{Instant, Sleep};
 
 use super::watch::{watch, Ended, Served};
 use super::{ConnService, Proto, Shared};
-use crate::router::conn::{Activity, Expiry, TrackedIo};
+use crate::router::conn::{Activity, Expiry, PlainSocket, TrackedIo};
 use crate::router::service::ConnInfo;
 use crate::router::tunnel::{self, AcceptedSlot};
+use crate::sendfile::FileQueue;
 use crate::upstream::BoxError;
 
 /// How long an HTTP/1 connection stays idle before it parks.
@@ -46,7 +47,9 @@ type Http1<T> = http1::Connection<TokioIo<TrackedIo<T>>, ConnService>;
 
 /// What an HTTP/1 connection that can be parked runs on: the plain socket,
 /// or TLS over it.
-pub(super) trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+pub(super) trait Transport:
+    AsyncRead + AsyncWrite + PlainSocket + Unpin + Send + 'static
+{
     /// The socket a parked connection waits on.
     fn socket(&self) -> &TcpStream;
     /// Whether something was already received and decoded above the socket
@@ -159,6 +162,7 @@ impl<T: Transport> Served for Http1Conn<T> {
 pub(super) async fn http1_parking<T: Transport>(
     mut io: TrackedIo<T>,
     conn: ConnInfo,
+    files: Option<FileQueue>,
     activity: Arc<Activity>,
     shared: Arc<Shared>,
 ) -> Option<Upgraded<T>> {
@@ -168,6 +172,11 @@ pub(super) async fn http1_parking<T: Transport>(
         .keep_alive(true)
         .header_read_timeout(None)
         .max_buf_size(limits.max_header_size);
+    if files.is_some() {
+        // Body chunks kept as they are, never copied into one buffer: a
+        // file's stand-in must reach the socket's writer (`sendfile`).
+        builder.writev(true);
+    }
     if let Some(n) = super::hyper_max_headers(limits.max_headers) {
         builder.max_headers(n);
     }
@@ -178,6 +187,7 @@ pub(super) async fn http1_parking<T: Transport>(
         shared: shared.clone(),
         handoff: handoff.clone(),
         manual: true,
+        files: files.clone(),
     };
     loop {
         let ready = match io.get_mut().buffered() {
@@ -204,6 +214,10 @@ pub(super) async fn http1_parking<T: Transport>(
                 io = parts.io.into_inner();
                 io.unread(&parts.read_buf);
                 service = parts.service;
+                if let Some(files) = &files {
+                    // Parked when all was written: nothing can be queued.
+                    files.clear();
+                }
             }
             Some(Ended::Upgraded) => {
                 // hyper sent the 101 and stopped: the socket (with any

@@ -3,7 +3,7 @@
 //! fitted under polyhost's file-descriptor limit
 //! ([`admissible_connections`]), and, should descriptors run out anyway,
 //! the spare one that lets an accept loop still accept and refuse
-//! ([`Spare`], [`accept_failed`]).
+//! ([`Spare`], [`accept_failed`]); the key a refusal names ([`refusal_limit`]).
 
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -11,6 +11,7 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 
 use super::Shared;
+use crate::router::conn::Refusal;
 
 /// Sent, in one non-blocking write, to a plain connection refused by a limit.
 const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nRetry-After: 1\r\nConnection: close\r\n\r\n";
@@ -119,6 +120,14 @@ pub(super) fn refuse(stream: &TcpStream) {
         REFUSED,
         MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
     );
+}
+
+/// The configuration key a refusal names.
+pub(super) fn refusal_limit(why: Refusal) -> &'static str {
+    match why {
+        Refusal::Total => "max_connections",
+        Refusal::PerIp => "max_connections_per_ip",
+    }
 }
 
 #[cfg(test)]

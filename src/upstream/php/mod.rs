@@ -489,6 +489,7 @@ mod tests {
             scheme: Scheme::Http,
             host: "blog.test".into(),
             mount_prefix: "".into(),
+            files: None,
         };
         (up, ctx)
     }

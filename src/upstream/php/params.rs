@@ -232,6 +232,7 @@ mod tests {
             scheme,
             host: "example.test".into(),
             mount_prefix: "".into(),
+            files: None,
         };
         let (parts, ()) = req.into_parts();
         let script = ScriptParams {

@@ -17,12 +17,19 @@
 //! or a `memset` of the whole chunk, for every chunk). Only the bytes just
 //! read are ever visible through a chunk: a reused buffer's older contents
 //! (another file's, another site's) lie beyond its length.
+//!
+//! On a connection that can send files ([`crate::sendfile`]), a body of at
+//! least [`sendfile::SEND_FROM`] bytes reads nothing itself: each range
+//! whose bytes are in the page cache is queued for the connection's socket
+//! to `sendfile`, and hyper is given a stand-in chunk of its length; a range
+//! that is not in the page cache is read as above.
 
 use std::fs::File;
 use std::future::Future;
 use std::io::{self, IoSliceMut};
 use std::os::unix::fs::FileExt;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
@@ -31,6 +38,7 @@ use http_body_util::BodyExt;
 use rustix::io::{preadv2, Errno, ReadWriteFlags};
 use tokio::task::JoinHandle;
 
+use crate::sendfile::{self, FileQueue};
 use crate::upstream::{BoxError, ResponseBody};
 
 /// Largest chunk read and sent at once: what one response holds in memory
@@ -44,29 +52,57 @@ pub const CHUNK: u64 = 128 * 1024;
 /// own size, which glibc serves from its heap.
 const POOLED_FROM: usize = 16 * 1024;
 
-/// Streams `len` bytes of `file` from `start`. If the file shrinks while it
-/// is being sent, the body ends with an error (the connection is cut rather
-/// than a short body passed off as complete); growth past `len` is not sent.
-pub fn file_body(file: File, start: u64, len: u64) -> ResponseBody {
+/// Streams `len` bytes of `file` from `start`, through `files` (the
+/// connection's queue, if it can send files) when that many bytes are worth
+/// it. If the file shrinks while it is being sent, the body ends with an
+/// error (the connection is cut rather than a short body passed off as
+/// complete); growth past `len` is not sent.
+pub fn file_body(file: File, start: u64, len: u64, files: Option<&FileQueue>) -> ResponseBody {
+    let (file, queue) = match files {
+        Some(queue) if len >= sendfile::SEND_FROM => {
+            (Held::Shared(Arc::new(file)), Some(queue.clone()))
+        }
+        _ => (Held::Own(file), None),
+    };
     FileBody {
         file: Some(file),
         offset: start,
         remaining: len,
         nowait: true,
         blocking: None,
+        queue,
     }
     .boxed_unsync()
 }
 
 struct FileBody {
     /// `None` while a chunk is read on the blocking pool (the read has it).
-    file: Option<File>,
+    file: Option<Held>,
     offset: u64,
     remaining: u64,
     /// `RWF_NOWAIT` works on this file (cleared when the file system refuses it).
     nowait: bool,
     /// A chunk being read on the blocking pool; gives the file back.
-    blocking: Option<JoinHandle<(File, io::Result<Bytes>)>>,
+    blocking: Option<JoinHandle<(Held, io::Result<Bytes>)>>,
+    /// The connection's queue of ranges to `sendfile` (then the file is
+    /// [`Held::Shared`]).
+    queue: Option<FileQueue>,
+}
+
+/// The body's file: its own, or shared with the connection's queue, which
+/// keeps it open until the ranges queued are sent.
+enum Held {
+    Own(File),
+    Shared(Arc<File>),
+}
+
+impl Held {
+    fn file(&self) -> &File {
+        match self {
+            Held::Own(file) => file,
+            Held::Shared(file) => file,
+        }
+    }
 }
 
 /// What a read from the page cache gave.
@@ -80,6 +116,29 @@ impl FileBody {
     fn chunk_len(&self) -> usize {
         // At most CHUNK, which fits a usize.
         self.remaining.min(CHUNK) as usize
+    }
+
+    /// The next range queued for the connection to send, as its stand-in;
+    /// `None`: read it (no queue, or not in the page cache).
+    fn queue_next(&mut self) -> Option<Bytes> {
+        let (queue, Some(Held::Shared(file))) = (self.queue.as_ref()?, &self.file) else {
+            return None;
+        };
+        if !self.nowait {
+            return None;
+        }
+        let len = self.remaining.min(sendfile::MAX_RANGE as u64);
+        match sendfile::in_page_cache(file, self.offset, len) {
+            // At most MAX_RANGE, which is a usize.
+            Ok(true) => Some(queue.push(file, self.offset, len as usize)),
+            Ok(false) => None,
+            Err(e) if e.kind() == io::ErrorKind::Unsupported => {
+                self.nowait = false;
+                None
+            }
+            // The read reports what is wrong with the file.
+            Err(_) => None,
+        }
     }
 
     fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Bytes>> {
@@ -99,7 +158,7 @@ impl FileBody {
             return Poll::Ready(Err(io::Error::other("file body polled after an error")));
         };
         if self.nowait {
-            match read_cached(&file, self.offset, want) {
+            match read_cached(file.file(), self.offset, want) {
                 Ok(Cached::Read(bytes)) => {
                     self.file = Some(file);
                     return Poll::Ready(Ok(bytes));
@@ -111,7 +170,7 @@ impl FileBody {
         }
         let offset = self.offset;
         self.blocking = Some(tokio::task::spawn_blocking(move || {
-            let read = read_chunk(&file, offset, want);
+            let read = read_chunk(file.file(), offset, want);
             (file, read)
         }));
         self.poll_chunk(cx)
@@ -129,7 +188,11 @@ impl Body for FileBody {
         if self.remaining == 0 {
             return Poll::Ready(None);
         }
-        let chunk = match ready!(self.poll_chunk(cx)) {
+        let chunk = match self.queue_next() {
+            Some(stand_in) => Ok(stand_in),
+            None => ready!(self.poll_chunk(cx)),
+        };
+        let chunk = match chunk {
             Ok(chunk) if chunk.is_empty() => Err(shrank()),
             other => other,
         };
@@ -324,7 +387,7 @@ mod tests {
     async fn streams_the_range_in_bounded_chunks() {
         let data: Vec<u8> = (0..(3 * CHUNK + 17)).map(|i| (i % 251) as u8).collect();
         let (_keep, file) = file_with(&data);
-        let mut body = file_body(file, 5, data.len() as u64 - 10);
+        let mut body = file_body(file, 5, data.len() as u64 - 10, None);
         let mut got = Vec::new();
         while let Some(frame) = body.frame().await {
             let chunk = frame.unwrap().into_data().unwrap();
@@ -338,7 +401,7 @@ mod tests {
     async fn a_file_that_shrank_ends_with_an_error() {
         let (keep, file) = file_with(&[7; 1000]);
         keep.as_file().set_len(100).unwrap();
-        assert!(collect(file_body(file, 0, 1000)).await.is_err());
+        assert!(collect(file_body(file, 0, 1000, None)).await.is_err());
     }
 
     #[test]
