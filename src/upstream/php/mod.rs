@@ -6,6 +6,9 @@
 //! - [`params`]: the FastCGI parameters (as nginx's `fastcgi_params`).
 //! - `fcgi`: the FastCGI record layer (why by hand: see its module doc).
 //! - `cgi`: CGI response headers → status and headers.
+//! - `places`: the pool's places (`max_children` connections) and the
+//!   requests queued for one, with their records, which the pool writes
+//!   onto a kept-alive connection as soon as its answer ends.
 //! - `pool`: keep-alive connections (`static`, `ondemand`), at most
 //!   `max_children`, each retired after its php-fpm child's
 //!   `max_requests`-th response, its successor opened while its last
@@ -34,6 +37,7 @@ mod cgi;
 mod exchange;
 mod fcgi;
 pub mod params;
+mod places;
 mod pool;
 pub mod script;
 mod warm;
@@ -297,9 +301,21 @@ impl PhpUpstream {
         };
         let replayable = body.is_none();
 
-        let permit = tokio::time::timeout(timeout, self.pool.permit())
-            .await
-            .map_err(|_| UpstreamError::QueueTimeout(timeout))?;
+        // A request that has to wait leaves its records with its place in
+        // the queue: the pool writes them onto the first kept-alive
+        // connection whose answer ends (`places`).
+        let (place, handed) = match self
+            .pool
+            .admit(|| replayable.then(|| request.clone().freeze()))
+        {
+            places::Admit::Now(place) => (place, None),
+            places::Admit::Wait(wait) => {
+                let grant = tokio::time::timeout(timeout, wait)
+                    .await
+                    .map_err(|_| UpstreamError::QueueTimeout(timeout))?;
+                (grant.place, grant.handed)
+            }
+        };
         let startup = self.php.startup_timeout;
         let lease = tokio::time::timeout(startup, self.runtime.ready())
             .await
@@ -307,35 +323,13 @@ impl PhpUpstream {
                 UpstreamError::Unavailable(format!("php-fpm not ready after {startup:?}"))
             })??;
         let remaining = |start: Instant| timeout.saturating_sub(start.elapsed());
-        // A kept-alive connection is used only for a request that can be
-        // sent again (see `exchange::Attempt::Stale`): idempotent, body held
-        // whole. Anything else gets a fresh connection (closing an idle one
-        // so the bound holds): a POST must never run twice. Either waits
-        // for a successor on its way rather than open a connection beside
-        // it (a POST closes what it gets: its own connection takes that
-        // place).
-        let idle = self.pool.take_or_wait(lease.socket()).await;
-        let reused = idle.is_some() && replayable;
-        let (stream, served) = match idle {
-            Some(c) if reused => (c.stream, c.served),
-            idle => {
-                drop(idle); // closed before connecting: it pins a php-fpm child
-                            // Sent as it connects: no wait for the reactor to call a
-                            // fresh socket writable (see `connect_runtime_sending`).
-                let stream = crate::upstream::connect_runtime_sending(
-                    lease.socket(),
-                    lease.peer_uid(),
-                    &mut request,
-                )
-                .map_err(|e| {
-                    UpstreamError::BadGateway(format!(
-                        "cannot connect to php-fpm at {}: {e}",
-                        lease.socket().display()
-                    ))
-                })?;
-                self.pool.count_opened();
-                self.pool.watch_fresh(&stream, lease.socket());
-                (stream, 0)
+        let handed = handed.and_then(|h| self.pool.adopt_handed(h, lease.socket()));
+        let (stream, served, reused, written) = match handed {
+            Some((conn, written)) => (conn.stream, conn.served, true, written),
+            None => {
+                let (stream, served, reused) =
+                    self.connection(&lease, &mut request, replayable).await?;
+                (stream, served, reused, 0)
             }
         };
         if self.pool.is_last(served) {
@@ -347,7 +341,8 @@ impl PhpUpstream {
         let exchange = Exchange {
             pool: self.pool.clone(),
             served,
-            finish: exchange::Finish::new(lease, permit),
+            finish: exchange::Finish::new(lease, place),
+            written,
             errors: self.errors.clone(),
             read_timeout: timeout,
             body_limit: self.body_limit,
@@ -365,6 +360,45 @@ impl PhpUpstream {
         *resp.status_mut() = head.status;
         *resp.headers_mut() = head.headers;
         Ok(resp)
+    }
+}
+
+impl PhpUpstream {
+    /// A connection for a request that was handed none: a kept-alive one
+    /// (or a successor's, waited for), else a fresh one with as much of
+    /// `request` sent as the socket took (`request` advanced past it).
+    /// Returns the stream, the requests its child served, and whether it
+    /// was kept alive (then the request can be sent again).
+    async fn connection(
+        &self,
+        lease: &crate::supervisor::RuntimeLease,
+        request: &mut BytesMut,
+        replayable: bool,
+    ) -> Result<(tokio::net::UnixStream, u64, bool), UpstreamError> {
+        // A kept-alive connection is used only for a request that can be
+        // sent again (see `exchange::Attempt::Stale`): idempotent, body held
+        // whole. Anything else gets a fresh connection (closing an idle one
+        // so the bound holds): a POST must never run twice. Either waits
+        // for a successor on its way rather than open a connection beside
+        // it (a POST closes what it gets: its own connection takes that
+        // place).
+        let idle = self.pool.take_or_wait(lease.socket()).await;
+        if let Some(c) = idle.filter(|_| replayable) {
+            return Ok((c.stream, c.served, true));
+        }
+        // Sent as it connects: no wait for the reactor to call a fresh
+        // socket writable (see `connect_runtime_sending`).
+        let stream =
+            crate::upstream::connect_runtime_sending(lease.socket(), lease.peer_uid(), request)
+                .map_err(|e| {
+                    UpstreamError::BadGateway(format!(
+                        "cannot connect to php-fpm at {}: {e}",
+                        lease.socket().display()
+                    ))
+                })?;
+        self.pool.count_opened();
+        self.pool.watch_fresh(&stream, lease.socket());
+        Ok((stream, 0, false))
     }
 }
 
