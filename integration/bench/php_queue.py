@@ -25,6 +25,11 @@ each concurrency: system calls per request, and the calls that failed
 
     BENCH_BIN_DIR=DIR integration/bench/php_queue.py [--concurrency 16,64,256]
         [--duration 5] [--reps 3] [--max-requests 0] [--strace 3]
+        [--site-scheduling batch|normal] [--systems polyhost,polyhost@root,polyhost@8192,nginx]
+
+`polyhost@root` (an experiment): the pool's processes moved to the root
+`cpu` cgroup (v1) for that run, as php-fpm's beside nginx; `polyhost@N`:
+the site cgroup's `cpu.shares` set to N for that run.
 
 Needs root, wrk, nginx and php8.2-fpm (run.sh installs them). Everything it
 starts is stopped by PID on exit.
@@ -76,7 +81,7 @@ def write(path, text):
     return path
 
 
-def tree(max_requests):
+def tree(max_requests, scheduling):
     t = tempfile.mkdtemp(prefix="php-queue.", dir="/var/tmp")
     os.chmod(t, 0o755)
     for d in ["php", "vhosts", "state", "log", "fpm", "nginx/tmp"]:
@@ -89,6 +94,7 @@ state_dir = "state"
 log_dir = "log"
 log_level = "warn"
 shutdown_timeout = "5s"
+site_scheduling = "{scheduling}"
 [admin]
 socket = "state/admin.sock"
 """)
@@ -177,12 +183,12 @@ def parts(system, sup):
         kids = children_of(sup.pid)
         router = [k for k in kids if "polyhost router" in cmd(k)]
         masters = [m for k in kids for m in [k] + children_of(k) if "php-fpm: master" in cmd(m)]
-        return {"front": router, "children": [c for m in masters for c in fpm_children(m)]}
+        return {"front": router, "children": [c for m in masters for c in fpm_children(m)], "masters": masters}
     nginx, fpm = sup
-    return {"front": children_of(nginx.pid), "children": fpm_children(fpm.pid)}
+    return {"front": children_of(nginx.pid), "children": fpm_children(fpm.pid), "masters": [fpm.pid]}
 
 
-def stat(pid):
+def stat(pid, reaped=False):
     """(cpu s, run s, wait s, ctx switches) of a process (all threads)."""
     cpu = run = wait = 0.0
     sw = 0
@@ -190,6 +196,9 @@ def stat(pid):
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
         cpu = (int(fields[11]) + int(fields[12])) / CLK
+        if reaped:
+            # A master: only what its exited (recycled) children used.
+            return (int(fields[13]) + int(fields[14])) / CLK, 0.0, 0.0, 0
         for t in os.listdir(f"/proc/{pid}/task"):
             with open(f"/proc/{pid}/task/{t}/schedstat") as f:
                 r, w, _ = f.read().split()
@@ -205,7 +214,7 @@ def stat(pid):
 
 
 def snapshot(ps):
-    return {k: {p: stat(p) for p in pids} for k, pids in ps.items()}
+    return {k: {p: stat(p, k == "masters") for p in pids} for k, pids in ps.items()}
 
 
 def wrk(port, host, c, duration):
@@ -266,9 +275,13 @@ def measure_one(system, sup, port, host, c, duration):
            "p50": r["p50"] / 1000 if r else 0, "p99": r["p99"] / 1000 if r else 0,
            "load": open("/proc/loadavg").read().split()[0]}
     for k in after:
-        # Only processes alive before and after (a recycled child drops out).
+        # Only processes alive before and after (a recycled child drops out,
+        # its time counted by its master: "masters", added to the children).
         both = [p for p in after[k] if p in before[k]]
         d = [sum(after[k][p][i] - before[k][p][i] for p in both) for i in range(4)]
+        if k == "masters":
+            row["children_us"] += d[0] * 1e6 / max(n, 1)
+            continue
         row[f"{k}_us"] = d[0] * 1e6 / max(n, 1)
         row[f"{k}_sw"] = d[3] / max(n, 1)
         if k == "children" and both:
@@ -316,9 +329,10 @@ def main():
     ap.add_argument("--max-requests", type=int, default=0)
     ap.add_argument("--strace", type=int, default=0, help="seconds of strace per system and concurrency (0: none)")
     ap.add_argument("--systems", default="polyhost,nginx")
+    ap.add_argument("--site-scheduling", default="batch", help="polyhost's site_scheduling (batch, normal)")
     args = ap.parse_args()
     systems = args.systems.split(",")
-    t = tree(args.max_requests)
+    t = tree(args.max_requests, args.site_scheduling)
     try:
         sups = {}
         if any(s.split("@")[0] == "polyhost" for s in systems):
