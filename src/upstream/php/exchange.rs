@@ -126,7 +126,7 @@ impl Exchange {
     /// task, and returns the head and the body. The exchange goes on in a
     /// task of its own only if the response is not complete by then (a large
     /// or slow response): a small one has been read whole, its connection is
-    /// back in the pool and its permit and lease are released, with no task
+    /// back in the pool and its place and lease are released, with no task
     /// spawned and no hand-off between threads.
     ///
     /// `request`: the records to send; the whole request when `body` is
@@ -159,7 +159,7 @@ impl Exchange {
         )
         .await;
         let head = match head {
-            // Dropping the exchange closes its connection and frees the permit.
+            // Dropping the exchange closes its connection and frees the place.
             Err(_) => return Err(UpstreamError::Timeout(head_timeout)),
             Ok(Err(_)) => {
                 return Err(UpstreamError::Internal(

@@ -1,8 +1,8 @@
 //! Keep-alive FastCGI connections to one site's php-fpm socket.
 //!
 //! Invariants:
-//! - At most `max` connections (the pool's [`Admission`] capacity) serve
-//!   requests at once: a request holds an [`Admission`] place for as long
+//! - At most `max` connections (the pool's [`Places`] capacity) serve
+//!   requests at once: a request holds a [`Place`] for as long
 //!   as its connection is in use, and opens a new connection only when no
 //!   idle one is left and no successor is on its way. With keep-alive
 //!   (`static` and `ondemand` pools: [`Reuse`]) `max` is `max_children`:
@@ -38,6 +38,12 @@
 //!   re-sent on a fresh connection (its kept-alive one had closed) can add
 //!   one beside a successor: the idle list never holds more than
 //!   `max_children` (a surplus connection is closed when put back).
+//! - A connection whose exchange ended cleanly while requests queue for a
+//!   place goes with its place to the next of them ([`ConnPool::finish`]),
+//!   that request's records written onto it first, so its child never
+//!   waits for that request's task; never one whose child is retiring.
+//!   A queued request without records (POST, large body) gets the place
+//!   only, the connection going back to the pool.
 //! - A connection put back goes to the longest-waiting request (preferring
 //!   one of the putting lane) before the idle list; a successor's end
 //!   ([`Warming`], however its task ends) lets waiting requests look again
@@ -82,7 +88,7 @@ struct State {
     /// Requests in [`ConnPool::take_or_wait`]'s wait (their lane), oldest
     /// first: a connection put back goes to the first of them still
     /// waiting on the putting lane (no wake-up of another lane's thread, as
-    /// in `admission`), else to the oldest, not to the idle list (first
+    /// in `places`), else to the oldest, not to the idle list (first
     /// come, first served, as in php-fpm's backlog). A sender dropped
     /// unsent tells its request to look again.
     waiting: std::collections::VecDeque<(usize, tokio::sync::oneshot::Sender<Idle>)>,
