@@ -200,6 +200,33 @@ async fn at_most_max_children_connections_and_503_when_none_is_free() {
     assert!(h.upstream.idle_connections() <= 2);
 }
 
+/// More concurrent GETs than children: each that has to wait is written
+/// onto a kept-alive connection as soon as that connection's answer ends
+/// (`handed`), and gets its own answer; no connection beyond the children,
+/// none re-sent.
+#[tokio::test]
+async fn queued_requests_are_handed_connections_with_their_request_written() {
+    let h = harness(SiteOptions {
+        max_children: 2,
+        max_requests: 0,
+        ..Default::default()
+    });
+    for round in 0..5 {
+        let results = futures_util::future::join_all((0..12).map(|_| h.get("/x.php"))).await;
+        for r in results {
+            let (status, _, body) = r.unwrap_or_else(|e| panic!("round {round}: {e}"));
+            assert_eq!((status, &body[..]), (StatusCode::OK, &b"x ran"[..]));
+        }
+    }
+    let stats = h.upstream.pool_stats();
+    assert!(
+        stats.handed > 0,
+        "no queued request was handed a connection: {stats:?}"
+    );
+    assert_eq!((stats.opened, stats.resent), (2, 0), "{stats:?}");
+    assert!(h.upstream.idle_connections() <= 2);
+}
+
 #[tokio::test]
 async fn workers_recycled_after_max_requests_do_not_fail_requests() {
     // Each child exits after 2 requests and closes its kept-alive connection;

@@ -16,7 +16,8 @@
 //! `php_requests_reused_total`, `php_connections_opened_total`,
 //! `php_connections_retired_total`, `php_connections_warmed_total`,
 //! `php_connections_warm_failed_total`, `php_requests_waited_total`,
-//! `php_connections_found_closed_total`, `php_requests_resent_total`; server-wide:
+//! `php_connections_found_closed_total`, `php_requests_resent_total`,
+//! `php_requests_handed_total`; server-wide:
 //! `connections_accepted_total`, `connections_open`, `reloads_total{result}`,
 //! `uptime_seconds`, `info{version,limits}`; on a cluster node
 //! `cluster_etcd_connected{node}`; with `[acme] on_demand`

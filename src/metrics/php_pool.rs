@@ -17,6 +17,7 @@ pub struct PhpPoolCounters {
     waited: AtomicU64,
     found_closed: AtomicU64,
     resent: AtomicU64,
+    handed: AtomicU64,
 }
 
 /// A snapshot of [`PhpPoolCounters`].
@@ -45,6 +46,9 @@ pub struct PhpPoolStats {
     /// Requests sent again on a fresh connection because their kept-alive
     /// one was closed by php-fpm before it answered.
     pub resent: u64,
+    /// Queued requests written onto a kept-alive connection the moment its
+    /// previous answer had been read, and handed that connection.
+    pub handed: u64,
 }
 
 /// Which counter to bump.
@@ -58,6 +62,7 @@ pub enum PoolEvent {
     Waited,
     FoundClosed,
     Resent,
+    Handed,
 }
 
 impl PhpPoolCounters {
@@ -71,6 +76,7 @@ impl PhpPoolCounters {
             PoolEvent::Waited => &self.waited,
             PoolEvent::FoundClosed => &self.found_closed,
             PoolEvent::Resent => &self.resent,
+            PoolEvent::Handed => &self.handed,
         };
         c.fetch_add(1, Ordering::Relaxed);
     }
@@ -86,6 +92,7 @@ impl PhpPoolCounters {
             waited: get(&self.waited),
             found_closed: get(&self.found_closed),
             resent: get(&self.resent),
+            handed: get(&self.handed),
         }
     }
 }
@@ -93,7 +100,7 @@ impl PhpPoolCounters {
 impl PhpPoolStats {
     /// Every counter with its `/metrics` family name (`_total` is added)
     /// and help text, in a fixed order.
-    pub fn named(&self) -> [(&'static str, &'static str, u64); 8] {
+    pub fn named(&self) -> [(&'static str, &'static str, u64); 9] {
         [
             ("polyhost_php_requests_reused", "Kept-alive php-fpm connections taken from the pool (for a request, or closed for a POST).", self.reused),
             ("polyhost_php_connections_opened", "php-fpm connections a request opened itself.", self.opened),
@@ -103,6 +110,7 @@ impl PhpPoolStats {
             ("polyhost_php_requests_waited", "Requests that waited for a pooled php-fpm connection while a successor was on its way.", self.waited),
             ("polyhost_php_connections_found_closed", "Idle php-fpm connections found closed when taken.", self.found_closed),
             ("polyhost_php_requests_resent", "Requests sent again because their kept-alive php-fpm connection was closed.", self.resent),
+            ("polyhost_php_requests_handed", "Queued requests written onto a php-fpm connection as soon as its previous answer was read.", self.handed),
         ]
     }
 }

@@ -1,6 +1,8 @@
 //! A counting gate for requests to a site's processes (Python: processes ×
-//! threads; PHP: `max_children` connections) whose freed places go to a
-//! waiter of the freeing router lane first.
+//! threads; `[app]` instances) whose freed places go to a waiter of the
+//! freeing router lane first. (PHP counts its connections in
+//! `upstream::php::places`, which also writes a waiting request onto the
+//! connection whose answer frees its place.)
 //!
 //! Why not `tokio::sync::Semaphore`: it hands a freed permit to the oldest
 //! waiter wherever it waits. When a site is at capacity, that waiter is on

@@ -22,8 +22,10 @@
 //!   connection failed before php-fpm sent a single record: then the child
 //!   had exited (pm.max_requests) and never saw it. The retry uses a fresh
 //!   connection and happens at most once.
-//! - The semaphore permit and the `RuntimeLease` are tied to the
-//!   task's [`Finish`] guard, so they are released however the task ends.
+//! - The pool's place and the `RuntimeLease` are tied to the task's
+//!   [`Finish`] guard, so they are released however the task ends; after a
+//!   clean end the place goes back with the connection
+//!   (`ConnPool::finish`, which may hand both to a queued request).
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -40,10 +42,9 @@ use tokio::net::unix::WriteHalf;
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::upstream::admission::Permit;
-
 use super::cgi::{self, CgiHead};
 use super::fcgi::{self, Decoder, Record};
+use super::places::Place;
 use super::pool::{Conn, ConnPool};
 use super::ErrorSink;
 use crate::supervisor::RuntimeLease;
@@ -62,9 +63,12 @@ pub struct Exchange {
     pub pool: Arc<ConnPool>,
     /// Requests the connection had served when taken from the pool.
     pub served: u64,
-    /// The permit and the runtime lease (whose socket and peer uid a retry
+    /// The place and the runtime lease (whose socket and peer uid a retry
     /// connects to), released when the exchange ends.
     pub finish: Finish,
+    /// How much of the request the pool already wrote onto the connection
+    /// (a queued request handed a connection: `places`); a retry sends all.
+    pub written: usize,
     pub errors: ErrorSink,
     /// Longest wait for one read from php-fpm.
     pub read_timeout: Duration,
@@ -76,17 +80,18 @@ pub struct Exchange {
     pub tag: String,
 }
 
-/// Releases the permit and the runtime lease, however the request ends.
+/// Releases the place and the runtime lease, however the request ends.
 pub struct Finish {
     lease: RuntimeLease,
-    _permit: Permit,
+    /// `None` once handed to the pool with the connection.
+    place: Option<Place>,
 }
 
 impl Finish {
-    pub fn new(lease: RuntimeLease, permit: Permit) -> Self {
+    pub fn new(lease: RuntimeLease, place: Place) -> Self {
         Finish {
             lease,
-            _permit: permit,
+            place: Some(place),
         }
     }
 }
@@ -121,7 +126,7 @@ impl Exchange {
     /// task, and returns the head and the body. The exchange goes on in a
     /// task of its own only if the response is not complete by then (a large
     /// or slow response): a small one has been read whole, its connection is
-    /// back in the pool and its permit and lease are released, with no task
+    /// back in the pool and its place and lease are released, with no task
     /// spawned and no hand-off between threads.
     ///
     /// `request`: the records to send; the whole request when `body` is
@@ -154,7 +159,7 @@ impl Exchange {
         )
         .await;
         let head = match head {
-            // Dropping the exchange closes its connection and frees the permit.
+            // Dropping the exchange closes its connection and frees the place.
             Err(_) => return Err(UpstreamError::Timeout(head_timeout)),
             Ok(Err(_)) => {
                 return Err(UpstreamError::Internal(
@@ -178,7 +183,7 @@ impl Exchange {
     }
 
     async fn run(
-        self,
+        mut self,
         mut stream: UnixStream,
         mut reused: bool,
         request: BytesMut,
@@ -195,18 +200,20 @@ impl Exchange {
         let replayable = body.is_none();
         let mut streamed = body;
         let mut fresh_again = false;
+        let mut skip = self.written.min(request.len());
         loop {
             let body = streamed.take();
             let watch = std::mem::take(&mut fresh_again);
+            let unsent = &request[std::mem::take(&mut skip)..];
             match self
-                .attempt(&mut stream, &request, body, watch, &mut out)
+                .attempt(&mut stream, unsent, body, watch, &mut out)
                 .await
             {
                 Attempt::Done { reusable } => {
-                    if reusable {
+                    if let (true, Some(place)) = (reusable, self.finish.place.take()) {
                         let socket = self.finish.lease.socket().to_owned();
                         let served = if reused { self.served } else { 0 };
-                        self.pool.put(socket, Conn { stream, served });
+                        self.pool.finish(socket, Conn { stream, served }, place);
                     }
                     return; // dropping `chunk_tx` ends the body
                 }

@@ -1,8 +1,8 @@
 //! Keep-alive FastCGI connections to one site's php-fpm socket.
 //!
 //! Invariants:
-//! - At most `max` connections (the pool's [`Admission`] capacity) serve
-//!   requests at once: a request holds an [`Admission`] place for as long
+//! - At most `max` connections (the pool's [`Places`] capacity) serve
+//!   requests at once: a request holds a [`Place`] for as long
 //!   as its connection is in use, and opens a new connection only when no
 //!   idle one is left and no successor is on its way. With keep-alive
 //!   (`static` and `ondemand` pools: [`Reuse`]) `max` is `max_children`:
@@ -38,6 +38,12 @@
 //!   re-sent on a fresh connection (its kept-alive one had closed) can add
 //!   one beside a successor: the idle list never holds more than
 //!   `max_children` (a surplus connection is closed when put back).
+//! - A connection whose exchange ended cleanly while requests queue for a
+//!   place goes with its place to the next of them ([`ConnPool::finish`]),
+//!   that request's records written onto it first, so its child never
+//!   waits for that request's task; never one whose child is retiring.
+//!   A queued request without records (POST, large body) gets the place
+//!   only, the connection going back to the pool.
 //! - A connection put back goes to the longest-waiting request (preferring
 //!   one of the putting lane) before the idle list; a successor's end
 //!   ([`Warming`], however its task ends) lets waiting requests look again
@@ -52,8 +58,10 @@ use std::time::{Duration, Instant};
 use nix::sys::socket::{recv, MsgFlags};
 use tokio::net::UnixStream;
 
+use bytes::Bytes;
+
+use super::places::{Admit, Handed, Place, Places};
 use crate::metrics::{PhpPoolCounters, PhpPoolStats, PoolEvent};
-use crate::upstream::admission::{Acquire, Admission};
 
 struct Idle {
     path: PathBuf,
@@ -80,14 +88,15 @@ struct State {
     /// Requests in [`ConnPool::take_or_wait`]'s wait (their lane), oldest
     /// first: a connection put back goes to the first of them still
     /// waiting on the putting lane (no wake-up of another lane's thread, as
-    /// in `admission`), else to the oldest, not to the idle list (first
+    /// in `places`), else to the oldest, not to the idle list (first
     /// come, first served, as in php-fpm's backlog). A sender dropped
     /// unsent tells its request to look again.
     waiting: std::collections::VecDeque<(usize, tokio::sync::oneshot::Sender<Idle>)>,
 }
 
 pub struct ConnPool {
-    permits: Arc<Admission>,
+    /// The places (`max`) and the requests queued for one.
+    places: Arc<Places>,
     /// php-fpm's `pm.max_requests` (0: children are never recycled).
     max_requests: u64,
     counters: Arc<PhpPoolCounters>,
@@ -136,7 +145,7 @@ impl ConnPool {
         counters: Arc<PhpPoolCounters>,
     ) -> Arc<Self> {
         Arc::new(ConnPool {
-            permits: Admission::new(max.max(1)),
+            places: Places::new(max.max(1)),
             max_requests,
             counters,
             state: Mutex::new(State::default()),
@@ -150,9 +159,12 @@ impl ConnPool {
         })
     }
 
-    /// Waits for the right to use one connection.
-    pub fn permit(&self) -> Acquire {
-        self.permits.acquire()
+    /// The right to use one connection, at once or queued (see `places`).
+    /// `request`: the whole request, when it may be written onto a
+    /// kept-alive connection for it while it waits (called only if it does).
+    pub fn admit(&self, request: impl FnOnce() -> Option<Bytes>) -> Admit {
+        self.places
+            .admit(|| if self.keep_alive { request() } else { None })
     }
 
     /// An idle, still-open connection to `path`, newest first, one opened
@@ -186,6 +198,22 @@ impl ConnPool {
         })
     }
 
+    /// A connection handed to a queued request ([`ConnPool::finish`]),
+    /// moved to the calling lane, with how much of its request is on it;
+    /// `None` (closed) if it is to another socket than `path` (a new
+    /// runtime generation since: the request goes to the new one).
+    pub fn adopt_handed(&self, h: Handed, path: &Path) -> Option<(Conn, usize)> {
+        if h.path != path {
+            return None;
+        }
+        let stream = crate::lanes::rehome(h.conn.stream, h.lane).ok()?;
+        let conn = Conn {
+            stream,
+            served: h.conn.served,
+        };
+        Some((conn, h.written))
+    }
+
     /// Returns a connection whose last exchange completed cleanly (`conn`'s
     /// count not yet including it). A connection whose child has now served
     /// `max_requests` is retired instead: its child is closing it.
@@ -199,6 +227,43 @@ impl ConnPool {
             return; // the child exits; php-fpm starts its replacement
         }
         self.push_idle(path, conn);
+    }
+
+    /// Ends a request whose exchange on `conn` completed cleanly, freeing
+    /// its `place`. While requests are queued, the connection goes with the
+    /// place to the next of them (see `places`), its request written onto it
+    /// here and now, so the php-fpm child reads it without waiting for
+    /// that request's task; one queued without a request (a POST, a large
+    /// body) gets the place, the connection going back to the pool.
+    pub fn finish(self: &Arc<Self>, path: PathBuf, mut conn: Conn, place: Place) {
+        let handing =
+            self.keep_alive && !(self.max_requests > 0 && conn.served + 1 >= self.max_requests);
+        let lane = crate::lanes::current();
+        let Some(waiter) = handing.then(|| self.places.next_waiter(lane)).flatten() else {
+            self.put(path, conn);
+            return; // `place` is freed (to a waiter that came meanwhile)
+        };
+        conn.served += 1;
+        let handed = match &waiter.request {
+            Some(request) => {
+                let written = write_now(&conn.stream, request);
+                self.counters.count(PoolEvent::Handed);
+                Some(Handed {
+                    path,
+                    conn,
+                    lane,
+                    written,
+                })
+            }
+            None => {
+                self.push_idle(path, conn);
+                None
+            }
+        };
+        // Refused (the request gave up just now): dropped, the connection
+        // closes (the request on it is one nobody waits for) and the place
+        // goes to the next waiter.
+        let _ = Places::grant(waiter, place, handed);
     }
 
     /// Hands `conn` to the longest-waiting request, else makes it idle.
@@ -223,7 +288,7 @@ impl ConnPool {
                 Err(back) => item = back, // that request gave up
             }
         }
-        if state.idle.len() >= self.permits.capacity() {
+        if state.idle.len() >= self.places.capacity() {
             // One too many: a successor and the fresh connection a re-sent
             // request opened beside it (its kept-alive one had closed).
             return;
@@ -414,6 +479,19 @@ impl Drop for Warming {
     }
 }
 
+/// Writes what the socket takes of `request` now, without waiting: the
+/// connection's previous answer was just read whole, so its buffer is
+/// empty and a request of a few KiB goes in whole. 0 on any error: the
+/// exchange writes the rest and sees the error itself.
+fn write_now(stream: &UnixStream, request: &[u8]) -> usize {
+    nix::sys::socket::send(
+        stream.as_raw_fd(),
+        request,
+        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+    )
+    .unwrap_or(0)
+}
+
 /// A kept-alive connection has nothing to read between requests: data or
 /// end of file means php-fpm closed it (child recycled) or broke protocol.
 pub(super) fn is_open(stream: &UnixStream) -> bool {
@@ -429,219 +507,4 @@ pub(super) fn is_open(stream: &UnixStream) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::io::Read;
-
-    use tokio::io::AsyncWriteExt;
-
-    use super::*;
-
-    fn conn(stream: UnixStream) -> Conn {
-        Conn { stream, served: 0 }
-    }
-
-    #[tokio::test]
-    async fn dead_and_foreign_connections_are_not_reused_and_idle_ones_are_reaped() {
-        let pool = ConnPool::new(
-            4,
-            Duration::from_millis(50),
-            Reuse::Pinned,
-            0,
-            Default::default(),
-        );
-        let (alive, _alive_peer) = UnixStream::pair().unwrap();
-        let (dead, dead_peer) = UnixStream::pair().unwrap();
-        let (chatty, chatty_peer) = UnixStream::pair().unwrap();
-        chatty_peer.try_write(b"x").unwrap();
-        pool.put("/s".into(), conn(alive));
-        pool.put("/s".into(), conn(chatty));
-        pool.put("/s".into(), conn(dead));
-        drop(dead_peer);
-        // Newest first: `dead` (peer closed) and `chatty` (unexpected bytes) are dropped.
-        let got = pool
-            .take(Path::new("/s"))
-            .expect("the live connection")
-            .stream;
-        assert_eq!(pool.idle_count(), 0);
-        pool.put("/s".into(), conn(got));
-        assert!(pool.take(Path::new("/new-generation.sock")).is_none());
-        assert_eq!(
-            pool.idle_count(),
-            0,
-            "connections to an older socket are dropped"
-        );
-
-        let (c, _peer) = UnixStream::pair().unwrap();
-        pool.put("/s".into(), conn(c));
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while pool.idle_count() > 0 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "idle connection never reaped"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    /// A connection is pooled until its child's `max_requests`-th response,
-    /// then retired: the request after it never meets it.
-    #[tokio::test]
-    async fn a_connection_is_retired_after_its_childs_last_request() {
-        let pool = ConnPool::new(
-            4,
-            Duration::from_secs(60),
-            Reuse::Pinned,
-            3,
-            Default::default(),
-        );
-        let (stream, _peer) = UnixStream::pair().unwrap();
-        let mut conn = Some(conn(stream));
-        for served in 1..=2 {
-            pool.put("/s".into(), conn.take().unwrap());
-            let got = pool.take(Path::new("/s")).expect("pooled");
-            assert_eq!(got.served, served);
-            conn = Some(got);
-        }
-        pool.put("/s".into(), conn.take().unwrap());
-        assert!(pool.take(Path::new("/s")).is_none(), "retired, not pooled");
-        assert_eq!(
-            pool.stats(),
-            PoolStats {
-                reused: 2,
-                retired: 1,
-                ..Default::default()
-            }
-        );
-        // Without recycling (max_requests = 0) nothing is retired.
-        let pool = ConnPool::new(
-            4,
-            Duration::from_secs(60),
-            Reuse::Pinned,
-            0,
-            Default::default(),
-        );
-        let (stream, _peer) = UnixStream::pair().unwrap();
-        pool.put(
-            "/s".into(),
-            Conn {
-                stream,
-                served: 1_000_000,
-            },
-        );
-        assert!(pool.take(Path::new("/s")).is_some());
-    }
-
-    #[tokio::test]
-    async fn a_lane_takes_its_own_connection_first_and_can_take_another_lanes() {
-        use crate::lanes::Lanes;
-        let pool = ConnPool::new(
-            4,
-            Duration::from_secs(60),
-            Reuse::Pinned,
-            0,
-            Default::default(),
-        );
-        let put_on = |lanes: &Lanes| {
-            let pool = pool.clone();
-            let lane = lanes.handles().next().unwrap().clone();
-            async move {
-                lane.spawn(async move {
-                    let (stream, peer) = UnixStream::pair().unwrap();
-                    pool.put("/s".into(), conn(stream));
-                    peer.into_std().unwrap()
-                })
-                .await
-                .unwrap()
-            }
-        };
-        // Takes a connection on `lanes` and writes one byte through it.
-        let take_on = |lanes: &Lanes| {
-            let pool = pool.clone();
-            let lane = lanes.handles().next().unwrap().clone();
-            async move {
-                lane.spawn(async move {
-                    let mut stream = pool
-                        .take(Path::new("/s"))
-                        .expect("an idle connection")
-                        .stream;
-                    tokio::time::timeout(Duration::from_secs(5), stream.write_all(b"x"))
-                        .await
-                        .expect("writable within 5s")
-                        .expect("write");
-                    stream
-                })
-                .await
-                .unwrap()
-            }
-        };
-        let got = |peer: &mut std::os::unix::net::UnixStream| peer.read(&mut [0u8; 1]).is_ok();
-        let first = Lanes::start(1).unwrap();
-        let second = Lanes::start(1).unwrap();
-        let mut from_first = put_on(&first).await;
-        let mut from_second = put_on(&second).await;
-        // The second lane's connection is the newest, but the first lane takes its own.
-        let _kept = take_on(&first).await;
-        assert!(got(&mut from_first) && !got(&mut from_second));
-        // Only the second lane's is left: it moves here, and works after its lane stopped.
-        second.stop().await;
-        let _kept = take_on(&first).await;
-        assert!(got(&mut from_second));
-        assert_eq!(pool.idle_count(), 0);
-        first.stop().await;
-    }
-
-    /// A connection's last request opens its successor, which is pooled
-    /// only once the peer read its probe; meanwhile a request waits for it
-    /// (or any connection put back) instead of getting `None`.
-    #[tokio::test]
-    async fn a_successor_is_pooled_once_accepted_and_a_request_waits_for_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join("fpm.sock");
-        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
-        let pool = ConnPool::new(
-            1,
-            Duration::from_secs(60),
-            Reuse::Pinned,
-            2,
-            Default::default(),
-        );
-        assert!(!pool.is_last(0) && pool.is_last(1));
-        pool.warm_successor(socket.clone(), None, Duration::from_secs(30));
-        let waiting = tokio::spawn({
-            let (pool, socket) = (pool.clone(), socket.clone());
-            async move { pool.take_or_wait(&socket).await.map(|c| c.served) }
-        });
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while pool.stats().waited == 0 {
-            assert!(
-                Instant::now() < deadline,
-                "never waited: {:?}",
-                pool.stats()
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        assert!(!waiting.is_finished(), "nothing accepted the successor yet");
-        let (mut child, _) = listener.accept().await.unwrap();
-        let mut probe = [0u8; 8];
-        tokio::io::AsyncReadExt::read_exact(&mut child, &mut probe)
-            .await
-            .unwrap();
-        let served = tokio::time::timeout(Duration::from_secs(10), waiting)
-            .await
-            .expect("the waiting request got the successor within 10 s")
-            .unwrap();
-        assert_eq!(served, Some(0), "a fresh child's connection");
-        let stats = pool.stats();
-        assert_eq!((stats.warmed, stats.waited, stats.warm_failed), (1, 1, 0));
-
-        // No successor on its way: nothing to wait for.
-        assert!(pool.take_or_wait(&socket).await.is_none());
-        // A successor nobody accepts in time is closed, and its waiter let go.
-        pool.warm_successor(socket.clone(), None, Duration::from_millis(100));
-        let got = tokio::time::timeout(Duration::from_secs(10), pool.take_or_wait(&socket))
-            .await
-            .expect("let go within 10 s");
-        assert!(got.is_none());
-        assert_eq!(pool.stats().warm_failed, 1);
-    }
-}
+mod tests;
