@@ -54,6 +54,11 @@ PHP_RECYCLE = 500  # max_requests of the tuned recycling pools
 # Ports (loopback). polyhost routes by Host on one port. BENCH_PORT_OFFSET
 # shifts all of them, so A/B runs from two worktrees do not collide.
 PORT_OFFSET = int(os.environ.get("BENCH_PORT_OFFSET", "0"))
+# Threads of the fronts (unset: each system's default, one per CPU on both
+# sides): polyhost's `router_threads` (lanes) and nginx's `worker_processes`,
+# to compare them at equal numbers (docs/performance.md, "node16").
+ROUTER_THREADS = os.environ.get("BENCH_ROUTER_THREADS", "")
+NGINX_WORKERS = os.environ.get("BENCH_NGINX_WORKERS", "auto")
 P_POLYHOST = 18080 + PORT_OFFSET
 P_DENSITY = 18090 + PORT_OFFSET
 WSGI_APPS = ["hello", "big", "sleep"]
@@ -147,6 +152,7 @@ state_dir = "state"
 log_dir = "log"
 log_level = "{log_level}"
 shutdown_timeout = "5s"
+{f"router_threads = {ROUTER_THREADS}" if ROUTER_THREADS else ""}
 
 [admin]
 socket = "state/admin.sock"
@@ -356,7 +362,7 @@ def nginx_config(setting):
     d = "nginx" if setting == "tuned" else "nginx-default"
     common = f"""daemon off;
 master_process on;
-worker_processes auto;
+worker_processes {NGINX_WORKERS};
 user {USER};
 pid {TREE}/{d}/nginx.pid;
 error_log {TREE}/logs/{d}.error.log warn;

@@ -5,12 +5,13 @@
 //! receives, so no connection's fields cross from one side to the other.
 
 use http::header::{self, HeaderName};
-use http::HeaderMap;
+use http::{HeaderMap, HeaderValue};
 
-/// Headers that describe one connection, not the message.
-/// (Parsed once here: removing by `&str` would parse and hash the name
-/// again on every request.)
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// Headers that describe one connection, not the message, `Connection`
+/// first ([`strip_hop_by_hop`] reads it before it removes it). Parsed
+/// once, and a `static`: a `const` array is built and dropped again at
+/// every use.
+static HOP_BY_HOP: [HeaderName; 8] = [
     HeaderName::from_static("connection"),
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -22,28 +23,54 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 ];
 
 /// Removes hop-by-hop headers and the headers `Connection` names.
+///
+/// This runs on every request and every response, and most app servers
+/// answer with `Connection: keep-alive` and `Keep-Alive: timeout=5` (Node,
+/// Puma, ...): only the names present are removed (one pass over the
+/// fields finds them; a `remove` of an absent name still hashes it), and a
+/// name `Connection` lists is removed by its text, never parsed into a
+/// `HeaderName` of its own (an allocation for each name `http` does not
+/// know, `keep-alive` among them).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages have none: one pass over their few fields is cheaper
-    // than a hashed lookup per name (this runs twice per request).
-    if !any_of(headers, &HOP_BY_HOP) {
-        return;
-    }
-    let mut named: Vec<HeaderName> = Vec::new();
-    for v in headers.get_all(header::CONNECTION) {
-        if let Ok(v) = v.to_str() {
-            named.extend(
-                v.split(',')
-                    .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok()),
-            );
+    let mut present = 0u8;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present |= 1 << i;
         }
     }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
+    if present == 0 {
+        return;
     }
-    for name in named {
-        // Connection may not remove end-to-end framing we rely on.
-        if name != header::CONTENT_LENGTH && name != header::HOST {
+    if present & 1 != 0 {
+        remove_named(headers);
+    }
+    for (i, name) in HOP_BY_HOP.iter().enumerate().skip(1) {
+        if present & (1 << i) != 0 {
             headers.remove(name);
+        }
+    }
+}
+
+/// Removes every `Connection` field and the fields its tokens name, but
+/// `Content-Length` and `Host` (end-to-end framing we rely on).
+fn remove_named(headers: &mut HeaderMap) {
+    let header::Entry::Occupied(entry) = headers.entry(header::CONNECTION) else {
+        return;
+    };
+    let mut values = entry.remove_entry_mult().1;
+    let first = values.next();
+    // Collected only when there is more than one field (no allocation else).
+    let rest: Vec<HeaderValue> = values.collect();
+    for value in first.iter().chain(&rest) {
+        let Ok(value) = value.to_str() else {
+            continue;
+        };
+        for token in value.split(',').map(str::trim) {
+            let framing = token.eq_ignore_ascii_case(header::CONTENT_LENGTH.as_str())
+                || token.eq_ignore_ascii_case(header::HOST.as_str());
+            if !token.is_empty() && !framing {
+                headers.remove(token);
+            }
         }
     }
 }
@@ -51,4 +78,84 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// Whether `headers` has a field named in `names`.
 pub fn any_of(headers: &HeaderMap, names: &[HeaderName]) -> bool {
     headers.keys().any(|k| names.contains(k))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(fields: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in fields {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    /// Each case: the fields before, the names left after (sorted: a
+    /// removal may reorder the map).
+    fn check(before: &[(&str, &str)], left: &[&str]) {
+        let mut h = map(before);
+        strip_hop_by_hop(&mut h);
+        let mut names: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(names, left, "{before:?}");
+    }
+
+    #[test]
+    fn hop_by_hop_fields_and_the_ones_connection_names_go() {
+        // Node's answer to a kept-alive request.
+        check(
+            &[
+                ("content-type", "text/plain"),
+                ("content-length", "13"),
+                ("date", "Sun, 06 Dec 2026 07:00:00 GMT"),
+                ("connection", "keep-alive"),
+                ("keep-alive", "timeout=5"),
+            ],
+            &["content-length", "content-type", "date"],
+        );
+        // Names listed in several Connection fields, any case, with blanks.
+        check(
+            &[
+                ("connection", "X-One, , close"),
+                ("x-one", "1"),
+                ("connection", "x-two"),
+                ("x-two", "2"),
+                ("x-kept", "3"),
+                ("close", "4"),
+            ],
+            &["x-kept"],
+        );
+        // Connection may not take the framing or the host away.
+        check(
+            &[
+                ("connection", "Content-Length, HOST, upgrade"),
+                ("content-length", "5"),
+                ("host", "a.test"),
+                ("upgrade", "websocket"),
+                ("transfer-encoding", "chunked"),
+                ("te", "trailers"),
+                ("trailer", "x-sum"),
+                ("proxy-connection", "keep-alive"),
+                ("proxy-authenticate", "Basic"),
+            ],
+            &["content-length", "host"],
+        );
+        // Hop-by-hop fields without a Connection field; a name that is no
+        // valid field name is passed over.
+        check(&[("keep-alive", "timeout=5"), ("x-kept", "1")], &["x-kept"]);
+        check(
+            &[
+                ("connection", "bad name, x-gone"),
+                ("x-gone", "1"),
+                ("x-kept", "1"),
+            ],
+            &["x-kept"],
+        );
+        check(&[("x-kept", "1"), ("host", "a.test")], &["host", "x-kept"]);
+    }
 }

@@ -14,7 +14,7 @@ use http_body_util::{BodyExt, BodyStream, StreamBody};
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use tokio_util::io::ReaderStream;
 
-use super::{full_body, BoxError, RequestBody, UpstreamError};
+use super::{empty_body, full_body, BoxError, RequestBody, UpstreamError};
 
 /// Bodies up to this size are kept in memory.
 pub const MEMORY_LIMIT: usize = 2 << 20;
@@ -52,6 +52,10 @@ impl Spooled {
     pub async fn replay(&self) -> Result<RequestBody, UpstreamError> {
         use std::os::fd::AsRawFd;
         match self {
+            // No body: a boxed `Empty` allocates nothing (a boxed `Full` does).
+            Spooled::Memory(b) if b.is_empty() => Ok(empty_body()),
+            // No body: a boxed `Empty` allocates nothing (a boxed `Full` does).
+            Spooled::Memory(b) if b.is_empty() => Ok(empty_body()),
             Spooled::Memory(b) => Ok(full_body(b.clone())),
             Spooled::File { file, .. } => {
                 let path = format!("/proc/self/fd/{}", file.as_raw_fd());
