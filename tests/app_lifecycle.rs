@@ -126,12 +126,15 @@ async fn an_idle_app_scales_to_zero_and_the_next_request_starts_it() {
         |p| p.is_empty(),
     )
     .await;
-    let idle = status(&cfg, "sleepy").await;
-    assert_eq!(
-        (idle.state.as_str(), idle.pids.len()),
-        ("idle", 0),
-        "{idle:?}"
-    );
+    // The status follows once the supervisor has seen the exit (its
+    // snapshot may still list the process a moment after it is gone).
+    common::wait_for(
+        "sleepy idle, with no process, in the status",
+        Duration::from_secs(30),
+        async || status(&cfg, "sleepy").await,
+        |idle| (idle.state.as_str(), idle.pids.len()) == ("idle", 0),
+    )
+    .await;
     // The cold start: the request that finds no process waits for one.
     let (code, cold) = try_get(bin.addr, "sleepy.test", "/").await;
     assert_eq!(code, 200, "{cold}");
