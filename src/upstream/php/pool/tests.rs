@@ -42,14 +42,8 @@ async fn dead_and_foreign_connections_are_not_reused_and_idle_ones_are_reaped() 
 
     let (c, _peer) = UnixStream::pair().unwrap();
     pool.put("/s".into(), conn(c));
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while pool.idle_count() > 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "idle connection never reaped"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    crate::upstream::tests_support::until("the idle connection reaped", || pool.idle_count() == 0)
+        .await;
 }
 
 /// A connection is pooled until its child's `max_requests`-th response,
