@@ -38,6 +38,12 @@
 //!   re-sent on a fresh connection (its kept-alive one had closed) can add
 //!   one beside a successor: the idle list never holds more than
 //!   `max_children` (a surplus connection is closed when put back).
+//! - The place of a retired connection is *parked* while its successor is
+//!   on its way and nothing is idle (`successor`): queued requests take
+//!   whichever connection frees first, in their order, and the successor
+//!   comes with the place to the request then at the head of the queue; no
+//!   queued request waits for a successor alone while other connections
+//!   free up. A parked place is freed when its successor comes to nothing.
 //! - A connection whose exchange ended cleanly while requests queue for a
 //!   place goes with its place to the next of them ([`ConnPool::finish`]),
 //!   that request's records written onto it first, so its child never
@@ -46,8 +52,8 @@
 //!   only, the connection going back to the pool.
 //! - A connection put back goes to the longest-waiting request (preferring
 //!   one of the putting lane) before the idle list; a successor's end
-//!   ([`Warming`], however its task ends) lets waiting requests look again
-//!   when no other successor is on its way.
+//!   (`successor::Warming`, however its task ends) lets waiting requests
+//!   look again when no other successor is on its way.
 
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
