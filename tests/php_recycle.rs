@@ -316,3 +316,134 @@ async fn pool_counters_are_on_metrics() {
         "{text}"
     );
 }
+
+/// Sends GET /nap.php?ms=`ms` (sleeps, then answers its child's pid).
+async fn nap(h: &Harness, ms: u64) -> u32 {
+    let req = Request::get(format!("/nap.php?ms={ms}")).body(body(""));
+    let (status, _, got) = h.send(req.unwrap()).await.expect("nap.php answered");
+    let text = String::from_utf8_lossy(&got).into_owned();
+    assert_eq!(status, 200, "{text}");
+    text.parse()
+        .unwrap_or_else(|_| panic!("no pid in {text:?}"))
+}
+
+/// Sends SIGCONT to what it stopped, however the test ends.
+struct Stopped(Vec<i32>);
+
+impl Stopped {
+    fn stop(pids: Vec<i32>) -> Stopped {
+        for &pid in &pids {
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGSTOP,
+            )
+            .unwrap();
+        }
+        Stopped(pids)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        for &pid in &self.0 {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGCONT,
+            );
+        }
+    }
+}
+
+/// A retired connection's place waits for its successor; the requests
+/// queued meanwhile take whichever connection frees first, in their order.
+/// Here no successor can be ready (the master and the spare child are
+/// stopped): the request queued first must not wait for it while the other
+/// child's connection serves the requests queued after it (issue 19: that
+/// wait was the c = 16 tail).
+#[tokio::test]
+async fn queued_requests_go_to_a_live_connection_not_to_a_successor_still_coming() {
+    const MAX: u64 = 10;
+    let h = Arc::new(harness(SiteOptions {
+        max_children: 2,
+        max_requests: MAX,
+        request_timeout: Duration::from_secs(120),
+        ..Default::default()
+    }));
+    // Two connections, then one of them (the newest) to its child's last
+    // request but one: its next request opens its successor.
+    let (a, b) = tokio::join!(nap(&h, 300), nap(&h, 300));
+    assert_ne!(a, b, "two connections, two children");
+    let retiring = nap(&h, 0).await;
+    for _ in 2..MAX - 1 {
+        assert_eq!(nap(&h, 0).await, retiring, "the newest idle connection");
+    }
+    let live = if retiring == a { b } else { a };
+    let others: Vec<i32> = h
+        .fpm
+        .children()
+        .into_iter()
+        .filter(|&p| p != a as i32 && p != b as i32)
+        .collect();
+    assert!(!others.is_empty(), "php-fpm runs a spare child");
+    let mut stopped = vec![h.fpm.master_pid()];
+    stopped.extend(others);
+    let _stopped = Stopped::stop(stopped);
+
+    // The retiring connection's last request, then a longer one on the
+    // other connection, then six queued behind them.
+    let last = tokio::spawn({
+        let h = h.clone();
+        async move { nap(&h, 500).await }
+    });
+    common::wait_for(
+        "the last request took its connection",
+        Duration::from_secs(30),
+        async || h.upstream.idle_connections(),
+        |&idle| idle == 1,
+    )
+    .await;
+    let long = tokio::spawn({
+        let h = h.clone();
+        async move { nap(&h, 1500).await }
+    });
+    common::wait_for(
+        "the long request took the other connection",
+        Duration::from_secs(30),
+        async || h.upstream.idle_connections(),
+        |&idle| idle == 0,
+    )
+    .await;
+    let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut queued = Vec::new();
+    for i in 0..6 {
+        let (h, order) = (h.clone(), order.clone());
+        queued.push(tokio::spawn(async move {
+            let pid = nap(&h, 20).await;
+            order.lock().unwrap().push(i);
+            pid
+        }));
+        // Queued in this order: each reaches its place in the queue (no
+        // wait before it) before the next is spawned.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+    assert_eq!(last.await.unwrap(), retiring);
+    assert_eq!(long.await.unwrap(), live);
+    let wait = async {
+        let mut pids = Vec::new();
+        for q in queued {
+            pids.push(q.await.unwrap());
+        }
+        pids
+    };
+    let pids = tokio::time::timeout(Duration::from_secs(60), wait)
+        .await
+        .expect("the queued requests answered while the successor cannot come");
+    assert_eq!(pids, vec![live; 6], "all on the live child's connection");
+    assert_eq!(
+        *order.lock().unwrap(),
+        (0..6).collect::<Vec<_>>(),
+        "in the order they queued: none waited for the successor"
+    );
+}

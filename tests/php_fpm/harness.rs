@@ -53,6 +53,7 @@ pub fn scripts() -> Vec<(&'static str, String)> {
         ("big.php", "<?php $c = str_repeat('x', 1 << 20); for ($i = 0; $i < 100; $i++) { echo $c; flush(); }".into()),
         ("log.php", "<?php error_log('hello from php'); echo 'logged';".into()),
         ("sleep.php", "<?php touch(sys_get_temp_dir() . '/started'); sleep(30); echo 'woke';".into()),
+        ("nap.php", "<?php usleep((int) $_GET['ms'] * 1000); echo getmypid();".into()),
         ("pid.php", "<?php echo getmypid(), ' ', $_SERVER['REQUEST_METHOD'], ' ', file_get_contents('php://input');".into()),
     ]
 }

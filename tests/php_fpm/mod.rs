@@ -292,6 +292,16 @@ impl FpmSite {
         &self.paths.socket
     }
 
+    /// The pids of the pool's children (the test user's processes but the
+    /// master).
+    pub fn children(&self) -> Vec<i32> {
+        let master = self.master_pid();
+        processes_of(self.user.uid)
+            .into_iter()
+            .filter(|&pid| pid != master)
+            .collect()
+    }
+
     /// Processes still running as the test user.
     pub fn user_processes(&self) -> Vec<String> {
         processes_of(self.user.uid)

@@ -38,6 +38,12 @@
 //!   re-sent on a fresh connection (its kept-alive one had closed) can add
 //!   one beside a successor: the idle list never holds more than
 //!   `max_children` (a surplus connection is closed when put back).
+//! - The place of a retired connection is *parked* while its successor is
+//!   on its way and nothing is idle (`successor`): queued requests take
+//!   whichever connection frees first, in their order, and the successor
+//!   comes with the place to the request then at the head of the queue; no
+//!   queued request waits for a successor alone while other connections
+//!   free up. A parked place is freed when its successor comes to nothing.
 //! - A connection whose exchange ended cleanly while requests queue for a
 //!   place goes with its place to the next of them ([`ConnPool::finish`]),
 //!   that request's records written onto it first, so its child never
@@ -46,8 +52,8 @@
 //!   only, the connection going back to the pool.
 //! - A connection put back goes to the longest-waiting request (preferring
 //!   one of the putting lane) before the idle list; a successor's end
-//!   ([`Warming`], however its task ends) lets waiting requests look again
-//!   when no other successor is on its way.
+//!   (`successor::Warming`, however its task ends) lets waiting requests
+//!   look again when no other successor is on its way.
 
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -92,6 +98,13 @@ struct State {
     /// come, first served, as in php-fpm's backlog). A sender dropped
     /// unsent tells its request to look again.
     waiting: std::collections::VecDeque<(usize, tokio::sync::oneshot::Sender<Idle>)>,
+    /// Successors on their way that no retired connection's place waits
+    /// for (`successor`).
+    unmatched: usize,
+    /// Places of retired connections, each kept for a successor on its way
+    /// (`successor`): the successor comes with it to the next queued
+    /// request, which meanwhile takes whichever connection frees first.
+    parked: Vec<Place>,
 }
 
 pub struct ConnPool {
@@ -170,6 +183,13 @@ impl ConnPool {
     /// An idle, still-open connection to `path`, newest first, one opened
     /// on the calling router lane if there is one (else moved here).
     pub fn take(&self, path: &Path) -> Option<Conn> {
+        let conn = self.take_idle(path)?;
+        self.counters.count(PoolEvent::Reused);
+        Some(conn)
+    }
+
+    /// [`ConnPool::take`] without counting it (the caller hands it on).
+    fn take_idle(&self, path: &Path) -> Option<Conn> {
         let lane = crate::lanes::current();
         let mut state = self.lock();
         while let Some(c) = crate::upstream::take_newest(&mut state.idle, |c| c.lane == lane) {
@@ -191,7 +211,6 @@ impl ConnPool {
             return None;
         }
         let stream = crate::lanes::rehome(c.conn.stream, c.lane).ok()?;
-        self.counters.count(PoolEvent::Reused);
         Some(Conn {
             stream,
             served: c.conn.served,
@@ -234,16 +253,31 @@ impl ConnPool {
     /// place to the next of them (see `places`), its request written onto it
     /// here and now, so the php-fpm child reads it without waiting for
     /// that request's task; one queued without a request (a POST, a large
-    /// body) gets the place, the connection going back to the pool.
+    /// body) gets the place, the connection going back to the pool. A
+    /// connection whose child has now served `max_requests` is retired, its
+    /// place kept for its successor while none is idle (`successor`).
     pub fn finish(self: &Arc<Self>, path: PathBuf, mut conn: Conn, place: Place) {
-        let handing =
-            self.keep_alive && !(self.max_requests > 0 && conn.served + 1 >= self.max_requests);
+        if !self.keep_alive {
+            return; // closed; `place` is freed
+        }
+        if self.max_requests > 0 && conn.served + 1 >= self.max_requests {
+            self.put(path.clone(), conn); // retired
+            self.pass_retired_place(path, place);
+            return;
+        }
+        conn.served += 1;
+        self.hand_on(path, conn, place);
+    }
+
+    /// Gives `conn`, which may serve a request, with `place` to the next
+    /// queued request (its request written onto it now), else makes it
+    /// idle and frees `place`.
+    fn hand_on(self: &Arc<Self>, path: PathBuf, conn: Conn, place: Place) {
         let lane = crate::lanes::current();
-        let Some(waiter) = handing.then(|| self.places.next_waiter(lane)).flatten() else {
-            self.put(path, conn);
+        let Some(waiter) = self.places.next_waiter(lane) else {
+            self.push_idle(path, conn);
             return; // `place` is freed (to a waiter that came meanwhile)
         };
-        conn.served += 1;
         let handed = match &waiter.request {
             Some(request) => {
                 let written = write_now(&conn.stream, request);
@@ -336,6 +370,7 @@ impl ConnPool {
             }
             if let Ok(c) = handed.await {
                 if let Some(conn) = self.adopt(c, path) {
+                    self.counters.count(PoolEvent::Reused);
                     return Some(conn);
                 }
             }
@@ -346,36 +381,6 @@ impl ConnPool {
     /// is its child's last (then open its successor).
     pub fn is_last(&self, served: u64) -> bool {
         self.keep_alive && self.max_requests > 0 && served + 1 >= self.max_requests
-    }
-
-    /// Opens the successor of a connection whose last request is going out
-    /// (see the module doc): connected to `socket` (served by `uid`), pooled
-    /// once a child has read its probe (`warm`), within `timeout`, else
-    /// closed. Runs in a task of its own on the caller's runtime.
-    pub fn warm_successor(self: &Arc<Self>, socket: PathBuf, uid: Option<u32>, timeout: Duration) {
-        let epoch = self.epoch.load(Ordering::SeqCst);
-        self.warming.fetch_add(1, Ordering::SeqCst);
-        // Ends the warm-up however the task ends (even dropped unfinished,
-        // its runtime stopping), so no request waits for it past then.
-        let mut warming = Warming {
-            pool: self.clone(),
-            pooled: false,
-        };
-        tokio::spawn(async move {
-            let pool = warming.pool.clone();
-            let on_demand = pool.on_demand;
-            let opened =
-                tokio::time::timeout(timeout, super::warm::open(&socket, uid, on_demand)).await;
-            match opened {
-                Ok(Ok(stream)) if pool.epoch.load(Ordering::SeqCst) == epoch => {
-                    pool.counters.count(PoolEvent::Warmed);
-                    pool.push_idle(socket, Conn { stream, served: 0 });
-                    warming.pooled();
-                }
-                Ok(Ok(_closed_pool)) => {}
-                Ok(Err(_)) | Err(_) => pool.counters.count(PoolEvent::WarmFailed),
-            }
-        });
     }
 
     /// Watches a connection just opened with its request written (see
@@ -455,30 +460,6 @@ impl ConnPool {
     }
 }
 
-/// A successor on its way ([`ConnPool::warm_successor`]); its drop ends it.
-struct Warming {
-    pool: Arc<ConnPool>,
-    /// It went into the pool (or to a waiting request).
-    pooled: bool,
-}
-
-impl Warming {
-    fn pooled(&mut self) {
-        self.pooled = true;
-    }
-}
-
-impl Drop for Warming {
-    fn drop(&mut self) {
-        // Waiting requests keep their turn while other successors are on
-        // their way; when none is left, or this one came to nothing, they
-        // look again (and open a connection if none is idle).
-        if self.pool.warming.fetch_sub(1, Ordering::SeqCst) == 1 || !self.pooled {
-            self.pool.wake_waiters();
-        }
-    }
-}
-
 /// Writes what the socket takes of `request` now, without waiting: the
 /// connection's previous answer was just read whole, so its buffer is
 /// empty and a request of a few KiB goes in whole. 0 on any error: the
@@ -506,5 +487,6 @@ pub(super) fn is_open(stream: &UnixStream) -> bool {
     )
 }
 
+mod successor;
 #[cfg(test)]
 mod tests;

@@ -257,3 +257,67 @@ async fn a_queued_request_is_written_onto_the_connection_its_place_frees() {
     drop(grant);
     assert!(matches!(pool.admit(|| None), Admit::Now(_)), "free again");
 }
+
+/// A retired connection's place waits for its successor (parked) instead
+/// of going to a queued request that would wait for the successor alone;
+/// the successor comes with it to that request, its records written onto
+/// it. A successor that comes to nothing frees the place.
+#[tokio::test]
+async fn a_retired_connections_place_waits_for_its_successor() {
+    use super::super::places::Admit;
+    use futures_util::FutureExt;
+    use tokio::io::AsyncReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("fpm.sock");
+    let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+    let pool = ConnPool::new(
+        1,
+        Duration::from_secs(60),
+        Reuse::Pinned,
+        2,
+        Default::default(),
+    );
+    let Admit::Now(place) = pool.admit(|| None) else {
+        panic!("the one place is free")
+    };
+    pool.warm_successor(socket.clone(), None, Duration::from_secs(30));
+    let Admit::Wait(mut get) = pool.admit(|| Some(bytes::Bytes::from_static(b"GET records")))
+    else {
+        panic!("the place is taken: it waits")
+    };
+    let (stream, _retiring_child) = UnixStream::pair().unwrap();
+    pool.finish(socket.clone(), Conn { stream, served: 1 }, place);
+    assert_eq!(pool.stats().retired, 1);
+    assert!(
+        (&mut get).now_or_never().is_none(),
+        "not granted before the successor is ready"
+    );
+    let (mut child, _) = listener.accept().await.unwrap();
+    let mut probe = [0u8; 8];
+    child.read_exact(&mut probe).await.unwrap();
+    let grant = tokio::time::timeout(Duration::from_secs(10), get)
+        .await
+        .expect("granted with the successor within 10 s");
+    let handed = grant.handed.expect("with the successor");
+    assert_eq!((handed.written, handed.conn.served), (11, 0));
+    let mut got = [0u8; 11];
+    child.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"GET records");
+
+    // Its successor never accepted: the parked place is freed, the queued
+    // request gets it (and will open a connection of its own).
+    pool.warm_successor(socket.clone(), None, Duration::from_millis(100));
+    let Admit::Wait(next) = pool.admit(|| Some(bytes::Bytes::from_static(b"next"))) else {
+        panic!("the place is taken: it waits")
+    };
+    let conn = Conn {
+        stream: handed.conn.stream,
+        served: 1,
+    };
+    pool.finish(socket.clone(), conn, grant.place);
+    let grant = tokio::time::timeout(Duration::from_secs(10), next)
+        .await
+        .expect("the place freed within 10 s");
+    assert!(grant.handed.is_none());
+    assert_eq!(pool.stats().warm_failed, 1);
+}
