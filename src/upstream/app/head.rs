@@ -19,17 +19,17 @@ use std::net::IpAddr;
 use bytes::Bytes;
 
 use http::header::{self, HeaderName, HeaderValue};
-use http::{HeaderMap, Method, Request, Uri, Version};
+use http::{HeaderMap, Method, Uri};
 
 use crate::upstream::hop::strip_hop_by_hop;
-use crate::upstream::{RequestBody, RequestContext};
+use crate::upstream::RequestContext;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
 
-/// A request head ready to send (again, on a retry).
+/// A request head ready to write.
 pub(super) struct Head {
     pub(super) method: Method,
     uri: Uri,
@@ -74,24 +74,11 @@ impl Head {
         }
     }
 
-    /// The request with `body`; the head is kept for another attempt.
-    pub(super) fn request(&self, body: RequestBody) -> Request<RequestBody> {
-        self.build(self.headers.clone(), body)
-    }
-
-    /// The request with `body`, for the last attempt.
-    pub(super) fn take_request(&mut self, body: RequestBody) -> Request<RequestBody> {
-        let headers = std::mem::take(&mut self.headers);
-        self.build(headers, body)
-    }
-
-    fn build(&self, headers: HeaderMap, body: RequestBody) -> Request<RequestBody> {
-        let mut request = Request::new(body);
-        *request.method_mut() = self.method.clone();
-        *request.uri_mut() = self.uri.clone();
-        *request.version_mut() = Version::HTTP_11;
-        *request.headers_mut() = headers;
-        request
+    /// Writes the head onto the wire format into `buf` (a link's write
+    /// buffer): what is sent, and sent again on a retry.
+    pub(super) fn write(&self, buf: &mut Vec<u8>) {
+        let target = self.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        super::h1::write_head(buf, &self.method, target, &self.headers);
     }
 }
 
@@ -203,17 +190,6 @@ impl Write for StackText {
         }
         Ok(())
     }
-}
-
-/// Whether the connection may carry another request after this response:
-/// HTTP/1.1 and no `Connection: close` (before the hop-by-hop strip).
-pub(super) fn keeps_alive(parts: &http::response::Parts) -> bool {
-    parts.version == Version::HTTP_11
-        && !parts.headers.get_all(header::CONNECTION).iter().any(|v| {
-            v.as_bytes()
-                .split(|&b| b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
-        })
 }
 
 #[cfg(test)]

@@ -1,0 +1,1 @@
+//! The client against a scripted peer on a real socket pair.
