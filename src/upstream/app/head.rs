@@ -85,10 +85,7 @@ impl Head {
 /// Sets the forwarded headers from what polyhost saw (see the module doc).
 /// `Forwarded` is written once, on the stack, and copied into one buffer
 /// that `X-Forwarded-For` is a slice of (the client address inside it):
-/// two allocations, and a clone of the head for a retry
-/// ([`Head::request`], every request on a kept-alive connection) costs a
-/// reference count per value where two separately copied values cost an
-/// allocation each (this runs for every request).
+/// one allocation for both (this runs for every request).
 fn forwarded(headers: &mut HeaderMap, ctx: &RequestContext) {
     let ip = ctx.client.ip();
     let proto = ctx.scheme.as_str();

@@ -244,7 +244,9 @@ async fn send(
             Spooled::File { .. } => {
                 let mut replay = body.replay().await.map_err(Sent::Local)?;
                 while let Some(frame) = replay.frame().await {
-                    let frame = frame.map_err(|e| Sent::Local(UpstreamError::LocalIo(std::io::Error::other(e))))?;
+                    let frame = frame.map_err(|e| {
+                        Sent::Local(UpstreamError::LocalIo(std::io::Error::other(e)))
+                    })?;
                     if let Some(data) = frame.data_ref() {
                         conn.link.send(data).await.map_err(broken)?;
                     }

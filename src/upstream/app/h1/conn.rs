@@ -125,7 +125,9 @@ impl Link {
 
     /// A body of `len` bytes, if all of it came with its head.
     pub(in crate::upstream::app) fn take_whole(&mut self, len: u64) -> Option<Bytes> {
-        let len = usize::try_from(len).ok().filter(|&n| n <= self.read.len())?;
+        let len = usize::try_from(len)
+            .ok()
+            .filter(|&n| n <= self.read.len())?;
         Some(self.read.split_to(len).freeze())
     }
 

@@ -110,7 +110,9 @@ impl Decoder {
                 State::Length(n) => {
                     let take = n.min(buf.len() as u64);
                     self.state = State::Length(n - take);
-                    return Ok(Some(Some(Frame::data(buf.split_to(take as usize).freeze()))));
+                    return Ok(Some(Some(Frame::data(
+                        buf.split_to(take as usize).freeze(),
+                    ))));
                 }
                 State::ChunkData(n) => {
                     let take = n.min(buf.len() as u64);
@@ -118,7 +120,9 @@ impl Decoder {
                         0 => State::ChunkEnd,
                         left => State::ChunkData(left),
                     };
-                    return Ok(Some(Some(Frame::data(buf.split_to(take as usize).freeze()))));
+                    return Ok(Some(Some(Frame::data(
+                        buf.split_to(take as usize).freeze(),
+                    ))));
                 }
                 State::ChunkSize => match httparse::parse_chunk_size(buf) {
                     Ok(httparse::Status::Complete((used, size))) => {

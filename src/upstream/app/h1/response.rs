@@ -33,7 +33,10 @@ struct Span {
 /// Parses the final head at the start of `buf` and takes it out;
 /// `Ok(None)`: not all of it is here yet. Informational heads (1xx but
 /// 101) before it are taken out and passed over.
-pub(super) fn parse(buf: &mut BytesMut, head_request: bool) -> Result<Option<ResponseHead>, String> {
+pub(super) fn parse(
+    buf: &mut BytesMut,
+    head_request: bool,
+) -> Result<Option<ResponseHead>, String> {
     loop {
         let Some((len, code, version, count, spans)) = locate(buf)? else {
             return Ok(None);
