@@ -98,14 +98,14 @@ impl AppUpstream {
         req: Request<RequestBody>,
         ctx: &RequestContext,
     ) -> Result<Response<ResponseBody>, UpstreamError> {
-        let (mut parts, body) = req.into_parts();
+        let (parts, body) = req.into_parts();
         let upgrade = parts.extensions.get::<Upgrade>().is_some();
         let Admitted {
             body,
             permit,
             lease,
         } = self.gate.admit(body, ctx).await?;
-        let head = Head::new(&mut parts, ctx, body.len(), upgrade);
+        let head = Head::new(&parts, ctx, body.len(), upgrade);
         let counters = self.pool.counters(lease.endpoint().id);
         let answered = counters.answered();
         let exchange = self.exchange(&lease, &head, &body, upgrade);
@@ -141,7 +141,7 @@ impl AppUpstream {
     async fn exchange(
         &self,
         lease: &RuntimeLease,
-        head: &Head,
+        head: &Head<'_>,
         body: &Spooled,
         upgrade: bool,
     ) -> Result<(ResponseHead, Conn), UpstreamError> {
@@ -158,7 +158,7 @@ impl AppUpstream {
             }
             _ => false,
         };
-        let is_head = head.method == http::Method::HEAD;
+        let is_head = head.is_head();
         loop {
             match send(&mut conn, body, inline, is_head).await {
                 Ok(response) => return Ok((response, conn)),

@@ -1,7 +1,7 @@
 //! A small HTTP/1.1 client of our own for the `[app]` upstream: one
 //! request at a time on one connection ([`Link`]), driven by the request's
-//! own task — the head written into the link's buffer and sent with a small
-//! spooled body in one write ([`write`]), the response head read and parsed
+//! own task — the head (written into the link's buffer by `super::head`)
+//! sent with a small spooled body in one write, the response head read and parsed
 //! with `httparse` ([`response`]), the body decoded as the router's server
 //! polls it ([`decode`]: `Content-Length`, chunked, to the end of the
 //! connection).
@@ -33,12 +33,10 @@
 mod conn;
 mod decode;
 mod response;
-mod write;
 
 pub(super) use conn::Link;
 pub(super) use decode::{Decoder, Framing};
 pub(super) use response::ResponseHead;
-pub(super) use write::write_head;
 
 /// Response header fields: hyper's default limit, which this client
 /// replaced (parsed on the stack; 101 is a 502).

@@ -7,8 +7,7 @@
 use std::future::poll_fn;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{HeaderMap, Method, StatusCode};
+use http::{HeaderMap, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio_util::either::Either;
@@ -266,18 +265,4 @@ async fn an_idle_link_the_peer_closes_or_writes_to_is_not_usable() {
         }
         until("the link seen closed or written to", || !link.idle_usable()).await;
     }
-}
-
-#[tokio::test]
-async fn the_head_is_written_as_the_request_line_and_fields() {
-    let mut headers = HeaderMap::new();
-    headers.insert("host", "a.example".parse().unwrap());
-    headers.append("x-many", "1".parse().unwrap());
-    headers.append("x-many", "2".parse().unwrap());
-    let mut buf = b"left from the last request".to_vec();
-    write_head(&mut buf, &Method::POST, "/a?b=c", &headers);
-    assert_eq!(
-        Bytes::from(buf),
-        "POST /a?b=c HTTP/1.1\r\nhost: a.example\r\nx-many: 1\r\nx-many: 2\r\n\r\n"
-    );
 }
