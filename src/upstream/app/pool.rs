@@ -198,10 +198,11 @@ impl Pool {
 
     /// Keeps a connection whose response ended cleanly for the next request
     /// to `endpoint`, unless the instance has enough connections.
-    pub(super) fn checkin(self: &Arc<Self>, endpoint: u64, conn: Conn) {
+    pub(super) fn checkin(self: &Arc<Self>, endpoint: u64, mut conn: Conn) {
         if !conn.link.idle_usable() {
             return;
         }
+        conn.link.shrink();
         let refused = {
             let mut slots = self.lock();
             let slot = slots.entry(endpoint).or_default();

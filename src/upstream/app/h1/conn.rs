@@ -20,6 +20,10 @@ pub(super) type Stream = Either<UnixStream, TcpStream>;
 
 /// Room made in the read buffer before a read.
 const READ_ROOM: usize = 8 << 10;
+/// A write buffer kept with an idle link at most this large (a request
+/// with a body written inline grows it; a pool of such links would hold
+/// them all).
+const KEEP_WRITE: usize = 4 << 10;
 
 pub(in crate::upstream::app) struct Link {
     io: Stream,
@@ -129,6 +133,13 @@ impl Link {
             .ok()
             .filter(|&n| n <= self.read.len())?;
         Some(self.read.split_to(len).freeze())
+    }
+
+    /// Lets go of a write buffer grown past [`KEEP_WRITE`] (the link goes idle).
+    pub(in crate::upstream::app) fn shrink(&mut self) {
+        if self.write.capacity() > KEEP_WRITE {
+            self.write = Vec::new();
+        }
     }
 
     /// The socket and what was read past the last head: a tunnel's
