@@ -90,9 +90,10 @@ impl<'a> Head<'a> {
         let named = headers.contains_key(header::CONNECTION);
         let mut had_length = false;
         for (name, value) in headers {
+            let dropped = DROPPED.contains(name) || (named && connection_names(headers, name));
             if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
                 had_length = true;
-            } else if !DROPPED.contains(name) && !(named && connection_names(headers, name)) {
+            } else if !dropped {
                 field(buf, name.as_str(), value.as_bytes());
             }
         }
