@@ -237,18 +237,21 @@ async fn send(
             format!("broke the connection as the request went out: {e}"),
         ))
     };
-    conn.link.send_head().await.map_err(broken)?;
-    if !inline {
+    let answered = conn.link.send_head().await.map_err(broken)?;
+    if !inline && !answered {
         match body {
-            Spooled::Memory(b) => conn.link.send(b).await.map_err(broken)?,
+            Spooled::Memory(b) => {
+                conn.link.send(b).await.map_err(broken)?;
+            }
             Spooled::File { .. } => {
                 let mut replay = body.replay().await.map_err(Sent::Local)?;
                 while let Some(frame) = replay.frame().await {
                     let frame = frame.map_err(|e| {
                         Sent::Local(UpstreamError::LocalIo(std::io::Error::other(e)))
                     })?;
-                    if let Some(data) = frame.data_ref() {
-                        conn.link.send(data).await.map_err(broken)?;
+                    let data = frame.data_ref().map_or(&[][..], |d| &d[..]);
+                    if conn.link.send(data).await.map_err(broken)? {
+                        break;
                     }
                 }
             }

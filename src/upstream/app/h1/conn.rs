@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpStream, UnixStream};
 use tokio_util::either::Either;
 
@@ -31,6 +31,8 @@ pub(in crate::upstream::app) struct Link {
     pub(super) read: BytesMut,
     /// The request head (and a small body) to send: what a retry sends again.
     pub(in crate::upstream::app) write: Vec<u8>,
+    /// The app answered before it took the whole request: never reused.
+    cut: bool,
 }
 
 impl Link {
@@ -39,17 +41,56 @@ impl Link {
             io,
             read: BytesMut::new(),
             write: Vec::new(),
+            cut: false,
         }
     }
 
-    /// Sends [`write`](Self::write) in one write (as far as the socket takes it).
-    pub(in crate::upstream::app) async fn send_head(&mut self) -> std::io::Result<()> {
-        self.io.write_all(&self.write).await
+    /// Sends [`write`](Self::write) in one write (as far as the socket
+    /// takes it); `true`: the app answered before it took all of it.
+    pub(in crate::upstream::app) async fn send_head(&mut self) -> std::io::Result<bool> {
+        let head = std::mem::take(&mut self.write);
+        let sent = self.send(&head).await;
+        self.write = head;
+        sent
     }
 
-    /// Sends body bytes after the head.
-    pub(in crate::upstream::app) async fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.io.write_all(bytes).await
+    /// Sends body bytes after the head; `true`: the app answered before it
+    /// took all of them (an early `413`, say, from an app that reads no
+    /// further): the rest is not sent, the response is read, and the link
+    /// is not kept.
+    pub(in crate::upstream::app) async fn send(&mut self, bytes: &[u8]) -> std::io::Result<bool> {
+        let mut written = 0;
+        std::future::poll_fn(|cx| self.poll_send(cx, bytes, &mut written)).await
+    }
+
+    fn poll_send(
+        &mut self,
+        cx: &mut Context<'_>,
+        bytes: &[u8],
+        written: &mut usize,
+    ) -> Poll<std::io::Result<bool>> {
+        while *written < bytes.len() {
+            match Pin::new(&mut self.io).poll_write(cx, &bytes[*written..]) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()))
+                }
+                Poll::Ready(Ok(n)) => *written += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                // The app takes no more: it may have answered already.
+                Poll::Pending => match self.poll_fill(cx) {
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Err(std::io::ErrorKind::UnexpectedEof.into()))
+                    }
+                    Poll::Ready(Ok(_)) => {
+                        self.cut = true;
+                        return Poll::Ready(Ok(true));
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                },
+            }
+        }
+        Poll::Ready(Ok(false))
     }
 
     /// Reads up to the final response head (informational ones passed
@@ -105,7 +146,7 @@ impl Link {
     /// (tokio forgets readiness after a read that did not fill the buffer),
     /// so a live link costs no system call.
     pub(in crate::upstream::app) fn idle_usable(&self) -> bool {
-        if !self.read.is_empty() {
+        if self.cut || !self.read.is_empty() {
             return false;
         }
         let mut cx = Context::from_waker(Waker::noop());

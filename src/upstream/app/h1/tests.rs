@@ -266,3 +266,23 @@ async fn an_idle_link_the_peer_closes_or_writes_to_is_not_usable() {
         until("the link seen closed or written to", || !link.idle_usable()).await;
     }
 }
+
+#[tokio::test]
+async fn an_answer_before_the_whole_body_was_taken_stops_the_sending() {
+    let (mut link, mut peer) = pair();
+    tokio::spawn(async move {
+        let mut first = [0u8; 16];
+        peer.read_exact(&mut first).await.unwrap();
+        peer.write_all(b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        // Reads nothing more, and keeps the connection open.
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        drop(peer);
+    });
+    let body = vec![b'x'; 16 << 20];
+    assert!(link.send(&body).await.unwrap(), "the answer came first");
+    let head = link.read_head(false).await.unwrap();
+    assert_eq!(head.parts.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(!link.idle_usable(), "a link cut mid-request is not kept");
+}
