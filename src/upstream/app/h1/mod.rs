@@ -12,9 +12,12 @@
 //! (so a retry needs a clone of it) and feeds the body through a channel.
 //! For a proxy that sends one request at a time on a pooled connection all
 //! of that is hand-off; here the request's task reads and writes the
-//! socket itself, and the bytes written are what a retry sends again. See
-//! docs/performance.md, "app-h1", for the router's CPU per request before
-//! and after.
+//! socket itself, and the bytes written are what a retry sends again.
+//! Measured on Node hello (docs/performance.md, "app-h1"; side by side,
+//! medians of 8 rounds): the router's CPU per request 31.1 → 24.6 µs at
+//! c = 16 and 27.0 → 23.3 µs at c = 64 (user time 14.6 → 9.8 and 13.5 →
+//! 9.7 µs), allocator calls 17 → 10 per request, system calls the same
+//! (4.3 per request).
 //!
 //! Owns: the wire format both ways and the limits on a response head
 //! ([`MAX_FIELDS`] fields, [`MAX_HEAD`] bytes). Not owned: which
