@@ -1,7 +1,7 @@
 //! A response body streamed from an app instance to the router, frame by
-//! frame as the client takes them (hyper reads the instance's connection
-//! only when asked: backpressure through the sockets, nothing buffered
-//! whole). What the request holds ([`Done`]: its connection, lease and
+//! frame as the client takes them (the connection is read only when the
+//! router asks for a frame, `h1::Decoder`: backpressure through the
+//! sockets, nothing buffered whole). What the request holds ([`Done`]: its connection, lease and
 //! admission place) is let go when the body ends: the connection back to
 //! the pool if the body ended cleanly, else closed.
 //!
@@ -18,9 +18,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
+use super::h1::Decoder;
 use super::pool::{Conn, Pool};
 use crate::supervisor::RuntimeLease;
 use crate::upstream::admission::Permit;
@@ -28,8 +28,11 @@ use crate::upstream::BoxError;
 
 /// What a request holds until its response has been read.
 pub(super) struct Done {
-    /// The connection, if it may serve another request after this response.
-    pub(super) conn: Option<Conn>,
+    /// The connection the body is read from.
+    pub(super) conn: Conn,
+    /// It may serve another request after this response (neither side
+    /// closes it).
+    pub(super) keep: bool,
     pub(super) lease: RuntimeLease,
     pub(super) permit: Permit,
     pub(super) pool: Arc<Pool>,
@@ -42,20 +45,23 @@ impl Done {
     pub(super) fn finish(self, clean: bool) {
         let Done {
             conn,
+            keep,
             lease,
             permit,
             pool,
         } = self;
         drop(permit);
-        if let Some(conn) = conn.filter(|_| clean) {
+        if clean && keep {
             pool.checkin(lease.endpoint().id, conn);
+        } else {
+            drop(conn);
         }
         drop(lease);
     }
 }
 
 pub(super) struct AppBody {
-    inner: Incoming,
+    decoder: Decoder,
     done: Option<Done>,
     stall: Duration,
     /// Armed at the first wait; pushed back at every frame.
@@ -63,9 +69,9 @@ pub(super) struct AppBody {
 }
 
 impl AppBody {
-    pub(super) fn new(inner: Incoming, done: Done, stall: Duration) -> Self {
+    pub(super) fn new(decoder: Decoder, done: Done, stall: Duration) -> Self {
         AppBody {
-            inner,
+            decoder,
             done: Some(done),
             stall,
             timer: None,
@@ -92,28 +98,31 @@ impl Body for AppBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if this.inner.is_end_stream() {
+        let Some(done) = this.done.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match this.decoder.poll_frame(&mut done.conn.link, cx) {
+            Poll::Ready(Ok(Some(frame))) => {
+                if this.decoder.is_done() {
                     this.finish(true);
                 } else if let Some(timer) = &mut this.timer {
                     timer.as_mut().reset(Instant::now() + this.stall);
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => {
+            Poll::Ready(Err(e)) => {
                 let why = format!(
                     "app instance pid {} broke off its response: {e}",
                     this.pid()
                 );
+                tracing::debug!("{why}");
                 this.finish(false);
                 Poll::Ready(Some(Err(why.into())))
             }
-            Poll::Ready(None) => {
+            Poll::Ready(Ok(None)) => {
                 this.finish(true);
                 Poll::Ready(None)
             }
-            Poll::Pending if this.done.is_none() => Poll::Pending,
             Poll::Pending => {
                 let stall = this.stall;
                 let timer = this
@@ -133,10 +142,10 @@ impl Body for AppBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.done.is_none() || self.decoder.is_done()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.decoder.size_hint()
     }
 }

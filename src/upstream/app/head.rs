@@ -1,5 +1,7 @@
-//! The request head as it goes to an app instance, and the response head as
-//! it comes back.
+//! The request head as it goes to an app instance, written straight from
+//! the request's parts into the link's write buffer (no `HeaderMap` edited,
+//! no value copied: the fields the app gets are the client's, skipped or
+//! written; ours are formatted in place).
 //!
 //! To the app: the path and query as the client sent them (the mount prefix
 //! is not stripped: `X-Forwarded-Prefix` names it), HTTP/1.1, the client's
@@ -13,226 +15,159 @@
 //! no client value survives. The router's own `x-polyhost-*` names were
 //! stripped at its edge; nothing here adds one.
 
-use std::fmt::Write;
-use std::net::IpAddr;
+use std::io::Write;
 
-use bytes::Bytes;
+use http::header::{self, HeaderName};
+use http::{HeaderMap, Method};
 
-use http::header::{self, HeaderName, HeaderValue};
-use http::{HeaderMap, Method, Request, Uri, Version};
+use crate::upstream::RequestContext;
 
-use crate::upstream::hop::strip_hop_by_hop;
-use crate::upstream::{RequestBody, RequestContext};
+/// The client's fields that never reach the app: hop-by-hop ones (RFC 9110
+/// §7.6.1; an upgrade's own are written again), `Expect` (the body is
+/// already here), and the forwarded ones (written again from what polyhost
+/// saw). `Content-Length` and `Transfer-Encoding` are settled apart.
+static DROPPED: [HeaderName; 13] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
+    header::EXPECT,
+    HeaderName::from_static("x-forwarded-for"),
+    HeaderName::from_static("x-forwarded-proto"),
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("x-forwarded-prefix"),
+    header::FORWARDED,
+];
 
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-const X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
-
-/// A request head ready to send (again, on a retry).
-pub(super) struct Head {
-    pub(super) method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+/// A request's head, to be written for an app instance.
+pub(super) struct Head<'a> {
+    parts: &'a http::request::Parts,
+    ctx: &'a RequestContext,
+    /// The spooled body's length.
+    body_len: u64,
+    /// The router kept the request's upgrade headers for us.
+    upgrade: bool,
 }
 
-impl Head {
-    /// The head for `parts`, with a body of `body_len` bytes; `upgrade`:
-    /// the router kept the request's upgrade headers for us.
+impl<'a> Head<'a> {
     pub(super) fn new(
-        parts: &mut http::request::Parts,
-        ctx: &RequestContext,
+        parts: &'a http::request::Parts,
+        ctx: &'a RequestContext,
         body_len: u64,
         upgrade: bool,
-    ) -> Head {
-        let mut headers = std::mem::take(&mut parts.headers);
-        let upgrade_to = upgrade
-            .then(|| headers.get(header::UPGRADE).cloned())
-            .flatten();
-        let had_length = headers.contains_key(header::CONTENT_LENGTH)
-            || headers.contains_key(header::TRANSFER_ENCODING);
-        strip_hop_by_hop(&mut headers);
-        headers.remove(header::EXPECT);
-        if let Some(to) = upgrade_to {
-            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            headers.insert(header::UPGRADE, to);
+    ) -> Head<'a> {
+        Head {
+            parts,
+            ctx,
+            body_len,
+            upgrade,
         }
-        if body_len > 0 || had_length {
-            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body_len));
-        }
-        // The forwarded headers below, in one growth of the map at most.
-        headers.reserve(6);
-        forwarded(&mut headers, ctx);
-        let uri = parts
+    }
+
+    pub(super) fn is_head(&self) -> bool {
+        self.parts.method == Method::HEAD
+    }
+
+    /// Writes the head into `buf` (a link's write buffer, cleared first):
+    /// what is sent, and sent again on a retry.
+    pub(super) fn write(&self, buf: &mut Vec<u8>) {
+        let headers = &self.parts.headers;
+        let target = self
+            .parts
             .uri
             .path_and_query()
-            .map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
-        Head {
-            method: parts.method.clone(),
-            uri,
-            headers,
-        }
-    }
-
-    /// The request with `body`; the head is kept for another attempt.
-    pub(super) fn request(&self, body: RequestBody) -> Request<RequestBody> {
-        self.build(self.headers.clone(), body)
-    }
-
-    /// The request with `body`, for the last attempt.
-    pub(super) fn take_request(&mut self, body: RequestBody) -> Request<RequestBody> {
-        let headers = std::mem::take(&mut self.headers);
-        self.build(headers, body)
-    }
-
-    fn build(&self, headers: HeaderMap, body: RequestBody) -> Request<RequestBody> {
-        let mut request = Request::new(body);
-        *request.method_mut() = self.method.clone();
-        *request.uri_mut() = self.uri.clone();
-        *request.version_mut() = Version::HTTP_11;
-        *request.headers_mut() = headers;
-        request
-    }
-}
-
-/// Sets the forwarded headers from what polyhost saw (see the module doc).
-/// `Forwarded` is written once, on the stack, and copied into one buffer
-/// that `X-Forwarded-For` is a slice of (the client address inside it):
-/// two allocations, and a clone of the head for a retry
-/// ([`Head::request`], every request on a kept-alive connection) costs a
-/// reference count per value where two separately copied values cost an
-/// allocation each (this runs for every request).
-fn forwarded(headers: &mut HeaderMap, ctx: &RequestContext) {
-    let ip = ctx.client.ip();
-    let proto = ctx.scheme.as_str();
-    let host = headers
-        .get(header::HOST)
-        .cloned()
-        .or_else(|| HeaderValue::from_str(&ctx.host).ok());
-    let mut buf = StackText::new();
-    let (open, close) = match ip {
-        IpAddr::V4(_) => ("for=", ""),
-        IpAddr::V6(_) => ("for=\"[", "]\""),
-    };
-    let _ = buf.write_str(open);
-    let at = buf.len();
-    let _ = write!(buf, "{ip}");
-    let ip_text = at..buf.len();
-    let _ = write!(buf, "{close};proto={proto}");
-    if let Some(host) = host.as_ref().and_then(|h| h.to_str().ok()) {
-        // A quoted-string: a host with a port has a ':', no token character.
-        let _ = buf.write_str(";host=\"");
-        for part in host.split(['"', '\\']) {
-            let _ = buf.write_str(part);
-        }
-        let _ = buf.write_str("\"");
-    }
-    let all = Bytes::copy_from_slice(buf.as_bytes());
-    if let Ok(v) = HeaderValue::from_maybe_shared(all.slice(ip_text)) {
-        headers.insert(X_FORWARDED_FOR, v);
-    }
-    let rfc7239 = HeaderValue::from_maybe_shared(all).ok();
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-    match host {
-        Some(host) => headers.insert(X_FORWARDED_HOST, host),
-        None => headers.remove(X_FORWARDED_HOST),
-    };
-    let prefix = Some(&ctx.mount_prefix)
-        .filter(|p| !p.is_empty())
-        .and_then(|p| HeaderValue::from_str(p).ok());
-    match prefix {
-        Some(prefix) => headers.insert(X_FORWARDED_PREFIX, prefix),
-        None => headers.remove(X_FORWARDED_PREFIX),
-    };
-    match rfc7239 {
-        Some(v) => headers.insert(header::FORWARDED, v),
-        None => headers.remove(header::FORWARDED),
-    };
-}
-
-/// Text written on the stack; what does not fit makes [`StackText::as_bytes`]
-/// fall back to the heap. By hand: `std` has no fixed-capacity
-/// `fmt::Write` target, and a crate for these few lines is not worth it.
-struct StackText {
-    buf: [u8; 256],
-    len: usize,
-    /// Set once the text outgrew `buf`: all of it, on the heap.
-    spilled: Option<String>,
-}
-
-impl StackText {
-    fn new() -> StackText {
-        StackText {
-            buf: [0; 256],
-            len: 0,
-            spilled: None,
-        }
-    }
-
-    /// The text written so far.
-    fn as_bytes(&self) -> &[u8] {
-        match &self.spilled {
-            Some(s) => s.as_bytes(),
-            None => &self.buf[..self.len],
-        }
-    }
-
-    /// Its length in bytes.
-    fn len(&self) -> usize {
-        self.as_bytes().len()
-    }
-}
-
-impl Write for StackText {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        if let Some(spilled) = &mut self.spilled {
-            spilled.push_str(s);
-            return Ok(());
-        }
-        match self.buf.get_mut(self.len..self.len + s.len()) {
-            Some(room) => {
-                room.copy_from_slice(s.as_bytes());
-                self.len += s.len();
-            }
-            None => {
-                let mut spilled = String::with_capacity(self.len + s.len());
-                spilled.push_str(std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default());
-                spilled.push_str(s);
-                self.spilled = Some(spilled);
+            .map_or("/", |pq| pq.as_str());
+        let method = self.parts.method.as_str();
+        buf.clear();
+        buf.reserve(method.len() + target.len() + 64 * (headers.len() + 6));
+        buf.extend_from_slice(method.as_bytes());
+        buf.push(b' ');
+        buf.extend_from_slice(target.as_bytes());
+        buf.extend_from_slice(b" HTTP/1.1\r\n");
+        let named = headers.contains_key(header::CONNECTION);
+        let mut had_length = false;
+        for (name, value) in headers {
+            let dropped = DROPPED.contains(name) || (named && connection_names(headers, name));
+            if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+                had_length = true;
+            } else if !dropped {
+                field(buf, name.as_str(), value.as_bytes());
             }
         }
-        Ok(())
+        if let Some(to) = headers.get(header::UPGRADE).filter(|_| self.upgrade) {
+            field(buf, "connection", b"upgrade");
+            field(buf, "upgrade", to.as_bytes());
+        }
+        if self.body_len > 0 || had_length {
+            let _ = write!(buf, "content-length: {}\r\n", self.body_len);
+        }
+        self.forwarded(buf);
+        buf.extend_from_slice(b"\r\n");
+    }
+
+    /// Writes the forwarded fields from what polyhost saw (see the module
+    /// doc): the client's own were skipped.
+    fn forwarded(&self, buf: &mut Vec<u8>) {
+        let ip = self.ctx.client.ip();
+        let proto = self.ctx.scheme.as_str();
+        let host = match self.parts.headers.get(header::HOST) {
+            Some(h) => Some(h.as_bytes()),
+            None => Some(self.ctx.host.as_bytes()).filter(|h| h.iter().all(|&b| field_byte(b))),
+        };
+        let _ = write!(
+            buf,
+            "x-forwarded-for: {ip}\r\nx-forwarded-proto: {proto}\r\n"
+        );
+        if let Some(host) = host {
+            field(buf, "x-forwarded-host", host);
+        }
+        let prefix = self.ctx.mount_prefix.as_bytes();
+        if !prefix.is_empty() && prefix.iter().all(|&b| field_byte(b)) {
+            field(buf, "x-forwarded-prefix", prefix);
+        }
+        let _ = match ip {
+            std::net::IpAddr::V4(_) => write!(buf, "forwarded: for={ip};proto={proto}"),
+            std::net::IpAddr::V6(_) => write!(buf, "forwarded: for=\"[{ip}]\";proto={proto}"),
+        };
+        // A quoted-string (a host with a port has a ':', no token
+        // character), only of a host that is visible ASCII.
+        if let Some(host) =
+            host.filter(|h| h.iter().all(|&b| b == b'\t' || (b' '..=b'~').contains(&b)))
+        {
+            buf.extend_from_slice(b";host=\"");
+            buf.extend(host.iter().filter(|&&b| b != b'"' && b != b'\\'));
+            buf.push(b'"');
+        }
+        buf.extend_from_slice(b"\r\n");
     }
 }
 
-/// Whether the connection may carry another request after this response:
-/// HTTP/1.1 and no `Connection: close` (before the hop-by-hop strip).
-pub(super) fn keeps_alive(parts: &http::response::Parts) -> bool {
-    parts.version == Version::HTTP_11
-        && !parts.headers.get_all(header::CONNECTION).iter().any(|v| {
-            v.as_bytes()
-                .split(|&b| b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
+/// `name: value\r\n`.
+fn field(buf: &mut Vec<u8>, name: &str, value: &[u8]) {
+    buf.extend_from_slice(name.as_bytes());
+    buf.extend_from_slice(b": ");
+    buf.extend_from_slice(value);
+    buf.extend_from_slice(b"\r\n");
+}
+
+/// A byte a header value may hold (as `http::HeaderValue` checks).
+fn field_byte(b: u8) -> bool {
+    b == b'\t' || (b >= b' ' && b != 0x7f)
+}
+
+/// Whether `Connection` names `name` (a hop-by-hop field of the client's
+/// connection), but `Content-Length` and `Host` (end-to-end framing).
+fn connection_names(headers: &HeaderMap, name: &HeaderName) -> bool {
+    if name == header::HOST {
+        return false;
+    }
+    headers.get_all(header::CONNECTION).iter().any(|v| {
+        v.as_bytes().split(|&b| b == b',').any(|t| {
+            t.trim_ascii()
+                .eq_ignore_ascii_case(name.as_str().as_bytes())
         })
-}
-
-#[cfg(test)]
-mod stack_text_tests {
-    use super::*;
-
-    #[test]
-    fn long_text_spills_to_the_heap_whole() {
-        for len in [0, 1, 200, 255, 256, 257, 1000] {
-            let mut t = StackText::new();
-            let part = "h".repeat(len);
-            let _ = write!(t, "for=1.2.3.4;host=\"{part}\"");
-            let _ = t.write_str(";x");
-            let want = format!("for=1.2.3.4;host=\"{part}\";x");
-            assert_eq!(t.as_bytes(), want.as_bytes(), "{len}");
-            assert_eq!(t.len(), want.len(), "{len}");
-            let mut t = StackText::new();
-            let _ = t.write_str("again");
-            assert_eq!(t.as_bytes(), b"again");
-        }
-    }
+    })
 }

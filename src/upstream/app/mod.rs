@@ -1,22 +1,26 @@
 //! The `[app]` upstream: HTTP/1.1 reverse proxy to a site's app instances
-//! (any program that serves HTTP: Node, Puma, gunicorn, Go, ...), through
-//! hyper's client connection API (`hyper::client::conn::http1`), on the
-//! instance's Unix socket or, for `listen = "port"`, its loopback port.
+//! (any program that serves HTTP: Node, Puma, gunicorn, Go, ...), through a
+//! small HTTP/1.1 client of our own (`h1`, driven in the request's task),
+//! on the instance's Unix socket or, for `listen = "port"`, its loopback
+//! port.
 //!
 //! Per request: the body spooled, a place in admission (processes ×
 //! `max_concurrency`; above, wait up to `queue_timeout`, then 503) and a
 //! lease on the least-busy ready instance (`upstream::gate`) → a pooled
 //! keep-alive connection to it or a new one (`pool`) → the request head
-//! rewritten (`head`: hop-by-hop out, forwarded headers in) → the response
-//! head within `request_timeout` → the body streamed as the client takes it
-//! (`body`), the connection, place and lease held until it ends. A
+//! rewritten (`head`: hop-by-hop out, forwarded headers in) and written
+//! into the connection's buffer with a small body (one write) → the
+//! response head within `request_timeout` → a body that came whole with the
+//! head handed over at once (the connection pooled again right away), any
+//! other streamed as the client takes it (`body`), the connection, place
+//! and lease held until it ends. A
 //! WebSocket upgrade goes on a connection of its own and becomes a
 //! `upstream::Tunnel` (`upgrade`).
 //!
 //! Invariants:
 //! - Every failure is an [`UpstreamError`] by who failed: no connection,
-//!   a broken connection or a response hyper cannot parse is a 502 for that
-//!   request only; no head within `request_timeout` is a 504; no place
+//!   a broken connection or a malformed response (`h1::Failure` says why)
+//!   is a 502 for that request only; no head within `request_timeout` is a 504; no place
 //!   within `queue_timeout` a 503.
 //! - A request that fails on a reused connection before the instance sent
 //!   any byte of its response (the app closed an idle keep-alive
@@ -29,6 +33,7 @@
 //!   response body (or its tunnel).
 
 mod body;
+mod h1;
 mod head;
 mod pool;
 mod upgrade;
@@ -37,12 +42,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use http::{Request, Response};
-use http_body::Body;
+use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 
 use self::body::{AppBody, Done};
+use self::h1::{Decoder, Failure, Framing, ResponseHead};
 use self::head::Head;
 use self::pool::{Conn, Counters, Pool};
 use super::gate::{Admitted, Gate};
@@ -51,6 +55,9 @@ use super::{RequestBody, RequestContext, ResponseBody, Upgrade, Upstream, Upstre
 use crate::config::AppConfig;
 use crate::metrics::SiteStats;
 use crate::supervisor::{RuntimeHandle, RuntimeLease};
+
+/// Request bodies up to this size go out in one write with the head.
+const INLINE_BODY: usize = 16 << 10;
 
 pub struct AppUpstream {
     /// Spool, admission (processes × max_concurrency), lease.
@@ -91,17 +98,17 @@ impl AppUpstream {
         req: Request<RequestBody>,
         ctx: &RequestContext,
     ) -> Result<Response<ResponseBody>, UpstreamError> {
-        let (mut parts, body) = req.into_parts();
+        let (parts, body) = req.into_parts();
         let upgrade = parts.extensions.get::<Upgrade>().is_some();
         let Admitted {
             body,
             permit,
             lease,
         } = self.gate.admit(body, ctx).await?;
-        let mut head = Head::new(&mut parts, ctx, body.len(), upgrade);
+        let head = Head::new(&parts, ctx, body.len(), upgrade);
         let counters = self.pool.counters(lease.endpoint().id);
         let answered = counters.answered();
-        let exchange = self.exchange(&lease, &mut head, &body, upgrade);
+        let exchange = self.exchange(&lease, &head, &body, upgrade);
         let (response, conn) = match tokio::time::timeout(self.request_timeout, exchange).await {
             Ok(sent) => sent?,
             Err(_) => return Err(self.timed_out(&lease, &counters, answered)),
@@ -109,10 +116,18 @@ impl AppUpstream {
         conn.counters().answer();
         drop(body);
         if upgrade {
-            return self.upgraded(response, conn, lease, permit).await;
+            return Ok(self.upgraded(response, conn, lease, permit));
         }
+        if response.parts.status == StatusCode::SWITCHING_PROTOCOLS {
+            return Err(UpstreamError::BadGateway(format!(
+                "app instance pid {} answered 101 to a request that asked for no upgrade",
+                lease.endpoint().pid
+            )));
+        }
+        let keep = !response.close && response.framing != Framing::Eof;
         let done = Done {
-            conn: Some(conn),
+            conn,
+            keep,
             lease,
             permit,
             pool: self.pool.clone(),
@@ -126,55 +141,67 @@ impl AppUpstream {
     async fn exchange(
         &self,
         lease: &RuntimeLease,
-        head: &mut Head,
+        head: &Head<'_>,
         body: &Spooled,
         upgrade: bool,
-    ) -> Result<(Response<Incoming>, Conn), UpstreamError> {
+    ) -> Result<(ResponseHead, Conn), UpstreamError> {
         let mut conn = if upgrade {
             self.pool.connect(lease).await?
         } else {
             self.pool.checkout(lease).await?
         };
+        head.write(&mut conn.link.write);
+        let inline = match body {
+            Spooled::Memory(b) if b.len() <= INLINE_BODY => {
+                conn.link.write.extend_from_slice(b);
+                true
+            }
+            _ => false,
+        };
+        let is_head = head.is_head();
         loop {
-            let mark = conn.bytes_read();
-            let request = match conn.reused {
-                true => head.request(body.replay().await?),
-                false => head.take_request(body.replay().await?),
-            };
-            match conn.send(request).await {
+            match send(&mut conn, body, inline, is_head).await {
                 Ok(response) => return Ok((response, conn)),
-                Err(e) if conn.reused && conn.bytes_read() == mark => {
-                    tracing::debug!(error = %e, pid = lease.endpoint().pid,
+                Err(Sent::Local(e)) => return Err(e),
+                Err(Sent::Broken(f)) if conn.reused && f.silent => {
+                    tracing::debug!(error = %f.why, pid = lease.endpoint().pid,
                         "a kept-alive connection to an app instance failed before its answer; sending again");
+                    let written = std::mem::take(&mut conn.link.write);
                     conn = self.pool.connect(lease).await?;
+                    conn.link.write = written;
                 }
-                Err(e) => {
-                    return Err(UpstreamError::BadGateway(format!(
-                        "app instance pid {} broke the connection: {e}",
-                        lease.endpoint().pid
-                    )))
+                Err(Sent::Broken(f)) => {
+                    let why = format!("app instance pid {} {}", lease.endpoint().pid, f.why);
+                    tracing::warn!("{why}");
+                    return Err(UpstreamError::BadGateway(why));
                 }
             }
         }
     }
 
-    /// The response to the client: its head cleaned, its body streamed
-    /// ([`AppBody`]); the connection is pooled again after a body read to
-    /// its end if neither side closes it.
-    fn relay(&self, response: Response<Incoming>, mut done: Done) -> Response<ResponseBody> {
-        let (mut parts, incoming) = response.into_parts();
-        // A 101 to a request that asked for no upgrade (the router answers
-        // it with 502) leaves the connection to hyper's upgrade: not pooled.
-        if !head::keeps_alive(&parts) || parts.status == http::StatusCode::SWITCHING_PROTOCOLS {
-            done.conn = None;
-        }
+    /// The response to the client: its head cleaned, its body handed over
+    /// whole when it came with the head, else streamed ([`AppBody`]); the
+    /// connection is pooled again after a body read to its end if neither
+    /// side closes it.
+    fn relay(&self, response: ResponseHead, mut done: Done) -> Response<ResponseBody> {
+        let ResponseHead {
+            mut parts, framing, ..
+        } = response;
         super::hop::strip_hop_by_hop(&mut parts.headers);
-        if incoming.is_end_stream() {
-            done.finish(true);
-            return Response::from_parts(parts, super::empty_body());
-        }
-        let body = AppBody::new(incoming, done, self.request_timeout);
-        Response::from_parts(parts, body.boxed_unsync())
+        let whole = match framing {
+            Framing::Length(n) => done.conn.link.take_whole(n),
+            _ => None,
+        };
+        let body = match (framing, whole) {
+            (Framing::Empty, _) => super::empty_body(),
+            (_, Some(bytes)) => super::full_body(bytes),
+            _ => {
+                let body = AppBody::new(Decoder::new(framing), done, self.request_timeout);
+                return Response::from_parts(parts, body.boxed_unsync());
+            }
+        };
+        done.finish(true);
+        Response::from_parts(parts, body)
     }
 
     /// No response head within `request_timeout`: a 504, and the instance
@@ -188,6 +215,49 @@ impl AppUpstream {
         }
         UpstreamError::Timeout(self.request_timeout)
     }
+}
+
+/// Why an attempt failed: the app's side (maybe sent again), or ours.
+enum Sent {
+    Broken(Failure),
+    Local(UpstreamError),
+}
+
+/// One attempt on `conn`: the head (with the body when `inline`), the rest
+/// of the body, the response head.
+async fn send(
+    conn: &mut Conn,
+    body: &Spooled,
+    inline: bool,
+    is_head: bool,
+) -> Result<ResponseHead, Sent> {
+    let broken = |e: std::io::Error| {
+        Sent::Broken(Failure::new(
+            true,
+            format!("broke the connection as the request went out: {e}"),
+        ))
+    };
+    let answered = conn.link.send_head().await.map_err(broken)?;
+    if !inline && !answered {
+        match body {
+            Spooled::Memory(b) => {
+                conn.link.send(b).await.map_err(broken)?;
+            }
+            Spooled::File { .. } => {
+                let mut replay = body.replay().await.map_err(Sent::Local)?;
+                while let Some(frame) = replay.frame().await {
+                    let frame = frame.map_err(|e| {
+                        Sent::Local(UpstreamError::LocalIo(std::io::Error::other(e)))
+                    })?;
+                    let data = frame.data_ref().map_or(&[][..], |d| &d[..]);
+                    if conn.link.send(data).await.map_err(broken)? {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    conn.link.read_head(is_head).await.map_err(Sent::Broken)
 }
 
 impl Upstream for AppUpstream {

@@ -1,6 +1,6 @@
-//! Keep-alive connections to an app's instances: hyper HTTP/1.1 client
-//! connections (`hyper::client::conn::http1`), each driven by a task of its
-//! own on the lane that opened it, pooled per endpoint.
+//! Keep-alive connections to an app's instances ([`h1::Link`]s, driven by
+//! whichever request holds one; an idle one by no one), pooled per
+//! endpoint and lane.
 //!
 //! Invariants:
 //! - A connection carries one request at a time; it goes back to the pool
@@ -16,31 +16,21 @@
 //!   instance's connections are closed by its death and dropped here.
 
 use std::collections::HashMap;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpStream, UnixStream};
+use tokio::net::TcpStream;
 use tokio_util::either::Either;
 
+use super::h1;
 use crate::supervisor::RuntimeLease;
-use crate::upstream::{connect_runtime, RequestBody, UpstreamError};
+use crate::upstream::{connect_runtime, UpstreamError};
 
 /// How long an idle connection is kept.
 pub(super) const IDLE_KEEP: Duration = Duration::from_secs(4);
 /// How often idle connections are looked over while there are any.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
-
-/// An instance's connection: its Unix socket, or a loopback port.
-pub(super) type Stream = Either<UnixStream, TcpStream>;
-/// What hyper drives (and hands back, on an upgrade).
-pub(super) type Io = TokioIo<Counted<Stream>>;
 
 pub(super) struct Pool {
     /// `max_concurrency`: connections kept per instance.
@@ -85,38 +75,26 @@ struct Idle {
 
 /// One connection to an instance.
 pub(super) struct Conn {
-    sender: SendRequest<RequestBody>,
-    /// Bytes read from the instance on this connection so far.
-    read: Arc<AtomicU64>,
+    pub(super) link: h1::Link,
     lane: usize,
     /// Taken from the pool (it served a request before): a failure before
     /// any response byte may be the app closing it while idle.
     pub(super) reused: bool,
-    counters: Arc<Counters>,
+    open: Open,
 }
 
 impl Conn {
-    pub(super) fn bytes_read(&self) -> u64 {
-        self.read.load(Ordering::Acquire)
-    }
-
-    /// Sends one request and waits for its response head.
-    pub(super) async fn send(
-        &mut self,
-        request: http::Request<RequestBody>,
-    ) -> Result<http::Response<Incoming>, hyper::Error> {
-        self.sender.ready().await?;
-        self.sender.send_request(request).await
-    }
-
     pub(super) fn counters(&self) -> &Arc<Counters> {
-        &self.counters
+        &self.open.0
     }
 }
 
-impl Drop for Conn {
+/// Counts the connection open while it lives.
+struct Open(Arc<Counters>);
+
+impl Drop for Open {
     fn drop(&mut self) {
-        self.counters.open.fetch_sub(1, Ordering::AcqRel);
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -147,7 +125,7 @@ impl Pool {
             let (pooled, old) = self.take_idle(lease.endpoint().id);
             drop(old); // closed outside the lock
             match pooled {
-                Some(idle) if idle.conn.sender.is_closed() => continue,
+                Some(idle) if !idle.conn.link.idle_usable() => continue,
                 Some(Idle { mut conn, .. }) => {
                     conn.reused = true;
                     return Ok(conn);
@@ -184,7 +162,7 @@ impl Pool {
         (pooled, old)
     }
 
-    /// A new connection to the lease's instance, driven by a task of its own.
+    /// A new connection to the lease's instance.
     pub(super) async fn connect(&self, lease: &RuntimeLease) -> Result<Conn, UpstreamError> {
         let refused = |e: &dyn std::fmt::Display| {
             let at = match lease.tcp() {
@@ -208,42 +186,23 @@ impl Pool {
                     .map_err(|e| refused(&e))?,
             ),
         };
-        let read = Arc::new(AtomicU64::new(0));
-        let io = TokioIo::new(Counted {
-            inner: stream,
-            read: read.clone(),
-        });
-        // hyper's default limit of response header fields (100) rather than
-        // the workers' `limits::MAX_RESPONSE_FIELDS` (128): at its default
-        // hyper parses on the stack, with a configured limit it allocates
-        // two arrays of that many fields per response (measured: ~10 % of
-        // the router's allocations on a proxied request).
-        let (sender, driver) = http1::Builder::new()
-            .handshake(io)
-            .await
-            .map_err(|e| refused(&e))?;
-        tokio::spawn(async move {
-            if let Err(e) = driver.with_upgrades().await {
-                tracing::debug!(error = %e, "app instance connection ended");
-            }
-        });
         let counters = self.counters(lease.endpoint().id);
         counters.open.fetch_add(1, Ordering::AcqRel);
         Ok(Conn {
-            sender,
-            read,
+            link: h1::Link::new(stream),
             lane: crate::lanes::current(),
             reused: false,
-            counters,
+            open: Open(counters),
         })
     }
 
     /// Keeps a connection whose response ended cleanly for the next request
     /// to `endpoint`, unless the instance has enough connections.
-    pub(super) fn checkin(self: &Arc<Self>, endpoint: u64, conn: Conn) {
-        if conn.sender.is_closed() {
+    pub(super) fn checkin(self: &Arc<Self>, endpoint: u64, mut conn: Conn) {
+        if !conn.link.idle_usable() {
             return;
         }
+        conn.link.shrink();
         let refused = {
             let mut slots = self.lock();
             let slot = slots.entry(endpoint).or_default();
@@ -281,10 +240,14 @@ fn expire(idle: &mut Vec<Idle>, keep_for: Duration) -> Vec<Idle> {
     if idle.is_empty() {
         return Vec::new();
     }
-    let (keep, stale) = std::mem::take(idle)
-        .into_iter()
-        .partition(|i| i.since.elapsed() < keep_for && !i.conn.sender.is_closed());
-    *idle = keep;
+    let mut stale = Vec::new();
+    for i in std::mem::take(idle) {
+        if i.since.elapsed() < keep_for && i.conn.link.idle_usable() {
+            idle.push(i);
+        } else {
+            stale.push(i);
+        }
+    }
     stale
 }
 
@@ -312,64 +275,5 @@ async fn sweep(pool: Weak<Pool>) {
         if !idle {
             return;
         }
-    }
-}
-
-/// A stream that counts the bytes read from it: whether an instance sent
-/// anything for a request decides whether the request may be sent again.
-pub(super) struct Counted<S> {
-    inner: S,
-    read: Arc<AtomicU64>,
-}
-
-impl<S> Counted<S> {
-    pub(super) fn into_inner(self) -> S {
-        self.inner
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let n = (buf.filled().len() - before) as u64;
-        if n > 0 {
-            self.read.fetch_add(n, Ordering::AcqRel);
-        }
-        polled
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
