@@ -10,6 +10,7 @@ use std::io::SeekFrom;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
+use http_body::Body as _;
 use http_body_util::{BodyExt, BodyStream, StreamBody};
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use tokio_util::io::ReaderStream;
@@ -54,8 +55,6 @@ impl Spooled {
         match self {
             // No body: a boxed `Empty` allocates nothing (a boxed `Full` does).
             Spooled::Memory(b) if b.is_empty() => Ok(empty_body()),
-            // No body: a boxed `Empty` allocates nothing (a boxed `Full` does).
-            Spooled::Memory(b) if b.is_empty() => Ok(empty_body()),
             Spooled::Memory(b) => Ok(full_body(b.clone())),
             Spooled::File { file, .. } => {
                 let path = format!("/proc/self/fd/{}", file.as_raw_fd());
@@ -76,7 +75,20 @@ fn file_body(file: tokio::fs::File) -> RequestBody {
 }
 
 /// Reads the whole body, spilling to a temporary file past [`MEMORY_LIMIT`].
+///
+/// Most requests have no body: they are answered without the reading
+/// machinery, whose state (file writes, a blocking task) is boxed for the
+/// others, so it does not make the future of every request that awaits
+/// this (moved by `memcpy` as a whole) that much larger.
 pub async fn spool(body: RequestBody, limit: u64) -> Result<Spooled, UpstreamError> {
+    if body.is_end_stream() {
+        return Ok(Spooled::Memory(Bytes::new()));
+    }
+    Box::pin(read_all(body, limit)).await
+}
+
+/// [`spool`] of a body that may have bytes.
+async fn read_all(body: RequestBody, limit: u64) -> Result<Spooled, UpstreamError> {
     let mut stream = BodyStream::new(body);
     let mut mem = BytesMut::new();
     let mut file: Option<(tokio::fs::File, u64)> = None;
