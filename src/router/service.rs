@@ -15,7 +15,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Empty, LengthLimitError, Limited};
 
 use super::access_log::LogFacts;
-use super::outgoing;
+use super::outgoing::{self, LoggedBody};
 use super::proxy;
 use super::table::{RoutingTable, SiteRoute};
 use super::target::{self, Target};
@@ -53,31 +53,51 @@ pub struct Options {
     pub https_port: Option<u16>,
 }
 
-/// Serves one request against the current routing table.
+/// Serves one request against the current routing table. The body goes
+/// out as it is (no box of its own): it writes the access log line of a
+/// request that reached a site.
 pub async fn handle<B>(
     mut req: Request<B>,
     conn: ConnInfo,
     files: Option<FileQueue>,
     table: Arc<RoutingTable>,
     options: &Options,
-) -> Response<ResponseBody>
+) -> Response<LoggedBody>
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
     let start = Instant::now();
+    match checked_host(&mut req, &conn, &table, options) {
+        Ok(host) => serve_site(req, conn, files, host, table, options, start).await,
+        Err(resp) => resp.map(LoggedBody::plain),
+    }
+}
+
+/// The checks before a site is looked up: the host to route on (`None`:
+/// HTTP/1.0 without one, the default site's), or the answer that ends the
+/// request here.
+fn checked_host<B>(
+    req: &mut Request<B>,
+    conn: &ConnInfo,
+    table: &RoutingTable,
+    options: &Options,
+) -> Result<Option<String>, Response<ResponseBody>> {
     let limits = &options.front.limits;
     let target_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
     if target_len > limits.max_uri_length {
         tracing::info!(client = %conn.client, length = target_len, limit = limits.max_uri_length, "request target longer than max_uri_length: 414");
-        return plain_response(StatusCode::URI_TOO_LONG, "request target too long");
+        return Err(plain_response(
+            StatusCode::URI_TOO_LONG,
+            "request target too long",
+        ));
     }
     if req.headers().len() > limits.max_headers {
         tracing::info!(client = %conn.client, headers = req.headers().len(), limit = limits.max_headers, "more than max_headers header fields: 431");
-        return plain_response(
+        return Err(plain_response(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "too many header fields",
-        );
+        ));
     }
     if let Err(why) = proxy::check_framing(req.headers()) {
         tracing::info!(client = %conn.client, reason = why, "ambiguous request framing: 400");
@@ -87,45 +107,48 @@ where
             resp.headers_mut()
                 .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
         }
-        return resp;
+        return Err(resp);
     }
     // An HTTP/2 WebSocket (RFC 8441) is the one CONNECT that is routed:
     // to an upstream that tunnels, or refused there (`route`).
-    let target = match proxy::websocket_ask(&req) {
+    let target = match proxy::websocket_ask(req) {
         Some(WebSocketAsk::ExtendedConnect) => Target::Route,
         _ => target::classify(req.method(), req.uri()),
     };
-    if let Some(resp) = acme_challenge(&req, &table) {
-        return resp;
+    if let Some(resp) = acme_challenge(req, table) {
+        return Err(resp);
     }
     match target {
         Target::Route | Target::ServerOptions => {}
         Target::Connect => {
             tracing::debug!(client = %conn.client, uri = %req.uri(), "CONNECT: 405");
-            return connect_refused(req.version());
+            return Err(connect_refused(req.version()));
         }
         Target::Refused(why) => {
             tracing::info!(client = %conn.client, method = %req.method(), uri = %req.uri(), reason = why, "request target form: 400");
-            return plain_response(StatusCode::BAD_REQUEST, why);
+            return Err(plain_response(StatusCode::BAD_REQUEST, why));
         }
     }
-    let Some((host, authority)) = request_host(&req) else {
+    let Some((host, authority)) = request_host(req) else {
         if req.version() >= Version::HTTP_11 {
-            return plain_response(StatusCode::BAD_REQUEST, "missing or invalid Host header");
+            return Err(plain_response(
+                StatusCode::BAD_REQUEST,
+                "missing or invalid Host header",
+            ));
         }
         if target == Target::ServerOptions {
-            return server_options();
+            return Err(server_options());
         }
-        return serve_site(req, conn, files, None, table, options, start).await;
+        return Ok(None);
     };
     if target == Target::ServerOptions {
-        return server_options();
+        return Err(server_options());
     }
     // The app sees the host that was routed on, whatever the client sent.
     if let Some(v) = authority.and_then(|a| http::HeaderValue::from_str(&a).ok()) {
         req.headers_mut().insert(header::HOST, v);
     }
-    serve_site(req, conn, files, Some(host), table, options, start).await
+    Ok(Some(host))
 }
 
 async fn serve_site<B>(
@@ -136,16 +159,17 @@ async fn serve_site<B>(
     table: Arc<RoutingTable>,
     options: &Options,
     start: Instant,
-) -> Response<ResponseBody>
+) -> Response<LoggedBody>
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
     let Some(site) = table.vhosts.lookup(host.as_deref()) else {
-        return plain_response(
+        let resp = plain_response(
             StatusCode::MISDIRECTED_REQUEST,
             "no site is configured for this host name",
         );
+        return resp.map(LoggedBody::plain);
     };
     let site = site.clone();
     // Read before the hop-by-hop headers go: kept for an upstream that tunnels.
@@ -203,7 +227,7 @@ fn switching(
     log: LogFacts,
     site: &SiteRoute,
     start: Instant,
-) -> Response<ResponseBody> {
+) -> Response<LoggedBody> {
     let Some(tunnel) = tunnel.and_then(|slot| slot.take()) else {
         site.logs.error(&format!(
             "{} {}: 502: a 101 response without an upgrade",
@@ -244,7 +268,7 @@ fn switching(
             stats: site.stats.clone(),
             start,
         }));
-    response
+    response.map(LoggedBody::plain)
 }
 
 /// Applies [`proxy::response_framing`]: a bodiless response loses its body;
