@@ -194,7 +194,9 @@ where
     let in_flight = site.stats.begin(); // metrics
     let mut response = match https_redirect(&req, &conn, &host, &site, options) {
         Some(r) => r,
-        None => route(req, conn, files, host, &site, options, upgrade).await,
+        None => route(req, conn, files, host, &site, options, upgrade)
+            .await
+            .unwrap_or_else(|e| error_response(e, &site, &log)),
     };
     let tunnel = response.extensions_mut().remove::<TunnelSlot>();
     let dropped = proxy::sanitize_response(response.headers_mut());
@@ -379,7 +381,7 @@ async fn route<B>(
     site: &SiteRoute,
     options: &Options,
     upgrade: Option<WebSocketAsk>,
-) -> Response<ResponseBody>
+) -> Result<Response<ResponseBody>, UpstreamError>
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
@@ -387,11 +389,11 @@ where
     let limit = site.config.limits.body;
     if content_length(req.headers()).is_some_and(|len| len > limit) {
         tracing::info!(client = %conn.client, site = %site.config.name, limit, "request body above limits.body (Content-Length): 413");
-        return error_response(UpstreamError::BodyTooLarge { limit }, site, &req);
+        return Err(UpstreamError::BodyTooLarge { limit });
     }
     strip_reserved(req.headers_mut());
     let Some((prefix, upstream)) = site.mounts.lookup(req.uri().path()) else {
-        return error_response(UpstreamError::NotFound, site, &req);
+        return Err(UpstreamError::NotFound);
     };
     // A stalled body is cut at body_timeout, or sooner at the runtime's
     // request_timeout: a request may not outlive that by not sending its body
@@ -413,7 +415,7 @@ where
     match upgrade {
         Some(ask) if upstream.tunnels() => as_upgrade(&mut parts, ask),
         // No site sees CONNECT: only a tunnelling upstream gets a WebSocket.
-        Some(WebSocketAsk::ExtendedConnect) => return connect_refused(Version::HTTP_2),
+        Some(WebSocketAsk::ExtendedConnect) => return Ok(connect_refused(Version::HTTP_2)),
         _ => {}
     }
     // Most requests have no body: nothing to limit or time, and no
@@ -433,32 +435,25 @@ where
         }
         .boxed_unsync(),
     };
-    // For error messages only: the method and target, not a copy of every header.
-    let mut head = Request::new(());
-    *head.method_mut() = parts.method.clone();
-    *head.uri_mut() = parts.uri.clone();
-    match upstream
+    let answer = upstream
         .handle(Request::from_parts(parts, body), &ctx)
-        .await
-    {
-        Ok(resp) => resp,
-        // A body the router cut answers as what it is, whatever error the
-        // upstream made of it (php-fpm may close first, say).
-        Err(e) => match cut.as_ref().and_then(|cut| cut.get()) {
-            Some(&cut) => {
-                match cut {
-                    BodyError::TooLarge { limit } => {
-                        tracing::info!(client = %conn.client, site = %site.config.name, limit, "request body above limits.body (while streaming): 413")
-                    }
-                    BodyError::Stalled(timeout) => {
-                        tracing::info!(client = %conn.client, site = %site.config.name, ?timeout, "request body stalled longer than body_timeout (or the runtime's shorter request_timeout): 408")
-                    }
+        .await;
+    // A body the router cut answers as what it is, whatever error the
+    // upstream made of it (php-fpm may close first, say).
+    answer.map_err(|e| match cut.as_ref().and_then(|cut| cut.get()) {
+        Some(&cut) => {
+            match cut {
+                BodyError::TooLarge { limit } => {
+                    tracing::info!(client = %conn.client, site = %site.config.name, limit, "request body above limits.body (while streaming): 413")
                 }
-                error_response(cut.into(), site, &head)
+                BodyError::Stalled(timeout) => {
+                    tracing::info!(client = %conn.client, site = %site.config.name, ?timeout, "request body stalled longer than body_timeout (or the runtime's shorter request_timeout): 408")
+                }
             }
-            None => error_response(e, site, &head),
-        },
-    }
+            cut.into()
+        }
+        None => e,
+    })
 }
 
 /// A WebSocket for an upstream that tunnels, in the HTTP/1.1 form the
@@ -608,18 +603,15 @@ pub(crate) fn strip_reserved(headers: &mut HeaderMap) {
 
 /// Maps an upstream failure to its response (its status:
 /// [`UpstreamError::status`], by who failed), logging every fault but the
-/// client's to the site's error log.
-fn error_response<B>(
-    e: UpstreamError,
-    site: &SiteRoute,
-    req: &Request<B>,
-) -> Response<ResponseBody> {
+/// client's to the site's error log (with the method and target the client
+/// sent: `log`, the request's access log facts).
+fn error_response(e: UpstreamError, site: &SiteRoute, log: &LogFacts) -> Response<ResponseBody> {
     let status = e.status();
     let fault = e.fault();
     if fault != Fault::Client {
         site.logs
-            .error(&format!("{} {}: {status}: {e}", req.method(), req.uri()));
-        tracing::warn!(site = %site.config.name, method = %req.method(), uri = %req.uri(), %status, ?fault, error = %e, "request failed");
+            .error(&format!("{} {}: {status}: {e}", log.method, log.uri));
+        tracing::warn!(site = %site.config.name, method = %log.method, uri = %log.uri, %status, ?fault, error = %e, "request failed");
     }
     let mut resp = plain_response(status, status.canonical_reason().unwrap_or("error"));
     if matches!(e, UpstreamError::MethodNotAllowed) {
