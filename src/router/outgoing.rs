@@ -234,6 +234,7 @@ impl Drop for LoggedBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body_util::BodyExt;
 
     /// A body of the given chunks, streamed (no length known ahead).
     fn streamed(chunks: &[&'static str]) -> ResponseBody {

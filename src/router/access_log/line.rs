@@ -287,6 +287,21 @@ mod tests {
             ws.ends_with("\" 101 13 \"-\" \"curl/8.0\" 2.000123 77"),
             "{ws}"
         );
+        // Escapes: quotes, backslashes and control bytes, in place.
+        let odd = AccessRecord {
+            target: "/a\\b",
+            referer: Some("x\"y"),
+            user_agent: Some("tab\there\u{7f}"),
+            bytes: 0,
+            duration: Duration::from_secs(61),
+            ..r
+        };
+        let mut out = Vec::new();
+        write_combined(&mut out, &odd, t);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "10.0.0.1 - - [25/Nov/2026:18:16:52 +0000] \"GET /a\\\\b HTTP/1.1\" 200 0 \"x\\\"y\" \"tab\\x09here\\x7f\" 61.000000"
+        );
         // The time cached for one second is not reused for the next.
         let next = line(t + Duration::from_secs(1));
         assert!(next.contains("[25/Nov/2026:18:16:53 +0000]"), "{next}");
