@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::ops::ControlFlow::{self, Break, Continue};
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
@@ -69,8 +70,8 @@ where
 {
     let start = Instant::now();
     match checked_host(&mut req, &conn, &table, options) {
-        Ok(host) => serve_site(req, conn, files, host, table, options, start).await,
-        Err(resp) => resp.map(LoggedBody::plain),
+        Continue(host) => serve_site(req, conn, files, host, table, options, start).await,
+        Break(resp) => resp.map(LoggedBody::plain),
     }
 }
 
@@ -82,19 +83,19 @@ fn checked_host<B>(
     conn: &ConnInfo,
     table: &RoutingTable,
     options: &Options,
-) -> Result<Option<String>, Response<ResponseBody>> {
+) -> ControlFlow<Response<ResponseBody>, Option<String>> {
     let limits = &options.front.limits;
     let target_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
     if target_len > limits.max_uri_length {
         tracing::info!(client = %conn.client, length = target_len, limit = limits.max_uri_length, "request target longer than max_uri_length: 414");
-        return Err(plain_response(
+        return Break(plain_response(
             StatusCode::URI_TOO_LONG,
             "request target too long",
         ));
     }
     if req.headers().len() > limits.max_headers {
         tracing::info!(client = %conn.client, headers = req.headers().len(), limit = limits.max_headers, "more than max_headers header fields: 431");
-        return Err(plain_response(
+        return Break(plain_response(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "too many header fields",
         ));
@@ -107,7 +108,7 @@ fn checked_host<B>(
             resp.headers_mut()
                 .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
         }
-        return Err(resp);
+        return Break(resp);
     }
     // An HTTP/2 WebSocket (RFC 8441) is the one CONNECT that is routed:
     // to an upstream that tunnels, or refused there (`route`).
@@ -116,39 +117,39 @@ fn checked_host<B>(
         _ => target::classify(req.method(), req.uri()),
     };
     if let Some(resp) = acme_challenge(req, table) {
-        return Err(resp);
+        return Break(resp);
     }
     match target {
         Target::Route | Target::ServerOptions => {}
         Target::Connect => {
             tracing::debug!(client = %conn.client, uri = %req.uri(), "CONNECT: 405");
-            return Err(connect_refused(req.version()));
+            return Break(connect_refused(req.version()));
         }
         Target::Refused(why) => {
             tracing::info!(client = %conn.client, method = %req.method(), uri = %req.uri(), reason = why, "request target form: 400");
-            return Err(plain_response(StatusCode::BAD_REQUEST, why));
+            return Break(plain_response(StatusCode::BAD_REQUEST, why));
         }
     }
     let Some((host, authority)) = request_host(req) else {
         if req.version() >= Version::HTTP_11 {
-            return Err(plain_response(
+            return Break(plain_response(
                 StatusCode::BAD_REQUEST,
                 "missing or invalid Host header",
             ));
         }
         if target == Target::ServerOptions {
-            return Err(server_options());
+            return Break(server_options());
         }
-        return Ok(None);
+        return Continue(None);
     };
     if target == Target::ServerOptions {
-        return Err(server_options());
+        return Break(server_options());
     }
     // The app sees the host that was routed on, whatever the client sent.
     if let Some(v) = authority.and_then(|a| http::HeaderValue::from_str(&a).ok()) {
         req.headers_mut().insert(header::HOST, v);
     }
-    Ok(Some(host))
+    Continue(Some(host))
 }
 
 async fn serve_site<B>(
