@@ -130,3 +130,24 @@ async fn read_all(body: RequestBody, limit: u64) -> Result<Spooled, UpstreamErro
 fn local(e: std::io::Error) -> UpstreamError {
     UpstreamError::LocalIo(e)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn no_body_and_a_small_body_stay_in_memory() {
+        let cases: [(RequestBody, &[u8]); 3] = [
+            (empty_body(), b""),
+            (full_body(Bytes::new()), b""),
+            (full_body(Bytes::from_static(b"hello")), b"hello"),
+        ];
+        for (body, want) in cases {
+            match spool(body, 1 << 20).await {
+                Ok(Spooled::Memory(got)) => assert_eq!(&got[..], want),
+                Ok(Spooled::File { len, .. }) => panic!("spilled {len} bytes to a file"),
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+}
