@@ -37,5 +37,6 @@ pub use access_log::{
     flush_logs, prepare_log_dir, reopen_logs, retire_other_logs, set_log_owner, SiteLogs,
 };
 pub use mount::MountTable;
+pub use outgoing::LoggedBody;
 pub use server::Listeners;
 pub use table::{RoutingTable, SharedTable, SiteRoute, SiteStats};

@@ -1,6 +1,6 @@
-//! A response on its way out to the client: the body wrapper
-//! ([`LoggedBody`]) that has the access log line written when the body is
-//! done (with the bytes really sent; the line itself is
+//! A response on its way out to the client: the body ([`LoggedBody`],
+//! what hyper is handed, unboxed) that has the access log line written when
+//! the body is done (with the bytes really sent; the line itself is
 //! `access_log::LogFacts`) and keeps a body to the `Content-Length` its
 //! upstream declared ([`Declared`]; the decision itself is
 //! `proxy::response_framing`).
@@ -13,7 +13,6 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::Response;
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::BodyExt;
 
 use super::access_log::{LogFacts, SiteLogs};
 use super::proxy::ResponseFraming;
@@ -28,7 +27,7 @@ pub(super) fn wrap(
     framing: ResponseFraming,
     start: Instant,
     logs: Arc<SiteLogs>,
-) -> Response<ResponseBody> {
+) -> Response<LoggedBody> {
     let status = resp.status().as_u16();
     let (parts, body) = resp.into_parts();
     let body = LoggedBody {
@@ -44,13 +43,14 @@ pub(super) fn wrap(
         },
         pending: Some((facts, status, start, logs)),
     };
-    Response::from_parts(parts, body.boxed_unsync())
+    Response::from_parts(parts, body)
 }
 
 /// A response body on its way to the client: counts the bytes for the
 /// access log and, under a declared `Content-Length`, keeps the body to
-/// exactly that length.
-struct LoggedBody {
+/// exactly that length. A response that reached no site (refused before
+/// routing) goes out through one too, [`plain`](Self::plain): no line.
+pub struct LoggedBody {
     inner: ResponseBody,
     bytes: u64,
     /// `Some` when the upstream declared the length of a streamed body.
@@ -84,6 +84,16 @@ enum DeclaredState {
 }
 
 impl LoggedBody {
+    /// `body` as it is: no access log line, no declared length to keep.
+    pub fn plain(body: ResponseBody) -> Self {
+        LoggedBody {
+            inner: body,
+            bytes: 0,
+            declared: None,
+            pending: None,
+        }
+    }
+
     /// The next frame under a declared length (see [`Declared`]).
     fn poll_declared(
         &mut self,
@@ -224,6 +234,7 @@ impl Drop for LoggedBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body_util::BodyExt;
 
     /// A body of the given chunks, streamed (no length known ahead).
     fn streamed(chunks: &[&'static str]) -> ResponseBody {

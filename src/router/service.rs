@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::ops::ControlFlow::{self, Break, Continue};
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
@@ -15,7 +16,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Empty, LengthLimitError, Limited};
 
 use super::access_log::LogFacts;
-use super::outgoing;
+use super::outgoing::{self, LoggedBody};
 use super::proxy;
 use super::table::{RoutingTable, SiteRoute};
 use super::target::{self, Target};
@@ -53,31 +54,51 @@ pub struct Options {
     pub https_port: Option<u16>,
 }
 
-/// Serves one request against the current routing table.
+/// Serves one request against the current routing table. The body goes
+/// out as it is (no box of its own): it writes the access log line of a
+/// request that reached a site.
 pub async fn handle<B>(
     mut req: Request<B>,
     conn: ConnInfo,
     files: Option<FileQueue>,
     table: Arc<RoutingTable>,
     options: &Options,
-) -> Response<ResponseBody>
+) -> Response<LoggedBody>
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
     let start = Instant::now();
+    match checked_host(&mut req, &conn, &table, options) {
+        Continue(host) => serve_site(req, conn, files, host, table, options, start).await,
+        Break(resp) => resp.map(LoggedBody::plain),
+    }
+}
+
+/// The checks before a site is looked up: the host to route on (`None`:
+/// HTTP/1.0 without one, the default site's), or the answer that ends the
+/// request here.
+fn checked_host<B>(
+    req: &mut Request<B>,
+    conn: &ConnInfo,
+    table: &RoutingTable,
+    options: &Options,
+) -> ControlFlow<Response<ResponseBody>, Option<String>> {
     let limits = &options.front.limits;
     let target_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
     if target_len > limits.max_uri_length {
         tracing::info!(client = %conn.client, length = target_len, limit = limits.max_uri_length, "request target longer than max_uri_length: 414");
-        return plain_response(StatusCode::URI_TOO_LONG, "request target too long");
+        return Break(plain_response(
+            StatusCode::URI_TOO_LONG,
+            "request target too long",
+        ));
     }
     if req.headers().len() > limits.max_headers {
         tracing::info!(client = %conn.client, headers = req.headers().len(), limit = limits.max_headers, "more than max_headers header fields: 431");
-        return plain_response(
+        return Break(plain_response(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "too many header fields",
-        );
+        ));
     }
     if let Err(why) = proxy::check_framing(req.headers()) {
         tracing::info!(client = %conn.client, reason = why, "ambiguous request framing: 400");
@@ -87,45 +108,48 @@ where
             resp.headers_mut()
                 .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
         }
-        return resp;
+        return Break(resp);
     }
     // An HTTP/2 WebSocket (RFC 8441) is the one CONNECT that is routed:
     // to an upstream that tunnels, or refused there (`route`).
-    let target = match proxy::websocket_ask(&req) {
+    let target = match proxy::websocket_ask(req) {
         Some(WebSocketAsk::ExtendedConnect) => Target::Route,
         _ => target::classify(req.method(), req.uri()),
     };
-    if let Some(resp) = acme_challenge(&req, &table) {
-        return resp;
+    if let Some(resp) = acme_challenge(req, table) {
+        return Break(resp);
     }
     match target {
         Target::Route | Target::ServerOptions => {}
         Target::Connect => {
             tracing::debug!(client = %conn.client, uri = %req.uri(), "CONNECT: 405");
-            return connect_refused(req.version());
+            return Break(connect_refused(req.version()));
         }
         Target::Refused(why) => {
             tracing::info!(client = %conn.client, method = %req.method(), uri = %req.uri(), reason = why, "request target form: 400");
-            return plain_response(StatusCode::BAD_REQUEST, why);
+            return Break(plain_response(StatusCode::BAD_REQUEST, why));
         }
     }
-    let Some((host, authority)) = request_host(&req) else {
+    let Some((host, authority)) = request_host(req) else {
         if req.version() >= Version::HTTP_11 {
-            return plain_response(StatusCode::BAD_REQUEST, "missing or invalid Host header");
+            return Break(plain_response(
+                StatusCode::BAD_REQUEST,
+                "missing or invalid Host header",
+            ));
         }
         if target == Target::ServerOptions {
-            return server_options();
+            return Break(server_options());
         }
-        return serve_site(req, conn, files, None, table, options, start).await;
+        return Continue(None);
     };
     if target == Target::ServerOptions {
-        return server_options();
+        return Break(server_options());
     }
     // The app sees the host that was routed on, whatever the client sent.
     if let Some(v) = authority.and_then(|a| http::HeaderValue::from_str(&a).ok()) {
         req.headers_mut().insert(header::HOST, v);
     }
-    serve_site(req, conn, files, Some(host), table, options, start).await
+    Continue(Some(host))
 }
 
 async fn serve_site<B>(
@@ -136,16 +160,17 @@ async fn serve_site<B>(
     table: Arc<RoutingTable>,
     options: &Options,
     start: Instant,
-) -> Response<ResponseBody>
+) -> Response<LoggedBody>
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
     let Some(site) = table.vhosts.lookup(host.as_deref()) else {
-        return plain_response(
+        let resp = plain_response(
             StatusCode::MISDIRECTED_REQUEST,
             "no site is configured for this host name",
         );
+        return resp.map(LoggedBody::plain);
     };
     let site = site.clone();
     // Read before the hop-by-hop headers go: kept for an upstream that tunnels.
@@ -170,7 +195,9 @@ where
     let in_flight = site.stats.begin(); // metrics
     let mut response = match https_redirect(&req, &conn, &host, &site, options) {
         Some(r) => r,
-        None => route(req, conn, files, host, &site, options, upgrade).await,
+        None => route(req, conn, files, host, &site, options, upgrade)
+            .await
+            .unwrap_or_else(|e| error_response(e, &site, &log)),
     };
     let tunnel = response.extensions_mut().remove::<TunnelSlot>();
     let dropped = proxy::sanitize_response(response.headers_mut());
@@ -203,7 +230,7 @@ fn switching(
     log: LogFacts,
     site: &SiteRoute,
     start: Instant,
-) -> Response<ResponseBody> {
+) -> Response<LoggedBody> {
     let Some(tunnel) = tunnel.and_then(|slot| slot.take()) else {
         site.logs.error(&format!(
             "{} {}: 502: a 101 response without an upgrade",
@@ -244,7 +271,7 @@ fn switching(
             stats: site.stats.clone(),
             start,
         }));
-    response
+    response.map(LoggedBody::plain)
 }
 
 /// Applies [`proxy::response_framing`]: a bodiless response loses its body;
@@ -355,7 +382,7 @@ async fn route<B>(
     site: &SiteRoute,
     options: &Options,
     upgrade: Option<WebSocketAsk>,
-) -> Response<ResponseBody>
+) -> Result<Response<ResponseBody>, UpstreamError>
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
@@ -363,11 +390,11 @@ where
     let limit = site.config.limits.body;
     if content_length(req.headers()).is_some_and(|len| len > limit) {
         tracing::info!(client = %conn.client, site = %site.config.name, limit, "request body above limits.body (Content-Length): 413");
-        return error_response(UpstreamError::BodyTooLarge { limit }, site, &req);
+        return Err(UpstreamError::BodyTooLarge { limit });
     }
     strip_reserved(req.headers_mut());
     let Some((prefix, upstream)) = site.mounts.lookup(req.uri().path()) else {
-        return error_response(UpstreamError::NotFound, site, &req);
+        return Err(UpstreamError::NotFound);
     };
     // A stalled body is cut at body_timeout, or sooner at the runtime's
     // request_timeout: a request may not outlive that by not sending its body
@@ -389,7 +416,7 @@ where
     match upgrade {
         Some(ask) if upstream.tunnels() => as_upgrade(&mut parts, ask),
         // No site sees CONNECT: only a tunnelling upstream gets a WebSocket.
-        Some(WebSocketAsk::ExtendedConnect) => return connect_refused(Version::HTTP_2),
+        Some(WebSocketAsk::ExtendedConnect) => return Ok(connect_refused(Version::HTTP_2)),
         _ => {}
     }
     // Most requests have no body: nothing to limit or time, and no
@@ -409,32 +436,25 @@ where
         }
         .boxed_unsync(),
     };
-    // For error messages only: the method and target, not a copy of every header.
-    let mut head = Request::new(());
-    *head.method_mut() = parts.method.clone();
-    *head.uri_mut() = parts.uri.clone();
-    match upstream
+    let answer = upstream
         .handle(Request::from_parts(parts, body), &ctx)
-        .await
-    {
-        Ok(resp) => resp,
-        // A body the router cut answers as what it is, whatever error the
-        // upstream made of it (php-fpm may close first, say).
-        Err(e) => match cut.as_ref().and_then(|cut| cut.get()) {
-            Some(&cut) => {
-                match cut {
-                    BodyError::TooLarge { limit } => {
-                        tracing::info!(client = %conn.client, site = %site.config.name, limit, "request body above limits.body (while streaming): 413")
-                    }
-                    BodyError::Stalled(timeout) => {
-                        tracing::info!(client = %conn.client, site = %site.config.name, ?timeout, "request body stalled longer than body_timeout (or the runtime's shorter request_timeout): 408")
-                    }
+        .await;
+    // A body the router cut answers as what it is, whatever error the
+    // upstream made of it (php-fpm may close first, say).
+    answer.map_err(|e| match cut.as_ref().and_then(|cut| cut.get()) {
+        Some(&cut) => {
+            match cut {
+                BodyError::TooLarge { limit } => {
+                    tracing::info!(client = %conn.client, site = %site.config.name, limit, "request body above limits.body (while streaming): 413")
                 }
-                error_response(cut.into(), site, &head)
+                BodyError::Stalled(timeout) => {
+                    tracing::info!(client = %conn.client, site = %site.config.name, ?timeout, "request body stalled longer than body_timeout (or the runtime's shorter request_timeout): 408")
+                }
             }
-            None => error_response(e, site, &head),
-        },
-    }
+            cut.into()
+        }
+        None => e,
+    })
 }
 
 /// A WebSocket for an upstream that tunnels, in the HTTP/1.1 form the
@@ -584,18 +604,15 @@ pub(crate) fn strip_reserved(headers: &mut HeaderMap) {
 
 /// Maps an upstream failure to its response (its status:
 /// [`UpstreamError::status`], by who failed), logging every fault but the
-/// client's to the site's error log.
-fn error_response<B>(
-    e: UpstreamError,
-    site: &SiteRoute,
-    req: &Request<B>,
-) -> Response<ResponseBody> {
+/// client's to the site's error log (with the method and target the client
+/// sent: `log`, the request's access log facts).
+fn error_response(e: UpstreamError, site: &SiteRoute, log: &LogFacts) -> Response<ResponseBody> {
     let status = e.status();
     let fault = e.fault();
     if fault != Fault::Client {
         site.logs
-            .error(&format!("{} {}: {status}: {e}", req.method(), req.uri()));
-        tracing::warn!(site = %site.config.name, method = %req.method(), uri = %req.uri(), %status, ?fault, error = %e, "request failed");
+            .error(&format!("{} {}: {status}: {e}", log.method, log.uri));
+        tracing::warn!(site = %site.config.name, method = %log.method, uri = %log.uri, %status, ?fault, error = %e, "request failed");
     }
     let mut resp = plain_response(status, status.canonical_reason().unwrap_or("error"));
     if matches!(e, UpstreamError::MethodNotAllowed) {

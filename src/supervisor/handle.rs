@@ -55,14 +55,18 @@ impl GroupHandle {
     /// another one, or starts the group again, and is never sent to a
     /// process that is stopping.
     async fn take(&self) -> Result<Lease, LeaseError> {
-        self.activity.touch();
-        let current = self.snapshot();
-        if let Some(e) = least_busy(&current.endpoints) {
-            if let Some(lease) = Lease::try_take(e.clone(), self.activity.clone()) {
-                return Ok(lease);
-            }
+        match self.take_now() {
+            Some(lease) => Ok(lease),
+            None => self.lease_slow().await,
         }
-        self.lease_slow().await
+    }
+
+    /// A lease on the least-busy published process, if it takes one now.
+    fn take_now(&self) -> Option<Lease> {
+        self.activity.touch();
+        let current = self.snapshot.borrow();
+        let e = least_busy(&current.endpoints)?;
+        Lease::try_take(e.clone(), self.activity.clone())
     }
 
     /// [`take`](Self::take) when no published process took it at once.
@@ -187,5 +191,10 @@ impl GroupHandle {
 impl RuntimeHandle for GroupHandle {
     fn ready(&self) -> BoxFuture<'_, Result<RuntimeLease, LeaseError>> {
         Box::pin(self.lease())
+    }
+
+    fn try_ready(&self) -> Option<RuntimeLease> {
+        let lease = self.take_now()?;
+        Some(RuntimeLease::of_group(lease, self.recycler.clone()))
     }
 }

@@ -45,6 +45,13 @@ pub trait RuntimeHandle: Send + Sync + 'static {
     /// scaled to zero, bounded by the startup timeout) and returns a lease
     /// on one of its processes, held for the whole request.
     fn ready(&self) -> BoxFuture<'_, Result<RuntimeLease, LeaseError>>;
+
+    /// A lease at once when a ready process takes one (the common case),
+    /// without the boxed future of [`ready`](Self::ready); `None`: ask
+    /// `ready`, which waits. Never starts anything or fails.
+    fn try_ready(&self) -> Option<RuntimeLease> {
+        None
+    }
 }
 
 /// One request's use of a runtime's process: where to connect, who must

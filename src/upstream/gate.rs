@@ -81,7 +81,10 @@ impl Gate {
                 permit.map_err(|_| UpstreamError::QueueTimeout(self.queue_timeout))?
             }
         };
-        let lease = self.runtime.ready().await?;
+        let lease = match self.runtime.try_ready() {
+            Some(lease) => lease,
+            None => self.runtime.ready().await?,
+        };
         drop(waiting);
         Ok(Admitted {
             body,

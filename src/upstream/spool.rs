@@ -10,6 +10,7 @@ use std::io::SeekFrom;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
+use http_body::Body as _;
 use http_body_util::{BodyExt, BodyStream, StreamBody};
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use tokio_util::io::ReaderStream;
@@ -54,8 +55,6 @@ impl Spooled {
         match self {
             // No body: a boxed `Empty` allocates nothing (a boxed `Full` does).
             Spooled::Memory(b) if b.is_empty() => Ok(empty_body()),
-            // No body: a boxed `Empty` allocates nothing (a boxed `Full` does).
-            Spooled::Memory(b) if b.is_empty() => Ok(empty_body()),
             Spooled::Memory(b) => Ok(full_body(b.clone())),
             Spooled::File { file, .. } => {
                 let path = format!("/proc/self/fd/{}", file.as_raw_fd());
@@ -76,7 +75,20 @@ fn file_body(file: tokio::fs::File) -> RequestBody {
 }
 
 /// Reads the whole body, spilling to a temporary file past [`MEMORY_LIMIT`].
+///
+/// Most requests have no body: they are answered without the reading
+/// machinery, whose state (file writes, a blocking task) is boxed for the
+/// others, so it does not make the future of every request that awaits
+/// this (moved by `memcpy` as a whole) that much larger.
 pub async fn spool(body: RequestBody, limit: u64) -> Result<Spooled, UpstreamError> {
+    if body.is_end_stream() {
+        return Ok(Spooled::Memory(Bytes::new()));
+    }
+    Box::pin(read_all(body, limit)).await
+}
+
+/// [`spool`] of a body that may have bytes.
+async fn read_all(body: RequestBody, limit: u64) -> Result<Spooled, UpstreamError> {
     let mut stream = BodyStream::new(body);
     let mut mem = BytesMut::new();
     let mut file: Option<(tokio::fs::File, u64)> = None;
@@ -117,4 +129,25 @@ pub async fn spool(body: RequestBody, limit: u64) -> Result<Spooled, UpstreamErr
 /// The spool file's I/O is polyhost's own.
 fn local(e: std::io::Error) -> UpstreamError {
     UpstreamError::LocalIo(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn no_body_and_a_small_body_stay_in_memory() {
+        let cases: [(RequestBody, &[u8]); 3] = [
+            (empty_body(), b""),
+            (full_body(Bytes::new()), b""),
+            (full_body(Bytes::from_static(b"hello")), b"hello"),
+        ];
+        for (body, want) in cases {
+            match spool(body, 1 << 20).await {
+                Ok(Spooled::Memory(got)) => assert_eq!(&got[..], want),
+                Ok(Spooled::File { len, .. }) => panic!("spilled {len} bytes to a file"),
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
 }

@@ -155,21 +155,19 @@ impl LogFile {
 
     /// Appends one line (a newline is added).
     pub fn line(&self, line: &str) {
-        self.write_line(|out| out.write_all(line.as_bytes()));
+        self.write_line(|out| out.extend_from_slice(line.as_bytes()));
     }
 
     /// Appends one line that `write` formats into a per-thread scratch
     /// buffer (no allocation per line); a newline is added. The line goes
-    /// to the file in one write, whole or not at all.
-    pub fn write_line(&self, write: impl FnOnce(&mut Vec<u8>) -> std::io::Result<()>) {
+    /// to the file in one write, whole.
+    pub fn write_line(&self, write: impl FnOnce(&mut Vec<u8>)) {
         thread_local! {
             static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
         SCRATCH.with_borrow_mut(|line| {
             line.clear();
-            if write(line).is_err() {
-                return;
-            }
+            write(line);
             line.push(b'\n');
             let mut state = self.lock();
             if state.dead {

@@ -6,7 +6,6 @@
 //! copy into the log's buffer (the date is made once per second per thread;
 //! only a target or header that needs escaping is copied).
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -136,41 +135,46 @@ pub struct AccessRecord<'a> {
 
 /// Writes a record in combined log format followed by the request time:
 /// `1.2.3.4 - - [25/Nov/2026:18:16:52 +0000] "GET / HTTP/1.1" 200 13 "-" "curl/8" 0.000123`
-pub fn write_combined(
-    out: &mut impl Write,
-    r: &AccessRecord<'_>,
-    now: SystemTime,
-) -> std::io::Result<()> {
-    let version = match r.version {
-        http::Version::HTTP_09 => "HTTP/0.9",
-        http::Version::HTTP_10 => "HTTP/1.0",
-        http::Version::HTTP_2 => "HTTP/2.0",
-        http::Version::HTTP_3 => "HTTP/3.0",
-        _ => "HTTP/1.1",
+///
+/// Byte appends and `itoa`, not `core::fmt`: this runs once per request.
+pub fn write_combined(out: &mut Vec<u8>, r: &AccessRecord<'_>, now: SystemTime) {
+    let version: &[u8] = match r.version {
+        http::Version::HTTP_09 => b"HTTP/0.9",
+        http::Version::HTTP_10 => b"HTTP/1.0",
+        http::Version::HTTP_2 => b"HTTP/2.0",
+        http::Version::HTTP_3 => b"HTTP/3.0",
+        _ => b"HTTP/1.1",
     };
-    with_clf_time(now, |time| {
-        write!(
-            out,
-            "{} - - [{}] \"{} {} {}\" {} {} \"{}\" \"{}\" {}.{:06}",
-            r.client,
-            time,
-            r.method,
-            escape(r.target),
-            version,
-            r.status,
-            r.bytes,
-            escape(r.referer.unwrap_or("-")),
-            escape(r.user_agent.unwrap_or("-")),
-            // Seconds to the microsecond (truncated), as two integers: no
-            // float formatting per line.
-            r.duration.as_secs(),
-            r.duration.subsec_micros()
-        )?;
-        match r.received {
-            Some(n) => write!(out, " {n}"),
-            None => Ok(()),
-        }
-    })
+    let mut num = itoa::Buffer::new();
+    out.extend_from_slice(r.client.as_bytes());
+    out.extend_from_slice(b" - - [");
+    with_clf_time(now, |time| out.extend_from_slice(time.as_bytes()));
+    out.extend_from_slice(b"] \"");
+    out.extend_from_slice(r.method.as_bytes());
+    out.push(b' ');
+    push_escaped(out, r.target);
+    out.push(b' ');
+    out.extend_from_slice(version);
+    out.extend_from_slice(b"\" ");
+    out.extend_from_slice(num.format(r.status).as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(num.format(r.bytes).as_bytes());
+    out.extend_from_slice(b" \"");
+    push_escaped(out, r.referer.unwrap_or("-"));
+    out.extend_from_slice(b"\" \"");
+    push_escaped(out, r.user_agent.unwrap_or("-"));
+    out.extend_from_slice(b"\" ");
+    // Seconds to the microsecond (truncated), as two integers: no float
+    // formatting per line.
+    out.extend_from_slice(num.format(r.duration.as_secs()).as_bytes());
+    out.push(b'.');
+    let micros = num.format(r.duration.subsec_micros()).as_bytes();
+    out.extend(std::iter::repeat_n(b'0', 6 - micros.len()));
+    out.extend_from_slice(micros);
+    if let Some(n) = r.received {
+        out.push(b' ');
+        out.extend_from_slice(num.format(n).as_bytes());
+    }
 }
 
 /// Calls `f` with `now` as `25/Nov/2026:18:16:52 +0000`. The text is made
@@ -211,24 +215,28 @@ fn clf_time(now: SystemTime) -> String {
     )
 }
 
-/// Escapes quotes, backslashes and control bytes so one request is one line.
-fn escape(s: &str) -> std::borrow::Cow<'_, str> {
-    if !s
-        .bytes()
-        .any(|b| b == b'"' || b == b'\\' || b.is_ascii_control())
-    {
-        return s.into();
+/// Appends `s` with quotes, backslashes and control bytes escaped, so one
+/// request is one line.
+fn push_escaped(out: &mut Vec<u8>, s: &str) {
+    let needs = |b: u8| b == b'"' || b == b'\\' || b.is_ascii_control();
+    if !s.bytes().any(needs) {
+        out.extend_from_slice(s.as_bytes());
+        return;
     }
-    let mut out = String::with_capacity(s.len() + 8);
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if c.is_ascii_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
-            c => out.push(c),
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for b in s.bytes() {
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b if b.is_ascii_control() => out.extend_from_slice(&[
+                b'\\',
+                b'x',
+                HEX[usize::from(b >> 4)],
+                HEX[usize::from(b & 0xf)],
+            ]),
+            b => out.push(b),
         }
     }
-    out.into()
 }
 
 #[cfg(test)]
@@ -251,7 +259,7 @@ mod tests {
         };
         let line = |t: SystemTime| {
             let mut out = Vec::new();
-            write_combined(&mut out, &r, t).unwrap();
+            write_combined(&mut out, &r, t);
             String::from_utf8(out).unwrap()
         };
         let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_630_612); // 2026-11-25T18:16:52Z
@@ -264,7 +272,7 @@ mod tests {
             ..r
         };
         let mut out = Vec::new();
-        write_combined(&mut out, &slow, t).unwrap();
+        write_combined(&mut out, &slow, t);
         assert!(String::from_utf8(out).unwrap().ends_with(" 2.000123"));
         // A WebSocket's line: bytes received from the client after the duration.
         let ws = AccessRecord {
@@ -273,11 +281,26 @@ mod tests {
             ..slow
         };
         let mut out = Vec::new();
-        write_combined(&mut out, &ws, t).unwrap();
+        write_combined(&mut out, &ws, t);
         let ws = String::from_utf8(out).unwrap();
         assert!(
             ws.ends_with("\" 101 13 \"-\" \"curl/8.0\" 2.000123 77"),
             "{ws}"
+        );
+        // Escapes: quotes, backslashes and control bytes, in place.
+        let odd = AccessRecord {
+            target: "/a\\b",
+            referer: Some("x\"y"),
+            user_agent: Some("tab\there\u{7f}"),
+            bytes: 0,
+            duration: Duration::from_secs(61),
+            ..r
+        };
+        let mut out = Vec::new();
+        write_combined(&mut out, &odd, t);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "10.0.0.1 - - [25/Nov/2026:18:16:52 +0000] \"GET /a\\\\b HTTP/1.1\" 200 0 \"x\\\"y\" \"tab\\x09here\\x7f\" 61.000000"
         );
         // The time cached for one second is not reused for the next.
         let next = line(t + Duration::from_secs(1));

@@ -17,8 +17,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::clocks::{Activity, RequestGuard};
+use crate::router::LoggedBody;
 use crate::sendfile::FileQueue;
-use crate::upstream::{BoxError, ResponseBody};
+use crate::upstream::BoxError;
 
 /// A request body that tells its connection's [`Activity`] when it has
 /// been read to its end.
@@ -66,12 +67,12 @@ impl<B: http_body::Body + Unpin> http_body::Body for ReadToEnd<B> {
 /// A response body that keeps its request "in flight" (for the clocks)
 /// until it is sent or dropped.
 pub struct GuardedBody {
-    inner: ResponseBody,
+    inner: LoggedBody,
     _guard: RequestGuard,
 }
 
 impl GuardedBody {
-    pub fn new(inner: ResponseBody, guard: RequestGuard) -> Self {
+    pub fn new(inner: LoggedBody, guard: RequestGuard) -> Self {
         GuardedBody {
             inner,
             _guard: guard,

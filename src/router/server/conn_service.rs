@@ -23,6 +23,7 @@ use super::Shared;
 use crate::router::conn::{last_request, Activity, GuardedBody, ReadToEnd, Refusal, RequestGuard};
 use crate::router::service::{handle, ConnInfo};
 use crate::router::tunnel::{self, AcceptedSlot};
+use crate::router::LoggedBody;
 use crate::sendfile::FileQueue;
 
 /// What hyper calls for each request of a connection. The request's future
@@ -106,7 +107,8 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
                         resp = crate::upstream::plain_response(
                             http::StatusCode::BAD_GATEWAY,
                             "Bad Gateway",
-                        );
+                        )
+                        .map(LoggedBody::plain);
                     }
                 }
             }
@@ -126,7 +128,7 @@ impl ConnService {
             http::StatusCode::SERVICE_UNAVAILABLE,
             "too many connections",
         );
-        resp.map(|inner| GuardedBody::new(inner, guard))
+        resp.map(|inner| GuardedBody::new(LoggedBody::plain(inner), guard))
     }
 }
 
