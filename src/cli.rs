@@ -352,6 +352,13 @@ fn init_logging(level: &str) {
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
+        // A line stderr cannot take is lost, nothing more: by default the
+        // subscriber reports the failed write with `eprintln!`, which
+        // panics when stderr itself is what failed (a log pipe whose reader
+        // went away), so the task that logged died there: a router whose
+        // supervisor was killed never stopped, a SIGTERM never stopped
+        // polyhost.
+        .log_internal_errors(false)
         .try_init();
 }
 
@@ -417,9 +424,10 @@ async fn stop_on_signal(mut term: Signal, mut int: Signal, shutdown: Cancellatio
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",
     };
+    // Stop first, then say so: nothing said may keep it from stopping.
+    shutdown.cancel();
     tracing::info!("{name}: stopping, letting in-flight requests finish");
     crate::notify::stopping(&format!(
         "{name}: stopping, letting in-flight requests finish"
     ));
-    shutdown.cancel();
 }

@@ -26,10 +26,12 @@ pub(crate) async fn write_frames(
 ) {
     while let Some(msg) = queue.recv().await {
         if let Err(e) = frame::write(&mut w, &msg).await {
-            if !ending.token.is_cancelled() {
+            // Stop first, then say so (see `cli::init_logging`).
+            let stopping = ending.token.is_cancelled();
+            ending.end(Ended::SupervisorGone);
+            if !stopping {
                 tracing::error!(error = %e, "cannot write to the supervisor; stopping");
             }
-            ending.end(Ended::SupervisorGone);
             return;
         }
     }

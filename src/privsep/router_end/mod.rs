@@ -318,16 +318,18 @@ async fn read_link(
     loop {
         let msg: ToRouter = match frame::read(&mut read).await {
             Ok(Some(msg)) => msg,
+            // Stop first, then say so (see `cli::init_logging`).
             Ok(None) => {
-                if !ending.token.is_cancelled() {
+                let stopping = ending.token.is_cancelled();
+                ending.end(Ended::SupervisorGone);
+                if !stopping {
                     tracing::warn!("the supervisor closed the link; stopping");
                 }
-                ending.end(Ended::SupervisorGone);
                 return;
             }
             Err(e) => {
-                tracing::error!(error = %e, "cannot read from the supervisor; stopping");
                 ending.end(Ended::SupervisorGone);
+                tracing::error!(error = %e, "cannot read from the supervisor; stopping");
                 return;
             }
         };
@@ -339,8 +341,8 @@ async fn read_link(
             }
             ToRouter::Changes(changes) => {
                 if let Err(e) = current.apply_changes(changes) {
-                    tracing::error!(error = %e, "the supervisor's changes do not fit what this router serves; stopping (the supervisor starts another and tells it the complete state)");
                     ending.end(Ended::SupervisorGone);
+                    tracing::error!(error = %e, "the supervisor's changes do not fit what this router serves; stopping (the supervisor starts another and tells it the complete state)");
                     return;
                 }
                 let before = applied.take();
@@ -378,8 +380,8 @@ async fn read_link(
                 crate::router::tls::on_demand_renewed(&name, &pair)
             }
             ToRouter::Shutdown => {
-                tracing::info!("the supervisor asks to stop; letting in-flight requests finish");
                 ending.end(Ended::Shutdown);
+                tracing::info!("the supervisor asks to stop; letting in-flight requests finish");
             }
         }
     }
