@@ -158,9 +158,7 @@ async fn a_lane_takes_its_own_connection_first_and_can_take_another_lanes() {
 /// (or any connection put back) instead of getting `None`.
 #[tokio::test]
 async fn a_successor_is_pooled_once_accepted_and_a_request_waits_for_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("fpm.sock");
-    let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+    let (dir, socket, listener) = listening_socket();
     let pool = ConnPool::new(
         1,
         Duration::from_secs(60),
@@ -267,9 +265,7 @@ async fn a_retired_connections_place_waits_for_its_successor() {
     use super::super::places::Admit;
     use futures_util::FutureExt;
     use tokio::io::AsyncReadExt;
-    let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("fpm.sock");
-    let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+    let (dir, socket, listener) = listening_socket();
     let pool = ConnPool::new(
         1,
         Duration::from_secs(60),
@@ -320,4 +316,17 @@ async fn a_retired_connections_place_waits_for_its_successor() {
         .expect("the place freed within 10 s");
     assert!(grant.handed.is_none());
     assert_eq!(pool.stats().warm_failed, 1);
+}
+
+/// A php-fpm socket stand-in: its directory (kept while the test runs),
+/// path and listener.
+fn listening_socket() -> (
+    tempfile::TempDir,
+    std::path::PathBuf,
+    tokio::net::UnixListener,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("fpm.sock");
+    let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+    (dir, socket, listener)
 }
