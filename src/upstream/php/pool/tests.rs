@@ -158,7 +158,7 @@ async fn a_lane_takes_its_own_connection_first_and_can_take_another_lanes() {
 /// (or any connection put back) instead of getting `None`.
 #[tokio::test]
 async fn a_successor_is_pooled_once_accepted_and_a_request_waits_for_it() {
-    let (dir, socket, listener) = listening_socket();
+    let (_dir, socket, listener) = listening_socket();
     let pool = ConnPool::new(
         1,
         Duration::from_secs(60),
@@ -265,7 +265,7 @@ async fn a_retired_connections_place_waits_for_its_successor() {
     use super::super::places::Admit;
     use futures_util::FutureExt;
     use tokio::io::AsyncReadExt;
-    let (dir, socket, listener) = listening_socket();
+    let (_dir, socket, listener) = listening_socket();
     let pool = ConnPool::new(
         1,
         Duration::from_secs(60),
