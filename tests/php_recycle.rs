@@ -416,17 +416,21 @@ async fn queued_requests_go_to_a_live_connection_not_to_a_successor_still_coming
     let order = Arc::new(std::sync::Mutex::new(Vec::new()));
     let mut queued = Vec::new();
     for i in 0..6 {
-        let (h, order) = (h.clone(), order.clone());
+        let (h2, order) = (h.clone(), order.clone());
         queued.push(tokio::spawn(async move {
-            let pid = nap(&h, 20).await;
+            let pid = nap(&h2, 20).await;
             order.lock().unwrap().push(i);
             pid
         }));
-        // Queued in this order: each reaches its place in the queue (no
-        // wait before it) before the next is spawned.
-        for _ in 0..10 {
-            tokio::task::yield_now().await;
-        }
+        // Queued in this order: each is in the queue before the next is
+        // spawned.
+        common::wait_for(
+            "the request queued for a place",
+            Duration::from_secs(30),
+            async || h.upstream.queued_requests(),
+            |&queued| queued == i + 1,
+        )
+        .await;
     }
     assert_eq!(last.await.unwrap(), retiring);
     assert_eq!(long.await.unwrap(), live);

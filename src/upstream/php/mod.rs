@@ -196,6 +196,11 @@ impl PhpUpstream {
         self.pool.idle_count()
     }
 
+    /// Requests queued for a connection's place now (tests).
+    pub fn queued_requests(&self) -> usize {
+        self.pool.queued_count()
+    }
+
     /// What the connection pool did so far (status, tests).
     pub fn pool_stats(&self) -> PoolStats {
         self.pool.stats()

@@ -130,6 +130,11 @@ impl Places {
         self.capacity
     }
 
+    /// Requests queued for a place now (status, tests).
+    pub fn queued(&self) -> usize {
+        self.lock().waiters.len()
+    }
+
     /// A place, or a place in the queue; `request` is called (under the
     /// lock) only when the request has to wait.
     pub fn admit(self: &Arc<Self>, request: impl FnOnce() -> Option<Bytes>) -> Admit {

@@ -455,6 +455,11 @@ impl ConnPool {
         self.lock().idle.len()
     }
 
+    /// Requests queued for a place now (for tests).
+    pub fn queued_count(&self) -> usize {
+        self.places.queued()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
