@@ -189,15 +189,21 @@ impl ConnPool {
     }
 
     /// [`ConnPool::take`] without counting it (the caller hands it on).
+    ///
+    /// Only the pop is under the pool's lock: the look at the connection
+    /// (`adopt`: a `recv` peek, an `epoll_ctl` move to this lane, the
+    /// `close` of a dead one) happens after it is released. Holding the
+    /// lock over those system calls made the other lane's lock wait
+    /// (`futex`, a thread put to sleep) on 0.2 of the requests (`perf` on
+    /// the router's `futex` calls under PHP hello, docs/performance.md).
     fn take_idle(&self, path: &Path) -> Option<Conn> {
         let lane = crate::lanes::current();
-        let mut state = self.lock();
-        while let Some(c) = crate::upstream::take_newest(&mut state.idle, |c| c.lane == lane) {
+        loop {
+            let c = crate::upstream::take_newest(&mut self.lock().idle, |c| c.lane == lane)?;
             if let Some(conn) = self.adopt(c, path) {
                 return Some(conn);
             }
         }
-        None
     }
 
     /// `c` as this request's connection, if it is one to `path`, not idle
