@@ -130,7 +130,7 @@ impl Places {
         self.capacity
     }
 
-    /// Requests queued for a place now (status, tests).
+    /// Requests queued for a place now (tests).
     pub fn queued(&self) -> usize {
         self.lock().waiters.len()
     }
