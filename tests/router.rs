@@ -211,3 +211,58 @@ async fn graceful_stop_finishes_then_refuses_new_connections() {
         "listener closed after stop"
     );
 }
+
+/// A client that connected just before a stop (an upgrade's handover, a
+/// restart) is sending its first request: it has no response to retry on,
+/// so its connection is not closed under it. The request is answered with
+/// `Connection: close` and the connection then ends.
+#[tokio::test]
+async fn a_connection_accepted_before_a_stop_gets_its_first_request_answered() {
+    first_request_answered_while_stopping(sites()).await;
+}
+
+/// The same with `h2c = true` (a plain connection may start HTTP/2).
+#[tokio::test]
+async fn an_h2c_capable_connection_accepted_before_a_stop_gets_its_first_request_answered() {
+    let cfg = sites();
+    cfg.main_extra("h2c = true");
+    first_request_answered_while_stopping(cfg).await;
+}
+
+async fn first_request_answered_while_stopping(cfg: TestConfig) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = InProcess::start(&cfg).await;
+    let addr = server.addr;
+    let mut fresh = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // A later connection answered: the earlier one left the listener's
+    // (first in, first out) queue, accepted.
+    assert_eq!(get(addr, "example.test", "/").await.status, 200);
+    server.shutdown.cancel();
+    common::wait_for(
+        "the listener to close",
+        Duration::from_secs(10),
+        async || tokio::net::TcpStream::connect(addr).await.map(|_| ()),
+        |connect| connect.is_err(),
+    )
+    .await
+    .unwrap_err();
+    // Stopping, the connection stays open for its first request a while.
+    let mut byte = [0u8; 1];
+    let early = tokio::time::timeout(Duration::from_millis(300), fresh.peek(&mut byte)).await;
+    assert!(
+        early.is_err(),
+        "the connection ended before its first request: {early:?}"
+    );
+    fresh
+        .write_all(b"GET / HTTP/1.1\r\nHost: example.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut reply = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), fresh.read_to_end(&mut reply)).await;
+    let reply = String::from_utf8_lossy(&reply).to_lowercase();
+    assert!(read.is_ok(), "not closed after the response: {reply}");
+    assert_eq!(raw_status(&reply), 200, "{reply}");
+    assert!(reply.contains("connection: close\r\n"), "{reply}");
+    assert!(reply.ends_with("site exact\n"), "{reply}");
+    let _ = server.task.await;
+}

@@ -51,6 +51,8 @@ pub struct Activity {
     /// while it is answered is a half-close, not a client gone
     /// ([`super::TrackedIo`]).
     last_request: AtomicBool,
+    /// A request head was parsed on this connection (the first one started).
+    requested: AtomicBool,
 }
 
 /// What the watcher should do when its deadline passes.
@@ -80,6 +82,7 @@ impl Activity {
             body_unread: AtomicBool::new(false),
             read_waits: AtomicBool::new(false),
             last_request: AtomicBool::new(false),
+            requested: AtomicBool::new(false),
         })
     }
 
@@ -127,7 +130,16 @@ impl Activity {
         self.last_request.store(last, Ordering::Relaxed);
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.head_started.store(NONE, Ordering::Release);
+        if !self.requested.load(Ordering::Relaxed) {
+            self.requested.store(true, Ordering::Release);
+        }
         RequestGuard(self.clone())
+    }
+
+    /// No request has started on this connection yet: its client connected
+    /// to send one (a shutdown waits for it a little, `router::server`).
+    pub fn fresh(&self) -> bool {
+        !self.requested.load(Ordering::Acquire)
     }
 
     /// A write to the client could not proceed (its receive window is full).

@@ -112,6 +112,9 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
                     }
                 }
             }
+            if !http2 && shared.stopping.is_raised() {
+                close_after(&mut resp);
+            }
             Ok(resp.map(|inner| GuardedBody::new(inner, guard)))
         })
     }
@@ -129,6 +132,20 @@ impl ConnService {
             "too many connections",
         );
         resp.map(|inner| GuardedBody::new(LoggedBody::plain(inner), guard))
+    }
+}
+
+/// Says the connection closes after this HTTP/1 response (the router
+/// stops): hyper then closes it once the response is sent, and the client
+/// sends its next request on a new connection (to the next polyhost after
+/// an upgrade), never into a connection closing under it. A `101` keeps its
+/// `Connection: upgrade`.
+fn close_after<B>(resp: &mut Response<B>) {
+    if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+        resp.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        );
     }
 }
 

@@ -40,7 +40,12 @@
 //!
 //! Shutdown: accept loops stop and listeners close; every connection is asked
 //! to shut down gracefully (in-flight requests finish, HTTP/2 gets GOAWAY);
-//! after the grace period the rest are dropped.
+//! after the grace period the rest are dropped. A connection accepted but
+//! with no request yet is not closed at once (its client connected to send
+//! one, and may be sending it now, with nothing to retry on): it gets
+//! [`first_request_at_stop`] for its first request, which is answered with
+//! `Connection: close` (as every HTTP/1 response once stopping); a TLS
+//! handshake under way finishes.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -230,6 +235,14 @@ pub async fn serve(
     Ok(())
 }
 
+/// How long a connection with no request yet may still send its first
+/// one once the router stops: its client sends it within milliseconds of
+/// connecting (a loaded machine may take longer); a connection opened ahead
+/// of need (a browser's preconnect) holds the stop no longer than this.
+pub(super) fn first_request_at_stop(header_timeout: Duration) -> Duration {
+    header_timeout.min(Duration::from_secs(2))
+}
+
 async fn accept_loop(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
@@ -389,7 +402,7 @@ async fn tls_connection(
     let limits = &shared.options.front.limits;
     let handshake = tokio::select! {
         r = super::tls::accept(acceptor, &shared.table, io, limits.header_timeout) => r,
-        _ = shared.shutdown.cancelled() => return,
+        _ = shared.force.wait() => return,
     };
     match handshake {
         Ok(tls) => {

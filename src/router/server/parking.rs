@@ -286,9 +286,18 @@ async fn park(socket: &TcpStream, conn: &ConnInfo, activity: &Activity, shared: 
     ) else {
         return true; // cannot happen: nothing is in flight while parked
     };
+    // Stopping closes a connection between requests; one with no request
+    // yet waits a little longer for its first (see `server`'s docs).
+    let stopping = async {
+        shared.stopping.wait().await;
+        if activity.fresh() {
+            let grace = super::first_request_at_stop(limits.header_timeout);
+            tokio::time::sleep(grace).await;
+        }
+    };
     tokio::select! {
         r = socket.readable() => r.is_ok(),
-        _ = shared.stopping.wait() => false,
+        _ = stopping => false,
         _ = tokio::time::sleep_until(deadline.into()) => {
             match expiry {
                 Expiry::Header => {

@@ -1,15 +1,18 @@
 //! Drives one hyper connection and enforces its clocks
 //! (`router::conn::clocks`): closes it when a request head is late, when
 //! the client takes nothing of a response, or asks it to close gracefully
-//! when idle or at shutdown, and drops it after the grace; reports how it
+//! when idle or at shutdown (one with no request yet: once its first
+//! started, `server::first_request_at_stop`), and drops it after the
+//! grace; reports how it
 //! ended (closed, or parked between HTTP/1 requests: `parking`).
 //!
 //! Invariant: one timer and one wait per signal per connection, made once
-//! ([`watch`]); the request path never wakes this loop.
+//! ([`watch`]); the request path never wakes this loop (which, stopping
+//! with no request yet, looks every [`FIRST_REQUEST_LOOK`] instead).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use hyper_util::server::graceful::GracefulConnection;
 
@@ -17,6 +20,10 @@ use super::{Proto, Shared};
 use crate::router::conn::{Activity, Expiry};
 use crate::router::service::ConnInfo;
 use crate::upstream::BoxError;
+
+/// How often a connection stopping with no request yet looks whether its
+/// first request started (then it is asked to close after it).
+const FIRST_REQUEST_LOOK: Duration = Duration::from_millis(10);
 
 /// How a watched connection ended.
 pub(super) enum Ended {
@@ -63,6 +70,9 @@ pub(super) async fn watch<C: Served>(
     let limits = &shared.options.front.limits;
     let mut graceful = false;
     let mut closing_since: Option<Instant> = None;
+    // Stopping, with no request yet: until when its first may start (then
+    // the connection is asked to close like the others, or dropped).
+    let mut first_request_due: Option<Instant> = None;
     // Every deadline is set by a change of the connection's state, from the
     // time of that change, at least the shortest timeout ahead; so a clock
     // that looks again within the shortest timeout sees each deadline in
@@ -79,9 +89,11 @@ pub(super) async fn watch<C: Served>(
     tokio::pin!(shutdown, force, sleep);
     loop {
         let look_again = Instant::now() + horizon;
-        let next = match closing_since {
-            Some(t) => Some(t + limits.header_timeout),
-            None => activity
+        let next = match (closing_since, first_request_due) {
+            (Some(t), _) => Some(t + limits.header_timeout),
+            // Looks often: the request path does not wake this loop.
+            (None, Some(_)) => Some(Instant::now() + FIRST_REQUEST_LOOK),
+            (None, None) => activity
                 .deadline(
                     limits.header_timeout,
                     limits.keepalive_timeout,
@@ -102,13 +114,29 @@ pub(super) async fn watch<C: Served>(
                     }
                 };
             }
-            _ = &mut shutdown, if !graceful => {
-                graceful = true;
-                served.graceful_shutdown();
+            _ = &mut shutdown, if !graceful && first_request_due.is_none() => {
+                if activity.fresh() && proto != Proto::Http2 {
+                    // hyper would close it at once (see `server`'s docs).
+                    let grace = super::first_request_at_stop(limits.header_timeout);
+                    first_request_due = Some(Instant::now() + grace);
+                } else {
+                    graceful = true;
+                    served.graceful_shutdown();
+                }
             }
             _ = &mut force => return None,
             _ = &mut sleep => {
                 let now = Instant::now();
+                if let Some(due) = first_request_due {
+                    if !activity.fresh() {
+                        first_request_due = None;
+                        graceful = true;
+                        served.graceful_shutdown();
+                    } else if now >= due {
+                        return None; // stopping, and no request came
+                    }
+                    continue;
+                }
                 if closing_since.is_some_and(|t| now >= t + limits.header_timeout) {
                     return None; // asked to close and did not: drop it
                 }
