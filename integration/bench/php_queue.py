@@ -23,24 +23,34 @@ With `--strace SECONDS`, after the runs: `strace -c -f` on the router
 each concurrency: system calls per request, and the calls that failed
 (EAGAIN reads).
 
+With `--wire`, each wrk run is also watched on the wire (tcpdump on `lo`,
+the first segment of each request and of its response): the servers' own
+latency, without wrk's, which shares the machine's two CPUs with them
+(wire p50 and p99; the medians at the end give both ratios to nginx's).
+
     BENCH_BIN_DIR=DIR integration/bench/php_queue.py [--concurrency 16,64,256]
-        [--duration 5] [--reps 3] [--max-requests 0] [--strace 3]
-        [--site-scheduling batch|normal] [--systems polyhost,polyhost@root,polyhost@8192,nginx]
+        [--duration 5] [--reps 3] [--max-requests 0] [--strace 3] [--wire]
+        [--site-scheduling batch|normal] [--systems polyhost,polyhost@root,polyhost@nocg,polyhost@8192,nginx]
 
 `polyhost@root` (an experiment): the pool's processes moved to the root
-`cpu` cgroup (v1) for that run, as php-fpm's beside nginx; `polyhost@N`:
+`cpu` cgroup (v1) for that run, as php-fpm's beside nginx; `polyhost@nocg`:
+moved out of every cgroup polyhost made (cpu, memory, pids) into the ones
+polyhost runs in; `polyhost@N`:
 the site cgroup's `cpu.shares` set to N for that run.
 
-Needs root, wrk, nginx and php8.2-fpm (run.sh installs them). Everything it
+Needs root, wrk, nginx, php8.2-fpm and (for `--wire`) tcpdump (run.sh
+installs them). Everything it
 starts is stopped by PID on exit.
 """
 
 import argparse
 import json
+import struct
 import os
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -56,6 +66,7 @@ USER = "polyhost-bench"
 SITE_USER = "phb-php"
 CLK = os.sysconf("SC_CLK_TCK")
 procs = []
+WIRE = False
 
 
 def start(argv, **kw):
@@ -225,6 +236,45 @@ def wrk(port, host, c, duration):
     return json.loads(m.group(1)) if m else None
 
 
+def wire_capture(port, path):
+    """tcpdump of the requests and responses on `port` (their first
+    segments: pushed ones, 80 bytes each), started and ready."""
+    td = subprocess.Popen(["tcpdump", "-i", "lo", "-s", "80", "-B", "262144",
+                           "--time-stamp-precision=nano", "-w", path,
+                           f"tcp port {port} and tcp[tcpflags] & tcp-push != 0"],
+                          stderr=subprocess.PIPE, text=True)
+    td.stderr.readline()  # "listening on lo ..."
+    return td
+
+
+def wire_latencies(path, port):
+    """Seconds from each request's first segment to its response's first
+    segment on loopback, per connection (wrk sends the next request only
+    after a response): the servers' time alone, without the client's
+    (which shares the machine's CPUs with them)."""
+    data = open(path, "rb").read()
+    nano = struct.unpack("<I", data[:4])[0] == 0xa1b23c4d
+    off, asked, out = 24, {}, []
+    while off + 16 <= len(data):
+        ts_s, ts_f, incl, _ = struct.unpack("<IIII", data[off:off + 16])
+        pkt = data[off + 16:off + 16 + incl]
+        off += 16 + incl
+        ts = ts_s + ts_f / (1e9 if nano else 1e6)
+        ip = pkt[14:]  # Ethernet (lo)
+        if len(ip) < 40:
+            continue
+        ihl = (ip[0] & 15) * 4
+        tcp = ip[ihl:]
+        sport, dport = struct.unpack(">HH", tcp[:4])
+        if struct.unpack(">H", ip[2:4])[0] - ihl - (tcp[12] >> 4) * 4 <= 0:
+            continue
+        if dport == port:
+            asked[sport] = ts
+        elif sport == port and dport in asked:
+            out.append(ts - asked.pop(dport))
+    return sorted(out)
+
+
 def cpu_group(sup):
     """The v1 `cpu` cgroup directory polyhost made for its sites (None if none)."""
     for k in children_of(sup.pid):
@@ -236,6 +286,24 @@ def cpu_group(sup):
                         top = path.strip("/").split("/")[0]
                         return f"/sys/fs/cgroup/cpu/{top}"
     return None
+
+
+def site_groups(sup):
+    """{controller: (polyhost's top v1 cgroup directory, its parent)} for
+    cpu, memory and pids, from the pool master's /proc/PID/cgroup."""
+    out = {}
+    for k in children_of(sup.pid):
+        for m in [k] + children_of(k):
+            if "php-fpm: master" in cmd(m):
+                for line in open(f"/proc/{m}/cgroup"):
+                    _, ctrl, path = line.strip().split(":", 2)
+                    if ctrl in ("cpu", "memory", "pids"):
+                        parts_ = path.strip("/").split("/")
+                        i = next(i for i, p in enumerate(parts_) if p.startswith("polyhost-"))
+                        base = f"/sys/fs/cgroup/{ctrl}"
+                        out[ctrl] = (os.path.join(base, *parts_[:i + 1]), os.path.join(base, *parts_[:i]))
+                return out
+    return out
 
 
 def measure(system, sup, port, host, c, duration):
@@ -250,6 +318,20 @@ def measure(system, sup, port, host, c, duration):
                 moved.append((f, pid))
         for _, pid in moved:
             write("/sys/fs/cgroup/cpu/cgroup.procs", pid)
+    elif variant == "nocg":
+        # Experiment: the pool's processes out of polyhost's cgroups (cpu,
+        # memory, pids), in the ones polyhost itself runs in, as php-fpm's
+        # beside nginx (v1: charges stay where they were made).
+        for top, parent in site_groups(sup).values():
+            for d, _, fs in os.walk(top):
+                if "cgroup.procs" in fs:
+                    f = os.path.join(d, "cgroup.procs")
+                    for pid in open(f).read().split():
+                        moved.append((f, pid))
+                        try:
+                            write(os.path.join(parent, "cgroup.procs"), pid)
+                        except OSError:
+                            pass
     elif variant:
         write(os.path.join(group, "cpu.shares"), variant)
     try:
@@ -260,20 +342,32 @@ def measure(system, sup, port, host, c, duration):
                 write(f, pid)
             except OSError:
                 pass
-        if variant and variant != "root":
+        if variant and variant not in ("root", "nocg"):
             write(os.path.join(group, "cpu.shares"), "1024")
 
 
 def measure_one(system, sup, port, host, c, duration):
     before = snapshot(parts(system, sup))
     t0 = time.time()
+    capture = None
+    if WIRE:
+        pcap = tempfile.mktemp(prefix="php-queue-wire.", suffix=".pcap")
+        capture = wire_capture(port, pcap)
     r = wrk(port, host, c, duration)
+    if capture:
+        capture.terminate()
+        capture.wait()
+        lat = wire_latencies(pcap, port)
+        os.unlink(pcap)
     wall = time.time() - t0
     after = snapshot(parts(system, sup))
     n = r["requests"] if r else 0
     row = {"system": system, "c": c, "rps": n / (r["duration_us"] / 1e6) if r else 0,
            "p50": r["p50"] / 1000 if r else 0, "p99": r["p99"] / 1000 if r else 0,
            "load": open("/proc/loadavg").read().split()[0]}
+    if capture and lat:
+        row["wire_p50"] = lat[len(lat) // 2] * 1e3
+        row["wire_p99"] = lat[len(lat) * 99 // 100] * 1e3
     for k in after:
         # Only processes alive before and after (a recycled child drops out,
         # its time counted by its master: "masters", added to the children).
@@ -321,6 +415,28 @@ def show_strace(label, n, rows, per):
         print(f"    {name:16} {calls * k / max(n, 1):7.2f}" + (f"  ({errs * k / max(n, 1):.2f} failed)" if errs else ""))
 
 
+def show_medians(rows, systems, cs):
+    """Medians over the reps per system and concurrency, and each
+    polyhost variant's p99 against nginx's (wrk's, and on the wire)."""
+    print("medians:")
+    for c in cs:
+        med = {}
+        for s in systems:
+            rs = [r for r in rows if r["system"] == s and r["c"] == c]
+            med[s] = {k: statistics.median(r[k] for r in rs)
+                      for k in ("rps", "p50", "p99", "wire_p50", "wire_p99") if all(k in r for r in rs)}
+            m = med[s]
+            print(f"{s:14} c={c:<4} {m['rps']:7.0f} req/s p50 {m['p50']:6.2f} p99 {m['p99']:6.2f}"
+                  + (f"  wire p50 {m['wire_p50']:6.2f} p99 {m['wire_p99']:6.2f}" if "wire_p99" in m else ""))
+        if "nginx" in med:
+            for s in systems:
+                if s != "nginx":
+                    n, m = med["nginx"], med[s]
+                    print(f"  {s} against nginx, c={c}: p99 {m['p99'] / n['p99']:.2f}x"
+                          + (f", wire p99 {m['wire_p99'] / n['wire_p99']:.2f}x" if "wire_p99" in m and "wire_p99" in n else "")
+                          + f", req/s {m['rps'] / n['rps']:.2f}x")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--concurrency", default="16,64,256")
@@ -330,7 +446,13 @@ def main():
     ap.add_argument("--strace", type=int, default=0, help="seconds of strace per system and concurrency (0: none)")
     ap.add_argument("--systems", default="polyhost,nginx")
     ap.add_argument("--site-scheduling", default="batch", help="polyhost's site_scheduling (batch, normal)")
+    ap.add_argument("--wire", action="store_true",
+                    help="also the latency on the wire (tcpdump on lo): the servers' time without the client's")
     args = ap.parse_args()
+    global WIRE
+    WIRE = args.wire
+    if WIRE and not shutil.which("tcpdump"):
+        sys.exit("php_queue: --wire needs tcpdump (apt-get install tcpdump)")
     systems = args.systems.split(",")
     t = tree(args.max_requests, args.site_scheduling)
     try:
@@ -358,7 +480,8 @@ def main():
             wrk(*targets[s], max(cs), 3)  # warm
         rows = []
         print(f"{'system':9} {'c':>4} {'req/s':>7} {'p50':>6} {'p99':>6} {'front µs':>8} {'child µs':>8} "
-              f"{'sw/req f':>8} {'sw/req ch':>9} {'run%':>5} {'runq%':>5} {'asleep%':>7} load")
+              f"{'sw/req f':>8} {'sw/req ch':>9} {'run%':>5} {'runq%':>5} {'asleep%':>7} load"
+              + (f" {'wire p50':>8} {'wire p99':>8}" if WIRE else ""))
         for _ in range(args.reps):
             for c in cs:
                 for s in systems:
@@ -366,8 +489,10 @@ def main():
                     rows.append(r)
                     print(f"{s:9} {c:4} {r['rps']:7.0f} {r['p50']:6.2f} {r['p99']:6.2f} {r['front_us']:8.1f} "
                           f"{r['children_us']:8.1f} {r['front_sw']:8.2f} {r['children_sw']:9.2f} "
-                          f"{r.get('run%', 0):5.1f} {r.get('runq%', 0):5.1f} {r.get('asleep%', 0):7.1f} {r['load']}",
+                          f"{r.get('run%', 0):5.1f} {r.get('runq%', 0):5.1f} {r.get('asleep%', 0):7.1f} {r['load']}"
+                          + (f" {r.get('wire_p50', 0):8.2f} {r.get('wire_p99', 0):8.2f}" if WIRE else ""),
                           flush=True)
+        show_medians(rows, systems, cs)
         if args.strace:
             for c in cs:
                 for s in sups:
