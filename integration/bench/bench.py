@@ -26,6 +26,7 @@ import time
 sys.dont_write_bytecode = True  # no __pycache__ in the checkout
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import loadgen  # noqa: E402
+import wire  # noqa: E402
 import wsload  # noqa: E402
 from report import from_json, report  # noqa: E402
 from probes import (  # noqa: E402
@@ -105,6 +106,19 @@ def selected(args, name):
     return not args.workloads or any(w.lower() in name.lower() for w in args.workloads)
 
 
+# Workloads also measured on the wire (`wire`: the servers' latency without
+# wrk's), where a target is a latency: only these, as the capture costs CPU.
+WIRE_KINDS = ("php-recycle",)
+
+
+def measure_wrk(kind, target, c, duration):
+    """wrk's result, and the latencies on the wire (None unless `kind` is in
+    WIRE_KINDS and tcpdump is there)."""
+    if kind in WIRE_KINDS and wire.available():
+        return wire.around(target[0], lambda: wrk(*target, c, duration))
+    return wrk(*target, c, duration), None
+
+
 def run_throughput(args, results, notes, loads):
     """Every workload at every setting and concurrency; interleaved: rep →
     concurrency → workload → setting → system."""
@@ -132,15 +146,18 @@ def run_throughput(args, results, notes, loads):
                 for s, v in live.items():
                     before = cpu_snapshot(system_pids(s, kind, arg, setting))
                     loads.append(float(loadavg().split()[0]))
-                    r = wrk(*v, c, args.duration)
+                    r, lat = measure_wrk(kind, v, c, args.duration)
                     # Enumerated anew: children started during the run count too.
                     after = cpu_snapshot(system_pids(s, kind, arg, setting))
                     if r and r["requests"]:
                         r["cpu_us"] = {k: (after[k] - before[k]) * 1e6 / r["requests"] for k in after if k != "_ctxsw"}
                         r["ctxsw"] = (after["_ctxsw"] - before["_ctxsw"]) / r["requests"]
+                    if r and lat:
+                        r["wire_p50"], r["wire_p99"] = wire.percentile_ms(lat, 50), wire.percentile_ms(lat, 99)
                     log(f"bench: {name} ({setting}) c={c} rep {rep + 1} {s}: "
                         + (f"{r['rps']:.0f} req/s p50 {r['p50'] / 1000:.2f} ms p99 {r['p99'] / 1000:.2f} ms "
-                           f"errors {r['errors']}" if r else "wrk failed"))
+                           f"errors {r['errors']}" if r else "wrk failed")
+                        + (f" (on the wire: p99 {r['wire_p99']:.2f} ms)" if r and lat else ""))
                     results.setdefault((name, setting, c, s), {"runs": []}).setdefault("runs", []).append(r)
 
 

@@ -45,7 +45,6 @@ starts is stopped by PID on exit.
 
 import argparse
 import json
-import struct
 import os
 import re
 import shutil
@@ -55,6 +54,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+import wire
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
@@ -236,45 +237,6 @@ def wrk(port, host, c, duration):
     return json.loads(m.group(1)) if m else None
 
 
-def wire_capture(port, path):
-    """tcpdump of the requests and responses on `port` (their first
-    segments: pushed ones, 80 bytes each), started and ready."""
-    td = subprocess.Popen(["tcpdump", "-i", "lo", "-s", "80", "-B", "262144",
-                           "--time-stamp-precision=nano", "-w", path,
-                           f"tcp port {port} and tcp[tcpflags] & tcp-push != 0"],
-                          stderr=subprocess.PIPE, text=True)
-    td.stderr.readline()  # "listening on lo ..."
-    return td
-
-
-def wire_latencies(path, port):
-    """Seconds from each request's first segment to its response's first
-    segment on loopback, per connection (wrk sends the next request only
-    after a response): the servers' time alone, without the client's
-    (which shares the machine's CPUs with them)."""
-    data = open(path, "rb").read()
-    nano = struct.unpack("<I", data[:4])[0] == 0xa1b23c4d
-    off, asked, out = 24, {}, []
-    while off + 16 <= len(data):
-        ts_s, ts_f, incl, _ = struct.unpack("<IIII", data[off:off + 16])
-        pkt = data[off + 16:off + 16 + incl]
-        off += 16 + incl
-        ts = ts_s + ts_f / (1e9 if nano else 1e6)
-        ip = pkt[14:]  # Ethernet (lo)
-        if len(ip) < 40:
-            continue
-        ihl = (ip[0] & 15) * 4
-        tcp = ip[ihl:]
-        sport, dport = struct.unpack(">HH", tcp[:4])
-        if struct.unpack(">H", ip[2:4])[0] - ihl - (tcp[12] >> 4) * 4 <= 0:
-            continue
-        if dport == port:
-            asked[sport] = ts
-        elif sport == port and dport in asked:
-            out.append(ts - asked.pop(dport))
-    return sorted(out)
-
-
 def cpu_group(sup):
     """The v1 `cpu` cgroup directory polyhost made for its sites (None if none)."""
     for k in children_of(sup.pid):
@@ -349,25 +311,19 @@ def measure(system, sup, port, host, c, duration):
 def measure_one(system, sup, port, host, c, duration):
     before = snapshot(parts(system, sup))
     t0 = time.time()
-    capture = None
     if WIRE:
-        pcap = tempfile.mktemp(prefix="php-queue-wire.", suffix=".pcap")
-        capture = wire_capture(port, pcap)
-    r = wrk(port, host, c, duration)
-    if capture:
-        capture.terminate()
-        capture.wait()
-        lat = wire_latencies(pcap, port)
-        os.unlink(pcap)
+        r, lat = wire.around(port, lambda: wrk(port, host, c, duration))
+    else:
+        r, lat = wrk(port, host, c, duration), None
     wall = time.time() - t0
     after = snapshot(parts(system, sup))
     n = r["requests"] if r else 0
     row = {"system": system, "c": c, "rps": n / (r["duration_us"] / 1e6) if r else 0,
            "p50": r["p50"] / 1000 if r else 0, "p99": r["p99"] / 1000 if r else 0,
            "load": open("/proc/loadavg").read().split()[0]}
-    if capture and lat:
-        row["wire_p50"] = lat[len(lat) // 2] * 1e3
-        row["wire_p99"] = lat[len(lat) * 99 // 100] * 1e3
+    if lat:
+        row["wire_p50"] = wire.percentile_ms(lat, 50)
+        row["wire_p99"] = wire.percentile_ms(lat, 99)
     for k in after:
         # Only processes alive before and after (a recycled child drops out,
         # its time counted by its master: "masters", added to the children).
@@ -451,7 +407,7 @@ def main():
     args = ap.parse_args()
     global WIRE
     WIRE = args.wire
-    if WIRE and not shutil.which("tcpdump"):
+    if WIRE and not wire.available():
         sys.exit("php_queue: --wire needs tcpdump (apt-get install tcpdump)")
     systems = args.systems.split(",")
     t = tree(args.max_requests, args.site_scheduling)

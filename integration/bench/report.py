@@ -300,6 +300,15 @@ def targets_table(L, args, med, lat, extra):
         q = a[1]["p99"] / b[1]["p99"]
         return q, q <= 1.2
     row(f"{recycle}: p99 ≤ 1.2× nginx+php-fpm's (polyhost p99 / theirs)", *per_c(p99, settings=("tuned",)))
+
+    def wire_p99(st, c):
+        a, b = extra.get("wire_p99", {}).get((recycle, st, c, "polyhost")), \
+            extra.get("wire_p99", {}).get((recycle, st, c, "nginx+php-fpm"))
+        if not a or not b:
+            return None
+        return a / b, a / b <= 1.2
+    row(f"{recycle}: the same p99 on the wire (the servers alone, without wrk's time; tcpdump)",
+        *per_c(wire_p99, settings=("tuned",)))
  
     for peer, want in [("uvicorn", 1.0), ("granian", 0.8)]:
         row(f"ASGI hello 13 B ≥ {want}× {peer}", *per_c(vs("ASGI hello 13 B", peer, want)))
@@ -423,6 +432,10 @@ def report(args, results, notes, extra, meta, workloads):
     if latr:
         latency_table(L, args, latr, lat)
     extras(L, extra)
+    # Medians of the wire's p99 per cell, where measured (`bench.WIRE_KINDS`).
+    extra = dict(extra, wire_p99={
+        key: statistics.median(x["wire_p99"] for x in r["runs"] if x and x.get("wire_p99"))
+        for key, r in thr.items() if any(x and x.get("wire_p99") for x in r.get("runs", []))})
     targets_table(L, args, med, lat, extra)
     if notes:
         L.append("## Notes\n")
