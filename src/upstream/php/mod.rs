@@ -206,49 +206,59 @@ impl PhpUpstream {
         self.pool.stats()
     }
 
-    async fn serve(
+    /// Decides what the path is, then answers: a static file from the
+    /// static upstream, a script by running it. The decision is made before
+    /// the request's future, and each kind of answer is a future of its
+    /// own: a static file's is the static upstream's (a ready one), not
+    /// one sized for a FastCGI exchange, allocated and moved per request
+    /// (1 % of the router's CPU for a 13 B file from a PHP site's root).
+    fn serve<'a>(
+        &'a self,
+        req: Request<RequestBody>,
+        ctx: &'a RequestContext,
+    ) -> BoxFuture<'a, Result<Response<ResponseBody>, UpstreamError>> {
+        // Inline when the kernel can answer from its caches (the usual
+        // case: microseconds); a blocking thread only when it would wait.
+        match script::find_cached(&self.root, req.uri().path(), &self.rules) {
+            Some(Ok(found)) => self.answer(req, ctx, found),
+            Some(Err(e)) => Box::pin(std::future::ready(Err(e))),
+            None => Box::pin(self.serve_uncached(req, ctx)),
+        }
+    }
+
+    /// [`PhpUpstream::serve`] when the decision would wait on the disk.
+    async fn serve_uncached(
         &self,
         req: Request<RequestBody>,
         ctx: &RequestContext,
     ) -> Result<Response<ResponseBody>, UpstreamError> {
-        // Inline when the kernel can answer from its caches (the usual
-        // case: microseconds); a blocking thread only when it would wait.
-        let found = match script::find_cached(&self.root, req.uri().path(), &self.rules) {
-            Some(found) => found?,
-            None => {
-                let root = self.root.clone();
-                let path = req.uri().path().to_owned();
-                let rules = self.rules.clone();
-                tokio::task::spawn_blocking(move || script::find(&root, &path, &rules))
-                    .await
-                    .map_err(|e| UpstreamError::Internal(format!("resolving the script: {e}")))??
-            }
-        };
+        let root = self.root.clone();
+        let path = req.uri().path().to_owned();
+        let rules = self.rules.clone();
+        let found = tokio::task::spawn_blocking(move || script::find(&root, &path, &rules))
+            .await
+            .map_err(|e| UpstreamError::Internal(format!("resolving the script: {e}")))??;
+        self.answer(req, ctx, found).await
+    }
+
+    fn answer<'a>(
+        &'a self,
+        req: Request<RequestBody>,
+        ctx: &'a RequestContext,
+        found: script::Found,
+    ) -> BoxFuture<'a, Result<Response<ResponseBody>, UpstreamError>> {
         match found.target {
             // Decoded and opened once: the static upstream answers from it.
             Target::Static => match found.opened {
-                Some(opened) => self.static_files.handle_opened(req, ctx, opened).await,
-                None => self.static_files.handle(req, ctx).await,
+                Some(opened) => self.static_files.handle_opened(req, ctx, opened),
+                None => self.static_files.handle(req, ctx),
             },
-            Target::NotFound => Err(UpstreamError::NotFound),
-            Target::AddSlash => {
-                // Leading slashes collapsed (`//dir` is `/dir`): never a
-                // protocol-relative redirect off the site.
-                let mut loc = format!("/{}/", req.uri().path().trim_start_matches('/'));
-                if let Some(q) = req.uri().query() {
-                    loc.push('?');
-                    loc.push_str(q);
-                }
-                Response::builder()
-                    .status(StatusCode::MOVED_PERMANENTLY)
-                    .header(header::LOCATION, loc)
-                    .body(empty_body())
-                    .map_err(|e| UpstreamError::Internal(e.to_string()))
-            }
+            Target::NotFound => Box::pin(std::future::ready(Err(UpstreamError::NotFound))),
+            Target::AddSlash => Box::pin(std::future::ready(add_slash(&req))),
             Target::Script {
                 script_name,
                 path_info,
-            } => self.run(req, ctx, script_name, path_info).await,
+            } => Box::pin(self.run(req, ctx, script_name, path_info)),
         }
     }
 
@@ -421,8 +431,24 @@ impl Upstream for PhpUpstream {
         req: Request<RequestBody>,
         ctx: &'a RequestContext,
     ) -> BoxFuture<'a, Result<Response<ResponseBody>, UpstreamError>> {
-        Box::pin(self.serve(req, ctx))
+        self.serve(req, ctx)
     }
+}
+
+/// `301` to a directory's path with its slash added.
+/// Leading slashes collapsed (`//dir` is `/dir`): never a
+/// protocol-relative redirect off the site.
+fn add_slash(req: &Request<RequestBody>) -> Result<Response<ResponseBody>, UpstreamError> {
+    let mut loc = format!("/{}/", req.uri().path().trim_start_matches('/'));
+    if let Some(q) = req.uri().query() {
+        loc.push('?');
+        loc.push_str(q);
+    }
+    Response::builder()
+        .status(StatusCode::MOVED_PERMANENTLY)
+        .header(header::LOCATION, loc)
+        .body(empty_body())
+        .map_err(|e| UpstreamError::Internal(e.to_string()))
 }
 
 #[cfg(test)]
