@@ -241,6 +241,7 @@ impl PhpUpstream {
         self.answer(req, ctx, found).await
     }
 
+    /// The answer to what `found` says the path is.
     fn answer<'a>(
         &'a self,
         req: Request<RequestBody>,
