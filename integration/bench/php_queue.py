@@ -239,15 +239,7 @@ def wrk(port, host, c, duration):
 
 def cpu_group(sup):
     """The v1 `cpu` cgroup directory polyhost made for its sites (None if none)."""
-    for k in children_of(sup.pid):
-        for m in [k] + children_of(k):
-            if "php-fpm: master" in cmd(m):
-                for line in open(f"/proc/{m}/cgroup"):
-                    _, ctrl, path = line.strip().split(":", 2)
-                    if ctrl == "cpu":
-                        top = path.strip("/").split("/")[0]
-                        return f"/sys/fs/cgroup/cpu/{top}"
-    return None
+    return site_groups(sup).get("cpu", (None, None))[0]
 
 
 def site_groups(sup):
@@ -261,7 +253,9 @@ def site_groups(sup):
                     _, ctrl, path = line.strip().split(":", 2)
                     if ctrl in ("cpu", "memory", "pids"):
                         parts_ = path.strip("/").split("/")
-                        i = next(i for i, p in enumerate(parts_) if p.startswith("polyhost-"))
+                        i = next((i for i, p in enumerate(parts_) if p.startswith("polyhost-")), None)
+                        if i is None:
+                            continue  # not in one of polyhost's (no cgroups)
                         base = f"/sys/fs/cgroup/{ctrl}"
                         out[ctrl] = (os.path.join(base, *parts_[:i + 1]), os.path.join(base, *parts_[:i]))
                 return out
