@@ -58,10 +58,12 @@ impl SiteStats {
         self.duration.observe(elapsed.as_secs_f64());
     }
 
-    /// Counts a request as in flight until the guard is dropped.
-    pub fn begin(&self) -> InFlight<'_> {
+    /// Counts a request as in flight until the guard is dropped (the
+    /// guard owns a handle on the gauge: it may outlive this borrow, as a
+    /// request waiting for its upstream does).
+    pub fn begin(&self) -> InFlight {
         self.in_flight.inc();
-        InFlight(&self.in_flight)
+        InFlight(self.in_flight.clone())
     }
 
     /// Records how long a request waited for admission.
@@ -150,9 +152,9 @@ pub struct SiteView {
 }
 
 /// Ends an in-flight request when dropped.
-pub struct InFlight<'a>(&'a Gauge);
+pub struct InFlight(Gauge);
 
-impl Drop for InFlight<'_> {
+impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.dec();
     }

@@ -23,10 +23,11 @@ use super::target::{self, Target};
 use super::tunnel::{Accepted, AcceptedSlot};
 use super::vhost::normalize_host;
 use crate::config::FrontConfig;
+use crate::metrics::InFlight;
 use crate::sendfile::FileQueue;
 use crate::upstream::{
-    plain_response, BodyError, BoxError, Fault, RequestContext, ResponseBody, Scheme, TunnelSlot,
-    Upgrade, UpstreamError,
+    plain_response, BodyError, BoxError, Fault, RequestBody, RequestContext, ResponseBody, Scheme,
+    TunnelSlot, Upgrade, Upstream, UpstreamError,
 };
 use proxy::WebSocketAsk;
 
@@ -54,24 +55,107 @@ pub struct Options {
     pub https_port: Option<u16>,
 }
 
-/// Serves one request against the current routing table. The body goes
-/// out as it is (no box of its own): it writes the access log line of a
-/// request that reached a site.
-pub async fn handle<B>(
+/// A request once the router has done its own part ([`handle`]): answered
+/// already, or waiting for its site's upstream.
+///
+/// Split so that what a request holds while its upstream works is one
+/// small value ([`Pending`]), not the whole routing path's state: the
+/// request's future is boxed per request (`server::conn_service`), and a
+/// future of several KiB costs a copy of itself and an allocation beyond
+/// the allocator's per-thread cache on every request.
+// Not boxed: a `Pending` is the common case, and a box of its own would
+// be one more allocation per request.
+#[allow(clippy::large_enum_variant)]
+pub enum Routed {
+    /// Answered by the router (`None` once taken by [`respond`](Self::respond)).
+    Answered(Option<Response<LoggedBody>>),
+    /// Handed to a site's upstream.
+    Upstream(Pending),
+}
+
+impl Routed {
+    /// The response: the router's at once, or the upstream's when it comes.
+    pub async fn respond(&mut self) -> Response<LoggedBody> {
+        match self {
+            Routed::Answered(resp) => resp.take().expect("a request is answered once"),
+            Routed::Upstream(pending) => pending.respond().await,
+        }
+    }
+}
+
+/// A request handed to its site's upstream: what the upstream is called
+/// with, and what its answer is finished with.
+pub struct Pending {
+    req: Option<Request<RequestBody>>,
+    upstream: Arc<dyn Upstream>,
+    ctx: RequestContext,
+    /// Why the router cut the request's body, once it did (`LimitedBody`).
+    cut: Option<Arc<OnceLock<BodyError>>>,
+    site: Option<SiteRequest>,
+}
+
+impl Pending {
+    async fn respond(&mut self) -> Response<LoggedBody> {
+        let req = self.req.take().expect("a request is answered once");
+        let answer = self.upstream.handle(req, &self.ctx).await;
+        let site = self.site.take().expect("a request is answered once");
+        let response = match answer {
+            Ok(response) => response,
+            Err(e) => {
+                let e = self.cut_or(e, &site.route);
+                error_response(e, &site.route, &site.log)
+            }
+        };
+        site.finish(response)
+    }
+
+    /// A body the router cut answers as what it is, whatever error the
+    /// upstream made of it (php-fpm may close first, say).
+    fn cut_or(&self, e: UpstreamError, site: &SiteRoute) -> UpstreamError {
+        let Some(&cut) = self.cut.as_ref().and_then(|cut| cut.get()) else {
+            return e;
+        };
+        let client = self.ctx.client;
+        match cut {
+            BodyError::TooLarge { limit } => {
+                tracing::info!(%client, site = %site.config.name, limit, "request body above limits.body (while streaming): 413")
+            }
+            BodyError::Stalled(timeout) => {
+                tracing::info!(%client, site = %site.config.name, ?timeout, "request body stalled longer than body_timeout (or the runtime's shorter request_timeout): 408")
+            }
+        }
+        cut.into()
+    }
+}
+
+/// A request that reached a site: what its response is finished with
+/// (framed, counted, logged).
+struct SiteRequest {
+    route: Arc<SiteRoute>,
+    log: LogFacts,
+    start: Instant,
+    in_flight: InFlight, // metrics
+}
+
+/// Routes one request against the routing table: the router's checks, its
+/// site, its mount, and either the router's answer or the call to the
+/// mount's upstream ([`Routed`]). The body goes out as it is (no box of its
+/// own): it writes the access log line of a request that reached a site.
+pub fn handle<B>(
     mut req: Request<B>,
     conn: ConnInfo,
     files: Option<FileQueue>,
-    table: Arc<RoutingTable>,
+    table: &RoutingTable,
     options: &Options,
-) -> Response<LoggedBody>
+) -> Routed
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
     let start = Instant::now();
-    match checked_host(&mut req, &conn, &table, options) {
-        Continue(host) => serve_site(req, conn, files, host, table, options, start).await,
-        Break(resp) => resp.map(LoggedBody::plain),
+    match checked_host(&mut req, &conn, table, options) {
+        Continue(host) => route_site(req, conn, files, host, table, options, start),
+        Break(resp) => Routed::Answered(Some(resp.map(LoggedBody::plain))),
     }
 }
 
@@ -152,15 +236,15 @@ fn checked_host<B>(
     Continue(Some(host))
 }
 
-async fn serve_site<B>(
+fn route_site<B>(
     mut req: Request<B>,
     conn: ConnInfo,
     files: Option<FileQueue>,
     host: Option<String>,
-    table: Arc<RoutingTable>,
+    table: &RoutingTable,
     options: &Options,
     start: Instant,
-) -> Response<LoggedBody>
+) -> Routed
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
@@ -170,9 +254,9 @@ where
             StatusCode::MISDIRECTED_REQUEST,
             "no site is configured for this host name",
         );
-        return resp.map(LoggedBody::plain);
+        return Routed::Answered(Some(resp.map(LoggedBody::plain)));
     };
-    let site = site.clone();
+    let route = site.clone();
     // Read before the hop-by-hop headers go: kept for an upstream that tunnels.
     let upgrade = proxy::websocket_ask(&req);
     // Hop-by-hop first: a client's `Connection: x-forwarded-for` must not
@@ -190,31 +274,65 @@ where
         scheme,
         ..conn
     };
-    let log = LogFacts::of(&req, conn.client);
     let host = host.unwrap_or_default();
-    let in_flight = site.stats.begin(); // metrics
-    let mut response = match https_redirect(&req, &conn, &host, &site, options) {
-        Some(r) => r,
-        None => route(req, conn, files, host, &site, options, upgrade)
-            .await
-            .unwrap_or_else(|e| error_response(e, &site, &log)),
+    let site = SiteRequest {
+        log: LogFacts::of(&req, conn.client),
+        in_flight: route.stats.begin(), // metrics
+        route,
+        start,
     };
-    let tunnel = response.extensions_mut().remove::<TunnelSlot>();
-    let dropped = proxy::sanitize_response(response.headers_mut());
-    if !dropped.is_empty() {
-        site.logs.error(&format!(
-            "dropped response headers with CR, LF or NUL in their value: {dropped:?}"
-        ));
-        tracing::warn!(site = %site.config.name, headers = ?dropped, "dropped response headers with CR, LF or NUL in their value");
+    if let Some(resp) = https_redirect(&req, &conn, &host, &site.route, options) {
+        return Routed::Answered(Some(site.finish(resp)));
     }
-    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-        return switching(response, tunnel, log, &site, start);
+    match mount_call(req, conn, files, host, &site.route, options, upgrade) {
+        Ok(Call::Answered(resp)) => Routed::Answered(Some(site.finish(resp))),
+        Ok(Call::Upstream {
+            req,
+            upstream,
+            ctx,
+            cut,
+        }) => Routed::Upstream(Pending {
+            req: Some(req),
+            upstream,
+            ctx,
+            cut,
+            site: Some(site),
+        }),
+        Err(e) => {
+            let resp = error_response(e, &site.route, &site.log);
+            Routed::Answered(Some(site.finish(resp)))
+        }
     }
-    let framing = frame_response(&mut response, &log, &site);
-    site.stats
-        .record(response.status().as_u16(), start.elapsed()); // metrics
-    drop(in_flight); // metrics
-    outgoing::wrap(response, log, framing, start, site.logs.clone())
+}
+
+impl SiteRequest {
+    /// The response as it goes out: its upgrade (a `101` with its tunnel),
+    /// its headers checked, its framing settled, counted in the site's
+    /// metrics, with the access log line to be written when its body ends.
+    fn finish(self, mut response: Response<ResponseBody>) -> Response<LoggedBody> {
+        let SiteRequest {
+            route: site,
+            log,
+            start,
+            in_flight,
+        } = self;
+        let tunnel = response.extensions_mut().remove::<TunnelSlot>();
+        let dropped = proxy::sanitize_response(response.headers_mut());
+        if !dropped.is_empty() {
+            site.logs.error(&format!(
+                "dropped response headers with CR, LF or NUL in their value: {dropped:?}"
+            ));
+            tracing::warn!(site = %site.config.name, headers = ?dropped, "dropped response headers with CR, LF or NUL in their value");
+        }
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            return switching(response, tunnel, log, &site, start);
+        }
+        let framing = frame_response(&mut response, &log, &site);
+        site.stats
+            .record(response.status().as_u16(), start.elapsed()); // metrics
+        drop(in_flight); // metrics
+        outgoing::wrap(response, log, framing, start, site.logs.clone())
+    }
 }
 
 /// A `101`: with the tunnel its upstream opened, it goes out with its
@@ -374,15 +492,31 @@ fn https_redirect<B>(
     Some(resp)
 }
 
-async fn route<B>(
-    mut req: Request<B>,
+/// What a request's mount makes of it: an answer of the router's, or the
+/// call to the mount's upstream.
+#[allow(clippy::large_enum_variant)] // made and taken apart at once, never stored
+enum Call {
+    Answered(Response<ResponseBody>),
+    Upstream {
+        req: Request<RequestBody>,
+        upstream: Arc<dyn Upstream>,
+        ctx: RequestContext,
+        cut: Option<Arc<OnceLock<BodyError>>>,
+    },
+}
+
+/// The request as its mount's upstream takes it: the body limit checked
+/// (and, for a body to come, enforced as it streams: [`LimitedBody`]), the
+/// reserved headers gone, its context.
+fn mount_call<B>(
+    req: Request<B>,
     conn: ConnInfo,
     files: Option<FileQueue>,
     host: String,
     site: &SiteRoute,
     options: &Options,
     upgrade: Option<WebSocketAsk>,
-) -> Result<Response<ResponseBody>, UpstreamError>
+) -> Result<Call, UpstreamError>
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
@@ -392,8 +526,9 @@ where
         tracing::info!(client = %conn.client, site = %site.config.name, limit, "request body above limits.body (Content-Length): 413");
         return Err(UpstreamError::BodyTooLarge { limit });
     }
-    strip_reserved(req.headers_mut());
-    let Some((prefix, upstream)) = site.mounts.lookup(req.uri().path()) else {
+    let (mut parts, body) = req.into_parts();
+    strip_reserved(&mut parts.headers);
+    let Some((prefix, upstream)) = site.mounts.lookup(parts.uri.path()) else {
         return Err(UpstreamError::NotFound);
     };
     // A stalled body is cut at body_timeout, or sooner at the runtime's
@@ -412,11 +547,12 @@ where
         mount_prefix: prefix.clone(),
         files,
     };
-    let (mut parts, body) = req.into_parts();
     match upgrade {
         Some(ask) if upstream.tunnels() => as_upgrade(&mut parts, ask),
         // No site sees CONNECT: only a tunnelling upstream gets a WebSocket.
-        Some(WebSocketAsk::ExtendedConnect) => return Ok(connect_refused(Version::HTTP_2)),
+        Some(WebSocketAsk::ExtendedConnect) => {
+            return Ok(Call::Answered(connect_refused(Version::HTTP_2)))
+        }
         _ => {}
     }
     // Most requests have no body: nothing to limit or time, and no
@@ -436,24 +572,11 @@ where
         }
         .boxed_unsync(),
     };
-    let answer = upstream
-        .handle(Request::from_parts(parts, body), &ctx)
-        .await;
-    // A body the router cut answers as what it is, whatever error the
-    // upstream made of it (php-fpm may close first, say).
-    answer.map_err(|e| match cut.as_ref().and_then(|cut| cut.get()) {
-        Some(&cut) => {
-            match cut {
-                BodyError::TooLarge { limit } => {
-                    tracing::info!(client = %conn.client, site = %site.config.name, limit, "request body above limits.body (while streaming): 413")
-                }
-                BodyError::Stalled(timeout) => {
-                    tracing::info!(client = %conn.client, site = %site.config.name, ?timeout, "request body stalled longer than body_timeout (or the runtime's shorter request_timeout): 408")
-                }
-            }
-            cut.into()
-        }
-        None => e,
+    Ok(Call::Upstream {
+        req: Request::from_parts(parts, body),
+        upstream: upstream.clone(),
+        ctx,
+        cut,
     })
 }
 

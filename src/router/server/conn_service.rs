@@ -69,25 +69,35 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
         };
         let req = req.map(|body| ReadToEnd::new(body, self.activity.clone()));
         let shared = self.shared.clone();
-        let conn = self.conn;
         let (handoff, manual) = (self.handoff.clone(), self.manual);
-        let files = self.files.clone();
         let http2 = req.version() == http::Version::HTTP_2;
         // An HTTP/2 WebSocket is a connection of its own to the limits: a
         // client may not hold more tunnels than connections by
         // multiplexing them.
         let stream_place = match http2 && is_extended_connect(&req) {
             false => None,
-            true => match self.shared.limiter.try_acquire(conn.who, conn.trusted) {
+            true => match self
+                .shared
+                .limiter
+                .try_acquire(self.conn.who, self.conn.trusted)
+            {
                 Ok(permit) => Some(permit),
                 Err(why) => {
                     return Box::pin(std::future::ready(Ok(self.refuse_stream(why, guard))))
                 }
             },
         };
+        // The router's part now; the future holds only what waits for the
+        // upstream (`Routed`).
+        let mut routed = handle(
+            req,
+            self.conn,
+            self.files.clone(),
+            &self.shared.table.load(),
+            &self.shared.options,
+        );
         Box::pin(async move {
-            let table = shared.table.load_full();
-            let mut resp = handle(req, conn, files, table, &shared.options).await;
+            let mut resp = routed.respond().await;
             let accepted = resp
                 .extensions_mut()
                 .remove::<AcceptedSlot>()

@@ -93,12 +93,14 @@ impl AppUpstream {
         self.gate.settle().await
     }
 
+    /// (The request comes in parts: an argument is kept whole in the
+    /// future's state, and parts taken from it would be kept a second time.)
     async fn serve(
         &self,
-        req: Request<RequestBody>,
+        parts: http::request::Parts,
+        body: RequestBody,
         ctx: &RequestContext,
     ) -> Result<Response<ResponseBody>, UpstreamError> {
-        let (parts, body) = req.into_parts();
         let upgrade = parts.extensions.get::<Upgrade>().is_some();
         let Admitted {
             body,
@@ -145,8 +147,11 @@ impl AppUpstream {
         body: &Spooled,
         upgrade: bool,
     ) -> Result<(ResponseHead, Conn), UpstreamError> {
+        // A new connection's future (connect, the peer's credentials) is
+        // boxed where it is rare, here and in `checkout`: inline, it would
+        // size every request's future for it (`router::service::Routed`).
         let mut conn = if upgrade {
-            self.pool.connect(lease).await?
+            Box::pin(self.pool.connect(lease)).await?
         } else {
             self.pool.checkout(lease).await?
         };
@@ -167,7 +172,7 @@ impl AppUpstream {
                     tracing::debug!(error = %f.why, pid = lease.endpoint().pid,
                         "a kept-alive connection to an app instance failed before its answer; sending again");
                     let written = std::mem::take(&mut conn.link.write);
-                    conn = self.pool.connect(lease).await?;
+                    conn = Box::pin(self.pool.connect(lease)).await?;
                     conn.link.write = written;
                 }
                 Err(Sent::Broken(f)) => {
@@ -231,33 +236,41 @@ async fn send(
     inline: bool,
     is_head: bool,
 ) -> Result<ResponseHead, Sent> {
-    let broken = |e: std::io::Error| {
-        Sent::Broken(Failure::new(
-            true,
-            format!("broke the connection as the request went out: {e}"),
-        ))
-    };
+    let broken = sent_broken;
     let answered = conn.link.send_head().await.map_err(broken)?;
     if !inline && !answered {
         match body {
             Spooled::Memory(b) => {
                 conn.link.send(b).await.map_err(broken)?;
             }
-            Spooled::File { .. } => {
-                let mut replay = body.replay().await.map_err(Sent::Local)?;
-                while let Some(frame) = replay.frame().await {
-                    let frame = frame.map_err(|e| {
-                        Sent::Local(UpstreamError::LocalIo(std::io::Error::other(e)))
-                    })?;
-                    let data = frame.data_ref().map_or(&[][..], |d| &d[..]);
-                    if conn.link.send(data).await.map_err(broken)? {
-                        break;
-                    }
-                }
-            }
+            // Boxed: a body spooled to a file is rare, its replay's state large.
+            Spooled::File { .. } => Box::pin(send_file(conn, body)).await?,
         }
     }
     conn.link.read_head(is_head).await.map_err(Sent::Broken)
+}
+
+/// The rest of a body spooled to a file, after the head.
+async fn send_file(conn: &mut Conn, body: &Spooled) -> Result<(), Sent> {
+    let mut replay = body.replay().await.map_err(Sent::Local)?;
+    while let Some(frame) = replay.frame().await {
+        let frame =
+            frame.map_err(|e| Sent::Local(UpstreamError::LocalIo(std::io::Error::other(e))))?;
+        let data = frame.data_ref().map_or(&[][..], |d| &d[..]);
+        if conn.link.send(data).await.map_err(sent_broken)? {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// A write that failed: the connection broke before the app answered
+/// (maybe sent again on a new connection).
+fn sent_broken(e: std::io::Error) -> Sent {
+    Sent::Broken(Failure::new(
+        true,
+        format!("broke the connection as the request went out: {e}"),
+    ))
 }
 
 impl Upstream for AppUpstream {
@@ -278,7 +291,8 @@ impl Upstream for AppUpstream {
         req: Request<RequestBody>,
         ctx: &'a RequestContext,
     ) -> BoxFuture<'a, Result<Response<ResponseBody>, UpstreamError>> {
-        Box::pin(self.serve(req, ctx))
+        let (parts, body) = req.into_parts();
+        Box::pin(self.serve(parts, body, ctx))
     }
 }
 

@@ -130,7 +130,8 @@ impl Pool {
                     conn.reused = true;
                     return Ok(conn);
                 }
-                None => return self.connect(lease).await,
+                // Boxed: see `AppUpstream::exchange`.
+                None => return Box::pin(self.connect(lease)).await,
             }
         }
     }
