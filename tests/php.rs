@@ -268,3 +268,34 @@ async fn bodies_without_a_length_and_over_the_limit() {
     let (status, _, _) = h.get("/x.php").await.unwrap();
     assert_eq!(status, StatusCode::OK);
 }
+
+/// An idempotent request's body is read whole before its exchange (then it
+/// can be sent again on a fresh connection): with a declared length, and
+/// without one (read to its end first). PHP gets it all, each time.
+#[tokio::test]
+async fn idempotent_bodies_reach_php_whole() {
+    let h = harness(SiteOptions::default());
+    let cases = [
+        ("GET", Some("5"), vec!["hello"]),
+        ("GET", None, vec!["hel", "lo"]),
+        ("PUT", Some("8"), vec!["put ", "body"]),
+        ("DELETE", None, vec![]),
+    ];
+    for (method, length, parts) in cases {
+        let mut req = Request::builder()
+            .method(method)
+            .uri("/pid.php")
+            .header("host", "site.test");
+        if let Some(n) = length {
+            req = req.header("content-length", n);
+        }
+        let (status, _, body) = h.send(req.body(chunked(&parts)).unwrap()).await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{method} {parts:?}");
+        let text = String::from_utf8_lossy(&body);
+        let want = format!(" {method} {}", parts.concat());
+        assert!(
+            text.ends_with(&want),
+            "{method} {parts:?}: PHP saw {text:?}, want it to end with {want:?}"
+        );
+    }
+}

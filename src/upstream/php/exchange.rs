@@ -219,13 +219,15 @@ impl Exchange {
                 }
                 Attempt::Stale(e) if reused && replayable => {
                     self.pool.count_resent();
-                    match tokio::time::timeout(
+                    // Boxed: rare, and inline it would size every
+                    // request's exchange for it.
+                    match Box::pin(tokio::time::timeout(
                         self.read_timeout,
                         crate::upstream::connect_runtime(
                             self.finish.lease.socket(),
                             self.finish.lease.peer_uid(),
                         ),
-                    )
+                    ))
                     .await
                     {
                         Ok(Ok(fresh)) => {
@@ -401,9 +403,19 @@ async fn write_request(
     limit: u64,
 ) -> Result<(), WriteFail> {
     wr.write_all(request).await.map_err(WriteFail::Io)?;
-    let Some(mut body) = body else {
-        return wr.flush().await.map_err(WriteFail::Io);
-    };
+    match body {
+        None => wr.flush().await.map_err(WriteFail::Io),
+        // Boxed: most requests have no body to stream (see `Exchange::run`).
+        Some(body) => Box::pin(write_body(wr, body, limit)).await,
+    }
+}
+
+/// A streamed request body as STDIN records, then the stream's end.
+async fn write_body(
+    wr: &mut WriteHalf<'_>,
+    mut body: RequestBody,
+    limit: u64,
+) -> Result<(), WriteFail> {
     let mut buf = BytesMut::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| WriteFail::Body(UpstreamError::from_body(e, limit)))?;

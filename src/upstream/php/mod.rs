@@ -259,62 +259,142 @@ impl PhpUpstream {
             Target::Script {
                 script_name,
                 path_info,
-            } => Box::pin(self.run(req, ctx, script_name, path_info)),
+            } => self.run(
+                req,
+                ctx,
+                ScriptTarget {
+                    script_name,
+                    path_info,
+                },
+            ),
         }
     }
 
-    async fn run(
-        &self,
+    /// Runs a script: its request encoded as FastCGI records before the
+    /// request's future is made (the future then holds the records, not
+    /// the request), unless its body must be read first
+    /// ([`read_then_run`](Self::read_then_run)).
+    fn run<'a>(
+        &'a self,
         req: Request<RequestBody>,
-        ctx: &RequestContext,
-        script_name: String,
-        path_info: String,
-    ) -> Result<Response<ResponseBody>, UpstreamError> {
-        let timeout = self.php.request_timeout;
+        ctx: &'a RequestContext,
+        script: ScriptTarget,
+    ) -> BoxFuture<'a, Result<Response<ResponseBody>, UpstreamError>> {
         let start = Instant::now();
-        let (parts, mut body) = req.into_parts();
-        let mut content_length = parts
+        let (parts, body) = req.into_parts();
+        let content_length = parts
             .headers
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
             .or_else(|| body.size_hint().exact());
-        if content_length.is_none() && !body.is_end_stream() {
-            let limit = self.body_limit;
-            // PHP reads exactly CONTENT_LENGTH bytes: a body of unknown
-            // length is read whole first (memory, then an unnamed temp file).
+        let read_first = !body.is_end_stream()
+            && match content_length {
+                // PHP reads exactly CONTENT_LENGTH bytes.
+                None => true,
+                Some(n) => parts.method.is_idempotent() && n <= REPLAY_MAX,
+            };
+        if read_first {
+            return Box::pin(self.read_then_run(parts, body, ctx, script, content_length, start));
+        }
+        let request = self.encode(
+            &parts,
+            ScriptBody::Stream(body),
+            ctx,
+            &script,
+            content_length,
+        );
+        Box::pin(self.exchange(request, script, start))
+    }
+
+    /// [`run`](Self::run) for a request whose body is read before the
+    /// exchange: one of unknown length (PHP reads exactly CONTENT_LENGTH
+    /// bytes: read whole first, to memory, then an unnamed temp file), or
+    /// an idempotent one small enough to be held whole (then it can be
+    /// sent again).
+    async fn read_then_run(
+        &self,
+        parts: http::request::Parts,
+        mut body: RequestBody,
+        ctx: &RequestContext,
+        script: ScriptTarget,
+        mut content_length: Option<u64>,
+        start: Instant,
+    ) -> Result<Response<ResponseBody>, UpstreamError> {
+        let limit = self.body_limit;
+        if content_length.is_none() {
             let spooled = crate::upstream::spool::spool(body, limit).await?;
             content_length = Some(spooled.len());
             body = spooled.into_body();
         }
-        // The request as FastCGI records, in one buffer: BEGIN_REQUEST, the
-        // PARAMS stream and, for a replayable request, the whole STDIN
-        // stream (then it goes out in one write and can be sent again).
+        let whole = parts.method.is_idempotent()
+            && !body.is_end_stream()
+            && content_length.is_some_and(|n| n <= REPLAY_MAX);
+        let body = match whole {
+            true => ScriptBody::Whole(
+                body.collect()
+                    .await
+                    .map_err(|e| UpstreamError::from_body(e, limit))?
+                    .to_bytes(),
+            ),
+            false => ScriptBody::Stream(body),
+        };
+        let request = self.encode(&parts, body, ctx, &script, content_length);
+        self.exchange(request, script, start).await
+    }
+
+    /// The request as FastCGI records, in one buffer: BEGIN_REQUEST, the
+    /// PARAMS stream and, for a replayable request, the whole STDIN stream
+    /// (then it goes out in one write and can be sent again).
+    fn encode(
+        &self,
+        parts: &http::request::Parts,
+        body: ScriptBody,
+        ctx: &RequestContext,
+        script: &ScriptTarget,
+        content_length: Option<u64>,
+    ) -> Encoded {
         let mut request = BytesMut::with_capacity(REQUEST_HEAD_CAPACITY);
         fcgi::begin_request(&mut request);
-        let script = params::ScriptParams {
-            script_name: &script_name,
-            path_info: &path_info,
+        let params = params::ScriptParams {
+            script_name: &script.script_name,
+            path_info: &script.path_info,
             document_root: &self.root_str,
         };
-        params::encode(&mut request, &parts, ctx, &script, content_length);
-        let body = if !parts.method.is_idempotent() {
-            Some(body)
-        } else if body.is_end_stream() {
-            fcgi::end_stream(&mut request, fcgi::STDIN);
-            None
-        } else if content_length.is_some_and(|n| n <= REPLAY_MAX) {
-            let limit = self.body_limit;
-            let bytes = body
-                .collect()
-                .await
-                .map_err(|e| UpstreamError::from_body(e, limit))?
-                .to_bytes();
-            fcgi::stream_records(&mut request, fcgi::STDIN, &bytes);
-            fcgi::end_stream(&mut request, fcgi::STDIN);
-            None
-        } else {
-            Some(body)
+        params::encode(&mut request, parts, ctx, &params, content_length);
+        let head_only = parts.method == Method::HEAD;
+        let body = match body {
+            ScriptBody::Whole(bytes) => {
+                fcgi::stream_records(&mut request, fcgi::STDIN, &bytes);
+                fcgi::end_stream(&mut request, fcgi::STDIN);
+                None
+            }
+            ScriptBody::Stream(body) if parts.method.is_idempotent() && body.is_end_stream() => {
+                fcgi::end_stream(&mut request, fcgi::STDIN);
+                None
+            }
+            ScriptBody::Stream(body) => Some(body),
         };
+        Encoded {
+            request,
+            body,
+            head_only,
+        }
+    }
+
+    /// The FastCGI exchange of an encoded request: a place in the pool, a
+    /// connection, the records sent, the head waited for.
+    async fn exchange(
+        &self,
+        encoded: Encoded,
+        script: ScriptTarget,
+        start: Instant,
+    ) -> Result<Response<ResponseBody>, UpstreamError> {
+        let timeout = self.php.request_timeout;
+        let Encoded {
+            mut request,
+            body,
+            head_only,
+        } = encoded;
         let replayable = body.is_none();
 
         // A request that has to wait leaves its records with its place in
@@ -362,13 +442,13 @@ impl PhpUpstream {
             errors: self.errors.clone(),
             read_timeout: timeout,
             body_limit: self.body_limit,
-            head_only: parts.method == Method::HEAD,
-            tag: script_name,
+            head_only,
+            tag: script.script_name,
         };
         let (head, body) = exchange
             .start(stream, reused, request, body, remaining(start))
             .await?;
-        let mut resp = Response::new(if parts.method == Method::HEAD {
+        let mut resp = Response::new(if head_only {
             empty_body()
         } else {
             body.boxed_unsync()
@@ -416,6 +496,28 @@ impl PhpUpstream {
         self.pool.watch_fresh(&stream, lease.socket());
         Ok((stream, 0, false))
     }
+}
+
+/// The script a request runs, as `script::find` decided it.
+struct ScriptTarget {
+    script_name: String,
+    path_info: String,
+}
+
+/// A script's request body as it is encoded: still to stream, or read
+/// whole (then it goes out with the head and can be sent again).
+enum ScriptBody {
+    Stream(RequestBody),
+    Whole(bytes::Bytes),
+}
+
+/// A script's request as FastCGI records ([`PhpUpstream::encode`]): the
+/// whole request, or its head with `body` to stream after it as STDIN.
+struct Encoded {
+    request: BytesMut,
+    body: Option<RequestBody>,
+    /// A `HEAD` request: the body php-fpm sends is not passed on.
+    head_only: bool,
 }
 
 impl Upstream for PhpUpstream {
