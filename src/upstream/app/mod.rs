@@ -93,14 +93,12 @@ impl AppUpstream {
         self.gate.settle().await
     }
 
-    /// (The request comes in parts: an argument is kept whole in the
-    /// future's state, and parts taken from it would be kept a second time.)
     async fn serve(
         &self,
-        parts: http::request::Parts,
-        body: RequestBody,
+        req: Request<RequestBody>,
         ctx: &RequestContext,
     ) -> Result<Response<ResponseBody>, UpstreamError> {
+        let (parts, body) = req.into_parts();
         let upgrade = parts.extensions.get::<Upgrade>().is_some();
         let Admitted {
             body,
@@ -236,12 +234,11 @@ async fn send(
     inline: bool,
     is_head: bool,
 ) -> Result<ResponseHead, Sent> {
-    let broken = sent_broken;
-    let answered = conn.link.send_head().await.map_err(broken)?;
+    let answered = conn.link.send_head().await.map_err(sent_broken)?;
     if !inline && !answered {
         match body {
             Spooled::Memory(b) => {
-                conn.link.send(b).await.map_err(broken)?;
+                conn.link.send(b).await.map_err(sent_broken)?;
             }
             // Boxed: a body spooled to a file is rare, its replay's state large.
             Spooled::File { .. } => Box::pin(send_file(conn, body)).await?,
@@ -291,8 +288,7 @@ impl Upstream for AppUpstream {
         req: Request<RequestBody>,
         ctx: &'a RequestContext,
     ) -> BoxFuture<'a, Result<Response<ResponseBody>, UpstreamError>> {
-        let (parts, body) = req.into_parts();
-        Box::pin(self.serve(parts, body, ctx))
+        Box::pin(self.serve(req, ctx))
     }
 }
 

@@ -1,33 +1,41 @@
 //! One request's way through the router: host → site, path → mount, body
 //! limit, upstream, error mapping, access log. This is the only place that
 //! turns an [`UpstreamError`] into a response.
+//!
+//! - this file: the router's own part, before the request's future is made
+//!   ([`handle`]: checks, site, mount, the call to the upstream);
+//! - `respond`: what the request holds while its upstream works
+//!   ([`Routed`], [`Pending`]) and how its response is finished (upgrade,
+//!   header checks, framing, metrics, access log; errors → statuses);
+//! - `request_body`: the body as upstreams read it (`LimitedBody`).
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::ops::ControlFlow::{self, Break, Continue};
-use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::{header, HeaderMap, Request, Response, StatusCode, Version};
-use http_body::{Body, Frame, SizeHint};
-use http_body_util::{BodyExt, Empty, LengthLimitError, Limited};
+use http_body::Body;
+use http_body_util::{BodyExt, Empty};
 
+mod request_body;
+mod respond;
+
+use self::request_body::LimitedBody;
+use self::respond::{error_response, SiteRequest};
+pub use self::respond::{Pending, Routed};
 use super::access_log::LogFacts;
-use super::outgoing::{self, LoggedBody};
+use super::outgoing::LoggedBody;
 use super::proxy;
 use super::table::{RoutingTable, SiteRoute};
 use super::target::{self, Target};
-use super::tunnel::{Accepted, AcceptedSlot};
 use super::vhost::normalize_host;
 use crate::config::FrontConfig;
-use crate::metrics::InFlight;
 use crate::sendfile::FileQueue;
 use crate::upstream::{
-    plain_response, BodyError, BoxError, Fault, RequestBody, RequestContext, ResponseBody, Scheme,
-    TunnelSlot, Upgrade, Upstream, UpstreamError,
+    plain_response, BodyError, BoxError, RequestBody, RequestContext, ResponseBody, Scheme,
+    Upgrade, Upstream, UpstreamError,
 };
 use proxy::WebSocketAsk;
 
@@ -53,88 +61,6 @@ pub struct Options {
     pub front: FrontConfig,
     /// Port of the first TLS listener, for HTTP → HTTPS redirects; `None`: no TLS.
     pub https_port: Option<u16>,
-}
-
-/// A request once the router has done its own part ([`handle`]): answered
-/// already, or waiting for its site's upstream.
-///
-/// Split so that what a request holds while its upstream works is one
-/// small value ([`Pending`]), not the whole routing path's state: the
-/// request's future is boxed per request (`server::conn_service`), and a
-/// future of several KiB costs a copy of itself and an allocation beyond
-/// the allocator's per-thread cache on every request.
-// Not boxed: a `Pending` is the common case, and a box of its own would
-// be one more allocation per request.
-#[allow(clippy::large_enum_variant)]
-pub enum Routed {
-    /// Answered by the router (`None` once taken by [`respond`](Self::respond)).
-    Answered(Option<Response<LoggedBody>>),
-    /// Handed to a site's upstream.
-    Upstream(Pending),
-}
-
-impl Routed {
-    /// The response: the router's at once, or the upstream's when it comes.
-    pub async fn respond(&mut self) -> Response<LoggedBody> {
-        match self {
-            Routed::Answered(resp) => resp.take().expect("a request is answered once"),
-            Routed::Upstream(pending) => pending.respond().await,
-        }
-    }
-}
-
-/// A request handed to its site's upstream: what the upstream is called
-/// with, and what its answer is finished with.
-pub struct Pending {
-    req: Option<Request<RequestBody>>,
-    upstream: Arc<dyn Upstream>,
-    ctx: RequestContext,
-    /// Why the router cut the request's body, once it did (`LimitedBody`).
-    cut: Option<Arc<OnceLock<BodyError>>>,
-    site: Option<SiteRequest>,
-}
-
-impl Pending {
-    async fn respond(&mut self) -> Response<LoggedBody> {
-        let req = self.req.take().expect("a request is answered once");
-        let answer = self.upstream.handle(req, &self.ctx).await;
-        let site = self.site.take().expect("a request is answered once");
-        let response = match answer {
-            Ok(response) => response,
-            Err(e) => {
-                let e = self.cut_or(e, &site.route);
-                error_response(e, &site.route, &site.log)
-            }
-        };
-        site.finish(response)
-    }
-
-    /// A body the router cut answers as what it is, whatever error the
-    /// upstream made of it (php-fpm may close first, say).
-    fn cut_or(&self, e: UpstreamError, site: &SiteRoute) -> UpstreamError {
-        let Some(&cut) = self.cut.as_ref().and_then(|cut| cut.get()) else {
-            return e;
-        };
-        let client = self.ctx.client;
-        match cut {
-            BodyError::TooLarge { limit } => {
-                tracing::info!(%client, site = %site.config.name, limit, "request body above limits.body (while streaming): 413")
-            }
-            BodyError::Stalled(timeout) => {
-                tracing::info!(%client, site = %site.config.name, ?timeout, "request body stalled longer than body_timeout (or the runtime's shorter request_timeout): 408")
-            }
-        }
-        cut.into()
-    }
-}
-
-/// A request that reached a site: what its response is finished with
-/// (framed, counted, logged).
-struct SiteRequest {
-    route: Arc<SiteRoute>,
-    log: LogFacts,
-    start: Instant,
-    in_flight: InFlight, // metrics
 }
 
 /// Routes one request against the routing table: the router's checks, its
@@ -305,126 +231,6 @@ where
     }
 }
 
-impl SiteRequest {
-    /// The response as it goes out: its upgrade (a `101` with its tunnel),
-    /// its headers checked, its framing settled, counted in the site's
-    /// metrics, with the access log line to be written when its body ends.
-    fn finish(self, mut response: Response<ResponseBody>) -> Response<LoggedBody> {
-        let SiteRequest {
-            route: site,
-            log,
-            start,
-            in_flight,
-        } = self;
-        let tunnel = response.extensions_mut().remove::<TunnelSlot>();
-        let dropped = proxy::sanitize_response(response.headers_mut());
-        if !dropped.is_empty() {
-            site.logs.error(&format!(
-                "dropped response headers with CR, LF or NUL in their value: {dropped:?}"
-            ));
-            tracing::warn!(site = %site.config.name, headers = ?dropped, "dropped response headers with CR, LF or NUL in their value");
-        }
-        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-            return switching(response, tunnel, log, &site, start);
-        }
-        let framing = frame_response(&mut response, &log, &site);
-        site.stats
-            .record(response.status().as_u16(), start.elapsed()); // metrics
-        drop(in_flight); // metrics
-        outgoing::wrap(response, log, framing, start, site.logs.clone())
-    }
-}
-
-/// A `101`: with the tunnel its upstream opened, it goes out with its
-/// upgrade headers (which `sanitize_response` removed as hop-by-hop) and the
-/// tunnel for the connection to run once hyper sent it (`router::tunnel`);
-/// its access log line is written when the tunnel ends. A `101` without a
-/// tunnel (an application's, through a runtime that carries none) is a 502:
-/// no response may turn a connection into something the router does not
-/// relay and account for.
-fn switching(
-    mut response: Response<ResponseBody>,
-    tunnel: Option<TunnelSlot>,
-    log: LogFacts,
-    site: &SiteRoute,
-    start: Instant,
-) -> Response<LoggedBody> {
-    let Some(tunnel) = tunnel.and_then(|slot| slot.take()) else {
-        site.logs.error(&format!(
-            "{} {}: 502: a 101 response without an upgrade",
-            log.method, log.uri
-        ));
-        tracing::warn!(site = %site.config.name, method = %log.method, uri = %log.uri, "101 from an upstream that opened no tunnel: 502");
-        site.stats.record(502, start.elapsed()); // metrics
-        let response = plain_response(StatusCode::BAD_GATEWAY, "Bad Gateway");
-        return outgoing::wrap(
-            response,
-            log,
-            proxy::ResponseFraming::AsIs,
-            start,
-            site.logs.clone(),
-        );
-    };
-    let headers = response.headers_mut();
-    headers.remove(header::CONTENT_LENGTH);
-    if log.version() == Version::HTTP_2 {
-        // RFC 8441: a 2xx opens the stream's tunnel; no upgrade headers.
-        headers.remove(header::SEC_WEBSOCKET_ACCEPT);
-        *response.status_mut() = StatusCode::OK;
-    } else {
-        let upgrade = http::HeaderValue::from_static("upgrade");
-        headers.insert(header::CONNECTION, upgrade);
-        headers.insert(header::UPGRADE, http::HeaderValue::from_static("websocket"));
-    }
-    *response.body_mut() = crate::upstream::empty_body();
-    let status = response.status().as_u16();
-    site.stats.record(status, start.elapsed()); // metrics
-    response
-        .extensions_mut()
-        .insert(AcceptedSlot::new(Accepted {
-            tunnel,
-            status,
-            log: log.detached(),
-            logs: site.logs.clone(),
-            stats: site.stats.clone(),
-            start,
-        }));
-    response.map(LoggedBody::plain)
-}
-
-/// Applies [`proxy::response_framing`]: a bodiless response loses its body;
-/// a declared length the body contradicts turns the response into a 502
-/// (nothing of it has been sent), logged to the site's error log.
-fn frame_response(
-    response: &mut Response<ResponseBody>,
-    log: &LogFacts,
-    site: &SiteRoute,
-) -> proxy::ResponseFraming {
-    let body = response.body();
-    let body_len = if body.is_end_stream() {
-        Some(0)
-    } else {
-        body.size_hint().exact()
-    };
-    let status = response.status();
-    match proxy::response_framing(&log.method, status, response.headers_mut(), body_len) {
-        Ok(proxy::ResponseFraming::NoBody) => {
-            if !response.body().is_end_stream() {
-                *response.body_mut() = crate::upstream::empty_body();
-            }
-            proxy::ResponseFraming::NoBody
-        }
-        Ok(framing) => framing,
-        Err(why) => {
-            site.logs
-                .error(&format!("{} {}: 502: {why}", log.method, log.uri));
-            tracing::warn!(site = %site.config.name, method = %log.method, uri = %log.uri, error = %why, "response framing refused: 502");
-            *response = plain_response(StatusCode::BAD_GATEWAY, "Bad Gateway");
-            proxy::ResponseFraming::AsIs
-        }
-    }
-}
-
 /// `405` to `CONNECT`: the router tunnels nothing. HTTP/1 closes after it.
 fn connect_refused(version: Version) -> Response<ResponseBody> {
     let mut resp = plain_response(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not supported");
@@ -560,17 +366,7 @@ where
     let cut = (!body.is_end_stream()).then(|| Arc::new(OnceLock::new()));
     let body = match &cut {
         None => Empty::new().map_err(|never| match never {}).boxed_unsync(),
-        Some(cut) => LimitedBody {
-            inner: Box::pin(Limited::new(
-                body,
-                usize::try_from(limit).unwrap_or(usize::MAX),
-            )),
-            limit,
-            cut: cut.clone(),
-            timeout: body_timeout,
-            timer: None,
-        }
-        .boxed_unsync(),
+        Some(cut) => LimitedBody::new(body, limit, cut.clone(), body_timeout).boxed_unsync(),
     };
     Ok(Call::Upstream {
         req: Request::from_parts(parts, body),
@@ -602,81 +398,6 @@ fn as_upgrade(parts: &mut http::request::Parts, ask: WebSocketAsk) {
     );
     headers.insert(header::UPGRADE, http::HeaderValue::from_static("websocket"));
     parts.extensions.insert(Upgrade);
-}
-
-/// The request body as upstreams read it: at most `limits.body` bytes, and
-/// no wait longer than `body_timeout` for the next bytes (a slow upload
-/// cannot hold a connection forever). Either failure is the body's error, a
-/// [`BodyError`] that upstreams recognise by type, and is kept in `cut`, so
-/// whatever error the upstream makes of it, the client gets 413 or 408.
-///
-/// A request's trailer section (chunked HTTP/1.1, HTTP/2) is dropped here,
-/// whole: no runtime has a place for trailer fields (WSGI and FastCGI know
-/// only the head), and a trailer's `Content-Length`, `Host` or
-/// `Transfer-Encoding` (RFC 9110 §6.5.1) must never reach a runtime as if the
-/// head had said it. hyper hands the fields on unfiltered.
-struct LimitedBody<B> {
-    inner: Pin<Box<Limited<B>>>,
-    /// `limits.body`, which `inner` enforces.
-    limit: u64,
-    /// Why the router cut the body, once it did.
-    cut: Arc<OnceLock<BodyError>>,
-    timeout: Duration,
-    /// Armed while the body is waiting for the client.
-    timer: Option<Pin<Box<tokio::time::Sleep>>>,
-}
-
-impl<B> LimitedBody<B> {
-    /// Remembers why the body was cut and makes it the body's error.
-    fn cut(&self, why: BodyError) -> BoxError {
-        let _ = self.cut.set(why);
-        Box::new(why)
-    }
-}
-
-impl<B> Body for LimitedBody<B>
-where
-    B: Body<Data = Bytes>,
-    B::Error: Into<BoxError>,
-{
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let mut polled = self.inner.as_mut().poll_frame(cx);
-        if matches!(&polled, Poll::Ready(Some(Ok(frame))) if frame.is_trailers()) {
-            // The last frame; what follows is the body's end.
-            polled = self.inner.as_mut().poll_frame(cx);
-        }
-        match &polled {
-            Poll::Pending => {
-                let timeout = self.timeout;
-                let timer = self
-                    .timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-                if timer.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Some(Err(self.cut(BodyError::Stalled(timeout)))));
-                }
-            }
-            Poll::Ready(Some(Err(e))) if e.is::<LengthLimitError>() => {
-                let limit = self.limit;
-                return Poll::Ready(Some(Err(self.cut(BodyError::TooLarge { limit }))));
-            }
-            Poll::Ready(_) => self.timer = None,
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
 }
 
 /// The authority of the URI (HTTP/2, absolute-form) or the Host header:
@@ -723,24 +444,4 @@ pub(crate) fn strip_reserved(headers: &mut HeaderMap) {
     for k in reserved {
         headers.remove(k);
     }
-}
-
-/// Maps an upstream failure to its response (its status:
-/// [`UpstreamError::status`], by who failed), logging every fault but the
-/// client's to the site's error log (with the method and target the client
-/// sent: `log`, the request's access log facts).
-fn error_response(e: UpstreamError, site: &SiteRoute, log: &LogFacts) -> Response<ResponseBody> {
-    let status = e.status();
-    let fault = e.fault();
-    if fault != Fault::Client {
-        site.logs
-            .error(&format!("{} {}: {status}: {e}", log.method, log.uri));
-        tracing::warn!(site = %site.config.name, method = %log.method, uri = %log.uri, %status, ?fault, error = %e, "request failed");
-    }
-    let mut resp = plain_response(status, status.canonical_reason().unwrap_or("error"));
-    if matches!(e, UpstreamError::MethodNotAllowed) {
-        resp.headers_mut()
-            .insert(header::ALLOW, http::HeaderValue::from_static("GET, HEAD"));
-    }
-    resp
 }
