@@ -216,28 +216,12 @@ pub fn resolve_forwarded(
             headers.remove(name);
         }
     }
-    headers.insert(X_FORWARDED_FOR, ip_text(client.ip()));
+    headers.insert(
+        X_FORWARDED_FOR,
+        crate::upstream::client_ip::ip_text(client.ip()),
+    );
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme.as_str()));
     (client, scheme)
-}
-
-/// `ip` as text (`192.0.2.1`, `2001:db8::1`), for `X-Forwarded-For` and the
-/// access log. The last address formatted on this thread is kept: a
-/// connection's requests come from one client, so most requests reuse it
-/// instead of formatting (and allocating) it again.
-pub fn ip_text(ip: IpAddr) -> HeaderValue {
-    thread_local! {
-        static LAST: std::cell::RefCell<Option<(IpAddr, HeaderValue)>> = const { std::cell::RefCell::new(None) };
-    }
-    LAST.with_borrow_mut(|last| match last {
-        Some((cached, text)) if *cached == ip => text.clone(),
-        _ => {
-            let text = HeaderValue::from_maybe_shared(bytes::Bytes::from(ip.to_string()))
-                .expect("an IP address is a valid header value");
-            *last = Some((ip, text.clone()));
-            text
-        }
-    })
 }
 
 fn from_proxy_headers(
@@ -488,14 +472,6 @@ mod tests {
         let before = h.clone();
         strip_hop_by_hop(&mut h);
         assert_eq!(h, before);
-    }
-
-    #[test]
-    fn ip_text_names_each_address_whatever_came_before() {
-        for ip in ["192.0.2.1", "2001:db8::1", "192.0.2.1", "192.0.2.10"] {
-            let parsed: IpAddr = ip.parse().unwrap();
-            assert_eq!(ip_text(parsed), ip);
-        }
     }
 
     #[test]

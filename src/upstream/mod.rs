@@ -235,6 +235,7 @@ pub fn plain_response(status: StatusCode, text: &str) -> Response<ResponseBody> 
 }
 pub mod admission;
 pub mod app;
+pub mod client_ip;
 mod error;
 pub mod gate;
 pub mod hop;

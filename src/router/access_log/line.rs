@@ -12,12 +12,11 @@ use std::time::{Duration, Instant, SystemTime};
 use http::{header, Request, Version};
 
 use super::SiteLogs;
-use crate::router::proxy;
 
 /// What the access log line needs from the request, taken before the request
 /// is handed to the upstream.
 pub(crate) struct LogFacts {
-    /// The client's address as text (see `router::proxy::ip_text`).
+    /// The client's address as text (see `upstream::client_ip::ip_text`).
     client: http::HeaderValue,
     pub(crate) method: http::Method,
     /// Cloned, not rendered: its parts share the request's bytes.
@@ -30,7 +29,7 @@ pub(crate) struct LogFacts {
 impl LogFacts {
     pub(crate) fn of<B>(req: &Request<B>, client: SocketAddr) -> Self {
         LogFacts {
-            client: proxy::ip_text(client.ip()),
+            client: crate::upstream::client_ip::ip_text(client.ip()),
             method: req.method().clone(),
             uri: req.uri().clone(),
             version: req.version(),

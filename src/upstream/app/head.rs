@@ -15,11 +15,10 @@
 //! no client value survives. The router's own `x-polyhost-*` names were
 //! stripped at its edge; nothing here adds one.
 
-use std::io::Write;
-
 use http::header::{self, HeaderName};
 use http::{HeaderMap, Method};
 
+use crate::upstream::client_ip::ip_text;
 use crate::upstream::RequestContext;
 
 /// The client's fields that never reach the app: hop-by-hop ones (RFC 9110
@@ -102,7 +101,11 @@ impl<'a> Head<'a> {
             field(buf, "upgrade", to.as_bytes());
         }
         if self.body_len > 0 || had_length {
-            let _ = write!(buf, "content-length: {}\r\n", self.body_len);
+            field(
+                buf,
+                "content-length",
+                itoa::Buffer::new().format(self.body_len).as_bytes(),
+            );
         }
         self.forwarded(buf);
         buf.extend_from_slice(b"\r\n");
@@ -117,10 +120,12 @@ impl<'a> Head<'a> {
             Some(h) => Some(h.as_bytes()),
             None => Some(self.ctx.host.as_bytes()).filter(|h| h.iter().all(|&b| field_byte(b))),
         };
-        let _ = write!(
-            buf,
-            "x-forwarded-for: {ip}\r\nx-forwarded-proto: {proto}\r\n"
-        );
+        // The address as text from the per-thread cache (`core::fmt` of the
+        // address, twice per request, was 0.8 % of the router's samples
+        // under Node hello).
+        let ip_text = ip_text(ip);
+        field(buf, "x-forwarded-for", ip_text.as_bytes());
+        field(buf, "x-forwarded-proto", proto.as_bytes());
         if let Some(host) = host {
             field(buf, "x-forwarded-host", host);
         }
@@ -128,10 +133,16 @@ impl<'a> Head<'a> {
         if !prefix.is_empty() && prefix.iter().all(|&b| field_byte(b)) {
             field(buf, "x-forwarded-prefix", prefix);
         }
-        let _ = match ip {
-            std::net::IpAddr::V4(_) => write!(buf, "forwarded: for={ip};proto={proto}"),
-            std::net::IpAddr::V6(_) => write!(buf, "forwarded: for=\"[{ip}]\";proto={proto}"),
-        };
+        buf.extend_from_slice(match ip {
+            std::net::IpAddr::V4(_) => b"forwarded: for=",
+            std::net::IpAddr::V6(_) => b"forwarded: for=\"[",
+        });
+        buf.extend_from_slice(ip_text.as_bytes());
+        if ip.is_ipv6() {
+            buf.extend_from_slice(b"]\"");
+        }
+        buf.extend_from_slice(b";proto=");
+        buf.extend_from_slice(proto.as_bytes());
         // A quoted-string (a host with a port has a ':', no token
         // character), only of a host that is visible ASCII.
         if let Some(host) =
