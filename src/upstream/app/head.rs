@@ -133,14 +133,15 @@ impl<'a> Head<'a> {
         if !prefix.is_empty() && prefix.iter().all(|&b| field_byte(b)) {
             field(buf, "x-forwarded-prefix", prefix);
         }
-        buf.extend_from_slice(match ip {
-            std::net::IpAddr::V4(_) => b"forwarded: for=",
-            std::net::IpAddr::V6(_) => b"forwarded: for=\"[",
-        });
+        // An IPv6 address is bracketed and quoted (RFC 7239 §6).
+        let (open, close): (&[u8], &[u8]) = match ip {
+            std::net::IpAddr::V4(_) => (b"", b""),
+            std::net::IpAddr::V6(_) => (b"\"[", b"]\""),
+        };
+        buf.extend_from_slice(b"forwarded: for=");
+        buf.extend_from_slice(open);
         buf.extend_from_slice(ip_text.as_bytes());
-        if ip.is_ipv6() {
-            buf.extend_from_slice(b"]\"");
-        }
+        buf.extend_from_slice(close);
         buf.extend_from_slice(b";proto=");
         buf.extend_from_slice(proto.as_bytes());
         // A quoted-string (a host with a port has a ':', no token

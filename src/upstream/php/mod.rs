@@ -287,12 +287,10 @@ impl PhpUpstream {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
             .or_else(|| body.size_hint().exact());
+        // PHP reads exactly CONTENT_LENGTH bytes: a body of unknown length
+        // is read first, as is one to be held whole.
         let read_first = !body.is_end_stream()
-            && match content_length {
-                // PHP reads exactly CONTENT_LENGTH bytes.
-                None => true,
-                Some(n) => parts.method.is_idempotent() && n <= REPLAY_MAX,
-            };
+            && (content_length.is_none() || held_whole(&parts.method, content_length));
         if read_first {
             return Box::pin(self.read_then_run(parts, body, ctx, script, content_length, start));
         }
@@ -326,9 +324,7 @@ impl PhpUpstream {
             content_length = Some(spooled.len());
             body = spooled.into_body();
         }
-        let whole = parts.method.is_idempotent()
-            && !body.is_end_stream()
-            && content_length.is_some_and(|n| n <= REPLAY_MAX);
+        let whole = !body.is_end_stream() && held_whole(&parts.method, content_length);
         let body = match whole {
             true => ScriptBody::Whole(
                 body.collect()
@@ -496,6 +492,13 @@ impl PhpUpstream {
         self.pool.watch_fresh(&stream, lease.socket());
         Ok((stream, 0, false))
     }
+}
+
+/// A request body that is read whole before its exchange and sent with its
+/// head, so the request can be sent again on a fresh connection: an
+/// idempotent request's, of a known length up to [`REPLAY_MAX`].
+fn held_whole(method: &Method, content_length: Option<u64>) -> bool {
+    method.is_idempotent() && content_length.is_some_and(|n| n <= REPLAY_MAX)
 }
 
 /// The script a request runs, as `script::find` decided it.
