@@ -38,6 +38,10 @@
 //! - A file is returned only if the root's [`Reader`] (the site's user) may
 //!   read it, decided on the open descriptor ([`access`]); polyhost itself
 //!   opens everything as root.
+//! - The one lookup that is not an `openat2`, [`DocRoot::version_of`] (a
+//!   `statx`), opens nothing and returns no file: it only tells whether a
+//!   path still names a file, unchanged, that an `openat2` here opened and
+//!   admitted before ([`version`]).
 //!
 //! Every method here makes blocking system calls; async callers run them in
 //! `tokio::task::spawn_blocking`.
@@ -46,6 +50,7 @@ mod access;
 mod beneath;
 mod current;
 mod path;
+mod version;
 mod watch;
 
 use std::fs::{File, Metadata};
@@ -60,6 +65,7 @@ pub use access::Reader;
 pub use beneath::{fresh, Beneath, Fail, Kind, Wait};
 pub use current::Held;
 pub use path::{check_relative, decode, decode_for, Reading, Refusal, RelPath};
+pub use version::{Version, SETTLE};
 
 /// Why a path could not be resolved to a servable file.
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +114,9 @@ impl ResolveError {
     }
 }
 
+/// Numbers of [`DocRoot`]s, from 1.
+static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 /// A site document root. Cheap to clone (the handle is shared).
 #[derive(Clone, Debug)]
 pub struct DocRoot {
@@ -116,6 +125,8 @@ pub struct DocRoot {
 
 #[derive(Debug)]
 struct Inner {
+    /// Unique among the process's roots, never reused ([`DocRoot::id`]).
+    id: u64,
     /// The root's handle, kept while its path names the same directory.
     current: current::Current,
     path: PathBuf,
@@ -243,11 +254,18 @@ impl DocRoot {
     pub fn open(root: &Path, reader: Reader) -> io::Result<DocRoot> {
         Ok(DocRoot {
             inner: Arc::new(Inner {
+                id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
                 current: current::Current::open(root).map_err(root_io_error)?,
                 path: root.to_path_buf(),
                 reader,
             }),
         })
+    }
+
+    /// This root's number: no other [`DocRoot`] of the process has it, now
+    /// or later (what is kept per root can be told apart by it).
+    pub fn id(&self) -> u64 {
+        self.inner.id
     }
 
     /// Whose read permission the files served from this root need.
@@ -263,9 +281,13 @@ impl DocRoot {
     /// Resolves the raw path of a request URI (still percent-encoded, no
     /// query) to an open file or a directory. Blocking.
     pub fn resolve(&self, url_path: &str) -> Result<Resolved, ResolveError> {
-        let rel = decode(url_path)?;
+        self.resolve_decoded(&decode(url_path)?)
+    }
+
+    /// [`DocRoot::resolve`] of a path already [`decode`]d. Blocking.
+    pub fn resolve_decoded(&self, rel: &RelPath<'_>) -> Result<Resolved, ResolveError> {
         let beneath = self.beneath(Wait::Block).map_err(blocking)?;
-        let opened = beneath.open_rel(&rel).map_err(blocking)?;
+        let opened = beneath.open_rel(rel).map_err(blocking)?;
         self.admit(match opened {
             Opened::Dir(dir) => Opened::Dir(dir.found_beneath(beneath.into_root().into_arc())),
             file => file,

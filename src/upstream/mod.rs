@@ -110,6 +110,19 @@ pub trait Upstream: Send + Sync + 'static {
         drop(opened);
         self.handle(req, ctx)
     }
+    /// Produce the response for a request whose path another upstream found
+    /// to name a small file the static upstream keeps, unchanged
+    /// ([`static_files::hot`]). The static upstream answers from `kept`;
+    /// any other answers as [`Upstream::handle`] would.
+    fn handle_kept<'a>(
+        &'a self,
+        req: Request<RequestBody>,
+        ctx: &'a RequestContext,
+        kept: Arc<static_files::hot::Entry>,
+    ) -> BoxFuture<'a, Result<Response<ResponseBody>, UpstreamError>> {
+        drop(kept);
+        self.handle(req, ctx)
+    }
     /// The document root this upstream serves from, if it serves files: the
     /// PHP upstream looks static assets up beneath the same kept handle.
     fn docroot(&self) -> Option<&crate::docroot::DocRoot> {

@@ -35,6 +35,7 @@
 mod body;
 mod conditional;
 mod headers;
+pub mod hot;
 
 use std::io;
 use std::path::Path;
@@ -45,10 +46,11 @@ use futures_util::future::BoxFuture;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 
 use super::{
-    empty_body, plain_response, RequestBody, RequestContext, ResponseBody, Upstream, UpstreamError,
+    empty_body, full_body, plain_response, RequestBody, RequestContext, ResponseBody, Upstream,
+    UpstreamError,
 };
 use crate::config::StaticConfig;
-use crate::docroot::{DocRoot, OpenFile, Opened, Reader, ResolveError, Resolved};
+use crate::docroot::{decode, DocRoot, OpenFile, Opened, Reader, RelPath, ResolveError, Resolved};
 use crate::upstream::php_source::is_php_source;
 use conditional::{Decision, Validators};
 
@@ -105,13 +107,48 @@ impl StaticFiles {
         ctx: &RequestContext,
     ) -> Result<Response<ResponseBody>, UpstreamError> {
         allowed(req.method())?;
+        let rel = decode(req.uri().path())?;
+        if let Some(entry) = self.hot(&rel) {
+            return self.answer_hot(&req, &entry);
+        }
         // Resolved on the async thread: an openat2 + fstat of a cached path
         // costs microseconds, while a hop to the blocking pool cost two thread
         // switches per request (measured: most of the router's CPU on small
         // files). The bytes are read from the page cache without waiting for
         // the disk, or on the blocking pool when it does not have them.
-        let resolved = self.root.resolve(req.uri().path())?;
+        let resolved = self.root.resolve_decoded(&rel)?;
         self.answer(req, resolved, ctx)
+    }
+
+    /// The kept small file a decoded path names, unchanged ([`hot`]).
+    pub fn hot(&self, rel: &RelPath<'_>) -> Option<Arc<hot::Entry>> {
+        if rel.trailing_slash() {
+            return None;
+        }
+        hot::lookup(&self.root, rel.as_str())
+    }
+
+    /// Answers from a kept file ([`StaticFiles::hot`]), with the checks a
+    /// file opened afresh gets after its open (the site's PHP endings may
+    /// have changed since it was kept).
+    fn answer_hot(
+        &self,
+        req: &Request<RequestBody>,
+        entry: &hot::Entry,
+    ) -> Result<Response<ResponseBody>, UpstreamError> {
+        self.not_php_source(entry.rel_path())?;
+        let body = Source::Bytes(entry.bytes.clone());
+        Ok(self.respond(req.method(), req.headers(), &entry.described, body))
+    }
+
+    fn not_php_source(&self, rel: &str) -> Result<(), UpstreamError> {
+        let name = rel.rsplit('/').next().unwrap_or_default();
+        if is_php_source(name, &self.php_extensions) {
+            return Err(UpstreamError::Forbidden(format!(
+                "{name:?} is PHP source, never served as a file"
+            )));
+        }
+        Ok(())
     }
 
     /// Answers from what a request path resolved to.
@@ -124,13 +161,18 @@ impl StaticFiles {
         match found(&self.root, resolved, &self.index)? {
             Found::Redirect => Ok(redirect_to_slash(req.uri())),
             Found::File(file) => {
-                let name = file.rel_path().rsplit('/').next().unwrap_or_default();
-                if is_php_source(name, &self.php_extensions) {
-                    return Err(UpstreamError::Forbidden(format!(
-                        "{name:?} is PHP source, never served as a file"
-                    )));
-                }
-                Ok(self.respond(req.method(), req.headers(), *file, ctx))
+                self.not_php_source(file.rel_path())?;
+                let (method, headers) = (req.method(), req.headers());
+                Ok(match hot::keep(&self.root, &file, Described::of(&file)) {
+                    Ok(entry) => {
+                        let body = Source::Bytes(entry.bytes.clone());
+                        self.respond(method, headers, &entry.described, body)
+                    }
+                    Err(described) => {
+                        let body = Source::File(file.into_file(), ctx);
+                        self.respond(method, headers, &described, body)
+                    }
+                })
             }
         }
     }
@@ -139,23 +181,21 @@ impl StaticFiles {
         &self,
         method: &Method,
         headers: &http::HeaderMap,
-        file: OpenFile,
-        ctx: &RequestContext,
+        described: &Described,
+        body: Source<'_>,
     ) -> Response<ResponseBody> {
-        let mut v = Validators::from_metadata(file.metadata());
-        let decision = conditional::decide(method, headers, &v);
+        let v = &described.validators;
+        let decision = conditional::decide(method, headers, v);
         let mut res = Response::new(empty_body());
         // Room for every header set here and by the router after: one
         // allocation, no regrowth.
         *res.headers_mut() = http::HeaderMap::with_capacity(RESPONSE_HEADERS);
         let h = res.headers_mut();
-        // The text becomes the value without a copy.
-        let etag = bytes::Bytes::from(std::mem::take(&mut v.etag));
-        if let Ok(etag) = HeaderValue::from_maybe_shared(etag) {
-            h.insert(header::ETAG, etag);
+        if let Some(etag) = &described.etag {
+            h.insert(header::ETAG, etag.clone());
         }
-        if let Some(lm) = v.last_modified.and_then(headers::last_modified) {
-            h.insert(header::LAST_MODIFIED, lm);
+        if let Some(lm) = &described.last_modified {
+            h.insert(header::LAST_MODIFIED, lm.clone());
         }
         if let Some(cc) = &self.cache_control {
             h.insert(header::CACHE_CONTROL, cc.clone());
@@ -190,7 +230,7 @@ impl StaticFiles {
         };
         let h = res.headers_mut();
         h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-        h.insert(header::CONTENT_TYPE, headers::content_type(file.rel_path()));
+        h.insert(header::CONTENT_TYPE, described.content_type.clone());
         h.insert(
             header::X_CONTENT_TYPE_OPTIONS,
             HeaderValue::from_static("nosniff"),
@@ -202,9 +242,55 @@ impl StaticFiles {
             length.unwrap_or_else(|_| HeaderValue::from(len)),
         );
         if method == Method::GET && len > 0 {
-            *res.body_mut() = body::file_body(file.into_file(), start, len, ctx.files.as_ref());
+            *res.body_mut() = body.range(start, len);
         }
         res
+    }
+}
+
+/// What a response says of one version of a file: its validators, their
+/// header values and its type. Made once per file opened; a kept file
+/// ([`hot`]) keeps it.
+#[derive(Debug)]
+pub struct Described {
+    validators: Validators,
+    etag: Option<HeaderValue>,
+    last_modified: Option<HeaderValue>,
+    content_type: HeaderValue,
+}
+
+impl Described {
+    fn of(file: &OpenFile) -> Described {
+        let validators = Validators::from_metadata(file.metadata());
+        Described {
+            etag: HeaderValue::from_maybe_shared(bytes::Bytes::from(validators.etag.clone())).ok(),
+            last_modified: validators.last_modified.and_then(headers::last_modified),
+            content_type: headers::content_type(file.rel_path()),
+            validators,
+        }
+    }
+}
+
+/// Where a response's bytes come from.
+enum Source<'a> {
+    /// The open file, streamed ([`body`]) through the connection's queue of
+    /// files to send, if it has one.
+    File(std::fs::File, &'a RequestContext),
+    /// A kept file's bytes ([`hot`]).
+    Bytes(bytes::Bytes),
+}
+
+impl Source<'_> {
+    /// The body of `len` bytes from `start` (within the file's length).
+    fn range(self, start: u64, len: u64) -> ResponseBody {
+        match self {
+            Source::File(file, ctx) => body::file_body(file, start, len, ctx.files.as_ref()),
+            Source::Bytes(bytes) => {
+                // Both within the kept length (a few KiB), so they fit a usize.
+                let (start, len) = (start as usize, len as usize);
+                full_body(bytes.slice(start..start + len))
+            }
+        }
     }
 }
 
@@ -232,6 +318,16 @@ impl Upstream for StaticFiles {
             .and_then(|resolved| self.answer(req, resolved, ctx));
         Box::pin(std::future::ready(answer))
     }
+    fn handle_kept<'a>(
+        &'a self,
+        req: Request<RequestBody>,
+        _ctx: &'a RequestContext,
+        kept: Arc<hot::Entry>,
+    ) -> BoxFuture<'a, Result<Response<ResponseBody>, UpstreamError>> {
+        let answer = allowed(req.method()).and_then(|()| self.answer_hot(&req, &kept));
+        Box::pin(std::future::ready(answer))
+    }
+
     fn docroot(&self) -> Option<&DocRoot> {
         Some(&self.root)
     }

@@ -250,9 +250,10 @@ impl PhpUpstream {
     ) -> BoxFuture<'a, Result<Response<ResponseBody>, UpstreamError>> {
         match found.target {
             // Decoded and opened once: the static upstream answers from it.
-            Target::Static => match found.opened {
-                Some(opened) => self.static_files.handle_opened(req, ctx, opened),
-                None => self.static_files.handle(req, ctx),
+            Target::Static => match (found.kept, found.opened) {
+                (Some(kept), _) => self.static_files.handle_kept(req, ctx, kept),
+                (None, Some(opened)) => self.static_files.handle_opened(req, ctx, opened),
+                (None, None) => self.static_files.handle(req, ctx),
             },
             Target::NotFound => Box::pin(std::future::ready(Err(UpstreamError::NotFound))),
             Target::AddSlash => Box::pin(std::future::ready(add_slash(&req))),

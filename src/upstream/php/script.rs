@@ -42,10 +42,16 @@
 //!   What is not executed is refused (403).
 //! - What is [`Target::Static`] was opened here for reading (a path whose
 //!   last name is no PHP name is opened, not only looked up), and the static
-//!   upstream answers from that ([`Found::opened`], `Upstream::handle_opened`).
+//!   upstream answers from that ([`Found::opened`], `Upstream::handle_opened`);
+//!   or, for the hot case below, it is a small file the static upstream
+//!   keeps, whose path names it unchanged now ([`Found::kept`],
+//!   `static_files::hot`: one `statx`, the same answer an open would give).
+
+use std::sync::Arc;
 
 use crate::docroot::{self, Beneath, DocRoot, Kind, Opened, Reading, Refusal, RelPath, Wait};
 use crate::upstream::php_source::{ends_with_ignore_case, php_name, PhpName};
+use crate::upstream::static_files::hot;
 use crate::upstream::UpstreamError;
 
 /// What a request path resolves to.
@@ -74,6 +80,9 @@ pub enum Target {
 pub struct Found {
     pub target: Target,
     pub opened: Option<Opened>,
+    /// For [`Target::Static`]: the static upstream's kept copy of the file,
+    /// checked unchanged just now (`static_files::hot`), instead of an open.
+    pub kept: Option<Arc<hot::Entry>>,
 }
 
 impl From<Target> for Found {
@@ -81,6 +90,7 @@ impl From<Target> for Found {
         Found {
             target,
             opened: None,
+            kept: None,
         }
     }
 }
@@ -217,6 +227,15 @@ fn static_file(
     if path.trailing_slash() || php_name(last, &rules.extensions) != PhpName::Not {
         return Ok(None);
     }
+    // Only on the async threads, whose static upstream keeps files.
+    if wait == Wait::CachedOnly {
+        if let Some(entry) = hot::lookup(root, path.as_str()) {
+            return Ok(Some(Found {
+                kept: Some(entry),
+                ..static_target(None)
+            }));
+        }
+    }
     match root.beneath(wait)?.open_rel(path) {
         Ok(opened @ Opened::File { .. }) => Ok(Some(static_target(Some(opened)))),
         Ok(Opened::Dir(_)) | Err(docroot::Fail::Refused(docroot::ResolveError::NotFound)) => {
@@ -313,6 +332,7 @@ fn static_target(opened: Option<Opened>) -> Found {
     Found {
         target: Target::Static,
         opened,
+        kept: None,
     }
 }
 

@@ -326,6 +326,7 @@ fn a_replaced_root_serves_its_new_assets_and_scripts() {
         Ok(Found {
             target: Target::Static,
             opened: Some(Opened::File { mut file, .. }),
+            ..
         }) => {
             let mut text = String::new();
             file.read_to_string(&mut text).unwrap();
