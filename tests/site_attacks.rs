@@ -340,3 +340,111 @@ async fn a_php_site_static_files_follow_the_site_user_too() {
     );
     assert!(bin.terminate().await.success());
 }
+
+/// The router keeps small files in memory, and checks each against the file
+/// system on every request: whatever the site's user changes (from a
+/// shell, as its code could) is what the very next request gets, on a
+/// static site and on a PHP site's assets alike.
+#[tokio::test]
+async fn kept_files_follow_every_change_the_site_user_makes() {
+    const NAMES: [&str; 4] = ["rewrite.css", "symlink.css", "chmod.css", "remove.css"];
+    let cfg = TestConfig::new();
+    let (user, other) = (TestUser::new(), TestUser::new());
+    // Another site's file, world-readable: only the root's fence keeps it out.
+    let foreign = cfg.path().join("www/other/secret.css");
+    plant(&foreign, "SECRET!!", other.uid, other.gid(), 0o644);
+    php_site(&cfg, "php", &user, "", "");
+    cfg.write(
+        "vhosts/files.toml",
+        &format!(
+            "hosts = [\"files.test\"]\nroot = \"www/files\"\nuser = \"{}\"\n",
+            user.name
+        ),
+    );
+    let roots = [("files.test", "www/files"), ("php.test", "www/php")];
+    for (_, dir) in roots {
+        for name in NAMES {
+            plant(
+                &cfg.path().join(dir).join(name),
+                "body { }",
+                user.uid,
+                user.gid(),
+                0o644,
+            );
+        }
+        // The site's own directory, as a site owner has it.
+        std::os::unix::fs::chown(cfg.path().join(dir), Some(user.uid), Some(user.gid())).unwrap();
+    }
+    open_up(cfg.path());
+    // Kept only once settled: two seconds after their last change.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for (_, dir) in roots {
+        for name in NAMES {
+            let path = cfg.path().join(dir).join(name);
+            loop {
+                if changed_at(&path).elapsed().unwrap_or_default() > polyhost::docroot::SETTLE {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{} never settled",
+                    path.display()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    let bin = Binary::start(&cfg.main(), &[]).await;
+    // Several connections: each of the router's threads keeps its own.
+    for (host, _) in roots {
+        for name in NAMES {
+            for _ in 0..6 {
+                let r = get(bin.addr, host, &format!("/{name}")).await;
+                assert_eq!(
+                    (r.status, r.text()),
+                    (200, "body { }".into()),
+                    "{host}/{name}"
+                );
+            }
+        }
+    }
+    for (_, dir) in roots {
+        let dir = cfg.path().join(dir);
+        let script = format!(
+            "cd {dir} && printf 'BODY {{ }}' > rewrite.css && ln -sf {foreign} symlink.css \
+             && chmod 000 chmod.css && rm remove.css",
+            dir = dir.display(),
+            foreign = foreign.display()
+        );
+        let (ok, out) = common::runuser(&user.name, &["sh", "-c", &script]);
+        assert!(ok, "the site's user changes its files: {out}");
+    }
+    let mut wrong = Vec::new();
+    for (host, _) in roots {
+        let want = [
+            ("rewrite.css", 200, "BODY { }"),
+            ("symlink.css", 403, ""),
+            ("chmod.css", 403, ""),
+            ("remove.css", 404, ""),
+        ];
+        for _ in 0..6 {
+            for (name, status, text) in want {
+                let r = get(bin.addr, host, &format!("/{name}")).await;
+                let body = r.text();
+                if r.status != status || (status == 200 && body != text) || body.contains("SECRET")
+                {
+                    wrong.push(format!("{host}/{name}: {} {body:?}", r.status));
+                }
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}\n{}", bin.log());
+    assert!(bin.terminate().await.success());
+}
+
+/// When a file's inode last changed (its `ctime`).
+fn changed_at(path: &Path) -> std::time::SystemTime {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).unwrap();
+    std::time::UNIX_EPOCH + Duration::new(meta.ctime() as u64, meta.ctime_nsec() as u32)
+}

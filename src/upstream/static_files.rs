@@ -4,7 +4,8 @@
 //! Owns: method check (GET and HEAD only), path → file through
 //! [`DocRoot`] (index files, the trailing-slash redirect), `Content-Type`,
 //! validators and caching headers, conditional and range requests
-//! ([`conditional`]), and streaming the bytes ([`body`]).
+//! ([`conditional`]), streaming the bytes ([`body`]), and small files kept
+//! in memory per thread ([`hot`]).
 //!
 //! Invariants:
 //! - PHP source is never served, by any site, PHP or not (a site whose PHP
@@ -23,9 +24,12 @@
 //!   blocking pool ([`body`]); a large chunk's buffer is reused from a
 //!   bounded per-thread free list, and a chunk shows only the bytes just
 //!   read into it.
-//! - Nothing about a file is cached across requests here: each request
-//!   opens and `fstat`s the file afresh (a changed file is served fresh).
-//!   The only memory kept per file is `docroot::access`'s "this file has no
+//! - Every request sees the file as it is now. A file is opened and
+//!   `fstat`ed afresh, unless it is a small file this thread keeps
+//!   ([`hot`]): then one `statx` of its path must find the very inode that
+//!   was opened and admitted, unchanged (any write, `chmod`, `chown`, link,
+//!   rename or replacement changes it), or the file is opened afresh. The
+//!   other memory kept per file is `docroot::access`'s "this file has no
 //!   ACL", valid only for the file's present change time.
 //! - Failures (403, 404, 405, I/O) leave as [`UpstreamError`]; 301, 304,
 //!   412 and 416 are ordinary protocol answers and are built here.

@@ -55,7 +55,7 @@ use crate::docroot::{DocRoot, OpenFile, Version};
 pub const MAX_FILE: u64 = 32 * 1024;
 
 /// Bytes kept per thread (files, their paths and what describes them).
-pub const BUDGET: usize = 8 * 1024 * 1024;
+pub const BUDGET: usize = 4 * 1024 * 1024;
 
 /// Entries kept per thread.
 pub const MAX_ENTRIES: usize = 8192;
