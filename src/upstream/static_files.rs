@@ -125,7 +125,7 @@ impl StaticFiles {
     }
 
     /// The kept small file a decoded path names, unchanged ([`hot`]).
-    pub fn hot(&self, rel: &RelPath<'_>) -> Option<Arc<hot::Entry>> {
+    fn hot(&self, rel: &RelPath<'_>) -> Option<Arc<hot::Entry>> {
         if rel.trailing_slash() {
             return None;
         }

@@ -6,7 +6,8 @@
 //! one-write `503`, also when descriptors run out ([`refusal`]). An
 //! admitted one is placed on a lane (kept, or handed to a less busy one),
 //! then served in its own task there:
-//! TLS handshake (bounded by `header_timeout`), then hyper — HTTP/1.1, or
+//! TLS handshake (bounded by `header_timeout`, and by
+//! [`first_request_at_stop`] once the router stops), then hyper — HTTP/1.1, or
 //! HTTP/2 when ALPN chose `h2` (or, with `h2c = true`, on a plain connection
 //! that starts with the HTTP/2 preface).
 //!
@@ -400,8 +401,18 @@ async fn tls_connection(
     let activity = Activity::new();
     let io = TrackedIo::new(stream, activity.clone());
     let limits = &shared.options.front.limits;
+    // A handshake under way when the router stops gets what a plain
+    // connection gets for its first request then, not a whole header_timeout.
+    let stopped = async {
+        shared.stopping.wait().await;
+        tokio::time::sleep(first_request_at_stop(limits.header_timeout)).await;
+    };
     let handshake = tokio::select! {
         r = super::tls::accept(acceptor, &shared.table, io, limits.header_timeout) => r,
+        () = stopped => {
+            tracing::debug!(client = %conn.client, "closing connection: TLS handshake not done when the router stopped");
+            return;
+        }
         _ = shared.force.wait() => return,
     };
     match handshake {
