@@ -154,13 +154,16 @@ mod tests {
         assert_eq!(root.version_of(""), None);
     }
 
+    /// A change made to the test's file, by name.
+    type Change<'a> = Box<dyn Fn() + 'a>;
+
     #[test]
     fn every_change_that_matters_changes_the_version() {
         let (dir, root) = root();
         let path = dir.path().join("a.txt");
         std::fs::write(&path, b"one").unwrap();
         let mut before = opened(&root, "a.txt");
-        let changes: [(&str, Box<dyn Fn()>); 4] = [
+        let changes: [(&str, Change); 4] = [
             (
                 "rewritten, same size",
                 Box::new(|| {

@@ -167,12 +167,14 @@ impl StaticFiles {
             Found::File(file) => {
                 self.not_php_source(file.rel_path())?;
                 let (method, headers) = (req.method(), req.headers());
-                Ok(match hot::keep(&self.root, &file, Described::of(&file)) {
-                    Ok(entry) => {
+                let described = Described::of(&file);
+                Ok(match hot::keepable(&file) {
+                    Some(kept) => {
+                        let entry = hot::keep(&self.root, &file, kept, described);
                         let body = Source::Bytes(entry.bytes.clone());
                         self.respond(method, headers, &entry.described, body)
                     }
-                    Err(described) => {
+                    None => {
                         let body = Source::File(file.into_file(), ctx);
                         self.respond(method, headers, &described, body)
                     }

@@ -141,33 +141,38 @@ pub fn lookup(root: &DocRoot, rel: &str) -> Option<Arc<Entry>> {
     })
 }
 
-/// Keeps `file` (opened beneath `root`, about to be served, described by
-/// `described`) if it qualifies: small, settled, and all in the page cache.
-/// The entry, to answer from, or `described` back.
-pub fn keep(
-    root: &DocRoot,
-    file: &OpenFile,
-    described: Described,
-) -> Result<Arc<Entry>, Described> {
+/// What may be kept of a file: its version and all its bytes.
+pub struct Keepable {
+    version: Version,
+    bytes: Bytes,
+}
+
+/// What `file` (opened beneath its root, about to be served) may be kept
+/// as, if it qualifies: small, settled, and all in the page cache.
+pub fn keepable(file: &OpenFile) -> Option<Keepable> {
     let version = Version::of(file.metadata());
     if version.size() > MAX_FILE || !version.settled(SystemTime::now()) {
-        return Err(described);
+        return None;
     }
-    let Some(bytes) = read_whole(file.file(), version.size()) else {
-        return Err(described);
-    };
+    let bytes = read_whole(file.file(), version.size())?;
+    Some(Keepable { version, bytes })
+}
+
+/// Keeps what [`keepable`] read of `file` (at its path beneath `root`),
+/// with what its responses say (`described`); the entry to answer from.
+pub fn keep(root: &DocRoot, file: &OpenFile, kept: Keepable, described: Described) -> Arc<Entry> {
     let entry = Arc::new(Entry {
         root: root.id(),
         rel: file.rel_path().into(),
-        version,
+        version: kept.version,
         described,
-        bytes,
+        bytes: kept.bytes,
     });
     HOT.with_borrow_mut(|hot| {
         let key = hot.key(entry.root, &entry.rel);
         hot.insert(key, entry.clone());
     });
-    Ok(entry)
+    entry
 }
 
 /// All `len` bytes of `file` from the page cache, or `None` (not all

@@ -39,11 +39,11 @@ fn settled_files(dir: &Path, files: &[(&str, &[u8])]) {
     }
 }
 
-/// Opens `rel` as the static upstream does and offers it to be kept.
-fn keep_rel(root: &DocRoot, rel: &str) -> Result<Arc<Entry>, Described> {
+/// Opens `rel` as the static upstream does and keeps it if it may be.
+fn keep_rel(root: &DocRoot, rel: &str) -> Option<Arc<Entry>> {
     let file = root.resolve_relative(rel).expect("the file opens");
-    let described = Described::of(&file);
-    keep(root, &file, described)
+    let kept = keepable(&file)?;
+    Some(keep(root, &file, kept, Described::of(&file)))
 }
 
 #[test]
@@ -73,7 +73,7 @@ fn a_settled_small_file_is_kept_and_answers_until_it_changes() {
     );
     assert_eq!(kept().0, 1, "the changed file's entry is dropped");
     assert!(
-        keep_rel(&root, "a.txt").is_err(),
+        keep_rel(&root, "a.txt").is_none(),
         "a file changed just now is not kept"
     );
 }
@@ -94,7 +94,7 @@ fn every_change_to_a_kept_file_is_seen_at_once() {
     settled_files(&site, &files);
     std::fs::write(dir.path().join("outside"), b"SECRET").unwrap();
     for name in names {
-        keep_rel(&root, name).unwrap_or_else(|_| panic!("{name} is kept"));
+        keep_rel(&root, name).unwrap_or_else(|| panic!("{name} is kept"));
         assert!(lookup(&root, name).is_some(), "{name} is found");
     }
     std::fs::set_permissions(site.join("chmod"), std::fs::Permissions::from_mode(0o600)).unwrap();
@@ -122,14 +122,14 @@ fn only_small_settled_files_wholly_read_are_kept() {
     let limit = vec![b'y'; MAX_FILE as usize];
     settled_files(&site, &[("big", &big), ("limit", &limit), ("empty", b"")]);
     assert!(
-        keep_rel(&root, "big").is_err(),
+        keep_rel(&root, "big").is_none(),
         "a file over MAX_FILE is kept"
     );
     assert_eq!(keep_rel(&root, "limit").unwrap().bytes.len(), limit.len());
     assert_eq!(keep_rel(&root, "empty").unwrap().bytes.len(), 0);
     std::fs::write(site.join("fresh"), b"new").unwrap();
     assert!(
-        keep_rel(&root, "fresh").is_err(),
+        keep_rel(&root, "fresh").is_none(),
         "an unsettled file is kept"
     );
     // Kept again: one entry per path, its cost counted once.
