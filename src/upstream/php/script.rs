@@ -22,11 +22,15 @@
 //!   Everything else, a script above all, is decided beneath the root
 //!   opened afresh (`docroot::fresh`: the directory php-fpm will open the
 //!   script in, as its path names it at this very moment).
-//! - No answer is cached (only the root's handle, above): every request
-//!   looks at the file system as it is now, so a deleted, replaced or
-//!   re-linked file is never run from a stale answer. [`find_cached`] makes that cheap enough for the async
+//! - No answer is cached (only the root's handle, above, and the static
+//!   upstream's kept small files, each checked by a `statx` of its path
+//!   first): every request looks at the file system as it is now, so a
+//!   deleted, replaced or re-linked file is never run or sent from a stale
+//!   answer. [`find_cached`] makes that cheap enough for the async
 //!   threads (`RESOLVE_CACHED`: answered from the kernel's caches or not at
-//!   all); [`find`] then does the same lookup, blocking.
+//!   all; a kept file's `statx` has no such mode, and on a network file
+//!   system asks the server, as the static upstream's own `openat2` does);
+//!   [`find`] then does the same lookup, blocking.
 //! - A script is an existing regular file whose name ends in one of the
 //!   site's `php.extensions` (`.php` by default, exact letter case): either
 //!   the whole path, or the path up to the **first** segment with such an
