@@ -377,23 +377,22 @@ async fn kept_files_follow_every_change_the_site_user_makes() {
     }
     open_up(cfg.path());
     // Kept only once settled: two seconds after their last change.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    for (_, dir) in roots {
-        for name in NAMES {
-            let path = cfg.path().join(dir).join(name);
-            loop {
-                if changed_at(&path).elapsed().unwrap_or_default() > polyhost::docroot::SETTLE {
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "{} never settled",
-                    path.display()
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
+    let paths: Vec<PathBuf> = roots
+        .iter()
+        .flat_map(|(_, dir)| NAMES.map(|name| cfg.path().join(dir).join(name)))
+        .collect();
+    common::wait_for(
+        "the files to settle (their last change 2 s old)",
+        Duration::from_secs(15),
+        async || {
+            let unsettled = |p: &&PathBuf| {
+                changed_at(p).elapsed().unwrap_or_default() <= polyhost::docroot::SETTLE
+            };
+            paths.iter().filter(unsettled).cloned().collect::<Vec<_>>()
+        },
+        Vec::is_empty,
+    )
+    .await;
     let bin = Binary::start(&cfg.main(), &[]).await;
     // Several connections: each of the router's threads keeps its own.
     for (host, _) in roots {
