@@ -99,23 +99,11 @@ impl Edges {
             "h2c = true\ntls_listen = [\"127.0.0.1:0\"]\n[metrics]\nlisten = \"127.0.0.1:0\"",
         );
         let bin = Binary::start(&cfg.main(), &[]).await;
-        let (mut tls, mut metrics) = (None, None);
-        let found = common::eventually(Duration::from_secs(10), || {
-            let log = bin.log();
-            tls = logged_addr(&log, "listening (TLS)");
-            metrics = logged_addr(&log, "metrics listening");
-            let done = tls.is_some() && metrics.is_some();
-            async move { done }
-        })
-        .await;
-        assert!(
-            found,
-            "no TLS or metrics listener in the log:\n{}",
-            bin.log()
-        );
+        let tls = bin.logged_addr("listening (TLS)").await;
+        let metrics = bin.logged_addr("metrics listening").await;
         let edges = Edges {
-            tls: tls.unwrap(),
-            metrics: metrics.unwrap(),
+            tls,
+            metrics,
             bin,
             _cfg: cfg,
             _user: user,
@@ -169,16 +157,6 @@ impl Edges {
 }
 
 /// The `addr=` of the first log line that mentions `what`.
-fn logged_addr(log: &str, what: &str) -> Option<SocketAddr> {
-    let line = log.lines().find(|l| l.contains(what))?;
-    line.split("addr=")
-        .nth(1)?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
 /// Sends `request` on a new connection, shuts down the sending side, and
 /// reads one response (`None`: closed without one).
 async fn half_closed(addr: SocketAddr, request: &str) -> Option<RawResponse> {

@@ -393,7 +393,11 @@ async fn kept_files_follow_every_change_the_site_user_makes() {
         Vec::is_empty,
     )
     .await;
+    // A metrics listener to read what was kept. The test config runs two
+    // router threads, whatever the machine's CPUs: the bounds below.
+    cfg.main_extra("[metrics]\nlisten = \"127.0.0.1:0\"");
     let bin = Binary::start(&cfg.main(), &[]).await;
+    let metrics = bin.logged_addr("metrics listening").await;
     // Several connections: each of the router's threads keeps its own.
     for (host, _) in roots {
         for name in NAMES {
@@ -407,6 +411,18 @@ async fn kept_files_follow_every_change_the_site_user_makes() {
             }
         }
     }
+    // 48 requests for 8 files: each kept once per thread at most, every
+    // later request for it on that thread answered from memory.
+    let first = kept_metrics(metrics).await;
+    assert!(
+        (8..=16).contains(&first.stored)
+            && (8..=16).contains(&first.files)
+            && first.bytes >= 8 * 8
+            && first.answers >= 48 - 16
+            && first.answers + first.stored <= 48
+            && first.changed == 0,
+        "{first:?}"
+    );
     for (_, dir) in roots {
         let dir = cfg.path().join(dir);
         let script = format!(
@@ -438,7 +454,41 @@ async fn kept_files_follow_every_change_the_site_user_makes() {
         }
     }
     assert!(wrong.is_empty(), "{wrong:#?}\n{}", bin.log());
+    // The changes were seen and the kept copies dropped; nothing new kept
+    // (the rewritten file is not settled, the others are refused).
+    let after = kept_metrics(metrics).await;
+    assert!(
+        after.changed >= 1 && after.files < first.files && after.stored == first.stored,
+        "before the changes {first:?}, after {after:?}"
+    );
     assert!(bin.terminate().await.success());
+}
+
+/// The `polyhost_static_kept_*` families of a scrape.
+#[derive(Debug)]
+struct Kept {
+    files: u64,
+    bytes: u64,
+    answers: u64,
+    stored: u64,
+    changed: u64,
+}
+
+async fn kept_metrics(metrics: std::net::SocketAddr) -> Kept {
+    let text = get(metrics, "x", "/metrics").await.text();
+    let value = |series: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in the scrape:\n{text}"))
+    };
+    Kept {
+        files: value("polyhost_static_kept_files"),
+        bytes: value("polyhost_static_kept_bytes"),
+        answers: value("polyhost_static_kept_answers_total"),
+        stored: value("polyhost_static_kept_stored_total"),
+        changed: value("polyhost_static_kept_dropped_total{reason=\"changed\"}"),
+    }
 }
 
 /// When a file's inode last changed (its `ctime`).

@@ -399,8 +399,59 @@ impl Collector for RouterScrape {
             None,
             Gauge,
         )?)?;
-        Ok(())
+        encode_kept_files(e, crate::metrics::kept_files::snapshot())
     }
+}
+
+/// The router threads' kept small files (`upstream::static_files::hot`).
+fn encode_kept_files(
+    e: &mut DescriptorEncoder,
+    k: crate::metrics::kept_files::KeptSnapshot,
+) -> Res {
+    use MetricType::{Counter, Gauge};
+    let families = [
+        (
+            "polyhost_static_kept_files",
+            "Small static files the router threads keep in memory now.",
+            Gauge,
+            k.files,
+        ),
+        (
+            "polyhost_static_kept_bytes",
+            "Bytes those files take (contents, paths, headers).",
+            Gauge,
+            k.bytes,
+        ),
+        (
+            "polyhost_static_kept_answers",
+            "Requests answered from a kept file (found unchanged).",
+            Counter,
+            k.answers,
+        ),
+        (
+            "polyhost_static_kept_stored",
+            "Files read into memory to be kept.",
+            Counter,
+            k.stored,
+        ),
+    ];
+    for (name, help, kind, v) in families {
+        let metric = e.encode_descriptor(name, help, None, kind)?;
+        match kind {
+            Counter => ConstCounter::new(v).encode(metric)?,
+            _ => gauge(v).encode(metric)?,
+        }
+    }
+    let mut family = e.encode_descriptor(
+        "polyhost_static_kept_dropped",
+        "Kept files dropped, by reason: changed (found changed or gone at a request's check), evicted (for room).",
+        None,
+        Counter,
+    )?;
+    for (reason, n) in [("changed", k.changed), ("evicted", k.evicted)] {
+        ConstCounter::new(n).encode(family.encode_family(&[("reason", reason)])?)?;
+    }
+    Ok(())
 }
 
 #[derive(Debug)]

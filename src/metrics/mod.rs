@@ -7,6 +7,9 @@
 //!   never a label lookup).
 //!   [`SiteView`] is what a scrape reads of one site.
 //! - [`connections`]: server-wide connection counters the accept loops bump.
+//! - [`kept_files`]: what the router threads' kept small files hold and
+//!   did (answers, files read, dropped as changed or for room), summed
+//!   over threads at scrape time.
 //! - [`php_pool`]: what a PHP site's FastCGI connection pool did (reused,
 //!   retired, warmed successors, ...), per site, across reloads.
 //! - [`on_demand`]: what on-demand TLS did (`acme::on_demand`), server-wide.
@@ -17,6 +20,7 @@
 //! above it.
 
 pub mod connections;
+pub mod kept_files;
 pub mod on_demand;
 pub mod php_pool;
 pub mod site;

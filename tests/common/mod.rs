@@ -210,6 +210,28 @@ impl Binary {
         self.log.lock().unwrap().clone()
     }
 
+    /// The address of the listener whose log line contains `what`
+    /// (`... addr=127.0.0.1:PORT`), waited for up to 10 s.
+    pub async fn logged_addr(&self, what: &str) -> SocketAddr {
+        let found = wait_for(
+            &format!("a log line with {what:?} and its address"),
+            Duration::from_secs(10),
+            async || {
+                let log = self.log();
+                let line = log.lines().find(|l| l.contains(what))?;
+                line.split("addr=")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            },
+            Option::is_some,
+        )
+        .await;
+        found.unwrap()
+    }
+
     /// SIGTERM, then the exit status.
     pub async fn terminate(mut self) -> std::process::ExitStatus {
         let pid = self.child.id().unwrap() as i32;

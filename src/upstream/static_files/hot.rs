@@ -49,6 +49,7 @@ use rustix::io::{preadv2, Errno, ReadWriteFlags};
 
 use super::Described;
 use crate::docroot::{DocRoot, OpenFile, Version};
+use crate::metrics::kept_files::ThreadCounts;
 
 /// Largest file kept: below the size files are handed to `sendfile` from
 /// ([`crate::sendfile::SEND_FROM`]), where the router copies nothing.
@@ -90,6 +91,8 @@ struct Hot {
     cost: usize,
     /// Keyed per thread: a path cannot be chosen to collide with another.
     hasher: RandomState,
+    /// This thread's part of the `polyhost_static_kept_*` metrics.
+    counts: Arc<ThreadCounts>,
 }
 
 thread_local! {
@@ -97,7 +100,14 @@ thread_local! {
         entries: LruCache::unbounded(),
         cost: 0,
         hasher: RandomState::new(),
+        counts: ThreadCounts::register(),
     });
+}
+
+impl Drop for Hot {
+    fn drop(&mut self) {
+        self.counts.retire();
+    }
 }
 
 impl Hot {
@@ -109,18 +119,24 @@ impl Hot {
         if let Some(gone) = self.entries.pop(&key) {
             self.cost -= gone.cost();
         }
+        self.counts.holding(self.entries.len(), self.cost);
     }
 
     fn insert(&mut self, key: u64, entry: Arc<Entry>) {
         self.remove(key);
         self.cost += entry.cost();
         self.entries.put(key, entry);
+        self.counts.stored();
         while self.cost > BUDGET || self.entries.len() > MAX_ENTRIES {
             match self.entries.pop_lru() {
-                Some((_, gone)) => self.cost -= gone.cost(),
+                Some((_, gone)) => {
+                    self.cost -= gone.cost();
+                    self.counts.evicted();
+                }
                 None => break,
             }
         }
+        self.counts.holding(self.entries.len(), self.cost);
     }
 }
 
@@ -134,9 +150,12 @@ pub fn lookup(root: &DocRoot, rel: &str) -> Option<Arc<Entry>> {
             return None;
         }
         if root.version_of(rel) == Some(entry.version) {
-            return Some(entry.clone());
+            let entry = entry.clone();
+            hot.counts.answered();
+            return Some(entry);
         }
         hot.remove(key);
+        hot.counts.changed();
         None
     })
 }

@@ -175,5 +175,18 @@ fn the_budget_drops_the_least_recently_used() {
         assert!(hot.entries.peek(&1007).is_some(), "the newest is gone");
         let counted: usize = hot.entries.iter().map(|(_, e)| e.cost()).sum();
         assert_eq!(counted, hot.cost);
+        // What the metrics show of this thread: every file kept, either
+        // held or evicted.
+        let counts = hot.counts.own();
+        assert_eq!(
+            (counts.files, counts.bytes, counts.evicted),
+            (
+                hot.entries.len() as u64,
+                hot.cost as u64,
+                counts.stored - hot.entries.len() as u64
+            ),
+            "{counts:?}"
+        );
+        assert!(counts.evicted >= 1, "{counts:?}");
     });
 }
