@@ -529,3 +529,63 @@ async fn large_files_stream_in_bounded_chunks() {
         "RSS grew by {growth_mib} MiB while streaming"
     );
 }
+
+/// A lookup the kernel's caches cannot answer without I/O (here: after
+/// the dentries were dropped; on a network file system: a revalidation)
+/// is made on the blocking pool, never on the router's async thread, and
+/// answers the same: the file, a directory's index, a missing file, a
+/// symlink out of the root, one inside it.
+#[tokio::test]
+async fn cold_lookups_are_made_on_the_blocking_pool_with_the_same_answers() {
+    use polyhost::docroot::{cached_lookups, decode, DocRoot, Fail, Reader};
+    if !cached_lookups() {
+        eprintln!(
+            "skipped: this kernel has no RESOLVE_CACHED (before 5.12): every lookup may wait"
+        );
+        return;
+    }
+    let s = site();
+    let probe = DocRoot::open(&s.root, Reader::Anyone).unwrap();
+    // A root's handle is kept from its first (blocking) lookup on.
+    probe.resolve("/x").unwrap();
+    let cached = |uri: &str| match probe.resolve_cached(&decode(uri).unwrap()) {
+        Err(Fail::NotCached) => "not cached",
+        _ => "answered",
+    };
+    let cases = [
+        ("/digits.txt", StatusCode::OK, DIGITS),
+        ("/dir/", StatusCode::OK, "<p>dir index</p>"),
+        ("/sub/up.txt", StatusCode::OK, DIGITS),
+        ("/missing.txt", StatusCode::NOT_FOUND, ""),
+        ("/steal.txt", StatusCode::FORBIDDEN, ""),
+    ];
+    for (uri, status, body) in cases {
+        // Unused dentries go with `drop_caches = 2`; a busy machine may
+        // look the path up again meanwhile (not this one's), so a few tries.
+        let mut seen = Vec::new();
+        for _ in 0..5 {
+            fs::write("/proc/sys/vm/drop_caches", "2").expect("drop the dentry cache (root)");
+            seen.push(cached(uri));
+            if seen.last() == Some(&"not cached") {
+                break;
+            }
+        }
+        assert_eq!(
+            seen.last(),
+            Some(&"not cached"),
+            "{uri} stays cached: {seen:?}"
+        );
+        let r = s.get(uri).await;
+        assert_eq!(r.status, status, "{uri}: {}", r.text());
+        if status == StatusCode::OK {
+            assert_eq!(r.text(), body, "{uri}");
+        } else {
+            assert!(!r.text().contains("SECRET"), "{uri}: {}", r.text());
+        }
+        // The blocking lookup filled the caches: the next one is answered
+        // on the async thread.
+        if status != StatusCode::FORBIDDEN {
+            assert_eq!(cached(uri), "answered", "{uri} after it was served");
+        }
+    }
+}

@@ -43,6 +43,19 @@ pub enum Fail {
     NotCached,
 }
 
+impl Fail {
+    /// The answer of a lookup that was allowed to wait ([`Wait::Block`]),
+    /// which never fails for want of cached answers.
+    pub fn answered(self) -> ResolveError {
+        match self {
+            Fail::Refused(e) => e,
+            Fail::NotCached => {
+                ResolveError::Io(io::Error::other("a blocking lookup refused to wait"))
+            }
+        }
+    }
+}
+
 impl From<ResolveError> for Fail {
     fn from(e: ResolveError) -> Self {
         Fail::Refused(e)
@@ -140,6 +153,19 @@ fn resolve_flags(base: ResolveFlag, wait: Wait) -> ResolveFlag {
         Wait::Block => base,
         Wait::CachedOnly => base | ResolveFlag::from_bits_retain(libc::RESOLVE_CACHED),
     }
+}
+
+/// Whether this kernel answers lookups from its caches only
+/// (`RESOLVE_CACHED`, Linux 5.12; older ones refuse the flag with
+/// `EINVAL`). Asked once, of `/`.
+pub fn cached_lookups() -> bool {
+    static SUPPORTED: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
+        let how = OpenHow::new()
+            .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
+            .resolve(resolve_flags(ResolveFlag::empty(), Wait::CachedOnly));
+        !matches!(openat2(AT_FDCWD, "/", how), Err(Errno::EINVAL))
+    });
+    *SUPPORTED
 }
 
 /// Lookups beneath one root handle.

@@ -62,7 +62,7 @@ use std::sync::Arc;
 use nix::errno::Errno;
 
 pub use access::Reader;
-pub use beneath::{fresh, Beneath, Fail, Kind, Wait};
+pub use beneath::{cached_lookups, fresh, Beneath, Fail, Kind, Wait};
 pub use current::Held;
 pub use path::{check_relative, decode, decode_for, Reading, Refusal, RelPath};
 pub use version::{Version, SETTLE};
@@ -286,12 +286,23 @@ impl DocRoot {
 
     /// [`DocRoot::resolve`] of a path already [`decode`]d. Blocking.
     pub fn resolve_decoded(&self, rel: &RelPath<'_>) -> Result<Resolved, ResolveError> {
-        let beneath = self.beneath(Wait::Block).map_err(blocking)?;
-        let opened = beneath.open_rel(rel).map_err(blocking)?;
-        self.admit(match opened {
+        self.resolve_with(rel, Wait::Block).map_err(Fail::answered)
+    }
+
+    /// [`DocRoot::resolve_decoded`], or [`Fail::NotCached`] when the
+    /// kernel's caches cannot answer without I/O (a cold path, a network
+    /// file system's revalidation): never waits.
+    pub fn resolve_cached(&self, rel: &RelPath<'_>) -> Result<Resolved, Fail> {
+        self.resolve_with(rel, Wait::CachedOnly)
+    }
+
+    fn resolve_with(&self, rel: &RelPath<'_>, wait: Wait) -> Result<Resolved, Fail> {
+        let beneath = self.beneath(wait)?;
+        let opened = beneath.open_rel(rel)?;
+        Ok(self.admit(match opened {
             Opened::Dir(dir) => Opened::Dir(dir.found_beneath(beneath.into_root().into_arc())),
             file => file,
-        })
+        })?)
     }
 
     /// What another lookup opened beneath this root (PHP's, beneath the
@@ -320,11 +331,14 @@ impl DocRoot {
     /// cannot lead outside. `Ok(None)` when none exists.
     ///
     /// [`resolve`]: DocRoot::resolve
+    /// With [`Wait::CachedOnly`], [`Fail::NotCached`] when a lookup would
+    /// wait.
     pub fn open_index(
         &self,
         dir: &Dir,
         names: &[String],
-    ) -> Result<Option<OpenFile>, ResolveError> {
+        wait: Wait,
+    ) -> Result<Option<OpenFile>, Fail> {
         for name in names {
             let joined = if dir.rel.is_empty() {
                 name.clone()
@@ -332,12 +346,12 @@ impl DocRoot {
                 format!("{}/{name}", dir.rel)
             };
             let found = match &dir.under {
-                Some(root) => self.open_relative(Beneath::new(&**root, Wait::Block), &joined),
-                None => self.resolve_relative(&joined),
+                Some(root) => self.open_relative(Beneath::new(&**root, wait), &joined),
+                None => self.open_relative(self.beneath(wait)?, &joined),
             };
             match found {
                 Ok(file) => return Ok(Some(file)),
-                Err(ResolveError::NotFound) => continue,
+                Err(Fail::Refused(ResolveError::NotFound)) => continue,
                 Err(e) => return Err(e),
             }
         }
@@ -350,21 +364,23 @@ impl DocRoot {
     ///
     /// [`resolve`]: DocRoot::resolve
     pub fn resolve_relative(&self, rel: &str) -> Result<OpenFile, ResolveError> {
-        self.open_relative(self.beneath(Wait::Block).map_err(blocking)?, rel)
+        let beneath = self.beneath(Wait::Block).map_err(Fail::answered)?;
+        self.open_relative(beneath, rel).map_err(Fail::answered)
     }
 
-    /// [`DocRoot::resolve_relative`] beneath `beneath`'s root.
+    /// [`DocRoot::resolve_relative`] beneath `beneath`'s root, waiting as
+    /// it does.
     fn open_relative<F: std::os::fd::AsFd>(
         &self,
         beneath: Beneath<F>,
         rel: &str,
-    ) -> Result<OpenFile, ResolveError> {
+    ) -> Result<OpenFile, Fail> {
         let rel = check_relative(rel)?;
-        let (file, meta) = beneath.open(rel.as_str()).map_err(blocking)?;
+        let (file, meta) = beneath.open(rel.as_str())?;
         if !meta.is_file() {
-            return Err(ResolveError::NotFound);
+            return Err(ResolveError::NotFound.into());
         }
-        self.open_file(rel.as_str().to_owned(), file, meta)
+        Ok(self.open_file(rel.as_str().to_owned(), file, meta)?)
     }
 
     /// A regular file becomes an [`OpenFile`] only if the reader may read it.
@@ -376,14 +392,6 @@ impl DocRoot {
             rel,
             root: self.clone(),
         })
-    }
-}
-
-/// A blocking lookup always answers.
-fn blocking(e: Fail) -> ResolveError {
-    match e {
-        Fail::Refused(e) => e,
-        Fail::NotCached => ResolveError::Io(io::Error::other("a blocking lookup refused to wait")),
     }
 }
 

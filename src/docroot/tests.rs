@@ -166,7 +166,7 @@ fn resolves_files_and_directories() {
         Resolved::Dir(d) => {
             assert!(!d.has_trailing_slash());
             let idx = root
-                .open_index(&d, &["index.htm".into(), "index.html".into()])
+                .open_index(&d, &["index.htm".into(), "index.html".into()], Wait::Block)
                 .unwrap()
                 .unwrap();
             assert_eq!(idx.rel_path(), "dir/index.html");
@@ -177,7 +177,7 @@ fn resolves_files_and_directories() {
         Resolved::Dir(d) => {
             assert!(d.has_trailing_slash());
             assert!(root
-                .open_index(&d, &["index.html".into()])
+                .open_index(&d, &["index.html".into()], Wait::Block)
                 .unwrap()
                 .is_none());
         }
@@ -397,14 +397,14 @@ fn a_directory_found_beneath_another_root_takes_its_index_from_it() {
     let Resolved::Dir(dir) = root.admit(Opened::Dir(dir)).unwrap() else {
         panic!("admitted as a directory");
     };
-    let file = root.open_index(&dir, &index).unwrap().unwrap();
+    let file = root.open_index(&dir, &index, Wait::Block).unwrap().unwrap();
     assert_eq!(read(file), "new index");
     // Found through the DocRoot itself: its own root's index.
     let Resolved::Dir(own) = root.resolve("/sub/").unwrap() else {
         panic!("sub/ is a directory");
     };
     assert_eq!(
-        read(root.open_index(&own, &index).unwrap().unwrap()),
+        read(root.open_index(&own, &index, Wait::Block).unwrap().unwrap()),
         "old index"
     );
 }

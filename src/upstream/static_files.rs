@@ -17,8 +17,12 @@
 //!   `RESOLVE_BENEATH`, and only if the site's user may read it); the
 //!   response describes that open file's `fstat`, never a second lookup of
 //!   the path.
-//! - Opening and `fstat` run on the async thread (an `openat2` of a cached
-//!   path costs microseconds); file bytes are read in chunks of at most
+//! - Opening and `fstat` run on the async thread when the kernel's caches
+//!   answer the lookup (`RESOLVE_CACHED`: an `openat2` of a cached path
+//!   costs microseconds), else on the blocking pool (a path not in the
+//!   caches, a network file system's revalidation, a root's first
+//!   lookup): one site's cold or remote files never stall the other
+//!   connections of its thread. File bytes are read in chunks of at most
 //!   [`body::CHUNK`], so a large file costs no more memory than a small one,
 //!   from the page cache on the async thread and from the disk on the
 //!   blocking pool ([`body`]); a large chunk's buffer is reused from a
@@ -54,7 +58,10 @@ use super::{
     UpstreamError,
 };
 use crate::config::StaticConfig;
-use crate::docroot::{decode, DocRoot, OpenFile, Opened, Reader, RelPath, ResolveError, Resolved};
+use crate::docroot::{
+    cached_lookups, decode, DocRoot, Fail, OpenFile, Opened, Reader, RelPath, ResolveError,
+    Resolved, Wait,
+};
 use crate::upstream::php_source::is_php_source;
 use conditional::{Decision, Validators};
 
@@ -109,19 +116,55 @@ impl StaticFiles {
         &self,
         req: Request<RequestBody>,
         ctx: &RequestContext,
-    ) -> Result<Response<ResponseBody>, UpstreamError> {
+    ) -> Result<Served, UpstreamError> {
         allowed(req.method())?;
         let rel = decode(req.uri().path())?;
         if let Some(entry) = self.hot(&rel) {
-            return self.answer_hot(&req, &entry);
+            return self.answer_hot(&req, &entry).map(Served::Answer);
         }
-        // Resolved on the async thread: an openat2 + fstat of a cached path
-        // costs microseconds, while a hop to the blocking pool cost two thread
-        // switches per request (measured: most of the router's CPU on small
-        // files). The bytes are read from the page cache without waiting for
-        // the disk, or on the blocking pool when it does not have them.
-        let resolved = self.root.resolve_decoded(&rel)?;
-        self.answer(req, resolved, ctx)
+        // Resolved on the async thread when the kernel's caches answer: an
+        // openat2 + fstat of a cached path costs microseconds, while a hop
+        // to the blocking pool costs two thread switches per request
+        // (measured: most of the router's CPU on small files). A lookup
+        // that would wait (a path not in the caches, a network file
+        // system's revalidation) goes to the blocking pool instead, so one
+        // site's cold or remote files never stall the other connections of
+        // this thread, every site's. The bytes are read from the page cache
+        // without waiting for the disk, or on the blocking pool when it
+        // does not have them.
+        if !cached_lookups() {
+            // A kernel older than 5.12: every lookup here, as it may wait.
+            let resolved = self.root.resolve_decoded(&rel)?;
+            return self.answer(req, resolved, ctx).map(Served::Answer);
+        }
+        let cached = self
+            .root
+            .resolve_cached(&rel)
+            .and_then(|resolved| found(&self.root, resolved, &self.index, Wait::CachedOnly));
+        match cached {
+            Ok(found) => self.answer_found(req, found, ctx).map(Served::Answer),
+            Err(Fail::NotCached) => Ok(Served::Waits(req)),
+            Err(Fail::Refused(e)) => Err(e.into()),
+        }
+    }
+
+    /// [`StaticFiles::serve`] of a request whose lookup waits for I/O: on
+    /// the blocking pool, then answered here (this thread keeps the file).
+    async fn serve_waiting(
+        &self,
+        req: Request<RequestBody>,
+        ctx: &RequestContext,
+    ) -> Result<Response<ResponseBody>, UpstreamError> {
+        let (root, index) = (self.root.clone(), self.index.clone());
+        let path = req.uri().path().to_owned();
+        let lookup = tokio::task::spawn_blocking(move || {
+            let resolved = root.resolve(&path)?;
+            found(&root, resolved, &index, Wait::Block).map_err(Fail::answered)
+        });
+        let found = lookup
+            .await
+            .map_err(|e| UpstreamError::Internal(format!("a file lookup failed: {e}")))??;
+        self.answer_found(req, found, ctx)
     }
 
     /// The kept small file a decoded path names, unchanged ([`hot`]).
@@ -155,14 +198,27 @@ impl StaticFiles {
         Ok(())
     }
 
-    /// Answers from what a request path resolved to.
+    /// Answers from what a request path resolved to (a directory's index
+    /// looked up here, waiting if it must).
     fn answer(
         &self,
         req: Request<RequestBody>,
         resolved: Resolved,
         ctx: &RequestContext,
     ) -> Result<Response<ResponseBody>, UpstreamError> {
-        match found(&self.root, resolved, &self.index)? {
+        let found =
+            found(&self.root, resolved, &self.index, Wait::Block).map_err(Fail::answered)?;
+        self.answer_found(req, found, ctx)
+    }
+
+    /// Answers with the file found, or the redirect to a directory's slash.
+    fn answer_found(
+        &self,
+        req: Request<RequestBody>,
+        found: Found,
+        ctx: &RequestContext,
+    ) -> Result<Response<ResponseBody>, UpstreamError> {
+        match found {
             Found::Redirect => Ok(redirect_to_slash(req.uri())),
             Found::File(file) => {
                 self.not_php_source(file.rel_path())?;
@@ -310,7 +366,11 @@ impl Upstream for StaticFiles {
         req: Request<RequestBody>,
         ctx: &'a RequestContext,
     ) -> BoxFuture<'a, Result<Response<ResponseBody>, UpstreamError>> {
-        Box::pin(std::future::ready(self.serve(req, ctx)))
+        match self.serve(req, ctx) {
+            Ok(Served::Waits(req)) => Box::pin(self.serve_waiting(req, ctx)),
+            Ok(Served::Answer(resp)) => Box::pin(std::future::ready(Ok(resp))),
+            Err(e) => Box::pin(std::future::ready(Err(e))),
+        }
     }
 
     fn handle_opened<'a>(
@@ -348,6 +408,13 @@ fn allowed(method: &Method) -> Result<(), UpstreamError> {
     }
 }
 
+/// What [`StaticFiles::serve`] did without waiting.
+enum Served {
+    Answer(Response<ResponseBody>),
+    /// The lookup needs I/O: [`StaticFiles::serve_waiting`].
+    Waits(Request<RequestBody>),
+}
+
 enum Found {
     File(Box<OpenFile>),
     /// A directory asked for without its trailing slash.
@@ -355,14 +422,14 @@ enum Found {
 }
 
 /// What a path resolved to → the file to send, trying the index names for
-/// a directory.
-fn found(root: &DocRoot, resolved: Resolved, index: &[String]) -> Result<Found, ResolveError> {
+/// a directory (waiting for I/O as `wait` allows).
+fn found(root: &DocRoot, resolved: Resolved, index: &[String], wait: Wait) -> Result<Found, Fail> {
     match resolved {
         Resolved::File(file) => Ok(Found::File(Box::new(file))),
         Resolved::Dir(dir) if !dir.has_trailing_slash() => Ok(Found::Redirect),
-        Resolved::Dir(dir) => match root.open_index(&dir, index)? {
+        Resolved::Dir(dir) => match root.open_index(&dir, index, wait)? {
             Some(file) => Ok(Found::File(Box::new(file))),
-            None => Err(ResolveError::Forbidden("directory has no index file")),
+            None => Err(ResolveError::Forbidden("directory has no index file").into()),
         },
     }
 }

@@ -7,7 +7,7 @@ use std::os::unix::fs::symlink;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::docroot::{DocRoot, OpenFile, Reader, ResolveError, Resolved};
+use crate::docroot::{DocRoot, OpenFile, Reader, ResolveError, Resolved, Wait};
 
 /// How long the watcher may take to tell a change on a busy machine.
 const BOUND: Duration = Duration::from_secs(10);
@@ -20,10 +20,12 @@ fn read(f: OpenFile) -> String {
 fn get(root: &DocRoot, path: &str) -> String {
     match root.resolve(path) {
         Ok(Resolved::File(f)) => read(f),
-        Ok(Resolved::Dir(d)) => match root.open_index(&d, &["index.html".to_owned()]) {
-            Ok(Some(f)) => read(f),
-            other => format!("dir: {other:?}"),
-        },
+        Ok(Resolved::Dir(d)) => {
+            match root.open_index(&d, &["index.html".to_owned()], Wait::Block) {
+                Ok(Some(f)) => read(f),
+                other => format!("dir: {other:?}"),
+            }
+        }
         Err(ResolveError::NotFound) => "404".into(),
         Err(ResolveError::Root(_)) => "root refused".into(),
         Err(e) => format!("error: {e}"),

@@ -23,6 +23,9 @@
 //!   whose last change is [`SETTLE`](crate::docroot::SETTLE) old (a file changed within its clock
 //!   tick could change again without a new time); a short read keeps
 //!   nothing.
+//! - Only files on local file systems are kept: on a network or FUSE one,
+//!   the check's `statx` would be a round trip to a server on the async
+//!   thread for every request (`local_file_system`).
 //! - Bounded per thread: files of at most [`MAX_FILE`] bytes, at most
 //!   [`BUDGET`] bytes and [`MAX_ENTRIES`] entries, the least recently used
 //!   dropped first. Each thread keeps its own (a lane's connections all run
@@ -173,8 +176,41 @@ pub fn keepable(file: &OpenFile) -> Option<Keepable> {
     if version.size() > MAX_FILE || !version.settled(SystemTime::now()) {
         return None;
     }
+    if !local_file_system(file.file()) {
+        return None;
+    }
     let bytes = read_whole(file.file(), version.size())?;
     Some(Keepable { version, bytes })
+}
+
+/// Whether `file` lives on a file system whose `statx` answers from this
+/// machine: not a network or FUSE one, where [`DocRoot::version_of`]'s
+/// forced sync is a round trip to a server (or a daemon) on the router's
+/// async thread, for every request.
+fn local_file_system(file: &File) -> bool {
+    /// `f_type`s of statfs(2) (linux/magic.h): NFS, SMB, CIFS, SMB2,
+    /// FUSE, Ceph, AFS (two), 9p, Coda, NCP, OCFS2, GFS2, Lustre.
+    const REMOTE: [u32; 14] = [
+        0x6969,
+        0x517B,
+        0xFF53_4D42,
+        0xFE53_4D42,
+        0x6573_5546,
+        0x00C3_6400,
+        0x5346_414F,
+        0x6B41_4653,
+        0x0102_1997,
+        0x7375_7245,
+        0x564C,
+        0x7461_636F,
+        0x0116_1970,
+        0x0BD0_0BD0,
+    ];
+    match rustix::fs::fstatfs(file) {
+        // The magic's 32 bits, whatever the width of `f_type` here.
+        Ok(st) => !REMOTE.contains(&(st.f_type as u32)),
+        Err(_) => false,
+    }
 }
 
 /// Keeps what [`keepable`] read of `file` (at its path beneath `root`),
