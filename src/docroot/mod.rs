@@ -328,11 +328,10 @@ impl DocRoot {
     /// Opens the first of `names` (e.g. `index.html`) that is a regular file
     /// in `dir`. The joined path is resolved again from the root with the
     /// same rules, so a directory swapped for a symlink since [`resolve`]
-    /// cannot lead outside. `Ok(None)` when none exists.
+    /// cannot lead outside. `Ok(None)` when none exists. With
+    /// [`Wait::CachedOnly`], [`Fail::NotCached`] when a lookup would wait.
     ///
     /// [`resolve`]: DocRoot::resolve
-    /// With [`Wait::CachedOnly`], [`Fail::NotCached`] when a lookup would
-    /// wait.
     pub fn open_index(
         &self,
         dir: &Dir,

@@ -60,8 +60,8 @@ static RETIRED: Mutex<KeptSnapshot> = Mutex::new(KeptSnapshot {
 });
 
 /// Adds one to a counter only its owning thread writes.
-fn bump(counter: &AtomicU64, by: u64) {
-    counter.store(counter.load(Relaxed) + by, Relaxed);
+fn bump(counter: &AtomicU64) {
+    counter.store(counter.load(Relaxed) + 1, Relaxed);
 }
 
 impl ThreadCounts {
@@ -73,19 +73,19 @@ impl ThreadCounts {
     }
 
     pub fn answered(&self) {
-        bump(&self.answers, 1);
+        bump(&self.answers);
     }
 
     pub fn stored(&self) {
-        bump(&self.stored, 1);
+        bump(&self.stored);
     }
 
     pub fn changed(&self) {
-        bump(&self.changed, 1);
+        bump(&self.changed);
     }
 
     pub fn evicted(&self) {
-        bump(&self.evicted, 1);
+        bump(&self.evicted);
     }
 
     /// What the thread holds now.
