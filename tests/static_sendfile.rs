@@ -43,30 +43,8 @@ async fn start() -> Server {
     cfg.write("www/www/small.txt", "small");
     cfg.main_extra("tls_listen = [\"127.0.0.1:0\"]");
     let bin = Binary::start(&cfg.main(), &[]).await;
-    let mut tls = None;
-    let found = common::eventually(Duration::from_secs(10), || {
-        tls = bin
-            .log()
-            .lines()
-            .find(|l| l.contains("listening (TLS)"))
-            .and_then(|l| {
-                l.split("addr=")
-                    .nth(1)?
-                    .split_whitespace()
-                    .next()?
-                    .parse()
-                    .ok()
-            });
-        let done = tls.is_some();
-        async move { done }
-    })
-    .await;
-    assert!(found, "no TLS listener in the log:\n{}", bin.log());
-    Server {
-        bin,
-        tls: tls.unwrap(),
-        cfg,
-    }
+    let tls = bin.logged_addr("listening (TLS)").await;
+    Server { bin, tls, cfg }
 }
 
 fn ranged(path: &str, range: &str) -> http::Request<http_body_util::Full<Bytes>> {

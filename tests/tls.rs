@@ -375,7 +375,7 @@ async fn the_binary_serves_tls_listen_addresses() {
     let (cfg, certs) = sites();
     cfg.main_extra("tls_listen = [\"127.0.0.1:0\"]");
     let bin = common::Binary::start(&cfg.main(), &[]).await;
-    let addr = tls_listen_addr(&bin).await;
+    let addr = bin.logged_addr("listening (TLS)").await;
     let tls = tls_connect(addr, "alpha.test", &["h2"]).await.unwrap();
     assert!(served_cert(&tls) == certs.alpha.der);
     let mut h2 = H2::handshake(tls).await;
@@ -389,24 +389,6 @@ async fn the_binary_serves_tls_listen_addresses() {
         Some(format!("https://alpha.test:{}/x", addr.port()).as_str())
     );
     assert!(bin.terminate().await.success());
-}
-
-/// The binary's TLS listener's address, from its log.
-async fn tls_listen_addr(bin: &common::Binary) -> std::net::SocketAddr {
-    let mut tls_addr = None;
-    let found = common::eventually(Duration::from_secs(10), || {
-        let log = bin.log();
-        tls_addr = log
-            .split("listening (TLS) addr=")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|a| a.parse::<std::net::SocketAddr>().ok());
-        let done = tls_addr.is_some();
-        async move { done }
-    })
-    .await;
-    assert!(found, "no TLS listener in the log:\n{}", bin.log());
-    tls_addr.unwrap()
 }
 
 /// A client that opened a TLS connection and stalls in its handshake (a
@@ -425,7 +407,7 @@ async fn a_stalled_tls_handshake_does_not_hold_a_stop_for_header_timeout() {
     std::fs::write(cfg.main(), main).unwrap();
     cfg.main_extra("tls_listen = [\"127.0.0.1:0\"]\n[limits]\nheader_timeout = \"20s\"");
     let bin = common::Binary::start(&cfg.main(), &[]).await;
-    let addr = tls_listen_addr(&bin).await;
+    let addr = bin.logged_addr("listening (TLS)").await;
     let mut stalled = tokio::net::TcpStream::connect(addr).await.unwrap();
     // A TLS record's first bytes, then nothing.
     stalled.write_all(&[0x16, 0x03, 0x01]).await.unwrap();
