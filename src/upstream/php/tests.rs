@@ -173,8 +173,9 @@ async fn misbehaving_fastcgi_servers() {
 
 /// A response that is complete when its head is in comes whole (its
 /// length known, its connection back in the pool before the client
-/// reads a byte); one whose rest comes later, or that is longer than the
-/// exchange buffers, streams to the end.
+/// reads a byte), in the records' own buffers (one frame each: a long page
+/// is never copied into one buffer); one whose rest comes later, or that
+/// is longer than the exchange buffers, streams to the end.
 #[tokio::test]
 async fn small_answers_come_whole_and_slow_or_large_ones_stream() {
     let hi = || [record(fcgi::STDOUT, b"X: 1\r\n\r\nhi"), end()].concat();
@@ -182,14 +183,29 @@ async fn small_answers_come_whole_and_slow_or_large_ones_stream() {
     let big: Vec<u8> = (0..big_parts)
         .flat_map(|i| record(fcgi::STDOUT, &[b'a' + i as u8; 1000]))
         .collect();
+    let three: Vec<u8> = (0..3)
+        .flat_map(|i| record(fcgi::STDOUT, &[b'x' + i as u8; 700]))
+        .collect();
     type Parts = Vec<(Duration, Vec<u8>)>;
-    // (name, what the server writes, the size hint the body has, the body)
-    let cases: Vec<(&str, Parts, Option<u64>, Vec<u8>)> = vec![
+    // (name, what the server writes, the size hint the body has, the body,
+    // the frames it comes in)
+    let cases: Vec<(&str, Parts, Option<u64>, Vec<u8>, usize)> = vec![
         (
             "whole",
             vec![(Duration::ZERO, hi())],
             Some(2),
             b"hi".to_vec(),
+            1,
+        ),
+        (
+            "whole in several records",
+            vec![(
+                Duration::ZERO,
+                [record(fcgi::STDOUT, b"X: 1\r\n\r\n"), three, end()].concat(),
+            )],
+            Some(2100),
+            (0..3).flat_map(|i| [b'x' + i as u8; 700]).collect(),
+            3,
         ),
         (
             "rest later",
@@ -202,6 +218,7 @@ async fn small_answers_come_whole_and_slow_or_large_ones_stream() {
             ],
             None,
             b"hi there".to_vec(),
+            2,
         ),
         (
             "more than the channel holds",
@@ -213,9 +230,10 @@ async fn small_answers_come_whole_and_slow_or_large_ones_stream() {
             (0..big_parts)
                 .flat_map(|i| [b'a' + i as u8; 1000])
                 .collect(),
+            big_parts,
         ),
     ];
-    for (name, parts, exact, want) in cases {
+    for (name, parts, exact, want, frames) in cases {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("php.sock");
         fake_fpm_parts(&socket, parts, true).await;
@@ -228,8 +246,14 @@ async fn small_answers_come_whole_and_slow_or_large_ones_stream() {
             usize::from(exact.is_some()),
             "{name}: pooled before the body is read only when it came whole"
         );
-        let body = resp.into_body().collect().await.unwrap().to_bytes();
-        assert_eq!(&body[..], &want[..], "{name}");
+        let mut body = resp.into_body();
+        let (mut got, mut seen) = (Vec::new(), 0);
+        while let Some(frame) = body.frame().await {
+            got.extend_from_slice(&frame.unwrap().into_data().unwrap());
+            seen += 1;
+        }
+        assert_eq!(&got[..], &want[..], "{name}");
+        assert_eq!(seen, frames, "{name}: one frame per record");
         assert_eq!(up.idle_connections(), 1, "{name}: pooled after a clean end");
     }
 }
