@@ -113,6 +113,23 @@ async fn status_redirect_head_and_missing_scripts() {
     assert_eq!((status, &body[..]), (StatusCode::OK, &b"dir index"[..]));
 }
 
+/// A page of about 150 KiB (php-fpm sends it as a few records of up to
+/// 64 KiB, whole or in parts as it writes them) arrives byte for byte, as
+/// often as it is asked for on the kept-alive connections.
+#[tokio::test]
+async fn a_long_page_arrives_intact() {
+    let h = harness(SiteOptions::default());
+    let want: String = (0..3000)
+        .map(|i| format!("line {i:05} {}\n", "abcdefgh".repeat(5)))
+        .collect();
+    for round in 0..5 {
+        let (status, _, body) = h.get("/page.php").await.unwrap();
+        assert_eq!(status, 200, "round {round}");
+        assert_eq!(body.len(), want.len(), "round {round}");
+        assert!(body == want.as_bytes(), "round {round}: the page differs");
+    }
+}
+
 fn body_empty() -> RequestBody {
     body("")
 }

@@ -51,6 +51,7 @@ pub fn scripts() -> Vec<(&'static str, String)> {
         ("uploads/avatar.jpg", "<?php echo \"PWNED\";".into()),
         ("x.php", format!("<?php /* {SECRET} */ echo 'x ran';")),
         ("big.php", "<?php $c = str_repeat('x', 1 << 20); for ($i = 0; $i < 100; $i++) { echo $c; flush(); }".into()),
+        ("page.php", r#"<?php for ($i = 0; $i < 3000; $i++) { printf("line %05d %s\n", $i, str_repeat('abcdefgh', 5)); }"#.into()),
         ("log.php", "<?php error_log('hello from php'); echo 'logged';".into()),
         ("sleep.php", "<?php touch(sys_get_temp_dir() . '/started'); sleep(30); echo 'woke';".into()),
         ("nap.php", "<?php usleep((int) $_GET['ms'] * 1000); echo getmypid();".into()),
