@@ -189,7 +189,8 @@ async fn small_answers_come_whole_and_slow_or_large_ones_stream() {
     type Parts = Vec<(Duration, Vec<u8>)>;
     // (name, what the server writes, the size hint the body has, the body,
     // the frames it comes in)
-    let cases: Vec<(&str, Parts, Option<u64>, Vec<u8>, usize)> = vec![
+    type Case = (&'static str, Parts, Option<u64>, Vec<u8>, usize);
+    let cases: Vec<Case> = vec![
         (
             "whole",
             vec![(Duration::ZERO, hi())],
