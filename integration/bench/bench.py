@@ -25,6 +25,7 @@ import time
 
 sys.dont_write_bytecode = True  # no __pycache__ in the checkout
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import h2load  # noqa: E402
 import loadgen  # noqa: E402
 import wire  # noqa: E402
 import wsload  # noqa: E402
@@ -109,6 +110,11 @@ def selected(args, name):
 # Workloads also measured on the wire (`wire`: the servers' latency without
 # wrk's), where a target is a latency: only these, as the capture costs CPU.
 WIRE_KINDS = ("php-recycle",)
+# Workloads whose latency target is also measured with a second, lighter
+# client (`h2load`), right after wrk: a co-located client's latency includes
+# its own wait for a CPU, which wrk's heavier loop pays more beside some
+# servers than beside others.
+SECOND_CLIENT_KINDS = ("php-recycle",)
 
 
 def measure_wrk(kind, target, c, duration):
@@ -154,10 +160,15 @@ def run_throughput(args, results, notes, loads):
                         r["ctxsw"] = (after["_ctxsw"] - before["_ctxsw"]) / r["requests"]
                     if r and lat:
                         r["wire_p50"], r["wire_p99"] = wire.percentile_ms(lat, 50), wire.percentile_ms(lat, 99)
+                    if r and kind in SECOND_CLIENT_KINDS and h2load.available():
+                        h = h2load.run(*v, c, args.duration)
+                        if h:
+                            r["h2_rps"], r["h2_p50"], r["h2_p99"] = h["rps"], h["p50"] / 1000, h["p99"] / 1000
                     log(f"bench: {name} ({setting}) c={c} rep {rep + 1} {s}: "
                         + (f"{r['rps']:.0f} req/s p50 {r['p50'] / 1000:.2f} ms p99 {r['p99'] / 1000:.2f} ms "
                            f"errors {r['errors']}" if r else "wrk failed")
-                        + (f" (on the wire: p99 {r['wire_p99']:.2f} ms)" if r and lat else ""))
+                        + (f" (on the wire: p99 {r['wire_p99']:.2f} ms)" if r and lat else "")
+                        + (f" (h2load: {r['h2_rps']:.0f} req/s, p99 {r['h2_p99']:.2f} ms)" if r and "h2_p99" in r else ""))
                     results.setdefault((name, setting, c, s), {"runs": []}).setdefault("runs", []).append(r)
 
 

@@ -301,14 +301,20 @@ def targets_table(L, args, med, lat, extra):
         return q, q <= 1.2
     row(f"{recycle}: p99 ≤ 1.2× nginx+php-fpm's (polyhost p99 / theirs)", *per_c(p99, settings=("tuned",)))
 
-    def wire_p99(st, c):
-        a, b = extra.get("wire_p99", {}).get((recycle, st, c, "polyhost")), \
-            extra.get("wire_p99", {}).get((recycle, st, c, "nginx+php-fpm"))
-        if not a or not b:
-            return None
-        return a / b, a / b <= 1.2
+    def p99_of(field):
+        """The recycling p99 ratio from another measurement of the same runs
+        (`extra[field]`: medians per cell)."""
+        def fn(st, c):
+            a, b = extra.get(field, {}).get((recycle, st, c, "polyhost")), \
+                extra.get(field, {}).get((recycle, st, c, "nginx+php-fpm"))
+            if not a or not b:
+                return None
+            return a / b, a / b <= 1.2
+        return fn
     row(f"{recycle}: the same p99 on the wire (the servers alone, without wrk's time; tcpdump)",
-        *per_c(wire_p99, settings=("tuned",)))
+        *per_c(p99_of("wire_p99"), settings=("tuned",)))
+    row(f"{recycle}: the same p99 with h2load (a second, lighter client, run right after wrk)",
+        *per_c(p99_of("h2_p99"), settings=("tuned",)))
  
     for peer, want in [("uvicorn", 1.0), ("granian", 0.8)]:
         row(f"ASGI hello 13 B ≥ {want}× {peer}", *per_c(vs("ASGI hello 13 B", peer, want)))
@@ -432,10 +438,12 @@ def report(args, results, notes, extra, meta, workloads):
     if latr:
         latency_table(L, args, latr, lat)
     extras(L, extra)
-    # Medians of the wire's p99 per cell, where measured (`bench.WIRE_KINDS`).
-    extra = dict(extra, wire_p99={
-        key: statistics.median(x["wire_p99"] for x in r["runs"] if x and x.get("wire_p99"))
-        for key, r in thr.items() if any(x and x.get("wire_p99") for x in r.get("runs", []))})
+    # Medians of the wire's p99 (`bench.WIRE_KINDS`) and of h2load's
+    # (`bench.SECOND_CLIENT_KINDS`) per cell, where measured.
+    extra = dict(extra, **{field: {
+        key: statistics.median(x[field] for x in r["runs"] if x and x.get(field))
+        for key, r in thr.items() if any(x and x.get(field) for x in r.get("runs", []))}
+        for field in ("wire_p99", "h2_p99")})
     targets_table(L, args, med, lat, extra)
     if notes:
         L.append("## Notes\n")

@@ -6,7 +6,7 @@
 #       [--reps N] [--duration S]
 #
 # Installs what is missing (Debian: apache2, libapache2-mod-wsgi-py3, nginx, nodejs,
-# php8.2-fpm, wrk, tcpdump (php_queue.py --wire); PyPI into a venv: granian, gunicorn), builds polyhost in
+# php8.2-fpm, wrk, tcpdump (php_queue.py --wire), nghttp2-client (h2load); PyPI into a venv: granian, gunicorn), builds polyhost in
 # release (not with BENCH_BIN_DIR: those binaries are measured), creates the
 # user polyhost-bench (bench.py adds one `phb-<site>` user per polyhost site
 # that runs code: polyhost refuses two such sites under one user), then runs
@@ -25,7 +25,7 @@ if [[ $EUID -ne 0 ]]; then
     exit 2
 fi
 
-PACKAGES=(apache2 libapache2-mod-wsgi-py3 nginx php8.2-fpm wrk python3-dev python3-venv curl procps nodejs tcpdump)
+PACKAGES=(apache2 libapache2-mod-wsgi-py3 nginx php8.2-fpm wrk python3-dev python3-venv curl procps nodejs tcpdump nghttp2-client)
 install_missing bench "${PACKAGES[@]}"
 
 VENV=${BENCH_VENV_DIR:-/var/tmp/polyhost-bench-venv}
