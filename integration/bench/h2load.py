@@ -5,10 +5,10 @@ percentiles computed from its per-request log.
 
 Why a second client: a co-located client's latency includes its own wait
 for a CPU, and that wait is not the same beside different servers. wrk's
-p99 for the PHP recycling workload is 1.3-1.4x nginx + php-fpm's at
+p99 for the PHP recycling workload is 1.3-2.0x nginx + php-fpm's at
 c = 16 while, in the same minutes, h2load's is 1.1x and the wire's (the
-servers alone, `wire`) 1.03-1.07x (docs/performance.md, "The recycling
-p99 with a second client"). Needs h2load (run.sh installs nghttp2-client).
+servers alone, `wire`) 1.03-1.15x (docs/performance.md, "The recycling
+p99 with a second client, and the Node swing"). Needs h2load (run.sh installs nghttp2-client).
 """
 
 import os
