@@ -164,11 +164,13 @@ def run_throughput(args, results, notes, loads):
                         h = h2load.run(*v, c, args.duration)
                         if h:
                             r["h2_rps"], r["h2_p50"], r["h2_p99"] = h["rps"], h["p50"] / 1000, h["p99"] / 1000
+                            r["h2_errors"] = h["errors"]
                     log(f"bench: {name} ({setting}) c={c} rep {rep + 1} {s}: "
                         + (f"{r['rps']:.0f} req/s p50 {r['p50'] / 1000:.2f} ms p99 {r['p99'] / 1000:.2f} ms "
                            f"errors {r['errors']}" if r else "wrk failed")
                         + (f" (on the wire: p99 {r['wire_p99']:.2f} ms)" if r and lat else "")
-                        + (f" (h2load: {r['h2_rps']:.0f} req/s, p99 {r['h2_p99']:.2f} ms)" if r and "h2_p99" in r else ""))
+                        + (f" (h2load: {r['h2_rps']:.0f} req/s, p99 {r['h2_p99']:.2f} ms, errors {r['h2_errors']})"
+                           if r and "h2_p99" in r else ""))
                     results.setdefault((name, setting, c, s), {"runs": []}).setdefault("runs", []).append(r)
 
 
