@@ -68,12 +68,17 @@ def ctxsw(run):
 
 
 def throughput_medians(results):
-    """{(workload, setting, c, system): (median req/s, the median run)}."""
+    """{(workload, setting, c, system): (median req/s, the median run)}.
+    The median run is the rep with the median req/s (its CPU and context
+    switches are the cell's), its p50 and p99 replaced by the medians of
+    every rep's: a tail is read per rep, and one slow rep must not decide it
+    because its req/s happened to be the middle one."""
     out = {}
     for key, r in results.items():
         runs = [x for x in r.get("runs", []) if x]
         if runs:
             mid = sorted(runs, key=lambda x: x["rps"])[len(runs) // 2]
+            mid = dict(mid, **{p: statistics.median(x[p] for x in runs) for p in ("p50", "p99")})
             out[key] = (statistics.median(x["rps"] for x in runs), mid)
     return out
 
