@@ -113,7 +113,7 @@ pub(super) fn requested_version(
 /// `python3.N` executable in its `home` directory. `None` when `home` is no
 /// virtualenv (no readable `pyvenv.cfg`) or it names no version.
 pub fn virtualenv_version(home: &Path) -> Option<PythonVersion> {
-    let text = std::fs::read_to_string(home.join("pyvenv.cfg")).ok()?;
+    let text = read_pyvenv_cfg(&home.join("pyvenv.cfg"))?;
     let value = |key: &str| {
         text.lines().find_map(|line| {
             let (k, v) = line.split_once('=')?;
@@ -124,6 +124,29 @@ pub fn virtualenv_version(home: &Path) -> Option<PythonVersion> {
         .or_else(|| value("version_info"))
         .and_then(|v| PythonVersion::parse_prefix(&v))
         .or_else(|| value("home").and_then(|dir| version_in_home(Path::new(&dir))))
+}
+
+/// The most of a `pyvenv.cfg` that is read (they are a few hundred bytes).
+const PYVENV_CFG_MAX: u64 = 64 << 10;
+
+/// A virtualenv's `pyvenv.cfg`, read by root from a directory the site user
+/// owns, without trusting it: a regular file (a FIFO would block the reload
+/// that reads it, `/dev/zero` never end), not through a symlink at its last
+/// step, at most [`PYVENV_CFG_MAX`] bytes.
+fn read_pyvenv_cfg(path: &Path) -> Option<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(path)
+        .ok()?;
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut text = String::new();
+    file.take(PYVENV_CFG_MAX).read_to_string(&mut text).ok()?;
+    Some(text)
 }
 
 /// The newest `python3.N` executable in a virtualenv's `home` directory.
@@ -165,6 +188,36 @@ mod tests {
         let home_only = venv(&format!("home = {}\n", bin.path().display()));
         assert_eq!(virtualenv_version(home_only.path()), v(3, 9));
         assert_eq!(virtualenv_version(bin.path()), None, "no pyvenv.cfg");
+    }
+
+    #[test]
+    fn a_pyvenv_cfg_the_site_made_a_fifo_a_device_or_a_link_is_no_virtualenv() {
+        let fifo = tempfile::tempdir().unwrap();
+        let path = fifo.path().join("pyvenv.cfg");
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        // A blocking read of it would hang the reload (no writer).
+        assert_eq!(virtualenv_version(fifo.path()), None);
+        let linked = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("/dev/zero", linked.path().join("pyvenv.cfg")).unwrap();
+        assert_eq!(virtualenv_version(linked.path()), None, "/dev/zero");
+        let real = venv("version = 3.12.1\n");
+        let to_real = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(
+            real.path().join("pyvenv.cfg"),
+            to_real.path().join("pyvenv.cfg"),
+        )
+        .unwrap();
+        assert_eq!(
+            virtualenv_version(to_real.path()),
+            None,
+            "not through a link"
+        );
+        let huge = venv(&format!("{}\nversion = 3.12.1\n", "#".repeat(100_000)));
+        assert_eq!(
+            virtualenv_version(huge.path()),
+            None,
+            "past the first 64 KiB"
+        );
     }
 
     #[test]
