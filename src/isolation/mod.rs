@@ -28,6 +28,8 @@
 //!   can read but never change (php-fpm's generated config).
 //! - [`unread`]: [`unread_by_peer`], what a Unix socket's peer has not read
 //!   yet (`SIOCOUTQ`; the PHP pool's sign that a php-fpm child accepted).
+//! - [`sock_diag`]: which user owns a TCP socket on this host (a local
+//!   client's; the listener that took a connection to an `[app]` port).
 //!
 //! The child setup order, the cgroup layout and the fallback are described in
 //! `docs/isolation.md`.
@@ -41,6 +43,7 @@ pub mod process;
 pub mod reap;
 pub mod router_process;
 pub mod sealed;
+pub mod sock_diag;
 pub mod spawn;
 mod step_report;
 pub mod successor;

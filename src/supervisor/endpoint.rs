@@ -33,13 +33,15 @@ pub struct Endpoint {
     pub id: u64,
     pub pid: i32,
     pub socket: PathBuf,
-    /// The user that listens on `socket` (the site user, for a process that
-    /// listens itself): the router checks it on connect. `None` when
-    /// polyhost listens (php-fpm): then there is nobody else to check.
+    /// The user that listens on `socket` or `tcp` (the site user, for a
+    /// process that listens itself): the router checks it on connect.
+    /// `None` when polyhost listens (php-fpm): then there is nobody else to
+    /// check.
     pub uid: Option<u32>,
     /// Where the router connects instead of `socket`: a loopback port the
     /// process bound itself (`[app] listen = "port"`). The supervisor checked
-    /// that `uid` owns the listener before it made the endpoint ready.
+    /// that `uid` owns the listener before it made the endpoint ready; the
+    /// router checks every new connection's (`upstream::connect_runtime_tcp`).
     pub tcp: Option<std::net::SocketAddr>,
     inflight: AtomicUsize,
     served: AtomicU64,

@@ -154,6 +154,56 @@ pub async fn connect_runtime(
     Ok(stream)
 }
 
+/// How long [`connect_runtime_tcp`] waits for the listener's end of a new
+/// connection to be a full socket the kernel can name an owner for (the
+/// handshake's last ACK, at once on loopback but not always before
+/// `connect` returns).
+const LISTENER_END_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Connects to a runtime's loopback port (`[app] listen = "port"`) and,
+/// when `uid` is given, checks that the listener that took this very
+/// connection is that user's. A loopback port is not private: any local
+/// user may bind it once its owner lets it go (a crashed or OOM-killed
+/// app's, before its death is noticed; an app that closes its listener),
+/// and would then get the site's requests, cookies and all. The readiness
+/// check (`supervisor::port::check_owner`) covers the start; this covers
+/// every connection after it. The owner is asked of the kernel for the
+/// connection's own addresses (`isolation::sock_diag`); where it cannot
+/// tell, the port's listeners are read from `/proc/net/tcp` instead.
+pub async fn connect_runtime_tcp(
+    addr: std::net::SocketAddr,
+    uid: Option<u32>,
+) -> std::io::Result<tokio::net::TcpStream> {
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    let Some(uid) = uid else {
+        return Ok(stream);
+    };
+    let (local, server) = (stream.local_addr()?, stream.peer_addr()?);
+    let started = std::time::Instant::now();
+    let owner = loop {
+        if !crate::isolation::sock_diag::works() {
+            break None;
+        }
+        match crate::isolation::sock_diag::listener_owner(server, local) {
+            Some(owner) => break Some(owner),
+            None if started.elapsed() < LISTENER_END_WAIT => {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            None => break None,
+        }
+    };
+    let refused = |why: String| std::io::Error::new(std::io::ErrorKind::PermissionDenied, why);
+    match owner {
+        Some(owner) if owner == uid => Ok(stream),
+        Some(owner) => Err(refused(format!(
+            "{addr} is listened on by uid {owner}, not the site's uid {uid}: another local user took the port"
+        ))),
+        None => crate::supervisor::port::check_owner(addr.port(), uid)
+            .map(|()| stream)
+            .map_err(refused),
+    }
+}
+
 /// [`connect_runtime`] for a request whose first bytes are ready in
 /// `head`: connects without waiting on the reactor (a Unix socket's
 /// `connect(2)` completes at once, or fails at once when the listener's

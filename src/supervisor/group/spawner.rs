@@ -138,10 +138,12 @@ impl Spawner for Isolated {
         // The router checks who listens on the socket (SO_PEERCRED): the site
         // user when the process listens; polyhost itself (nothing to check)
         // when polyhost does. A port's listener is checked here, before
-        // the process is ready (`watch`): the router cannot on TCP.
+        // the process is ready (`watch`), and by the router on every new
+        // connection (`upstream::connect_runtime_tcp`): the site user's.
         let uid = match listen {
             Listen::Process => spec.identity.as_ref().map(|i| i.uid),
-            Listen::Supervisor { .. } | Listen::Port { .. } => None,
+            Listen::Port { .. } => Some(site_uid),
+            Listen::Supervisor { .. } => None,
         };
         let endpoint = Endpoint::new(id, pid, socket.clone(), uid);
         let endpoint = Arc::new(match bound.tcp {

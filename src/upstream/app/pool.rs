@@ -20,12 +20,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use tokio::net::TcpStream;
 use tokio_util::either::Either;
 
 use super::h1;
 use crate::supervisor::RuntimeLease;
-use crate::upstream::{connect_runtime, UpstreamError};
+use crate::upstream::{connect_runtime, connect_runtime_tcp, UpstreamError};
 
 /// How long an idle connection is kept.
 pub(super) const IDLE_KEEP: Duration = Duration::from_secs(4);
@@ -177,7 +176,9 @@ impl Pool {
         };
         let stream = match lease.tcp() {
             Some(addr) => {
-                let tcp = TcpStream::connect(addr).await.map_err(|e| refused(&e))?;
+                let tcp = connect_runtime_tcp(addr, lease.peer_uid())
+                    .await
+                    .map_err(|e| refused(&e))?;
                 let _ = tcp.set_nodelay(true);
                 Either::Right(tcp)
             }
