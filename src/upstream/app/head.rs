@@ -70,6 +70,12 @@ impl<'a> Head<'a> {
         self.parts.method == Method::HEAD
     }
 
+    /// Whether sending the request twice has the effect of sending it once
+    /// (RFC 9110 9.2.2: GET, HEAD, OPTIONS, TRACE, PUT, DELETE).
+    pub(super) fn is_idempotent(&self) -> bool {
+        self.parts.method.is_idempotent()
+    }
+
     /// Writes the head into `buf` (a link's write buffer, cleared first):
     /// what is sent, and sent again on a retry.
     pub(super) fn write(&self, buf: &mut Vec<u8>) {

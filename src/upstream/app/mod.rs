@@ -26,7 +26,12 @@
 //!   any byte of its response (the app closed an idle keep-alive
 //!   connection as the request went out) is sent once more, on a new
 //!   connection; its spooled body is replayed. This is what lets a rolling
-//!   restart lose no request.
+//!   restart lose no request. A request whose method is not idempotent
+//!   (POST, PATCH, ...) goes again only if it never got out whole (a write
+//!   failed: the app had closed its end before it could read all of it); once
+//!   delivered, the app may have acted on it before it died (a worker
+//!   killed by its own timeout after the commit), so a second copy could
+//!   run it twice: a 502 instead, as nginx does.
 //! - A 504 recycles the instance when it answered no request since this
 //!   one started (stuck, not just one slow request).
 //! - The lease and admission place live exactly as long as the request's
@@ -163,22 +168,23 @@ impl AppUpstream {
         };
         let is_head = head.is_head();
         loop {
-            match send(&mut conn, body, inline, is_head).await {
+            let (f, delivered) = match send(&mut conn, body, inline, is_head).await {
                 Ok(response) => return Ok((response, conn)),
                 Err(Sent::Local(e)) => return Err(e),
-                Err(Sent::Broken(f)) if conn.reused && f.silent => {
-                    tracing::debug!(error = %f.why, pid = lease.endpoint().pid,
-                        "a kept-alive connection to an app instance failed before its answer; sending again");
-                    let written = std::mem::take(&mut conn.link.write);
-                    conn = Box::pin(self.pool.connect(lease)).await?;
-                    conn.link.write = written;
-                }
-                Err(Sent::Broken(f)) => {
-                    let why = format!("app instance pid {} {}", lease.endpoint().pid, f.why);
-                    tracing::warn!("{why}");
-                    return Err(UpstreamError::BadGateway(why));
-                }
+                Err(Sent::Unsent(f)) => (f, false),
+                Err(Sent::Delivered(f)) => (f, true),
+            };
+            if conn.reused && f.silent && (!delivered || head.is_idempotent()) {
+                tracing::debug!(error = %f.why, pid = lease.endpoint().pid,
+                    "a kept-alive connection to an app instance failed before its answer; sending again");
+                let written = std::mem::take(&mut conn.link.write);
+                conn = Box::pin(self.pool.connect(lease)).await?;
+                conn.link.write = written;
+                continue;
             }
+            let why = format!("app instance pid {} {}", lease.endpoint().pid, f.why);
+            tracing::warn!("{why}");
+            return Err(UpstreamError::BadGateway(why));
         }
     }
 
@@ -220,9 +226,14 @@ impl AppUpstream {
     }
 }
 
-/// Why an attempt failed: the app's side (maybe sent again), or ours.
+/// Why an attempt failed: the app's side (maybe sent again, see
+/// `exchange`), or ours.
 enum Sent {
-    Broken(Failure),
+    /// A write failed: the request did not get out whole.
+    Unsent(Failure),
+    /// The request went out whole; the connection broke, or the answer was
+    /// malformed.
+    Delivered(Failure),
     Local(UpstreamError),
 }
 
@@ -244,7 +255,7 @@ async fn send(
             Spooled::File { .. } => Box::pin(send_file(conn, body)).await?,
         }
     }
-    conn.link.read_head(is_head).await.map_err(Sent::Broken)
+    conn.link.read_head(is_head).await.map_err(Sent::Delivered)
 }
 
 /// The rest of a body spooled to a file, after the head.
@@ -264,7 +275,7 @@ async fn send_file(conn: &mut Conn, body: &Spooled) -> Result<(), Sent> {
 /// A write that failed: the connection broke before the app answered
 /// (maybe sent again on a new connection).
 fn sent_broken(e: std::io::Error) -> Sent {
-    Sent::Broken(Failure::new(
+    Sent::Unsent(Failure::new(
         true,
         format!("broke the connection as the request went out: {e}"),
     ))

@@ -137,7 +137,7 @@ async fn a_request_on_a_connection_the_app_closed_is_sent_again_on_a_new_one() {
     assert_eq!(body(s.get("/app/").await.unwrap()).await.unwrap(), "ok");
     // Larger than the in-memory spool: replayed from its file.
     let upload = vec![b'x'; crate::upstream::spool::MEMORY_LIMIT + 12345];
-    let req = Request::post("/app/upload")
+    let req = Request::put("/app/upload")
         .header("content-length", upload.len())
         .body(full_body(upload.clone()))
         .unwrap();
@@ -154,6 +154,41 @@ async fn a_request_on_a_connection_the_app_closed_is_sent_again_on_a_new_one() {
         "the whole body was replayed"
     );
     assert!(seen[2].body == upload);
+    s.all_released().await;
+}
+
+#[tokio::test]
+async fn a_post_the_app_received_is_never_sent_twice() {
+    // The app reads the POST whole on a kept-alive connection and closes it
+    // without a byte of answer (a worker killed after its commit): a 502,
+    // and the app saw it once. A GET failing the same way goes again.
+    let app = FakeApp::start(|n| match n {
+        0 | 2 => Answer::Reply(OK),
+        1 | 3 => Answer::Close,
+        _ => Answer::Reply(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nagain"),
+    });
+    let s = setup(&app, |_| {});
+    assert_eq!(body(s.get("/app/").await.unwrap()).await.unwrap(), "ok");
+    let req = Request::post("/app/pay")
+        .header("content-length", "6")
+        .body(full_body("amount"))
+        .unwrap();
+    let err = expect_err(s.send(req).await);
+    assert_eq!(err.status(), StatusCode::BAD_GATEWAY, "{err}");
+    let posts = |seen: &[fake::Seen]| seen.iter().filter(|r| r.head.starts_with("POST")).count();
+    assert_eq!(
+        posts(&app.seen()),
+        1,
+        "the POST reached the app once: {:?}",
+        app.seen()
+    );
+    // The same failure on a GET: sent again on a new connection, answered.
+    assert_eq!(body(s.get("/app/").await.unwrap()).await.unwrap(), "ok");
+    let resp = s.get("/app/again").await.unwrap();
+    assert_eq!(body(resp).await.unwrap(), "again");
+    let seen = app.seen();
+    assert_eq!(seen.len(), 5, "{seen:?}");
+    assert_eq!(posts(&seen), 1);
     s.all_released().await;
 }
 

@@ -34,7 +34,7 @@ pub(super) enum Answer {
 }
 
 /// A request as the fake app read it.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub(super) struct Seen {
     pub(super) head: String,
     pub(super) body: Vec<u8>,
