@@ -43,9 +43,12 @@ const BACKLOG: u32 = 511;
 const TAIL_LINES: usize = 10;
 const TAIL_BYTES: usize = 2048;
 
-/// Processes whose error-log offset is remembered (those that ended
-/// without a crash are forgotten oldest first).
-const REMEMBERED: usize = 64;
+/// Processes whose error-log offset is remembered at most: those running
+/// (a process that ends is forgotten: [`Launcher::forget`], or told once
+/// by [`Launcher::diagnose`]), at least twice the 64 `processes` a site may
+/// have (a rolling restart runs both generations); past it, the oldest go
+/// first.
+const REMEMBERED: usize = 256;
 
 pub struct AppLauncher {
     config: AppConfig,
@@ -78,6 +81,14 @@ impl AppLauncher {
     /// lifecycle and listen mode are read there.
     pub fn attached(site: &SiteConfig, config: &AppConfig) -> Self {
         AppLauncher::new(site, config, None, Path::new("/"), Path::new(""))
+    }
+
+    /// The error log's length when the process on `socket` started, no
+    /// longer remembered.
+    fn take_start(&self, socket: &Path) -> Option<u64> {
+        let mut started = self.started_at.lock().unwrap_or_else(|p| p.into_inner());
+        let at = started.iter().position(|(s, _)| s == socket)?;
+        started.remove(at).map(|(_, len)| len)
     }
 
     fn remember_start(&self, socket: &Path) {
@@ -196,14 +207,15 @@ impl Launcher for AppLauncher {
         })
     }
 
+    /// Drops the remembered start of a process that ended cleanly.
+    fn forget(&self, socket: &Path) {
+        self.take_start(socket);
+    }
+
     /// The last lines the process wrote to the site's error log since it
     /// started (≤ 10 lines, ≤ 2 KiB; polyhost's own notes left out).
     fn diagnose(&self, socket: &Path) -> Option<String> {
-        let from = {
-            let mut started = self.started_at.lock().unwrap_or_else(|p| p.into_inner());
-            let at = started.iter().position(|(s, _)| s == socket)?;
-            started.remove(at)?.1
-        };
+        let from = self.take_start(socket)?;
         let tail = read_tail(&self.error_log, from).ok()?;
         let tail = last_lines(&tail);
         (!tail.is_empty()).then_some(tail)

@@ -119,4 +119,8 @@ pub trait Launcher: Send + Sync + 'static {
     fn diagnose(&self, _socket: &Path) -> Option<String> {
         None
     }
+
+    /// The process on `socket` ended without a failure (stopped, drained,
+    /// recycled): what was kept for [`diagnose`](Self::diagnose) can go.
+    fn forget(&self, _socket: &Path) {}
 }

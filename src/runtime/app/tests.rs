@@ -163,6 +163,45 @@ fn a_crash_is_told_with_what_the_process_wrote_since_it_started() {
 }
 
 #[test]
+fn a_long_lived_process_keeps_its_start_through_many_recycles_of_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("blog.error.log");
+    std::fs::write(&log, "").unwrap();
+    let l = launcher(AppListen::Socket, &log);
+    let first = Path::new("/s/app-1-1.sock");
+    l.command(socket_of(first, None)).unwrap();
+    // Its 63 neighbours recycled ten times over (max_requests), each
+    // ending cleanly.
+    for n in 2..=640 {
+        let other = PathBuf::from(format!("/s/app-1-{n}.sock"));
+        l.command(socket_of(&other, None)).unwrap();
+        l.forget(&other);
+    }
+    std::fs::write(&log, "Error: listen EADDRINUSE\n").unwrap();
+    assert_eq!(
+        l.diagnose(first).as_deref(),
+        Some("Error: listen EADDRINUSE"),
+        "the first process's start was forgotten"
+    );
+    // Without `forget` (processes that never end), the oldest go past the bound.
+    for n in 0..=REMEMBERED {
+        l.command(socket_of(&PathBuf::from(format!("/s/live-{n}.sock")), None))
+            .unwrap();
+    }
+    let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+    writeln!(f, "a late line").unwrap();
+    assert_eq!(
+        l.diagnose(Path::new("/s/live-0.sock")),
+        None,
+        "the oldest went"
+    );
+    assert_eq!(
+        l.diagnose(Path::new("/s/live-1.sock")).as_deref(),
+        Some("a late line")
+    );
+}
+
+#[test]
 fn a_long_tail_is_cut_to_its_last_2_kib() {
     let line = "é".repeat(700);
     let text = format!("{line}\n{line}\n");

@@ -36,6 +36,7 @@ impl Actor {
         };
         if p.stopping || p.draining {
             tracing::info!(site = %self.site(), runtime = self.runtime(), pid = p.endpoint.pid, status = %status_text, "stopped");
+            self.spec.launcher.forget(&p.endpoint.socket);
             self.free_slot(id, &p);
             self.settle_state();
             return;
