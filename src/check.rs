@@ -148,6 +148,11 @@ fn check_runtimes(site: &SiteConfig, server: &ServerConfig, errors: &mut ConfigE
             )),
         }
     }
+    if site.php.is_some() {
+        if let Err(e) = crate::runtime::php::check_pool_config(site, &server.state_dir) {
+            errors.push(ConfigError::in_file(&site.file, e.key, e.message));
+        }
+    }
     if let Some(app) = &site.app {
         // The program was resolved (and found executable) by validation.
         if !app.cwd.is_dir() {

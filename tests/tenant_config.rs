@@ -287,6 +287,40 @@ async fn a_reload_that_would_share_a_user_is_refused_and_the_running_sites_keep_
     assert!(bin.terminate().await.success());
 }
 
+#[tokio::test]
+async fn a_value_php_fpm_cannot_hold_is_refused_by_check_and_reload_naming_its_key() {
+    let cfg = TestConfig::new();
+    let user = TestUser::new();
+    cfg.write("www/shop/index.php", "<?php echo 'shop ok';");
+    let vhost = |extra: &str| {
+        cfg.write(
+            "vhosts/shop.toml",
+            &format!(
+                "hosts = [\"shop.test\"]\nroot = \"www/shop\"\nuser = \"{}\"\n{extra}[php]\n",
+                user.name
+            ),
+        )
+    };
+    vhost("");
+    common::open_up(cfg.path());
+    let bin = Binary::start(&cfg.main(), &[]).await;
+    assert_eq!(get(bin.addr, "shop.test", "/").await.text(), "shop ok");
+    // A password with a quote: php-fpm's pool config has no way to hold it.
+    vhost("[env]\nDB_PASSWORD = \"it's\"\n");
+    let main = cfg.main().display().to_string();
+    let (code, _, stderr) = polyhost(&["check", "--config", &main]);
+    let want = "$DIR/vhosts/shop.toml: env.DB_PASSWORD: \"it's\": php-fpm's config cannot hold the character '\\'' in a value";
+    assert_eq!(code, 1, "{stderr}");
+    let dir = cfg.path().display().to_string();
+    assert!(stderr.replace(&dir, "$DIR").contains(want), "{stderr}");
+    let out = cli(&cfg.path().join("state/admin.sock"), &["reload"], None).await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.replace(&dir, "$DIR").contains(want), "{out:?}");
+    // Nothing changed: the site serves on.
+    assert_eq!(get(bin.addr, "shop.test", "/").await.text(), "shop ok");
+    assert!(bin.terminate().await.success());
+}
+
 // ---- the CLI and site-controlled text ----
 
 #[tokio::test]

@@ -177,6 +177,8 @@ pub fn build_runtimes(
         .map_err(|e| one_error(site, "user", e.to_string()))?;
     rt.reader = reader_of(ctx.identity.as_ref());
     if site.php.is_some() {
+        crate::runtime::php::check_pool_config(site, supervisor.state_dir())
+            .map_err(|e| one_error(site, &e.key, e.message))?;
         let private_tmp = ctx
             .sandbox
             .as_ref()

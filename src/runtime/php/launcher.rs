@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{find_fpm_binary, pool_config, system_include_dirs, PhpPoolPaths, PoolOptions};
+use super::{
+    find_fpm_binary, pool_config, system_include_dirs, PhpPoolPaths, PoolConfigError, PoolOptions,
+};
 use crate::config::{SiteConfig, StartPolicy};
 use crate::isolation::SiteIdentity;
 use crate::supervisor::{Command, Launcher, Lifecycle, Listen, Probe, ProcessSocket};
@@ -128,14 +130,7 @@ impl Launcher for PhpLauncher {
     fn command(&self, socket: ProcessSocket<'_>) -> std::io::Result<Command> {
         let paths = self.paths_for(socket.path);
         let include = system_include_dirs();
-        let opts = PoolOptions {
-            paths: &paths,
-            master_as_root: false,
-            inherited_socket: true,
-            system_include: &include,
-            php_error_log: None,
-            private_tmp: &self.private_tmp,
-        };
+        let opts = pool_options(&paths, &include, &self.private_tmp);
         let text = pool_config(&self.site, &opts)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
         let config = crate::isolation::sealed_file("php-fpm.conf", text.as_bytes())?;
@@ -180,6 +175,34 @@ impl Launcher for PhpLauncher {
         let tail: Vec<&str> = log.lines().rev().take(3).collect();
         (!tail.is_empty()).then(|| tail.into_iter().rev().collect::<Vec<_>>().join(" | "))
     }
+}
+
+/// How polyhost's php-fpm masters are configured: started as the site user,
+/// on a socket they inherit, PHP's errors sent to the router.
+fn pool_options<'a>(
+    paths: &'a PhpPoolPaths,
+    include: &'a [PathBuf],
+    private_tmp: &'a [PathBuf],
+) -> PoolOptions<'a> {
+    PoolOptions {
+        paths,
+        master_as_root: false,
+        inherited_socket: true,
+        system_include: include,
+        php_error_log: None,
+        private_tmp,
+    }
+}
+
+/// Whether the site's php-fpm config can be written: every value it
+/// carries (`[env]`, `[php.ini]`, paths) can be quoted for php-fpm. Checked
+/// with the rest of the configuration (`polyhost check`, every reload, the
+/// start), not first when a pool starts: then `check` passed, and a reload
+/// that restarts the site failed for every site.
+pub fn check_pool_config(site: &SiteConfig, state_dir: &Path) -> Result<(), PoolConfigError> {
+    let paths = PhpPoolPaths::new(state_dir, &site.name);
+    let include = system_include_dirs();
+    pool_config(site, &pool_options(&paths, &include, &[])).map(drop)
 }
 
 /// The last `max` bytes of a log file the site user writes, read by root

@@ -352,7 +352,7 @@ fn secs(d: Duration) -> u64 {
 fn quote(v: &str) -> Result<String, String> {
     if let Some(c) = v.chars().find(|c| matches!(c, '\'' | '\n' | '\r' | '\0')) {
         return Err(format!(
-            "{v:?}: the character {c:?} is not allowed in a php-fpm config value"
+            "{v:?}: php-fpm's config cannot hold the character {c:?} in a value (it is written in single quotes, which have no escapes)"
         ));
     }
     let mut s = String::with_capacity(v.len() + 2);
