@@ -4,9 +4,9 @@
 //! the configuration. Only the headers and the dynamic section are read
 //! (a lazy [`object::ReadCache`]), not a whole binary.
 //!
-//! Invariant: a run path is read only from a file root owns and no one else
-//! may write ([`run_path`]): it decides what of the host a site's view
-//! shows, and an `[app]` program may be the site's own file.
+//! Invariant: a run path is read only from a file only root may write
+//! ([`run_path`]): it decides what of the host a site's view shows, and an
+//! `[app]` program may be the site's own file.
 
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
