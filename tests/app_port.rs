@@ -132,8 +132,10 @@ async fn a_port_another_user_binds_after_the_app_let_it_go_gets_no_request() {
         |t| t.0.contains("listening"),
     )
     .await;
-    // Three at once: one takes the kept-alive connection to the app, the
-    // others need new ones, and meet the other user's listener.
+    // Three at once: the kept-alive connections to the app are at most one
+    // per router lane (the test config's `router_threads = 2`; the requests
+    // so far came one at a time), so one at least needs a new connection,
+    // and meets the other user's listener.
     let (a, b, c) = tokio::join!(
         get(bin.addr, "porty.test", "/slow"),
         get(bin.addr, "porty.test", "/slow"),
