@@ -99,12 +99,6 @@ pub fn listener_owner(server: SocketAddr, local: SocketAddr) -> Option<u32> {
         .map(|f| f.uid)
 }
 
-/// Whether the kernel answers here ([`check`], tried once per process).
-pub fn works() -> bool {
-    static WORKS: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| check().is_ok());
-    *WORKS
-}
-
 /// Whether the kernel answers the questions asked here: a connection made
 /// for the purpose, looked up. `Err` says why not. A listener of its own
 /// rather than the router's: the same kernel interface in the same network

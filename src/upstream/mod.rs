@@ -154,12 +154,6 @@ pub async fn connect_runtime(
     Ok(stream)
 }
 
-/// How long [`connect_runtime_tcp`] waits for the listener's end of a new
-/// connection to be a full socket the kernel can name an owner for (the
-/// handshake's last ACK, at once on loopback but not always before
-/// `connect` returns).
-const LISTENER_END_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
-
 /// Connects to a runtime's loopback port (`[app] listen = "port"`) and,
 /// when `uid` is given, checks that the listener that took this very
 /// connection is that user's. A loopback port is not private: any local
@@ -169,7 +163,9 @@ const LISTENER_END_WAIT: std::time::Duration = std::time::Duration::from_millis(
 /// check (`supervisor::port::check_owner`) covers the start; this covers
 /// every connection after it. The owner is asked of the kernel for the
 /// connection's own addresses (`isolation::sock_diag`); where it cannot
-/// tell, the port's listeners are read from `/proc/net/tcp` instead.
+/// tell (no sock_diag here, or the handshake's last ACK not yet in), the
+/// port's listeners are read from `/proc/net/tcp` instead: read after the
+/// connect, so a listener that took it is among them.
 pub async fn connect_runtime_tcp(
     addr: std::net::SocketAddr,
     uid: Option<u32>,
@@ -179,19 +175,7 @@ pub async fn connect_runtime_tcp(
         return Ok(stream);
     };
     let (local, server) = (stream.local_addr()?, stream.peer_addr()?);
-    let started = std::time::Instant::now();
-    let owner = loop {
-        if !crate::isolation::sock_diag::works() {
-            break None;
-        }
-        match crate::isolation::sock_diag::listener_owner(server, local) {
-            Some(owner) => break Some(owner),
-            None if started.elapsed() < LISTENER_END_WAIT => {
-                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-            }
-            None => break None,
-        }
-    };
+    let owner = crate::isolation::sock_diag::listener_owner(server, local);
     let refused = |why: String| std::io::Error::new(std::io::ErrorKind::PermissionDenied, why);
     match owner {
         Some(owner) if owner == uid => Ok(stream),
