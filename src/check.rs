@@ -1,8 +1,13 @@
-//! `polyhost check`: everything `serve` run as root would refuse, found
-//! without starting anything (like `nginx -t`), whoever runs it: the
+//! `polyhost check`: everything `serve` run as root would refuse or fail,
+//! found without starting anything (like `nginx -t`), whoever runs it: the
 //! configuration, then per-site checks that need the file system and the
 //! user database (each site's configured user and group, and that no two
 //! sites running code share one).
+//!
+//! Two kinds of finding, as a reload treats them: errors that refuse the
+//! whole configuration (a bad file, two sites sharing a user), and sites
+//! that would fail alone (their root, their program, their runtime's
+//! binary: `app::reload`), which refuse nothing else.
 
 use std::path::Path;
 
@@ -12,14 +17,43 @@ use crate::supervisor::{
     SiteSetupError,
 };
 
-/// Returns a one-line summary on success, or every error found.
-pub fn check(main: &Path) -> Result<String, ConfigErrors> {
-    let config = config::load(main)?;
+/// What `check` found wrong.
+#[derive(Debug, Default)]
+pub struct Findings {
+    /// What refuses the configuration: `serve` would not start, a reload
+    /// would change nothing.
+    pub errors: ConfigErrors,
+    /// Sites that would fail alone (503, or their previous configuration
+    /// on a reload); the others would serve.
+    pub failing_sites: ConfigErrors,
+}
+
+impl std::fmt::Display for Findings {
+    /// Every finding, one per line: the errors first.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let all: Vec<String> = self
+            .errors
+            .iter()
+            .chain(self.failing_sites.iter())
+            .map(ToString::to_string)
+            .collect();
+        f.write_str(&all.join("\n"))
+    }
+}
+
+/// Returns a one-line summary when nothing is wrong, or every finding.
+pub fn check(main: &Path) -> Result<String, Findings> {
+    let config = config::load(main).map_err(|errors| Findings {
+        errors,
+        ..Default::default()
+    })?;
     let mut errors = ConfigErrors::default();
+    let mut failing = ConfigErrors::default();
     for site in config.sites.values() {
+        failing.0.extend(site.problem_errors().0);
         if let Some(root) = &site.root {
             if let Err(e) = crate::docroot::open_root_dir(root) {
-                errors.push(ConfigError::in_file(&site.file, "root", e.to_string()));
+                failing.push(ConfigError::in_file(&site.file, "root", e.to_string()));
             }
         }
     }
@@ -34,13 +68,16 @@ pub fn check(main: &Path) -> Result<String, ConfigErrors> {
         .0
         .extend(check_socket_paths(&config.server.state_dir, &config.sites).0);
     for site in config.sites.values() {
-        check_runtimes(site, &config.server, &mut errors);
-        check_view_paths(site, &mut errors);
+        check_runtimes(site, &config.server, &mut failing);
+        check_view_paths(site, &mut failing);
     }
     check_router_user(&config, &mut errors);
-    let sandbox_note = check_sandbox(&config.sites, &mut errors);
-    if !errors.is_empty() {
-        return Err(errors);
+    let sandbox_note = check_sandbox(&config.sites, &mut failing);
+    if !errors.is_empty() || !failing.is_empty() {
+        return Err(Findings {
+            errors,
+            failing_sites: failing,
+        });
     }
     Ok(format!(
         "polyhost check: {} is valid ({} site(s)){sandbox_note}",

@@ -179,14 +179,17 @@ fn check(path: &Path) -> ExitCode {
             println!("{summary}");
             ExitCode::SUCCESS
         }
-        Err(errors) => {
-            eprintln!("{errors}");
-            eprintln!(
-                "polyhost check: {} error(s) in {}",
-                errors.len(),
-                path.display()
-            );
-            ExitCode::from(1)
+        Err(found) => {
+            eprintln!("{found}");
+            // 1: refused as a whole; 3: valid, but these sites would fail
+            // alone (as `reload` exits 3 when it applied all but them).
+            let (what, code) = match found.errors.is_empty() {
+                false => ("error(s)", 1),
+                true => ("problem(s) of sites that would fail alone", 3),
+            };
+            let count = found.errors.len() + found.failing_sites.len();
+            eprintln!("polyhost check: {count} {what} in {}", path.display());
+            ExitCode::from(code)
         }
     }
 }

@@ -203,6 +203,7 @@ fn state(version: u64, config: &Config, sites: &[(&str, u64, bool)]) -> Desired 
                         generation,
                         stopped,
                         runs_as: runs_as(&config, name),
+                        failed: false,
                     },
                 )
             })

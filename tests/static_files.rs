@@ -115,6 +115,7 @@ fn site() -> Site {
         app: None,
         tls: None,
         sandbox: Default::default(),
+        problems: Vec::new(),
     };
     let ctx = RequestContext {
         site: Arc::new(config),

@@ -239,11 +239,7 @@ fn control_error(e: ControlError) -> Resp {
         ),
         ControlError::Setup(errors) => config_errors(
             errors,
-            "a site could not be set up; nothing changed and the running sites keep serving. Fix these and reload again",
-        ),
-        ControlError::NotReady(sites) => config_errors(
-            crate::app::server::not_ready_errors(&sites),
-            "a site could not be set up; nothing changed and the running sites keep serving. Fix these and reload again",
+            "the site could not be set up; nothing changed. Fix these and try again",
         ),
     }
 }

@@ -70,6 +70,10 @@ pub struct DesiredSite {
     /// lines on a host with thousands of sites).
     #[serde(default)]
     pub runs_as: Option<RunsAs>,
+    /// It could not be built (`sites::Trouble::Failed`): every request
+    /// 503, no process; `polyhost status` says why.
+    #[serde(default)]
+    pub failed: bool,
 }
 
 /// What changed between two [`Desired`]s (see the module doc).
@@ -245,6 +249,7 @@ impl Desired {
                     generation,
                     stopped,
                     runs_as: None,
+                    failed: false,
                 };
                 (name.to_owned(), state)
             })

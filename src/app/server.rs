@@ -2,7 +2,7 @@
 //! the supervisor. Every control operation (reload, restart, stop/start a
 //! site) goes through [`Server`] and is serialised by one lock, so two
 //! reloads never interleave. Start-up and reload are one path, a plan
-//! applied all or nothing: see [`super::reload`].
+//! applied site by site: see [`super::reload`].
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
-use super::reload::apply::{self, ApplyError, Builder};
-use super::reload::{plan, Change, ReloadReport, Running, SiteNotReady};
+use super::reload::apply::{self, Builder};
+use super::reload::{plan, Change, FailedSite, ReloadReport, Running};
 use super::router_link::{Desired, DesiredSite, RouterLink};
 use super::ServeError;
 use crate::config::{self, Config, ConfigErrors, ServerConfig, SiteName};
@@ -28,13 +28,10 @@ pub enum ControlError {
     /// The new configuration is invalid: nothing changed.
     #[error("{0}")]
     Config(ConfigErrors),
-    /// The configuration is valid but a site could not be set up: nothing changed.
+    /// The site could not be set up (`polyhost start`/`restart` of a site):
+    /// nothing changed.
     #[error("{0}")]
     Setup(ConfigErrors),
-    /// The configuration is valid but some site's new processes did not
-    /// become ready: nothing changed.
-    #[error("{}", not_ready_errors(.0))]
-    NotReady(Vec<SiteNotReady>),
     #[error("no site named {0:?}")]
     NoSuchSite(String),
     /// The router process did not say it reopened the site logs.
@@ -127,15 +124,15 @@ impl Server {
         let server = Server::empty(&config, Supervisor::new(&config.server));
         // A reload from nothing.
         let changes = plan(&BTreeMap::new(), &config.sites);
-        let applied = {
+        let failed = {
             let mut state = server.state.lock().await;
             server.apply(&mut state, config, &changes).await
         };
-        if let Err(e) = applied {
-            server.supervisor.shutdown();
-            return Err(ConfigErrors::from(e).into());
-        }
-        tracing::info!(sites = changes.len(), "serving");
+        tracing::info!(
+            sites = changes.len(),
+            failed = failed.len(),
+            "serving"
+        );
         Ok(Arc::new(server))
     }
 
@@ -317,31 +314,27 @@ impl Server {
         if new.server != state.config.server {
             report.warnings.push("server settings (listen, state_dir, log_dir, admin, ...) take effect when polyhost is restarted".into());
         }
-        self.apply(&mut state, new, &changes).await?;
-        Ok(report)
+        let failed = self.apply(&mut state, new, &changes).await;
+        Ok(report.with_failed(failed))
     }
 
     /// Applies `changes`, planned from `state.sites` to `new.sites`: builds
     /// and warms up the next sites, publishes them in one swap, retires
-    /// what they replace. On error nothing changed (see [`super::reload`]).
-    async fn apply(
-        &self,
-        state: &mut State,
-        new: Config,
-        changes: &[Change],
-    ) -> Result<(), ApplyError> {
+    /// what they replace. Returns the sites whose change could not be
+    /// applied (each alone, see [`super::reload`]).
+    async fn apply(&self, state: &mut State, new: Config, changes: &[Change]) -> Vec<FailedSite> {
         let builder = Builder {
             supervisor: &self.supervisor,
             generation: self.generation.fetch_add(1, Ordering::Relaxed) + 1,
             log_dir: &state.config.server.log_dir,
         };
-        let prepared = apply::prepare(changes, &state.sites, &builder).await?;
+        let prepared = apply::prepare(changes, &state.sites, &builder).await;
         let old = std::mem::replace(&mut state.sites, prepared.sites);
         state.config = share_configs(new, &state.sites);
         self.publish(state).await;
         apply::hand_over_logs(&state.sites, &prepared.fresh, &self.supervisor);
         apply::retire(old, &state.sites, &self.supervisor);
-        Ok(())
+        prepared.failed
     }
 
     /// Log rotation: makes every site's log files again where they were
@@ -385,10 +378,15 @@ impl Server {
         })
     }
 
-    /// Replaces every process of a site, new ones first (no request fails).
+    /// Replaces every process of a site, new ones first (no request fails);
+    /// a site that failed is built again.
     pub async fn restart_site(&self, name: &str) -> Result<(), ControlError> {
-        let state = self.lock_running().await?;
+        let mut state = self.lock_running().await?;
         let entry = find(&state, name)?;
+        if entry.is_failed() {
+            let key = entry.config().name.clone();
+            return self.build_again(&mut state, key, "restarted").await;
+        }
         for g in &entry.runtimes().groups {
             g.restart();
         }
@@ -412,14 +410,27 @@ impl Server {
         Ok(())
     }
 
-    /// Starts a site stopped with [`stop_site`](Self::stop_site).
+    /// Starts a site stopped with [`stop_site`](Self::stop_site), or one
+    /// that failed (built again: its owner may have mended its files).
     pub async fn start_site(&self, name: &str) -> Result<(), ControlError> {
         let mut state = self.lock_running().await?;
         let key = find(&state, name)?.config().name.clone();
         let site = state.sites.get(&key).expect("found above");
-        if !site.is_stopped() {
+        if !site.is_stopped() && !site.is_failed() {
             return Ok(());
         }
+        self.build_again(&mut state, key, "started").await
+    }
+
+    /// Builds the site `key` (stopped or failed, so running nothing) anew
+    /// with its configuration and publishes it; on error it stays as it is.
+    async fn build_again(
+        &self,
+        state: &mut State,
+        key: SiteName,
+        done: &str,
+    ) -> Result<(), ControlError> {
+        let site = state.sites.get(&key).expect("the caller found it");
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         let started = Site::build(
             site.config(),
@@ -430,9 +441,9 @@ impl Server {
         )
         .map_err(ControlError::Setup)?;
         sites::give_logs_to_site(started.config(), &self.supervisor, started.logs());
-        state.sites.insert(key, started);
-        self.publish(&state).await;
-        tracing::info!(site = name, "started by the operator");
+        state.sites.insert(key.clone(), started);
+        self.publish(state).await;
+        tracing::info!(site = %key, "{done} by the operator");
         Ok(())
     }
 
@@ -520,12 +531,16 @@ impl Server {
 /// site holds when they are equal: a reload loads every vhost file anew, and
 /// without this an unchanged site's configuration would be held twice (its
 /// site's and the state's), 20 MiB more at 10,000 sites after one reload.
+/// A site serving its previous configuration (its latest was not applied)
+/// holds that one: the configuration is what is served.
 fn share_configs(mut config: Config, sites: &BTreeMap<SiteName, Site>) -> Config {
     for (name, loaded) in config.sites.iter_mut() {
-        let Some(built) = sites.get(name).map(Site::config) else {
+        let Some(site) = sites.get(name) else {
             continue;
         };
-        if !Arc::ptr_eq(built, loaded) && **built == **loaded {
+        let built = site.config();
+        let previous = matches!(site.trouble(), Some(sites::Trouble::NotApplied(_)));
+        if !Arc::ptr_eq(built, loaded) && (previous || **built == **loaded) {
             *loaded = built.clone();
         }
     }
@@ -562,6 +577,7 @@ fn desired_of(
                     generation: site.runtimes().generation,
                     stopped: site.is_stopped(),
                     runs_as,
+                    failed: site.is_failed(),
                 };
                 (name.to_string(), state)
             })
@@ -587,28 +603,4 @@ fn warn_if_hard_links_unprotected() {
     if std::fs::read_to_string(KNOB).is_ok_and(|v| v.trim() == "0") {
         tracing::warn!("{KNOB} is 0: site code can hard-link files it does not own (other sites' logs, root's files) into its own directories; set fs.protected_hardlinks = 1 (sysctl), the default of every major distribution");
     }
-}
-
-/// The errors of a refused apply, as errors of the sites' files.
-impl From<ApplyError> for ConfigErrors {
-    fn from(e: ApplyError) -> Self {
-        match e {
-            ApplyError::Setup(errors) => errors,
-            ApplyError::NotReady(sites) => not_ready_errors(&sites),
-        }
-    }
-}
-
-impl From<ApplyError> for ControlError {
-    fn from(e: ApplyError) -> Self {
-        match e {
-            ApplyError::Setup(errors) => ControlError::Setup(errors),
-            ApplyError::NotReady(sites) => ControlError::NotReady(sites),
-        }
-    }
-}
-
-/// Sites whose new processes did not become ready, as errors of their files.
-pub fn not_ready_errors(sites: &[SiteNotReady]) -> ConfigErrors {
-    ConfigErrors(sites.iter().map(SiteNotReady::to_config_error).collect())
 }

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::SiteConfig;
 use crate::isolation::Sandbox;
-use crate::sites::Site;
+use crate::sites::{Site, Trouble};
 use crate::supervisor::GroupState;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -86,6 +86,11 @@ pub struct SiteStatus {
     /// until an order succeeds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acme_error: Option<String>,
+    /// Why its latest configuration was not applied (it could not be
+    /// built, or its new processes did not become ready): it serves its
+    /// previous one. Absent when it serves its latest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_applied: Option<String>,
 }
 
 /// Whether a site's processes run sandboxed, and with which layers
@@ -146,6 +151,8 @@ impl SiteStatus {
         let snaps: Vec<_> = e.runtimes().groups.iter().map(|g| g.snapshot()).collect();
         let state = if e.is_stopped() {
             "stopped".to_owned()
+        } else if e.is_failed() {
+            "failed".to_owned()
         } else if snaps.is_empty() {
             "static".to_owned()
         } else if let Some(s) = snaps
@@ -187,7 +194,14 @@ impl SiteStatus {
                 .map(|s| s.oom_kills)
                 .sum::<u64>()
                 .max(usage.map_or(0, |u| u.oom_kills)),
-            last_error: snaps.iter().find_map(|s| s.last_error.clone()),
+            last_error: match e.trouble() {
+                Some(Trouble::Failed(why)) => Some(why.to_string()),
+                _ => snaps.iter().find_map(|s| s.last_error.clone()),
+            },
+            not_applied: match e.trouble() {
+                Some(Trouble::NotApplied(why)) => Some(why.to_string()),
+                _ => None,
+            },
             interface: e
                 .config()
                 .python

@@ -207,12 +207,14 @@ pub fn interpret(action: &Action, answer: Result<Answer, ClientError>) -> Outcom
         },
         Action::Reload => match serde_json::from_str::<ReloadReport>(&text) {
             Ok(r) => Outcome {
-                code: 0,
+                // 3: applied, but some sites failed (each alone).
+                code: if r.failed.is_empty() { 0 } else { 3 },
                 stdout: render::reload_report(&r),
                 stderr: r
                     .warnings
                     .iter()
                     .map(|w| format!("polyhost reload: warning: {}\n", render::clean(w)))
+                    .chain(std::iter::once(render::failed_sites("reload", &r.failed)))
                     .collect(),
             },
             Err(e) => unexpected(e),

@@ -128,6 +128,7 @@ pub fn status_table(s: &ServerStatus) -> String {
                 site.oom_kills.to_string(),
                 site.last_error
                     .clone()
+                    .or_else(|| site.not_applied.as_ref().map(|e| format!("not applied: {e}")))
                     .or_else(|| site.acme_error.as_ref().map(|e| format!("acme: {e}")))
                     .map_or_else(|| "-".to_owned(), |e| truncate(&e, LAST_ERROR_WIDTH)),
             ]
@@ -244,6 +245,9 @@ pub fn site_detail(s: &SiteStatus) -> String {
         s.certificate_not_after
             .map(|t| ("certificate", format!("expires at {t} (Unix seconds)"))),
         s.acme_error.as_deref().map(|e| ("acme error", cleaned(e))),
+        s.not_applied
+            .as_deref()
+            .map(|e| ("not applied", format!("{} (it serves its previous configuration)", cleaned(e)))),
     ];
     let (head, tail) = rows.split_at(3);
     for (k, v) in head
@@ -295,6 +299,23 @@ pub fn reload_report(r: &ReloadReport) -> String {
         part("rerouted", &r.rerouted),
         r.unchanged
     )
+}
+
+/// The sites a reload (or `check`) found failing, for stderr: each error
+/// on its own line (`FILE: KEY: MESSAGE`), then what became of the site.
+pub fn failed_sites(cmd: &str, failed: &[crate::app::reload::FailedSite]) -> String {
+    let mut out = String::new();
+    for f in failed {
+        for e in &f.errors {
+            let _ = writeln!(out, "{}", clean(e));
+        }
+        let became = match f.serves_previous {
+            true => "it serves its previous configuration",
+            false => "it answers 503 until it can be built (mend it, then reload or `polyhost start SITE`)",
+        };
+        let _ = writeln!(out, "polyhost {cmd}: site {} failed: {became}", clean(&f.site));
+    }
+    out
 }
 
 /// A refusal for stderr: each configuration error on its own line
@@ -387,6 +408,7 @@ mod tests {
             sandbox: None,
             certificate_not_after: None,
             acme_error: None,
+            not_applied: None,
         }
     }
 

@@ -282,10 +282,7 @@ mod tests {
         let raw: RawCluster = toml::from_str(text).map_err(|e| e.to_string())?;
         let mut errors = ConfigErrors::default();
         let file = Path::new("polyhost.toml");
-        let mut errs = FileErrors {
-            file,
-            errors: &mut errors,
-        };
+        let mut errs = FileErrors::new(file, &mut errors);
         let c = validate_cluster(raw, Path::new("/nonexistent"), None, &mut errs);
         c.ok_or_else(|| errors.to_string())
     }

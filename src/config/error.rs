@@ -89,12 +89,33 @@ impl std::error::Error for ConfigErrors {}
 pub(crate) struct FileErrors<'a> {
     pub file: &'a Path,
     pub errors: &'a mut ConfigErrors,
+    /// What the site's own files make impossible (see
+    /// [`SiteProblem`](crate::config::SiteProblem)): not errors of the file.
+    pub problems: Vec<crate::config::SiteProblem>,
 }
 
-impl FileErrors<'_> {
+impl<'a> FileErrors<'a> {
+    pub fn new(file: &'a Path, errors: &'a mut ConfigErrors) -> FileErrors<'a> {
+        FileErrors {
+            file,
+            errors,
+            problems: Vec::new(),
+        }
+    }
+
     pub fn add(&mut self, key: &str, message: impl Into<String>) {
         self.errors
             .push(ConfigError::in_file(self.file, key, message));
+    }
+
+    /// Records a problem of the site's own files under `key` (see
+    /// [`SiteProblem`](crate::config::SiteProblem)): the file is valid,
+    /// the site cannot run until its owner mends them.
+    pub fn site_problem(&mut self, key: &str, message: impl Into<String>) {
+        self.problems.push(crate::config::SiteProblem {
+            key: key.to_owned(),
+            message: message.into(),
+        });
     }
 
     /// Records the error of `result` under `key`, yielding the value on success.

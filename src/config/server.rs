@@ -217,7 +217,7 @@ fn validate_server(
     errors: &mut ConfigErrors,
 ) -> Option<ServerConfig> {
     let before = errors.len();
-    let mut errs = FileErrors { file: main, errors };
+    let mut errs = FileErrors::new(main, errors);
     // Runtime paths are absolute (processes run elsewhere); the vhosts
     // directory keeps the form the user gave, so messages name
     // `vhosts/shop.toml` rather than a long absolute path.

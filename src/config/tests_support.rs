@@ -52,6 +52,7 @@ pub fn site(root: &str) -> SiteConfig {
         app: None,
         tls: None,
         sandbox: Default::default(),
+        problems: Vec::new(),
     }
 }
 

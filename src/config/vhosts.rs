@@ -130,7 +130,7 @@ pub(crate) fn site_from_text(
             return None;
         }
     };
-    let mut errs = FileErrors { file, errors };
+    let mut errs = FileErrors::new(file, errors);
     validate_site(name, file, raw, base, &mut errs)
 }
 

@@ -9,8 +9,10 @@
 //!
 //! A site changes only by being replaced by a new [`Site`]: with a new
 //! generation ([`Site::build`]), a new route over the same generation
-//! ([`Site::rerouted`]) or stopped ([`Site::stopped`]). The logs and
-//! counters go from each to the next.
+//! ([`Site::rerouted`]), stopped ([`Site::stopped`]), failed
+//! ([`Site::failed`]: it could not be built) or serving on with a note that
+//! its latest configuration was not applied ([`Site::not_applied`]). The
+//! logs and counters go from each to the next.
 //!
 //! Invariant: building a site has no effect on other sites; a failure names
 //! the site's file and key.
@@ -37,6 +39,22 @@ pub struct Site {
     runtimes: Arc<Runtimes>,
     /// Stopped by the operator (`polyhost stop SITE`).
     stopped: bool,
+    /// Why this site does not serve its configuration, if it does not:
+    /// see [`Trouble`].
+    trouble: Option<Trouble>,
+}
+
+/// Why a site does not serve its configuration: something of the site's
+/// own could not be built or did not start (its files, its processes). It
+/// concerns that site alone (see `app::reload`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Trouble {
+    /// It could not be built: every request gets a 503, no process runs;
+    /// the next reload (or `polyhost start`/`restart`) builds it again.
+    Failed(Arc<str>),
+    /// Its latest configuration could not be built or did not become
+    /// ready: it serves its previous one, with its running processes.
+    NotApplied(Arc<str>),
 }
 
 impl Site {
@@ -50,6 +68,7 @@ impl Site {
         logs: Arc<SiteLogs>,
         stats: Arc<SiteStats>,
     ) -> Result<Site, ConfigErrors> {
+        refuse_problems(config)?;
         let runtimes = Arc::new(build_runtimes(config, supervisor, generation, &stats)?);
         match build_route(config, &runtimes, logs, stats) {
             Ok(route) => Ok(Site::over(route, runtimes)),
@@ -67,12 +86,14 @@ impl Site {
             route: Arc::new(route),
             runtimes,
             stopped: false,
+            trouble: None,
         }
     }
 
     /// This site with `config`'s routing (hosts, static settings, body
     /// limit, certificate) over the same processes.
     pub fn rerouted(&self, config: &Arc<SiteConfig>) -> Result<Site, ConfigErrors> {
+        refuse_problems(config)?;
         let route = build_route(
             config,
             &self.runtimes,
@@ -96,6 +117,7 @@ impl Site {
                 old.reader.clone(),
             )),
             stopped: true,
+            trouble: None,
         }
     }
 
@@ -121,6 +143,7 @@ impl Site {
                 crate::docroot::Reader::Anyone,
             )),
             stopped: true,
+            trouble: None,
         }
     }
 
@@ -142,7 +165,55 @@ impl Site {
                 crate::docroot::Reader::Anyone,
             )),
             stopped: false,
+            trouble: None,
         }
+    }
+
+    /// `config` failed to build (`why`: the errors of its file): every
+    /// request gets a 503 saying so, no process runs, status says why.
+    pub fn failed(
+        config: &Arc<SiteConfig>,
+        generation: u64,
+        logs: Arc<SiteLogs>,
+        stats: Arc<SiteStats>,
+        why: &ConfigErrors,
+    ) -> Site {
+        let why = why.to_string();
+        let said = format!("site {} failed: {why}", config.name);
+        let mut site = Site::unavailable(config, generation, logs, stats, said);
+        site.trouble = Some(Trouble::Failed(why.into()));
+        site
+    }
+
+    /// This site, serving on although its latest configuration could not
+    /// be applied (`why`).
+    pub fn not_applied(&self, why: String) -> Site {
+        Site {
+            trouble: Some(Trouble::NotApplied(why.into())),
+            ..self.clone()
+        }
+    }
+
+    /// This site with its configuration applied after all (the next
+    /// configuration is the one it serves): no [`Trouble::NotApplied`].
+    pub fn applied(&self) -> Site {
+        match self.trouble {
+            Some(Trouble::NotApplied(_)) => Site {
+                trouble: None,
+                ..self.clone()
+            },
+            _ => self.clone(),
+        }
+    }
+
+    /// Why it does not serve its configuration, if it does not.
+    pub fn trouble(&self) -> Option<&Trouble> {
+        self.trouble.as_ref()
+    }
+
+    /// It could not be built: it runs nothing and answers 503.
+    pub fn is_failed(&self) -> bool {
+        matches!(self.trouble, Some(Trouble::Failed(_)))
     }
 
     pub fn config(&self) -> &Arc<SiteConfig> {
@@ -220,6 +291,15 @@ pub fn give_logs_to_site(site: &SiteConfig, supervisor: &Supervisor, logs: &Site
     };
     if let Err(e) = logs.give_to_group(group) {
         tracing::warn!(site = %site.name, file = %logs.access.path().display(), error = %e, "cannot give the site's logs to its group");
+    }
+}
+
+/// A configuration whose site's own files are at fault
+/// ([`SiteConfig::problems`]) is never built.
+fn refuse_problems(config: &SiteConfig) -> Result<(), ConfigErrors> {
+    match config.problems.is_empty() {
+        true => Ok(()),
+        false => Err(config.problem_errors()),
     }
 }
 

@@ -205,6 +205,7 @@ impl FpmSite {
             app: None,
             tls: None,
             sandbox: Default::default(),
+            problems: Vec::new(),
         };
         paths.create_dirs(user.uid, user.gid).unwrap();
         let text = pool_config(

@@ -4,9 +4,12 @@
 //! their logs ([`hand_over_logs`]) and retire what the old sites ran
 //! ([`retire`]).
 //!
-//! Invariant: [`prepare`] either returns every next site, built and warm, or
-//! stops everything it started and returns why; until its result is
-//! published, the running sites are untouched and serve on.
+//! Invariants: until [`prepare`]'s result is published, the running sites
+//! are untouched and serve on. A site whose change cannot be applied (it
+//! cannot be built, or its new processes do not become ready) concerns that
+//! site alone: it serves its previous configuration if it served one
+//! ([`Site::not_applied`]), else it fails ([`Site::failed`]: 503, no
+//! process); every other site's change is applied.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -17,6 +20,7 @@ use crate::sites::{self, NotReady, Runtimes, Site};
 use crate::supervisor::Supervisor;
 
 use super::plan::Change;
+use super::FailedSite;
 
 /// Builds a site's new generation of processes: [`Builder`] for real, a
 /// stand-in in the tests (so that [`prepare`] is tested without processes).
@@ -24,6 +28,10 @@ pub(crate) trait Generations {
     /// `config` over a new generation; `old` (the site's running version,
     /// if any) lends its logs and counters, which outlive generations.
     fn build(&self, config: &Arc<SiteConfig>, old: Option<&Site>) -> Result<Site, ConfigErrors>;
+
+    /// `config`, which could not be built (`why`), as a failed site (with
+    /// `old`'s logs and counters, if any).
+    fn failed(&self, config: &Arc<SiteConfig>, old: Option<&Site>, why: &ConfigErrors) -> Site;
 }
 
 /// What building a site needs from the server.
@@ -38,21 +46,13 @@ pub(crate) struct Builder<'a> {
 /// The sites after a plan, built (and warm) but not yet serving.
 pub(crate) struct Prepared {
     pub sites: BTreeMap<SiteName, Site>,
-    /// The new generations among them: stopped if the apply is abandoned,
-    /// handed their logs once it is published.
+    /// The new generations among them, handed their logs once published.
     pub fresh: Vec<Arc<Runtimes>>,
+    /// The sites whose change could not be applied, in name order.
+    pub failed: Vec<FailedSite>,
 }
 
-/// Why an apply was abandoned; nothing changed.
-#[derive(Debug)]
-pub(crate) enum ApplyError {
-    /// Some site could not be built.
-    Setup(ConfigErrors),
-    /// Some site's new processes did not become ready.
-    NotReady(Vec<SiteNotReady>),
-}
-
-/// A site whose new generation did not become ready: it keeps its running one.
+/// A site whose new processes did not become ready: it keeps its running ones.
 #[derive(Debug)]
 pub struct SiteNotReady {
     pub site: Arc<SiteConfig>,
@@ -65,53 +65,73 @@ impl SiteNotReady {
         ConfigError::in_file(
             &self.site.file,
             "",
-            format!("site {}: its new processes did not become ready, so it keeps its running ones: {} (the site's error log has their output)", self.site.name, self.cause),
+            format!("site {}: its new processes did not become ready: {} (the site's error log has their output)", self.site.name, self.cause),
         )
     }
 }
 
 impl Generations for Builder<'_> {
     fn build(&self, config: &Arc<SiteConfig>, old: Option<&Site>) -> Result<Site, ConfigErrors> {
-        let (logs, stats) = match old {
+        let (logs, stats) = self.logs_and_stats(config, old);
+        Site::build(config, self.supervisor, self.generation, logs, stats)
+    }
+
+    fn failed(&self, config: &Arc<SiteConfig>, old: Option<&Site>, why: &ConfigErrors) -> Site {
+        let (logs, stats) = self.logs_and_stats(config, old);
+        Site::failed(config, self.generation, logs, stats, why)
+    }
+}
+
+impl Builder<'_> {
+    /// `old`'s logs and counters, or a new site's.
+    fn logs_and_stats(
+        &self,
+        config: &SiteConfig,
+        old: Option<&Site>,
+    ) -> (Arc<crate::router::SiteLogs>, Arc<crate::router::SiteStats>) {
+        match old {
             Some(old) => (old.logs().clone(), old.stats().clone()),
             None => (sites::open_logs(config, self.log_dir), Default::default()),
-        };
-        Site::build(config, self.supervisor, self.generation, logs, stats)
+        }
     }
 }
 
 /// Builds every site of `changes` over `current`, then warms up the new
 /// generations of sites that were running (traffic moves only to ready
-/// processes). On any failure, stops what it built.
+/// processes). A site that cannot be built or does not become ready falls
+/// back alone (see the module doc).
 pub(crate) async fn prepare(
     changes: &[Change],
     current: &BTreeMap<SiteName, Site>,
     generations: &impl Generations,
-) -> Result<Prepared, ApplyError> {
-    let (prepared, errors) = build(changes, current, generations);
-    if !errors.is_empty() {
-        prepared.abandon().await;
-        return Err(ApplyError::Setup(errors));
+) -> Prepared {
+    let mut prepared = build(changes, current, generations);
+    for not_ready in warm_up(changes, current, &prepared.sites).await {
+        let name = &not_ready.site.name;
+        if let Some(fresh) = prepared.sites.get(name).map(|s| s.runtimes().clone()) {
+            prepared.fresh.retain(|rt| !Arc::ptr_eq(rt, &fresh));
+            tokio::spawn(async move { fresh.stop().await });
+        }
+        let why = ConfigErrors(vec![not_ready.to_config_error()]);
+        let old = current.get(name).expect("only running sites warm up");
+        prepared.fall_back(&not_ready.site, Some(old), &why, generations);
     }
-    if let Err(not_ready) = warm_up(changes, current, &prepared.sites).await {
-        prepared.abandon().await;
-        return Err(ApplyError::NotReady(not_ready));
-    }
-    Ok(prepared)
+    prepared.failed.sort_by(|a, b| a.site.cmp(&b.site));
+    prepared
 }
 
-/// The next site of each change (none for a removed site), and the errors
-/// of those that could not be built.
+/// The next site of each change (none for a removed site); a site that
+/// cannot be built falls back.
 fn build(
     changes: &[Change],
     current: &BTreeMap<SiteName, Site>,
     generations: &impl Generations,
-) -> (Prepared, ConfigErrors) {
+) -> Prepared {
     let mut prepared = Prepared {
         sites: BTreeMap::new(),
         fresh: Vec::new(),
+        failed: Vec::new(),
     };
-    let mut errors = ConfigErrors::default();
     for change in changes {
         let old = current.get(change.site());
         match next_site(change, old, generations) {
@@ -122,10 +142,38 @@ fn build(
                 }
                 prepared.sites.insert(change.site().clone(), site);
             }
-            Err(e) => errors.0.extend(e.0),
+            Err(why) => {
+                let config = change.config().expect("only built changes fail");
+                prepared.fall_back(config, old, &why, generations);
+            }
         }
     }
-    (prepared, errors)
+    prepared
+}
+
+impl Prepared {
+    /// `config` could not be applied (`why`): the site serves `old` on if
+    /// that served, else it fails. Recorded in [`Self::failed`].
+    fn fall_back(
+        &mut self,
+        config: &Arc<SiteConfig>,
+        old: Option<&Site>,
+        why: &ConfigErrors,
+        generations: &impl Generations,
+    ) {
+        let serving = old.filter(|old| !old.is_failed());
+        let site = match serving {
+            Some(old) => old.not_applied(why.to_string()),
+            None => generations.failed(config, old, why),
+        };
+        tracing::error!(site = %config.name, serves_previous = serving.is_some(), "the site's new configuration cannot be applied; the other sites' changes are:\n{why}");
+        self.failed.push(FailedSite {
+            site: config.name.to_string(),
+            errors: why.iter().map(ToString::to_string).collect(),
+            serves_previous: serving.is_some(),
+        });
+        self.sites.insert(config.name.clone(), site);
+    }
 }
 
 /// The site `change` makes of `old` (its running version, if any).
@@ -136,7 +184,7 @@ fn next_site(
 ) -> Result<Option<Site>, ConfigErrors> {
     let site = match (change, old) {
         (Change::Remove(_), _) => return Ok(None),
-        (Change::Keep(_), Some(old)) => old.clone(),
+        (Change::Keep(_), Some(old)) => old.applied(),
         (Change::Reroute(config), Some(old)) if old.is_stopped() => old.stopped(config),
         (Change::Reroute(config), Some(old)) => old.rerouted(config)?,
         (Change::Add(config) | Change::Restart(config), old) => generations.build(config, old)?,
@@ -148,12 +196,13 @@ fn next_site(
 }
 
 /// Starts the new generation of every restarted site that was running and
-/// waits until each serves (bounded by its startup timeout).
+/// waits until each serves (bounded by its startup timeout); returns the
+/// sites whose new generation did not.
 async fn warm_up(
     changes: &[Change],
     current: &BTreeMap<SiteName, Site>,
     next: &BTreeMap<SiteName, Site>,
-) -> Result<(), Vec<SiteNotReady>> {
+) -> Vec<SiteNotReady> {
     let warm: Vec<&Site> = changes
         .iter()
         .filter_map(|change| match change {
@@ -162,6 +211,7 @@ async fn warm_up(
         })
         .filter(|name| current.get(*name).is_some_and(Site::is_running))
         .filter_map(|name| next.get(name))
+        .filter(|site| !site.is_failed() && site.trouble().is_none())
         .collect();
     let warmed = futures_util::future::join_all(warm.iter().map(|site| async move {
         site.runtimes()
@@ -173,21 +223,7 @@ async fn warm_up(
             })
     }))
     .await;
-    let not_ready: Vec<SiteNotReady> = warmed.into_iter().filter_map(Result::err).collect();
-    if not_ready.is_empty() {
-        Ok(())
-    } else {
-        Err(not_ready)
-    }
-}
-
-impl Prepared {
-    /// Stops every new generation: the apply is abandoned.
-    async fn abandon(self) {
-        for runtimes in self.fresh {
-            runtimes.stop().await;
-        }
-    }
+    warmed.into_iter().filter_map(Result::err).collect()
 }
 
 /// Once published: a new generation's group (which may have changed) reads

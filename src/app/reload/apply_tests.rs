@@ -25,6 +25,11 @@ impl Generations for StaticGenerations<'_> {
         }
         Ok(self.dir.static_site(config, old))
     }
+
+    fn failed(&self, config: &Arc<SiteConfig>, old: Option<&Site>, why: &ConfigErrors) -> Site {
+        let built = self.dir.static_site(config, old);
+        Site::failed(config, 9, built.logs().clone(), built.stats().clone(), why)
+    }
 }
 
 /// The running sites of `configs`, those named in `stopped` stopped.
@@ -85,9 +90,8 @@ async fn each_change_makes_the_next_site_of_the_running_one() {
         dir: &dir,
         fail: &[],
     };
-    let Ok(next) = prepare(&changes(&current, &new), &current, &generations).await else {
-        panic!("static sites build");
-    };
+    let next = prepare(&changes(&current, &new), &current, &generations).await;
+    assert_eq!(next.failed, []);
     let names: Vec<&str> = next.sites.keys().map(SiteName::as_str).collect();
     assert_eq!(names, ["added", "env", "kept", "moved", "off"]);
     let both = |n: &str| (&current[&name(n)], &next.sites[&name(n)]);
@@ -131,30 +135,46 @@ async fn start_up_builds_every_site_as_a_new_generation() {
         dir: &dir,
         fail: &[],
     };
-    let Ok(next) = prepare(&changes(&none, &config), &none, &generations).await else {
-        panic!("static sites build");
-    };
+    let next = prepare(&changes(&none, &config), &none, &generations).await;
+    assert_eq!(next.failed, []);
     assert_eq!(next.sites.len(), 2);
     assert_eq!(next.fresh.len(), 2);
 }
 
 #[tokio::test]
-async fn every_site_that_cannot_be_built_is_reported_and_nothing_is_kept() {
+async fn a_site_that_cannot_be_built_fails_alone() {
     let dir = TestSites::new();
-    let old = dir.load(&[("a", ""), ("b", "")]);
-    let current = running_sites(&dir, &old, &[]);
+    let old = dir.load(&[("a", ""), ("b", ""), ("d", "")]);
+    let mut current = running_sites(&dir, &old, &[]);
+    let why = ConfigErrors(vec![ConfigError::in_file(&old[&name("d")].file, "root", "gone")]);
+    let failed_d = Site::failed(&old[&name("d")], 3, current[&name("d")].logs().clone(), Default::default(), &why);
+    current.insert(name("d"), failed_d);
     let env = "[env]\nGREETING = \"hi\"";
-    let new = dir.load(&[("a", env), ("b", env), ("c", "")]);
+    let new = dir.load(&[("a", env), ("b", env), ("c", ""), ("d", "")]);
     let generations = StaticGenerations {
         dir: &dir,
-        fail: &["a", "c"],
+        fail: &["a", "c", "d"],
     };
-    let Err(ApplyError::Setup(errors)) =
-        prepare(&changes(&current, &new), &current, &generations).await
-    else {
-        panic!("two sites fail to build");
-    };
-    let files: Vec<String> = errors.iter().map(|e| e.source.to_string()).collect();
-    assert_eq!(errors.len(), 2, "{files:?}");
-    assert!(files[0].ends_with("vhosts/a.toml") && files[1].ends_with("vhosts/c.toml"));
+    let next = prepare(&changes(&current, &new), &current, &generations).await;
+
+    let failed: Vec<(&str, bool)> = next
+        .failed
+        .iter()
+        .map(|f| (f.site.as_str(), f.serves_previous))
+        .collect();
+    assert_eq!(failed, [("a", true), ("c", false), ("d", false)]);
+    assert!(next.failed[0].errors[0].contains("vhosts/a.toml: user: no such user"));
+
+    let a = &next.sites[&name("a")];
+    assert!(a.shares_runtimes(&current[&name("a")]), "a serves its running processes");
+    assert_eq!(a.config().env.get("GREETING"), None, "a keeps its previous configuration");
+    assert!(matches!(a.trouble(), Some(crate::sites::Trouble::NotApplied(_))));
+    for failed in ["c", "d"] {
+        assert!(next.sites[&name(failed)].is_failed(), "{failed}");
+    }
+    assert!(Arc::ptr_eq(next.sites[&name("d")].logs(), current[&name("d")].logs()));
+    let b = &next.sites[&name("b")];
+    assert_eq!(b.config().env.get("GREETING").map(String::as_str), Some("hi"), "b's change applied");
+    assert!(b.trouble().is_none());
+    assert_eq!(next.fresh.len(), 1, "only b's new generation");
 }

@@ -4,7 +4,8 @@
 //!
 //! Invariant: every site of either side appears in exactly one [`Change`],
 //! in name order; a site present on both sides is [`Change::Keep`] exactly
-//! when its configuration is equal.
+//! when its configuration is equal and it did not fail (a failed site is
+//! always built again: [`Change::Restart`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -37,6 +38,9 @@ pub struct Running<'a> {
     pub config: &'a SiteConfig,
     /// Stopped by the operator: it stays stopped, whatever changed.
     pub stopped: bool,
+    /// It could not be built (`Site::failed`): every reload builds it
+    /// again, whatever changed (its owner may have mended its files).
+    pub failed: bool,
 }
 
 impl<'a> From<&'a Site> for Running<'a> {
@@ -44,6 +48,7 @@ impl<'a> From<&'a Site> for Running<'a> {
         Running {
             config: site.config(),
             stopped: site.is_stopped(),
+            failed: site.is_failed(),
         }
     }
 }
@@ -57,6 +62,7 @@ pub fn plan(
         .iter()
         .map(|(name, site)| match current.get(name) {
             None => Change::Add(site.clone()),
+            Some(old) if old.failed => Change::Restart(site.clone()),
             Some(old) if *old.config == **site => Change::Keep(name.clone()),
             Some(old) if old.stopped || same_runtime(old.config, site) => {
                 Change::Reroute(site.clone())
@@ -75,6 +81,14 @@ pub fn plan(
 }
 
 impl Change {
+    /// The configuration it applies (none for keeping or removing a site).
+    pub fn config(&self) -> Option<&Arc<SiteConfig>> {
+        match self {
+            Change::Keep(_) | Change::Remove(_) => None,
+            Change::Add(c) | Change::Restart(c) | Change::Reroute(c) => Some(c),
+        }
+    }
+
     /// The site this change is about.
     pub fn site(&self) -> &SiteName {
         match self {

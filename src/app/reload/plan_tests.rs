@@ -14,11 +14,24 @@ fn running<'a>(
     sites: &'a BTreeMap<SiteName, Arc<SiteConfig>>,
     stopped: &[&str],
 ) -> BTreeMap<SiteName, Running<'a>> {
+    running_or_failed(sites, stopped, &[])
+}
+
+/// [`running`], those named in `failed` failed (could not be built).
+fn running_or_failed<'a>(
+    sites: &'a BTreeMap<SiteName, Arc<SiteConfig>>,
+    stopped: &[&str],
+    failed: &[&str],
+) -> BTreeMap<SiteName, Running<'a>> {
     sites
         .iter()
         .map(|(name, config)| {
-            let stopped = stopped.contains(&name.as_str());
-            (name.clone(), Running { config, stopped })
+            let running = Running {
+                config,
+                stopped: stopped.contains(&name.as_str()),
+                failed: failed.contains(&name.as_str()),
+            };
+            (name.clone(), running)
         })
         .collect()
 }
@@ -105,6 +118,15 @@ fn a_stopped_site_stays_stopped_and_is_only_rerouted() {
 }
 
 #[test]
+fn a_failed_site_is_built_again_even_unchanged() {
+    let dir = TestSites::new();
+    let sites = dir.load(&[("a", ""), ("b", "")]);
+    let changes = plan(&running_or_failed(&sites, &[], &["a"]), &sites);
+    let want = [("restart", "a".to_owned()), ("keep", "b".to_owned())];
+    assert_eq!(summary(&changes), want);
+}
+
+#[test]
 fn every_kind_of_change_at_once_in_name_order() {
     let env = "[env]\nGREETING = \"hi\"";
     let hosts = "hosts = [\"other.test\"]";
@@ -181,6 +203,7 @@ fn the_report_counts_each_kind() {
             rerouted: vec!["moved".into()],
             unchanged: 1,
             warnings: vec![],
+            failed: vec![],
         }
     );
 }

@@ -70,6 +70,10 @@ fn running_state(status: Option<&SiteStatus>) -> (SiteState, Option<String>) {
     let Some(s) = status else {
         return (SiteState::Starting, None);
     };
+    if let Some(why) = &s.not_applied {
+        // It serves the revision before: the one placed here is not applied.
+        return (SiteState::Failed, Some(format!("not applied: {why}")));
+    }
     match s.state.as_str() {
         "starting" => (SiteState::Starting, None),
         "failed" => (

@@ -200,9 +200,11 @@ fn validate_command(
     let program = argv.remove(0);
     match resolve_program(&program, cwd, path_var) {
         Ok(path) => Some((path, argv)),
+        // The program is a file of the site's (or of the host's PATH): its
+        // absence is the site's problem, not the file's (`SiteProblem`).
         Err(why) => {
-            errs.add("app.command", why);
-            None
+            errs.site_problem("app.command", why);
+            Some((PathBuf::new(), argv))
         }
     }
 }
@@ -286,15 +288,18 @@ mod tests {
         let raw: RawSite = toml::from_str(&text).unwrap();
         let mut errors = ConfigErrors::default();
         let file = Path::new("/etc/polyhost/vhosts/a.toml");
-        let mut errs = FileErrors {
-            file,
-            errors: &mut errors,
-        };
+        let mut errs = FileErrors::new(file, &mut errors);
         let name = SiteName::parse("a").unwrap();
         let site =
             super::super::validate_site(name, file, raw, Path::new("/etc/polyhost"), &mut errs);
         match site {
-            Some(site) if errors.is_empty() => Ok(site),
+            Some(site) if errors.is_empty() && site.problems.is_empty() => Ok(site),
+            Some(site) if errors.is_empty() => Err(site
+                .problems
+                .iter()
+                .map(|p| format!("{}: {}", p.key, p.message))
+                .collect::<Vec<_>>()
+                .join("\n")),
             _ => Err(errors
                 .iter()
                 .map(|e| format!("{}: {}", e.key, e.message))
@@ -518,10 +523,7 @@ idle_timeout = "soon"
             toml::from_str("hosts = [\"a.test\"]\n[app]\ncommand = [\"/bin/sh\"]\n").unwrap();
         let mut errors = ConfigErrors::default();
         let file = Path::new("/v/a.toml");
-        let mut errs = FileErrors {
-            file,
-            errors: &mut errors,
-        };
+        let mut errs = FileErrors::new(file, &mut errors);
         let site = super::super::validate_site(
             SiteName::parse("a").unwrap(),
             file,

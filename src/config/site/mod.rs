@@ -52,9 +52,38 @@ pub struct SiteConfig {
     pub tls: Option<super::tls::SiteTls>,
     /// `sandbox`: the namespaces the site's processes start in.
     pub sandbox: SandboxConfig,
+    /// What the site's own files make impossible, found while the file was
+    /// validated (its `[app]` program missing or not executable, its
+    /// virtualenv made by another Python than `python.version`). The file is
+    /// valid: the site is served as failed with these as the reason, and
+    /// nothing else is refused (see `app::reload`). Empty for a site that
+    /// can run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<SiteProblem>,
+}
+
+/// A problem of a site's own files (state its user controls), under the
+/// key whose value it defeats. Unlike a [`ConfigError`](super::ConfigError)
+/// it refuses nothing but the site: one tenant's files never stop a reload
+/// or the start of polyhost for the others.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SiteProblem {
+    pub key: String,
+    pub message: String,
 }
 
 impl SiteConfig {
+    /// [`Self::problems`] as errors of the site's file (what status, the
+    /// reload report and `check` show).
+    pub fn problem_errors(&self) -> super::ConfigErrors {
+        super::ConfigErrors(
+            self.problems
+                .iter()
+                .map(|p| super::ConfigError::in_file(&self.file, p.key.clone(), p.message.clone()))
+                .collect(),
+        )
+    }
+
     /// Whether the site runs code of its own (any runtime kind but static
     /// files): such a site gets processes, a user no other code-running site
     /// shares, and its logs readable by its group. The one place a new
@@ -251,6 +280,7 @@ pub(crate) fn validate_site(
         app: app.flatten(),
         tls,
         sandbox,
+        problems: std::mem::take(&mut errs.problems),
     })
 }
 

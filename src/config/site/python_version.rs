@@ -86,8 +86,10 @@ pub(super) fn requested_version(
     });
     let venv = home.and_then(virtualenv_version);
     match (explicit, venv) {
+        // The virtualenv is the site's: a site user who remakes it must not
+        // make the file invalid (`SiteProblem`).
         (Some(a), Some(b)) if a != b => {
-            errs.add(
+            errs.site_problem(
                 "python.version",
                 format!(
                     "site {site} sets python.version = \"{a}\", but its virtualenv python.home ({}) was made by Python {b} (its pyvenv.cfg): remove python.version or make the two agree",
@@ -218,6 +220,27 @@ mod tests {
             None,
             "past the first 64 KiB"
         );
+    }
+
+    #[test]
+    fn a_virtualenv_that_contradicts_python_version_is_the_sites_problem_not_an_error() {
+        let made = venv("version = 3.11.2\n");
+        let mut errors = crate::config::ConfigErrors::default();
+        let file = Path::new("/v/a.toml");
+        let mut errs = FileErrors::new(file, &mut errors);
+        let got = requested_version("a", Some("3.13"), Some(made.path()), &mut errs);
+        assert_eq!(got, None);
+        let problems: Vec<(&str, bool)> = errs
+            .problems
+            .iter()
+            .map(|p| (p.key.as_str(), p.message.contains("made by Python 3.11")))
+            .collect();
+        assert_eq!(problems, [("python.version", true)]);
+        assert!(errors.is_empty(), "the file is valid: {errors}");
+        let mut errs = FileErrors::new(file, &mut errors);
+        requested_version("a", Some("3.x"), None, &mut errs);
+        assert!(errs.problems.is_empty());
+        assert_eq!(errors.len(), 1, "a malformed key is the file's error");
     }
 
     #[test]

@@ -34,6 +34,8 @@ pub(crate) enum Decision {
     Stop,
     /// A new generation of processes (or a site new here).
     Build,
+    /// The supervisor could not build it: 503, no process.
+    Fail,
 }
 
 /// What the router holds of a site, as [`decide`] needs it.
@@ -49,6 +51,9 @@ pub(crate) struct HeldSite {
 
 /// The decision for a site wanted as `want`, held as `held` (if at all).
 pub(crate) fn decide(held: Option<HeldSite>, want: DesiredSite) -> Decision {
+    if want.failed {
+        return Decision::Fail;
+    }
     let Some(held) = held.filter(|h| h.usable) else {
         return match want.stopped {
             true => Decision::Stop,
@@ -181,6 +186,16 @@ impl RouterState {
             (Decision::Reroute, Some(h)) => h.site.rerouted(config),
             (Decision::Stop, Some(h)) if h.site.runtimes().generation == want.generation => {
                 Ok(h.site.stopped(config))
+            }
+            (Decision::Fail, _) => {
+                let why = format!(
+                    "site {} failed to start; `polyhost status {}` says why",
+                    config.name, config.name
+                );
+                return Held {
+                    site: Site::unavailable(config, want.generation, logs, stats, why),
+                    usable: false,
+                };
             }
             (Decision::Stop, _) => Ok(Site::stopped_at(
                 config,

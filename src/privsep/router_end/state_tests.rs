@@ -17,6 +17,7 @@ fn want(generation: u64, stopped: bool) -> DesiredSite {
         generation,
         stopped,
         runs_as: None,
+        failed: false,
     }
 }
 
@@ -98,6 +99,24 @@ fn each_site_is_kept_rerouted_stopped_or_built_as_the_supervisor_did() {
             want(1, true),
             Stop,
             "could not be built, stopped",
+        ),
+        (
+            held(1, false, true, true),
+            DesiredSite {
+                failed: true,
+                ..want(2, false)
+            },
+            Fail,
+            "the supervisor could not build it",
+        ),
+        (
+            None,
+            DesiredSite {
+                failed: true,
+                ..want(1, false)
+            },
+            Fail,
+            "new here, failed",
         ),
     ];
     for (held, want, expected, why) in cases {
