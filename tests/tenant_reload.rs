@@ -58,7 +58,10 @@ async fn a_tenant_that_breaks_its_own_program_fails_alone_at_reload_and_at_start
 
     // The tenant, as itself, makes its program non-executable; the panel
     // gives the neighbour a second host and reloads.
-    let (ok, out) = runuser(&tenant.name, &["chmod", "a-x", &program.display().to_string()]);
+    let (ok, out) = runuser(
+        &tenant.name,
+        &["chmod", "a-x", &program.display().to_string()],
+    );
     assert!(ok, "{out}");
     neighbour(&cfg, "\"neighbour.test\", \"www.neighbour.test\"");
     let reload = cli(&admin_socket(&cfg), &["reload"], None).await;
@@ -77,10 +80,17 @@ async fn a_tenant_that_breaks_its_own_program_fails_alone_at_reload_and_at_start
     let page = wait_serving(&bin, &cfg, "www.neighbour.test", "/", within).await;
     assert_eq!(page, "neighbour's page\n", "the neighbour's change applied");
     let (code, body) = try_get(bin.addr, "tenant.test", "/").await;
-    assert_eq!((code, body.starts_with("hello from tenant")), (200, true), "{body}");
+    assert_eq!(
+        (code, body.starts_with("hello from tenant")),
+        (200, true),
+        "{body}"
+    );
     let shown = status(&cfg, "tenant").await;
     let why = shown.not_applied.unwrap_or_default();
-    assert!(why.contains("app.command") && why.contains("not executable"), "{why}");
+    assert!(
+        why.contains("app.command") && why.contains("not executable"),
+        "{why}"
+    );
 
     // `check` says the same: the configuration is valid (not 1), one site
     // would fail alone (3).
@@ -103,7 +113,10 @@ async fn a_tenant_that_breaks_its_own_program_fails_alone_at_reload_and_at_start
     assert!(why.contains("vhosts/tenant.toml: app.command: "), "{why}");
 
     // Mended by its owner, the next reload builds it again.
-    let (ok, out) = runuser(&tenant.name, &["chmod", "u+x", &program.display().to_string()]);
+    let (ok, out) = runuser(
+        &tenant.name,
+        &["chmod", "u+x", &program.display().to_string()],
+    );
     assert!(ok, "{out}");
     let reload = cli(&admin_socket(&cfg), &["reload"], None).await;
     assert_eq!(reload.code, 0, "{reload:?}");

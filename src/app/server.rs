@@ -128,11 +128,7 @@ impl Server {
             let mut state = server.state.lock().await;
             server.apply(&mut state, config, &changes).await
         };
-        tracing::info!(
-            sites = changes.len(),
-            failed = failed.len(),
-            "serving"
-        );
+        tracing::info!(sites = changes.len(), failed = failed.len(), "serving");
         Ok(Arc::new(server))
     }
 

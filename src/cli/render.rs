@@ -128,7 +128,11 @@ pub fn status_table(s: &ServerStatus) -> String {
                 site.oom_kills.to_string(),
                 site.last_error
                     .clone()
-                    .or_else(|| site.not_applied.as_ref().map(|e| format!("not applied: {e}")))
+                    .or_else(|| {
+                        site.not_applied
+                            .as_ref()
+                            .map(|e| format!("not applied: {e}"))
+                    })
                     .or_else(|| site.acme_error.as_ref().map(|e| format!("acme: {e}")))
                     .map_or_else(|| "-".to_owned(), |e| truncate(&e, LAST_ERROR_WIDTH)),
             ]
@@ -245,9 +249,12 @@ pub fn site_detail(s: &SiteStatus) -> String {
         s.certificate_not_after
             .map(|t| ("certificate", format!("expires at {t} (Unix seconds)"))),
         s.acme_error.as_deref().map(|e| ("acme error", cleaned(e))),
-        s.not_applied
-            .as_deref()
-            .map(|e| ("not applied", format!("{} (it serves its previous configuration)", cleaned(e)))),
+        s.not_applied.as_deref().map(|e| {
+            (
+                "not applied",
+                format!("{} (it serves its previous configuration)", cleaned(e)),
+            )
+        }),
     ];
     let (head, tail) = rows.split_at(3);
     for (k, v) in head
@@ -313,7 +320,11 @@ pub fn failed_sites(cmd: &str, failed: &[crate::app::reload::FailedSite]) -> Str
             true => "it serves its previous configuration",
             false => "it answers 503 until it can be built (mend it, then reload or `polyhost start SITE`)",
         };
-        let _ = writeln!(out, "polyhost {cmd}: site {} failed: {became}", clean(&f.site));
+        let _ = writeln!(
+            out,
+            "polyhost {cmd}: site {} failed: {became}",
+            clean(&f.site)
+        );
     }
     out
 }

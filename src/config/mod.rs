@@ -44,8 +44,8 @@ pub use server::{
 pub use site::{virtualenv_version, PythonVersion, RequestedVersion, VersionSource};
 pub use site::{
     AppConfig, AppListen, AsgiConfig, IniValue, Lifespan, Limits, PhpConfig, PhpMode, PythonConfig,
-    PythonInterface, SandboxConfig, SandboxNetwork, SiteConfig, SiteProblem, StartPolicy, StaticConfig,
-    WebSocketConfig, DEFAULT_APP_PATH, DEFAULT_BODY_LIMIT, RESERVED_PHP_INI,
+    PythonInterface, SandboxConfig, SandboxNetwork, SiteConfig, SiteProblem, StartPolicy,
+    StaticConfig, WebSocketConfig, DEFAULT_APP_PATH, DEFAULT_BODY_LIMIT, RESERVED_PHP_INI,
 };
 pub use tls::{acme_files, crypto_provider, load_certified_key, LoadedPair, SiteTls, TlsKey};
 pub use types::{parse_duration, parse_size, HostPattern, Scalar, SiteName};

@@ -146,8 +146,18 @@ async fn a_site_that_cannot_be_built_fails_alone() {
     let dir = TestSites::new();
     let old = dir.load(&[("a", ""), ("b", ""), ("d", "")]);
     let mut current = running_sites(&dir, &old, &[]);
-    let why = ConfigErrors(vec![ConfigError::in_file(&old[&name("d")].file, "root", "gone")]);
-    let failed_d = Site::failed(&old[&name("d")], 3, current[&name("d")].logs().clone(), Default::default(), &why);
+    let why = ConfigErrors(vec![ConfigError::in_file(
+        &old[&name("d")].file,
+        "root",
+        "gone",
+    )]);
+    let failed_d = Site::failed(
+        &old[&name("d")],
+        3,
+        current[&name("d")].logs().clone(),
+        Default::default(),
+        &why,
+    );
     current.insert(name("d"), failed_d);
     let env = "[env]\nGREETING = \"hi\"";
     let new = dir.load(&[("a", env), ("b", env), ("c", ""), ("d", "")]);
@@ -166,15 +176,32 @@ async fn a_site_that_cannot_be_built_fails_alone() {
     assert!(next.failed[0].errors[0].contains("vhosts/a.toml: user: no such user"));
 
     let a = &next.sites[&name("a")];
-    assert!(a.shares_runtimes(&current[&name("a")]), "a serves its running processes");
-    assert_eq!(a.config().env.get("GREETING"), None, "a keeps its previous configuration");
-    assert!(matches!(a.trouble(), Some(crate::sites::Trouble::NotApplied(_))));
+    assert!(
+        a.shares_runtimes(&current[&name("a")]),
+        "a serves its running processes"
+    );
+    assert_eq!(
+        a.config().env.get("GREETING"),
+        None,
+        "a keeps its previous configuration"
+    );
+    assert!(matches!(
+        a.trouble(),
+        Some(crate::sites::Trouble::NotApplied(_))
+    ));
     for failed in ["c", "d"] {
         assert!(next.sites[&name(failed)].is_failed(), "{failed}");
     }
-    assert!(Arc::ptr_eq(next.sites[&name("d")].logs(), current[&name("d")].logs()));
+    assert!(Arc::ptr_eq(
+        next.sites[&name("d")].logs(),
+        current[&name("d")].logs()
+    ));
     let b = &next.sites[&name("b")];
-    assert_eq!(b.config().env.get("GREETING").map(String::as_str), Some("hi"), "b's change applied");
+    assert_eq!(
+        b.config().env.get("GREETING").map(String::as_str),
+        Some("hi"),
+        "b's change applied"
+    );
     assert!(b.trouble().is_none());
     assert_eq!(next.fresh.len(), 1, "only b's new generation");
 }
