@@ -24,6 +24,7 @@ pub(crate) mod tests_support;
 mod tls;
 mod types;
 mod vhosts;
+mod views;
 
 use std::collections::BTreeMap;
 use std::path::Path;

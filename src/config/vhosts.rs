@@ -1,6 +1,7 @@
 //! Loading the vhost directory: one `<site>.toml` per site, parsed with the
 //! `toml` crate (for line and column in syntax errors), validated per file,
-//! then checked across files (a host claimed twice, two default sites).
+//! then checked across files (a host claimed twice, two default sites, a
+//! view showing another site's root: `super::views`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -162,6 +163,7 @@ fn describe(text: &str, e: &toml::de::Error) -> String {
 }
 
 fn check_across_sites(sites: &BTreeMap<SiteName, Arc<SiteConfig>>, errors: &mut ConfigErrors) {
+    super::views::check_views(sites, errors);
     let mut owner: HashMap<&HostPattern, &SiteConfig> = HashMap::new();
     let mut default: Option<&SiteConfig> = None;
     for site in sites.values() {
