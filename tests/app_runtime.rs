@@ -254,6 +254,8 @@ fn check_names_an_app_program_that_cannot_run_and_a_missing_cwd() {
         "hosts = [\"web.test\"]\nroot = \"www/web\"\n[app]\ncommand = [\"no-such-server\", \"--port\"]\n",
     );
     let (code, _, stderr) = polyhost_check(&cfg);
+    // 1: neither site names a user (an error of its file); the programs,
+    // files of the sites' own, are listed too.
     assert_eq!(code, 1, "{stderr}");
     let dir = cfg.path().display().to_string();
     let stderr = stderr.replace(&dir, "$DIR");
@@ -270,7 +272,8 @@ fn check_names_an_app_program_that_cannot_run_and_a_missing_cwd() {
         "hosts = [\"cwd.test\"]\nroot = \"www/web\"\nuser = \"nobody\"\n[app]\ncommand = [\"/bin/sh\"]\ncwd = \"gone\"\n",
     );
     let (code, _, stderr) = polyhost_check(&cfg_ok);
-    assert_eq!(code, 1, "{stderr}");
+    // 3: the file is valid; the site would fail alone (its cwd is gone).
+    assert_eq!(code, 3, "{stderr}");
     let stderr = stderr.replace(&cfg_ok.path().display().to_string(), "$DIR");
     assert!(
         stderr.contains("$DIR/vhosts/cwd.toml: app.cwd: $DIR/www/web/gone is not a directory"),
