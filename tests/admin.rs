@@ -327,6 +327,7 @@ async fn metrics_move_with_traffic_and_parse_as_prometheus_text() {
         after[r#"polyhost_site_state{site="py",state="running"}"#],
         1.0
     );
+    assert_eq!(after[r#"polyhost_site_config_not_applied{site="py"}"#], 0.0);
     assert_eq!(after[r#"polyhost_reloads_total{result="ok"}"#], 0.0);
     assert_eq!(after[r#"polyhost_requests_in_flight{site="www"}"#], 0.0);
 

@@ -309,8 +309,8 @@ async fn sighup_reloads_the_real_binary_and_the_cli_finds_its_socket_from_the_co
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_new_generation_that_cannot_start_is_not_applied_the_old_one_serves_on_and_the_rest_applies()
-{
+async fn a_new_generation_that_cannot_start_is_not_applied_the_old_one_serves_on_and_the_rest_applies(
+) {
     let cfg = TestConfig::new();
     let user = TestUser::new();
     python_site(&cfg, "py", &user, "1", "");
@@ -362,6 +362,10 @@ async fn a_new_generation_that_cannot_start_is_not_applied_the_old_one_serves_on
         "the failed generation's processes are gone: {:?}",
         common::pids_of_uid(user.uid)
     );
-    assert_eq!(served.status().await.reloads_failed, 0, "the reload applied");
+    assert_eq!(
+        served.status().await.reloads_failed,
+        0,
+        "the reload applied"
+    );
     served.stop().await;
 }

@@ -30,6 +30,20 @@ fn neighbour(cfg: &TestConfig, hosts: &str) {
     );
 }
 
+/// The metrics, through the admin socket.
+async fn scrape(cfg: &TestConfig) -> String {
+    let answer = polyhost::admin::client::call(
+        &admin_socket(cfg),
+        http::Method::GET,
+        "/metrics",
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    assert_eq!(answer.status, 200);
+    String::from_utf8_lossy(&answer.body).into_owned()
+}
+
 #[tokio::test]
 async fn a_tenant_that_breaks_its_own_program_fails_alone_at_reload_and_at_start() {
     if !polyhost::isolation::running_as_root() {
@@ -91,6 +105,16 @@ async fn a_tenant_that_breaks_its_own_program_fails_alone_at_reload_and_at_start
         why.contains("app.command") && why.contains("not executable"),
         "{why}"
     );
+    let metrics = scrape(&cfg).await;
+    for line in [
+        "polyhost_site_config_not_applied{site=\"tenant\"} 1",
+        "polyhost_site_config_not_applied{site=\"neighbour\"} 0",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line:?} in:\n{metrics}"
+        );
+    }
 
     // `check` says the same: the configuration is valid (not 1), one site
     // would fail alone (3).

@@ -11,7 +11,8 @@
 //! `queue_wait_seconds`, `requests_in_flight`, `websockets_open` and
 //! `websockets_total` (ASGI sites), `worker_threads_busy`,
 //! `worker_threads_total`, `processes`, `memory_bytes`, `memory_limit_bytes`,
-//! `restarts_total`, `oom_kills_total`, `site_state{site,state}`; PHP sites
+//! `restarts_total`, `oom_kills_total`, `site_state{site,state}`,
+//! `site_config_not_applied`; PHP sites
 //! only, what the FastCGI connection pool did (`metrics::PhpPoolStats`):
 //! `php_requests_reused_total`, `php_connections_opened_total`,
 //! `php_connections_retired_total`, `php_connections_warmed_total`,
@@ -538,6 +539,16 @@ impl Collector for SupervisorScrape {
                 ConstGauge::new(1i64).encode(family.encode_family(&labels)?)?;
             }
         }
+        per_site(
+            e,
+            self.sites(),
+            (
+                "polyhost_site_config_not_applied",
+                "1 while the site serves its previous configuration because its latest could not be applied (status says why).",
+                Gauge,
+            ),
+            |s| Some(gauge(u64::from(s.not_applied.is_some()))),
+        )?;
         let s = &self.0;
         {
             let mut family = e.encode_descriptor(
