@@ -67,6 +67,9 @@ pub fn check(main: &Path) -> Result<String, Findings> {
     errors
         .0
         .extend(check_socket_paths(&config.server.state_dir, &config.sites).0);
+    errors.0.extend(
+        crate::runtime::php::check_pool_configs(config.sites.values(), &config.server.state_dir).0,
+    );
     for site in config.sites.values() {
         check_runtimes(site, &config.server, &mut failing);
         check_view_paths(site, &mut failing);
@@ -183,11 +186,6 @@ fn check_runtimes(site: &SiteConfig, server: &ServerConfig, errors: &mut ConfigE
                 "php.fpm",
                 format!("site {} wants php-fpm, but no php-fpm* binary is in /usr/sbin (install php8.2-fpm, or set php.fpm)", site.name),
             )),
-        }
-    }
-    if site.php.is_some() {
-        if let Err(e) = crate::runtime::php::check_pool_config(site, &server.state_dir) {
-            errors.push(ConfigError::in_file(&site.file, e.key, e.message));
         }
     }
     if let Some(app) = &site.app {

@@ -584,9 +584,20 @@ async fn cold_lookups_are_made_on_the_blocking_pool_with_the_same_answers() {
             assert!(!r.text().contains("SECRET"), "{uri}: {}", r.text());
         }
         // The blocking lookup filled the caches: the next one is answered
-        // on the async thread.
+        // on the async thread. Anything else dropping caches meanwhile (a
+        // test of another run on this machine) may undo it: a few tries,
+        // each served again first.
         if status != StatusCode::FORBIDDEN {
-            assert_eq!(cached(uri), "answered", "{uri} after it was served");
+            let mut after = vec![cached(uri)];
+            while after.last() != Some(&"answered") && after.len() < 5 {
+                assert_eq!(s.get(uri).await.status, status, "{uri}");
+                after.push(cached(uri));
+            }
+            assert_eq!(
+                after.last(),
+                Some(&"answered"),
+                "{uri} after it was served: {after:?}"
+            );
         }
     }
 }

@@ -99,10 +99,17 @@ impl Server {
     pub async fn start(config: Config) -> Result<Arc<Server>, ServeError> {
         // Before anything is touched: two sites that run code never share a
         // uid or group, and each one's runtime sockets can be bound.
-        let sockets =
+        let mut refused =
             crate::supervisor::check_socket_paths(&config.server.state_dir, &config.sites);
-        if !sockets.is_empty() {
-            return Err(sockets.into());
+        refused.0.extend(
+            crate::runtime::php::check_pool_configs(
+                config.sites.values(),
+                &config.server.state_dir,
+            )
+            .0,
+        );
+        if !refused.is_empty() {
+            return Err(refused.into());
         }
         crate::supervisor::site_identities(
             &config.sites,
@@ -300,6 +307,13 @@ impl Server {
         self.supervisor
             .site_identities(&new.sites)
             .map_err(ControlError::Config)?;
+        let pools = crate::runtime::php::check_pool_configs(
+            new.sites.values(),
+            self.supervisor.state_dir(),
+        );
+        if !pools.is_empty() {
+            return Err(ControlError::Config(pools));
+        }
         let running: BTreeMap<SiteName, Running> = state
             .sites
             .iter()

@@ -10,12 +10,12 @@
 use std::borrow::Cow;
 use std::fmt::Write;
 
+mod answers;
 mod server_lines;
+pub use answers::{failed_sites, refusal, reload_report};
 use server_lines::{cluster_line, on_demand_line};
 
-use crate::admin::api::ErrorBody;
 use crate::app::status::{SandboxStatus, ServerStatus, SiteStatus};
-use crate::app::ReloadReport;
 
 /// Longest last error shown in the table; `polyhost status SITE` shows all of it.
 const LAST_ERROR_WIDTH: usize = 60;
@@ -290,56 +290,6 @@ fn sandbox(b: &SandboxStatus) -> String {
     format!("on ({})", layers.join(", "))
 }
 
-pub fn reload_report(r: &ReloadReport) -> String {
-    let part = |n: &str, sites: &[String]| {
-        if sites.is_empty() {
-            format!("0 {n}")
-        } else {
-            format!("{} {n} ({})", sites.len(), clean(&sites.join(", ")))
-        }
-    };
-    format!(
-        "reloaded: {}, {}, {}, {}, {} unchanged\n",
-        part("added", &r.added),
-        part("removed", &r.removed),
-        part("restarted", &r.restarted),
-        part("rerouted", &r.rerouted),
-        r.unchanged
-    )
-}
-
-/// The sites a reload (or `check`) found failing, for stderr: each error
-/// on its own line (`FILE: KEY: MESSAGE`), then what became of the site.
-pub fn failed_sites(cmd: &str, failed: &[crate::app::reload::FailedSite]) -> String {
-    let mut out = String::new();
-    for f in failed {
-        for e in &f.errors {
-            let _ = writeln!(out, "{}", clean(e));
-        }
-        let became = match f.serves_previous {
-            true => "it serves its previous configuration",
-            false => "it answers 503 until it can be built (mend it, then reload or `polyhost start SITE`)",
-        };
-        let _ = writeln!(
-            out,
-            "polyhost {cmd}: site {} failed: {became}",
-            clean(&f.site)
-        );
-    }
-    out
-}
-
-/// A refusal for stderr: each configuration error on its own line
-/// (`FILE: KEY: MESSAGE`), then what was refused and why.
-pub fn refusal(cmd: &str, body: &ErrorBody) -> String {
-    let mut out = String::new();
-    for e in &body.errors {
-        let _ = writeln!(out, "{}", clean(&e.to_string()));
-    }
-    let _ = writeln!(out, "polyhost {cmd}: refused: {}", clean(&body.error));
-    out
-}
-
 fn memory(s: &SiteStatus) -> String {
     match (s.memory_bytes, s.memory_limit_bytes) {
         (None, None) => "-".into(),
@@ -394,6 +344,7 @@ fn truncate(s: &str, width: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::admin::api::ErrorBody;
     use expect_test::expect;
 
     fn site(name: &str, state: &str, runtime: &str) -> SiteStatus {

@@ -205,6 +205,27 @@ pub fn check_pool_config(site: &SiteConfig, state_dir: &Path) -> Result<(), Pool
     pool_config(site, &pool_options(&paths, &include, &[])).map(drop)
 }
 
+/// [`check_pool_config`] of every PHP site of `sites`, as errors of their
+/// files: a value php-fpm cannot hold is the file's error, which refuses
+/// the whole configuration (not a site's own problem).
+pub fn check_pool_configs<'a>(
+    sites: impl IntoIterator<Item = &'a std::sync::Arc<SiteConfig>>,
+    state_dir: &Path,
+) -> crate::config::ConfigErrors {
+    crate::config::ConfigErrors(
+        sites
+            .into_iter()
+            .filter(|site| site.php.is_some())
+            .filter_map(|site| {
+                let e = check_pool_config(site, state_dir).err()?;
+                Some(crate::config::ConfigError::in_file(
+                    &site.file, e.key, e.message,
+                ))
+            })
+            .collect(),
+    )
+}
+
 /// The last `max` bytes of a log file the site user writes, read by root
 /// without trusting it: the last component is not followed if it is a
 /// symlink (`/etc/shadow`), must be a regular file (not a FIFO that would

@@ -5,7 +5,7 @@ mod launcher;
 mod paths;
 mod pool_config;
 
-pub use launcher::{check_pool_config, PhpLauncher};
+pub use launcher::{check_pool_config, check_pool_configs, PhpLauncher};
 
 pub use paths::{
     find_fpm_binary, find_fpm_in, system_include_dirs, PhpPoolPaths, SYSTEM_INCLUDE_CANDIDATES,
