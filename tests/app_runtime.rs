@@ -267,9 +267,10 @@ fn check_names_an_app_program_that_cannot_run_and_a_missing_cwd() {
     }
     let cfg_ok = TestConfig::new();
     cfg_ok.write("www/web/.keep", "");
+    let user = TestUser::new();
     cfg_ok.write(
         "vhosts/cwd.toml",
-        "hosts = [\"cwd.test\"]\nroot = \"www/web\"\nuser = \"nobody\"\n[app]\ncommand = [\"/bin/sh\"]\ncwd = \"gone\"\n",
+        &format!("hosts = [\"cwd.test\"]\nroot = \"www/web\"\nuser = \"{}\"\n[app]\ncommand = [\"/bin/sh\"]\ncwd = \"gone\"\n", user.name),
     );
     let (code, _, stderr) = polyhost_check(&cfg_ok);
     // 3: the file is valid; the site would fail alone (its cwd is gone).

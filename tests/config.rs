@@ -492,10 +492,11 @@ fn a_site_whose_runtime_sockets_would_not_fit_is_refused_by_name() {
     cfg.write("www/a/x", "");
     let long = "a-site-name-of-forty-bytes-for-sockets-x";
     assert_eq!(long.len(), 40);
-    for (name, user) in [(long, "nobody"), ("ok", "daemon")] {
+    let users = [common::TestUser::new(), common::TestUser::new()];
+    for (name, user) in [(long, &users[0]), ("ok", &users[1])] {
         cfg.write(
             &format!("vhosts/{name}.toml"),
-            &format!("hosts = [\"{name}.test\"]\nroot = \"www/a\"\nuser = \"{user}\"\n[python]\napp = \"x\"\nworker = \"/bin/true\"\n"),
+            &format!("hosts = [\"{name}.test\"]\nroot = \"www/a\"\nuser = \"{}\"\n[python]\napp = \"x\"\nworker = \"/bin/true\"\n", user.name),
         );
     }
     // A static site runs no process: no socket, whatever its name.

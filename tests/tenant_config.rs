@@ -287,6 +287,36 @@ async fn a_reload_that_would_share_a_user_is_refused_and_the_running_sites_keep_
     assert!(bin.terminate().await.success());
 }
 
+#[test]
+fn no_site_runs_code_as_a_user_of_the_hosts_own_daemons() {
+    let cfg = TestConfig::new();
+    cfg.write("www/x/index.php", "<?php echo 1;");
+    for (name, user, php) in [
+        ("web", "www-data", true),
+        ("drop", "nobody", true),
+        ("files", "www-data", false),
+    ] {
+        let php = if php { "[php]\n" } else { "" };
+        cfg.write(
+            &format!("vhosts/{name}.toml"),
+            &format!("hosts = [\"{name}.test\"]\nroot = \"www/x\"\nuser = \"{user}\"\n{php}"),
+        );
+    }
+    let main = cfg.main().display().to_string();
+    let (code, _, stderr) = polyhost(&["check", "--config", &main]);
+    assert_eq!(code, 1, "{stderr}");
+    for want in [
+        "vhosts/web.toml: user: user `www-data` (uid 33) belongs to the host's own daemons",
+        "vhosts/drop.toml: user: user `nobody` (uid 65534) belongs to the host's own daemons",
+    ] {
+        assert!(stderr.contains(want), "{want:?} in:\n{stderr}");
+    }
+    assert!(
+        !stderr.contains("files.toml"),
+        "a static site runs no code: {stderr}"
+    );
+}
+
 #[tokio::test]
 async fn a_value_php_fpm_cannot_hold_is_refused_by_check_and_reload_naming_its_key() {
     let cfg = TestConfig::new();

@@ -57,6 +57,8 @@ pub enum SiteSetupError {
     NoUser,
     #[error("group `{0}` grants more than a site may have (or is polyhost's admin group): give the site a group of its own")]
     PrivilegedGroup(String),
+    #[error("user `{0}` (uid {1}) belongs to the host's own daemons (a user of the base system, uid below 100, or nobody): site code running as it could signal them and reach what they own; give the site a user of its own")]
+    SystemUser(String, u32),
     #[error("cannot prepare {}: {source}", path.display())]
     Dir {
         path: PathBuf,
@@ -540,7 +542,8 @@ pub fn site_identity(
 }
 
 /// Who a site is configured to run as, whoever asks: its `user` (else
-/// `default_user`) and group, resolved, never a privileged group. What
+/// `default_user`) and group, resolved, never a privileged group, and for
+/// a site that runs code never a user the host's own daemons run as. What
 /// `serve` run as root uses, and what `polyhost check` checks as any user.
 pub fn configured_identity(
     site: &SiteConfig,
@@ -550,7 +553,21 @@ pub fn configured_identity(
 ) -> Result<SiteIdentity, SiteSetupError> {
     let identity = resolve_configured(site, default_user, default_group)?;
     refuse_privileged_group(&identity, admin_group)?;
+    if site.runs_code() && is_daemons_user(identity.uid) {
+        return Err(SiteSetupError::SystemUser(identity.user, identity.uid));
+    }
     Ok(identity)
+}
+
+/// The users the host's own daemons run as, which no site's code may share:
+/// the base system's (uid 1–99, allocated statically by Debian's
+/// base-passwd and alike: `daemon`, `www-data` the web server's, `mail`,
+/// `backup`, ...) and `nobody` (65534, what daemons drop privileges to).
+/// Dynamically allocated system users (100–999) are left to the operator:
+/// panels and `useradd --system` make site users there.
+fn is_daemons_user(uid: u32) -> bool {
+    const NOBODY: u32 = 65534;
+    (1..100).contains(&uid) || uid == NOBODY
 }
 
 /// [`configured_identity`] without its check of privileged groups.
