@@ -61,11 +61,10 @@ impl MountTable {
         MountTable { mounts }
     }
 
-    /// The mount for a request path: the raw path of the request target,
-    /// still percent-encoded (a query, from the first `?` on, is ignored),
-    /// judged as the module doc says.
-    pub fn lookup(&self, target: &str) -> Option<Mounted<'_>> {
-        let raw = target.split_once('?').map_or(target, |(path, _)| path);
+    /// The mount for a request path: the raw path of the request target
+    /// (`Uri::path`: still percent-encoded, no query), judged as the module
+    /// doc says.
+    pub fn lookup(&self, raw: &str) -> Option<Mounted<'_>> {
         if docroot::is_plain(raw) {
             return self.find(|prefix| prefix_matches(prefix, raw));
         }
@@ -142,9 +141,11 @@ mod tests {
         ])
     }
 
-    /// The mount `target` reaches, and the path it is forwarded with.
+    /// The mount a request `target` reaches, and the path it is forwarded
+    /// with: its path looked up, as the router does (`Uri::path`).
     fn check(t: &MountTable, target: &str, want: (&str, Option<&str>)) {
-        let m = t.lookup(target).unwrap();
+        let uri: http::Uri = target.parse().unwrap();
+        let m = t.lookup(uri.path()).unwrap();
         assert_eq!((m.upstream.kind(), m.forward.as_deref()), want, "{target}");
     }
 
@@ -230,8 +231,7 @@ mod tests {
         }
     }
 
-    fn decoded(target: &str) -> (String, bool) {
-        let path = target.split_once('?').map_or(target, |(path, _)| path);
+    fn decoded(path: &str) -> (String, bool) {
         let rel = crate::docroot::decode_for(path, Reading::Script).unwrap();
         (rel.as_str().to_owned(), rel.trailing_slash())
     }
