@@ -381,6 +381,13 @@ const SAMPLES: &[&str] = &[
     "/100%",
     "/%zz",
     "/a%00b",
+    // Longer than a vector register, a hit near either end.
+    "/wp-content/themes/twentytwentyfour/assets/fonts/inter/Inter-Variable.woff2",
+    "/wp-content/themes/twentytwentyfour/assets/fonts/inter/Inter-Variable.woff%",
+    "/wp-content/themes/twentytwentyfour/assets/fonts/inter//Inter-Variable.woff2",
+    "/wp-content/themes/twentytwentyfour/assets/fonts/inter/.Inter-Variable.woff2",
+    "//wp-content/themes/twentytwentyfour/assets/fonts/inter/Inter-Variable.woff2",
+    "/%77p-content/themes/twentytwentyfour/assets/fonts/inter/Inter-Variable.woff2",
 ];
 
 /// A plain path is read as its own bytes (or refused for what it holds):
