@@ -16,8 +16,10 @@
 //!   through the descriptor, so swapping a directory for a symlink between a
 //!   check and the open has nothing to race.
 //! - A request path is percent-decoded exactly once, by one decoder for
-//!   every runtime ([`decode_for`]), and every refusal's answer comes from
-//!   one table ([`Refusal::verdict`], the same answers on every site):
+//!   every runtime and for the router's choice of a mount ([`decode_for`]:
+//!   a mount is chosen on the path a file would be looked up by), and
+//!   every refusal's answer comes from one table ([`Refusal::verdict`],
+//!   the same answers on every site):
 //!   `.`/`..` segments, encoded slashes, backslashes and NUL bytes are
 //!   refused, empty segments collapsed, and dotfiles (except under
 //!   `/.well-known/`) are reported as not found.
@@ -64,7 +66,7 @@ use nix::errno::Errno;
 pub use access::Reader;
 pub use beneath::{cached_lookups, fresh, Beneath, Fail, Kind, Wait};
 pub use current::Held;
-pub use path::{check_relative, decode, decode_for, Reading, Refusal, RelPath};
+pub use path::{check_relative, decode, decode_for, is_plain, Reading, Refusal, RelPath};
 pub use version::{Version, SETTLE};
 
 /// Why a path could not be resolved to a servable file.

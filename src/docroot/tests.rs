@@ -350,6 +350,82 @@ fn a_script_reading_reports_dotfiles_instead_of_refusing_them() {
     ));
 }
 
+/// Paths every rule has an opinion on: plain ones, encoded, with empty
+/// and dot segments, dotfiles, refused ones.
+const SAMPLES: &[&str] = &[
+    "/",
+    "/a",
+    "/a/",
+    "/a/b.txt",
+    "/a\\b",
+    "/a\\..",
+    "/a/b/",
+    "/.well-known/x",
+    "/a/.env",
+    "/%61",
+    "/a%20b",
+    "/%2561",
+    "/caf%C3%A9/",
+    "/%ff",
+    "/a%2fb",
+    "//a",
+    "/a//b//",
+    "/a/./b",
+    "/a/../b",
+    "/..",
+    "/.",
+    "/a/%2e%2e",
+    "/a?b",
+    "/a%3Fb%23c",
+    "/[x]{y}|^`",
+    "/100%",
+    "/%zz",
+    "/a%00b",
+    // Longer than a vector register, a hit near either end.
+    "/wp-content/themes/twentytwentyfour/assets/fonts/inter/Inter-Variable.woff2",
+    "/wp-content/themes/twentytwentyfour/assets/fonts/inter/Inter-Variable.woff%",
+    "/wp-content/themes/twentytwentyfour/assets/fonts/inter//Inter-Variable.woff2",
+    "/wp-content/themes/twentytwentyfour/assets/fonts/inter/.Inter-Variable.woff2",
+    "//wp-content/themes/twentytwentyfour/assets/fonts/inter/Inter-Variable.woff2",
+    "/%77p-content/themes/twentytwentyfour/assets/fonts/inter/Inter-Variable.woff2",
+];
+
+/// A plain path is read as its own bytes (or refused for what it holds):
+/// the router matches it without decoding.
+#[test]
+fn a_plain_path_decodes_to_itself() {
+    for raw in SAMPLES {
+        let plain = is_plain(raw);
+        assert_eq!(
+            plain,
+            !raw.contains('%') && !raw.contains("//") && !raw.contains("/."),
+            "{raw}"
+        );
+        if let (true, Ok(rel)) = (plain, decode_for(raw, Reading::Script)) {
+            assert_eq!(rel.as_str(), &raw[1..], "{raw}");
+        }
+    }
+}
+
+/// A decoded path encoded again decodes to the same path, once more.
+#[test]
+fn a_decoded_path_encoded_again_decodes_to_itself() {
+    for raw in SAMPLES {
+        for reading in [Reading::File, Reading::Script] {
+            let Ok(rel) = decode_for(raw, reading) else {
+                continue;
+            };
+            let again = rel.to_request_path();
+            let back = decode_for(&again, reading).unwrap();
+            assert_eq!(back, rel, "{raw} as {reading:?}: {again}");
+            assert!(again.parse::<http::uri::PathAndQuery>().is_ok(), "{again}");
+            assert_eq!(again.split_once('?'), None, "{again}");
+        }
+    }
+    let rel = decode_for("/%2561/a%20b/caf%C3%A9/", Reading::Script).unwrap();
+    assert_eq!(rel.to_request_path(), "/%2561/a%20b/caf%C3%A9/");
+}
+
 /// What a fresh root opens becomes servable only once a root's reader
 /// admits it.
 #[test]

@@ -103,7 +103,7 @@ fn kind_at(site: &Site, path: &str) -> &'static str {
     site.route()
         .mounts
         .lookup(path)
-        .map_or("none", |(_, up)| up.kind())
+        .map_or("none", |m| m.upstream.kind())
 }
 
 #[test]

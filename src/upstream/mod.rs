@@ -89,7 +89,9 @@ pub trait Upstream: Send + Sync + 'static {
     }
 
     /// Produce the response for one request. `ctx.mount_prefix` is the mount
-    /// that matched; the request URI is the client's, unchanged.
+    /// that matched, and the request's path starts with it: the URI is the
+    /// client's, unchanged, or, when only the decoded path starts with the
+    /// prefix (`/%61pi/x` at `/api`), that decoded path (`router::mount`).
     fn handle<'a>(
         &'a self,
         req: Request<RequestBody>,

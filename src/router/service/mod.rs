@@ -334,9 +334,15 @@ where
     }
     let (mut parts, body) = req.into_parts();
     strip_reserved(&mut parts.headers);
-    let Some((prefix, upstream)) = site.mounts.lookup(parts.uri.path()) else {
+    let Some(mounted) = site.mounts.lookup(parts.uri.path()) else {
         return Err(UpstreamError::NotFound);
     };
+    // Chosen on the decoded path, which the client's does not start with
+    // (`router::mount`): the upstream gets that one.
+    if let Some(path) = mounted.forward {
+        parts.uri = with_path(std::mem::take(&mut parts.uri), &path)?;
+    }
+    let (prefix, upstream) = (mounted.prefix, mounted.upstream);
     // A stalled body is cut at body_timeout, or sooner at the runtime's
     // request_timeout: a request may not outlive that by not sending its body
     // (a Python body is read before any worker's clock starts).
@@ -374,6 +380,26 @@ where
         ctx,
         cut,
     })
+}
+
+/// `uri` with its path replaced by `path` (already encoded), its query kept.
+fn with_path(uri: http::Uri, path: &str) -> Result<http::Uri, UpstreamError> {
+    let mut parts = uri.into_parts();
+    let target = match parts.path_and_query.as_ref().and_then(|pq| pq.query()) {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
+    };
+    // `docroot::RelPath::to_request_path` encodes what a URI may not hold,
+    // so this holds; were it refused, the request is refused with it,
+    // never forwarded as sent.
+    target
+        .parse()
+        .ok()
+        .and_then(|pq| {
+            parts.path_and_query = Some(pq);
+            http::Uri::from_parts(parts).ok()
+        })
+        .ok_or_else(|| UpstreamError::BadRequest("the decoded request path is no URI path".into()))
 }
 
 /// A WebSocket for an upstream that tunnels, in the HTTP/1.1 form the
