@@ -1,7 +1,8 @@
 //! Which mount a request path reaches, against the real binary: a mount is
 //! chosen on the decoded path the site's files are looked up by
 //! (`router::mount`), so a path spelt another way (`/%61pi/x`, `//api/x`)
-//! reaches the app mounted at `/api`, never the root's file `ROOT/api/x`.
+//! reaches the app mounted at `/api`, never the root's file `ROOT/api/x`;
+//! and a `.`/`..` segment reaches neither (403).
 
 mod common;
 
@@ -41,10 +42,14 @@ async fn an_app_mount_is_never_bypassed_to_the_files_beneath_it() {
         ("/%61pi//secret%2etxt", 200, APP),
         // Decoded once: the name `%61pi`, which the root does not hold.
         ("/%2561pi/secret.txt", 404, ""),
-        // A dot segment is refused where the root's files are looked up.
+        // A dot segment is refused, for the root's files and the app's
+        // paths alike (an app never gets `..` to join to a directory).
         ("/x/../api/secret.txt", 403, ""),
         ("/./api/secret.txt", 403, ""),
         ("/%61pi/./secret.txt", 403, ""),
+        ("/api/../api/secret.txt", 403, ""),
+        ("/api/%2e%2e/secret.txt", 403, ""),
+        ("/api/x\\..\\secret.txt", 403, ""),
         // Outside the mount: the root's files, as before.
         ("/static.txt", 200, "static file"),
     ];

@@ -66,7 +66,9 @@ use nix::errno::Errno;
 pub use access::Reader;
 pub use beneath::{cached_lookups, fresh, Beneath, Fail, Kind, Wait};
 pub use current::Held;
-pub use path::{check_relative, decode, decode_for, is_plain, Reading, Refusal, RelPath};
+pub use path::{
+    check_relative, decode, decode_for, dot_segment_verdict, is_plain, Reading, Refusal, RelPath,
+};
 pub use version::{Version, SETTLE};
 
 /// Why a path could not be resolved to a servable file.

@@ -175,6 +175,22 @@ pub fn is_plain(raw: &str) -> bool {
     !changes
 }
 
+/// The verdict on a raw request path with a `.` or `..` segment (encoded
+/// or not, `\` and encoded slashes counting as separators: as
+/// [`decode_for`] judges it), for every upstream: the router refuses such a
+/// path before choosing a mount, so an app never gets one either (a naive
+/// app joining `PATH_INFO` to a directory would walk out of it; browsers
+/// and HTTP clients resolve dot segments before sending, nginx resolves
+/// them too). A plain path without a backslash has none: one scan
+/// ([`is_plain`]) and a `memchr`.
+pub fn dot_segment_verdict(raw: &str) -> Option<ResolveError> {
+    if is_plain(raw) && !raw.as_bytes().contains(&b'\\') {
+        return None;
+    }
+    let rest = raw.strip_prefix('/')?;
+    has_raw_dot_segment(rest).then(|| Refusal::DotSegment.verdict())
+}
+
 /// Decodes the raw path of a request URI (percent-encoded, no query) for
 /// the static upstream ([`Reading::File`]).
 pub fn decode(raw: &str) -> Result<RelPath<'_>, ResolveError> {

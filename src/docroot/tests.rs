@@ -407,6 +407,34 @@ fn a_plain_path_decodes_to_itself() {
     }
 }
 
+/// A path has a dot segment for the router exactly when the decoder
+/// refuses it as one.
+#[test]
+fn the_router_refuses_dot_segments_as_the_decoder_does() {
+    let mut samples: Vec<&str> = SAMPLES.to_vec();
+    samples.extend([
+        "/a\\..\\b",
+        "/a/%2E%2e/b",
+        "/a/%2f../b",
+        "/api/.",
+        "/a/..b",
+        "/a.b/.c",
+    ]);
+    for raw in samples {
+        let dot = Refusal::DotSegment.verdict().to_string();
+        let decoder = decode_for(raw, Reading::Script)
+            .err()
+            .map(|e| e.to_string());
+        let router = dot_segment_verdict(raw).map(|e| e.to_string());
+        assert_eq!(
+            router.is_some(),
+            decoder.as_ref() == Some(&dot),
+            "{raw}: {decoder:?}"
+        );
+        assert!(router.is_none_or(|r| r == dot), "{raw}");
+    }
+}
+
 /// A decoded path encoded again decodes to the same path, once more.
 #[test]
 fn a_decoded_path_encoded_again_decodes_to_itself() {

@@ -13,11 +13,13 @@
 //! - Most paths hold nothing to decode (`docroot::is_plain`: no `%`, no
 //!   `//`, no `/.`): they are matched as they are, in one scan, nothing
 //!   allocated.
-//! - A path the decoder refuses (a `.`/`..` segment, an encoded slash,
-//!   not UTF-8, a NUL byte) has no decoded form: it is matched as sent. No
-//!   file is ever served for it (the static and PHP upstreams refuse it with
-//!   the decoder's own verdict, 403 or 400), and an app mounted where it
-//!   points gets it as before, as it gets `%2F` in its paths.
+//! - A path with a `.`/`..` segment never gets here: the router refuses it
+//!   first, for every upstream (`docroot::dot_segment_verdict`, 403).
+//! - A path the decoder refuses otherwise (an encoded slash, not UTF-8, a
+//!   NUL byte) has no decoded form: it is matched as sent. No file is ever
+//!   served for it (the static and PHP upstreams refuse it with the
+//!   decoder's own verdict, 400), and an app mounted where it points gets
+//!   it as before, as it gets `%2F` in its paths.
 //! - What the upstream receives: the client's path when it starts with the
 //!   mount's prefix (then its decoded form does too, a prefix holding no
 //!   `%`, `//` or dot segment: `config::types::parse_mount`), so the split

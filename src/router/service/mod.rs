@@ -334,6 +334,11 @@ where
     }
     let (mut parts, body) = req.into_parts();
     strip_reserved(&mut parts.headers);
+    // A `.`/`..` segment reaches no upstream, an app's no more than the
+    // root's (the one verdict: `docroot::dot_segment_verdict`).
+    if let Some(refused) = crate::docroot::dot_segment_verdict(parts.uri.path()) {
+        return Err(refused.into());
+    }
     let Some(mounted) = site.mounts.lookup(parts.uri.path()) else {
         return Err(UpstreamError::NotFound);
     };
