@@ -136,12 +136,19 @@ async fn a_tenant_that_breaks_its_own_program_fails_alone_at_reload_and_at_start
     let why = shown.last_error.unwrap_or_default();
     assert!(why.contains("vhosts/tenant.toml: app.command: "), "{why}");
 
-    // Mended by its owner, the next reload builds it again.
+    // Mended by its owner, the next reload builds it again (`start` alone
+    // does not read the files again, and says so).
     let (ok, out) = runuser(
         &tenant.name,
         &["chmod", "u+x", &program.display().to_string()],
     );
     assert!(ok, "{out}");
+    let start = cli(&admin_socket(&cfg), &["start", "tenant"], None).await;
+    assert_eq!(start.code, 1, "{start:?}");
+    assert!(
+        start.stderr.contains("`polyhost reload` reads it again"),
+        "{start:?}"
+    );
     let reload = cli(&admin_socket(&cfg), &["reload"], None).await;
     assert_eq!(reload.code, 0, "{reload:?}");
     let hello = wait_serving(&bin, &cfg, "tenant.test", "/", within).await;

@@ -441,6 +441,16 @@ impl Server {
         done: &str,
     ) -> Result<(), ControlError> {
         let site = state.sites.get(&key).expect("the caller found it");
+        if !site.config().problems.is_empty() {
+            // Found when the files were last read: only a reload reads them again.
+            let mut errors = site.config().problem_errors();
+            errors.push(config::ConfigError::in_file(
+                &site.config().file,
+                "",
+                format!("site {key}: these were found when the configuration was last read; once they are mended, `polyhost reload` reads it again and starts the site"),
+            ));
+            return Err(ControlError::Setup(errors));
+        }
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         let started = Site::build(
             site.config(),

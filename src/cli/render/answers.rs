@@ -39,7 +39,7 @@ pub fn failed_sites(cmd: &str, failed: &[FailedSite]) -> String {
         }
         let became = match f.serves_previous {
             true => "it serves its previous configuration",
-            false => "it answers 503 until it can be built (mend it, then reload or `polyhost start SITE`)",
+            false => "it answers 503 until it can be built (mend it, then reload)",
         };
         let _ = writeln!(
             out,
