@@ -400,6 +400,12 @@ impl Collector for RouterScrape {
             None,
             Gauge,
         )?)?;
+        CONNECTIONS.moved.encode(e.encode_descriptor(
+            "polyhost_connections_moved",
+            "Client connections moved to another router thread between two requests (the lanes' balancer).",
+            None,
+            Counter,
+        )?)?;
         encode_kept_files(e, crate::metrics::kept_files::snapshot())
     }
 }

@@ -200,6 +200,28 @@ impl<I> TrackedIo<I> {
         !self.unread.is_empty()
     }
 
+    /// The same connection over what `f` makes of its socket (one moved to
+    /// another lane's event loop): the bytes put back, its clocks and its
+    /// file queue go with it.
+    pub fn try_map<J, E>(self, f: impl FnOnce(I) -> Result<J, E>) -> Result<TrackedIo<J>, E> {
+        let TrackedIo {
+            inner,
+            activity,
+            unread,
+            sniff,
+            eof,
+            files,
+        } = self;
+        Ok(TrackedIo {
+            inner: f(inner)?,
+            activity,
+            unread,
+            sniff,
+            eof,
+            files,
+        })
+    }
+
     /// Marks the connection multiplexed if it starts with the HTTP/2 preface
     /// (for plain listeners with `h2c = true`).
     pub fn sniff_h2c(mut self) -> Self {

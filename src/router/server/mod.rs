@@ -74,11 +74,11 @@ use super::service::{ConnInfo, Options};
 use super::table::SharedTable;
 use super::tunnel::{self, AcceptedSlot};
 use crate::config::FrontConfig;
-use crate::lanes::{self, Lanes, Placed, Spread};
+use crate::lanes::{self, Lanes, Placed, Placement};
 use crate::sendfile::FileQueue;
 use crate::upstream::Scheme;
 use conn_service::{spawn_tunnel, ConnService};
-use parking::http1_parking;
+use parking::{http1_parking, http1_serve, Handed, Moving};
 use refusal::{accept_failed, admissible_connections, refusal_limit, refuse, Spare};
 use signal::Signal;
 use watch::watch;
@@ -208,10 +208,10 @@ pub async fn serve(
                     continue;
                 }
             };
-            let (tls, shared, spread) = (tls.clone(), shared.clone(), lanes.spread());
+            let (tls, shared, placement) = (tls.clone(), shared.clone(), lanes.placement());
             loops.push(lane.spawn(async move {
                 match TcpListener::from_std(listener) {
-                    Ok(l) => accept_loop(l, tls, shared, spread).await,
+                    Ok(l) => accept_loop(l, tls, shared, placement).await,
                     Err(e) => tracing::error!(error = %e, "cannot watch a listener"),
                 }
             }));
@@ -248,7 +248,7 @@ async fn accept_loop(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     shared: Arc<Shared>,
-    spread: Spread,
+    placement: Placement,
 ) {
     let mut spare = Spare::open();
     loop {
@@ -294,7 +294,7 @@ async fn accept_loop(
         };
         let admitted = Admitted {
             _permit: permit,
-            lane: spread.place(),
+            lane: placement.place(),
         };
         if admitted.lane.is_here() {
             start_connection(stream, conn, tls.clone(), shared.clone(), admitted);
@@ -384,9 +384,57 @@ async fn plain(stream: TcpStream, conn: ConnInfo, shared: Arc<Shared>, admitted:
     }
     let files = FileQueue::new();
     let io = io.sending_files(files.clone());
-    if let Some(upgraded) = http1_parking(io, conn, Some(files), activity, shared.clone()).await {
-        upgraded.spawn(shared, (admitted, open));
+    let lane = Some(&admitted.lane);
+    let handed = http1_parking(io, conn, Some(files), activity, shared.clone(), lane).await;
+    after_plain_http1(handed, shared, (admitted, open));
+}
+
+/// What a plain HTTP/1 connection holds for its life: its place in the
+/// limits and on its lane, and the open-connection metric.
+type Held = (Admitted, crate::metrics::ConnectionGuard);
+
+/// A plain HTTP/1 connection handed back with its socket open: a
+/// WebSocket's tunnel, or a move to another lane.
+fn after_plain_http1(handed: Option<Handed<TcpStream>>, shared: Arc<Shared>, held: Held) {
+    match handed {
+        Some(Handed::Upgraded(upgraded)) => upgraded.spawn(shared, held),
+        Some(Handed::Moves(moving)) => move_to_lane(moving, shared, held),
+        None => {}
     }
+}
+
+/// Goes on with a plain HTTP/1 connection, between two requests, on the
+/// lane it claimed a place on: its socket is re-registered with that
+/// lane's event loop (as in [`hand_over`]) and served there by a new task;
+/// the old place is given back.
+fn move_to_lane(moving: Moving<TcpStream>, shared: Arc<Shared>, (admitted, open): Held) {
+    let Moving { io, service, to } = moving;
+    let client = service.conn.client;
+    let io = match io.try_map(TcpStream::into_std) {
+        Ok(io) => io,
+        Err(e) => {
+            tracing::warn!(client = %client, error = %e, "cannot move a connection to another router thread; closing it");
+            return;
+        }
+    };
+    crate::metrics::connections::connection_moved();
+    let admitted = Admitted {
+        _permit: admitted._permit,
+        lane: to,
+    };
+    let lane = admitted.lane.handle().clone();
+    let tracker = shared.tracker.clone();
+    lane.spawn(tracker.track_future(async move {
+        let io = match io.try_map(TcpStream::from_std) {
+            Ok(io) => io,
+            Err(e) => {
+                tracing::warn!(client = %client, error = %e, "cannot watch a connection moved to this router thread; closing it");
+                return;
+            }
+        };
+        let handed = http1_serve(io, service, Some(&admitted.lane)).await;
+        after_plain_http1(handed, shared, (admitted, open));
+    }));
 }
 
 async fn tls_connection(
@@ -426,7 +474,8 @@ async fn tls_connection(
             // the socket's bytes (a TLS record starts a head), the outer one
             // keeps hyper's read-ahead plaintext while parked.
             let io = TrackedIo::new(tls, activity.clone());
-            if let Some(upgraded) = http1_parking(io, conn, None, activity, shared.clone()).await {
+            let handed = http1_parking(io, conn, None, activity, shared.clone(), None).await;
+            if let Some(Handed::Upgraded(upgraded)) = handed {
                 upgraded.spawn(shared, (admitted, open));
             }
         }

@@ -11,6 +11,13 @@
 //! the socket is handed back ([`Upgraded`]) and its tunnel runs in a task of
 //! its own: the connection's task, sized for serving HTTP, ends.
 //!
+//! A plain connection whose lane gives connections away (`crate::lanes`,
+//! the balancer) claims a move at once when it is between requests in the
+//! same sense (nothing in flight, all sent, nothing read ahead in hyper),
+//! without waiting for [`PARK_AFTER`]: its socket, the bytes put back and
+//! its service are handed back ([`Handed::Moves`]) to go on on the other
+//! lane.
+//!
 //! Why the delay: a busy keep-alive client sends its next request within a
 //! fraction of a millisecond, and parking at once rebuilt hyper's state and
 //! re-registered the connection's clocks and shutdown waits for every
@@ -37,6 +44,7 @@ use super::{ConnService, Proto, Shared};
 use crate::router::conn::{Activity, Expiry, PlainSocket, TrackedIo};
 use crate::router::service::ConnInfo;
 use crate::router::tunnel::{self, AcceptedSlot};
+use crate::lanes::Placed;
 use crate::sendfile::FileQueue;
 use crate::upstream::BoxError;
 
@@ -85,7 +93,7 @@ impl Transport for tokio_rustls::server::TlsStream<TrackedIo<TcpStream>> {
 }
 
 /// An HTTP/1 connection's hyper state, while it is busy.
-struct Http1Conn<T: Transport> {
+struct Http1Conn<'a, T: Transport> {
     conn: Box<Http1<T>>,
     activity: Arc<Activity>,
     /// A graceful close was asked for (shutdown, timeout or parking).
@@ -96,9 +104,14 @@ struct Http1Conn<T: Transport> {
     /// [`PARK_AFTER`]; made the first time it is idle, then moved on only
     /// when it fires early (not once per request).
     park_clock: Option<Pin<Box<Sleep>>>,
+    /// The connection's place on its lane, if it may move to another
+    /// (plain HTTP/1: `crate::lanes::Placed::claim_move`).
+    lane: Option<&'a Placed>,
+    /// The place it claimed on the lane it moves to, once between requests.
+    moving_to: Option<Placed>,
 }
 
-impl<T: Transport> Http1Conn<T> {
+impl<T: Transport> Http1Conn<'_, T> {
     /// Whether the connection has been parkable for [`PARK_AFTER`] (else
     /// its clock is set to wake the task when it will have been).
     fn idle_long_enough(&mut self, cx: &mut Context<'_>) -> bool {
@@ -116,9 +129,20 @@ impl<T: Transport> Http1Conn<T> {
             clock.as_mut().reset(due); // fired for an earlier idle spell
         }
     }
+
+    /// Whether the connection, between requests, claimed a move to another
+    /// lane (its lane gives connections away: `crate::lanes`).
+    fn claims_move(&mut self) -> bool {
+        if self.moving_to.is_none() {
+            if let Some(lane) = self.lane.filter(|l| l.lane_sheds()) {
+                self.moving_to = lane.claim_move();
+            }
+        }
+        self.moving_to.is_some()
+    }
 }
 
-impl<T: Transport> Served for Http1Conn<T> {
+impl<T: Transport> Served for Http1Conn<'_, T> {
     fn poll_served(&mut self, cx: &mut Context<'_>) -> Poll<Result<Ended, BoxError>> {
         // As a future, hyper flushes and shuts the socket down when done;
         // after a 101 it stops without shutting it down (an upgrade by hand).
@@ -130,7 +154,10 @@ impl<T: Transport> Served for Http1Conn<T> {
             };
             return Poll::Ready(r.map(|()| ended).map_err(Into::into));
         }
-        if self.closing || !self.activity.parkable() || !self.idle_long_enough(cx) {
+        if self.closing || !self.activity.parkable() {
+            return Poll::Pending;
+        }
+        if !self.claims_move() && !self.idle_long_enough(cx) {
             return Poll::Pending;
         }
         // Idle between requests with the last response in the socket: hyper
@@ -139,6 +166,7 @@ impl<T: Transport> Served for Http1Conn<T> {
         // it read ahead) by `into_parts`.
         self.graceful_shutdown();
         match self.conn.poll_without_shutdown(cx) {
+            Poll::Ready(Ok(())) if self.moving_to.is_some() => Poll::Ready(Ok(Ended::Moves)),
             Poll::Ready(Ok(())) => Poll::Ready(Ok(Ended::Parked)),
             Poll::Ready(Err(e)) => Poll::Ready(Err(e.into())),
             // Not idle in hyper's eyes after all: it closes once done, as
@@ -155,17 +183,60 @@ impl<T: Transport> Served for Http1Conn<T> {
     }
 }
 
+/// How serving an HTTP/1 connection ended with its socket still open.
+pub(super) enum Handed<T: Transport> {
+    /// After a WebSocket's `101`: the socket is the tunnel's.
+    Upgraded(Upgraded<T>),
+    /// Between two requests, to go on on another lane.
+    Moves(Moving<T>),
+}
+
+/// An HTTP/1 connection between requests on its way to another lane: its
+/// socket (with any bytes read ahead put back), its service (the
+/// connection's identity, clocks and file queue) and its place there.
+pub(super) struct Moving<T: Transport> {
+    pub(super) io: TrackedIo<T>,
+    pub(super) service: ConnService,
+    pub(super) to: Placed,
+}
+
 /// HTTP/1.x, plain or over TLS: hyper's state exists only while a request
 /// is read or answered; in between, the task waits on the bare socket
 /// ([`park`]). Returns the connection after a WebSocket's `101`, for its
-/// tunnel to run in a task of its own ([`Upgraded::spawn`]).
+/// tunnel, or between requests when it claimed a move to another lane
+/// (only with `lane`: a plain connection's place).
 pub(super) async fn http1_parking<T: Transport>(
-    mut io: TrackedIo<T>,
+    io: TrackedIo<T>,
     conn: ConnInfo,
     files: Option<FileQueue>,
     activity: Arc<Activity>,
     shared: Arc<Shared>,
-) -> Option<Upgraded<T>> {
+    lane: Option<&Placed>,
+) -> Option<Handed<T>> {
+    let service = ConnService {
+        conn,
+        activity,
+        shared,
+        handoff: AcceptedSlot::empty(),
+        manual: true,
+        files,
+    };
+    http1_serve(io, service, lane).await
+}
+
+/// [`http1_parking`] with the connection's service already made (a
+/// connection that moved here keeps its own).
+pub(super) async fn http1_serve<T: Transport>(
+    mut io: TrackedIo<T>,
+    mut service: ConnService,
+    lane: Option<&Placed>,
+) -> Option<Handed<T>> {
+    let (activity, shared) = (service.activity.clone(), service.shared.clone());
+    let (files, handoff, conn) = (
+        service.files.clone(),
+        service.handoff.clone(),
+        service.conn,
+    );
     let limits = &shared.options.front.limits;
     let mut builder = http1::Builder::new();
     builder
@@ -180,15 +251,6 @@ pub(super) async fn http1_parking<T: Transport>(
     if let Some(n) = super::hyper_max_headers(limits.max_headers) {
         builder.max_headers(n);
     }
-    let handoff = AcceptedSlot::empty();
-    let mut service = ConnService {
-        conn,
-        activity: activity.clone(),
-        shared: shared.clone(),
-        handoff: handoff.clone(),
-        manual: true,
-        files: files.clone(),
-    };
     loop {
         let ready = match io.get_mut().buffered() {
             Ok(buffered) => buffered || io.has_unread(),
@@ -207,31 +269,37 @@ pub(super) async fn http1_parking<T: Transport>(
             closing: false,
             park_clock: None,
             handoff: handoff.clone(),
+            lane,
+            moving_to: None,
         };
-        match watch(&mut served, &conn, Proto::Http1, &activity, &shared).await {
-            Some(Ended::Parked) => {
-                let parts = served.conn.into_parts();
-                io = parts.io.into_inner();
-                io.unread(&parts.read_buf);
-                service = parts.service;
+        let ended = watch(&mut served, &conn, Proto::Http1, &activity, &shared).await?;
+        if let Ended::Closed = ended {
+            return None;
+        }
+        let parts = served.conn.into_parts();
+        io = parts.io.into_inner();
+        io.unread(&parts.read_buf);
+        service = parts.service;
+        match ended {
+            Ended::Parked | Ended::Moves => {
                 if let Some(files) = &files {
                     // Parked when all was written: nothing can be queued.
                     files.clear();
                 }
+                if let Some(to) = served.moving_to.take() {
+                    return Some(Handed::Moves(Moving { io, service, to }));
+                }
             }
-            Some(Ended::Upgraded) => {
-                // hyper sent the 101 and stopped: the socket (with any
-                // bytes the client sent after its request) is the tunnel's.
-                // hyper's read buffer (what `read_buf` shares) is freed
-                // here, not kept for the tunnel's life.
-                let parts = served.conn.into_parts();
-                let mut io = parts.io.into_inner();
-                io.unread(&parts.read_buf);
+            // hyper sent the 101 and stopped: the socket (with any bytes
+            // the client sent after its request) is the tunnel's. hyper's
+            // read buffer (what `read_buf` shares) is freed here, not kept
+            // for the tunnel's life.
+            Ended::Upgraded => {
                 return handoff
                     .take()
-                    .map(|(accepted, _)| Upgraded { io, accepted });
+                    .map(|(accepted, _)| Handed::Upgraded(Upgraded { io, accepted }));
             }
-            Some(Ended::Closed) | None => return None,
+            Ended::Closed => return None,
         }
     }
 }

@@ -31,6 +31,9 @@ pub(super) enum Ended {
     Closed,
     /// HTTP/1 between requests: its HTTP state can be dropped, the socket kept.
     Parked,
+    /// HTTP/1 between requests, its state dropped to move the socket to
+    /// another lane (`parking`).
+    Moves,
     /// HTTP/1 after a WebSocket's `101`: the socket is the tunnel's.
     Upgraded,
 }

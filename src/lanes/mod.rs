@@ -12,13 +12,15 @@
 //!
 //! Every lane accepts from every listener (the listening socket is shared;
 //! tokio offers no `EPOLLEXCLUSIVE`, so a new connection wakes every idle
-//! lane and one of them gets it). The lane that wakes first takes a whole
-//! burst of new connections, so a lane keeps a connection it accepted only
-//! while no other lane has two fewer open ([`Spread`]); else the socket
-//! moves to the least busy lane (one cross-thread spawn; measured: WSGI
-//! 64 KiB +15 % over leaving bursts where they land). A connection never
-//! moves after that. The supervisor, the admin API and reloads stay on the
-//! main runtime.
+//! lane and one of them gets it). Connections sit on as few lanes as keep
+//! up with them ([`placement`], [`balance`]): a lane keeps what it
+//! accepts unless it does not keep up; every [`balance::TICK`] the lanes'
+//! busy time ([`load`]) decides whether a lane that cannot keep up gives
+//! connections to a less busy one, or two lightly busy lanes are packed
+//! into one. A connection moves only between two requests (an HTTP/1
+//! connection, plain: `router::server::parking`), its socket re-registered
+//! with the other lane's event loop. The supervisor, the admin API and
+//! reloads stay on the main runtime.
 //!
 //! Invariants:
 //! - [`current`] is the lane of the calling thread: its id (unique in the
@@ -43,6 +45,15 @@ use std::time::Duration;
 use tokio::net::UnixStream;
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+mod balance;
+mod load;
+mod placement;
+
+pub use placement::{Placed, Placement};
+use load::Meter;
+use placement::Seat;
 
 thread_local! {
     static LANE: Cell<usize> = const { Cell::new(0) };
@@ -74,34 +85,24 @@ pub fn rehome(stream: UnixStream, from: usize) -> io::Result<UnixStream> {
 /// Running lanes.
 pub struct Lanes {
     lanes: Vec<Lane>,
-    spread: Spread,
+    placement: Placement,
+    _balancer: Option<Balancer>,
 }
 
-/// Where new connections go: each lane's handle and open connections.
-#[derive(Clone)]
-pub struct Spread {
-    seats: Arc<[Seat]>,
-}
+/// The balancer's task (on the runtime that started the lanes), ended
+/// with them.
+struct Balancer(JoinHandle<()>);
 
-struct Seat {
-    id: usize,
-    handle: Handle,
-    open: AtomicUsize,
+impl Drop for Balancer {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
-
-/// One connection counted on the lane chosen for it, until dropped.
-pub struct Placed {
-    seats: Arc<[Seat]>,
-    index: usize,
-}
-
-/// A lane keeps a connection it accepted unless another lane has more
-/// than this many fewer open connections.
-const SLACK: usize = 1;
 
 struct Lane {
     id: usize,
     handle: Handle,
+    meter: Arc<Meter>,
     stop: oneshot::Sender<()>,
     stopped: oneshot::Receiver<()>,
 }
@@ -115,9 +116,17 @@ const BLOCKING_THREADS: usize = 512;
 const MIN_BLOCKING_THREADS: usize = 16;
 
 impl Lanes {
-    /// Starts `count` lanes (at least one), threads named `router-N`. On
-    /// an error, the lanes already started are stopped when dropped.
+    /// Starts `count` lanes (at least one), threads named `router-N`, and,
+    /// with two or more, their balancer on the calling runtime (none when
+    /// called outside one). On an error, the lanes already started are
+    /// stopped when dropped.
     pub fn start(count: usize) -> io::Result<Lanes> {
+        Self::start_balanced(count, true)
+    }
+
+    /// [`Lanes::start`], with or without the balancer (tests set the
+    /// lanes' loads themselves).
+    fn start_balanced(count: usize, balanced: bool) -> io::Result<Lanes> {
         let count = count.max(1);
         // The lanes share what one runtime's blocking pool had.
         let blocking = (BLOCKING_THREADS / count).max(MIN_BLOCKING_THREADS);
@@ -126,17 +135,18 @@ impl Lanes {
             let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
             lanes.push(Lane::start(id, blocking)?);
         }
-        let seats = lanes
+        let seats: Arc<[Seat]> = lanes
             .iter()
-            .map(|l| Seat {
-                id: l.id,
-                handle: l.handle.clone(),
-                open: AtomicUsize::new(0),
-            })
+            .map(|l| Seat::new(l.id, l.handle.clone(), l.meter.clone()))
             .collect();
+        let balancer = match Handle::try_current() {
+            Ok(runtime) if count > 1 && balanced => Some(Balancer(runtime.spawn(balance::run(seats.clone())))),
+            _ => None,
+        };
         Ok(Lanes {
             lanes,
-            spread: Spread { seats },
+            placement: Placement { seats },
+            _balancer: balancer,
         })
     }
 
@@ -145,9 +155,9 @@ impl Lanes {
         self.lanes.iter().map(|l| &l.handle)
     }
 
-    /// Where new connections go.
-    pub fn spread(&self) -> Spread {
-        self.spread.clone()
+    /// Where new connections go, and moving ones.
+    pub fn placement(&self) -> Placement {
+        self.placement.clone()
     }
 
     /// Stops every lane and waits until their runtimes are gone.
@@ -163,46 +173,6 @@ impl Lanes {
     }
 }
 
-impl Spread {
-    /// The lane for a connection accepted on the calling lane: this one,
-    /// unless another lane has more than [`SLACK`] fewer open connections
-    /// (then the least busy). Whoever wakes first accepts a burst of
-    /// connections; this spreads them so that no lane idles while another
-    /// carries them all.
-    pub fn place(&self) -> Placed {
-        let open = |i: usize| self.seats[i].open.load(Ordering::Relaxed);
-        let least = (0..self.seats.len()).min_by_key(|&i| open(i)).unwrap_or(0);
-        let here = self.seats.iter().position(|s| s.id == current());
-        let index = match here {
-            Some(h) if open(h) <= open(least) + SLACK => h,
-            _ => least,
-        };
-        self.seats[index].open.fetch_add(1, Ordering::Relaxed);
-        Placed {
-            seats: self.seats.clone(),
-            index,
-        }
-    }
-}
-
-impl Placed {
-    /// Whether the connection stays on the calling lane.
-    pub fn is_here(&self) -> bool {
-        self.seats[self.index].id == current()
-    }
-
-    /// The chosen lane, to spawn the connection's task on.
-    pub fn handle(&self) -> &Handle {
-        &self.seats[self.index].handle
-    }
-}
-
-impl Drop for Placed {
-    fn drop(&mut self) {
-        self.seats[self.index].open.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 impl Lane {
     /// Starts the lane's thread, which builds its runtime itself (so that a
     /// failure never drops a runtime inside the caller's async context) and
@@ -211,13 +181,18 @@ impl Lane {
         let (stop, stop_rx) = oneshot::channel();
         let (stopped_tx, stopped) = oneshot::channel();
         let (ready_tx, ready) = std::sync::mpsc::channel();
+        let meter = Arc::new(Meter::default());
+        let (parks, wakes) = (meter.clone(), meter.clone());
         std::thread::Builder::new()
             .name(format!("router-{id}"))
             .spawn(move || {
+                wakes.woke();
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .thread_name(format!("router-{id}-io"))
                     .max_blocking_threads(blocking_threads)
+                    .on_thread_park(move || parks.parks())
+                    .on_thread_unpark(move || wakes.woke())
                     .build();
                 let runtime = match runtime {
                     Ok(rt) => rt,
@@ -238,6 +213,7 @@ impl Lane {
         Ok(Lane {
             id,
             handle,
+            meter,
             stop,
             stopped,
         })
@@ -303,29 +279,56 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn new_connections_stay_on_their_lane_until_another_has_two_fewer() {
-        let lanes = Lanes::start(2).unwrap();
-        let spread = lanes.spread();
+    async fn new_connections_stay_on_their_lane_unless_it_does_not_keep_up() {
+        let lanes = Lanes::start_balanced(2, false).unwrap();
+        let placement = lanes.placement();
+        let seats = placement.seats.clone();
         let stays = on(&lanes, async move {
-            let mut held = Vec::new();
+            let here = seats.iter().position(|s| s.id == current()).unwrap();
             let mut stays = Vec::new();
-            for _ in 0..6 {
-                let placed = spread.place();
+            let mut held = Vec::new();
+            for _ in 0..4 {
+                let placed = placement.place();
                 stays.push(placed.is_here());
                 held.push(placed);
             }
-            // The other lane's connections end: 4/0, the next one moves (4/1).
-            held.retain(|p| p.is_here());
-            let moved = spread.place();
-            stays.push(moved.is_here());
-            // Three of this lane's end: 1/1, the next one stays.
-            held.truncate(1);
-            stays.push(spread.place().is_here());
+            // This lane did not keep up, the other idled: the next goes there.
+            seats[here].note_busy(0.95);
+            seats[1 - here].note_busy(0.1);
+            stays.push(placement.place().is_here());
+            // Both busy: it stays.
+            seats[1 - here].note_busy(0.8);
+            stays.push(placement.place().is_here());
             stays
         })
         .await;
-        // Open here/there: 1/0, 2/0, 2/1 (moved), 3/1, 3/2 (moved), 4/2.
-        assert_eq!(stays, [true, true, false, true, false, true, false, true]);
+        assert_eq!(stays, [true, true, true, true, false, true]);
+        lanes.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_connection_claims_a_move_only_while_its_lane_gives_some_away() {
+        let lanes = Lanes::start_balanced(2, false).unwrap();
+        let placement = lanes.placement();
+        let seats = placement.seats.clone();
+        let open = |i: usize| seats[i].open.load(Ordering::Relaxed);
+        let (placed, here) = on(&lanes, async move {
+            let placed = placement.place();
+            let here = placement.seats.iter().position(|s| s.id == current());
+            (placed, here.unwrap())
+        })
+        .await;
+        let there = 1 - here;
+        assert!(!placed.lane_sheds());
+        assert!(placed.claim_move().is_none());
+        seats[here].shed(1, there);
+        assert!(placed.lane_sheds());
+        let moved = placed.claim_move().expect("one to give away");
+        assert_eq!((open(here), open(there)), (1, 1), "counted on both until the old one drops");
+        drop(placed);
+        assert_eq!((open(here), open(there)), (0, 1));
+        assert!(!moved.lane_sheds(), "the taking lane gives none away");
+        assert_eq!(seats[here].shed.load(Ordering::Relaxed), 0, "the one token taken");
         lanes.stop().await;
     }
 }
