@@ -37,14 +37,22 @@ async fn pipelined_three(stream: &mut TcpStream) {
     let statuses: Vec<&str> = seen.lines().filter(|l| l.starts_with("HTTP/1.1")).collect();
     assert_eq!(
         statuses,
-        ["HTTP/1.1 200 OK", "HTTP/1.1 404 Not Found", "HTTP/1.1 200 OK"],
+        [
+            "HTTP/1.1 200 OK",
+            "HTTP/1.1 404 Not Found",
+            "HTTP/1.1 200 OK"
+        ],
         "{seen}"
     );
-    assert!(seen.ends_with("site www\n"), "nothing after the last body: {seen}");
+    assert!(
+        seen.ends_with("site www\n"),
+        "nothing after the last body: {seen}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn light_traffic_on_two_router_threads_is_packed_onto_one_between_requests_and_nothing_is_cut() {
+async fn light_traffic_on_two_router_threads_is_packed_onto_one_between_requests_and_nothing_is_cut(
+) {
     let cfg = TestConfig::new(); // router_threads = 2
     cfg.static_site("www", &["www.test"], "");
     let served = Served::start(&cfg).await;
@@ -67,7 +75,11 @@ async fn light_traffic_on_two_router_threads_is_packed_onto_one_between_requests
         }
         for c in &mut clients {
             let r = c.get("www.test", "/").await;
-            assert_eq!((r.status, &r.body[..]), (200, &b"site www\n"[..]), "request {requests}");
+            assert_eq!(
+                (r.status, &r.body[..]),
+                (200, &b"site www\n"[..]),
+                "request {requests}"
+            );
             requests += 1;
         }
         for s in &mut raw {
@@ -93,7 +105,10 @@ async fn light_traffic_on_two_router_threads_is_packed_onto_one_between_requests
             moved(&served).await - before
         );
     }
-    assert!(clients.iter().all(|c| !c.is_closed()), "a moved connection was closed");
+    assert!(
+        clients.iter().all(|c| !c.is_closed()),
+        "a moved connection was closed"
+    );
     eprintln!(
         "moved {} connections in {:?}; {requests} requests answered",
         moved(&served).await - before,

@@ -71,10 +71,18 @@ mod tests {
         assert_eq!(meter.busy_at(t0), 0, "never woke");
         meter.woke();
         let since = meter.running_since.load(Ordering::Relaxed);
-        assert_eq!(meter.busy_at(since + 1_000), 1_000, "running: counted up to now");
+        assert_eq!(
+            meter.busy_at(since + 1_000),
+            1_000,
+            "running: counted up to now"
+        );
         meter.parks();
         let spell = meter.busy.load(Ordering::Relaxed);
-        assert_eq!(meter.busy_at(now_ns() + 5_000_000), spell, "parked: nothing more counts");
+        assert_eq!(
+            meter.busy_at(now_ns() + 5_000_000),
+            spell,
+            "parked: nothing more counts"
+        );
         meter.parks();
         assert_eq!(meter.busy_at(now_ns()), spell, "a second park adds nothing");
     }

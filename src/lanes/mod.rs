@@ -51,9 +51,9 @@ mod balance;
 mod load;
 mod placement;
 
-pub use placement::{Placed, Placement};
 use load::Meter;
 use placement::Seat;
+pub use placement::{Placed, Placement};
 
 thread_local! {
     static LANE: Cell<usize> = const { Cell::new(0) };
@@ -140,7 +140,9 @@ impl Lanes {
             .map(|l| Seat::new(l.id, l.handle.clone(), l.meter.clone()))
             .collect();
         let balancer = match Handle::try_current() {
-            Ok(runtime) if count > 1 && balanced => Some(Balancer(runtime.spawn(balance::run(seats.clone())))),
+            Ok(runtime) if count > 1 && balanced => {
+                Some(Balancer(runtime.spawn(balance::run(seats.clone()))))
+            }
             _ => None,
         };
         Ok(Lanes {
@@ -324,11 +326,19 @@ mod tests {
         seats[here].shed(1, there);
         assert!(placed.lane_sheds());
         let moved = placed.claim_move().expect("one to give away");
-        assert_eq!((open(here), open(there)), (1, 1), "counted on both until the old one drops");
+        assert_eq!(
+            (open(here), open(there)),
+            (1, 1),
+            "counted on both until the old one drops"
+        );
         drop(placed);
         assert_eq!((open(here), open(there)), (0, 1));
         assert!(!moved.lane_sheds(), "the taking lane gives none away");
-        assert_eq!(seats[here].shed.load(Ordering::Relaxed), 0, "the one token taken");
+        assert_eq!(
+            seats[here].shed.load(Ordering::Relaxed),
+            0,
+            "the one token taken"
+        );
         lanes.stop().await;
     }
 }

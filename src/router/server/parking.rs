@@ -41,10 +41,10 @@ use tokio::time::{Instant, Sleep};
 
 use super::watch::{watch, Ended, Served};
 use super::{ConnService, Proto, Shared};
+use crate::lanes::Placed;
 use crate::router::conn::{Activity, Expiry, PlainSocket, TrackedIo};
 use crate::router::service::ConnInfo;
 use crate::router::tunnel::{self, AcceptedSlot};
-use crate::lanes::Placed;
 use crate::sendfile::FileQueue;
 use crate::upstream::BoxError;
 
@@ -232,11 +232,7 @@ pub(super) async fn http1_serve<T: Transport>(
     lane: Option<&Placed>,
 ) -> Option<Handed<T>> {
     let (activity, shared) = (service.activity.clone(), service.shared.clone());
-    let (files, handoff, conn) = (
-        service.files.clone(),
-        service.handoff.clone(),
-        service.conn,
-    );
+    let (files, handoff, conn) = (service.files.clone(), service.handoff.clone(), service.conn);
     let limits = &shared.options.front.limits;
     let mut builder = http1::Builder::new();
     builder
