@@ -13,6 +13,11 @@ use common::{read_until_count, Client, TestConfig};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+/// How long the test waits for a first move and the requests after it: a
+/// hang bound for a busy machine, not a speed goal (a move is normally
+/// seen within a few seconds).
+const PATIENCE: Duration = Duration::from_secs(60);
+
 /// The counter of moved connections in the metrics text.
 async fn moved(served: &Served) -> f64 {
     let (status, text) = served.api("GET", "/metrics").await;
@@ -64,6 +69,7 @@ async fn light_traffic_on_two_router_threads_is_packed_onto_one_between_requests
     let mut clients: Vec<Client> = Vec::new();
     let mut raw: Vec<TcpStream> = Vec::new();
     let started = Instant::now();
+    let give_up = started + PATIENCE;
     let mut requests = 0usize;
     let mut moved_at: Option<usize> = None;
     for round in 0.. {
@@ -98,8 +104,8 @@ async fn light_traffic_on_two_router_threads_is_packed_onto_one_between_requests
             }
         }
         assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "no connection moved in 60 s: {} keep-alive and {} pipelining connections, {requests} requests answered, moved: {}",
+            Instant::now() < give_up,
+            "gave up after {PATIENCE:?} waiting for a move and 500 requests after it: {} keep-alive and {} pipelining connections, {requests} requests answered, moved: {}",
             clients.len(),
             raw.len(),
             moved(&served).await - before
